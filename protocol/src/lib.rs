@@ -1,1 +1,11 @@
-pub fn x(){}
+//! podgate's contract between minting and verifying: the pod-host grammar, token kinds and
+//! claims, cookie rules, the filter's configuration schema and the answers the filter gives.
+//! Pure Rust with no I/O, so it builds natively and for `wasm32-wasip1`.
+
+pub mod config;
+pub mod cookie;
+pub mod gate;
+pub mod host;
+pub mod redirect;
+pub mod reply;
+pub mod token;

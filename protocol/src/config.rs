@@ -1,0 +1,269 @@
+//! The filter's configuration: what the control plane pushes (ECDS) or a bootstrap embeds, and
+//! its compiled, indexed form that every request shares.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cookie;
+use crate::host::{
+    HostTemplate, TemplateError, DEFAULT_PUBLIC_TEMPLATE, DEFAULT_UPSTREAM_TEMPLATE,
+};
+use crate::token::{
+    KeyError, KeySet, TokenKind, Verifier, DEFAULT_LEEWAY_SECS,
+    DEFAULT_MAX_CAPABILITY_LIFETIME_SECS,
+};
+
+/// Header the filter sets to pick the upstream cluster (route `cluster_header`).
+pub const CLUSTER_HEADER: &str = "x-podgate-cluster";
+/// Header the filter sets with the pod's `address:port` for an original-destination cluster.
+pub const UPSTREAM_HEADER: &str = "x-podgate-upstream";
+/// Identity headers the pod receives.
+pub const USER_HEADER: &str = "x-podgate-user";
+pub const EMAIL_HEADER: &str = "x-podgate-email";
+/// Every header whose name starts with this is ours: client copies are removed.
+pub const HEADER_PREFIX: &str = "x-podgate-";
+/// The reserved path prefix on pod hosts, served by the control plane.
+pub const RESERVED_PREFIX: &str = "/.podgate/";
+
+/// The lifecycle states a pod may be in; only `Running` is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodStatus {
+    Running,
+    Starting,
+    Stopping,
+    Stopped,
+    Error,
+}
+
+impl PodStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PodStatus::Running => "running",
+            PodStatus::Starting => "starting",
+            PodStatus::Stopping => "stopping",
+            PodStatus::Stopped => "stopped",
+            PodStatus::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => PodStatus::Running,
+            "starting" => PodStatus::Starting,
+            "stopping" => PodStatus::Stopping,
+            "stopped" => PodStatus::Stopped,
+            "error" => PodStatus::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// One pod in the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodEntry {
+    pub status: PodStatus,
+    /// The Envoy cluster that reaches the pod's nginx.
+    pub cluster: String,
+    /// `ip:port` of the pod's nginx, for an original-destination cluster. When absent, only the
+    /// cluster header is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+fn default_public_template() -> String {
+    DEFAULT_PUBLIC_TEMPLATE.to_owned()
+}
+fn default_upstream_template() -> String {
+    DEFAULT_UPSTREAM_TEMPLATE.to_owned()
+}
+fn default_cookie_name() -> String {
+    cookie::DEFAULT_COOKIE_NAME.to_owned()
+}
+fn default_scheme() -> String {
+    "http".to_owned()
+}
+fn default_leeway() -> i64 {
+    DEFAULT_LEEWAY_SECS
+}
+fn default_max_lifetime() -> i64 {
+    DEFAULT_MAX_CAPABILITY_LIFETIME_SECS
+}
+fn default_cache_entries() -> usize {
+    1024
+}
+fn default_control_plane_cluster() -> String {
+    "podgate_control_plane".to_owned()
+}
+
+/// The filter's configuration as JSON on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// `iss` of every capability.
+    pub issuer: String,
+    /// Base domain the pod hosts live under.
+    pub domain: String,
+    #[serde(default = "default_public_template")]
+    pub public_host_template: String,
+    #[serde(default = "default_upstream_template")]
+    pub upstream_host_template: String,
+    /// `http` or `https`: decides the cookie prefix and the pod's own origin.
+    #[serde(default = "default_scheme")]
+    pub public_scheme: String,
+    /// Base cookie name; `__Host-` is prefixed over https.
+    #[serde(default = "default_cookie_name")]
+    pub cookie_name: String,
+    /// Where browser page loads without a valid capability are sent
+    /// (e.g. `http://127.0.0.1:8080/api/proxy-auth`).
+    pub auth_url: String,
+    /// Cluster serving `/.podgate/` on pod hosts.
+    #[serde(default = "default_control_plane_cluster")]
+    pub control_plane_cluster: String,
+    /// Capability verifying keys (JWKS shape).
+    pub keys: KeySet,
+    /// slug → pod.
+    #[serde(default)]
+    pub pods: HashMap<String, PodEntry>,
+    /// Capability ids revoked before their expiry.
+    #[serde(default)]
+    pub revoked_jti: Vec<String>,
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: i64,
+    #[serde(default = "default_max_lifetime")]
+    pub max_capability_lifetime_secs: i64,
+    /// Size of the per-worker verified-token cache (0 disables it).
+    #[serde(default = "default_cache_entries")]
+    pub token_cache_entries: usize,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration is not valid JSON for the podgate filter: {0}")]
+    Json(String),
+    #[error("public_host_template: {0}")]
+    PublicTemplate(TemplateError),
+    #[error("upstream_host_template: {0}")]
+    UpstreamTemplate(TemplateError),
+    #[error("keys: {0}")]
+    Keys(KeyError),
+    #[error("{field}: {why}")]
+    Field { field: &'static str, why: String },
+}
+
+/// The compiled configuration: templates parsed, keys decoded, lookups indexed.
+#[derive(Debug)]
+pub struct CompiledConfig {
+    pub public_hosts: HostTemplate,
+    pub upstream_hosts: HostTemplate,
+    pub verifier: Verifier,
+    pub cookie_name: String,
+    pub https: bool,
+    pub auth_url: String,
+    pub control_plane_cluster: String,
+    pub pods: HashMap<String, PodEntry>,
+    pub revoked: HashSet<String>,
+    pub token_cache_entries: usize,
+}
+
+fn field(field: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        why: why.into(),
+    }
+}
+
+fn is_header_value_safe(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl FilterConfig {
+    /// Parses and compiles a configuration from its JSON bytes.
+    pub fn compile_json(bytes: &[u8]) -> Result<CompiledConfig, ConfigError> {
+        let config: FilterConfig =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
+        config.compile()
+    }
+
+    /// Validates every field and builds the indexed form.
+    pub fn compile(self) -> Result<CompiledConfig, ConfigError> {
+        let public_hosts = HostTemplate::new(&self.public_host_template, &self.domain)
+            .map_err(ConfigError::PublicTemplate)?;
+        let upstream_hosts = HostTemplate::new(&self.upstream_host_template, &self.domain)
+            .map_err(ConfigError::UpstreamTemplate)?;
+        let https = match self.public_scheme.as_str() {
+            "http" => false,
+            "https" => true,
+            _ => return Err(field("public_scheme", "must be \"http\" or \"https\"")),
+        };
+        if !cookie::valid_cookie_name(&self.cookie_name) {
+            return Err(field("cookie_name", "must be a non-empty RFC 6265 token"));
+        }
+        if self.issuer.is_empty() {
+            return Err(field("issuer", "must be the control plane's public URL"));
+        }
+        let auth_ok = (self.auth_url.starts_with("http://")
+            || self.auth_url.starts_with("https://"))
+            && !self.auth_url.contains('?')
+            && !self.auth_url.contains('#')
+            && is_header_value_safe(&self.auth_url);
+        if !auth_ok {
+            return Err(field(
+                "auth_url",
+                "must be an absolute http(s) URL without query or fragment",
+            ));
+        }
+        if !(0..=300).contains(&self.leeway_secs) {
+            return Err(field("leeway_secs", "must be between 0 and 300"));
+        }
+        if self.max_capability_lifetime_secs < 1 {
+            return Err(field("max_capability_lifetime_secs", "must be positive"));
+        }
+        if self.token_cache_entries > 1 << 20 {
+            return Err(field("token_cache_entries", "must be at most 1048576"));
+        }
+        if self.control_plane_cluster.is_empty()
+            || !is_header_value_safe(&self.control_plane_cluster)
+        {
+            return Err(field("control_plane_cluster", "must be a cluster name"));
+        }
+        for (slug, pod) in &self.pods {
+            if public_hosts.check_slug(slug).is_err() {
+                return Err(field("pods", format!("{slug:?} is not a valid pod slug")));
+            }
+            if pod.cluster.is_empty() || !is_header_value_safe(&pod.cluster) {
+                return Err(field(
+                    "pods",
+                    format!("{slug:?} has an invalid cluster name"),
+                ));
+            }
+            if let Some(addr) = &pod.address {
+                if addr.is_empty() || !is_header_value_safe(addr) || !addr.contains(':') {
+                    return Err(field("pods", format!("{slug:?} address must be ip:port")));
+                }
+            }
+        }
+        let verifier = Verifier::new(
+            TokenKind::Capability,
+            self.issuer,
+            &self.keys,
+            self.leeway_secs,
+            self.max_capability_lifetime_secs,
+        )
+        .map_err(ConfigError::Keys)?;
+        Ok(CompiledConfig {
+            public_hosts,
+            upstream_hosts,
+            verifier,
+            cookie_name: cookie::cookie_name(&self.cookie_name, https),
+            https,
+            auth_url: self.auth_url,
+            control_plane_cluster: self.control_plane_cluster,
+            pods: self.pods,
+            revoked: self.revoked_jti.into_iter().collect(),
+            token_cache_entries: self.token_cache_entries,
+        })
+    }
+}

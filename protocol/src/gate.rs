@@ -1,0 +1,391 @@
+//! The filter's decision, as a pure function: request headers in, a local reply or a list of
+//! header edits out. The proxy-wasm adapter only moves values between Envoy and this module.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{
+    CompiledConfig, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, HEADER_PREFIX, RESERVED_PREFIX,
+    UPSTREAM_HEADER, USER_HEADER,
+};
+use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
+use crate::host::PodAddr;
+use crate::redirect::{encode_query_value, MAX_NEXT_LEN};
+use crate::reply::Denial;
+use crate::token::{TokenError, Verified};
+
+/// How many token candidates one request may make us look at (cookie tossing, repeated headers).
+const MAX_CANDIDATES: usize = 4;
+
+/// The request headers the decision reads. Every other header passes through untouched, except
+/// client copies of ours, which are listed in `our_header_names`.
+#[derive(Debug, Default, Clone)]
+pub struct Request<'a> {
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub method: &'a str,
+    pub cookie: Option<&'a str>,
+    pub token_header: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub accept: Option<&'a str>,
+    pub sec_fetch_mode: Option<&'a str>,
+    pub upgrade: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    /// Names of client-sent headers starting with `x-podgate-` (to be removed).
+    pub our_header_names: Vec<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    /// Builds the view from a header list as Envoy hands it over (lowercase names).
+    pub fn from_headers(headers: &'a [(String, String)]) -> Self {
+        let mut req = Request::default();
+        for (name, value) in headers {
+            let value = value.as_str();
+            match name.as_str() {
+                ":authority" => req.authority = value,
+                ":path" => req.path = value,
+                ":method" => req.method = value,
+                "cookie" => {
+                    // Envoy joins multiple Cookie headers; keep the first if it did not.
+                    if req.cookie.is_none() {
+                        req.cookie = Some(value);
+                    }
+                }
+                "authorization" => req.authorization = Some(value),
+                "accept" => req.accept = Some(value),
+                "sec-fetch-mode" => req.sec_fetch_mode = Some(value),
+                "upgrade" => req.upgrade = Some(value),
+                "origin" => req.origin = Some(value),
+                n if n == TOKEN_HEADER => req.token_header = Some(value),
+                n if n.starts_with(HEADER_PREFIX) => req.our_header_names.push(n),
+                _ => {}
+            }
+        }
+        req
+    }
+
+    fn is_websocket(&self) -> bool {
+        self.upgrade
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+    }
+
+    /// A browser loading a page (so a redirect to sign in helps), not a script or a subresource.
+    pub fn is_page_load(&self) -> bool {
+        if self.is_websocket() || !(self.method == "GET" || self.method == "HEAD") {
+            return false;
+        }
+        match self.sec_fetch_mode {
+            Some(mode) => mode == "navigate",
+            None => self.accept.is_some_and(|a| a.contains("text/html")),
+        }
+    }
+}
+
+/// One change to the request headers, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    Remove(String),
+    Set(String, String),
+}
+
+/// What the filter does with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Answer locally; nothing is forwarded.
+    Deny(Denial),
+    /// Forward after applying the edits; always clear the route cache afterwards.
+    Forward {
+        edits: Vec<HeaderEdit>,
+        /// Who, for logs and metrics (`None` on the reserved path).
+        user: Option<String>,
+        /// When the capability expires (unix seconds).
+        expires_at: Option<i64>,
+    },
+}
+
+/// Where the capability came from; cookie-authenticated WebSockets must come from the pod's own
+/// origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    TokenHeader,
+    Bearer,
+    Cookie,
+}
+
+/// A per-worker cache of verified capabilities, keyed by the SHA-256 of the token. Expiry and
+/// revocation are re-checked on every hit, so the cache never extends a token's life.
+#[derive(Debug, Default)]
+pub struct VerifiedCache {
+    entries: HashMap<[u8; 32], Verified>,
+    hits: u64,
+    misses: u64,
+}
+
+impl VerifiedCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+
+    fn insert(&mut self, key: [u8; 32], verified: Verified, capacity: usize, now: i64) {
+        if capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= capacity {
+            self.entries.retain(|_, v| v.expires_at > now);
+            if self.entries.len() >= capacity {
+                // Still full of live tokens: start over rather than track recency per hit.
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(key, verified);
+    }
+}
+
+/// Verifies one candidate, through the cache.
+fn check_token(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    token: &str,
+    now: i64,
+) -> Result<Verified, TokenError> {
+    let cache_on = config.token_cache_entries > 0;
+    let key: [u8; 32] = if cache_on {
+        Sha256::digest(token.as_bytes()).into()
+    } else {
+        [0; 32]
+    };
+    if cache_on {
+        if let Some(hit) = cache.entries.get(&key) {
+            cache.hits += 1;
+            if now >= hit.expires_at.saturating_add(config.verifier.leeway()) {
+                cache.entries.remove(&key);
+                return Err(TokenError::Expired);
+            }
+            return Ok(hit.clone());
+        }
+        cache.misses += 1;
+    }
+    let verified = config.verifier.verify(token, now)?;
+    if cache_on {
+        cache.insert(key, verified.clone(), config.token_cache_entries, now);
+    }
+    Ok(verified)
+}
+
+/// Where the capability may be: `podgate-token`, our `Authorization: Bearer`, our cookie.
+fn candidates<'a>(config: &'a CompiledConfig, req: &Request<'a>) -> Vec<(Source, &'a str)> {
+    let mut out = Vec::new();
+    if let Some(t) = req.token_header {
+        out.push((Source::TokenHeader, t.trim()));
+    }
+    if let Some(bearer) = req.authorization.and_then(our_bearer_value) {
+        if config.verifier.claims_ours(bearer) {
+            out.push((Source::Bearer, bearer));
+        }
+    }
+    if let Some(cookies) = req.cookie {
+        if cookies.len() <= MAX_COOKIE_HEADER_LEN && cookie::mentions(cookies, &config.cookie_name)
+        {
+            for value in cookie::find_all(cookies, &config.cookie_name) {
+                out.push((Source::Cookie, value));
+            }
+        }
+    }
+    out.truncate(MAX_CANDIDATES);
+    out
+}
+
+fn our_bearer_value(authorization: &str) -> Option<&str> {
+    let (scheme, value) = authorization.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| value.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// Removes client copies of our headers and our credentials; shared by both forward paths.
+fn strip_edits(
+    config: &CompiledConfig,
+    req: &Request<'_>,
+    bearer_is_ours: bool,
+) -> Vec<HeaderEdit> {
+    let mut edits: Vec<HeaderEdit> = req
+        .our_header_names
+        .iter()
+        .map(|n| HeaderEdit::Remove((*n).to_owned()))
+        .collect();
+    if req.token_header.is_some() {
+        edits.push(HeaderEdit::Remove(TOKEN_HEADER.to_owned()));
+    }
+    if bearer_is_ours {
+        edits.push(HeaderEdit::Remove("authorization".to_owned()));
+    }
+    if let Some(cookies) = req.cookie {
+        if cookie::mentions(cookies, &config.cookie_name) {
+            match cookie::strip(cookies, &config.cookie_name) {
+                Some(rest) => edits.push(HeaderEdit::Set("cookie".to_owned(), rest)),
+                None => edits.push(HeaderEdit::Remove("cookie".to_owned())),
+            }
+        }
+    }
+    edits
+}
+
+/// The URL a browser is sent to for a fresh capability.
+pub fn auth_redirect(config: &CompiledConfig, pod: &PodAddr, path: &str) -> String {
+    let mut url = format!(
+        "{}?pod={}&port={}",
+        config.auth_url,
+        encode_query_value(&pod.pod),
+        pod.port
+    );
+    if !path.is_empty() && path.len() <= MAX_NEXT_LEN {
+        url.push_str("&next=");
+        url.push_str(&encode_query_value(path));
+    }
+    url
+}
+
+/// Whether `origin` is exactly this pod host's own origin (scheme and host; any port).
+fn is_own_origin(config: &CompiledConfig, origin: &str, pod: &PodAddr) -> bool {
+    let scheme = if config.https { "https://" } else { "http://" };
+    let Some(authority) = origin.strip_prefix(scheme) else {
+        return false;
+    };
+    if authority.contains('/') {
+        return false;
+    }
+    config.public_hosts.parse(authority).as_ref() == Ok(pod)
+}
+
+/// Decides what happens to a request at time `now` (unix seconds).
+pub fn decide(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    req: &Request<'_>,
+    now: i64,
+) -> Decision {
+    let pod = match config.public_hosts.parse(req.authority) {
+        Ok(pod) => pod,
+        Err(err) => return Decision::Deny(Denial::BadHost(err)),
+    };
+    let bearer_is_ours = req
+        .authorization
+        .and_then(our_bearer_value)
+        .is_some_and(|b| config.verifier.claims_ours(b));
+
+    if req.path.starts_with(RESERVED_PREFIX) {
+        // The control plane's callback: the host is validated, no token needed, the pod never
+        // sees it. Host stays as is so the control plane can bind the ticket to it.
+        let mut edits = strip_edits(config, req, bearer_is_ours);
+        edits.push(HeaderEdit::Set(
+            CLUSTER_HEADER.to_owned(),
+            config.control_plane_cluster.clone(),
+        ));
+        return Decision::Forward {
+            edits,
+            user: None,
+            expires_at: None,
+        };
+    }
+
+    let page_load = req.is_page_load();
+    let redirect = || page_load.then(|| auth_redirect(config, &pod, req.path));
+    let found = candidates(config, req);
+    if found.is_empty() {
+        return Decision::Deny(Denial::NoCapability {
+            redirect: redirect(),
+        });
+    }
+
+    let mut first_error = None;
+    let mut scoped_elsewhere = false;
+    let mut granted = None;
+    for (source, token) in found {
+        match check_token(config, cache, token, now) {
+            Ok(v) if config.revoked.contains(&v.claims.jti) => {
+                first_error.get_or_insert(TokenError::Expired);
+            }
+            Ok(v) => {
+                let host = config.public_hosts.render(&pod);
+                if v.claims.aud == host && v.claims.pod == pod.pod && v.claims.port == pod.port {
+                    granted = Some((source, v));
+                    break;
+                }
+                scoped_elsewhere = true;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let Some((source, verified)) = granted else {
+        if scoped_elsewhere {
+            return Decision::Deny(Denial::WrongScope);
+        }
+        return Decision::Deny(Denial::InvalidCapability {
+            reason: first_error.unwrap_or(TokenError::Malformed),
+            redirect: redirect(),
+        });
+    };
+
+    if req.is_websocket() && source == Source::Cookie {
+        let own = req.origin.is_some_and(|o| is_own_origin(config, o, &pod));
+        if !own {
+            return Decision::Deny(Denial::CrossOriginWebSocket);
+        }
+    }
+
+    let Some(entry) = config.pods.get(&pod.pod) else {
+        return Decision::Deny(Denial::UnknownPod);
+    };
+    if entry.status != PodStatus::Running {
+        return Decision::Deny(Denial::NotRunning(entry.status));
+    }
+
+    let mut edits = strip_edits(config, req, bearer_is_ours);
+    edits.push(HeaderEdit::Set(
+        ":authority".to_owned(),
+        config.upstream_hosts.render(&pod),
+    ));
+    edits.push(HeaderEdit::Set(
+        CLUSTER_HEADER.to_owned(),
+        entry.cluster.clone(),
+    ));
+    if let Some(address) = &entry.address {
+        edits.push(HeaderEdit::Set(UPSTREAM_HEADER.to_owned(), address.clone()));
+    }
+    edits.push(HeaderEdit::Set(
+        USER_HEADER.to_owned(),
+        verified.claims.sub.clone(),
+    ));
+    if let Some(email) = verified.claims.email.as_ref().filter(|e| is_header_safe(e)) {
+        edits.push(HeaderEdit::Set(EMAIL_HEADER.to_owned(), email.clone()));
+    }
+    Decision::Forward {
+        edits,
+        user: Some(verified.claims.sub),
+        expires_at: Some(verified.expires_at),
+    }
+}
+
+fn is_header_safe(value: &str) -> bool {
+    value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+}

@@ -1,0 +1,513 @@
+//! The pod-host grammar: `localhost-{port}-pod-{pod}.{domain}` and friends.
+//!
+//! A [`HostTemplate`] is compiled once from a template string and a base domain. Parsing is
+//! strict and canonical: the same pod and port always render to the same host, and a host is
+//! accepted only if rendering its parse gives it back exactly.
+
+use std::fmt;
+
+/// The most a single DNS label may hold.
+pub const MAX_LABEL_LEN: usize = 63;
+/// The longest authority we even look at; anything longer is rejected before parsing.
+pub const MAX_AUTHORITY_LEN: usize = 255;
+
+/// A pod and one of its ports: what a pod host names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PodAddr {
+    pub pod: String,
+    pub port: u16,
+}
+
+/// Why a host is not a pod host. Each variant is one way to be wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("the host is empty")]
+    Empty,
+    #[error("the host is longer than {MAX_AUTHORITY_LEN} characters")]
+    TooLong,
+    #[error("the host has characters other than lowercase a-z, 0-9, '-' and '.'")]
+    InvalidCharacter,
+    #[error("the host's port suffix is not a number")]
+    BadPortSuffix,
+    #[error("the host is not under the pod domain")]
+    WrongDomain,
+    #[error("the host does not match the pod host template")]
+    NoMatch,
+    #[error("the port is not a number from 1 to 65535 without leading zeros")]
+    BadPort,
+    #[error("the pod slug is not [a-z0-9]([a-z0-9-]*[a-z0-9])?")]
+    BadSlug,
+    #[error("a pod host label is longer than {MAX_LABEL_LEN} characters")]
+    LabelTooLong,
+}
+
+/// Why a template string cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("the template must contain {{port}} and {{pod}} exactly once each, and {{domain}} at most once at the end (as '.{{domain}}')")]
+    Placeholders,
+    #[error(
+        "the template has characters other than lowercase a-z, 0-9, '-', '.' and placeholders"
+    )]
+    InvalidCharacter,
+    #[error("{{port}} and {{pod}} must be separated by a literal that is not only '-' characters")]
+    AmbiguousSeparator,
+    #[error("the domain must be non-empty lowercase DNS labels")]
+    BadDomain,
+}
+
+/// Which placeholder a variable piece of the template is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Var {
+    Port,
+    Pod,
+}
+
+/// A compiled host template: literal `prefix`, a variable, literal `middle`, a variable,
+/// literal `suffix` (which ends with `.domain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostTemplate {
+    prefix: String,
+    first: Var,
+    middle: String,
+    suffix: String,
+    source: String,
+}
+
+impl fmt::Display for HostTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// The default public host: one DNS label under the domain, so one wildcard certificate covers it.
+pub const DEFAULT_PUBLIC_TEMPLATE: &str = "localhost-{port}-pod-{pod}.{domain}";
+/// The default upstream Host, what the pod's nginx matches with `^localhost-(\d+)\.`.
+pub const DEFAULT_UPSTREAM_TEMPLATE: &str = "localhost-{port}.pod-{pod}.{domain}";
+
+fn is_host_char(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+}
+
+/// Checks a domain: dot-separated non-empty labels of `[a-z0-9-]`, not starting or ending in '-'.
+pub fn validate_domain(domain: &str) -> Result<(), TemplateError> {
+    if domain.is_empty() || domain.len() > MAX_AUTHORITY_LEN {
+        return Err(TemplateError::BadDomain);
+    }
+    for label in domain.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= MAX_LABEL_LEN
+            && label.bytes().all(|b| is_host_char(b) && b != b'.')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(TemplateError::BadDomain);
+        }
+    }
+    Ok(())
+}
+
+/// Checks a pod slug: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63 characters.
+pub fn validate_slug(slug: &str) -> Result<(), HostError> {
+    let bytes = slug.as_bytes();
+    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+        return Err(HostError::BadSlug);
+    };
+    if bytes.len() > MAX_LABEL_LEN {
+        return Err(HostError::LabelTooLong);
+    }
+    let edge_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !edge_ok(first) || !edge_ok(last) || !bytes.iter().all(|&b| edge_ok(b) || b == b'-') {
+        return Err(HostError::BadSlug);
+    }
+    Ok(())
+}
+
+/// Parses a port: 1 to 65535, decimal, no sign, no leading zeros.
+pub fn parse_port(s: &str) -> Result<u16, HostError> {
+    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HostError::BadPort);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => u16::try_from(n).map_err(|_| HostError::BadPort),
+        _ => Err(HostError::BadPort),
+    }
+}
+
+/// Strips one `:port` suffix and one trailing dot, the only normalisations we allow.
+pub fn normalize_authority(authority: &str) -> Result<&str, HostError> {
+    if authority.is_empty() {
+        return Err(HostError::Empty);
+    }
+    if authority.len() > MAX_AUTHORITY_LEN + 6 {
+        return Err(HostError::TooLong);
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) => {
+            if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HostError::BadPortSuffix);
+            }
+            host
+        }
+        None => authority,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err(HostError::Empty);
+    }
+    if host.len() > MAX_AUTHORITY_LEN {
+        return Err(HostError::TooLong);
+    }
+    Ok(host)
+}
+
+impl HostTemplate {
+    /// Compiles `template` (with `{port}`, `{pod}` and optionally a trailing `.{domain}`)
+    /// against `domain`.
+    pub fn new(template: &str, domain: &str) -> Result<Self, TemplateError> {
+        validate_domain(domain)?;
+        let Some(body) = template.strip_suffix(".{domain}") else {
+            return Err(TemplateError::Placeholders);
+        };
+        if body.contains("{domain}") {
+            return Err(TemplateError::Placeholders);
+        }
+        let (Some(port_at), Some(pod_at)) = (body.find("{port}"), body.find("{pod}")) else {
+            return Err(TemplateError::Placeholders);
+        };
+        if body.matches("{port}").count() != 1 || body.matches("{pod}").count() != 1 {
+            return Err(TemplateError::Placeholders);
+        }
+        let (first, first_at, first_len, second_at, second_len) = if port_at < pod_at {
+            (Var::Port, port_at, 6, pod_at, 5)
+        } else {
+            (Var::Pod, pod_at, 5, port_at, 6)
+        };
+        let prefix = &body[..first_at];
+        let middle = &body[first_at + first_len..second_at];
+        let rest = &body[second_at + second_len..];
+        for lit in [prefix, middle, rest] {
+            if !lit.bytes().all(is_host_char) {
+                return Err(TemplateError::InvalidCharacter);
+            }
+        }
+        // A slug may contain '-', so the separator must contain something a slug cannot end in
+        // or start with; otherwise `a-1-2` would parse two ways.
+        if middle.is_empty() || middle.bytes().all(|b| b == b'-') {
+            return Err(TemplateError::AmbiguousSeparator);
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            first,
+            middle: middle.to_owned(),
+            suffix: format!("{rest}.{domain}"),
+            source: template.replace("{domain}", domain),
+        })
+    }
+
+    /// Parses an `:authority` (or `Host`) value into the pod and port it names.
+    pub fn parse(&self, authority: &str) -> Result<PodAddr, HostError> {
+        let host = normalize_authority(authority)?;
+        if !host.bytes().all(is_host_char) {
+            return Err(HostError::InvalidCharacter);
+        }
+        // Suffix on a dot boundary is guaranteed: our suffix always starts with '.' or a literal
+        // that is then followed by '.domain'.
+        let Some(head) = host.strip_suffix(self.suffix.as_str()) else {
+            return Err(HostError::WrongDomain);
+        };
+        let Some(vars) = head.strip_prefix(self.prefix.as_str()) else {
+            return Err(HostError::NoMatch);
+        };
+        let (a, b) = match self.first {
+            // The port has no '-', so split at the first occurrence of the separator.
+            Var::Port => vars.split_once(self.middle.as_str()),
+            // The slug comes first: split at the last occurrence.
+            Var::Pod => vars.rsplit_once(self.middle.as_str()),
+        }
+        .ok_or(HostError::NoMatch)?;
+        let (port, pod) = match self.first {
+            Var::Port => (a, b),
+            Var::Pod => (b, a),
+        };
+        let port = parse_port(port)?;
+        validate_slug(pod)?;
+        let addr = PodAddr {
+            pod: pod.to_owned(),
+            port,
+        };
+        let rendered = self.render(&addr);
+        if rendered != host {
+            // Anything that does not round-trip (extra labels, odd separators) is not ours.
+            return Err(HostError::NoMatch);
+        }
+        if rendered.split('.').any(|label| label.len() > MAX_LABEL_LEN) {
+            return Err(HostError::LabelTooLong);
+        }
+        Ok(addr)
+    }
+
+    /// Renders the host for a pod and port.
+    pub fn render(&self, addr: &PodAddr) -> String {
+        let mut out = String::with_capacity(
+            self.prefix.len() + self.middle.len() + self.suffix.len() + addr.pod.len() + 5,
+        );
+        out.push_str(&self.prefix);
+        let port = addr.port.to_string();
+        match self.first {
+            Var::Port => {
+                out.push_str(&port);
+                out.push_str(&self.middle);
+                out.push_str(&addr.pod);
+            }
+            Var::Pod => {
+                out.push_str(&addr.pod);
+                out.push_str(&self.middle);
+                out.push_str(&port);
+            }
+        }
+        out.push_str(&self.suffix);
+        out
+    }
+
+    /// The longest slug whose hosts fit every label in 63 characters for every port.
+    pub fn max_slug_len(&self) -> usize {
+        // Measure the label that holds the slug, with the longest port, using a marker slug.
+        let marked = self.render(&PodAddr {
+            pod: "\u{0}".to_owned(),
+            port: 65535,
+        });
+        let label_len = marked
+            .split('.')
+            .find(|l| l.contains('\u{0}'))
+            .map(|l| l.len() - 1)
+            .unwrap_or(0);
+        MAX_LABEL_LEN.saturating_sub(label_len)
+    }
+
+    /// Checks that a slug is valid and that its hosts fit DNS limits for every port.
+    pub fn check_slug(&self, slug: &str) -> Result<(), HostError> {
+        validate_slug(slug)?;
+        if slug.len() > self.max_slug_len() {
+            return Err(HostError::LabelTooLong);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn public() -> HostTemplate {
+        HostTemplate::new(DEFAULT_PUBLIC_TEMPLATE, "example.dev").unwrap()
+    }
+
+    fn upstream() -> HostTemplate {
+        HostTemplate::new(DEFAULT_UPSTREAM_TEMPLATE, "example.dev").unwrap()
+    }
+
+    fn addr(pod: &str, port: u16) -> PodAddr {
+        PodAddr {
+            pod: pod.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn parses_and_renders_the_default_templates() {
+        let cases = [
+            ("localhost-8726-pod-myslug.example.dev", "myslug", 8726),
+            ("localhost-1-pod-a.example.dev", "a", 1),
+            (
+                "localhost-65535-pod-my-pod-2.example.dev",
+                "my-pod-2",
+                65535,
+            ),
+            ("localhost-3000-pod-0.example.dev", "0", 3000),
+            ("localhost-80-pod-a-pod-b.example.dev", "a-pod-b", 80),
+        ];
+        for (host, pod, port) in cases {
+            assert_eq!(public().parse(host), Ok(addr(pod, port)), "{host}");
+            assert_eq!(public().render(&addr(pod, port)), host);
+        }
+        let up = upstream();
+        assert_eq!(
+            up.render(&addr("myslug", 8726)),
+            "localhost-8726.pod-myslug.example.dev"
+        );
+        assert_eq!(
+            up.parse("localhost-8726.pod-myslug.example.dev"),
+            Ok(addr("myslug", 8726))
+        );
+    }
+
+    #[test]
+    fn normalises_port_suffix_and_one_trailing_dot_only() {
+        let t = public();
+        assert_eq!(
+            t.parse("localhost-8726-pod-x.example.dev:10000"),
+            Ok(addr("x", 8726))
+        );
+        assert_eq!(
+            t.parse("localhost-8726-pod-x.example.dev."),
+            Ok(addr("x", 8726))
+        );
+        assert_eq!(
+            t.parse("localhost-8726-pod-x.example.dev.:443"),
+            Ok(addr("x", 8726))
+        );
+        assert_eq!(
+            t.parse("localhost-8726-pod-x.example.dev.."),
+            Err(HostError::WrongDomain)
+        );
+        assert_eq!(
+            t.parse("localhost-8726-pod-x.example.dev:"),
+            Err(HostError::BadPortSuffix)
+        );
+        assert_eq!(
+            t.parse("localhost-8726-pod-x.example.dev:x1"),
+            Err(HostError::BadPortSuffix)
+        );
+        assert_eq!(
+            t.parse("localhost-8726-pod-x.example.dev:1:2"),
+            Err(HostError::InvalidCharacter)
+        );
+    }
+
+    #[test]
+    fn rejects_every_malformed_host() {
+        let t = public();
+        let long_slug = "a".repeat(60);
+        let cases: Vec<(String, HostError)> = vec![
+            ("".into(), HostError::Empty),
+            (":80".into(), HostError::Empty),
+            (
+                "localhost-8726-pod-x.example.dev.evil.com".into(),
+                HostError::WrongDomain,
+            ),
+            (
+                "localhost-8726-pod-x.evilexample.dev".into(),
+                HostError::WrongDomain,
+            ),
+            (
+                "localhost-8726-pod-xexample.dev".into(),
+                HostError::WrongDomain,
+            ),
+            ("example.dev".into(), HostError::WrongDomain),
+            (".example.dev".into(), HostError::NoMatch),
+            (
+                "LOCALHOST-8726-pod-x.example.dev".into(),
+                HostError::InvalidCharacter,
+            ),
+            (
+                "localhost-8726-pod-X.example.dev".into(),
+                HostError::InvalidCharacter,
+            ),
+            (
+                "localhost-8726-pod-x_y.example.dev".into(),
+                HostError::InvalidCharacter,
+            ),
+            (
+                "localhost-8726-pod-x y.example.dev".into(),
+                HostError::InvalidCharacter,
+            ),
+            (
+                "localhost-08726-pod-x.example.dev".into(),
+                HostError::BadPort,
+            ),
+            ("localhost-0-pod-x.example.dev".into(), HostError::BadPort),
+            (
+                "localhost-65536-pod-x.example.dev".into(),
+                HostError::BadPort,
+            ),
+            (
+                "localhost-99999999-pod-x.example.dev".into(),
+                HostError::BadPort,
+            ),
+            ("localhost--pod-x.example.dev".into(), HostError::BadPort),
+            (
+                "localhost-+80-pod-x.example.dev".into(),
+                HostError::InvalidCharacter,
+            ),
+            ("localhost-8726-pod-.example.dev".into(), HostError::BadSlug),
+            (
+                "localhost-8726-pod--x.example.dev".into(),
+                HostError::BadSlug,
+            ),
+            (
+                "localhost-8726-pod-x-.example.dev".into(),
+                HostError::BadSlug,
+            ),
+            (
+                "localhost-8726-pod-x.xn--exmple-cua.dev".into(),
+                HostError::WrongDomain,
+            ),
+            (
+                "localhost-8726-pod-a.b.example.dev".into(),
+                HostError::BadSlug,
+            ),
+            (
+                "x.localhost-8726-pod-a.example.dev".into(),
+                HostError::NoMatch,
+            ),
+            (
+                "localhost-8726.pod-a.example.dev".into(),
+                HostError::NoMatch,
+            ),
+            (
+                format!("localhost-8726-pod-{long_slug}.example.dev"),
+                HostError::LabelTooLong,
+            ),
+            ("a".repeat(300), HostError::TooLong),
+            (
+                "localhost-8726-pod-é.example.dev".into(),
+                HostError::InvalidCharacter,
+            ),
+            (
+                "localhost-8726-pod-x.example.dev\0".into(),
+                HostError::InvalidCharacter,
+            ),
+        ];
+        for (host, err) in cases {
+            assert_eq!(t.parse(&host), Err(err.clone()), "{host:?}");
+        }
+    }
+
+    #[test]
+    fn inner_double_hyphens_follow_the_slug_grammar() {
+        // The slug grammar allows inner hyphens; the label as a whole starts with the template's
+        // literal, so it can never be an IDN (`xn--`) label.
+        let t = public();
+        assert_eq!(
+            t.parse("localhost-1-pod-a--b.example.dev"),
+            Ok(addr("a--b", 1))
+        );
+    }
+
+    #[test]
+    fn templates_are_validated() {
+        assert!(HostTemplate::new("{port}-{pod}.{domain}", "d").is_err());
+        assert!(HostTemplate::new("p{port}{pod}.{domain}", "d").is_err());
+        assert!(HostTemplate::new("localhost-{port}-pod-{pod}", "d").is_err());
+        assert!(HostTemplate::new("{pod}.{pod}-{port}.{domain}", "d").is_err());
+        assert!(HostTemplate::new("localhost-{port}-pod-{pod}.{domain}", "").is_err());
+        assert!(HostTemplate::new("localhost-{port}-pod-{pod}.{domain}", "-a.b").is_err());
+        assert!(HostTemplate::new("Localhost-{port}-pod-{pod}.{domain}", "d").is_err());
+        let t = HostTemplate::new("{pod}--p{port}.{domain}", "d").unwrap();
+        assert_eq!(t.parse("a-b--p80.d"), Ok(addr("a-b", 80)));
+        assert_eq!(t.render(&addr("a-b", 80)), "a-b--p80.d");
+    }
+
+    #[test]
+    fn slug_length_is_bounded_by_the_label() {
+        let t = public();
+        // "localhost-65535-pod-" is 20 characters.
+        assert_eq!(t.max_slug_len(), 43);
+        assert!(t.check_slug(&"a".repeat(43)).is_ok());
+        assert_eq!(t.check_slug(&"a".repeat(44)), Err(HostError::LabelTooLong));
+        let up = upstream();
+        assert_eq!(up.max_slug_len(), 59);
+    }
+}

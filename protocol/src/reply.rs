@@ -1,0 +1,157 @@
+//! The answers the filter gives, one per failure, each with its status and JSON body.
+
+use serde::Serialize;
+
+use crate::config::PodStatus;
+use crate::host::HostError;
+use crate::token::TokenError;
+
+/// The realm in `WWW-Authenticate`.
+pub const REALM: &str = "podgate";
+
+/// Why a request was not forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// 400: the host is not a pod host.
+    BadHost(HostError),
+    /// 401 (or a redirect for a browser page load): no capability at all.
+    NoCapability { redirect: Option<String> },
+    /// 401 (or a redirect): a capability that failed verification.
+    InvalidCapability {
+        reason: TokenError,
+        redirect: Option<String>,
+    },
+    /// 403: a valid capability for another pod or port.
+    WrongScope,
+    /// 403: a cookie-authenticated WebSocket from another origin.
+    CrossOriginWebSocket,
+    /// 404: the pod is not in the directory.
+    UnknownPod,
+    /// 503: the pod exists but is not running.
+    NotRunning(PodStatus),
+    /// 500: the filter has no usable configuration; fail closed.
+    NotConfigured,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
+}
+
+/// A fully formed local reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    /// Short reason for Envoy's response details and our metrics.
+    pub reason: &'static str,
+}
+
+impl Denial {
+    /// Metric suffix and response detail: one per row of the answers table.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denial::BadHost(_) => "bad_host",
+            Denial::NoCapability { .. } => "no_capability",
+            Denial::InvalidCapability { .. } => "invalid_capability",
+            Denial::WrongScope => "wrong_scope",
+            Denial::CrossOriginWebSocket => "cross_origin_websocket",
+            Denial::UnknownPod => "unknown_pod",
+            Denial::NotRunning(_) => "pod_not_running",
+            Denial::NotConfigured => "not_configured",
+        }
+    }
+
+    /// Every reason, for defining metrics up front.
+    pub const ALL_REASONS: [&'static str; 8] = [
+        "bad_host",
+        "no_capability",
+        "invalid_capability",
+        "wrong_scope",
+        "cross_origin_websocket",
+        "unknown_pod",
+        "pod_not_running",
+        "not_configured",
+    ];
+
+    /// Builds the local reply.
+    pub fn reply(&self) -> Reply {
+        let (status, error, hint): (u32, String, Option<&str>) = match self {
+            Denial::BadHost(e) => (
+                400,
+                format!("Not a pod host: {e}"),
+                Some("use https://localhost-{port}-pod-{pod}.{domain}/ as given by podgate"),
+            ),
+            Denial::NoCapability { .. } => (
+                401,
+                "No capability: sign in through podgate or send a capability token".into(),
+                Some("send the token from POST /v1/capabilities as 'podgate-token: <token>' or 'Authorization: Bearer <token>'"),
+            ),
+            Denial::InvalidCapability { reason, .. } => (
+                401,
+                format!("Invalid capability: {reason}"),
+                Some("get a fresh token from POST /v1/capabilities or reload the page"),
+            ),
+            Denial::WrongScope => (
+                403,
+                "This capability is for another pod or port".into(),
+                Some("get a capability for this pod and port"),
+            ),
+            Denial::CrossOriginWebSocket => (
+                403,
+                "WebSocket refused: Origin is not this pod's own origin".into(),
+                Some("open WebSockets from pages served by this pod host, or authenticate with a header token"),
+            ),
+            Denial::UnknownPod => (404, "Pod not found".into(), None),
+            Denial::NotRunning(status) => (
+                503,
+                format!("Pod is not running (status: {})", status.as_str()),
+                None,
+            ),
+            Denial::NotConfigured => (
+                500,
+                "podgate is not configured; nothing is forwarded".into(),
+                None,
+            ),
+        };
+        let redirect = match self {
+            Denial::NoCapability { redirect } | Denial::InvalidCapability { redirect, .. } => {
+                redirect.as_ref()
+            }
+            _ => None,
+        };
+        let mut headers = vec![
+            ("content-type", "application/json".to_owned()),
+            ("cache-control", "no-store".to_owned()),
+        ];
+        if let Some(location) = redirect {
+            headers.push(("location", location.clone()));
+            headers.push(("referrer-policy", "no-referrer".to_owned()));
+            let body = serde_json::json!({"error": error, "location": location}).to_string();
+            return Reply {
+                status: 302,
+                headers,
+                body,
+                reason: self.reason(),
+            };
+        }
+        if status == 401 {
+            let err = match self {
+                Denial::InvalidCapability { .. } => ", error=\"invalid_token\"",
+                _ => "",
+            };
+            headers.push(("www-authenticate", format!("Bearer realm=\"{REALM}\"{err}")));
+        }
+        let body = serde_json::to_string(&Body { error, hint })
+            .unwrap_or_else(|_| String::from("{\"error\":\"denied\"}"));
+        Reply {
+            status,
+            headers,
+            body,
+            reason: self.reason(),
+        }
+    }
+}

@@ -1,0 +1,1027 @@
+//! Token kinds, their claims, signing keys and verification.
+//!
+//! An untrusted token is parsed, its `typ` must name exactly the kind expected, its `kid` picks
+//! exactly one key whose algorithm is fixed, the signature is checked with that key's
+//! algorithm, then the claims are checked against an injected clock. There is no "try every key"
+//! and no algorithm chosen by the token.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key};
+use jwt_compact::{AlgorithmExt, Claims, Header, UntrustedToken};
+use serde::{Deserialize, Serialize};
+
+/// The longest token we are willing to parse; real ones are well under 1 KiB.
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// Shortest HMAC secret accepted (256 bits).
+pub const MIN_HMAC_SECRET_LEN: usize = 32;
+/// Hard upper bound for a login ticket's lifetime.
+pub const MAX_TICKET_LIFETIME_SECS: i64 = 60;
+/// Default capability lifetime.
+pub const DEFAULT_CAPABILITY_LIFETIME_SECS: i64 = 900;
+/// Default upper bound for a capability's lifetime (what a verifier accepts).
+pub const DEFAULT_MAX_CAPABILITY_LIFETIME_SECS: i64 = 24 * 3600;
+/// Default clock leeway for `exp`, `nbf` and `iat`.
+pub const DEFAULT_LEEWAY_SECS: i64 = 30;
+
+/// The kinds of JWT podgate mints. A token of one kind is never accepted as another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// Carried once in the callback URL, consumed in SQL.
+    LoginTicket,
+    /// The cookie or header that lets a request through to a pod.
+    Capability,
+}
+
+impl TokenKind {
+    /// The explicit `typ` header value of this kind.
+    pub const fn typ(self) -> &'static str {
+        match self {
+            TokenKind::LoginTicket => "podgate-ticket+jwt",
+            TokenKind::Capability => "podgate-cap+jwt",
+        }
+    }
+
+    /// The prefix every `kid` of this kind carries, so keys of one kind can never verify another.
+    pub const fn kid_prefix(self) -> &'static str {
+        match self {
+            TokenKind::LoginTicket => "tkt-",
+            TokenKind::Capability => "cap-",
+        }
+    }
+}
+
+/// Signing algorithms podgate supports. EdDSA is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Alg {
+    EdDSA,
+    ES256,
+    HS256,
+}
+
+impl Alg {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Alg::EdDSA => "EdDSA",
+            Alg::ES256 => "ES256",
+            Alg::HS256 => "HS256",
+        }
+    }
+}
+
+impl fmt::Display for Alg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The claims every podgate token carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodClaims {
+    pub iss: String,
+    /// The user id.
+    pub sub: String,
+    /// The exact public pod host (no port suffix).
+    pub aud: String,
+    pub pod: String,
+    pub port: u16,
+    pub jti: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub claims: PodClaims,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub kid: String,
+}
+
+/// One key in JWKS shape (RFC 7517). Private parts (`d`, or `k` for HMAC) are present only in
+/// storage and, for HMAC, in the filter's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Jwk {
+    pub kty: String,
+    pub kid: String,
+    pub alg: String,
+    #[serde(rename = "use", default, skip_serializing_if = "Option::is_none")]
+    pub use_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<String>,
+}
+
+/// A JWKS document: `{"keys": [...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct KeySet {
+    pub keys: Vec<Jwk>,
+}
+
+/// Why a key cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key {kid:?}: unsupported kty/alg/crv combination (use OKP/EdDSA/Ed25519, EC/ES256/P-256 or oct/HS256)")]
+    Unsupported { kid: String },
+    #[error("key {kid:?}: {what} is missing or not valid base64url")]
+    BadMaterial { kid: String, what: &'static str },
+    #[error("key {kid:?}: HMAC secrets must be at least 256 bits (32 bytes)")]
+    WeakSecret { kid: String },
+    #[error("key id {kid:?} appears twice in the key set")]
+    DuplicateKid { kid: String },
+    #[error("key id {kid:?} is empty or longer than 128 characters")]
+    BadKid { kid: String },
+}
+
+/// Why a token was refused. Every variant means "not authenticated" (401) except where the
+/// caller decides otherwise (scope is checked by the caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is empty or longer than {MAX_TOKEN_LEN} bytes")]
+    Size,
+    #[error("token is not three base64url segments of a JSON header, JSON claims and a signature")]
+    Malformed,
+    #[error("token type is not {expected}")]
+    WrongType { expected: &'static str },
+    #[error("token has no kid or an unknown kid")]
+    UnknownKey,
+    #[error("token algorithm does not match its key")]
+    AlgorithmMismatch,
+    #[error("token header carries a field that is never trusted (jku, jwk, x5u, x5c, crit, ...)")]
+    ForbiddenHeader,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token claims are missing or malformed")]
+    BadClaims,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token lives longer than its kind allows")]
+    LifetimeTooLong,
+    #[error("token was issued by someone else")]
+    WrongIssuer,
+}
+
+/// Header fields we refuse outright; the standard ones (`jku`, `x5u`, `x5t`) live in `Header`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ExtraHeader {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jwk: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x5c: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crit: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    b64: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    zip: Option<serde_json::Value>,
+}
+
+impl ExtraHeader {
+    fn is_clean(&self) -> bool {
+        self.jwk.is_none()
+            && self.x5c.is_none()
+            && self.crit.is_none()
+            && self.b64.is_none()
+            && self.zip.is_none()
+    }
+}
+
+/// The exact claims layout on the wire. `exp` and `iat` are required by the verifier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WireClaims {
+    #[serde(flatten)]
+    pod: PodClaims,
+}
+
+enum SecretMaterial {
+    Ed25519(ed25519_compact::SecretKey),
+    Es256(Box<p256::ecdsa::SigningKey>),
+    Hs256(Hs256Key),
+}
+
+/// A private key that signs one kind of token.
+pub struct SigningKey {
+    kid: String,
+    alg: Alg,
+    material: SecretMaterial,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+fn unb64(kid: &str, what: &'static str, s: Option<&str>) -> Result<Vec<u8>, KeyError> {
+    let bad = || KeyError::BadMaterial {
+        kid: kid.to_owned(),
+        what,
+    };
+    B64.decode(s.ok_or_else(bad)?).map_err(|_| bad())
+}
+
+fn check_kid(kid: &str) -> Result<(), KeyError> {
+    if kid.is_empty() || kid.len() > 128 {
+        return Err(KeyError::BadKid { kid: kid.into() });
+    }
+    Ok(())
+}
+
+impl SigningKey {
+    /// An Ed25519 key from a 32-byte seed (the caller supplies randomness).
+    pub fn ed25519_from_seed(kid: impl Into<String>, seed: [u8; 32]) -> Result<Self, KeyError> {
+        let kid = kid.into();
+        check_kid(&kid)?;
+        let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
+        Ok(Self {
+            kid,
+            alg: Alg::EdDSA,
+            material: SecretMaterial::Ed25519(pair.sk),
+        })
+    }
+
+    /// An ES256 key from a 32-byte P-256 scalar.
+    pub fn es256_from_bytes(kid: impl Into<String>, scalar: &[u8]) -> Result<Self, KeyError> {
+        let kid = kid.into();
+        check_kid(&kid)?;
+        let key =
+            p256::ecdsa::SigningKey::from_slice(scalar).map_err(|_| KeyError::BadMaterial {
+                kid: kid.clone(),
+                what: "the P-256 private scalar",
+            })?;
+        Ok(Self {
+            kid,
+            alg: Alg::ES256,
+            material: SecretMaterial::Es256(Box::new(key)),
+        })
+    }
+
+    /// An HS256 key; secrets shorter than 256 bits are refused.
+    pub fn hs256(kid: impl Into<String>, secret: &[u8]) -> Result<Self, KeyError> {
+        let kid = kid.into();
+        check_kid(&kid)?;
+        if secret.len() < MIN_HMAC_SECRET_LEN {
+            return Err(KeyError::WeakSecret { kid });
+        }
+        Ok(Self {
+            kid,
+            alg: Alg::HS256,
+            material: SecretMaterial::Hs256(Hs256Key::new(secret)),
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn alg(&self) -> Alg {
+        self.alg
+    }
+
+    /// The JWK that verifies this key's tokens. For HS256 this contains the secret: it may go to
+    /// the filter's configuration but never to a public JWKS.
+    pub fn verifying_jwk(&self) -> Jwk {
+        let mut jwk = Jwk {
+            kid: self.kid.clone(),
+            alg: self.alg.name().into(),
+            use_: Some("sig".into()),
+            ..Jwk::default()
+        };
+        match &self.material {
+            SecretMaterial::Ed25519(sk) => {
+                jwk.kty = "OKP".into();
+                jwk.crv = Some("Ed25519".into());
+                jwk.x = Some(b64(sk.public_key().as_ref()));
+            }
+            SecretMaterial::Es256(sk) => {
+                let point = sk.verifying_key().to_encoded_point(false);
+                jwk.kty = "EC".into();
+                jwk.crv = Some("P-256".into());
+                jwk.x = point.x().map(|x| b64(x));
+                jwk.y = point.y().map(|y| b64(y));
+            }
+            SecretMaterial::Hs256(k) => {
+                jwk.kty = "oct".into();
+                jwk.k = Some(b64(k.as_ref()));
+            }
+        }
+        jwk
+    }
+
+    /// The public JWK, or `None` for symmetric keys (which have no public half).
+    pub fn public_jwk(&self) -> Option<Jwk> {
+        match self.alg {
+            Alg::HS256 => None,
+            _ => Some(self.verifying_jwk()),
+        }
+    }
+
+    /// The full private JWK, for storage only.
+    pub fn to_private_jwk(&self) -> Jwk {
+        let mut jwk = self.verifying_jwk();
+        match &self.material {
+            SecretMaterial::Ed25519(sk) => jwk.d = Some(b64(sk.seed().as_ref())),
+            SecretMaterial::Es256(sk) => jwk.d = Some(b64(&sk.to_bytes())),
+            SecretMaterial::Hs256(_) => {}
+        }
+        jwk
+    }
+
+    /// Rebuilds a signing key from its private JWK.
+    pub fn from_private_jwk(jwk: &Jwk) -> Result<Self, KeyError> {
+        let kid = jwk.kid.as_str();
+        match (jwk.kty.as_str(), jwk.alg.as_str(), jwk.crv.as_deref()) {
+            ("OKP", "EdDSA", Some("Ed25519")) => {
+                let seed = unb64(kid, "d (the Ed25519 seed)", jwk.d.as_deref())?;
+                let seed: [u8; 32] = seed.try_into().map_err(|_| KeyError::BadMaterial {
+                    kid: kid.into(),
+                    what: "d (the Ed25519 seed)",
+                })?;
+                Self::ed25519_from_seed(kid, seed)
+            }
+            ("EC", "ES256", Some("P-256")) => {
+                let d = unb64(kid, "d (the P-256 scalar)", jwk.d.as_deref())?;
+                Self::es256_from_bytes(kid, &d)
+            }
+            ("oct", "HS256", None) => {
+                let k = unb64(kid, "k (the HMAC secret)", jwk.k.as_deref())?;
+                Self::hs256(kid, &k)
+            }
+            _ => Err(KeyError::Unsupported { kid: kid.into() }),
+        }
+    }
+}
+
+/// Why minting failed (only on a broken key or unserialisable claims).
+#[derive(Debug, thiserror::Error)]
+#[error("could not sign the token: {0}")]
+pub struct MintError(String);
+
+/// Signs a token of `kind` with `key`, issued at `issued_at` (unix seconds) and valid for
+/// `lifetime_secs`.
+pub fn mint(
+    kind: TokenKind,
+    key: &SigningKey,
+    claims: &PodClaims,
+    issued_at: i64,
+    lifetime_secs: i64,
+) -> Result<String, MintError> {
+    let header = Header::empty()
+        .with_key_id(key.kid.clone())
+        .with_token_type(kind.typ());
+    let at = |secs: i64| {
+        chrono::DateTime::from_timestamp(secs, 0)
+            .ok_or_else(|| MintError("time out of range".into()))
+    };
+    let mut wire = Claims::new(WireClaims {
+        pod: claims.clone(),
+    });
+    wire.issued_at = Some(at(issued_at)?);
+    wire.expiration = Some(at(issued_at.saturating_add(lifetime_secs))?);
+    let signed = match &key.material {
+        SecretMaterial::Ed25519(sk) => Ed25519.token(&header, &wire, sk),
+        SecretMaterial::Es256(sk) => Es256.token(&header, &wire, sk.as_ref()),
+        SecretMaterial::Hs256(k) => Hs256.token(&header, &wire, k),
+    };
+    signed.map_err(|e| MintError(e.to_string()))
+}
+
+enum VerifyingMaterial {
+    Ed25519(ed25519_compact::PublicKey),
+    Es256(Box<p256::ecdsa::VerifyingKey>),
+    Hs256(Hs256Key),
+}
+
+struct VerifyingKey {
+    alg: Alg,
+    material: VerifyingMaterial,
+}
+
+impl VerifyingKey {
+    fn from_jwk(jwk: &Jwk) -> Result<Self, KeyError> {
+        let kid = jwk.kid.as_str();
+        let (alg, material) = match (jwk.kty.as_str(), jwk.alg.as_str(), jwk.crv.as_deref()) {
+            ("OKP", "EdDSA", Some("Ed25519")) => {
+                let x = unb64(kid, "x (the Ed25519 public key)", jwk.x.as_deref())?;
+                let pk = ed25519_compact::PublicKey::from_slice(&x).map_err(|_| {
+                    KeyError::BadMaterial {
+                        kid: kid.into(),
+                        what: "x (the Ed25519 public key)",
+                    }
+                })?;
+                (Alg::EdDSA, VerifyingMaterial::Ed25519(pk))
+            }
+            ("EC", "ES256", Some("P-256")) => {
+                let x = unb64(kid, "x", jwk.x.as_deref())?;
+                let y = unb64(kid, "y", jwk.y.as_deref())?;
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(KeyError::BadMaterial {
+                        kid: kid.into(),
+                        what: "x/y (P-256 coordinates)",
+                    });
+                }
+                let mut sec1 = Vec::with_capacity(65);
+                sec1.push(4u8);
+                sec1.extend_from_slice(&x);
+                sec1.extend_from_slice(&y);
+                let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| {
+                    KeyError::BadMaterial {
+                        kid: kid.into(),
+                        what: "x/y (not a point on P-256)",
+                    }
+                })?;
+                (Alg::ES256, VerifyingMaterial::Es256(Box::new(vk)))
+            }
+            ("oct", "HS256", None) => {
+                let k = unb64(kid, "k (the HMAC secret)", jwk.k.as_deref())?;
+                if k.len() < MIN_HMAC_SECRET_LEN {
+                    return Err(KeyError::WeakSecret { kid: kid.into() });
+                }
+                (Alg::HS256, VerifyingMaterial::Hs256(Hs256Key::new(k)))
+            }
+            _ => return Err(KeyError::Unsupported { kid: kid.into() }),
+        };
+        Ok(Self { alg, material })
+    }
+}
+
+/// Verifies tokens of one kind against one issuer and one key set.
+pub struct Verifier {
+    kind: TokenKind,
+    issuer: String,
+    keys: HashMap<String, VerifyingKey>,
+    leeway: i64,
+    max_lifetime: i64,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("kind", &self.kind)
+            .field("issuer", &self.issuer)
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// Compiles a verifier. Keys whose `kid` lacks this kind's prefix are ignored (they belong to
+    /// another kind); a malformed key of this kind fails the whole set.
+    pub fn new(
+        kind: TokenKind,
+        issuer: impl Into<String>,
+        keys: &KeySet,
+        leeway_secs: i64,
+        max_lifetime_secs: i64,
+    ) -> Result<Self, KeyError> {
+        let mut compiled = HashMap::new();
+        for jwk in &keys.keys {
+            check_kid(&jwk.kid)?;
+            if !jwk.kid.starts_with(kind.kid_prefix()) {
+                continue;
+            }
+            let key = VerifyingKey::from_jwk(jwk)?;
+            if compiled.insert(jwk.kid.clone(), key).is_some() {
+                return Err(KeyError::DuplicateKid {
+                    kid: jwk.kid.clone(),
+                });
+            }
+        }
+        let max_lifetime = match kind {
+            TokenKind::LoginTicket => max_lifetime_secs.min(MAX_TICKET_LIFETIME_SECS),
+            TokenKind::Capability => max_lifetime_secs,
+        };
+        Ok(Self {
+            kind,
+            issuer: issuer.into(),
+            keys: compiled,
+            leeway: leeway_secs.max(0),
+            max_lifetime,
+        })
+    }
+
+    pub fn kind(&self) -> TokenKind {
+        self.kind
+    }
+
+    pub fn leeway(&self) -> i64 {
+        self.leeway
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Cheap syntactic check: does this look like a token of our kind signed by one of our keys?
+    /// Used to decide whether an `Authorization: Bearer` value is ours. No signature check.
+    pub fn claims_ours(&self, token: &str) -> bool {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return false;
+        }
+        let Ok(untrusted) = UntrustedToken::<ExtraHeader>::try_from(token) else {
+            return false;
+        };
+        let header = untrusted.header();
+        header.token_type.as_deref() == Some(self.kind.typ())
+            || header
+                .key_id
+                .as_deref()
+                .is_some_and(|kid| self.keys.contains_key(kid))
+    }
+
+    /// Verifies signature and claims at `now` (unix seconds). Scope (pod, port, aud) is the
+    /// caller's to check, because the answer for a wrong scope differs from a bad token.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Verified, TokenError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Size);
+        }
+        let untrusted =
+            UntrustedToken::<ExtraHeader>::try_from(token).map_err(|_| TokenError::Malformed)?;
+        let header = untrusted.header();
+        if header.token_type.as_deref() != Some(self.kind.typ()) {
+            return Err(TokenError::WrongType {
+                expected: self.kind.typ(),
+            });
+        }
+        if header.key_set_url.is_some()
+            || header.certificate_url.is_some()
+            || header.certificate_sha1_thumbprint.is_some()
+            || header.certificate_thumbprint.is_some()
+            || !header.other_fields.is_clean()
+        {
+            return Err(TokenError::ForbiddenHeader);
+        }
+        let kid = header.key_id.as_deref().ok_or(TokenError::UnknownKey)?;
+        let key = self.keys.get(kid).ok_or(TokenError::UnknownKey)?;
+        // The key fixes the algorithm; the token's `alg` must name exactly it.
+        if untrusted.algorithm() != key.alg.name() {
+            return Err(TokenError::AlgorithmMismatch);
+        }
+        let claims = match &key.material {
+            VerifyingMaterial::Ed25519(pk) => Ed25519
+                .validator::<WireClaims>(pk)
+                .validate(&untrusted)
+                .map(|t| t.into_parts().1),
+            VerifyingMaterial::Es256(pk) => Es256
+                .validator::<WireClaims>(pk.as_ref())
+                .validate(&untrusted)
+                .map(|t| t.into_parts().1),
+            VerifyingMaterial::Hs256(k) => Hs256
+                .validator::<WireClaims>(k)
+                .validate(&untrusted)
+                .map(|t| t.into_parts().1),
+        }
+        .map_err(|e| match e {
+            jwt_compact::ValidationError::MalformedClaims(_)
+            | jwt_compact::ValidationError::NoClaim(_) => TokenError::BadClaims,
+            _ => TokenError::BadSignature,
+        })?;
+
+        let exp = claims
+            .expiration
+            .map(|t| t.timestamp())
+            .ok_or(TokenError::BadClaims)?;
+        let iat = claims
+            .issued_at
+            .map(|t| t.timestamp())
+            .ok_or(TokenError::BadClaims)?;
+        if now >= exp.saturating_add(self.leeway) {
+            return Err(TokenError::Expired);
+        }
+        if iat > now.saturating_add(self.leeway) {
+            return Err(TokenError::NotYetValid);
+        }
+        if let Some(nbf) = claims.not_before {
+            if nbf.timestamp() > now.saturating_add(self.leeway) {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+        if exp.saturating_sub(iat) > self.max_lifetime || exp < iat {
+            return Err(TokenError::LifetimeTooLong);
+        }
+        let pod = claims.custom.pod;
+        if pod.iss != self.issuer {
+            return Err(TokenError::WrongIssuer);
+        }
+        if pod.sub.is_empty() || pod.jti.is_empty() || pod.aud.is_empty() || pod.pod.is_empty() {
+            return Err(TokenError::BadClaims);
+        }
+        Ok(Verified {
+            claims: pod,
+            issued_at: iat,
+            expires_at: exp,
+            kid: kid.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub const NOW: i64 = 1_800_000_000;
+    pub const ISS: &str = "https://podgate.example.dev";
+
+    pub fn claims() -> PodClaims {
+        PodClaims {
+            iss: ISS.into(),
+            sub: "user-1".into(),
+            aud: "localhost-8726-pod-myslug.example.dev".into(),
+            pod: "myslug".into(),
+            port: 8726,
+            jti: "jti-1".into(),
+            email: Some("u@example.dev".into()),
+        }
+    }
+
+    pub fn ed_key(kind: TokenKind, n: u8) -> SigningKey {
+        SigningKey::ed25519_from_seed(format!("{}ed{n}", kind.kid_prefix()), [n; 32]).unwrap()
+    }
+
+    fn es_key(kind: TokenKind) -> SigningKey {
+        let mut scalar = [0u8; 32];
+        scalar[31] = 7;
+        scalar[0] = 1;
+        SigningKey::es256_from_bytes(format!("{}es", kind.kid_prefix()), &scalar).unwrap()
+    }
+
+    fn hs_key(kind: TokenKind) -> SigningKey {
+        SigningKey::hs256(format!("{}hs", kind.kid_prefix()), &[9u8; 32]).unwrap()
+    }
+
+    fn verifier(kind: TokenKind, keys: &[&SigningKey]) -> Verifier {
+        let set = KeySet {
+            keys: keys.iter().map(|k| k.verifying_jwk()).collect(),
+        };
+        Verifier::new(kind, ISS, &set, 30, 3600).unwrap()
+    }
+
+    fn segments(token: &str) -> Vec<String> {
+        token.split('.').map(str::to_owned).collect()
+    }
+
+    fn with_header(token: &str, header: serde_json::Value) -> String {
+        let s = segments(token);
+        format!("{}.{}.{}", b64(header.to_string().as_bytes()), s[1], s[2])
+    }
+
+    fn with_claims(token: &str, claims: serde_json::Value) -> String {
+        let s = segments(token);
+        format!("{}.{}.{}", s[0], b64(claims.to_string().as_bytes()), s[2])
+    }
+
+    #[test]
+    fn every_algorithm_round_trips() {
+        let kind = TokenKind::Capability;
+        for key in [ed_key(kind, 1), es_key(kind), hs_key(kind)] {
+            let v = verifier(kind, &[&key]);
+            let t = mint(kind, &key, &claims(), NOW, 900).unwrap();
+            let ok = v.verify(&t, NOW).unwrap();
+            assert_eq!(ok.claims, claims());
+            assert_eq!(ok.expires_at, NOW + 900);
+            assert_eq!(ok.kid, key.kid());
+            assert!(v.claims_ours(&t));
+            // Tampered: flip one character of the signature.
+            let mut s = segments(&t);
+            let mid = s[2].len() / 2;
+            let flipped = if &s[2][mid..=mid] == "A" { "B" } else { "A" };
+            s[2].replace_range(mid..=mid, flipped);
+            assert_eq!(v.verify(&s.join("."), NOW), Err(TokenError::BadSignature));
+        }
+    }
+
+    #[test]
+    fn private_jwk_round_trips_and_public_jwk_has_no_secret() {
+        let kind = TokenKind::Capability;
+        for key in [ed_key(kind, 2), es_key(kind)] {
+            let again = SigningKey::from_private_jwk(&key.to_private_jwk()).unwrap();
+            let t = mint(kind, &again, &claims(), NOW, 60).unwrap();
+            assert!(verifier(kind, &[&key]).verify(&t, NOW).is_ok());
+            let public = key.public_jwk().unwrap();
+            assert!(public.d.is_none() && public.k.is_none());
+        }
+        assert!(hs_key(kind).public_jwk().is_none());
+    }
+
+    #[test]
+    fn kinds_never_cross() {
+        let cap_key = ed_key(TokenKind::Capability, 1);
+        let tkt_key = ed_key(TokenKind::LoginTicket, 1);
+        let set = KeySet {
+            keys: vec![cap_key.verifying_jwk(), tkt_key.verifying_jwk()],
+        };
+        let caps = Verifier::new(TokenKind::Capability, ISS, &set, 30, 3600).unwrap();
+        let tickets = Verifier::new(TokenKind::LoginTicket, ISS, &set, 30, 3600).unwrap();
+        let ticket = mint(TokenKind::LoginTicket, &tkt_key, &claims(), NOW, 60).unwrap();
+        let cap = mint(TokenKind::Capability, &cap_key, &claims(), NOW, 60).unwrap();
+        assert!(matches!(
+            caps.verify(&ticket, NOW),
+            Err(TokenError::WrongType { .. })
+        ));
+        assert!(matches!(
+            tickets.verify(&cap, NOW),
+            Err(TokenError::WrongType { .. })
+        ));
+        // A capability typ signed with a ticket key: the kid belongs to the other kind.
+        let forged = mint(TokenKind::Capability, &tkt_key, &claims(), NOW, 60).unwrap();
+        assert_eq!(caps.verify(&forged, NOW), Err(TokenError::UnknownKey));
+        assert!(!caps.claims_ours("not-a-token"));
+    }
+
+    #[test]
+    fn format_attacks_are_rejected_cheaply() {
+        let key = ed_key(TokenKind::Capability, 1);
+        let v = verifier(TokenKind::Capability, &[&key]);
+        let good = mint(TokenKind::Capability, &key, &claims(), NOW, 60).unwrap();
+        let s = segments(&good);
+        let cases: Vec<(String, TokenError)> = vec![
+            ("".into(), TokenError::Size),
+            ("a".repeat(MAX_TOKEN_LEN + 1), TokenError::Size),
+            (".".repeat(4000), TokenError::Malformed),
+            ("abc".into(), TokenError::Malformed),
+            (format!("{}.{}", s[0], s[1]), TokenError::Malformed),
+            (
+                format!("{}.{}.{}.x", s[0], s[1], s[2]),
+                TokenError::Malformed,
+            ),
+            (format!("{}.{}.", s[0], s[1]), TokenError::BadSignature),
+            (
+                format!("{}=.{}.{}", s[0], s[1], s[2]),
+                TokenError::Malformed,
+            ),
+            (
+                format!("{}.{}+.{}", s[0], s[1], s[2]),
+                TokenError::Malformed,
+            ),
+            (
+                format!("{}.{}/.{}", s[0], s[1], s[2]),
+                TokenError::Malformed,
+            ),
+            (
+                format!("{}.{}.{}", b64(b"[1,2]"), s[1], s[2]),
+                TokenError::Malformed,
+            ),
+            (
+                format!("{}.{}.{}", b64(b"\"str\""), s[1], s[2]),
+                TokenError::Malformed,
+            ),
+            (
+                format!("{}.{}.{}", b64(b"{"), s[1], s[2]),
+                TokenError::Malformed,
+            ),
+        ];
+        for (token, err) in cases {
+            assert_eq!(v.verify(&token, NOW), Err(err), "{token:.80}");
+        }
+    }
+
+    #[test]
+    fn algorithm_attacks_are_rejected() {
+        let kind = TokenKind::Capability;
+        let key = ed_key(kind, 1);
+        let v = verifier(kind, &[&key]);
+        let good = mint(kind, &key, &claims(), NOW, 60).unwrap();
+        let typ = kind.typ();
+        let kid = key.kid();
+        for alg in ["none", "None", "NONE", "nOnE"] {
+            let t = with_header(
+                &good,
+                serde_json::json!({"alg": alg, "typ": typ, "kid": kid}),
+            );
+            let unsigned = format!("{}.{}.", segments(&t)[0], segments(&t)[1]);
+            assert_eq!(
+                v.verify(&t, NOW),
+                Err(TokenError::AlgorithmMismatch),
+                "{alg}"
+            );
+            assert_eq!(v.verify(&unsigned, NOW), Err(TokenError::AlgorithmMismatch));
+        }
+        // HS256 signed with our public key bytes (algorithm confusion).
+        let public_x = B64.decode(key.verifying_jwk().x.unwrap()).unwrap();
+        let mut padded = public_x.clone();
+        padded.resize(32, 0);
+        let confused = SigningKey::hs256(kid, &padded).unwrap();
+        let t = mint(kind, &confused, &claims(), NOW, 60).unwrap();
+        assert_eq!(v.verify(&t, NOW), Err(TokenError::AlgorithmMismatch));
+        // ES256 header on an EdDSA key.
+        let t = with_header(
+            &good,
+            serde_json::json!({"alg": "ES256", "typ": typ, "kid": kid}),
+        );
+        assert_eq!(v.verify(&t, NOW), Err(TokenError::AlgorithmMismatch));
+        // Untrusted key sources in the header.
+        for extra in ["jwk", "jku", "x5u", "x5c", "crit", "x5t", "b64", "zip"] {
+            let mut h = serde_json::json!({"alg": "EdDSA", "typ": typ, "kid": kid});
+            let value = match extra {
+                "crit" => serde_json::json!(["exp"]),
+                "x5c" => serde_json::json!(["MIIB"]),
+                "b64" => serde_json::json!(false),
+                "jwk" => serde_json::json!({"kty": "OKP"}),
+                "x5t" => serde_json::json!(b64(&[1u8; 20])),
+                _ => serde_json::json!("https://evil.example/keys"),
+            };
+            h[extra] = value;
+            let t = with_header(&good, h);
+            assert_eq!(
+                v.verify(&t, NOW),
+                Err(TokenError::ForbiddenHeader),
+                "{extra}"
+            );
+        }
+        // Unknown kid, missing kid, missing typ, wrong typ casing.
+        for h in [
+            serde_json::json!({"alg": "EdDSA", "typ": typ, "kid": "cap-other"}),
+            serde_json::json!({"alg": "EdDSA", "typ": typ}),
+        ] {
+            assert_eq!(
+                v.verify(&with_header(&good, h), NOW),
+                Err(TokenError::UnknownKey)
+            );
+        }
+        for h in [
+            serde_json::json!({"alg": "EdDSA", "kid": kid}),
+            serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}),
+            serde_json::json!({"alg": "EdDSA", "typ": typ.to_uppercase(), "kid": kid}),
+        ] {
+            assert!(matches!(
+                v.verify(&with_header(&good, h), NOW),
+                Err(TokenError::WrongType { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn claim_checks_at_the_leeway_boundary() {
+        let kind = TokenKind::Capability;
+        let key = ed_key(kind, 1);
+        let v = verifier(kind, &[&key]);
+        let t = mint(kind, &key, &claims(), NOW, 600).unwrap();
+        // exp = NOW+600, leeway 30: valid until NOW+629, refused at NOW+630.
+        assert!(v.verify(&t, NOW + 629).is_ok());
+        assert_eq!(v.verify(&t, NOW + 630), Err(TokenError::Expired));
+        // iat = NOW: accepted from NOW-30, refused before.
+        assert!(v.verify(&t, NOW - 30).is_ok());
+        assert_eq!(v.verify(&t, NOW - 31), Err(TokenError::NotYetValid));
+        // Lifetime longer than allowed (3600).
+        let long = mint(kind, &key, &claims(), NOW, 3601).unwrap();
+        assert_eq!(v.verify(&long, NOW), Err(TokenError::LifetimeTooLong));
+        // Tickets are capped at 60 s whatever the verifier was told.
+        let tk = ed_key(TokenKind::LoginTicket, 1);
+        let tv = verifier(TokenKind::LoginTicket, &[&tk]);
+        let ticket = mint(TokenKind::LoginTicket, &tk, &claims(), NOW, 61).unwrap();
+        assert_eq!(tv.verify(&ticket, NOW), Err(TokenError::LifetimeTooLong));
+        // Wrong issuer.
+        let mut c = claims();
+        c.iss = "https://evil.example".into();
+        let t = mint(kind, &key, &c, NOW, 60).unwrap();
+        assert_eq!(v.verify(&t, NOW), Err(TokenError::WrongIssuer));
+    }
+
+    #[test]
+    fn malformed_claims_are_rejected_even_when_signed() {
+        // Sign arbitrary JSON claims with HS256 so the signature is valid and the claims are not.
+        let kind = TokenKind::Capability;
+        let key = hs_key(kind);
+        let v = verifier(kind, &[&key]);
+        let base = serde_json::json!({
+            "iss": ISS, "sub": "u", "aud": "a", "pod": "p", "port": 1, "jti": "j",
+            "iat": NOW, "exp": NOW + 60
+        });
+        let sign = |claims: &serde_json::Value| {
+            let header = serde_json::json!({"alg": "HS256", "typ": kind.typ(), "kid": key.kid()});
+            let signing_input = format!(
+                "{}.{}",
+                b64(header.to_string().as_bytes()),
+                b64(claims.to_string().as_bytes())
+            );
+            use hmac::Mac;
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&[9u8; 32]).unwrap();
+            mac.update(signing_input.as_bytes());
+            format!("{signing_input}.{}", b64(&mac.finalize().into_bytes()))
+        };
+        assert!(v.verify(&sign(&base), NOW).is_ok());
+        let mut cases = vec![];
+        for (field, value) in [
+            ("exp", serde_json::Value::Null),
+            ("exp", serde_json::json!("1800000060")),
+            ("exp", serde_json::json!(1.5e300)),
+            ("iat", serde_json::Value::Null),
+            ("port", serde_json::json!(70000)),
+            ("port", serde_json::json!("8726")),
+            ("sub", serde_json::Value::Null),
+            ("aud", serde_json::json!(["a"])),
+            ("iss", serde_json::Value::Null),
+        ] {
+            let mut c = base.clone();
+            if value.is_null() {
+                c.as_object_mut().unwrap().remove(field);
+            } else {
+                c[field] = value;
+            }
+            cases.push((field, c));
+        }
+        for (field, c) in cases {
+            assert_eq!(
+                v.verify(&sign(&c), NOW),
+                Err(TokenError::BadClaims),
+                "{field}"
+            );
+        }
+        // Claims edited after signing fail the signature, never the claims check.
+        let t = mint(kind, &key, &claims(), NOW, 60).unwrap();
+        let mut other = base.clone();
+        other["pod"] = serde_json::json!("other");
+        let edited = with_claims(&t, other);
+        assert_eq!(v.verify(&edited, NOW), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn key_sets_are_validated() {
+        let weak = Jwk {
+            kty: "oct".into(),
+            kid: "cap-weak".into(),
+            alg: "HS256".into(),
+            k: Some(b64(&[1u8; 31])),
+            ..Jwk::default()
+        };
+        let err = Verifier::new(
+            TokenKind::Capability,
+            ISS,
+            &KeySet { keys: vec![weak] },
+            30,
+            60,
+        )
+        .unwrap_err();
+        assert!(matches!(err, KeyError::WeakSecret { .. }));
+        assert!(SigningKey::hs256("cap-x", &[0u8; 31]).is_err());
+        let k = ed_key(TokenKind::Capability, 1).verifying_jwk();
+        let dup = KeySet {
+            keys: vec![k.clone(), k.clone()],
+        };
+        assert!(matches!(
+            Verifier::new(TokenKind::Capability, ISS, &dup, 30, 60),
+            Err(KeyError::DuplicateKid { .. })
+        ));
+        let mut rsa = k.clone();
+        rsa.kty = "RSA".into();
+        rsa.alg = "RS256".into();
+        assert!(matches!(
+            Verifier::new(
+                TokenKind::Capability,
+                ISS,
+                &KeySet { keys: vec![rsa] },
+                30,
+                60
+            ),
+            Err(KeyError::Unsupported { .. })
+        ));
+        // An empty key set compiles and refuses everything.
+        let empty = Verifier::new(TokenKind::Capability, ISS, &KeySet::default(), 30, 60).unwrap();
+        let t = mint(
+            TokenKind::Capability,
+            &ed_key(TokenKind::Capability, 1),
+            &claims(),
+            NOW,
+            60,
+        )
+        .unwrap();
+        assert_eq!(empty.verify(&t, NOW), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn rotation_overlap_and_removal() {
+        let kind = TokenKind::Capability;
+        let old = ed_key(kind, 1);
+        let new = ed_key(kind, 2);
+        let old_token = mint(kind, &old, &claims(), NOW, 60).unwrap();
+        let new_token = mint(kind, &new, &claims(), NOW, 60).unwrap();
+        let overlap = verifier(kind, &[&old, &new]);
+        assert!(overlap.verify(&old_token, NOW).is_ok());
+        assert!(overlap.verify(&new_token, NOW).is_ok());
+        let after = verifier(kind, &[&new]);
+        assert_eq!(after.verify(&old_token, NOW), Err(TokenError::UnknownKey));
+        assert!(after.verify(&new_token, NOW).is_ok());
+    }
+}
