@@ -1,0 +1,300 @@
+//! The gRPC `AggregatedDiscoveryService`: one task per stream drives the [`AdsStream`] state
+//! machine from the inbound requests and the snapshot watch channel.
+//!
+//! Each stream has its own bounded outbound channel and holds no shared lock across an await or
+//! a send, so a slow or NACKing Envoy only ever waits on itself.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::protocol::{AdsStream, RequestEvent};
+use crate::snapshot::SnapshotCache;
+
+/// Responses buffered per stream. With at most one response in flight per type, a stream never
+/// needs more than a few; the bound only matters if Envoy stops reading.
+const OUTBOUND_CAPACITY: usize = 8;
+/// Largest request accepted from Envoy (NACK messages can be long).
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Counters of the ADS server, readable at any time by the caller.
+#[derive(Debug, Default)]
+pub struct XdsMetrics {
+    /// Streams currently open.
+    pub streams_connected: AtomicU64,
+    /// Streams opened since start.
+    pub streams_total: AtomicU64,
+    /// ACKs received.
+    pub acks: AtomicU64,
+    /// NACKs received.
+    pub nacks: AtomicU64,
+    /// Requests ignored because their nonce was stale.
+    pub stale_requests: AtomicU64,
+    /// Requests for type URLs this server does not serve.
+    pub unknown_type_requests: AtomicU64,
+    /// Responses sent.
+    pub responses_sent: AtomicU64,
+}
+
+impl XdsMetrics {
+    fn record(&self, event: &RequestEvent) {
+        let counter = match event {
+            RequestEvent::Subscribe { .. } => return,
+            RequestEvent::Ack { .. } => &self.acks,
+            RequestEvent::Nack { .. } => &self.nacks,
+            RequestEvent::Stale { .. } => &self.stale_requests,
+            RequestEvent::UnknownType { .. } => &self.unknown_type_requests,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Decrements the connected-streams gauge however the stream task ends.
+struct ConnectedGuard(Arc<XdsMetrics>);
+
+impl ConnectedGuard {
+    fn new(metrics: Arc<XdsMetrics>) -> ConnectedGuard {
+        metrics.streams_connected.fetch_add(1, Ordering::Relaxed);
+        metrics.streams_total.fetch_add(1, Ordering::Relaxed);
+        ConnectedGuard(metrics)
+    }
+}
+
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.0.streams_connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The ADS service: the snapshot cache it serves, its counters, and a switch that ends every
+/// stream (gRPC graceful shutdown would otherwise wait forever on the long-lived streams).
+#[derive(Debug, Clone)]
+pub struct AdsServer {
+    cache: SnapshotCache,
+    metrics: Arc<XdsMetrics>,
+    closing: Arc<watch::Sender<bool>>,
+}
+
+impl AdsServer {
+    /// A server publishing what `cache` holds.
+    pub fn new(cache: SnapshotCache) -> AdsServer {
+        let (closing, _) = watch::channel(false);
+        AdsServer {
+            cache,
+            metrics: Arc::new(XdsMetrics::default()),
+            closing: Arc::new(closing),
+        }
+    }
+
+    /// The counters, shared with the running server.
+    pub fn metrics(&self) -> Arc<XdsMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Ends every open stream and refuses new ones; Envoys keep their last good config.
+    /// Call it when shutting down a server that mounts [`AdsServer::service`] itself.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// The tonic service, to mount on a `tonic::transport::Server` next to other services.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+
+    /// Serves ADS on `addr` until `shutdown` completes, then closes the streams and returns.
+    pub async fn serve(
+        self,
+        addr: SocketAddr,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsServeError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| XdsServeError::Bind { addr, source })?;
+        self.serve_with_listener(listener, shutdown).await
+    }
+
+    /// Serves ADS on an already bound listener (e.g. port 0 in tests).
+    pub async fn serve_with_listener(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsServeError> {
+        let closer = self.clone();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                closer.close_streams();
+            })
+            .await
+            .map_err(XdsServeError::Transport)
+    }
+}
+
+/// Serves ADS from `cache` on `addr` until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    cache: SnapshotCache,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), XdsServeError> {
+    AdsServer::new(cache).serve(addr, shutdown).await
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsServeError {
+    /// The address could not be bound.
+    #[error("cannot bind the xDS gRPC address {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The gRPC transport failed.
+    #[error("xDS gRPC server failed: {0}")]
+    Transport(tonic::transport::Error),
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaResponseStream =
+    Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = DeltaResponseStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let closing = self.closing.subscribe();
+        if *closing.borrow() {
+            return Err(Status::unavailable("the control plane is shutting down"));
+        }
+        let peer = request.remote_addr();
+        let inbound = request.into_inner();
+        let (outbound, receiver) = mpsc::channel(OUTBOUND_CAPACITY);
+        let task = StreamTask {
+            inbound,
+            outbound,
+            snapshots: self.cache.subscribe(),
+            closing,
+            metrics: Arc::clone(&self.metrics),
+        };
+        tokio::spawn(async move {
+            tracing::info!(?peer, "ADS stream opened");
+            let node = task.run().await;
+            tracing::info!(
+                ?peer,
+                node = node.as_deref().unwrap_or("<unknown>"),
+                "ADS stream closed"
+            );
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "podgate serves state-of-the-world ADS only; use api_type GRPC, not DELTA_GRPC",
+        ))
+    }
+}
+
+/// Everything one stream owns; nothing here is shared with other streams except the
+/// read-only watch receivers and the atomic counters.
+struct StreamTask {
+    inbound: Streaming<DiscoveryRequest>,
+    outbound: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    snapshots: watch::Receiver<Option<Arc<crate::snapshot::Snapshot>>>,
+    closing: watch::Receiver<bool>,
+    metrics: Arc<XdsMetrics>,
+}
+
+impl StreamTask {
+    /// Runs until Envoy hangs up, the client stops reading, or the server closes; returns the
+    /// node id for the log line.
+    async fn run(mut self) -> Option<String> {
+        let _connected = ConnectedGuard::new(Arc::clone(&self.metrics));
+        let mut state = AdsStream::new();
+        // The receiver starts with the current value marked seen: take it explicitly.
+        let current = self.snapshots.borrow_and_update().clone();
+        if let Some(snapshot) = current {
+            state.on_snapshot(snapshot);
+        }
+        loop {
+            let responses = tokio::select! {
+                request = self.inbound.next() => match request {
+                    Some(Ok(request)) => {
+                        let outcome = state.on_request(request);
+                        self.metrics.record(&outcome.event);
+                        outcome.responses
+                    }
+                    Some(Err(status)) => {
+                        tracing::debug!(node = state.node_id(), %status, "ADS stream error");
+                        break;
+                    }
+                    None => break,
+                },
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        // The cache is gone: the control plane is shutting down.
+                        break;
+                    }
+                    // Clone the Arc and release the watch's read lock before anything else.
+                    let snapshot = self.snapshots.borrow_and_update().clone();
+                    match snapshot {
+                        Some(snapshot) => state.on_snapshot(snapshot),
+                        None => Vec::new(),
+                    }
+                },
+                _ = self.closing.wait_for(|closing| *closing) => break,
+                () = self.outbound.closed() => break,
+            };
+            for response in responses {
+                tracing::debug!(
+                    node = state.node_id(),
+                    type_url = %response.type_url,
+                    version = %response.version_info,
+                    resources = response.resources.len(),
+                    "sending"
+                );
+                // A full channel waits on this Envoy only; closing still ends the stream.
+                let sent = tokio::select! {
+                    sent = self.outbound.send(Ok(response)) => sent.is_ok(),
+                    _ = self.closing.wait_for(|closing| *closing) => false,
+                };
+                if !sent {
+                    return state.node_id().map(str::to_owned);
+                }
+                self.metrics.responses_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        state.node_id().map(str::to_owned)
+    }
+}
