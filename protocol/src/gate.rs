@@ -15,6 +15,20 @@ use crate::redirect::{encode_query_value, MAX_NEXT_LEN};
 use crate::reply::Denial;
 use crate::token::{TokenError, Verified};
 
+/// The request headers the decision reads (besides our own `x-podgate-*`).
+const HEADER_NAMES_READ: [&str; 10] = [
+    ":authority",
+    ":path",
+    ":method",
+    "cookie",
+    "authorization",
+    "accept",
+    "sec-fetch-mode",
+    "upgrade",
+    "origin",
+    TOKEN_HEADER,
+];
+
 /// How many token candidates one request may make us look at (cookie tossing, repeated headers).
 const MAX_CANDIDATES: usize = 4;
 
@@ -37,32 +51,38 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// Builds the view from a header list as Envoy hands it over (lowercase names).
-    pub fn from_headers(headers: &'a [(String, String)]) -> Self {
+    /// Builds the view from a header list as Envoy hands it over (lowercase names, raw value
+    /// bytes). A header we read that is not UTF-8 is refused rather than guessed at; other
+    /// headers pass through untouched whatever their bytes.
+    pub fn from_headers(headers: &'a [(String, Vec<u8>)]) -> Result<Self, Denial> {
         let mut req = Request::default();
-        for (name, value) in headers {
-            let value = value.as_str();
-            match name.as_str() {
+        for (name, raw) in headers {
+            let name = name.as_str();
+            let ours = name.starts_with(HEADER_PREFIX);
+            let read = HEADER_NAMES_READ.iter().find(|n| **n == name).copied();
+            if ours {
+                req.our_header_names.push(name);
+                continue;
+            }
+            let Some(read) = read else { continue };
+            let Ok(value) = std::str::from_utf8(raw) else {
+                return Err(Denial::MalformedHeader(read));
+            };
+            match name {
                 ":authority" => req.authority = value,
                 ":path" => req.path = value,
                 ":method" => req.method = value,
-                "cookie" => {
-                    // Envoy joins multiple Cookie headers; keep the first if it did not.
-                    if req.cookie.is_none() {
-                        req.cookie = Some(value);
-                    }
-                }
+                // Envoy joins repeated Cookie headers with "; " before filters run.
+                "cookie" => req.cookie = Some(value),
                 "authorization" => req.authorization = Some(value),
                 "accept" => req.accept = Some(value),
                 "sec-fetch-mode" => req.sec_fetch_mode = Some(value),
                 "upgrade" => req.upgrade = Some(value),
                 "origin" => req.origin = Some(value),
-                n if n == TOKEN_HEADER => req.token_header = Some(value),
-                n if n.starts_with(HEADER_PREFIX) => req.our_header_names.push(n),
-                _ => {}
+                _ => req.token_header = Some(value),
             }
         }
-        req
+        Ok(req)
     }
 
     fn is_websocket(&self) -> bool {

@@ -14,6 +14,8 @@ pub const REALM: &str = "podgate";
 pub enum Denial {
     /// 400: the host is not a pod host.
     BadHost(HostError),
+    /// 400: a header the filter must read is not valid UTF-8.
+    MalformedHeader(&'static str),
     /// 401 (or a redirect for a browser page load): no capability at all.
     NoCapability { redirect: Option<String> },
     /// 401 (or a redirect): a capability that failed verification.
@@ -55,6 +57,7 @@ impl Denial {
     pub fn reason(&self) -> &'static str {
         match self {
             Denial::BadHost(_) => "bad_host",
+            Denial::MalformedHeader(_) => "malformed_header",
             Denial::NoCapability { .. } => "no_capability",
             Denial::InvalidCapability { .. } => "invalid_capability",
             Denial::WrongScope => "wrong_scope",
@@ -66,8 +69,9 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 8] = [
+    pub const ALL_REASONS: [&'static str; 9] = [
         "bad_host",
+        "malformed_header",
         "no_capability",
         "invalid_capability",
         "wrong_scope",
@@ -84,6 +88,11 @@ impl Denial {
                 400,
                 format!("Not a pod host: {e}"),
                 Some("use https://localhost-{port}-pod-{pod}.{domain}/ as given by podgate"),
+            ),
+            Denial::MalformedHeader(name) => (
+                400,
+                format!("Malformed request: the {name} header is not valid UTF-8"),
+                None,
             ),
             Denial::NoCapability { .. } => (
                 401,
