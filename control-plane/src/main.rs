@@ -1,1 +1,163 @@
-fn main() {}
+//! `podgate serve | migrate | keys rotate | keys list`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use podgate::config::{redact_url, Cli, Command, Config, KeysCommand, LogFormat, Need};
+use podgate::store::{now_unix, Db};
+use podgate::{app, keys, AppState};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let need = match cli.command {
+        Command::Serve => Need::Server,
+        _ => Need::DatabaseOnly,
+    };
+    let config = match cli.settings.with_file().and_then(|s| s.resolve(need)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("podgate: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let result = match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => migrate(&config).await.map(|_| ()),
+        Command::Keys { command } => keys_command(&config, command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "podgate failed");
+            eprintln!("podgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn migrate(config: &Config) -> Result<Db, String> {
+    let url = redact_url(&config.database_url);
+    let db = Db::connect(&config.database_url, config.database_max_connections)
+        .await
+        .map_err(|e| format!("cannot open the database {url}: {e}; check PODGATE_DATABASE_URL"))?;
+    db.migrate()
+        .await
+        .map_err(|e| format!("migrating {url} failed: {e}"))?;
+    tracing::info!(database = %url, "migrations applied");
+    Ok(db)
+}
+
+async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), String> {
+    let db = migrate(config).await?;
+    let now = now_unix();
+    match command {
+        KeysCommand::Rotate => {
+            keys::ensure(&db, config.signing_alg, now)
+                .await
+                .map_err(|e| e.to_string())?;
+            let kids = keys::rotate(&db, config.signing_alg, now, config.key_overlap as i64)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "new active keys: {}; the previous keys keep verifying for {} s (running servers pick this up within 30 s)",
+                kids.join(", "),
+                config.key_overlap
+            );
+        }
+        KeysCommand::List => {
+            for k in db.live_keys(now).await.map_err(|e| e.to_string())? {
+                let state = match k.verify_until {
+                    None => "active".to_owned(),
+                    Some(t) => format!("verifying until {t}"),
+                };
+                println!("{}\t{}\t{}\t{state}", k.kid, k.kind.as_str(), k.alg);
+            }
+        }
+    }
+    db.close().await;
+    Ok(())
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    if config.dev_mode {
+        tracing::warn!(
+            "DEV MODE IS ON: /dev/login signs anyone in as any user without a password. Never run this in production."
+        );
+    }
+    let db = migrate(&config).await?;
+    let listen = config.listen;
+    let state = AppState::new(config, db.clone())
+        .await
+        .map_err(|e| format!("loading signing keys: {e}"))?;
+
+    // Keys rotated by another process appear, and expired ones drop out, within 30 s.
+    let reload = state.clone();
+    let reloader = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = reload.reload_keys().await {
+                tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
+            }
+            // Consumed tickets only matter until they expire; keep a day for forensics.
+            if let Err(e) = reload.db().prune(now_unix() - 86_400).await {
+                tracing::warn!(error = %e, "pruning expired tickets and sessions failed");
+            }
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        format!("cannot listen on {listen}: {e}; set PODGATE_LISTEN to a free address")
+    })?;
+    tracing::info!(%listen, issuer = %state.config().issuer, "podgate control plane listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    reloader.abort();
+    db.close().await;
+    tracing::info!("podgate stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

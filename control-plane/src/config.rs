@@ -1,0 +1,561 @@
+//! Configuration: command-line flags, `PODGATE_*` environment variables and an optional TOML
+//! file, in that order of precedence, checked once into a [`Config`] with a message that says
+//! what is wrong and how to fix it for every bad or missing setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use podgate_protocol::host::HostTemplate;
+use serde::Deserialize;
+
+/// Default listen address of the HTTP API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default database: an SQLite file next to where the server runs.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://podgate.db";
+/// The port Envoy listens on for pod hosts in the local stack.
+pub const DEFAULT_POD_PUBLIC_PORT: u16 = 10000;
+/// Capability lifetime (seconds) unless configured.
+pub const DEFAULT_CAPABILITY_LIFETIME: u64 = 900;
+/// Login ticket lifetime (seconds) unless configured; the protocol caps it at 60.
+pub const DEFAULT_TICKET_LIFETIME: u64 = 60;
+/// Control-plane session lifetime (seconds) unless configured.
+pub const DEFAULT_SESSION_LIFETIME: u64 = 12 * 3600;
+/// How long a rotated-out key keeps verifying, unless configured.
+pub const DEFAULT_KEY_OVERLAP: u64 = 3600;
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+/// Longest ticket lifetime accepted.
+pub const MAX_TICKET_LIFETIME: u64 = 60;
+
+#[derive(Debug, Parser)]
+#[command(name = "podgate", version, about = "podgate control plane")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (applies migrations first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make new ticket and capability keys active; the old ones keep verifying for the overlap
+    /// window (`--key-overlap-secs`).
+    Rotate,
+    /// List the stored keys (kid, kind, algorithm, state). Never prints private material.
+    List,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SigningAlg {
+    /// Ed25519 (JWS `EdDSA`), the default: Envoys only ever hold public keys.
+    Eddsa,
+    /// ECDSA P-256 (JWS `ES256`).
+    Es256,
+    /// HMAC-SHA256 with a random 256-bit secret (JWS `HS256`); the filter then holds the secret.
+    Hs256,
+}
+
+impl SigningAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlg::Eddsa => "EdDSA",
+            SigningAlg::Es256 => "ES256",
+            SigningAlg::Hs256 => "HS256",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting, each optional here: flags and environment through clap, the TOML file through
+/// serde (same names, snake_case), defaults applied in [`Settings::resolve`].
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with any of these settings (snake_case keys); flags and env win over it.
+    #[arg(long, env = "PODGATE_CONFIG", global = true)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address the HTTP API listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "PODGATE_LISTEN", global = true)]
+    pub listen: Option<String>,
+
+    /// sqlite://FILE (created if missing, WAL) or postgres://... [default: sqlite://podgate.db].
+    #[arg(long, env = "PODGATE_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Most database connections in the pool [default: 8 for SQLite, 16 for PostgreSQL].
+    #[arg(long, env = "PODGATE_DATABASE_MAX_CONNECTIONS", global = true)]
+    pub database_max_connections: Option<u32>,
+
+    /// Bearer token for the admin API under /v1/ (at least 32 characters).
+    #[arg(
+        long,
+        env = "PODGATE_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Enable the dev login (/dev/login?user=...). Never in production.
+    #[arg(long, env = "PODGATE_DEV_MODE", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub dev_mode: Option<bool>,
+
+    /// Public URL of the control plane; the `iss` of every token [default: http://LISTEN].
+    #[arg(long, env = "PODGATE_ISSUER", global = true)]
+    pub issuer: Option<String>,
+
+    /// Scheme of pod hosts as browsers see them: http or https [default: http].
+    #[arg(long, env = "PODGATE_PUBLIC_SCHEME", global = true)]
+    pub public_scheme: Option<String>,
+
+    /// Base domain of pod hosts [default: localhost].
+    #[arg(long, env = "PODGATE_DOMAIN", global = true)]
+    pub domain: Option<String>,
+
+    /// Public pod host template [default: localhost-{port}-pod-{pod}.{domain}].
+    #[arg(long, env = "PODGATE_HOST_TEMPLATE", global = true)]
+    pub host_template: Option<String>,
+
+    /// Host the pod's nginx sees [default: localhost-{port}.pod-{pod}.{domain}].
+    #[arg(long, env = "PODGATE_UPSTREAM_HOST_TEMPLATE", global = true)]
+    pub upstream_host_template: Option<String>,
+
+    /// Port of pod URLs as browsers see them (Envoy's public port); left out of URLs when it is
+    /// the scheme's default (80/443) [default: 10000].
+    #[arg(long, env = "PODGATE_POD_PUBLIC_PORT", global = true)]
+    pub pod_public_port: Option<u16>,
+
+    /// Where people who are not signed in are sent; `next` is appended
+    /// [default in dev mode: ISSUER/dev/login; required otherwise].
+    #[arg(long, env = "PODGATE_LOGIN_URL", global = true)]
+    pub login_url: Option<String>,
+
+    /// Capability lifetime in seconds [default: 900].
+    #[arg(long, env = "PODGATE_CAPABILITY_LIFETIME_SECS", global = true)]
+    pub capability_lifetime_secs: Option<u64>,
+
+    /// Login ticket lifetime in seconds, at most 60 [default: 60].
+    #[arg(long, env = "PODGATE_TICKET_LIFETIME_SECS", global = true)]
+    pub ticket_lifetime_secs: Option<u64>,
+
+    /// Control-plane session lifetime in seconds [default: 43200].
+    #[arg(long, env = "PODGATE_SESSION_LIFETIME_SECS", global = true)]
+    pub session_lifetime_secs: Option<u64>,
+
+    /// SameSite of the capability cookie: lax, strict or none (none needs https) [default: lax].
+    #[arg(long, env = "PODGATE_COOKIE_SAMESITE", global = true)]
+    pub cookie_samesite: Option<String>,
+
+    /// Signing algorithm of new keys: eddsa, es256 or hs256 [default: eddsa].
+    #[arg(long, env = "PODGATE_SIGNING_ALG", global = true)]
+    pub signing_alg: Option<String>,
+
+    /// Seconds a rotated-out key keeps verifying [default: 3600]; at least the capability lifetime.
+    #[arg(long, env = "PODGATE_KEY_OVERLAP_SECS", global = true)]
+    pub key_overlap_secs: Option<u64>,
+
+    /// Log format: text or json [default: text]. Levels come from RUST_LOG (default info).
+    #[arg(long, env = "PODGATE_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+/// The checked configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub admin_token: Option<String>,
+    pub dev_mode: bool,
+    pub issuer: String,
+    pub public_scheme: Scheme,
+    pub domain: String,
+    pub host_template: HostTemplate,
+    pub upstream_host_template: HostTemplate,
+    pub pod_public_port: Option<u16>,
+    pub login_url: Option<String>,
+    pub capability_lifetime: u64,
+    pub ticket_lifetime: u64,
+    pub session_lifetime: u64,
+    pub cookie_samesite: SameSite,
+    pub signing_alg: SigningAlg,
+    pub key_overlap: u64,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+    pub fn is_https(self) -> bool {
+        self == Scheme::Https
+    }
+}
+
+/// A setting that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// What each command needs beyond the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// `serve`: everything.
+    Server,
+    /// `migrate`, `keys`: the database (and key settings).
+    DatabaseOnly,
+}
+
+impl Settings {
+    /// Reads the TOML file named by `--config` (if any) and fills in what flags and environment
+    /// left unset.
+    pub fn with_file(self) -> Result<Settings, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            bad(format!(
+                "cannot read the config file {}: {e}; check the path given to --config / PODGATE_CONFIG",
+                path.display()
+            ))
+        })?;
+        let file: Settings = toml::from_str(&text).map_err(|e| {
+            bad(format!(
+                "the config file {} is not valid: {e}; keys are the long flag names in snake_case, e.g. database_url = \"sqlite://podgate.db\"",
+                path.display()
+            ))
+        })?;
+        Ok(self.or(file))
+    }
+
+    fn or(self, o: Settings) -> Settings {
+        Settings {
+            config: self.config,
+            listen: self.listen.or(o.listen),
+            database_url: self.database_url.or(o.database_url),
+            database_max_connections: self.database_max_connections.or(o.database_max_connections),
+            admin_token: self.admin_token.or(o.admin_token),
+            dev_mode: self.dev_mode.or(o.dev_mode),
+            issuer: self.issuer.or(o.issuer),
+            public_scheme: self.public_scheme.or(o.public_scheme),
+            domain: self.domain.or(o.domain),
+            host_template: self.host_template.or(o.host_template),
+            upstream_host_template: self.upstream_host_template.or(o.upstream_host_template),
+            pod_public_port: self.pod_public_port.or(o.pod_public_port),
+            login_url: self.login_url.or(o.login_url),
+            capability_lifetime_secs: self.capability_lifetime_secs.or(o.capability_lifetime_secs),
+            ticket_lifetime_secs: self.ticket_lifetime_secs.or(o.ticket_lifetime_secs),
+            session_lifetime_secs: self.session_lifetime_secs.or(o.session_lifetime_secs),
+            cookie_samesite: self.cookie_samesite.or(o.cookie_samesite),
+            signing_alg: self.signing_alg.or(o.signing_alg),
+            key_overlap_secs: self.key_overlap_secs.or(o.key_overlap_secs),
+            log_format: self.log_format.or(o.log_format),
+        }
+    }
+
+    /// Applies defaults and checks every setting.
+    pub fn resolve(self, need: Need) -> Result<Config, ConfigError> {
+        let listen_s = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            bad(format!(
+                "listen address {listen_s:?} is not IP:PORT; set --listen / PODGATE_LISTEN, e.g. 127.0.0.1:8080"
+            ))
+        })?;
+
+        let database_url = self
+            .database_url
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        let is_sqlite = database_url.starts_with("sqlite:");
+        if !is_sqlite
+            && !database_url.starts_with("postgres://")
+            && !database_url.starts_with("postgresql://")
+        {
+            return Err(bad(format!(
+                "database URL {:?} is neither sqlite: nor postgres://; set --database-url / PODGATE_DATABASE_URL, e.g. sqlite://podgate.db or postgres://user:pass@host/db",
+                redact_url(&database_url)
+            )));
+        }
+        let database_max_connections = match self.database_max_connections {
+            Some(0) => return Err(bad(
+                "database_max_connections must be at least 1; set PODGATE_DATABASE_MAX_CONNECTIONS",
+            )),
+            Some(n) => n,
+            None if is_sqlite => 8,
+            None => 16,
+        };
+
+        let dev_mode = self.dev_mode.unwrap_or(false);
+
+        let admin_token = match self.admin_token {
+            Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => {
+                return Err(bad(format!(
+                    "the admin token is {} characters, fewer than {MIN_ADMIN_TOKEN_LEN}; set PODGATE_ADMIN_TOKEN to a random string, e.g. `openssl rand -hex 32`",
+                    t.len()
+                )))
+            }
+            Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(bad(
+                    "the admin token contains whitespace or control characters; set PODGATE_ADMIN_TOKEN to e.g. `openssl rand -hex 32`",
+                ))
+            }
+            Some(t) => Some(t),
+            None if need == Need::Server => {
+                return Err(bad(
+                    "no admin token; set PODGATE_ADMIN_TOKEN (or --admin-token) to a random string of at least 32 characters, e.g. `openssl rand -hex 32`",
+                ))
+            }
+            None => None,
+        };
+
+        let issuer = self
+            .issuer
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        check_http_url(&issuer, "issuer", "PODGATE_ISSUER", "http://127.0.0.1:8080")?;
+
+        let public_scheme = match self.public_scheme.as_deref().unwrap_or("http") {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            other => {
+                return Err(bad(format!(
+                    "public scheme {other:?} is not http or https; set --public-scheme / PODGATE_PUBLIC_SCHEME"
+                )))
+            }
+        };
+
+        let domain = self.domain.unwrap_or_else(|| "localhost".to_owned());
+        let host_template_s = self
+            .host_template
+            .unwrap_or_else(|| podgate_protocol::host::DEFAULT_PUBLIC_TEMPLATE.to_owned());
+        let host_template = HostTemplate::new(&host_template_s, &domain).map_err(|e| {
+            bad(format!(
+                "host template {host_template_s:?} with domain {domain:?} cannot be used: {e}; set PODGATE_HOST_TEMPLATE / PODGATE_DOMAIN, e.g. localhost-{{port}}-pod-{{pod}}.{{domain}} and example.dev"
+            ))
+        })?;
+        let upstream_s = self
+            .upstream_host_template
+            .unwrap_or_else(|| podgate_protocol::host::DEFAULT_UPSTREAM_TEMPLATE.to_owned());
+        let upstream_host_template = HostTemplate::new(&upstream_s, &domain).map_err(|e| {
+            bad(format!(
+                "upstream host template {upstream_s:?} cannot be used: {e}; set PODGATE_UPSTREAM_HOST_TEMPLATE, e.g. localhost-{{port}}.pod-{{pod}}.{{domain}}"
+            ))
+        })?;
+
+        let pod_public_port = match self.pod_public_port.unwrap_or(DEFAULT_POD_PUBLIC_PORT) {
+            0 => {
+                return Err(bad(
+                    "pod public port 0 is not a port; set PODGATE_POD_PUBLIC_PORT to 1-65535 (80/443 leave it out of URLs)",
+                ))
+            }
+            80 if public_scheme == Scheme::Http => None,
+            443 if public_scheme == Scheme::Https => None,
+            p => Some(p),
+        };
+
+        let login_url = match self.login_url {
+            Some(u) => {
+                check_http_url(&u, "login URL", "PODGATE_LOGIN_URL", "https://app.example.dev/login")?;
+                Some(u)
+            }
+            None if dev_mode => Some(format!("{issuer}/dev/login")),
+            None if need == Need::Server => {
+                return Err(bad(
+                    "no login URL; set PODGATE_LOGIN_URL (or --login-url) to the page where people sign in, e.g. https://app.example.dev/login, or run with PODGATE_DEV_MODE=true for the dev login",
+                ))
+            }
+            None => None,
+        };
+
+        let capability_lifetime = self
+            .capability_lifetime_secs
+            .unwrap_or(DEFAULT_CAPABILITY_LIFETIME);
+        if !(30..=86_400).contains(&capability_lifetime) {
+            return Err(bad(format!(
+                "capability lifetime {capability_lifetime} s is outside 30..=86400; set PODGATE_CAPABILITY_LIFETIME_SECS, e.g. 900"
+            )));
+        }
+        let ticket_lifetime = self.ticket_lifetime_secs.unwrap_or(DEFAULT_TICKET_LIFETIME);
+        if !(5..=MAX_TICKET_LIFETIME).contains(&ticket_lifetime) {
+            return Err(bad(format!(
+                "ticket lifetime {ticket_lifetime} s is outside 5..={MAX_TICKET_LIFETIME}; set PODGATE_TICKET_LIFETIME_SECS, e.g. 60"
+            )));
+        }
+        let session_lifetime = self
+            .session_lifetime_secs
+            .unwrap_or(DEFAULT_SESSION_LIFETIME);
+        if !(60..=30 * 86_400).contains(&session_lifetime) {
+            return Err(bad(format!(
+                "session lifetime {session_lifetime} s is outside 60..=2592000; set PODGATE_SESSION_LIFETIME_SECS, e.g. 43200"
+            )));
+        }
+
+        let cookie_samesite = match self.cookie_samesite.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("lax") => SameSite::Lax,
+            Some("strict") => SameSite::Strict,
+            Some("none") if public_scheme.is_https() => SameSite::None,
+            Some("none") => {
+                return Err(bad(
+                    "cookie SameSite=None needs the public scheme https (browsers drop it otherwise); set PODGATE_COOKIE_SAMESITE=lax or PODGATE_PUBLIC_SCHEME=https",
+                ))
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "cookie SameSite {other:?} is not lax, strict or none; set PODGATE_COOKIE_SAMESITE"
+                )))
+            }
+        };
+
+        let signing_alg = match self
+            .signing_alg
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("eddsa") | Some("ed25519") => SigningAlg::Eddsa,
+            Some("es256") => SigningAlg::Es256,
+            Some("hs256") => SigningAlg::Hs256,
+            Some(other) => return Err(bad(format!(
+                "signing algorithm {other:?} is not eddsa, es256 or hs256; set PODGATE_SIGNING_ALG"
+            ))),
+        };
+
+        let key_overlap = self.key_overlap_secs.unwrap_or(DEFAULT_KEY_OVERLAP);
+        if key_overlap < capability_lifetime {
+            return Err(bad(format!(
+                "key overlap {key_overlap} s is shorter than the capability lifetime {capability_lifetime} s, so rotation would cut live capabilities; set PODGATE_KEY_OVERLAP_SECS to at least {capability_lifetime}"
+            )));
+        }
+
+        let log_format = match self.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(format!(
+                    "log format {other:?} is not text or json; set PODGATE_LOG_FORMAT"
+                )))
+            }
+        };
+
+        Ok(Config {
+            listen,
+            database_url,
+            database_max_connections,
+            admin_token,
+            dev_mode,
+            issuer,
+            public_scheme,
+            domain,
+            host_template,
+            upstream_host_template,
+            pod_public_port,
+            login_url,
+            capability_lifetime,
+            ticket_lifetime,
+            session_lifetime,
+            cookie_samesite,
+            signing_alg,
+            key_overlap,
+            log_format,
+        })
+    }
+}
+
+fn check_http_url(u: &str, what: &str, env: &str, example: &str) -> Result<(), ConfigError> {
+    let parsed = url::Url::parse(u).map_err(|e| {
+        bad(format!(
+            "{what} {u:?} is not a URL ({e}); set {env}, e.g. {example}"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad(format!(
+            "{what} {u:?} must be an absolute http(s) URL; set {env}, e.g. {example}"
+        )));
+    }
+    Ok(())
+}
+
+/// A database URL with any password replaced, for messages and logs.
+pub fn redact_url(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => u.to_owned(),
+    }
+}
+
+impl Config {
+    /// The public origin of a pod host, e.g. `http://localhost-8726-pod-myslug.localhost:10000`.
+    pub fn pod_origin(&self, host: &str) -> String {
+        match self.pod_public_port {
+            Some(p) => format!("{}://{host}:{p}", self.public_scheme.as_str()),
+            None => format!("{}://{host}", self.public_scheme.as_str()),
+        }
+    }
+
+    /// A configuration for tests and examples: dev mode, defaults everywhere, a fixed admin token.
+    pub fn for_tests(database_url: &str) -> Result<Config, ConfigError> {
+        Settings {
+            database_url: Some(database_url.to_owned()),
+            admin_token: Some("test-admin-token-0123456789abcdef0123".to_owned()),
+            dev_mode: Some(true),
+            ..Settings::default()
+        }
+        .resolve(Need::Server)
+    }
+}

@@ -1,0 +1,163 @@
+//! The one error type of the HTTP API. Client errors say what is wrong and how to fix it;
+//! internal errors are logged with their context and answered with a generic message.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or a value is invalid (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No or wrong credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Not there, or not yours to see: the same answer for both (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Already exists, or still referenced (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// A dependency (database, keys) is not ready (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an outage; the context is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn bad(msg: impl Into<String>) -> Self {
+        ApiError::BadRequest(msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        ApiError::NotFound(msg.into())
+    }
+    pub fn conflict(msg: impl Into<String>) -> Self {
+        ApiError::Conflict(msg.into())
+    }
+    pub fn internal(context: impl Into<String>) -> Self {
+        ApiError::Internal(context.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// A JSON error body `{"error": "..."}` with `Cache-Control: no-store`.
+pub fn error_response(status: StatusCode, message: &str) -> Response {
+    let mut resp = (status, Json(json!({ "error": message }))).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(context) => {
+                tracing::error!(error = %context, "internal error");
+                error_response(status, "internal error; the server log has the details")
+            }
+            ApiError::Unavailable(context) => {
+                tracing::warn!(error = %context, "unavailable");
+                error_response(status, context)
+            }
+            ApiError::Unauthorized(msg) => {
+                let mut resp = error_response(status, msg);
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"podgate\""),
+                );
+                resp
+            }
+            ApiError::BadRequest(msg) | ApiError::NotFound(msg) | ApiError::Conflict(msg) => {
+                error_response(status, msg)
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            match db.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => {
+                    return ApiError::conflict(
+                        "a record with this id (or email) already exists; pick another or update the existing one",
+                    )
+                }
+                sqlx::error::ErrorKind::ForeignKeyViolation => {
+                    return ApiError::conflict(
+                        "this refers to a record that does not exist, or is still referred to (e.g. a user who owns pods, a server that runs pods); create it first, or delete or reassign what refers to it",
+                    )
+                }
+                sqlx::error::ErrorKind::CheckViolation => {
+                    return ApiError::bad("a value is outside what the database accepts; check enumerations and port ranges")
+                }
+                _ => {}
+            }
+        }
+        if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) {
+            return ApiError::Unavailable(
+                "the database is not reachable; try again shortly".into(),
+            );
+        }
+        ApiError::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::MissingJsonContentType(_) => ApiError::bad(
+                "the body must be JSON; send `Content-Type: application/json`",
+            ),
+            other => ApiError::bad(format!(
+                "the JSON body is not valid: {}; check field names and types against the API reference",
+                other.body_text()
+            )),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad(format!("the query string is not valid: {}", r.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::bad(format!("the path is not valid: {}", r.body_text()))
+    }
+}
+
+/// `Json` whose rejection is an [`ApiError`] (JSON body, says how to fix it).
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct JsonBody<T>(pub T);
+
+/// `Query` whose rejection is an [`ApiError`].
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct QueryArgs<T>(pub T);
+
+/// `Path` whose rejection is an [`ApiError`].
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct PathArgs<T>(pub T);

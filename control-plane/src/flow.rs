@@ -1,0 +1,518 @@
+//! The browser flow and script minting:
+//! `GET /api/proxy-auth` (signed in and allowed → a one-time login ticket on the pod host),
+//! `GET /.podgate/callback` (on the pod host, through Envoy: ticket → capability cookie), and
+//! `POST /v1/capabilities` (the same checks, the capability in the body).
+
+use std::collections::HashMap;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use podgate_protocol::gate::Request as GateRequest;
+use podgate_protocol::host::{parse_port, validate_slug, PodAddr};
+use podgate_protocol::redirect::{encode_query_value, safe_next};
+use podgate_protocol::token::{mint, PodClaims, TokenKind};
+use serde::{Deserialize, Serialize};
+
+use crate::authz::{may_reach, ANONYMOUS_SUB};
+use crate::error::{ApiError, ApiResult, JsonBody};
+use crate::identity::current_user;
+use crate::keys::random_id;
+use crate::store::{now_unix, AuditEntry, KeyKind, User};
+use crate::AppState;
+
+/// The one answer for "no such pod or port" and "not yours": no existence oracle.
+pub const NOT_FOUND_MSG: &str =
+    "no such pod or port, or you may not reach it; check the pod name and port, or ask the pod's owner to share it";
+
+/// The longest query string we parse.
+const MAX_QUERY_LEN: usize = 8 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/proxy-auth", get(proxy_auth))
+        .route("/.podgate/callback", get(callback))
+        .route("/v1/capabilities", post(capabilities))
+}
+
+/// Parses a query string, refusing a second copy of any parameter in `names` (parameter
+/// pollution: `pod=a&pod=b` must not be read one way here and another way elsewhere). Other
+/// parameters are ignored.
+pub fn single_params(query: Option<&str>, names: &[&str]) -> ApiResult<HashMap<String, String>> {
+    let query = query.unwrap_or("");
+    if query.len() > MAX_QUERY_LEN {
+        return Err(ApiError::bad(format!(
+            "the query string is longer than {MAX_QUERY_LEN} bytes"
+        )));
+    }
+    let mut out = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if !names.contains(&k.as_ref()) {
+            continue;
+        }
+        if out.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(ApiError::bad(format!(
+                "the parameter `{k}` appears more than once; send it once"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Marks a response as never to be cached and never to leak its URL as a referrer.
+pub fn no_store(resp: &mut Response) {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+}
+
+fn redirect(location: &str) -> ApiResult<Response> {
+    let mut resp = StatusCode::FOUND.into_response();
+    resp.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(location)
+            .map_err(|e| ApiError::internal(format!("redirect target: {e}")))?,
+    );
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// Validates a pod and port given by a client.
+fn parse_target(pod: Option<&str>, port: Option<&str>) -> ApiResult<PodAddr> {
+    let pod = pod.filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::bad("missing `pod`: give the pod's slug, e.g. pod=myslug&port=8726")
+    })?;
+    validate_slug(pod).map_err(|e| ApiError::bad(format!("`pod` is not a pod slug: {e}")))?;
+    let port = port.filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::bad("missing `port`: give the port inside the pod, e.g. port=8726")
+    })?;
+    let port = parse_port(port).map_err(|e| ApiError::bad(format!("`port` is not valid: {e}")))?;
+    Ok(PodAddr {
+        pod: pod.to_owned(),
+        port,
+    })
+}
+
+/// The user, if any, who may reach `addr`; `Err(NotFound)` when nobody in this position may,
+/// `Ok(None)` for the public (anonymous) case. Reads the database every time.
+async fn authorize(state: &AppState, user: Option<&User>, addr: &PodAddr) -> ApiResult<()> {
+    let facts = state
+        .db()
+        .access_facts(&addr.pod, addr.port, user.map(|u| u.id.as_str()))
+        .await?;
+    match facts {
+        Some(f) if may_reach(&f, user) => Ok(()),
+        _ => Err(ApiError::not_found(NOT_FOUND_MSG)),
+    }
+}
+
+/// A freshly minted token and when it expires.
+struct Minted {
+    token: String,
+    jti: String,
+    expires_at: i64,
+}
+
+/// Mints a token of `kind` for `user` (or anonymous) on `addr`'s public host, and records it in
+/// the audit trail (never the token itself).
+async fn mint_for(
+    state: &AppState,
+    kind: TokenKind,
+    user: Option<&User>,
+    addr: &PodAddr,
+    via: &str,
+) -> ApiResult<Minted> {
+    let config = state.config();
+    let ring = state.keys()?;
+    let (key, lifetime, key_kind) = match kind {
+        TokenKind::LoginTicket => (&ring.ticket_signer, config.ticket_lifetime, KeyKind::Ticket),
+        TokenKind::Capability => (
+            &ring.capability_signer,
+            config.capability_lifetime,
+            KeyKind::Capability,
+        ),
+    };
+    let jti = random_id().map_err(|e| ApiError::internal(e.to_string()))?;
+    let claims = PodClaims {
+        iss: config.issuer.clone(),
+        sub: user.map_or_else(|| ANONYMOUS_SUB.to_owned(), |u| u.id.clone()),
+        aud: config.host_template.render(addr),
+        pod: addr.pod.clone(),
+        port: addr.port,
+        jti: jti.clone(),
+        email: user.and_then(|u| u.email.clone()),
+    };
+    let now = now_unix();
+    let lifetime = lifetime as i64;
+    let token = mint(kind, key, &claims, now, lifetime)
+        .map_err(|e| ApiError::internal(format!("minting a {kind:?}: {e}")))?;
+    state
+        .db()
+        .record_mint(&AuditEntry {
+            jti: jti.clone(),
+            kind: key_kind,
+            user_id: claims.sub.clone(),
+            pod_slug: claims.pod.clone(),
+            port: claims.port,
+            audience: claims.aud.clone(),
+            via: via.to_owned(),
+            issued_at: now,
+            expires_at: now + lifetime,
+        })
+        .await?;
+    Ok(Minted {
+        token,
+        jti,
+        expires_at: now + lifetime,
+    })
+}
+
+fn is_page_load(headers: &HeaderMap, method: &str) -> bool {
+    let h = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    GateRequest {
+        method,
+        accept: h(header::ACCEPT),
+        sec_fetch_mode: headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok()),
+        upgrade: h(header::UPGRADE),
+        ..GateRequest::default()
+    }
+    .is_page_load()
+}
+
+/// `/api/proxy-auth` on the control plane for this pod, port and (already safe) `next`.
+fn proxy_auth_url(state: &AppState, addr: &PodAddr, next: &str) -> String {
+    format!(
+        "{}/api/proxy-auth?pod={}&port={}&next={}",
+        state.config().issuer,
+        addr.pod,
+        addr.port,
+        encode_query_value(next)
+    )
+}
+
+/// `GET /api/proxy-auth?pod=&port=&next=`.
+async fn proxy_auth(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let params = single_params(query.as_deref(), &["pod", "port", "next"])?;
+    let addr = parse_target(
+        params.get("pod").map(String::as_str),
+        params.get("port").map(String::as_str),
+    )?;
+    let next = safe_next(params.get("next").map_or("/", String::as_str));
+    let user = current_user(&state, &headers).await?;
+
+    if user.is_none() {
+        // Only a public port lets someone through without signing in.
+        let public = authorize(&state, None, &addr).await.is_ok();
+        if !public {
+            return not_signed_in(&state, &headers, &addr, &next);
+        }
+    } else {
+        authorize(&state, user.as_ref(), &addr).await?;
+    }
+
+    let ticket = mint_for(
+        &state,
+        TokenKind::LoginTicket,
+        user.as_ref(),
+        &addr,
+        "proxy-auth",
+    )
+    .await?;
+    let host = state.config().host_template.render(&addr);
+    let location = format!(
+        "{}/.podgate/callback?ticket={}&next={}",
+        state.config().pod_origin(&host),
+        encode_query_value(&ticket.token),
+        encode_query_value(&next)
+    );
+    tracing::info!(
+        user = user.as_ref().map_or(ANONYMOUS_SUB, |u| u.id.as_str()),
+        pod = %addr.pod, port = addr.port, jti = %ticket.jti,
+        "ticket minted"
+    );
+    redirect(&location)
+}
+
+fn not_signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    addr: &PodAddr,
+    next: &str,
+) -> ApiResult<Response> {
+    let Some(login) = state.config().login_url.as_deref() else {
+        return Err(ApiError::Unauthorized(
+            "not signed in, and no login URL is configured".into(),
+        ));
+    };
+    let back = proxy_auth_url(state, addr, next);
+    let sep = if login.contains('?') { '&' } else { '?' };
+    let location = format!("{login}{sep}next={}", encode_query_value(&back));
+    if is_page_load(headers, "GET") {
+        redirect(&location)
+    } else {
+        let mut resp = ApiError::Unauthorized(format!(
+            "not signed in; sign in at {login} and retry, or use an API token"
+        ))
+        .into_response();
+        no_store(&mut resp);
+        Ok(resp)
+    }
+}
+
+/// The host this request was sent to (HTTP/1 `Host`, or the HTTP/2 authority).
+fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
+/// Why a callback failed (logged; the page says only what helps the user).
+#[derive(Debug)]
+#[allow(dead_code)] // the fields are read through `Debug`, in the log line
+enum CallbackFailure {
+    NotAPodHost,
+    BadQuery(String),
+    BadTicket(String),
+    WrongHost,
+    Replayed,
+    NoLongerAllowed,
+}
+
+/// `GET /.podgate/callback?ticket=&next=` on a pod host.
+async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let host = request_host(&headers, &uri).unwrap_or("");
+    let addr = state.config().host_template.parse(host).ok();
+    let next = single_params(query.as_deref(), &["next"])
+        .ok()
+        .and_then(|p| p.get("next").map(|n| safe_next(n)))
+        .unwrap_or_else(|| "/".to_owned());
+    match accept_ticket(&state, addr.as_ref(), query.as_deref()).await {
+        Ok(cookie) => {
+            let Ok(mut resp) = redirect(&next) else {
+                return failure_page(&state, addr.as_ref(), &next);
+            };
+            match HeaderValue::from_str(&cookie) {
+                Ok(v) => {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                    resp
+                }
+                Err(_) => failure_page(&state, addr.as_ref(), &next),
+            }
+        }
+        Err(Ok(failure)) => {
+            tracing::info!(?failure, host, "callback refused");
+            failure_page(&state, addr.as_ref(), &next)
+        }
+        Err(Err(e)) => {
+            let mut resp = e.into_response();
+            resp.headers_mut().append(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&clear_cookie(&state))
+                    .unwrap_or(HeaderValue::from_static("")),
+            );
+            no_store(&mut resp);
+            resp
+        }
+    }
+}
+
+/// Checks the ticket and mints the capability; returns the `Set-Cookie` value.
+/// `Err(Ok(..))` is the client's fault, `Err(Err(..))` ours.
+async fn accept_ticket(
+    state: &AppState,
+    addr: Option<&PodAddr>,
+    query: Option<&str>,
+) -> Result<String, Result<CallbackFailure, ApiError>> {
+    let addr = addr.ok_or(Ok(CallbackFailure::NotAPodHost))?;
+    let params = single_params(query, &["ticket", "next"])
+        .map_err(|e| Ok(CallbackFailure::BadQuery(e.to_string())))?;
+    let ticket = params
+        .get("ticket")
+        .ok_or(Ok(CallbackFailure::BadQuery("no ticket".into())))?;
+    let ring = state.keys().map_err(Err)?;
+    let now = now_unix();
+    let verified = ring
+        .ticket_verifier
+        .verify(ticket, now)
+        .map_err(|e| Ok(CallbackFailure::BadTicket(e.to_string())))?;
+    let claims = &verified.claims;
+    // `aud` must be exactly this host; pod and port must be what this host names.
+    let this_host = state.config().host_template.render(addr);
+    if claims.aud != this_host || claims.pod != addr.pod || claims.port != addr.port {
+        return Err(Ok(CallbackFailure::WrongHost));
+    }
+    if !state
+        .db()
+        .consume_ticket(&claims.jti, verified.expires_at)
+        .await
+        .map_err(|e| Err(e.into()))?
+    {
+        return Err(Ok(CallbackFailure::Replayed));
+    }
+    // Authorization is read again: the ticket proves who, not what they may reach now.
+    let user = if claims.sub == ANONYMOUS_SUB {
+        None
+    } else {
+        Some(
+            state
+                .db()
+                .get_user(&claims.sub)
+                .await
+                .map_err(|e| Err(e.into()))?
+                .ok_or(Ok(CallbackFailure::NoLongerAllowed))?,
+        )
+    };
+    match authorize(state, user.as_ref(), addr).await {
+        Ok(()) => {}
+        Err(ApiError::NotFound(_)) => return Err(Ok(CallbackFailure::NoLongerAllowed)),
+        Err(e) => return Err(Err(e)),
+    }
+    let cap = mint_for(
+        state,
+        TokenKind::Capability,
+        user.as_ref(),
+        addr,
+        "callback",
+    )
+    .await
+    .map_err(Err)?;
+    tracing::info!(
+        user = %claims.sub, pod = %addr.pod, port = addr.port, jti = %cap.jti,
+        "capability minted"
+    );
+    Ok(capability_cookie(state, &cap.token))
+}
+
+fn cookie_attributes(state: &AppState, max_age: u64) -> String {
+    let config = state.config();
+    let secure = if config.public_scheme.is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "; Path=/; Max-Age={max_age}; HttpOnly; SameSite={}{secure}",
+        config.cookie_samesite.as_str()
+    )
+}
+
+/// The capability cookie: host-only (no `Domain`), `__Host-` and `Secure` over https.
+fn capability_cookie(state: &AppState, token: &str) -> String {
+    format!(
+        "{}={token}{}",
+        state.capability_cookie(),
+        cookie_attributes(state, state.config().capability_lifetime)
+    )
+}
+
+fn clear_cookie(state: &AppState) -> String {
+    format!(
+        "{}={}",
+        state.capability_cookie(),
+        cookie_attributes(state, 0)
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// 400 page that clears our cookie and links to a fresh attempt.
+fn failure_page(state: &AppState, addr: Option<&PodAddr>, next: &str) -> Response {
+    let retry = match addr {
+        Some(addr) => proxy_auth_url(state, addr, next),
+        None => state.config().issuer.clone(),
+    };
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign-in link expired</title></head>\
+         <body><h1>This sign-in link cannot be used</h1>\
+         <p>It has expired, was already used, or was meant for another address.</p>\
+         <p><a href=\"{}\">Try again</a></p></body></html>",
+        html_escape(&retry)
+    );
+    let mut resp = (StatusCode::BAD_REQUEST, Html(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&clear_cookie(state)) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    no_store(&mut resp);
+    resp
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityRequest {
+    pub pod: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CapabilityResponse {
+    pub token: String,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
+    /// The pod port's public URL; send the token as `podgate-token` or `Authorization: Bearer`.
+    pub url: String,
+}
+
+/// `POST /v1/capabilities {pod, port}` for scripts and SDKs.
+async fn capabilities(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CapabilityRequest>,
+) -> ApiResult<Response> {
+    let addr = parse_target(Some(&req.pod), Some(&req.port.to_string()))?;
+    let user = current_user(&state, &headers).await?;
+    match &user {
+        None => {
+            if authorize(&state, None, &addr).await.is_err() {
+                return Err(ApiError::Unauthorized(
+                    "not signed in; send the session cookie (or, later, an API token)".into(),
+                ));
+            }
+        }
+        Some(u) => authorize(&state, Some(u), &addr).await?,
+    }
+    let cap = mint_for(
+        &state,
+        TokenKind::Capability,
+        user.as_ref(),
+        &addr,
+        "capabilities",
+    )
+    .await?;
+    let host = state.config().host_template.render(&addr);
+    let expires_at = chrono::DateTime::from_timestamp(cap.expires_at, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .ok_or_else(|| ApiError::internal("expiry out of range"))?;
+    let mut resp = Json(CapabilityResponse {
+        token: cap.token,
+        expires_at,
+        url: format!("{}/", state.config().pod_origin(&host)),
+    })
+    .into_response();
+    no_store(&mut resp);
+    Ok(resp)
+}

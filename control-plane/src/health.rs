@@ -1,0 +1,59 @@
+//! Liveness, readiness and the public key set.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+/// The process is up.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The database answers and signing keys are loaded.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let database = match state.db().ping().await {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: database not reachable");
+            "unreachable".to_owned()
+        }
+    };
+    let keys = if state.keys_loaded() { "ok" } else { "missing" };
+    let ready = database == "ok" && keys == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut resp = (
+        status,
+        Json(json!({ "status": if ready { "ready" } else { "not ready" }, "database": database, "keys": keys })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /.well-known/jwks.json`: the public capability keys (current and overlapping).
+async fn jwks(State(state): State<AppState>) -> Result<Response, crate::error::ApiError> {
+    let ring = state.keys()?;
+    let mut resp = Json(&ring.public_jwks).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,136 @@
+//! The podgate control plane: who the user is, what they may reach, minting, storage and the
+//! HTTP API. `app(state)` builds the whole router; `main.rs` only parses the command line.
+
+pub mod admin;
+pub mod authz;
+pub mod config;
+pub mod error;
+pub mod flow;
+pub mod health;
+pub mod identity;
+pub mod keys;
+pub mod store;
+
+use std::sync::{Arc, RwLock};
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Router;
+use podgate_protocol::cookie::{cookie_name, DEFAULT_COOKIE_NAME};
+
+use crate::config::Config;
+use crate::error::{error_response, ApiError};
+use crate::keys::{KeyRing, KeyringError};
+use crate::store::Db;
+
+/// Base name of the control plane's own session cookie (on the control plane's host only).
+pub const SESSION_COOKIE: &str = "podgate_session";
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    db: Db,
+    keys: RwLock<Option<Arc<KeyRing>>>,
+    capability_cookie: String,
+    session_cookie: String,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Builds the state: makes sure signing keys exist (first start) and loads them.
+    pub async fn new(config: Config, db: Db) -> Result<AppState, KeyringError> {
+        let now = store::now_unix();
+        let made = keys::ensure(&db, config.signing_alg, now).await?;
+        for kid in &made {
+            tracing::info!(%kid, alg = config.signing_alg.as_str(), "generated a signing key");
+        }
+        let capability_cookie = cookie_name(DEFAULT_COOKIE_NAME, config.public_scheme.is_https());
+        let session_cookie = cookie_name(SESSION_COOKIE, config.issuer.starts_with("https://"));
+        let state = AppState {
+            inner: Arc::new(Inner {
+                config,
+                db,
+                keys: RwLock::new(None),
+                capability_cookie,
+                session_cookie,
+            }),
+        };
+        state.reload_keys().await?;
+        Ok(state)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// Name of the capability cookie on pod hosts (`__Host-` prefixed over https).
+    pub fn capability_cookie(&self) -> &str {
+        &self.inner.capability_cookie
+    }
+
+    /// Name of the control plane's session cookie.
+    pub fn session_cookie(&self) -> &str {
+        &self.inner.session_cookie
+    }
+
+    /// The key ring in force, or 503 when none is loaded.
+    pub fn keys(&self) -> Result<Arc<KeyRing>, ApiError> {
+        let guard = self
+            .inner
+            .keys
+            .read()
+            .map_err(|_| ApiError::internal("key ring lock poisoned"))?;
+        guard
+            .clone()
+            .ok_or_else(|| ApiError::Unavailable("signing keys are not loaded yet".into()))
+    }
+
+    pub fn keys_loaded(&self) -> bool {
+        self.inner.keys.read().map(|k| k.is_some()).unwrap_or(false)
+    }
+
+    /// Re-reads the keys from the database (after a rotation, or periodically so a rotation by
+    /// `podgate keys rotate` in another process is picked up and expired keys drop out).
+    pub async fn reload_keys(&self) -> Result<(), KeyringError> {
+        let ring = keys::load(&self.inner.db, &self.inner.config, store::now_unix()).await?;
+        let mut guard = self.inner.keys.write().map_err(|_| KeyringError::Stored {
+            kid: String::new(),
+            msg: "key ring lock poisoned".into(),
+        })?;
+        *guard = Some(Arc::new(ring));
+        Ok(())
+    }
+}
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new()
+        .merge(health::router())
+        .merge(flow::router())
+        .merge(admin::router(state.clone()));
+    if state.config().dev_mode {
+        router = router.merge(identity::dev_router());
+    }
+    router.fallback(not_found).with_state(state)
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see the API reference in control-plane/README.md",
+    )
+}
