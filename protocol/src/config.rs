@@ -267,3 +267,95 @@ impl FilterConfig {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({
+            "issuer": "http://127.0.0.1:8080",
+            "domain": "localhost",
+            "auth_url": "http://127.0.0.1:8080/api/proxy-auth",
+            "keys": {"keys": []},
+            "pods": {"myslug": {"status": "running", "cluster": "pod_myslug"}}
+        })
+    }
+
+    fn compile(v: &serde_json::Value) -> Result<CompiledConfig, ConfigError> {
+        FilterConfig::compile_json(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = compile(&minimal()).unwrap();
+        assert_eq!(c.cookie_name, "podgate_cap");
+        assert!(!c.https);
+        assert_eq!(
+            c.public_hosts.to_string(),
+            "localhost-{port}-pod-{pod}.localhost"
+        );
+        assert_eq!(c.pods["myslug"].status, PodStatus::Running);
+        let mut https = minimal();
+        https["public_scheme"] = "https".into();
+        assert_eq!(compile(&https).unwrap().cookie_name, "__Host-podgate_cap");
+    }
+
+    #[test]
+    fn every_bad_field_is_refused_with_its_name() {
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("issuer", "".into(), "issuer"),
+            ("domain", "Bad_Domain".into(), "public_host_template"),
+            (
+                "public_host_template",
+                "{pod}.{domain}".into(),
+                "public_host_template",
+            ),
+            (
+                "upstream_host_template",
+                "x.{domain}".into(),
+                "upstream_host_template",
+            ),
+            ("public_scheme", "ftp".into(), "public_scheme"),
+            ("cookie_name", "a b".into(), "cookie_name"),
+            ("auth_url", "/relative".into(), "auth_url"),
+            ("auth_url", "http://x/a?b=c".into(), "auth_url"),
+            ("leeway_secs", 3600.into(), "leeway_secs"),
+            (
+                "max_capability_lifetime_secs",
+                0.into(),
+                "max_capability_lifetime_secs",
+            ),
+            (
+                "pods",
+                serde_json::json!({"Bad": {"status": "running", "cluster": "c"}}),
+                "pods",
+            ),
+            (
+                "pods",
+                serde_json::json!({"ok": {"status": "running", "cluster": ""}}),
+                "pods",
+            ),
+            (
+                "pods",
+                serde_json::json!({"ok": {"status": "zombie", "cluster": "c"}}),
+                "configuration is not valid JSON",
+            ),
+            (
+                "keys",
+                serde_json::json!({"keys": [{"kty": "oct", "kid": "cap-1", "alg": "HS256", "k": "c2hvcnQ"}]}),
+                "keys",
+            ),
+            ("surprise", true.into(), "configuration is not valid JSON"),
+        ];
+        for (field, value, says) in cases {
+            let mut v = minimal();
+            v[field] = value;
+            let err = compile(&v).unwrap_err().to_string();
+            assert!(err.starts_with(says), "{field}: {err}");
+        }
+        assert!(FilterConfig::compile_json(b"").is_err());
+        assert!(FilterConfig::compile_json(b"[]").is_err());
+    }
+}

@@ -409,3 +409,8 @@ pub fn decide(
 fn is_header_safe(value: &str) -> bool {
     value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[path = "gate_tests.rs"]
+mod tests;

@@ -1,0 +1,489 @@
+//! Native tests of the whole decision: every row of the answers table and the stripping rules.
+
+use super::*;
+use crate::config::{FilterConfig, PodEntry};
+use crate::token::tests::{claims, ed_key, ISS, NOW};
+use crate::token::{mint, KeySet, PodClaims, SigningKey, TokenKind};
+
+const HOST: &str = "localhost-8726-pod-alpha.example.dev";
+
+fn key() -> SigningKey {
+    ed_key(TokenKind::Capability, 1)
+}
+
+fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> CompiledConfig {
+    let mut pods = HashMap::new();
+    for (slug, status) in [
+        ("alpha", PodStatus::Running),
+        ("beta", PodStatus::Running),
+        ("sleepy", PodStatus::Stopped),
+    ] {
+        pods.insert(
+            slug.to_owned(),
+            PodEntry {
+                status,
+                cluster: format!("pod_{slug}"),
+                address: Some("10.0.0.5:30001".into()),
+            },
+        );
+    }
+    let mut config = FilterConfig {
+        issuer: ISS.into(),
+        domain: "example.dev".into(),
+        public_host_template: crate::host::DEFAULT_PUBLIC_TEMPLATE.into(),
+        upstream_host_template: crate::host::DEFAULT_UPSTREAM_TEMPLATE.into(),
+        public_scheme: "https".into(),
+        cookie_name: "podgate_cap".into(),
+        auth_url: "https://podgate.example.dev/api/proxy-auth".into(),
+        control_plane_cluster: "podgate_control_plane".into(),
+        keys: KeySet {
+            keys: vec![key().verifying_jwk()],
+        },
+        pods,
+        revoked_jti: vec![],
+        leeway_secs: 30,
+        max_capability_lifetime_secs: 3600,
+        token_cache_entries: 16,
+    };
+    edit(&mut config);
+    config.compile().unwrap()
+}
+
+fn config() -> CompiledConfig {
+    config_with(|_| {})
+}
+
+fn cap_for(pod: &str, port: u16) -> String {
+    let c = PodClaims {
+        aud: format!("localhost-{port}-pod-{pod}.example.dev"),
+        pod: pod.into(),
+        port,
+        ..claims()
+    };
+    mint(TokenKind::Capability, &key(), &c, NOW, 900).unwrap()
+}
+
+fn cap() -> String {
+    cap_for("alpha", 8726)
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    pairs
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn base(extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    let mut h = vec![
+        (":authority", HOST),
+        (":path", "/index.html"),
+        (":method", "GET"),
+    ];
+    h.extend_from_slice(extra);
+    headers(&h)
+}
+
+fn run(config: &CompiledConfig, h: &[(String, Vec<u8>)]) -> Decision {
+    let req = match Request::from_headers(h) {
+        Ok(r) => r,
+        Err(d) => return Decision::Deny(d),
+    };
+    decide(config, &mut VerifiedCache::new(), &req, NOW + 1)
+}
+
+fn edits(d: &Decision) -> &[HeaderEdit] {
+    match d {
+        Decision::Forward { edits, .. } => edits,
+        other => panic!("expected forward, got {other:?}"),
+    }
+}
+
+fn set<'a>(d: &'a Decision, name: &str) -> Option<&'a str> {
+    edits(d).iter().rev().find_map(|e| match e {
+        HeaderEdit::Set(n, v) if n == name => Some(v.as_str()),
+        _ => None,
+    })
+}
+
+fn removed(d: &Decision, name: &str) -> bool {
+    edits(d)
+        .iter()
+        .any(|e| matches!(e, HeaderEdit::Remove(n) if n == name))
+}
+
+fn status(d: &Decision) -> u32 {
+    match d {
+        Decision::Deny(denial) => denial.reply().status,
+        Decision::Forward { .. } => 0,
+    }
+}
+
+#[test]
+fn valid_cookie_forwards_with_host_rewritten_and_credentials_stripped() {
+    let c = config();
+    let cookie = format!("a=1; __Host-podgate_cap={}; b=2", cap());
+    let d = run(
+        &c,
+        &base(&[
+            ("cookie", &cookie),
+            ("x-podgate-cluster", "pod_beta"),
+            ("x-podgate-user", "admin"),
+            ("x-forwarded-host", "localhost-8726-pod-beta.example.dev"),
+        ]),
+    );
+    assert_eq!(
+        set(&d, ":authority"),
+        Some("localhost-8726.pod-alpha.example.dev")
+    );
+    assert_eq!(set(&d, "cookie"), Some("a=1; b=2"));
+    assert_eq!(set(&d, CLUSTER_HEADER), Some("pod_alpha"));
+    assert_eq!(set(&d, UPSTREAM_HEADER), Some("10.0.0.5:30001"));
+    assert_eq!(set(&d, USER_HEADER), Some("user-1"));
+    assert_eq!(set(&d, EMAIL_HEADER), Some("u@example.dev"));
+    // Client copies are removed before ours are set.
+    let e = edits(&d);
+    let rm = e
+        .iter()
+        .position(|x| *x == HeaderEdit::Remove("x-podgate-cluster".into()))
+        .unwrap();
+    let st = e
+        .iter()
+        .position(|x| matches!(x, HeaderEdit::Set(n, _) if n == CLUSTER_HEADER))
+        .unwrap();
+    assert!(rm < st);
+    assert!(removed(&d, "x-podgate-user"));
+}
+
+#[test]
+fn only_cookie_removes_the_header() {
+    let c = config();
+    let cookie = format!("__Host-podgate_cap={}", cap());
+    let d = run(&c, &base(&[("cookie", &cookie)]));
+    assert!(removed(&d, "cookie"));
+    assert_eq!(set(&d, "cookie"), None);
+}
+
+#[test]
+fn header_and_bearer_tokens_are_removed_foreign_bearer_kept() {
+    let c = config();
+    let token = cap();
+    let d = run(&c, &base(&[("podgate-token", &token)]));
+    assert!(removed(&d, "podgate-token"));
+    let bearer = format!("Bearer {token}");
+    let d = run(&c, &base(&[("authorization", &bearer)]));
+    assert!(removed(&d, "authorization"));
+    // A bearer that is not ours belongs to the pod's app: untouched, and not a credential.
+    let d = run(&c, &base(&[("authorization", "Bearer abc.def.ghi")]));
+    assert_eq!(status(&d), 401);
+    let d = run(
+        &c,
+        &base(&[("authorization", "Bearer xyz"), ("podgate-token", &token)]),
+    );
+    assert!(!removed(&d, "authorization"));
+    assert!(edits(&d)
+        .iter()
+        .all(|e| !matches!(e, HeaderEdit::Set(n, _) if n == "authorization")));
+}
+
+#[test]
+fn the_answers_table() {
+    let c = config();
+    let token = cap();
+    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, u32)> = vec![
+        (
+            "not a pod host",
+            headers(&[(":authority", "example.dev"), (":path", "/")]),
+            400,
+        ),
+        (
+            "suffix confusion",
+            headers(&[
+                (
+                    ":authority",
+                    "localhost-8726-pod-alpha.example.dev.evil.com",
+                ),
+                ("podgate-token", &token),
+            ]),
+            400,
+        ),
+        ("no capability", base(&[]), 401),
+        (
+            "garbage capability",
+            base(&[("podgate-token", "x.y.z")]),
+            401,
+        ),
+        (
+            "other pod",
+            base(&[("podgate-token", &cap_for("beta", 8726))]),
+            403,
+        ),
+        (
+            "other port",
+            base(&[("podgate-token", &cap_for("alpha", 8727))]),
+            403,
+        ),
+        (
+            "unknown pod",
+            headers(&[
+                (":authority", "localhost-8726-pod-ghost.example.dev"),
+                (":method", "GET"),
+                (":path", "/"),
+                ("podgate-token", &cap_for("ghost", 8726)),
+            ]),
+            404,
+        ),
+        (
+            "stopped pod",
+            headers(&[
+                (":authority", "localhost-8726-pod-sleepy.example.dev"),
+                (":method", "GET"),
+                (":path", "/"),
+                ("podgate-token", &cap_for("sleepy", 8726)),
+            ]),
+            503,
+        ),
+    ];
+    for (name, h, want) in cases {
+        assert_eq!(status(&run(&c, &h)), want, "{name}");
+    }
+    let stopped = Denial::NotRunning(PodStatus::Stopped).reply();
+    assert_eq!(
+        stopped.body,
+        r#"{"error":"Pod is not running (status: stopped)"}"#
+    );
+    let unauth = Denial::NoCapability { redirect: None }.reply();
+    assert!(unauth
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "www-authenticate" && v.starts_with("Bearer realm=")));
+}
+
+#[test]
+fn unknown_pod_is_no_existence_oracle_without_a_token() {
+    let c = config();
+    let ghost = headers(&[
+        (":authority", "localhost-8726-pod-ghost.example.dev"),
+        (":method", "GET"),
+        (":path", "/"),
+    ]);
+    let alpha = base(&[]);
+    let expected = Decision::Deny(Denial::NoCapability { redirect: None });
+    assert_eq!(run(&c, &ghost), expected);
+    assert_eq!(run(&c, &alpha), expected);
+}
+
+#[test]
+fn browser_page_loads_are_redirected_to_sign_in() {
+    let c = config();
+    for extra in [
+        vec![("sec-fetch-mode", "navigate")],
+        vec![("accept", "text/html,application/xhtml+xml")],
+        vec![("sec-fetch-mode", "navigate"), ("podgate-token", "bad")],
+    ] {
+        let d = run(&c, &base(&extra));
+        let Decision::Deny(denial) = &d else { panic!() };
+        let reply = denial.reply();
+        assert_eq!(reply.status, 302, "{extra:?}");
+        let location = reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "location")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        assert_eq!(
+            location,
+            "https://podgate.example.dev/api/proxy-auth?pod=alpha&port=8726&next=/index.html"
+        );
+    }
+    // Scripts, subresources and WebSockets get 401, never a redirect.
+    for extra in [
+        vec![("sec-fetch-mode", "cors"), ("accept", "text/html")],
+        vec![("accept", "application/json")],
+        vec![("upgrade", "websocket"), ("sec-fetch-mode", "navigate")],
+    ] {
+        assert_eq!(status(&run(&c, &base(&extra))), 401, "{extra:?}");
+    }
+    let mut post = base(&[("sec-fetch-mode", "navigate")]);
+    post[2].1 = b"POST".to_vec();
+    assert_eq!(status(&run(&c, &post)), 401);
+}
+
+#[test]
+fn redirect_next_is_encoded_so_it_cannot_inject_parameters() {
+    let c = config();
+    let url = auth_redirect(
+        &c,
+        &PodAddr {
+            pod: "alpha".into(),
+            port: 1,
+        },
+        "/a?x=1&pod=evil#f",
+    );
+    assert_eq!(
+        url,
+        "https://podgate.example.dev/api/proxy-auth?pod=alpha&port=1&next=/a%3Fx%3D1%26pod%3Devil%23f"
+    );
+}
+
+#[test]
+fn reserved_path_goes_to_the_control_plane_without_a_token() {
+    let c = config();
+    let mut h = base(&[("x-podgate-cluster", "pod_alpha"), ("cookie", "a=1")]);
+    h[1].1 = b"/.podgate/callback?ticket=abc&next=/".to_vec();
+    let d = run(&c, &h);
+    assert_eq!(set(&d, CLUSTER_HEADER), Some("podgate_control_plane"));
+    assert_eq!(
+        set(&d, ":authority"),
+        None,
+        "Host must reach the control plane unchanged"
+    );
+    assert!(removed(&d, "x-podgate-cluster"));
+    // ...but only on a pod host.
+    let mut bad = h.clone();
+    bad[0].1 = b"evil.example.dev".to_vec();
+    assert_eq!(status(&run(&c, &bad)), 400);
+}
+
+#[test]
+fn websocket_with_cookie_needs_the_pods_own_origin() {
+    let c = config();
+    let cookie = format!("__Host-podgate_cap={}", cap());
+    let ws = |origin: Option<&str>, cookie: &str| {
+        let mut h = vec![("upgrade", "websocket"), ("cookie", cookie)];
+        if let Some(o) = origin {
+            h.push(("origin", o));
+        }
+        run(&c, &base(&h))
+    };
+    assert!(matches!(
+        ws(
+            Some("https://localhost-8726-pod-alpha.example.dev"),
+            &cookie
+        ),
+        Decision::Forward { .. }
+    ));
+    assert!(matches!(
+        ws(
+            Some("https://localhost-8726-pod-alpha.example.dev:443"),
+            &cookie
+        ),
+        Decision::Forward { .. }
+    ));
+    for origin in [
+        None,
+        Some("https://localhost-8726-pod-beta.example.dev"),
+        Some("https://localhost-8727-pod-alpha.example.dev"),
+        Some("http://localhost-8726-pod-alpha.example.dev"),
+        Some("https://evil.com"),
+        Some("https://localhost-8726-pod-alpha.example.dev/x"),
+        Some("null"),
+    ] {
+        assert_eq!(
+            ws(origin, &cookie),
+            Decision::Deny(Denial::CrossOriginWebSocket),
+            "{origin:?}"
+        );
+    }
+    // A header token is not ambient authority: no Origin rule.
+    let token = cap();
+    let d = run(
+        &c,
+        &base(&[
+            ("upgrade", "websocket"),
+            ("podgate-token", &token),
+            ("origin", "https://evil.com"),
+        ]),
+    );
+    assert!(matches!(d, Decision::Forward { .. }));
+}
+
+#[test]
+fn tossed_cookie_does_not_mask_the_real_one() {
+    let c = config();
+    let cookie = format!(
+        "__Host-podgate_cap={}; __Host-podgate_cap={}",
+        cap_for("beta", 8726),
+        cap()
+    );
+    let d = run(&c, &base(&[("cookie", &cookie)]));
+    assert_eq!(set(&d, USER_HEADER), Some("user-1"));
+    assert!(removed(&d, "cookie"));
+}
+
+#[test]
+fn non_utf8_headers_we_read_are_refused_others_pass() {
+    let c = config();
+    let mut h = base(&[("podgate-token", &cap())]);
+    h.push(("x-app".into(), vec![0xff, 0xfe]));
+    assert!(matches!(run(&c, &h), Decision::Forward { .. }));
+    let mut h = base(&[]);
+    h.push(("cookie".into(), vec![b'a', b'=', 0xff]));
+    assert_eq!(status(&run(&c, &h)), 400);
+}
+
+#[test]
+fn revoked_capability_is_refused() {
+    let c = config_with(|c| c.revoked_jti = vec!["jti-1".into()]);
+    assert_eq!(status(&run(&c, &base(&[("podgate-token", &cap())]))), 401);
+}
+
+#[test]
+fn empty_key_set_denies_everything() {
+    let c = config_with(|c| c.keys = KeySet::default());
+    assert_eq!(status(&run(&c, &base(&[("podgate-token", &cap())]))), 401);
+}
+
+#[test]
+fn cache_saves_verification_but_never_extends_a_token() {
+    let c = config();
+    let token = cap(); // iat NOW, exp NOW+900, leeway 30
+    let h = base(&[("podgate-token", &token)]);
+    let req = Request::from_headers(&h).unwrap();
+    let mut cache = VerifiedCache::new();
+    for i in 0..50 {
+        assert!(matches!(
+            decide(&c, &mut cache, &req, NOW + i),
+            Decision::Forward { .. }
+        ));
+    }
+    assert_eq!(
+        cache.stats(),
+        (49, 1),
+        "one signature check for 50 requests"
+    );
+    assert!(matches!(
+        decide(&c, &mut cache, &req, NOW + 929),
+        Decision::Forward { .. }
+    ));
+    assert_eq!(status(&decide(&c, &mut cache, &req, NOW + 930)), 401);
+    assert!(cache.is_empty(), "expired entries are dropped on hit");
+    // A tampered copy of a cached token is a different key: it is verified and refused.
+    let mut tampered = token.clone();
+    tampered.push('A');
+    let h2 = base(&[("podgate-token", &tampered)]);
+    let req2 = Request::from_headers(&h2).unwrap();
+    assert_eq!(status(&decide(&c, &mut cache, &req2, NOW)), 401);
+}
+
+#[test]
+fn cache_is_bounded() {
+    let c = config_with(|c| c.token_cache_entries = 4);
+    let mut cache = VerifiedCache::new();
+    for i in 0..10 {
+        let cl = PodClaims {
+            jti: format!("j{i}"),
+            aud: HOST.into(),
+            pod: "alpha".into(),
+            ..claims()
+        };
+        let t = mint(TokenKind::Capability, &key(), &cl, NOW, 900).unwrap();
+        let h = base(&[("podgate-token", &t)]);
+        let req = Request::from_headers(&h).unwrap();
+        assert!(matches!(
+            decide(&c, &mut cache, &req, NOW),
+            Decision::Forward { .. }
+        ));
+        assert!(cache.len() <= 4);
+    }
+}
