@@ -5,6 +5,8 @@ use crate::config::{FilterConfig, PodEntry};
 use crate::token::tests::{claims, ed_key, ISS, NOW};
 use crate::token::{mint, KeySet, PodClaims, SigningKey, TokenKind};
 
+type Headers = Vec<(String, Vec<u8>)>;
+
 const HOST: &str = "localhost-8726-pod-alpha.example.dev";
 
 fn key() -> SigningKey {
@@ -190,7 +192,7 @@ fn header_and_bearer_tokens_are_removed_foreign_bearer_kept() {
 fn the_answers_table() {
     let c = config();
     let token = cap();
-    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, u32)> = vec![
+    let cases: Vec<(&str, Headers, u32)> = vec![
         (
             "not a pod host",
             headers(&[(":authority", "example.dev"), (":path", "/")]),
