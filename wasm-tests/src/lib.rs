@@ -1,1 +1,4 @@
-//! placeholder
+//! Tests of the compiled podgate filter: a proxy-wasm host on wasmtime
+//! (`host`) and the end-to-end suite against a real Envoy.
+
+pub mod host;
