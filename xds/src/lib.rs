@@ -8,6 +8,38 @@
 //!
 //! The crate knows nothing about the database: the control plane builds resources with
 //! [`builders`], wraps them in a [`Snapshot`] and calls [`SnapshotCache::set`].
+//!
+//! ```no_run
+//! use podgate_xds::*;
+//!
+//! # async fn run(filter_json: String) -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = SnapshotCache::new();
+//! let server = AdsServer::new(cache.clone());
+//! let metrics = server.metrics(); // acks, nacks, streams_connected: plain atomics
+//!
+//! // On start and after every relevant database change (one writer):
+//! let snapshot = Snapshot::new(
+//!     vec![
+//!         original_dst_cluster(&OriginalDstClusterOptions::default()),
+//!         fixed_host_cluster("podgate_control_plane", "127.0.0.1", 8080, &Default::default()),
+//!     ],
+//!     vec![wasm_filter_extension_config(&WasmFilterSpec {
+//!         extension_name: "podgate",
+//!         wasm_path: "/etc/envoy/podgate_filter.wasm",
+//!         root_id: "podgate",
+//!         configuration_json: &filter_json,
+//!     })],
+//! )?;
+//! let pushed = cache.set(snapshot); // false when nothing changed: no push
+//!
+//! // Serve until shutdown (or mount `server.service()` on your own tonic server).
+//! server
+//!     .serve("127.0.0.1:18000".parse()?, async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await?;
+//! # let _ = (metrics, pushed);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod builders;
 pub mod protocol;

@@ -20,8 +20,9 @@ use podgate_xds::envoy_types::pb::envoy::extensions::filters::http::header_mutat
 use podgate_xds::envoy_types::pb::google::protobuf::{Duration as ProtoDuration, UInt32Value};
 use podgate_xds::envoy_types::util::pack_any;
 use podgate_xds::{
-    fixed_host_cluster, original_dst_cluster, AdsServer, FixedHostClusterOptions,
-    OriginalDstClusterOptions, Snapshot, SnapshotCache, XdsMetrics,
+    fixed_host_cluster, original_dst_cluster, wasm_filter_extension_config, AdsServer,
+    FixedHostClusterOptions, OriginalDstClusterOptions, Snapshot, SnapshotCache, WasmFilterSpec,
+    XdsMetrics,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,7 +38,29 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
 const UPDATE_DEADLINE: Duration = Duration::from_secs(1);
 /// The filter type the test listener's ECDS filter accepts.
 const BUFFER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer";
+const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const ECDS_FILTER: &str = "podgate_ecds";
+
+/// The smallest proxy-wasm module Envoy's V8 host loads: ABI marker, allocator, and start and
+/// configure callbacks that accept anything. Requests pass through (no header callbacks).
+const MINIMAL_PROXY_WASM: &str = r#"
+(module
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $size i32) (result i32)
+    (local $at i32)
+    global.get $heap
+    local.set $at
+    global.get $heap
+    local.get $size
+    i32.add
+    global.set $heap
+    local.get $at)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1))
+"#;
 
 fn envoy_binary() -> PathBuf {
     let path = match std::env::var_os("PODGATE_ENVOY") {
@@ -260,7 +283,7 @@ static_resources:
           - name: {ECDS_FILTER}
             config_discovery:
               config_source: {{ ads: {{}}, resource_api_version: V3 }}
-              type_urls: ["{BUFFER_TYPE_URL}"]
+              type_urls: ["{BUFFER_TYPE_URL}", "{WASM_TYPE_URL}"]
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -634,5 +657,119 @@ async fn ecds_scenario() {
         .any(|(name, v, _)| name == ECDS_FILTER && *v == version));
     assert_eq!(http(ingress, "POST / HTTP/1.1\r\n", &body).await.0, 200);
     assert_eq!(Ads::count(&ads.metrics.unknown_type_requests), 0);
+    ads.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_filter_config_from_the_helper_is_loaded_by_envoy() {
+    tokio::time::timeout(TEST_TIMEOUT, wasm_scenario())
+        .await
+        .expect("test timed out");
+}
+
+async fn wasm_scenario() {
+    let files = TempDir::new("wasm-module");
+    let wasm_path = files.0.join("minimal.wasm");
+    std::fs::write(&wasm_path, wat::parse_str(MINIMAL_PROXY_WASM).unwrap()).unwrap();
+    let wasm_path = wasm_path.to_str().unwrap().to_owned();
+    let config = |path: &str, json: &str| {
+        wasm_filter_extension_config(&WasmFilterSpec {
+            extension_name: ECDS_FILTER,
+            wasm_path: path,
+            root_id: "podgate",
+            configuration_json: json,
+        })
+    };
+
+    let cache = SnapshotCache::new();
+    let first = Snapshot::new(vec![], vec![config(&wasm_path, r#"{"generation":1}"#)]).unwrap();
+    cache.set(first.clone());
+    let ads = Ads::start(&cache).await;
+    let envoy = Envoy::start("wasm", ads.addr, 3).await;
+
+    // 1. Envoy loads the module, the listener warms and requests flow through the filter.
+    let version = first.extension_configs().version().to_owned();
+    eventually(
+        STARTUP_DEADLINE,
+        "Wasm ECDS config applied",
+        &envoy,
+        || async {
+            envoy
+                .ecds_filters()
+                .await
+                .iter()
+                .any(|(name, v, config)| {
+                    name == ECDS_FILTER
+                        && *v == version
+                        && config["config"]["failure_policy"] == "FAIL_CLOSED"
+                        && config["config"]["configuration"]["value"] == r#"{"generation":1}"#
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let port = eventually(STARTUP_DEADLINE, "ingress listener", &envoy, || async {
+        envoy.listener_port("ingress").await
+    })
+    .await;
+    let ingress: SocketAddr = ([127, 0, 0, 1], port).into();
+    eventually(
+        Duration::from_secs(5),
+        "200 through the Wasm filter",
+        &envoy,
+        || async { (http(ingress, "GET / HTTP/1.1\r\n", b"").await.0 == 200).then_some(()) },
+    )
+    .await;
+
+    // 2. A configuration-only update is applied within a second.
+    let second = Snapshot::new(vec![], vec![config(&wasm_path, r#"{"generation":2}"#)]).unwrap();
+    assert!(cache.set(second.clone()));
+    let version = second.extension_configs().version().to_owned();
+    eventually(
+        UPDATE_DEADLINE,
+        "Wasm configuration update",
+        &envoy,
+        || async {
+            envoy
+                .ecds_filters()
+                .await
+                .iter()
+                .any(|(name, v, _)| name == ECDS_FILTER && *v == version)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // 3. Code Envoy cannot load is NACKed; the running filter stays and keeps answering.
+    let nacks_before = Ads::count(&ads.metrics.nacks);
+    let missing = files.0.join("missing.wasm");
+    let broken = config(missing.to_str().unwrap(), r#"{"generation":3}"#);
+    assert!(cache.set(Snapshot::new(vec![], vec![broken]).unwrap()));
+    eventually(
+        Duration::from_secs(5),
+        "NACK of unloadable code",
+        &envoy,
+        || async { (Ads::count(&ads.metrics.nacks) > nacks_before).then_some(()) },
+    )
+    .await;
+    let (_, stats) = http(
+        envoy.admin,
+        "GET /stats?filter=extension_config_discovery HTTP/1.1\r\n",
+        b"",
+    )
+    .await;
+    // Envoy's ECDS config_dump shows the last *received* config even when it was rejected, so
+    // the running version is checked in its subscription stats instead.
+    assert!(
+        stats.contains(&format!(
+            "http_filter.{ECDS_FILTER}.version_text: \"{version}\""
+        )),
+        "Envoy does not run the last good version {version}:\n{stats}"
+    );
+    assert!(
+        stats.contains(&format!("http_filter.{ECDS_FILTER}.update_rejected: 1")),
+        "{stats}"
+    );
+    assert_eq!(http(ingress, "GET / HTTP/1.1\r\n", b"").await.0, 200);
     ads.stop().await;
 }

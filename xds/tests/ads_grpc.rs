@@ -1,0 +1,251 @@
+//! The gRPC service in-process, with tonic clients standing in for Envoys: a stalled client does
+//! not hold back a healthy one, counters follow, Delta ADS is refused, shutdown ends streams.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use podgate_xds::envoy_types::pb::envoy::config::core::v3::Node;
+use podgate_xds::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use podgate_xds::envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+};
+use podgate_xds::envoy_types::pb::google::rpc::Status as RpcStatus;
+use podgate_xds::{
+    fixed_host_cluster, AdsServer, FixedHostClusterOptions, Snapshot, SnapshotCache,
+    CLUSTER_TYPE_URL,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+const STEP: Duration = Duration::from_secs(5);
+
+fn snapshot(generation: u16) -> Snapshot {
+    let clusters = (0..3)
+        .map(|i| {
+            fixed_host_cluster(
+                &format!("pod_{i}"),
+                "127.0.0.1",
+                9000 + generation,
+                &FixedHostClusterOptions::default(),
+            )
+        })
+        .collect();
+    Snapshot::new(clusters, vec![]).unwrap()
+}
+
+async fn start(cache: &SnapshotCache) -> (SocketAddr, AdsServer, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = AdsServer::new(cache.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = server.clone();
+    tokio::spawn(async move {
+        running
+            .serve_with_listener(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, server, stop)
+}
+
+/// A fake Envoy: requests go in through `requests`, responses come out of `responses`.
+struct FakeEnvoy {
+    requests: mpsc::Sender<DiscoveryRequest>,
+    responses: Streaming<DiscoveryResponse>,
+}
+
+impl FakeEnvoy {
+    async fn connect(addr: SocketAddr, node_id: &str) -> FakeEnvoy {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let (requests, outbound) = mpsc::channel(16);
+        requests
+            .send(DiscoveryRequest {
+                node: Some(Node {
+                    id: node_id.to_owned(),
+                    ..Default::default()
+                }),
+                type_url: CLUSTER_TYPE_URL.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let responses = client
+            .stream_aggregated_resources(ReceiverStream::new(outbound))
+            .await
+            .unwrap()
+            .into_inner();
+        FakeEnvoy {
+            requests,
+            responses,
+        }
+    }
+
+    async fn next(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(STEP, self.responses.message())
+            .await
+            .expect("no response in time")
+            .unwrap()
+            .expect("stream ended")
+    }
+
+    async fn ack(&self, response: &DiscoveryResponse) {
+        self.requests
+            .send(DiscoveryRequest {
+                version_info: response.version_info.clone(),
+                response_nonce: response.nonce.clone(),
+                type_url: response.type_url.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn nack(&self, response: &DiscoveryResponse, running_version: &str) {
+        self.requests
+            .send(DiscoveryRequest {
+                version_info: running_version.to_owned(),
+                response_nonce: response.nonce.clone(),
+                type_url: response.type_url.clone(),
+                error_detail: Some(RpcStatus {
+                    code: 3,
+                    message: "rejected by the test".to_owned(),
+                    details: Vec::new(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_envoy_does_not_hold_back_a_healthy_one() {
+    let cache = SnapshotCache::new();
+    cache.set(snapshot(0));
+    let (addr, server, _stop) = start(&cache).await;
+    let metrics = server.metrics();
+
+    // The stalled Envoy subscribes, then never reads nor answers again.
+    let stalled = FakeEnvoy::connect(addr, "stalled").await;
+    let mut healthy = FakeEnvoy::connect(addr, "healthy").await;
+    let first = healthy.next().await;
+    healthy.ack(&first).await;
+    wait_for("two streams", || {
+        metrics.streams_connected.load(Ordering::Relaxed) == 2
+    })
+    .await;
+
+    for generation in 1..=20 {
+        let expected = snapshot(generation);
+        let version = expected.clusters().version().to_owned();
+        // Publishing never waits on any stream.
+        tokio::time::timeout(Duration::from_millis(100), async { cache.set(expected) })
+            .await
+            .unwrap();
+        let response = healthy.next().await;
+        assert_eq!(response.version_info, version);
+        healthy.ack(&response).await;
+    }
+    wait_for("21 ACKs", || metrics.acks.load(Ordering::Relaxed) == 21).await;
+
+    drop(stalled);
+    wait_for("stalled stream closed", || {
+        metrics.streams_connected.load(Ordering::Relaxed) == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_nacked_version_is_counted_and_not_resent() {
+    let cache = SnapshotCache::new();
+    cache.set(snapshot(0));
+    let (addr, server, _stop) = start(&cache).await;
+    let metrics = server.metrics();
+    let mut envoy = FakeEnvoy::connect(addr, "nacking").await;
+    let good = envoy.next().await;
+    envoy.ack(&good).await;
+
+    cache.set(snapshot(1));
+    let bad = envoy.next().await;
+    envoy.nack(&bad, &good.version_info).await;
+    wait_for("NACK counted", || {
+        metrics.nacks.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // Nothing is resent for the rejected version.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), envoy.responses.message())
+            .await
+            .is_err()
+    );
+    // The next version is sent.
+    cache.set(snapshot(2));
+    let next = envoy.next().await;
+    assert_eq!(next.version_info, snapshot(2).clusters().version());
+}
+
+#[tokio::test]
+async fn nothing_is_sent_before_the_first_snapshot() {
+    let cache = SnapshotCache::new();
+    let (addr, _server, _stop) = start(&cache).await;
+    let mut envoy = FakeEnvoy::connect(addr, "early").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), envoy.responses.message())
+            .await
+            .is_err(),
+        "an Envoy must not receive an empty config before the control plane has one"
+    );
+    cache.set(snapshot(0));
+    assert_eq!(envoy.next().await.resources.len(), 3);
+}
+
+#[tokio::test]
+async fn delta_ads_is_refused_and_shutdown_ends_open_streams() {
+    let cache = SnapshotCache::new();
+    cache.set(snapshot(0));
+    let (addr, server, stop) = start(&cache).await;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let status = client
+        .delta_aggregated_resources(tokio_stream::iter(Vec::<DeltaDiscoveryRequest>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+
+    let mut envoy = FakeEnvoy::connect(addr, "open").await;
+    envoy.next().await;
+    stop.send(()).unwrap();
+    // The stream ends (cleanly or with an error) instead of keeping the server alive.
+    let ended = tokio::time::timeout(STEP, envoy.responses.message()).await;
+    assert!(matches!(ended, Ok(Ok(None)) | Ok(Err(_))), "{ended:?}");
+    let metrics = server.metrics();
+    wait_for("no stream left", || {
+        metrics.streams_connected.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}
