@@ -425,8 +425,28 @@ fn host_calls_are_counted_per_stream_and_in_total() {
     assert_eq!(stats.host_calls.get("proxy_add_header_map_value"), Some(&2));
     assert_eq!(stats.host_calls.get("proxy_get_property"), Some(&2));
     assert!(stats.host_calls.get("proxy_log").copied().unwrap_or(0) >= 2);
+    assert!(
+        vm.stubbed_imports().is_empty(),
+        "{:?}",
+        vm.stubbed_imports()
+    );
     let total = vm.host_calls();
     assert_eq!(total.get("proxy_define_metric"), Some(&5));
     assert_eq!(total.get("proxy_set_tick_period_milliseconds"), Some(&1));
     assert!(vm.unimplemented_calls().is_empty());
+}
+
+#[test]
+fn raw_header_bytes_reach_the_guest() {
+    // The probe reads headers as `String`; the SDK panics on invalid UTF-8.
+    // A host that sanitised values would hide that failure mode.
+    let mut vm = configured("x");
+    let headers: [(&[u8], &[u8]); 3] = [
+        (b":authority", b"pod.example"),
+        (b":path", b"/"),
+        (b"x-obs-text", b"caf\xe9"),
+    ];
+    let out = vm.request(&headers).unwrap();
+    assert!(matches!(out, Outcome::Trapped { .. }), "{out:?}");
+    assert!(vm.is_dead());
 }

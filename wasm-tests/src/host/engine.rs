@@ -40,10 +40,18 @@ fn engine() -> anyhow::Result<&'static Engine> {
         .map_err(|e| anyhow!("{e}"))
 }
 
-/// A linked, ready-to-instantiate module for `path`, compiled at most once
-/// per process (again if the file changes).
-pub(crate) fn instance_pre(path: &Path) -> anyhow::Result<InstancePre<HostState>> {
-    static MODULES: OnceLock<Mutex<HashMap<ModuleKey, InstancePre<HostState>>>> = OnceLock::new();
+/// A module linked against this host, ready to instantiate.
+#[derive(Clone)]
+pub(crate) struct Loaded {
+    pub(crate) pre: InstancePre<HostState>,
+    /// Imports this host does not implement (stubs answering Unimplemented).
+    pub(crate) stubbed: Vec<String>,
+}
+
+/// The linked module for `path`, compiled at most once per process (again
+/// if the file changes).
+pub(crate) fn load(path: &Path) -> anyhow::Result<Loaded> {
+    static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Loaded>>> = OnceLock::new();
     let metadata =
         std::fs::metadata(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
     let key = ModuleKey {
@@ -56,18 +64,19 @@ pub(crate) fn instance_pre(path: &Path) -> anyhow::Result<InstancePre<HostState>
     let mut modules = modules
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(pre) = modules.get(&key) {
-        return Ok(pre.clone());
+    if let Some(loaded) = modules.get(&key) {
+        return Ok(loaded.clone());
     }
     let engine = engine()?;
     let module = Module::from_file(engine, path)
         .map_err(|e| anyhow!("compiling {}: {e:?}", path.display()))?;
     let mut linker = Linker::new(engine);
-    imports::link(&mut linker, &module)
+    let stubbed = imports::link(&mut linker, &module)
         .map_err(|e| anyhow!("linking {}: {e:?}", path.display()))?;
     let pre = linker
         .instantiate_pre(&module)
         .map_err(|e| anyhow!("preparing {}: {e:?}", path.display()))?;
-    modules.insert(key, pre.clone());
-    Ok(pre)
+    let loaded = Loaded { pre, stubbed };
+    modules.insert(key, loaded.clone());
+    Ok(loaded)
 }

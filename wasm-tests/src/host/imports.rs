@@ -123,10 +123,15 @@ fn copy_out(caller: &mut Ctx<'_>, bytes: &[u8], ptr_ptr: u32, size_ptr: u32) -> 
 
 /// Define every import the module needs. Known proxy-wasm functions get real
 /// implementations; any other import gets a stub that records the call and
-/// answers Unimplemented, so the module always instantiates.
-pub(crate) fn link(linker: &mut Linker<HostState>, module: &Module) -> wasmtime::Result<()> {
+/// answers Unimplemented, so the module always instantiates. Returns the
+/// names of the stubbed imports.
+pub(crate) fn link(
+    linker: &mut Linker<HostState>,
+    module: &Module,
+) -> wasmtime::Result<Vec<String>> {
     wasmtime_wasi::p1::add_to_linker_sync(linker, |state: &mut HostState| &mut state.wasi)?;
     let mut defined = HashSet::new();
+    let mut stubbed = Vec::new();
     link_proxy_wasm(linker, &mut defined)?;
     for import in module.imports() {
         let (module_name, name) = (import.module(), import.name());
@@ -144,6 +149,7 @@ pub(crate) fn link(linker: &mut Linker<HostState>, module: &Module) -> wasmtime:
         } else {
             label
         };
+        stubbed.push(label.clone());
         linker.func_new(
             module_name,
             name,
@@ -163,7 +169,7 @@ pub(crate) fn link(linker: &mut Linker<HostState>, module: &Module) -> wasmtime:
             },
         )?;
     }
-    Ok(())
+    Ok(stubbed)
 }
 
 macro_rules! define {

@@ -246,10 +246,10 @@ pub(crate) mod headers {
         }
     }
 
-    pub(crate) fn from_strs(list: &[(&str, &str)]) -> Pairs {
+    pub(crate) fn from_list<K: AsRef<[u8]>, V: AsRef<[u8]>>(list: &[(K, V)]) -> Pairs {
         let mut map = Pairs::new();
         for (name, value) in list {
-            add(&mut map, name.as_bytes(), value.as_bytes());
+            add(&mut map, name.as_ref(), value.as_ref());
         }
         map
     }
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn set_removes_every_copy_and_pseudo_headers_stay_first() {
-        let mut map = headers::from_strs(&[(":path", "/"), ("x-a", "1"), ("X-A", "2"), ("b", "3")]);
+        let mut map = headers::from_list(&[(":path", "/"), ("x-a", "1"), ("X-A", "2"), ("b", "3")]);
         headers::replace(&mut map, b"x-a", b"9");
         headers::add(&mut map, b":authority", b"h");
         assert_eq!(

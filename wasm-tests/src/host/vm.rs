@@ -210,6 +210,7 @@ pub struct FilterVm {
     failure: Option<String>,
     open: HashMap<u32, OpenStream>,
     last_stream: Option<StreamStats>,
+    stubbed_imports: Vec<String>,
 }
 
 /// A trap caught while calling into the guest.
@@ -245,7 +246,8 @@ impl FilterVm {
     }
 
     pub fn with_options(wasm_path: &Path, options: VmOptions) -> anyhow::Result<Self> {
-        let pre = engine::instance_pre(wasm_path)?;
+        let loaded = engine::load(wasm_path)?;
+        let pre = &loaded.pre;
         let clock = Clock::new();
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
         wasi.wall_clock(clock.clone());
@@ -294,6 +296,7 @@ impl FilterVm {
             failure: None,
             open: HashMap::new(),
             last_stream: None,
+            stubbed_imports: loaded.stubbed.clone(),
         };
 
         // Reactor modules run their constructors (and the SDK's `main!`) here.
@@ -397,8 +400,12 @@ impl FilterVm {
 
     /// One request through a fresh HTTP context, headers only
     /// (`end_of_stream` true), then `on_log`, `on_done`, `on_delete`.
-    /// Header names are lowercased as Envoy's codecs do.
-    pub fn request(&mut self, request_headers: &[(&str, &str)]) -> anyhow::Result<Outcome> {
+    /// Header names are lowercased as Envoy's codecs do. Names and values
+    /// may be `&str` or raw bytes (`&[u8]`), e.g. obs-text or invalid UTF-8.
+    pub fn request<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &mut self,
+        request_headers: &[(K, V)],
+    ) -> anyhow::Result<Outcome> {
         if self.failure.is_some() {
             return Ok(Outcome::VmDead);
         }
@@ -445,14 +452,14 @@ impl FilterVm {
     }
 
     /// Deliver request headers to an open stream.
-    pub fn request_headers(
+    pub fn request_headers<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &mut self,
         context_id: u32,
-        request_headers: &[(&str, &str)],
+        request_headers: &[(K, V)],
         end_of_stream: bool,
     ) -> anyhow::Result<Outcome> {
         let count = abi::len_u32(request_headers.len());
-        self.stream_mut(context_id)?.request_headers = Some(headers::from_strs(request_headers));
+        self.stream_mut(context_id)?.request_headers = Some(headers::from_list(request_headers));
         let Some(func) = self.exports.on_request_headers.clone() else {
             return self.outcome(context_id, Ok(Action::Continue), |s| {
                 s.request_headers.as_ref()
@@ -504,14 +511,14 @@ impl FilterVm {
 
     /// Deliver upstream response headers to an open stream; `Continue`
     /// carries the response headers after the filter's edits.
-    pub fn response_headers(
+    pub fn response_headers<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &mut self,
         context_id: u32,
-        response_headers: &[(&str, &str)],
+        response_headers: &[(K, V)],
         end_of_stream: bool,
     ) -> anyhow::Result<Outcome> {
         let count = abi::len_u32(response_headers.len());
-        self.stream_mut(context_id)?.response_headers = Some(headers::from_strs(response_headers));
+        self.stream_mut(context_id)?.response_headers = Some(headers::from_list(response_headers));
         let Some(func) = self.exports.on_response_headers.clone() else {
             return self.outcome(context_id, Ok(Action::Continue), |s| {
                 s.response_headers.as_ref()
@@ -575,6 +582,12 @@ impl FilterVm {
     /// Host calls since the VM was created, by import name.
     pub fn host_calls(&self) -> BTreeMap<String, u64> {
         self.store.data().host_calls.clone()
+    }
+
+    /// Imports of the module this host does not implement: they exist only
+    /// so the module instantiates, and answer Unimplemented when called.
+    pub fn stubbed_imports(&self) -> &[String] {
+        &self.stubbed_imports
     }
 
     /// Calls to imports this host does not model (they answered an error).
