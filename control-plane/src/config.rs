@@ -468,9 +468,11 @@ impl Settings {
             None | Some("eddsa") | Some("ed25519") => SigningAlg::Eddsa,
             Some("es256") => SigningAlg::Es256,
             Some("hs256") => SigningAlg::Hs256,
-            Some(other) => return Err(bad(format!(
+            Some(other) => {
+                return Err(bad(format!(
                 "signing algorithm {other:?} is not eddsa, es256 or hs256; set PODGATE_SIGNING_ALG"
-            ))),
+            )))
+            }
         };
 
         let key_overlap = self.key_overlap_secs.unwrap_or(DEFAULT_KEY_OVERLAP);
@@ -557,5 +559,266 @@ impl Config {
             ..Settings::default()
         }
         .resolve(Need::Server)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn base() -> Settings {
+        Settings {
+            admin_token: Some(TOKEN.into()),
+            dev_mode: Some(true),
+            ..Settings::default()
+        }
+    }
+
+    fn err(s: Settings) -> String {
+        s.resolve(Need::Server).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = base().resolve(Need::Server).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://podgate.db");
+        assert_eq!(c.issuer, "http://127.0.0.1:8080");
+        assert_eq!(
+            c.login_url.as_deref(),
+            Some("http://127.0.0.1:8080/dev/login")
+        );
+        assert_eq!(c.pod_public_port, Some(10000));
+        assert_eq!(c.capability_lifetime, 900);
+        assert_eq!(c.ticket_lifetime, 60);
+        assert_eq!(c.cookie_samesite, SameSite::Lax);
+        assert_eq!(c.signing_alg, SigningAlg::Eddsa);
+        assert_eq!(
+            c.pod_origin("localhost-8726-pod-myslug.localhost"),
+            "http://localhost-8726-pod-myslug.localhost:10000"
+        );
+    }
+
+    #[test]
+    fn every_bad_setting_says_how_to_fix_it() {
+        let cases: Vec<(Settings, &str)> = vec![
+            (
+                Settings {
+                    admin_token: None,
+                    ..base()
+                },
+                "PODGATE_ADMIN_TOKEN",
+            ),
+            (
+                Settings {
+                    admin_token: Some("short".into()),
+                    ..base()
+                },
+                "fewer than 32",
+            ),
+            (
+                Settings {
+                    listen: Some("localhost".into()),
+                    ..base()
+                },
+                "PODGATE_LISTEN",
+            ),
+            (
+                Settings {
+                    database_url: Some("mysql://x".into()),
+                    ..base()
+                },
+                "PODGATE_DATABASE_URL",
+            ),
+            (
+                Settings {
+                    database_max_connections: Some(0),
+                    ..base()
+                },
+                "at least 1",
+            ),
+            (
+                Settings {
+                    issuer: Some("ftp://x".into()),
+                    ..base()
+                },
+                "PODGATE_ISSUER",
+            ),
+            (
+                Settings {
+                    public_scheme: Some("gopher".into()),
+                    ..base()
+                },
+                "PODGATE_PUBLIC_SCHEME",
+            ),
+            (
+                Settings {
+                    domain: Some("Bad Domain".into()),
+                    ..base()
+                },
+                "PODGATE_DOMAIN",
+            ),
+            (
+                Settings {
+                    host_template: Some("{pod}.{domain}".into()),
+                    ..base()
+                },
+                "PODGATE_HOST_TEMPLATE",
+            ),
+            (
+                Settings {
+                    pod_public_port: Some(0),
+                    ..base()
+                },
+                "PODGATE_POD_PUBLIC_PORT",
+            ),
+            (
+                Settings {
+                    dev_mode: Some(false),
+                    ..base()
+                },
+                "PODGATE_LOGIN_URL",
+            ),
+            (
+                Settings {
+                    login_url: Some("/login".into()),
+                    ..base()
+                },
+                "PODGATE_LOGIN_URL",
+            ),
+            (
+                Settings {
+                    capability_lifetime_secs: Some(5),
+                    ..base()
+                },
+                "PODGATE_CAPABILITY_LIFETIME_SECS",
+            ),
+            (
+                Settings {
+                    ticket_lifetime_secs: Some(600),
+                    ..base()
+                },
+                "PODGATE_TICKET_LIFETIME_SECS",
+            ),
+            (
+                Settings {
+                    session_lifetime_secs: Some(1),
+                    ..base()
+                },
+                "PODGATE_SESSION_LIFETIME_SECS",
+            ),
+            (
+                Settings {
+                    cookie_samesite: Some("none".into()),
+                    ..base()
+                },
+                "https",
+            ),
+            (
+                Settings {
+                    cookie_samesite: Some("loose".into()),
+                    ..base()
+                },
+                "PODGATE_COOKIE_SAMESITE",
+            ),
+            (
+                Settings {
+                    signing_alg: Some("rs256".into()),
+                    ..base()
+                },
+                "PODGATE_SIGNING_ALG",
+            ),
+            (
+                Settings {
+                    key_overlap_secs: Some(10),
+                    ..base()
+                },
+                "PODGATE_KEY_OVERLAP_SECS",
+            ),
+            (
+                Settings {
+                    log_format: Some("xml".into()),
+                    ..base()
+                },
+                "PODGATE_LOG_FORMAT",
+            ),
+        ];
+        for (settings, needle) in cases {
+            let msg = err(settings);
+            assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
+        }
+    }
+
+    #[test]
+    fn migrate_needs_no_admin_token() {
+        let s = Settings {
+            admin_token: None,
+            dev_mode: None,
+            ..Settings::default()
+        };
+        assert!(s.resolve(Need::DatabaseOnly).is_ok());
+    }
+
+    #[test]
+    fn https_drops_default_port_and_allows_samesite_none() {
+        let c = Settings {
+            public_scheme: Some("https".into()),
+            pod_public_port: Some(443),
+            cookie_samesite: Some("none".into()),
+            ..base()
+        }
+        .resolve(Need::Server)
+        .unwrap();
+        assert_eq!(c.pod_origin("h.example.dev"), "https://h.example.dev");
+        assert_eq!(c.cookie_samesite, SameSite::None);
+    }
+
+    #[test]
+    fn file_fills_what_flags_and_env_left_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("podgate.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\ndomain = \"example.dev\"\ndev_mode = true\nadmin_token = \"0123456789abcdef0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let s = Settings {
+            config: Some(path.clone()),
+            domain: Some("flag.dev".into()),
+            ..Settings::default()
+        }
+        .with_file()
+        .unwrap();
+        let c = s.resolve(Need::Server).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.domain, "flag.dev");
+        std::fs::write(&path, "lisen = 1\n").unwrap();
+        let e = Settings {
+            config: Some(path),
+            ..Settings::default()
+        }
+        .with_file()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not valid") && e.contains("lisen"), "{e}");
+        let e = Settings {
+            config: Some("/nonexistent/p.toml".into()),
+            ..Settings::default()
+        }
+        .with_file()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
     }
 }

@@ -95,7 +95,12 @@ impl IntoResponse for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e {
-            match db.kind() {
+            let kind = if crate::store::is_foreign_key_violation(&e) {
+                sqlx::error::ErrorKind::ForeignKeyViolation
+            } else {
+                db.kind()
+            };
+            match kind {
                 sqlx::error::ErrorKind::UniqueViolation => {
                     return ApiError::conflict(
                         "a record with this id (or email) already exists; pick another or update the existing one",

@@ -108,6 +108,18 @@ impl Db {
     }
 }
 
+/// Whether an error is a foreign-key violation. SQLite reports a `RESTRICT` hit during a
+/// cascading delete as a trigger constraint, so its message is checked too.
+pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation
+                || db.message().contains("FOREIGN KEY constraint failed")
+        }
+        _ => false,
+    }
+}
+
 /// Current Unix time in seconds.
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()

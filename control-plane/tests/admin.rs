@@ -1,0 +1,566 @@
+//! The admin API, health endpoints and JWKS, in-process on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{Harness, ADMIN};
+use serde_json::json;
+
+async fn health(h: &Harness) {
+    let r = h.get("/healthz", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "ok");
+    let r = h.get("/readyz", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["database"], "ok");
+    assert_eq!(r.json()["keys"], "ok");
+    let r = h.get("/.well-known/jwks.json", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let keys = r.json();
+    let k = &keys["keys"][0];
+    assert_eq!(k["alg"], "EdDSA");
+    assert_eq!(k["crv"], "Ed25519");
+    assert!(k["kid"].as_str().unwrap().starts_with("cap-"));
+    assert!(
+        k.get("d").is_none_or(|d| d.is_null()),
+        "private part published: {k}"
+    );
+    // Ticket keys never leave the control plane.
+    assert!(!r.body.contains("tkt-"));
+    // Unknown paths answer JSON.
+    let r = h.get("/nope", &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(!r.error().is_empty());
+    // Closing the database makes /readyz say so.
+    h.tdb.db.close().await;
+    let r = h.get("/readyz", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["database"], "unreachable");
+}
+both!(health_ready_and_jwks, health);
+
+async fn admin_auth(h: &Harness) {
+    let cases: [Option<String>; 6] = [
+        None,
+        Some("Bearer ".into()),
+        Some("Bearer wrong".into()),
+        Some(format!("Bearer {ADMIN}x")),
+        Some(format!("bearer {ADMIN}")),
+        Some(format!("Basic {ADMIN}")),
+    ];
+    for auth in cases {
+        let mut b = Request::builder().uri("/v1/users");
+        if let Some(a) = &auth {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        let r = h.send(b.body(Body::empty()).unwrap()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert!(r.error().contains("Authorization: Bearer"), "{}", r.body);
+        assert!(r.header("www-authenticate").is_some());
+    }
+    // A user's session is not the admin token.
+    let cookie = h.login("someone").await;
+    let r = h.get("/v1/users", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Nor is a capability.
+    h.seed().await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/capabilities")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::COOKIE, h.login("alice").await)
+        .body(Body::from(json!({"pod": "myslug", "port": 80}).to_string()))
+        .unwrap();
+    let token = h.send(req).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = h
+        .get(
+            "/v1/users",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = h.admin(Method::GET, "/v1/users", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+both!(admin_needs_the_admin_token, admin_auth);
+
+async fn users(h: &Harness) {
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/users",
+            Some(json!({"id": "u1", "email": "u1@example.dev", "name": "U One"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.json()["id"], "u1");
+    // Generated id.
+    let r = h
+        .admin(Method::POST, "/v1/users", Some(json!({"name": "no id"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert!(r.json()["id"].as_str().unwrap().starts_with("user-"));
+    // Duplicates.
+    let r = h
+        .admin(Method::POST, "/v1/users", Some(json!({"id": "u1"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/users",
+            Some(json!({"id": "u2", "email": "u1@example.dev"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(r.error().contains("already exists"));
+    // Validation, each with a message.
+    for bad in [
+        json!({"id": ""}),
+        json!({"id": "has space"}),
+        json!({"id": "-leading"}),
+        json!({"id": "anonymous"}),
+        json!({"id": "x".repeat(129)}),
+        json!({"id": "ok", "email": "not-an-email"}),
+        json!({"id": "ok", "email": "a@b"}),
+        json!({"id": "ok", "name": "a\u{7}b"}),
+        json!({"id": "ok", "nmae": "typo"}),
+        json!({"id": 5}),
+        json!([1, 2]),
+    ] {
+        let r = h.admin(Method::POST, "/v1/users", Some(bad.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+        assert!(r.error().len() > 10, "{}", r.body);
+    }
+    let r = h
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/v1/users")
+                .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+                .body(Body::from("{\"id\":\"x\"}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("Content-Type: application/json"));
+    let r = h
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/v1/users")
+                .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{not json"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Read, update, list, delete.
+    let r = h.admin(Method::GET, "/v1/users/u1", None).await;
+    assert_eq!(r.json()["email"], "u1@example.dev");
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/users/u1",
+            Some(json!({"email": null, "name": "Renamed"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["email"], serde_json::Value::Null);
+    assert_eq!(r.json()["name"], "Renamed");
+    let r = h
+        .admin(Method::PATCH, "/v1/users/u1", Some(json!({"email": "bad"})))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = h.admin(Method::GET, "/v1/users", None).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    let r = h.admin(Method::DELETE, "/v1/users/u1", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    for (m, body) in [
+        (Method::GET, None),
+        (Method::DELETE, None),
+        (Method::PATCH, Some(json!({"name": "x"}))),
+    ] {
+        let r = h.admin(m.clone(), "/v1/users/u1", body).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{m}");
+        assert!(r.error().contains("user"), "{}", r.body);
+    }
+}
+both!(users_crud_and_validation, users);
+
+async fn teams_and_members(h: &Harness) {
+    h.admin(Method::POST, "/v1/users", Some(json!({"id": "m1"})))
+        .await;
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/teams",
+            Some(json!({"id": "t9", "name": "Nine"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/teams",
+            Some(json!({"id": "t9", "name": "Again"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = h
+        .admin(Method::POST, "/v1/teams", Some(json!({"id": "tx"})))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "name is required");
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/teams/t9",
+            Some(json!({"name": "Nine!"})),
+        )
+        .await;
+    assert_eq!(r.json()["name"], "Nine!");
+
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/teams/t9/members",
+            Some(json!({"user_id": "m1", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/teams/t9/members",
+            Some(json!({"user_id": "m1"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/teams/t9/members",
+            Some(json!({"user_id": "ghost"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("POST /v1/users"));
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/teams/nope/members",
+            Some(json!({"user_id": "m1"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/teams/t9/members/m1",
+            Some(json!({"role": "boss"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("owner, admin, member"), "{}", r.body);
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/teams/t9/members/m1",
+            Some(json!({"role": "owner"})),
+        )
+        .await;
+    assert_eq!(r.json()["role"], "owner");
+    let r = h.admin(Method::GET, "/v1/teams/t9/members", None).await;
+    assert_eq!(r.json()[0]["user_id"], "m1");
+    let r = h.admin(Method::GET, "/v1/teams/t9/members/m1", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = h
+        .admin(Method::DELETE, "/v1/teams/t9/members/m1", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = h.admin(Method::GET, "/v1/teams/t9/members/m1", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = h.admin(Method::DELETE, "/v1/teams/t9", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = h.admin(Method::GET, "/v1/teams", None).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 0);
+}
+both!(teams_and_members_crud, teams_and_members);
+
+async fn servers_pods_ports(h: &Harness) {
+    h.seed().await;
+    // Servers.
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/servers",
+            Some(json!({"id": "s2", "address": "http://10.0.0.1:80"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("without scheme or port"));
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/servers",
+            Some(json!({"id": "s2", "address": "node2.internal", "name": "two"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/servers/s2",
+            Some(json!({"address": "10.0.0.2"})),
+        )
+        .await;
+    assert_eq!(r.json()["address"], "10.0.0.2");
+    assert_eq!(r.json()["name"], "two");
+    assert_eq!(
+        h.admin(Method::GET, "/v1/servers", None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Pods: the slug must fit a 63-character label for every port.
+    let max = 63 - "localhost-65535-pod-".len();
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/pods",
+            Some(json!({"slug": "a".repeat(max + 1), "owner_id": "alice", "nginx_port": 30002})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let msg = r.error();
+    assert!(
+        msg.contains("63-character DNS label") && msg.contains(&format!("at most {max}")),
+        "{msg}"
+    );
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/pods",
+            Some(json!({"slug": "a".repeat(max), "owner_id": "alice", "nginx_port": 30002})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.json()["status"], "starting");
+    for (bad, needle) in [
+        (
+            json!({"slug": "Bad_Slug", "owner_id": "alice", "nginx_port": 1}),
+            "not valid",
+        ),
+        (
+            json!({"slug": "ok1", "owner_id": "ghost", "nginx_port": 1}),
+            "owner_id",
+        ),
+        (
+            json!({"slug": "ok1", "owner_id": "alice", "team_id": "nope", "nginx_port": 1}),
+            "team_id",
+        ),
+        (
+            json!({"slug": "ok1", "owner_id": "alice", "server_id": "nope", "nginx_port": 1}),
+            "server_id",
+        ),
+        (
+            json!({"slug": "ok1", "owner_id": "alice", "nginx_port": 0}),
+            "nginx_port",
+        ),
+        (
+            json!({"slug": "ok1", "owner_id": "alice", "nginx_port": 70000}),
+            "JSON body",
+        ),
+        (
+            json!({"slug": "ok1", "owner_id": "alice", "nginx_port": 1, "status": "dancing"}),
+            "running",
+        ),
+        (json!({"slug": "ok1", "owner_id": "alice"}), "nginx_port"),
+    ] {
+        let r = h.admin(Method::POST, "/v1/pods", Some(bad.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+        assert!(r.error().contains(needle), "{bad}: {}", r.body);
+    }
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/pods",
+            Some(json!({"slug": "myslug", "owner_id": "alice", "nginx_port": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+
+    // Update and status.
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/pods/myslug",
+            Some(json!({"team_id": null, "server_id": "s2", "nginx_port": 31000})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let pod = r.json();
+    assert_eq!(pod["team_id"], serde_json::Value::Null);
+    assert_eq!(pod["server_id"], "s2");
+    assert_eq!(pod["nginx_port"], 31000);
+    assert_eq!(pod["owner_id"], "alice");
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/pods/myslug/status",
+            Some(json!({"status": "stopped"})),
+        )
+        .await;
+    assert_eq!(r.json()["status"], "stopped");
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/pods/myslug/status",
+            Some(json!({"status": "gone"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/pods/nope/status",
+            Some(json!({"status": "running"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Ports.
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/pods/myslug/ports/8726",
+            Some(json!({"sharing": "team", "label": "VS Code"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/pods/myslug/ports/8726",
+            Some(json!({"sharing": "public"})),
+        )
+        .await;
+    assert_eq!(r.json()["sharing"], "public");
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/pods/myslug/ports/8726",
+            Some(json!({"sharing": "world"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("signed_in"));
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/pods/myslug/ports/0",
+            Some(json!({"sharing": "team"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/pods/myslug/ports/99999",
+            Some(json!({"sharing": "team"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(!r.error().is_empty());
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/pods/nope/ports/80",
+            Some(json!({"sharing": "team"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = h.admin(Method::GET, "/v1/pods/myslug/ports", None).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    let r = h
+        .admin(Method::GET, "/v1/pods/myslug/ports/8726", None)
+        .await;
+    assert_eq!(r.json()["label"], "");
+    let r = h
+        .admin(Method::DELETE, "/v1/pods/myslug/ports/8726", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = h
+        .admin(Method::GET, "/v1/pods/myslug/ports/8726", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Referential integrity answers 409 with a way out.
+    let r = h.admin(Method::DELETE, "/v1/users/alice", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(r.error().contains("delete or reassign"));
+    let r = h.admin(Method::DELETE, "/v1/servers/s2", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = h.admin(Method::DELETE, "/v1/pods/myslug", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = h.admin(Method::DELETE, "/v1/servers/s2", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.admin(Method::GET, "/v1/pods", None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Audit query validation.
+    let r = h.admin(Method::GET, "/v1/audit?limit=0", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = h.admin(Method::GET, "/v1/audit?limit=abc", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("query string"));
+}
+both!(servers_pods_and_ports, servers_pods_ports);
+
+#[tokio::test]
+async fn two_label_template_limits_slugs_by_its_own_label() {
+    let h = Harness::with(common::Which::Sqlite, |mut s| {
+        s.host_template = Some("localhost-{port}.pod-{pod}.{domain}".into());
+        s
+    })
+    .await
+    .unwrap();
+    h.admin(Method::POST, "/v1/users", Some(json!({"id": "o"})))
+        .await;
+    let max = 63 - "pod-".len();
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/pods",
+            Some(json!({"slug": "b".repeat(max), "owner_id": "o", "nginx_port": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // The upstream template (default two-label form) also has to fit; here it does.
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/pods",
+            Some(json!({"slug": "b".repeat(max + 1), "owner_id": "o", "nginx_port": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    h.finish().await;
+}

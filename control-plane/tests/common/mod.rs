@@ -1,0 +1,273 @@
+//! Test harness: a fresh database per test (an SQLite file, or a new PostgreSQL database when
+//! `PODGATE_TEST_POSTGRES_URL` is set), the app built on it, and request helpers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use podgate::config::{Config, Need, Settings};
+use podgate::store::Db;
+use podgate::{app, AppState};
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef0123";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL URL for tests, `None` to skip outside CI. Under `CI=true` a missing URL fails.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("PODGATE_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but PODGATE_TEST_POSTGRES_URL is not set: PostgreSQL tests must run in CI (scripts/pg-test.sh prints the URL)");
+            }
+            eprintln!("PODGATE_TEST_POSTGRES_URL not set: skipping the PostgreSQL variant");
+            None
+        }
+    }
+}
+
+/// A fresh, migrated database that is removed when the test finishes.
+pub struct TestDb {
+    pub db: Db,
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    File(tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDb {
+    pub async fn new(which: Which) -> Option<TestDb> {
+        match which {
+            Which::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("podgate.db").display());
+                let db = Db::connect(&url, 4).await.unwrap();
+                db.migrate().await.unwrap();
+                Some(TestDb {
+                    db,
+                    url,
+                    cleanup: Cleanup::File(dir),
+                })
+            }
+            Which::Postgres => {
+                let admin_url = postgres_url()?;
+                let name = format!("podgate_test_{}", podgate::keys::random_id().unwrap());
+                let admin = Db::connect(&admin_url, 1).await.unwrap();
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(admin.pool())
+                    .await
+                    .unwrap();
+                admin.close().await;
+                let mut url = url::Url::parse(&admin_url).unwrap();
+                url.set_path(&format!("/{name}"));
+                let url = url.to_string();
+                let db = Db::connect(&url, 4).await.unwrap();
+                db.migrate().await.unwrap();
+                Some(TestDb {
+                    db,
+                    url,
+                    cleanup: Cleanup::Postgres { admin_url, name },
+                })
+            }
+        }
+    }
+
+    pub async fn finish(self) {
+        self.db.close().await;
+        if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
+            let admin = Db::connect(admin_url, 1).await.unwrap();
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(admin.pool())
+                .await;
+            admin.close().await;
+        }
+    }
+}
+
+/// A running app on a fresh database.
+pub struct Harness {
+    pub tdb: TestDb,
+    pub state: AppState,
+    pub app: Router,
+}
+
+/// Test settings: dev mode on, a fixed admin token, defaults elsewhere.
+pub fn settings(url: &str) -> Settings {
+    Settings {
+        database_url: Some(url.to_owned()),
+        admin_token: Some(ADMIN.to_owned()),
+        dev_mode: Some(true),
+        ..Settings::default()
+    }
+}
+
+impl Harness {
+    pub async fn new(which: Which) -> Option<Harness> {
+        Self::with(which, |s| s).await
+    }
+
+    pub async fn with(which: Which, f: impl FnOnce(Settings) -> Settings) -> Option<Harness> {
+        let tdb = TestDb::new(which).await?;
+        let config: Config = f(settings(&tdb.url)).resolve(Need::Server).unwrap();
+        let state = AppState::new(config, tdb.db.clone()).await.unwrap();
+        let app = app(state.clone());
+        Some(Harness { tdb, state, app })
+    }
+
+    pub async fn finish(self) {
+        self.tdb.finish().await;
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Resp {
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// An admin API call with a JSON body (or none).
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"));
+        let body = match body {
+            Some(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(b.body(body).unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut b = Request::builder().uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(Body::empty()).unwrap()).await
+    }
+
+    /// Signs in through the dev login; returns the `Cookie` header value for the session.
+    pub async fn login(&self, user: &str) -> String {
+        let r = self.get(&format!("/dev/login?user={user}"), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let set = r.header("set-cookie").unwrap();
+        set.split(';').next().unwrap().to_owned()
+    }
+
+    /// users alice (owner), bob (team member), carol (outsider); team t1; server s1;
+    /// pod `myslug` owned by alice in t1.
+    pub async fn seed(&self) {
+        for (id, email) in [
+            ("alice", "alice@example.dev"),
+            ("bob", "bob@example.dev"),
+            ("carol", "carol@example.dev"),
+        ] {
+            let r = self
+                .admin(
+                    Method::POST,
+                    "/v1/users",
+                    Some(serde_json::json!({"id": id, "email": email, "name": id})),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        }
+        let r = self
+            .admin(
+                Method::POST,
+                "/v1/teams",
+                Some(serde_json::json!({"id": "t1", "name": "Team one"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let r = self
+            .admin(
+                Method::POST,
+                "/v1/teams/t1/members",
+                Some(serde_json::json!({"user_id": "bob"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let r = self
+            .admin(
+                Method::POST,
+                "/v1/servers",
+                Some(serde_json::json!({"id": "s1", "address": "127.0.0.1"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let r = self
+            .admin(
+                Method::POST,
+                "/v1/pods",
+                Some(serde_json::json!({"slug": "myslug", "owner_id": "alice", "team_id": "t1", "server_id": "s1", "status": "running", "nginx_port": 30001})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    pub fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// Defines `NAME_sqlite` and `NAME_postgres` tests that run `body(&Harness)`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                let h = $crate::common::Harness::new($crate::common::Which::Sqlite)
+                    .await
+                    .unwrap();
+                $body(&h).await;
+                h.finish().await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let Some(h) = $crate::common::Harness::new($crate::common::Which::Postgres).await
+                else {
+                    return;
+                };
+                $body(&h).await;
+                h.finish().await;
+            }
+        }
+    };
+}

@@ -1,0 +1,437 @@
+//! Storage on real SQLite and real PostgreSQL: every table, constraint and query.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{TestDb, Which};
+use podgate::config::SigningAlg;
+use podgate::keys;
+use podgate::store::{
+    AuditEntry, Db, KeyKind, Member, Pod, PodPort, PodStatus, Role, Server, Sharing, Team, User,
+};
+
+macro_rules! on_both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                let t = TestDb::new(Which::Sqlite).await.unwrap();
+                $body(&t.db).await;
+                t.finish().await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let Some(t) = TestDb::new(Which::Postgres).await else {
+                    return;
+                };
+                $body(&t.db).await;
+                t.finish().await;
+            }
+        }
+    };
+}
+
+fn user(id: &str, email: Option<&str>) -> User {
+    User {
+        id: id.into(),
+        email: email.map(Into::into),
+        name: id.into(),
+        created_at: 1,
+    }
+}
+
+fn pod(slug: &str, owner: &str, team: Option<&str>) -> Pod {
+    Pod {
+        slug: slug.into(),
+        owner_id: owner.into(),
+        team_id: team.map(Into::into),
+        server_id: None,
+        status: PodStatus::Running,
+        nginx_port: 30001,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+async fn crud(db: &Db) {
+    db.create_user(&user("a", Some("a@x.dev"))).await.unwrap();
+    db.create_user(&user("b", None)).await.unwrap();
+    assert_eq!(
+        db.get_user("a").await.unwrap().unwrap().email.as_deref(),
+        Some("a@x.dev")
+    );
+    assert_eq!(
+        db.get_user_by_email("a@x.dev").await.unwrap().unwrap().id,
+        "a"
+    );
+    assert!(db.get_user("zz").await.unwrap().is_none());
+    // Unique id and email.
+    let e = db.create_user(&user("a", None)).await.unwrap_err();
+    assert!(
+        matches!(e, sqlx::Error::Database(ref d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation),
+        "{e:?}"
+    );
+    let e = db
+        .create_user(&user("c", Some("a@x.dev")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, sqlx::Error::Database(ref d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation),
+        "{e:?}"
+    );
+    assert!(db.update_user("b", Some("b@x.dev"), "Bee").await.unwrap());
+    assert!(!db.update_user("zz", None, "").await.unwrap());
+    assert_eq!(db.list_users().await.unwrap().len(), 2);
+
+    db.create_team(&Team {
+        id: "t".into(),
+        name: "T".into(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    assert!(db.update_team("t", "T2").await.unwrap());
+    assert_eq!(db.get_team("t").await.unwrap().unwrap().name, "T2");
+    let m = Member {
+        team_id: "t".into(),
+        user_id: "b".into(),
+        role: Role::Member,
+        created_at: 1,
+    };
+    db.put_member(&m).await.unwrap();
+    db.put_member(&Member {
+        role: Role::Admin,
+        ..m.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        db.get_member("t", "b").await.unwrap().unwrap().role,
+        Role::Admin
+    );
+    assert_eq!(db.list_members("t").await.unwrap().len(), 1);
+    // A member of a missing team is refused by the foreign key.
+    let e = db
+        .put_member(&Member {
+            team_id: "nope".into(),
+            ..m.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(podgate::store::is_foreign_key_violation(&e), "{e:?}");
+
+    db.create_server(&Server {
+        id: "s".into(),
+        name: "S".into(),
+        address: "10.0.0.1".into(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    assert!(db.update_server("s", "S", "10.0.0.2").await.unwrap());
+    assert_eq!(
+        db.get_server("s").await.unwrap().unwrap().address,
+        "10.0.0.2"
+    );
+    assert_eq!(db.list_servers().await.unwrap().len(), 1);
+
+    let mut p = pod("p1", "a", Some("t"));
+    p.server_id = Some("s".into());
+    db.create_pod(&p).await.unwrap();
+    assert_eq!(db.get_pod("p1").await.unwrap().unwrap(), p);
+    p.nginx_port = 65535;
+    p.status = PodStatus::Stopping;
+    p.team_id = None;
+    assert!(db.update_pod(&p).await.unwrap());
+    assert_eq!(db.get_pod("p1").await.unwrap().unwrap(), p);
+    assert!(db.set_pod_status("p1", PodStatus::Error, 5).await.unwrap());
+    assert_eq!(
+        db.get_pod("p1").await.unwrap().unwrap().status,
+        PodStatus::Error
+    );
+    assert_eq!(db.list_pods().await.unwrap().len(), 1);
+    // Owner and server cannot be deleted while a pod refers to them.
+    let e = db.delete_user("a").await.unwrap_err();
+    assert!(podgate::store::is_foreign_key_violation(&e), "{e:?}");
+    assert!(db.delete_server("s").await.is_err());
+    // A pod with a bad status or port is refused by CHECK constraints.
+    let bad = sqlx::query("INSERT INTO pods (slug, owner_id, status, nginx_port, created_at, updated_at) VALUES ('x', 'a', 'dancing', 1, 1, 1)")
+        .execute(db.pool())
+        .await;
+    assert!(bad.is_err());
+    let bad = sqlx::query("INSERT INTO pods (slug, owner_id, status, nginx_port, created_at, updated_at) VALUES ('x', 'a', 'running', 0, 1, 1)")
+        .execute(db.pool())
+        .await;
+    assert!(bad.is_err());
+
+    let pp = PodPort {
+        pod_slug: "p1".into(),
+        port: 8726,
+        sharing: Sharing::SignedIn,
+        label: "code".into(),
+    };
+    db.put_pod_port(&pp).await.unwrap();
+    db.put_pod_port(&PodPort {
+        sharing: Sharing::Public,
+        ..pp.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        db.get_pod_port("p1", 8726).await.unwrap().unwrap().sharing,
+        Sharing::Public
+    );
+    assert_eq!(db.list_pod_ports("p1").await.unwrap().len(), 1);
+    assert!(db.delete_pod_port("p1", 8726).await.unwrap());
+    assert!(!db.delete_pod_port("p1", 8726).await.unwrap());
+    db.put_pod_port(&pp).await.unwrap();
+
+    // Deleting a pod removes its ports; deleting a team removes memberships.
+    assert!(db.delete_pod("p1").await.unwrap());
+    assert!(db.list_pod_ports("p1").await.unwrap().is_empty());
+    assert!(db.delete_team("t").await.unwrap());
+    assert!(db.get_member("t", "b").await.unwrap().is_none());
+    assert!(db.delete_member("t", "b").await.is_ok());
+    assert!(db.delete_user("a").await.unwrap());
+    assert!(db.delete_server("s").await.unwrap());
+    assert!(!db.delete_server("s").await.unwrap());
+}
+on_both!(crud_and_constraints, crud);
+
+async fn access(db: &Db) {
+    db.create_user(&user("owner", None)).await.unwrap();
+    db.create_user(&user("mate", None)).await.unwrap();
+    db.create_user(&user("other", None)).await.unwrap();
+    db.create_team(&Team {
+        id: "t".into(),
+        name: "T".into(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    db.put_member(&Member {
+        team_id: "t".into(),
+        user_id: "mate".into(),
+        role: Role::Member,
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    db.create_pod(&pod("p", "owner", Some("t"))).await.unwrap();
+    db.create_pod(&pod("solo", "owner", None)).await.unwrap();
+
+    let f = db
+        .access_facts("p", 80, Some("mate"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.owner_id, "owner");
+    assert_eq!(f.sharing, Sharing::Team);
+    assert!(f.is_team_member);
+    assert!(
+        !db.access_facts("p", 80, Some("other"))
+            .await
+            .unwrap()
+            .unwrap()
+            .is_team_member
+    );
+    assert!(
+        !db.access_facts("p", 80, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_team_member
+    );
+    assert!(
+        !db.access_facts("solo", 80, Some("mate"))
+            .await
+            .unwrap()
+            .unwrap()
+            .is_team_member
+    );
+    assert!(db
+        .access_facts("nope", 80, Some("mate"))
+        .await
+        .unwrap()
+        .is_none());
+    db.put_pod_port(&PodPort {
+        pod_slug: "p".into(),
+        port: 80,
+        sharing: Sharing::Owner,
+        label: String::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        db.access_facts("p", 80, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .sharing,
+        Sharing::Owner
+    );
+    assert_eq!(
+        db.access_facts("p", 81, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .sharing,
+        Sharing::Team
+    );
+}
+on_both!(access_facts, access);
+
+async fn tickets_sessions_audit(db: &Db) {
+    assert!(db.consume_ticket("j1", 100).await.unwrap());
+    assert!(
+        !db.consume_ticket("j1", 100).await.unwrap(),
+        "replay must be detected"
+    );
+    assert!(db.consume_ticket("j2", 10_000).await.unwrap());
+    db.create_user(&user("u", Some("u@x.dev"))).await.unwrap();
+    db.create_session("h1", "u", 1, 50).await.unwrap();
+    db.create_session("h2", "u", 1, 10_000).await.unwrap();
+    assert_eq!(db.session_user("h1", 10).await.unwrap().unwrap().id, "u");
+    assert!(
+        db.session_user("h1", 50).await.unwrap().is_none(),
+        "expired session"
+    );
+    assert!(db.session_user("nope", 10).await.unwrap().is_none());
+    assert_eq!(db.prune(1000).await.unwrap(), 2);
+    assert!(
+        db.consume_ticket("j1", 100).await.unwrap(),
+        "pruned after expiry"
+    );
+    assert!(
+        !db.consume_ticket("j2", 100).await.unwrap(),
+        "not pruned before expiry"
+    );
+    db.delete_session("h2").await.unwrap();
+    assert!(db.session_user("h2", 10).await.unwrap().is_none());
+
+    for (i, kind) in [KeyKind::Ticket, KeyKind::Capability]
+        .into_iter()
+        .enumerate()
+    {
+        db.record_mint(&AuditEntry {
+            jti: format!("jti{i}"),
+            kind,
+            user_id: if i == 0 { "u".into() } else { "v".into() },
+            pod_slug: "p".into(),
+            port: 8726,
+            audience: "localhost-8726-pod-p.localhost".into(),
+            via: "test".into(),
+            issued_at: 10,
+            expires_at: 70,
+        })
+        .await
+        .unwrap();
+    }
+    let all = db.list_audit(None, 10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].jti, "jti1", "newest first");
+    let u = db.list_audit(Some("u"), 10).await.unwrap();
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].kind, KeyKind::Ticket);
+    assert_eq!(db.list_audit(None, 1).await.unwrap().len(), 1);
+}
+on_both!(tickets_sessions_and_audit, tickets_sessions_audit);
+
+async fn key_storage(db: &Db) {
+    for alg in [SigningAlg::Eddsa, SigningAlg::Es256, SigningAlg::Hs256] {
+        let k = keys::generate(KeyKind::Capability, alg, 1).unwrap();
+        assert!(k.kid.starts_with("cap-"));
+        let jwk: podgate_protocol::token::Jwk = serde_json::from_str(&k.private_jwk).unwrap();
+        podgate_protocol::token::SigningKey::from_private_jwk(&jwk).unwrap();
+    }
+    let made = keys::ensure(db, SigningAlg::Eddsa, 100).await.unwrap();
+    assert_eq!(made.len(), 2);
+    assert!(
+        keys::ensure(db, SigningAlg::Eddsa, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "idempotent"
+    );
+    let new = keys::rotate(db, SigningAlg::Es256, 200, 1000)
+        .await
+        .unwrap();
+    let live = db.live_keys(300).await.unwrap();
+    assert_eq!(live.len(), 4);
+    let active: Vec<_> = live
+        .iter()
+        .filter(|k| k.retired_at.is_none())
+        .map(|k| k.kid.clone())
+        .collect();
+    assert_eq!(active.len(), 2);
+    for kid in &new {
+        assert!(active.contains(kid));
+    }
+    for k in live.iter().filter(|k| k.retired_at.is_some()) {
+        assert_eq!(k.verify_until, Some(1200));
+        assert_eq!(k.alg, "EdDSA");
+    }
+    // After the overlap only the new keys remain.
+    assert_eq!(db.live_keys(1200).await.unwrap().len(), 2);
+    // The ring loads from what is stored.
+    let config = podgate::config::Config::for_tests("sqlite://unused.db").unwrap();
+    let ring = keys::load(db, &config, 300).await.unwrap();
+    assert_eq!(ring.capability_keys.keys.len(), 2);
+    assert_eq!(ring.public_jwks.keys.len(), 2);
+    assert!(ring.capability_signer.kid().starts_with("cap-"));
+    assert!(ring.ticket_signer.kid().starts_with("tkt-"));
+    assert_eq!(ring.ticket_verifier.key_count(), 2);
+}
+on_both!(keys_generate_rotate_and_load, key_storage);
+
+async fn hs256_ring(db: &Db) {
+    keys::ensure(db, SigningAlg::Hs256, 1).await.unwrap();
+    let config = podgate::config::Config::for_tests("sqlite://unused.db").unwrap();
+    let ring = keys::load(db, &config, 2).await.unwrap();
+    // HMAC secrets are never published.
+    assert!(ring.public_jwks.keys.is_empty());
+    assert_eq!(ring.capability_keys.keys.len(), 1);
+}
+on_both!(hs256_secrets_stay_private, hs256_ring);
+
+#[tokio::test]
+async fn sqlite_file_is_created_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    let db = Db::connect(&format!("sqlite://{}", path.display()), 2)
+        .await
+        .unwrap();
+    db.migrate().await.unwrap();
+    assert!(path.exists());
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode.to_lowercase(), "wal");
+    // Migrating twice is a no-op.
+    db.migrate().await.unwrap();
+    db.close().await;
+}
+
+#[test]
+fn ci_without_postgres_url_fails() {
+    // The harness panics under CI=true when the URL is missing (checked in a child process so
+    // this test's own environment is not changed).
+    if std::env::var("PODGATE_CHILD_CHECK").is_ok() {
+        std::env::remove_var("PODGATE_TEST_POSTGRES_URL");
+        std::env::set_var("CI", "true");
+        let _ = common::postgres_url();
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "ci_without_postgres_url_fails", "--nocapture"])
+        .env("PODGATE_CHILD_CHECK", "1")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the PostgreSQL variant must fail in CI without a URL"
+    );
+}
