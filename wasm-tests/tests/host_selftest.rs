@@ -450,3 +450,25 @@ fn raw_header_bytes_reach_the_guest() {
     assert!(matches!(out, Outcome::Trapped { .. }), "{out:?}");
     assert!(vm.is_dead());
 }
+
+#[test]
+fn a_vm_can_be_driven_from_inside_an_async_runtime() {
+    // The end-to-end suite is async; WASI calls a normal filter makes
+    // (clock, random) must not need a runtime of their own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut vm = configured("async");
+        vm.set_time_secs(7);
+        assert_eq!(
+            request(&mut vm, "/").header("x-probe-config"),
+            Some("async")
+        );
+        assert_eq!(
+            request(&mut vm, "/time").body_text().unwrap(),
+            "proxy=7000000000 wasi=7000000000"
+        );
+    });
+}

@@ -19,14 +19,28 @@
 //! Semantics worth knowing:
 //! - The root context is id 1; each request gets a fresh HTTP context (2, 3,
 //!   ...). One `FilterVm` is one worker's VM: state the filter keeps (caches)
-//!   survives across requests.
-//! - Header names are lowercased on the way in; `replace` removes every copy
-//!   and appends (current Envoy `setCopy`); pseudo-headers stay first.
-//! - A trap kills the VM: that request reports `Outcome::Trapped`, later ones
-//!   `Outcome::VmDead`; `configure`/`tick` answer `Err`.
+//!   survives across requests. Build a new `FilterVm` for a fresh worker.
+//! - Header names are lowercased on the way in and may be raw bytes;
+//!   `proxy_get_header_map_value` answers the first copy; `replace` removes
+//!   every copy and appends (current Envoy `setCopy`); pseudo-headers stay
+//!   first. Envoy coalesces `cookie` headers into one; pass one here too.
+//! - A local reply is reported as `Outcome::LocalReply` whatever the action
+//!   returned (see `StreamStats::request_headers_action` for the action). It
+//!   is not run back through `proxy_on_response_headers`.
+//! - The clock (`proxy_get_current_time_nanoseconds` and the WASI wall clock)
+//!   follows the system until `set_time`/`set_time_secs` fixes it.
+//! - A trap kills the VM: that request reports `Outcome::Trapped` (with the
+//!   panic message the SDK logged at critical level), later ones
+//!   `Outcome::VmDead`; `configure`/`tick`/`open_stream` answer `Err`.
+//! - Fuel (about one unit per wasm instruction) is counted for every call;
+//!   `last_stream().fuel` is a deterministic per-request cost.
+//! - Imports the host does not model (HTTP/gRPC callouts) answer an error
+//!   status the SDK turns into `Err`, and are listed by
+//!   `unimplemented_calls()`; unknown imports are stubbed
+//!   (`stubbed_imports()`) so the module still instantiates.
 //! - WASI calls that may block (`fd_write`, ...) run on wasmtime-wasi's
-//!   internal runtime: drive a `FilterVm` from a plain thread or
-//!   `spawn_blocking`, not from inside an async task.
+//!   internal runtime; a guest writing to stdout from inside an async test
+//!   would fail. The SDK and the podgate filter log through `proxy_log`.
 
 mod abi;
 mod artifact;
