@@ -108,16 +108,30 @@ async fn authorize(state: &AppState, user: Option<&User>, addr: &PodAddr) -> Api
     }
 }
 
-/// A freshly minted token and when it expires.
+/// A freshly minted token, when it expires, and its audit entry (not yet recorded).
 struct Minted {
     token: String,
     jti: String,
     expires_at: i64,
+    audit: AuditEntry,
 }
 
 /// Mints a token of `kind` for `user` (or anonymous) on `addr`'s public host, and records it in
 /// the audit trail (never the token itself).
 async fn mint_for(
+    state: &AppState,
+    kind: TokenKind,
+    user: Option<&User>,
+    addr: &PodAddr,
+    via: &str,
+) -> ApiResult<Minted> {
+    let minted = sign_for(state, kind, user, addr, via)?;
+    state.db().record_mint(&minted.audit).await?;
+    Ok(minted)
+}
+
+/// Signs a token; the caller records `audit` before handing the token out.
+fn sign_for(
     state: &AppState,
     kind: TokenKind,
     user: Option<&User>,
@@ -148,24 +162,22 @@ async fn mint_for(
     let lifetime = lifetime as i64;
     let token = mint(kind, key, &claims, now, lifetime)
         .map_err(|e| ApiError::internal(format!("minting a {kind:?}: {e}")))?;
-    state
-        .db()
-        .record_mint(&AuditEntry {
-            jti: jti.clone(),
-            kind: key_kind,
-            user_id: claims.sub.clone(),
-            pod_slug: claims.pod.clone(),
-            port: claims.port,
-            audience: claims.aud.clone(),
-            via: via.to_owned(),
-            issued_at: now,
-            expires_at: now + lifetime,
-        })
-        .await?;
+    let audit = AuditEntry {
+        jti: jti.clone(),
+        kind: key_kind,
+        user_id: claims.sub,
+        pod_slug: claims.pod,
+        port: claims.port,
+        audience: claims.aud,
+        via: via.to_owned(),
+        issued_at: now,
+        expires_at: now + lifetime,
+    };
     Ok(Minted {
         token,
         jti,
         expires_at: now + lifetime,
+        audit,
     })
 }
 
@@ -353,14 +365,6 @@ async fn accept_ticket(
     if claims.aud != this_host || claims.pod != addr.pod || claims.port != addr.port {
         return Err(Ok(CallbackFailure::WrongHost));
     }
-    if !state
-        .db()
-        .consume_ticket(&claims.jti, verified.expires_at)
-        .await
-        .map_err(|e| Err(e.into()))?
-    {
-        return Err(Ok(CallbackFailure::Replayed));
-    }
     // Authorization is read again: the ticket proves who, not what they may reach now.
     let user = if claims.sub == ANONYMOUS_SUB {
         None
@@ -379,15 +383,23 @@ async fn accept_ticket(
         Err(ApiError::NotFound(_)) => return Err(Ok(CallbackFailure::NoLongerAllowed)),
         Err(e) => return Err(Err(e)),
     }
-    let cap = mint_for(
+    let cap = sign_for(
         state,
         TokenKind::Capability,
         user.as_ref(),
         addr,
         "callback",
     )
-    .await
     .map_err(Err)?;
+    // Single use: the ticket is consumed and the capability recorded together, or neither.
+    if !state
+        .db()
+        .consume_ticket_and_record(&claims.jti, verified.expires_at, &cap.audit)
+        .await
+        .map_err(|e| Err(e.into()))?
+    {
+        return Err(Ok(CallbackFailure::Replayed));
+    }
     tracing::info!(
         user = %claims.sub, pod = %addr.pod, port = addr.port, jti = %cap.jti,
         "capability minted"

@@ -32,7 +32,11 @@ pub enum Backend {
 /// The database: a pool and which backend it talks to.
 #[derive(Debug, Clone)]
 pub struct Db {
+    /// Reads (and, on PostgreSQL, writes).
     pool: AnyPool,
+    /// Writes. On SQLite a single connection, so writers queue here instead of sleeping in
+    /// SQLite's busy handler while another connection holds the write lock.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -58,32 +62,43 @@ impl Db {
             Backend::Sqlite => sqlite_url(url),
             Backend::Postgres => url.to_owned(),
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the one writer; NORMAL is durable in WAL
-                        // except for the last transactions before a power loss.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    }
-                    Ok(())
+        let options = || {
+            AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(5))
+                .after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            // WAL lets readers run beside the one writer; NORMAL is durable in WAL
+                            // except for the last transactions before a power loss.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
+        };
+        let pool = options()
+            .max_connections(max_connections)
             .connect(&url)
             .await?;
-        Ok(Db { pool, backend })
+        let writer = match backend {
+            Backend::Sqlite => options().max_connections(1).connect(&url).await?,
+            Backend::Postgres => pool.clone(),
+        };
+        Ok(Db {
+            pool,
+            writer,
+            backend,
+        })
     }
 
     /// Applies the migrations of this backend.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await,
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.writer).await,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.writer).await,
         }
     }
 
@@ -98,12 +113,13 @@ impl Db {
     /// A round trip to the database, for `/readyz`.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map(|_| ())
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }
@@ -326,7 +342,7 @@ impl Db {
             .bind(&u.email)
             .bind(&u.name)
             .bind(u.created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -364,7 +380,7 @@ impl Db {
             .bind(id)
             .bind(email)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -372,7 +388,7 @@ impl Db {
     pub async fn delete_user(&self, id: &str) -> Res<bool> {
         let r = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -382,7 +398,7 @@ impl Db {
             .bind(&t.id)
             .bind(&t.name)
             .bind(t.created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -408,7 +424,7 @@ impl Db {
         let r = sqlx::query("UPDATE teams SET name = $2 WHERE id = $1")
             .bind(id)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -416,7 +432,7 @@ impl Db {
     pub async fn delete_team(&self, id: &str) -> Res<bool> {
         let r = sqlx::query("DELETE FROM teams WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -431,7 +447,7 @@ impl Db {
         .bind(&m.user_id)
         .bind(m.role.as_str())
         .bind(m.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -463,7 +479,7 @@ impl Db {
         let r = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
             .bind(team_id)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -474,7 +490,7 @@ impl Db {
             .bind(&s.name)
             .bind(&s.address)
             .bind(s.created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -501,7 +517,7 @@ impl Db {
             .bind(id)
             .bind(name)
             .bind(address)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -509,7 +525,7 @@ impl Db {
     pub async fn delete_server(&self, id: &str) -> Res<bool> {
         let r = sqlx::query("DELETE FROM servers WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -535,7 +551,7 @@ impl Db {
         .bind(i64::from(p.nginx_port))
         .bind(p.created_at)
         .bind(p.updated_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -570,7 +586,7 @@ impl Db {
         .bind(p.status.as_str())
         .bind(i64::from(p.nginx_port))
         .bind(p.updated_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -580,7 +596,7 @@ impl Db {
             .bind(slug)
             .bind(status.as_str())
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -588,7 +604,7 @@ impl Db {
     pub async fn delete_pod(&self, slug: &str) -> Res<bool> {
         let r = sqlx::query("DELETE FROM pods WHERE slug = $1")
             .bind(slug)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -603,7 +619,7 @@ impl Db {
         .bind(i64::from(p.port))
         .bind(p.sharing.as_str())
         .bind(&p.label)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -635,7 +651,7 @@ impl Db {
         let r = sqlx::query("DELETE FROM pod_ports WHERE pod_slug = $1 AND port = $2")
             .bind(slug)
             .bind(i64::from(port))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -697,6 +713,22 @@ pub struct StoredKey {
     pub verify_until: Option<i64>,
 }
 
+fn insert_audit(e: &AuditEntry) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, issued_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&e.jti)
+    .bind(e.kind.as_str())
+    .bind(&e.user_id)
+    .bind(&e.pod_slug)
+    .bind(i64::from(e.port))
+    .bind(&e.audience)
+    .bind(&e.via)
+    .bind(e.issued_at)
+    .bind(e.expires_at)
+}
+
 /// One row of the mint audit trail (never the token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -727,7 +759,7 @@ impl Db {
         .bind(user_id)
         .bind(now)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -751,7 +783,7 @@ impl Db {
     pub async fn delete_session(&self, id_hash: &str) -> Res<()> {
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -763,7 +795,7 @@ impl Db {
         )
         .bind(jti)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -772,32 +804,43 @@ impl Db {
     pub async fn prune(&self, before: i64) -> Res<u64> {
         let a = sqlx::query("DELETE FROM consumed_tickets WHERE expires_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         let b = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(a.rows_affected() + b.rows_affected())
     }
 
     pub async fn record_mint(&self, e: &AuditEntry) -> Res<()> {
-        sqlx::query(
-            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, issued_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&e.jti)
-        .bind(e.kind.as_str())
-        .bind(&e.user_id)
-        .bind(&e.pod_slug)
-        .bind(i64::from(e.port))
-        .bind(&e.audience)
-        .bind(&e.via)
-        .bind(e.issued_at)
-        .bind(e.expires_at)
-        .execute(&self.pool)
-        .await?;
+        insert_audit(e).execute(&self.writer).await?;
         Ok(())
+    }
+
+    /// Consumes a ticket and records the capability minted for it, in one transaction: both or
+    /// neither. `false` (and nothing recorded) when the ticket was used before.
+    pub async fn consume_ticket_and_record(
+        &self,
+        ticket_jti: &str,
+        ticket_expires_at: i64,
+        minted: &AuditEntry,
+    ) -> Res<bool> {
+        let mut tx = self.writer.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO consumed_tickets (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(ticket_jti)
+        .bind(ticket_expires_at)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_audit(minted).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The newest audit entries, optionally of one user, newest first.
@@ -839,7 +882,7 @@ impl Db {
         .bind(k.created_at)
         .bind(k.retired_at)
         .bind(k.verify_until)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -871,7 +914,7 @@ impl Db {
     /// Inserts new active keys and retires every older active key of the same kinds, in one
     /// transaction, so there is always exactly one signing key per kind.
     pub async fn rotate_keys(&self, new: &[StoredKey], now: i64, overlap: i64) -> Res<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for k in new {
             sqlx::query(
                 "UPDATE signing_keys SET retired_at = $2, verify_until = $3 WHERE kind = $1 AND retired_at IS NULL",

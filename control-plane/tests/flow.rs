@@ -1,6 +1,11 @@
 //! The browser flow and script minting, in-process: `/api/proxy-auth`, `/.podgate/callback`,
 //! `POST /v1/capabilities`, on SQLite and PostgreSQL.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::vec_init_then_push)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::vec_init_then_push
+)]
 
 mod common;
 

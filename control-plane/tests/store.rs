@@ -335,6 +335,40 @@ async fn tickets_sessions_audit(db: &Db) {
     assert_eq!(u.len(), 1);
     assert_eq!(u[0].kind, KeyKind::Ticket);
     assert_eq!(db.list_audit(None, 1).await.unwrap().len(), 1);
+
+    // Consuming a ticket and recording its capability happen together, or not at all.
+    let cap = AuditEntry {
+        jti: "cap1".into(),
+        kind: KeyKind::Capability,
+        user_id: "u".into(),
+        pod_slug: "p".into(),
+        port: 8726,
+        audience: "a".into(),
+        via: "callback".into(),
+        issued_at: 10,
+        expires_at: 910,
+    };
+    assert!(db.consume_ticket_and_record("t9", 100, &cap).await.unwrap());
+    let again = AuditEntry {
+        jti: "cap2".into(),
+        ..cap.clone()
+    };
+    assert!(!db
+        .consume_ticket_and_record("t9", 100, &again)
+        .await
+        .unwrap());
+    let jtis: Vec<String> = db
+        .list_audit(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.jti)
+        .collect();
+    assert!(jtis.contains(&"cap1".to_owned()));
+    assert!(
+        !jtis.contains(&"cap2".to_owned()),
+        "a replay records nothing"
+    );
 }
 on_both!(tickets_sessions_and_audit, tickets_sessions_audit);
 
