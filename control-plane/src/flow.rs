@@ -366,22 +366,24 @@ async fn accept_ticket(
         return Err(Ok(CallbackFailure::WrongHost));
     }
     // Authorization is read again: the ticket proves who, not what they may reach now.
-    let user = if claims.sub == ANONYMOUS_SUB {
-        None
+    let (user, facts) = if claims.sub == ANONYMOUS_SUB {
+        let facts = state
+            .db()
+            .access_facts(&addr.pod, addr.port, None)
+            .await
+            .map_err(|e| Err(e.into()))?;
+        (None, facts)
     } else {
-        Some(
-            state
-                .db()
-                .get_user(&claims.sub)
-                .await
-                .map_err(|e| Err(e.into()))?
-                .ok_or(Ok(CallbackFailure::NoLongerAllowed))?,
-        )
+        let (user, facts) = state
+            .db()
+            .user_access_facts(&claims.sub, &addr.pod, addr.port)
+            .await
+            .map_err(|e| Err(e.into()))?
+            .ok_or(Ok(CallbackFailure::NoLongerAllowed))?;
+        (Some(user), facts)
     };
-    match authorize(state, user.as_ref(), addr).await {
-        Ok(()) => {}
-        Err(ApiError::NotFound(_)) => return Err(Ok(CallbackFailure::NoLongerAllowed)),
-        Err(e) => return Err(Err(e)),
+    if !facts.is_some_and(|f| may_reach(&f, user.as_ref())) {
+        return Err(Ok(CallbackFailure::NoLongerAllowed));
     }
     let cap = sign_for(
         state,
@@ -391,7 +393,8 @@ async fn accept_ticket(
         "callback",
     )
     .map_err(Err)?;
-    // Single use: the ticket is consumed and the capability recorded together, or neither.
+    // Single use: a ticket already consumed is a replay; the capability is recorded before it
+    // is handed out.
     if !state
         .db()
         .consume_ticket_and_record(&claims.jti, verified.expires_at, &cap.audit)

@@ -699,6 +699,48 @@ impl Db {
     }
 }
 
+impl Db {
+    /// A user (read fresh) and the facts for them reaching `port` of pod `slug`, in one query:
+    /// `None` when the user does not exist; facts `None` when the pod does not.
+    pub async fn user_access_facts(
+        &self,
+        user_id: &str,
+        slug: &str,
+        port: u16,
+    ) -> Res<Option<(User, Option<AccessFacts>)>> {
+        let row = sqlx::query(
+            "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
+                    p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
+                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members \
+             FROM users u \
+             LEFT JOIN pods p ON p.slug = $2 \
+             LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $3 \
+             WHERE u.id = $1",
+        )
+        .bind(user_id)
+        .bind(slug)
+        .bind(i64::from(port))
+        .bind(DEFAULT_SHARING.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user = user_from(&row)?;
+        let owner_id: Option<String> = row.try_get("owner_id")?;
+        let facts = match owner_id {
+            None => None,
+            Some(owner_id) => {
+                let members: i64 = row.try_get("members")?;
+                Some(AccessFacts {
+                    owner_id,
+                    sharing: enum_col(&row, "sharing")?,
+                    is_team_member: members > 0,
+                })
+            }
+        };
+        Ok(Some((user, facts)))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sessions, tickets, audit, keys
 
@@ -818,28 +860,20 @@ impl Db {
         Ok(())
     }
 
-    /// Consumes a ticket and records the capability minted for it, in one transaction: both or
-    /// neither. `false` (and nothing recorded) when the ticket was used before.
+    /// Consumes a ticket, then records the capability minted for it. `false` (and nothing
+    /// recorded) when the ticket was used before. Two autocommit statements, not a
+    /// transaction: a failure between them burns the ticket without handing out a capability,
+    /// never the reverse, and it saves two round trips on the hot path.
     pub async fn consume_ticket_and_record(
         &self,
         ticket_jti: &str,
         ticket_expires_at: i64,
         minted: &AuditEntry,
     ) -> Res<bool> {
-        let mut tx = self.writer.begin().await?;
-        let r = sqlx::query(
-            "INSERT INTO consumed_tickets (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
-        )
-        .bind(ticket_jti)
-        .bind(ticket_expires_at)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() != 1 {
-            tx.rollback().await?;
+        if !self.consume_ticket(ticket_jti, ticket_expires_at).await? {
             return Ok(false);
         }
-        insert_audit(minted).execute(&mut *tx).await?;
-        tx.commit().await?;
+        self.record_mint(minted).await?;
         Ok(true)
     }
 
