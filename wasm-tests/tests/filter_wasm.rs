@@ -1,0 +1,2255 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The compiled podgate filter (release `.wasm`) driven by the wasmtime proxy-wasm host.
+//!
+//! Every request goes through the real filter binary with a fixed clock; tokens are minted with
+//! `podgate_protocol::token` or forged (HS256 over arbitrary JSON) by `support`. Each hostile
+//! input also asserts that the VM is still alive (`Req::send`). Denials assert that nothing was
+//! forwarded (a local reply, no `clear_route_cache`); forwards assert exactly one
+//! `clear_route_cache` and inspect the headers Envoy would send upstream.
+//!
+//! Modules: `answers` (one test per row of DESIGN.md's answers table), `tokens` (RFC 8725
+//! classes), `hosts`, `stripping`, `cache`, `metrics`, `websocket`, `cost` (fuel per request,
+//! printed with `--nocapture`).
+
+#[path = "support/mod.rs"]
+mod support;
+
+/// `TokenError` display texts, as they appear after `Invalid capability: `.
+mod reasons {
+    pub const SIZE: &str = "token is empty or longer than 4096 bytes";
+    pub const MALFORMED: &str =
+        "token is not three base64url segments of a JSON header, JSON claims and a signature";
+    pub const WRONG_TYPE: &str = "token type is not podgate-cap+jwt";
+    pub const UNKNOWN_KEY: &str = "token has no kid or an unknown kid";
+    pub const ALG_MISMATCH: &str = "token algorithm does not match its key";
+    pub const FORBIDDEN_HEADER: &str =
+        "token header carries a field that is never trusted (jku, jwk, x5u, x5c, crit, ...)";
+    pub const BAD_SIGNATURE: &str = "token signature is invalid";
+    pub const BAD_CLAIMS: &str = "token claims are missing or malformed";
+    pub const EXPIRED: &str = "token has expired";
+    pub const NOT_YET_VALID: &str = "token is not valid yet";
+    pub const LIFETIME: &str = "token lives longer than its kind allows";
+    pub const WRONG_ISSUER: &str = "token was issued by someone else";
+}
+
+const NO_CAPABILITY: &str = "No capability: sign in through podgate or send a capability token";
+const WRONG_SCOPE: &str = "This capability is for another pod or port";
+
+mod support_self_check {
+    use crate::support::*;
+
+    #[test]
+    fn hashing_and_encoding_helpers_match_their_specs() {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            hex(&sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex(&sha256(&[b'a'; 1000])),
+            "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"
+        );
+        // RFC 4231 test case 2.
+        assert_eq!(
+            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        for n in 0..10 {
+            let bytes: Vec<u8> = (0..n)
+                .map(|i: u8| i.wrapping_mul(37).wrapping_add(250))
+                .collect();
+            assert_eq!(unb64(&b64(&bytes)), bytes);
+        }
+        assert_eq!(b64(b"\xfb\xff"), "-_8");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod answers {
+    //! One test per row of the answers table (DESIGN.md), each with status, body and headers,
+    //! and the positive case next to it tampered to show it fails.
+    use crate::support::*;
+    use crate::{reasons, NO_CAPABILITY, WRONG_SCOPE};
+
+    #[test]
+    fn a_valid_capability_is_forwarded_and_the_same_token_tampered_is_not() {
+        let mut vm = vm();
+        let token = alpha_cap();
+        let ok = Req::alpha().token(&token).send(&mut vm);
+        assert_eq!(ok.fwd1("x-podgate-cluster"), Some("pod_alpha"));
+        Req::alpha()
+            .token(&tamper_signature(&token))
+            .send(&mut vm)
+            .invalid(reasons::BAD_SIGNATURE);
+    }
+
+    #[test]
+    fn not_a_pod_host_is_400() {
+        let mut vm = vm();
+        let token = alpha_cap();
+        let sent = Req::get("example.com", "/").token(&token).send(&mut vm);
+        let body = sent.denied(400);
+        assert_eq!(
+            body["error"],
+            "Not a pod host: the host is not under the pod domain"
+        );
+        assert!(body["hint"].is_string(), "{body}");
+        assert_eq!(sent.out.header("www-authenticate"), None);
+        assert_eq!(sent.out.header("location"), None);
+    }
+
+    #[test]
+    fn no_capability_is_401_with_a_bearer_challenge() {
+        let mut vm = vm();
+        let sent = Req::alpha().set("accept", "application/json").send(&mut vm);
+        assert_eq!(sent.unauthorized(), NO_CAPABILITY);
+        assert_eq!(
+            sent.out.header("www-authenticate"),
+            Some("Bearer realm=\"podgate\"")
+        );
+        let body = sent.denied(401);
+        assert!(body["hint"].as_str().unwrap().contains("podgate-token"));
+    }
+
+    #[test]
+    fn a_browser_navigation_is_redirected_to_the_auth_endpoint() {
+        let mut vm = vm();
+        let sent = Req::alpha()
+            .path("/app/index.html?tab=2")
+            .navigate()
+            .send(&mut vm);
+        assert_eq!(
+            sent.redirect(),
+            format!("{AUTH_URL}?pod=alpha&port=8726&next=/app/index.html%3Ftab%3D2")
+        );
+        assert_eq!(sent.denied(302)["error"], NO_CAPABILITY);
+        // HEAD navigations too.
+        let head = Req::alpha().method("HEAD").navigate().send(&mut vm);
+        assert_eq!(
+            head.redirect(),
+            format!("{AUTH_URL}?pod=alpha&port=8726&next=/")
+        );
+        // The redirect names the pod and port of the host, nothing from other headers.
+        let other = Req::to("beta", 3000)
+            .set("sec-fetch-mode", "navigate")
+            .set("x-forwarded-host", &host("alpha", PORT))
+            .send(&mut vm);
+        assert_eq!(
+            other.redirect(),
+            format!("{AUTH_URL}?pod=beta&port=3000&next=/")
+        );
+    }
+
+    #[test]
+    fn accept_html_without_fetch_metadata_is_a_page_load() {
+        let mut vm = vm();
+        let sent = Req::alpha()
+            .path("/docs")
+            .set("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")
+            .send(&mut vm);
+        assert_eq!(
+            sent.redirect(),
+            format!("{AUTH_URL}?pod=alpha&port=8726&next=/docs")
+        );
+    }
+
+    #[test]
+    fn never_a_redirect_for_post_xhr_or_websocket() {
+        let mut vm = vm();
+        let cases: Vec<(&str, Req)> = vec![
+            ("POST navigate", Req::alpha().method("POST").navigate()),
+            (
+                "POST accept html",
+                Req::alpha().method("POST").set("accept", "text/html"),
+            ),
+            (
+                "XHR (cors) accepting html",
+                Req::alpha()
+                    .set("sec-fetch-mode", "cors")
+                    .set("accept", "text/html"),
+            ),
+            (
+                "no-cors subresource",
+                Req::alpha()
+                    .set("sec-fetch-mode", "no-cors")
+                    .set("accept", "text/html"),
+            ),
+            ("websocket navigate", Req::alpha().navigate().websocket()),
+            (
+                "websocket accept html",
+                Req::alpha().set("accept", "text/html").websocket(),
+            ),
+            ("DELETE navigate", Req::alpha().method("DELETE").navigate()),
+        ];
+        for (name, req) in cases {
+            let sent = req.send(&mut vm);
+            assert_eq!(sent.status(), Some(401), "{name}: {:?}", sent.out);
+            assert_eq!(sent.unauthorized(), NO_CAPABILITY, "{name}");
+        }
+        // The same with an invalid token: still 401, never a redirect.
+        let bad = tamper_signature(&alpha_cap());
+        let sent = Req::alpha()
+            .method("POST")
+            .navigate()
+            .token(&bad)
+            .send(&mut vm);
+        sent.invalid(reasons::BAD_SIGNATURE);
+    }
+
+    #[test]
+    fn an_invalid_capability_is_401_or_a_redirect_for_a_page_load() {
+        let mut vm = vm();
+        let bad = tamper_signature(&alpha_cap());
+        Req::alpha()
+            .token(&bad)
+            .send(&mut vm)
+            .invalid(reasons::BAD_SIGNATURE);
+        let page = Req::alpha().navigate().cookie(&bad).send(&mut vm);
+        assert_eq!(
+            page.redirect(),
+            format!("{AUTH_URL}?pod=alpha&port=8726&next=/")
+        );
+        assert_eq!(
+            page.denied(302)["error"],
+            format!("Invalid capability: {}", reasons::BAD_SIGNATURE)
+        );
+    }
+
+    #[test]
+    fn a_capability_for_another_pod_is_403() {
+        let mut vm = vm();
+        let beta = cap(&ed_key(1), "beta", PORT);
+        let sent = Req::alpha().token(&beta).send(&mut vm);
+        assert_eq!(sent.error(403), WRONG_SCOPE);
+        assert_eq!(sent.out.header("www-authenticate"), None);
+        // Positive: on its own pod it passes; tampered there, it does not.
+        Req::to("beta", PORT).token(&beta).send(&mut vm).forwarded();
+        Req::to("beta", PORT)
+            .token(&tamper_signature(&beta))
+            .send(&mut vm)
+            .invalid(reasons::BAD_SIGNATURE);
+        // Even for a browser page load: a 403, not a redirect loop.
+        let page = Req::alpha().navigate().cookie(&beta).send(&mut vm);
+        assert_eq!(page.error(403), WRONG_SCOPE);
+    }
+
+    #[test]
+    fn a_capability_for_another_port_is_403() {
+        let mut vm = vm();
+        let other_port = cap(&ed_key(1), "alpha", 8727);
+        let sent = Req::alpha().token(&other_port).send(&mut vm);
+        assert_eq!(sent.error(403), WRONG_SCOPE);
+        Req::to("alpha", 8727)
+            .token(&other_port)
+            .send(&mut vm)
+            .forwarded();
+    }
+
+    #[test]
+    fn an_unknown_pod_is_404_only_with_a_valid_token_for_it() {
+        let mut vm = vm();
+        let ghost = cap(&ed_key(1), "ghost", PORT);
+        let sent = Req::to("ghost", PORT).token(&ghost).send(&mut vm);
+        assert_eq!(
+            sent.denied(404),
+            serde_json::json!({"error": "Pod not found"})
+        );
+        // No existence oracle: without a token (or with one for elsewhere) an unknown pod answers
+        // exactly like a known one.
+        let unknown = Req::to("ghost", PORT).send(&mut vm);
+        let known = Req::to("alpha", PORT).send(&mut vm);
+        assert_eq!(unknown.out, known.out);
+        let alpha = alpha_cap();
+        let unknown = Req::to("ghost", PORT).token(&alpha).send(&mut vm);
+        let known = Req::to("beta", PORT).token(&alpha).send(&mut vm);
+        assert_eq!(unknown.out, known.out);
+        assert_eq!(unknown.error(403), WRONG_SCOPE);
+        // Tampered: 401, not 404.
+        Req::to("ghost", PORT)
+            .token(&tamper_signature(&ghost))
+            .send(&mut vm)
+            .invalid(reasons::BAD_SIGNATURE);
+    }
+
+    #[test]
+    fn a_stopped_pod_is_503_with_the_exact_body() {
+        let mut vm = vm();
+        let sleepy = cap(&ed_key(1), "sleepy", PORT);
+        let sent = Req::to("sleepy", PORT).token(&sleepy).send(&mut vm);
+        sent.denied(503);
+        assert_eq!(
+            sent.out.body_text().unwrap(),
+            r#"{"error":"Pod is not running (status: stopped)"}"#
+        );
+        Req::to("sleepy", PORT)
+            .token(&tamper_signature(&sleepy))
+            .send(&mut vm)
+            .invalid(reasons::BAD_SIGNATURE);
+        // Every non-running status is a 503 naming it.
+        for status in ["starting", "stopping", "error"] {
+            let mut cfg = config(&[&ed_key(1)]);
+            cfg["pods"]["sleepy"]["status"] = status.into();
+            let mut vm = vm_with(&cfg);
+            let sent = Req::to("sleepy", PORT).token(&sleepy).send(&mut vm);
+            sent.denied(503);
+            assert_eq!(
+                sent.out.body_text().unwrap(),
+                format!(r#"{{"error":"Pod is not running (status: {status})"}}"#)
+            );
+        }
+    }
+
+    #[test]
+    fn unconfigured_is_500_and_nothing_is_forwarded() {
+        let mut vm = bare_vm();
+        let sent = Req::alpha().token(&alpha_cap()).send(&mut vm);
+        assert_eq!(
+            sent.error(500),
+            "podgate is not configured; nothing is forwarded"
+        );
+        // A refused first config leaves it unconfigured.
+        assert!(!push(&mut vm, &serde_json::json!({"issuer": ""})));
+        assert_eq!(
+            Req::alpha().token(&alpha_cap()).send(&mut vm).status(),
+            Some(500)
+        );
+        assert_eq!(Req::alpha().navigate().send(&mut vm).status(), Some(500));
+    }
+
+    #[test]
+    fn a_refused_config_keeps_the_last_good_one_serving() {
+        let token = alpha_cap();
+        let mut vm = vm();
+        Req::alpha().token(&token).send(&mut vm).forwarded();
+        // A second good config: alpha now stopped. It must be the one kept below.
+        let mut second = config(&[&ed_key(1)]);
+        second["pods"]["alpha"]["status"] = "stopped".into();
+        assert!(push(&mut vm, &second));
+        Req::alpha().token(&token).send(&mut vm).denied(503);
+        let mut weak_hmac = config(&[&ed_key(1)]);
+        weak_hmac["keys"]["keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"kty": "oct", "kid": "cap-weak", "alg": "HS256", "k": b64(&[1u8; 31])}));
+        let mut bad_leeway = config(&[]);
+        bad_leeway["leeway_secs"] = 3600.into();
+        let mut unknown_field = config(&[]);
+        unknown_field["surprise"] = true.into();
+        let mut bad_template = config(&[]);
+        bad_template["public_host_template"] = "{pod}.{domain}".into();
+        let refused = [
+            b"{ not json".to_vec(),
+            Vec::new(),
+            b"[]".to_vec(),
+            weak_hmac.to_string().into_bytes(),
+            bad_leeway.to_string().into_bytes(),
+            unknown_field.to_string().into_bytes(),
+            bad_template.to_string().into_bytes(),
+        ];
+        for bytes in refused {
+            assert!(
+                !vm.configure(&bytes).unwrap(),
+                "accepted {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+            assert!(!vm.is_dead());
+            // Still the second config (alpha stopped), not the first and not unconfigured.
+            let sent = Req::alpha().token(&token).send(&mut vm);
+            assert_eq!(
+                sent.out.body_text().unwrap(),
+                r#"{"error":"Pod is not running (status: stopped)"}"#
+            );
+            Req::to("beta", PORT)
+                .token(&cap(&ed_key(1), "beta", PORT))
+                .send(&mut vm)
+                .forwarded();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod tokens {
+    //! RFC 8725 classes through the compiled filter.
+    use crate::reasons;
+    use crate::support::*;
+    use serde_json::json;
+
+    /// Fuel of a no-token request on alpha (the cheapest denial); measured ≈ 23 k.
+    fn no_token_fuel() -> u64 {
+        let mut vm = vm();
+        Req::alpha().send(&mut vm).fuel
+    }
+
+    /// A malformed token of ordinary size (≤ 1 KiB) must cost less than this multiple of a
+    /// no-token request. Measured (no-token ≈ 23 k fuel): 31 k for tiny inputs, 59–105 k for
+    /// ~400-byte tokens (hashing for the cache key, base64url and JSON decoding), i.e. ≤ 4.5×;
+    /// a cached valid request is ≈ 2.8×, one EdDSA verification ≈ 250×. The brief's 2× is not
+    /// reachable for realistic token sizes because the token is hashed and decoded; 6× keeps a
+    /// 30% margin and is still ≈ 40× below one signature check (asserted too).
+    const CHEAP_FACTOR: u64 = 6;
+    /// Oversized tokens: reading a header is linear in its size (≈ 3.5 fuel per byte measured
+    /// on the `Authorization` and over-16-KiB cookie paths); allow 8 per byte plus the no-token
+    /// cost.
+    const FUEL_PER_HEADER_BYTE: u64 = 8;
+
+    /// Fuel of one uncached EdDSA verification (a forwarded request).
+    fn signature_check_fuel() -> u64 {
+        let mut vm = vm();
+        Req::alpha().token(&alpha_cap()).send(&mut vm).fuel
+    }
+
+    fn format_cases() -> Vec<(&'static str, String, &'static str)> {
+        let good = alpha_cap();
+        let s = segments(&good);
+        let (h, c, sig) = (s[0], s[1], s[2]);
+        vec![
+            ("empty", String::new(), reasons::SIZE),
+            ("blank", "   ".into(), reasons::SIZE),
+            ("one segment", "abc".into(), reasons::MALFORMED),
+            ("two segments", format!("{h}.{c}"), reasons::MALFORMED),
+            (
+                "four segments",
+                format!("{h}.{c}.{sig}.x"),
+                reasons::MALFORMED,
+            ),
+            ("only dots", "..".into(), reasons::MALFORMED),
+            (
+                "empty signature",
+                format!("{h}.{c}."),
+                reasons::BAD_SIGNATURE,
+            ),
+            ("padding", format!("{h}=.{c}.{sig}"), reasons::MALFORMED),
+            (
+                "padded claims",
+                format!("{h}.{c}==.{sig}"),
+                reasons::MALFORMED,
+            ),
+            ("plus", format!("{h}.{c}+.{sig}"), reasons::MALFORMED),
+            ("slash", format!("{h}.{c}/.{sig}"), reasons::MALFORMED),
+            (
+                "standard alphabet signature",
+                format!("{h}.{c}.{}", sig.replace('-', "+").replace('_', "/") + "+/"),
+                reasons::MALFORMED,
+            ),
+            (
+                "header is an array",
+                format!("{}.{c}.{sig}", b64(b"[1,2]")),
+                reasons::MALFORMED,
+            ),
+            (
+                "header is a string",
+                format!("{}.{c}.{sig}", b64(b"\"EdDSA\"")),
+                reasons::MALFORMED,
+            ),
+            (
+                "header is null",
+                format!("{}.{c}.{sig}", b64(b"null")),
+                reasons::MALFORMED,
+            ),
+            (
+                "header is truncated JSON",
+                format!("{}.{c}.{sig}", b64(b"{\"alg\":")),
+                reasons::MALFORMED,
+            ),
+            (
+                "header is not JSON",
+                format!("{}.{c}.{sig}", b64(b"\xff\xfe")),
+                reasons::MALFORMED,
+            ),
+        ]
+    }
+
+    #[test]
+    fn malformed_tokens_are_401_and_cheap() {
+        let base = no_token_fuel();
+        let signature = signature_check_fuel();
+        let mut vm = vm();
+        for (name, token, reason) in format_cases() {
+            assert!(token.len() <= 1024, "{name}");
+            let sent = Req::alpha().token(&token).send(&mut vm);
+            sent.invalid(reason);
+            assert!(
+                sent.fuel < CHEAP_FACTOR * base,
+                "{name}: {} fuel vs {base} for no token",
+                sent.fuel
+            );
+            assert!(
+                sent.fuel * 40 < signature,
+                "{name}: {} vs {signature}",
+                sent.fuel
+            );
+            // The same through the cookie.
+            Req::alpha().cookie(&token).send(&mut vm).invalid(reason);
+        }
+        // The positive control through the same VM.
+        Req::alpha().token(&alpha_cap()).send(&mut vm).forwarded();
+    }
+
+    /// Tokens over the 4 KiB limit (`MAX_TOKEN_LEN`). The first two fit under the 16 KiB cookie
+    /// scan limit, so as cookies they are candidates; the last three are over it.
+    fn oversized_tokens() -> Vec<(&'static str, String)> {
+        vec![
+            ("4097 bytes", "a".repeat(4097)),
+            ("16 000 bytes", "a".repeat(16_000)),
+            ("64 KiB", "a".repeat(64 * 1024)),
+            ("64 KiB of base64url segments", {
+                let seg = "A".repeat(21 * 1024);
+                format!("{seg}.{seg}.{seg}")
+            }),
+            ("100 000 dots", ".".repeat(100_000)),
+        ]
+    }
+
+    fn cheap_bound(base: u64, token: &str) -> u64 {
+        base + FUEL_PER_HEADER_BYTE * token.len() as u64
+    }
+
+    #[test]
+    fn oversized_tokens_are_401_and_never_kill_the_vm() {
+        let mut vm = vm();
+        for (name, token) in oversized_tokens() {
+            Req::alpha()
+                .token(&token)
+                .send(&mut vm)
+                .invalid(reasons::SIZE);
+            let cookie = Req::alpha().cookie(&token).send(&mut vm);
+            if token.len() < 16 * 1024 {
+                cookie.invalid(reasons::SIZE);
+            } else {
+                // Over the cookie scan limit: no candidate at all.
+                assert_eq!(cookie.unauthorized(), crate::NO_CAPABILITY, "{name}");
+            }
+            // Too big to be one of ours, so the app's: no capability.
+            let bearer = Req::alpha().bearer(&token).send(&mut vm);
+            assert_eq!(bearer.unauthorized(), crate::NO_CAPABILITY, "{name}");
+        }
+        Req::alpha().token(&alpha_cap()).send(&mut vm).forwarded();
+    }
+
+    #[test]
+    fn oversized_bearers_and_cookies_over_the_scan_limit_are_refused_cheaply() {
+        let base = no_token_fuel();
+        let mut vm = vm();
+        for (name, token) in oversized_tokens() {
+            let bound = cheap_bound(base, &token);
+            let bearer = Req::alpha().bearer(&token).send(&mut vm);
+            assert!(
+                bearer.fuel < bound,
+                "{name} bearer: {} >= {bound}",
+                bearer.fuel
+            );
+            if token.len() > 16 * 1024 {
+                let cookie = Req::alpha().cookie(&token).send(&mut vm);
+                assert!(
+                    cookie.fuel < bound,
+                    "{name} cookie: {} >= {bound}",
+                    cookie.fuel
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "bug: an oversized token in podgate-token (or a cookie under the 16 KiB scan \
+                limit) is SHA-256-hashed for the cache key (gate::check_token) before \
+                Verifier::verify's 4 KiB size check: ≈ 80 fuel per byte, so 4097 bytes cost \
+                ≈ 355 k fuel, 64 KiB ≈ 5.2 M (≈ one EdDSA verification, 225× a no-token \
+                request), 100 000 dots ≈ 7.9 M"]
+    fn oversized_tokens_in_the_token_header_or_a_cookie_are_refused_cheaply() {
+        let base = no_token_fuel();
+        let mut vm = vm();
+        for (name, token) in oversized_tokens() {
+            let bound = cheap_bound(base, &token);
+            let sent = Req::alpha().token(&token).send(&mut vm);
+            assert!(sent.fuel < bound, "{name}: {} >= {bound}", sent.fuel);
+            let cookie = Req::alpha().cookie(&token).send(&mut vm);
+            assert!(
+                cookie.fuel < bound,
+                "{name} cookie: {} >= {bound}",
+                cookie.fuel
+            );
+        }
+    }
+
+    #[test]
+    fn alg_none_in_any_casing_is_refused() {
+        let mut vm = vm();
+        let good = alpha_cap();
+        for alg in ["none", "None", "NONE", "nOnE", "nonE"] {
+            let header = json!({"alg": alg, "typ": CAP_TYP, "kid": "cap-ed1"});
+            let signed = with_header(&good, &header);
+            let s = segments(&signed);
+            let unsigned = format!("{}.{}.", s[0], s[1]);
+            for token in [signed.clone(), unsigned] {
+                Req::alpha()
+                    .token(&token)
+                    .send(&mut vm)
+                    .invalid(reasons::ALG_MISMATCH);
+            }
+        }
+        // No alg at all.
+        let token = with_header(&good, &json!({"typ": CAP_TYP, "kid": "cap-ed1"}));
+        assert_eq!(Req::alpha().token(&token).send(&mut vm).status(), Some(401));
+    }
+
+    #[test]
+    fn hs256_signed_with_the_eddsa_public_key_is_refused() {
+        let key = ed_key(1);
+        let public = unb64(key.verifying_jwk().x.as_deref().unwrap());
+        assert_eq!(public.len(), 32);
+        let claims = claims_json("alpha", PORT, NOW, 600);
+        let confused = hs_sign(&public, &header_json("HS256", "cap-ed1"), &claims);
+        let mut vm = vm();
+        Req::alpha()
+            .token(&confused)
+            .send(&mut vm)
+            .invalid(reasons::ALG_MISMATCH);
+        // Also with the JWK's base64url text as the secret (another classic confusion).
+        let as_text = hs_sign(
+            key.verifying_jwk().x.unwrap().as_bytes(),
+            &header_json("HS256", "cap-ed1"),
+            &claims,
+        );
+        Req::alpha()
+            .token(&as_text)
+            .send(&mut vm)
+            .invalid(reasons::ALG_MISMATCH);
+        Req::alpha().token(&alpha_cap()).send(&mut vm).forwarded();
+    }
+
+    #[test]
+    fn an_algorithm_other_than_the_keys_is_refused() {
+        let good = alpha_cap();
+        let mut vm = vm();
+        for alg in ["ES256", "HS256", "RS256", "PS256", "EdDSA "] {
+            let token = with_header(&good, &header_json(alg, "cap-ed1"));
+            Req::alpha()
+                .token(&token)
+                .send(&mut vm)
+                .invalid(reasons::ALG_MISMATCH);
+        }
+        // And the other way round: an ES256 key with EdDSA or HS256 headers.
+        let es = es_key();
+        let mut vm = vm_with(&config(&[&es]));
+        let es_token = cap(&es, "alpha", PORT);
+        Req::alpha().token(&es_token).send(&mut vm).forwarded();
+        for alg in ["EdDSA", "HS256", "ES384"] {
+            let token = with_header(&es_token, &header_json(alg, "cap-es"));
+            Req::alpha()
+                .token(&token)
+                .send(&mut vm)
+                .invalid(reasons::ALG_MISMATCH);
+        }
+        // HS256 key: an EdDSA header is refused before any crypto.
+        let mut vm = vm_with(&config(&[&hs_key()]));
+        let hs_token = cap(&hs_key(), "alpha", PORT);
+        Req::alpha().token(&hs_token).send(&mut vm).forwarded();
+        let token = with_header(&hs_token, &header_json("EdDSA", "cap-hs"));
+        Req::alpha()
+            .token(&token)
+            .send(&mut vm)
+            .invalid(reasons::ALG_MISMATCH);
+    }
+
+    #[test]
+    fn untrusted_key_sources_and_crit_in_the_header_are_refused() {
+        let good = alpha_cap();
+        let mut vm = vm();
+        let public_jwk = serde_json::to_value(ed_key(1).verifying_jwk()).unwrap();
+        let cases = [
+            ("jwk", public_jwk),
+            ("jku", json!("https://evil.example/jwks.json")),
+            ("x5u", json!("https://evil.example/cert.pem")),
+            ("x5c", json!(["MIIBszCCAVmgAwIBAgIU"])),
+            ("x5t", json!(b64(&[1u8; 20]))),
+            ("x5t#S256", json!(b64(&[1u8; 32]))),
+            ("crit", json!(["exp"])),
+            ("crit", json!(["x-podgate-unknown"])),
+            ("crit", json!([])),
+            ("b64", json!(false)),
+            ("zip", json!("DEF")),
+        ];
+        for (field, value) in cases {
+            let mut header = header_json("EdDSA", "cap-ed1");
+            header[field] = value;
+            let token = with_header(&good, &header);
+            Req::alpha()
+                .token(&token)
+                .send(&mut vm)
+                .invalid(reasons::FORBIDDEN_HEADER);
+        }
+        // Re-signed with the real key material over a header with jku (HS256 so we can sign any
+        // header): still refused, the signature being valid changes nothing.
+        let mut vm = vm_with(&config(&[&hs_key()]));
+        let mut header = header_json("HS256", "cap-hs");
+        header["jku"] = json!("https://evil.example/jwks.json");
+        let token = hs_sign(&HS_SECRET, &header, &claims_json("alpha", PORT, NOW, 600));
+        Req::alpha()
+            .token(&token)
+            .send(&mut vm)
+            .invalid(reasons::FORBIDDEN_HEADER);
+        // Control: the same without jku passes.
+        let token = hs_sign(
+            &HS_SECRET,
+            &header_json("HS256", "cap-hs"),
+            &claims_json("alpha", PORT, NOW, 600),
+        );
+        Req::alpha().token(&token).send(&mut vm).forwarded();
+    }
+
+    #[test]
+    fn unknown_or_missing_kid_is_refused() {
+        let good = alpha_cap();
+        let mut vm = vm();
+        for header in [
+            header_json("EdDSA", "cap-other"),
+            header_json("EdDSA", "cap-ed2"),
+            header_json("EdDSA", ""),
+            json!({"alg": "EdDSA", "typ": CAP_TYP}),
+        ] {
+            Req::alpha()
+                .token(&with_header(&good, &header))
+                .send(&mut vm)
+                .invalid(reasons::UNKNOWN_KEY);
+        }
+        // A token really signed by a key the filter does not have.
+        let stranger = cap(&ed_key(2), "alpha", PORT);
+        Req::alpha()
+            .token(&stranger)
+            .send(&mut vm)
+            .invalid(reasons::UNKNOWN_KEY);
+    }
+
+    #[test]
+    fn wrong_or_missing_typ_is_refused() {
+        let good = alpha_cap();
+        let mut vm = vm();
+        for typ in [
+            Some("JWT"),
+            Some("PODGATE-CAP+JWT"),
+            Some("podgate-ticket+jwt"),
+            Some("podgate-cap"),
+            None,
+        ] {
+            let mut header = json!({"alg": "EdDSA", "kid": "cap-ed1"});
+            if let Some(typ) = typ {
+                header["typ"] = typ.into();
+            }
+            Req::alpha()
+                .token(&with_header(&good, &header))
+                .send(&mut vm)
+                .invalid(reasons::WRONG_TYPE);
+        }
+    }
+
+    #[test]
+    fn a_login_ticket_is_never_a_capability() {
+        let tkt = ticket_key();
+        let cap_key = ed_key(1);
+        // The config carries the ticket key too (capability verifiers ignore `tkt-` kids).
+        let mut vm = vm_with(&config(&[&cap_key, &tkt]));
+        let claims = claims("alpha", PORT);
+        let ticket = podgate_protocol::token::mint(
+            podgate_protocol::token::TokenKind::LoginTicket,
+            &tkt,
+            &claims,
+            NOW,
+            60,
+        )
+        .unwrap();
+        Req::alpha()
+            .token(&ticket)
+            .send(&mut vm)
+            .invalid(reasons::WRONG_TYPE);
+        Req::alpha()
+            .cookie(&ticket)
+            .send(&mut vm)
+            .invalid(reasons::WRONG_TYPE);
+        // As a bearer it is not ours at all (ticket typ, unknown kid): the app's, passed through,
+        // so the request has no capability.
+        let sent = Req::alpha().bearer(&ticket).send(&mut vm);
+        assert_eq!(sent.unauthorized(), crate::NO_CAPABILITY);
+        // A capability typ signed with the ticket key: the kid belongs to the other kind.
+        let forged = cap_with(&tkt, &claims, NOW, 60);
+        Req::alpha()
+            .token(&forged)
+            .send(&mut vm)
+            .invalid(reasons::UNKNOWN_KEY);
+        // A ticket header re-labelled as capability keeps the ticket signature: refused.
+        let relabelled = with_header(&ticket, &header_json("EdDSA", "tkt-ed1"));
+        Req::alpha()
+            .token(&relabelled)
+            .send(&mut vm)
+            .invalid(reasons::UNKNOWN_KEY);
+        Req::alpha()
+            .token(&cap(&cap_key, "alpha", PORT))
+            .send(&mut vm)
+            .forwarded();
+    }
+
+    /// One request at `secs` on a fresh VM (so no cache is involved).
+    fn at(cfg: &serde_json::Value, secs: i64, token: &str) -> Sent {
+        let mut vm = vm_with(cfg);
+        vm.set_time_secs(secs as u64);
+        Req::alpha().token(token).send(&mut vm)
+    }
+
+    #[test]
+    fn expiry_and_not_before_at_the_leeway_boundary() {
+        let key = ed_key(1);
+        let cfg = config(&[&key]);
+        let token = cap_with(&key, &claims("alpha", PORT), NOW, 600);
+        // exp = NOW+600, leeway 30: valid through NOW+629, expired at NOW+630.
+        at(&cfg, NOW + 600 + LEEWAY - 1, &token).forwarded();
+        at(&cfg, NOW + 600 + LEEWAY, &token).invalid(reasons::EXPIRED);
+        // iat = NOW: valid from NOW-30, not yet valid at NOW-31.
+        at(&cfg, NOW - LEEWAY, &token).forwarded();
+        at(&cfg, NOW - LEEWAY - 1, &token).invalid(reasons::NOT_YET_VALID);
+        // With leeway_secs 0 the boundaries move to exp and iat exactly.
+        let mut strict = cfg.clone();
+        strict["leeway_secs"] = 0.into();
+        at(&strict, NOW + 599, &token).forwarded();
+        at(&strict, NOW + 600, &token).invalid(reasons::EXPIRED);
+        at(&strict, NOW, &token).forwarded();
+        at(&strict, NOW - 1, &token).invalid(reasons::NOT_YET_VALID);
+        // With leeway_secs 300.
+        let mut loose = cfg;
+        loose["leeway_secs"] = 300.into();
+        at(&loose, NOW + 899, &token).forwarded();
+        at(&loose, NOW + 900, &token).invalid(reasons::EXPIRED);
+    }
+
+    #[test]
+    fn nbf_is_enforced_with_the_leeway() {
+        let cfg = config(&[&hs_key()]);
+        let mut claims = claims_json("alpha", PORT, NOW, 600);
+        claims["nbf"] = (NOW + 100).into();
+        let token = hs_token(&claims);
+        at(&cfg, NOW + 100 - LEEWAY - 1, &token).invalid(reasons::NOT_YET_VALID);
+        at(&cfg, NOW + 100 - LEEWAY, &token).forwarded();
+    }
+
+    #[test]
+    fn missing_or_mistyped_time_claims_are_refused() {
+        let cfg = config(&[&hs_key()]);
+        let mut vm = vm_with(&cfg);
+        let base = claims_json("alpha", PORT, NOW, 600);
+        Req::alpha()
+            .token(&hs_token(&base))
+            .send(&mut vm)
+            .forwarded();
+        let cases: Vec<(&str, Option<serde_json::Value>)> = vec![
+            ("exp", None),
+            ("exp", Some(json!((NOW + 600).to_string()))),
+            ("exp", Some(json!(null))),
+            ("exp", Some(json!(true))),
+            ("exp", Some(json!([NOW + 600]))),
+            ("exp", Some(json!({"t": NOW + 600}))),
+            ("exp", Some(json!(1.5e300))),
+            ("iat", None),
+            ("iat", Some(json!(NOW.to_string()))),
+            ("nbf", Some(json!("soon"))),
+        ];
+        for (field, value) in cases {
+            let mut claims = base.clone();
+            match value {
+                Some(v) => claims[field] = v,
+                None => {
+                    claims.as_object_mut().unwrap().remove(field);
+                }
+            }
+            let sent = Req::alpha().token(&hs_token(&claims)).send(&mut vm);
+            assert_eq!(sent.status(), Some(401), "{field}: {claims}");
+            sent.invalid(reasons::BAD_CLAIMS);
+        }
+    }
+
+    #[test]
+    fn wrong_or_missing_identity_claims_are_refused() {
+        let cfg = config(&[&hs_key()]);
+        let mut vm = vm_with(&cfg);
+        let base = claims_json("alpha", PORT, NOW, 600);
+        let mut cases: Vec<(serde_json::Value, &str)> = Vec::new();
+        for (field, value, reason) in [
+            (
+                "iss",
+                Some(json!("https://evil.example")),
+                reasons::WRONG_ISSUER,
+            ),
+            (
+                "iss",
+                Some(json!("http://127.0.0.1:8080/")),
+                reasons::WRONG_ISSUER,
+            ),
+            ("iss", None, reasons::BAD_CLAIMS),
+            (
+                "iss",
+                Some(json!(["http://127.0.0.1:8080"])),
+                reasons::BAD_CLAIMS,
+            ),
+            ("aud", None, reasons::BAD_CLAIMS),
+            (
+                "aud",
+                Some(json!([host("alpha", PORT)])),
+                reasons::BAD_CLAIMS,
+            ),
+            ("aud", Some(json!("")), reasons::BAD_CLAIMS),
+            ("sub", None, reasons::BAD_CLAIMS),
+            ("sub", Some(json!("")), reasons::BAD_CLAIMS),
+            ("jti", None, reasons::BAD_CLAIMS),
+            ("pod", None, reasons::BAD_CLAIMS),
+            ("port", None, reasons::BAD_CLAIMS),
+            ("port", Some(json!("8726")), reasons::BAD_CLAIMS),
+            ("port", Some(json!(70000)), reasons::BAD_CLAIMS),
+        ] {
+            let mut claims = base.clone();
+            match value {
+                Some(v) => claims[field] = v,
+                None => {
+                    claims.as_object_mut().unwrap().remove(field);
+                }
+            }
+            cases.push((claims, reason));
+        }
+        for (claims, reason) in cases {
+            let sent = Req::alpha().token(&hs_token(&claims)).send(&mut vm);
+            assert_eq!(sent.status(), Some(401), "{claims}");
+            sent.invalid(reason);
+        }
+    }
+
+    #[test]
+    fn a_valid_token_scoped_elsewhere_by_any_one_claim_is_403() {
+        let cfg = config(&[&hs_key()]);
+        let mut vm = vm_with(&cfg);
+        let base = claims_json("alpha", PORT, NOW, 600);
+        for (field, value) in [
+            ("aud", json!(host("beta", PORT))),
+            ("aud", json!(format!("{}:10000", host("alpha", PORT)))),
+            ("aud", json!(format!("{}.", host("alpha", PORT)))),
+            ("aud", json!(format!("http://{}", host("alpha", PORT)))),
+            ("aud", json!(host("alpha", PORT).to_uppercase())),
+            ("pod", json!("beta")),
+            ("port", json!(8727)),
+        ] {
+            let mut claims = base.clone();
+            claims[field] = value;
+            let sent = Req::alpha().token(&hs_token(&claims)).send(&mut vm);
+            assert_eq!(sent.error(403), crate::WRONG_SCOPE, "{claims}");
+        }
+    }
+
+    #[test]
+    fn a_lifetime_over_the_configured_maximum_is_refused() {
+        let key = ed_key(1);
+        let mut vm = vm();
+        let c = claims("alpha", PORT);
+        Req::alpha()
+            .token(&cap_with(&key, &c, NOW, MAX_LIFETIME))
+            .send(&mut vm)
+            .forwarded();
+        Req::alpha()
+            .token(&cap_with(&key, &c, NOW, MAX_LIFETIME + 1))
+            .send(&mut vm)
+            .invalid(reasons::LIFETIME);
+        // A smaller configured maximum applies.
+        let mut cfg = config(&[&key]);
+        cfg["max_capability_lifetime_secs"] = 60.into();
+        let mut vm = vm_with(&cfg);
+        Req::alpha()
+            .token(&cap_with(&key, &c, NOW, 60))
+            .send(&mut vm)
+            .forwarded();
+        Req::alpha()
+            .token(&cap_with(&key, &c, NOW, 61))
+            .send(&mut vm)
+            .invalid(reasons::LIFETIME);
+        // exp before iat.
+        let mut vm = vm_with(&config(&[&hs_key()]));
+        let mut claims = claims_json("alpha", PORT, NOW, 0);
+        claims["exp"] = (NOW + 10).into();
+        claims["iat"] = (NOW + 20).into();
+        Req::alpha()
+            .token(&hs_token(&claims))
+            .send(&mut vm)
+            .invalid(reasons::LIFETIME);
+    }
+
+    #[test]
+    fn key_rotation_overlap_then_removal_even_for_cached_tokens() {
+        let (old, new) = (ed_key(1), ed_key(2));
+        let old_token = cap(&old, "alpha", PORT);
+        let new_token = cap(&new, "alpha", PORT);
+        let mut vm = vm_with(&config(&[&old]));
+        Req::alpha().token(&old_token).send(&mut vm).forwarded();
+        Req::alpha()
+            .token(&new_token)
+            .send(&mut vm)
+            .invalid(reasons::UNKNOWN_KEY);
+        // Overlap window: both verify.
+        assert!(push(&mut vm, &config(&[&old, &new])));
+        Req::alpha().token(&old_token).send(&mut vm).forwarded();
+        Req::alpha().token(&new_token).send(&mut vm).forwarded();
+        // The old token is cached now (a hit, no signature check).
+        let hits = metric(&vm, "podgate.token_cache.hits");
+        Req::alpha().token(&old_token).send(&mut vm).forwarded();
+        assert_eq!(metric(&vm, "podgate.token_cache.hits"), hits + 1);
+        // Old key removed: the old token is refused although it was cached before the push.
+        assert!(push(&mut vm, &config(&[&new])));
+        Req::alpha()
+            .token(&old_token)
+            .send(&mut vm)
+            .invalid(reasons::UNKNOWN_KEY);
+        Req::alpha().token(&new_token).send(&mut vm).forwarded();
+    }
+
+    #[test]
+    fn an_empty_key_set_after_a_push_denies_everything() {
+        let key = ed_key(1);
+        let token = alpha_cap();
+        let mut vm = vm();
+        Req::alpha().token(&token).send(&mut vm).forwarded();
+        Req::alpha().token(&token).send(&mut vm).forwarded(); // cached
+        assert!(push(&mut vm, &config(&[])));
+        Req::alpha()
+            .token(&token)
+            .send(&mut vm)
+            .invalid(reasons::UNKNOWN_KEY);
+        Req::alpha()
+            .cookie(&token)
+            .send(&mut vm)
+            .invalid(reasons::UNKNOWN_KEY);
+        for pod in ["beta", "sleepy", "ghost"] {
+            let t = cap(&key, pod, PORT);
+            Req::to(pod, PORT)
+                .token(&t)
+                .send(&mut vm)
+                .invalid(reasons::UNKNOWN_KEY);
+        }
+        // A bearer with our typ is still recognised as ours and refused (not passed through).
+        let sent = Req::alpha().bearer(&token).send(&mut vm);
+        sent.invalid(reasons::UNKNOWN_KEY);
+        // Only the callback path, which needs no token, still goes (to the control plane).
+        let cb = Req::alpha()
+            .path("/.podgate/callback?ticket=x")
+            .send(&mut vm);
+        assert_eq!(cb.fwd1("x-podgate-cluster"), Some("podgate_control_plane"));
+    }
+
+    #[test]
+    fn an_invalid_key_set_is_refused_at_configure() {
+        let short = json!({"kty": "oct", "kid": "cap-short", "alg": "HS256", "k": b64(&[7u8; 31])});
+        let exact = json!({"kty": "oct", "kid": "cap-exact", "alg": "HS256", "k": b64(&[7u8; 32])});
+        let broken_ed =
+            json!({"kty": "OKP", "crv": "Ed25519", "kid": "cap-bad", "alg": "EdDSA", "x": "AAAA"});
+        let rsa = json!({"kty": "RSA", "kid": "cap-rsa", "alg": "RS256", "n": "AQAB", "e": "AQAB"});
+        let dup = serde_json::to_value(ed_key(1).verifying_jwk()).unwrap();
+        for (name, keys, accepted) in [
+            ("HMAC 248 bits", json!([short]), false),
+            ("HMAC 256 bits", json!([exact]), true),
+            ("Ed25519 key too short", json!([broken_ed]), false),
+            ("RSA", json!([rsa]), false),
+            ("duplicate kid", json!([dup, dup]), false),
+        ] {
+            let mut cfg = config(&[]);
+            cfg["keys"]["keys"] = keys;
+            let mut vm = bare_vm();
+            assert_eq!(push(&mut vm, &cfg), accepted, "{name}");
+            if !accepted {
+                // Fail closed: still unconfigured.
+                assert_eq!(
+                    Req::alpha().token(&alpha_cap()).send(&mut vm).status(),
+                    Some(500),
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn our_bearer_is_accepted_in_any_scheme_casing() {
+        let token = alpha_cap();
+        let mut vm = vm();
+        for auth in [
+            format!("Bearer {token}"),
+            format!("bearer {token}"),
+            format!("BEARER {token}"),
+            format!("Bearer   {token}  "),
+        ] {
+            let sent = Req::alpha().add("authorization", &auth).send(&mut vm);
+            assert_eq!(sent.fwd1("authorization"), None, "{auth}");
+            assert_eq!(sent.fwd1("x-podgate-user"), Some("user-1"));
+        }
+        // Tampered bearer with our typ: ours, so refused (not passed to the app).
+        Req::alpha()
+            .bearer(&tamper_signature(&token))
+            .send(&mut vm)
+            .invalid(reasons::BAD_SIGNATURE);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod hosts {
+    //! Host grammar and routing: the pod comes from `:authority` only.
+    use crate::support::*;
+
+    fn bad_host_error(vm: &mut podgate_wasm_tests::host::FilterVm, authority: &[u8]) -> String {
+        let token = alpha_cap();
+        let sent = Req::alpha()
+            .set_raw(b":authority", authority)
+            .token(&token)
+            .send(vm);
+        let error = sent.error(400);
+        assert!(error.starts_with("Not a pod host: "), "{error}");
+        error.trim_start_matches("Not a pod host: ").to_owned()
+    }
+
+    const WRONG_DOMAIN: &str = "the host is not under the pod domain";
+    const NO_MATCH: &str = "the host does not match the pod host template";
+    const BAD_PORT: &str = "the port is not a number from 1 to 65535 without leading zeros";
+    const BAD_SLUG: &str = "the pod slug is not [a-z0-9]([a-z0-9-]*[a-z0-9])?";
+    const INVALID_CHAR: &str = "the host has characters other than lowercase a-z, 0-9, '-' and '.'";
+    const BAD_PORT_SUFFIX: &str = "the host's port suffix is not a number";
+    const LABEL_TOO_LONG: &str = "a pod host label is longer than 63 characters";
+    const EMPTY: &str = "the host is empty";
+    const TOO_LONG: &str = "the host is longer than 255 characters";
+
+    #[test]
+    fn suffix_confusion_is_400() {
+        // Domain `example.dev`, as in SECURITY.md.
+        let mut cfg = config(&[&ed_key(1)]);
+        cfg["domain"] = "example.dev".into();
+        let mut vm = vm_with(&cfg);
+        for (authority, why) in [
+            (
+                "localhost-8726-pod-alpha.example.dev.evil.com",
+                WRONG_DOMAIN,
+            ),
+            ("localhost-8726-pod-alpha.evilexample.dev", WRONG_DOMAIN),
+            ("localhost-8726-pod-alphaexample.dev", WRONG_DOMAIN),
+            ("localhost-8726-pod-alpha.example.devx", WRONG_DOMAIN),
+            ("localhost-8726-pod-alpha.dev", WRONG_DOMAIN),
+            ("example.dev", WRONG_DOMAIN),
+            ("evil.com", WRONG_DOMAIN),
+            ("x.localhost-8726-pod-alpha.example.dev", NO_MATCH),
+        ] {
+            assert_eq!(
+                bad_host_error(&mut vm, authority.as_bytes()),
+                why,
+                "{authority}"
+            );
+        }
+        // Positive control on that domain.
+        let mut c = claims("alpha", PORT);
+        c.aud = "localhost-8726-pod-alpha.example.dev".into();
+        let token = cap_with(&ed_key(1), &c, NOW, 600);
+        let sent = Req::get("localhost-8726-pod-alpha.example.dev", "/")
+            .token(&token)
+            .send(&mut vm);
+        assert_eq!(
+            sent.fwd1(":authority"),
+            Some("localhost-8726.pod-alpha.example.dev")
+        );
+        // On `localhost`, the same shapes.
+        let mut vm = crate::support::vm();
+        for (authority, why) in [
+            ("localhost-8726-pod-alpha.localhost.evil.com", WRONG_DOMAIN),
+            ("localhost-8726-pod-alpha.evillocalhost", WRONG_DOMAIN),
+            ("localhost-8726-pod-alphalocalhost", WRONG_DOMAIN),
+            ("localhost", WRONG_DOMAIN),
+        ] {
+            assert_eq!(
+                bad_host_error(&mut vm, authority.as_bytes()),
+                why,
+                "{authority}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_labels_are_400() {
+        let mut vm = vm();
+        let long_slug = "a".repeat(45); // label = "localhost-8726-pod-" (19) + 45 = 64
+        let ok_slug = "a".repeat(44);
+        let too_long_label = format!("localhost-8726-pod-{long_slug}.localhost");
+        let cases: Vec<(String, &str)> = vec![
+            ("localhost-08726-pod-alpha.localhost".into(), BAD_PORT),
+            ("localhost-0-pod-alpha.localhost".into(), BAD_PORT),
+            ("localhost-65536-pod-alpha.localhost".into(), BAD_PORT),
+            ("localhost-99999-pod-alpha.localhost".into(), BAD_PORT),
+            ("localhost-123456-pod-alpha.localhost".into(), BAD_PORT),
+            ("localhost--pod-alpha.localhost".into(), BAD_PORT),
+            ("localhost-pod-alpha.localhost".into(), NO_MATCH),
+            ("localhost-8726-pod-.localhost".into(), BAD_SLUG),
+            ("localhost-8726-pod--alpha.localhost".into(), BAD_SLUG),
+            ("localhost-8726-pod-alpha-.localhost".into(), BAD_SLUG),
+            ("localhost-8726-pod-alpha.x.localhost".into(), BAD_SLUG),
+            ("localhost-8726-pod-al_pha.localhost".into(), INVALID_CHAR),
+            ("localhost_8726-pod-alpha.localhost".into(), INVALID_CHAR),
+            ("localhost-8726-pod-Alpha.localhost".into(), INVALID_CHAR),
+            ("LOCALHOST-8726-POD-ALPHA.LOCALHOST".into(), INVALID_CHAR),
+            ("localhost-8726-pod-alpha.LOCALHOST".into(), INVALID_CHAR),
+            (
+                "localhost-8726-pod-alpha.xn--lcalhost-9za".into(),
+                WRONG_DOMAIN,
+            ),
+            (
+                "localhost-8726-pod-alph\u{430}.localhost".into(),
+                INVALID_CHAR,
+            ),
+            ("localhost-8726-pod-alpha%2e.localhost".into(), INVALID_CHAR),
+            (
+                "user@localhost-8726-pod-alpha.localhost".into(),
+                INVALID_CHAR,
+            ),
+            (" localhost-8726-pod-alpha.localhost".into(), INVALID_CHAR),
+            ("localhost-8726-pod-alpha.localhost ".into(), INVALID_CHAR),
+            (
+                "localhost-8726-pod-alpha.localhost:".into(),
+                BAD_PORT_SUFFIX,
+            ),
+            (
+                "localhost-8726-pod-alpha.localhost:abc".into(),
+                BAD_PORT_SUFFIX,
+            ),
+            (
+                "localhost-8726-pod-alpha.localhost:10000:10000".into(),
+                INVALID_CHAR,
+            ),
+            (
+                "localhost-8726-pod-alpha.localhost:123456".into(),
+                BAD_PORT_SUFFIX,
+            ),
+            (
+                "localhost-8726-pod-alpha.localhost:10000.".into(),
+                BAD_PORT_SUFFIX,
+            ),
+            ("localhost-8726-pod-alpha.localhost..".into(), WRONG_DOMAIN),
+            ("localhost-8726-pod-alpha..localhost".into(), BAD_SLUG),
+            ("[::1]:10000".into(), INVALID_CHAR),
+            ("127.0.0.1:10000".into(), WRONG_DOMAIN),
+            ("".into(), EMPTY),
+            (":10000".into(), EMPTY),
+            (".".into(), EMPTY),
+            (too_long_label, LABEL_TOO_LONG),
+            (format!("{}.localhost", "a".repeat(300)), TOO_LONG),
+        ];
+        for (authority, why) in cases {
+            assert_eq!(
+                bad_host_error(&mut vm, authority.as_bytes()),
+                why,
+                "{authority:?}"
+            );
+        }
+        // The longest slug that fits one label is a pod host (unknown pod: 401 without token).
+        let fits = Req::get(&format!("localhost-8726-pod-{ok_slug}.localhost"), "/").send(&mut vm);
+        assert_eq!(fits.status(), Some(401));
+        // A punycode-looking slug is an ordinary slug (the label itself is not an A-label).
+        let puny = Req::get("localhost-8726-pod-xn--bcher-kva.localhost", "/").send(&mut vm);
+        assert_eq!(puny.unauthorized(), crate::NO_CAPABILITY);
+    }
+
+    #[test]
+    fn a_port_suffix_and_one_trailing_dot_are_normalised_once() {
+        let mut vm = vm();
+        let token = alpha_cap();
+        for authority in [
+            "localhost-8726-pod-alpha.localhost:10000",
+            "localhost-8726-pod-alpha.localhost.",
+            "localhost-8726-pod-alpha.localhost.:10000",
+            "localhost-8726-pod-alpha.localhost:80",
+        ] {
+            let sent = Req::get(authority, "/").token(&token).send(&mut vm);
+            assert_eq!(
+                sent.fwd1(":authority"),
+                Some(upstream_host("alpha", PORT).as_str()),
+                "{authority}"
+            );
+            assert_eq!(sent.fwd1("x-podgate-cluster"), Some("pod_alpha"));
+        }
+        for authority in [
+            "localhost-8726-pod-alpha.localhost..",
+            "localhost-8726-pod-alpha.localhost:10000:10000",
+            "localhost-8726-pod-alpha.localhost..:10000",
+        ] {
+            let sent = Req::get(authority, "/").token(&token).send(&mut vm);
+            assert_eq!(sent.status(), Some(400), "{authority}");
+        }
+    }
+
+    #[test]
+    fn forwarded_host_headers_change_nothing() {
+        let mut vm = vm();
+        let alpha = alpha_cap();
+        let beta_host = host("beta", PORT);
+        let spoof = |req: Req| {
+            req.add("x-forwarded-host", &beta_host)
+                .add("x-original-host", &beta_host)
+                .add("forwarded", &format!("host={beta_host};proto=http"))
+                .add("x-host", &beta_host)
+                .add("x-forwarded-server", &beta_host)
+                .add("host", &beta_host)
+        };
+        // On alpha's host with alpha's token: alpha, whatever the other headers say.
+        let sent = spoof(Req::alpha().token(&alpha)).send(&mut vm);
+        assert_eq!(sent.fwd1("x-podgate-cluster"), Some("pod_alpha"));
+        assert_eq!(sent.fwd1("x-podgate-upstream"), Some("127.0.0.1:30001"));
+        assert_eq!(
+            sent.fwd1(":authority"),
+            Some(upstream_host("alpha", PORT).as_str())
+        );
+        // On beta's host, alpha's token pointing the spoofed headers at alpha: 403.
+        let alpha_host = host("alpha", PORT);
+        let sent = Req::to("beta", PORT)
+            .token(&alpha)
+            .add("x-forwarded-host", &alpha_host)
+            .add("x-original-host", &alpha_host)
+            .add("forwarded", &format!("host={alpha_host}"))
+            .send(&mut vm);
+        assert_eq!(sent.error(403), crate::WRONG_SCOPE);
+        // On a non-pod host, pointing at alpha: 400.
+        let sent = Req::get("evil.com", "/")
+            .token(&alpha)
+            .add("x-forwarded-host", &alpha_host)
+            .send(&mut vm);
+        sent.denied(400);
+        // A client x-podgate-cluster cannot pick the route either (see stripping).
+        let sent = Req::alpha()
+            .token(&alpha)
+            .add("x-podgate-cluster", "pod_beta")
+            .send(&mut vm);
+        assert_eq!(sent.fwd("x-podgate-cluster"), vec!["pod_alpha"]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod stripping {
+    //! What reaches the pod: our credentials and client copies of our headers never do.
+    use crate::support::*;
+
+    fn cookie_auth(vm: &mut podgate_wasm_tests::host::FilterVm, cookie: &str) -> Sent {
+        Req::alpha().add("cookie", cookie).send(vm)
+    }
+
+    #[test]
+    fn our_cookie_is_removed_precisely() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let cases: Vec<(String, Option<&str>)> = vec![
+            (format!("a=1; podgate_cap={t}; b=2"), Some("a=1; b=2")),
+            (
+                format!("z=9; podgate_cap={t}; a=1; m=5"),
+                Some("z=9; a=1; m=5"),
+            ),
+            (format!("podgate_cap={t}; a=1"), Some("a=1")),
+            (format!("a=1; podgate_cap={t}"), Some("a=1")),
+            (format!("podgate_cap={t}"), None),
+            (format!("podgate_cap=\"{t}\""), None),
+            (
+                format!("podgate_cap2=x; podgate_cap={t}; xpodgate_cap=y"),
+                Some("podgate_cap2=x; xpodgate_cap=y"),
+            ),
+            (
+                format!("PODGATE_CAP=upper; podgate_cap={t}; podgate_ca=p"),
+                Some("PODGATE_CAP=upper; podgate_ca=p"),
+            ),
+            (
+                format!("session=abc==; podgate_cap={t}; pref=\"a b\""),
+                Some("session=abc==; pref=\"a b\""),
+            ),
+            // A tossed junk copy before the real one: both candidates, both removed.
+            (
+                format!("podgate_cap=junk; a=1; podgate_cap={t}"),
+                Some("a=1"),
+            ),
+        ];
+        for (cookie, expected) in cases {
+            let sent = cookie_auth(&mut vm, &cookie);
+            assert_eq!(sent.fwd1("cookie"), expected, "{cookie}");
+            assert_eq!(sent.fwd1("x-podgate-user"), Some("user-1"));
+            // Nothing of the token anywhere upstream.
+            assert!(
+                sent.forwarded().iter().all(|(_, v)| !v.contains(&t)),
+                "{:?}",
+                sent.forwarded()
+            );
+        }
+        // Tampered: the same cookie header with a bad token is not forwarded at all.
+        let bad = tamper_signature(&t);
+        let sent = cookie_auth(&mut vm, &format!("a=1; podgate_cap={bad}; b=2"));
+        sent.invalid(crate::reasons::BAD_SIGNATURE);
+    }
+
+    #[test]
+    fn our_cookie_is_removed_even_when_another_credential_authenticated() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        // A header token authenticates; the cookie holds junk, a token for another pod, and a
+        // huge header over the 16 KiB scan limit.
+        let beta = cap(&ed_key(1), "beta", PORT);
+        let big = "x".repeat(20 * 1024);
+        for (cookie, expected) in [
+            ("a=1; podgate_cap=junk".to_owned(), Some("a=1".to_owned())),
+            (format!("podgate_cap={beta}; a=1"), Some("a=1".to_owned())),
+            (
+                format!("big={big}; podgate_cap=junk; a=1"),
+                Some(format!("big={big}; a=1")),
+            ),
+        ] {
+            let sent = Req::alpha().token(&t).add("cookie", &cookie).send(&mut vm);
+            assert_eq!(sent.fwd1("cookie"), expected.as_deref());
+            assert_eq!(sent.fwd1("podgate-token"), None);
+        }
+        // Five candidates: only four are looked at (cookie tossing bound), so a valid fifth is
+        // not enough. Documented behaviour, not a bug.
+        let many = format!(
+            "podgate_cap=j1; podgate_cap=j2; podgate_cap=j3; podgate_cap=j4; podgate_cap={t}"
+        );
+        let sent = cookie_auth(&mut vm, &many);
+        assert_eq!(sent.status(), Some(401));
+    }
+
+    #[test]
+    fn token_header_and_our_bearer_are_removed_a_foreign_bearer_is_kept() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let sent = Req::alpha().token(&t).send(&mut vm);
+        assert_eq!(sent.fwd1("podgate-token"), None);
+        // Two copies of podgate-token: both removed.
+        let sent = Req::alpha().token("junk").token(&t).send(&mut vm);
+        assert!(sent.fwd("podgate-token").is_empty());
+        let sent = Req::alpha().bearer(&t).send(&mut vm);
+        assert_eq!(sent.fwd1("authorization"), None);
+        // Foreign credentials of the pod's app pass byte for byte (auth by our cookie).
+        let foreign_jwt = hs_sign(
+            b"the app's own secret, not ours at all",
+            &serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "app-1"}),
+            &serde_json::json!({"sub": "app-user"}),
+        );
+        for auth in [
+            "Bearer xyz".to_owned(),
+            "bearer  xyz ".to_owned(),
+            format!("Bearer {foreign_jwt}"),
+            "Basic dXNlcjpwYXNz".to_owned(),
+            "Token abc.def.ghi".to_owned(),
+        ] {
+            let sent = Req::alpha()
+                .cookie(&t)
+                .add("authorization", &auth)
+                .send(&mut vm);
+            assert_eq!(sent.fwd("authorization"), vec![auth.as_str()], "{auth}");
+        }
+        // A foreign bearer alone is no capability.
+        let sent = Req::alpha().bearer("xyz").send(&mut vm);
+        assert_eq!(sent.unauthorized(), crate::NO_CAPABILITY);
+    }
+
+    #[test]
+    #[ignore = "bug: with two Authorization headers, gate::Request::from_headers keeps only the \
+                last; when that one is not ours, our bearer in the first is neither a candidate \
+                nor removed, and reaches the pod. Same when Envoy joins them into one value \
+                ('Bearer <ours>,Bearer xyz'): the joined value does not parse as ours"]
+    fn our_bearer_never_reaches_the_pod_with_a_second_authorization_header() {
+        let t = alpha_cap();
+        let two_headers = Req::alpha()
+            .cookie(&t)
+            .bearer(&t)
+            .add("authorization", "Bearer xyz");
+        let joined = Req::alpha()
+            .cookie(&t)
+            .add("authorization", &format!("Bearer {t},Bearer xyz"));
+        for (name, req) in [("two headers", two_headers), ("joined", joined)] {
+            let mut vm = vm();
+            let sent = req.send(&mut vm);
+            assert!(
+                sent.forwarded().iter().all(|(_, v)| !v.contains(&t)),
+                "{name}: {:?}",
+                sent.fwd("authorization")
+            );
+        }
+    }
+
+    #[test]
+    fn with_two_authorization_headers_ours_last_both_are_removed() {
+        // The order that works today: ours last is recognised and every copy is removed
+        // (the app's bearer goes too; credentials never leak, at the app's expense).
+        let mut vm = vm();
+        let t = alpha_cap();
+        let sent = Req::alpha()
+            .add("authorization", "Bearer xyz")
+            .bearer(&t)
+            .send(&mut vm);
+        assert!(sent.fwd("authorization").is_empty());
+        assert_eq!(sent.fwd1("x-podgate-user"), Some("user-1"));
+    }
+
+    #[test]
+    fn client_copies_of_our_headers_are_replaced_by_ours() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let sent = Req::alpha()
+            .token(&t)
+            .add("x-podgate-cluster", "pod_beta")
+            .add("x-podgate-cluster", "podgate_control_plane")
+            .add("x-podgate-user", "admin")
+            .add("x-podgate-email", "admin@evil.example")
+            .add("x-podgate-upstream", "10.0.0.1:22")
+            .add("x-podgate-anything", "x")
+            .add("X-PODGATE-SHOUT", "x")
+            .add("x-podgate-", "x")
+            .add("x-podgatex", "kept: not our prefix")
+            .send(&mut vm);
+        assert_eq!(sent.fwd("x-podgate-cluster"), vec!["pod_alpha"]);
+        assert_eq!(sent.fwd("x-podgate-user"), vec!["user-1"]);
+        assert_eq!(sent.fwd("x-podgate-email"), vec!["u1@example.dev"]);
+        assert_eq!(sent.fwd("x-podgate-upstream"), vec!["127.0.0.1:30001"]);
+        for name in ["x-podgate-anything", "x-podgate-shout", "x-podgate-"] {
+            assert!(sent.fwd(name).is_empty(), "{name}");
+        }
+        assert_eq!(sent.fwd1("x-podgatex"), Some("kept: not our prefix"));
+        assert_eq!(
+            sent.fwd1(":authority"),
+            Some(upstream_host("alpha", PORT).as_str())
+        );
+        // Beta has no address: a client x-podgate-upstream is removed and not replaced.
+        let beta = cap(&ed_key(1), "beta", PORT);
+        let sent = Req::to("beta", PORT)
+            .token(&beta)
+            .add("x-podgate-upstream", "10.0.0.1:22")
+            .send(&mut vm);
+        assert!(sent.fwd("x-podgate-upstream").is_empty());
+        assert_eq!(sent.fwd1("x-podgate-cluster"), Some("pod_beta"));
+        assert_eq!(
+            sent.fwd1(":authority"),
+            Some(upstream_host("beta", PORT).as_str())
+        );
+        // A token without email: a client x-podgate-email is removed and not replaced.
+        let mut c = claims("alpha", PORT);
+        c.email = None;
+        let no_email = cap_with(&ed_key(1), &c, NOW, 600);
+        let sent = Req::alpha()
+            .token(&no_email)
+            .add("x-podgate-email", "admin@evil.example")
+            .send(&mut vm);
+        assert!(sent.fwd("x-podgate-email").is_empty());
+        // An email that is not header-safe is dropped, and cannot inject headers.
+        let mut c = claims("alpha", PORT);
+        c.email = Some("a@b.c\r\nx-podgate-cluster: pod_beta".into());
+        let crlf = cap_with(&ed_key(1), &c, NOW, 600);
+        let sent = Req::alpha().token(&crlf).send(&mut vm);
+        assert!(sent.fwd("x-podgate-email").is_empty());
+        assert_eq!(sent.fwd("x-podgate-cluster"), vec!["pod_alpha"]);
+    }
+
+    #[test]
+    fn denied_requests_never_clear_the_route_cache() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let before = vm.foreign_calls().len();
+        Req::alpha().send(&mut vm).denied(401);
+        Req::get("evil.com", "/")
+            .token(&t)
+            .send(&mut vm)
+            .denied(400);
+        Req::to("beta", PORT).token(&t).send(&mut vm).denied(403);
+        Req::to("sleepy", PORT)
+            .token(&cap(&ed_key(1), "sleepy", PORT))
+            .send(&mut vm)
+            .denied(503);
+        assert_eq!(vm.foreign_calls().len(), before);
+        for _ in 0..3 {
+            Req::alpha().token(&t).send(&mut vm).forwarded();
+        }
+        assert_eq!(
+            vm.foreign_calls()[before..],
+            [
+                "clear_route_cache",
+                "clear_route_cache",
+                "clear_route_cache"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_callback_goes_to_the_control_plane_without_a_token() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let public = host("alpha", PORT);
+        let sent = Req::alpha()
+            .path("/.podgate/callback?ticket=abc.def.ghi&next=%2F")
+            .add("cookie", &format!("a=1; podgate_cap={t}"))
+            .add("x-podgate-cluster", "pod_alpha")
+            .add("x-podgate-user", "admin")
+            .send(&mut vm);
+        assert_eq!(sent.fwd("x-podgate-cluster"), vec!["podgate_control_plane"]);
+        assert_eq!(sent.fwd1(":authority"), Some(public.as_str()));
+        assert_eq!(
+            sent.fwd1(":path"),
+            Some("/.podgate/callback?ticket=abc.def.ghi&next=%2F")
+        );
+        assert_eq!(sent.fwd1("cookie"), Some("a=1"));
+        assert!(sent.fwd("x-podgate-user").is_empty());
+        assert!(sent.fwd("x-podgate-upstream").is_empty());
+        // Any pod host, even unknown or stopped, and our bearer is stripped there too.
+        for pod in ["ghost", "sleepy"] {
+            let sent = Req::to(pod, PORT)
+                .path("/.podgate/callback?ticket=x")
+                .bearer(&t)
+                .send(&mut vm);
+            assert_eq!(
+                sent.fwd1("x-podgate-cluster"),
+                Some("podgate_control_plane")
+            );
+            assert_eq!(sent.fwd1("authorization"), None);
+            assert_eq!(sent.fwd1(":authority"), Some(host(pod, PORT).as_str()));
+        }
+        // A configured control-plane cluster name is used.
+        let mut cfg = config(&[&ed_key(1)]);
+        cfg["control_plane_cluster"] = "cp_cluster".into();
+        let mut vm2 = vm_with(&cfg);
+        let sent = Req::alpha().path("/.podgate/x").send(&mut vm2);
+        assert_eq!(sent.fwd1("x-podgate-cluster"), Some("cp_cluster"));
+        // Lookalike paths are ordinary pod paths and need a token.
+        for path in [
+            "/.podgate",
+            "/.PODGATE/callback",
+            "/x/.podgate/callback",
+            "/.podgatex/",
+        ] {
+            let sent = Req::alpha().path(path).send(&mut vm);
+            assert_eq!(sent.unauthorized(), crate::NO_CAPABILITY, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_reserved_path_on_a_non_pod_host_is_400() {
+        let mut vm = vm();
+        for authority in [
+            "evil.com",
+            "localhost",
+            "localhost-8726-pod-alpha.localhost.evil.com",
+        ] {
+            let sent = Req::get(authority, "/.podgate/callback?ticket=x").send(&mut vm);
+            sent.denied(400);
+        }
+    }
+
+    #[test]
+    fn non_utf8_bytes_pass_in_unrelated_headers_and_are_400_in_headers_we_read() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let sent = Req::alpha()
+            .token(&t)
+            .add_raw(b"x-custom", b"caf\xe9 \xff\xfe")
+            .add_raw(b"user-agent", b"Mozilla/5.0 \x80\x81")
+            .add_raw(b"x-podgate-evil", b"\xff")
+            .send(&mut vm);
+        sent.forwarded();
+        assert_eq!(sent.fwd("x-custom").len(), 1);
+        assert_eq!(sent.fwd("user-agent").len(), 1);
+        assert!(sent.fwd("x-podgate-evil").is_empty());
+        for name in [
+            "cookie",
+            ":authority",
+            ":path",
+            ":method",
+            "authorization",
+            "accept",
+            "sec-fetch-mode",
+            "upgrade",
+            "origin",
+            "podgate-token",
+        ] {
+            let sent = Req::alpha()
+                .token(&t)
+                .set_raw(name.as_bytes(), b"a\xff\xfeb")
+                .send(&mut vm);
+            // podgate-token is set twice here (junk replaces the real one).
+            assert_eq!(
+                sent.error(400),
+                format!("Malformed request: the {name} header is not valid UTF-8"),
+                "{name}"
+            );
+        }
+        assert!(!vm.is_dead());
+    }
+
+    #[test]
+    #[ignore = "bug (latent): a header NAME that is not UTF-8 traps the VM: the filter reads \
+                headers with proxy_wasm::hostcalls::get_map_bytes, whose deserializer does \
+                String::from_utf8(name).unwrap() (proxy-wasm 0.2.5). Envoy's codecs reject such \
+                names before filters run, so this is not reachable through Envoy today"]
+    fn a_non_utf8_header_name_never_kills_the_vm() {
+        let mut vm = vm();
+        let out = vm
+            .request(&[
+                (b":authority".to_vec(), host("alpha", PORT).into_bytes()),
+                (b":path".to_vec(), b"/".to_vec()),
+                (b":method".to_vec(), b"GET".to_vec()),
+                (b"x-\xff".to_vec(), b"v".to_vec()),
+            ])
+            .unwrap();
+        assert!(!vm.is_dead(), "{out:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod cache {
+    //! The per-worker verified-token cache: it saves signature checks and never extends a token.
+    use crate::reasons;
+    use crate::support::*;
+
+    #[test]
+    fn fifty_requests_with_one_token_verify_once() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let mut fuel = Vec::new();
+        for _ in 0..50 {
+            let sent = Req::alpha().cookie(&t).send(&mut vm);
+            sent.forwarded();
+            fuel.push(sent.fuel);
+        }
+        assert_eq!(metric(&vm, "podgate.token_cache.misses"), 1);
+        assert_eq!(metric(&vm, "podgate.token_cache.hits"), 49);
+        assert_eq!(metric(&vm, "podgate.allowed"), 50);
+        // Measured (cookie): uncached ≈ 5.7 M fuel, cached ≈ 74 k (≈ 77×). Require 20×.
+        let uncached = fuel[0];
+        for cached in &fuel[1..] {
+            assert!(
+                cached * 20 < uncached,
+                "cached {cached} vs uncached {uncached}"
+            );
+        }
+        // Deterministic: every cached request costs the same.
+        assert!(fuel[1..].windows(2).all(|w| w[0] == w[1]), "{fuel:?}");
+    }
+
+    #[test]
+    fn expiry_is_enforced_on_cached_tokens() {
+        let mut vm = vm();
+        let t = alpha_cap(); // exp = NOW + 900
+        Req::alpha().token(&t).send(&mut vm).forwarded();
+        vm.set_time_secs((NOW + LIFETIME + LEEWAY - 1) as u64);
+        Req::alpha().token(&t).send(&mut vm).forwarded();
+        assert_eq!(metric(&vm, "podgate.token_cache.hits"), 1);
+        vm.set_time_secs((NOW + LIFETIME + LEEWAY) as u64);
+        Req::alpha()
+            .token(&t)
+            .send(&mut vm)
+            .invalid(reasons::EXPIRED);
+        // That was answered from the cache (no second signature check).
+        assert_eq!(metric(&vm, "podgate.token_cache.misses"), 1);
+        assert_eq!(metric(&vm, "podgate.token_cache.hits"), 2);
+        // And later still.
+        vm.set_time_secs((NOW + 86_400) as u64);
+        Req::alpha()
+            .token(&t)
+            .send(&mut vm)
+            .invalid(reasons::EXPIRED);
+    }
+
+    #[test]
+    fn a_revoked_jti_is_refused_even_after_it_was_cached() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let other = cap(&ed_key(1), "beta", PORT);
+        Req::alpha().token(&t).send(&mut vm).forwarded();
+        Req::alpha().token(&t).send(&mut vm).forwarded();
+        assert_eq!(metric(&vm, "podgate.token_cache.hits"), 1);
+        let mut cfg = config(&[&ed_key(1)]);
+        cfg["revoked_jti"] = serde_json::json!(["jti-alpha-8726"]);
+        assert!(push(&mut vm, &cfg));
+        // Revocation is reported with the "expired" text today (gate maps it to Expired).
+        for _ in 0..3 {
+            Req::alpha()
+                .token(&t)
+                .send(&mut vm)
+                .invalid(reasons::EXPIRED);
+            Req::alpha().navigate().cookie(&t).send(&mut vm).redirect();
+        }
+        // Other tokens are unaffected.
+        Req::to("beta", PORT)
+            .token(&other)
+            .send(&mut vm)
+            .forwarded();
+        // Revoked in the very first config: never accepted.
+        let mut vm = vm_with(&cfg);
+        Req::alpha()
+            .token(&t)
+            .send(&mut vm)
+            .invalid(reasons::EXPIRED);
+    }
+
+    #[test]
+    fn no_cache_means_every_request_verifies() {
+        let mut cfg = config(&[&ed_key(1)]);
+        cfg["token_cache_entries"] = 0.into();
+        let mut vm = vm_with(&cfg);
+        let t = alpha_cap();
+        let cached_fuel = {
+            let mut vm = crate::support::vm();
+            Req::alpha().token(&t).send(&mut vm);
+            Req::alpha().token(&t).send(&mut vm).fuel
+        };
+        for _ in 0..10 {
+            let sent = Req::alpha().token(&t).send(&mut vm);
+            sent.forwarded();
+            assert!(
+                sent.fuel > 20 * cached_fuel,
+                "{} vs {cached_fuel}",
+                sent.fuel
+            );
+        }
+        assert_eq!(metric(&vm, "podgate.token_cache.hits"), 0);
+        // Expiry without a cache.
+        vm.set_time_secs((NOW + LIFETIME + LEEWAY) as u64);
+        Req::alpha()
+            .token(&t)
+            .send(&mut vm)
+            .invalid(reasons::EXPIRED);
+    }
+
+    #[test]
+    fn the_cache_stays_bounded_and_correct_with_many_tokens() {
+        // HS256 so that minting 2 000 tokens natively is quick.
+        let key = hs_key();
+        let mut cfg = config(&[&key]);
+        cfg["token_cache_entries"] = 16.into();
+        let mut vm = vm_with(&cfg);
+        let token_n = |n: usize, pod: &str| {
+            let mut c = claims(pod, PORT);
+            c.jti = format!("jti-{n}");
+            c.sub = format!("user-{n}");
+            cap_with(&key, &c, NOW, 600)
+        };
+        let first = token_n(0, "alpha");
+        for n in 0..2000 {
+            let t = token_n(n, "alpha");
+            let sent = Req::alpha().token(&t).send(&mut vm);
+            assert_eq!(
+                sent.fwd1("x-podgate-user"),
+                Some(format!("user-{n}").as_str())
+            );
+            if n % 97 == 0 {
+                // Interleave denials: scoped elsewhere and tampered.
+                let beta = token_n(n, "beta");
+                assert_eq!(
+                    Req::alpha().token(&beta).send(&mut vm).error(403),
+                    crate::WRONG_SCOPE
+                );
+                Req::alpha()
+                    .token(&tamper_signature(&t))
+                    .send(&mut vm)
+                    .invalid(reasons::BAD_SIGNATURE);
+            }
+        }
+        // Every distinct token was a miss; the cache never answered for a token it dropped.
+        let misses = metric(&vm, "podgate.token_cache.misses");
+        assert!(misses >= 2000, "{misses}");
+        // The oldest token is long evicted: verified again, still correct.
+        let before = metric(&vm, "podgate.token_cache.misses");
+        let sent = Req::alpha().token(&first).send(&mut vm);
+        assert_eq!(sent.fwd1("x-podgate-user"), Some("user-0"));
+        assert_eq!(metric(&vm, "podgate.token_cache.misses"), before + 1);
+        // Repeats within the bound hit.
+        let hits = metric(&vm, "podgate.token_cache.hits");
+        for _ in 0..5 {
+            Req::alpha().token(&first).send(&mut vm).forwarded();
+        }
+        assert_eq!(metric(&vm, "podgate.token_cache.hits"), hits + 5);
+        // Expiry still applies to whatever is cached.
+        vm.set_time_secs((NOW + 600 + LEEWAY) as u64);
+        Req::alpha()
+            .token(&first)
+            .send(&mut vm)
+            .invalid(reasons::EXPIRED);
+    }
+
+    #[test]
+    fn a_cached_token_keeps_its_scope() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        Req::alpha().token(&t).send(&mut vm).forwarded();
+        // Cached now; on other hosts it is still for alpha:8726 only.
+        assert_eq!(
+            Req::to("beta", PORT).token(&t).send(&mut vm).error(403),
+            crate::WRONG_SCOPE
+        );
+        assert_eq!(
+            Req::to("alpha", 8727).token(&t).send(&mut vm).error(403),
+            crate::WRONG_SCOPE
+        );
+        assert_eq!(metric(&vm, "podgate.token_cache.misses"), 1);
+        assert_eq!(metric(&vm, "podgate.token_cache.hits"), 2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod metrics {
+    use std::collections::BTreeMap;
+
+    use crate::support::*;
+
+    #[test]
+    fn every_answer_counts_under_its_reason() {
+        let mut vm = vm();
+        let key = ed_key(1);
+        let t = alpha_cap();
+        // Defined up front, all zero.
+        let names: Vec<String> = vm.metrics().keys().cloned().collect();
+        for reason in podgate_protocol::reply::Denial::ALL_REASONS {
+            assert!(
+                names.contains(&format!("podgate.denied.{reason}")),
+                "{names:?}"
+            );
+        }
+        assert!(vm.metrics().values().all(|v| *v == 0));
+
+        Req::get("evil.com", "/").send(&mut vm).denied(400); // bad_host
+        Req::alpha()
+            .add_raw(b"cookie", b"\xff")
+            .send(&mut vm)
+            .denied(400); // malformed_header
+        Req::alpha().send(&mut vm).denied(401); // no_capability
+        Req::alpha().navigate().send(&mut vm).denied(302); // no_capability
+        Req::alpha()
+            .token(&tamper_signature(&t))
+            .send(&mut vm)
+            .denied(401); // invalid_capability
+        Req::alpha()
+            .token(&cap(&key, "beta", PORT))
+            .send(&mut vm)
+            .denied(403); // wrong_scope
+        Req::alpha()
+            .token(&cap(&key, "alpha", 8727))
+            .send(&mut vm)
+            .denied(403); // wrong_scope
+        Req::alpha()
+            .cookie(&t)
+            .websocket()
+            .set("origin", "http://evil.example")
+            .send(&mut vm)
+            .denied(403); // cross_origin_websocket
+        Req::to("ghost", PORT)
+            .token(&cap(&key, "ghost", PORT))
+            .send(&mut vm)
+            .denied(404); // unknown_pod
+        Req::to("sleepy", PORT)
+            .token(&cap(&key, "sleepy", PORT))
+            .send(&mut vm)
+            .denied(503); // pod_not_running
+        Req::alpha().token(&t).send(&mut vm).forwarded(); // allowed
+        Req::alpha()
+            .path("/.podgate/callback?ticket=x")
+            .send(&mut vm)
+            .forwarded(); // callback
+
+        let counts: BTreeMap<String, u64> = vm
+            .metrics()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("podgate.token_cache."))
+            .collect();
+        let expected: BTreeMap<String, u64> = [
+            ("podgate.allowed", 1),
+            ("podgate.callback", 1),
+            ("podgate.denied.bad_host", 1),
+            ("podgate.denied.malformed_header", 1),
+            ("podgate.denied.no_capability", 2),
+            ("podgate.denied.invalid_capability", 1),
+            ("podgate.denied.wrong_scope", 2),
+            ("podgate.denied.cross_origin_websocket", 1),
+            ("podgate.denied.unknown_pod", 1),
+            ("podgate.denied.pod_not_running", 1),
+            ("podgate.denied.not_configured", 0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(counts, expected);
+        // Tokens checked: tampered, beta, alpha:8727, alpha (ws), ghost, sleepy = 6 misses; the
+        // final alpha request is the one hit.
+        assert_eq!(metric(&vm, "podgate.token_cache.misses"), 6);
+        assert_eq!(metric(&vm, "podgate.token_cache.hits"), 1);
+
+        // not_configured, on a VM without config.
+        let mut bare = bare_vm();
+        Req::alpha().send(&mut bare).denied(500);
+        assert_eq!(metric(&bare, "podgate.denied.not_configured"), 1);
+        assert_eq!(metric(&bare, "podgate.allowed"), 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod websocket {
+    //! Cookie-authenticated upgrades need the pod's own Origin; header tokens do not.
+    use crate::support::*;
+
+    const OWN: &str = "http://localhost-8726-pod-alpha.localhost:10000";
+    const REFUSED: &str = "WebSocket refused: Origin is not this pod's own origin";
+
+    #[test]
+    fn a_cookie_websocket_from_the_pods_own_origin_is_forwarded() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        for origin in [
+            OWN,
+            "http://localhost-8726-pod-alpha.localhost",
+            "http://localhost-8726-pod-alpha.localhost:8080",
+        ] {
+            let sent = Req::alpha()
+                .cookie(&t)
+                .websocket()
+                .set("origin", origin)
+                .send(&mut vm);
+            assert_eq!(sent.fwd1("upgrade"), Some("websocket"), "{origin}");
+            assert_eq!(sent.fwd1("origin"), Some(origin));
+            assert_eq!(sent.fwd1("cookie"), None);
+        }
+        // Tampered cookie: 401 (authentication first).
+        Req::alpha()
+            .cookie(&tamper_signature(&t))
+            .websocket()
+            .set("origin", OWN)
+            .send(&mut vm)
+            .invalid(crate::reasons::BAD_SIGNATURE);
+    }
+
+    #[test]
+    fn a_cookie_websocket_from_any_other_origin_is_403() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let cases: Vec<(&str, Option<&str>)> = vec![
+            ("foreign", Some("http://evil.example")),
+            ("missing", None),
+            ("null", Some("null")),
+            ("empty", Some("")),
+            (
+                "other pod",
+                Some("http://localhost-8726-pod-beta.localhost:10000"),
+            ),
+            (
+                "other port",
+                Some("http://localhost-8727-pod-alpha.localhost:10000"),
+            ),
+            (
+                "https when public is http",
+                Some("https://localhost-8726-pod-alpha.localhost:10000"),
+            ),
+            (
+                "with a path",
+                Some("http://localhost-8726-pod-alpha.localhost:10000/"),
+            ),
+            (
+                "suffix",
+                Some("http://localhost-8726-pod-alpha.localhost.evil.com"),
+            ),
+            (
+                "userinfo",
+                Some("http://evil@localhost-8726-pod-alpha.localhost"),
+            ),
+            (
+                "uppercase",
+                Some("HTTP://localhost-8726-pod-alpha.localhost"),
+            ),
+            ("no scheme", Some("localhost-8726-pod-alpha.localhost")),
+            (
+                "upstream host",
+                Some("http://localhost-8726.pod-alpha.localhost"),
+            ),
+        ];
+        for (name, origin) in cases {
+            for upgrade in ["websocket", "WebSocket"] {
+                let mut req = Req::alpha().cookie(&t).websocket().set("upgrade", upgrade);
+                if let Some(origin) = origin {
+                    req = req.set("origin", origin);
+                }
+                let sent = req.send(&mut vm);
+                assert_eq!(sent.error(403), REFUSED, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_token_websocket_has_no_origin_rule() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        for origin in [Some("http://evil.example"), None, Some("null")] {
+            for req in [Req::alpha().token(&t), Req::alpha().bearer(&t)] {
+                let mut req = req.websocket();
+                if let Some(origin) = origin {
+                    req = req.set("origin", origin);
+                }
+                let sent = req.send(&mut vm);
+                assert_eq!(sent.fwd1("upgrade"), Some("websocket"), "{origin:?}");
+            }
+        }
+        // A header token for another pod does not let the cookie skip the Origin rule.
+        let beta = cap(&ed_key(1), "beta", PORT);
+        let sent = Req::alpha()
+            .token(&beta)
+            .cookie(&t)
+            .websocket()
+            .set("origin", "http://evil.example")
+            .send(&mut vm);
+        assert_eq!(sent.error(403), REFUSED);
+    }
+
+    #[test]
+    fn over_https_the_own_origin_is_https_and_the_cookie_is_host_prefixed() {
+        let mut cfg = config(&[&ed_key(1)]);
+        cfg["public_scheme"] = "https".into();
+        let mut vm = vm_with(&cfg);
+        let t = alpha_cap();
+        let host_cookie = format!("__Host-podgate_cap={t}");
+        let sent = Req::alpha()
+            .add("cookie", &host_cookie)
+            .websocket()
+            .set("origin", "https://localhost-8726-pod-alpha.localhost")
+            .send(&mut vm);
+        assert_eq!(sent.fwd1("cookie"), None);
+        let sent = Req::alpha()
+            .add("cookie", &host_cookie)
+            .websocket()
+            .set("origin", "http://localhost-8726-pod-alpha.localhost")
+            .send(&mut vm);
+        assert_eq!(sent.error(403), REFUSED);
+        // Over https the unprefixed name is not our cookie: no capability, and it is kept.
+        let sent = Req::alpha().cookie(&t).send(&mut vm);
+        assert_eq!(sent.unauthorized(), crate::NO_CAPABILITY);
+        let sent = Req::alpha()
+            .token(&t)
+            .add("cookie", &format!("podgate_cap=x; {host_cookie}"))
+            .send(&mut vm);
+        assert_eq!(sent.fwd1("cookie"), Some("podgate_cap=x"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod cross_pod {
+    //! Sibling pods are same-site (SECURITY.md): SameSite does not stop pod B's page from sending
+    //! pod A's cookie along with a request to pod A.
+    use crate::support::*;
+
+    #[test]
+    fn a_same_origin_cookie_post_is_forwarded() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let sent = Req::alpha()
+            .method("POST")
+            .cookie(&t)
+            .set("origin", "http://localhost-8726-pod-alpha.localhost:10000")
+            .set("sec-fetch-site", "same-origin")
+            .send(&mut vm);
+        sent.forwarded();
+    }
+
+    #[test]
+    #[ignore = "bug (design gap, to decide): SECURITY.md says cross-pod requests need their own \
+                defence, but a cookie-authenticated POST from a sibling pod's page (Origin of \
+                pod beta, Sec-Fetch-Site: same-site) is forwarded to pod alpha: only WebSocket \
+                upgrades get the Origin rule"]
+    fn a_cookie_authenticated_cross_pod_post_is_not_forwarded() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let sent = Req::alpha()
+            .method("POST")
+            .path("/api/delete-everything")
+            .cookie(&t)
+            .set("origin", "http://localhost-8726-pod-beta.localhost:10000")
+            .set("sec-fetch-site", "same-site")
+            .set("sec-fetch-mode", "cors")
+            .send(&mut vm);
+        assert!(sent.out.is_blocked(), "forwarded: {:?}", sent.out);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod cost {
+    //! Fuel (≈ wasm instructions) and host calls per request, per key algorithm. Printed with
+    //! `cargo test -p podgate-wasm-tests --test filter_wasm cost -- --nocapture`; wall-clock
+    //! numbers come from `cargo run --release --example filter_cost -p podgate-wasm-tests`.
+    use crate::support::*;
+
+    struct Row {
+        alg: &'static str,
+        no_token: Sent,
+        uncached: Sent,
+        cached: Sent,
+    }
+
+    fn measure() -> Vec<Row> {
+        [
+            ("EdDSA", ed_key(1)),
+            ("ES256", es_key()),
+            ("HS256", hs_key()),
+        ]
+        .into_iter()
+        .map(|(alg, key)| {
+            let mut vm = vm_with(&config(&[&key]));
+            let t = cap(&key, "alpha", PORT);
+            let no_token = Req::alpha().send(&mut vm);
+            let uncached = Req::alpha().cookie(&t).send(&mut vm);
+            let cached = Req::alpha().cookie(&t).send(&mut vm);
+            uncached.forwarded();
+            cached.forwarded();
+            no_token.denied(401);
+            Row {
+                alg,
+                no_token,
+                uncached,
+                cached,
+            }
+        })
+        .collect()
+    }
+
+    fn calls(sent: &Sent) -> u64 {
+        sent.host_calls.values().sum()
+    }
+
+    #[test]
+    fn cost_per_request() {
+        let rows = measure();
+        println!(
+            "{:<6} {:>12} {:>12} {:>12} {:>8} {:>8} {:>8}",
+            "alg", "cached", "uncached", "no-token", "calls/c", "calls/u", "calls/n"
+        );
+        for r in &rows {
+            println!(
+                "{:<6} {:>12} {:>12} {:>12} {:>8} {:>8} {:>8}",
+                r.alg,
+                r.cached.fuel,
+                r.uncached.fuel,
+                r.no_token.fuel,
+                calls(&r.cached),
+                calls(&r.uncached),
+                calls(&r.no_token)
+            );
+        }
+        println!(
+            "host calls (cached forward): {:?}",
+            rows[0].cached.host_calls
+        );
+        println!(
+            "host calls (no-token 401):   {:?}",
+            rows[0].no_token.host_calls
+        );
+        for r in &rows {
+            // One header read for the whole request, never per-header reads.
+            for sent in [&r.cached, &r.uncached, &r.no_token] {
+                assert_eq!(sent.host_calls.get("proxy_get_header_map_pairs"), Some(&1));
+                assert_eq!(sent.host_calls.get("proxy_get_header_map_value"), None);
+            }
+            // Measured: 11 host calls for a forward, 4 for a denial.
+            assert!(calls(&r.cached) <= 12, "{:?}", r.cached.host_calls);
+            assert!(calls(&r.no_token) <= 5, "{:?}", r.no_token.host_calls);
+            // Measured: cached ≈ 3.2× a no-token denial (cookie auth).
+            assert!(r.cached.fuel < 5 * r.no_token.fuel, "{}", r.alg);
+        }
+        // Measured ratios uncached/cached: EdDSA ≈ 77, ES256 ≈ 299, HS256 ≈ 2.7.
+        let ratio = |r: &Row| r.uncached.fuel / r.cached.fuel;
+        assert!(ratio(&rows[0]) >= 20, "EdDSA {}", ratio(&rows[0]));
+        assert!(ratio(&rows[1]) >= 50, "ES256 {}", ratio(&rows[1]));
+        assert!(ratio(&rows[2]) >= 2, "HS256 {}", ratio(&rows[2]));
+    }
+}

@@ -1,0 +1,602 @@
+//! Shared helpers for the wasmtime-hosted tests of the compiled podgate filter: one config
+//! builder, signing keys, token forging (HS256 over arbitrary JSON), a request builder and
+//! assertions on what the filter did.
+//!
+//! Every request sent through [`Req::send`] asserts that the VM is still alive afterwards and
+//! records the request's fuel, host calls and `clear_route_cache` calls.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use podgate_protocol::token::{mint, PodClaims, SigningKey, TokenKind};
+use podgate_wasm_tests::host::{filter_wasm_path, FilterVm, Outcome};
+use serde_json::{json, Value};
+
+/// The fixed clock every VM starts at (unix seconds).
+pub const NOW: i64 = 1_800_000_000;
+pub const ISS: &str = "http://127.0.0.1:8080";
+pub const DOMAIN: &str = "localhost";
+pub const AUTH_URL: &str = "http://127.0.0.1:8080/api/proxy-auth";
+pub const LEEWAY: i64 = 30;
+pub const MAX_LIFETIME: i64 = 3600;
+/// Lifetime of the capabilities `cap` mints.
+pub const LIFETIME: i64 = 900;
+pub const COOKIE: &str = "podgate_cap";
+pub const PORT: u16 = 8726;
+pub const CAP_TYP: &str = "podgate-cap+jwt";
+
+/// The public pod host (default template).
+pub fn host(pod: &str, port: u16) -> String {
+    format!("localhost-{port}-pod-{pod}.{DOMAIN}")
+}
+
+/// The upstream Host the pod's nginx sees (default upstream template).
+pub fn upstream_host(pod: &str, port: u16) -> String {
+    format!("localhost-{port}.pod-{pod}.{DOMAIN}")
+}
+
+// ---- keys --------------------------------------------------------------------------------
+
+/// An Ed25519 capability key `cap-ed{n}`.
+pub fn ed_key(n: u8) -> SigningKey {
+    SigningKey::ed25519_from_seed(format!("cap-ed{n}"), [n; 32]).unwrap()
+}
+
+/// The ES256 capability key `cap-es`.
+pub fn es_key() -> SigningKey {
+    let mut scalar = [0u8; 32];
+    scalar[0] = 1;
+    scalar[31] = 7;
+    SigningKey::es256_from_bytes("cap-es", &scalar).unwrap()
+}
+
+/// The HMAC secret of [`hs_key`].
+pub const HS_SECRET: [u8; 32] = [9u8; 32];
+
+/// The HS256 capability key `cap-hs` (secret [`HS_SECRET`]).
+pub fn hs_key() -> SigningKey {
+    SigningKey::hs256("cap-hs", &HS_SECRET).unwrap()
+}
+
+/// An Ed25519 login-ticket key `tkt-ed1`.
+pub fn ticket_key() -> SigningKey {
+    SigningKey::ed25519_from_seed("tkt-ed1", [42; 32]).unwrap()
+}
+
+// ---- config ------------------------------------------------------------------------------
+
+/// The one config builder: domain `localhost`, http, pods `alpha` (running, with an address),
+/// `beta` (running, no address), `sleepy` (stopped); capability keys as given. Tests edit the
+/// returned JSON (`cfg["leeway_secs"] = 0.into()`) for their variant.
+pub fn config(keys: &[&SigningKey]) -> Value {
+    let jwks: Vec<Value> = keys
+        .iter()
+        .map(|k| serde_json::to_value(k.verifying_jwk()).unwrap())
+        .collect();
+    json!({
+        "issuer": ISS,
+        "domain": DOMAIN,
+        "public_scheme": "http",
+        "auth_url": AUTH_URL,
+        "keys": {"keys": jwks},
+        "pods": {
+            "alpha": {"status": "running", "cluster": "pod_alpha", "address": "127.0.0.1:30001"},
+            "beta": {"status": "running", "cluster": "pod_beta"},
+            "sleepy": {"status": "stopped", "cluster": "pod_sleepy"}
+        },
+        "leeway_secs": LEEWAY,
+        "max_capability_lifetime_secs": MAX_LIFETIME,
+        "token_cache_entries": 1024
+    })
+}
+
+/// The compiled filter, built (or found) once per process.
+pub fn wasm() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| filter_wasm_path().expect("building or finding the podgate filter wasm"))
+        .clone()
+}
+
+/// A fresh VM (one Envoy worker) at [`NOW`], not configured.
+pub fn bare_vm() -> FilterVm {
+    let mut vm = FilterVm::new(&wasm()).expect("instantiating the podgate filter");
+    vm.set_time_secs(NOW as u64);
+    vm
+}
+
+/// A fresh VM at [`NOW`] with `cfg` accepted.
+pub fn vm_with(cfg: &Value) -> FilterVm {
+    let mut vm = bare_vm();
+    assert!(
+        vm.configure(cfg.to_string().as_bytes()).unwrap(),
+        "config refused: {:?}",
+        vm.logs()
+    );
+    vm
+}
+
+/// A fresh VM at [`NOW`] configured with the default Ed25519 key `cap-ed1`.
+pub fn vm() -> FilterVm {
+    vm_with(&config(&[&ed_key(1)]))
+}
+
+/// Push a new config (ECDS update); returns whether the filter took it.
+pub fn push(vm: &mut FilterVm, cfg: &Value) -> bool {
+    let ok = vm.configure(cfg.to_string().as_bytes()).unwrap();
+    assert!(!vm.is_dead(), "{:?}", vm.failure());
+    ok
+}
+
+// ---- tokens ------------------------------------------------------------------------------
+
+/// Claims for `pod`/`port` with the matching `aud`.
+pub fn claims(pod: &str, port: u16) -> PodClaims {
+    PodClaims {
+        iss: ISS.into(),
+        sub: "user-1".into(),
+        aud: host(pod, port),
+        pod: pod.into(),
+        port,
+        jti: format!("jti-{pod}-{port}"),
+        email: Some("u1@example.dev".into()),
+    }
+}
+
+/// A capability for `pod`/`port`, issued at [`NOW`], valid [`LIFETIME`] seconds.
+pub fn cap(key: &SigningKey, pod: &str, port: u16) -> String {
+    mint(
+        TokenKind::Capability,
+        key,
+        &claims(pod, port),
+        NOW,
+        LIFETIME,
+    )
+    .unwrap()
+}
+
+/// A capability with explicit claims and times.
+pub fn cap_with(key: &SigningKey, claims: &PodClaims, iat: i64, lifetime: i64) -> String {
+    mint(TokenKind::Capability, key, claims, iat, lifetime).unwrap()
+}
+
+/// A capability for alpha:8726 signed with `cap-ed1` (valid in [`vm`]).
+pub fn alpha_cap() -> String {
+    cap(&ed_key(1), "alpha", PORT)
+}
+
+pub fn segments(token: &str) -> Vec<&str> {
+    token.split('.').collect()
+}
+
+/// `token` with its header replaced (signature kept, so only header checks can refuse it first).
+pub fn with_header(token: &str, header: &Value) -> String {
+    let s = segments(token);
+    format!("{}.{}.{}", b64(header.to_string().as_bytes()), s[1], s[2])
+}
+
+/// `token` with its claims replaced and the old signature kept.
+pub fn with_claims(token: &str, claims: &Value) -> String {
+    let s = segments(token);
+    format!("{}.{}.{}", s[0], b64(claims.to_string().as_bytes()), s[2])
+}
+
+/// `token` with one signature character changed.
+pub fn tamper_signature(token: &str) -> String {
+    let s = segments(token);
+    let sig = s[2];
+    let mid = sig.len() / 2;
+    let flipped = if &sig[mid..=mid] == "A" { "B" } else { "A" };
+    format!(
+        "{}.{}.{}{}{}",
+        s[0],
+        s[1],
+        &sig[..mid],
+        flipped,
+        &sig[mid + 1..]
+    )
+}
+
+/// The standard capability header for `kid`.
+pub fn header_json(alg: &str, kid: &str) -> Value {
+    json!({"alg": alg, "typ": CAP_TYP, "kid": kid})
+}
+
+/// The wire claims of a capability for `pod`/`port` issued at `iat` for `lifetime` seconds.
+pub fn claims_json(pod: &str, port: u16, iat: i64, lifetime: i64) -> Value {
+    json!({
+        "iss": ISS, "sub": "user-1", "aud": host(pod, port), "pod": pod, "port": port,
+        "jti": format!("jti-{pod}-{port}"), "email": "u1@example.dev",
+        "iat": iat, "exp": iat + lifetime
+    })
+}
+
+/// A JWS signed with HMAC-SHA256 over arbitrary header and claims JSON.
+pub fn hs_sign(secret: &[u8], header: &Value, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mac = hmac_sha256(secret, input.as_bytes());
+    format!("{input}.{}", b64(&mac))
+}
+
+/// A token signed with [`hs_key`] over arbitrary claims (valid signature, claims as given).
+pub fn hs_token(claims: &Value) -> String {
+    hs_sign(&HS_SECRET, &header_json("HS256", "cap-hs"), claims)
+}
+
+// ---- requests ----------------------------------------------------------------------------
+
+/// A request as Envoy hands it to the filter (names lowercase, values raw bytes).
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What one request did.
+#[derive(Debug)]
+pub struct Sent {
+    pub out: Outcome,
+    /// `clear_route_cache` calls during this request.
+    pub route_clears: usize,
+    pub fuel: u64,
+    pub host_calls: BTreeMap<String, u64>,
+}
+
+impl Req {
+    /// `GET {path}` on `authority`.
+    pub fn get(authority: &str, path: &str) -> Self {
+        Req {
+            headers: vec![
+                (b":authority".to_vec(), authority.as_bytes().to_vec()),
+                (b":path".to_vec(), path.as_bytes().to_vec()),
+                (b":method".to_vec(), b"GET".to_vec()),
+                (b":scheme".to_vec(), b"http".to_vec()),
+            ],
+        }
+    }
+
+    /// `GET /` on the pod host of `pod`/`port`.
+    pub fn to(pod: &str, port: u16) -> Self {
+        Self::get(&host(pod, port), "/")
+    }
+
+    /// `GET /` on alpha:8726.
+    pub fn alpha() -> Self {
+        Self::to("alpha", PORT)
+    }
+
+    /// Replace (or add) a header, keeping its position if present.
+    pub fn set(mut self, name: &str, value: &str) -> Self {
+        self = self.set_raw(name.as_bytes(), value.as_bytes());
+        self
+    }
+
+    pub fn set_raw(mut self, name: &[u8], value: &[u8]) -> Self {
+        match self.headers.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value.to_vec(),
+            None => self.headers.push((name.to_vec(), value.to_vec())),
+        }
+        self
+    }
+
+    /// Append a header (repeats allowed).
+    pub fn add(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+        self
+    }
+
+    pub fn add_raw(mut self, name: &[u8], value: &[u8]) -> Self {
+        self.headers.push((name.to_vec(), value.to_vec()));
+        self
+    }
+
+    pub fn method(self, method: &str) -> Self {
+        self.set(":method", method)
+    }
+
+    pub fn path(self, path: &str) -> Self {
+        self.set(":path", path)
+    }
+
+    /// `podgate-token: {token}`.
+    pub fn token(self, token: &str) -> Self {
+        self.add("podgate-token", token)
+    }
+
+    /// `authorization: Bearer {token}`.
+    pub fn bearer(self, token: &str) -> Self {
+        self.add("authorization", &format!("Bearer {token}"))
+    }
+
+    /// `cookie: podgate_cap={token}`.
+    pub fn cookie(self, token: &str) -> Self {
+        self.add("cookie", &format!("{COOKIE}={token}"))
+    }
+
+    /// A browser page load: `sec-fetch-mode: navigate` and `accept: text/html`.
+    pub fn navigate(self) -> Self {
+        self.set("sec-fetch-mode", "navigate")
+            .set("accept", "text/html,application/xhtml+xml")
+    }
+
+    /// A WebSocket upgrade.
+    pub fn websocket(self) -> Self {
+        self.set("upgrade", "websocket")
+            .set("connection", "Upgrade")
+            .set("sec-websocket-version", "13")
+            .set("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    }
+
+    /// Send through `vm`; asserts the VM survived and nothing trapped.
+    pub fn send(&self, vm: &mut FilterVm) -> Sent {
+        let clears_before = route_clears(vm);
+        let out = vm.request(&self.headers).expect("driving the filter");
+        assert!(
+            !matches!(out, Outcome::Trapped { .. } | Outcome::VmDead),
+            "the filter VM died: {out:?}"
+        );
+        assert!(!vm.is_dead(), "the filter VM died: {:?}", vm.failure());
+        let stats = vm.last_stream().expect("stream stats").clone();
+        Sent {
+            out,
+            route_clears: route_clears(vm) - clears_before,
+            fuel: stats.fuel,
+            host_calls: stats.host_calls,
+        }
+    }
+}
+
+fn route_clears(vm: &FilterVm) -> usize {
+    vm.foreign_calls()
+        .iter()
+        .filter(|n| *n == "clear_route_cache")
+        .count()
+}
+
+impl Sent {
+    pub fn status(&self) -> Option<u32> {
+        self.out.status()
+    }
+
+    /// Asserts a local reply with `status` (nothing forwarded, route cache untouched, JSON body,
+    /// `cache-control: no-store`) and returns the body.
+    pub fn denied(&self, status: u32) -> Value {
+        let Outcome::LocalReply {
+            status: got, body, ..
+        } = &self.out
+        else {
+            panic!("expected a local {status}, got {:?}", self.out);
+        };
+        assert_eq!(*got, status, "{:?}", self.out);
+        assert_eq!(
+            self.route_clears, 0,
+            "clear_route_cache called on a denied request"
+        );
+        assert_eq!(
+            self.out.header("content-type"),
+            Some("application/json"),
+            "{:?}",
+            self.out
+        );
+        assert_eq!(self.out.header("cache-control"), Some("no-store"));
+        serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.out.body_text()))
+    }
+
+    /// The `error` text of a local reply with `status`.
+    pub fn error(&self, status: u32) -> String {
+        let body = self.denied(status);
+        body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {body}"))
+            .to_owned()
+    }
+
+    /// Asserts a 401 with `WWW-Authenticate: Bearer realm="podgate"…`, no redirect, and returns
+    /// the error text.
+    pub fn unauthorized(&self) -> String {
+        let error = self.error(401);
+        let challenge = self.out.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer realm=\"podgate\""),
+            "{challenge:?}"
+        );
+        assert_eq!(self.out.header("location"), None);
+        error
+    }
+
+    /// Asserts a 401 for a token that failed verification with `reason` (the `TokenError`
+    /// display text).
+    pub fn invalid(&self, reason: &str) {
+        let error = self.unauthorized();
+        assert_eq!(
+            error,
+            format!("Invalid capability: {reason}"),
+            "{:?}",
+            self.out
+        );
+        assert_eq!(
+            self.out.header("www-authenticate"),
+            Some("Bearer realm=\"podgate\", error=\"invalid_token\"")
+        );
+    }
+
+    /// Asserts a 302 to the auth endpoint and returns the `location`.
+    pub fn redirect(&self) -> String {
+        let body = self.denied(302);
+        let location = self
+            .out
+            .header("location")
+            .unwrap_or_else(|| panic!("302 without location: {:?}", self.out))
+            .to_owned();
+        assert_eq!(body["location"].as_str(), Some(location.as_str()));
+        assert_eq!(self.out.header("www-authenticate"), None);
+        assert_eq!(self.out.header("referrer-policy"), Some("no-referrer"));
+        location
+    }
+
+    /// Asserts the request was forwarded (exactly one `clear_route_cache`) and returns the
+    /// headers Envoy would send upstream.
+    pub fn forwarded(&self) -> &[(String, String)] {
+        let Outcome::Continue { headers } = &self.out else {
+            panic!("expected the request to be forwarded, got {:?}", self.out);
+        };
+        assert_eq!(self.route_clears, 1, "clear_route_cache once per forward");
+        headers
+    }
+
+    /// Every forwarded value of `name`.
+    pub fn fwd(&self, name: &str) -> Vec<&str> {
+        self.forwarded()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The single forwarded value of `name` (None when absent; panics on repeats).
+    pub fn fwd1(&self, name: &str) -> Option<&str> {
+        let values = self.fwd(name);
+        assert!(values.len() <= 1, "{name} forwarded {} times", values.len());
+        values.first().copied()
+    }
+}
+
+/// Metric value, 0 when the filter never touched it.
+pub fn metric(vm: &FilterVm, name: &str) -> u64 {
+    vm.metric(name).unwrap_or(0)
+}
+
+// ---- encoding and hashing (no extra dependencies) -----------------------------------------
+
+/// base64url without padding.
+pub fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// base64url decoding (no padding); panics on bad input (test tokens only).
+pub fn unb64(s: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => panic!("not base64url: {c}"),
+        }
+    };
+    let mut out = Vec::new();
+    for chunk in s.as_bytes().chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c) << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
+const K: [u32; 64] = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+
+/// SHA-256 (FIPS 180-4), for HMAC test signatures.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut h: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+        0x5be0cd19,
+    ];
+    let mut msg = data.to_vec();
+    let bit_len = (data.len() as u64).wrapping_mul(8);
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&bit_len.to_be_bytes());
+    for block in msg.chunks(64) {
+        let mut w = [0u32; 64];
+        for (i, word) in block.chunks(4).enumerate() {
+            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let mut v = h;
+        for i in 0..64 {
+            let [a, b, c, d, e, f, g, hh] = v;
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = hh
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(K[i])
+                .wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            v = [t1.wrapping_add(t2), a, b, c, d.wrapping_add(t1), e, f, g];
+        }
+        for (x, y) in h.iter_mut().zip(v) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_mut(4).zip(h) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+/// HMAC-SHA256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&sha256(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner: Vec<u8> = block.iter().map(|b| b ^ 0x36).collect();
+    inner.extend_from_slice(message);
+    let mut outer: Vec<u8> = block.iter().map(|b| b ^ 0x5c).collect();
+    outer.extend_from_slice(&sha256(&inner));
+    sha256(&outer)
+}
