@@ -1,0 +1,226 @@
+//! A podgate stack for tests: fake pods, a fake control plane, and one Envoy running the static
+//! bootstrap with the compiled filter in front of them.
+//!
+//! Starting Envoy and compiling the filter in V8 costs seconds, so a test binary shares one
+//! `SharedStack` (on a process-wide runtime) and tests take turns on it: each takes the lock,
+//! which clears every pod's record, so "nothing reached the pod" is exact per test. Tests that
+//! need a differently configured Envoy start their own `Stack`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use anyhow::anyhow;
+use serde_json::json;
+use tokio::runtime::Runtime;
+use tokio::sync::{Mutex, MutexGuard, OnceCell};
+
+use super::bootstrap::{filter_wasm, Bootstrap};
+use super::client::EnvoyClient;
+use super::envoy::Envoy;
+use super::fake_pod::FakePod;
+use super::fixture::Minter;
+
+/// One runtime for the whole test binary, so a shared stack's servers outlive each test.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("podgate-e2e")
+            .build()
+            .unwrap_or_else(|e| {
+                // Without a runtime no e2e test can run; say so in every test that asks.
+                eprintln!("podgate e2e: cannot build a tokio runtime: {e}");
+                std::process::abort()
+            })
+    })
+}
+
+/// Runs a test body on the shared runtime (call from a plain `#[test]`).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    runtime().block_on(future)
+}
+
+/// One pod of a stack: its slug, status and cluster name in the filter's directory.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub slug: &'static str,
+    pub status: &'static str,
+}
+
+/// A running stack.
+#[derive(Debug)]
+pub struct Stack {
+    pub envoy: Envoy,
+    pub client: EnvoyClient,
+    /// Fake pods by slug, in the order given.
+    pub pods: Vec<(String, FakePod)>,
+    /// The fake control plane behind `podgate_control_plane`.
+    pub control_plane: FakePod,
+    pub minter: Minter,
+    /// The filter configuration Envoy runs (JSON).
+    pub filter_config: serde_json::Value,
+}
+
+/// The cluster name of a pod in test stacks.
+pub fn pod_cluster(slug: &str) -> String {
+    format!("pod_{slug}")
+}
+
+impl Stack {
+    /// Starts fake pods for `pods`, a fake control plane, and Envoy with the static bootstrap
+    /// whose filter configuration gets the suite's key and this pod directory (everything else
+    /// as in the file). `edit` may change the configuration further before it is written.
+    pub async fn start(
+        label: &str,
+        pods: &[PodSpec],
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> anyhow::Result<Stack> {
+        let mut bootstrap = Bootstrap::load_static()?;
+        let mut config = bootstrap.filter_config()?;
+        let minter = Minter::new(
+            config["issuer"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the static filter config has no issuer"))?,
+        )?;
+        config["keys"] = json!({ "keys": [minter.key.verifying_jwk()] });
+        let mut directory = serde_json::Map::new();
+        let mut fake_pods = Vec::new();
+        for pod in pods {
+            directory.insert(
+                pod.slug.to_owned(),
+                json!({"status": pod.status, "cluster": pod_cluster(pod.slug)}),
+            );
+            fake_pods.push((pod.slug.to_owned(), FakePod::start(pod.slug).await?));
+        }
+        config["pods"] = serde_json::Value::Object(directory);
+        edit(&mut config);
+        let control_plane = FakePod::start("control-plane").await?;
+        let cp_cluster = config["control_plane_cluster"]
+            .as_str()
+            .unwrap_or("podgate_control_plane")
+            .to_owned();
+        let mut clusters: Vec<(String, SocketAddr)> = vec![(cp_cluster, control_plane.addr())];
+        for (slug, pod) in &fake_pods {
+            clusters.push((pod_cluster(slug), pod.addr()));
+        }
+        let cluster_refs: Vec<(&str, SocketAddr)> =
+            clusters.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        bootstrap
+            .ephemeral_ports()?
+            .set_wasm_path(&filter_wasm()?)?
+            .set_filter_config(&config.to_string())?
+            .set_clusters(&cluster_refs)?;
+        let envoy = Envoy::start(label, &bootstrap.to_yaml()?, 1).await?;
+        let client = EnvoyClient::new(envoy.listener()?)?;
+        Ok(Stack {
+            envoy,
+            client,
+            pods: fake_pods,
+            control_plane,
+            minter,
+            filter_config: config,
+        })
+    }
+
+    /// The fake pod for `slug`.
+    pub fn pod(&self, slug: &str) -> Option<&FakePod> {
+        self.pods.iter().find(|(s, _)| s == slug).map(|(_, p)| p)
+    }
+
+    /// Clears every record.
+    pub fn reset(&self) {
+        self.control_plane.reset();
+        for (_, pod) in &self.pods {
+            pod.reset();
+        }
+    }
+
+    /// True when no pod and not the control plane accepted a connection or read a request.
+    pub fn nothing_forwarded(&self) -> bool {
+        self.control_plane.untouched() && self.pods.iter().all(|(_, p)| p.untouched())
+    }
+
+    /// What every upstream got, for assertion messages.
+    pub fn describe(&self) -> String {
+        let mut out = vec![self.control_plane.describe()];
+        out.extend(self.pods.iter().map(|(_, p)| p.describe()));
+        out.join("\n")
+    }
+}
+
+/// The stack most tests share: pods `alpha` and `beta` running, `gamma` stopped; `delta` is
+/// not in the directory.
+pub struct SharedStack {
+    stack: Stack,
+    turn: Mutex<()>,
+}
+
+/// A test's turn on the shared stack; records were cleared when it began.
+pub struct Turn<'a> {
+    stack: &'a Stack,
+    pub alpha: &'a FakePod,
+    pub beta: &'a FakePod,
+    pub gamma: &'a FakePod,
+    _turn: MutexGuard<'a, ()>,
+}
+
+impl std::ops::Deref for Turn<'_> {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        self.stack
+    }
+}
+
+impl SharedStack {
+    pub const PODS: [PodSpec; 3] = [
+        PodSpec {
+            slug: "alpha",
+            status: "running",
+        },
+        PodSpec {
+            slug: "beta",
+            status: "running",
+        },
+        PodSpec {
+            slug: "gamma",
+            status: "stopped",
+        },
+    ];
+
+    /// Waits for this test's turn on the shared stack, starting it on first use. A stack that
+    /// failed to start fails every test with the same message.
+    pub async fn turn() -> anyhow::Result<Turn<'static>> {
+        static SHARED: OnceCell<Result<SharedStack, String>> = OnceCell::const_new();
+        let shared = SHARED
+            .get_or_init(|| async {
+                Stack::start("shared", &SharedStack::PODS, |_| {})
+                    .await
+                    .map(|stack| SharedStack {
+                        stack,
+                        turn: Mutex::new(()),
+                    })
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .await
+            .as_ref()
+            .map_err(|e| anyhow!("the shared e2e stack did not start: {e}"))?;
+        let guard = shared.turn.lock().await;
+        let stack = &shared.stack;
+        stack.reset();
+        let pod = |slug: &str| {
+            stack
+                .pod(slug)
+                .ok_or_else(|| anyhow!("the shared stack has no pod {slug}"))
+        };
+        Ok(Turn {
+            stack,
+            alpha: pod("alpha")?,
+            beta: pod("beta")?,
+            gamma: pod("gamma")?,
+            _turn: guard,
+        })
+    }
+}

