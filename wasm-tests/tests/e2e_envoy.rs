@@ -487,6 +487,57 @@ fn token_for_another_port_is_403() {
 }
 
 #[test]
+fn tossed_cookies_cannot_shadow_the_right_one_and_none_reaches_the_pod() {
+    block_on(async {
+        let stack = turn().await;
+        // A sibling pod may plant a cookie for the shared parent domain: the filter tries each
+        // of our cookies, uses the one scoped to this host, and strips them all.
+        let beta_token = stack.minter.valid("beta", PORT).unwrap();
+        let alpha_token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(stack.client.get(&alpha_host(), "/").header(
+            "cookie",
+            format!("podgate_cap={beta_token}; a=1; podgate_cap={alpha_token}; b=2"),
+        ))
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = only_request(&stack, stack.alpha);
+        assert_eq!(seen.header_all("cookie"), vec!["a=1; b=2"]);
+        assert!(stack.beta.untouched());
+    });
+}
+
+#[test]
+fn token_from_another_issuer_is_401() {
+    block_on(async {
+        let stack = turn().await;
+        let other = podgate_wasm_tests::e2e::Minter::new("http://evil.example").unwrap();
+        let token = other.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("podgate-token", &token),
+        )
+        .await;
+        assert_denied(&stack, &answer, 401, "foreign issuer");
+    });
+}
+
+#[test]
+fn token_in_the_query_string_is_not_a_capability() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(stack.client.get(
+            &alpha_host(),
+            &format!("/?podgate_cap={token}&podgate-token={token}&access_token={token}"),
+        ))
+        .await;
+        assert_denied(&stack, &answer, 401, "query-string token");
+    });
+}
+
+#[test]
 fn unknown_pod_is_404() {
     block_on(async {
         let stack = turn().await;
@@ -519,6 +570,35 @@ fn stopped_pod_is_503() {
             answer.body,
             r#"{"error":"Pod is not running (status: stopped)"}"#
         );
+    });
+}
+
+#[test]
+fn pod_upstream_down_is_a_5xx_without_internal_addresses() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("omega", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&public_host(PORT, "omega"), "/")
+                .header("podgate-token", &token),
+        )
+        .await;
+        assert!(
+            answer.status == 502 || answer.status == 503,
+            "{} {}",
+            answer.status,
+            answer.body
+        );
+        for internal in ["127.0.0.1", "pod_omega", "localhost-8726.pod-omega"] {
+            assert!(
+                !answer.body.contains(internal),
+                "{internal} in {:?}",
+                answer.body
+            );
+        }
+        assert_nothing_forwarded(&stack, "pod upstream down");
     });
 }
 

@@ -43,11 +43,14 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     runtime().block_on(future)
 }
 
-/// One pod of a stack: its slug, status and cluster name in the filter's directory.
+/// One pod of a stack: its slug and status in the filter's directory (its cluster is
+/// `pod_<slug>`).
 #[derive(Debug, Clone)]
 pub struct PodSpec {
     pub slug: &'static str,
     pub status: &'static str,
+    /// No fake pod: the cluster points at a loopback port nobody listens on.
+    pub down: bool,
 }
 
 /// A running stack.
@@ -88,12 +91,17 @@ impl Stack {
         config["keys"] = json!({ "keys": [minter.key.verifying_jwk()] });
         let mut directory = serde_json::Map::new();
         let mut fake_pods = Vec::new();
+        let mut down = Vec::new();
         for pod in pods {
             directory.insert(
                 pod.slug.to_owned(),
                 json!({"status": pod.status, "cluster": pod_cluster(pod.slug)}),
             );
-            fake_pods.push((pod.slug.to_owned(), FakePod::start(pod.slug).await?));
+            if pod.down {
+                down.push((pod_cluster(pod.slug), closed_port().await?));
+            } else {
+                fake_pods.push((pod.slug.to_owned(), FakePod::start(pod.slug).await?));
+            }
         }
         config["pods"] = serde_json::Value::Object(directory);
         edit(&mut config);
@@ -106,6 +114,7 @@ impl Stack {
         for (slug, pod) in &fake_pods {
             clusters.push((pod_cluster(slug), pod.addr()));
         }
+        clusters.extend(down);
         let cluster_refs: Vec<(&str, SocketAddr)> =
             clusters.iter().map(|(n, a)| (n.as_str(), *a)).collect();
         bootstrap
@@ -151,8 +160,14 @@ impl Stack {
     }
 }
 
-/// The stack most tests share: pods `alpha` and `beta` running, `gamma` stopped; `delta` is
-/// not in the directory.
+/// A loopback address nobody listens on (bound, then released).
+async fn closed_port() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok(listener.local_addr()?)
+}
+
+/// The stack most tests share: pods `alpha` and `beta` running, `gamma` stopped, `omega`
+/// running but its upstream is down; `delta` is not in the directory.
 pub struct SharedStack {
     stack: Stack,
     turn: Mutex<()>,
@@ -175,18 +190,26 @@ impl std::ops::Deref for Turn<'_> {
 }
 
 impl SharedStack {
-    pub const PODS: [PodSpec; 3] = [
+    pub const PODS: [PodSpec; 4] = [
         PodSpec {
             slug: "alpha",
             status: "running",
+            down: false,
         },
         PodSpec {
             slug: "beta",
             status: "running",
+            down: false,
         },
         PodSpec {
             slug: "gamma",
             status: "stopped",
+            down: false,
+        },
+        PodSpec {
+            slug: "omega",
+            status: "running",
+            down: true,
         },
     ];
 
