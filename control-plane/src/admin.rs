@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
         .route("/v1/audit", get(list_audit))
+        .route("/v1/filter-config", get(filter_config))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -853,4 +854,11 @@ async fn list_audit(
         return Err(ApiError::bad("`limit` must be 1-1000"));
     }
     Ok(Json(s.db().list_audit(q.user.as_deref(), limit).await?))
+}
+
+/// `GET /v1/filter-config`: what the xDS server pushes to Envoy's filter right now.
+async fn filter_config(
+    State(s): State<AppState>,
+) -> ApiResult<Json<podgate_protocol::config::FilterConfig>> {
+    Ok(Json(crate::filter_config::build(&s).await?))
 }

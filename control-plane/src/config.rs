@@ -212,6 +212,9 @@ pub struct Config {
     pub domain: String,
     pub host_template: HostTemplate,
     pub upstream_host_template: HostTemplate,
+    /// The templates as configured (with `{domain}`), for the filter's configuration.
+    pub host_template_source: String,
+    pub upstream_host_template_source: String,
     pub pod_public_port: Option<u16>,
     pub login_url: Option<String>,
     pub capability_lifetime: u64,
@@ -378,12 +381,12 @@ impl Settings {
         };
 
         let domain = self.domain.unwrap_or_else(|| "localhost".to_owned());
-        let host_template_s = self
+        let host_template_source = self
             .host_template
             .unwrap_or_else(|| podgate_protocol::host::DEFAULT_PUBLIC_TEMPLATE.to_owned());
-        let host_template = HostTemplate::new(&host_template_s, &domain).map_err(|e| {
+        let host_template = HostTemplate::new(&host_template_source, &domain).map_err(|e| {
             bad(format!(
-                "host template {host_template_s:?} with domain {domain:?} cannot be used: {e}; set PODGATE_HOST_TEMPLATE / PODGATE_DOMAIN, e.g. localhost-{{port}}-pod-{{pod}}.{{domain}} and example.dev"
+                "host template {host_template_source:?} with domain {domain:?} cannot be used: {e}; set PODGATE_HOST_TEMPLATE / PODGATE_DOMAIN, e.g. localhost-{{port}}-pod-{{pod}}.{{domain}} and example.dev"
             ))
         })?;
         let upstream_s = self
@@ -503,6 +506,8 @@ impl Settings {
             domain,
             host_template,
             upstream_host_template,
+            host_template_source,
+            upstream_host_template_source: upstream_s,
             pod_public_port,
             login_url,
             capability_lifetime,

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod authz;
 pub mod config;
 pub mod error;
+pub mod filter_config;
 pub mod flow;
 pub mod health;
 pub mod identity;

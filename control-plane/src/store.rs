@@ -609,6 +609,21 @@ impl Db {
         Ok(r.rows_affected() > 0)
     }
 
+    /// Every pod with its server's address (if it has a server), for the filter's directory.
+    pub async fn pod_directory(&self) -> Res<Vec<(Pod, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT p.slug AS slug, p.owner_id AS owner_id, p.team_id AS team_id, p.server_id AS server_id, \
+                    p.status AS status, p.nginx_port AS nginx_port, p.created_at AS created_at, \
+                    p.updated_at AS updated_at, s.address AS address \
+             FROM pods p LEFT JOIN servers s ON s.id = p.server_id ORDER BY p.slug",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((pod_from(row)?, row.try_get("address")?)))
+            .collect()
+    }
+
     /// Creates or replaces a port's sharing level.
     pub async fn put_pod_port(&self, p: &PodPort) -> Res<()> {
         sqlx::query(
