@@ -44,8 +44,8 @@ if ! "${PG_BIN}/pg_isready" -h 127.0.0.1 -p "${PG_PORT}" -q; then
 fi
 
 psql_admin() {
-    as_postgres psql -h 127.0.0.1 -p "${PG_PORT}" -U postgres -v ON_ERROR_STOP=1 -qtA "$@" 2>/dev/null \
-        || as_postgres psql -p "${PG_PORT}" -v ON_ERROR_STOP=1 -qtA "$@"
+    as_postgres psql -w -h 127.0.0.1 -p "${PG_PORT}" -U postgres -v ON_ERROR_STOP=1 -qtA "$@" 2>/dev/null \
+        || as_postgres psql -w -p "${PG_PORT}" -v ON_ERROR_STOP=1 -qtA "$@"
 }
 
 if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = '${PG_USER}'")" != 1 ]; then
