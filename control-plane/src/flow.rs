@@ -126,7 +126,11 @@ async fn mint_for(
     via: &str,
 ) -> ApiResult<Minted> {
     let minted = sign_for(state, kind, user, addr, via)?;
-    state.db().record_mint(&minted.audit).await?;
+    state
+        .recorder()
+        .record(minted.audit.clone())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(minted)
 }
 
@@ -396,10 +400,10 @@ async fn accept_ticket(
     // Single use: a ticket already consumed is a replay; the capability is recorded before it
     // is handed out.
     if !state
-        .db()
-        .consume_ticket_and_record(&claims.jti, verified.expires_at, &cap.audit)
+        .recorder()
+        .consume_then_record(claims.jti.clone(), verified.expires_at, cap.audit.clone())
         .await
-        .map_err(|e| Err(e.into()))?
+        .map_err(|e| Err(ApiError::internal(e.to_string())))?
     {
         return Err(Ok(CallbackFailure::Replayed));
     }

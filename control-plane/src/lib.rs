@@ -10,6 +10,7 @@ pub mod flow;
 pub mod health;
 pub mod identity;
 pub mod keys;
+pub mod recorder;
 pub mod store;
 
 use std::sync::{Arc, RwLock};
@@ -22,6 +23,7 @@ use podgate_protocol::cookie::{cookie_name, DEFAULT_COOKIE_NAME};
 use crate::config::Config;
 use crate::error::{error_response, ApiError};
 use crate::keys::{KeyRing, KeyringError};
+use crate::recorder::Recorder;
 use crate::store::Db;
 
 /// Base name of the control plane's own session cookie (on the control plane's host only).
@@ -37,6 +39,7 @@ struct Inner {
     config: Config,
     db: Db,
     keys: RwLock<Option<Arc<KeyRing>>>,
+    recorder: Recorder,
     capability_cookie: String,
     session_cookie: String,
 }
@@ -60,8 +63,9 @@ impl AppState {
         let state = AppState {
             inner: Arc::new(Inner {
                 config,
-                db,
+                db: db.clone(),
                 keys: RwLock::new(None),
+                recorder: Recorder::start(db.clone()),
                 capability_cookie,
                 session_cookie,
             }),
@@ -76,6 +80,11 @@ impl AppState {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// Group-committed writes of the hot path (ticket consumption, mint audit).
+    pub fn recorder(&self) -> &Recorder {
+        &self.inner.recorder
     }
 
     /// Name of the capability cookie on pod hosts (`__Host-` prefixed over https).

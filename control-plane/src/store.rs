@@ -875,21 +875,83 @@ impl Db {
         Ok(())
     }
 
-    /// Consumes a ticket, then records the capability minted for it. `false` (and nothing
-    /// recorded) when the ticket was used before. Two autocommit statements, not a
-    /// transaction: a failure between them burns the ticket without handing out a capability,
-    /// never the reverse, and it saves two round trips on the hot path.
-    pub async fn consume_ticket_and_record(
-        &self,
-        ticket_jti: &str,
-        ticket_expires_at: i64,
-        minted: &AuditEntry,
-    ) -> Res<bool> {
-        if !self.consume_ticket(ticket_jti, ticket_expires_at).await? {
-            return Ok(false);
+    /// Consumes many tickets in one statement; `true` for each one consumed now, `false` for a
+    /// replay (used before, or earlier in the same batch).
+    pub async fn consume_tickets(&self, tickets: &[(String, i64)]) -> Res<Vec<bool>> {
+        let mut seen = std::collections::HashSet::new();
+        let fresh: Vec<&(String, i64)> = tickets
+            .iter()
+            .filter(|(jti, _)| seen.insert(jti.as_str()))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(vec![false; tickets.len()]);
         }
-        self.record_mint(minted).await?;
-        Ok(true)
+        let mut sql = String::from("INSERT INTO consumed_tickets (jti, expires_at) VALUES ");
+        for i in 0..fresh.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
+        }
+        sql.push_str(" ON CONFLICT (jti) DO NOTHING RETURNING jti");
+        let mut q = sqlx::query(&sql);
+        for (jti, exp) in &fresh {
+            q = q.bind(jti.as_str()).bind(*exp);
+        }
+        let rows = q.fetch_all(&self.writer).await?;
+        let mut inserted = std::collections::HashSet::new();
+        for row in &rows {
+            inserted.insert(row.try_get::<String, _>("jti")?);
+        }
+        // Only the first occurrence of a jti in the batch may claim it.
+        let mut claimed = std::collections::HashSet::new();
+        Ok(tickets
+            .iter()
+            .map(|(jti, _)| inserted.contains(jti) && claimed.insert(jti.as_str()))
+            .collect())
+    }
+
+    /// Records many mints in one statement.
+    pub async fn record_mints(&self, entries: &[&AuditEntry]) -> Res<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut sql = String::from(
+            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, issued_at, expires_at) VALUES ",
+        );
+        for i in 0..entries.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let b = 9 * i;
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9
+            ));
+        }
+        let mut q = sqlx::query(&sql);
+        for e in entries {
+            q = q
+                .bind(e.jti.as_str())
+                .bind(e.kind.as_str())
+                .bind(e.user_id.as_str())
+                .bind(e.pod_slug.as_str())
+                .bind(i64::from(e.port))
+                .bind(e.audience.as_str())
+                .bind(e.via.as_str())
+                .bind(e.issued_at)
+                .bind(e.expires_at);
+        }
+        q.execute(&self.writer).await?;
+        Ok(())
     }
 
     /// The newest audit entries, optionally of one user, newest first.

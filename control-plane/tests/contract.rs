@@ -90,7 +90,7 @@ async fn browser_loop(h: &Harness) {
 
     // 4. With the cookie, the filter forwards as alice.
     let with_cookie = GateRequest {
-        cookie: Some(&cap_cookie),
+        cookies: vec![&cap_cookie],
         ..page.clone()
     };
     match decide(&compiled, &mut cache, &with_cookie, now_unix()) {
@@ -139,7 +139,7 @@ async fn browser_loop(h: &Harness) {
         authority: host,
         path: "/api",
         method: "GET",
-        authorization: Some(&bearer),
+        authorizations: vec![&bearer],
         ..GateRequest::default()
     };
     assert!(matches!(

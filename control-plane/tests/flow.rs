@@ -181,6 +181,44 @@ async fn replay(h: &Harness) {
 }
 both!(replayed_ticket_is_refused, replay);
 
+/// Many callbacks racing with one ticket: exactly one wins, one capability is recorded.
+async fn concurrent_replay(h: &Harness) {
+    use tower::ServiceExt;
+    h.seed().await;
+    let cookie = h.login("alice").await;
+    let r = proxy_auth(h, Some(&cookie), "pod=myslug&port=8726", true).await;
+    let (host, ticket, _) = callback_parts(&r);
+    let uri = format!("/.podgate/callback?ticket={}&next=%2F", q(&ticket));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let app = h.app.clone();
+        let req = Request::builder()
+            .uri(uri.clone())
+            .header(header::HOST, host.clone())
+            .body(Body::empty())
+            .unwrap();
+        set.spawn(async move { app.oneshot(req).await.unwrap().status() });
+    }
+    let statuses = set.join_all().await;
+    let won = statuses.iter().filter(|s| **s == StatusCode::FOUND).count();
+    assert_eq!(won, 1, "{statuses:?}");
+    assert!(statuses
+        .iter()
+        .all(|s| *s == StatusCode::FOUND || *s == StatusCode::BAD_REQUEST));
+    let audit = h
+        .admin(Method::GET, "/v1/audit?user=alice", None)
+        .await
+        .json();
+    let caps = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "capability")
+        .count();
+    assert_eq!(caps, 1, "one capability recorded");
+}
+both!(racing_replays_yield_one_capability, concurrent_replay);
+
 async fn access_rules(h: &Harness) {
     h.seed().await;
     let alice = h.login("alice").await;

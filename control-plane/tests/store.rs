@@ -336,39 +336,38 @@ async fn tickets_sessions_audit(db: &Db) {
     assert_eq!(u[0].kind, KeyKind::Ticket);
     assert_eq!(db.list_audit(None, 1).await.unwrap().len(), 1);
 
-    // Consuming a ticket and recording its capability happen together, or not at all.
-    let cap = AuditEntry {
-        jti: "cap1".into(),
-        kind: KeyKind::Capability,
-        user_id: "u".into(),
-        pod_slug: "p".into(),
-        port: 8726,
-        audience: "a".into(),
-        via: "callback".into(),
-        issued_at: 10,
-        expires_at: 910,
-    };
-    assert!(db.consume_ticket_and_record("t9", 100, &cap).await.unwrap());
-    let again = AuditEntry {
-        jti: "cap2".into(),
-        ..cap.clone()
-    };
-    assert!(!db
-        .consume_ticket_and_record("t9", 100, &again)
-        .await
-        .unwrap());
-    let jtis: Vec<String> = db
-        .list_audit(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.jti)
+    // Batches: one statement consumes many tickets; replays (earlier or within the batch) are
+    // refused; many audit rows go in one statement.
+    let batch: Vec<(String, i64)> = ["b1", "b2", "b1", "j2", "b3"]
+        .iter()
+        .map(|j| (j.to_string(), 100))
         .collect();
-    assert!(jtis.contains(&"cap1".to_owned()));
-    assert!(
-        !jtis.contains(&"cap2".to_owned()),
-        "a replay records nothing"
+    assert_eq!(
+        db.consume_tickets(&batch).await.unwrap(),
+        vec![true, true, false, false, true]
     );
+    assert_eq!(
+        db.consume_tickets(&batch[..2]).await.unwrap(),
+        vec![false, false]
+    );
+    assert!(db.consume_tickets(&[]).await.unwrap().is_empty());
+    let rows: Vec<AuditEntry> = (0..300)
+        .map(|i| AuditEntry {
+            jti: format!("bulk{i}"),
+            kind: KeyKind::Capability,
+            user_id: "bulk".into(),
+            pod_slug: "p".into(),
+            port: 8726,
+            audience: "a".into(),
+            via: "test".into(),
+            issued_at: 10,
+            expires_at: 910,
+        })
+        .collect();
+    let refs: Vec<&AuditEntry> = rows.iter().take(256).collect();
+    db.record_mints(&refs).await.unwrap();
+    db.record_mints(&[]).await.unwrap();
+    assert_eq!(db.list_audit(Some("bulk"), 1000).await.unwrap().len(), 256);
 }
 on_both!(tickets_sessions_and_audit, tickets_sessions_audit);
 

@@ -1,0 +1,166 @@
+//! Group commit of the hot path's writes: login tickets consumed at the callback and the audit
+//! rows of every token minted. Requests queue their write and wait for it to be committed, so a
+//! token is never handed out before its audit row (and its ticket's consumption) is stored; under
+//! load one statement carries many requests' rows, instead of one commit each.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{AuditEntry, Db};
+
+/// Most writes carried by one batch (9 parameters each stays far below SQLite's limit).
+const MAX_BATCH: usize = 256;
+
+enum Op {
+    /// Record a mint.
+    Record {
+        entry: AuditEntry,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Consume a ticket; only if that succeeds, record the capability minted for it.
+    ConsumeThenRecord {
+        jti: String,
+        expires_at: i64,
+        entry: AuditEntry,
+        done: oneshot::Sender<Result<bool, String>>,
+    },
+}
+
+/// Handle to the recorder task; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Op>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("recording failed: {0}")]
+pub struct RecordError(pub String);
+
+impl Recorder {
+    /// Starts the recorder task on the current runtime.
+    pub fn start(db: Db) -> Recorder {
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(run(db, rx));
+        Recorder { tx }
+    }
+
+    /// Records a mint; returns once it is committed.
+    pub async fn record(&self, entry: AuditEntry) -> Result<(), RecordError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Op::Record { entry, done })
+            .await
+            .map_err(|_| RecordError("recorder stopped".into()))?;
+        wait.await
+            .map_err(|_| RecordError("recorder stopped".into()))?
+            .map_err(RecordError)
+    }
+
+    /// Consumes a ticket and records the capability minted for it; `false` for a replay (then
+    /// nothing is recorded).
+    pub async fn consume_then_record(
+        &self,
+        jti: String,
+        expires_at: i64,
+        entry: AuditEntry,
+    ) -> Result<bool, RecordError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Op::ConsumeThenRecord {
+                jti,
+                expires_at,
+                entry,
+                done,
+            })
+            .await
+            .map_err(|_| RecordError("recorder stopped".into()))?;
+        wait.await
+            .map_err(|_| RecordError("recorder stopped".into()))?
+            .map_err(RecordError)
+    }
+}
+
+async fn run(db: Db, mut rx: mpsc::Receiver<Op>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        write_batch(&db, std::mem::take(&mut batch)).await;
+        batch.reserve(MAX_BATCH);
+    }
+}
+
+async fn write_batch(db: &Db, batch: Vec<Op>) {
+    let tickets: Vec<(String, i64)> = batch
+        .iter()
+        .filter_map(|op| match op {
+            Op::ConsumeThenRecord {
+                jti, expires_at, ..
+            } => Some((jti.clone(), *expires_at)),
+            Op::Record { .. } => None,
+        })
+        .collect();
+    let consumed = if tickets.is_empty() {
+        Ok(Vec::new())
+    } else {
+        db.consume_tickets(&tickets).await
+    };
+    let consumed = match consumed {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "consuming tickets failed");
+            fail_all(batch, &e.to_string());
+            return;
+        }
+    };
+    // Pair each op with whether it is to be recorded.
+    let mut verdicts = consumed.into_iter();
+    let mut to_record = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for op in batch {
+        match op {
+            Op::Record { entry, done } => {
+                to_record.push(entry);
+                replies.push(Reply::Recorded(done));
+            }
+            Op::ConsumeThenRecord { entry, done, .. } => {
+                let fresh = verdicts.next().unwrap_or(false);
+                if fresh {
+                    to_record.push(entry);
+                }
+                replies.push(Reply::Consumed(done, fresh));
+            }
+        }
+    }
+    let refs: Vec<&AuditEntry> = to_record.iter().collect();
+    let result = db.record_mints(&refs).await.map_err(|e| e.to_string());
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "recording mints failed");
+    }
+    for reply in replies {
+        // A request that gave up waiting is no longer listening; nothing to do about it.
+        match reply {
+            Reply::Recorded(done) => {
+                let _ = done.send(result.clone());
+            }
+            Reply::Consumed(done, fresh) => {
+                let _ = done.send(result.clone().map(|()| fresh));
+            }
+        }
+    }
+}
+
+enum Reply {
+    Recorded(oneshot::Sender<Result<(), String>>),
+    Consumed(oneshot::Sender<Result<bool, String>>, bool),
+}
+
+fn fail_all(batch: Vec<Op>, why: &str) {
+    for op in batch {
+        match op {
+            Op::Record { done, .. } => {
+                let _ = done.send(Err(why.to_owned()));
+            }
+            Op::ConsumeThenRecord { done, .. } => {
+                let _ = done.send(Err(why.to_owned()));
+            }
+        }
+    }
+}
