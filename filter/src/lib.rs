@@ -12,6 +12,7 @@ use std::time::UNIX_EPOCH;
 use podgate_protocol::config::{CompiledConfig, FilterConfig};
 use podgate_protocol::gate::{self, Decision, HeaderEdit, Request, VerifiedCache};
 use podgate_protocol::reply::Denial;
+use podgate_protocol::wire;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -158,6 +159,41 @@ fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
+#[link(wasm_import_module = "env")]
+extern "C" {
+    // The same import the SDK declares; called directly because the SDK's wrappers panic on a
+    // non-UTF-8 header name or an unexpected status, and a panic would kill this worker's VM.
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+}
+
+enum RawHeadersError {
+    Host(u32),
+    Wire(wire::WireError),
+}
+
+/// All request headers in one host call, names as strings and values as raw bytes.
+fn request_headers() -> Result<Vec<(String, Vec<u8>)>, RawHeadersError> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to a buffer it allocated through the SDK's exported
+    // `proxy_on_memory_allocate` (a `Vec<u8>` of capacity `size`), which we then own.
+    let status =
+        unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
+    if status != 0 {
+        return Err(RawHeadersError::Host(status));
+    }
+    if data.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: see above; the buffer is exactly `size` bytes long and ours to free.
+    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
+    wire::decode_header_map(&bytes).map_err(RawHeadersError::Wire)
+}
+
 fn now_unix() -> Option<i64> {
     let now = hostcalls::get_current_time().ok()?;
     let secs = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -204,8 +240,25 @@ impl HttpContext for Gate {
         let Some(config) = self.shared.borrow().config.clone() else {
             return self.deny(&Denial::NotConfigured);
         };
-        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
-            return self.deny(&Denial::NotConfigured);
+        let headers = match request_headers() {
+            Ok(headers) => headers,
+            Err(RawHeadersError::Host(status)) => {
+                log(
+                    LogLevel::Error,
+                    &format!("podgate: cannot read headers: {status}"),
+                );
+                return self.deny(&Denial::NotConfigured);
+            }
+            Err(RawHeadersError::Wire(wire::WireError::NonUtf8Name)) => {
+                return self.deny(&Denial::MalformedHeader("header name"));
+            }
+            Err(RawHeadersError::Wire(err)) => {
+                log(
+                    LogLevel::Error,
+                    &format!("podgate: cannot decode headers: {err}"),
+                );
+                return self.deny(&Denial::NotConfigured);
+            }
         };
         let request = match Request::from_headers(&headers) {
             Ok(request) => request,

@@ -13,7 +13,7 @@ use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
 use crate::host::PodAddr;
 use crate::redirect::{encode_query_value, MAX_NEXT_LEN};
 use crate::reply::Denial;
-use crate::token::{TokenError, Verified};
+use crate::token::{TokenError, Verified, MAX_TOKEN_LEN};
 
 /// The request headers the decision reads (besides our own `x-podgate-*`).
 const HEADER_NAMES_READ: [&str; 10] = [
@@ -39,9 +39,12 @@ pub struct Request<'a> {
     pub authority: &'a str,
     pub path: &'a str,
     pub method: &'a str,
-    pub cookie: Option<&'a str>,
-    pub token_header: Option<&'a str>,
-    pub authorization: Option<&'a str>,
+    /// Every `Cookie` header (HTTP/2 and Envoy usually join them; HTTP/1 clients may not).
+    pub cookies: Vec<&'a str>,
+    /// Every `podgate-token` header.
+    pub token_headers: Vec<&'a str>,
+    /// Every `Authorization` header.
+    pub authorizations: Vec<&'a str>,
     pub accept: Option<&'a str>,
     pub sec_fetch_mode: Option<&'a str>,
     pub upgrade: Option<&'a str>,
@@ -73,13 +76,13 @@ impl<'a> Request<'a> {
                 ":path" => req.path = value,
                 ":method" => req.method = value,
                 // Envoy joins repeated Cookie headers with "; " before filters run.
-                "cookie" => req.cookie = Some(value),
-                "authorization" => req.authorization = Some(value),
+                "cookie" => req.cookies.push(value),
+                "authorization" => req.authorizations.push(value),
                 "accept" => req.accept = Some(value),
                 "sec-fetch-mode" => req.sec_fetch_mode = Some(value),
                 "upgrade" => req.upgrade = Some(value),
                 "origin" => req.origin = Some(value),
-                _ => req.token_header = Some(value),
+                _ => req.token_headers.push(value),
             }
         }
         Ok(req)
@@ -185,6 +188,11 @@ fn check_token(
     token: &str,
     now: i64,
 ) -> Result<Verified, TokenError> {
+    // Refuse oversized input before hashing it for the cache key: that alone would cost more than
+    // a signature check for a 64 KiB value.
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Size);
+    }
     let cache_on = config.token_cache_entries > 0;
     let key: [u8; 32] = if cache_on {
         Sha256::digest(token.as_bytes()).into()
@@ -210,20 +218,21 @@ fn check_token(
 }
 
 /// Where the capability may be: `podgate-token`, our `Authorization: Bearer`, our cookie.
-fn candidates<'a>(config: &'a CompiledConfig, req: &Request<'a>) -> Vec<(Source, &'a str)> {
+fn candidates<'a>(
+    config: &'a CompiledConfig,
+    req: &Request<'a>,
+    bearers: &[&'a str],
+) -> Vec<(Source, &'a str)> {
     let mut out = Vec::new();
-    if let Some(t) = req.token_header {
+    for t in &req.token_headers {
         out.push((Source::TokenHeader, t.trim()));
     }
-    if let Some(bearer) = req.authorization.and_then(our_bearer_value) {
-        if config.verifier.claims_ours(bearer) {
-            out.push((Source::Bearer, bearer));
-        }
+    for bearer in bearers {
+        out.push((Source::Bearer, *bearer));
     }
-    if let Some(cookies) = req.cookie {
-        if cookies.len() <= MAX_COOKIE_HEADER_LEN && cookie::mentions(cookies, &config.cookie_name)
-        {
-            for value in cookie::find_all(cookies, &config.cookie_name) {
+    for header in &req.cookies {
+        if header.len() <= MAX_COOKIE_HEADER_LEN && cookie::mentions(header, &config.cookie_name) {
+            for value in cookie::find_all(header, &config.cookie_name) {
                 out.push((Source::Cookie, value));
             }
         }
@@ -232,7 +241,21 @@ fn candidates<'a>(config: &'a CompiledConfig, req: &Request<'a>) -> Vec<(Source,
     out
 }
 
-fn our_bearer_value(authorization: &str) -> Option<&str> {
+/// Our bearer tokens among every `Authorization` value, including values a proxy joined with
+/// commas (`Bearer a, Bearer b`). A bearer is ours when it looks like our capability.
+fn our_bearers<'a: 'r, 'r>(
+    config: &'r CompiledConfig,
+    req: &'r Request<'a>,
+) -> impl Iterator<Item = &'a str> + 'r {
+    let verifier = &config.verifier;
+    req.authorizations
+        .iter()
+        .flat_map(|value| value.split(','))
+        .filter_map(bearer_value)
+        .filter(move |token| verifier.claims_ours(token))
+}
+
+fn bearer_value(authorization: &str) -> Option<&str> {
     let (scheme, value) = authorization.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -251,18 +274,26 @@ fn strip_edits(
         .iter()
         .map(|n| HeaderEdit::Remove((*n).to_owned()))
         .collect();
-    if req.token_header.is_some() {
+    if !req.token_headers.is_empty() {
         edits.push(HeaderEdit::Remove(TOKEN_HEADER.to_owned()));
     }
     if bearer_is_ours {
+        // Every copy goes, the app's own bearer too if it shared a header with ours: a
+        // credential of ours never reaches the pod, at the cost of the app's.
         edits.push(HeaderEdit::Remove("authorization".to_owned()));
     }
-    if let Some(cookies) = req.cookie {
-        if cookie::mentions(cookies, &config.cookie_name) {
-            match cookie::strip(cookies, &config.cookie_name) {
-                Some(rest) => edits.push(HeaderEdit::Set("cookie".to_owned(), rest)),
-                None => edits.push(HeaderEdit::Remove("cookie".to_owned())),
-            }
+    let name = &config.cookie_name;
+    if req.cookies.iter().any(|h| cookie::mentions(h, name)) {
+        // Several Cookie headers become one, without ours, the others in order.
+        let rest: Vec<String> = req
+            .cookies
+            .iter()
+            .filter_map(|h| cookie::strip(h, name))
+            .collect();
+        if rest.is_empty() {
+            edits.push(HeaderEdit::Remove("cookie".to_owned()));
+        } else {
+            edits.push(HeaderEdit::Set("cookie".to_owned(), rest.join("; ")));
         }
     }
     edits
@@ -283,16 +314,19 @@ pub fn auth_redirect(config: &CompiledConfig, pod: &PodAddr, path: &str) -> Stri
     url
 }
 
-/// Whether `origin` is exactly this pod host's own origin (scheme and host; any port).
-fn is_own_origin(config: &CompiledConfig, origin: &str, pod: &PodAddr) -> bool {
+/// The pod host an `Origin` names, when it has our scheme and is a pod host (any port suffix).
+fn origin_pod(config: &CompiledConfig, origin: &str) -> Option<PodAddr> {
     let scheme = if config.https { "https://" } else { "http://" };
-    let Some(authority) = origin.strip_prefix(scheme) else {
-        return false;
-    };
+    let authority = origin.strip_prefix(scheme)?;
     if authority.contains('/') {
-        return false;
+        return None;
     }
-    config.public_hosts.parse(authority).as_ref() == Ok(pod)
+    config.public_hosts.parse(authority).ok()
+}
+
+/// Methods that must not change state (RFC 9110), so a cross-origin one is harmless to let by.
+fn is_safe_method(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS")
 }
 
 /// Decides what happens to a request at time `now` (unix seconds).
@@ -306,15 +340,12 @@ pub fn decide(
         Ok(pod) => pod,
         Err(err) => return Decision::Deny(Denial::BadHost(err)),
     };
-    let bearer_is_ours = req
-        .authorization
-        .and_then(our_bearer_value)
-        .is_some_and(|b| config.verifier.claims_ours(b));
+    let bearers: Vec<&str> = our_bearers(config, req).collect();
 
     if req.path.starts_with(RESERVED_PREFIX) {
         // The control plane's callback: the host is validated, no token needed, the pod never
         // sees it. Host stays as is so the control plane can bind the ticket to it.
-        let mut edits = strip_edits(config, req, bearer_is_ours);
+        let mut edits = strip_edits(config, req, !bearers.is_empty());
         edits.push(HeaderEdit::Set(
             CLUSTER_HEADER.to_owned(),
             config.control_plane_cluster.clone(),
@@ -328,7 +359,7 @@ pub fn decide(
 
     let page_load = req.is_page_load();
     let redirect = || page_load.then(|| auth_redirect(config, &pod, req.path));
-    let found = candidates(config, req);
+    let found = candidates(config, req, &bearers);
     if found.is_empty() {
         return Decision::Deny(Denial::NoCapability {
             redirect: redirect(),
@@ -366,10 +397,20 @@ pub fn decide(
         });
     };
 
-    if req.is_websocket() && source == Source::Cookie {
-        let own = req.origin.is_some_and(|o| is_own_origin(config, o, &pod));
-        if !own {
-            return Decision::Deny(Denial::CrossOriginWebSocket);
+    if source == Source::Cookie {
+        // Sibling pods are same-site, so SameSite does not stop pod B's page from using the
+        // browser's cookie for pod A: cookie authority only counts from A's own origins.
+        if req.is_websocket() {
+            if req.origin.and_then(|o| origin_pod(config, o)).as_ref() != Some(&pod) {
+                return Decision::Deny(Denial::CrossOriginWebSocket);
+            }
+        } else if !is_safe_method(req.method) {
+            if let Some(origin) = req.origin {
+                let same_pod = origin_pod(config, origin).is_some_and(|o| o.pod == pod.pod);
+                if !same_pod {
+                    return Decision::Deny(Denial::CrossPodRequest);
+                }
+            }
         }
     }
 
@@ -380,7 +421,7 @@ pub fn decide(
         return Decision::Deny(Denial::NotRunning(entry.status));
     }
 
-    let mut edits = strip_edits(config, req, bearer_is_ours);
+    let mut edits = strip_edits(config, req, !bearers.is_empty());
     edits.push(HeaderEdit::Set(
         ":authority".to_owned(),
         config.upstream_hosts.render(&pod),

@@ -489,3 +489,103 @@ fn cache_is_bounded() {
         assert!(cache.len() <= 4);
     }
 }
+
+#[test]
+fn every_cookie_header_is_searched_and_stripped() {
+    let c = config();
+    let token = cap();
+    let ours = format!("__Host-podgate_cap={token}");
+    let d = run(&c, &base(&[("cookie", &ours), ("cookie", "a=1; b=2")]));
+    assert_eq!(set(&d, "cookie"), Some("a=1; b=2"));
+    let d = run(
+        &c,
+        &base(&[("cookie", "a=1"), ("cookie", &ours), ("cookie", "b=2")]),
+    );
+    assert_eq!(set(&d, "cookie"), Some("a=1; b=2"));
+    let d = run(&c, &base(&[("cookie", "a=1"), ("cookie", &ours)]));
+    assert_eq!(set(&d, "cookie"), Some("a=1"));
+}
+
+#[test]
+fn our_bearer_is_found_in_any_authorization_header_and_all_are_removed() {
+    let c = config();
+    let token = cap();
+    let ours = format!("Bearer {token}");
+    let joined = format!("Bearer {token}, Bearer xyz");
+    for h in [
+        vec![
+            ("authorization", ours.as_str()),
+            ("authorization", "Bearer xyz"),
+        ],
+        vec![
+            ("authorization", "Bearer xyz"),
+            ("authorization", ours.as_str()),
+        ],
+        vec![("authorization", joined.as_str())],
+    ] {
+        let d = run(&c, &base(&h));
+        assert!(removed(&d, "authorization"), "{h:?}");
+        assert_eq!(set(&d, USER_HEADER), Some("user-1"));
+    }
+}
+
+#[test]
+fn oversized_candidates_are_refused_before_any_work() {
+    let c = config();
+    let huge = "a".repeat(crate::token::MAX_TOKEN_LEN + 1);
+    let h = base(&[("podgate-token", &huge)]);
+    let req = Request::from_headers(&h).unwrap();
+    let mut cache = VerifiedCache::new();
+    let Decision::Deny(Denial::InvalidCapability { reason, .. }) =
+        decide(&c, &mut cache, &req, NOW)
+    else {
+        panic!("expected 401")
+    };
+    assert_eq!(reason, TokenError::Size);
+    assert_eq!(cache.stats(), (0, 0), "not even hashed for the cache");
+}
+
+#[test]
+fn cookie_authority_does_not_extend_to_other_pods_pages() {
+    let c = config();
+    let cookie = format!("__Host-podgate_cap={}", cap());
+    let req = |method: &str, origin: Option<&str>| {
+        let mut h = base(&[("cookie", &cookie)]);
+        h[2].1 = method.as_bytes().to_vec();
+        if let Some(o) = origin {
+            h.push(("origin".into(), o.as_bytes().to_vec()));
+        }
+        run(&c, &h)
+    };
+    let beta = "https://localhost-8726-pod-beta.example.dev";
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        assert_eq!(
+            req(method, Some(beta)),
+            Decision::Deny(Denial::CrossPodRequest)
+        );
+        assert_eq!(
+            req(method, Some("null")),
+            Decision::Deny(Denial::CrossPodRequest)
+        );
+        assert_eq!(
+            req(method, Some("https://evil.com")),
+            Decision::Deny(Denial::CrossPodRequest)
+        );
+        // The same pod's own pages, any of its ports: allowed.
+        for own in [
+            "https://localhost-8726-pod-alpha.example.dev",
+            "https://localhost-3000-pod-alpha.example.dev",
+        ] {
+            assert!(matches!(req(method, Some(own)), Decision::Forward { .. }));
+        }
+        // No Origin (not a browser): allowed.
+        assert!(matches!(req(method, None), Decision::Forward { .. }));
+    }
+    // Safe methods are not state-changing: allowed from anywhere.
+    assert!(matches!(req("GET", Some(beta)), Decision::Forward { .. }));
+    // With a header token (not ambient authority) there is no Origin rule.
+    let token = cap();
+    let mut h = base(&[("podgate-token", &token), ("origin", beta)]);
+    h[2].1 = b"POST".to_vec();
+    assert!(matches!(run(&c, &h), Decision::Forward { .. }));
+}

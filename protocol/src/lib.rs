@@ -9,3 +9,4 @@ pub mod host;
 pub mod redirect;
 pub mod reply;
 pub mod token;
+pub mod wire;

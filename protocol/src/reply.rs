@@ -27,6 +27,9 @@ pub enum Denial {
     WrongScope,
     /// 403: a cookie-authenticated WebSocket from another origin.
     CrossOriginWebSocket,
+    /// 403: a cookie-authenticated state-changing request from another pod's (or a foreign)
+    /// origin.
+    CrossPodRequest,
     /// 404: the pod is not in the directory.
     UnknownPod,
     /// 503: the pod exists but is not running.
@@ -62,6 +65,7 @@ impl Denial {
             Denial::InvalidCapability { .. } => "invalid_capability",
             Denial::WrongScope => "wrong_scope",
             Denial::CrossOriginWebSocket => "cross_origin_websocket",
+            Denial::CrossPodRequest => "cross_pod_request",
             Denial::UnknownPod => "unknown_pod",
             Denial::NotRunning(_) => "pod_not_running",
             Denial::NotConfigured => "not_configured",
@@ -69,13 +73,14 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 9] = [
+    pub const ALL_REASONS: [&'static str; 10] = [
         "bad_host",
         "malformed_header",
         "no_capability",
         "invalid_capability",
         "wrong_scope",
         "cross_origin_websocket",
+        "cross_pod_request",
         "unknown_pod",
         "pod_not_running",
         "not_configured",
@@ -113,6 +118,11 @@ impl Denial {
                 403,
                 "WebSocket refused: Origin is not this pod's own origin".into(),
                 Some("open WebSockets from pages served by this pod host, or authenticate with a header token"),
+            ),
+            Denial::CrossPodRequest => (
+                403,
+                "Refused: a state-changing request from another origin with this pod's cookie".into(),
+                Some("call this pod from its own pages, or authenticate with a header token"),
             ),
             Denial::UnknownPod => (404, "Pod not found".into(), None),
             Denial::NotRunning(status) => (

@@ -1,0 +1,108 @@
+//! The proxy-wasm header-map wire format, decoded without trusting the host: a count, then a
+//! (name length, value length) pair per header, then each name and value followed by a NUL.
+//! The SDK's own decoder panics on a non-UTF-8 name or a short buffer; this one answers `Err`.
+
+/// Why a header map could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("the header map is truncated or its lengths do not add up")]
+    Truncated,
+    #[error("a header name is not valid UTF-8")]
+    NonUtf8Name,
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Result<usize, WireError> {
+    let raw: [u8; 4] = bytes
+        .get(at..at.checked_add(4).ok_or(WireError::Truncated)?)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(WireError::Truncated)?;
+    usize::try_from(u32::from_le_bytes(raw)).map_err(|_| WireError::Truncated)
+}
+
+/// Decodes a serialized header map into `(name, value bytes)` pairs, in order.
+pub fn decode_header_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, WireError> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = read_u32(bytes, 0)?;
+    let sizes_end = count
+        .checked_mul(8)
+        .and_then(|n| n.checked_add(4))
+        .filter(|end| *end <= bytes.len())
+        .ok_or(WireError::Truncated)?;
+    let mut data = sizes_end;
+    let mut take = |len: usize| -> Result<&[u8], WireError> {
+        let end = data.checked_add(len).ok_or(WireError::Truncated)?;
+        let slice = bytes.get(data..end).ok_or(WireError::Truncated)?;
+        // Each string is followed by a NUL that is not part of it.
+        data = end.checked_add(1).ok_or(WireError::Truncated)?;
+        Ok(slice)
+    };
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let name_len = read_u32(bytes, 4 + i * 8)?;
+        let value_len = read_u32(bytes, 8 + i * 8)?;
+        let name = std::str::from_utf8(take(name_len)?).map_err(|_| WireError::NonUtf8Name)?;
+        let name = name.to_owned();
+        let value = take(value_len)?.to_vec();
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (n, v) in pairs {
+            out.extend((n.len() as u32).to_le_bytes());
+            out.extend((v.len() as u32).to_le_bytes());
+        }
+        for (n, v) in pairs {
+            out.extend(*n);
+            out.push(0);
+            out.extend(*v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn decodes_in_order_with_raw_values() {
+        let bytes = encode(&[(b":authority", b"h"), (b"x", b"\xff\xfe"), (b"empty", b"")]);
+        let map = decode_header_map(&bytes).unwrap();
+        assert_eq!(
+            map,
+            vec![
+                (":authority".to_owned(), b"h".to_vec()),
+                ("x".to_owned(), vec![0xff, 0xfe]),
+                ("empty".to_owned(), vec![]),
+            ]
+        );
+        assert_eq!(decode_header_map(&[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn refuses_what_the_sdk_would_panic_on() {
+        let bytes = encode(&[(b"x-\xff", b"v")]);
+        assert_eq!(decode_header_map(&bytes), Err(WireError::NonUtf8Name));
+        let good = encode(&[(b"a", b"b")]);
+        // Everything but the final NUL is needed.
+        for cut in 1..good.len() - 1 {
+            assert_eq!(
+                decode_header_map(&good[..cut]),
+                Err(WireError::Truncated),
+                "{cut}"
+            );
+        }
+        let mut huge = good.clone();
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_header_map(&huge), Err(WireError::Truncated));
+        let mut long = good;
+        long[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_header_map(&long), Err(WireError::Truncated));
+    }
+}
