@@ -135,7 +135,17 @@ pub fn app(state: AppState) -> Router {
     if state.config().dev_mode {
         router = router.merge(identity::dev_router());
     }
-    router.fallback(not_found).with_state(state)
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not take that method; see the API reference in control-plane/README.md",
+    )
 }
 
 async fn not_found() -> Response {

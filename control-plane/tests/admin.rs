@@ -33,6 +33,21 @@ async fn health(h: &Harness) {
     let r = h.get("/nope", &[]).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(!r.error().is_empty());
+    // So do wrong methods.
+    let r = h.admin(Method::DELETE, "/v1/users", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.error().contains("method"), "{}", r.body);
+    let r = h
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/healthz")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(!r.error().is_empty());
     // Closing the database makes /readyz say so.
     h.tdb.db.close().await;
     let r = h.get("/readyz", &[]).await;
