@@ -74,6 +74,9 @@ impl Db {
                             conn.execute("PRAGMA synchronous = NORMAL").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
                             conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            // Checkpoints (the only fsyncs under synchronous=NORMAL) run in the
+                            // background checkpointer, never inside a request's commit.
+                            conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
                         }
                         Ok(())
                     })
@@ -87,6 +90,9 @@ impl Db {
             Backend::Sqlite => options().max_connections(1).connect(&url).await?,
             Backend::Postgres => pool.clone(),
         };
+        if backend == Backend::Sqlite {
+            tokio::spawn(checkpointer(pool.clone()));
+        }
         Ok(Db {
             pool,
             writer,
@@ -121,6 +127,31 @@ impl Db {
     pub async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
+    }
+}
+
+/// How often the SQLite WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies the WAL into the database file in the background (PASSIVE: never blocks writers or
+/// readers), so requests never wait for a checkpoint's fsync. Ends when the pool closes.
+async fn checkpointer(pool: AnyPool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_all(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
     }
 }
 

@@ -444,6 +444,20 @@ async fn sqlite_file_is_created_in_wal_mode() {
     assert_eq!(mode.to_lowercase(), "wal");
     // Migrating twice is a no-op.
     db.migrate().await.unwrap();
+    // Requests never checkpoint; the background checkpointer copies the WAL into the file.
+    let auto: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(auto, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&path).unwrap().len() < 20 * 4096 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "WAL never checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     db.close().await;
 }
 
