@@ -250,7 +250,7 @@ impl HttpContext for Gate {
                 return self.deny(&Denial::NotConfigured);
             }
             Err(RawHeadersError::Wire(wire::WireError::NonUtf8Name)) => {
-                return self.deny(&Denial::MalformedHeader("header name"));
+                return self.deny(&Denial::MalformedHeaderName);
             }
             Err(RawHeadersError::Wire(err)) => {
                 log(

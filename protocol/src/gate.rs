@@ -372,7 +372,7 @@ pub fn decide(
     for (source, token) in found {
         match check_token(config, cache, token, now) {
             Ok(v) if config.revoked.contains(&v.claims.jti) => {
-                first_error.get_or_insert(TokenError::Expired);
+                first_error.get_or_insert(TokenError::Revoked);
             }
             Ok(v) => {
                 let host = config.public_hosts.render(&pod);

@@ -16,6 +16,8 @@ pub enum Denial {
     BadHost(HostError),
     /// 400: a header the filter must read is not valid UTF-8.
     MalformedHeader(&'static str),
+    /// 400: a header name is not valid UTF-8 (Envoy's codecs normally refuse these first).
+    MalformedHeaderName,
     /// 401 (or a redirect for a browser page load): no capability at all.
     NoCapability { redirect: Option<String> },
     /// 401 (or a redirect): a capability that failed verification.
@@ -60,7 +62,7 @@ impl Denial {
     pub fn reason(&self) -> &'static str {
         match self {
             Denial::BadHost(_) => "bad_host",
-            Denial::MalformedHeader(_) => "malformed_header",
+            Denial::MalformedHeader(_) | Denial::MalformedHeaderName => "malformed_header",
             Denial::NoCapability { .. } => "no_capability",
             Denial::InvalidCapability { .. } => "invalid_capability",
             Denial::WrongScope => "wrong_scope",
@@ -97,6 +99,11 @@ impl Denial {
             Denial::MalformedHeader(name) => (
                 400,
                 format!("Malformed request: the {name} header is not valid UTF-8"),
+                None,
+            ),
+            Denial::MalformedHeaderName => (
+                400,
+                "Malformed request: a header name is not valid UTF-8".into(),
                 None,
             ),
             Denial::NoCapability { .. } => (

@@ -173,6 +173,8 @@ pub enum TokenError {
     LifetimeTooLong,
     #[error("token was issued by someone else")]
     WrongIssuer,
+    #[error("token has been revoked")]
+    Revoked,
 }
 
 /// Header fields we refuse outright; the standard ones (`jku`, `x5u`, `x5t`) live in `Header`.

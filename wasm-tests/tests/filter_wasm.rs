@@ -27,6 +27,7 @@ mod reasons {
     pub const BAD_SIGNATURE: &str = "token signature is invalid";
     pub const BAD_CLAIMS: &str = "token claims are missing or malformed";
     pub const EXPIRED: &str = "token has expired";
+    pub const REVOKED: &str = "token has been revoked";
     pub const NOT_YET_VALID: &str = "token is not valid yet";
     pub const LIFETIME: &str = "token lives longer than its kind allows";
     pub const WRONG_ISSUER: &str = "token was issued by someone else";
@@ -1697,7 +1698,7 @@ mod stripping {
             let sent = Req::alpha().token(&t).add_raw(name, b"v").send(&mut vm);
             assert_eq!(
                 sent.error(400),
-                "Malformed request: the header name header is not valid UTF-8"
+                "Malformed request: a header name is not valid UTF-8"
             );
         }
         Req::alpha().token(&t).send(&mut vm).forwarded();
@@ -1775,12 +1776,11 @@ mod cache {
         let mut cfg = config(&[&ed_key(1)]);
         cfg["revoked_jti"] = serde_json::json!(["jti-alpha-8726"]);
         assert!(push(&mut vm, &cfg));
-        // Revocation is reported with the "expired" text today (gate maps it to Expired).
         for _ in 0..3 {
             Req::alpha()
                 .token(&t)
                 .send(&mut vm)
-                .invalid(reasons::EXPIRED);
+                .invalid(reasons::REVOKED);
             Req::alpha().navigate().cookie(&t).send(&mut vm).redirect();
         }
         // Other tokens are unaffected.
@@ -1793,7 +1793,7 @@ mod cache {
         Req::alpha()
             .token(&t)
             .send(&mut vm)
-            .invalid(reasons::EXPIRED);
+            .invalid(reasons::REVOKED);
     }
 
     #[test]
