@@ -91,7 +91,7 @@ impl Db {
             Backend::Postgres => pool.clone(),
         };
         if backend == Backend::Sqlite {
-            tokio::spawn(checkpointer(pool.clone()));
+            tokio::spawn(checkpointer(pool.clone(), writer.clone()));
         }
         Ok(Db {
             pool,
@@ -132,25 +132,45 @@ impl Db {
 
 /// How often the SQLite WAL is checkpointed into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL size (frames of one page) above which the WAL is reset to empty: under constant load some
+/// reader always holds a snapshot, so a PASSIVE checkpoint alone never lets the WAL restart.
+const WAL_RESET_FRAMES: i64 = 4096;
 
 /// Copies the WAL into the database file in the background (PASSIVE: never blocks writers or
-/// readers), so requests never wait for a checkpoint's fsync. Ends when the pool closes.
-async fn checkpointer(pool: AnyPool) {
+/// readers), so requests never wait for a checkpoint's fsync; when the WAL has grown past
+/// [`WAL_RESET_FRAMES`], truncates it through the writer connection, so writes queue behind it
+/// briefly instead of sleeping in SQLite's busy handler. Ends when the pool closes.
+async fn checkpointer(pool: AnyPool, writer: AnyPool) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if pool.is_closed() {
+        if pool.is_closed() || writer.is_closed() {
             return;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_all(&pool)
+        let frames = match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
             .await
         {
-            if pool.is_closed() {
-                return;
+            Ok(row) => row.try_get::<i64, _>(1).unwrap_or(0),
+            Err(e) => {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                continue;
             }
-            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        };
+        if frames > WAL_RESET_FRAMES {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&writer)
+                .await
+            {
+                if writer.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "WAL reset failed; will retry");
+            }
         }
     }
 }
