@@ -1,0 +1,4 @@
+//! `cookie`: see `podgate_fuzz::cookie` for the input format and the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| podgate_fuzz::cookie(data));

@@ -1,0 +1,4 @@
+//! `gate`: see `podgate_fuzz::gate` for the input format and the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| podgate_fuzz::gate(data));

@@ -1,0 +1,4 @@
+//! `host`: see `podgate_fuzz::host` for the input format and the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| podgate_fuzz::host(data));

@@ -1,0 +1,4 @@
+//! `token`: see `podgate_fuzz::token` for the input format and the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| podgate_fuzz::token(data));

@@ -1,0 +1,999 @@
+//! The checks behind podgate's `cargo fuzz` targets, one function per target.
+//!
+//! Each function takes the raw fuzz input, runs the parser under test and asserts its
+//! invariants; a panic is a finding. The fuzz targets in `fuzz_targets/` are one-line wrappers
+//! around these, and `protocol/tests/fuzz_regressions.rs` includes this very file (with
+//! `#[path]`) to replay every committed input through the same code in plain `cargo test`. So
+//! this file may only use `std`, `podgate_protocol` and `serde_json`.
+//!
+//! Input formats (seeds in `fuzz/corpus/<target>/`):
+//! - `host`: the bytes are an authority; if they are `template\ndomain\nauthority`, that
+//!   template is compiled and tried too.
+//! - `cookie`, `redirect`: the bytes are the header value / `next` (lossy UTF-8).
+//! - `token`: first byte picks the mode (`'0'`: verify the rest at a fixed time, `'1'`: 8 bytes
+//!   of clock then the token, `'2'`: mutate a minted token, `'3'`: the rest is a JWKS).
+//! - `gate` and `filter_wasm`: a flags byte, a selector byte, then header lines `name:value`
+//!   separated by `\n` (see [`gate_case`]).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use podgate_protocol::config::{
+    CompiledConfig, FilterConfig, PodEntry, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, HEADER_PREFIX,
+    RESERVED_PREFIX, UPSTREAM_HEADER, USER_HEADER,
+};
+use podgate_protocol::cookie;
+use podgate_protocol::gate::{self, Decision, HeaderEdit, Request, VerifiedCache};
+use podgate_protocol::host::{self, HostTemplate, PodAddr};
+use podgate_protocol::redirect;
+use podgate_protocol::reply::Denial;
+use podgate_protocol::token::{self, KeySet, PodClaims, SigningKey, TokenKind, Verifier};
+
+/// Every fuzz target; each has a seed directory `fuzz/corpus/<target>/`.
+pub const TARGETS: [&str; 6] = ["host", "cookie", "token", "redirect", "gate", "filter_wasm"];
+
+/// The clock every check runs at (unix seconds).
+pub const NOW: i64 = 1_800_000_000;
+/// The issuer of every token the fuzzer mints.
+pub const ISS: &str = "https://podgate.example.dev";
+
+/// Runs the native check of `target` on one input. `filter_wasm` inputs replay through the
+/// native gate (same decoding, same invariants; the wasm VM itself runs only under libFuzzer).
+/// Returns `false` for an unknown target.
+pub fn run(target: &str, data: &[u8]) -> bool {
+    match target {
+        "host" => host(data),
+        "cookie" => cookie(data),
+        "token" => token(data),
+        "redirect" => redirect(data),
+        "gate" | "filter_wasm" => {
+            gate(data);
+        }
+        _ => return false,
+    }
+    true
+}
+
+fn has_crlf_nul(bytes: &[u8]) -> bool {
+    bytes.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0))
+}
+
+// ---- host ---------------------------------------------------------------------------------
+
+/// Templates every host input is parsed with: both defaults, a one-label domain, and two
+/// pod-first templates (one spanning two labels).
+const HOST_TEMPLATES: [(&str, &str); 5] = [
+    (host::DEFAULT_PUBLIC_TEMPLATE, "example.dev"),
+    (host::DEFAULT_UPSTREAM_TEMPLATE, "example.dev"),
+    (host::DEFAULT_PUBLIC_TEMPLATE, "localhost"),
+    ("{pod}.p{port}.{domain}", "example.dev"),
+    ("{pod}--p{port}.{domain}", "a.b.c"),
+];
+
+fn host_templates() -> &'static [HostTemplate] {
+    static TEMPLATES: OnceLock<Vec<HostTemplate>> = OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        HOST_TEMPLATES
+            .iter()
+            .map(|(t, d)| HostTemplate::new(t, d).expect("a fixed fuzz template compiles"))
+            .collect()
+    })
+}
+
+/// `host`: arbitrary bytes as an authority.
+pub fn host(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = host::normalize_authority(text);
+    let _ = host::parse_port(text);
+    let _ = host::validate_slug(text);
+    for template in host_templates() {
+        check_host(template, text);
+    }
+    let mut parts = text.splitn(3, '\n');
+    if let (Some(template), Some(domain), Some(authority)) =
+        (parts.next(), parts.next(), parts.next())
+    {
+        if let Ok(t) = HostTemplate::new(template, domain) {
+            check_host(&t, authority);
+            let _ = t.check_slug(authority);
+        }
+    }
+}
+
+/// The normalisation the grammar promises, computed independently: one `:port`, then one
+/// trailing dot.
+fn strip_port_and_dot(authority: &str) -> &str {
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+fn check_host(template: &HostTemplate, authority: &str) {
+    let Ok(addr) = template.parse(authority) else {
+        return;
+    };
+    let normalized = strip_port_and_dot(authority);
+    assert_eq!(
+        host::normalize_authority(authority),
+        Ok(normalized),
+        "{template}: parse accepted {authority:?}"
+    );
+    assert_eq!(
+        template.render(&addr),
+        normalized,
+        "{template}: render(parse({authority:?})) is not the normalised input"
+    );
+    assert_eq!(
+        host::validate_slug(&addr.pod),
+        Ok(()),
+        "{template}: {addr:?}"
+    );
+    assert!(addr.port >= 1, "{template}: {addr:?}");
+    assert_eq!(
+        template.parse(normalized).as_ref(),
+        Ok(&addr),
+        "{template}: parse is not idempotent on {authority:?}"
+    );
+    assert!(
+        normalized
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63),
+        "{template}: accepted a bad DNS label in {authority:?}"
+    );
+    assert!(
+        normalized
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'),
+        "{template}: accepted {authority:?}"
+    );
+}
+
+// ---- cookie -------------------------------------------------------------------------------
+
+const COOKIE_NAMES: [&str; 3] = ["podgate_cap", "__Host-podgate_cap", "a"];
+
+/// `cookie`: arbitrary bytes as a `Cookie` header value.
+pub fn cookie(data: &[u8]) {
+    let header = String::from_utf8_lossy(data);
+    for name in COOKIE_NAMES {
+        check_cookie(&header, name);
+    }
+}
+
+/// A pair's name as the header grammar reads it: text before the first `=`, trimmed; a pair
+/// without `=` has no name.
+fn pair_name(pair: &str) -> &str {
+    pair.split_once('=').map_or("", |(n, _)| n.trim())
+}
+
+fn check_cookie(header: &str, name: &str) {
+    let pairs: Vec<&str> = header
+        .split(';')
+        .map(|p| p.trim_matches(|c| c == ' ' || c == '\t'))
+        .filter(|p| !p.is_empty())
+        .collect();
+    let ours = pairs.iter().filter(|p| pair_name(p) == name).count();
+    let others: Vec<&str> = pairs
+        .iter()
+        .copied()
+        .filter(|p| pair_name(p) != name)
+        .collect();
+
+    let found: Vec<&str> = cookie::find_all(header, name).collect();
+    assert_eq!(found.len(), ours, "find_all({header:?}, {name:?})");
+    if !cookie::mentions(header, name) {
+        assert!(
+            found.is_empty(),
+            "found {name:?} in {header:?} without a mention"
+        );
+    }
+    for value in &found {
+        assert!(!value.contains(';'), "{value:?}");
+    }
+
+    match cookie::strip(header, name) {
+        None => assert!(
+            others.is_empty(),
+            "strip({header:?}, {name:?}) dropped {others:?}"
+        ),
+        Some(out) => {
+            assert!(!out.is_empty());
+            let kept: Vec<&str> = out.split("; ").collect();
+            assert_eq!(
+                kept, others,
+                "strip({header:?}, {name:?}) must keep every other pair, in order"
+            );
+            assert!(
+                kept.iter().all(|p| pair_name(p) != name),
+                "strip left {name:?} in {out:?}"
+            );
+            assert_eq!(cookie::find_all(&out, name).count(), 0, "{out:?}");
+            assert!(out.len() <= header.len() + header.matches(';').count());
+            if !has_crlf_nul(header.as_bytes()) {
+                assert!(!has_crlf_nul(out.as_bytes()), "{out:?}");
+            }
+        }
+    }
+}
+
+// ---- redirect -----------------------------------------------------------------------------
+
+/// `redirect`: arbitrary bytes as a `next` target.
+pub fn redirect(data: &[u8]) {
+    let input = String::from_utf8_lossy(data);
+    let out = redirect::safe_next(&input);
+    assert!(out == input || out == "/", "safe_next({input:?}) = {out:?}");
+    assert_eq!(redirect::is_safe_next(&input), out == input || input == "/");
+    assert!(out.starts_with('/'), "{out:?}");
+    assert!(
+        !out.starts_with("//") && !out.starts_with("/\\"),
+        "network-path reference {out:?}"
+    );
+    assert!(
+        out.bytes().all(|b| b.is_ascii_graphic()),
+        "control, whitespace or non-ASCII in {out:?}"
+    );
+    assert!(!out.contains('\\'), "{out:?}");
+    assert!(out.len() <= redirect::MAX_NEXT_LEN);
+    let lower = out.to_ascii_lowercase();
+    for bad in ["%0a", "%0d", "%00"] {
+        assert!(!lower.contains(bad), "{out:?}");
+    }
+    for bad in ["/%2f", "/%5c"] {
+        assert!(!lower.starts_with(bad), "{out:?}");
+    }
+    assert_eq!(
+        redirect::safe_next(&out),
+        out,
+        "safe_next is not idempotent"
+    );
+
+    // The same bytes as a query value (the gate's `next=`): only unreserved or %XX, reversible.
+    let encoded = redirect::encode_query_value(&input);
+    assert!(
+        encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/%".contains(&b)),
+        "{encoded:?}"
+    );
+    assert_eq!(percent_decode(&encoded), input.as_bytes(), "{encoded:?}");
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => b - b'0',
+        b'A'..=b'F' => b - b'A' + 10,
+        _ => panic!("not an uppercase hex digit: {b}"),
+    };
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            assert!(i + 2 < bytes.len(), "truncated escape in {s:?}");
+            out.push(hex(bytes[i + 1]) << 4 | hex(bytes[i + 2]));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+// ---- token --------------------------------------------------------------------------------
+
+/// One token the fuzzer minted, and what each verifier must say about it unchanged.
+struct Minted {
+    token: String,
+    valid_capability: bool,
+    valid_ticket: bool,
+}
+
+struct TokenFixture {
+    capabilities: Verifier,
+    tickets: Verifier,
+    minted: Vec<Minted>,
+}
+
+fn es256_scalar(last: u8) -> [u8; 32] {
+    let mut scalar = [0x11u8; 32];
+    scalar[31] = last;
+    scalar
+}
+
+fn claims_for(pod: &str, port: u16, aud: String) -> PodClaims {
+    PodClaims {
+        iss: ISS.into(),
+        sub: "user-1".into(),
+        aud,
+        pod: pod.into(),
+        port,
+        jti: "jti-1".into(),
+        email: Some("u@example.dev".into()),
+    }
+}
+
+fn token_fixture() -> &'static TokenFixture {
+    static FIXTURE: OnceLock<TokenFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let cap = TokenKind::Capability;
+        let tkt = TokenKind::LoginTicket;
+        let ed = SigningKey::ed25519_from_seed("cap-fz-ed", [0x42; 32]).unwrap();
+        let es = SigningKey::es256_from_bytes("cap-fz-es", &es256_scalar(0x07)).unwrap();
+        let hs = SigningKey::hs256("cap-fz-hs", &[0x17; 32]).unwrap();
+        let ticket_key = SigningKey::ed25519_from_seed("tkt-fz-ed", [0x43; 32]).unwrap();
+        let set = KeySet {
+            keys: [&ed, &es, &hs, &ticket_key]
+                .iter()
+                .map(|k| k.verifying_jwk())
+                .collect(),
+        };
+        let capabilities = Verifier::new(cap, ISS, &set, 30, 3600).unwrap();
+        let tickets = Verifier::new(tkt, ISS, &set, 30, 3600).unwrap();
+        let claims = claims_for(
+            "myslug",
+            8726,
+            "localhost-8726-pod-myslug.example.dev".into(),
+        );
+        let no_email = PodClaims {
+            email: None,
+            ..claims.clone()
+        };
+        let wrong_issuer = PodClaims {
+            iss: "https://evil.example".into(),
+            ..claims.clone()
+        };
+        let mint = |kind, key: &SigningKey, c: &PodClaims, iat, life| {
+            token::mint(kind, key, c, iat, life).unwrap()
+        };
+        let mut minted = Vec::new();
+        let mut add = |token: String, valid_capability: bool, valid_ticket: bool| {
+            minted.push(Minted {
+                token,
+                valid_capability,
+                valid_ticket,
+            })
+        };
+        for key in [&ed, &es, &hs] {
+            add(mint(cap, key, &claims, NOW, 900), true, false);
+        }
+        add(mint(cap, &ed, &no_email, NOW - 10, 60), true, false);
+        add(mint(tkt, &ticket_key, &claims, NOW, 60), false, true);
+        // A capability `typ` signed with the ticket key, a ticket `typ` signed with a capability
+        // key, an expired one, one living too long, one from another issuer: never valid.
+        add(mint(cap, &ticket_key, &claims, NOW, 60), false, false);
+        add(mint(tkt, &ed, &claims, NOW, 60), false, false);
+        add(mint(cap, &ed, &claims, NOW - 5000, 900), false, false);
+        add(mint(cap, &es, &claims, NOW, 7200), false, false);
+        add(mint(cap, &hs, &wrong_issuer, NOW, 60), false, false);
+        TokenFixture {
+            capabilities,
+            tickets,
+            minted,
+        }
+    })
+}
+
+/// The minted tokens, for seeding the corpus.
+pub fn minted_tokens() -> Vec<String> {
+    token_fixture()
+        .minted
+        .iter()
+        .map(|m| m.token.clone())
+        .collect()
+}
+
+/// `token`: see the module docs for the modes.
+pub fn token(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 4 {
+        0 => check_untrusted_token(&String::from_utf8_lossy(rest), NOW),
+        1 => {
+            let (clock, rest) = rest.split_at(rest.len().min(8));
+            let mut buf = [0u8; 8];
+            buf[..clock.len()].copy_from_slice(clock);
+            let now = i64::from_le_bytes(buf);
+            check_untrusted_token(&String::from_utf8_lossy(rest), now);
+        }
+        2 => check_mutated_token(rest),
+        _ => {
+            if let Ok(set) = serde_json::from_slice::<KeySet>(rest) {
+                for kind in [TokenKind::Capability, TokenKind::LoginTicket] {
+                    if let Ok(v) = Verifier::new(kind, ISS, &set, 30, 3600) {
+                        for m in &token_fixture().minted {
+                            let _ = v.verify(&m.token, NOW);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The signed part of a compact JWS: everything before the last `.`.
+fn signing_input(token: &str) -> &str {
+    token.rsplit_once('.').map_or(token, |(signed, _)| signed)
+}
+
+fn check_untrusted_token(token: &str, now: i64) {
+    let f = token_fixture();
+    for (verifier, max_life) in [(&f.capabilities, 3600), (&f.tickets, 60)] {
+        let ours = verifier.claims_ours(token);
+        let Ok(v) = verifier.verify(token, now) else {
+            continue;
+        };
+        // Ed25519 signing here is hedged (randomized), so a token minted by another process
+        // (a seed) carries another valid signature: compare what was signed.
+        assert!(
+            f.minted
+                .iter()
+                .any(|m| signing_input(&m.token) == signing_input(token)),
+            "a token the fuzzer never signed verified: {token:?}"
+        );
+        assert!(ours, "verified but claims_ours is false: {token:?}");
+        assert_eq!(v.claims.iss, ISS);
+        assert!(v.expires_at >= v.issued_at && v.expires_at - v.issued_at <= max_life);
+        assert!(now < v.expires_at.saturating_add(30));
+        assert!(v.issued_at <= now.saturating_add(30));
+    }
+}
+
+/// Structured mode: pick a minted token, apply up to 8 edits (4 bytes each: op, position,
+/// argument) and require that it verifies only if it is still (or again) a valid minted token.
+fn check_mutated_token(data: &[u8]) {
+    let f = token_fixture();
+    let Some((&pick, ops)) = data.split_first() else {
+        return;
+    };
+    let original = &f.minted[usize::from(pick) % f.minted.len()];
+    let mut bytes = original.token.clone().into_bytes();
+    for op in ops.chunks_exact(4).take(8) {
+        let len = bytes.len().max(1);
+        let pos = usize::from(u16::from_le_bytes([op[1], op[2]])) % len;
+        let arg = op[3];
+        match op[0] % 8 {
+            0 => {
+                if let Some(b) = bytes.get_mut(pos) {
+                    *b ^= 1 << (arg % 8);
+                }
+            }
+            1 => {
+                if let Some(b) = bytes.get_mut(pos) {
+                    *b = arg;
+                }
+            }
+            2 => bytes.insert(pos.min(bytes.len()), arg),
+            3 => {
+                if pos < bytes.len() {
+                    bytes.remove(pos);
+                }
+            }
+            4 | 5 => {
+                // Swap two segments, or take one segment from another minted token.
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let mut segments: Vec<String> = text.split('.').map(str::to_owned).collect();
+                let a = usize::from(arg % 3);
+                if op[0] % 8 == 4 {
+                    let b = usize::from((arg / 3) % 3);
+                    if a < segments.len() && b < segments.len() {
+                        segments.swap(a, b);
+                    }
+                } else {
+                    let donor = &f.minted[pos % f.minted.len()].token;
+                    if let (Some(slot), Some(seg)) = (segments.get_mut(a), donor.split('.').nth(a))
+                    {
+                        *slot = seg.to_owned();
+                    }
+                }
+                bytes = segments.join(".").into_bytes();
+            }
+            6 => bytes.truncate(pos),
+            _ => bytes.extend_from_slice(if arg % 2 == 0 { b"." } else { b"=" }),
+        }
+    }
+    let token = String::from_utf8_lossy(&bytes);
+    // Edits may rebuild another minted token exactly (e.g. all three segments from a donor),
+    // which is as good as unchanged: compare against every token the fuzzer signed.
+    let exact = f.minted.iter().find(|m| m.token == token);
+    let signed_as = |m: &&Minted| signing_input(&m.token) == signing_input(&token);
+    for (verifier, valid) in [
+        (
+            &f.capabilities,
+            (|m: &Minted| m.valid_capability) as fn(&Minted) -> bool,
+        ),
+        (&f.tickets, |m: &Minted| m.valid_ticket),
+    ] {
+        let result = verifier.verify(&token, NOW);
+        if result.is_ok() {
+            assert!(
+                f.minted.iter().filter(signed_as).any(valid),
+                "{:?} verifier accepted an edited token {token:?} (from {:?}): {result:?}",
+                verifier.kind(),
+                original.token
+            );
+        }
+        if exact.is_some_and(valid) {
+            assert!(
+                result.is_ok(),
+                "{:?} verifier refused the valid minted {token:?}: {result:?}",
+                verifier.kind()
+            );
+        }
+        let _ = verifier.claims_ours(&token);
+    }
+}
+
+// ---- gate ---------------------------------------------------------------------------------
+
+/// One request for the gate, decoded from fuzz bytes.
+#[derive(Debug, Clone)]
+pub struct GateCase {
+    /// Which of the two configurations (`public_scheme` https or http) applies.
+    pub https: bool,
+    pub now: i64,
+    /// Lowercase names, raw values, as Envoy hands them to the filter.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+struct GateFixture {
+    /// Index 0: http, 1: https.
+    configs: [CompiledConfig; 2],
+    json: [Vec<u8>; 2],
+    ed: SigningKey,
+    es: SigningKey,
+}
+
+/// The gate's pod directory: two running pods, one stopped, one starting.
+fn gate_filter_config(https: bool, keys: KeySet) -> FilterConfig {
+    let mut pods = HashMap::new();
+    for (slug, status, address) in [
+        ("alpha", PodStatus::Running, Some("10.0.0.5:30001")),
+        ("beta", PodStatus::Running, None),
+        ("sleepy", PodStatus::Stopped, None),
+        ("a-b", PodStatus::Starting, Some("10.0.0.6:30002")),
+    ] {
+        pods.insert(
+            slug.to_owned(),
+            PodEntry {
+                status,
+                cluster: format!("pod_{slug}"),
+                address: address.map(str::to_owned),
+            },
+        );
+    }
+    FilterConfig {
+        issuer: ISS.into(),
+        domain: "example.dev".into(),
+        public_host_template: host::DEFAULT_PUBLIC_TEMPLATE.into(),
+        upstream_host_template: host::DEFAULT_UPSTREAM_TEMPLATE.into(),
+        public_scheme: if https { "https" } else { "http" }.into(),
+        cookie_name: cookie::DEFAULT_COOKIE_NAME.into(),
+        auth_url: "https://podgate.example.dev/api/proxy-auth".into(),
+        control_plane_cluster: "podgate_control_plane".into(),
+        keys,
+        pods,
+        revoked_jti: vec!["jti-revoked".into()],
+        leeway_secs: 30,
+        max_capability_lifetime_secs: 3600,
+        token_cache_entries: 2,
+    }
+}
+
+fn gate_fixture() -> &'static GateFixture {
+    static FIXTURE: OnceLock<GateFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        // Only the fuzzer holds the private halves; the configuration gets the public keys.
+        let ed = SigningKey::ed25519_from_seed("cap-gate-ed", [0x5a; 32]).unwrap();
+        let es = SigningKey::es256_from_bytes("cap-gate-es", &es256_scalar(0x2b)).unwrap();
+        let keys = KeySet {
+            keys: vec![ed.public_jwk().unwrap(), es.public_jwk().unwrap()],
+        };
+        let json = [false, true]
+            .map(|https| serde_json::to_vec(&gate_filter_config(https, keys.clone())).unwrap());
+        let configs =
+            [false, true].map(|https| gate_filter_config(https, keys.clone()).compile().unwrap());
+        GateFixture {
+            configs,
+            json,
+            ed,
+            es,
+        }
+    })
+}
+
+/// The filter configuration JSON of [`GateCase::https`], for the wasm VM.
+pub fn gate_config_json(https: bool) -> Vec<u8> {
+    gate_fixture().json[usize::from(https)].clone()
+}
+
+/// The compiled configuration of [`GateCase::https`].
+pub fn gate_config(https: bool) -> &'static CompiledConfig {
+    &gate_fixture().configs[usize::from(https)]
+}
+
+const SUBS: [&str; 3] = ["user-1", "anonymous", "01HZX3 user"];
+const EMAILS: [Option<&str>; 5] = [
+    None,
+    Some("u@example.dev"),
+    Some("evil@x\r\nx-podgate-user: admin"),
+    Some("\u{e9}l\u{e8}ve@example.dev"),
+    Some("a\0b@example.dev"),
+];
+
+/// Mints the capability the flags ask for. Variants: 1 valid for the authority's pod and port,
+/// 2 another pod, 3 another port, 4 revoked, 5 expired, 6 not yet valid, 7 valid (ES256 key).
+/// With `select & 0x80` the `aud` names the authority but the `pod` claim another pod.
+fn gate_token(variant: u8, select: u8, pod: &PodAddr, config: &CompiledConfig) -> String {
+    type Key = (u8, u8, String, u16);
+    thread_local! {
+        static MINTED: RefCell<HashMap<Key, String>> = RefCell::new(HashMap::new());
+    }
+    let key: Key = (variant, select, pod.pod.clone(), pod.port);
+    if let Some(t) = MINTED.with(|m| m.borrow().get(&key).cloned()) {
+        return t;
+    }
+    let f = gate_fixture();
+    let other_pod = if pod.pod == "beta" { "alpha" } else { "beta" };
+    let mut scope = pod.clone();
+    match variant {
+        2 => scope.pod = other_pod.into(),
+        3 => {
+            scope.port = if pod.port == u16::MAX {
+                1
+            } else {
+                pod.port + 1
+            }
+        }
+        _ => {}
+    }
+    let aud = config.public_hosts.render(&scope);
+    let mut claims = PodClaims {
+        iss: ISS.into(),
+        sub: SUBS[usize::from(select & 0x7f) % SUBS.len()].into(),
+        aud,
+        pod: scope.pod.clone(),
+        port: scope.port,
+        jti: if variant == 4 { "jti-revoked" } else { "jti-1" }.into(),
+        email: EMAILS[usize::from(select & 0x7f) / SUBS.len() % EMAILS.len()].map(str::to_owned),
+    };
+    if select & 0x80 != 0 {
+        claims.pod = other_pod.into();
+    }
+    let (iat, life) = match variant {
+        5 => (NOW - 2000, 900),
+        6 => (NOW + 1000, 900),
+        _ => (NOW, 900),
+    };
+    let signer = if variant == 7 { &f.es } else { &f.ed };
+    let t = token::mint(TokenKind::Capability, signer, &claims, iat, life).unwrap();
+    MINTED.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= 4096 {
+            m.clear();
+        }
+        m.insert(key, t.clone());
+    });
+    t
+}
+
+/// Decodes a gate input.
+///
+/// - byte 0, flags: bits 0-2 which capability to add (0 none; see [`gate_token`]), bits 3-4
+///   where (0 `podgate-token`, 1 `authorization: Bearer`, 2 appended to the cookie, 3
+///   prepended; to the last or first `cookie` header), bit 5 the https configuration;
+/// - byte 1 picks the token's `sub` and `email` (and bit 7 a mismatched `pod` claim);
+/// - then header lines `name:value` split at `\n`; the name ends at the first `:` after its
+///   first byte (so `:authority:x` works) and is lowercased; the value is raw bytes. Repeated
+///   headers stay separate (an HTTP/1 client may send several `Cookie` headers).
+pub fn gate_case(data: &[u8]) -> GateCase {
+    let flags = data.first().copied().unwrap_or(0);
+    let select = data.get(1).copied().unwrap_or(0);
+    let https = flags & 0x20 != 0;
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+    for line in data.get(2..).unwrap_or(&[]).split(|&b| b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let colon = line.iter().skip(1).position(|&b| b == b':').map(|i| i + 1);
+        let (name, value) = match colon {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (line, &line[line.len()..]),
+        };
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        headers.push((name, value.to_vec()));
+    }
+
+    let variant = flags & 7;
+    if variant != 0 {
+        let config = gate_config(https);
+        let authority = headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n == ":authority")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let pod = config.public_hosts.parse(&authority).unwrap_or(PodAddr {
+            pod: "alpha".into(),
+            port: 8726,
+        });
+        let t = gate_token(variant, select, &pod, config);
+        let pair = format!("{}={t}", config.cookie_name).into_bytes();
+        match (flags >> 3) & 3 {
+            0 => headers.push(("podgate-token".into(), t.into_bytes())),
+            1 => headers.push(("authorization".into(), format!("Bearer {t}").into_bytes())),
+            place => {
+                let cookies = headers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (n, _))| n == "cookie");
+                let at = if place == 2 {
+                    cookies.last().map(|(i, _)| i)
+                } else {
+                    cookies.map(|(i, _)| i).next()
+                };
+                match at {
+                    Some(at) => {
+                        let old = std::mem::take(&mut headers[at].1);
+                        headers[at].1 = if place == 2 {
+                            [old.as_slice(), b"; ", &pair].concat()
+                        } else {
+                            [pair.as_slice(), b"; ", &old].concat()
+                        };
+                    }
+                    None => headers.push(("cookie".into(), pair)),
+                }
+            }
+        }
+    }
+    GateCase {
+        https,
+        now: NOW,
+        headers,
+    }
+}
+
+/// What the filter decides for a case: `Request::from_headers`, then `gate::decide` with a
+/// fresh cache, exactly as the filter does.
+pub fn gate_decide(case: &GateCase) -> Decision {
+    match Request::from_headers(&case.headers) {
+        Ok(req) => gate::decide(
+            gate_config(case.https),
+            &mut VerifiedCache::new(),
+            &req,
+            case.now,
+        ),
+        Err(denial) => Decision::Deny(denial),
+    }
+}
+
+/// `gate`: the whole decision, natively.
+pub fn gate(data: &[u8]) {
+    check_gate(&gate_case(data));
+}
+
+/// Checks every invariant of the decision for one case and returns it.
+pub fn check_gate(case: &GateCase) -> Decision {
+    let config = gate_config(case.https);
+    let req = match Request::from_headers(&case.headers) {
+        Ok(req) => req,
+        Err(denial) => {
+            assert!(matches!(denial, Denial::MalformedHeader(_)), "{denial:?}");
+            check_reply(config, &denial);
+            return Decision::Deny(denial);
+        }
+    };
+    let mut cache = VerifiedCache::new();
+    let first = gate::decide(config, &mut cache, &req, case.now);
+    // Again through the now warm cache: the cache must never change an answer.
+    let again = gate::decide(config, &mut cache, &req, case.now);
+    assert_eq!(
+        first, again,
+        "the verified-token cache changed the decision"
+    );
+    match &first {
+        Decision::Deny(denial) => check_reply(config, denial),
+        Decision::Forward {
+            edits,
+            user,
+            expires_at,
+        } => check_forward(config, case, &req, edits, user.as_deref(), *expires_at),
+    }
+    first
+}
+
+fn check_reply(config: &CompiledConfig, denial: &Denial) {
+    let reply = denial.reply();
+    assert!((300..600).contains(&reply.status), "{reply:?}");
+    for (name, value) in &reply.headers {
+        assert!(!has_crlf_nul(value.as_bytes()), "{name}: {value:?}");
+    }
+    if reply.status == 302 {
+        let location = reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "location")
+            .map(|(_, v)| v.as_str())
+            .expect("a redirect without a location");
+        assert!(
+            location.starts_with(&format!("{}?pod=", config.auth_url)),
+            "{location:?}"
+        );
+        assert!(
+            location.bytes().all(|b| b.is_ascii_graphic()),
+            "{location:?}"
+        );
+    }
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&reply.body).is_ok(),
+        "{:?}",
+        reply.body
+    );
+}
+
+/// Every piece of a credential-carrying header that could be a token.
+fn credential_pieces(headers: &[(String, Vec<u8>)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| matches!(n.as_str(), "podgate-token" | "authorization" | "cookie"))
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(|c: char| matches!(c, ';' | '=' | '"' | ',') || c.is_whitespace())
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Every value of header `name`, in order.
+fn values<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Vec<&'h [u8]> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+        .collect()
+}
+
+/// The request headers after the edits, with Envoy's `setCopy` semantics.
+fn apply(headers: &[(String, Vec<u8>)], edits: &[HeaderEdit]) -> Vec<(String, Vec<u8>)> {
+    let mut out = headers.to_vec();
+    for edit in edits {
+        match edit {
+            HeaderEdit::Remove(name) => out.retain(|(n, _)| n != name),
+            HeaderEdit::Set(name, value) => {
+                out.retain(|(n, _)| n != name);
+                out.push((name.clone(), value.clone().into_bytes()));
+            }
+        }
+    }
+    out
+}
+
+fn check_forward(
+    config: &CompiledConfig,
+    case: &GateCase,
+    req: &Request<'_>,
+    edits: &[HeaderEdit],
+    user: Option<&str>,
+    expires_at: Option<i64>,
+) {
+    let pod = config
+        .public_hosts
+        .parse(req.authority)
+        .expect("forwarded a request whose authority is not a pod host");
+    let mut set: HashMap<&str, &str> = HashMap::new();
+    for edit in edits {
+        if let HeaderEdit::Set(name, value) = edit {
+            if name == "cookie" {
+                // The stripped cookie is the client's own bytes; it may only carry what the
+                // client sent (Envoy never delivers CR, LF or NUL in a value).
+                let sent: Vec<u8> = values(&case.headers, "cookie").concat();
+                for b in value.bytes().filter(|&b| matches!(b, b'\r' | b'\n' | 0)) {
+                    assert!(
+                        sent.contains(&b),
+                        "cookie edit introduced {b:#x}: {value:?}"
+                    );
+                }
+            } else {
+                assert!(
+                    !has_crlf_nul(value.as_bytes()),
+                    "edit sets {name} to {value:?}"
+                );
+            }
+            set.insert(name.as_str(), value.as_str());
+        }
+    }
+
+    // Our credentials and the client's copies of our headers never reach the upstream.
+    let forwarded = apply(&case.headers, edits);
+    // Ours: a `Bearer` credential (in any `Authorization` value, comma-joined ones too) that
+    // looks like our capability.
+    let bearer_ours = values(&case.headers, "authorization").iter().any(|v| {
+        String::from_utf8_lossy(v).split(',').any(|part| {
+            part.trim()
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .is_some_and(|(_, t)| config.verifier.claims_ours(t.trim()))
+        })
+    });
+    for (name, value) in &forwarded {
+        assert_ne!(name, "podgate-token", "the token header was forwarded");
+        if name == "cookie" {
+            let text = String::from_utf8_lossy(value);
+            assert_eq!(
+                cookie::find_all(&text, &config.cookie_name).count(),
+                0,
+                "our cookie was forwarded: {text:?}"
+            );
+        }
+        if name == "authorization" {
+            assert!(!bearer_ours, "our bearer token was forwarded");
+        }
+        if name.starts_with(HEADER_PREFIX) {
+            assert_eq!(
+                set.get(name.as_str()).map(|v| v.as_bytes()),
+                Some(value.as_slice()),
+                "a client copy of {name} was forwarded"
+            );
+        }
+    }
+
+    let Some(user) = user else {
+        // The control plane's callback path: no capability needed, but nothing else either.
+        assert!(req.path.starts_with(RESERVED_PREFIX), "{:?}", req.path);
+        assert_eq!(
+            set.get(CLUSTER_HEADER).copied(),
+            Some(config.control_plane_cluster.as_str())
+        );
+        for name in [":authority", USER_HEADER, EMAIL_HEADER, UPSTREAM_HEADER] {
+            assert!(!set.contains_key(name), "callback forward sets {name}");
+        }
+        assert_eq!(expires_at, None);
+        return;
+    };
+
+    assert!(!req.path.starts_with(RESERVED_PREFIX), "{:?}", req.path);
+    let entry = config
+        .pods
+        .get(&pod.pod)
+        .expect("forwarded to a pod that is not in the directory");
+    assert_eq!(entry.status, PodStatus::Running, "{pod:?}");
+    let upstream = config.upstream_hosts.render(&pod);
+    assert_eq!(set.get(":authority").copied(), Some(upstream.as_str()));
+    assert_eq!(
+        set.get(CLUSTER_HEADER).copied(),
+        Some(entry.cluster.as_str())
+    );
+    assert_eq!(set.get(UPSTREAM_HEADER).copied(), entry.address.as_deref());
+    assert_eq!(set.get(USER_HEADER).copied(), Some(user));
+    if let Some(email) = set.get(EMAIL_HEADER) {
+        assert!(email.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
+    }
+
+    // The point of the gate: a forward to a pod carries a valid, unrevoked capability for
+    // exactly that pod and port (checked here without the gate's own candidate logic).
+    let host = config.public_hosts.render(&pod);
+    let granted = credential_pieces(&case.headers).iter().any(|piece| {
+        config.verifier.verify(piece, case.now).is_ok_and(|v| {
+            v.claims.aud == host
+                && v.claims.pod == pod.pod
+                && v.claims.port == pod.port
+                && v.claims.sub == user
+                && Some(v.expires_at) == expires_at
+                && !config.revoked.contains(&v.claims.jti)
+        })
+    });
+    assert!(
+        granted,
+        "forwarded to {pod:?} as {user:?} without a valid capability for it"
+    );
+}
