@@ -88,68 +88,46 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Op>) {
 }
 
 async fn write_batch(db: &Db, batch: Vec<Op>) {
-    let tickets: Vec<(String, i64)> = batch
-        .iter()
-        .filter_map(|op| match op {
+    let mut tickets = Vec::new();
+    let mut always = Vec::new();
+    let mut if_consumed = Vec::new();
+    for op in &batch {
+        match op {
+            Op::Record { entry, .. } => always.push(entry),
             Op::ConsumeThenRecord {
-                jti, expires_at, ..
-            } => Some((jti.clone(), *expires_at)),
-            Op::Record { .. } => None,
-        })
-        .collect();
-    let consumed = if tickets.is_empty() {
-        Ok(Vec::new())
-    } else {
-        db.consume_tickets(&tickets).await
-    };
-    let consumed = match consumed {
+                jti,
+                expires_at,
+                entry,
+                ..
+            } => {
+                tickets.push((jti.clone(), *expires_at));
+                if_consumed.push(entry);
+            }
+        }
+    }
+    let consumed = match db
+        .consume_then_record(&tickets, &always, &if_consumed)
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "consuming tickets failed");
+            tracing::error!(error = %e, "recording mints failed");
             fail_all(batch, &e.to_string());
             return;
         }
     };
-    // Pair each op with whether it is to be recorded.
     let mut verdicts = consumed.into_iter();
-    let mut to_record = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
     for op in batch {
-        match op {
-            Op::Record { entry, done } => {
-                to_record.push(entry);
-                replies.push(Reply::Recorded(done));
-            }
-            Op::ConsumeThenRecord { entry, done, .. } => {
-                let fresh = verdicts.next().unwrap_or(false);
-                if fresh {
-                    to_record.push(entry);
-                }
-                replies.push(Reply::Consumed(done, fresh));
-            }
-        }
-    }
-    let refs: Vec<&AuditEntry> = to_record.iter().collect();
-    let result = db.record_mints(&refs).await.map_err(|e| e.to_string());
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "recording mints failed");
-    }
-    for reply in replies {
         // A request that gave up waiting is no longer listening; nothing to do about it.
-        match reply {
-            Reply::Recorded(done) => {
-                let _ = done.send(result.clone());
+        match op {
+            Op::Record { done, .. } => {
+                let _ = done.send(Ok(()));
             }
-            Reply::Consumed(done, fresh) => {
-                let _ = done.send(result.clone().map(|()| fresh));
+            Op::ConsumeThenRecord { done, .. } => {
+                let _ = done.send(Ok(verdicts.next().unwrap_or(false)));
             }
         }
     }
-}
-
-enum Reply {
-    Recorded(oneshot::Sender<Result<(), String>>),
-    Consumed(oneshot::Sender<Result<bool, String>>, bool),
 }
 
 fn fail_all(batch: Vec<Op>, why: &str) {

@@ -929,82 +929,140 @@ impl Db {
     /// Consumes many tickets in one statement; `true` for each one consumed now, `false` for a
     /// replay (used before, or earlier in the same batch).
     pub async fn consume_tickets(&self, tickets: &[(String, i64)]) -> Res<Vec<bool>> {
-        let mut seen = std::collections::HashSet::new();
-        let fresh: Vec<&(String, i64)> = tickets
-            .iter()
-            .filter(|(jti, _)| seen.insert(jti.as_str()))
-            .collect();
-        if fresh.is_empty() {
-            return Ok(vec![false; tickets.len()]);
-        }
-        let mut sql = String::from("INSERT INTO consumed_tickets (jti, expires_at) VALUES ");
-        for i in 0..fresh.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
-        }
-        sql.push_str(" ON CONFLICT (jti) DO NOTHING RETURNING jti");
-        let mut q = sqlx::query(&sql);
-        for (jti, exp) in &fresh {
-            q = q.bind(jti.as_str()).bind(*exp);
-        }
-        let rows = q.fetch_all(&self.writer).await?;
-        let mut inserted = std::collections::HashSet::new();
-        for row in &rows {
-            inserted.insert(row.try_get::<String, _>("jti")?);
-        }
-        // Only the first occurrence of a jti in the batch may claim it.
-        let mut claimed = std::collections::HashSet::new();
-        Ok(tickets
-            .iter()
-            .map(|(jti, _)| inserted.contains(jti) && claimed.insert(jti.as_str()))
-            .collect())
+        consume_tickets_on(&self.writer, tickets).await
     }
 
     /// Records many mints in one statement.
     pub async fn record_mints(&self, entries: &[&AuditEntry]) -> Res<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut sql = String::from(
-            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, issued_at, expires_at) VALUES ",
-        );
-        for i in 0..entries.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let b = 9 * i;
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9
-            ));
-        }
-        let mut q = sqlx::query(&sql);
-        for e in entries {
-            q = q
-                .bind(e.jti.as_str())
-                .bind(e.kind.as_str())
-                .bind(e.user_id.as_str())
-                .bind(e.pod_slug.as_str())
-                .bind(i64::from(e.port))
-                .bind(e.audience.as_str())
-                .bind(e.via.as_str())
-                .bind(e.issued_at)
-                .bind(e.expires_at);
-        }
-        q.execute(&self.writer).await?;
-        Ok(())
+        record_mints_on(&self.writer, entries).await
     }
 
+    /// Consumes `tickets` and records `always` plus, for each ticket consumed now, its entry in
+    /// `if_consumed` (same order as `tickets`). On PostgreSQL one transaction (one commit, one
+    /// fsync); on SQLite two autocommit statements (commits are cheap there, round trips are
+    /// not). Either way nothing is handed out before this returns, and a failure between the two
+    /// statements only burns tickets.
+    pub async fn consume_then_record(
+        &self,
+        tickets: &[(String, i64)],
+        always: &[&AuditEntry],
+        if_consumed: &[&AuditEntry],
+    ) -> Res<Vec<bool>> {
+        fn pick<'a>(
+            always: &[&'a AuditEntry],
+            if_consumed: &[&'a AuditEntry],
+            consumed: &[bool],
+        ) -> Vec<&'a AuditEntry> {
+            let mut out = always.to_vec();
+            out.extend(
+                if_consumed
+                    .iter()
+                    .zip(consumed)
+                    .filter(|(_, c)| **c)
+                    .map(|(e, _)| *e),
+            );
+            out
+        }
+        match self.backend {
+            Backend::Postgres => {
+                let mut tx = self.writer.begin().await?;
+                let consumed = consume_tickets_on(&mut *tx, tickets).await?;
+                record_mints_on(&mut *tx, &pick(always, if_consumed, &consumed)).await?;
+                tx.commit().await?;
+                Ok(consumed)
+            }
+            Backend::Sqlite => {
+                let consumed = consume_tickets_on(&self.writer, tickets).await?;
+                record_mints_on(&self.writer, &pick(always, if_consumed, &consumed)).await?;
+                Ok(consumed)
+            }
+        }
+    }
+}
+
+async fn consume_tickets_on<'c, E>(exec: E, tickets: &[(String, i64)]) -> Res<Vec<bool>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let mut seen = std::collections::HashSet::new();
+    let fresh: Vec<&(String, i64)> = tickets
+        .iter()
+        .filter(|(jti, _)| seen.insert(jti.as_str()))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(vec![false; tickets.len()]);
+    }
+    let mut sql = String::from("INSERT INTO consumed_tickets (jti, expires_at) VALUES ");
+    for i in 0..fresh.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
+    }
+    sql.push_str(" ON CONFLICT (jti) DO NOTHING RETURNING jti");
+    let mut q = sqlx::query(&sql);
+    for (jti, exp) in &fresh {
+        q = q.bind(jti.as_str()).bind(*exp);
+    }
+    let rows = q.fetch_all(exec).await?;
+    let mut inserted = std::collections::HashSet::new();
+    for row in &rows {
+        inserted.insert(row.try_get::<String, _>("jti")?);
+    }
+    // Only the first occurrence of a jti in the batch may claim it.
+    let mut claimed = std::collections::HashSet::new();
+    Ok(tickets
+        .iter()
+        .map(|(jti, _)| inserted.contains(jti) && claimed.insert(jti.as_str()))
+        .collect())
+}
+
+async fn record_mints_on<'c, E>(exec: E, entries: &[&AuditEntry]) -> Res<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from(
+            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, issued_at, expires_at) VALUES ",
+        );
+    for i in 0..entries.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let b = 9 * i;
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8,
+            b + 9
+        ));
+    }
+    let mut q = sqlx::query(&sql);
+    for e in entries {
+        q = q
+            .bind(e.jti.as_str())
+            .bind(e.kind.as_str())
+            .bind(e.user_id.as_str())
+            .bind(e.pod_slug.as_str())
+            .bind(i64::from(e.port))
+            .bind(e.audience.as_str())
+            .bind(e.via.as_str())
+            .bind(e.issued_at)
+            .bind(e.expires_at);
+    }
+    q.execute(exec).await?;
+    Ok(())
+}
+
+impl Db {
     /// The newest audit entries, optionally of one user, newest first.
     pub async fn list_audit(&self, user_id: Option<&str>, limit: i64) -> Res<Vec<AuditEntry>> {
         let rows = sqlx::query(

@@ -368,6 +368,23 @@ async fn tickets_sessions_audit(db: &Db) {
     db.record_mints(&refs).await.unwrap();
     db.record_mints(&[]).await.unwrap();
     assert_eq!(db.list_audit(Some("bulk"), 1000).await.unwrap().len(), 256);
+
+    // Consuming and recording together: a replayed ticket's capability is not recorded.
+    let t: Vec<(String, i64)> = vec![("c1".into(), 100), ("b1".into(), 100)];
+    let consumed = db
+        .consume_then_record(&t, &[&rows[256]], &[&rows[257], &rows[258]])
+        .await
+        .unwrap();
+    assert_eq!(consumed, vec![true, false]);
+    let bulk: Vec<String> = db
+        .list_audit(Some("bulk"), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.jti)
+        .collect();
+    assert!(bulk.contains(&"bulk256".to_owned()) && bulk.contains(&"bulk257".to_owned()));
+    assert!(!bulk.contains(&"bulk258".to_owned()), "replay recorded");
 }
 on_both!(tickets_sessions_and_audit, tickets_sessions_audit);
 
