@@ -95,8 +95,8 @@ fn parse_target(pod: Option<&str>, port: Option<&str>) -> ApiResult<PodAddr> {
     })
 }
 
-/// The user, if any, who may reach `addr`; `Err(NotFound)` when nobody in this position may,
-/// `Ok(None)` for the public (anonymous) case. Reads the database every time.
+/// `Ok` when `user` (or nobody, for `None`) may reach `addr`; the uniform `NotFound` when the
+/// pod does not exist or they may not. Reads the database every time.
 async fn authorize(state: &AppState, user: Option<&User>, addr: &PodAddr) -> ApiResult<()> {
     let facts = state
         .db()
@@ -333,11 +333,9 @@ async fn callback(
         }
         Err(Err(e)) => {
             let mut resp = e.into_response();
-            resp.headers_mut().append(
-                header::SET_COOKIE,
-                HeaderValue::from_str(&clear_cookie(&state))
-                    .unwrap_or(HeaderValue::from_static("")),
-            );
+            if let Ok(clear) = HeaderValue::from_str(&clear_cookie(&state)) {
+                resp.headers_mut().append(header::SET_COOKIE, clear);
+            }
             no_store(&mut resp);
             resp
         }
