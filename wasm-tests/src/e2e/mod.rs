@@ -20,3 +20,5 @@ pub use envoy::{envoy_binary, Envoy, Readiness};
 pub use fake_pod::{FakePod, Recorded};
 pub use fixture::{public_host, upstream_host, Minter};
 pub use stack::{block_on, pod_cluster, runtime, PodSpec, SharedStack, Stack, Turn};
+pub mod stack_full;
+pub mod webdriver;

@@ -1,0 +1,1298 @@
+//! The whole podgate stack on loopback, everything real: the `podgate` binary (SQLite, dev
+//! login, the ADS server), Envoy 1.40 on `envoy/podgate.yaml` (clusters and the filter over
+//! ADS), and demo pods (`podgate-demo-pod`, the stand-in for a pod's nginx) that record every
+//! connection and request.
+//!
+//! ```text
+//! WebClient (cookie jar, *.localhost → 127.0.0.1)
+//!   ├─ http://podgate.localhost:CP/…            → podgate (dev login, /api/proxy-auth, /v1/…)
+//!   └─ http://localhost-P-pod-S.podgate.localhost:ENVOY/… → Envoy → filter → demo pod
+//!                                                                 └ /.podgate/ → podgate
+//! podgate ──ADS (gRPC, 127.0.0.1:XDS)──▶ Envoy
+//! ```
+//!
+//! Base domain `podgate.localhost`, the control plane on `podgate.localhost`: the control plane
+//! and the pod hosts are then same-site for a browser (as in production, where the workbench and
+//! pod hosts share a registrable domain), so SameSite=Lax cookies work inside an iframe too.
+//! Chromium, curl and this module's resolver send every `*.localhost` to loopback.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use podgate_demo_pod::DemoPod;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, COOKIE, LOCATION, SET_COOKIE};
+use serde_json::{json, Value as Json};
+use serde_yaml::Value as Yaml;
+
+use super::client::{EnvoyClient, WsOutcome};
+use super::envoy::Envoy;
+use crate::host::{cargo_build, target_dir, workspace_root};
+
+/// The ADS bootstrap users run, relative to the workspace root.
+pub const ADS_BOOTSTRAP: &str = "envoy/podgate.yaml";
+/// The suite's base domain (see the module docs).
+pub const DOMAIN: &str = "podgate.localhost";
+/// The control plane's public host name.
+pub const CP_HOST: &str = "podgate.localhost";
+/// The admin token of every test control plane.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef0123456789abcdef";
+/// How long a change made through the admin API may take to reach Envoy.
+pub const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the control plane may take to answer `/readyz`.
+const CP_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of a log a failure message carries.
+const LOG_TAIL_BYTES: usize = 6000;
+/// The session cookie of the control plane.
+pub const SESSION_COOKIE: &str = "podgate_session";
+/// The capability cookie on pod hosts (over http).
+pub const CAP_COOKIE: &str = "podgate_cap";
+
+// ---------------------------------------------------------------------------------------------
+// Binaries and ports
+
+/// The `podgate` binary: `$PODGATE_BIN`, else built once per process with
+/// `cargo build -p podgate` into the suite's target directory.
+pub fn podgate_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    if let Some(path) = std::env::var_os("PODGATE_BIN").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("PODGATE_BIN={} is not a file", path.display());
+        }
+        return Ok(path);
+    }
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            cargo_build(&root, &["build", "-p", "podgate", "--bin", "podgate"])
+                .map_err(|e| format!("{e:#}"))?;
+            let path = target_dir().join("debug/podgate");
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!(
+                    "cargo built podgate but {} does not exist",
+                    path.display()
+                ))
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow!("building the podgate binary: {e}"))
+}
+
+/// A loopback port nobody listens on right now (bound, then released). The stack needs its
+/// ports before anything starts, because each program is told the others' ports.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn work_dir(label: &str) -> anyhow::Result<PathBuf> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("podgate-stack-{}-{n}-{label}", std::process::id()));
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn tail(text: &str) -> &str {
+    let mut start = text.len().saturating_sub(LOG_TAIL_BYTES);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The control plane process
+
+/// `$1` is the run directory, the rest the command. The command's pid goes to `$1/pid`, its
+/// exit status to `$1/exit`; when our end of stdin closes (the `ControlPlane` is dropped or
+/// the test process dies), the command gets SIGTERM.
+const WATCHDOG: &str = r#"run=$1; shift
+"$@" </dev/null &
+child=$!
+echo "$child" > "$run/pid"
+exec 3<&0
+( read -r _ <&3; [ -e "$run/exit" ] || kill -TERM "$child" ) 2>/dev/null &
+wait "$child"; echo "$?" > "$run/exit.tmp"; mv "$run/exit.tmp" "$run/exit"
+wait
+"#;
+
+struct Proc {
+    watchdog: Child,
+    lifeline: Option<ChildStdin>,
+    run_dir: PathBuf,
+}
+
+impl Proc {
+    fn exit_status(&self) -> Option<i32> {
+        fs::read_to_string(self.run_dir.join("exit"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        fs::read_to_string(self.run_dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Closes the lifeline (SIGTERM unless already gone) and waits for the watchdog, bounded.
+    fn finish(&mut self) {
+        drop(self.lifeline.take());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if matches!(self.watchdog.try_wait(), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// Settings of one test control plane.
+#[derive(Debug, Clone)]
+pub struct CpSettings {
+    pub http: SocketAddr,
+    pub xds: SocketAddr,
+    /// Envoy's listener port (the port in pod URLs).
+    pub pod_public_port: u16,
+    pub domain: String,
+    /// `--capability-lifetime-secs`, when not the default.
+    pub capability_lifetime_secs: Option<u32>,
+    pub filter_wasm: PathBuf,
+    /// Anything else (`--flag`, `value`, ...).
+    pub extra_args: Vec<String>,
+}
+
+/// A `podgate serve` process with its own SQLite database; can be killed and started again on
+/// the same database and ports.
+pub struct ControlPlane {
+    label: String,
+    dir: PathBuf,
+    settings: CpSettings,
+    proc: Option<Proc>,
+    runs: u32,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("label", &self.label)
+            .field("dir", &self.dir)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl ControlPlane {
+    /// Starts `podgate serve` and waits for `/readyz`.
+    pub async fn start(label: &str, settings: CpSettings) -> anyhow::Result<ControlPlane> {
+        let mut cp = ControlPlane {
+            label: label.to_owned(),
+            dir: work_dir(label)?,
+            settings,
+            proc: None,
+            runs: 0,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        };
+        cp.spawn()?;
+        cp.wait_ready().await?;
+        Ok(cp)
+    }
+
+    /// The public URL (`--issuer`): `http://podgate.localhost:PORT`.
+    pub fn public_url(&self) -> String {
+        format!("http://{CP_HOST}:{}", self.settings.http.port())
+    }
+
+    /// The loopback address of the HTTP API.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.settings.http
+    }
+
+    pub fn settings(&self) -> &CpSettings {
+        &self.settings
+    }
+
+    fn args(&self) -> Vec<OsString> {
+        let s = &self.settings;
+        let mut args: Vec<OsString> = vec![
+            "serve".into(),
+            "--listen".into(),
+            s.http.to_string().into(),
+            "--xds-listen".into(),
+            s.xds.to_string().into(),
+            "--database-url".into(),
+            format!("sqlite://{}", self.dir.join("podgate.db").display()).into(),
+            "--admin-token".into(),
+            ADMIN_TOKEN.into(),
+            "--dev-mode".into(),
+            "--issuer".into(),
+            self.public_url().into(),
+            "--domain".into(),
+            s.domain.clone().into(),
+            "--pod-public-port".into(),
+            s.pod_public_port.to_string().into(),
+            "--filter-wasm".into(),
+            s.filter_wasm.clone().into(),
+        ];
+
+        if let Some(secs) = s.capability_lifetime_secs {
+            args.push("--capability-lifetime-secs".into());
+            args.push(secs.to_string().into());
+        }
+        args.extend(s.extra_args.iter().map(OsString::from));
+        args
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let binary = podgate_binary()?;
+        self.runs += 1;
+        let run_dir = self.dir.join(format!("run-{}", self.runs));
+        fs::create_dir_all(&run_dir)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("podgate.log"))?;
+        let mut watchdog = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("podgate-cp-watchdog")
+            .arg(&run_dir)
+            .arg(&binary)
+            .args(self.args())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let lifeline = watchdog.stdin.take();
+        self.proc = Some(Proc {
+            watchdog,
+            lifeline,
+            run_dir,
+        });
+        Ok(())
+    }
+
+    /// Waits until `/readyz` answers 200; an exit or a timeout is an error with the log.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + CP_READY_TIMEOUT;
+        let url = format!("http://{}/readyz", self.settings.http);
+        loop {
+            if let Some(code) = self.proc.as_ref().and_then(Proc::exit_status) {
+                bail!(
+                    "podgate `{}` exited with status {code} before it was ready; its log:\n{}",
+                    self.label,
+                    self.log_tail()
+                );
+            }
+            if let Ok(resp) = self.http.get(&url).send().await {
+                if resp.status().as_u16() == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "podgate `{}` was not ready after {CP_READY_TIMEOUT:?}; its log:\n{}",
+                    self.label,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.proc
+            .as_ref()
+            .is_some_and(|p| p.exit_status().is_none())
+    }
+
+    /// Kills the process with SIGKILL (no graceful shutdown) and waits until it is gone.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let Some(mut proc) = self.proc.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = proc.pid() {
+            if proc.exit_status().is_none() {
+                let status = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status()
+                    .context("running kill")?;
+                if !status.success() && proc.exit_status().is_none() {
+                    bail!("kill -KILL {pid} failed: {status}");
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proc.exit_status().is_none() {
+            if Instant::now() >= deadline {
+                bail!("podgate `{}` did not die after SIGKILL", self.label);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proc.finish();
+        Ok(())
+    }
+
+    /// Stops the process with SIGTERM (graceful) and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.finish();
+        }
+    }
+
+    /// Starts the process again on the same database and ports, and waits for `/readyz`.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// The whole log so far (every run).
+    pub fn log(&self) -> String {
+        fs::read(self.dir.join("podgate.log"))
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        format!(
+            "--- podgate {} (work dir {}) ---\n{}",
+            self.label,
+            self.dir.display(),
+            tail(&log)
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() || std::env::var_os("PODGATE_E2E_KEEP").is_some() {
+            eprintln!(
+                "podgate e2e: kept control plane `{}` files in {}",
+                self.label,
+                self.dir.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ADS bootstrap
+
+fn yaml_key(k: &str) -> Yaml {
+    Yaml::String(k.to_owned())
+}
+
+fn yaml_at<'a>(mut v: &'a mut Yaml, path: &[&str]) -> anyhow::Result<&'a mut Yaml> {
+    for part in path {
+        v = v
+            .get_mut(*part)
+            .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: no `{part}` in {}", path.join(".")))?;
+    }
+    Ok(v)
+}
+
+fn yaml_named<'a>(seq: &'a mut Yaml, name: &str) -> anyhow::Result<&'a mut Yaml> {
+    seq.as_sequence_mut()
+        .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: expected a list holding `{name}`"))?
+        .iter_mut()
+        .find(|item| item.get("name").and_then(Yaml::as_str) == Some(name))
+        .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: nothing named `{name}`"))
+}
+
+fn set_socket(holder: &mut Yaml, port: u16) -> anyhow::Result<()> {
+    let socket = yaml_at(holder, &["address", "socket_address"])?;
+    socket["address"] = yaml_key("127.0.0.1");
+    socket["port_value"] = Yaml::from(port);
+    Ok(())
+}
+
+fn set_cluster_endpoint(clusters: &mut Yaml, name: &str, port: u16) -> anyhow::Result<()> {
+    let cluster = yaml_named(clusters, name)?;
+    let endpoint = yaml_at(cluster, &["load_assignment", "endpoints"])?
+        .get_mut(0)
+        .and_then(|e| e.get_mut("lb_endpoints"))
+        .and_then(|e| e.get_mut(0))
+        .and_then(|e| e.get_mut("endpoint"))
+        .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: cluster {name} has no endpoint"))?;
+    set_socket(endpoint, port)
+}
+
+/// `envoy/podgate.yaml` with only ports changed: admin on an ephemeral port, the listener on
+/// `listener_port`, the ADS cluster on `xds_port`, the control plane's HTTP on `cp_http_port`.
+pub fn render_ads_bootstrap(
+    listener_port: u16,
+    xds_port: u16,
+    cp_http_port: u16,
+) -> anyhow::Result<String> {
+    let path = workspace_root().join(ADS_BOOTSTRAP);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut doc: Yaml = serde_yaml::from_str(&text).context("parsing the bootstrap YAML")?;
+    set_socket(yaml_at(&mut doc, &["admin"])?, 0)?;
+    let listeners = yaml_at(&mut doc, &["static_resources", "listeners"])?;
+    set_socket(yaml_named(listeners, "podgate_http")?, listener_port)?;
+    let clusters = yaml_at(&mut doc, &["static_resources", "clusters"])?;
+    set_cluster_endpoint(clusters, "podgate_xds", xds_port)?;
+    set_cluster_endpoint(clusters, "podgate_control_plane", cp_http_port)?;
+    serde_yaml::to_string(&doc).context("writing the bootstrap YAML")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin API
+
+/// The control plane's admin API (`/v1/…` with the admin bearer token).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    pub fn new(addr: SocketAddr) -> anyhow::Result<Admin> {
+        Ok(Admin {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    /// One call; answers (status, JSON body or `Null`).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Json>,
+    ) -> anyhow::Result<(u16, Json)> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("admin {method} {path}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Json::Null)))
+    }
+
+    /// One call that must succeed (2xx).
+    pub async fn ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Json>,
+    ) -> anyhow::Result<Json> {
+        let (status, json) = self.call(method.clone(), path, body).await?;
+        if !(200..300).contains(&status) {
+            bail!("admin {method} {path} answered {status}: {json}");
+        }
+        Ok(json)
+    }
+
+    pub async fn post(&self, path: &str, body: Json) -> anyhow::Result<Json> {
+        self.ok(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Json) -> anyhow::Result<Json> {
+        self.ok(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Json) -> anyhow::Result<Json> {
+        self.ok(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Json> {
+        self.ok(reqwest::Method::DELETE, path, None).await
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Json> {
+        self.ok(reqwest::Method::GET, path, None).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A browser-like HTTP client
+
+/// Resolves `localhost` and `*.localhost` to 127.0.0.1 and nothing else, as browsers and curl
+/// do (Rust's resolver does not), so the suite can use real URLs and never leaves loopback.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopbackResolver;
+
+impl reqwest::dns::Resolve for LoopbackResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        let loopback = host == "localhost" || host.ends_with(".localhost");
+        Box::pin(async move {
+            if loopback {
+                let addrs: reqwest::dns::Addrs =
+                    Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
+                Ok(addrs)
+            } else {
+                Err(format!("{host}: the e2e suite resolves only *.localhost (loopback)").into())
+            }
+        })
+    }
+}
+
+/// One cookie as a browser keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCookie {
+    pub name: String,
+    pub value: String,
+    /// The host it was set by (host-only cookies) or its `Domain`.
+    pub scope: String,
+    pub host_only: bool,
+    /// The whole `Set-Cookie` line, for attribute checks.
+    pub set_cookie: String,
+}
+
+impl StoredCookie {
+    /// An attribute as given (case-insensitive name), e.g. `samesite` → `Lax`; flags give "".
+    pub fn attribute(&self, name: &str) -> Option<String> {
+        self.set_cookie.split(';').skip(1).find_map(|part| {
+            let part = part.trim();
+            let (n, v) = part.split_once('=').unwrap_or((part, ""));
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    fn applies_to(&self, host: &str) -> bool {
+        if self.host_only {
+            host == self.scope
+        } else {
+            host == self.scope || host.ends_with(&format!(".{}", self.scope))
+        }
+    }
+}
+
+/// A cookie jar with browser rules that matter here: host-only unless `Domain`, replaced by
+/// name and scope, removed by `Max-Age` ≤ 0. (Paths are all `/` in podgate.)
+#[derive(Debug, Default)]
+pub struct CookieJar {
+    cookies: Mutex<Vec<StoredCookie>>,
+}
+
+impl CookieJar {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<StoredCookie>> {
+        self.cookies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores one `Set-Cookie` received from `host`.
+    pub fn store(&self, host: &str, set_cookie: &str) {
+        let first = set_cookie.split(';').next().unwrap_or("");
+        let Some((name, value)) = first.split_once('=') else {
+            return;
+        };
+        let mut cookie = StoredCookie {
+            name: name.trim().to_owned(),
+            value: value.trim().to_owned(),
+            scope: host.to_owned(),
+            host_only: true,
+            set_cookie: set_cookie.to_owned(),
+        };
+        if let Some(domain) = cookie.attribute("domain").filter(|d| !d.is_empty()) {
+            cookie.scope = domain.trim_start_matches('.').to_ascii_lowercase();
+            cookie.host_only = false;
+        }
+        let expired = cookie
+            .attribute("max-age")
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|age| age <= 0);
+        let mut jar = self.lock();
+        jar.retain(|c| !(c.name == cookie.name && c.scope == cookie.scope));
+        if !expired {
+            jar.push(cookie);
+        }
+    }
+
+    /// The cookies a browser would send to `host`.
+    pub fn for_host(&self, host: &str) -> Vec<StoredCookie> {
+        self.lock()
+            .iter()
+            .filter(|c| c.applies_to(host))
+            .cloned()
+            .collect()
+    }
+
+    /// The `Cookie` header for `host`, if any.
+    pub fn header(&self, host: &str) -> Option<String> {
+        let cookies = self.for_host(host);
+        (!cookies.is_empty()).then(|| {
+            cookies
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.value))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    pub fn get(&self, host: &str, name: &str) -> Option<StoredCookie> {
+        self.for_host(host).into_iter().find(|c| c.name == name)
+    }
+
+    /// Forgets the cookies scoped to `host`.
+    pub fn clear_host(&self, host: &str) {
+        self.lock().retain(|c| c.scope != host);
+    }
+
+    /// Replaces a cookie's value (e.g. with an expired token, as a browser would still send it).
+    pub fn set_raw(&self, host: &str, name: &str, value: &str) {
+        self.store(host, &format!("{name}={value}; Path=/"));
+    }
+}
+
+/// One hop of a navigation.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    pub url: String,
+    pub status: u16,
+    pub location: Option<String>,
+    pub set_cookies: Vec<String>,
+    pub headers: HeaderMap,
+}
+
+/// A whole answer.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub url: String,
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+    /// Every hop, the last one included.
+    pub hops: Vec<Hop>,
+}
+
+impl Page {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> Json {
+        serde_json::from_str(&self.body).unwrap_or(Json::Null)
+    }
+
+    /// The hops as `STATUS URL` lines, for assertion messages.
+    pub fn trail(&self) -> String {
+        self.hops
+            .iter()
+            .map(|h| format!("{} {}", h.status, h.url))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// How a request presents itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A browser page load (`Sec-Fetch-Mode: navigate`, `Accept: text/html…`).
+    Navigate,
+    /// A script's `fetch()` (`Sec-Fetch-Mode: cors`, `Accept: application/json`).
+    Fetch,
+}
+
+/// A browser-like client: a cookie jar, `*.localhost` on loopback, redirects followed by hand
+/// so every hop is visible.
+#[derive(Debug, Clone)]
+pub struct WebClient {
+    http: reqwest::Client,
+    pub jar: Arc<CookieJar>,
+}
+
+fn host_of(url: &str) -> anyhow::Result<String> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("parsing {url}"))?;
+    parsed
+        .host_str()
+        .map(str::to_ascii_lowercase)
+        .ok_or_else(|| anyhow!("{url} has no host"))
+}
+
+impl WebClient {
+    pub fn new() -> anyhow::Result<WebClient> {
+        Ok(WebClient {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .dns_resolver(Arc::new(LoopbackResolver))
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(15))
+                .build()?,
+            jar: Arc::new(CookieJar::default()),
+        })
+    }
+
+    /// One request (no redirect followed), cookies from and into the jar.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        kind: Kind,
+        headers: &[(&str, &str)],
+        body: Option<Json>,
+    ) -> anyhow::Result<Page> {
+        let host = host_of(url)?;
+        let mut req = self.http.request(method.clone(), url);
+        req = match kind {
+            Kind::Navigate => req
+                .header(
+                    ACCEPT,
+                    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+                )
+                .header("sec-fetch-mode", "navigate")
+                .header("sec-fetch-dest", "document"),
+            Kind::Fetch => req
+                .header(ACCEPT, "application/json")
+                .header("sec-fetch-mode", "cors")
+                .header("sec-fetch-dest", "empty"),
+        };
+        if let Some(cookie) = self.jar.header(&host) {
+            req = req.header(COOKIE, cookie);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut set_cookies = Vec::new();
+        for value in headers.get_all(SET_COOKIE) {
+            if let Ok(v) = value.to_str() {
+                self.jar.store(&host, v);
+                set_cookies.push(v.to_owned());
+            }
+        }
+        let location = headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.text().await.unwrap_or_default();
+        Ok(Page {
+            url: url.to_owned(),
+            status,
+            headers: headers.clone(),
+            body,
+            hops: vec![Hop {
+                url: url.to_owned(),
+                status,
+                location,
+                set_cookies,
+                headers,
+            }],
+        })
+    }
+
+    /// A page load, following up to 10 redirects like a browser.
+    pub async fn navigate(&self, url: &str) -> anyhow::Result<Page> {
+        self.follow(url, Kind::Navigate, &[]).await
+    }
+
+    /// Follows redirects from `url` with requests of `kind`.
+    pub async fn follow(
+        &self,
+        url: &str,
+        kind: Kind,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Page> {
+        let mut url = url.to_owned();
+        let mut hops = Vec::new();
+        for _ in 0..10 {
+            let page = self
+                .send(reqwest::Method::GET, &url, kind, headers, None)
+                .await?;
+            hops.extend(page.hops.iter().cloned());
+            let redirect = matches!(page.status, 301 | 302 | 303 | 307 | 308);
+            match page.hops.last().and_then(|h| h.location.clone()) {
+                Some(location) if redirect => {
+                    let base = reqwest::Url::parse(&url)?;
+                    url = base
+                        .join(&location)
+                        .with_context(|| format!("redirect to {location:?} from {url}"))?
+                        .to_string();
+                }
+                _ => return Ok(Page { hops, ..page }),
+            }
+        }
+        bail!(
+            "more than 10 redirects from {url}:\n{}",
+            hops.iter()
+                .map(|h: &Hop| format!("{} {}", h.status, h.url))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }
+
+    /// A script request (no redirect followed).
+    pub async fn fetch(&self, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Page> {
+        self.send(reqwest::Method::GET, url, Kind::Fetch, headers, None)
+            .await
+    }
+
+    /// `POST url` with a JSON body, as a script.
+    pub async fn post_json(&self, url: &str, body: Json) -> anyhow::Result<Page> {
+        self.send(reqwest::Method::POST, url, Kind::Fetch, &[], Some(body))
+            .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stack
+
+/// What a stack is started with.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub label: String,
+    pub capability_lifetime_secs: Option<u32>,
+    pub extra_args: Vec<String>,
+}
+
+impl StackOptions {
+    pub fn new(label: &str) -> StackOptions {
+        StackOptions {
+            label: label.to_owned(),
+            capability_lifetime_secs: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// Demo pods ("servers") a test starts for itself.
+pub struct Servers {
+    pub a: DemoPod,
+    pub b: DemoPod,
+}
+
+/// A running stack: control plane, Envoy, and the admin API.
+pub struct FullStack {
+    pub cp: ControlPlane,
+    pub envoy: Envoy,
+    pub admin: Admin,
+    /// Envoy's listener port (the port in pod URLs).
+    pub envoy_port: u16,
+    /// Raw access to Envoy's listener (Host set by hand; WebSockets).
+    pub envoy_client: EnvoyClient,
+    label: String,
+}
+
+impl std::fmt::Debug for FullStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FullStack")
+            .field("label", &self.label)
+            .field("cp", &self.cp)
+            .field("envoy", &self.envoy)
+            .finish()
+    }
+}
+
+/// A pod seeded for one test: its people, its server(s), and its demo pods.
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    pub slug: String,
+    pub owner: String,
+    pub member: String,
+    pub member_email: String,
+    pub outsider: String,
+    pub team: String,
+    pub server_a: String,
+    pub server_b: String,
+}
+
+static SEED: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique in this test process (`{prefix}{n}`).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", SEED.fetch_add(1, Ordering::Relaxed))
+}
+
+impl FullStack {
+    /// Starts podgate and Envoy on fresh ports and waits until Envoy runs the filter it got
+    /// over ADS.
+    pub async fn start(options: StackOptions) -> anyhow::Result<FullStack> {
+        let filter_wasm = super::bootstrap::filter_wasm()?;
+        let envoy_port = free_port()?;
+        let settings = CpSettings {
+            http: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            xds: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            pod_public_port: envoy_port,
+            domain: DOMAIN.to_owned(),
+            capability_lifetime_secs: options.capability_lifetime_secs,
+            filter_wasm,
+            extra_args: options.extra_args.clone(),
+        };
+        let cp = ControlPlane::start(&options.label, settings.clone()).await?;
+        let admin = Admin::new(settings.http)?;
+        let bootstrap =
+            render_ads_bootstrap(envoy_port, settings.xds.port(), settings.http.port())?;
+        let envoy = match Envoy::start(&options.label, &bootstrap, 1).await {
+            Ok(envoy) => envoy,
+            Err(e) => bail!("{e:#}\n{}", cp.log_tail()),
+        };
+        FullStack::assemble(cp, envoy, admin, envoy_port, &options.label).await
+    }
+
+    /// A stack of a running control plane and Envoy; waits for the filter.
+    pub async fn assemble(
+        cp: ControlPlane,
+        envoy: Envoy,
+        admin: Admin,
+        envoy_port: u16,
+        label: &str,
+    ) -> anyhow::Result<FullStack> {
+        let envoy_client = EnvoyClient::new(SocketAddr::from(([127, 0, 0, 1], envoy_port)))?;
+        let stack = FullStack {
+            cp,
+            envoy,
+            admin,
+            envoy_port,
+            envoy_client,
+            label: label.to_owned(),
+        };
+        stack.wait_filter().await?;
+        Ok(stack)
+    }
+
+    /// Waits until Envoy answers a pod host with the filter's own 401 (the filter and its
+    /// configuration arrived over ECDS).
+    pub async fn wait_filter(&self) -> anyhow::Result<()> {
+        let host = self.pod_host("ready-probe", 8726);
+        let deadline = Instant::now() + PROPAGATION_TIMEOUT * 2;
+        let mut last;
+        loop {
+            let answer = EnvoyClient::send(self.envoy_client.get(&host, "/")).await;
+            match answer {
+                Ok(a) if a.status == 401 && a.header("www-authenticate").is_some() => return Ok(()),
+                Ok(a) => last = format!("{} {}", a.status, a.body),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "Envoy never ran the podgate filter from ADS (last answer: {last});\n{}\n{}",
+                    self.envoy.log_tail(),
+                    self.cp.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `localhost-{port}-pod-{slug}.podgate.localhost`.
+    pub fn pod_host(&self, slug: &str, port: u16) -> String {
+        format!("localhost-{port}-pod-{slug}.{DOMAIN}")
+    }
+
+    /// What the pod's nginx sees in Host.
+    pub fn upstream_host(&self, slug: &str, port: u16) -> String {
+        format!("localhost-{port}.pod-{slug}.{DOMAIN}")
+    }
+
+    /// `http://{pod host}:{envoy port}`.
+    pub fn pod_origin(&self, slug: &str, port: u16) -> String {
+        format!("http://{}:{}", self.pod_host(slug, port), self.envoy_port)
+    }
+
+    pub fn pod_url(&self, slug: &str, port: u16, path: &str) -> String {
+        format!("{}{path}", self.pod_origin(slug, port))
+    }
+
+    /// A URL on the control plane's public host.
+    pub fn cp_url(&self, path: &str) -> String {
+        format!("{}{path}", self.cp.public_url())
+    }
+
+    /// Two demo pods on ephemeral loopback ports, named "server A" and "server B".
+    pub async fn servers() -> anyhow::Result<Servers> {
+        Ok(Servers {
+            a: DemoPod::start("server A").await?,
+            b: DemoPod::start("server B").await?,
+        })
+    }
+
+    /// Seeds a pod for a test: see [`seed`].
+    pub async fn seed(&self, name: &str, servers: &Servers) -> anyhow::Result<Seeded> {
+        seed(&self.admin, name, servers).await
+    }
+
+    /// Signs `user` in through the dev login; the session cookie lands in `web`'s jar.
+    pub async fn dev_login(&self, web: &WebClient, user: &str) -> anyhow::Result<()> {
+        let page = web
+            .navigate(&self.cp_url(&format!("/dev/login?user={user}")))
+            .await?;
+        if page.status != 200 || web.jar.get(CP_HOST, SESSION_COOKIE).is_none() {
+            bail!(
+                "dev login as {user} failed: {} {}\n{}",
+                page.status,
+                page.body,
+                self.cp.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// Mints a capability through `POST /v1/capabilities` with `web`'s session.
+    pub async fn capability(
+        &self,
+        web: &WebClient,
+        slug: &str,
+        port: u16,
+    ) -> anyhow::Result<String> {
+        let page = web
+            .post_json(
+                &self.cp_url("/v1/capabilities"),
+                json!({"pod": slug, "port": port}),
+            )
+            .await?;
+        page.json()["token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                anyhow!(
+                    "POST /v1/capabilities answered {}: {}",
+                    page.status,
+                    page.body
+                )
+            })
+    }
+
+    /// Repeats a script request with `token` until `done` accepts the answer (a change made
+    /// through the admin API reached Envoy), for at most [`PROPAGATION_TIMEOUT`].
+    pub async fn wait_until(
+        &self,
+        slug: &str,
+        port: u16,
+        token: &str,
+        what: &str,
+        done: impl Fn(&super::client::Answer) -> bool,
+    ) -> anyhow::Result<super::client::Answer> {
+        let host = self.pod_host(slug, port);
+        let deadline = Instant::now() + PROPAGATION_TIMEOUT;
+        loop {
+            let answer = EnvoyClient::send(
+                self.envoy_client
+                    .get(&host, "/api/info")
+                    .header("podgate-token", token),
+            )
+            .await?;
+            if done(&answer) {
+                return Ok(answer);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{what}: Envoy still answers {} {} after {PROPAGATION_TIMEOUT:?}\n{}",
+                    answer.status,
+                    answer.body,
+                    self.cp.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Opens a WebSocket to `/ws` on a pod host through Envoy.
+    pub async fn websocket(
+        &self,
+        slug: &str,
+        port: u16,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<WsOutcome> {
+        let host = format!("{}:{}", self.pod_host(slug, port), self.envoy_port);
+        self.envoy_client.websocket(&host, "/ws", headers).await
+    }
+
+    /// Envoy's and the control plane's logs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!("{}\n{}", self.envoy.log_tail(), self.cp.log_tail())
+    }
+}
+
+/// Seeds: owner, member (in the pod's team) and outsider users, a team, servers A and B
+/// (127.0.0.1), and a running pod on server A (`nginx_port` = demo pod A's port) whose ports
+/// 8726 and 3000 are shared with the team.
+pub async fn seed(admin: &Admin, name: &str, servers: &Servers) -> anyhow::Result<Seeded> {
+    let n = unique("");
+    let seeded = Seeded {
+        slug: format!("{name}{n}"),
+        owner: format!("owner{n}"),
+        member: format!("member{n}"),
+        member_email: format!("member{n}@example.dev"),
+        outsider: format!("outsider{n}"),
+        team: format!("team{n}"),
+        server_a: format!("server-a{n}"),
+        server_b: format!("server-b{n}"),
+    };
+    let a = admin;
+    for (id, email) in [
+        (&seeded.owner, format!("{}@example.dev", seeded.owner)),
+        (&seeded.member, seeded.member_email.clone()),
+        (&seeded.outsider, format!("{}@example.dev", seeded.outsider)),
+    ] {
+        a.post("/v1/users", json!({"id": id, "email": email, "name": id}))
+            .await?;
+    }
+    a.post(
+        "/v1/teams",
+        json!({"id": seeded.team, "name": format!("team of {name}")}),
+    )
+    .await?;
+    for (user, role) in [(&seeded.owner, "owner"), (&seeded.member, "member")] {
+        a.post(
+            &format!("/v1/teams/{}/members", seeded.team),
+            json!({"user_id": user, "role": role}),
+        )
+        .await?;
+    }
+    for (id, label) in [(&seeded.server_a, "A"), (&seeded.server_b, "B")] {
+        a.post(
+            "/v1/servers",
+            json!({"id": id, "name": format!("server {label}"), "address": "127.0.0.1"}),
+        )
+        .await?;
+    }
+    a.post(
+        "/v1/pods",
+        json!({
+            "slug": seeded.slug,
+            "owner_id": seeded.owner,
+            "team_id": seeded.team,
+            "server_id": seeded.server_a,
+            "status": "running",
+            "nginx_port": servers.a.addr().port(),
+        }),
+    )
+    .await?;
+    for port in [8726, 3000] {
+        a.put(
+            &format!("/v1/pods/{}/ports/{port}", seeded.slug),
+            json!({"sharing": "team", "label": format!("port {port}")}),
+        )
+        .await?;
+    }
+    Ok(seeded)
+}
+
+/// Query parameters of a URL, decoded.
+pub fn query_params(url: &str) -> HashMap<String, String> {
+    reqwest::Url::parse(url)
+        .map(|u| u.query_pairs().into_owned().collect())
+        .unwrap_or_default()
+}
+
+/// A `Cookie` header value made of these pairs.
+pub fn cookie_header(pairs: &[(&str, &str)]) -> HeaderValue {
+    let text = pairs
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Writes `bytes` to `<workspace>/artifacts/<sub>/<name>` and returns the path.
+pub fn save_artifact(sub: &str, name: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    let dir = workspace_root().join("artifacts").join(sub);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    let mut file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    Ok(path)
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 that answers every request with `html` (the browser
+/// test's workbench page). Stops when the handle is dropped.
+pub struct StaticPage {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StaticPage {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl StaticPage {
+    pub async fn serve(html: String) -> anyhow::Result<StaticPage> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let html: Arc<str> = html.into();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let html = Arc::clone(&html);
+                tokio::spawn(async move {
+                    // Read the request head (enough for a GET), then answer and close.
+                    let mut buf = vec![0u8; 8192];
+                    let mut read = 0;
+                    while read < buf.len() {
+                        match stream.read(&mut buf[read..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => read += n,
+                        }
+                        if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+                        html.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(html.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Ok(StaticPage { addr, task })
+    }
+}

@@ -1,0 +1,994 @@
+//! The whole stack on loopback, everything real: the `podgate` binary (SQLite, dev login, ADS),
+//! Envoy 1.40 on `envoy/podgate.yaml` (clusters and the filter pushed over ADS/ECDS), and demo
+//! pods (`podgate-demo-pod`) that record every connection and request. See `e2e::stack_full`.
+//!
+//! Most tests share one stack and seed their own pod, people and demo pods (so "nothing reached
+//! the pod" is exact per test even when tests run in parallel). The control-plane restart and
+//! the capability expiry start their own stacks. The browser test drives Debian's headless
+//! Chromium (`scripts/browser-deps.sh`); it fails under `CI=true` without it, and skips loudly
+//! otherwise.
+//!
+//! Needs: Envoy (`./just setup`), the filter (built if missing), `podgate` (built once per run
+//! with `cargo build -p podgate`, or `$PODGATE_BIN`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use podgate_demo_pod::{marker, DemoPod};
+use podgate_wasm_tests::e2e::client::Answer;
+use podgate_wasm_tests::e2e::stack_full::{
+    query_params, save_artifact, FullStack, Page, Seeded, Servers, StackOptions, StaticPage,
+    WebClient, CAP_COOKIE, CP_HOST, SESSION_COOKIE,
+};
+use podgate_wasm_tests::e2e::webdriver::{browser_paths, Browser};
+use podgate_wasm_tests::e2e::{block_on, EnvoyClient, WsOutcome};
+use podgate_wasm_tests::host::workspace_root;
+use serde_json::json;
+use tokio::sync::OnceCell;
+use tokio_tungstenite::tungstenite::Message;
+
+const PAGE: u16 = 8726;
+const API: u16 = 3000;
+
+/// The stack most tests share (started on first use, on the process-wide runtime).
+async fn shared() -> &'static FullStack {
+    static SHARED: OnceCell<Result<FullStack, String>> = OnceCell::const_new();
+    SHARED
+        .get_or_init(|| async {
+            FullStack::start(StackOptions::new("shared"))
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+        .await
+        .as_ref()
+        .unwrap_or_else(|e| panic!("the shared stack did not start: {e}"))
+}
+
+/// Seeds a pod on fresh demo pods and waits until Envoy knows it; records are then empty.
+async fn seed_pod(stack: &FullStack, name: &str) -> (Servers, Seeded) {
+    let servers = FullStack::servers().await.unwrap();
+    let seeded = stack.seed(name, &servers).await.unwrap();
+    wait_known(stack, &seeded).await;
+    servers.a.reset();
+    servers.b.reset();
+    (servers, seeded)
+}
+
+/// Waits until a request with the owner's capability is forwarded (the pod reached Envoy).
+async fn wait_known(stack: &FullStack, seeded: &Seeded) {
+    let owner = WebClient::new().unwrap();
+    stack.dev_login(&owner, &seeded.owner).await.unwrap();
+    let token = stack.capability(&owner, &seeded.slug, API).await.unwrap();
+    stack
+        .wait_until(
+            &seeded.slug,
+            API,
+            &token,
+            "the new pod reaches Envoy",
+            |a| a.status == 200,
+        )
+        .await
+        .unwrap();
+}
+
+fn assert_untouched(pod: &DemoPod, what: &str) {
+    assert!(pod.untouched(), "{what}: {}", pod.describe());
+}
+
+/// Asserts the filter's own JSON denial and that no demo pod saw anything.
+fn assert_denied(answer: &Answer, status: u16, servers: &Servers, what: &str) {
+    assert_eq!(answer.status, status, "{what}: {}", answer.body);
+    assert!(
+        answer.json()["error"].is_string(),
+        "{what}: JSON error, got {:?}",
+        answer.body
+    );
+    assert_untouched(&servers.a, what);
+    assert_untouched(&servers.b, what);
+}
+
+fn hop_location(page: &Page, i: usize) -> String {
+    page.hops
+        .get(i)
+        .and_then(|h| h.location.clone())
+        .unwrap_or_else(|| panic!("hop {i} has no Location:\n{}", page.trail()))
+}
+
+/// The browser flow for `user` on `port`: dev login, then the pod URL, followed to the end.
+async fn browser_flow(
+    stack: &FullStack,
+    seeded: &Seeded,
+    user: &str,
+    port: u16,
+    path: &str,
+) -> (WebClient, Page) {
+    let web = WebClient::new().unwrap();
+    stack.dev_login(&web, user).await.unwrap();
+    let page = web
+        .navigate(&stack.pod_url(&seeded.slug, port, path))
+        .await
+        .unwrap();
+    (web, page)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Browser flow
+
+#[test]
+fn browser_flow_dev_login_pod_url_proxy_auth_callback_cookie_page() {
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "web").await;
+        let path = "/index.html?from=shared-link";
+        let (web, page) = browser_flow(stack, &seeded, &seeded.member, PAGE, path).await;
+        let trail = page.trail();
+
+        // 1. The pod URL without a cookie: the filter redirects to /api/proxy-auth for that
+        //    pod, port and path.
+        assert_eq!(page.hops.len(), 4, "{trail}");
+        assert_eq!(page.hops[0].status, 302, "{trail}");
+        let to_auth = hop_location(&page, 0);
+        assert!(
+            to_auth.starts_with(&stack.cp_url("/api/proxy-auth?")),
+            "{to_auth}"
+        );
+        let q = query_params(&to_auth);
+        assert_eq!(q.get("pod"), Some(&seeded.slug));
+        assert_eq!(q.get("port").map(String::as_str), Some("8726"));
+        assert_eq!(q.get("next").map(String::as_str), Some(path));
+
+        // 2. /api/proxy-auth with the session: a one-time ticket on the pod host's callback.
+        assert_eq!(page.hops[1].status, 302, "{trail}");
+        let to_callback = hop_location(&page, 1);
+        let callback_prefix = stack.pod_url(&seeded.slug, PAGE, "/.podgate/callback?");
+        assert!(to_callback.starts_with(&callback_prefix), "{to_callback}");
+        let ticket = query_params(&to_callback)
+            .get("ticket")
+            .cloned()
+            .expect("a ticket");
+        assert_eq!(
+            page.hops[1].headers.get("cache-control").unwrap(),
+            "no-store"
+        );
+
+        // 3. The callback (through Envoy to the control plane): the capability cookie, then
+        //    back to the path, with no token in the final URL.
+        assert_eq!(page.hops[2].status, 302, "{trail}");
+        assert_eq!(hop_location(&page, 2), path);
+        let pod_host = stack.pod_host(&seeded.slug, PAGE);
+        let cookie = web
+            .jar
+            .get(&pod_host, CAP_COOKIE)
+            .expect("capability cookie");
+        assert!(cookie.host_only && cookie.attribute("domain").is_none());
+        assert_eq!(cookie.attribute("httponly").as_deref(), Some(""));
+        assert_eq!(cookie.attribute("samesite").as_deref(), Some("Lax"));
+        assert_eq!(cookie.attribute("path").as_deref(), Some("/"));
+        assert!(!page.url.contains("ticket"), "{}", page.url);
+
+        // 4. The page, from server A, for the member.
+        assert_eq!(page.status, 200, "{trail}\n{}", page.body);
+        assert!(page.body.contains(&marker(PAGE)), "{}", page.body);
+        assert!(page.body.contains("server A"));
+        assert!(page.body.contains(&seeded.member));
+
+        // The pod got exactly the page request: Host rewritten, identity headers set, no
+        // credential of ours (no cookie, no ticket, no session).
+        let seen = servers.a.requests();
+        assert_eq!(seen.len(), 1, "{}", servers.a.describe());
+        let seen = &seen[0];
+        assert_eq!(seen.path, path);
+        assert_eq!(
+            seen.header_all("host"),
+            vec![stack.upstream_host(&seeded.slug, PAGE)]
+        );
+        assert_eq!(seen.header("x-podgate-user"), Some(seeded.member.as_str()));
+        assert_eq!(
+            seen.header("x-podgate-email"),
+            Some(seeded.member_email.as_str())
+        );
+        assert!(!seen.has_header("cookie"), "{seen:?}");
+        assert!(!seen.mentions(&cookie.value));
+        assert!(!seen.mentions(&ticket));
+        assert!(!seen.mentions(SESSION_COOKIE));
+        assert_untouched(&servers.b, "server B");
+
+        // The cookie is host-only: it goes to this pod port only; the session stays on the
+        // control plane's host.
+        assert!(web
+            .jar
+            .get(&stack.pod_host(&seeded.slug, API), CAP_COOKIE)
+            .is_none());
+        assert!(web.jar.get(&pod_host, SESSION_COOKIE).is_none());
+        assert!(web.jar.get(CP_HOST, SESSION_COOKIE).is_some());
+
+        // A second visit goes straight to the page.
+        servers.a.reset();
+        let again = web
+            .navigate(&stack.pod_url(&seeded.slug, PAGE, "/"))
+            .await
+            .unwrap();
+        assert_eq!(again.hops.len(), 1, "{}", again.trail());
+        assert_eq!(again.status, 200);
+        assert_eq!(servers.a.requests().len(), 1);
+    });
+}
+
+#[test]
+fn shared_link_in_a_fresh_browser_goes_through_login_and_lands_on_the_page() {
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "link").await;
+        let web = WebClient::new().unwrap();
+        let path = "/index.html?tab=preview";
+        let page = web
+            .navigate(&stack.pod_url(&seeded.slug, PAGE, path))
+            .await
+            .unwrap();
+        // pod URL → /api/proxy-auth → (not signed in) the login URL, carrying the way back.
+        let trail = page.trail();
+        assert_eq!(page.hops[0].status, 302, "{trail}");
+        assert_eq!(page.hops[1].status, 302, "{trail}");
+        let login = hop_location(&page, 1);
+        assert!(login.starts_with(&stack.cp_url("/dev/login?")), "{login}");
+        let back = query_params(&login).get("next").cloned().unwrap();
+        assert!(
+            back.starts_with(&stack.cp_url("/api/proxy-auth?")),
+            "{back}"
+        );
+        assert_eq!(
+            query_params(&back).get("next").map(String::as_str),
+            Some(path)
+        );
+        assert_untouched(&servers.a, "before signing in");
+
+        // Signing in (the dev login takes the user in the URL) continues to the page.
+        let page = web
+            .navigate(&format!("{login}&user={}", seeded.member))
+            .await
+            .unwrap();
+        assert_eq!(page.status, 200, "{}\n{}", page.trail(), page.body);
+        assert!(page.body.contains(&marker(PAGE)));
+        let seen = servers.a.requests();
+        assert_eq!(seen.len(), 1, "{}", servers.a.describe());
+        assert_eq!(seen[0].path, path);
+    });
+}
+
+#[test]
+fn invalid_cookie_page_load_redirects_fetch_gets_401_and_nothing_reaches_the_pod() {
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "bad").await;
+        let web = WebClient::new().unwrap();
+        let host = stack.pod_host(&seeded.slug, PAGE);
+        web.jar.set_raw(&host, CAP_COOKIE, "not.a.token");
+        let url = stack.pod_url(&seeded.slug, PAGE, "/deep/path?x=1");
+
+        let load = web
+            .send(
+                reqwest::Method::GET,
+                &url,
+                podgate_wasm_tests::e2e::stack_full::Kind::Navigate,
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(load.status, 302, "{}", load.body);
+        let location = hop_location(&load, 0);
+        assert!(location.starts_with(&stack.cp_url("/api/proxy-auth?")));
+        assert_eq!(
+            query_params(&location).get("next").map(String::as_str),
+            Some("/deep/path?x=1")
+        );
+
+        let fetch = web.fetch(&url, &[]).await.unwrap();
+        assert_eq!(fetch.status, 401, "{}", fetch.body);
+        assert!(fetch.header("www-authenticate").is_some());
+        assert!(fetch.json()["error"].is_string());
+
+        // Someone else's valid capability (pod A's owner on port 3000) on port 8726: 403.
+        let owner = WebClient::new().unwrap();
+        stack.dev_login(&owner, &seeded.owner).await.unwrap();
+        let other_port = stack.capability(&owner, &seeded.slug, API).await.unwrap();
+        let answer = EnvoyClient::send(
+            stack
+                .envoy_client
+                .get(&host, "/")
+                .header("podgate-token", &other_port),
+        )
+        .await
+        .unwrap();
+        assert_denied(&answer, 403, &servers, "a capability for another port");
+        assert_untouched(&servers.a, "invalid cookie");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Script flow
+
+#[test]
+fn script_flow_capability_in_a_header_reaches_the_json_api() {
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "api").await;
+        let web = WebClient::new().unwrap();
+
+        // Not signed in: no capability.
+        let refused = web
+            .post_json(
+                &stack.cp_url("/v1/capabilities"),
+                json!({"pod": seeded.slug, "port": API}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused.status, 401, "{}", refused.body);
+
+        stack.dev_login(&web, &seeded.member).await.unwrap();
+        let minted = web
+            .post_json(
+                &stack.cp_url("/v1/capabilities"),
+                json!({"pod": seeded.slug, "port": API}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(minted.status, 200, "{}", minted.body);
+        let body = minted.json();
+        let token = body["token"].as_str().unwrap().to_owned();
+        let url = body["url"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned();
+        assert_eq!(url, stack.pod_origin(&seeded.slug, API));
+        assert!(body["expires_at"].is_string());
+
+        // A script: no cookie jar, the token in `podgate-token`.
+        let script = WebClient::new().unwrap();
+        let info = script
+            .fetch(&format!("{url}/api/info"), &[("podgate-token", &token)])
+            .await
+            .unwrap();
+        assert_eq!(info.status, 200, "{}", info.body);
+        let info = info.json();
+        assert_eq!(info["pod"], "server A");
+        assert_eq!(info["service_port"], API);
+        assert_eq!(info["user"], seeded.member.as_str());
+        assert_eq!(info["email"], seeded.member_email.as_str());
+        assert_eq!(
+            info["host"],
+            stack.upstream_host(&seeded.slug, API).as_str()
+        );
+
+        // And as `Authorization: Bearer`.
+        let bearer = format!("Bearer {token}");
+        let info = script
+            .fetch(&format!("{url}/api/info"), &[("authorization", &bearer)])
+            .await
+            .unwrap();
+        assert_eq!(info.status, 200, "{}", info.body);
+
+        let seen = servers.a.requests();
+        assert_eq!(seen.len(), 2, "{}", servers.a.describe());
+        for r in &seen {
+            assert!(!r.has_header("podgate-token"), "{r:?}");
+            assert!(!r.has_header("authorization"), "{r:?}");
+            assert!(!r.mentions(&token), "{r:?}");
+        }
+
+        // The outsider gets the same 404 as for a pod that does not exist.
+        let outsider = WebClient::new().unwrap();
+        stack.dev_login(&outsider, &seeded.outsider).await.unwrap();
+        let theirs = outsider
+            .post_json(
+                &stack.cp_url("/v1/capabilities"),
+                json!({"pod": seeded.slug, "port": API}),
+            )
+            .await
+            .unwrap();
+        let nobodys = outsider
+            .post_json(
+                &stack.cp_url("/v1/capabilities"),
+                json!({"pod": "no-such-pod", "port": API}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(theirs.status, 404, "{}", theirs.body);
+        assert_eq!(
+            (theirs.status, &theirs.body),
+            (nobodys.status, &nobodys.body)
+        );
+
+        // No token: 401 for a script, nothing forwarded.
+        servers.a.reset();
+        let none = script.fetch(&format!("{url}/api/info"), &[]).await.unwrap();
+        assert_eq!(none.status, 401, "{}", none.body);
+        assert_untouched(&servers.a, "script without a token");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSockets
+
+#[test]
+fn websocket_with_the_cookie_and_the_pods_own_origin_echoes() {
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "ws").await;
+        let (web, page) = browser_flow(stack, &seeded, &seeded.member, PAGE, "/").await;
+        assert_eq!(page.status, 200, "{}", page.trail());
+        servers.a.reset();
+        let host = stack.pod_host(&seeded.slug, PAGE);
+        let cookie = web.jar.header(&host).unwrap();
+        let origin = stack.pod_origin(&seeded.slug, PAGE);
+
+        let outcome = stack
+            .websocket(
+                &seeded.slug,
+                PAGE,
+                &[("cookie", &cookie), ("origin", &origin)],
+            )
+            .await
+            .unwrap();
+        let WsOutcome::Open(mut ws) = outcome else {
+            panic!("refused: {outcome:?}\n{}", stack.logs());
+        };
+        for i in 0..3 {
+            let text = format!("hello {i}");
+            ws.send(Message::text(text.clone())).await.unwrap();
+            let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(echoed, Message::text(text));
+        }
+        ws.close(None).await.ok();
+        assert_eq!(servers.a.ws_messages(), 3);
+        let seen = servers.a.requests();
+        assert_eq!(seen.len(), 1, "{}", servers.a.describe());
+        assert!(seen[0].websocket);
+        assert_eq!(seen[0].path, "/ws");
+        assert!(!seen[0].has_header("cookie"), "{:?}", seen[0]);
+        assert_eq!(
+            seen[0].header("x-podgate-user"),
+            Some(seeded.member.as_str())
+        );
+
+        // Cross-site WebSocket hijacking: the same cookie from another pod's page, from the
+        // control plane's page, or with no Origin at all is refused before the pod.
+        servers.a.reset();
+        let other_pod = stack.pod_origin("evil", PAGE);
+        let cp_origin = stack.cp_url("");
+        for origin in [Some(other_pod.as_str()), Some(cp_origin.as_str()), None] {
+            let mut headers = vec![("cookie", cookie.as_str())];
+            if let Some(o) = origin {
+                headers.push(("origin", o));
+            }
+            match stack.websocket(&seeded.slug, PAGE, &headers).await.unwrap() {
+                WsOutcome::Refused { status, .. } => assert_eq!(status, 403, "origin {origin:?}"),
+                WsOutcome::Open(_) => panic!("origin {origin:?}: the WebSocket opened"),
+            }
+        }
+        assert_untouched(&servers.a, "foreign-origin WebSockets");
+        assert_untouched(&servers.b, "foreign-origin WebSockets");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pod states, unknown pods, removed members
+
+#[test]
+fn stopped_pod_answers_503_with_its_status_and_comes_back() {
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "stop").await;
+        let (web, page) = browser_flow(stack, &seeded, &seeded.member, PAGE, "/").await;
+        assert_eq!(page.status, 200);
+        let token = stack.capability(&web, &seeded.slug, API).await.unwrap();
+        servers.a.reset();
+
+        stack
+            .admin
+            .put(
+                &format!("/v1/pods/{}/status", seeded.slug),
+                json!({"status": "stopped"}),
+            )
+            .await
+            .unwrap();
+        let answer = stack
+            .wait_until(&seeded.slug, API, &token, "the pod stops", |a| {
+                a.status == 503
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.json()["error"],
+            "Pod is not running (status: stopped)",
+            "{}",
+            answer.body
+        );
+        // A page load with the cookie gets the same answer (no redirect loop).
+        let load = web
+            .navigate(&stack.pod_url(&seeded.slug, PAGE, "/"))
+            .await
+            .unwrap();
+        assert_eq!(load.status, 503, "{}", load.trail());
+        assert_eq!(load.json()["error"], "Pod is not running (status: stopped)");
+        assert_untouched(&servers.a, "stopped pod");
+
+        stack
+            .admin
+            .put(
+                &format!("/v1/pods/{}/status", seeded.slug),
+                json!({"status": "running"}),
+            )
+            .await
+            .unwrap();
+        stack
+            .wait_until(&seeded.slug, API, &token, "the pod runs again", |a| {
+                a.status == 200
+            })
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn unknown_pod_answers_404_at_proxy_auth_and_at_the_filter() {
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "gone").await;
+        let web = WebClient::new().unwrap();
+        stack.dev_login(&web, &seeded.member).await.unwrap();
+
+        // /api/proxy-auth for a pod that does not exist: 404, no ticket.
+        let page = web
+            .send(
+                reqwest::Method::GET,
+                &stack.cp_url("/api/proxy-auth?pod=no-such-pod&port=8726"),
+                podgate_wasm_tests::e2e::stack_full::Kind::Navigate,
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.status, 404, "{}", page.body);
+        assert!(page.header("location").is_none());
+
+        // A capability minted while the pod existed, used after it was deleted: the filter's
+        // 404, nothing forwarded.
+        let token = stack.capability(&web, &seeded.slug, API).await.unwrap();
+        stack
+            .admin
+            .delete(&format!("/v1/pods/{}", seeded.slug))
+            .await
+            .unwrap();
+        let answer = stack
+            .wait_until(&seeded.slug, API, &token, "the pod is deleted", |a| {
+                a.status == 404
+            })
+            .await
+            .unwrap();
+        servers.a.reset();
+        let answer2 = EnvoyClient::send(
+            stack
+                .envoy_client
+                .get(&stack.pod_host(&seeded.slug, API), "/api/info")
+                .header("podgate-token", &token),
+        )
+        .await
+        .unwrap();
+        assert_denied(&answer2, 404, &servers, "deleted pod");
+        assert_eq!(answer.body, answer2.body);
+    });
+}
+
+#[test]
+fn user_removed_from_the_team_is_refused_at_the_next_proxy_auth() {
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "kick").await;
+        let (web, page) = browser_flow(stack, &seeded, &seeded.member, PAGE, "/").await;
+        assert_eq!(page.status, 200, "{}", page.trail());
+        // A ticket minted before the removal, not yet used.
+        let pending = web
+            .send(
+                reqwest::Method::GET,
+                &stack.cp_url(&format!("/api/proxy-auth?pod={}&port={API}", seeded.slug)),
+                podgate_wasm_tests::e2e::stack_full::Kind::Navigate,
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(pending.status, 302, "{}", pending.body);
+        let pending_callback = hop_location(&pending, 0);
+        servers.a.reset();
+
+        stack
+            .admin
+            .delete(&format!(
+                "/v1/teams/{}/members/{}",
+                seeded.team, seeded.member
+            ))
+            .await
+            .unwrap();
+
+        // The next /api/proxy-auth: the uniform 404, no ticket.
+        for port in [PAGE, API] {
+            let refused = web
+                .send(
+                    reqwest::Method::GET,
+                    &stack.cp_url(&format!("/api/proxy-auth?pod={}&port={port}", seeded.slug)),
+                    podgate_wasm_tests::e2e::stack_full::Kind::Navigate,
+                    &[],
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(refused.status, 404, "port {port}: {}", refused.body);
+            assert!(refused.header("location").is_none());
+        }
+        // The ticket minted before the removal is refused at the callback (access is read
+        // again), with our cookie cleared; nothing reaches the pod.
+        let used = web.navigate(&pending_callback).await.unwrap();
+        assert_eq!(used.status, 400, "{}", used.trail());
+        assert!(used.hops[0]
+            .set_cookies
+            .iter()
+            .any(|c| c.starts_with(&format!("{CAP_COOKIE}=;")) && c.contains("Max-Age=0")));
+        // Scripts too.
+        let minted = web
+            .post_json(
+                &stack.cp_url("/v1/capabilities"),
+                json!({"pod": seeded.slug, "port": API}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(minted.status, 404, "{}", minted.body);
+        assert_untouched(&servers.a, "removed member");
+        assert_untouched(&servers.b, "removed member");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config changes over ADS
+
+#[test]
+fn pod_moved_to_another_server_traffic_follows() {
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "move").await;
+        let (web, page) = browser_flow(stack, &seeded, &seeded.member, PAGE, "/").await;
+        assert!(page.body.contains("server A"), "{}", page.body);
+        let token = stack.capability(&web, &seeded.slug, API).await.unwrap();
+
+        stack
+            .admin
+            .patch(
+                &format!("/v1/pods/{}", seeded.slug),
+                json!({"server_id": seeded.server_b, "nginx_port": servers.b.addr().port()}),
+            )
+            .await
+            .unwrap();
+        stack
+            .wait_until(
+                &seeded.slug,
+                API,
+                &token,
+                "traffic moves to server B",
+                |a| a.json()["pod"] == "server B",
+            )
+            .await
+            .unwrap();
+        servers.a.reset();
+        servers.b.reset();
+
+        // The same cookie, the same URL: now served by B; A sees nothing.
+        let page = web
+            .navigate(&stack.pod_url(&seeded.slug, PAGE, "/"))
+            .await
+            .unwrap();
+        assert_eq!(page.status, 200, "{}", page.trail());
+        assert!(page.body.contains("server B"), "{}", page.body);
+        assert_eq!(servers.b.requests().len(), 1, "{}", servers.b.describe());
+        assert_untouched(&servers.a, "after the move");
+    });
+}
+
+#[test]
+fn control_plane_killed_cookies_keep_working_and_back_envoy_reconnects() {
+    block_on(async {
+        let mut stack = FullStack::start(StackOptions::new("restart"))
+            .await
+            .unwrap();
+        let (servers, seeded) = seed_pod(&stack, "cp").await;
+        let (web, page) = browser_flow(&stack, &seeded, &seeded.member, PAGE, "/").await;
+        assert_eq!(page.status, 200, "{}", page.trail());
+        let token = stack.capability(&web, &seeded.slug, API).await.unwrap();
+        let connected = stack
+            .envoy
+            .counter("control_plane.connected_state")
+            .await
+            .unwrap();
+        assert_eq!(connected, 1, "Envoy is on the ADS stream");
+
+        stack.cp.kill().unwrap();
+        assert!(!stack.cp.is_running());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while stack
+            .envoy
+            .counter("control_plane.connected_state")
+            .await
+            .unwrap()
+            != 0
+        {
+            assert!(Instant::now() < deadline, "Envoy never noticed the kill");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Existing cookies and tokens keep working on Envoy's last good configuration.
+        servers.a.reset();
+        for _ in 0..5 {
+            let page = web
+                .navigate(&stack.pod_url(&seeded.slug, PAGE, "/"))
+                .await
+                .unwrap();
+            assert_eq!(page.status, 200, "{}\n{}", page.trail(), page.body);
+            assert!(page.body.contains(&marker(PAGE)));
+            let info = web
+                .fetch(
+                    &stack.pod_url(&seeded.slug, API, "/api/info"),
+                    &[("podgate-token", &token)],
+                )
+                .await
+                .unwrap();
+            assert_eq!(info.status, 200, "{}", info.body);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(servers.a.requests().len(), 10);
+        // A new sign-in cannot happen without the control plane: the callback on the pod host
+        // fails at Envoy, nothing reaches the pod.
+        servers.a.reset();
+        let fresh = WebClient::new().unwrap();
+        let callback = fresh
+            .navigate(&stack.pod_url(&seeded.slug, PAGE, "/.podgate/callback?ticket=x"))
+            .await
+            .unwrap();
+        assert!(callback.status >= 500, "{}", callback.trail());
+        assert_untouched(&servers.a, "callback while the control plane is down");
+
+        // Back: Envoy reconnects, and a pod created now appears.
+        stack.cp.restart().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stack
+            .envoy
+            .counter("control_plane.connected_state")
+            .await
+            .unwrap()
+            != 1
+        {
+            assert!(
+                Instant::now() < deadline,
+                "Envoy did not reconnect:\n{}",
+                stack.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (servers2, seeded2) = seed_pod(&stack, "after").await;
+        let (_, page) = browser_flow(&stack, &seeded2, &seeded2.member, PAGE, "/").await;
+        assert_eq!(page.status, 200, "{}\n{}", page.trail(), stack.logs());
+        assert_eq!(servers2.a.requests().len(), 1);
+        // And the old cookie still works.
+        let page = web
+            .navigate(&stack.pod_url(&seeded.slug, PAGE, "/"))
+            .await
+            .unwrap();
+        assert_eq!(page.status, 200);
+    });
+}
+
+#[test]
+fn capability_expiry_page_load_redirects_and_script_gets_401() {
+    block_on(async {
+        // The shortest lifetime the control plane takes is 30 s; the filter adds its 30 s
+        // leeway, so a capability is refused from about 60 s after it was minted.
+        let mut options = StackOptions::new("expiry");
+        options.capability_lifetime_secs = Some(30);
+        let stack = FullStack::start(options).await.unwrap();
+        let (servers, seeded) = seed_pod(&stack, "exp").await;
+        let (web, page) = browser_flow(&stack, &seeded, &seeded.member, PAGE, "/").await;
+        assert_eq!(page.status, 200, "{}", page.trail());
+        let token = stack.capability(&web, &seeded.slug, API).await.unwrap();
+        let host = stack.pod_host(&seeded.slug, PAGE);
+        let old_cookie = web.jar.get(&host, CAP_COOKIE).unwrap().value;
+        assert!(web
+            .jar
+            .get(&host, CAP_COOKIE)
+            .unwrap()
+            .attribute("max-age")
+            .is_some_and(|a| a == "30"));
+
+        // Wait out lifetime + leeway (+ a little).
+        tokio::time::sleep(Duration::from_secs(62)).await;
+        servers.a.reset();
+        // The browser dropped the cookie at Max-Age; a stale copy is what a tab that kept it
+        // would still send. Put it back to test the filter, not the jar.
+        web.jar.set_raw(&host, CAP_COOKIE, &old_cookie);
+
+        let fetch = web
+            .fetch(&stack.pod_url(&seeded.slug, PAGE, "/api/info"), &[])
+            .await
+            .unwrap();
+        assert_eq!(fetch.status, 401, "{}", fetch.body);
+        assert!(fetch.header("www-authenticate").is_some());
+        let script = web
+            .fetch(
+                &stack.pod_url(&seeded.slug, API, "/api/info"),
+                &[("podgate-token", &token)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(script.status, 401, "{}", script.body);
+        let origin = stack.pod_origin(&seeded.slug, PAGE);
+        let cookie = format!("{CAP_COOKIE}={old_cookie}");
+        match stack
+            .websocket(
+                &seeded.slug,
+                PAGE,
+                &[("cookie", &cookie), ("origin", &origin)],
+            )
+            .await
+            .unwrap()
+        {
+            WsOutcome::Refused { status, .. } => assert_eq!(status, 401),
+            WsOutcome::Open(_) => panic!("a WebSocket opened with an expired capability"),
+        }
+        assert_untouched(&servers.a, "expired capability");
+
+        // A page load is redirected through /api/proxy-auth and, with the session still
+        // valid, lands back on the page with a fresh cookie: no manual step.
+        let page = web
+            .navigate(&stack.pod_url(&seeded.slug, PAGE, "/index.html"))
+            .await
+            .unwrap();
+        assert_eq!(page.status, 200, "{}\n{}", page.trail(), page.body);
+        assert_eq!(page.hops.len(), 4, "{}", page.trail());
+        assert!(page.hops[0]
+            .location
+            .as_deref()
+            .is_some_and(|l| l.starts_with(&stack.cp_url("/api/proxy-auth?"))));
+        let fresh = web.jar.get(&host, CAP_COOKIE).unwrap().value;
+        assert_ne!(fresh, old_cookie);
+        let seen = servers.a.requests();
+        assert_eq!(seen.len(), 1, "{}", servers.a.describe());
+        assert_eq!(seen[0].path, "/index.html");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real browser
+
+/// Chromium and chromedriver, or `None` (skip) when they are missing outside CI.
+fn browser_or_skip() -> Option<()> {
+    match browser_paths() {
+        Ok(_) => Some(()),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and the browser test cannot run: {e:#}")
+        }
+        Err(e) => {
+            eprintln!(
+                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+                 SKIPPED the real-browser test: {e:#}\n\
+                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn browser_workbench_iframe_shows_the_pod_through_proxy_auth() {
+    if browser_or_skip().is_none() {
+        return;
+    }
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "demo").await;
+
+        // The workbench page of seed 002, served on the control plane's host name (another
+        // port, same site), with the iframe pointing at /api/proxy-auth like seed 001.
+        let template =
+            std::fs::read_to_string(workspace_root().join("tests/browser/workbench.html")).unwrap();
+        let frame_src = stack.cp_url(&format!("/api/proxy-auth?pod={}&port={PAGE}", seeded.slug));
+        let html = template
+            .replace("{{TITLE}}", &seeded.slug)
+            .replace("{{FRAME_SRC}}", &frame_src);
+        let workbench = StaticPage::serve(html).await.unwrap();
+        let workbench_url = format!("http://{CP_HOST}:{}/workbench", workbench.addr.port());
+
+        let browser = Browser::start((1100, 700)).await.unwrap();
+        // Sign in (the dev login sets the session cookie on the control plane's host).
+        browser
+            .goto(&stack.cp_url(&format!("/dev/login?user={}", seeded.member)))
+            .await
+            .unwrap();
+        browser.goto(&workbench_url).await.unwrap();
+        let frame = browser.find("#pod-frame").await.unwrap();
+        browser.enter_frame(&frame).await.unwrap();
+        let wait = browser
+            .wait_for(
+                "var m = document.getElementById('marker'); return m ? m.textContent : '';",
+                Duration::from_secs(20),
+            )
+            .await;
+        let in_frame = match wait {
+            Ok(text) => text,
+            Err(e) => {
+                let body = browser
+                    .execute("return document.documentElement.outerHTML")
+                    .await
+                    .unwrap_or_default();
+                panic!(
+                    "{e:#}: the frame shows {body}\n{}\n{}",
+                    servers.a.describe(),
+                    stack.logs()
+                );
+            }
+        };
+        assert_eq!(in_frame, marker(PAGE));
+        let marker_el = browser.find("#marker").await.unwrap();
+        assert_eq!(browser.text(&marker_el).await.unwrap(), marker(PAGE));
+        let frame_url = browser
+            .execute("return location.href")
+            .await
+            .unwrap()
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(frame_url, stack.pod_url(&seeded.slug, PAGE, "/"));
+        // The page's own WebSocket (cookie + the pod's origin) echoes inside the frame.
+        let ws = browser
+            .wait_for(
+                "var s = document.getElementById('ws-status'); \
+                 return s && s.className ? s.className + ':' + s.textContent : '';",
+                Duration::from_secs(15),
+            )
+            .await
+            .unwrap();
+        let ws = ws.as_str().unwrap_or_default().to_owned();
+        assert!(ws.starts_with("ok:WebSocket echo: hello from"), "{ws}");
+        // Script cannot read the HttpOnly capability cookie.
+        let visible = browser.execute("return document.cookie").await.unwrap();
+        assert_eq!(visible, "", "HttpOnly cookie visible to the pod's script");
+        browser.leave_frames().await.unwrap();
+        assert_eq!(browser.current_url().await.unwrap(), workbench_url);
+
+        let png = browser.screenshot().await.unwrap();
+        let path = save_artifact("browser", "workbench-iframe.png", &png).unwrap();
+        eprintln!("screenshot: {}", path.display());
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        browser.quit().await;
+
+        // What the pod got: the page and the WebSocket, as the member, with no credential.
+        let seen = servers.a.requests();
+        assert!(
+            seen.iter().any(|r| r.path == "/" && !r.websocket),
+            "{seen:?}"
+        );
+        assert!(seen.iter().any(|r| r.websocket), "{seen:?}");
+        for r in &seen {
+            assert_eq!(r.header("x-podgate-user"), Some(seeded.member.as_str()));
+            assert!(
+                !r.cookie_names().iter().any(|c| c.starts_with("podgate")),
+                "{r:?}"
+            );
+            assert!(!r.path.contains("ticket"), "{r:?}");
+        }
+        assert_untouched(&servers.b, "server B");
+    });
+}
