@@ -34,7 +34,7 @@ use serde_yaml::Value as Yaml;
 
 use super::client::{EnvoyClient, WsOutcome};
 use super::envoy::Envoy;
-use crate::host::{cargo_build, target_dir, workspace_root};
+use crate::host::{cargo_build, ensure_built, target_dir, workspace_root};
 
 /// The ADS bootstrap users run, relative to the workspace root.
 pub const ADS_BOOTSTRAP: &str = "envoy/podgate.yaml";
@@ -58,8 +58,9 @@ pub const CAP_COOKIE: &str = "podgate_cap";
 // ---------------------------------------------------------------------------------------------
 // Binaries and ports
 
-/// The `podgate` binary: `$PODGATE_BIN`, else built once per process with
-/// `cargo build -p podgate` into the suite's target directory.
+/// The `podgate` binary: `$PODGATE_BIN`, else `<target>/debug/podgate`, built with
+/// `cargo build -p podgate --bin podgate` when missing or older than its sources (a binary a
+/// workspace `cargo test` just built is used as is, so CI does not build it twice).
 pub fn podgate_binary() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     if let Some(path) = std::env::var_os("PODGATE_BIN").filter(|p| !p.is_empty()) {
@@ -72,17 +73,26 @@ pub fn podgate_binary() -> anyhow::Result<PathBuf> {
     BUILT
         .get_or_init(|| {
             let root = workspace_root();
-            cargo_build(&root, &["build", "-p", "podgate", "--bin", "podgate"])
-                .map_err(|e| format!("{e:#}"))?;
             let path = target_dir().join("debug/podgate");
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(format!(
-                    "cargo built podgate but {} does not exist",
-                    path.display()
-                ))
-            }
+            let sources: Vec<PathBuf> = [
+                "Cargo.toml",
+                "Cargo.lock",
+                "control-plane/Cargo.toml",
+                "control-plane/src",
+                "protocol/Cargo.toml",
+                "protocol/src",
+                "xds/Cargo.toml",
+                "xds/src",
+                "migrations",
+            ]
+            .iter()
+            .map(|p| root.join(p))
+            .collect();
+            ensure_built(&path, &sources, || {
+                cargo_build(&root, &["build", "-p", "podgate", "--bin", "podgate"])
+            })
+            .map_err(|e| format!("{e:#}"))?;
+            Ok(path)
         })
         .clone()
         .map_err(|e| anyhow!("building the podgate binary: {e}"))
@@ -192,7 +202,13 @@ pub struct ControlPlane {
     proc: Option<Proc>,
     runs: u32,
     http: reqwest::Client,
+    /// Removes the work directory when our end of its stdin closes (also when the test process
+    /// dies, or when a shared stack in a `static` is never dropped), unless `dir/keep` exists.
+    janitor: Option<Child>,
 }
+
+/// `$1` is the directory to remove once stdin closes (unless `$1/keep` exists).
+const JANITOR: &str = r#"read -r _ || true; [ -e "$1/keep" ] || rm -rf "$1""#;
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -207,9 +223,23 @@ impl std::fmt::Debug for ControlPlane {
 impl ControlPlane {
     /// Starts `podgate serve` and waits for `/readyz`.
     pub async fn start(label: &str, settings: CpSettings) -> anyhow::Result<ControlPlane> {
+        let dir = work_dir(label)?;
+        if std::env::var_os("PODGATE_E2E_KEEP").is_some() {
+            File::create(dir.join("keep"))?;
+        }
+        let janitor = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(JANITOR)
+            .arg("podgate-cp-janitor")
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the work directory's janitor")?;
         let mut cp = ControlPlane {
             label: label.to_owned(),
-            dir: work_dir(label)?,
+            dir,
             settings,
             proc: None,
             runs: 0,
@@ -217,6 +247,7 @@ impl ControlPlane {
                 .no_proxy()
                 .timeout(Duration::from_secs(10))
                 .build()?,
+            janitor: Some(janitor),
         };
         cp.spawn()?;
         cp.wait_ready().await?;
@@ -401,13 +432,16 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() || std::env::var_os("PODGATE_E2E_KEEP").is_some() {
+            let _ = File::create(self.dir.join("keep"));
             eprintln!(
                 "podgate e2e: kept control plane `{}` files in {}",
                 self.label,
                 self.dir.display()
             );
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
+        }
+        if let Some(mut janitor) = self.janitor.take() {
+            drop(janitor.stdin.take());
+            let _ = janitor.wait();
         }
     }
 }
