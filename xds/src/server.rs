@@ -4,11 +4,12 @@
 //! Each stream has its own bounded outbound channel and holds no shared lock across an await or
 //! a send, so a slow or NACKing Envoy only ever waits on itself.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -24,7 +25,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::protocol::{AdsStream, RequestEvent};
-use crate::snapshot::SnapshotCache;
+use crate::snapshot::{ResourceType, SnapshotCache};
 
 /// Responses buffered per stream. With at most one response in flight per type, a stream never
 /// needs more than a few; the bound only matters if Envoy stops reading.
@@ -81,12 +82,103 @@ impl Drop for ConnectedGuard {
     }
 }
 
-/// The ADS service: the snapshot cache it serves, its counters, and a switch that ends every
-/// stream (gRPC graceful shutdown would otherwise wait forever on the long-lived streams).
+/// What one open ADS stream has applied: the node, and per subscribed type the version Envoy
+/// last acknowledged (`None` until its first ACK). Lets a caller wait until every connected
+/// Envoy runs a config (e.g. one holding a new signing key) before relying on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStatus {
+    /// The node id Envoy sent, once it has sent one.
+    pub node_id: Option<String>,
+    /// Subscribed types and the version last acknowledged for each.
+    pub acked: BTreeMap<ResourceType, Option<String>>,
+}
+
+/// The open streams' [`StreamStatus`]es. The mutex is only ever held for a map update or copy,
+/// never across an await; `changes` wakes waiters without them polling.
+#[derive(Debug)]
+struct StreamRegistry {
+    streams: Mutex<BTreeMap<u64, StreamStatus>>,
+    next_id: AtomicU64,
+    changes: watch::Sender<u64>,
+}
+
+impl StreamRegistry {
+    fn new() -> StreamRegistry {
+        StreamRegistry {
+            streams: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    fn update(&self, id: u64, status: Option<StreamStatus>) {
+        {
+            let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+            match status {
+                Some(status) => {
+                    if streams.get(&id) == Some(&status) {
+                        return;
+                    }
+                    streams.insert(id, status);
+                }
+                None => {
+                    streams.remove(&id);
+                }
+            }
+        }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Removes a stream from the registry however its task ends.
+struct RegisteredStream {
+    registry: Arc<StreamRegistry>,
+    id: u64,
+}
+
+impl RegisteredStream {
+    fn new(registry: Arc<StreamRegistry>) -> RegisteredStream {
+        let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
+        registry.update(
+            id,
+            Some(StreamStatus {
+                node_id: None,
+                acked: BTreeMap::new(),
+            }),
+        );
+        RegisteredStream { registry, id }
+    }
+
+    fn record(&self, state: &AdsStream) {
+        let acked = state
+            .subscribed_types()
+            .filter_map(ResourceType::from_type_url)
+            .map(|kind| (kind, state.acked_version(kind).map(str::to_owned)))
+            .collect();
+        self.registry.update(
+            self.id,
+            Some(StreamStatus {
+                node_id: state.node_id().map(str::to_owned),
+                acked,
+            }),
+        );
+    }
+}
+
+impl Drop for RegisteredStream {
+    fn drop(&mut self) {
+        self.registry.update(self.id, None);
+    }
+}
+
+/// The ADS service: the snapshot cache it serves, its counters, what each open stream has
+/// acknowledged, and a switch that ends every stream (gRPC graceful shutdown would otherwise
+/// wait forever on the long-lived streams).
 #[derive(Debug, Clone)]
 pub struct AdsServer {
     cache: SnapshotCache,
     metrics: Arc<XdsMetrics>,
+    registry: Arc<StreamRegistry>,
     closing: Arc<watch::Sender<bool>>,
 }
 
@@ -97,8 +189,26 @@ impl AdsServer {
         AdsServer {
             cache,
             metrics: Arc::new(XdsMetrics::default()),
+            registry: Arc::new(StreamRegistry::new()),
             closing: Arc::new(closing),
         }
+    }
+
+    /// The open streams and what each has acknowledged: a copy, no lock held afterwards.
+    pub fn streams(&self) -> Vec<StreamStatus> {
+        self.registry
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// A receiver that changes whenever a stream opens, closes, subscribes, ACKs or NACKs, so a
+    /// caller waiting on [`AdsServer::streams`] needs no polling.
+    pub fn stream_changes(&self) -> watch::Receiver<u64> {
+        self.registry.changes.subscribe()
     }
 
     /// The counters, shared with the running server.
@@ -203,6 +313,7 @@ impl AggregatedDiscoveryService for AdsServer {
             snapshots: self.cache.subscribe(),
             closing,
             metrics: Arc::clone(&self.metrics),
+            registry: Arc::clone(&self.registry),
         };
         tokio::spawn(async move {
             tracing::info!(?peer, "ADS stream opened");
@@ -234,6 +345,7 @@ struct StreamTask {
     snapshots: watch::Receiver<Option<Arc<crate::snapshot::Snapshot>>>,
     closing: watch::Receiver<bool>,
     metrics: Arc<XdsMetrics>,
+    registry: Arc<StreamRegistry>,
 }
 
 impl StreamTask {
@@ -241,6 +353,7 @@ impl StreamTask {
     /// node id for the log line.
     async fn run(mut self) -> Option<String> {
         let _connected = ConnectedGuard::new(Arc::clone(&self.metrics));
+        let registered = RegisteredStream::new(Arc::clone(&self.registry));
         let mut state = AdsStream::new();
         // The receiver starts with the current value marked seen: take it explicitly.
         let current = self.snapshots.borrow_and_update().clone();
@@ -253,6 +366,7 @@ impl StreamTask {
                     Some(Ok(request)) => {
                         let outcome = state.on_request(request);
                         self.metrics.record(&outcome.event);
+                        registered.record(&state);
                         outcome.responses
                     }
                     Some(Err(status)) => {

@@ -249,3 +249,53 @@ async fn delta_ads_is_refused_and_shutdown_ends_open_streams() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn each_streams_acknowledged_version_is_visible() {
+    use podgate_xds::ResourceType;
+
+    let cache = SnapshotCache::new();
+    cache.set(snapshot(0));
+    let (addr, server, _stop) = start(&cache).await;
+    let mut changes = server.stream_changes();
+    let mut envoy = FakeEnvoy::connect(addr, "acking").await;
+    let first = envoy.next().await;
+    let acked_by = |server: &AdsServer, node: &str| {
+        server
+            .streams()
+            .into_iter()
+            .find(|s| s.node_id.as_deref() == Some(node))
+            .and_then(|s| s.acked.get(&ResourceType::Cluster).cloned())
+    };
+    // Subscribed, nothing acknowledged yet.
+    wait_for("subscribed", || {
+        acked_by(&server, "acking") == Some(None)
+    })
+    .await;
+    changes.borrow_and_update();
+    envoy.ack(&first).await;
+    tokio::time::timeout(STEP, changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_for("first ACK recorded", || {
+        acked_by(&server, "acking") == Some(Some(first.version_info.clone()))
+    })
+    .await;
+
+    // A NACK leaves the last acknowledged version in place.
+    cache.set(snapshot(1));
+    let bad = envoy.next().await;
+    envoy.nack(&bad, &first.version_info).await;
+    wait_for("NACK counted", || {
+        server.metrics().nacks.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(
+        acked_by(&server, "acking"),
+        Some(Some(first.version_info.clone()))
+    );
+
+    drop(envoy);
+    wait_for("stream gone from the registry", || server.streams().is_empty()).await;
+}
