@@ -197,6 +197,44 @@ pub struct Settings {
     /// Log format: text or json [default: text]. Levels come from RUST_LOG (default info).
     #[arg(long, env = "PODGATE_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+
+    /// OpenID Connect issuers whose ID tokens sign people in: `[[oidc]]` tables of the config
+    /// file (see control-plane/README.md).
+    #[arg(skip)]
+    #[serde(default)]
+    pub oidc: Vec<crate::idp_config::OidcSettings>,
+
+    /// Accept Firebase ID tokens of this project (adds the [[oidc]] entry "firebase").
+    #[arg(long, env = "PODGATE_FIREBASE_PROJECT", global = true)]
+    pub firebase_project: Option<String>,
+
+    /// Accept ID tokens of this OpenID Connect issuer (keys from its discovery document; with
+    /// --oidc-audience; adds the [[oidc]] entry "oidc").
+    #[arg(long, env = "PODGATE_OIDC_ISSUER", global = true)]
+    pub oidc_issuer: Option<String>,
+
+    /// The client id those ID tokens are for.
+    #[arg(long, env = "PODGATE_OIDC_AUDIENCE", global = true)]
+    pub oidc_audience: Option<String>,
+
+    /// The main app's session endpoint (`[app_session]` in the file).
+    #[command(flatten)]
+    #[serde(default)]
+    pub app_session: crate::idp_config::AppSessionSettings,
+
+    /// Browser origins allowed to call POST /v1/capabilities with a bearer token, comma-separated.
+    #[arg(
+        long,
+        env = "PODGATE_CORS_ORIGINS",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub cors_origins: Option<Vec<String>>,
+
+    /// Header a trusted proxy sets to the client address (e.g. x-envoy-external-address), for
+    /// rate limits [default: the TCP peer].
+    #[arg(long, env = "PODGATE_CLIENT_IP_HEADER", global = true)]
+    pub client_ip_header: Option<String>,
 }
 
 /// The checked configuration the server runs with.
@@ -224,6 +262,8 @@ pub struct Config {
     pub signing_alg: SigningAlg,
     pub key_overlap: u64,
     pub log_format: LogFormat,
+    /// Identity verifiers (OIDC issuers, the main app's session), CORS origins, client address.
+    pub identity: crate::idp_config::IdentityConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,6 +346,17 @@ impl Settings {
             signing_alg: self.signing_alg.or(o.signing_alg),
             key_overlap_secs: self.key_overlap_secs.or(o.key_overlap_secs),
             log_format: self.log_format.or(o.log_format),
+            oidc: if self.oidc.is_empty() {
+                o.oidc
+            } else {
+                self.oidc
+            },
+            firebase_project: self.firebase_project.or(o.firebase_project),
+            oidc_issuer: self.oidc_issuer.or(o.oidc_issuer),
+            oidc_audience: self.oidc_audience.or(o.oidc_audience),
+            app_session: self.app_session.or(o.app_session),
+            cors_origins: self.cors_origins.or(o.cors_origins),
+            client_ip_header: self.client_ip_header.or(o.client_ip_header),
         }
     }
 
@@ -495,6 +546,27 @@ impl Settings {
             }
         };
 
+        let identity = crate::idp_config::resolve(
+            crate::idp_config::IdentityInputs {
+                oidc: self.oidc,
+                firebase_project: self.firebase_project,
+                oidc_issuer: self.oidc_issuer,
+                oidc_audience: self.oidc_audience,
+                app_session: self.app_session,
+                cors_origins: self.cors_origins,
+                client_ip_header: self.client_ip_header,
+            },
+            &[
+                crate::SESSION_COOKIE,
+                podgate_protocol::cookie::DEFAULT_COOKIE_NAME,
+                &podgate_protocol::cookie::cookie_name(crate::SESSION_COOKIE, true),
+                &podgate_protocol::cookie::cookie_name(
+                    podgate_protocol::cookie::DEFAULT_COOKIE_NAME,
+                    true,
+                ),
+            ],
+        )?;
+
         Ok(Config {
             listen,
             database_url,
@@ -517,6 +589,7 @@ impl Settings {
             signing_alg,
             key_overlap,
             log_format,
+            identity,
         })
     }
 }

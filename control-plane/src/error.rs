@@ -24,6 +24,12 @@ pub enum ApiError {
     /// A dependency (database, keys) is not ready (503).
     #[error("{0}")]
     Unavailable(String),
+    /// Too many failed attempts from this client (429).
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// A service we depend on (the main app's session endpoint) failed or did not answer (502).
+    #[error("{0}")]
+    BadGateway(String),
     /// A bug or an outage; the context is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -52,6 +58,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,6 +94,16 @@ impl IntoResponse for ApiError {
                 resp
             }
             ApiError::BadRequest(msg) | ApiError::NotFound(msg) | ApiError::Conflict(msg) => {
+                error_response(status, msg)
+            }
+            ApiError::TooManyRequests(msg) => {
+                let mut resp = error_response(status, msg);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+                resp
+            }
+            ApiError::BadGateway(msg) => {
+                tracing::warn!(error = %msg, "dependency failed");
                 error_response(status, msg)
             }
         }

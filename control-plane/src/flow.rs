@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::authz::{may_reach, ANONYMOUS_SUB};
 use crate::error::{ApiError, ApiResult, JsonBody};
-use crate::identity::current_user;
 use crate::keys::random_id;
 use crate::store::{now_unix, AuditEntry, KeyKind, User};
+use crate::verify::{browser_user, identify, Accept, ClientIp};
 use crate::AppState;
 
 /// The one answer for "no such pod or port" and "not yours": no existence oracle.
@@ -220,7 +220,7 @@ async fn proxy_auth(
         params.get("port").map(String::as_str),
     )?;
     let next = safe_next(params.get("next").map_or("/", String::as_str));
-    let user = current_user(&state, &headers).await?;
+    let user = browser_user(&state, &headers).await?;
 
     if user.is_none() {
         // Only a public port lets someone through without signing in.
@@ -498,28 +498,32 @@ pub struct CapabilityResponse {
 async fn capabilities(
     State(state): State<AppState>,
     headers: HeaderMap,
+    ClientIp(client): ClientIp,
     JsonBody(req): JsonBody<CapabilityRequest>,
 ) -> ApiResult<Response> {
     let addr = parse_target(Some(&req.pod), Some(&req.port.to_string()))?;
-    let user = current_user(&state, &headers).await?;
+    // Every verifier: API tokens and ID tokens as bearer, then the browser's cookies.
+    let outcome = identify(&state, &headers, &client, Accept::Api).await?;
+    let via = outcome.identity.as_ref().map_or_else(
+        || "capabilities".to_owned(),
+        |i| format!("capabilities/{}", i.via.label()),
+    );
+    let user = outcome.identity.map(|i| i.user);
     match &user {
         None => {
+            // A credential that was presented and refused is an error even for public ports.
+            if let Some(reason) = outcome.rejection {
+                return Err(ApiError::Unauthorized(reason));
+            }
             if authorize(&state, None, &addr).await.is_err() {
                 return Err(ApiError::Unauthorized(
-                    "not signed in; send the session cookie (or, later, an API token)".into(),
+                    "not signed in; send an API token (pg_...) or an ID token as `Authorization: Bearer`, or the session cookie".into(),
                 ));
             }
         }
         Some(u) => authorize(&state, Some(u), &addr).await?,
     }
-    let cap = mint_for(
-        &state,
-        TokenKind::Capability,
-        user.as_ref(),
-        &addr,
-        "capabilities",
-    )
-    .await?;
+    let cap = mint_for(&state, TokenKind::Capability, user.as_ref(), &addr, &via).await?;
     let host = state.config().host_template.render(&addr);
     let expires_at = chrono::DateTime::from_timestamp(cap.expires_at, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

@@ -2,16 +2,22 @@
 //! HTTP API. `app(state)` builds the whole router; `main.rs` only parses the command line.
 
 pub mod admin;
+pub mod api_tokens;
+pub mod app_session;
 pub mod authz;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod filter_config;
 pub mod flow;
 pub mod health;
 pub mod identity;
+pub mod idp_config;
 pub mod keys;
+pub mod oidc;
 pub mod recorder;
 pub mod store;
+pub mod verify;
 
 use std::sync::{Arc, RwLock};
 
@@ -42,6 +48,7 @@ struct Inner {
     recorder: Recorder,
     capability_cookie: String,
     session_cookie: String,
+    verifiers: verify::Verifiers,
 }
 
 impl std::fmt::Debug for AppState {
@@ -60,6 +67,8 @@ impl AppState {
         }
         let capability_cookie = cookie_name(DEFAULT_COOKIE_NAME, config.public_scheme.is_https());
         let session_cookie = cookie_name(SESSION_COOKIE, config.issuer.starts_with("https://"));
+        let verifiers = verify::Verifiers::new(&config)
+            .map_err(|e| KeyringError::Generate(format!("identity verifiers: {e}")))?;
         let state = AppState {
             inner: Arc::new(Inner {
                 config,
@@ -68,6 +77,7 @@ impl AppState {
                 recorder: Recorder::start(db.clone()),
                 capability_cookie,
                 session_cookie,
+                verifiers,
             }),
         };
         state.reload_keys().await?;
@@ -95,6 +105,11 @@ impl AppState {
     /// Name of the control plane's session cookie.
     pub fn session_cookie(&self) -> &str {
         &self.inner.session_cookie
+    }
+
+    /// Identity verifiers: OIDC key caches, the main-app session cache, API-token limits.
+    pub fn verifiers(&self) -> &verify::Verifiers {
+        &self.inner.verifiers
     }
 
     /// The key ring in force, or 503 when none is loaded.
@@ -131,6 +146,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(health::router())
         .merge(flow::router())
+        .merge(api_tokens::router())
         .merge(admin::router(state.clone()));
     if state.config().dev_mode {
         router = router.merge(identity::dev_router());
@@ -138,6 +154,10 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::layer,
+        ))
         .with_state(state)
 }
 

@@ -127,10 +127,14 @@ async fn serve(config: Config) -> Result<(), String> {
         format!("cannot listen on {listen}: {e}; set PODGATE_LISTEN to a free address")
     })?;
     tracing::info!(%listen, issuer = %state.config().issuer, "podgate control plane listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    // The peer address feeds the per-client limit on failed API-token attempts.
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| format!("server error: {e}"))?;
     reloader.abort();
     db.close().await;
     tracing::info!("podgate stopped");

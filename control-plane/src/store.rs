@@ -12,6 +12,9 @@ use sqlx::{AnyPool, Executor, Row};
 
 pub use podgate_protocol::config::PodStatus;
 
+mod idp;
+pub use idp::ApiTokenRow;
+
 /// Every pod status, as stored and as the admin API accepts them.
 pub const POD_STATUSES: &[&str] = &["starting", "running", "stopping", "stopped", "error"];
 

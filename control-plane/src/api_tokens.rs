@@ -1,0 +1,669 @@
+//! Long-lived, revocable API tokens for CLIs and automation (seed 004's flow):
+//! `POST|GET /api/proxy-tokens`, `DELETE /api/proxy-tokens/{id}`, the setup page `GET /p/{config}`
+//! and `GET /api/download/install.sh?init_url=`.
+//!
+//! A token is `pg_<id>_<secret>`: `id` 24 hex characters (96 random bits, the lookup key, not
+//! secret), `secret` 52 base32 characters (256 random bits). Only SHA-256 of the whole token is
+//! stored: a fast hash is right for a high-entropy secret (nothing to brute-force; a slow
+//! password hash would only cost every request). A use looks the row up by id and compares the
+//! hash in constant time; revoked and expired tokens are refused on their very next use (every
+//! use reads the row: no cache of positive answers). Failed attempts drain a per-address token
+//! bucket (429 when empty). `last_used_at` is written at most once a minute per token.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::{error_response, ApiError, ApiResult, JsonBody, PathArgs};
+use crate::flow::{no_store, single_params};
+use crate::keys::{hex, random_bytes};
+use crate::store::{now_unix, ApiTokenRow, User};
+use crate::verify::{identify, Accept, ClientIp, Identity, Via};
+use crate::AppState;
+
+pub const TOKEN_PREFIX: &str = "pg_";
+const ID_HEX_LEN: usize = 24;
+const SECRET_LEN: usize = 52;
+/// Token lifetime bounds (days).
+pub const DEFAULT_EXPIRES_IN_DAYS: u32 = 30;
+pub const MAX_EXPIRES_IN_DAYS: u32 = 365;
+/// Most live tokens per user.
+pub const MAX_TOKENS_PER_USER: usize = 100;
+const MAX_INIT_CONFIG_LEN: usize = 2048;
+
+const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+fn base32(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(B32[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(B32[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// Whether a bearer value is meant as one of our API tokens.
+pub fn looks_like_api_token(token: &str) -> bool {
+    token.starts_with(TOKEN_PREFIX)
+}
+
+/// `(id, secret)` of a well-formed token.
+pub fn parse(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let (id, secret) = rest.split_at_checked(ID_HEX_LEN)?;
+    let secret = secret.strip_prefix('_')?;
+    let id_ok = id
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let secret_ok = secret.len() == SECRET_LEN && secret.bytes().all(|b| B32.contains(&b));
+    (id_ok && secret_ok).then_some((id, secret))
+}
+
+/// SHA-256 of the whole token, hex.
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh `(id, token)`.
+pub fn generate() -> ApiResult<(String, String)> {
+    let id: [u8; ID_HEX_LEN / 2] = random_bytes().map_err(|e| ApiError::internal(e.to_string()))?;
+    let secret: [u8; 32] = random_bytes().map_err(|e| ApiError::internal(e.to_string()))?;
+    let id = hex(&id);
+    let token = format!("{TOKEN_PREFIX}{id}_{}", base32(&secret));
+    Ok((id, token))
+}
+
+/// Checks an API token: `Ok(Ok((user, id)))` accepted, `Ok(Err(reason))` refused, `Err` for
+/// our failures and the rate limit (429).
+pub async fn verify(
+    state: &AppState,
+    token: &str,
+    client: &str,
+    now: i64,
+) -> ApiResult<Result<(User, String), String>> {
+    let v = state.verifiers();
+    if !v.limiter.allows(client) {
+        tracing::warn!(client, "too many failed API-token attempts");
+        return Err(ApiError::TooManyRequests(
+            "too many failed API-token attempts from this address; wait a minute and retry with a valid token".into(),
+        ));
+    }
+    let refused = |msg: &str| {
+        v.limiter.fail(client);
+        Ok(Err(msg.to_owned()))
+    };
+    const INVALID: &str =
+        "the API token is not valid; create one with POST /api/proxy-tokens while signed in";
+    let Some((id, _)) = parse(token) else {
+        return refused(INVALID);
+    };
+    let Some((row, user)) = state.db().api_token_with_user(id).await? else {
+        return refused(INVALID);
+    };
+    let presented = token_hash(token);
+    let same: bool = presented.as_bytes().ct_eq(row.token_hash.as_bytes()).into();
+    if !same {
+        return refused(INVALID);
+    }
+    if row.revoked_at.is_some() {
+        return refused(
+            "the API token has been revoked; create a new one with POST /api/proxy-tokens",
+        );
+    }
+    if now >= row.expires_at {
+        return refused("the API token has expired; create a new one with POST /api/proxy-tokens");
+    }
+    let stale = row
+        .last_used_at
+        .is_none_or(|t| now - t >= crate::verify::LAST_USED_EVERY_SECS);
+    if stale && v.should_touch(id, now) {
+        if let Err(e) = state.db().touch_api_token(id, now).await {
+            tracing::warn!(error = %e, token = id, "recording the API token's last use failed");
+        }
+    }
+    Ok(Ok((user, row.id)))
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/proxy-tokens", get(list_tokens).post(create_token))
+        .route("/api/proxy-tokens/{id}", delete(revoke_token))
+        .route("/p/{config}", get(init_page))
+        .route("/api/download/install.sh", get(install_script_handler))
+}
+
+fn rfc3339(t: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+fn forbidden(msg: &str) -> Response {
+    error_response(StatusCode::FORBIDDEN, msg)
+}
+
+/// The control plane's own origin, e.g. `https://podgate.example.dev`.
+fn own_origin(state: &AppState) -> String {
+    url::Url::parse(&state.config().issuer)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default()
+}
+
+/// Cookie-authenticated changes must come from our own origin or a configured one (pods are
+/// same-site with the control plane, so SameSite cookies do not stop them).
+fn cross_origin_refused(state: &AppState, headers: &HeaderMap, via: &Via) -> Option<Response> {
+    if !via.is_cookie() {
+        return None;
+    }
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("invalid");
+    let allowed = origin == own_origin(state)
+        || state
+            .config()
+            .identity
+            .cors_origins
+            .iter()
+            .any(|o| o == origin);
+    (!allowed).then(|| {
+        tracing::warn!(origin, "cookie-authenticated API-token request from another origin refused");
+        forbidden("this request comes from another origin; manage API tokens from the app or the control plane itself")
+    })
+}
+
+/// The signed-in user who may manage tokens, or the answer to give.
+async fn manager(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &str,
+) -> Result<Identity, Response> {
+    let outcome = identify(state, headers, client, Accept::Manage)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let Some(identity) = outcome.identity else {
+        let msg = outcome.rejection.unwrap_or_else(|| {
+            "not signed in; sign in (control-plane session, ID token, or the main app's session) to manage API tokens".into()
+        });
+        let mut resp = ApiError::Unauthorized(msg).into_response();
+        no_store(&mut resp);
+        return Err(resp);
+    };
+    if let Some(resp) = cross_origin_refused(state, headers, &identity.via) {
+        return Err(resp);
+    }
+    Ok(identity)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    pub expires_in_days: Option<u32>,
+    /// Optional session-name prefix carried in the init URL (`n`).
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub id: String,
+    pub name: String,
+    /// Shown once; only its hash is kept.
+    pub token: String,
+    pub init_url: String,
+    pub expires_at: String,
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    let n = name.chars().count();
+    if n == 0 || n > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "`name` must be 1-100 characters without control characters, e.g. \"CLI Setup - 1/10/2026\"",
+        ));
+    }
+    Ok(())
+}
+
+fn check_prefix(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 64
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `base64url({"t": token, "n": prefix})`.
+pub fn init_config(token: &str, prefix: Option<&str>) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({ "t": token, "n": prefix }).to_string())
+}
+
+/// Decodes an init config: `(token, prefix)` when well formed.
+pub fn decode_init_config(config: &str) -> Option<(String, Option<String>)> {
+    if config.is_empty()
+        || config.len() > MAX_INIT_CONFIG_LEN
+        || !config
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(config)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    let obj = v.as_object()?;
+    if obj.keys().any(|k| k != "t" && k != "n") {
+        return None;
+    }
+    let token = obj.get("t")?.as_str()?;
+    parse(token)?;
+    let prefix = match obj.get("n") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) if check_prefix(p) => Some(p.clone()),
+        _ => return None,
+    };
+    Some((token.to_owned(), prefix))
+}
+
+/// `POST /api/proxy-tokens {name, expires_in_days, prefix?}`.
+async fn create_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ClientIp(client): ClientIp,
+    JsonBody(req): JsonBody<CreateToken>,
+) -> ApiResult<Response> {
+    let identity = match manager(&state, &headers, &client).await {
+        Ok(i) => i,
+        Err(resp) => return Ok(resp),
+    };
+    if matches!(identity.via, Via::ApiToken { .. }) {
+        return Ok(forbidden(
+            "an API token cannot create API tokens; sign in (session, ID token or the main app's session) to create one",
+        ));
+    }
+    check_name(&req.name)?;
+    let days = req.expires_in_days.unwrap_or(DEFAULT_EXPIRES_IN_DAYS);
+    if !(1..=MAX_EXPIRES_IN_DAYS).contains(&days) {
+        return Err(ApiError::bad(format!(
+            "`expires_in_days` must be 1-{MAX_EXPIRES_IN_DAYS}, e.g. 30"
+        )));
+    }
+    if let Some(p) = &req.prefix {
+        if !check_prefix(p) {
+            return Err(ApiError::bad(
+                "`prefix` must be 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-'",
+            ));
+        }
+    }
+    let user = &identity.user;
+    let now = now_unix();
+    let live = state
+        .db()
+        .list_api_tokens(&user.id)
+        .await?
+        .iter()
+        .filter(|t| t.revoked_at.is_none() && t.expires_at > now)
+        .count();
+    if live >= MAX_TOKENS_PER_USER {
+        return Err(ApiError::conflict(format!(
+            "you have {live} live API tokens, the most allowed; revoke some with DELETE /api/proxy-tokens/ID"
+        )));
+    }
+    let (id, token) = generate()?;
+    let row = ApiTokenRow {
+        id: id.clone(),
+        user_id: user.id.clone(),
+        name: req.name.clone(),
+        token_hash: token_hash(&token),
+        prefix: req.prefix.clone(),
+        created_via: identity.via.label(),
+        created_at: now,
+        expires_at: now + i64::from(days) * 86_400,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    state.db().create_api_token(&row).await?;
+    tracing::info!(user = %user.id, token = %id, via = %row.created_via, days, "API token created");
+    let init_url = format!(
+        "{}/p/{}",
+        state.config().issuer,
+        init_config(&token, req.prefix.as_deref())
+    );
+    let expires_at =
+        rfc3339(row.expires_at).ok_or_else(|| ApiError::internal("expiry out of range"))?;
+    let mut resp = (
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            id,
+            name: req.name,
+            token,
+            init_url,
+            expires_at,
+        }),
+    )
+        .into_response();
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+fn token_view(t: &ApiTokenRow, now: i64) -> Value {
+    let state = if t.revoked_at.is_some() {
+        "revoked"
+    } else if now >= t.expires_at {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "prefix": t.prefix,
+        "state": state,
+        "created_at": rfc3339(t.created_at),
+        "expires_at": rfc3339(t.expires_at),
+        "last_used_at": t.last_used_at.and_then(rfc3339),
+        "revoked_at": t.revoked_at.and_then(rfc3339),
+        "created_via": t.created_via,
+    })
+}
+
+/// `GET /api/proxy-tokens`: the user's tokens, newest first, never a secret.
+async fn list_tokens(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ClientIp(client): ClientIp,
+) -> ApiResult<Response> {
+    let identity = match manager(&state, &headers, &client).await {
+        Ok(i) => i,
+        Err(resp) => return Ok(resp),
+    };
+    if matches!(identity.via, Via::ApiToken { .. }) {
+        return Ok(forbidden(
+            "an API token cannot list API tokens; sign in to see them",
+        ));
+    }
+    let now = now_unix();
+    let tokens: Vec<Value> = state
+        .db()
+        .list_api_tokens(&identity.user.id)
+        .await?
+        .iter()
+        .map(|t| token_view(t, now))
+        .collect();
+    let mut resp = Json(json!({ "tokens": tokens })).into_response();
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// `DELETE /api/proxy-tokens/{id}`: revokes; refused from the token's next use on. An API token
+/// may revoke itself (a CLI's logout), no other.
+async fn revoke_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ClientIp(client): ClientIp,
+    PathArgs(id): PathArgs<String>,
+) -> ApiResult<Response> {
+    let identity = match manager(&state, &headers, &client).await {
+        Ok(i) => i,
+        Err(resp) => return Ok(resp),
+    };
+    if let Via::ApiToken { id: own } = &identity.via {
+        if *own != id {
+            return Ok(forbidden(
+                "an API token can revoke only itself; sign in to revoke other tokens",
+            ));
+        }
+    }
+    let now = now_unix();
+    let Some(row) = state
+        .db()
+        .revoke_api_token(&identity.user.id, &id, now)
+        .await?
+    else {
+        return Err(ApiError::not_found(
+            "no such API token of yours; list them with GET /api/proxy-tokens",
+        ));
+    };
+    tracing::info!(user = %identity.user.id, token = %id, via = %identity.via.label(), "API token revoked");
+    let mut resp = Json(json!({ "revoked": true, "token": token_view(&row, now) })).into_response();
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, Html(body)).into_response();
+    no_store(&mut resp);
+    let h = resp.headers_mut();
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// `GET /p/{config}`: how to use a setup link. The token is not looked up (no validity
+/// oracle); the page only explains.
+async fn init_page(State(state): State<AppState>, PathArgs(config): PathArgs<String>) -> Response {
+    let Some((token, prefix)) = decode_init_config(&config) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>podgate setup link</title></head>\
+             <body><h1>This setup link is malformed</h1><p>Copy the whole link again, or create a new \
+             API token in the app.</p></body></html>"
+                .into(),
+        );
+    };
+    let issuer = &state.config().issuer;
+    let init_url = format!("{issuer}/p/{config}");
+    let install = format!(
+        "curl -fsSL \"{issuer}/api/download/install.sh?init_url={}\" | bash",
+        podgate_protocol::redirect::encode_query_value(&init_url)
+    );
+    let example = format!(
+        "curl -fsS -X POST {issuer}/v1/capabilities -H \"Authorization: Bearer {token}\" -H \"Content-Type: application/json\" -d '{{\"pod\":\"POD\",\"port\":PORT}}'"
+    );
+    let prefix_line = prefix
+        .map(|p| format!("<p>Session prefix: <code>{}</code></p>", html_escape(&p)))
+        .unwrap_or_default();
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>podgate setup link</title>\
+         <style>body{{font-family:sans-serif;max-width:48rem;margin:2rem auto}}pre{{background:#f4f4f4;padding:1rem;white-space:pre-wrap;word-break:break-all}}</style></head>\
+         <body><h1>podgate setup link</h1>\
+         <p>This link carries an API token. Keep it secret: anyone who has it can act as you \
+         until it expires or you revoke it (<code>DELETE /api/proxy-tokens/ID</code>, or in the app).</p>\
+         {prefix_line}\
+         <h2>Install the CLI</h2><pre>{}</pre>\
+         <p>The podgate CLI is not released yet: the installer says so and stops.</p>\
+         <h2>Use the token today</h2><p>Exchange it for a capability for one pod and port:</p><pre>{}</pre>\
+         </body></html>",
+        html_escape(&install),
+        html_escape(&example)
+    );
+    page(StatusCode::OK, body)
+}
+
+/// Quotes a string for bash with single quotes.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The init URL, checked: exactly `{issuer}/p/<base64url config>`, with a well-formed config.
+pub fn check_init_url(issuer: &str, raw: &str) -> Result<String, String> {
+    let prefix = format!("{issuer}/p/");
+    let Some(config) = raw.strip_prefix(&prefix) else {
+        return Err(format!(
+            "`init_url` must be a setup link of this control plane, {prefix}…"
+        ));
+    };
+    if decode_init_config(config).is_none() {
+        return Err(
+            "`init_url` does not carry a well-formed setup config (base64url of {\"t\": token, \"n\": prefix})"
+                .into(),
+        );
+    }
+    let parsed = url::Url::parse(raw).map_err(|e| format!("`init_url` is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+        || !parsed.username().is_empty()
+    {
+        return Err("`init_url` must be a plain http(s) URL without query or fragment".into());
+    }
+    Ok(raw.to_owned())
+}
+
+fn install_script(issuer: &str, init_url: Option<&str>) -> String {
+    let quoted_issuer = shell_quote(&format!("{issuer}/p/"));
+    let mut s = String::from(
+        "#!/usr/bin/env bash\n\
+         # podgate CLI installer.\n\
+         set -euo pipefail\n\n",
+    );
+    match init_url {
+        Some(u) => {
+            s.push_str(&format!("INIT_URL={}\n", shell_quote(u)));
+            s.push_str(&format!(
+                "# Checked by the server; checked again here before anything uses it.\n\
+                 case \"$INIT_URL\" in\n\
+                 \x20 ''|*[!A-Za-z0-9:/._~%-]*) echo 'podgate: the init URL has unexpected characters; ask the app for a new setup link' >&2; exit 2 ;;\n\
+                 esac\n\
+                 case \"$INIT_URL\" in\n\
+                 \x20 {quoted_issuer}*) ;;\n\
+                 \x20 *) echo 'podgate: the init URL is not a setup link of this control plane' >&2; exit 2 ;;\n\
+                 esac\n\n"
+            ));
+        }
+        None => s.push_str("INIT_URL=''\n\n"),
+    }
+    s.push_str(&format!(
+        "echo 'podgate: the podgate CLI is not released yet, so there is nothing to install.' >&2\n\
+         echo 'podgate: until it is, exchange the API token of your setup link for a capability:' >&2\n\
+         echo {} >&2\n\
+         echo 'podgate: (open the setup link in a browser to see the token and this command filled in)' >&2\n\
+         exit 1\n",
+        shell_quote(&format!(
+            "podgate:   curl -X POST {issuer}/v1/capabilities -H 'Authorization: Bearer pg_…' -H 'Content-Type: application/json' -d '{{\"pod\":\"POD\",\"port\":PORT}}'"
+        ))
+    ));
+    s
+}
+
+/// `GET /api/download/install.sh?init_url=`: a bash script. `init_url` must be this control
+/// plane's setup link (anything else, shell metacharacters included, is a 400 and never reaches
+/// a script); it is single-quoted in the script and checked there again.
+async fn install_script_handler(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let params = single_params(query.as_deref(), &["init_url"])?;
+    let issuer = &state.config().issuer;
+    let init_url = match params.get("init_url").filter(|u| !u.is_empty()) {
+        Some(raw) => Some(check_init_url(issuer, raw).map_err(ApiError::BadRequest)?),
+        None => None,
+    };
+    let mut resp = install_script(issuer, init_url.as_deref()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/x-shellscript; charset=utf-8"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_the_documented_shape() {
+        let (id, token) = generate().unwrap();
+        assert_eq!(parse(&token), Some((id.as_str(), &token[3 + 24 + 1..])));
+        assert_eq!(token.len(), 3 + 24 + 1 + 52);
+        assert!(parse("pg_short_x").is_none());
+        assert!(parse(&token.replace("pg_", "pk_")).is_none());
+        assert!(parse(&format!("{token}a")).is_none());
+        assert!(parse(&token.to_uppercase()).is_none());
+        assert_ne!(generate().unwrap().1, token);
+        assert_eq!(base32(&[0xff; 5]), "77777777");
+        assert_eq!(base32(b"f"), "my");
+    }
+
+    #[test]
+    fn init_config_round_trips() {
+        let (_, token) = generate().unwrap();
+        let c = init_config(&token, Some("proj-1"));
+        assert_eq!(
+            decode_init_config(&c),
+            Some((token.clone(), Some("proj-1".into())))
+        );
+        assert_eq!(
+            decode_init_config(&init_config(&token, None)),
+            Some((token, None))
+        );
+        assert!(decode_init_config("e30").is_none()); // {}
+        assert!(decode_init_config("!!").is_none());
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+        let issuer = "http://127.0.0.1:8080";
+        let (_, token) = generate().unwrap();
+        let good = format!("{issuer}/p/{}", init_config(&token, None));
+        assert_eq!(check_init_url(issuer, &good).unwrap(), good);
+        for bad in [
+            format!("{good}'; rm -rf ~; '"),
+            format!("{good}$(id)"),
+            format!("{good}`id`"),
+            format!("{good}?x=1"),
+            format!("{good}#f"),
+            format!("{good}\nid"),
+            format!("http://evil.example{}", &good[issuer.len()..]),
+            format!("{issuer}/q/{}", init_config(&token, None)),
+            format!("{issuer}.evil.example/p/{}", init_config(&token, None)),
+            "javascript:alert(1)".to_owned(),
+        ] {
+            assert!(check_init_url(issuer, &bad).is_err(), "{bad}");
+        }
+        let script = install_script(issuer, Some(&good));
+        assert!(script.contains(&format!("INIT_URL='{good}'")));
+        assert!(script.contains("exit 1"));
+    }
+}
