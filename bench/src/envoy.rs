@@ -1,0 +1,405 @@
+//! Starting Envoy (one worker, pinned), talking to its admin API, reading its memory, and the
+//! bootstraps of every benchmarked configuration.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::pin::Placement;
+
+/// Envoy must be up (admin address written, listener bound) within this.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+
+pub const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// A running Envoy, killed on drop.
+pub struct Envoy {
+    pub label: String,
+    child: Child,
+    pub admin: SocketAddr,
+    pub listener: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A free loopback port (bound and released; the race is harmless on a quiet loopback).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Envoy {
+    /// Starts Envoy with `bootstrap` (JSON) and waits for its admin API. `listener` is the port
+    /// the bootstrap's listener binds.
+    pub async fn start(
+        envoy: &Path,
+        placement: &Placement,
+        label: &str,
+        bootstrap: &Value,
+        listener: u16,
+        base_id: u32,
+    ) -> anyhow::Result<Envoy> {
+        let dir = std::env::temp_dir().join(format!(
+            "podgate-bench-{}-{label}-{base_id}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("bootstrap.json");
+        std::fs::write(&config, serde_json::to_vec_pretty(bootstrap)?)?;
+        let admin_path = dir.join("admin-address");
+        let log_path = dir.join("envoy.log");
+        let mut command = match (&placement.taskset, placement.envoy_cpu) {
+            (Some(taskset), Some(cpu)) => {
+                let mut c = Command::new(taskset);
+                c.arg("-c").arg(cpu.to_string()).arg(envoy);
+                c
+            }
+            _ => Command::new(envoy),
+        };
+        command
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "--log-level", "warn"])
+            .arg("--base-id")
+            .arg((std::process::id() % 10_000 * 100 + base_id).to_string())
+            .arg("--use-dynamic-base-id")
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", envoy.display()))?;
+        let mut running = Envoy {
+            label: label.to_owned(),
+            child,
+            admin: "127.0.0.1:0".parse()?,
+            listener: SocketAddr::from(([127, 0, 0, 1], listener)),
+            dir,
+        };
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&admin_path) {
+                if let Ok(addr) = text.trim().parse() {
+                    running.admin = addr;
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = running.child.try_wait() {
+                bail!(
+                    "Envoy {label} exited with {status}:\n{}",
+                    running.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "Envoy {label} wrote no admin address:\n{}",
+                    running.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(running)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Resident memory (VmRSS) in bytes.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        proc_status_kb(self.pid(), "VmRSS:").map(|kb| kb * 1024)
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        proc_status_kb(self.pid(), "VmHWM:").map(|kb| kb * 1024)
+    }
+
+    /// Waits until the admin API reports LIVE and the listener accepts connections.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            let live = matches!(http_get(self.admin, "/ready").await, Ok((200, _)));
+            if live && TcpStream::connect(self.listener).await.is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "Envoy {} exited with {status}:\n{}",
+                    self.label,
+                    self.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "Envoy {} never became ready:\n{}",
+                    self.label,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// CPU time Envoy has used so far (every thread), from the scheduler's nanosecond counters.
+    pub fn cpu_time(&self) -> Duration {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return Duration::ZERO;
+        };
+        let ns: u64 = tasks
+            .filter_map(Result::ok)
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split(' ').next().and_then(|v| v.parse::<u64>().ok()))
+            .sum();
+        Duration::from_nanos(ns)
+    }
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
+}
+
+/// `envoy --version`.
+pub fn binary_version(envoy: &Path) -> String {
+    Command::new(envoy)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+/// One HTTP/1.1 GET on a fresh connection: status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+// ---- bootstraps ---------------------------------------------------------------------------
+
+/// How the one route picks its cluster.
+pub enum Route<'a> {
+    Cluster(&'a str),
+    ClusterHeader(&'a str),
+}
+
+fn route_json(route: &Route<'_>) -> Value {
+    match route {
+        Route::Cluster(name) => json!({"cluster": name, "timeout": "0s"}),
+        Route::ClusterHeader(header) => json!({"cluster_header": header, "timeout": "0s"}),
+    }
+}
+
+fn router() -> Value {
+    json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            "suppress_envoy_headers": true
+        }
+    })
+}
+
+/// The listener every configuration shares: one HTTP connection manager, one route, the given
+/// filters before the router. No access log, no tracing.
+pub fn listener(port: u16, route: &Route<'_>, filters: Vec<Value>) -> Value {
+    let mut http_filters = filters;
+    http_filters.push(router());
+    json!({
+        "name": "bench",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "bench",
+                "codec_type": "AUTO",
+                "route_config": {
+                    "name": "bench",
+                    "virtual_hosts": [{
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": route_json(route)}]
+                    }]
+                },
+                "http_filters": http_filters
+            }
+        }]}]
+    })
+}
+
+/// A STATIC cluster with one endpoint.
+pub fn static_cluster(name: &str, upstream: SocketAddr) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": upstream.ip().to_string(),
+                "port_value": upstream.port()
+            }}}}]}]
+        }
+    })
+}
+
+/// A bootstrap with static listener and clusters only.
+pub fn static_bootstrap(label: &str, listener: Value, clusters: Vec<Value>) -> Value {
+    json!({
+        "node": {"id": format!("podgate-bench-{label}"), "cluster": "podgate-bench"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [listener], "clusters": clusters}
+    })
+}
+
+/// Envoy's own JWT filter: one provider with an inline JWKS, the token from our cookie.
+pub fn jwt_authn_filter(issuer: &str, audience: &str, jwks: &str, cache: bool) -> Value {
+    let mut provider = json!({
+        "issuer": issuer,
+        "audiences": [audience],
+        "local_jwks": {"inline_string": jwks},
+        "from_cookies": ["podgate_cap"],
+        "forward": false
+    });
+    if cache {
+        provider["jwt_cache_config"] = json!({"jwt_cache_size": 100});
+    }
+    json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"podgate": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "podgate"}}]
+        }
+    })
+}
+
+/// The podgate Wasm filter with an inline configuration, fail closed, in V8.
+pub fn podgate_filter(wasm: &Path, configuration_json: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": WASM_TYPE_URL,
+            "config": {
+                "name": "podgate",
+                "root_id": "podgate",
+                "failure_policy": "FAIL_CLOSED",
+                "vm_config": {
+                    "vm_id": "podgate",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.display().to_string()}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration_json
+                }
+            }
+        }
+    })
+}
+
+/// A bootstrap whose clusters come from ADS (CDS) and whose podgate filter comes from ECDS.
+pub fn ads_bootstrap(label: &str, ads: SocketAddr, listener_port: u16) -> Value {
+    let ecds_filter = json!({
+        "name": "podgate",
+        "config_discovery": {
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
+            "type_urls": [WASM_TYPE_URL]
+        }
+    });
+    json!({
+        "node": {"id": format!("podgate-bench-{label}"), "cluster": "podgate-bench"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"}
+        },
+        "static_resources": {
+            "listeners": [listener(
+                listener_port,
+                &Route::ClusterHeader("x-podgate-cluster"),
+                vec![ecds_filter],
+            )],
+            "clusters": [{
+                "name": "xds_cluster",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                },
+                "load_assignment": {
+                    "cluster_name": "xds_cluster",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                        "address": "127.0.0.1", "port_value": ads.port()
+                    }}}}]}]
+                }
+            }]
+        }
+    })
+}

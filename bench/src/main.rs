@@ -1,0 +1,158 @@
+//! `just bench`: podgate's filter against the bare proxy and Envoy's own jwt_authn, one run,
+//! every configuration side by side; then the pod directory at scale over xDS. Writes
+//! `bench/results/<time>.json`, `bench/results/latest.json` and the table in `BENCHMARKS.md`.
+//!
+//! Loopback only. Envoy runs with one worker pinned to CPU 0; this process (load generator,
+//! pacer, upstream, ADS server) runs on the other CPUs.
+
+mod compare;
+mod envoy;
+mod load;
+mod pin;
+mod report;
+mod scale;
+mod tokens;
+mod upstream;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+/// Measure podgate against Envoy's jwt_authn and the bare proxy.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "podgate-bench")]
+pub struct Settings {
+    /// Envoy 1.40 binary.
+    #[arg(long, env = "PODGATE_ENVOY")]
+    pub envoy: PathBuf,
+    /// The filter built with `--profile wasm-release`.
+    #[arg(long, env = "PODGATE_FILTER_WASM")]
+    pub filter_wasm: PathBuf,
+    /// Rounds per case (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Closed-loop warm-up per case, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_secs: f64,
+    /// One saturation round, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub saturation_secs: f64,
+    /// One fixed-rate latency round, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub latency_secs: f64,
+    /// Keep-alive connections in the saturation runs.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Keep-alive connections serving the fixed-rate schedule.
+    #[arg(long, default_value_t = 32)]
+    pub latency_connections: usize,
+    /// The latency rate as a fraction of B's (bare Envoy's) saturation.
+    #[arg(long, default_value_t = 0.5)]
+    pub rate_fraction: f64,
+    /// Distinct tokens minted per algorithm for the "new token every request" case (cycled).
+    #[arg(long, default_value_t = 20_000)]
+    pub fresh_tokens: u64,
+    /// Directory sizes for the scale run (one ORIGINAL_DST cluster).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    pub scale_pods: Vec<usize>,
+    /// Directory sizes for the cluster-per-pod alternative.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub cluster_per_pod_pods: Vec<usize>,
+    /// Skip the scale run.
+    #[arg(long)]
+    pub no_scale: bool,
+    /// Skip the side-by-side comparison.
+    #[arg(long)]
+    pub no_compare: bool,
+    /// Only these C/D cases (e.g. `D-cache-EdDSA`); A and B always run.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Do not check that the auth filters refuse a bad token (for measuring a stand-in filter
+    /// in place of podgate's, e.g. a do-nothing one, with `PODGATE_FILTER_WASM`).
+    #[arg(long)]
+    pub skip_deny_check: bool,
+    /// Do not pin Envoy and the load generator to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Where the JSON goes.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    pub results_dir: PathBuf,
+    /// The Markdown file whose generated section is rewritten.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"))]
+    pub markdown: PathBuf,
+    /// Print the report but write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    if !settings.envoy.is_file() {
+        bail!(
+            "Envoy not found at {} (set PODGATE_ENVOY; `./just setup` installs it)",
+            settings.envoy.display()
+        );
+    }
+    if !settings.filter_wasm.is_file() {
+        bail!(
+            "filter not found at {} (build it with `cargo build -p podgate-filter --target \
+             wasm32-wasip1 --profile wasm-release`, or set PODGATE_FILTER_WASM)",
+            settings.filter_wasm.display()
+        );
+    }
+    if settings.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let placement = pin::Placement::detect(!settings.no_pin);
+    if !pin::pin_current_thread(placement.loadgen_cpu) && placement.loadgen_cpu.is_some() {
+        eprintln!("could not pin the load generator to CPU 1");
+    }
+    for note in &placement.notes {
+        eprintln!("placement: {note}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("load generator runtime")?;
+    runtime.block_on(run(settings, placement))
+}
+
+async fn run(settings: Settings, placement: pin::Placement) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let machine_before = report::Machine::detect(placement.online_cpus);
+    let upstream = upstream::start(placement.upstream_cpu)?;
+    let keys = tokens::Keys::new()?;
+    let compare = if settings.no_compare {
+        None
+    } else {
+        Some(compare::run(&settings, &placement, upstream, &keys).await?)
+    };
+    let scale = if settings.no_scale {
+        None
+    } else {
+        Some(scale::run(&settings, &placement, upstream, &keys).await?)
+    };
+    let report = report::Report::new(
+        &settings,
+        machine_before,
+        placement,
+        compare,
+        scale,
+        started.elapsed(),
+    );
+    let markdown = report.markdown();
+    println!("{markdown}");
+    if !settings.dry_run {
+        report.write(&settings)?;
+    }
+    Ok(())
+}
