@@ -307,7 +307,7 @@ impl OidcVerifier {
         let untrusted = parse(token)?;
         let peek: Claims<Map<String, Value>> =
             untrusted.deserialize_claims_unchecked().map_err(|_| {
-                rejected("the ID token's claims are not a JSON object of the usual types")
+                rejected("the ID token's claims are malformed (exp, iat and nbf must be numbers)")
             })?;
         let iss = peek
             .custom
