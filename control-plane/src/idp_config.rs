@@ -792,6 +792,73 @@ mod tests {
     }
 
     #[test]
+    fn toml_file_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("podgate.toml");
+        std::fs::write(
+            &path,
+            r#"
+dev_mode = true
+admin_token = "0123456789abcdef0123456789abcdef"
+cors_origins = ["https://app.example.dev"]
+
+[[oidc]]
+name = "firebase"
+issuer = "https://securetoken.google.com/my-project"
+audience = "my-project"
+jwks_url = "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com"
+cookie = "__session"
+
+[[oidc]]
+name = "keycloak"
+issuer = "https://sso.example.dev/realms/myrealm"
+audience = "podgate"
+user_prefix = "kc-"
+
+[app_session]
+url = "https://app.example.dev/api/auth/session"
+cookie = ["next-auth.session-token"]
+user_id_pointer = "/user/sub"
+"#,
+        )
+        .unwrap();
+        let c = crate::config::Settings {
+            config: Some(path.clone()),
+            ..crate::config::Settings::default()
+        }
+        .with_file()
+        .unwrap()
+        .resolve(crate::config::Need::Server)
+        .unwrap();
+        let id = &c.identity;
+        assert_eq!(id.oidc.len(), 2);
+        assert_eq!(id.oidc[0].cookie.as_deref(), Some("__session"));
+        assert_eq!(
+            id.oidc[1].keys,
+            KeySource::Discovery(
+                Url::parse(
+                    "https://sso.example.dev/realms/myrealm/.well-known/openid-configuration"
+                )
+                .unwrap()
+            )
+        );
+        let app = id.app_session.as_ref().unwrap();
+        assert_eq!(app.user_id_pointer, "/user/sub");
+        assert_eq!(app.cookies, vec!["next-auth.session-token".to_owned()]);
+        assert_eq!(id.cors_origins, vec!["https://app.example.dev".to_owned()]);
+
+        std::fs::write(&path, "[[oidc]]\nname = \"x\"\nissuer = \"https://i.example.dev\"\naudience = \"a\"\njwks = \"typo\"\n").unwrap();
+        let e = crate::config::Settings {
+            config: Some(path),
+            ..crate::config::Settings::default()
+        }
+        .with_file()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("jwks"), "{e}");
+    }
+
+    #[test]
     fn loopback_http_is_allowed() {
         let c = resolve(
             IdentityInputs {
