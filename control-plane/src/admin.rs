@@ -2,7 +2,7 @@
 //! servers, pods, their ports and status, keys, and the mint audit trail.
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -57,7 +57,22 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/keys/rotate", post(rotate_keys))
         .route("/v1/audit", get(list_audit))
         .route("/v1/filter-config", get(filter_config))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            push_after_write,
+        ))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
+}
+
+/// After a successful write (pods, status, servers, keys, or anything that cascades to them),
+/// tells the xDS sync task to rebuild; unchanged content is not pushed.
+async fn push_after_write(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let response = next.run(req).await;
+    if writes && response.status().is_success() {
+        state.envoy_config_changed();
+    }
+    response
 }
 
 /// Constant-time check of `Authorization: Bearer <admin token>`. Both sides are hashed first so
@@ -823,7 +838,7 @@ async fn rotate_keys(State(s): State<AppState>) -> ApiResult<Response> {
         s.db(),
         config.signing_alg,
         now_unix(),
-        config.key_overlap as i64,
+        config.rotation_overlap(),
     )
     .await
     .map_err(|e| ApiError::internal(format!("rotating keys: {e}")))?;
@@ -833,7 +848,12 @@ async fn rotate_keys(State(s): State<AppState>) -> ApiResult<Response> {
     tracing::info!(?kids, "signing keys rotated");
     Ok((
         StatusCode::OK,
-        Json(serde_json::json!({ "active": kids, "overlap_secs": config.key_overlap })),
+        Json(serde_json::json!({
+            "active": kids,
+            "overlap_secs": config.rotation_overlap(),
+            // Publish before sign: the new capability key signs once every Envoy has it.
+            "capability_signs_within_secs": if config.xds.is_some() { config.key_publish_delay } else { 0 },
+        })),
     )
         .into_response())
 }

@@ -23,6 +23,12 @@ pub const DEFAULT_TICKET_LIFETIME: u64 = 60;
 pub const DEFAULT_SESSION_LIFETIME: u64 = 12 * 3600;
 /// How long a rotated-out key keeps verifying, unless configured.
 pub const DEFAULT_KEY_OVERLAP: u64 = 3600;
+/// Default address of the ADS (xDS gRPC) server.
+pub const DEFAULT_XDS_LISTEN: &str = "127.0.0.1:18000";
+/// Longest wait (seconds) before a new capability key signs though not every Envoy has it.
+pub const DEFAULT_KEY_PUBLISH_DELAY: u64 = 5;
+/// Seconds between safety-net rebuilds of the xDS snapshot from the database.
+pub const DEFAULT_XDS_RESYNC: u64 = 2;
 /// Shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 /// Longest ticket lifetime accepted.
@@ -235,6 +241,25 @@ pub struct Settings {
     /// rate limits [default: the TCP peer].
     #[arg(long, env = "PODGATE_CLIENT_IP_HEADER", global = true)]
     pub client_ip_header: Option<String>,
+
+    /// Address of the ADS (xDS gRPC) server Envoy connects to, or `off`
+    /// [default: 127.0.0.1:18000].
+    #[arg(long, env = "PODGATE_XDS_LISTEN", global = true)]
+    pub xds_listen: Option<String>,
+
+    /// The filter's .wasm file as Envoy's filesystem sees it (required when xDS is on).
+    #[arg(long, env = "PODGATE_FILTER_WASM", global = true)]
+    pub filter_wasm: Option<PathBuf>,
+
+    /// Longest wait, in seconds, before a new capability key signs though some Envoy has not
+    /// acknowledged it [default: 5].
+    #[arg(long, env = "PODGATE_KEY_PUBLISH_DELAY_SECS", global = true)]
+    pub key_publish_delay_secs: Option<u64>,
+
+    /// Seconds between rebuilds of Envoy's config from the database, a safety net for changes
+    /// made by other processes [default: 2].
+    #[arg(long, env = "PODGATE_XDS_RESYNC_SECS", global = true)]
+    pub xds_resync_secs: Option<u64>,
 }
 
 /// The checked configuration the server runs with.
@@ -264,6 +289,20 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Identity verifiers (OIDC issuers, the main app's session), CORS origins, client address.
     pub identity: crate::idp_config::IdentityConfig,
+    /// The ADS server, `None` when `--xds-listen off`.
+    pub xds: Option<XdsConfig>,
+    /// Longest wait before a new capability key signs (publish before sign).
+    pub key_publish_delay: u64,
+}
+
+/// The ADS server's settings.
+#[derive(Debug, Clone)]
+pub struct XdsConfig {
+    pub listen: SocketAddr,
+    /// Absolute path of the filter's .wasm, named in the ECDS config Envoy receives.
+    pub filter_wasm: PathBuf,
+    /// Seconds between safety-net rebuilds.
+    pub resync_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,6 +396,10 @@ impl Settings {
             app_session: self.app_session.or(o.app_session),
             cors_origins: self.cors_origins.or(o.cors_origins),
             client_ip_header: self.client_ip_header.or(o.client_ip_header),
+            xds_listen: self.xds_listen.or(o.xds_listen),
+            filter_wasm: self.filter_wasm.or(o.filter_wasm),
+            key_publish_delay_secs: self.key_publish_delay_secs.or(o.key_publish_delay_secs),
+            xds_resync_secs: self.xds_resync_secs.or(o.xds_resync_secs),
         }
     }
 
@@ -546,6 +589,21 @@ impl Settings {
             }
         };
 
+        let key_publish_delay = self
+            .key_publish_delay_secs
+            .unwrap_or(DEFAULT_KEY_PUBLISH_DELAY);
+        if key_publish_delay > 300 {
+            return Err(bad(format!(
+                "key publish delay {key_publish_delay} s is over 300; set PODGATE_KEY_PUBLISH_DELAY_SECS, e.g. 5"
+            )));
+        }
+        let xds = resolve_xds(
+            self.xds_listen.as_deref(),
+            self.filter_wasm,
+            self.xds_resync_secs,
+            need,
+        )?;
+
         let identity = crate::idp_config::resolve(
             crate::idp_config::IdentityInputs {
                 oidc: self.oidc,
@@ -590,8 +648,55 @@ impl Settings {
             key_overlap,
             log_format,
             identity,
+            xds,
+            key_publish_delay,
         })
     }
+}
+
+fn resolve_xds(
+    listen: Option<&str>,
+    filter_wasm: Option<PathBuf>,
+    resync: Option<u64>,
+    need: Need,
+) -> Result<Option<XdsConfig>, ConfigError> {
+    let listen_s = listen.unwrap_or(DEFAULT_XDS_LISTEN);
+    if listen_s.eq_ignore_ascii_case("off") || need != Need::Server {
+        return Ok(None);
+    }
+    let listen: SocketAddr = listen_s.parse().map_err(|_| {
+        bad(format!(
+            "xDS address {listen_s:?} is not IP:PORT or off; set --xds-listen / PODGATE_XDS_LISTEN, e.g. 127.0.0.1:18000"
+        ))
+    })?;
+    let Some(wasm) = filter_wasm else {
+        return Err(bad(
+            "no filter .wasm for the xDS server; set PODGATE_FILTER_WASM (or --filter-wasm) to the path of podgate_filter.wasm as Envoy sees it (cargo build -p podgate-filter --target wasm32-wasip1 --profile wasm-release), or PODGATE_XDS_LISTEN=off to serve no xDS",
+        ));
+    };
+    let filter_wasm = std::path::absolute(&wasm).map_err(|e| {
+        bad(format!(
+            "filter .wasm path {} cannot be made absolute: {e}; set PODGATE_FILTER_WASM to an absolute path",
+            wasm.display()
+        ))
+    })?;
+    if !filter_wasm.is_file() {
+        return Err(bad(format!(
+            "filter .wasm {} is not a file; build it with `cargo build -p podgate-filter --target wasm32-wasip1 --profile wasm-release` and set PODGATE_FILTER_WASM to target/wasm32-wasip1/wasm-release/podgate_filter.wasm",
+            filter_wasm.display()
+        )));
+    }
+    let resync_secs = resync.unwrap_or(DEFAULT_XDS_RESYNC);
+    if !(1..=3600).contains(&resync_secs) {
+        return Err(bad(format!(
+            "xDS resync interval {resync_secs} s is outside 1..=3600; set PODGATE_XDS_RESYNC_SECS, e.g. 2"
+        )));
+    }
+    Ok(Some(XdsConfig {
+        listen,
+        filter_wasm,
+        resync_secs,
+    }))
 }
 
 fn check_http_url(u: &str, what: &str, env: &str, example: &str) -> Result<(), ConfigError> {
@@ -634,9 +739,16 @@ impl Config {
             database_url: Some(database_url.to_owned()),
             admin_token: Some("test-admin-token-0123456789abcdef0123".to_owned()),
             dev_mode: Some(true),
+            xds_listen: Some("off".to_owned()),
             ..Settings::default()
         }
         .resolve(Need::Server)
+    }
+
+    /// How long a rotated-out key keeps verifying: the overlap, plus the publish delay during
+    /// which it may still sign.
+    pub fn rotation_overlap(&self) -> i64 {
+        i64::try_from(self.key_overlap.saturating_add(self.key_publish_delay)).unwrap_or(i64::MAX)
     }
 }
 
@@ -651,8 +763,40 @@ mod tests {
         Settings {
             admin_token: Some(TOKEN.into()),
             dev_mode: Some(true),
+            xds_listen: Some("off".into()),
             ..Settings::default()
         }
+    }
+
+    #[test]
+    fn xds_needs_an_existing_filter_wasm_and_makes_its_path_absolute() {
+        let on = |wasm: Option<&str>| Settings {
+            xds_listen: None,
+            filter_wasm: wasm.map(PathBuf::from),
+            ..base()
+        };
+        assert!(err(on(None)).contains("PODGATE_FILTER_WASM"));
+        assert!(err(on(Some("/nonexistent/podgate_filter.wasm"))).contains("is not a file"));
+        assert!(err(Settings {
+            xds_listen: Some("18000".into()),
+            ..on(Some("Cargo.toml"))
+        })
+        .contains("PODGATE_XDS_LISTEN"));
+        assert!(err(Settings {
+            key_publish_delay_secs: Some(3600),
+            ..base()
+        })
+        .contains("PODGATE_KEY_PUBLISH_DELAY_SECS"));
+        // Any existing file will do for the check; the path handed to Envoy is absolute.
+        let c = on(Some("Cargo.toml")).resolve(Need::Server).unwrap();
+        let xds = c.xds.clone().unwrap();
+        assert_eq!(xds.listen.to_string(), DEFAULT_XDS_LISTEN);
+        assert!(xds.filter_wasm.is_absolute());
+        assert_eq!(c.key_publish_delay, DEFAULT_KEY_PUBLISH_DELAY);
+        assert_eq!(c.rotation_overlap(), (DEFAULT_KEY_OVERLAP + 5) as i64);
+        // `off`, and commands other than serve, run no xDS.
+        assert!(base().resolve(Need::Server).unwrap().xds.is_none());
+        assert!(on(None).resolve(Need::DatabaseOnly).unwrap().xds.is_none());
     }
 
     fn err(s: Settings) -> String {
@@ -860,7 +1004,7 @@ mod tests {
         let path = dir.path().join("podgate.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:9999\"\ndomain = \"example.dev\"\ndev_mode = true\nadmin_token = \"0123456789abcdef0123456789abcdef\"\n",
+            "listen = \"127.0.0.1:9999\"\ndomain = \"example.dev\"\ndev_mode = true\nadmin_token = \"0123456789abcdef0123456789abcdef\"\nxds_listen = \"off\"\n",
         )
         .unwrap();
         let s = Settings {

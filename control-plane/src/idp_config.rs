@@ -800,6 +800,7 @@ mod tests {
             r#"
 dev_mode = true
 admin_token = "0123456789abcdef0123456789abcdef"
+xds_listen = "off"
 cors_origins = ["https://app.example.dev"]
 
 [[oidc]]

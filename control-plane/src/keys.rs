@@ -1,6 +1,13 @@
 //! Signing keys: generated at first start, stored as private JWKs, rotated with an overlap
 //! window in which the old key still verifies. Ticket and capability keys are separate (their
 //! kids carry the kind's prefix), and ticket keys never leave the control plane.
+//!
+//! Publish before sign: a new capability key is handed to Envoy at once (it verifies), but
+//! signs only once the [`SigningGate`] lets it — every connected Envoy acknowledged a config
+//! holding it, or the publish delay passed — so no Envoy ever sees a token it cannot check.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
 
 use podgate_protocol::token::{KeySet, SigningKey, TokenKind, Verifier};
 
@@ -31,6 +38,66 @@ pub struct KeyRing {
     pub capability_keys: KeySet,
     /// Public keys for `/.well-known/jwks.json` (capability keys only; empty under HS256).
     pub public_jwks: KeySet,
+    /// The newest capability key while it is being published: it verifies (it is in
+    /// `capability_keys`) but `capability_signer` is still the previous key.
+    pub capability_pending: Option<PendingKey>,
+}
+
+/// A capability key published to Envoy but not signing yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingKey {
+    pub kid: String,
+    /// Unix time after which it signs whatever the Envoys say.
+    pub signs_at_latest: i64,
+}
+
+/// When a newly rotated-in capability key may start signing.
+#[derive(Debug)]
+pub struct SigningGate {
+    /// Kids every connected Envoy has acknowledged (set by the xDS sync task).
+    cleared: Mutex<HashSet<String>>,
+    /// Seconds from a key's creation before it signs even if not cleared.
+    max_wait: i64,
+    /// Seconds from a key's creation before a cleared key may sign (other control planes on the
+    /// same database need one resync to publish it to their own Envoys).
+    min_wait: i64,
+}
+
+impl SigningGate {
+    /// Every key signs as soon as it exists (no xDS: nothing to wait for).
+    pub fn open() -> SigningGate {
+        SigningGate::new(0, 0)
+    }
+
+    pub fn new(min_wait_secs: u64, max_wait_secs: u64) -> SigningGate {
+        let max_wait = i64::try_from(max_wait_secs).unwrap_or(i64::MAX);
+        SigningGate {
+            cleared: Mutex::new(HashSet::new()),
+            max_wait,
+            min_wait: i64::try_from(min_wait_secs)
+                .unwrap_or(i64::MAX)
+                .min(max_wait),
+        }
+    }
+
+    /// Lets `kid` sign (once its minimum wait has passed).
+    pub fn clear(&self, kid: &str) {
+        self.cleared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(kid.to_owned());
+    }
+
+    fn may_sign(&self, key: &StoredKey, now: i64) -> bool {
+        let age = now.saturating_sub(key.created_at);
+        age >= self.max_wait
+            || (age >= self.min_wait
+                && self
+                    .cleared
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&key.kid))
+    }
 }
 
 impl KeyKind {
@@ -146,8 +213,18 @@ pub async fn rotate(
     Ok(new.iter().map(|k| k.kid.clone()).collect())
 }
 
-/// Loads the key ring in force at `now`.
+/// Loads the key ring in force at `now`; the newest capability key signs at once.
 pub async fn load(db: &Db, config: &Config, now: i64) -> Result<KeyRing, KeyringError> {
+    load_gated(db, config, now, &SigningGate::open()).await
+}
+
+/// Loads the key ring in force at `now`; a capability key signs only once `gate` lets it.
+pub async fn load_gated(
+    db: &Db,
+    config: &Config,
+    now: i64,
+    gate: &SigningGate,
+) -> Result<KeyRing, KeyringError> {
     let live = db.live_keys(now).await?;
     let mut ticket_signer = None;
     let mut capability_signer = None;
@@ -178,7 +255,32 @@ pub async fn load(db: &Db, config: &Config, now: i64) -> Result<KeyRing, Keyring
         msg: format!("no active {kind} key; run `podgate keys rotate` or restart `podgate serve`"),
     };
     let ticket_signer = ticket_signer.ok_or_else(|| missing("ticket"))?;
-    let capability_signer = capability_signer.ok_or_else(|| missing("capability"))?;
+    let mut capability_signer = capability_signer.ok_or_else(|| missing("capability"))?;
+    let mut capability_pending = None;
+    let newest = live
+        .iter()
+        .rev()
+        .find(|k| k.kind == KeyKind::Capability && k.retired_at.is_none());
+    if let Some(newest) = newest.filter(|k| !gate.may_sign(k, now)) {
+        // Sign with the newest older key that may sign, else the oldest (it has been published
+        // longest); with no older key at all (first start) the new one signs.
+        let older: Vec<&StoredKey> = live
+            .iter()
+            .filter(|k| k.kind == KeyKind::Capability && k.kid != newest.kid)
+            .collect();
+        let previous = older
+            .iter()
+            .rev()
+            .find(|k| gate.may_sign(k, now))
+            .or(older.first());
+        if let Some(previous) = previous {
+            capability_signer = decode(previous)?;
+            capability_pending = Some(PendingKey {
+                kid: newest.kid.clone(),
+                signs_at_latest: newest.created_at.saturating_add(gate.max_wait),
+            });
+        }
+    }
     let ticket_verifier = Verifier::new(
         TokenKind::LoginTicket,
         config.issuer.clone(),
@@ -196,5 +298,6 @@ pub async fn load(db: &Db, config: &Config, now: i64) -> Result<KeyRing, Keyring
         ticket_verifier,
         capability_keys,
         public_jwks,
+        capability_pending,
     })
 }

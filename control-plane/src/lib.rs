@@ -18,6 +18,7 @@ pub mod oidc;
 pub mod recorder;
 pub mod store;
 pub mod verify;
+pub mod xds_sync;
 
 use std::sync::{Arc, RwLock};
 
@@ -28,7 +29,7 @@ use podgate_protocol::cookie::{cookie_name, DEFAULT_COOKIE_NAME};
 
 use crate::config::Config;
 use crate::error::{error_response, ApiError};
-use crate::keys::{KeyRing, KeyringError};
+use crate::keys::{KeyRing, KeyringError, SigningGate};
 use crate::recorder::Recorder;
 use crate::store::Db;
 
@@ -49,6 +50,10 @@ struct Inner {
     capability_cookie: String,
     session_cookie: String,
     verifiers: verify::Verifiers,
+    /// Publish before sign: when a new capability key may start signing.
+    signing_gate: SigningGate,
+    /// Poked after every committed admin write that changes what Envoy gets.
+    envoy_config_changes: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for AppState {
@@ -69,6 +74,7 @@ impl AppState {
         let session_cookie = cookie_name(SESSION_COOKIE, config.issuer.starts_with("https://"));
         let verifiers = verify::Verifiers::new(&config)
             .map_err(|e| KeyringError::Generate(format!("identity verifiers: {e}")))?;
+        let signing_gate = xds_sync::signing_gate(&config);
         let state = AppState {
             inner: Arc::new(Inner {
                 config,
@@ -78,6 +84,8 @@ impl AppState {
                 capability_cookie,
                 session_cookie,
                 verifiers,
+                signing_gate,
+                envoy_config_changes: tokio::sync::Notify::new(),
             }),
         };
         state.reload_keys().await?;
@@ -128,10 +136,32 @@ impl AppState {
         self.inner.keys.read().map(|k| k.is_some()).unwrap_or(false)
     }
 
+    /// Publish before sign: the xDS sync task clears new capability keys here.
+    pub fn signing_gate(&self) -> &SigningGate {
+        &self.inner.signing_gate
+    }
+
+    /// Tells the xDS sync task that what Envoy gets may have changed (call after the commit).
+    pub fn envoy_config_changed(&self) {
+        self.inner.envoy_config_changes.notify_one();
+    }
+
+    /// Completes after [`AppState::envoy_config_changed`] (a call made while nobody waits is
+    /// kept for the next wait).
+    pub async fn envoy_config_change(&self) {
+        self.inner.envoy_config_changes.notified().await;
+    }
+
     /// Re-reads the keys from the database (after a rotation, or periodically so a rotation by
     /// `podgate keys rotate` in another process is picked up and expired keys drop out).
     pub async fn reload_keys(&self) -> Result<(), KeyringError> {
-        let ring = keys::load(&self.inner.db, &self.inner.config, store::now_unix()).await?;
+        let ring = keys::load_gated(
+            &self.inner.db,
+            &self.inner.config,
+            store::now_unix(),
+            &self.inner.signing_gate,
+        )
+        .await?;
         let mut guard = self.inner.keys.write().map_err(|_| KeyringError::Stored {
             kid: String::new(),
             msg: "key ring lock poisoned".into(),

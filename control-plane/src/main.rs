@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use podgate::config::{redact_url, Cli, Command, Config, KeysCommand, LogFormat, Need};
 use podgate::store::{now_unix, Db};
-use podgate::{app, keys, AppState};
+use podgate::{app, keys, xds_sync, AppState};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -71,13 +71,14 @@ async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), Strin
             keys::ensure(&db, config.signing_alg, now)
                 .await
                 .map_err(|e| e.to_string())?;
-            let kids = keys::rotate(&db, config.signing_alg, now, config.key_overlap as i64)
+            let kids = keys::rotate(&db, config.signing_alg, now, config.rotation_overlap())
                 .await
                 .map_err(|e| e.to_string())?;
             println!(
-                "new active keys: {}; the previous keys keep verifying for {} s (running servers pick this up within 30 s)",
+                "new active keys: {}; the previous keys keep verifying for {} s (running servers publish the new capability key to Envoy within {} s and sign with it once every Envoy has it)",
                 kids.join(", "),
-                config.key_overlap
+                config.rotation_overlap(),
+                podgate::config::DEFAULT_XDS_RESYNC
             );
         }
         KeysCommand::List => {
@@ -123,6 +124,22 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     });
 
+    // One shutdown for the HTTP API, the xDS server and its sync task.
+    let (stop, stop_requested) = tokio::sync::watch::channel(false);
+    let xds = match state.config().xds.clone() {
+        Some(xds) => Some(xds_sync::start(state.clone(), &xds, stop_requested.clone()).await?),
+        None => {
+            tracing::info!(
+                "xDS is off (--xds-listen off): Envoy gets no configuration from this process"
+            );
+            None
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.send_replace(true);
+    });
+
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         format!("cannot listen on {listen}: {e}; set PODGATE_LISTEN to a free address")
     })?;
@@ -132,9 +149,12 @@ async fn serve(config: Config) -> Result<(), String> {
         listener,
         app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(xds_sync::stopped(stop_requested))
     .await
     .map_err(|e| format!("server error: {e}"))?;
+    if let Some(xds) = xds {
+        let _ = xds.await;
+    }
     reloader.abort();
     db.close().await;
     tracing::info!("podgate stopped");

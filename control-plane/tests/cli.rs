@@ -77,7 +77,14 @@ fn serve_answers_and_stops_gracefully() {
         l.local_addr().unwrap().port()
     };
     let mut child = podgate(&db)
-        .args(["serve", "--dev-mode", "--log-format", "json"])
+        .args([
+            "serve",
+            "--dev-mode",
+            "--log-format",
+            "json",
+            "--xds-listen",
+            "off",
+        ])
         .env("PODGATE_LISTEN", format!("127.0.0.1:{port}"))
         .env("PODGATE_ADMIN_TOKEN", "0123456789abcdef0123456789abcdef")
         .stdout(Stdio::piped())

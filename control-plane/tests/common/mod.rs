@@ -108,6 +108,8 @@ pub fn settings(url: &str) -> Settings {
         database_url: Some(url.to_owned()),
         admin_token: Some(ADMIN.to_owned()),
         dev_mode: Some(true),
+        // In-process tests serve no ADS (tests/xds_live.rs runs the binary with it).
+        xds_listen: Some("off".to_owned()),
         ..Settings::default()
     }
 }

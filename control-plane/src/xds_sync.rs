@@ -1,0 +1,357 @@
+//! Envoy's configuration over ADS: one task builds a [`Snapshot`] from the database and
+//! publishes it to the xds crate's cache, which every Envoy stream serves.
+//!
+//! - CDS: one ORIGINAL_DST cluster, `podgate_pods`, for every pod. The filter puts the pod's
+//!   `server address:nginx port` (from its pod directory) in `x-podgate-upstream` after
+//!   stripping client copies, and Envoy connects there. Memory stays constant with the number
+//!   of pods (a cluster per pod costs Envoy ~42 KB, ~420 MB for 10,000), at the price of
+//!   circuit breakers and stats shared by all pods.
+//! - ECDS: the podgate Wasm filter (`podgate`) with the JSON of [`filter_config::build`]: keys,
+//!   host templates, the pod directory with status, issuer, auth URL, cookie name.
+//!
+//! Rebuilt at start, right after admin writes (debounced, so a burst is one push), and every
+//! few seconds as a safety net for changes made by other processes (`podgate keys rotate`,
+//! another control plane on the same PostgreSQL). Identical content is not pushed: versions are
+//! content hashes.
+//!
+//! Publish before sign: while a new capability key is pending (see [`crate::keys`]), the task
+//! watches what every connected Envoy has acknowledged and clears the key for signing once all
+//! of them run a config holding it.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use podgate_xds::{
+    original_dst_cluster, wasm_filter_extension_config, AdsServer, CircuitBreakerLimits,
+    OriginalDstClusterOptions, ResourceType, Snapshot, SnapshotCache, StreamStatus, WasmFilterSpec,
+    DEFAULT_UPSTREAM_HEADER,
+};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, XdsConfig};
+use crate::filter_config::{self, PODS_CLUSTER};
+use crate::keys::SigningGate;
+use crate::store::now_unix;
+use crate::AppState;
+
+/// The ECDS resource name (the listener's `config_discovery` filter name) and the plugin root id.
+pub const FILTER_EXTENSION: &str = "podgate";
+pub const FILTER_ROOT_ID: &str = "podgate";
+/// A burst of admin writes within this window becomes one push.
+const DEBOUNCE: Duration = Duration::from_millis(15);
+/// How often a pending key is re-checked besides ACK events (for its deadline).
+const PENDING_CHECK: Duration = Duration::from_millis(200);
+/// Envoy ACKs an ECDS update from its main thread and then hands it to the workers: give them
+/// a moment before tokens signed with the new key exist.
+const WORKER_SETTLE: Duration = Duration::from_millis(50);
+/// Connect timeout to a pod's nginx.
+const POD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The gate new capability keys pass before signing. Without xDS nothing is waited for. With
+/// PostgreSQL, other control planes may serve other Envoys: a key signs no earlier than two
+/// resync intervals after its creation, so each of them has published it.
+pub fn signing_gate(config: &Config) -> SigningGate {
+    match &config.xds {
+        None => SigningGate::open(),
+        Some(xds) => {
+            let shared_database = !config.database_url.starts_with("sqlite:");
+            let min_wait = if shared_database {
+                xds.resync_secs.saturating_mul(2)
+            } else {
+                0
+            };
+            SigningGate::new(min_wait, config.key_publish_delay)
+        }
+    }
+}
+
+/// What a snapshot holds, for logs and for the publish-before-sign check.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub snapshot: Snapshot,
+    pub pods: usize,
+    /// Capability key ids in the filter's key set.
+    pub kids: HashSet<String>,
+}
+
+/// Builds the snapshot in force now: the pods cluster and the filter's ECDS config.
+pub async fn build_snapshot(state: &AppState, filter_wasm: &Path) -> Result<Built, String> {
+    let filter = filter_config::build(state)
+        .await
+        .map_err(|e| format!("building the filter configuration: {e}"))?;
+    let json = serde_json::to_string(&filter)
+        .map_err(|e| format!("encoding the filter configuration: {e}"))?;
+    let wasm_path = filter_wasm.to_string_lossy();
+    let pods_cluster = original_dst_cluster(&OriginalDstClusterOptions {
+        name: PODS_CLUSTER.to_owned(),
+        http_header_name: DEFAULT_UPSTREAM_HEADER.to_owned(),
+        connect_timeout: POD_CONNECT_TIMEOUT,
+        cleanup_interval: Duration::from_secs(60),
+        circuit_breakers: CircuitBreakerLimits::SHARED,
+    });
+    let extension = wasm_filter_extension_config(&WasmFilterSpec {
+        extension_name: FILTER_EXTENSION,
+        wasm_path: &wasm_path,
+        root_id: FILTER_ROOT_ID,
+        configuration_json: &json,
+    });
+    let snapshot = Snapshot::new(vec![pods_cluster], vec![extension])
+        .map_err(|e| format!("inconsistent snapshot: {e}"))?;
+    Ok(Built {
+        snapshot,
+        pods: filter.pods.len(),
+        kids: filter.keys.keys.iter().map(|k| k.kid.clone()).collect(),
+    })
+}
+
+/// Binds the ADS address, then serves ADS and keeps it in step with the database until
+/// `shutdown` turns true. The returned task ends once both have stopped (streams closed).
+pub async fn start(
+    state: AppState,
+    xds: &XdsConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let listener = TcpListener::bind(xds.listen).await.map_err(|e| {
+        format!(
+            "cannot listen for xDS on {}: {e}; set PODGATE_XDS_LISTEN to a free address, or off",
+            xds.listen
+        )
+    })?;
+    let cache = SnapshotCache::new();
+    let server = AdsServer::new(cache.clone());
+    tracing::info!(listen = %xds.listen, filter_wasm = %xds.filter_wasm.display(), "xDS (ADS) server listening");
+    let sync = tokio::spawn(run(
+        state,
+        server.clone(),
+        cache,
+        xds.filter_wasm.clone(),
+        Duration::from_secs(xds.resync_secs),
+        stopped(shutdown.clone()),
+    ));
+    let ads = server.serve_with_listener(listener, stopped(shutdown));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = ads.await {
+            tracing::error!(error = %e, "xDS server failed");
+        }
+        let _ = sync.await;
+    }))
+}
+
+/// Completes when `flag` turns true (or its sender is gone).
+pub async fn stopped(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|stop| *stop).await;
+}
+
+/// Keeps `cache` in step with the database until `shutdown` completes.
+pub async fn run(
+    state: AppState,
+    server: AdsServer,
+    cache: SnapshotCache,
+    filter_wasm: std::path::PathBuf,
+    resync: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut sync = Sync {
+        state,
+        server,
+        cache,
+        filter_wasm,
+        pending: None,
+    };
+    let mut stream_changes = sync.server.stream_changes();
+    let mut resync_tick = tokio::time::interval(resync);
+    resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending_tick = tokio::time::interval(PENDING_CHECK);
+    pending_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    // The first resync tick fires at once: that is the build at start.
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = sync.state.envoy_config_change() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                sync.rebuild().await;
+            }
+            _ = resync_tick.tick() => {
+                // Keys rotated elsewhere appear, expired ones drop out.
+                if let Err(e) = sync.state.reload_keys().await {
+                    tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
+                }
+                sync.rebuild().await;
+            }
+            changed = stream_changes.changed(), if sync.pending.is_some() => {
+                if changed.is_ok() {
+                    sync.check_pending().await;
+                }
+            }
+            _ = pending_tick.tick(), if sync.pending.is_some() => sync.check_pending().await,
+        }
+    }
+}
+
+/// A key being published: the ECDS versions known to hold it.
+#[derive(Debug)]
+struct Pending {
+    kid: String,
+    versions: HashSet<String>,
+}
+
+struct Sync {
+    state: AppState,
+    server: AdsServer,
+    cache: SnapshotCache,
+    filter_wasm: std::path::PathBuf,
+    pending: Option<Pending>,
+}
+
+impl Sync {
+    async fn rebuild(&mut self) {
+        let built = match build_snapshot(&self.state, &self.filter_wasm).await {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build Envoy's configuration; Envoys keep the last one");
+                return;
+            }
+        };
+        let cds = built.snapshot.version(ResourceType::Cluster).to_owned();
+        let ecds = built
+            .snapshot
+            .version(ResourceType::ExtensionConfig)
+            .to_owned();
+        if self.cache.set(built.snapshot) {
+            tracing::info!(cds_version = %cds, ecds_version = %ecds, pods = built.pods, "pushed Envoy configuration");
+        } else {
+            tracing::debug!(ecds_version = %ecds, "Envoy configuration unchanged");
+        }
+        self.note_pending(&ecds, &built.kids);
+        self.check_pending().await;
+    }
+
+    /// Remembers which published versions hold the pending key.
+    fn note_pending(&mut self, ecds_version: &str, kids: &HashSet<String>) {
+        let pending_kid = match self.state.keys() {
+            Ok(ring) => ring.capability_pending.as_ref().map(|p| p.kid.clone()),
+            Err(_) => None,
+        };
+        let Some(kid) = pending_kid else {
+            self.pending = None;
+            return;
+        };
+        if self.pending.as_ref().is_none_or(|p| p.kid != kid) {
+            self.pending = Some(Pending {
+                kid: kid.clone(),
+                versions: HashSet::new(),
+            });
+        }
+        if kids.contains(&kid) {
+            if let Some(p) = self.pending.as_mut() {
+                p.versions.insert(ecds_version.to_owned());
+            }
+        }
+    }
+
+    /// Clears the pending key once every connected Envoy runs a config holding it, and lets it
+    /// sign once cleared or past its deadline.
+    async fn check_pending(&mut self) {
+        let Some(pending) = &self.pending else {
+            return;
+        };
+        let Ok(ring) = self.state.keys() else {
+            return;
+        };
+        let Some(in_ring) = ring.capability_pending.as_ref() else {
+            self.pending = None;
+            return;
+        };
+        if in_ring.kid != pending.kid {
+            // Rotated again: the next rebuild tracks the new key.
+            return;
+        }
+        let everywhere = !pending.versions.is_empty()
+            && all_acknowledged(&self.server.streams(), &pending.versions);
+        let past_deadline = now_unix() >= in_ring.signs_at_latest;
+        if !everywhere && !past_deadline {
+            return;
+        }
+        let kid = pending.kid.clone();
+        if everywhere {
+            tokio::time::sleep(WORKER_SETTLE).await;
+            self.state.signing_gate().clear(&kid);
+        }
+        if let Err(e) = self.state.reload_keys().await {
+            tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
+            return;
+        }
+        let still_pending = self
+            .state
+            .keys()
+            .ok()
+            .and_then(|r| r.capability_pending.as_ref().map(|p| p.kid == kid))
+            .unwrap_or(false);
+        if !still_pending {
+            if everywhere {
+                tracing::info!(%kid, envoys = self.server.streams().len(), "every connected Envoy has the new capability key: it signs now");
+            } else {
+                tracing::warn!(%kid, "publish delay passed before every Envoy acknowledged the new capability key: it signs now");
+            }
+            self.pending = None;
+        }
+    }
+}
+
+/// Whether every stream subscribed to ECDS has acknowledged one of `versions` (a stream not yet
+/// subscribed will be sent the current snapshot, which holds the key).
+fn all_acknowledged(streams: &[StreamStatus], versions: &HashSet<String>) -> bool {
+    streams
+        .iter()
+        .all(|s| match s.acked.get(&ResourceType::ExtensionConfig) {
+            None => true,
+            Some(None) => false,
+            Some(Some(v)) => versions.contains(v),
+        })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn stream(ecds: Option<Option<&str>>) -> StreamStatus {
+        let mut acked = BTreeMap::new();
+        acked.insert(ResourceType::Cluster, Some("c".to_owned()));
+        if let Some(v) = ecds {
+            acked.insert(ResourceType::ExtensionConfig, v.map(str::to_owned));
+        }
+        StreamStatus {
+            node_id: Some("n".into()),
+            acked,
+        }
+    }
+
+    #[test]
+    fn a_key_is_everywhere_when_every_ecds_subscriber_acked_a_version_holding_it() {
+        let good: HashSet<String> = ["v2".to_owned(), "v3".to_owned()].into();
+        assert!(
+            all_acknowledged(&[], &good),
+            "no Envoy: nothing to wait for"
+        );
+        assert!(all_acknowledged(
+            &[stream(Some(Some("v2"))), stream(Some(Some("v3")))],
+            &good
+        ));
+        // Not subscribed to ECDS yet: it will get the current snapshot.
+        assert!(all_acknowledged(&[stream(None)], &good));
+        // Subscribed but nothing acknowledged, or still on (or NACKed back to) an old version.
+        assert!(!all_acknowledged(&[stream(Some(None))], &good));
+        assert!(!all_acknowledged(
+            &[stream(Some(Some("v2"))), stream(Some(Some("v1")))],
+            &good
+        ));
+    }
+}

