@@ -320,5 +320,14 @@ async fn envoy_serves_while_the_control_plane_is_down_and_catches_up() {
         .await
         .unwrap();
     assert_eq!(a.status, 200);
-    let _ = stack.session.len();
+
+    // A graceful stop ends Envoy's open ADS stream too, promptly, and Envoy serves on.
+    let (status, took) = stack.cp.terminate();
+    assert!(status.success(), "{status}:\n{}", stack.cp.log());
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert!(stack.cp.log().contains("ADS stream closed"));
+    let a = through_envoy(&stack.http, stack.envoy.listener, "after", &after)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
 }
