@@ -74,7 +74,10 @@ async fn main() {
     let mut tokens = Vec::new();
     for i in 0..n {
         let slug = format!("s{i}");
-        stack.cp.create_pod(&slug, USER, SERVER, port, "stopped").await;
+        stack
+            .cp
+            .create_pod(&slug, USER, SERVER, port, "stopped")
+            .await;
         tokens.push(stack.mint(&slug).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -90,7 +93,10 @@ async fn main() {
     let mut created = Vec::new();
     for i in 0..n {
         let slug = format!("c{i}");
-        stack.cp.create_pod(&slug, USER, SERVER, port, "running").await;
+        stack
+            .cp
+            .create_pod(&slug, USER, SERVER, port, "running")
+            .await;
         let t0 = Instant::now();
         let token = stack.mint(&slug).await;
         let minted = t0.elapsed();
