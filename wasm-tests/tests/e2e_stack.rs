@@ -489,7 +489,6 @@ fn stopped_pod_answers_503_with_its_status_and_comes_back() {
         let (web, page) = browser_flow(stack, &seeded, &seeded.member, PAGE, "/").await;
         assert_eq!(page.status, 200);
         let token = stack.capability(&web, &seeded.slug, API).await.unwrap();
-        servers.a.reset();
 
         stack
             .admin
@@ -505,6 +504,8 @@ fn stopped_pod_answers_503_with_its_status_and_comes_back() {
             })
             .await
             .unwrap();
+        // Polls that ran before the change reached Envoy were forwarded; count from here.
+        servers.a.reset();
         assert_eq!(
             answer.json()["error"],
             "Pod is not running (status: stopped)",
@@ -518,6 +519,22 @@ fn stopped_pod_answers_503_with_its_status_and_comes_back() {
             .unwrap();
         assert_eq!(load.status, 503, "{}", load.trail());
         assert_eq!(load.json()["error"], "Pod is not running (status: stopped)");
+        // And a WebSocket: refused before the pod.
+        let host = stack.pod_host(&seeded.slug, PAGE);
+        let cookie = web.jar.header(&host).unwrap();
+        let origin = stack.pod_origin(&seeded.slug, PAGE);
+        match stack
+            .websocket(
+                &seeded.slug,
+                PAGE,
+                &[("cookie", &cookie), ("origin", &origin)],
+            )
+            .await
+            .unwrap()
+        {
+            WsOutcome::Refused { status, .. } => assert_eq!(status, 503),
+            WsOutcome::Open(_) => panic!("a WebSocket to a stopped pod opened"),
+        }
         assert_untouched(&servers.a, "stopped pod");
 
         stack
