@@ -9,11 +9,14 @@
 # the filter and the release binaries, then starts:
 #   - a demo pod (podgate-demo-pod: a page on port 8726 with a WebSocket echo, a JSON API on
 #     port 3000) on 127.0.0.1:30001, standing in for a pod's nginx;
-#   - the control plane (`podgate serve`: SQLite in .demo/, dev login on, a fresh admin token)
+#   - the control plane (`podgate serve`: SQLite in target/demo/, dev login on, a fresh admin token)
 #     on 127.0.0.1:8080, ADS on 127.0.0.1:18000;
 #   - Envoy 1.40 on envoy/podgate.yaml: 127.0.0.1:10000, admin 127.0.0.1:9901;
 # creates user demo@example.dev, team `demo`, server `local` and pod `demo`, prints the URLs and
 # a curl line, and stops everything on Ctrl-C.
+#
+# The login URL of the demo is the dev login for demo@example.dev, so opening a pod URL in a
+# fresh browser signs in as the demo user on the way (dev mode only; never do this for real).
 #
 # Base domain `localhost` (browsers and curl send every *.localhost to 127.0.0.1): the control
 # plane is http://localhost:8080 and the pod URLs are http://localhost-PORT-pod-demo.localhost:10000.
@@ -21,7 +24,7 @@
 # and the pods must be same-site: run with PODGATE_DEMO_DOMAIN=podgate.localhost (the control
 # plane is then http://podgate.localhost:8080 and pods *.podgate.localhost).
 #
-# Environment: PODGATE_DEMO_DIR (default .demo), PODGATE_DEMO_DOMAIN (default localhost),
+# Environment: PODGATE_DEMO_DIR (default target/demo), PODGATE_DEMO_DOMAIN (default localhost),
 # PODGATE_DEMO_CP_PORT / _XDS_PORT / _ENVOY_PORT / _ADMIN_PORT / _POD_PORT (defaults above;
 # --check picks free ports unless they are set).
 set -euo pipefail
@@ -59,12 +62,12 @@ else
 fi
 domain=${PODGATE_DEMO_DOMAIN:-localhost}
 cp_host=$domain   # the control plane on the base domain itself: same-site with every pod host
-demo_dir=${PODGATE_DEMO_DIR:-$root/.demo}
+target=${CARGO_TARGET_DIR:-$root/target}
+case "$target" in /*) ;; *) target=$root/$target ;; esac
+demo_dir=${PODGATE_DEMO_DIR:-$target/demo}   # inside the (ignored) target directory
 if $check && [ -z "${PODGATE_DEMO_DIR:-}" ]; then
     demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/podgate-demo-check.XXXXXX")
 fi
-target=${CARGO_TARGET_DIR:-$root/target}
-case "$target" in /*) ;; *) target=$root/$target ;; esac
 
 for port in "$cp_port" "$xds_port" "$envoy_port" "$admin_port" "$pod_port"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

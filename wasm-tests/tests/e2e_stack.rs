@@ -812,8 +812,8 @@ fn control_plane_killed_cookies_keep_working_and_back_envoy_reconnects() {
 #[test]
 fn capability_expiry_page_load_redirects_and_script_gets_401() {
     block_on(async {
-        // The shortest lifetime the control plane takes is 30 s; the filter adds its 30 s
-        // leeway, so a capability is refused from about 60 s after it was minted.
+        // The shortest lifetime the control plane takes is 30 s; the filter adds its leeway
+        // (30 s by default), so a capability is refused about 60 s after it was minted.
         let mut options = StackOptions::new("expiry");
         options.capability_lifetime_secs = Some(30);
         let stack = FullStack::start(options).await.unwrap();
@@ -830,8 +830,20 @@ fn capability_expiry_page_load_redirects_and_script_gets_401() {
             .attribute("max-age")
             .is_some_and(|a| a == "30"));
 
-        // Wait out lifetime + leeway (+ a little).
-        tokio::time::sleep(Duration::from_secs(62)).await;
+        // Wait out the later `exp` of the two tokens plus the filter's leeway (+ a little).
+        let config = stack.admin.get("/v1/filter-config").await.unwrap();
+        let leeway = config["leeway_secs"].as_u64().unwrap();
+        let exp = jwt_exp(&token).max(jwt_exp(&old_cookie));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let wait = (exp + leeway + 2).saturating_sub(now);
+        assert!(
+            wait <= 120,
+            "lifetime {exp} - {now} + leeway {leeway}: too long for a test"
+        );
+        tokio::time::sleep(Duration::from_secs(wait)).await;
         servers.a.reset();
         // The browser dropped the cookie at Max-Age; a stale copy is what a tab that kept it
         // would still send. Put it back to test the filter, not the jar.
@@ -885,6 +897,18 @@ fn capability_expiry_page_load_redirects_and_script_gets_401() {
         assert_eq!(seen.len(), 1, "{}", servers.a.describe());
         assert_eq!(seen[0].path, "/index.html");
     });
+}
+
+/// The `exp` claim of a JWS compact token (read, not verified).
+fn jwt_exp(token: &str) -> u64 {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["exp"]
+        .as_u64()
+        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
