@@ -117,3 +117,26 @@ fn every_target_has_seeds() {
         );
     }
 }
+
+/// Found by the `host` target (`fuzz/regressions/host/template-with-leading-dot-renders-an-empty-label`):
+/// `HostTemplate::new` accepts template literals that make an empty DNS label, e.g.
+/// `.{pod}.{port}.{domain}` parses `.a.1.d`. Templates are operator configuration, not request
+/// bytes, so the fuzz check skips its label invariant for such templates. Expected to fail
+/// until `HostTemplate::new` refuses them; then remove `should_panic`.
+#[test]
+#[should_panic(expected = "renders an empty DNS label")]
+fn templates_with_empty_labels_are_refused() {
+    use podgate_protocol::host::HostTemplate;
+    for template in [
+        ".{pod}.{port}.{domain}",
+        "{pod}..{port}.{domain}",
+        ".{pod}-x.pod-{port}.{domain}",
+    ] {
+        if let Ok(t) = HostTemplate::new(template, "example.dev") {
+            assert!(
+                !harness::renders_empty_label(&t),
+                "{template} renders an empty DNS label"
+            );
+        }
+    }
+}
