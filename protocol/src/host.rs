@@ -54,6 +54,8 @@ pub enum TemplateError {
     AmbiguousSeparator,
     #[error("the domain must be non-empty lowercase DNS labels")]
     BadDomain,
+    #[error("the template makes an empty DNS label (a leading dot or '..')")]
+    EmptyLabel,
 }
 
 /// Which placeholder a variable piece of the template is.
@@ -196,13 +198,21 @@ impl HostTemplate {
         if middle.is_empty() || middle.bytes().all(|b| b == b'-') {
             return Err(TemplateError::AmbiguousSeparator);
         }
-        Ok(Self {
+        let compiled = Self {
             prefix: prefix.to_owned(),
             first,
             middle: middle.to_owned(),
             suffix: format!("{rest}.{domain}"),
             source: template.replace("{domain}", domain),
-        })
+        };
+        let sample = compiled.render(&PodAddr {
+            pod: "a".to_owned(),
+            port: 1,
+        });
+        if sample.split('.').any(str::is_empty) {
+            return Err(TemplateError::EmptyLabel);
+        }
+        Ok(compiled)
     }
 
     /// Parses an `:authority` (or `Host`) value into the pod and port it names.
@@ -495,6 +505,13 @@ mod tests {
         assert!(HostTemplate::new("localhost-{port}-pod-{pod}.{domain}", "").is_err());
         assert!(HostTemplate::new("localhost-{port}-pod-{pod}.{domain}", "-a.b").is_err());
         assert!(HostTemplate::new("Localhost-{port}-pod-{pod}.{domain}", "d").is_err());
+        for empty in [
+            ".{pod}.{port}.{domain}",
+            "{pod}..{port}.{domain}",
+            "{pod}.-{port}..{domain}",
+        ] {
+            assert!(HostTemplate::new(empty, "d").is_err(), "{empty}");
+        }
         let t = HostTemplate::new("{pod}--p{port}.{domain}", "d").unwrap();
         assert_eq!(t.parse("a-b--p80.d"), Ok(addr("a-b", 80)));
         assert_eq!(t.render(&addr("a-b", 80)), "a-b--p80.d");
