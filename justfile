@@ -41,6 +41,29 @@ build: build-filter
 test: build-filter
     cargo test --workspace --no-fail-fast
 
+# The whole stack on this machine: control plane (SQLite, dev login), Envoy and a demo pod;
+# prints the URLs and a curl line; Ctrl-C stops everything.
+demo: setup
+    bash scripts/demo.sh
+
+# The demo, non-interactively: start everything, check the curl line and the browser flow, stop.
+demo-check: setup
+    bash scripts/demo.sh --check
+
+# A real headless Chromium loads a pod in a workbench iframe (screenshot in artifacts/browser/).
+test-browser: build-filter
+    bash scripts/browser-deps.sh
+    cargo test -p podgate-wasm-tests --test e2e_stack browser_ -- --nocapture
+
+# Measure podgate against Envoy's jwt_authn and the bare proxy, and the pod directory at scale;
+# writes bench/results/*.json and the table in BENCHMARKS.md (about 3 minutes; `-- --help`).
+bench *ARGS: build-filter
+    cargo run --release -p podgate-bench -- {{ARGS}}
+
+# Fuzz every parser that sees request bytes and the filter in wasmtime, SECONDS each.
+fuzz seconds="60" *targets: build-filter
+    scripts/fuzz.sh {{seconds}} {{targets}}
+
 # Formatting and lints for both targets (CI runs these too).
 lint: setup
     cargo fmt --all -- --check

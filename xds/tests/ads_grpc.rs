@@ -268,10 +268,7 @@ async fn each_streams_acknowledged_version_is_visible() {
             .and_then(|s| s.acked.get(&ResourceType::Cluster).cloned())
     };
     // Subscribed, nothing acknowledged yet.
-    wait_for("subscribed", || {
-        acked_by(&server, "acking") == Some(None)
-    })
-    .await;
+    wait_for("subscribed", || acked_by(&server, "acking") == Some(None)).await;
     changes.borrow_and_update();
     envoy.ack(&first).await;
     tokio::time::timeout(STEP, changes.changed())
@@ -297,5 +294,8 @@ async fn each_streams_acknowledged_version_is_visible() {
     );
 
     drop(envoy);
-    wait_for("stream gone from the registry", || server.streams().is_empty()).await;
+    wait_for("stream gone from the registry", || {
+        server.streams().is_empty()
+    })
+    .await;
 }
