@@ -776,7 +776,7 @@ async fn assert_echoes(outcome: WsOutcome, pod: &FakePod) {
             .unwrap();
         assert_eq!(echoed, Message::text(text));
     }
-    ws.close(None).await.ok();
+    ws.as_mut().close(None).await.ok();
     assert_eq!(pod.ws_messages(), 2);
 }
 

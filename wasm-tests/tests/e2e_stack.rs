@@ -446,7 +446,7 @@ fn websocket_with_the_cookie_and_the_pods_own_origin_echoes() {
                 .unwrap();
             assert_eq!(echoed, Message::text(text));
         }
-        ws.close(None).await.ok();
+        ws.as_mut().close(None).await.ok();
         assert_eq!(servers.a.ws_messages(), 3);
         let seen = servers.a.requests();
         assert_eq!(seen.len(), 1, "{}", servers.a.describe());
