@@ -327,6 +327,15 @@ async fn servers_pods_ports(h: &Harness) {
             Some(json!({"id": "s2", "address": "node2.internal", "name": "two"})),
         )
         .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("must be an IP address"));
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/servers",
+            Some(json!({"id": "s2", "address": "10.0.0.1", "name": "two"})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let r = h
         .admin(
