@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 use crate::authz::ANONYMOUS_SUB;
 use crate::error::{ApiError, ApiResult, JsonBody, PathArgs, QueryArgs};
 use crate::keys::random_id;
+use crate::limits::{self, Endpoint};
 use crate::store::{
     now_unix, parse_pod_status, AuditEntry, KeyKind, Member, Pod, PodPort, PodStatus, Role, Server,
     Sharing, Team, User,
@@ -61,7 +62,12 @@ pub fn router(state: AppState) -> Router<AppState> {
             state.clone(),
             push_after_write,
         ))
-        .route_layer(middleware::from_fn_with_state(state, require_admin))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        // Outside the token check, so its 401s drain the client's bucket (`limits.rs`).
+        .route_layer(middleware::from_fn_with_state(
+            (state, Endpoint::Admin),
+            limits::limit,
+        ))
 }
 
 /// After a successful write (pods, status, servers, keys, or anything that cascades to them),

@@ -8,7 +8,7 @@
 //! password hash would only cost every request). A use looks the row up by id and compares the
 //! hash in constant time; revoked and expired tokens are refused on their very next use (every
 //! use reads the row: no cache of positive answers). Failed attempts drain a per-address token
-//! bucket (429 when empty). `last_used_at` is written at most once a minute per token.
+//! bucket (429 when empty; `limits.rs`). `last_used_at` is written at most once a minute per token.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -98,14 +98,19 @@ pub async fn verify(
     now: i64,
 ) -> ApiResult<Result<(User, String), String>> {
     let v = state.verifiers();
-    if !v.limiter.allows(client) {
+    let limiter = &state.limits().api_token_failures;
+    if let Err(limited) = limiter.check(client) {
         tracing::warn!(client, "too many failed API-token attempts");
-        return Err(ApiError::TooManyRequests(
-            "too many failed API-token attempts from this address; wait a minute and retry with a valid token".into(),
-        ));
+        let wait = limited.retry_after_secs;
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "too many failed API-token attempts from this address; wait {wait} s and retry with a valid token"
+            ),
+            retry_after_secs: wait,
+        });
     }
     let refused = |msg: &str| {
-        v.limiter.fail(client);
+        limiter.fail(client);
         Ok(Err(msg.to_owned()))
     };
     const INVALID: &str =
@@ -458,17 +463,9 @@ fn html_escape(s: &str) -> String {
 }
 
 fn page(status: StatusCode, body: String) -> Response {
+    // CSP, nosniff and framing rules come from `security_headers` like every response's.
     let mut resp = (status, Html(body)).into_response();
     no_store(&mut resp);
-    let h = resp.headers_mut();
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
-    );
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
     resp
 }
 
@@ -593,14 +590,9 @@ async fn install_script_handler(
         None => None,
     };
     let mut resp = install_script(issuer, init_url.as_deref()).into_response();
-    let h = resp.headers_mut();
-    h.insert(
+    resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/x-shellscript; charset=utf-8"),
-    );
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
     );
     no_store(&mut resp);
     Ok(resp)

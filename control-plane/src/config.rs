@@ -260,6 +260,62 @@ pub struct Settings {
     /// made by other processes [default: 2].
     #[arg(long, env = "PODGATE_XDS_RESYNC_SECS", global = true)]
     pub xds_resync_secs: Option<u64>,
+
+    /// Requests to /api/proxy-auth one client may make in a burst; every request counts
+    /// [default: 120].
+    #[arg(long, env = "PODGATE_PROXY_AUTH_BURST", global = true)]
+    pub proxy_auth_burst: Option<u32>,
+
+    /// Requests per minute a client regains at /api/proxy-auth [default: 120].
+    #[arg(long, env = "PODGATE_PROXY_AUTH_PER_MINUTE", global = true)]
+    pub proxy_auth_per_minute: Option<u32>,
+
+    /// Failed callbacks (bad, expired, replayed tickets) one client may have in a burst
+    /// [default: 20].
+    #[arg(long, env = "PODGATE_CALLBACK_FAILURES_BURST", global = true)]
+    pub callback_failures_burst: Option<u32>,
+
+    /// Failed callbacks per minute a client regains [default: 10].
+    #[arg(long, env = "PODGATE_CALLBACK_FAILURES_PER_MINUTE", global = true)]
+    pub callback_failures_per_minute: Option<u32>,
+
+    /// Refused POST /v1/capabilities (401, 403, 404) one client may have in a burst
+    /// [default: 20].
+    #[arg(long, env = "PODGATE_CAPABILITY_FAILURES_BURST", global = true)]
+    pub capability_failures_burst: Option<u32>,
+
+    /// Refused capability requests per minute a client regains [default: 20].
+    #[arg(long, env = "PODGATE_CAPABILITY_FAILURES_PER_MINUTE", global = true)]
+    pub capability_failures_per_minute: Option<u32>,
+
+    /// Failed API-token attempts one client may have in a burst [default: 10].
+    #[arg(long, env = "PODGATE_API_TOKEN_FAILURES_BURST", global = true)]
+    pub api_token_failures_burst: Option<u32>,
+
+    /// Failed API-token attempts per minute a client regains [default: 10].
+    #[arg(long, env = "PODGATE_API_TOKEN_FAILURES_PER_MINUTE", global = true)]
+    pub api_token_failures_per_minute: Option<u32>,
+
+    /// Wrong admin tokens one client may send in a burst [default: 10].
+    #[arg(long, env = "PODGATE_ADMIN_FAILURES_BURST", global = true)]
+    pub admin_failures_burst: Option<u32>,
+
+    /// Wrong admin tokens per minute a client regains [default: 10].
+    #[arg(long, env = "PODGATE_ADMIN_FAILURES_PER_MINUTE", global = true)]
+    pub admin_failures_per_minute: Option<u32>,
+
+    /// Most clients each rate limit tracks; beyond it the least recently seen are forgotten
+    /// [default: 50000].
+    #[arg(long, env = "PODGATE_RATE_LIMIT_CLIENTS", global = true)]
+    pub rate_limit_clients: Option<usize>,
+
+    /// Largest request body accepted, in bytes; larger is 413 [default: 16384].
+    #[arg(long, env = "PODGATE_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<usize>,
+
+    /// Largest total size of request headers, in bytes; larger is 431 [default: 32768].
+    #[arg(long, env = "PODGATE_MAX_HEADER_BYTES", global = true)]
+    pub max_header_bytes: Option<usize>,
 }
 
 /// The checked configuration the server runs with.
@@ -293,6 +349,8 @@ pub struct Config {
     pub xds: Option<XdsConfig>,
     /// Longest wait before a new capability key signs (publish before sign).
     pub key_publish_delay: u64,
+    /// Per-client rate limits and request size bounds.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// The ADS server's settings.
@@ -400,6 +458,29 @@ impl Settings {
             filter_wasm: self.filter_wasm.or(o.filter_wasm),
             key_publish_delay_secs: self.key_publish_delay_secs.or(o.key_publish_delay_secs),
             xds_resync_secs: self.xds_resync_secs.or(o.xds_resync_secs),
+            proxy_auth_burst: self.proxy_auth_burst.or(o.proxy_auth_burst),
+            proxy_auth_per_minute: self.proxy_auth_per_minute.or(o.proxy_auth_per_minute),
+            callback_failures_burst: self.callback_failures_burst.or(o.callback_failures_burst),
+            callback_failures_per_minute: self
+                .callback_failures_per_minute
+                .or(o.callback_failures_per_minute),
+            capability_failures_burst: self
+                .capability_failures_burst
+                .or(o.capability_failures_burst),
+            capability_failures_per_minute: self
+                .capability_failures_per_minute
+                .or(o.capability_failures_per_minute),
+            api_token_failures_burst: self.api_token_failures_burst.or(o.api_token_failures_burst),
+            api_token_failures_per_minute: self
+                .api_token_failures_per_minute
+                .or(o.api_token_failures_per_minute),
+            admin_failures_burst: self.admin_failures_burst.or(o.admin_failures_burst),
+            admin_failures_per_minute: self
+                .admin_failures_per_minute
+                .or(o.admin_failures_per_minute),
+            rate_limit_clients: self.rate_limit_clients.or(o.rate_limit_clients),
+            max_body_bytes: self.max_body_bytes.or(o.max_body_bytes),
+            max_header_bytes: self.max_header_bytes.or(o.max_header_bytes),
         }
     }
 
@@ -604,6 +685,26 @@ impl Settings {
             need,
         )?;
 
+        let limits = crate::limits::resolve(crate::limits::LimitInputs {
+            proxy_auth: (self.proxy_auth_burst, self.proxy_auth_per_minute),
+            callback_failures: (
+                self.callback_failures_burst,
+                self.callback_failures_per_minute,
+            ),
+            capability_failures: (
+                self.capability_failures_burst,
+                self.capability_failures_per_minute,
+            ),
+            api_token_failures: (
+                self.api_token_failures_burst,
+                self.api_token_failures_per_minute,
+            ),
+            admin_failures: (self.admin_failures_burst, self.admin_failures_per_minute),
+            clients: self.rate_limit_clients,
+            max_body_bytes: self.max_body_bytes,
+            max_header_bytes: self.max_header_bytes,
+        })?;
+
         let identity = crate::idp_config::resolve(
             crate::idp_config::IdentityInputs {
                 oidc: self.oidc,
@@ -650,6 +751,7 @@ impl Settings {
             identity,
             xds,
             key_publish_delay,
+            limits,
         })
     }
 }
@@ -818,6 +920,7 @@ mod tests {
         assert_eq!(c.ticket_lifetime, 60);
         assert_eq!(c.cookie_samesite, SameSite::Lax);
         assert_eq!(c.signing_alg, SigningAlg::Eddsa);
+        assert_eq!(c.limits, crate::limits::LimitsConfig::default());
         assert_eq!(
             c.pod_origin("localhost-8726-pod-myslug.localhost"),
             "http://localhost-8726-pod-myslug.localhost:10000"
@@ -966,6 +1069,27 @@ mod tests {
                     ..base()
                 },
                 "PODGATE_LOG_FORMAT",
+            ),
+            (
+                Settings {
+                    callback_failures_per_minute: Some(0),
+                    ..base()
+                },
+                "PODGATE_CALLBACK_FAILURES_PER_MINUTE",
+            ),
+            (
+                Settings {
+                    max_header_bytes: Some(100),
+                    ..base()
+                },
+                "PODGATE_MAX_HEADER_BYTES",
+            ),
+            (
+                Settings {
+                    rate_limit_clients: Some(0),
+                    ..base()
+                },
+                "PODGATE_RATE_LIMIT_CLIENTS",
             ),
         ];
         for (settings, needle) in cases {

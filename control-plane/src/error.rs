@@ -24,9 +24,16 @@ pub enum ApiError {
     /// A dependency (database, keys) is not ready (503).
     #[error("{0}")]
     Unavailable(String),
-    /// Too many failed attempts from this client (429).
+    /// Too many requests, or too many failed attempts, from this client (429).
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        /// Seconds until the client's bucket has a token again (`Retry-After`).
+        retry_after_secs: u64,
+    },
+    /// The request body is larger than this server accepts (413).
     #[error("{0}")]
-    TooManyRequests(String),
+    PayloadTooLarge(String),
     /// A service we depend on (the main app's session endpoint) failed or did not answer (502).
     #[error("{0}")]
     BadGateway(String),
@@ -58,7 +65,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -93,13 +101,19 @@ impl IntoResponse for ApiError {
                 );
                 resp
             }
-            ApiError::BadRequest(msg) | ApiError::NotFound(msg) | ApiError::Conflict(msg) => {
-                error_response(status, msg)
-            }
-            ApiError::TooManyRequests(msg) => {
-                let mut resp = error_response(status, msg);
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            ApiError::BadRequest(msg)
+            | ApiError::NotFound(msg)
+            | ApiError::Conflict(msg)
+            | ApiError::PayloadTooLarge(msg) => error_response(status, msg),
+            ApiError::TooManyRequests {
+                message,
+                retry_after_secs,
+            } => {
+                let mut resp = error_response(status, message);
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after_secs).max(1)),
+                );
                 resp
             }
             ApiError::BadGateway(msg) => {
@@ -149,6 +163,11 @@ impl From<JsonRejection> for ApiError {
         match r {
             JsonRejection::MissingJsonContentType(_) => ApiError::bad(
                 "the body must be JSON; send `Content-Type: application/json`",
+            ),
+            // A body without `Content-Length` cut at `DefaultBodyLimit` (a declared length over
+            // it never gets this far: `limits::bounded_request` answers first, with the number).
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
+                "the request body is larger than this server accepts (--max-body-bytes, 16384 bytes by default); send a smaller JSON body".into(),
             ),
             other => ApiError::bad(format!(
                 "the JSON body is not valid: {}; check field names and types against the API reference",

@@ -7,18 +7,20 @@ use std::collections::HashMap;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::from_fn_with_state;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use podgate_protocol::gate::Request as GateRequest;
 use podgate_protocol::host::{parse_port, validate_slug, PodAddr};
-use podgate_protocol::redirect::{encode_query_value, safe_next};
+use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use podgate_protocol::token::{mint, PodClaims, TokenKind};
 use serde::{Deserialize, Serialize};
 
 use crate::authz::{may_reach, ANONYMOUS_SUB};
 use crate::error::{ApiError, ApiResult, JsonBody};
 use crate::keys::random_id;
+use crate::limits::{self, Endpoint, MAX_QUERY_LEN};
 use crate::store::{now_unix, AuditEntry, KeyKind, User};
 use crate::verify::{browser_user, identify, Accept, ClientIp};
 use crate::AppState;
@@ -27,14 +29,22 @@ use crate::AppState;
 pub const NOT_FOUND_MSG: &str =
     "no such pod or port, or you may not reach it; check the pod name and port, or ask the pod's owner to share it";
 
-/// The longest query string we parse.
-const MAX_QUERY_LEN: usize = 8 * 1024;
-
-pub fn router() -> Router<AppState> {
+/// The flow's routes, each behind its per-client limit (`limits.rs` says what counts and why).
+pub fn router(state: &AppState) -> Router<AppState> {
+    let limit = |endpoint| from_fn_with_state((state.clone(), endpoint), limits::limit);
     Router::new()
-        .route("/api/proxy-auth", get(proxy_auth))
-        .route("/.podgate/callback", get(callback))
-        .route("/v1/capabilities", post(capabilities))
+        .route(
+            "/api/proxy-auth",
+            get(proxy_auth).route_layer(limit(Endpoint::ProxyAuth)),
+        )
+        .route(
+            "/.podgate/callback",
+            get(callback).route_layer(limit(Endpoint::Callback)),
+        )
+        .route(
+            "/v1/capabilities",
+            post(capabilities).route_layer(limit(Endpoint::Capabilities)),
+        )
 }
 
 /// Parses a query string, refusing a second copy of any parameter in `names` (parameter
@@ -219,7 +229,15 @@ async fn proxy_auth(
         params.get("pod").map(String::as_str),
         params.get("port").map(String::as_str),
     )?;
-    let next = safe_next(params.get("next").map_or("/", String::as_str));
+    let next = params.get("next").map_or("/", String::as_str);
+    if next.len() > MAX_NEXT_LEN {
+        // The filter never sends a longer one; anything that does is not a page load of ours.
+        return Err(ApiError::bad(format!(
+            "`next` is {} bytes, longer than {MAX_NEXT_LEN}; link to a shorter path",
+            next.len()
+        )));
+    }
+    let next = safe_next(next);
     let user = browser_user(&state, &headers).await?;
 
     if user.is_none() {

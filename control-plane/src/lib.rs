@@ -14,14 +14,17 @@ pub mod health;
 pub mod identity;
 pub mod idp_config;
 pub mod keys;
+pub mod limits;
 pub mod oidc;
 pub mod recorder;
+pub mod security_headers;
 pub mod store;
 pub mod verify;
 pub mod xds_sync;
 
 use std::sync::{Arc, RwLock};
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Router;
@@ -50,6 +53,8 @@ struct Inner {
     capability_cookie: String,
     session_cookie: String,
     verifiers: verify::Verifiers,
+    /// Per-client rate limits of the endpoints that take credentials.
+    limits: limits::Limiters,
     /// Publish before sign: when a new capability key may start signing.
     signing_gate: SigningGate,
     /// Poked after every committed admin write that changes what Envoy gets.
@@ -75,6 +80,7 @@ impl AppState {
         let verifiers = verify::Verifiers::new(&config)
             .map_err(|e| KeyringError::Generate(format!("identity verifiers: {e}")))?;
         let signing_gate = xds_sync::signing_gate(&config);
+        let limits = limits::Limiters::new(&config.limits);
         let state = AppState {
             inner: Arc::new(Inner {
                 config,
@@ -84,6 +90,7 @@ impl AppState {
                 capability_cookie,
                 session_cookie,
                 verifiers,
+                limits,
                 signing_gate,
                 envoy_config_changes: tokio::sync::Notify::new(),
             }),
@@ -115,9 +122,14 @@ impl AppState {
         &self.inner.session_cookie
     }
 
-    /// Identity verifiers: OIDC key caches, the main-app session cache, API-token limits.
+    /// Identity verifiers: OIDC key caches, the main-app session cache.
     pub fn verifiers(&self) -> &verify::Verifiers {
         &self.inner.verifiers
+    }
+
+    /// The per-client rate limits (`limits.rs`).
+    pub fn limits(&self) -> &limits::Limiters {
+        &self.inner.limits
     }
 
     /// The key ring in force, or 503 when none is loaded.
@@ -171,16 +183,18 @@ impl AppState {
     }
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API. Layers on the whole router, so no route, fallback or error can miss them
+/// (outermost last): CORS, the body limit, request size checks, security headers.
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(health::router())
-        .merge(flow::router())
+        .merge(flow::router(&state))
         .merge(api_tokens::router())
         .merge(admin::router(state.clone()));
     if state.config().dev_mode {
         router = router.merge(identity::dev_router());
     }
+    let max_body = state.config().limits.max_body_bytes;
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -188,6 +202,12 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             cors::layer,
         ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::bounded_request,
+        ))
+        .layer(axum::middleware::map_response(security_headers::secure))
         .with_state(state)
 }
 

@@ -144,7 +144,7 @@ async fn serve(config: Config) -> Result<(), String> {
         format!("cannot listen on {listen}: {e}; set PODGATE_LISTEN to a free address")
     })?;
     tracing::info!(%listen, issuer = %state.config().issuer, "podgate control plane listening");
-    // The peer address feeds the per-client limit on failed API-token attempts.
+    // The peer address is the client of every rate limit (unless --client-ip-header names one).
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),

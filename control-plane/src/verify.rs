@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -92,12 +91,12 @@ pub struct Outcome {
     pub rejection: Option<String>,
 }
 
-/// The verifiers' state: issuers' key caches, the main-app session cache, API-token limits.
+/// The verifiers' state: issuers' key caches, the main-app session cache (API-token failures
+/// are limited in `limits.rs`).
 #[derive(Debug)]
 pub struct Verifiers {
     pub oidc: OidcVerifier,
     pub app_session: Option<AppSessionVerifier>,
-    pub limiter: FailureLimiter,
     /// Last `last_used_at` write per API token (throttles the writes).
     touched: Mutex<HashMap<String, i64>>,
 }
@@ -115,7 +114,6 @@ impl Verifiers {
                 .clone()
                 .map(AppSessionVerifier::new)
                 .transpose()?,
-            limiter: FailureLimiter::new(API_TOKEN_FAILURE_BURST, API_TOKEN_FAILURE_REFILL),
             touched: Mutex::new(HashMap::new()),
         })
     }
@@ -136,64 +134,6 @@ impl Verifiers {
                 true
             }
         }
-    }
-}
-
-/// Failed API-token attempts allowed per client address in a burst, and the refill period.
-pub const API_TOKEN_FAILURE_BURST: u32 = 10;
-pub const API_TOKEN_FAILURE_REFILL: Duration = Duration::from_secs(6);
-
-/// A token bucket per client address, drained only by failures.
-#[derive(Debug)]
-pub struct FailureLimiter {
-    burst: f64,
-    refill: Duration,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-const MAX_BUCKETS: usize = 100_000;
-
-impl FailureLimiter {
-    pub fn new(burst: u32, refill: Duration) -> Self {
-        FailureLimiter {
-            burst: f64::from(burst),
-            refill,
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn level(&self, tokens: f64, since: Instant, now: Instant) -> f64 {
-        let gained = now.duration_since(since).as_secs_f64() / self.refill.as_secs_f64();
-        (tokens + gained).min(self.burst)
-    }
-
-    /// Whether `client` may try (has at least one failure left).
-    pub fn allows(&self, client: &str) -> bool {
-        let Ok(buckets) = self.buckets.lock() else {
-            return true;
-        };
-        match buckets.get(client) {
-            Some((tokens, since)) => self.level(*tokens, *since, Instant::now()) >= 1.0,
-            None => true,
-        }
-    }
-
-    /// Records one failure of `client`.
-    pub fn fail(&self, client: &str) {
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return;
-        };
-        let now = Instant::now();
-        if buckets.len() >= MAX_BUCKETS {
-            let burst = self.burst;
-            buckets.retain(|_, (t, s)| self.level(*t, *s, now) < burst);
-            if buckets.len() >= MAX_BUCKETS {
-                buckets.clear();
-            }
-        }
-        let (tokens, since) = buckets.get(client).copied().unwrap_or((self.burst, now));
-        let level = self.level(tokens, since, now);
-        buckets.insert(client.to_owned(), ((level - 1.0).max(0.0), now));
     }
 }
 
@@ -449,16 +389,5 @@ mod tests {
         assert_eq!(hashed, user_id_for("oidc:auth0", "auth0|5f1", ""));
         assert_ne!(hashed, user_id_for("oidc:other", "auth0|5f1", ""));
         assert!(user_id_for("app-session", "anonymous", "").starts_with("u-"));
-    }
-
-    #[test]
-    fn limiter_drains_on_failures_only() {
-        let l = FailureLimiter::new(3, Duration::from_secs(3600));
-        for _ in 0..3 {
-            assert!(l.allows("1.2.3.4"));
-            l.fail("1.2.3.4");
-        }
-        assert!(!l.allows("1.2.3.4"));
-        assert!(l.allows("5.6.7.8"));
     }
 }
