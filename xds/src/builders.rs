@@ -8,6 +8,9 @@
 //!   cluster whatever the number of pods; hosts are created on use and cleaned up when idle.
 //! - a cluster per pod ([`fixed_host_cluster`]): about 42 KB each in Envoy, so ~420 MB for
 //!   10,000 pods, but per-pod circuit breakers and stats.
+//!
+//! Either way every cluster carries Envoy's edge settings: a connect timeout, circuit breakers,
+//! and the 32 KiB per-connection buffer limit ([`EDGE_CONNECTION_BUFFER_LIMIT_BYTES`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -41,6 +44,10 @@ pub const DEFAULT_UPSTREAM_HEADER: &str = "x-podgate-upstream";
 pub const WASM_RUNTIME_V8: &str = "envoy.wasm.runtime.v8";
 /// Key under which cluster protocol options live in `typed_extension_protocol_options`.
 const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// Bytes Envoy buffers per upstream connection before it applies back-pressure (Envoy's edge
+/// best practice, also on every listener): a pod that floods answers to a slow client costs
+/// 32 KiB, not Envoy's default of 1 MiB, per connection.
+pub const EDGE_CONNECTION_BUFFER_LIMIT_BYTES: u32 = 32 * 1024;
 
 /// Circuit breaker limits of a cluster (default priority).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +145,9 @@ pub fn original_dst_cluster(options: &OriginalDstClusterOptions) -> Cluster {
         connect_timeout: Some(proto_duration(options.connect_timeout)),
         cleanup_interval: Some(proto_duration(options.cleanup_interval)),
         circuit_breakers: Some(options.circuit_breakers.to_proto()),
+        per_connection_buffer_limit_bytes: Some(UInt32Value {
+            value: EDGE_CONNECTION_BUFFER_LIMIT_BYTES,
+        }),
         ..Default::default()
     }
 }
@@ -200,6 +210,9 @@ pub fn fixed_host_cluster(
         lb_policy: LbPolicy::RoundRobin as i32,
         connect_timeout: Some(proto_duration(options.connect_timeout)),
         circuit_breakers: Some(options.circuit_breakers.to_proto()),
+        per_connection_buffer_limit_bytes: Some(UInt32Value {
+            value: EDGE_CONNECTION_BUFFER_LIMIT_BYTES,
+        }),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.to_owned(),
             endpoints: vec![LocalityLbEndpoints {
@@ -371,6 +384,92 @@ mod tests {
         assert!(http2
             .typed_extension_protocol_options
             .contains_key(HTTP_PROTOCOL_OPTIONS_KEY));
+    }
+
+    /// The edge settings every cluster we push must carry, whatever its options: a connect
+    /// timeout no longer than 5 s, the 32 KiB buffer limit, and explicit circuit breakers.
+    fn assert_edge_hardened(cluster: &Cluster, what: &str) {
+        let connect = cluster
+            .connect_timeout
+            .unwrap_or_else(|| panic!("{what}: no connect_timeout"));
+        assert!(
+            connect.seconds > 0 && connect.seconds <= 5,
+            "{what}: connect_timeout {connect:?}"
+        );
+        assert_eq!(
+            cluster.per_connection_buffer_limit_bytes,
+            Some(UInt32Value { value: 32768 }),
+            "{what}: per_connection_buffer_limit_bytes"
+        );
+        let breakers = cluster
+            .circuit_breakers
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: no circuit_breakers"));
+        assert_eq!(
+            breakers.thresholds.len(),
+            1,
+            "{what}: one default-priority threshold"
+        );
+        let limits = &breakers.thresholds[0];
+        for (name, limit) in [
+            ("max_connections", limits.max_connections),
+            ("max_pending_requests", limits.max_pending_requests),
+            ("max_requests", limits.max_requests),
+            ("max_retries", limits.max_retries),
+        ] {
+            assert!(
+                limit.is_some_and(|l| l.value > 0),
+                "{what}: circuit breaker {name} is {limit:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_cluster_we_push_carries_the_edge_settings() {
+        let pods = original_dst_cluster(&OriginalDstClusterOptions::default());
+        assert_edge_hardened(&pods, "original-destination cluster");
+        // The options the control plane pushes (control-plane/src/xds_sync.rs): SHARED limits.
+        let shared = &pods.circuit_breakers.as_ref().unwrap().thresholds[0];
+        assert_eq!(shared.max_connections.unwrap().value, 100_000);
+        assert_eq!(shared.max_pending_requests.unwrap().value, 100_000);
+        assert_eq!(shared.max_retries.unwrap().value, 100);
+        for (what, host, protocol) in [
+            ("fixed host by IP", "127.0.0.1", UpstreamProtocol::Http1),
+            (
+                "fixed host by name",
+                "podgate-control-plane",
+                UpstreamProtocol::Http1,
+            ),
+            (
+                "fixed host over HTTP/2",
+                "127.0.0.1",
+                UpstreamProtocol::Http2,
+            ),
+        ] {
+            let cluster = fixed_host_cluster(
+                "c",
+                host,
+                8080,
+                &FixedHostClusterOptions {
+                    protocol,
+                    ..FixedHostClusterOptions::default()
+                },
+            );
+            assert_edge_hardened(&cluster, what);
+            let per_pod = &cluster.circuit_breakers.as_ref().unwrap().thresholds[0];
+            assert_eq!(per_pod.max_requests.unwrap().value, 1024, "{what}");
+        }
+        // Options cannot turn the buffer limit off: it is not an option.
+        let custom = original_dst_cluster(&OriginalDstClusterOptions {
+            connect_timeout: Duration::from_millis(1500),
+            circuit_breakers: CircuitBreakerLimits::PER_POD,
+            ..OriginalDstClusterOptions::default()
+        });
+        assert_edge_hardened(&custom, "custom original-destination cluster");
+        assert_eq!(custom.connect_timeout.unwrap().nanos, 500_000_000);
+        // The check itself: a cluster with Envoy's defaults (no buffer limit, no breakers) fails.
+        let bare = std::panic::catch_unwind(|| assert_edge_hardened(&Cluster::default(), "bare"));
+        assert!(bare.is_err(), "a bare cluster passed the edge check");
     }
 
     #[test]
