@@ -64,6 +64,10 @@ bench *ARGS: build-filter
 fuzz seconds="60" *targets: build-filter
     scripts/fuzz.sh {{seconds}} {{targets}}
 
+# The short fuzz run CI does: every target for SECONDS, filter_wasm without ASan (quick to build).
+fuzz-smoke seconds="20": build-filter
+    PODGATE_FUZZ_WASM_SANITIZER=none scripts/fuzz.sh {{seconds}}
+
 # Formatting and lints for both targets (CI runs these too).
 lint: setup
     cargo fmt --all -- --check

@@ -8,6 +8,8 @@
 # Environment:
 #   CARGO_TARGET_DIR        build directory (default: <repo>/target-fuzz)
 #   PODGATE_FUZZ_SANITIZER  address (default) or none
+#   PODGATE_FUZZ_WASM_SANITIZER  the same for filter_wasm (default: PODGATE_FUZZ_SANITIZER);
+#                           CI's smoke uses none there: wasmtime under ASan takes 15-25 min to build
 #   PODGATE_FUZZ_RSS_MB     libFuzzer -rss_limit_mb (default 512; filter_wasm gets 2048, see below)
 #
 # Inputs: seeds from fuzz/corpus/<target>/ (committed, read only here); what libFuzzer finds
@@ -34,7 +36,7 @@ rss_mb="${PODGATE_FUZZ_RSS_MB:-512}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz" >&2
-    cargo install cargo-fuzz --locked
+    cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 
 # Per target: the longest input and an optional dictionary.
@@ -54,8 +56,10 @@ failed=0
 for target in "${targets[@]}"; do
     features=()
     rss="$rss_mb"
+    san="$sanitizer"
     if [ "$target" = filter_wasm ]; then
         features=(--features wasm)
+        san="${PODGATE_FUZZ_WASM_SANITIZER:-$sanitizer}"
         # wasmtime's compiled module and two VMs live next to the fuzzer's own memory.
         rss=$((rss_mb > 2048 ? rss_mb : 2048))
         if [ -z "${PODGATE_FILTER_WASM:-}" ]; then
@@ -69,9 +73,9 @@ for target in "${targets[@]}"; do
     dict=()
     if [ -f "fuzz/dict/$target.dict" ]; then dict=("-dict=$root/fuzz/dict/$target.dict"); fi
     log="$logs/$target.log"
-    echo "fuzz: $target for ${seconds}s (sanitizer: $sanitizer, log: $log)" >&2
+    echo "fuzz: $target for ${seconds}s (sanitizer: $san, log: $log)" >&2
     set +e
-    (cd fuzz && cargo fuzz run --sanitizer "$sanitizer" --debug-assertions "${features[@]}" \
+    (cd fuzz && cargo fuzz run --sanitizer "$san" --debug-assertions "${features[@]}" \
         "$target" "$root/$work" "$root/fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb="$rss" \
         -max_len="$(max_len "$target")" -print_final_stats=1 "${dict[@]}") >"$log" 2>&1
