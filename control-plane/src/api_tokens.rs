@@ -7,8 +7,10 @@
 //! stored: a fast hash is right for a high-entropy secret (nothing to brute-force; a slow
 //! password hash would only cost every request). A use looks the row up by id and compares the
 //! hash in constant time; revoked and expired tokens are refused on their very next use (every
-//! use reads the row: no cache of positive answers). Failed attempts drain a per-address token
-//! bucket (429 when empty; `limits.rs`). `last_used_at` is written at most once a minute per token.
+//! use reads the row: no cache of positive answers), and the unexpired capabilities minted with
+//! a revoked token are pushed to Envoy as revoked (`filter_config.rs`). Failed attempts drain a
+//! per-address token bucket (429 when empty; `limits.rs`). `last_used_at` is written at most
+//! once a minute per token.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -412,8 +414,9 @@ async fn list_tokens(
     Ok(resp)
 }
 
-/// `DELETE /api/proxy-tokens/{id}`: revokes; refused from the token's next use on. An API token
-/// may revoke itself (a CLI's logout), no other.
+/// `DELETE /api/proxy-tokens/{id}`: revokes; refused from the token's next use on, and the
+/// capabilities minted with it are pushed to Envoy as revoked. An API token may revoke itself (a
+/// CLI's logout), no other.
 async fn revoke_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -442,6 +445,8 @@ async fn revoke_token(
         ));
     };
     tracing::info!(user = %identity.user.id, token = %id, via = %identity.via.label(), "API token revoked");
+    // Its unexpired capabilities join the filter's `revoked_jti`: push now, not at the resync.
+    state.envoy_config_changed();
     let mut resp = Json(json!({ "revoked": true, "token": token_view(&row, now) })).into_response();
     no_store(&mut resp);
     Ok(resp)

@@ -17,6 +17,8 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://podgate.db";
 pub const DEFAULT_POD_PUBLIC_PORT: u16 = 10000;
 /// Capability lifetime (seconds) unless configured.
 pub const DEFAULT_CAPABILITY_LIFETIME: u64 = 900;
+/// Longest capability lifetime (seconds) a configuration may set.
+pub const MAX_CAPABILITY_LIFETIME: u64 = 86_400;
 /// Login ticket lifetime (seconds) unless configured; the protocol caps it at 60.
 pub const DEFAULT_TICKET_LIFETIME: u64 = 60;
 /// Control-plane session lifetime (seconds) unless configured.
@@ -601,9 +603,9 @@ impl Settings {
         let capability_lifetime = self
             .capability_lifetime_secs
             .unwrap_or(DEFAULT_CAPABILITY_LIFETIME);
-        if !(30..=86_400).contains(&capability_lifetime) {
+        if !(30..=MAX_CAPABILITY_LIFETIME).contains(&capability_lifetime) {
             return Err(bad(format!(
-                "capability lifetime {capability_lifetime} s is outside 30..=86400; set PODGATE_CAPABILITY_LIFETIME_SECS, e.g. 900"
+                "capability lifetime {capability_lifetime} s is outside 30..={MAX_CAPABILITY_LIFETIME}; set PODGATE_CAPABILITY_LIFETIME_SECS, e.g. 900"
             )));
         }
         let ticket_lifetime = self.ticket_lifetime_secs.unwrap_or(DEFAULT_TICKET_LIFETIME);

@@ -2,6 +2,9 @@
 //! capability verifying keys and the pod directory, built from the database and the key ring.
 //! The xDS server pushes it over ECDS; `GET /v1/filter-config` shows it to admins (it holds the
 //! HMAC secret when capabilities are HS256).
+//!
+//! `revoked_jti` lists the unexpired capabilities minted with a revoked API token, so Envoy
+//! refuses them at once instead of at their expiry; expired ones drop out at the next build.
 
 use std::collections::HashMap;
 
@@ -9,13 +12,24 @@ use podgate_protocol::config::{FilterConfig, PodEntry};
 use podgate_protocol::cookie::DEFAULT_COOKIE_NAME;
 use podgate_protocol::token::DEFAULT_LEEWAY_SECS;
 
+use crate::config::MAX_CAPABILITY_LIFETIME;
 use crate::error::ApiResult;
+use crate::store::now_unix;
 use crate::AppState;
 
 /// The ORIGINAL_DST cluster shared by every pod (the filter sets the pod's `ip:port` header).
 pub const PODS_CLUSTER: &str = "podgate_pods";
 /// The cluster serving `/.podgate/` on pod hosts: this control plane.
 pub const CONTROL_PLANE_CLUSTER: &str = "podgate_control_plane";
+
+/// Most revoked capability ids sent to Envoy (about 35 bytes of JSON each, 350 KB in all). Past
+/// it the longest-lived are listed; the others stay valid until they expire (at most the
+/// capability lifetime), and every build logs a warning.
+pub const MAX_REVOKED_CAPABILITIES: usize = 10_000;
+
+/// How long before now a token's revocation can still matter: the longest capability lifetime,
+/// plus room for a mint that raced the revocation.
+const REVOCATION_WINDOW_SECS: i64 = MAX_CAPABILITY_LIFETIME as i64 + 3600;
 
 /// `host:port`, with brackets around IPv6 addresses.
 pub fn upstream_address(host: &str, port: u16) -> String {
@@ -41,6 +55,7 @@ pub async fn build(state: &AppState) -> ApiResult<FilterConfig> {
             },
         );
     }
+    let revoked_jti = revoked_capabilities(state).await?;
     Ok(FilterConfig {
         issuer: config.issuer.clone(),
         domain: config.domain.clone(),
@@ -52,9 +67,28 @@ pub async fn build(state: &AppState) -> ApiResult<FilterConfig> {
         control_plane_cluster: CONTROL_PLANE_CLUSTER.to_owned(),
         keys: ring.capability_keys.clone(),
         pods,
-        revoked_jti: Vec::new(),
+        revoked_jti,
         leeway_secs: DEFAULT_LEEWAY_SECS,
         max_capability_lifetime_secs: config.capability_lifetime as i64,
         token_cache_entries: 1024,
     })
+}
+
+/// The unexpired capabilities minted with a revoked API token, at most
+/// [`MAX_REVOKED_CAPABILITIES`].
+async fn revoked_capabilities(state: &AppState) -> ApiResult<Vec<String>> {
+    let now = now_unix();
+    let limit = MAX_REVOKED_CAPABILITIES as i64 + 1;
+    let mut revoked = state
+        .db()
+        .revoked_capabilities(now, now - REVOCATION_WINDOW_SECS, limit)
+        .await?;
+    if revoked.len() > MAX_REVOKED_CAPABILITIES {
+        revoked.truncate(MAX_REVOKED_CAPABILITIES);
+        tracing::warn!(
+            listed = MAX_REVOKED_CAPABILITIES,
+            "more unexpired capabilities of revoked API tokens than Envoy is sent; the shortest-lived stay valid until they expire (lower --capability-lifetime-secs to shorten that)"
+        );
+    }
+    Ok(revoked)
 }

@@ -127,15 +127,16 @@ struct Minted {
 }
 
 /// Mints a token of `kind` for `user` (or anonymous) on `addr`'s public host, and records it in
-/// the audit trail (never the token itself).
+/// the audit trail (never the token itself), with the API token it was minted with, if any.
 async fn mint_for(
     state: &AppState,
     kind: TokenKind,
     user: Option<&User>,
     addr: &PodAddr,
     via: &str,
+    api_token: Option<&str>,
 ) -> ApiResult<Minted> {
-    let minted = sign_for(state, kind, user, addr, via)?;
+    let minted = sign_for(state, kind, user, addr, via, api_token)?;
     state
         .recorder()
         .record(minted.audit.clone())
@@ -151,6 +152,7 @@ fn sign_for(
     user: Option<&User>,
     addr: &PodAddr,
     via: &str,
+    api_token: Option<&str>,
 ) -> ApiResult<Minted> {
     let config = state.config();
     let ring = state.keys()?;
@@ -184,6 +186,7 @@ fn sign_for(
         port: claims.port,
         audience: claims.aud,
         via: via.to_owned(),
+        api_token_id: api_token.map(str::to_owned),
         issued_at: now,
         expires_at: now + lifetime,
     };
@@ -256,6 +259,7 @@ async fn proxy_auth(
         user.as_ref(),
         &addr,
         "proxy-auth",
+        None,
     )
     .await?;
     let host = state.config().host_template.render(&addr);
@@ -411,6 +415,7 @@ async fn accept_ticket(
         user.as_ref(),
         addr,
         "callback",
+        None,
     )
     .map_err(Err)?;
     // Single use: a ticket already consumed is a replay; the capability is recorded before it
@@ -526,6 +531,10 @@ async fn capabilities(
         || "capabilities".to_owned(),
         |i| format!("capabilities/{}", i.via.label()),
     );
+    let api_token = outcome
+        .identity
+        .as_ref()
+        .and_then(|i| i.via.api_token_id().map(str::to_owned));
     let user = outcome.identity.map(|i| i.user);
     match &user {
         None => {
@@ -541,7 +550,15 @@ async fn capabilities(
         }
         Some(u) => authorize(&state, Some(u), &addr).await?,
     }
-    let cap = mint_for(&state, TokenKind::Capability, user.as_ref(), &addr, &via).await?;
+    let cap = mint_for(
+        &state,
+        TokenKind::Capability,
+        user.as_ref(),
+        &addr,
+        &via,
+        api_token.as_deref(),
+    )
+    .await?;
     let host = state.config().host_template.render(&addr);
     let expires_at = chrono::DateTime::from_timestamp(cap.expires_at, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{AuditEntry, Db};
 
-/// Most writes carried by one batch (9 parameters each stays far below SQLite's limit).
+/// Most writes carried by one batch (10 parameters each stays far below SQLite's limit).
 const MAX_BATCH: usize = 256;
 
 enum Op {

@@ -826,8 +826,8 @@ pub struct StoredKey {
 
 fn insert_audit(e: &AuditEntry) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
     sqlx::query(
-        "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, issued_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&e.jti)
     .bind(e.kind.as_str())
@@ -836,6 +836,7 @@ fn insert_audit(e: &AuditEntry) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::
     .bind(i64::from(e.port))
     .bind(&e.audience)
     .bind(&e.via)
+    .bind(&e.api_token_id)
     .bind(e.issued_at)
     .bind(e.expires_at)
 }
@@ -851,6 +852,9 @@ pub struct AuditEntry {
     pub audience: String,
     /// Which endpoint minted it (`proxy-auth`, `callback`, `capabilities`).
     pub via: String,
+    /// The API token it was minted with, if any: revoking that token revokes it.
+    #[serde(default)]
+    pub api_token_id: Option<String>,
     pub issued_at: i64,
     pub expires_at: i64,
 }
@@ -1028,15 +1032,15 @@ where
         return Ok(());
     }
     let mut sql = String::from(
-            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, issued_at, expires_at) VALUES ",
+            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) VALUES ",
         );
     for i in 0..entries.len() {
         if i > 0 {
             sql.push_str(", ");
         }
-        let b = 9 * i;
+        let b = 10 * i;
         sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
             b + 1,
             b + 2,
             b + 3,
@@ -1045,7 +1049,8 @@ where
             b + 6,
             b + 7,
             b + 8,
-            b + 9
+            b + 9,
+            b + 10
         ));
     }
     let mut q = sqlx::query(&sql);
@@ -1058,6 +1063,7 @@ where
             .bind(i64::from(e.port))
             .bind(e.audience.as_str())
             .bind(e.via.as_str())
+            .bind(e.api_token_id.as_deref())
             .bind(e.issued_at)
             .bind(e.expires_at);
     }
@@ -1069,7 +1075,7 @@ impl Db {
     /// The newest audit entries, optionally of one user, newest first.
     pub async fn list_audit(&self, user_id: Option<&str>, limit: i64) -> Res<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT jti, kind, user_id, pod_slug, port, audience, via, issued_at, expires_at FROM token_audit \
+            "SELECT jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at FROM token_audit \
              WHERE ($1 = '' OR user_id = $1) ORDER BY id DESC LIMIT $2",
         )
         .bind(user_id.unwrap_or(""))
@@ -1086,11 +1092,35 @@ impl Db {
                     port: port_col(row, "port")?,
                     audience: row.try_get("audience")?,
                     via: row.try_get("via")?,
+                    api_token_id: row.try_get("api_token_id")?,
                     issued_at: row.try_get("issued_at")?,
                     expires_at: row.try_get("expires_at")?,
                 })
             })
             .collect()
+    }
+
+    /// Ids of the unexpired capabilities minted with an API token revoked since
+    /// `revoked_since`, the longest-lived first, at most `limit`. A capability minted while its
+    /// token was being revoked is recorded after the revocation, and found by the next call.
+    pub async fn revoked_capabilities(
+        &self,
+        now: i64,
+        revoked_since: i64,
+        limit: i64,
+    ) -> Res<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT a.jti AS jti FROM api_tokens t JOIN token_audit a ON a.api_token_id = t.id \
+             WHERE t.revoked_at IS NOT NULL AND t.revoked_at >= $1 \
+             AND a.api_token_id IS NOT NULL AND a.expires_at > $2 AND a.kind = 'capability' \
+             ORDER BY a.expires_at DESC, a.jti LIMIT $3",
+        )
+        .bind(revoked_since)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| row.try_get("jti")).collect()
     }
 
     pub async fn insert_key(&self, k: &StoredKey) -> Res<()> {

@@ -68,6 +68,14 @@ impl Via {
             Via::ApiToken { id } => format!("api-token:{id}"),
         }
     }
+    /// The API token's id when the credential is one (recorded with what it mints, so revoking
+    /// the token revokes those capabilities too).
+    pub fn api_token_id(&self) -> Option<&str> {
+        match self {
+            Via::ApiToken { id } => Some(id),
+            _ => None,
+        }
+    }
     /// Whether the credential is a cookie (the browser sends it by itself: CSRF matters).
     pub fn is_cookie(&self) -> bool {
         matches!(

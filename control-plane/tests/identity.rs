@@ -1043,6 +1043,173 @@ async fn api_token_lifecycle(which: Which) {
 }
 on_both!(api_token_lifecycle);
 
+/// The `jti` claim of a compact JWS.
+fn jti_of(token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["jti"].as_str().unwrap().to_owned()
+}
+
+/// The filter configuration's `revoked_jti`, sorted, as the admin endpoint serves it (the same
+/// `filter_config::build` the xDS push uses).
+async fn revoked_jti(h: &Harness) -> Vec<String> {
+    let r = h.admin(Method::GET, "/v1/filter-config", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let mut listed: Vec<String> = r.json()["revoked_jti"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    listed
+}
+
+fn sorted(jtis: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = jtis.iter().map(|j| j.to_string()).collect();
+    v.sort();
+    v
+}
+
+async fn revoking_an_api_token_revokes_its_capabilities(which: Which) {
+    let Some(h) = harness(which, |s| s).await else {
+        return;
+    };
+    let alice = h.login("alice").await;
+    let mut tokens = Vec::new();
+    for name in ["T1", "T2"] {
+        let r = h
+            .send(request(
+                Method::POST,
+                "/api/proxy-tokens",
+                &[("cookie", &alice)],
+                Some(json!({"name": name})),
+            ))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let created = r.json();
+        tokens.push((
+            created["id"].as_str().unwrap().to_owned(),
+            created["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let [(t1_id, t1), (t2_id, t2)] = <[(String, String); 2]>::try_from(tokens).unwrap();
+    let mint = |headers: Vec<(&'static str, String)>| {
+        let h = &h;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = capability(h, &headers, 8726).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            jti_of(r.json()["token"].as_str().unwrap())
+        }
+    };
+    let t1_a = mint(vec![("authorization", bearer(&t1))]).await;
+    let t1_b = mint(vec![("authorization", bearer(&t1))]).await;
+    let t1_expired = mint(vec![("authorization", bearer(&t1))]).await;
+    let t2_a = mint(vec![("authorization", bearer(&t2))]).await;
+    let by_session = mint(vec![("cookie", alice.clone())]).await;
+    // The audit names the API token of each mint, and no token for the session's.
+    let audit = h
+        .admin(Method::GET, "/v1/audit?user=alice", None)
+        .await
+        .json();
+    let minted_with = |jti: &str| {
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["jti"] == jti)
+            .unwrap()["api_token_id"]
+            .clone()
+    };
+    assert_eq!(minted_with(&t1_a), json!(t1_id));
+    assert_eq!(minted_with(&t2_a), json!(t2_id));
+    assert_eq!(minted_with(&by_session), Value::Null);
+    sqlx::query("UPDATE token_audit SET expires_at = $1 WHERE jti = $2")
+        .bind(now_unix() - 1)
+        .bind(&t1_expired)
+        .execute(h.tdb.db.pool())
+        .await
+        .unwrap();
+
+    // Nothing revoked yet.
+    assert!(revoked_jti(&h).await.is_empty());
+
+    // Revoking T1 lists exactly its unexpired capabilities, and asks for a push at once (a
+    // notification left over from the seeding is drained first).
+    let _ = tokio::time::timeout(Duration::from_millis(50), h.state.envoy_config_change()).await;
+    let revoke = |id: String| {
+        let h = &h;
+        let alice = alice.clone();
+        async move {
+            let r = h
+                .send(request(
+                    Method::DELETE,
+                    &format!("/api/proxy-tokens/{id}"),
+                    &[("cookie", &alice)],
+                    None,
+                ))
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r.json()["token"]["revoked_at"].clone()
+        }
+    };
+    let revoked_at = revoke(t1_id.clone()).await;
+    tokio::time::timeout(Duration::from_secs(1), h.state.envoy_config_change())
+        .await
+        .expect("the revocation asks the xDS sync task for a rebuild");
+    let expected = sorted(&[&t1_a, &t1_b]);
+    assert_eq!(revoked_jti(&h).await, expected);
+    let built = podgate::filter_config::build(&h.state).await.unwrap();
+    let mut pushed = built.revoked_jti.clone();
+    pushed.sort();
+    assert_eq!(pushed, expected, "what the xDS push sends");
+
+    // Revoking again changes nothing: same revocation time, same list.
+    assert_eq!(revoke(t1_id.clone()).await, revoked_at);
+    assert_eq!(revoked_jti(&h).await, expected);
+
+    // The longest-lived come first when the list is cut.
+    sqlx::query("UPDATE token_audit SET expires_at = expires_at + 60 WHERE jti = $1")
+        .bind(&t1_b)
+        .execute(h.tdb.db.pool())
+        .await
+        .unwrap();
+    let now = now_unix();
+    assert_eq!(
+        h.tdb
+            .db
+            .revoked_capabilities(now, now - 100_000, 1)
+            .await
+            .unwrap(),
+        vec![t1_b.clone()]
+    );
+
+    // An expired capability drops out of the list.
+    sqlx::query("UPDATE token_audit SET expires_at = $1 WHERE jti = $2")
+        .bind(now_unix() - 1)
+        .bind(&t1_a)
+        .execute(h.tdb.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(revoked_jti(&h).await, sorted(&[&t1_b]));
+
+    // T2 and the session's capability were never listed; T2 still mints. Revoking T2 adds its
+    // capability, never the session's.
+    let t2_b = mint(vec![("authorization", bearer(&t2))]).await;
+    revoke(t2_id).await;
+    assert_eq!(revoked_jti(&h).await, sorted(&[&t1_b, &t2_a, &t2_b]));
+    assert!(!revoked_jti(&h).await.contains(&by_session));
+    h.finish().await;
+}
+on_both!(revoking_an_api_token_revokes_its_capabilities);
+
 async fn oidc_user_manages_tokens(which: Which) {
     let k = es_key(3, "es");
     let idp = Idp::start(&[&k]).await;

@@ -322,6 +322,7 @@ async fn tickets_sessions_audit(db: &Db) {
             port: 8726,
             audience: "localhost-8726-pod-p.localhost".into(),
             via: "test".into(),
+            api_token_id: (i == 1).then(|| "tok".into()),
             issued_at: 10,
             expires_at: 70,
         })
@@ -331,6 +332,8 @@ async fn tickets_sessions_audit(db: &Db) {
     let all = db.list_audit(None, 10).await.unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].jti, "jti1", "newest first");
+    assert_eq!(all[0].api_token_id.as_deref(), Some("tok"));
+    assert_eq!(all[1].api_token_id, None);
     let u = db.list_audit(Some("u"), 10).await.unwrap();
     assert_eq!(u.len(), 1);
     assert_eq!(u[0].kind, KeyKind::Ticket);
@@ -360,6 +363,7 @@ async fn tickets_sessions_audit(db: &Db) {
             port: 8726,
             audience: "a".into(),
             via: "test".into(),
+            api_token_id: (i % 2 == 0).then(|| format!("tok{i}")),
             issued_at: 10,
             expires_at: 910,
         })
@@ -367,7 +371,11 @@ async fn tickets_sessions_audit(db: &Db) {
     let refs: Vec<&AuditEntry> = rows.iter().take(256).collect();
     db.record_mints(&refs).await.unwrap();
     db.record_mints(&[]).await.unwrap();
-    assert_eq!(db.list_audit(Some("bulk"), 1000).await.unwrap().len(), 256);
+    let bulk = db.list_audit(Some("bulk"), 1000).await.unwrap();
+    assert_eq!(bulk.len(), 256);
+    assert!(bulk
+        .iter()
+        .all(|e| e.api_token_id.is_some() == e.jti.ends_with(['0', '2', '4', '6', '8'])));
 
     // Consuming and recording together: a replayed ticket's capability is not recorded.
     let t: Vec<(String, i64)> = vec![("c1".into(), 100), ("b1".into(), 100)];

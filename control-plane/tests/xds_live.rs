@@ -331,3 +331,87 @@ async fn envoy_serves_while_the_control_plane_is_down_and_catches_up() {
         .unwrap();
     assert_eq!(a.status, 200);
 }
+
+/// `POST /api/proxy-tokens` as the stack's user: `(id, token)`.
+async fn create_api_token(stack: &Stack, name: &str) -> (String, String) {
+    let resp = stack
+        .http
+        .post(format!("http://{}/api/proxy-tokens", stack.cp.http))
+        .header(reqwest::header::COOKIE, &stack.session)
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// `POST /v1/capabilities` with an API token: the capability.
+async fn mint_with(stack: &Stack, api_token: &str, pod: &str) -> String {
+    let resp = stack
+        .http
+        .post(format!("http://{}/v1/capabilities", stack.cp.http))
+        .bearer_auth(api_token)
+        .json(&json!({"pod": pod, "port": APP_PORT}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_api_token_cuts_off_its_capabilities_within_a_second() {
+    let stack = Stack::start(&[]).await;
+    let pod = FakePod::start("pod", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    stack
+        .cp
+        .create_pod("cli", USER, SERVER, pod.addr.port(), "running")
+        .await;
+    let (t1_id, t1) = create_api_token(&stack, "T1").await;
+    let (_, t2) = create_api_token(&stack, "T2").await;
+    let by_t1 = mint_with(&stack, &t1, "cli").await;
+    let by_t2 = mint_with(&stack, &t2, "cli").await;
+    let by_session = stack.mint("cli").await;
+    for token in [&by_t1, &by_t2, &by_session] {
+        until(&stack.http, stack.envoy.listener, "cli", token, LIVE, |a| {
+            a.status == 200
+        })
+        .await
+        .unwrap_or_else(|e| panic!("before the revocation: {e}\n{}", stack.logs()));
+    }
+
+    let resp = stack
+        .http
+        .delete(format!("http://{}/api/proxy-tokens/{t1_id}", stack.cp.http))
+        .header(reqwest::header::COOKIE, &stack.session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Envoy has it cached as verified: the revocation list still refuses it.
+    let took = until(
+        &stack.http,
+        stack.envoy.listener,
+        "cli",
+        &by_t1,
+        LIVE,
+        |a| a.status == 401 && a.body.contains("revoked"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("revoked: {e}\n{}", stack.logs()));
+    eprintln!("API token revoked → its capability refused in {took:?}");
+    for token in [&by_t2, &by_session] {
+        let a = through_envoy(&stack.http, stack.envoy.listener, "cli", token)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+}
