@@ -6,16 +6,24 @@
 //! panics.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use podgate_protocol::config::{CompiledConfig, FilterConfig};
+use podgate_protocol::cors::{self, Preflight};
 use podgate_protocol::gate::{self, Decision, HeaderEdit, Request, VerifiedCache};
-use podgate_protocol::reply::Denial;
+use podgate_protocol::reply::{Denial, Reply};
+use podgate_protocol::response::{self, PodResponse, ResponseEdit};
 use podgate_protocol::wire;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+
+mod raw;
+
+/// How often the root context looks for WebSockets whose capability expired.
+const WEBSOCKET_SWEEP_MS: u32 = 1000;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -33,6 +41,11 @@ struct Metrics {
     denied: Vec<(&'static str, u32)>,
     cache_hits: Option<u32>,
     cache_misses: Option<u32>,
+    preflight: Option<u32>,
+    cookies_dropped: Option<u32>,
+    cors_stripped: Option<u32>,
+    websocket_expired: Option<u32>,
+    response_failed: Option<u32>,
 }
 
 impl Metrics {
@@ -47,6 +60,11 @@ impl Metrics {
                 .collect(),
             cache_hits: counter("podgate.token_cache.hits"),
             cache_misses: counter("podgate.token_cache.misses"),
+            preflight: counter("podgate.preflight"),
+            cookies_dropped: counter("podgate.response.set_cookie_dropped"),
+            cors_stripped: counter("podgate.response.cors_stripped"),
+            websocket_expired: counter("podgate.websocket.expired"),
+            response_failed: counter("podgate.response.failed"),
         }
     }
 
@@ -68,12 +86,14 @@ impl Metrics {
     }
 }
 
-/// What every HTTP context of this VM shares: the compiled config and the verified-token cache.
+/// What every HTTP context of this VM shares: the compiled config, the verified-token cache and
+/// the open WebSockets (context id → capability `exp`, unix seconds) the tick closes at expiry.
 #[derive(Default)]
 struct Shared {
     config: Option<Rc<CompiledConfig>>,
     cache: VerifiedCache,
     metrics: Metrics,
+    websockets: HashMap<u32, i64>,
 }
 
 #[derive(Default)]
@@ -125,6 +145,13 @@ impl RootContext for Root {
                 shared.config = Some(Rc::new(compiled));
                 // Keys or revocations may have changed: nothing verified before is trusted now.
                 shared.cache.clear();
+                if let Err(status) = raw::set_tick_period_ms(WEBSOCKET_SWEEP_MS) {
+                    // Frames are still checked; only idle WebSockets would outlive expiry.
+                    log(
+                        LogLevel::Error,
+                        &format!("podgate: cannot set the tick period: {status:?}"),
+                    );
+                }
                 true
             }
             Err(err) => {
@@ -138,9 +165,53 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    /// Closes every WebSocket whose capability has expired. Envoy resets the stream right after
+    /// this callback (`proxy_close_stream` on the stream made effective), then calls its
+    /// `on_done`.
+    fn on_tick(&mut self) {
+        let expired: Vec<u32> = {
+            let Ok(mut shared) = self.shared.try_borrow_mut() else {
+                return;
+            };
+            if shared.websockets.is_empty() {
+                // The common case: no host call at all.
+                return;
+            }
+            let Some(now) = now_unix() else { return };
+            let expired: Vec<u32> = shared
+                .websockets
+                .iter()
+                .filter(|(_, exp)| now >= **exp)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &expired {
+                shared.websockets.remove(id);
+            }
+            expired
+        };
+        let mut closed = 0;
+        for context_id in expired {
+            let result = raw::set_effective_context(context_id).and_then(|()| raw::reset_stream());
+            match result {
+                Ok(()) => closed += 1,
+                // Already gone: nothing left to close.
+                Err(status) => log(
+                    LogLevel::Debug,
+                    &format!("podgate: cannot close expired WebSocket {context_id}: {status:?}"),
+                ),
+            }
+        }
+        if let Ok(shared) = self.shared.try_borrow() {
+            Metrics::bump(shared.metrics.websocket_expired, closed);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Gate {
             shared: Rc::clone(&self.shared),
+            context_id,
+            response: None,
+            websocket_expires_at: None,
         }))
     }
 
@@ -151,47 +222,22 @@ impl RootContext for Root {
 
 struct Gate {
     shared: Rc<RefCell<Shared>>,
+    context_id: u32,
+    /// Set when the request was forwarded to a pod: its response is sanitized.
+    response: Option<PodResponse>,
+    /// Set for a WebSocket forwarded to a pod: its capability's `exp` (unix seconds).
+    websocket_expires_at: Option<i64>,
 }
 
-impl Context for Gate {}
+impl Context for Gate {
+    fn on_done(&mut self) -> bool {
+        self.forget_websocket();
+        true
+    }
+}
 
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
-}
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    // The same import the SDK declares; called directly because the SDK's wrappers panic on a
-    // non-UTF-8 header name or an unexpected status, and a panic would kill this worker's VM.
-    fn proxy_get_header_map_pairs(
-        map_type: MapType,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> u32;
-}
-
-enum RawHeadersError {
-    Host(u32),
-    Wire(wire::WireError),
-}
-
-/// All request headers in one host call, names as strings and values as raw bytes.
-fn request_headers() -> Result<Vec<(String, Vec<u8>)>, RawHeadersError> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host writes a pointer to a buffer it allocated through the SDK's exported
-    // `proxy_on_memory_allocate` (a `Vec<u8>` of capacity `size`), which we then own.
-    let status =
-        unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
-    if status != 0 {
-        return Err(RawHeadersError::Host(status));
-    }
-    if data.is_null() {
-        return Ok(Vec::new());
-    }
-    // SAFETY: see above; the buffer is exactly `size` bytes long and ours to free.
-    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
-    wire::decode_header_map(&bytes).map_err(RawHeadersError::Wire)
 }
 
 fn now_unix() -> Option<i64> {
@@ -204,6 +250,10 @@ impl Gate {
     fn deny(&self, denial: &Denial) -> Action {
         let reply = denial.reply();
         self.shared.borrow().metrics.denied(reply.reason);
+        Self::answer(&reply)
+    }
+
+    fn answer(reply: &Reply) -> Action {
         let headers: Vec<(&str, &str)> = reply
             .headers
             .iter()
@@ -240,19 +290,19 @@ impl HttpContext for Gate {
         let Some(config) = self.shared.borrow().config.clone() else {
             return self.deny(&Denial::NotConfigured);
         };
-        let headers = match request_headers() {
+        let headers = match raw::headers(MapType::HttpRequestHeaders) {
             Ok(headers) => headers,
-            Err(RawHeadersError::Host(status)) => {
+            Err(raw::HeadersError::Host(status)) => {
                 log(
                     LogLevel::Error,
-                    &format!("podgate: cannot read headers: {status}"),
+                    &format!("podgate: cannot read headers: {}", status.0),
                 );
                 return self.deny(&Denial::NotConfigured);
             }
-            Err(RawHeadersError::Wire(wire::WireError::NonUtf8Name)) => {
+            Err(raw::HeadersError::Wire(wire::WireError::NonUtf8Name)) => {
                 return self.deny(&Denial::MalformedHeaderName);
             }
-            Err(RawHeadersError::Wire(err)) => {
+            Err(raw::HeadersError::Wire(err)) => {
                 log(
                     LogLevel::Error,
                     &format!("podgate: cannot decode headers: {err}"),
@@ -264,6 +314,15 @@ impl HttpContext for Gate {
             Ok(request) => request,
             Err(denial) => return self.deny(&denial),
         };
+        // CORS preflights are answered here and never forwarded (`cors`).
+        match cors::preflight(&config, &request.preflight_view()) {
+            None => {}
+            Some(Preflight::Refused(denial)) => return self.deny(&denial),
+            Some(Preflight::Allowed(reply)) => {
+                Metrics::bump(self.shared.borrow().metrics.preflight, 1);
+                return Self::answer(&reply);
+            }
+        }
         let Some(now) = now_unix() else {
             return self.deny(&Denial::NotConfigured);
         };
@@ -278,7 +337,11 @@ impl HttpContext for Gate {
         };
         match decision {
             Decision::Deny(denial) => self.deny(&denial),
-            Decision::Forward { edits, user, .. } => {
+            Decision::Forward {
+                edits,
+                user,
+                expires_at,
+            } => {
                 if let Err(status) = Self::apply(&edits) {
                     log(
                         LogLevel::Error,
@@ -294,6 +357,20 @@ impl HttpContext for Gate {
                     );
                     return self.deny(&Denial::NotConfigured);
                 }
+                if user.is_some() {
+                    // To a pod (not the control plane, which sets our cookie): its response is
+                    // sanitized, and a WebSocket is closed when the capability expires.
+                    self.response = Some(PodResponse::for_request(&request));
+                    if request.is_websocket() {
+                        if let Some(exp) = expires_at {
+                            self.websocket_expires_at = Some(exp);
+                            self.shared
+                                .borrow_mut()
+                                .websockets
+                                .insert(self.context_id, exp);
+                        }
+                    }
+                }
                 let metrics = &self.shared.borrow().metrics;
                 Metrics::bump(
                     if user.is_some() {
@@ -304,6 +381,105 @@ impl HttpContext for Gate {
                     1,
                 );
                 Action::Continue
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(ctx) = &self.response else {
+            return Action::Continue;
+        };
+        let Some(config) = self.shared.borrow().config.clone() else {
+            return self.fail_response("no configuration");
+        };
+        let bytes = match raw::header_map_bytes(MapType::HttpResponseHeaders) {
+            Ok(bytes) => bytes,
+            Err(status) => return self.fail_response(&format!("cannot read: {status:?}")),
+        };
+        let headers = match wire::decode_header_map_borrowed(&bytes) {
+            Ok(headers) => headers,
+            Err(err) => return self.fail_response(&format!("cannot decode: {err}")),
+        };
+        let sanitized = response::sanitize(&config, ctx, headers);
+        if sanitized.edits.is_empty() {
+            return Action::Continue;
+        }
+        if let Err(status) = apply_response(&sanitized.edits) {
+            return self.fail_response(&format!("edit failed: {status:?}"));
+        }
+        let shared = self.shared.borrow();
+        Metrics::bump(
+            shared.metrics.cookies_dropped,
+            sanitized.dropped_cookies.len() as i64,
+        );
+        Metrics::bump(shared.metrics.cors_stripped, sanitized.stripped_cors as i64);
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.check_websocket_expiry()
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.check_websocket_expiry()
+    }
+
+    fn on_log(&mut self) {
+        self.forget_websocket();
+    }
+}
+
+fn apply_response(edits: &[ResponseEdit]) -> Result<(), raw::HostStatus> {
+    let map = MapType::HttpResponseHeaders;
+    for edit in edits {
+        match edit {
+            ResponseEdit::Remove(name) => raw::remove_header(map, name)?,
+            ResponseEdit::Add(name, value) => raw::add_header(map, name, value)?,
+            ResponseEdit::Set(name, value) => {
+                raw::replace_header(map, name.as_bytes(), value.as_bytes())?
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Gate {
+    /// A pod response we cannot vouch for never reaches the client: the stream is reset.
+    fn fail_response(&self, why: &str) -> Action {
+        log(LogLevel::Error, &format!("podgate: pod response: {why}"));
+        if let Ok(shared) = self.shared.try_borrow() {
+            Metrics::bump(shared.metrics.response_failed, 1);
+        }
+        let _ = raw::reset_stream();
+        Action::Pause
+    }
+
+    /// Second line behind the tick: a WebSocket frame after the capability's `exp` closes the
+    /// stream instead of passing.
+    fn check_websocket_expiry(&mut self) -> Action {
+        let Some(exp) = self.websocket_expires_at else {
+            return Action::Continue;
+        };
+        if now_unix().is_some_and(|now| now < exp) {
+            return Action::Continue;
+        }
+        self.forget_websocket();
+        if let Ok(shared) = self.shared.try_borrow() {
+            Metrics::bump(shared.metrics.websocket_expired, 1);
+        }
+        if let Err(status) = raw::reset_stream() {
+            log(
+                LogLevel::Error,
+                &format!("podgate: cannot close expired WebSocket: {status:?}"),
+            );
+        }
+        Action::Pause
+    }
+
+    fn forget_websocket(&mut self) {
+        if self.websocket_expires_at.take().is_some() {
+            if let Ok(mut shared) = self.shared.try_borrow_mut() {
+                shared.websockets.remove(&self.context_id);
             }
         }
     }

@@ -14,9 +14,10 @@
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
-use podgate_fuzz::{gate_case, gate_config_json, gate_decide, NOW};
+use podgate_fuzz::{gate_case, gate_config, gate_config_json, gate_decide, NOW};
 use podgate_protocol::config::USER_HEADER;
-use podgate_protocol::gate::Decision;
+use podgate_protocol::cors::{self, Preflight};
+use podgate_protocol::gate::{Decision, Request};
 use podgate_wasm_tests::host::{filter_wasm_path, FilterVm, Outcome, VmOptions};
 
 /// A fresh VM after this many requests, so the host's records (foreign calls) stay bounded.
@@ -74,6 +75,14 @@ fuzz_target!(
 fn one_request(data: &[u8]) {
     let case = gate_case(data);
     let expected = gate_decide(&case);
+    // The filter answers CORS preflights before the gate decides (`cors::preflight`).
+    let preflight_status = Request::from_headers(&case.headers)
+        .ok()
+        .and_then(|req| cors::preflight(gate_config(case.https), &req.preflight_view()))
+        .map(|answer| match answer {
+            Preflight::Allowed(reply) => reply.status,
+            Preflight::Refused(denial) => denial.reply().status,
+        });
     WORKERS.with(|workers| {
         let mut workers = workers.borrow_mut();
         ensure_workers(&mut workers);
@@ -88,6 +97,11 @@ fn one_request(data: &[u8]) {
             "the filter trapped: {outcome:?}; logs: {:?}",
             vm.logs()
         );
+        if let Some(want) = preflight_status {
+            assert_eq!(outcome.status(), Some(want), "preflight, filter {outcome:?}");
+            vm.clear_logs();
+            return;
+        }
         match (&expected, &outcome) {
             (Decision::Forward { user, .. }, Outcome::Continue { .. }) => {
                 assert_eq!(

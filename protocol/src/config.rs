@@ -9,6 +9,7 @@ use crate::cookie;
 use crate::host::{
     HostTemplate, TemplateError, DEFAULT_PUBLIC_TEMPLATE, DEFAULT_UPSTREAM_TEMPLATE,
 };
+use crate::set_cookie::ReservedNames;
 use crate::token::{
     KeyError, KeySet, TokenKind, Verifier, DEFAULT_LEEWAY_SECS,
     DEFAULT_MAX_CAPABILITY_LIFETIME_SECS,
@@ -160,6 +161,8 @@ pub struct CompiledConfig {
     pub upstream_hosts: HostTemplate,
     pub verifier: Verifier,
     pub cookie_name: String,
+    /// Cookie names a pod may never set (`set_cookie`).
+    pub reserved_cookies: ReservedNames,
     pub https: bool,
     pub auth_url: String,
     pub control_plane_cluster: String,
@@ -257,6 +260,7 @@ impl FilterConfig {
             public_hosts,
             upstream_hosts,
             verifier,
+            reserved_cookies: ReservedNames::new(&self.cookie_name),
             cookie_name: cookie::cookie_name(&self.cookie_name, https),
             https,
             auth_url: self.auth_url,

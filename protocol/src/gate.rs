@@ -10,13 +10,14 @@ use crate::config::{
     UPSTREAM_HEADER, USER_HEADER,
 };
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
+use crate::cors::{origin_pod, PreflightRequest};
 use crate::host::PodAddr;
 use crate::redirect::{encode_query_value, MAX_NEXT_LEN};
 use crate::reply::Denial;
 use crate::token::{TokenError, Verified, MAX_TOKEN_LEN};
 
 /// The request headers the decision reads (besides our own `x-podgate-*`).
-const HEADER_NAMES_READ: [&str; 10] = [
+const HEADER_NAMES_READ: [&str; 12] = [
     ":authority",
     ":path",
     ":method",
@@ -26,6 +27,8 @@ const HEADER_NAMES_READ: [&str; 10] = [
     "sec-fetch-mode",
     "upgrade",
     "origin",
+    "access-control-request-method",
+    "access-control-request-headers",
     TOKEN_HEADER,
 ];
 
@@ -49,6 +52,9 @@ pub struct Request<'a> {
     pub sec_fetch_mode: Option<&'a str>,
     pub upgrade: Option<&'a str>,
     pub origin: Option<&'a str>,
+    /// CORS preflight fields (`cors::preflight`).
+    pub access_control_request_method: Option<&'a str>,
+    pub access_control_request_headers: Option<&'a str>,
     /// Names of client-sent headers starting with `x-podgate-` (to be removed).
     pub our_header_names: Vec<&'a str>,
 }
@@ -82,15 +88,31 @@ impl<'a> Request<'a> {
                 "sec-fetch-mode" => req.sec_fetch_mode = Some(value),
                 "upgrade" => req.upgrade = Some(value),
                 "origin" => req.origin = Some(value),
+                "access-control-request-method" => req.access_control_request_method = Some(value),
+                "access-control-request-headers" => {
+                    req.access_control_request_headers = Some(value)
+                }
                 _ => req.token_headers.push(value),
             }
         }
         Ok(req)
     }
 
-    fn is_websocket(&self) -> bool {
+    /// A WebSocket upgrade (`Upgrade: websocket`, any casing).
+    pub fn is_websocket(&self) -> bool {
         self.upgrade
             .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+    }
+
+    /// The fields a CORS preflight decision reads (`cors::preflight`).
+    pub fn preflight_view(&self) -> PreflightRequest<'a> {
+        PreflightRequest {
+            authority: self.authority,
+            method: self.method,
+            origin: self.origin,
+            request_method: self.access_control_request_method,
+            request_headers: self.access_control_request_headers,
+        }
     }
 
     /// A browser loading a page (so a redirect to sign in helps), not a script or a subresource.
@@ -309,16 +331,6 @@ pub fn auth_redirect(config: &CompiledConfig, pod: &PodAddr, path: &str) -> Stri
         url.push_str(&encode_query_value(path));
     }
     url
-}
-
-/// The pod host an `Origin` names, when it has our scheme and is a pod host (any port suffix).
-fn origin_pod(config: &CompiledConfig, origin: &str) -> Option<PodAddr> {
-    let scheme = if config.https { "https://" } else { "http://" };
-    let authority = origin.strip_prefix(scheme)?;
-    if authority.contains('/') {
-        return None;
-    }
-    config.public_hosts.parse(authority).ok()
 }
 
 /// Methods that must not change state (RFC 9110), so a cross-origin one is harmless to let by.

@@ -589,3 +589,34 @@ fn cookie_authority_does_not_extend_to_other_pods_pages() {
     h[2].1 = b"POST".to_vec();
     assert!(matches!(run(&c, &h), Decision::Forward { .. }));
 }
+
+#[test]
+fn preflight_fields_are_read_strictly_and_the_gate_itself_never_answers_them() {
+    // The filter answers preflights with `cors::preflight` before `decide`; `decide` treats an
+    // OPTIONS like any request (a safe method needs a capability but no Origin check).
+    let c = config();
+    let own = "https://localhost-8727-pod-alpha.example.dev";
+    let h = base(&[
+        (":method", "OPTIONS"),
+        ("origin", own),
+        ("access-control-request-method", "PUT"),
+        ("access-control-request-headers", "content-type"),
+    ]);
+    let req = Request::from_headers(&h).unwrap();
+    let view = req.preflight_view();
+    assert_eq!(view.origin, Some(own));
+    assert_eq!(view.request_method, Some("PUT"));
+    assert_eq!(view.request_headers, Some("content-type"));
+    assert_eq!(view.authority, HOST);
+    assert!(matches!(
+        crate::cors::preflight(&c, &view),
+        Some(crate::cors::Preflight::Allowed(_))
+    ));
+    // A request field we read that is not UTF-8 is refused, as for every header we read.
+    let mut bad = base(&[]);
+    bad.push(("access-control-request-headers".into(), vec![b'x', 0xff]));
+    assert_eq!(
+        run(&c, &bad),
+        Decision::Deny(Denial::MalformedHeader("access-control-request-headers"))
+    );
+}

@@ -4,9 +4,12 @@
 
 pub mod config;
 pub mod cookie;
+pub mod cors;
 pub mod gate;
 pub mod host;
 pub mod redirect;
 pub mod reply;
+pub mod response;
+pub mod set_cookie;
 pub mod token;
 pub mod wire;

@@ -32,6 +32,10 @@ pub enum Denial {
     /// 403: a cookie-authenticated state-changing request from another pod's (or a foreign)
     /// origin.
     CrossPodRequest,
+    /// 403: a CORS preflight from an origin that is not one of this pod's (`cors`).
+    CrossOriginPreflight,
+    /// 400: a same-pod CORS preflight whose requested method or headers are malformed.
+    BadPreflight,
     /// 404: the pod is not in the directory.
     UnknownPod,
     /// 503: the pod exists but is not running.
@@ -68,6 +72,8 @@ impl Denial {
             Denial::WrongScope => "wrong_scope",
             Denial::CrossOriginWebSocket => "cross_origin_websocket",
             Denial::CrossPodRequest => "cross_pod_request",
+            Denial::CrossOriginPreflight => "cross_origin_preflight",
+            Denial::BadPreflight => "bad_preflight",
             Denial::UnknownPod => "unknown_pod",
             Denial::NotRunning(_) => "pod_not_running",
             Denial::NotConfigured => "not_configured",
@@ -75,7 +81,7 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 10] = [
+    pub const ALL_REASONS: [&'static str; 12] = [
         "bad_host",
         "malformed_header",
         "no_capability",
@@ -83,6 +89,8 @@ impl Denial {
         "wrong_scope",
         "cross_origin_websocket",
         "cross_pod_request",
+        "cross_origin_preflight",
+        "bad_preflight",
         "unknown_pod",
         "pod_not_running",
         "not_configured",
@@ -130,6 +138,16 @@ impl Denial {
                 403,
                 "Refused: a state-changing request from another origin with this pod's cookie".into(),
                 Some("call this pod from its own pages, or authenticate with a header token"),
+            ),
+            Denial::CrossOriginPreflight => (
+                403,
+                "CORS preflight refused: only this pod's own origins may call it".into(),
+                Some("call this pod from pages served by one of its own ports"),
+            ),
+            Denial::BadPreflight => (
+                400,
+                "Malformed CORS preflight: Access-Control-Request-Method or -Headers is not a list of tokens".into(),
+                None,
             ),
             Denial::UnknownPod => (404, "Pod not found".into(), None),
             Denial::NotRunning(status) => (

@@ -21,6 +21,25 @@ fn read_u32(bytes: &[u8], at: usize) -> Result<usize, WireError> {
 
 /// Decodes a serialized header map into `(name, value bytes)` pairs, in order.
 pub fn decode_header_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, WireError> {
+    decode_with(bytes, |name, value| {
+        let name = std::str::from_utf8(name).map_err(|_| WireError::NonUtf8Name)?;
+        Ok((name.to_owned(), value.to_vec()))
+    })
+}
+
+/// One header as borrowed name and value bytes.
+pub type HeaderSlices<'a> = (&'a [u8], &'a [u8]);
+
+/// Decodes a serialized header map into borrowed `(name, value)` byte slices, in order, without
+/// copying (the response path only looks for a few names).
+pub fn decode_header_map_borrowed(bytes: &[u8]) -> Result<Vec<HeaderSlices<'_>>, WireError> {
+    decode_with(bytes, |name, value| Ok((name, value)))
+}
+
+fn decode_with<'a, T>(
+    bytes: &'a [u8],
+    mut pair: impl FnMut(&'a [u8], &'a [u8]) -> Result<T, WireError>,
+) -> Result<Vec<T>, WireError> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
@@ -31,7 +50,7 @@ pub fn decode_header_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, WireErr
         .filter(|end| *end <= bytes.len())
         .ok_or(WireError::Truncated)?;
     let mut data = sizes_end;
-    let mut take = |len: usize| -> Result<&[u8], WireError> {
+    let mut take = |len: usize| -> Result<&'a [u8], WireError> {
         let end = data.checked_add(len).ok_or(WireError::Truncated)?;
         let slice = bytes.get(data..end).ok_or(WireError::Truncated)?;
         // Each string is followed by a NUL that is not part of it.
@@ -42,10 +61,9 @@ pub fn decode_header_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, WireErr
     for i in 0..count {
         let name_len = read_u32(bytes, 4 + i * 8)?;
         let value_len = read_u32(bytes, 8 + i * 8)?;
-        let name = std::str::from_utf8(take(name_len)?).map_err(|_| WireError::NonUtf8Name)?;
-        let name = name.to_owned();
-        let value = take(value_len)?.to_vec();
-        out.push((name, value));
+        let name = take(name_len)?;
+        let value = take(value_len)?;
+        out.push(pair(name, value)?);
     }
     Ok(out)
 }
@@ -83,6 +101,14 @@ mod tests {
             ]
         );
         assert_eq!(decode_header_map(&[]).unwrap(), vec![]);
+        let borrowed = decode_header_map_borrowed(&bytes).unwrap();
+        assert_eq!(borrowed[1], (&b"x"[..], &b"\xff\xfe"[..]));
+        // Borrowed decoding takes any name bytes.
+        let raw = encode(&[(b"x-\xff", b"v")]);
+        assert_eq!(
+            decode_header_map_borrowed(&raw).unwrap(),
+            vec![(&b"x-\xff"[..], &b"v"[..])]
+        );
     }
 
     #[test]

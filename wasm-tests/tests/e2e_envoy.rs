@@ -906,6 +906,291 @@ fn websocket_with_token_for_another_pod_never_connects() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Pod responses and CORS
+
+/// Every value of a response header, as text (lossy).
+fn all_values(answer: &Answer, name: &str) -> Vec<String> {
+    answer
+        .headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+fn cors_headers(answer: &Answer) -> Vec<String> {
+    answer
+        .headers
+        .keys()
+        .map(|n| n.as_str().to_owned())
+        .filter(|n| n.starts_with("access-control-"))
+        .collect()
+}
+
+#[test]
+fn pod_cookies_for_the_parent_domain_or_under_our_names_never_reach_the_client() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let set_cookies: [&[u8]; 13] = [
+            b"session=s1; Path=/; HttpOnly",
+            b"toss=1; Domain=localhost; Path=/",
+            b"toss=2; Domain=.localhost",
+            b"toss=3; domain=LOCALHOST.",
+            b"toss=4; Domain=localhost-8726-pod-beta.localhost",
+            b"toss=5; Domain=",
+            b"podgate_cap=forged; Path=/",
+            b"__Host-podgate_cap=forged; Path=/; Secure",
+            b"PODGATE_CAP=forged",
+            b"=podgate_cap=forged",
+            b"podgate_session=forged",
+            b"junk=\xff\xfe",
+            b"theme=dark; Domain=localhost-8726-pod-alpha.localhost; Path=/",
+        ];
+        let mut headers: Vec<(&str, &[u8])> =
+            set_cookies.iter().map(|c| ("set-cookie", *c)).collect();
+        headers.push(("access-control-allow-origin", b"*"));
+        headers.push(("access-control-allow-credentials", b"true"));
+        stack.alpha.respond_with(&headers);
+
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/login")
+                .header("podgate-token", &token),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.json()["pod"], "alpha", "the pod answered");
+        assert_eq!(
+            all_values(&answer, "set-cookie"),
+            [
+                "session=s1; Path=/; HttpOnly",
+                "theme=dark; Domain=localhost-8726-pod-alpha.localhost; Path=/",
+            ],
+            "only the pod's own cookies reach the browser, in order"
+        );
+        for value in all_values(&answer, "set-cookie") {
+            assert!(!value.to_ascii_lowercase().contains("podgate"), "{value}");
+        }
+        assert_eq!(cors_headers(&answer), Vec::<String>::new());
+        assert_eq!(stack.alpha.requests().len(), 1);
+    });
+}
+
+#[test]
+fn a_pod_cannot_widen_cors_and_a_same_pod_origin_gets_ours() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let beta_origin = format!("http://{}", public_host(PORT, "beta"));
+        stack.alpha.respond_with(&[
+            ("access-control-allow-origin", beta_origin.as_str()),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-allow-origin", "*"),
+            ("access-control-expose-headers", "x-total"),
+        ]);
+        for origin in [None, Some(beta_origin.as_str()), Some("null")] {
+            let mut req = stack
+                .client
+                .get(&alpha_host(), "/api")
+                .header("podgate-token", &token);
+            if let Some(o) = origin {
+                req = req.header("origin", o);
+            }
+            let answer = send(req).await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            assert_eq!(cors_headers(&answer), Vec::<String>::new(), "{origin:?}");
+        }
+        let own = format!("http://{}", public_host(8727, "alpha"));
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/api")
+                .header("podgate-token", &token)
+                .header("origin", &own),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(all_values(&answer, "access-control-allow-origin"), [own]);
+        assert_eq!(
+            all_values(&answer, "access-control-allow-credentials"),
+            ["true"]
+        );
+        assert_eq!(
+            all_values(&answer, "access-control-expose-headers"),
+            ["x-total"]
+        );
+        assert!(all_values(&answer, "vary").iter().any(|v| v == "Origin"));
+    });
+}
+
+#[test]
+fn the_control_plane_still_sets_our_cookie_on_the_callback() {
+    block_on(async {
+        let stack = turn().await;
+        let cookie = "podgate_cap=minted; Path=/; HttpOnly; SameSite=Lax";
+        stack.control_plane.respond_with(&[("set-cookie", cookie)]);
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/.podgate/callback?ticket=x"),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(all_values(&answer, "set-cookie"), [cookie]);
+    });
+}
+
+fn preflight_request(stack: &Turn<'_>, origin: &str) -> reqwest::RequestBuilder {
+    stack
+        .client
+        .request(reqwest::Method::OPTIONS, &alpha_host(), "/api/items")
+        .header("origin", origin)
+        .header("access-control-request-method", "PUT")
+        .header("access-control-request-headers", "content-type,x-csrf")
+}
+
+#[test]
+fn a_preflight_from_another_origin_is_403_and_never_reaches_the_pod() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        for origin in [
+            format!("http://{}", public_host(PORT, "beta")),
+            format!("http://{}:10000", public_host(PORT, "beta")),
+            format!("https://{}", public_host(8727, "alpha")),
+            "http://evil.example".to_owned(),
+            "null".to_owned(),
+        ] {
+            let answer = send(preflight_request(&stack, &origin)).await;
+            assert_denied(&stack, &answer, 403, &origin);
+            assert_eq!(
+                answer.json()["error"],
+                "CORS preflight refused: only this pod's own origins may call it"
+            );
+            assert_eq!(cors_headers(&answer), Vec::<String>::new(), "{origin}");
+            // With a valid capability too: a preflight is never forwarded.
+            let answer =
+                send(preflight_request(&stack, &origin).header("podgate-token", &token)).await;
+            assert_denied(&stack, &answer, 403, &format!("{origin} with a token"));
+        }
+        assert!(stack.alpha.requests().is_empty(), "{}", stack.describe());
+    });
+}
+
+#[test]
+fn a_same_pod_preflight_is_answered_by_the_filter_without_a_token() {
+    block_on(async {
+        let stack = turn().await;
+        for origin in [
+            format!("http://{}", public_host(8727, "alpha")),
+            format!("http://{}:10000", public_host(3000, "alpha")),
+        ] {
+            let answer = send(preflight_request(&stack, &origin)).await;
+            assert_eq!(answer.status, 204, "{origin}: {}", answer.body);
+            assert_eq!(
+                all_values(&answer, "access-control-allow-origin"),
+                std::slice::from_ref(&origin)
+            );
+            assert_eq!(
+                all_values(&answer, "access-control-allow-credentials"),
+                ["true"]
+            );
+            assert_eq!(all_values(&answer, "access-control-allow-methods"), ["PUT"]);
+            assert_eq!(
+                all_values(&answer, "access-control-allow-headers"),
+                ["content-type, x-csrf"]
+            );
+            assert_eq!(all_values(&answer, "access-control-max-age"), ["600"]);
+            assert!(answer.header("www-authenticate").is_none());
+            assert!(answer.header("location").is_none());
+            assert_nothing_forwarded(&stack, &origin);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSockets at capability expiry
+
+/// The filter's counter of WebSockets it closed at expiry, as Envoy names Wasm metrics.
+const EXPIRED_STAT: &str = "wasmcustom.podgate.websocket.expired";
+
+fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn an_open_websocket_is_closed_shortly_after_its_capability_expires() {
+    block_on(async {
+        let stack = turn().await;
+        let expired_before = stack.envoy.counter(EXPIRED_STAT).await.unwrap();
+        let issued = now();
+        let lifetime = 3;
+        let exp = issued + lifetime;
+        let token = stack
+            .minter
+            .mint(
+                &stack
+                    .minter
+                    .capability("alpha", PORT)
+                    .issued_at(issued)
+                    .lifetime(lifetime),
+            )
+            .unwrap();
+        let outcome = stack
+            .client
+            .websocket(&alpha_host(), "/ws", &[("podgate-token", &token)])
+            .await
+            .unwrap();
+        let WsOutcome::Open(mut ws) = outcome else {
+            panic!("WebSocket refused: {outcome:?}");
+        };
+        // Frames before expiry pass both ways.
+        for text in ["first", "just before expiry"] {
+            if text != "first" {
+                let wait = (exp as f64 - 0.8) - unix_now_f64();
+                if wait > 0.0 {
+                    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+                }
+            }
+            assert!(unix_now_f64() < exp as f64, "the test was too slow");
+            ws.send(Message::text(text)).await.unwrap();
+            let echoed = tokio::time::timeout(Duration::from_secs(2), ws.next())
+                .await
+                .expect("echo in time")
+                .expect("a message")
+                .unwrap();
+            assert_eq!(echoed, Message::text(text));
+        }
+        // Then silence: only the filter's tick can close it.
+        let closed_at = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Err(_) => panic!("the WebSocket is still open 15 s after its capability expired"),
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => unix_now_f64(),
+            Ok(Some(Ok(other))) => panic!("unexpected message {other:?}"),
+        };
+        let exp = exp as f64;
+        println!("WebSocket closed at exp{:+.2} s", closed_at - exp);
+        assert!(
+            closed_at >= exp && closed_at <= exp + 3.0,
+            "closed at exp{:+.2} s, want between exp and exp+3 s",
+            closed_at - exp
+        );
+        assert_eq!(stack.alpha.ws_messages(), 2, "both frames reached the pod");
+        // The filter closed it (not Envoy's idle timeouts, not the pod).
+        assert_eq!(
+            stack.envoy.counter(EXPIRED_STAT).await.unwrap(),
+            expired_before + 1,
+            "{}",
+            stack.envoy.log_tail()
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Fail closed
 
 /// Starts Envoy with `filter_config` in front of a fake pod and asserts it forwards nothing:

@@ -8,8 +8,9 @@
 //! `clear_route_cache` and inspect the headers Envoy would send upstream.
 //!
 //! Modules: `answers` (one test per row of DESIGN.md's answers table), `tokens` (RFC 8725
-//! classes), `hosts`, `stripping`, `cache`, `metrics`, `websocket`, `cost` (fuel per request,
-//! printed with `--nocapture`).
+//! classes), `hosts`, `stripping`, `cache`, `metrics`, `websocket`, `pod_responses` (Set-Cookie
+//! and CORS headers of pods), `preflight`, `websocket_expiry` (ticks and frames after `exp`),
+//! `cost` (fuel per request, printed with `--nocapture`).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -1952,6 +1953,21 @@ mod metrics {
             .set("origin", "http://evil.example")
             .send(&mut vm)
             .denied(403); // cross_pod_request
+        let preflight = |origin: &str| {
+            Req::alpha()
+                .method("OPTIONS")
+                .set("origin", origin)
+                .set("access-control-request-method", "PUT")
+        };
+        preflight("http://localhost-8726-pod-beta.localhost")
+            .send(&mut vm)
+            .denied(403); // cross_origin_preflight
+        preflight("http://localhost-8727-pod-alpha.localhost")
+            .set("access-control-request-method", "P U T")
+            .send(&mut vm)
+            .denied(400); // bad_preflight
+        let ok = preflight("http://localhost-8727-pod-alpha.localhost").send(&mut vm);
+        assert_eq!(ok.status(), Some(204)); // preflight
         Req::to("ghost", PORT)
             .token(&cap(&key, "ghost", PORT))
             .send(&mut vm)
@@ -1981,9 +1997,17 @@ mod metrics {
             ("podgate.denied.wrong_scope", 2),
             ("podgate.denied.cross_origin_websocket", 1),
             ("podgate.denied.cross_pod_request", 1),
+            ("podgate.denied.cross_origin_preflight", 1),
+            ("podgate.denied.bad_preflight", 1),
             ("podgate.denied.unknown_pod", 1),
             ("podgate.denied.pod_not_running", 1),
             ("podgate.denied.not_configured", 0),
+            ("podgate.preflight", 1),
+            // Response-side counters (`pod_responses`, `websocket_expiry` test them).
+            ("podgate.response.set_cookie_dropped", 0),
+            ("podgate.response.cors_stripped", 0),
+            ("podgate.response.failed", 0),
+            ("podgate.websocket.expired", 0),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -2248,10 +2272,460 @@ mod cross_pod {
 }
 
 // ---------------------------------------------------------------------------------------------
+mod pod_responses {
+    //! What the browser gets from a pod: no cookie for the parent domain, another host or under
+    //! our names; no `Access-Control-*` of the pod's; ours only for a same-pod `Origin`.
+    use std::collections::BTreeMap;
+
+    use podgate_wasm_tests::host::{FilterVm, Outcome};
+
+    use crate::support::*;
+
+    /// The request through the filter (must be forwarded), then `response` from the pod; the
+    /// response as the client would get it and the host calls of the response phase alone.
+    pub(crate) fn respond(
+        vm: &mut FilterVm,
+        req: &Req,
+        response: &[(&[u8], &[u8])],
+    ) -> (Outcome, BTreeMap<String, u64>) {
+        let ctx = vm.open_stream().unwrap();
+        let forwarded = vm.request_headers(ctx, &req.headers, true).unwrap();
+        assert!(forwarded.forwarded().is_some(), "{forwarded:?}");
+        let before = vm.host_calls();
+        let out = vm.response_headers(ctx, response, true).unwrap();
+        let after = vm.host_calls();
+        vm.close_stream(ctx).unwrap();
+        assert!(!vm.is_dead(), "{:?}", vm.failure());
+        let calls = after
+            .iter()
+            .filter_map(|(name, n)| {
+                let d = n - before.get(name).copied().unwrap_or(0);
+                (d > 0).then(|| (name.clone(), d))
+            })
+            .collect();
+        (out, calls)
+    }
+
+    const OWN_HOST: &str = "localhost-8726-pod-alpha.localhost";
+
+    #[test]
+    fn cookie_tossing_and_our_cookie_names_never_reach_the_browser() {
+        let mut vm = vm();
+        let req = Req::alpha().cookie(&alpha_cap());
+        let response: Vec<(&[u8], &[u8])> = vec![
+            (b":status", b"200"),
+            (b"set-cookie", b"session=s1; Path=/; HttpOnly"),
+            (b"set-cookie", b"toss=1; Domain=localhost"),
+            (b"set-cookie", b"toss=2; Domain=.localhost; Path=/"),
+            (b"set-cookie", b"toss=3; domain=LOCALHOST"),
+            (b"set-cookie", b"toss=4; Domain=localhost."),
+            (b"set-cookie", b"toss=5; Domain="),
+            (
+                b"set-cookie",
+                b"toss=6; Domain=localhost-8726-pod-beta.localhost",
+            ),
+            (
+                b"set-cookie",
+                b"toss=7; Domain=localhost-8727-pod-alpha.localhost",
+            ),
+            (b"content-type", b"text/html"),
+            (b"set-cookie", b"podgate_cap=forged; Path=/"),
+            (b"set-cookie", b"__Host-podgate_cap=forged; Path=/; Secure"),
+            (b"set-cookie", b"__Secure-podgate_cap=forged"),
+            (b"set-cookie", b"PodGate_Cap=forged"),
+            (b"set-cookie", b" podgate_cap =forged"),
+            (b"set-cookie", b"podgate_session=forged"),
+            (b"set-cookie", b"=podgate_cap=forged"),
+            (b"set-cookie", b"junk=\xff\xfe"),
+            (
+                b"set-cookie",
+                b"prefs=\"a b\"; Domain=localhost-8726-pod-alpha.localhost",
+            ),
+            (
+                b"set-cookie",
+                b"last=9; Domain=.LOCALHOST-8726-POD-ALPHA.LOCALHOST; Max-Age=60",
+            ),
+        ];
+        let (out, calls) = respond(&mut vm, &req, &response);
+        assert_eq!(
+            out.header_values("set-cookie"),
+            [
+                "session=s1; Path=/; HttpOnly",
+                "prefs=\"a b\"; Domain=localhost-8726-pod-alpha.localhost",
+                "last=9; Domain=.LOCALHOST-8726-POD-ALPHA.LOCALHOST; Max-Age=60",
+            ],
+            "only the pod's own cookies, byte for byte, in order"
+        );
+        assert_eq!(out.header(":status"), Some("200"));
+        assert_eq!(out.header("content-type"), Some("text/html"));
+        assert_eq!(metric(&vm, "podgate.response.set_cookie_dropped"), 15);
+        // One read, one remove, one add per kept cookie.
+        assert_eq!(calls.get("proxy_get_header_map_pairs"), Some(&1));
+        assert_eq!(calls.get("proxy_remove_header_map_value"), Some(&1));
+        assert_eq!(calls.get("proxy_add_header_map_value"), Some(&3));
+    }
+
+    #[test]
+    fn a_plain_response_costs_one_host_call_and_is_untouched() {
+        let mut vm = vm();
+        let req = Req::alpha().cookie(&alpha_cap());
+        let response: Vec<(&[u8], &[u8])> = vec![
+            (b":status", b"200"),
+            (b"content-type", b"application/json"),
+            (b"set-cookie", b"a=1; Path=/"),
+            (
+                b"set-cookie",
+                b"b=2; Domain=localhost-8726-pod-alpha.localhost",
+            ),
+            (b"x-raw", b"caf\xe9"),
+        ];
+        let (out, calls) = respond(&mut vm, &req, &response);
+        assert_eq!(
+            calls,
+            BTreeMap::from([("proxy_get_header_map_pairs".to_owned(), 1)]),
+            "nothing to change: one read, no edit"
+        );
+        assert_eq!(
+            out.header_values("set-cookie"),
+            [
+                "a=1; Path=/",
+                "b=2; Domain=localhost-8726-pod-alpha.localhost"
+            ]
+        );
+        assert_eq!(out.header("x-raw"), Some("caf\u{fffd}"));
+        assert_eq!(metric(&vm, "podgate.response.set_cookie_dropped"), 0);
+    }
+
+    #[test]
+    fn the_control_plane_may_set_our_cookie_on_the_callback() {
+        let mut vm = vm();
+        let req = Req::get(OWN_HOST, "/.podgate/callback?ticket=x");
+        let cookie = "podgate_cap=minted; Path=/; HttpOnly; SameSite=Lax";
+        let response: Vec<(&[u8], &[u8])> = vec![
+            (b":status", b"302"),
+            (b"set-cookie", cookie.as_bytes()),
+            (b"location", b"/"),
+        ];
+        let (out, calls) = respond(&mut vm, &req, &response);
+        assert_eq!(out.header_values("set-cookie"), [cookie]);
+        assert!(calls.is_empty(), "{calls:?}");
+    }
+
+    #[test]
+    fn the_pods_cors_headers_are_removed_and_ours_follow_a_same_pod_origin() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let response: Vec<(&[u8], &[u8])> = vec![
+            (b":status", b"200"),
+            (b"access-control-allow-origin", b"*"),
+            (b"access-control-allow-credentials", b"true"),
+            (
+                b"access-control-allow-origin",
+                b"http://localhost-8726-pod-beta.localhost",
+            ),
+            (b"access-control-expose-headers", b"x-total"),
+            (b"access-control-allow-methods", b"PUT"),
+            (b"vary", b"accept-encoding"),
+        ];
+        let aca = |out: &Outcome| -> Vec<(String, String)> {
+            match out {
+                Outcome::Continue { headers } => headers
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("access-control-"))
+                    .cloned()
+                    .collect(),
+                other => panic!("{other:?}"),
+            }
+        };
+        // No Origin, another pod, a foreign site, null, another scheme: no CORS header at all.
+        for origin in [
+            None,
+            Some("http://localhost-8726-pod-beta.localhost:10000"),
+            Some("http://evil.example"),
+            Some("null"),
+            Some("https://localhost-8727-pod-alpha.localhost"),
+            Some("http://localhost-8727-pod-alpha.localhost/"),
+        ] {
+            let mut req = Req::alpha().token(&t);
+            if let Some(o) = origin {
+                req = req.set("origin", o);
+            }
+            let (out, _) = respond(&mut vm, &req, &response);
+            assert_eq!(aca(&out), vec![], "{origin:?}");
+            assert_eq!(out.header_values("vary"), ["accept-encoding"], "{origin:?}");
+        }
+        // Another port of the same pod: ours, with the origin echoed; the pod's expose list.
+        for origin in [
+            "http://localhost-8727-pod-alpha.localhost:10000",
+            "http://localhost-8726-pod-alpha.localhost",
+        ] {
+            let req = Req::alpha().cookie(&t).set("origin", origin);
+            let (out, _) = respond(&mut vm, &req, &response);
+            let got = aca(&out);
+            assert_eq!(out.header_values("access-control-allow-origin"), [origin]);
+            assert_eq!(
+                out.header_values("access-control-allow-credentials"),
+                ["true"]
+            );
+            assert_eq!(
+                out.header_values("access-control-expose-headers"),
+                ["x-total"]
+            );
+            assert_eq!(got.len(), 3, "{got:?}");
+            assert_eq!(out.header_values("vary"), ["accept-encoding", "Origin"]);
+        }
+        assert!(metric(&vm, "podgate.response.cors_stripped") >= 6 * 4);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod preflight {
+    //! CORS preflights are answered by the filter and never forwarded.
+    use crate::support::*;
+
+    fn preflight(origin: &str) -> Req {
+        Req::alpha()
+            .method("OPTIONS")
+            .path("/api/items")
+            .set("origin", origin)
+            .set("access-control-request-method", "PUT")
+            .set("access-control-request-headers", "content-type,x-csrf")
+    }
+
+    #[test]
+    fn a_same_pod_preflight_is_answered_204_without_a_token() {
+        let mut vm = vm();
+        for origin in [
+            "http://localhost-8727-pod-alpha.localhost:10000",
+            "http://localhost-8726-pod-alpha.localhost",
+            "http://localhost-3000-pod-alpha.localhost:8080",
+        ] {
+            let sent = preflight(origin).send(&mut vm);
+            assert_eq!(sent.status(), Some(204), "{origin}: {:?}", sent.out);
+            assert_eq!(sent.route_clears, 0, "answered here, never routed");
+            let h = |n: &str| sent.out.header(n);
+            assert_eq!(h("access-control-allow-origin"), Some(origin));
+            assert_eq!(h("access-control-allow-credentials"), Some("true"));
+            assert_eq!(h("access-control-allow-methods"), Some("PUT"));
+            assert_eq!(
+                h("access-control-allow-headers"),
+                Some("content-type, x-csrf")
+            );
+            assert_eq!(h("access-control-max-age"), Some("600"));
+            assert!(h("vary").unwrap().contains("Origin"));
+            assert_eq!(h("www-authenticate"), None);
+            assert_eq!(h("location"), None);
+            assert_eq!(sent.out.body_text().as_deref(), Some(""));
+        }
+        assert_eq!(metric(&vm, "podgate.preflight"), 3);
+        assert_eq!(metric(&vm, "podgate.allowed"), 0);
+    }
+
+    #[test]
+    fn any_other_origin_gets_403_and_nothing_is_forwarded() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let origins = [
+            "http://localhost-8726-pod-beta.localhost:10000",
+            "http://localhost-8726-pod-beta.localhost",
+            "null",
+            "http://evil.example",
+            "https://localhost-8726-pod-alpha.localhost",
+            "http://localhost-8726-pod-alpha.localhost/path",
+            "http://LOCALHOST-8726-POD-ALPHA.LOCALHOST",
+            "http://localhost-8726-pod-alpha.localhost.evil.com",
+            "",
+        ];
+        for origin in origins {
+            let sent = preflight(origin).send(&mut vm);
+            let body = sent.denied(403);
+            assert_eq!(
+                body["error"], "CORS preflight refused: only this pod's own origins may call it",
+                "{origin:?}"
+            );
+            assert_eq!(sent.out.header("access-control-allow-origin"), None);
+            // Credentials change nothing: a preflight is never forwarded.
+            let with_cookie = preflight(origin).cookie(&t).send(&mut vm);
+            with_cookie.denied(403);
+        }
+        assert_eq!(
+            metric(&vm, "podgate.denied.cross_origin_preflight"),
+            (origins.len() * 2) as u64
+        );
+        // A same-pod preflight with a malformed request list: 400.
+        let bad = preflight("http://localhost-8727-pod-alpha.localhost")
+            .set("access-control-request-headers", "a b, c")
+            .send(&mut vm);
+        bad.denied(400);
+        assert_eq!(metric(&vm, "podgate.denied.bad_preflight"), 1);
+    }
+
+    #[test]
+    fn options_without_the_preflight_fields_is_an_ordinary_request() {
+        let mut vm = vm();
+        // No Access-Control-Request-Method: authenticated like any request.
+        let sent = Req::alpha()
+            .method("OPTIONS")
+            .set("origin", "http://localhost-8727-pod-alpha.localhost")
+            .send(&mut vm);
+        sent.unauthorized();
+        let sent = Req::alpha()
+            .method("OPTIONS")
+            .set("origin", "http://localhost-8727-pod-alpha.localhost")
+            .token(&alpha_cap())
+            .send(&mut vm);
+        sent.forwarded();
+        // A preflight to a host that is not a pod host: 400 as every request there.
+        Req::get("example.com", "/")
+            .method("OPTIONS")
+            .set("origin", "http://example.com")
+            .set("access-control-request-method", "GET")
+            .send(&mut vm)
+            .denied(400);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+mod websocket_expiry {
+    //! An open WebSocket is closed when its capability expires: by the root context's tick
+    //! (1 s), and on any frame after `exp`.
+    use std::time::Duration;
+
+    use podgate_wasm_tests::host::{FilterVm, Outcome};
+
+    use crate::support::*;
+
+    /// A WebSocket forwarded with a header token valid until `NOW + LIFETIME`, upgraded.
+    fn open(vm: &mut FilterVm) -> u32 {
+        let ctx = vm.open_stream().unwrap();
+        let req = Req::alpha().token(&alpha_cap()).websocket();
+        let out = vm.request_headers(ctx, &req.headers, false).unwrap();
+        assert_eq!(out.header("upgrade"), Some("websocket"), "{out:?}");
+        let out = vm
+            .response_headers(
+                ctx,
+                &[
+                    (":status", "101"),
+                    ("upgrade", "websocket"),
+                    ("connection", "upgrade"),
+                ],
+                false,
+            )
+            .unwrap();
+        assert!(matches!(out, Outcome::Continue { .. }), "{out:?}");
+        ctx
+    }
+
+    fn at(vm: &mut FilterVm, secs: i64) {
+        vm.set_time_secs(u64::try_from(secs).unwrap());
+    }
+
+    const EXP: i64 = NOW + LIFETIME;
+
+    #[test]
+    fn the_tick_closes_a_websocket_when_its_capability_expires() {
+        let mut vm = vm();
+        assert_eq!(vm.tick_period(), Some(Duration::from_secs(1)));
+        let ws = open(&mut vm);
+        // A plain request with the same token stays open (only WebSockets are tracked).
+        let plain = vm.open_stream().unwrap();
+        let req = Req::alpha().token(&alpha_cap());
+        vm.request_headers(plain, &req.headers, true).unwrap();
+
+        for t in [NOW + 1, EXP - 60, EXP - 1] {
+            at(&mut vm, t);
+            assert_eq!(vm.tick().unwrap(), Vec::<u32>::new(), "at {t}");
+            // Frames both ways pass before expiry.
+            let up = vm.request_body(ws, b"\x81\x05hello", false).unwrap();
+            assert!(matches!(up, Outcome::Continue { .. }), "{up:?}");
+            let down = vm.response_body(ws, b"\x81\x05hello", false).unwrap();
+            assert!(matches!(down, Outcome::Continue { .. }), "{down:?}");
+            assert_eq!(vm.response_body_of(ws).unwrap(), b"\x81\x05hello");
+        }
+        at(&mut vm, EXP);
+        assert_eq!(vm.tick().unwrap(), vec![ws], "closed at exp");
+        assert!(!vm.is_open(ws));
+        assert!(vm.is_open(plain));
+        assert_eq!(metric(&vm, "podgate.websocket.expired"), 1);
+        // Closed once: later ticks have nothing to do.
+        at(&mut vm, EXP + 5);
+        assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+        vm.close_stream(plain).unwrap();
+        assert!(!vm.is_dead());
+    }
+
+    #[test]
+    fn a_frame_after_expiry_closes_the_websocket_even_without_a_tick() {
+        for upstream in [false, true] {
+            let mut vm = vm();
+            let ws = open(&mut vm);
+            at(&mut vm, EXP);
+            let out = if upstream {
+                vm.response_body(ws, b"\x81\x01x", false).unwrap()
+            } else {
+                vm.request_body(ws, b"\x81\x01x", false).unwrap()
+            };
+            assert_eq!(out, Outcome::Reset, "upstream={upstream}");
+            assert!(vm.was_reset(ws));
+            vm.close_stream(ws).unwrap();
+            assert_eq!(metric(&vm, "podgate.websocket.expired"), 1);
+            // The registry forgot it: the tick does not try again.
+            assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+            assert!(!vm.is_dead());
+        }
+    }
+
+    #[test]
+    fn a_websocket_that_ended_is_forgotten() {
+        let mut vm = vm();
+        let ws = open(&mut vm);
+        vm.close_stream(ws).unwrap();
+        let before = vm.host_calls();
+        at(&mut vm, EXP + 10);
+        assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+        let after = vm.host_calls();
+        assert_eq!(
+            after.get("proxy_set_effective_context"),
+            before.get("proxy_set_effective_context"),
+            "no attempt to close a stream that is gone"
+        );
+        assert_eq!(metric(&vm, "podgate.websocket.expired"), 0);
+    }
+
+    #[test]
+    fn several_websockets_close_each_at_its_own_expiry() {
+        let mut vm = vm();
+        let early_token = cap_with(&ed_key(1), &claims("alpha", PORT), NOW, 60);
+        let open_with = |vm: &mut FilterVm, token: &str| {
+            let ctx = vm.open_stream().unwrap();
+            let req = Req::alpha()
+                .cookie(token)
+                .websocket()
+                .set("origin", "http://localhost-8726-pod-alpha.localhost:10000");
+            let out = vm.request_headers(ctx, &req.headers, false).unwrap();
+            assert!(matches!(out, Outcome::Continue { .. }), "{out:?}");
+            ctx
+        };
+        let early = open_with(&mut vm, &early_token);
+        let late = open_with(&mut vm, &alpha_cap());
+        at(&mut vm, NOW + 59);
+        assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+        at(&mut vm, NOW + 60);
+        assert_eq!(vm.tick().unwrap(), vec![early]);
+        assert!(vm.is_open(late));
+        at(&mut vm, EXP);
+        assert_eq!(vm.tick().unwrap(), vec![late]);
+        assert_eq!(metric(&vm, "podgate.websocket.expired"), 2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 mod cost {
     //! Fuel (≈ wasm instructions) and host calls per request, per key algorithm. Printed with
     //! `cargo test -p podgate-wasm-tests --test filter_wasm cost -- --nocapture`; wall-clock
     //! numbers come from `cargo run --release --example filter_cost -p podgate-wasm-tests`.
+    use std::collections::BTreeMap;
+
     use crate::support::*;
 
     struct Row {
@@ -2335,5 +2809,84 @@ mod cost {
         assert!(ratio(&rows[0]) >= 20, "EdDSA {}", ratio(&rows[0]));
         assert!(ratio(&rows[1]) >= 50, "ES256 {}", ratio(&rows[1]));
         assert!(ratio(&rows[2]) >= 2, "HS256 {}", ratio(&rows[2]));
+    }
+
+    /// Fuel and host calls of the response phase alone, for a forwarded cached request.
+    fn response_cost(req: &Req, response: &[(&str, &str)]) -> (u64, BTreeMap<String, u64>) {
+        let mut vm = vm();
+        let warm = Req::alpha().token(&alpha_cap());
+        warm.send(&mut vm).forwarded();
+        let ctx = vm.open_stream().unwrap();
+        vm.request_headers(ctx, &req.headers, true).unwrap();
+        let fuel = vm.fuel_used();
+        let calls = vm.host_calls();
+        vm.response_headers(ctx, response, true).unwrap();
+        let spent = vm.fuel_used() - fuel;
+        let delta = vm
+            .host_calls()
+            .into_iter()
+            .filter_map(|(n, c)| {
+                let d = c - calls.get(&n).copied().unwrap_or(0);
+                (d > 0).then_some((n, d))
+            })
+            .collect();
+        vm.close_stream(ctx).unwrap();
+        (spent, delta)
+    }
+
+    #[test]
+    fn response_cost_per_case() {
+        let t = alpha_cap();
+        let plain_req = Req::alpha().token(&t);
+        let plain: &[(&str, &str)] = &[
+            (":status", "200"),
+            ("content-type", "text/html"),
+            ("content-length", "1234"),
+            ("date", "Mon, 23 Nov 2026 15:00:00 GMT"),
+            ("server", "nginx"),
+            ("cache-control", "no-cache"),
+        ];
+        let mut with_cookies = plain.to_vec();
+        with_cookies.push(("set-cookie", "session=abc; Path=/; HttpOnly"));
+        with_cookies.push(("set-cookie", "theme=dark; Max-Age=60"));
+        let mut with_bad = with_cookies.clone();
+        with_bad.push(("set-cookie", "toss=1; Domain=localhost"));
+        let own = Req::alpha()
+            .token(&t)
+            .set("origin", "http://localhost-8727-pod-alpha.localhost");
+        let cases = [
+            ("plain", &plain_req, plain.to_vec()),
+            ("2 good cookies", &plain_req, with_cookies),
+            ("1 bad cookie", &plain_req, with_bad),
+            ("same-pod origin", &own, plain.to_vec()),
+        ];
+        println!(
+            "{:<16} {:>8} {:>6}  host calls",
+            "response", "fuel", "calls"
+        );
+        let mut rows = Vec::new();
+        for (name, req, response) in cases {
+            let (fuel, calls) = response_cost(req, &response);
+            println!(
+                "{name:<16} {fuel:>8} {:>6}  {calls:?}",
+                calls.values().sum::<u64>()
+            );
+            rows.push((fuel, calls));
+        }
+        // A response with nothing to change: the one header read, nothing else.
+        assert_eq!(
+            rows[0].1,
+            BTreeMap::from([("proxy_get_header_map_pairs".to_owned(), 1)])
+        );
+        assert_eq!(rows[1].1.values().sum::<u64>(), 1, "{:?}", rows[1].1);
+        // Dropping one: remove all, re-add the two kept, count the drop.
+        assert_eq!(rows[2].1.values().sum::<u64>(), 5, "{:?}", rows[2].1);
+        assert_eq!(rows[2].1.get("proxy_add_header_map_value"), Some(&2));
+        // A same-pod origin: ACAO, ACAC, Vary.
+        assert_eq!(rows[3].1.values().sum::<u64>(), 4, "{:?}", rows[3].1);
+        // Measured: a plain response costs well under a tenth of a cached request, and cookies
+        // without a Domain need no host parsing.
+        assert!(rows[0].0 < 5_000, "{}", rows[0].0);
+        assert!(rows[1].0 < 15_000, "{}", rows[1].0);
     }
 }

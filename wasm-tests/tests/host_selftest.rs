@@ -472,3 +472,108 @@ fn a_vm_can_be_driven_from_inside_an_async_runtime() {
         );
     });
 }
+
+#[test]
+fn a_tick_resets_a_stream_made_effective_and_envoy_style_destroys_it() {
+    let mut vm = configured("x");
+    let ctx = vm.open_stream().unwrap();
+    let headers = [
+        (":authority", "pod.example"),
+        (":path", "/close-on-tick"),
+        (":method", "GET"),
+    ];
+    assert!(vm
+        .request_headers(ctx, &headers, true)
+        .unwrap()
+        .forwarded()
+        .is_some());
+    assert!(vm.is_open(ctx));
+    assert!(!vm.was_reset(ctx));
+    let logged_before = vm.metric("probe_logged").unwrap();
+    let calls_before = vm.host_calls();
+
+    // The tick made the stream effective and closed it; the host then destroyed the stream.
+    assert_eq!(vm.tick().unwrap(), vec![ctx]);
+    assert!(!vm.is_open(ctx));
+    assert!(has_log(
+        &vm,
+        LogLevel::Info,
+        &format!("tick closed ctx={ctx}")
+    ));
+    assert_eq!(
+        vm.metric("probe_logged"),
+        Some(logged_before + 1),
+        "on_log ran"
+    );
+    assert!(has_log(&vm, LogLevel::Info, &format!("log ctx={ctx}")));
+    let calls = vm.host_calls();
+    let delta = |name: &str| {
+        calls.get(name).copied().unwrap_or(0) - calls_before.get(name).copied().unwrap_or(0)
+    };
+    assert_eq!(delta("proxy_set_effective_context"), 1);
+    assert_eq!(delta("proxy_close_stream"), 1);
+    assert_eq!(vm.last_stream().unwrap().context_id, ctx);
+    // Nothing left to close on the next tick.
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    assert!(vm.close_stream(ctx).is_err(), "already destroyed");
+}
+
+#[test]
+fn a_tick_cannot_make_a_vanished_context_effective() {
+    let mut vm = configured("x");
+    let out = request(&mut vm, "/close-on-tick-gone");
+    assert!(out.forwarded().is_some());
+    let ctx = vm.last_stream().unwrap().context_id;
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    let gone = ctx + 1000;
+    assert!(
+        vm.logs().iter().any(|(level, m)| *level == LogLevel::Warn
+            && m == &format!("tick cannot reach ctx={gone}: BadArgument")),
+        "{:?}",
+        vm.logs()
+    );
+    // Closing the stream of a finished request later is not possible either.
+    assert!(!vm.is_dead());
+}
+
+#[test]
+fn response_bodies_reach_the_guest_and_can_be_edited_or_reset() {
+    let mut vm = configured("x");
+    let ctx = vm.open_stream().unwrap();
+    let headers = [
+        (":authority", "pod.example"),
+        (":path", "/body"),
+        (":method", "GET"),
+    ];
+    vm.request_headers(ctx, &headers, true).unwrap();
+    let response = vm
+        .response_headers(ctx, &[(":status", "101"), ("upgrade", "websocket")], false)
+        .unwrap();
+    assert_eq!(response.header("x-probe-response"), Some("seen"));
+    let out = vm.response_body(ctx, b"frame-1", false).unwrap();
+    assert_eq!(out.header(":status"), Some("101"), "{out:?}");
+    assert_eq!(vm.response_body_of(ctx).unwrap(), b"probe:frame-1");
+    assert_eq!(
+        vm.response_body(ctx, b"please reset", false).unwrap(),
+        Outcome::Reset
+    );
+    assert!(vm.was_reset(ctx));
+    vm.close_stream(ctx).unwrap();
+    assert!(!vm.is_open(ctx));
+}
+
+#[test]
+fn close_stream_on_the_root_context_is_a_harmless_ok() {
+    // Envoy answers Ok and does nothing when the effective context has no HTTP stream.
+    let mut vm = configured("close-root");
+    let ctx = vm.open_stream().unwrap();
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    assert!(
+        has_log(&vm, LogLevel::Info, "root close Ok(())"),
+        "{:?}",
+        vm.logs()
+    );
+    assert!(vm.is_open(ctx));
+    assert!(!vm.was_reset(ctx));
+    vm.close_stream(ctx).unwrap();
+}

@@ -26,6 +26,8 @@ struct Shared {
     ticks_metric: Cell<u32>,
     gauge_metric: Cell<u32>,
     histogram_metric: Cell<u32>,
+    /// Streams to reset on the next tick (`/close-on-tick`).
+    close_on_tick: RefCell<Vec<u32>>,
 }
 
 struct ProbeRoot {
@@ -87,6 +89,22 @@ impl RootContext for ProbeRoot {
 
     fn on_tick(&mut self) {
         let _ = hostcalls::increment_metric(self.shared.ticks_metric.get(), 1);
+        // Reset each registered stream from the root context, as a filter closing streams on a
+        // timer does: make the stream effective, then close it.
+        if *self.shared.config.borrow() == "close-root" {
+            let result = hostcalls::reset_http_request();
+            log::info!("root close {result:?}");
+        }
+        let ids: Vec<u32> = self.shared.close_on_tick.borrow_mut().drain(..).collect();
+        for id in ids {
+            match hostcalls::set_effective_context(id) {
+                Ok(()) => {
+                    let _ = hostcalls::reset_http_request();
+                    log::info!("tick closed ctx={id}");
+                }
+                Err(status) => log::warn!("tick cannot reach ctx={id}: {status:?}"),
+            }
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -197,6 +215,15 @@ impl HttpContext for ProbeHttp {
                 return Action::Continue;
             }
             "/body" => return Action::Continue,
+            "/close-on-tick" => {
+                self.shared.close_on_tick.borrow_mut().push(self.context_id);
+                return Action::Continue;
+            }
+            "/close-on-tick-gone" => {
+                // A context id that will not exist any more when the tick comes.
+                self.shared.close_on_tick.borrow_mut().push(self.context_id + 1000);
+                return Action::Continue;
+            }
             _ => {}
         }
 
@@ -246,6 +273,18 @@ impl HttpContext for ProbeHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.set_http_response_header("server", None);
         self.set_http_response_header("x-probe-response", Some("seen"));
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+        if body.windows(5).any(|w| w == b"reset") {
+            let _ = hostcalls::reset_http_response();
+            return Action::Pause;
+        }
+        let mut edited = b"probe:".to_vec();
+        edited.extend_from_slice(&body);
+        self.set_http_response_body(0, body_size, &edited);
         Action::Continue
     }
 

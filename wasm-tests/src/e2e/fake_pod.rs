@@ -1,6 +1,8 @@
 //! A fake pod upstream: an HTTP/1.1 server on 127.0.0.1 that records every TCP connection it
 //! accepts and every request it reads (method, path, all headers in order), answers with JSON
-//! describing what it received, and echoes WebSocket messages after an upgrade.
+//! describing what it received, and echoes WebSocket messages after an upgrade. A test can make
+//! it add chosen response headers (`respond_with`: `Set-Cookie`, `Access-Control-*`, raw bytes)
+//! to see what the filter lets through to the client.
 //!
 //! "Nothing reached the pod" is asserted on this record: no request and no connection.
 
@@ -71,11 +73,19 @@ struct Record {
     requests: Mutex<Vec<Recorded>>,
     /// Shared with the tasks that serve upgraded connections.
     ws_messages: Arc<AtomicUsize>,
+    /// Headers appended to every plain (non-upgrade) response, in order.
+    extra_headers: Mutex<Vec<(String, Vec<u8>)>>,
 }
 
 impl Record {
     fn requests(&self) -> MutexGuard<'_, Vec<Recorded>> {
         self.requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn extra_headers(&self) -> MutexGuard<'_, Vec<(String, Vec<u8>)>> {
+        self.extra_headers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -151,11 +161,21 @@ impl FakePod {
         )
     }
 
-    /// Forgets everything recorded so far.
+    /// Forgets everything recorded so far, and any headers set with `respond_with`.
     pub fn reset(&self) {
         self.record.connections.store(0, Ordering::SeqCst);
         self.record.ws_messages.store(0, Ordering::SeqCst);
         self.record.requests().clear();
+        self.record.extra_headers().clear();
+    }
+
+    /// From now until the next `reset`, every plain response also carries these headers, in
+    /// this order (repeats allowed; values are raw bytes, so obs-text works too).
+    pub fn respond_with<N: AsRef<str>, V: AsRef<[u8]>>(&self, headers: &[(N, V)]) {
+        *self.record.extra_headers() = headers
+            .iter()
+            .map(|(n, v)| (n.as_ref().to_ascii_lowercase(), v.as_ref().to_vec()))
+            .collect();
     }
 }
 
@@ -271,7 +291,16 @@ async fn handle(name: &str, record: &Record, mut req: Request<Incoming>) -> Resp
     })
     .unwrap_or_default();
     record.requests().push(recorded);
-    response(StatusCode::OK, "application/json", echo)
+    let mut resp = response(StatusCode::OK, "application/json", echo);
+    for (name, value) in record.extra_headers().iter() {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    resp
 }
 
 async fn echo(io: TokioIo<hyper::upgrade::Upgraded>, messages: &AtomicUsize) {

@@ -361,16 +361,18 @@ fn link_proxy_wasm(
         }
     });
     define!(linker, defined, "proxy_close_stream", |c, kind: u32| {
-        let stream = c
-            .data_mut()
-            .stream()
-            .ok_or(Stop::Status(status::BAD_ARGUMENT))?;
-        if kind == abi::stream_type::HTTP_REQUEST || kind == abi::stream_type::HTTP_RESPONSE {
-            stream.reset = true;
-            Ok(status::OK)
-        } else {
-            Err(Stop::Status(status::BAD_ARGUMENT))
+        if kind != abi::stream_type::HTTP_REQUEST && kind != abi::stream_type::HTTP_RESPONSE {
+            return Err(Stop::Status(status::BAD_ARGUMENT));
         }
+        let state = c.data_mut();
+        // Envoy answers Ok on a context without an HTTP stream (the root context) and does
+        // nothing; on a stream it resets it once the current callback has returned.
+        if state.effective_context == state.root_context_id {
+            return Ok(status::OK);
+        }
+        let stream = state.stream().ok_or(Stop::Status(status::BAD_ARGUMENT))?;
+        stream.reset = true;
+        Ok(status::OK)
     });
     define!(
         linker,

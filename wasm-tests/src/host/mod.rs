@@ -27,6 +27,10 @@
 //! - A local reply is reported as `Outcome::LocalReply` whatever the action
 //!   returned (see `StreamStats::request_headers_action` for the action). It
 //!   is not run back through `proxy_on_response_headers`.
+//! - `tick()` runs `proxy_on_tick`; a stream the guest resets from there
+//!   (`proxy_set_effective_context` + `proxy_close_stream`) is destroyed right
+//!   after the tick (`on_log`, `on_done`, `on_delete`), as Envoy does once the
+//!   callback returns, and its id is returned.
 //! - The clock (`proxy_get_current_time_nanoseconds` and the WASI wall clock)
 //!   follows the system until `set_time`/`set_time_secs` fixes it.
 //! - A trap kills the VM: that request reports `Outcome::Trapped` (with the

@@ -157,6 +157,7 @@ struct Exports {
     on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
     on_request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
     on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
     on_log: Option<TypedFunc<u32, ()>>,
     on_done: Option<TypedFunc<u32, u32>>,
     on_delete: Option<TypedFunc<u32, ()>>,
@@ -185,6 +186,7 @@ impl Exports {
             on_request_headers: optional!("proxy_on_request_headers"),
             on_request_body: optional!("proxy_on_request_body"),
             on_response_headers: optional!("proxy_on_response_headers"),
+            on_response_body: optional!("proxy_on_response_body"),
             on_log: optional!("proxy_on_log"),
             on_done: optional!("proxy_on_done"),
             on_delete: optional!("proxy_on_delete"),
@@ -364,13 +366,54 @@ impl FilterVm {
         self.store.data().clock.now_nanos()
     }
 
-    /// Run `proxy_on_tick` on the root context.
-    pub fn tick(&mut self) -> anyhow::Result<()> {
+    /// Run `proxy_on_tick` on the root context, as Envoy's tick timer does.
+    ///
+    /// A stream the guest reset during the tick (`proxy_set_effective_context` to the stream,
+    /// then `proxy_close_stream`) is then destroyed the way Envoy does it after the callback
+    /// returns: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`. Returns the context ids of
+    /// those streams, in id order; they are no longer open.
+    pub fn tick(&mut self) -> anyhow::Result<Vec<u32>> {
         let Some(tick) = self.exports.on_tick.clone() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
+        let already_reset: Vec<u32> = self.reset_stream_ids();
         self.call(&tick, ROOT_CONTEXT_ID, ROOT_CONTEXT_ID)?
-            .map_err(|t| t.into_error("proxy_on_tick"))
+            .map_err(|t| t.into_error("proxy_on_tick"))?;
+        let mut closed: Vec<u32> = self
+            .reset_stream_ids()
+            .into_iter()
+            .filter(|id| !already_reset.contains(id))
+            .collect();
+        closed.sort_unstable();
+        for context_id in &closed {
+            self.close_stream(*context_id)?;
+        }
+        Ok(closed)
+    }
+
+    fn reset_stream_ids(&self) -> Vec<u32> {
+        self.store
+            .data()
+            .streams
+            .iter()
+            .filter(|(_, s)| s.reset)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether a stream opened with `open_stream` is still open (not closed, not destroyed
+    /// after a reset during a tick).
+    pub fn is_open(&self, context_id: u32) -> bool {
+        self.store.data().streams.contains_key(&context_id)
+    }
+
+    /// Whether the guest reset this open stream (`proxy_close_stream`).
+    pub fn was_reset(&self, context_id: u32) -> bool {
+        self.store
+            .data()
+            .streams
+            .get(&context_id)
+            .is_some_and(|s| s.reset)
     }
 
     /// The tick period the guest asked for, if any.
@@ -530,6 +573,40 @@ impl FilterVm {
             context_id,
         )?;
         self.outcome(context_id, action, |s| s.response_headers.as_ref())
+    }
+
+    /// Deliver a chunk of the response body to an open stream (for an upgraded WebSocket,
+    /// Envoy hands each chunk of upstream bytes here). The body after the filter's edits is
+    /// available from `response_body_of`; `Continue`/`Paused` carry the response headers.
+    pub fn response_body(
+        &mut self,
+        context_id: u32,
+        body: &[u8],
+        end_of_stream: bool,
+    ) -> anyhow::Result<Outcome> {
+        let size = abi::len_u32(body.len());
+        self.stream_mut(context_id)?.response_body = Some(body.to_vec());
+        let Some(func) = self.exports.on_response_body.clone() else {
+            return self.outcome(context_id, Ok(Action::Continue), |s| {
+                s.response_headers.as_ref()
+            });
+        };
+        let action = self.stream_call(
+            &func,
+            (context_id, size, u32::from(end_of_stream)),
+            context_id,
+        )?;
+        self.outcome(context_id, action, |s| s.response_headers.as_ref())
+    }
+
+    /// The response body of an open stream, after the filter's edits.
+    pub fn response_body_of(&self, context_id: u32) -> Option<Vec<u8>> {
+        self.store
+            .data()
+            .streams
+            .get(&context_id)?
+            .response_body
+            .clone()
     }
 
     /// End a stream: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
