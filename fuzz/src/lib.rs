@@ -14,6 +14,8 @@
 //!   of clock then the token, `'2'`: mutate a minted token, `'3'`: the rest is a JWKS).
 //! - `gate` and `filter_wasm`: a flags byte, a selector byte, then header lines `name:value`
 //!   separated by `\n` (see [`gate_case`]).
+//! - `response`: a flags byte (scheme, authority), an origin selector byte, then the pod's
+//!   response header lines `name:value` separated by `\n` (see [`response`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::cell::RefCell;
@@ -32,7 +34,15 @@ use podgate_protocol::reply::Denial;
 use podgate_protocol::token::{self, KeySet, PodClaims, SigningKey, TokenKind, Verifier};
 
 /// Every fuzz target; each has a seed directory `fuzz/corpus/<target>/`.
-pub const TARGETS: [&str; 6] = ["host", "cookie", "token", "redirect", "gate", "filter_wasm"];
+pub const TARGETS: [&str; 7] = [
+    "host",
+    "cookie",
+    "token",
+    "redirect",
+    "gate",
+    "response",
+    "filter_wasm",
+];
 
 /// The clock every check runs at (unix seconds).
 pub const NOW: i64 = 1_800_000_000;
@@ -48,6 +58,7 @@ pub fn run(target: &str, data: &[u8]) -> bool {
         "cookie" => cookie(data),
         "token" => token(data),
         "redirect" => redirect(data),
+        "response" => response(data),
         "gate" | "filter_wasm" => {
             gate(data);
         }
@@ -1010,5 +1021,174 @@ fn check_forward(
     assert!(
         granted,
         "forwarded to {pod:?} as {user:?} without a valid capability for it"
+    );
+}
+
+// ---- response -----------------------------------------------------------------------------
+
+/// Authorities the response target answers for: a pod host, the same with a port, another
+/// port of the same pod, and a host that is no pod.
+const RESPONSE_AUTHORITIES: [&str; 4] = [
+    "localhost-8726-pod-alpha.example.dev",
+    "localhost-8726-pod-alpha.example.dev:443",
+    "localhost-3000-pod-alpha.example.dev",
+    "example.dev",
+];
+
+/// Origins a request may carry: none, the pod's own, another port of the same pod, another
+/// pod, the base domain, junk; selector values past the table take the first header line.
+const RESPONSE_ORIGINS: [Option<&str>; 6] = [
+    None,
+    Some("https://localhost-8726-pod-alpha.example.dev"),
+    Some("http://localhost-3000-pod-alpha.example.dev"),
+    Some("https://localhost-8726-pod-beta.example.dev"),
+    Some("https://example.dev"),
+    Some("null"),
+];
+
+/// A pod's response headers through `protocol::response::sanitize`. Invariants: no panic;
+/// after the edits every `Set-Cookie` left is one the pod sent, in the pod's order, and passes
+/// `set_cookie::judge` for the request's pod host; no `Access-Control-*` header survives but
+/// ours for a same-pod `Origin` (allow-origin = that origin, allow-credentials = true) and the
+/// pod's expose-headers there; with no `Set-Cookie` or `Access-Control-*` header and no
+/// `Origin` there is no edit at all.
+pub fn response(data: &[u8]) {
+    use podgate_protocol::response::{sanitize, PodResponse, ResponseEdit};
+    use podgate_protocol::set_cookie::judge;
+
+    let (&flags, rest) = data.split_first().unwrap_or((&0, &[]));
+    let (&select, rest) = rest.split_first().unwrap_or((&0, &[]));
+    let config = gate_config(flags & 1 == 1);
+    let authority = RESPONSE_AUTHORITIES[usize::from(flags >> 1) % RESPONSE_AUTHORITIES.len()];
+    let mut lines: Vec<&[u8]> = rest.split(|&b| b == b'\n').collect();
+    let free_origin;
+    let origin = match RESPONSE_ORIGINS.get(usize::from(select)) {
+        Some(o) => *o,
+        None => {
+            free_origin = String::from_utf8_lossy(if lines.is_empty() {
+                &[]
+            } else {
+                lines.remove(0)
+            })
+            .into_owned();
+            Some(free_origin.as_str())
+        }
+    };
+    let headers: Vec<(Vec<u8>, Vec<u8>)> = lines
+        .iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.iter().position(|&b| b == b':') {
+            Some(i) => (l[..i].to_vec(), l[i + 1..].to_vec()),
+            None => (l.to_vec(), Vec::new()),
+        })
+        .collect();
+    let request = Request {
+        authority,
+        origin,
+        ..Request::default()
+    };
+    let ctx = PodResponse::for_request(&request);
+    let out = sanitize(
+        config,
+        &ctx,
+        headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+    );
+
+    let lower = |n: &[u8]| n.to_ascii_lowercase();
+    let is_set_cookie = |n: &[u8]| n.eq_ignore_ascii_case(b"set-cookie");
+    let is_cors = |n: &[u8]| n.len() >= 15 && n[..15].eq_ignore_ascii_case(b"access-control-");
+    let touched = headers.iter().any(|(n, _)| is_set_cookie(n) || is_cors(n));
+    if !touched && origin.is_none() {
+        assert!(
+            out.edits.is_empty(),
+            "edits for a plain response: {:?}",
+            out.edits
+        );
+    }
+
+    // Apply the edits the way the filter does.
+    let mut after: Vec<(Vec<u8>, Vec<u8>)> = headers.clone();
+    for edit in &out.edits {
+        match edit {
+            ResponseEdit::Remove(name) => after.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+            ResponseEdit::Add(name, value) => after.push((name.clone(), value.clone())),
+            ResponseEdit::Set(name, value) => {
+                after.retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
+                after.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+            }
+        }
+    }
+
+    let pod_host = config
+        .public_hosts
+        .parse(authority)
+        .ok()
+        .map(|p| config.public_hosts.render(&p));
+    let sent: Vec<&Vec<u8>> = headers
+        .iter()
+        .filter(|(n, _)| is_set_cookie(n))
+        .map(|(_, v)| v)
+        .collect();
+    let kept: Vec<&Vec<u8>> = after
+        .iter()
+        .filter(|(n, _)| is_set_cookie(n))
+        .map(|(_, v)| v)
+        .collect();
+    let mut from = 0;
+    for value in &kept {
+        let at = sent[from..].iter().position(|s| s == value);
+        assert!(
+            at.is_some(),
+            "a Set-Cookie the pod did not send, or out of order: {value:?}"
+        );
+        from += at.unwrap_or(0) + 1;
+        match &pod_host {
+            Some(host) => assert!(
+                judge(value, host, &config.reserved_cookies).is_ok(),
+                "a refused Set-Cookie survived: {:?}",
+                String::from_utf8_lossy(value)
+            ),
+            None => assert!(
+                judge(value, "\u{0}no-host", &config.reserved_cookies).is_ok(),
+                "a cookie with a Domain survived on a non-pod host"
+            ),
+        }
+    }
+    assert_eq!(
+        kept.len() + out.dropped_cookies.len(),
+        sent.len(),
+        "every Set-Cookie is kept or counted as dropped"
+    );
+
+    let same_pod = origin.filter(|o| {
+        config
+            .public_hosts
+            .parse(authority)
+            .ok()
+            .is_some_and(|pod| podgate_protocol::cors::is_same_pod_origin(config, &pod, o))
+    });
+    for (name, value) in after.iter().filter(|(n, _)| is_cors(n)) {
+        let name = lower(name);
+        let Some(o) = same_pod else {
+            panic!(
+                "{:?} survived without a same-pod Origin",
+                String::from_utf8_lossy(&name)
+            );
+        };
+        match name.as_slice() {
+            b"access-control-allow-origin" => assert_eq!(value.as_slice(), o.as_bytes()),
+            b"access-control-allow-credentials" => assert_eq!(value.as_slice(), b"true"),
+            b"access-control-expose-headers" => {}
+            other => panic!("{:?} survived", String::from_utf8_lossy(other)),
+        }
+    }
+    let acao = after
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"access-control-allow-origin"))
+        .count();
+    assert_eq!(
+        acao,
+        usize::from(same_pod.is_some()),
+        "one allow-origin for a same-pod Origin, else none"
     );
 }
