@@ -290,19 +290,20 @@ impl HttpContext for Gate {
         let Some(config) = self.shared.borrow().config.clone() else {
             return self.deny(&Denial::NotConfigured);
         };
-        let headers = match raw::headers(MapType::HttpRequestHeaders) {
-            Ok(headers) => headers,
-            Err(raw::HeadersError::Host(status)) => {
+        let bytes = match raw::header_map_bytes(MapType::HttpRequestHeaders) {
+            Ok(bytes) => bytes,
+            Err(status) => {
                 log(
                     LogLevel::Error,
                     &format!("podgate: cannot read headers: {}", status.0),
                 );
                 return self.deny(&Denial::NotConfigured);
             }
-            Err(raw::HeadersError::Wire(wire::WireError::NonUtf8Name)) => {
-                return self.deny(&Denial::MalformedHeaderName);
-            }
-            Err(raw::HeadersError::Wire(err)) => {
+        };
+        // Borrowed: no header is copied; a non-UTF-8 name is refused by `from_slices`.
+        let headers = match wire::decode_header_map_borrowed(&bytes) {
+            Ok(headers) => headers,
+            Err(err) => {
                 log(
                     LogLevel::Error,
                     &format!("podgate: cannot decode headers: {err}"),
@@ -310,7 +311,7 @@ impl HttpContext for Gate {
                 return self.deny(&Denial::NotConfigured);
             }
         };
-        let request = match Request::from_headers(&headers) {
+        let request = match Request::from_slices(&headers) {
             Ok(request) => request,
             Err(denial) => return self.deny(&denial),
         };

@@ -2,7 +2,6 @@
 //! status they do not expect (or on a non-UTF-8 name), and a panic kills the worker's VM. Here
 //! every status is a value.
 
-use podgate_protocol::wire;
 use proxy_wasm::types::MapType;
 
 /// `StreamType::HttpRequest` of the ABI: closing it resets the whole stream in Envoy.
@@ -64,18 +63,6 @@ pub fn header_map_bytes(map_type: MapType) -> Result<Vec<u8>, HostStatus> {
     }
     // SAFETY: see above; the buffer is exactly `size` bytes long and ours to free.
     Ok(unsafe { Vec::from_raw_parts(data, size, size) })
-}
-
-/// Why a header map could not be read.
-pub enum HeadersError {
-    Host(HostStatus),
-    Wire(wire::WireError),
-}
-
-/// All headers of `map_type` in one host call, names as strings and values as raw bytes.
-pub fn headers(map_type: MapType) -> Result<Vec<(String, Vec<u8>)>, HeadersError> {
-    let bytes = header_map_bytes(map_type).map_err(HeadersError::Host)?;
-    wire::decode_header_map(&bytes).map_err(HeadersError::Wire)
 }
 
 pub fn remove_header(map_type: MapType, name: &[u8]) -> Result<(), HostStatus> {

@@ -1,7 +1,9 @@
 //! The filter's decision, as a pure function: request headers in, a local reply or a list of
 //! header edits out. The proxy-wasm adapter only moves values between Envoy and this module.
 
+use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 
 use std::rc::Rc;
 
@@ -37,7 +39,7 @@ const MAX_CANDIDATES: usize = 4;
 
 /// The request headers the decision reads. Every other header passes through untouched, except
 /// client copies of ours, which are listed in `our_header_names`.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
     pub authority: &'a str,
     pub path: &'a str,
@@ -64,9 +66,25 @@ impl<'a> Request<'a> {
     /// bytes). A header we read that is not UTF-8 is refused rather than guessed at; other
     /// headers pass through untouched whatever their bytes.
     pub fn from_headers(headers: &'a [(String, Vec<u8>)]) -> Result<Self, Denial> {
+        Self::from_pairs(
+            headers
+                .iter()
+                .map(|(name, raw)| (name.as_bytes(), raw.as_slice())),
+        )
+    }
+
+    /// [`Request::from_headers`] over the borrowed pairs of `wire::decode_header_map_borrowed`,
+    /// without copying a header: a name that is not UTF-8 is `MalformedHeaderName`.
+    pub fn from_slices(headers: &'a [crate::wire::HeaderSlices<'a>]) -> Result<Self, Denial> {
+        Self::from_pairs(headers.iter().copied())
+    }
+
+    fn from_pairs(headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Result<Self, Denial> {
         let mut req = Request::default();
         for (name, raw) in headers {
-            let name = name.as_str();
+            let Ok(name) = std::str::from_utf8(name) else {
+                return Err(Denial::MalformedHeaderName);
+            };
             let ours = name.starts_with(HEADER_PREFIX);
             let read = HEADER_NAMES_READ.iter().find(|n| **n == name).copied();
             if ours {
@@ -164,7 +182,7 @@ enum Source {
 /// extends a token's life.
 #[derive(Debug, Default)]
 pub struct VerifiedCache {
-    entries: HashMap<Box<str>, Rc<Verified>>,
+    entries: HashMap<Box<str>, Rc<Verified>, TailHash>,
     hits: u64,
     misses: u64,
 }
@@ -202,6 +220,36 @@ impl VerifiedCache {
             }
         }
         self.entries.insert(token.into(), verified);
+    }
+}
+
+/// Hashes a cache key by its last 16 bytes and its length, with the process's random SipHash
+/// keys. A token ends in its signature, so the tail is as good as the whole for spreading keys,
+/// and SipHash over a whole ~300-byte token was 7% of a cached request. Only verified tokens
+/// are ever stored, so an attacker cannot fill a bucket; a colliding probe costs one compare.
+#[derive(Debug, Clone, Default)]
+struct TailHash(RandomState);
+
+impl BuildHasher for TailHash {
+    type Hasher = TailHasher;
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(self.0.build_hasher())
+    }
+}
+
+struct TailHasher(DefaultHasher);
+
+impl Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = bytes.get(bytes.len().saturating_sub(16)..).unwrap_or(bytes);
+        self.0.write(tail);
+        self.0.write_usize(bytes.len());
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.0.write_u8(i);
+    }
+    fn finish(&self) -> u64 {
+        self.0.finish()
     }
 }
 

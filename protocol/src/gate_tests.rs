@@ -491,6 +491,65 @@ fn cache_is_bounded() {
 }
 
 #[test]
+fn cache_keys_sharing_a_tail_stay_apart() {
+    // The cache hashes only a key's last 16 bytes; equality still compares the whole token.
+    let c = config();
+    let mut cache = VerifiedCache::new();
+    let tail = "x".repeat(40);
+    let verified = |jti: &str| {
+        Rc::new(crate::token::Verified {
+            claims: PodClaims {
+                jti: jti.into(),
+                ..claims()
+            },
+            issued_at: NOW,
+            expires_at: NOW + 900,
+            kid: "cap-ed1".into(),
+        })
+    };
+    for i in 0..50 {
+        cache.insert(
+            &format!("head{i}.{tail}"),
+            verified(&format!("j{i}")),
+            64,
+            NOW,
+        );
+    }
+    assert_eq!(cache.len(), 50);
+    for i in 0..50 {
+        let hit = check_token(&c, &mut cache, &format!("head{i}.{tail}"), NOW).unwrap();
+        assert_eq!(hit.claims.jti, format!("j{i}"));
+    }
+    // An unknown token with the same tail is a miss (then fails verification), never a hit.
+    assert!(check_token(&c, &mut cache, &format!("other.{tail}"), NOW).is_err());
+    assert_eq!(cache.stats(), (50, 1));
+}
+
+#[test]
+fn borrowed_headers_read_like_owned_ones() {
+    let token = cap();
+    let owned = base(&[
+        ("cookie", &format!("a=1; podgate_cap={token}")),
+        ("x-app", "1"),
+    ]);
+    let slices: Vec<(&[u8], &[u8])> = owned
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_slice()))
+        .collect();
+    assert_eq!(
+        Request::from_slices(&slices).unwrap(),
+        Request::from_headers(&owned).unwrap()
+    );
+    // A name that is not UTF-8 anywhere in the map is refused, whatever it is.
+    let mut bad = slices.clone();
+    bad.push((&[0x78, 0xff][..], &b"1"[..]));
+    assert_eq!(
+        Request::from_slices(&bad).unwrap_err(),
+        Denial::MalformedHeaderName
+    );
+}
+
+#[test]
 fn every_cookie_header_is_searched_and_stripped() {
     let c = config();
     let token = cap();
