@@ -58,7 +58,8 @@ test-browser: build-filter
 # Measure podgate against Envoy's jwt_authn and the bare proxy, and the pod directory at scale;
 # writes bench/results/*.json and the table in BENCHMARKS.md (about 3 minutes; `-- --help`).
 bench *ARGS: build-filter
-    cargo run --release -p podgate-bench -- {{ARGS}}
+    cargo build --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target
+    PODGATE_NOOP_WASM={{root}}/target/wasm32-wasip1/release/podgate_noop_filter.wasm cargo run --release -p podgate-bench -- {{ARGS}}
 
 # Fuzz every parser that sees request bytes and the filter in wasmtime, SECONDS each.
 fuzz seconds="60" *targets: build-filter

@@ -18,7 +18,6 @@ use podgate_protocol::config::FilterConfig;
 use podgate_protocol::gate::{self, Request, VerifiedCache};
 use podgate_protocol::token::{mint, KeySet, PodClaims, SigningKey, TokenKind};
 use podgate_wasm_tests::host::{filter_wasm_path, FilterVm};
-use sha2::Digest as _;
 
 /// Counts heap allocations (for the native profile).
 struct Counting;
@@ -204,15 +203,6 @@ fn main() {
             let req = Request::from_headers(&hit_headers).unwrap();
             let d = gate::decide(&compiled, &mut cache, &req, NOW + 10);
             assert!(matches!(d, gate::Decision::Forward { .. }));
-        },
-    );
-    time(
-        "  of which SHA-256 of the token (cache key)",
-        n,
-        &mut || {
-            std::hint::black_box(sha2::Sha256::digest(std::hint::black_box(
-                ed_token.as_bytes(),
-            )));
         },
     );
     time("  of which public host parse", n, &mut || {

@@ -31,6 +31,9 @@ pub enum Proxy {
     JwtAuthnNoCache,
     /// D: the podgate filter, verified-token cache on.
     Podgate,
+    /// W: Envoy with a Wasm filter that does nothing (`bench/noop-filter`): what any Wasm
+    /// filter costs before it does any work.
+    WasmNoop,
 }
 
 /// What the token does across requests.
@@ -120,6 +123,7 @@ struct Envoys {
     jwt_cache: Envoy,
     jwt_nocache: Envoy,
     podgate: Envoy,
+    wasm_noop: Envoy,
 }
 
 impl Envoys {
@@ -130,6 +134,7 @@ impl Envoys {
             Proxy::JwtAuthnCache => Some(&self.jwt_cache),
             Proxy::JwtAuthnNoCache => Some(&self.jwt_nocache),
             Proxy::Podgate => Some(&self.podgate),
+            Proxy::WasmNoop => Some(&self.wasm_noop),
         }
     }
 }
@@ -137,6 +142,7 @@ impl Envoys {
 async fn start_envoys(
     envoy_bin: &Path,
     wasm: &Path,
+    noop_wasm: &Path,
     placement: &Placement,
     upstream: SocketAddr,
     keys: &Keys,
@@ -194,6 +200,13 @@ async fn start_envoys(
             4,
         )
         .await?,
+        wasm_noop: start(
+            "wasm-noop",
+            vec![envoy::noop_wasm_filter(noop_wasm)],
+            Route::Cluster(cluster),
+            5,
+        )
+        .await?,
     })
 }
 
@@ -217,6 +230,13 @@ fn build_cases(keys: &Keys, fresh: u64, only: &[String]) -> anyhow::Result<Vec<C
     cases.push(Case {
         id: "B".into(),
         proxy: Proxy::Envoy,
+        alg: Alg::EdDSA,
+        tokens: TokenUse::Same,
+        requests: ed_same.clone(),
+    });
+    cases.push(Case {
+        id: "W".into(),
+        proxy: Proxy::WasmNoop,
         alg: Alg::EdDSA,
         tokens: TokenUse::Same,
         requests: ed_same,
@@ -294,6 +314,7 @@ pub async fn run(
     let envoys = start_envoys(
         &settings.envoy,
         &settings.filter_wasm,
+        &settings.noop_wasm,
         placement,
         upstream,
         keys,

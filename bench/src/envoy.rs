@@ -356,6 +356,25 @@ pub fn podgate_filter(wasm: &Path, configuration_json: &str) -> Value {
     })
 }
 
+/// The no-op Wasm filter (case W): the same runtime and failure policy as podgate's.
+pub fn noop_wasm_filter(wasm: &Path) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": WASM_TYPE_URL,
+            "config": {
+                "name": "noop",
+                "failure_policy": "FAIL_CLOSED",
+                "vm_config": {
+                    "vm_id": "noop",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.display().to_string()}}
+                }
+            }
+        }
+    })
+}
+
 /// A bootstrap whose clusters come from ADS (CDS) and whose podgate filter comes from ECDS.
 pub fn ads_bootstrap(label: &str, ads: SocketAddr, listener_port: u16) -> Value {
     let ecds_filter = json!({

@@ -30,6 +30,9 @@ pub struct Settings {
     /// The filter built with `--profile wasm-release`.
     #[arg(long, env = "PODGATE_FILTER_WASM")]
     pub filter_wasm: PathBuf,
+    /// The no-op Wasm filter (`bench/noop-filter`, case W).
+    #[arg(long, env = "PODGATE_NOOP_WASM")]
+    pub noop_wasm: PathBuf,
     /// Rounds per case (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
@@ -107,6 +110,14 @@ fn main() -> anyhow::Result<()> {
             "filter not found at {} (build it with `cargo build -p podgate-filter --target \
              wasm32-wasip1 --profile wasm-release`, or set PODGATE_FILTER_WASM)",
             settings.filter_wasm.display()
+        );
+    }
+    if !settings.noop_wasm.is_file() {
+        bail!(
+            "no-op filter not found at {} (build it with `cargo build --manifest-path \
+             bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target`, \
+             or set PODGATE_NOOP_WASM)",
+            settings.noop_wasm.display()
         );
     }
     if settings.rounds == 0 {

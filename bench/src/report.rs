@@ -108,6 +108,10 @@ pub struct Ratios {
     pub c_p99_added_ms: f64,
     /// The same for B.
     pub b_p99_added_ms: f64,
+    /// Envoy CPU µs per request of W minus B: what any Wasm filter costs.
+    pub cpu_w_minus_b_us: f64,
+    /// Envoy CPU µs per request of D (cache on) minus W: podgate's own work.
+    pub cpu_d_minus_w_us: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +183,7 @@ impl Report {
             let cases = &cmp.cases;
             let a = find(cases, Proxy::Direct, None, TokenUse::Same);
             let b = find(cases, Proxy::Envoy, None, TokenUse::Same);
+            let w = find(cases, Proxy::WasmNoop, None, TokenUse::Same);
             for alg in Alg::ALL {
                 let c = find(cases, Proxy::JwtAuthnCache, Some(alg), TokenUse::Same);
                 let c0 = find(cases, Proxy::JwtAuthnNoCache, Some(alg), TokenUse::Same);
@@ -193,6 +198,13 @@ impl Report {
                     y.and_then(|y| y.envoy_cpu_us_per_request),
                 ) {
                     (Some(x), Some(y)) => y / x,
+                    _ => f64::NAN,
+                };
+                let cpu_minus = |x: Option<&CaseResult>, y: Option<&CaseResult>| match (
+                    x.and_then(|x| x.envoy_cpu_us_per_request),
+                    y.and_then(|y| y.envoy_cpu_us_per_request),
+                ) {
+                    (Some(x), Some(y)) => x - y,
                     _ => f64::NAN,
                 };
                 let added = |x: Option<&CaseResult>| match (x, a) {
@@ -212,6 +224,8 @@ impl Report {
                     d_p99_added_ms: added(d),
                     c_p99_added_ms: added(c),
                     b_p99_added_ms: added(b),
+                    cpu_w_minus_b_us: cpu_minus(w, b),
+                    cpu_d_minus_w_us: cpu_minus(d, w),
                 };
                 let n = alg.name();
                 targets.push(Target {
@@ -413,6 +427,22 @@ impl Report {
             let _ = writeln!(
                 md,
                 "{}",
+                row(
+                    "Envoy CPU µs per request, W − B (any Wasm filter, doing nothing)",
+                    |r| r.cpu_w_minus_b_us
+                )
+            );
+            let _ = writeln!(
+                md,
+                "{}",
+                row(
+                    "Envoy CPU µs per request, D − W (podgate's own work)",
+                    |r| r.cpu_d_minus_w_us
+                )
+            );
+            let _ = writeln!(
+                md,
+                "{}",
                 row("throughput D / C (cache off)", |r| r.d_over_c_nocache)
             );
             let _ = writeln!(
@@ -504,6 +534,7 @@ fn describe(c: &CaseResult) -> String {
     match (c.proxy, c.tokens) {
         (Proxy::Direct, _) => "upstream directly".into(),
         (Proxy::Envoy, _) => "Envoy, no auth".into(),
+        (Proxy::WasmNoop, _) => "Envoy + a Wasm filter that does nothing (V8)".into(),
         (Proxy::JwtAuthnCache, _) => format!("jwt_authn, cache on, {alg}"),
         (Proxy::JwtAuthnNoCache, _) => format!("jwt_authn, cache off, {alg}"),
         (Proxy::Podgate, TokenUse::Same) => format!("podgate, cache on, {alg}"),

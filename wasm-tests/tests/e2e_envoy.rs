@@ -1256,6 +1256,73 @@ fn a_config_the_filter_refuses_forwards_nothing() {
     });
 }
 
+/// The probe filter (`wasm-tests/probe-filter`), built once: it panics on `/panic`.
+fn probe_wasm() -> std::path::PathBuf {
+    use podgate_wasm_tests::host::{cargo_build, target_dir, workspace_root};
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = workspace_root().join("wasm-tests/probe-filter");
+        cargo_build(&dir, &["build", "--target", "wasm32-wasip1", "--release"])
+            .expect("building the probe filter");
+        target_dir().join("wasm32-wasip1/release/podgate_probe_filter.wasm")
+    })
+    .clone()
+}
+
+#[test]
+fn a_filter_vm_that_dies_answers_5xx_and_forwards_nothing() {
+    block_on(async {
+        // The podgate filter never panics, so a filter that does stands in for a VM that dies
+        // mid-request: the same listener, `fail_open: false`, a fake pod behind it.
+        let pod = FakePod::start("alpha").await.unwrap();
+        let mut bootstrap = Bootstrap::load_static().unwrap();
+        bootstrap
+            .ephemeral_ports()
+            .unwrap()
+            .set_wasm_path(&probe_wasm())
+            .unwrap()
+            .set_filter_config("probe")
+            .unwrap()
+            .set_clusters(&[
+                ("podgate_control_plane", pod.addr()),
+                ("pod_alpha", pod.addr()),
+            ])
+            .unwrap();
+        let mut envoy = Envoy::spawn("dead-vm", &bootstrap.to_yaml().unwrap(), 1).unwrap();
+        assert!(matches!(
+            envoy.wait_ready(Duration::from_secs(45)).await.unwrap(),
+            Readiness::Ready
+        ));
+        let client = EnvoyClient::new(envoy.listener().unwrap()).unwrap();
+        let get = |path: &'static str| {
+            EnvoyClient::send(
+                client
+                    .get(&alpha_host(), path)
+                    .header("x-podgate-cluster", "pod_alpha"),
+            )
+        };
+        // The VM traps in the middle of a request: that request is answered 5xx.
+        let died = get("/panic").await.unwrap();
+        assert!(died.status >= 500, "{} {}", died.status, died.body);
+        // Every later request finds the VM dead and is answered 5xx too.
+        for path in ["/", "/index.html", "/.podgate/callback?ticket=x"] {
+            let answer = get(path).await.unwrap();
+            assert!(
+                answer.status >= 500,
+                "{path}: {} {}",
+                answer.status,
+                answer.body
+            );
+        }
+        assert!(pod.untouched(), "{}", pod.describe());
+        assert!(
+            envoy.log().contains("probe request panic"),
+            "the panic is in Envoy's log:\n{}",
+            envoy.log_tail()
+        );
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // The file itself
 
