@@ -34,7 +34,13 @@ pub enum Proxy {
     /// W: Envoy with a Wasm filter that does nothing (`bench/noop-filter`): what any Wasm
     /// filter costs before it does any work.
     WasmNoop,
+    /// W-calls: the same filter making `WASM_CALLS` host calls per request (header replaces):
+    /// what a host call costs.
+    WasmCalls,
 }
+
+/// Host calls per request in case W-calls.
+pub const WASM_CALLS: u32 = 10;
 
 /// What the token does across requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -124,6 +130,7 @@ struct Envoys {
     jwt_nocache: Envoy,
     podgate: Envoy,
     wasm_noop: Envoy,
+    wasm_calls: Envoy,
 }
 
 impl Envoys {
@@ -135,6 +142,7 @@ impl Envoys {
             Proxy::JwtAuthnNoCache => Some(&self.jwt_nocache),
             Proxy::Podgate => Some(&self.podgate),
             Proxy::WasmNoop => Some(&self.wasm_noop),
+            Proxy::WasmCalls => Some(&self.wasm_calls),
         }
     }
 }
@@ -202,9 +210,19 @@ async fn start_envoys(
         .await?,
         wasm_noop: start(
             "wasm-noop",
-            vec![envoy::noop_wasm_filter(noop_wasm)],
+            vec![envoy::noop_wasm_filter(noop_wasm, None)],
             Route::Cluster(cluster),
             5,
+        )
+        .await?,
+        wasm_calls: start(
+            "wasm-calls",
+            vec![envoy::noop_wasm_filter(
+                noop_wasm,
+                Some(&WASM_CALLS.to_string()),
+            )],
+            Route::Cluster(cluster),
+            6,
         )
         .await?,
     })
@@ -237,6 +255,13 @@ fn build_cases(keys: &Keys, fresh: u64, only: &[String]) -> anyhow::Result<Vec<C
     cases.push(Case {
         id: "W".into(),
         proxy: Proxy::WasmNoop,
+        alg: Alg::EdDSA,
+        tokens: TokenUse::Same,
+        requests: ed_same.clone(),
+    });
+    cases.push(Case {
+        id: "W-calls".into(),
+        proxy: Proxy::WasmCalls,
         alg: Alg::EdDSA,
         tokens: TokenUse::Same,
         requests: ed_same,

@@ -356,9 +356,10 @@ pub fn podgate_filter(wasm: &Path, configuration_json: &str) -> Value {
     })
 }
 
-/// The no-op Wasm filter (case W): the same runtime and failure policy as podgate's.
-pub fn noop_wasm_filter(wasm: &Path) -> Value {
-    json!({
+/// The no-op Wasm filter (case W; with `calls`, case W-calls): the same runtime and failure
+/// policy as podgate's.
+pub fn noop_wasm_filter(wasm: &Path, calls: Option<&str>) -> Value {
+    let mut filter = json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": WASM_TYPE_URL,
@@ -366,13 +367,20 @@ pub fn noop_wasm_filter(wasm: &Path) -> Value {
                 "name": "noop",
                 "failure_policy": "FAIL_CLOSED",
                 "vm_config": {
-                    "vm_id": "noop",
+                    "vm_id": if calls.is_some() { "noop-calls" } else { "noop" },
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": wasm.display().to_string()}}
                 }
             }
         }
-    })
+    });
+    if let Some(calls) = calls {
+        filter["typed_config"]["config"]["configuration"] = json!({
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": calls
+        });
+    }
+    filter
 }
 
 /// A bootstrap whose clusters come from ADS (CDS) and whose podgate filter comes from ECDS.

@@ -112,6 +112,8 @@ pub struct Ratios {
     pub cpu_w_minus_b_us: f64,
     /// Envoy CPU µs per request of D (cache on) minus W: podgate's own work.
     pub cpu_d_minus_w_us: f64,
+    /// Envoy CPU µs per host call: (W-calls − W) / `WASM_CALLS`.
+    pub cpu_per_host_call_us: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,6 +186,7 @@ impl Report {
             let a = find(cases, Proxy::Direct, None, TokenUse::Same);
             let b = find(cases, Proxy::Envoy, None, TokenUse::Same);
             let w = find(cases, Proxy::WasmNoop, None, TokenUse::Same);
+            let wc = find(cases, Proxy::WasmCalls, None, TokenUse::Same);
             for alg in Alg::ALL {
                 let c = find(cases, Proxy::JwtAuthnCache, Some(alg), TokenUse::Same);
                 let c0 = find(cases, Proxy::JwtAuthnNoCache, Some(alg), TokenUse::Same);
@@ -226,6 +229,7 @@ impl Report {
                     b_p99_added_ms: added(b),
                     cpu_w_minus_b_us: cpu_minus(w, b),
                     cpu_d_minus_w_us: cpu_minus(d, w),
+                    cpu_per_host_call_us: cpu_minus(wc, w) / f64::from(crate::compare::WASM_CALLS),
                 };
                 let n = alg.name();
                 targets.push(Target {
@@ -443,6 +447,14 @@ impl Report {
             let _ = writeln!(
                 md,
                 "{}",
+                row(
+                    "Envoy CPU µs per host call ((W-calls − W) / calls)",
+                    |r| r.cpu_per_host_call_us
+                )
+            );
+            let _ = writeln!(
+                md,
+                "{}",
                 row("throughput D / C (cache off)", |r| r.d_over_c_nocache)
             );
             let _ = writeln!(
@@ -535,6 +547,10 @@ fn describe(c: &CaseResult) -> String {
         (Proxy::Direct, _) => "upstream directly".into(),
         (Proxy::Envoy, _) => "Envoy, no auth".into(),
         (Proxy::WasmNoop, _) => "Envoy + a Wasm filter that does nothing (V8)".into(),
+        (Proxy::WasmCalls, _) => format!(
+            "the same filter making {} host calls per request (header replaces)",
+            crate::compare::WASM_CALLS
+        ),
         (Proxy::JwtAuthnCache, _) => format!("jwt_authn, cache on, {alg}"),
         (Proxy::JwtAuthnNoCache, _) => format!("jwt_authn, cache off, {alg}"),
         (Proxy::Podgate, TokenUse::Same) => format!("podgate, cache on, {alg}"),
