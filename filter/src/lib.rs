@@ -301,7 +301,7 @@ impl HttpContext for Gate {
             }
         };
         // Borrowed: no header is copied; a non-UTF-8 name is refused by `from_slices`.
-        let headers = match wire::decode_header_map_borrowed(&bytes) {
+        let headers = match wire::decode_header_map(&bytes) {
             Ok(headers) => headers,
             Err(err) => {
                 log(
@@ -397,7 +397,7 @@ impl HttpContext for Gate {
             Ok(bytes) => bytes,
             Err(status) => return self.fail_response(&format!("cannot read: {status:?}")),
         };
-        let headers = match wire::decode_header_map_borrowed(&bytes) {
+        let headers = match wire::decode_header_map(&bytes) {
             Ok(headers) => headers,
             Err(err) => return self.fail_response(&format!("cannot decode: {err}")),
         };

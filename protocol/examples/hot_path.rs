@@ -100,7 +100,7 @@ fn main() {
     let mut cache = VerifiedCache::new();
     let mut forwarded = 0usize;
     for _ in 0..rounds {
-        let headers = podgate_protocol::wire::decode_header_map_borrowed(&bytes).unwrap();
+        let headers = podgate_protocol::wire::decode_header_map(&bytes).unwrap();
         let request = Request::from_slices(&headers).unwrap();
         assert!(cors::preflight(&config, &request.preflight_view()).is_none());
         match decide(&config, &mut cache, &request, NOW + 5) {

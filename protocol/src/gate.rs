@@ -73,7 +73,7 @@ impl<'a> Request<'a> {
         )
     }
 
-    /// [`Request::from_headers`] over the borrowed pairs of `wire::decode_header_map_borrowed`,
+    /// [`Request::from_headers`] over the borrowed pairs of `wire::decode_header_map`,
     /// without copying a header: a name that is not UTF-8 is `MalformedHeaderName`.
     pub fn from_slices(headers: &'a [crate::wire::HeaderSlices<'a>]) -> Result<Self, Denial> {
         Self::from_pairs(headers.iter().copied())
