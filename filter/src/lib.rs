@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 
 use podgate_protocol::config::{CompiledConfig, FilterConfig};
 use podgate_protocol::cors::{self, Preflight};
-use podgate_protocol::gate::{self, Decision, HeaderEdit, Request, VerifiedCache};
+use podgate_protocol::gate::{self, DecisionMemo, HeaderEdit, Outcome, Request, VerifiedCache};
 use podgate_protocol::reply::{Denial, Reply};
 use podgate_protocol::response::{self, PodResponse, ResponseEdit};
 use podgate_protocol::wire;
@@ -86,12 +86,13 @@ impl Metrics {
     }
 }
 
-/// What every HTTP context of this VM shares: the compiled config, the verified-token cache and
-/// the open WebSockets (context id → capability `exp`, unix seconds) the tick closes at expiry.
+/// What every HTTP context of this VM shares: the compiled config, the verified-token cache, the
+/// memo of forward decisions, and the open WebSockets (context id → capability `exp`, unix seconds) the tick closes at expiry.
 #[derive(Default)]
 struct Shared {
     config: Option<Rc<CompiledConfig>>,
     cache: VerifiedCache,
+    memo: DecisionMemo,
     metrics: Metrics,
     websockets: HashMap<u32, i64>,
 }
@@ -145,6 +146,7 @@ impl RootContext for Root {
                 shared.config = Some(Rc::new(compiled));
                 // Keys or revocations may have changed: nothing verified before is trusted now.
                 shared.cache.clear();
+                shared.memo.clear();
                 if let Err(status) = raw::set_tick_period_ms(WEBSOCKET_SWEEP_MS) {
                     // Frames are still checked; only idle WebSockets would outlive expiry.
                     log(
@@ -327,23 +329,30 @@ impl HttpContext for Gate {
         let Some(now) = now_unix() else {
             return self.deny(&Denial::NotConfigured);
         };
-        let decision = {
+        let outcome = {
             let mut shared = self.shared.borrow_mut();
-            let before = shared.cache.stats();
-            let decision = gate::decide(&config, &mut shared.cache, &request, now);
-            let after = shared.cache.stats();
-            Metrics::bump(shared.metrics.cache_hits, (after.0 - before.0) as i64);
-            Metrics::bump(shared.metrics.cache_misses, (after.1 - before.1) as i64);
-            decision
+            let Shared {
+                cache,
+                memo,
+                metrics,
+                ..
+            } = &mut *shared;
+            let before = cache.stats();
+            let outcome = gate::decide_memoized(&config, cache, memo, &request, now);
+            let after = cache.stats();
+            Metrics::bump(metrics.cache_hits, (after.0 - before.0) as i64);
+            Metrics::bump(metrics.cache_misses, (after.1 - before.1) as i64);
+            outcome
         };
-        match decision {
-            Decision::Deny(denial) => self.deny(&denial),
-            Decision::Forward {
-                edits,
-                user,
-                expires_at,
-            } => {
-                if let Err(status) = Self::apply(&edits) {
+        match outcome {
+            Outcome::Deny(denial) => self.deny(&denial),
+            Outcome::Forward(forward) => {
+                let gate::Forward {
+                    edits,
+                    user,
+                    expires_at,
+                } = &*forward;
+                if let Err(status) = Self::apply(edits) {
                     log(
                         LogLevel::Error,
                         &format!("podgate: header edit failed: {status:?}"),
@@ -363,7 +372,7 @@ impl HttpContext for Gate {
                     // sanitized, and a WebSocket is closed when the capability expires.
                     self.response = Some(PodResponse::for_request(&request));
                     if request.is_websocket() {
-                        if let Some(exp) = expires_at {
+                        if let Some(exp) = *expires_at {
                             self.websocket_expires_at = Some(exp);
                             self.shared
                                 .borrow_mut()

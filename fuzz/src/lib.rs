@@ -27,7 +27,9 @@ use podgate_protocol::config::{
     RESERVED_PREFIX, UPSTREAM_HEADER, USER_HEADER,
 };
 use podgate_protocol::cookie;
-use podgate_protocol::gate::{self, Decision, HeaderEdit, Request, VerifiedCache};
+use podgate_protocol::gate::{
+    self, Decision, DecisionMemo, HeaderEdit, Outcome, Request, VerifiedCache,
+};
 use podgate_protocol::host::{self, HostTemplate, PodAddr};
 use podgate_protocol::redirect;
 use podgate_protocol::reply::Denial;
@@ -825,6 +827,7 @@ pub fn check_gate(case: &GateCase) -> Decision {
         first, again,
         "the verified-token cache changed the decision"
     );
+    check_memo(config, case, &req, &first);
     match &first {
         Decision::Deny(denial) => check_reply(config, denial),
         Decision::Forward {
@@ -834,6 +837,57 @@ pub fn check_gate(case: &GateCase) -> Decision {
         } => check_forward(config, case, &req, edits, user.as_deref(), *expires_at),
     }
     first
+}
+
+thread_local! {
+    /// One decision memo per config for the whole run, and the last `now` it saw.
+    static RUN_MEMOS: RefCell<HashMap<bool, (DecisionMemo, VerifiedCache, i64)>> =
+        RefCell::new(HashMap::new());
+}
+
+fn outcome_decision(outcome: Outcome) -> Decision {
+    match outcome {
+        Outcome::Deny(denial) => Decision::Deny(denial),
+        Outcome::Forward(f) => Decision::Forward {
+            edits: f.edits.clone(),
+            user: f.user.clone(),
+            expires_at: f.expires_at,
+        },
+    }
+}
+
+/// The decision memo answers exactly what `decide` answers: with a fresh memo (a miss, then a
+/// hit), and through one memo that has seen every earlier input of the run, so another
+/// request's entry must never match this one. Time only moves forward for a memo, as a clock
+/// does; a case earlier than the last starts that memo over.
+fn check_memo(config: &CompiledConfig, case: &GateCase, req: &Request<'_>, expected: &Decision) {
+    let mut memo = DecisionMemo::new();
+    let mut cache = VerifiedCache::new();
+    for round in ["miss", "hit"] {
+        let got = gate::decide_memoized(config, &mut cache, &mut memo, req, case.now);
+        assert_eq!(
+            &outcome_decision(got),
+            expected,
+            "the memo changed the decision ({round})"
+        );
+    }
+    RUN_MEMOS.with(|memos| {
+        let mut memos = memos.borrow_mut();
+        let (memo, cache, last) = memos
+            .entry(case.https)
+            .or_insert_with(|| (DecisionMemo::new(), VerifiedCache::new(), i64::MIN));
+        if case.now < *last {
+            memo.clear();
+            *cache = VerifiedCache::new();
+        }
+        *last = case.now;
+        let got = gate::decide_memoized(config, cache, memo, req, case.now);
+        assert_eq!(
+            &outcome_decision(got),
+            expected,
+            "an earlier input's memo entry changed the decision"
+        );
+    });
 }
 
 fn check_reply(config: &CompiledConfig, denial: &Denial) {

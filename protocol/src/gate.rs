@@ -3,7 +3,7 @@
 
 use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use std::rc::Rc;
 
@@ -393,9 +393,20 @@ pub fn decide(
     req: &Request<'_>,
     now: i64,
 ) -> Decision {
+    decide_counting(config, cache, req, now).0
+}
+
+/// `decide`, and how many token candidates it looked at (a forward decided by exactly one
+/// candidate depends on `now` only through that token's expiry, so it may be memoized).
+fn decide_counting(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    req: &Request<'_>,
+    now: i64,
+) -> (Decision, usize) {
     let pod = match config.public_hosts.parse(req.authority) {
         Ok(pod) => pod,
-        Err(err) => return Decision::Deny(Denial::BadHost(err)),
+        Err(err) => return (Decision::Deny(Denial::BadHost(err)), 0),
     };
     let bearers: Vec<&str> = our_bearers(config, req).collect();
 
@@ -407,20 +418,27 @@ pub fn decide(
             CLUSTER_HEADER.to_owned(),
             config.control_plane_cluster.clone(),
         ));
-        return Decision::Forward {
-            edits,
-            user: None,
-            expires_at: None,
-        };
+        return (
+            Decision::Forward {
+                edits,
+                user: None,
+                expires_at: None,
+            },
+            0,
+        );
     }
 
     let page_load = req.is_page_load();
     let redirect = || page_load.then(|| auth_redirect(config, &pod, req.path));
     let found = candidates(config, req, &bearers);
+    let looked_at = found.len();
     if found.is_empty() {
-        return Decision::Deny(Denial::NoCapability {
-            redirect: redirect(),
-        });
+        return (
+            Decision::Deny(Denial::NoCapability {
+                redirect: redirect(),
+            }),
+            0,
+        );
     }
 
     let mut first_error = None;
@@ -446,12 +464,15 @@ pub fn decide(
     }
     let Some((source, verified)) = granted else {
         if scoped_elsewhere {
-            return Decision::Deny(Denial::WrongScope);
+            return (Decision::Deny(Denial::WrongScope), looked_at);
         }
-        return Decision::Deny(Denial::InvalidCapability {
-            reason: first_error.unwrap_or(TokenError::Malformed),
-            redirect: redirect(),
-        });
+        return (
+            Decision::Deny(Denial::InvalidCapability {
+                reason: first_error.unwrap_or(TokenError::Malformed),
+                redirect: redirect(),
+            }),
+            looked_at,
+        );
     };
 
     if source == Source::Cookie {
@@ -459,23 +480,23 @@ pub fn decide(
         // browser's cookie for pod A: cookie authority only counts from A's own origins.
         if req.is_websocket() {
             if req.origin.and_then(|o| origin_pod(config, o)).as_ref() != Some(&pod) {
-                return Decision::Deny(Denial::CrossOriginWebSocket);
+                return (Decision::Deny(Denial::CrossOriginWebSocket), looked_at);
             }
         } else if !is_safe_method(req.method) {
             if let Some(origin) = req.origin {
                 let same_pod = origin_pod(config, origin).is_some_and(|o| o.pod == pod.pod);
                 if !same_pod {
-                    return Decision::Deny(Denial::CrossPodRequest);
+                    return (Decision::Deny(Denial::CrossPodRequest), looked_at);
                 }
             }
         }
     }
 
     let Some(entry) = config.pods.get(&pod.pod) else {
-        return Decision::Deny(Denial::UnknownPod);
+        return (Decision::Deny(Denial::UnknownPod), looked_at);
     };
     if entry.status != PodStatus::Running {
-        return Decision::Deny(Denial::NotRunning(entry.status));
+        return (Decision::Deny(Denial::NotRunning(entry.status)), looked_at);
     }
 
     let mut edits = strip_edits(config, req, !bearers.is_empty());
@@ -497,10 +518,265 @@ pub fn decide(
     if let Some(email) = verified.claims.email.as_ref().filter(|e| is_header_safe(e)) {
         edits.push(HeaderEdit::Set(EMAIL_HEADER.to_owned(), email.clone()));
     }
-    Decision::Forward {
-        edits,
-        user: Some(verified.claims.sub.clone()),
-        expires_at: Some(verified.expires_at),
+    (
+        Decision::Forward {
+            edits,
+            user: Some(verified.claims.sub.clone()),
+            expires_at: Some(verified.expires_at),
+        },
+        looked_at,
+    )
+}
+
+/// How many forward decisions one worker remembers (each holds its key, about the size of the
+/// request's Cookie header, and the edits).
+pub const MEMO_MAX_ENTRIES: usize = 4096;
+
+/// A forward decision, shared by every request that repeats its inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub edits: Vec<HeaderEdit>,
+    /// Who, for logs and metrics (`None` on the reserved path).
+    pub user: Option<String>,
+    /// When the capability expires (unix seconds).
+    pub expires_at: Option<i64>,
+}
+
+/// What `decide_memoized` answers: `decide`'s decision, the forward shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Deny(Denial),
+    Forward(Rc<Forward>),
+}
+
+/// A per-worker memo of forward decisions, keyed by every request field `decide` reads, byte for
+/// byte: the host, the method, `Origin`, `Upgrade`, every `Cookie`, `Authorization` and
+/// `podgate-token` value, and the names of client-sent `x-podgate-*` headers. The path is not
+/// in the key: `decide` reads it only to tell the reserved prefix (never memoized) and for a
+/// denial's redirect (denials are never memoized).
+///
+/// Only a forward decided by exactly one token candidate is kept, until that token's expiry
+/// (with the verifier's leeway, the rule the token cache applies): with one candidate, the
+/// decision depends on time only through that expiry. Everything else it depends on comes from
+/// the configuration, and a new configuration clears the memo (`clear`). Full, it starts over,
+/// like the token cache.
+///
+/// Keys are hashed word by word with a per-worker random seed (`memo_hash`) and compared word by
+/// word: SipHash and `memcmp` over a ~450-byte key cost 15,000 wasm instructions, as much as
+/// the decision they would save. Only forwards are stored, so filling a bucket takes valid
+/// capabilities, and the memo never holds more than `MEMO_MAX_ENTRIES`.
+#[derive(Debug)]
+pub struct DecisionMemo {
+    /// By `memo_hash` of the key; a bucket holds every entry of that hash.
+    entries: HashMap<u64, Vec<Memoized>, BuildHasherDefault<PremixedHasher>>,
+    len: usize,
+    seed: u64,
+    /// The key of the request at hand, reused so a lookup allocates nothing.
+    key: Vec<u8>,
+}
+
+impl Default for DecisionMemo {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::default(),
+            len: 0,
+            // The process's random SipHash keys, folded into one word.
+            seed: RandomState::new().hash_one(0x0070_6f64_6761_7465_u64),
+            key: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Memoized {
+    key: Box<[u8]>,
+    forward: Rc<Forward>,
+    /// The first second the memoized decision no longer holds.
+    valid_until: i64,
+}
+
+/// A `u64` key that is already a good hash (`memo_hash`) is used as is.
+#[derive(Debug, Default)]
+struct PremixedHasher(u64);
+
+impl Hasher for PremixedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = i;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A seeded multiply-rotate hash over 8-byte words, finished with a 64-bit avalanche
+/// (MurmurHash3's `fmix64`).
+fn memo_hash(seed: u64, bytes: &[u8]) -> u64 {
+    let (words, tail) = bytes.as_chunks::<8>();
+    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(MIX);
+    for word in words {
+        h = (h ^ u64::from_le_bytes(*word))
+            .wrapping_mul(MIX)
+            .rotate_left(31);
+    }
+    let mut last = [0u8; 8];
+    last[..tail.len()].copy_from_slice(tail);
+    h = (h ^ u64::from_le_bytes(last)).wrapping_mul(MIX);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// `a == b`, a word at a time (wasi-libc's `memcmp` goes byte by byte).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (a_tail, b_tail) = (a_words.remainder(), b_words.remainder());
+    a_words.zip(b_words).all(|(x, y)| word_at(x) == word_at(y)) && a_tail == b_tail
+}
+
+/// An 8-byte chunk as a word (`chunks_exact(8)` chunks are always 8 bytes long).
+fn word_at(chunk: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(chunk);
+    u64::from_le_bytes(word)
+}
+
+impl DecisionMemo {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.len = 0;
+    }
+
+    /// The live entry for the key in `self.key`, if any; an expired one is dropped.
+    fn lookup(&mut self, hash: u64, now: i64) -> Option<Rc<Forward>> {
+        let bucket = self.entries.get_mut(&hash)?;
+        let at = bucket.iter().position(|m| same_bytes(&m.key, &self.key))?;
+        if now < bucket[at].valid_until {
+            return Some(Rc::clone(&bucket[at].forward));
+        }
+        bucket.swap_remove(at);
+        if bucket.is_empty() {
+            self.entries.remove(&hash);
+        }
+        self.len -= 1;
+        None
+    }
+
+    fn insert(&mut self, hash: u64, entry: Memoized, capacity: usize) {
+        if self.len >= capacity {
+            self.clear();
+        }
+        self.entries.entry(hash).or_default().push(entry);
+        self.len += 1;
+    }
+
+    /// Writes the memo key of `req` into `self.key`: each field tagged and length-prefixed, so
+    /// no two requests that differ in a field `decide` reads share a key.
+    fn build_key(&mut self, req: &Request<'_>) {
+        fn field(key: &mut Vec<u8>, tag: u8, value: &str) {
+            key.push(tag);
+            key.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            key.extend_from_slice(value.as_bytes());
+        }
+        fn optional(key: &mut Vec<u8>, tag: u8, value: Option<&str>) {
+            match value {
+                Some(value) => field(key, tag, value),
+                None => key.push(tag ^ 0x80),
+            }
+        }
+        let key = &mut self.key;
+        key.clear();
+        field(key, b'a', req.authority);
+        field(key, b'm', req.method);
+        optional(key, b'o', req.origin);
+        optional(key, b'u', req.upgrade);
+        for (tag, values) in [
+            (b'c', &req.cookies),
+            (b'b', &req.authorizations),
+            (b't', &req.token_headers),
+            (b'x', &req.our_header_names),
+        ] {
+            key.push(tag);
+            key.extend_from_slice(&(values.len() as u32).to_le_bytes());
+            for value in values {
+                field(key, tag, value);
+            }
+        }
+    }
+}
+
+/// `decide`, through a memo of earlier forward decisions (`DecisionMemo`). Always the same
+/// answer as `decide` with the same cache: the `gate` fuzz target and
+/// `gate_tests::memo_*` check it. A memo hit counts as a token-cache hit (the token was
+/// verified before). The memo is off when the token cache is (`token_cache_entries` 0).
+pub fn decide_memoized(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    memo: &mut DecisionMemo,
+    req: &Request<'_>,
+    now: i64,
+) -> Outcome {
+    let capacity = config.token_cache_entries.min(MEMO_MAX_ENTRIES);
+    let memo_on = capacity > 0 && !req.path.starts_with(RESERVED_PREFIX);
+    let mut hash = 0;
+    if memo_on {
+        memo.build_key(req);
+        hash = memo_hash(memo.seed, &memo.key);
+        if let Some(forward) = memo.lookup(hash, now) {
+            cache.hits += 1;
+            return Outcome::Forward(forward);
+        }
+    }
+    match decide_counting(config, cache, req, now) {
+        (Decision::Deny(denial), _) => Outcome::Deny(denial),
+        (
+            Decision::Forward {
+                edits,
+                user,
+                expires_at,
+            },
+            looked_at,
+        ) => {
+            let forward = Rc::new(Forward {
+                edits,
+                user,
+                expires_at,
+            });
+            if let (true, 1, Some(_), Some(exp)) =
+                (memo_on, looked_at, &forward.user, forward.expires_at)
+            {
+                let entry = Memoized {
+                    key: memo.key.as_slice().into(),
+                    forward: Rc::clone(&forward),
+                    valid_until: exp.saturating_add(config.verifier.leeway()),
+                };
+                memo.insert(hash, entry, capacity);
+            }
+            Outcome::Forward(forward)
+        }
     }
 }
 

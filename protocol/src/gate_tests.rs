@@ -679,3 +679,246 @@ fn preflight_fields_are_read_strictly_and_the_gate_itself_never_answers_them() {
         Decision::Deny(Denial::MalformedHeader("access-control-request-headers"))
     );
 }
+
+// ---- the decision memo ---------------------------------------------------------------------
+
+/// What `decide_memoized` answered, in `decide`'s terms.
+fn as_decision(outcome: Outcome) -> Decision {
+    match outcome {
+        Outcome::Deny(denial) => Decision::Deny(denial),
+        Outcome::Forward(f) => Decision::Forward {
+            edits: f.edits.clone(),
+            user: f.user.clone(),
+            expires_at: f.expires_at,
+        },
+    }
+}
+
+/// Sends `h` through one shared memo and cache at `now`, and checks the answer is `decide`'s
+/// with a fresh cache.
+fn memo_agrees(
+    c: &CompiledConfig,
+    memo: &mut DecisionMemo,
+    cache: &mut VerifiedCache,
+    h: &[(String, Vec<u8>)],
+    now: i64,
+) -> Decision {
+    let req = Request::from_headers(h).unwrap();
+    let memoized = as_decision(decide_memoized(c, cache, memo, &req, now));
+    let direct = decide(c, &mut VerifiedCache::new(), &req, now);
+    assert_eq!(memoized, direct, "the memo changed the decision for {h:?}");
+    memoized
+}
+
+#[test]
+fn memo_answers_what_decide_answers_for_every_field_it_keys_on() {
+    let c = config();
+    let token = cap();
+    let beta = cap_for("beta", 8726);
+    let cookie = format!("a=1; __Host-podgate_cap={token}");
+    let bearer = format!("Bearer {token}");
+    let own = "https://localhost-3000-pod-alpha.example.dev";
+    let other = "https://localhost-3000-pod-beta.example.dev";
+    // Each differs from the first in one field `decide` reads; several are forwards that must
+    // not be served one another's edits, several are denials that must not be served a forward.
+    let variants: Vec<Headers> = vec![
+        base(&[("cookie", &cookie)]),
+        base(&[("cookie", &format!("a=2; __Host-podgate_cap={token}"))]),
+        base(&[("cookie", &format!("__Host-podgate_cap={token}"))]),
+        base(&[("cookie", &format!("__Host-podgate_cap={beta}"))]),
+        base(&[("cookie", &cookie), ("cookie", "z=9")]),
+        base(&[("authorization", &bearer)]),
+        base(&[("authorization", &bearer), ("authorization", "Basic eDp5")]),
+        base(&[("podgate-token", &token)]),
+        base(&[("podgate-token", &token), ("x-podgate-user", "mallory")]),
+        base(&[("cookie", &cookie), ("x-podgate-email", "m@example.dev")]),
+        base(&[("cookie", &cookie), ("origin", own)]),
+        base(&[("cookie", &cookie), ("origin", other)]),
+        base(&[("cookie", &cookie), ("origin", other), (":method", "POST")])
+            .into_iter()
+            .filter(|(n, v)| !(n == ":method" && v == b"GET"))
+            .collect(),
+        base(&[
+            ("cookie", &cookie),
+            ("origin", own),
+            ("upgrade", "websocket"),
+        ]),
+        base(&[
+            ("cookie", &cookie),
+            ("origin", other),
+            ("upgrade", "websocket"),
+        ]),
+        base(&[("cookie", &cookie), ("upgrade", "h2c")]),
+        headers(&[
+            (":authority", "localhost-8726-pod-beta.example.dev"),
+            (":path", "/"),
+            (":method", "GET"),
+            ("cookie", &cookie),
+        ]),
+        headers(&[
+            (":authority", "localhost-8726-pod-beta.example.dev"),
+            (":path", "/"),
+            (":method", "GET"),
+            ("cookie", &format!("__Host-podgate_cap={beta}")),
+        ]),
+        headers(&[
+            (":authority", "localhost-8727-pod-alpha.example.dev"),
+            (":path", "/"),
+            (":method", "GET"),
+            ("cookie", &cookie),
+        ]),
+        headers(&[
+            (":authority", HOST),
+            (":path", "/.podgate/callback?ticket=x"),
+            (":method", "GET"),
+            ("cookie", &cookie),
+        ]),
+    ];
+    let mut memo = DecisionMemo::new();
+    let mut cache = VerifiedCache::new();
+    let mut forwards = 0;
+    // Three passes: misses, then hits, then hits in the reverse order.
+    for pass in 0..3 {
+        let order: Vec<&Headers> = if pass == 2 {
+            variants.iter().rev().collect()
+        } else {
+            variants.iter().collect()
+        };
+        for h in order {
+            if matches!(
+                memo_agrees(&c, &mut memo, &mut cache, h, NOW + 1),
+                Decision::Forward { user: Some(_), .. }
+            ) {
+                forwards += 1;
+            }
+        }
+    }
+    assert!(
+        forwards >= 3 * 10,
+        "{forwards} forwards: the table lost its point"
+    );
+    assert!(!memo.is_empty());
+}
+
+#[test]
+fn a_memo_hit_is_a_cache_hit_and_skips_verification() {
+    let c = config();
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    let req = Request::from_headers(&h).unwrap();
+    let mut memo = DecisionMemo::new();
+    let mut cache = VerifiedCache::new();
+    let first = decide_memoized(&c, &mut cache, &mut memo, &req, NOW + 1);
+    assert_eq!(cache.stats(), (0, 1));
+    assert_eq!(memo.len(), 1);
+    let second = decide_memoized(&c, &mut cache, &mut memo, &req, NOW + 2);
+    assert_eq!(cache.stats(), (1, 1));
+    match (first, second) {
+        (Outcome::Forward(a), Outcome::Forward(b)) => assert!(Rc::ptr_eq(&a, &b)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_memoized_forward_ends_at_the_capabilitys_expiry_with_the_leeway() {
+    // `cap()` lives 900 s from NOW; the config's leeway is 30 s.
+    let c = config();
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    let mut memo = DecisionMemo::new();
+    let mut cache = VerifiedCache::new();
+    let last_good = NOW + 900 + 30 - 1;
+    assert!(matches!(
+        memo_agrees(&c, &mut memo, &mut cache, &h, NOW + 1),
+        Decision::Forward { .. }
+    ));
+    assert!(matches!(
+        memo_agrees(&c, &mut memo, &mut cache, &h, last_good),
+        Decision::Forward { .. }
+    ));
+    let expired = memo_agrees(&c, &mut memo, &mut cache, &h, last_good + 1);
+    assert_eq!(status(&expired), 401, "{expired:?}");
+    assert!(memo.is_empty(), "the expired entry is dropped");
+}
+
+#[test]
+fn two_candidate_tokens_are_never_memoized() {
+    // Cookie tossing: which token decides can change with time (one may not be valid yet), so
+    // the decision is made afresh every time.
+    let c = config();
+    let cookie = format!(
+        "__Host-podgate_cap={}; __Host-podgate_cap={}",
+        cap(),
+        cap_for("beta", 8726)
+    );
+    let h = base(&[("cookie", &cookie)]);
+    let mut memo = DecisionMemo::new();
+    let mut cache = VerifiedCache::new();
+    for _ in 0..2 {
+        assert!(matches!(
+            memo_agrees(&c, &mut memo, &mut cache, &h, NOW + 1),
+            Decision::Forward { .. }
+        ));
+    }
+    assert!(memo.is_empty());
+}
+
+#[test]
+fn the_memo_is_off_with_the_token_cache_and_bounded_by_it() {
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    let req = Request::from_headers(&h).unwrap();
+    let off = config_with(|c| c.token_cache_entries = 0);
+    let mut memo = DecisionMemo::new();
+    let mut cache = VerifiedCache::new();
+    decide_memoized(&off, &mut cache, &mut memo, &req, NOW + 1);
+    decide_memoized(&off, &mut cache, &mut memo, &req, NOW + 1);
+    assert!(memo.is_empty());
+    assert_eq!(cache.stats(), (0, 0));
+
+    let two = config_with(|c| c.token_cache_entries = 2);
+    for n in 0..5 {
+        let h = base(&[("cookie", &format!("n={n}; __Host-podgate_cap={}", cap()))]);
+        let req = Request::from_headers(&h).unwrap();
+        decide_memoized(&two, &mut cache, &mut memo, &req, NOW + 1);
+        assert!(memo.len() <= 2, "{} entries", memo.len());
+    }
+}
+
+#[test]
+fn memo_keys_and_hashes_tell_close_requests_apart() {
+    // Tagged, length-prefixed fields: moving bytes between fields changes the key.
+    let mut memo = DecisionMemo::new();
+    let key = |memo: &mut DecisionMemo, h: &Headers| {
+        memo.build_key(&Request::from_headers(h).unwrap());
+        memo.key.clone()
+    };
+    let a = key(&mut memo, &base(&[("cookie", "ab"), ("cookie", "c")]));
+    let b = key(&mut memo, &base(&[("cookie", "a"), ("cookie", "bc")]));
+    let c = key(&mut memo, &base(&[("cookie", "abc")]));
+    let d = key(&mut memo, &base(&[("authorization", "abc")]));
+    let e = key(&mut memo, &base(&[("origin", "")]));
+    let f = key(&mut memo, &base(&[]));
+    let keys = [a, b, c, d, e, f];
+    for (i, x) in keys.iter().enumerate() {
+        for y in &keys[i + 1..] {
+            assert_ne!(x, y);
+            assert!(!same_bytes(x, y));
+            assert_ne!(memo_hash(7, x), memo_hash(7, y));
+        }
+        assert!(same_bytes(x, &x.clone()));
+    }
+    // Every length around a word boundary, and a one-bit change anywhere.
+    for len in 0..40 {
+        let x: Vec<u8> = (0..len as u8).collect();
+        assert!(same_bytes(&x, &x.clone()));
+        for at in 0..len {
+            let mut y = x.clone();
+            y[at] ^= 1;
+            assert!(!same_bytes(&x, &y), "len {len} at {at}");
+            assert_ne!(memo_hash(7, &x), memo_hash(7, &y), "len {len} at {at}");
+        }
+    }
+    assert_ne!(
+        memo_hash(1, b"same"),
+        memo_hash(2, b"same"),
+        "the seed matters"
+    );
+}

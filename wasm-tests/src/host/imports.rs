@@ -35,6 +35,9 @@ fn run(
     body: impl FnOnce(&mut Ctx<'_>) -> HostResult,
 ) -> wasmtime::Result<u32> {
     caller.data_mut().count(name);
+    if caller.data().trace_fuel {
+        eprintln!("fuel-trace {name} {}", caller.get_fuel().unwrap_or(0));
+    }
     match body(caller) {
         Ok(code) | Err(Stop::Status(code)) => Ok(code),
         Err(Stop::Trap(error)) => Err(error),

@@ -113,6 +113,9 @@ pub(crate) struct HostState {
     pub(crate) echo_logs: bool,
     pub(crate) logs: Vec<(LogLevel, String)>,
     pub(crate) host_calls: BTreeMap<String, u64>,
+    /// `PODGATE_FUEL_TRACE` set: every host call prints the fuel left in the callback, so the
+    /// differences show where a callback's wasm instructions go (`examples/fuel_trace.rs`).
+    pub(crate) trace_fuel: bool,
     pub(crate) unimplemented: BTreeMap<String, u64>,
     pub(crate) root_context_id: u32,
     pub(crate) effective_context: u32,
@@ -140,6 +143,7 @@ impl HostState {
             echo_logs: false,
             logs: Vec::new(),
             host_calls: BTreeMap::new(),
+            trace_fuel: std::env::var_os("PODGATE_FUEL_TRACE").is_some(),
             unimplemented: BTreeMap::new(),
             root_context_id: 0,
             effective_context: 0,
