@@ -2,13 +2,16 @@
 //! `podgate_protocol::gate`; this file only moves values between Envoy and that module.
 //!
 //! Fail closed: without a compiled configuration every request gets a 500 and nothing is
-//! forwarded. Host calls go through `proxy_wasm::hostcalls` so their errors are values, never
-//! panics.
+//! forwarded. Host calls go through `raw`, whose errors are values, never panics.
+//!
+//! The filter speaks the proxy-wasm ABI itself (`abi`) rather than through an SDK, so that it
+//! exports only the callbacks it needs: Envoy enters the VM once for every exported callback of
+//! every stream, and each entry costs more Envoy CPU than podgate's whole cached decision
+//! (BENCHMARKS.md). Per request: `proxy_on_request_headers`, `proxy_on_response_headers` and
+//! `proxy_on_delete`; no context-create, body, log or done callbacks.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 use podgate_protocol::config::{CompiledConfig, FilterConfig};
 use podgate_protocol::cors::{self, Preflight};
@@ -16,108 +19,192 @@ use podgate_protocol::gate::{self, DecisionMemo, HeaderEdit, Outcome, Request, V
 use podgate_protocol::reply::{Denial, Reply};
 use podgate_protocol::response::{self, PodResponse, ResponseEdit};
 use podgate_protocol::wire;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
+mod abi;
 mod raw;
 
-/// How often the root context looks for WebSockets whose capability expired.
-const WEBSOCKET_SWEEP_MS: u32 = 1000;
+use raw::{LogLevel, MapType};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("podgate filter panicked: {info}"));
-    }));
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
+/// How often the root context flushes the counters and looks for WebSockets whose capability
+/// expired.
+const TICK_MS: u32 = 1000;
 
-/// Counter ids, defined once per VM.
+/// What a callback tells Envoy to do with the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Action {
+    Continue = 0,
+    Pause = 1,
+}
+
+/// The filter's counters. Counts add up in the VM and reach Envoy once a second, from the
+/// tick (`flush`): an `increment_metric` per request and counter cost more Envoy CPU than the
+/// cached decision. Envoy's stats lag by at most one tick; a VM that dies loses at most that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+enum Counter {
+    Allowed,
+    Callback,
+    CacheHits,
+    CacheMisses,
+    Preflight,
+    CookiesDropped,
+    CorsStripped,
+    WebsocketExpired,
+    ResponseFailed,
+}
+
+impl Counter {
+    const ALL: [(Counter, &'static str); 9] = [
+        (Counter::Allowed, "podgate.allowed"),
+        (Counter::Callback, "podgate.callback"),
+        (Counter::CacheHits, "podgate.token_cache.hits"),
+        (Counter::CacheMisses, "podgate.token_cache.misses"),
+        (Counter::Preflight, "podgate.preflight"),
+        (
+            Counter::CookiesDropped,
+            "podgate.response.set_cookie_dropped",
+        ),
+        (Counter::CorsStripped, "podgate.response.cors_stripped"),
+        (Counter::WebsocketExpired, "podgate.websocket.expired"),
+        (Counter::ResponseFailed, "podgate.response.failed"),
+    ];
+}
+
+/// Counter ids, defined once per VM (`podgate.denied.<reason>` after the named ones), and the
+/// counts not yet handed to Envoy, by the same index.
 #[derive(Debug, Default, Clone)]
 struct Metrics {
-    allowed: Option<u32>,
-    callback: Option<u32>,
-    denied: Vec<(&'static str, u32)>,
-    cache_hits: Option<u32>,
-    cache_misses: Option<u32>,
-    preflight: Option<u32>,
-    cookies_dropped: Option<u32>,
-    cors_stripped: Option<u32>,
-    websocket_expired: Option<u32>,
-    response_failed: Option<u32>,
+    ids: Vec<Option<u32>>,
+    pending: Vec<u64>,
 }
 
 impl Metrics {
     fn define() -> Self {
-        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
-        Metrics {
-            allowed: counter("podgate.allowed"),
-            callback: counter("podgate.callback"),
-            denied: Denial::ALL_REASONS
+        let counter = |name: &str| raw::define_counter(name).ok();
+        let mut ids: Vec<Option<u32>> =
+            Counter::ALL.iter().map(|(_, name)| counter(name)).collect();
+        ids.extend(
+            Denial::ALL_REASONS
                 .iter()
-                .filter_map(|r| Some((*r, counter(&format!("podgate.denied.{r}"))?)))
-                .collect(),
-            cache_hits: counter("podgate.token_cache.hits"),
-            cache_misses: counter("podgate.token_cache.misses"),
-            preflight: counter("podgate.preflight"),
-            cookies_dropped: counter("podgate.response.set_cookie_dropped"),
-            cors_stripped: counter("podgate.response.cors_stripped"),
-            websocket_expired: counter("podgate.websocket.expired"),
-            response_failed: counter("podgate.response.failed"),
+                .map(|r| counter(&format!("podgate.denied.{r}"))),
+        );
+        let pending = vec![0; ids.len()];
+        Metrics { ids, pending }
+    }
+
+    fn add(&mut self, index: usize, by: u64) {
+        if let Some(count) = self.pending.get_mut(index) {
+            *count = count.saturating_add(by);
         }
     }
 
-    fn bump(id: Option<u32>, by: i64) {
-        if let Some(id) = id {
-            if by > 0 {
-                let _ = hostcalls::increment_metric(id, by);
+    fn bump(&mut self, counter: Counter, by: u64) {
+        self.add(counter as usize, by);
+    }
+
+    fn denied(&mut self, reason: &str) {
+        if let Some(at) = Denial::ALL_REASONS.iter().position(|r| *r == reason) {
+            self.add(Counter::ALL.len() + at, 1);
+        }
+    }
+
+    /// Hands every pending count to Envoy.
+    fn flush(&mut self) {
+        for (id, count) in self.ids.iter().zip(self.pending.iter_mut()) {
+            if let (Some(id), Ok(by @ 1..)) = (id, i64::try_from(*count)) {
+                let _ = raw::increment_counter(*id, by);
             }
+            *count = 0;
         }
-    }
-
-    fn denied(&self, reason: &str) {
-        let id = self
-            .denied
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map(|(_, id)| *id);
-        Self::bump(id, 1);
     }
 }
 
-/// What every HTTP context of this VM shares: the compiled config, the verified-token cache, the
-/// memo of forward decisions, and the open WebSockets (context id → capability `exp`, unix seconds) the tick closes at expiry.
+/// One worker's filter: the compiled config, the verified-token cache, the memo of forward
+/// decisions, and what open streams need later. Envoy runs one VM per worker thread and never
+/// calls into it concurrently.
 #[derive(Default)]
-struct Shared {
+struct Filter {
     config: Option<Rc<CompiledConfig>>,
     cache: VerifiedCache,
     memo: DecisionMemo,
     metrics: Metrics,
+    /// Streams forwarded to a pod, until their response headers (or their end): what
+    /// sanitizing the response needs.
+    responses: HashMap<u32, PodResponse>,
+    /// Open WebSockets to pods: context id → capability `exp` (unix seconds), closed by the
+    /// tick at expiry.
     websockets: HashMap<u32, i64>,
 }
 
-#[derive(Default)]
-struct Root {
-    shared: Rc<RefCell<Shared>>,
+fn log(level: LogLevel, message: &str) {
+    raw::log(level, message);
 }
 
-impl Context for Root {}
+fn now_unix() -> Option<i64> {
+    i64::try_from(raw::now_nanos().ok()? / 1_000_000_000).ok()
+}
 
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        self.shared.borrow_mut().metrics = Metrics::define();
+/// Answers locally; nothing is forwarded.
+fn answer(reply: &Reply) -> Action {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
+    if let Err(status) = raw::send_local_response(reply.status, &headers, reply.body.as_bytes()) {
+        log(
+            LogLevel::Error,
+            &format!("podgate: local reply failed: {status:?}"),
+        );
+    }
+    Action::Pause
+}
+
+fn apply_request(edits: &[HeaderEdit]) -> Result<(), raw::HostStatus> {
+    let map = MapType::HttpRequestHeaders;
+    for edit in edits {
+        match edit {
+            HeaderEdit::Remove(name) => raw::remove_header(map, name.as_bytes())?,
+            HeaderEdit::Set(name, value) => {
+                raw::replace_header(map, name.as_bytes(), value.as_bytes())?
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_response(edits: &[ResponseEdit]) -> Result<(), raw::HostStatus> {
+    let map = MapType::HttpResponseHeaders;
+    for edit in edits {
+        match edit {
+            ResponseEdit::Remove(name) => raw::remove_header(map, name)?,
+            ResponseEdit::Add(name, value) => raw::add_header(map, name, value)?,
+            ResponseEdit::Set(name, value) => {
+                raw::replace_header(map, name.as_bytes(), value.as_bytes())?
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Filter {
+    fn on_vm_start(&mut self) -> bool {
+        self.metrics = Metrics::define();
+        // The tick flushes the counters, configured or not.
+        if let Err(status) = raw::set_tick_period_ms(TICK_MS) {
+            log(
+                LogLevel::Error,
+                &format!("podgate: cannot set the tick period: {status:?}"),
+            );
+        }
         true
     }
 
-    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(
-            BufferType::PluginConfiguration,
-            0,
-            plugin_configuration_size,
-        ) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = match raw::plugin_configuration(size) {
+            Ok(bytes) if !bytes.is_empty() => bytes,
+            Ok(_) => {
                 log(
                     LogLevel::Critical,
                     "podgate: no plugin configuration; refusing to start",
@@ -142,18 +229,11 @@ impl RootContext for Root {
                         compiled.verifier.key_count()
                     ),
                 );
-                let mut shared = self.shared.borrow_mut();
-                shared.config = Some(Rc::new(compiled));
-                // Keys or revocations may have changed: nothing verified before is trusted now.
-                shared.cache.clear();
-                shared.memo.clear();
-                if let Err(status) = raw::set_tick_period_ms(WEBSOCKET_SWEEP_MS) {
-                    // Frames are still checked; only idle WebSockets would outlive expiry.
-                    log(
-                        LogLevel::Error,
-                        &format!("podgate: cannot set the tick period: {status:?}"),
-                    );
-                }
+                self.config = Some(Rc::new(compiled));
+                // Keys, pods or revocations may have changed: nothing decided before is
+                // trusted now.
+                self.cache.clear();
+                self.memo.clear();
                 true
             }
             Err(err) => {
@@ -167,32 +247,28 @@ impl RootContext for Root {
         }
     }
 
-    /// Closes every WebSocket whose capability has expired. Envoy resets the stream right after
-    /// this callback (`proxy_close_stream` on the stream made effective), then calls its
-    /// `on_done`.
     fn on_tick(&mut self) {
-        let expired: Vec<u32> = {
-            let Ok(mut shared) = self.shared.try_borrow_mut() else {
-                return;
-            };
-            if shared.websockets.is_empty() {
-                // The common case: no host call at all.
-                return;
-            }
-            let Some(now) = now_unix() else { return };
-            let expired: Vec<u32> = shared
-                .websockets
-                .iter()
-                .filter(|(_, exp)| now >= **exp)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in &expired {
-                shared.websockets.remove(id);
-            }
-            expired
-        };
+        self.close_expired_websockets();
+        self.metrics.flush();
+    }
+
+    /// Closes every WebSocket whose capability has expired. Envoy resets the stream right after
+    /// this callback (`proxy_close_stream` on the stream made effective), then deletes it.
+    fn close_expired_websockets(&mut self) {
+        if self.websockets.is_empty() {
+            // The common case: no host call at all.
+            return;
+        }
+        let Some(now) = now_unix() else { return };
+        let expired: Vec<u32> = self
+            .websockets
+            .iter()
+            .filter(|(_, exp)| now >= **exp)
+            .map(|(id, _)| *id)
+            .collect();
         let mut closed = 0;
         for context_id in expired {
+            self.websockets.remove(&context_id);
             let result = raw::set_effective_context(context_id).and_then(|()| raw::reset_stream());
             match result {
                 Ok(()) => closed += 1,
@@ -203,93 +279,17 @@ impl RootContext for Root {
                 ),
             }
         }
-        if let Ok(shared) = self.shared.try_borrow() {
-            Metrics::bump(shared.metrics.websocket_expired, closed);
-        }
+        self.metrics.bump(Counter::WebsocketExpired, closed);
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Gate {
-            shared: Rc::clone(&self.shared),
-            context_id,
-            response: None,
-            websocket_expires_at: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct Gate {
-    shared: Rc<RefCell<Shared>>,
-    context_id: u32,
-    /// Set when the request was forwarded to a pod: its response is sanitized.
-    response: Option<PodResponse>,
-    /// Set for a WebSocket forwarded to a pod: its capability's `exp` (unix seconds).
-    websocket_expires_at: Option<i64>,
-}
-
-impl Context for Gate {
-    fn on_done(&mut self) -> bool {
-        self.forget_websocket();
-        true
-    }
-}
-
-fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
-}
-
-fn now_unix() -> Option<i64> {
-    let now = hostcalls::get_current_time().ok()?;
-    let secs = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    i64::try_from(secs).ok()
-}
-
-impl Gate {
-    fn deny(&self, denial: &Denial) -> Action {
+    fn deny(&mut self, denial: &Denial) -> Action {
         let reply = denial.reply();
-        self.shared.borrow().metrics.denied(reply.reason);
-        Self::answer(&reply)
+        self.metrics.denied(reply.reason);
+        answer(&reply)
     }
 
-    fn answer(reply: &Reply) -> Action {
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(n, v)| (*n, v.as_str()))
-            .collect();
-        if let Err(status) =
-            hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
-        {
-            log(
-                LogLevel::Error,
-                &format!("podgate: local reply failed: {status:?}"),
-            );
-        }
-        Action::Pause
-    }
-
-    fn apply(edits: &[HeaderEdit]) -> Result<(), proxy_wasm::types::Status> {
-        for edit in edits {
-            match edit {
-                HeaderEdit::Remove(name) => {
-                    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)?
-                }
-                HeaderEdit::Set(name, value) => {
-                    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))?
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl HttpContext for Gate {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(config) = self.shared.borrow().config.clone() else {
+    fn on_request_headers(&mut self, context_id: u32) -> Action {
+        let Some(config) = self.config.clone() else {
             return self.deny(&Denial::NotConfigured);
         };
         let bytes = match raw::header_map_bytes(MapType::HttpRequestHeaders) {
@@ -322,84 +322,58 @@ impl HttpContext for Gate {
             None => {}
             Some(Preflight::Refused(denial)) => return self.deny(&denial),
             Some(Preflight::Allowed(reply)) => {
-                Metrics::bump(self.shared.borrow().metrics.preflight, 1);
-                return Self::answer(&reply);
+                self.metrics.bump(Counter::Preflight, 1);
+                return answer(&reply);
             }
         }
         let Some(now) = now_unix() else {
             return self.deny(&Denial::NotConfigured);
         };
-        let outcome = {
-            let mut shared = self.shared.borrow_mut();
-            let Shared {
-                cache,
-                memo,
-                metrics,
-                ..
-            } = &mut *shared;
-            let before = cache.stats();
-            let outcome = gate::decide_memoized(&config, cache, memo, &request, now);
-            let after = cache.stats();
-            Metrics::bump(metrics.cache_hits, (after.0 - before.0) as i64);
-            Metrics::bump(metrics.cache_misses, (after.1 - before.1) as i64);
-            outcome
+        let before = self.cache.stats();
+        let outcome =
+            gate::decide_memoized(&config, &mut self.cache, &mut self.memo, &request, now);
+        let after = self.cache.stats();
+        self.metrics.bump(Counter::CacheHits, after.0 - before.0);
+        self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
+        let forward = match outcome {
+            Outcome::Deny(denial) => return self.deny(&denial),
+            Outcome::Forward(forward) => forward,
         };
-        match outcome {
-            Outcome::Deny(denial) => self.deny(&denial),
-            Outcome::Forward(forward) => {
-                let gate::Forward {
-                    edits,
-                    user,
-                    expires_at,
-                } = &*forward;
-                if let Err(status) = Self::apply(edits) {
-                    log(
-                        LogLevel::Error,
-                        &format!("podgate: header edit failed: {status:?}"),
-                    );
-                    return self.deny(&Denial::NotConfigured);
-                }
-                // Routing depends on headers we just set; Envoy must pick the route again.
-                if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", None) {
-                    log(
-                        LogLevel::Error,
-                        &format!("podgate: clear_route_cache failed: {status:?}"),
-                    );
-                    return self.deny(&Denial::NotConfigured);
-                }
-                if user.is_some() {
-                    // To a pod (not the control plane, which sets our cookie): its response is
-                    // sanitized, and a WebSocket is closed when the capability expires.
-                    self.response = Some(PodResponse::for_request(&request));
-                    if request.is_websocket() {
-                        if let Some(exp) = *expires_at {
-                            self.websocket_expires_at = Some(exp);
-                            self.shared
-                                .borrow_mut()
-                                .websockets
-                                .insert(self.context_id, exp);
-                        }
-                    }
-                }
-                let metrics = &self.shared.borrow().metrics;
-                Metrics::bump(
-                    if user.is_some() {
-                        metrics.allowed
-                    } else {
-                        metrics.callback
-                    },
-                    1,
-                );
-                Action::Continue
-            }
+        if let Err(status) = apply_request(&forward.edits) {
+            log(
+                LogLevel::Error,
+                &format!("podgate: header edit failed: {status:?}"),
+            );
+            return self.deny(&Denial::NotConfigured);
         }
+        // Routing depends on headers we just set; Envoy must pick the route again.
+        if let Err(status) = raw::call_foreign_function("clear_route_cache") {
+            log(
+                LogLevel::Error,
+                &format!("podgate: clear_route_cache failed: {status:?}"),
+            );
+            return self.deny(&Denial::NotConfigured);
+        }
+        if forward.user.is_some() {
+            // To a pod (not the control plane, which sets our cookie): its response is
+            // sanitized, and a WebSocket is closed when the capability expires.
+            self.responses
+                .insert(context_id, PodResponse::for_request(&request));
+            if let (true, Some(exp)) = (request.is_websocket(), forward.expires_at) {
+                self.websockets.insert(context_id, exp);
+            }
+            self.metrics.bump(Counter::Allowed, 1);
+        } else {
+            self.metrics.bump(Counter::Callback, 1);
+        }
+        Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(ctx) = &self.response else {
+    fn on_response_headers(&mut self, context_id: u32) -> Action {
+        let Some(ctx) = self.responses.remove(&context_id) else {
             return Action::Continue;
         };
-        let Some(config) = self.shared.borrow().config.clone() else {
+        let Some(config) = self.config.clone() else {
             return self.fail_response("no configuration");
         };
         let bytes = match raw::header_map_bytes(MapType::HttpResponseHeaders) {
@@ -410,87 +384,33 @@ impl HttpContext for Gate {
             Ok(headers) => headers,
             Err(err) => return self.fail_response(&format!("cannot decode: {err}")),
         };
-        let sanitized = response::sanitize(&config, ctx, headers);
+        let sanitized = response::sanitize(&config, &ctx, headers);
         if sanitized.edits.is_empty() {
             return Action::Continue;
         }
         if let Err(status) = apply_response(&sanitized.edits) {
             return self.fail_response(&format!("edit failed: {status:?}"));
         }
-        let shared = self.shared.borrow();
-        Metrics::bump(
-            shared.metrics.cookies_dropped,
-            sanitized.dropped_cookies.len() as i64,
+        self.metrics.bump(
+            Counter::CookiesDropped,
+            sanitized.dropped_cookies.len() as u64,
         );
-        Metrics::bump(shared.metrics.cors_stripped, sanitized.stripped_cors as i64);
+        self.metrics
+            .bump(Counter::CorsStripped, sanitized.stripped_cors as u64);
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        self.check_websocket_expiry()
+    /// The stream is gone: forget it.
+    fn on_delete(&mut self, context_id: u32) {
+        self.responses.remove(&context_id);
+        self.websockets.remove(&context_id);
     }
 
-    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        self.check_websocket_expiry()
-    }
-
-    fn on_log(&mut self) {
-        self.forget_websocket();
-    }
-}
-
-fn apply_response(edits: &[ResponseEdit]) -> Result<(), raw::HostStatus> {
-    let map = MapType::HttpResponseHeaders;
-    for edit in edits {
-        match edit {
-            ResponseEdit::Remove(name) => raw::remove_header(map, name)?,
-            ResponseEdit::Add(name, value) => raw::add_header(map, name, value)?,
-            ResponseEdit::Set(name, value) => {
-                raw::replace_header(map, name.as_bytes(), value.as_bytes())?
-            }
-        }
-    }
-    Ok(())
-}
-
-impl Gate {
     /// A pod response we cannot vouch for never reaches the client: the stream is reset.
-    fn fail_response(&self, why: &str) -> Action {
+    fn fail_response(&mut self, why: &str) -> Action {
         log(LogLevel::Error, &format!("podgate: pod response: {why}"));
-        if let Ok(shared) = self.shared.try_borrow() {
-            Metrics::bump(shared.metrics.response_failed, 1);
-        }
+        self.metrics.bump(Counter::ResponseFailed, 1);
         let _ = raw::reset_stream();
         Action::Pause
-    }
-
-    /// Second line behind the tick: a WebSocket frame after the capability's `exp` closes the
-    /// stream instead of passing.
-    fn check_websocket_expiry(&mut self) -> Action {
-        let Some(exp) = self.websocket_expires_at else {
-            return Action::Continue;
-        };
-        if now_unix().is_some_and(|now| now < exp) {
-            return Action::Continue;
-        }
-        self.forget_websocket();
-        if let Ok(shared) = self.shared.try_borrow() {
-            Metrics::bump(shared.metrics.websocket_expired, 1);
-        }
-        if let Err(status) = raw::reset_stream() {
-            log(
-                LogLevel::Error,
-                &format!("podgate: cannot close expired WebSocket: {status:?}"),
-            );
-        }
-        Action::Pause
-    }
-
-    fn forget_websocket(&mut self) {
-        if self.websocket_expires_at.take().is_some() {
-            if let Ok(mut shared) = self.shared.try_borrow_mut() {
-                shared.websockets.remove(&self.context_id);
-            }
-        }
     }
 }

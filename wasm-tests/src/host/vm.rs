@@ -151,7 +151,8 @@ pub struct StreamStats {
 }
 
 struct Exports {
-    on_context_create: TypedFunc<(u32, u32), ()>,
+    /// Optional, as in Envoy: without it the module keeps its own per-context state.
+    on_context_create: Option<TypedFunc<(u32, u32), ()>>,
     on_vm_start: Option<TypedFunc<(u32, u32), u32>>,
     on_configure: Option<TypedFunc<(u32, u32), u32>>,
     on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
@@ -177,10 +178,8 @@ impl Exports {
                 }
             };
         }
-        let on_context_create = optional!("proxy_on_context_create")
-            .ok_or_else(|| anyhow!("module does not export proxy_on_context_create"))?;
         Ok(Exports {
-            on_context_create,
+            on_context_create: optional!("proxy_on_context_create"),
             on_vm_start: optional!("proxy_on_vm_start"),
             on_configure: optional!("proxy_on_configure"),
             on_request_headers: optional!("proxy_on_request_headers"),
@@ -308,9 +307,10 @@ impl FilterVm {
                 break;
             }
         }
-        let create = vm.exports.on_context_create.clone();
-        vm.call(&create, (ROOT_CONTEXT_ID, 0), ROOT_CONTEXT_ID)?
-            .map_err(|t| t.into_error("proxy_on_context_create (root)"))?;
+        if let Some(create) = vm.exports.on_context_create.clone() {
+            vm.call(&create, (ROOT_CONTEXT_ID, 0), ROOT_CONTEXT_ID)?
+                .map_err(|t| t.into_error("proxy_on_context_create (root)"))?;
+        }
         if let Some(start) = vm.exports.on_vm_start.clone() {
             let size = abi::len_u32(options.vm_configuration.len());
             let started = vm
@@ -756,8 +756,10 @@ impl FilterVm {
                 request_headers_action: None,
             },
         );
-        let create = self.exports.on_context_create.clone();
-        let created = self.call(&create, (context_id, ROOT_CONTEXT_ID), context_id)?;
+        let created = match self.exports.on_context_create.clone() {
+            Some(create) => self.call(&create, (context_id, ROOT_CONTEXT_ID), context_id)?,
+            None => Ok(()),
+        };
         if created.is_err() {
             self.record_stream_end(context_id);
         }

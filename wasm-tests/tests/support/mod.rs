@@ -474,7 +474,10 @@ impl Sent {
 }
 
 /// Metric value, 0 when the filter never touched it.
-pub fn metric(vm: &FilterVm, name: &str) -> u64 {
+/// A counter's value in Envoy after the next tick (the filter hands its counts over from the
+/// tick, once a second).
+pub fn metric(vm: &mut FilterVm, name: &str) -> u64 {
+    vm.tick().expect("tick");
     vm.metric(name).unwrap_or(0)
 }
 

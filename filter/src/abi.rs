@@ -1,0 +1,120 @@
+//! The callbacks the filter exports to Envoy (proxy-wasm ABI 0.2.1). Envoy skips every callback
+//! a module does not export, so this list is the per-request cost: a stream enters the VM for
+//! its request headers, its response headers and its deletion, and for nothing else.
+//!
+//! Each entry point borrows the worker's one `Filter`. Envoy never re-enters a VM from inside
+//! a host call the filter makes (local replies and stream resets run after the callback
+//! returns), so the borrow cannot fail; if it ever did, the request is refused, never passed.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
+use podgate_protocol::reply::Denial;
+
+use crate::raw::{self, LogLevel};
+use crate::{Action, Filter};
+
+thread_local! {
+    static FILTER: RefCell<Filter> = RefCell::new(Filter::default());
+}
+
+/// Runs `f` on the worker's filter, or returns `busy` if it is already in use.
+fn with_filter<T>(busy: T, f: impl FnOnce(&mut Filter) -> T) -> T {
+    FILTER.with(|filter| match filter.try_borrow_mut() {
+        Ok(mut filter) => f(&mut filter),
+        Err(_) => {
+            raw::log(LogLevel::Critical, "podgate: filter re-entered; refusing");
+            busy
+        }
+    })
+}
+
+/// The ABI version marker Envoy looks for.
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+/// The WASI reactor's initializer: runs static constructors and installs the panic hook (a
+/// panic aborts the VM, which Envoy then fails closed; the hook says why in Envoy's log).
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    #[cfg(target_os = "wasi")]
+    {
+        extern "C" {
+            fn __wasm_call_ctors();
+        }
+        // SAFETY: the reactor contract: called once, before any other export.
+        unsafe { __wasm_call_ctors() };
+    }
+    std::panic::set_hook(Box::new(|info| {
+        raw::log(
+            LogLevel::Critical,
+            &format!("podgate filter panicked: {info}"),
+        );
+    }));
+}
+
+/// Where the host copies data it hands to the filter (header maps, configuration): a boxed
+/// slice of exactly `size` bytes, taken back by `raw::host_buffer`.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let buffer: Box<[MaybeUninit<u8>]> = Box::new_uninit_slice(size);
+    Box::into_raw(buffer).cast::<u8>()
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: usize) -> u32 {
+    u32::from(with_filter(false, Filter::on_vm_start))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(_root_context_id: u32, configuration_size: usize) -> u32 {
+    u32::from(with_filter(false, |f| f.on_configure(configuration_size)))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(_root_context_id: u32) {
+    with_filter((), Filter::on_tick);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(
+    context_id: u32,
+    _num_headers: usize,
+    _end_of_stream: u32,
+) -> u32 {
+    let refuse = || {
+        let reply = Denial::NotConfigured.reply();
+        crate::answer(&reply)
+    };
+    FILTER.with(|filter| match filter.try_borrow_mut() {
+        Ok(mut filter) => filter.on_request_headers(context_id) as u32,
+        Err(_) => {
+            raw::log(LogLevel::Critical, "podgate: filter re-entered; refusing");
+            refuse() as u32
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(
+    context_id: u32,
+    _num_headers: usize,
+    _end_of_stream: u32,
+) -> u32 {
+    let reset = || {
+        let _ = raw::reset_stream();
+        Action::Pause
+    };
+    FILTER.with(|filter| match filter.try_borrow_mut() {
+        Ok(mut filter) => filter.on_response_headers(context_id) as u32,
+        Err(_) => {
+            raw::log(LogLevel::Critical, "podgate: filter re-entered; refusing");
+            reset() as u32
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context_id: u32) {
+    with_filter((), |f| f.on_delete(context_id));
+}
