@@ -31,8 +31,8 @@ pub enum Proxy {
     JwtAuthnNoCache,
     /// D: the podgate filter, verified-token cache on.
     Podgate,
-    /// W: Envoy with a Wasm filter that does nothing (`bench/noop-filter`): what any Wasm
-    /// filter costs before it does any work.
+    /// W: Envoy with a Wasm filter that does nothing (`bench/noop-filter`) but exports the
+    /// callbacks podgate's does: what entering the VM costs before any work.
     WasmNoop,
     /// W-calls: the same filter making `WASM_CALLS` host calls per request (header replaces):
     /// what a host call costs.

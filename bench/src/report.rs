@@ -432,7 +432,7 @@ impl Report {
                 md,
                 "{}",
                 row(
-                    "Envoy CPU µs per request, W − B (any Wasm filter, doing nothing)",
+                    "Envoy CPU µs per request, W − B (entering a Wasm filter, doing nothing)",
                     |r| r.cpu_w_minus_b_us
                 )
             );
@@ -546,7 +546,9 @@ fn describe(c: &CaseResult) -> String {
     match (c.proxy, c.tokens) {
         (Proxy::Direct, _) => "upstream directly".into(),
         (Proxy::Envoy, _) => "Envoy, no auth".into(),
-        (Proxy::WasmNoop, _) => "Envoy + a Wasm filter that does nothing (V8)".into(),
+        (Proxy::WasmNoop, _) => {
+            "Envoy + a Wasm filter with podgate's callbacks that does nothing (V8)".into()
+        }
         (Proxy::WasmCalls, _) => format!(
             "the same filter making {} host calls per request (header replaces)",
             crate::compare::WASM_CALLS
