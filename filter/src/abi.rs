@@ -18,13 +18,13 @@ thread_local! {
     static FILTER: RefCell<Filter> = RefCell::new(Filter::default());
 }
 
-/// Runs `f` on the worker's filter, or returns `busy` if it is already in use.
-fn with_filter<T>(busy: T, f: impl FnOnce(&mut Filter) -> T) -> T {
+/// Runs `f` on the worker's filter, or `busy` if it is already in use.
+fn with_filter<T>(busy: impl FnOnce() -> T, f: impl FnOnce(&mut Filter) -> T) -> T {
     FILTER.with(|filter| match filter.try_borrow_mut() {
         Ok(mut filter) => f(&mut filter),
         Err(_) => {
             raw::log(LogLevel::Critical, "podgate: filter re-entered; refusing");
-            busy
+            busy()
         }
     })
 }
@@ -63,17 +63,20 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: usize) -> u32 {
-    u32::from(with_filter(false, Filter::on_vm_start))
+    u32::from(with_filter(|| false, Filter::on_vm_start))
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(_root_context_id: u32, configuration_size: usize) -> u32 {
-    u32::from(with_filter(false, |f| f.on_configure(configuration_size)))
+    u32::from(with_filter(
+        || false,
+        |f| f.on_configure(configuration_size),
+    ))
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(_root_context_id: u32) {
-    with_filter((), Filter::on_tick);
+    with_filter(|| (), Filter::on_tick);
 }
 
 #[no_mangle]
@@ -82,17 +85,8 @@ pub extern "C" fn proxy_on_request_headers(
     _num_headers: usize,
     _end_of_stream: u32,
 ) -> u32 {
-    let refuse = || {
-        let reply = Denial::NotConfigured.reply();
-        crate::answer(&reply)
-    };
-    FILTER.with(|filter| match filter.try_borrow_mut() {
-        Ok(mut filter) => filter.on_request_headers(context_id) as u32,
-        Err(_) => {
-            raw::log(LogLevel::Critical, "podgate: filter re-entered; refusing");
-            refuse() as u32
-        }
-    })
+    let refuse = || crate::answer(&Denial::NotConfigured.reply());
+    with_filter(refuse, |f| f.on_request_headers(context_id)) as u32
 }
 
 #[no_mangle]
@@ -105,16 +99,10 @@ pub extern "C" fn proxy_on_response_headers(
         let _ = raw::reset_stream();
         Action::Pause
     };
-    FILTER.with(|filter| match filter.try_borrow_mut() {
-        Ok(mut filter) => filter.on_response_headers(context_id) as u32,
-        Err(_) => {
-            raw::log(LogLevel::Critical, "podgate: filter re-entered; refusing");
-            reset() as u32
-        }
-    })
+    with_filter(reset, |f| f.on_response_headers(context_id)) as u32
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
-    with_filter((), |f| f.on_delete(context_id));
+    with_filter(|| (), |f| f.on_delete(context_id));
 }

@@ -618,12 +618,11 @@ const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 /// A seeded multiply-rotate hash over 8-byte words, finished with a 64-bit avalanche
 /// (MurmurHash3's `fmix64`).
 fn memo_hash(seed: u64, bytes: &[u8]) -> u64 {
-    let (words, tail) = bytes.as_chunks::<8>();
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
     let mut h = seed ^ (bytes.len() as u64).wrapping_mul(MIX);
     for word in words {
-        h = (h ^ u64::from_le_bytes(*word))
-            .wrapping_mul(MIX)
-            .rotate_left(31);
+        h = (h ^ word_at(word)).wrapping_mul(MIX).rotate_left(31);
     }
     let mut last = [0u8; 8];
     last[..tail.len()].copy_from_slice(tail);
