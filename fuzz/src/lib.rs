@@ -27,9 +27,7 @@ use podgate_protocol::config::{
     RESERVED_PREFIX, UPSTREAM_HEADER, USER_HEADER,
 };
 use podgate_protocol::cookie;
-use podgate_protocol::gate::{
-    self, Decision, DecisionMemo, HeaderEdit, Outcome, Request, VerifiedCache,
-};
+use podgate_protocol::gate::{self, Decision, DecisionMemo, HeaderEdit, Request, VerifiedCache};
 use podgate_protocol::host::{self, HostTemplate, PodAddr};
 use podgate_protocol::redirect;
 use podgate_protocol::reply::Denial;
@@ -845,17 +843,6 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
-fn outcome_decision(outcome: Outcome) -> Decision {
-    match outcome {
-        Outcome::Deny(denial) => Decision::Deny(denial),
-        Outcome::Forward(f) => Decision::Forward {
-            edits: f.edits.clone(),
-            user: f.user.clone(),
-            expires_at: f.expires_at,
-        },
-    }
-}
-
 /// The decision memo answers exactly what `decide` answers: with a fresh memo (a miss, then a
 /// hit), and through one memo that has seen every earlier input of the run, so another
 /// request's entry must never match this one. Time only moves forward for a memo, as a clock
@@ -866,7 +853,7 @@ fn check_memo(config: &CompiledConfig, case: &GateCase, req: &Request<'_>, expec
     for round in ["miss", "hit"] {
         let got = gate::decide_memoized(config, &mut cache, &mut memo, req, case.now);
         assert_eq!(
-            &outcome_decision(got),
+            &got.to_decision(),
             expected,
             "the memo changed the decision ({round})"
         );
@@ -883,7 +870,7 @@ fn check_memo(config: &CompiledConfig, case: &GateCase, req: &Request<'_>, expec
         *last = case.now;
         let got = gate::decide_memoized(config, cache, memo, req, case.now);
         assert_eq!(
-            &outcome_decision(got),
+            &got.to_decision(),
             expected,
             "an earlier input's memo entry changed the decision"
         );

@@ -549,6 +549,20 @@ pub enum Outcome {
     Forward(Rc<Forward>),
 }
 
+impl Outcome {
+    /// The same answer as `decide`'s `Decision` (for comparing the two).
+    pub fn to_decision(&self) -> Decision {
+        match self {
+            Outcome::Deny(denial) => Decision::Deny(denial.clone()),
+            Outcome::Forward(f) => Decision::Forward {
+                edits: f.edits.clone(),
+                user: f.user.clone(),
+                expires_at: f.expires_at,
+            },
+        }
+    }
+}
+
 /// A per-worker memo of forward decisions, keyed by every request field `decide` reads, byte for
 /// byte: the host, the method, `Origin`, `Upgrade`, every `Cookie`, `Authorization` and
 /// `podgate-token` value, and the names of client-sent `x-podgate-*` headers. The path is not

@@ -682,18 +682,6 @@ fn preflight_fields_are_read_strictly_and_the_gate_itself_never_answers_them() {
 
 // ---- the decision memo ---------------------------------------------------------------------
 
-/// What `decide_memoized` answered, in `decide`'s terms.
-fn as_decision(outcome: Outcome) -> Decision {
-    match outcome {
-        Outcome::Deny(denial) => Decision::Deny(denial),
-        Outcome::Forward(f) => Decision::Forward {
-            edits: f.edits.clone(),
-            user: f.user.clone(),
-            expires_at: f.expires_at,
-        },
-    }
-}
-
 /// Sends `h` through one shared memo and cache at `now`, and checks the answer is `decide`'s
 /// with a fresh cache.
 fn memo_agrees(
@@ -704,7 +692,7 @@ fn memo_agrees(
     now: i64,
 ) -> Decision {
     let req = Request::from_headers(h).unwrap();
-    let memoized = as_decision(decide_memoized(c, cache, memo, &req, now));
+    let memoized = decide_memoized(c, cache, memo, &req, now).to_decision();
     let direct = decide(c, &mut VerifiedCache::new(), &req, now);
     assert_eq!(memoized, direct, "the memo changed the decision for {h:?}");
     memoized
