@@ -141,6 +141,17 @@ fn log(level: LogLevel, message: &str) {
     raw::log(level, message);
 }
 
+/// Asks Envoy to call `proxy_on_tick` every `TICK_MS` on the current root context.
+fn start_ticking() {
+    if let Err(status) = raw::set_tick_period_ms(TICK_MS) {
+        // Counters would not reach Envoy, and only the tick closes expired WebSockets.
+        log(
+            LogLevel::Error,
+            &format!("podgate: cannot set the tick period: {status:?}"),
+        );
+    }
+}
+
 fn now_unix() -> Option<i64> {
     i64::try_from(raw::now_nanos().ok()? / 1_000_000_000).ok()
 }
@@ -192,12 +203,7 @@ impl Filter {
     fn on_vm_start(&mut self) -> bool {
         self.metrics = Metrics::define();
         // The tick flushes the counters, configured or not.
-        if let Err(status) = raw::set_tick_period_ms(TICK_MS) {
-            log(
-                LogLevel::Error,
-                &format!("podgate: cannot set the tick period: {status:?}"),
-            );
-        }
+        start_ticking();
         true
     }
 
@@ -234,6 +240,9 @@ impl Filter {
                 // trusted now.
                 self.cache.clear();
                 self.memo.clear();
+                // Again for this configuration's root context: Envoy may give an update its
+                // own, and a tick belongs to the root context that asked for it.
+                start_ticking();
                 true
             }
             Err(err) => {
