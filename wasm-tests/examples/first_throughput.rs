@@ -191,6 +191,8 @@ fn main() {
             measure,
         )
         .await;
+        // The filter hands its counts to Envoy from its 1 s tick.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         let hits = podgate
             .counter("wasmcustom.podgate.token_cache.hits")
             .await
