@@ -192,7 +192,7 @@ fn main() {
         )
         .await;
         // The filter hands its counts to Envoy from its 1 s tick.
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let hits = podgate
             .counter("wasmcustom.podgate.token_cache.hits")
             .await
