@@ -23,27 +23,6 @@ use serde_json::{json, Value};
 const HOST: &str = "localhost-8726-pod-myslug.localhost:10000";
 const PAGE: (&str, &str) = ("accept", "text/html");
 
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Which::Sqlite).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Which::Postgres).await;
-            }
-        }
-    };
-}
-
-async fn harness(which: Which, f: impl FnOnce(Settings) -> Settings) -> Option<Harness> {
-    let h = Harness::with(which, f).await?;
-    h.seed().await;
-    Some(h)
-}
-
 /// A request from the client at `peer` (an IP; the port is irrelevant).
 fn from(
     peer: &str,
@@ -191,7 +170,7 @@ where
 /// Every request counts at the browser's auth endpoint, signed in or not: refused after the
 /// documented burst; another address is unaffected.
 async fn proxy_auth_counts_every_request(which: Which) {
-    let Some(owned) = harness(which, |s| s).await else {
+    let Some(owned) = Harness::seeded(which, |s| s).await else {
         return;
     };
     let h = &owned;
@@ -239,7 +218,7 @@ fn via_envoy(client: &str, ticket: &str) -> Request<Body> {
 /// after the burst, and then even a valid ticket waits (and is not spent); behind one Envoy the
 /// configured client header keeps clients apart.
 async fn callback_counts_failures(which: Which) {
-    let Some(owned) = harness(which, |s| Settings {
+    let Some(owned) = Harness::seeded(which, |s| Settings {
         client_ip_header: Some("x-envoy-external-address".into()),
         ..s
     })
@@ -290,7 +269,7 @@ on_both!(callback_counts_failures);
 /// `POST /v1/capabilities` counts refusals (401 and the uniform 404), never successes nor
 /// malformed requests.
 async fn capabilities_count_refusals(which: Which) {
-    let Some(owned) = harness(which, |s| s).await else {
+    let Some(owned) = Harness::seeded(which, |s| s).await else {
         return;
     };
     let h = &owned;
@@ -339,7 +318,7 @@ on_both!(capabilities_count_refusals);
 
 /// Wrong API tokens share one bucket across every endpoint that takes them.
 async fn api_token_failures_are_shared_across_endpoints(which: Which) {
-    let Some(owned) = harness(which, |s| s).await else {
+    let Some(owned) = Harness::seeded(which, |s| s).await else {
         return;
     };
     let h = &owned;
@@ -391,7 +370,7 @@ on_both!(api_token_failures_are_shared_across_endpoints);
 /// Wrong admin tokens: refused after the documented burst, then even the right token waits;
 /// the admin's own requests never count; another address is unaffected.
 async fn admin_token_failures_are_limited(which: Which) {
-    let Some(owned) = harness(which, |s| s).await else {
+    let Some(owned) = Harness::seeded(which, |s| s).await else {
         return;
     };
     let h = &owned;
@@ -430,7 +409,7 @@ on_both!(admin_token_failures_are_limited);
 /// The limits are settings: a small burst is honoured, and IPv6 clients are one client per /64.
 #[tokio::test]
 async fn configured_burst_and_ipv6_prefixes() {
-    let h = harness(Which::Sqlite, |s| Settings {
+    let h = Harness::seeded(Which::Sqlite, |s| Settings {
         proxy_auth_burst: Some(3),
         proxy_auth_per_minute: Some(1),
         ..s
@@ -459,7 +438,7 @@ async fn configured_burst_and_ipv6_prefixes() {
 #[tokio::test]
 async fn limiter_memory_is_bounded_under_many_clients() {
     let cap = 50;
-    let h = harness(Which::Sqlite, |s| Settings {
+    let h = Harness::seeded(Which::Sqlite, |s| Settings {
         proxy_auth_burst: Some(2),
         proxy_auth_per_minute: Some(1),
         rate_limit_clients: Some(cap),
@@ -560,7 +539,7 @@ fn assert_too_large(r: &Resp) {
 /// Oversized bodies are 413 with a JSON body, declared (`Content-Length`) or not, on the admin
 /// API, API-token creation and minting; nothing reaches the database.
 async fn oversized_bodies_are_refused_and_write_nothing(which: Which) {
-    let Some(h) = harness(which, |s| s).await else {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
         return;
     };
     let alice = h.login("alice").await;
@@ -655,7 +634,7 @@ on_both!(oversized_bodies_are_refused_and_write_nothing);
 /// Headers, paths, queries and `next` have bounds, each answered with what to change.
 #[tokio::test]
 async fn oversized_headers_paths_and_parameters() {
-    let h = harness(Which::Sqlite, |s| s).await.unwrap();
+    let h = Harness::seeded(Which::Sqlite, |s| s).await.unwrap();
     let big_cookie = format!("junk={}", "a".repeat(40 * 1024));
     let r = h.get("/healthz", &[("cookie", &big_cookie)]).await;
     assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
@@ -761,7 +740,7 @@ fn assert_security_headers(what: &str, r: &Resp) {
 /// fallbacks and the refusals of the layers: all carry the security headers; all but the JWKS
 /// are `no-store`.
 async fn every_response_carries_the_security_headers(which: Which) {
-    let Some(h) = harness(which, |s| Settings {
+    let Some(h) = Harness::seeded(which, |s| Settings {
         cors_origins: Some(vec!["https://app.example.dev".into()]),
         ..s
     })
@@ -1030,7 +1009,7 @@ on_both!(every_response_carries_the_security_headers);
 /// Each answer that carries or sets a credential is `no-store` and leaks no referrer, even where
 /// the handler itself would have allowed caching.
 async fn credential_answers_are_no_store(which: Which) {
-    let Some(h) = harness(which, |s| s).await else {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
         return;
     };
     let login = h.get("/dev/login?user=alice", &[]).await;

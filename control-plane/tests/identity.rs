@@ -290,27 +290,6 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Which::Sqlite).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Which::Postgres).await;
-            }
-        }
-    };
-}
-
-async fn harness(which: Which, f: impl FnOnce(Settings) -> Settings) -> Option<Harness> {
-    let h = Harness::with(which, f).await?;
-    h.seed().await;
-    Some(h)
-}
-
 // ---------------------------------------------------------------------------------------------
 // OIDC
 
@@ -318,7 +297,7 @@ async fn oidc_bearer_and_every_failure(which: Which) {
     let rsa = rsa_key(0, "rsa-1");
     let es = es_key(7, "es-1");
     let idp = Idp::start(&[&rsa, &es]).await;
-    let Some(h) = harness(which, |s| Settings {
+    let Some(h) = Harness::seeded(which, |s| Settings {
         oidc: vec![idp.settings("test", 30)],
         // Every refusal below is one client's: room for all of them (tests/abuse.rs tests limits).
         capability_failures_burst: Some(1000),
@@ -463,7 +442,7 @@ async fn oidc_keys_rotate_and_refresh_is_rate_limited() {
     let k2 = rsa_key(1, "k2");
     let idp = Idp::start(&[&k1]).await;
     let slow = Idp::start(&[&k1]).await; // default 30 s between refreshes
-    let h = harness(Which::Sqlite, |s| Settings {
+    let h = Harness::seeded(Which::Sqlite, |s| Settings {
         capability_failures_burst: Some(1000),
         oidc: vec![idp.settings("fast", 1), {
             let mut o = slow.settings("slow", 30);
@@ -547,7 +526,7 @@ async fn oidc_keys_rotate_and_refresh_is_rate_limited() {
 async fn oidc_cookie_signs_browsers_in_but_bearer_does_not() {
     let k = rsa_key(0, "k1");
     let idp = Idp::start(&[&k]).await;
-    let h = harness(Which::Sqlite, |s| Settings {
+    let h = Harness::seeded(Which::Sqlite, |s| Settings {
         oidc: vec![idp.settings("firebase", 30)],
         ..s
     })
@@ -602,7 +581,7 @@ async fn oidc_cookie_signs_browsers_in_but_bearer_does_not() {
 async fn oidc_issuer_down_is_a_502_and_discovery_must_name_the_issuer() {
     let dead = dead_url().await;
     let issuer = dead.trim_end_matches("/api/auth/session").to_owned();
-    let h = harness(Which::Sqlite, |s| Settings {
+    let h = Harness::seeded(Which::Sqlite, |s| Settings {
         oidc: vec![OidcSettings {
             name: "down".into(),
             issuer: issuer.clone(),
@@ -640,7 +619,7 @@ fn app_settings(url: &str, timeout_ms: u64) -> AppSessionSettings {
 
 async fn app_session_path(which: Which) {
     let (url, app) = start_app().await;
-    let Some(h) = harness(which, |s| Settings {
+    let Some(h) = Harness::seeded(which, |s| Settings {
         app_session: app_settings(&url, 500),
         ..s
     })
@@ -713,7 +692,7 @@ on_both!(app_session_path);
 #[tokio::test]
 async fn app_down_is_a_clear_502() {
     let url = dead_url().await;
-    let h = harness(Which::Sqlite, |s| Settings {
+    let h = Harness::seeded(Which::Sqlite, |s| Settings {
         app_session: app_settings(&url, 500),
         ..s
     })
@@ -744,7 +723,7 @@ async fn app_session_json_pointers_are_configurable() {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let h = harness(Which::Sqlite, |s| Settings {
+    let h = Harness::seeded(Which::Sqlite, |s| Settings {
         app_session: AppSessionSettings {
             url: Some(format!("http://{addr}/me")),
             cookie: Some(vec!["sid".into()]),
@@ -768,7 +747,7 @@ async fn app_session_json_pointers_are_configurable() {
 // API tokens
 
 async fn api_token_lifecycle(which: Which) {
-    let Some(h) = harness(which, |s| s).await else {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
         return;
     };
     let alice = h.login("alice").await;
@@ -1077,7 +1056,7 @@ fn sorted(jtis: &[&str]) -> Vec<String> {
 }
 
 async fn revoking_an_api_token_revokes_its_capabilities(which: Which) {
-    let Some(h) = harness(which, |s| s).await else {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
         return;
     };
     let alice = h.login("alice").await;
@@ -1213,7 +1192,7 @@ on_both!(revoking_an_api_token_revokes_its_capabilities);
 async fn oidc_user_manages_tokens(which: Which) {
     let k = es_key(3, "es");
     let idp = Idp::start(&[&k]).await;
-    let Some(h) = harness(which, |s| Settings {
+    let Some(h) = Harness::seeded(which, |s| Settings {
         oidc: vec![idp.settings("test", 30)],
         ..s
     })
@@ -1251,7 +1230,7 @@ on_both!(oidc_user_manages_tokens);
 
 #[tokio::test]
 async fn failed_api_token_attempts_are_rate_limited_per_client() {
-    let h = harness(Which::Sqlite, |s| s).await.unwrap();
+    let h = Harness::seeded(Which::Sqlite, |s| s).await.unwrap();
     let alice = h.login("alice").await;
     let r = h
         .send(request(
@@ -1291,7 +1270,7 @@ async fn failed_api_token_attempts_are_rate_limited_per_client() {
 
 #[tokio::test]
 async fn setup_page_and_install_script() {
-    let h = harness(Which::Sqlite, |s| s).await.unwrap();
+    let h = Harness::seeded(Which::Sqlite, |s| s).await.unwrap();
     let alice = h.login("alice").await;
     let created = h
         .send(request(
@@ -1386,7 +1365,7 @@ async fn setup_page_and_install_script() {
 
 #[tokio::test]
 async fn cors_for_configured_browser_apps_only() {
-    let h = harness(Which::Sqlite, |s| Settings {
+    let h = Harness::seeded(Which::Sqlite, |s| Settings {
         cors_origins: Some(vec!["http://app.localhost:3000".into()]),
         ..s
     })

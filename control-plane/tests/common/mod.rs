@@ -177,6 +177,13 @@ impl Harness {
 
     /// users alice (owner), bob (team member), carol (outsider); team t1; server s1;
     /// pod `myslug` owned by alice in t1.
+    /// `with`, then `seed`: a harness with custom settings and the usual users and pods.
+    pub async fn seeded(which: Which, f: impl FnOnce(Settings) -> Settings) -> Option<Harness> {
+        let h = Harness::with(which, f).await?;
+        h.seed().await;
+        Some(h)
+    }
+
     pub async fn seed(&self) {
         for (id, email) in [
             ("alice", "alice@example.dev"),
@@ -244,6 +251,24 @@ impl Resp {
     pub fn error(&self) -> String {
         self.json()["error"].as_str().unwrap_or_default().to_owned()
     }
+}
+
+/// Defines `NAME::sqlite` and `NAME::postgres` tests that run the async fn `NAME(Which)` (which
+/// sets its own harness up, e.g. with `Harness::seeded`).
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Which::Sqlite).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Which::Postgres).await;
+            }
+        }
+    };
 }
 
 /// Defines `NAME_sqlite` and `NAME_postgres` tests that run `body(&Harness)`.
