@@ -503,16 +503,8 @@ impl FilterVm {
     ) -> anyhow::Result<Outcome> {
         let count = abi::len_u32(request_headers.len());
         self.stream_mut(context_id)?.request_headers = Some(headers::from_list(request_headers));
-        let Some(func) = self.exports.on_request_headers.clone() else {
-            return self.outcome(context_id, Ok(Action::Continue), |s| {
-                s.request_headers.as_ref()
-            });
-        };
-        let action = self.stream_call(
-            &func,
-            (context_id, count, u32::from(end_of_stream)),
-            context_id,
-        )?;
+        let func = self.exports.on_request_headers.clone();
+        let action = self.stream_callback(func, context_id, count, end_of_stream)?;
         if let (Ok(action), Some(open)) = (&action, self.open.get_mut(&context_id)) {
             open.request_headers_action = Some(*action);
         }
@@ -529,16 +521,8 @@ impl FilterVm {
     ) -> anyhow::Result<Outcome> {
         let size = abi::len_u32(body.len());
         self.stream_mut(context_id)?.request_body = Some(body.to_vec());
-        let Some(func) = self.exports.on_request_body.clone() else {
-            return self.outcome(context_id, Ok(Action::Continue), |s| {
-                s.request_headers.as_ref()
-            });
-        };
-        let action = self.stream_call(
-            &func,
-            (context_id, size, u32::from(end_of_stream)),
-            context_id,
-        )?;
+        let func = self.exports.on_request_body.clone();
+        let action = self.stream_callback(func, context_id, size, end_of_stream)?;
         self.outcome(context_id, action, |s| s.request_headers.as_ref())
     }
 
@@ -562,16 +546,8 @@ impl FilterVm {
     ) -> anyhow::Result<Outcome> {
         let count = abi::len_u32(response_headers.len());
         self.stream_mut(context_id)?.response_headers = Some(headers::from_list(response_headers));
-        let Some(func) = self.exports.on_response_headers.clone() else {
-            return self.outcome(context_id, Ok(Action::Continue), |s| {
-                s.response_headers.as_ref()
-            });
-        };
-        let action = self.stream_call(
-            &func,
-            (context_id, count, u32::from(end_of_stream)),
-            context_id,
-        )?;
+        let func = self.exports.on_response_headers.clone();
+        let action = self.stream_callback(func, context_id, count, end_of_stream)?;
         self.outcome(context_id, action, |s| s.response_headers.as_ref())
     }
 
@@ -586,16 +562,8 @@ impl FilterVm {
     ) -> anyhow::Result<Outcome> {
         let size = abi::len_u32(body.len());
         self.stream_mut(context_id)?.response_body = Some(body.to_vec());
-        let Some(func) = self.exports.on_response_body.clone() else {
-            return self.outcome(context_id, Ok(Action::Continue), |s| {
-                s.response_headers.as_ref()
-            });
-        };
-        let action = self.stream_call(
-            &func,
-            (context_id, size, u32::from(end_of_stream)),
-            context_id,
-        )?;
+        let func = self.exports.on_response_body.clone();
+        let action = self.stream_callback(func, context_id, size, end_of_stream)?;
         self.outcome(context_id, action, |s| s.response_headers.as_ref())
     }
 
@@ -774,16 +742,23 @@ impl FilterVm {
             .ok_or_else(|| anyhow!("no open stream with context id {context_id}"))
     }
 
-    fn stream_call<P: WasmParams>(
+    /// Runs a stream callback `(context_id, size, end_of_stream) -> action`; one the module
+    /// does not export answers `Continue`, as Envoy treats it.
+    fn stream_callback(
         &mut self,
-        func: &TypedFunc<P, u32>,
-        params: P,
+        func: Option<TypedFunc<(u32, u32, u32), u32>>,
         context_id: u32,
+        size: u32,
+        end_of_stream: bool,
     ) -> anyhow::Result<Result<Action, Trap>> {
+        let Some(func) = func else {
+            return Ok(Ok(Action::Continue));
+        };
         if self.failure.is_some() {
             bail!("VM is dead");
         }
-        Ok(self.call(func, params, context_id)?.map(Action::from_raw))
+        let params = (context_id, size, u32::from(end_of_stream));
+        Ok(self.call(&func, params, context_id)?.map(Action::from_raw))
     }
 
     /// Turn a callback's result into what Envoy would do with the stream.
