@@ -192,7 +192,7 @@ pub fn send_local_response(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(), HostStatus> {
-    let pairs = encode_pairs(headers);
+    let pairs = podgate_protocol::wire::encode_header_map(headers);
     // SAFETY: pointers and lengths of live slices; the host only reads them.
     check(unsafe {
         proxy_send_local_response(
@@ -257,26 +257,4 @@ pub fn reset_stream() -> Result<(), HostStatus> {
 pub fn set_tick_period_ms(period: u32) -> Result<(), HostStatus> {
     // SAFETY: no pointers.
     check(unsafe { proxy_set_tick_period_milliseconds(period) })
-}
-
-/// Header pairs in the ABI's map format: the count, each name's and value's length, then each
-/// name and value followed by a NUL (little-endian u32s).
-fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let size = 4 + pairs
-        .iter()
-        .map(|(n, v)| 8 + n.len() + v.len() + 2)
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (name, value) in pairs {
-        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    }
-    for (name, value) in pairs {
-        out.extend_from_slice(name.as_bytes());
-        out.push(0);
-        out.extend_from_slice(value.as_bytes());
-        out.push(0);
-    }
-    out
 }

@@ -18,24 +18,9 @@ use podgate_protocol::cors;
 use podgate_protocol::gate::{decide, Decision, Request, VerifiedCache};
 use podgate_protocol::host;
 use podgate_protocol::token::{mint, KeySet, PodClaims, SigningKey, TokenKind};
+use podgate_protocol::wire;
 
 const NOW: i64 = 1_800_000_000;
-
-/// A header map in the proxy-wasm wire format (count, sizes, then NUL-terminated bytes).
-fn wire(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-    for (n, v) in pairs {
-        out.extend((n.len() as u32).to_le_bytes());
-        out.extend((v.len() as u32).to_le_bytes());
-    }
-    for (n, v) in pairs {
-        out.extend(n.as_bytes());
-        out.push(0);
-        out.extend(v.as_bytes());
-        out.push(0);
-    }
-    out
-}
 
 fn main() {
     let rounds: usize = std::env::args()
@@ -86,21 +71,22 @@ fn main() {
     };
     let token = mint(TokenKind::Capability, &key, &claims, NOW, 900).unwrap();
     let cookie = format!("theme=dark; podgate_cap={token}; _ga=GA1.2.3");
-    let bytes = wire(&[
-        (":authority", &format!("{host}:10000")),
+    let authority = format!("{host}:10000");
+    let bytes = wire::encode_header_map(&[
+        (":authority", authority.as_str()),
         (":path", "/api/info"),
         (":method", "GET"),
         (":scheme", "http"),
         ("user-agent", "bench/1.0"),
         ("accept", "*/*"),
-        ("cookie", &cookie),
+        ("cookie", cookie.as_str()),
         ("x-forwarded-proto", "http"),
         ("x-request-id", "6f0b2c1e-8d1a-4a7b-9a55-0c1d2e3f4a5b"),
     ]);
     let mut cache = VerifiedCache::new();
     let mut forwarded = 0usize;
     for _ in 0..rounds {
-        let headers = podgate_protocol::wire::decode_header_map(&bytes).unwrap();
+        let headers = wire::decode_header_map(&bytes).unwrap();
         let request = Request::from_slices(&headers).unwrap();
         assert!(cors::preflight(&config, &request.preflight_view()).is_none());
         match decide(&config, &mut cache, &request, NOW + 5) {

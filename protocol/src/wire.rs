@@ -53,24 +53,36 @@ pub fn decode_header_map(bytes: &[u8]) -> Result<Vec<HeaderSlices<'_>>, WireErro
     Ok(out)
 }
 
+/// Encodes header pairs in the same format (what the filter hands Envoy for a local reply).
+/// Lengths are `u32`: a pair longer than 4 GiB is a caller's bug and is cut to its length's
+/// low 32 bits, which `decode_header_map` then refuses as truncated.
+pub fn encode_header_map<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Vec<u8> {
+    let data: usize = pairs
+        .iter()
+        .map(|(n, v)| n.as_ref().len() + v.as_ref().len() + 2)
+        .sum();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data);
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (n, v) in pairs {
+        out.extend_from_slice(&(n.as_ref().len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
+    }
+    for (n, v) in pairs {
+        out.extend_from_slice(n.as_ref());
+        out.push(0);
+        out.extend_from_slice(v.as_ref());
+        out.push(0);
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (n, v) in pairs {
-            out.extend((n.len() as u32).to_le_bytes());
-            out.extend((v.len() as u32).to_le_bytes());
-        }
-        for (n, v) in pairs {
-            out.extend(*n);
-            out.push(0);
-            out.extend(*v);
-            out.push(0);
-        }
-        out
+        encode_header_map(pairs)
     }
 
     #[test]
