@@ -66,7 +66,7 @@ async fn browser_loop(h: &Harness) {
         ..GateRequest::default()
     };
     match decide(&compiled, &mut cache, &reserved, now_unix()) {
-        Decision::Forward { user, .. } => assert!(user.is_none()),
+        Decision::Forward(f) => assert!(f.user.is_none()),
         other => panic!("callback not forwarded: {other:?}"),
     }
     let r = h
@@ -94,11 +94,9 @@ async fn browser_loop(h: &Harness) {
         ..page.clone()
     };
     match decide(&compiled, &mut cache, &with_cookie, now_unix()) {
-        Decision::Forward {
-            user, expires_at, ..
-        } => {
-            assert_eq!(user.as_deref(), Some("alice"));
-            assert!(expires_at.unwrap() > now_unix());
+        Decision::Forward(f) => {
+            assert_eq!(f.user.as_deref(), Some("alice"));
+            assert!(f.expires_at.unwrap() > now_unix());
         }
         other => panic!("not forwarded: {other:?}"),
     }
@@ -144,7 +142,7 @@ async fn browser_loop(h: &Harness) {
     };
     assert!(matches!(
         decide(&compiled, &mut cache, &script, now_unix()),
-        Decision::Forward { .. }
+        Decision::Forward(_)
     ));
 
     // 6. A stopped pod is in the directory with its status.

@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use podgate_protocol::config::{CompiledConfig, FilterConfig};
 use podgate_protocol::cors::{self, Preflight};
-use podgate_protocol::gate::{self, DecisionMemo, HeaderEdit, Outcome, Request, VerifiedCache};
+use podgate_protocol::gate::{self, Decision, DecisionMemo, HeaderEdit, Request, VerifiedCache};
 use podgate_protocol::reply::{Denial, Reply};
 use podgate_protocol::response::{self, PodResponse, ResponseEdit};
 use podgate_protocol::wire;
@@ -345,8 +345,8 @@ impl Filter {
         self.metrics.bump(Counter::CacheHits, after.0 - before.0);
         self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
         let forward = match outcome {
-            Outcome::Deny(denial) => return self.deny(&denial),
-            Outcome::Forward(forward) => forward,
+            Decision::Deny(denial) => return self.deny(&denial),
+            Decision::Forward(forward) => forward,
         };
         if let Err(status) = apply_request(&forward.edits) {
             log(

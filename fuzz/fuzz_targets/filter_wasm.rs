@@ -103,10 +103,10 @@ fn one_request(data: &[u8]) {
             return;
         }
         match (&expected, &outcome) {
-            (Decision::Forward { user, .. }, Outcome::Continue { .. }) => {
+            (Decision::Forward(forward), Outcome::Continue { .. }) => {
                 assert_eq!(
                     outcome.header(USER_HEADER),
-                    user.as_deref(),
+                    forward.user.as_deref(),
                     "forwarded user differs from the native decision"
                 );
             }

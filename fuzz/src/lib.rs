@@ -828,11 +828,14 @@ pub fn check_gate(case: &GateCase) -> Decision {
     check_memo(config, case, &req, &first);
     match &first {
         Decision::Deny(denial) => check_reply(config, denial),
-        Decision::Forward {
-            edits,
-            user,
-            expires_at,
-        } => check_forward(config, case, &req, edits, user.as_deref(), *expires_at),
+        Decision::Forward(f) => check_forward(
+            config,
+            case,
+            &req,
+            &f.edits,
+            f.user.as_deref(),
+            f.expires_at,
+        ),
     }
     first
 }
@@ -852,11 +855,7 @@ fn check_memo(config: &CompiledConfig, case: &GateCase, req: &Request<'_>, expec
     let mut cache = VerifiedCache::new();
     for round in ["miss", "hit"] {
         let got = gate::decide_memoized(config, &mut cache, &mut memo, req, case.now);
-        assert_eq!(
-            &got.to_decision(),
-            expected,
-            "the memo changed the decision ({round})"
-        );
+        assert_eq!(&got, expected, "the memo changed the decision ({round})");
     }
     RUN_MEMOS.with(|memos| {
         let mut memos = memos.borrow_mut();
@@ -870,8 +869,7 @@ fn check_memo(config: &CompiledConfig, case: &GateCase, req: &Request<'_>, expec
         *last = case.now;
         let got = gate::decide_memoized(config, cache, memo, req, case.now);
         assert_eq!(
-            &got.to_decision(),
-            expected,
+            &got, expected,
             "an earlier input's memo entry changed the decision"
         );
     });

@@ -90,7 +90,7 @@ fn main() {
         let request = Request::from_slices(&headers).unwrap();
         assert!(cors::preflight(&config, &request.preflight_view()).is_none());
         match decide(&config, &mut cache, &request, NOW + 5) {
-            Decision::Forward { edits, .. } => forwarded += edits.len(),
+            Decision::Forward(f) => forwarded += f.edits.len(),
             other => panic!("{other:?}"),
         }
     }

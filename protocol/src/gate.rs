@@ -157,14 +157,19 @@ pub enum HeaderEdit {
 pub enum Decision {
     /// Answer locally; nothing is forwarded.
     Deny(Denial),
-    /// Forward after applying the edits; always clear the route cache afterwards.
-    Forward {
-        edits: Vec<HeaderEdit>,
-        /// Who, for logs and metrics (`None` on the reserved path).
-        user: Option<String>,
-        /// When the capability expires (unix seconds).
-        expires_at: Option<i64>,
-    },
+    /// Forward after applying the edits; always clear the route cache afterwards. Shared, so
+    /// the decision memo can hand the same one to every request that repeats its inputs.
+    Forward(Rc<Forward>),
+}
+
+/// What a forward does to the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub edits: Vec<HeaderEdit>,
+    /// Who, for logs and metrics (`None` on the reserved path).
+    pub user: Option<String>,
+    /// When the capability expires (unix seconds).
+    pub expires_at: Option<i64>,
 }
 
 /// Where the capability came from; cookie-authenticated WebSockets must come from the pod's own
@@ -418,14 +423,12 @@ fn decide_counting(
             CLUSTER_HEADER.to_owned(),
             config.control_plane_cluster.clone(),
         ));
-        return (
-            Decision::Forward {
-                edits,
-                user: None,
-                expires_at: None,
-            },
-            0,
-        );
+        let forward = Forward {
+            edits,
+            user: None,
+            expires_at: None,
+        };
+        return (Decision::Forward(Rc::new(forward)), 0);
     }
 
     let page_load = req.is_page_load();
@@ -518,50 +521,17 @@ fn decide_counting(
     if let Some(email) = verified.claims.email.as_ref().filter(|e| is_header_safe(e)) {
         edits.push(HeaderEdit::Set(EMAIL_HEADER.to_owned(), email.clone()));
     }
-    (
-        Decision::Forward {
-            edits,
-            user: Some(verified.claims.sub.clone()),
-            expires_at: Some(verified.expires_at),
-        },
-        looked_at,
-    )
+    let forward = Forward {
+        edits,
+        user: Some(verified.claims.sub.clone()),
+        expires_at: Some(verified.expires_at),
+    };
+    (Decision::Forward(Rc::new(forward)), looked_at)
 }
 
 /// How many forward decisions one worker remembers (each holds its key, about the size of the
 /// request's Cookie header, and the edits).
 pub const MEMO_MAX_ENTRIES: usize = 4096;
-
-/// A forward decision, shared by every request that repeats its inputs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forward {
-    pub edits: Vec<HeaderEdit>,
-    /// Who, for logs and metrics (`None` on the reserved path).
-    pub user: Option<String>,
-    /// When the capability expires (unix seconds).
-    pub expires_at: Option<i64>,
-}
-
-/// What `decide_memoized` answers: `decide`'s decision, the forward shared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Deny(Denial),
-    Forward(Rc<Forward>),
-}
-
-impl Outcome {
-    /// The same answer as `decide`'s `Decision` (for comparing the two).
-    pub fn to_decision(&self) -> Decision {
-        match self {
-            Outcome::Deny(denial) => Decision::Deny(denial.clone()),
-            Outcome::Forward(f) => Decision::Forward {
-                edits: f.edits.clone(),
-                user: f.user.clone(),
-                expires_at: f.expires_at,
-            },
-        }
-    }
-}
 
 /// A per-worker memo of forward decisions, keyed by every request field `decide` reads, byte for
 /// byte: the host, the method, `Origin`, `Upgrade`, every `Cookie`, `Authorization` and
@@ -751,7 +721,7 @@ pub fn decide_memoized(
     memo: &mut DecisionMemo,
     req: &Request<'_>,
     now: i64,
-) -> Outcome {
+) -> Decision {
     let capacity = config.token_cache_entries.min(MEMO_MAX_ENTRIES);
     let memo_on = capacity > 0 && !req.path.starts_with(RESERVED_PREFIX);
     let mut hash = 0;
@@ -760,37 +730,21 @@ pub fn decide_memoized(
         hash = memo_hash(memo.seed, &memo.key);
         if let Some(forward) = memo.lookup(hash, now) {
             cache.hits += 1;
-            return Outcome::Forward(forward);
+            return Decision::Forward(forward);
         }
     }
-    match decide_counting(config, cache, req, now) {
-        (Decision::Deny(denial), _) => Outcome::Deny(denial),
-        (
-            Decision::Forward {
-                edits,
-                user,
-                expires_at,
-            },
-            looked_at,
-        ) => {
-            let forward = Rc::new(Forward {
-                edits,
-                user,
-                expires_at,
-            });
-            if let (true, 1, Some(_), Some(exp)) =
-                (memo_on, looked_at, &forward.user, forward.expires_at)
-            {
-                let entry = Memoized {
-                    key: memo.key.as_slice().into(),
-                    forward: Rc::clone(&forward),
-                    valid_until: exp.saturating_add(config.verifier.leeway()),
-                };
-                memo.insert(hash, entry, capacity);
-            }
-            Outcome::Forward(forward)
+    let (decision, looked_at) = decide_counting(config, cache, req, now);
+    if let (true, 1, Decision::Forward(forward)) = (memo_on, looked_at, &decision) {
+        if let (Some(_), Some(exp)) = (&forward.user, forward.expires_at) {
+            let entry = Memoized {
+                key: memo.key.as_slice().into(),
+                forward: Rc::clone(forward),
+                valid_until: exp.saturating_add(config.verifier.leeway()),
+            };
+            memo.insert(hash, entry, capacity);
         }
     }
+    decision
 }
 
 fn is_header_safe(value: &str) -> bool {

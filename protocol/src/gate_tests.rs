@@ -96,7 +96,7 @@ fn run(config: &CompiledConfig, h: &[(String, Vec<u8>)]) -> Decision {
 
 fn edits(d: &Decision) -> &[HeaderEdit] {
     match d {
-        Decision::Forward { edits, .. } => edits,
+        Decision::Forward(f) => &f.edits,
         other => panic!("expected forward, got {other:?}"),
     }
 }
@@ -117,7 +117,7 @@ fn removed(d: &Decision, name: &str) -> bool {
 fn status(d: &Decision) -> u32 {
     match d {
         Decision::Deny(denial) => denial.reply().status,
-        Decision::Forward { .. } => 0,
+        Decision::Forward(_) => 0,
     }
 }
 
@@ -363,14 +363,14 @@ fn websocket_with_cookie_needs_the_pods_own_origin() {
             Some("https://localhost-8726-pod-alpha.example.dev"),
             &cookie
         ),
-        Decision::Forward { .. }
+        Decision::Forward(_)
     ));
     assert!(matches!(
         ws(
             Some("https://localhost-8726-pod-alpha.example.dev:443"),
             &cookie
         ),
-        Decision::Forward { .. }
+        Decision::Forward(_)
     ));
     for origin in [
         None,
@@ -397,7 +397,7 @@ fn websocket_with_cookie_needs_the_pods_own_origin() {
             ("origin", "https://evil.com"),
         ]),
     );
-    assert!(matches!(d, Decision::Forward { .. }));
+    assert!(matches!(d, Decision::Forward(_)));
 }
 
 #[test]
@@ -418,7 +418,7 @@ fn non_utf8_headers_we_read_are_refused_others_pass() {
     let c = config();
     let mut h = base(&[("podgate-token", &cap())]);
     h.push(("x-app".into(), vec![0xff, 0xfe]));
-    assert!(matches!(run(&c, &h), Decision::Forward { .. }));
+    assert!(matches!(run(&c, &h), Decision::Forward(_)));
     let mut h = base(&[]);
     h.push(("cookie".into(), vec![b'a', b'=', 0xff]));
     assert_eq!(status(&run(&c, &h)), 400);
@@ -446,7 +446,7 @@ fn cache_saves_verification_but_never_extends_a_token() {
     for i in 0..50 {
         assert!(matches!(
             decide(&c, &mut cache, &req, NOW + i),
-            Decision::Forward { .. }
+            Decision::Forward(_)
         ));
     }
     assert_eq!(
@@ -456,7 +456,7 @@ fn cache_saves_verification_but_never_extends_a_token() {
     );
     assert!(matches!(
         decide(&c, &mut cache, &req, NOW + 929),
-        Decision::Forward { .. }
+        Decision::Forward(_)
     ));
     assert_eq!(status(&decide(&c, &mut cache, &req, NOW + 930)), 401);
     assert!(cache.is_empty(), "expired entries are dropped on hit");
@@ -484,7 +484,7 @@ fn cache_is_bounded() {
         let req = Request::from_headers(&h).unwrap();
         assert!(matches!(
             decide(&c, &mut cache, &req, NOW),
-            Decision::Forward { .. }
+            Decision::Forward(_)
         ));
         assert!(cache.len() <= 4);
     }
@@ -635,18 +635,18 @@ fn cookie_authority_does_not_extend_to_other_pods_pages() {
             "https://localhost-8726-pod-alpha.example.dev",
             "https://localhost-3000-pod-alpha.example.dev",
         ] {
-            assert!(matches!(req(method, Some(own)), Decision::Forward { .. }));
+            assert!(matches!(req(method, Some(own)), Decision::Forward(_)));
         }
         // No Origin (not a browser): allowed.
-        assert!(matches!(req(method, None), Decision::Forward { .. }));
+        assert!(matches!(req(method, None), Decision::Forward(_)));
     }
     // Safe methods are not state-changing: allowed from anywhere.
-    assert!(matches!(req("GET", Some(beta)), Decision::Forward { .. }));
+    assert!(matches!(req("GET", Some(beta)), Decision::Forward(_)));
     // With a header token (not ambient authority) there is no Origin rule.
     let token = cap();
     let mut h = base(&[("podgate-token", &token), ("origin", beta)]);
     h[2].1 = b"POST".to_vec();
-    assert!(matches!(run(&c, &h), Decision::Forward { .. }));
+    assert!(matches!(run(&c, &h), Decision::Forward(_)));
 }
 
 #[test]
@@ -692,7 +692,7 @@ fn memo_agrees(
     now: i64,
 ) -> Decision {
     let req = Request::from_headers(h).unwrap();
-    let memoized = decide_memoized(c, cache, memo, &req, now).to_decision();
+    let memoized = decide_memoized(c, cache, memo, &req, now);
     let direct = decide(c, &mut VerifiedCache::new(), &req, now);
     assert_eq!(memoized, direct, "the memo changed the decision for {h:?}");
     memoized
@@ -775,7 +775,7 @@ fn memo_answers_what_decide_answers_for_every_field_it_keys_on() {
         for h in order {
             if matches!(
                 memo_agrees(&c, &mut memo, &mut cache, h, NOW + 1),
-                Decision::Forward { user: Some(_), .. }
+                Decision::Forward(f) if f.user.is_some()
             ) {
                 forwards += 1;
             }
@@ -801,7 +801,7 @@ fn a_memo_hit_is_a_cache_hit_and_skips_verification() {
     let second = decide_memoized(&c, &mut cache, &mut memo, &req, NOW + 2);
     assert_eq!(cache.stats(), (1, 1));
     match (first, second) {
-        (Outcome::Forward(a), Outcome::Forward(b)) => assert!(Rc::ptr_eq(&a, &b)),
+        (Decision::Forward(a), Decision::Forward(b)) => assert!(Rc::ptr_eq(&a, &b)),
         other => panic!("{other:?}"),
     }
 }
@@ -816,11 +816,11 @@ fn a_memoized_forward_ends_at_the_capabilitys_expiry_with_the_leeway() {
     let last_good = NOW + 900 + 30 - 1;
     assert!(matches!(
         memo_agrees(&c, &mut memo, &mut cache, &h, NOW + 1),
-        Decision::Forward { .. }
+        Decision::Forward(_)
     ));
     assert!(matches!(
         memo_agrees(&c, &mut memo, &mut cache, &h, last_good),
-        Decision::Forward { .. }
+        Decision::Forward(_)
     ));
     let expired = memo_agrees(&c, &mut memo, &mut cache, &h, last_good + 1);
     assert_eq!(status(&expired), 401, "{expired:?}");
@@ -843,7 +843,7 @@ fn two_candidate_tokens_are_never_memoized() {
     for _ in 0..2 {
         assert!(matches!(
             memo_agrees(&c, &mut memo, &mut cache, &h, NOW + 1),
-            Decision::Forward { .. }
+            Decision::Forward(_)
         ));
     }
     assert!(memo.is_empty());
