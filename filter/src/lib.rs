@@ -11,13 +11,16 @@
 //! `proxy_on_delete`; no context-create, body, log or done callbacks.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use podgate_protocol::config::{CompiledConfig, FilterConfig};
 use podgate_protocol::cors::{self, Preflight};
-use podgate_protocol::gate::{self, Decision, DecisionMemo, HeaderEdit, Request, VerifiedCache};
+use podgate_protocol::gate::{
+    self, Decision, DecisionMemo, Forward, HeaderEdit, MemoSlot, Probe, Request, VerifiedCache,
+};
 use podgate_protocol::reply::{Denial, Reply};
-use podgate_protocol::response::{self, PodResponse, ResponseEdit};
+use podgate_protocol::response::{self, ResponseEdit};
 use podgate_protocol::wire;
 
 mod abi;
@@ -129,12 +132,35 @@ struct Filter {
     cache: VerifiedCache,
     memo: DecisionMemo,
     metrics: Metrics,
-    /// Streams forwarded to a pod, until their response headers (or their end): what
-    /// sanitizing the response needs.
-    responses: HashMap<u32, PodResponse>,
+    /// Streams forwarded to a pod, until their response headers (or their end): the forward,
+    /// which holds what sanitizing the response needs.
+    responses: ByContext<Rc<Forward>>,
     /// Open WebSockets to pods: context id → capability `exp` (unix seconds), closed by the
     /// tick at expiry.
-    websockets: HashMap<u32, i64>,
+    websockets: ByContext<i64>,
+}
+
+/// Per-stream state by Envoy's context id. Ids are Envoy's counter, not the client's, so they
+/// need no keyed hash: SipHash on every insert and removal cost a tenth of a cached request.
+type ByContext<V> = HashMap<u32, V, BuildHasherDefault<ContextIdHasher>>;
+
+/// A context id times a 64-bit odd constant (Fibonacci hashing): distinct ids stay distinct
+/// in the low bits and spread over the high ones.
+#[derive(Default)]
+struct ContextIdHasher(u64);
+
+impl Hasher for ContextIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 fn log(level: LogLevel, message: &str) {
@@ -311,43 +337,72 @@ impl Filter {
                 return self.deny(&Denial::NotConfigured);
             }
         };
+        let Some(now) = now_unix() else {
+            return self.deny(&Denial::NotConfigured);
+        };
+        let before = self.cache.stats();
+        // A request that repeats an earlier forward's inputs is answered from the serialized
+        // map, without decoding it.
+        let decision = match self.memo.probe(&config, &mut self.cache, &bytes, now) {
+            Probe::Hit(forward) => Decision::Forward(forward),
+            Probe::Miss(slot) => match self.decide(&config, &bytes, slot, now) {
+                Ok(decision) => decision,
+                Err(answered) => return answered,
+            },
+        };
+        let after = self.cache.stats();
+        self.metrics.bump(Counter::CacheHits, after.0 - before.0);
+        self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
+        match decision {
+            Decision::Deny(denial) => self.deny(&denial),
+            Decision::Forward(forward) => self.forward(context_id, forward),
+        }
+    }
+
+    /// The long way, for a request the memo missed: decode the map, answer a CORS preflight
+    /// (`Err`, already answered), or decide.
+    fn decide(
+        &mut self,
+        config: &CompiledConfig,
+        bytes: &[u8],
+        slot: MemoSlot,
+        now: i64,
+    ) -> Result<Decision, Action> {
         // Borrowed: no header is copied; a non-UTF-8 name is refused by `from_slices`.
-        let headers = match wire::decode_header_map(&bytes) {
+        let headers = match wire::decode_header_map(bytes) {
             Ok(headers) => headers,
             Err(err) => {
                 log(
                     LogLevel::Error,
                     &format!("podgate: cannot decode headers: {err}"),
                 );
-                return self.deny(&Denial::NotConfigured);
+                return Ok(Decision::Deny(Denial::NotConfigured));
             }
         };
         let request = match Request::from_slices(&headers) {
             Ok(request) => request,
-            Err(denial) => return self.deny(&denial),
+            Err(denial) => return Ok(Decision::Deny(denial)),
         };
         // CORS preflights are answered here and never forwarded (`cors`).
-        match cors::preflight(&config, &request.preflight_view()) {
+        match cors::preflight(config, &request.preflight_view()) {
             None => {}
-            Some(Preflight::Refused(denial)) => return self.deny(&denial),
+            Some(Preflight::Refused(denial)) => return Ok(Decision::Deny(denial)),
             Some(Preflight::Allowed(reply)) => {
                 self.metrics.bump(Counter::Preflight, 1);
-                return answer(&reply);
+                return Err(answer(&reply));
             }
         }
-        let Some(now) = now_unix() else {
-            return self.deny(&Denial::NotConfigured);
-        };
-        let before = self.cache.stats();
-        let outcome =
-            gate::decide_memoized(&config, &mut self.cache, &mut self.memo, &request, now);
-        let after = self.cache.stats();
-        self.metrics.bump(Counter::CacheHits, after.0 - before.0);
-        self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
-        let forward = match outcome {
-            Decision::Deny(denial) => return self.deny(&denial),
-            Decision::Forward(forward) => forward,
-        };
+        Ok(gate::decide_memoized(
+            config,
+            &mut self.cache,
+            &mut self.memo,
+            slot,
+            &request,
+            now,
+        ))
+    }
+
+    fn forward(&mut self, context_id: u32, forward: Rc<Forward>) -> Action {
         if let Err(status) = apply_request(&forward.edits) {
             log(
                 LogLevel::Error,
@@ -363,23 +418,27 @@ impl Filter {
             );
             return self.deny(&Denial::NotConfigured);
         }
-        if forward.user.is_some() {
-            // To a pod (not the control plane, which sets our cookie): its response is
-            // sanitized, and a WebSocket is closed when the capability expires.
-            self.responses
-                .insert(context_id, PodResponse::for_request(&request));
-            if let (true, Some(exp)) = (request.is_websocket(), forward.expires_at) {
-                self.websockets.insert(context_id, exp);
-            }
-            self.metrics.bump(Counter::Allowed, 1);
-        } else {
+        if forward.user.is_none() {
             self.metrics.bump(Counter::Callback, 1);
+            return Action::Continue;
         }
+        // To a pod (not the control plane, which sets our cookie): a WebSocket is closed when
+        // the capability expires, and the response is sanitized.
+        if let (true, Some(exp)) = (forward.websocket, forward.expires_at) {
+            self.websockets.insert(context_id, exp);
+        }
+        if forward.response.is_some() {
+            self.responses.insert(context_id, forward);
+        }
+        self.metrics.bump(Counter::Allowed, 1);
         Action::Continue
     }
 
     fn on_response_headers(&mut self, context_id: u32) -> Action {
-        let Some(ctx) = self.responses.remove(&context_id) else {
+        let Some(forward) = self.responses.remove(&context_id) else {
+            return Action::Continue;
+        };
+        let Some(ctx) = forward.response.as_ref() else {
             return Action::Continue;
         };
         let Some(config) = self.config.clone() else {
@@ -393,7 +452,7 @@ impl Filter {
             Ok(headers) => headers,
             Err(err) => return self.fail_response(&format!("cannot decode: {err}")),
         };
-        let sanitized = response::sanitize(&config, &ctx, headers);
+        let sanitized = response::sanitize(&config, ctx, headers);
         if sanitized.edits.is_empty() {
             return Action::Continue;
         }

@@ -27,7 +27,9 @@ use podgate_protocol::config::{
     RESERVED_PREFIX, UPSTREAM_HEADER, USER_HEADER,
 };
 use podgate_protocol::cookie;
-use podgate_protocol::gate::{self, Decision, DecisionMemo, HeaderEdit, Request, VerifiedCache};
+use podgate_protocol::gate::{
+    self, Decision, DecisionMemo, HeaderEdit, Probe, Request, VerifiedCache,
+};
 use podgate_protocol::host::{self, HostTemplate, PodAddr};
 use podgate_protocol::redirect;
 use podgate_protocol::reply::Denial;
@@ -814,7 +816,9 @@ pub fn check_gate(case: &GateCase) -> Decision {
         Err(denial) => {
             assert!(matches!(denial, Denial::MalformedHeader(_)), "{denial:?}");
             check_reply(config, &denial);
-            return Decision::Deny(denial);
+            let refused = Decision::Deny(denial);
+            check_memo(config, case, &refused);
+            return refused;
         }
     };
     let mut cache = VerifiedCache::new();
@@ -825,7 +829,7 @@ pub fn check_gate(case: &GateCase) -> Decision {
         first, again,
         "the verified-token cache changed the decision"
     );
-    check_memo(config, case, &req, &first);
+    check_memo(config, case, &first);
     match &first {
         Decision::Deny(denial) => check_reply(config, denial),
         Decision::Forward(f) => check_forward(
@@ -850,11 +854,12 @@ thread_local! {
 /// hit), and through one memo that has seen every earlier input of the run, so another
 /// request's entry must never match this one. Time only moves forward for a memo, as a clock
 /// does; a case earlier than the last starts that memo over.
-fn check_memo(config: &CompiledConfig, case: &GateCase, req: &Request<'_>, expected: &Decision) {
+fn check_memo(config: &CompiledConfig, case: &GateCase, expected: &Decision) {
+    let wire = podgate_protocol::wire::encode_header_map(&case.headers);
     let mut memo = DecisionMemo::new();
     let mut cache = VerifiedCache::new();
     for round in ["miss", "hit"] {
-        let got = gate::decide_memoized(config, &mut cache, &mut memo, req, case.now);
+        let got = through_memo(config, &mut cache, &mut memo, case, &wire);
         assert_eq!(&got, expected, "the memo changed the decision ({round})");
     }
     RUN_MEMOS.with(|memos| {
@@ -867,12 +872,30 @@ fn check_memo(config: &CompiledConfig, case: &GateCase, req: &Request<'_>, expec
             *cache = VerifiedCache::new();
         }
         *last = case.now;
-        let got = gate::decide_memoized(config, cache, memo, req, case.now);
+        let got = through_memo(config, cache, memo, case, &wire);
         assert_eq!(
             &got, expected,
             "an earlier input's memo entry changed the decision"
         );
     });
+}
+
+/// The case the way the filter takes a request that is not a preflight: the memo's probe on
+/// the serialized map, then on a miss the view and `decide_memoized`.
+fn through_memo(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    memo: &mut DecisionMemo,
+    case: &GateCase,
+    wire: &[u8],
+) -> Decision {
+    match memo.probe(config, cache, wire, case.now) {
+        Probe::Hit(forward) => Decision::Forward(forward),
+        Probe::Miss(slot) => match Request::from_headers(&case.headers) {
+            Ok(req) => gate::decide_memoized(config, cache, memo, slot, &req, case.now),
+            Err(denial) => Decision::Deny(denial),
+        },
+    }
 }
 
 fn check_reply(config: &CompiledConfig, denial: &Denial) {

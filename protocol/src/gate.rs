@@ -16,7 +16,9 @@ use crate::cors::{origin_pod, PreflightRequest};
 use crate::host::PodAddr;
 use crate::redirect::{encode_query_value, MAX_NEXT_LEN};
 use crate::reply::Denial;
+use crate::response::PodResponse;
 use crate::token::{TokenError, Verified, MAX_TOKEN_LEN};
+use crate::wire::HeaderPairs;
 
 /// The request headers the decision reads (besides our own `x-podgate-*`).
 const HEADER_NAMES_READ: [&str; 12] = [
@@ -170,6 +172,11 @@ pub struct Forward {
     pub user: Option<String>,
     /// When the capability expires (unix seconds).
     pub expires_at: Option<i64>,
+    /// What sanitizing the pod's response needs (`None` on the reserved path: the control
+    /// plane's responses are not touched).
+    pub response: Option<PodResponse>,
+    /// A WebSocket upgrade, to be closed when the capability expires.
+    pub websocket: bool,
 }
 
 /// Where the capability came from; cookie-authenticated WebSockets must come from the pod's own
@@ -427,6 +434,8 @@ fn decide_counting(
             edits,
             user: None,
             expires_at: None,
+            response: None,
+            websocket: false,
         };
         return (Decision::Forward(Rc::new(forward)), 0);
     }
@@ -525,6 +534,8 @@ fn decide_counting(
         edits,
         user: Some(verified.claims.sub.clone()),
         expires_at: Some(verified.expires_at),
+        response: Some(PodResponse::for_request(req)),
+        websocket: req.is_websocket(),
     };
     (Decision::Forward(Rc::new(forward)), looked_at)
 }
@@ -533,11 +544,25 @@ fn decide_counting(
 /// request's Cookie header, and the edits).
 pub const MEMO_MAX_ENTRIES: usize = 4096;
 
-/// A per-worker memo of forward decisions, keyed by every request field `decide` reads, byte for
-/// byte: the host, the method, `Origin`, `Upgrade`, every `Cookie`, `Authorization` and
-/// `podgate-token` value, and the names of client-sent `x-podgate-*` headers. The path is not
-/// in the key: `decide` reads it only to tell the reserved prefix (never memoized) and for a
-/// denial's redirect (denials are never memoized).
+/// A per-worker memo of forward decisions, looked up from the request's header map as Envoy
+/// hands it over, before anything is decoded (`DecisionMemo::probe`): on a hit the request view
+/// is never built and nothing is allocated.
+///
+/// The key is every header a forward depends on, in the order they came, each tagged and
+/// length-prefixed: `:authority`, `:method`, `Origin`, `Upgrade`, every `Cookie`,
+/// `Authorization` and `podgate-token` value, and the names of client-sent `x-podgate-*`
+/// headers. Two requests with one key have one request view in every field a forward reads.
+/// The other headers `decide` reads are not in the key:
+/// - `:path` is read only to tell the reserved prefix, and for a denial's redirect;
+/// - `Accept` and `Sec-Fetch-Mode` only for a denial's redirect;
+/// - `Access-Control-Request-*` only for a CORS preflight, which the filter answers before the
+///   decision.
+///
+/// So the probe never memoizes a request on the reserved path or one with an
+/// `Access-Control-Request-Method`, and denials are never stored. Nor a request it cannot
+/// vouch for without the view: a header name, or the value of a header `decide` reads, that is
+/// not ASCII (the view refuses what is not UTF-8), or a map that does not decode. Those go the
+/// long way every time.
 ///
 /// Only a forward decided by exactly one token candidate is kept, until that token's expiry
 /// (with the verifier's leeway, the rule the token cache applies): with one candidate, the
@@ -555,8 +580,10 @@ pub struct DecisionMemo {
     entries: HashMap<u64, Vec<Memoized>, BuildHasherDefault<PremixedHasher>>,
     len: usize,
     seed: u64,
-    /// The key of the request at hand, reused so a lookup allocates nothing.
+    /// The key of the request probed last, reused so a probe allocates nothing.
     key: Vec<u8>,
+    /// Counts probes: a decision is stored only under the key of the latest one.
+    probes: u64,
 }
 
 impl Default for DecisionMemo {
@@ -567,6 +594,7 @@ impl Default for DecisionMemo {
             // The process's random SipHash keys, folded into one word.
             seed: RandomState::new().hash_one(0x0070_6f64_6761_7465_u64),
             key: Vec::new(),
+            probes: 0,
         }
     }
 }
@@ -577,6 +605,24 @@ struct Memoized {
     forward: Rc<Forward>,
     /// The first second the memoized decision no longer holds.
     valid_until: i64,
+}
+
+/// What `DecisionMemo::probe` found.
+#[derive(Debug)]
+pub enum Probe {
+    /// The forward decided for an earlier request with the same key, still valid.
+    Hit(Rc<Forward>),
+    /// Decide with `decide_memoized`, handing it this.
+    Miss(MemoSlot),
+}
+
+/// Where `decide_memoized` may store its decision: the probed key's hash, if the request may
+/// be memoized at all, and which probe it came from.
+#[derive(Debug)]
+#[must_use]
+pub struct MemoSlot {
+    hash: Option<u64>,
+    probe: u64,
 }
 
 /// A `u64` key that is already a good hash (`memo_hash`) is used as is.
@@ -600,22 +646,38 @@ impl Hasher for PremixedHasher {
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// A seeded multiply-rotate hash over 8-byte words, finished with a 64-bit avalanche
-/// (MurmurHash3's `fmix64`).
-fn memo_hash(seed: u64, bytes: &[u8]) -> u64 {
-    let words = bytes.chunks_exact(8);
-    let tail = words.remainder();
+/// (MurmurHash3's `fmix64`); and every byte of `bytes` OR-ed together (the same pass tells
+/// whether they are all ASCII).
+fn memo_hash(seed: u64, bytes: &[u8]) -> (u64, u8) {
+    let (words, tail) = bytes.as_chunks::<8>();
     let mut h = seed ^ (bytes.len() as u64).wrapping_mul(MIX);
+    let mut all = 0;
     for word in words {
-        h = (h ^ word_at(word)).wrapping_mul(MIX).rotate_left(31);
+        let word = u64::from_le_bytes(*word);
+        all |= word;
+        h = (h ^ word).wrapping_mul(MIX).rotate_left(31);
     }
     let mut last = [0u8; 8];
     last[..tail.len()].copy_from_slice(tail);
-    h = (h ^ u64::from_le_bytes(last)).wrapping_mul(MIX);
+    let last = u64::from_le_bytes(last);
+    h = (h ^ last).wrapping_mul(MIX);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    (h ^ (h >> 33), or_bytes(all | last))
+}
+
+/// The bytes of a word OR-ed together.
+fn or_bytes(word: u64) -> u8 {
+    word.to_le_bytes().iter().fold(0, |acc, b| acc | b)
+}
+
+/// Every byte of `bytes` OR-ed together.
+fn or_all(bytes: &[u8]) -> u8 {
+    let (words, tail) = bytes.as_chunks::<8>();
+    let all = words.iter().fold(0, |acc, w| acc | u64::from_le_bytes(*w));
+    tail.iter().fold(or_bytes(all), |acc, b| acc | b)
 }
 
 /// `a == b`, a word at a time (wasi-libc's `memcmp` goes byte by byte).
@@ -623,16 +685,44 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (a_tail, b_tail) = (a_words.remainder(), b_words.remainder());
-    a_words.zip(b_words).all(|(x, y)| word_at(x) == word_at(y)) && a_tail == b_tail
+    let ((a_words, a_tail), (b_words, b_tail)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    let differ = a_words.iter().zip(b_words).fold(0, |acc, (x, y)| {
+        acc | (u64::from_le_bytes(*x) ^ u64::from_le_bytes(*y))
+    });
+    differ == 0 && a_tail == b_tail
 }
 
-/// An 8-byte chunk as a word (`chunks_exact(8)` chunks are always 8 bytes long).
-fn word_at(chunk: &[u8]) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(chunk);
-    u64::from_le_bytes(word)
+/// How the probe treats one header, by name.
+enum Keyed {
+    /// In the key, under this tag, with its value.
+    Value(u8),
+    /// In the key, under this tag, by its name only (client copies of `x-podgate-*`).
+    Name(u8),
+    /// Read by `decide` but not for a forward: its value must only be ASCII.
+    Checked,
+    /// Never memoized (`:path` on the reserved prefix, a CORS preflight's header).
+    Refused,
+    /// Not read.
+    Ignored,
+}
+
+fn keyed(name: &[u8], value: &[u8]) -> Keyed {
+    match name {
+        b":authority" => Keyed::Value(b'a'),
+        b":method" => Keyed::Value(b'm'),
+        b"origin" => Keyed::Value(b'o'),
+        b"upgrade" => Keyed::Value(b'u'),
+        b"cookie" => Keyed::Value(b'c'),
+        b"authorization" => Keyed::Value(b'b'),
+        _ if name == TOKEN_HEADER.as_bytes() => Keyed::Value(b't'),
+        b":path" if value.starts_with(RESERVED_PREFIX.as_bytes()) => Keyed::Refused,
+        b":path" | b"accept" | b"sec-fetch-mode" | b"access-control-request-headers" => {
+            Keyed::Checked
+        }
+        b"access-control-request-method" => Keyed::Refused,
+        _ if name.starts_with(HEADER_PREFIX.as_bytes()) => Keyed::Name(b'x'),
+        _ => Keyed::Ignored,
+    }
 }
 
 impl DecisionMemo {
@@ -651,6 +741,74 @@ impl DecisionMemo {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.len = 0;
+    }
+
+    /// Looks the request up by its serialized header map (`wire`). A hit counts as a
+    /// token-cache hit: the token was verified before.
+    pub fn probe(
+        &mut self,
+        config: &CompiledConfig,
+        cache: &mut VerifiedCache,
+        wire: &[u8],
+        now: i64,
+    ) -> Probe {
+        self.probes = self.probes.wrapping_add(1);
+        let on = config.token_cache_entries.min(MEMO_MAX_ENTRIES) > 0;
+        let hash = if on { self.build_key(wire) } else { None };
+        if let Some(forward) = hash.and_then(|hash| self.lookup(hash, now)) {
+            cache.hits += 1;
+            return Probe::Hit(forward);
+        }
+        Probe::Miss(MemoSlot {
+            hash,
+            probe: self.probes,
+        })
+    }
+
+    /// Writes the key of the request in `wire` into `self.key` and hashes it; `None` if the
+    /// request may not be memoized.
+    fn build_key(&mut self, wire: &[u8]) -> Option<u64> {
+        /// The tag, the length in four 7-bit groups (so the whole key is ASCII exactly when
+        /// the values are), the bytes.
+        fn field(key: &mut Vec<u8>, tag: u8, bytes: &[u8]) -> bool {
+            let len = bytes.len();
+            if len >= 1 << 28 {
+                return false;
+            }
+            key.extend_from_slice(&[
+                tag,
+                (len & 0x7f) as u8,
+                (len >> 7 & 0x7f) as u8,
+                (len >> 14 & 0x7f) as u8,
+                (len >> 21 & 0x7f) as u8,
+            ]);
+            key.extend_from_slice(bytes);
+            true
+        }
+        let pairs = HeaderPairs::new(wire).ok()?;
+        let key = &mut self.key;
+        key.clear();
+        // Every name, and the values read but not keyed, OR-ed together: ASCII if below 0x80.
+        let mut read = 0;
+        for pair in pairs {
+            let (name, value) = pair.ok()?;
+            read |= or_all(name);
+            let kept = match keyed(name, value) {
+                Keyed::Value(tag) => field(key, tag, value),
+                Keyed::Name(tag) => field(key, tag, name),
+                Keyed::Checked => {
+                    read |= or_all(value);
+                    true
+                }
+                Keyed::Ignored => true,
+                Keyed::Refused => false,
+            };
+            if !kept {
+                return None;
+            }
+        }
+        let (hash, keyed) = memo_hash(self.seed, key);
+        ((read | keyed) < 0x80).then_some(hash)
     }
 
     /// The live entry for the key in `self.key`, if any; an expired one is dropped.
@@ -675,66 +833,26 @@ impl DecisionMemo {
         self.entries.entry(hash).or_default().push(entry);
         self.len += 1;
     }
-
-    /// Writes the memo key of `req` into `self.key`: each field tagged and length-prefixed, so
-    /// no two requests that differ in a field `decide` reads share a key.
-    fn build_key(&mut self, req: &Request<'_>) {
-        fn field(key: &mut Vec<u8>, tag: u8, value: &str) {
-            key.push(tag);
-            key.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            key.extend_from_slice(value.as_bytes());
-        }
-        fn optional(key: &mut Vec<u8>, tag: u8, value: Option<&str>) {
-            match value {
-                Some(value) => field(key, tag, value),
-                None => key.push(tag ^ 0x80),
-            }
-        }
-        let key = &mut self.key;
-        key.clear();
-        field(key, b'a', req.authority);
-        field(key, b'm', req.method);
-        optional(key, b'o', req.origin);
-        optional(key, b'u', req.upgrade);
-        for (tag, values) in [
-            (b'c', &req.cookies),
-            (b'b', &req.authorizations),
-            (b't', &req.token_headers),
-            (b'x', &req.our_header_names),
-        ] {
-            key.push(tag);
-            key.extend_from_slice(&(values.len() as u32).to_le_bytes());
-            for value in values {
-                field(key, tag, value);
-            }
-        }
-    }
 }
 
-/// `decide`, through a memo of earlier forward decisions (`DecisionMemo`). Always the same
-/// answer as `decide` with the same cache: the `gate` fuzz target and
-/// `gate_tests::memo_*` check it. A memo hit counts as a token-cache hit (the token was
-/// verified before). The memo is off when the token cache is (`token_cache_entries` 0).
+/// `decide`, for a request the memo missed (`DecisionMemo::probe`), storing a forward it may
+/// keep. Always the same answer as `decide` with the same cache: the `gate` fuzz target and
+/// `gate_tests::memo_*` check it. The memo is off when the token cache is
+/// (`token_cache_entries` 0).
 pub fn decide_memoized(
     config: &CompiledConfig,
     cache: &mut VerifiedCache,
     memo: &mut DecisionMemo,
+    slot: MemoSlot,
     req: &Request<'_>,
     now: i64,
 ) -> Decision {
-    let capacity = config.token_cache_entries.min(MEMO_MAX_ENTRIES);
-    let memo_on = capacity > 0 && !req.path.starts_with(RESERVED_PREFIX);
-    let mut hash = 0;
-    if memo_on {
-        memo.build_key(req);
-        hash = memo_hash(memo.seed, &memo.key);
-        if let Some(forward) = memo.lookup(hash, now) {
-            cache.hits += 1;
-            return Decision::Forward(forward);
-        }
-    }
     let (decision, looked_at) = decide_counting(config, cache, req, now);
-    if let (true, 1, Decision::Forward(forward)) = (memo_on, looked_at, &decision) {
+    let capacity = config.token_cache_entries.min(MEMO_MAX_ENTRIES);
+    let latest = slot.probe == memo.probes;
+    if let (Some(hash), true, 1, Decision::Forward(forward)) =
+        (slot.hash, latest, looked_at, &decision)
+    {
         if let (Some(_), Some(exp)) = (&forward.user, forward.expires_at) {
             let entry = Memoized {
                 key: memo.key.as_slice().into(),

@@ -682,6 +682,25 @@ fn preflight_fields_are_read_strictly_and_the_gate_itself_never_answers_them() {
 
 // ---- the decision memo ---------------------------------------------------------------------
 
+/// `h` the way the filter takes a request that is not a preflight: the memo's probe on the
+/// serialized map, then on a miss the view and `decide_memoized`.
+fn through_memo(
+    c: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    memo: &mut DecisionMemo,
+    h: &[(String, Vec<u8>)],
+    now: i64,
+) -> Decision {
+    let wire = crate::wire::encode_header_map(h);
+    match memo.probe(c, cache, &wire, now) {
+        Probe::Hit(forward) => Decision::Forward(forward),
+        Probe::Miss(slot) => match Request::from_headers(h) {
+            Ok(req) => decide_memoized(c, cache, memo, slot, &req, now),
+            Err(denial) => Decision::Deny(denial),
+        },
+    }
+}
+
 /// Sends `h` through one shared memo and cache at `now`, and checks the answer is `decide`'s
 /// with a fresh cache.
 fn memo_agrees(
@@ -691,9 +710,11 @@ fn memo_agrees(
     h: &[(String, Vec<u8>)],
     now: i64,
 ) -> Decision {
-    let req = Request::from_headers(h).unwrap();
-    let memoized = decide_memoized(c, cache, memo, &req, now);
-    let direct = decide(c, &mut VerifiedCache::new(), &req, now);
+    let memoized = through_memo(c, cache, memo, h, now);
+    let direct = match Request::from_headers(h) {
+        Ok(req) => decide(c, &mut VerifiedCache::new(), &req, now),
+        Err(denial) => Decision::Deny(denial),
+    };
     assert_eq!(memoized, direct, "the memo changed the decision for {h:?}");
     memoized
 }
@@ -792,13 +813,12 @@ fn memo_answers_what_decide_answers_for_every_field_it_keys_on() {
 fn a_memo_hit_is_a_cache_hit_and_skips_verification() {
     let c = config();
     let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
-    let req = Request::from_headers(&h).unwrap();
     let mut memo = DecisionMemo::new();
     let mut cache = VerifiedCache::new();
-    let first = decide_memoized(&c, &mut cache, &mut memo, &req, NOW + 1);
+    let first = through_memo(&c, &mut cache, &mut memo, &h, NOW + 1);
     assert_eq!(cache.stats(), (0, 1));
     assert_eq!(memo.len(), 1);
-    let second = decide_memoized(&c, &mut cache, &mut memo, &req, NOW + 2);
+    let second = through_memo(&c, &mut cache, &mut memo, &h, NOW + 2);
     assert_eq!(cache.stats(), (1, 1));
     match (first, second) {
         (Decision::Forward(a), Decision::Forward(b)) => assert!(Rc::ptr_eq(&a, &b)),
@@ -852,20 +872,18 @@ fn two_candidate_tokens_are_never_memoized() {
 #[test]
 fn the_memo_is_off_with_the_token_cache_and_bounded_by_it() {
     let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
-    let req = Request::from_headers(&h).unwrap();
     let off = config_with(|c| c.token_cache_entries = 0);
     let mut memo = DecisionMemo::new();
     let mut cache = VerifiedCache::new();
-    decide_memoized(&off, &mut cache, &mut memo, &req, NOW + 1);
-    decide_memoized(&off, &mut cache, &mut memo, &req, NOW + 1);
+    through_memo(&off, &mut cache, &mut memo, &h, NOW + 1);
+    through_memo(&off, &mut cache, &mut memo, &h, NOW + 1);
     assert!(memo.is_empty());
     assert_eq!(cache.stats(), (0, 0));
 
     let two = config_with(|c| c.token_cache_entries = 2);
     for n in 0..5 {
         let h = base(&[("cookie", &format!("n={n}; __Host-podgate_cap={}", cap()))]);
-        let req = Request::from_headers(&h).unwrap();
-        decide_memoized(&two, &mut cache, &mut memo, &req, NOW + 1);
+        through_memo(&two, &mut cache, &mut memo, &h, NOW + 1);
         assert!(memo.len() <= 2, "{} entries", memo.len());
     }
 }
@@ -875,7 +893,7 @@ fn memo_keys_and_hashes_tell_close_requests_apart() {
     // Tagged, length-prefixed fields: moving bytes between fields changes the key.
     let mut memo = DecisionMemo::new();
     let key = |memo: &mut DecisionMemo, h: &Headers| {
-        memo.build_key(&Request::from_headers(h).unwrap());
+        assert!(memo.build_key(&crate::wire::encode_header_map(h)).is_some());
         memo.key.clone()
     };
     let a = key(&mut memo, &base(&[("cookie", "ab"), ("cookie", "c")]));
@@ -889,24 +907,166 @@ fn memo_keys_and_hashes_tell_close_requests_apart() {
         for y in &keys[i + 1..] {
             assert_ne!(x, y);
             assert!(!same_bytes(x, y));
-            assert_ne!(memo_hash(7, x), memo_hash(7, y));
+            assert_ne!(memo_hash(7, x).0, memo_hash(7, y).0);
         }
         assert!(same_bytes(x, &x.clone()));
     }
-    // Every length around a word boundary, and a one-bit change anywhere.
+    // Every length around a word boundary, and a one-bit change anywhere; a byte of 0x80 or
+    // more anywhere shows in the OR the hash pass returns.
     for len in 0..40 {
         let x: Vec<u8> = (0..len as u8).collect();
+        assert!(memo_hash(7, &x).1 < 0x80);
+        for at in 0..len {
+            let mut high = x.clone();
+            high[at] |= 0x80;
+            assert!(memo_hash(7, &high).1 >= 0x80, "len {len} at {at}");
+            assert!(or_all(&high) >= 0x80, "len {len} at {at}");
+        }
         assert!(same_bytes(&x, &x.clone()));
         for at in 0..len {
             let mut y = x.clone();
             y[at] ^= 1;
             assert!(!same_bytes(&x, &y), "len {len} at {at}");
-            assert_ne!(memo_hash(7, &x), memo_hash(7, &y), "len {len} at {at}");
+            assert_ne!(memo_hash(7, &x).0, memo_hash(7, &y).0, "len {len} at {at}");
         }
     }
     assert_ne!(
-        memo_hash(1, b"same"),
-        memo_hash(2, b"same"),
+        memo_hash(1, b"same").0,
+        memo_hash(2, b"same").0,
         "the seed matters"
     );
+}
+
+#[test]
+fn the_probe_looks_at_every_header_decide_reads() {
+    for name in HEADER_NAMES_READ {
+        assert!(
+            !matches!(keyed(name.as_bytes(), b"/"), Keyed::Ignored),
+            "{name} is read by the view but not by the memo's probe"
+        );
+    }
+    assert!(matches!(keyed(b"x-podgate-user", b"v"), Keyed::Name(b'x')));
+    assert!(matches!(keyed(b"user-agent", b"v"), Keyed::Ignored));
+    assert!(matches!(
+        keyed(b":path", b"/.podgate/callback"),
+        Keyed::Refused
+    ));
+}
+
+#[test]
+fn requests_the_probe_cannot_vouch_for_are_never_memoized() {
+    let c = config();
+    let cookie = format!("__Host-podgate_cap={}", cap());
+    let with_raw = |name: &str, value: &[u8]| {
+        let mut h = base(&[("cookie", &cookie)]);
+        h.push((name.to_owned(), value.to_vec()));
+        h
+    };
+    let cases: Vec<Headers> = vec![
+        // Not UTF-8 in a header `decide` reads: the view refuses it.
+        with_raw("accept", b"text/\xff"),
+        with_raw("sec-fetch-mode", b"\xc3("),
+        with_raw("access-control-request-headers", b"x\xff"),
+        with_raw("origin", b"https://\xff"),
+        // UTF-8 but not ASCII: the view takes it, the probe leaves it to the view.
+        with_raw("accept", "text/html; q=\u{e9}".as_bytes()),
+        with_raw("x-\u{fc}ber", b"1"),
+        // A possible CORS preflight, and the reserved path.
+        with_raw("access-control-request-method", b"PUT"),
+        headers(&[
+            (":authority", HOST),
+            (":path", "/.podgate/callback?ticket=t"),
+            (":method", "GET"),
+            ("cookie", &cookie),
+        ]),
+    ];
+    let clean = base(&[("cookie", &cookie)]);
+    let mut forwards = 0;
+    for h in &cases {
+        // The clean request is memoized first: a case the probe wrongly took for it would be
+        // served its forward.
+        let mut memo = DecisionMemo::new();
+        let mut cache = VerifiedCache::new();
+        memo_agrees(&c, &mut memo, &mut cache, &clean, NOW + 1);
+        assert_eq!(memo.len(), 1);
+        for _ in 0..2 {
+            if matches!(
+                memo_agrees(&c, &mut memo, &mut cache, h, NOW + 1),
+                Decision::Forward(_)
+            ) {
+                forwards += 1;
+            }
+        }
+        assert_eq!(memo.len(), 1, "memoized: {h:?}");
+    }
+    assert!(forwards >= 8, "{forwards}: the cases lost their point");
+    // A name that is not UTF-8 (the view refuses the request) is not even keyed.
+    let mut memo = DecisionMemo::new();
+    let bad_name: [(&[u8], &[u8]); 2] = [(b":authority", HOST.as_bytes()), (b"x-\xff", b"1")];
+    let wire = crate::wire::encode_header_map(&bad_name);
+    assert_eq!(memo.build_key(&wire), None);
+    assert_eq!(
+        memo.build_key(b"\x05\x00\x00\x00"),
+        None,
+        "a map that does not decode"
+    );
+}
+
+#[test]
+fn a_slot_from_an_older_probe_stores_nothing() {
+    let c = config();
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    let other = base(&[("cookie", "unrelated=1")]);
+    let mut memo = DecisionMemo::new();
+    let mut cache = VerifiedCache::new();
+    let wire = crate::wire::encode_header_map(&h);
+    let Probe::Miss(stale) = memo.probe(&c, &mut cache, &wire, NOW + 1) else {
+        panic!("a hit in an empty memo");
+    };
+    // Another request is probed in between: its key is the one the memo holds now.
+    let _ = memo.probe(
+        &c,
+        &mut cache,
+        &crate::wire::encode_header_map(&other),
+        NOW + 1,
+    );
+    let req = Request::from_headers(&h).unwrap();
+    let decision = decide_memoized(&c, &mut cache, &mut memo, stale, &req, NOW + 1);
+    assert!(matches!(decision, Decision::Forward(_)), "{decision:?}");
+    assert!(memo.is_empty());
+}
+
+#[test]
+fn a_forward_carries_what_its_response_and_its_websocket_need() {
+    let c = config();
+    let cookie = format!("__Host-podgate_cap={}", cap());
+    let own = "https://localhost-8726-pod-alpha.example.dev";
+    let h = base(&[
+        ("cookie", &cookie),
+        ("origin", own),
+        ("upgrade", "websocket"),
+    ]);
+    let req = Request::from_headers(&h).unwrap();
+    let Decision::Forward(f) = decide(&c, &mut VerifiedCache::new(), &req, NOW + 1) else {
+        panic!("denied");
+    };
+    assert!(f.websocket);
+    assert_eq!(f.response, Some(PodResponse::for_request(&req)));
+    let plain = base(&[("cookie", &cookie)]);
+    let req = Request::from_headers(&plain).unwrap();
+    let Decision::Forward(f) = decide(&c, &mut VerifiedCache::new(), &req, NOW + 1) else {
+        panic!("denied");
+    };
+    assert!(!f.websocket);
+    // The control plane's callback: its responses are not sanitized.
+    let callback = headers(&[
+        (":authority", HOST),
+        (":path", "/.podgate/callback?ticket=t"),
+        (":method", "GET"),
+    ]);
+    let req = Request::from_headers(&callback).unwrap();
+    let Decision::Forward(f) = decide(&c, &mut VerifiedCache::new(), &req, NOW + 1) else {
+        panic!("denied");
+    };
+    assert_eq!(f.response, None);
 }

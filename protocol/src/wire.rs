@@ -25,32 +25,82 @@ pub type HeaderSlices<'a> = (&'a [u8], &'a [u8]);
 /// copying. Names are not checked here: `gate::Request::from_slices` refuses a name that is not
 /// UTF-8, and the response path only compares names as bytes.
 pub fn decode_header_map(bytes: &[u8]) -> Result<Vec<HeaderSlices<'_>>, WireError> {
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let count = read_u32(bytes, 0)?;
-    let sizes_end = count
-        .checked_mul(8)
-        .and_then(|n| n.checked_add(4))
-        .filter(|end| *end <= bytes.len())
-        .ok_or(WireError::Truncated)?;
-    let mut data = sizes_end;
-    let mut take = |len: usize| -> Result<&[u8], WireError> {
-        let end = data.checked_add(len).ok_or(WireError::Truncated)?;
-        let slice = bytes.get(data..end).ok_or(WireError::Truncated)?;
-        // Each string is followed by a NUL that is not part of it.
-        data = end.checked_add(1).ok_or(WireError::Truncated)?;
-        Ok(slice)
-    };
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let name_len = read_u32(bytes, 4 + i * 8)?;
-        let value_len = read_u32(bytes, 8 + i * 8)?;
-        let name = take(name_len)?;
-        let value = take(value_len)?;
-        out.push((name, value));
+    let mut pairs = HeaderPairs::new(bytes)?;
+    let mut out = Vec::with_capacity(pairs.remaining);
+    for pair in &mut pairs {
+        out.push(pair?);
     }
     Ok(out)
+}
+
+/// The headers of a serialized map one at a time, borrowed, allocating nothing (the decision
+/// memo reads a request this way before anything is decoded). An error ends the iteration.
+#[derive(Debug, Clone)]
+pub struct HeaderPairs<'a> {
+    bytes: &'a [u8],
+    /// Where the next (name length, value length) pair is.
+    sizes: usize,
+    /// Where the next name starts.
+    data: usize,
+    remaining: usize,
+}
+
+impl<'a> HeaderPairs<'a> {
+    /// Checks the count against the buffer; each header is checked as it is reached.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, WireError> {
+        if bytes.is_empty() {
+            return Ok(HeaderPairs {
+                bytes,
+                sizes: 4,
+                data: 4,
+                remaining: 0,
+            });
+        }
+        let count = read_u32(bytes, 0)?;
+        let sizes_end = count
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(4))
+            .filter(|end| *end <= bytes.len())
+            .ok_or(WireError::Truncated)?;
+        Ok(HeaderPairs {
+            bytes,
+            sizes: 4,
+            data: sizes_end,
+            remaining: count,
+        })
+    }
+
+    /// The next `len` bytes of data, and the NUL after them skipped.
+    fn take(&mut self, len: usize) -> Result<&'a [u8], WireError> {
+        let end = self.data.checked_add(len).ok_or(WireError::Truncated)?;
+        let slice = self.bytes.get(self.data..end).ok_or(WireError::Truncated)?;
+        // Each string is followed by a NUL that is not part of it.
+        self.data = end.checked_add(1).ok_or(WireError::Truncated)?;
+        Ok(slice)
+    }
+
+    fn pair(&mut self) -> Result<HeaderSlices<'a>, WireError> {
+        let name_len = read_u32(self.bytes, self.sizes)?;
+        let value_len = read_u32(self.bytes, self.sizes + 4)?;
+        self.sizes += 8;
+        let name = self.take(name_len)?;
+        let value = self.take(value_len)?;
+        Ok((name, value))
+    }
+}
+
+impl<'a> Iterator for HeaderPairs<'a> {
+    type Item = Result<HeaderSlices<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let pair = self.pair();
+        // After an error there is nothing more to read.
+        self.remaining = if pair.is_ok() { self.remaining - 1 } else { 0 };
+        Some(pair)
+    }
 }
 
 /// Encodes header pairs in the same format (what the filter hands Envoy for a local reply).
