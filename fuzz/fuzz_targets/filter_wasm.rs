@@ -98,7 +98,11 @@ fn one_request(data: &[u8]) {
             vm.logs()
         );
         if let Some(want) = preflight_status {
-            assert_eq!(outcome.status(), Some(want), "preflight, filter {outcome:?}");
+            assert_eq!(
+                outcome.status(),
+                Some(want),
+                "preflight, filter {outcome:?}"
+            );
             vm.clear_logs();
             return;
         }
