@@ -61,6 +61,12 @@ bench *ARGS: build-filter
     cargo build --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target
     PODGATE_NOOP_WASM={{root}}/target/wasm32-wasip1/release/podgate_noop_filter.wasm cargo run --release -p podgate-bench -- {{ARGS}}
 
+# Where Envoy's CPU goes per request, case by case: perf on Envoy's CPU during a bench run,
+# split by Envoy's binary, the kernel and V8's JIT code (needs perf).
+bench-perf case="D-cache-EdDSA": build-filter
+    cargo build --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target
+    PODGATE_NOOP_WASM={{root}}/target/wasm32-wasip1/release/podgate_noop_filter.wasm scripts/bench-perf.sh {{case}}
+
 # Fuzz every parser that sees request bytes and the filter in wasmtime, SECONDS each.
 fuzz seconds="60" *targets: build-filter
     scripts/fuzz.sh {{seconds}} {{targets}}
