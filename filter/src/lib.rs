@@ -141,7 +141,7 @@ struct Filter {
 }
 
 /// Per-stream state by Envoy's context id. Ids are Envoy's counter, not the client's, so they
-/// need no keyed hash: SipHash on every insert and removal cost a tenth of a cached request.
+/// need no keyed hash: SipHash on every insert and removal cost 7% of a cached request.
 type ByContext<V> = HashMap<u32, V, BuildHasherDefault<ContextIdHasher>>;
 
 /// A context id times a 64-bit odd constant (Fibonacci hashing): distinct ids stay distinct
