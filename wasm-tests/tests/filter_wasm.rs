@@ -2495,6 +2495,33 @@ mod pod_responses {
         }
         assert!(metric(&mut vm, "podgate.response.cors_stripped") >= 6 * 4);
     }
+
+    #[test]
+    fn a_memo_hit_sanitizes_the_pods_response_as_the_first_request_did() {
+        // The second, identical request is answered from the decision memo: what the response
+        // phase needs must come with it.
+        let mut vm = vm();
+        let origin = "http://localhost-8727-pod-alpha.localhost:10000";
+        let req = Req::alpha().cookie(&alpha_cap()).set("origin", origin);
+        let response: Vec<(&[u8], &[u8])> = vec![
+            (b":status", b"200"),
+            (b"set-cookie", b"a=1; Path=/"),
+            (b"set-cookie", b"b=2; Domain=localhost"),
+            (b"access-control-allow-origin", b"*"),
+        ];
+        for round in ["decided", "memo hit"] {
+            let (out, _) = respond(&mut vm, &req, &response);
+            assert_eq!(out.header_values("set-cookie"), ["a=1; Path=/"], "{round}");
+            assert_eq!(
+                out.header_values("access-control-allow-origin"),
+                [origin],
+                "{round}"
+            );
+        }
+        assert_eq!(metric(&mut vm, "podgate.token_cache.misses"), 1);
+        assert_eq!(metric(&mut vm, "podgate.token_cache.hits"), 1);
+        assert_eq!(metric(&mut vm, "podgate.response.set_cookie_dropped"), 2);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2606,8 +2633,8 @@ mod preflight {
 
 // ---------------------------------------------------------------------------------------------
 mod websocket_expiry {
-    //! An open WebSocket is closed when its capability expires: by the root context's tick
-    //! (1 s), and on any frame after `exp`.
+    //! An open WebSocket is closed when its capability expires, by the root context's tick
+    //! (1 s); frames are not inspected.
     use std::time::Duration;
 
     use podgate_wasm_tests::host::{FilterVm, Outcome};
@@ -2616,8 +2643,13 @@ mod websocket_expiry {
 
     /// A WebSocket forwarded with a header token valid until `NOW + LIFETIME`, upgraded.
     fn open(vm: &mut FilterVm) -> u32 {
+        open_with(vm, &alpha_cap())
+    }
+
+    /// The same, with `token`.
+    fn open_with(vm: &mut FilterVm, token: &str) -> u32 {
         let ctx = vm.open_stream().unwrap();
-        let req = Req::alpha().token(&alpha_cap()).websocket();
+        let req = Req::alpha().token(token).websocket();
         let out = vm.request_headers(ctx, &req.headers, false).unwrap();
         assert_eq!(out.header("upgrade"), Some("websocket"), "{out:?}");
         let out = vm
@@ -2702,6 +2734,21 @@ mod websocket_expiry {
             "no attempt to close a stream that is gone"
         );
         assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 0);
+    }
+
+    #[test]
+    fn a_websocket_opened_on_a_memo_hit_is_closed_at_expiry_too() {
+        let mut vm = vm();
+        let token = alpha_cap();
+        let first = open_with(&mut vm, &token);
+        // The same headers again: answered from the decision memo.
+        let second = open_with(&mut vm, &token);
+        assert_eq!(metric(&mut vm, "podgate.token_cache.hits"), 1);
+        at(&mut vm, EXP);
+        let mut closed = vm.tick().unwrap();
+        closed.sort_unstable();
+        assert_eq!(closed, vec![first, second]);
+        assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 2);
     }
 
     #[test]
