@@ -11,6 +11,8 @@
 #   PODGATE_FUZZ_WASM_SANITIZER  the same for filter_wasm (default: PODGATE_FUZZ_SANITIZER);
 #                           CI's smoke uses none there: wasmtime under ASan takes 15-25 min to build
 #   PODGATE_FUZZ_RSS_MB     libFuzzer -rss_limit_mb (default 512; filter_wasm gets 2048, see below)
+#   PODGATE_FUZZ_RUNS       stop each target after this many executions instead of after SECONDS
+#                           (SECONDS then only bounds the run: give it room)
 #
 # Inputs: seeds from fuzz/corpus/<target>/ (committed, read only here); what libFuzzer finds
 # goes to fuzz/work/<target>/ (git-ignored, kept between runs). Crashers land in
@@ -33,6 +35,8 @@ export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target-fuzz}"
 sanitizer="${PODGATE_FUZZ_SANITIZER:-address}"
 rss_mb="${PODGATE_FUZZ_RSS_MB:-512}"
+runs_limit=()
+if [ -n "${PODGATE_FUZZ_RUNS:-}" ]; then runs_limit=(-runs="$PODGATE_FUZZ_RUNS"); fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz" >&2
@@ -78,7 +82,7 @@ for target in "${targets[@]}"; do
     (cd fuzz && cargo fuzz run --sanitizer "$san" --debug-assertions "${features[@]}" \
         "$target" "$root/$work" "$root/fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb="$rss" \
-        -max_len="$(max_len "$target")" -print_final_stats=1 "${dict[@]}") >"$log" 2>&1
+        -max_len="$(max_len "$target")" -print_final_stats=1 "${runs_limit[@]}" "${dict[@]}") >"$log" 2>&1
     status=$?
     set -e
     runs[$target]="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)"
