@@ -476,9 +476,10 @@ impl OidcVerifier {
     /// A kid we do not know is either a key the issuer has just rotated in or made up. Either
     /// way the request is answered from a fetch that began after its kid was missed: the first
     /// such request fetches (waiting for `min_refresh` since the previous fetch when needed) and
-    /// every request that missed before that fetch began reuses its result. So a flood of
-    /// made-up kids costs the issuer one fetch per `min_refresh`, and a token signed with a
-    /// rotated-in key is never refused for being early: it waits at most `min_refresh`.
+    /// every request that missed before that fetch began reuses its result (one that missed
+    /// while a fetch was under way waits for the next). So a flood of made-up kids costs the
+    /// issuer one fetch per `min_refresh`, and a token signed with a rotated-in key is never
+    /// refused for being early: it waits at most `min_refresh` plus two fetches.
     async fn key(&self, issuer: &Arc<Issuer>, kid: &str) -> Result<Arc<IdKey>, OidcError> {
         let (found, stale) = {
             let cache = issuer.read_cache();
