@@ -221,7 +221,7 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_OIDC_ISSUER", global = true)]
     pub oidc_issuer: Option<String>,
 
-    /// The client id those ID tokens are for.
+    /// The client id those ID tokens are for; several client ids of the issuer comma-separated.
     #[arg(long, env = "PODGATE_OIDC_AUDIENCE", global = true)]
     pub oidc_audience: Option<String>,
 

@@ -21,8 +21,11 @@ pub const FIREBASE_JWKS_URL: &str =
 pub const DEFAULT_OIDC_LEEWAY: u64 = 60;
 /// Longest ID-token lifetime (`exp - iat`) accepted unless configured.
 pub const DEFAULT_OIDC_MAX_LIFETIME: u64 = 86_400;
-/// Least seconds between two fetches of an issuer's keys unless configured.
-pub const DEFAULT_MIN_REFRESH_SECS: u64 = 30;
+/// Least seconds between two fetches of an issuer's keys unless configured. A token naming a kid
+/// we do not know waits for the next fetch, so this is also the longest it waits.
+pub const DEFAULT_MIN_REFRESH_SECS: u64 = 5;
+/// Most seconds allowed between two fetches (a token signed with a new key waits up to that).
+pub const MAX_MIN_REFRESH_SECS: u64 = 10;
 /// Default JSON pointers into NextAuth's `GET /api/auth/session` answer.
 pub const DEFAULT_APP_SESSION_USER_ID: &str = "/user/id";
 pub const DEFAULT_APP_SESSION_EMAIL: &str = "/user/email";
@@ -42,8 +45,10 @@ pub struct OidcSettings {
     pub name: String,
     /// Exact `iss` of the ID tokens (no trailing-slash normalisation: Auth0's ends with `/`).
     pub issuer: String,
-    /// The client id (OAuth `aud`) the ID tokens must be for; Firebase: the project id.
-    pub audience: String,
+    /// The client id the ID tokens must be for (their `aud`), or a list of client ids of this
+    /// issuer that podgate trusts (e.g. a web and a CLI client of one Google project); Firebase:
+    /// the project id.
+    pub audience: ClientIds,
     /// Where the signing keys are; without it they come from the discovery document.
     pub jwks_url: Option<String>,
     /// Discovery document [default: ISSUER/.well-known/openid-configuration].
@@ -52,8 +57,14 @@ pub struct OidcSettings {
     pub cookie: Option<String>,
     /// Claim with the user's stable id [default: sub].
     pub subject_claim: Option<String>,
-    /// Claim with the user's email [default: email]; ignored when `email_verified` is false.
+    /// Claim with the user's email [default: email]; used only when `email_verified` is JSON
+    /// `true` (see `require_email_verified`).
     pub email_claim: Option<String>,
+    /// Take the email only when the token says `email_verified: true` [default: true]. With
+    /// false, an email is also taken when the token has no `email_verified` claim at all (for
+    /// providers that never send it); a claim that is present and not JSON `true` (false,
+    /// "true", 1) still means not verified.
+    pub require_email_verified: Option<bool>,
     /// Prefix of ids of users created on first sign-in [default: none].
     pub user_prefix: Option<String>,
     /// Allowed algorithms [default: RS256 and ES256].
@@ -64,9 +75,51 @@ pub struct OidcSettings {
     pub max_lifetime_secs: Option<u64>,
     /// Allow plain-http issuer and key URLs that are not loopback (never in production).
     pub allow_insecure_http: Option<bool>,
-    /// Least seconds between two fetches of the keys (an unknown kid refreshes them)
-    /// [default: 30].
+    /// Least seconds between two fetches of the keys; a token naming an unknown kid waits for
+    /// the next fetch, so at most 10 [default: 5].
     pub min_refresh_secs: Option<u64>,
+}
+
+/// The client ids of one issuer: `audience = "id"` or `audience = ["web-id", "cli-id"]` in the
+/// file; `PODGATE_OIDC_AUDIENCE` takes them comma-separated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIds(pub Vec<String>);
+
+impl From<&str> for ClientIds {
+    fn from(s: &str) -> Self {
+        ClientIds(vec![s.to_owned()])
+    }
+}
+
+impl From<String> for ClientIds {
+    fn from(s: String) -> Self {
+        ClientIds(vec![s])
+    }
+}
+
+impl From<Vec<String>> for ClientIds {
+    fn from(v: Vec<String>) -> Self {
+        ClientIds(v)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientIds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "audience must be a client id (a string) or a list of client ids, e.g. audience = [\"web-client\", \"cli-client\"]",
+            )
+        })? {
+            OneOrMany::One(s) => ClientIds(vec![s]),
+            OneOrMany::Many(v) => ClientIds(v),
+        })
+    }
 }
 
 /// `[app_session]`: the main app's session endpoint (NextAuth's shape by default).
@@ -183,11 +236,14 @@ impl IdTokenAlg {
 pub struct OidcProvider {
     pub name: String,
     pub issuer: String,
-    pub audience: String,
+    /// The client ids of this issuer that podgate trusts (never empty): an ID token's `aud` must
+    /// list one of them and nothing else, and its `azp`, when present, must be one of them.
+    pub client_ids: Vec<String>,
     pub keys: KeySource,
     pub cookie: Option<String>,
     pub subject_claim: String,
     pub email_claim: String,
+    pub require_email_verified: bool,
     pub user_prefix: String,
     pub algorithms: Vec<IdTokenAlg>,
     pub leeway: i64,
@@ -301,7 +357,13 @@ fn check_pointer(p: &str, what: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn resolve_oidc(s: OidcSettings, reserved: &[&str]) -> Result<OidcProvider, ConfigError> {
+/// Checks one issuer. `shortcut` names the flags that made the entry when it is not an `[[oidc]]`
+/// table of the file, so the messages point at what the operator actually set.
+fn resolve_oidc(
+    s: OidcSettings,
+    shortcut: Option<&str>,
+    reserved: &[&str],
+) -> Result<OidcProvider, ConfigError> {
     let name = s.name;
     let valid_name = !name.is_empty()
         && name.len() <= 32
@@ -313,17 +375,38 @@ fn resolve_oidc(s: OidcSettings, reserved: &[&str]) -> Result<OidcProvider, Conf
             "[[oidc]] name {name:?} is not valid; use 1-32 characters of a-z, 0-9, '-', '_', e.g. name = \"firebase\""
         )));
     }
-    let fix = format!("fix the [[oidc]] entry {name:?}");
+    let whose = shortcut.map_or_else(|| format!("[[oidc]] {name:?}"), str::to_owned);
+    let fix = match shortcut {
+        None => format!("fix {whose}"),
+        Some(_) => format!(
+            "fix {whose} (allow_insecure_http and the other settings need an [[oidc]] table in the config file)"
+        ),
+    };
     let insecure = s.allow_insecure_http.unwrap_or(false);
     if s.issuer.is_empty() {
         return Err(bad(format!(
-            "[[oidc]] {name:?} has no issuer; set issuer to the exact `iss` of its ID tokens, e.g. https://securetoken.google.com/PROJECT"
+            "{whose} has no issuer; set issuer to the exact `iss` of its ID tokens, e.g. https://securetoken.google.com/PROJECT"
         )));
     }
     let issuer_url = fetch_url(&s.issuer, "OIDC issuer", insecure, &fix)?;
-    if s.audience.is_empty() {
+    let mut client_ids: Vec<String> = Vec::new();
+    for id in s.audience.0 {
+        let id = id.trim().to_owned();
+        if id.is_empty() {
+            continue;
+        }
+        if id.len() > 255 || id.chars().any(char::is_control) {
+            return Err(bad(format!(
+                "{whose}: audience {id:?} is not a client id (up to 255 characters, no control characters); copy the client id from the provider's console"
+            )));
+        }
+        if !client_ids.contains(&id) {
+            client_ids.push(id);
+        }
+    }
+    if client_ids.is_empty() {
         return Err(bad(format!(
-            "[[oidc]] {name:?} has no audience; set audience to your OAuth client id (Firebase: the project id)"
+            "{whose} has no audience; set audience to your OAuth client id, or a list of this issuer's client ids, e.g. audience = [\"web-client\", \"cli-client\"] (Firebase: the project id)"
         )));
     }
     let keys = match (s.jwks_url, s.discovery_url) {
@@ -394,19 +477,20 @@ fn resolve_oidc(s: OidcSettings, reserved: &[&str]) -> Result<OidcProvider, Conf
         )));
     }
     let min_refresh = s.min_refresh_secs.unwrap_or(DEFAULT_MIN_REFRESH_SECS);
-    if !(1..=3600).contains(&min_refresh) {
+    if !(1..=MAX_MIN_REFRESH_SECS).contains(&min_refresh) {
         return Err(bad(format!(
-            "[[oidc]] {name:?}: min_refresh_secs {min_refresh} is outside 1..=3600"
+            "[[oidc]] {name:?}: min_refresh_secs {min_refresh} is outside 1..={MAX_MIN_REFRESH_SECS}: a token signed with the issuer's new key waits up to that long for the keys to be fetched again; leave it out for {DEFAULT_MIN_REFRESH_SECS}"
         )));
     }
     Ok(OidcProvider {
         name,
         issuer: s.issuer,
-        audience: s.audience,
+        client_ids,
         keys,
         cookie: s.cookie,
         subject_claim,
         email_claim,
+        require_email_verified: s.require_email_verified.unwrap_or(true),
         user_prefix,
         algorithms,
         leeway: leeway as i64,
@@ -499,6 +583,7 @@ fn resolve_app_session(
 /// Checks every identity setting. `reserved` are podgate's own cookie names.
 pub fn resolve(inputs: IdentityInputs, reserved: &[&str]) -> Result<IdentityConfig, ConfigError> {
     let mut settings = inputs.oidc;
+    let from_file = settings.len();
     if let Some(project) = inputs.firebase_project {
         let ok = !project.is_empty()
             && project.len() <= 64
@@ -513,16 +598,17 @@ pub fn resolve(inputs: IdentityInputs, reserved: &[&str]) -> Result<IdentityConf
         settings.push(OidcSettings {
             name: "firebase".into(),
             issuer: format!("https://securetoken.google.com/{project}"),
-            audience: project,
+            audience: project.into(),
             jwks_url: Some(FIREBASE_JWKS_URL.into()),
             ..OidcSettings::default()
         });
     }
     match (inputs.oidc_issuer, inputs.oidc_audience) {
+        // Several client ids of the issuer come comma-separated.
         (Some(issuer), Some(audience)) => settings.push(OidcSettings {
             name: "oidc".into(),
             issuer,
-            audience,
+            audience: ClientIds(audience.split(',').map(str::to_owned).collect()),
             ..OidcSettings::default()
         }),
         (None, None) => {}
@@ -533,8 +619,12 @@ pub fn resolve(inputs: IdentityInputs, reserved: &[&str]) -> Result<IdentityConf
         }
     }
     let mut oidc = Vec::with_capacity(settings.len());
-    for s in settings {
-        let p = resolve_oidc(s, reserved)?;
+    for (i, s) in settings.into_iter().enumerate() {
+        let shortcut = (i >= from_file).then_some(match s.name.as_str() {
+            "firebase" => "PODGATE_FIREBASE_PROJECT (--firebase-project)",
+            _ => "PODGATE_OIDC_ISSUER and PODGATE_OIDC_AUDIENCE (--oidc-issuer, --oidc-audience; several client ids comma-separated)",
+        });
+        let p = resolve_oidc(s, shortcut, reserved)?;
         if oidc.iter().any(|o: &OidcProvider| o.name == p.name) {
             return Err(bad(format!(
                 "two identity providers are named {:?}; give each [[oidc]] entry its own name (firebase_project adds one named \"firebase\", oidc_issuer one named \"oidc\")",
@@ -543,7 +633,7 @@ pub fn resolve(inputs: IdentityInputs, reserved: &[&str]) -> Result<IdentityConf
         }
         if oidc.iter().any(|o: &OidcProvider| o.issuer == p.issuer) {
             return Err(bad(format!(
-                "two identity providers have the issuer {:?}; merge them into one [[oidc]] entry",
+                "two identity providers have the issuer {:?}; keep one [[oidc]] entry for it and list every client id in its audience, e.g. audience = [\"web-client\", \"cli-client\"] (an issuer set by PODGATE_OIDC_ISSUER or PODGATE_FIREBASE_PROJECT counts as an entry too)",
                 p.issuer
             )));
         }
@@ -638,7 +728,7 @@ mod tests {
         .unwrap();
         let p = &c.oidc[0];
         assert_eq!(p.issuer, "https://securetoken.google.com/my-project");
-        assert_eq!(p.audience, "my-project");
+        assert_eq!(p.client_ids, vec!["my-project".to_owned()]);
         assert_eq!(
             p.keys,
             KeySource::Jwks(Url::parse(FIREBASE_JWKS_URL).unwrap())
@@ -684,7 +774,7 @@ mod tests {
             (
                 IdentityInputs {
                     oidc: vec![OidcSettings {
-                        audience: String::new(),
+                        audience: String::new().into(),
                         ..oidc("x", "https://idp.example.dev")
                     }],
                     ..inputs()
@@ -857,6 +947,131 @@ user_id_pointer = "/user/sub"
         .unwrap_err()
         .to_string();
         assert!(e.contains("jwks"), "{e}");
+    }
+
+    #[test]
+    fn several_client_ids_per_issuer() {
+        // The file's list form, its single-id form, and the flag's comma-separated form.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("podgate.toml");
+        std::fs::write(
+            &path,
+            r#"
+dev_mode = true
+admin_token = "0123456789abcdef0123456789abcdef"
+xds_listen = "off"
+
+[[oidc]]
+name = "google"
+issuer = "https://accounts.google.com"
+audience = ["web.apps.googleusercontent.com", " cli.apps.googleusercontent.com ", "web.apps.googleusercontent.com"]
+
+[[oidc]]
+name = "one"
+issuer = "https://one.example.dev"
+audience = "only"
+"#,
+        )
+        .unwrap();
+        let c = crate::config::Settings {
+            config: Some(path.clone()),
+            ..crate::config::Settings::default()
+        }
+        .with_file()
+        .unwrap()
+        .resolve(crate::config::Need::Server)
+        .unwrap();
+        assert_eq!(
+            c.identity.oidc[0].client_ids,
+            vec![
+                "web.apps.googleusercontent.com".to_owned(),
+                "cli.apps.googleusercontent.com".to_owned()
+            ]
+        );
+        assert_eq!(c.identity.oidc[1].client_ids, vec!["only".to_owned()]);
+        assert!(c.identity.oidc[0].require_email_verified);
+
+        std::fs::write(
+            &path,
+            "[[oidc]]\nname = \"x\"\nissuer = \"https://i.example.dev\"\naudience = 5\n",
+        )
+        .unwrap();
+        let e = crate::config::Settings {
+            config: Some(path),
+            ..crate::config::Settings::default()
+        }
+        .with_file()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("list of client ids"), "{e}");
+
+        let c = resolve(
+            IdentityInputs {
+                oidc_issuer: Some("https://sso.example.dev".into()),
+                oidc_audience: Some("web, cli".into()),
+                ..inputs()
+            },
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.oidc[0].client_ids,
+            vec!["web".to_owned(), "cli".to_owned()]
+        );
+    }
+
+    #[test]
+    fn advice_names_what_the_operator_set() {
+        // Two entries for one issuer: the advice (one entry, every client id in its audience)
+        // can be followed now.
+        let msg = resolve(
+            IdentityInputs {
+                oidc: vec![
+                    oidc("web", "https://accounts.google.com"),
+                    oidc("cli", "https://accounts.google.com"),
+                ],
+                ..inputs()
+            },
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("audience = ["), "{msg}");
+        // Made by the environment shortcut: the message names the variables, not a table.
+        for (issuer, audience, needle) in [
+            ("http://sso.example.dev", "web", "PODGATE_OIDC_ISSUER"),
+            ("", "web", "PODGATE_OIDC_ISSUER"),
+            ("https://sso.example.dev", " , ", "PODGATE_OIDC_AUDIENCE"),
+        ] {
+            let msg = resolve(
+                IdentityInputs {
+                    oidc_issuer: Some(issuer.into()),
+                    oidc_audience: Some(audience.into()),
+                    ..inputs()
+                },
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
+            assert!(!msg.contains("[[oidc]] \"oidc\""), "{msg}");
+        }
+        // The refetch interval is bounded: a rotated-in key waits up to it.
+        for bad in [0, 11, 30] {
+            let msg = resolve(
+                IdentityInputs {
+                    oidc: vec![OidcSettings {
+                        min_refresh_secs: Some(bad),
+                        ..oidc("x", "https://idp.example.dev")
+                    }],
+                    ..inputs()
+                },
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(msg.contains("leave it out for 5"), "{msg}");
+        }
     }
 
     #[test]

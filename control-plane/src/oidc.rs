@@ -1,18 +1,28 @@
 //! OpenID Connect ID tokens (RS256, ES256) from configured issuers.
 //!
+//! Only ID tokens sign people in. An issuer also signs other JWTs with the same keys (RFC 9068
+//! access tokens, logout tokens, introspection answers), often for the same client; they are
+//! told apart by the header's `typ` (absent or `JWT` for ID tokens) and by claims only those
+//! kinds carry (`client_id`, `scope`, `scp`, `events`, and the `typ`/`token_use` claims some
+//! providers add). The `aud` must list a configured client id of the issuer and nothing else,
+//! and `azp`, when present, must be one of them (OpenID Connect Core 3.1.3.7).
+//!
 //! The same discipline as `podgate_protocol::token`: the token's `iss` picks exactly one
 //! configured issuer, its `kid` picks exactly one key of that issuer, the key fixes the
 //! algorithm, and the token's `alg` must name exactly it. `none` and HS* are never accepted;
 //! `jku`/`jwk`/`x5u`/`x5c`/`crit` headers are refused (keys come only from configuration).
 //!
 //! Keys come from each issuer's JWKS URL (or the `jwks_uri` of its discovery document), are
-//! cached for the answer's `max-age` (clamped to 1 min..24 h, 1 h without one), and refreshed when
-//! stale or when a token names an unknown `kid`, at most once per `min_refresh` per issuer (so a
-//! flood of made-up kids costs the issuer nothing). A refresh that fails keeps the keys we had; a
-//! refresh that succeeds drops keys the issuer no longer lists.
+//! cached for the answer's `max-age` (clamped to 1 min..24 h, 1 h without one), and fetched again
+//! when stale or when a token names an unknown `kid`, at most once per `min_refresh` per issuer
+//! (see [`OidcVerifier::key`]: a token with a rotated-in kid waits for that fetch, it is never
+//! refused for being early). A fetch that fails keeps the keys we had, and a kid it could not
+//! check is answered as "provider unreachable", not as a bad token; a fetch that succeeds drops
+//! keys the issuer no longer lists.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -39,7 +49,7 @@ const MAX_KEY_TTL: Duration = Duration::from_secs(86_400);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a token was not accepted. `Rejected` is the client's problem (401); `Upstream` means the
-/// issuer's keys could not be had (502).
+/// issuer's keys could not be had to check it (503: try again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OidcError {
     Rejected(String),
@@ -89,16 +99,50 @@ impl IdKey {
 struct KeyCache {
     keys: HashMap<String, Arc<IdKey>>,
     fresh_until: Option<Instant>,
-    /// Last fetch attempt (successful or not): refreshes are rate limited from it.
+    /// When the last fetch began (successful or not): fetches are `min_refresh` apart.
     last_attempt: Option<Instant>,
+    /// Why the last fetch failed; `None` once one succeeds.
+    last_error: Option<String>,
 }
 
 struct Issuer {
     cfg: OidcProvider,
     cache: RwLock<KeyCache>,
-    /// One refresh at a time per issuer; others wait and reuse its result.
+    /// One fetch at a time per issuer; others wait and reuse its result.
     refreshing: tokio::sync::Mutex<()>,
-    fetches: std::sync::atomic::AtomicU64,
+    /// Fetches begun (counted under `refreshing`): tells a waiting request whether a fetch
+    /// began after it missed a kid.
+    fetches: AtomicU64,
+}
+
+impl Issuer {
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, KeyCache> {
+        self.cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, KeyCache> {
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long until the next fetch is allowed (zero: now).
+    fn wait_before_fetch(&self) -> Duration {
+        self.read_cache().last_attempt.map_or(Duration::ZERO, |t| {
+            (t + self.cfg.min_refresh).saturating_duration_since(Instant::now())
+        })
+    }
+}
+
+/// The answer when a kid cannot be checked because the issuer's keys could not be fetched: the
+/// token may be fine, so it is not a rejection.
+fn keys_unavailable(cfg: &OidcProvider, kid: &str, why: &str) -> OidcError {
+    OidcError::Upstream(format!(
+        "the identity provider {}'s signing keys could not be fetched ({why}), so the ID token's key {kid:?} cannot be checked; this is not a problem with the token: try again in a few seconds",
+        cfg.name
+    ))
 }
 
 /// Every configured issuer with its key cache.
@@ -129,6 +173,21 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(3)))
         .timeout(timeout)
+        .user_agent(concat!("podgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// The client for keys and discovery: like [`http_client`], but a new connection per fetch.
+/// Fetches are minutes apart, and a pooled connection the issuer's server has meanwhile closed
+/// (Node closes idle ones after 5 s) fails the fetch that reuses it.
+fn key_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(FETCH_TIMEOUT)
+        .pool_max_idle_per_host(0)
         .user_agent(concat!("podgate/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
@@ -261,11 +320,11 @@ impl OidcVerifier {
                         cfg: p.clone(),
                         cache: RwLock::new(KeyCache::default()),
                         refreshing: tokio::sync::Mutex::new(()),
-                        fetches: std::sync::atomic::AtomicU64::new(0),
+                        fetches: AtomicU64::new(0),
                     })
                 })
                 .collect(),
-            http: http_client(FETCH_TIMEOUT)?,
+            http: key_client()?,
         })
     }
 
@@ -290,7 +349,7 @@ impl OidcVerifier {
         self.issuers
             .iter()
             .find(|p| p.cfg.name == name)
-            .map_or(0, |p| p.fetches.load(std::sync::atomic::Ordering::Relaxed))
+            .map_or(0, |p| p.fetches.load(Ordering::SeqCst))
     }
 
     /// A cheap check: does this look like a JWT (three base64url segments)?
@@ -378,6 +437,7 @@ impl OidcVerifier {
                 "the ID token's header carries jku, jwk, x5u, x5c or crit, which are never trusted",
             ));
         }
+        check_typ(header.token_type.as_deref())?;
         let kid = header
             .key_id
             .as_deref()
@@ -410,98 +470,87 @@ impl OidcVerifier {
         check_claims(cfg, claims, now)
     }
 
-    /// The key `kid` of `issuer`, refreshing the cache when it is stale or lacks that kid.
+    /// The key `kid` of `issuer`, fetching the issuer's keys again when they are stale or lack
+    /// that kid.
+    ///
+    /// A kid we do not know is either a key the issuer has just rotated in or made up. Either
+    /// way the request is answered from a fetch that began after its kid was missed: the first
+    /// such request fetches (waiting for `min_refresh` since the previous fetch when needed) and
+    /// every request that missed before that fetch began reuses its result (one that missed
+    /// while a fetch was under way waits for the next). So a flood of made-up kids costs the
+    /// issuer one fetch per `min_refresh`, and a token signed with a rotated-in key is never
+    /// refused for being early: it waits at most `min_refresh` plus two fetches.
     async fn key(&self, issuer: &Arc<Issuer>, kid: &str) -> Result<Arc<IdKey>, OidcError> {
-        let lookup = |issuer: &Issuer| -> (Option<Arc<IdKey>>, bool, bool) {
-            let cache = issuer
-                .cache
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = Instant::now();
-            let stale = cache.fresh_until.is_none_or(|t| now >= t);
-            let may_refresh = cache
-                .last_attempt
-                .is_none_or(|t| now.duration_since(t) >= issuer.cfg.min_refresh);
-            (cache.keys.get(kid).cloned(), stale, may_refresh)
+        let (found, stale) = {
+            let cache = issuer.read_cache();
+            let stale = cache.fresh_until.is_none_or(|t| Instant::now() >= t);
+            (cache.keys.get(kid).cloned(), stale)
         };
-        let (found, stale, may_refresh) = lookup(issuer);
-        if let Some(key) = &found {
-            if !stale || !may_refresh {
-                return Ok(key.clone());
+        if let Some(key) = found {
+            if !stale {
+                return Ok(key);
             }
-        }
-        if !may_refresh {
-            let empty = issuer
-                .cache
-                .read()
-                .map(|c| c.keys.is_empty())
-                .unwrap_or(true);
-            if empty {
-                return Err(OidcError::Upstream(format!(
-                    "the signing keys of identity provider {} are not available (the last fetch failed; it is retried at most every {} s)",
-                    issuer.cfg.name,
-                    issuer.cfg.min_refresh.as_secs()
-                )));
+            // Stale: one request fetches when the interval allows; the others keep using the key
+            // meanwhile, and so does everyone when the fetch fails.
+            let Ok(_guard) = issuer.refreshing.try_lock() else {
+                return Ok(key);
+            };
+            if !issuer.wait_before_fetch().is_zero() {
+                return Ok(key);
             }
-            return Err(rejected(format!(
-                "the ID token's key id {kid:?} is not among {}'s keys (they were fetched less than {} s ago; an unknown kid refreshes them at most that often)",
-                issuer.cfg.name,
-                issuer.cfg.min_refresh.as_secs()
-            )));
+            self.refresh(issuer).await;
+            return issuer.read_cache().keys.get(kid).cloned().ok_or_else(|| {
+                rejected(format!(
+                    "the ID token's key id {kid:?} is no longer among {}'s published keys; sign in again for a fresh ID token",
+                    issuer.cfg.name
+                ))
+            });
         }
-        // One refresh at a time; whoever waited re-checks first.
+
+        let seen = issuer.fetches.load(Ordering::SeqCst);
         let _guard = issuer.refreshing.lock().await;
-        let (found, stale, may_refresh) = lookup(issuer);
-        if let Some(key) = &found {
-            if !stale || !may_refresh {
-                return Ok(key.clone());
+        if issuer.fetches.load(Ordering::SeqCst) == seen {
+            // No fetch has begun since this kid was missed: this request makes one.
+            let wait = issuer.wait_before_fetch();
+            if !wait.is_zero() {
+                // The issuer failed moments ago: say so now rather than hold the request.
+                if let Some(e) = issuer.read_cache().last_error.clone() {
+                    return Err(keys_unavailable(&issuer.cfg, kid, &e));
+                }
+                tokio::time::sleep(wait).await;
             }
+            self.refresh(issuer).await;
         }
-        if may_refresh {
-            self.refresh(issuer).await?;
+        let cache = issuer.read_cache();
+        if let Some(key) = cache.keys.get(kid) {
+            return Ok(key.clone());
         }
-        let (found, _, _) = lookup(issuer);
-        found.ok_or_else(|| {
-            rejected(format!(
-                "the ID token's key id {kid:?} is not among {}'s published keys",
-                issuer.cfg.name
-            ))
-        })
+        if let Some(e) = &cache.last_error {
+            return Err(keys_unavailable(&issuer.cfg, kid, e));
+        }
+        Err(rejected(format!(
+            "the ID token's key id {kid:?} is not among {}'s published keys (fetched just now); send an ID token this identity provider issued",
+            issuer.cfg.name
+        )))
     }
 
-    async fn refresh(&self, issuer: &Issuer) -> Result<(), OidcError> {
-        issuer
-            .fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        {
-            let mut cache = issuer
-                .cache
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            cache.last_attempt = Some(Instant::now());
-        }
+    /// Fetches the issuer's keys once. A failure keeps the keys we had and is remembered in
+    /// `last_error` until a fetch succeeds.
+    async fn refresh(&self, issuer: &Issuer) {
+        issuer.fetches.fetch_add(1, Ordering::SeqCst);
+        issuer.write_cache().last_attempt = Some(Instant::now());
         match self.fetch_keys(&issuer.cfg).await {
             Ok((keys, ttl)) => {
                 tracing::info!(issuer = %issuer.cfg.issuer, keys = keys.len(), "fetched the identity provider's keys");
-                let mut cache = issuer
-                    .cache
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut cache = issuer.write_cache();
                 cache.keys = keys;
                 cache.fresh_until = Some(Instant::now() + ttl);
-                Ok(())
+                cache.last_error = None;
             }
             Err(e) => {
-                let have = issuer.cache.read().map(|c| c.keys.len()).unwrap_or(0);
-                tracing::warn!(issuer = %issuer.cfg.issuer, error = %e, kept = have, "fetching the identity provider's keys failed");
-                if have == 0 {
-                    Err(OidcError::Upstream(format!(
-                        "the signing keys of identity provider {} could not be fetched: {e}",
-                        issuer.cfg.name
-                    )))
-                } else {
-                    Ok(())
-                }
+                let mut cache = issuer.write_cache();
+                tracing::warn!(issuer = %issuer.cfg.issuer, error = %e, kept = cache.keys.len(), "fetching the identity provider's keys failed");
+                cache.last_error = Some(e);
             }
         }
     }
@@ -513,7 +562,7 @@ impl OidcVerifier {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{url}: {}", with_causes(&e)))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(format!("{url} answered HTTP {}", status.as_u16()));
@@ -558,6 +607,21 @@ impl OidcVerifier {
     }
 }
 
+/// An error with its causes ("error sending request: connection refused"), for logs and answers.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 fn parse(token: &str) -> Result<UntrustedToken<'_, ExtraHeader>, OidcError> {
     if token.is_empty() || token.len() > MAX_ID_TOKEN_LEN {
         return Err(rejected(format!(
@@ -566,6 +630,95 @@ fn parse(token: &str) -> Result<UntrustedToken<'_, ExtraHeader>, OidcError> {
     }
     UntrustedToken::<ExtraHeader>::try_from(token)
         .map_err(|_| rejected("the ID token is not a well-formed JWT"))
+}
+
+/// ID tokens carry no `typ` or `JWT` (RFC 7519 5.1; any casing, `application/` prefix allowed);
+/// anything else (`at+jwt`, `logout+jwt`, `token-introspection+jwt`, ...) is another kind of
+/// token from the same issuer.
+fn check_typ(typ: Option<&str>) -> Result<(), OidcError> {
+    let Some(typ) = typ else {
+        return Ok(());
+    };
+    let lower = typ.to_ascii_lowercase();
+    let bare = lower.strip_prefix("application/").unwrap_or(&lower);
+    match bare {
+        "jwt" => Ok(()),
+        "at+jwt" => Err(rejected(format!(
+            "the token is an OAuth access token (typ {typ:?}), not an ID token; send the ID token (`id_token`) the identity provider returned at sign-in"
+        ))),
+        _ => Err(rejected(format!(
+            "the token's typ {typ:?} says it is not an ID token (ID tokens have typ JWT or none); send the ID token (`id_token`) the identity provider returned at sign-in"
+        ))),
+    }
+}
+
+/// Claims only other kinds of token carry: RFC 9068 access tokens (`client_id`, `scope`), other
+/// access tokens (`scp`), security event and logout tokens (`events`).
+const NOT_ID_TOKEN_CLAIMS: &[&str] = &["client_id", "scope", "scp", "events"];
+
+/// Refuses tokens of the issuer that are not ID tokens by their claims.
+fn check_kind(c: &Map<String, Value>) -> Result<(), OidcError> {
+    if let Some(claim) = NOT_ID_TOKEN_CLAIMS.iter().find(|k| c.contains_key(**k)) {
+        return Err(rejected(format!(
+            "the token carries `{claim}`, a claim of access tokens or logout tokens, not of ID tokens; send the ID token (`id_token`) the identity provider returned at sign-in"
+        )));
+    }
+    // Keycloak marks its tokens with a `typ` claim (`ID`, `Bearer`, `Refresh`), Amazon Cognito
+    // with `token_use` (`id`, `access`).
+    for (claim, id) in [("typ", "id"), ("token_use", "id")] {
+        if let Some(v) = c.get(claim) {
+            if !v.as_str().is_some_and(|s| s.eq_ignore_ascii_case(id)) {
+                return Err(rejected(format!(
+                    "the token's `{claim}` claim is {v}, so it is not an ID token; send the ID token (`id_token`) the identity provider returned at sign-in"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks `aud` and `azp` as OpenID Connect Core 3.1.3.7 requires: `aud` lists one of the
+/// configured client ids and no audience that is not one; `azp`, when present, is one of them,
+/// and it must be present when there are several audiences.
+fn check_audience(cfg: &OidcProvider, c: &Map<String, Value>) -> Result<(), OidcError> {
+    let trusted = |a: &str| cfg.client_ids.iter().any(|id| id == a);
+    let clients = cfg.client_ids.join(", ");
+    let auds: Vec<&str> = match c.get("aud") {
+        Some(Value::String(a)) => vec![a.as_str()],
+        Some(Value::Array(list)) if !list.is_empty() && list.len() <= 16 => list
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| rejected("the ID token's audience `aud` lists something that is not a string"))?,
+        other => {
+            return Err(rejected(format!(
+                "the ID token's audience `aud` is {}, not a client id or a list of 1-16 of them; get an ID token issued to one of: {clients}",
+                other.map_or_else(|| "missing".to_owned(), Value::to_string)
+            )))
+        }
+    };
+    if !auds.iter().any(|a| trusted(a)) {
+        return Err(rejected(format!(
+            "the ID token is for audience {}, not for a client podgate trusts; get an ID token issued to one of: {clients}",
+            c.get("aud").map_or_else(String::new, Value::to_string)
+        )));
+    }
+    let untrusted: Vec<&str> = auds.iter().copied().filter(|a| !trusted(a)).collect();
+    if !untrusted.is_empty() {
+        return Err(rejected(format!(
+            "the ID token is also for audience {untrusted:?}, which podgate does not trust (an ID token with other audiences could be replayed by them); get an ID token issued to one of: {clients} alone"
+        )));
+    }
+    match c.get("azp") {
+        None if auds.len() > 1 => Err(rejected(format!(
+            "the ID token has several audiences but no `azp` (authorized party) saying which client it was issued to; get an ID token issued to one of: {clients}"
+        ))),
+        None => Ok(()),
+        Some(Value::String(azp)) if trusted(azp) => Ok(()),
+        Some(azp) => Err(rejected(format!(
+            "the ID token was issued to client {azp} (`azp`), not to a client podgate trusts; get an ID token issued to one of: {clients}"
+        ))),
+    }
 }
 
 fn check_claims(
@@ -581,17 +734,13 @@ fn check_claims(
             cfg.issuer, cfg.name
         )));
     }
-    let aud_ok = match c.get("aud") {
-        Some(Value::String(a)) => *a == cfg.audience,
-        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(&cfg.audience)),
-        _ => false,
-    };
-    if !aud_ok {
-        return Err(rejected(format!(
-            "the ID token is for audience {}, not {:?}; sign in to the client this podgate is configured for",
-            c.get("aud").map_or_else(|| "(none)".to_owned(), Value::to_string),
-            cfg.audience
-        )));
+    check_kind(c)?;
+    check_audience(cfg, c)?;
+    // OpenID Connect requires `sub` in every ID token, whichever claim names the user here.
+    if !matches!(c.get("sub"), Some(Value::String(s)) if !s.is_empty()) {
+        return Err(rejected(
+            "the ID token has no `sub` claim (a non-empty string), which every ID token carries; send the ID token (`id_token`) the identity provider returned at sign-in",
+        ));
     }
     let exp = claims
         .expiration
@@ -632,8 +781,13 @@ fn check_claims(
             )))
         }
     };
-    // An email the provider says is not verified is not used.
-    let verified = c.get("email_verified").and_then(Value::as_bool) != Some(false);
+    // Only JSON `true` says the email is verified: `false`, `"true"`, `1` or `null` do not. An
+    // absent claim counts as verified only where the provider is configured not to require it.
+    let verified = match c.get("email_verified") {
+        Some(Value::Bool(true)) => true,
+        None => !cfg.require_email_verified,
+        Some(_) => false,
+    };
     let email = c
         .get(&cfg.email_claim)
         .and_then(Value::as_str)
@@ -645,4 +799,195 @@ fn check_claims(
         email,
         user_prefix: cfg.user_prefix.clone(),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn provider(client_ids: &[&str], require_email_verified: bool) -> OidcProvider {
+        OidcProvider {
+            name: "t".into(),
+            issuer: "https://idp.example.dev".into(),
+            client_ids: client_ids.iter().map(|s| (*s).to_owned()).collect(),
+            keys: KeySource::Jwks(Url::parse("https://idp.example.dev/jwks").unwrap()),
+            cookie: None,
+            subject_claim: "sub".into(),
+            email_claim: "email".into(),
+            require_email_verified,
+            user_prefix: String::new(),
+            algorithms: vec![IdTokenAlg::Rs256],
+            leeway: 60,
+            max_lifetime: 86_400,
+            allow_insecure_http: false,
+            min_refresh: Duration::from_secs(5),
+        }
+    }
+
+    fn claims(extra: Value) -> Claims<Map<String, Value>> {
+        let mut c = json!({
+            "iss": "https://idp.example.dev", "aud": "web", "sub": "alice",
+            "iat": 1_000, "exp": 2_000, "email": "alice@example.dev",
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        serde_json::from_value(c).unwrap()
+    }
+
+    fn check(cfg: &OidcProvider, extra: Value) -> Result<IdClaims, OidcError> {
+        check_claims(cfg, &claims(extra), 1_500)
+    }
+
+    #[test]
+    fn typ_must_be_absent_or_jwt() {
+        for ok in [
+            None,
+            Some("JWT"),
+            Some("jwt"),
+            Some("application/jwt"),
+            Some("APPLICATION/JWT"),
+        ] {
+            assert_eq!(check_typ(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/At+Jwt",
+        ] {
+            let Err(OidcError::Rejected(msg)) = check_typ(Some(bad)) else {
+                panic!("{bad} accepted");
+            };
+            assert!(msg.contains("access token"), "{msg}");
+        }
+        for bad in [
+            "logout+jwt",
+            "secevent+jwt",
+            "token-introspection+jwt",
+            "JWS",
+            "",
+            "JWT ",
+            "application/",
+            "xjwt",
+        ] {
+            let Err(OidcError::Rejected(msg)) = check_typ(Some(bad)) else {
+                panic!("{bad:?} accepted");
+            };
+            assert!(msg.contains("not an ID token"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn claims_of_other_token_kinds_are_refused() {
+        let cfg = provider(&["web"], true);
+        assert!(check(&cfg, json!({})).is_ok());
+        assert!(check(&cfg, json!({"typ": "ID", "token_use": "id"})).is_ok());
+        for extra in [
+            json!({"client_id": "web"}),
+            json!({"scope": "openid"}),
+            json!({"scp": ["a"]}),
+            json!({"events": {}}),
+            json!({"typ": "Bearer"}),
+            json!({"typ": "Refresh"}),
+            json!({"typ": true}),
+            json!({"token_use": "access"}),
+        ] {
+            assert!(
+                matches!(check(&cfg, extra.clone()), Err(OidcError::Rejected(_))),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn audience_and_azp_follow_openid_connect_core() {
+        let cfg = provider(&["web", "cli"], true);
+        for ok in [
+            json!({"aud": "web"}),
+            json!({"aud": "cli"}),
+            json!({"aud": ["cli"]}),
+            json!({"aud": "web", "azp": "web"}),
+            json!({"aud": "web", "azp": "cli"}),
+            json!({"aud": ["web", "cli"], "azp": "web"}),
+        ] {
+            assert!(check(&cfg, ok.clone()).is_ok(), "{ok}");
+        }
+        for (bad, needle) in [
+            (json!({"aud": "other"}), "not for a client podgate trusts"),
+            (json!({"aud": "WEB"}), "not for a client podgate trusts"),
+            (
+                json!({"aud": ["web", "other"], "azp": "web"}),
+                "also for audience",
+            ),
+            (
+                json!({"aud": ["other", "web"], "azp": "web"}),
+                "also for audience",
+            ),
+            (json!({"aud": ["web", "cli"]}), "no `azp`"),
+            (json!({"aud": ["web", "web"]}), "no `azp`"),
+            (json!({"aud": "web", "azp": "other"}), "`azp`"),
+            (json!({"aud": "web", "azp": null}), "`azp`"),
+            (json!({"aud": "web", "azp": ["web"]}), "`azp`"),
+            (json!({"aud": []}), "`aud`"),
+            (json!({"aud": null}), "`aud`"),
+            (json!({"aud": 7}), "`aud`"),
+            (json!({"aud": ["web", 7]}), "not a string"),
+            (json!({"aud": vec!["web"; 17]}), "`aud`"),
+        ] {
+            let Err(OidcError::Rejected(msg)) = check(&cfg, bad.clone()) else {
+                panic!("{bad} accepted");
+            };
+            assert!(msg.contains(needle), "{bad}: {needle:?} not in {msg:?}");
+        }
+        // A missing `aud` is refused too.
+        let mut c = claims(json!({}));
+        c.custom.remove("aud");
+        assert!(check_claims(&cfg, &c, 1_500).is_err());
+    }
+
+    #[test]
+    fn sub_is_required_whatever_names_the_user() {
+        let mut cfg = provider(&["web"], true);
+        cfg.subject_claim = "user_id".into();
+        assert!(check(&cfg, json!({"user_id": "u1"})).is_ok());
+        let mut c = claims(json!({"user_id": "u1"}));
+        c.custom.remove("sub");
+        assert!(check_claims(&cfg, &c, 1_500).is_err());
+        assert!(check(&cfg, json!({"user_id": "u1", "sub": ""})).is_err());
+        assert!(check(&cfg, json!({"user_id": "u1", "sub": 1})).is_err());
+    }
+
+    #[test]
+    fn only_json_true_verifies_an_email() {
+        let strict = provider(&["web"], true);
+        let lax = provider(&["web"], false);
+        let email = |cfg: &OidcProvider, v: Option<Value>| {
+            let mut c = claims(json!({}));
+            if let Some(v) = v {
+                c.custom.insert("email_verified".into(), v);
+            }
+            check_claims(cfg, &c, 1_500).unwrap().email
+        };
+        let some = Some("alice@example.dev".to_owned());
+        assert_eq!(email(&strict, Some(json!(true))), some);
+        assert_eq!(email(&lax, Some(json!(true))), some);
+        assert_eq!(email(&strict, None), None);
+        assert_eq!(email(&lax, None), some);
+        for v in [
+            json!(false),
+            json!("true"),
+            json!("false"),
+            json!(1),
+            json!(0),
+            Value::Null,
+            json!([true]),
+            json!({"v": true}),
+        ] {
+            assert_eq!(email(&strict, Some(v.clone())), None, "{v}");
+            assert_eq!(email(&lax, Some(v.clone())), None, "{v}");
+        }
+    }
 }

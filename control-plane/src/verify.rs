@@ -11,7 +11,8 @@
 //! The first verifier that accepts wins. When none accepts but one rejected a credential, the
 //! first rejection is the answer (401 with its reason) where credentials are required; the page
 //! flow treats it as "not signed in" and sends the browser to the login page. A main app that
-//! does not answer is a 502, a flood of bad API tokens a 429.
+//! does not answer is a 502, an identity provider whose keys cannot be fetched to check a token
+//! a 503 (try again; the token may be fine), a flood of bad API tokens a 429.
 //!
 //! People seen for the first time through an OIDC issuer or the main app's session are created
 //! just in time, linked by (verifier, subject) in `user_identities`.
@@ -260,7 +261,7 @@ pub async fn identify(
                         return Ok(outcome);
                     }
                     Err(OidcError::Rejected(msg)) => reject(&mut outcome, "oidc", msg),
-                    Err(OidcError::Upstream(msg)) => return Err(ApiError::BadGateway(msg)),
+                    Err(OidcError::Upstream(msg)) => return Err(ApiError::Unavailable(msg)),
                 }
             }
         }
@@ -294,7 +295,7 @@ pub async fn identify(
                     &format!("oidc:{}", v.oidc.provider_name(index)),
                     msg,
                 ),
-                Err(OidcError::Upstream(msg)) => return Err(ApiError::BadGateway(msg)),
+                Err(OidcError::Upstream(msg)) => return Err(ApiError::Unavailable(msg)),
             }
         }
     }

@@ -12,6 +12,8 @@ use podgate::{app, AppState};
 use serde_json::Value;
 use tower::ServiceExt;
 
+pub mod oidc_provider;
+
 pub const ADMIN: &str = "test-admin-token-0123456789abcdef0123";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
