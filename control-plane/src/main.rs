@@ -82,10 +82,12 @@ fn gen_kek(file: Option<&std::path::Path>) -> Result<(), String> {
     match file {
         Some(path) => {
             key_encryption::write_new_key_file(path, &kek).map_err(|e| {
-                format!(
-                    "cannot create {}: {e} (an existing key file is never overwritten: losing a key-encryption key loses every signing key under it)",
-                    path.display()
-                )
+                let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    " (an existing key file is never overwritten: losing a key-encryption key loses every signing key under it)"
+                } else {
+                    ""
+                };
+                format!("cannot create {}: {e}{why}", path.display())
             })?;
             println!(
                 "wrote key-encryption key {} to {} (readable by its owner only); set PODGATE_KEY_ENCRYPTION_KEY_FILE={} and keep a copy apart from the database and its backups: without it the signing keys cannot be read",
