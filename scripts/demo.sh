@@ -9,7 +9,8 @@
 # the filter and the release binaries, then starts:
 #   - a demo pod (podgate-demo-pod: a page on port 8726 with a WebSocket echo, a JSON API on
 #     port 3000) on 127.0.0.1:30001, standing in for a pod's nginx;
-#   - the control plane (`podgate serve`: SQLite in target/demo/, dev login on, a fresh admin token)
+#   - the control plane (`podgate serve`: SQLite in target/demo/, dev login on, a fresh admin token
+#     and a fresh key-encryption key for the signing keys)
 #     on 127.0.0.1:8080, ADS on 127.0.0.1:18000;
 #   - Envoy 1.40 on envoy/podgate.yaml: 127.0.0.1:10000, admin 127.0.0.1:9901;
 # creates user demo@example.dev, team `demo`, server `local` and pod `demo`, prints the URLs and
@@ -91,7 +92,7 @@ for f in "$wasm" "$podgate" "$demo_pod"; do [ -f "$f" ] || die "missing $f after
 
 # --- processes -------------------------------------------------------------------------------
 mkdir -p "$demo_dir"
-rm -f "$demo_dir"/demo.db "$demo_dir"/demo.db-* "$demo_dir"/*.log "$demo_dir"/cookies.txt
+rm -f "$demo_dir"/demo.db "$demo_dir"/demo.db-* "$demo_dir"/*.log "$demo_dir"/cookies.txt "$demo_dir"/kek
 pids=()
 stopping=false
 stop_all() {
@@ -134,8 +135,13 @@ say "starting the demo pod on 127.0.0.1:$pod_port"
 pids+=($!)
 wait_for "the demo pod" demo-pod.log bash -c "exec 3<>/dev/tcp/127.0.0.1/$pod_port"
 
+# Signing keys are stored encrypted under a key-encryption key, as in production (a fresh one,
+# like the database).
+"$podgate" keys gen-kek "$demo_dir/kek" >/dev/null || die "podgate keys gen-kek failed"
+
 say "starting the control plane on $cp_url (ADS on 127.0.0.1:$xds_port)"
-PODGATE_ADMIN_TOKEN=$admin_token RUST_LOG=${RUST_LOG:-info} "$podgate" serve \
+PODGATE_ADMIN_TOKEN=$admin_token PODGATE_KEY_ENCRYPTION_KEY_FILE=$demo_dir/kek \
+    RUST_LOG=${RUST_LOG:-info} "$podgate" serve \
     --listen "127.0.0.1:$cp_port" \
     --xds-listen "127.0.0.1:$xds_port" \
     --database-url "sqlite://$demo_dir/demo.db" \

@@ -813,6 +813,8 @@ pub struct KeyInfo {
     /// `active` (signs), or `verifying` (retired, still verifies until `verify_until`).
     pub state: String,
     pub verify_until: Option<i64>,
+    /// The key-encryption key the private key is stored under; `null`: stored in plaintext.
+    pub kek_id: Option<String>,
 }
 
 async fn list_keys(State(s): State<AppState>) -> ApiResult<Json<Vec<KeyInfo>>> {
@@ -825,6 +827,7 @@ async fn list_keys(State(s): State<AppState>) -> ApiResult<Json<Vec<KeyInfo>>> {
                 } else {
                     "verifying".into()
                 },
+                kek_id: k.material.kek_id().map(str::to_owned),
                 kid: k.kid,
                 kind: k.kind,
                 alg: k.alg,
@@ -842,6 +845,7 @@ async fn rotate_keys(State(s): State<AppState>) -> ApiResult<Response> {
         config.signing_alg,
         now_unix(),
         config.rotation_overlap(),
+        &config.key_encryption,
     )
     .await
     .map_err(|e| ApiError::internal(format!("rotating keys: {e}")))?;

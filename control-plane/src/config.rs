@@ -63,8 +63,18 @@ pub enum KeysCommand {
     /// Make new ticket and capability keys active; the old ones keep verifying for the overlap
     /// window (`--key-overlap-secs`).
     Rotate,
-    /// List the stored keys (kid, kind, algorithm, state). Never prints private material.
+    /// List the stored keys (kid, kind, algorithm, state, which key-encryption key encrypts
+    /// them). Never prints private material.
     List,
+    /// Re-encrypt every stored signing key (plaintext, or under a previous key-encryption key)
+    /// under the current key-encryption key; afterwards the previous ones are no longer needed.
+    Rewrap,
+    /// Write a new random key-encryption key to FILE (mode 0600, never overwriting), or print it
+    /// to stdout without FILE.
+    GenKek {
+        /// Where to write the key; it must not exist yet.
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -201,6 +211,41 @@ pub struct Settings {
     /// Seconds a rotated-out key keeps verifying [default: 3600]; at least the capability lifetime.
     #[arg(long, env = "PODGATE_KEY_OVERLAP_SECS", global = true)]
     pub key_overlap_secs: Option<u64>,
+
+    /// File with the key-encryption key that encrypts the signing keys in the database (32
+    /// random bytes, base64 or hex: `podgate keys gen-kek FILE`). Required outside dev mode.
+    #[arg(long, env = "PODGATE_KEY_ENCRYPTION_KEY_FILE", global = true)]
+    pub key_encryption_key_file: Option<PathBuf>,
+
+    /// The key-encryption key itself, instead of a file (a flag's value shows in `ps`: prefer the
+    /// file or the environment variable).
+    #[arg(
+        long,
+        env = "PODGATE_KEY_ENCRYPTION_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub key_encryption_key: Option<String>,
+
+    /// Files with previous key-encryption keys, comma-separated: they only decrypt, while
+    /// `podgate keys rewrap` moves every signing key to the current one.
+    #[arg(
+        long,
+        env = "PODGATE_PREVIOUS_KEY_ENCRYPTION_KEY_FILE",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub previous_key_encryption_key_file: Option<Vec<PathBuf>>,
+
+    /// Previous key-encryption keys themselves, comma-separated, instead of files.
+    #[arg(
+        long,
+        env = "PODGATE_PREVIOUS_KEY_ENCRYPTION_KEY",
+        global = true,
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub previous_key_encryption_key: Option<Vec<String>>,
 
     /// Log format: text or json [default: text]. Levels come from RUST_LOG (default info).
     #[arg(long, env = "PODGATE_LOG_FORMAT", global = true)]
@@ -344,6 +389,8 @@ pub struct Config {
     pub cookie_samesite: SameSite,
     pub signing_alg: SigningAlg,
     pub key_overlap: u64,
+    /// The operator's key-encryption keys: signing keys are stored sealed under the current one.
+    pub key_encryption: crate::key_encryption::KeyEncryption,
     pub log_format: LogFormat,
     /// Identity verifiers (OIDC issuers, the main app's session), CORS origins, client address.
     pub identity: crate::idp_config::IdentityConfig,
@@ -444,6 +491,14 @@ impl Settings {
             cookie_samesite: self.cookie_samesite.or(o.cookie_samesite),
             signing_alg: self.signing_alg.or(o.signing_alg),
             key_overlap_secs: self.key_overlap_secs.or(o.key_overlap_secs),
+            key_encryption_key_file: self.key_encryption_key_file.or(o.key_encryption_key_file),
+            key_encryption_key: self.key_encryption_key.or(o.key_encryption_key),
+            previous_key_encryption_key_file: self
+                .previous_key_encryption_key_file
+                .or(o.previous_key_encryption_key_file),
+            previous_key_encryption_key: self
+                .previous_key_encryption_key
+                .or(o.previous_key_encryption_key),
             log_format: self.log_format.or(o.log_format),
             oidc: if self.oidc.is_empty() {
                 o.oidc
@@ -662,6 +717,18 @@ impl Settings {
             )));
         }
 
+        // The server outside dev mode never stores signing keys in plaintext.
+        let key_encryption = crate::key_encryption::resolve(
+            crate::key_encryption::KekInputs {
+                file: self.key_encryption_key_file,
+                value: self.key_encryption_key,
+                previous_files: self.previous_key_encryption_key_file.unwrap_or_default(),
+                previous_values: self.previous_key_encryption_key.unwrap_or_default(),
+            },
+            need == Need::Server && !dev_mode,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+
         let log_format = match self.log_format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -749,6 +816,7 @@ impl Settings {
             cookie_samesite,
             signing_alg,
             key_overlap,
+            key_encryption,
             log_format,
             identity,
             xds,
@@ -1015,6 +1083,21 @@ mod tests {
                     ..base()
                 },
                 "PODGATE_LOGIN_URL",
+            ),
+            (
+                Settings {
+                    dev_mode: Some(false),
+                    login_url: Some("https://app.example.dev/login".into()),
+                    ..base()
+                },
+                "PODGATE_KEY_ENCRYPTION_KEY_FILE",
+            ),
+            (
+                Settings {
+                    key_encryption_key: Some("not a key".into()),
+                    ..base()
+                },
+                "gen-kek",
             ),
             (
                 Settings {

@@ -1,6 +1,7 @@
-//! Signing keys: generated at first start, stored as private JWKs, rotated with an overlap
-//! window in which the old key still verifies. Ticket and capability keys are separate (their
-//! kids carry the kind's prefix), and ticket keys never leave the control plane.
+//! Signing keys: generated at first start, stored as private JWKs sealed under the operator's
+//! key-encryption key (`key_encryption.rs`; plaintext only in dev mode without one), rotated with
+//! an overlap window in which the old key still verifies. Ticket and capability keys are separate
+//! (their kids carry the kind's prefix), and ticket keys never leave the control plane.
 //!
 //! Publish before sign: a new capability key is handed to Envoy at once (it verifies), but
 //! signs only once the [`SigningGate`] lets it — every connected Envoy acknowledged a config
@@ -12,7 +13,8 @@ use std::sync::{Mutex, PoisonError};
 use podgate_protocol::token::{KeySet, SigningKey, TokenKind, Verifier};
 
 use crate::config::{Config, SigningAlg};
-use crate::store::{Db, KeyKind, StoredKey};
+use crate::key_encryption::{KeyEncryption, RowBinding, Sealed};
+use crate::store::{Db, KeyKind, KeyMaterial, StoredKey};
 
 /// Leeway for the control plane's own checks of tickets (same clock on both ends).
 pub const TICKET_LEEWAY_SECS: i64 = 5;
@@ -25,6 +27,9 @@ pub enum KeyringError {
     Stored { kid: String, msg: String },
     #[error("key generation: {0}")]
     Generate(String),
+    /// A setting the command needs is missing; the message says which and how to set it.
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// The keys in force: one signer per kind and the verifying sets (current plus overlapping).
@@ -132,8 +137,23 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Generates a fresh key of `kind` with `alg`.
-pub fn generate(kind: KeyKind, alg: SigningAlg, now: i64) -> Result<StoredKey, KeyringError> {
+/// What a stored key's ciphertext is bound to.
+fn binding(k: &StoredKey) -> RowBinding<'_> {
+    RowBinding {
+        kid: &k.kid,
+        kind: k.kind.as_str(),
+        alg: &k.alg,
+    }
+}
+
+/// Generates a fresh key of `kind` with `alg`, sealed under the current key-encryption key
+/// (plaintext when there is none: dev mode).
+pub fn generate(
+    kind: KeyKind,
+    alg: SigningAlg,
+    now: i64,
+    kek: &KeyEncryption,
+) -> Result<StoredKey, KeyringError> {
     let kid = format!("{}{}", kind.token_kind().kid_prefix(), random_id()?);
     let gen_err = |e: podgate_protocol::token::KeyError| KeyringError::Generate(e.to_string());
     let key = match alg {
@@ -157,32 +177,143 @@ pub fn generate(kind: KeyKind, alg: SigningAlg, now: i64) -> Result<StoredKey, K
             SigningKey::hs256(kid.clone(), &secret).map_err(gen_err)?
         }
     };
-    let private_jwk = serde_json::to_string(&key.to_private_jwk())
-        .map_err(|e| KeyringError::Generate(e.to_string()))?;
-    Ok(StoredKey {
+    let private_jwk = zeroize::Zeroizing::new(
+        serde_json::to_string(&key.to_private_jwk())
+            .map_err(|e| KeyringError::Generate(e.to_string()))?,
+    );
+    let mut stored = StoredKey {
         kid,
         kind,
         alg: alg.as_str().to_owned(),
-        private_jwk,
+        material: KeyMaterial::Plaintext(String::new()),
         created_at: now,
         retired_at: None,
         verify_until: None,
-    })
+    };
+    stored.material = match kek
+        .seal(binding(&stored), private_jwk.as_bytes())
+        .map_err(|e| KeyringError::Generate(e.to_string()))?
+    {
+        Some(sealed) => KeyMaterial::Sealed(sealed),
+        None => KeyMaterial::Plaintext(private_jwk.to_string()),
+    };
+    Ok(stored)
 }
 
-fn decode(k: &StoredKey) -> Result<SigningKey, KeyringError> {
-    let jwk = serde_json::from_str(&k.private_jwk).map_err(|e| KeyringError::Stored {
+/// The private JWK of a stored key, opened with whichever configured key-encryption key sealed
+/// it. A key that cannot be opened is an error naming it: never a reason to make a new one.
+pub fn private_jwk(
+    k: &StoredKey,
+    kek: &KeyEncryption,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyringError> {
+    match &k.material {
+        KeyMaterial::Plaintext(jwk) => Ok(zeroize::Zeroizing::new(jwk.as_bytes().to_vec())),
+        KeyMaterial::Sealed(sealed) => {
+            kek.open(binding(k), sealed)
+                .map_err(|e| KeyringError::Stored {
+                    kid: k.kid.clone(),
+                    msg: e.to_string(),
+                })
+        }
+    }
+}
+
+fn decode(k: &StoredKey, kek: &KeyEncryption) -> Result<SigningKey, KeyringError> {
+    let jwk = serde_json::from_slice(&private_jwk(k, kek)?).map_err(|e| KeyringError::Stored {
         kid: k.kid.clone(),
         msg: format!("not a JWK: {e}"),
     })?;
-    SigningKey::from_private_jwk(&jwk).map_err(|e| KeyringError::Stored {
+    let key = SigningKey::from_private_jwk(&jwk).map_err(|e| KeyringError::Stored {
         kid: k.kid.clone(),
         msg: e.to_string(),
-    })
+    })?;
+    // The row's kid and algorithm are what tokens name; the JWK inside must agree.
+    if key.kid() != k.kid || key.alg().name() != k.alg {
+        return Err(KeyringError::Stored {
+            kid: k.kid.clone(),
+            msg: format!(
+                "the stored JWK is key {} ({}), not this row's key",
+                key.kid(),
+                key.alg().name()
+            ),
+        });
+    }
+    Ok(key)
+}
+
+/// What [`reseal`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResealReport {
+    /// Keys newly sealed under the current key-encryption key.
+    pub resealed: Vec<String>,
+    /// Keys already under it.
+    pub already_current: usize,
+    /// Keys left under a previous key-encryption key (only [`Reseal::All`] moves them).
+    pub left: usize,
+}
+
+/// Which stored keys [`reseal`] moves to the current key-encryption key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reseal {
+    /// Only plaintext keys (an upgrade, at every start with a key-encryption key).
+    Plaintext,
+    /// Every key not under the current key-encryption key (`podgate keys rewrap`).
+    All,
+}
+
+/// Seals stored keys under the current key-encryption key: every stored key (expired ones too,
+/// they still hold private material) is opened first, so nothing changes unless all of them
+/// open; then the selected ones are written back sealed, in one transaction.
+pub async fn reseal(
+    db: &Db,
+    kek: &KeyEncryption,
+    which: Reseal,
+) -> Result<ResealReport, KeyringError> {
+    let Some(current) = kek.current() else {
+        return Err(KeyringError::Setting(format!(
+            "no key-encryption key to encrypt the signing keys with; create one with {} and set PODGATE_KEY_ENCRYPTION_KEY_FILE",
+            crate::key_encryption::HOW_TO_GENERATE
+        )));
+    };
+    let stored = db.all_keys().await?;
+    let mut report = ResealReport::default();
+    let mut sealed: Vec<(&StoredKey, Sealed)> = Vec::new();
+    for k in &stored {
+        // Opening checks the key material even for rows that stay as they are.
+        let jwk = private_jwk(k, kek)?;
+        let selected = match (&k.material, which) {
+            (KeyMaterial::Sealed(s), _) if s.kek_id == current.id() => {
+                report.already_current += 1;
+                false
+            }
+            (KeyMaterial::Plaintext(_), _) | (KeyMaterial::Sealed(_), Reseal::All) => true,
+            (KeyMaterial::Sealed(_), Reseal::Plaintext) => false,
+        };
+        if !selected {
+            if k.material.kek_id() != Some(current.id()) {
+                report.left += 1;
+            }
+            continue;
+        }
+        let new = kek
+            .seal(binding(k), &jwk)
+            .map_err(|e| KeyringError::Generate(e.to_string()))?
+            .ok_or_else(|| KeyringError::Generate("no current key-encryption key".into()))?;
+        sealed.push((k, new));
+    }
+    let updates: Vec<(&StoredKey, &Sealed)> = sealed.iter().map(|(k, s)| (*k, s)).collect();
+    db.reseal_keys(&updates).await?;
+    report.resealed = sealed.iter().map(|(k, _)| k.kid.clone()).collect();
+    Ok(report)
 }
 
 /// Makes sure each kind has an active key (generating one at first start).
-pub async fn ensure(db: &Db, alg: SigningAlg, now: i64) -> Result<Vec<String>, KeyringError> {
+pub async fn ensure(
+    db: &Db,
+    alg: SigningAlg,
+    now: i64,
+    kek: &KeyEncryption,
+) -> Result<Vec<String>, KeyringError> {
     let live = db.live_keys(now).await?;
     let mut made = Vec::new();
     for kind in [KeyKind::Ticket, KeyKind::Capability] {
@@ -190,7 +321,7 @@ pub async fn ensure(db: &Db, alg: SigningAlg, now: i64) -> Result<Vec<String>, K
             .iter()
             .any(|k| k.kind == kind && k.retired_at.is_none())
         {
-            let key = generate(kind, alg, now)?;
+            let key = generate(kind, alg, now, kek)?;
             db.insert_key(&key).await?;
             made.push(key.kid);
         }
@@ -204,10 +335,11 @@ pub async fn rotate(
     alg: SigningAlg,
     now: i64,
     overlap: i64,
+    kek: &KeyEncryption,
 ) -> Result<Vec<String>, KeyringError> {
     let new = [
-        generate(KeyKind::Ticket, alg, now)?,
-        generate(KeyKind::Capability, alg, now)?,
+        generate(KeyKind::Ticket, alg, now, kek)?,
+        generate(KeyKind::Capability, alg, now, kek)?,
     ];
     db.rotate_keys(&new, now, overlap).await?;
     Ok(new.iter().map(|k| k.kid.clone()).collect())
@@ -233,7 +365,7 @@ pub async fn load_gated(
     let mut public_jwks = KeySet { keys: Vec::new() };
     // Oldest first, so the newest active key of a kind wins if there were ever two.
     for stored in &live {
-        let key = decode(stored)?;
+        let key = decode(stored, &config.key_encryption)?;
         match stored.kind {
             KeyKind::Ticket => ticket_keys.keys.push(key.verifying_jwk()),
             KeyKind::Capability => {
@@ -274,7 +406,7 @@ pub async fn load_gated(
             .find(|k| gate.may_sign(k, now))
             .or(older.first());
         if let Some(previous) = previous {
-            capability_signer = decode(previous)?;
+            capability_signer = decode(previous, &config.key_encryption)?;
             capability_pending = Some(PendingKey {
                 kid: newest.kid.clone(),
                 signs_at_latest: newest.created_at.saturating_add(gate.max_wait),

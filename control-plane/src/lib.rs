@@ -13,6 +13,7 @@ pub mod flow;
 pub mod health;
 pub mod identity;
 pub mod idp_config;
+pub mod key_encryption;
 pub mod keys;
 pub mod limits;
 pub mod oidc;
@@ -68,10 +69,12 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the state: makes sure signing keys exist (first start) and loads them.
+    /// Builds the state: seals signing keys stored in plaintext (when a key-encryption key is
+    /// configured), makes sure signing keys exist (first start) and loads them.
     pub async fn new(config: Config, db: Db) -> Result<AppState, KeyringError> {
         let now = store::now_unix();
-        let made = keys::ensure(&db, config.signing_alg, now).await?;
+        seal_stored_keys(&db, &config).await?;
+        let made = keys::ensure(&db, config.signing_alg, now, &config.key_encryption).await?;
         for kid in &made {
             tracing::info!(%kid, alg = config.signing_alg.as_str(), "generated a signing key");
         }
@@ -181,6 +184,41 @@ impl AppState {
         *guard = Some(Arc::new(ring));
         Ok(())
     }
+}
+
+/// At start: with a key-encryption key, every signing key stored in plaintext (an upgrade, or a
+/// database used in dev mode) is sealed under it, after checking that every stored key opens;
+/// without one (dev mode only), keys stay plaintext. Keys under a previous key-encryption key
+/// are left for `podgate keys rewrap`, so that control planes restarted one by one during a
+/// rotation all keep reading them.
+async fn seal_stored_keys(db: &Db, config: &Config) -> Result<(), KeyringError> {
+    let kek = &config.key_encryption;
+    let Some(current) = kek.current() else {
+        tracing::warn!(
+            "signing keys are stored UNENCRYPTED: dev mode without a key-encryption key (set PODGATE_KEY_ENCRYPTION_KEY_FILE to encrypt them)"
+        );
+        return Ok(());
+    };
+    let report = keys::reseal(db, kek, keys::Reseal::Plaintext).await?;
+    tracing::info!(
+        kek_id = current.id(),
+        source = current.source(),
+        previous = kek.previous().len(),
+        "signing keys are encrypted with the key-encryption key"
+    );
+    if !report.resealed.is_empty() {
+        tracing::warn!(
+            kids = ?report.resealed,
+            "encrypted signing keys that were stored in plaintext; copies of the plaintext may remain in database backups and free pages: rotate the signing keys (`podgate keys rotate`) to retire them"
+        );
+    }
+    if report.left > 0 {
+        tracing::warn!(
+            keys = report.left,
+            "signing keys are still encrypted with a previous key-encryption key; run `podgate keys rewrap` with the same key settings, then drop the previous key"
+        );
+    }
+    Ok(())
 }
 
 /// The whole HTTP API. Layers on the whole router, so no route, fallback or error can miss them

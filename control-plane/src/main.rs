@@ -1,16 +1,30 @@
-//! `podgate serve | migrate | keys rotate | keys list`.
+//! `podgate serve | migrate | keys rotate | keys list | keys rewrap | keys gen-kek`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use podgate::config::{redact_url, Cli, Command, Config, KeysCommand, LogFormat, Need};
+use podgate::key_encryption::{self, KeyEncryptionKey};
 use podgate::store::{now_unix, Db};
 use podgate::{app, keys, xds_sync, AppState};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Making a key needs no configuration (and must work before any key exists).
+    if let Command::Keys {
+        command: KeysCommand::GenKek { file },
+    } = &cli.command
+    {
+        return match gen_kek(file.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("podgate: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let need = match cli.command {
         Command::Serve => Need::Server,
         _ => Need::DatabaseOnly,
@@ -63,15 +77,60 @@ async fn migrate(config: &Config) -> Result<Db, String> {
     Ok(db)
 }
 
+fn gen_kek(file: Option<&std::path::Path>) -> Result<(), String> {
+    let kek = KeyEncryptionKey::generate().map_err(|e| e.to_string())?;
+    match file {
+        Some(path) => {
+            key_encryption::write_new_key_file(path, &kek).map_err(|e| {
+                let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    " (an existing key file is never overwritten: losing a key-encryption key loses every signing key under it)"
+                } else {
+                    ""
+                };
+                format!("cannot create {}: {e}{why}", path.display())
+            })?;
+            println!(
+                "wrote key-encryption key {} to {} (readable by its owner only); set PODGATE_KEY_ENCRYPTION_KEY_FILE={} and keep a copy apart from the database and its backups: without it the signing keys cannot be read",
+                kek.id(),
+                path.display(),
+                path.display()
+            );
+        }
+        None => {
+            println!("{}", &*kek.to_base64());
+            eprintln!("key-encryption key id {}", kek.id());
+        }
+    }
+    Ok(())
+}
+
+/// Commands that write signing keys need a key-encryption key outside dev mode, like `serve`.
+fn require_kek(config: &Config) -> Result<(), String> {
+    if config.key_encryption.current().is_none() && !config.dev_mode {
+        return Err(format!(
+            "no key-encryption key: signing keys are stored encrypted. Set PODGATE_KEY_ENCRYPTION_KEY_FILE (or --key-encryption-key-file) to the key `podgate serve` uses; create one with {}",
+            key_encryption::HOW_TO_GENERATE
+        ));
+    }
+    Ok(())
+}
+
 async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), String> {
     let db = migrate(config).await?;
     let now = now_unix();
+    let kek = &config.key_encryption;
     match command {
         KeysCommand::Rotate => {
-            keys::ensure(&db, config.signing_alg, now)
+            require_kek(config)?;
+            keys::ensure(&db, config.signing_alg, now, kek)
                 .await
                 .map_err(|e| e.to_string())?;
-            let kids = keys::rotate(&db, config.signing_alg, now, config.rotation_overlap())
+            // Every live key must open with these settings, so the new keys are sealed under a
+            // key-encryption key the servers have too.
+            keys::load(&db, config, now)
+                .await
+                .map_err(|e| format!("{e}; the new keys would be encrypted with the same settings, so nothing was changed"))?;
+            let kids = keys::rotate(&db, config.signing_alg, now, config.rotation_overlap(), kek)
                 .await
                 .map_err(|e| e.to_string())?;
             println!(
@@ -87,9 +146,30 @@ async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), Strin
                     None => "active".to_owned(),
                     Some(t) => format!("verifying until {t}"),
                 };
-                println!("{}\t{}\t{}\t{state}", k.kid, k.kind.as_str(), k.alg);
+                let at_rest = match k.material.kek_id() {
+                    Some(id) => format!("encrypted with {id}"),
+                    None => "plaintext".to_owned(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{state}\t{at_rest}",
+                    k.kid,
+                    k.kind.as_str(),
+                    k.alg
+                );
             }
         }
+        KeysCommand::Rewrap => {
+            let report = keys::reseal(&db, kek, keys::Reseal::All)
+                .await
+                .map_err(|e| format!("{e}; nothing was changed"))?;
+            let current = kek.current().map(|k| k.id().to_owned()).unwrap_or_default();
+            println!(
+                "re-encrypted {} signing keys with key-encryption key {current} ({} already were); every stored signing key is now encrypted with it, so previous key-encryption keys are no longer needed",
+                report.resealed.len(),
+                report.already_current
+            );
+        }
+        KeysCommand::GenKek { file } => gen_kek(file.as_deref())?,
     }
     db.close().await;
     Ok(())
@@ -100,6 +180,19 @@ async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!(
             "DEV MODE IS ON: /dev/login signs anyone in as any user without a password. Never run this in production."
         );
+    }
+    for k in config
+        .key_encryption
+        .current()
+        .into_iter()
+        .chain(config.key_encryption.previous())
+    {
+        if k.file().is_some_and(key_encryption::readable_by_others) {
+            tracing::warn!(
+                source = k.source(),
+                "the key-encryption key file can be read by other users; chmod 600 it"
+            );
+        }
     }
     let db = migrate(&config).await?;
     let listen = config.listen;

@@ -5,6 +5,7 @@ mod common;
 
 use common::{TestDb, Which};
 use podgate::config::SigningAlg;
+use podgate::key_encryption::KeyEncryption;
 use podgate::keys;
 use podgate::store::{
     AuditEntry, Db, KeyKind, Member, Pod, PodPort, PodStatus, Role, Server, Sharing, Team, User,
@@ -397,22 +398,25 @@ async fn tickets_sessions_audit(db: &Db) {
 on_both!(tickets_sessions_and_audit, tickets_sessions_audit);
 
 async fn key_storage(db: &Db) {
+    // Dev mode without a key-encryption key (tests/keys_at_rest.rs covers encrypted storage).
+    let kek = &KeyEncryption::plaintext();
     for alg in [SigningAlg::Eddsa, SigningAlg::Es256, SigningAlg::Hs256] {
-        let k = keys::generate(KeyKind::Capability, alg, 1).unwrap();
+        let k = keys::generate(KeyKind::Capability, alg, 1, kek).unwrap();
         assert!(k.kid.starts_with("cap-"));
-        let jwk: podgate_protocol::token::Jwk = serde_json::from_str(&k.private_jwk).unwrap();
+        let jwk: podgate_protocol::token::Jwk =
+            serde_json::from_slice(&keys::private_jwk(&k, kek).unwrap()).unwrap();
         podgate_protocol::token::SigningKey::from_private_jwk(&jwk).unwrap();
     }
-    let made = keys::ensure(db, SigningAlg::Eddsa, 100).await.unwrap();
+    let made = keys::ensure(db, SigningAlg::Eddsa, 100, kek).await.unwrap();
     assert_eq!(made.len(), 2);
     assert!(
-        keys::ensure(db, SigningAlg::Eddsa, 100)
+        keys::ensure(db, SigningAlg::Eddsa, 100, kek)
             .await
             .unwrap()
             .is_empty(),
         "idempotent"
     );
-    let new = keys::rotate(db, SigningAlg::Es256, 200, 1000)
+    let new = keys::rotate(db, SigningAlg::Es256, 200, 1000, kek)
         .await
         .unwrap();
     let live = db.live_keys(300).await.unwrap();
@@ -444,7 +448,9 @@ async fn key_storage(db: &Db) {
 on_both!(keys_generate_rotate_and_load, key_storage);
 
 async fn hs256_ring(db: &Db) {
-    keys::ensure(db, SigningAlg::Hs256, 1).await.unwrap();
+    keys::ensure(db, SigningAlg::Hs256, 1, &KeyEncryption::plaintext())
+        .await
+        .unwrap();
     let config = podgate::config::Config::for_tests("sqlite://unused.db").unwrap();
     let ring = keys::load(db, &config, 2).await.unwrap();
     // HMAC secrets are never published.

@@ -1,6 +1,7 @@
 //! Changes take effect live, through a real Envoy 1.40 fed by the control plane's ADS server:
-//! pod lifecycle within a second, key rotation without a failed request, and Envoy serving on
-//! while the control plane is down, then catching up when it returns.
+//! pod lifecycle within a second, key rotation without a failed request, Envoy serving on
+//! while the control plane is down, then catching up when it returns, and a restart with the
+//! wrong key-encryption key refused without touching the keys Envoy verifies with.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -414,4 +415,72 @@ async fn revoking_an_api_token_cuts_off_its_capabilities_within_a_second() {
             .unwrap();
         assert_eq!(a.status, 200, "{}", a.body);
     }
+}
+
+/// Signing keys at rest, through Envoy: a restart with another key-encryption key stops with an
+/// error naming a stored key and the key-encryption key it needs, and replaces nothing, so
+/// Envoy keeps serving the capabilities it has; with the right key the very same signing keys
+/// come back and a new capability is signed with the same key as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_encryption_key_stops_the_start_and_replaces_no_key() {
+    let mut stack = Stack::start(&[]).await;
+    let pod = FakePod::start("pod", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    stack
+        .cp
+        .create_pod("sealed", USER, SERVER, pod.addr.port(), "running")
+        .await;
+    let token = stack.mint("sealed").await;
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        "sealed",
+        &token,
+        LIVE,
+        |a| a.status == 200,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    let stored = stack.cp.admin(Method::GET, "/v1/keys", None).await;
+    let needed = stored[0]["kek_id"].as_str().unwrap().to_owned();
+    assert!(stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["kek_id"] == needed.as_str()));
+
+    stack.cp.kill();
+    let right = stack.cp.kek.clone();
+    let wrong = stack.cp.dir.path().join("kek-wrong");
+    let wrong_id = make_kek(&wrong);
+    stack.cp.kek = wrong;
+    let err = stack.cp.serve_expecting_failure().await;
+    assert!(
+        err.contains("stored key ") && err.contains(&needed) && err.contains(&wrong_id),
+        "{err}"
+    );
+    // Nothing new was pushed: the capability Envoy has keeps working.
+    let a = through_envoy(&stack.http, stack.envoy.listener, "sealed", &token)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    stack.cp.kek = right;
+    stack.cp.spawn().await;
+    assert_eq!(stack.cp.admin(Method::GET, "/v1/keys", None).await, stored);
+    let again = stack.mint("sealed").await;
+    assert_eq!(kid_of(&again), kid_of(&token));
+    for t in [&token, &again] {
+        let a = through_envoy(&stack.http, stack.envoy.listener, "sealed", t)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    // Those requests reached the pod, without our token.
+    let seen = pod.seen.lock().unwrap();
+    assert!(
+        seen.len() >= 3 && seen.iter().all(|s| !s.had_token),
+        "{seen:?}"
+    );
 }

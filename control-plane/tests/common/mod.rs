@@ -15,6 +15,9 @@ use tower::ServiceExt;
 pub mod oidc_provider;
 
 pub const ADMIN: &str = "test-admin-token-0123456789abcdef0123";
+/// The key-encryption key of test servers (32 bytes, base64), so signing keys are stored
+/// encrypted as in production.
+pub const TEST_KEK: &str = "MPq19+rsfrjVMUV7IF7CqMpya+jBhj0kJ9eIFAUFAVo=";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
@@ -50,12 +53,23 @@ enum Cleanup {
 
 impl TestDb {
     pub async fn new(which: Which) -> Option<TestDb> {
+        Self::create(which, true).await
+    }
+
+    /// A fresh database with no migration applied (for upgrade tests).
+    pub async fn unmigrated(which: Which) -> Option<TestDb> {
+        Self::create(which, false).await
+    }
+
+    async fn create(which: Which, migrate: bool) -> Option<TestDb> {
         match which {
             Which::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("podgate.db").display());
                 let db = Db::connect(&url, 4).await.unwrap();
-                db.migrate().await.unwrap();
+                if migrate {
+                    db.migrate().await.unwrap();
+                }
                 Some(TestDb {
                     db,
                     url,
@@ -75,7 +89,9 @@ impl TestDb {
                 url.set_path(&format!("/{name}"));
                 let url = url.to_string();
                 let db = Db::connect(&url, 4).await.unwrap();
-                db.migrate().await.unwrap();
+                if migrate {
+                    db.migrate().await.unwrap();
+                }
                 Some(TestDb {
                     db,
                     url,
@@ -104,11 +120,13 @@ pub struct Harness {
     pub app: Router,
 }
 
-/// Test settings: dev mode on, a fixed admin token, defaults elsewhere.
+/// Test settings: dev mode on, a fixed admin token, a fixed key-encryption key, defaults
+/// elsewhere.
 pub fn settings(url: &str) -> Settings {
     Settings {
         database_url: Some(url.to_owned()),
         admin_token: Some(ADMIN.to_owned()),
+        key_encryption_key: Some(TEST_KEK.to_owned()),
         dev_mode: Some(true),
         // In-process tests serve no ADS (tests/xds_live.rs runs the binary with it).
         xds_listen: Some("off".to_owned()),

@@ -92,6 +92,23 @@ pub fn podgate_binary() -> PathBuf {
     p
 }
 
+/// Writes a new key-encryption key to `path` with `podgate keys gen-kek`; returns its id.
+pub fn make_kek(path: &Path) -> String {
+    let made = Command::new(podgate_binary())
+        .args(["keys", "gen-kek"])
+        .arg(path)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let said = String::from_utf8_lossy(&made.stdout).into_owned();
+    said.split("key-encryption key ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no key id in {said:?}"))
+        .to_owned()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -116,18 +133,24 @@ pub struct ControlPlane {
     pub xds: SocketAddr,
     pub envoy_port: u16,
     pub extra_args: Vec<String>,
+    /// The key-encryption key file the signing keys are stored under (made by `podgate keys
+    /// gen-kek` at the first start when missing).
+    pub kek: PathBuf,
     child: Option<Child>,
     http_client: reqwest::Client,
 }
 
 impl ControlPlane {
     pub async fn start(envoy_port: u16, extra_args: &[&str]) -> ControlPlane {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = dir.path().join("kek");
         let mut cp = ControlPlane {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             xds: SocketAddr::from(([127, 0, 0, 1], free_port())),
             envoy_port,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            kek,
             child: None,
             http_client: client(),
         };
@@ -139,15 +162,19 @@ impl ControlPlane {
         std::fs::read_to_string(self.dir.path().join("podgate.log")).unwrap_or_default()
     }
 
-    /// Starts the process (again, on the same database and ports) and waits for `/readyz`.
-    pub async fn spawn(&mut self) {
-        assert!(self.child.is_none());
+    /// `podgate serve` on this database, key-encryption key and ports, logging to `podgate.log`.
+    fn serve_command(&self) -> Command {
+        // Signing keys are stored encrypted, as in production; a restart reads them back.
+        if !self.kek.exists() {
+            make_kek(&self.kek);
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("podgate.log"))
             .unwrap();
-        let child = Command::new(podgate_binary())
+        let mut command = Command::new(podgate_binary());
+        command
             .arg("serve")
             .args(["--listen", &self.http.to_string()])
             .args(["--xds-listen", &self.xds.to_string()])
@@ -157,6 +184,8 @@ impl ControlPlane {
                 self.dir.path().join("podgate.db").display()
             ))
             .args(["--admin-token", ADMIN_TOKEN, "--dev-mode"])
+            .arg("--key-encryption-key-file")
+            .arg(&self.kek)
             .args(["--issuer", &format!("http://{}", self.http)])
             .args(["--pod-public-port", &self.envoy_port.to_string()])
             .arg("--filter-wasm")
@@ -166,9 +195,43 @@ impl ControlPlane {
             .env_remove("PODGATE_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        command
+    }
+
+    /// Starts `serve` expecting it to refuse to start; returns what it logged. Panics if it
+    /// becomes ready or runs for 20 s.
+    pub async fn serve_expecting_failure(&mut self) -> String {
+        assert!(self.child.is_none());
+        let before = self.log().len();
+        let mut child = self.serve_command().spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            let ready = self
+                .http_client
+                .get(format!("http://{}/readyz", self.http))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("podgate started (ready: {ready}):\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(!status.success(), "{status}");
+        self.log()[before..].to_owned()
+    }
+
+    /// Starts the process (again, on the same database, key-encryption key and ports) and waits
+    /// for `/readyz`.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let child = self.serve_command().spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -227,6 +227,20 @@ impl ControlPlane {
         if std::env::var_os("PODGATE_E2E_KEEP").is_some() {
             File::create(dir.join("keep"))?;
         }
+        // Signing keys are stored encrypted under a key made the way an operator makes one;
+        // restarts on the same directory read them back with it.
+        let made = Command::new(podgate_binary()?)
+            .args(["keys", "gen-kek"])
+            .arg(dir.join("kek"))
+            .env_clear()
+            .output()
+            .context("running podgate keys gen-kek")?;
+        if !made.status.success() {
+            bail!(
+                "podgate keys gen-kek failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
         let janitor = Command::new("/bin/sh")
             .arg("-c")
             .arg(JANITOR)
@@ -281,6 +295,8 @@ impl ControlPlane {
             "--admin-token".into(),
             ADMIN_TOKEN.into(),
             "--dev-mode".into(),
+            "--key-encryption-key-file".into(),
+            self.dir.join("kek").into(),
             "--issuer".into(),
             self.public_url().into(),
             "--domain".into(),
