@@ -1466,12 +1466,12 @@ fn the_pods_cookie_header_is_untouched_unless_a_pair_is_named_ours() {
     let auth = cap();
     for cookie in [
         "xpodgate_cap=1",
-        "__Host-podgate_cap2=1",
-        "x__Host-podgate_cap=1",
-        "podgate_cap=1",
-        "a=__Host-podgate_cap; b=2",
+        "__Host-podgate_cap2=1;;c=3",
+        "x__Host-podgate_cap=1;b=2",
+        "podgate_cap=1;b=2",
+        "a=__Host-podgate_cap;b=\"x y\"",
         "a=1;b=2;;  c=3 ;",
-        "__Host-podgate_cap",
+        "__Host-podgate_cap;  a=1",
         " a=1 ",
     ] {
         let h = base(&[("podgate-token", &auth), ("cookie", cookie)]);

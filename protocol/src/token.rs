@@ -99,7 +99,8 @@ fn looks_like_api_token(word: &str) -> bool {
 
 /// Whether a base64url segment is the protected header of one of our tokens. Cost: one decode
 /// and JSON parse of at most `MAX_LOOKALIKE_HEADER_LEN` bytes, and only for a segment that
-/// starts like a JSON object (`{"` is `ey`).
+/// starts like our compact JSON headers: `{"` and a first key starting with a letter encode as
+/// `eyJ` (what `mentions_ours` searches for).
 fn header_is_ours(segment: &str) -> bool {
     #[derive(Deserialize)]
     struct Peek {
@@ -108,7 +109,7 @@ fn header_is_ours(segment: &str) -> bool {
         #[serde(default)]
         kid: Option<serde_json::Value>,
     }
-    if !segment.starts_with("ey") || segment.len() > MAX_LOOKALIKE_HEADER_LEN {
+    if !segment.starts_with("eyJ") || segment.len() > MAX_LOOKALIKE_HEADER_LEN {
         return false;
     }
     let Ok(json) = B64.decode(segment) else {
@@ -981,6 +982,10 @@ pub(crate) mod tests {
                 assert!(mentions_ours(&text), "{text:.40}");
             }
             assert!(!looks_like_ours(&format!("{t}.")));
+            // Not our compact header (a first key that does not start with a letter): neither
+            // check takes it, so they never disagree.
+            let odd = with_header(&t, serde_json::json!({"1": 1, "typ": kind.typ()}));
+            assert!(!looks_like_ours(&odd) && !mentions_ours(&odd));
         }
         let api = format!("pg_{}_{}", "0".repeat(24), "a".repeat(52));
         assert!(looks_like_ours(&api));

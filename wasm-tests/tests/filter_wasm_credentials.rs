@@ -229,12 +229,12 @@ fn the_pods_cookie_header_is_byte_exact_unless_a_pair_is_named_ours() {
     let mut vm = vm();
     let auth = alpha_cap();
     for cookie in [
-        "xpodgate_cap=1",
-        "podgate_cap2=1",
-        "a=podgate_cap; b=2",
-        "session=podgate_cap=1",
+        "xpodgate_cap=1;b=2",
+        "podgate_cap2=1;;c=3",
+        "a=podgate_cap;b=\"x y\"",
+        "session=podgate_cap=1; ;x",
         "a=1;b=2;;  c=3 ;",
-        "podgate_cap",
+        "podgate_cap;  a=1",
         " a=1 ;b=\"x y\"",
     ] {
         let sent = Req::alpha()
