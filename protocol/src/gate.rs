@@ -17,7 +17,7 @@ use crate::host::PodAddr;
 use crate::redirect::{encode_query_value, MAX_NEXT_LEN};
 use crate::reply::Denial;
 use crate::response::PodResponse;
-use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX, MAX_TOKEN_LEN};
+use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
 use crate::wire::HeaderPairs;
 
 /// The request headers the decision reads (besides our own `x-podgate-*`).
@@ -256,7 +256,10 @@ impl VerifiedCache {
         token: &str,
         now: i64,
     ) -> Option<Result<Rc<Verified>, TokenError>> {
-        if config.token_cache_entries == 0 || token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        if config.token_cache_entries == 0
+            || token.len() < MIN_TOKEN_LEN
+            || token.len() > MAX_TOKEN_LEN
+        {
             return None;
         }
         let hit = self.entries.get(token)?;

@@ -495,7 +495,7 @@ fn cache_keys_sharing_a_tail_stay_apart() {
     // The cache hashes only a key's last 16 bytes; equality still compares the whole token.
     let c = config();
     let mut cache = VerifiedCache::new();
-    let tail = "x".repeat(40);
+    let tail = "x".repeat(80);
     let verified = |jti: &str| {
         Rc::new(crate::token::Verified {
             claims: PodClaims {

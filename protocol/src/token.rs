@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 /// The longest token we are willing to parse; real ones are well under 1 KiB.
 pub const MAX_TOKEN_LEN: usize = 4096;
+/// Shorter than any token a verifier accepts (its signature alone is 43 or 86 characters, its
+/// header names a `typ` and a `kid`), so a shorter value is refused before any parsing or
+/// hashing: planted junk costs next to nothing however much of it there is.
+pub const MIN_TOKEN_LEN: usize = 64;
 /// Shortest HMAC secret accepted (256 bits).
 pub const MIN_HMAC_SECRET_LEN: usize = 32;
 /// Hard upper bound for a login ticket's lifetime.
@@ -722,6 +726,9 @@ impl Verifier {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Size);
         }
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
         let untrusted =
             UntrustedToken::<ExtraHeader>::try_from(token).map_err(|_| TokenError::Malformed)?;
         let header = untrusted.header();
@@ -1041,9 +1048,17 @@ pub(crate) mod tests {
             60,
         )
         .unwrap();
+        // Too short to be any token a verifier accepts, even with our typ.
+        let typ_only = b64(br#"{"typ":"podgate-cap+jwt"}"#);
+        let short = format!(
+            "{typ_only}.e30.{}",
+            "A".repeat(MIN_TOKEN_LEN - typ_only.len() - 6)
+        );
+        assert_eq!(short.len(), MIN_TOKEN_LEN - 1);
         for (token, err) in [
             ("", TokenError::Size),
             ("x.y.z", TokenError::Malformed),
+            (short.as_str(), TokenError::Malformed),
             (
                 ticket.as_str(),
                 TokenError::WrongType {
