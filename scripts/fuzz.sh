@@ -28,7 +28,7 @@ shift || true
 case "$seconds" in
     '' | *[!0-9]*) echo "usage: $0 [SECONDS] [TARGET...]" >&2; exit 2 ;;
 esac
-all_targets=(host cookie token redirect gate response filter_wasm)
+all_targets=(host cookie token redirect gate response credentials filter_wasm)
 if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 
 export RUSTC_BOOTSTRAP=1

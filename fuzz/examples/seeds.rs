@@ -233,4 +233,8 @@ fn main() {
         write("gate", name, &bytes);
         write("filter_wasm", name, &bytes);
     }
+
+    for (name, bytes) in podgate_fuzz::credentials_seeds() {
+        write("credentials", &name, &bytes);
+    }
 }

@@ -16,6 +16,9 @@
 //!   separated by `\n` (see [`gate_case`]).
 //! - `response`: a flags byte (scheme, authority), an origin selector byte, then the pod's
 //!   response header lines `name:value` separated by `\n` (see [`response`]).
+//! - `credentials`: a mode byte, then the bytes (lossy UTF-8) as an `Authorization` value
+//!   (`'a'`), as a `Cookie` header around the real capability (`'c'`), or as words to classify
+//!   and precheck (anything else); see [`credentials`].
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::cell::RefCell;
@@ -36,7 +39,7 @@ use podgate_protocol::reply::Denial;
 use podgate_protocol::token::{self, KeySet, PodClaims, SigningKey, TokenKind, Verifier};
 
 /// Every fuzz target; each has a seed directory `fuzz/corpus/<target>/`.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "host",
     "cookie",
     "token",
@@ -44,6 +47,7 @@ pub const TARGETS: [&str; 7] = [
     "gate",
     "response",
     "filter_wasm",
+    "credentials",
 ];
 
 /// The clock every check runs at (unix seconds).
@@ -61,6 +65,7 @@ pub fn run(target: &str, data: &[u8]) -> bool {
         "token" => token(data),
         "redirect" => redirect(data),
         "response" => response(data),
+        "credentials" => credentials(data),
         "gate" | "filter_wasm" => {
             gate(data);
         }
@@ -214,6 +219,11 @@ fn check_cookie(header: &str, name: &str) {
 
     let found: Vec<&str> = cookie::find_all(header, name).collect();
     assert_eq!(found.len(), ours, "find_all({header:?}, {name:?})");
+    assert_eq!(
+        cookie::has(header, name),
+        ours > 0,
+        "has({header:?}, {name:?})"
+    );
     if !cookie::mentions(header, name) {
         assert!(
             found.is_empty(),
@@ -231,11 +241,29 @@ fn check_cookie(header: &str, name: &str) {
         ),
         Some(out) => {
             assert!(!out.is_empty());
-            let kept: Vec<&str> = out.split("; ").collect();
+            let raw: Vec<&str> = out.split(';').collect();
+            let kept: Vec<&str> = raw
+                .iter()
+                .map(|p| p.trim_matches(|c| c == ' ' || c == '\t'))
+                .filter(|p| !p.is_empty())
+                .collect();
             assert_eq!(
                 kept, others,
                 "strip({header:?}, {name:?}) must keep every other pair, in order"
             );
+            // Byte for byte: each kept pair with the spaces the client put around it (the
+            // first's leading and the last's trailing ones aside), and no empty pair.
+            let parts: Vec<&str> = header.split(';').collect();
+            for (i, part) in raw.iter().enumerate() {
+                assert!(
+                    !part.trim_matches(|c| c == ' ' || c == '\t').is_empty(),
+                    "an empty pair in {out:?}"
+                );
+                assert!(
+                    (i == 0 || i + 1 == raw.len()) || parts.contains(part),
+                    "{part:?} is not the client's bytes ({header:?} -> {out:?})"
+                );
+            }
             assert!(
                 kept.iter().all(|p| pair_name(p) != name),
                 "strip left {name:?} in {out:?}"
@@ -817,19 +845,28 @@ pub fn check_gate(case: &GateCase) -> Decision {
             assert!(matches!(denial, Denial::MalformedHeader(_)), "{denial:?}");
             check_reply(config, &denial);
             let refused = Decision::Deny(denial);
-            check_memo(config, case, &refused);
+            check_memo(config, case, &refused, false);
             return refused;
         }
     };
     let mut cache = VerifiedCache::new();
     let first = gate::decide(config, &mut cache, &req, case.now);
-    // Again through the now warm cache: the cache must never change an answer.
-    let again = gate::decide(config, &mut cache, &req, case.now);
-    assert_eq!(
-        first, again,
-        "the verified-token cache changed the decision"
+    assert!(
+        cache.verifications() <= gate::MAX_VERIFICATIONS as u64,
+        "{} signature checks for one request",
+        cache.verifications()
     );
-    check_memo(config, case, &first);
+    // Again through the now warm cache: the cache never changes a forward, and changes a
+    // refusal only when more candidates wanted a signature check than one request may make.
+    let again = gate::decide(config, &mut cache, &req, case.now);
+    let budget_bound = budget_may_bind(config, case, &req);
+    if !(budget_bound && matches!(first, Decision::Deny(_))) {
+        assert_eq!(
+            first, again,
+            "the verified-token cache changed the decision"
+        );
+    }
+    check_memo(config, case, &first, budget_bound);
     match &first {
         Decision::Deny(denial) => check_reply(config, denial),
         Decision::Forward(f) => check_forward(
@@ -854,13 +891,18 @@ thread_local! {
 /// hit), and through one memo that has seen every earlier input of the run, so another
 /// request's entry must never match this one. Time only moves forward for a memo, as a clock
 /// does; a case earlier than the last starts that memo over.
-fn check_memo(config: &CompiledConfig, case: &GateCase, expected: &Decision) {
+fn check_memo(config: &CompiledConfig, case: &GateCase, expected: &Decision, budget_bound: bool) {
     let wire = podgate_protocol::wire::encode_header_map(&case.headers);
     let mut memo = DecisionMemo::new();
     let mut cache = VerifiedCache::new();
+    // A refusal the verification budget decided may turn into the forward a warm cache finds.
+    let may_differ =
+        |got: &Decision| budget_bound && matches!(expected, Decision::Deny(_)) && got != expected;
     for round in ["miss", "hit"] {
         let got = through_memo(config, &mut cache, &mut memo, case, &wire);
-        assert_eq!(&got, expected, "the memo changed the decision ({round})");
+        if round == "miss" || !may_differ(&got) {
+            assert_eq!(&got, expected, "the memo changed the decision ({round})");
+        }
     }
     RUN_MEMOS.with(|memos| {
         let mut memos = memos.borrow_mut();
@@ -873,11 +915,30 @@ fn check_memo(config: &CompiledConfig, case: &GateCase, expected: &Decision) {
         }
         *last = case.now;
         let got = through_memo(config, cache, memo, case, &wire);
-        assert_eq!(
-            &got, expected,
-            "an earlier input's memo entry changed the decision"
-        );
+        if !may_differ(&got) {
+            assert_eq!(
+                &got, expected,
+                "an earlier input's memo entry changed the decision"
+            );
+        }
     });
+}
+
+/// Whether more distinct values in the credential headers pass the signature-free checks than
+/// one request may verify (a superset of the gate's candidates, found without its logic).
+fn budget_may_bind(config: &CompiledConfig, case: &GateCase, req: &Request<'_>) -> bool {
+    let Ok(pod) = config.public_hosts.parse(req.authority) else {
+        return false;
+    };
+    let host = config.public_hosts.render(&pod);
+    let mut pieces = credential_pieces(&case.headers);
+    pieces.sort();
+    pieces.dedup();
+    pieces
+        .iter()
+        .filter(|p| config.verifier.precheck(p, &host, case.now).is_ok())
+        .count()
+        > gate::MAX_VERIFICATIONS
 }
 
 /// The case the way the filter takes a request that is not a preflight: the memo's probe on
@@ -1003,16 +1064,6 @@ fn check_forward(
 
     // Our credentials and the client's copies of our headers never reach the upstream.
     let forwarded = apply(&case.headers, edits);
-    // Ours: a `Bearer` credential (in any `Authorization` value, comma-joined ones too) that
-    // looks like our capability.
-    let bearer_ours = values(&case.headers, "authorization").iter().any(|v| {
-        String::from_utf8_lossy(v).split(',').any(|part| {
-            part.trim()
-                .split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .is_some_and(|(_, t)| config.verifier.claims_ours(t.trim()))
-        })
-    });
     for (name, value) in &forwarded {
         assert_ne!(name, "podgate-token", "the token header was forwarded");
         if name == "cookie" {
@@ -1024,7 +1075,25 @@ fn check_forward(
             );
         }
         if name == "authorization" {
-            assert!(!bearer_ours, "our bearer token was forwarded");
+            // Any kind of ours, in any form: stripped or refused, never forwarded.
+            let text = String::from_utf8_lossy(value);
+            assert!(
+                !token::mentions_ours(&text),
+                "our token was forwarded in authorization: {text:?}"
+            );
+        }
+        if name == "cookie" {
+            // Untouched unless a pair named ours was in it.
+            let sent = values(&case.headers, "cookie");
+            if sent.len() == 1
+                && !cookie::has(&String::from_utf8_lossy(sent[0]), &config.cookie_name)
+            {
+                assert_eq!(
+                    value.as_slice(),
+                    sent[0],
+                    "a Cookie header without ours was edited"
+                );
+            }
         }
         if name.starts_with(HEADER_PREFIX) {
             assert_eq!(
@@ -1084,6 +1153,226 @@ fn check_forward(
         granted,
         "forwarded to {pod:?} as {user:?} without a valid capability for it"
     );
+}
+
+// ---- credentials --------------------------------------------------------------------------
+
+/// The pod host every `credentials` case is for.
+const CREDENTIALS_HOST: &str = "localhost-8726-pod-alpha.example.dev";
+
+/// `credentials`: how the gate reads our tokens out of `Authorization` and `Cookie`.
+///
+/// - `'a'`: the rest is an `Authorization` value sent beside a valid `podgate-token`. The
+///   answer is a forward or `MalformedAuthorization`; refused only if the value mentions one of
+///   our tokens (`token::mentions_ours`); forwarded, no `Authorization` that reaches the pod
+///   mentions ours, and a value that mentions none reaches it byte for byte.
+/// - `'c'`: a position byte, then the rest is a `Cookie` header (planted cookies and the app's)
+///   into which the real capability is spliced at a `;` boundary picked by the position byte.
+///   At most `MAX_VERIFICATIONS` signatures are checked; the real one wins unless more values
+///   pass the signature-free checks than that (the documented limit); a forward carries no
+///   pair named ours and every other pair in order.
+/// - otherwise: the rest, split at whitespace, are words. No panic; a word that
+///   `looks_like_ours` is `mentions_ours`; `Verifier::precheck` refuses only what `verify`
+///   refuses, and reads the `aud` that `verify` finds.
+pub fn credentials(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let config = gate_config(false);
+    let pod = PodAddr {
+        pod: "alpha".into(),
+        port: 8726,
+    };
+    let real = gate_token(1, 0, &pod, config);
+    match mode {
+        b'a' => credentials_authorization(config, &real, &String::from_utf8_lossy(rest)),
+        b'c' => {
+            let Some((&at, rest)) = rest.split_first() else {
+                return;
+            };
+            credentials_cookie(config, &real, at, &String::from_utf8_lossy(rest));
+        }
+        _ => {
+            let text = String::from_utf8_lossy(rest);
+            let _ = token::mentions_ours(&text);
+            for word in text.split_whitespace() {
+                if token::looks_like_ours(word) {
+                    assert!(token::mentions_ours(word), "{word:?}");
+                }
+                let pre = config.verifier.precheck(word, CREDENTIALS_HOST, NOW);
+                let full = config.verifier.verify(word, NOW);
+                match (&pre, &full) {
+                    (Err(_), Ok(_)) => panic!("precheck refused a token verify accepts: {word:?}"),
+                    (Ok(here), Ok(v)) => assert_eq!(*here, v.claims.aud == CREDENTIALS_HOST),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Seeds for `credentials`: `(name, bytes)`.
+pub fn credentials_seeds() -> Vec<(String, Vec<u8>)> {
+    let config = gate_config(false);
+    let alpha = PodAddr {
+        pod: "alpha".into(),
+        port: 8726,
+    };
+    let cap = gate_token(2, 0, &alpha, config);
+    let expired = gate_token(5, 0, &alpha, config);
+    let ticket = minted_tokens().into_iter().nth(4).unwrap_or_default();
+    let api = format!("pg_{}_{}", "0123456789abcdef01234567", "a".repeat(52));
+    let forger = SigningKey::ed25519_from_seed("cap-gate-ed", [0xa5; 32]).unwrap();
+    let forged = |n: usize| {
+        let claims = claims_for("alpha", 8726, CREDENTIALS_HOST.into());
+        let claims = PodClaims {
+            jti: format!("forged-{n}"),
+            ..claims
+        };
+        token::mint(TokenKind::Capability, &forger, &claims, NOW, 900).unwrap()
+    };
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut add = |name: &str, mode: &[u8], text: &str| {
+        out.push((name.to_owned(), [mode, text.as_bytes()].concat()));
+    };
+    for (name, value) in [
+        ("bearer", format!("Bearer {cap}")),
+        ("bearer-lower-spaces", format!("  bearer   {cap} ")),
+        ("tab", format!("Bearer\t{cap}")),
+        ("no-scheme", cap.clone()),
+        ("trailing", format!("Bearer {cap} x")),
+        ("quoted", format!("Bearer \"{cap}\"")),
+        ("joined", format!("Bearer app, Bearer {cap}")),
+        ("joined-bare", format!("Bearer app,{cap}")),
+        ("ticket", format!("Bearer {ticket}")),
+        ("api-token", format!("Token {api}")),
+        ("glued", format!("Bearer {cap}.x")),
+        ("foreign", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln".into()),
+        ("basic", "Basic dXNlcjpwYXNz".into()),
+    ] {
+        add(&format!("auth-{name}"), b"a", &value);
+    }
+    let many: Vec<String> = (0..12)
+        .map(|n| format!("podgate_cap={}", forged(n)))
+        .collect();
+    for (name, at, header) in [
+        ("forged-first", 0u8, many.join("; ")),
+        ("forged-last", 12, many.join("; ")),
+        (
+            "two-forged",
+            1,
+            format!("podgate_cap={}; podgate_cap={}", forged(20), forged(21)),
+        ),
+        (
+            "expired-and-other-pod",
+            2,
+            format!("podgate_cap={expired}; a=1; podgate_cap={cap}"),
+        ),
+        (
+            "lookalike-names",
+            1,
+            "xpodgate_cap=1; podgate_cap2=2;a=podgate_cap".into(),
+        ),
+        (
+            "garbage",
+            3,
+            "podgate_cap=x.y.z; podgate_cap=\"\"; podgate_cap=;;b=2".into(),
+        ),
+    ] {
+        add(&format!("cookie-{name}"), &[b'c', at], &header);
+    }
+    add(
+        "words",
+        b"w",
+        &format!("{cap} {ticket} {api} {} x.y.z eyJ.e30.", forged(30)),
+    );
+    out
+}
+
+fn credentials_headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    let mut h: Vec<(String, Vec<u8>)> = vec![
+        (":authority".into(), CREDENTIALS_HOST.into()),
+        (":path".into(), b"/".to_vec()),
+        (":method".into(), b"GET".to_vec()),
+    ];
+    h.extend(
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec())),
+    );
+    h
+}
+
+fn credentials_authorization(config: &CompiledConfig, real: &str, value: &str) {
+    let headers = credentials_headers(&[("podgate-token", real), ("authorization", value)]);
+    let Ok(req) = Request::from_headers(&headers) else {
+        return;
+    };
+    let mut cache = VerifiedCache::new();
+    let decision = gate::decide(config, &mut cache, &req, NOW);
+    let mentions = token::mentions_ours(value);
+    match &decision {
+        Decision::Deny(Denial::MalformedAuthorization) => {
+            assert!(
+                mentions,
+                "refused an Authorization with none of ours: {value:?}"
+            )
+        }
+        Decision::Forward(f) => {
+            let forwarded = apply(&headers, &f.edits);
+            let auth = values(&forwarded, "authorization");
+            for v in &auth {
+                let text = String::from_utf8_lossy(v);
+                assert!(!token::mentions_ours(&text), "forwarded ours: {text:?}");
+            }
+            if !mentions {
+                assert_eq!(auth, vec![value.as_bytes()], "the app's value was changed");
+            }
+        }
+        other => panic!("{other:?} for {value:?}"),
+    }
+    assert!(cache.verifications() <= gate::MAX_VERIFICATIONS as u64);
+}
+
+fn credentials_cookie(config: &CompiledConfig, real: &str, at: u8, planted: &str) {
+    let name = &config.cookie_name;
+    let mut parts: Vec<String> = planted.split(';').map(str::to_owned).collect();
+    let at = usize::from(at) % (parts.len() + 1);
+    parts.insert(at, format!(" {name}={real}"));
+    let header = parts.join(";");
+    let headers = credentials_headers(&[("cookie", &header)]);
+    let Ok(req) = Request::from_headers(&headers) else {
+        return;
+    };
+    let mut cache = VerifiedCache::new();
+    let decision = gate::decide(config, &mut cache, &req, NOW);
+    assert!(cache.verifications() <= gate::MAX_VERIFICATIONS as u64);
+    let mut values_ours: Vec<&str> = cookie::find_all(&header, name).collect();
+    values_ours.sort_unstable();
+    values_ours.dedup();
+    let contenders = values_ours
+        .iter()
+        .filter(|v| config.verifier.precheck(v, CREDENTIALS_HOST, NOW).is_ok())
+        .count();
+    match &decision {
+        Decision::Forward(f) => {
+            let forwarded = apply(&headers, &f.edits);
+            let cookies = values(&forwarded, "cookie");
+            assert!(cookies.len() <= 1);
+            let kept = cookies
+                .first()
+                .map(|c| String::from_utf8_lossy(c).into_owned());
+            assert_eq!(kept, cookie::strip(&header, name), "{header:?}");
+            if let Some(kept) = kept {
+                assert_eq!(cookie::find_all(&kept, name).count(), 0, "{kept:?}");
+            }
+        }
+        // Another valid value of this host (a fuzzer cannot mint one) or the budget.
+        other => assert!(
+            contenders > gate::MAX_VERIFICATIONS || header.len() > cookie::MAX_COOKIE_HEADER_LEN,
+            "{other:?}: the real capability lost to {contenders} contenders in {header:?}"
+        ),
+    }
 }
 
 // ---- response -----------------------------------------------------------------------------

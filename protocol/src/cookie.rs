@@ -4,8 +4,10 @@
 pub const DEFAULT_COOKIE_NAME: &str = "podgate_cap";
 /// Header scripts may use instead of the cookie.
 pub const TOKEN_HEADER: &str = "podgate-token";
-/// The longest `Cookie` header the filter will scan.
-pub const MAX_COOKIE_HEADER_LEN: usize = 16 * 1024;
+/// The longest `Cookie` header the filter will scan for candidates. Above Envoy's own request
+/// header limit (`max_request_headers_kb: 32` in every config under `envoy/`), so padding the
+/// header with planted cookies can never hide the real one from the filter.
+pub const MAX_COOKIE_HEADER_LEN: usize = 64 * 1024;
 
 /// The cookie name actually used: `__Host-` prefixed when the public scheme is https, so the
 /// browser enforces host-only, `Secure` and `Path=/`.
@@ -52,8 +54,10 @@ pub fn find_all<'a>(header: &'a str, name: &'a str) -> impl Iterator<Item = &'a 
         })
 }
 
-/// The header without any cookie named `name`; other cookies keep their order and bytes.
-/// Returns `None` when nothing is left (the caller removes the header).
+/// The header without any cookie named `name`: each pair of ours goes with the `;` before it
+/// (or after it, for the first), and so do empty pairs; every other pair keeps its bytes, its
+/// separator and its place. Returns `None` when no pair is left (the caller removes the
+/// header). Only call it on a header that `has` our cookie: others are left as they came.
 pub fn strip(header: &str, name: &str) -> Option<String> {
     let mut out = String::with_capacity(header.len());
     for part in header.split(';') {
@@ -65,17 +69,26 @@ pub fn strip(header: &str, name: &str) -> Option<String> {
         if cookie_name == name {
             continue;
         }
-        if !out.is_empty() {
-            out.push_str("; ");
+        if out.is_empty() {
+            out.push_str(part.trim_start_matches([' ', '\t']));
+        } else {
+            out.push(';');
+            out.push_str(part);
         }
-        out.push_str(trimmed);
     }
-    (!out.is_empty()).then_some(out)
+    let kept = out.trim_end_matches([' ', '\t']);
+    (!kept.is_empty()).then(|| kept.to_owned())
 }
 
-/// Whether the header mentions our cookie at all (cheap pre-check before `strip`).
+/// Whether the header mentions our cookie name at all (a cheap pre-check: the name may be part
+/// of another name or a value).
 pub fn mentions(header: &str, name: &str) -> bool {
     header.contains(name)
+}
+
+/// Whether the header holds a pair actually named `name` (what `strip` removes).
+pub fn has(header: &str, name: &str) -> bool {
+    mentions(header, name) && find_all(header, name).next().is_some()
 }
 
 #[cfg(test)]
@@ -117,7 +130,12 @@ mod tests {
             ("a=1; podgate_cap=t; b=2", Some("a=1; b=2")),
             ("podgate_cap=t", None),
             ("podgate_cap=t; podgate_cap=u", None),
-            ("podgate_cap=t;a=1;;b=2 ", Some("a=1; b=2")),
+            ("podgate_cap=t;a=1;;b=2 ", Some("a=1;b=2")),
+            ("a=1;b=2;podgate_cap=t", Some("a=1;b=2")),
+            ("a=1;  b=2 ;podgate_cap=t; c=3", Some("a=1;  b=2 ; c=3")),
+            ("a=1; podgate_cap=t;\tb=2", Some("a=1;\tb=2")),
+            ("podgate_cap=t; podgate_cap=u;a=\"x y\"", Some("a=\"x y\"")),
+            ("  ; ;podgate_cap=t; ", None),
             ("z=9; y=8; podgate_cap=t; x=7", Some("z=9; y=8; x=7")),
             (
                 "podgate_cap2=keep; podgate_cap=t",
@@ -130,5 +148,26 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(strip(input, "podgate_cap").as_deref(), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn a_header_without_a_pair_named_ours_is_not_ours_to_edit() {
+        // The name inside another name, inside a value, as a flag without `=`, in another case.
+        for header in [
+            "xpodgate_cap=1",
+            "podgate_cap2=1",
+            "a=podgate_cap; b=2",
+            "a=podgate_cap=t",
+            "podgate_cap",
+            "PODGATE_CAP=1",
+            "__Host-podgate_cap=1",
+            "a=1;;b=2 ; ",
+            "",
+        ] {
+            assert!(!has(header, "podgate_cap"), "{header:?}");
+            assert_eq!(find_all(header, "podgate_cap").count(), 0, "{header:?}");
+        }
+        assert!(has("a=1; podgate_cap =t", "podgate_cap"));
+        assert!(has("podgate_cap=", "podgate_cap"));
     }
 }

@@ -17,7 +17,7 @@ use crate::host::PodAddr;
 use crate::redirect::{encode_query_value, MAX_NEXT_LEN};
 use crate::reply::Denial;
 use crate::response::PodResponse;
-use crate::token::{TokenError, Verified, MAX_TOKEN_LEN};
+use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
 use crate::wire::HeaderPairs;
 
 /// The request headers the decision reads (besides our own `x-podgate-*`).
@@ -36,8 +36,16 @@ const HEADER_NAMES_READ: [&str; 12] = [
     TOKEN_HEADER,
 ];
 
-/// How many token candidates one request may make us look at (cookie tossing, repeated headers).
-const MAX_CANDIDATES: usize = 4;
+/// How many signatures one request may make us check. Candidates are not limited (a browser
+/// sends every planted cookie of our name): each is first looked up in the verified-token cache
+/// and checked without its signature (`Verifier::precheck`), which is cheap, so the real
+/// capability is found among any number of planted ones, and only the candidates that pass
+/// are worth a signature: those for this very host first.
+pub const MAX_VERIFICATIONS: usize = 2;
+
+/// How many token values that failed verification one worker remembers, so that planted
+/// values cost a signature check once, not on every request.
+const REJECTED_MAX_ENTRIES: usize = 1024;
 
 /// The request headers the decision reads. Every other header passes through untouched, except
 /// client copies of ours, which are listed in `our_header_names`.
@@ -192,11 +200,19 @@ enum Source {
 /// verified and fit `MAX_TOKEN_LEN` are stored; hashing the key with SHA-256 cost 30% of a
 /// cached request). Expiry and revocation are re-checked on every hit, so the cache never
 /// extends a token's life.
+///
+/// Beside it, the values that failed verification, by a keyed hash of the whole value, with
+/// why (never `NotYetValid`, which time can change; every other failure is final for a given
+/// configuration, and a new configuration clears both): a planted value costs one signature
+/// check per worker, not one per request.
 #[derive(Debug, Default)]
 pub struct VerifiedCache {
     entries: HashMap<Box<str>, Rc<Verified>, TailHash>,
+    rejected: HashMap<u64, TokenError, BuildHasherDefault<PremixedHasher>>,
+    rejected_keys: RandomState,
     hits: u64,
     misses: u64,
+    verifications: u64,
 }
 
 impl VerifiedCache {
@@ -214,10 +230,68 @@ impl VerifiedCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.rejected.clear();
     }
 
+    /// `(hits, misses)`: answers from either cache, and signature checks with the cache on.
     pub fn stats(&self) -> (u64, u64) {
         (self.hits, self.misses)
+    }
+
+    /// How many signatures were checked, cache on or off.
+    pub fn verifications(&self) -> u64 {
+        self.verifications
+    }
+
+    /// How many failed values are remembered.
+    pub fn rejected_len(&self) -> usize {
+        self.rejected.len()
+    }
+
+    /// The live verified entry for `token`, or `Expired` (and the entry dropped); `None` if the
+    /// token is not in the cache (or the cache is off).
+    fn verified(
+        &mut self,
+        config: &CompiledConfig,
+        token: &str,
+        now: i64,
+    ) -> Option<Result<Rc<Verified>, TokenError>> {
+        if config.token_cache_entries == 0
+            || token.len() < MIN_TOKEN_LEN
+            || token.len() > MAX_TOKEN_LEN
+        {
+            return None;
+        }
+        let hit = self.entries.get(token)?;
+        self.hits += 1;
+        if now >= hit.expires_at.saturating_add(config.verifier.leeway()) {
+            self.entries.remove(token);
+            return Some(Err(TokenError::Expired));
+        }
+        Some(Ok(Rc::clone(hit)))
+    }
+
+    /// The key of `token` among the rejected values; `None` with the cache off.
+    fn rejected_key(&self, config: &CompiledConfig, token: &str) -> Option<u64> {
+        (config.token_cache_entries > 0).then(|| self.rejected_keys.hash_one(token))
+    }
+
+    /// Why the value of `key` failed verification before, if it did.
+    fn known_bad(&mut self, key: Option<u64>) -> Option<TokenError> {
+        let err = self.rejected.get(&key?)?.clone();
+        self.hits += 1;
+        Some(err)
+    }
+
+    fn reject(&mut self, key: Option<u64>, err: &TokenError) {
+        let Some(key) = key else { return };
+        if *err == TokenError::NotYetValid {
+            return;
+        }
+        if self.rejected.len() >= REJECTED_MAX_ENTRIES {
+            self.rejected.clear();
+        }
+        self.rejected.insert(key, err.clone());
     }
 
     fn insert(&mut self, token: &str, verified: Rc<Verified>, capacity: usize, now: i64) {
@@ -265,7 +339,9 @@ impl Hasher for TailHasher {
     }
 }
 
-/// Verifies one candidate, through the cache.
+/// Verifies one token, through the cache: a value verified or refused before costs nothing,
+/// anything else one signature check (what `choose` does for each candidate, in two passes).
+#[cfg(test)]
 fn check_token(
     config: &CompiledConfig,
     cache: &mut VerifiedCache,
@@ -277,26 +353,49 @@ fn check_token(
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Size);
     }
-    let cache_on = config.token_cache_entries > 0;
-    if cache_on {
-        if let Some(hit) = cache.entries.get(token) {
-            cache.hits += 1;
-            if now >= hit.expires_at.saturating_add(config.verifier.leeway()) {
-                cache.entries.remove(token);
-                return Err(TokenError::Expired);
-            }
-            return Ok(Rc::clone(hit));
-        }
-        cache.misses += 1;
+    if let Some(known) = cache.verified(config, token, now) {
+        return known;
     }
-    let verified = Rc::new(config.verifier.verify(token, now)?);
-    if cache_on {
-        cache.insert(token, Rc::clone(&verified), config.token_cache_entries, now);
+    let key = cache.rejected_key(config, token);
+    if let Some(err) = cache.known_bad(key) {
+        return Err(err);
     }
-    Ok(verified)
+    verify_now(config, cache, token, key, now)
 }
 
-/// Where the capability may be: `podgate-token`, our `Authorization: Bearer`, our cookie.
+/// Checks a token's signature and claims, and remembers the outcome.
+fn verify_now(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    token: &str,
+    key: Option<u64>,
+    now: i64,
+) -> Result<Rc<Verified>, TokenError> {
+    let cache_on = config.token_cache_entries > 0;
+    if cache_on {
+        cache.misses += 1;
+    }
+    cache.verifications += 1;
+    match config.verifier.verify(token, now) {
+        Ok(verified) => {
+            let verified = Rc::new(verified);
+            if cache_on {
+                cache.insert(token, Rc::clone(&verified), config.token_cache_entries, now);
+            }
+            Ok(verified)
+        }
+        Err(err) => {
+            cache.reject(key, &err);
+            Err(err)
+        }
+    }
+}
+
+/// Where the capability may be, in the order they are tried: every `podgate-token`, our
+/// well-formed bearers (not API tokens, which are no capability), then our cookies from the
+/// last to the first. Browsers send cookies with a longer `Path` first, which is the one
+/// ordering a sibling planting cookies of our name controls, so the real cookie (`Path=/`)
+/// tends to be last. Not limited in number: the scan is bounded by the header size.
 fn candidates<'a>(
     config: &'a CompiledConfig,
     req: &Request<'a>,
@@ -307,39 +406,165 @@ fn candidates<'a>(
         out.push((Source::TokenHeader, t.trim()));
     }
     for bearer in bearers {
-        out.push((Source::Bearer, *bearer));
+        if !bearer.starts_with(API_TOKEN_PREFIX) {
+            out.push((Source::Bearer, *bearer));
+        }
     }
-    for header in &req.cookies {
-        if header.len() <= MAX_COOKIE_HEADER_LEN && cookie::mentions(header, &config.cookie_name) {
-            for value in cookie::find_all(header, &config.cookie_name) {
-                out.push((Source::Cookie, value));
+    let name = &config.cookie_name;
+    for header in req.cookies.iter().rev() {
+        if header.len() <= MAX_COOKIE_HEADER_LEN && cookie::mentions(header, name) {
+            let first = out.len();
+            out.extend(cookie::find_all(header, name).map(|v| (Source::Cookie, v)));
+            if let Some(these) = out.get_mut(first..) {
+                these.reverse();
             }
         }
     }
-    out.truncate(MAX_CANDIDATES);
     out
 }
 
-/// Our bearer tokens among every `Authorization` value, including values a proxy joined with
-/// commas (`Bearer a, Bearer b`). A bearer is ours when it looks like our capability.
-fn our_bearers<'a: 'r, 'r>(
-    config: &'r CompiledConfig,
-    req: &'r Request<'a>,
-) -> impl Iterator<Item = &'a str> + 'r {
-    let verifier = &config.verifier;
-    req.authorizations
-        .iter()
-        .flat_map(|value| value.split(','))
-        .filter_map(bearer_value)
-        .filter(move |token| verifier.claims_ours(token))
+/// What one verified capability means for this request.
+enum Verdict {
+    Grant,
+    Elsewhere,
+    Refused(TokenError),
 }
 
-fn bearer_value(authorization: &str) -> Option<&str> {
-    let (scheme, value) = authorization.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| value.trim())
-        .filter(|v| !v.is_empty())
+fn judge(config: &CompiledConfig, v: &Verified, host: &str, pod: &PodAddr) -> Verdict {
+    if config.revoked.contains(&v.claims.jti) {
+        Verdict::Refused(TokenError::Revoked)
+    } else if v.claims.aud == host && v.claims.pod == pod.pod && v.claims.port == pod.port {
+        Verdict::Grant
+    } else {
+        Verdict::Elsewhere
+    }
+}
+
+/// What the candidates came to.
+enum Choice {
+    Granted(Source, Rc<Verified>),
+    /// No grant, and at least one valid capability for another pod or port.
+    ScopedElsewhere,
+    /// No grant; the first reason a candidate was refused.
+    Refused(TokenError),
+}
+
+/// Finds the candidate that grants this request, at a bounded cost: first every candidate is
+/// looked up in the cache (a capability verified before grants at no cost) and, if not there,
+/// prechecked without its signature (garbage, another kind, an unknown key, an expired `exp`
+/// or a value that failed before are refused there); then at most `MAX_VERIFICATIONS`
+/// signatures are checked, the candidates whose unverified `aud` is this host first.
+fn choose(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    found: Vec<(Source, &str)>,
+    pod: &PodAddr,
+    now: i64,
+) -> Choice {
+    let host = config.public_hosts.render(pod);
+    // The refusal reported is that of the earliest candidate refused, whichever pass found
+    // it, so that what the caches held never changes the reason.
+    let mut first_error: Option<(usize, TokenError)> = None;
+    let mut refuse = |at: usize, err: TokenError| {
+        if first_error.as_ref().is_none_or(|(first, _)| at < *first) {
+            first_error = Some((at, err));
+        }
+    };
+    let mut elsewhere = false;
+    let mut here_first = Vec::new();
+    let mut then_elsewhere = Vec::new();
+    for (at, (source, token)) in found.into_iter().enumerate() {
+        let result = match cache.verified(config, token, now) {
+            Some(known) => known,
+            None => match config.verifier.precheck(token, &host, now) {
+                Err(err) => Err(err),
+                Ok(aud_here) => {
+                    let key = cache.rejected_key(config, token);
+                    match cache.known_bad(key) {
+                        Some(err) => Err(err),
+                        None => {
+                            let pending = if aud_here {
+                                &mut here_first
+                            } else {
+                                &mut then_elsewhere
+                            };
+                            pending.push((at, source, token, key));
+                            continue;
+                        }
+                    }
+                }
+            },
+        };
+        match result.map(|v| (judge(config, &v, &host, pod), v)) {
+            Ok((Verdict::Grant, v)) => return Choice::Granted(source, v),
+            Ok((Verdict::Elsewhere, _)) => elsewhere = true,
+            Ok((Verdict::Refused(err), _)) | Err(err) => refuse(at, err),
+        }
+    }
+    let mut checked: Vec<&str> = Vec::with_capacity(MAX_VERIFICATIONS);
+    for (at, source, token, key) in here_first.into_iter().chain(then_elsewhere) {
+        if checked.contains(&token) {
+            // The same value twice (planted duplicates): its outcome is known.
+            continue;
+        }
+        if checked.len() >= MAX_VERIFICATIONS {
+            break;
+        }
+        checked.push(token);
+        let result = verify_now(config, cache, token, key, now);
+        match result.map(|v| (judge(config, &v, &host, pod), v)) {
+            Ok((Verdict::Grant, v)) => return Choice::Granted(source, v),
+            Ok((Verdict::Elsewhere, _)) => elsewhere = true,
+            Ok((Verdict::Refused(err), _)) | Err(err) => refuse(at, err),
+        }
+    }
+    if elsewhere {
+        Choice::ScopedElsewhere
+    } else {
+        Choice::Refused(first_error.map_or(TokenError::Malformed, |(_, err)| err))
+    }
+}
+
+/// Our tokens among every `Authorization` value, including values a proxy joined with commas
+/// (`Bearer a, Bearer b`). Each comma-separated element that holds one of our tokens of any
+/// kind, in any form (`token::mentions_ours`), must be exactly one well-formed
+/// `Bearer <token>`: then its token is returned (a capability among them is a candidate, and
+/// every one is stripped). Any other form (no scheme, another scheme, a tab, trailing words,
+/// quotes) is refused: nothing is forwarded, and the client is told how to send it. Elements
+/// that hold none of ours are the pod app's and pass untouched.
+fn our_bearers<'a>(req: &Request<'a>) -> Result<Vec<&'a str>, Denial> {
+    let mut ours = Vec::new();
+    for value in &req.authorizations {
+        // One pass over a value with none of ours (the app's own credentials, the common case).
+        if !token::mentions_ours(value) {
+            continue;
+        }
+        for element in value.split(',') {
+            if !token::mentions_ours(element) {
+                continue;
+            }
+            match bearer_value(element) {
+                Some(token) if token::looks_like_ours(token) => ours.push(token),
+                _ => return Err(Denial::MalformedAuthorization),
+            }
+        }
+    }
+    Ok(ours)
+}
+
+/// The token of a well-formed `Bearer` credential (RFC 6750 section 2.1: the scheme in any
+/// case, one or more spaces, a token68), optional spaces or tabs around it.
+fn bearer_value(element: &str) -> Option<&str> {
+    let (scheme, value) = element
+        .trim_matches(|c| c == ' ' || c == '\t')
+        .split_once(' ')?;
+    let value = value.trim_start_matches(' ');
+    let body = value.trim_end_matches('=');
+    let token68 = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+    (scheme.eq_ignore_ascii_case("bearer") && token68).then_some(value)
 }
 
 /// Removes client copies of our headers and our credentials; shared by both forward paths.
@@ -362,12 +587,20 @@ fn strip_edits(
         edits.push(HeaderEdit::Remove("authorization".to_owned()));
     }
     let name = &config.cookie_name;
-    if req.cookies.iter().any(|h| cookie::mentions(h, name)) {
-        // Several Cookie headers become one, without ours, the others in order.
+    // Only a pair actually named ours is a reason to touch the header: otherwise the pod gets
+    // it exactly as the client sent it.
+    if req.cookies.iter().any(|h| cookie::has(h, name)) {
+        // Several Cookie headers become one, without ours, the others in order and unchanged.
         let rest: Vec<String> = req
             .cookies
             .iter()
-            .filter_map(|h| cookie::strip(h, name))
+            .filter_map(|h| {
+                if cookie::has(h, name) {
+                    cookie::strip(h, name)
+                } else {
+                    Some((*h).to_owned()).filter(|h| !h.trim().is_empty())
+                }
+            })
             .collect();
         if rest.is_empty() {
             edits.push(HeaderEdit::Remove("cookie".to_owned()));
@@ -420,7 +653,10 @@ fn decide_counting(
         Ok(pod) => pod,
         Err(err) => return (Decision::Deny(Denial::BadHost(err)), 0),
     };
-    let bearers: Vec<&str> = our_bearers(config, req).collect();
+    let bearers = match our_bearers(req) {
+        Ok(bearers) => bearers,
+        Err(denial) => return (Decision::Deny(denial), 0),
+    };
 
     if req.path.starts_with(RESERVED_PREFIX) {
         // The control plane's callback: the host is validated, no token needed, the pod never
@@ -453,38 +689,18 @@ fn decide_counting(
         );
     }
 
-    let mut first_error = None;
-    let mut scoped_elsewhere = false;
-    let mut granted = None;
-    let host = config.public_hosts.render(&pod);
-    for (source, token) in found {
-        match check_token(config, cache, token, now) {
-            Ok(v) if config.revoked.contains(&v.claims.jti) => {
-                first_error.get_or_insert(TokenError::Revoked);
-            }
-            Ok(v) => {
-                if v.claims.aud == host && v.claims.pod == pod.pod && v.claims.port == pod.port {
-                    granted = Some((source, v));
-                    break;
-                }
-                scoped_elsewhere = true;
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+    let (source, verified) = match choose(config, cache, found, &pod, now) {
+        Choice::Granted(source, verified) => (source, verified),
+        Choice::ScopedElsewhere => return (Decision::Deny(Denial::WrongScope), looked_at),
+        Choice::Refused(reason) => {
+            return (
+                Decision::Deny(Denial::InvalidCapability {
+                    reason,
+                    redirect: redirect(),
+                }),
+                looked_at,
+            )
         }
-    }
-    let Some((source, verified)) = granted else {
-        if scoped_elsewhere {
-            return (Decision::Deny(Denial::WrongScope), looked_at);
-        }
-        return (
-            Decision::Deny(Denial::InvalidCapability {
-                reason: first_error.unwrap_or(TokenError::Malformed),
-                redirect: redirect(),
-            }),
-            looked_at,
-        );
     };
 
     if source == Source::Cookie {

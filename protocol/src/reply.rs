@@ -18,6 +18,9 @@ pub enum Denial {
     MalformedHeader(&'static str),
     /// 400: a header name is not valid UTF-8 (Envoy's codecs normally refuse these first).
     MalformedHeaderName,
+    /// 400: an `Authorization` value holds one of our tokens, but not as one well-formed
+    /// `Bearer <token>` credential; refused rather than guessed at, so it never reaches the pod.
+    MalformedAuthorization,
     /// 401 (or a redirect for a browser page load): no capability at all.
     NoCapability { redirect: Option<String> },
     /// 401 (or a redirect): a capability that failed verification.
@@ -67,6 +70,7 @@ impl Denial {
         match self {
             Denial::BadHost(_) => "bad_host",
             Denial::MalformedHeader(_) | Denial::MalformedHeaderName => "malformed_header",
+            Denial::MalformedAuthorization => "malformed_authorization",
             Denial::NoCapability { .. } => "no_capability",
             Denial::InvalidCapability { .. } => "invalid_capability",
             Denial::WrongScope => "wrong_scope",
@@ -81,9 +85,10 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 12] = [
+    pub const ALL_REASONS: [&'static str; 13] = [
         "bad_host",
         "malformed_header",
+        "malformed_authorization",
         "no_capability",
         "invalid_capability",
         "wrong_scope",
@@ -113,6 +118,11 @@ impl Denial {
                 400,
                 "Malformed request: a header name is not valid UTF-8".into(),
                 None,
+            ),
+            Denial::MalformedAuthorization => (
+                400,
+                "Malformed Authorization header: it carries a podgate token, but not as one 'Bearer <token>' credential".into(),
+                Some("send exactly 'Authorization: Bearer <token>' (the scheme, one space, the bare token: no quotes, tabs or other words), or the token alone as 'podgate-token: <token>'"),
             ),
             Denial::NoCapability { .. } => (
                 401,

@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 /// The longest token we are willing to parse; real ones are well under 1 KiB.
 pub const MAX_TOKEN_LEN: usize = 4096;
+/// Shorter than any token a verifier accepts (its signature alone is 43 or 86 characters, its
+/// header names a `typ` and a `kid`), so a shorter value is refused before any parsing or
+/// hashing: planted junk costs next to nothing however much of it there is.
+pub const MIN_TOKEN_LEN: usize = 64;
 /// Shortest HMAC secret accepted (256 bits).
 pub const MIN_HMAC_SECRET_LEN: usize = 32;
 /// Hard upper bound for a login ticket's lifetime.
@@ -38,6 +42,9 @@ pub enum TokenKind {
 }
 
 impl TokenKind {
+    /// Every kind; `looks_like_ours` knows a token of any of them by its `kid` prefix.
+    pub const ALL: [TokenKind; 2] = [TokenKind::LoginTicket, TokenKind::Capability];
+
     /// The explicit `typ` header value of this kind.
     pub const fn typ(self) -> &'static str {
         match self {
@@ -55,6 +62,156 @@ impl TokenKind {
     }
 }
 
+/// Every `typ` podgate mints starts with this (`podgate-<kind>+jwt`), so a kind added later is
+/// known as ours by `looks_like_ours` even before it is listed in `TokenKind::ALL`.
+pub const TYP_PREFIX: &str = "podgate-";
+/// API tokens are opaque `pg_<id>_<secret>`.
+pub const API_TOKEN_PREFIX: &str = "pg_";
+/// The shortest value taken for an API token (real ones are 80 characters): shorter `pg_...`
+/// words, such as a user name in another scheme's parameters, are not ours.
+pub const MIN_API_TOKEN_LOOKALIKE_LEN: usize = 20;
+/// The longest protected header `looks_like_ours` decodes; ours are about 100 bytes.
+const MAX_LOOKALIKE_HEADER_LEN: usize = 1024;
+
+/// Whether one word (a run of token characters taken out of a credential header) is one of
+/// podgate's tokens of any kind: a `pg_` API token, or a JWS (three segments) whose protected
+/// header names a podgate `typ` (any kind, any casing) or a `kid` with one of our key-kind
+/// prefixes. No signature check, no key set: a forged or expired token of ours is still ours.
+pub fn looks_like_ours(word: &str) -> bool {
+    if looks_like_api_token(word) {
+        return true;
+    }
+    let mut segments = word.split('.');
+    match (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) {
+        (Some(header), Some(_), Some(_), None) => header_is_ours(header),
+        _ => false,
+    }
+}
+
+/// `pg_` and at least `MIN_API_TOKEN_LOOKALIKE_LEN` characters of the API token alphabet.
+fn looks_like_api_token(word: &str) -> bool {
+    word.len() >= MIN_API_TOKEN_LOOKALIKE_LEN
+        && word
+            .strip_prefix(API_TOKEN_PREFIX)
+            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
+/// Whether a base64url segment is the protected header of one of our tokens. Cost: one decode
+/// and JSON parse of at most `MAX_LOOKALIKE_HEADER_LEN` bytes, and only for a segment that
+/// starts like our compact JSON headers: `{"` and a first key starting with a letter encode as
+/// `eyJ` (what `mentions_ours` searches for).
+fn header_is_ours(segment: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(default)]
+        typ: Option<serde_json::Value>,
+        #[serde(default)]
+        kid: Option<serde_json::Value>,
+    }
+    if !segment.starts_with("eyJ") || segment.len() > MAX_LOOKALIKE_HEADER_LEN {
+        return false;
+    }
+    let Ok(json) = B64.decode(segment) else {
+        return false;
+    };
+    let Ok(peek) = serde_json::from_slice::<Peek>(&json) else {
+        return false;
+    };
+    let typ_ours = peek
+        .typ
+        .as_ref()
+        .and_then(|t| t.as_str())
+        .and_then(|t| t.get(..TYP_PREFIX.len()))
+        .is_some_and(|p| p.eq_ignore_ascii_case(TYP_PREFIX));
+    let kid_ours = peek
+        .kid
+        .as_ref()
+        .and_then(|k| k.as_str())
+        .is_some_and(|kid| {
+            TokenKind::ALL
+                .iter()
+                .any(|kind| kid.starts_with(kind.kid_prefix()))
+        });
+    typ_ours || kid_ours
+}
+
+/// The characters of one segment of a JWS compact token (base64url) and of an API token.
+fn is_segment_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// Whether `text` holds one of our tokens in any form: a segment (a maximal run of base64url
+/// characters, so whatever surrounds it: quotes, spaces, tabs, commas, `=`, dots, another
+/// scheme) that is an API token or one of our protected headers. So a token of ours with bytes
+/// glued on after it counts too. Our protected headers are JSON objects, so they start with
+/// `eyJ`; API tokens start with `pg_`. The bytes are searched eight at a time for the `J` and
+/// the `_` of those prefixes (this runs on every `Authorization` value the filter sees); only a
+/// segment that starts with one of the two prefixes is looked at further, each once.
+pub fn mentions_ours(text: &str) -> bool {
+    let (blocks, _) = text.as_bytes().as_chunks::<16>();
+    let mut at = 0;
+    for block in blocks {
+        let (low, high) = block.split_at(8);
+        let marked = [low, high].iter().any(|half| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(half);
+            has_marker(u64::from_le_bytes(word))
+        });
+        if marked && (at..at + 16).any(|i| ours_ends_prefix_at(text, i)) {
+            return true;
+        }
+        at += 16;
+    }
+    (at..text.len()).any(|i| ours_ends_prefix_at(text, i))
+}
+
+/// Whether a byte of `word` is `J` or `_` (the zero-byte test of "Bit Twiddling Hacks", for
+/// both bytes at once).
+fn has_marker(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let j = word ^ ONES.wrapping_mul(u64::from(b'J'));
+    let underscore = word ^ ONES.wrapping_mul(u64::from(b'_'));
+    ((j.wrapping_sub(ONES) & !j) | (underscore.wrapping_sub(ONES) & !underscore)) & HIGHS != 0
+}
+
+/// Whether the byte at `at` ends the prefix (`eyJ` or `pg_`) of a segment of `text` that is
+/// one of our tokens' (`looks_like_api_token`, `header_is_ours`).
+fn ours_ends_prefix_at(text: &str, at: usize) -> bool {
+    let bytes = text.as_bytes();
+    let prefix: &[u8] = match bytes.get(at) {
+        Some(b'J') => b"ey",
+        Some(b'_') => b"pg",
+        _ => return false,
+    };
+    let Some(start) = at.checked_sub(2) else {
+        return false;
+    };
+    if bytes.get(start..at) != Some(prefix) {
+        return false;
+    }
+    let follows_segment = start
+        .checked_sub(1)
+        .and_then(|before| bytes.get(before))
+        .is_some_and(|b| is_segment_byte(*b));
+    if follows_segment {
+        return false;
+    }
+    let len = bytes.get(start..).map_or(0, |rest| {
+        rest.iter()
+            .take(MAX_LOOKALIKE_HEADER_LEN + 1)
+            .take_while(|b| is_segment_byte(**b))
+            .count()
+    });
+    let segment = text.get(start..start + len).unwrap_or_default();
+    looks_like_api_token(segment) || header_is_ours(segment)
+}
+
 /// Signing algorithms podgate supports. EdDSA is the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Alg {
@@ -64,6 +221,14 @@ pub enum Alg {
 }
 
 impl Alg {
+    /// The length of a signature: Ed25519 and P-256 (`r || s`) are 64 bytes, HMAC-SHA256 32.
+    pub const fn signature_len(self) -> usize {
+        match self {
+            Alg::EdDSA | Alg::ES256 => 64,
+            Alg::HS256 => 32,
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Alg::EdDSA => "EdDSA",
@@ -552,11 +717,17 @@ impl Verifier {
                 .is_some_and(|kid| self.keys.contains_key(kid))
     }
 
-    /// Verifies signature and claims at `now` (unix seconds). Scope (pod, port, aud) is the
-    /// caller's to check, because the answer for a wrong scope differs from a bad token.
-    pub fn verify(&self, token: &str, now: i64) -> Result<Verified, TokenError> {
+    /// Parses a token and checks everything about it that needs no signature check: size,
+    /// format, `typ`, header fields, `kid` and algorithm, exactly as `verify` does.
+    fn parse<'t>(
+        &self,
+        token: &'t str,
+    ) -> Result<(UntrustedToken<'t, ExtraHeader>, &VerifyingKey), TokenError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Size);
+        }
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(TokenError::Malformed);
         }
         let untrusted =
             UntrustedToken::<ExtraHeader>::try_from(token).map_err(|_| TokenError::Malformed)?;
@@ -580,6 +751,41 @@ impl Verifier {
         if untrusted.algorithm() != key.alg.name() {
             return Err(TokenError::AlgorithmMismatch);
         }
+        Ok((untrusted, key))
+    }
+
+    /// The checks that cost no signature, for choosing which candidates are worth one: every
+    /// check of `verify` before the signature, the signature's length, then the unverified
+    /// claims. `Err` only when `verify` would refuse the token too: a format, header, key or
+    /// signature-length error, claims that do not decode, or an `exp` already past with the
+    /// leeway. `Ok(true)` when the unverified `aud` is `audience`, `Ok(false)` otherwise (the
+    /// token may still be a valid one for another host, which `verify` would tell).
+    pub fn precheck(&self, token: &str, audience: &str, now: i64) -> Result<bool, TokenError> {
+        #[derive(Deserialize)]
+        struct Audience {
+            #[serde(default)]
+            aud: Option<serde_json::Value>,
+        }
+        let (untrusted, key) = self.parse(token)?;
+        if untrusted.signature_bytes().len() != key.alg.signature_len() {
+            return Err(TokenError::BadSignature);
+        }
+        let claims = untrusted
+            .deserialize_claims_unchecked::<Audience>()
+            .map_err(|_| TokenError::BadClaims)?;
+        if let Some(exp) = claims.expiration {
+            if now >= exp.timestamp().saturating_add(self.leeway) {
+                return Err(TokenError::Expired);
+            }
+        }
+        Ok(claims.custom.aud.as_ref().and_then(|a| a.as_str()) == Some(audience))
+    }
+
+    /// Verifies signature and claims at `now` (unix seconds). Scope (pod, port, aud) is the
+    /// caller's to check, because the answer for a wrong scope differs from a bad token.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Verified, TokenError> {
+        let (untrusted, key) = self.parse(token)?;
+        let kid = untrusted.header().key_id.as_deref().unwrap_or_default();
         let claims = match &key.material {
             VerifyingMaterial::Ed25519(pk) => Ed25519
                 .validator::<WireClaims>(pk)
@@ -684,7 +890,7 @@ pub(crate) mod tests {
         token.split('.').map(str::to_owned).collect()
     }
 
-    fn with_header(token: &str, header: serde_json::Value) -> String {
+    pub fn with_header(token: &str, header: serde_json::Value) -> String {
         let s = segments(token);
         format!("{}.{}.{}", b64(header.to_string().as_bytes()), s[1], s[2])
     }
@@ -750,6 +956,128 @@ pub(crate) mod tests {
         let forged = mint(TokenKind::Capability, &tkt_key, &claims(), NOW, 60).unwrap();
         assert_eq!(caps.verify(&forged, NOW), Err(TokenError::UnknownKey));
         assert!(!caps.claims_ours("not-a-token"));
+    }
+
+    #[test]
+    fn every_kind_and_api_tokens_look_like_ours_and_foreign_tokens_do_not() {
+        for kind in TokenKind::ALL {
+            assert!(kind.typ().starts_with(TYP_PREFIX), "{kind:?}");
+            let t = mint(kind, &ed_key(kind, 1), &claims(), NOW, 60).unwrap();
+            assert!(looks_like_ours(&t), "{kind:?}");
+            // Forged, expired or of an unknown key: still ours.
+            let s = segments(&t);
+            assert!(looks_like_ours(&format!("{}.{}.AAAA", s[0], s[1])));
+            for (typ, kid) in [
+                (Some(kind.typ().to_uppercase()), None),
+                (None, Some(format!("{}unknown", kind.kid_prefix()))),
+                (
+                    Some("podgate-future+jwt".to_owned()),
+                    Some("new-1".to_owned()),
+                ),
+            ] {
+                let h = serde_json::json!({"alg": "EdDSA", "typ": typ, "kid": kid});
+                assert!(looks_like_ours(&with_header(&t, h.clone())), "{h}");
+            }
+            // Glued into other text, or with bytes after it: mentioned, but not one token.
+            for text in [
+                format!("\"{t}\""),
+                format!("x={t};"),
+                format!("Bearer\t{t}"),
+                format!("{t}."),
+                format!("{t}x.y"),
+            ] {
+                assert!(mentions_ours(&text), "{text:.40}");
+            }
+            assert!(!looks_like_ours(&format!("{t}.")));
+            // Not our compact header (a first key that does not start with a letter): neither
+            // check takes it, so they never disagree.
+            let odd = with_header(&t, serde_json::json!({"1": 1, "typ": kind.typ()}));
+            assert!(!looks_like_ours(&odd) && !mentions_ours(&odd));
+        }
+        let api = format!("pg_{}_{}", "0".repeat(24), "a".repeat(52));
+        assert!(looks_like_ours(&api));
+        assert!(mentions_ours(&format!("token=\"{api}\"")));
+        // Foreign: another issuer's JWT, Basic, a short `pg_` word, garbage.
+        let foreign = with_header(
+            &mint(
+                TokenKind::Capability,
+                &ed_key(TokenKind::Capability, 1),
+                &claims(),
+                NOW,
+                60,
+            )
+            .unwrap(),
+            serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "app-key-1"}),
+        );
+        for text in [
+            foreign.as_str(),
+            "Basic dXNlcjpwYXNzd29yZA==",
+            "Digest username=\"pg_bob\", realm=\"x\"",
+            "pg_",
+            "eyJ.eyJ.eyJ",
+            "",
+            "...",
+        ] {
+            assert!(!mentions_ours(text), "{text:.40}");
+            assert!(!looks_like_ours(text), "{text:.40}");
+        }
+    }
+
+    #[test]
+    fn precheck_refuses_only_what_verify_refuses_and_reads_the_audience() {
+        let kind = TokenKind::Capability;
+        let key = ed_key(kind, 1);
+        let v = verifier(kind, &[&key]);
+        let t = mint(kind, &key, &claims(), NOW, 600).unwrap();
+        let aud = claims().aud;
+        assert_eq!(v.precheck(&t, &aud, NOW), Ok(true));
+        assert_eq!(v.precheck(&t, "other.example.dev", NOW), Ok(false));
+        // A bad signature passes the precheck: only `verify` can tell.
+        let s = segments(&t);
+        let forged = format!("{}.{}.{}", s[0], s[1], b64(&[7u8; 64]));
+        assert_eq!(v.precheck(&forged, &aud, NOW), Ok(true));
+        assert_eq!(v.verify(&forged, NOW), Err(TokenError::BadSignature));
+        // Expired (with the leeway): refused without a signature check.
+        assert_eq!(v.precheck(&t, &aud, NOW + 629), Ok(true));
+        assert_eq!(v.precheck(&t, &aud, NOW + 630), Err(TokenError::Expired));
+        let ticket = mint(
+            TokenKind::LoginTicket,
+            &ed_key(TokenKind::LoginTicket, 1),
+            &claims(),
+            NOW,
+            60,
+        )
+        .unwrap();
+        // Too short to be any token a verifier accepts, even with our typ.
+        let typ_only = b64(br#"{"typ":"podgate-cap+jwt"}"#);
+        let short = format!(
+            "{typ_only}.e30.{}",
+            "A".repeat(MIN_TOKEN_LEN - typ_only.len() - 6)
+        );
+        assert_eq!(short.len(), MIN_TOKEN_LEN - 1);
+        for (token, err) in [
+            ("", TokenError::Size),
+            ("x.y.z", TokenError::Malformed),
+            (short.as_str(), TokenError::Malformed),
+            (
+                ticket.as_str(),
+                TokenError::WrongType {
+                    expected: kind.typ(),
+                },
+            ),
+        ] {
+            assert_eq!(
+                v.precheck(token, &aud, NOW),
+                Err(err.clone()),
+                "{token:.40}"
+            );
+            assert_eq!(v.verify(token, NOW), Err(err), "{token:.40}");
+        }
+        let unknown = with_header(
+            &t,
+            serde_json::json!({"alg": "EdDSA", "typ": kind.typ(), "kid": "cap-other"}),
+        );
+        assert_eq!(v.precheck(&unknown, &aud, NOW), Err(TokenError::UnknownKey));
     }
 
     #[test]
