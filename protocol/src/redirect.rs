@@ -23,8 +23,9 @@ pub fn is_safe_next(input: &str) -> bool {
 /// non-ASCII characters, `%00`, `%09`, `%0A`, `%0D` anywhere); in the path part, an encoded
 /// slash or backslash (`%2F`, `%5C`), an encoded percent (`%25`: a second decoding could make
 /// any of these), a byte that only starts an overlong UTF-8 encoding (`%C0`, `%C1`), a `%` that
-/// starts no escape, and `;` parameters on an empty or dot segment (`/..;/`, `/;x/`); a path on
-/// the reserved prefix (`path::is_reserved`), which is never a place to land.
+/// starts no escape, and `;` parameters (raw or `%3B`) on an empty or dot segment (`/..;/`,
+/// `/;x/`, `/%3Bx/`); a path on the reserved prefix (`path::is_reserved`), which is never a
+/// place to land.
 ///
 /// Normalised, the way Envoy normalises a request path: `%2E` decoded, `.` and `..` segments
 /// resolved and doubled slashes merged, so no later normalisation of the result can turn it
@@ -108,8 +109,15 @@ fn canonical_path(path: &str) -> Option<String> {
             ".." => {
                 segments.pop();
             }
-            _ if segment.contains(';') => {
-                let name = segment.split(';').next().unwrap_or_default();
+            _ if segment.contains(';') || segment.to_ascii_lowercase().contains("%3b") => {
+                // The name before `;`, raw or encoded (a server may decode before it splits).
+                let lower = segment.to_ascii_lowercase();
+                let end = [lower.find(';'), lower.find("%3b")]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(segment.len());
+                let name = segment.get(..end).unwrap_or_default();
                 if matches!(name, "" | "." | "..") {
                     // Servers that drop `;` parameters would read this as a dot segment or an
                     // empty one: no canonical form means the same to all of them.
@@ -293,6 +301,9 @@ mod tests {
         ("/.;/evil.com", None),
         ("/;x/evil.com", None),
         ("/a/;/evil.com", None),
+        ("/%3bv/evil.com", None),
+        ("/..%3B/evil.com", None),
+        ("/a%3Bb/c", Some("/a%3Bb/c")),
         // The reserved prefix is never a place to land, in any spelling.
         ("/.podgate/callback?ticket=t", None),
         ("/.podgate/logout", None),
