@@ -9,7 +9,8 @@
 //! Input formats (seeds in `fuzz/corpus/<target>/`):
 //! - `host`: the bytes are an authority; if they are `template\ndomain\nauthority`, that
 //!   template is compiled and tried too.
-//! - `cookie`, `redirect`: the bytes are the header value / `next` (lossy UTF-8).
+//! - `cookie`, `redirect`: the bytes are the header value / `next` (lossy UTF-8); for
+//!   `redirect` they are also the request path `path::is_reserved` classifies (raw bytes).
 //! - `token`: first byte picks the mode (`'0'`: verify the rest at a fixed time, `'1'`: 8 bytes
 //!   of clock then the token, `'2'`: mutate a minted token, `'3'`: the rest is a JWKS).
 //! - `gate` and `filter_wasm`: a flags byte, a selector byte, then header lines `name:value`
