@@ -528,6 +528,59 @@ fn forged_forwarding_headers_never_reach_a_pod_or_the_control_plane() {
     });
 }
 
+#[test]
+fn malformed_forwarding_header_lines_never_smuggle_a_claim() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let listener = stack.client.listener();
+        // Raw header lines a lenient parser might read as a forwarding header.
+        for line in [
+            "x-forwarded-for : 10.0.0.1",
+            "x-forwarded-for\t: 10.0.0.1",
+            "x-real-ip:\r\n 10.0.0.1",
+            "x-forwarded-host: ok\r\n\tlocalhost-8726-pod-beta.localhost",
+            " x-forwarded-for: 10.0.0.1",
+            "x_forwarded_for: 10.0.0.1",
+            "x-forwarded-for: 10.0.0.1\rx-real-ip: 10.0.0.1",
+        ] {
+            stack.reset();
+            // Logged to show which way Envoy took each.
+            let request = format!(
+                "GET / HTTP/1.1\r\nhost: {}\r\npodgate-token: {token}\r\n{line}\r\nconnection: close\r\n\r\n",
+                alpha_host()
+            );
+            let answer = exchange(listener, &request).await;
+            eprintln!("{line:?}: {:?}", answer.as_ref().map(|a| a.status));
+            match answer {
+                Some(answer) if answer.status == 200 => {
+                    let seen = only_request_to(&stack, stack.alpha, line);
+                    assert_eq!(
+                        seen.header_all("x-forwarded-for"),
+                        vec!["127.0.0.1"],
+                        "{line:?}"
+                    );
+                    for (name, value) in &seen.headers {
+                        assert!(
+                            !value.contains("10.0.0.1") && !value.contains("pod-beta"),
+                            "{line:?}: {name}: {value} reached the pod"
+                        );
+                    }
+                }
+                other => {
+                    let status = other.as_ref().map(|a| a.status);
+                    // Refused by Envoy (400), or folded into the token header (401).
+                    assert!(
+                        matches!(status, None | Some(400) | Some(401)),
+                        "{line:?}: {other:?}"
+                    );
+                    assert_nothing_forwarded(&stack, line);
+                }
+            }
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // The reserved prefix in every spelling: a ticket never reaches a pod, never lands in a `next`
 
