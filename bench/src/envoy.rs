@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::pin::Placement;
+use podgate_protocol::config::CLIENT_FORWARDING_HEADERS;
 
 /// Envoy must be up (admin address written, listener bound) within this.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -273,6 +274,16 @@ pub fn listener(port: u16, route: &Route<'_>, filters: Vec<Value>) -> Value {
                 "codec_type": "AUTO",
                 "route_config": {
                     "name": "bench",
+                    // What every shipped config does to forwarding headers, so each figure
+                    // includes it.
+                    "request_headers_to_add": [{
+                        "header": {
+                            "key": "x-forwarded-for",
+                            "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+                        },
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
+                    }],
+                    "request_headers_to_remove": CLIENT_FORWARDING_HEADERS,
                     "virtual_hosts": [{
                         "name": "all",
                         "domains": ["*"],

@@ -102,6 +102,17 @@ fn main() {
         ("crlf", "/ok\r\nSet-Cookie: a=b"),
         ("ideographic-space", "/\u{3000}evil"),
         ("bom", "\u{FEFF}/x"),
+        ("dot-double-slash", "/.//evil.com"),
+        ("dotdot-double-slash", "/a/..//evil.com"),
+        ("encoded-dotdot", "/%2e%2e//evil"),
+        ("dot-encoded-slash", "/./%2Fevil.com"),
+        ("dotdot-param", "/..;/evil.com"),
+        ("double-encoded", "/%252e%252e//evil"),
+        ("ticket-param", "/app?a=1&TICKET=t;b=2#f"),
+        ("reserved-upper", "/.PODGATE/callback?ticket=t"),
+        ("reserved-encoded", "/x/..;/%2Epodgate%2Fcallback"),
+        ("reserved-trailing", "/.podgate.%20/x"),
+        ("reserved-backslash", "/a\\..\\.podgate"),
     ] {
         write("redirect", name, next.as_bytes());
     }

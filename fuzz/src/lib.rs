@@ -9,7 +9,8 @@
 //! Input formats (seeds in `fuzz/corpus/<target>/`):
 //! - `host`: the bytes are an authority; if they are `template\ndomain\nauthority`, that
 //!   template is compiled and tried too.
-//! - `cookie`, `redirect`: the bytes are the header value / `next` (lossy UTF-8).
+//! - `cookie`, `redirect`: the bytes are the header value / `next` (lossy UTF-8); for
+//!   `redirect` they are also the request path `path::is_reserved` classifies (raw bytes).
 //! - `token`: first byte picks the mode (`'0'`: verify the rest at a fixed time, `'1'`: 8 bytes
 //!   of clock then the token, `'2'`: mutate a minted token, `'3'`: the rest is a JWKS).
 //! - `gate` and `filter_wasm`: a flags byte, a selector byte, then header lines `name:value`
@@ -27,7 +28,7 @@ use std::sync::OnceLock;
 
 use podgate_protocol::config::{
     CompiledConfig, FilterConfig, PodEntry, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, HEADER_PREFIX,
-    RESERVED_PREFIX, UPSTREAM_HEADER, USER_HEADER,
+    UPSTREAM_HEADER, USER_HEADER,
 };
 use podgate_protocol::cookie;
 use podgate_protocol::gate::{
@@ -281,10 +282,28 @@ fn check_cookie(header: &str, name: &str) {
 
 /// `redirect`: arbitrary bytes as a `next` target.
 pub fn redirect(data: &[u8]) {
+    // The reserved-path classifier, against a plain reference that allocates.
+    assert_eq!(
+        podgate_protocol::path::is_reserved(data),
+        reserved_reference(data),
+        "is_reserved({:?})",
+        String::from_utf8_lossy(data)
+    );
+
     let input = String::from_utf8_lossy(data);
+    let canonical = redirect::canonical_next(&input);
     let out = redirect::safe_next(&input);
-    assert!(out == input || out == "/", "safe_next({input:?}) = {out:?}");
-    assert_eq!(redirect::is_safe_next(&input), out == input || input == "/");
+    assert_eq!(
+        Some(out.as_str()).filter(|_| canonical.is_some()),
+        canonical.as_deref()
+    );
+    if canonical.is_none() {
+        assert_eq!(out, "/", "refused {input:?} but got {out:?}");
+    }
+    assert_eq!(
+        redirect::is_safe_next(&input),
+        canonical.as_deref() == Some(&*input)
+    );
     assert!(out.starts_with('/'), "{out:?}");
     assert!(
         !out.starts_with("//") && !out.starts_with("/\\"),
@@ -297,12 +316,51 @@ pub fn redirect(data: &[u8]) {
     assert!(!out.contains('\\'), "{out:?}");
     assert!(out.len() <= redirect::MAX_NEXT_LEN);
     let lower = out.to_ascii_lowercase();
-    for bad in ["%0a", "%0d", "%00"] {
+    for bad in ["%0a", "%0d", "%00", "%09"] {
         assert!(!lower.contains(bad), "{out:?}");
     }
-    for bad in ["/%2f", "/%5c"] {
-        assert!(!lower.starts_with(bad), "{out:?}");
+    let path_end = out.find(['?', '#']).unwrap_or(out.len());
+    let (path, after) = out.split_at(path_end);
+    let lower_path = path.to_ascii_lowercase();
+    for bad in ["%2f", "%5c", "%25", "%2e", "%c0", "%c1"] {
+        assert!(!lower_path.contains(bad), "{bad} in the path of {out:?}");
     }
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (n, segment) in segments.iter().enumerate() {
+        assert!(
+            !matches!(*segment, "." | "..") && (!segment.is_empty() || n + 1 == segments.len()),
+            "{out:?} is not canonical"
+        );
+    }
+    // The path a browser sends for it (the fragment stays in the browser).
+    assert!(!reserved_reference(path.as_bytes()), "{out:?} is reserved");
+    if let Some(query) = after.strip_prefix('?') {
+        let query = query.split('#').next().unwrap_or_default();
+        for piece in query.split(['&', ';']) {
+            let name = piece
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .replace('+', " ");
+            let name = String::from_utf8_lossy(&lenient_decode(name.as_bytes())).to_string();
+            assert!(
+                !name.trim().eq_ignore_ascii_case("ticket"),
+                "a ticket parameter in {out:?}"
+            );
+        }
+    }
+    // What a later hop could make of it: decode everything once, backslashes as slashes, `;`
+    // parameters dropped, dot segments removed (RFC 3986): still a path of this host.
+    let decoded = String::from_utf8_lossy(&lenient_decode(path.as_bytes())).replace('\\', "/");
+    let unparam: Vec<&str> = decoded
+        .split('/')
+        .map(|s| s.split(';').next().unwrap_or_default())
+        .collect();
+    let later = remove_dot_segments(&unparam.join("/"));
+    assert!(
+        !later.starts_with("//"),
+        "{out:?} becomes {later:?} after a later normalisation"
+    );
     assert_eq!(
         redirect::safe_next(&out),
         out,
@@ -318,6 +376,83 @@ pub fn redirect(data: &[u8]) {
         "{encoded:?}"
     );
     assert_eq!(percent_decode(&encoded), input.as_bytes(), "{encoded:?}");
+}
+
+/// `path::is_reserved` written plainly: decode once, split at `/` and `\\`, cut each name at
+/// `;`, `#`, `?` or NUL, drop trailing dots and spaces, compare with `.podgate` without case.
+pub fn reserved_reference(path: &[u8]) -> bool {
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    lenient_decode(path)
+        .split(|&b| b == b'/' || b == b'\\')
+        .any(|segment| {
+            let name = segment
+                .split(|&b| matches!(b, b';' | b'#' | b'?' | 0))
+                .next()
+                .unwrap_or_default();
+            let mut name = name;
+            while let [rest @ .., b'.' | b' '] = name {
+                name = rest;
+            }
+            name.eq_ignore_ascii_case(b".podgate")
+        })
+}
+
+/// One percent-decoding; a `%` that starts no escape stays as it is.
+fn lenient_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match escape {
+            Some((high, low)) => {
+                out.push((high << 4 | low) as u8);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// RFC 3986 section 5.2.4.
+fn remove_dot_segments(path: &str) -> String {
+    let mut input = path;
+    let mut output = String::new();
+    let pop = |output: &mut String| match output.rfind('/') {
+        Some(at) => output.truncate(at),
+        None => output.clear(),
+    };
+    while !input.is_empty() {
+        if let Some(rest) = input.strip_prefix("../") {
+            input = rest;
+        } else if let Some(rest) = input.strip_prefix("./") {
+            input = rest;
+        } else if input.starts_with("/./") {
+            input = &input[2..];
+        } else if input == "/." {
+            input = "/";
+        } else if input.starts_with("/../") {
+            input = &input[3..];
+            pop(&mut output);
+        } else if input == "/.." {
+            input = "/";
+            pop(&mut output);
+        } else if input == "." || input == ".." {
+            input = "";
+        } else {
+            let start = usize::from(input.starts_with('/'));
+            let end = input[start..].find('/').map_or(input.len(), |i| i + start);
+            output.push_str(&input[..end]);
+            input = &input[end..];
+        }
+    }
+    output
 }
 
 fn percent_decode(s: &str) -> Vec<u8> {
@@ -1064,6 +1199,17 @@ fn check_forward(
 
     // Our credentials and the client's copies of our headers never reach the upstream.
     let forwarded = apply(&case.headers, edits);
+    // X-Forwarded-Host is ours alone: the public pod host, with the authority's port if any.
+    let mut public = config.public_hosts.render(&pod);
+    if let Some((_, port)) = req.authority.rsplit_once(':') {
+        public = format!("{public}:{port}");
+    }
+    let forwarded_hosts: Vec<&[u8]> = forwarded
+        .iter()
+        .filter(|(n, _)| n == "x-forwarded-host")
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    assert_eq!(forwarded_hosts, vec![public.as_bytes()], "x-forwarded-host");
     for (name, value) in &forwarded {
         assert_ne!(name, "podgate-token", "the token header was forwarded");
         if name == "cookie" {
@@ -1106,7 +1252,7 @@ fn check_forward(
 
     let Some(user) = user else {
         // The control plane's callback path: no capability needed, but nothing else either.
-        assert!(req.path.starts_with(RESERVED_PREFIX), "{:?}", req.path);
+        assert!(reserved_reference(req.path.as_bytes()), "{:?}", req.path);
         assert_eq!(
             set.get(CLUSTER_HEADER).copied(),
             Some(config.control_plane_cluster.as_str())
@@ -1118,7 +1264,7 @@ fn check_forward(
         return;
     };
 
-    assert!(!req.path.starts_with(RESERVED_PREFIX), "{:?}", req.path);
+    assert!(!reserved_reference(req.path.as_bytes()), "{:?}", req.path);
     let entry = config
         .pods
         .get(&pod.pod)

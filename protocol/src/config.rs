@@ -26,6 +26,41 @@ pub const EMAIL_HEADER: &str = "x-podgate-email";
 pub const HEADER_PREFIX: &str = "x-podgate-";
 /// The reserved path prefix on pod hosts, served by the control plane.
 pub const RESERVED_PREFIX: &str = "/.podgate/";
+/// Client copies of forwarding headers that Envoy removes before a request reaches a pod or the
+/// control plane: every Envoy config podgate ships lists them in its route configuration's
+/// `request_headers_to_remove`, and the test and bench bootstraps are built from this list.
+/// The forwarding headers that do arrive are set at the edge: `X-Forwarded-For` (overwritten
+/// with the TCP peer's address alone) and `X-Forwarded-Proto` by Envoy, `X-Forwarded-Host` by
+/// the filter.
+pub const CLIENT_FORWARDING_HEADERS: [&str; 27] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-protocol",
+    "x-original-host",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-forwarded-for",
+    "x-rewrite-url",
+    "x-host",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-originating-ip",
+    "client-ip",
+    "front-end-https",
+    "x-url-scheme",
+];
 
 /// The lifecycle states a pod may be in; only `Running` is routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -8,13 +8,14 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use crate::config::{
-    CompiledConfig, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, HEADER_PREFIX, RESERVED_PREFIX,
-    UPSTREAM_HEADER, USER_HEADER,
+    CompiledConfig, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, HEADER_PREFIX, UPSTREAM_HEADER,
+    USER_HEADER,
 };
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
 use crate::cors::{origin_pod, PreflightRequest};
 use crate::host::PodAddr;
-use crate::redirect::{encode_query_value, MAX_NEXT_LEN};
+use crate::path;
+use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use crate::reply::Denial;
 use crate::response::PodResponse;
 use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
@@ -611,7 +612,9 @@ fn strip_edits(
     edits
 }
 
-/// The URL a browser is sent to for a fresh capability.
+/// The URL a browser is sent to for a fresh capability. `next` is the request path in its
+/// canonical form (`redirect::safe_next`): never a `ticket` parameter, never the reserved
+/// prefix.
 pub fn auth_redirect(config: &CompiledConfig, pod: &PodAddr, path: &str) -> String {
     let mut url = format!(
         "{}?pod={}&port={}",
@@ -621,7 +624,7 @@ pub fn auth_redirect(config: &CompiledConfig, pod: &PodAddr, path: &str) -> Stri
     );
     if !path.is_empty() && path.len() <= MAX_NEXT_LEN {
         url.push_str("&next=");
-        url.push_str(&encode_query_value(path));
+        url.push_str(&encode_query_value(&safe_next(path)));
     }
     url
 }
@@ -658,10 +661,11 @@ fn decide_counting(
         Err(denial) => return (Decision::Deny(denial), 0),
     };
 
-    if req.path.starts_with(RESERVED_PREFIX) {
+    if path::is_reserved(req.path.as_bytes()) {
         // The control plane's callback: the host is validated, no token needed, the pod never
         // sees it. Host stays as is so the control plane can bind the ticket to it.
         let mut edits = strip_edits(config, req, !bearers.is_empty());
+        edits.push(forwarded_host(config, &pod, req.authority));
         edits.push(HeaderEdit::Set(
             CLUSTER_HEADER.to_owned(),
             config.control_plane_cluster.clone(),
@@ -728,6 +732,7 @@ fn decide_counting(
     }
 
     let mut edits = strip_edits(config, req, !bearers.is_empty());
+    edits.push(forwarded_host(config, &pod, req.authority));
     edits.push(HeaderEdit::Set(
         ":authority".to_owned(),
         config.upstream_hosts.render(&pod),
@@ -931,7 +936,7 @@ fn keyed(name: &[u8], value: &[u8]) -> Keyed {
         b"cookie" => Keyed::Value(b'c'),
         b"authorization" => Keyed::Value(b'b'),
         _ if name == TOKEN_HEADER.as_bytes() => Keyed::Value(b't'),
-        b":path" if value.starts_with(RESERVED_PREFIX.as_bytes()) => Keyed::Refused,
+        b":path" if path::is_reserved(value) => Keyed::Refused,
         b":path" | b"accept" | b"sec-fetch-mode" | b"access-control-request-headers" => {
             Keyed::Checked
         }
@@ -1081,6 +1086,22 @@ pub fn decide_memoized(
     decision
 }
 
+/// `X-Forwarded-Host`: the public pod host the client asked for (Host is rewritten to the
+/// upstream host), rendered from the parsed pod, with the `:port` the client's authority had.
+/// Replaces every client copy.
+fn forwarded_host(config: &CompiledConfig, pod: &PodAddr, authority: &str) -> HeaderEdit {
+    let mut host = config.public_hosts.render(pod);
+    // `parse` accepted the authority, so a `:` can only start its port suffix of digits.
+    if let Some((_, port)) = authority.rsplit_once(':') {
+        host.push(':');
+        host.push_str(port);
+    }
+    HeaderEdit::Set(FORWARDED_HOST_HEADER.to_owned(), host)
+}
+
+/// Set by the filter on every forward, to the pod and to the control plane.
+pub const FORWARDED_HOST_HEADER: &str = "x-forwarded-host";
+
 fn is_header_safe(value: &str) -> bool {
     value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
 }
@@ -1089,3 +1110,8 @@ fn is_header_safe(value: &str) -> bool {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #[path = "gate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[path = "gate_edge_tests.rs"]
+mod edge_tests;

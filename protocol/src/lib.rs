@@ -7,6 +7,7 @@ pub mod cookie;
 pub mod cors;
 pub mod gate;
 pub mod host;
+pub mod path;
 pub mod redirect;
 pub mod reply;
 pub mod response;

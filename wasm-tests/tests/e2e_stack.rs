@@ -1033,3 +1033,55 @@ fn browser_workbench_iframe_shows_the_pod_through_proxy_auth() {
         assert_untouched(&servers.b, "server B");
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Redirect targets
+
+#[test]
+fn sign_in_lands_on_the_canonical_next_never_another_host_or_a_ticket() {
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "next").await;
+        let web = WebClient::new().unwrap();
+        stack.dev_login(&web, &seeded.member).await.unwrap();
+        let pod_origin = stack.pod_url(&seeded.slug, PAGE, "/");
+        // `next` as a link to the auth endpoint could carry it: a later normalisation of each
+        // could make a network-path reference, show a ticket, or land on the reserved prefix.
+        for (next, lands) in [
+            ("/.//evil.example", "/evil.example"),
+            ("/a/..//evil.example", "/evil.example"),
+            ("/%2e%2e//evil.example", "/evil.example"),
+            ("/a/b/../..//evil.example/x", "/evil.example/x"),
+            ("/./%2Fevil.example", "/"),
+            ("/..;//evil.example", "/"),
+            ("/index.html?ticket=stale-ticket&x=1", "/index.html?x=1"),
+            ("/.PODGATE/callback?ticket=stale-ticket", "/"),
+        ] {
+            servers.a.reset();
+            let url = stack.cp_url(&format!(
+                "/api/proxy-auth?pod={}&port={PAGE}&next={}",
+                seeded.slug,
+                podgate_protocol::redirect::encode_query_value(next)
+            ));
+            let page = web.navigate(&url).await.unwrap();
+            let trail = page.trail();
+            // /api/proxy-auth → the callback on the pod host (through Envoy) → the next.
+            assert_eq!(page.hops[0].status, 302, "{next}: {trail}");
+            let to_callback = hop_location(&page, 0);
+            assert_eq!(
+                query_params(&to_callback).get("next").map(String::as_str),
+                Some(lands),
+                "{next}: {trail}"
+            );
+            assert_eq!(page.hops[1].status, 302, "{next}: {trail}");
+            assert_eq!(hop_location(&page, 1), lands, "{next}: {trail}");
+            assert!(page.url.starts_with(&pod_origin), "{next}: {trail}");
+            assert!(!page.url.contains("ticket"), "{next}: {trail}");
+            let seen = servers.a.requests();
+            assert_eq!(seen.len(), 1, "{next}: {}", servers.a.describe());
+            assert_eq!(seen[0].path, lands, "{next}");
+            assert!(!seen[0].mentions("stale-ticket"), "{next}: {:?}", seen[0]);
+        }
+        assert_untouched(&servers.b, "server B");
+    });
+}

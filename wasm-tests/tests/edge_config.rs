@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use podgate_protocol::config::CLIENT_FORWARDING_HEADERS;
 use podgate_wasm_tests::e2e::bootstrap::{filter_wasm, Bootstrap};
 use podgate_wasm_tests::e2e::envoy_binary;
 use podgate_wasm_tests::e2e::stack_full::render_ads_bootstrap;
@@ -365,6 +366,62 @@ fn check_hcm(listener: &str, hcm: &Value, p: &mut Problems) {
         }
     }
     check_http_filters(place, hcm, p);
+    check_forwarding_headers(place, hcm, p);
+}
+
+/// A route configuration that forwards anything (not only redirects or direct responses)
+/// overwrites `X-Forwarded-For` with the TCP peer and removes every client copy of the other
+/// forwarding headers (`CLIENT_FORWARDING_HEADERS`), but not `X-Forwarded-Host`, which the
+/// filter sets before the router applies this.
+fn check_forwarding_headers(place: &str, hcm: &Value, p: &mut Problems) {
+    let Some(routes) = hcm.get("route_config") else {
+        // RDS: not used by any config we ship; a new one must be taught here.
+        p.push(place, "route_config", "is missing (inline routes expected)");
+        return;
+    };
+    let forwards = seq(routes.get("virtual_hosts"))
+        .iter()
+        .flat_map(|vh| seq(vh.get("routes")))
+        .any(|r| r.get("route").is_some());
+    if !forwards {
+        return;
+    }
+    let removed: Vec<&str> = seq(routes.get("request_headers_to_remove"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for name in CLIENT_FORWARDING_HEADERS {
+        if !removed.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            p.push(
+                place,
+                "route_config.request_headers_to_remove",
+                format!("does not remove {name}"),
+            );
+        }
+    }
+    for kept in ["x-forwarded-host", "x-forwarded-for", "x-forwarded-proto"] {
+        if removed.iter().any(|r| r.eq_ignore_ascii_case(kept)) {
+            p.push(
+                place,
+                "route_config.request_headers_to_remove",
+                format!("removes {kept}, which the edge sets"),
+            );
+        }
+    }
+    let xff = seq(routes.get("request_headers_to_add")).iter().any(|h| {
+        h["header"]["key"]
+            .as_str()
+            .is_some_and(|k| k.eq_ignore_ascii_case("x-forwarded-for"))
+            && h["header"]["value"].as_str() == Some("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%")
+            && h["append_action"].as_str() == Some("OVERWRITE_IF_EXISTS_OR_ADD")
+    });
+    if !xff {
+        p.push(
+            place,
+            "route_config.request_headers_to_add",
+            "does not overwrite x-forwarded-for with %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+        );
+    }
 }
 
 /// The podgate filter fails closed, pod traffic keeps WebSockets, and the router adds no
@@ -759,6 +816,44 @@ fn the_checker_catches_each_missing_or_loosened_setting() {
         ("`overload_manager` is missing", |d| {
             remove(d, "overload_manager")
         }),
+        (
+            "`route_config.request_headers_to_remove` does not remove forwarded",
+            |d| {
+                static_hcm(d)["route_config"]["request_headers_to_remove"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .retain(|h| h.as_str() != Some("forwarded"))
+            },
+        ),
+        (
+            "`route_config.request_headers_to_remove` does not remove x-real-ip",
+            |d| {
+                remove(
+                    &mut static_hcm(d)["route_config"],
+                    "request_headers_to_remove",
+                )
+            },
+        ),
+        (
+            "`route_config.request_headers_to_remove` removes x-forwarded-host",
+            |d| {
+                static_hcm(d)["route_config"]["request_headers_to_remove"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .push("x-forwarded-host".into())
+            },
+        ),
+        (
+            "`route_config.request_headers_to_add` does not overwrite x-forwarded-for",
+            |d| {
+                static_hcm(d)["route_config"]["request_headers_to_add"][0]["append_action"] =
+                    "APPEND_IF_EXISTS_OR_ADD".into()
+            },
+        ),
+        (
+            "`route_config.request_headers_to_add` does not overwrite x-forwarded-for",
+            |d| remove(&mut static_hcm(d)["route_config"], "request_headers_to_add"),
+        ),
     ];
     for (expected, tamper) in cases {
         let mut doc = original.clone();

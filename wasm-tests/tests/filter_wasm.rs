@@ -1631,15 +1631,86 @@ mod stripping {
         let mut vm2 = vm_with(&cfg);
         let sent = Req::alpha().path("/.podgate/x").send(&mut vm2);
         assert_eq!(sent.fwd1("x-podgate-cluster"), Some("cp_cluster"));
-        // Lookalike paths are ordinary pod paths and need a token.
-        for path in [
-            "/.podgate",
-            "/.PODGATE/callback",
-            "/x/.podgate/callback",
-            "/.podgatex/",
-        ] {
+        // Another name is an ordinary pod path and needs a token; other spellings of the
+        // reserved one are reserved (`every_spelling_of_the_reserved_prefix_goes_to_the_control_plane`).
+        for path in ["/.podgatex/", "/podgate/callback", "/x.podgate/callback"] {
             let sent = Req::alpha().path(path).send(&mut vm);
             assert_eq!(sent.unauthorized(), crate::NO_CAPABILITY, "{path}");
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_the_reserved_prefix_goes_to_the_control_plane() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        for path in [
+            "/.podgate",
+            "/.podgate?ticket=t",
+            "/.PODGATE/callback?ticket=t",
+            "/%2Epodgate/callback?ticket=t",
+            "/.%70odgate/callback?ticket=t",
+            "/.podgate%2Fcallback?ticket=t",
+            "/.podgate%5ccallback?ticket=t",
+            "/.podgate\\callback?ticket=t",
+            "//.podgate/callback?ticket=t",
+            "/x/../.podgate/callback?ticket=t",
+            "/x/%2e%2e/.podgate/callback?ticket=t",
+            "/..;/.podgate/callback?ticket=t",
+            "/.podgate;x/callback?ticket=t",
+            "/.podgate%3Fticket=t",
+            "/.podgate./callback?ticket=t",
+            "/x/.podgate/callback?ticket=t",
+        ] {
+            // With our capability (a pod forward off the reserved prefix), as a page load
+            // without one (a redirect), and again (a memoized pod forward must not answer it).
+            for _ in 0..2 {
+                let sent = Req::alpha().path(path).token(&t).send(&mut vm);
+                assert_eq!(
+                    sent.fwd("x-podgate-cluster"),
+                    vec!["podgate_control_plane"],
+                    "{path}"
+                );
+                assert_eq!(sent.fwd1(":path"), Some(path), "{path}");
+                assert!(sent.fwd("x-podgate-user").is_empty(), "{path}");
+                assert!(sent.fwd("podgate-token").is_empty(), "{path}");
+                let sent = Req::alpha()
+                    .path(path)
+                    .add("sec-fetch-mode", "navigate")
+                    .send(&mut vm);
+                assert_eq!(
+                    sent.fwd("x-podgate-cluster"),
+                    vec!["podgate_control_plane"],
+                    "{path}"
+                );
+                let sent = Req::alpha().token(&t).send(&mut vm);
+                assert_eq!(sent.fwd("x-podgate-cluster"), vec!["pod_alpha"]);
+            }
+        }
+    }
+
+    #[test]
+    fn x_forwarded_host_is_the_public_pod_host_never_the_clients() {
+        let mut vm = vm();
+        let t = alpha_cap();
+        let public = host("alpha", PORT);
+        let beta = host("beta", PORT);
+        for (authority, want) in [
+            (public.clone(), public.clone()),
+            (format!("{public}:10000"), format!("{public}:10000")),
+            (format!("{public}.:10000"), format!("{public}:10000")),
+        ] {
+            for path in ["/", "/.podgate/callback?ticket=t"] {
+                let sent = Req::get(&authority, path)
+                    .token(&t)
+                    .add("x-forwarded-host", &beta)
+                    .add("x-forwarded-host", "evil.example.com")
+                    .send(&mut vm);
+                assert_eq!(
+                    sent.fwd("x-forwarded-host"),
+                    vec![want.as_str()],
+                    "{authority}{path}"
+                );
+            }
         }
     }
 
@@ -3016,14 +3087,14 @@ mod abi {
             .filter(|(n, _)| *n > 0)
             .map(|(n, name)| (name, n))
             .collect();
-        // Read the request headers and the clock; remove the cookie, set host, cluster,
-        // upstream address, user and email; clear the route cache. Then read the response
-        // headers: nothing to change. Counters wait for the tick.
+        // Read the request headers and the clock; remove the cookie, set X-Forwarded-Host,
+        // host, cluster, upstream address, user and email; clear the route cache. Then read the
+        // response headers: nothing to change. Counters wait for the tick.
         let expected: BTreeMap<String, u64> = [
             ("proxy_get_header_map_pairs", 2),
             ("proxy_get_current_time_nanoseconds", 1),
             ("proxy_remove_header_map_value", 1),
-            ("proxy_replace_header_map_value", 5),
+            ("proxy_replace_header_map_value", 6),
             ("proxy_call_foreign_function", 1),
         ]
         .into_iter()

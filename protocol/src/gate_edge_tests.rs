@@ -1,0 +1,258 @@
+//! Native tests of the decision at the edge of what a path and the forwarding headers can do:
+//! the reserved prefix in every spelling, `X-Forwarded-Host`, and the `next` of a redirect.
+
+use super::*;
+use crate::config::{FilterConfig, PodEntry};
+use crate::token::tests::{claims, ed_key, ISS, NOW};
+use crate::token::{mint, KeySet, PodClaims, TokenKind};
+
+const HOST: &str = "localhost-8726-pod-alpha.example.dev";
+
+fn config() -> CompiledConfig {
+    let pods = HashMap::from([(
+        "alpha".to_owned(),
+        PodEntry {
+            status: PodStatus::Running,
+            cluster: "pod_alpha".into(),
+            address: Some("10.0.0.5:30001".into()),
+        },
+    )]);
+    FilterConfig {
+        issuer: ISS.into(),
+        domain: "example.dev".into(),
+        public_host_template: crate::host::DEFAULT_PUBLIC_TEMPLATE.into(),
+        upstream_host_template: crate::host::DEFAULT_UPSTREAM_TEMPLATE.into(),
+        public_scheme: "https".into(),
+        cookie_name: "podgate_cap".into(),
+        auth_url: "https://podgate.example.dev/api/proxy-auth".into(),
+        control_plane_cluster: "podgate_control_plane".into(),
+        keys: KeySet {
+            keys: vec![ed_key(TokenKind::Capability, 1).verifying_jwk()],
+        },
+        pods,
+        revoked_jti: vec![],
+        leeway_secs: 30,
+        max_capability_lifetime_secs: 3600,
+        token_cache_entries: 16,
+    }
+    .compile()
+    .unwrap()
+}
+
+fn cap() -> String {
+    let c = PodClaims {
+        aud: HOST.into(),
+        pod: "alpha".into(),
+        port: 8726,
+        ..claims()
+    };
+    mint(
+        TokenKind::Capability,
+        &ed_key(TokenKind::Capability, 1),
+        &c,
+        NOW,
+        900,
+    )
+    .unwrap()
+}
+
+fn request(authority: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    let mut h = vec![
+        (":authority", authority),
+        (":path", path),
+        (":method", "GET"),
+    ];
+    h.extend_from_slice(extra);
+    h.iter()
+        .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The filter's way: the memo's probe, then on a miss the view and `decide_memoized`.
+fn through_memo(
+    c: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    memo: &mut DecisionMemo,
+    h: &[(String, Vec<u8>)],
+) -> Decision {
+    let wire = crate::wire::encode_header_map(h);
+    match memo.probe(c, cache, &wire, NOW + 1) {
+        Probe::Hit(forward) => Decision::Forward(forward),
+        Probe::Miss(slot) => match Request::from_headers(h) {
+            Ok(req) => decide_memoized(c, cache, memo, slot, &req, NOW + 1),
+            Err(denial) => Decision::Deny(denial),
+        },
+    }
+}
+
+fn forward(d: &Decision) -> &Forward {
+    match d {
+        Decision::Forward(f) => f,
+        other => panic!("expected a forward, got {other:?}"),
+    }
+}
+
+fn set<'a>(f: &'a Forward, name: &str) -> Vec<&'a str> {
+    f.edits
+        .iter()
+        .filter_map(|e| match e {
+            HeaderEdit::Set(n, v) if n == name => Some(v.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Spellings of `/.podgate/callback?ticket=…` that some server on the way could read as it.
+const RESERVED_SPELLINGS: &[&str] = &[
+    "/.podgate/callback?ticket=t",
+    "/.PODGATE/callback?ticket=t",
+    "/.PodGate/callback?ticket=t",
+    "/%2epodgate/callback?ticket=t",
+    "/%2Epodgate/callback?ticket=t",
+    "/.%70odgate/callback?ticket=t",
+    "/.podgate%2Fcallback?ticket=t",
+    "/.podgate%2fcallback?ticket=t",
+    "/.podgate%5Ccallback?ticket=t",
+    "/.podgate\\callback?ticket=t",
+    "//.podgate/callback?ticket=t",
+    "/./.podgate/callback?ticket=t",
+    "/x/../.podgate/callback?ticket=t",
+    "/x/%2e%2e/.podgate/callback?ticket=t",
+    "/..;/.podgate/callback?ticket=t",
+    "/.podgate;x/callback?ticket=t",
+    "/.podgate?ticket=t",
+    "/.podgate%3Fticket=t",
+    "/.podgate#/../callback?ticket=t",
+    "/.podgate./callback?ticket=t",
+    "/a/.podgate/callback?ticket=t",
+];
+
+#[test]
+fn every_spelling_of_the_reserved_prefix_goes_to_the_control_plane() {
+    let c = config();
+    let token = cap();
+    let cookie = format!("__Host-podgate_cap={token}");
+    for path in RESERVED_SPELLINGS {
+        for extra in [
+            vec![],
+            vec![("cookie", cookie.as_str())],
+            vec![("podgate-token", token.as_str())],
+            vec![("sec-fetch-mode", "navigate"), ("accept", "text/html")],
+        ] {
+            let d = decide(
+                &c,
+                &mut VerifiedCache::new(),
+                &Request::from_headers(&request(HOST, path, &extra)).unwrap(),
+                NOW + 1,
+            );
+            let f = forward(&d);
+            assert_eq!(
+                set(f, CLUSTER_HEADER),
+                vec!["podgate_control_plane"],
+                "{path} {extra:?}"
+            );
+            assert!(set(f, ":authority").is_empty(), "{path}: Host changed");
+            assert_eq!(f.user, None, "{path}");
+            assert_eq!(f.response, None, "{path}");
+        }
+    }
+}
+
+#[test]
+fn the_memo_never_serves_a_pod_forward_to_a_reserved_spelling() {
+    let c = config();
+    let token = cap();
+    let mut memo = DecisionMemo::new();
+    let mut cache = VerifiedCache::new();
+    // The same token and host on an ordinary path first, twice: stored, then a hit.
+    let ordinary = request(HOST, "/index.html", &[("podgate-token", &token)]);
+    for _ in 0..2 {
+        let d = through_memo(&c, &mut cache, &mut memo, &ordinary);
+        assert_eq!(set(forward(&d), CLUSTER_HEADER), vec!["pod_alpha"]);
+    }
+    assert_eq!(memo.len(), 1);
+    for path in RESERVED_SPELLINGS {
+        let h = request(HOST, path, &[("podgate-token", &token)]);
+        for _ in 0..2 {
+            let d = through_memo(&c, &mut cache, &mut memo, &h);
+            assert_eq!(
+                set(forward(&d), CLUSTER_HEADER),
+                vec!["podgate_control_plane"],
+                "{path}: served the memoized pod forward"
+            );
+        }
+    }
+    assert_eq!(memo.len(), 1, "a reserved path was memoized");
+}
+
+#[test]
+fn x_forwarded_host_is_the_public_pod_host_on_every_forward() {
+    let c = config();
+    let token = cap();
+    let spoofs = [
+        ("x-forwarded-host", "evil.example.com"),
+        ("x-forwarded-host", "localhost-8726-pod-beta.example.dev"),
+    ];
+    for (authority, want) in [
+        (HOST, HOST),
+        (&*format!("{HOST}:8443"), &*format!("{HOST}:8443")),
+        (&*format!("{HOST}.:8443"), &*format!("{HOST}:8443")),
+        (&*format!("{HOST}."), HOST),
+    ] {
+        for path in ["/", "/.podgate/callback?ticket=t"] {
+            let mut extra = vec![("podgate-token", token.as_str())];
+            extra.extend_from_slice(&spoofs);
+            let d = decide(
+                &c,
+                &mut VerifiedCache::new(),
+                &Request::from_headers(&request(authority, path, &extra)).unwrap(),
+                NOW + 1,
+            );
+            assert_eq!(
+                set(forward(&d), "x-forwarded-host"),
+                vec![want],
+                "{authority} {path}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_page_load_redirect_never_carries_a_ticket_or_a_walk_out_of_the_path() {
+    let c = config();
+    let page = [("sec-fetch-mode", "navigate")];
+    for (path, next) in [
+        ("/app?ticket=t", "/app"),
+        ("/app?a=1&TICKET=t&b=2", "/app%3Fa%3D1%26b%3D2"),
+        ("/app?%74icket=t", "/app"),
+        ("/a/..//evil.com", "/evil.com"),
+        ("/.//evil.com", "/evil.com"),
+        ("/%2e%2e//evil", "/evil"),
+        ("/a%2F%2Fevil", "/"),
+        ("/index.html", "/index.html"),
+    ] {
+        let d = decide(
+            &c,
+            &mut VerifiedCache::new(),
+            &Request::from_headers(&request(HOST, path, &page)).unwrap(),
+            NOW + 1,
+        );
+        let Decision::Deny(denial) = &d else {
+            panic!("{path}: {d:?}")
+        };
+        let reply = denial.reply();
+        assert_eq!(reply.status, 302, "{path}");
+        let location = reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "location")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        assert_eq!(
+            location,
+            format!("https://podgate.example.dev/api/proxy-auth?pod=alpha&port=8726&next={next}"),
+            "{path}"
+        );
+        assert!(!location.to_ascii_lowercase().contains("ticket"), "{path}");
+    }
+}
