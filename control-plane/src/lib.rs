@@ -1,26 +1,21 @@
 //! The podgate control plane: who the user is, what they may reach, minting, storage and the
 //! HTTP API. `app(state)` builds the whole router; `main.rs` only parses the command line.
 
-pub mod admin;
-pub mod api_tokens;
-pub mod app_session;
+pub mod auth;
 pub mod authz;
 pub mod config;
-pub mod cors;
 pub mod error;
 pub mod filter_config;
-pub mod flow;
-pub mod health;
-pub mod identity;
-pub mod idp_config;
+pub mod http;
 pub mod keys;
 pub mod limits;
-pub mod oidc;
 pub mod recorder;
-pub mod security_headers;
 pub mod store;
-pub mod verify;
 pub mod xds_sync;
+
+use crate::auth::identity;
+use crate::auth::verify;
+use crate::http::{admin, api_tokens, cors, flow, health, security_headers};
 
 use std::sync::{Arc, RwLock};
 

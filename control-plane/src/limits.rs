@@ -36,9 +36,9 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::verify::client_ip;
 use crate::config::ConfigError;
 use crate::error::{error_response, ApiError};
-use crate::verify::client_ip;
 use crate::AppState;
 
 /// A token bucket's size and refill rate.

@@ -21,8 +21,8 @@ use common::{Harness, Resp, Which};
 use jwt_compact::alg::{Es256, Rsa, RsaPrivateKey};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature};
+use podgate::config::idp::{AppSessionSettings, OidcSettings};
 use podgate::config::Settings;
-use podgate::idp_config::{AppSessionSettings, OidcSettings};
 use podgate::store::now_unix;
 use serde_json::{json, Value};
 

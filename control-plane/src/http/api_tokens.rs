@@ -23,11 +23,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::auth::verify::{identify, Accept, ClientIp, Identity, Via};
 use crate::error::{error_response, ApiError, ApiResult, JsonBody, PathArgs};
-use crate::flow::{no_store, single_params};
+use crate::http::flow::{no_store, single_params};
 use crate::keys::{hex, random_bytes};
 use crate::store::{now_unix, ApiTokenRow, User};
-use crate::verify::{identify, Accept, ClientIp, Identity, Via};
 use crate::AppState;
 
 pub const TOKEN_PREFIX: &str = "pg_";
@@ -138,7 +138,7 @@ pub async fn verify(
     }
     let stale = row
         .last_used_at
-        .is_none_or(|t| now - t >= crate::verify::LAST_USED_EVERY_SECS);
+        .is_none_or(|t| now - t >= crate::auth::verify::LAST_USED_EVERY_SECS);
     if stale && v.should_touch(id, now) {
         if let Err(e) = state.db().touch_api_token(id, now).await {
             tracing::warn!(error = %e, token = id, "recording the API token's last use failed");

@@ -24,11 +24,11 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 
-use crate::app_session::{AppSessionError, AppSessionVerifier};
+use crate::auth::app_session::{AppSessionError, AppSessionVerifier};
+use crate::auth::oidc::{OidcError, OidcVerifier};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::keys::hex;
-use crate::oidc::{OidcError, OidcVerifier};
 use crate::store::{now_unix, User};
 use crate::AppState;
 
@@ -64,7 +64,7 @@ impl Via {
         match self {
             Via::Session => "session".into(),
             Via::Oidc { provider, .. } => format!("oidc:{provider}"),
-            Via::AppSession => crate::app_session::VERIFIER.into(),
+            Via::AppSession => crate::auth::app_session::VERIFIER.into(),
             Via::ApiToken { id } => format!("api-token:{id}"),
         }
     }
@@ -225,9 +225,9 @@ pub async fn identify(
 
     if accept != Accept::Browser {
         if let Some(token) = bearer(headers) {
-            if crate::api_tokens::looks_like_api_token(token) {
+            if crate::http::api_tokens::looks_like_api_token(token) {
                 // Under `Manage` the handler decides what a token may do (revoke itself only).
-                match crate::api_tokens::verify(state, token, client, now).await? {
+                match crate::http::api_tokens::verify(state, token, client, now).await? {
                     Ok((user, id)) => {
                         outcome.identity = Some(Identity {
                             user,
@@ -266,7 +266,7 @@ pub async fn identify(
         }
     }
 
-    if let Some(user) = crate::identity::current_user(state, headers).await? {
+    if let Some(user) = crate::auth::identity::current_user(state, headers).await? {
         outcome.identity = Some(Identity {
             user,
             via: Via::Session,
@@ -311,7 +311,7 @@ pub async fn identify(
                     .to_owned();
                 let user = provision(
                     state,
-                    crate::app_session::VERIFIER,
+                    crate::auth::app_session::VERIFIER,
                     &u.subject,
                     u.email,
                     &prefix,
@@ -325,10 +325,10 @@ pub async fn identify(
             }
             Ok(None) => {}
             Err(AppSessionError::Rejected(msg)) => {
-                reject(&mut outcome, crate::app_session::VERIFIER, msg)
+                reject(&mut outcome, crate::auth::app_session::VERIFIER, msg)
             }
             Err(AppSessionError::Upstream(msg)) => {
-                tracing::warn!(verifier = crate::app_session::VERIFIER, error = %msg, "the main app's session endpoint failed");
+                tracing::warn!(verifier = crate::auth::app_session::VERIFIER, error = %msg, "the main app's session endpoint failed");
                 return Err(ApiError::BadGateway(msg));
             }
         }
@@ -350,7 +350,7 @@ pub async fn browser_user(state: &AppState, headers: &HeaderMap) -> ApiResult<Op
 /// provider's ids beforehand; otherwise a stable hash of verifier and subject.
 pub fn user_id_for(verifier: &str, subject: &str, prefix: &str) -> String {
     let direct = format!("{prefix}{subject}");
-    if crate::admin::check_id(&direct, "user").is_ok() {
+    if crate::http::admin::check_id(&direct, "user").is_ok() {
         return direct;
     }
     let digest = Sha256::digest(format!("{verifier}\n{subject}").as_bytes());

@@ -2,6 +2,8 @@
 //! file, in that order of precedence, checked once into a [`Config`] with a message that says
 //! what is wrong and how to fix it for every bad or missing setting.
 
+pub mod idp;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -210,7 +212,7 @@ pub struct Settings {
     /// file (see control-plane/README.md).
     #[arg(skip)]
     #[serde(default)]
-    pub oidc: Vec<crate::idp_config::OidcSettings>,
+    pub oidc: Vec<crate::config::idp::OidcSettings>,
 
     /// Accept Firebase ID tokens of this project (adds the [[oidc]] entry "firebase").
     #[arg(long, env = "PODGATE_FIREBASE_PROJECT", global = true)]
@@ -228,7 +230,7 @@ pub struct Settings {
     /// The main app's session endpoint (`[app_session]` in the file).
     #[command(flatten)]
     #[serde(default)]
-    pub app_session: crate::idp_config::AppSessionSettings,
+    pub app_session: crate::config::idp::AppSessionSettings,
 
     /// Browser origins allowed to call POST /v1/capabilities with a bearer token, comma-separated.
     #[arg(
@@ -346,7 +348,7 @@ pub struct Config {
     pub key_overlap: u64,
     pub log_format: LogFormat,
     /// Identity verifiers (OIDC issuers, the main app's session), CORS origins, client address.
-    pub identity: crate::idp_config::IdentityConfig,
+    pub identity: crate::config::idp::IdentityConfig,
     /// The ADS server, `None` when `--xds-listen off`.
     pub xds: Option<XdsConfig>,
     /// Longest wait before a new capability key signs (publish before sign).
@@ -707,8 +709,8 @@ impl Settings {
             max_header_bytes: self.max_header_bytes,
         })?;
 
-        let identity = crate::idp_config::resolve(
-            crate::idp_config::IdentityInputs {
+        let identity = crate::config::idp::resolve(
+            crate::config::idp::IdentityInputs {
                 oidc: self.oidc,
                 firebase_project: self.firebase_project,
                 oidc_issuer: self.oidc_issuer,

@@ -17,12 +17,12 @@ use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use podgate_protocol::token::{mint, PodClaims, TokenKind};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::verify::{browser_user, identify, Accept, ClientIp};
 use crate::authz::{may_reach, ANONYMOUS_SUB};
 use crate::error::{ApiError, ApiResult, JsonBody};
 use crate::keys::random_id;
 use crate::limits::{self, Endpoint, MAX_QUERY_LEN};
 use crate::store::{now_unix, AuditEntry, KeyKind, User};
-use crate::verify::{browser_user, identify, Accept, ClientIp};
 use crate::AppState;
 
 /// The one answer for "no such pod or port" and "not yours": no existence oracle.

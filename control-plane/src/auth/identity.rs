@@ -13,7 +13,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
-use crate::flow::{no_store, single_params};
+use crate::http::flow::{no_store, single_params};
 use crate::keys::{hex, random_bytes};
 use crate::store::{now_unix, User};
 use crate::AppState;
@@ -108,7 +108,7 @@ async fn dev_login(
     } else if let Some(user) = db.get_user(who).await? {
         user
     } else {
-        crate::admin::check_id(who, "user")?;
+        crate::http::admin::check_id(who, "user")?;
         let user = User {
             id: who.clone(),
             email: None,

@@ -1,0 +1,9 @@
+//! The HTTP API: one module and `router()` per resource or flow, plus the layers every answer
+//! passes through (CORS, security headers).
+
+pub mod admin;
+pub mod api_tokens;
+pub mod cors;
+pub mod flow;
+pub mod health;
+pub mod security_headers;
