@@ -7,13 +7,13 @@ pub mod config;
 pub mod error;
 pub mod filter_config;
 pub mod http;
+pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod recorder;
 pub mod store;
 pub mod xds_sync;
 
-use crate::auth::identity;
 use crate::auth::verify;
 use crate::http::{admin, api_tokens, cors, flow, health, security_headers};
 
@@ -187,7 +187,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api_tokens::router())
         .merge(admin::router(state.clone()));
     if state.config().dev_mode {
-        router = router.merge(identity::dev_router());
+        router = router.merge(http::dev_login::dev_router());
     }
     let max_body = state.config().limits.max_body_bytes;
     router
@@ -200,7 +200,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            limits::bounded_request,
+            http::limits::bounded_request,
         ))
         .layer(axum::middleware::map_response(security_headers::secure))
         .with_state(state)

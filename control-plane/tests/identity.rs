@@ -1242,7 +1242,7 @@ async fn failed_api_token_attempts_are_rate_limited_per_client() {
         .await;
     let token = r.json()["token"].as_str().unwrap().to_owned();
     let forged = format!("{}{}", &token[..token.len() - 4], "aaaa");
-    for _ in 0..podgate::limits::DEFAULT_API_TOKEN_FAILURES.burst {
+    for _ in 0..podgate::config::limits::DEFAULT_API_TOKEN_FAILURES.burst {
         let r = capability(&h, &[("authorization", &bearer(&forged))], 8726).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }

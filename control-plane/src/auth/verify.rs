@@ -28,7 +28,6 @@ use crate::auth::app_session::{AppSessionError, AppSessionVerifier};
 use crate::auth::oidc::{OidcError, OidcVerifier};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
-use crate::keys::hex;
 use crate::store::{now_unix, User};
 use crate::AppState;
 
@@ -109,8 +108,7 @@ pub struct Verifiers {
     touched: Mutex<HashMap<String, i64>>,
 }
 
-/// How often `last_used_at` of one token is written at most.
-pub const LAST_USED_EVERY_SECS: i64 = 60;
+pub use crate::auth::api_tokens::LAST_USED_EVERY_SECS;
 
 impl Verifiers {
     pub fn new(config: &Config) -> Result<Verifiers, String> {
@@ -225,9 +223,9 @@ pub async fn identify(
 
     if accept != Accept::Browser {
         if let Some(token) = bearer(headers) {
-            if crate::http::api_tokens::looks_like_api_token(token) {
+            if crate::auth::api_tokens::looks_like_api_token(token) {
                 // Under `Manage` the handler decides what a token may do (revoke itself only).
-                match crate::http::api_tokens::verify(state, token, client, now).await? {
+                match crate::auth::api_tokens::verify(state, token, client, now).await? {
                     Ok((user, id)) => {
                         outcome.identity = Some(Identity {
                             user,
@@ -350,11 +348,11 @@ pub async fn browser_user(state: &AppState, headers: &HeaderMap) -> ApiResult<Op
 /// provider's ids beforehand; otherwise a stable hash of verifier and subject.
 pub fn user_id_for(verifier: &str, subject: &str, prefix: &str) -> String {
     let direct = format!("{prefix}{subject}");
-    if crate::http::admin::check_id(&direct, "user").is_ok() {
+    if crate::ids::check_id(&direct, "user").is_ok() {
         return direct;
     }
     let digest = Sha256::digest(format!("{verifier}\n{subject}").as_bytes());
-    format!("{prefix}u-{}", &hex(&digest)[..32])
+    format!("{prefix}u-{}", &hex::encode(digest)[..32])
 }
 
 /// The user linked to `subject` at `verifier`, created on first sight.

@@ -3,6 +3,7 @@
 //! what is wrong and how to fix it for every bad or missing setting.
 
 pub mod idp;
+pub mod limits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -354,7 +355,7 @@ pub struct Config {
     /// Longest wait before a new capability key signs (publish before sign).
     pub key_publish_delay: u64,
     /// Per-client rate limits and request size bounds.
-    pub limits: crate::limits::LimitsConfig,
+    pub limits: limits::LimitsConfig,
 }
 
 /// The ADS server's settings.
@@ -689,7 +690,7 @@ impl Settings {
             need,
         )?;
 
-        let limits = crate::limits::resolve(crate::limits::LimitInputs {
+        let limits = limits::resolve(limits::LimitInputs {
             proxy_auth: (self.proxy_auth_burst, self.proxy_auth_per_minute),
             callback_failures: (
                 self.callback_failures_burst,
@@ -924,7 +925,7 @@ mod tests {
         assert_eq!(c.ticket_lifetime, 60);
         assert_eq!(c.cookie_samesite, SameSite::Lax);
         assert_eq!(c.signing_alg, SigningAlg::Eddsa);
-        assert_eq!(c.limits, crate::limits::LimitsConfig::default());
+        assert_eq!(c.limits, limits::LimitsConfig::default());
         assert_eq!(
             c.pod_origin("localhost-8726-pod-myslug.localhost"),
             "http://localhost-8726-pod-myslug.localhost:10000"

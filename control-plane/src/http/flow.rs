@@ -3,8 +3,6 @@
 //! `GET /.podgate/callback` (on the pod host, through Envoy: ticket → capability cookie), and
 //! `POST /v1/capabilities` (the same checks, the capability in the body).
 
-use std::collections::HashMap;
-
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::from_fn_with_state;
@@ -20,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::auth::verify::{browser_user, identify, Accept, ClientIp};
 use crate::authz::{may_reach, ANONYMOUS_SUB};
 use crate::error::{ApiError, ApiResult, JsonBody};
+use crate::http::limits::{self, Endpoint};
+use crate::http::shared::{no_store, single_params};
 use crate::keys::random_id;
-use crate::limits::{self, Endpoint, MAX_QUERY_LEN};
 use crate::store::{now_unix, AuditEntry, KeyKind, User};
 use crate::AppState;
 
@@ -45,37 +44,6 @@ pub fn router(state: &AppState) -> Router<AppState> {
             "/v1/capabilities",
             post(capabilities).route_layer(limit(Endpoint::Capabilities)),
         )
-}
-
-/// Parses a query string, refusing a second copy of any parameter in `names` (parameter
-/// pollution: `pod=a&pod=b` must not be read one way here and another way elsewhere). Other
-/// parameters are ignored.
-pub fn single_params(query: Option<&str>, names: &[&str]) -> ApiResult<HashMap<String, String>> {
-    let query = query.unwrap_or("");
-    if query.len() > MAX_QUERY_LEN {
-        return Err(ApiError::bad(format!(
-            "the query string is longer than {MAX_QUERY_LEN} bytes"
-        )));
-    }
-    let mut out = HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        if !names.contains(&k.as_ref()) {
-            continue;
-        }
-        if out.insert(k.to_string(), v.into_owned()).is_some() {
-            return Err(ApiError::bad(format!(
-                "the parameter `{k}` appears more than once; send it once"
-            )));
-        }
-    }
-    Ok(out)
-}
-
-/// Marks a response as never to be cached and never to leak its URL as a referrer.
-pub fn no_store(resp: &mut Response) {
-    let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
 }
 
 fn redirect(location: &str) -> ApiResult<Response> {

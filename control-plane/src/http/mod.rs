@@ -4,6 +4,9 @@
 pub mod admin;
 pub mod api_tokens;
 pub mod cors;
+pub mod dev_login;
 pub mod flow;
 pub mod health;
+pub mod limits;
 pub mod security_headers;
+pub mod shared;

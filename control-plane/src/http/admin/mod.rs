@@ -11,10 +11,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::authz::ANONYMOUS_SUB;
 use crate::error::{ApiError, ApiResult, JsonBody, PathArgs, QueryArgs};
+use crate::http::limits::{self, Endpoint};
+use crate::ids::check_id;
 use crate::keys::random_id;
-use crate::limits::{self, Endpoint};
 use crate::store::{
     now_unix, parse_pod_status, AuditEntry, KeyKind, Member, Pod, PodPort, PodStatus, Role, Server,
     Sharing, Team, User,
@@ -110,27 +110,6 @@ async fn require_admin(State(state): State<AppState>, req: Request, next: Next) 
 
 // ---------------------------------------------------------------------------------------------
 // Validation
-
-/// Ids: 1-128 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit; `anonymous` is reserved.
-pub fn check_id(id: &str, what: &str) -> ApiResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !ok {
-        return Err(ApiError::bad(format!(
-            "{what} id {id:?} is not valid; use 1-128 characters of A-Z, a-z, 0-9, '.', '_', '-', starting with a letter or digit"
-        )));
-    }
-    if id == ANONYMOUS_SUB {
-        return Err(ApiError::bad(format!(
-            "{what} id \"{ANONYMOUS_SUB}\" is reserved for people who are not signed in; pick another"
-        )));
-    }
-    Ok(())
-}
 
 fn check_text(value: &str, field: &str, max: usize) -> ApiResult<()> {
     if value.chars().count() > max || value.chars().any(char::is_control) {

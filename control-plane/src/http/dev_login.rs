@@ -1,0 +1,112 @@
+//! The dev login: signs in as any user without an identity check. Routed only in dev mode
+//! (which says so loudly at start).
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use podgate_protocol::redirect::safe_next;
+use serde_json::json;
+
+use crate::auth::identity::{end_sessions, start_session};
+use crate::error::{ApiError, ApiResult};
+use crate::http::shared::{no_store, single_params};
+use crate::ids::check_id;
+use crate::store::{now_unix, User};
+use crate::AppState;
+
+/// The dev login's routes.
+pub fn dev_router() -> Router<AppState> {
+    Router::new()
+        .route("/dev/login", get(dev_login))
+        .route("/dev/logout", get(dev_logout))
+}
+
+/// Where to go after signing in: a same-host path, or an absolute URL on the control plane
+/// itself (the login redirect of `/api/proxy-auth` sends one) turned into its path.
+fn after_login(state: &AppState, next: Option<&str>) -> Option<String> {
+    let next = next?;
+    let issuer_prefix = format!("{}/", state.config().issuer);
+    let path = match next.strip_prefix(&issuer_prefix) {
+        Some(rest) => format!("/{rest}"),
+        None => next.to_owned(),
+    };
+    let safe = safe_next(&path);
+    (safe == path).then_some(safe)
+}
+
+/// `GET /dev/login?user=ID_OR_EMAIL&next=...`: signs in as that user (created if the id is
+/// new), then redirects to `next` when it is safe, or answers the user as JSON.
+async fn dev_login(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let params = single_params(query.as_deref(), &["user", "next"])?;
+    let Some(who) = params.get("user").filter(|u| !u.is_empty()) else {
+        return Err(ApiError::bad(
+            "missing `user`; call /dev/login?user=USER_ID (or an email of an existing user)",
+        ));
+    };
+    let db = state.db();
+    let user = if who.contains('@') {
+        db.get_user_by_email(who).await?.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no user with email {who:?}; create one with POST /v1/users or log in by id"
+            ))
+        })?
+    } else if let Some(user) = db.get_user(who).await? {
+        user
+    } else {
+        check_id(who, "user")?;
+        let user = User {
+            id: who.clone(),
+            email: None,
+            name: who.clone(),
+            created_at: now_unix(),
+        };
+        db.create_user(&user).await?;
+        tracing::warn!(user = %user.id, "dev login created a user");
+        user
+    };
+    let cookie = start_session(&state, &user).await?;
+    tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
+    let mut resp = match after_login(&state, params.get("next").map(String::as_str)) {
+        Some(next) => {
+            let mut r = StatusCode::FOUND.into_response();
+            r.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&next).map_err(|e| ApiError::internal(e.to_string()))?,
+            );
+            r
+        }
+        None => Json(json!({ "user": user, "dev_mode": true })).into_response(),
+    };
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// `GET /dev/logout`: ends the session of this browser.
+async fn dev_logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    end_sessions(&state, &headers).await?;
+    let mut resp = Json(json!({ "signed_out": true })).into_response();
+    let clear = format!(
+        "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
+        state.session_cookie(),
+        if state.config().issuer.starts_with("https://") {
+            "; Secure"
+        } else {
+            ""
+        }
+    );
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&clear).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    no_store(&mut resp);
+    Ok(resp)
+}
