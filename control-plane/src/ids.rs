@@ -1,7 +1,9 @@
 //! The rule every id of a user, team or server follows, checked wherever one is made (the
 //! admin API, the dev login, users provisioned from an identity provider).
 
-use crate::authz::ANONYMOUS_SUB;
+/// The `sub` of tokens minted for someone who is not signed in (public ports only). User ids
+/// may never take this value (the admin API refuses it).
+pub const ANONYMOUS_SUB: &str = "anonymous";
 
 /// An id that breaks the rule; the message says what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

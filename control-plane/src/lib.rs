@@ -10,6 +10,7 @@ pub mod http;
 pub mod ids;
 pub mod keys;
 pub mod limits;
+pub mod mint;
 pub mod recorder;
 pub mod store;
 pub mod xds_sync;
@@ -184,6 +185,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(health::router())
         .merge(flow::router(&state))
+        .merge(http::capabilities::router(&state))
         .merge(api_tokens::router())
         .merge(admin::router(state.clone()));
     if state.config().dev_mode {

@@ -1,32 +1,27 @@
-//! The browser flow and script minting:
-//! `GET /api/proxy-auth` (signed in and allowed → a one-time login ticket on the pod host),
-//! `GET /.podgate/callback` (on the pod host, through Envoy: ticket → capability cookie), and
-//! `POST /v1/capabilities` (the same checks, the capability in the body).
+//! The browser flow:
+//! `GET /api/proxy-auth` (signed in and allowed → a one-time login ticket on the pod host) and
+//! `GET /.podgate/callback` (on the pod host, through Envoy: ticket → capability cookie).
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::from_fn_with_state;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::get;
+use axum::Router;
 use podgate_protocol::gate::Request as GateRequest;
-use podgate_protocol::host::{parse_port, validate_slug, PodAddr};
+use podgate_protocol::host::PodAddr;
 use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
-use podgate_protocol::token::{mint, PodClaims, TokenKind};
-use serde::{Deserialize, Serialize};
+use podgate_protocol::token::TokenKind;
 
-use crate::auth::verify::{browser_user, identify, Accept, ClientIp};
-use crate::authz::{may_reach, ANONYMOUS_SUB};
-use crate::error::{ApiError, ApiResult, JsonBody};
+use crate::auth::verify::browser_user;
+use crate::authz::{authorize, may_reach};
+use crate::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
-use crate::http::shared::{no_store, single_params};
-use crate::keys::random_id;
-use crate::store::{now_unix, AuditEntry, KeyKind, User};
+use crate::http::shared::{no_store, parse_target, single_params};
+use crate::ids::ANONYMOUS_SUB;
+use crate::mint::{mint_for, sign_for};
+use crate::store::now_unix;
 use crate::AppState;
-
-/// The one answer for "no such pod or port" and "not yours": no existence oracle.
-pub const NOT_FOUND_MSG: &str =
-    "no such pod or port, or you may not reach it; check the pod name and port, or ask the pod's owner to share it";
 
 /// The flow's routes, each behind its per-client limit (`limits.rs` says what counts and why).
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -40,10 +35,6 @@ pub fn router(state: &AppState) -> Router<AppState> {
             "/.podgate/callback",
             get(callback).route_layer(limit(Endpoint::Callback)),
         )
-        .route(
-            "/v1/capabilities",
-            post(capabilities).route_layer(limit(Endpoint::Capabilities)),
-        )
 }
 
 fn redirect(location: &str) -> ApiResult<Response> {
@@ -55,115 +46,6 @@ fn redirect(location: &str) -> ApiResult<Response> {
     );
     no_store(&mut resp);
     Ok(resp)
-}
-
-/// Validates a pod and port given by a client.
-fn parse_target(pod: Option<&str>, port: Option<&str>) -> ApiResult<PodAddr> {
-    let pod = pod.filter(|p| !p.is_empty()).ok_or_else(|| {
-        ApiError::bad("missing `pod`: give the pod's slug, e.g. pod=myslug&port=8726")
-    })?;
-    validate_slug(pod).map_err(|e| ApiError::bad(format!("`pod` is not a pod slug: {e}")))?;
-    let port = port.filter(|p| !p.is_empty()).ok_or_else(|| {
-        ApiError::bad("missing `port`: give the port inside the pod, e.g. port=8726")
-    })?;
-    let port = parse_port(port).map_err(|e| ApiError::bad(format!("`port` is not valid: {e}")))?;
-    Ok(PodAddr {
-        pod: pod.to_owned(),
-        port,
-    })
-}
-
-/// `Ok` when `user` (or nobody, for `None`) may reach `addr`; the uniform `NotFound` when the
-/// pod does not exist or they may not. Reads the database every time.
-async fn authorize(state: &AppState, user: Option<&User>, addr: &PodAddr) -> ApiResult<()> {
-    let facts = state
-        .db()
-        .access_facts(&addr.pod, addr.port, user.map(|u| u.id.as_str()))
-        .await?;
-    match facts {
-        Some(f) if may_reach(&f, user) => Ok(()),
-        _ => Err(ApiError::not_found(NOT_FOUND_MSG)),
-    }
-}
-
-/// A freshly minted token, when it expires, and its audit entry (not yet recorded).
-struct Minted {
-    token: String,
-    jti: String,
-    expires_at: i64,
-    audit: AuditEntry,
-}
-
-/// Mints a token of `kind` for `user` (or anonymous) on `addr`'s public host, and records it in
-/// the audit trail (never the token itself), with the API token it was minted with, if any.
-async fn mint_for(
-    state: &AppState,
-    kind: TokenKind,
-    user: Option<&User>,
-    addr: &PodAddr,
-    via: &str,
-    api_token: Option<&str>,
-) -> ApiResult<Minted> {
-    let minted = sign_for(state, kind, user, addr, via, api_token)?;
-    state
-        .recorder()
-        .record(minted.audit.clone())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(minted)
-}
-
-/// Signs a token; the caller records `audit` before handing the token out.
-fn sign_for(
-    state: &AppState,
-    kind: TokenKind,
-    user: Option<&User>,
-    addr: &PodAddr,
-    via: &str,
-    api_token: Option<&str>,
-) -> ApiResult<Minted> {
-    let config = state.config();
-    let ring = state.keys()?;
-    let (key, lifetime, key_kind) = match kind {
-        TokenKind::LoginTicket => (&ring.ticket_signer, config.ticket_lifetime, KeyKind::Ticket),
-        TokenKind::Capability => (
-            &ring.capability_signer,
-            config.capability_lifetime,
-            KeyKind::Capability,
-        ),
-    };
-    let jti = random_id().map_err(|e| ApiError::internal(e.to_string()))?;
-    let claims = PodClaims {
-        iss: config.issuer.clone(),
-        sub: user.map_or_else(|| ANONYMOUS_SUB.to_owned(), |u| u.id.clone()),
-        aud: config.host_template.render(addr),
-        pod: addr.pod.clone(),
-        port: addr.port,
-        jti: jti.clone(),
-        email: user.and_then(|u| u.email.clone()),
-    };
-    let now = now_unix();
-    let lifetime = lifetime as i64;
-    let token = mint(kind, key, &claims, now, lifetime)
-        .map_err(|e| ApiError::internal(format!("minting a {kind:?}: {e}")))?;
-    let audit = AuditEntry {
-        jti: jti.clone(),
-        kind: key_kind,
-        user_id: claims.sub,
-        pod_slug: claims.pod,
-        port: claims.port,
-        audience: claims.aud,
-        via: via.to_owned(),
-        api_token_id: api_token.map(str::to_owned),
-        issued_at: now,
-        expires_at: now + lifetime,
-    };
-    Ok(Minted {
-        token,
-        jti,
-        expires_at: now + lifetime,
-        audit,
-    })
 }
 
 fn is_page_load(headers: &HeaderMap, method: &str) -> bool {
@@ -213,12 +95,12 @@ async fn proxy_auth(
 
     if user.is_none() {
         // Only a public port lets someone through without signing in.
-        let public = authorize(&state, None, &addr).await.is_ok();
+        let public = authorize(state.db(), None, &addr).await.is_ok();
         if !public {
             return not_signed_in(&state, &headers, &addr, &next);
         }
     } else {
-        authorize(&state, user.as_ref(), &addr).await?;
+        authorize(state.db(), user.as_ref(), &addr).await?;
     }
 
     let ticket = mint_for(
@@ -279,7 +161,8 @@ fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
         .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
-/// Why a callback failed (logged; the page says only what helps the user).
+/// Why a callback failed. Every variant but `Server` is the client's: logged, and answered
+/// with a page that says only what helps the user. `Server` is ours: answered as its error.
 #[derive(Debug)]
 #[allow(dead_code)] // the fields are read through `Debug`, in the log line
 enum CallbackFailure {
@@ -289,6 +172,13 @@ enum CallbackFailure {
     WrongHost,
     Replayed,
     NoLongerAllowed,
+    Server(ApiError),
+}
+
+impl From<ApiError> for CallbackFailure {
+    fn from(e: ApiError) -> Self {
+        CallbackFailure::Server(e)
+    }
 }
 
 /// `GET /.podgate/callback?ticket=&next=` on a pod host.
@@ -317,11 +207,7 @@ async fn callback(
                 Err(_) => failure_page(&state, addr.as_ref(), &next),
             }
         }
-        Err(Ok(failure)) => {
-            tracing::info!(?failure, host, "callback refused");
-            failure_page(&state, addr.as_ref(), &next)
-        }
-        Err(Err(e)) => {
+        Err(CallbackFailure::Server(e)) => {
             let mut resp = e.into_response();
             if let Ok(clear) = HeaderValue::from_str(&clear_cookie(&state)) {
                 resp.headers_mut().append(header::SET_COOKIE, clear);
@@ -329,33 +215,36 @@ async fn callback(
             no_store(&mut resp);
             resp
         }
+        Err(failure) => {
+            tracing::info!(?failure, host, "callback refused");
+            failure_page(&state, addr.as_ref(), &next)
+        }
     }
 }
 
 /// Checks the ticket and mints the capability; returns the `Set-Cookie` value.
-/// `Err(Ok(..))` is the client's fault, `Err(Err(..))` ours.
 async fn accept_ticket(
     state: &AppState,
     addr: Option<&PodAddr>,
     query: Option<&str>,
-) -> Result<String, Result<CallbackFailure, ApiError>> {
-    let addr = addr.ok_or(Ok(CallbackFailure::NotAPodHost))?;
+) -> Result<String, CallbackFailure> {
+    let addr = addr.ok_or(CallbackFailure::NotAPodHost)?;
     let params = single_params(query, &["ticket", "next"])
-        .map_err(|e| Ok(CallbackFailure::BadQuery(e.to_string())))?;
+        .map_err(|e| CallbackFailure::BadQuery(e.to_string()))?;
     let ticket = params
         .get("ticket")
-        .ok_or(Ok(CallbackFailure::BadQuery("no ticket".into())))?;
-    let ring = state.keys().map_err(Err)?;
+        .ok_or(CallbackFailure::BadQuery("no ticket".into()))?;
+    let ring = state.keys()?;
     let now = now_unix();
     let verified = ring
         .ticket_verifier
         .verify(ticket, now)
-        .map_err(|e| Ok(CallbackFailure::BadTicket(e.to_string())))?;
+        .map_err(|e| CallbackFailure::BadTicket(e.to_string()))?;
     let claims = &verified.claims;
     // `aud` must be exactly this host; pod and port must be what this host names.
     let this_host = state.config().host_template.render(addr);
     if claims.aud != this_host || claims.pod != addr.pod || claims.port != addr.port {
-        return Err(Ok(CallbackFailure::WrongHost));
+        return Err(CallbackFailure::WrongHost);
     }
     // Authorization is read again: the ticket proves who, not what they may reach now.
     let (user, facts) = if claims.sub == ANONYMOUS_SUB {
@@ -363,38 +252,38 @@ async fn accept_ticket(
             .db()
             .access_facts(&addr.pod, addr.port, None)
             .await
-            .map_err(|e| Err(e.into()))?;
+            .map_err(ApiError::from)?;
         (None, facts)
     } else {
         let (user, facts) = state
             .db()
             .user_access_facts(&claims.sub, &addr.pod, addr.port)
             .await
-            .map_err(|e| Err(e.into()))?
-            .ok_or(Ok(CallbackFailure::NoLongerAllowed))?;
+            .map_err(ApiError::from)?
+            .ok_or(CallbackFailure::NoLongerAllowed)?;
         (Some(user), facts)
     };
     if !facts.is_some_and(|f| may_reach(&f, user.as_ref())) {
-        return Err(Ok(CallbackFailure::NoLongerAllowed));
+        return Err(CallbackFailure::NoLongerAllowed);
     }
     let cap = sign_for(
-        state,
+        state.config(),
+        &ring,
         TokenKind::Capability,
         user.as_ref(),
         addr,
         "callback",
         None,
-    )
-    .map_err(Err)?;
+    )?;
     // Single use: a ticket already consumed is a replay; the capability is recorded before it
     // is handed out.
     if !state
         .recorder()
         .consume_then_record(claims.jti.clone(), verified.expires_at, cap.audit.clone())
         .await
-        .map_err(|e| Err(ApiError::internal(e.to_string())))?
+        .map_err(|e| ApiError::internal(e.to_string()))?
     {
-        return Err(Ok(CallbackFailure::Replayed));
+        return Err(CallbackFailure::Replayed);
     }
     tracing::info!(
         user = %claims.sub, pod = %addr.pod, port = addr.port, jti = %cap.jti,
@@ -467,76 +356,4 @@ fn failure_page(state: &AppState, addr: Option<&PodAddr>, next: &str) -> Respons
     }
     no_store(&mut resp);
     resp
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CapabilityRequest {
-    pub pod: String,
-    pub port: u16,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CapabilityResponse {
-    pub token: String,
-    /// RFC 3339, UTC.
-    pub expires_at: String,
-    /// The pod port's public URL; send the token as `podgate-token` or `Authorization: Bearer`.
-    pub url: String,
-}
-
-/// `POST /v1/capabilities {pod, port}` for scripts and SDKs.
-async fn capabilities(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ClientIp(client): ClientIp,
-    JsonBody(req): JsonBody<CapabilityRequest>,
-) -> ApiResult<Response> {
-    let addr = parse_target(Some(&req.pod), Some(&req.port.to_string()))?;
-    // Every verifier: API tokens and ID tokens as bearer, then the browser's cookies.
-    let outcome = identify(&state, &headers, &client, Accept::Api).await?;
-    let via = outcome.identity.as_ref().map_or_else(
-        || "capabilities".to_owned(),
-        |i| format!("capabilities/{}", i.via.label()),
-    );
-    let api_token = outcome
-        .identity
-        .as_ref()
-        .and_then(|i| i.via.api_token_id().map(str::to_owned));
-    let user = outcome.identity.map(|i| i.user);
-    match &user {
-        None => {
-            // A credential that was presented and refused is an error even for public ports.
-            if let Some(reason) = outcome.rejection {
-                return Err(ApiError::Unauthorized(reason));
-            }
-            if authorize(&state, None, &addr).await.is_err() {
-                return Err(ApiError::Unauthorized(
-                    "not signed in; send an API token (pg_...) or an ID token as `Authorization: Bearer`, or the session cookie".into(),
-                ));
-            }
-        }
-        Some(u) => authorize(&state, Some(u), &addr).await?,
-    }
-    let cap = mint_for(
-        &state,
-        TokenKind::Capability,
-        user.as_ref(),
-        &addr,
-        &via,
-        api_token.as_deref(),
-    )
-    .await?;
-    let host = state.config().host_template.render(&addr);
-    let expires_at = chrono::DateTime::from_timestamp(cap.expires_at, 0)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .ok_or_else(|| ApiError::internal("expiry out of range"))?;
-    let mut resp = Json(CapabilityResponse {
-        token: cap.token,
-        expires_at,
-        url: format!("{}/", state.config().pod_origin(&host)),
-    })
-    .into_response();
-    no_store(&mut resp);
-    Ok(resp)
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api_tokens;
+pub mod capabilities;
 pub mod cors;
 pub mod dev_login;
 pub mod flow;

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
 
+use podgate_protocol::host::{parse_port, validate_slug, PodAddr};
+
 use crate::config::limits::MAX_QUERY_LEN;
 use crate::error::{ApiError, ApiResult};
 
@@ -38,4 +40,20 @@ pub fn no_store(resp: &mut Response) {
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+}
+
+/// Validates a pod and port given by a client.
+pub fn parse_target(pod: Option<&str>, port: Option<&str>) -> ApiResult<PodAddr> {
+    let pod = pod.filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::bad("missing `pod`: give the pod's slug, e.g. pod=myslug&port=8726")
+    })?;
+    validate_slug(pod).map_err(|e| ApiError::bad(format!("`pod` is not a pod slug: {e}")))?;
+    let port = port.filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::bad("missing `port`: give the port inside the pod, e.g. port=8726")
+    })?;
+    let port = parse_port(port).map_err(|e| ApiError::bad(format!("`port` is not valid: {e}")))?;
+    Ok(PodAddr {
+        pod: pod.to_owned(),
+        port,
+    })
 }
