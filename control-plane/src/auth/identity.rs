@@ -38,7 +38,7 @@ pub async fn current_user(state: &AppState, headers: &HeaderMap) -> ApiResult<Op
     Ok(None)
 }
 
-/// Starts a session for `user`; returns the `Set-Cookie` value.
+/// Starts a session for `user`; returns the session cookie's value.
 pub async fn start_session(state: &AppState, user: &User) -> ApiResult<String> {
     let secret: [u8; 32] = random_bytes().map_err(|e| ApiError::internal(e.to_string()))?;
     let value = hex::encode(secret);
@@ -48,15 +48,7 @@ pub async fn start_session(state: &AppState, user: &User) -> ApiResult<String> {
         .db()
         .create_session(&session_hash(&value), &user.id, now, now + lifetime as i64)
         .await?;
-    let secure = if state.config().issuer.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
-    Ok(format!(
-        "{}={value}; Path=/; Max-Age={lifetime}; HttpOnly; SameSite=Lax{secure}",
-        state.session_cookie()
-    ))
+    Ok(value)
 }
 
 /// Ends every session of ours this request's cookies name.

@@ -329,21 +329,6 @@ async fn revoke_token(
     Ok(resp)
 }
 
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn page(status: StatusCode, body: String) -> Response {
     // CSP, nosniff and framing rules come from `security_headers` like every response's.
     let mut resp = (status, Html(body)).into_response();
@@ -373,7 +358,12 @@ async fn init_page(State(state): State<AppState>, PathArgs(config): PathArgs<Str
         "curl -fsS -X POST {issuer}/v1/capabilities -H \"Authorization: Bearer {token}\" -H \"Content-Type: application/json\" -d '{{\"pod\":\"POD\",\"port\":PORT}}'"
     );
     let prefix_line = prefix
-        .map(|p| format!("<p>Session prefix: <code>{}</code></p>", html_escape(&p)))
+        .map(|p| {
+            format!(
+                "<p>Session prefix: <code>{}</code></p>",
+                html_escape::encode_quoted_attribute(&p)
+            )
+        })
         .unwrap_or_default();
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>podgate setup link</title>\
@@ -386,8 +376,8 @@ async fn init_page(State(state): State<AppState>, PathArgs(config): PathArgs<Str
          <p>The podgate CLI is not released yet: the installer says so and stops.</p>\
          <h2>Use the token today</h2><p>Exchange it for a capability for one pod and port:</p><pre>{}</pre>\
          </body></html>",
-        html_escape(&install),
-        html_escape(&example)
+        html_escape::encode_quoted_attribute(&install),
+        html_escape::encode_quoted_attribute(&example)
     );
     page(StatusCode::OK, body)
 }

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::auth::identity::{end_sessions, start_session};
 use crate::error::{ApiError, ApiResult};
+use crate::http::cookies;
 use crate::http::shared::{no_store, single_params};
 use crate::ids::check_id;
 use crate::store::{now_unix, User};
@@ -69,7 +70,7 @@ async fn dev_login(
         tracing::warn!(user = %user.id, "dev login created a user");
         user
     };
-    let cookie = start_session(&state, &user).await?;
+    let cookie = cookies::session(&state, &start_session(&state, &user).await?);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
     let mut resp = match after_login(&state, params.get("next").map(String::as_str)) {
         Some(next) => {
@@ -94,15 +95,7 @@ async fn dev_login(
 async fn dev_logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     end_sessions(&state, &headers).await?;
     let mut resp = Json(json!({ "signed_out": true })).into_response();
-    let clear = format!(
-        "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
-        state.session_cookie(),
-        if state.config().issuer.starts_with("https://") {
-            "; Secure"
-        } else {
-            ""
-        }
-    );
+    let clear = cookies::clear_session(&state);
     resp.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_str(&clear).map_err(|e| ApiError::internal(e.to_string()))?,

@@ -16,6 +16,7 @@ use podgate_protocol::token::TokenKind;
 use crate::auth::verify::browser_user;
 use crate::authz::{authorize, may_reach};
 use crate::error::{ApiError, ApiResult};
+use crate::http::cookies;
 use crate::http::limits::{self, Endpoint};
 use crate::http::shared::{no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
@@ -209,7 +210,7 @@ async fn callback(
         }
         Err(CallbackFailure::Server(e)) => {
             let mut resp = e.into_response();
-            if let Ok(clear) = HeaderValue::from_str(&clear_cookie(&state)) {
+            if let Ok(clear) = HeaderValue::from_str(&cookies::clear_capability(&state)) {
                 resp.headers_mut().append(header::SET_COOKIE, clear);
             }
             no_store(&mut resp);
@@ -289,52 +290,7 @@ async fn accept_ticket(
         user = %claims.sub, pod = %addr.pod, port = addr.port, jti = %cap.jti,
         "capability minted"
     );
-    Ok(capability_cookie(state, &cap.token))
-}
-
-fn cookie_attributes(state: &AppState, max_age: u64) -> String {
-    let config = state.config();
-    let secure = if config.public_scheme.is_https() {
-        "; Secure"
-    } else {
-        ""
-    };
-    format!(
-        "; Path=/; Max-Age={max_age}; HttpOnly; SameSite={}{secure}",
-        config.cookie_samesite.as_str()
-    )
-}
-
-/// The capability cookie: host-only (no `Domain`), `__Host-` and `Secure` over https.
-fn capability_cookie(state: &AppState, token: &str) -> String {
-    format!(
-        "{}={token}{}",
-        state.capability_cookie(),
-        cookie_attributes(state, state.config().capability_lifetime)
-    )
-}
-
-fn clear_cookie(state: &AppState) -> String {
-    format!(
-        "{}={}",
-        state.capability_cookie(),
-        cookie_attributes(state, 0)
-    )
-}
-
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    Ok(cookies::capability(state, &cap.token))
 }
 
 /// 400 page that clears our cookie and links to a fresh attempt.
@@ -348,10 +304,10 @@ fn failure_page(state: &AppState, addr: Option<&PodAddr>, next: &str) -> Respons
          <body><h1>This sign-in link cannot be used</h1>\
          <p>It has expired, was already used, or was meant for another address.</p>\
          <p><a href=\"{}\">Try again</a></p></body></html>",
-        html_escape(&retry)
+        html_escape::encode_quoted_attribute(&retry)
     );
     let mut resp = (StatusCode::BAD_REQUEST, Html(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&clear_cookie(state)) {
+    if let Ok(v) = HeaderValue::from_str(&cookies::clear_capability(state)) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     no_store(&mut resp);

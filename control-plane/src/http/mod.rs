@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api_tokens;
 pub mod capabilities;
+pub mod cookies;
 pub mod cors;
 pub mod dev_login;
 pub mod flow;
