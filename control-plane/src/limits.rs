@@ -192,7 +192,6 @@ impl Limiters {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::config::limits::{resolve, LimitInputs};
 
     #[test]
     fn failures_drain_only_on_fail_and_clients_are_apart() {
@@ -257,25 +256,5 @@ mod tests {
             assert!(l.tracked_clients() <= 10);
         }
         assert!(l.tracked_clients() >= 9, "evicts a tenth, not everything");
-    }
-
-    #[test]
-    fn bad_settings_name_their_variable() {
-        let e = resolve(LimitInputs {
-            proxy_auth: (Some(0), None),
-            ..LimitInputs::default()
-        })
-        .unwrap_err();
-        assert!(e.0.contains("PODGATE_PROXY_AUTH_BURST"), "{e}");
-        let e = resolve(LimitInputs {
-            max_body_bytes: Some(10),
-            ..LimitInputs::default()
-        })
-        .unwrap_err();
-        assert!(e.0.contains("PODGATE_MAX_BODY_BYTES"), "{e}");
-        assert_eq!(
-            resolve(LimitInputs::default()).unwrap(),
-            LimitsConfig::default()
-        );
     }
 }

@@ -175,3 +175,29 @@ pub fn resolve(i: LimitInputs) -> Result<LimitsConfig, ConfigError> {
         )?,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_name_their_variable() {
+        let e = resolve(LimitInputs {
+            proxy_auth: (Some(0), None),
+            ..LimitInputs::default()
+        })
+        .unwrap_err();
+        assert!(e.0.contains("PODGATE_PROXY_AUTH_BURST"), "{e}");
+        let e = resolve(LimitInputs {
+            max_body_bytes: Some(10),
+            ..LimitInputs::default()
+        })
+        .unwrap_err();
+        assert!(e.0.contains("PODGATE_MAX_BODY_BYTES"), "{e}");
+        assert_eq!(
+            resolve(LimitInputs::default()).unwrap(),
+            LimitsConfig::default()
+        );
+    }
+}
