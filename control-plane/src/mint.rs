@@ -57,7 +57,7 @@ pub fn sign_for(
             KeyKind::Capability,
         ),
     };
-    let jti = random_id().map_err(|e| ApiError::internal(e.to_string()))?;
+    let jti = random_id()?;
     let claims = PodClaims {
         iss: config.issuer.clone(),
         sub: user.map_or_else(|| ANONYMOUS_SUB.to_owned(), |u| u.id.clone()),

@@ -74,8 +74,8 @@ pub fn token_hash(token: &str) -> String {
 
 /// A fresh `(id, token)`.
 pub fn generate() -> ApiResult<(String, String)> {
-    let id: [u8; ID_HEX_LEN / 2] = random_bytes().map_err(|e| ApiError::internal(e.to_string()))?;
-    let secret: [u8; 32] = random_bytes().map_err(|e| ApiError::internal(e.to_string()))?;
+    let id: [u8; ID_HEX_LEN / 2] = random_bytes()?;
+    let secret: [u8; 32] = random_bytes()?;
     let id = hex::encode(id);
     let token = format!("{TOKEN_PREFIX}{id}_{}", base32(&secret));
     Ok((id, token))

@@ -162,7 +162,7 @@ fn check_slug(state: &AppState, slug: &str) -> ApiResult<()> {
 }
 
 fn gen_id(prefix: &str) -> ApiResult<String> {
-    let r = random_id().map_err(|e| ApiError::internal(e.to_string()))?;
+    let r = random_id()?;
     Ok(format!("{prefix}-{}", &r[..16]))
 }
 
