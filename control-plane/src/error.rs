@@ -44,13 +44,6 @@ pub enum ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// Randomness or key material failed: ours, logged, never echoed (500).
-impl From<crate::keys::KeyringError> for ApiError {
-    fn from(e: crate::keys::KeyringError) -> Self {
-        ApiError::Internal(e.to_string())
-    }
-}
-
 /// A bad id is the client's to fix (400).
 impl From<crate::ids::InvalidId> for ApiError {
     fn from(e: crate::ids::InvalidId) -> Self {

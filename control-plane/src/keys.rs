@@ -291,3 +291,10 @@ pub async fn load_gated(
         capability_pending,
     })
 }
+
+/// Randomness or key material failed: ours, logged, never echoed (500).
+impl From<KeyringError> for crate::error::ApiError {
+    fn from(e: KeyringError) -> Self {
+        crate::error::ApiError::Internal(e.to_string())
+    }
+}
