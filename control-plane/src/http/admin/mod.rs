@@ -186,3 +186,13 @@ fn deleted(found: bool, what: &str) -> ApiResult<Response> {
         Err(ApiError::not_found(format!("no such {what}")))
     }
 }
+
+/// `Ok` when the user exists; else a 400 naming the field that named a missing user.
+async fn require_user(s: &AppState, user_id: &str, field: &str) -> ApiResult<()> {
+    match s.db().get_user(user_id).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::bad(format!(
+            "`{field}`: no user {user_id:?}; create it with POST /v1/users first"
+        ))),
+    }
+}

@@ -7,8 +7,9 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::teams::require_user;
-use super::{check_port, check_slug, check_text, created, deleted, nullable, parse_enum};
+use super::{
+    check_port, check_slug, check_text, created, deleted, nullable, parse_enum, require_user,
+};
 use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::store::{now_unix, parse_pod_status, Pod, PodPort, PodStatus, Sharing};
 use crate::AppState;

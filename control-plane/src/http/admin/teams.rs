@@ -6,7 +6,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{check_text, created, deleted, gen_id, parse_enum};
+use super::{check_text, created, deleted, gen_id, parse_enum, require_user};
 use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::{now_unix, Member, Role, Team};
@@ -118,16 +118,6 @@ async fn require_team(s: &AppState, team_id: &str) -> ApiResult<()> {
         ))),
     }
 }
-
-pub(super) async fn require_user(s: &AppState, user_id: &str, field: &str) -> ApiResult<()> {
-    match s.db().get_user(user_id).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::bad(format!(
-            "`{field}`: no user {user_id:?}; create it with POST /v1/users first"
-        ))),
-    }
-}
-
 async fn list_members(
     State(s): State<AppState>,
     PathArgs(team_id): PathArgs<String>,
