@@ -4,6 +4,7 @@
 use podgate_protocol::host::PodAddr;
 use podgate_protocol::token::{mint, PodClaims, TokenKind};
 
+use crate::authz::may_reach;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::ANONYMOUS_SUB;
@@ -89,4 +90,97 @@ pub fn sign_for(
         expires_at: now + lifetime,
         audit,
     })
+}
+
+/// Why a login ticket was refused: the client's to retry with a fresh sign-in link.
+#[derive(Debug)]
+#[allow(dead_code)] // the fields are read through `Debug`, in the log line
+pub enum TicketRefusal {
+    /// Malformed, expired, or not signed by a ticket key of ours.
+    BadTicket(String),
+    /// Minted for another pod host than the one it was presented on.
+    WrongHost,
+    /// Already redeemed once.
+    Replayed,
+    /// The user no longer exists or may no longer reach the port.
+    NoLongerAllowed,
+}
+
+/// Why [`redeem_ticket`] minted nothing.
+#[derive(Debug)]
+pub enum RedeemError {
+    Refused(TicketRefusal),
+    /// Ours: the keys, the database or the recorder failed.
+    Server(ApiError),
+}
+
+impl From<ApiError> for RedeemError {
+    fn from(e: ApiError) -> Self {
+        RedeemError::Server(e)
+    }
+}
+
+/// Redeems a login ticket presented on `addr`'s host: checks it, reads authorization again,
+/// consumes it (single use) and mints the capability, recorded before it is handed out.
+pub async fn redeem_ticket(
+    state: &AppState,
+    addr: &PodAddr,
+    ticket: &str,
+) -> Result<Minted, RedeemError> {
+    let ring = state.keys()?;
+    let now = now_unix();
+    let verified = ring
+        .ticket_verifier
+        .verify(ticket, now)
+        .map_err(|e| RedeemError::Refused(TicketRefusal::BadTicket(e.to_string())))?;
+    let claims = &verified.claims;
+    // `aud` must be exactly this host; pod and port must be what this host names.
+    let this_host = state.config().host_template.render(addr);
+    if claims.aud != this_host || claims.pod != addr.pod || claims.port != addr.port {
+        return Err(RedeemError::Refused(TicketRefusal::WrongHost));
+    }
+    // Authorization is read again: the ticket proves who, not what they may reach now.
+    let (user, facts) = if claims.sub == ANONYMOUS_SUB {
+        let facts = state
+            .db()
+            .access_facts(&addr.pod, addr.port, None)
+            .await
+            .map_err(ApiError::from)?;
+        (None, facts)
+    } else {
+        let (user, facts) = state
+            .db()
+            .user_access_facts(&claims.sub, &addr.pod, addr.port)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(RedeemError::Refused(TicketRefusal::NoLongerAllowed))?;
+        (Some(user), facts)
+    };
+    if !facts.is_some_and(|f| may_reach(&f, user.as_ref())) {
+        return Err(RedeemError::Refused(TicketRefusal::NoLongerAllowed));
+    }
+    let cap = sign_for(
+        state.config(),
+        &ring,
+        TokenKind::Capability,
+        user.as_ref(),
+        addr,
+        "callback",
+        None,
+    )?;
+    // Single use: a ticket already consumed is a replay; the capability is recorded before it
+    // is handed out.
+    if !state
+        .recorder()
+        .consume_then_record(claims.jti.clone(), verified.expires_at, cap.audit.clone())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    {
+        return Err(RedeemError::Refused(TicketRefusal::Replayed));
+    }
+    tracing::info!(
+        user = %claims.sub, pod = %addr.pod, port = addr.port, jti = %cap.jti,
+        "capability minted"
+    );
+    Ok(cap)
 }

@@ -14,14 +14,13 @@ use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use podgate_protocol::token::TokenKind;
 
 use crate::auth::verify::browser_user;
-use crate::authz::{authorize, may_reach};
+use crate::authz::authorize;
 use crate::error::{ApiError, ApiResult};
 use crate::http::cookies;
 use crate::http::limits::{self, Endpoint};
 use crate::http::shared::{no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
-use crate::mint::{mint_for, sign_for};
-use crate::store::now_unix;
+use crate::mint::{mint_for, redeem_ticket, RedeemError, TicketRefusal};
 use crate::AppState;
 
 /// The flow's routes, each behind its per-client limit (`limits.rs` says what counts and why).
@@ -169,16 +168,16 @@ fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
 enum CallbackFailure {
     NotAPodHost,
     BadQuery(String),
-    BadTicket(String),
-    WrongHost,
-    Replayed,
-    NoLongerAllowed,
+    Refused(TicketRefusal),
     Server(ApiError),
 }
 
-impl From<ApiError> for CallbackFailure {
-    fn from(e: ApiError) -> Self {
-        CallbackFailure::Server(e)
+impl From<RedeemError> for CallbackFailure {
+    fn from(e: RedeemError) -> Self {
+        match e {
+            RedeemError::Refused(r) => CallbackFailure::Refused(r),
+            RedeemError::Server(e) => CallbackFailure::Server(e),
+        }
     }
 }
 
@@ -235,61 +234,7 @@ async fn accept_ticket(
     let ticket = params
         .get("ticket")
         .ok_or(CallbackFailure::BadQuery("no ticket".into()))?;
-    let ring = state.keys()?;
-    let now = now_unix();
-    let verified = ring
-        .ticket_verifier
-        .verify(ticket, now)
-        .map_err(|e| CallbackFailure::BadTicket(e.to_string()))?;
-    let claims = &verified.claims;
-    // `aud` must be exactly this host; pod and port must be what this host names.
-    let this_host = state.config().host_template.render(addr);
-    if claims.aud != this_host || claims.pod != addr.pod || claims.port != addr.port {
-        return Err(CallbackFailure::WrongHost);
-    }
-    // Authorization is read again: the ticket proves who, not what they may reach now.
-    let (user, facts) = if claims.sub == ANONYMOUS_SUB {
-        let facts = state
-            .db()
-            .access_facts(&addr.pod, addr.port, None)
-            .await
-            .map_err(ApiError::from)?;
-        (None, facts)
-    } else {
-        let (user, facts) = state
-            .db()
-            .user_access_facts(&claims.sub, &addr.pod, addr.port)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or(CallbackFailure::NoLongerAllowed)?;
-        (Some(user), facts)
-    };
-    if !facts.is_some_and(|f| may_reach(&f, user.as_ref())) {
-        return Err(CallbackFailure::NoLongerAllowed);
-    }
-    let cap = sign_for(
-        state.config(),
-        &ring,
-        TokenKind::Capability,
-        user.as_ref(),
-        addr,
-        "callback",
-        None,
-    )?;
-    // Single use: a ticket already consumed is a replay; the capability is recorded before it
-    // is handed out.
-    if !state
-        .recorder()
-        .consume_then_record(claims.jti.clone(), verified.expires_at, cap.audit.clone())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-    {
-        return Err(CallbackFailure::Replayed);
-    }
-    tracing::info!(
-        user = %claims.sub, pod = %addr.pod, port = addr.port, jti = %cap.jti,
-        "capability minted"
-    );
+    let cap = redeem_ticket(state, addr, ticket).await?;
     Ok(cookies::capability(state, &cap.token))
 }
 
