@@ -1,11 +1,14 @@
 //! Who may reach what: the owner; members of the pod's team; any signed-in user or anyone, by
 //! the port's sharing level. Always decided from facts read from the database at mint time.
 
-use crate::store::{AccessFacts, Sharing, User};
+use podgate_protocol::host::PodAddr;
 
-/// The `sub` of tokens minted for someone who is not signed in (public ports only). User ids
-/// may never take this value (the admin API refuses it).
-pub const ANONYMOUS_SUB: &str = "anonymous";
+use crate::error::{ApiError, ApiResult};
+use crate::store::{AccessFacts, Db, Sharing, User};
+
+/// The one answer for "no such pod or port" and "not yours": no existence oracle.
+pub const NOT_FOUND_MSG: &str =
+    "no such pod or port, or you may not reach it; check the pod name and port, or ask the pod's owner to share it";
 
 /// Whether `user` (or nobody, when `None`) may reach the port these facts describe.
 pub fn may_reach(facts: &AccessFacts, user: Option<&User>) -> bool {
@@ -15,6 +18,18 @@ pub fn may_reach(facts: &AccessFacts, user: Option<&User>) -> bool {
         Sharing::SignedIn => user.is_some(),
         Sharing::Team => is_owner || (user.is_some() && facts.is_team_member),
         Sharing::Owner => is_owner,
+    }
+}
+
+/// `Ok` when `user` (or nobody, for `None`) may reach `addr`; the uniform `NotFound` when the
+/// pod does not exist or they may not. Reads the database every time.
+pub async fn authorize(db: &Db, user: Option<&User>, addr: &PodAddr) -> ApiResult<()> {
+    let facts = db
+        .access_facts(&addr.pod, addr.port, user.map(|u| u.id.as_str()))
+        .await?;
+    match facts {
+        Some(f) if may_reach(&f, user) => Ok(()),
+        _ => Err(ApiError::not_found(NOT_FOUND_MSG)),
     }
 }
 

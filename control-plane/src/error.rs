@@ -44,6 +44,13 @@ pub enum ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A bad id is the client's to fix (400).
+impl From<crate::ids::InvalidId> for ApiError {
+    fn from(e: crate::ids::InvalidId) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
 impl ApiError {
     pub fn bad(msg: impl Into<String>) -> Self {
         ApiError::BadRequest(msg.into())

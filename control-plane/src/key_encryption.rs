@@ -606,42 +606,6 @@ mod tests {
     }
 
     #[test]
-    fn the_config_file_names_the_keys_like_the_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let (current, previous) = (dir.path().join("new"), dir.path().join("old"));
-        let (new, old) = (
-            KeyEncryptionKey::generate().unwrap(),
-            KeyEncryptionKey::generate().unwrap(),
-        );
-        write_new_key_file(&current, &new).unwrap();
-        write_new_key_file(&previous, &old).unwrap();
-        let toml = dir.path().join("podgate.toml");
-        std::fs::write(
-            &toml,
-            format!(
-                "admin_token = \"0123456789abcdef0123456789abcdef\"\nlogin_url = \"https://app.example.dev/login\"\nxds_listen = \"off\"\nkey_encryption_key_file = {:?}\nprevious_key_encryption_key_file = [{:?}]\n",
-                current.display().to_string(),
-                previous.display().to_string()
-            ),
-        )
-        .unwrap();
-        let config = crate::config::Settings {
-            config: Some(toml),
-            ..Default::default()
-        }
-        .with_file()
-        .unwrap()
-        .resolve(crate::config::Need::Server)
-        .unwrap();
-        let kek = &config.key_encryption;
-        assert_eq!(kek.current().unwrap().id(), new.id());
-        assert_eq!(kek.current().unwrap().file(), Some(current.as_path()));
-        assert_eq!(kek.previous().len(), 1);
-        assert_eq!(kek.previous()[0].id(), old.id());
-        assert!(!config.dev_mode);
-    }
-
-    #[test]
     fn a_new_key_file_is_private_and_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kek");

@@ -124,17 +124,7 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], KeyringError> {
 /// A random id: 128 bits, lowercase hex.
 pub fn random_id() -> Result<String, KeyringError> {
     let b: [u8; 16] = random_bytes()?;
-    Ok(hex(&b))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
-    }
-    s
+    Ok(hex::encode(b))
 }
 
 /// What a stored key's ciphertext is bound to.
@@ -432,4 +422,11 @@ pub async fn load_gated(
         public_jwks,
         capability_pending,
     })
+}
+
+/// Randomness or key material failed: ours, logged, never echoed (500).
+impl From<KeyringError> for crate::error::ApiError {
+    fn from(e: KeyringError) -> Self {
+        crate::error::ApiError::Internal(e.to_string())
+    }
 }

@@ -1,27 +1,23 @@
 //! The podgate control plane: who the user is, what they may reach, minting, storage and the
 //! HTTP API. `app(state)` builds the whole router; `main.rs` only parses the command line.
 
-pub mod admin;
-pub mod api_tokens;
-pub mod app_session;
+pub mod auth;
 pub mod authz;
 pub mod config;
-pub mod cors;
 pub mod error;
 pub mod filter_config;
-pub mod flow;
-pub mod health;
-pub mod identity;
-pub mod idp_config;
+pub mod http;
+pub mod ids;
 pub mod key_encryption;
 pub mod keys;
 pub mod limits;
-pub mod oidc;
+pub mod mint;
 pub mod recorder;
-pub mod security_headers;
 pub mod store;
-pub mod verify;
 pub mod xds_sync;
+
+use crate::auth::verify;
+use crate::http::{admin, api_tokens, cors, flow, health, security_headers};
 
 use std::sync::{Arc, RwLock};
 
@@ -227,10 +223,11 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(health::router())
         .merge(flow::router(&state))
+        .merge(http::capabilities::router(&state))
         .merge(api_tokens::router())
         .merge(admin::router(state.clone()));
     if state.config().dev_mode {
-        router = router.merge(identity::dev_router());
+        router = router.merge(http::dev_login::dev_router());
     }
     let max_body = state.config().limits.max_body_bytes;
     router
@@ -243,7 +240,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            limits::bounded_request,
+            http::limits::bounded_request,
         ))
         .layer(axum::middleware::map_response(security_headers::secure))
         .with_state(state)

@@ -12,12 +12,12 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Method, Request, StatusCode};
 use common::{Harness, Resp, Which, ADMIN};
-use podgate::config::Settings;
-use podgate::limits::{
+use podgate::config::limits::{
     Rate, DEFAULT_ADMIN_FAILURES, DEFAULT_API_TOKEN_FAILURES, DEFAULT_CALLBACK_FAILURES,
     DEFAULT_CAPABILITY_FAILURES, DEFAULT_MAX_BODY_BYTES, DEFAULT_PROXY_AUTH,
 };
-use podgate::security_headers::{API_CSP, HTML_CSP};
+use podgate::config::Settings;
+use podgate::http::security_headers::{API_CSP, HTML_CSP};
 use serde_json::{json, Value};
 
 const HOST: &str = "localhost-8726-pod-myslug.localhost:10000";

@@ -12,7 +12,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use common::{Harness, Resp};
-use podgate::flow::NOT_FOUND_MSG;
+use podgate::authz::NOT_FOUND_MSG;
 use podgate::store::now_unix;
 use podgate_protocol::token::{mint, PodClaims, TokenKind, Verifier};
 use serde_json::json;

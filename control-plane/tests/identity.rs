@@ -21,8 +21,8 @@ use common::{Harness, Resp, Which};
 use jwt_compact::alg::{Es256, Rsa, RsaPrivateKey};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature};
+use podgate::config::idp::{AppSessionSettings, OidcSettings};
 use podgate::config::Settings;
-use podgate::idp_config::{AppSessionSettings, OidcSettings};
 use podgate::store::now_unix;
 use serde_json::{json, Value};
 
@@ -646,7 +646,7 @@ async fn oidc_only_id_tokens_for_trusted_clients_sign_in(which: Which) {
     let Some(h) = Harness::seeded(which, |s| Settings {
         oidc: vec![
             OidcSettings {
-                audience: podgate::idp_config::ClientIds(vec![AUD.into(), CLI.into()]),
+                audience: podgate::config::idp::ClientIds(vec![AUD.into(), CLI.into()]),
                 ..idp.settings("test", 1)
             },
             OidcSettings {
@@ -1441,7 +1441,7 @@ async fn failed_api_token_attempts_are_rate_limited_per_client() {
         .await;
     let token = r.json()["token"].as_str().unwrap().to_owned();
     let forged = format!("{}{}", &token[..token.len() - 4], "aaaa");
-    for _ in 0..podgate::limits::DEFAULT_API_TOKEN_FAILURES.burst {
+    for _ in 0..podgate::config::limits::DEFAULT_API_TOKEN_FAILURES.burst {
         let r = capability(&h, &[("authorization", &bearer(&forged))], 8726).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }

@@ -23,8 +23,8 @@ use http_body_util::BodyExt;
 use jwt_compact::alg::{Rsa, RsaPrivateKey};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature};
+use podgate::config::idp::{ClientIds, OidcSettings};
 use podgate::config::Settings;
-use podgate::idp_config::{ClientIds, OidcSettings};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 

@@ -12,8 +12,8 @@ use axum::http::{header, HeaderMap};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::idp_config::AppSessionConfig;
-use crate::oidc::{http_client, read_limited};
+use crate::auth::oidc::{http_client, read_limited};
+use crate::config::idp::AppSessionConfig;
 
 /// The verifier name recorded with users.
 pub const VERIFIER: &str = "app-session";
@@ -234,7 +234,7 @@ impl AppSessionVerifier {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::idp_config::{resolve, AppSessionSettings, IdentityInputs};
+    use crate::config::idp::{resolve, AppSessionSettings, IdentityInputs};
 
     fn verifier() -> AppSessionVerifier {
         let c = resolve(

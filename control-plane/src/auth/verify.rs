@@ -25,11 +25,10 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 
-use crate::app_session::{AppSessionError, AppSessionVerifier};
+use crate::auth::app_session::{AppSessionError, AppSessionVerifier};
+use crate::auth::oidc::{OidcError, OidcVerifier};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
-use crate::keys::hex;
-use crate::oidc::{OidcError, OidcVerifier};
 use crate::store::{now_unix, User};
 use crate::AppState;
 
@@ -65,7 +64,7 @@ impl Via {
         match self {
             Via::Session => "session".into(),
             Via::Oidc { provider, .. } => format!("oidc:{provider}"),
-            Via::AppSession => crate::app_session::VERIFIER.into(),
+            Via::AppSession => crate::auth::app_session::VERIFIER.into(),
             Via::ApiToken { id } => format!("api-token:{id}"),
         }
     }
@@ -110,8 +109,7 @@ pub struct Verifiers {
     touched: Mutex<HashMap<String, i64>>,
 }
 
-/// How often `last_used_at` of one token is written at most.
-pub const LAST_USED_EVERY_SECS: i64 = 60;
+pub use crate::auth::api_tokens::LAST_USED_EVERY_SECS;
 
 impl Verifiers {
     pub fn new(config: &Config) -> Result<Verifiers, String> {
@@ -226,9 +224,9 @@ pub async fn identify(
 
     if accept != Accept::Browser {
         if let Some(token) = bearer(headers) {
-            if crate::api_tokens::looks_like_api_token(token) {
+            if crate::auth::api_tokens::looks_like_api_token(token) {
                 // Under `Manage` the handler decides what a token may do (revoke itself only).
-                match crate::api_tokens::verify(state, token, client, now).await? {
+                match crate::auth::api_tokens::verify(state, token, client, now).await? {
                     Ok((user, id)) => {
                         outcome.identity = Some(Identity {
                             user,
@@ -267,7 +265,7 @@ pub async fn identify(
         }
     }
 
-    if let Some(user) = crate::identity::current_user(state, headers).await? {
+    if let Some(user) = crate::auth::identity::current_user(state, headers).await? {
         outcome.identity = Some(Identity {
             user,
             via: Via::Session,
@@ -312,7 +310,7 @@ pub async fn identify(
                     .to_owned();
                 let user = provision(
                     state,
-                    crate::app_session::VERIFIER,
+                    crate::auth::app_session::VERIFIER,
                     &u.subject,
                     u.email,
                     &prefix,
@@ -326,10 +324,10 @@ pub async fn identify(
             }
             Ok(None) => {}
             Err(AppSessionError::Rejected(msg)) => {
-                reject(&mut outcome, crate::app_session::VERIFIER, msg)
+                reject(&mut outcome, crate::auth::app_session::VERIFIER, msg)
             }
             Err(AppSessionError::Upstream(msg)) => {
-                tracing::warn!(verifier = crate::app_session::VERIFIER, error = %msg, "the main app's session endpoint failed");
+                tracing::warn!(verifier = crate::auth::app_session::VERIFIER, error = %msg, "the main app's session endpoint failed");
                 return Err(ApiError::BadGateway(msg));
             }
         }
@@ -351,11 +349,11 @@ pub async fn browser_user(state: &AppState, headers: &HeaderMap) -> ApiResult<Op
 /// provider's ids beforehand; otherwise a stable hash of verifier and subject.
 pub fn user_id_for(verifier: &str, subject: &str, prefix: &str) -> String {
     let direct = format!("{prefix}{subject}");
-    if crate::admin::check_id(&direct, "user").is_ok() {
+    if crate::ids::check_id(&direct, "user").is_ok() {
         return direct;
     }
     let digest = Sha256::digest(format!("{verifier}\n{subject}").as_bytes());
-    format!("{prefix}u-{}", &hex(&digest)[..32])
+    format!("{prefix}u-{}", &hex::encode(digest)[..32])
 }
 
 /// The user linked to `subject` at `verifier`, created on first sight.

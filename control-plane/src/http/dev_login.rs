@@ -1,72 +1,23 @@
-//! Who the user is. [`current_user`] is the one place that answers it; today it knows the
-//! control plane's own session cookie (set by the dev login), and identity providers and API
-//! tokens plug in here later without the endpoints changing.
+//! The dev login: signs in as any user without an identity check. Routed only in dev mode
+//! (which says so loudly at start).
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use podgate_protocol::cookie::find_all;
 use podgate_protocol::redirect::safe_next;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
+use crate::auth::identity::{end_sessions, start_session};
 use crate::error::{ApiError, ApiResult};
-use crate::flow::{no_store, single_params};
-use crate::keys::{hex, random_bytes};
+use crate::http::cookies;
+use crate::http::shared::{no_store, single_params};
+use crate::ids::check_id;
 use crate::store::{now_unix, User};
 use crate::AppState;
 
-/// How many copies of our session cookie we look at (a browser may send several).
-const MAX_SESSION_CANDIDATES: usize = 4;
-
-fn session_hash(value: &str) -> String {
-    hex(&Sha256::digest(value.as_bytes()))
-}
-
-/// The signed-in user of this request, read fresh from the database, or `None`.
-pub async fn current_user(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<User>> {
-    let now = now_unix();
-    for cookie_header in headers.get_all(header::COOKIE) {
-        let Ok(cookie_header) = cookie_header.to_str() else {
-            continue;
-        };
-        for value in find_all(cookie_header, state.session_cookie()).take(MAX_SESSION_CANDIDATES) {
-            // Our values are 64 hex characters; anything else is not ours.
-            if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
-            }
-            if let Some(user) = state.db().session_user(&session_hash(value), now).await? {
-                return Ok(Some(user));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// Starts a session for `user`; returns the `Set-Cookie` value.
-pub async fn start_session(state: &AppState, user: &User) -> ApiResult<String> {
-    let secret: [u8; 32] = random_bytes().map_err(|e| ApiError::internal(e.to_string()))?;
-    let value = hex(&secret);
-    let now = now_unix();
-    let lifetime = state.config().session_lifetime;
-    state
-        .db()
-        .create_session(&session_hash(&value), &user.id, now, now + lifetime as i64)
-        .await?;
-    let secure = if state.config().issuer.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
-    Ok(format!(
-        "{}={value}; Path=/; Max-Age={lifetime}; HttpOnly; SameSite=Lax{secure}",
-        state.session_cookie()
-    ))
-}
-
-/// The dev login: exists only in dev mode (and says so loudly at start).
+/// The dev login's routes.
 pub fn dev_router() -> Router<AppState> {
     Router::new()
         .route("/dev/login", get(dev_login))
@@ -108,7 +59,7 @@ async fn dev_login(
     } else if let Some(user) = db.get_user(who).await? {
         user
     } else {
-        crate::admin::check_id(who, "user")?;
+        check_id(who, "user")?;
         let user = User {
             id: who.clone(),
             email: None,
@@ -119,7 +70,7 @@ async fn dev_login(
         tracing::warn!(user = %user.id, "dev login created a user");
         user
     };
-    let cookie = start_session(&state, &user).await?;
+    let cookie = cookies::session(&state, &start_session(&state, &user).await?);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
     let mut resp = match after_login(&state, params.get("next").map(String::as_str)) {
         Some(next) => {
@@ -142,23 +93,9 @@ async fn dev_login(
 
 /// `GET /dev/logout`: ends the session of this browser.
 async fn dev_logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    for cookie_header in headers.get_all(header::COOKIE) {
-        if let Ok(h) = cookie_header.to_str() {
-            for value in find_all(h, state.session_cookie()).take(MAX_SESSION_CANDIDATES) {
-                state.db().delete_session(&session_hash(value)).await?;
-            }
-        }
-    }
+    end_sessions(&state, &headers).await?;
     let mut resp = Json(json!({ "signed_out": true })).into_response();
-    let clear = format!(
-        "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
-        state.session_cookie(),
-        if state.config().issuer.starts_with("https://") {
-            "; Secure"
-        } else {
-            ""
-        }
-    );
+    let clear = cookies::clear_session(&state);
     resp.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_str(&clear).map_err(|e| ApiError::internal(e.to_string()))?,

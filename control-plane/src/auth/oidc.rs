@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::idp_config::{fetch_url, IdTokenAlg, KeySource, OidcProvider};
+use crate::config::idp::{fetch_url, IdTokenAlg, KeySource, OidcProvider};
 
 /// Longest ID token looked at.
 pub const MAX_ID_TOKEN_LEN: usize = 16 * 1024;

@@ -1,16 +1,8 @@
-//! Long-lived, revocable API tokens for CLIs and automation (seed 004's flow):
+//! The HTTP API of long-lived, revocable API tokens for CLIs and automation:
 //! `POST|GET /api/proxy-tokens`, `DELETE /api/proxy-tokens/{id}`, the setup page `GET /p/{config}`
-//! and `GET /api/download/install.sh?init_url=`.
-//!
-//! A token is `pg_<id>_<secret>`: `id` 24 hex characters (96 random bits, the lookup key, not
-//! secret), `secret` 52 base32 characters (256 random bits). Only SHA-256 of the whole token is
-//! stored: a fast hash is right for a high-entropy secret (nothing to brute-force; a slow
-//! password hash would only cost every request). A use looks the row up by id and compares the
-//! hash in constant time; revoked and expired tokens are refused on their very next use (every
-//! use reads the row: no cache of positive answers), and the unexpired capabilities minted with
-//! a revoked token are pushed to Envoy as revoked (`filter_config.rs`). Failed attempts drain a
-//! per-address token bucket (429 when empty; `limits.rs`). `last_used_at` is written at most
-//! once a minute per token.
+//! and `GET /api/download/install.sh?init_url=`. The token format and its check are in
+//! `crate::auth::api_tokens`; the unexpired capabilities minted with a revoked token are pushed
+//! to Envoy as revoked (`crate::filter_config`).
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -20,132 +12,17 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
+use crate::auth::api_tokens::{
+    generate, parse, token_hash, DEFAULT_EXPIRES_IN_DAYS, MAX_EXPIRES_IN_DAYS, MAX_TOKENS_PER_USER,
+};
+use crate::auth::verify::{identify, Accept, ClientIp, Identity, Via};
 use crate::error::{error_response, ApiError, ApiResult, JsonBody, PathArgs};
-use crate::flow::{no_store, single_params};
-use crate::keys::{hex, random_bytes};
-use crate::store::{now_unix, ApiTokenRow, User};
-use crate::verify::{identify, Accept, ClientIp, Identity, Via};
+use crate::http::shared::{no_store, single_params};
+use crate::store::{now_unix, ApiTokenRow};
 use crate::AppState;
 
-pub const TOKEN_PREFIX: &str = "pg_";
-const ID_HEX_LEN: usize = 24;
-const SECRET_LEN: usize = 52;
-/// Token lifetime bounds (days).
-pub const DEFAULT_EXPIRES_IN_DAYS: u32 = 30;
-pub const MAX_EXPIRES_IN_DAYS: u32 = 365;
-/// Most live tokens per user.
-pub const MAX_TOKENS_PER_USER: usize = 100;
 const MAX_INIT_CONFIG_LEN: usize = 2048;
-
-const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-
-fn base32(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for &b in bytes {
-        acc = (acc << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(B32[((acc >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(B32[((acc << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
-
-/// Whether a bearer value is meant as one of our API tokens.
-pub fn looks_like_api_token(token: &str) -> bool {
-    token.starts_with(TOKEN_PREFIX)
-}
-
-/// `(id, secret)` of a well-formed token.
-pub fn parse(token: &str) -> Option<(&str, &str)> {
-    let rest = token.strip_prefix(TOKEN_PREFIX)?;
-    let (id, secret) = rest.split_at_checked(ID_HEX_LEN)?;
-    let secret = secret.strip_prefix('_')?;
-    let id_ok = id
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let secret_ok = secret.len() == SECRET_LEN && secret.bytes().all(|b| B32.contains(&b));
-    (id_ok && secret_ok).then_some((id, secret))
-}
-
-/// SHA-256 of the whole token, hex.
-pub fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-/// A fresh `(id, token)`.
-pub fn generate() -> ApiResult<(String, String)> {
-    let id: [u8; ID_HEX_LEN / 2] = random_bytes().map_err(|e| ApiError::internal(e.to_string()))?;
-    let secret: [u8; 32] = random_bytes().map_err(|e| ApiError::internal(e.to_string()))?;
-    let id = hex(&id);
-    let token = format!("{TOKEN_PREFIX}{id}_{}", base32(&secret));
-    Ok((id, token))
-}
-
-/// Checks an API token: `Ok(Ok((user, id)))` accepted, `Ok(Err(reason))` refused, `Err` for
-/// our failures and the rate limit (429).
-pub async fn verify(
-    state: &AppState,
-    token: &str,
-    client: &str,
-    now: i64,
-) -> ApiResult<Result<(User, String), String>> {
-    let v = state.verifiers();
-    let limiter = &state.limits().api_token_failures;
-    if let Err(limited) = limiter.check(client) {
-        tracing::warn!(client, "too many failed API-token attempts");
-        let wait = limited.retry_after_secs;
-        return Err(ApiError::TooManyRequests {
-            message: format!(
-                "too many failed API-token attempts from this address; wait {wait} s and retry with a valid token"
-            ),
-            retry_after_secs: wait,
-        });
-    }
-    let refused = |msg: &str| {
-        limiter.fail(client);
-        Ok(Err(msg.to_owned()))
-    };
-    const INVALID: &str =
-        "the API token is not valid; create one with POST /api/proxy-tokens while signed in";
-    let Some((id, _)) = parse(token) else {
-        return refused(INVALID);
-    };
-    let Some((row, user)) = state.db().api_token_with_user(id).await? else {
-        return refused(INVALID);
-    };
-    let presented = token_hash(token);
-    let same: bool = presented.as_bytes().ct_eq(row.token_hash.as_bytes()).into();
-    if !same {
-        return refused(INVALID);
-    }
-    if row.revoked_at.is_some() {
-        return refused(
-            "the API token has been revoked; create a new one with POST /api/proxy-tokens",
-        );
-    }
-    if now >= row.expires_at {
-        return refused("the API token has expired; create a new one with POST /api/proxy-tokens");
-    }
-    let stale = row
-        .last_used_at
-        .is_none_or(|t| now - t >= crate::verify::LAST_USED_EVERY_SECS);
-    if stale && v.should_touch(id, now) {
-        if let Err(e) = state.db().touch_api_token(id, now).await {
-            tracing::warn!(error = %e, token = id, "recording the API token's last use failed");
-        }
-    }
-    Ok(Ok((user, row.id)))
-}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -452,21 +329,6 @@ async fn revoke_token(
     Ok(resp)
 }
 
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn page(status: StatusCode, body: String) -> Response {
     // CSP, nosniff and framing rules come from `security_headers` like every response's.
     let mut resp = (status, Html(body)).into_response();
@@ -496,7 +358,12 @@ async fn init_page(State(state): State<AppState>, PathArgs(config): PathArgs<Str
         "curl -fsS -X POST {issuer}/v1/capabilities -H \"Authorization: Bearer {token}\" -H \"Content-Type: application/json\" -d '{{\"pod\":\"POD\",\"port\":PORT}}'"
     );
     let prefix_line = prefix
-        .map(|p| format!("<p>Session prefix: <code>{}</code></p>", html_escape(&p)))
+        .map(|p| {
+            format!(
+                "<p>Session prefix: <code>{}</code></p>",
+                html_escape::encode_quoted_attribute(&p)
+            )
+        })
         .unwrap_or_default();
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>podgate setup link</title>\
@@ -509,8 +376,8 @@ async fn init_page(State(state): State<AppState>, PathArgs(config): PathArgs<Str
          <p>The podgate CLI is not released yet: the installer says so and stops.</p>\
          <h2>Use the token today</h2><p>Exchange it for a capability for one pod and port:</p><pre>{}</pre>\
          </body></html>",
-        html_escape(&install),
-        html_escape(&example)
+        html_escape::encode_quoted_attribute(&install),
+        html_escape::encode_quoted_attribute(&example)
     );
     page(StatusCode::OK, body)
 }
@@ -607,20 +474,6 @@ async fn install_script_handler(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_have_the_documented_shape() {
-        let (id, token) = generate().unwrap();
-        assert_eq!(parse(&token), Some((id.as_str(), &token[3 + 24 + 1..])));
-        assert_eq!(token.len(), 3 + 24 + 1 + 52);
-        assert!(parse("pg_short_x").is_none());
-        assert!(parse(&token.replace("pg_", "pk_")).is_none());
-        assert!(parse(&format!("{token}a")).is_none());
-        assert!(parse(&token.to_uppercase()).is_none());
-        assert_ne!(generate().unwrap().1, token);
-        assert_eq!(base32(&[0xff; 5]), "77777777");
-        assert_eq!(base32(b"f"), "my");
-    }
 
     #[test]
     fn init_config_round_trips() {

@@ -1,7 +1,11 @@
-//! CORS for browser apps (seed 000): origins listed in `cors_origins` may call
-//! `POST /v1/capabilities` (with an ID token as bearer, or their cookies) and the API-token
-//! endpoints from the page itself. Every other origin gets no CORS headers, so browsers keep the
-//! answers from it; preflights from them are refused.
+//! CORS for browser apps: origins listed in `cors_origins` may call `POST /v1/capabilities`
+//! (with an ID token as bearer, or their cookies) and the API-token endpoints from the page
+//! itself. Every other origin gets no CORS headers, so browsers keep the answers from it;
+//! preflights from them are refused.
+//!
+//! Hand-written rather than `tower_http::cors::CorsLayer`: that layer answers every preflight
+//! itself with 200, where a refused origin here gets 403 with the JSON error body saying which
+//! setting to change, and an allowed one 204.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};

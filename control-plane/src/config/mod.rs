@@ -2,6 +2,9 @@
 //! file, in that order of precedence, checked once into a [`Config`] with a message that says
 //! what is wrong and how to fix it for every bad or missing setting.
 
+pub mod idp;
+pub mod limits;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -255,7 +258,7 @@ pub struct Settings {
     /// file (see control-plane/README.md).
     #[arg(skip)]
     #[serde(default)]
-    pub oidc: Vec<crate::idp_config::OidcSettings>,
+    pub oidc: Vec<crate::config::idp::OidcSettings>,
 
     /// Accept Firebase ID tokens of this project (adds the [[oidc]] entry "firebase").
     #[arg(long, env = "PODGATE_FIREBASE_PROJECT", global = true)]
@@ -273,7 +276,7 @@ pub struct Settings {
     /// The main app's session endpoint (`[app_session]` in the file).
     #[command(flatten)]
     #[serde(default)]
-    pub app_session: crate::idp_config::AppSessionSettings,
+    pub app_session: crate::config::idp::AppSessionSettings,
 
     /// Browser origins allowed to call POST /v1/capabilities with a bearer token, comma-separated.
     #[arg(
@@ -393,13 +396,13 @@ pub struct Config {
     pub key_encryption: crate::key_encryption::KeyEncryption,
     pub log_format: LogFormat,
     /// Identity verifiers (OIDC issuers, the main app's session), CORS origins, client address.
-    pub identity: crate::idp_config::IdentityConfig,
+    pub identity: crate::config::idp::IdentityConfig,
     /// The ADS server, `None` when `--xds-listen off`.
     pub xds: Option<XdsConfig>,
     /// Longest wait before a new capability key signs (publish before sign).
     pub key_publish_delay: u64,
     /// Per-client rate limits and request size bounds.
-    pub limits: crate::limits::LimitsConfig,
+    pub limits: limits::LimitsConfig,
 }
 
 /// The ADS server's settings.
@@ -754,7 +757,7 @@ impl Settings {
             need,
         )?;
 
-        let limits = crate::limits::resolve(crate::limits::LimitInputs {
+        let limits = limits::resolve(limits::LimitInputs {
             proxy_auth: (self.proxy_auth_burst, self.proxy_auth_per_minute),
             callback_failures: (
                 self.callback_failures_burst,
@@ -774,8 +777,8 @@ impl Settings {
             max_header_bytes: self.max_header_bytes,
         })?;
 
-        let identity = crate::idp_config::resolve(
-            crate::idp_config::IdentityInputs {
+        let identity = crate::config::idp::resolve(
+            crate::config::idp::IdentityInputs {
                 oidc: self.oidc,
                 firebase_project: self.firebase_project,
                 oidc_issuer: self.oidc_issuer,
@@ -929,6 +932,42 @@ impl Config {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_config_file_names_the_keys_like_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let (current, previous) = (dir.path().join("new"), dir.path().join("old"));
+        let (new, old) = (
+            crate::key_encryption::KeyEncryptionKey::generate().unwrap(),
+            crate::key_encryption::KeyEncryptionKey::generate().unwrap(),
+        );
+        crate::key_encryption::write_new_key_file(&current, &new).unwrap();
+        crate::key_encryption::write_new_key_file(&previous, &old).unwrap();
+        let toml = dir.path().join("podgate.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "admin_token = \"0123456789abcdef0123456789abcdef\"\nlogin_url = \"https://app.example.dev/login\"\nxds_listen = \"off\"\nkey_encryption_key_file = {:?}\nprevious_key_encryption_key_file = [{:?}]\n",
+                current.display().to_string(),
+                previous.display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = Settings {
+            config: Some(toml),
+            ..Default::default()
+        }
+        .with_file()
+        .unwrap()
+        .resolve(Need::Server)
+        .unwrap();
+        let kek = &config.key_encryption;
+        assert_eq!(kek.current().unwrap().id(), new.id());
+        assert_eq!(kek.current().unwrap().file(), Some(current.as_path()));
+        assert_eq!(kek.previous().len(), 1);
+        assert_eq!(kek.previous()[0].id(), old.id());
+        assert!(!config.dev_mode);
+    }
+
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
     fn base() -> Settings {
@@ -990,7 +1029,7 @@ mod tests {
         assert_eq!(c.ticket_lifetime, 60);
         assert_eq!(c.cookie_samesite, SameSite::Lax);
         assert_eq!(c.signing_alg, SigningAlg::Eddsa);
-        assert_eq!(c.limits, crate::limits::LimitsConfig::default());
+        assert_eq!(c.limits, limits::LimitsConfig::default());
         assert_eq!(
             c.pod_origin("localhost-8726-pod-myslug.localhost"),
             "http://localhost-8726-pod-myslug.localhost:10000"

@@ -1,0 +1,79 @@
+//! Signing keys: `GET /v1/keys` and `POST /v1/keys/rotate`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ApiResult};
+use crate::store::{now_unix, KeyKind};
+use crate::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/keys", get(list_keys))
+        .route("/v1/keys/rotate", post(rotate_keys))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub kind: KeyKind,
+    pub alg: String,
+    pub created_at: i64,
+    /// `active` (signs), or `verifying` (retired, still verifies until `verify_until`).
+    pub state: String,
+    pub verify_until: Option<i64>,
+    /// The key-encryption key the private key is stored under; `null`: stored in plaintext.
+    pub kek_id: Option<String>,
+}
+
+async fn list_keys(State(s): State<AppState>) -> ApiResult<Json<Vec<KeyInfo>>> {
+    let keys = s.db().live_keys(now_unix()).await?;
+    Ok(Json(
+        keys.into_iter()
+            .map(|k| KeyInfo {
+                state: if k.retired_at.is_none() {
+                    "active".into()
+                } else {
+                    "verifying".into()
+                },
+                kek_id: k.material.kek_id().map(str::to_owned),
+                kid: k.kid,
+                kind: k.kind,
+                alg: k.alg,
+                created_at: k.created_at,
+                verify_until: k.verify_until,
+            })
+            .collect(),
+    ))
+}
+
+async fn rotate_keys(State(s): State<AppState>) -> ApiResult<Response> {
+    let config = s.config();
+    let kids = crate::keys::rotate(
+        s.db(),
+        config.signing_alg,
+        now_unix(),
+        config.rotation_overlap(),
+        &config.key_encryption,
+    )
+    .await
+    .map_err(|e| ApiError::internal(format!("rotating keys: {e}")))?;
+    s.reload_keys()
+        .await
+        .map_err(|e| ApiError::internal(format!("reloading keys: {e}")))?;
+    tracing::info!(?kids, "signing keys rotated");
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::json!({
+            "active": kids,
+            "overlap_secs": config.rotation_overlap(),
+            // Publish before sign: the new capability key signs once every Envoy has it.
+            "capability_signs_within_secs": if config.xds.is_some() { config.key_publish_delay } else { 0 },
+        })),
+    )
+        .into_response())
+}

@@ -1,0 +1,235 @@
+//! Pods, their status and ports: `/v1/pods`, `/v1/pods/{slug}`, `/v1/pods/{slug}/status` and
+//! `/v1/pods/{slug}/ports/{port}`.
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{
+    check_port, check_slug, check_text, created, deleted, nullable, parse_enum, require_user,
+};
+use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::store::{now_unix, parse_pod_status, Pod, PodPort, PodStatus, Sharing};
+use crate::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/pods", get(list_pods).post(create_pod))
+        .route(
+            "/v1/pods/{slug}",
+            get(get_pod).patch(update_pod).delete(delete_pod),
+        )
+        .route("/v1/pods/{slug}/status", put(set_pod_status))
+        .route("/v1/pods/{slug}/ports", get(list_ports))
+        .route(
+            "/v1/pods/{slug}/ports/{port}",
+            get(get_port).put(put_port).delete(delete_port),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPod {
+    slug: String,
+    owner_id: String,
+    team_id: Option<String>,
+    server_id: Option<String>,
+    #[serde(default = "default_status")]
+    status: String,
+    nginx_port: u16,
+}
+
+fn default_status() -> String {
+    PodStatus::Starting.as_str().to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PodPatch {
+    owner_id: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    team_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    server_id: Option<Option<String>>,
+    status: Option<String>,
+    nginx_port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortBody {
+    sharing: String,
+    #[serde(default)]
+    label: String,
+}
+
+fn status_of(s: &str) -> ApiResult<PodStatus> {
+    parse_pod_status(s).map_err(|e| ApiError::bad(format!("`status`: {e}")))
+}
+
+async fn check_pod_refs(s: &AppState, pod: &Pod) -> ApiResult<()> {
+    require_user(s, &pod.owner_id, "owner_id").await?;
+    if let Some(team) = &pod.team_id {
+        if s.db().get_team(team).await?.is_none() {
+            return Err(ApiError::bad(format!(
+                "`team_id`: no team {team:?}; create it with POST /v1/teams first, or leave it out"
+            )));
+        }
+    }
+    if let Some(server) = &pod.server_id {
+        if s.db().get_server(server).await?.is_none() {
+            return Err(ApiError::bad(format!(
+                "`server_id`: no server {server:?}; create it with POST /v1/servers first, or leave it out"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn require_pod(s: &AppState, slug: &str) -> ApiResult<Pod> {
+    s.db()
+        .get_pod(slug)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no pod {slug:?}")))
+}
+
+async fn list_pods(State(s): State<AppState>) -> ApiResult<Json<Vec<Pod>>> {
+    Ok(Json(s.db().list_pods().await?))
+}
+
+async fn create_pod(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<NewPod>,
+) -> ApiResult<Response> {
+    check_slug(&s, &body.slug)?;
+    let now = now_unix();
+    let pod = Pod {
+        slug: body.slug,
+        owner_id: body.owner_id,
+        team_id: body.team_id,
+        server_id: body.server_id,
+        status: status_of(&body.status)?,
+        nginx_port: check_port(body.nginx_port, "nginx_port")?,
+        created_at: now,
+        updated_at: now,
+    };
+    check_pod_refs(&s, &pod).await?;
+    if s.db().get_pod(&pod.slug).await?.is_some() {
+        return Err(ApiError::conflict(format!(
+            "a pod {:?} already exists; pick another slug or update it with PATCH /v1/pods/{}",
+            pod.slug, pod.slug
+        )));
+    }
+    s.db().create_pod(&pod).await?;
+    Ok(created(pod))
+}
+
+async fn get_pod(
+    State(s): State<AppState>,
+    PathArgs(slug): PathArgs<String>,
+) -> ApiResult<Json<Pod>> {
+    Ok(Json(require_pod(&s, &slug).await?))
+}
+
+async fn update_pod(
+    State(s): State<AppState>,
+    PathArgs(slug): PathArgs<String>,
+    JsonBody(patch): JsonBody<PodPatch>,
+) -> ApiResult<Json<Pod>> {
+    let mut pod = require_pod(&s, &slug).await?;
+    if let Some(owner) = patch.owner_id {
+        pod.owner_id = owner;
+    }
+    if let Some(team) = patch.team_id {
+        pod.team_id = team;
+    }
+    if let Some(server) = patch.server_id {
+        pod.server_id = server;
+    }
+    if let Some(status) = patch.status {
+        pod.status = status_of(&status)?;
+    }
+    if let Some(port) = patch.nginx_port {
+        pod.nginx_port = check_port(port, "nginx_port")?;
+    }
+    check_pod_refs(&s, &pod).await?;
+    pod.updated_at = now_unix();
+    s.db().update_pod(&pod).await?;
+    Ok(Json(pod))
+}
+
+async fn set_pod_status(
+    State(s): State<AppState>,
+    PathArgs(slug): PathArgs<String>,
+    JsonBody(body): JsonBody<StatusBody>,
+) -> ApiResult<Json<Pod>> {
+    let status = status_of(&body.status)?;
+    if !s.db().set_pod_status(&slug, status, now_unix()).await? {
+        return Err(ApiError::not_found(format!("no pod {slug:?}")));
+    }
+    Ok(Json(require_pod(&s, &slug).await?))
+}
+
+async fn delete_pod(
+    State(s): State<AppState>,
+    PathArgs(slug): PathArgs<String>,
+) -> ApiResult<Response> {
+    deleted(s.db().delete_pod(&slug).await?, "pod")
+}
+
+async fn list_ports(
+    State(s): State<AppState>,
+    PathArgs(slug): PathArgs<String>,
+) -> ApiResult<Json<Vec<PodPort>>> {
+    require_pod(&s, &slug).await?;
+    Ok(Json(s.db().list_pod_ports(&slug).await?))
+}
+
+async fn get_port(
+    State(s): State<AppState>,
+    PathArgs((slug, port)): PathArgs<(String, u16)>,
+) -> ApiResult<Json<PodPort>> {
+    s.db()
+        .get_pod_port(&slug, port)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "pod {slug:?} has no sharing set for port {port} (it is shared at the default level, team)"
+            ))
+        })
+}
+
+async fn put_port(
+    State(s): State<AppState>,
+    PathArgs((slug, port)): PathArgs<(String, u16)>,
+    JsonBody(body): JsonBody<PortBody>,
+) -> ApiResult<Json<PodPort>> {
+    require_pod(&s, &slug).await?;
+    let port = check_port(port, "port")?;
+    let sharing: Sharing = parse_enum(&body.sharing, "sharing")?;
+    check_text(&body.label, "label", 100)?;
+    let p = PodPort {
+        pod_slug: slug,
+        port,
+        sharing,
+        label: body.label,
+    };
+    s.db().put_pod_port(&p).await?;
+    Ok(Json(p))
+}
+
+async fn delete_port(
+    State(s): State<AppState>,
+    PathArgs((slug, port)): PathArgs<(String, u16)>,
+) -> ApiResult<Response> {
+    deleted(s.db().delete_pod_port(&slug, port).await?, "port setting")
+}

@@ -1,0 +1,105 @@
+//! Servers, the machines pods run on: `/v1/servers` and `/v1/servers/{id}`.
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{check_address, check_text, created, deleted, gen_id};
+use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::ids::check_id;
+use crate::store::{now_unix, Server};
+use crate::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/servers", get(list_servers).post(create_server))
+        .route(
+            "/v1/servers/{id}",
+            get(get_server).patch(update_server).delete(delete_server),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewServer {
+    id: Option<String>,
+    #[serde(default)]
+    name: String,
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerPatch {
+    name: Option<String>,
+    address: Option<String>,
+}
+
+async fn list_servers(State(s): State<AppState>) -> ApiResult<Json<Vec<Server>>> {
+    Ok(Json(s.db().list_servers().await?))
+}
+
+async fn create_server(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<NewServer>,
+) -> ApiResult<Response> {
+    let id = match body.id {
+        Some(id) => id,
+        None => gen_id("server")?,
+    };
+    check_id(&id, "server")?;
+    check_text(&body.name, "name", 200)?;
+    check_address(&body.address)?;
+    let server = Server {
+        id,
+        name: body.name,
+        address: body.address,
+        created_at: now_unix(),
+    };
+    s.db().create_server(&server).await?;
+    Ok(created(server))
+}
+
+async fn get_server(
+    State(s): State<AppState>,
+    PathArgs(id): PathArgs<String>,
+) -> ApiResult<Json<Server>> {
+    s.db()
+        .get_server(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no server {id:?}")))
+}
+
+async fn update_server(
+    State(s): State<AppState>,
+    PathArgs(id): PathArgs<String>,
+    JsonBody(patch): JsonBody<ServerPatch>,
+) -> ApiResult<Json<Server>> {
+    let mut server = s
+        .db()
+        .get_server(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no server {id:?}")))?;
+    if let Some(name) = patch.name {
+        check_text(&name, "name", 200)?;
+        server.name = name;
+    }
+    if let Some(address) = patch.address {
+        check_address(&address)?;
+        server.address = address;
+    }
+    s.db()
+        .update_server(&id, &server.name, &server.address)
+        .await?;
+    Ok(Json(server))
+}
+
+async fn delete_server(
+    State(s): State<AppState>,
+    PathArgs(id): PathArgs<String>,
+) -> ApiResult<Response> {
+    deleted(s.db().delete_server(&id).await?, "server")
+}

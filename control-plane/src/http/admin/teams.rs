@@ -1,0 +1,196 @@
+//! Teams and their members: `/v1/teams`, `/v1/teams/{id}` and `/v1/teams/{id}/members`.
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{check_text, created, deleted, gen_id, parse_enum, require_user};
+use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::ids::check_id;
+use crate::store::{now_unix, Member, Role, Team};
+use crate::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/teams", get(list_teams).post(create_team))
+        .route(
+            "/v1/teams/{id}",
+            get(get_team).patch(update_team).delete(delete_team),
+        )
+        .route("/v1/teams/{id}/members", get(list_members).post(add_member))
+        .route(
+            "/v1/teams/{id}/members/{user_id}",
+            get(get_member).put(set_member_role).delete(delete_member),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTeam {
+    id: Option<String>,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeamPatch {
+    name: String,
+}
+
+async fn list_teams(State(s): State<AppState>) -> ApiResult<Json<Vec<Team>>> {
+    Ok(Json(s.db().list_teams().await?))
+}
+
+async fn create_team(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<NewTeam>,
+) -> ApiResult<Response> {
+    let id = match body.id {
+        Some(id) => id,
+        None => gen_id("team")?,
+    };
+    check_id(&id, "team")?;
+    check_text(&body.name, "name", 200)?;
+    let team = Team {
+        id,
+        name: body.name,
+        created_at: now_unix(),
+    };
+    s.db().create_team(&team).await?;
+    Ok(created(team))
+}
+
+async fn get_team(
+    State(s): State<AppState>,
+    PathArgs(id): PathArgs<String>,
+) -> ApiResult<Json<Team>> {
+    s.db()
+        .get_team(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no team {id:?}")))
+}
+
+async fn update_team(
+    State(s): State<AppState>,
+    PathArgs(id): PathArgs<String>,
+    JsonBody(patch): JsonBody<TeamPatch>,
+) -> ApiResult<Json<Team>> {
+    check_text(&patch.name, "name", 200)?;
+    if !s.db().update_team(&id, &patch.name).await? {
+        return Err(ApiError::not_found(format!("no team {id:?}")));
+    }
+    get_team(State(s), PathArgs(id)).await
+}
+
+async fn delete_team(
+    State(s): State<AppState>,
+    PathArgs(id): PathArgs<String>,
+) -> ApiResult<Response> {
+    deleted(s.db().delete_team(&id).await?, "team")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMember {
+    user_id: String,
+    #[serde(default = "default_role")]
+    role: String,
+}
+
+fn default_role() -> String {
+    Role::Member.as_str().to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: String,
+}
+
+async fn require_team(s: &AppState, team_id: &str) -> ApiResult<()> {
+    match s.db().get_team(team_id).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!(
+            "no team {team_id:?}; create it with POST /v1/teams"
+        ))),
+    }
+}
+async fn list_members(
+    State(s): State<AppState>,
+    PathArgs(team_id): PathArgs<String>,
+) -> ApiResult<Json<Vec<Member>>> {
+    require_team(&s, &team_id).await?;
+    Ok(Json(s.db().list_members(&team_id).await?))
+}
+
+async fn add_member(
+    State(s): State<AppState>,
+    PathArgs(team_id): PathArgs<String>,
+    JsonBody(body): JsonBody<NewMember>,
+) -> ApiResult<Response> {
+    require_team(&s, &team_id).await?;
+    require_user(&s, &body.user_id, "user_id").await?;
+    let role: Role = parse_enum(&body.role, "role")?;
+    let member = Member {
+        team_id,
+        user_id: body.user_id,
+        role,
+        created_at: now_unix(),
+    };
+    if s.db()
+        .get_member(&member.team_id, &member.user_id)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::conflict(format!(
+            "{:?} is already a member of {:?}; change the role with PUT /v1/teams/{}/members/{}",
+            member.user_id, member.team_id, member.team_id, member.user_id
+        )));
+    }
+    s.db().put_member(&member).await?;
+    Ok(created(member))
+}
+
+async fn get_member(
+    State(s): State<AppState>,
+    PathArgs((team_id, user_id)): PathArgs<(String, String)>,
+) -> ApiResult<Json<Member>> {
+    s.db()
+        .get_member(&team_id, &user_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("{user_id:?} is not a member of {team_id:?}")))
+}
+
+async fn set_member_role(
+    State(s): State<AppState>,
+    PathArgs((team_id, user_id)): PathArgs<(String, String)>,
+    JsonBody(body): JsonBody<RoleBody>,
+) -> ApiResult<Json<Member>> {
+    require_team(&s, &team_id).await?;
+    require_user(&s, &user_id, "user").await?;
+    let role: Role = parse_enum(&body.role, "role")?;
+    let created_at = s
+        .db()
+        .get_member(&team_id, &user_id)
+        .await?
+        .map_or_else(now_unix, |m| m.created_at);
+    let member = Member {
+        team_id,
+        user_id,
+        role,
+        created_at,
+    };
+    s.db().put_member(&member).await?;
+    Ok(Json(member))
+}
+
+async fn delete_member(
+    State(s): State<AppState>,
+    PathArgs((team_id, user_id)): PathArgs<(String, String)>,
+) -> ApiResult<Response> {
+    deleted(s.db().delete_member(&team_id, &user_id).await?, "member")
+}

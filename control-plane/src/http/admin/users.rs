@@ -1,0 +1,110 @@
+//! Users: `/v1/users` and `/v1/users/{id}`.
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{check_email, check_text, created, deleted, gen_id, nullable};
+use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::ids::check_id;
+use crate::store::{now_unix, User};
+use crate::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/users", get(list_users).post(create_user))
+        .route(
+            "/v1/users/{id}",
+            get(get_user).patch(update_user).delete(delete_user),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    id: Option<String>,
+    email: Option<String>,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserPatch {
+    #[serde(default, deserialize_with = "nullable")]
+    email: Option<Option<String>>,
+    name: Option<String>,
+}
+
+async fn list_users(State(s): State<AppState>) -> ApiResult<Json<Vec<User>>> {
+    Ok(Json(s.db().list_users().await?))
+}
+
+async fn create_user(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<NewUser>,
+) -> ApiResult<Response> {
+    let id = match body.id {
+        Some(id) => id,
+        None => gen_id("user")?,
+    };
+    check_id(&id, "user")?;
+    if let Some(e) = &body.email {
+        check_email(e)?;
+    }
+    check_text(&body.name, "name", 200)?;
+    let user = User {
+        id,
+        email: body.email,
+        name: body.name,
+        created_at: now_unix(),
+    };
+    s.db().create_user(&user).await?;
+    Ok(created(user))
+}
+
+async fn get_user(
+    State(s): State<AppState>,
+    PathArgs(id): PathArgs<String>,
+) -> ApiResult<Json<User>> {
+    s.db()
+        .get_user(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no user {id:?}")))
+}
+
+async fn update_user(
+    State(s): State<AppState>,
+    PathArgs(id): PathArgs<String>,
+    JsonBody(patch): JsonBody<UserPatch>,
+) -> ApiResult<Json<User>> {
+    let mut user = s
+        .db()
+        .get_user(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no user {id:?}")))?;
+    if let Some(email) = patch.email {
+        if let Some(e) = &email {
+            check_email(e)?;
+        }
+        user.email = email;
+    }
+    if let Some(name) = patch.name {
+        check_text(&name, "name", 200)?;
+        user.name = name;
+    }
+    s.db()
+        .update_user(&id, user.email.as_deref(), &user.name)
+        .await?;
+    Ok(Json(user))
+}
+
+async fn delete_user(
+    State(s): State<AppState>,
+    PathArgs(id): PathArgs<String>,
+) -> ApiResult<Response> {
+    deleted(s.db().delete_user(&id).await?, "user")
+}

@@ -1,0 +1,102 @@
+//! `POST /v1/capabilities {pod, port}`: a capability in the body, for scripts and SDKs; the
+//! same checks as the browser flow, with every identity verifier.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use podgate_protocol::token::TokenKind;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::verify::{identify, Accept, ClientIp};
+use crate::authz::authorize;
+use crate::error::{ApiError, ApiResult, JsonBody};
+use crate::http::limits::{self, Endpoint};
+use crate::http::shared::{no_store, parse_target};
+use crate::mint::mint_for;
+use crate::AppState;
+
+/// The route, behind its per-client limit (`crate::http::limits` says what counts and why).
+pub fn router(state: &AppState) -> Router<AppState> {
+    Router::new().route(
+        "/v1/capabilities",
+        post(capabilities).route_layer(from_fn_with_state(
+            (state.clone(), Endpoint::Capabilities),
+            limits::limit,
+        )),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityRequest {
+    pub pod: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CapabilityResponse {
+    pub token: String,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
+    /// The pod port's public URL; send the token as `podgate-token` or `Authorization: Bearer`.
+    pub url: String,
+}
+
+/// `POST /v1/capabilities {pod, port}` for scripts and SDKs.
+async fn capabilities(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ClientIp(client): ClientIp,
+    JsonBody(req): JsonBody<CapabilityRequest>,
+) -> ApiResult<Response> {
+    let addr = parse_target(Some(&req.pod), Some(&req.port.to_string()))?;
+    // Every verifier: API tokens and ID tokens as bearer, then the browser's cookies.
+    let outcome = identify(&state, &headers, &client, Accept::Api).await?;
+    let via = outcome.identity.as_ref().map_or_else(
+        || "capabilities".to_owned(),
+        |i| format!("capabilities/{}", i.via.label()),
+    );
+    let api_token = outcome
+        .identity
+        .as_ref()
+        .and_then(|i| i.via.api_token_id().map(str::to_owned));
+    let user = outcome.identity.map(|i| i.user);
+    match &user {
+        None => {
+            // A credential that was presented and refused is an error even for public ports.
+            if let Some(reason) = outcome.rejection {
+                return Err(ApiError::Unauthorized(reason));
+            }
+            if authorize(state.db(), None, &addr).await.is_err() {
+                return Err(ApiError::Unauthorized(
+                    "not signed in; send an API token (pg_...) or an ID token as `Authorization: Bearer`, or the session cookie".into(),
+                ));
+            }
+        }
+        Some(u) => authorize(state.db(), Some(u), &addr).await?,
+    }
+    let cap = mint_for(
+        &state,
+        TokenKind::Capability,
+        user.as_ref(),
+        &addr,
+        &via,
+        api_token.as_deref(),
+    )
+    .await?;
+    let host = state.config().host_template.render(&addr);
+    let expires_at = chrono::DateTime::from_timestamp(cap.expires_at, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .ok_or_else(|| ApiError::internal("expiry out of range"))?;
+    let mut resp = Json(CapabilityResponse {
+        token: cap.token,
+        expires_at,
+        url: format!("{}/", state.config().pod_origin(&host)),
+    })
+    .into_response();
+    no_store(&mut resp);
+    Ok(resp)
+}

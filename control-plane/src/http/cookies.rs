@@ -1,0 +1,82 @@
+//! Every cookie the control plane sets, built in one place with one rule: over https a cookie
+//! is `Secure` (and its name, chosen once at start by `podgate_protocol::cookie::cookie_name`,
+//! carries `__Host-`); always host-only (no `Domain`), `Path=/` and `HttpOnly`.
+//!
+//! Two cookies exist: the capability cookie on pod hosts (https when the pods' public scheme
+//! is), and the control plane's own session cookie (https when its issuer URL is).
+
+use cookie::time::Duration;
+use cookie::{Cookie, SameSite};
+
+use crate::config::SameSite as ConfiguredSameSite;
+use crate::AppState;
+
+/// The `Set-Cookie` value of `name=value`, kept `max_age_secs` seconds (0 removes it).
+fn build(name: &str, value: &str, https: bool, same_site: SameSite, max_age_secs: u64) -> String {
+    Cookie::build((name, value))
+        .path("/")
+        .max_age(Duration::seconds(
+            i64::try_from(max_age_secs).unwrap_or(i64::MAX),
+        ))
+        .http_only(true)
+        .same_site(same_site)
+        .secure(https)
+        .build()
+        .to_string()
+}
+
+fn capability_same_site(state: &AppState) -> SameSite {
+    match state.config().cookie_samesite {
+        ConfiguredSameSite::Lax => SameSite::Lax,
+        ConfiguredSameSite::Strict => SameSite::Strict,
+        ConfiguredSameSite::None => SameSite::None,
+    }
+}
+
+fn control_plane_is_https(state: &AppState) -> bool {
+    state.config().issuer.starts_with("https://")
+}
+
+/// The capability cookie on a pod host, for the capability's lifetime.
+pub fn capability(state: &AppState, token: &str) -> String {
+    build(
+        state.capability_cookie(),
+        token,
+        state.config().public_scheme.is_https(),
+        capability_same_site(state),
+        state.config().capability_lifetime,
+    )
+}
+
+/// Removes the capability cookie from a pod host.
+pub fn clear_capability(state: &AppState) -> String {
+    build(
+        state.capability_cookie(),
+        "",
+        state.config().public_scheme.is_https(),
+        capability_same_site(state),
+        0,
+    )
+}
+
+/// The control plane's session cookie, for the session's lifetime.
+pub fn session(state: &AppState, value: &str) -> String {
+    build(
+        state.session_cookie(),
+        value,
+        control_plane_is_https(state),
+        SameSite::Lax,
+        state.config().session_lifetime,
+    )
+}
+
+/// Removes the control plane's session cookie.
+pub fn clear_session(state: &AppState) -> String {
+    build(
+        state.session_cookie(),
+        "",
+        control_plane_is_https(state),
+        SameSite::Lax,
+        0,
+    )
+}

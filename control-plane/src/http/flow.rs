@@ -1,0 +1,260 @@
+//! The browser flow:
+//! `GET /api/proxy-auth` (signed in and allowed → a one-time login ticket on the pod host) and
+//! `GET /.podgate/callback` (on the pod host, through Envoy: ticket → capability cookie).
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::from_fn_with_state;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use podgate_protocol::gate::Request as GateRequest;
+use podgate_protocol::host::PodAddr;
+use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
+use podgate_protocol::token::TokenKind;
+
+use crate::auth::verify::browser_user;
+use crate::authz::authorize;
+use crate::error::{ApiError, ApiResult};
+use crate::http::cookies;
+use crate::http::limits::{self, Endpoint};
+use crate::http::shared::{no_store, parse_target, single_params};
+use crate::ids::ANONYMOUS_SUB;
+use crate::mint::{mint_for, redeem_ticket, RedeemError, TicketRefusal};
+use crate::AppState;
+
+/// The flow's routes, each behind its per-client limit (`limits.rs` says what counts and why).
+pub fn router(state: &AppState) -> Router<AppState> {
+    let limit = |endpoint| from_fn_with_state((state.clone(), endpoint), limits::limit);
+    Router::new()
+        .route(
+            "/api/proxy-auth",
+            get(proxy_auth).route_layer(limit(Endpoint::ProxyAuth)),
+        )
+        .route(
+            "/.podgate/callback",
+            get(callback).route_layer(limit(Endpoint::Callback)),
+        )
+}
+
+fn redirect(location: &str) -> ApiResult<Response> {
+    let mut resp = StatusCode::FOUND.into_response();
+    resp.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(location)
+            .map_err(|e| ApiError::internal(format!("redirect target: {e}")))?,
+    );
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+fn is_page_load(headers: &HeaderMap, method: &str) -> bool {
+    let h = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    GateRequest {
+        method,
+        accept: h(header::ACCEPT),
+        sec_fetch_mode: headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok()),
+        upgrade: h(header::UPGRADE),
+        ..GateRequest::default()
+    }
+    .is_page_load()
+}
+
+/// `/api/proxy-auth` on the control plane for this pod, port and (already safe) `next`.
+fn proxy_auth_url(state: &AppState, addr: &PodAddr, next: &str) -> String {
+    format!(
+        "{}/api/proxy-auth?pod={}&port={}&next={}",
+        state.config().issuer,
+        addr.pod,
+        addr.port,
+        encode_query_value(next)
+    )
+}
+
+/// `GET /api/proxy-auth?pod=&port=&next=`.
+async fn proxy_auth(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let params = single_params(query.as_deref(), &["pod", "port", "next"])?;
+    let addr = parse_target(
+        params.get("pod").map(String::as_str),
+        params.get("port").map(String::as_str),
+    )?;
+    let next = params.get("next").map_or("/", String::as_str);
+    if next.len() > MAX_NEXT_LEN {
+        // The filter never sends a longer one; anything that does is not a page load of ours.
+        return Err(ApiError::bad(format!(
+            "`next` is {} bytes, longer than {MAX_NEXT_LEN}; link to a shorter path",
+            next.len()
+        )));
+    }
+    let next = safe_next(next);
+    let user = browser_user(&state, &headers).await?;
+
+    if user.is_none() {
+        // Only a public port lets someone through without signing in.
+        let public = authorize(state.db(), None, &addr).await.is_ok();
+        if !public {
+            return not_signed_in(&state, &headers, &addr, &next);
+        }
+    } else {
+        authorize(state.db(), user.as_ref(), &addr).await?;
+    }
+
+    let ticket = mint_for(
+        &state,
+        TokenKind::LoginTicket,
+        user.as_ref(),
+        &addr,
+        "proxy-auth",
+        None,
+    )
+    .await?;
+    let host = state.config().host_template.render(&addr);
+    let location = format!(
+        "{}/.podgate/callback?ticket={}&next={}",
+        state.config().pod_origin(&host),
+        encode_query_value(&ticket.token),
+        encode_query_value(&next)
+    );
+    tracing::info!(
+        user = user.as_ref().map_or(ANONYMOUS_SUB, |u| u.id.as_str()),
+        pod = %addr.pod, port = addr.port, jti = %ticket.jti,
+        "ticket minted"
+    );
+    redirect(&location)
+}
+
+fn not_signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    addr: &PodAddr,
+    next: &str,
+) -> ApiResult<Response> {
+    let Some(login) = state.config().login_url.as_deref() else {
+        return Err(ApiError::Unauthorized(
+            "not signed in, and no login URL is configured".into(),
+        ));
+    };
+    let back = proxy_auth_url(state, addr, next);
+    let sep = if login.contains('?') { '&' } else { '?' };
+    let location = format!("{login}{sep}next={}", encode_query_value(&back));
+    if is_page_load(headers, "GET") {
+        redirect(&location)
+    } else {
+        let mut resp = ApiError::Unauthorized(format!(
+            "not signed in; sign in at {login} and retry, or use an API token"
+        ))
+        .into_response();
+        no_store(&mut resp);
+        Ok(resp)
+    }
+}
+
+/// The host this request was sent to (HTTP/1 `Host`, or the HTTP/2 authority).
+fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
+/// Why a callback failed. Every variant but `Server` is the client's: logged, and answered
+/// with a page that says only what helps the user. `Server` is ours: answered as its error.
+#[derive(Debug)]
+#[allow(dead_code)] // the fields are read through `Debug`, in the log line
+enum CallbackFailure {
+    NotAPodHost,
+    BadQuery(String),
+    Refused(TicketRefusal),
+    Server(ApiError),
+}
+
+impl From<RedeemError> for CallbackFailure {
+    fn from(e: RedeemError) -> Self {
+        match e {
+            RedeemError::Refused(r) => CallbackFailure::Refused(r),
+            RedeemError::Server(e) => CallbackFailure::Server(e),
+        }
+    }
+}
+
+/// `GET /.podgate/callback?ticket=&next=` on a pod host.
+async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let host = request_host(&headers, &uri).unwrap_or("");
+    let addr = state.config().host_template.parse(host).ok();
+    let next = single_params(query.as_deref(), &["next"])
+        .ok()
+        .and_then(|p| p.get("next").map(|n| safe_next(n)))
+        .unwrap_or_else(|| "/".to_owned());
+    match accept_ticket(&state, addr.as_ref(), query.as_deref()).await {
+        Ok(cookie) => {
+            let Ok(mut resp) = redirect(&next) else {
+                return failure_page(&state, addr.as_ref(), &next);
+            };
+            match HeaderValue::from_str(&cookie) {
+                Ok(v) => {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                    resp
+                }
+                Err(_) => failure_page(&state, addr.as_ref(), &next),
+            }
+        }
+        Err(CallbackFailure::Server(e)) => {
+            let mut resp = e.into_response();
+            if let Ok(clear) = HeaderValue::from_str(&cookies::clear_capability(&state)) {
+                resp.headers_mut().append(header::SET_COOKIE, clear);
+            }
+            no_store(&mut resp);
+            resp
+        }
+        Err(failure) => {
+            tracing::info!(?failure, host, "callback refused");
+            failure_page(&state, addr.as_ref(), &next)
+        }
+    }
+}
+
+/// Checks the ticket and mints the capability; returns the `Set-Cookie` value.
+async fn accept_ticket(
+    state: &AppState,
+    addr: Option<&PodAddr>,
+    query: Option<&str>,
+) -> Result<String, CallbackFailure> {
+    let addr = addr.ok_or(CallbackFailure::NotAPodHost)?;
+    let params = single_params(query, &["ticket", "next"])
+        .map_err(|e| CallbackFailure::BadQuery(e.to_string()))?;
+    let ticket = params
+        .get("ticket")
+        .ok_or(CallbackFailure::BadQuery("no ticket".into()))?;
+    let cap = redeem_ticket(state, addr, ticket).await?;
+    Ok(cookies::capability(state, &cap.token))
+}
+
+/// 400 page that clears our cookie and links to a fresh attempt.
+fn failure_page(state: &AppState, addr: Option<&PodAddr>, next: &str) -> Response {
+    let retry = match addr {
+        Some(addr) => proxy_auth_url(state, addr, next),
+        None => state.config().issuer.clone(),
+    };
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign-in link expired</title></head>\
+         <body><h1>This sign-in link cannot be used</h1>\
+         <p>It has expired, was already used, or was meant for another address.</p>\
+         <p><a href=\"{}\">Try again</a></p></body></html>",
+        html_escape::encode_quoted_attribute(&retry)
+    );
+    let mut resp = (StatusCode::BAD_REQUEST, Html(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookies::clear_capability(state)) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    no_store(&mut resp);
+    resp
+}

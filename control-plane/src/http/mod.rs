@@ -1,0 +1,14 @@
+//! The HTTP API: one module and `router()` per resource or flow, plus the layers every answer
+//! passes through (CORS, security headers).
+
+pub mod admin;
+pub mod api_tokens;
+pub mod capabilities;
+pub mod cookies;
+pub mod cors;
+pub mod dev_login;
+pub mod flow;
+pub mod health;
+pub mod limits;
+pub mod security_headers;
+pub mod shared;

@@ -1,0 +1,186 @@
+//! Minting: a login ticket or a capability for one user (or anonymous) on one pod port, signed
+//! with the key ring in force and recorded in the audit trail (never the token itself).
+
+use podgate_protocol::host::PodAddr;
+use podgate_protocol::token::{mint, PodClaims, TokenKind};
+
+use crate::authz::may_reach;
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::ANONYMOUS_SUB;
+use crate::keys::{random_id, KeyRing};
+use crate::store::{now_unix, AuditEntry, KeyKind, User};
+use crate::AppState;
+
+/// A freshly minted token, when it expires, and its audit entry (not yet recorded).
+pub struct Minted {
+    pub token: String,
+    pub jti: String,
+    pub expires_at: i64,
+    pub audit: AuditEntry,
+}
+
+/// Mints a token of `kind` for `user` (or anonymous) on `addr`'s public host, and records it in
+/// the audit trail (never the token itself), with the API token it was minted with, if any.
+pub async fn mint_for(
+    state: &AppState,
+    kind: TokenKind,
+    user: Option<&User>,
+    addr: &PodAddr,
+    via: &str,
+    api_token: Option<&str>,
+) -> ApiResult<Minted> {
+    let ring = state.keys()?;
+    let minted = sign_for(state.config(), &ring, kind, user, addr, via, api_token)?;
+    state
+        .recorder()
+        .record(minted.audit.clone())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(minted)
+}
+
+/// Signs a token; the caller records `audit` before handing the token out.
+pub fn sign_for(
+    config: &Config,
+    ring: &KeyRing,
+    kind: TokenKind,
+    user: Option<&User>,
+    addr: &PodAddr,
+    via: &str,
+    api_token: Option<&str>,
+) -> ApiResult<Minted> {
+    let (key, lifetime, key_kind) = match kind {
+        TokenKind::LoginTicket => (&ring.ticket_signer, config.ticket_lifetime, KeyKind::Ticket),
+        TokenKind::Capability => (
+            &ring.capability_signer,
+            config.capability_lifetime,
+            KeyKind::Capability,
+        ),
+    };
+    let jti = random_id()?;
+    let claims = PodClaims {
+        iss: config.issuer.clone(),
+        sub: user.map_or_else(|| ANONYMOUS_SUB.to_owned(), |u| u.id.clone()),
+        aud: config.host_template.render(addr),
+        pod: addr.pod.clone(),
+        port: addr.port,
+        jti: jti.clone(),
+        email: user.and_then(|u| u.email.clone()),
+    };
+    let now = now_unix();
+    let lifetime = lifetime as i64;
+    let token = mint(kind, key, &claims, now, lifetime)
+        .map_err(|e| ApiError::internal(format!("minting a {kind:?}: {e}")))?;
+    let audit = AuditEntry {
+        jti: jti.clone(),
+        kind: key_kind,
+        user_id: claims.sub,
+        pod_slug: claims.pod,
+        port: claims.port,
+        audience: claims.aud,
+        via: via.to_owned(),
+        api_token_id: api_token.map(str::to_owned),
+        issued_at: now,
+        expires_at: now + lifetime,
+    };
+    Ok(Minted {
+        token,
+        jti,
+        expires_at: now + lifetime,
+        audit,
+    })
+}
+
+/// Why a login ticket was refused: the client's to retry with a fresh sign-in link.
+#[derive(Debug)]
+#[allow(dead_code)] // the fields are read through `Debug`, in the log line
+pub enum TicketRefusal {
+    /// Malformed, expired, or not signed by a ticket key of ours.
+    BadTicket(String),
+    /// Minted for another pod host than the one it was presented on.
+    WrongHost,
+    /// Already redeemed once.
+    Replayed,
+    /// The user no longer exists or may no longer reach the port.
+    NoLongerAllowed,
+}
+
+/// Why [`redeem_ticket`] minted nothing.
+#[derive(Debug)]
+pub enum RedeemError {
+    Refused(TicketRefusal),
+    /// Ours: the keys, the database or the recorder failed.
+    Server(ApiError),
+}
+
+impl From<ApiError> for RedeemError {
+    fn from(e: ApiError) -> Self {
+        RedeemError::Server(e)
+    }
+}
+
+/// Redeems a login ticket presented on `addr`'s host: checks it, reads authorization again,
+/// consumes it (single use) and mints the capability, recorded before it is handed out.
+pub async fn redeem_ticket(
+    state: &AppState,
+    addr: &PodAddr,
+    ticket: &str,
+) -> Result<Minted, RedeemError> {
+    let ring = state.keys()?;
+    let now = now_unix();
+    let verified = ring
+        .ticket_verifier
+        .verify(ticket, now)
+        .map_err(|e| RedeemError::Refused(TicketRefusal::BadTicket(e.to_string())))?;
+    let claims = &verified.claims;
+    // `aud` must be exactly this host; pod and port must be what this host names.
+    let this_host = state.config().host_template.render(addr);
+    if claims.aud != this_host || claims.pod != addr.pod || claims.port != addr.port {
+        return Err(RedeemError::Refused(TicketRefusal::WrongHost));
+    }
+    // Authorization is read again: the ticket proves who, not what they may reach now.
+    let (user, facts) = if claims.sub == ANONYMOUS_SUB {
+        let facts = state
+            .db()
+            .access_facts(&addr.pod, addr.port, None)
+            .await
+            .map_err(ApiError::from)?;
+        (None, facts)
+    } else {
+        let (user, facts) = state
+            .db()
+            .user_access_facts(&claims.sub, &addr.pod, addr.port)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(RedeemError::Refused(TicketRefusal::NoLongerAllowed))?;
+        (Some(user), facts)
+    };
+    if !facts.is_some_and(|f| may_reach(&f, user.as_ref())) {
+        return Err(RedeemError::Refused(TicketRefusal::NoLongerAllowed));
+    }
+    let cap = sign_for(
+        state.config(),
+        &ring,
+        TokenKind::Capability,
+        user.as_ref(),
+        addr,
+        "callback",
+        None,
+    )?;
+    // Single use: a ticket already consumed is a replay; the capability is recorded before it
+    // is handed out.
+    if !state
+        .recorder()
+        .consume_then_record(claims.jti.clone(), verified.expires_at, cap.audit.clone())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    {
+        return Err(RedeemError::Refused(TicketRefusal::Replayed));
+    }
+    tracing::info!(
+        user = %claims.sub, pod = %addr.pod, port = addr.port, jti = %cap.jti,
+        "capability minted"
+    );
+    Ok(cap)
+}

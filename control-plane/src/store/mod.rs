@@ -1,0 +1,282 @@
+//! Storage: every SQL statement of the control plane. One code path for SQLite and PostgreSQL
+//! through sqlx's `Any` driver (`$N` placeholders, `BIGINT` times, `TEXT` enumerations), with
+//! migrations per database in `migrations/sqlite` and `migrations/postgres`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor, Row};
+
+pub use podgate_protocol::config::PodStatus;
+
+mod api_tokens;
+mod idp;
+mod keys;
+mod pods;
+mod sessions;
+mod users;
+
+pub use api_tokens::ApiTokenRow;
+pub use keys::{KeyMaterial, StoredKey};
+pub use pods::{AccessFacts, Pod, PodPort};
+pub use sessions::AuditEntry;
+pub use users::{Member, Server, Team, User};
+
+/// Every pod status, as stored and as the admin API accepts them.
+pub const POD_STATUSES: &[&str] = &["starting", "running", "stopping", "stopped", "error"];
+
+/// Parses a pod status, saying which values exist when it is not one.
+pub fn parse_pod_status(s: &str) -> Result<PodStatus, String> {
+    PodStatus::parse(s).ok_or_else(|| format!("{s:?} is not one of {}", POD_STATUSES.join(", ")))
+}
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database: a pool and which backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Db {
+    /// Reads (and, on PostgreSQL, writes).
+    pool: AnyPool,
+    /// Writes. On SQLite a single connection, so writers queue here instead of sleeping in
+    /// SQLite's busy handler while another connection holds the write lock.
+    writer: AnyPool,
+    backend: Backend,
+}
+
+/// Turns `sqlite://file.db` into a URL that creates the file if missing.
+fn sqlite_url(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}
+
+impl Db {
+    /// Connects (creating an SQLite file if missing, in WAL mode). Does not migrate.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let url = match backend {
+            Backend::Sqlite => sqlite_url(url),
+            Backend::Postgres => url.to_owned(),
+        };
+        let options = || {
+            AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(5))
+                .after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            // WAL lets readers run beside the one writer; NORMAL is durable in WAL
+                            // except for the last transactions before a power loss.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            // Checkpoints (the only fsyncs under synchronous=NORMAL) run in the
+                            // background checkpointer, never inside a request's commit.
+                            conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                        }
+                        Ok(())
+                    })
+                })
+        };
+        let pool = options()
+            .max_connections(max_connections)
+            .connect(&url)
+            .await?;
+        let writer = match backend {
+            Backend::Sqlite => options().max_connections(1).connect(&url).await?,
+            Backend::Postgres => pool.clone(),
+        };
+        if backend == Backend::Sqlite {
+            tokio::spawn(checkpointer(pool.clone(), writer.clone()));
+        }
+        Ok(Db {
+            pool,
+            writer,
+            backend,
+        })
+    }
+
+    /// Applies the migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.writer).await,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.writer).await,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A round trip to the database, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.writer)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
+    }
+}
+
+/// How often the SQLite WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL size (frames of one page) above which the WAL is reset to empty: under constant load some
+/// reader always holds a snapshot, so a PASSIVE checkpoint alone never lets the WAL restart.
+const WAL_RESET_FRAMES: i64 = 4096;
+
+/// Copies the WAL into the database file in the background (PASSIVE: never blocks writers or
+/// readers), so requests never wait for a checkpoint's fsync; when the WAL has grown past
+/// [`WAL_RESET_FRAMES`], truncates it through the writer connection, so writes queue behind it
+/// briefly instead of sleeping in SQLite's busy handler. Ends when the pool closes.
+async fn checkpointer(pool: AnyPool, writer: AnyPool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if pool.is_closed() || writer.is_closed() {
+            return;
+        }
+        let frames = match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
+            .await
+        {
+            Ok(row) => row.try_get::<i64, _>(1).unwrap_or(0),
+            Err(e) => {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                continue;
+            }
+        };
+        if frames > WAL_RESET_FRAMES {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&writer)
+                .await
+            {
+                if writer.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "WAL reset failed; will retry");
+            }
+        }
+    }
+}
+
+/// Whether an error is a foreign-key violation. SQLite reports a `RESTRICT` hit during a
+/// cascading delete as a trigger constraint, so its message is checked too.
+pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation
+                || db.message().contains("FOREIGN KEY constraint failed")
+        }
+        _ => false,
+    }
+}
+
+/// Current Unix time in seconds.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Defines a `TEXT` enumeration stored as its snake_case name.
+macro_rules! text_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [&'static str] = &[$($s),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "{other:?} is not one of {}",
+                        $name::ALL.join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// A member's role in a team. Every role may reach the team's pods.
+    Role { Owner => "owner", Admin => "admin", Member => "member" }
+);
+text_enum!(
+    /// Who may reach a pod port, beyond its owner.
+    Sharing { Owner => "owner", Team => "team", SignedIn => "signed_in", Public => "public" }
+);
+text_enum!(
+    /// Which kind of token a key signs (matches `TokenKind`).
+    KeyKind { Ticket => "ticket", Capability => "capability" }
+);
+
+/// Sharing level of a port that has no row in `pod_ports`.
+pub const DEFAULT_SHARING: Sharing = Sharing::Team;
+
+pub(super) fn enum_col<T: FromStr<Err = String>>(
+    row: &AnyRow,
+    col: &str,
+) -> Result<T, sqlx::Error> {
+    let s: String = row.try_get(col)?;
+    T::from_str(&s).map_err(|e| sqlx::Error::ColumnDecode {
+        index: col.to_owned(),
+        source: e.into(),
+    })
+}
+
+pub(super) fn collect<T>(rows: Vec<AnyRow>) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, AnyRow>,
+{
+    rows.iter().map(T::from_row).collect()
+}
+
+pub(super) type Res<T> = Result<T, sqlx::Error>;

@@ -1,0 +1,263 @@
+//! Pods, their ports, and the facts an authorization decision reads.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, Row};
+
+use super::{
+    collect, enum_col, parse_pod_status, Db, PodStatus, Res, Sharing, User, DEFAULT_SHARING,
+};
+
+/// A pod status as stored (`TEXT`); decoding it checks it is one of [`super::POD_STATUSES`].
+#[derive(sqlx::Type)]
+#[sqlx(transparent)]
+struct StoredPodStatus(String);
+
+impl TryFrom<StoredPodStatus> for PodStatus {
+    type Error = String;
+    fn try_from(s: StoredPodStatus) -> Result<Self, String> {
+        parse_pod_status(&s.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Pod {
+    pub slug: String,
+    pub owner_id: String,
+    pub team_id: Option<String>,
+    pub server_id: Option<String>,
+    #[sqlx(try_from = "StoredPodStatus")]
+    pub status: PodStatus,
+    #[sqlx(try_from = "i64")]
+    pub nginx_port: u16,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct PodPort {
+    pub pod_slug: String,
+    #[sqlx(try_from = "i64")]
+    pub port: u16,
+    #[sqlx(try_from = "String")]
+    pub sharing: Sharing,
+    pub label: String,
+}
+
+const POD_COLS: &str =
+    "slug, owner_id, team_id, server_id, status, nginx_port, created_at, updated_at";
+
+impl Db {
+    pub async fn create_pod(&self, p: &Pod) -> Res<()> {
+        sqlx::query(
+            "INSERT INTO pods (slug, owner_id, team_id, server_id, status, nginx_port, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&p.slug)
+        .bind(&p.owner_id)
+        .bind(&p.team_id)
+        .bind(&p.server_id)
+        .bind(p.status.as_str())
+        .bind(i64::from(p.nginx_port))
+        .bind(p.created_at)
+        .bind(p.updated_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_pod(&self, slug: &str) -> Res<Option<Pod>> {
+        sqlx::query(&format!("SELECT {POD_COLS} FROM pods WHERE slug = $1"))
+            .bind(slug)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(Pod::from_row)
+            .transpose()
+    }
+
+    pub async fn list_pods(&self) -> Res<Vec<Pod>> {
+        let rows = sqlx::query(&format!("SELECT {POD_COLS} FROM pods ORDER BY slug"))
+            .fetch_all(&self.pool)
+            .await?;
+        collect(rows)
+    }
+
+    /// Replaces every mutable field of a pod.
+    pub async fn update_pod(&self, p: &Pod) -> Res<bool> {
+        let r = sqlx::query(
+            "UPDATE pods SET owner_id = $2, team_id = $3, server_id = $4, status = $5, nginx_port = $6, updated_at = $7 \
+             WHERE slug = $1",
+        )
+        .bind(&p.slug)
+        .bind(&p.owner_id)
+        .bind(&p.team_id)
+        .bind(&p.server_id)
+        .bind(p.status.as_str())
+        .bind(i64::from(p.nginx_port))
+        .bind(p.updated_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn set_pod_status(&self, slug: &str, status: PodStatus, now: i64) -> Res<bool> {
+        let r = sqlx::query("UPDATE pods SET status = $2, updated_at = $3 WHERE slug = $1")
+            .bind(slug)
+            .bind(status.as_str())
+            .bind(now)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn delete_pod(&self, slug: &str) -> Res<bool> {
+        let r = sqlx::query("DELETE FROM pods WHERE slug = $1")
+            .bind(slug)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Every pod with its server's address (if it has a server), for the filter's directory.
+    pub async fn pod_directory(&self) -> Res<Vec<(Pod, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT p.slug AS slug, p.owner_id AS owner_id, p.team_id AS team_id, p.server_id AS server_id, \
+                    p.status AS status, p.nginx_port AS nginx_port, p.created_at AS created_at, \
+                    p.updated_at AS updated_at, s.address AS address \
+             FROM pods p LEFT JOIN servers s ON s.id = p.server_id ORDER BY p.slug",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((Pod::from_row(row)?, row.try_get("address")?)))
+            .collect()
+    }
+
+    /// Creates or replaces a port's sharing level.
+    pub async fn put_pod_port(&self, p: &PodPort) -> Res<()> {
+        sqlx::query(
+            "INSERT INTO pod_ports (pod_slug, port, sharing, label) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (pod_slug, port) DO UPDATE SET sharing = excluded.sharing, label = excluded.label",
+        )
+        .bind(&p.pod_slug)
+        .bind(i64::from(p.port))
+        .bind(p.sharing.as_str())
+        .bind(&p.label)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_pod_port(&self, slug: &str, port: u16) -> Res<Option<PodPort>> {
+        sqlx::query(
+            "SELECT pod_slug, port, sharing, label FROM pod_ports WHERE pod_slug = $1 AND port = $2",
+        )
+        .bind(slug)
+        .bind(i64::from(port))
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(PodPort::from_row)
+        .transpose()
+    }
+
+    pub async fn list_pod_ports(&self, slug: &str) -> Res<Vec<PodPort>> {
+        let rows = sqlx::query(
+            "SELECT pod_slug, port, sharing, label FROM pod_ports WHERE pod_slug = $1 ORDER BY port",
+        )
+        .bind(slug)
+        .fetch_all(&self.pool)
+        .await?;
+        collect(rows)
+    }
+
+    pub async fn delete_pod_port(&self, slug: &str, port: u16) -> Res<bool> {
+        let r = sqlx::query("DELETE FROM pod_ports WHERE pod_slug = $1 AND port = $2")
+            .bind(slug)
+            .bind(i64::from(port))
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+}
+
+/// What decides whether someone may reach one port of one pod, read in one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessFacts {
+    pub owner_id: String,
+    pub sharing: Sharing,
+    /// Whether the asking user is a member of the pod's team (false without a team or user).
+    pub is_team_member: bool,
+}
+
+impl Db {
+    /// The facts for `user_id` (if signed in) reaching `port` of pod `slug`; `None` if no pod.
+    pub async fn access_facts(
+        &self,
+        slug: &str,
+        port: u16,
+        user_id: Option<&str>,
+    ) -> Res<Option<AccessFacts>> {
+        let row = sqlx::query(
+            "SELECT p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
+                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = $3) AS members \
+             FROM pods p LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $2 \
+             WHERE p.slug = $1",
+        )
+        .bind(slug)
+        .bind(i64::from(port))
+        .bind(user_id.unwrap_or(""))
+        .bind(DEFAULT_SHARING.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let members: i64 = row.try_get("members")?;
+        Ok(Some(AccessFacts {
+            owner_id: row.try_get("owner_id")?,
+            sharing: enum_col(&row, "sharing")?,
+            is_team_member: user_id.is_some() && members > 0,
+        }))
+    }
+}
+
+impl Db {
+    /// A user (read fresh) and the facts for them reaching `port` of pod `slug`, in one query:
+    /// `None` when the user does not exist; facts `None` when the pod does not.
+    pub async fn user_access_facts(
+        &self,
+        user_id: &str,
+        slug: &str,
+        port: u16,
+    ) -> Res<Option<(User, Option<AccessFacts>)>> {
+        let row = sqlx::query(
+            "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
+                    p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
+                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members \
+             FROM users u \
+             LEFT JOIN pods p ON p.slug = $2 \
+             LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $3 \
+             WHERE u.id = $1",
+        )
+        .bind(user_id)
+        .bind(slug)
+        .bind(i64::from(port))
+        .bind(DEFAULT_SHARING.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user = User::from_row(&row)?;
+        let owner_id: Option<String> = row.try_get("owner_id")?;
+        let facts = match owner_id {
+            None => None,
+            Some(owner_id) => {
+                let members: i64 = row.try_get("members")?;
+                Some(AccessFacts {
+                    owner_id,
+                    sharing: enum_col(&row, "sharing")?,
+                    is_team_member: members > 0,
+                })
+            }
+        };
+        Ok(Some((user, facts)))
+    }
+}

@@ -1,0 +1,293 @@
+//! Sessions of the control plane, single-use login tickets, and the mint audit trail.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, Row};
+
+use super::{collect, Backend, Db, KeyKind, Res, User};
+
+fn insert_audit(e: &AuditEntry) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&e.jti)
+    .bind(e.kind.as_str())
+    .bind(&e.user_id)
+    .bind(&e.pod_slug)
+    .bind(i64::from(e.port))
+    .bind(&e.audience)
+    .bind(&e.via)
+    .bind(&e.api_token_id)
+    .bind(e.issued_at)
+    .bind(e.expires_at)
+}
+
+/// One row of the mint audit trail (never the token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct AuditEntry {
+    pub jti: String,
+    #[sqlx(try_from = "String")]
+    pub kind: KeyKind,
+    pub user_id: String,
+    pub pod_slug: String,
+    #[sqlx(try_from = "i64")]
+    pub port: u16,
+    pub audience: String,
+    /// Which endpoint minted it (`proxy-auth`, `callback`, `capabilities`).
+    pub via: String,
+    /// The API token it was minted with, if any: revoking that token revokes it.
+    #[serde(default)]
+    pub api_token_id: Option<String>,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+impl Db {
+    pub async fn create_session(
+        &self,
+        id_hash: &str,
+        user_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Res<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id_hash)
+        .bind(user_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The user of a live session, read fresh from `users`.
+    pub async fn session_user(&self, id_hash: &str, now: i64) -> Res<Option<User>> {
+        sqlx::query(
+            "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id_hash = $1 AND s.expires_at > $2",
+        )
+        .bind(id_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(User::from_row)
+        .transpose()
+    }
+
+    pub async fn delete_session(&self, id_hash: &str) -> Res<()> {
+        sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a ticket used. `false` means it was used before: a replay.
+    pub async fn consume_ticket(&self, jti: &str, expires_at: i64) -> Res<bool> {
+        let r = sqlx::query(
+            "INSERT INTO consumed_tickets (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Drops consumed tickets and sessions that expired before `before`.
+    pub async fn prune(&self, before: i64) -> Res<u64> {
+        let a = sqlx::query("DELETE FROM consumed_tickets WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.writer)
+            .await?;
+        let b = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.writer)
+            .await?;
+        Ok(a.rows_affected() + b.rows_affected())
+    }
+
+    pub async fn record_mint(&self, e: &AuditEntry) -> Res<()> {
+        insert_audit(e).execute(&self.writer).await?;
+        Ok(())
+    }
+
+    /// Consumes many tickets in one statement; `true` for each one consumed now, `false` for a
+    /// replay (used before, or earlier in the same batch).
+    pub async fn consume_tickets(&self, tickets: &[(String, i64)]) -> Res<Vec<bool>> {
+        consume_tickets_on(&self.writer, tickets).await
+    }
+
+    /// Records many mints in one statement.
+    pub async fn record_mints(&self, entries: &[&AuditEntry]) -> Res<()> {
+        record_mints_on(&self.writer, entries).await
+    }
+
+    /// Consumes `tickets` and records `always` plus, for each ticket consumed now, its entry in
+    /// `if_consumed` (same order as `tickets`). On PostgreSQL one transaction (one commit, one
+    /// fsync); on SQLite two autocommit statements (commits are cheap there, round trips are
+    /// not). Either way nothing is handed out before this returns, and a failure between the two
+    /// statements only burns tickets.
+    pub async fn consume_then_record(
+        &self,
+        tickets: &[(String, i64)],
+        always: &[&AuditEntry],
+        if_consumed: &[&AuditEntry],
+    ) -> Res<Vec<bool>> {
+        fn pick<'a>(
+            always: &[&'a AuditEntry],
+            if_consumed: &[&'a AuditEntry],
+            consumed: &[bool],
+        ) -> Vec<&'a AuditEntry> {
+            let mut out = always.to_vec();
+            out.extend(
+                if_consumed
+                    .iter()
+                    .zip(consumed)
+                    .filter(|(_, c)| **c)
+                    .map(|(e, _)| *e),
+            );
+            out
+        }
+        match self.backend {
+            Backend::Postgres => {
+                let mut tx = self.writer.begin().await?;
+                let consumed = consume_tickets_on(&mut *tx, tickets).await?;
+                record_mints_on(&mut *tx, &pick(always, if_consumed, &consumed)).await?;
+                tx.commit().await?;
+                Ok(consumed)
+            }
+            Backend::Sqlite => {
+                let consumed = consume_tickets_on(&self.writer, tickets).await?;
+                record_mints_on(&self.writer, &pick(always, if_consumed, &consumed)).await?;
+                Ok(consumed)
+            }
+        }
+    }
+}
+
+async fn consume_tickets_on<'c, E>(exec: E, tickets: &[(String, i64)]) -> Res<Vec<bool>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let mut seen = std::collections::HashSet::new();
+    let fresh: Vec<&(String, i64)> = tickets
+        .iter()
+        .filter(|(jti, _)| seen.insert(jti.as_str()))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(vec![false; tickets.len()]);
+    }
+    let mut sql = String::from("INSERT INTO consumed_tickets (jti, expires_at) VALUES ");
+    for i in 0..fresh.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
+    }
+    sql.push_str(" ON CONFLICT (jti) DO NOTHING RETURNING jti");
+    let mut q = sqlx::query(&sql);
+    for (jti, exp) in &fresh {
+        q = q.bind(jti.as_str()).bind(*exp);
+    }
+    let rows = q.fetch_all(exec).await?;
+    let mut inserted = std::collections::HashSet::new();
+    for row in &rows {
+        inserted.insert(row.try_get::<String, _>("jti")?);
+    }
+    // Only the first occurrence of a jti in the batch may claim it.
+    let mut claimed = std::collections::HashSet::new();
+    Ok(tickets
+        .iter()
+        .map(|(jti, _)| inserted.contains(jti) && claimed.insert(jti.as_str()))
+        .collect())
+}
+
+async fn record_mints_on<'c, E>(exec: E, entries: &[&AuditEntry]) -> Res<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from(
+            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) VALUES ",
+        );
+    for i in 0..entries.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let b = 10 * i;
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8,
+            b + 9,
+            b + 10
+        ));
+    }
+    let mut q = sqlx::query(&sql);
+    for e in entries {
+        q = q
+            .bind(e.jti.as_str())
+            .bind(e.kind.as_str())
+            .bind(e.user_id.as_str())
+            .bind(e.pod_slug.as_str())
+            .bind(i64::from(e.port))
+            .bind(e.audience.as_str())
+            .bind(e.via.as_str())
+            .bind(e.api_token_id.as_deref())
+            .bind(e.issued_at)
+            .bind(e.expires_at);
+    }
+    q.execute(exec).await?;
+    Ok(())
+}
+
+impl Db {
+    /// The newest audit entries, optionally of one user, newest first.
+    pub async fn list_audit(&self, user_id: Option<&str>, limit: i64) -> Res<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at FROM token_audit \
+             WHERE ($1 = '' OR user_id = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(user_id.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        collect(rows)
+    }
+
+    /// Ids of the unexpired capabilities minted with an API token revoked since
+    /// `revoked_since`, the longest-lived first, at most `limit`. A capability minted while its
+    /// token was being revoked is recorded after the revocation, and found by the next call.
+    pub async fn revoked_capabilities(
+        &self,
+        now: i64,
+        revoked_since: i64,
+        limit: i64,
+    ) -> Res<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT a.jti AS jti FROM api_tokens t JOIN token_audit a ON a.api_token_id = t.id \
+             WHERE t.revoked_at IS NOT NULL AND t.revoked_at >= $1 \
+             AND a.api_token_id IS NOT NULL AND a.expires_at > $2 AND a.kind = 'capability' \
+             ORDER BY a.expires_at DESC, a.jti LIMIT $3",
+        )
+        .bind(revoked_since)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| row.try_get("jti")).collect()
+    }
+}

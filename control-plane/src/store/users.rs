@@ -1,0 +1,234 @@
+//! Users, teams and their members, and servers.
+
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+
+use super::{collect, Db, Res, Role};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct User {
+    pub id: String,
+    pub email: Option<String>,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Team {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Member {
+    pub team_id: String,
+    pub user_id: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub created_at: i64,
+}
+
+impl Db {
+    pub async fn create_user(&self, u: &User) -> Res<()> {
+        sqlx::query("INSERT INTO users (id, email, name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&u.id)
+            .bind(&u.email)
+            .bind(&u.name)
+            .bind(u.created_at)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_user(&self, id: &str) -> Res<Option<User>> {
+        sqlx::query("SELECT id, email, name, created_at FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(User::from_row)
+            .transpose()
+    }
+
+    pub async fn get_user_by_email(&self, email: &str) -> Res<Option<User>> {
+        sqlx::query("SELECT id, email, name, created_at FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(User::from_row)
+            .transpose()
+    }
+
+    pub async fn list_users(&self) -> Res<Vec<User>> {
+        let rows = sqlx::query("SELECT id, email, name, created_at FROM users ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        collect(rows)
+    }
+
+    /// Returns whether the user existed.
+    pub async fn update_user(&self, id: &str, email: Option<&str>, name: &str) -> Res<bool> {
+        let r = sqlx::query("UPDATE users SET email = $2, name = $3 WHERE id = $1")
+            .bind(id)
+            .bind(email)
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn delete_user(&self, id: &str) -> Res<bool> {
+        let r = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn create_team(&self, t: &Team) -> Res<()> {
+        sqlx::query("INSERT INTO teams (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(t.created_at)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_team(&self, id: &str) -> Res<Option<Team>> {
+        sqlx::query("SELECT id, name, created_at FROM teams WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(Team::from_row)
+            .transpose()
+    }
+
+    pub async fn list_teams(&self) -> Res<Vec<Team>> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM teams ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        collect(rows)
+    }
+
+    pub async fn update_team(&self, id: &str, name: &str) -> Res<bool> {
+        let r = sqlx::query("UPDATE teams SET name = $2 WHERE id = $1")
+            .bind(id)
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn delete_team(&self, id: &str) -> Res<bool> {
+        let r = sqlx::query("DELETE FROM teams WHERE id = $1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Adds a member or changes an existing member's role.
+    pub async fn put_member(&self, m: &Member) -> Res<()> {
+        sqlx::query(
+            "INSERT INTO team_members (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (team_id, user_id) DO UPDATE SET role = excluded.role",
+        )
+        .bind(&m.team_id)
+        .bind(&m.user_id)
+        .bind(m.role.as_str())
+        .bind(m.created_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_member(&self, team_id: &str, user_id: &str) -> Res<Option<Member>> {
+        sqlx::query(
+            "SELECT team_id, user_id, role, created_at FROM team_members WHERE team_id = $1 AND user_id = $2",
+        )
+        .bind(team_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(Member::from_row)
+        .transpose()
+    }
+
+    pub async fn list_members(&self, team_id: &str) -> Res<Vec<Member>> {
+        let rows = sqlx::query(
+            "SELECT team_id, user_id, role, created_at FROM team_members WHERE team_id = $1 ORDER BY user_id",
+        )
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await?;
+        collect(rows)
+    }
+
+    pub async fn delete_member(&self, team_id: &str, user_id: &str) -> Res<bool> {
+        let r = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
+            .bind(team_id)
+            .bind(user_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn create_server(&self, s: &Server) -> Res<()> {
+        sqlx::query("INSERT INTO servers (id, name, address, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&s.id)
+            .bind(&s.name)
+            .bind(&s.address)
+            .bind(s.created_at)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_server(&self, id: &str) -> Res<Option<Server>> {
+        sqlx::query("SELECT id, name, address, created_at FROM servers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(Server::from_row)
+            .transpose()
+    }
+
+    pub async fn list_servers(&self) -> Res<Vec<Server>> {
+        let rows = sqlx::query("SELECT id, name, address, created_at FROM servers ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        collect(rows)
+    }
+
+    pub async fn update_server(&self, id: &str, name: &str, address: &str) -> Res<bool> {
+        let r = sqlx::query("UPDATE servers SET name = $2, address = $3 WHERE id = $1")
+            .bind(id)
+            .bind(name)
+            .bind(address)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn delete_server(&self, id: &str) -> Res<bool> {
+        let r = sqlx::query("DELETE FROM servers WHERE id = $1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+}
