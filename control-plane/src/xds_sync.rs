@@ -4,8 +4,8 @@
 //! - CDS: one ORIGINAL_DST cluster, `podgate_pods`, for every pod. The filter puts the pod's
 //!   `server address:nginx port` (from its pod directory) in `x-podgate-upstream` after
 //!   stripping client copies, and Envoy connects there. Memory stays constant with the number
-//!   of pods (a cluster per pod costs Envoy ~42 KB, ~420 MB for 10,000), at the price of
-//!   circuit breakers and stats shared by all pods.
+//!   of pods (a cluster per pod grows Envoy's memory with every pod: `BENCHMARKS.md`, "Scale"),
+//!   at the price of circuit breakers and stats shared by all pods.
 //! - ECDS: the podgate Wasm filter (`podgate`) with the JSON of [`filter_config::build`]: keys,
 //!   host templates, the pod directory with status, issuer, auth URL, cookie name.
 //!

@@ -41,7 +41,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// The port of the HTML page (the workbench's first tab in seed 002).
+/// The port of the HTML page (the first tab of the workbench page).
 pub const PAGE_PORT: u16 = 8726;
 /// The port of the JSON API.
 pub const API_PORT: u16 = 3000;

@@ -6,8 +6,8 @@
 //! - one ORIGINAL_DST cluster for every pod ([`original_dst_cluster`]): the filter sets the
 //!   `x-podgate-upstream: ip:port` header from its pod directory and Envoy connects there. One
 //!   cluster whatever the number of pods; hosts are created on use and cleaned up when idle.
-//! - a cluster per pod ([`fixed_host_cluster`]): about 42 KB each in Envoy, so ~420 MB for
-//!   10,000 pods, but per-pod circuit breakers and stats.
+//! - a cluster per pod ([`fixed_host_cluster`]): Envoy's memory grows with every pod
+//!   (`BENCHMARKS.md`, "Scale"), but per-pod circuit breakers and stats.
 //!
 //! Either way every cluster carries Envoy's edge settings: a connect timeout, circuit breakers,
 //! and the 32 KiB per-connection buffer limit ([`EDGE_CONNECTION_BUFFER_LIMIT_BYTES`]).
