@@ -1,6 +1,5 @@
-//! What Envoy calls into: every exported callback of every stream is a VM entry, which costs
-//! Envoy more than podgate's cached decision (BENCHMARKS.md), so the filter exports only what
-//! it needs.
+//! What Envoy calls into: every exported callback of every stream is a VM entry, which can
+//! cost Envoy more than podgate's cached decision, so the filter exports only what it needs.
 use crate::support::*;
 use podgate_wasm_tests::host::Outcome;
 use std::collections::BTreeMap;

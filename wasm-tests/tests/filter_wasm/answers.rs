@@ -1,5 +1,6 @@
-//! One test per row of the answers table (DESIGN.md), each with status, body and headers,
-//! and the positive case next to it tampered to show it fails.
+//! One test per answer the filter gives (forward, sign-in redirect, 400, 401, 403, 404, 503,
+//! 500 when unconfigured), each with status, body and headers, and the positive case next to
+//! it tampered to show it fails.
 use crate::support::*;
 use crate::{reasons, NO_CAPABILITY, WRONG_SCOPE};
 

@@ -1,4 +1,4 @@
-//! Sibling pods are same-site (SECURITY.md): SameSite does not stop pod B's page from sending
+//! Sibling pods are same-site (they share the base domain): SameSite does not stop pod B's page from sending
 //! pod A's cookie along with a request to pod A.
 use crate::support::*;
 
@@ -31,7 +31,7 @@ fn post_from(origin: Option<&str>, method: &str) -> Req {
 
 #[test]
 fn a_cookie_authenticated_cross_pod_state_change_is_403() {
-    // Found by this suite as a gap against SECURITY.md; closed in ea75137.
+    // A page on pod B sends pod A's cookie along (same site): a state change needs pod A's origin.
     let mut vm = vm();
     let origins = [
         "http://localhost-8726-pod-beta.localhost:10000",

@@ -24,7 +24,7 @@ const TOO_LONG: &str = "the host is longer than 255 characters";
 
 #[test]
 fn suffix_confusion_is_400() {
-    // Domain `example.dev`, as in SECURITY.md.
+    // Domain `example.dev`: a host that only ends in the domain text is not under it.
     let mut cfg = config(&[&ed_key(1)]);
     cfg["domain"] = "example.dev".into();
     let mut vm = vm_with(&cfg);

@@ -7,7 +7,7 @@
 //! forwarded (a local reply, no `clear_route_cache`); forwards assert exactly one
 //! `clear_route_cache` and inspect the headers Envoy would send upstream.
 //!
-//! Modules: `answers` (one test per row of DESIGN.md's answers table), `tokens` (RFC 8725
+//! Modules: `answers` (one test per answer the filter gives), `tokens` (RFC 8725
 //! classes), `hosts`, `stripping`, `cache`, `metrics`, `websocket`, `pod_responses` (Set-Cookie
 //! and CORS headers of pods), `preflight`, `websocket_expiry` (ticks and frames after `exp`),
 //! `cost` (fuel per request, printed with `--nocapture`).

@@ -150,8 +150,8 @@ fn token_header_and_our_bearer_are_removed_a_foreign_bearer_is_kept() {
 
 #[test]
 fn our_bearer_never_reaches_the_pod_with_a_second_authorization_header() {
-    // Found by this suite (ours first, then the app's: ours used to pass through); fixed in
-    // ea75137. Every Authorization header, and every comma-joined part of one, is looked at.
+    // Every Authorization header, and every comma-joined part of one, is looked at: ours is
+    // removed whether it comes first or after the app's.
     let t = alpha_cap();
     let cases = [
         (
@@ -458,9 +458,9 @@ fn non_utf8_bytes_pass_in_unrelated_headers_and_are_400_in_headers_we_read() {
 
 #[test]
 fn a_non_utf8_header_name_is_400_and_never_kills_the_vm() {
-    // Found by this suite: the SDK's get_map_bytes unwraps header names as UTF-8, so such a
-    // name trapped the VM (Envoy's codecs reject these names, so it was latent). Since
-    // ea75137 the filter decodes the header map itself.
+    // The SDK's get_map_bytes unwraps header names as UTF-8 and would trap the VM on such a
+    // name (Envoy's codecs reject these names first); the filter decodes the header map
+    // itself.
     let mut vm = vm();
     let t = alpha_cap();
     for name in [&b"x-\xff"[..], b"\xc3\x28", b"x-podgate-\xfe"] {
