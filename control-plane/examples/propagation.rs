@@ -65,10 +65,10 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(100);
     let stack = Arc::new(Stack::start(&[]).await);
-    let pod = FakePod::start("pod", "127.0.0.1:0".parse().unwrap())
+    let pod = FakePod::start_on("pod", "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let port = pod.addr.port();
+    let port = pod.addr().port();
 
     // Start N stopped pods.
     let mut tokens = Vec::new();

@@ -941,8 +941,8 @@ fn browser_workbench_iframe_shows_the_pod_through_proxy_auth() {
         let stack = shared().await;
         let (servers, seeded) = seed_pod(stack, "demo").await;
 
-        // The workbench page of seed 002, served on the control plane's host name (another
-        // port, same site), with the iframe pointing at /api/proxy-auth like seed 001.
+        // The workbench page, served on the control plane's host name (another port, same
+        // site), with an iframe pointing at /api/proxy-auth.
         let template =
             std::fs::read_to_string(workspace_root().join("tests/browser/workbench.html")).unwrap();
         let frame_src = stack.cp_url(&format!("/api/proxy-auth?pod={}&port={PAGE}", seeded.slug));

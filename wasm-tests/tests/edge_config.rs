@@ -7,7 +7,7 @@
 //! setting. The checker itself is shown to catch every setting it knows, one tampering at a time.
 //!
 //! The limits are upper bounds ("no looser than"), taken from Envoy's edge best practices and
-//! SECURITY.md: a tighter value passes, a missing or looser one fails. The escaped-slash action
+//! podgate's own limits: a tighter value passes, a missing or looser one fails. The escaped-slash action
 //! is exact (`UNESCAPE_AND_REDIRECT`, see the comment in the files): the suites depend on it.
 //!
 //! The clusters the control plane pushes over CDS are built in `xds/src/builders.rs` and checked

@@ -1,5 +1,5 @@
 //! Keeps `docs/security.md` true: every test it names for a threat class exists, every class
-//! names tests at the layers `SECURITY.md` asks for, and the count per class is printed
+//! names tests at its layers (through a real Envoy, unless the class never reaches Envoy), and the count per class is printed
 //! (`cargo test -p podgate-wasm-tests --test security_catalog -- --nocapture`).
 //!
 //! A reference is written `` `path/to/file.rs::test_name` `` under a `### ` class heading.

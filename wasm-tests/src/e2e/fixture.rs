@@ -9,7 +9,7 @@ use podgate_protocol::token::{
     self, PodClaims, SigningKey, TokenKind, DEFAULT_CAPABILITY_LIFETIME_SECS,
 };
 
-/// The base domain of the local stack (DESIGN.md defaults).
+/// The base domain of the local stack (the control plane's default).
 pub const DOMAIN: &str = "localhost";
 /// The user every capability is minted for unless a test says otherwise.
 pub const USER: &str = "user-alice";

@@ -9,10 +9,10 @@
 
 pub mod bootstrap;
 pub mod client;
-pub mod envoy;
-pub mod fake_pod;
 pub mod fixture;
 pub mod stack;
+
+pub use podgate_testkit::{envoy, fake_pod};
 
 pub use bootstrap::Bootstrap;
 pub use client::{EnvoyClient, WsOutcome};

@@ -111,7 +111,13 @@ struct Echo<'a> {
 impl FakePod {
     /// Binds 127.0.0.1:0 and serves until dropped. Must be called inside a tokio runtime.
     pub async fn start(name: &str) -> anyhow::Result<FakePod> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        FakePod::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Binds `addr` (another loopback address stands for another server) and serves until
+    /// dropped. Must be called inside a tokio runtime.
+    pub async fn start_on(name: &str, addr: SocketAddr) -> anyhow::Result<FakePod> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let record = Arc::new(Record::default());
         let accept_loop = tokio::spawn(accept_loop(name.to_owned(), listener, Arc::clone(&record)));

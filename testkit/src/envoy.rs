@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 
-use crate::host::workspace_root;
+use crate::workspace_root;
 
 /// Envoy plus the V8 compile of the filter takes a few seconds; a loaded CI machine more.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(45);
@@ -184,6 +184,36 @@ impl Envoy {
             if Instant::now() >= deadline {
                 bail!(
                     "Envoy `{}` was not ready after {timeout:?}; its log:\n{}",
+                    self.label,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until Envoy has written its admin address, without waiting for `/ready` (an Envoy
+    /// fed over xDS may not have been told its listeners yet), for at most `timeout`. An Envoy
+    /// that exits first is an error carrying its log.
+    pub async fn wait_admin(&mut self, timeout: Duration) -> anyhow::Result<SocketAddr> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.admin.is_none() {
+                self.admin = read_admin_address(&self.dir.join("admin-address"));
+            }
+            if let Some(admin) = self.admin {
+                return Ok(admin);
+            }
+            if let Some(code) = self.exit_status() {
+                bail!(
+                    "Envoy `{}` exited with status {code}; its log:\n{}",
+                    self.label,
+                    self.log_tail()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "Envoy `{}` wrote no admin address after {timeout:?}; its log:\n{}",
                     self.label,
                     self.log_tail()
                 );

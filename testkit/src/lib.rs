@@ -1,0 +1,28 @@
+//! The test kit every podgate suite and the bench share, so that each piece of test machinery
+//! exists once:
+//!
+//! - [`envoy`]: a real Envoy (binary from `PODGATE_ENVOY` or `<workspace>/.venv/bin/envoy`),
+//!   started on a bootstrap given as text, with its admin port, a wait until it is ready, its
+//!   log kept when a test fails, and stopped for sure when dropped;
+//! - [`fake_pod`]: a pod stand-in that records every request and connection it accepts, echoes
+//!   WebSocket messages and answers with JSON describing what it received;
+//! - [`http`]: one HTTP/1.1 exchange written by hand on a fresh connection (for requests a
+//!   client library would refuse or rewrite, and for Envoy's admin API).
+
+pub mod envoy;
+pub mod fake_pod;
+pub mod http;
+
+pub use envoy::{envoy_binary, Envoy, Readiness};
+pub use fake_pod::{FakePod, Recorded};
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (this crate's parent directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest.join(".."))
+}

@@ -1,0 +1,143 @@
+//! An open WebSocket is closed when its capability expires, by the root context's tick
+//! (1 s); frames are not inspected.
+use std::time::Duration;
+
+use podgate_wasm_tests::host::{FilterVm, Outcome};
+
+use crate::support::*;
+
+/// A WebSocket forwarded with a header token valid until `NOW + LIFETIME`, upgraded.
+fn open(vm: &mut FilterVm) -> u32 {
+    open_with(vm, &alpha_cap())
+}
+
+/// The same, with `token`.
+fn open_with(vm: &mut FilterVm, token: &str) -> u32 {
+    let ctx = vm.open_stream().unwrap();
+    let req = Req::alpha().token(token).websocket();
+    let out = vm.request_headers(ctx, &req.headers, false).unwrap();
+    assert_eq!(out.header("upgrade"), Some("websocket"), "{out:?}");
+    let out = vm
+        .response_headers(
+            ctx,
+            &[
+                (":status", "101"),
+                ("upgrade", "websocket"),
+                ("connection", "upgrade"),
+            ],
+            false,
+        )
+        .unwrap();
+    assert!(matches!(out, Outcome::Continue { .. }), "{out:?}");
+    ctx
+}
+
+fn at(vm: &mut FilterVm, secs: i64) {
+    vm.set_time_secs(u64::try_from(secs).unwrap());
+}
+
+const EXP: i64 = NOW + LIFETIME;
+
+#[test]
+fn the_tick_closes_a_websocket_when_its_capability_expires() {
+    let mut vm = vm();
+    assert_eq!(vm.tick_period(), Some(Duration::from_secs(1)));
+    let ws = open(&mut vm);
+    // A plain request with the same token stays open (only WebSockets are tracked).
+    let plain = vm.open_stream().unwrap();
+    let req = Req::alpha().token(&alpha_cap());
+    vm.request_headers(plain, &req.headers, true).unwrap();
+
+    for t in [NOW + 1, EXP - 60, EXP - 1] {
+        at(&mut vm, t);
+        assert_eq!(vm.tick().unwrap(), Vec::<u32>::new(), "at {t}");
+        // Frames both ways pass before expiry.
+        let up = vm.request_body(ws, b"\x81\x05hello", false).unwrap();
+        assert!(matches!(up, Outcome::Continue { .. }), "{up:?}");
+        let down = vm.response_body(ws, b"\x81\x05hello", false).unwrap();
+        assert!(matches!(down, Outcome::Continue { .. }), "{down:?}");
+        assert_eq!(vm.response_body_of(ws).unwrap(), b"\x81\x05hello");
+    }
+    at(&mut vm, EXP);
+    assert_eq!(vm.tick().unwrap(), vec![ws], "closed at exp");
+    assert!(!vm.is_open(ws));
+    assert!(vm.is_open(plain));
+    assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 1);
+    // Closed once: later ticks have nothing to do.
+    at(&mut vm, EXP + 5);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    vm.close_stream(plain).unwrap();
+    assert!(!vm.is_dead());
+}
+
+#[test]
+fn frames_are_not_inspected_the_tick_alone_closes_at_expiry() {
+    // The filter exports no body callbacks (each would cost every response a VM entry),
+    // so a frame after expiry passes until the next tick, at most one period later.
+    let mut vm = vm();
+    let ws = open(&mut vm);
+    at(&mut vm, EXP);
+    let out = vm.request_body(ws, b"\x81\x01x", false).unwrap();
+    assert!(matches!(out, Outcome::Continue { .. }), "{out:?}");
+    assert_eq!(vm.host_calls().get("proxy_close_stream"), None);
+    assert_eq!(vm.tick().unwrap(), vec![ws], "the next tick closes it");
+    assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 1);
+}
+
+#[test]
+fn a_websocket_that_ended_is_forgotten() {
+    let mut vm = vm();
+    let ws = open(&mut vm);
+    vm.close_stream(ws).unwrap();
+    let before = vm.host_calls();
+    at(&mut vm, EXP + 10);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    let after = vm.host_calls();
+    assert_eq!(
+        after.get("proxy_set_effective_context"),
+        before.get("proxy_set_effective_context"),
+        "no attempt to close a stream that is gone"
+    );
+    assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 0);
+}
+
+#[test]
+fn a_websocket_opened_on_a_memo_hit_is_closed_at_expiry_too() {
+    let mut vm = vm();
+    let token = alpha_cap();
+    let first = open_with(&mut vm, &token);
+    // The same headers again: answered from the decision memo.
+    let second = open_with(&mut vm, &token);
+    assert_eq!(metric(&mut vm, "podgate.token_cache.hits"), 1);
+    at(&mut vm, EXP);
+    let mut closed = vm.tick().unwrap();
+    closed.sort_unstable();
+    assert_eq!(closed, vec![first, second]);
+    assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 2);
+}
+
+#[test]
+fn several_websockets_close_each_at_its_own_expiry() {
+    let mut vm = vm();
+    let early_token = cap_with(&ed_key(1), &claims("alpha", PORT), NOW, 60);
+    let open_with = |vm: &mut FilterVm, token: &str| {
+        let ctx = vm.open_stream().unwrap();
+        let req = Req::alpha()
+            .cookie(token)
+            .websocket()
+            .set("origin", "http://localhost-8726-pod-alpha.localhost:10000");
+        let out = vm.request_headers(ctx, &req.headers, false).unwrap();
+        assert!(matches!(out, Outcome::Continue { .. }), "{out:?}");
+        ctx
+    };
+    let early = open_with(&mut vm, &early_token);
+    let late = open_with(&mut vm, &alpha_cap());
+    at(&mut vm, NOW + 59);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    at(&mut vm, NOW + 60);
+    assert_eq!(vm.tick().unwrap(), vec![early]);
+    assert!(vm.is_open(late));
+    at(&mut vm, EXP);
+    assert_eq!(vm.tick().unwrap(), vec![late]);
+    assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 2);
+}
