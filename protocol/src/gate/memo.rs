@@ -45,8 +45,8 @@ pub const MEMO_MAX_ENTRIES: usize = 4096;
 /// like the token cache.
 ///
 /// Keys are hashed word by word with a per-worker random seed (`memo_hash`) and compared word by
-/// word: SipHash and `memcmp` over a ~450-byte key cost 15,000 wasm instructions, as much as
-/// the decision they would save. Only forwards are stored, so filling a bucket takes valid
+/// word: SipHash and wasi-libc's byte-wise `memcmp` over a key the size of a Cookie header
+/// would cost about as much as the decision they save. Only forwards are stored, so filling a bucket takes valid
 /// capabilities, and the memo never holds more than `MEMO_MAX_ENTRIES`.
 #[derive(Debug)]
 pub struct DecisionMemo {
@@ -293,7 +293,7 @@ impl DecisionMemo {
 
 /// `decide`, for a request the memo missed (`DecisionMemo::probe`), storing a forward it may
 /// keep. Always the same answer as `decide` with the same cache: the `gate` fuzz target and
-/// `gate_tests::memo_*` check it. The memo is off when the token cache is
+/// the `memo_*` tests in `gate/tests.rs` check it. The memo is off when the token cache is
 /// (`token_cache_entries` 0).
 pub fn decide_memoized(
     config: &CompiledConfig,
