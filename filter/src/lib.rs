@@ -1,27 +1,26 @@
-//! The proxy-wasm adapter: host calls in, decisions out. Every decision is made by
-//! `podgate_protocol::gate`; this file only moves values between Envoy and that module.
+//! The proxy-wasm adapter: host calls in, decisions out. Every decision is made by a
+//! `podgate_protocol::gate::Gate`; this file only moves bytes between Envoy and it: it reads the
+//! serialized header map, calls `Gate::on_request` (or `Gate::on_response`) and applies the
+//! outcome.
 //!
 //! Fail closed: without a compiled configuration every request gets a 500 and nothing is
-//! forwarded. Host calls go through `raw`, whose errors are values, never panics.
+//! forwarded; a host call that fails gets a 500 of its own (`denied.host_error`). Host calls go
+//! through `raw`, whose errors are values, never panics.
 //!
 //! The filter speaks the proxy-wasm ABI itself (`abi`) rather than through an SDK, so that it
 //! exports only the callbacks it needs: Envoy enters the VM once for every exported callback of
-//! every stream, and each entry costs more Envoy CPU than podgate's whole cached decision
-//! (BENCHMARKS.md). Per request: `proxy_on_request_headers`, `proxy_on_response_headers` and
-//! `proxy_on_delete`; no context-create, body, log or done callbacks.
+//! every stream, and each entry costs more Envoy CPU than podgate's whole cached decision.
+//! Per request: `proxy_on_request_headers`, `proxy_on_response_headers` and `proxy_on_delete`;
+//! no context-create, body, log or done callbacks.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
-use podgate_protocol::config::{CompiledConfig, FilterConfig};
-use podgate_protocol::cors::{self, Preflight};
-use podgate_protocol::gate::{
-    self, Decision, DecisionMemo, Forward, HeaderEdit, MemoSlot, Probe, Request, VerifiedCache,
-};
+use podgate_protocol::config::FilterConfig;
+use podgate_protocol::gate::{Forward, Gate, HeaderEdit, Outcome};
 use podgate_protocol::reply::{Denial, Reply};
-use podgate_protocol::response::{self, ResponseEdit};
-use podgate_protocol::wire;
+use podgate_protocol::response::ResponseEdit;
 
 mod abi;
 mod raw;
@@ -123,14 +122,12 @@ impl Metrics {
     }
 }
 
-/// One worker's filter: the compiled config, the verified-token cache, the memo of forward
-/// decisions, and what open streams need later. Envoy runs one VM per worker thread and never
-/// calls into it concurrently.
+/// One worker's filter: its gate (the compiled config and the caches), its counters, and what
+/// open streams need later. Envoy runs one VM per worker thread and never calls into it
+/// concurrently.
 #[derive(Default)]
 struct Filter {
-    config: Option<Rc<CompiledConfig>>,
-    cache: VerifiedCache,
-    memo: DecisionMemo,
+    gate: Gate,
     metrics: Metrics,
     /// Streams forwarded to a pod, until their response headers (or their end): the forward,
     /// which holds what sanitizing the response needs.
@@ -141,7 +138,7 @@ struct Filter {
 }
 
 /// Per-stream state by Envoy's context id. Ids are Envoy's counter, not the client's, so they
-/// need no keyed hash: SipHash on every insert and removal cost 7% of a cached request.
+/// need no keyed hash, and a keyed one would be a visible share of a cached request.
 type ByContext<V> = HashMap<u32, V, BuildHasherDefault<ContextIdHasher>>;
 
 /// A context id times a 64-bit odd constant (Fibonacci hashing): distinct ids stay distinct
@@ -261,11 +258,8 @@ impl Filter {
                         compiled.verifier.key_count()
                     ),
                 );
-                self.config = Some(Rc::new(compiled));
-                // Keys, pods or revocations may have changed: nothing decided before is
-                // trusted now.
-                self.cache.clear();
-                self.memo.clear();
+                // Keys, pods or revocations may have changed: the gate starts its caches over.
+                self.gate.configure(Rc::new(compiled));
                 // Again for this configuration's root context: Envoy may give an update its
                 // own, and a tick belongs to the root context that asked for it.
                 start_ticking();
@@ -323,100 +317,48 @@ impl Filter {
         answer(&reply)
     }
 
-    fn on_request_headers(&mut self, context_id: u32) -> Action {
-        let Some(config) = self.config.clone() else {
-            return self.deny(&Denial::NotConfigured);
-        };
-        let bytes = match raw::header_map_bytes(MapType::HttpRequestHeaders) {
-            Ok(bytes) => bytes,
-            Err(status) => {
-                log(
-                    LogLevel::Error,
-                    &format!("podgate: cannot read headers: {}", status.0),
-                );
-                return self.deny(&Denial::NotConfigured);
-            }
-        };
-        let Some(now) = now_unix() else {
-            return self.deny(&Denial::NotConfigured);
-        };
-        let before = self.cache.stats();
-        // A request that repeats an earlier forward's inputs is answered from the serialized
-        // map, without decoding it.
-        let decision = match self.memo.probe(&config, &mut self.cache, &bytes, now) {
-            Probe::Hit(forward) => Decision::Forward(forward),
-            Probe::Miss(slot) => match self.decide(&config, &bytes, slot, now) {
-                Ok(decision) => decision,
-                Err(answered) => return answered,
-            },
-        };
-        let after = self.cache.stats();
-        self.metrics.bump(Counter::CacheHits, after.0 - before.0);
-        self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
-        match decision {
-            Decision::Deny(denial) => self.deny(&denial),
-            Decision::Forward(forward) => self.forward(context_id, forward),
-        }
+    /// A host call failed: the request is answered with a 500 of its own and nothing is
+    /// forwarded.
+    fn host_failed(&mut self, what: &str, status: raw::HostStatus) -> Action {
+        log(
+            LogLevel::Error,
+            &format!("podgate: {what} failed: {status:?}"),
+        );
+        self.deny(&Denial::HostCallFailed)
     }
 
-    /// The long way, for a request the memo missed: decode the map, answer a CORS preflight
-    /// (`Err`, already answered), or decide.
-    fn decide(
-        &mut self,
-        config: &CompiledConfig,
-        bytes: &[u8],
-        slot: MemoSlot,
-        now: i64,
-    ) -> Result<Decision, Action> {
-        // Borrowed: no header is copied; a non-UTF-8 name is refused by `from_slices`.
-        let headers = match wire::decode_header_map(bytes) {
-            Ok(headers) => headers,
-            Err(err) => {
-                log(
-                    LogLevel::Error,
-                    &format!("podgate: cannot decode headers: {err}"),
-                );
-                return Ok(Decision::Deny(Denial::NotConfigured));
-            }
+    fn on_request_headers(&mut self, context_id: u32) -> Action {
+        let bytes = match raw::header_map_bytes(MapType::HttpRequestHeaders) {
+            Ok(bytes) => bytes,
+            Err(status) => return self.host_failed("reading the request headers", status),
         };
-        let request = match Request::from_slices(&headers) {
-            Ok(request) => request,
-            Err(denial) => return Ok(Decision::Deny(denial)),
+        let now = match raw::now_nanos() {
+            Ok(nanos) => i64::try_from(nanos / 1_000_000_000).unwrap_or(i64::MAX),
+            Err(status) => return self.host_failed("reading the clock", status),
         };
-        // CORS preflights are answered here and never forwarded (`cors`).
-        match cors::preflight(config, &request.preflight_view()) {
-            None => {}
-            Some(Preflight::Refused(denial)) => return Ok(Decision::Deny(denial)),
-            Some(Preflight::Allowed(reply)) => {
+        let before = self.gate.stats();
+        let outcome = self.gate.on_request(&bytes, now);
+        let after = self.gate.stats();
+        self.metrics.bump(Counter::CacheHits, after.0 - before.0);
+        self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
+        match outcome {
+            Outcome::Forward(forward) => self.forward(context_id, forward),
+            Outcome::Deny(denial) => self.deny(&denial),
+            // CORS preflights are answered here and never forwarded.
+            Outcome::Preflight(reply) => {
                 self.metrics.bump(Counter::Preflight, 1);
-                return Err(answer(&reply));
+                answer(&reply)
             }
         }
-        Ok(gate::decide_memoized(
-            config,
-            &mut self.cache,
-            &mut self.memo,
-            slot,
-            &request,
-            now,
-        ))
     }
 
     fn forward(&mut self, context_id: u32, forward: Rc<Forward>) -> Action {
         if let Err(status) = apply_request(&forward.edits) {
-            log(
-                LogLevel::Error,
-                &format!("podgate: header edit failed: {status:?}"),
-            );
-            return self.deny(&Denial::NotConfigured);
+            return self.host_failed("editing the request headers", status);
         }
         // Routing depends on headers we just set; Envoy must pick the route again.
         if let Err(status) = raw::call_foreign_function("clear_route_cache") {
-            log(
-                LogLevel::Error,
-                &format!("podgate: clear_route_cache failed: {status:?}"),
-            );
-            return self.deny(&Denial::NotConfigured);
+            return self.host_failed("clear_route_cache", status);
         }
         if forward.user.is_none() {
             self.metrics.bump(Counter::Callback, 1);
@@ -441,18 +383,14 @@ impl Filter {
         let Some(ctx) = forward.response.as_ref() else {
             return Action::Continue;
         };
-        let Some(config) = self.config.clone() else {
-            return self.fail_response("no configuration");
-        };
         let bytes = match raw::header_map_bytes(MapType::HttpResponseHeaders) {
             Ok(bytes) => bytes,
             Err(status) => return self.fail_response(&format!("cannot read: {status:?}")),
         };
-        let headers = match wire::decode_header_map(&bytes) {
-            Ok(headers) => headers,
-            Err(err) => return self.fail_response(&format!("cannot decode: {err}")),
+        let sanitized = match self.gate.on_response(ctx, &bytes) {
+            Ok(sanitized) => sanitized,
+            Err(failure) => return self.fail_response(&failure.to_string()),
         };
-        let sanitized = response::sanitize(&config, ctx, headers);
         if sanitized.edits.is_empty() {
             return Action::Continue;
         }

@@ -1,4 +1,5 @@
-//! Prints what a `gate`/`filter_wasm` input decodes to and the native decision, for triage:
+//! Prints what a `gate`/`filter_wasm` input decodes to and the native outcome
+//! (`Gate::on_request`), for triage:
 //! `cargo run --manifest-path fuzz/Cargo.toml --example explain -- FILE...`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,6 +14,6 @@ fn main() {
                 String::from_utf8_lossy(value).escape_debug()
             );
         }
-        println!("  -> {:?}", podgate_fuzz::gate_decide(&case));
+        println!("  -> {:?}", podgate_fuzz::gate_outcome(&case));
     }
 }

@@ -4,7 +4,8 @@
 //! One VM per configuration (http and https) per process, configured once: instantiation is
 //! slow, and a long-lived VM is what Envoy runs (the filter's token cache carries over between
 //! requests). Invariants: the VM never traps, and its answer is the native decision's
-//! (forward or not, the local reply's status, the `x-podgate-user` it forwards).
+//! (forward or not, the local reply's status, the `x-podgate-user` it forwards), the native
+//! decision being that of `Gate::on_request`, the filter's own entry point.
 //!
 //! The filter comes from `PODGATE_FILTER_WASM` if set (`scripts/fuzz.sh` builds it and sets
 //! it), else `podgate_wasm_tests::host::filter_wasm_path()` builds it. Needs `--features wasm`.
@@ -14,10 +15,9 @@
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
-use podgate_fuzz::{gate_case, gate_config, gate_config_json, gate_decide, NOW};
+use podgate_fuzz::{gate_case, gate_config_json, gate_outcome, NOW};
 use podgate_protocol::config::USER_HEADER;
-use podgate_protocol::cors::{self, Preflight};
-use podgate_protocol::gate::{Decision, Request};
+use podgate_protocol::gate::Outcome as GateOutcome;
 use podgate_wasm_tests::host::{filter_wasm_path, FilterVm, Outcome, VmOptions};
 
 /// A fresh VM after this many requests, so the host's records (foreign calls) stay bounded.
@@ -74,15 +74,8 @@ fuzz_target!(
 
 fn one_request(data: &[u8]) {
     let case = gate_case(data);
-    let expected = gate_decide(&case);
-    // The filter answers CORS preflights before the gate decides (`cors::preflight`).
-    let preflight_status = Request::from_headers(&case.headers)
-        .ok()
-        .and_then(|req| cors::preflight(gate_config(case.https), &req.preflight_view()))
-        .map(|answer| match answer {
-            Preflight::Allowed(reply) => reply.status,
-            Preflight::Refused(denial) => denial.reply().status,
-        });
+    // The native gate, the filter's own entry point, preflight included.
+    let expected = gate_outcome(&case);
     WORKERS.with(|workers| {
         let mut workers = workers.borrow_mut();
         ensure_workers(&mut workers);
@@ -97,24 +90,22 @@ fn one_request(data: &[u8]) {
             "the filter trapped: {outcome:?}; logs: {:?}",
             vm.logs()
         );
-        if let Some(want) = preflight_status {
-            assert_eq!(
-                outcome.status(),
-                Some(want),
-                "preflight, filter {outcome:?}"
-            );
-            vm.clear_logs();
-            return;
-        }
         match (&expected, &outcome) {
-            (Decision::Forward(forward), Outcome::Continue { .. }) => {
+            (GateOutcome::Preflight(reply), _) => {
+                assert_eq!(
+                    outcome.status(),
+                    Some(reply.status),
+                    "preflight, filter {outcome:?}"
+                );
+            }
+            (GateOutcome::Forward(forward), Outcome::Continue { .. }) => {
                 assert_eq!(
                     outcome.header(USER_HEADER),
                     forward.user.as_deref(),
                     "forwarded user differs from the native decision"
                 );
             }
-            (Decision::Deny(denial), Outcome::LocalReply { status, .. }) => {
+            (GateOutcome::Deny(denial), Outcome::LocalReply { status, .. }) => {
                 assert_eq!(
                     *status,
                     denial.reply().status,

@@ -24,6 +24,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::OnceLock;
 
 use podgate_protocol::config::{
@@ -31,9 +32,8 @@ use podgate_protocol::config::{
     UPSTREAM_HEADER, USER_HEADER,
 };
 use podgate_protocol::cookie;
-use podgate_protocol::gate::{
-    self, Decision, DecisionMemo, HeaderEdit, Probe, Request, VerifiedCache,
-};
+use podgate_protocol::cors::{self, Preflight};
+use podgate_protocol::gate::{self, Decision, Gate, HeaderEdit, Outcome, Request, VerifiedCache};
 use podgate_protocol::host::{self, HostTemplate, PodAddr};
 use podgate_protocol::redirect;
 use podgate_protocol::reply::Denial;
@@ -810,6 +810,19 @@ pub fn gate_config(https: bool) -> &'static CompiledConfig {
     &gate_fixture().configs[usize::from(https)]
 }
 
+thread_local! {
+    /// The configurations of [`gate_config`] again, shared the way a `Gate` holds one.
+    static SHARED_CONFIGS: [Rc<CompiledConfig>; 2] = [false, true].map(|https| {
+        let json = gate_config_json(https);
+        Rc::new(FilterConfig::compile_json(&json).expect("the fixture compiles"))
+    });
+}
+
+/// A fresh gate with the configuration of [`GateCase::https`]: empty caches and memo.
+pub fn fresh_gate(https: bool) -> Gate {
+    SHARED_CONFIGS.with(|configs| Gate::new(Rc::clone(&configs[usize::from(https)])))
+}
+
 const SUBS: [&str; 3] = ["user-1", "anonymous", "01HZX3 user"];
 const EMAILS: [Option<&str>; 5] = [
     None,
@@ -952,18 +965,11 @@ pub fn gate_case(data: &[u8]) -> GateCase {
     }
 }
 
-/// What the filter decides for a case: `Request::from_headers`, then `gate::decide` with a
-/// fresh cache, exactly as the filter does.
-pub fn gate_decide(case: &GateCase) -> Decision {
-    match Request::from_headers(&case.headers) {
-        Ok(req) => gate::decide(
-            gate_config(case.https),
-            &mut VerifiedCache::new(),
-            &req,
-            case.now,
-        ),
-        Err(denial) => Decision::Deny(denial),
-    }
+/// What the filter does with a case: its header map, serialized as Envoy hands it over,
+/// through a fresh [`Gate`], the filter's own entry point.
+pub fn gate_outcome(case: &GateCase) -> Outcome {
+    let wire = podgate_protocol::wire::encode_header_map(&case.headers);
+    fresh_gate(case.https).on_request(&wire, case.now)
 }
 
 /// `gate`: the whole decision, natively.
@@ -979,8 +985,8 @@ pub fn check_gate(case: &GateCase) -> Decision {
         Err(denial) => {
             assert!(matches!(denial, Denial::MalformedHeader(_)), "{denial:?}");
             check_reply(config, &denial);
-            let refused = Decision::Deny(denial);
-            check_memo(config, case, &refused, false);
+            let refused = Decision::Deny(denial.clone());
+            check_memo(case, &Outcome::Deny(denial), false);
             return refused;
         }
     };
@@ -1001,7 +1007,13 @@ pub fn check_gate(case: &GateCase) -> Decision {
             "the verified-token cache changed the decision"
         );
     }
-    check_memo(config, case, &first, budget_bound);
+    // The filter answers a CORS preflight before deciding; the gate must too.
+    let expected = match cors::preflight(config, &req.preflight_view()) {
+        Some(Preflight::Allowed(reply)) => Outcome::Preflight(reply),
+        Some(Preflight::Refused(denial)) => Outcome::Deny(denial),
+        None => first.clone().into(),
+    };
+    check_memo(case, &expected, budget_bound);
     match &first {
         Decision::Deny(denial) => check_reply(config, denial),
         Decision::Forward(f) => check_forward(
@@ -1018,38 +1030,36 @@ pub fn check_gate(case: &GateCase) -> Decision {
 
 thread_local! {
     /// One decision memo per config for the whole run, and the last `now` it saw.
-    static RUN_MEMOS: RefCell<HashMap<bool, (DecisionMemo, VerifiedCache, i64)>> =
-        RefCell::new(HashMap::new());
+    static RUN_GATES: RefCell<HashMap<bool, (Gate, i64)>> = RefCell::new(HashMap::new());
 }
 
-/// The decision memo answers exactly what `decide` answers: with a fresh memo (a miss, then a
-/// hit), and through one memo that has seen every earlier input of the run, so another
-/// request's entry must never match this one. Time only moves forward for a memo, as a clock
-/// does; a case earlier than the last starts that memo over.
-fn check_memo(config: &CompiledConfig, case: &GateCase, expected: &Decision, budget_bound: bool) {
+/// The filter's entry point, `Gate::on_request`, answers exactly what the preflight check and
+/// `decide` answer: through a fresh gate (a miss, then a hit), and through one gate that has
+/// seen every earlier input of the run, so another request's memo entry must never match this
+/// one. Time only moves forward for a gate, as a clock does; a case earlier than the last
+/// starts that gate over.
+fn check_memo(case: &GateCase, expected: &Outcome, budget_bound: bool) {
     let wire = podgate_protocol::wire::encode_header_map(&case.headers);
-    let mut memo = DecisionMemo::new();
-    let mut cache = VerifiedCache::new();
+    let mut gate = fresh_gate(case.https);
     // A refusal the verification budget decided may turn into the forward a warm cache finds.
     let may_differ =
-        |got: &Decision| budget_bound && matches!(expected, Decision::Deny(_)) && got != expected;
+        |got: &Outcome| budget_bound && matches!(expected, Outcome::Deny(_)) && got != expected;
     for round in ["miss", "hit"] {
-        let got = through_memo(config, &mut cache, &mut memo, case, &wire);
+        let got = gate.on_request(&wire, case.now);
         if round == "miss" || !may_differ(&got) {
             assert_eq!(&got, expected, "the memo changed the decision ({round})");
         }
     }
-    RUN_MEMOS.with(|memos| {
+    RUN_GATES.with(|memos| {
         let mut memos = memos.borrow_mut();
-        let (memo, cache, last) = memos
+        let (gate, last) = memos
             .entry(case.https)
-            .or_insert_with(|| (DecisionMemo::new(), VerifiedCache::new(), i64::MIN));
+            .or_insert_with(|| (fresh_gate(case.https), i64::MIN));
         if case.now < *last {
-            memo.clear();
-            *cache = VerifiedCache::new();
+            *gate = fresh_gate(case.https);
         }
         *last = case.now;
-        let got = through_memo(config, cache, memo, case, &wire);
+        let got = gate.on_request(&wire, case.now);
         if !may_differ(&got) {
             assert_eq!(
                 &got, expected,
@@ -1074,24 +1084,6 @@ fn budget_may_bind(config: &CompiledConfig, case: &GateCase, req: &Request<'_>) 
         .filter(|p| config.verifier.precheck(p, &host, case.now).is_ok())
         .count()
         > gate::MAX_VERIFICATIONS
-}
-
-/// The case the way the filter takes a request that is not a preflight: the memo's probe on
-/// the serialized map, then on a miss the view and `decide_memoized`.
-fn through_memo(
-    config: &CompiledConfig,
-    cache: &mut VerifiedCache,
-    memo: &mut DecisionMemo,
-    case: &GateCase,
-    wire: &[u8],
-) -> Decision {
-    match memo.probe(config, cache, wire, case.now) {
-        Probe::Hit(forward) => Decision::Forward(forward),
-        Probe::Miss(slot) => match Request::from_headers(&case.headers) {
-            Ok(req) => gate::decide_memoized(config, cache, memo, slot, &req, case.now),
-            Err(denial) => Decision::Deny(denial),
-        },
-    }
 }
 
 fn check_reply(config: &CompiledConfig, denial: &Denial) {
@@ -1331,7 +1323,7 @@ pub fn credentials(data: &[u8]) {
     };
     let real = gate_token(1, 0, &pod, config);
     match mode {
-        b'a' => credentials_authorization(config, &real, &String::from_utf8_lossy(rest)),
+        b'a' => credentials_authorization(&real, &String::from_utf8_lossy(rest)),
         b'c' => {
             let Some((&at, rest)) = rest.split_first() else {
                 return;
@@ -1449,13 +1441,25 @@ fn credentials_headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
     h
 }
 
-fn credentials_authorization(config: &CompiledConfig, real: &str, value: &str) {
-    let headers = credentials_headers(&[("podgate-token", real), ("authorization", value)]);
-    let Ok(req) = Request::from_headers(&headers) else {
-        return;
+/// `headers` through a fresh gate with the plain-HTTP configuration at `NOW`, as the filter
+/// takes them: the decision (never a preflight: these are GETs) and the gate's token cache.
+fn through_fresh_gate(headers: &[(String, Vec<u8>)]) -> (Decision, VerifiedCache) {
+    let mut gate = fresh_gate(false);
+    let wire = podgate_protocol::wire::encode_header_map(headers);
+    let decision = match gate.on_request(&wire, NOW) {
+        Outcome::Forward(forward) => Decision::Forward(forward),
+        Outcome::Deny(denial) => Decision::Deny(denial),
+        Outcome::Preflight(reply) => panic!("a GET answered as a preflight: {reply:?}"),
     };
-    let mut cache = VerifiedCache::new();
-    let decision = gate::decide(config, &mut cache, &req, NOW);
+    (decision, gate.into_cache())
+}
+
+fn credentials_authorization(real: &str, value: &str) {
+    let headers = credentials_headers(&[("podgate-token", real), ("authorization", value)]);
+    if Request::from_headers(&headers).is_err() {
+        return;
+    }
+    let (decision, cache) = through_fresh_gate(&headers);
     let mentions = token::mentions_ours(value);
     match &decision {
         Decision::Deny(Denial::MalformedAuthorization) => {
@@ -1487,11 +1491,10 @@ fn credentials_cookie(config: &CompiledConfig, real: &str, at: u8, planted: &str
     parts.insert(at, format!(" {name}={real}"));
     let header = parts.join(";");
     let headers = credentials_headers(&[("cookie", &header)]);
-    let Ok(req) = Request::from_headers(&headers) else {
+    if Request::from_headers(&headers).is_err() {
         return;
-    };
-    let mut cache = VerifiedCache::new();
-    let decision = gate::decide(config, &mut cache, &req, NOW);
+    }
+    let (decision, cache) = through_fresh_gate(&headers);
     assert!(cache.verifications() <= gate::MAX_VERIFICATIONS as u64);
     let mut values_ours: Vec<&str> = cookie::find_all(&header, name).collect();
     values_ours.sort_unstable();
@@ -1579,12 +1582,7 @@ pub fn response(data: &[u8]) {
             None => (l.to_vec(), Vec::new()),
         })
         .collect();
-    let request = Request {
-        authority,
-        origin,
-        ..Request::default()
-    };
-    let ctx = PodResponse::for_request(&request);
+    let ctx = PodResponse::new(authority, origin);
     let out = sanitize(
         config,
         &ctx,

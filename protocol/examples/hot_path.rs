@@ -6,18 +6,17 @@
 //!   callgrind_annotate --inclusive=yes callgrind.out | head -60
 //!
 //! It runs what `filter/src/lib.rs` runs between reading the header map and applying the
-//! edits: probe the decision memo with the serialized map and, on the first request only,
-//! decode the map (`wire`), build the request view, look for a preflight and decide. The
-//! numbers are x86 instructions, not wasm, but the split between functions is what matters.
+//! edits, `Gate::on_request`: probe the decision memo with the serialized map and, on the
+//! first request only, decode the map (`wire`), build the request view, look for a preflight
+//! and decide. The numbers are x86 instructions, not wasm, but the split between functions is
+//! what matters.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use podgate_protocol::config::{FilterConfig, PodEntry, PodStatus};
-use podgate_protocol::cors;
-use podgate_protocol::gate::{
-    decide_memoized, Decision, DecisionMemo, Probe, Request, VerifiedCache,
-};
+use podgate_protocol::gate::{Gate, Outcome};
 use podgate_protocol::host;
 use podgate_protocol::token::{mint, KeySet, PodClaims, SigningKey, TokenKind};
 use podgate_protocol::wire;
@@ -85,21 +84,11 @@ fn main() {
         ("x-forwarded-proto", "http"),
         ("x-request-id", "6f0b2c1e-8d1a-4a7b-9a55-0c1d2e3f4a5b"),
     ]);
-    let mut cache = VerifiedCache::new();
-    let mut memo = DecisionMemo::new();
+    let mut gate = Gate::new(Rc::new(config));
     let mut forwarded = 0usize;
     for _ in 0..rounds {
-        let decision = match memo.probe(&config, &mut cache, &bytes, NOW + 5) {
-            Probe::Hit(forward) => Decision::Forward(forward),
-            Probe::Miss(slot) => {
-                let headers = wire::decode_header_map(&bytes).unwrap();
-                let request = Request::from_slices(&headers).unwrap();
-                assert!(cors::preflight(&config, &request.preflight_view()).is_none());
-                decide_memoized(&config, &mut cache, &mut memo, slot, &request, NOW + 5)
-            }
-        };
-        match decision {
-            Decision::Forward(f) => forwarded += f.edits.len(),
+        match gate.on_request(&bytes, NOW + 5) {
+            Outcome::Forward(f) => forwarded += f.edits.len(),
             other => panic!("{other:?}"),
         }
     }

@@ -45,6 +45,9 @@ pub enum Denial {
     NotRunning(PodStatus),
     /// 500: the filter has no usable configuration; fail closed.
     NotConfigured,
+    /// 500: a call to the proxy failed (reading the request, the clock, or applying the
+    /// edits), or the proxy handed over a header map that does not decode; fail closed.
+    HostCallFailed,
 }
 
 #[derive(Serialize)]
@@ -81,11 +84,12 @@ impl Denial {
             Denial::UnknownPod => "unknown_pod",
             Denial::NotRunning(_) => "pod_not_running",
             Denial::NotConfigured => "not_configured",
+            Denial::HostCallFailed => "host_error",
         }
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 13] = [
+    pub const ALL_REASONS: [&'static str; 14] = [
         "bad_host",
         "malformed_header",
         "malformed_authorization",
@@ -99,6 +103,7 @@ impl Denial {
         "unknown_pod",
         "pod_not_running",
         "not_configured",
+        "host_error",
     ];
 
     /// Builds the local reply.
@@ -168,6 +173,11 @@ impl Denial {
             Denial::NotConfigured => (
                 500,
                 "podgate is not configured; nothing is forwarded".into(),
+                None,
+            ),
+            Denial::HostCallFailed => (
+                500,
+                "podgate internal error: the proxy failed to hand over or edit the request; nothing is forwarded".into(),
                 None,
             ),
         };

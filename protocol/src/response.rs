@@ -8,7 +8,6 @@
 
 use crate::config::CompiledConfig;
 use crate::cors::{is_same_pod_origin, KEPT_FOR_SAME_POD};
-use crate::gate::Request;
 use crate::host::PodAddr;
 use crate::set_cookie::{judge_with, Refusal};
 
@@ -23,11 +22,11 @@ pub struct PodResponse {
 }
 
 impl PodResponse {
-    /// For a request the gate forwards to a pod.
-    pub fn for_request(req: &Request<'_>) -> PodResponse {
+    /// For a request forwarded to a pod: its `:authority` and `Origin` as the client sent them.
+    pub fn new(authority: &str, origin: Option<&str>) -> PodResponse {
         PodResponse {
-            authority: req.authority.to_owned(),
-            origin: req.origin.map(str::to_owned),
+            authority: authority.to_owned(),
+            origin: origin.map(str::to_owned),
         }
     }
 }
@@ -196,12 +195,7 @@ mod tests {
     }
 
     fn ctx(origin: Option<&str>) -> PodResponse {
-        let req = Request {
-            authority: "localhost-8726-pod-alpha.example.dev:443",
-            origin,
-            ..Request::default()
-        };
-        PodResponse::for_request(&req)
+        PodResponse::new("localhost-8726-pod-alpha.example.dev:443", origin)
     }
 
     fn run(c: &CompiledConfig, ctx: &PodResponse, headers: &[(&str, &[u8])]) -> Sanitized {
@@ -252,11 +246,7 @@ mod tests {
         ];
         assert_eq!(run(&c, &ctx(None), good_cookies), Sanitized::default());
         // A request whose authority is not a pod host (never forwarded): fail closed.
-        let stray = PodResponse::for_request(&Request {
-            authority: "evil.example",
-            origin: Some("https://evil.example"),
-            ..Request::default()
-        });
+        let stray = PodResponse::new("evil.example", Some("https://evil.example"));
         let out = run(&c, &stray, good_cookies);
         assert_eq!(out.dropped_cookies, [Refusal::ForeignDomain]);
         assert!(!out.edits.iter().any(|e| matches!(e, ResponseEdit::Set(..))));

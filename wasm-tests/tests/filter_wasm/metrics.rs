@@ -122,6 +122,7 @@ fn every_answer_counts_under_its_reason() {
         ("podgate.denied.unknown_pod", 1),
         ("podgate.denied.pod_not_running", 1),
         ("podgate.denied.not_configured", 0),
+        ("podgate.denied.host_error", 0),
         ("podgate.preflight", 1),
         // Response-side counters (`pod_responses`, `websocket_expiry` test them).
         ("podgate.response.set_cookie_dropped", 0),

@@ -1,14 +1,17 @@
 //! Native tests of the decision at the edge of what a path and the forwarding headers can do:
 //! the reserved prefix in every spelling, `X-Forwarded-Host`, and the `next` of a redirect.
 
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use super::*;
-use crate::config::{FilterConfig, PodEntry};
+use crate::config::{FilterConfig, PodEntry, PodStatus, CLUSTER_HEADER};
 use crate::token::tests::{claims, ed_key, ISS, NOW};
 use crate::token::{mint, KeySet, PodClaims, TokenKind};
 
 const HOST: &str = "localhost-8726-pod-alpha.example.dev";
 
-fn config() -> CompiledConfig {
+fn config() -> Rc<CompiledConfig> {
     let pods = HashMap::from([(
         "alpha".to_owned(),
         PodEntry {
@@ -36,6 +39,7 @@ fn config() -> CompiledConfig {
         token_cache_entries: 16,
     }
     .compile()
+    .map(Rc::new)
     .unwrap()
 }
 
@@ -68,21 +72,18 @@ fn request(authority: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, 
         .collect()
 }
 
-/// The filter's way: the memo's probe, then on a miss the view and `decide_memoized`.
-fn through_memo(
-    c: &CompiledConfig,
-    cache: &mut VerifiedCache,
-    memo: &mut DecisionMemo,
-    h: &[(String, Vec<u8>)],
-) -> Decision {
-    let wire = crate::wire::encode_header_map(h);
-    match memo.probe(c, cache, &wire, NOW + 1) {
-        Probe::Hit(forward) => Decision::Forward(forward),
-        Probe::Miss(slot) => match Request::from_headers(h) {
-            Ok(req) => decide_memoized(c, cache, memo, slot, &req, NOW + 1),
-            Err(denial) => Decision::Deny(denial),
-        },
+/// The filter's way: `h` serialized as Envoy hands it over, through `gate`.
+fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)]) -> Decision {
+    match gate.on_request(&crate::wire::encode_header_map(h), NOW + 1) {
+        Outcome::Forward(forward) => Decision::Forward(forward),
+        Outcome::Deny(denial) => Decision::Deny(denial),
+        Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
     }
+}
+
+/// `h` through a fresh gate for `c`.
+fn once(c: &Rc<CompiledConfig>, h: &[(String, Vec<u8>)]) -> Decision {
+    through_gate(&mut Gate::new(Rc::clone(c)), h)
 }
 
 fn forward(d: &Decision) -> &Forward {
@@ -139,12 +140,7 @@ fn every_spelling_of_the_reserved_prefix_goes_to_the_control_plane() {
             vec![("podgate-token", token.as_str())],
             vec![("sec-fetch-mode", "navigate"), ("accept", "text/html")],
         ] {
-            let d = decide(
-                &c,
-                &mut VerifiedCache::new(),
-                &Request::from_headers(&request(HOST, path, &extra)).unwrap(),
-                NOW + 1,
-            );
+            let d = once(&c, &request(HOST, path, &extra));
             let f = forward(&d);
             assert_eq!(
                 set(f, CLUSTER_HEADER),
@@ -162,19 +158,18 @@ fn every_spelling_of_the_reserved_prefix_goes_to_the_control_plane() {
 fn the_memo_never_serves_a_pod_forward_to_a_reserved_spelling() {
     let c = config();
     let token = cap();
-    let mut memo = DecisionMemo::new();
-    let mut cache = VerifiedCache::new();
+    let mut gate = Gate::new(c);
     // The same token and host on an ordinary path first, twice: stored, then a hit.
     let ordinary = request(HOST, "/index.html", &[("podgate-token", &token)]);
     for _ in 0..2 {
-        let d = through_memo(&c, &mut cache, &mut memo, &ordinary);
+        let d = through_gate(&mut gate, &ordinary);
         assert_eq!(set(forward(&d), CLUSTER_HEADER), vec!["pod_alpha"]);
     }
-    assert_eq!(memo.len(), 1);
+    assert_eq!(gate.memo().len(), 1);
     for path in RESERVED_SPELLINGS {
         let h = request(HOST, path, &[("podgate-token", &token)]);
         for _ in 0..2 {
-            let d = through_memo(&c, &mut cache, &mut memo, &h);
+            let d = through_gate(&mut gate, &h);
             assert_eq!(
                 set(forward(&d), CLUSTER_HEADER),
                 vec!["podgate_control_plane"],
@@ -182,7 +177,7 @@ fn the_memo_never_serves_a_pod_forward_to_a_reserved_spelling() {
             );
         }
     }
-    assert_eq!(memo.len(), 1, "a reserved path was memoized");
+    assert_eq!(gate.memo().len(), 1, "a reserved path was memoized");
 }
 
 #[test]
@@ -202,12 +197,7 @@ fn x_forwarded_host_is_the_public_pod_host_on_every_forward() {
         for path in ["/", "/.podgate/callback?ticket=t"] {
             let mut extra = vec![("podgate-token", token.as_str())];
             extra.extend_from_slice(&spoofs);
-            let d = decide(
-                &c,
-                &mut VerifiedCache::new(),
-                &Request::from_headers(&request(authority, path, &extra)).unwrap(),
-                NOW + 1,
-            );
+            let d = once(&c, &request(authority, path, &extra));
             assert_eq!(
                 set(forward(&d), "x-forwarded-host"),
                 vec![want],
@@ -231,12 +221,7 @@ fn a_page_load_redirect_never_carries_a_ticket_or_a_walk_out_of_the_path() {
         ("/a%2F%2Fevil", "/"),
         ("/index.html", "/index.html"),
     ] {
-        let d = decide(
-            &c,
-            &mut VerifiedCache::new(),
-            &Request::from_headers(&request(HOST, path, &page)).unwrap(),
-            NOW + 1,
-        );
+        let d = once(&c, &request(HOST, path, &page));
         let Decision::Deny(denial) = &d else {
             panic!("{path}: {d:?}")
         };

@@ -1,8 +1,20 @@
 //! Native tests of the whole decision: every row of the answers table and the stripping rules.
 
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::memo::{decide_memoized, keyed, memo_hash, or_all, same_bytes, Keyed, Probe};
+use super::request::HEADER_NAMES_READ;
+use super::token_cache::check_token;
 use super::*;
-use crate::config::{FilterConfig, PodEntry};
+use crate::config::{
+    FilterConfig, PodEntry, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, UPSTREAM_HEADER, USER_HEADER,
+};
+use crate::cookie::{self, MAX_COOKIE_HEADER_LEN};
+use crate::host::PodAddr;
+use crate::response::PodResponse;
 use crate::token::tests::{claims, ed_key, ISS, NOW};
+use crate::token::TokenError;
 use crate::token::{mint, KeySet, PodClaims, SigningKey, TokenKind};
 
 type Headers = Vec<(String, Vec<u8>)>;
@@ -13,7 +25,7 @@ fn key() -> SigningKey {
     ed_key(TokenKind::Capability, 1)
 }
 
-fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> CompiledConfig {
+fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledConfig> {
     let mut pods = HashMap::new();
     for (slug, status) in [
         ("alpha", PodStatus::Running),
@@ -48,10 +60,10 @@ fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> CompiledConfig {
         token_cache_entries: 16,
     };
     edit(&mut config);
-    config.compile().unwrap()
+    Rc::new(config.compile().unwrap())
 }
 
-fn config() -> CompiledConfig {
+fn config() -> Rc<CompiledConfig> {
     config_with(|_| {})
 }
 
@@ -86,12 +98,9 @@ fn base(extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
     headers(&h)
 }
 
-fn run(config: &CompiledConfig, h: &[(String, Vec<u8>)]) -> Decision {
-    let req = match Request::from_headers(h) {
-        Ok(r) => r,
-        Err(d) => return Decision::Deny(d),
-    };
-    decide(config, &mut VerifiedCache::new(), &req, NOW + 1)
+/// `h` through a fresh gate for `config`, as the filter takes it.
+fn run(config: &Rc<CompiledConfig>, h: &[(String, Vec<u8>)]) -> Decision {
+    through_gate(&mut Gate::new(Rc::clone(config)), h, NOW + 1)
 }
 
 fn edits(d: &Decision) -> &[HeaderEdit] {
@@ -682,39 +691,22 @@ fn preflight_fields_are_read_strictly_and_the_gate_itself_never_answers_them() {
 
 // ---- the decision memo ---------------------------------------------------------------------
 
-/// `h` the way the filter takes a request that is not a preflight: the memo's probe on the
-/// serialized map, then on a miss the view and `decide_memoized`.
-fn through_memo(
-    c: &CompiledConfig,
-    cache: &mut VerifiedCache,
-    memo: &mut DecisionMemo,
-    h: &[(String, Vec<u8>)],
-    now: i64,
-) -> Decision {
-    let wire = crate::wire::encode_header_map(h);
-    match memo.probe(c, cache, &wire, now) {
-        Probe::Hit(forward) => Decision::Forward(forward),
-        Probe::Miss(slot) => match Request::from_headers(h) {
-            Ok(req) => decide_memoized(c, cache, memo, slot, &req, now),
-            Err(denial) => Decision::Deny(denial),
-        },
+/// `h` serialized as Envoy hands it over, through `gate` at `now` (a request that is not a
+/// preflight).
+fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)], now: i64) -> Decision {
+    match gate.on_request(&crate::wire::encode_header_map(h), now) {
+        Outcome::Forward(forward) => Decision::Forward(forward),
+        Outcome::Deny(denial) => Decision::Deny(denial),
+        Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
     }
 }
 
-/// Sends `h` through one shared memo and cache at `now`, and checks the answer is `decide`'s
-/// with a fresh cache.
-fn memo_agrees(
-    c: &CompiledConfig,
-    memo: &mut DecisionMemo,
-    cache: &mut VerifiedCache,
-    h: &[(String, Vec<u8>)],
-    now: i64,
-) -> Decision {
-    let memoized = through_memo(c, cache, memo, h, now);
-    let direct = match Request::from_headers(h) {
-        Ok(req) => decide(c, &mut VerifiedCache::new(), &req, now),
-        Err(denial) => Decision::Deny(denial),
-    };
+/// Sends `h` through `gate` (its memo and caches shared across calls) at `now`, and checks the
+/// answer is that of a fresh gate with the same configuration, whose memo and caches are empty.
+fn memo_agrees(gate: &mut Gate, h: &[(String, Vec<u8>)], now: i64) -> Decision {
+    let memoized = through_gate(gate, h, now);
+    let config = gate.config.clone().expect("a configured gate");
+    let direct = through_gate(&mut Gate::new(config), h, now);
     assert_eq!(memoized, direct, "the memo changed the decision for {h:?}");
     memoized
 }
@@ -783,8 +775,7 @@ fn memo_answers_what_decide_answers_for_every_field_it_keys_on() {
             ("cookie", &cookie),
         ]),
     ];
-    let mut memo = DecisionMemo::new();
-    let mut cache = VerifiedCache::new();
+    let mut gate = Gate::new(Rc::clone(&c));
     let mut forwards = 0;
     // Three passes: misses, then hits, then hits in the reverse order.
     for pass in 0..3 {
@@ -795,7 +786,7 @@ fn memo_answers_what_decide_answers_for_every_field_it_keys_on() {
         };
         for h in order {
             if matches!(
-                memo_agrees(&c, &mut memo, &mut cache, h, NOW + 1),
+                memo_agrees(&mut gate, h, NOW + 1),
                 Decision::Forward(f) if f.user.is_some()
             ) {
                 forwards += 1;
@@ -806,20 +797,19 @@ fn memo_answers_what_decide_answers_for_every_field_it_keys_on() {
         forwards >= 3 * 10,
         "{forwards} forwards: the table lost its point"
     );
-    assert!(!memo.is_empty());
+    assert!(!gate.memo().is_empty());
 }
 
 #[test]
 fn a_memo_hit_is_a_cache_hit_and_skips_verification() {
     let c = config();
     let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
-    let mut memo = DecisionMemo::new();
-    let mut cache = VerifiedCache::new();
-    let first = through_memo(&c, &mut cache, &mut memo, &h, NOW + 1);
-    assert_eq!(cache.stats(), (0, 1));
-    assert_eq!(memo.len(), 1);
-    let second = through_memo(&c, &mut cache, &mut memo, &h, NOW + 2);
-    assert_eq!(cache.stats(), (1, 1));
+    let mut gate = Gate::new(Rc::clone(&c));
+    let first = through_gate(&mut gate, &h, NOW + 1);
+    assert_eq!(gate.stats(), (0, 1));
+    assert_eq!(gate.memo().len(), 1);
+    let second = through_gate(&mut gate, &h, NOW + 2);
+    assert_eq!(gate.stats(), (1, 1));
     match (first, second) {
         (Decision::Forward(a), Decision::Forward(b)) => assert!(Rc::ptr_eq(&a, &b)),
         other => panic!("{other:?}"),
@@ -831,20 +821,19 @@ fn a_memoized_forward_ends_at_the_capabilitys_expiry_with_the_leeway() {
     // `cap()` lives 900 s from NOW; the config's leeway is 30 s.
     let c = config();
     let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
-    let mut memo = DecisionMemo::new();
-    let mut cache = VerifiedCache::new();
+    let mut gate = Gate::new(Rc::clone(&c));
     let last_good = NOW + 900 + 30 - 1;
     assert!(matches!(
-        memo_agrees(&c, &mut memo, &mut cache, &h, NOW + 1),
+        memo_agrees(&mut gate, &h, NOW + 1),
         Decision::Forward(_)
     ));
     assert!(matches!(
-        memo_agrees(&c, &mut memo, &mut cache, &h, last_good),
+        memo_agrees(&mut gate, &h, last_good),
         Decision::Forward(_)
     ));
-    let expired = memo_agrees(&c, &mut memo, &mut cache, &h, last_good + 1);
+    let expired = memo_agrees(&mut gate, &h, last_good + 1);
     assert_eq!(status(&expired), 401, "{expired:?}");
-    assert!(memo.is_empty(), "the expired entry is dropped");
+    assert!(gate.memo().is_empty(), "the expired entry is dropped");
 }
 
 #[test]
@@ -858,33 +847,31 @@ fn two_candidate_tokens_are_never_memoized() {
         cap_for("beta", 8726)
     );
     let h = base(&[("cookie", &cookie)]);
-    let mut memo = DecisionMemo::new();
-    let mut cache = VerifiedCache::new();
+    let mut gate = Gate::new(Rc::clone(&c));
     for _ in 0..2 {
         assert!(matches!(
-            memo_agrees(&c, &mut memo, &mut cache, &h, NOW + 1),
+            memo_agrees(&mut gate, &h, NOW + 1),
             Decision::Forward(_)
         ));
     }
-    assert!(memo.is_empty());
+    assert!(gate.memo().is_empty());
 }
 
 #[test]
 fn the_memo_is_off_with_the_token_cache_and_bounded_by_it() {
     let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
     let off = config_with(|c| c.token_cache_entries = 0);
-    let mut memo = DecisionMemo::new();
-    let mut cache = VerifiedCache::new();
-    through_memo(&off, &mut cache, &mut memo, &h, NOW + 1);
-    through_memo(&off, &mut cache, &mut memo, &h, NOW + 1);
-    assert!(memo.is_empty());
-    assert_eq!(cache.stats(), (0, 0));
+    let mut gate = Gate::new(off);
+    through_gate(&mut gate, &h, NOW + 1);
+    through_gate(&mut gate, &h, NOW + 1);
+    assert!(gate.memo().is_empty());
+    assert_eq!(gate.stats(), (0, 0));
 
-    let two = config_with(|c| c.token_cache_entries = 2);
+    gate.configure(config_with(|c| c.token_cache_entries = 2));
     for n in 0..5 {
         let h = base(&[("cookie", &format!("n={n}; __Host-podgate_cap={}", cap()))]);
-        through_memo(&two, &mut cache, &mut memo, &h, NOW + 1);
-        assert!(memo.len() <= 2, "{} entries", memo.len());
+        through_gate(&mut gate, &h, NOW + 1);
+        assert!(gate.memo().len() <= 2, "{} entries", gate.memo().len());
     }
 }
 
@@ -985,19 +972,15 @@ fn requests_the_probe_cannot_vouch_for_are_never_memoized() {
     for h in &cases {
         // The clean request is memoized first: a case the probe wrongly took for it would be
         // served its forward.
-        let mut memo = DecisionMemo::new();
-        let mut cache = VerifiedCache::new();
-        memo_agrees(&c, &mut memo, &mut cache, &clean, NOW + 1);
-        assert_eq!(memo.len(), 1);
+        let mut gate = Gate::new(Rc::clone(&c));
+        memo_agrees(&mut gate, &clean, NOW + 1);
+        assert_eq!(gate.memo().len(), 1);
         for _ in 0..2 {
-            if matches!(
-                memo_agrees(&c, &mut memo, &mut cache, h, NOW + 1),
-                Decision::Forward(_)
-            ) {
+            if matches!(memo_agrees(&mut gate, h, NOW + 1), Decision::Forward(_)) {
                 forwards += 1;
             }
         }
-        assert_eq!(memo.len(), 1, "memoized: {h:?}");
+        assert_eq!(gate.memo().len(), 1, "memoized: {h:?}");
     }
     assert!(forwards >= 8, "{forwards}: the cases lost their point");
     // A name that is not UTF-8 (the view refuses the request) is not even keyed.
@@ -1051,7 +1034,10 @@ fn a_forward_carries_what_its_response_and_its_websocket_need() {
         panic!("denied");
     };
     assert!(f.websocket);
-    assert_eq!(f.response, Some(PodResponse::for_request(&req)));
+    assert_eq!(
+        f.response,
+        Some(PodResponse::new(req.authority, req.origin))
+    );
     let plain = base(&[("cookie", &cookie)]);
     let req = Request::from_headers(&plain).unwrap();
     let Decision::Forward(f) = decide(&c, &mut VerifiedCache::new(), &req, NOW + 1) else {
@@ -1313,15 +1299,14 @@ fn planted_cookies_keep_the_memo_off_and_its_answers_right() {
     let real = cap();
     let cookie = format!("{COOKIE}={}; {COOKIE}={real}", planted(1, 1));
     let h = base(&[("cookie", &cookie)]);
-    let mut memo = DecisionMemo::new();
-    let mut cache = VerifiedCache::new();
+    let mut gate = Gate::new(Rc::clone(&c));
     for now in [NOW + 1, NOW + 2] {
         assert!(matches!(
-            memo_agrees(&c, &mut memo, &mut cache, &h, now),
+            memo_agrees(&mut gate, &h, now),
             Decision::Forward(_)
         ));
     }
-    assert!(memo.is_empty(), "two candidates: never memoized");
+    assert!(gate.memo().is_empty(), "two candidates: never memoized");
 }
 
 /// The ways a client may hand over one of our tokens in `Authorization`, and whether each is
@@ -1498,4 +1483,195 @@ fn the_pods_cookie_header_is_untouched_unless_a_pair_is_named_ours() {
         assert_eq!(set(&d, "cookie"), want, "{cookie:?}");
         assert_eq!(want.is_none(), removed(&d, "cookie"), "{cookie:?}");
     }
+}
+
+// ---- the gate as the filter calls it: preflight, configuration, host failures, responses ----
+
+/// `h` serialized as Envoy hands it over, through `gate` at `NOW + 1`.
+fn outcome(gate: &mut Gate, h: &[(String, Vec<u8>)]) -> Outcome {
+    gate.on_request(&crate::wire::encode_header_map(h), NOW + 1)
+}
+
+#[test]
+fn the_gate_answers_a_preflight_before_deciding_and_never_forwards_it() {
+    let c = config();
+    let mut gate = Gate::new(Rc::clone(&c));
+    let own = "https://localhost-8727-pod-alpha.example.dev";
+    let preflight = |origin: &str, extra: &[(&str, &str)]| {
+        let mut h: Headers = base(extra)
+            .into_iter()
+            .filter(|(n, _)| n != ":method")
+            .collect();
+        h.extend(headers(&[
+            (":method", "OPTIONS"),
+            ("origin", origin),
+            ("access-control-request-method", "PUT"),
+        ]));
+        h
+    };
+    let cookie = format!("__Host-podgate_cap={}", cap());
+    // With and without a valid capability: a preflight is never a forward, even one whose
+    // other headers would be forwarded.
+    for extra in [vec![], vec![("cookie", cookie.as_str())]] {
+        for _ in 0..2 {
+            match outcome(&mut gate, &preflight(own, &extra)) {
+                Outcome::Preflight(reply) => {
+                    assert_eq!(reply.status, 204);
+                    assert!(reply
+                        .headers
+                        .iter()
+                        .any(|(n, v)| *n == "access-control-allow-origin" && v == own));
+                }
+                other => panic!("{extra:?}: {other:?}"),
+            }
+        }
+        let beta = "https://localhost-8726-pod-beta.example.dev";
+        assert_eq!(
+            outcome(&mut gate, &preflight(beta, &extra)),
+            Outcome::Deny(Denial::CrossOriginPreflight)
+        );
+        let mut bad = preflight(own, &extra);
+        bad.retain(|(n, _)| n != "access-control-request-method");
+        bad.push(("access-control-request-method".into(), b"P U T".to_vec()));
+        assert_eq!(
+            outcome(&mut gate, &bad),
+            Outcome::Deny(Denial::BadPreflight)
+        );
+    }
+    assert!(gate.memo().is_empty(), "a preflight was memoized");
+    // The same OPTIONS without `Access-Control-Request-Method` is an ordinary request.
+    let mut plain = preflight(own, &[("cookie", cookie.as_str())]);
+    plain.retain(|(n, _)| n != "access-control-request-method");
+    assert!(matches!(outcome(&mut gate, &plain), Outcome::Forward(_)));
+}
+
+#[test]
+fn an_unconfigured_gate_refuses_every_request_and_every_response() {
+    let mut gate = Gate::default();
+    assert!(gate.config().is_none());
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    assert_eq!(outcome(&mut gate, &h), Outcome::Deny(Denial::NotConfigured));
+    let reply = Denial::NotConfigured.reply();
+    assert_eq!((reply.status, reply.reason), (500, "not_configured"));
+    let pod = PodResponse::new(HOST, None);
+    assert_eq!(
+        gate.on_response(&pod, &crate::wire::encode_header_map(&[(":status", "200")])),
+        Err(ResponseFailure::NotConfigured)
+    );
+}
+
+#[test]
+fn a_header_map_that_does_not_decode_is_a_host_error_and_nothing_is_forwarded() {
+    let c = config();
+    let mut gate = Gate::new(Rc::clone(&c));
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    let wire = crate::wire::encode_header_map(&h);
+    // Memoized first: a broken copy of the same map must not be served its forward.
+    assert!(matches!(
+        gate.on_request(&wire, NOW + 1),
+        Outcome::Forward(_)
+    ));
+    assert_eq!(gate.memo().len(), 1);
+    // Cut inside the last value (the NUL after it is not needed to read it), cut after the
+    // count, a count with nothing behind it, not even a whole count.
+    let mut broken = vec![
+        wire[..wire.len() - 2].to_vec(),
+        wire[..4].to_vec(),
+        b"\x05\x00\x00\x00".to_vec(),
+        b"\x01".to_vec(),
+    ];
+    // A count that promises more headers than there are.
+    let mut more = wire.clone();
+    more[0] = more[0].wrapping_add(1);
+    broken.push(more);
+    for bytes in &broken {
+        assert_eq!(
+            gate.on_request(bytes, NOW + 1),
+            Outcome::Deny(Denial::HostCallFailed),
+            "{bytes:?}"
+        );
+    }
+    let reply = Denial::HostCallFailed.reply();
+    assert_eq!((reply.status, reply.reason), (500, "host_error"));
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("internal"),
+        "{body}"
+    );
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "content-type" && v == "application/json"));
+    assert!(!reply.headers.iter().any(|(n, _)| *n == "location"));
+    assert!(Denial::ALL_REASONS.contains(&"host_error"));
+    // The same map, whole, is still the memoized forward.
+    assert!(matches!(
+        gate.on_request(&wire, NOW + 1),
+        Outcome::Forward(_)
+    ));
+}
+
+#[test]
+fn configure_forgets_every_decision_made_under_the_old_configuration() {
+    let token = cap();
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={token}"))]);
+    let mut gate = Gate::new(config());
+    for _ in 0..2 {
+        assert!(matches!(outcome(&mut gate, &h), Outcome::Forward(_)));
+    }
+    assert_eq!(gate.memo().len(), 1);
+    assert_eq!(gate.cache().len(), 1);
+    // The capability revoked, then the pod stopped: neither the memo nor the token cache
+    // keeps the forward alive.
+    let jti = claims().jti;
+    gate.configure(config_with(|c| c.revoked_jti = vec![jti.clone()]));
+    assert!(gate.memo().is_empty() && gate.cache().is_empty());
+    assert!(matches!(
+        outcome(&mut gate, &h),
+        Outcome::Deny(Denial::InvalidCapability {
+            reason: TokenError::Revoked,
+            ..
+        })
+    ));
+    gate.configure(config_with(|c| {
+        c.pods.get_mut("alpha").unwrap().status = PodStatus::Stopped;
+    }));
+    assert_eq!(
+        outcome(&mut gate, &h),
+        Outcome::Deny(Denial::NotRunning(PodStatus::Stopped))
+    );
+}
+
+#[test]
+fn the_gate_sanitizes_the_response_of_a_forward_it_made() {
+    let c = config();
+    let mut gate = Gate::new(Rc::clone(&c));
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    let Outcome::Forward(forward) = outcome(&mut gate, &h) else {
+        panic!("not forwarded");
+    };
+    let pod = forward.response.as_ref().expect("a pod forward");
+    let response = crate::wire::encode_header_map(&[
+        (":status", "200"),
+        ("set-cookie", "__Host-podgate_cap=forged; Path=/"),
+        ("set-cookie", "theme=dark; Path=/"),
+        ("access-control-allow-origin", "*"),
+    ]);
+    let sanitized = gate.on_response(pod, &response).unwrap();
+    assert_eq!(
+        sanitized.dropped_cookies,
+        [crate::set_cookie::Refusal::OurName]
+    );
+    assert_eq!(sanitized.stripped_cors, 1);
+    assert!(!sanitized.edits.is_empty());
+    // What the filter would hand Envoy is exactly `response::sanitize` on the decoded map.
+    let decoded = crate::wire::decode_header_map(&response).unwrap();
+    assert_eq!(
+        sanitized,
+        crate::response::sanitize(&c, pod, decoded.iter().copied())
+    );
+    assert_eq!(
+        gate.on_response(pod, &response[..response.len() - 2]),
+        Err(ResponseFailure::Wire(crate::wire::WireError::Truncated))
+    );
 }

@@ -1,0 +1,455 @@
+//! The decision, as a pure function: the request view in, a local reply or a list of header
+//! edits out.
+
+use std::rc::Rc;
+
+use super::request::Request;
+use super::token_cache::{verify_now, VerifiedCache};
+use crate::config::{
+    CompiledConfig, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, UPSTREAM_HEADER, USER_HEADER,
+};
+use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
+use crate::cors::origin_pod;
+use crate::host::PodAddr;
+use crate::path;
+use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
+use crate::reply::Denial;
+use crate::response::PodResponse;
+use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX};
+
+/// How many signatures one request may make us check. Candidates are not limited (a browser
+/// sends every planted cookie of our name): each is first looked up in the verified-token cache
+/// and checked without its signature (`Verifier::precheck`), which is cheap, so the real
+/// capability is found among any number of planted ones, and only the candidates that pass
+/// are worth a signature: those for this very host first.
+pub const MAX_VERIFICATIONS: usize = 2;
+
+/// One change to the request headers, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    Remove(String),
+    Set(String, String),
+}
+
+/// What the filter does with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Answer locally; nothing is forwarded.
+    Deny(Denial),
+    /// Forward after applying the edits; always clear the route cache afterwards. Shared, so
+    /// the decision memo can hand the same one to every request that repeats its inputs.
+    Forward(Rc<Forward>),
+}
+
+/// What a forward does to the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub edits: Vec<HeaderEdit>,
+    /// Who, for logs and metrics (`None` on the reserved path).
+    pub user: Option<String>,
+    /// When the capability expires (unix seconds).
+    pub expires_at: Option<i64>,
+    /// What sanitizing the pod's response needs (`None` on the reserved path: the control
+    /// plane's responses are not touched).
+    pub response: Option<PodResponse>,
+    /// A WebSocket upgrade, to be closed when the capability expires.
+    pub websocket: bool,
+}
+
+/// Where the capability came from; cookie-authenticated WebSockets must come from the pod's own
+/// origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    TokenHeader,
+    Bearer,
+    Cookie,
+}
+
+/// Where the capability may be, in the order they are tried: every `podgate-token`, our
+/// well-formed bearers (not API tokens, which are no capability), then our cookies from the
+/// last to the first. Browsers send cookies with a longer `Path` first, which is the one
+/// ordering a sibling planting cookies of our name controls, so the real cookie (`Path=/`)
+/// tends to be last. Not limited in number: the scan is bounded by the header size.
+fn candidates<'a>(
+    config: &'a CompiledConfig,
+    req: &Request<'a>,
+    bearers: &[&'a str],
+) -> Vec<(Source, &'a str)> {
+    let mut out = Vec::new();
+    for t in &req.token_headers {
+        out.push((Source::TokenHeader, t.trim()));
+    }
+    for bearer in bearers {
+        if !bearer.starts_with(API_TOKEN_PREFIX) {
+            out.push((Source::Bearer, *bearer));
+        }
+    }
+    let name = &config.cookie_name;
+    for header in req.cookies.iter().rev() {
+        if header.len() <= MAX_COOKIE_HEADER_LEN && cookie::mentions(header, name) {
+            let first = out.len();
+            out.extend(cookie::find_all(header, name).map(|v| (Source::Cookie, v)));
+            if let Some(these) = out.get_mut(first..) {
+                these.reverse();
+            }
+        }
+    }
+    out
+}
+
+/// What one verified capability means for this request.
+enum Verdict {
+    Grant,
+    Elsewhere,
+    Refused(TokenError),
+}
+
+fn judge(config: &CompiledConfig, v: &Verified, host: &str, pod: &PodAddr) -> Verdict {
+    if config.revoked.contains(&v.claims.jti) {
+        Verdict::Refused(TokenError::Revoked)
+    } else if v.claims.aud == host && v.claims.pod == pod.pod && v.claims.port == pod.port {
+        Verdict::Grant
+    } else {
+        Verdict::Elsewhere
+    }
+}
+
+/// What the candidates came to.
+enum Choice {
+    Granted(Source, Rc<Verified>),
+    /// No grant, and at least one valid capability for another pod or port.
+    ScopedElsewhere,
+    /// No grant; the first reason a candidate was refused.
+    Refused(TokenError),
+}
+
+/// Finds the candidate that grants this request, at a bounded cost: first every candidate is
+/// looked up in the cache (a capability verified before grants at no cost) and, if not there,
+/// prechecked without its signature (garbage, another kind, an unknown key, an expired `exp`
+/// or a value that failed before are refused there); then at most `MAX_VERIFICATIONS`
+/// signatures are checked, the candidates whose unverified `aud` is this host first.
+fn choose(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    found: Vec<(Source, &str)>,
+    pod: &PodAddr,
+    now: i64,
+) -> Choice {
+    let host = config.public_hosts.render(pod);
+    // The refusal reported is that of the earliest candidate refused, whichever pass found
+    // it, so that what the caches held never changes the reason.
+    let mut first_error: Option<(usize, TokenError)> = None;
+    let mut refuse = |at: usize, err: TokenError| {
+        if first_error.as_ref().is_none_or(|(first, _)| at < *first) {
+            first_error = Some((at, err));
+        }
+    };
+    let mut elsewhere = false;
+    let mut here_first = Vec::new();
+    let mut then_elsewhere = Vec::new();
+    for (at, (source, token)) in found.into_iter().enumerate() {
+        let result = match cache.verified(config, token, now) {
+            Some(known) => known,
+            None => match config.verifier.precheck(token, &host, now) {
+                Err(err) => Err(err),
+                Ok(aud_here) => {
+                    let key = cache.rejected_key(config, token);
+                    match cache.known_bad(key) {
+                        Some(err) => Err(err),
+                        None => {
+                            let pending = if aud_here {
+                                &mut here_first
+                            } else {
+                                &mut then_elsewhere
+                            };
+                            pending.push((at, source, token, key));
+                            continue;
+                        }
+                    }
+                }
+            },
+        };
+        match result.map(|v| (judge(config, &v, &host, pod), v)) {
+            Ok((Verdict::Grant, v)) => return Choice::Granted(source, v),
+            Ok((Verdict::Elsewhere, _)) => elsewhere = true,
+            Ok((Verdict::Refused(err), _)) | Err(err) => refuse(at, err),
+        }
+    }
+    let mut checked: Vec<&str> = Vec::with_capacity(MAX_VERIFICATIONS);
+    for (at, source, token, key) in here_first.into_iter().chain(then_elsewhere) {
+        if checked.contains(&token) {
+            // The same value twice (planted duplicates): its outcome is known.
+            continue;
+        }
+        if checked.len() >= MAX_VERIFICATIONS {
+            break;
+        }
+        checked.push(token);
+        let result = verify_now(config, cache, token, key, now);
+        match result.map(|v| (judge(config, &v, &host, pod), v)) {
+            Ok((Verdict::Grant, v)) => return Choice::Granted(source, v),
+            Ok((Verdict::Elsewhere, _)) => elsewhere = true,
+            Ok((Verdict::Refused(err), _)) | Err(err) => refuse(at, err),
+        }
+    }
+    if elsewhere {
+        Choice::ScopedElsewhere
+    } else {
+        Choice::Refused(first_error.map_or(TokenError::Malformed, |(_, err)| err))
+    }
+}
+
+/// Our tokens among every `Authorization` value, including values a proxy joined with commas
+/// (`Bearer a, Bearer b`). Each comma-separated element that holds one of our tokens of any
+/// kind, in any form (`token::mentions_ours`), must be exactly one well-formed
+/// `Bearer <token>`: then its token is returned (a capability among them is a candidate, and
+/// every one is stripped). Any other form (no scheme, another scheme, a tab, trailing words,
+/// quotes) is refused: nothing is forwarded, and the client is told how to send it. Elements
+/// that hold none of ours are the pod app's and pass untouched.
+fn our_bearers<'a>(req: &Request<'a>) -> Result<Vec<&'a str>, Denial> {
+    let mut ours = Vec::new();
+    for value in &req.authorizations {
+        // One pass over a value with none of ours (the app's own credentials, the common case).
+        if !token::mentions_ours(value) {
+            continue;
+        }
+        for element in value.split(',') {
+            if !token::mentions_ours(element) {
+                continue;
+            }
+            match bearer_value(element) {
+                Some(token) if token::looks_like_ours(token) => ours.push(token),
+                _ => return Err(Denial::MalformedAuthorization),
+            }
+        }
+    }
+    Ok(ours)
+}
+
+/// The token of a well-formed `Bearer` credential (RFC 6750 section 2.1: the scheme in any
+/// case, one or more spaces, a token68), optional spaces or tabs around it.
+fn bearer_value(element: &str) -> Option<&str> {
+    let (scheme, value) = element
+        .trim_matches(|c| c == ' ' || c == '\t')
+        .split_once(' ')?;
+    let value = value.trim_start_matches(' ');
+    let body = value.trim_end_matches('=');
+    let token68 = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+    (scheme.eq_ignore_ascii_case("bearer") && token68).then_some(value)
+}
+
+/// Removes client copies of our headers and our credentials; shared by both forward paths.
+fn strip_edits(
+    config: &CompiledConfig,
+    req: &Request<'_>,
+    bearer_is_ours: bool,
+) -> Vec<HeaderEdit> {
+    let mut edits: Vec<HeaderEdit> = req
+        .our_header_names
+        .iter()
+        .map(|n| HeaderEdit::Remove((*n).to_owned()))
+        .collect();
+    if !req.token_headers.is_empty() {
+        edits.push(HeaderEdit::Remove(TOKEN_HEADER.to_owned()));
+    }
+    if bearer_is_ours {
+        // Every copy goes, the app's own bearer too if it shared a header with ours: a
+        // credential of ours never reaches the pod, at the cost of the app's.
+        edits.push(HeaderEdit::Remove("authorization".to_owned()));
+    }
+    let name = &config.cookie_name;
+    // Only a pair actually named ours is a reason to touch the header: otherwise the pod gets
+    // it exactly as the client sent it.
+    if req.cookies.iter().any(|h| cookie::has(h, name)) {
+        // Several Cookie headers become one, without ours, the others in order and unchanged.
+        let rest: Vec<String> = req
+            .cookies
+            .iter()
+            .filter_map(|h| {
+                if cookie::has(h, name) {
+                    cookie::strip(h, name)
+                } else {
+                    Some((*h).to_owned()).filter(|h| !h.trim().is_empty())
+                }
+            })
+            .collect();
+        if rest.is_empty() {
+            edits.push(HeaderEdit::Remove("cookie".to_owned()));
+        } else {
+            edits.push(HeaderEdit::Set("cookie".to_owned(), rest.join("; ")));
+        }
+    }
+    edits
+}
+
+/// The URL a browser is sent to for a fresh capability. `next` is the request path in its
+/// canonical form (`redirect::safe_next`): never a `ticket` parameter, never the reserved
+/// prefix.
+pub fn auth_redirect(config: &CompiledConfig, pod: &PodAddr, path: &str) -> String {
+    let mut url = format!(
+        "{}?pod={}&port={}",
+        config.auth_url,
+        encode_query_value(&pod.pod),
+        pod.port
+    );
+    if !path.is_empty() && path.len() <= MAX_NEXT_LEN {
+        url.push_str("&next=");
+        url.push_str(&encode_query_value(&safe_next(path)));
+    }
+    url
+}
+
+/// Methods that must not change state (RFC 9110), so a cross-origin one is harmless to let by.
+fn is_safe_method(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
+/// Decides what happens to a request at time `now` (unix seconds).
+pub fn decide(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    req: &Request<'_>,
+    now: i64,
+) -> Decision {
+    decide_counting(config, cache, req, now).0
+}
+
+/// `decide`, and how many token candidates it looked at (a forward decided by exactly one
+/// candidate depends on `now` only through that token's expiry, so it may be memoized).
+pub(super) fn decide_counting(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    req: &Request<'_>,
+    now: i64,
+) -> (Decision, usize) {
+    let pod = match config.public_hosts.parse(req.authority) {
+        Ok(pod) => pod,
+        Err(err) => return (Decision::Deny(Denial::BadHost(err)), 0),
+    };
+    let bearers = match our_bearers(req) {
+        Ok(bearers) => bearers,
+        Err(denial) => return (Decision::Deny(denial), 0),
+    };
+
+    if path::is_reserved(req.path.as_bytes()) {
+        // The control plane's callback: the host is validated, no token needed, the pod never
+        // sees it. Host stays as is so the control plane can bind the ticket to it.
+        let mut edits = strip_edits(config, req, !bearers.is_empty());
+        edits.push(forwarded_host(config, &pod, req.authority));
+        edits.push(HeaderEdit::Set(
+            CLUSTER_HEADER.to_owned(),
+            config.control_plane_cluster.clone(),
+        ));
+        let forward = Forward {
+            edits,
+            user: None,
+            expires_at: None,
+            response: None,
+            websocket: false,
+        };
+        return (Decision::Forward(Rc::new(forward)), 0);
+    }
+
+    let page_load = req.is_page_load();
+    let redirect = || page_load.then(|| auth_redirect(config, &pod, req.path));
+    let found = candidates(config, req, &bearers);
+    let looked_at = found.len();
+    if found.is_empty() {
+        return (
+            Decision::Deny(Denial::NoCapability {
+                redirect: redirect(),
+            }),
+            0,
+        );
+    }
+
+    let (source, verified) = match choose(config, cache, found, &pod, now) {
+        Choice::Granted(source, verified) => (source, verified),
+        Choice::ScopedElsewhere => return (Decision::Deny(Denial::WrongScope), looked_at),
+        Choice::Refused(reason) => {
+            return (
+                Decision::Deny(Denial::InvalidCapability {
+                    reason,
+                    redirect: redirect(),
+                }),
+                looked_at,
+            )
+        }
+    };
+
+    if source == Source::Cookie {
+        // Sibling pods are same-site, so SameSite does not stop pod B's page from using the
+        // browser's cookie for pod A: cookie authority only counts from A's own origins.
+        if req.is_websocket() {
+            if req.origin.and_then(|o| origin_pod(config, o)).as_ref() != Some(&pod) {
+                return (Decision::Deny(Denial::CrossOriginWebSocket), looked_at);
+            }
+        } else if !is_safe_method(req.method) {
+            if let Some(origin) = req.origin {
+                let same_pod = origin_pod(config, origin).is_some_and(|o| o.pod == pod.pod);
+                if !same_pod {
+                    return (Decision::Deny(Denial::CrossPodRequest), looked_at);
+                }
+            }
+        }
+    }
+
+    let Some(entry) = config.pods.get(&pod.pod) else {
+        return (Decision::Deny(Denial::UnknownPod), looked_at);
+    };
+    if entry.status != PodStatus::Running {
+        return (Decision::Deny(Denial::NotRunning(entry.status)), looked_at);
+    }
+
+    let mut edits = strip_edits(config, req, !bearers.is_empty());
+    edits.push(forwarded_host(config, &pod, req.authority));
+    edits.push(HeaderEdit::Set(
+        ":authority".to_owned(),
+        config.upstream_hosts.render(&pod),
+    ));
+    edits.push(HeaderEdit::Set(
+        CLUSTER_HEADER.to_owned(),
+        entry.cluster.clone(),
+    ));
+    if let Some(address) = &entry.address {
+        edits.push(HeaderEdit::Set(UPSTREAM_HEADER.to_owned(), address.clone()));
+    }
+    edits.push(HeaderEdit::Set(
+        USER_HEADER.to_owned(),
+        verified.claims.sub.clone(),
+    ));
+    if let Some(email) = verified.claims.email.as_ref().filter(|e| is_header_safe(e)) {
+        edits.push(HeaderEdit::Set(EMAIL_HEADER.to_owned(), email.clone()));
+    }
+    let forward = Forward {
+        edits,
+        user: Some(verified.claims.sub.clone()),
+        expires_at: Some(verified.expires_at),
+        response: Some(PodResponse::new(req.authority, req.origin)),
+        websocket: req.is_websocket(),
+    };
+    (Decision::Forward(Rc::new(forward)), looked_at)
+}
+
+/// `X-Forwarded-Host`: the public pod host the client asked for (Host is rewritten to the
+/// upstream host), rendered from the parsed pod, with the `:port` the client's authority had.
+/// Replaces every client copy.
+fn forwarded_host(config: &CompiledConfig, pod: &PodAddr, authority: &str) -> HeaderEdit {
+    let mut host = config.public_hosts.render(pod);
+    // `parse` accepted the authority, so a `:` can only start its port suffix of digits.
+    if let Some((_, port)) = authority.rsplit_once(':') {
+        host.push(':');
+        host.push_str(port);
+    }
+    HeaderEdit::Set(FORWARDED_HOST_HEADER.to_owned(), host)
+}
+
+/// Set by the filter on every forward, to the pod and to the control plane.
+pub const FORWARDED_HOST_HEADER: &str = "x-forwarded-host";
+
+fn is_header_safe(value: &str) -> bool {
+    value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+}

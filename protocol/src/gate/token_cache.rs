@@ -1,0 +1,237 @@
+//! The verified-token cache and the memory of refused token values, per worker.
+
+use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::rc::Rc;
+
+use crate::config::CompiledConfig;
+use crate::token::{TokenError, Verified, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
+
+/// How many token values that failed verification one worker remembers, so that planted
+/// values cost a signature check once, not on every request.
+const REJECTED_MAX_ENTRIES: usize = 1024;
+
+/// A per-worker cache of verified capabilities, keyed by the token itself (only tokens that
+/// verified and fit `MAX_TOKEN_LEN` are stored, so the key needs no cryptographic hash, which
+/// would cost a large share of a cached request). Expiry and revocation are re-checked on every hit, so the cache never
+/// extends a token's life.
+///
+/// Beside it, the values that failed verification, by a keyed hash of the whole value, with
+/// why (never `NotYetValid`, which time can change; every other failure is final for a given
+/// configuration, and a new configuration clears both): a planted value costs one signature
+/// check per worker, not one per request.
+#[derive(Debug, Default)]
+pub struct VerifiedCache {
+    entries: HashMap<Box<str>, Rc<Verified>, TailHash>,
+    rejected: HashMap<u64, TokenError, BuildHasherDefault<PremixedHasher>>,
+    rejected_keys: RandomState,
+    hits: u64,
+    misses: u64,
+    verifications: u64,
+}
+
+impl VerifiedCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.rejected.clear();
+    }
+
+    /// `(hits, misses)`: answers from either cache, and signature checks with the cache on.
+    /// Counts an answer that needed no signature check (a decision memo hit).
+    pub(super) fn count_hit(&mut self) {
+        self.hits += 1;
+    }
+
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+
+    /// How many signatures were checked, cache on or off.
+    pub fn verifications(&self) -> u64 {
+        self.verifications
+    }
+
+    /// How many failed values are remembered.
+    pub fn rejected_len(&self) -> usize {
+        self.rejected.len()
+    }
+
+    /// The live verified entry for `token`, or `Expired` (and the entry dropped); `None` if the
+    /// token is not in the cache (or the cache is off).
+    pub(super) fn verified(
+        &mut self,
+        config: &CompiledConfig,
+        token: &str,
+        now: i64,
+    ) -> Option<Result<Rc<Verified>, TokenError>> {
+        if config.token_cache_entries == 0
+            || token.len() < MIN_TOKEN_LEN
+            || token.len() > MAX_TOKEN_LEN
+        {
+            return None;
+        }
+        let hit = self.entries.get(token)?;
+        self.hits += 1;
+        if now >= hit.expires_at.saturating_add(config.verifier.leeway()) {
+            self.entries.remove(token);
+            return Some(Err(TokenError::Expired));
+        }
+        Some(Ok(Rc::clone(hit)))
+    }
+
+    /// The key of `token` among the rejected values; `None` with the cache off.
+    pub(super) fn rejected_key(&self, config: &CompiledConfig, token: &str) -> Option<u64> {
+        (config.token_cache_entries > 0).then(|| self.rejected_keys.hash_one(token))
+    }
+
+    /// Why the value of `key` failed verification before, if it did.
+    pub(super) fn known_bad(&mut self, key: Option<u64>) -> Option<TokenError> {
+        let err = self.rejected.get(&key?)?.clone();
+        self.hits += 1;
+        Some(err)
+    }
+
+    fn reject(&mut self, key: Option<u64>, err: &TokenError) {
+        let Some(key) = key else { return };
+        if *err == TokenError::NotYetValid {
+            return;
+        }
+        if self.rejected.len() >= REJECTED_MAX_ENTRIES {
+            self.rejected.clear();
+        }
+        self.rejected.insert(key, err.clone());
+    }
+
+    pub(super) fn insert(
+        &mut self,
+        token: &str,
+        verified: Rc<Verified>,
+        capacity: usize,
+        now: i64,
+    ) {
+        if capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= capacity {
+            self.entries.retain(|_, v| v.expires_at > now);
+            if self.entries.len() >= capacity {
+                // Still full of live tokens: start over rather than track recency per hit.
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(token.into(), verified);
+    }
+}
+
+/// Hashes a cache key by its last 16 bytes and its length, with the process's random SipHash
+/// keys. A token ends in its signature, so the tail is as good as the whole for spreading keys,
+/// at a fraction of the cost of SipHash over the whole token. Only verified tokens
+/// are ever stored, so an attacker cannot fill a bucket; a colliding probe costs one compare.
+#[derive(Debug, Clone, Default)]
+struct TailHash(RandomState);
+
+impl BuildHasher for TailHash {
+    type Hasher = TailHasher;
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(self.0.build_hasher())
+    }
+}
+
+struct TailHasher(DefaultHasher);
+
+impl Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = bytes.get(bytes.len().saturating_sub(16)..).unwrap_or(bytes);
+        self.0.write(tail);
+        self.0.write_usize(bytes.len());
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.0.write_u8(i);
+    }
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
+/// Verifies one token, through the cache: a value verified or refused before costs nothing,
+/// anything else one signature check (what `choose` does for each candidate, in two passes).
+#[cfg(test)]
+pub(super) fn check_token(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    token: &str,
+    now: i64,
+) -> Result<Rc<Verified>, TokenError> {
+    // Refuse oversized input before any work on it (hashing a 64 KiB value for a lookup would
+    // cost about as much as a signature check).
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Size);
+    }
+    if let Some(known) = cache.verified(config, token, now) {
+        return known;
+    }
+    let key = cache.rejected_key(config, token);
+    if let Some(err) = cache.known_bad(key) {
+        return Err(err);
+    }
+    verify_now(config, cache, token, key, now)
+}
+
+/// Checks a token's signature and claims, and remembers the outcome.
+pub(super) fn verify_now(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    token: &str,
+    key: Option<u64>,
+    now: i64,
+) -> Result<Rc<Verified>, TokenError> {
+    let cache_on = config.token_cache_entries > 0;
+    if cache_on {
+        cache.misses += 1;
+    }
+    cache.verifications += 1;
+    match config.verifier.verify(token, now) {
+        Ok(verified) => {
+            let verified = Rc::new(verified);
+            if cache_on {
+                cache.insert(token, Rc::clone(&verified), config.token_cache_entries, now);
+            }
+            Ok(verified)
+        }
+        Err(err) => {
+            cache.reject(key, &err);
+            Err(err)
+        }
+    }
+}
+
+/// A `u64` key that is already a good hash (`memo_hash`) is used as is.
+#[derive(Debug, Default)]
+pub(super) struct PremixedHasher(u64);
+
+impl Hasher for PremixedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = i;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
