@@ -4,7 +4,13 @@
 //!
 //! Envoy comes from `$PODGATE_ENVOY` or `<workspace>/.venv/bin/envoy`, the filter from
 //! `$PODGATE_FILTER_WASM` or a `cargo build` of `podgate-filter` run once; a missing one fails.
-#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
