@@ -23,7 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::OnceLock;
 
@@ -254,7 +254,7 @@ fn check_cookie(header: &str, name: &str) {
             );
             // Byte for byte: each kept pair with the spaces the client put around it (the
             // first's leading and the last's trailing ones aside), and no empty pair.
-            let parts: Vec<&str> = header.split(';').collect();
+            let parts: HashSet<&str> = header.split(';').collect();
             for (i, part) in raw.iter().enumerate() {
                 assert!(
                     !part.trim_matches(|c| c == ' ' || c == '\t').is_empty(),
