@@ -54,10 +54,11 @@ enum Counter {
     CorsStripped,
     WebsocketExpired,
     ResponseFailed,
+    Answered,
 }
 
 impl Counter {
-    const ALL: [(Counter, &'static str); 9] = [
+    const ALL: [(Counter, &'static str); 10] = [
         (Counter::Allowed, "podgate.allowed"),
         (Counter::Callback, "podgate.callback"),
         (Counter::CacheHits, "podgate.token_cache.hits"),
@@ -70,6 +71,7 @@ impl Counter {
         (Counter::CorsStripped, "podgate.response.cors_stripped"),
         (Counter::WebsocketExpired, "podgate.websocket.expired"),
         (Counter::ResponseFailed, "podgate.response.failed"),
+        (Counter::Answered, "podgate.answered"),
     ];
 }
 
@@ -347,6 +349,11 @@ impl Filter {
             // CORS preflights are answered here and never forwarded.
             Outcome::Preflight(reply) => {
                 self.metrics.bump(Counter::Preflight, 1);
+                answer(&reply)
+            }
+            // `/.podgate/userinfo` and `/.podgate/logout`: answered here, never forwarded.
+            Outcome::Answer(reply) => {
+                self.metrics.bump(Counter::Answered, 1);
                 answer(&reply)
             }
         }

@@ -772,6 +772,8 @@ fn gate_filter_config(https: bool, keys: KeySet) -> FilterConfig {
         keys,
         pods,
         revoked_jti: vec!["jti-revoked".into()],
+        cutoffs: Default::default(),
+        logout_url: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 2,
@@ -1016,6 +1018,7 @@ pub fn check_gate(case: &GateCase) -> Decision {
     check_memo(case, &expected, budget_bound);
     match &first {
         Decision::Deny(denial) => check_reply(config, denial),
+        Decision::Answer(reply) => check_answer(config, &req, reply),
         Decision::Forward(f) => check_forward(
             config,
             case,
@@ -1107,6 +1110,30 @@ fn check_reply(config: &CompiledConfig, denial: &Denial) {
             location.bytes().all(|b| b.is_ascii_graphic()),
             "{location:?}"
         );
+    }
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&reply.body).is_ok(),
+        "{:?}",
+        reply.body
+    );
+}
+
+/// A path the filter answers itself: only its exact paths, with clean headers and a JSON body;
+/// sign-out goes only to the configured control plane.
+fn check_answer(config: &CompiledConfig, req: &Request<'_>, reply: &podgate_protocol::reply::Reply) {
+    let own = podgate_protocol::own_paths::classify(req.path);
+    assert!(own.is_some(), "answered {:?} itself", req.path);
+    for (name, value) in &reply.headers {
+        assert!(!has_crlf_nul(value.as_bytes()), "{name}: {value:?}");
+    }
+    if own == Some(podgate_protocol::own_paths::OwnPath::Logout) {
+        assert_eq!(reply.status, 302);
+        assert!(reply
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "location" && *v == config.logout_url));
+    } else {
+        assert_eq!(reply.status, 200);
     }
     assert!(
         serde_json::from_str::<serde_json::Value>(&reply.body).is_ok(),
@@ -1449,6 +1476,7 @@ fn through_fresh_gate(headers: &[(String, Vec<u8>)]) -> (Decision, VerifiedCache
     let decision = match gate.on_request(&wire, NOW) {
         Outcome::Forward(forward) => Decision::Forward(forward),
         Outcome::Deny(denial) => Decision::Deny(denial),
+        Outcome::Answer(reply) => Decision::Answer(reply),
         Outcome::Preflight(reply) => panic!("a GET answered as a preflight: {reply:?}"),
     };
     (decision, gate.into_cache())

@@ -54,6 +54,8 @@ fn main() {
         },
         pods,
         revoked_jti: vec![],
+        cutoffs: Default::default(),
+        logout_url: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 1024,

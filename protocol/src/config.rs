@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::cookie;
+use crate::cutoff::{CompiledCutoffs, Cutoffs};
 use crate::host::{
     HostTemplate, TemplateError, DEFAULT_PUBLIC_TEMPLATE, DEFAULT_UPSTREAM_TEMPLATE,
 };
@@ -165,6 +166,15 @@ pub struct FilterConfig {
     /// Capability ids revoked before their expiry.
     #[serde(default)]
     pub revoked_jti: Vec<String>,
+    /// Sessions ended and access lost: capabilities refused before their expiry (`cutoff`).
+    /// Left out when empty, so a configuration without cuts is one an older filter takes.
+    #[serde(default, skip_serializing_if = "Cutoffs::is_empty")]
+    pub cutoffs: Cutoffs,
+    /// Where `/.podgate/logout` on a pod host sends the browser once it cleared the pod
+    /// host's cookie: the control plane's `/auth/logout`. Derived from `auth_url`'s origin
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logout_url: Option<String>,
     #[serde(default = "default_leeway")]
     pub leeway_secs: i64,
     #[serde(default = "default_max_lifetime")]
@@ -203,6 +213,10 @@ pub struct CompiledConfig {
     pub control_plane_cluster: String,
     pub pods: HashMap<String, PodEntry>,
     pub revoked: HashSet<String>,
+    /// Sessions ended and access lost (`cutoff`).
+    pub cutoffs: CompiledCutoffs,
+    /// The control plane's sign-out URL (`/.podgate/logout` redirects there).
+    pub logout_url: String,
     pub token_cache_entries: usize,
 }
 
@@ -215,6 +229,23 @@ fn field(field: &'static str, why: impl Into<String>) -> ConfigError {
 
 fn is_header_value_safe(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// An absolute http(s) URL without query or fragment, safe in a header value.
+fn is_absolute_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.contains('?')
+        && !url.contains('#')
+        && is_header_value_safe(url)
+}
+
+/// `scheme://authority` of an absolute URL that `is_absolute_url` accepted.
+fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url.get(after_scheme..).and_then(|rest| rest.find('/')) {
+        Some(slash) => url.get(..after_scheme + slash).unwrap_or(url),
+        None => url,
+    }
 }
 
 impl FilterConfig {
@@ -242,17 +273,28 @@ impl FilterConfig {
         if self.issuer.is_empty() {
             return Err(field("issuer", "must be the control plane's public URL"));
         }
-        let auth_ok = (self.auth_url.starts_with("http://")
-            || self.auth_url.starts_with("https://"))
-            && !self.auth_url.contains('?')
-            && !self.auth_url.contains('#')
-            && is_header_value_safe(&self.auth_url);
-        if !auth_ok {
+        if !is_absolute_url(&self.auth_url) {
             return Err(field(
                 "auth_url",
                 "must be an absolute http(s) URL without query or fragment",
             ));
         }
+        let logout_url = match self.logout_url {
+            Some(url) => {
+                if !is_absolute_url(&url) {
+                    return Err(field(
+                        "logout_url",
+                        "must be an absolute http(s) URL without query or fragment",
+                    ));
+                }
+                url
+            }
+            None => format!("{}/auth/logout", origin_of(&self.auth_url)),
+        };
+        let cutoffs = self
+            .cutoffs
+            .compile()
+            .map_err(|e| field("cutoffs", e.to_string()))?;
         if !(0..=300).contains(&self.leeway_secs) {
             return Err(field("leeway_secs", "must be between 0 and 300"));
         }
@@ -302,6 +344,8 @@ impl FilterConfig {
             control_plane_cluster: self.control_plane_cluster,
             pods: self.pods,
             revoked: self.revoked_jti.into_iter().collect(),
+            cutoffs,
+            logout_url,
             token_cache_entries: self.token_cache_entries,
         })
     }
@@ -336,6 +380,8 @@ mod tests {
             "localhost-{port}-pod-{pod}.localhost"
         );
         assert_eq!(c.pods["myslug"].status, PodStatus::Running);
+        assert!(c.cutoffs.is_empty());
+        assert_eq!(c.logout_url, "http://127.0.0.1:8080/auth/logout");
         let mut https = minimal();
         https["public_scheme"] = "https".into();
         assert_eq!(compile(&https).unwrap().cookie_name, "__Host-podgate_cap");
@@ -361,6 +407,17 @@ mod tests {
             ("auth_url", "/relative".into(), "auth_url"),
             ("auth_url", "http://x/a?b=c".into(), "auth_url"),
             ("leeway_secs", 3600.into(), "leeway_secs"),
+            ("logout_url", "/auth/logout".into(), "logout_url"),
+            (
+                "cutoffs",
+                serde_json::json!({"sessions": [{"sid": "", "at": 1, "until": 2}]}),
+                "cutoffs",
+            ),
+            (
+                "cutoffs",
+                serde_json::json!({"users": [{"sub": "u", "port": 80, "at": 1, "until": 2}]}),
+                "cutoffs",
+            ),
             (
                 "max_capability_lifetime_secs",
                 0.into(),

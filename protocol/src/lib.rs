@@ -5,8 +5,10 @@
 pub mod config;
 pub mod cookie;
 pub mod cors;
+pub mod cutoff;
 pub mod gate;
 pub mod host;
+pub mod own_paths;
 pub mod path;
 pub mod redirect;
 pub mod reply;

@@ -263,6 +263,9 @@ pub struct PodClaims {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub claims: PodClaims,
+    /// The session id claim (`sid`): the control-plane session the capability was minted for,
+    /// when it was minted for a browser session. An opaque hash, never the session's secret.
+    pub sid: Option<String>,
     pub issued_at: i64,
     pub expires_at: i64,
     pub kid: String,
@@ -372,6 +375,8 @@ impl ExtraHeader {
 struct WireClaims {
     #[serde(flatten)]
     pod: PodClaims,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
 }
 
 enum SecretMaterial {
@@ -554,6 +559,19 @@ pub fn mint(
     issued_at: i64,
     lifetime_secs: i64,
 ) -> Result<String, MintError> {
+    mint_in_session(kind, key, claims, None, issued_at, lifetime_secs)
+}
+
+/// [`mint`], with the session id claim `sid` when the token is minted for a browser session
+/// (so that ending the session can cut it off).
+pub fn mint_in_session(
+    kind: TokenKind,
+    key: &SigningKey,
+    claims: &PodClaims,
+    sid: Option<&str>,
+    issued_at: i64,
+    lifetime_secs: i64,
+) -> Result<String, MintError> {
     let header = Header::empty()
         .with_key_id(key.kid.clone())
         .with_token_type(kind.typ());
@@ -563,6 +581,7 @@ pub fn mint(
     };
     let mut wire = Claims::new(WireClaims {
         pod: claims.clone(),
+        sid: sid.map(str::to_owned),
     });
     wire.issued_at = Some(at(issued_at)?);
     wire.expiration = Some(at(issued_at.saturating_add(lifetime_secs))?);
@@ -828,15 +847,19 @@ impl Verifier {
         if exp.saturating_sub(iat) > self.max_lifetime || exp < iat {
             return Err(TokenError::LifetimeTooLong);
         }
-        let pod = claims.custom.pod;
+        let WireClaims { pod, sid } = claims.custom;
         if pod.iss != self.issuer {
             return Err(TokenError::WrongIssuer);
         }
         if pod.sub.is_empty() || pod.jti.is_empty() || pod.aud.is_empty() || pod.pod.is_empty() {
             return Err(TokenError::BadClaims);
         }
+        if sid.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(TokenError::BadClaims);
+        }
         Ok(Verified {
             claims: pod,
+            sid,
             issued_at: iat,
             expires_at: exp,
             kid: kid.to_owned(),

@@ -12,8 +12,9 @@ use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
 use crate::cors::origin_pod;
 use crate::host::PodAddr;
 use crate::path;
+use crate::own_paths::{self, OwnPath};
 use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
-use crate::reply::Denial;
+use crate::reply::{Denial, Reply};
 use crate::response::PodResponse;
 use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX};
 
@@ -39,6 +40,9 @@ pub enum Decision {
     /// Forward after applying the edits; always clear the route cache afterwards. Shared, so
     /// the decision memo can hand the same one to every request that repeats its inputs.
     Forward(Rc<Forward>),
+    /// A path the filter answers itself (`own_paths`: who am I, sign out); nothing is
+    /// forwarded.
+    Answer(Reply),
 }
 
 /// What a forward does to the request.
@@ -105,7 +109,7 @@ enum Verdict {
 }
 
 fn judge(config: &CompiledConfig, v: &Verified, host: &str, pod: &PodAddr) -> Verdict {
-    if config.revoked.contains(&v.claims.jti) {
+    if config.revoked.contains(&v.claims.jti) || config.cutoffs.refuses(v) {
         Verdict::Refused(TokenError::Revoked)
     } else if v.claims.aud == host && v.claims.pod == pod.pod && v.claims.port == pod.port {
         Verdict::Grant
@@ -333,6 +337,30 @@ pub(super) fn decide_counting(
         Ok(bearers) => bearers,
         Err(denial) => return (Decision::Deny(denial), 0),
     };
+
+    match own_paths::classify(req.path) {
+        Some(OwnPath::Logout) => return (Decision::Answer(own_paths::logout(config)), 0),
+        Some(OwnPath::Userinfo) => {
+            // From the capability for this very host, as for a forward, but a missing or
+            // refused one is a 401, never a redirect: this is for scripts.
+            let found = candidates(config, req, &bearers);
+            let looked_at = found.len();
+            if found.is_empty() {
+                let denial = Denial::NoCapability { redirect: None };
+                return (Decision::Deny(denial), 0);
+            }
+            let decision = match choose(config, cache, found, &pod, now) {
+                Choice::Granted(_, verified) => Decision::Answer(own_paths::userinfo(&verified)),
+                Choice::ScopedElsewhere => Decision::Deny(Denial::WrongScope),
+                Choice::Refused(reason) => Decision::Deny(Denial::InvalidCapability {
+                    reason,
+                    redirect: None,
+                }),
+            };
+            return (decision, looked_at);
+        }
+        None => {}
+    }
 
     if path::is_reserved(req.path.as_bytes()) {
         // The control plane's callback: the host is validated, no token needed, the pod never

@@ -34,6 +34,8 @@ fn config() -> Rc<CompiledConfig> {
         },
         pods,
         revoked_jti: vec![],
+        cutoffs: Default::default(),
+        logout_url: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 16,
@@ -77,6 +79,7 @@ fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)]) -> Decision {
     match gate.on_request(&crate::wire::encode_header_map(h), NOW + 1) {
         Outcome::Forward(forward) => Decision::Forward(forward),
         Outcome::Deny(denial) => Decision::Deny(denial),
+        Outcome::Answer(reply) => Decision::Answer(reply),
         Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
     }
 }

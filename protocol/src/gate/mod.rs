@@ -43,6 +43,9 @@ pub enum Outcome {
     Deny(Denial),
     /// A CORS preflight, answered locally with this reply; nothing is forwarded.
     Preflight(Reply),
+    /// A path the filter answers itself (`/.podgate/userinfo`, `/.podgate/logout`), answered
+    /// locally with this reply; nothing is forwarded.
+    Answer(Reply),
 }
 
 impl From<Decision> for Outcome {
@@ -50,6 +53,7 @@ impl From<Decision> for Outcome {
         match decision {
             Decision::Forward(forward) => Outcome::Forward(forward),
             Decision::Deny(denial) => Outcome::Deny(denial),
+            Decision::Answer(reply) => Outcome::Answer(reply),
         }
     }
 }
@@ -168,3 +172,7 @@ mod tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod edge_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod session_tests;

@@ -55,6 +55,8 @@ fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledConfig> {
         },
         pods,
         revoked_jti: vec![],
+        cutoffs: Default::default(),
+        logout_url: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 16,
@@ -127,6 +129,7 @@ fn status(d: &Decision) -> u32 {
     match d {
         Decision::Deny(denial) => denial.reply().status,
         Decision::Forward(_) => 0,
+        Decision::Answer(reply) => reply.status,
     }
 }
 
@@ -511,6 +514,7 @@ fn cache_keys_sharing_a_tail_stay_apart() {
                 jti: jti.into(),
                 ..claims()
             },
+            sid: None,
             issued_at: NOW,
             expires_at: NOW + 900,
             kid: "cap-ed1".into(),
@@ -697,6 +701,7 @@ fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)], now: i64) -> Decision 
     match gate.on_request(&crate::wire::encode_header_map(h), now) {
         Outcome::Forward(forward) => Decision::Forward(forward),
         Outcome::Deny(denial) => Decision::Deny(denial),
+        Outcome::Answer(reply) => Decision::Answer(reply),
         Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
     }
 }
