@@ -5,6 +5,7 @@
 //!
 //! `revoked_jti` lists the unexpired capabilities minted with a revoked API token, so Envoy
 //! refuses them at once instead of at their expiry; expired ones drop out at the next build.
+//! `cutoffs` lists the sessions that signed out and the users who lost access (`cuts.rs`).
 
 use std::collections::HashMap;
 
@@ -40,6 +41,15 @@ pub fn upstream_address(host: &str, port: u16) -> String {
     }
 }
 
+/// `scheme://authority` of an absolute URL.
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url.get(after_scheme..).and_then(|rest| rest.find('/')) {
+        Some(slash) => url.get(..after_scheme + slash).unwrap_or(url),
+        None => url,
+    }
+}
+
 /// Builds the filter configuration in force now.
 pub async fn build(state: &AppState) -> ApiResult<FilterConfig> {
     let config = state.config();
@@ -56,6 +66,12 @@ pub async fn build(state: &AppState) -> ApiResult<FilterConfig> {
         );
     }
     let revoked_jti = revoked_capabilities(state).await?;
+    let cutoffs = crate::cuts::cutoffs(state).await?;
+    let auth_url = format!("{}/api/proxy-auth", config.issuer);
+    // The filter derives `{origin of auth_url}/auth/logout` by itself; it is sent only when
+    // the issuer has a path, so that configurations stay readable by filters that predate it.
+    let logout_url = format!("{}/auth/logout", config.issuer);
+    let logout_url = (logout_url != format!("{}/auth/logout", origin(&auth_url))).then_some(logout_url);
     Ok(FilterConfig {
         issuer: config.issuer.clone(),
         domain: config.domain.clone(),
@@ -63,11 +79,13 @@ pub async fn build(state: &AppState) -> ApiResult<FilterConfig> {
         upstream_host_template: config.upstream_host_template_source.clone(),
         public_scheme: config.public_scheme.as_str().to_owned(),
         cookie_name: DEFAULT_COOKIE_NAME.to_owned(),
-        auth_url: format!("{}/api/proxy-auth", config.issuer),
+        auth_url,
         control_plane_cluster: CONTROL_PLANE_CLUSTER.to_owned(),
         keys: ring.capability_keys.clone(),
         pods,
         revoked_jti,
+        cutoffs,
+        logout_url,
         leeway_secs: DEFAULT_LEEWAY_SECS,
         max_capability_lifetime_secs: config.capability_lifetime as i64,
         token_cache_entries: 1024,

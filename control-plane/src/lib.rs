@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod authz;
 pub mod config;
+pub mod cuts;
 pub mod error;
 pub mod filter_config;
 pub mod http;
@@ -225,6 +226,7 @@ pub fn app(state: AppState) -> Router {
         .merge(flow::router(&state))
         .merge(http::capabilities::router(&state))
         .merge(api_tokens::router())
+        .merge(http::session::router())
         .merge(admin::router(state.clone()));
     if state.config().dev_mode {
         router = router.merge(http::dev_login::dev_router());

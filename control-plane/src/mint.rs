@@ -2,7 +2,7 @@
 //! with the key ring in force and recorded in the audit trail (never the token itself).
 
 use podgate_protocol::host::PodAddr;
-use podgate_protocol::token::{mint, PodClaims, TokenKind};
+use podgate_protocol::token::{mint_in_session, PodClaims, TokenKind};
 
 use crate::authz::may_reach;
 use crate::config::Config;
@@ -30,8 +30,22 @@ pub async fn mint_for(
     via: &str,
     api_token: Option<&str>,
 ) -> ApiResult<Minted> {
+    mint_in_session_for(state, kind, user, addr, via, api_token, None).await
+}
+
+/// [`mint_for`], for the control-plane session `sid` when there is one: the token carries it
+/// (a ticket passes it on to its capability), so signing out cuts the capability off.
+pub async fn mint_in_session_for(
+    state: &AppState,
+    kind: TokenKind,
+    user: Option<&User>,
+    addr: &PodAddr,
+    via: &str,
+    api_token: Option<&str>,
+    sid: Option<&str>,
+) -> ApiResult<Minted> {
     let ring = state.keys()?;
-    let minted = sign_for(state.config(), &ring, kind, user, addr, via, api_token)?;
+    let minted = sign_in_session(state.config(), &ring, kind, user, addr, via, api_token, sid)?;
     state
         .recorder()
         .record(minted.audit.clone())
@@ -49,6 +63,21 @@ pub fn sign_for(
     addr: &PodAddr,
     via: &str,
     api_token: Option<&str>,
+) -> ApiResult<Minted> {
+    sign_in_session(config, ring, kind, user, addr, via, api_token, None)
+}
+
+/// [`sign_for`], with the session id claim `sid` when minted for a control-plane session.
+#[allow(clippy::too_many_arguments)]
+pub fn sign_in_session(
+    config: &Config,
+    ring: &KeyRing,
+    kind: TokenKind,
+    user: Option<&User>,
+    addr: &PodAddr,
+    via: &str,
+    api_token: Option<&str>,
+    sid: Option<&str>,
 ) -> ApiResult<Minted> {
     let (key, lifetime, key_kind) = match kind {
         TokenKind::LoginTicket => (&ring.ticket_signer, config.ticket_lifetime, KeyKind::Ticket),
@@ -70,7 +99,7 @@ pub fn sign_for(
     };
     let now = now_unix();
     let lifetime = lifetime as i64;
-    let token = mint(kind, key, &claims, now, lifetime)
+    let token = mint_in_session(kind, key, &claims, sid, now, lifetime)
         .map_err(|e| ApiError::internal(format!("minting a {kind:?}: {e}")))?;
     let audit = AuditEntry {
         jti: jti.clone(),
@@ -102,6 +131,8 @@ pub enum TicketRefusal {
     WrongHost,
     /// Already redeemed once.
     Replayed,
+    /// Minted for a session that has signed out since.
+    SignedOut,
     /// The user no longer exists or may no longer reach the port.
     NoLongerAllowed,
 }
@@ -159,7 +190,15 @@ pub async fn redeem_ticket(
     if !facts.is_some_and(|f| may_reach(&f, user.as_ref())) {
         return Err(RedeemError::Refused(TicketRefusal::NoLongerAllowed));
     }
-    let cap = sign_for(
+    // A ticket of a session that signed out since is not redeemed (its capability would be
+    // refused anyway: it carries the session's id).
+    let sid = verified.sid.as_deref();
+    if let Some(sid) = sid {
+        if state.db().session_was_cut(sid).await.map_err(ApiError::from)? {
+            return Err(RedeemError::Refused(TicketRefusal::SignedOut));
+        }
+    }
+    let cap = sign_in_session(
         state.config(),
         &ring,
         TokenKind::Capability,
@@ -167,6 +206,7 @@ pub async fn redeem_ticket(
         addr,
         "callback",
         None,
+        sid,
     )?;
     // Single use: a ticket already consumed is a replay; the capability is recorded before it
     // is handed out.

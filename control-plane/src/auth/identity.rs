@@ -18,8 +18,28 @@ fn session_hash(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
 }
 
+/// The session id claim (`sid`) of the session whose stored hash is `id_hash`: a hash of that
+/// hash, so capabilities name the session without carrying its secret or its database key.
+pub fn session_id(id_hash: &str) -> String {
+    let digest = Sha256::digest(format!("podgate-sid\n{id_hash}").as_bytes());
+    hex::encode(digest).chars().take(32).collect()
+}
+
+/// The session id claim of a session cookie's value (`session_id` of its hash).
+pub fn session_id_of_cookie(value: &str) -> String {
+    session_id(&session_hash(value))
+}
+
 /// The signed-in user of this request, read fresh from the database, or `None`.
 pub async fn current_user(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<User>> {
+    Ok(current_session(state, headers).await?.map(|(user, _)| user))
+}
+
+/// The signed-in user of this request and the id (`sid`) of their session, or `None`.
+pub async fn current_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> ApiResult<Option<(User, String)>> {
     let now = now_unix();
     for cookie_header in headers.get_all(header::COOKIE) {
         let Ok(cookie_header) = cookie_header.to_str() else {
@@ -30,8 +50,9 @@ pub async fn current_user(state: &AppState, headers: &HeaderMap) -> ApiResult<Op
             if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
                 continue;
             }
-            if let Some(user) = state.db().session_user(&session_hash(value), now).await? {
-                return Ok(Some(user));
+            let id_hash = session_hash(value);
+            if let Some(user) = state.db().session_user(&id_hash, now).await? {
+                return Ok(Some((user, session_id(&id_hash))));
             }
         }
     }
@@ -53,12 +74,23 @@ pub async fn start_session(state: &AppState, user: &User) -> ApiResult<String> {
 
 /// Ends every session of ours this request's cookies name.
 pub async fn end_sessions(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    ended_sessions(state, headers).await.map(|_| ())
+}
+
+/// Ends every live session of ours this request's cookies name; returns their ids (`sid`).
+pub async fn ended_sessions(state: &AppState, headers: &HeaderMap) -> ApiResult<Vec<String>> {
+    let now = now_unix();
+    let mut ended = Vec::new();
     for cookie_header in headers.get_all(header::COOKIE) {
         if let Ok(h) = cookie_header.to_str() {
             for value in find_all(h, state.session_cookie()).take(MAX_SESSION_CANDIDATES) {
-                state.db().delete_session(&session_hash(value)).await?;
+                let id_hash = session_hash(value);
+                if state.db().session_user(&id_hash, now).await?.is_some() {
+                    ended.push(session_id(&id_hash));
+                }
+                state.db().delete_session(&id_hash).await?;
             }
         }
     }
-    Ok(())
+    Ok(ended)
 }

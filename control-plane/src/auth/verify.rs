@@ -46,7 +46,10 @@ pub enum Accept {
 /// How the user was recognised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Via {
-    Session,
+    /// The control plane's own session; `sid` is the session id claim its capabilities carry.
+    Session {
+        sid: String,
+    },
     /// An ID token; `cookie` when it came from the provider's cookie.
     Oidc {
         provider: String,
@@ -62,7 +65,7 @@ impl Via {
     /// Short label for logs and the mint audit (`via`).
     pub fn label(&self) -> String {
         match self {
-            Via::Session => "session".into(),
+            Via::Session { .. } => "session".into(),
             Via::Oidc { provider, .. } => format!("oidc:{provider}"),
             Via::AppSession => crate::auth::app_session::VERIFIER.into(),
             Via::ApiToken { id } => format!("api-token:{id}"),
@@ -76,11 +79,19 @@ impl Via {
             _ => None,
         }
     }
+    /// The control-plane session this credential is, if it is one: what a capability minted
+    /// with it names as its `sid`, so that signing out cuts it off.
+    pub fn session_id(&self) -> Option<&str> {
+        match self {
+            Via::Session { sid } => Some(sid),
+            _ => None,
+        }
+    }
     /// Whether the credential is a cookie (the browser sends it by itself: CSRF matters).
     pub fn is_cookie(&self) -> bool {
         matches!(
             self,
-            Via::Session | Via::AppSession | Via::Oidc { cookie: true, .. }
+            Via::Session { .. } | Via::AppSession | Via::Oidc { cookie: true, .. }
         )
     }
 }
@@ -265,10 +276,10 @@ pub async fn identify(
         }
     }
 
-    if let Some(user) = crate::auth::identity::current_user(state, headers).await? {
+    if let Some((user, sid)) = crate::auth::identity::current_session(state, headers).await? {
         outcome.identity = Some(Identity {
             user,
-            via: Via::Session,
+            via: Via::Session { sid },
         });
         return Ok(outcome);
     }
@@ -338,10 +349,15 @@ pub async fn identify(
 /// The signed-in browser user of a page flow, or `None` (rejections are logged and mean "not
 /// signed in": the browser goes to the login page).
 pub async fn browser_user(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<User>> {
-    Ok(identify(state, headers, "", Accept::Browser)
-        .await?
-        .identity
-        .map(|i| i.user))
+    Ok(browser_identity(state, headers).await?.map(|i| i.user))
+}
+
+/// [`browser_user`], with how they were recognised (their session, for the `sid` claim).
+pub async fn browser_identity(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> ApiResult<Option<Identity>> {
+    Ok(identify(state, headers, "", Accept::Browser).await?.identity)
 }
 
 /// The user id given to someone first seen as `subject` at `verifier`: the subject itself (with

@@ -15,7 +15,7 @@ use crate::authz::authorize;
 use crate::error::{ApiError, ApiResult, JsonBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::shared::{no_store, parse_target};
-use crate::mint::mint_for;
+use crate::mint::mint_in_session_for;
 use crate::AppState;
 
 /// The route, behind its per-client limit (`crate::http::limits` says what counts and why).
@@ -63,6 +63,10 @@ async fn capabilities(
         .identity
         .as_ref()
         .and_then(|i| i.via.api_token_id().map(str::to_owned));
+    let sid = outcome
+        .identity
+        .as_ref()
+        .and_then(|i| i.via.session_id().map(str::to_owned));
     let user = outcome.identity.map(|i| i.user);
     match &user {
         None => {
@@ -78,13 +82,14 @@ async fn capabilities(
         }
         Some(u) => authorize(state.db(), Some(u), &addr).await?,
     }
-    let cap = mint_for(
+    let cap = mint_in_session_for(
         &state,
         TokenKind::Capability,
         user.as_ref(),
         &addr,
         &via,
         api_token.as_deref(),
+        sid.as_deref(),
     )
     .await?;
     let host = state.config().host_template.render(&addr);

@@ -13,14 +13,14 @@ use podgate_protocol::host::PodAddr;
 use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use podgate_protocol::token::TokenKind;
 
-use crate::auth::verify::browser_user;
+use crate::auth::verify::browser_identity;
 use crate::authz::authorize;
 use crate::error::{ApiError, ApiResult};
 use crate::http::cookies;
 use crate::http::limits::{self, Endpoint};
 use crate::http::shared::{no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
-use crate::mint::{mint_for, redeem_ticket, RedeemError, TicketRefusal};
+use crate::mint::{mint_in_session_for, redeem_ticket, RedeemError, TicketRefusal};
 use crate::AppState;
 
 /// The flow's routes, each behind its per-client limit (`limits.rs` says what counts and why).
@@ -91,7 +91,13 @@ async fn proxy_auth(
         )));
     }
     let next = safe_next(next);
-    let user = browser_user(&state, &headers).await?;
+    let identity = browser_identity(&state, &headers).await?;
+    // The control-plane session, if that is how the user signed in: the ticket and its
+    // capability carry its id, so signing out cuts them off.
+    let sid = identity
+        .as_ref()
+        .and_then(|i| i.via.session_id().map(str::to_owned));
+    let user = identity.map(|i| i.user);
 
     if user.is_none() {
         // Only a public port lets someone through without signing in.
@@ -103,13 +109,14 @@ async fn proxy_auth(
         authorize(state.db(), user.as_ref(), &addr).await?;
     }
 
-    let ticket = mint_for(
+    let ticket = mint_in_session_for(
         &state,
         TokenKind::LoginTicket,
         user.as_ref(),
         &addr,
         "proxy-auth",
         None,
+        sid.as_deref(),
     )
     .await?;
     let host = state.config().host_template.render(&addr);

@@ -11,4 +11,5 @@ pub mod flow;
 pub mod health;
 pub mod limits;
 pub mod security_headers;
+pub mod session;
 pub mod shared;

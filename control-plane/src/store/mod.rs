@@ -13,6 +13,7 @@ use sqlx::{AnyPool, Executor, Row};
 pub use podgate_protocol::config::PodStatus;
 
 mod api_tokens;
+mod cuts;
 mod idp;
 mod keys;
 mod pods;
@@ -20,6 +21,7 @@ mod sessions;
 mod users;
 
 pub use api_tokens::ApiTokenRow;
+pub use cuts::{CutRow, HolderScope};
 pub use keys::{KeyMaterial, StoredKey};
 pub use pods::{AccessFacts, Pod, PodPort};
 pub use sessions::AuditEntry;

@@ -12,6 +12,8 @@ use super::{
 };
 use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::store::{now_unix, parse_pod_status, Pod, PodPort, PodStatus, Sharing};
+use crate::cuts::cut_lost_access;
+use crate::store::HolderScope;
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -145,6 +147,7 @@ async fn update_pod(
     JsonBody(patch): JsonBody<PodPatch>,
 ) -> ApiResult<Json<Pod>> {
     let mut pod = require_pod(&s, &slug).await?;
+    let who_before = (pod.owner_id.clone(), pod.team_id.clone());
     if let Some(owner) = patch.owner_id {
         pod.owner_id = owner;
     }
@@ -163,6 +166,10 @@ async fn update_pod(
     check_pod_refs(&s, &pod).await?;
     pod.updated_at = now_unix();
     s.db().update_pod(&pod).await?;
+    if who_before != (pod.owner_id.clone(), pod.team_id.clone()) {
+        // Another owner or team: whoever lost the pod by it is cut off within one push.
+        cut_lost_access(&s, HolderScope::Pod(&pod.slug)).await?;
+    }
     Ok(Json(pod))
 }
 
@@ -182,7 +189,10 @@ async fn delete_pod(
     State(s): State<AppState>,
     PathArgs(slug): PathArgs<String>,
 ) -> ApiResult<Response> {
-    deleted(s.db().delete_pod(&slug).await?, "pod")
+    let gone = s.db().delete_pod(&slug).await?;
+    // Its capabilities must not outlive it on a pod created again under the same slug.
+    cut_lost_access(&s, HolderScope::Pod(&slug)).await?;
+    deleted(gone, "pod")
 }
 
 async fn list_ports(
@@ -224,6 +234,8 @@ async fn put_port(
         label: body.label,
     };
     s.db().put_pod_port(&p).await?;
+    // A lower sharing level cuts off, within one push, those it no longer lets in.
+    cut_lost_access(&s, HolderScope::Port(&p.pod_slug, p.port)).await?;
     Ok(Json(p))
 }
 
@@ -231,5 +243,8 @@ async fn delete_port(
     State(s): State<AppState>,
     PathArgs((slug, port)): PathArgs<(String, u16)>,
 ) -> ApiResult<Response> {
-    deleted(s.db().delete_pod_port(&slug, port).await?, "port setting")
+    let gone = s.db().delete_pod_port(&slug, port).await?;
+    // Back to the default level, which may be lower.
+    cut_lost_access(&s, HolderScope::Port(&slug, port)).await?;
+    deleted(gone, "port setting")
 }

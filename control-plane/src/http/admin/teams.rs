@@ -10,6 +10,8 @@ use super::{check_text, created, deleted, gen_id, parse_enum, require_user};
 use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::{now_unix, Member, Role, Team};
+use crate::cuts::cut_lost_access;
+use crate::store::HolderScope;
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -89,7 +91,13 @@ async fn delete_team(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
 ) -> ApiResult<Response> {
-    deleted(s.db().delete_team(&id).await?, "team")
+    let members = s.db().list_members(&id).await?;
+    let gone = s.db().delete_team(&id).await?;
+    // Its members lose the team's pods (unless another rule still lets them in).
+    for m in &members {
+        cut_lost_access(&s, HolderScope::User(&m.user_id)).await?;
+    }
+    deleted(gone, "team")
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,5 +200,8 @@ async fn delete_member(
     State(s): State<AppState>,
     PathArgs((team_id, user_id)): PathArgs<(String, String)>,
 ) -> ApiResult<Response> {
-    deleted(s.db().delete_member(&team_id, &user_id).await?, "member")
+    let gone = s.db().delete_member(&team_id, &user_id).await?;
+    // The team's pods are cut off for them within one push, where no other rule lets them in.
+    cut_lost_access(&s, HolderScope::User(&user_id)).await?;
+    deleted(gone, "member")
 }

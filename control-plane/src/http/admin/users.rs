@@ -106,5 +106,10 @@ async fn delete_user(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
 ) -> ApiResult<Response> {
-    deleted(s.db().delete_user(&id).await?, "user")
+    let gone = s.db().delete_user(&id).await?;
+    if gone {
+        // Their capabilities stop working within one push, wherever they are.
+        crate::cuts::cut_user(&s, &id).await?;
+    }
+    deleted(gone, "user")
 }

@@ -1,0 +1,99 @@
+//! The browser session on the control plane: `GET|POST /auth/logout` (sign out everywhere) and
+//! `GET /auth/userinfo` (who is signed in).
+//!
+//! Signing out ends every control-plane session the request's cookies name and cuts off every
+//! capability minted for them (`cuts::cut_session`), on every pod host, at the next config push,
+//! which this triggers. A pod host's `/.podgate/logout` (answered by the filter: it removes that
+//! host's capability cookie) redirects here.
+//!
+//! A GET signs out, like oauth2-proxy's `/oauth2/sign_out`: a pod page's plain link and the pod
+//! host's redirect must work without a form, and the worst a forged request can do is sign the
+//! user out (a nuisance, no access gained). Credentials of other verifiers (an identity
+//! provider's cookie, the main app's session) are not ours to end: their capabilities carry no
+//! session id and expire on their own.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::auth::identity::ended_sessions;
+use crate::auth::verify::browser_identity;
+use crate::error::{ApiError, ApiResult};
+use crate::http::cookies;
+use crate::http::shared::no_store;
+use crate::AppState;
+
+/// The session routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/logout", get(logout).post(logout))
+        .route("/auth/userinfo", get(userinfo))
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    let navigate = headers
+        .get("sec-fetch-mode")
+        .is_some_and(|v| v.as_bytes() == b"navigate");
+    let html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    navigate || html
+}
+
+/// `GET|POST /auth/logout`: ends this browser's sessions and cuts off their capabilities.
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let ended = ended_sessions(&state, &headers).await?;
+    for sid in &ended {
+        crate::cuts::cut_session(&state, sid).await?;
+    }
+    if !ended.is_empty() {
+        tracing::info!(sessions = ended.len(), "signed out: capabilities cut off");
+        state.envoy_config_changed();
+    }
+    let mut resp = if wants_html(&headers) {
+        (
+            StatusCode::OK,
+            Html(
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>Signed out</title></head>\
+                 <body><h1>You are signed out</h1>\
+                 <p>Your access to pods through this browser session has ended.</p></body></html>",
+            ),
+        )
+            .into_response()
+    } else {
+        Json(json!({ "signed_out": true, "sessions_ended": ended.len() })).into_response()
+    };
+    let clear = cookies::clear_session(&state);
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&clear).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// `GET /auth/userinfo`: the signed-in user of this browser, or a 401.
+async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let Some(identity) = browser_identity(&state, &headers).await? else {
+        let mut resp = ApiError::Unauthorized(
+            "not signed in; sign in through the login page, then retry".into(),
+        )
+        .into_response();
+        no_store(&mut resp);
+        return Ok(resp);
+    };
+    let user = &identity.user;
+    let mut resp = Json(json!({
+        "user": user.id,
+        "email": user.email,
+        "name": user.name,
+        "via": identity.via.label(),
+    }))
+    .into_response();
+    no_store(&mut resp);
+    Ok(resp)
+}
