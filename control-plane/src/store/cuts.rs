@@ -32,12 +32,27 @@ pub enum HolderScope<'a> {
 }
 
 impl Db {
-    /// Records a cut; expired cuts are dropped on the way.
+    /// Records a cut; expired cuts, and earlier cuts of the same user and scope (the new one
+    /// refuses all they did, for longer), are dropped on the way.
     pub async fn insert_cut(&self, cut: &CutRow, now: i64) -> Res<()> {
         sqlx::query("DELETE FROM access_cuts WHERE expires_at < $1")
             .bind(now)
             .execute(&self.writer)
             .await?;
+        if let CutRow::User {
+            user_id, pod, port, ..
+        } = cut
+        {
+            sqlx::query(
+                "DELETE FROM access_cuts WHERE user_id = $1 \
+                 AND COALESCE(pod_slug, '') = $2 AND COALESCE(port, -1) = $3",
+            )
+            .bind(user_id.as_str())
+            .bind(pod.as_deref().unwrap_or(""))
+            .bind(port.map_or(-1, i64::from))
+            .execute(&self.writer)
+            .await?;
+        }
         let (sid, user, pod, port, at, until) = match cut {
             CutRow::Session { sid, at, until } => (Some(sid.as_str()), None, None, None, at, until),
             CutRow::User {

@@ -1,0 +1,352 @@
+//! Sign-out everywhere and cuts of lost access, in-process, on SQLite and PostgreSQL:
+//! `/auth/logout`, `/auth/userinfo`, the `sid` claim, and the filter configuration's `cutoffs`
+//! after a sign-out, a team removal, a lower sharing level, another owner and a deleted user.
+//! Each capability is checked against the filter configuration the control plane would push,
+//! compiled as the filter compiles it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{Harness, Resp, Which};
+use podgate::store::now_unix;
+use podgate_protocol::config::{CompiledConfig, FilterConfig};
+use podgate_protocol::token::Verified;
+use serde_json::json;
+
+const PAGE: (&str, &str) = ("accept", "text/html");
+
+fn q(v: &str) -> String {
+    podgate_protocol::redirect::encode_query_value(v)
+}
+
+/// A ticket for `port` of myslug through `/api/proxy-auth` (signed in with `cookie`, or not).
+async fn ticket(h: &Harness, cookie: Option<&str>, port: u16) -> (String, String) {
+    let mut headers = vec![PAGE];
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
+    let r = h
+        .get(
+            &format!("/api/proxy-auth?pod=myslug&port={port}&next=%2F"),
+            &headers,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let loc = url::Url::parse(r.header("location").unwrap()).unwrap();
+    assert_eq!(loc.path(), "/.podgate/callback", "{loc}");
+    let ticket = loc
+        .query_pairs()
+        .find(|(k, _)| k == "ticket")
+        .unwrap()
+        .1
+        .into_owned();
+    let host = format!("{}:{}", loc.host_str().unwrap(), loc.port().unwrap());
+    (host, ticket)
+}
+
+async fn redeem(h: &Harness, host: &str, ticket: &str) -> Resp {
+    let req = Request::builder()
+        .uri(format!("/.podgate/callback?ticket={}&next=%2F", q(ticket)))
+        .header(header::HOST, host)
+        .body(Body::empty())
+        .unwrap();
+    h.send(req).await
+}
+
+fn cookie_value(r: &Resp) -> String {
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let set = r.header("set-cookie").unwrap();
+    set.strip_prefix("podgate_cap=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// A capability for `port` of myslug through the whole browser flow.
+async fn capability(h: &Harness, cookie: Option<&str>, port: u16) -> String {
+    let (host, ticket) = ticket(h, cookie, port).await;
+    cookie_value(&redeem(h, &host, &ticket).await)
+}
+
+/// The filter configuration the control plane pushes now, as JSON and compiled.
+async fn filter(h: &Harness) -> (serde_json::Value, CompiledConfig) {
+    let r = h.admin(Method::GET, "/v1/filter-config", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let compiled = FilterConfig::compile_json(r.body.as_bytes()).unwrap();
+    (r.json(), compiled)
+}
+
+fn verify(c: &CompiledConfig, token: &str) -> Verified {
+    c.verifier.verify(token, now_unix()).unwrap()
+}
+
+/// Whether the pushed configuration refuses `token` before its expiry.
+async fn cut_off(h: &Harness, token: &str) -> bool {
+    let (_, c) = filter(h).await;
+    c.cutoffs.refuses(&verify(&c, token))
+}
+
+async fn signout_ends_every_capability_of_the_session(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let session = h.login("alice").await;
+    let other_session = h.login("alice").await;
+    let cap = capability(&h, Some(&session), 8726).await;
+    let other_port = capability(&h, Some(&session), 8727).await;
+    let other_cap = capability(&h, Some(&other_session), 8726).await;
+    // A capability minted for scripts with the session cookie belongs to the session too.
+    let r = h
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/v1/capabilities")
+                .header(header::COOKIE, &session)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json!({"pod": "myslug", "port": 8726}).to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let scripted = r.json()["token"].as_str().unwrap().to_owned();
+    // A ticket in flight when the session ends.
+    let (host, in_flight) = ticket(&h, Some(&session), 8726).await;
+
+    let (json, c) = filter(&h).await;
+    // No cut yet: the field is left out, so older filters still take the configuration.
+    assert!(json.get("cutoffs").is_none(), "{json}");
+    let v = verify(&c, &cap);
+    let sid = v.sid.clone().expect("a capability minted for a session names it");
+    assert_eq!(sid.len(), 32);
+    assert!(!session.contains(&sid), "the sid must not be the session's secret");
+    assert_eq!(verify(&c, &other_port).sid.as_deref(), Some(sid.as_str()));
+    assert_eq!(verify(&c, &scripted).sid.as_deref(), Some(sid.as_str()));
+    assert_ne!(verify(&c, &other_cap).sid.as_deref(), Some(sid.as_str()));
+    assert!(!c.cutoffs.refuses(&v));
+
+    let r = h.get("/auth/logout", &[("cookie", &session)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json(), json!({"signed_out": true, "sessions_ended": 1}));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let clear = r.header("set-cookie").unwrap();
+    assert!(clear.starts_with("podgate_session=;") && clear.contains("Max-Age=0"), "{clear}");
+
+    let (json, c) = filter(&h).await;
+    let sessions = json["cutoffs"]["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{json}");
+    assert_eq!(sessions[0]["sid"], sid.as_str());
+    let until = sessions[0]["until"].as_i64().unwrap();
+    let at = sessions[0]["at"].as_i64().unwrap();
+    // Listed exactly as long as a capability of the session can live.
+    assert_eq!(until - at, 900 + 30);
+    for token in [&cap, &other_port, &scripted] {
+        assert!(c.cutoffs.refuses(&verify(&c, token)));
+    }
+    // The same user's other session is not signed out.
+    assert!(!c.cutoffs.refuses(&verify(&c, &other_cap)));
+    // The ticket minted before the sign-out is not redeemed any more.
+    let r = redeem(&h, &host, &in_flight).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    // The session is gone.
+    let r = h.get("/auth/userinfo", &[("cookie", &session)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Signing out again (nothing to end) changes nothing and still answers.
+    let r = h.get("/auth/logout", &[("cookie", &session), PAGE]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("signed out"), "{}", r.body);
+    let (json, _) = filter(&h).await;
+    assert_eq!(json["cutoffs"]["sessions"].as_array().unwrap().len(), 1);
+    h.finish().await;
+}
+on_both!(signout_ends_every_capability_of_the_session);
+
+async fn userinfo_answers_the_signed_in_user(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let r = h.get("/auth/userinfo", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.error().contains("not signed in"), "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let session = h.login("bob").await;
+    let r = h.get("/auth/userinfo", &[("cookie", &session)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({"user": "bob", "email": "bob@example.dev", "name": "bob", "via": "session"})
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // POST signs out too (a form); GET userinfo then says so.
+    let r = h
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/auth/logout")
+                .header(header::COOKIE, &session)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = h.get("/auth/userinfo", &[("cookie", &session)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    h.finish().await;
+}
+on_both!(userinfo_answers_the_signed_in_user);
+
+/// The user cuts listed in the pushed configuration, as `(sub, pod, port)`.
+async fn user_cuts(h: &Harness) -> Vec<(String, Option<String>, Option<u64>)> {
+    let (json, _) = filter(h).await;
+    let mut cuts: Vec<_> = json["cutoffs"]["users"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            (
+                c["sub"].as_str().unwrap().to_owned(),
+                c["pod"].as_str().map(str::to_owned),
+                c["port"].as_u64(),
+            )
+        })
+        .collect();
+    cuts.sort();
+    cuts
+}
+
+fn cut(sub: &str, pod: Option<&str>, port: Option<u64>) -> (String, Option<String>, Option<u64>) {
+    (sub.to_owned(), pod.map(str::to_owned), port)
+}
+
+async fn team_removal_cuts_the_member_only(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let alice = capability(&h, Some(&h.login("alice").await), 8726).await;
+    let bob = capability(&h, Some(&h.login("bob").await), 8726).await;
+    assert!(!cut_off(&h, &bob).await);
+    let r = h
+        .admin(Method::DELETE, "/v1/teams/t1/members/bob", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(
+        user_cuts(&h).await,
+        vec![cut("bob", Some("myslug"), Some(8726))]
+    );
+    assert!(cut_off(&h, &bob).await);
+    assert!(!cut_off(&h, &alice).await, "the owner kept access");
+    // A capability issued after the cut (access given back) is not refused by it.
+    let (json, c) = filter(&h).await;
+    let at = json["cutoffs"]["users"][0]["at"].as_i64().unwrap();
+    let mut later = verify(&c, &bob);
+    later.issued_at = at + 1;
+    assert!(!c.cutoffs.refuses(&later));
+    h.finish().await;
+}
+on_both!(team_removal_cuts_the_member_only);
+
+async fn lower_sharing_cuts_only_who_lost_the_port(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let put = |sharing: &'static str| {
+        let h = &h;
+        async move {
+            let r = h
+                .admin(
+                    Method::PUT,
+                    "/v1/pods/myslug/ports/8726",
+                    Some(json!({"sharing": sharing})),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        }
+    };
+    put("public").await;
+    let anonymous = capability(&h, None, 8726).await;
+    let carol = capability(&h, Some(&h.login("carol").await), 8726).await;
+    let bob = capability(&h, Some(&h.login("bob").await), 8726).await;
+    // Public → signed in: only the anonymous capability goes.
+    put("signed_in").await;
+    assert_eq!(
+        user_cuts(&h).await,
+        vec![cut("anonymous", Some("myslug"), Some(8726))]
+    );
+    assert!(cut_off(&h, &anonymous).await);
+    assert!(!cut_off(&h, &carol).await);
+    // Signed in → team: carol (not in the team) goes; bob (a member) stays.
+    put("team").await;
+    assert_eq!(
+        user_cuts(&h).await,
+        vec![
+            cut("anonymous", Some("myslug"), Some(8726)),
+            cut("carol", Some("myslug"), Some(8726)),
+        ]
+    );
+    assert!(cut_off(&h, &carol).await);
+    assert!(!cut_off(&h, &bob).await);
+    // Removing the setting goes back to the default level, team: nothing more is cut.
+    let r = h
+        .admin(Method::DELETE, "/v1/pods/myslug/ports/8726", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(user_cuts(&h).await.len(), 2);
+    put("owner").await;
+    assert!(cut_off(&h, &bob).await);
+    h.finish().await;
+}
+on_both!(lower_sharing_cuts_only_who_lost_the_port);
+
+async fn another_owner_cuts_the_old_one(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let alice = capability(&h, Some(&h.login("alice").await), 8726).await;
+    let bob = capability(&h, Some(&h.login("bob").await), 8726).await;
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/pods/myslug",
+            Some(json!({"owner_id": "carol"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Alice owned it and is not in the team; bob is a member and keeps it.
+    assert_eq!(
+        user_cuts(&h).await,
+        vec![cut("alice", Some("myslug"), Some(8726))]
+    );
+    assert!(cut_off(&h, &alice).await);
+    assert!(!cut_off(&h, &bob).await);
+    // A patch that changes neither owner nor team re-checks nothing.
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/pods/myslug",
+            Some(json!({"status": "running"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(user_cuts(&h).await.len(), 1);
+    h.finish().await;
+}
+on_both!(another_owner_cuts_the_old_one);
+
+async fn a_deleted_user_is_cut_everywhere(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let bob = capability(&h, Some(&h.login("bob").await), 8726).await;
+    let alice = capability(&h, Some(&h.login("alice").await), 8726).await;
+    let r = h.admin(Method::DELETE, "/v1/users/bob", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(user_cuts(&h).await, vec![cut("bob", None, None)]);
+    assert!(cut_off(&h, &bob).await);
+    assert!(!cut_off(&h, &alice).await);
+    h.finish().await;
+}
+on_both!(a_deleted_user_is_cut_everywhere);
