@@ -1,0 +1,278 @@
+//! Sign-out and cuts of lost access, live, through a real Envoy 1.40 fed by the control plane's
+//! ADS server, with a recording fake pod: a browser signs in and reaches the pod, signs out on
+//! the pod host, and the same capability is refused on the pod host within one push (the time
+//! is printed); a team removal cuts a member off the same way; `/.podgate/userinfo` is answered
+//! by the filter and never reaches the pod.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod xds_support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ACCEPT, COOKIE, HOST, LOCATION, SET_COOKIE};
+use reqwest::Method;
+use serde_json::{json, Value};
+use xds_support::*;
+
+/// One config push, with room for a loaded machine.
+const ONE_PUSH: Duration = Duration::from_secs(2);
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A GET through Envoy on `pod`'s host: status, `Location`, `Set-Cookie`s and body.
+async fn get_on_pod(
+    http: &reqwest::Client,
+    envoy: SocketAddr,
+    pod: &str,
+    path_and_query: &str,
+    cookie: Option<&str>,
+) -> (u16, Option<String>, Vec<String>, String) {
+    let mut req = http
+        .get(format!("http://{envoy}{path_and_query}"))
+        .header(HOST, pod_host(pod))
+        .header(ACCEPT, "text/html");
+    if let Some(c) = cookie {
+        req = req.header(COOKIE, c);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get(LOCATION)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let cookies = resp
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    (status, location, cookies, resp.text().await.unwrap())
+}
+
+/// The browser flow through Envoy: a page load without a capability, the redirect to the
+/// control plane with the session, the callback on the pod host. Returns the capability
+/// cookie (`podgate_cap=...`).
+async fn sign_in_through_envoy(stack: &Stack, pod: &str, session: &str) -> String {
+    let http = no_redirects();
+    let envoy = stack.envoy.listener;
+    let (status, location, _, body) = get_on_pod(&http, envoy, pod, "/", None).await;
+    assert_eq!(status, 302, "{body}");
+    let auth = location.unwrap();
+    assert!(auth.contains("/api/proxy-auth?"), "{auth}");
+    let resp = http
+        .get(&auth)
+        .header(COOKIE, session)
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 302, "{:?}", resp.text().await);
+    let callback = url::Url::parse(resp.headers()[LOCATION].to_str().unwrap()).unwrap();
+    assert_eq!(callback.path(), "/.podgate/callback");
+    let path = format!("{}?{}", callback.path(), callback.query().unwrap());
+    let (status, _, cookies, body) = get_on_pod(&http, envoy, pod, &path, None).await;
+    assert_eq!(status, 302, "{body}");
+    let cap = cookies
+        .iter()
+        .find(|c| c.starts_with("podgate_cap="))
+        .unwrap_or_else(|| panic!("no capability cookie: {cookies:?}"));
+    cap.split(';').next().unwrap().to_owned()
+}
+
+/// Polls `GET /` on the pod host with `cookie` until it is refused; the time it took.
+async fn until_refused(stack: &Stack, pod: &str, cookie: &str) -> Duration {
+    let http = no_redirects();
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < ONE_PUSH {
+        let (status, location, _, body) =
+            get_on_pod(&http, stack.envoy.listener, pod, "/", Some(cookie)).await;
+        // A page load with a refused capability is sent to sign in again.
+        if status == 302 && location.is_some_and(|l| l.contains("/api/proxy-auth?")) {
+            return start.elapsed();
+        }
+        last = format!("{status} {body}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!(
+        "still let through {ONE_PUSH:?} later; last answer: {last}\n{}",
+        stack.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
+    let stack = Stack::start(&[]).await;
+    let pod = FakePod::start_on("pod-web", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    stack
+        .cp
+        .create_pod("web", USER, SERVER, pod.addr().port(), "running")
+        .await;
+    // The pod directory reaches Envoy.
+    let token = stack.mint("web").await;
+    until(&stack.http, stack.envoy.listener, "web", &token, ONE_PUSH, |a| {
+        a.status == 200
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+
+    let http = no_redirects();
+    let envoy = stack.envoy.listener;
+    let cap = sign_in_through_envoy(&stack, "web", &stack.session).await;
+    let (status, _, _, body) = get_on_pod(&http, envoy, "web", "/page", Some(&cap)).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = pod.requests().len();
+    assert_eq!(pod.requests().last().unwrap().header("x-podgate-user"), Some(USER));
+
+    // Who am I, on the pod host: answered by the filter, from the capability.
+    let (status, _, _, body) =
+        get_on_pod(&http, envoy, "web", "/.podgate/userinfo", Some(&cap)).await;
+    assert_eq!(status, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["user"], USER);
+    assert_eq!(info["email"], format!("{USER}@example.dev"));
+    assert_eq!(info["pod"], "web");
+    assert_eq!(info["port"], APP_PORT);
+    assert!(info["expires_at"].as_i64().unwrap() > 0);
+    let (status, _, _, _) = get_on_pod(&http, envoy, "web", "/.podgate/userinfo", None).await;
+    assert_eq!(status, 401, "userinfo without a capability");
+    assert_eq!(pod.requests().len(), seen, "userinfo reached the pod");
+
+    // Sign out on the pod host: the filter clears the cookie and sends the browser on.
+    let (status, location, cookies, _) =
+        get_on_pod(&http, envoy, "web", "/.podgate/logout", Some(&cap)).await;
+    assert_eq!(status, 302);
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("podgate_cap=;") && c.contains("Max-Age=0")),
+        "{cookies:?}"
+    );
+    let logout = location.unwrap();
+    assert_eq!(logout, format!("http://{}/auth/logout", stack.cp.http));
+    assert_eq!(pod.requests().len(), seen, "logout reached the pod");
+    let resp = http
+        .get(&logout)
+        .header(COOKIE, &stack.session)
+        .send()
+        .await
+        .unwrap();
+    let signed_out = Instant::now();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"signed_out": true, "sessions_ended": 1})
+    );
+
+    // The same capability (a copy the browser kept, or a script's), on the pod host.
+    let took = until_refused(&stack, "web", &cap).await;
+    eprintln!(
+        "sign-out → capability refused on the pod host in {took:?} ({:?} after the logout answer)",
+        signed_out.elapsed()
+    );
+    let after = pod.requests().len();
+    for _ in 0..5 {
+        let (status, _, _, _) = get_on_pod(&http, envoy, "web", "/page", Some(&cap)).await;
+        assert_eq!(status, 302);
+    }
+    assert_eq!(pod.requests().len(), after, "a refused capability reached the pod");
+    // The session's userinfo on the control plane says signed out.
+    let resp = http
+        .get(format!("http://{}/auth/userinfo", stack.cp.http))
+        .header(COOKIE, &stack.session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    // The user's other sessions are not signed out: a capability of another one goes through.
+    let other = stack.cp.session(USER).await;
+    let token = stack.cp.mint(&other, "web").await.unwrap();
+    until(&stack.http, envoy, "web", &token, ONE_PUSH, |a| a.status == 200)
+        .await
+        .unwrap_or_else(|e| panic!("another session's capability: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_removal_cuts_the_member_off_within_one_push() {
+    let stack = Stack::start(&[]).await;
+    let pod = FakePod::start_on("pod-team", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    stack.cp.create_user("bob").await;
+    stack
+        .cp
+        .admin(
+            Method::POST,
+            "/v1/teams",
+            Some(json!({"id": "t1", "name": "Team one"})),
+        )
+        .await;
+    stack
+        .cp
+        .admin(
+            Method::POST,
+            "/v1/teams/t1/members",
+            Some(json!({"user_id": "bob"})),
+        )
+        .await;
+    stack
+        .cp
+        .admin(
+            Method::POST,
+            "/v1/pods",
+            Some(json!({"slug": "shared", "owner_id": USER, "team_id": "t1", "server_id": SERVER, "nginx_port": pod.addr().port(), "status": "running"})),
+        )
+        .await;
+    let bob_session = stack.cp.session("bob").await;
+    let bob = stack.cp.mint(&bob_session, "shared").await.unwrap();
+    let alice = stack.mint("shared").await;
+    until(&stack.http, stack.envoy.listener, "shared", &bob, ONE_PUSH, |a| {
+        a.status == 200
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    assert_eq!(pod.requests().last().unwrap().header("x-podgate-user"), Some("bob"));
+
+    stack
+        .cp
+        .admin(Method::DELETE, "/v1/teams/t1/members/bob", None)
+        .await;
+    let removed = Instant::now();
+    let took = until(
+        &stack.http,
+        stack.envoy.listener,
+        "shared",
+        &bob,
+        ONE_PUSH,
+        |a| a.status == 401,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    eprintln!("team removal → bob's capability refused in {took:?} (since the admin answer: {:?})", removed.elapsed());
+    let after = pod.requests().len();
+    for _ in 0..5 {
+        let a = through_envoy(&stack.http, stack.envoy.listener, "shared", &bob)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 401, "{}", a.body);
+        assert!(a.body.contains("revoked"), "{}", a.body);
+    }
+    assert_eq!(pod.requests().len(), after, "bob's capability reached the pod");
+    // The owner kept access.
+    let a = through_envoy(&stack.http, stack.envoy.listener, "shared", &alice)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(pod.requests().last().unwrap().header("x-podgate-user"), Some(USER));
+}
