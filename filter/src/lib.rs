@@ -21,6 +21,7 @@ use podgate_protocol::config::FilterConfig;
 use podgate_protocol::gate::{Forward, Gate, HeaderEdit, Outcome};
 use podgate_protocol::reply::{Denial, Reply};
 use podgate_protocol::response::ResponseEdit;
+use podgate_protocol::token::Verified;
 
 mod abi;
 mod raw;
@@ -55,10 +56,11 @@ enum Counter {
     WebsocketExpired,
     ResponseFailed,
     Answered,
+    WebsocketCut,
 }
 
 impl Counter {
-    const ALL: [(Counter, &'static str); 10] = [
+    const ALL: [(Counter, &'static str); 11] = [
         (Counter::Allowed, "podgate.allowed"),
         (Counter::Callback, "podgate.callback"),
         (Counter::CacheHits, "podgate.token_cache.hits"),
@@ -72,6 +74,7 @@ impl Counter {
         (Counter::WebsocketExpired, "podgate.websocket.expired"),
         (Counter::ResponseFailed, "podgate.response.failed"),
         (Counter::Answered, "podgate.answered"),
+        (Counter::WebsocketCut, "podgate.websocket.cut"),
     ];
 }
 
@@ -134,9 +137,9 @@ struct Filter {
     /// Streams forwarded to a pod, until their response headers (or their end): the forward,
     /// which holds what sanitizing the response needs.
     responses: ByContext<Rc<Forward>>,
-    /// Open WebSockets to pods: context id → capability `exp` (unix seconds), closed by the
-    /// tick at expiry.
-    websockets: ByContext<i64>,
+    /// Open WebSockets to pods: context id → the capability that opened it, closed by the
+    /// tick at its `exp` (unix seconds), or once a configuration cuts it off.
+    websockets: ByContext<(i64, Rc<Verified>)>,
 }
 
 /// Per-stream state by Envoy's context id. Ids are Envoy's counter, not the client's, so they
@@ -283,22 +286,34 @@ impl Filter {
         self.metrics.flush();
     }
 
-    /// Closes every WebSocket whose capability has expired. Envoy resets the stream right after
-    /// this callback (`proxy_close_stream` on the stream made effective), then deletes it.
+    /// Closes every WebSocket whose capability has expired, or is refused by the configuration
+    /// in force (a signed-out session, access lost, revoked). Envoy resets the stream right
+    /// after this callback (`proxy_close_stream` on the stream made effective), then deletes it.
     fn close_expired_websockets(&mut self) {
         if self.websockets.is_empty() {
             // The common case: no host call at all.
             return;
         }
         let Some(now) = now_unix() else { return };
-        let expired: Vec<u32> = self
-            .websockets
-            .iter()
-            .filter(|(_, exp)| now >= **exp)
-            .map(|(id, _)| *id)
-            .collect();
+        let mut expired = Vec::new();
+        let mut cut = Vec::new();
+        for (id, (exp, cap)) in self.websockets.iter() {
+            if now >= *exp {
+                expired.push(*id);
+            } else if self.gate.refuses(cap) {
+                cut.push(*id);
+            }
+        }
+        let closed = self.close_websockets(&expired);
+        self.metrics.bump(Counter::WebsocketExpired, closed);
+        let closed = self.close_websockets(&cut);
+        self.metrics.bump(Counter::WebsocketCut, closed);
+    }
+
+    /// Closes these WebSockets; how many were still open.
+    fn close_websockets(&mut self, ids: &[u32]) -> u64 {
         let mut closed = 0;
-        for context_id in expired {
+        for &context_id in ids {
             self.websockets.remove(&context_id);
             let result = raw::set_effective_context(context_id).and_then(|()| raw::reset_stream());
             match result {
@@ -306,11 +321,11 @@ impl Filter {
                 // Already gone: nothing left to close.
                 Err(status) => log(
                     LogLevel::Debug,
-                    &format!("podgate: cannot close expired WebSocket {context_id}: {status:?}"),
+                    &format!("podgate: cannot close WebSocket {context_id}: {status:?}"),
                 ),
             }
         }
-        self.metrics.bump(Counter::WebsocketExpired, closed);
+        closed
     }
 
     fn deny(&mut self, denial: &Denial) -> Action {
@@ -373,8 +388,12 @@ impl Filter {
         }
         // To a pod (not the control plane, which sets our cookie): a WebSocket is closed when
         // the capability expires, and the response is sanitized.
-        if let (true, Some(exp)) = (forward.websocket, forward.expires_at) {
-            self.websockets.insert(context_id, exp);
+        if let (true, Some(exp), Some(cap)) = (
+            forward.websocket,
+            forward.expires_at,
+            forward.capability.as_ref(),
+        ) {
+            self.websockets.insert(context_id, (exp, Rc::clone(cap)));
         }
         if forward.response.is_some() {
             self.responses.insert(context_id, forward);

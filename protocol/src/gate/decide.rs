@@ -56,8 +56,11 @@ pub struct Forward {
     /// What sanitizing the pod's response needs (`None` on the reserved path: the control
     /// plane's responses are not touched).
     pub response: Option<PodResponse>,
-    /// A WebSocket upgrade, to be closed when the capability expires.
+    /// A WebSocket upgrade, to be closed when the capability expires or is cut off.
     pub websocket: bool,
+    /// The capability that let it through (`None` on the reserved path), so that an open
+    /// WebSocket can be closed when a later configuration cuts it off.
+    pub capability: Option<Rc<Verified>>,
 }
 
 /// Where the capability came from; cookie-authenticated WebSockets must come from the pod's own
@@ -377,6 +380,7 @@ pub(super) fn decide_counting(
             expires_at: None,
             response: None,
             websocket: false,
+            capability: None,
         };
         return (Decision::Forward(Rc::new(forward)), 0);
     }
@@ -458,6 +462,7 @@ pub(super) fn decide_counting(
         expires_at: Some(verified.expires_at),
         response: Some(PodResponse::new(req.authority, req.origin)),
         websocket: req.is_websocket(),
+        capability: Some(Rc::clone(&verified)),
     };
     (Decision::Forward(Rc::new(forward)), looked_at)
 }

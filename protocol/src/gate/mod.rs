@@ -24,6 +24,7 @@ use crate::config::CompiledConfig;
 use crate::cors::{self, Preflight};
 use crate::reply::{Denial, Reply};
 use crate::response::{self, PodResponse, Sanitized};
+use crate::token::Verified;
 use crate::wire::{self, WireError};
 
 pub use decide::{
@@ -96,6 +97,15 @@ impl Gate {
     /// The configuration in force, if any.
     pub fn config(&self) -> Option<&CompiledConfig> {
         self.config.as_deref()
+    }
+
+    /// Whether the configuration in force refuses `capability` now: revoked, cut off (a
+    /// signed-out session, access lost), or no configuration at all. The filter asks it for
+    /// the capabilities of open WebSockets, so that a push closes them too.
+    pub fn refuses(&self, capability: &Verified) -> bool {
+        self.config().is_none_or(|c| {
+            c.revoked.contains(&capability.claims.jti) || c.cutoffs.refuses(capability)
+        })
     }
 
     /// The verified-token cache (for its counters).

@@ -130,6 +130,7 @@ fn every_answer_counts_under_its_reason() {
         ("podgate.response.failed", 0),
         ("podgate.websocket.expired", 0),
         ("podgate.answered", 0),
+        ("podgate.websocket.cut", 0),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -141,3 +141,43 @@ fn several_websockets_close_each_at_its_own_expiry() {
     assert_eq!(vm.tick().unwrap(), vec![late]);
     assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 2);
 }
+
+#[test]
+fn the_tick_closes_a_websocket_once_a_push_cuts_its_capability_off() {
+    // Sign-out and loss of access end open WebSockets too: the push lists the cut, the next
+    // tick closes the WebSockets whose capability it refuses, and only those.
+    let mut vm = vm();
+    let signed_out = open_with(
+        &mut vm,
+        &podgate_protocol::token::mint_in_session(
+            podgate_protocol::token::TokenKind::Capability,
+            &ed_key(1),
+            &claims("alpha", PORT),
+            Some("sid-signed-out"),
+            NOW,
+            LIFETIME,
+        )
+        .unwrap(),
+    );
+    let other = open(&mut vm);
+    at(&mut vm, NOW + 10);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    let mut cfg = config(&[&ed_key(1)]);
+    cfg["cutoffs"] = serde_json::json!({
+        "sessions": [{"sid": "sid-signed-out", "at": NOW + 10, "until": NOW + 10 + LIFETIME + LEEWAY}]
+    });
+    assert!(push(&mut vm, &cfg));
+    at(&mut vm, NOW + 11);
+    assert_eq!(vm.tick().unwrap(), vec![signed_out], "closed at the tick after the push");
+    assert!(vm.is_open(other));
+    assert_eq!(metric(&mut vm, "podgate.websocket.cut"), 1);
+    assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 0);
+    // A user cut closes the other one.
+    cfg["cutoffs"] = serde_json::json!({
+        "users": [{"sub": "user-1", "pod": "alpha", "at": NOW + 12, "until": NOW + 12 + LIFETIME + LEEWAY}]
+    });
+    assert!(push(&mut vm, &cfg));
+    at(&mut vm, NOW + 13);
+    assert_eq!(vm.tick().unwrap(), vec![other]);
+    assert_eq!(metric(&mut vm, "podgate.websocket.cut"), 2);
+}
