@@ -71,7 +71,8 @@ pub async fn build(state: &AppState) -> ApiResult<FilterConfig> {
     // The filter derives `{origin of auth_url}/auth/logout` by itself; it is sent only when
     // the issuer has a path, so that configurations stay readable by filters that predate it.
     let logout_url = format!("{}/auth/logout", config.issuer);
-    let logout_url = (logout_url != format!("{}/auth/logout", origin(&auth_url))).then_some(logout_url);
+    let logout_url =
+        (logout_url != format!("{}/auth/logout", origin(&auth_url))).then_some(logout_url);
     Ok(FilterConfig {
         issuer: config.issuer.clone(),
         domain: config.domain.clone(),

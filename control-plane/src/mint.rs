@@ -194,7 +194,12 @@ pub async fn redeem_ticket(
     // refused anyway: it carries the session's id).
     let sid = verified.sid.as_deref();
     if let Some(sid) = sid {
-        if state.db().session_was_cut(sid).await.map_err(ApiError::from)? {
+        if state
+            .db()
+            .session_was_cut(sid)
+            .await
+            .map_err(ApiError::from)?
+        {
             return Err(RedeemError::Refused(TicketRefusal::SignedOut));
         }
     }

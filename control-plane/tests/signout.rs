@@ -107,7 +107,9 @@ async fn signout_ends_every_capability_of_the_session(which: Which) {
                 .uri("/v1/capabilities")
                 .header(header::COOKIE, &session)
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(json!({"pod": "myslug", "port": 8726}).to_string()))
+                .body(Body::from(
+                    json!({"pod": "myslug", "port": 8726}).to_string(),
+                ))
                 .unwrap(),
         )
         .await;
@@ -120,9 +122,15 @@ async fn signout_ends_every_capability_of_the_session(which: Which) {
     // No cut yet: the field is left out, so older filters still take the configuration.
     assert!(json.get("cutoffs").is_none(), "{json}");
     let v = verify(&c, &cap);
-    let sid = v.sid.clone().expect("a capability minted for a session names it");
+    let sid = v
+        .sid
+        .clone()
+        .expect("a capability minted for a session names it");
     assert_eq!(sid.len(), 32);
-    assert!(!session.contains(&sid), "the sid must not be the session's secret");
+    assert!(
+        !session.contains(&sid),
+        "the sid must not be the session's secret"
+    );
     assert_eq!(verify(&c, &other_port).sid.as_deref(), Some(sid.as_str()));
     assert_eq!(verify(&c, &scripted).sid.as_deref(), Some(sid.as_str()));
     assert_ne!(verify(&c, &other_cap).sid.as_deref(), Some(sid.as_str()));
@@ -133,7 +141,10 @@ async fn signout_ends_every_capability_of_the_session(which: Which) {
     assert_eq!(r.json(), json!({"signed_out": true, "sessions_ended": 1}));
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let clear = r.header("set-cookie").unwrap();
-    assert!(clear.starts_with("podgate_session=;") && clear.contains("Max-Age=0"), "{clear}");
+    assert!(
+        clear.starts_with("podgate_session=;") && clear.contains("Max-Age=0"),
+        "{clear}"
+    );
 
     let (json, c) = filter(&h).await;
     let sessions = json["cutoffs"]["sessions"].as_array().unwrap();

@@ -121,9 +121,14 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
         .await;
     // The pod directory reaches Envoy.
     let token = stack.mint("web").await;
-    until(&stack.http, stack.envoy.listener, "web", &token, ONE_PUSH, |a| {
-        a.status == 200
-    })
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        "web",
+        &token,
+        ONE_PUSH,
+        |a| a.status == 200,
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
 
@@ -133,7 +138,10 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
     let (status, _, _, body) = get_on_pod(&http, envoy, "web", "/page", Some(&cap)).await;
     assert_eq!(status, 200, "{body}");
     let seen = pod.requests().len();
-    assert_eq!(pod.requests().last().unwrap().header("x-podgate-user"), Some(USER));
+    assert_eq!(
+        pod.requests().last().unwrap().header("x-podgate-user"),
+        Some(USER)
+    );
 
     // Who am I, on the pod host: answered by the filter, from the capability.
     let (status, _, _, body) =
@@ -186,7 +194,11 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
         let (status, _, _, _) = get_on_pod(&http, envoy, "web", "/page", Some(&cap)).await;
         assert_eq!(status, 302);
     }
-    assert_eq!(pod.requests().len(), after, "a refused capability reached the pod");
+    assert_eq!(
+        pod.requests().len(),
+        after,
+        "a refused capability reached the pod"
+    );
     // The session's userinfo on the control plane says signed out.
     let resp = http
         .get(format!("http://{}/auth/userinfo", stack.cp.http))
@@ -198,9 +210,11 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
     // The user's other sessions are not signed out: a capability of another one goes through.
     let other = stack.cp.session(USER).await;
     let token = stack.cp.mint(&other, "web").await.unwrap();
-    until(&stack.http, envoy, "web", &token, ONE_PUSH, |a| a.status == 200)
-        .await
-        .unwrap_or_else(|e| panic!("another session's capability: {e}"));
+    until(&stack.http, envoy, "web", &token, ONE_PUSH, |a| {
+        a.status == 200
+    })
+    .await
+    .unwrap_or_else(|e| panic!("another session's capability: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,12 +251,20 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
     let bob_session = stack.cp.session("bob").await;
     let bob = stack.cp.mint(&bob_session, "shared").await.unwrap();
     let alice = stack.mint("shared").await;
-    until(&stack.http, stack.envoy.listener, "shared", &bob, ONE_PUSH, |a| {
-        a.status == 200
-    })
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        "shared",
+        &bob,
+        ONE_PUSH,
+        |a| a.status == 200,
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
-    assert_eq!(pod.requests().last().unwrap().header("x-podgate-user"), Some("bob"));
+    assert_eq!(
+        pod.requests().last().unwrap().header("x-podgate-user"),
+        Some("bob")
+    );
 
     stack
         .cp
@@ -259,7 +281,10 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
-    eprintln!("team removal → bob's capability refused in {took:?} (since the admin answer: {:?})", removed.elapsed());
+    eprintln!(
+        "team removal → bob's capability refused in {took:?} (since the admin answer: {:?})",
+        removed.elapsed()
+    );
     let after = pod.requests().len();
     for _ in 0..5 {
         let a = through_envoy(&stack.http, stack.envoy.listener, "shared", &bob)
@@ -268,11 +293,18 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
         assert_eq!(a.status, 401, "{}", a.body);
         assert!(a.body.contains("revoked"), "{}", a.body);
     }
-    assert_eq!(pod.requests().len(), after, "bob's capability reached the pod");
+    assert_eq!(
+        pod.requests().len(),
+        after,
+        "bob's capability reached the pod"
+    );
     // The owner kept access.
     let a = through_envoy(&stack.http, stack.envoy.listener, "shared", &alice)
         .await
         .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(pod.requests().last().unwrap().header("x-podgate-user"), Some(USER));
+    assert_eq!(
+        pod.requests().last().unwrap().header("x-podgate-user"),
+        Some(USER)
+    );
 }

@@ -1120,7 +1120,11 @@ fn check_reply(config: &CompiledConfig, denial: &Denial) {
 
 /// A path the filter answers itself: only its exact paths, with clean headers and a JSON body;
 /// sign-out goes only to the configured control plane.
-fn check_answer(config: &CompiledConfig, req: &Request<'_>, reply: &podgate_protocol::reply::Reply) {
+fn check_answer(
+    config: &CompiledConfig,
+    req: &Request<'_>,
+    reply: &podgate_protocol::reply::Reply,
+) {
     let own = podgate_protocol::own_paths::classify(req.path);
     assert!(own.is_some(), "answered {:?} itself", req.path);
     for (name, value) in &reply.headers {

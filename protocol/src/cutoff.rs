@@ -315,7 +315,10 @@ mod tests {
     fn bounding_drops_expired_cuts() {
         let c = Cutoffs {
             sessions: vec![session_cut("old", 0), session_cut("new", 5000)],
-            users: vec![user_cut("old", None, None, 0), user_cut("new", None, None, 5000)],
+            users: vec![
+                user_cut("old", None, None, 0),
+                user_cut("new", None, None, 5000),
+            ],
             issued_before: None,
         }
         .bounded(2000, 10);

@@ -357,7 +357,9 @@ pub async fn browser_identity(
     state: &AppState,
     headers: &HeaderMap,
 ) -> ApiResult<Option<Identity>> {
-    Ok(identify(state, headers, "", Accept::Browser).await?.identity)
+    Ok(identify(state, headers, "", Accept::Browser)
+        .await?
+        .identity)
 }
 
 /// The user id given to someone first seen as `subject` at `verifier`: the subject itself (with

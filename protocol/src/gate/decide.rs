@@ -11,8 +11,8 @@ use crate::config::{
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
 use crate::cors::origin_pod;
 use crate::host::PodAddr;
-use crate::path;
 use crate::own_paths::{self, OwnPath};
+use crate::path;
 use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use crate::reply::{Denial, Reply};
 use crate::response::PodResponse;

@@ -72,7 +72,10 @@ fn request(path: &str, cookie: &str) -> Vec<u8> {
         ("accept".to_owned(), b"text/html".to_vec()),
     ];
     if !cookie.is_empty() {
-        h.push(("cookie".to_owned(), format!("__Host-podgate_cap={cookie}").into_bytes()));
+        h.push((
+            "cookie".to_owned(),
+            format!("__Host-podgate_cap={cookie}").into_bytes(),
+        ));
     }
     crate::wire::encode_header_map(&h)
 }
@@ -120,8 +123,14 @@ fn a_session_cut_refuses_its_capabilities_even_cached_and_memoized() {
     assert!(is_revoked(&refused), "{refused:?}");
     // A page load is sent to sign in again (a new session mints a new capability).
     assert_eq!(status(&refused), 302);
-    assert_eq!(status(&gate.on_request(&request("/", &other_session), NOW + 6)), 0);
-    assert_eq!(status(&gate.on_request(&request("/", &no_session), NOW + 6)), 0);
+    assert_eq!(
+        status(&gate.on_request(&request("/", &other_session), NOW + 6)),
+        0
+    );
+    assert_eq!(
+        status(&gate.on_request(&request("/", &no_session), NOW + 6)),
+        0
+    );
 }
 
 #[test]
@@ -144,7 +153,10 @@ fn a_user_cut_refuses_older_capabilities_and_lets_newer_ones_through() {
     assert!(is_revoked(&gate.on_request(&request("/", &old), NOW + 21)));
     // Minted after access came back: not cut.
     assert_eq!(status(&gate.on_request(&request("/", &new), NOW + 21)), 0);
-    assert_eq!(status(&gate.on_request(&request("/", &someone_else), NOW + 21)), 0);
+    assert_eq!(
+        status(&gate.on_request(&request("/", &someone_else), NOW + 21)),
+        0
+    );
 }
 
 #[test]
@@ -171,7 +183,10 @@ fn userinfo_is_answered_from_the_capability_and_never_forwarded() {
 
     // Without a capability, or with a refused one: a 401 for scripts, no redirect.
     let none = gate.on_request(&request("/.podgate/userinfo", ""), NOW + 1);
-    assert!(matches!(none, Outcome::Deny(Denial::NoCapability { redirect: None })));
+    assert!(matches!(
+        none,
+        Outcome::Deny(Denial::NoCapability { redirect: None })
+    ));
     let expired = gate.on_request(&request("/.podgate/userinfo", &token), NOW + 2000);
     assert!(matches!(
         expired,
@@ -186,7 +201,9 @@ fn userinfo_is_answered_from_the_capability_and_never_forwarded() {
         }],
         ..Cutoffs::default()
     }));
-    assert!(is_revoked(&gate.on_request(&request("/.podgate/userinfo", &token), NOW + 1)));
+    assert!(is_revoked(
+        &gate.on_request(&request("/.podgate/userinfo", &token), NOW + 1)
+    ));
 }
 
 #[test]

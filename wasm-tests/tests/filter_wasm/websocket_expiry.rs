@@ -168,7 +168,11 @@ fn the_tick_closes_a_websocket_once_a_push_cuts_its_capability_off() {
     });
     assert!(push(&mut vm, &cfg));
     at(&mut vm, NOW + 11);
-    assert_eq!(vm.tick().unwrap(), vec![signed_out], "closed at the tick after the push");
+    assert_eq!(
+        vm.tick().unwrap(),
+        vec![signed_out],
+        "closed at the tick after the push"
+    );
     assert!(vm.is_open(other));
     assert_eq!(metric(&mut vm, "podgate.websocket.cut"), 1);
     assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 0);

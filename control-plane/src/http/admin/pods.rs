@@ -10,10 +10,10 @@ use serde::Deserialize;
 use super::{
     check_port, check_slug, check_text, created, deleted, nullable, parse_enum, require_user,
 };
-use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
-use crate::store::{now_unix, parse_pod_status, Pod, PodPort, PodStatus, Sharing};
 use crate::cuts::cut_lost_access;
+use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::store::HolderScope;
+use crate::store::{now_unix, parse_pod_status, Pod, PodPort, PodStatus, Sharing};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {

@@ -7,11 +7,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{check_text, created, deleted, gen_id, parse_enum, require_user};
+use crate::cuts::cut_lost_access;
 use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::ids::check_id;
-use crate::store::{now_unix, Member, Role, Team};
-use crate::cuts::cut_lost_access;
 use crate::store::HolderScope;
+use crate::store::{now_unix, Member, Role, Team};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
