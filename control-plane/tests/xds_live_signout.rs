@@ -1,7 +1,7 @@
 //! Sign-out and cuts of lost access, live, through a real Envoy 1.40 fed by the control plane's
 //! ADS server, with a recording fake pod: a browser signs in and reaches the pod, signs out on
 //! the pod host, and the same capability is refused on the pod host within one push (the time
-//! is printed); a team removal cuts a member off the same way; `/.podgate/userinfo` is answered
+//! is printed) and its open WebSocket closed at the filter's next tick; a team removal cuts a member off the same way; `/.podgate/userinfo` is answered
 //! by the filter and never reaches the pod.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -88,6 +88,49 @@ async fn sign_in_through_envoy(stack: &Stack, pod: &str, session: &str) -> Strin
     cap.split(';').next().unwrap().to_owned()
 }
 
+/// A WebSocket upgrade to `pod` through Envoy with `token` as `podgate-token`, over a raw
+/// connection; the connection once the pod answered `101`.
+async fn open_websocket(envoy: SocketAddr, pod: &str, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(envoy).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         podgate-token: {token}\r\n\r\n",
+        pod_host(pod)
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            conn.read(&mut byte).await.unwrap(),
+            1,
+            "closed before the answer"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    conn
+}
+
+/// Waits until Envoy closes `conn` (a reset or an end of stream); how long it took.
+async fn until_closed(conn: &mut tokio::net::TcpStream, within: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(within.saturating_sub(start.elapsed()), conn.read(&mut buf))
+            .await
+        {
+            Err(_) => panic!("the WebSocket is still open {within:?} later"),
+            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 /// Polls `GET /` on the pod host with `cookie` until it is refused; the time it took.
 async fn until_refused(stack: &Stack, pod: &str, cookie: &str) -> Duration {
     let http = no_redirects();
@@ -157,6 +200,11 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
     assert_eq!(status, 401, "userinfo without a capability");
     assert_eq!(pod.requests().len(), seen, "userinfo reached the pod");
 
+    // A WebSocket of the same capability (a script's copy, as a header token).
+    let cap_value = cap.strip_prefix("podgate_cap=").unwrap();
+    let mut ws = open_websocket(envoy, "web", cap_value).await;
+    let seen = pod.requests().len();
+
     // Sign out on the pod host: the filter clears the cookie and sends the browser on.
     let (status, location, cookies, _) =
         get_on_pod(&http, envoy, "web", "/.podgate/logout", Some(&cap)).await;
@@ -187,6 +235,12 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
     let took = until_refused(&stack, "web", &cap).await;
     eprintln!(
         "sign-out → capability refused on the pod host in {took:?} ({:?} after the logout answer)",
+        signed_out.elapsed()
+    );
+    // The WebSocket it opened is closed by the filter's next tick (once a second).
+    let closed = until_closed(&mut ws, Duration::from_secs(5)).await;
+    eprintln!(
+        "sign-out → WebSocket closed {:?} after the logout answer ({closed:?} after the refusal)",
         signed_out.elapsed()
     );
     let after = pod.requests().len();
