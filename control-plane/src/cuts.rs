@@ -3,14 +3,16 @@
 //! access to a pod (their capabilities for it issued up to that moment).
 //!
 //! Cuts are rows of `access_cuts`, listed in the filter's `cutoffs` (`protocol::cutoff`) until
-//! no capability they can refuse is valid any more: the cut's time plus the capability lifetime
-//! and the leeway (Envoy refuses a capability living longer than the lifetime it is configured
-//! with). The list is bounded by `podgate_protocol::cutoff::MAX_CUTS`; past it the oldest become
+//! no capability they can refuse is valid any more: the cut's time plus the capability lifetime,
+//! the leeway and a minute for a racing mint (Envoy refuses a capability living longer than the
+//! lifetime it is configured with). The list is bounded by `podgate_protocol::cutoff::MAX_CUTS`; past it the oldest become
 //! one "issued before" time, which refuses more, never less.
 //!
 //! Access is re-checked only where it may have been lost: after a change, the holders of
 //! unexpired capabilities in the changed scope (from the mint audit) are checked with the
 //! authorization rules of `authz`, and only those who may no longer reach a port are cut.
+//! A re-check at the same scope replaces the user's earlier cut there (it refuses all that one
+//! did, for longer), so repeated changes do not grow the list.
 //! Callers commit their change first, cut next, and the admin layer then pushes.
 
 use podgate_protocol::cutoff::{Cutoffs, SessionCut, UserCut, MAX_CUTS};
@@ -22,11 +24,17 @@ use crate::ids::ANONYMOUS_SUB;
 use crate::store::{now_unix, CutRow, HolderScope};
 use crate::AppState;
 
-/// When a cut made at `at` can go: no capability issued up to then is valid after it.
+/// Room for a capability minted while the cut was being made (a session cut refuses it by its
+/// `sid` whenever it was issued).
+const RACE_MARGIN_SECS: i64 = 60;
+
+/// When a cut made at `at` can go: no capability issued up to then (or minted in a race with
+/// the cut) is valid after it.
 fn cut_until(state: &AppState, at: i64) -> i64 {
     let lifetime = i64::try_from(state.config().capability_lifetime).unwrap_or(i64::MAX);
     at.saturating_add(lifetime)
         .saturating_add(DEFAULT_LEEWAY_SECS)
+        .saturating_add(RACE_MARGIN_SECS)
 }
 
 /// Cuts off every capability minted for the session `sid` (a sign-out). The caller pushes.

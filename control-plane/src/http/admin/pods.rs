@@ -131,6 +131,9 @@ async fn create_pod(
         )));
     }
     s.db().create_pod(&pod).await?;
+    // Capabilities still valid for an earlier pod of this slug must not open the new one to
+    // people who may not reach it.
+    cut_lost_access(&s, HolderScope::Pod(&pod.slug)).await?;
     Ok(created(pod))
 }
 
@@ -189,10 +192,7 @@ async fn delete_pod(
     State(s): State<AppState>,
     PathArgs(slug): PathArgs<String>,
 ) -> ApiResult<Response> {
-    let gone = s.db().delete_pod(&slug).await?;
-    // Its capabilities must not outlive it on a pod created again under the same slug.
-    cut_lost_access(&s, HolderScope::Pod(&slug)).await?;
-    deleted(gone, "pod")
+    deleted(s.db().delete_pod(&slug).await?, "pod")
 }
 
 async fn list_ports(
