@@ -15,9 +15,10 @@ use podgate_protocol::token::TokenKind;
 
 use crate::auth::verify::browser_user;
 use crate::authz::authorize;
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::cookies;
 use crate::http::limits::{self, Endpoint};
+use crate::http::request::credentials;
 use crate::http::shared::{no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
 use crate::mint::{mint_for, redeem_ticket, RedeemError, TicketRefusal};
@@ -91,7 +92,7 @@ async fn proxy_auth(
         )));
     }
     let next = safe_next(next);
-    let user = browser_user(&state, &headers).await?;
+    let user = browser_user(&state.identify_context(), &credentials(&headers)).await?;
 
     if user.is_none() {
         // Only a public port lets someone through without signing in.
@@ -104,7 +105,7 @@ async fn proxy_auth(
     }
 
     let ticket = mint_for(
-        &state,
+        &state.mint_context(),
         TokenKind::LoginTicket,
         user.as_ref(),
         &addr,
@@ -176,7 +177,8 @@ impl From<RedeemError> for CallbackFailure {
     fn from(e: RedeemError) -> Self {
         match e {
             RedeemError::Refused(r) => CallbackFailure::Refused(r),
-            RedeemError::Server(e) => CallbackFailure::Server(e),
+            RedeemError::Mint(e) => CallbackFailure::Server(e.into()),
+            RedeemError::Store(e) => CallbackFailure::Server(e.into()),
         }
     }
 }
@@ -234,7 +236,7 @@ async fn accept_ticket(
     let ticket = params
         .get("ticket")
         .ok_or(CallbackFailure::BadQuery("no ticket".into()))?;
-    let cap = redeem_ticket(state, addr, ticket).await?;
+    let cap = redeem_ticket(&state.mint_context(), addr, ticket).await?;
     Ok(cookies::capability(state, &cap.token))
 }
 

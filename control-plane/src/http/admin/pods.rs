@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{
     check_port, check_slug, check_text, created, deleted, nullable, parse_enum, require_user,
 };
-use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::store::{now_unix, parse_pod_status, Pod, PodPort, PodStatus, Sharing};
 use crate::AppState;
 

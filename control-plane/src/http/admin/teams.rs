@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{check_text, created, deleted, gen_id, parse_enum, require_user};
-use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::{now_unix, Member, Role, Team};
 use crate::AppState;

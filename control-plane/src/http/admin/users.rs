@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{check_email, check_text, created, deleted, gen_id, nullable};
-use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::{now_unix, User};
 use crate::AppState;
