@@ -33,8 +33,7 @@ use crate::mint::MintContext;
 use crate::recorder::Recorder;
 use crate::store::Db;
 
-/// Base name of the control plane's own session cookie (on the control plane's host only).
-pub const SESSION_COOKIE: &str = "podgate_session";
+pub use crate::config::SESSION_COOKIE;
 
 /// Everything a handler needs, cheap to clone.
 #[derive(Clone)]

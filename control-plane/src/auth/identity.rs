@@ -55,8 +55,13 @@ pub async fn start_session(
     let secret: [u8; 32] = random_bytes()?;
     let value = hex::encode(secret);
     let now = now_unix();
-    db.create_session(&session_hash(&value), &user.id, now, now + lifetime_secs as i64)
-        .await?;
+    db.create_session(
+        &session_hash(&value),
+        &user.id,
+        now,
+        now + lifetime_secs as i64,
+    )
+    .await?;
     Ok(value)
 }
 

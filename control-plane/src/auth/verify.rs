@@ -271,8 +271,7 @@ pub async fn identify(
             match v.oidc.verify_for(index, value, now).await {
                 Ok(c) => {
                     let user =
-                        provision(ctx.db, &c.verifier, &c.subject, c.email, &c.user_prefix)
-                            .await?;
+                        provision(ctx.db, &c.verifier, &c.subject, c.email, &c.user_prefix).await?;
                     outcome.identity = Some(Identity {
                         user,
                         via: Via::Oidc {

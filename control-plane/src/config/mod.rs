@@ -26,6 +26,8 @@ pub const MAX_CAPABILITY_LIFETIME: u64 = 86_400;
 pub const DEFAULT_TICKET_LIFETIME: u64 = 60;
 /// Control-plane session lifetime (seconds) unless configured.
 pub const DEFAULT_SESSION_LIFETIME: u64 = 12 * 3600;
+/// Base name of the control plane's own session cookie (on the control plane's host only).
+pub const SESSION_COOKIE: &str = "podgate_session";
 /// How long a rotated-out key keeps verifying, unless configured.
 pub const DEFAULT_KEY_OVERLAP: u64 = 3600;
 /// Default address of the ADS (xDS gRPC) server.
@@ -788,9 +790,9 @@ impl Settings {
                 client_ip_header: self.client_ip_header,
             },
             &[
-                crate::SESSION_COOKIE,
+                SESSION_COOKIE,
                 podgate_protocol::cookie::DEFAULT_COOKIE_NAME,
-                &podgate_protocol::cookie::cookie_name(crate::SESSION_COOKIE, true),
+                &podgate_protocol::cookie::cookie_name(SESSION_COOKIE, true),
                 &podgate_protocol::cookie::cookie_name(
                     podgate_protocol::cookie::DEFAULT_COOKIE_NAME,
                     true,

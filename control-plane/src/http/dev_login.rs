@@ -10,8 +10,8 @@ use podgate_protocol::redirect::safe_next;
 use serde_json::json;
 
 use crate::auth::identity::{end_sessions, start_session};
-use crate::http::error::{ApiError, ApiResult};
 use crate::http::cookies;
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::request::cookie_headers;
 use crate::http::shared::{no_store, single_params};
 use crate::ids::check_id;

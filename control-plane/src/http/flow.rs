@@ -15,8 +15,8 @@ use podgate_protocol::token::TokenKind;
 
 use crate::auth::verify::browser_user;
 use crate::authz::authorize;
-use crate::http::error::{ApiError, ApiResult};
 use crate::http::cookies;
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::credentials;
 use crate::http::shared::{no_store, parse_target, single_params};
