@@ -102,8 +102,6 @@ pub struct Verifiers {
     pub api_token_uses: LastUseWrites,
 }
 
-pub use crate::auth::api_tokens::LAST_USED_EVERY_SECS;
-
 impl Verifiers {
     pub fn new(config: &Config) -> Result<Verifiers, String> {
         let id = &config.identity;
@@ -149,7 +147,8 @@ impl<'a> Credentials<'a> {
     }
 }
 
-/// Why no verifier could answer: the request may be fine, but it cannot be decided now.
+/// Why the caller could not be identified at all (a credential a verifier refuses is no error:
+/// it is [`Outcome::rejection`]).
 #[derive(Debug, thiserror::Error)]
 pub enum IdentifyError {
     /// An identity provider's keys could not be fetched to check a token (try again).
