@@ -54,8 +54,7 @@ impl Envoy {
                     (std::process::id() % 10_000 * 100 + base_id).to_string(),
                 ]);
         if let (Some(taskset), Some(cpu)) = (&placement.taskset, placement.envoy_cpu) {
-            let wrapper: [OsString; 3] =
-                [taskset.into(), "-c".into(), cpu.to_string().into()];
+            let wrapper: [OsString; 3] = [taskset.into(), "-c".into(), cpu.to_string().into()];
             builder = builder.wrapper(wrapper);
         }
         let mut inner = builder.spawn()?;

@@ -21,8 +21,8 @@ pub mod podgate;
 pub mod process;
 
 pub use envoy::{envoy_binary, Envoy, EnvoyBuilder, Readiness};
-pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
 pub use fake_pod::{FakePod, Recorded};
+pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
 
 use std::path::{Path, PathBuf};
 

@@ -280,10 +280,9 @@ impl Podgate {
 
     async fn is_ready(&self) -> bool {
         match self.builder.ready_when {
-            ReadyWhen::Readyz => matches!(
-                crate::http::get(self.listen, "/readyz").await,
-                Ok((200, _))
-            ),
+            ReadyWhen::Readyz => {
+                matches!(crate::http::get(self.listen, "/readyz").await, Ok((200, _)))
+            }
             ReadyWhen::PortOpen => tokio::net::TcpStream::connect(self.listen).await.is_ok(),
         }
     }

@@ -236,7 +236,10 @@ impl Supervised {
             }
             None => {
                 self.kill()?;
-                Err(anyhow!("pid {} did not exit within {timeout:?} of SIGTERM", self.pid))
+                Err(anyhow!(
+                    "pid {} did not exit within {timeout:?} of SIGTERM",
+                    self.pid
+                ))
             }
         }
     }

@@ -46,7 +46,9 @@ fn dropping_the_handles_stops_the_program_and_removes_the_directory() {
     drop(proc);
     assert_ne!(comm(pid).as_deref(), Some("sleep"), "still running");
     assert_eq!(
-        std::fs::read_to_string(path.join("run-1/exit")).unwrap().trim(),
+        std::fs::read_to_string(path.join("run-1/exit"))
+            .unwrap()
+            .trim(),
         "143"
     );
     drop(dir);
