@@ -191,9 +191,11 @@ pub(super) fn resolve_sign_in(
     client_ids: &[String],
 ) -> Result<SignInClient, ConfigError> {
     let client_id = match s.client_id {
-        Some(id) if id.trim().is_empty() => return Err(bad(format!(
+        Some(id) if id.trim().is_empty() => {
+            return Err(bad(format!(
             "{whose}: sign_in.client_id is empty; copy the client id from the provider's console"
-        ))),
+        )))
+        }
         Some(id) => id.trim().to_owned(),
         None => client_ids.first().cloned().ok_or_else(|| {
             bad(format!(
