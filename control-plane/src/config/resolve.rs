@@ -152,6 +152,30 @@ impl Settings {
             p => Some(p),
         };
 
+        // Whether an identity provider signs people in (checked in full by `idp::resolve`).
+        let signs_in = self.oidc.iter().any(|o| o.sign_in.is_some())
+            || self.oidc_client_secret.is_some()
+            || self.oidc_client_secret_file.is_some()
+            || self.oidc_client_key_file.is_some()
+            || self.oidc_client_auth.is_some()
+            || self.oidc_scopes.is_some()
+            || self.oidc_display_name.is_some();
+        let login_url = match self.login_url {
+            Some(u) => {
+                check_http_url(&u, "login URL", "PODGATE_LOGIN_URL", "https://app.example.dev/login")?;
+                Some(u)
+            }
+            // podgate's own sign-in, when a provider is configured for it, before the dev login.
+            None if signs_in => Some(format!("{issuer}/auth/login")),
+            None if dev_mode => Some(format!("{issuer}/dev/login")),
+            None if need == Need::Server => {
+                return Err(bad(
+                    "no login URL; set PODGATE_LOGIN_URL (or --login-url) to the page where people sign in, e.g. https://app.example.dev/login, configure an identity provider to sign in with ([oidc.sign_in] or PODGATE_OIDC_CLIENT_SECRET), or run with PODGATE_DEV_MODE=true for the dev login",
+                ))
+            }
+            None => None,
+        };
+
         let capability_lifetime = self
             .capability_lifetime_secs
             .unwrap_or(DEFAULT_CAPABILITY_LIFETIME);
@@ -302,22 +326,6 @@ impl Settings {
                 ),
             ],
         )?;
-
-        let login_url = match self.login_url {
-            Some(u) => {
-                check_http_url(&u, "login URL", "PODGATE_LOGIN_URL", "https://app.example.dev/login")?;
-                Some(u)
-            }
-            // podgate's own sign-in, when a provider is configured for it, before the dev login.
-            None if identity.has_sign_in() => Some(format!("{issuer}/auth/login")),
-            None if dev_mode => Some(format!("{issuer}/dev/login")),
-            None if need == Need::Server => {
-                return Err(bad(
-                    "no login URL; set PODGATE_LOGIN_URL (or --login-url) to the page where people sign in, e.g. https://app.example.dev/login, configure an identity provider to sign in with ([oidc.sign_in] or PODGATE_OIDC_CLIENT_SECRET), or run with PODGATE_DEV_MODE=true for the dev login",
-                ))
-            }
-            None => None,
-        };
 
         Ok(Config {
             listen,
