@@ -389,8 +389,7 @@ async fn a_replayed_callback_or_code_is_refused() {
         .unwrap();
 
     // The same answer again: its state was taken by the first.
-    let mut thief = Browser::default();
-    thief.0 = b.0.clone();
+    let mut thief = Browser(b.0.clone());
     thief.0.remove("podgate_session");
     let r = thief.get(&h, &back).await;
     assert_refused(&h, &r, StatusCode::BAD_REQUEST, "already used").await;
