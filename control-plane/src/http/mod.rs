@@ -15,3 +15,4 @@ pub mod limits;
 pub mod request;
 pub mod security_headers;
 pub mod shared;
+pub mod sign_in;
