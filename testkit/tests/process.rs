@@ -22,11 +22,24 @@ fn comm(pid: u32) -> Option<String> {
         .map(|c| c.trim().to_owned())
 }
 
+/// The name the process `pid` runs under once `env` has exec'd `sleep` (the same pid), or what
+/// it still is after five seconds.
+fn comm_after_exec(pid: u32) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let name = comm(pid);
+        if name.as_deref() == Some("sleep") || std::time::Instant::now() > deadline {
+            return name;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn the_pid_is_the_programs_own_and_signals_report_their_status() {
     let dir = WorkDir::new("podgate-testkit", "signals").unwrap();
     let mut proc = sleep_under_env(dir.path(), "term");
-    assert_eq!(comm(proc.pid()).as_deref(), Some("sleep"));
+    assert_eq!(comm_after_exec(proc.pid()).as_deref(), Some("sleep"));
     assert!(proc.is_running());
     let (code, _) = proc.terminate(Duration::from_secs(10)).unwrap();
     assert_eq!(code, 128 + 15);
