@@ -580,6 +580,33 @@ fn nothing_listening_is_a_503_naming_the_pod_and_port() {
 }
 
 #[test]
+fn a_failure_answer_names_the_pod_the_filter_parsed_never_the_clients() {
+    block_on(async {
+        let (stack, _turn) = turn().await;
+        let token = stack.minter.valid("omega", PORT).unwrap();
+        let planted = "<script>alert(1)</script>";
+        for browser in [false, true] {
+            let mut request = stack
+                .client
+                .get(&host("omega"), "/")
+                .header("podgate-token", &token)
+                .header("x-podgate-pod", planted)
+                .header("x-podgate-port", planted);
+            if browser {
+                request = request.header("accept", "text/html");
+            }
+            let answer = EnvoyClient::send(request).await.unwrap();
+            assert!(!answer.body.contains("script"), "{}", answer.body);
+            if browser {
+                assert_html_failure(stack, &answer, 503, "omega", "Nothing is listening");
+            } else {
+                assert_json_failure(stack, &answer, 503, "omega", "Nothing is listening");
+            }
+        }
+    });
+}
+
+#[test]
 fn a_pod_that_closes_the_connection_before_answering_is_a_503() {
     block_on(async {
         let (stack, _turn) = turn().await;
