@@ -517,6 +517,21 @@ impl AsyncWrite for PodIo {
         self.end(cx)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.fate() == Fate::Serve {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        }
+        self.end(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.fate() == Fate::Serve {
             return Pin::new(&mut self.inner).poll_flush(cx);
