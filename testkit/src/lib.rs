@@ -10,7 +10,8 @@
 //! - [`process`]: what both launchers stand on: a watchdog that stops the program when its
 //!   handle is dropped or the test process dies, and work directories removed likewise;
 //! - [`fake_pod`]: a pod stand-in that records every request and connection it accepts, echoes
-//!   WebSocket messages and answers with JSON describing what it received;
+//!   WebSocket messages and answers with JSON describing what it received, or, for paths under
+//!   `/_fake/`, streams, counts an upload, answers late or not at all, or fails;
 //! - [`http`]: one HTTP/1.1 exchange written by hand on a fresh connection (for requests a
 //!   client library would refuse or rewrite, and for Envoy's admin API).
 

@@ -194,6 +194,8 @@ fn client_copies_of_our_headers_cannot_reroute_or_spoof() {
                 .header("x-podgate-user", "admin")
                 .header("x-podgate-email", "admin@example.test")
                 .header("x-podgate-upstream", "127.0.0.1:1")
+                .header("x-podgate-pod", "beta")
+                .header("x-podgate-port", "1")
                 .header("x-podgate-anything", "x"),
         )
         .await;
@@ -203,6 +205,8 @@ fn client_copies_of_our_headers_cannot_reroute_or_spoof() {
         assert_eq!(seen.header_all("x-podgate-cluster"), vec!["pod_alpha"]);
         assert_eq!(seen.header_all("x-podgate-user"), vec![USER]);
         assert_eq!(seen.header_all("x-podgate-email"), vec![EMAIL]);
+        assert_eq!(seen.header_all("x-podgate-pod"), vec!["alpha"]);
+        assert_eq!(seen.header_all("x-podgate-port"), vec![PORT.to_string()]);
         assert!(!seen.has_header("x-podgate-upstream"));
         assert!(!seen.has_header("x-podgate-anything"));
     });

@@ -718,6 +718,62 @@ fn pod_moved_to_another_server_traffic_follows() {
 }
 
 #[test]
+fn a_pod_nothing_listens_for_gets_the_clear_503_over_ads_too() {
+    // The local reply mapping of envoy/podgate.yaml on the original-destination cluster the
+    // control plane pushes: the pod and port the filter parsed, never the pod's address.
+    block_on(async {
+        let stack = shared().await;
+        let (servers, seeded) = seed_pod(stack, "refuse").await;
+        let owner = WebClient::new().unwrap();
+        stack.dev_login(&owner, &seeded.owner).await.unwrap();
+        let token = stack.capability(&owner, &seeded.slug, API).await.unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        stack
+            .admin
+            .patch(
+                &format!("/v1/pods/{}", seeded.slug),
+                json!({"nginx_port": closed}),
+            )
+            .await
+            .unwrap();
+        let answer = stack
+            .wait_until(
+                &seeded.slug,
+                API,
+                &token,
+                "the pod's nginx port is closed",
+                |a| a.status == 503,
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        let json = answer.json();
+        assert!(
+            json["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Nothing is listening")),
+            "{}",
+            answer.body
+        );
+        assert_eq!(json["pod"], seeded.slug.as_str(), "{}", answer.body);
+        assert_eq!(json["port"], API.to_string(), "{}", answer.body);
+        for internal in ["127.0.0.1", &closed.to_string(), "podgate_pods"] {
+            assert!(
+                !answer.body.contains(internal),
+                "{internal} in {}",
+                answer.body
+            );
+        }
+        servers.a.reset();
+        servers.b.reset();
+    });
+}
+
+#[test]
 fn control_plane_killed_cookies_keep_working_and_back_envoy_reconnects() {
     block_on(async {
         let mut stack = FullStack::start(StackOptions::new("restart"))

@@ -948,3 +948,123 @@ fn every_envoy_config_passes_envoy_validate() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pod traffic: the same failure answers and timeouts in every file
+
+/// The HCMs of a bootstrap that run the podgate filter (inline or over ECDS): pod traffic.
+fn pod_hcms(doc: &Value) -> Vec<(String, &Value)> {
+    let mut out = Vec::new();
+    for listener in seq(doc.get("static_resources").and_then(|s| s.get("listeners"))) {
+        let chains = seq(listener.get("filter_chains"))
+            .iter()
+            .chain(listener.get("default_filter_chain"));
+        for chain in chains {
+            for filter in seq(chain.get("filters")) {
+                if type_of(filter) != Some(HCM_TYPE) {
+                    continue;
+                }
+                let hcm = &filter["typed_config"];
+                let podgate = seq(hcm.get("http_filters")).iter().any(|f| {
+                    type_of(f) == Some(WASM_TYPE)
+                        || seq(f.get("config_discovery").and_then(|d| d.get("type_urls")))
+                            .iter()
+                            .any(|t| t.as_str() == Some(WASM_TYPE))
+                });
+                if podgate {
+                    out.push((format!("listener {}", name_of(listener)), hcm));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every bootstrap we ship or render, with the HCMs that carry pod traffic.
+fn every_pod_hcm(all: &[(String, Value)]) -> Vec<(String, &Value)> {
+    let mut out = Vec::new();
+    for (name, doc) in all {
+        let hcms = pod_hcms(doc);
+        assert!(
+            !hcms.is_empty(),
+            "{name}: no listener runs the podgate filter"
+        );
+        out.extend(
+            hcms.into_iter()
+                .map(|(place, hcm)| (format!("{name}: {place}"), hcm)),
+        );
+    }
+    out
+}
+
+/// The failure answers `e2e_streaming.rs` checks through Envoy are those of
+/// `envoy/podgate-static.yaml`; every other file must answer pod failures the same way.
+#[test]
+fn every_pod_listener_answers_pod_failures_as_the_tested_file_does() {
+    let mut tested = parse(&envoy_dir().join("podgate-static.yaml"));
+    let reference = static_hcm(&mut tested)["local_reply_config"].clone();
+    let flags: Vec<&str> = seq(reference.get("mappers"))
+        .iter()
+        .flat_map(|m| {
+            let filters = seq(m["filter"]["and_filter"].get("filters"));
+            filters
+                .iter()
+                .flat_map(|f| seq(f["response_flag_filter"].get("flags")))
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for flag in ["UF", "UH", "URX", "UC", "UR", "UPE", "UT", "SI"] {
+        assert!(
+            flags.contains(&flag),
+            "envoy/podgate-static.yaml maps no {flag}"
+        );
+    }
+    let mut all = shipped_bootstraps();
+    all.extend(rendered_bootstraps());
+    let mut report = Vec::new();
+    for (place, hcm) in every_pod_hcm(&all) {
+        if hcm.get("local_reply_config") != Some(&reference) {
+            report.push(place);
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "local_reply_config differs from envoy/podgate-static.yaml's in:\n  {}",
+        report.join("\n  ")
+    );
+}
+
+/// The timeouts README and docs/architecture.md give for pod traffic: no whole-request
+/// deadline (pods stream), an hour of idleness on the pod route (long polls, idle WebSockets, a
+/// pod that does not answer), five minutes on the HCM for anything else.
+#[test]
+fn every_pod_listener_has_the_documented_timeouts() {
+    let mut all = shipped_bootstraps();
+    all.extend(rendered_bootstraps());
+    let mut report = Vec::new();
+    for (place, hcm) in every_pod_hcm(&all) {
+        if hcm["stream_idle_timeout"].as_str() != Some("300s") {
+            report.push(format!("{place}: stream_idle_timeout is not 300s"));
+        }
+        let routes: Vec<&Value> = seq(hcm["route_config"].get("virtual_hosts"))
+            .iter()
+            .flat_map(|vh| seq(vh.get("routes")))
+            .filter_map(|r| r.get("route"))
+            .collect();
+        if routes.is_empty() {
+            report.push(format!("{place}: no route to a pod"));
+        }
+        for route in routes {
+            if route["timeout"].as_str() != Some("0s") {
+                report.push(format!("{place}: the pod route's timeout is not 0s"));
+            }
+            if route["idle_timeout"].as_str() != Some("3600s") {
+                report.push(format!(
+                    "{place}: the pod route's idle_timeout is not 3600s"
+                ));
+            }
+        }
+    }
+    assert!(report.is_empty(), "{}", report.join("\n"));
+}

@@ -6,7 +6,8 @@ use std::rc::Rc;
 use super::request::Request;
 use super::token_cache::{verify_now, VerifiedCache};
 use crate::config::{
-    CompiledConfig, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, UPSTREAM_HEADER, USER_HEADER,
+    CompiledConfig, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, POD_HEADER, PORT_HEADER,
+    UPSTREAM_HEADER, USER_HEADER,
 };
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
 use crate::cors::origin_pod;
@@ -449,6 +450,11 @@ pub(super) fn decide_counting(
     if let Some(address) = &entry.address {
         edits.push(HeaderEdit::Set(UPSTREAM_HEADER.to_owned(), address.clone()));
     }
+    edits.push(HeaderEdit::Set(POD_HEADER.to_owned(), pod.pod.clone()));
+    edits.push(HeaderEdit::Set(
+        PORT_HEADER.to_owned(),
+        pod.port.to_string(),
+    ));
     edits.push(HeaderEdit::Set(
         USER_HEADER.to_owned(),
         verified.claims.sub.clone(),

@@ -8,7 +8,8 @@ use super::request::HEADER_NAMES_READ;
 use super::token_cache::check_token;
 use super::*;
 use crate::config::{
-    FilterConfig, PodEntry, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, UPSTREAM_HEADER, USER_HEADER,
+    FilterConfig, PodEntry, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, POD_HEADER, PORT_HEADER,
+    UPSTREAM_HEADER, USER_HEADER,
 };
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN};
 use crate::host::PodAddr;
@@ -167,6 +168,39 @@ fn valid_cookie_forwards_with_host_rewritten_and_credentials_stripped() {
         .unwrap();
     assert!(rm < st);
     assert!(removed(&d, "x-podgate-user"));
+}
+
+#[test]
+fn a_forward_names_the_pod_and_port_it_parsed_never_the_clients() {
+    let c = config();
+    let d = run(
+        &c,
+        &base(&[
+            ("podgate-token", &cap()),
+            ("x-podgate-pod", "beta"),
+            ("x-podgate-port", "1"),
+        ]),
+    );
+    assert_eq!(set(&d, POD_HEADER), Some("alpha"));
+    assert_eq!(set(&d, PORT_HEADER), Some("8726"));
+    let e = edits(&d);
+    for name in [POD_HEADER, PORT_HEADER] {
+        let rm = e
+            .iter()
+            .position(|x| *x == HeaderEdit::Remove(name.into()))
+            .unwrap();
+        let st = e
+            .iter()
+            .position(|x| matches!(x, HeaderEdit::Set(n, _) if n == name))
+            .unwrap();
+        assert!(rm < st, "the client's {name} is removed before ours is set");
+    }
+    // The control plane's callback is no pod's answer: neither header is set.
+    let mut h = base(&[]);
+    h[1].1 = b"/.podgate/callback?ticket=abc&next=/".to_vec();
+    let d = run(&c, &h);
+    assert_eq!(set(&d, POD_HEADER), None);
+    assert_eq!(set(&d, PORT_HEADER), None);
 }
 
 #[test]

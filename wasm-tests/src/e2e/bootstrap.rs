@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use serde_yaml::{Mapping, Value};
@@ -172,6 +173,40 @@ impl Bootstrap {
             .ok_or_else(|| anyhow!("no route to point at {cluster}"))?;
         route.remove("cluster_header");
         route.insert(key("cluster"), key(cluster));
+        Ok(self)
+    }
+
+    /// The pod route's `route` settings (the first route of the first virtual host).
+    fn pod_route(&mut self) -> anyhow::Result<&mut Mapping> {
+        let hosts = at(self.hcm()?, &["route_config", "virtual_hosts"])?;
+        hosts
+            .get_mut(0)
+            .and_then(|h| h.get_mut("routes"))
+            .and_then(|r| r.get_mut(0))
+            .and_then(|r| r.get_mut("route"))
+            .and_then(Value::as_mapping_mut)
+            .ok_or_else(|| anyhow!("{STATIC_BOOTSTRAP}: no pod route"))
+    }
+
+    /// The pod route's `idle_timeout` as written in the file (`"3600s"`): how long a stream
+    /// to a pod may pass no bytes either way (a long poll, an idle WebSocket, a pod that does
+    /// not answer) before Envoy ends it.
+    pub fn route_idle_timeout(&mut self) -> anyhow::Result<String> {
+        self.pod_route()?
+            .get("idle_timeout")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("{STATIC_BOOTSTRAP}: the pod route has no idle_timeout"))
+    }
+
+    /// Sets the pod route's `idle_timeout` (whole milliseconds), so tests can meet it in
+    /// seconds rather than the file's hour.
+    pub fn set_route_idle_timeout(&mut self, timeout: Duration) -> anyhow::Result<&mut Self> {
+        let millis = timeout.as_millis();
+        self.pod_route()?.insert(
+            key("idle_timeout"),
+            key(&format!("{}.{:03}s", millis / 1000, millis % 1000)),
+        );
         Ok(self)
     }
 

@@ -81,7 +81,17 @@ impl Stack {
         pods: &[PodSpec],
         edit: impl FnOnce(&mut serde_json::Value),
     ) -> anyhow::Result<Stack> {
-        let mut bootstrap = Bootstrap::load_static()?;
+        Stack::start_from(label, Bootstrap::load_static()?, pods, edit).await
+    }
+
+    /// `start` on a bootstrap the test already changed (the static file, e.g. with shorter
+    /// timeouts).
+    pub async fn start_from(
+        label: &str,
+        mut bootstrap: Bootstrap,
+        pods: &[PodSpec],
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> anyhow::Result<Stack> {
         let mut config = bootstrap.filter_config()?;
         let minter = Minter::new(
             config["issuer"]
