@@ -1,12 +1,14 @@
-//! Starting Envoy (one worker, pinned), talking to its admin API, reading its memory, and the
-//! bootstraps of every benchmarked configuration.
+//! Starting Envoy (the test kit's launcher: one worker, pinned), talking to its admin API,
+//! reading its memory, and the bootstraps of every benchmarked configuration.
 
+use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
+use podgate_testkit::Readiness;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
@@ -18,21 +20,12 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
 pub const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
-/// A running Envoy, killed on drop.
+/// A running Envoy: the test kit's launcher (stopped on drop, and when this process dies), with
+/// the bench's command line (one worker, pinned, log level `warn`, a base id per Envoy).
 pub struct Envoy {
     pub label: String,
-    child: Child,
-    pub admin: SocketAddr,
+    inner: podgate_testkit::Envoy,
     pub listener: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A free loopback port (bound and released; the race is harmless on a quiet loopback).
@@ -51,78 +44,35 @@ impl Envoy {
         listener: u16,
         base_id: u32,
     ) -> anyhow::Result<Envoy> {
-        let dir = std::env::temp_dir().join(format!(
-            "podgate-bench-{}-{label}-{base_id}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        let config = dir.join("bootstrap.json");
-        std::fs::write(&config, serde_json::to_vec_pretty(bootstrap)?)?;
-        let admin_path = dir.join("admin-address");
-        let log_path = dir.join("envoy.log");
-        let mut command = match (&placement.taskset, placement.envoy_cpu) {
-            (Some(taskset), Some(cpu)) => {
-                let mut c = Command::new(taskset);
-                c.arg("-c").arg(cpu.to_string()).arg(envoy);
-                c
-            }
-            _ => Command::new(envoy),
-        };
-        command
-            .arg("-c")
-            .arg(&config)
-            .args(["--concurrency", "1", "--log-level", "warn"])
-            .arg("--base-id")
-            .arg((std::process::id() % 10_000 * 100 + base_id).to_string())
-            .arg("--use-dynamic-base-id")
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?);
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", envoy.display()))?;
-        let mut running = Envoy {
-            label: label.to_owned(),
-            child,
-            admin: "127.0.0.1:0".parse()?,
-            listener: SocketAddr::from(([127, 0, 0, 1], listener)),
-            dir,
-        };
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&admin_path) {
-                if let Ok(addr) = text.trim().parse() {
-                    running.admin = addr;
-                    break;
-                }
-            }
-            if let Ok(Some(status)) = running.child.try_wait() {
-                bail!(
-                    "Envoy {label} exited with {status}:\n{}",
-                    running.log_tail()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "Envoy {label} wrote no admin address:\n{}",
-                    running.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut builder =
+            podgate_testkit::Envoy::builder(label, &serde_json::to_string_pretty(bootstrap)?)
+                .binary(envoy)
+                .concurrency(1)
+                .log_level("warn")
+                .args([
+                    "--base-id".to_owned(),
+                    (std::process::id() % 10_000 * 100 + base_id).to_string(),
+                ]);
+        if let (Some(taskset), Some(cpu)) = (&placement.taskset, placement.envoy_cpu) {
+            let wrapper: [OsString; 3] = [taskset.into(), "-c".into(), cpu.to_string().into()];
+            builder = builder.wrapper(wrapper);
         }
-        Ok(running)
+        let mut inner = builder.spawn()?;
+        inner.wait_admin(STARTUP_DEADLINE).await?;
+        Ok(Envoy {
+            label: label.to_owned(),
+            inner,
+            listener: SocketAddr::from(([127, 0, 0, 1], listener)),
+        })
     }
 
+    /// Envoy's own pid (not a wrapper's): `taskset` execs Envoy.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.inner.pid()
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        self.inner.log_tail()
     }
 
     /// Resident memory (VmRSS) in bytes.
@@ -138,21 +88,27 @@ impl Envoy {
     /// Waits until the admin API reports LIVE and the listener accepts connections.
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + STARTUP_DEADLINE;
+        if let Readiness::Exited(code) = self.inner.wait_ready(STARTUP_DEADLINE).await? {
+            bail!(
+                "Envoy {} exited with status {code}:\n{}",
+                self.label,
+                self.log_tail()
+            );
+        }
         loop {
-            let live = matches!(http_get(self.admin, "/ready").await, Ok((200, _)));
-            if live && TcpStream::connect(self.listener).await.is_ok() {
+            if TcpStream::connect(self.listener).await.is_ok() {
                 return Ok(());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(code) = self.inner.exit_status() {
                 bail!(
-                    "Envoy {} exited with {status}:\n{}",
+                    "Envoy {} exited with status {code}:\n{}",
                     self.label,
                     self.log_tail()
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "Envoy {} never became ready:\n{}",
+                    "Envoy {}'s listener never accepted a connection:\n{}",
                     self.label,
                     self.log_tail()
                 );
@@ -190,11 +146,6 @@ pub fn binary_version(envoy: &Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|e| format!("unknown ({e})"))
-}
-
-/// One HTTP/1.1 GET on a fresh connection: status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    podgate_testkit::http::get(addr, path).await
 }
 
 // ---- bootstraps ---------------------------------------------------------------------------

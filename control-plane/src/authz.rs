@@ -3,12 +3,21 @@
 
 use podgate_protocol::host::PodAddr;
 
-use crate::error::{ApiError, ApiResult};
 use crate::store::{AccessFacts, Db, Sharing, User};
 
 /// The one answer for "no such pod or port" and "not yours": no existence oracle.
 pub const NOT_FOUND_MSG: &str =
     "no such pod or port, or you may not reach it; check the pod name and port, or ask the pod's owner to share it";
+
+/// Why [`authorize`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    /// No such pod or port, or not this user's to reach: one answer for both.
+    #[error("{NOT_FOUND_MSG}")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
 
 /// Whether `user` (or nobody, when `None`) may reach the port these facts describe.
 pub fn may_reach(facts: &AccessFacts, user: Option<&User>) -> bool {
@@ -21,15 +30,16 @@ pub fn may_reach(facts: &AccessFacts, user: Option<&User>) -> bool {
     }
 }
 
-/// `Ok` when `user` (or nobody, for `None`) may reach `addr`; the uniform `NotFound` when the
-/// pod does not exist or they may not. Reads the database every time.
-pub async fn authorize(db: &Db, user: Option<&User>, addr: &PodAddr) -> ApiResult<()> {
+/// `Ok` when `user` (or nobody, for `None`) may reach `addr`; the uniform
+/// [`AuthzError::NotFound`] when the pod does not exist or they may not. Reads the database
+/// every time.
+pub async fn authorize(db: &Db, user: Option<&User>, addr: &PodAddr) -> Result<(), AuthzError> {
     let facts = db
         .access_facts(&addr.pod, addr.port, user.map(|u| u.id.as_str()))
         .await?;
     match facts {
         Some(f) if may_reach(&f, user) => Ok(()),
-        _ => Err(ApiError::not_found(NOT_FOUND_MSG)),
+        _ => Err(AuthzError::NotFound),
     }
 }
 

@@ -19,54 +19,56 @@ use podgate_protocol::cutoff::{Cutoffs, SessionCut, UserCut, MAX_CUTS};
 use podgate_protocol::token::DEFAULT_LEEWAY_SECS;
 
 use crate::authz::may_reach;
-use crate::error::ApiResult;
 use crate::ids::ANONYMOUS_SUB;
-use crate::store::{now_unix, CutRow, HolderScope};
-use crate::AppState;
+use crate::store::{now_unix, CutRow, Db, HolderScope};
 
 /// Room for a capability minted while the cut was being made (a session cut refuses it by its
 /// `sid` whenever it was issued).
 const RACE_MARGIN_SECS: i64 = 60;
 
 /// When a cut made at `at` can go: no capability issued up to then (or minted in a race with
-/// the cut) is valid after it.
-fn cut_until(state: &AppState, at: i64) -> i64 {
-    let lifetime = i64::try_from(state.config().capability_lifetime).unwrap_or(i64::MAX);
+/// the cut), living at most `capability_lifetime` seconds, is valid after it.
+fn cut_until(capability_lifetime: u64, at: i64) -> i64 {
+    let lifetime = i64::try_from(capability_lifetime).unwrap_or(i64::MAX);
     at.saturating_add(lifetime)
         .saturating_add(DEFAULT_LEEWAY_SECS)
         .saturating_add(RACE_MARGIN_SECS)
 }
 
-/// Cuts off every capability minted for the session `sid` (a sign-out). The caller pushes.
-pub async fn cut_session(state: &AppState, sid: &str) -> ApiResult<()> {
+/// Cuts off every capability minted for the session `sid` (a sign-out); capabilities live at
+/// most `capability_lifetime` seconds. The caller pushes.
+pub async fn cut_session(db: &Db, capability_lifetime: u64, sid: &str) -> Result<(), sqlx::Error> {
     let at = now_unix();
     let cut = CutRow::Session {
         sid: sid.to_owned(),
         at,
-        until: cut_until(state, at),
+        until: cut_until(capability_lifetime, at),
     };
-    state.db().insert_cut(&cut, at).await?;
+    db.insert_cut(&cut, at).await?;
     Ok(())
 }
 
 /// Cuts off every capability of `user_id` issued until now, on every pod (a deleted user).
-pub async fn cut_user(state: &AppState, user_id: &str) -> ApiResult<()> {
+pub async fn cut_user(db: &Db, capability_lifetime: u64, user_id: &str) -> Result<(), sqlx::Error> {
     let at = now_unix();
     let cut = CutRow::User {
         user_id: user_id.to_owned(),
         pod: None,
         port: None,
         at,
-        until: cut_until(state, at),
+        until: cut_until(capability_lifetime, at),
     };
-    state.db().insert_cut(&cut, at).await?;
+    db.insert_cut(&cut, at).await?;
     Ok(())
 }
 
 /// Re-checks the access of everyone holding an unexpired capability in `scope` and cuts off,
 /// per port, those who may no longer reach it. Returns how many `(user, pod, port)` were cut.
-pub async fn cut_lost_access(state: &AppState, scope: HolderScope<'_>) -> ApiResult<usize> {
-    let db = state.db();
+pub async fn cut_lost_access(
+    db: &Db,
+    capability_lifetime: u64,
+    scope: HolderScope<'_>,
+) -> Result<usize, sqlx::Error> {
     let at = now_unix();
     let mut cut = 0;
     for (user_id, pod, port) in db.capability_holders(&scope, at).await? {
@@ -89,7 +91,7 @@ pub async fn cut_lost_access(state: &AppState, scope: HolderScope<'_>) -> ApiRes
             pod: Some(pod.clone()),
             port: Some(port),
             at,
-            until: cut_until(state, at),
+            until: cut_until(capability_lifetime, at),
         };
         db.insert_cut(&row, at).await?;
         tracing::info!(user = %user_id, %pod, port, "access lost: capabilities cut off");
@@ -99,10 +101,10 @@ pub async fn cut_lost_access(state: &AppState, scope: HolderScope<'_>) -> ApiRes
 }
 
 /// The cuts for the filter's configuration: those in force now, at most `MAX_CUTS`.
-pub async fn cutoffs(state: &AppState) -> ApiResult<Cutoffs> {
+pub async fn cutoffs(db: &Db) -> Result<Cutoffs, sqlx::Error> {
     let now = now_unix();
     let mut all = Cutoffs::default();
-    for row in state.db().live_cuts(now).await? {
+    for row in db.live_cuts(now).await? {
         match row {
             CutRow::Session { sid, at, until } => all.sessions.push(SessionCut { sid, at, until }),
             CutRow::User {

@@ -13,10 +13,9 @@ use podgate_protocol::config::{FilterConfig, PodEntry};
 use podgate_protocol::cookie::DEFAULT_COOKIE_NAME;
 use podgate_protocol::token::DEFAULT_LEEWAY_SECS;
 
-use crate::config::MAX_CAPABILITY_LIFETIME;
-use crate::error::ApiResult;
-use crate::store::now_unix;
-use crate::AppState;
+use crate::config::{Config, MAX_CAPABILITY_LIFETIME};
+use crate::keys::KeyRing;
+use crate::store::{now_unix, Db};
 
 /// The ORIGINAL_DST cluster shared by every pod (the filter sets the pod's `ip:port` header).
 pub const PODS_CLUSTER: &str = "podgate_pods";
@@ -50,12 +49,10 @@ fn origin(url: &str) -> &str {
     }
 }
 
-/// Builds the filter configuration in force now.
-pub async fn build(state: &AppState) -> ApiResult<FilterConfig> {
-    let config = state.config();
-    let ring = state.keys()?;
+/// Builds the filter configuration in force now, with the capability keys of `ring`.
+pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterConfig, sqlx::Error> {
     let mut pods = HashMap::new();
-    for (pod, server_address) in state.db().pod_directory().await? {
+    for (pod, server_address) in db.pod_directory().await? {
         pods.insert(
             pod.slug.clone(),
             PodEntry {
@@ -65,8 +62,8 @@ pub async fn build(state: &AppState) -> ApiResult<FilterConfig> {
             },
         );
     }
-    let revoked_jti = revoked_capabilities(state).await?;
-    let cutoffs = crate::cuts::cutoffs(state).await?;
+    let revoked_jti = revoked_capabilities(db).await?;
+    let cutoffs = crate::cuts::cutoffs(db).await?;
     let auth_url = format!("{}/api/proxy-auth", config.issuer);
     // The filter derives `{origin of auth_url}/auth/logout` by itself; it is sent only when
     // the issuer has a path, so that configurations stay readable by filters that predate it.
@@ -95,11 +92,10 @@ pub async fn build(state: &AppState) -> ApiResult<FilterConfig> {
 
 /// The unexpired capabilities minted with a revoked API token, at most
 /// [`MAX_REVOKED_CAPABILITIES`].
-async fn revoked_capabilities(state: &AppState) -> ApiResult<Vec<String>> {
+async fn revoked_capabilities(db: &Db) -> Result<Vec<String>, sqlx::Error> {
     let now = now_unix();
     let limit = MAX_REVOKED_CAPABILITIES as i64 + 1;
-    let mut revoked = state
-        .db()
+    let mut revoked = db
         .revoked_capabilities(now, now - REVOCATION_WINDOW_SECS, limit)
         .await?;
     if revoked.len() > MAX_REVOKED_CAPABILITIES {

@@ -8,7 +8,7 @@
 //! holding it, or the publish delay passed — so no Envoy ever sees a token it cannot check.
 
 use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use podgate_protocol::token::{KeySet, SigningKey, TokenKind, Verifier};
 
@@ -30,6 +30,62 @@ pub enum KeyringError {
     /// A setting the command needs is missing; the message says which and how to set it.
     #[error("{0}")]
     Setting(String),
+}
+
+/// No key ring to sign or verify with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoKeyRing {
+    /// None has been loaded yet (the database was not ready at start).
+    #[error("signing keys are not loaded yet")]
+    NotLoaded,
+    /// A panic while the ring was being replaced.
+    #[error("key ring lock poisoned")]
+    Poisoned,
+}
+
+/// The key ring in force, replaced whole by [`LiveKeys::reload`], and the gate a new capability
+/// key passes before it signs.
+#[derive(Debug)]
+pub struct LiveKeys {
+    ring: RwLock<Option<Arc<KeyRing>>>,
+    gate: SigningGate,
+}
+
+impl LiveKeys {
+    /// No ring yet; [`LiveKeys::reload`] loads one.
+    pub fn new(gate: SigningGate) -> LiveKeys {
+        LiveKeys {
+            ring: RwLock::new(None),
+            gate,
+        }
+    }
+
+    /// The key ring in force.
+    pub fn current(&self) -> Result<Arc<KeyRing>, NoKeyRing> {
+        let guard = self.ring.read().map_err(|_| NoKeyRing::Poisoned)?;
+        guard.clone().ok_or(NoKeyRing::NotLoaded)
+    }
+
+    pub fn loaded(&self) -> bool {
+        self.ring.read().map(|k| k.is_some()).unwrap_or(false)
+    }
+
+    /// Publish before sign: the xDS sync task clears new capability keys here.
+    pub fn signing_gate(&self) -> &SigningGate {
+        &self.gate
+    }
+
+    /// Re-reads the keys from the database (after a rotation, or periodically so a rotation by
+    /// another process is picked up and expired keys drop out).
+    pub async fn reload(&self, db: &Db, config: &Config) -> Result<(), KeyringError> {
+        let ring = load_gated(db, config, crate::store::now_unix(), &self.gate).await?;
+        let mut guard = self.ring.write().map_err(|_| KeyringError::Stored {
+            kid: String::new(),
+            msg: "key ring lock poisoned".into(),
+        })?;
+        *guard = Some(Arc::new(ring));
+        Ok(())
+    }
 }
 
 /// The keys in force: one signer per kind and the verifying sets (current plus overlapping).
@@ -422,11 +478,4 @@ pub async fn load_gated(
         public_jwks,
         capability_pending,
     })
-}
-
-/// Randomness or key material failed: ours, logged, never echoed (500).
-impl From<KeyringError> for crate::error::ApiError {
-    fn from(e: KeyringError) -> Self {
-        crate::error::ApiError::Internal(e.to_string())
-    }
 }

@@ -5,7 +5,6 @@ pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod cuts;
-pub mod error;
 pub mod filter_config;
 pub mod http;
 pub mod ids;
@@ -20,7 +19,7 @@ pub mod xds_sync;
 use crate::auth::verify;
 use crate::http::{admin, api_tokens, cors, flow, health, security_headers};
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -29,13 +28,13 @@ use axum::Router;
 use podgate_protocol::cookie::{cookie_name, DEFAULT_COOKIE_NAME};
 
 use crate::config::Config;
-use crate::error::{error_response, ApiError};
-use crate::keys::{KeyRing, KeyringError, SigningGate};
+use crate::http::error::error_response;
+use crate::keys::{KeyRing, KeyringError, LiveKeys, NoKeyRing};
+use crate::mint::MintContext;
 use crate::recorder::Recorder;
 use crate::store::Db;
 
-/// Base name of the control plane's own session cookie (on the control plane's host only).
-pub const SESSION_COOKIE: &str = "podgate_session";
+pub use crate::config::SESSION_COOKIE;
 
 /// Everything a handler needs, cheap to clone.
 #[derive(Clone)]
@@ -44,19 +43,18 @@ pub struct AppState {
 }
 
 struct Inner {
-    config: Config,
+    config: Arc<Config>,
     db: Db,
-    keys: RwLock<Option<Arc<KeyRing>>>,
+    /// The key ring in force and the gate new capability keys pass (publish before sign).
+    keys: Arc<LiveKeys>,
     recorder: Recorder,
     capability_cookie: String,
     session_cookie: String,
     verifiers: verify::Verifiers,
     /// Per-client rate limits of the endpoints that take credentials.
     limits: limits::Limiters,
-    /// Publish before sign: when a new capability key may start signing.
-    signing_gate: SigningGate,
     /// Poked after every committed admin write that changes what Envoy gets.
-    envoy_config_changes: tokio::sync::Notify,
+    envoy_config_changes: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -83,16 +81,15 @@ impl AppState {
         let limits = limits::Limiters::new(&config.limits);
         let state = AppState {
             inner: Arc::new(Inner {
-                config,
+                config: Arc::new(config),
                 db: db.clone(),
-                keys: RwLock::new(None),
+                keys: Arc::new(LiveKeys::new(signing_gate)),
                 recorder: Recorder::start(db.clone()),
                 capability_cookie,
                 session_cookie,
                 verifiers,
                 limits,
-                signing_gate,
-                envoy_config_changes: tokio::sync::Notify::new(),
+                envoy_config_changes: Arc::new(tokio::sync::Notify::new()),
             }),
         };
         state.reload_keys().await?;
@@ -132,25 +129,43 @@ impl AppState {
         &self.inner.limits
     }
 
-    /// The key ring in force, or 503 when none is loaded.
-    pub fn keys(&self) -> Result<Arc<KeyRing>, ApiError> {
-        let guard = self
-            .inner
-            .keys
-            .read()
-            .map_err(|_| ApiError::internal("key ring lock poisoned"))?;
-        guard
-            .clone()
-            .ok_or_else(|| ApiError::Unavailable("signing keys are not loaded yet".into()))
+    /// The key ring in force.
+    pub fn keys(&self) -> Result<Arc<KeyRing>, NoKeyRing> {
+        self.inner.keys.current()
     }
 
     pub fn keys_loaded(&self) -> bool {
-        self.inner.keys.read().map(|k| k.is_some()).unwrap_or(false)
+        self.inner.keys.loaded()
     }
 
-    /// Publish before sign: the xDS sync task clears new capability keys here.
-    pub fn signing_gate(&self) -> &SigningGate {
-        &self.inner.signing_gate
+    /// What `verify::identify` reads.
+    pub fn identify_context(&self) -> verify::IdentifyContext<'_> {
+        verify::IdentifyContext {
+            db: &self.inner.db,
+            verifiers: &self.inner.verifiers,
+            api_token_failures: &self.inner.limits.api_token_failures,
+            session_cookie: &self.inner.session_cookie,
+        }
+    }
+
+    /// What minting and redeeming tickets read and write.
+    pub fn mint_context(&self) -> MintContext<'_> {
+        MintContext {
+            config: &self.inner.config,
+            keys: &self.inner.keys,
+            db: &self.inner.db,
+            recorder: &self.inner.recorder,
+        }
+    }
+
+    /// What the xDS sync task reads.
+    pub fn xds_sources(&self) -> xds_sync::SyncSources {
+        xds_sync::SyncSources {
+            db: self.inner.db.clone(),
+            config: Arc::clone(&self.inner.config),
+            keys: Arc::clone(&self.inner.keys),
+            changes: Arc::clone(&self.inner.envoy_config_changes),
+        }
     }
 
     /// Tells the xDS sync task that what Envoy gets may have changed (call after the commit).
@@ -167,19 +182,10 @@ impl AppState {
     /// Re-reads the keys from the database (after a rotation, or periodically so a rotation by
     /// `podgate keys rotate` in another process is picked up and expired keys drop out).
     pub async fn reload_keys(&self) -> Result<(), KeyringError> {
-        let ring = keys::load_gated(
-            &self.inner.db,
-            &self.inner.config,
-            store::now_unix(),
-            &self.inner.signing_gate,
-        )
-        .await?;
-        let mut guard = self.inner.keys.write().map_err(|_| KeyringError::Stored {
-            kid: String::new(),
-            msg: "key ring lock poisoned".into(),
-        })?;
-        *guard = Some(Arc::new(ring));
-        Ok(())
+        self.inner
+            .keys
+            .reload(&self.inner.db, &self.inner.config)
+            .await
     }
 }
 

@@ -220,7 +220,9 @@ async fn serve(config: Config) -> Result<(), String> {
     // One shutdown for the HTTP API, the xDS server and its sync task.
     let (stop, stop_requested) = tokio::sync::watch::channel(false);
     let xds = match state.config().xds.clone() {
-        Some(xds) => Some(xds_sync::start(state.clone(), &xds, stop_requested.clone()).await?),
+        Some(xds) => {
+            Some(xds_sync::start(state.xds_sources(), &xds, stop_requested.clone()).await?)
+        }
         None => {
             tracing::info!(
                 "xDS is off (--xds-listen off): Envoy gets no configuration from this process"

@@ -6,11 +6,35 @@ use podgate_protocol::token::{mint_in_session, PodClaims, TokenKind};
 
 use crate::authz::may_reach;
 use crate::config::Config;
-use crate::error::{ApiError, ApiResult};
 use crate::ids::ANONYMOUS_SUB;
-use crate::keys::{random_id, KeyRing};
-use crate::store::{now_unix, AuditEntry, KeyKind, User};
-use crate::AppState;
+use crate::keys::{random_id, KeyRing, KeyringError, LiveKeys, NoKeyRing};
+use crate::recorder::{RecordError, Recorder};
+use crate::store::{now_unix, AuditEntry, Db, KeyKind, User};
+
+/// What minting reads and writes: the settings, the keys in force, the database (a ticket's
+/// authorization is read again) and the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct MintContext<'a> {
+    pub config: &'a Config,
+    pub keys: &'a LiveKeys,
+    pub db: &'a Db,
+    pub recorder: &'a Recorder,
+}
+
+/// Why nothing was minted: always ours, never the client's.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error(transparent)]
+    NoKeys(#[from] NoKeyRing),
+    /// The operating system gave no randomness for the token's id.
+    #[error(transparent)]
+    Random(#[from] KeyringError),
+    #[error("minting a {kind:?}: {message}")]
+    Sign { kind: TokenKind, message: String },
+    /// The audit entry (or the ticket's consumption) could not be written.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
 
 /// A freshly minted token, when it expires, and its audit entry (not yet recorded).
 pub struct Minted {
@@ -23,34 +47,30 @@ pub struct Minted {
 /// Mints a token of `kind` for `user` (or anonymous) on `addr`'s public host, and records it in
 /// the audit trail (never the token itself), with the API token it was minted with, if any.
 pub async fn mint_for(
-    state: &AppState,
+    ctx: &MintContext<'_>,
     kind: TokenKind,
     user: Option<&User>,
     addr: &PodAddr,
     via: &str,
     api_token: Option<&str>,
-) -> ApiResult<Minted> {
-    mint_in_session_for(state, kind, user, addr, via, api_token, None).await
+) -> Result<Minted, MintError> {
+    mint_in_session_for(ctx, kind, user, addr, via, api_token, None).await
 }
 
 /// [`mint_for`], for the control-plane session `sid` when there is one: the token carries it
 /// (a ticket passes it on to its capability), so signing out cuts the capability off.
 pub async fn mint_in_session_for(
-    state: &AppState,
+    ctx: &MintContext<'_>,
     kind: TokenKind,
     user: Option<&User>,
     addr: &PodAddr,
     via: &str,
     api_token: Option<&str>,
     sid: Option<&str>,
-) -> ApiResult<Minted> {
-    let ring = state.keys()?;
-    let minted = sign_in_session(state.config(), &ring, kind, user, addr, via, api_token, sid)?;
-    state
-        .recorder()
-        .record(minted.audit.clone())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+) -> Result<Minted, MintError> {
+    let ring = ctx.keys.current()?;
+    let minted = sign_in_session(ctx.config, &ring, kind, user, addr, via, api_token, sid)?;
+    ctx.recorder.record(minted.audit.clone()).await?;
     Ok(minted)
 }
 
@@ -63,7 +83,7 @@ pub fn sign_for(
     addr: &PodAddr,
     via: &str,
     api_token: Option<&str>,
-) -> ApiResult<Minted> {
+) -> Result<Minted, MintError> {
     sign_in_session(config, ring, kind, user, addr, via, api_token, None)
 }
 
@@ -78,7 +98,7 @@ pub fn sign_in_session(
     via: &str,
     api_token: Option<&str>,
     sid: Option<&str>,
-) -> ApiResult<Minted> {
+) -> Result<Minted, MintError> {
     let (key, lifetime, key_kind) = match kind {
         TokenKind::LoginTicket => (&ring.ticket_signer, config.ticket_lifetime, KeyKind::Ticket),
         TokenKind::Capability => (
@@ -99,8 +119,11 @@ pub fn sign_in_session(
     };
     let now = now_unix();
     let lifetime = lifetime as i64;
-    let token = mint_in_session(kind, key, &claims, sid, now, lifetime)
-        .map_err(|e| ApiError::internal(format!("minting a {kind:?}: {e}")))?;
+    let token =
+        mint_in_session(kind, key, &claims, sid, now, lifetime).map_err(|e| MintError::Sign {
+            kind,
+            message: e.to_string(),
+        })?;
     let audit = AuditEntry {
         jti: jti.clone(),
         kind: key_kind,
@@ -138,27 +161,27 @@ pub enum TicketRefusal {
 }
 
 /// Why [`redeem_ticket`] minted nothing.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum RedeemError {
+    /// The client's: the ticket cannot be used.
+    #[error("ticket refused: {0:?}")]
     Refused(TicketRefusal),
-    /// Ours: the keys, the database or the recorder failed.
-    Server(ApiError),
-}
-
-impl From<ApiError> for RedeemError {
-    fn from(e: ApiError) -> Self {
-        RedeemError::Server(e)
-    }
+    /// Ours: the keys, signing or the recorder failed.
+    #[error(transparent)]
+    Mint(#[from] MintError),
+    /// Ours: reading authorization failed.
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
 }
 
 /// Redeems a login ticket presented on `addr`'s host: checks it, reads authorization again,
 /// consumes it (single use) and mints the capability, recorded before it is handed out.
 pub async fn redeem_ticket(
-    state: &AppState,
+    ctx: &MintContext<'_>,
     addr: &PodAddr,
     ticket: &str,
 ) -> Result<Minted, RedeemError> {
-    let ring = state.keys()?;
+    let ring = ctx.keys.current().map_err(MintError::from)?;
     let now = now_unix();
     let verified = ring
         .ticket_verifier
@@ -166,24 +189,19 @@ pub async fn redeem_ticket(
         .map_err(|e| RedeemError::Refused(TicketRefusal::BadTicket(e.to_string())))?;
     let claims = &verified.claims;
     // `aud` must be exactly this host; pod and port must be what this host names.
-    let this_host = state.config().host_template.render(addr);
+    let this_host = ctx.config.host_template.render(addr);
     if claims.aud != this_host || claims.pod != addr.pod || claims.port != addr.port {
         return Err(RedeemError::Refused(TicketRefusal::WrongHost));
     }
     // Authorization is read again: the ticket proves who, not what they may reach now.
     let (user, facts) = if claims.sub == ANONYMOUS_SUB {
-        let facts = state
-            .db()
-            .access_facts(&addr.pod, addr.port, None)
-            .await
-            .map_err(ApiError::from)?;
+        let facts = ctx.db.access_facts(&addr.pod, addr.port, None).await?;
         (None, facts)
     } else {
-        let (user, facts) = state
-            .db()
+        let (user, facts) = ctx
+            .db
             .user_access_facts(&claims.sub, &addr.pod, addr.port)
-            .await
-            .map_err(ApiError::from)?
+            .await?
             .ok_or(RedeemError::Refused(TicketRefusal::NoLongerAllowed))?;
         (Some(user), facts)
     };
@@ -194,17 +212,12 @@ pub async fn redeem_ticket(
     // refused anyway: it carries the session's id).
     let sid = verified.sid.as_deref();
     if let Some(sid) = sid {
-        if state
-            .db()
-            .session_was_cut(sid)
-            .await
-            .map_err(ApiError::from)?
-        {
+        if ctx.db.session_was_cut(sid).await? {
             return Err(RedeemError::Refused(TicketRefusal::SignedOut));
         }
     }
     let cap = sign_in_session(
-        state.config(),
+        ctx.config,
         &ring,
         TokenKind::Capability,
         user.as_ref(),
@@ -215,12 +228,12 @@ pub async fn redeem_ticket(
     )?;
     // Single use: a ticket already consumed is a replay; the capability is recorded before it
     // is handed out.
-    if !state
-        .recorder()
+    let first_use = ctx
+        .recorder
         .consume_then_record(claims.jti.clone(), verified.expires_at, cap.audit.clone())
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-    {
+        .map_err(MintError::from)?;
+    if !first_use {
         return Err(RedeemError::Refused(TicketRefusal::Replayed));
     }
     tracing::info!(

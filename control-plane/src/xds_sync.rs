@@ -21,6 +21,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use podgate_xds::{
@@ -34,9 +35,8 @@ use tokio::sync::watch;
 
 use crate::config::{Config, XdsConfig};
 use crate::filter_config::{self, PODS_CLUSTER};
-use crate::keys::SigningGate;
-use crate::store::now_unix;
-use crate::AppState;
+use crate::keys::{LiveKeys, SigningGate};
+use crate::store::{now_unix, Db};
 
 /// The ECDS resource name (the listener's `config_discovery` filter name) and the plugin root id.
 pub const FILTER_EXTENSION: &str = "podgate";
@@ -69,6 +69,17 @@ pub fn signing_gate(config: &Config) -> SigningGate {
     }
 }
 
+/// What the sync task reads: owned handles, so the task can run as long as the process.
+#[derive(Debug, Clone)]
+pub struct SyncSources {
+    pub db: Db,
+    pub config: Arc<Config>,
+    /// The keys in force: the task reloads them, and clears new capability keys for signing.
+    pub keys: Arc<LiveKeys>,
+    /// Notified after every committed write that changes what Envoy gets.
+    pub changes: Arc<tokio::sync::Notify>,
+}
+
 /// What a snapshot holds, for logs and for the publish-before-sign check.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -79,10 +90,14 @@ pub struct Built {
 }
 
 /// Builds the snapshot in force now: the pods cluster and the filter's ECDS config.
-pub async fn build_snapshot(state: &AppState, filter_wasm: &Path) -> Result<Built, String> {
-    let filter = filter_config::build(state)
-        .await
+pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result<Built, String> {
+    let ring = sources
+        .keys
+        .current()
         .map_err(|e| format!("building the filter configuration: {e}"))?;
+    let filter = filter_config::build(&sources.db, &sources.config, &ring)
+        .await
+        .map_err(|e| format!("building the filter configuration: database: {e}"))?;
     let json = serde_json::to_string(&filter)
         .map_err(|e| format!("encoding the filter configuration: {e}"))?;
     let wasm_path = filter_wasm.to_string_lossy();
@@ -111,7 +126,7 @@ pub async fn build_snapshot(state: &AppState, filter_wasm: &Path) -> Result<Buil
 /// Binds the ADS address, then serves ADS and keeps it in step with the database until
 /// `shutdown` turns true. The returned task ends once both have stopped (streams closed).
 pub async fn start(
-    state: AppState,
+    sources: SyncSources,
     xds: &XdsConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
@@ -125,7 +140,7 @@ pub async fn start(
     let server = AdsServer::new(cache.clone());
     tracing::info!(listen = %xds.listen, filter_wasm = %xds.filter_wasm.display(), "xDS (ADS) server listening");
     let sync = tokio::spawn(run(
-        state,
+        sources,
         server.clone(),
         cache,
         xds.filter_wasm.clone(),
@@ -148,7 +163,7 @@ pub async fn stopped(mut flag: watch::Receiver<bool>) {
 
 /// Keeps `cache` in step with the database until `shutdown` completes.
 pub async fn run(
-    state: AppState,
+    sources: SyncSources,
     server: AdsServer,
     cache: SnapshotCache,
     filter_wasm: std::path::PathBuf,
@@ -156,7 +171,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut sync = Sync {
-        state,
+        sources,
         server,
         cache,
         filter_wasm,
@@ -172,13 +187,13 @@ pub async fn run(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            () = sync.state.envoy_config_change() => {
+            () = sync.sources.changes.notified() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 sync.rebuild().await;
             }
             _ = resync_tick.tick() => {
                 // Keys rotated elsewhere appear, expired ones drop out.
-                if let Err(e) = sync.state.reload_keys().await {
+                if let Err(e) = sync.reload_keys().await {
                     tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
                 }
                 sync.rebuild().await;
@@ -201,7 +216,7 @@ struct Pending {
 }
 
 struct Sync {
-    state: AppState,
+    sources: SyncSources,
     server: AdsServer,
     cache: SnapshotCache,
     filter_wasm: std::path::PathBuf,
@@ -209,8 +224,15 @@ struct Sync {
 }
 
 impl Sync {
+    async fn reload_keys(&self) -> Result<(), crate::keys::KeyringError> {
+        self.sources
+            .keys
+            .reload(&self.sources.db, &self.sources.config)
+            .await
+    }
+
     async fn rebuild(&mut self) {
-        let built = match build_snapshot(&self.state, &self.filter_wasm).await {
+        let built = match build_snapshot(&self.sources, &self.filter_wasm).await {
             Ok(built) => built,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot build Envoy's configuration; Envoys keep the last one");
@@ -233,7 +255,7 @@ impl Sync {
 
     /// Remembers which published versions hold the pending key.
     fn note_pending(&mut self, ecds_version: &str, kids: &HashSet<String>) {
-        let pending_kid = match self.state.keys() {
+        let pending_kid = match self.sources.keys.current() {
             Ok(ring) => ring.capability_pending.as_ref().map(|p| p.kid.clone()),
             Err(_) => None,
         };
@@ -260,7 +282,7 @@ impl Sync {
         let Some(pending) = &self.pending else {
             return;
         };
-        let Ok(ring) = self.state.keys() else {
+        let Ok(ring) = self.sources.keys.current() else {
             return;
         };
         let Some(in_ring) = ring.capability_pending.as_ref() else {
@@ -280,15 +302,16 @@ impl Sync {
         let kid = pending.kid.clone();
         if everywhere {
             tokio::time::sleep(WORKER_SETTLE).await;
-            self.state.signing_gate().clear(&kid);
+            self.sources.keys.signing_gate().clear(&kid);
         }
-        if let Err(e) = self.state.reload_keys().await {
+        if let Err(e) = self.reload_keys().await {
             tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
             return;
         }
         let still_pending = self
-            .state
-            .keys()
+            .sources
+            .keys
+            .current()
             .ok()
             .and_then(|r| r.capability_pending.as_ref().map(|p| p.kid == kid))
             .unwrap_or(false);

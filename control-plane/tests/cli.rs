@@ -199,25 +199,9 @@ fn no_key_encryption_key_outside_dev_mode_is_explained() {
 
 /// The id `podgate keys gen-kek FILE` reports for the key it wrote.
 fn gen_kek(path: &std::path::Path) -> String {
-    let out = Command::new(BIN)
-        .env_clear()
-        .args(["keys", "gen-kek"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    let id = said
-        .split("key-encryption key ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no id in {said:?}"))
-        .to_owned();
-    assert_eq!(id.len(), 16, "{said}");
+    let id = podgate_testkit::podgate::gen_kek(std::path::Path::new(BIN), path)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(id.len(), 16, "{id}");
     id
 }
 

@@ -1344,7 +1344,10 @@ async fn revoking_an_api_token_revokes_its_capabilities(which: Which) {
         .expect("the revocation asks the xDS sync task for a rebuild");
     let expected = sorted(&[&t1_a, &t1_b]);
     assert_eq!(revoked_jti(&h).await, expected);
-    let built = podgate::filter_config::build(&h.state).await.unwrap();
+    let ring = h.state.keys().unwrap();
+    let built = podgate::filter_config::build(h.state.db(), h.state.config(), &ring)
+        .await
+        .unwrap();
     let mut pushed = built.revoked_jti.clone();
     pushed.sort();
     assert_eq!(pushed, expected, "what the xDS push sends");

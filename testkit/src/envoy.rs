@@ -1,19 +1,19 @@
-//! Starting a real Envoy for one test (or one test binary) and stopping it for sure.
+//! Starting a real Envoy for one test (or one test binary, or the bench) and stopping it for sure.
 //!
-//! Envoy runs under a small `sh` watchdog that holds the read end of a pipe whose write end only
-//! this process has: when the `Envoy` is dropped, or the test process dies in any way, the pipe
-//! closes and the watchdog stops Envoy and removes its work directory. So a shared Envoy kept in
-//! a `static` does not outlive the test binary either.
+//! Envoy runs under the watchdog of [`crate::process`]: when the `Envoy` is dropped, or the test
+//! process dies in any way, Envoy gets SIGTERM and its work directory (bootstrap, log, admin
+//! address) is removed, unless a test failed. [`Envoy::pid`] is Envoy's own pid, also when a
+//! wrapper such as `taskset` starts it.
 
-use std::fs::{self, File};
+use std::ffi::OsString;
+use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 
+use crate::process::{tail, Supervised, WorkDir};
 use crate::workspace_root;
 
 /// Envoy plus the V8 compile of the filter takes a few seconds; a loaded CI machine more.
@@ -21,19 +21,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// How much of Envoy's log a failure message carries.
 const LOG_TAIL_BYTES: usize = 6000;
-
-/// `$1` is the work directory, the rest is the Envoy command line. Envoy's exit status is written
-/// to `$1/exit`; when our end of stdin closes, Envoy gets SIGTERM and the directory is removed
-/// (unless `$1/keep` exists).
-const WATCHDOG: &str = r#"dir=$1; shift
-"$@" </dev/null &
-envoy=$!
-exec 3<&0
-( read -r _ <&3; [ -e "$dir/exit" ] || kill -TERM "$envoy" ) 2>/dev/null &
-wait "$envoy"; echo "$?" > "$dir/exit.tmp"; mv "$dir/exit.tmp" "$dir/exit"
-wait
-[ -e "$dir/keep" ] || rm -rf "$dir"
-"#;
 
 /// The Envoy binary: `$PODGATE_ENVOY`, else `<workspace>/.venv/bin/envoy`. An error (never a
 /// skip) says how to install it.
@@ -65,38 +52,42 @@ pub enum Readiness {
 /// A running Envoy with its own work directory, log file and ephemeral ports.
 pub struct Envoy {
     label: String,
-    watchdog: Child,
-    /// Our end of the watchdog's pipe: dropping it stops Envoy.
-    lifeline: Option<ChildStdin>,
-    dir: PathBuf,
+    proc: Supervised,
     admin: Option<SocketAddr>,
     listener: Option<SocketAddr>,
     http: reqwest::Client,
+    // Last, so that Envoy has stopped before its directory goes.
+    dir: WorkDir,
 }
 
 impl std::fmt::Debug for Envoy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Envoy")
             .field("label", &self.label)
-            .field("dir", &self.dir)
+            .field("dir", &self.dir.path())
+            .field("pid", &self.proc.pid())
             .field("admin", &self.admin)
             .field("listener", &self.listener)
             .finish()
     }
 }
 
-fn work_dir(label: &str) -> anyhow::Result<PathBuf> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("podgate-e2e-{}-{n}-{label}", std::process::id()));
-    if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
 impl Envoy {
+    /// What an Envoy on `bootstrap_yaml` is started with (one worker, log level `info`, no
+    /// wrapper, unless the builder says otherwise). `bootstrap_yaml` should bind the admin and
+    /// the listeners to port 0 on loopback (see `Bootstrap::ephemeral_ports`); JSON is YAML too.
+    pub fn builder(label: &str, bootstrap_yaml: &str) -> EnvoyBuilder {
+        EnvoyBuilder {
+            label: label.to_owned(),
+            bootstrap: bootstrap_yaml.to_owned(),
+            binary: None,
+            concurrency: 1,
+            log_level: "info".to_owned(),
+            wrapper: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
     /// Starts Envoy on `bootstrap_yaml` and waits until it is ready; an Envoy that exits or
     /// does not become ready in time is an error carrying its log.
     pub async fn start(
@@ -104,60 +95,17 @@ impl Envoy {
         bootstrap_yaml: &str,
         concurrency: u32,
     ) -> anyhow::Result<Envoy> {
-        let mut envoy = Envoy::spawn(label, bootstrap_yaml, concurrency)?;
-        match envoy.wait_ready(READY_TIMEOUT).await? {
-            Readiness::Ready => Ok(envoy),
-            Readiness::Exited(code) => Err(anyhow!(
-                "Envoy `{label}` exited with status {code} before it was ready; its log:\n{}",
-                envoy.log_tail()
-            )),
-        }
+        Envoy::builder(label, bootstrap_yaml)
+            .concurrency(concurrency)
+            .start()
+            .await
     }
 
-    /// Starts Envoy without waiting for it. `bootstrap_yaml` should bind the admin and the
-    /// listeners to port 0 on loopback (see `Bootstrap::ephemeral_ports`).
+    /// Starts Envoy without waiting for it.
     pub fn spawn(label: &str, bootstrap_yaml: &str, concurrency: u32) -> anyhow::Result<Envoy> {
-        let binary = envoy_binary()?;
-        let dir = work_dir(label)?;
-        if std::env::var_os("PODGATE_E2E_KEEP").is_some() {
-            File::create(dir.join("keep"))?;
-        }
-        let config = dir.join("bootstrap.yaml");
-        fs::write(&config, bootstrap_yaml)
-            .with_context(|| format!("writing {}", config.display()))?;
-        let log = File::create(dir.join("envoy.log"))?;
-        let watchdog = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("podgate-envoy-watchdog")
-            .arg(&dir)
-            .arg(&binary)
-            .arg("-c")
-            .arg(&config)
-            .args(["--concurrency", &concurrency.to_string()])
-            .arg("--use-dynamic-base-id")
-            .arg("--admin-address-path")
-            .arg(dir.join("admin-address"))
-            .args(["--log-level", "info", "--drain-time-s", "1"])
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+        Envoy::builder(label, bootstrap_yaml)
+            .concurrency(concurrency)
             .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut envoy = Envoy {
-            label: label.to_owned(),
-            watchdog,
-            lifeline: None,
-            dir,
-            admin: None,
-            listener: None,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(5))
-                .build()?,
-        };
-        envoy.lifeline = envoy.watchdog.stdin.take();
-        Ok(envoy)
     }
 
     /// Waits until the admin `/ready` says `LIVE`, or Envoy exits, for at most `timeout`.
@@ -168,7 +116,7 @@ impl Envoy {
                 return Ok(Readiness::Exited(code));
             }
             if self.admin.is_none() {
-                self.admin = read_admin_address(&self.dir.join("admin-address"));
+                self.admin = read_admin_address(&self.dir.path().join("admin-address"));
             }
             if let Some(admin) = self.admin {
                 let ready = self.http.get(format!("http://{admin}/ready")).send().await;
@@ -199,7 +147,7 @@ impl Envoy {
         let deadline = Instant::now() + timeout;
         loop {
             if self.admin.is_none() {
-                self.admin = read_admin_address(&self.dir.join("admin-address"));
+                self.admin = read_admin_address(&self.dir.path().join("admin-address"));
             }
             if let Some(admin) = self.admin {
                 return Ok(admin);
@@ -224,8 +172,12 @@ impl Envoy {
 
     /// Envoy's exit status, once it has exited.
     pub fn exit_status(&self) -> Option<i32> {
-        let text = fs::read_to_string(self.dir.join("exit")).ok()?;
-        text.trim().parse().ok()
+        self.proc.exit_status()
+    }
+
+    /// Envoy's own pid (for its CPU time and memory in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     /// The admin address (after `wait_ready`).
@@ -298,59 +250,145 @@ impl Envoy {
 
     /// The work directory (bootstrap, log, admin address).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// Envoy's whole log so far (stderr and the access log on stdout).
     pub fn log(&self) -> String {
-        fs::read(self.dir.join("envoy.log"))
+        fs::read(self.dir.path().join("envoy.log"))
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_default()
     }
 
     /// The end of the log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = self.log();
-        let mut start = log.len().saturating_sub(LOG_TAIL_BYTES);
-        while !log.is_char_boundary(start) {
-            start += 1;
-        }
         format!(
             "--- {} (work dir {}) ---\n{}",
             self.label,
-            self.dir.display(),
-            &log[start..]
+            self.dir.path().display(),
+            tail(&self.log(), LOG_TAIL_BYTES)
         )
     }
 
-    /// Stops Envoy now and waits (bounded) for it to be gone.
+    /// Stops Envoy now (SIGTERM) and waits (bounded) for it to be gone.
     pub fn stop(&mut self) {
         if std::thread::panicking() {
             // Keep the bootstrap and the log of a failed test.
-            if File::create(self.dir.join("keep")).is_ok() {
-                eprintln!(
-                    "podgate e2e: kept Envoy `{}` files in {}",
-                    self.label,
-                    self.dir.display()
-                );
-            }
+            self.dir.keep(&format!("Envoy `{}`", self.label));
         }
-        drop(self.lifeline.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.watchdog.try_wait(), Ok(Some(_)) | Err(_)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.watchdog.kill();
-        let _ = self.watchdog.wait();
+        self.proc.finish();
     }
 }
 
 impl Drop for Envoy {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What an [`Envoy`] is started with; see [`Envoy::builder`].
+#[derive(Debug, Clone)]
+pub struct EnvoyBuilder {
+    label: String,
+    bootstrap: String,
+    binary: Option<PathBuf>,
+    concurrency: u32,
+    log_level: String,
+    wrapper: Vec<OsString>,
+    args: Vec<OsString>,
+}
+
+impl EnvoyBuilder {
+    /// The Envoy binary (default: [`envoy_binary`]).
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// `--concurrency`: worker threads.
+    pub fn concurrency(mut self, workers: u32) -> Self {
+        self.concurrency = workers;
+        self
+    }
+
+    /// `--log-level` (`info` unless set).
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.to_owned();
+        self
+    }
+
+    /// A command Envoy runs under, e.g. `["taskset", "-c", "0"]` to pin it to CPU 0. The wrapper
+    /// must `exec` Envoy (as `taskset`, `nice` and `env` do), so that [`Envoy::pid`] is Envoy's.
+    pub fn wrapper<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, command: I) -> Self {
+        self.wrapper = command.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// More of Envoy's command-line options (`--base-id`, ...).
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Starts Envoy without waiting for it.
+    pub fn spawn(self) -> anyhow::Result<Envoy> {
+        let binary = match &self.binary {
+            Some(path) => path.clone(),
+            None => envoy_binary()?,
+        };
+        let dir = WorkDir::new("podgate-e2e", &self.label)?;
+        let config = dir.path().join("bootstrap.yaml");
+        fs::write(&config, &self.bootstrap)
+            .with_context(|| format!("writing {}", config.display()))?;
+        let log = fs::File::create(dir.path().join("envoy.log"))?;
+        let mut command: Vec<OsString> = self.wrapper.clone();
+        command.push(binary.clone().into());
+        command.extend([
+            "-c".into(),
+            config.into(),
+            "--concurrency".into(),
+            self.concurrency.to_string().into(),
+            "--use-dynamic-base-id".into(),
+            "--admin-address-path".into(),
+            dir.path().join("admin-address").into(),
+            "--log-level".into(),
+            self.log_level.clone().into(),
+            "--drain-time-s".into(),
+            "1".into(),
+        ]);
+        command.extend(self.args.iter().cloned());
+        let program = PathBuf::from(command.remove(0));
+        let proc = Supervised::spawn(dir.path(), &program, &command, |c| {
+            if let Ok(out) = log.try_clone() {
+                c.stdout(out);
+            }
+            c.stderr(log);
+        })?;
+        Ok(Envoy {
+            label: self.label,
+            proc,
+            admin: None,
+            listener: None,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+            dir,
+        })
+    }
+
+    /// Starts Envoy and waits until it is ready; an Envoy that exits or does not become ready
+    /// in time is an error carrying its log.
+    pub async fn start(self) -> anyhow::Result<Envoy> {
+        let label = self.label.clone();
+        let mut envoy = self.spawn()?;
+        match envoy.wait_ready(READY_TIMEOUT).await? {
+            Readiness::Ready => Ok(envoy),
+            Readiness::Exited(code) => Err(anyhow!(
+                "Envoy `{label}` exited with status {code} before it was ready; its log:\n{}",
+                envoy.log_tail()
+            )),
+        }
     }
 }
 

@@ -2,8 +2,13 @@
 //! exists once:
 //!
 //! - [`envoy`]: a real Envoy (binary from `PODGATE_ENVOY` or `<workspace>/.venv/bin/envoy`),
-//!   started on a bootstrap given as text, with its admin port, a wait until it is ready, its
-//!   log kept when a test fails, and stopped for sure when dropped;
+//!   started on a bootstrap given as text (optionally under a wrapper such as `taskset`), with
+//!   its admin port, its own pid, a wait until it is ready, its log kept when a test fails, and
+//!   stopped for sure when dropped;
+//! - [`podgate`]: the `podgate serve` binary on its own work directory (SQLite by default),
+//!   with a wait until `/readyz` answers (or its port opens), kill, SIGTERM and restart;
+//! - [`process`]: what both launchers stand on: a watchdog that stops the program when its
+//!   handle is dropped or the test process dies, and work directories removed likewise;
 //! - [`fake_pod`]: a pod stand-in that records every request and connection it accepts, echoes
 //!   WebSocket messages and answers with JSON describing what it received;
 //! - [`http`]: one HTTP/1.1 exchange written by hand on a fresh connection (for requests a
@@ -12,9 +17,12 @@
 pub mod envoy;
 pub mod fake_pod;
 pub mod http;
+pub mod podgate;
+pub mod process;
 
-pub use envoy::{envoy_binary, Envoy, Readiness};
+pub use envoy::{envoy_binary, Envoy, EnvoyBuilder, Readiness};
 pub use fake_pod::{FakePod, Recorded};
+pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
 
 use std::path::{Path, PathBuf};
 

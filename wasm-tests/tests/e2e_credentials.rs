@@ -10,37 +10,16 @@
 use std::time::Duration;
 
 use podgate_protocol::token::{self, PodClaims, SigningKey, TokenKind};
-use podgate_wasm_tests::e2e::client::Answer;
 use podgate_wasm_tests::e2e::fixture::{impostor_key, now, USER};
-use podgate_wasm_tests::e2e::{block_on, public_host, EnvoyClient, SharedStack, Turn};
+use podgate_wasm_tests::e2e::{block_on, Turn};
 
-const PORT: u16 = 8726;
+mod e2e_shared;
+use e2e_shared::{alpha_host, only_request, send, turn, PORT};
+
 const COOKIE: &str = "podgate_cap";
 const MISSES: &str = "wasmcustom.podgate.token_cache.misses";
 const API_TOKEN: &str =
     "pg_0123456789abcdef01234567_abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuvwx";
-
-async fn turn() -> Turn<'static> {
-    SharedStack::turn().await.unwrap()
-}
-
-async fn send(builder: reqwest::RequestBuilder) -> Answer {
-    EnvoyClient::send(builder).await.unwrap()
-}
-
-fn alpha_host() -> String {
-    public_host(PORT, "alpha")
-}
-
-/// The one request alpha received, after checking no other upstream got anything.
-fn only_request(stack: &Turn<'_>) -> podgate_wasm_tests::e2e::Recorded {
-    let requests = stack.alpha.requests();
-    assert_eq!(requests.len(), 1, "{}", stack.describe());
-    for other in [stack.beta, stack.gamma, &stack.control_plane] {
-        assert!(other.untouched(), "{}", stack.describe());
-    }
-    requests.into_iter().next().unwrap()
-}
 
 /// Asserts no header the pod got carries any of `tokens` or anything that looks like ours.
 fn assert_no_trace(seen: &podgate_wasm_tests::e2e::Recorded, tokens: &[&str], what: &str) {
@@ -137,7 +116,7 @@ fn planted_cookies_never_lock_out_the_real_one_and_none_reaches_the_pod() {
             )
             .await;
             assert_eq!(answer.status, 200, "{count} planted: {}", answer.body);
-            let seen = only_request(&stack);
+            let seen = only_request(&stack, stack.alpha);
             assert_eq!(seen.header("x-podgate-user"), Some(USER));
             assert_eq!(
                 seen.header_all("cookie"),
@@ -185,7 +164,7 @@ fn forgeries_after_the_real_cookie_cost_two_signatures_a_request_then_it_wins() 
         )
         .await;
         assert_eq!(answer.status, 200, "{}", answer.body);
-        let seen = only_request(&stack);
+        let seen = only_request(&stack, stack.alpha);
         assert!(!seen.has_header("cookie"), "{seen:?}");
         assert_eq!(signatures(&stack).await - before, 7);
     });
@@ -209,7 +188,7 @@ fn duplicates_in_several_cookie_headers_are_checked_once_and_all_stripped() {
         )
         .await;
         assert_eq!(answer.status, 200, "{}", answer.body);
-        let seen = only_request(&stack);
+        let seen = only_request(&stack, stack.alpha);
         assert_eq!(seen.header_all("cookie"), vec!["a=1; b=2"]);
         assert_no_trace(&seen, &[&real, &forged], "duplicates");
         assert_eq!(signatures(&stack).await - before, 2);
@@ -258,7 +237,7 @@ fn our_tokens_in_authorization_never_reach_the_pod_in_any_form() {
                     let answer = send(request.header("authorization", &form)).await;
                     if well_formed {
                         assert_eq!(answer.status, 200, "{form:.50}: {}", answer.body);
-                        let seen = only_request(&stack);
+                        let seen = only_request(&stack, stack.alpha);
                         assert!(!seen.has_header("authorization"), "{form:.50}");
                         assert_eq!(seen.header("x-podgate-user"), Some(USER));
                         assert_no_trace(&seen, &[ours, &auth], &form);
@@ -310,7 +289,7 @@ fn the_apps_own_authorization_passes_untouched() {
             )
             .await;
             assert_eq!(answer.status, 200, "{value}: {}", answer.body);
-            let seen = only_request(&stack);
+            let seen = only_request(&stack, stack.alpha);
             assert_eq!(seen.header_all("authorization"), vec![value]);
         }
     });
@@ -346,7 +325,7 @@ fn the_pods_cookie_header_is_byte_exact_unless_a_pair_is_named_ours() {
             )
             .await;
             assert_eq!(answer.status, 200, "{cookie:?}: {}", answer.body);
-            let seen = only_request(&stack);
+            let seen = only_request(&stack, stack.alpha);
             let expected = stripped.unwrap_or_else(|| cookie.clone());
             assert_eq!(
                 seen.header_all("cookie"),

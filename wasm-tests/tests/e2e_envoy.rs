@@ -16,25 +16,14 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use podgate_wasm_tests::e2e::client::Answer;
 use podgate_wasm_tests::e2e::fixture::{impostor_key, now, EMAIL, USER};
 use podgate_wasm_tests::e2e::{
-    block_on, public_host, upstream_host, Bootstrap, EnvoyClient, FakePod, Readiness, SharedStack,
-    Turn, WsOutcome,
+    block_on, public_host, upstream_host, Bootstrap, EnvoyClient, FakePod, Readiness, Turn,
+    WsOutcome,
 };
 use podgate_wasm_tests::e2e::{bootstrap::filter_wasm, Envoy};
 use tokio_tungstenite::tungstenite::Message;
 
-const PORT: u16 = 8726;
-
-async fn turn() -> Turn<'static> {
-    SharedStack::turn().await.unwrap()
-}
-
-async fn send(builder: reqwest::RequestBuilder) -> Answer {
-    EnvoyClient::send(builder).await.unwrap()
-}
-
-fn alpha_host() -> String {
-    public_host(PORT, "alpha")
-}
+mod e2e_shared;
+use e2e_shared::{alpha_host, only_request, send, turn, PORT};
 
 /// Asserts that no upstream (pod or control plane) saw a connection or a request.
 fn assert_nothing_forwarded(stack: &Turn<'_>, what: &str) {
@@ -62,18 +51,6 @@ fn assert_denied(stack: &Turn<'_>, answer: &Answer, status: u16, what: &str) {
         answer.body
     );
     assert_nothing_forwarded(stack, what);
-}
-
-/// The one request `pod` received, after checking nothing else got anything.
-fn only_request(stack: &Turn<'_>, pod: &FakePod) -> podgate_wasm_tests::e2e::Recorded {
-    let requests = pod.requests();
-    assert_eq!(requests.len(), 1, "{}", stack.describe());
-    for other in [stack.alpha, stack.beta, stack.gamma, &stack.control_plane] {
-        if other.name() != pod.name() {
-            assert!(other.untouched(), "{}", stack.describe());
-        }
-    }
-    requests.into_iter().next().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

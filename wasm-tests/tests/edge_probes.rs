@@ -18,24 +18,17 @@ use std::time::{Duration, Instant};
 use podgate_protocol::config::CLIENT_FORWARDING_HEADERS;
 use podgate_wasm_tests::e2e::bootstrap::filter_wasm;
 use podgate_wasm_tests::e2e::{
-    block_on, public_host, upstream_host, Bootstrap, Envoy, FakePod, Minter, Recorded, SharedStack,
-    Turn,
+    block_on, public_host, upstream_host, Bootstrap, Envoy, FakePod, Minter, Turn,
 };
 use serde_json::json;
 use serde_yaml::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-const PORT: u16 = 8726;
+mod e2e_shared;
+use e2e_shared::{alpha_host, only_request_to, turn, PORT};
+
 const RAW_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn alpha_host() -> String {
-    public_host(PORT, "alpha")
-}
-
-async fn turn() -> Turn<'static> {
-    SharedStack::turn().await.unwrap()
-}
 
 // ---------------------------------------------------------------------------------------------
 // A raw HTTP/1.1 exchange
@@ -143,18 +136,6 @@ async fn assert_refused_by_envoy(
         before,
         "{what}: Envoy sent it upstream"
     );
-}
-
-/// The one request `upstream` received, after checking nothing else got anything.
-fn only_request_to(stack: &Turn<'_>, upstream: &FakePod, what: &str) -> Recorded {
-    let requests = upstream.requests();
-    assert_eq!(requests.len(), 1, "{what}:\n{}", stack.describe());
-    for other in [stack.alpha, stack.beta, stack.gamma, &stack.control_plane] {
-        if other.name() != upstream.name() {
-            assert!(other.untouched(), "{what}:\n{}", stack.describe());
-        }
-    }
-    requests.into_iter().next().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,13 +10,15 @@
 //! bucket (429 when empty; `crate::limits`). `last_used_at` is written at most once a minute per
 //! token.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::{ApiError, ApiResult};
-use crate::keys::random_bytes;
-use crate::store::User;
-use crate::AppState;
+use crate::keys::{random_bytes, KeyringError};
+use crate::limits::{Limited, RateLimiter};
+use crate::store::{Db, User};
 
 /// How often `last_used_at` of one token is written at most.
 pub const LAST_USED_EVERY_SECS: i64 = 60;
@@ -73,7 +75,7 @@ pub fn token_hash(token: &str) -> String {
 }
 
 /// A fresh `(id, token)`.
-pub fn generate() -> ApiResult<(String, String)> {
+pub fn generate() -> Result<(String, String), KeyringError> {
     let id: [u8; ID_HEX_LEN / 2] = random_bytes()?;
     let secret: [u8; 32] = random_bytes()?;
     let id = hex::encode(id);
@@ -81,36 +83,76 @@ pub fn generate() -> ApiResult<(String, String)> {
     Ok((id, token))
 }
 
-/// Checks an API token: `Ok(Ok((user, id)))` accepted, `Ok(Err(reason))` refused, `Err` for
-/// our failures and the rate limit (429).
+/// What checking a presented API token found.
+#[derive(Debug)]
+pub enum ApiTokenCheck {
+    /// Valid: the token's owner and the token's id.
+    Accepted { user: User, id: String },
+    /// Malformed, unknown, revoked or expired: the reason, for the client.
+    Refused(String),
+}
+
+/// Why an API token could not be checked at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiTokenError {
+    /// This client has no failed attempt left; it may retry after the wait.
+    #[error("too many failed API-token attempts; retry in {} s", .0.retry_after_secs)]
+    TooManyFailures(Limited),
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
+
+/// When `last_used_at` was last written per token by this process, so it is written at most
+/// once every [`LAST_USED_EVERY_SECS`] per token.
+#[derive(Debug, Default)]
+pub struct LastUseWrites {
+    touched: Mutex<HashMap<String, i64>>,
+}
+
+impl LastUseWrites {
+    /// Whether `last_used_at` of token `id` should be written now (the row's own value is
+    /// checked too by the caller).
+    pub fn should_touch(&self, id: &str, now: i64) -> bool {
+        let Ok(mut map) = self.touched.lock() else {
+            return false;
+        };
+        if map.len() > 100_000 {
+            map.retain(|_, t| now - *t < LAST_USED_EVERY_SECS);
+        }
+        match map.get(id) {
+            Some(t) if now - *t < LAST_USED_EVERY_SECS => false,
+            _ => {
+                map.insert(id.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+/// Checks an API token presented by `client`. A refusal drains the client's bucket in
+/// `failures`; an empty bucket refuses before the token is even looked at.
 pub async fn verify(
-    state: &AppState,
+    db: &Db,
+    failures: &RateLimiter,
+    last_use: &LastUseWrites,
     token: &str,
     client: &str,
     now: i64,
-) -> ApiResult<Result<(User, String), String>> {
-    let v = state.verifiers();
-    let limiter = &state.limits().api_token_failures;
-    if let Err(limited) = limiter.check(client) {
+) -> Result<ApiTokenCheck, ApiTokenError> {
+    if let Err(limited) = failures.check(client) {
         tracing::warn!(client, "too many failed API-token attempts");
-        let wait = limited.retry_after_secs;
-        return Err(ApiError::TooManyRequests {
-            message: format!(
-                "too many failed API-token attempts from this address; wait {wait} s and retry with a valid token"
-            ),
-            retry_after_secs: wait,
-        });
+        return Err(ApiTokenError::TooManyFailures(limited));
     }
     let refused = |msg: &str| {
-        limiter.fail(client);
-        Ok(Err(msg.to_owned()))
+        failures.fail(client);
+        Ok(ApiTokenCheck::Refused(msg.to_owned()))
     };
     const INVALID: &str =
         "the API token is not valid; create one with POST /api/proxy-tokens while signed in";
     let Some((id, _)) = parse(token) else {
         return refused(INVALID);
     };
-    let Some((row, user)) = state.db().api_token_with_user(id).await? else {
+    let Some((row, user)) = db.api_token_with_user(id).await? else {
         return refused(INVALID);
     };
     let presented = token_hash(token);
@@ -129,12 +171,12 @@ pub async fn verify(
     let stale = row
         .last_used_at
         .is_none_or(|t| now - t >= LAST_USED_EVERY_SECS);
-    if stale && v.should_touch(id, now) {
-        if let Err(e) = state.db().touch_api_token(id, now).await {
+    if stale && last_use.should_touch(id, now) {
+        if let Err(e) = db.touch_api_token(id, now).await {
             tracing::warn!(error = %e, token = id, "recording the API token's last use failed");
         }
     }
-    Ok(Ok((user, row.id)))
+    Ok(ApiTokenCheck::Accepted { user, id: row.id })
 }
 
 #[cfg(test)]

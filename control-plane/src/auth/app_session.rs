@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::http::{header, HeaderMap};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -88,11 +87,16 @@ impl AppSessionVerifier {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The main app's cookies of this request, as one `Cookie` header value, or `None`.
-    pub fn forwarded_cookies(&self, headers: &HeaderMap) -> Option<String> {
+    /// The prefix of the ids of users first seen through the main app's session.
+    pub fn user_prefix(&self) -> &str {
+        &self.cfg.user_prefix
+    }
+
+    /// The main app's cookies among a request's `Cookie` headers, as one `Cookie` header value,
+    /// or `None`.
+    pub fn forwarded_cookies(&self, cookie_headers: &[&str]) -> Option<String> {
         let mut out: Vec<&str> = Vec::new();
-        for h in headers.get_all(header::COOKIE) {
-            let Ok(h) = h.to_str() else { continue };
+        for h in cookie_headers {
             for pair in h.split(';') {
                 let pair = pair.trim();
                 let Some((name, value)) = pair.split_once('=') else {
@@ -109,8 +113,11 @@ impl AppSessionVerifier {
 
     /// Asks the main app who this session is. `Ok(None)` when the request carries none of the
     /// app's cookies.
-    pub async fn verify(&self, headers: &HeaderMap) -> Result<Option<AppUser>, AppSessionError> {
-        let Some(cookies) = self.forwarded_cookies(headers) else {
+    pub async fn verify(
+        &self,
+        cookie_headers: &[&str],
+    ) -> Result<Option<AppUser>, AppSessionError> {
+        let Some(cookies) = self.forwarded_cookies(cookie_headers) else {
             return Ok(None);
         };
         let key: [u8; 32] = Sha256::digest(cookies.as_bytes()).into();
@@ -254,24 +261,15 @@ mod tests {
     #[test]
     fn forwards_only_the_apps_cookies() {
         let v = verifier();
-        let mut h = HeaderMap::new();
-        h.append(
-            header::COOKIE,
-            "podgate_session=abc; next-auth.session-token=tok; other=1"
-                .parse()
-                .unwrap(),
-        );
-        h.append(
-            header::COOKIE,
-            "__Secure-next-auth.session-token.0=a; __Secure-next-auth.session-token.1=b; next-auth.session-tokenX=no"
-                .parse()
-                .unwrap(),
-        );
+        let headers = [
+            "podgate_session=abc; next-auth.session-token=tok; other=1",
+            "__Secure-next-auth.session-token.0=a; __Secure-next-auth.session-token.1=b; next-auth.session-tokenX=no",
+        ];
         assert_eq!(
-            v.forwarded_cookies(&h).unwrap(),
+            v.forwarded_cookies(&headers).unwrap(),
             "next-auth.session-token=tok; __Secure-next-auth.session-token.0=a; __Secure-next-auth.session-token.1=b"
         );
-        assert_eq!(v.forwarded_cookies(&HeaderMap::new()), None);
+        assert_eq!(v.forwarded_cookies(&[]), None);
     }
 
     #[test]

@@ -1,18 +1,24 @@
-//! Who the user is. [`current_user`] is the one place that answers it; today it knows the
-//! control plane's own session cookie (set by the dev login), and identity providers and API
-//! tokens plug in here later without the endpoints changing.
+//! Who the user is by the control plane's own session cookie (set by the dev login): the
+//! session's hash is stored, never the cookie's value. `verify::identify` asks here in its turn.
 
-use axum::http::{header, HeaderMap};
 use podgate_protocol::cookie::find_all;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, ApiResult};
-use crate::keys::random_bytes;
-use crate::store::{now_unix, User};
-use crate::AppState;
+use crate::keys::{random_bytes, KeyringError};
+use crate::store::{now_unix, Db, User};
 
 /// How many copies of our session cookie we look at (a browser may send several).
 const MAX_SESSION_CANDIDATES: usize = 4;
+
+/// Why a session could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The operating system gave no randomness for the session's secret.
+    #[error(transparent)]
+    Random(#[from] KeyringError),
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
 
 fn session_hash(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
@@ -30,28 +36,33 @@ pub fn session_id_of_cookie(value: &str) -> String {
     session_id(&session_hash(value))
 }
 
-/// The signed-in user of this request, read fresh from the database, or `None`.
-pub async fn current_user(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<User>> {
-    Ok(current_session(state, headers).await?.map(|(user, _)| user))
+/// The user of the first live session named by a `session_cookie` pair in `cookie_headers`
+/// (the request's `Cookie` headers), read fresh from the database, or `None`.
+pub async fn current_user(
+    db: &Db,
+    session_cookie: &str,
+    cookie_headers: &[&str],
+) -> Result<Option<User>, sqlx::Error> {
+    Ok(current_session(db, session_cookie, cookie_headers)
+        .await?
+        .map(|(user, _)| user))
 }
 
-/// The signed-in user of this request and the id (`sid`) of their session, or `None`.
+/// [`current_user`], with the id (`sid`) of the session that named them.
 pub async fn current_session(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> ApiResult<Option<(User, String)>> {
+    db: &Db,
+    session_cookie: &str,
+    cookie_headers: &[&str],
+) -> Result<Option<(User, String)>, sqlx::Error> {
     let now = now_unix();
-    for cookie_header in headers.get_all(header::COOKIE) {
-        let Ok(cookie_header) = cookie_header.to_str() else {
-            continue;
-        };
-        for value in find_all(cookie_header, state.session_cookie()).take(MAX_SESSION_CANDIDATES) {
+    for cookie_header in cookie_headers {
+        for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
             // Our values are 64 hex characters; anything else is not ours.
             if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
                 continue;
             }
             let id_hash = session_hash(value);
-            if let Some(user) = state.db().session_user(&id_hash, now).await? {
+            if let Some(user) = db.session_user(&id_hash, now).await? {
                 return Ok(Some((user, session_id(&id_hash))));
             }
         }
@@ -59,37 +70,52 @@ pub async fn current_session(
     Ok(None)
 }
 
-/// Starts a session for `user`; returns the session cookie's value.
-pub async fn start_session(state: &AppState, user: &User) -> ApiResult<String> {
-    let secret: [u8; 32] = random_bytes().map_err(|e| ApiError::internal(e.to_string()))?;
+/// Starts a session of `lifetime_secs` for `user`; returns the session cookie's value.
+pub async fn start_session(
+    db: &Db,
+    lifetime_secs: u64,
+    user: &User,
+) -> Result<String, SessionError> {
+    let secret: [u8; 32] = random_bytes()?;
     let value = hex::encode(secret);
     let now = now_unix();
-    let lifetime = state.config().session_lifetime;
-    state
-        .db()
-        .create_session(&session_hash(&value), &user.id, now, now + lifetime as i64)
-        .await?;
+    db.create_session(
+        &session_hash(&value),
+        &user.id,
+        now,
+        now + lifetime_secs as i64,
+    )
+    .await?;
     Ok(value)
 }
 
-/// Ends every session of ours this request's cookies name.
-pub async fn end_sessions(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    ended_sessions(state, headers).await.map(|_| ())
+/// Ends every session named by a `session_cookie` pair in `cookie_headers`.
+pub async fn end_sessions(
+    db: &Db,
+    session_cookie: &str,
+    cookie_headers: &[&str],
+) -> Result<(), sqlx::Error> {
+    ended_sessions(db, session_cookie, cookie_headers)
+        .await
+        .map(|_| ())
 }
 
-/// Ends every live session of ours this request's cookies name; returns their ids (`sid`).
-pub async fn ended_sessions(state: &AppState, headers: &HeaderMap) -> ApiResult<Vec<String>> {
+/// Ends every session named by a `session_cookie` pair in `cookie_headers`; returns the ids
+/// (`sid`) of those that were live.
+pub async fn ended_sessions(
+    db: &Db,
+    session_cookie: &str,
+    cookie_headers: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
     let now = now_unix();
     let mut ended = Vec::new();
-    for cookie_header in headers.get_all(header::COOKIE) {
-        if let Ok(h) = cookie_header.to_str() {
-            for value in find_all(h, state.session_cookie()).take(MAX_SESSION_CANDIDATES) {
-                let id_hash = session_hash(value);
-                if state.db().session_user(&id_hash, now).await?.is_some() {
-                    ended.push(session_id(&id_hash));
-                }
-                state.db().delete_session(&id_hash).await?;
+    for cookie_header in cookie_headers {
+        for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
+            let id_hash = session_hash(value);
+            if db.session_user(&id_hash, now).await?.is_some() {
+                ended.push(session_id(&id_hash));
             }
+            db.delete_session(&id_hash).await?;
         }
     }
     Ok(ended)

@@ -17,20 +17,14 @@
 //! People seen for the first time through an OIDC issuer or the main app's session are created
 //! just in time, linked by (verifier, subject) in `user_identities`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 
+use crate::auth::api_tokens::{ApiTokenCheck, ApiTokenError, LastUseWrites};
 use crate::auth::app_session::{AppSessionError, AppSessionVerifier};
 use crate::auth::oidc::{OidcError, OidcVerifier};
 use crate::config::Config;
-use crate::error::{ApiError, ApiResult};
-use crate::store::{now_unix, User};
-use crate::AppState;
+use crate::limits::{Limited, RateLimiter};
+use crate::store::{now_unix, Db, User};
 
 /// Which credentials an endpoint takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,17 +104,14 @@ pub struct Outcome {
     pub rejection: Option<String>,
 }
 
-/// The verifiers' state: issuers' key caches, the main-app session cache (API-token failures
-/// are limited in `limits.rs`).
+/// The verifiers' state: issuers' key caches, the main-app session cache, and when each API
+/// token's last use was written (API-token failures are limited in `limits.rs`).
 #[derive(Debug)]
 pub struct Verifiers {
     pub oidc: OidcVerifier,
     pub app_session: Option<AppSessionVerifier>,
-    /// Last `last_used_at` write per API token (throttles the writes).
-    touched: Mutex<HashMap<String, i64>>,
+    pub api_token_uses: LastUseWrites,
 }
-
-pub use crate::auth::api_tokens::LAST_USED_EVERY_SECS;
 
 impl Verifiers {
     pub fn new(config: &Config) -> Result<Verifiers, String> {
@@ -132,87 +123,70 @@ impl Verifiers {
                 .clone()
                 .map(AppSessionVerifier::new)
                 .transpose()?,
-            touched: Mutex::new(HashMap::new()),
+            api_token_uses: LastUseWrites::default(),
         })
     }
-
-    /// Whether `last_used_at` of token `id` should be written now (at most once a minute per
-    /// token per process; the row's own value is checked too by the caller).
-    pub fn should_touch(&self, id: &str, now: i64) -> bool {
-        let Ok(mut map) = self.touched.lock() else {
-            return false;
-        };
-        if map.len() > 100_000 {
-            map.retain(|_, t| now - *t < LAST_USED_EVERY_SECS);
-        }
-        match map.get(id) {
-            Some(t) if now - *t < LAST_USED_EVERY_SECS => false,
-            _ => {
-                map.insert(id.to_owned(), now);
-                true
-            }
-        }
-    }
 }
 
-/// The client address for rate limits: the configured proxy header, else the TCP peer.
-#[derive(Debug, Clone)]
-pub struct ClientIp(pub String);
-
-impl FromRequestParts<AppState> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(client_ip(
-            state,
-            &parts.headers,
-            &parts.extensions,
-        )))
-    }
+/// What [`identify`] reads besides the request: the database, the verifiers, the limit of failed
+/// API-token attempts and the name of the control plane's session cookie.
+#[derive(Debug, Clone, Copy)]
+pub struct IdentifyContext<'a> {
+    pub db: &'a Db,
+    pub verifiers: &'a Verifiers,
+    pub api_token_failures: &'a RateLimiter,
+    pub session_cookie: &'a str,
 }
 
-pub fn client_ip(state: &AppState, headers: &HeaderMap, ext: &axum::http::Extensions) -> String {
-    if let Some(h) = &state.config().identity.client_ip_header {
-        if let Some(v) = headers.get(h.as_str()).and_then(|v| v.to_str().ok()) {
-            // A list (X-Forwarded-For): the last hop is the one the trusted proxy added.
-            if let Some(last) = v
-                .rsplit(',')
-                .next()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-            {
-                return last.chars().take(64).collect();
-            }
-        }
-    }
-    ext.get::<ConnectInfo<std::net::SocketAddr>>()
-        .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
+/// The credentials a request presents, read from its headers by the HTTP layer.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials<'a> {
+    /// The value of its `Authorization: Bearer` header, if any.
+    pub bearer: Option<&'a str>,
+    /// Its `Cookie` headers that are text, in order.
+    pub cookie_headers: Vec<&'a str>,
 }
 
-/// The bearer credential of a request, if any (one `Authorization: Bearer` header).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    for h in headers.get_all(header::COOKIE) {
-        if let Ok(h) = h.to_str() {
+impl<'a> Credentials<'a> {
+    /// The values of cookie `name`, at most four per header.
+    fn cookies(&self, name: &'a str) -> Vec<&'a str> {
+        let mut out = Vec::new();
+        for h in &self.cookie_headers {
             out.extend(podgate_protocol::cookie::find_all(h, name).take(4));
         }
+        out
     }
-    out
+}
+
+/// Why the caller could not be identified at all (a credential a verifier refuses is no error:
+/// it is [`Outcome::rejection`]).
+#[derive(Debug, thiserror::Error)]
+pub enum IdentifyError {
+    /// An identity provider's keys could not be fetched to check a token (try again).
+    #[error("{0}")]
+    ProviderUnavailable(String),
+    /// The main app's session endpoint failed or did not answer.
+    #[error("{0}")]
+    AppSessionFailed(String),
+    /// Too many failed API-token attempts from this client.
+    #[error("too many failed API-token attempts; retry in {} s", .0.retry_after_secs)]
+    TooManyApiTokenFailures(Limited),
+    /// A linked identity was not there right after it was linked.
+    #[error("a linked identity vanished")]
+    LinkVanished,
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
+
+impl From<ApiTokenError> for IdentifyError {
+    fn from(e: ApiTokenError) -> Self {
+        match e {
+            ApiTokenError::TooManyFailures(limited) => {
+                IdentifyError::TooManyApiTokenFailures(limited)
+            }
+            ApiTokenError::Store(e) => IdentifyError::Store(e),
+        }
+    }
 }
 
 fn reject(outcome: &mut Outcome, verifier: &str, msg: String) {
@@ -222,30 +196,40 @@ fn reject(outcome: &mut Outcome, verifier: &str, msg: String) {
     }
 }
 
-/// Tries the verifiers `accept` allows, in the defined order.
+/// Tries the verifiers `accept` allows on the credentials `client` presents, in the defined
+/// order.
 pub async fn identify(
-    state: &AppState,
-    headers: &HeaderMap,
+    ctx: &IdentifyContext<'_>,
+    credentials: &Credentials<'_>,
     client: &str,
     accept: Accept,
-) -> ApiResult<Outcome> {
+) -> Result<Outcome, IdentifyError> {
     let mut outcome = Outcome::default();
-    let v = state.verifiers();
+    let v = ctx.verifiers;
     let now = now_unix();
 
     if accept != Accept::Browser {
-        if let Some(token) = bearer(headers) {
+        if let Some(token) = credentials.bearer {
             if crate::auth::api_tokens::looks_like_api_token(token) {
                 // Under `Manage` the handler decides what a token may do (revoke itself only).
-                match crate::auth::api_tokens::verify(state, token, client, now).await? {
-                    Ok((user, id)) => {
+                let check = crate::auth::api_tokens::verify(
+                    ctx.db,
+                    ctx.api_token_failures,
+                    &v.api_token_uses,
+                    token,
+                    client,
+                    now,
+                )
+                .await?;
+                match check {
+                    ApiTokenCheck::Accepted { user, id } => {
                         outcome.identity = Some(Identity {
                             user,
                             via: Via::ApiToken { id },
                         });
                         return Ok(outcome);
                     }
-                    Err(msg) => reject(&mut outcome, "api-token", msg),
+                    ApiTokenCheck::Refused(msg) => reject(&mut outcome, "api-token", msg),
                 }
             } else if v.oidc.is_empty() {
                 reject(
@@ -258,7 +242,7 @@ pub async fn identify(
                     Ok(c) => {
                         let provider = c.verifier.trim_start_matches("oidc:").to_owned();
                         let user =
-                            provision(state, &c.verifier, &c.subject, c.email, &c.user_prefix)
+                            provision(ctx.db, &c.verifier, &c.subject, c.email, &c.user_prefix)
                                 .await?;
                         outcome.identity = Some(Identity {
                             user,
@@ -270,13 +254,21 @@ pub async fn identify(
                         return Ok(outcome);
                     }
                     Err(OidcError::Rejected(msg)) => reject(&mut outcome, "oidc", msg),
-                    Err(OidcError::Upstream(msg)) => return Err(ApiError::Unavailable(msg)),
+                    Err(OidcError::Upstream(msg)) => {
+                        return Err(IdentifyError::ProviderUnavailable(msg))
+                    }
                 }
             }
         }
     }
 
-    if let Some((user, sid)) = crate::auth::identity::current_session(state, headers).await? {
+    let session = crate::auth::identity::current_session(
+        ctx.db,
+        ctx.session_cookie,
+        &credentials.cookie_headers,
+    )
+    .await?;
+    if let Some((user, sid)) = session {
         outcome.identity = Some(Identity {
             user,
             via: Via::Session { sid },
@@ -285,11 +277,11 @@ pub async fn identify(
     }
 
     for (index, cookie) in v.oidc.cookies() {
-        for value in cookie_values(headers, cookie) {
+        for value in credentials.cookies(cookie) {
             match v.oidc.verify_for(index, value, now).await {
                 Ok(c) => {
                     let user =
-                        provision(state, &c.verifier, &c.subject, c.email, &c.user_prefix).await?;
+                        provision(ctx.db, &c.verifier, &c.subject, c.email, &c.user_prefix).await?;
                     outcome.identity = Some(Identity {
                         user,
                         via: Via::Oidc {
@@ -304,27 +296,22 @@ pub async fn identify(
                     &format!("oidc:{}", v.oidc.provider_name(index)),
                     msg,
                 ),
-                Err(OidcError::Upstream(msg)) => return Err(ApiError::Unavailable(msg)),
+                Err(OidcError::Upstream(msg)) => {
+                    return Err(IdentifyError::ProviderUnavailable(msg))
+                }
             }
         }
     }
 
     if let Some(app) = &v.app_session {
-        match app.verify(headers).await {
+        match app.verify(&credentials.cookie_headers).await {
             Ok(Some(u)) => {
-                let prefix = state
-                    .config()
-                    .identity
-                    .app_session
-                    .as_ref()
-                    .map_or("", |a| a.user_prefix.as_str())
-                    .to_owned();
                 let user = provision(
-                    state,
+                    ctx.db,
                     crate::auth::app_session::VERIFIER,
                     &u.subject,
                     u.email,
-                    &prefix,
+                    app.user_prefix(),
                 )
                 .await?;
                 outcome.identity = Some(Identity {
@@ -339,7 +326,7 @@ pub async fn identify(
             }
             Err(AppSessionError::Upstream(msg)) => {
                 tracing::warn!(verifier = crate::auth::app_session::VERIFIER, error = %msg, "the main app's session endpoint failed");
-                return Err(ApiError::BadGateway(msg));
+                return Err(IdentifyError::AppSessionFailed(msg));
             }
         }
     }
@@ -348,16 +335,19 @@ pub async fn identify(
 
 /// The signed-in browser user of a page flow, or `None` (rejections are logged and mean "not
 /// signed in": the browser goes to the login page).
-pub async fn browser_user(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<User>> {
-    Ok(browser_identity(state, headers).await?.map(|i| i.user))
+pub async fn browser_user(
+    ctx: &IdentifyContext<'_>,
+    credentials: &Credentials<'_>,
+) -> Result<Option<User>, IdentifyError> {
+    Ok(browser_identity(ctx, credentials).await?.map(|i| i.user))
 }
 
 /// [`browser_user`], with how they were recognised (their session, for the `sid` claim).
 pub async fn browser_identity(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> ApiResult<Option<Identity>> {
-    Ok(identify(state, headers, "", Accept::Browser)
+    ctx: &IdentifyContext<'_>,
+    credentials: &Credentials<'_>,
+) -> Result<Option<Identity>, IdentifyError> {
+    Ok(identify(ctx, credentials, "", Accept::Browser)
         .await?
         .identity)
 }
@@ -376,13 +366,12 @@ pub fn user_id_for(verifier: &str, subject: &str, prefix: &str) -> String {
 
 /// The user linked to `subject` at `verifier`, created on first sight.
 pub async fn provision(
-    state: &AppState,
+    db: &Db,
     verifier: &str,
     subject: &str,
     email: Option<String>,
     prefix: &str,
-) -> ApiResult<User> {
-    let db = state.db();
+) -> Result<User, IdentifyError> {
     if let Some(user) = db.identity_user(verifier, subject).await? {
         return Ok(user);
     }
@@ -395,7 +384,7 @@ pub async fn provision(
     let user = db
         .link_identity(verifier, subject, &candidate)
         .await?
-        .ok_or_else(|| ApiError::internal("a linked identity vanished"))?;
+        .ok_or(IdentifyError::LinkVanished)?;
     tracing::info!(user = %user.id, verifier, "first sign-in through this verifier: user linked");
     Ok(user)
 }

@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use crate::auth::api_tokens::{
     generate, parse, token_hash, DEFAULT_EXPIRES_IN_DAYS, MAX_EXPIRES_IN_DAYS, MAX_TOKENS_PER_USER,
 };
-use crate::auth::verify::{identify, Accept, ClientIp, Identity, Via};
-use crate::error::{error_response, ApiError, ApiResult, JsonBody, PathArgs};
+use crate::auth::verify::{identify, Accept, Identity, Via};
+use crate::http::error::{error_response, ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, single_params};
 use crate::store::{now_unix, ApiTokenRow};
 use crate::AppState;
@@ -74,9 +75,14 @@ async fn manager(
     headers: &HeaderMap,
     client: &str,
 ) -> Result<Identity, Response> {
-    let outcome = identify(state, headers, client, Accept::Manage)
-        .await
-        .map_err(IntoResponse::into_response)?;
+    let outcome = identify(
+        &state.identify_context(),
+        &credentials(headers),
+        client,
+        Accept::Manage,
+    )
+    .await
+    .map_err(|e| ApiError::from(e).into_response())?;
     let Some(identity) = outcome.identity else {
         let msg = outcome.rejection.unwrap_or_else(|| {
             "not signed in; sign in (control-plane session, ID token, or the main app's session) to manage API tokens".into()

@@ -10,10 +10,11 @@ use axum::{Json, Router};
 use podgate_protocol::token::TokenKind;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::verify::{identify, Accept, ClientIp};
+use crate::auth::verify::{identify, Accept};
 use crate::authz::authorize;
-use crate::error::{ApiError, ApiResult, JsonBody};
+use crate::http::error::{ApiError, ApiResult, JsonBody};
 use crate::http::limits::{self, Endpoint};
+use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, parse_target};
 use crate::mint::mint_in_session_for;
 use crate::AppState;
@@ -54,7 +55,13 @@ async fn capabilities(
 ) -> ApiResult<Response> {
     let addr = parse_target(Some(&req.pod), Some(&req.port.to_string()))?;
     // Every verifier: API tokens and ID tokens as bearer, then the browser's cookies.
-    let outcome = identify(&state, &headers, &client, Accept::Api).await?;
+    let outcome = identify(
+        &state.identify_context(),
+        &credentials(&headers),
+        &client,
+        Accept::Api,
+    )
+    .await?;
     let via = outcome.identity.as_ref().map_or_else(
         || "capabilities".to_owned(),
         |i| format!("capabilities/{}", i.via.label()),
@@ -83,7 +90,7 @@ async fn capabilities(
         Some(u) => authorize(state.db(), Some(u), &addr).await?,
     }
     let cap = mint_in_session_for(
-        &state,
+        &state.mint_context(),
         TokenKind::Capability,
         user.as_ref(),
         &addr,

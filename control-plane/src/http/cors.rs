@@ -12,7 +12,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::error_response;
+use crate::http::error::error_response;
 use crate::AppState;
 
 fn covered(path: &str) -> bool {

@@ -10,8 +10,9 @@ use podgate_protocol::redirect::safe_next;
 use serde_json::json;
 
 use crate::auth::identity::{end_sessions, start_session};
-use crate::error::{ApiError, ApiResult};
 use crate::http::cookies;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::request::cookie_headers;
 use crate::http::shared::{no_store, single_params};
 use crate::ids::check_id;
 use crate::store::{now_unix, User};
@@ -70,7 +71,8 @@ async fn dev_login(
         tracing::warn!(user = %user.id, "dev login created a user");
         user
     };
-    let cookie = cookies::session(&state, &start_session(&state, &user).await?);
+    let session = start_session(state.db(), state.config().session_lifetime, &user).await?;
+    let cookie = cookies::session(&state, &session);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
     let mut resp = match after_login(&state, params.get("next").map(String::as_str)) {
         Some(next) => {
@@ -93,7 +95,12 @@ async fn dev_login(
 
 /// `GET /dev/logout`: ends the session of this browser.
 async fn dev_logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    end_sessions(&state, &headers).await?;
+    end_sessions(
+        state.db(),
+        state.session_cookie(),
+        &cookie_headers(&headers),
+    )
+    .await?;
     let mut resp = Json(json!({ "signed_out": true })).into_response();
     let clear = cookies::clear_session(&state);
     resp.headers_mut().append(

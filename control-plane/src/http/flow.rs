@@ -15,9 +15,10 @@ use podgate_protocol::token::TokenKind;
 
 use crate::auth::verify::browser_identity;
 use crate::authz::authorize;
-use crate::error::{ApiError, ApiResult};
 use crate::http::cookies;
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
+use crate::http::request::credentials;
 use crate::http::shared::{no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
 use crate::mint::{mint_in_session_for, redeem_ticket, RedeemError, TicketRefusal};
@@ -91,7 +92,7 @@ async fn proxy_auth(
         )));
     }
     let next = safe_next(next);
-    let identity = browser_identity(&state, &headers).await?;
+    let identity = browser_identity(&state.identify_context(), &credentials(&headers)).await?;
     // The control-plane session, if that is how the user signed in: the ticket and its
     // capability carry its id, so signing out cuts them off.
     let sid = identity
@@ -110,7 +111,7 @@ async fn proxy_auth(
     }
 
     let ticket = mint_in_session_for(
-        &state,
+        &state.mint_context(),
         TokenKind::LoginTicket,
         user.as_ref(),
         &addr,
@@ -183,7 +184,8 @@ impl From<RedeemError> for CallbackFailure {
     fn from(e: RedeemError) -> Self {
         match e {
             RedeemError::Refused(r) => CallbackFailure::Refused(r),
-            RedeemError::Server(e) => CallbackFailure::Server(e),
+            RedeemError::Mint(e) => CallbackFailure::Server(e.into()),
+            RedeemError::Store(e) => CallbackFailure::Server(e.into()),
         }
     }
 }
@@ -241,7 +243,7 @@ async fn accept_ticket(
     let ticket = params
         .get("ticket")
         .ok_or(CallbackFailure::BadQuery("no ticket".into()))?;
-    let cap = redeem_ticket(state, addr, ticket).await?;
+    let cap = redeem_ticket(&state.mint_context(), addr, ticket).await?;
     Ok(cookies::capability(state, &cap.token))
 }
 

@@ -48,7 +48,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /.well-known/jwks.json`: the public capability keys (current and overlapping).
-async fn jwks(State(state): State<AppState>) -> Result<Response, crate::error::ApiError> {
+async fn jwks(State(state): State<AppState>) -> Result<Response, crate::http::error::ApiError> {
     let ring = state.keys()?;
     let mut resp = Json(&ring.public_jwks).into_response();
     resp.headers_mut().insert(

@@ -6,9 +6,9 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::verify::client_ip;
 use crate::config::limits::{MAX_HEADER_COUNT, MAX_PATH_LEN, MAX_QUERY_LEN};
-use crate::error::{error_response, ApiError};
+use crate::http::error::{error_response, ApiError};
+use crate::http::request::client_ip;
 use crate::limits::{Limited, Limiters, RateLimiter};
 use crate::AppState;
 

@@ -1,5 +1,6 @@
 //! The HTTP API: one module and `router()` per resource or flow, plus the layers every answer
-//! passes through (CORS, security headers).
+//! passes through (CORS, security headers), the one error answer and how the domain's errors
+//! become it (`error.rs`), and what handlers read from a request for the domain (`request.rs`).
 
 pub mod admin;
 pub mod api_tokens;
@@ -7,9 +8,11 @@ pub mod capabilities;
 pub mod cookies;
 pub mod cors;
 pub mod dev_login;
+pub mod error;
 pub mod flow;
 pub mod health;
 pub mod limits;
+pub mod request;
 pub mod security_headers;
 pub mod session;
 pub mod shared;

@@ -2,7 +2,7 @@
 //! `GET /auth/userinfo` (who is signed in).
 //!
 //! Signing out ends every control-plane session the request's cookies name and cuts off every
-//! capability minted for them (`cuts::cut_session`), on every pod host, at the next config push,
+//! capability minted for them (`crate::cuts::cut_session`), on every pod host, at the next config push,
 //! which this triggers. A pod host's `/.podgate/logout` (answered by the filter: it removes that
 //! host's capability cookie) redirects here.
 //!
@@ -21,8 +21,10 @@ use serde_json::json;
 
 use crate::auth::identity::ended_sessions;
 use crate::auth::verify::browser_identity;
-use crate::error::{ApiError, ApiResult};
+use crate::cuts::cut_session;
 use crate::http::cookies;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::request::{cookie_headers, credentials};
 use crate::http::shared::no_store;
 use crate::AppState;
 
@@ -46,9 +48,14 @@ fn wants_html(headers: &HeaderMap) -> bool {
 
 /// `GET|POST /auth/logout`: ends this browser's sessions and cuts off their capabilities.
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    let ended = ended_sessions(&state, &headers).await?;
+    let ended = ended_sessions(
+        state.db(),
+        state.session_cookie(),
+        &cookie_headers(&headers),
+    )
+    .await?;
     for sid in &ended {
-        crate::cuts::cut_session(&state, sid).await?;
+        cut_session(state.db(), state.config().capability_lifetime, sid).await?;
     }
     if !ended.is_empty() {
         tracing::info!(sessions = ended.len(), "signed out: capabilities cut off");
@@ -78,7 +85,9 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<
 
 /// `GET /auth/userinfo`: the signed-in user of this browser, or a 401.
 async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    let Some(identity) = browser_identity(&state, &headers).await? else {
+    let Some(identity) =
+        browser_identity(&state.identify_context(), &credentials(&headers)).await?
+    else {
         let mut resp = ApiError::Unauthorized(
             "not signed in; sign in through the login page, then retry".into(),
         )

@@ -9,7 +9,7 @@ use axum::response::Response;
 use podgate_protocol::host::{parse_port, validate_slug, PodAddr};
 
 use crate::config::limits::MAX_QUERY_LEN;
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 
 /// Parses a query string, refusing a second copy of any parameter in `names` (parameter
 /// pollution: `pod=a&pod=b` must not be read one way here and another way elsewhere). Other

@@ -14,10 +14,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use podgate_testkit::podgate::Podgate;
+use podgate_testkit::Readiness;
 use serde_json::{json, Value};
 
 pub const ADMIN_TOKEN: &str = "xds-live-admin-token-0123456789abcdef";
@@ -80,19 +82,7 @@ pub fn podgate_binary() -> PathBuf {
 
 /// Writes a new key-encryption key to `path` with `podgate keys gen-kek`; returns its id.
 pub fn make_kek(path: &Path) -> String {
-    let made = Command::new(podgate_binary())
-        .args(["keys", "gen-kek"])
-        .arg(path)
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let said = String::from_utf8_lossy(&made.stdout).into_owned();
-    said.split("key-encryption key ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no key id in {said:?}"))
-        .to_owned()
+    podgate_testkit::podgate::gen_kek(&podgate_binary(), path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub fn free_port() -> u16 {
@@ -112,167 +102,98 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// The control plane as a child process; killed (SIGKILL) on drop.
+/// The control plane as a child process (the test kit's launcher); killed (SIGKILL) on drop.
 pub struct ControlPlane {
-    pub dir: tempfile::TempDir,
     pub http: SocketAddr,
     pub xds: SocketAddr,
     pub envoy_port: u16,
-    pub extra_args: Vec<String>,
-    /// The key-encryption key file the signing keys are stored under (made by `podgate keys
-    /// gen-kek` at the first start when missing).
-    pub kek: PathBuf,
-    child: Option<Child>,
+    proc: Podgate,
     http_client: reqwest::Client,
 }
 
 impl ControlPlane {
+    /// `podgate serve` on a fresh SQLite database and key-encryption key (signing keys are
+    /// stored encrypted, as in production; a restart reads them back), logging to `podgate.log`;
+    /// waits for `/readyz`.
     pub async fn start(envoy_port: u16, extra_args: &[&str]) -> ControlPlane {
-        let dir = tempfile::tempdir().unwrap();
-        let kek = dir.path().join("kek");
-        let mut cp = ControlPlane {
-            dir,
-            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            xds: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let proc = Podgate::builder("xds-live", podgate_binary())
+            .listen(http)
+            .generate_kek()
+            .args(["--xds-listen", &xds.to_string()])
+            .args(["--admin-token", ADMIN_TOKEN, "--dev-mode"])
+            .args(["--issuer", &format!("http://{http}")])
+            .args(["--pod-public-port", &envoy_port.to_string()])
+            .arg("--filter-wasm")
+            .arg(filter_wasm())
+            .args(extra_args.iter().copied())
+            .env("RUST_LOG", "info,podgate_xds=info")
+            .env_remove("PODGATE_CONFIG")
+            .ready_timeout(Duration::from_secs(20))
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        ControlPlane {
+            http,
+            xds,
             envoy_port,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            kek,
-            child: None,
+            proc,
             http_client: client(),
-        };
-        cp.spawn().await;
-        cp
+        }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("podgate.log")).unwrap_or_default()
+        self.proc.log()
     }
 
-    /// `podgate serve` on this database, key-encryption key and ports, logging to `podgate.log`.
-    fn serve_command(&self) -> Command {
-        // Signing keys are stored encrypted, as in production; a restart reads them back.
-        if !self.kek.exists() {
-            make_kek(&self.kek);
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("podgate.log"))
-            .unwrap();
-        let mut command = Command::new(podgate_binary());
-        command
-            .arg("serve")
-            .args(["--listen", &self.http.to_string()])
-            .args(["--xds-listen", &self.xds.to_string()])
-            .arg("--database-url")
-            .arg(format!(
-                "sqlite://{}",
-                self.dir.path().join("podgate.db").display()
-            ))
-            .args(["--admin-token", ADMIN_TOKEN, "--dev-mode"])
-            .arg("--key-encryption-key-file")
-            .arg(&self.kek)
-            .args(["--issuer", &format!("http://{}", self.http)])
-            .args(["--pod-public-port", &self.envoy_port.to_string()])
-            .arg("--filter-wasm")
-            .arg(filter_wasm())
-            .args(&self.extra_args)
-            .env("RUST_LOG", "info,podgate_xds=info")
-            .env_remove("PODGATE_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        command
+    /// The work directory (database, key-encryption key, log).
+    pub fn dir(&self) -> &Path {
+        self.proc.dir()
+    }
+
+    /// The key-encryption key file the next start uses.
+    pub fn kek(&self) -> PathBuf {
+        self.proc.kek()
+    }
+
+    /// Starts the next run with the key-encryption key file `path`.
+    pub fn set_kek(&mut self, path: &Path) {
+        self.proc.set_flag("--key-encryption-key-file", path);
     }
 
     /// Starts `serve` expecting it to refuse to start; returns what it logged. Panics if it
     /// becomes ready or runs for 20 s.
     pub async fn serve_expecting_failure(&mut self) -> String {
-        assert!(self.child.is_none());
         let before = self.log().len();
-        let mut child = self.serve_command().spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
+        self.proc.respawn().unwrap();
+        match self.proc.wait_ready().await {
+            Ok(Readiness::Exited(code)) => assert_ne!(code, 0, "{}", self.log()),
+            ready => {
+                let _ = self.proc.kill();
+                panic!("podgate started ({ready:?}):\n{}", self.log());
             }
-            let ready = self
-                .http_client
-                .get(format!("http://{}/readyz", self.http))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready || Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("podgate started (ready: {ready}):\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert!(!status.success(), "{status}");
+        }
         self.log()[before..].to_owned()
     }
 
-    /// Starts the process (again, on the same database, key-encryption key and ports) and waits
+    /// Starts the process again (on the same database, key-encryption key and ports) and waits
     /// for `/readyz`.
     pub async fn spawn(&mut self) {
-        assert!(self.child.is_none());
-        let child = self.serve_command().spawn().unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = self
-                .http_client
-                .get(format!("http://{}/readyz", self.http))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("podgate exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "podgate not ready:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        self.proc.respawn().unwrap();
+        if let Err(e) = self.proc.wait_ready_or_fail().await {
+            panic!("{e:#}");
         }
     }
 
     /// SIGTERM, then the exit status and how long the graceful shutdown took.
-    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
-        let mut child = self.child.take().unwrap();
-        let start = Instant::now();
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status, start.elapsed());
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                panic!(
-                    "podgate did not stop within 10 s of SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn terminate(&mut self) -> (i32, Duration) {
+        self.proc.terminate().unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// SIGKILL: no graceful shutdown, like a crash.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.proc.kill().unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -368,7 +289,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        self.kill();
+        let _ = self.proc.kill();
     }
 }
 

@@ -17,17 +17,16 @@
 //! Chromium, curl and this module's resolver send every `*.localhost` to loopback.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use podgate_demo_pod::DemoPod;
+use podgate_testkit::podgate::Podgate;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{json, Value as Json};
 use serde_yaml::Value as Yaml;
@@ -48,8 +47,6 @@ pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef0123456789abcdef"
 pub const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the control plane may take to answer `/readyz`.
 const CP_READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How much of a log a failure message carries.
-const LOG_TAIL_BYTES: usize = 6000;
 /// The session cookie of the control plane.
 pub const SESSION_COOKIE: &str = "podgate_session";
 /// The capability cookie on pod hosts (over http).
@@ -104,79 +101,8 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn work_dir(label: &str) -> anyhow::Result<PathBuf> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir =
-        std::env::temp_dir().join(format!("podgate-stack-{}-{n}-{label}", std::process::id()));
-    if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
-fn tail(text: &str) -> &str {
-    let mut start = text.len().saturating_sub(LOG_TAIL_BYTES);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
 // ---------------------------------------------------------------------------------------------
 // The control plane process
-
-/// `$1` is the run directory, the rest the command. The command's pid goes to `$1/pid`, its
-/// exit status to `$1/exit`; when our end of stdin closes (the `ControlPlane` is dropped or
-/// the test process dies), the command gets SIGTERM.
-const WATCHDOG: &str = r#"run=$1; shift
-"$@" </dev/null &
-child=$!
-echo "$child" > "$run/pid"
-exec 3<&0
-( read -r _ <&3; [ -e "$run/exit" ] || kill -TERM "$child" ) 2>/dev/null &
-wait "$child"; echo "$?" > "$run/exit.tmp"; mv "$run/exit.tmp" "$run/exit"
-wait
-"#;
-
-struct Proc {
-    watchdog: Child,
-    lifeline: Option<ChildStdin>,
-    run_dir: PathBuf,
-}
-
-impl Proc {
-    fn exit_status(&self) -> Option<i32> {
-        fs::read_to_string(self.run_dir.join("exit"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    fn pid(&self) -> Option<u32> {
-        fs::read_to_string(self.run_dir.join("pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Closes the lifeline (SIGTERM unless already gone) and waits for the watchdog, bounded.
-    fn finish(&mut self) {
-        drop(self.lifeline.take());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if matches!(self.watchdog.try_wait(), Ok(Some(_)) | Err(_)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.watchdog.kill();
-        let _ = self.watchdog.wait();
-    }
-}
 
 /// Settings of one test control plane.
 #[derive(Debug, Clone)]
@@ -193,84 +119,49 @@ pub struct CpSettings {
     pub extra_args: Vec<String>,
 }
 
-/// A `podgate serve` process with its own SQLite database; can be killed and started again on
-/// the same database and ports.
+/// A `podgate serve` process with its own SQLite database (the test kit's launcher); can be
+/// killed and started again on the same database and ports.
 pub struct ControlPlane {
-    label: String,
-    dir: PathBuf,
     settings: CpSettings,
-    proc: Option<Proc>,
-    runs: u32,
-    http: reqwest::Client,
-    /// Removes the work directory when our end of its stdin closes (also when the test process
-    /// dies, or when a shared stack in a `static` is never dropped), unless `dir/keep` exists.
-    janitor: Option<Child>,
+    proc: Podgate,
 }
-
-/// `$1` is the directory to remove once stdin closes (unless `$1/keep` exists).
-const JANITOR: &str = r#"read -r _ || true; [ -e "$1/keep" ] || rm -rf "$1""#;
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane")
-            .field("label", &self.label)
-            .field("dir", &self.dir)
+            .field("proc", &self.proc)
             .field("settings", &self.settings)
             .finish()
     }
 }
 
 impl ControlPlane {
-    /// Starts `podgate serve` and waits for `/readyz`.
+    /// Starts `podgate serve` and waits for `/readyz`. Signing keys are stored encrypted under
+    /// a key made the way an operator makes one; restarts read them back with it.
     pub async fn start(label: &str, settings: CpSettings) -> anyhow::Result<ControlPlane> {
-        let dir = work_dir(label)?;
-        if std::env::var_os("PODGATE_E2E_KEEP").is_some() {
-            File::create(dir.join("keep"))?;
+        let s = &settings;
+        let mut builder = Podgate::builder(label, podgate_binary()?)
+            .listen(s.http)
+            .generate_kek()
+            .args(["--xds-listen", &s.xds.to_string()])
+            .args(["--admin-token", ADMIN_TOKEN, "--dev-mode"])
+            .args(["--issuer", &public_url(s.http)])
+            .args(["--domain", &s.domain])
+            .args(["--pod-public-port", &s.pod_public_port.to_string()])
+            .arg("--filter-wasm")
+            .arg(&s.filter_wasm)
+            .env("RUST_LOG", "info")
+            .ready_timeout(CP_READY_TIMEOUT);
+        if let Some(secs) = s.capability_lifetime_secs {
+            builder = builder.args(["--capability-lifetime-secs", &secs.to_string()]);
         }
-        // Signing keys are stored encrypted under a key made the way an operator makes one;
-        // restarts on the same directory read them back with it.
-        let made = Command::new(podgate_binary()?)
-            .args(["keys", "gen-kek"])
-            .arg(dir.join("kek"))
-            .env_clear()
-            .output()
-            .context("running podgate keys gen-kek")?;
-        if !made.status.success() {
-            bail!(
-                "podgate keys gen-kek failed: {}",
-                String::from_utf8_lossy(&made.stderr)
-            );
-        }
-        let janitor = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(JANITOR)
-            .arg("podgate-cp-janitor")
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the work directory's janitor")?;
-        let mut cp = ControlPlane {
-            label: label.to_owned(),
-            dir,
-            settings,
-            proc: None,
-            runs: 0,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()?,
-            janitor: Some(janitor),
-        };
-        cp.spawn()?;
-        cp.wait_ready().await?;
-        Ok(cp)
+        let proc = builder.args(&s.extra_args).start().await?;
+        Ok(ControlPlane { settings, proc })
     }
 
     /// The public URL (`--issuer`): `http://podgate.localhost:PORT`.
     pub fn public_url(&self) -> String {
-        format!("http://{CP_HOST}:{}", self.settings.http.port())
+        public_url(self.settings.http)
     }
 
     /// The loopback address of the HTTP API.
@@ -282,184 +173,48 @@ impl ControlPlane {
         &self.settings
     }
 
-    fn args(&self) -> Vec<OsString> {
-        let s = &self.settings;
-        let mut args: Vec<OsString> = vec![
-            "serve".into(),
-            "--listen".into(),
-            s.http.to_string().into(),
-            "--xds-listen".into(),
-            s.xds.to_string().into(),
-            "--database-url".into(),
-            format!("sqlite://{}", self.dir.join("podgate.db").display()).into(),
-            "--admin-token".into(),
-            ADMIN_TOKEN.into(),
-            "--dev-mode".into(),
-            "--key-encryption-key-file".into(),
-            self.dir.join("kek").into(),
-            "--issuer".into(),
-            self.public_url().into(),
-            "--domain".into(),
-            s.domain.clone().into(),
-            "--pod-public-port".into(),
-            s.pod_public_port.to_string().into(),
-            "--filter-wasm".into(),
-            s.filter_wasm.clone().into(),
-        ];
-
-        if let Some(secs) = s.capability_lifetime_secs {
-            args.push("--capability-lifetime-secs".into());
-            args.push(secs.to_string().into());
-        }
-        args.extend(s.extra_args.iter().map(OsString::from));
-        args
-    }
-
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let binary = podgate_binary()?;
-        self.runs += 1;
-        let run_dir = self.dir.join(format!("run-{}", self.runs));
-        fs::create_dir_all(&run_dir)?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("podgate.log"))?;
-        let mut watchdog = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("podgate-cp-watchdog")
-            .arg(&run_dir)
-            .arg(&binary)
-            .args(self.args())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let lifeline = watchdog.stdin.take();
-        self.proc = Some(Proc {
-            watchdog,
-            lifeline,
-            run_dir,
-        });
-        Ok(())
-    }
-
     /// Waits until `/readyz` answers 200; an exit or a timeout is an error with the log.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + CP_READY_TIMEOUT;
-        let url = format!("http://{}/readyz", self.settings.http);
-        loop {
-            if let Some(code) = self.proc.as_ref().and_then(Proc::exit_status) {
-                bail!(
-                    "podgate `{}` exited with status {code} before it was ready; its log:\n{}",
-                    self.label,
-                    self.log_tail()
-                );
-            }
-            if let Ok(resp) = self.http.get(&url).send().await {
-                if resp.status().as_u16() == 200 {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "podgate `{}` was not ready after {CP_READY_TIMEOUT:?}; its log:\n{}",
-                    self.label,
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.proc.wait_ready_or_fail().await
     }
 
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
-        self.proc
-            .as_ref()
-            .is_some_and(|p| p.exit_status().is_none())
+        self.proc.is_running()
     }
 
     /// Kills the process with SIGKILL (no graceful shutdown) and waits until it is gone.
     pub fn kill(&mut self) -> anyhow::Result<()> {
-        let Some(mut proc) = self.proc.take() else {
-            return Ok(());
-        };
-        if let Some(pid) = proc.pid() {
-            if proc.exit_status().is_none() {
-                let status = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status()
-                    .context("running kill")?;
-                if !status.success() && proc.exit_status().is_none() {
-                    bail!("kill -KILL {pid} failed: {status}");
-                }
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while proc.exit_status().is_none() {
-            if Instant::now() >= deadline {
-                bail!("podgate `{}` did not die after SIGKILL", self.label);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        proc.finish();
-        Ok(())
+        self.proc.kill()
     }
 
     /// Stops the process with SIGTERM (graceful) and waits until it is gone.
     pub fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.finish();
-        }
+        self.proc.stop();
     }
 
     /// Starts the process again on the same database and ports, and waits for `/readyz`.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop();
-        self.spawn()?;
-        self.wait_ready().await
+        self.proc.restart().await
     }
 
     /// The whole log so far (every run).
     pub fn log(&self) -> String {
-        fs::read(self.dir.join("podgate.log"))
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
+        self.proc.log()
     }
 
     pub fn log_tail(&self) -> String {
-        let log = self.log();
-        format!(
-            "--- podgate {} (work dir {}) ---\n{}",
-            self.label,
-            self.dir.display(),
-            tail(&log)
-        )
+        self.proc.log_tail()
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.proc.dir()
     }
 }
 
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() || std::env::var_os("PODGATE_E2E_KEEP").is_some() {
-            let _ = File::create(self.dir.join("keep"));
-            eprintln!(
-                "podgate e2e: kept control plane `{}` files in {}",
-                self.label,
-                self.dir.display()
-            );
-        }
-        if let Some(mut janitor) = self.janitor.take() {
-            drop(janitor.stdin.take());
-            let _ = janitor.wait();
-        }
-    }
+/// The control plane's public URL for its HTTP address.
+fn public_url(http: SocketAddr) -> String {
+    format!("http://{CP_HOST}:{}", http.port())
 }
 
 // ---------------------------------------------------------------------------------------------

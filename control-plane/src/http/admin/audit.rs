@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::error::{ApiError, ApiResult, QueryArgs};
+use crate::http::error::{ApiError, ApiResult, QueryArgs};
 use crate::store::AuditEntry;
 use crate::AppState;
 

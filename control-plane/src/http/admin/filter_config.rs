@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::error::ApiResult;
+use crate::http::error::ApiResult;
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -15,5 +15,8 @@ pub(super) fn routes() -> Router<AppState> {
 async fn filter_config(
     State(s): State<AppState>,
 ) -> ApiResult<Json<podgate_protocol::config::FilterConfig>> {
-    Ok(Json(crate::filter_config::build(&s).await?))
+    let ring = s.keys()?;
+    Ok(Json(
+        crate::filter_config::build(s.db(), s.config(), &ring).await?,
+    ))
 }

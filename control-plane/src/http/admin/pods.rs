@@ -11,7 +11,7 @@ use super::{
     check_port, check_slug, check_text, created, deleted, nullable, parse_enum, require_user,
 };
 use crate::cuts::cut_lost_access;
-use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::store::HolderScope;
 use crate::store::{now_unix, parse_pod_status, Pod, PodPort, PodStatus, Sharing};
 use crate::AppState;
@@ -133,7 +133,12 @@ async fn create_pod(
     s.db().create_pod(&pod).await?;
     // Capabilities still valid for an earlier pod of this slug must not open the new one to
     // people who may not reach it.
-    cut_lost_access(&s, HolderScope::Pod(&pod.slug)).await?;
+    cut_lost_access(
+        s.db(),
+        s.config().capability_lifetime,
+        HolderScope::Pod(&pod.slug),
+    )
+    .await?;
     Ok(created(pod))
 }
 
@@ -171,7 +176,12 @@ async fn update_pod(
     s.db().update_pod(&pod).await?;
     if who_before != (pod.owner_id.clone(), pod.team_id.clone()) {
         // Another owner or team: whoever lost the pod by it is cut off within one push.
-        cut_lost_access(&s, HolderScope::Pod(&pod.slug)).await?;
+        cut_lost_access(
+            s.db(),
+            s.config().capability_lifetime,
+            HolderScope::Pod(&pod.slug),
+        )
+        .await?;
     }
     Ok(Json(pod))
 }
@@ -235,7 +245,12 @@ async fn put_port(
     };
     s.db().put_pod_port(&p).await?;
     // A lower sharing level cuts off, within one push, those it no longer lets in.
-    cut_lost_access(&s, HolderScope::Port(&p.pod_slug, p.port)).await?;
+    cut_lost_access(
+        s.db(),
+        s.config().capability_lifetime,
+        HolderScope::Port(&p.pod_slug, p.port),
+    )
+    .await?;
     Ok(Json(p))
 }
 
@@ -245,6 +260,11 @@ async fn delete_port(
 ) -> ApiResult<Response> {
     let gone = s.db().delete_pod_port(&slug, port).await?;
     // Back to the default level, which may be lower.
-    cut_lost_access(&s, HolderScope::Port(&slug, port)).await?;
+    cut_lost_access(
+        s.db(),
+        s.config().capability_lifetime,
+        HolderScope::Port(&slug, port),
+    )
+    .await?;
     deleted(gone, "port setting")
 }

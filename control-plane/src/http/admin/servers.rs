@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{check_address, check_text, created, deleted, gen_id};
-use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::{now_unix, Server};
 use crate::AppState;

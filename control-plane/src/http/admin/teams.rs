@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{check_text, created, deleted, gen_id, parse_enum, require_user};
 use crate::cuts::cut_lost_access;
-use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::HolderScope;
 use crate::store::{now_unix, Member, Role, Team};
@@ -95,7 +95,12 @@ async fn delete_team(
     let gone = s.db().delete_team(&id).await?;
     // Its members lose the team's pods (unless another rule still lets them in).
     for m in &members {
-        cut_lost_access(&s, HolderScope::User(&m.user_id)).await?;
+        cut_lost_access(
+            s.db(),
+            s.config().capability_lifetime,
+            HolderScope::User(&m.user_id),
+        )
+        .await?;
     }
     deleted(gone, "team")
 }
@@ -202,6 +207,11 @@ async fn delete_member(
 ) -> ApiResult<Response> {
     let gone = s.db().delete_member(&team_id, &user_id).await?;
     // The team's pods are cut off for them within one push, where no other rule lets them in.
-    cut_lost_access(&s, HolderScope::User(&user_id)).await?;
+    cut_lost_access(
+        s.db(),
+        s.config().capability_lifetime,
+        HolderScope::User(&user_id),
+    )
+    .await?;
     deleted(gone, "member")
 }

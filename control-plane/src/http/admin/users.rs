@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{check_email, check_text, created, deleted, gen_id, nullable};
-use crate::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::{now_unix, User};
 use crate::AppState;
@@ -109,7 +109,7 @@ async fn delete_user(
     let gone = s.db().delete_user(&id).await?;
     if gone {
         // Their capabilities stop working within one push, wherever they are.
-        crate::cuts::cut_user(&s, &id).await?;
+        crate::cuts::cut_user(s.db(), s.config().capability_lifetime, &id).await?;
     }
     deleted(gone, "user")
 }

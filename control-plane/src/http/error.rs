@@ -1,11 +1,19 @@
 //! The one error type of the HTTP API. Client errors say what is wrong and how to fix it;
-//! internal errors are logged with their context and answered with a generic message.
+//! internal errors are logged with their context and answered with a generic message. The
+//! domain's error types are turned into it here, and only here.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+
+use crate::auth::identity::SessionError;
+use crate::auth::verify::IdentifyError;
+use crate::authz::{AuthzError, NOT_FOUND_MSG};
+use crate::keys::{KeyringError, NoKeyRing};
+use crate::limits::Limited;
+use crate::mint::MintError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -162,6 +170,74 @@ impl From<sqlx::Error> for ApiError {
             );
         }
         ApiError::Internal(format!("database: {e}"))
+    }
+}
+
+/// Randomness or key material failed: ours, logged, never echoed (500).
+impl From<KeyringError> for ApiError {
+    fn from(e: KeyringError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// No key ring yet: try again shortly (503); a poisoned lock is a bug (500).
+impl From<NoKeyRing> for ApiError {
+    fn from(e: NoKeyRing) -> Self {
+        match e {
+            NoKeyRing::NotLoaded => ApiError::Unavailable(e.to_string()),
+            NoKeyRing::Poisoned => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A provider whose keys cannot be fetched is a 503 (the token may be fine), a main app that
+/// does not answer a 502, a flood of bad API tokens a 429.
+impl From<IdentifyError> for ApiError {
+    fn from(e: IdentifyError) -> Self {
+        match e {
+            IdentifyError::ProviderUnavailable(msg) => ApiError::Unavailable(msg),
+            IdentifyError::AppSessionFailed(msg) => ApiError::BadGateway(msg),
+            IdentifyError::TooManyApiTokenFailures(Limited { retry_after_secs }) => {
+                ApiError::TooManyRequests {
+                    message: format!(
+                        "too many failed API-token attempts from this address; wait {retry_after_secs} s and retry with a valid token"
+                    ),
+                    retry_after_secs,
+                }
+            }
+            IdentifyError::LinkVanished => ApiError::Internal(e.to_string()),
+            IdentifyError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Random(e) => e.into(),
+            SessionError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// "No such pod or port" and "not yours" are the same 404: no existence oracle.
+impl From<AuthzError> for ApiError {
+    fn from(e: AuthzError) -> Self {
+        match e {
+            AuthzError::NotFound => ApiError::not_found(NOT_FOUND_MSG),
+            AuthzError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Minting fails only on our side: 503 without keys, else 500.
+impl From<MintError> for ApiError {
+    fn from(e: MintError) -> Self {
+        match e {
+            MintError::NoKeys(e) => e.into(),
+            MintError::Random(e) => e.into(),
+            MintError::Sign { .. } | MintError::Record(_) => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

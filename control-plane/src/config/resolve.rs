@@ -1,0 +1,410 @@
+//! Defaults and checks: [`Settings::resolve`] turns the merged settings into a [`Config`], each
+//! bad or missing setting refused with a message that says how to fix it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use podgate_protocol::host::HostTemplate;
+
+use crate::config::{
+    bad, idp, limits, Config, ConfigError, LogFormat, SameSite, Scheme, Settings, SigningAlg,
+    XdsConfig,
+};
+
+/// Default listen address of the HTTP API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default database: an SQLite file next to where the server runs.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://podgate.db";
+/// The port Envoy listens on for pod hosts in the local stack.
+pub const DEFAULT_POD_PUBLIC_PORT: u16 = 10000;
+/// Capability lifetime (seconds) unless configured.
+pub const DEFAULT_CAPABILITY_LIFETIME: u64 = 900;
+/// Longest capability lifetime (seconds) a configuration may set.
+pub const MAX_CAPABILITY_LIFETIME: u64 = 86_400;
+/// Login ticket lifetime (seconds) unless configured; the protocol caps it at 60.
+pub const DEFAULT_TICKET_LIFETIME: u64 = 60;
+/// Control-plane session lifetime (seconds) unless configured.
+pub const DEFAULT_SESSION_LIFETIME: u64 = 12 * 3600;
+/// Base name of the control plane's own session cookie (on the control plane's host only).
+pub const SESSION_COOKIE: &str = "podgate_session";
+/// How long a rotated-out key keeps verifying, unless configured.
+pub const DEFAULT_KEY_OVERLAP: u64 = 3600;
+/// Default address of the ADS (xDS gRPC) server.
+pub const DEFAULT_XDS_LISTEN: &str = "127.0.0.1:18000";
+/// Longest wait (seconds) before a new capability key signs though not every Envoy has it.
+pub const DEFAULT_KEY_PUBLISH_DELAY: u64 = 5;
+/// Seconds between safety-net rebuilds of the xDS snapshot from the database.
+pub const DEFAULT_XDS_RESYNC: u64 = 2;
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+/// Longest ticket lifetime accepted.
+pub const MAX_TICKET_LIFETIME: u64 = 60;
+
+/// What each command needs beyond the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// `serve`: everything.
+    Server,
+    /// `migrate`, `keys`: the database (and key settings).
+    DatabaseOnly,
+}
+
+impl Settings {
+    /// Applies defaults and checks every setting.
+    pub fn resolve(self, need: Need) -> Result<Config, ConfigError> {
+        let listen_s = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            bad(format!(
+                "listen address {listen_s:?} is not IP:PORT; set --listen / PODGATE_LISTEN, e.g. 127.0.0.1:8080"
+            ))
+        })?;
+
+        let database_url = self
+            .database_url
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        let is_sqlite = database_url.starts_with("sqlite:");
+        if !is_sqlite
+            && !database_url.starts_with("postgres://")
+            && !database_url.starts_with("postgresql://")
+        {
+            return Err(bad(format!(
+                "database URL {:?} is neither sqlite: nor postgres://; set --database-url / PODGATE_DATABASE_URL, e.g. sqlite://podgate.db or postgres://user:pass@host/db",
+                redact_url(&database_url)
+            )));
+        }
+        let database_max_connections = match self.database_max_connections {
+            Some(0) => return Err(bad(
+                "database_max_connections must be at least 1; set PODGATE_DATABASE_MAX_CONNECTIONS",
+            )),
+            Some(n) => n,
+            None if is_sqlite => 8,
+            None => 16,
+        };
+
+        let dev_mode = self.dev_mode.unwrap_or(false);
+
+        let admin_token = match self.admin_token {
+            Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => {
+                return Err(bad(format!(
+                    "the admin token is {} characters, fewer than {MIN_ADMIN_TOKEN_LEN}; set PODGATE_ADMIN_TOKEN to a random string, e.g. `openssl rand -hex 32`",
+                    t.len()
+                )))
+            }
+            Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(bad(
+                    "the admin token contains whitespace or control characters; set PODGATE_ADMIN_TOKEN to e.g. `openssl rand -hex 32`",
+                ))
+            }
+            Some(t) => Some(t),
+            None if need == Need::Server => {
+                return Err(bad(
+                    "no admin token; set PODGATE_ADMIN_TOKEN (or --admin-token) to a random string of at least 32 characters, e.g. `openssl rand -hex 32`",
+                ))
+            }
+            None => None,
+        };
+
+        let issuer = self
+            .issuer
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        check_http_url(&issuer, "issuer", "PODGATE_ISSUER", "http://127.0.0.1:8080")?;
+
+        let public_scheme = match self.public_scheme.as_deref().unwrap_or("http") {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            other => {
+                return Err(bad(format!(
+                    "public scheme {other:?} is not http or https; set --public-scheme / PODGATE_PUBLIC_SCHEME"
+                )))
+            }
+        };
+
+        let domain = self.domain.unwrap_or_else(|| "localhost".to_owned());
+        let host_template_source = self
+            .host_template
+            .unwrap_or_else(|| podgate_protocol::host::DEFAULT_PUBLIC_TEMPLATE.to_owned());
+        let host_template = HostTemplate::new(&host_template_source, &domain).map_err(|e| {
+            bad(format!(
+                "host template {host_template_source:?} with domain {domain:?} cannot be used: {e}; set PODGATE_HOST_TEMPLATE / PODGATE_DOMAIN, e.g. localhost-{{port}}-pod-{{pod}}.{{domain}} and example.dev"
+            ))
+        })?;
+        let upstream_s = self
+            .upstream_host_template
+            .unwrap_or_else(|| podgate_protocol::host::DEFAULT_UPSTREAM_TEMPLATE.to_owned());
+        let upstream_host_template = HostTemplate::new(&upstream_s, &domain).map_err(|e| {
+            bad(format!(
+                "upstream host template {upstream_s:?} cannot be used: {e}; set PODGATE_UPSTREAM_HOST_TEMPLATE, e.g. localhost-{{port}}.pod-{{pod}}.{{domain}}"
+            ))
+        })?;
+
+        let pod_public_port = match self.pod_public_port.unwrap_or(DEFAULT_POD_PUBLIC_PORT) {
+            0 => {
+                return Err(bad(
+                    "pod public port 0 is not a port; set PODGATE_POD_PUBLIC_PORT to 1-65535 (80/443 leave it out of URLs)",
+                ))
+            }
+            80 if public_scheme == Scheme::Http => None,
+            443 if public_scheme == Scheme::Https => None,
+            p => Some(p),
+        };
+
+        let login_url = match self.login_url {
+            Some(u) => {
+                check_http_url(&u, "login URL", "PODGATE_LOGIN_URL", "https://app.example.dev/login")?;
+                Some(u)
+            }
+            None if dev_mode => Some(format!("{issuer}/dev/login")),
+            None if need == Need::Server => {
+                return Err(bad(
+                    "no login URL; set PODGATE_LOGIN_URL (or --login-url) to the page where people sign in, e.g. https://app.example.dev/login, or run with PODGATE_DEV_MODE=true for the dev login",
+                ))
+            }
+            None => None,
+        };
+
+        let capability_lifetime = self
+            .capability_lifetime_secs
+            .unwrap_or(DEFAULT_CAPABILITY_LIFETIME);
+        if !(30..=MAX_CAPABILITY_LIFETIME).contains(&capability_lifetime) {
+            return Err(bad(format!(
+                "capability lifetime {capability_lifetime} s is outside 30..={MAX_CAPABILITY_LIFETIME}; set PODGATE_CAPABILITY_LIFETIME_SECS, e.g. 900"
+            )));
+        }
+        let ticket_lifetime = self.ticket_lifetime_secs.unwrap_or(DEFAULT_TICKET_LIFETIME);
+        if !(5..=MAX_TICKET_LIFETIME).contains(&ticket_lifetime) {
+            return Err(bad(format!(
+                "ticket lifetime {ticket_lifetime} s is outside 5..={MAX_TICKET_LIFETIME}; set PODGATE_TICKET_LIFETIME_SECS, e.g. 60"
+            )));
+        }
+        let session_lifetime = self
+            .session_lifetime_secs
+            .unwrap_or(DEFAULT_SESSION_LIFETIME);
+        if !(60..=30 * 86_400).contains(&session_lifetime) {
+            return Err(bad(format!(
+                "session lifetime {session_lifetime} s is outside 60..=2592000; set PODGATE_SESSION_LIFETIME_SECS, e.g. 43200"
+            )));
+        }
+
+        let cookie_samesite = match self.cookie_samesite.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("lax") => SameSite::Lax,
+            Some("strict") => SameSite::Strict,
+            Some("none") if public_scheme.is_https() => SameSite::None,
+            Some("none") => {
+                return Err(bad(
+                    "cookie SameSite=None needs the public scheme https (browsers drop it otherwise); set PODGATE_COOKIE_SAMESITE=lax or PODGATE_PUBLIC_SCHEME=https",
+                ))
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "cookie SameSite {other:?} is not lax, strict or none; set PODGATE_COOKIE_SAMESITE"
+                )))
+            }
+        };
+
+        let signing_alg = match self
+            .signing_alg
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("eddsa") | Some("ed25519") => SigningAlg::Eddsa,
+            Some("es256") => SigningAlg::Es256,
+            Some("hs256") => SigningAlg::Hs256,
+            Some(other) => {
+                return Err(bad(format!(
+                "signing algorithm {other:?} is not eddsa, es256 or hs256; set PODGATE_SIGNING_ALG"
+            )))
+            }
+        };
+
+        let key_overlap = self.key_overlap_secs.unwrap_or(DEFAULT_KEY_OVERLAP);
+        if key_overlap < capability_lifetime {
+            return Err(bad(format!(
+                "key overlap {key_overlap} s is shorter than the capability lifetime {capability_lifetime} s, so rotation would cut live capabilities; set PODGATE_KEY_OVERLAP_SECS to at least {capability_lifetime}"
+            )));
+        }
+
+        // The server outside dev mode never stores signing keys in plaintext.
+        let key_encryption = crate::key_encryption::resolve(
+            crate::key_encryption::KekInputs {
+                file: self.key_encryption_key_file,
+                value: self.key_encryption_key,
+                previous_files: self.previous_key_encryption_key_file.unwrap_or_default(),
+                previous_values: self.previous_key_encryption_key.unwrap_or_default(),
+            },
+            need == Need::Server && !dev_mode,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+
+        let log_format = match self.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(format!(
+                    "log format {other:?} is not text or json; set PODGATE_LOG_FORMAT"
+                )))
+            }
+        };
+
+        let key_publish_delay = self
+            .key_publish_delay_secs
+            .unwrap_or(DEFAULT_KEY_PUBLISH_DELAY);
+        if key_publish_delay > 300 {
+            return Err(bad(format!(
+                "key publish delay {key_publish_delay} s is over 300; set PODGATE_KEY_PUBLISH_DELAY_SECS, e.g. 5"
+            )));
+        }
+        let xds = resolve_xds(
+            self.xds_listen.as_deref(),
+            self.filter_wasm,
+            self.xds_resync_secs,
+            need,
+        )?;
+
+        let limits = limits::resolve(limits::LimitInputs {
+            proxy_auth: (self.proxy_auth_burst, self.proxy_auth_per_minute),
+            callback_failures: (
+                self.callback_failures_burst,
+                self.callback_failures_per_minute,
+            ),
+            capability_failures: (
+                self.capability_failures_burst,
+                self.capability_failures_per_minute,
+            ),
+            api_token_failures: (
+                self.api_token_failures_burst,
+                self.api_token_failures_per_minute,
+            ),
+            admin_failures: (self.admin_failures_burst, self.admin_failures_per_minute),
+            clients: self.rate_limit_clients,
+            max_body_bytes: self.max_body_bytes,
+            max_header_bytes: self.max_header_bytes,
+        })?;
+
+        let identity = idp::resolve(
+            idp::IdentityInputs {
+                oidc: self.oidc,
+                firebase_project: self.firebase_project,
+                oidc_issuer: self.oidc_issuer,
+                oidc_audience: self.oidc_audience,
+                app_session: self.app_session,
+                cors_origins: self.cors_origins,
+                client_ip_header: self.client_ip_header,
+            },
+            &[
+                SESSION_COOKIE,
+                podgate_protocol::cookie::DEFAULT_COOKIE_NAME,
+                &podgate_protocol::cookie::cookie_name(SESSION_COOKIE, true),
+                &podgate_protocol::cookie::cookie_name(
+                    podgate_protocol::cookie::DEFAULT_COOKIE_NAME,
+                    true,
+                ),
+            ],
+        )?;
+
+        Ok(Config {
+            listen,
+            database_url,
+            database_max_connections,
+            admin_token,
+            dev_mode,
+            issuer,
+            public_scheme,
+            domain,
+            host_template,
+            upstream_host_template,
+            host_template_source,
+            upstream_host_template_source: upstream_s,
+            pod_public_port,
+            login_url,
+            capability_lifetime,
+            ticket_lifetime,
+            session_lifetime,
+            cookie_samesite,
+            signing_alg,
+            key_overlap,
+            key_encryption,
+            log_format,
+            identity,
+            xds,
+            key_publish_delay,
+            limits,
+        })
+    }
+}
+
+fn resolve_xds(
+    listen: Option<&str>,
+    filter_wasm: Option<PathBuf>,
+    resync: Option<u64>,
+    need: Need,
+) -> Result<Option<XdsConfig>, ConfigError> {
+    let listen_s = listen.unwrap_or(DEFAULT_XDS_LISTEN);
+    if listen_s.eq_ignore_ascii_case("off") || need != Need::Server {
+        return Ok(None);
+    }
+    let listen: SocketAddr = listen_s.parse().map_err(|_| {
+        bad(format!(
+            "xDS address {listen_s:?} is not IP:PORT or off; set --xds-listen / PODGATE_XDS_LISTEN, e.g. 127.0.0.1:18000"
+        ))
+    })?;
+    let Some(wasm) = filter_wasm else {
+        return Err(bad(
+            "no filter .wasm for the xDS server; set PODGATE_FILTER_WASM (or --filter-wasm) to the path of podgate_filter.wasm as Envoy sees it (cargo build -p podgate-filter --target wasm32-wasip1 --profile wasm-release), or PODGATE_XDS_LISTEN=off to serve no xDS",
+        ));
+    };
+    let filter_wasm = std::path::absolute(&wasm).map_err(|e| {
+        bad(format!(
+            "filter .wasm path {} cannot be made absolute: {e}; set PODGATE_FILTER_WASM to an absolute path",
+            wasm.display()
+        ))
+    })?;
+    if !filter_wasm.is_file() {
+        return Err(bad(format!(
+            "filter .wasm {} is not a file; build it with `cargo build -p podgate-filter --target wasm32-wasip1 --profile wasm-release` and set PODGATE_FILTER_WASM to target/wasm32-wasip1/wasm-release/podgate_filter.wasm",
+            filter_wasm.display()
+        )));
+    }
+    let resync_secs = resync.unwrap_or(DEFAULT_XDS_RESYNC);
+    if !(1..=3600).contains(&resync_secs) {
+        return Err(bad(format!(
+            "xDS resync interval {resync_secs} s is outside 1..=3600; set PODGATE_XDS_RESYNC_SECS, e.g. 2"
+        )));
+    }
+    Ok(Some(XdsConfig {
+        listen,
+        filter_wasm,
+        resync_secs,
+    }))
+}
+
+fn check_http_url(u: &str, what: &str, env: &str, example: &str) -> Result<(), ConfigError> {
+    let parsed = url::Url::parse(u).map_err(|e| {
+        bad(format!(
+            "{what} {u:?} is not a URL ({e}); set {env}, e.g. {example}"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad(format!(
+            "{what} {u:?} must be an absolute http(s) URL; set {env}, e.g. {example}"
+        )));
+    }
+    Ok(())
+}
+
+/// A database URL with any password replaced, for messages and logs.
+pub fn redact_url(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => u.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
