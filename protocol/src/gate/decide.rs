@@ -13,6 +13,7 @@ use crate::cors::origin_pod;
 use crate::host::PodAddr;
 use crate::own_paths::{self, OwnPath};
 use crate::path;
+use crate::renewal;
 use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use crate::reply::{Denial, Reply};
 use crate::response::PodResponse;
@@ -61,6 +62,9 @@ pub struct Forward {
     /// The capability that let it through (`None` on the reserved path), so that an open
     /// WebSocket can be closed when a later configuration cuts it off.
     pub capability: Option<Rc<Verified>>,
+    /// From when (unix seconds) the filter renews that capability (`renewal::renew_at`):
+    /// `None` for one it never renews.
+    pub renew_at: Option<i64>,
 }
 
 /// Where the capability came from; cookie-authenticated WebSockets must come from the pod's own
@@ -381,6 +385,7 @@ pub(super) fn decide_counting(
             response: None,
             websocket: false,
             capability: None,
+            renew_at: None,
         };
         return (Decision::Forward(Rc::new(forward)), 0);
     }
@@ -462,6 +467,7 @@ pub(super) fn decide_counting(
         expires_at: Some(verified.expires_at),
         response: Some(PodResponse::new(req.authority, req.origin)),
         websocket: req.is_websocket(),
+        renew_at: renewal::renew_at(config.renewal.as_ref(), &verified, source == Source::Cookie),
         capability: Some(Rc::clone(&verified)),
     };
     (Decision::Forward(Rc::new(forward)), looked_at)
