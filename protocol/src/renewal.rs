@@ -132,6 +132,20 @@ pub fn call_headers(renewal: &CompiledRenewal, old: &Verified) -> Option<Vec<(St
     ])
 }
 
+/// The HTTP status of the renew call's answer from its serialized header map, or 0 when there
+/// is none (the call failed or timed out: Envoy hands over no headers).
+pub fn call_status(wire: &[u8]) -> u32 {
+    crate::wire::decode_header_map(wire)
+        .ok()
+        .and_then(|headers| {
+            headers
+                .iter()
+                .find(|(name, _)| *name == b":status")
+                .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The control plane's answer body on success.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,7 +173,7 @@ pub enum Renewed {
 }
 
 /// Judges the control plane's answer to the renewal of `old`: HTTP `status` (0 when the call
-/// failed) and `body`, at `now`. A fresh capability is accepted only if it verifies under the
+/// failed) and `body`, at `now`. Only a 401 is a refusal. A fresh capability is accepted only if it verifies under the
 /// configuration in force, is not refused by it, names the same session, user, audience, pod
 /// and port, outlives the old one, and its `Set-Cookie` sets exactly it under our name,
 /// host-only.
@@ -172,7 +186,9 @@ pub fn judge(
 ) -> Renewed {
     match status {
         200 => {}
-        401 | 403 | 404 => return Renewed::Refused,
+        // The control plane refused this capability; a 403 (a wrong secret) is a
+        // misconfiguration, not a refusal, and is retried like any failure.
+        401 => return Renewed::Refused,
         _ => return Renewed::Failed,
     }
     let Ok(answer) = serde_json::from_slice::<RenewAnswer>(body) else {

@@ -274,9 +274,10 @@ pub struct Verified {
     pub token: Option<RawToken>,
 }
 
-/// A token's compact form. Its `Debug` never prints it, so no log line carries a credential.
+/// A token's compact form. Its `Debug` never prints it, so no log line carries a credential;
+/// shared with `Arc`, so a `Verified` can be held across the control plane's awaits.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RawToken(std::rc::Rc<str>);
+pub struct RawToken(std::sync::Arc<str>);
 
 impl RawToken {
     pub fn new(token: &str) -> Self {

@@ -212,11 +212,10 @@ fn a_refusal_stops_renewal_and_a_failure_or_anything_doubtful_keeps_the_old_capa
     let fresh = cap(NOW + 700, Some("sid-a"));
     let good = cookie_of(&fresh);
     let judge = |status, body: &[u8]| renewal::judge(&config, &old, status, body, NOW + 700);
-    for status in [401, 403, 404] {
-        assert_eq!(judge(status, b""), Renewed::Refused, "{status}");
-    }
-    // The call failed (0), the control plane failed, or its answer is not what it must be.
-    for status in [0, 500, 502, 503, 429] {
+    assert_eq!(judge(401, b""), Renewed::Refused);
+    // The call failed (0), the control plane failed or refused the secret (a
+    // misconfiguration), or its answer is not what it must be.
+    for status in [0, 403, 404, 500, 502, 503, 429] {
         assert_eq!(judge(status, &answer(&fresh, &good)), Renewed::Failed);
     }
     let another_session = cap(NOW + 700, Some("sid-b"));
