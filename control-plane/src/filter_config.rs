@@ -40,7 +40,9 @@ pub const RENEW_TIMEOUT_MS: u32 = 2_000;
 /// The filter renews a browser capability in the last third of its life: a browser in use
 /// gets the fresh cookie well before `exp`, one renewal per lifetime.
 pub fn renew_before_secs(capability_lifetime: u64) -> i64 {
-    i64::try_from(capability_lifetime / 3).unwrap_or(i64::MAX).max(1)
+    i64::try_from(capability_lifetime / 3)
+        .unwrap_or(i64::MAX)
+        .max(1)
 }
 
 /// `host:port`, with brackets around IPv6 addresses.

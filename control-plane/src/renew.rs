@@ -74,10 +74,7 @@ pub async fn renew_capability(ctx: &MintContext<'_>, token: &str) -> Result<Mint
     let old = verifier
         .verify(token, now)
         .map_err(|_| refused(RenewRefusal::BadCapability))?;
-    let sid = old
-        .sid
-        .clone()
-        .ok_or(refused(RenewRefusal::NoSession))?;
+    let sid = old.sid.clone().ok_or(refused(RenewRefusal::NoSession))?;
     if old.claims.sub == ANONYMOUS_SUB {
         return Err(refused(RenewRefusal::NoSession));
     }

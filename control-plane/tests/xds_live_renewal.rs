@@ -182,9 +182,14 @@ async fn pod_running(stack: &Stack, slug: &str) -> FakePod {
         .create_pod(slug, USER, SERVER, pod.addr().port(), "running")
         .await;
     let token = stack.mint(slug).await;
-    until(&stack.http, stack.envoy.listener, slug, &token, ONE_PUSH, |a| {
-        a.status == 200
-    })
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        slug,
+        &token,
+        ONE_PUSH,
+        |a| a.status == 200,
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
     pod
@@ -249,9 +254,18 @@ async fn a_browser_in_use_keeps_working_for_several_lifetimes_and_its_websocket_
     assert_ne!(jar, first);
     // The WebSocket opened with the first capability outlived it, and still echoes.
     assert_eq!(echo(&mut ws, "the end").await, "the end");
-    assert!(stack.envoy.stat("podgate.renewal.renewed").await >= 3);
-    assert_eq!(stack.envoy.stat("podgate.websocket.expired").await, 0);
-    assert_eq!(stack.envoy.stat("podgate.renewal.failed").await, 0);
+    assert!(stack.envoy.stat("wasmcustom.podgate.renewal.renewed").await >= 3);
+    assert_eq!(
+        stack
+            .envoy
+            .stat("wasmcustom.podgate.websocket.expired")
+            .await,
+        0
+    );
+    assert_eq!(
+        stack.envoy.stat("wasmcustom.podgate.renewal.failed").await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,13 +281,22 @@ async fn after_sign_out_renewal_is_refused_and_calls_and_the_websocket_end_withi
     // The renew endpoint, called directly: only with the secret, and it re-checks all.
     let (status, body) = renew_directly(&stack, None, Some(&cap)).await;
     assert_eq!(status, 403, "no secret: {body}");
-    let (status, _) = renew_directly(&stack, Some("renew-secret-guessed-0123456789abcdef"), Some(&cap)).await;
+    let (status, _) = renew_directly(
+        &stack,
+        Some("renew-secret-guessed-0123456789abcdef"),
+        Some(&cap),
+    )
+    .await;
     assert_eq!(status, 403, "a wrong secret");
     let (status, _) = renew_directly(&stack, Some(SECRET), None).await;
     assert_eq!(status, 401, "no capability");
     let (status, _) = renew_directly(&stack, Some(SECRET), Some(&format!("{cap}x"))).await;
     assert_eq!(status, 401, "a forged capability");
-    let script = stack.cp.mint(&stack.cp.session(USER).await, "web").await.unwrap();
+    let script = stack
+        .cp
+        .mint(&stack.cp.session(USER).await, "web")
+        .await
+        .unwrap();
     let (status, body) = renew_directly(&stack, Some(SECRET), Some(&script)).await;
     assert_eq!(status, 200, "a live session's capability: {body}");
     let (status, body) = renew_directly(&stack, Some(SECRET), Some(&cap)).await;
@@ -326,7 +349,11 @@ async fn after_sign_out_renewal_is_refused_and_calls_and_the_websocket_end_withi
     let after = pod.requests().len();
     let (status, _, _, _) = get_on_pod(&http, envoy, "web", "/page", Some(&cookie)).await;
     assert_eq!(status, 302);
-    assert_eq!(pod.requests().len(), after, "a signed-out capability reached the pod");
+    assert_eq!(
+        pod.requests().len(),
+        after,
+        "a signed-out capability reached the pod"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

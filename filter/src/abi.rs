@@ -118,7 +118,9 @@ pub extern "C" fn proxy_on_http_call_response(
         f.on_http_call_response(token, num_headers, body_size)
     });
     for context_id in waiting {
-        if let Err(status) = raw::set_effective_context(context_id).and_then(|()| raw::continue_request()) {
+        if let Err(status) =
+            raw::set_effective_context(context_id).and_then(|()| raw::continue_request())
+        {
             // The stream ended while it waited: nothing to resume.
             raw::log(
                 LogLevel::Debug,

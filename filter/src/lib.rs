@@ -190,9 +190,9 @@ impl Renewal {
     fn live(&self, now: i64) -> bool {
         match self {
             Renewal::InFlight { .. } => true,
-            Renewal::Fresh { until, .. } | Renewal::Refused { until } | Renewal::Failed { until, .. } => {
-                now <= *until
-            }
+            Renewal::Fresh { until, .. }
+            | Renewal::Refused { until }
+            | Renewal::Failed { until, .. } => now <= *until,
         }
     }
 }
@@ -410,11 +410,11 @@ impl Filter {
         if self.renewals.len() >= MAX_RENEWALS && !self.renewals.contains_key(jti) {
             return false;
         }
-        let Some((cluster, headers, timeout_ms)) = self.gate.renewal_call(old) else {
+        let Some(call) = self.gate.renewal_call(old) else {
             return false;
         };
-        let headers = podgate_protocol::wire::encode_header_map(&headers);
-        match raw::http_call(cluster, &headers, b"", timeout_ms) {
+        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
+        match raw::http_call(call.cluster, &headers, b"", call.timeout_ms) {
             Ok(token) => {
                 self.calls.insert(token, jti.clone());
                 self.renewals.insert(

@@ -4,9 +4,11 @@
 /// The header maps the filter reads and edits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
+#[allow(clippy::enum_variant_names)] // the ABI's names
 pub enum MapType {
     HttpRequestHeaders = 0,
     HttpResponseHeaders = 2,
+    /// The answer to `http_call`.
     HttpCallResponseHeaders = 6,
 }
 

@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cookie;
 use crate::cutoff::{CompiledCutoffs, Cutoffs};
-use crate::renewal::{CompiledRenewal, Renewal};
 use crate::host::{
     HostTemplate, TemplateError, DEFAULT_PUBLIC_TEMPLATE, DEFAULT_UPSTREAM_TEMPLATE,
 };
+use crate::renewal::{CompiledRenewal, Renewal};
 use crate::set_cookie::ReservedNames;
 use crate::token::{
     KeyError, KeySet, TokenKind, Verifier, DEFAULT_LEEWAY_SECS,

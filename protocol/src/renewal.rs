@@ -118,6 +118,15 @@ pub fn due(renew_at: Option<i64>, now: i64) -> bool {
     renew_at.is_some_and(|at| now >= at)
 }
 
+/// A renew call to make: to `cluster`, with `headers` and no body, answered within
+/// `timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalCall<'a> {
+    pub cluster: &'a str,
+    pub headers: Vec<(String, String)>,
+    pub timeout_ms: u32,
+}
+
 /// The renew call's headers (`:method`, `:path`, `:authority`, the secret and the old
 /// capability as a bearer), for `proxy_http_call`. The body is empty.
 pub fn call_headers(renewal: &CompiledRenewal, old: &Verified) -> Option<Vec<(String, String)>> {
@@ -225,6 +234,8 @@ fn cookie_sets(config: &CompiledConfig, set_cookie: &str, token: &str) -> bool {
         let name = attr.trim().split('=').next().unwrap_or_default();
         !name.eq_ignore_ascii_case("domain")
     });
-    let one_value = set_cookie.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+    let one_value = set_cookie
+        .bytes()
+        .all(|b| b == b' ' || b.is_ascii_graphic());
     sets_ours && host_only && one_value && set_cookie.len() <= 8 * 1024
 }

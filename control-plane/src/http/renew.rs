@@ -53,7 +53,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         return None;
     }
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 async fn renew(State(state): State<AppState>, headers: HeaderMap) -> Response {

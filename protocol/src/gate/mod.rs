@@ -22,7 +22,7 @@ use std::rc::Rc;
 
 use crate::config::CompiledConfig;
 use crate::cors::{self, Preflight};
-use crate::renewal::{self, Renewed};
+use crate::renewal::{self, RenewalCall, Renewed};
 use crate::reply::{Denial, Reply};
 use crate::response::{self, PodResponse, Sanitized};
 use crate::token::Verified;
@@ -109,14 +109,16 @@ impl Gate {
         })
     }
 
-    /// The renew call for `capability` (`renewal::call_headers`): the control plane's cluster,
-    /// the headers and the timeout in milliseconds; `None` when renewal is off or the
-    /// capability cannot be renewed.
-    pub fn renewal_call(&self, capability: &Verified) -> Option<(&str, Vec<(String, String)>, u32)> {
+    /// The renew call for `capability` (`renewal::call_headers`) to the control plane's
+    /// cluster; `None` when renewal is off or the capability cannot be renewed.
+    pub fn renewal_call(&self, capability: &Verified) -> Option<RenewalCall<'_>> {
         let config = self.config()?;
         let renewal = config.renewal.as_ref()?;
-        let headers = renewal::call_headers(renewal, capability)?;
-        Some((config.control_plane_cluster.as_str(), headers, renewal.timeout_ms))
+        Some(RenewalCall {
+            cluster: config.control_plane_cluster.as_str(),
+            headers: renewal::call_headers(renewal, capability)?,
+            timeout_ms: renewal.timeout_ms,
+        })
     }
 
     /// Judges the control plane's answer to the renewal of `old` (`renewal::judge`); a fresh

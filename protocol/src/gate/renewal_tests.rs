@@ -8,7 +8,7 @@ use std::rc::Rc;
 use super::*;
 use crate::config::{FilterConfig, PodEntry, PodStatus};
 use crate::cutoff::{Cutoffs, SessionCut};
-use crate::renewal::{Renewal, RenewAnswer, RENEW_SECRET_HEADER};
+use crate::renewal::{RenewAnswer, Renewal, RENEW_SECRET_HEADER};
 use crate::token::tests::{claims, ed_key, ISS, NOW};
 use crate::token::{mint_in_session, KeySet, PodClaims, TokenKind};
 
@@ -141,8 +141,7 @@ fn a_session_cookie_is_renewed_in_the_last_part_of_its_life_memoized_or_not() {
 }
 
 #[test]
-fn header_tokens_tokens_without_a_session_and_a_configuration_without_renewal_are_never_renewed(
-) {
+fn header_tokens_tokens_without_a_session_and_a_configuration_without_renewal_are_never_renewed() {
     let with_sid = cap(NOW, Some("sid-a"));
     let without = cap(NOW, None);
     let mut gate = Gate::new(config());
@@ -162,9 +161,10 @@ fn the_renew_call_carries_the_secret_and_the_old_capability_to_the_control_plane
     let token = cap(NOW, Some("sid-a"));
     let mut gate = Gate::new(config());
     let f = forward(gate.on_request(&request(Some(&token), None), NOW + 700));
-    let (cluster, headers, timeout) = gate.renewal_call(f.capability.as_ref().unwrap()).unwrap();
-    assert_eq!(cluster, "podgate_control_plane");
-    assert_eq!(timeout, 1000);
+    let call = gate.renewal_call(f.capability.as_ref().unwrap()).unwrap();
+    assert_eq!(call.cluster, "podgate_control_plane");
+    assert_eq!(call.timeout_ms, 1000);
+    let headers = call.headers;
     let get = |name: &str| {
         headers
             .iter()
@@ -175,7 +175,10 @@ fn the_renew_call_carries_the_secret_and_the_old_capability_to_the_control_plane
     assert_eq!(get(":path"), Some("/api/proxy-renew"));
     assert_eq!(get(":authority"), Some("podgate.example.dev"));
     assert_eq!(get(RENEW_SECRET_HEADER), Some(SECRET));
-    assert_eq!(get("authorization"), Some(format!("Bearer {token}").as_str()));
+    assert_eq!(
+        get("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
     // Neither the secret nor a token is ever in a debug line.
     let printed = format!("{:?} {:?}", gate.config().unwrap().renewal, f);
     assert!(!printed.contains(SECRET), "{printed}");
