@@ -102,7 +102,11 @@ async fn renewal_keeps_the_session_and_needs_the_secret(which: Which) {
     let old = verify(&c, &cap);
 
     // Only Envoy: without the secret, or with another, nothing is read.
-    for secret in [None, Some("renew-secret-guessed-0123456789abcdef"), Some("")] {
+    for secret in [
+        None,
+        Some("renew-secret-guessed-0123456789abcdef"),
+        Some(""),
+    ] {
         let r = renew(&h, secret, Some(&cap)).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{secret:?}: {}", r.body);
     }
@@ -121,7 +125,12 @@ async fn renewal_keeps_the_session_and_needs_the_secret(which: Which) {
     assert_eq!(v.sid, old.sid, "the same session");
     assert_eq!(
         (&v.claims.sub, &v.claims.aud, &v.claims.pod, v.claims.port),
-        (&old.claims.sub, &old.claims.aud, &old.claims.pod, old.claims.port)
+        (
+            &old.claims.sub,
+            &old.claims.aud,
+            &old.claims.pod,
+            old.claims.port
+        )
     );
     assert_ne!(v.claims.jti, old.claims.jti);
     let set_cookie = body["set_cookie"].as_str().unwrap();

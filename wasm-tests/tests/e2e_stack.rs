@@ -1100,7 +1100,11 @@ fn browser_page_keeps_fetching_and_its_websocket_stays_open_across_capability_li
         let end = state().await;
         assert!(end["ok"].as_u64().unwrap() >= 170, "{end}");
         assert!(end["echoes"].as_u64().unwrap() >= 170, "{end}");
-        assert_eq!(browser.current_url().await.unwrap(), page_url, "no redirect");
+        assert_eq!(
+            browser.current_url().await.unwrap(),
+            page_url,
+            "no redirect"
+        );
         browser.quit().await;
         // Every call reached the pod as the member, without our cookie.
         let seen = servers.a.requests();
