@@ -35,7 +35,7 @@ use crate::mint::MintContext;
 use crate::recorder::Recorder;
 use crate::store::Db;
 
-pub use crate::config::SESSION_COOKIE;
+pub use crate::config::{SESSION_COOKIE, SIGN_IN_COOKIE};
 
 /// Everything a handler needs, cheap to clone.
 #[derive(Clone)]
@@ -51,7 +51,11 @@ struct Inner {
     recorder: Recorder,
     capability_cookie: String,
     session_cookie: String,
+    /// Name of the cookie that binds a sign-in under way to its browser.
+    sign_in_cookie: String,
     verifiers: verify::Verifiers,
+    /// Sign-in with the configured providers: its HTTP client and their endpoints.
+    sign_ins: auth::sign_in::SignIns,
     /// Per-client rate limits of the endpoints that take credentials.
     limits: limits::Limiters,
     /// Poked after every committed admin write that changes what Envoy gets.
@@ -76,6 +80,9 @@ impl AppState {
         }
         let capability_cookie = cookie_name(DEFAULT_COOKIE_NAME, config.public_scheme.is_https());
         let session_cookie = cookie_name(SESSION_COOKIE, config.issuer.starts_with("https://"));
+        let sign_in_cookie = cookie_name(SIGN_IN_COOKIE, config.issuer.starts_with("https://"));
+        let sign_ins = auth::sign_in::SignIns::new()
+            .map_err(|e| KeyringError::Generate(format!("sign-in: {e}")))?;
         let verifiers = verify::Verifiers::new(&config)
             .map_err(|e| KeyringError::Generate(format!("identity verifiers: {e}")))?;
         let signing_gate = xds_sync::signing_gate(&config);
@@ -88,7 +95,9 @@ impl AppState {
                 recorder: Recorder::start(db.clone()),
                 capability_cookie,
                 session_cookie,
+                sign_in_cookie,
                 verifiers,
+                sign_ins,
                 limits,
                 envoy_config_changes: Arc::new(tokio::sync::Notify::new()),
             }),
@@ -118,6 +127,21 @@ impl AppState {
     /// Name of the control plane's session cookie.
     pub fn session_cookie(&self) -> &str {
         &self.inner.session_cookie
+    }
+
+    /// Name of the cookie that binds a sign-in under way to its browser.
+    pub fn sign_in_cookie(&self) -> &str {
+        &self.inner.sign_in_cookie
+    }
+
+    /// What the sign-in with an identity provider reads and writes.
+    pub fn sign_in_context(&self) -> auth::sign_in::SignInContext<'_> {
+        auth::sign_in::SignInContext {
+            db: &self.inner.db,
+            sign_ins: &self.inner.sign_ins,
+            verifier: &self.inner.verifiers.oidc,
+            issuer: &self.inner.config.issuer,
+        }
     }
 
     /// Identity verifiers: OIDC key caches, the main-app session cache.
@@ -231,6 +255,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(health::router())
         .merge(flow::router(&state))
+        .merge(http::sign_in::router(&state))
         .merge(http::capabilities::router(&state))
         .merge(http::renew::router(&state))
         .merge(api_tokens::router())

@@ -5,4 +5,5 @@ pub mod api_tokens;
 pub mod app_session;
 pub mod identity;
 pub mod oidc;
+pub mod sign_in;
 pub mod verify;

@@ -340,6 +340,22 @@ impl OidcVerifier {
             .filter_map(|(i, p)| p.cfg.cookie.as_deref().map(|c| (i, c)))
     }
 
+    /// The configured provider named `name`.
+    pub fn provider(&self, name: &str) -> Option<&OidcProvider> {
+        self.issuers
+            .iter()
+            .find(|p| p.cfg.name == name)
+            .map(|p| &p.cfg)
+    }
+
+    /// The providers that sign people in at `/auth/login`, in configuration order.
+    pub fn sign_in_providers(&self) -> impl Iterator<Item = &OidcProvider> {
+        self.issuers
+            .iter()
+            .map(|p| &p.cfg)
+            .filter(|p| p.sign_in.is_some())
+    }
+
     pub fn provider_name(&self, index: usize) -> &str {
         self.issuers.get(index).map_or("", |p| p.cfg.name.as_str())
     }
@@ -411,6 +427,16 @@ impl OidcVerifier {
         untrusted: &UntrustedToken<'_, ExtraHeader>,
         now: i64,
     ) -> Result<IdClaims, OidcError> {
+        Ok(self.verify_claims(issuer, untrusted, now).await?.0)
+    }
+
+    /// Checks a token of `issuer` and returns what it says about the person with all its claims.
+    async fn verify_claims(
+        &self,
+        issuer: &Arc<Issuer>,
+        untrusted: &UntrustedToken<'_, ExtraHeader>,
+        now: i64,
+    ) -> Result<(IdClaims, Map<String, Value>), OidcError> {
         let cfg = &issuer.cfg;
         let alg = IdTokenAlg::parse(untrusted.algorithm()).ok_or_else(|| {
             rejected(format!(
@@ -467,7 +493,56 @@ impl OidcVerifier {
             _ => rejected("the ID token's signature is invalid"),
         })?;
         let claims = checked.claims();
-        check_claims(cfg, claims, now)
+        Ok((check_claims(cfg, claims, now)?, claims.custom.clone()))
+    }
+
+    /// Verifies the ID token of podgate's own sign-in with the provider named `name`: what
+    /// [`OidcVerifier::verify_for`] checks, then that it was issued to the sign-in's client
+    /// (`aud` lists `client_id`; `azp`, when present, is `client_id`) and carries the sign-in's
+    /// `nonce` (OpenID Connect Core 3.1.3.7).
+    pub async fn verify_sign_in(
+        &self,
+        name: &str,
+        token: &str,
+        now: i64,
+        client_id: &str,
+        nonce: &str,
+    ) -> Result<IdClaims, OidcError> {
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|p| p.cfg.name == name)
+            .ok_or_else(|| OidcError::Upstream(format!("no identity provider {name:?}")))?;
+        let untrusted = parse(token)?;
+        let (id, claims) = self.verify_claims(issuer, &untrusted, now).await?;
+        let for_us = match claims.get("aud") {
+            Some(Value::String(a)) => a == client_id,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(client_id)),
+            _ => false,
+        };
+        if !for_us {
+            return Err(rejected(format!(
+                "the provider's ID token was issued to {}, not to podgate's sign-in client {client_id:?}",
+                claims.get("aud").map_or_else(String::new, Value::to_string)
+            )));
+        }
+        if let Some(azp) = claims.get("azp") {
+            if azp.as_str() != Some(client_id) {
+                return Err(rejected(format!(
+                    "the provider's ID token was issued to client {azp} (`azp`), not to podgate's sign-in client {client_id:?}"
+                )));
+            }
+        }
+        let same_nonce = claims
+            .get("nonce")
+            .and_then(Value::as_str)
+            .is_some_and(|n| subtle::ConstantTimeEq::ct_eq(n.as_bytes(), nonce.as_bytes()).into());
+        if !same_nonce {
+            return Err(rejected(
+                "the provider's ID token does not carry this sign-in's nonce: it belongs to another sign-in",
+            ));
+        }
+        Ok(id)
     }
 
     /// The key `kid` of `issuer`, fetching the issuer's keys again when they are stale or lack
@@ -823,6 +898,7 @@ mod tests {
             max_lifetime: 86_400,
             allow_insecure_http: false,
             min_refresh: Duration::from_secs(5),
+            sign_in: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The checked configuration the server runs with ([`Config`]) and the value types of its
-//! settings. Only [`Settings::resolve`] builds one.
+//! settings, as [`Settings::resolve`] builds them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -207,6 +207,41 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_OIDC_AUDIENCE", global = true)]
     pub oidc_audience: Option<String>,
 
+    /// Sign people in at /auth/login with that issuer as its first client id, with this client
+    /// secret (prefer --oidc-client-secret-file; `[oidc.sign_in]` in the file for more).
+    #[arg(
+        long,
+        env = "PODGATE_OIDC_CLIENT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub oidc_client_secret: Option<String>,
+
+    /// File with that client's secret.
+    #[arg(long, env = "PODGATE_OIDC_CLIENT_SECRET_FILE", global = true)]
+    pub oidc_client_secret_file: Option<PathBuf>,
+
+    /// File with that client's private JWK, for private_key_jwt instead of a secret.
+    #[arg(long, env = "PODGATE_OIDC_CLIENT_KEY_FILE", global = true)]
+    pub oidc_client_key_file: Option<PathBuf>,
+
+    /// client_secret_basic, client_secret_post or private_key_jwt [default: by what is given].
+    #[arg(long, env = "PODGATE_OIDC_CLIENT_AUTH", global = true)]
+    pub oidc_client_auth: Option<String>,
+
+    /// Scopes of the sign-in, comma-separated [default: openid,email,profile].
+    #[arg(
+        long,
+        env = "PODGATE_OIDC_SCOPES",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub oidc_scopes: Option<Vec<String>>,
+
+    /// The provider's name on the sign-in page [default: oidc].
+    #[arg(long, env = "PODGATE_OIDC_DISPLAY_NAME", global = true)]
+    pub oidc_display_name: Option<String>,
+
     /// The main app's session endpoint (`[app_session]` in the file).
     #[command(flatten)]
     #[serde(default)]

@@ -27,6 +27,8 @@ pub const DEFAULT_TICKET_LIFETIME: u64 = 60;
 pub const DEFAULT_SESSION_LIFETIME: u64 = 12 * 3600;
 /// Base name of the control plane's own session cookie (on the control plane's host only).
 pub const SESSION_COOKIE: &str = "podgate_session";
+/// Base name of the cookie that binds a sign-in under way to the browser that started it.
+pub const SIGN_IN_COOKIE: &str = "podgate_signin";
 /// How long a rotated-out key keeps verifying, unless configured.
 pub const DEFAULT_KEY_OVERLAP: u64 = 3600;
 /// Default address of the ADS (xDS gRPC) server.
@@ -167,15 +169,25 @@ impl Settings {
             p => Some(p),
         };
 
+        // Whether an identity provider signs people in (checked in full by `idp::resolve`).
+        let signs_in = self.oidc.iter().any(|o| o.sign_in.is_some())
+            || self.oidc_client_secret.is_some()
+            || self.oidc_client_secret_file.is_some()
+            || self.oidc_client_key_file.is_some()
+            || self.oidc_client_auth.is_some()
+            || self.oidc_scopes.is_some()
+            || self.oidc_display_name.is_some();
         let login_url = match self.login_url {
             Some(u) => {
                 check_http_url(&u, "login URL", "PODGATE_LOGIN_URL", "https://app.example.dev/login")?;
                 Some(u)
             }
+            // podgate's own sign-in, when a provider is configured for it, before the dev login.
+            None if signs_in => Some(format!("{issuer}/auth/login")),
             None if dev_mode => Some(format!("{issuer}/dev/login")),
             None if need == Need::Server => {
                 return Err(bad(
-                    "no login URL; set PODGATE_LOGIN_URL (or --login-url) to the page where people sign in, e.g. https://app.example.dev/login, or run with PODGATE_DEV_MODE=true for the dev login",
+                    "no login URL; set PODGATE_LOGIN_URL (or --login-url) to the page where people sign in, e.g. https://app.example.dev/login, configure an identity provider to sign in with ([oidc.sign_in] or PODGATE_OIDC_CLIENT_SECRET), or run with PODGATE_DEV_MODE=true for the dev login",
                 ))
             }
             None => None,
@@ -306,14 +318,25 @@ impl Settings {
                 firebase_project: self.firebase_project,
                 oidc_issuer: self.oidc_issuer,
                 oidc_audience: self.oidc_audience,
+                oidc_sign_in: idp::SignInSettings {
+                    display_name: self.oidc_display_name,
+                    client_id: None,
+                    client_secret: self.oidc_client_secret,
+                    client_secret_file: self.oidc_client_secret_file,
+                    client_auth: self.oidc_client_auth,
+                    private_key_file: self.oidc_client_key_file,
+                    scopes: self.oidc_scopes,
+                },
                 app_session: self.app_session,
                 cors_origins: self.cors_origins,
                 client_ip_header: self.client_ip_header,
             },
             &[
                 SESSION_COOKIE,
+                SIGN_IN_COOKIE,
                 podgate_protocol::cookie::DEFAULT_COOKIE_NAME,
                 &podgate_protocol::cookie::cookie_name(SESSION_COOKIE, true),
+                &podgate_protocol::cookie::cookie_name(SIGN_IN_COOKIE, true),
                 &podgate_protocol::cookie::cookie_name(
                     podgate_protocol::cookie::DEFAULT_COOKIE_NAME,
                     true,

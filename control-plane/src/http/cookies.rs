@@ -2,8 +2,9 @@
 //! is `Secure` (and its name, chosen once at start by `podgate_protocol::cookie::cookie_name`,
 //! carries `__Host-`); always host-only (no `Domain`), `Path=/` and `HttpOnly`.
 //!
-//! Two cookies exist: the capability cookie on pod hosts (https when the pods' public scheme
-//! is), and the control plane's own session cookie (https when its issuer URL is).
+//! Three cookies exist: the capability cookie on pod hosts (https when the pods' public scheme
+//! is), and on the control plane (https when its issuer URL is) its own session cookie and the
+//! cookie that binds a sign-in under way to the browser that started it.
 
 use cookie::time::Duration;
 use cookie::{Cookie, SameSite};
@@ -78,5 +79,17 @@ pub fn clear_session(state: &AppState) -> String {
         control_plane_is_https(state),
         SameSite::Lax,
         0,
+    )
+}
+
+/// The cookie that binds sign-ins under way to this browser, for a sign-in's lifetime.
+/// `SameSite=Lax`: the provider sends the browser back with a top-level GET from its own site.
+pub fn sign_in_binding(state: &AppState, value: &str) -> String {
+    build(
+        state.sign_in_cookie(),
+        value,
+        control_plane_is_https(state),
+        SameSite::Lax,
+        crate::auth::sign_in::SIGN_IN_LIFETIME_SECS.unsigned_abs(),
     )
 }

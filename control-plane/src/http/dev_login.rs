@@ -6,14 +6,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use podgate_protocol::redirect::safe_next;
 use serde_json::json;
 
 use crate::auth::identity::{end_sessions, start_session};
 use crate::http::cookies;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::request::cookie_headers;
-use crate::http::shared::{no_store, single_params};
+use crate::http::shared::{after_login, no_store, single_params};
 use crate::ids::check_id;
 use crate::store::{now_unix, User};
 use crate::AppState;
@@ -23,19 +22,6 @@ pub fn dev_router() -> Router<AppState> {
     Router::new()
         .route("/dev/login", get(dev_login))
         .route("/dev/logout", get(dev_logout))
-}
-
-/// Where to go after signing in: a same-host path, or an absolute URL on the control plane
-/// itself (the login redirect of `/api/proxy-auth` sends one) turned into its path.
-fn after_login(state: &AppState, next: Option<&str>) -> Option<String> {
-    let next = next?;
-    let issuer_prefix = format!("{}/", state.config().issuer);
-    let path = match next.strip_prefix(&issuer_prefix) {
-        Some(rest) => format!("/{rest}"),
-        None => next.to_owned(),
-    };
-    let safe = safe_next(&path);
-    (safe == path).then_some(safe)
 }
 
 /// `GET /dev/login?user=ID_OR_EMAIL&next=...`: signs in as that user (created if the id is
@@ -74,7 +60,10 @@ async fn dev_login(
     let session = start_session(state.db(), state.config().session_lifetime, &user).await?;
     let cookie = cookies::session(&state, &session);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
-    let mut resp = match after_login(&state, params.get("next").map(String::as_str)) {
+    let mut resp = match after_login(
+        &state.config().issuer,
+        params.get("next").map(String::as_str),
+    ) {
         Some(next) => {
             let mut r = StatusCode::FOUND.into_response();
             r.headers_mut().insert(

@@ -8,7 +8,6 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use podgate_protocol::gate::Request as GateRequest;
 use podgate_protocol::host::PodAddr;
 use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use podgate_protocol::token::TokenKind;
@@ -19,7 +18,7 @@ use crate::http::cookies;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::credentials;
-use crate::http::shared::{no_store, parse_target, single_params};
+use crate::http::shared::{is_page_load, no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
 use crate::mint::{mint_in_session_for, redeem_ticket, RedeemError, TicketRefusal};
 use crate::AppState;
@@ -47,18 +46,6 @@ fn redirect(location: &str) -> ApiResult<Response> {
     );
     no_store(&mut resp);
     Ok(resp)
-}
-
-fn is_page_load(headers: &HeaderMap, method: &str) -> bool {
-    let h = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    GateRequest {
-        method,
-        accept: h(header::ACCEPT),
-        sec_fetch_mode: headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok()),
-        upgrade: h(header::UPGRADE),
-        ..GateRequest::default()
-    }
-    .is_page_load()
 }
 
 /// `/api/proxy-auth` on the control plane for this pod, port and (already safe) `next`.

@@ -17,3 +17,4 @@ pub mod request;
 pub mod security_headers;
 pub mod session;
 pub mod shared;
+pub mod sign_in;

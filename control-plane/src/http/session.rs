@@ -2,7 +2,7 @@
 //! `GET /auth/userinfo` (who is signed in).
 //!
 //! Signing out ends every control-plane session the request's cookies name and cuts off every
-//! capability minted for them (`crate::cuts::cut_session`), on every pod host, at the next config push,
+//! capability minted for them (`cuts::cut_session`), on every pod host, at the next config push,
 //! which this triggers. A pod host's `/.podgate/logout` (answered by the filter: it removes that
 //! host's capability cookie) redirects here.
 //!

@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 
+use podgate_protocol::gate::Request as GateRequest;
 use podgate_protocol::host::{parse_port, validate_slug, PodAddr};
+use podgate_protocol::redirect::safe_next;
 
 use crate::config::limits::MAX_QUERY_LEN;
 use crate::http::error::{ApiError, ApiResult};
@@ -56,4 +58,33 @@ pub fn parse_target(pod: Option<&str>, port: Option<&str>) -> ApiResult<PodAddr>
         pod: pod.to_owned(),
         port,
     })
+}
+
+/// Where to go after signing in: a same-host path, or an absolute URL on the control plane
+/// itself (`issuer`; the login redirect of `/api/proxy-auth` sends one) turned into its path;
+/// `None` when `next` is absent or neither.
+pub fn after_login(issuer: &str, next: Option<&str>) -> Option<String> {
+    let next = next?;
+    let issuer_prefix = format!("{issuer}/");
+    let path = match next.strip_prefix(&issuer_prefix) {
+        Some(rest) => format!("/{rest}"),
+        None => next.to_owned(),
+    };
+    let safe = safe_next(&path);
+    (safe == path).then_some(safe)
+}
+
+/// Whether a request is a browser's page load (the filter's rule: `Sec-Fetch-Mode: navigate`, or
+/// `Accept: text/html` on GET/HEAD without fetch metadata), which gets pages and redirects
+/// rather than JSON.
+pub fn is_page_load(headers: &HeaderMap, method: &str) -> bool {
+    let h = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    GateRequest {
+        method,
+        accept: h(header::ACCEPT),
+        sec_fetch_mode: headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok()),
+        upgrade: h(header::UPGRADE),
+        ..GateRequest::default()
+    }
+    .is_page_load()
 }

@@ -18,6 +18,7 @@ mod idp;
 mod keys;
 mod pods;
 mod sessions;
+mod sign_in;
 mod users;
 
 pub use api_tokens::ApiTokenRow;
@@ -25,6 +26,7 @@ pub use cuts::{CutRow, HolderScope};
 pub use keys::{KeyMaterial, StoredKey};
 pub use pods::{AccessFacts, Pod, PodPort};
 pub use sessions::AuditEntry;
+pub use sign_in::SignInState;
 pub use users::{Member, Server, Team, User};
 
 /// Every pod status, as stored and as the admin API accepts them.

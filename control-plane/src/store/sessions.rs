@@ -110,8 +110,12 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Drops consumed tickets and sessions that expired before `before`.
+    /// Drops consumed tickets, sessions and sign-ins under way that expired before `before`.
     pub async fn prune(&self, before: i64) -> Res<u64> {
+        let c = sqlx::query("DELETE FROM sign_in_states WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.writer)
+            .await?;
         let a = sqlx::query("DELETE FROM consumed_tickets WHERE expires_at < $1")
             .bind(before)
             .execute(&self.writer)
@@ -120,7 +124,7 @@ impl Db {
             .bind(before)
             .execute(&self.writer)
             .await?;
-        Ok(a.rows_affected() + b.rows_affected())
+        Ok(a.rows_affected() + b.rows_affected() + c.rows_affected())
     }
 
     pub async fn record_mint(&self, e: &AuditEntry) -> Res<()> {

@@ -289,6 +289,40 @@ impl OidcProvider {
         panic!("the sign-in never reached {redirect_uri}; last at {next}");
     }
 
+    /// Follows an authorization request (`auth_url`) to the provider's login form and aborts
+    /// there (the user cancels), until the provider redirects to a URL starting with
+    /// `redirect_uri`; returns that URL (with `error=access_denied` and `state`).
+    pub async fn deny(&self, auth_url: &str, redirect_uri: &str) -> String {
+        let mut jar = Jar::default();
+        let mut next = auth_url.to_owned();
+        let mut aborted = false;
+        for _ in 0..8 {
+            if next.starts_with(redirect_uri) {
+                return next;
+            }
+            let resp = self
+                .http
+                .get(&next)
+                .header(reqwest::header::COOKIE, jar.header())
+                .send()
+                .await
+                .unwrap();
+            jar.take(&resp);
+            if resp.status().is_redirection() {
+                next = location(&resp);
+                continue;
+            }
+            assert!(
+                !aborted,
+                "the provider showed a page after the abort: {next}"
+            );
+            // The login form of /interaction/UID: its abort link.
+            next = format!("{}/abort", next.trim_end_matches('/'));
+            aborted = true;
+        }
+        panic!("the aborted sign-in never reached {redirect_uri}; last at {next}");
+    }
+
     /// Signs `req.login` in through the authorization code flow with PKCE (S256), `state` and
     /// `nonce`, answering the dev login and consent forms; returns the token endpoint's answer
     /// (`id_token`, `access_token`, ...).

@@ -11,6 +11,7 @@
 
 mod app_session;
 mod oidc;
+mod sign_in;
 
 use std::net::IpAddr;
 
@@ -30,6 +31,10 @@ pub use oidc::{
     ClientIds, IdTokenAlg, KeySource, OidcProvider, OidcSettings, DEFAULT_MIN_REFRESH_SECS,
     DEFAULT_OIDC_LEEWAY, DEFAULT_OIDC_MAX_LIFETIME, FIREBASE_JWKS_URL, MAX_MIN_REFRESH_SECS,
 };
+pub use sign_in::{
+    ClientAuth, ClientKey, ClientKeyMaterial, ClientSecret, SignInClient, SignInSettings,
+    DEFAULT_SCOPES,
+};
 
 /// Everything the verifiers need, checked.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +47,13 @@ pub struct IdentityConfig {
     pub client_ip_header: Option<String>,
 }
 
+impl IdentityConfig {
+    /// Whether some provider signs people in at `/auth/login`.
+    pub fn has_sign_in(&self) -> bool {
+        self.oidc.iter().any(|p| p.sign_in.is_some())
+    }
+}
+
 /// The identity settings as read from flags, environment and the file.
 #[derive(Debug, Clone, Default)]
 pub struct IdentityInputs {
@@ -49,6 +61,8 @@ pub struct IdentityInputs {
     pub firebase_project: Option<String>,
     pub oidc_issuer: Option<String>,
     pub oidc_audience: Option<String>,
+    /// Sign-in as the `oidc` entry's first client id (`PODGATE_OIDC_CLIENT_*`).
+    pub oidc_sign_in: SignInSettings,
     pub app_session: AppSessionSettings,
     pub cors_origins: Option<Vec<String>>,
     pub client_ip_header: Option<String>,
@@ -126,12 +140,26 @@ pub fn resolve(inputs: IdentityInputs, reserved: &[&str]) -> Result<IdentityConf
             ..OidcSettings::default()
         });
     }
+    let s = inputs.oidc_sign_in;
+    let sign_in_set = s.client_secret.is_some()
+        || s.client_secret_file.is_some()
+        || s.private_key_file.is_some()
+        || s.client_auth.is_some()
+        || s.scopes.is_some()
+        || s.display_name.is_some()
+        || s.client_id.is_some();
+    if sign_in_set && inputs.oidc_issuer.is_none() {
+        return Err(bad(
+            "PODGATE_OIDC_CLIENT_* settings sign people in with the provider of PODGATE_OIDC_ISSUER, which is not set; set PODGATE_OIDC_ISSUER and PODGATE_OIDC_AUDIENCE too, or use an [oidc.sign_in] table in the config file",
+        ));
+    }
     match (inputs.oidc_issuer, inputs.oidc_audience) {
         // Several client ids of the issuer come comma-separated.
         (Some(issuer), Some(audience)) => settings.push(OidcSettings {
             name: "oidc".into(),
             issuer,
             audience: ClientIds(audience.split(',').map(str::to_owned).collect()),
+            sign_in: sign_in_set.then_some(s),
             ..OidcSettings::default()
         }),
         (None, None) => {}

@@ -7,6 +7,7 @@ use podgate_protocol::cookie::valid_cookie_name;
 use serde::Deserialize;
 use url::Url;
 
+use crate::config::idp::sign_in::{resolve_sign_in, SignInClient, SignInSettings};
 use crate::config::idp::{check_prefix, fetch_url};
 use crate::config::{bad, ConfigError};
 
@@ -64,6 +65,8 @@ pub struct OidcSettings {
     /// Least seconds between two fetches of the keys; a token naming an unknown kid waits for
     /// the next fetch, so at most 10 [default: 5].
     pub min_refresh_secs: Option<u64>,
+    /// Sign-in with this provider at `/auth/login` (`[oidc.sign_in]`; see `sign_in.rs`).
+    pub sign_in: Option<SignInSettings>,
 }
 
 /// The client ids of one issuer: `audience = "id"` or `audience = ["web-id", "cli-id"]` in the
@@ -157,6 +160,8 @@ pub struct OidcProvider {
     pub max_lifetime: i64,
     pub allow_insecure_http: bool,
     pub min_refresh: Duration,
+    /// The client podgate signs people in as at `/auth/login`, when configured.
+    pub sign_in: Option<SignInClient>,
 }
 
 impl OidcProvider {
@@ -213,6 +218,17 @@ pub(super) fn resolve_oidc(
             client_ids.push(id);
         }
     }
+    let sign_in = match s.sign_in {
+        Some(settings) => {
+            let client = resolve_sign_in(settings, &name, &whose, &client_ids)?;
+            // The sign-in's ID tokens are for its client, which is trusted like the audience.
+            if !client_ids.contains(&client.client_id) {
+                client_ids.push(client.client_id.clone());
+            }
+            Some(client)
+        }
+        None => None,
+    };
     if client_ids.is_empty() {
         return Err(bad(format!(
             "{whose} has no audience; set audience to your OAuth client id, or a list of this issuer's client ids, e.g. audience = [\"web-client\", \"cli-client\"] (Firebase: the project id)"
@@ -306,5 +322,6 @@ pub(super) fn resolve_oidc(
         max_lifetime: max_lifetime as i64,
         allow_insecure_http: insecure,
         min_refresh: Duration::from_secs(min_refresh),
+        sign_in,
     })
 }
