@@ -6,11 +6,14 @@
 //! `revoked_jti` lists the unexpired capabilities minted with a revoked API token, so Envoy
 //! refuses them at once instead of at their expiry; expired ones drop out at the next build.
 //! `cutoffs` lists the sessions that signed out and the users who lost access (`cuts.rs`).
+//! `renewal` tells the filter where and when to renew browser capabilities (`renew.rs`), with
+//! the renewal secret, which admins see here too.
 
 use std::collections::HashMap;
 
 use podgate_protocol::config::{FilterConfig, PodEntry};
 use podgate_protocol::cookie::DEFAULT_COOKIE_NAME;
+use podgate_protocol::renewal::{Renewal, RENEW_PATH};
 use podgate_protocol::token::DEFAULT_LEEWAY_SECS;
 
 use crate::config::{Config, MAX_CAPABILITY_LIFETIME};
@@ -30,6 +33,17 @@ pub const MAX_REVOKED_CAPABILITIES: usize = 10_000;
 /// How long before now a token's revocation can still matter: the longest capability lifetime,
 /// plus room for a mint that raced the revocation.
 const REVOCATION_WINDOW_SECS: i64 = MAX_CAPABILITY_LIFETIME as i64 + 3600;
+
+/// How long a request waits for a renewal before it goes on with the old capability.
+pub const RENEW_TIMEOUT_MS: u32 = 2_000;
+
+/// The filter renews a browser capability in the last third of its life: a browser in use
+/// gets the fresh cookie well before `exp`, one renewal per lifetime.
+pub fn renew_before_secs(capability_lifetime: u64) -> i64 {
+    i64::try_from(capability_lifetime / 3)
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
 
 /// `host:port`, with brackets around IPv6 addresses.
 pub fn upstream_address(host: &str, port: u16) -> String {
@@ -84,6 +98,12 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
         revoked_jti,
         cutoffs,
         logout_url,
+        renewal: Some(Renewal {
+            url: format!("{}{RENEW_PATH}", config.issuer),
+            secret: config.renew_secret.clone(),
+            before_secs: renew_before_secs(config.capability_lifetime),
+            timeout_ms: RENEW_TIMEOUT_MS,
+        }),
         leeway_secs: DEFAULT_LEEWAY_SECS,
         max_capability_lifetime_secs: config.capability_lifetime as i64,
         token_cache_entries: 1024,

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod limits;
 pub mod mint;
 pub mod recorder;
+pub mod renew;
 pub mod store;
 pub mod xds_sync;
 
@@ -256,6 +257,7 @@ pub fn app(state: AppState) -> Router {
         .merge(flow::router(&state))
         .merge(http::sign_in::router(&state))
         .merge(http::capabilities::router(&state))
+        .merge(http::renew::router(&state))
         .merge(api_tokens::router())
         .merge(http::session::router())
         .merge(admin::router(state.clone()));

@@ -102,6 +102,34 @@ pub extern "C" fn proxy_on_response_headers(
     with_filter(reset, |f| f.on_response_headers(context_id)) as u32
 }
 
+/// The answer to an HTTP call the filter made (a capability renewal); entered only when one
+/// was made, never on a request's path. The requests that waited for it are resumed after the
+/// filter is released: resuming one may run Envoy's later filters and a local reply at once,
+/// which enters the VM again (its response headers).
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    _context_id: u32,
+    token: u32,
+    num_headers: usize,
+    body_size: usize,
+    _num_trailers: usize,
+) {
+    let waiting = with_filter(Vec::new, |f| {
+        f.on_http_call_response(token, num_headers, body_size)
+    });
+    for context_id in waiting {
+        if let Err(status) =
+            raw::set_effective_context(context_id).and_then(|()| raw::continue_request())
+        {
+            // The stream ended while it waited: nothing to resume.
+            raw::log(
+                LogLevel::Debug,
+                &format!("podgate: cannot resume request {context_id}: {status:?}"),
+            );
+        }
+    }
+}
+
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     with_filter(|| (), |f| f.on_delete(context_id));

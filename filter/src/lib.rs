@@ -11,7 +11,8 @@
 //! exports only the callbacks it needs: Envoy enters the VM once for every exported callback of
 //! every stream, and each entry costs more Envoy CPU than podgate's whole cached decision.
 //! Per request: `proxy_on_request_headers`, `proxy_on_response_headers` and `proxy_on_delete`;
-//! no context-create, body, log or done callbacks.
+//! no context-create, body, log or done callbacks. `proxy_on_http_call_response` is entered
+//! only for the answer to a capability renewal (`renewal`), once per capability and worker.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -19,6 +20,7 @@ use std::rc::Rc;
 
 use podgate_protocol::config::FilterConfig;
 use podgate_protocol::gate::{Forward, Gate, HeaderEdit, Outcome};
+use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::{Denial, Reply};
 use podgate_protocol::response::ResponseEdit;
 use podgate_protocol::token::Verified;
@@ -57,10 +59,13 @@ enum Counter {
     ResponseFailed,
     Answered,
     WebsocketCut,
+    Renewed,
+    RenewalRefused,
+    RenewalFailed,
 }
 
 impl Counter {
-    const ALL: [(Counter, &'static str); 11] = [
+    const ALL: [(Counter, &'static str); 14] = [
         (Counter::Allowed, "podgate.allowed"),
         (Counter::Callback, "podgate.callback"),
         (Counter::CacheHits, "podgate.token_cache.hits"),
@@ -75,6 +80,9 @@ impl Counter {
         (Counter::ResponseFailed, "podgate.response.failed"),
         (Counter::Answered, "podgate.answered"),
         (Counter::WebsocketCut, "podgate.websocket.cut"),
+        (Counter::Renewed, "podgate.renewal.renewed"),
+        (Counter::RenewalRefused, "podgate.renewal.refused"),
+        (Counter::RenewalFailed, "podgate.renewal.failed"),
     ];
 }
 
@@ -137,10 +145,65 @@ struct Filter {
     /// Streams forwarded to a pod, until their response headers (or their end): the forward,
     /// which holds what sanitizing the response needs.
     responses: ByContext<Rc<Forward>>,
-    /// Open WebSockets to pods: context id → the capability that opened it, closed by the
-    /// tick at its `exp` (unix seconds), or once a configuration cuts it off.
-    websockets: ByContext<(i64, Rc<Verified>)>,
+    /// Open WebSockets to pods, closed by the tick at their capability's `exp`, once a
+    /// configuration cuts it off, or once its renewal is refused.
+    websockets: ByContext<OpenSocket>,
+    /// Renewals by the renewed capability's `jti`: at most one call in flight per capability,
+    /// and its outcome for the requests that still carry the old one.
+    renewals: HashMap<String, Renewal>,
+    /// The renew calls in flight: Envoy's call token → the old capability's `jti`.
+    calls: HashMap<u32, String>,
+    /// Streams whose response gets a renewed capability's cookie (empty but around a renewal,
+    /// so the response path looks it up only then).
+    set_cookies: ByContext<Rc<str>>,
 }
+
+/// An open WebSocket: the capability it lives on (the one that opened it, or its renewal)
+/// and when the tick renews it (`renewal::renew_at`).
+struct OpenSocket {
+    capability: Rc<Verified>,
+    renew_at: Option<i64>,
+}
+
+/// Where the renewal of one capability stands, in one worker.
+enum Renewal {
+    /// The call is in flight; these streams wait for it (bounded by the call's timeout).
+    InFlight {
+        old: Rc<Verified>,
+        waiting: Vec<u32>,
+    },
+    /// Renewed: requests still carrying the old capability get this cookie too.
+    Fresh {
+        capability: Rc<Verified>,
+        set_cookie: Rc<str>,
+        until: i64,
+    },
+    /// The control plane refused: no more calls for it; the old one lives out its lifetime.
+    Refused { until: i64 },
+    /// No usable answer: tried again from `retry_at`.
+    Failed { retry_at: i64, until: i64 },
+}
+
+impl Renewal {
+    /// Whether the entry is still of use at `now`: an old capability past its `exp` and the
+    /// leeway is refused before renewal is considered.
+    fn live(&self, now: i64) -> bool {
+        match self {
+            Renewal::InFlight { .. } => true,
+            Renewal::Fresh { until, .. }
+            | Renewal::Refused { until }
+            | Renewal::Failed { until, .. } => now <= *until,
+        }
+    }
+}
+
+/// Most renewals one worker remembers; past it, capabilities are not renewed until old entries
+/// expire (they then go on until their own `exp`).
+const MAX_RENEWALS: usize = 4096;
+/// How long an entry outlives the old capability's `exp`: the verification leeway's maximum.
+const RENEWAL_KEPT_SECS: i64 = 300;
+/// How long after a failed renewal the next request tries again.
+const RENEWAL_RETRY_SECS: i64 = 5;
 
 /// Per-stream state by Envoy's context id. Ids are Envoy's counter, not the client's, so they
 /// need no keyed hash, and a keyed one would be a visible share of a cached request.
@@ -263,8 +326,11 @@ impl Filter {
                         compiled.verifier.key_count()
                     ),
                 );
-                // Keys, pods or revocations may have changed: the gate starts its caches over.
+                // Keys, pods or revocations may have changed: the gate starts its caches over,
+                // and so do the renewals' outcomes (calls in flight are judged by the new one).
                 self.gate.configure(Rc::new(compiled));
+                self.renewals
+                    .retain(|_, r| matches!(r, Renewal::InFlight { .. }));
                 // Again for this configuration's root context: Envoy may give an update its
                 // own, and a tick belongs to the root context that asked for it.
                 start_ticking();
@@ -282,12 +348,206 @@ impl Filter {
     }
 
     fn on_tick(&mut self) {
+        self.renew_websockets();
         self.close_expired_websockets();
+        if !self.renewals.is_empty() {
+            if let Some(now) = now_unix() {
+                self.renewals.retain(|_, r| r.live(now));
+            }
+        }
         self.metrics.flush();
     }
 
-    /// Closes every WebSocket whose capability has expired, or is refused by the configuration
-    /// in force (a signed-out session, access lost, revoked). Envoy resets the stream right
+    /// Renews the capabilities of open WebSockets that reached their renewal time: a fresh
+    /// one already there replaces it; otherwise one call per capability starts (owned by the
+    /// root context, as the tick runs there, so no stream waits on it).
+    fn renew_websockets(&mut self) {
+        if self.websockets.is_empty() {
+            return;
+        }
+        let Some(now) = now_unix() else { return };
+        let due: Vec<u32> = self
+            .websockets
+            .iter()
+            .filter(|(_, s)| renewal::due(s.renew_at, now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(socket) = self.websockets.get(&id) else {
+                continue;
+            };
+            let old = Rc::clone(&socket.capability);
+            match self.renewals.get(&old.claims.jti) {
+                Some(Renewal::Fresh { capability, .. }) => {
+                    let capability = Rc::clone(capability);
+                    self.renew_socket(id, capability);
+                }
+                Some(Renewal::InFlight { .. } | Renewal::Refused { .. }) => {}
+                Some(Renewal::Failed { retry_at, .. }) if now < *retry_at => {}
+                _ => {
+                    self.start_renewal(&old, now);
+                }
+            }
+        }
+    }
+
+    /// The WebSocket `id` lives on `capability` from now on.
+    fn renew_socket(&mut self, id: u32, capability: Rc<Verified>) {
+        let renew_at = renewal::renew_at(
+            self.gate.config().and_then(|c| c.renewal.as_ref()),
+            &capability,
+            true,
+        );
+        if let Some(socket) = self.websockets.get_mut(&id) {
+            socket.capability = capability;
+            socket.renew_at = renew_at;
+        }
+    }
+
+    /// Starts the renew call for `old`; whether it is in flight.
+    fn start_renewal(&mut self, old: &Rc<Verified>, now: i64) -> bool {
+        let jti = &old.claims.jti;
+        if self.renewals.len() >= MAX_RENEWALS && !self.renewals.contains_key(jti) {
+            return false;
+        }
+        let Some(call) = self.gate.renewal_call(old) else {
+            return false;
+        };
+        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
+        match raw::http_call(call.cluster, &headers, b"", call.timeout_ms) {
+            Ok(token) => {
+                self.calls.insert(token, jti.clone());
+                self.renewals.insert(
+                    jti.clone(),
+                    Renewal::InFlight {
+                        old: Rc::clone(old),
+                        waiting: Vec::new(),
+                    },
+                );
+                true
+            }
+            Err(status) => {
+                log(
+                    LogLevel::Error,
+                    &format!("podgate: cannot call the control plane to renew: {status:?}"),
+                );
+                self.metrics.bump(Counter::RenewalFailed, 1);
+                self.renewals.insert(
+                    jti.clone(),
+                    Renewal::Failed {
+                        retry_at: now + RENEWAL_RETRY_SECS,
+                        until: old.expires_at + RENEWAL_KEPT_SECS,
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    /// A request with a capability due for renewal: a fresh one already there goes on its
+    /// response; otherwise the first such request starts the call and waits for it (bounded
+    /// by the call's timeout), and the others go on with the old capability meanwhile.
+    fn renew_for_request(&mut self, context_id: u32, old: &Rc<Verified>, now: i64) -> Action {
+        match self.renewals.get_mut(&old.claims.jti) {
+            Some(Renewal::Fresh { set_cookie, .. }) => {
+                self.set_cookies.insert(context_id, Rc::clone(set_cookie));
+                Action::Continue
+            }
+            Some(Renewal::InFlight { .. } | Renewal::Refused { .. }) => Action::Continue,
+            Some(Renewal::Failed { retry_at, .. }) if now < *retry_at => Action::Continue,
+            _ => {
+                if !self.start_renewal(old, now) {
+                    return Action::Continue;
+                }
+                if let Some(Renewal::InFlight { waiting, .. }) =
+                    self.renewals.get_mut(&old.claims.jti)
+                {
+                    waiting.push(context_id);
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    /// The control plane answered a renew call (or the call failed: no headers). Returns the
+    /// streams that waited for it, for the caller to resume once the filter is released.
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+    ) -> Vec<u32> {
+        let Some(jti) = self.calls.remove(&token) else {
+            return Vec::new();
+        };
+        let Some(Renewal::InFlight { old, waiting }) = self.renewals.remove(&jti) else {
+            return Vec::new();
+        };
+        let status = if num_headers == 0 {
+            0
+        } else {
+            raw::header_map_bytes(MapType::HttpCallResponseHeaders)
+                .map_or(0, |h| renewal::call_status(&h))
+        };
+        let body = if body_size == 0 {
+            Vec::new()
+        } else {
+            raw::http_call_body(body_size).unwrap_or_default()
+        };
+        let now = now_unix();
+        let renewed = match now {
+            Some(now) => self.gate.renewed(&old, status, &body, now),
+            None => Renewed::Failed,
+        };
+        let now = now.unwrap_or(0);
+        let until = old.expires_at + RENEWAL_KEPT_SECS;
+        let state = match renewed {
+            Renewed::Fresh {
+                capability,
+                set_cookie,
+            } => {
+                self.metrics.bump(Counter::Renewed, 1);
+                for id in &waiting {
+                    self.set_cookies.insert(*id, Rc::clone(&set_cookie));
+                }
+                let sockets: Vec<u32> = self
+                    .websockets
+                    .iter()
+                    .filter(|(_, s)| s.capability.claims.jti == jti)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in sockets {
+                    self.renew_socket(id, Rc::clone(&capability));
+                }
+                Renewal::Fresh {
+                    capability,
+                    set_cookie,
+                    until,
+                }
+            }
+            Renewed::Refused => {
+                self.metrics.bump(Counter::RenewalRefused, 1);
+                Renewal::Refused { until }
+            }
+            Renewed::Failed => {
+                log(
+                    LogLevel::Info,
+                    &format!("podgate: renewal failed (status {status}); the capability goes on"),
+                );
+                self.metrics.bump(Counter::RenewalFailed, 1);
+                Renewal::Failed {
+                    retry_at: now + RENEWAL_RETRY_SECS,
+                    until,
+                }
+            }
+        };
+        self.renewals.insert(jti, state);
+        waiting
+    }
+
+    /// Closes every WebSocket whose capability has expired (unrenewed), is refused by the
+    /// configuration in force (a signed-out session, access lost, revoked), or whose renewal
+    /// the control plane refused. Envoy resets the stream right
     /// after this callback (`proxy_close_stream` on the stream made effective), then deletes it.
     fn close_expired_websockets(&mut self) {
         if self.websockets.is_empty() {
@@ -297,10 +557,15 @@ impl Filter {
         let Some(now) = now_unix() else { return };
         let mut expired = Vec::new();
         let mut cut = Vec::new();
-        for (id, (exp, cap)) in self.websockets.iter() {
-            if now >= *exp {
+        for (id, socket) in self.websockets.iter() {
+            let cap = &socket.capability;
+            let renewal_refused = matches!(
+                self.renewals.get(&cap.claims.jti),
+                Some(Renewal::Refused { .. })
+            );
+            if now >= cap.expires_at {
                 expired.push(*id);
-            } else if self.gate.refuses(cap) {
+            } else if self.gate.refuses(cap) || renewal_refused {
                 cut.push(*id);
             }
         }
@@ -359,7 +624,7 @@ impl Filter {
         self.metrics.bump(Counter::CacheHits, after.0 - before.0);
         self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
         match outcome {
-            Outcome::Forward(forward) => self.forward(context_id, forward),
+            Outcome::Forward(forward) => self.forward(context_id, forward, now),
             Outcome::Deny(denial) => self.deny(&denial),
             // CORS preflights are answered here and never forwarded.
             Outcome::Preflight(reply) => {
@@ -374,7 +639,7 @@ impl Filter {
         }
     }
 
-    fn forward(&mut self, context_id: u32, forward: Rc<Forward>) -> Action {
+    fn forward(&mut self, context_id: u32, forward: Rc<Forward>, now: i64) -> Action {
         if let Err(status) = apply_request(&forward.edits) {
             return self.host_failed("editing the request headers", status);
         }
@@ -387,19 +652,28 @@ impl Filter {
             return Action::Continue;
         }
         // To a pod (not the control plane, which sets our cookie): a WebSocket is closed when
-        // the capability expires, and the response is sanitized.
-        if let (true, Some(exp), Some(cap)) = (
-            forward.websocket,
-            forward.expires_at,
-            forward.capability.as_ref(),
-        ) {
-            self.websockets.insert(context_id, (exp, Rc::clone(cap)));
+        // the capability expires unrenewed, and the response is sanitized.
+        if let (true, Some(cap)) = (forward.websocket, forward.capability.as_ref()) {
+            let socket = OpenSocket {
+                capability: Rc::clone(cap),
+                renew_at: forward.renew_at,
+            };
+            self.websockets.insert(context_id, socket);
         }
+        // One comparison on the cached path; a capability due for renewal is rare (once per
+        // capability and worker, and the requests that follow carry the fresh one).
+        let action = match (renewal::due(forward.renew_at, now), &forward.capability) {
+            (true, Some(cap)) => {
+                let cap = Rc::clone(cap);
+                self.renew_for_request(context_id, &cap, now)
+            }
+            _ => Action::Continue,
+        };
         if forward.response.is_some() {
             self.responses.insert(context_id, forward);
         }
         self.metrics.bump(Counter::Allowed, 1);
-        Action::Continue
+        action
     }
 
     fn on_response_headers(&mut self, context_id: u32) -> Action {
@@ -417,18 +691,31 @@ impl Filter {
             Ok(sanitized) => sanitized,
             Err(failure) => return self.fail_response(&failure.to_string()),
         };
-        if sanitized.edits.is_empty() {
+        if !sanitized.edits.is_empty() {
+            if let Err(status) = apply_response(&sanitized.edits) {
+                return self.fail_response(&format!("edit failed: {status:?}"));
+            }
+            self.metrics.bump(
+                Counter::CookiesDropped,
+                sanitized.dropped_cookies.len() as u64,
+            );
+            self.metrics
+                .bump(Counter::CorsStripped, sanitized.stripped_cors as u64);
+        }
+        // A renewed capability's cookie, after the pod's own cookies were sanitized (their
+        // edits remove and add `set-cookie` headers). The map is empty but around a renewal.
+        if self.set_cookies.is_empty() {
             return Action::Continue;
         }
-        if let Err(status) = apply_response(&sanitized.edits) {
-            return self.fail_response(&format!("edit failed: {status:?}"));
+        if let Some(cookie) = self.set_cookies.remove(&context_id) {
+            if let Err(status) = raw::add_header(
+                MapType::HttpResponseHeaders,
+                b"set-cookie",
+                cookie.as_bytes(),
+            ) {
+                return self.fail_response(&format!("adding the renewed cookie: {status:?}"));
+            }
         }
-        self.metrics.bump(
-            Counter::CookiesDropped,
-            sanitized.dropped_cookies.len() as u64,
-        );
-        self.metrics
-            .bump(Counter::CorsStripped, sanitized.stripped_cors as u64);
         Action::Continue
     }
 
@@ -436,6 +723,9 @@ impl Filter {
     fn on_delete(&mut self, context_id: u32) {
         self.responses.remove(&context_id);
         self.websockets.remove(&context_id);
+        if !self.set_cookies.is_empty() {
+            self.set_cookies.remove(&context_id);
+        }
     }
 
     /// A pod response we cannot vouch for never reaches the client: the stream is reset.

@@ -4,9 +4,12 @@
 /// The header maps the filter reads and edits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
+#[allow(clippy::enum_variant_names)] // the ABI's names
 pub enum MapType {
     HttpRequestHeaders = 0,
     HttpResponseHeaders = 2,
+    /// The answer to `http_call`.
+    HttpCallResponseHeaders = 6,
 }
 
 /// Envoy's log levels.
@@ -21,6 +24,8 @@ pub enum LogLevel {
 
 /// `BufferType::PluginConfiguration` of the ABI.
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+/// `BufferType::HttpCallResponseBody` of the ABI.
+const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
 /// `MetricType::Counter` of the ABI.
 const METRIC_COUNTER: u32 = 0;
 /// `StreamType::HttpRequest` of the ABI: closing it resets the whole stream in Envoy.
@@ -89,6 +94,20 @@ extern "C" {
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_close_stream(stream_type: u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_http_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        trailers_data: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        return_token: *mut u32,
+    ) -> u32;
 }
 
 /// A non-zero host status.
@@ -257,4 +276,53 @@ pub fn reset_stream() -> Result<(), HostStatus> {
 pub fn set_tick_period_ms(period: u32) -> Result<(), HostStatus> {
     // SAFETY: no pointers.
     check(unsafe { proxy_set_tick_period_milliseconds(period) })
+}
+
+/// Resumes the effective context's request (paused by its request-headers callback).
+pub fn continue_request() -> Result<(), HostStatus> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) })
+}
+
+/// Sends an HTTP request to `cluster` with the serialized `headers` (pseudo-headers included)
+/// and `body`; Envoy answers through `proxy_on_http_call_response` with the returned token,
+/// within `timeout_ms`. The call belongs to the effective context.
+pub fn http_call(
+    cluster: &str,
+    headers: &[u8],
+    body: &[u8],
+    timeout_ms: u32,
+) -> Result<u32, HostStatus> {
+    let trailers = podgate_protocol::wire::encode_header_map::<&str, &str>(&[]);
+    let mut token = 0u32;
+    // SAFETY: pointers and lengths of live slices, only read by the host; it writes one u32
+    // through a pointer to a live local.
+    check(unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            body.as_ptr(),
+            body.len(),
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// The body of the HTTP call's answer being delivered (`size` bytes).
+pub fn http_call_body(size: usize) -> Result<Vec<u8>, HostStatus> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut len: usize = 0;
+    // SAFETY: the host writes a pointer and a length through pointers to live locals.
+    let status = unsafe {
+        proxy_get_buffer_bytes(BUFFER_HTTP_CALL_RESPONSE_BODY, 0, size, &mut data, &mut len)
+    };
+    check(status)?;
+    // SAFETY: allocated by the host through `proxy_on_memory_allocate(len)`, handed to us.
+    Ok(unsafe { host_buffer(data, len) })
 }

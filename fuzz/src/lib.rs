@@ -774,6 +774,7 @@ fn gate_filter_config(https: bool, keys: KeySet) -> FilterConfig {
         revoked_jti: vec!["jti-revoked".into()],
         cutoffs: Default::default(),
         logout_url: None,
+        renewal: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 2,

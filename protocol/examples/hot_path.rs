@@ -56,6 +56,7 @@ fn main() {
         revoked_jti: vec![],
         cutoffs: Default::default(),
         logout_url: None,
+        renewal: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 1024,

@@ -10,6 +10,7 @@ use crate::cutoff::{CompiledCutoffs, Cutoffs};
 use crate::host::{
     HostTemplate, TemplateError, DEFAULT_PUBLIC_TEMPLATE, DEFAULT_UPSTREAM_TEMPLATE,
 };
+use crate::renewal::{CompiledRenewal, Renewal};
 use crate::set_cookie::ReservedNames;
 use crate::token::{
     KeyError, KeySet, TokenKind, Verifier, DEFAULT_LEEWAY_SECS,
@@ -180,6 +181,10 @@ pub struct FilterConfig {
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logout_url: Option<String>,
+    /// Renewing browser capabilities at the edge (`renewal`). Left out when off, so a
+    /// configuration without it is one an older filter takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<Renewal>,
     #[serde(default = "default_leeway")]
     pub leeway_secs: i64,
     #[serde(default = "default_max_lifetime")]
@@ -222,6 +227,8 @@ pub struct CompiledConfig {
     pub cutoffs: CompiledCutoffs,
     /// The control plane's sign-out URL (`/.podgate/logout` redirects there).
     pub logout_url: String,
+    /// Renewing browser capabilities (`renewal`); `None`: off.
+    pub renewal: Option<CompiledRenewal>,
     pub token_cache_entries: usize,
 }
 
@@ -300,6 +307,11 @@ impl FilterConfig {
             .cutoffs
             .compile()
             .map_err(|e| field("cutoffs", e.to_string()))?;
+        let renewal = self
+            .renewal
+            .map(Renewal::compile)
+            .transpose()
+            .map_err(|e| field("renewal", e))?;
         if !(0..=300).contains(&self.leeway_secs) {
             return Err(field("leeway_secs", "must be between 0 and 300"));
         }
@@ -351,6 +363,7 @@ impl FilterConfig {
             revoked: self.revoked_jti.into_iter().collect(),
             cutoffs,
             logout_url,
+            renewal,
             token_cache_entries: self.token_cache_entries,
         })
     }

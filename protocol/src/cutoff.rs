@@ -222,6 +222,7 @@ mod tests {
             issued_at: iat,
             expires_at: iat + 900,
             kid: "cap-1".into(),
+            token: None,
         }
     }
 

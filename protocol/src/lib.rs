@@ -11,6 +11,7 @@ pub mod host;
 pub mod own_paths;
 pub mod path;
 pub mod redirect;
+pub mod renewal;
 pub mod reply;
 pub mod response;
 pub mod set_cookie;

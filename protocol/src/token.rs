@@ -269,6 +269,30 @@ pub struct Verified {
     pub issued_at: i64,
     pub expires_at: i64,
     pub kid: String,
+    /// The token itself, kept only for a capability with a session id, which the filter may
+    /// renew (`renewal`): the renew call presents it.
+    pub token: Option<RawToken>,
+}
+
+/// A token's compact form. Its `Debug` never prints it, so no log line carries a credential;
+/// shared with `Arc`, so a `Verified` can be held across the control plane's awaits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawToken(std::sync::Arc<str>);
+
+impl RawToken {
+    pub fn new(token: &str) -> Self {
+        RawToken(token.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RawToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawToken(..)")
+    }
 }
 
 /// One key in JWKS shape (RFC 7517). Private parts (`d`, or `k` for HMAC) are present only in
@@ -857,12 +881,14 @@ impl Verifier {
         if sid.as_ref().is_some_and(|s| s.is_empty()) {
             return Err(TokenError::BadClaims);
         }
+        let kept = sid.is_some().then(|| RawToken::new(token));
         Ok(Verified {
             claims: pod,
             sid,
             issued_at: iat,
             expires_at: exp,
             kid: kid.to_owned(),
+            token: kept,
         })
     }
 }

@@ -1090,6 +1090,91 @@ fn browser_workbench_iframe_shows_the_pod_through_proxy_auth() {
     });
 }
 
+/// A page in a real browser that fetches every second and keeps a WebSocket open, with the
+/// shortest capability lifetime (30 s; the filter's leeway is 30 s more), for three minutes:
+/// renewal at the edge keeps every call working and the WebSocket open, with no redirect.
+#[test]
+fn browser_page_keeps_fetching_and_its_websocket_stays_open_across_capability_lifetimes() {
+    if browser_or_skip().is_none() {
+        return;
+    }
+    block_on(async {
+        let mut options = StackOptions::new("renewal-browser");
+        options.capability_lifetime_secs = Some(30);
+        let stack = FullStack::start(options).await.unwrap();
+        let (servers, seeded) = seed_pod(&stack, "renew").await;
+        let browser = Browser::start((800, 600)).await.unwrap();
+        browser
+            .goto(&stack.cp_url(&format!("/dev/login?user={}", seeded.member)))
+            .await
+            .unwrap();
+        let page_url = stack.pod_url(&seeded.slug, PAGE, "/");
+        browser.goto(&page_url).await.unwrap();
+        browser
+            .wait_for(
+                "var m = document.getElementById('marker'); return m ? m.textContent : '';",
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+        browser
+            .execute(
+                "window.__pg = {ok: 0, failed: [], ws: 'opening', echoes: 0};\
+                 var ws = new WebSocket(location.origin.replace('http', 'ws') + '/ws');\
+                 ws.onopen = function () { window.__pg.ws = 'open'; };\
+                 ws.onmessage = function () { window.__pg.echoes++; };\
+                 ws.onclose = function (e) { window.__pg.ws = 'closed ' + e.code; };\
+                 setInterval(function () {\
+                   fetch('/index.html', {cache: 'no-store', redirect: 'manual'}).then(function (r) {\
+                     if (r.status === 200) { window.__pg.ok++; }\
+                     else { window.__pg.failed.push(r.status + ' ' + r.type + ' at ' + Date.now()); }\
+                   }, function (e) { window.__pg.failed.push(String(e)); });\
+                   if (ws.readyState === 1) { ws.send('ping'); }\
+                 }, 1000);\
+                 return true;",
+            )
+            .await
+            .unwrap();
+        let run = Duration::from_secs(180);
+        let start = Instant::now();
+        let state = || async {
+            browser
+                .execute("return JSON.stringify(window.__pg);")
+                .await
+                .unwrap()
+                .as_str()
+                .map(|s| serde_json::from_str::<serde_json::Value>(s).unwrap())
+                .unwrap()
+        };
+        while start.elapsed() < run {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let now = state().await;
+            eprintln!("{:?}: {now}", start.elapsed());
+            assert_eq!(now["failed"], json!([]), "{now}\n{}", stack.logs());
+            assert_eq!(now["ws"], "open", "{now}\n{}", stack.logs());
+        }
+        let end = state().await;
+        assert!(end["ok"].as_u64().unwrap() >= 170, "{end}");
+        assert!(end["echoes"].as_u64().unwrap() >= 170, "{end}");
+        assert_eq!(
+            browser.current_url().await.unwrap(),
+            page_url,
+            "no redirect"
+        );
+        browser.quit().await;
+        // Every call reached the pod as the member, without our cookie.
+        let seen = servers.a.requests();
+        assert!(seen.len() >= 170, "{}", servers.a.describe());
+        for r in &seen {
+            assert_eq!(r.header("x-podgate-user"), Some(seeded.member.as_str()));
+            assert!(
+                !r.cookie_names().iter().any(|c| c.starts_with("podgate")),
+                "{r:?}"
+            );
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Redirect targets
 

@@ -63,6 +63,8 @@ pub struct Config {
     pub database_url: String,
     pub database_max_connections: u32,
     pub admin_token: Option<String>,
+    /// What the filter sends to renew browser capabilities (`http/renew.rs`).
+    pub renew_secret: String,
     pub dev_mode: bool,
     pub issuer: String,
     pub public_scheme: Scheme,

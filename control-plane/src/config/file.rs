@@ -32,6 +32,7 @@ impl Settings {
             database_url: self.database_url.or(o.database_url),
             database_max_connections: self.database_max_connections.or(o.database_max_connections),
             admin_token: self.admin_token.or(o.admin_token),
+            renew_secret: self.renew_secret.or(o.renew_secret),
             dev_mode: self.dev_mode.or(o.dev_mode),
             issuer: self.issuer.or(o.issuer),
             public_scheme: self.public_scheme.or(o.public_scheme),

@@ -80,6 +80,17 @@ pub struct Settings {
     )]
     pub admin_token: Option<String>,
 
+    /// Secret Envoy's filter sends to renew browser capabilities at /api/proxy-renew (at least
+    /// 32 characters; the same on every control plane behind one Envoy) [default: random at
+    /// start].
+    #[arg(
+        long,
+        env = "PODGATE_RENEW_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub renew_secret: Option<String>,
+
     /// Enable the dev login (/dev/login?user=...). Never in production.
     #[arg(long, env = "PODGATE_DEV_MODE", global = true, num_args = 0..=1, default_missing_value = "true")]
     pub dev_mode: Option<bool>,

@@ -85,6 +85,23 @@ impl Settings {
 
         let dev_mode = self.dev_mode.unwrap_or(false);
 
+        let renew_secret = match self.renew_secret {
+            Some(s) if s.len() < MIN_ADMIN_TOKEN_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(bad(format!(
+                    "the renew secret must be at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters; set PODGATE_RENEW_SECRET to e.g. `openssl rand -hex 32`"
+                )))
+            }
+            Some(s) => s,
+            // One control plane: a secret of its own, pushed to Envoy with the filter's
+            // configuration. Several behind one Envoy must share one.
+            None => {
+                let mut bytes = [0u8; 32];
+                getrandom::getrandom(&mut bytes)
+                    .map_err(|e| bad(format!("no randomness for the renew secret: {e}")))?;
+                hex::encode(bytes)
+            }
+        };
+
         let admin_token = match self.admin_token {
             Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => {
                 return Err(bad(format!(
@@ -332,6 +349,7 @@ impl Settings {
             database_url,
             database_max_connections,
             admin_token,
+            renew_secret,
             dev_mode,
             issuer,
             public_scheme,

@@ -19,6 +19,9 @@ pub enum Endpoint {
     Callback,
     Capabilities,
     Admin,
+    /// `/api/proxy-renew`: only a wrong renewal secret counts (Envoy's own refused renewals
+    /// must not lock every renewal out).
+    Renew,
 }
 
 impl Endpoint {
@@ -27,7 +30,7 @@ impl Endpoint {
             Endpoint::ProxyAuth => &l.proxy_auth,
             Endpoint::Callback => &l.callback_failures,
             Endpoint::Capabilities => &l.capability_failures,
-            Endpoint::Admin => &l.admin_failures,
+            Endpoint::Admin | Endpoint::Renew => &l.admin_failures,
         }
     }
 
@@ -45,6 +48,7 @@ impl Endpoint {
                 )
             }),
             Endpoint::Admin => Some(|s| s == StatusCode::UNAUTHORIZED),
+            Endpoint::Renew => Some(|s| s == StatusCode::FORBIDDEN),
         }
     }
 
@@ -62,6 +66,9 @@ impl Endpoint {
             ),
             Endpoint::Admin => format!(
                 "too many requests with a wrong admin token from this address; wait {wait} s and retry with PODGATE_ADMIN_TOKEN"
+            ),
+            Endpoint::Renew => format!(
+                "too many renewals with a wrong secret from this address; wait {wait} s (only Envoy's podgate filter renews, with PODGATE_RENEW_SECRET)"
             ),
         };
         ApiError::TooManyRequests {

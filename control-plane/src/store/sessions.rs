@@ -78,6 +78,18 @@ impl Db {
         .transpose()
     }
 
+    /// The `id_hash` of every live session of `user_id` (a user has a few).
+    pub async fn live_session_hashes(&self, user_id: &str, now: i64) -> Res<Vec<String>> {
+        sqlx::query("SELECT id_hash FROM sessions WHERE user_id = $1 AND expires_at > $2")
+            .bind(user_id)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>("id_hash"))
+            .collect()
+    }
+
     pub async fn delete_session(&self, id_hash: &str) -> Res<()> {
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash)

@@ -15,6 +15,7 @@ use crate::host::PodAddr;
 use crate::own_paths::{self, OwnPath};
 use crate::path;
 use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
+use crate::renewal;
 use crate::reply::{Denial, Reply};
 use crate::response::PodResponse;
 use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX};
@@ -62,6 +63,9 @@ pub struct Forward {
     /// The capability that let it through (`None` on the reserved path), so that an open
     /// WebSocket can be closed when a later configuration cuts it off.
     pub capability: Option<Rc<Verified>>,
+    /// From when (unix seconds) the filter renews that capability (`renewal::renew_at`):
+    /// `None` for one it never renews.
+    pub renew_at: Option<i64>,
 }
 
 /// Where the capability came from; cookie-authenticated WebSockets must come from the pod's own
@@ -382,6 +386,7 @@ pub(super) fn decide_counting(
             response: None,
             websocket: false,
             capability: None,
+            renew_at: None,
         };
         return (Decision::Forward(Rc::new(forward)), 0);
     }
@@ -468,6 +473,7 @@ pub(super) fn decide_counting(
         expires_at: Some(verified.expires_at),
         response: Some(PodResponse::new(req.authority, req.origin)),
         websocket: req.is_websocket(),
+        renew_at: renewal::renew_at(config.renewal.as_ref(), &verified, source == Source::Cookie),
         capability: Some(Rc::clone(&verified)),
     };
     (Decision::Forward(Rc::new(forward)), looked_at)

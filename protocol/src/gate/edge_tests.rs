@@ -36,6 +36,7 @@ fn config() -> Rc<CompiledConfig> {
         revoked_jti: vec![],
         cutoffs: Default::default(),
         logout_url: None,
+        renewal: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 16,

@@ -22,6 +22,7 @@ use std::rc::Rc;
 
 use crate::config::CompiledConfig;
 use crate::cors::{self, Preflight};
+use crate::renewal::{self, RenewalCall, Renewed};
 use crate::reply::{Denial, Reply};
 use crate::response::{self, PodResponse, Sanitized};
 use crate::token::Verified;
@@ -108,6 +109,41 @@ impl Gate {
         })
     }
 
+    /// The renew call for `capability` (`renewal::call_headers`) to the control plane's
+    /// cluster; `None` when renewal is off or the capability cannot be renewed.
+    pub fn renewal_call(&self, capability: &Verified) -> Option<RenewalCall<'_>> {
+        let config = self.config()?;
+        let renewal = config.renewal.as_ref()?;
+        Some(RenewalCall {
+            cluster: config.control_plane_cluster.as_str(),
+            headers: renewal::call_headers(renewal, capability)?,
+            timeout_ms: renewal.timeout_ms,
+        })
+    }
+
+    /// Judges the control plane's answer to the renewal of `old` (`renewal::judge`); a fresh
+    /// capability goes into the verified-token cache, so the browser's next request with it
+    /// costs no signature check.
+    pub fn renewed(&mut self, old: &Verified, status: u32, body: &[u8], now: i64) -> Renewed {
+        let Some(config) = self.config.as_deref() else {
+            return Renewed::Failed;
+        };
+        let renewed = renewal::judge(config, old, status, body, now);
+        if let Renewed::Fresh { capability, .. } = &renewed {
+            if let Some(token) = capability.token.as_ref() {
+                if config.token_cache_entries > 0 {
+                    self.cache.insert(
+                        token.as_str(),
+                        Rc::clone(capability),
+                        config.token_cache_entries,
+                        now,
+                    );
+                }
+            }
+        }
+        renewed
+    }
+
     /// The verified-token cache (for its counters).
     pub fn cache(&self) -> &VerifiedCache {
         &self.cache
@@ -186,3 +222,7 @@ mod edge_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod session_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod renewal_tests;

@@ -38,6 +38,7 @@ fn config_with(cutoffs: Cutoffs) -> Rc<CompiledConfig> {
         revoked_jti: vec![],
         cutoffs,
         logout_url: None,
+        renewal: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 16,

@@ -58,6 +58,7 @@ fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledConfig> {
         revoked_jti: vec![],
         cutoffs: Default::default(),
         logout_url: None,
+        renewal: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 16,
@@ -552,6 +553,7 @@ fn cache_keys_sharing_a_tail_stay_apart() {
             issued_at: NOW,
             expires_at: NOW + 900,
             kid: "cap-ed1".into(),
+            token: None,
         })
     };
     for i in 0..50 {

@@ -19,6 +19,7 @@ fn the_filter_exports_only_the_callbacks_it_needs() {
         [
             "proxy_on_configure",
             "proxy_on_delete",
+            "proxy_on_http_call_response",
             "proxy_on_memory_allocate",
             "proxy_on_request_headers",
             "proxy_on_response_headers",

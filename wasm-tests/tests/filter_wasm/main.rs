@@ -75,6 +75,7 @@ mod hosts;
 mod metrics;
 mod pod_responses;
 mod preflight;
+mod renewal;
 mod stripping;
 mod tokens;
 mod websocket;

@@ -1,0 +1,90 @@
+//! `POST /api/proxy-renew`: Envoy's podgate filter renews a browser's capability in the last
+//! part of its life (`podgate_protocol::renewal`). Only Envoy calls it: the request carries the
+//! renewal secret (`podgate-renew-secret`, pushed to the filter with its configuration) and the
+//! capability as a bearer. Without the secret nothing is read (403); a capability that cannot
+//! be renewed is a 401 (the filter stops renewing it); success is
+//! `{"token": "...", "set_cookie": "..."}`, the cookie exactly as the callback sets it.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use podgate_protocol::renewal::{RenewAnswer, RENEW_PATH, RENEW_SECRET_HEADER};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::http::cookies;
+use crate::http::error::{error_response, ApiError};
+use crate::http::limits::{self, Endpoint};
+use crate::http::shared::no_store;
+use crate::renew::{renew_capability, RenewError};
+use crate::AppState;
+
+/// The route, behind its per-client limit on wrong secrets.
+pub fn router(state: &AppState) -> Router<AppState> {
+    Router::new().route(
+        RENEW_PATH,
+        post(renew).route_layer(from_fn_with_state(
+            (state.clone(), Endpoint::Renew),
+            limits::limit,
+        )),
+    )
+}
+
+/// Whether `headers` carry the renewal secret (compared in constant time, over digests so
+/// the length leaks nothing either).
+fn has_secret(state: &AppState, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(RENEW_SECRET_HEADER)
+        .map_or(&b""[..], |v| v.as_bytes());
+    let expected = state.config().renew_secret.as_bytes();
+    Sha256::digest(presented)
+        .ct_eq(&Sha256::digest(expected))
+        .into()
+}
+
+/// The bearer token of the one `Authorization` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?.to_str().ok()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+async fn renew(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !has_secret(&state, &headers) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "only Envoy's podgate filter renews capabilities",
+        );
+    }
+    let Some(token) = bearer(&headers) else {
+        return ApiError::Unauthorized("no capability to renew".into()).into_response();
+    };
+    match renew_capability(&state.mint_context(), token).await {
+        Ok(fresh) => {
+            let answer = RenewAnswer {
+                set_cookie: cookies::capability(&state, &fresh.token),
+                token: fresh.token,
+            };
+            let mut resp = Json(answer).into_response();
+            no_store(&mut resp);
+            resp
+        }
+        Err(RenewError::Refused(why)) => {
+            tracing::info!(?why, "renewal refused");
+            ApiError::Unauthorized("this capability is not renewed; sign in again".into())
+                .into_response()
+        }
+        Err(RenewError::Mint(e)) => ApiError::from(e).into_response(),
+        Err(RenewError::Store(e)) => ApiError::from(e).into_response(),
+        Err(RenewError::Keys(e)) => ApiError::internal(e).into_response(),
+    }
+}

@@ -1,0 +1,127 @@
+//! Renewing a browser's capability for Envoy's filter (`POST /api/proxy-renew`, in
+//! `http/renew.rs`): everything is checked again on every renewal, as at the callback, and the
+//! fresh capability carries the same session id, so renewal never outlives the session or the
+//! access.
+//!
+//! Checked, in order: the capability verifies under the capability keys in force (signature,
+//! kind, issuer, lifetime, not expired beyond the leeway); it names a session (`sid`; a
+//! capability minted with an API token has none, so a revoked API token's capabilities are
+//! never renewed); no cut refuses it (`cuts::cutoffs`: the session signed out, the user lost
+//! access at or after its `iat`); the session is live (not expired, not signed out); the user
+//! exists and may still reach the port (`authz::may_reach`). Then a capability for the same
+//! user, pod, port and session is minted and audited (`via` = `renew`).
+
+use podgate_protocol::host::PodAddr;
+use podgate_protocol::token::{TokenKind, Verifier, DEFAULT_LEEWAY_SECS};
+
+use crate::auth::identity::session_id;
+use crate::authz::may_reach;
+use crate::ids::ANONYMOUS_SUB;
+use crate::mint::{mint_in_session_for, MintContext, MintError, Minted};
+use crate::store::now_unix;
+
+/// Why a capability was not renewed: the filter stops renewing it, and it lives out its
+/// lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewRefusal {
+    /// Malformed, expired, not ours, or another kind.
+    BadCapability,
+    /// No session id: minted for a script, which mints its own.
+    NoSession,
+    /// Cut off: the session signed out, or the user lost access since it was issued.
+    CutOff,
+    /// The session expired or was ended.
+    SessionEnded,
+    /// The user no longer exists or may no longer reach the port.
+    NoLongerAllowed,
+}
+
+/// Why [`renew_capability`] minted nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// The capability cannot be renewed.
+    #[error("renewal refused: {0:?}")]
+    Refused(RenewRefusal),
+    /// Ours: the keys, signing or the recorder failed.
+    #[error(transparent)]
+    Mint(#[from] MintError),
+    /// Ours: reading the session, the cuts or authorization failed.
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+    /// Ours: the capability keys in force do not compile.
+    #[error("capability keys: {0}")]
+    Keys(String),
+}
+
+fn refused(why: RenewRefusal) -> RenewError {
+    RenewError::Refused(why)
+}
+
+/// Renews `token` (checked as the module says); the fresh capability, recorded before it is
+/// handed out.
+pub async fn renew_capability(ctx: &MintContext<'_>, token: &str) -> Result<Minted, RenewError> {
+    let ring = ctx.keys.current().map_err(MintError::from)?;
+    let lifetime = i64::try_from(ctx.config.capability_lifetime).unwrap_or(i64::MAX);
+    let verifier = Verifier::new(
+        TokenKind::Capability,
+        ctx.config.issuer.clone(),
+        &ring.capability_keys,
+        DEFAULT_LEEWAY_SECS,
+        lifetime,
+    )
+    .map_err(|e| RenewError::Keys(e.to_string()))?;
+    let now = now_unix();
+    let old = verifier
+        .verify(token, now)
+        .map_err(|_| refused(RenewRefusal::BadCapability))?;
+    let sid = old.sid.clone().ok_or(refused(RenewRefusal::NoSession))?;
+    if old.claims.sub == ANONYMOUS_SUB {
+        return Err(refused(RenewRefusal::NoSession));
+    }
+    let cutoffs = crate::cuts::cutoffs(ctx.db)
+        .await?
+        .compile()
+        .map_err(|e| RenewError::Keys(format!("cut-offs: {e}")))?;
+    if cutoffs.refuses(&old) || ctx.db.session_was_cut(&sid).await? {
+        return Err(refused(RenewRefusal::CutOff));
+    }
+    let live = ctx
+        .db
+        .live_session_hashes(&old.claims.sub, now)
+        .await?
+        .iter()
+        .any(|hash| session_id(hash) == sid);
+    if !live {
+        return Err(refused(RenewRefusal::SessionEnded));
+    }
+    let addr = PodAddr {
+        pod: old.claims.pod.clone(),
+        port: old.claims.port,
+    };
+    if old.claims.aud != ctx.config.host_template.render(&addr) {
+        return Err(refused(RenewRefusal::BadCapability));
+    }
+    let (user, facts) = ctx
+        .db
+        .user_access_facts(&old.claims.sub, &addr.pod, addr.port)
+        .await?
+        .ok_or(refused(RenewRefusal::NoLongerAllowed))?;
+    if !facts.is_some_and(|f| may_reach(&f, Some(&user))) {
+        return Err(refused(RenewRefusal::NoLongerAllowed));
+    }
+    let fresh = mint_in_session_for(
+        ctx,
+        TokenKind::Capability,
+        Some(&user),
+        &addr,
+        "renew",
+        None,
+        Some(&sid),
+    )
+    .await?;
+    tracing::info!(
+        user = %user.id, pod = %addr.pod, port = addr.port, old = %old.claims.jti,
+        jti = %fresh.jti, "capability renewed"
+    );
+    Ok(fresh)
+}

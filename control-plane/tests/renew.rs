@@ -1,0 +1,185 @@
+//! The renew endpoint Envoy's filter calls (`POST /api/proxy-renew`), in-process, on SQLite and
+//! PostgreSQL: only with the renewal secret; everything checked again at every renewal (the
+//! capability, its session live and not signed out, the access); the fresh capability carries
+//! the same session and its cookie is the callback's; the filter configuration tells the filter
+//! where and when.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{Harness, Resp, Which};
+use podgate::config::Settings;
+use podgate::store::now_unix;
+use podgate_protocol::config::{CompiledConfig, FilterConfig};
+use podgate_protocol::token::Verified;
+
+const SECRET: &str = "renew-secret-0123456789abcdef0123456789";
+
+async fn harness(which: Which) -> Option<Harness> {
+    Harness::seeded(which, |s| Settings {
+        renew_secret: Some(SECRET.into()),
+        ..s
+    })
+    .await
+}
+
+/// A capability for myslug:8726 through the browser flow, signed in with `session`.
+async fn capability(h: &Harness, session: &str) -> String {
+    let r = h
+        .get(
+            "/api/proxy-auth?pod=myslug&port=8726&next=%2F",
+            &[("cookie", session), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let loc = url::Url::parse(r.header("location").unwrap()).unwrap();
+    let ticket = loc
+        .query_pairs()
+        .find(|(k, _)| k == "ticket")
+        .unwrap()
+        .1
+        .into_owned();
+    let host = format!("{}:{}", loc.host_str().unwrap(), loc.port().unwrap());
+    let req = Request::builder()
+        .uri(format!(
+            "/.podgate/callback?ticket={}&next=%2F",
+            podgate_protocol::redirect::encode_query_value(&ticket)
+        ))
+        .header(header::HOST, host)
+        .body(Body::empty())
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    r.header("set-cookie")
+        .unwrap()
+        .strip_prefix("podgate_cap=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+async fn renew(h: &Harness, secret: Option<&str>, capability: Option<&str>) -> Resp {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/proxy-renew");
+    if let Some(s) = secret {
+        req = req.header("podgate-renew-secret", s);
+    }
+    if let Some(c) = capability {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
+    }
+    h.send(req.body(Body::empty()).unwrap()).await
+}
+
+async fn filter(h: &Harness) -> (serde_json::Value, CompiledConfig) {
+    let r = h.admin(Method::GET, "/v1/filter-config", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let compiled = FilterConfig::compile_json(r.body.as_bytes()).unwrap();
+    (r.json(), compiled)
+}
+
+fn verify(c: &CompiledConfig, token: &str) -> Verified {
+    c.verifier.verify(token, now_unix()).unwrap()
+}
+
+async fn renewal_keeps_the_session_and_needs_the_secret(which: Which) {
+    let Some(h) = harness(which).await else {
+        return;
+    };
+    let (json, c) = filter(&h).await;
+    assert_eq!(json["renewal"]["secret"], SECRET);
+    assert_eq!(json["renewal"]["before_secs"], 300, "a third of 900 s");
+    assert!(json["renewal"]["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/api/proxy-renew"));
+    let session = h.login("alice").await;
+    let cap = capability(&h, &session).await;
+    let old = verify(&c, &cap);
+
+    // Only Envoy: without the secret, or with another, nothing is read.
+    for secret in [
+        None,
+        Some("renew-secret-guessed-0123456789abcdef"),
+        Some(""),
+    ] {
+        let r = renew(&h, secret, Some(&cap)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{secret:?}: {}", r.body);
+    }
+    // With it: nothing to renew, a forgery, a ticket, a header token without a session.
+    let r = renew(&h, Some(SECRET), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let r = renew(&h, Some(SECRET), Some(&format!("{cap}x"))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+
+    let r = renew(&h, Some(SECRET), Some(&cap)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let body = r.json();
+    let fresh = body["token"].as_str().unwrap().to_owned();
+    let v = verify(&c, &fresh);
+    assert_eq!(v.sid, old.sid, "the same session");
+    assert_eq!(
+        (&v.claims.sub, &v.claims.aud, &v.claims.pod, v.claims.port),
+        (
+            &old.claims.sub,
+            &old.claims.aud,
+            &old.claims.pod,
+            old.claims.port
+        )
+    );
+    assert_ne!(v.claims.jti, old.claims.jti);
+    let set_cookie = body["set_cookie"].as_str().unwrap();
+    assert_eq!(
+        set_cookie,
+        format!("podgate_cap={fresh}; HttpOnly; SameSite=Lax; Path=/; Max-Age=900"),
+        "the callback's cookie"
+    );
+    // Audited as a renewal.
+    let r = h.admin(Method::GET, "/v1/audit?user=alice", None).await;
+    assert!(r.body.contains("\"renew\""), "{}", r.body);
+    // A renewed capability renews again while the session lives.
+    let r = renew(&h, Some(SECRET), Some(&fresh)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // The session ends without a sign-out cut (`/dev/logout`): renewal stops.
+    let r = h.get("/dev/logout", &[("cookie", &session)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for token in [&cap, &fresh] {
+        let r = renew(&h, Some(SECRET), Some(token)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    h.finish().await;
+}
+on_both!(renewal_keeps_the_session_and_needs_the_secret);
+
+async fn renewal_stops_at_sign_out_and_when_access_is_lost(which: Which) {
+    let Some(h) = harness(which).await else {
+        return;
+    };
+    let alice_session = h.login("alice").await;
+    let alice = capability(&h, &alice_session).await;
+    let bob = capability(&h, &h.login("bob").await).await;
+    for token in [&alice, &bob] {
+        let r = renew(&h, Some(SECRET), Some(token)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    // Bob leaves the team that gives him the pod.
+    let r = h
+        .admin(Method::DELETE, "/v1/teams/t1/members/bob", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = renew(&h, Some(SECRET), Some(&bob)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    // Alice signs out everywhere.
+    let r = h.get("/auth/logout", &[("cookie", &alice_session)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = renew(&h, Some(SECRET), Some(&alice)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    h.finish().await;
+}
+on_both!(renewal_stops_at_sign_out_and_when_access_is_lost);
