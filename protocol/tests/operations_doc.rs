@@ -169,7 +169,9 @@ fn every_answer_of_the_filter_has_a_row_in_the_operations_doc() {
             Denial::NoCapability { .. } | Denial::InvalidCapability { .. }
         );
         if redirects && !row.contains("`302`") {
-            missing.push(format!("the row of {code} does not mention the `302` redirect"));
+            missing.push(format!(
+                "the row of {code} does not mention the `302` redirect"
+            ));
         }
     }
     assert!(
