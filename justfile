@@ -50,10 +50,13 @@ demo: setup
 demo-check: setup
     bash scripts/demo.sh --check
 
-# A real headless Chromium loads a pod in a workbench iframe (screenshot in artifacts/browser/).
+# A real headless Chromium loads a pod in a workbench iframe, and signs in at the real OpenID
+# provider through Envoy, reaches a pod and signs out (screenshots in artifacts/browser/).
 test-browser: build-filter
     bash scripts/browser-deps.sh
     cargo test -p podgate-wasm-tests --test e2e_stack browser_ -- --nocapture
+    bash scripts/oidc-provider-deps.sh
+    cargo test -p podgate --test sign_in_through_chromium -- --nocapture
 
 # Measure podgate against Envoy's jwt_authn and the bare proxy, and the pod directory at scale;
 # writes bench/results/*.json and the table in BENCHMARKS.md (about 3 minutes; `-- --help`).

@@ -13,13 +13,16 @@
 //!   WebSocket messages and answers with JSON describing what it received, or, for paths under
 //!   `/_fake/`, streams, counts an upload, answers late or not at all, or fails;
 //! - [`http`]: one HTTP/1.1 exchange written by hand on a fresh connection (for requests a
-//!   client library would refuse or rewrite, and for Envoy's admin API).
+//!   client library would refuse or rewrite, and for Envoy's admin API);
+//! - [`webdriver`]: Debian's headless Chromium driven over W3C WebDriver by `chromedriver`, the
+//!   skip-or-fail rule of the browser tests, and screenshots kept in `artifacts/`.
 
 pub mod envoy;
 pub mod fake_pod;
 pub mod http;
 pub mod podgate;
 pub mod process;
+pub mod webdriver;
 
 pub use envoy::{envoy_binary, Envoy, EnvoyBuilder, Readiness};
 pub use fake_pod::{FakePod, Recorded};

@@ -22,7 +22,7 @@ use podgate_wasm_tests::e2e::stack_full::{
     query_params, save_artifact, FullStack, Page, Seeded, Servers, StackOptions, StaticPage,
     WebClient, CAP_COOKIE, CP_HOST, SESSION_COOKIE,
 };
-use podgate_wasm_tests::e2e::webdriver::{browser_paths, Browser};
+use podgate_wasm_tests::e2e::webdriver::{browser_or_skip, Browser};
 use podgate_wasm_tests::e2e::{block_on, EnvoyClient, WsOutcome};
 use podgate_wasm_tests::host::workspace_root;
 use serde_json::json;
@@ -969,24 +969,6 @@ fn jwt_exp(token: &str) -> u64 {
 
 // ---------------------------------------------------------------------------------------------
 // A real browser
-
-/// Chromium and chromedriver, or `None` (skip) when they are missing outside CI.
-fn browser_or_skip() -> Option<()> {
-    match browser_paths() {
-        Ok(_) => Some(()),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true and the browser test cannot run: {e:#}")
-        }
-        Err(e) => {
-            eprintln!(
-                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-                 SKIPPED the real-browser test: {e:#}\n\
-                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-            );
-            None
-        }
-    }
-}
 
 #[test]
 fn browser_workbench_iframe_shows_the_pod_through_proxy_auth() {

@@ -21,4 +21,5 @@ pub use fake_pod::{FakePod, Recorded};
 pub use fixture::{public_host, upstream_host, Minter};
 pub use stack::{block_on, pod_cluster, runtime, PodSpec, SharedStack, Stack, Turn};
 pub mod stack_full;
-pub mod webdriver;
+/// Headless Chromium over WebDriver (the test kit's, shared with the control plane's tests).
+pub use podgate_testkit::webdriver;

@@ -17,7 +17,7 @@
 //! Chromium, curl and this module's resolver send every `*.localhost` to loopback.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -1040,15 +1040,8 @@ pub fn cookie_header(pairs: &[(&str, &str)]) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""))
 }
 
-/// Writes `bytes` to `<workspace>/artifacts/<sub>/<name>` and returns the path.
-pub fn save_artifact(sub: &str, name: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
-    let dir = workspace_root().join("artifacts").join(sub);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(name);
-    let mut file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut file, bytes)?;
-    Ok(path)
-}
+/// Writes `bytes` to `<workspace>/artifacts/<sub>/<name>` and returns the path (the test kit's).
+pub use podgate_testkit::webdriver::save_artifact;
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 that answers every request with `html` (the browser
 /// test's workbench page). Stops when the handle is dropped.

@@ -1,10 +1,10 @@
-//! A real browser for the end-to-end suite: Debian's headless Chromium driven over W3C WebDriver
+//! A real browser for the browser tests: Debian's headless Chromium driven over W3C WebDriver
 //! by Debian's `chromedriver` (the same version as the browser), with a small JSON client on
-//! reqwest: enough to navigate, find elements, switch into an iframe, read text, run a script
-//! and take a screenshot.
+//! reqwest: enough to navigate, find elements, switch into an iframe, read text, run a script,
+//! read and delete the current page's cookies, and take a screenshot.
 //!
-//! Install both with `scripts/browser-deps.sh`. Without them [`browser_paths`] says how; a test
-//! fails under `CI=true` and may skip locally.
+//! Install both with `scripts/browser-deps.sh`. Without them [`browser_paths`] says how, and
+//! [`browser_or_skip`] fails the test under `CI=true` and skips it loudly otherwise.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -16,7 +16,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value as Json};
 
-use super::stack_full::free_port;
+/// A free loopback port for chromedriver.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
 
 /// The W3C key of an element reference.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -44,6 +49,40 @@ pub fn browser_paths() -> anyhow::Result<(PathBuf, PathBuf)> {
         );
     }
     Ok((chromium, driver))
+}
+
+/// `Some(())` when Chromium and chromedriver are installed. When they are missing: a panic under
+/// `CI=true` (CI must run the browser tests), else `None` after a loud note on stderr (skip).
+// Called by a test, as its first line: the panic is that test's failure.
+#[allow(clippy::panic)]
+pub fn browser_or_skip() -> Option<()> {
+    match browser_paths() {
+        Ok(_) => Some(()),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and the browser test cannot run: {e:#}")
+        }
+        Err(e) => {
+            // Straight to stderr, past the test harness's capture: a skip must be seen.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+                 SKIPPED the real-browser test: {e:#}\n\
+                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+            );
+            None
+        }
+    }
+}
+
+/// A PNG (or any artifact) kept for people to look at: `<workspace>/artifacts/<sub>/<name>`
+/// (git-ignored); returns its path.
+pub fn save_artifact(sub: &str, name: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    let dir = crate::workspace_root().join("artifacts").join(sub);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// A running chromedriver with one headless Chromium session. Both stop when dropped.
@@ -296,6 +335,22 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The cookies the current page's URL would be sent (HttpOnly ones included), as
+    /// WebDriver's cookie objects (`name`, `value`, `domain`, `path`, `httpOnly`, ...).
+    pub async fn cookies(&self) -> anyhow::Result<Vec<Json>> {
+        let value = self
+            .session_call(reqwest::Method::GET, "/cookie", None)
+            .await?;
+        Ok(value.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Deletes the current page's cookie `name`.
+    pub async fn delete_cookie(&self, name: &str) -> anyhow::Result<()> {
+        self.session_call(reqwest::Method::DELETE, &format!("/cookie/{name}"), None)
+            .await
+            .map(|_| ())
     }
 
     /// A PNG screenshot of the page as shown (iframes included).
