@@ -10,7 +10,7 @@ use crate::cutoff::{CompiledCutoffs, Cutoffs};
 use crate::host::{
     HostTemplate, TemplateError, DEFAULT_PUBLIC_TEMPLATE, DEFAULT_UPSTREAM_TEMPLATE,
 };
-use crate::renewal::{CompiledRenewal, Renewal};
+use crate::renewal::{CompiledRenewal, InForce, Renewal};
 use crate::set_cookie::ReservedNames;
 use crate::token::{
     KeyError, KeySet, TokenKind, Verifier, DEFAULT_LEEWAY_SECS,
@@ -366,6 +366,18 @@ impl FilterConfig {
             renewal,
             token_cache_entries: self.token_cache_entries,
         })
+    }
+}
+
+impl CompiledConfig {
+    /// What judging a renewal's answer reads from this configuration (`renewal::judge`).
+    pub fn in_force(&self) -> InForce<'_> {
+        InForce {
+            verifier: &self.verifier,
+            revoked: &self.revoked,
+            cutoffs: &self.cutoffs,
+            cookie_name: &self.cookie_name,
+        }
     }
 }
 

@@ -4,12 +4,13 @@
 //! goes back on the response. Pure: when to renew, what the call carries, and whether the
 //! control plane's answer is a capability the filter may hand out. The adapter makes the call.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::CompiledConfig;
-use crate::token::Verified;
+use crate::cutoff::CompiledCutoffs;
+use crate::token::{Verified, Verifier};
 
 /// The control plane's renew endpoint (`POST`), relative to its origin.
 pub const RENEW_PATH: &str = "/api/proxy-renew";
@@ -181,18 +182,23 @@ pub enum Renewed {
     Failed,
 }
 
+/// What judging an answer reads from the configuration in force (`CompiledConfig::in_force`).
+#[derive(Clone, Copy)]
+pub struct InForce<'a> {
+    pub verifier: &'a Verifier,
+    /// Revoked capability ids.
+    pub revoked: &'a HashSet<String>,
+    pub cutoffs: &'a CompiledCutoffs,
+    /// Our cookie's name on pod hosts.
+    pub cookie_name: &'a str,
+}
+
 /// Judges the control plane's answer to the renewal of `old`: HTTP `status` (0 when the call
 /// failed) and `body`, at `now`. Only a 401 is a refusal. A fresh capability is accepted only if it verifies under the
 /// configuration in force, is not refused by it, names the same session, user, audience, pod
 /// and port, outlives the old one, and its `Set-Cookie` sets exactly it under our name,
 /// host-only.
-pub fn judge(
-    config: &CompiledConfig,
-    old: &Verified,
-    status: u32,
-    body: &[u8],
-    now: i64,
-) -> Renewed {
+pub fn judge(config: InForce<'_>, old: &Verified, status: u32, body: &[u8], now: i64) -> Renewed {
     match status {
         200 => {}
         // The control plane refused this capability; a 403 (a wrong secret) is a
@@ -223,11 +229,11 @@ pub fn judge(
 }
 
 /// Whether `set_cookie` sets our cookie to `token`, host-only, as one header value.
-fn cookie_sets(config: &CompiledConfig, set_cookie: &str, token: &str) -> bool {
+fn cookie_sets(config: InForce<'_>, set_cookie: &str, token: &str) -> bool {
     let mut parts = set_cookie.split(';');
     let first = parts.next().unwrap_or_default();
     let sets_ours = first
-        .strip_prefix(config.cookie_name.as_str())
+        .strip_prefix(config.cookie_name)
         .and_then(|rest| rest.strip_prefix('='))
         == Some(token);
     let host_only = parts.all(|attr| {

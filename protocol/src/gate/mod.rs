@@ -128,7 +128,7 @@ impl Gate {
         let Some(config) = self.config.as_deref() else {
             return Renewed::Failed;
         };
-        let renewed = renewal::judge(config, old, status, body, now);
+        let renewed = renewal::judge(config.in_force(), old, status, body, now);
         if let Renewed::Fresh { capability, .. } = &renewed {
             if let Some(token) = capability.token.as_ref() {
                 if config.token_cache_entries > 0 {

@@ -214,7 +214,8 @@ fn a_refusal_stops_renewal_and_a_failure_or_anything_doubtful_keeps_the_old_capa
     let old = verified(&config, &cap(NOW, Some("sid-a")));
     let fresh = cap(NOW + 700, Some("sid-a"));
     let good = cookie_of(&fresh);
-    let judge = |status, body: &[u8]| renewal::judge(&config, &old, status, body, NOW + 700);
+    let judge =
+        |status, body: &[u8]| renewal::judge(config.in_force(), &old, status, body, NOW + 700);
     assert_eq!(judge(401, b""), Renewed::Refused);
     // The call failed (0), the control plane failed or refused the secret (a
     // misconfiguration), or its answer is not what it must be.
@@ -279,7 +280,7 @@ fn a_fresh_capability_the_configuration_cuts_off_is_not_handed_out() {
     let old = verified(&config, &cap(NOW, Some("sid-a")));
     let fresh = cap(NOW + 700, Some("sid-a"));
     let renewed = renewal::judge(
-        &config,
+        config.in_force(),
         &old,
         200,
         &answer(&fresh, &cookie_of(&fresh)),
