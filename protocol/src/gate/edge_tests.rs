@@ -1,49 +1,17 @@
 //! Native tests of the decision at the edge of what a path and the forwarding headers can do:
 //! the reserved prefix in every spelling, `X-Forwarded-Host`, and the `next` of a redirect.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::*;
-use crate::config::{FilterConfig, PodEntry, PodStatus, CLUSTER_HEADER};
-use crate::token::tests::{claims, ed_key, ISS, NOW};
-use crate::token::{mint, KeySet, PodClaims, TokenKind};
+use crate::config::CLUSTER_HEADER;
+use crate::token::tests::{claims, ed_key, NOW};
+use crate::token::{mint, PodClaims, TokenKind};
 
 const HOST: &str = "localhost-8726-pod-alpha.example.dev";
 
 fn config() -> Rc<CompiledConfig> {
-    let pods = HashMap::from([(
-        "alpha".to_owned(),
-        PodEntry {
-            status: PodStatus::Running,
-            cluster: "pod_alpha".into(),
-            address: Some("10.0.0.5:30001".into()),
-        },
-    )]);
-    FilterConfig {
-        issuer: ISS.into(),
-        domain: "example.dev".into(),
-        public_host_template: crate::host::DEFAULT_PUBLIC_TEMPLATE.into(),
-        upstream_host_template: crate::host::DEFAULT_UPSTREAM_TEMPLATE.into(),
-        public_scheme: "https".into(),
-        cookie_name: "podgate_cap".into(),
-        auth_url: "https://podgate.example.dev/api/proxy-auth".into(),
-        control_plane_cluster: "podgate_control_plane".into(),
-        keys: KeySet {
-            keys: vec![ed_key(TokenKind::Capability, 1).verifying_jwk()],
-        },
-        pods,
-        revoked_jti: vec![],
-        cutoffs: Default::default(),
-        logout_url: None,
-        renewal: None,
-        leeway_secs: 30,
-        max_capability_lifetime_secs: 3600,
-        token_cache_entries: 16,
-    }
-    .compile()
-    .map(Rc::new)
-    .unwrap()
+    super::tests::config_with(|_| {})
 }
 
 fn cap() -> String {

@@ -1,49 +1,17 @@
 //! Native tests of sign-out and cut-offs through a `Gate`, and of the paths the filter answers
 //! itself (`/.podgate/userinfo`, `/.podgate/logout`).
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::*;
-use crate::config::{FilterConfig, PodEntry, PodStatus};
 use crate::cutoff::{Cutoffs, SessionCut, UserCut};
-use crate::token::tests::{claims, ed_key, ISS, NOW};
-use crate::token::{mint_in_session, KeySet, PodClaims, TokenError, TokenKind};
+use crate::token::tests::{claims, ed_key, NOW};
+use crate::token::{mint_in_session, PodClaims, TokenError, TokenKind};
 
 const HOST: &str = "localhost-8726-pod-alpha.example.dev";
 
 fn config_with(cutoffs: Cutoffs) -> Rc<CompiledConfig> {
-    let mut pods = HashMap::new();
-    pods.insert(
-        "alpha".to_owned(),
-        PodEntry {
-            status: PodStatus::Running,
-            cluster: "pod_alpha".into(),
-            address: Some("10.0.0.5:30001".into()),
-        },
-    );
-    let config = FilterConfig {
-        issuer: ISS.into(),
-        domain: "example.dev".into(),
-        public_host_template: crate::host::DEFAULT_PUBLIC_TEMPLATE.into(),
-        upstream_host_template: crate::host::DEFAULT_UPSTREAM_TEMPLATE.into(),
-        public_scheme: "https".into(),
-        cookie_name: "podgate_cap".into(),
-        auth_url: "https://podgate.example.dev/api/proxy-auth".into(),
-        control_plane_cluster: "podgate_control_plane".into(),
-        keys: KeySet {
-            keys: vec![ed_key(TokenKind::Capability, 1).verifying_jwk()],
-        },
-        pods,
-        revoked_jti: vec![],
-        cutoffs,
-        logout_url: None,
-        renewal: None,
-        leeway_secs: 30,
-        max_capability_lifetime_secs: 3600,
-        token_cache_entries: 16,
-    };
-    Rc::new(config.compile().unwrap())
+    super::tests::config_with(|c| c.cutoffs = cutoffs)
 }
 
 /// A capability for alpha:8726 for `sub`, issued at `iat`, in session `sid`.

@@ -26,7 +26,9 @@ fn key() -> SigningKey {
     ed_key(TokenKind::Capability, 1)
 }
 
-fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledConfig> {
+/// The configuration every gate test starts from (pods alpha, beta and a stopped sleepy), as
+/// `edit` changes it. The other gate test modules use it too.
+pub(super) fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledConfig> {
     let mut pods = HashMap::new();
     for (slug, status) in [
         ("alpha", PodStatus::Running),
