@@ -13,7 +13,7 @@ mod xds_support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, COOKIE, HOST, LOCATION, SET_COOKIE};
+use reqwest::header::{AUTHORIZATION, COOKIE};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,15 +25,6 @@ const LIFETIME: Duration = Duration::from_secs(30);
 const ONE_PUSH: Duration = Duration::from_secs(2);
 const SECRET: &str = "renew-secret-0123456789abcdef0123456789";
 
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 async fn start() -> Stack {
     let lifetime = LIFETIME.as_secs().to_string();
     Stack::start(&[
@@ -43,61 +34,6 @@ async fn start() -> Stack {
         SECRET,
     ])
     .await
-}
-
-/// A GET through Envoy on `pod`'s host: status, `Location`, `Set-Cookie`s and body.
-async fn get_on_pod(
-    http: &reqwest::Client,
-    envoy: SocketAddr,
-    pod: &str,
-    path_and_query: &str,
-    cookie: Option<&str>,
-) -> (u16, Option<String>, Vec<String>, String) {
-    let mut req = http
-        .get(format!("http://{envoy}{path_and_query}"))
-        .header(HOST, pod_host(pod))
-        .header(ACCEPT, "text/html");
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let location = resp
-        .headers()
-        .get(LOCATION)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let cookies = resp
-        .headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect();
-    (status, location, cookies, resp.text().await.unwrap())
-}
-
-/// The browser flow through Envoy with `session`; the capability cookie (`podgate_cap=...`).
-async fn sign_in_through_envoy(stack: &Stack, pod: &str, session: &str) -> String {
-    let http = no_redirects();
-    let envoy = stack.envoy.listener;
-    let (status, location, _, body) = get_on_pod(&http, envoy, pod, "/", None).await;
-    assert_eq!(status, 302, "{body}");
-    let resp = http
-        .get(location.unwrap())
-        .header(COOKIE, session)
-        .header(ACCEPT, "text/html")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 302, "{:?}", resp.text().await);
-    let callback = url::Url::parse(resp.headers()[LOCATION].to_str().unwrap()).unwrap();
-    let path = format!("{}?{}", callback.path(), callback.query().unwrap());
-    let (status, _, cookies, body) = get_on_pod(&http, envoy, pod, &path, None).await;
-    assert_eq!(status, 302, "{body}");
-    let cap = cookies
-        .iter()
-        .find(|c| c.starts_with("podgate_cap="))
-        .unwrap_or_else(|| panic!("no capability cookie: {cookies:?}"));
-    cap.split(';').next().unwrap().to_owned()
 }
 
 /// A browser's WebSocket to `pod` through Envoy: the cookie, from the pod's own origin.

@@ -11,82 +11,13 @@ mod xds_support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{ACCEPT, COOKIE, HOST, LOCATION, SET_COOKIE};
+use reqwest::header::COOKIE;
 use reqwest::Method;
 use serde_json::{json, Value};
 use xds_support::*;
 
 /// One config push, with room for a loaded machine.
 const ONE_PUSH: Duration = Duration::from_secs(2);
-
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// A GET through Envoy on `pod`'s host: status, `Location`, `Set-Cookie`s and body.
-async fn get_on_pod(
-    http: &reqwest::Client,
-    envoy: SocketAddr,
-    pod: &str,
-    path_and_query: &str,
-    cookie: Option<&str>,
-) -> (u16, Option<String>, Vec<String>, String) {
-    let mut req = http
-        .get(format!("http://{envoy}{path_and_query}"))
-        .header(HOST, pod_host(pod))
-        .header(ACCEPT, "text/html");
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let location = resp
-        .headers()
-        .get(LOCATION)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let cookies = resp
-        .headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect();
-    (status, location, cookies, resp.text().await.unwrap())
-}
-
-/// The browser flow through Envoy: a page load without a capability, the redirect to the
-/// control plane with the session, the callback on the pod host. Returns the capability
-/// cookie (`podgate_cap=...`).
-async fn sign_in_through_envoy(stack: &Stack, pod: &str, session: &str) -> String {
-    let http = no_redirects();
-    let envoy = stack.envoy.listener;
-    let (status, location, _, body) = get_on_pod(&http, envoy, pod, "/", None).await;
-    assert_eq!(status, 302, "{body}");
-    let auth = location.unwrap();
-    assert!(auth.contains("/api/proxy-auth?"), "{auth}");
-    let resp = http
-        .get(&auth)
-        .header(COOKIE, session)
-        .header(ACCEPT, "text/html")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 302, "{:?}", resp.text().await);
-    let callback = url::Url::parse(resp.headers()[LOCATION].to_str().unwrap()).unwrap();
-    assert_eq!(callback.path(), "/.podgate/callback");
-    let path = format!("{}?{}", callback.path(), callback.query().unwrap());
-    let (status, _, cookies, body) = get_on_pod(&http, envoy, pod, &path, None).await;
-    assert_eq!(status, 302, "{body}");
-    let cap = cookies
-        .iter()
-        .find(|c| c.starts_with("podgate_cap="))
-        .unwrap_or_else(|| panic!("no capability cookie: {cookies:?}"));
-    cap.split(';').next().unwrap().to_owned()
-}
 
 /// A WebSocket upgrade to `pod` through Envoy with `token` as `podgate-token`, over a raw
 /// connection; the connection once the pod answered `101`.
