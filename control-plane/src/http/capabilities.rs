@@ -11,7 +11,6 @@ use podgate_protocol::token::TokenKind;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::verify::{identify, Accept};
-use crate::authz::authorize;
 use crate::http::error::{ApiError, ApiResult, JsonBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::{credentials, ClientIp};
@@ -81,13 +80,13 @@ async fn capabilities(
             if let Some(reason) = outcome.rejection {
                 return Err(ApiError::Unauthorized(reason));
             }
-            if authorize(state.db(), None, &addr).await.is_err() {
+            if state.authorize(None, &addr).await.is_err() {
                 return Err(ApiError::Unauthorized(
                     "not signed in; send an API token (pg_...) or an ID token as `Authorization: Bearer`, or the session cookie".into(),
                 ));
             }
         }
-        Some(u) => authorize(state.db(), Some(u), &addr).await?,
+        Some(u) => state.authorize(Some(u), &addr).await?,
     }
     let cap = mint_in_session_for(
         &state.mint_context(),

@@ -14,6 +14,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::request::cookie_headers;
 use crate::http::shared::{after_login, no_store, single_params};
 use crate::ids::check_id;
+use crate::metrics::{LoginMethod, Outcome};
 use crate::store::{now_unix, User};
 use crate::AppState;
 
@@ -26,10 +27,18 @@ pub fn dev_router() -> Router<AppState> {
 
 /// `GET /dev/login?user=ID_OR_EMAIL&next=...`: signs in as that user (created if the id is
 /// new), then redirects to `next` when it is safe, or answers the user as JSON.
-async fn dev_login(
-    State(state): State<AppState>,
-    RawQuery(query): RawQuery,
-) -> ApiResult<Response> {
+/// Counted as a login by its answer's status.
+async fn dev_login(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let resp = dev_sign_in(&state, query)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    state
+        .metrics()
+        .login(LoginMethod::Dev, Outcome::of_status(resp.status().as_u16()));
+    resp
+}
+
+async fn dev_sign_in(state: &AppState, query: Option<String>) -> ApiResult<Response> {
     let params = single_params(query.as_deref(), &["user", "next"])?;
     let Some(who) = params.get("user").filter(|u| !u.is_empty()) else {
         return Err(ApiError::bad(
@@ -58,7 +67,7 @@ async fn dev_login(
         user
     };
     let session = start_session(state.db(), state.config().session_lifetime, &user).await?;
-    let cookie = cookies::session(&state, &session);
+    let cookie = cookies::session(state, &session);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
     let mut resp = match after_login(
         &state.config().issuer,

@@ -13,7 +13,6 @@ use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use podgate_protocol::token::TokenKind;
 
 use crate::auth::verify::browser_identity;
-use crate::authz::authorize;
 use crate::http::cookies;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
@@ -89,12 +88,12 @@ async fn proxy_auth(
 
     if user.is_none() {
         // Only a public port lets someone through without signing in.
-        let public = authorize(state.db(), None, &addr).await.is_ok();
+        let public = state.authorize(None, &addr).await.is_ok();
         if !public {
             return not_signed_in(&state, &headers, &addr, &next);
         }
     } else {
-        authorize(state.db(), user.as_ref(), &addr).await?;
+        state.authorize(user.as_ref(), &addr).await?;
     }
 
     let ticket = mint_in_session_for(

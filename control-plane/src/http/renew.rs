@@ -19,6 +19,7 @@ use crate::http::cookies;
 use crate::http::error::{error_response, ApiError};
 use crate::http::limits::{self, Endpoint};
 use crate::http::shared::no_store;
+use crate::metrics::Outcome;
 use crate::renew::{renew_capability, RenewError};
 use crate::AppState;
 
@@ -58,20 +59,29 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// Counted as a renewal by its answer's status.
 async fn renew(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !has_secret(&state, &headers) {
+    let resp = answer_renewal(&state, &headers).await;
+    state
+        .metrics()
+        .renewal(Outcome::of_status(resp.status().as_u16()));
+    resp
+}
+
+async fn answer_renewal(state: &AppState, headers: &HeaderMap) -> Response {
+    if !has_secret(state, headers) {
         return error_response(
             StatusCode::FORBIDDEN,
             "only Envoy's podgate filter renews capabilities",
         );
     }
-    let Some(token) = bearer(&headers) else {
+    let Some(token) = bearer(headers) else {
         return ApiError::Unauthorized("no capability to renew".into()).into_response();
     };
     match renew_capability(&state.mint_context(), token).await {
         Ok(fresh) => {
             let answer = RenewAnswer {
-                set_cookie: cookies::capability(&state, &fresh.token),
+                set_cookie: cookies::capability(state, &fresh.token),
                 token: fresh.token,
             };
             let mut resp = Json(answer).into_response();

@@ -28,6 +28,7 @@ use crate::http::error::ApiError;
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::cookie_headers;
 use crate::http::shared::{after_login, is_page_load, no_store, single_params};
+use crate::metrics::{LoginMethod, Outcome};
 use crate::AppState;
 
 /// The sign-in's routes: starting one counts like `/api/proxy-auth` (each writes a row), a
@@ -292,20 +293,30 @@ async fn login(
 }
 
 /// `GET /auth/callback?state=&code=` (or `error=`), where the provider sends the browser back.
+/// Counted as a login by its answer's status.
 async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let resp = finish_sign_in(&state, &headers, query).await;
+    state.metrics().login(
+        LoginMethod::SignIn,
+        Outcome::of_status(resp.status().as_u16()),
+    );
+    resp
+}
+
+async fn finish_sign_in(state: &AppState, headers: &HeaderMap, query: Option<String>) -> Response {
     let names = ["state", "code", "error", "error_description", "iss"];
     let mut params = match single_params(query.as_deref(), &names) {
         Ok(p) => p,
         Err(e) => {
             return failure(
-                &headers,
+                headers,
                 StatusCode::BAD_REQUEST,
                 &e.to_string(),
-                &login_url(&state, None, None),
+                &login_url(state, None, None),
             )
         }
     };
@@ -316,14 +327,14 @@ async fn callback(
         error_description: params.remove("error_description"),
         iss: params.remove("iss"),
     };
-    let jar = cookie_headers(&headers);
+    let jar = cookie_headers(headers);
     let bindings: Vec<&str> = jar
         .iter()
         .flat_map(|h| podgate_protocol::cookie::find_all(h, state.sign_in_cookie()).take(4))
         .collect();
     let signed_in = match sign_in::finish(&state.sign_in_context(), &params, &bindings).await {
         Ok(s) => s,
-        Err(f) => return sign_in_failure(&state, &headers, f),
+        Err(f) => return sign_in_failure(state, headers, f),
     };
     let session =
         match start_session(state.db(), state.config().session_lifetime, &signed_in.user).await {
@@ -331,7 +342,7 @@ async fn callback(
             Err(e) => return ApiError::from(e).into_response(),
         };
     tracing::info!(user = %signed_in.user.id, provider = %signed_in.provider, "signed in");
-    let cookie = cookies::session(&state, &session);
+    let cookie = cookies::session(state, &session);
     if signed_in.next.is_empty() {
         let mut resp = page(
             StatusCode::OK,
