@@ -236,3 +236,23 @@ async fn metrics_listen_moves_the_route_off_the_api() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     h.finish().await;
 }
+
+/// Every metric the control plane serves has its row in `docs/operations.md`, "Monitoring".
+#[tokio::test]
+async fn every_metric_is_documented() {
+    let h = Harness::new(Which::Sqlite).await.unwrap();
+    let s = h.metrics().await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    assert!(s.docs.len() >= 10, "{:?}", s.docs);
+    for (family, help) in &s.docs {
+        assert!(!help.is_empty(), "{family} has no help text");
+        // Counters are named with `_total` in the text and in the doc.
+        let named = [family.clone(), format!("{family}_total")];
+        assert!(
+            named.iter().any(|n| doc.contains(&format!("`{n}`"))),
+            "{family} is not in docs/operations.md"
+        );
+    }
+    h.finish().await;
+}
