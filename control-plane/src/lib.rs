@@ -28,6 +28,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Router;
 use podgate_protocol::cookie::{cookie_name, DEFAULT_COOKIE_NAME};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
 use crate::http::error::error_response;
@@ -278,28 +279,20 @@ async fn seal_stored_keys(db: &Db, config: &Config) -> Result<(), KeyringError> 
     Ok(())
 }
 
-/// The whole HTTP API. Layers on the whole router, so no route, fallback or error can miss them
-/// (outermost last): CORS, the body limit, request size checks, counting refusals, security
+/// The whole HTTP API: the routes of [`api`], the OpenAPI document they describe (served at
+/// `GET /openapi.json`), and layers on the whole router, so no route, fallback or error can miss
+/// them (outermost last): CORS, the body limit, request size checks, counting refusals, security
 /// headers. `GET /metrics` is among the routes unless `--metrics-listen` serves it elsewhere
 /// ([`metrics_app`]).
 pub fn app(state: AppState) -> Router {
-    let mut router = Router::new()
-        .merge(health::router())
-        .merge(flow::router(&state))
-        .merge(http::sign_in::router(&state))
-        .merge(http::capabilities::router(&state))
-        .merge(http::renew::router(&state))
-        .merge(api_tokens::router())
-        .merge(http::session::router())
-        .merge(admin::router(state.clone()));
-    if state.config().dev_mode {
-        router = router.merge(http::dev_login::dev_router());
-    }
-    if state.config().metrics_listen.is_none() {
-        router = router.merge(http::metrics::router());
-    }
+    let (router, doc) = api(&state).split_for_parts();
+    let doc = http::openapi::Document(Arc::new(doc.to_pretty_json().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot encode the OpenAPI document");
+        String::from("{}")
+    })));
     let max_body = state.config().limits.max_body_bytes;
     router
+        .layer(axum::Extension(doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -319,9 +312,30 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every route of the HTTP API with its OpenAPI description (`http/openapi.rs`): the routes this
+/// configuration serves, and nothing else.
+pub fn api(state: &AppState) -> OpenApiRouter<AppState> {
+    let mut router = http::openapi::router()
+        .merge(health::router())
+        .merge(flow::router(state))
+        .merge(http::sign_in::router(state))
+        .merge(http::capabilities::router(state))
+        .merge(http::renew::router(state))
+        .merge(api_tokens::router())
+        .merge(http::session::router())
+        .merge(admin::router(state.clone()));
+    if state.config().dev_mode {
+        router = router.merge(http::dev_login::dev_router());
+    }
+    if state.config().metrics_listen.is_none() {
+        router = router.merge(http::metrics::router());
+    }
+    router
+}
+
 /// `GET /metrics` alone, for `--metrics-listen`: every other path is a 404.
 pub fn metrics_app(state: AppState) -> Router {
-    http::metrics::router()
+    Router::from(http::metrics::router())
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers::secure))
         .with_state(state)

@@ -7,8 +7,7 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -17,20 +16,23 @@ use crate::auth::api_tokens::{
     generate, parse, token_hash, DEFAULT_EXPIRES_IN_DAYS, MAX_EXPIRES_IN_DAYS, MAX_TOKENS_PER_USER,
 };
 use crate::auth::verify::{identify, Accept, Identity, Via};
+use crate::http::error::ErrorBody;
 use crate::http::error::{error_response, ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, single_params};
 use crate::store::{now_unix, ApiTokenRow};
 use crate::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const MAX_INIT_CONFIG_LEN: usize = 2048;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/proxy-tokens", get(list_tokens).post(create_token))
-        .route("/api/proxy-tokens/{id}", delete(revoke_token))
-        .route("/p/{config}", get(init_page))
-        .route("/api/download/install.sh", get(install_script_handler))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(init_page))
+        .routes(routes!(install_script_handler))
 }
 
 fn rfc3339(t: i64) -> Option<String> {
@@ -168,6 +170,16 @@ pub fn decode_init_config(config: &str) -> Option<(String, Option<String>)> {
 }
 
 /// `POST /api/proxy-tokens {name, expires_in_days, prefix?}`.
+#[utoipa::path(
+    post,
+    path = "/api/proxy-tokens",
+    tag = "api-tokens",
+    responses(
+        (status = 201, description = "The new API token, shown once"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+    )
+)]
 async fn create_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -270,6 +282,15 @@ fn token_view(t: &ApiTokenRow, now: i64) -> Value {
 }
 
 /// `GET /api/proxy-tokens`: the user's tokens, newest first, never a secret.
+#[utoipa::path(
+    get,
+    path = "/api/proxy-tokens",
+    tag = "api-tokens",
+    responses(
+        (status = 200, description = "The caller's API tokens"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+    )
+)]
 async fn list_tokens(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -300,6 +321,19 @@ async fn list_tokens(
 /// `DELETE /api/proxy-tokens/{id}`: revokes; refused from the token's next use on, and the
 /// capabilities minted with it are pushed to Envoy as revoked. An API token may revoke itself (a
 /// CLI's logout), no other.
+#[utoipa::path(
+    delete,
+    path = "/api/proxy-tokens/{id}",
+    tag = "api-tokens",
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 200, description = "Revoked"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+    )
+)]
 async fn revoke_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -344,6 +378,18 @@ fn page(status: StatusCode, body: String) -> Response {
 
 /// `GET /p/{config}`: how to use a setup link. The token is not looked up (no validity
 /// oracle); the page only explains.
+#[utoipa::path(
+    get,
+    path = "/p/{config}",
+    tag = "api-tokens",
+    params(
+        ("config" = String, Path, description = "The init URL's configuration"),
+    ),
+    responses(
+        (status = 200, description = "The setup page of an init URL"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+    )
+)]
 async fn init_page(State(state): State<AppState>, PathArgs(config): PathArgs<String>) -> Response {
     let Some((token, prefix)) = decode_init_config(&config) else {
         return page(
@@ -457,6 +503,15 @@ fn install_script(issuer: &str, init_url: Option<&str>) -> String {
 /// `GET /api/download/install.sh?init_url=`: a bash script. `init_url` must be this control
 /// plane's setup link (anything else, shell metacharacters included, is a 400 and never reaches
 /// a script); it is single-quoted in the script and checked there again.
+#[utoipa::path(
+    get,
+    path = "/api/download/install.sh",
+    tag = "api-tokens",
+    responses(
+        (status = 200, description = "The installer script"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+    )
+)]
 async fn install_script_handler(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

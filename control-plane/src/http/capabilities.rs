@@ -5,28 +5,30 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use podgate_protocol::token::TokenKind;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::verify::{identify, Accept};
+use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult, JsonBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, parse_target};
 use crate::mint::mint_in_session_for;
 use crate::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 /// The route, behind its per-client limit (`crate::http::limits` says what counts and why).
-pub fn router(state: &AppState) -> Router<AppState> {
-    Router::new().route(
-        "/v1/capabilities",
-        post(capabilities).route_layer(from_fn_with_state(
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(capabilities).map(|r| {
+        r.route_layer(from_fn_with_state(
             (state.clone(), Endpoint::Capabilities),
             limits::limit,
-        )),
-    )
+        ))
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +48,18 @@ pub struct CapabilityResponse {
 }
 
 /// `POST /v1/capabilities {pod, port}` for scripts and SDKs.
+#[utoipa::path(
+    post,
+    path = "/v1/capabilities",
+    tag = "capabilities",
+    responses(
+        (status = 200, description = "`{token, expires_at, url}`"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn capabilities(
     State(state): State<AppState>,
     headers: HeaderMap,

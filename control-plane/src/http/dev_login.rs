@@ -4,12 +4,12 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
 
 use crate::auth::identity::{end_sessions, start_session};
 use crate::http::cookies;
+use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::request::cookie_headers;
 use crate::http::shared::{after_login, no_store, single_params};
@@ -17,17 +17,30 @@ use crate::ids::check_id;
 use crate::metrics::{LoginMethod, Outcome};
 use crate::store::{now_unix, User};
 use crate::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The dev login's routes.
-pub fn dev_router() -> Router<AppState> {
-    Router::new()
-        .route("/dev/login", get(dev_login))
-        .route("/dev/logout", get(dev_logout))
+pub fn dev_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(dev_login))
+        .routes(routes!(dev_logout))
 }
 
 /// `GET /dev/login?user=ID_OR_EMAIL&next=...`: signs in as that user (created if the id is
 /// new), then redirects to `next` when it is safe, or answers the user as JSON.
 /// Counted as a login by its answer's status.
+#[utoipa::path(
+    get,
+    path = "/dev/login",
+    tag = "dev",
+    responses(
+        (status = 200, description = "Signed in (dev mode only)"),
+        (status = 302, description = "A redirect"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+    )
+)]
 async fn dev_login(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     let resp = dev_sign_in(&state, query)
         .await
@@ -92,6 +105,14 @@ async fn dev_sign_in(state: &AppState, query: Option<String>) -> ApiResult<Respo
 }
 
 /// `GET /dev/logout`: ends the session of this browser.
+#[utoipa::path(
+    get,
+    path = "/dev/logout",
+    tag = "dev",
+    responses(
+        (status = 200, description = "Signed out (dev mode only)"),
+    )
+)]
 async fn dev_logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     end_sessions(
         state.db(),

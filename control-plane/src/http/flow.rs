@@ -6,14 +6,13 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::from_fn_with_state;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use podgate_protocol::host::PodAddr;
 use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use podgate_protocol::token::TokenKind;
 
 use crate::auth::verify::browser_identity;
 use crate::http::cookies;
+use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::credentials;
@@ -21,19 +20,16 @@ use crate::http::shared::{is_page_load, no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
 use crate::mint::{mint_in_session_for, redeem_ticket, RedeemError, TicketRefusal};
 use crate::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 /// The flow's routes, each behind its per-client limit (`limits.rs` says what counts and why).
-pub fn router(state: &AppState) -> Router<AppState> {
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     let limit = |endpoint| from_fn_with_state((state.clone(), endpoint), limits::limit);
-    Router::new()
-        .route(
-            "/api/proxy-auth",
-            get(proxy_auth).route_layer(limit(Endpoint::ProxyAuth)),
-        )
-        .route(
-            "/.podgate/callback",
-            get(callback).route_layer(limit(Endpoint::Callback)),
-        )
+    OpenApiRouter::new()
+        .routes(routes!(proxy_auth).map(|r| r.route_layer(limit(Endpoint::ProxyAuth))))
+        .routes(routes!(callback).map(|r| r.route_layer(limit(Endpoint::Callback))))
 }
 
 fn redirect(location: &str) -> ApiResult<Response> {
@@ -59,6 +55,17 @@ fn proxy_auth_url(state: &AppState, addr: &PodAddr, next: &str) -> String {
 }
 
 /// `GET /api/proxy-auth?pod=&port=&next=`.
+#[utoipa::path(
+    get,
+    path = "/api/proxy-auth",
+    tag = "flow",
+    responses(
+        (status = 302, description = "To the pod host's callback with a login ticket, or to the login"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn proxy_auth(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -177,6 +184,17 @@ impl From<RedeemError> for CallbackFailure {
 }
 
 /// `GET /.podgate/callback?ticket=&next=` on a pod host.
+#[utoipa::path(
+    get,
+    path = "/.podgate/callback",
+    operation_id = "ticket_callback",
+    tag = "flow",
+    responses(
+        (status = 302, description = "The capability cookie, and to `next`"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,

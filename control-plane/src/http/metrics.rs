@@ -4,21 +4,26 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 
 use crate::metrics::CONTENT_TYPE;
 use crate::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The metrics route: on the HTTP API's router, or alone on `--metrics-listen`.
-pub fn router() -> Router<AppState> {
-    Router::new().route(METRICS_PATH, get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
-/// Where the metrics are served.
-pub const METRICS_PATH: &str = "/metrics";
-
 /// Every metric in the OpenMetrics text format, which Prometheus scrapes.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses(
+        (status = 200, description = "Every metric, OpenMetrics text"),
+    )
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut resp = state.metrics().encode().into_response();
     resp.headers_mut()

@@ -13,6 +13,7 @@ pub mod flow;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod renew;
 pub mod request;
 pub mod security_headers;

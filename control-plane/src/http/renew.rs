@@ -9,29 +9,31 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use podgate_protocol::renewal::{RenewAnswer, RENEW_PATH, RENEW_SECRET_HEADER};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::http::cookies;
+use crate::http::error::ErrorBody;
 use crate::http::error::{error_response, ApiError};
 use crate::http::limits::{self, Endpoint};
 use crate::http::shared::no_store;
 use crate::metrics::Outcome;
 use crate::renew::{renew_capability, RenewError};
 use crate::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 /// The route, behind its per-client limit on wrong secrets.
-pub fn router(state: &AppState) -> Router<AppState> {
-    Router::new().route(
-        RENEW_PATH,
-        post(renew).route_layer(from_fn_with_state(
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(renew).map(|r| {
+        r.route_layer(from_fn_with_state(
             (state.clone(), Endpoint::Renew),
             limits::limit,
-        )),
-    )
+        ))
+    }))
 }
 
 /// Whether `headers` carry the renewal secret (compared in constant time, over digests so
@@ -60,6 +62,17 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Counted as a renewal by its answer's status.
+#[utoipa::path(
+    post,
+    path = RENEW_PATH,
+    tag = "capabilities",
+    responses(
+        (status = 200, description = "`{token, set_cookie}`"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 403, description = "Refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn renew(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let resp = answer_renewal(&state, &headers).await;
     state
