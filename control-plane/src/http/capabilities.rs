@@ -31,15 +31,18 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapabilityRequest {
+    /// The pod's slug.
     pub pod: String,
+    /// The pod port.
     pub port: u16,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CapabilityResponse {
+    /// The capability, a JWT.
     pub token: String,
     /// RFC 3339, UTC.
     pub expires_at: String,
@@ -52,8 +55,9 @@ pub struct CapabilityResponse {
     post,
     path = "/v1/capabilities",
     tag = "capabilities",
+    request_body = CapabilityRequest,
     responses(
-        (status = 200, description = "`{token, expires_at, url}`"),
+        (status = 200, description = "A capability for the pod port", body = CapabilityResponse),
         (status = 400, description = "The request is malformed", body = ErrorBody),
         (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
         (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
