@@ -133,7 +133,22 @@ fn no_route_bypasses_the_document() {
 #[tokio::test]
 async fn the_document_lists_what_this_configuration_serves() {
     let h = Harness::new(Which::Sqlite).await.unwrap();
-    let paths = operations(&document(&h).await);
+    let doc = document(&h).await;
+    // The admin API says which credential it takes.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["admin_token"]["scheme"],
+        "bearer"
+    );
+    for (path, method) in operations(&doc) {
+        let admin = path.starts_with("/v1/") && path != "/v1/capabilities";
+        let security = &doc["paths"][&path][&method]["security"];
+        assert_eq!(
+            security[0].get("admin_token").is_some(),
+            admin,
+            "{method} {path}: {security}"
+        );
+    }
+    let paths = operations(&doc);
     assert!(paths.contains(&("/dev/login".to_owned(), "get".to_owned())));
     assert!(paths.contains(&("/metrics".to_owned(), "get".to_owned())));
     assert!(paths.contains(&("/openapi.json".to_owned(), "get".to_owned())));

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -26,6 +27,7 @@ use crate::AppState;
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     components(schemas(ErrorBody)),
+    modifiers(&AdminToken),
     tags(
         (name = "health", description = "Liveness, readiness, keys, metrics and this document"),
         (name = "flow", description = "The login flow of a pod host: auth endpoint and callback"),
@@ -38,6 +40,19 @@ use crate::AppState;
     )
 )]
 pub struct ApiDoc;
+
+/// The admin API's credential: `Authorization: Bearer <admin token>` (`--admin-token`).
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 /// The document's own route.
 pub fn router() -> OpenApiRouter<AppState> {

@@ -26,6 +26,7 @@ struct AuditQuery {
     get,
     path = "/v1/audit",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The mint audit trail"),
         (status = 400, description = "The request is malformed", body = ErrorBody),

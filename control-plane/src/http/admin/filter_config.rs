@@ -18,6 +18,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     get,
     path = "/v1/filter-config",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The configuration Envoy's filter gets"),
         (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),

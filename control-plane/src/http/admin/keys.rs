@@ -36,6 +36,7 @@ pub struct KeyInfo {
     get,
     path = "/v1/keys",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The signing keys' states"),
         (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
@@ -67,6 +68,7 @@ async fn list_keys(State(s): State<AppState>) -> ApiResult<Json<Vec<KeyInfo>>> {
     post,
     path = "/v1/keys/rotate",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The new active keys"),
         (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),

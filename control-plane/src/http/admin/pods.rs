@@ -103,6 +103,7 @@ async fn require_pod(s: &AppState, slug: &str) -> ApiResult<Pod> {
     get,
     path = "/v1/pods",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every pod"),
         (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
@@ -117,6 +118,7 @@ async fn list_pods(State(s): State<AppState>) -> ApiResult<Json<Vec<Pod>>> {
     post,
     path = "/v1/pods",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created"),
         (status = 400, description = "The request is malformed", body = ErrorBody),
@@ -165,6 +167,7 @@ async fn create_pod(
     get,
     path = "/v1/pods/{slug}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("slug" = String, Path, description = "The pod"),
     ),
@@ -186,6 +189,7 @@ async fn get_pod(
     patch,
     path = "/v1/pods/{slug}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("slug" = String, Path, description = "The pod"),
     ),
@@ -238,6 +242,7 @@ async fn update_pod(
     put,
     path = "/v1/pods/{slug}/status",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("slug" = String, Path, description = "The pod"),
     ),
@@ -265,6 +270,7 @@ async fn set_pod_status(
     delete,
     path = "/v1/pods/{slug}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("slug" = String, Path, description = "The pod"),
     ),
@@ -286,6 +292,7 @@ async fn delete_pod(
     get,
     path = "/v1/pods/{slug}/ports",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("slug" = String, Path, description = "The pod"),
     ),
@@ -308,6 +315,7 @@ async fn list_ports(
     get,
     path = "/v1/pods/{slug}/ports/{port}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("slug" = String, Path, description = "The pod"),
         ("port" = u16, Path, description = "The pod port"),
@@ -338,6 +346,7 @@ async fn get_port(
     put,
     path = "/v1/pods/{slug}/ports/{port}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("slug" = String, Path, description = "The pod"),
         ("port" = u16, Path, description = "The pod port"),
@@ -380,6 +389,7 @@ async fn put_port(
     delete,
     path = "/v1/pods/{slug}/ports/{port}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("slug" = String, Path, description = "The pod"),
         ("port" = u16, Path, description = "The pod port"),

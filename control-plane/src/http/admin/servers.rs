@@ -40,6 +40,7 @@ struct ServerPatch {
     get,
     path = "/v1/servers",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every server"),
         (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
@@ -54,6 +55,7 @@ async fn list_servers(State(s): State<AppState>) -> ApiResult<Json<Vec<Server>>>
     post,
     path = "/v1/servers",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created"),
         (status = 400, description = "The request is malformed", body = ErrorBody),
@@ -87,6 +89,7 @@ async fn create_server(
     get,
     path = "/v1/servers/{id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),
@@ -112,6 +115,7 @@ async fn get_server(
     patch,
     path = "/v1/servers/{id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),
@@ -151,6 +155,7 @@ async fn update_server(
     delete,
     path = "/v1/servers/{id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),

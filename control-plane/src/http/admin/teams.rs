@@ -41,6 +41,7 @@ struct TeamPatch {
     get,
     path = "/v1/teams",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every team"),
         (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
@@ -55,6 +56,7 @@ async fn list_teams(State(s): State<AppState>) -> ApiResult<Json<Vec<Team>>> {
     post,
     path = "/v1/teams",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created"),
         (status = 400, description = "The request is malformed", body = ErrorBody),
@@ -86,6 +88,7 @@ async fn create_team(
     get,
     path = "/v1/teams/{id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),
@@ -111,6 +114,7 @@ async fn get_team(
     patch,
     path = "/v1/teams/{id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),
@@ -138,6 +142,7 @@ async fn update_team(
     delete,
     path = "/v1/teams/{id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),
@@ -197,6 +202,7 @@ async fn require_team(s: &AppState, team_id: &str) -> ApiResult<()> {
     get,
     path = "/v1/teams/{id}/members",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),
@@ -219,6 +225,7 @@ async fn list_members(
     post,
     path = "/v1/teams/{id}/members",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),
@@ -263,6 +270,7 @@ async fn add_member(
     get,
     path = "/v1/teams/{id}/members/{user_id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
         ("user_id" = String, Path, description = "The member's user id"),
@@ -289,6 +297,7 @@ async fn get_member(
     put,
     path = "/v1/teams/{id}/members/{user_id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
         ("user_id" = String, Path, description = "The member's user id"),
@@ -328,6 +337,7 @@ async fn set_member_role(
     delete,
     path = "/v1/teams/{id}/members/{user_id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
         ("user_id" = String, Path, description = "The member's user id"),

@@ -41,6 +41,7 @@ struct UserPatch {
     get,
     path = "/v1/users",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every user"),
         (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
@@ -55,6 +56,7 @@ async fn list_users(State(s): State<AppState>) -> ApiResult<Json<Vec<User>>> {
     post,
     path = "/v1/users",
     tag = "admin",
+    security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created"),
         (status = 400, description = "The request is malformed", body = ErrorBody),
@@ -90,6 +92,7 @@ async fn create_user(
     get,
     path = "/v1/users/{id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),
@@ -115,6 +118,7 @@ async fn get_user(
     patch,
     path = "/v1/users/{id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),
@@ -157,6 +161,7 @@ async fn update_user(
     delete,
     path = "/v1/users/{id}",
     tag = "admin",
+    security(("admin_token" = [])),
     params(
         ("id" = String, Path, description = "The id"),
     ),
