@@ -11,19 +11,18 @@ use axum::Json;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::api_tokens::{
     generate, parse, token_hash, DEFAULT_EXPIRES_IN_DAYS, MAX_EXPIRES_IN_DAYS, MAX_TOKENS_PER_USER,
 };
 use crate::auth::verify::{identify, Accept, Identity, Via};
-use crate::http::error::ErrorBody;
-use crate::http::error::{error_response, ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{error_response, ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, single_params};
 use crate::store::{now_unix, ApiTokenRow};
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 const MAX_INIT_CONFIG_LEN: usize = 2048;
 

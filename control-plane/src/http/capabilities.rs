@@ -8,18 +8,17 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use podgate_protocol::token::TokenKind;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 use crate::auth::verify::{identify, Accept};
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult, JsonBody};
+use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, parse_target};
 use crate::mint::mint_in_session_for;
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::router::UtoipaMethodRouterExt;
-use utoipa_axum::routes;
 
 /// The route, behind its per-client limit (`crate::http::limits` says what counts and why).
 pub fn router(state: &AppState) -> OpenApiRouter<AppState> {

@@ -6,19 +6,18 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::identity::{end_sessions, start_session};
 use crate::http::cookies;
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::request::cookie_headers;
 use crate::http::shared::{after_login, no_store, single_params};
 use crate::ids::check_id;
 use crate::metrics::{LoginMethod, Outcome};
 use crate::store::{now_unix, User};
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 /// The dev login's routes.
 pub fn dev_router() -> OpenApiRouter<AppState> {

@@ -9,20 +9,19 @@ use axum::response::{Html, IntoResponse, Response};
 use podgate_protocol::host::PodAddr;
 use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use podgate_protocol::token::TokenKind;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 use crate::auth::verify::browser_identity;
 use crate::http::cookies;
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::credentials;
 use crate::http::shared::{is_page_load, no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
 use crate::mint::{mint_in_session_for, redeem_ticket, RedeemError, TicketRefusal};
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::router::UtoipaMethodRouterExt;
-use utoipa_axum::routes;
 
 /// The flow's routes, each behind its per-client limit (`limits.rs` says what counts and why).
 pub fn router(state: &AppState) -> OpenApiRouter<AppState> {

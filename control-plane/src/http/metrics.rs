@@ -4,11 +4,11 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::metrics::CONTENT_TYPE;
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 /// The metrics route: on the HTTP API's router, or alone on `--metrics-listen`.
 pub fn router() -> OpenApiRouter<AppState> {

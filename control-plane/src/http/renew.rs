@@ -13,18 +13,17 @@ use axum::Json;
 use podgate_protocol::renewal::{RenewAnswer, RENEW_PATH, RENEW_SECRET_HEADER};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 use crate::http::cookies;
-use crate::http::error::ErrorBody;
-use crate::http::error::{error_response, ApiError};
+use crate::http::error::{error_response, ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::shared::no_store;
 use crate::metrics::Outcome;
 use crate::renew::{renew_capability, RenewError};
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::router::UtoipaMethodRouterExt;
-use utoipa_axum::routes;
 
 /// The route, behind its per-client limit on wrong secrets.
 pub fn router(state: &AppState) -> OpenApiRouter<AppState> {

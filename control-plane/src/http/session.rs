@@ -17,18 +17,17 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::identity::ended_sessions;
 use crate::auth::verify::browser_identity;
 use crate::cuts::cut_session;
 use crate::http::cookies;
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::request::{cookie_headers, credentials};
 use crate::http::shared::no_store;
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 /// The session routes.
 pub fn router() -> OpenApiRouter<AppState> {

@@ -18,21 +18,20 @@ use axum::Json;
 use html_escape::{encode_quoted_attribute, encode_text};
 use podgate_protocol::redirect::{encode_query_value, MAX_NEXT_LEN};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 use crate::auth::identity::start_session;
 use crate::auth::sign_in::{self, CallbackParams, SignInError, SignInFailure};
 use crate::config::idp::OidcProvider;
 use crate::http::cookies;
-use crate::http::error::ApiError;
-use crate::http::error::ErrorBody;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::cookie_headers;
 use crate::http::shared::{after_login, is_page_load, no_store, single_params};
 use crate::metrics::{LoginMethod, Outcome};
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::router::UtoipaMethodRouterExt;
-use utoipa_axum::routes;
 
 /// The sign-in's routes: starting one counts like `/api/proxy-auth` (each writes a row), a
 /// failed callback like a failed ticket.

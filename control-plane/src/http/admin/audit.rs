@@ -3,13 +3,12 @@
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
-
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult, QueryArgs};
-use crate::store::AuditEntry;
-use crate::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use crate::http::error::{ApiError, ApiResult, ErrorBody, QueryArgs};
+use crate::store::AuditEntry;
+use crate::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_audit))

@@ -2,12 +2,11 @@
 
 use axum::extract::State;
 use axum::Json;
-
-use crate::http::error::ApiResult;
-use crate::http::error::ErrorBody;
-use crate::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use crate::http::error::{ApiResult, ErrorBody};
+use crate::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(filter_config))

@@ -5,13 +5,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult};
-use crate::store::{now_unix, KeyKind};
-use crate::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::store::{now_unix, KeyKind};
+use crate::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

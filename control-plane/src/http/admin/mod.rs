@@ -17,12 +17,12 @@ use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
 use crate::keys::random_id;
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
 
 pub fn router(state: AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

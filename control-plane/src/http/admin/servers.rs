@@ -4,15 +4,14 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{check_address, check_text, created, deleted, gen_id};
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::{now_unix, Server};
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -4,17 +4,16 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{check_text, created, deleted, gen_id, parse_enum, require_user};
 use crate::cuts::cut_lost_access;
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::HolderScope;
 use crate::store::{now_unix, Member, Role, Team};
 use crate::AppState;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
