@@ -103,12 +103,12 @@ pub struct Metrics {
     rate_limited: Family<Labels1, Counter>,
     idp_fetches: Family<LabelsOwned, Counter>,
     db_seconds: Family<Labels1, Histogram>,
-    xds: Arc<XdsMetrics>,
+    xds: Arc<AdsMetrics>,
 }
 
 /// The xDS part, also handed to the ADS server as its observer.
 #[derive(Debug)]
-pub struct XdsMetrics {
+pub struct AdsMetrics {
     streams: Gauge,
     pushes: Family<Labels1, Counter>,
     acks: Family<Labels1, Counter>,
@@ -182,7 +182,7 @@ impl Metrics {
             "Time spent on database work, by operation class (authorize, record, snapshot)",
             db_seconds.clone(),
         );
-        let xds = Arc::new(XdsMetrics {
+        let xds = Arc::new(AdsMetrics {
             streams: Gauge::default(),
             pushes: Family::default(),
             acks: Family::default(),
@@ -335,7 +335,7 @@ impl Metrics {
     }
 
     /// The ADS server's observer.
-    pub fn xds(&self) -> Arc<XdsMetrics> {
+    pub fn xds(&self) -> Arc<AdsMetrics> {
         Arc::clone(&self.xds)
     }
 
@@ -362,7 +362,7 @@ fn type_label(kind: ResourceType) -> &'static str {
     }
 }
 
-impl XdsObserver for XdsMetrics {
+impl XdsObserver for AdsMetrics {
     fn stream_opened(&self) {
         self.streams.inc();
     }
