@@ -166,8 +166,11 @@ struct Filter {
     /// `exchange::MAX_IN_FLIGHT` keys; requests with the same token, pod and port share one
     /// call).
     exchanges: HashMap<ExchangeKey, Vec<u32>>,
-    /// The exchange calls in flight: Envoy's call token → what was asked.
-    exchange_calls: HashMap<u32, Rc<ExchangeNeeded>>,
+    /// The exchange calls in flight: Envoy's call token → what was asked, and for which
+    /// client.
+    exchange_calls: HashMap<u32, (Rc<ExchangeNeeded>, String)>,
+    /// Clients the control plane limits: refused here until their wait is over.
+    backoff: exchange::ClientBackoff,
 }
 
 /// What becomes of a stream that waited for an HTTP call, once the filter is released.
@@ -498,8 +501,8 @@ impl Filter {
         num_headers: usize,
         body_size: usize,
     ) -> Vec<(u32, Resume)> {
-        if let Some(need) = self.exchange_calls.remove(&token) {
-            return self.on_exchange_response(&need, num_headers, body_size);
+        if let Some((need, client)) = self.exchange_calls.remove(&token) {
+            return self.on_exchange_response(&need, &client, num_headers, body_size);
         }
         self.on_renewal_response(token, num_headers, body_size)
             .into_iter()
@@ -686,16 +689,22 @@ impl Filter {
             waiting.push(context_id);
             return Action::Pause;
         }
-        if self.exchanges.len() >= exchange::MAX_IN_FLIGHT {
-            return self.deny(&Denial::ExchangeBusy(exchange::RETRY_AFTER_SECS));
-        }
         // The client's address, so the control plane limits failed tokens per client.
         let source = raw::property(&["source", "address"]).ok();
         let client = source
             .as_deref()
             .and_then(|s| std::str::from_utf8(s).ok())
-            .map(exchange::client_ip);
-        let Some(call) = self.gate.exchange_call(&need, client) else {
+            .map(exchange::client_ip)
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(wait) = now_unix().and_then(|now| self.backoff.waiting(&client, now)) {
+            return self.deny(&Denial::ExchangeBusy(wait));
+        }
+        if self.exchanges.len() >= exchange::MAX_IN_FLIGHT {
+            return self.deny(&Denial::ExchangeBusy(exchange::RETRY_AFTER_SECS));
+        }
+        let given = Some(client.as_str()).filter(|c| !c.is_empty());
+        let Some(call) = self.gate.exchange_call(&need, given) else {
             return self.deny(&Denial::ExchangeFailed);
         };
         let headers = podgate_protocol::wire::encode_header_map(&call.headers);
@@ -703,7 +712,7 @@ impl Filter {
             Ok(token) => {
                 self.metrics.bump(Counter::ExchangeCalls, 1);
                 self.exchanges.insert(need.key, vec![context_id]);
-                self.exchange_calls.insert(token, need);
+                self.exchange_calls.insert(token, (need, client));
                 Action::Pause
             }
             Err(status) => {
@@ -723,6 +732,7 @@ impl Filter {
     fn on_exchange_response(
         &mut self,
         need: &ExchangeNeeded,
+        client: &str,
         num_headers: usize,
         body_size: usize,
     ) -> Vec<(u32, Resume)> {
@@ -747,6 +757,9 @@ impl Filter {
                 .collect();
         };
         if let Err(denial) = self.gate.exchanged(need, status, retry_after, &body, now) {
+            if let Denial::ExchangeBusy(secs) = denial {
+                self.backoff.back_off(client, secs, now);
+            }
             if status == 0 || denial == Denial::ExchangeFailed {
                 log(
                     LogLevel::Error,

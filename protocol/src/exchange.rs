@@ -297,6 +297,46 @@ impl ExchangeCache {
     }
 }
 
+/// Most clients one worker remembers as limited by the control plane.
+pub const MAX_BACKED_OFF: usize = 1024;
+
+/// The clients the control plane answered 429 for (out of failed API tokens), until the wait
+/// it gave: their next tokens are refused here, without a call, so a client flooding wrong
+/// tokens costs the control plane its bucket's worth of calls and then nothing. Bounded: full,
+/// past waits are dropped, and if it is still full it starts over.
+#[derive(Debug, Default)]
+pub struct ClientBackoff {
+    until: HashMap<String, i64>,
+}
+
+impl ClientBackoff {
+    /// Seconds `client` still waits at `now`, if it does.
+    pub fn waiting(&self, client: &str, now: i64) -> Option<u32> {
+        let until = *self.until.get(client)?;
+        (now < until).then(|| u32::try_from(until - now).unwrap_or(u32::MAX))
+    }
+
+    /// `client` waits `secs` from `now`.
+    pub fn back_off(&mut self, client: &str, secs: u32, now: i64) {
+        if self.until.len() >= MAX_BACKED_OFF && !self.until.contains_key(client) {
+            self.until.retain(|_, until| now < *until);
+            if self.until.len() >= MAX_BACKED_OFF {
+                self.until.clear();
+            }
+        }
+        self.until
+            .insert(client.to_owned(), now.saturating_add(i64::from(secs)));
+    }
+
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;

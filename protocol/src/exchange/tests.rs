@@ -150,3 +150,18 @@ fn the_retry_after_of_an_answer_is_read() {
     let wire = crate::wire::encode_header_map(&[(":status", "429")]);
     assert_eq!(call_retry_after(&wire), None);
 }
+
+#[test]
+fn a_client_the_control_plane_limits_waits_here() {
+    let mut backoff = ClientBackoff::default();
+    assert_eq!(backoff.waiting("10.0.0.1", NOW), None);
+    backoff.back_off("10.0.0.1", 30, NOW);
+    assert_eq!(backoff.waiting("10.0.0.1", NOW), Some(30));
+    assert_eq!(backoff.waiting("10.0.0.1", NOW + 29), Some(1));
+    assert_eq!(backoff.waiting("10.0.0.1", NOW + 30), None);
+    assert_eq!(backoff.waiting("10.0.0.2", NOW), None, "per client");
+    for i in 0..(2 * MAX_BACKED_OFF) {
+        backoff.back_off(&format!("c{i}"), 30, NOW);
+        assert!(backoff.len() <= MAX_BACKED_OFF);
+    }
+}
