@@ -147,7 +147,8 @@ async fn api_tokens_reach_their_owners_pods_at_the_edge_and_never_reach_the_pod(
 
     // A wrong token: refused.
     let wrong = format!("pg_{}_{}", "0".repeat(24), "a".repeat(52));
-    let (status, body) = get_with(&stack, "alpha", "authorization", &format!("Bearer {wrong}")).await;
+    let (status, body) =
+        get_with(&stack, "alpha", "authorization", &format!("Bearer {wrong}")).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("Invalid API token"), "{body}");
 
@@ -185,7 +186,11 @@ async fn api_tokens_reach_their_owners_pods_at_the_edge_and_never_reach_the_pod(
     let (status, body) = get_with(&stack, "alpha", "podgate-token", &other).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("could not check the API token"), "{body}");
-    assert_eq!(alpha.requests().len(), before, "forwarded without the control plane");
+    assert_eq!(
+        alpha.requests().len(),
+        before,
+        "forwarded without the control plane"
+    );
 }
 
 /// A random well-formed API token that the control plane does not know.
@@ -282,15 +287,19 @@ async fn a_flood_of_wrong_api_tokens_leaves_the_control_plane_answering() {
     assert_eq!(statuses.values().sum::<u64>(), FLOOD);
     assert_eq!(statuses.get(&200), None, "a wrong token got through");
     assert!(
-        statuses
-            .keys()
-            .all(|s| [401, 429].contains(s)),
+        statuses.keys().all(|s| [401, 429].contains(s)),
         "{statuses:?}"
     );
     // The control plane's bucket of failed tokens per client, then the filter's own wait.
-    assert!(calls < 100, "{calls} exchange calls for {FLOOD} wrong tokens");
+    assert!(
+        calls < 100,
+        "{calls} exchange calls for {FLOOD} wrong tokens"
+    );
     assert!(!edge.is_empty() && !direct.is_empty());
     assert!(worst(&direct) < Duration::from_secs(1), "{direct:?}");
     assert!(worst(&edge) < Duration::from_secs(1), "{edge:?}");
-    assert!(!bobs.requests().iter().any(|r| r.headers.iter().any(|(_, v)| v.contains("pg_"))));
+    assert!(!bobs
+        .requests()
+        .iter()
+        .any(|r| r.headers.iter().any(|(_, v)| v.contains("pg_"))));
 }

@@ -402,20 +402,22 @@ pub(super) fn decide_counting(
         return (Decision::Forward(Rc::new(forward)), 0);
     }
 
-    if config.renewal.is_some() {
-        if let Some(token) = api_token(req, &bearers) {
-            return (
-                api_token_decision(config, cache, req, &bearers, pod, token, now),
-                1,
-            );
-        }
-    }
-
+    // An API token (exchanges on) decides when no capability grants the request: a capability
+    // sent with it keeps its meaning.
+    let api = config
+        .renewal
+        .is_some()
+        .then(|| api_token(req, &bearers))
+        .flatten();
     let page_load = req.is_page_load();
     let redirect = || page_load.then(|| auth_redirect(config, &pod, req.path));
     let found = candidates(config, req, &bearers);
     let looked_at = found.len();
     if found.is_empty() {
+        if let Some(token) = api {
+            let decision = api_token_decision(config, cache, req, &bearers, pod, token, now);
+            return (decision, 1);
+        }
         return (
             Decision::Deny(Denial::NoCapability {
                 redirect: redirect(),
@@ -424,10 +426,14 @@ pub(super) fn decide_counting(
         );
     }
 
-    let (source, verified) = match choose(config, cache, found, &pod, now) {
-        Choice::Granted(source, verified) => (source, verified),
-        Choice::ScopedElsewhere => return (Decision::Deny(Denial::WrongScope), looked_at),
-        Choice::Refused(reason) => {
+    let (source, verified) = match (choose(config, cache, found, &pod, now), api) {
+        (Choice::Granted(source, verified), _) => (source, verified),
+        (_, Some(token)) => {
+            let decision = api_token_decision(config, cache, req, &bearers, pod, token, now);
+            return (decision, looked_at + 1);
+        }
+        (Choice::ScopedElsewhere, None) => return (Decision::Deny(Denial::WrongScope), looked_at),
+        (Choice::Refused(reason), None) => {
             return (
                 Decision::Deny(Denial::InvalidCapability {
                     reason,

@@ -303,3 +303,28 @@ fn another_users_pod_is_refused_by_the_control_plane_and_a_capability_elsewhere_
     );
     assert_ne!(need.key, needed(gate.on_request(&bearer(), NOW)).key);
 }
+
+#[test]
+fn a_capability_sent_with_an_api_token_keeps_its_meaning() {
+    let mut gate = Gate::new(config_with(true, &[]));
+    let capability = cap("alpha", 8726, "c1");
+    let with_both = request(&[
+        ("podgate-token", &capability),
+        ("authorization", &format!("Bearer {TOKEN}")),
+    ]);
+    let Outcome::Forward(forward) = gate.on_request(&with_both, NOW) else {
+        panic!("the capability did not decide");
+    };
+    assert!(forward
+        .edits
+        .contains(&HeaderEdit::Remove("authorization".into())));
+    // A capability for elsewhere, or a refused one: the API token decides.
+    let elsewhere = cap("beta", 8726, "c2");
+    for other in [elsewhere.as_str(), "eyJhbGciOiJFZERTQSJ9.e30.AAAA"] {
+        let wire = request(&[
+            ("podgate-token", other),
+            ("authorization", &format!("Bearer {TOKEN}")),
+        ]);
+        needed(gate.on_request(&wire, NOW));
+    }
+}
