@@ -99,7 +99,14 @@ async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
     // Another user's pod, or none: 404, as `/v1/capabilities` answers.
     let r = exchange(&h, Some(SECRET), Some(&carols), HERE, "198.51.100.1").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
-    let r = exchange(&h, Some(SECRET), Some(&token), "pod=nosuch&port=8726", "198.51.100.1").await;
+    let r = exchange(
+        &h,
+        Some(SECRET),
+        Some(&token),
+        "pod=nosuch&port=8726",
+        "198.51.100.1",
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
 
     // Revoked: refused from the next exchange on, and its capability listed for the filter.

@@ -140,6 +140,25 @@ async fn api_tokens_reach_their_owners_pods_at_the_edge_and_never_reach_the_pod(
     // One per form's first request (the keys are the same; the second may join or repeat).
     assert!((1..=2).contains(&calls), "{calls} exchange calls");
 
+    // A client that gives up while its token is being exchanged leaves nothing behind: the
+    // call outlives its stream, and the next request with the token is answered.
+    let (_, quitter) = create_api_token(&stack, &session, "quitter").await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let _ = impatient
+        .get(format!("http://{}/", stack.envoy.listener))
+        .header(HOST, pod_host("alpha"))
+        .header("podgate-token", &quitter)
+        .send()
+        .await;
+    let t = Instant::now();
+    let (status, body) = get_with(&stack, "alpha", "podgate-token", &quitter).await;
+    assert_eq!(status, 200, "{body}\n{}", stack.logs());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
     // Another user's pod: refused, and nothing reaches it.
     let (status, body) = get_with(&stack, "bobs", "authorization", &bearer).await;
     assert_eq!(status, 403, "{body}");

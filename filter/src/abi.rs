@@ -67,10 +67,10 @@ pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_siz
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_configure(_root_context_id: u32, configuration_size: usize) -> u32 {
+pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: usize) -> u32 {
     u32::from(with_filter(
         || false,
-        |f| f.on_configure(configuration_size),
+        |f| f.on_configure(root_context_id, configuration_size),
     ))
 }
 

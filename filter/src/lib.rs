@@ -165,13 +165,26 @@ struct Filter {
     /// API-token exchanges in flight, by cache key: the streams waiting for each (at most
     /// `exchange::MAX_IN_FLIGHT` keys; requests with the same token, pod and port share one
     /// call).
-    exchanges: HashMap<ExchangeKey, Vec<u32>>,
+    exchanges: HashMap<ExchangeKey, PendingExchange>,
     /// The exchange calls in flight: Envoy's call token → what was asked, and for which
     /// client.
     exchange_calls: HashMap<u32, (Rc<ExchangeNeeded>, String)>,
     /// Clients the control plane limits: refused here until their wait is over.
     backoff: exchange::ClientBackoff,
+    /// The root context, which owns the exchange calls: a call owned by a stream is cancelled,
+    /// unanswered, when that stream ends, and the requests that joined it would wait on.
+    root_context: Option<u32>,
 }
+
+/// An exchange in flight: the streams waiting for it, and when it started (unix seconds).
+struct PendingExchange {
+    waiting: Vec<u32>,
+    started: i64,
+}
+
+/// How long after its start an exchange call is taken as lost (its answer is due within
+/// the call's timeout, at most `renewal::MAX_TIMEOUT_MS`).
+const EXCHANGE_LOST_SECS: i64 = 15;
 
 /// What becomes of a stream that waited for an HTTP call, once the filter is released.
 pub(crate) enum Resume {
@@ -321,7 +334,9 @@ impl Filter {
         true
     }
 
-    fn on_configure(&mut self, size: usize) -> bool {
+    fn on_configure(&mut self, root_context_id: u32, size: usize) -> bool {
+        // Exchange calls are made on behalf of the root context (`start_exchange`).
+        self.root_context = Some(root_context_id);
         let bytes = match raw::plugin_configuration(size) {
             Ok(bytes) if !bytes.is_empty() => bytes,
             Ok(_) => {
@@ -685,8 +700,24 @@ impl Filter {
     /// control plane: it joins the call in flight for the same key, or starts one if fewer
     /// than `exchange::MAX_IN_FLIGHT` are; beyond that it is answered 429 at once.
     fn start_exchange(&mut self, context_id: u32, need: Rc<ExchangeNeeded>) -> Action {
-        if let Some(waiting) = self.exchanges.get_mut(&need.key) {
-            waiting.push(context_id);
+        let Some(now) = now_unix() else {
+            return self.deny(&Denial::HostCallFailed);
+        };
+        // A call never answered (it cannot be, but a lost one must not hold its key and a
+        // slot for good) is forgotten.
+        if self
+            .exchanges
+            .values()
+            .any(|p| now.saturating_sub(p.started) > EXCHANGE_LOST_SECS)
+        {
+            self.exchanges
+                .retain(|_, p| now.saturating_sub(p.started) <= EXCHANGE_LOST_SECS);
+            let live = &self.exchanges;
+            self.exchange_calls
+                .retain(|_, (need, _)| live.contains_key(&need.key));
+        }
+        if let Some(pending) = self.exchanges.get_mut(&need.key) {
+            pending.waiting.push(context_id);
             return Action::Pause;
         }
         // The client's address, so the control plane limits failed tokens per client.
@@ -697,7 +728,7 @@ impl Filter {
             .map(exchange::client_ip)
             .unwrap_or_default()
             .to_owned();
-        if let Some(wait) = now_unix().and_then(|now| self.backoff.waiting(&client, now)) {
+        if let Some(wait) = self.backoff.waiting(&client, now) {
             return self.deny(&Denial::ExchangeBusy(wait));
         }
         if self.exchanges.len() >= exchange::MAX_IN_FLIGHT {
@@ -708,10 +739,26 @@ impl Filter {
             return self.deny(&Denial::ExchangeFailed);
         };
         let headers = podgate_protocol::wire::encode_header_map(&call.headers);
-        match raw::http_call(call.cluster, &headers, b"", call.timeout_ms) {
+        // Made on behalf of the root context, so that it outlives this stream (the requests
+        // that join it are then still answered), and back to this stream for the rest.
+        let on_root = self
+            .root_context
+            .is_some_and(|root| raw::set_effective_context(root).is_ok());
+        let made = raw::http_call(call.cluster, &headers, b"", call.timeout_ms);
+        if on_root {
+            if let Err(status) = raw::set_effective_context(context_id) {
+                return self
+                    .host_failed("returning to the request after the exchange call", status);
+            }
+        }
+        match made {
             Ok(token) => {
                 self.metrics.bump(Counter::ExchangeCalls, 1);
-                self.exchanges.insert(need.key, vec![context_id]);
+                let pending = PendingExchange {
+                    waiting: vec![context_id],
+                    started: now,
+                };
+                self.exchanges.insert(need.key, pending);
                 self.exchange_calls.insert(token, (need, client));
                 Action::Pause
             }
@@ -736,7 +783,11 @@ impl Filter {
         num_headers: usize,
         body_size: usize,
     ) -> Vec<(u32, Resume)> {
-        let waiting = self.exchanges.remove(&need.key).unwrap_or_default();
+        let waiting = self
+            .exchanges
+            .remove(&need.key)
+            .map(|p| p.waiting)
+            .unwrap_or_default();
         let (status, retry_after) = if num_headers == 0 {
             (0, None)
         } else {
