@@ -9,8 +9,9 @@
 //!
 //! The API token itself is never kept: both caches are keyed by SHA-256 of the token, the pod
 //! and the port. A granted capability is kept for its life (expiry, revocation and cut-offs are
-//! checked again on every hit); a refusal is kept `REFUSED_TTL_SECS`, so a wrong token repeated
-//! costs one lookup, not a call.
+//! checked again on every hit, and its signature once under each new configuration, whose keys
+//! may differ); a refusal is kept `REFUSED_TTL_SECS`, so a wrong token repeated costs one
+//! lookup, not a call.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -157,8 +158,8 @@ pub enum Refusal {
 /// What an exchange came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exchanged {
-    /// A capability for exactly this pod and port.
-    Granted(Rc<Verified>),
+    /// A capability for exactly this pod and port, and the token it was verified from.
+    Granted(Rc<Verified>, Rc<str>),
     /// Refused, and remembered for `REFUSED_TTL_SECS`.
     Refused(Refusal),
     /// The control plane is limiting this client: retry after that many seconds.
@@ -201,7 +202,7 @@ pub fn judge(
     if !exact || refused {
         return Exchanged::Failed;
     }
-    Exchanged::Granted(Rc::new(cap))
+    Exchanged::Granted(Rc::new(cap), answer.token.into())
 }
 
 /// The `Retry-After` of an answer's serialized header map, in seconds.
@@ -217,26 +218,46 @@ pub fn call_retry_after(wire: &[u8]) -> Option<u32> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     Granted(Rc<Verified>),
+    /// Granted under an earlier configuration: this capability is verified again under the one
+    /// in force (`ExchangeCache::confirm`) before it is used.
+    Unconfirmed(Rc<str>),
     Refused(Refusal),
     Miss,
+}
+
+/// A granted capability, the token it was verified from, and the configuration generation it
+/// was verified under.
+#[derive(Debug)]
+struct Grant {
+    capability: Rc<Verified>,
+    token: Rc<str>,
+    generation: u64,
 }
 
 /// One worker's memory of exchanges, by `key`: granted capabilities until their expiry, and
 /// refusals for `REFUSED_TTL_SECS`. Both bounded: full, expired entries are dropped first, and
 /// if it is still full it starts over (a flood of distinct wrong tokens only ever costs the
 /// flood's own entries).
+///
+/// A new configuration keeps the grants (every API-token user would otherwise call the control
+/// plane again at every push) but marks them unconfirmed, and drops the refusals (access may
+/// have been granted).
 #[derive(Debug, Default)]
 pub struct ExchangeCache {
-    granted: HashMap<ExchangeKey, Rc<Verified>>,
+    granted: HashMap<ExchangeKey, Grant>,
     refused: HashMap<ExchangeKey, (i64, Refusal)>,
+    generation: u64,
 }
 
 impl ExchangeCache {
     /// What is known of `key` at `now`; an expired entry is dropped and is a miss.
     pub fn lookup(&mut self, key: &ExchangeKey, now: i64) -> Lookup {
-        if let Some(cap) = self.granted.get(key) {
-            if now < cap.expires_at {
-                return Lookup::Granted(Rc::clone(cap));
+        if let Some(grant) = self.granted.get(key) {
+            if now < grant.capability.expires_at {
+                if grant.generation != self.generation {
+                    return Lookup::Unconfirmed(Rc::clone(&grant.token));
+                }
+                return Lookup::Granted(Rc::clone(&grant.capability));
             }
             self.granted.remove(key);
         }
@@ -252,15 +273,20 @@ impl ExchangeCache {
     /// Remembers what the exchange for `key` came to (`Busy` and `Failed` are not kept).
     pub fn record(&mut self, key: ExchangeKey, exchanged: &Exchanged, now: i64) {
         match exchanged {
-            Exchanged::Granted(cap) => {
+            Exchanged::Granted(cap, token) => {
                 self.refused.remove(&key);
                 if self.granted.len() >= MAX_GRANTED && !self.granted.contains_key(&key) {
-                    self.granted.retain(|_, c| now < c.expires_at);
+                    self.granted.retain(|_, g| now < g.capability.expires_at);
                     if self.granted.len() >= MAX_GRANTED {
                         self.granted.clear();
                     }
                 }
-                self.granted.insert(key, Rc::clone(cap));
+                let grant = Grant {
+                    capability: Rc::clone(cap),
+                    token: Rc::clone(token),
+                    generation: self.generation,
+                };
+                self.granted.insert(key, grant);
             }
             Exchanged::Refused(refusal) => {
                 self.granted.remove(&key);
@@ -277,9 +303,24 @@ impl ExchangeCache {
         }
     }
 
+    /// The capability granted for `key`, verified again under the configuration in force, is
+    /// `capability`: confirmed for this configuration.
+    pub fn confirm(&mut self, key: &ExchangeKey, capability: Rc<Verified>) {
+        if let Some(grant) = self.granted.get_mut(key) {
+            grant.capability = capability;
+            grant.generation = self.generation;
+        }
+    }
+
     /// Forgets the capability granted for `key` (the configuration in force refuses it).
     pub fn forget(&mut self, key: &ExchangeKey) {
         self.granted.remove(key);
+    }
+
+    /// A new configuration is in force: grants are confirmed again before use, refusals go.
+    pub fn new_configuration(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        self.refused.clear();
     }
 
     /// `(granted, refused)` entries held.

@@ -92,7 +92,8 @@ async fn exchange(
     let (user, id) = match check {
         Ok(ApiTokenCheck::Accepted { user, id }) => (user, id),
         Ok(ApiTokenCheck::Refused(reason)) => {
-            return ApiError::Unauthorized(reason).into_response()
+            tracing::info!(client, "API token refused at the edge");
+            return ApiError::Unauthorized(reason).into_response();
         }
         Err(ApiTokenError::TooManyFailures(limited)) => {
             return ApiError::TooManyRequests {
@@ -107,6 +108,7 @@ async fn exchange(
         Err(ApiTokenError::Store(e)) => return ApiError::from(e).into_response(),
     };
     if let Err(e) = authorize(state.db(), Some(&user), &addr).await {
+        tracing::info!(client, user = %user.id, pod = %addr.pod, port = addr.port, "API token's owner may not reach the pod");
         return ApiError::from(e).into_response();
     }
     let minted = mint_in_session_for(
@@ -121,7 +123,7 @@ async fn exchange(
     .await;
     match minted {
         Ok(cap) => {
-            tracing::info!(user = %user.id, token = %id, pod = %addr.pod, port = addr.port, jti = %cap.jti, "API token exchanged at the edge");
+            tracing::info!(client, user = %user.id, token = %id, pod = %addr.pod, port = addr.port, jti = %cap.jti, "API token exchanged at the edge");
             let mut resp = Json(ExchangeAnswer { token: cap.token }).into_response();
             no_store(&mut resp);
             resp

@@ -77,7 +77,7 @@ fn a_grant_lasts_until_the_capability_expires() {
     let mut cache = ExchangeCache::default();
     let k = key(TOKEN, &pod("alpha", 8726));
     assert_eq!(cache.lookup(&k, NOW), Lookup::Miss);
-    let granted = Exchanged::Granted(cap(NOW + 60));
+    let granted = Exchanged::Granted(cap(NOW + 60), "t".into());
     cache.record(k, &granted, NOW);
     assert!(matches!(cache.lookup(&k, NOW + 59), Lookup::Granted(_)));
     assert_eq!(cache.lookup(&k, NOW + 60), Lookup::Miss);
@@ -102,10 +102,10 @@ fn a_refusal_is_remembered_briefly_and_busy_or_failed_not_at_all() {
     );
     assert_eq!(cache.lookup(&k, NOW + REFUSED_TTL_SECS), Lookup::Miss);
     // A refusal replaces a grant, and a grant a refusal.
-    cache.record(k, &Exchanged::Granted(cap(NOW + 60)), NOW);
+    cache.record(k, &Exchanged::Granted(cap(NOW + 60), "t".into()), NOW);
     cache.record(k, &Exchanged::Refused(Refusal::NotAllowed), NOW);
     assert_eq!(cache.lookup(&k, NOW), Lookup::Refused(Refusal::NotAllowed));
-    cache.record(k, &Exchanged::Granted(cap(NOW + 60)), NOW);
+    cache.record(k, &Exchanged::Granted(cap(NOW + 60), "t".into()), NOW);
     assert!(matches!(cache.lookup(&k, NOW), Lookup::Granted(_)));
 }
 
@@ -113,7 +113,7 @@ fn a_refusal_is_remembered_briefly_and_busy_or_failed_not_at_all() {
 fn a_flood_of_refusals_stays_bounded_and_spares_the_grants() {
     let mut cache = ExchangeCache::default();
     let good = key(TOKEN, &pod("alpha", 8726));
-    cache.record(good, &Exchanged::Granted(cap(NOW + 600)), NOW);
+    cache.record(good, &Exchanged::Granted(cap(NOW + 600), "t".into()), NOW);
     for i in 0..(3 * MAX_REFUSED) {
         let wrong = format!("pg_{i:024x}_{}", "a".repeat(52));
         let k = key(&wrong, &pod("alpha", 8726));
@@ -136,7 +136,7 @@ fn grants_stay_bounded() {
         let t = format!("pg_{i:024x}_{}", "a".repeat(52));
         cache.record(
             key(&t, &pod("alpha", 1)),
-            &Exchanged::Granted(cap(NOW + 60)),
+            &Exchanged::Granted(cap(NOW + 60), "t".into()),
             NOW,
         );
         assert!(cache.len().0 <= MAX_GRANTED);
@@ -164,4 +164,30 @@ fn a_client_the_control_plane_limits_waits_here() {
         backoff.back_off(&format!("c{i}"), 30, NOW);
         assert!(backoff.len() <= MAX_BACKED_OFF);
     }
+}
+
+#[test]
+fn a_new_configuration_keeps_grants_unconfirmed_and_drops_refusals() {
+    let mut cache = ExchangeCache::default();
+    let good = key(TOKEN, &pod("alpha", 8726));
+    let bad = key(TOKEN, &pod("beta", 8726));
+    cache.record(
+        good,
+        &Exchanged::Granted(cap(NOW + 60), "cap-token".into()),
+        NOW,
+    );
+    cache.record(bad, &Exchanged::Refused(Refusal::BadToken), NOW);
+    cache.new_configuration();
+    assert_eq!(
+        cache.lookup(&bad, NOW),
+        Lookup::Miss,
+        "access may have been granted"
+    );
+    assert_eq!(
+        cache.lookup(&good, NOW),
+        Lookup::Unconfirmed("cap-token".into()),
+        "verified again under the new keys before use"
+    );
+    cache.confirm(&good, cap(NOW + 60));
+    assert!(matches!(cache.lookup(&good, NOW), Lookup::Granted(_)));
 }

@@ -504,6 +504,17 @@ fn api_token_decision(
                 return forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken);
             }
         }
+        Lookup::Unconfirmed(capability) => match config.verifier.verify(&capability, now) {
+            Ok(cap)
+                if !(config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap)) =>
+            {
+                let cap = Rc::new(cap);
+                exchanges.confirm(&key, Rc::clone(&cap));
+                return forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken);
+            }
+            // Its key is gone, or it is revoked or cut off: the control plane is asked again.
+            _ => exchanges.forget(&key),
+        },
         Lookup::Refused(Refusal::BadToken) => return Decision::Deny(Denial::ApiTokenRefused),
         Lookup::Refused(Refusal::NotAllowed) => return Decision::Deny(Denial::ApiTokenNotAllowed),
         Lookup::Miss => {}

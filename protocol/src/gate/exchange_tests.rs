@@ -328,3 +328,30 @@ fn a_capability_sent_with_an_api_token_keeps_its_meaning() {
         needed(gate.on_request(&wire, NOW));
     }
 }
+
+#[test]
+fn a_push_keeps_exchanged_tokens_and_checks_them_under_the_new_keys() {
+    let mut gate = Gate::new(config_with(true, &[]));
+    let need = needed(gate.on_request(&bearer(), NOW));
+    let body = answer(&cap("alpha", 8726, "x1"));
+    gate.exchanged(&need, 200, None, &body, NOW).unwrap();
+    // The same keys: no call after the push.
+    gate.configure(config_with(true, &[]));
+    assert!(matches!(
+        gate.on_request(&bearer(), NOW),
+        Outcome::Forward(_)
+    ));
+    // The key that signed it is gone: exchanged again.
+    gate.configure(super::tests::config_with(|c| {
+        c.renewal = Some(Renewal {
+            url: "https://podgate.example.dev/api/proxy-renew".into(),
+            secret: SECRET.into(),
+            before_secs: 300,
+            timeout_ms: 1000,
+        });
+        c.keys = crate::token::KeySet {
+            keys: vec![ed_key(TokenKind::Capability, 2).verifying_jwk()],
+        };
+    }));
+    needed(gate.on_request(&bearer(), NOW));
+}

@@ -192,7 +192,7 @@ impl Gate {
         );
         self.cache.exchanges().record(need.key, &exchanged, now);
         match exchanged {
-            Exchanged::Granted(_) => Ok(()),
+            Exchanged::Granted(..) => Ok(()),
             Exchanged::Refused(Refusal::BadToken) => Err(Denial::ApiTokenRefused),
             Exchanged::Refused(Refusal::NotAllowed) => Err(Denial::ApiTokenNotAllowed),
             Exchanged::Busy(secs) => Err(Denial::ExchangeBusy(secs)),

@@ -48,10 +48,12 @@ impl VerifiedCache {
         self.entries.is_empty()
     }
 
+    /// Forgets every token, for a new configuration; the exchanges' grants stay, to be
+    /// confirmed under it (`ExchangeCache::new_configuration`).
     pub fn clear(&mut self) {
         self.entries.clear();
         self.rejected.clear();
-        self.exchanges.clear();
+        self.exchanges.new_configuration();
     }
 
     /// What API-token exchanges came to.
