@@ -7,6 +7,7 @@
 
 mod compare;
 mod envoy;
+mod exchange;
 mod load;
 mod pin;
 mod report;
@@ -85,6 +86,10 @@ pub struct Settings {
     /// The Markdown file whose generated section is rewritten.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"))]
     pub markdown: PathBuf,
+    /// Only the API-token exchange scenario (`exchange.rs`): prints its table and writes
+    /// `exchange-latest.json` in the results directory; `BENCHMARKS.md` is not touched.
+    #[arg(long)]
+    pub exchange_only: bool,
     /// Print the report but write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -142,6 +147,16 @@ async fn run(settings: Settings, placement: pin::Placement) -> anyhow::Result<()
     let machine_before = report::Machine::detect(placement.online_cpus);
     let upstream = upstream::start(placement.upstream_cpu)?;
     let keys = tokens::Keys::new()?;
+    if settings.exchange_only {
+        let report = exchange::run(&settings, &placement, upstream, &keys).await?;
+        println!("{}", report.markdown());
+        if !settings.dry_run {
+            let path = settings.results_dir.join("exchange-latest.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let compare = if settings.no_compare {
         None
     } else {

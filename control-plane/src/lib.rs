@@ -258,6 +258,7 @@ pub fn app(state: AppState) -> Router {
         .merge(http::sign_in::router(&state))
         .merge(http::capabilities::router(&state))
         .merge(http::renew::router(&state))
+        .merge(http::exchange::router(&state))
         .merge(api_tokens::router())
         .merge(http::session::router())
         .merge(admin::router(state.clone()));

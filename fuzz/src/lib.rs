@@ -1028,6 +1028,8 @@ pub fn check_gate(case: &GateCase) -> Decision {
             f.user.as_deref(),
             f.expires_at,
         ),
+        // An API token to exchange: nothing is forwarded before the control plane answers.
+        Decision::Exchange(_) => {}
     }
     first
 }
@@ -1482,6 +1484,7 @@ fn through_fresh_gate(headers: &[(String, Vec<u8>)]) -> (Decision, VerifiedCache
         Outcome::Forward(forward) => Decision::Forward(forward),
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
+        Outcome::Exchange(need) => Decision::Exchange(need),
         Outcome::Preflight(reply) => panic!("a GET answered as a preflight: {reply:?}"),
     };
     (decision, gate.into_cache())

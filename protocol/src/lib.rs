@@ -6,6 +6,7 @@ pub mod config;
 pub mod cookie;
 pub mod cors;
 pub mod cutoff;
+pub mod exchange;
 pub mod gate;
 pub mod host;
 pub mod own_paths;

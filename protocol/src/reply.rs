@@ -48,6 +48,14 @@ pub enum Denial {
     /// 500: a call to the proxy failed (reading the request, the clock, or applying the
     /// edits), or the proxy handed over a header map that does not decode; fail closed.
     HostCallFailed,
+    /// 401: an API token that is malformed, unknown, revoked or expired (`exchange`).
+    ApiTokenRefused,
+    /// 403: the API token's owner may not reach this pod and port.
+    ApiTokenNotAllowed,
+    /// 429: too many API-token exchanges at once; retry after that many seconds.
+    ExchangeBusy(u32),
+    /// 503: the control plane gave no usable answer to an API-token exchange; fail closed.
+    ExchangeFailed,
 }
 
 #[derive(Serialize)]
@@ -85,11 +93,15 @@ impl Denial {
             Denial::NotRunning(_) => "pod_not_running",
             Denial::NotConfigured => "not_configured",
             Denial::HostCallFailed => "host_error",
+            Denial::ApiTokenRefused => "api_token_refused",
+            Denial::ApiTokenNotAllowed => "api_token_not_allowed",
+            Denial::ExchangeBusy(_) => "exchange_busy",
+            Denial::ExchangeFailed => "exchange_failed",
         }
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 14] = [
+    pub const ALL_REASONS: [&'static str; 18] = [
         "bad_host",
         "malformed_header",
         "malformed_authorization",
@@ -104,6 +116,10 @@ impl Denial {
         "pod_not_running",
         "not_configured",
         "host_error",
+        "api_token_refused",
+        "api_token_not_allowed",
+        "exchange_busy",
+        "exchange_failed",
     ];
 
     /// Builds the local reply.
@@ -180,6 +196,26 @@ impl Denial {
                 "podgate internal error: the proxy failed to hand over or edit the request; nothing is forwarded".into(),
                 None,
             ),
+            Denial::ApiTokenRefused => (
+                401,
+                "Invalid API token: malformed, unknown, revoked or expired".into(),
+                Some("create an API token with POST /api/proxy-tokens while signed in, and send it as 'Authorization: Bearer pg_...'"),
+            ),
+            Denial::ApiTokenNotAllowed => (
+                403,
+                "This API token's owner may not reach this pod and port".into(),
+                Some("use a token of a user who may reach this pod"),
+            ),
+            Denial::ExchangeBusy(_) => (
+                429,
+                "Too many API-token requests at once; retry shortly".into(),
+                None,
+            ),
+            Denial::ExchangeFailed => (
+                503,
+                "podgate could not check the API token with the control plane; nothing is forwarded".into(),
+                Some("retry shortly"),
+            ),
         };
         let redirect = match self {
             Denial::NoCapability { redirect } | Denial::InvalidCapability { redirect, .. } => {
@@ -202,9 +238,16 @@ impl Denial {
                 reason: self.reason(),
             };
         }
+        match self {
+            Denial::ExchangeBusy(secs) => headers.push(("retry-after", secs.to_string())),
+            Denial::ExchangeFailed => headers.push(("retry-after", "1".to_owned())),
+            _ => {}
+        }
         if status == 401 {
             let err = match self {
-                Denial::InvalidCapability { .. } => ", error=\"invalid_token\"",
+                Denial::InvalidCapability { .. } | Denial::ApiTokenRefused => {
+                    ", error=\"invalid_token\""
+                }
                 _ => "",
             };
             headers.push(("www-authenticate", format!("Bearer realm=\"{REALM}\"{err}")));

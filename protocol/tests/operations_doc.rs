@@ -37,6 +37,10 @@ fn denials() -> Vec<Denial> {
         Denial::NotRunning(PodStatus::Stopped),
         Denial::NotConfigured,
         Denial::HostCallFailed,
+        Denial::ApiTokenRefused,
+        Denial::ApiTokenNotAllowed,
+        Denial::ExchangeBusy(1),
+        Denial::ExchangeFailed,
     ];
     for d in &all {
         match d {
@@ -54,7 +58,11 @@ fn denials() -> Vec<Denial> {
             | Denial::UnknownPod
             | Denial::NotRunning(_)
             | Denial::NotConfigured
-            | Denial::HostCallFailed => {}
+            | Denial::HostCallFailed
+            | Denial::ApiTokenRefused
+            | Denial::ApiTokenNotAllowed
+            | Denial::ExchangeBusy(_)
+            | Denial::ExchangeFailed => {}
         }
     }
     all

@@ -9,6 +9,7 @@ pub mod cookies;
 pub mod cors;
 pub mod dev_login;
 pub mod error;
+pub mod exchange;
 pub mod flow;
 pub mod health;
 pub mod limits;

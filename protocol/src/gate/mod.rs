@@ -22,6 +22,7 @@ use std::rc::Rc;
 
 use crate::config::CompiledConfig;
 use crate::cors::{self, Preflight};
+use crate::exchange::{self, ExchangeNeeded, Exchanged, Refusal};
 use crate::renewal::{self, RenewalCall, Renewed};
 use crate::reply::{Denial, Reply};
 use crate::response::{self, PodResponse, Sanitized};
@@ -48,6 +49,9 @@ pub enum Outcome {
     /// A path the filter answers itself (`/.podgate/userinfo`, `/.podgate/logout`), answered
     /// locally with this reply; nothing is forwarded.
     Answer(Reply),
+    /// An API token to exchange for a capability (`Gate::exchange_call`) before deciding
+    /// again; the request waits.
+    Exchange(Rc<ExchangeNeeded>),
 }
 
 impl From<Decision> for Outcome {
@@ -56,6 +60,7 @@ impl From<Decision> for Outcome {
             Decision::Forward(forward) => Outcome::Forward(forward),
             Decision::Deny(denial) => Outcome::Deny(denial),
             Decision::Answer(reply) => Outcome::Answer(reply),
+            Decision::Exchange(need) => Outcome::Exchange(need),
         }
     }
 }
@@ -144,6 +149,57 @@ impl Gate {
         renewed
     }
 
+    /// The exchange call for `need` (`exchange::call_headers`) to the control plane's cluster,
+    /// with the client's address when known; `None` when exchanges are off (no renewal
+    /// section: it carries the URL's authority and the secret).
+    pub fn exchange_call(
+        &self,
+        need: &ExchangeNeeded,
+        client: Option<&str>,
+    ) -> Option<RenewalCall<'_>> {
+        let config = self.config()?;
+        let renewal = config.renewal.as_ref()?;
+        Some(RenewalCall {
+            cluster: config.control_plane_cluster.as_str(),
+            headers: exchange::call_headers(renewal, need, client),
+            timeout_ms: renewal.timeout_ms,
+        })
+    }
+
+    /// Judges the control plane's answer to the exchange for `need` (`exchange::judge`) and
+    /// remembers it, so deciding the waiting requests again finds it. `Ok` when they should be
+    /// decided again; otherwise the answer every one of them gets.
+    pub fn exchanged(
+        &mut self,
+        need: &ExchangeNeeded,
+        status: u32,
+        retry_after: Option<u32>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), Denial> {
+        let Some(config) = self.config.as_deref() else {
+            return Err(Denial::NotConfigured);
+        };
+        let host = config.public_hosts.render(&need.pod);
+        let exchanged = exchange::judge(
+            config.in_force(),
+            &host,
+            &need.pod,
+            status,
+            retry_after,
+            body,
+            now,
+        );
+        self.cache.exchanges().record(need.key, &exchanged, now);
+        match exchanged {
+            Exchanged::Granted(..) => Ok(()),
+            Exchanged::Refused(Refusal::BadToken) => Err(Denial::ApiTokenRefused),
+            Exchanged::Refused(Refusal::NotAllowed) => Err(Denial::ApiTokenNotAllowed),
+            Exchanged::Busy(secs) => Err(Denial::ExchangeBusy(secs)),
+            Exchanged::Failed => Err(Denial::ExchangeFailed),
+        }
+    }
+
     /// The verified-token cache (for its counters).
     pub fn cache(&self) -> &VerifiedCache {
         &self.cache
@@ -226,3 +282,7 @@ mod session_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod renewal_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod exchange_tests;

@@ -51,7 +51,7 @@ fn request(path: &str, cookie: &str) -> Vec<u8> {
 
 fn status(outcome: &Outcome) -> u32 {
     match outcome {
-        Outcome::Forward(_) => 0,
+        Outcome::Forward(_) | Outcome::Exchange(_) => 0,
         Outcome::Deny(denial) => denial.reply().status,
         Outcome::Preflight(reply) | Outcome::Answer(reply) => reply.status,
     }

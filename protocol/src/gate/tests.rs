@@ -132,7 +132,7 @@ fn removed(d: &Decision, name: &str) -> bool {
 fn status(d: &Decision) -> u32 {
     match d {
         Decision::Deny(denial) => denial.reply().status,
-        Decision::Forward(_) => 0,
+        Decision::Forward(_) | Decision::Exchange(_) => 0,
         Decision::Answer(reply) => reply.status,
     }
 }
@@ -740,6 +740,7 @@ fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)], now: i64) -> Decision 
         Outcome::Forward(forward) => Decision::Forward(forward),
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
+        Outcome::Exchange(need) => Decision::Exchange(need),
         Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
     }
 }

@@ -135,6 +135,14 @@ fn every_answer_counts_under_its_reason() {
         ("podgate.renewal.renewed", 0),
         ("podgate.renewal.refused", 0),
         ("podgate.renewal.failed", 0),
+        // API tokens at the edge need the control plane
+        // (`control-plane/tests/xds_live_api_tokens.rs`).
+        ("podgate.exchange.calls", 0),
+        ("podgate.exchange.granted", 0),
+        ("podgate.denied.api_token_refused", 0),
+        ("podgate.denied.api_token_not_allowed", 0),
+        ("podgate.denied.exchange_busy", 0),
+        ("podgate.denied.exchange_failed", 0),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
