@@ -259,6 +259,7 @@ pub fn app(state: AppState) -> Router {
         .merge(http::capabilities::router(&state))
         .merge(http::renew::router(&state))
         .merge(api_tokens::router())
+        .merge(http::me::router())
         .merge(http::session::router())
         .merge(admin::router(state.clone()));
     if state.config().dev_mode {

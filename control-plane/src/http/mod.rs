@@ -12,6 +12,7 @@ pub mod error;
 pub mod flow;
 pub mod health;
 pub mod limits;
+pub mod me;
 pub mod renew;
 pub mod request;
 pub mod security_headers;
