@@ -210,9 +210,9 @@ async fn status() -> Result<u8> {
 
 fn human_secs(s: i64) -> String {
     match s {
-        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
-        s if s >= 7200 => format!("{} hours", s / 3600),
-        s => format!("{} minutes", s / 60),
+        s if s >= 2 * 86_400 => format!("{} days", (s + 43_200) / 86_400),
+        s if s >= 7200 => format!("{} hours", (s + 1800) / 3600),
+        s => format!("{} minutes", (s + 30) / 60),
     }
 }
 
