@@ -17,7 +17,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::header::COOKIE;
@@ -26,30 +25,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xds_support::*;
 
 const POD: &str = "clipod";
-
-/// The `podgate-cli` binary: `$PODGATE_CLI`, else built once into this build's target dir.
-pub fn cli_binary() -> PathBuf {
-    static CLI: OnceLock<PathBuf> = OnceLock::new();
-    CLI.get_or_init(|| {
-        if let Some(p) = std::env::var_os("PODGATE_CLI") {
-            return PathBuf::from(p);
-        }
-        let exe = std::env::current_exe().unwrap();
-        let target = exe.ancestors().nth(3).unwrap().to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(workspace())
-            .env("CARGO_TARGET_DIR", &target)
-            .args(["build", "-p", "podgate-cli"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building podgate-cli failed");
-        let p = target.join("debug/podgate-cli");
-        assert!(p.is_file(), "no {}", p.display());
-        p
-    })
-    .clone()
-}
 
 /// A user's machine: a HOME and a project directory inside it.
 struct Machine {
