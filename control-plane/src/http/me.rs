@@ -112,6 +112,11 @@ async fn me(
         // How pod hosts are named (`{pod}`, `{port}`), so a client can tell which pod and port
         // a pod URL names.
         "host_template": state.config().host_template.to_string(),
+        // A pod port's URL with `{pod}` and `{port}` left to fill in.
+        "pod_url_template": format!(
+            "{}/",
+            state.config().pod_origin(&state.config().host_template.to_string())
+        ),
         "pods": pods,
     }))
     .into_response();

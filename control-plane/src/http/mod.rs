@@ -17,5 +17,6 @@ pub mod renew;
 pub mod request;
 pub mod security_headers;
 pub mod session;
+pub mod setup;
 pub mod shared;
 pub mod sign_in;
