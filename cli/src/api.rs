@@ -84,11 +84,11 @@ pub fn now_unix() -> i64 {
 }
 
 impl Capability {
-    /// Whether it should be replaced before use: less than a third of its life (and at most
-    /// a minute) left.
+    /// Whether it should be replaced before use: less than a third of its life left, counted
+    /// as at least 5 s and at most a minute.
     pub fn needs_renewal(&self, now: i64) -> bool {
         let life = (self.expires_unix - self.obtained_at).max(0);
-        self.expires_unix - now < (life / 3).min(60).max(5)
+        self.expires_unix - now < (life / 3).clamp(5, 60)
     }
 }
 

@@ -70,6 +70,16 @@ async fn the_setup_page_lists_pods_and_creates_shows_once_and_revokes_tokens() {
         .wait_for("return !document.getElementById('signed-out').hidden", WAIT)
         .await
         .unwrap();
+    let sign_in = browser
+        .execute("return document.getElementById('sign-in').href")
+        .await
+        .unwrap();
+    let sign_in = sign_in.as_str().unwrap();
+    assert!(
+        sign_in.starts_with(&format!("{base}/dev/login?next=http%3A//"))
+            && sign_in.ends_with("/setup"),
+        "{sign_in}"
+    );
 
     browser
         .goto(&format!("{base}/dev/login?user={USER}&next=/setup"))

@@ -272,7 +272,7 @@ pub struct Settings {
 
     /// Directory of `podgate-cli-<os>-<arch>` binaries (e.g. `podgate-cli-linux-x86_64`) served
     /// at /api/download/ and installed by install.sh [default: none; the installer says the CLI
-    /// is not available].
+    /// is not released yet].
     #[arg(long, env = "PODGATE_CLI_DIR", global = true)]
     pub cli_dir: Option<PathBuf>,
 

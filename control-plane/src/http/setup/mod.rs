@@ -6,10 +6,13 @@
 //! same-origin script and its fetches ([`SETUP_CSP`]), applied by `security_headers` to the
 //! page only.
 
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+
+use podgate_protocol::redirect::encode_query_value;
 
 use crate::http::shared::no_store;
 use crate::AppState;
@@ -30,8 +33,25 @@ pub fn router() -> Router<AppState> {
         .route("/setup.js", get(script))
 }
 
-async fn page() -> Response {
-    let mut resp = Html(PAGE).into_response();
+/// The sign-in URL that comes back to this page: the configured login with `next`.
+fn sign_in_url(state: &AppState) -> String {
+    let config = state.config();
+    let back = format!("{}/setup", config.issuer);
+    match config.login_url.as_deref() {
+        Some(login) => {
+            let sep = if login.contains('?') { '&' } else { '?' };
+            format!("{login}{sep}next={}", encode_query_value(&back))
+        }
+        None => format!("/auth/login?next={}", encode_query_value("/setup")),
+    }
+}
+
+async fn page(State(state): State<AppState>) -> Response {
+    let body = PAGE.replace(
+        "{{SIGN_IN}}",
+        &html_escape::encode_quoted_attribute(&sign_in_url(&state)),
+    );
+    let mut resp = Html(body).into_response();
     resp.extensions_mut().insert(SetupPage);
     no_store(&mut resp);
     resp
