@@ -31,11 +31,7 @@ fn rfc3339(t: i64) -> Option<String> {
 /// whether ports without their own sharing rule are theirs too.
 async fn reachable_pods(state: &AppState, user: &User) -> ApiResult<Vec<Value>> {
     let mut out = Vec::new();
-    for pod in state.db().list_pods().await? {
-        let is_team_member = match &pod.team_id {
-            Some(team) => state.db().get_member(team, &user.id).await?.is_some(),
-            None => false,
-        };
+    for (pod, is_team_member) in state.db().pods_within_reach(&user.id).await? {
         let facts = |sharing| AccessFacts {
             owner_id: pod.owner_id.clone(),
             sharing,
