@@ -271,7 +271,42 @@ fn is_local_origin(origin: &str, local: SocketAddr) -> bool {
         && (host == "127.0.0.1" || host == "[::1]" || is_localhost(host))
 }
 
+/// Why a request to the listener is not forwarded, if it is not: it must name the listener by
+/// an IP address or a `localhost` name with its port (another name is DNS rebinding: a web page
+/// of that name reading the pod as the user), and must not come from another site's page
+/// (`Origin` of another site, `Sec-Fetch-Site: cross-site`: a page making the user's browser
+/// send requests that would carry the capability).
+fn refusal<B>(req: &Request<B>, local: SocketAddr) -> Option<&'static str> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let host_ok = header(HOST.as_str()).is_some_and(|h| {
+        let (name, port) = match h.rsplit_once(':') {
+            Some((n, p)) if !n.is_empty() => (n, p),
+            _ => return false,
+        };
+        let ip = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+        port == local.port().to_string() && (ip || is_localhost(name))
+    });
+    if !host_ok {
+        return Some("podgate-cli forward answers only requests to its own address (an IP address or localhost with its port)");
+    }
+    // `null` included: a sandboxed frame of any page sends it.
+    if header(ORIGIN.as_str()).is_some_and(|o| !is_local_origin(o, local)) {
+        return Some("podgate-cli forward refuses requests from another site's page");
+    }
+    if header("sec-fetch-site") == Some("cross-site") {
+        return Some("podgate-cli forward refuses requests from another site's page");
+    }
+    None
+}
+
 async fn proxy(shared: &Shared, mut req: Request<Incoming>) -> Result<Response<Body>> {
+    if let Some(why) = refusal(&req, shared.local) {
+        return Ok(full(StatusCode::FORBIDDEN, why));
+    }
     let token = shared.token().await?;
     let upgrade = req.headers().get(UPGRADE).cloned();
     let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -365,5 +400,41 @@ mod tests {
         assert!(is_local_origin("http://localhost:8700", local));
         assert!(!is_local_origin("http://evil.example:8700", local));
         assert!(!is_local_origin("http://127.0.0.1:8701", local));
+    }
+
+    #[test]
+    fn only_its_own_address_and_no_other_site() {
+        let local: SocketAddr = "127.0.0.1:8700".parse().unwrap();
+        let req = |headers: &[(&str, &str)]| {
+            let mut b = Request::builder().uri("/");
+            for (n, v) in headers {
+                b = b.header(*n, *v);
+            }
+            b.body(()).unwrap()
+        };
+        for ok in [
+            req(&[("host", "127.0.0.1:8700")]),
+            req(&[
+                ("host", "localhost:8700"),
+                ("origin", "http://localhost:8700"),
+            ]),
+            req(&[("host", "[::1]:8700"), ("sec-fetch-site", "same-origin")]),
+        ] {
+            assert_eq!(refusal(&ok, local), None, "{ok:?}");
+        }
+        for bad in [
+            req(&[]),
+            req(&[("host", "127.0.0.1")]),
+            req(&[("host", "127.0.0.1:9999")]),
+            req(&[("host", "rebound.evil.example:8700")]),
+            req(&[
+                ("host", "127.0.0.1:8700"),
+                ("origin", "https://evil.example"),
+            ]),
+            req(&[("host", "127.0.0.1:8700"), ("origin", "null")]),
+            req(&[("host", "127.0.0.1:8700"), ("sec-fetch-site", "cross-site")]),
+        ] {
+            assert!(refusal(&bad, local).is_some(), "{bad:?}");
+        }
     }
 }

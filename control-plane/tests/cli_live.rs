@@ -5,7 +5,8 @@
 //! in what the pod sees; `forward` carries an HTTP request and a WebSocket echo; `logout`
 //! revokes the token, after which the directory is not initialised (3) and the revoked token is
 //! refused (4). A malformed link (2), an unreachable control plane (5), and a pod the user may
-//! not reach (6) give their exit codes.
+//! not reach (6) give their exit codes. `forward` refuses other host names and other sites'
+//! pages, and renews its capability by itself (30 s lifetime).
 //!
 //! The CLI comes from `$PODGATE_CLI`, else a `cargo build -p podgate-cli` run once.
 
@@ -244,27 +245,20 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     assert_eq!(code, 6, "{err}");
 
     // forward: HTTP and a WebSocket through a local listener.
-    let mut fwd = me
-        .command(&["forward", POD, "3000", "--local", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = fwd.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
-    let local: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .parse()
-        .unwrap();
+    let (mut fwd, local, _stderr) = start_forward(&me).await;
+    // Another name for the listener (DNS rebinding) or another site's page: refused.
+    for (host, origin) in [
+        (format!("rebound.evil.example:{}", local.port()), None),
+        (local.to_string(), Some("https://evil.example")),
+    ] {
+        let mut req = client()
+            .get(format!("http://{local}/refused"))
+            .header(reqwest::header::HOST, host);
+        if let Some(o) = origin {
+            req = req.header(reqwest::header::ORIGIN, o);
+        }
+        assert_eq!(req.send().await.unwrap().status().as_u16(), 403);
+    }
     let resp = client()
         .post(format!("http://{local}/forwarded?x=2"))
         .body("via forward")
@@ -279,6 +273,7 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     );
     drop(ws);
     let reqs = pod.requests();
+    assert_eq!(reqs.len(), 2, "{}", pod.describe());
     let http_req = reqs.iter().find(|r| !r.websocket).unwrap();
     assert_eq!(http_req.path, "/forwarded?x=2");
     assert_eq!(http_req.body_len, "via forward".len());
@@ -341,4 +336,86 @@ async fn malformed_links_and_unreachable_control_planes_have_their_exit_codes() 
 fn base64_url(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+/// Starts `forward` for POD port 3000 on an ephemeral port: the process, its address, and its
+/// stderr lines as they come.
+async fn start_forward(
+    me: &Machine,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut fwd = me
+        .command(&["forward", POD, "3000", "--local", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = fwd.stdout.take().unwrap();
+    let stderr = fwd.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let local: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .parse()
+        .unwrap();
+    (fwd, local, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_renews_its_capability_before_it_expires() {
+    // The shortest lifetime the control plane accepts: renewed with a third (10 s) left.
+    let stack = Stack::start(&["--capability-lifetime-secs", "30"]).await;
+    let pod = pod_running(&stack).await;
+    let created = create_token(&stack, "forward renewal").await;
+    let me = Machine::new();
+    let (code, out, err) = me
+        .run(&["--init", created["init_url"].as_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (mut fwd, local, stderr) = start_forward(&me).await;
+    let get = |path: &'static str| {
+        let url = format!("http://{local}{path}");
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get("/before").await, 200);
+    let renewed = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(35);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match stderr.recv_timeout(left) {
+                Ok(line) if line.contains("capability renewed") => return Ok(line),
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        Err(seen)
+    })
+    .await
+    .unwrap();
+    let _ = renewed.unwrap_or_else(|seen| panic!("no renewal within 35 s: {seen:?}"));
+    assert_eq!(get("/after").await, 200);
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    let paths: Vec<String> = pod.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/before", "/after"]);
 }
