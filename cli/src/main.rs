@@ -336,6 +336,14 @@ async fn curl(rest: &[String]) -> Result<u8> {
     let (session, backend) = session()?;
     let (pod, port) = pod_of_url(&session, &a.url)?;
     let cap = backend.capability(&pod, port).await?;
+    // The capability goes only to the pod port's public origin, as the control plane names it.
+    let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
+    if origin(&a.url).is_none() || origin(&a.url) != origin(&cap.url) {
+        return Err(CliError::usage(format!(
+            "{} is not on the public URL of pod {pod} port {port}, {}; use that scheme, host and port",
+            a.url, cap.url
+        )));
+    }
     let method = a
         .method
         .clone()

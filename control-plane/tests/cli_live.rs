@@ -236,6 +236,16 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     assert_no_credentials(&reqs[0], &api_token);
     pod.reset();
 
+    // The right pod host on another port or scheme: the capability is not sent there.
+    for elsewhere in [
+        format!("http://{}:1/", pod_host(POD)),
+        format!("https://{}:{}/", pod_host(POD), stack.envoy.listener.port()),
+    ] {
+        let (code, _, err) = me.run(&["curl", &elsewhere]).await;
+        assert_eq!(code, 2, "{elsewhere}: {err}");
+        assert!(err.contains("public URL"), "{err}");
+    }
+
     // token: a capability for one pod port.
     let (code, out, err) = me.run(&["token", POD, "3000"]).await;
     assert_eq!(code, 0, "{out}{err}");
