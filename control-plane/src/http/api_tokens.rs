@@ -1,6 +1,7 @@
 //! The HTTP API of long-lived, revocable API tokens for CLIs and automation:
-//! `POST|GET /api/proxy-tokens`, `DELETE /api/proxy-tokens/{id}`, the setup page `GET /p/{config}`
-//! and `GET /api/download/install.sh?init_url=`. The token format and its check are in
+//! `POST|GET /api/proxy-tokens`, `DELETE /api/proxy-tokens/{id}`, the setup page `GET /p/{config}`,
+//! `GET /api/download/install.sh?init_url=` and the `--cli-dir` binaries it installs,
+//! `GET /api/download/podgate-cli-<os>-<arch>`. The token format and its check are in
 //! `crate::auth::api_tokens`; the unexpired capabilities minted with a revoked token are pushed
 //! to Envoy as revoked (`crate::filter_config`).
 
