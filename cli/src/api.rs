@@ -87,8 +87,13 @@ impl Capability {
     /// Whether it should be replaced before use: less than a third of its life left, counted
     /// as at least 5 s and at most a minute.
     pub fn needs_renewal(&self, now: i64) -> bool {
+        now > self.renew_at()
+    }
+
+    /// The last second it is used without renewal.
+    pub fn renew_at(&self) -> i64 {
         let life = (self.expires_unix - self.obtained_at).max(0);
-        self.expires_unix - now < (life / 3).clamp(5, 60)
+        self.expires_unix - (life / 3).clamp(5, 60)
     }
 }
 
@@ -276,5 +281,6 @@ mod tests {
         // 30 s: renewed with 10 s left.
         assert!(!cap(0, 30).needs_renewal(19));
         assert!(cap(0, 30).needs_renewal(21));
+        assert_eq!((cap(0, 900).renew_at(), cap(0, 30).renew_at()), (840, 20));
     }
 }

@@ -95,12 +95,8 @@ impl Shared {
 
     /// Seconds until the capability needs renewing.
     async fn until_renewal(&self) -> u64 {
-        let cap = self.cap.lock().await;
-        let mut at = now_unix();
-        while !cap.needs_renewal(at) && at < cap.expires_unix {
-            at += 1;
-        }
-        u64::try_from(at - now_unix()).unwrap_or(0)
+        let renew_at = self.cap.lock().await.renew_at();
+        u64::try_from(renew_at + 1 - now_unix()).unwrap_or(0)
     }
 
     async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
