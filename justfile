@@ -33,9 +33,10 @@ build-filter: setup
     cargo build -p podgate-filter --target wasm32-wasip1 --profile wasm-release
     @size=$(stat -c %s {{wasm}}); echo "podgate_filter.wasm: $size bytes"; [ "$size" -lt 1048576 ] || { echo "filter .wasm is over 1 MiB" >&2; exit 1; }
 
-# Build everything: the filter and the control plane.
+# Build everything: the filter, the control plane and the CLI (`podgate-cli`, which the control
+# plane serves from `--cli-dir`).
 build: build-filter
-    cargo build --release -p podgate
+    cargo build --release -p podgate -p podgate-cli
 
 # Run every test: native units, the wasm filter in wasmtime, Envoy end to end, both databases.
 test: build-filter
@@ -50,13 +51,15 @@ demo: setup
 demo-check: setup
     bash scripts/demo.sh --check
 
-# A real headless Chromium loads a pod in a workbench iframe, and signs in at the real OpenID
-# provider through Envoy, reaches a pod and signs out (screenshots in artifacts/browser/).
+# A real headless Chromium loads a pod in a workbench iframe, signs in at the real OpenID
+# provider through Envoy, reaches a pod and signs out, and uses the setup page (screenshots in
+# artifacts/browser/).
 test-browser: build-filter
     bash scripts/browser-deps.sh
     cargo test -p podgate-wasm-tests --test e2e_stack browser_ -- --nocapture
     bash scripts/oidc-provider-deps.sh
     cargo test -p podgate --test sign_in_through_chromium -- --nocapture
+    cargo test -p podgate --test setup_page_through_chromium -- --nocapture
 
 # Measure podgate against Envoy's jwt_authn and the bare proxy, and the pod directory at scale;
 # writes bench/results/*.json and the table in BENCHMARKS.md (about 3 minutes; `-- --help`).

@@ -84,11 +84,12 @@ fi
 command -v curl >/dev/null || die "curl is needed (apt-get install curl)"
 say "building the filter and the release binaries"
 cargo build --quiet -p podgate-filter --target wasm32-wasip1 --profile wasm-release
-cargo build --quiet --release -p podgate -p podgate-demo-pod
+cargo build --quiet --release -p podgate -p podgate-demo-pod -p podgate-cli
 wasm=$target/wasm32-wasip1/wasm-release/podgate_filter.wasm
 podgate=$target/release/podgate
 demo_pod=$target/release/podgate-demo-pod
-for f in "$wasm" "$podgate" "$demo_pod"; do [ -f "$f" ] || die "missing $f after the build"; done
+cli=$target/release/podgate-cli
+for f in "$wasm" "$podgate" "$demo_pod" "$cli"; do [ -f "$f" ] || die "missing $f after the build"; done
 
 # --- processes -------------------------------------------------------------------------------
 mkdir -p "$demo_dir"
@@ -139,6 +140,14 @@ wait_for "the demo pod" demo-pod.log bash -c "exec 3<>/dev/tcp/127.0.0.1/$pod_po
 # like the database).
 "$podgate" keys gen-kek "$demo_dir/kek" >/dev/null || die "podgate keys gen-kek failed"
 
+# The CLI the setup page's install line installs, named for this machine as install.sh names it.
+cli_os=$(uname -s | tr '[:upper:]' '[:lower:]')
+cli_arch=$(uname -m)
+case "$cli_arch" in amd64) cli_arch=x86_64 ;; arm64) cli_arch=aarch64 ;; esac
+rm -rf "$demo_dir/cli"
+mkdir -p "$demo_dir/cli"
+cp "$cli" "$demo_dir/cli/podgate-cli-$cli_os-$cli_arch"
+
 say "starting the control plane on $cp_url (ADS on 127.0.0.1:$xds_port)"
 PODGATE_ADMIN_TOKEN=$admin_token PODGATE_KEY_ENCRYPTION_KEY_FILE=$demo_dir/kek \
     RUST_LOG=${RUST_LOG:-info} "$podgate" serve \
@@ -151,6 +160,7 @@ PODGATE_ADMIN_TOKEN=$admin_token PODGATE_KEY_ENCRYPTION_KEY_FILE=$demo_dir/kek \
     --pod-public-port "$envoy_port" \
     --login-url "$cp_url/dev/login?user=demo@example.dev" \
     --filter-wasm "$wasm" \
+    --cli-dir "$demo_dir/cli" \
     >"$demo_dir/podgate.log" 2>&1 &
 pids+=($!)
 wait_for "the control plane" podgate.log curl -sf "http://127.0.0.1:$cp_port/readyz"
@@ -234,6 +244,9 @@ cat <<EOF
 
   Mint another: curl -b $jar -X POST $cp_url/v1/capabilities -H 'content-type: application/json' --data '{"pod":"demo","port":3000}'
   Admin API:    curl -H "authorization: Bearer $admin_token" $cp_url/v1/pods
+
+  From a terminal: sign in (above), open $cp_url/setup, create an API token and run the
+  install line it shows (docs/cli.md).
 
   Ctrl-C stops everything.
 

@@ -260,6 +260,8 @@ pub fn app(state: AppState) -> Router {
         .merge(http::renew::router(&state))
         .merge(http::exchange::router(&state))
         .merge(api_tokens::router())
+        .merge(http::me::router())
+        .merge(http::setup::router())
         .merge(http::session::router())
         .merge(admin::router(state.clone()));
     if state.config().dev_mode {

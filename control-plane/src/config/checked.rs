@@ -93,6 +93,8 @@ pub struct Config {
     pub key_publish_delay: u64,
     /// Per-client rate limits and request size bounds.
     pub limits: limits::LimitsConfig,
+    /// The `podgate-cli` binaries of `--cli-dir`, hashed at start (none without it).
+    pub cli_binaries: Vec<crate::config::cli_dir::CliBinary>,
 }
 
 /// The ADS server's settings.

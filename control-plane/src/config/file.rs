@@ -75,6 +75,7 @@ impl Settings {
             client_ip_header: self.client_ip_header.or(o.client_ip_header),
             xds_listen: self.xds_listen.or(o.xds_listen),
             filter_wasm: self.filter_wasm.or(o.filter_wasm),
+            cli_dir: self.cli_dir.or(o.cli_dir),
             key_publish_delay_secs: self.key_publish_delay_secs.or(o.key_publish_delay_secs),
             xds_resync_secs: self.xds_resync_secs.or(o.xds_resync_secs),
             proxy_auth_burst: self.proxy_auth_burst.or(o.proxy_auth_burst),

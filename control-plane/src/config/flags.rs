@@ -270,6 +270,12 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_FILTER_WASM", global = true)]
     pub filter_wasm: Option<PathBuf>,
 
+    /// Directory of `podgate-cli-<os>-<arch>` binaries (e.g. `podgate-cli-linux-x86_64`) served
+    /// at /api/download/ and installed by install.sh [default: none; the installer says the CLI
+    /// is not released yet].
+    #[arg(long, env = "PODGATE_CLI_DIR", global = true)]
+    pub cli_dir: Option<PathBuf>,
+
     /// Longest wait, in seconds, before a new capability key signs though some Envoy has not
     /// acknowledged it [default: 5].
     #[arg(long, env = "PODGATE_KEY_PUBLISH_DELAY_SECS", global = true)]

@@ -11,6 +11,7 @@
 //!   and size bounds, called from `resolve.rs`.
 
 mod checked;
+pub mod cli_dir;
 mod file;
 mod flags;
 pub mod idp;

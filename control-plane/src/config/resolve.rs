@@ -344,6 +344,11 @@ impl Settings {
             ],
         )?;
 
+        let cli_binaries = match (&self.cli_dir, need) {
+            (Some(dir), Need::Server) => crate::config::cli_dir::scan(dir)?,
+            _ => Vec::new(),
+        };
+
         Ok(Config {
             listen,
             database_url,
@@ -372,6 +377,7 @@ impl Settings {
             xds,
             key_publish_delay,
             limits,
+            cli_binaries,
         })
     }
 }

@@ -81,6 +81,30 @@ pub fn podgate_binary() -> PathBuf {
     p
 }
 
+/// The `podgate-cli` binary: `$PODGATE_CLI`, else built once into this build's target dir.
+pub fn cli_binary() -> PathBuf {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PODGATE_CLI") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().unwrap();
+        let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace())
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["build", "-p", "podgate-cli"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building podgate-cli failed");
+        let p = target.join("debug/podgate-cli");
+        assert!(p.is_file(), "no {}", p.display());
+        p
+    })
+    .clone()
+}
+
 /// Writes a new key-encryption key to `path` with `podgate keys gen-kek`; returns its id.
 pub fn make_kek(path: &Path) -> String {
     podgate_testkit::podgate::gen_kek(&podgate_binary(), path).unwrap_or_else(|e| panic!("{e:#}"))
