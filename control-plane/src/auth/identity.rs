@@ -89,17 +89,6 @@ pub async fn start_session(
     Ok(value)
 }
 
-/// Ends every session named by a `session_cookie` pair in `cookie_headers`.
-pub async fn end_sessions(
-    db: &Db,
-    session_cookie: &str,
-    cookie_headers: &[&str],
-) -> Result<(), sqlx::Error> {
-    ended_sessions(db, session_cookie, cookie_headers)
-        .await
-        .map(|_| ())
-}
-
 /// Ends every session named by a `session_cookie` pair in `cookie_headers`; returns the ids
 /// (`sid`) of those that were live.
 pub async fn ended_sessions(

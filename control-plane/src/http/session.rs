@@ -4,7 +4,7 @@
 //! Signing out ends every control-plane session the request's cookies name and cuts off every
 //! capability minted for them (`cuts::cut_session`), on every pod host, at the next config push,
 //! which this triggers. A pod host's `/.podgate/logout` (answered by the filter: it removes that
-//! host's capability cookie) redirects here.
+//! host's capability cookie) redirects here. In dev mode, `/dev/logout` signs out the same way.
 //!
 //! A GET signs out, like oauth2-proxy's `/oauth2/sign_out`: a pod page's plain link and the pod
 //! host's redirect must work without a form, and the worst a forged request can do is sign the
@@ -46,8 +46,12 @@ fn wants_html(headers: &HeaderMap) -> bool {
     navigate || html
 }
 
-/// `GET|POST /auth/logout`: ends this browser's sessions and cuts off their capabilities.
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+/// `GET|POST /auth/logout`: ends this browser's sessions and cuts off their capabilities. The
+/// dev login's `GET /dev/logout` is this same handler.
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let ended = ended_sessions(
         state.db(),
         state.session_cookie(),
