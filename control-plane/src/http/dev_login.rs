@@ -58,7 +58,7 @@ async fn dev_login(
         tracing::warn!(user = %user.id, "dev login created a user");
         user
     };
-    let session = start_session(state.db(), state.config().session_lifetime, &user).await?;
+    let session = start_session(state.db(), state.config().session_lifetime, &user, None).await?;
     let cookie = cookies::session(&state, &session);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
     let mut resp = match after_login(

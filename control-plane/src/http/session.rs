@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::auth::identity::ended_sessions;
+use crate::auth::identity::{ended_sessions, EndedSession};
 use crate::auth::verify::browser_identity;
 use crate::cuts::cut_session;
 use crate::http::cookies;
@@ -58,14 +58,29 @@ pub(crate) async fn logout(
         &cookie_headers(&headers),
     )
     .await?;
-    for sid in &ended {
-        cut_session(state.db(), state.config().capability_lifetime, sid).await?;
+    for session in &ended {
+        cut_session(state.db(), state.config().capability_lifetime, &session.sid).await?;
     }
     if !ended.is_empty() {
         tracing::info!(sessions = ended.len(), "signed out: capabilities cut off");
         state.envoy_config_changed();
     }
-    let mut resp = if wants_html(&headers) {
+    // A browser that signed in with an identity provider signs out there too, once the cut is
+    // recorded: sent to the provider's end-session endpoint, which sends it back here (nothing
+    // left to end: the signed-out page).
+    let at_provider = if wants_html(&headers) {
+        provider_sign_out(&state, &ended).await
+    } else {
+        None
+    };
+    let mut resp = if let Some(location) = at_provider {
+        let mut r = StatusCode::FOUND.into_response();
+        r.headers_mut().insert(
+            header::LOCATION,
+            HeaderValue::from_str(&location).map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+        r
+    } else if wants_html(&headers) {
         (
             StatusCode::OK,
             Html(
@@ -85,6 +100,22 @@ pub(crate) async fn logout(
     );
     no_store(&mut resp);
     Ok(resp)
+}
+
+/// The provider's end-session URL for the first of `ended` that signed in with a provider that
+/// has one; the browser comes back to `/auth/logout`.
+async fn provider_sign_out(state: &AppState, ended: &[EndedSession]) -> Option<String> {
+    let ctx = state.sign_in_context();
+    let back = format!("{}/auth/logout", ctx.issuer);
+    for name in ended.iter().filter_map(|s| s.provider.as_deref()) {
+        let Some(p) = ctx.verifier.sign_in_providers().find(|p| p.name == name) else {
+            continue;
+        };
+        if let Some(url) = ctx.sign_ins.end_session_url(p, &back).await {
+            return Some(url);
+        }
+    }
+    None
 }
 
 /// `GET /auth/userinfo`: the signed-in user of this browser, or a 401.
