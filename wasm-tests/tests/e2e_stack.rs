@@ -1074,7 +1074,9 @@ fn browser_workbench_iframe_shows_the_pod_through_proxy_auth() {
 
 /// A page in a real browser that fetches every second and keeps a WebSocket open, with the
 /// shortest capability lifetime (30 s; the filter's leeway is 30 s more), for three minutes:
-/// renewal at the edge keeps every call working and the WebSocket open, with no redirect.
+/// renewal at the edge keeps every call working and the WebSocket open, with no redirect. Then
+/// the user signs out on the pod host (in another window): within a second the page's fetches
+/// fail and its WebSocket is closed, and the next page load of the pod goes to sign in.
 #[test]
 fn browser_page_keeps_fetching_and_its_websocket_stays_open_across_capability_lifetimes() {
     if browser_or_skip().is_none() {
