@@ -10,6 +10,7 @@ mod envoy;
 mod exchange;
 mod load;
 mod pin;
+mod renewal;
 mod report;
 mod scale;
 mod tokens;
@@ -93,6 +94,11 @@ pub struct Settings {
     /// Print the report but write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Only the renewal scenario (renewal at the edge against the cached path): its table on
+    /// stdout and `renewal-<time>.json` in the results directory; `BENCHMARKS.md` and
+    /// `latest.json` are left alone.
+    #[arg(long)]
+    pub renewal: bool,
 }
 
 /// Unix time in seconds.
@@ -143,6 +149,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(settings: Settings, placement: pin::Placement) -> anyhow::Result<()> {
+    if settings.renewal {
+        return run_renewal(&settings, &placement).await;
+    }
     let started = Instant::now();
     let machine_before = report::Machine::detect(placement.online_cpus);
     let upstream = upstream::start(placement.upstream_cpu)?;
@@ -179,6 +188,27 @@ async fn run(settings: Settings, placement: pin::Placement) -> anyhow::Result<()
     println!("{markdown}");
     if !settings.dry_run {
         report.write(&settings)?;
+    }
+    Ok(())
+}
+
+async fn run_renewal(settings: &Settings, placement: &pin::Placement) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let machine = report::Machine::detect(placement.online_cpus);
+    let upstream = upstream::start(placement.upstream_cpu)?;
+    let keys = tokens::Keys::new()?;
+    let report = renewal::run(settings, placement, upstream, &keys).await?;
+    println!("{}", report.markdown());
+    println!("Total run {:.0} s.", started.elapsed().as_secs_f64());
+    if !settings.dry_run {
+        let time = chrono::DateTime::from_timestamp(unix_now(), 0)
+            .map(|t| t.format("%Y-%m-%dT%H%M%SZ").to_string())
+            .unwrap_or_default();
+        let path = settings.results_dir.join(format!("renewal-{time}.json"));
+        let json = serde_json::json!({"machine": machine, "renewal": report});
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -291,8 +291,10 @@ async fn tickets_sessions_audit(db: &Db) {
     );
     assert!(db.consume_ticket("j2", 10_000).await.unwrap());
     db.create_user(&user("u", Some("u@x.dev"))).await.unwrap();
-    db.create_session("h1", "u", 1, 50).await.unwrap();
-    db.create_session("h2", "u", 1, 10_000).await.unwrap();
+    db.create_session("h1", "u", None, 1, 50).await.unwrap();
+    db.create_session("h2", "u", Some("corp"), 1, 10_000)
+        .await
+        .unwrap();
     assert_eq!(db.session_user("h1", 10).await.unwrap().unwrap().id, "u");
     assert!(
         db.session_user("h1", 50).await.unwrap().is_none(),

@@ -151,8 +151,9 @@ struct Filter {
     /// Streams forwarded to a pod, until their response headers (or their end): the forward,
     /// which holds what sanitizing the response needs.
     responses: ByContext<Rc<Forward>>,
-    /// Open WebSockets to pods, closed by the tick at their capability's `exp`, once a
-    /// configuration cuts it off, or once its renewal is refused.
+    /// Open WebSockets to pods, closed by the tick at their capability's `exp` or once its
+    /// renewal is refused, and as soon as a configuration that cuts it off arrives (the tick
+    /// looks again).
     websockets: ByContext<OpenSocket>,
     /// Renewals by the renewed capability's `jti`: at most one call in flight per capability,
     /// and its outcome for the requests that still carry the old one.
@@ -369,6 +370,9 @@ impl Filter {
                 self.gate.configure(Rc::new(compiled));
                 self.renewals
                     .retain(|_, r| matches!(r, Renewal::InFlight { .. }));
+                // A cut (sign-out, lost access, revocation) ends the WebSockets it covers as
+                // this configuration arrives, not a tick later.
+                self.close_expired_websockets();
                 // Again for this configuration's root context: Envoy may give an update its
                 // own, and a tick belongs to the root context that asked for it.
                 start_ticking();
@@ -603,8 +607,10 @@ impl Filter {
 
     /// Closes every WebSocket whose capability has expired (unrenewed), is refused by the
     /// configuration in force (a signed-out session, access lost, revoked), or whose renewal
-    /// the control plane refused. Envoy resets the stream right
-    /// after this callback (`proxy_close_stream` on the stream made effective), then deletes it.
+    /// the control plane refused. Run by the tick and by the configure callback. Envoy resets
+    /// the stream right after the callback (`proxy_close_stream` on the stream made effective),
+    /// then deletes it; the client sees the connection end once the listener's
+    /// `delayed_close_timeout` has passed.
     fn close_expired_websockets(&mut self) {
         if self.websockets.is_empty() {
             // The common case: no host call at all.

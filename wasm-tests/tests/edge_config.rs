@@ -1037,7 +1037,8 @@ fn every_pod_listener_answers_pod_failures_as_the_tested_file_does() {
 
 /// The timeouts README and docs/architecture.md give for pod traffic: no whole-request
 /// deadline (pods stream), an hour of idleness on the pod route (long polls, idle WebSockets, a
-/// pod that does not answer), five minutes on the HCM for anything else.
+/// pod that does not answer), five minutes on the HCM for anything else, and a short delayed
+/// close.
 #[test]
 fn every_pod_listener_has_the_documented_timeouts() {
     let mut all = shipped_bootstraps();
@@ -1046,6 +1047,11 @@ fn every_pod_listener_has_the_documented_timeouts() {
     for (place, hcm) in every_pod_hcm(&all) {
         if hcm["stream_idle_timeout"].as_str() != Some("300s") {
             report.push(format!("{place}: stream_idle_timeout is not 300s"));
+        }
+        // A WebSocket the filter cuts off ends for the client this long after (not Envoy's
+        // default second), so within a second of the sign-out or removal.
+        if hcm["delayed_close_timeout"].as_str() != Some("0.2s") {
+            report.push(format!("{place}: delayed_close_timeout is not 0.2s"));
         }
         let routes: Vec<&Value> = seq(hcm["route_config"].get("virtual_hosts"))
             .iter()

@@ -326,6 +326,8 @@ impl Settings {
                     client_auth: self.oidc_client_auth,
                     private_key_file: self.oidc_client_key_file,
                     scopes: self.oidc_scopes,
+                    // A config-file setting only (`[oidc.sign_in]`).
+                    sign_out_at_provider: None,
                 },
                 app_session: self.app_session,
                 cors_origins: self.cors_origins,

@@ -2,17 +2,16 @@
 //! (which says so loudly at start).
 
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::auth::identity::{end_sessions, start_session};
-use crate::http::cookies;
+use crate::auth::identity::start_session;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::request::cookie_headers;
 use crate::http::shared::{after_login, no_store, single_params};
+use crate::http::{cookies, session};
 use crate::ids::check_id;
 use crate::store::{now_unix, User};
 use crate::AppState;
@@ -21,7 +20,9 @@ use crate::AppState;
 pub fn dev_router() -> Router<AppState> {
     Router::new()
         .route("/dev/login", get(dev_login))
-        .route("/dev/logout", get(dev_logout))
+        // Signing out is not special in dev mode: the sessions end and their capabilities are
+        // cut off, as at `/auth/logout`.
+        .route("/dev/logout", get(session::logout))
 }
 
 /// `GET /dev/login?user=ID_OR_EMAIL&next=...`: signs in as that user (created if the id is
@@ -57,7 +58,7 @@ async fn dev_login(
         tracing::warn!(user = %user.id, "dev login created a user");
         user
     };
-    let session = start_session(state.db(), state.config().session_lifetime, &user).await?;
+    let session = start_session(state.db(), state.config().session_lifetime, &user, None).await?;
     let cookie = cookies::session(&state, &session);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
     let mut resp = match after_login(
@@ -77,24 +78,6 @@ async fn dev_login(
     resp.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(e.to_string()))?,
-    );
-    no_store(&mut resp);
-    Ok(resp)
-}
-
-/// `GET /dev/logout`: ends the session of this browser.
-async fn dev_logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    end_sessions(
-        state.db(),
-        state.session_cookie(),
-        &cookie_headers(&headers),
-    )
-    .await?;
-    let mut resp = Json(json!({ "signed_out": true })).into_response();
-    let clear = cookies::clear_session(&state);
-    resp.headers_mut().append(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&clear).map_err(|e| ApiError::internal(e.to_string()))?,
     );
     no_store(&mut resp);
     Ok(resp)

@@ -4,7 +4,7 @@
 //! Signing out ends every control-plane session the request's cookies name and cuts off every
 //! capability minted for them (`cuts::cut_session`), on every pod host, at the next config push,
 //! which this triggers. A pod host's `/.podgate/logout` (answered by the filter: it removes that
-//! host's capability cookie) redirects here.
+//! host's capability cookie) redirects here. In dev mode, `/dev/logout` signs out the same way.
 //!
 //! A GET signs out, like oauth2-proxy's `/oauth2/sign_out`: a pod page's plain link and the pod
 //! host's redirect must work without a form, and the worst a forged request can do is sign the
@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::auth::identity::ended_sessions;
+use crate::auth::identity::{ended_sessions, EndedSession};
 use crate::auth::verify::browser_identity;
 use crate::cuts::cut_session;
 use crate::http::cookies;
@@ -46,22 +46,41 @@ fn wants_html(headers: &HeaderMap) -> bool {
     navigate || html
 }
 
-/// `GET|POST /auth/logout`: ends this browser's sessions and cuts off their capabilities.
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+/// `GET|POST /auth/logout`: ends this browser's sessions and cuts off their capabilities. The
+/// dev login's `GET /dev/logout` is this same handler.
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let ended = ended_sessions(
         state.db(),
         state.session_cookie(),
         &cookie_headers(&headers),
     )
     .await?;
-    for sid in &ended {
-        cut_session(state.db(), state.config().capability_lifetime, sid).await?;
+    for session in &ended {
+        cut_session(state.db(), state.config().capability_lifetime, &session.sid).await?;
     }
     if !ended.is_empty() {
         tracing::info!(sessions = ended.len(), "signed out: capabilities cut off");
         state.envoy_config_changed();
     }
-    let mut resp = if wants_html(&headers) {
+    // A browser that signed in with an identity provider signs out there too, once the cut is
+    // recorded: sent to the provider's end-session endpoint, which sends it back here (nothing
+    // left to end: the signed-out page).
+    let at_provider = if wants_html(&headers) {
+        provider_sign_out(&state, &ended).await
+    } else {
+        None
+    };
+    let mut resp = if let Some(location) = at_provider {
+        let mut r = StatusCode::FOUND.into_response();
+        r.headers_mut().insert(
+            header::LOCATION,
+            HeaderValue::from_str(&location).map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+        r
+    } else if wants_html(&headers) {
         (
             StatusCode::OK,
             Html(
@@ -81,6 +100,22 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<
     );
     no_store(&mut resp);
     Ok(resp)
+}
+
+/// The provider's end-session URL for the first of `ended` that signed in with a provider that
+/// has one; the browser comes back to `/auth/logout`.
+async fn provider_sign_out(state: &AppState, ended: &[EndedSession]) -> Option<String> {
+    let ctx = state.sign_in_context();
+    let back = format!("{}/auth/logout", ctx.issuer);
+    for name in ended.iter().filter_map(|s| s.provider.as_deref()) {
+        let Some(p) = ctx.verifier.sign_in_providers().find(|p| p.name == name) else {
+            continue;
+        };
+        if let Some(url) = ctx.sign_ins.end_session_url(p, &back).await {
+            return Some(url);
+        }
+    }
+    None
 }
 
 /// `GET /auth/userinfo`: the signed-in user of this browser, or a 401.
