@@ -10,47 +10,12 @@
 mod xds_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use reqwest::header::COOKIE;
 use serde_json::{json, Value};
 use xds_support::*;
 
 const MARK: &str = "# podgate-cli (added by the podgate installer)";
-
-fn platform() -> String {
-    let run = |arg: &str| {
-        let out = Command::new("uname").arg(arg).output().unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    let arch = match run("-m").as_str() {
-        "amd64" => "x86_64".to_owned(),
-        "arm64" => "aarch64".to_owned(),
-        other => other.to_owned(),
-    };
-    format!("{}-{arch}", run("-s").to_lowercase())
-}
-
-/// Runs `curl -fsSL URL | bash` in `project` with `home` as HOME and `path` as PATH.
-async fn install(url: &str, home: &Path, project: &Path, path: &str) -> (i32, String) {
-    let mut c = Command::new("bash");
-    c.env_clear()
-        .env("HOME", home)
-        .env("PATH", path)
-        .current_dir(project)
-        .args(["-c", "curl -fsSL \"$1\" | bash", "install", url]);
-    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 fn marks(file: &Path) -> usize {
     std::fs::read_to_string(file)

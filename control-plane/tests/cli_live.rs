@@ -1,6 +1,7 @@
 //! `podgate-cli` through the real stack: the `podgate` binary, a real Envoy fed over ADS, a
-//! recording fake pod. A signed-in user creates an API token; `--init` with its setup link in a
-//! temporary HOME saves it (0600 file in a 0700 directory); `status` names the user and the pod;
+//! recording fake pod. A signed-in user creates an API token; the installer served by the
+//! control plane, run with its setup link in a temporary HOME, installs the CLI and its `--init`
+//! saves it (0600 file in a 0700 directory); `status` names the user and the pod;
 //! `curl` reaches the pod with the right method, path and body and no API token or capability
 //! in what the pod sees; `forward` carries an HTTP request and a WebSocket echo; `logout`
 //! revokes the token, after which the directory is not initialised (3) and the revoked token is
@@ -30,13 +31,18 @@ const POD: &str = "clipod";
 /// A user's machine: a HOME and a project directory inside it.
 struct Machine {
     home: tempfile::TempDir,
+    /// The CLI this machine runs: the build's, or the one the installer put in place.
+    bin: PathBuf,
 }
 
 impl Machine {
     fn new() -> Machine {
         let home = tempfile::tempdir().unwrap();
         std::fs::create_dir(home.path().join("project")).unwrap();
-        Machine { home }
+        Machine {
+            home,
+            bin: cli_binary(),
+        }
     }
 
     fn project(&self) -> PathBuf {
@@ -48,7 +54,7 @@ impl Machine {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(cli_binary());
+        let mut c = Command::new(&self.bin);
         c.env_clear()
             .env("HOME", self.home.path())
             .env("PATH", "/usr/bin:/bin")
@@ -170,17 +176,39 @@ fn assert_no_credentials(req: &podgate_testkit::fake_pod::Recorded, api_token: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_status_curl_forward_and_logout_through_the_real_stack() {
-    let stack = Stack::start(&[]).await;
+    // The control plane serves this build's CLI to the installer.
+    let cli_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        cli_binary(),
+        cli_dir.path().join(format!("podgate-cli-{}", platform())),
+    )
+    .unwrap();
+    let stack = Stack::start(&["--cli-dir", cli_dir.path().to_str().unwrap()]).await;
     let pod = pod_running(&stack).await;
     let created = create_token(&stack, "CLI test").await;
     let api_token = created["token"].as_str().unwrap().to_owned();
     let init_url = created["init_url"].as_str().unwrap().to_owned();
-    let me = Machine::new();
+    let mut me = Machine::new();
 
-    // --init saves the session for the project directory, privately.
-    let (code, out, err) = me.run(&["--init", &init_url]).await;
-    assert_eq!(code, 0, "{out}{err}\n{}", stack.logs());
+    // `curl -fsSL …/install.sh?init_url=… | bash` installs the CLI and runs its --init, which
+    // saves the session for the project directory, privately; every step below runs the
+    // installed binary.
+    let install_url = format!(
+        "http://{}/api/download/install.sh?init_url={}",
+        stack.cp.http,
+        url::form_urlencoded::byte_serialize(init_url.as_bytes()).collect::<String>()
+    );
+    let (code, out) = install(
+        &install_url,
+        me.home.path(),
+        &me.project(),
+        "/usr/local/bin:/usr/bin:/bin",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{}", stack.logs());
     assert!(out.contains("signed in as alice"), "{out}");
+    me.bin = me.home.path().join(".config/podgate/bin/podgate-cli");
+    assert!(me.bin.is_file(), "{out}");
     let config: Value = serde_json::from_slice(&std::fs::read(me.config_file()).unwrap()).unwrap();
     let key = me.project().to_string_lossy().into_owned();
     let session = &config["sessions"][&key];
