@@ -626,6 +626,11 @@ impl Filter {
         match outcome {
             Outcome::Forward(forward) => self.forward(context_id, forward, now),
             Outcome::Deny(denial) => self.deny(&denial),
+            // A refusal's HTML page for a browser page load, counted as the refusal.
+            Outcome::Page(reply) => {
+                self.metrics.denied(reply.reason);
+                answer(&reply)
+            }
             // CORS preflights are answered here and never forwarded.
             Outcome::Preflight(reply) => {
                 self.metrics.bump(Counter::Preflight, 1);

@@ -1014,7 +1014,10 @@ pub fn check_gate(case: &GateCase) -> Decision {
     let expected = match cors::preflight(config, &req.preflight_view()) {
         Some(Preflight::Allowed(reply)) => Outcome::Preflight(reply),
         Some(Preflight::Refused(denial)) => Outcome::Deny(denial),
-        None => first.clone().into(),
+        None => match first.clone() {
+            Decision::Deny(denial) => gate::refusal(config, &req, denial),
+            decision => decision.into(),
+        },
     };
     check_memo(case, &expected, budget_bound);
     match &first {
@@ -1046,8 +1049,9 @@ fn check_memo(case: &GateCase, expected: &Outcome, budget_bound: bool) {
     let wire = podgate_protocol::wire::encode_header_map(&case.headers);
     let mut gate = fresh_gate(case.https);
     // A refusal the verification budget decided may turn into the forward a warm cache finds.
-    let may_differ =
-        |got: &Outcome| budget_bound && matches!(expected, Outcome::Deny(_)) && got != expected;
+    let may_differ = |got: &Outcome| {
+        budget_bound && matches!(expected, Outcome::Deny(_) | Outcome::Page(_)) && got != expected
+    };
     for round in ["miss", "hit"] {
         let got = gate.on_request(&wire, case.now);
         if round == "miss" || !may_differ(&got) {
@@ -1482,6 +1486,7 @@ fn through_fresh_gate(headers: &[(String, Vec<u8>)]) -> (Decision, VerifiedCache
         Outcome::Forward(forward) => Decision::Forward(forward),
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
+        Outcome::Page(reply) => panic!("a page for a request without Accept: {reply:?}"),
         Outcome::Preflight(reply) => panic!("a GET answered as a preflight: {reply:?}"),
     };
     (decision, gate.into_cache())

@@ -9,6 +9,7 @@ pub mod cutoff;
 pub mod gate;
 pub mod host;
 pub mod own_paths;
+pub mod page;
 pub mod path;
 pub mod redirect;
 pub mod renewal;

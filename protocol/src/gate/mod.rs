@@ -43,6 +43,9 @@ pub enum Outcome {
     Forward(Rc<Forward>),
     /// Answer locally with `Denial::reply`; nothing is forwarded.
     Deny(Denial),
+    /// A refusal answered to a browser page load with an HTML page (`page::for_denial`) instead
+    /// of its JSON; counted as the refusal (`Reply::reason`). Nothing is forwarded.
+    Page(Reply),
     /// A CORS preflight, answered locally with this reply; nothing is forwarded.
     Preflight(Reply),
     /// A path the filter answers itself (`/.podgate/userinfo`, `/.podgate/logout`), answered
@@ -57,6 +60,22 @@ impl From<Decision> for Outcome {
             Decision::Deny(denial) => Outcome::Deny(denial),
             Decision::Answer(reply) => Outcome::Answer(reply),
         }
+    }
+}
+
+/// How `denial` is answered to `request`: for a browser page load (`Request::is_page_load`), its
+/// page when it has one (the sign-in link asks for this very page back); its JSON otherwise.
+pub fn refusal(config: &CompiledConfig, request: &Request<'_>, denial: Denial) -> Outcome {
+    if !request.is_page_load() {
+        return Outcome::Deny(denial);
+    }
+    let Ok(pod) = config.public_hosts.parse(request.authority) else {
+        return Outcome::Deny(denial);
+    };
+    let sign_in = auth_redirect(config, &pod, request.path);
+    match crate::page::for_denial(&denial, &pod, &sign_in) {
+        Some(reply) => Outcome::Page(reply),
+        None => Outcome::Deny(denial),
     }
 }
 
@@ -195,7 +214,10 @@ impl Gate {
             Some(Preflight::Refused(denial)) => return Outcome::Deny(denial),
             Some(Preflight::Allowed(reply)) => return Outcome::Preflight(reply),
         }
-        memo::decide_memoized(config, cache, memo, slot, &request, now).into()
+        match memo::decide_memoized(config, cache, memo, slot, &request, now) {
+            Decision::Deny(denial) => refusal(config, &request, denial),
+            decision => decision.into(),
+        }
     }
 
     /// The edits for a forwarded pod response whose header map is `wire`; `pod` is what the
@@ -226,3 +248,7 @@ mod session_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod renewal_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod page_tests;
