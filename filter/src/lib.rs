@@ -24,6 +24,7 @@ use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::{Denial, Reply};
 use podgate_protocol::response::ResponseEdit;
 use podgate_protocol::token::Verified;
+use podgate_protocol::wake::{self, WakeCall};
 
 mod abi;
 mod raw;
@@ -156,6 +157,8 @@ struct Filter {
     /// Streams whose response gets a renewed capability's cookie (empty but around a renewal,
     /// so the response path looks it up only then).
     set_cookies: ByContext<Rc<str>>,
+    /// When this worker last asked the control plane to start each pod (`wake`).
+    wakes: HashMap<String, i64>,
 }
 
 /// An open WebSocket: the capability it lives on (the one that opened it, or its renewal)
@@ -202,6 +205,8 @@ impl Renewal {
 const MAX_RENEWALS: usize = 4096;
 /// How long an entry outlives the old capability's `exp`: the verification leeway's maximum.
 const RENEWAL_KEPT_SECS: i64 = 300;
+/// Most pods one worker remembers asking to start; past it, older entries go first.
+const MAX_WAKES: usize = 4096;
 /// How long after a failed renewal the next request tries again.
 const RENEWAL_RETRY_SECS: i64 = 5;
 
@@ -631,6 +636,12 @@ impl Filter {
                 self.metrics.denied(reply.reason);
                 answer(&reply)
             }
+            // A stopped pod a browser loads: ask the control plane to start it, then the page.
+            Outcome::Wake { call, page } => {
+                self.wake(&call, now);
+                self.metrics.denied(page.reason);
+                answer(&page)
+            }
             // CORS preflights are answered here and never forwarded.
             Outcome::Preflight(reply) => {
                 self.metrics.bump(Counter::Preflight, 1);
@@ -641,6 +652,36 @@ impl Filter {
                 self.metrics.bump(Counter::Answered, 1);
                 answer(&reply)
             }
+        }
+    }
+
+    /// Asks the control plane to start a pod (`wake::WakeCall`), at most once per pod every
+    /// `wake::CALL_EVERY_SECS` in this worker. Nobody waits for the answer: its token is not
+    /// one of `calls`, so `on_http_call_response` drops it.
+    fn wake(&mut self, call: &WakeCall, now: i64) {
+        if self
+            .wakes
+            .get(&call.pod)
+            .is_some_and(|at| now < at.saturating_add(wake::CALL_EVERY_SECS))
+        {
+            return;
+        }
+        if self.wakes.len() >= MAX_WAKES {
+            self.wakes
+                .retain(|_, at| now < at.saturating_add(wake::CALL_EVERY_SECS));
+            if self.wakes.len() >= MAX_WAKES {
+                return;
+            }
+        }
+        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
+        match raw::http_call(&call.cluster, &headers, b"", call.timeout_ms) {
+            Ok(_) => {
+                self.wakes.insert(call.pod.clone(), now);
+            }
+            Err(status) => log(
+                LogLevel::Error,
+                &format!("podgate: cannot call the control plane to start a pod: {status:?}"),
+            ),
         }
     }
 

@@ -775,6 +775,7 @@ fn gate_filter_config(https: bool, keys: KeySet) -> FilterConfig {
         cutoffs: Default::default(),
         logout_url: None,
         renewal: None,
+        wake: false,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 2,
@@ -1486,7 +1487,9 @@ fn through_fresh_gate(headers: &[(String, Vec<u8>)]) -> (Decision, VerifiedCache
         Outcome::Forward(forward) => Decision::Forward(forward),
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
-        Outcome::Page(reply) => panic!("a page for a request without Accept: {reply:?}"),
+        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => {
+            panic!("a page for a request without Accept: {reply:?}")
+        }
         Outcome::Preflight(reply) => panic!("a GET answered as a preflight: {reply:?}"),
     };
     (decision, gate.into_cache())

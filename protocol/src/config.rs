@@ -185,6 +185,11 @@ pub struct FilterConfig {
     /// configuration without it is one an older filter takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal: Option<Renewal>,
+    /// The control plane can start stopped pods (`wake`): a browser loading a page of one asks
+    /// it to, through the renewal's call, and gets a page that reloads itself. Needs `renewal`.
+    /// Left out when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wake: bool,
     #[serde(default = "default_leeway")]
     pub leeway_secs: i64,
     #[serde(default = "default_max_lifetime")]
@@ -229,6 +234,8 @@ pub struct CompiledConfig {
     pub logout_url: String,
     /// Renewing browser capabilities (`renewal`); `None`: off.
     pub renewal: Option<CompiledRenewal>,
+    /// Stopped pods can be started (`wake`); only with `renewal`, whose call it uses.
+    pub wake: bool,
     pub token_cache_entries: usize,
 }
 
@@ -363,6 +370,7 @@ impl FilterConfig {
             revoked: self.revoked_jti.into_iter().collect(),
             cutoffs,
             logout_url,
+            wake: self.wake && renewal.is_some(),
             renewal,
             token_cache_entries: self.token_cache_entries,
         })

@@ -17,4 +17,5 @@ pub mod reply;
 pub mod response;
 pub mod set_cookie;
 pub mod token;
+pub mod wake;
 pub mod wire;

@@ -6,8 +6,10 @@
 //! for the pod name, port and status the request named, all escaped. No internal address (the
 //! upstream host, the cluster) is ever shown.
 
+use crate::config::PodStatus;
 use crate::host::PodAddr;
 use crate::reply::{Denial, Reply};
+use crate::wake::RELOAD_SECS;
 
 /// `Content-Security-Policy` of every page: no script, no subresource, no framing; inline
 /// style only.
@@ -19,6 +21,8 @@ struct Text {
     title: String,
     lines: Vec<String>,
     link: Link,
+    /// Seconds after which the page reloads itself, if it does.
+    reload: Option<u32>,
 }
 
 enum Link {
@@ -60,6 +64,7 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
                 "Sign in again, then come back to this page.".to_owned(),
             ],
             link: Link::SignIn(sign_in.to_owned()),
+            reload: None,
         },
         Denial::WrongScope => Text {
             title: "Not for this pod".to_owned(),
@@ -68,6 +73,7 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
                 "Sign in for this pod and port to get one that is.".to_owned(),
             ],
             link: Link::SignIn(sign_in.to_owned()),
+            reload: None,
         },
         Denial::UnknownPod => Text {
             title: "Pod not found".to_owned(),
@@ -76,6 +82,7 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
                 "Check the address; if the pod was just created, retry in a moment.".to_owned(),
             ],
             link: Link::Retry,
+            reload: None,
         },
         Denial::NotRunning(status) => Text {
             title: "Pod not running".to_owned(),
@@ -84,12 +91,42 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
                 "Start the pod, then retry.".to_owned(),
             ],
             link: Link::Retry,
+            reload: None,
         },
         _ => return None,
     };
     if json.status == 302 {
         return None;
     }
+    Some(page_reply(json, &text))
+}
+
+/// The page of a pod that is not running, for a browser whose visit asked the control plane to
+/// start it (`wake`): it says so and reloads itself every `wake::RELOAD_SECS`, so it turns
+/// into the pod's own page once the pod runs. Status and reason are the 503's.
+pub fn waking(pod: &PodAddr, status: PodStatus) -> Reply {
+    let json = Denial::NotRunning(status).reply();
+    let name = escape(&pod.pod);
+    let text = Text {
+        title: "Pod starting".to_owned(),
+        lines: vec![
+            format!(
+                "Pod {name} is not running (status: {}); podgate asked for it to start.",
+                status.as_str()
+            ),
+            "This page reloads by itself and shows the pod once it is up.".to_owned(),
+        ],
+        link: Link::Retry,
+        reload: Some(RELOAD_SECS),
+    };
+    let mut reply = page_reply(json, &text);
+    reply.headers.push(("retry-after", RELOAD_SECS.to_string()));
+    reply
+}
+
+/// `text` as the page answering `json`'s refusal: its status, reason and headers, the page's
+/// own content type and security headers.
+fn page_reply(json: Reply, text: &Text) -> Reply {
     let mut headers: Vec<(&'static str, String)> = json
         .headers
         .into_iter()
@@ -100,19 +137,25 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
     headers.push(("x-content-type-options", "nosniff".to_owned()));
     // The sign-in link carries the path; nothing of it goes to another site.
     headers.push(("referrer-policy", "no-referrer".to_owned()));
-    Some(Reply {
+    Reply {
         status: json.status,
         headers,
-        body: render(&text),
+        body: render(text),
         reason: json.reason,
-    })
+    }
 }
 
 fn render(text: &Text) -> String {
     let title = escape(&text.title);
-    let mut body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head><body><h1>{title}</h1>"
+    let mut body = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">",
     );
+    if let Some(secs) = text.reload {
+        body.push_str(&format!("<meta http-equiv=\"refresh\" content=\"{secs}\">"));
+    }
+    body.push_str(&format!(
+        "<title>{title}</title></head><body><h1>{title}</h1>"
+    ));
     for line in &text.lines {
         body.push_str("<p>");
         body.push_str(line);
@@ -134,7 +177,6 @@ fn render(text: &Text) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::config::PodStatus;
     use crate::token::TokenError;
 
     fn pod(name: &str) -> PodAddr {
@@ -237,6 +279,26 @@ mod tests {
             .body
             .contains("Pod a&lt;b&gt;&amp;&quot;c is not running (status: stopped)."));
         assert!(!page.body.contains("a<b>"));
+    }
+
+    #[test]
+    fn the_waking_page_is_the_503_reloading_itself() {
+        let page = waking(&pod("a<b"), PodStatus::Stopped);
+        let json = Denial::NotRunning(PodStatus::Stopped).reply();
+        assert_eq!((page.status, page.reason), (503, json.reason));
+        assert_eq!(header(&page, "retry-after"), Some("2"));
+        assert_eq!(header(&page, "content-security-policy"), Some(PAGE_CSP));
+        assert!(page
+            .body
+            .contains("<meta http-equiv=\"refresh\" content=\"2\">"));
+        assert!(page.body.contains("<h1>Pod starting</h1>"));
+        assert!(page
+            .body
+            .contains("Pod a&lt;b is not running (status: stopped)"));
+        assert!(!page.body.contains("<script"));
+        // The pages that do not wake never reload.
+        let still = for_denial(&Denial::NotRunning(PodStatus::Stopped), &pod("a"), "x").unwrap();
+        assert!(!still.body.contains("refresh"));
     }
 
     #[test]

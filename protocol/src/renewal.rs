@@ -52,6 +52,13 @@ pub struct CompiledRenewal {
     pub timeout_ms: u32,
 }
 
+impl CompiledRenewal {
+    /// The shared secret, for the calls that go the renewal's way (`wake`).
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+}
+
 impl std::fmt::Debug for CompiledRenewal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompiledRenewal")

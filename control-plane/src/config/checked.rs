@@ -93,6 +93,26 @@ pub struct Config {
     pub key_publish_delay: u64,
     /// Per-client rate limits and request size bounds.
     pub limits: limits::LimitsConfig,
+    /// The operator's hook that starts stopped pods (`wake`), `None` when not configured.
+    pub start_hook: Option<StartHook>,
+}
+
+/// The start hook: `POST url` (with `{pod}` replaced) carrying `secret` in
+/// `podgate-start-secret`, at most once per pod every `interval_secs`.
+#[derive(Clone)]
+pub struct StartHook {
+    pub url: String,
+    pub secret: String,
+    pub interval_secs: u64,
+}
+
+impl std::fmt::Debug for StartHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartHook")
+            .field("url", &self.url)
+            .field("interval_secs", &self.interval_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The ADS server's settings.

@@ -261,6 +261,26 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_CLIENT_IP_HEADER", global = true)]
     pub client_ip_header: Option<String>,
 
+    /// URL the control plane POSTs to start a stopped pod when one of its users loads a page of
+    /// it; `{pod}` is replaced by the pod's slug, e.g. https://platform.internal/pods/{pod}/start
+    /// [default: none, pods are never started].
+    #[arg(long, env = "PODGATE_START_HOOK_URL", global = true)]
+    pub start_hook_url: Option<String>,
+
+    /// Secret sent to the start hook in `podgate-start-secret` (at least 32 characters;
+    /// required with --start-hook-url).
+    #[arg(
+        long,
+        env = "PODGATE_START_HOOK_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub start_hook_secret: Option<String>,
+
+    /// Fewest seconds between two start hook calls for one pod [default: 30].
+    #[arg(long, env = "PODGATE_START_HOOK_INTERVAL_SECS", global = true)]
+    pub start_hook_interval_secs: Option<u64>,
+
     /// Address of the ADS (xDS gRPC) server Envoy connects to, or `off`
     /// [default: 127.0.0.1:18000].
     #[arg(long, env = "PODGATE_XDS_LISTEN", global = true)]

@@ -8,9 +8,11 @@ use podgate_protocol::host::HostTemplate;
 
 use crate::config::{
     bad, idp, limits, Config, ConfigError, LogFormat, SameSite, Scheme, Settings, SigningAlg,
-    XdsConfig,
+    StartHook, XdsConfig,
 };
 
+/// Fewest seconds between two start hook calls for one pod unless configured.
+pub const DEFAULT_START_HOOK_INTERVAL_SECS: u64 = 30;
 /// Default listen address of the HTTP API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default database: an SQLite file next to where the server runs.
@@ -344,6 +346,12 @@ impl Settings {
             ],
         )?;
 
+        let start_hook = resolve_start_hook(
+            self.start_hook_url,
+            self.start_hook_secret,
+            self.start_hook_interval_secs,
+        )?;
+
         Ok(Config {
             listen,
             database_url,
@@ -372,8 +380,50 @@ impl Settings {
             xds,
             key_publish_delay,
             limits,
+            start_hook,
         })
     }
+}
+
+/// The start hook from its three settings: a URL needs a secret, the others need the URL.
+fn resolve_start_hook(
+    url: Option<String>,
+    secret: Option<String>,
+    interval: Option<u64>,
+) -> Result<Option<StartHook>, ConfigError> {
+    let Some(url) = url else {
+        if secret.is_some() || interval.is_some() {
+            return Err(bad(
+                "a start hook secret or interval without a start hook URL; set PODGATE_START_HOOK_URL too, or neither",
+            ));
+        }
+        return Ok(None);
+    };
+    let parsed = url::Url::parse(&url.replace("{pod}", "pod"))
+        .map_err(|e| bad(format!("the start hook URL {url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad(format!(
+            "the start hook URL {url:?} must be an absolute http(s) URL, e.g. https://platform.internal/pods/{{pod}}/start"
+        )));
+    }
+    let secret = match secret {
+        Some(s) if s.len() >= MIN_ADMIN_TOKEN_LEN && s.bytes().all(|b| b.is_ascii_graphic()) => s,
+        _ => {
+            return Err(bad(format!(
+                "the start hook needs a secret of at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters; set PODGATE_START_HOOK_SECRET to e.g. `openssl rand -hex 32`"
+            )))
+        }
+    };
+    let interval_secs = match interval {
+        Some(0) => return Err(bad("the start hook interval must be at least 1 second")),
+        Some(n) => n,
+        None => DEFAULT_START_HOOK_INTERVAL_SECS,
+    };
+    Ok(Some(StartHook {
+        url,
+        secret,
+        interval_secs,
+    }))
 }
 
 fn resolve_xds(

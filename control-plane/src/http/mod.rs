@@ -18,3 +18,4 @@ pub mod security_headers;
 pub mod session;
 pub mod shared;
 pub mod sign_in;
+pub mod wake;

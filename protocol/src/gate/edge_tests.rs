@@ -50,7 +50,9 @@ fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)]) -> Decision {
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
         Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
-        Outcome::Page(reply) => panic!("answered with a page: {reply:?}"),
+        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => {
+            panic!("answered with a page: {reply:?}")
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use crate::renewal::{self, RenewalCall, Renewed};
 use crate::reply::{Denial, Reply};
 use crate::response::{self, PodResponse, Sanitized};
 use crate::token::Verified;
+use crate::wake::{self, WakeCall};
 use crate::wire::{self, WireError};
 
 pub use decide::{
@@ -46,6 +47,10 @@ pub enum Outcome {
     /// A refusal answered to a browser page load with an HTML page (`page::for_denial`) instead
     /// of its JSON; counted as the refusal (`Reply::reason`). Nothing is forwarded.
     Page(Reply),
+    /// A page load of a pod that is not running, by a user it was granted to, when the control
+    /// plane can start pods (`wake`): make the call (without waiting for its answer), then
+    /// answer with the page (`page::waking`), counted as the refusal. Nothing is forwarded.
+    Wake { call: WakeCall, page: Reply },
     /// A CORS preflight, answered locally with this reply; nothing is forwarded.
     Preflight(Reply),
     /// A path the filter answers itself (`/.podgate/userinfo`, `/.podgate/logout`), answered
@@ -215,6 +220,18 @@ impl Gate {
             Some(Preflight::Allowed(reply)) => return Outcome::Preflight(reply),
         }
         match memo::decide_memoized(config, cache, memo, slot, &request, now) {
+            Decision::Deny(Denial::NotRunning(status)) if config.wake && request.is_page_load() => {
+                match decide::granted(config, cache, &request, now).and_then(|(pod, cap)| {
+                    let call = wake::call(config, &pod.pod, &cap)?;
+                    Some((pod, call))
+                }) {
+                    Some((pod, call)) => Outcome::Wake {
+                        call,
+                        page: crate::page::waking(&pod, status),
+                    },
+                    None => refusal(config, &request, Denial::NotRunning(status)),
+                }
+            }
             Decision::Deny(denial) => refusal(config, &request, denial),
             decision => decision.into(),
         }

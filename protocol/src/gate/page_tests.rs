@@ -185,3 +185,124 @@ fn a_post_is_never_a_page_load() {
         Outcome::Deny(Denial::NotRunning(PodStatus::Stopped))
     );
 }
+
+/// A browser's capability for sleepy:8726: minted in a session, so it carries its token.
+fn session_cap() -> String {
+    let c = PodClaims {
+        aud: "localhost-8726-pod-sleepy.example.dev".into(),
+        pod: "sleepy".into(),
+        port: 8726,
+        ..claims()
+    };
+    crate::token::mint_in_session(
+        TokenKind::Capability,
+        &ed_key(TokenKind::Capability, 1),
+        &c,
+        Some("sid-a"),
+        NOW,
+        900,
+    )
+    .unwrap()
+}
+
+fn waking_config(wake: bool, renewal: bool) -> Rc<CompiledConfig> {
+    super::tests::config_with(|c| {
+        c.wake = wake;
+        c.renewal = renewal.then(|| crate::renewal::Renewal {
+            url: "http://cp.internal:8080/base/api/proxy-renew".into(),
+            secret: "renew-secret-0123456789abcdef".into(),
+            before_secs: 300,
+            timeout_ms: 1000,
+        });
+    })
+}
+
+fn on_config(config: &Rc<CompiledConfig>, extra: &[(&str, &str)], method: &str) -> Outcome {
+    let mut h: Vec<(String, Vec<u8>)> = vec![
+        (
+            ":authority".into(),
+            b"localhost-8726-pod-sleepy.example.dev".to_vec(),
+        ),
+        (":path".into(), b"/".to_vec()),
+        (":method".into(), method.as_bytes().to_vec()),
+    ];
+    h.extend(
+        extra
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec())),
+    );
+    Gate::new(Rc::clone(config)).on_request(&crate::wire::encode_header_map(&h), NOW + 1)
+}
+
+#[test]
+fn a_page_load_of_a_stopped_pod_asks_to_start_it_when_waking_is_on() {
+    let token = session_cap();
+    let mut nav = NAVIGATE.to_vec();
+    nav.push(("podgate-token", token.as_str()));
+    let Outcome::Wake { call, page } = on_config(&waking_config(true, true), &nav, "GET") else {
+        panic!("no wake call");
+    };
+    assert_eq!(call.pod, "sleepy");
+    assert_eq!(call.cluster, "podgate_control_plane");
+    let header = |name: &str| {
+        call.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header(":method"), Some("POST"));
+    assert_eq!(header(":path"), Some("/base/api/proxy-wake"));
+    assert_eq!(header(":authority"), Some("cp.internal:8080"));
+    assert_eq!(
+        header(crate::renewal::RENEW_SECRET_HEADER),
+        Some("renew-secret-0123456789abcdef")
+    );
+    assert_eq!(
+        header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    assert_eq!((page.status, page.reason), (503, "pod_not_running"));
+    assert!(
+        page.body.contains("http-equiv=\"refresh\""),
+        "{}",
+        page.body
+    );
+    // No secret, token or internal address on the page.
+    for hidden in ["renew-secret", token.as_str(), "cp.internal", "10.0.0.5"] {
+        assert!(!page.body.contains(hidden), "{hidden}: {}", page.body);
+    }
+}
+
+#[test]
+fn scripts_posts_and_configs_without_waking_start_nothing() {
+    let token = session_cap();
+    let bearer = [("podgate-token", token.as_str())];
+    let mut nav = NAVIGATE.to_vec();
+    nav.extend(bearer);
+    let stopped = Outcome::Deny(Denial::NotRunning(PodStatus::Stopped));
+    // A script, even with waking on: the JSON 503, no call.
+    let mut script = bearer.to_vec();
+    script.push(("sec-fetch-mode", "cors"));
+    assert_eq!(
+        on_config(&waking_config(true, true), &script, "GET"),
+        stopped
+    );
+    assert_eq!(on_config(&waking_config(true, true), &nav, "POST"), stopped);
+    // Waking off, or without the renewal's call to go by: the plain page.
+    for config in [waking_config(false, true), waking_config(true, false)] {
+        assert!(!config.wake || config.renewal.is_some());
+        let Outcome::Page(page) = on_config(&config, &nav, "GET") else {
+            panic!("expected the plain page");
+        };
+        assert!(!page.body.contains("refresh"));
+    }
+    // Without a capability for the pod, nothing is woken: the sign-in redirect comes first.
+    let outcome = on_config(&waking_config(true, true), &NAVIGATE, "GET");
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Deny(Denial::NoCapability { redirect: Some(_) })
+        ),
+        "{outcome:?}"
+    );
+}

@@ -62,7 +62,10 @@ fn status(outcome: &Outcome) -> u32 {
     match outcome {
         Outcome::Forward(_) => 0,
         Outcome::Deny(denial) => denial.reply().status,
-        Outcome::Preflight(reply) | Outcome::Answer(reply) | Outcome::Page(reply) => reply.status,
+        Outcome::Preflight(reply)
+        | Outcome::Answer(reply)
+        | Outcome::Page(reply)
+        | Outcome::Wake { page: reply, .. } => reply.status,
     }
 }
 

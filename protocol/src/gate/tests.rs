@@ -61,6 +61,7 @@ pub(super) fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledCo
         cutoffs: Default::default(),
         logout_url: None,
         renewal: None,
+        wake: false,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 16,
@@ -741,7 +742,9 @@ fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)], now: i64) -> Decision 
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
         Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
-        Outcome::Page(reply) => panic!("answered with a page: {reply:?}"),
+        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => {
+            panic!("answered with a page: {reply:?}")
+        }
     }
 }
 
