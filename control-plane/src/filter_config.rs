@@ -105,6 +105,7 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
             timeout_ms: RENEW_TIMEOUT_MS,
         }),
         wake: config.start_hook.is_some(),
+        rate_limits: None,
         leeway_secs: DEFAULT_LEEWAY_SECS,
         max_capability_lifetime_secs: config.capability_lifetime as i64,
         token_cache_entries: 1024,

@@ -11,6 +11,7 @@ pub mod host;
 pub mod own_paths;
 pub mod page;
 pub mod path;
+pub mod rate;
 pub mod redirect;
 pub mod renewal;
 pub mod reply;

@@ -93,6 +93,15 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
             link: Link::Retry,
             reload: None,
         },
+        Denial::RateLimited { retry_after, .. } => Text {
+            title: "Too many requests".to_owned(),
+            lines: vec![
+                format!("Too many requests reached port {port} of pod {name} in a short time."),
+                format!("Wait {retry_after} s, then retry."),
+            ],
+            link: Link::Retry,
+            reload: None,
+        },
         _ => return None,
     };
     if json.status == 302 {

@@ -194,3 +194,104 @@ fn a_503_is_a_page_for_a_browser_and_json_for_a_script() {
         );
     });
 }
+
+/// Request-rate limits in a real Envoy (one worker): past a user's burst, or a pod's, the filter
+/// answers `429` with `Retry-After`, as JSON to a script and as a page to a browser, and nothing
+/// reaches the pod.
+#[test]
+fn a_spent_rate_is_a_429_with_retry_after_as_json_or_a_page() {
+    use podgate_wasm_tests::e2e::{PodSpec, Stack};
+    block_on(async {
+        let pods = [
+            PodSpec {
+                slug: "alpha",
+                status: "running",
+                down: false,
+            },
+            PodSpec {
+                slug: "beta",
+                status: "running",
+                down: false,
+            },
+        ];
+        let stack = Stack::start("rate-limits", &pods, |c| {
+            c["rate_limits"] = serde_json::json!({
+                "per_user": {"per_second": 1, "burst": 5},
+                "pods": {"beta": {"per_second": 1, "burst": 1}},
+            });
+        })
+        .await
+        .unwrap();
+        let send_as =
+            |host: String, token: String, headers: &'static [(&'static str, &'static str)]| {
+                let mut builder = stack.client.get(&host, "/").header("podgate-token", token);
+                for (name, value) in headers {
+                    builder = builder.header(*name, *value);
+                }
+                send(builder)
+            };
+
+        // beta's own bucket holds one request: the second is the pod's limit.
+        let beta = stack.minter.valid("beta", PORT).unwrap();
+        let first = send_as(public_host(PORT, "beta"), beta.clone(), &SCRIPT).await;
+        assert_eq!(first.status, 200, "{}", first.body);
+        let second = send_as(public_host(PORT, "beta"), beta, &SCRIPT).await;
+        assert_eq!(second.status, 429, "{}", second.body);
+        assert_eq!(second.header("retry-after"), Some("1"));
+        assert_eq!(
+            second.json()["error"],
+            "Too many requests: this pod's request rate is spent; retry in 1 s"
+        );
+        assert_eq!(stack.pod("beta").unwrap().requests().len(), 1);
+
+        // The user's burst on alpha, back to back: at most the burst plus one a second.
+        let alpha = stack.minter.valid("alpha", PORT).unwrap();
+        let started = std::time::Instant::now();
+        let mut statuses = Vec::new();
+        let mut refused = None;
+        for _ in 0..15 {
+            let answer = send_as(alpha_host(), alpha.clone(), &SCRIPT).await;
+            statuses.push(answer.status);
+            if answer.status == 429 && refused.is_none() {
+                refused = Some(answer);
+            }
+        }
+        let elapsed = started.elapsed().as_secs();
+        let ok = statuses.iter().filter(|s| **s == 200).count() as u64;
+        // beta's requests took one token of the user's burst.
+        assert!(
+            ok >= 3 && ok <= 4 + elapsed + 1,
+            "{statuses:?} in {elapsed} s"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 429),
+            "{statuses:?}"
+        );
+        let refused = refused.expect("no request was refused");
+        assert_eq!(refused.header("retry-after"), Some("1"));
+        assert_eq!(refused.header("content-type"), Some("application/json"));
+        assert_eq!(
+            refused.body,
+            r#"{"error":"Too many requests: your request rate is spent; retry in 1 s","hint":"slow down; wait for Retry-After seconds before the next request"}"#
+        );
+        assert_eq!(stack.pod("alpha").unwrap().requests().len() as u64, ok);
+
+        // A browser gets the page, with the same status and Retry-After (a second boundary
+        // may just have refilled one token: the next request is refused then).
+        let mut page = send_as(alpha_host(), alpha.clone(), &BROWSER).await;
+        if page.status == 200 {
+            page = send_as(alpha_host(), alpha, &BROWSER).await;
+        }
+        assert_eq!(page.status, 429, "{}", page.body);
+        assert_eq!(page.header("retry-after"), Some("1"));
+        assert_eq!(
+            page.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert!(
+            page.body.contains("<h1>Too many requests</h1>"),
+            "{}",
+            page.body
+        );
+    });
+}

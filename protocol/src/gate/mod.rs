@@ -22,6 +22,7 @@ use std::rc::Rc;
 
 use crate::config::CompiledConfig;
 use crate::cors::{self, Preflight};
+use crate::rate::Limiter;
 use crate::renewal::{self, RenewalCall, Renewed};
 use crate::reply::{Denial, Reply};
 use crate::response::{self, PodResponse, Sanitized};
@@ -68,6 +69,26 @@ impl From<Decision> for Outcome {
     }
 }
 
+/// The refusal of `forward` when its user's or its pod's request rate is spent (`rate`); a
+/// forward to the control plane (no user) is never limited. One `Option` test when no limit is
+/// configured.
+fn over_limit(
+    config: &CompiledConfig,
+    limiter: &mut Limiter,
+    forward: &Forward,
+    now: i64,
+) -> Option<Denial> {
+    let limits = config.rate_limits.as_ref()?;
+    let (user, capability) = (forward.user.as_deref()?, forward.capability.as_ref()?);
+    let scope = limiter
+        .take(limits, user, &capability.claims.pod, now)
+        .err()?;
+    Some(Denial::RateLimited {
+        scope,
+        retry_after: 1,
+    })
+}
+
 /// How `denial` is answered to `request`: for a browser page load (`Request::is_page_load`), its
 /// page when it has one (the sign-in link asks for this very page back); its JSON otherwise.
 pub fn refusal(config: &CompiledConfig, request: &Request<'_>, denial: Denial) -> Outcome {
@@ -101,6 +122,8 @@ pub struct Gate {
     config: Option<Rc<CompiledConfig>>,
     cache: VerifiedCache,
     memo: DecisionMemo,
+    /// This worker's request-rate buckets (`rate`).
+    limiter: Limiter,
 }
 
 impl Gate {
@@ -117,6 +140,7 @@ impl Gate {
         self.config = Some(config);
         self.cache.clear();
         self.memo.clear();
+        self.limiter.clear();
     }
 
     /// The configuration in force, if any.
@@ -196,6 +220,7 @@ impl Gate {
             config,
             cache,
             memo,
+            limiter,
         } = self;
         let Some(config) = config.as_deref() else {
             return Outcome::Deny(Denial::NotConfigured);
@@ -203,7 +228,19 @@ impl Gate {
         // A request that repeats an earlier forward's inputs is answered from the serialized
         // map, without decoding it.
         let slot = match memo.probe(config, cache, wire, now) {
-            memo::Probe::Hit(forward) => return Outcome::Forward(forward),
+            memo::Probe::Hit(forward) => {
+                let Some(limited) = over_limit(config, limiter, &forward, now) else {
+                    return Outcome::Forward(forward);
+                };
+                // Rare: the request is decoded only to tell a page load from a script.
+                let Ok(headers) = wire::decode_header_map(wire) else {
+                    return Outcome::Deny(Denial::HostCallFailed);
+                };
+                return match Request::from_slices(&headers) {
+                    Ok(request) => refusal(config, &request, limited),
+                    Err(denial) => Outcome::Deny(denial),
+                };
+            }
             memo::Probe::Miss(slot) => slot,
         };
         // Borrowed: no header is copied; a non-UTF-8 name is refused by `from_slices`.
@@ -233,6 +270,10 @@ impl Gate {
                 }
             }
             Decision::Deny(denial) => refusal(config, &request, denial),
+            Decision::Forward(forward) => match over_limit(config, limiter, &forward, now) {
+                Some(limited) => refusal(config, &request, limited),
+                None => Outcome::Forward(forward),
+            },
             decision => decision.into(),
         }
     }

@@ -306,3 +306,75 @@ fn scripts_posts_and_configs_without_waking_start_nothing() {
         "{outcome:?}"
     );
 }
+
+#[test]
+fn spent_rates_are_429_for_memo_hits_too_page_for_browsers_json_for_scripts() {
+    use crate::rate::{Limited, Rate, RateLimits};
+    let config = super::tests::config_with(|c| {
+        c.rate_limits = Some(RateLimits {
+            per_user: Some(Rate {
+                per_second: 1,
+                burst: 2,
+            }),
+            ..RateLimits::default()
+        });
+    });
+    let token = cap_for("alpha", 8726);
+    let request = |extra: &[(&str, &str)]| {
+        let mut h: Vec<(String, Vec<u8>)> = vec![
+            (
+                ":authority".into(),
+                b"localhost-8726-pod-alpha.example.dev".to_vec(),
+            ),
+            (":path".into(), b"/".to_vec()),
+            (":method".into(), b"GET".to_vec()),
+            ("podgate-token".into(), token.as_bytes().to_vec()),
+        ];
+        h.extend(
+            extra
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec())),
+        );
+        crate::wire::encode_header_map(&h)
+    };
+    let mut gate = Gate::new(Rc::clone(&config));
+    let script = request(&[]);
+    // The burst: decided, then a memo hit.
+    for _ in 0..2 {
+        assert!(matches!(
+            gate.on_request(&script, NOW + 1),
+            Outcome::Forward(_)
+        ));
+    }
+    let limited = Denial::RateLimited {
+        scope: Limited::User,
+        retry_after: 1,
+    };
+    assert_eq!(
+        gate.on_request(&script, NOW + 1),
+        Outcome::Deny(limited.clone())
+    );
+    let json = limited.reply();
+    assert_eq!(json.status, 429);
+    assert!(json.headers.contains(&("retry-after", "1".to_owned())));
+    assert_eq!(
+        json.body,
+        r#"{"error":"Too many requests: your request rate is spent; retry in 1 s","hint":"slow down; wait for Retry-After seconds before the next request"}"#
+    );
+    let mut nav = NAVIGATE.to_vec();
+    nav.push(("x", "1"));
+    let page = page(gate.on_request(&request(&nav), NOW + 1));
+    assert_eq!((page.status, page.reason), (429, "rate_limited"));
+    assert!(page.headers.contains(&("retry-after", "1".to_owned())));
+    assert!(
+        page.body.contains("<h1>Too many requests</h1>"),
+        "{}",
+        page.body
+    );
+    // A second later, one more goes through.
+    assert!(matches!(
+        gate.on_request(&script, NOW + 2),
+        Outcome::Forward(_)
+    ));
+    assert_eq!(gate.on_request(&script, NOW + 2), Outcome::Deny(limited));
+}
