@@ -239,3 +239,32 @@ fn a_hook_needs_a_secret_and_an_http_url() {
         assert!(err.contains("start hook"), "{url:?} {secret:?}: {err}");
     }
 }
+
+#[test]
+fn edge_rates_reach_the_filter_configuration_and_bad_ones_are_refused() {
+    let resolve = |user: Option<&str>, pod: Option<&str>| {
+        Settings {
+            edge_rate_per_user: user.map(str::to_owned),
+            edge_rate_per_pod: pod.map(str::to_owned),
+            dev_mode: Some(true),
+            xds_listen: Some("off".into()),
+            admin_token: Some("test-admin-token-0123456789abcdef0123".into()),
+            ..podgate::config::Settings::default()
+        }
+        .resolve(podgate::config::Need::Server)
+    };
+    let config = resolve(Some("50/100"), None).unwrap();
+    let rates = config.edge_rates.unwrap();
+    assert_eq!(
+        (
+            rates.per_user.map(|r| (r.per_second, r.burst)),
+            rates.per_pod
+        ),
+        (Some((50, 100)), None)
+    );
+    assert!(resolve(None, None).unwrap().edge_rates.is_none());
+    for bad in ["50", "0/10", "10/0", "x/y", "-1/5"] {
+        let err = resolve(None, Some(bad)).unwrap_err().to_string();
+        assert!(err.contains("edge-rate-per-pod"), "{bad}: {err}");
+    }
+}

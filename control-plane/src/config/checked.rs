@@ -95,6 +95,8 @@ pub struct Config {
     pub limits: limits::LimitsConfig,
     /// The operator's hook that starts stopped pods (`wake`), `None` when not configured.
     pub start_hook: Option<StartHook>,
+    /// Request-rate limits the filter applies (`podgate_protocol::rate`), `None`: none.
+    pub edge_rates: Option<podgate_protocol::rate::RateLimits>,
 }
 
 /// The start hook: `POST url` (with `{pod}` replaced) carrying `secret` in

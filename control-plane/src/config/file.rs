@@ -76,6 +76,8 @@ impl Settings {
             start_hook_url: self.start_hook_url.or(o.start_hook_url),
             start_hook_secret: self.start_hook_secret.or(o.start_hook_secret),
             start_hook_interval_secs: self.start_hook_interval_secs.or(o.start_hook_interval_secs),
+            edge_rate_per_user: self.edge_rate_per_user.or(o.edge_rate_per_user),
+            edge_rate_per_pod: self.edge_rate_per_pod.or(o.edge_rate_per_pod),
             xds_listen: self.xds_listen.or(o.xds_listen),
             filter_wasm: self.filter_wasm.or(o.filter_wasm),
             key_publish_delay_secs: self.key_publish_delay_secs.or(o.key_publish_delay_secs),

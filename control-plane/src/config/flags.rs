@@ -281,6 +281,16 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_START_HOOK_INTERVAL_SECS", global = true)]
     pub start_hook_interval_secs: Option<u64>,
 
+    /// Requests one user may make through Envoy, as PER_SECOND/BURST (e.g. 50/100), per Envoy
+    /// worker; beyond it the filter answers 429 [default: no limit].
+    #[arg(long, env = "PODGATE_EDGE_RATE_PER_USER", global = true)]
+    pub edge_rate_per_user: Option<String>,
+
+    /// Requests one pod may get through Envoy from all its users, as PER_SECOND/BURST, per Envoy
+    /// worker [default: no limit].
+    #[arg(long, env = "PODGATE_EDGE_RATE_PER_POD", global = true)]
+    pub edge_rate_per_pod: Option<String>,
+
     /// Address of the ADS (xDS gRPC) server Envoy connects to, or `off`
     /// [default: 127.0.0.1:18000].
     #[arg(long, env = "PODGATE_XDS_LISTEN", global = true)]

@@ -346,6 +346,22 @@ impl Settings {
             ],
         )?;
 
+        let per_user = self
+            .edge_rate_per_user
+            .as_deref()
+            .map(|v| parse_rate("edge-rate-per-user", v))
+            .transpose()?;
+        let per_pod = self
+            .edge_rate_per_pod
+            .as_deref()
+            .map(|v| parse_rate("edge-rate-per-pod", v))
+            .transpose()?;
+        let edge_rates =
+            (per_user.is_some() || per_pod.is_some()).then(|| podgate_protocol::rate::RateLimits {
+                per_user,
+                per_pod,
+                ..Default::default()
+            });
         let start_hook = resolve_start_hook(
             self.start_hook_url,
             self.start_hook_secret,
@@ -381,7 +397,24 @@ impl Settings {
             key_publish_delay,
             limits,
             start_hook,
+            edge_rates,
         })
+    }
+}
+
+/// `PER_SECOND/BURST` (both at least 1) of the `--edge-rate-*` flag `name`.
+fn parse_rate(name: &str, value: &str) -> Result<podgate_protocol::rate::Rate, ConfigError> {
+    let parsed = value.split_once('/').and_then(|(rate, burst)| {
+        Some(podgate_protocol::rate::Rate {
+            per_second: rate.trim().parse().ok()?,
+            burst: burst.trim().parse().ok()?,
+        })
+    });
+    match parsed {
+        Some(rate) if rate.check().is_ok() => Ok(rate),
+        _ => Err(bad(format!(
+            "--{name} {value:?} is not PER_SECOND/BURST with both at least 1, e.g. 50/100"
+        ))),
     }
 }
 
