@@ -10,6 +10,9 @@
 //!    the decision reads.
 //! 3. `cors::preflight` answers a CORS preflight; it is never forwarded.
 //! 4. `decide` decides, checking tokens through `token_cache`; `memo` keeps a forward it may.
+//! 5. A forward (decided or a memo hit) takes its user's and its pod's tokens (`rate`); a
+//!    refusal of a browser page load becomes its page (`refusal`, `page`), or, for a pod that
+//!    is not running when the control plane can start pods, a wake call and its page (`wake`).
 //!
 //! A forwarded pod response goes through `response::sanitize`.
 
