@@ -104,6 +104,8 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
             before_secs: renew_before_secs(config.capability_lifetime),
             timeout_ms: RENEW_TIMEOUT_MS,
         }),
+        wake: config.start_hook.is_some(),
+        rate_limits: config.edge_rates.clone(),
         leeway_secs: DEFAULT_LEEWAY_SECS,
         max_capability_lifetime_secs: config.capability_lifetime as i64,
         token_cache_entries: 1024,

@@ -15,6 +15,7 @@ pub mod mint;
 pub mod recorder;
 pub mod renew;
 pub mod store;
+pub mod wake;
 pub mod xds_sync;
 
 use crate::auth::verify;
@@ -60,6 +61,8 @@ struct Inner {
     limits: limits::Limiters,
     /// Poked after every committed admin write that changes what Envoy gets.
     envoy_config_changes: Arc<tokio::sync::Notify>,
+    /// The start hook of stopped pods and its per-pod limit.
+    waker: wake::Waker,
 }
 
 impl std::fmt::Debug for AppState {
@@ -87,6 +90,8 @@ impl AppState {
             .map_err(|e| KeyringError::Generate(format!("identity verifiers: {e}")))?;
         let signing_gate = xds_sync::signing_gate(&config);
         let limits = limits::Limiters::new(&config.limits);
+        let waker = wake::Waker::new(config.start_hook.clone())
+            .map_err(|e| KeyringError::Generate(format!("start hook client: {e}")))?;
         let state = AppState {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
@@ -100,6 +105,7 @@ impl AppState {
                 sign_ins,
                 limits,
                 envoy_config_changes: Arc::new(tokio::sync::Notify::new()),
+                waker,
             }),
         };
         state.reload_keys().await?;
@@ -112,6 +118,11 @@ impl AppState {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// The start hook of stopped pods (`wake`).
+    pub fn waker(&self) -> &wake::Waker {
+        &self.inner.waker
     }
 
     /// Group-committed writes of the hot path (ticket consumption, mint audit).
@@ -259,6 +270,7 @@ pub fn app(state: AppState) -> Router {
         .merge(http::capabilities::router(&state))
         .merge(http::renew::router(&state))
         .merge(http::exchange::router(&state))
+        .merge(http::wake::router(&state))
         .merge(api_tokens::router())
         .merge(http::me::router())
         .merge(http::setup::router())

@@ -26,6 +26,7 @@ use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::{Denial, Reply};
 use podgate_protocol::response::ResponseEdit;
 use podgate_protocol::token::Verified;
+use podgate_protocol::wake::{self, WakeCall};
 
 mod abi;
 mod raw;
@@ -163,6 +164,8 @@ struct Filter {
     /// Streams whose response gets a renewed capability's cookie (empty but around a renewal,
     /// so the response path looks it up only then).
     set_cookies: ByContext<Rc<str>>,
+    /// When this worker last asked the control plane to start each pod (`wake`).
+    wakes: HashMap<String, i64>,
     /// API-token exchanges in flight, by cache key: the streams waiting for each (at most
     /// `exchange::MAX_IN_FLIGHT` keys; requests with the same token, pod and port share one
     /// call).
@@ -239,6 +242,8 @@ impl Renewal {
 const MAX_RENEWALS: usize = 4096;
 /// How long an entry outlives the old capability's `exp`: the verification leeway's maximum.
 const RENEWAL_KEPT_SECS: i64 = 300;
+/// Most pods one worker remembers asking to start; past it, older entries go first.
+const MAX_WAKES: usize = 4096;
 /// How long after a failed renewal the next request tries again.
 const RENEWAL_RETRY_SECS: i64 = 5;
 
@@ -688,6 +693,17 @@ impl Filter {
         match outcome {
             Outcome::Forward(forward) => self.forward(context_id, forward, now),
             Outcome::Deny(denial) => self.deny(&denial),
+            // A refusal's HTML page for a browser page load, counted as the refusal.
+            Outcome::Page(reply) => {
+                self.metrics.denied(reply.reason);
+                answer(&reply)
+            }
+            // A stopped pod a browser loads: ask the control plane to start it, then the page.
+            Outcome::Wake { call, page } => {
+                self.wake(context_id, &call, now);
+                self.metrics.denied(page.reason);
+                answer(&page)
+            }
             // CORS preflights are answered here and never forwarded.
             Outcome::Preflight(reply) => {
                 self.metrics.bump(Counter::Preflight, 1);
@@ -874,11 +890,64 @@ impl Filter {
                 Resume::Continue
             }
             Outcome::Deny(denial) => refuse(self, denial),
+            Outcome::Page(reply) => {
+                self.metrics.denied(reply.reason);
+                Resume::Reply(reply)
+            }
+            Outcome::Wake { call, page } => {
+                self.wake(context_id, &call, now);
+                self.metrics.denied(page.reason);
+                Resume::Reply(page)
+            }
             Outcome::Preflight(reply) | Outcome::Answer(reply) => Resume::Reply(reply),
             // Judged and recorded, yet not found: never forwarded on a guess.
             Outcome::Exchange(_) => refuse(self, Denial::ExchangeFailed),
         };
         Some(resume)
+    }
+
+    /// Asks the control plane to start a pod (`wake::WakeCall`), at most once per pod every
+    /// `wake::CALL_EVERY_SECS` in this worker. Nobody waits for the answer: its token is not
+    /// one of `calls`, so `on_http_call_response` drops it.
+    fn wake(&mut self, context_id: u32, call: &WakeCall, now: i64) {
+        if self
+            .wakes
+            .get(&call.pod)
+            .is_some_and(|at| now < at.saturating_add(wake::CALL_EVERY_SECS))
+        {
+            return;
+        }
+        if self.wakes.len() >= MAX_WAKES {
+            self.wakes
+                .retain(|_, at| now < at.saturating_add(wake::CALL_EVERY_SECS));
+            if self.wakes.len() >= MAX_WAKES {
+                return;
+            }
+        }
+        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
+        // Made on behalf of the root context: the page is answered at once, and a call owned
+        // by that stream would be cancelled when it ends.
+        let on_root = self
+            .root_context
+            .is_some_and(|root| raw::set_effective_context(root).is_ok());
+        let made = raw::http_call(&call.cluster, &headers, b"", call.timeout_ms);
+        if on_root {
+            if let Err(status) = raw::set_effective_context(context_id) {
+                log(
+                    LogLevel::Error,
+                    &format!("podgate: cannot return to the request after waking: {status:?}"),
+                );
+            }
+        }
+        match made {
+            Ok(_) => {
+                self.wakes.insert(call.pod.clone(), now);
+            }
+            Err(status) => log(
+                LogLevel::Error,
+                &format!("podgate: cannot call the control plane to start a pod: {status:?}"),
+            ),
+        }
     }
 
     fn forward(&mut self, context_id: u32, forward: Rc<Forward>, now: i64) -> Action {

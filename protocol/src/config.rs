@@ -10,6 +10,7 @@ use crate::cutoff::{CompiledCutoffs, Cutoffs};
 use crate::host::{
     HostTemplate, TemplateError, DEFAULT_PUBLIC_TEMPLATE, DEFAULT_UPSTREAM_TEMPLATE,
 };
+use crate::rate::RateLimits;
 use crate::renewal::{CompiledRenewal, InForce, Renewal};
 use crate::set_cookie::ReservedNames;
 use crate::token::{
@@ -185,6 +186,14 @@ pub struct FilterConfig {
     /// configuration without it is one an older filter takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal: Option<Renewal>,
+    /// The control plane can start stopped pods (`wake`): a browser loading a page of one asks
+    /// it to, through the renewal's call, and gets a page that reloads itself. Needs `renewal`.
+    /// Left out when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wake: bool,
+    /// Request-rate limits per user and per pod (`rate`); left out when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
     #[serde(default = "default_leeway")]
     pub leeway_secs: i64,
     #[serde(default = "default_max_lifetime")]
@@ -229,6 +238,10 @@ pub struct CompiledConfig {
     pub logout_url: String,
     /// Renewing browser capabilities (`renewal`); `None`: off.
     pub renewal: Option<CompiledRenewal>,
+    /// Stopped pods can be started (`wake`); only with `renewal`, whose call it uses.
+    pub wake: bool,
+    /// Request-rate limits (`rate`); `None`: none.
+    pub rate_limits: Option<RateLimits>,
     pub token_cache_entries: usize,
 }
 
@@ -312,6 +325,9 @@ impl FilterConfig {
             .map(Renewal::compile)
             .transpose()
             .map_err(|e| field("renewal", e))?;
+        if let Some(limits) = &self.rate_limits {
+            limits.check().map_err(|e| field("rate_limits", e))?;
+        }
         if !(0..=300).contains(&self.leeway_secs) {
             return Err(field("leeway_secs", "must be between 0 and 300"));
         }
@@ -363,6 +379,8 @@ impl FilterConfig {
             revoked: self.revoked_jti.into_iter().collect(),
             cutoffs,
             logout_url,
+            wake: self.wake && renewal.is_some(),
+            rate_limits: self.rate_limits,
             renewal,
             token_cache_entries: self.token_cache_entries,
         })

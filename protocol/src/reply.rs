@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::config::PodStatus;
 use crate::host::HostError;
+use crate::rate::Limited;
 use crate::token::TokenError;
 
 /// The realm in `WWW-Authenticate`.
@@ -43,6 +44,9 @@ pub enum Denial {
     UnknownPod,
     /// 503: the pod exists but is not running.
     NotRunning(PodStatus),
+    /// 429: the user's or the pod's request rate is spent (`rate`); retry after that many
+    /// seconds.
+    RateLimited { scope: Limited, retry_after: u32 },
     /// 500: the filter has no usable configuration; fail closed.
     NotConfigured,
     /// 500: a call to the proxy failed (reading the request, the clock, or applying the
@@ -91,6 +95,7 @@ impl Denial {
             Denial::BadPreflight => "bad_preflight",
             Denial::UnknownPod => "unknown_pod",
             Denial::NotRunning(_) => "pod_not_running",
+            Denial::RateLimited { .. } => "rate_limited",
             Denial::NotConfigured => "not_configured",
             Denial::HostCallFailed => "host_error",
             Denial::ApiTokenRefused => "api_token_refused",
@@ -101,7 +106,7 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 18] = [
+    pub const ALL_REASONS: [&'static str; 19] = [
         "bad_host",
         "malformed_header",
         "malformed_authorization",
@@ -114,6 +119,7 @@ impl Denial {
         "bad_preflight",
         "unknown_pod",
         "pod_not_running",
+        "rate_limited",
         "not_configured",
         "host_error",
         "api_token_refused",
@@ -186,6 +192,17 @@ impl Denial {
                 format!("Pod is not running (status: {})", status.as_str()),
                 None,
             ),
+            Denial::RateLimited { scope, retry_after } => (
+                429,
+                format!(
+                    "Too many requests: {} request rate is spent; retry in {retry_after} s",
+                    match scope {
+                        Limited::User => "your",
+                        Limited::Pod => "this pod's",
+                    }
+                ),
+                Some("slow down; wait for Retry-After seconds before the next request"),
+            ),
             Denial::NotConfigured => (
                 500,
                 "podgate is not configured; nothing is forwarded".into(),
@@ -241,6 +258,9 @@ impl Denial {
         match self {
             Denial::ExchangeBusy(secs) => headers.push(("retry-after", secs.to_string())),
             Denial::ExchangeFailed => headers.push(("retry-after", "1".to_owned())),
+            Denial::RateLimited { retry_after, .. } => {
+                headers.push(("retry-after", retry_after.to_string()))
+            }
             _ => {}
         }
         if status == 401 {

@@ -35,6 +35,10 @@ fn denials() -> Vec<Denial> {
         Denial::BadPreflight,
         Denial::UnknownPod,
         Denial::NotRunning(PodStatus::Stopped),
+        Denial::RateLimited {
+            scope: podgate_protocol::rate::Limited::User,
+            retry_after: 1,
+        },
         Denial::NotConfigured,
         Denial::HostCallFailed,
         Denial::ApiTokenRefused,
@@ -57,6 +61,7 @@ fn denials() -> Vec<Denial> {
             | Denial::BadPreflight
             | Denial::UnknownPod
             | Denial::NotRunning(_)
+            | Denial::RateLimited { .. }
             | Denial::NotConfigured
             | Denial::HostCallFailed
             | Denial::ApiTokenRefused

@@ -512,13 +512,24 @@ fn stopped_pod_answers_503_with_its_status_and_comes_back() {
             "{}",
             answer.body
         );
-        // A page load with the cookie gets the same answer (no redirect loop).
+        // A page load with the cookie gets the same answer as a page (no redirect loop).
         let load = web
             .navigate(&stack.pod_url(&seeded.slug, PAGE, "/"))
             .await
             .unwrap();
         assert_eq!(load.status, 503, "{}", load.trail());
-        assert_eq!(load.json()["error"], "Pod is not running (status: stopped)");
+        assert_eq!(
+            load.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert!(
+            load.body.contains(&format!(
+                "Pod {} is not running (status: stopped).",
+                seeded.slug
+            )),
+            "{}",
+            load.body
+        );
         // And a WebSocket: refused before the pod.
         let host = stack.pod_host(&seeded.slug, PAGE);
         let cookie = web.jar.header(&host).unwrap();
@@ -1351,5 +1362,134 @@ fn sign_in_lands_on_the_canonical_next_never_another_host_or_a_ticket() {
             assert!(!seen[0].mentions("stale-ticket"), "{next}: {:?}", seen[0]);
         }
         assert_untouched(&servers.b, "server B");
+    });
+}
+
+/// Secret the wake test's platform expects from the control plane.
+const HOOK_SECRET: &str = "start-hook-secret-0123456789abcdef0123";
+
+/// A fake platform's start hook on loopback: answers 202 to every request and reports each one
+/// (request line, `podgate-start-secret`) on the channel. Its port.
+async fn fake_platform(calls: tokio::sync::mpsc::UnboundedSender<(String, Option<String>)>) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let mut lines = head.split("\r\n");
+                let line = lines.next().unwrap_or_default();
+                let line = line.rsplit_once(' ').map_or(line, |(l, _)| l).to_owned();
+                let secret = lines.find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("podgate-start-secret")
+                        .then(|| value.trim().to_owned())
+                });
+                let _ = calls.send((line, secret));
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// A member opens a stopped pod in Chromium: the page says it is starting and the control plane
+/// calls the operator's start hook (with its secret, once); the fake platform reports the pod
+/// `running` two seconds later through the admin API, and the page reloads itself onto the
+/// pod's own content, the user doing nothing.
+#[test]
+fn browser_on_a_stopped_pod_wakes_it_and_ends_on_the_pods_page() {
+    if browser_or_skip().is_none() {
+        return;
+    }
+    block_on(async {
+        let (tx, mut calls) = tokio::sync::mpsc::unbounded_channel();
+        let hook_port = fake_platform(tx).await;
+        let mut options = StackOptions::new("wake-browser");
+        options.extra_args = vec![
+            "--start-hook-url".into(),
+            format!("http://127.0.0.1:{hook_port}/pods/{{pod}}/start"),
+            "--start-hook-secret".into(),
+            HOOK_SECRET.into(),
+        ];
+        let stack = FullStack::start(options).await.unwrap();
+        let (servers, seeded) = seed_pod(&stack, "wake").await;
+        let owner = WebClient::new().unwrap();
+        stack.dev_login(&owner, &seeded.owner).await.unwrap();
+        let token = stack.capability(&owner, &seeded.slug, API).await.unwrap();
+        stack
+            .admin
+            .put(
+                &format!("/v1/pods/{}/status", seeded.slug),
+                json!({"status": "stopped"}),
+            )
+            .await
+            .unwrap();
+        let script = stack
+            .wait_until(&seeded.slug, API, &token, "the pod stops", |a| {
+                a.status == 503
+            })
+            .await
+            .unwrap();
+        // A script gets the JSON and starts nothing.
+        assert_eq!(
+            script.json()["error"],
+            "Pod is not running (status: stopped)"
+        );
+        servers.a.reset();
+
+        let browser = Browser::start((800, 600)).await.unwrap();
+        browser
+            .goto(&stack.cp_url(&format!("/dev/login?user={}", seeded.member)))
+            .await
+            .unwrap();
+        browser
+            .goto(&stack.pod_url(&seeded.slug, PAGE, "/"))
+            .await
+            .unwrap();
+        let title = browser.execute("return document.title").await.unwrap();
+        assert_eq!(title, "Pod starting", "{}", stack.logs());
+        let (line, secret) = tokio::time::timeout(Duration::from_secs(20), calls.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the start hook was not called\n{}", stack.logs()))
+            .unwrap();
+        assert_eq!(line, format!("POST /pods/{}/start", seeded.slug));
+        assert_eq!(secret.as_deref(), Some(HOOK_SECRET));
+        assert_untouched(&servers.a, "stopped pod");
+
+        // The platform starts the pod.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stack
+            .admin
+            .put(
+                &format!("/v1/pods/{}/status", seeded.slug),
+                json!({"status": "running"}),
+            )
+            .await
+            .unwrap();
+        let shown = browser
+            .wait_for(
+                "var m = document.getElementById('marker'); return m ? m.textContent : '';",
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+        assert_eq!(shown, marker(PAGE));
+        // The page reloaded every two seconds meanwhile; the hook was called once.
+        assert!(calls.try_recv().is_err(), "the start hook was called again");
     });
 }

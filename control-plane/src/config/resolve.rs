@@ -8,9 +8,11 @@ use podgate_protocol::host::HostTemplate;
 
 use crate::config::{
     bad, idp, limits, Config, ConfigError, LogFormat, SameSite, Scheme, Settings, SigningAlg,
-    XdsConfig,
+    StartHook, XdsConfig,
 };
 
+/// Fewest seconds between two start hook calls for one pod unless configured.
+pub const DEFAULT_START_HOOK_INTERVAL_SECS: u64 = 30;
 /// Default listen address of the HTTP API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default database: an SQLite file next to where the server runs.
@@ -350,6 +352,27 @@ impl Settings {
             (Some(dir), Need::Server) => crate::config::cli_dir::scan(dir)?,
             _ => Vec::new(),
         };
+        let per_user = self
+            .edge_rate_per_user
+            .as_deref()
+            .map(|v| parse_rate("edge-rate-per-user", v))
+            .transpose()?;
+        let per_pod = self
+            .edge_rate_per_pod
+            .as_deref()
+            .map(|v| parse_rate("edge-rate-per-pod", v))
+            .transpose()?;
+        let edge_rates =
+            (per_user.is_some() || per_pod.is_some()).then(|| podgate_protocol::rate::RateLimits {
+                per_user,
+                per_pod,
+                ..Default::default()
+            });
+        let start_hook = resolve_start_hook(
+            self.start_hook_url,
+            self.start_hook_secret,
+            self.start_hook_interval_secs,
+        )?;
 
         Ok(Config {
             listen,
@@ -380,8 +403,67 @@ impl Settings {
             key_publish_delay,
             limits,
             cli_binaries,
+            start_hook,
+            edge_rates,
         })
     }
+}
+
+/// `PER_SECOND/BURST` (both at least 1) of the `--edge-rate-*` flag `name`.
+fn parse_rate(name: &str, value: &str) -> Result<podgate_protocol::rate::Rate, ConfigError> {
+    let parsed = value.split_once('/').and_then(|(rate, burst)| {
+        Some(podgate_protocol::rate::Rate {
+            per_second: rate.trim().parse().ok()?,
+            burst: burst.trim().parse().ok()?,
+        })
+    });
+    match parsed {
+        Some(rate) if rate.check().is_ok() => Ok(rate),
+        _ => Err(bad(format!(
+            "--{name} {value:?} is not PER_SECOND/BURST with both at least 1, e.g. 50/100"
+        ))),
+    }
+}
+
+/// The start hook from its three settings: a URL needs a secret, the others need the URL.
+fn resolve_start_hook(
+    url: Option<String>,
+    secret: Option<String>,
+    interval: Option<u64>,
+) -> Result<Option<StartHook>, ConfigError> {
+    let Some(url) = url else {
+        if secret.is_some() || interval.is_some() {
+            return Err(bad(
+                "a start hook secret or interval without a start hook URL; set PODGATE_START_HOOK_URL too, or neither",
+            ));
+        }
+        return Ok(None);
+    };
+    let parsed = url::Url::parse(&url.replace("{pod}", "pod"))
+        .map_err(|e| bad(format!("the start hook URL {url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad(format!(
+            "the start hook URL {url:?} must be an absolute http(s) URL, e.g. https://platform.internal/pods/{{pod}}/start"
+        )));
+    }
+    let secret = match secret {
+        Some(s) if s.len() >= MIN_ADMIN_TOKEN_LEN && s.bytes().all(|b| b.is_ascii_graphic()) => s,
+        _ => {
+            return Err(bad(format!(
+                "the start hook needs a secret of at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters; set PODGATE_START_HOOK_SECRET to e.g. `openssl rand -hex 32`"
+            )))
+        }
+    };
+    let interval_secs = match interval {
+        Some(0) => return Err(bad("the start hook interval must be at least 1 second")),
+        Some(n) => n,
+        None => DEFAULT_START_HOOK_INTERVAL_SECS,
+    };
+    Ok(Some(StartHook {
+        url,
+        secret,
+        interval_secs,
+    }))
 }
 
 fn resolve_xds(

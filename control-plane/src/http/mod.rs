@@ -21,3 +21,4 @@ pub mod session;
 pub mod setup;
 pub mod shared;
 pub mod sign_in;
+pub mod wake;

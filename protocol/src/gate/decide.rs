@@ -580,6 +580,23 @@ fn forward_to_pod(
     Decision::Forward(Rc::new(forward))
 }
 
+/// The capability `decide` granted `req` for its host, found again (from the verified-token
+/// cache `decide` just filled, so no signature is checked twice); `None` when none was. For a
+/// refusal that comes after the grant and needs the capability: waking a stopped pod.
+pub(super) fn granted(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    req: &Request<'_>,
+    now: i64,
+) -> Option<(PodAddr, Rc<Verified>)> {
+    let pod = config.public_hosts.parse(req.authority).ok()?;
+    let bearers = our_bearers(req).ok()?;
+    match choose(config, cache, candidates(config, req, &bearers), &pod, now) {
+        Choice::Granted(_, verified) => Some((pod, verified)),
+        Choice::ScopedElsewhere | Choice::Refused(_) => None,
+    }
+}
+
 /// `X-Forwarded-Host`: the public pod host the client asked for (Host is rewritten to the
 /// upstream host), rendered from the parsed pod, with the `:port` the client's authority had.
 /// Replaces every client copy.

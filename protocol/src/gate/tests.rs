@@ -61,6 +61,8 @@ pub(super) fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledCo
         cutoffs: Default::default(),
         logout_url: None,
         renewal: None,
+        wake: false,
+        rate_limits: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 16,
@@ -742,6 +744,9 @@ fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)], now: i64) -> Decision 
         Outcome::Answer(reply) => Decision::Answer(reply),
         Outcome::Exchange(need) => Decision::Exchange(need),
         Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
+        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => {
+            panic!("answered with a page: {reply:?}")
+        }
     }
 }
 

@@ -166,3 +166,39 @@ fn response_cost_per_case() {
     assert!(rows[0].0 < 5_000, "{}", rows[0].0);
     assert!(rows[1].0 < 15_000, "{}", rows[1].0);
 }
+
+/// Fuel of a cached forward (a memo hit) with rate limits that never refuse, against the same
+/// without limits: what the per-user and per-pod buckets cost on the cached path. Printed with
+/// `-- --nocapture`; the section on rate limits in `BENCHMARKS.md` quotes it.
+#[test]
+fn rate_limits_cost_on_the_cached_path() {
+    let key = ed_key(1);
+    let t = cap(&key, "alpha", PORT);
+    let cached = |config: &serde_json::Value| {
+        let mut vm = vm_with(config);
+        Req::alpha().cookie(&t).send(&mut vm).forwarded();
+        let hit = Req::alpha().cookie(&t).send(&mut vm);
+        hit.forwarded();
+        hit
+    };
+    let plain = cached(&config(&[&key]));
+    let mut limited_config = config(&[&key]);
+    let never = serde_json::json!({"per_second": u32::MAX, "burst": u32::MAX});
+    limited_config["rate_limits"] = serde_json::json!({"per_user": never, "per_pod": never});
+    let limited = cached(&limited_config);
+    println!(
+        "cached forward: {} without limits, {} with per-user and per-pod limits (+{})",
+        plain.fuel,
+        limited.fuel,
+        limited.fuel.saturating_sub(plain.fuel)
+    );
+    // No host call more: the buckets live in the VM.
+    assert_eq!(calls(&limited), calls(&plain));
+    // Two hash lookups and a refill: a small share of the cached request.
+    assert!(
+        limited.fuel < plain.fuel + plain.fuel / 3,
+        "{} against {}",
+        limited.fuel,
+        plain.fuel
+    );
+}

@@ -121,6 +121,8 @@ fn every_answer_counts_under_its_reason() {
         ("podgate.denied.bad_preflight", 1),
         ("podgate.denied.unknown_pod", 1),
         ("podgate.denied.pod_not_running", 1),
+        // Rate limits are off in this configuration (`e2e_pages.rs` counts them).
+        ("podgate.denied.rate_limited", 0),
         ("podgate.denied.not_configured", 0),
         ("podgate.denied.host_error", 0),
         ("podgate.preflight", 1),
