@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
+use podgate_protocol::assertion::ASSERTION_HEADER;
 use podgate_protocol::config::FilterConfig;
 use podgate_protocol::gate::{Forward, Gate, HeaderEdit, Outcome};
 use podgate_protocol::renewal::{self, Renewed};
@@ -62,10 +63,11 @@ enum Counter {
     Renewed,
     RenewalRefused,
     RenewalFailed,
+    AssertionSigned,
 }
 
 impl Counter {
-    const ALL: [(Counter, &'static str); 14] = [
+    const ALL: [(Counter, &'static str); 15] = [
         (Counter::Allowed, "podgate.allowed"),
         (Counter::Callback, "podgate.callback"),
         (Counter::CacheHits, "podgate.token_cache.hits"),
@@ -83,6 +85,7 @@ impl Counter {
         (Counter::Renewed, "podgate.renewal.renewed"),
         (Counter::RenewalRefused, "podgate.renewal.refused"),
         (Counter::RenewalFailed, "podgate.renewal.failed"),
+        (Counter::AssertionSigned, "podgate.assertion.signed"),
     ];
 }
 
@@ -650,6 +653,20 @@ impl Filter {
         if forward.user.is_none() {
             self.metrics.bump(Counter::Callback, 1);
             return Action::Continue;
+        }
+        // The identity assertion: signed once per capability and worker per half its lifetime,
+        // a cached value (one header write) on every other request.
+        let signed = self.gate.assertions_signed();
+        if let Some(assertion) = self.gate.assertion(&forward, now) {
+            self.metrics.bump(
+                Counter::AssertionSigned,
+                self.gate.assertions_signed() - signed,
+            );
+            let map = MapType::HttpRequestHeaders;
+            let name = ASSERTION_HEADER.as_bytes();
+            if let Err(status) = raw::replace_header(map, name, assertion.as_bytes()) {
+                return self.host_failed("setting the identity assertion", status);
+            }
         }
         // To a pod (not the control plane, which sets our cookie): a WebSocket is closed when
         // the capability expires unrenewed, and the response is sanitized.

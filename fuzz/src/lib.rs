@@ -775,6 +775,7 @@ fn gate_filter_config(https: bool, keys: KeySet) -> FilterConfig {
         cutoffs: Default::default(),
         logout_url: None,
         renewal: None,
+        assertion: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 2,

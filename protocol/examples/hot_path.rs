@@ -57,6 +57,7 @@ fn main() {
         cutoffs: Default::default(),
         logout_url: None,
         renewal: None,
+        assertion: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 1024,

@@ -135,6 +135,8 @@ fn every_answer_counts_under_its_reason() {
         ("podgate.renewal.renewed", 0),
         ("podgate.renewal.refused", 0),
         ("podgate.renewal.failed", 0),
+        // No assertion key in this configuration (`assertion` tests them in a real Envoy).
+        ("podgate.assertion.signed", 0),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
