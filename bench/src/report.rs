@@ -575,6 +575,9 @@ fn describe(c: &CaseResult) -> String {
         (Proxy::JwtAuthnNoCache, _) => format!("jwt_authn, cache off, {alg}"),
         (Proxy::Podgate, TokenUse::Same) => format!("podgate, cache on, {alg}"),
         (Proxy::Podgate, TokenUse::Fresh) => format!("podgate, new token every request, {alg}"),
+        (Proxy::PodgateAssertion, _) => {
+            format!("podgate signing the identity assertion, cache on, {alg}")
+        }
     }
 }
 
