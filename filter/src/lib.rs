@@ -18,8 +18,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
+use podgate_protocol::access_log;
 use podgate_protocol::assertion::ASSERTION_HEADER;
 use podgate_protocol::config::FilterConfig;
+use podgate_protocol::config::{POD_HEADER, PORT_HEADER};
 use podgate_protocol::gate::{Forward, Gate, HeaderEdit, Outcome};
 use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::{Denial, Reply};
@@ -264,6 +266,54 @@ fn answer(reply: &Reply) -> Action {
         );
     }
     Action::Pause
+}
+
+/// Tells the access log who the request is for, the pod, the port and the decision
+/// (`access_log`). A failure is logged, never a reason to refuse the request.
+fn record(outcome: &Outcome) {
+    let set = |name: &str, edits: &[HeaderEdit]| {
+        edits.iter().rev().find_map(|edit| match edit {
+            HeaderEdit::Set(n, v) if n == name => Some(v.clone()),
+            _ => None,
+        })
+    };
+    let value = match outcome {
+        Outcome::Forward(forward) => {
+            let decision = if forward.user.is_some() {
+                access_log::Decision::Allow
+            } else {
+                access_log::Decision::Callback
+            };
+            let pod = set(POD_HEADER, &forward.edits);
+            let port = set(PORT_HEADER, &forward.edits);
+            access_log::line(
+                forward.user.as_deref(),
+                pod.as_deref(),
+                port.as_deref(),
+                decision,
+                None,
+            )
+        }
+        Outcome::Deny(denial) => access_log::line(
+            None,
+            None,
+            None,
+            access_log::Decision::Deny,
+            Some(denial.reason()),
+        ),
+        Outcome::Preflight(_) => {
+            access_log::line(None, None, None, access_log::Decision::Preflight, None)
+        }
+        Outcome::Answer(_) => {
+            access_log::line(None, None, None, access_log::Decision::Answer, None)
+        }
+    };
+    if let Err(status) = raw::set_property(access_log::PROPERTY, &value) {
+        log(
+            LogLevel::Error,
+            &format!("podgate: cannot set the access log's filter state: {status:?}"),
+        );
+    }
 }
 
 fn apply_request(edits: &[HeaderEdit]) -> Result<(), raw::HostStatus> {
@@ -626,6 +676,7 @@ impl Filter {
         let after = self.gate.stats();
         self.metrics.bump(Counter::CacheHits, after.0 - before.0);
         self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
+        record(&outcome);
         match outcome {
             Outcome::Forward(forward) => self.forward(context_id, forward, now),
             Outcome::Deny(denial) => self.deny(&denial),

@@ -857,6 +857,61 @@ fn an_assertion_is_no_capability_at_the_edge() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Access logs
+
+/// Envoy's access log line names who (the capability's user, or `-`), the pod, the port, the
+/// filter's decision and its reason; never the token.
+#[test]
+fn access_log_says_who_which_pod_and_what_the_filter_decided() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let allowed_path = format!("/logged-allow-{}", now());
+        let denied_path = format!("/logged-deny-{}", now());
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), &allowed_path)
+                .header("cookie", format!("podgate_cap={token}")),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let answer = send(stack.client.get(&alpha_host(), &denied_path)).await;
+        assert_eq!(answer.status, 401, "{}", answer.body);
+        let line_with =
+            |log: &str, path: &str| log.lines().find(|l| l.contains(path)).map(str::to_owned);
+        // Envoy flushes its access log file now and then (the file flush interval, 10 s by
+        // default), not per line.
+        let mut log = String::new();
+        for _ in 0..150 {
+            log = stack.envoy.log();
+            if line_with(&log, &allowed_path).is_some() && line_with(&log, &denied_path).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let allowed = line_with(&log, &allowed_path).expect("the allowed request is logged");
+        assert!(
+            allowed.contains(&format!(
+                "user={USER} pod=alpha port={PORT} decision=allow reason=-"
+            )),
+            "{allowed}"
+        );
+        let denied = line_with(&log, &denied_path).unwrap_or_else(|| {
+            panic!(
+                "the denied request is not logged:\n{}",
+                stack.envoy.log_tail()
+            )
+        });
+        assert!(
+            denied.contains("user=- pod=- port=- decision=deny reason=no_capability"),
+            "{denied}"
+        );
+        assert!(!log.contains(&token), "the token reached Envoy's log");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
 // WebSockets
 
 async fn assert_echoes(outcome: WsOutcome, pod: &FakePod) {
