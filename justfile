@@ -38,9 +38,17 @@ build-filter: setup
 build: build-filter
     cargo build --release -p podgate -p podgate-cli
 
-# Run every test: native units, the wasm filter in wasmtime, Envoy end to end, both databases.
+# Run every test: native units, the wasm filter in wasmtime, Envoy end to end, both databases;
+# then, last, scan every log Envoy and the control plane wrote during them for credentials.
 test: build-filter
-    cargo test --workspace --no-fail-fast
+    #!/usr/bin/env bash
+    set -uo pipefail
+    export PODGATE_TEST_LOG_ARCHIVE={{root}}/target/test-logs
+    rm -rf "$PODGATE_TEST_LOG_ARCHIVE"
+    status=0
+    cargo test --workspace --no-fail-fast || status=$?
+    cargo test -p podgate-wasm-tests --test log_scan -- --ignored --nocapture || status=$?
+    exit $status
 
 # The whole stack on this machine: control plane (SQLite, dev login), Envoy and a demo pod;
 # prints the URLs and a curl line; Ctrl-C stops everything.

@@ -131,7 +131,11 @@ cp_url="http://$cp_host:$cp_port"
 pod_url() { echo "http://localhost-$1-pod-demo.$domain:$envoy_port"; }
 
 say "starting the demo pod on 127.0.0.1:$pod_port"
+# The pod verifies podgate's identity assertion with the control plane's published keys (it
+# fetches them once the control plane is up) and shows who it proves in /api/info.
 "$demo_pod" --listen "127.0.0.1:$pod_port" --name "demo pod on server local (127.0.0.1:$pod_port)" \
+    --assertion-jwks-url "http://127.0.0.1:$cp_port/.well-known/podgate-assertion-jwks.json" \
+    --issuer "$cp_url" --pod demo --domain "$domain" \
     >"$demo_dir/demo-pod.log" 2>&1 &
 pids+=($!)
 wait_for "the demo pod" demo-pod.log bash -c "exec 3<>/dev/tcp/127.0.0.1/$pod_port"
@@ -213,6 +217,8 @@ if $check; then
     info=$(eval "$curl_line -sf") || die "the curl line failed: $curl_line"
     printf '%s\n' "$info"
     printf '%s' "$info" | grep -q '"user":"demo"' || die "the JSON API did not see user demo: $info"
+    printf '%s' "$info" | grep -q '"assertion":{"verified":{"sub":"demo"' \
+        || die "the pod did not verify an identity assertion for user demo: $info"
     say "checking the browser flow with curl (pod URL → /api/proxy-auth → sign-in → callback → page)"
     page_jar=$demo_dir/browser-cookies.txt
     page=$(curl -sfL -c "$page_jar" -b "$page_jar" -H 'Accept: text/html' -H 'Sec-Fetch-Mode: navigate' \

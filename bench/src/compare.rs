@@ -34,6 +34,9 @@ pub enum Proxy {
     /// D-limit: the same with per-user and per-pod rate limits so high they never refuse: what
     /// the token buckets cost on the cached path.
     PodgateLimited,
+    /// D-assert: the podgate filter signing the identity assertion (`x-podgate-assertion`),
+    /// verified-token cache on: against D, what the assertion costs a cached request.
+    PodgateAssertion,
     /// W: Envoy with a Wasm filter that does nothing (`bench/noop-filter`) but exports the
     /// callbacks podgate's does: what entering the VM costs before any work.
     WasmNoop,
@@ -133,6 +136,7 @@ struct Envoys {
     jwt_nocache: Envoy,
     podgate: Envoy,
     podgate_limited: Envoy,
+    podgate_assertion: Envoy,
     wasm_noop: Envoy,
     wasm_calls: Envoy,
 }
@@ -146,6 +150,7 @@ impl Envoys {
             Proxy::JwtAuthnNoCache => Some(&self.jwt_nocache),
             Proxy::Podgate => Some(&self.podgate),
             Proxy::PodgateLimited => Some(&self.podgate_limited),
+            Proxy::PodgateAssertion => Some(&self.podgate_assertion),
             Proxy::WasmNoop => Some(&self.wasm_noop),
             Proxy::WasmCalls => Some(&self.wasm_calls),
         }
@@ -197,6 +202,8 @@ async fn start_envoys(
         config.to_string()
     };
     tokens::check_filter_config(&limited_config)?;
+    let assertion_config = tokens::with_assertion(&filter_config)?;
+    tokens::check_filter_config(&assertion_config)?;
     Ok(Envoys {
         plain: start("plain", vec![], Route::Cluster(cluster), 1).await?,
         jwt_cache: start(
@@ -225,6 +232,13 @@ async fn start_envoys(
             vec![envoy::podgate_filter(wasm, &limited_config)],
             Route::ClusterHeader("x-podgate-cluster"),
             7,
+        )
+        .await?,
+        podgate_assertion: start(
+            "podgate-assertion",
+            vec![envoy::podgate_filter(wasm, &assertion_config)],
+            Route::ClusterHeader("x-podgate-cluster"),
+            8,
         )
         .await?,
         wasm_noop: start(
@@ -319,6 +333,17 @@ fn build_cases(keys: &Keys, fresh: u64, only: &[String]) -> anyhow::Result<Vec<C
             });
         }
     }
+    // The identity assertion on, cached requests (EdDSA capabilities): against D-cache-EdDSA.
+    let id = "D-cache-assert-EdDSA";
+    if wanted(id) {
+        cases.push(Case {
+            id: id.into(),
+            proxy: Proxy::PodgateAssertion,
+            alg: Alg::EdDSA,
+            tokens: TokenUse::Same,
+            requests: same(Alg::EdDSA)?,
+        });
+    }
     Ok(cases)
 }
 
@@ -344,7 +369,12 @@ async fn sanity(
     }
     // The auth filters really run: no token, no entry.
     let host = tokens::pod_host(tokens::BENCH_POD);
-    for proxy in [Proxy::JwtAuthnCache, Proxy::JwtAuthnNoCache, Proxy::Podgate] {
+    for proxy in [
+        Proxy::JwtAuthnCache,
+        Proxy::JwtAuthnNoCache,
+        Proxy::Podgate,
+        Proxy::PodgateAssertion,
+    ] {
         let Some(e) = envoys.get(proxy) else { continue };
         let status = load::probe(e.listener, &Requests::fixed(&host, "not-a-token")).await?;
         if status != 401 {

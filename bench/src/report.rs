@@ -578,6 +578,9 @@ fn describe(c: &CaseResult) -> String {
             format!("podgate, cache on, rate limits that never refuse, {alg}")
         }
         (Proxy::Podgate, TokenUse::Fresh) => format!("podgate, new token every request, {alg}"),
+        (Proxy::PodgateAssertion, _) => {
+            format!("podgate signing the identity assertion, cache on, {alg}")
+        }
     }
 }
 

@@ -19,7 +19,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
+use podgate_protocol::access_log;
+use podgate_protocol::assertion::ASSERTION_HEADER;
 use podgate_protocol::config::FilterConfig;
+use podgate_protocol::config::{POD_HEADER, PORT_HEADER};
 use podgate_protocol::exchange::{self, ExchangeKey, ExchangeNeeded};
 use podgate_protocol::gate::{Forward, Gate, HeaderEdit, Outcome};
 use podgate_protocol::renewal::{self, Renewed};
@@ -67,10 +70,11 @@ enum Counter {
     RenewalFailed,
     ExchangeCalls,
     ExchangeGranted,
+    AssertionSigned,
 }
 
 impl Counter {
-    const ALL: [(Counter, &'static str); 16] = [
+    const ALL: [(Counter, &'static str); 17] = [
         (Counter::Allowed, "podgate.allowed"),
         (Counter::Callback, "podgate.callback"),
         (Counter::CacheHits, "podgate.token_cache.hits"),
@@ -90,6 +94,7 @@ impl Counter {
         (Counter::RenewalFailed, "podgate.renewal.failed"),
         (Counter::ExchangeCalls, "podgate.exchange.calls"),
         (Counter::ExchangeGranted, "podgate.exchange.granted"),
+        (Counter::AssertionSigned, "podgate.assertion.signed"),
     ];
 }
 
@@ -303,6 +308,78 @@ fn answer(reply: &Reply) -> Action {
         );
     }
     Action::Pause
+}
+
+/// Tells the access log who the request is for, the pod, the port and the decision
+/// (`access_log`). A failure is logged, never a reason to refuse the request.
+fn record(outcome: &Outcome) {
+    let set = |name: &str, edits: &[HeaderEdit]| {
+        edits.iter().rev().find_map(|edit| match edit {
+            HeaderEdit::Set(n, v) if n == name => Some(v.clone()),
+            _ => None,
+        })
+    };
+    let value = match outcome {
+        Outcome::Forward(forward) => {
+            let decision = if forward.user.is_some() {
+                access_log::Decision::Allow
+            } else {
+                access_log::Decision::Callback
+            };
+            let pod = set(POD_HEADER, &forward.edits);
+            let port = set(PORT_HEADER, &forward.edits);
+            access_log::line(
+                forward.user.as_deref(),
+                pod.as_deref(),
+                port.as_deref(),
+                decision,
+                None,
+            )
+        }
+        Outcome::Deny(denial) => access_log::line(
+            None,
+            None,
+            None,
+            access_log::Decision::Deny,
+            Some(denial.reason()),
+        ),
+        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => access_log::line(
+            None,
+            None,
+            None,
+            access_log::Decision::Deny,
+            Some(reply.reason),
+        ),
+        // Recorded once the exchange decides it (`decide_again`, or the refusal).
+        Outcome::Exchange(_) => return,
+        Outcome::Preflight(_) => {
+            access_log::line(None, None, None, access_log::Decision::Preflight, None)
+        }
+        Outcome::Answer(_) => {
+            access_log::line(None, None, None, access_log::Decision::Answer, None)
+        }
+    };
+    set_access_line(&value);
+}
+
+/// The access log's line for a request refused for `reason` after it waited (an exchange).
+fn record_refusal(reason: &str) {
+    set_access_line(&access_log::line(
+        None,
+        None,
+        None,
+        access_log::Decision::Deny,
+        Some(reason),
+    ));
+}
+
+fn set_access_line(value: &str) {
+    if let Err(status) = raw::set_property(access_log::PROPERTY, value) {
+        log(
+            LogLevel::Error,
+            &format!("podgate: cannot set the access log's filter state: {status:?}"),
+        );
+    }
 }
 
 fn apply_request(edits: &[HeaderEdit]) -> Result<(), raw::HostStatus> {
@@ -690,6 +767,7 @@ impl Filter {
         let after = self.gate.stats();
         self.metrics.bump(Counter::CacheHits, after.0 - before.0);
         self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
+        record(&outcome);
         match outcome {
             Outcome::Forward(forward) => self.forward(context_id, forward, now),
             Outcome::Deny(denial) => self.deny(&denial),
@@ -844,6 +922,9 @@ impl Filter {
                 .into_iter()
                 .map(|id| {
                     self.metrics.denied(reply.reason);
+                    if raw::set_effective_context(id).is_ok() {
+                        record_refusal(reply.reason);
+                    }
                     (id, Resume::Reply(reply.clone()))
                 })
                 .collect();
@@ -865,10 +946,13 @@ impl Filter {
             f.metrics.denied(reply.reason);
             Resume::Reply(reply)
         };
-        let resume = match self.gate.on_request(&bytes, now) {
+        let outcome = self.gate.on_request(&bytes, now);
+        record(&outcome);
+        let resume = match outcome {
             Outcome::Forward(forward) => {
                 if let Err(status) = apply_request(&forward.edits)
                     .and_then(|()| raw::call_foreign_function("clear_route_cache"))
+                    .and_then(|()| self.set_assertion(&forward, now))
                 {
                     log(
                         LogLevel::Error,
@@ -950,6 +1034,21 @@ impl Filter {
         }
     }
 
+    /// Sets the identity assertion on a forward to a pod: signed once per capability and worker
+    /// per half its lifetime, a cached value (one header write) on every other request.
+    fn set_assertion(&mut self, forward: &Forward, now: i64) -> Result<(), raw::HostStatus> {
+        let signed = self.gate.assertions_signed();
+        let Some(assertion) = self.gate.assertion(forward, now) else {
+            return Ok(());
+        };
+        self.metrics.bump(
+            Counter::AssertionSigned,
+            self.gate.assertions_signed() - signed,
+        );
+        let map = MapType::HttpRequestHeaders;
+        raw::replace_header(map, ASSERTION_HEADER.as_bytes(), assertion.as_bytes())
+    }
+
     fn forward(&mut self, context_id: u32, forward: Rc<Forward>, now: i64) -> Action {
         if let Err(status) = apply_request(&forward.edits) {
             return self.host_failed("editing the request headers", status);
@@ -961,6 +1060,9 @@ impl Filter {
         if forward.user.is_none() {
             self.metrics.bump(Counter::Callback, 1);
             return Action::Continue;
+        }
+        if let Err(status) = self.set_assertion(&forward, now) {
+            return self.host_failed("setting the identity assertion", status);
         }
         // To a pod (not the control plane, which sets our cookie): a WebSocket is closed when
         // the capability expires unrenewed, and the response is sanitized.

@@ -94,6 +94,12 @@ extern "C" {
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_close_stream(stream_type: u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
@@ -231,6 +237,13 @@ pub fn send_local_response(
             -1,
         )
     })
+}
+
+/// Sets the property `path` (one segment) of the effective context to `value`; Envoy keeps it
+/// as the filter state `wasm.<path>`, which access logs read.
+pub fn set_property(path: &str, value: &str) -> Result<(), HostStatus> {
+    // SAFETY: pointers and lengths of live slices, only read by the host.
+    check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
 }
 
 /// Calls Envoy's foreign function `name` without arguments, dropping its result.

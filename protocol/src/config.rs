@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::assertion::{Assertion, CompiledAssertion};
 use crate::cookie;
 use crate::cutoff::{CompiledCutoffs, Cutoffs};
 use crate::host::{
@@ -22,6 +23,13 @@ use crate::token::{
 pub const CLUSTER_HEADER: &str = "x-podgate-cluster";
 /// Header the filter sets with the pod's `address:port` for an original-destination cluster.
 pub const UPSTREAM_HEADER: &str = "x-podgate-upstream";
+/// The routing headers the route configuration removes: every Envoy config podgate ships lists
+/// them in its route configuration's `request_headers_to_remove`, which the router applies
+/// after it chose the route's cluster (`CLUSTER_HEADER`), so neither pods nor the control plane
+/// receive them. `UPSTREAM_HEADER` is not here: the original-destination cluster reads it when
+/// it picks the host, after those removals, so that cluster's upstream filter removes it
+/// (`podgate_xds::builders::original_dst_cluster`).
+pub const ROUTE_HEADERS: [&str; 1] = [CLUSTER_HEADER];
 /// Identity headers the pod receives.
 pub const USER_HEADER: &str = "x-podgate-user";
 pub const EMAIL_HEADER: &str = "x-podgate-email";
@@ -194,6 +202,10 @@ pub struct FilterConfig {
     /// Request-rate limits per user and per pod (`rate`); left out when there are none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimits>,
+    /// Signing the identity assertion forwarded requests carry to pods (`assertion`). Left
+    /// out when off, so a configuration without it is one an older filter takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion: Option<Assertion>,
     #[serde(default = "default_leeway")]
     pub leeway_secs: i64,
     #[serde(default = "default_max_lifetime")]
@@ -242,6 +254,8 @@ pub struct CompiledConfig {
     pub wake: bool,
     /// Request-rate limits (`rate`); `None`: none.
     pub rate_limits: Option<RateLimits>,
+    /// Signing identity assertions (`assertion`); `None`: off.
+    pub assertion: Option<CompiledAssertion>,
     pub token_cache_entries: usize,
 }
 
@@ -328,6 +342,11 @@ impl FilterConfig {
         if let Some(limits) = &self.rate_limits {
             limits.check().map_err(|e| field("rate_limits", e))?;
         }
+        let assertion = self
+            .assertion
+            .map(Assertion::compile)
+            .transpose()
+            .map_err(|e| field("assertion", e))?;
         if !(0..=300).contains(&self.leeway_secs) {
             return Err(field("leeway_secs", "must be between 0 and 300"));
         }
@@ -382,6 +401,7 @@ impl FilterConfig {
             wake: self.wake && renewal.is_some(),
             rate_limits: self.rate_limits,
             renewal,
+            assertion,
             token_cache_entries: self.token_cache_entries,
         })
     }

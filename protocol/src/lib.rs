@@ -2,6 +2,8 @@
 //! claims, cookie rules, the filter's configuration schema and the answers the filter gives.
 //! Pure Rust with no I/O, so it builds natively and for `wasm32-wasip1`.
 
+pub mod access_log;
+pub mod assertion;
 pub mod config;
 pub mod cookie;
 pub mod cors;

@@ -77,6 +77,8 @@ pub struct Config {
     pub pod_public_port: Option<u16>,
     pub login_url: Option<String>,
     pub capability_lifetime: u64,
+    /// Lifetime of the identity assertion the filter signs; 0: off.
+    pub assertion_lifetime: u64,
     pub ticket_lifetime: u64,
     pub session_lifetime: u64,
     pub cookie_samesite: SameSite,

@@ -42,6 +42,7 @@ impl Settings {
             pod_public_port: self.pod_public_port.or(o.pod_public_port),
             login_url: self.login_url.or(o.login_url),
             capability_lifetime_secs: self.capability_lifetime_secs.or(o.capability_lifetime_secs),
+            assertion_lifetime_secs: self.assertion_lifetime_secs.or(o.assertion_lifetime_secs),
             ticket_lifetime_secs: self.ticket_lifetime_secs.or(o.ticket_lifetime_secs),
             session_lifetime_secs: self.session_lifetime_secs.or(o.session_lifetime_secs),
             cookie_samesite: self.cookie_samesite.or(o.cookie_samesite),

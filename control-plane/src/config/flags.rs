@@ -129,6 +129,11 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_CAPABILITY_LIFETIME_SECS", global = true)]
     pub capability_lifetime_secs: Option<u64>,
 
+    /// Lifetime in seconds of the identity assertion forwarded requests carry to pods
+    /// (`x-podgate-assertion`), at most 300; 0 turns assertions off [default: 60].
+    #[arg(long, env = "PODGATE_ASSERTION_LIFETIME_SECS", global = true)]
+    pub assertion_lifetime_secs: Option<u64>,
+
     /// Login ticket lifetime in seconds, at most 60 [default: 60].
     #[arg(long, env = "PODGATE_TICKET_LIFETIME_SECS", global = true)]
     pub ticket_lifetime_secs: Option<u64>,

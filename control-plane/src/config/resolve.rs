@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use podgate_protocol::assertion::DEFAULT_ASSERTION_LIFETIME_SECS;
 use podgate_protocol::host::HostTemplate;
+use podgate_protocol::token::MAX_ASSERTION_LIFETIME_SECS;
 
 use crate::config::{
     bad, idp, limits, Config, ConfigError, LogFormat, SameSite, Scheme, Settings, SigningAlg,
@@ -203,6 +205,14 @@ impl Settings {
                 "capability lifetime {capability_lifetime} s is outside 30..={MAX_CAPABILITY_LIFETIME}; set PODGATE_CAPABILITY_LIFETIME_SECS, e.g. 900"
             )));
         }
+        let assertion_lifetime = self
+            .assertion_lifetime_secs
+            .unwrap_or(DEFAULT_ASSERTION_LIFETIME_SECS as u64);
+        if assertion_lifetime > MAX_ASSERTION_LIFETIME_SECS as u64 {
+            return Err(bad(format!(
+                "assertion lifetime {assertion_lifetime} s is over {MAX_ASSERTION_LIFETIME_SECS}; set PODGATE_ASSERTION_LIFETIME_SECS, e.g. 60 (0 turns assertions off)"
+            )));
+        }
         let ticket_lifetime = self.ticket_lifetime_secs.unwrap_or(DEFAULT_TICKET_LIFETIME);
         if !(5..=MAX_TICKET_LIFETIME).contains(&ticket_lifetime) {
             return Err(bad(format!(
@@ -391,6 +401,7 @@ impl Settings {
             pod_public_port,
             login_url,
             capability_lifetime,
+            assertion_lifetime,
             ticket_lifetime,
             session_lifetime,
             cookie_samesite,

@@ -11,7 +11,8 @@
 //! | `Referrer-Policy` | `no-referrer` | every response (callback URLs carry tickets) |
 //! | `Cache-Control` | `no-store` | every response that sets a cookie (forced), and every response whose handler chose no caching itself |
 //!
-//! The one handler that chooses caching is `GET /.well-known/jwks.json` (`public, max-age=60`):
+//! The handlers that choose caching are `GET /.well-known/jwks.json` and
+//! `GET /.well-known/podgate-assertion-jwks.json` (`public, max-age=60`):
 //! public keys, which Envoy-side tooling and clients may cache; rotation publishes a new key before
 //! it signs. Everything that carries or sets a credential (the callback's cookie, the proxy-auth
 //! ticket redirect, minted capabilities, API-token creation, the dev login) is `no-store`.

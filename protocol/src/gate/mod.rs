@@ -23,6 +23,7 @@ mod token_cache;
 
 use std::rc::Rc;
 
+use crate::assertion::AssertionCache;
 use crate::config::CompiledConfig;
 use crate::cors::{self, Preflight};
 use crate::exchange::{self, ExchangeNeeded, Exchanged, Refusal};
@@ -132,6 +133,7 @@ pub struct Gate {
     memo: DecisionMemo,
     /// This worker's request-rate buckets (`rate`).
     limiter: Limiter,
+    assertions: AssertionCache,
 }
 
 impl Gate {
@@ -149,6 +151,7 @@ impl Gate {
         self.cache.clear();
         self.memo.clear();
         self.limiter.clear();
+        self.assertions.clear();
     }
 
     /// The configuration in force, if any.
@@ -251,6 +254,23 @@ impl Gate {
         }
     }
 
+    /// The identity assertion for a forward to a pod at `now` (`assertion`): `None` on the
+    /// reserved path and when assertions are off. Signed once per capability and worker per
+    /// half assertion lifetime; every other call hands out the cached value.
+    pub fn assertion(&mut self, forward: &Forward, now: i64) -> Option<Rc<str>> {
+        let config = self.config.as_deref()?;
+        let signer = config.assertion.as_ref()?;
+        let capability = forward.capability.as_deref()?;
+        forward.response.as_ref()?;
+        self.assertions
+            .get(signer, capability, now, config.token_cache_entries)
+    }
+
+    /// How many identity assertions this gate signed.
+    pub fn assertions_signed(&self) -> u64 {
+        self.assertions.signed()
+    }
+
     /// The verified-token cache (for its counters).
     pub fn cache(&self) -> &VerifiedCache {
         &self.cache
@@ -280,6 +300,7 @@ impl Gate {
             cache,
             memo,
             limiter,
+            ..
         } = self;
         let Some(config) = config.as_deref() else {
             return Outcome::Deny(Denial::NotConfigured);
