@@ -33,13 +33,22 @@ build-filter: setup
     cargo build -p podgate-filter --target wasm32-wasip1 --profile wasm-release
     @size=$(stat -c %s {{wasm}}); echo "podgate_filter.wasm: $size bytes"; [ "$size" -lt 1048576 ] || { echo "filter .wasm is over 1 MiB" >&2; exit 1; }
 
-# Build everything: the filter and the control plane.
+# Build everything: the filter, the control plane and the CLI (`podgate-cli`, which the control
+# plane serves from `--cli-dir`).
 build: build-filter
-    cargo build --release -p podgate
+    cargo build --release -p podgate -p podgate-cli
 
-# Run every test: native units, the wasm filter in wasmtime, Envoy end to end, both databases.
+# Run every test: native units, the wasm filter in wasmtime, Envoy end to end, both databases;
+# then, last, scan every log Envoy and the control plane wrote during them for credentials.
 test: build-filter
-    cargo test --workspace --no-fail-fast
+    #!/usr/bin/env bash
+    set -uo pipefail
+    export PODGATE_TEST_LOG_ARCHIVE={{root}}/target/test-logs
+    rm -rf "$PODGATE_TEST_LOG_ARCHIVE"
+    status=0
+    cargo test --workspace --no-fail-fast || status=$?
+    cargo test -p podgate-wasm-tests --test log_scan -- --ignored --nocapture || status=$?
+    exit $status
 
 # The whole stack on this machine: control plane (SQLite, dev login), Envoy and a demo pod;
 # prints the URLs and a curl line; Ctrl-C stops everything.
@@ -50,16 +59,19 @@ demo: setup
 demo-check: setup
     bash scripts/demo.sh --check
 
-# A real headless Chromium loads a pod in a workbench iframe, and signs in at the real OpenID
-# provider through Envoy, reaches a pod and signs out (screenshots in artifacts/browser/).
+# A real headless Chromium loads a pod in a workbench iframe, signs in at the real OpenID
+# provider through Envoy, reaches a pod and signs out, and uses the setup page (screenshots in
+# artifacts/browser/).
 test-browser: build-filter
     bash scripts/browser-deps.sh
     cargo test -p podgate-wasm-tests --test e2e_stack browser_ -- --nocapture
     bash scripts/oidc-provider-deps.sh
     cargo test -p podgate --test sign_in_through_chromium -- --nocapture
+    cargo test -p podgate --test setup_page_through_chromium -- --nocapture
 
 # Measure podgate against Envoy's jwt_authn and the bare proxy, and the pod directory at scale;
 # writes bench/results/*.json and the table in BENCHMARKS.md (about 3 minutes; `-- --help`).
+# `./just bench --exchange-only`: only what an API token at the edge costs (under a minute).
 bench *ARGS: build-filter
     cargo build --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target
     PODGATE_NOOP_WASM={{root}}/target/wasm32-wasip1/release/podgate_noop_filter.wasm cargo run --release -p podgate-bench -- {{ARGS}}

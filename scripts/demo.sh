@@ -84,11 +84,12 @@ fi
 command -v curl >/dev/null || die "curl is needed (apt-get install curl)"
 say "building the filter and the release binaries"
 cargo build --quiet -p podgate-filter --target wasm32-wasip1 --profile wasm-release
-cargo build --quiet --release -p podgate -p podgate-demo-pod
+cargo build --quiet --release -p podgate -p podgate-demo-pod -p podgate-cli
 wasm=$target/wasm32-wasip1/wasm-release/podgate_filter.wasm
 podgate=$target/release/podgate
 demo_pod=$target/release/podgate-demo-pod
-for f in "$wasm" "$podgate" "$demo_pod"; do [ -f "$f" ] || die "missing $f after the build"; done
+cli=$target/release/podgate-cli
+for f in "$wasm" "$podgate" "$demo_pod" "$cli"; do [ -f "$f" ] || die "missing $f after the build"; done
 
 # --- processes -------------------------------------------------------------------------------
 mkdir -p "$demo_dir"
@@ -130,7 +131,11 @@ cp_url="http://$cp_host:$cp_port"
 pod_url() { echo "http://localhost-$1-pod-demo.$domain:$envoy_port"; }
 
 say "starting the demo pod on 127.0.0.1:$pod_port"
+# The pod verifies podgate's identity assertion with the control plane's published keys (it
+# fetches them once the control plane is up) and shows who it proves in /api/info.
 "$demo_pod" --listen "127.0.0.1:$pod_port" --name "demo pod on server local (127.0.0.1:$pod_port)" \
+    --assertion-jwks-url "http://127.0.0.1:$cp_port/.well-known/podgate-assertion-jwks.json" \
+    --issuer "$cp_url" --pod demo --domain "$domain" \
     >"$demo_dir/demo-pod.log" 2>&1 &
 pids+=($!)
 wait_for "the demo pod" demo-pod.log bash -c "exec 3<>/dev/tcp/127.0.0.1/$pod_port"
@@ -138,6 +143,14 @@ wait_for "the demo pod" demo-pod.log bash -c "exec 3<>/dev/tcp/127.0.0.1/$pod_po
 # Signing keys are stored encrypted under a key-encryption key, as in production (a fresh one,
 # like the database).
 "$podgate" keys gen-kek "$demo_dir/kek" >/dev/null || die "podgate keys gen-kek failed"
+
+# The CLI the setup page's install line installs, named for this machine as install.sh names it.
+cli_os=$(uname -s | tr '[:upper:]' '[:lower:]')
+cli_arch=$(uname -m)
+case "$cli_arch" in amd64) cli_arch=x86_64 ;; arm64) cli_arch=aarch64 ;; esac
+rm -rf "$demo_dir/cli"
+mkdir -p "$demo_dir/cli"
+cp "$cli" "$demo_dir/cli/podgate-cli-$cli_os-$cli_arch"
 
 say "starting the control plane on $cp_url (ADS on 127.0.0.1:$xds_port)"
 PODGATE_ADMIN_TOKEN=$admin_token PODGATE_KEY_ENCRYPTION_KEY_FILE=$demo_dir/kek \
@@ -151,6 +164,7 @@ PODGATE_ADMIN_TOKEN=$admin_token PODGATE_KEY_ENCRYPTION_KEY_FILE=$demo_dir/kek \
     --pod-public-port "$envoy_port" \
     --login-url "$cp_url/dev/login?user=demo@example.dev" \
     --filter-wasm "$wasm" \
+    --cli-dir "$demo_dir/cli" \
     >"$demo_dir/podgate.log" 2>&1 &
 pids+=($!)
 wait_for "the control plane" podgate.log curl -sf "http://127.0.0.1:$cp_port/readyz"
@@ -203,6 +217,8 @@ if $check; then
     info=$(eval "$curl_line -sf") || die "the curl line failed: $curl_line"
     printf '%s\n' "$info"
     printf '%s' "$info" | grep -q '"user":"demo"' || die "the JSON API did not see user demo: $info"
+    printf '%s' "$info" | grep -q '"assertion":{"verified":{"sub":"demo"' \
+        || die "the pod did not verify an identity assertion for user demo: $info"
     say "checking the browser flow with curl (pod URL → /api/proxy-auth → sign-in → callback → page)"
     page_jar=$demo_dir/browser-cookies.txt
     page=$(curl -sfL -c "$page_jar" -b "$page_jar" -H 'Accept: text/html' -H 'Sec-Fetch-Mode: navigate' \
@@ -234,6 +250,9 @@ cat <<EOF
 
   Mint another: curl -b $jar -X POST $cp_url/v1/capabilities -H 'content-type: application/json' --data '{"pod":"demo","port":3000}'
   Admin API:    curl -H "authorization: Bearer $admin_token" $cp_url/v1/pods
+
+  From a terminal: sign in (above), open $cp_url/setup, create an API token and run the
+  install line it shows (docs/cli.md).
 
   Ctrl-C stops everything.
 

@@ -31,6 +31,12 @@ pub enum Proxy {
     JwtAuthnNoCache,
     /// D: the podgate filter, verified-token cache on.
     Podgate,
+    /// D-limit: the same with per-user and per-pod rate limits so high they never refuse: what
+    /// the token buckets cost on the cached path.
+    PodgateLimited,
+    /// D-assert: the podgate filter signing the identity assertion (`x-podgate-assertion`),
+    /// verified-token cache on: against D, what the assertion costs a cached request.
+    PodgateAssertion,
     /// W: Envoy with a Wasm filter that does nothing (`bench/noop-filter`) but exports the
     /// callbacks podgate's does: what entering the VM costs before any work.
     WasmNoop,
@@ -129,6 +135,8 @@ struct Envoys {
     jwt_cache: Envoy,
     jwt_nocache: Envoy,
     podgate: Envoy,
+    podgate_limited: Envoy,
+    podgate_assertion: Envoy,
     wasm_noop: Envoy,
     wasm_calls: Envoy,
 }
@@ -141,6 +149,8 @@ impl Envoys {
             Proxy::JwtAuthnCache => Some(&self.jwt_cache),
             Proxy::JwtAuthnNoCache => Some(&self.jwt_nocache),
             Proxy::Podgate => Some(&self.podgate),
+            Proxy::PodgateLimited => Some(&self.podgate_limited),
+            Proxy::PodgateAssertion => Some(&self.podgate_assertion),
             Proxy::WasmNoop => Some(&self.wasm_noop),
             Proxy::WasmCalls => Some(&self.wasm_calls),
         }
@@ -185,6 +195,15 @@ async fn start_envoys(
         None,
     )?;
     tokens::check_filter_config(&filter_config)?;
+    let limited_config = {
+        let mut config: serde_json::Value = serde_json::from_str(&filter_config)?;
+        let never = serde_json::json!({"per_second": u32::MAX, "burst": u32::MAX});
+        config["rate_limits"] = serde_json::json!({"per_user": never, "per_pod": never});
+        config.to_string()
+    };
+    tokens::check_filter_config(&limited_config)?;
+    let assertion_config = tokens::with_assertion(&filter_config)?;
+    tokens::check_filter_config(&assertion_config)?;
     Ok(Envoys {
         plain: start("plain", vec![], Route::Cluster(cluster), 1).await?,
         jwt_cache: start(
@@ -206,6 +225,20 @@ async fn start_envoys(
             vec![envoy::podgate_filter(wasm, &filter_config)],
             Route::ClusterHeader("x-podgate-cluster"),
             4,
+        )
+        .await?,
+        podgate_limited: start(
+            "podgate-limited",
+            vec![envoy::podgate_filter(wasm, &limited_config)],
+            Route::ClusterHeader("x-podgate-cluster"),
+            7,
+        )
+        .await?,
+        podgate_assertion: start(
+            "podgate-assertion",
+            vec![envoy::podgate_filter(wasm, &assertion_config)],
+            Route::ClusterHeader("x-podgate-cluster"),
+            8,
         )
         .await?,
         wasm_noop: start(
@@ -273,9 +306,14 @@ fn build_cases(keys: &Keys, fresh: u64, only: &[String]) -> anyhow::Result<Vec<C
             ("C-cache", Proxy::JwtAuthnCache, TokenUse::Same),
             ("C-nocache", Proxy::JwtAuthnNoCache, TokenUse::Same),
             ("D-cache", Proxy::Podgate, TokenUse::Same),
+            ("D-limit", Proxy::PodgateLimited, TokenUse::Same),
             ("D-fresh", Proxy::Podgate, TokenUse::Fresh),
         ] {
             let id = format!("{prefix}-{}", alg.name());
+            // The buckets cost the same whatever signed the token: one algorithm is enough.
+            if prefix == "D-limit" && alg.name() != Alg::EdDSA.name() {
+                continue;
+            }
             if !wanted(&id) {
                 continue;
             }
@@ -294,6 +332,17 @@ fn build_cases(keys: &Keys, fresh: u64, only: &[String]) -> anyhow::Result<Vec<C
                 requests,
             });
         }
+    }
+    // The identity assertion on, cached requests (EdDSA capabilities): against D-cache-EdDSA.
+    let id = "D-cache-assert-EdDSA";
+    if wanted(id) {
+        cases.push(Case {
+            id: id.into(),
+            proxy: Proxy::PodgateAssertion,
+            alg: Alg::EdDSA,
+            tokens: TokenUse::Same,
+            requests: same(Alg::EdDSA)?,
+        });
     }
     Ok(cases)
 }
@@ -320,7 +369,12 @@ async fn sanity(
     }
     // The auth filters really run: no token, no entry.
     let host = tokens::pod_host(tokens::BENCH_POD);
-    for proxy in [Proxy::JwtAuthnCache, Proxy::JwtAuthnNoCache, Proxy::Podgate] {
+    for proxy in [
+        Proxy::JwtAuthnCache,
+        Proxy::JwtAuthnNoCache,
+        Proxy::Podgate,
+        Proxy::PodgateAssertion,
+    ] {
         let Some(e) = envoys.get(proxy) else { continue };
         let status = load::probe(e.listener, &Requests::fixed(&host, "not-a-token")).await?;
         if status != 401 {

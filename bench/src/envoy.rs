@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
 use crate::pin::Placement;
-use podgate_protocol::config::CLIENT_FORWARDING_HEADERS;
+use podgate_protocol::config::{CLIENT_FORWARDING_HEADERS, ROUTE_HEADERS};
 
 /// Envoy must be up (admin address written, listener bound) within this.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -177,6 +177,11 @@ fn router() -> Value {
 /// filters before the router. No access log, no tracing.
 pub fn listener(port: u16, route: &Route<'_>, filters: Vec<Value>) -> Value {
     let mut http_filters = filters;
+    let removed: Vec<&str> = CLIENT_FORWARDING_HEADERS
+        .iter()
+        .chain(ROUTE_HEADERS.iter())
+        .copied()
+        .collect();
     http_filters.push(router());
     json!({
         "name": "bench",
@@ -198,7 +203,7 @@ pub fn listener(port: u16, route: &Route<'_>, filters: Vec<Value>) -> Value {
                         },
                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
                     }],
-                    "request_headers_to_remove": CLIENT_FORWARDING_HEADERS,
+                    "request_headers_to_remove": removed,
                     "virtual_hosts": [{
                         "name": "all",
                         "domains": ["*"],

@@ -7,8 +7,10 @@
 
 mod compare;
 mod envoy;
+mod exchange;
 mod load;
 mod pin;
+mod renewal;
 mod report;
 mod scale;
 mod tokens;
@@ -85,9 +87,18 @@ pub struct Settings {
     /// The Markdown file whose generated section is rewritten.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"))]
     pub markdown: PathBuf,
+    /// Only the API-token exchange scenario (`exchange.rs`): prints its table and writes
+    /// `exchange-latest.json` in the results directory; `BENCHMARKS.md` is not touched.
+    #[arg(long)]
+    pub exchange_only: bool,
     /// Print the report but write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Only the renewal scenario (renewal at the edge against the cached path): its table on
+    /// stdout and `renewal-<time>.json` in the results directory; `BENCHMARKS.md` and
+    /// `latest.json` are left alone.
+    #[arg(long)]
+    pub renewal: bool,
 }
 
 /// Unix time in seconds.
@@ -138,10 +149,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(settings: Settings, placement: pin::Placement) -> anyhow::Result<()> {
+    if settings.renewal {
+        return run_renewal(&settings, &placement).await;
+    }
     let started = Instant::now();
     let machine_before = report::Machine::detect(placement.online_cpus);
     let upstream = upstream::start(placement.upstream_cpu)?;
     let keys = tokens::Keys::new()?;
+    if settings.exchange_only {
+        let report = exchange::run(&settings, &placement, upstream, &keys).await?;
+        println!("{}", report.markdown());
+        if !settings.dry_run {
+            let path = settings.results_dir.join("exchange-latest.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let compare = if settings.no_compare {
         None
     } else {
@@ -164,6 +188,27 @@ async fn run(settings: Settings, placement: pin::Placement) -> anyhow::Result<()
     println!("{markdown}");
     if !settings.dry_run {
         report.write(&settings)?;
+    }
+    Ok(())
+}
+
+async fn run_renewal(settings: &Settings, placement: &pin::Placement) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let machine = report::Machine::detect(placement.online_cpus);
+    let upstream = upstream::start(placement.upstream_cpu)?;
+    let keys = tokens::Keys::new()?;
+    let report = renewal::run(settings, placement, upstream, &keys).await?;
+    println!("{}", report.markdown());
+    println!("Total run {:.0} s.", started.elapsed().as_secs_f64());
+    if !settings.dry_run {
+        let time = chrono::DateTime::from_timestamp(unix_now(), 0)
+            .map(|t| t.format("%Y-%m-%dT%H%M%SZ").to_string())
+            .unwrap_or_default();
+        let path = settings.results_dir.join(format!("renewal-{time}.json"));
+        let json = serde_json::json!({"machine": machine, "renewal": report});
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -574,7 +574,13 @@ fn describe(c: &CaseResult) -> String {
         (Proxy::JwtAuthnCache, _) => format!("jwt_authn, cache on, {alg}"),
         (Proxy::JwtAuthnNoCache, _) => format!("jwt_authn, cache off, {alg}"),
         (Proxy::Podgate, TokenUse::Same) => format!("podgate, cache on, {alg}"),
+        (Proxy::PodgateLimited, _) => {
+            format!("podgate, cache on, rate limits that never refuse, {alg}")
+        }
         (Proxy::Podgate, TokenUse::Fresh) => format!("podgate, new token every request, {alg}"),
+        (Proxy::PodgateAssertion, _) => {
+            format!("podgate signing the identity assertion, cache on, {alg}")
+        }
     }
 }
 

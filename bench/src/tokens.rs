@@ -158,6 +158,16 @@ pub fn filter_config_json(
     Ok(serde_json::to_string(&config)?)
 }
 
+/// `json` (a filter configuration) with the identity assertion on: a fixed Ed25519 assertion
+/// key, 60 s assertions.
+pub fn with_assertion(json: &str) -> anyhow::Result<String> {
+    let mut config: serde_json::Value = serde_json::from_str(json)?;
+    let key = SigningKey::ed25519_from_seed("ast-bench", [0x42; 32])
+        .map_err(|e| anyhow::anyhow!("assertion key: {e}"))?;
+    config["assertion"] = json!({"key": key.to_private_jwk(), "lifetime_secs": 60});
+    Ok(serde_json::to_string(&config)?)
+}
+
 /// Fails here, not in Envoy, if the filter would refuse `json`.
 pub fn check_filter_config(json: &str) -> anyhow::Result<()> {
     podgate_protocol::config::FilterConfig::compile_json(json.as_bytes())

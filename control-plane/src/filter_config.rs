@@ -7,10 +7,12 @@
 //! refuses them at once instead of at their expiry; expired ones drop out at the next build.
 //! `cutoffs` lists the sessions that signed out and the users who lost access (`cuts.rs`).
 //! `renewal` tells the filter where and when to renew browser capabilities (`renew.rs`), with
-//! the renewal secret, which admins see here too.
+//! the renewal secret, which admins see here too. `assertion` carries the private identity
+//! assertion key the filter signs with (`keys::assertion_key`), which admins see here too.
 
 use std::collections::HashMap;
 
+use podgate_protocol::assertion::Assertion;
 use podgate_protocol::config::{FilterConfig, PodEntry};
 use podgate_protocol::cookie::DEFAULT_COOKIE_NAME;
 use podgate_protocol::renewal::{Renewal, RENEW_PATH};
@@ -103,6 +105,12 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
             secret: config.renew_secret.clone(),
             before_secs: renew_before_secs(config.capability_lifetime),
             timeout_ms: RENEW_TIMEOUT_MS,
+        }),
+        wake: config.start_hook.is_some(),
+        rate_limits: config.edge_rates.clone(),
+        assertion: (config.assertion_lifetime > 0).then(|| Assertion {
+            key: ring.assertion_signer.to_private_jwk(),
+            lifetime_secs: config.assertion_lifetime as i64,
         }),
         leeway_secs: DEFAULT_LEEWAY_SECS,
         max_capability_lifetime_secs: config.capability_lifetime as i64,

@@ -6,11 +6,17 @@
 //! Publish before sign: a new capability key is handed to Envoy at once (it verifies), but
 //! signs only once the [`SigningGate`] lets it — every connected Envoy acknowledged a config
 //! holding it, or the publish delay passed — so no Envoy ever sees a token it cannot check.
+//!
+//! Identity assertion keys are not stored: each capability key has one, derived from its
+//! private material ([`assertion_key`]), so assertion keys rotate, overlap and are published
+//! exactly when capability keys are, and the filter signs with the one of the capability key
+//! that signs.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use podgate_protocol::token::{KeySet, SigningKey, TokenKind, Verifier};
+use sha2::{Digest, Sha256};
 
 use crate::config::{Config, SigningAlg};
 use crate::key_encryption::{KeyEncryption, RowBinding, Sealed};
@@ -99,6 +105,12 @@ pub struct KeyRing {
     pub capability_keys: KeySet,
     /// Public keys for `/.well-known/jwks.json` (capability keys only; empty under HS256).
     pub public_jwks: KeySet,
+    /// The identity assertion key of `capability_signer` (`assertion_key`): what the filter
+    /// signs assertions with.
+    pub assertion_signer: SigningKey,
+    /// Public assertion keys (those of every live capability key) for
+    /// `/.well-known/podgate-assertion-jwks.json`.
+    pub assertion_jwks: KeySet,
     /// The newest capability key while it is being published: it verifies (it is in
     /// `capability_keys`) but `capability_signer` is still the previous key.
     pub capability_pending: Option<PendingKey>,
@@ -391,6 +403,30 @@ pub async fn rotate(
     Ok(new.iter().map(|k| k.kid.clone()).collect())
 }
 
+/// The identity assertion key that goes with capability key `capability`: an Ed25519 key whose
+/// seed is SHA-256 over a label and the capability key's private JWK, with the capability
+/// kid's random part behind the assertion prefix (`cap-x` has `ast-x`). One-way: the
+/// assertion key, which Envoy's filter holds, tells nothing about the capability key.
+pub fn assertion_key(capability: &SigningKey) -> Result<SigningKey, KeyringError> {
+    let stored = |msg: String| KeyringError::Stored {
+        kid: capability.kid().to_owned(),
+        msg,
+    };
+    let private = zeroize::Zeroizing::new(
+        serde_json::to_vec(&capability.to_private_jwk()).map_err(|e| stored(e.to_string()))?,
+    );
+    let mut hash = Sha256::new();
+    hash.update(b"podgate identity assertion key\0");
+    hash.update(private.as_slice());
+    let seed: [u8; 32] = hash.finalize().into();
+    let suffix = capability
+        .kid()
+        .strip_prefix(TokenKind::Capability.kid_prefix())
+        .unwrap_or(capability.kid());
+    let kid = format!("{}{suffix}", TokenKind::Assertion.kid_prefix());
+    SigningKey::ed25519_from_seed(kid, seed).map_err(|e| stored(e.to_string()))
+}
+
 /// Loads the key ring in force at `now`; the newest capability key signs at once.
 pub async fn load(db: &Db, config: &Config, now: i64) -> Result<KeyRing, KeyringError> {
     load_gated(db, config, now, &SigningGate::open()).await
@@ -409,6 +445,7 @@ pub async fn load_gated(
     let mut ticket_keys = KeySet { keys: Vec::new() };
     let mut capability_keys = KeySet { keys: Vec::new() };
     let mut public_jwks = KeySet { keys: Vec::new() };
+    let mut assertion_jwks = KeySet { keys: Vec::new() };
     // Oldest first, so the newest active key of a kind wins if there were ever two.
     for stored in &live {
         let key = decode(stored, &config.key_encryption)?;
@@ -419,6 +456,9 @@ pub async fn load_gated(
                 if let Some(public) = key.public_jwk() {
                     public_jwks.keys.push(public);
                 }
+                assertion_jwks
+                    .keys
+                    .extend(assertion_key(&key)?.public_jwk());
             }
         }
         if stored.retired_at.is_none() {
@@ -470,7 +510,10 @@ pub async fn load_gated(
         kid: String::new(),
         msg: e.to_string(),
     })?;
+    let assertion_signer = assertion_key(&capability_signer)?;
     Ok(KeyRing {
+        assertion_signer,
+        assertion_jwks,
         ticket_signer,
         capability_signer,
         ticket_verifier,

@@ -16,6 +16,7 @@ pub mod mint;
 pub mod recorder;
 pub mod renew;
 pub mod store;
+pub mod wake;
 pub mod xds_sync;
 
 use crate::auth::verify;
@@ -65,6 +66,8 @@ struct Inner {
     envoy_config_changes: Arc<tokio::sync::Notify>,
     /// The Prometheus metrics (`GET /metrics`).
     metrics: Metrics,
+    /// The start hook of stopped pods and its per-pod limit.
+    waker: wake::Waker,
 }
 
 impl std::fmt::Debug for AppState {
@@ -93,6 +96,8 @@ impl AppState {
             .map_err(|e| KeyringError::Generate(format!("identity verifiers: {e}")))?;
         let signing_gate = xds_sync::signing_gate(&config);
         let limits = limits::Limiters::new(&config.limits);
+        let waker = wake::Waker::new(config.start_hook.clone())
+            .map_err(|e| KeyringError::Generate(format!("start hook client: {e}")))?;
         let state = AppState {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
@@ -107,6 +112,7 @@ impl AppState {
                 limits,
                 envoy_config_changes: Arc::new(tokio::sync::Notify::new()),
                 metrics,
+                waker,
             }),
         };
         state.reload_keys().await?;
@@ -119,6 +125,11 @@ impl AppState {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// The start hook of stopped pods (`wake`).
+    pub fn waker(&self) -> &wake::Waker {
+        &self.inner.waker
     }
 
     /// Group-committed writes of the hot path (ticket consumption, mint audit).
@@ -321,7 +332,11 @@ pub fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(http::sign_in::router(state))
         .merge(http::capabilities::router(state))
         .merge(http::renew::router(state))
+        .merge(http::exchange::router(state))
+        .merge(http::wake::router(state))
         .merge(api_tokens::router())
+        .merge(http::me::router())
+        .merge(http::setup::router())
         .merge(http::session::router())
         .merge(admin::router(state.clone()));
     if state.config().dev_mode {

@@ -53,6 +53,33 @@ impl Outcome {
     }
 }
 
+/// How a pod wake-up asked by Envoy's filter ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeOutcome {
+    /// The start hook is being called.
+    Called,
+    /// The start hook was called for this pod moments ago.
+    Limited,
+    /// No start hook is configured.
+    Off,
+    /// The caller's: no renewal secret, a capability that may not start the pod.
+    Refused,
+    /// Ours: the store, the keys.
+    Error,
+}
+
+impl WakeOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            WakeOutcome::Called => "called",
+            WakeOutcome::Limited => "limited",
+            WakeOutcome::Off => "off",
+            WakeOutcome::Refused => "refused",
+            WakeOutcome::Error => "error",
+        }
+    }
+}
+
 /// Which way a user signed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginMethod {
@@ -98,6 +125,8 @@ pub struct Metrics {
     registry: Arc<Registry>,
     logins: Family<Labels2, Counter>,
     renewals: Family<Labels1, Counter>,
+    exchanges: Family<Labels1, Counter>,
+    wakes: Family<Labels1, Counter>,
     mints: Family<Labels3, Counter>,
     refusals: Family<[(&'static str, String); 2], Counter>,
     rate_limited: Family<Labels1, Counter>,
@@ -151,10 +180,22 @@ impl Metrics {
             "Capability renewals asked by Envoy's filter, by outcome (ok, refused, error)",
             renewals.clone(),
         );
+        let exchanges = Family::<Labels1, Counter>::default();
+        registry.register(
+            "exchanges",
+            "API tokens exchanged for capabilities by Envoy's filter, by outcome (ok, refused, error)",
+            exchanges.clone(),
+        );
+        let wakes = Family::<Labels1, Counter>::default();
+        registry.register(
+            "wakes",
+            "Stopped pods' starts asked by Envoy's filter, by outcome (called, limited, off, refused, error)",
+            wakes.clone(),
+        );
         let mints = Family::<Labels3, Counter>::default();
         registry.register(
             "mints",
-            "Tokens minted, by kind (ticket, capability), via (proxy-auth, callback, api, renew) and outcome (ok, refused, error)",
+            "Tokens minted, by kind (ticket, capability), via (proxy-auth, callback, api, renew, exchange) and outcome (ok, refused, error)",
             mints.clone(),
         );
         let refusals = Family::<[(&'static str, String); 2], Counter>::default();
@@ -230,6 +271,8 @@ impl Metrics {
             registry: Arc::new(registry),
             logins,
             renewals,
+            exchanges,
+            wakes,
             mints,
             refusals,
             rate_limited,
@@ -265,16 +308,33 @@ impl Metrics {
             .inc();
     }
 
+    /// An API token exchange asked by Envoy's filter was answered.
+    pub fn exchange(&self, outcome: Outcome) {
+        self.exchanges
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .inc();
+    }
+
+    /// A pod wake-up asked by Envoy's filter was answered.
+    pub fn wake(&self, outcome: WakeOutcome) {
+        self.wakes
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .inc();
+    }
+
     /// A token was minted, or minting it failed.
     pub fn mint(&self, kind: TokenKind, via: &str, outcome: Outcome) {
         let kind = match kind {
             TokenKind::LoginTicket => "ticket",
             TokenKind::Capability => "capability",
+            // The control plane never signs assertions (`mint::sign_in_session` refuses them).
+            TokenKind::Assertion => "assertion",
         };
         let via = match via {
             "proxy-auth" => "proxy-auth",
             "callback" => "callback",
             "renew" => "renew",
+            "exchange" => "exchange",
             _ => "api",
         };
         self.mints

@@ -119,6 +119,13 @@ pub fn sign_in_session(
             config.capability_lifetime,
             KeyKind::Capability,
         ),
+        // Assertions are signed by Envoy's filter with a key of their own, never here.
+        TokenKind::Assertion => {
+            return Err(MintError::Sign {
+                kind,
+                message: "identity assertions are signed by the filter".into(),
+            })
+        }
     };
     let jti = random_id()?;
     let claims = PodClaims {

@@ -57,9 +57,46 @@ fn refused(why: RenewRefusal) -> RenewError {
     RenewError::Refused(why)
 }
 
+/// What a capability that passed every check of the module stands for.
+#[derive(Debug)]
+pub struct StillAllowed {
+    pub user: crate::store::User,
+    pub addr: PodAddr,
+    pub sid: String,
+    /// The checked capability's `jti`.
+    pub jti: String,
+}
+
 /// Renews `token` (checked as the module says); the fresh capability, recorded before it is
 /// handed out.
 pub async fn renew_capability(ctx: &MintContext<'_>, token: &str) -> Result<Minted, RenewError> {
+    let StillAllowed {
+        user,
+        addr,
+        sid,
+        jti,
+    } = still_allowed(ctx, token).await?;
+    let fresh = mint_in_session_for(
+        ctx,
+        TokenKind::Capability,
+        Some(&user),
+        &addr,
+        "renew",
+        None,
+        Some(&sid),
+    )
+    .await?;
+    tracing::info!(
+        user = %user.id, pod = %addr.pod, port = addr.port, old = %jti,
+        jti = %fresh.jti, "capability renewed"
+    );
+    Ok(fresh)
+}
+
+/// Checks `token` as the module says, minting nothing: a browser's capability whose session is
+/// live and whose user may still reach its pod and port. Renewal and waking a pod
+/// (`crate::wake`) both stand on it.
+pub async fn still_allowed(ctx: &MintContext<'_>, token: &str) -> Result<StillAllowed, RenewError> {
     let ring = ctx.keys.current().map_err(MintError::from)?;
     let lifetime = i64::try_from(ctx.config.capability_lifetime).unwrap_or(i64::MAX);
     let verifier = Verifier::new(
@@ -109,19 +146,10 @@ pub async fn renew_capability(ctx: &MintContext<'_>, token: &str) -> Result<Mint
     if !facts.is_some_and(|f| may_reach(&f, Some(&user))) {
         return Err(refused(RenewRefusal::NoLongerAllowed));
     }
-    let fresh = mint_in_session_for(
-        ctx,
-        TokenKind::Capability,
-        Some(&user),
-        &addr,
-        "renew",
-        None,
-        Some(&sid),
-    )
-    .await?;
-    tracing::info!(
-        user = %user.id, pod = %addr.pod, port = addr.port, old = %old.claims.jti,
-        jti = %fresh.jti, "capability renewed"
-    );
-    Ok(fresh)
+    Ok(StillAllowed {
+        user,
+        addr,
+        sid,
+        jti: old.claims.jti,
+    })
 }

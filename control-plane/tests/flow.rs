@@ -929,3 +929,68 @@ both!(
     callback_lands_on_the_canonical_next,
     canonical_next_through_the_callback
 );
+
+/// An identity assertion (what every pod receives, signed with the assertion key) is refused
+/// as a ticket, as an API token and by the capability verifier; a ticket-typed token signed
+/// with the assertion key is refused too.
+async fn assertions_are_no_credential(h: &Harness) {
+    h.seed().await;
+    let ring = h.state.keys().unwrap();
+    let now = now_unix();
+    let host = format!("{HOST}:10000");
+    let claims = ticket_claims(h, HOST, "myslug", 8726);
+    let assertion = mint(
+        TokenKind::Assertion,
+        &ring.assertion_signer,
+        &claims,
+        now,
+        60,
+    )
+    .unwrap();
+    let by_assertion_key = mint(
+        TokenKind::LoginTicket,
+        &ring.assertion_signer,
+        &claims,
+        now,
+        60,
+    )
+    .unwrap();
+    for (what, token) in [
+        ("assertion as ticket", assertion.clone()),
+        ("ticket signed with the assertion key", by_assertion_key),
+    ] {
+        let r = callback(h, &host, &format!("ticket={}&next=%2F", q(&token)), None).await;
+        assert_refused_page(&r);
+        assert!(!r.body.contains(&token), "{what}: token echoed");
+    }
+    // As an API token: minting with it as the bearer is refused.
+    let r = h
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/v1/capabilities")
+                .header(header::AUTHORIZATION, format!("Bearer {assertion}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(
+                    json!({"pod": "myslug", "port": 8726}).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    // As a capability, to the control plane's capability verifier (renewal's).
+    let capabilities = Verifier::new(
+        TokenKind::Capability,
+        h.state.config().issuer.clone(),
+        &ring.capability_keys,
+        30,
+        3600,
+    )
+    .unwrap();
+    assert!(capabilities.verify(&assertion, now).is_err());
+}
+
+both!(
+    assertions_are_no_credential_anywhere,
+    assertions_are_no_credential
+);

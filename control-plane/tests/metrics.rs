@@ -88,6 +88,19 @@ async fn requests_move_the_counters(which: Which) {
         )
         .await;
     assert_eq!(renew.status, StatusCode::FORBIDDEN);
+    // An API token exchange and a wake-up without the filter's secret.
+    for uri in ["/api/proxy-exchange", "/api/proxy-wake"] {
+        let r = h
+            .send(
+                Request::builder()
+                    .method(Method::POST)
+                    .uri(uri)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{uri}: {}", r.body);
+    }
     assert_eq!(
         h.get("/no/such/path", &[]).await.status,
         StatusCode::NOT_FOUND
@@ -120,6 +133,14 @@ async fn requests_move_the_counters(which: Which) {
     assert_eq!(mints("capability", "api", "ok"), 1.0);
     assert_eq!(
         metric(&s, "podgate_renewals_total", &[("outcome", "refused")]),
+        1.0
+    );
+    assert_eq!(
+        metric(&s, "podgate_exchanges_total", &[("outcome", "refused")]),
+        1.0
+    );
+    assert_eq!(
+        metric(&s, "podgate_wakes_total", &[("outcome", "refused")]),
         1.0
     );
     let refusals = |route, reason| {

@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 
 const PODGATE: &str = "http://127.0.0.1:8080";
 const CALLBACK: &str = "http://127.0.0.1:8080/auth/callback";
+/// Where the provider sends the browser back after signing it out (registered for podgate-web).
+const SIGNED_OUT: &str = "http://127.0.0.1:8080/auth/logout";
 const POST_CLIENT: (&str, &str) = ("podgate-post", "podgate-post-secret");
 const JWT_CLIENT: &str = "podgate-jwt";
 
@@ -34,8 +36,8 @@ fn client_jwk() -> Value {
     k
 }
 
-/// The provider's clients: podgate's web client (secret in Basic), one with the secret in the
-/// body, one with `private_key_jwt`, all registered with podgate's callback; and an application
+/// The provider's clients: podgate's web client (secret in Basic; podgate's `/auth/logout` as its
+/// post-logout redirect URI), one with the secret in the body, one with `private_key_jwt`, all registered with podgate's callback; and an application
 /// podgate does not trust. Web and other-app also have the harness's own redirect URI, for
 /// tokens a test obtains outside podgate.
 fn clients() -> Value {
@@ -43,6 +45,7 @@ fn clients() -> Value {
     let public = json!({"kty": "RSA", "n": jwk["n"], "e": jwk["e"], "kid": jwk["kid"], "alg": "RS256", "use": "sig"});
     json!([
         {"client_id": WEB.0, "client_secret": WEB.1, "redirect_uris": [CALLBACK, REDIRECT_URI],
+         "post_logout_redirect_uris": [SIGNED_OUT],
          "grant_types": ["authorization_code"], "response_types": ["code"],
          "token_endpoint_auth_method": "client_secret_basic"},
         {"client_id": POST_CLIENT.0, "client_secret": POST_CLIENT.1, "redirect_uris": [CALLBACK],
@@ -398,6 +401,85 @@ async fn a_missing_wrong_expired_or_other_browsers_state_is_refused() {
         .as_str()
         .unwrap()
         .ends_with("/auth/login"));
+    assert_eq!(sessions(&h).await, 0);
+    h.finish().await;
+}
+
+/// Signing out of a session that signed in with a provider set to `sign_out_at_provider`, whose
+/// discovery names an `end_session_endpoint`: the session ends and is cut off first, then the browser is sent to
+/// the provider with podgate's `client_id` and `post_logout_redirect_uri`; the real provider
+/// accepts both, signs the browser out and sends it back to `/auth/logout`, which has nothing
+/// left to end. A script's sign-out (JSON) and a dev-login session are not sent anywhere.
+#[tokio::test]
+async fn signing_out_signs_out_at_the_provider_too() {
+    let Some(op) = provider().await else { return };
+    let mut op_entry = entry("op", &op.issuer);
+    if let Some(sign_in) = op_entry.sign_in.as_mut() {
+        sign_in.sign_out_at_provider = Some(true);
+    }
+    let h = podgate(vec![op_entry]).await;
+    let mut b = Browser::default();
+    let authorize = b.login(&h, "next=%2Fhealthz").await;
+    let back = op.authorize(&authorize, "alice", CALLBACK).await;
+    let r = b.get(&h, &back).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    assert_eq!(sessions(&h).await, 1);
+
+    let r = b.get(&h, "/auth/logout").await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(
+        !b.0.contains_key("podgate_session"),
+        "the session cookie is cleared"
+    );
+    // Ended and cut off before the browser leaves.
+    assert_eq!(sessions(&h).await, 0);
+    let cuts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM access_cuts WHERE sid IS NOT NULL")
+        .fetch_one(h.state.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(cuts, 1);
+    let end_session = r.header("location").unwrap().to_owned();
+    assert!(
+        end_session.starts_with(&format!("{}/session/end?", op.issuer)),
+        "{end_session}"
+    );
+    let q = query(&end_session);
+    assert_eq!(q["client_id"], WEB.0);
+    assert_eq!(q["post_logout_redirect_uri"], SIGNED_OUT);
+    assert!(!q.contains_key("id_token_hint"), "the ID token is not kept");
+
+    let landed = op.end_session(&end_session, SIGNED_OUT).await;
+    let r = b.get(&h, &landed).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("You are signed out"), "{}", r.body);
+
+    // A script signing out gets JSON, not a redirect.
+    let authorize = b.login(&h, "next=%2Fhealthz").await;
+    let back = op.authorize(&authorize, "alice", CALLBACK).await;
+    b.get(&h, &back).await;
+    let session = format!("podgate_session={}", b.0["podgate_session"]);
+    let r = h.get("/auth/logout", &[("cookie", &session)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json(), json!({"signed_out": true, "sessions_ended": 1}));
+    // A dev-login session has no provider to sign out of.
+    let dev = h.login("alice").await;
+    let r = h
+        .get("/auth/logout", &[("cookie", &dev), ("accept", "text/html")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("You are signed out"), "{}", r.body);
+    h.finish().await;
+
+    // Without `sign_out_at_provider` (the default) the browser stays here.
+    let h = podgate(vec![entry("op", &op.issuer)]).await;
+    let mut b = Browser::default();
+    let authorize = b.login(&h, "next=%2Fhealthz").await;
+    let back = op.authorize(&authorize, "alice", CALLBACK).await;
+    b.get(&h, &back).await;
+    let r = b.get(&h, "/auth/logout").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("You are signed out"), "{}", r.body);
     assert_eq!(sessions(&h).await, 0);
     h.finish().await;
 }

@@ -1,6 +1,6 @@
 //! Sign-out everywhere and cuts of lost access, in-process, on SQLite and PostgreSQL:
-//! `/auth/logout`, `/auth/userinfo`, the `sid` claim, and the filter configuration's `cutoffs`
-//! after a sign-out, a team removal, a lower sharing level, another owner and a deleted user.
+//! `/auth/logout` (and the dev login's `/dev/logout`, which is the same), `/auth/userinfo`, the
+//! `sid` claim, and the filter configuration's `cutoffs` after a sign-out, a team removal, a lower sharing level, another owner and a deleted user.
 //! Each capability is checked against the filter configuration the control plane would push,
 //! compiled as the filter compiles it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -175,6 +175,48 @@ async fn signout_ends_every_capability_of_the_session(which: Which) {
     h.finish().await;
 }
 on_both!(signout_ends_every_capability_of_the_session);
+
+async fn dev_logout_signs_out_like_auth_logout(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let session = h.login("alice").await;
+    let other_session = h.login("alice").await;
+    let cap = capability(&h, Some(&session), 8726).await;
+    let other_cap = capability(&h, Some(&other_session), 8726).await;
+    let (_, c) = filter(&h).await;
+    let sid = verify(&c, &cap).sid.unwrap();
+
+    let r = h.get("/dev/logout", &[("cookie", &session)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json(), json!({"signed_out": true, "sessions_ended": 1}));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let clear = r.header("set-cookie").unwrap();
+    assert!(
+        clear.starts_with("podgate_session=;") && clear.contains("Max-Age=0"),
+        "{clear}"
+    );
+    // The session's capabilities are cut off in the configuration Envoy gets, as at
+    // /auth/logout; the user's other session keeps its own.
+    let (json, c) = filter(&h).await;
+    let sessions = json["cutoffs"]["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{json}");
+    assert_eq!(sessions[0]["sid"], sid.as_str());
+    assert!(c.cutoffs.refuses(&verify(&c, &cap)));
+    assert!(!c.cutoffs.refuses(&verify(&c, &other_cap)));
+    let r = h.get("/auth/userinfo", &[("cookie", &session)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A browser gets the same page as at /auth/logout.
+    let r = h
+        .get("/dev/logout", &[("cookie", &other_session), PAGE])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("signed out"), "{}", r.body);
+    let (_, c) = filter(&h).await;
+    assert!(c.cutoffs.refuses(&verify(&c, &other_cap)));
+    h.finish().await;
+}
+on_both!(dev_logout_signs_out_like_auth_logout);
 
 async fn userinfo_answers_the_signed_in_user(which: Which) {
     let Some(h) = Harness::seeded(which, |s| s).await else {

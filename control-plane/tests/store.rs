@@ -291,8 +291,10 @@ async fn tickets_sessions_audit(db: &Db) {
     );
     assert!(db.consume_ticket("j2", 10_000).await.unwrap());
     db.create_user(&user("u", Some("u@x.dev"))).await.unwrap();
-    db.create_session("h1", "u", 1, 50).await.unwrap();
-    db.create_session("h2", "u", 1, 10_000).await.unwrap();
+    db.create_session("h1", "u", None, 1, 50).await.unwrap();
+    db.create_session("h2", "u", Some("corp"), 1, 10_000)
+        .await
+        .unwrap();
     assert_eq!(db.session_user("h1", 10).await.unwrap().unwrap().id, "u");
     assert!(
         db.session_user("h1", 50).await.unwrap().is_none(),
@@ -444,6 +446,25 @@ async fn key_storage(db: &Db) {
     assert!(ring.capability_signer.kid().starts_with("cap-"));
     assert!(ring.ticket_signer.kid().starts_with("tkt-"));
     assert_eq!(ring.ticket_verifier.key_count(), 2);
+    // Each capability key has its assertion key: published for both during the overlap, the
+    // filter signing with the one of the capability key that signs; public halves only, and
+    // none of them a capability key.
+    assert_eq!(ring.assertion_jwks.keys.len(), 2);
+    assert!(ring
+        .assertion_jwks
+        .keys
+        .iter()
+        .all(|k| k.kid.starts_with("ast-") && k.d.is_none() && k.k.is_none()));
+    assert_eq!(
+        ring.assertion_signer.kid(),
+        ring.capability_signer.kid().replacen("cap-", "ast-", 1)
+    );
+    for capability in &ring.public_jwks.keys {
+        assert!(!ring.assertion_jwks.keys.iter().any(|a| a.x == capability.x));
+    }
+    // Derived, not random: reloading gives the same assertion key.
+    let again = keys::load(db, &config, 300).await.unwrap();
+    assert_eq!(again.assertion_jwks, ring.assertion_jwks);
 }
 on_both!(keys_generate_rotate_and_load, key_storage);
 
@@ -453,8 +474,11 @@ async fn hs256_ring(db: &Db) {
         .unwrap();
     let config = podgate::config::Config::for_tests("sqlite://unused.db").unwrap();
     let ring = keys::load(db, &config, 2).await.unwrap();
-    // HMAC secrets are never published.
+    // HMAC secrets are never published; the assertion key is Ed25519 whatever the capability
+    // algorithm, so pods can verify it.
     assert!(ring.public_jwks.keys.is_empty());
+    assert_eq!(ring.assertion_jwks.keys.len(), 1);
+    assert_eq!(ring.assertion_jwks.keys[0].alg, "EdDSA");
     assert_eq!(ring.capability_keys.keys.len(), 1);
 }
 on_both!(hs256_secrets_stay_private, hs256_ring);

@@ -12,11 +12,20 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use podgate_protocol::assertion::{AssertionVerifier, Audience, ASSERTION_HEADER};
+use podgate_protocol::token::KeySet;
 use reqwest::Method;
 use serde_json::json;
 use xds_support::*;
 
 const LIVE: Duration = Duration::from_secs(1);
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
 
 /// Two fake pods on the same port of two loopback addresses (two "servers").
 async fn two_servers() -> (FakePod, FakePod) {
@@ -70,6 +79,54 @@ async fn pod_lifecycle_changes_routing_within_a_second() {
             !last.has_header("podgate-token"),
             "the capability is stripped before the pod"
         );
+        // The original-destination cluster found the pod from the filter's routing headers;
+        // the router removed both before forwarding.
+        assert!(!last.has_header("x-podgate-upstream"), "{last:?}");
+        assert!(!last.has_header("x-podgate-cluster"), "{last:?}");
+        // The pod verifies the identity assertion with the keys the control plane publishes.
+        let jwks: KeySet = stack
+            .http
+            .get(format!(
+                "http://{}/.well-known/podgate-assertion-jwks.json",
+                stack.cp.http
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            jwks.keys
+                .iter()
+                .all(|k| k.kid.starts_with("ast-") && k.d.is_none()),
+            "{jwks:?}"
+        );
+        let audience = Audience::Host(pod_host("web"));
+        let issuer = format!("http://{}", stack.cp.http);
+        let verifier = AssertionVerifier::new(issuer, &jwks, audience, 5).unwrap();
+        let assertion = last
+            .header(ASSERTION_HEADER)
+            .expect("an identity assertion");
+        let asserted = verifier.verify(assertion, now_unix()).unwrap();
+        assert_eq!(
+            (asserted.sub.as_str(), asserted.pod.as_str()),
+            (USER, "web")
+        );
+        // The capability keys of `/.well-known/jwks.json` do not verify it.
+        let capability_jwks: KeySet = stack
+            .http
+            .get(format!("http://{}/.well-known/jwks.json", stack.cp.http))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(capability_jwks
+            .keys
+            .iter()
+            .all(|k| k.kid.starts_with("cap-")));
     }
 
     // Stopped: 503 with the status, nothing forwarded.

@@ -278,9 +278,15 @@ async fn after_sign_out_renewal_is_refused_and_calls_and_the_websocket_end_withi
         }
     }
     let closed = until_closed(&mut ws, Duration::from_secs(5)).await;
+    // An upper bound: the polls above ran first.
+    let since_sign_out = signed_out.elapsed();
     eprintln!(
-        "sign-out → calls refused, WebSocket closed {:?} after the logout answer ({closed:?} after the refusals)",
-        signed_out.elapsed()
+        "sign-out → calls refused, WebSocket closed {since_sign_out:?} after the logout answer ({closed:?} after the refusals)"
+    );
+    assert!(
+        since_sign_out <= Duration::from_secs(1),
+        "the WebSocket closed {since_sign_out:?} after the logout answer\n{}",
+        stack.logs()
     );
     let after = pod.requests().len();
     let (status, _, _, _) = get_on_pod(&http, envoy, "web", "/page", Some(&cookie)).await;

@@ -1,8 +1,9 @@
 //! Sign-out and cuts of lost access, live, through a real Envoy 1.40 fed by the control plane's
 //! ADS server, with a recording fake pod: a browser signs in and reaches the pod, signs out on
 //! the pod host, and the same capability is refused on the pod host within one push (the time
-//! is printed) and its open WebSocket closed at the filter's next tick; a team removal cuts a member off the same way; `/.podgate/userinfo` is answered
-//! by the filter and never reaches the pod.
+//! is printed) and its open WebSocket closed within a second, as the configuration with the cut
+//! arrives; a team removal cuts a member off the same way, WebSocket included;
+//! `/.podgate/userinfo` is answered by the filter and never reaches the pod.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,6 +19,9 @@ use xds_support::*;
 
 /// One config push, with room for a loaded machine.
 const ONE_PUSH: Duration = Duration::from_secs(2);
+/// How long after a sign-out or a removal answers its WebSockets may stay open: the push and
+/// the filter's configure callback, not the filter's tick.
+const WEBSOCKET_CUT: Duration = Duration::from_secs(1);
 
 /// A WebSocket upgrade to `pod` through Envoy with `token` as `podgate-token`, over a raw
 /// connection; the connection once the pod answered `101`.
@@ -134,6 +138,11 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
     // A WebSocket of the same capability (a script's copy, as a header token).
     let cap_value = cap.strip_prefix("podgate_cap=").unwrap();
     let mut ws = open_websocket(envoy, "web", cap_value).await;
+    // When Envoy closes it, watched from now on so the polls below do not delay the reading.
+    let ws_closed = tokio::spawn(async move {
+        until_closed(&mut ws, Duration::from_secs(5)).await;
+        Instant::now()
+    });
     let seen = pod.requests().len();
 
     // Sign out on the pod host: the filter clears the cookie and sends the browser on.
@@ -168,11 +177,16 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
         "sign-out → capability refused on the pod host in {took:?} ({:?} after the logout answer)",
         signed_out.elapsed()
     );
-    // The WebSocket it opened is closed by the filter's next tick (once a second).
-    let closed = until_closed(&mut ws, Duration::from_secs(5)).await;
-    eprintln!(
-        "sign-out → WebSocket closed {:?} after the logout answer ({closed:?} after the refusal)",
-        signed_out.elapsed()
+    // The WebSocket it opened is closed as the configuration with the cut arrives.
+    let closed = ws_closed
+        .await
+        .unwrap()
+        .saturating_duration_since(signed_out);
+    eprintln!("sign-out → WebSocket closed {closed:?} after the logout answer");
+    assert!(
+        closed <= WEBSOCKET_CUT,
+        "the WebSocket closed {closed:?} after the logout answer\n{}",
+        stack.logs()
     );
     let after = pod.requests().len();
     for _ in 0..5 {
@@ -251,6 +265,14 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
         Some("bob")
     );
 
+    // Bob's WebSocket, and the owner's.
+    let mut bob_ws = open_websocket(stack.envoy.listener, "shared", &bob).await;
+    let bob_ws_closed = tokio::spawn(async move {
+        until_closed(&mut bob_ws, Duration::from_secs(5)).await;
+        Instant::now()
+    });
+    let mut alice_ws = open_websocket(stack.envoy.listener, "shared", &alice).await;
+
     stack
         .cp
         .admin(Method::DELETE, "/v1/teams/t1/members/bob", None)
@@ -269,6 +291,16 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
     eprintln!(
         "team removal → bob's capability refused in {took:?} (since the admin answer: {:?})",
         removed.elapsed()
+    );
+    let closed = bob_ws_closed
+        .await
+        .unwrap()
+        .saturating_duration_since(removed);
+    eprintln!("team removal → bob's WebSocket closed {closed:?} after the admin answer");
+    assert!(
+        closed <= WEBSOCKET_CUT,
+        "bob's WebSocket closed {closed:?} after the admin answer\n{}",
+        stack.logs()
     );
     let after = pod.requests().len();
     for _ in 0..5 {
@@ -292,4 +324,11 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
         pod.requests().last().unwrap().header("x-podgate-user"),
         Some(USER)
     );
+    // And kept the WebSocket, past a tick of the filter.
+    {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_millis(1500), alice_ws.read(&mut buf)).await;
+        assert!(read.is_err(), "the owner's WebSocket ended: {read:?}");
+    }
 }

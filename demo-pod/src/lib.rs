@@ -14,6 +14,10 @@
 //!
 //! As a library it records every TCP connection it accepts and every request it reads, so a test
 //! can assert that nothing reached the pod ([`DemoPod::untouched`]) and what exactly did.
+//!
+//! Given an [`AssertionCheck`] (`--assertion-jwks-url`), it verifies every request's
+//! `x-podgate-assertion` as a real pod should (the control plane's published assertion keys,
+//! its issuer, an audience of this pod) and shows the outcome on the page and in `/api/info`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,6 +35,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use podgate_protocol::assertion::{AssertionVerifier, Audience, ASSERTION_HEADER};
+use podgate_protocol::token::{KeyError, KeySet};
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -88,6 +94,78 @@ pub struct Recorded {
     pub websocket: bool,
     /// The port inside the pod the Host named (or [`DEFAULT_PORT`]).
     pub service_port: u16,
+    /// What the pod's [`AssertionCheck`] made of `x-podgate-assertion` (`None` without one).
+    pub assertion: Option<AssertionOutcome>,
+}
+
+/// What checking a request's identity assertion gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssertionOutcome {
+    /// A valid assertion for this pod: who the request is for.
+    Verified { sub: String, email: Option<String> },
+    /// Missing, forged, expired, for another pod, or no keys yet.
+    Refused { reason: String },
+}
+
+/// How the demo pod checks `x-podgate-assertion`: the control plane's issuer, this pod's
+/// audience, and the published assertion keys (replaced by [`AssertionCheck::set_keys`]).
+#[derive(Debug)]
+pub struct AssertionCheck {
+    issuer: String,
+    audience: Audience,
+    verifier: std::sync::RwLock<Option<AssertionVerifier>>,
+}
+
+impl AssertionCheck {
+    pub fn new(issuer: &str, audience: Audience) -> AssertionCheck {
+        AssertionCheck {
+            issuer: issuer.to_owned(),
+            audience,
+            verifier: std::sync::RwLock::new(None),
+        }
+    }
+
+    /// Puts the published key set (`/.well-known/podgate-assertion-jwks.json`) in force.
+    pub fn set_keys(&self, keys: &KeySet) -> Result<(), KeyError> {
+        let verifier = AssertionVerifier::new(&*self.issuer, keys, self.audience.clone(), 5)?;
+        *self
+            .verifier
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(verifier);
+        Ok(())
+    }
+
+    /// Checks one request's assertion header at `now` (unix seconds).
+    pub fn check(&self, value: Option<&str>, now: i64) -> AssertionOutcome {
+        let refused = |reason: &str| AssertionOutcome::Refused {
+            reason: reason.to_owned(),
+        };
+        let Some(value) = value else {
+            return refused("no x-podgate-assertion");
+        };
+        let guard = self
+            .verifier
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(verifier) = guard.as_ref() else {
+            return refused("no assertion keys fetched yet");
+        };
+        match verifier.verify(value, now) {
+            Ok(asserted) => AssertionOutcome::Verified {
+                sub: asserted.sub,
+                email: asserted.email,
+            },
+            Err(e) => refused(&e.to_string()),
+        }
+    }
+}
+
+/// Unix seconds now.
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl Recorded {
@@ -150,6 +228,10 @@ pub struct Info {
     /// Names only: values never leave the pod in a demo.
     pub cookie_names: Vec<String>,
     pub header_names: Vec<String>,
+    /// The identity assertion's check (with `--assertion-jwks-url`): the user it proves, or
+    /// why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assertion: Option<AssertionOutcome>,
 }
 
 impl Info {
@@ -170,6 +252,7 @@ impl Info {
             email: r.header("x-podgate-email").map(str::to_owned),
             cookie_names: r.cookie_names(),
             header_names,
+            assertion: r.assertion.clone(),
         }
     }
 }
@@ -197,6 +280,8 @@ pub struct Options {
     pub name: String,
     /// One line per request on stderr.
     pub log_requests: bool,
+    /// Checks every request's identity assertion when set.
+    pub assertions: Option<Arc<AssertionCheck>>,
 }
 
 impl Options {
@@ -204,6 +289,7 @@ impl Options {
         Options {
             name: name.to_owned(),
             log_requests: false,
+            assertions: None,
         }
     }
 }
@@ -420,7 +506,11 @@ async fn handle(shared: &Shared, peer: SocketAddr, mut req: Request<Incoming>) -
         body_len: 0,
         websocket,
         service_port,
+        assertion: None,
     };
+    if let Some(check) = &shared.options.assertions {
+        recorded.assertion = Some(check.check(recorded.header(ASSERTION_HEADER), now_unix()));
+    }
     let name = shared.options.name.as_str();
     let resp = if websocket {
         let key = req.headers().get(SEC_WEBSOCKET_KEY).cloned();

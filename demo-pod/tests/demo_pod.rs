@@ -137,3 +137,92 @@ async fn websocket_echo_on_any_port_and_stop_closes_it() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(TcpStream::connect(pod.addr()).await.is_err());
 }
+
+/// With an assertion check, `/api/info` says who a valid assertion proves, and refuses a
+/// missing, forged, other-pod or expired one.
+#[tokio::test]
+async fn verifies_the_identity_assertion() {
+    use podgate_demo_pod::{AssertionCheck, Options};
+    use podgate_protocol::assertion::Audience;
+    use podgate_protocol::host::{HostTemplate, DEFAULT_PUBLIC_TEMPLATE};
+    use podgate_protocol::token::{mint, KeySet, PodClaims, SigningKey, TokenKind};
+    use std::sync::Arc;
+
+    const ISS: &str = "http://cp.test";
+    let key = SigningKey::ed25519_from_seed("ast-demo", [4; 32]).unwrap();
+    let hosts = HostTemplate::new(DEFAULT_PUBLIC_TEMPLATE, "localhost").unwrap();
+    let audience = Audience::Pod {
+        hosts,
+        pod: "demo".into(),
+    };
+    let check = Arc::new(AssertionCheck::new(ISS, audience));
+    let mut options = Options::named("checked");
+    options.assertions = Some(Arc::clone(&check));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pod = DemoPod::serve(options, listener).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = |pod: &str| PodClaims {
+        iss: ISS.into(),
+        sub: "u-demo".into(),
+        aud: format!("localhost-3000-pod-{pod}.localhost"),
+        pod: pod.into(),
+        port: 3000,
+        jti: "j".into(),
+        email: Some("demo@example.dev".into()),
+    };
+    let good = mint(TokenKind::Assertion, &key, &claims("demo"), now, 60).unwrap();
+    let info = |extra: String| {
+        let pod = &pod;
+        async move {
+            let (status, _, body) = get(
+                pod,
+                "localhost-3000.pod-demo.localhost",
+                "/api/info",
+                &extra,
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["assertion"].clone()
+        }
+    };
+    let header = |v: &str| format!("X-Podgate-Assertion: {v}\r\n");
+    // No keys fetched yet: refused.
+    assert!(info(header(&good)).await["refused"].is_object());
+    check
+        .set_keys(&KeySet {
+            keys: vec![key.public_jwk().unwrap()],
+        })
+        .unwrap();
+    let verified = info(header(&good)).await;
+    assert_eq!(verified["verified"]["sub"], "u-demo", "{verified}");
+    assert_eq!(verified["verified"]["email"], "demo@example.dev");
+    let forger = SigningKey::ed25519_from_seed("ast-demo", [5; 32]).unwrap();
+    for (what, value) in [
+        ("missing", String::new()),
+        (
+            "forged",
+            header(&mint(TokenKind::Assertion, &forger, &claims("demo"), now, 60).unwrap()),
+        ),
+        (
+            "another pod",
+            header(&mint(TokenKind::Assertion, &key, &claims("other"), now, 60).unwrap()),
+        ),
+        (
+            "expired",
+            header(&mint(TokenKind::Assertion, &key, &claims("demo"), now - 300, 60).unwrap()),
+        ),
+        (
+            "a capability",
+            header(&mint(TokenKind::Capability, &key, &claims("demo"), now, 60).unwrap()),
+        ),
+    ] {
+        let outcome = info(value).await;
+        assert!(
+            outcome["refused"]["reason"].is_string(),
+            "{what}: {outcome}"
+        );
+    }
+}

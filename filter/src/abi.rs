@@ -12,7 +12,7 @@ use std::mem::MaybeUninit;
 use podgate_protocol::reply::Denial;
 
 use crate::raw::{self, LogLevel};
-use crate::{Action, Filter};
+use crate::{Action, Filter, Resume};
 
 thread_local! {
     static FILTER: RefCell<Filter> = RefCell::new(Filter::default());
@@ -67,10 +67,10 @@ pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_siz
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_configure(_root_context_id: u32, configuration_size: usize) -> u32 {
+pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: usize) -> u32 {
     u32::from(with_filter(
         || false,
-        |f| f.on_configure(configuration_size),
+        |f| f.on_configure(root_context_id, configuration_size),
     ))
 }
 
@@ -102,9 +102,9 @@ pub extern "C" fn proxy_on_response_headers(
     with_filter(reset, |f| f.on_response_headers(context_id)) as u32
 }
 
-/// The answer to an HTTP call the filter made (a capability renewal); entered only when one
-/// was made, never on a request's path. The requests that waited for it are resumed after the
-/// filter is released: resuming one may run Envoy's later filters and a local reply at once,
+/// The answer to an HTTP call the filter made (a capability renewal or an API-token exchange);
+/// entered only when one was made, never on a request's path. The requests that waited for it
+/// are resumed, or answered, after the filter is released: resuming one may run Envoy's later filters and a local reply at once,
 /// which enters the VM again (its response headers).
 #[no_mangle]
 pub extern "C" fn proxy_on_http_call_response(
@@ -117,10 +117,15 @@ pub extern "C" fn proxy_on_http_call_response(
     let waiting = with_filter(Vec::new, |f| {
         f.on_http_call_response(token, num_headers, body_size)
     });
-    for context_id in waiting {
-        if let Err(status) =
-            raw::set_effective_context(context_id).and_then(|()| raw::continue_request())
-        {
+    for (context_id, resume) in waiting {
+        let resumed = raw::set_effective_context(context_id).and_then(|()| match resume {
+            Resume::Continue => raw::continue_request(),
+            Resume::Reply(reply) => {
+                crate::answer(&reply);
+                Ok(())
+            }
+        });
+        if let Err(status) = resumed {
             // The stream ended while it waited: nothing to resume.
             raw::log(
                 LogLevel::Debug,

@@ -12,18 +12,24 @@
 //! every stream, and each entry costs more Envoy CPU than podgate's whole cached decision.
 //! Per request: `proxy_on_request_headers`, `proxy_on_response_headers` and `proxy_on_delete`;
 //! no context-create, body, log or done callbacks. `proxy_on_http_call_response` is entered
-//! only for the answer to a capability renewal (`renewal`), once per capability and worker.
+//! only for the answer to a capability renewal (`renewal`), once per capability and worker,
+//! or to an API-token exchange (`exchange`), once per token, pod, port and worker.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
+use podgate_protocol::access_log;
+use podgate_protocol::assertion::ASSERTION_HEADER;
 use podgate_protocol::config::FilterConfig;
+use podgate_protocol::config::{POD_HEADER, PORT_HEADER};
+use podgate_protocol::exchange::{self, ExchangeKey, ExchangeNeeded};
 use podgate_protocol::gate::{Forward, Gate, HeaderEdit, Outcome};
 use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::{Denial, Reply};
 use podgate_protocol::response::ResponseEdit;
 use podgate_protocol::token::Verified;
+use podgate_protocol::wake::{self, WakeCall};
 
 mod abi;
 mod raw;
@@ -62,10 +68,13 @@ enum Counter {
     Renewed,
     RenewalRefused,
     RenewalFailed,
+    ExchangeCalls,
+    ExchangeGranted,
+    AssertionSigned,
 }
 
 impl Counter {
-    const ALL: [(Counter, &'static str); 14] = [
+    const ALL: [(Counter, &'static str); 17] = [
         (Counter::Allowed, "podgate.allowed"),
         (Counter::Callback, "podgate.callback"),
         (Counter::CacheHits, "podgate.token_cache.hits"),
@@ -83,6 +92,9 @@ impl Counter {
         (Counter::Renewed, "podgate.renewal.renewed"),
         (Counter::RenewalRefused, "podgate.renewal.refused"),
         (Counter::RenewalFailed, "podgate.renewal.failed"),
+        (Counter::ExchangeCalls, "podgate.exchange.calls"),
+        (Counter::ExchangeGranted, "podgate.exchange.granted"),
+        (Counter::AssertionSigned, "podgate.assertion.signed"),
     ];
 }
 
@@ -145,8 +157,9 @@ struct Filter {
     /// Streams forwarded to a pod, until their response headers (or their end): the forward,
     /// which holds what sanitizing the response needs.
     responses: ByContext<Rc<Forward>>,
-    /// Open WebSockets to pods, closed by the tick at their capability's `exp`, once a
-    /// configuration cuts it off, or once its renewal is refused.
+    /// Open WebSockets to pods, closed by the tick at their capability's `exp` or once its
+    /// renewal is refused, and as soon as a configuration that cuts it off arrives (the tick
+    /// looks again).
     websockets: ByContext<OpenSocket>,
     /// Renewals by the renewed capability's `jti`: at most one call in flight per capability,
     /// and its outcome for the requests that still carry the old one.
@@ -156,6 +169,38 @@ struct Filter {
     /// Streams whose response gets a renewed capability's cookie (empty but around a renewal,
     /// so the response path looks it up only then).
     set_cookies: ByContext<Rc<str>>,
+    /// When this worker last asked the control plane to start each pod (`wake`).
+    wakes: HashMap<String, i64>,
+    /// API-token exchanges in flight, by cache key: the streams waiting for each (at most
+    /// `exchange::MAX_IN_FLIGHT` keys; requests with the same token, pod and port share one
+    /// call).
+    exchanges: HashMap<ExchangeKey, PendingExchange>,
+    /// The exchange calls in flight: Envoy's call token → what was asked, and for which
+    /// client.
+    exchange_calls: HashMap<u32, (Rc<ExchangeNeeded>, String)>,
+    /// Clients the control plane limits: refused here until their wait is over.
+    backoff: exchange::ClientBackoff,
+    /// The root context, which owns the exchange calls: a call owned by a stream is cancelled,
+    /// unanswered, when that stream ends, and the requests that joined it would wait on.
+    root_context: Option<u32>,
+}
+
+/// An exchange in flight: the streams waiting for it, and when it started (unix seconds).
+struct PendingExchange {
+    waiting: Vec<u32>,
+    started: i64,
+}
+
+/// How long after its start an exchange call is taken as lost (its answer is due within
+/// the call's timeout, at most `renewal::MAX_TIMEOUT_MS`).
+const EXCHANGE_LOST_SECS: i64 = 15;
+
+/// What becomes of a stream that waited for an HTTP call, once the filter is released.
+pub(crate) enum Resume {
+    /// Let it go on (its edits, if any, are applied).
+    Continue,
+    /// Answer it locally; nothing is forwarded.
+    Reply(Reply),
 }
 
 /// An open WebSocket: the capability it lives on (the one that opened it, or its renewal)
@@ -202,6 +247,8 @@ impl Renewal {
 const MAX_RENEWALS: usize = 4096;
 /// How long an entry outlives the old capability's `exp`: the verification leeway's maximum.
 const RENEWAL_KEPT_SECS: i64 = 300;
+/// Most pods one worker remembers asking to start; past it, older entries go first.
+const MAX_WAKES: usize = 4096;
 /// How long after a failed renewal the next request tries again.
 const RENEWAL_RETRY_SECS: i64 = 5;
 
@@ -263,6 +310,78 @@ fn answer(reply: &Reply) -> Action {
     Action::Pause
 }
 
+/// Tells the access log who the request is for, the pod, the port and the decision
+/// (`access_log`). A failure is logged, never a reason to refuse the request.
+fn record(outcome: &Outcome) {
+    let set = |name: &str, edits: &[HeaderEdit]| {
+        edits.iter().rev().find_map(|edit| match edit {
+            HeaderEdit::Set(n, v) if n == name => Some(v.clone()),
+            _ => None,
+        })
+    };
+    let value = match outcome {
+        Outcome::Forward(forward) => {
+            let decision = if forward.user.is_some() {
+                access_log::Decision::Allow
+            } else {
+                access_log::Decision::Callback
+            };
+            let pod = set(POD_HEADER, &forward.edits);
+            let port = set(PORT_HEADER, &forward.edits);
+            access_log::line(
+                forward.user.as_deref(),
+                pod.as_deref(),
+                port.as_deref(),
+                decision,
+                None,
+            )
+        }
+        Outcome::Deny(denial) => access_log::line(
+            None,
+            None,
+            None,
+            access_log::Decision::Deny,
+            Some(denial.reason()),
+        ),
+        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => access_log::line(
+            None,
+            None,
+            None,
+            access_log::Decision::Deny,
+            Some(reply.reason),
+        ),
+        // Recorded once the exchange decides it (`decide_again`, or the refusal).
+        Outcome::Exchange(_) => return,
+        Outcome::Preflight(_) => {
+            access_log::line(None, None, None, access_log::Decision::Preflight, None)
+        }
+        Outcome::Answer(_) => {
+            access_log::line(None, None, None, access_log::Decision::Answer, None)
+        }
+    };
+    set_access_line(&value);
+}
+
+/// The access log's line for a request refused for `reason` after it waited (an exchange).
+fn record_refusal(reason: &str) {
+    set_access_line(&access_log::line(
+        None,
+        None,
+        None,
+        access_log::Decision::Deny,
+        Some(reason),
+    ));
+}
+
+fn set_access_line(value: &str) {
+    if let Err(status) = raw::set_property(access_log::PROPERTY, value) {
+        log(
+            LogLevel::Error,
+            &format!("podgate: cannot set the access log's filter state: {status:?}"),
+        );
+    }
+}
+
 fn apply_request(edits: &[HeaderEdit]) -> Result<(), raw::HostStatus> {
     let map = MapType::HttpRequestHeaders;
     for edit in edits {
@@ -298,7 +417,9 @@ impl Filter {
         true
     }
 
-    fn on_configure(&mut self, size: usize) -> bool {
+    fn on_configure(&mut self, root_context_id: u32, size: usize) -> bool {
+        // Exchange calls are made on behalf of the root context (`start_exchange`).
+        self.root_context = Some(root_context_id);
         let bytes = match raw::plugin_configuration(size) {
             Ok(bytes) if !bytes.is_empty() => bytes,
             Ok(_) => {
@@ -331,6 +452,9 @@ impl Filter {
                 self.gate.configure(Rc::new(compiled));
                 self.renewals
                     .retain(|_, r| matches!(r, Renewal::InFlight { .. }));
+                // A cut (sign-out, lost access, revocation) ends the WebSockets it covers as
+                // this configuration arrives, not a tick later.
+                self.close_expired_websockets();
                 // Again for this configuration's root context: Envoy may give an update its
                 // own, and a tick belongs to the root context that asked for it.
                 start_ticking();
@@ -469,9 +593,27 @@ impl Filter {
         }
     }
 
-    /// The control plane answered a renew call (or the call failed: no headers). Returns the
-    /// streams that waited for it, for the caller to resume once the filter is released.
+    /// The control plane answered a call (or the call failed: no headers). Returns the streams
+    /// that waited for it and what becomes of each, for the caller once the filter is
+    /// released.
     fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+    ) -> Vec<(u32, Resume)> {
+        if let Some((need, client)) = self.exchange_calls.remove(&token) {
+            return self.on_exchange_response(&need, &client, num_headers, body_size);
+        }
+        self.on_renewal_response(token, num_headers, body_size)
+            .into_iter()
+            .map(|id| (id, Resume::Continue))
+            .collect()
+    }
+
+    /// The control plane answered a renew call (or the call failed); the streams that waited
+    /// for it.
+    fn on_renewal_response(
         &mut self,
         token: u32,
         num_headers: usize,
@@ -547,8 +689,10 @@ impl Filter {
 
     /// Closes every WebSocket whose capability has expired (unrenewed), is refused by the
     /// configuration in force (a signed-out session, access lost, revoked), or whose renewal
-    /// the control plane refused. Envoy resets the stream right
-    /// after this callback (`proxy_close_stream` on the stream made effective), then deletes it.
+    /// the control plane refused. Run by the tick and by the configure callback. Envoy resets
+    /// the stream right after the callback (`proxy_close_stream` on the stream made effective),
+    /// then deletes it; the client sees the connection end once the listener's
+    /// `delayed_close_timeout` has passed.
     fn close_expired_websockets(&mut self) {
         if self.websockets.is_empty() {
             // The common case: no host call at all.
@@ -623,9 +767,21 @@ impl Filter {
         let after = self.gate.stats();
         self.metrics.bump(Counter::CacheHits, after.0 - before.0);
         self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
+        record(&outcome);
         match outcome {
             Outcome::Forward(forward) => self.forward(context_id, forward, now),
             Outcome::Deny(denial) => self.deny(&denial),
+            // A refusal's HTML page for a browser page load, counted as the refusal.
+            Outcome::Page(reply) => {
+                self.metrics.denied(reply.reason);
+                answer(&reply)
+            }
+            // A stopped pod a browser loads: ask the control plane to start it, then the page.
+            Outcome::Wake { call, page } => {
+                self.wake(context_id, &call, now);
+                self.metrics.denied(page.reason);
+                answer(&page)
+            }
             // CORS preflights are answered here and never forwarded.
             Outcome::Preflight(reply) => {
                 self.metrics.bump(Counter::Preflight, 1);
@@ -636,7 +792,261 @@ impl Filter {
                 self.metrics.bump(Counter::Answered, 1);
                 answer(&reply)
             }
+            Outcome::Exchange(need) => self.start_exchange(context_id, need),
         }
+    }
+
+    /// A request with an API token not yet exchanged for this pod and port waits for the
+    /// control plane: it joins the call in flight for the same key, or starts one if fewer
+    /// than `exchange::MAX_IN_FLIGHT` are; beyond that it is answered 429 at once.
+    fn start_exchange(&mut self, context_id: u32, need: Rc<ExchangeNeeded>) -> Action {
+        let Some(now) = now_unix() else {
+            return self.deny(&Denial::HostCallFailed);
+        };
+        // A call never answered (it cannot be, but a lost one must not hold its key and a
+        // slot for good) is forgotten.
+        if self
+            .exchanges
+            .values()
+            .any(|p| now.saturating_sub(p.started) > EXCHANGE_LOST_SECS)
+        {
+            self.exchanges
+                .retain(|_, p| now.saturating_sub(p.started) <= EXCHANGE_LOST_SECS);
+            let live = &self.exchanges;
+            self.exchange_calls
+                .retain(|_, (need, _)| live.contains_key(&need.key));
+        }
+        if let Some(pending) = self.exchanges.get_mut(&need.key) {
+            pending.waiting.push(context_id);
+            return Action::Pause;
+        }
+        // The client's address, so the control plane limits failed tokens per client.
+        let source = raw::property(&["source", "address"]).ok();
+        let client = source
+            .as_deref()
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .map(exchange::client_ip)
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(wait) = self.backoff.waiting(&client, now) {
+            return self.deny(&Denial::ExchangeBusy(wait));
+        }
+        if self.exchanges.len() >= exchange::MAX_IN_FLIGHT {
+            return self.deny(&Denial::ExchangeBusy(exchange::RETRY_AFTER_SECS));
+        }
+        let given = Some(client.as_str()).filter(|c| !c.is_empty());
+        let Some(call) = self.gate.exchange_call(&need, given) else {
+            return self.deny(&Denial::ExchangeFailed);
+        };
+        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
+        // Made on behalf of the root context, so that it outlives this stream (the requests
+        // that join it are then still answered), and back to this stream for the rest.
+        let on_root = self
+            .root_context
+            .is_some_and(|root| raw::set_effective_context(root).is_ok());
+        let made = raw::http_call(call.cluster, &headers, b"", call.timeout_ms);
+        if on_root {
+            if let Err(status) = raw::set_effective_context(context_id) {
+                return self
+                    .host_failed("returning to the request after the exchange call", status);
+            }
+        }
+        match made {
+            Ok(token) => {
+                self.metrics.bump(Counter::ExchangeCalls, 1);
+                let pending = PendingExchange {
+                    waiting: vec![context_id],
+                    started: now,
+                };
+                self.exchanges.insert(need.key, pending);
+                self.exchange_calls.insert(token, (need, client));
+                Action::Pause
+            }
+            Err(status) => {
+                log(
+                    LogLevel::Error,
+                    &format!("podgate: cannot call the control plane to exchange: {status:?}"),
+                );
+                self.deny(&Denial::ExchangeFailed)
+            }
+        }
+    }
+
+    /// The control plane answered an exchange call (or the call failed: no headers): the
+    /// answer is judged and remembered, and every stream that waited is decided again (a
+    /// forward has its edits applied here) or gets the refusal. What to do with each, for the
+    /// caller once the filter is released.
+    fn on_exchange_response(
+        &mut self,
+        need: &ExchangeNeeded,
+        client: &str,
+        num_headers: usize,
+        body_size: usize,
+    ) -> Vec<(u32, Resume)> {
+        let waiting = self
+            .exchanges
+            .remove(&need.key)
+            .map(|p| p.waiting)
+            .unwrap_or_default();
+        let (status, retry_after) = if num_headers == 0 {
+            (0, None)
+        } else {
+            raw::header_map_bytes(MapType::HttpCallResponseHeaders).map_or((0, None), |h| {
+                (renewal::call_status(&h), exchange::call_retry_after(&h))
+            })
+        };
+        let body = if body_size == 0 {
+            Vec::new()
+        } else {
+            raw::http_call_body(body_size).unwrap_or_default()
+        };
+        let Some(now) = now_unix() else {
+            let reply = Denial::HostCallFailed.reply();
+            return waiting
+                .into_iter()
+                .map(|id| (id, Resume::Reply(reply.clone())))
+                .collect();
+        };
+        if let Err(denial) = self.gate.exchanged(need, status, retry_after, &body, now) {
+            if let Denial::ExchangeBusy(secs) = denial {
+                self.backoff.back_off(client, secs, now);
+            }
+            if status == 0 || denial == Denial::ExchangeFailed {
+                log(
+                    LogLevel::Error,
+                    &format!("podgate: API-token exchange failed (status {status})"),
+                );
+            }
+            let reply = denial.reply();
+            return waiting
+                .into_iter()
+                .map(|id| {
+                    self.metrics.denied(reply.reason);
+                    if raw::set_effective_context(id).is_ok() {
+                        record_refusal(reply.reason);
+                    }
+                    (id, Resume::Reply(reply.clone()))
+                })
+                .collect();
+        }
+        self.metrics.bump(Counter::ExchangeGranted, 1);
+        waiting
+            .into_iter()
+            .filter_map(|id| self.decide_again(id, now).map(|resume| (id, resume)))
+            .collect()
+    }
+
+    /// Decides the waiting stream `context_id` again, now that its exchange is known; `None`
+    /// when the stream is gone.
+    fn decide_again(&mut self, context_id: u32, now: i64) -> Option<Resume> {
+        raw::set_effective_context(context_id).ok()?;
+        let bytes = raw::header_map_bytes(MapType::HttpRequestHeaders).ok()?;
+        let refuse = |f: &mut Filter, denial: Denial| {
+            let reply = denial.reply();
+            f.metrics.denied(reply.reason);
+            Resume::Reply(reply)
+        };
+        let outcome = self.gate.on_request(&bytes, now);
+        record(&outcome);
+        let resume = match outcome {
+            Outcome::Forward(forward) => {
+                if let Err(status) = apply_request(&forward.edits)
+                    .and_then(|()| raw::call_foreign_function("clear_route_cache"))
+                    .and_then(|()| self.set_assertion(&forward, now))
+                {
+                    log(
+                        LogLevel::Error,
+                        &format!("podgate: editing an exchanged request failed: {status:?}"),
+                    );
+                    return Some(refuse(self, Denial::HostCallFailed));
+                }
+                if forward.response.is_some() {
+                    self.responses.insert(context_id, Rc::clone(&forward));
+                }
+                if let (true, Some(cap)) = (forward.websocket, forward.capability.as_ref()) {
+                    let socket = OpenSocket {
+                        capability: Rc::clone(cap),
+                        renew_at: forward.renew_at,
+                    };
+                    self.websockets.insert(context_id, socket);
+                }
+                self.metrics.bump(Counter::Allowed, 1);
+                Resume::Continue
+            }
+            Outcome::Deny(denial) => refuse(self, denial),
+            Outcome::Page(reply) => {
+                self.metrics.denied(reply.reason);
+                Resume::Reply(reply)
+            }
+            Outcome::Wake { call, page } => {
+                self.wake(context_id, &call, now);
+                self.metrics.denied(page.reason);
+                Resume::Reply(page)
+            }
+            Outcome::Preflight(reply) | Outcome::Answer(reply) => Resume::Reply(reply),
+            // Judged and recorded, yet not found: never forwarded on a guess.
+            Outcome::Exchange(_) => refuse(self, Denial::ExchangeFailed),
+        };
+        Some(resume)
+    }
+
+    /// Asks the control plane to start a pod (`wake::WakeCall`), at most once per pod every
+    /// `wake::CALL_EVERY_SECS` in this worker. Nobody waits for the answer: its token is not
+    /// one of `calls`, so `on_http_call_response` drops it.
+    fn wake(&mut self, context_id: u32, call: &WakeCall, now: i64) {
+        if self
+            .wakes
+            .get(&call.pod)
+            .is_some_and(|at| now < at.saturating_add(wake::CALL_EVERY_SECS))
+        {
+            return;
+        }
+        if self.wakes.len() >= MAX_WAKES {
+            self.wakes
+                .retain(|_, at| now < at.saturating_add(wake::CALL_EVERY_SECS));
+            if self.wakes.len() >= MAX_WAKES {
+                return;
+            }
+        }
+        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
+        // Made on behalf of the root context: the page is answered at once, and a call owned
+        // by that stream would be cancelled when it ends.
+        let on_root = self
+            .root_context
+            .is_some_and(|root| raw::set_effective_context(root).is_ok());
+        let made = raw::http_call(&call.cluster, &headers, b"", call.timeout_ms);
+        if on_root {
+            if let Err(status) = raw::set_effective_context(context_id) {
+                log(
+                    LogLevel::Error,
+                    &format!("podgate: cannot return to the request after waking: {status:?}"),
+                );
+            }
+        }
+        match made {
+            Ok(_) => {
+                self.wakes.insert(call.pod.clone(), now);
+            }
+            Err(status) => log(
+                LogLevel::Error,
+                &format!("podgate: cannot call the control plane to start a pod: {status:?}"),
+            ),
+        }
+    }
+
+    /// Sets the identity assertion on a forward to a pod: signed once per capability and worker
+    /// per half its lifetime, a cached value (one header write) on every other request.
+    fn set_assertion(&mut self, forward: &Forward, now: i64) -> Result<(), raw::HostStatus> {
+        let signed = self.gate.assertions_signed();
+        let Some(assertion) = self.gate.assertion(forward, now) else {
+            return Ok(());
+        };
+        self.metrics.bump(
+            Counter::AssertionSigned,
+            self.gate.assertions_signed() - signed,
+        );
+        let map = MapType::HttpRequestHeaders;
+        raw::replace_header(map, ASSERTION_HEADER.as_bytes(), assertion.as_bytes())
     }
 
     fn forward(&mut self, context_id: u32, forward: Rc<Forward>, now: i64) -> Action {
@@ -650,6 +1060,9 @@ impl Filter {
         if forward.user.is_none() {
             self.metrics.bump(Counter::Callback, 1);
             return Action::Continue;
+        }
+        if let Err(status) = self.set_assertion(&forward, now) {
+            return self.host_failed("setting the identity assertion", status);
         }
         // To a pod (not the control plane, which sets our cookie): a WebSocket is closed when
         // the capability expires unrenewed, and the response is sanitized.

@@ -94,7 +94,19 @@ extern "C" {
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_close_stream(stream_type: u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_http_call(
         upstream_data: *const u8,
@@ -227,6 +239,13 @@ pub fn send_local_response(
     })
 }
 
+/// Sets the property `path` (one segment) of the effective context to `value`; Envoy keeps it
+/// as the filter state `wasm.<path>`, which access logs read.
+pub fn set_property(path: &str, value: &str) -> Result<(), HostStatus> {
+    // SAFETY: pointers and lengths of live slices, only read by the host.
+    check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
+}
+
 /// Calls Envoy's foreign function `name` without arguments, dropping its result.
 pub fn call_foreign_function(name: &str) -> Result<(), HostStatus> {
     let mut data: *mut u8 = std::ptr::null_mut();
@@ -276,6 +295,20 @@ pub fn reset_stream() -> Result<(), HostStatus> {
 pub fn set_tick_period_ms(period: u32) -> Result<(), HostStatus> {
     // SAFETY: no pointers.
     check(unsafe { proxy_set_tick_period_milliseconds(period) })
+}
+
+/// The value of the property at `path` (its segments joined by NUL, as the ABI has it), for
+/// the effective context.
+pub fn property(path: &[&str]) -> Result<Vec<u8>, HostStatus> {
+    let path = path.join("\0");
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: pointer and length of a live slice, only read by the host; it writes a pointer
+    // and a length through pointers to live locals.
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    check(status)?;
+    // SAFETY: allocated by the host through `proxy_on_memory_allocate(size)`, handed to us.
+    Ok(unsafe { host_buffer(data, size) })
 }
 
 /// Resumes the effective context's request (paused by its request-headers callback).

@@ -775,6 +775,9 @@ fn gate_filter_config(https: bool, keys: KeySet) -> FilterConfig {
         cutoffs: Default::default(),
         logout_url: None,
         renewal: None,
+        wake: false,
+        rate_limits: None,
+        assertion: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 2,
@@ -1014,7 +1017,10 @@ pub fn check_gate(case: &GateCase) -> Decision {
     let expected = match cors::preflight(config, &req.preflight_view()) {
         Some(Preflight::Allowed(reply)) => Outcome::Preflight(reply),
         Some(Preflight::Refused(denial)) => Outcome::Deny(denial),
-        None => first.clone().into(),
+        None => match first.clone() {
+            Decision::Deny(denial) => gate::refusal(config, &req, denial),
+            decision => decision.into(),
+        },
     };
     check_memo(case, &expected, budget_bound);
     match &first {
@@ -1028,6 +1034,8 @@ pub fn check_gate(case: &GateCase) -> Decision {
             f.user.as_deref(),
             f.expires_at,
         ),
+        // An API token to exchange: nothing is forwarded before the control plane answers.
+        Decision::Exchange(_) => {}
     }
     first
 }
@@ -1046,8 +1054,9 @@ fn check_memo(case: &GateCase, expected: &Outcome, budget_bound: bool) {
     let wire = podgate_protocol::wire::encode_header_map(&case.headers);
     let mut gate = fresh_gate(case.https);
     // A refusal the verification budget decided may turn into the forward a warm cache finds.
-    let may_differ =
-        |got: &Outcome| budget_bound && matches!(expected, Outcome::Deny(_)) && got != expected;
+    let may_differ = |got: &Outcome| {
+        budget_bound && matches!(expected, Outcome::Deny(_) | Outcome::Page(_)) && got != expected
+    };
     for round in ["miss", "hit"] {
         let got = gate.on_request(&wire, case.now);
         if round == "miss" || !may_differ(&got) {
@@ -1482,6 +1491,10 @@ fn through_fresh_gate(headers: &[(String, Vec<u8>)]) -> (Decision, VerifiedCache
         Outcome::Forward(forward) => Decision::Forward(forward),
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
+        Outcome::Exchange(need) => Decision::Exchange(need),
+        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => {
+            panic!("a page for a request without Accept: {reply:?}")
+        }
         Outcome::Preflight(reply) => panic!("a GET answered as a preflight: {reply:?}"),
     };
     (decision, gate.into_cache())

@@ -5,11 +5,13 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::assertion::{Assertion, CompiledAssertion};
 use crate::cookie;
 use crate::cutoff::{CompiledCutoffs, Cutoffs};
 use crate::host::{
     HostTemplate, TemplateError, DEFAULT_PUBLIC_TEMPLATE, DEFAULT_UPSTREAM_TEMPLATE,
 };
+use crate::rate::RateLimits;
 use crate::renewal::{CompiledRenewal, InForce, Renewal};
 use crate::set_cookie::ReservedNames;
 use crate::token::{
@@ -21,6 +23,13 @@ use crate::token::{
 pub const CLUSTER_HEADER: &str = "x-podgate-cluster";
 /// Header the filter sets with the pod's `address:port` for an original-destination cluster.
 pub const UPSTREAM_HEADER: &str = "x-podgate-upstream";
+/// The routing headers the route configuration removes: every Envoy config podgate ships lists
+/// them in its route configuration's `request_headers_to_remove`, which the router applies
+/// after it chose the route's cluster (`CLUSTER_HEADER`), so neither pods nor the control plane
+/// receive them. `UPSTREAM_HEADER` is not here: the original-destination cluster reads it when
+/// it picks the host, after those removals, so that cluster's upstream filter removes it
+/// (`podgate_xds::builders::original_dst_cluster`).
+pub const ROUTE_HEADERS: [&str; 1] = [CLUSTER_HEADER];
 /// Identity headers the pod receives.
 pub const USER_HEADER: &str = "x-podgate-user";
 pub const EMAIL_HEADER: &str = "x-podgate-email";
@@ -185,6 +194,18 @@ pub struct FilterConfig {
     /// configuration without it is one an older filter takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal: Option<Renewal>,
+    /// The control plane can start stopped pods (`wake`): a browser loading a page of one asks
+    /// it to, through the renewal's call, and gets a page that reloads itself. Needs `renewal`.
+    /// Left out when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wake: bool,
+    /// Request-rate limits per user and per pod (`rate`); left out when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
+    /// Signing the identity assertion forwarded requests carry to pods (`assertion`). Left
+    /// out when off, so a configuration without it is one an older filter takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion: Option<Assertion>,
     #[serde(default = "default_leeway")]
     pub leeway_secs: i64,
     #[serde(default = "default_max_lifetime")]
@@ -229,6 +250,12 @@ pub struct CompiledConfig {
     pub logout_url: String,
     /// Renewing browser capabilities (`renewal`); `None`: off.
     pub renewal: Option<CompiledRenewal>,
+    /// Stopped pods can be started (`wake`); only with `renewal`, whose call it uses.
+    pub wake: bool,
+    /// Request-rate limits (`rate`); `None`: none.
+    pub rate_limits: Option<RateLimits>,
+    /// Signing identity assertions (`assertion`); `None`: off.
+    pub assertion: Option<CompiledAssertion>,
     pub token_cache_entries: usize,
 }
 
@@ -312,6 +339,14 @@ impl FilterConfig {
             .map(Renewal::compile)
             .transpose()
             .map_err(|e| field("renewal", e))?;
+        if let Some(limits) = &self.rate_limits {
+            limits.check().map_err(|e| field("rate_limits", e))?;
+        }
+        let assertion = self
+            .assertion
+            .map(Assertion::compile)
+            .transpose()
+            .map_err(|e| field("assertion", e))?;
         if !(0..=300).contains(&self.leeway_secs) {
             return Err(field("leeway_secs", "must be between 0 and 300"));
         }
@@ -363,7 +398,10 @@ impl FilterConfig {
             revoked: self.revoked_jti.into_iter().collect(),
             cutoffs,
             logout_url,
+            wake: self.wake && renewal.is_some(),
+            rate_limits: self.rate_limits,
             renewal,
+            assertion,
             token_cache_entries: self.token_cache_entries,
         })
     }

@@ -52,6 +52,14 @@ pub struct CompiledRenewal {
     pub timeout_ms: u32,
 }
 
+impl CompiledRenewal {
+    /// The secret the control plane and the filter share (also authenticates API-token
+    /// exchanges, `exchange`).
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+}
+
 impl std::fmt::Debug for CompiledRenewal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompiledRenewal")

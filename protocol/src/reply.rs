@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::config::PodStatus;
 use crate::host::HostError;
+use crate::rate::Limited;
 use crate::token::TokenError;
 
 /// The realm in `WWW-Authenticate`.
@@ -43,11 +44,22 @@ pub enum Denial {
     UnknownPod,
     /// 503: the pod exists but is not running.
     NotRunning(PodStatus),
+    /// 429: the user's or the pod's request rate is spent (`rate`); retry after that many
+    /// seconds.
+    RateLimited { scope: Limited, retry_after: u32 },
     /// 500: the filter has no usable configuration; fail closed.
     NotConfigured,
     /// 500: a call to the proxy failed (reading the request, the clock, or applying the
     /// edits), or the proxy handed over a header map that does not decode; fail closed.
     HostCallFailed,
+    /// 401: an API token that is malformed, unknown, revoked or expired (`exchange`).
+    ApiTokenRefused,
+    /// 403: the API token's owner may not reach this pod and port.
+    ApiTokenNotAllowed,
+    /// 429: too many API-token exchanges at once; retry after that many seconds.
+    ExchangeBusy(u32),
+    /// 503: the control plane gave no usable answer to an API-token exchange; fail closed.
+    ExchangeFailed,
 }
 
 #[derive(Serialize)]
@@ -83,13 +95,18 @@ impl Denial {
             Denial::BadPreflight => "bad_preflight",
             Denial::UnknownPod => "unknown_pod",
             Denial::NotRunning(_) => "pod_not_running",
+            Denial::RateLimited { .. } => "rate_limited",
             Denial::NotConfigured => "not_configured",
             Denial::HostCallFailed => "host_error",
+            Denial::ApiTokenRefused => "api_token_refused",
+            Denial::ApiTokenNotAllowed => "api_token_not_allowed",
+            Denial::ExchangeBusy(_) => "exchange_busy",
+            Denial::ExchangeFailed => "exchange_failed",
         }
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 14] = [
+    pub const ALL_REASONS: [&'static str; 19] = [
         "bad_host",
         "malformed_header",
         "malformed_authorization",
@@ -102,8 +119,13 @@ impl Denial {
         "bad_preflight",
         "unknown_pod",
         "pod_not_running",
+        "rate_limited",
         "not_configured",
         "host_error",
+        "api_token_refused",
+        "api_token_not_allowed",
+        "exchange_busy",
+        "exchange_failed",
     ];
 
     /// Builds the local reply.
@@ -170,6 +192,17 @@ impl Denial {
                 format!("Pod is not running (status: {})", status.as_str()),
                 None,
             ),
+            Denial::RateLimited { scope, retry_after } => (
+                429,
+                format!(
+                    "Too many requests: {} request rate is spent; retry in {retry_after} s",
+                    match scope {
+                        Limited::User => "your",
+                        Limited::Pod => "this pod's",
+                    }
+                ),
+                Some("slow down; wait for Retry-After seconds before the next request"),
+            ),
             Denial::NotConfigured => (
                 500,
                 "podgate is not configured; nothing is forwarded".into(),
@@ -179,6 +212,26 @@ impl Denial {
                 500,
                 "podgate internal error: the proxy failed to hand over or edit the request; nothing is forwarded".into(),
                 None,
+            ),
+            Denial::ApiTokenRefused => (
+                401,
+                "Invalid API token: malformed, unknown, revoked or expired".into(),
+                Some("create an API token with POST /api/proxy-tokens while signed in, and send it as 'Authorization: Bearer pg_...'"),
+            ),
+            Denial::ApiTokenNotAllowed => (
+                403,
+                "This API token's owner may not reach this pod and port".into(),
+                Some("use a token of a user who may reach this pod"),
+            ),
+            Denial::ExchangeBusy(_) => (
+                429,
+                "Too many API-token requests at once; retry shortly".into(),
+                None,
+            ),
+            Denial::ExchangeFailed => (
+                503,
+                "podgate could not check the API token with the control plane; nothing is forwarded".into(),
+                Some("retry shortly"),
             ),
         };
         let redirect = match self {
@@ -202,9 +255,19 @@ impl Denial {
                 reason: self.reason(),
             };
         }
+        match self {
+            Denial::ExchangeBusy(secs) => headers.push(("retry-after", secs.to_string())),
+            Denial::ExchangeFailed => headers.push(("retry-after", "1".to_owned())),
+            Denial::RateLimited { retry_after, .. } => {
+                headers.push(("retry-after", retry_after.to_string()))
+            }
+            _ => {}
+        }
         if status == 401 {
             let err = match self {
-                Denial::InvalidCapability { .. } => ", error=\"invalid_token\"",
+                Denial::InvalidCapability { .. } | Denial::ApiTokenRefused => {
+                    ", error=\"invalid_token\""
+                }
                 _ => "",
             };
             headers.push(("www-authenticate", format!("Bearer realm=\"{REALM}\"{err}")));

@@ -24,6 +24,8 @@ pub const MIN_TOKEN_LEN: usize = 64;
 pub const MIN_HMAC_SECRET_LEN: usize = 32;
 /// Hard upper bound for a login ticket's lifetime.
 pub const MAX_TICKET_LIFETIME_SECS: i64 = 60;
+/// Hard upper bound for an identity assertion's lifetime (`assertion`).
+pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 300;
 /// Default capability lifetime.
 pub const DEFAULT_CAPABILITY_LIFETIME_SECS: i64 = 900;
 /// Default upper bound for a capability's lifetime (what a verifier accepts).
@@ -39,17 +41,25 @@ pub enum TokenKind {
     LoginTicket,
     /// The cookie or header that lets a request through to a pod.
     Capability,
+    /// What the filter tells a pod about the request's user (`assertion`); never a credential
+    /// anywhere in podgate.
+    Assertion,
 }
 
 impl TokenKind {
     /// Every kind; `looks_like_ours` knows a token of any of them by its `kid` prefix.
-    pub const ALL: [TokenKind; 2] = [TokenKind::LoginTicket, TokenKind::Capability];
+    pub const ALL: [TokenKind; 3] = [
+        TokenKind::LoginTicket,
+        TokenKind::Capability,
+        TokenKind::Assertion,
+    ];
 
     /// The explicit `typ` header value of this kind.
     pub const fn typ(self) -> &'static str {
         match self {
             TokenKind::LoginTicket => "podgate-ticket+jwt",
             TokenKind::Capability => "podgate-cap+jwt",
+            TokenKind::Assertion => "podgate-assert+jwt",
         }
     }
 
@@ -58,6 +68,7 @@ impl TokenKind {
         match self {
             TokenKind::LoginTicket => "tkt-",
             TokenKind::Capability => "cap-",
+            TokenKind::Assertion => "ast-",
         }
     }
 }
@@ -721,6 +732,7 @@ impl Verifier {
         let max_lifetime = match kind {
             TokenKind::LoginTicket => max_lifetime_secs.min(MAX_TICKET_LIFETIME_SECS),
             TokenKind::Capability => max_lifetime_secs,
+            TokenKind::Assertion => max_lifetime_secs.min(MAX_ASSERTION_LIFETIME_SECS),
         };
         Ok(Self {
             kind,

@@ -35,8 +35,16 @@ fn denials() -> Vec<Denial> {
         Denial::BadPreflight,
         Denial::UnknownPod,
         Denial::NotRunning(PodStatus::Stopped),
+        Denial::RateLimited {
+            scope: podgate_protocol::rate::Limited::User,
+            retry_after: 1,
+        },
         Denial::NotConfigured,
         Denial::HostCallFailed,
+        Denial::ApiTokenRefused,
+        Denial::ApiTokenNotAllowed,
+        Denial::ExchangeBusy(1),
+        Denial::ExchangeFailed,
     ];
     for d in &all {
         match d {
@@ -53,8 +61,13 @@ fn denials() -> Vec<Denial> {
             | Denial::BadPreflight
             | Denial::UnknownPod
             | Denial::NotRunning(_)
+            | Denial::RateLimited { .. }
             | Denial::NotConfigured
-            | Denial::HostCallFailed => {}
+            | Denial::HostCallFailed
+            | Denial::ApiTokenRefused
+            | Denial::ApiTokenNotAllowed
+            | Denial::ExchangeBusy(_)
+            | Denial::ExchangeFailed => {}
         }
     }
     all

@@ -6,6 +6,9 @@
 //!
 //! "Nothing reached the pod" is asserted on this record: no request and no connection.
 //!
+//! Given an assertion verifier (`verify_assertions`), the pod checks every request's
+//! `x-podgate-assertion` as a real pod would and records the outcome (`Recorded::assertion`).
+//!
 //! Paths under [`BEHAVIOUR_PREFIX`] (`/_fake/`) make the pod behave like a pod that streams or
 //! fails, on any connection, without a pod of its own (see [`Behaviour`]): server-sent events and
 //! chunked bodies paced in time, a download generated on the fly, an upload counted as it
@@ -32,6 +35,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use podgate_protocol::assertion::{Asserted, AssertionVerifier, ASSERTION_HEADER};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,6 +57,10 @@ pub struct Recorded {
     pub body_len: usize,
     /// An `Upgrade: websocket` request the pod accepted.
     pub websocket: bool,
+    /// What the pod's assertion verifier made of `x-podgate-assertion` (`None` without a
+    /// verifier): who the request is for, or why it was refused ("missing" without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assertion: Option<Result<Asserted, String>>,
 }
 
 impl Recorded {
@@ -87,6 +95,8 @@ struct Record {
     ws_messages: Arc<AtomicUsize>,
     /// Headers appended to every plain (non-upgrade) response, in order.
     extra_headers: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Checks every request's identity assertion when set.
+    assertions: Mutex<Option<Arc<AssertionVerifier>>>,
 }
 
 impl Record {
@@ -185,6 +195,16 @@ impl FakePod {
         self.record.ws_messages.store(0, Ordering::SeqCst);
         self.record.requests().clear();
         self.record.extra_headers().clear();
+    }
+
+    /// From now on, every request's `x-podgate-assertion` is checked with `verifier` at the
+    /// time it arrives, and the outcome recorded (`Recorded::assertion`).
+    pub fn verify_assertions(&self, verifier: AssertionVerifier) {
+        *self
+            .record
+            .assertions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(verifier));
     }
 
     /// From now until the next `reset`, every plain response also carries these headers, in
@@ -291,7 +311,22 @@ async fn handle(
             .collect(),
         body_len: 0,
         websocket,
+        assertion: None,
     };
+    let verifier = record
+        .assertions
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    if let Some(verifier) = verifier {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        recorded.assertion = Some(match recorded.header(ASSERTION_HEADER) {
+            None => Err("missing".to_owned()),
+            Some(value) => verifier.verify(value, now).map_err(|e| e.to_string()),
+        });
+    }
     if websocket {
         let key = req.headers().get(SEC_WEBSOCKET_KEY).cloned();
         record.requests().push(recorded);

@@ -39,8 +39,17 @@ wait "$child"; echo "$?" > "$run/exit.tmp"; mv "$run/exit.tmp" "$run/exit"
 wait
 "#;
 
-/// `$1` is the directory to remove once stdin closes (unless `$1/keep` exists).
-const JANITOR: &str = r#"read -r _ || true; [ -e "$1/keep" ] || rm -rf "$1""#;
+/// `$1` is the directory to remove once stdin closes (unless `$1/keep` exists); `$2`, when not
+/// empty, a directory its `*.log` files are copied to first (as `<dir name>-<file>`).
+const JANITOR: &str = r#"read -r _ || true
+if [ -n "$2" ] && mkdir -p "$2"; then
+    for f in "$1"/*.log; do [ -f "$f" ] && cp "$f" "$2/${1##*/}-${f##*/}"; done
+fi
+[ -e "$1/keep" ] || rm -rf "$1""#;
+
+/// Where the logs of every work directory are copied when it is removed (`./just test` sets
+/// it, and `log_scan` then reads them for credentials); unset: not copied.
+pub const LOG_ARCHIVE_VAR: &str = "PODGATE_TEST_LOG_ARCHIVE";
 
 /// A fresh directory under the system's temporary directory, removed when dropped or when the
 /// test process dies, unless it holds a file named `keep` (made by [`WorkDir::keep`], by a
@@ -75,6 +84,7 @@ impl WorkDir {
             .arg(JANITOR)
             .arg("podgate-test-janitor")
             .arg(&path)
+            .arg(std::env::var_os(LOG_ARCHIVE_VAR).unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

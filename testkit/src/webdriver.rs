@@ -353,6 +353,46 @@ impl Browser {
             .map(|_| ())
     }
 
+    /// The current window's handle (for `switch_to_window`).
+    pub async fn window_handle(&self) -> anyhow::Result<String> {
+        let value = self
+            .session_call(reqwest::Method::GET, "/window", None)
+            .await?;
+        value
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("the window handle is not a string: {value}"))
+    }
+
+    /// Opens another top-level window (not a tab, so the current page stays visible and its
+    /// timers are not throttled) and switches to it; its handle.
+    pub async fn new_window(&self) -> anyhow::Result<String> {
+        let value = self
+            .session_call(
+                reqwest::Method::POST,
+                "/window/new",
+                Some(json!({"type": "window"})),
+            )
+            .await?;
+        let handle = value["handle"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no handle for the new window: {value}"))?
+            .to_owned();
+        self.switch_to_window(&handle).await?;
+        Ok(handle)
+    }
+
+    /// Makes the window `handle` the one later commands act on.
+    pub async fn switch_to_window(&self, handle: &str) -> anyhow::Result<()> {
+        self.session_call(
+            reqwest::Method::POST,
+            "/window",
+            Some(json!({ "handle": handle })),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// A PNG screenshot of the page as shown (iframes included).
     pub async fn screenshot(&self) -> anyhow::Result<Vec<u8>> {
         use base64::Engine as _;

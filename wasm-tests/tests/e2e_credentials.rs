@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use podgate_protocol::assertion::ASSERTION_HEADER;
 use podgate_protocol::token::{self, PodClaims, SigningKey, TokenKind};
 use podgate_wasm_tests::e2e::fixture::{impostor_key, now, USER};
 use podgate_wasm_tests::e2e::{block_on, Turn};
@@ -21,7 +22,9 @@ const MISSES: &str = "wasmcustom.podgate.token_cache.misses";
 const API_TOKEN: &str =
     "pg_0123456789abcdef01234567_abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuvwx";
 
-/// Asserts no header the pod got carries any of `tokens` or anything that looks like ours.
+/// Asserts no header the pod got carries any of `tokens` or anything that looks like ours,
+/// except the identity assertion the filter signed for the pod, which must be one (the pod's
+/// verifier took it), never a credential.
 fn assert_no_trace(seen: &podgate_wasm_tests::e2e::Recorded, tokens: &[&str], what: &str) {
     for (name, value) in &seen.headers {
         for t in tokens.iter().filter(|t| t.len() > 8) {
@@ -29,6 +32,14 @@ fn assert_no_trace(seen: &podgate_wasm_tests::e2e::Recorded, tokens: &[&str], wh
                 !value.contains(t),
                 "{what}: the pod got our token in {name}"
             );
+        }
+        if name == ASSERTION_HEADER {
+            assert!(
+                matches!(seen.assertion, Some(Ok(_))),
+                "{what}: {name} is not a valid assertion: {:?}",
+                seen.assertion
+            );
+            continue;
         }
         assert!(
             !token::mentions_ours(value),

@@ -13,8 +13,11 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use podgate_protocol::assertion::{AssertionError, AssertionVerifier, Audience, ASSERTION_HEADER};
+use podgate_protocol::host::{HostTemplate, DEFAULT_PUBLIC_TEMPLATE};
+use podgate_protocol::token::{self, KeySet, PodClaims, SigningKey, TokenError, TokenKind};
 use podgate_wasm_tests::e2e::client::Answer;
-use podgate_wasm_tests::e2e::fixture::{impostor_key, now, EMAIL, USER};
+use podgate_wasm_tests::e2e::fixture::{assertion_key, impostor_key, now, EMAIL, USER};
 use podgate_wasm_tests::e2e::{
     block_on, public_host, upstream_host, Bootstrap, EnvoyClient, FakePod, Readiness, Turn,
     WsOutcome,
@@ -84,7 +87,8 @@ fn valid_cookie_reaches_the_right_pod_with_host_rewritten_and_credentials_stripp
             !seen.headers.iter().any(|(_, v)| v.contains(&token)),
             "{seen:?}"
         );
-        assert_eq!(seen.header("x-podgate-cluster"), Some("pod_alpha"));
+        // The router read the cluster from the filter's routing header and removed it.
+        assert!(!seen.has_header("x-podgate-cluster"), "{seen:?}");
         assert_eq!(seen.header("x-podgate-user"), Some(USER));
         assert_eq!(seen.header("x-podgate-email"), Some(EMAIL));
         assert!(
@@ -202,7 +206,8 @@ fn client_copies_of_our_headers_cannot_reroute_or_spoof() {
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert!(stack.beta.untouched(), "{}", stack.describe());
         let seen = only_request(&stack, stack.alpha);
-        assert_eq!(seen.header_all("x-podgate-cluster"), vec!["pod_alpha"]);
+        // Routed by the filter's cluster header (beta got nothing), which the router removed.
+        assert!(!seen.has_header("x-podgate-cluster"), "{seen:?}");
         assert_eq!(seen.header_all("x-podgate-user"), vec![USER]);
         assert_eq!(seen.header_all("x-podgate-email"), vec![EMAIL]);
         assert_eq!(seen.header_all("x-podgate-pod"), vec!["alpha"]);
@@ -730,11 +735,179 @@ fn callback_goes_to_the_control_plane_with_host_unchanged() {
         let seen = only_request(&stack, &stack.control_plane);
         assert_eq!(seen.path, "/.podgate/callback?ticket=x");
         assert_eq!(seen.header_all("host"), vec![alpha_host()]);
-        assert_eq!(
-            seen.header_all("x-podgate-cluster"),
-            vec!["podgate_control_plane"]
-        );
+        // Routed to the control plane by the filter's cluster header, which the router removed.
+        assert!(!seen.has_header("x-podgate-cluster"), "{seen:?}");
         assert!(!seen.has_header("x-podgate-user"), "{seen:?}");
+        assert!(!seen.has_header(ASSERTION_HEADER), "{seen:?}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The identity assertion
+
+/// The pod's verifier (the fake pod's, built from the published key, the issuer and its own
+/// pod) takes the assertion the filter signed, for the capability's user, pod and port; the
+/// same value is refused by another pod's verifier, once expired, and when forged.
+#[test]
+fn pod_verifies_the_identity_assertion_and_refuses_forged_other_pod_and_expired_ones() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let sent_at = now();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/whoami")
+                .header("cookie", format!("podgate_cap={token}"))
+                .header(ASSERTION_HEADER, "forged-by-the-client"),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = only_request(&stack, stack.alpha);
+        assert_eq!(seen.header_all(ASSERTION_HEADER).len(), 1, "{seen:?}");
+        let asserted = match &seen.assertion {
+            Some(Ok(asserted)) => asserted.clone(),
+            other => panic!("the pod refused the filter's assertion: {other:?}"),
+        };
+        assert_eq!(asserted.sub, USER);
+        assert_eq!(asserted.email.as_deref(), Some(EMAIL));
+        assert_eq!((asserted.pod.as_str(), asserted.port), ("alpha", PORT));
+        assert!(
+            (sent_at + 50..=now() + 60).contains(&asserted.expires_at),
+            "{asserted:?}"
+        );
+        let value = seen.header(ASSERTION_HEADER).unwrap().to_owned();
+        assert_ne!(value, token);
+
+        let issuer = stack.minter.issuer.clone();
+        let published = KeySet {
+            keys: assertion_key().unwrap().public_jwk().into_iter().collect(),
+        };
+        let hosts = HostTemplate::new(DEFAULT_PUBLIC_TEMPLATE, "localhost").unwrap();
+        let verifier_of = |pod: &str| {
+            let audience = Audience::Pod {
+                hosts: hosts.clone(),
+                pod: pod.to_owned(),
+            };
+            AssertionVerifier::new(issuer.clone(), &published, audience, 5).unwrap()
+        };
+        let alpha = verifier_of("alpha");
+        assert!(alpha.verify(&value, now()).is_ok());
+        // Another pod.
+        assert_eq!(
+            verifier_of("beta").verify(&value, now()),
+            Err(AssertionError::WrongAudience)
+        );
+        // Expired.
+        assert_eq!(
+            alpha.verify(&value, asserted.expires_at + 6),
+            Err(AssertionError::Token(TokenError::Expired))
+        );
+        // Forged: the same claims signed by a key that was never published, under its kid.
+        let forger = SigningKey::ed25519_from_seed("ast-e2e-1", [0x11; 32]).unwrap();
+        let claims = PodClaims {
+            iss: issuer.clone(),
+            sub: USER.into(),
+            aud: alpha_host(),
+            pod: "alpha".into(),
+            port: PORT,
+            jti: "forged".into(),
+            email: None,
+        };
+        let forged = token::mint(TokenKind::Assertion, &forger, &claims, now(), 60).unwrap();
+        assert_eq!(
+            alpha.verify(&forged, now()),
+            Err(AssertionError::Token(TokenError::BadSignature))
+        );
+        // The capability itself is no assertion.
+        assert!(matches!(
+            alpha.verify(&token, now()),
+            Err(AssertionError::Token(TokenError::WrongType { .. }))
+        ));
+    });
+}
+
+/// An assertion presented to the filter as a capability (cookie, bearer, `podgate-token`) is
+/// refused and nothing is forwarded; as an API token it is not one either.
+#[test]
+fn an_assertion_is_no_capability_at_the_edge() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), "/")
+                .header("cookie", format!("podgate_cap={token}")),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = only_request(&stack, stack.alpha);
+        let assertion = seen.header(ASSERTION_HEADER).unwrap().to_owned();
+        for (name, value) in [
+            ("cookie", format!("podgate_cap={assertion}")),
+            ("authorization", format!("Bearer {assertion}")),
+            ("podgate-token", assertion.clone()),
+        ] {
+            stack.reset();
+            let answer = send(stack.client.get(&alpha_host(), "/").header(name, value)).await;
+            assert_denied(&stack, &answer, 401, name);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access logs
+
+/// Envoy's access log line names who (the capability's user, or `-`), the pod, the port, the
+/// filter's decision and its reason; never the token.
+#[test]
+fn access_log_says_who_which_pod_and_what_the_filter_decided() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        let allowed_path = format!("/logged-allow-{}", now());
+        let denied_path = format!("/logged-deny-{}", now());
+        let answer = send(
+            stack
+                .client
+                .get(&alpha_host(), &allowed_path)
+                .header("cookie", format!("podgate_cap={token}")),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let answer = send(stack.client.get(&alpha_host(), &denied_path)).await;
+        assert_eq!(answer.status, 401, "{}", answer.body);
+        let line_with =
+            |log: &str, path: &str| log.lines().find(|l| l.contains(path)).map(str::to_owned);
+        // Envoy flushes its access log file now and then (the file flush interval, 10 s by
+        // default), not per line.
+        let mut log = String::new();
+        for _ in 0..150 {
+            log = stack.envoy.log();
+            if line_with(&log, &allowed_path).is_some() && line_with(&log, &denied_path).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let allowed = line_with(&log, &allowed_path).expect("the allowed request is logged");
+        assert!(
+            allowed.contains(&format!(
+                "user={USER} pod=alpha port={PORT} decision=allow reason=-"
+            )),
+            "{allowed}"
+        );
+        let denied = line_with(&log, &denied_path).unwrap_or_else(|| {
+            panic!(
+                "the denied request is not logged:\n{}",
+                stack.envoy.log_tail()
+            )
+        });
+        assert!(
+            denied.contains("user=- pod=- port=- decision=deny reason=no_capability"),
+            "{denied}"
+        );
+        assert!(!log.contains(&token), "the token reached Envoy's log");
     });
 }
 

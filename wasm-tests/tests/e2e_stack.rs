@@ -512,13 +512,24 @@ fn stopped_pod_answers_503_with_its_status_and_comes_back() {
             "{}",
             answer.body
         );
-        // A page load with the cookie gets the same answer (no redirect loop).
+        // A page load with the cookie gets the same answer as a page (no redirect loop).
         let load = web
             .navigate(&stack.pod_url(&seeded.slug, PAGE, "/"))
             .await
             .unwrap();
         assert_eq!(load.status, 503, "{}", load.trail());
-        assert_eq!(load.json()["error"], "Pod is not running (status: stopped)");
+        assert_eq!(
+            load.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert!(
+            load.body.contains(&format!(
+                "Pod {} is not running (status: stopped).",
+                seeded.slug
+            )),
+            "{}",
+            load.body
+        );
         // And a WebSocket: refused before the pod.
         let host = stack.pod_host(&seeded.slug, PAGE);
         let cookie = web.jar.header(&host).unwrap();
@@ -1074,7 +1085,9 @@ fn browser_workbench_iframe_shows_the_pod_through_proxy_auth() {
 
 /// A page in a real browser that fetches every second and keeps a WebSocket open, with the
 /// shortest capability lifetime (30 s; the filter's leeway is 30 s more), for three minutes:
-/// renewal at the edge keeps every call working and the WebSocket open, with no redirect.
+/// renewal at the edge keeps every call working and the WebSocket open, with no redirect. Then
+/// the user signs out on the pod host (in another window): within a second the page's fetches
+/// fail and its WebSocket is closed, and the next page load of the pod goes to sign in.
 #[test]
 fn browser_page_keeps_fetching_and_its_websocket_stays_open_across_capability_lifetimes() {
     if browser_or_skip().is_none() {
@@ -1100,34 +1113,12 @@ fn browser_page_keeps_fetching_and_its_websocket_stays_open_across_capability_li
             .await
             .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
         browser
-            .execute(
-                "window.__pg = {ok: 0, failed: [], ws: 'opening', echoes: 0};\
-                 var ws = new WebSocket(location.origin.replace('http', 'ws') + '/ws');\
-                 ws.onopen = function () { window.__pg.ws = 'open'; };\
-                 ws.onmessage = function () { window.__pg.echoes++; };\
-                 ws.onclose = function (e) { window.__pg.ws = 'closed ' + e.code; };\
-                 setInterval(function () {\
-                   fetch('/index.html', {cache: 'no-store', redirect: 'manual'}).then(function (r) {\
-                     if (r.status === 200) { window.__pg.ok++; }\
-                     else { window.__pg.failed.push(r.status + ' ' + r.type + ' at ' + Date.now()); }\
-                   }, function (e) { window.__pg.failed.push(String(e)); });\
-                   if (ws.readyState === 1) { ws.send('ping'); }\
-                 }, 1000);\
-                 return true;",
-            )
+            .execute(&format!("{PAGE_LOOP} return true;"))
             .await
             .unwrap();
         let run = Duration::from_secs(180);
         let start = Instant::now();
-        let state = || async {
-            browser
-                .execute("return JSON.stringify(window.__pg);")
-                .await
-                .unwrap()
-                .as_str()
-                .map(|s| serde_json::from_str::<serde_json::Value>(s).unwrap())
-                .unwrap()
-        };
+        let state = || page_state(&browser);
         while start.elapsed() < run {
             tokio::time::sleep(Duration::from_secs(15)).await;
             let now = state().await;
@@ -1143,6 +1134,52 @@ fn browser_page_keeps_fetching_and_its_websocket_stays_open_across_capability_li
             page_url,
             "no redirect"
         );
+
+        // Sign out as a user would, on the pod host, in another window (the page stays open
+        // and visible): /.podgate/logout, then the control plane's /auth/logout.
+        browser.execute(FAST_LOOP).await.unwrap();
+        let page_window = browser.window_handle().await.unwrap();
+        browser.new_window().await.unwrap();
+        browser
+            .goto(&stack.pod_url(&seeded.slug, PAGE, "/.podgate/logout"))
+            .await
+            .unwrap();
+        assert!(
+            browser
+                .current_url()
+                .await
+                .unwrap()
+                .starts_with(&stack.cp_url("/auth/logout")),
+            "the sign-out ends on the control plane"
+        );
+        // When the last answer of the sign-out (the control plane's) was in, by the browser's
+        // clock, which the page's times use too.
+        let signed_out = browser
+            .execute(
+                "return Math.round(performance.timeOrigin \
+                 + performance.getEntriesByType('navigation')[0].responseEnd);",
+            )
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap();
+        browser.switch_to_window(&page_window).await.unwrap();
+        let (failed, closed) = until_cut(&browser, signed_out, &stack).await;
+        eprintln!(
+            "browser sign-out → the page's fetch failed {failed} ms and its WebSocket closed \
+             {closed} ms after the sign-out answer"
+        );
+        assert!(
+            failed <= 1000.0 && closed <= 1000.0,
+            "fetch failed {failed} ms, WebSocket closed {closed} ms after the sign-out"
+        );
+        // The next page load of the pod goes to sign in.
+        browser.goto(&page_url).await.unwrap();
+        let landed = browser.current_url().await.unwrap();
+        assert!(
+            landed.starts_with(&stack.cp_url("/dev/login?")),
+            "the page load after sign-out landed on {landed}"
+        );
         browser.quit().await;
         // Every call reached the pod as the member, without our cookie.
         let seen = servers.a.requests();
@@ -1155,6 +1192,125 @@ fn browser_page_keeps_fetching_and_its_websocket_stays_open_across_capability_li
             );
         }
     });
+}
+
+/// A page in a real browser that fetches and keeps a WebSocket open; its user is removed from
+/// the pod's team: within a second the fetches fail and the WebSocket is closed.
+#[test]
+fn browser_page_loses_its_fetches_and_websocket_within_a_second_of_a_team_removal() {
+    if browser_or_skip().is_none() {
+        return;
+    }
+    block_on(async {
+        let stack = shared().await;
+        let (_servers, seeded) = seed_pod(stack, "removal").await;
+        let browser = Browser::start((800, 600)).await.unwrap();
+        browser
+            .goto(&stack.cp_url(&format!("/dev/login?user={}", seeded.member)))
+            .await
+            .unwrap();
+        browser
+            .goto(&stack.pod_url(&seeded.slug, PAGE, "/"))
+            .await
+            .unwrap();
+        browser
+            .wait_for(
+                "var m = document.getElementById('marker'); return m ? m.textContent : '';",
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+        browser
+            .execute(&format!("{PAGE_LOOP} {FAST_LOOP}"))
+            .await
+            .unwrap();
+        browser
+            .wait_for(
+                "return window.__pg.ws === 'open' && window.__pg.echoes > 2;",
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+        let before = page_state(&browser).await;
+        assert_eq!(before["failed"], json!([]), "{before}");
+
+        stack
+            .admin
+            .delete(&format!(
+                "/v1/teams/{}/members/{}",
+                seeded.team, seeded.member
+            ))
+            .await
+            .unwrap();
+        // The browser runs on this machine: its clock is this one.
+        let removed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as f64;
+        let (failed, closed) = until_cut(&browser, removed, stack).await;
+        eprintln!(
+            "browser team removal → the page's fetch failed {failed} ms and its WebSocket \
+             closed {closed} ms after the admin answer"
+        );
+        assert!(
+            failed <= 1000.0 && closed <= 1000.0,
+            "fetch failed {failed} ms, WebSocket closed {closed} ms after the removal"
+        );
+        browser.quit().await;
+    });
+}
+
+/// The page script of the browser tests: a fetch of the pod every second (`__pgTick`, on
+/// `__pgTimer`) and a WebSocket echoing a ping per fetch, with counts, failures and when the
+/// first failure and the close happened (the browser's `Date.now()`) in `window.__pg`.
+const PAGE_LOOP: &str = "window.__pg = {ok: 0, failed: [], ws: 'opening', echoes: 0, failedAt: 0, closedAt: 0};\
+     var ws = new WebSocket(location.origin.replace('http', 'ws') + '/ws');\
+     ws.onopen = function () { window.__pg.ws = 'open'; };\
+     ws.onmessage = function () { window.__pg.echoes++; };\
+     ws.onclose = function (e) { window.__pg.ws = 'closed ' + e.code; window.__pg.closedAt = Date.now(); };\
+     var fail = function (what) {\
+       if (!window.__pg.failedAt) { window.__pg.failedAt = Date.now(); }\
+       window.__pg.failed.push(what + ' at ' + Date.now());\
+     };\
+     window.__pgTick = function () {\
+       fetch('/index.html', {cache: 'no-store', redirect: 'manual'}).then(function (r) {\
+         if (r.status === 200) { window.__pg.ok++; } else { fail(r.status + ' ' + r.type); }\
+       }, function (e) { fail(String(e)); });\
+       if (ws.readyState === 1) { ws.send('ping'); }\
+     };\
+     window.__pgTimer = setInterval(window.__pgTick, 1000);";
+
+/// The page loop fetches every 100 ms from now on, so a cut is timed to a tenth of a second.
+const FAST_LOOP: &str = "clearInterval(window.__pgTimer);\
+     window.__pgTimer = setInterval(window.__pgTick, 100); return true;";
+
+/// `window.__pg` of the page loop.
+async fn page_state(browser: &Browser) -> serde_json::Value {
+    browser
+        .execute("return JSON.stringify(window.__pg);")
+        .await
+        .unwrap()
+        .as_str()
+        .map(|s| serde_json::from_str::<serde_json::Value>(s).unwrap())
+        .unwrap()
+}
+
+/// Waits (at most 5 s) until the page loop saw a fetch fail and its WebSocket close; how long
+/// after `since` (the browser's clock, in ms) each happened.
+async fn until_cut(browser: &Browser, since: f64, stack: &FullStack) -> (f64, f64) {
+    let waited = browser
+        .wait_for(
+            "return window.__pg.failedAt > 0 && window.__pg.closedAt > 0;",
+            Duration::from_secs(5),
+        )
+        .await;
+    let end = page_state(browser).await;
+    if let Err(e) = waited {
+        panic!("{e:#}: {end}\n{}", stack.logs());
+    }
+    eprintln!("after the cut: {end}");
+    let at = |key: &str| end[key].as_f64().unwrap() - since;
+    (at("failedAt"), at("closedAt"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1206,5 +1362,134 @@ fn sign_in_lands_on_the_canonical_next_never_another_host_or_a_ticket() {
             assert!(!seen[0].mentions("stale-ticket"), "{next}: {:?}", seen[0]);
         }
         assert_untouched(&servers.b, "server B");
+    });
+}
+
+/// Secret the wake test's platform expects from the control plane.
+const HOOK_SECRET: &str = "start-hook-secret-0123456789abcdef0123";
+
+/// A fake platform's start hook on loopback: answers 202 to every request and reports each one
+/// (request line, `podgate-start-secret`) on the channel. Its port.
+async fn fake_platform(calls: tokio::sync::mpsc::UnboundedSender<(String, Option<String>)>) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let mut lines = head.split("\r\n");
+                let line = lines.next().unwrap_or_default();
+                let line = line.rsplit_once(' ').map_or(line, |(l, _)| l).to_owned();
+                let secret = lines.find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("podgate-start-secret")
+                        .then(|| value.trim().to_owned())
+                });
+                let _ = calls.send((line, secret));
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// A member opens a stopped pod in Chromium: the page says it is starting and the control plane
+/// calls the operator's start hook (with its secret, once); the fake platform reports the pod
+/// `running` two seconds later through the admin API, and the page reloads itself onto the
+/// pod's own content, the user doing nothing.
+#[test]
+fn browser_on_a_stopped_pod_wakes_it_and_ends_on_the_pods_page() {
+    if browser_or_skip().is_none() {
+        return;
+    }
+    block_on(async {
+        let (tx, mut calls) = tokio::sync::mpsc::unbounded_channel();
+        let hook_port = fake_platform(tx).await;
+        let mut options = StackOptions::new("wake-browser");
+        options.extra_args = vec![
+            "--start-hook-url".into(),
+            format!("http://127.0.0.1:{hook_port}/pods/{{pod}}/start"),
+            "--start-hook-secret".into(),
+            HOOK_SECRET.into(),
+        ];
+        let stack = FullStack::start(options).await.unwrap();
+        let (servers, seeded) = seed_pod(&stack, "wake").await;
+        let owner = WebClient::new().unwrap();
+        stack.dev_login(&owner, &seeded.owner).await.unwrap();
+        let token = stack.capability(&owner, &seeded.slug, API).await.unwrap();
+        stack
+            .admin
+            .put(
+                &format!("/v1/pods/{}/status", seeded.slug),
+                json!({"status": "stopped"}),
+            )
+            .await
+            .unwrap();
+        let script = stack
+            .wait_until(&seeded.slug, API, &token, "the pod stops", |a| {
+                a.status == 503
+            })
+            .await
+            .unwrap();
+        // A script gets the JSON and starts nothing.
+        assert_eq!(
+            script.json()["error"],
+            "Pod is not running (status: stopped)"
+        );
+        servers.a.reset();
+
+        let browser = Browser::start((800, 600)).await.unwrap();
+        browser
+            .goto(&stack.cp_url(&format!("/dev/login?user={}", seeded.member)))
+            .await
+            .unwrap();
+        browser
+            .goto(&stack.pod_url(&seeded.slug, PAGE, "/"))
+            .await
+            .unwrap();
+        let title = browser.execute("return document.title").await.unwrap();
+        assert_eq!(title, "Pod starting", "{}", stack.logs());
+        let (line, secret) = tokio::time::timeout(Duration::from_secs(20), calls.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the start hook was not called\n{}", stack.logs()))
+            .unwrap();
+        assert_eq!(line, format!("POST /pods/{}/start", seeded.slug));
+        assert_eq!(secret.as_deref(), Some(HOOK_SECRET));
+        assert_untouched(&servers.a, "stopped pod");
+
+        // The platform starts the pod.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stack
+            .admin
+            .put(
+                &format!("/v1/pods/{}/status", seeded.slug),
+                json!({"status": "running"}),
+            )
+            .await
+            .unwrap();
+        let shown = browser
+            .wait_for(
+                "var m = document.getElementById('marker'); return m ? m.textContent : '';",
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+        assert_eq!(shown, marker(PAGE));
+        // The page reloaded every two seconds meanwhile; the hook was called once.
+        assert!(calls.try_recv().is_err(), "the start hook was called again");
     });
 }

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use podgate_protocol::config::CLIENT_FORWARDING_HEADERS;
+use podgate_protocol::config::{CLIENT_FORWARDING_HEADERS, ROUTE_HEADERS};
 use podgate_wasm_tests::e2e::bootstrap::{filter_wasm, Bootstrap};
 use podgate_wasm_tests::e2e::envoy_binary;
 use podgate_wasm_tests::e2e::stack_full::render_ads_bootstrap;
@@ -371,8 +371,9 @@ fn check_hcm(listener: &str, hcm: &Value, p: &mut Problems) {
 
 /// A route configuration that forwards anything (not only redirects or direct responses)
 /// overwrites `X-Forwarded-For` with the TCP peer and removes every client copy of the other
-/// forwarding headers (`CLIENT_FORWARDING_HEADERS`), but not `X-Forwarded-Host`, which the
-/// filter sets before the router applies this.
+/// forwarding headers (`CLIENT_FORWARDING_HEADERS`) and podgate's cluster header
+/// (`ROUTE_HEADERS`), but not `X-Forwarded-Host`, which the filter sets before the router
+/// applies this.
 fn check_forwarding_headers(place: &str, hcm: &Value, p: &mut Problems) {
     let Some(routes) = hcm.get("route_config") else {
         // RDS: not used by any config we ship; a new one must be taught here.
@@ -396,6 +397,15 @@ fn check_forwarding_headers(place: &str, hcm: &Value, p: &mut Problems) {
                 place,
                 "route_config.request_headers_to_remove",
                 format!("does not remove {name}"),
+            );
+        }
+    }
+    for name in ROUTE_HEADERS {
+        if !removed.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            p.push(
+                place,
+                "route_config.request_headers_to_remove",
+                format!("does not remove podgate's cluster header {name}"),
             );
         }
     }
@@ -1037,7 +1047,8 @@ fn every_pod_listener_answers_pod_failures_as_the_tested_file_does() {
 
 /// The timeouts README and docs/architecture.md give for pod traffic: no whole-request
 /// deadline (pods stream), an hour of idleness on the pod route (long polls, idle WebSockets, a
-/// pod that does not answer), five minutes on the HCM for anything else.
+/// pod that does not answer), five minutes on the HCM for anything else, and a short delayed
+/// close.
 #[test]
 fn every_pod_listener_has_the_documented_timeouts() {
     let mut all = shipped_bootstraps();
@@ -1046,6 +1057,11 @@ fn every_pod_listener_has_the_documented_timeouts() {
     for (place, hcm) in every_pod_hcm(&all) {
         if hcm["stream_idle_timeout"].as_str() != Some("300s") {
             report.push(format!("{place}: stream_idle_timeout is not 300s"));
+        }
+        // A WebSocket the filter cuts off ends for the client this long after (not Envoy's
+        // default second), so within a second of the sign-out or removal.
+        if hcm["delayed_close_timeout"].as_str() != Some("0.2s") {
+            report.push(format!("{place}: delayed_close_timeout is not 0.2s"));
         }
         let routes: Vec<&Value> = seq(hcm["route_config"].get("virtual_hosts"))
             .iter()

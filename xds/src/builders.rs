@@ -6,6 +6,8 @@
 //! - one ORIGINAL_DST cluster for every pod ([`original_dst_cluster`]): the filter sets the
 //!   `x-podgate-upstream: ip:port` header from its pod directory and Envoy connects there. One
 //!   cluster whatever the number of pods; hosts are created on use and cleaned up when idle.
+//!   The host is chosen after the route's header removals, so the cluster's own upstream filter
+//!   removes the header once the host is chosen: the pod never receives it.
 //! - a cluster per pod ([`fixed_host_cluster`]): Envoy's memory grows with every pod
 //!   (`BENCHMARKS.md`, "Scale"), but per-pod circuit breakers and stats.
 //!
@@ -20,14 +22,24 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, LbConfig, LbPolicy, OriginalDstLbConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster};
+use envoy_types::pb::envoy::config::common::mutation_rules::v3::{
+    header_mutation, HeaderMutation as HeaderMutationRule,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     address, async_data_source, data_source, socket_address, Address, AsyncDataSource, DataSource,
-    Http2ProtocolOptions, SocketAddress, TypedExtensionConfig,
+    Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, TypedExtensionConfig,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
+use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3::{
+    HeaderMutation as HeaderMutationFilter, Mutations,
+};
+use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_filter, HttpFilter,
+};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
     explicit_http_config, ExplicitHttpConfig, UpstreamProtocolOptions,
 };
@@ -35,7 +47,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     plugin_config, FailurePolicy, PluginConfig, VmConfig,
 };
-use envoy_types::pb::google::protobuf::{Duration as ProtoDuration, StringValue, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, Duration as ProtoDuration, StringValue, UInt32Value};
 use envoy_types::util::pack_any;
 
 /// The header the filter sets to `ip:port` for the original-destination cluster.
@@ -148,6 +160,54 @@ pub fn original_dst_cluster(options: &OriginalDstClusterOptions) -> Cluster {
         per_connection_buffer_limit_bytes: Some(UInt32Value {
             value: EDGE_CONNECTION_BUFFER_LIMIT_BYTES,
         }),
+        typed_extension_protocol_options: [(
+            HTTP_PROTOCOL_OPTIONS_KEY.to_owned(),
+            pack_any(removing_upstream_filters(
+                &options.http_header_name,
+                UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                    protocol_config: Some(
+                        explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                            Http1ProtocolOptions::default(),
+                        ),
+                    ),
+                }),
+            )),
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    }
+}
+
+/// HTTP protocol options whose upstream filters remove `header` from every request once the
+/// host is chosen (`header_mutation`, then the codec every upstream filter chain ends with).
+fn removing_upstream_filters(
+    header: &str,
+    protocol: UpstreamProtocolOptions,
+) -> HttpProtocolOptions {
+    let mutation = HeaderMutationFilter {
+        mutations: Some(Mutations {
+            request_mutations: vec![HeaderMutationRule {
+                action: Some(header_mutation::Action::Remove(header.to_owned())),
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let filter = |name: &str, config: Any| HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    };
+    HttpProtocolOptions {
+        upstream_protocol_options: Some(protocol),
+        http_filters: vec![
+            filter("envoy.filters.http.header_mutation", pack_any(mutation)),
+            filter(
+                "envoy.filters.http.upstream_codec",
+                pack_any(UpstreamCodec {}),
+            ),
+        ],
         ..Default::default()
     }
 }

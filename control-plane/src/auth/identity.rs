@@ -70,11 +70,13 @@ pub async fn current_session(
     Ok(None)
 }
 
-/// Starts a session of `lifetime_secs` for `user`; returns the session cookie's value.
+/// Starts a session of `lifetime_secs` for `user`, signed in with the identity provider
+/// `provider` (`None`: the dev login); returns the session cookie's value.
 pub async fn start_session(
     db: &Db,
     lifetime_secs: u64,
     user: &User,
+    provider: Option<&str>,
 ) -> Result<String, SessionError> {
     let secret: [u8; 32] = random_bytes()?;
     let value = hex::encode(secret);
@@ -82,6 +84,7 @@ pub async fn start_session(
     db.create_session(
         &session_hash(&value),
         &user.id,
+        provider,
         now,
         now + lifetime_secs as i64,
     )
@@ -89,31 +92,32 @@ pub async fn start_session(
     Ok(value)
 }
 
-/// Ends every session named by a `session_cookie` pair in `cookie_headers`.
-pub async fn end_sessions(
-    db: &Db,
-    session_cookie: &str,
-    cookie_headers: &[&str],
-) -> Result<(), sqlx::Error> {
-    ended_sessions(db, session_cookie, cookie_headers)
-        .await
-        .map(|_| ())
+/// A session a sign-out ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedSession {
+    /// Its id, the `sid` of the capabilities minted for it.
+    pub sid: String,
+    /// The identity provider it signed in with (`None`: the dev login).
+    pub provider: Option<String>,
 }
 
-/// Ends every session named by a `session_cookie` pair in `cookie_headers`; returns the ids
-/// (`sid`) of those that were live.
+/// Ends every session named by a `session_cookie` pair in `cookie_headers`; returns those that
+/// were live.
 pub async fn ended_sessions(
     db: &Db,
     session_cookie: &str,
     cookie_headers: &[&str],
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<EndedSession>, sqlx::Error> {
     let now = now_unix();
     let mut ended = Vec::new();
     for cookie_header in cookie_headers {
         for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
             let id_hash = session_hash(value);
-            if db.session_user(&id_hash, now).await?.is_some() {
-                ended.push(session_id(&id_hash));
+            if let Some(provider) = db.live_session_provider(&id_hash, now).await? {
+                ended.push(EndedSession {
+                    sid: session_id(&id_hash),
+                    provider,
+                });
             }
             db.delete_session(&id_hash).await?;
         }

@@ -106,6 +106,9 @@ impl<E: Into<SignInError>> From<E> for SignInFailure {
 struct Endpoints {
     authorization: Url,
     token: Url,
+    /// Where a relying party sends the browser to sign out at the provider too
+    /// (`end_session_endpoint`, OpenID Connect RP-Initiated Logout); optional.
+    end_session: Option<Url>,
 }
 
 /// The sign-in's state: the HTTP client and each provider's endpoints.
@@ -268,7 +271,37 @@ impl SignIns {
         Ok(Endpoints {
             authorization: endpoint("authorization_endpoint")?,
             token: endpoint("token_endpoint")?,
+            end_session: match doc.get("end_session_endpoint") {
+                Some(_) => Some(endpoint("end_session_endpoint")?),
+                None => None,
+            },
         })
+    }
+
+    /// Where to send a browser that signed out here and had signed in with `p`, so that it
+    /// signs out at the provider too: the provider's `end_session_endpoint` with our
+    /// `client_id` and `post_logout_redirect_uri` (OpenID Connect RP-Initiated Logout; the ID
+    /// token is not kept, so there is no `id_token_hint`). `None` when the provider does not
+    /// sign people in here or is not set to (`sign_out_at_provider`), names no such endpoint,
+    /// or cannot be reached.
+    pub async fn end_session_url(
+        &self,
+        p: &OidcProvider,
+        post_logout_redirect_uri: &str,
+    ) -> Option<String> {
+        let client = p.sign_in.as_ref().filter(|c| c.sign_out_at_provider)?;
+        let endpoints = match self.endpoints(p).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(provider = %p.name, error = %e, "no sign-out at the identity provider");
+                return None;
+            }
+        };
+        let mut url = endpoints.end_session?;
+        url.query_pairs_mut()
+            .append_pair("client_id", &client.client_id)
+            .append_pair("post_logout_redirect_uri", post_logout_redirect_uri);
+        Some(url.to_string())
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Config {
     pub pod_public_port: Option<u16>,
     pub login_url: Option<String>,
     pub capability_lifetime: u64,
+    /// Lifetime of the identity assertion the filter signs; 0: off.
+    pub assertion_lifetime: u64,
     pub ticket_lifetime: u64,
     pub session_lifetime: u64,
     pub cookie_samesite: SameSite,
@@ -95,6 +97,30 @@ pub struct Config {
     pub key_publish_delay: u64,
     /// Per-client rate limits and request size bounds.
     pub limits: limits::LimitsConfig,
+    /// The `podgate-cli` binaries of `--cli-dir`, hashed at start (none without it).
+    pub cli_binaries: Vec<crate::config::cli_dir::CliBinary>,
+    /// The operator's hook that starts stopped pods (`wake`), `None` when not configured.
+    pub start_hook: Option<StartHook>,
+    /// Request-rate limits the filter applies (`podgate_protocol::rate`), `None`: none.
+    pub edge_rates: Option<podgate_protocol::rate::RateLimits>,
+}
+
+/// The start hook: `POST url` (with `{pod}` replaced) carrying `secret` in
+/// `podgate-start-secret`, at most once per pod every `interval_secs`.
+#[derive(Clone)]
+pub struct StartHook {
+    pub url: String,
+    pub secret: String,
+    pub interval_secs: u64,
+}
+
+impl std::fmt::Debug for StartHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartHook")
+            .field("url", &self.url)
+            .field("interval_secs", &self.interval_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The ADS server's settings.

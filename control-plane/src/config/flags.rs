@@ -134,6 +134,11 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_CAPABILITY_LIFETIME_SECS", global = true)]
     pub capability_lifetime_secs: Option<u64>,
 
+    /// Lifetime in seconds of the identity assertion forwarded requests carry to pods
+    /// (`x-podgate-assertion`), at most 300; 0 turns assertions off [default: 60].
+    #[arg(long, env = "PODGATE_ASSERTION_LIFETIME_SECS", global = true)]
+    pub assertion_lifetime_secs: Option<u64>,
+
     /// Login ticket lifetime in seconds, at most 60 [default: 60].
     #[arg(long, env = "PODGATE_TICKET_LIFETIME_SECS", global = true)]
     pub ticket_lifetime_secs: Option<u64>,
@@ -266,6 +271,36 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_CLIENT_IP_HEADER", global = true)]
     pub client_ip_header: Option<String>,
 
+    /// URL the control plane POSTs to start a stopped pod when one of its users loads a page of
+    /// it; `{pod}` is replaced by the pod's slug, e.g. https://platform.internal/pods/{pod}/start
+    /// [default: none, pods are never started].
+    #[arg(long, env = "PODGATE_START_HOOK_URL", global = true)]
+    pub start_hook_url: Option<String>,
+
+    /// Secret sent to the start hook in `podgate-start-secret` (at least 32 characters;
+    /// required with --start-hook-url).
+    #[arg(
+        long,
+        env = "PODGATE_START_HOOK_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub start_hook_secret: Option<String>,
+
+    /// Fewest seconds between two start hook calls for one pod [default: 30].
+    #[arg(long, env = "PODGATE_START_HOOK_INTERVAL_SECS", global = true)]
+    pub start_hook_interval_secs: Option<u64>,
+
+    /// Requests one user may make through Envoy, as PER_SECOND/BURST (e.g. 50/100), per Envoy
+    /// worker; beyond it the filter answers 429 [default: no limit].
+    #[arg(long, env = "PODGATE_EDGE_RATE_PER_USER", global = true)]
+    pub edge_rate_per_user: Option<String>,
+
+    /// Requests one pod may get through Envoy from all its users, as PER_SECOND/BURST, per Envoy
+    /// worker [default: no limit].
+    #[arg(long, env = "PODGATE_EDGE_RATE_PER_POD", global = true)]
+    pub edge_rate_per_pod: Option<String>,
+
     /// Address of the ADS (xDS gRPC) server Envoy connects to, or `off`
     /// [default: 127.0.0.1:18000].
     #[arg(long, env = "PODGATE_XDS_LISTEN", global = true)]
@@ -274,6 +309,12 @@ pub struct Settings {
     /// The filter's .wasm file as Envoy's filesystem sees it (required when xDS is on).
     #[arg(long, env = "PODGATE_FILTER_WASM", global = true)]
     pub filter_wasm: Option<PathBuf>,
+
+    /// Directory of `podgate-cli-<os>-<arch>` binaries (e.g. `podgate-cli-linux-x86_64`) served
+    /// at /api/download/ and installed by install.sh [default: none; the installer says the CLI
+    /// is not released yet].
+    #[arg(long, env = "PODGATE_CLI_DIR", global = true)]
+    pub cli_dir: Option<PathBuf>,
 
     /// Longest wait, in seconds, before a new capability key signs though some Envoy has not
     /// acknowledged it [default: 5].

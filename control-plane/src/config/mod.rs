@@ -11,13 +11,14 @@
 //!   and size bounds, called from `resolve.rs`.
 
 mod checked;
+pub mod cli_dir;
 mod file;
 mod flags;
 pub mod idp;
 pub mod limits;
 mod resolve;
 
-pub use checked::{Config, LogFormat, SameSite, Scheme, SigningAlg, XdsConfig};
+pub use checked::{Config, LogFormat, SameSite, Scheme, SigningAlg, StartHook, XdsConfig};
 pub use flags::{Cli, Command, KeysCommand, Settings};
 pub use resolve::{
     redact_url, Need, DEFAULT_CAPABILITY_LIFETIME, DEFAULT_DATABASE_URL, DEFAULT_KEY_OVERLAP,

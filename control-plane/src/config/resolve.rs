@@ -4,13 +4,17 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use podgate_protocol::assertion::DEFAULT_ASSERTION_LIFETIME_SECS;
 use podgate_protocol::host::HostTemplate;
+use podgate_protocol::token::MAX_ASSERTION_LIFETIME_SECS;
 
 use crate::config::{
     bad, idp, limits, Config, ConfigError, LogFormat, SameSite, Scheme, Settings, SigningAlg,
-    XdsConfig,
+    StartHook, XdsConfig,
 };
 
+/// Fewest seconds between two start hook calls for one pod unless configured.
+pub const DEFAULT_START_HOOK_INTERVAL_SECS: u64 = 30;
 /// Default listen address of the HTTP API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default database: an SQLite file next to where the server runs.
@@ -216,6 +220,14 @@ impl Settings {
                 "capability lifetime {capability_lifetime} s is outside 30..={MAX_CAPABILITY_LIFETIME}; set PODGATE_CAPABILITY_LIFETIME_SECS, e.g. 900"
             )));
         }
+        let assertion_lifetime = self
+            .assertion_lifetime_secs
+            .unwrap_or(DEFAULT_ASSERTION_LIFETIME_SECS as u64);
+        if assertion_lifetime > MAX_ASSERTION_LIFETIME_SECS as u64 {
+            return Err(bad(format!(
+                "assertion lifetime {assertion_lifetime} s is over {MAX_ASSERTION_LIFETIME_SECS}; set PODGATE_ASSERTION_LIFETIME_SECS, e.g. 60 (0 turns assertions off)"
+            )));
+        }
         let ticket_lifetime = self.ticket_lifetime_secs.unwrap_or(DEFAULT_TICKET_LIFETIME);
         if !(5..=MAX_TICKET_LIFETIME).contains(&ticket_lifetime) {
             return Err(bad(format!(
@@ -341,6 +353,8 @@ impl Settings {
                     client_auth: self.oidc_client_auth,
                     private_key_file: self.oidc_client_key_file,
                     scopes: self.oidc_scopes,
+                    // A config-file setting only (`[oidc.sign_in]`).
+                    sign_out_at_provider: None,
                 },
                 app_session: self.app_session,
                 cors_origins: self.cors_origins,
@@ -357,6 +371,32 @@ impl Settings {
                     true,
                 ),
             ],
+        )?;
+
+        let cli_binaries = match (&self.cli_dir, need) {
+            (Some(dir), Need::Server) => crate::config::cli_dir::scan(dir)?,
+            _ => Vec::new(),
+        };
+        let per_user = self
+            .edge_rate_per_user
+            .as_deref()
+            .map(|v| parse_rate("edge-rate-per-user", v))
+            .transpose()?;
+        let per_pod = self
+            .edge_rate_per_pod
+            .as_deref()
+            .map(|v| parse_rate("edge-rate-per-pod", v))
+            .transpose()?;
+        let edge_rates =
+            (per_user.is_some() || per_pod.is_some()).then(|| podgate_protocol::rate::RateLimits {
+                per_user,
+                per_pod,
+                ..Default::default()
+            });
+        let start_hook = resolve_start_hook(
+            self.start_hook_url,
+            self.start_hook_secret,
+            self.start_hook_interval_secs,
         )?;
 
         Ok(Config {
@@ -377,6 +417,7 @@ impl Settings {
             pod_public_port,
             login_url,
             capability_lifetime,
+            assertion_lifetime,
             ticket_lifetime,
             session_lifetime,
             cookie_samesite,
@@ -388,8 +429,68 @@ impl Settings {
             xds,
             key_publish_delay,
             limits,
+            cli_binaries,
+            start_hook,
+            edge_rates,
         })
     }
+}
+
+/// `PER_SECOND/BURST` (both at least 1) of the `--edge-rate-*` flag `name`.
+fn parse_rate(name: &str, value: &str) -> Result<podgate_protocol::rate::Rate, ConfigError> {
+    let parsed = value.split_once('/').and_then(|(rate, burst)| {
+        Some(podgate_protocol::rate::Rate {
+            per_second: rate.trim().parse().ok()?,
+            burst: burst.trim().parse().ok()?,
+        })
+    });
+    match parsed {
+        Some(rate) if rate.check().is_ok() => Ok(rate),
+        _ => Err(bad(format!(
+            "--{name} {value:?} is not PER_SECOND/BURST with both at least 1, e.g. 50/100"
+        ))),
+    }
+}
+
+/// The start hook from its three settings: a URL needs a secret, the others need the URL.
+fn resolve_start_hook(
+    url: Option<String>,
+    secret: Option<String>,
+    interval: Option<u64>,
+) -> Result<Option<StartHook>, ConfigError> {
+    let Some(url) = url else {
+        if secret.is_some() || interval.is_some() {
+            return Err(bad(
+                "a start hook secret or interval without a start hook URL; set PODGATE_START_HOOK_URL too, or neither",
+            ));
+        }
+        return Ok(None);
+    };
+    let parsed = url::Url::parse(&url.replace("{pod}", "pod"))
+        .map_err(|e| bad(format!("the start hook URL {url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad(format!(
+            "the start hook URL {url:?} must be an absolute http(s) URL, e.g. https://platform.internal/pods/{{pod}}/start"
+        )));
+    }
+    let secret = match secret {
+        Some(s) if s.len() >= MIN_ADMIN_TOKEN_LEN && s.bytes().all(|b| b.is_ascii_graphic()) => s,
+        _ => {
+            return Err(bad(format!(
+                "the start hook needs a secret of at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters; set PODGATE_START_HOOK_SECRET to e.g. `openssl rand -hex 32`"
+            )))
+        }
+    };
+    let interval_secs = match interval {
+        Some(0) => return Err(bad("the start hook interval must be at least 1 second")),
+        Some(n) => n,
+        None => DEFAULT_START_HOOK_INTERVAL_SECS,
+    };
+    Ok(Some(StartHook {
+        url,
+        secret,
+        interval_secs,
+    }))
 }
 
 fn resolve_xds(

@@ -1,6 +1,7 @@
 //! The HTTP API of long-lived, revocable API tokens for CLIs and automation:
-//! `POST|GET /api/proxy-tokens`, `DELETE /api/proxy-tokens/{id}`, the setup page `GET /p/{config}`
-//! and `GET /api/download/install.sh?init_url=`. The token format and its check are in
+//! `POST|GET /api/proxy-tokens`, `DELETE /api/proxy-tokens/{id}`, the setup page `GET /p/{config}`,
+//! `GET /api/download/install.sh?init_url=` and the `--cli-dir` binaries it installs,
+//! `GET /api/download/podgate-cli-<os>-<arch>`. The token format and its check are in
 //! `crate::auth::api_tokens`; the unexpired capabilities minted with a revoked token are pushed
 //! to Envoy as revoked (`crate::filter_config`).
 
@@ -18,6 +19,7 @@ use crate::auth::api_tokens::{
     generate, parse, token_hash, DEFAULT_EXPIRES_IN_DAYS, MAX_EXPIRES_IN_DAYS, MAX_TOKENS_PER_USER,
 };
 use crate::auth::verify::{identify, Accept, Identity, Via};
+use crate::config::cli_dir::CliBinary;
 use crate::http::error::{error_response, ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, single_params};
@@ -32,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_token))
         .routes(routes!(init_page))
         .routes(routes!(install_script_handler))
+        .routes(routes!(download_cli))
 }
 
 fn rfc3339(t: i64) -> Option<String> {
@@ -424,10 +427,16 @@ async fn init_page(State(state): State<AppState>, PathArgs(config): PathArgs<Str
          until it expires or you revoke it (<code>DELETE /api/proxy-tokens/ID</code>, or in the app).</p>\
          {prefix_line}\
          <h2>Install the CLI</h2><pre>{}</pre>\
-         <p>The podgate CLI is not released yet: the installer says so and stops.</p>\
+         <p>{}</p>\
          <h2>Use the token today</h2><p>Exchange it for a capability for one pod and port:</p><pre>{}</pre>\
          </body></html>",
         html_escape::encode_quoted_attribute(&install),
+        if state.config().cli_binaries.is_empty() {
+            "The podgate CLI is not released yet: the installer says so and stops."
+        } else {
+            "Run it in the directory you will use the CLI from: it installs <code>podgate-cli</code> \
+             and saves this token for that directory."
+        },
         html_escape::encode_quoted_attribute(&example)
     );
     page(StatusCode::OK, body)
@@ -463,7 +472,7 @@ pub fn check_init_url(issuer: &str, raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
 
-fn install_script(issuer: &str, init_url: Option<&str>) -> String {
+fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) -> String {
     let quoted_issuer = shell_quote(&format!("{issuer}/p/"));
     let mut s = String::from(
         "#!/usr/bin/env bash\n\
@@ -486,16 +495,73 @@ fn install_script(issuer: &str, init_url: Option<&str>) -> String {
         }
         None => s.push_str("INIT_URL=''\n\n"),
     }
+    if binaries.is_empty() {
+        s.push_str(&format!(
+            "echo 'podgate: the podgate CLI is not released yet, so there is nothing to install.' >&2\n\
+             echo 'podgate: until it is, exchange the API token of your setup link for a capability:' >&2\n\
+             echo {} >&2\n\
+             echo 'podgate: (open the setup link in a browser to see the token and this command filled in)' >&2\n\
+             exit 1\n",
+            shell_quote(&format!(
+                "podgate:   curl -X POST {issuer}/v1/capabilities -H 'Authorization: Bearer pg_…' -H 'Content-Type: application/json' -d '{{\"pod\":\"POD\",\"port\":PORT}}'"
+            ))
+        ));
+        return s;
+    }
+    s.push_str(&format!("BASE={}\n", shell_quote(issuer)));
+    s.push_str(
+        "die() { code=\"$1\"; shift; echo \"podgate: $*\" >&2; exit \"$code\"; }\n\n\
+         OS=\"$(uname -s | tr '[:upper:]' '[:lower:]')\"\n\
+         ARCH=\"$(uname -m)\"\n\
+         case \"$ARCH\" in amd64) ARCH=x86_64 ;; arm64) ARCH=aarch64 ;; esac\n\
+         # The SHA-256 of each binary, computed by the control plane when it started.\n\
+         case \"$OS-$ARCH\" in\n",
+    );
+    for b in binaries {
+        // Platforms and hashes are [a-z0-9_-] only (`config::cli_dir`): nothing to quote.
+        s.push_str(&format!("  {}) SHA256={} ;;\n", b.platform, b.sha256));
+    }
+    let available: Vec<&str> = binaries.iter().map(|b| b.platform.as_str()).collect();
     s.push_str(&format!(
-        "echo 'podgate: the podgate CLI is not released yet, so there is nothing to install.' >&2\n\
-         echo 'podgate: until it is, exchange the API token of your setup link for a capability:' >&2\n\
-         echo {} >&2\n\
-         echo 'podgate: (open the setup link in a browser to see the token and this command filled in)' >&2\n\
-         exit 1\n",
-        shell_quote(&format!(
-            "podgate:   curl -X POST {issuer}/v1/capabilities -H 'Authorization: Bearer pg_…' -H 'Content-Type: application/json' -d '{{\"pod\":\"POD\",\"port\":PORT}}'"
-        ))
+        "  *) die 3 \"no podgate-cli for $OS-$ARCH on this control plane (it has: {})\" ;;\n\
+         esac\n\n",
+        available.join(", ")
     ));
+    s.push_str(
+        "CONFIG_DIR=\"${XDG_CONFIG_HOME:-$HOME/.config}/podgate\"\n\
+         BIN_DIR=\"$CONFIG_DIR/bin\"\n\
+         mkdir -p \"$BIN_DIR\"\n\
+         chmod 700 \"$CONFIG_DIR\"\n\
+         TMP=\"$(mktemp \"$BIN_DIR/.podgate-cli.XXXXXX\")\"\n\
+         trap 'rm -f \"$TMP\"' EXIT\n\
+         curl -fsS --proto '=http,https' -o \"$TMP\" \"$BASE/api/download/podgate-cli-$OS-$ARCH\" \\\n\
+         \x20 || die 4 \"downloading podgate-cli-$OS-$ARCH from $BASE failed\"\n\
+         if command -v sha256sum >/dev/null 2>&1; then GOT=\"$(sha256sum \"$TMP\" | cut -d' ' -f1)\"\n\
+         elif command -v shasum >/dev/null 2>&1; then GOT=\"$(shasum -a 256 \"$TMP\" | cut -d' ' -f1)\"\n\
+         else die 1 'neither sha256sum nor shasum is installed; cannot check the download'; fi\n\
+         [ \"$GOT\" = \"$SHA256\" ] || die 5 \"the download's SHA-256 is $GOT, not $SHA256: refusing to install it\"\n\
+         chmod 755 \"$TMP\"\n\
+         mv -f \"$TMP\" \"$BIN_DIR/podgate-cli\"\n\
+         trap - EXIT\n\
+         echo \"podgate: installed $BIN_DIR/podgate-cli\" >&2\n\n\
+         # PATH: one marked line per shell start-up file, added once.\n\
+         MARK='# podgate-cli (added by the podgate installer)'\n\
+         case \"$BIN_DIR\" in\n\
+         \x20 *[!A-Za-z0-9/._-]*) echo \"podgate: add $BIN_DIR to your PATH yourself (its name has characters this script does not quote)\" >&2 ;;\n\
+         \x20 *)\n\
+         \x20   for RC in \"$HOME/.bashrc\" \"$HOME/.zshrc\" \"$HOME/.profile\"; do\n\
+         \x20     if [ \"$RC\" != \"$HOME/.profile\" ] && [ ! -e \"$RC\" ]; then continue; fi\n\
+         \x20     if [ -e \"$RC\" ] && grep -qF \"$MARK\" \"$RC\"; then continue; fi\n\
+         \x20     printf '\\n%s\\nexport PATH=\"%s:$PATH\"\\n' \"$MARK\" \"$BIN_DIR\" >> \"$RC\"\n\
+         \x20     echo \"podgate: added $BIN_DIR to PATH in $RC\" >&2\n\
+         \x20   done ;;\n\
+         esac\n\n\
+         if [ -n \"$INIT_URL\" ]; then\n\
+         \x20 \"$BIN_DIR/podgate-cli\" --init \"$INIT_URL\"\n\
+         else\n\
+         \x20 echo \"podgate: run podgate-cli --init <setup link> in your project directory\" >&2\n\
+         fi\n",
+    );
     s
 }
 
@@ -521,13 +587,61 @@ async fn install_script_handler(
         Some(raw) => Some(check_init_url(issuer, raw).map_err(ApiError::BadRequest)?),
         None => None,
     };
-    let mut resp = install_script(issuer, init_url.as_deref()).into_response();
+    let mut resp =
+        install_script(issuer, init_url.as_deref(), &state.config().cli_binaries).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/x-shellscript; charset=utf-8"),
     );
     no_store(&mut resp);
     Ok(resp)
+}
+
+/// `GET /api/download/podgate-cli-<os>-<arch>`: one of `--cli-dir`'s binaries, as it is on
+/// disk now (`install.sh` checks it against the hash taken at start).
+#[utoipa::path(
+    get,
+    path = "/api/download/{name}",
+    tag = "api-tokens",
+    params(
+        ("name" = String, Path, description = "The binary's file name, `podgate-cli-<os>-<arch>`"),
+    ),
+    responses(
+        (status = 200, description = "The CLI binary"),
+        (status = 404, description = "No such binary on this control plane", body = ErrorBody),
+        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+    )
+)]
+async fn download_cli(State(state): State<AppState>, PathArgs(name): PathArgs<String>) -> Response {
+    let Some(binary) = state
+        .config()
+        .cli_binaries
+        .iter()
+        .find(|b| b.file_name() == name)
+    else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "no such download; install.sh picks the binary for your platform",
+        );
+    };
+    match tokio::fs::read(&binary.path).await {
+        Ok(bytes) => {
+            let mut resp = bytes.into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            no_store(&mut resp);
+            resp
+        }
+        Err(e) => {
+            tracing::error!(path = %binary.path.display(), error = %e, "cannot read a CLI binary");
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the CLI binary cannot be read on the control plane; tell its operator",
+            )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -572,7 +686,7 @@ mod tests {
         ] {
             assert!(check_init_url(issuer, &bad).is_err(), "{bad}");
         }
-        let script = install_script(issuer, Some(&good));
+        let script = install_script(issuer, Some(&good), &[]);
         assert!(script.contains(&format!("INIT_URL='{good}'")));
         assert!(script.contains("exit 1"));
     }

@@ -9,11 +9,10 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::identity::{end_sessions, start_session};
-use crate::http::cookies;
+use crate::auth::identity::start_session;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
-use crate::http::request::cookie_headers;
 use crate::http::shared::{after_login, no_store, single_params};
+use crate::http::{cookies, session};
 use crate::ids::check_id;
 use crate::metrics::{LoginMethod, Outcome};
 use crate::store::{now_unix, User};
@@ -78,7 +77,7 @@ async fn dev_sign_in(state: &AppState, query: Option<String>) -> ApiResult<Respo
         tracing::warn!(user = %user.id, "dev login created a user");
         user
     };
-    let session = start_session(state.db(), state.config().session_lifetime, &user).await?;
+    let session = start_session(state.db(), state.config().session_lifetime, &user, None).await?;
     let cookie = cookies::session(state, &session);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
     let mut resp = match after_login(
@@ -103,28 +102,17 @@ async fn dev_sign_in(state: &AppState, query: Option<String>) -> ApiResult<Respo
     Ok(resp)
 }
 
-/// `GET /dev/logout`: ends the session of this browser.
+/// `GET /dev/logout`: signing out is not special in dev mode: the sessions end and their
+/// capabilities are cut off, as at `/auth/logout` (the same implementation; its own operation).
 #[utoipa::path(
     get,
     path = "/dev/logout",
     tag = "dev",
     responses(
-        (status = 200, description = "Signed out (dev mode only)"),
+        (status = 200, description = "Signed out (dev mode only), or the signed-out page for a page load"),
+        (status = 302, description = "Signed out here; sent on to sign out at the identity provider"),
     )
 )]
 async fn dev_logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    end_sessions(
-        state.db(),
-        state.session_cookie(),
-        &cookie_headers(&headers),
-    )
-    .await?;
-    let mut resp = Json(json!({ "signed_out": true })).into_response();
-    let clear = cookies::clear_session(&state);
-    resp.headers_mut().append(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&clear).map_err(|e| ApiError::internal(e.to_string()))?,
-    );
-    no_store(&mut resp);
-    Ok(resp)
+    session::end_and_answer(state, headers).await
 }

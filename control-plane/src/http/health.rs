@@ -16,6 +16,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(jwks))
+        .routes(routes!(assertion_jwks))
 }
 
 /// The process is up.
@@ -64,6 +65,32 @@ async fn readyz(State(state): State<AppState>) -> Response {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// Where pods fetch the keys that verify identity assertions.
+pub const ASSERTION_JWKS_PATH: &str = "/.well-known/podgate-assertion-jwks.json";
+
+/// `GET /.well-known/podgate-assertion-jwks.json`: the public identity assertion keys (those of
+/// the current and overlapping capability keys), for pods to verify `x-podgate-assertion`.
+#[utoipa::path(
+    get,
+    path = ASSERTION_JWKS_PATH,
+    tag = "health",
+    responses(
+        (status = 200, description = "The public identity assertion keys"),
+        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+    )
+)]
+async fn assertion_jwks(
+    State(state): State<AppState>,
+) -> Result<Response, crate::http::error::ApiError> {
+    let ring = state.keys()?;
+    let mut resp = Json(&ring.assertion_jwks).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    Ok(resp)
 }
 
 /// `GET /.well-known/jwks.json`: the public capability keys (current and overlapping).

@@ -33,8 +33,8 @@ use crate::AppState;
         (name = "flow", description = "The login flow of a pod host: auth endpoint and callback"),
         (name = "sign-in", description = "Signing in with an OpenID provider"),
         (name = "session", description = "The control plane's session"),
-        (name = "capabilities", description = "Capabilities for scripts, and renewal for Envoy's filter"),
-        (name = "api-tokens", description = "Revocable API tokens and their setup"),
+        (name = "capabilities", description = "Capabilities for scripts; renewal, API token exchange and pod wake-up for Envoy's filter"),
+        (name = "api-tokens", description = "Revocable API tokens, the CLI and its setup"),
         (name = "dev", description = "The dev login (dev mode only)"),
         (name = "admin", description = "The admin API, behind the admin token"),
     )

@@ -37,7 +37,7 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
 
 /// Whether `headers` carry the renewal secret (compared in constant time, over digests so
 /// the length leaks nothing either).
-fn has_secret(state: &AppState, headers: &HeaderMap) -> bool {
+pub(crate) fn has_secret(state: &AppState, headers: &HeaderMap) -> bool {
     let presented = headers
         .get(RENEW_SECRET_HEADER)
         .map_or(&b""[..], |v| v.as_bytes());
@@ -48,7 +48,7 @@ fn has_secret(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 /// The bearer token of the one `Authorization` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next()?.to_str().ok()?;
     if values.next().is_some() {

@@ -3,14 +3,16 @@
 //!
 //! | header | value | on |
 //! |---|---|---|
-//! | `Content-Security-Policy` | [`HTML_CSP`] | HTML pages (the setup page, the callback's failure page) |
+//! | `Content-Security-Policy` | [`HTML_CSP`] | HTML pages (the setup-link page, the callback's failure page) |
+//! | `Content-Security-Policy` | `setup::SETUP_CSP` | the `/setup` page only (its own script and fetches) |
 //! | `Content-Security-Policy` | [`API_CSP`] | everything else (JSON, redirects, the install script) |
 //! | `X-Frame-Options` | `DENY` | every response |
 //! | `X-Content-Type-Options` | `nosniff` | every response |
 //! | `Referrer-Policy` | `no-referrer` | every response (callback URLs carry tickets) |
 //! | `Cache-Control` | `no-store` | every response that sets a cookie (forced), and every response whose handler chose no caching itself |
 //!
-//! The one handler that chooses caching is `GET /.well-known/jwks.json` (`public, max-age=60`):
+//! The handlers that choose caching are `GET /.well-known/jwks.json` and
+//! `GET /.well-known/podgate-assertion-jwks.json` (`public, max-age=60`):
 //! public keys, which Envoy-side tooling and clients may cache; rotation publishes a new key before
 //! it signs. Everything that carries or sets a credential (the callback's cookie, the proxy-auth
 //! ticket redirect, minted capabilities, API-token creation, the dev login) is `no-store`.
@@ -23,6 +25,8 @@
 
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
+
+use crate::http::setup::{SetupPage, SETUP_CSP};
 
 /// HTML pages: nothing loads but their own inline style; never framed, no `<base>`, no forms.
 pub const HTML_CSP: &str =
@@ -41,10 +45,17 @@ pub async fn secure(mut resp: Response) -> Response {
                 .to_ascii_lowercase()
                 .starts_with("text/html")
         });
+    let setup_page = html && resp.extensions().get::<SetupPage>().is_some();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(if html { HTML_CSP } else { API_CSP }),
+        HeaderValue::from_static(if setup_page {
+            SETUP_CSP
+        } else if html {
+            HTML_CSP
+        } else {
+            API_CSP
+        }),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(

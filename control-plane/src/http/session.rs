@@ -4,7 +4,7 @@
 //! Signing out ends every control-plane session the request's cookies name and cuts off every
 //! capability minted for them (`cuts::cut_session`), on every pod host, at the next config push,
 //! which this triggers. A pod host's `/.podgate/logout` (answered by the filter: it removes that
-//! host's capability cookie) redirects here.
+//! host's capability cookie) redirects here. In dev mode, `/dev/logout` signs out the same way.
 //!
 //! A GET signs out, like oauth2-proxy's `/oauth2/sign_out`: a pod page's plain link and the pod
 //! host's redirect must work without a form, and the worst a forged request can do is sign the
@@ -20,7 +20,7 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::identity::ended_sessions;
+use crate::auth::identity::{ended_sessions, EndedSession};
 use crate::auth::verify::browser_identity;
 use crate::cuts::cut_session;
 use crate::http::cookies;
@@ -47,12 +47,16 @@ fn wants_html(headers: &HeaderMap) -> bool {
     navigate || html
 }
 
-/// `GET|POST /auth/logout`: ends this browser's sessions and cuts off their capabilities.
+/// `GET /auth/logout`: ends this browser's sessions and cuts off their capabilities
+/// ([`end_and_answer`]).
 #[utoipa::path(
     get,
     path = "/auth/logout",
     tag = "session",
-    responses((status = 200, description = "Signed out, or the signed-out page for a page load")),
+    responses(
+        (status = 200, description = "Signed out, or the signed-out page for a page load"),
+        (status = 302, description = "Signed out here; sent on to sign out at the identity provider"),
+    ),
 )]
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     end_and_answer(state, headers).await
@@ -64,27 +68,48 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<
     path = "/auth/logout",
     tag = "session",
     operation_id = "logout_post",
-    responses((status = 200, description = "Signed out, or the signed-out page for a page load")),
+    responses(
+        (status = 200, description = "Signed out, or the signed-out page for a page load"),
+        (status = 302, description = "Signed out here; sent on to sign out at the identity provider"),
+    ),
 )]
 async fn logout_post(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     end_and_answer(state, headers).await
 }
 
-async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiResult<Response> {
+/// Signing out, for `GET|POST /auth/logout` and the dev login's `GET /dev/logout`: ends this
+/// browser's sessions, cuts off their capabilities, and answers with JSON, the signed-out page,
+/// or a redirect to sign out at the identity provider too.
+pub(crate) async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiResult<Response> {
     let ended = ended_sessions(
         state.db(),
         state.session_cookie(),
         &cookie_headers(&headers),
     )
     .await?;
-    for sid in &ended {
-        cut_session(state.db(), state.config().capability_lifetime, sid).await?;
+    for session in &ended {
+        cut_session(state.db(), state.config().capability_lifetime, &session.sid).await?;
     }
     if !ended.is_empty() {
         tracing::info!(sessions = ended.len(), "signed out: capabilities cut off");
         state.envoy_config_changed();
     }
-    let mut resp = if wants_html(&headers) {
+    // A browser that signed in with an identity provider signs out there too, once the cut is
+    // recorded: sent to the provider's end-session endpoint, which sends it back here (nothing
+    // left to end: the signed-out page).
+    let at_provider = if wants_html(&headers) {
+        provider_sign_out(&state, &ended).await
+    } else {
+        None
+    };
+    let mut resp = if let Some(location) = at_provider {
+        let mut r = StatusCode::FOUND.into_response();
+        r.headers_mut().insert(
+            header::LOCATION,
+            HeaderValue::from_str(&location).map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+        r
+    } else if wants_html(&headers) {
         (
             StatusCode::OK,
             Html(
@@ -104,6 +129,22 @@ async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiResult<Respon
     );
     no_store(&mut resp);
     Ok(resp)
+}
+
+/// The provider's end-session URL for the first of `ended` that signed in with a provider that
+/// has one; the browser comes back to `/auth/logout`.
+async fn provider_sign_out(state: &AppState, ended: &[EndedSession]) -> Option<String> {
+    let ctx = state.sign_in_context();
+    let back = format!("{}/auth/logout", ctx.issuer);
+    for name in ended.iter().filter_map(|s| s.provider.as_deref()) {
+        let Some(p) = ctx.verifier.sign_in_providers().find(|p| p.name == name) else {
+            continue;
+        };
+        if let Some(url) = ctx.sign_ins.end_session_url(p, &back).await {
+            return Some(url);
+        }
+    }
+    None
 }
 
 /// `GET /auth/userinfo`: the signed-in user of this browser, or a 401.

@@ -362,11 +362,17 @@ async fn finish_sign_in(state: &AppState, headers: &HeaderMap, query: Option<Str
         Ok(s) => s,
         Err(f) => return sign_in_failure(state, headers, f),
     };
-    let session =
-        match start_session(state.db(), state.config().session_lifetime, &signed_in.user).await {
-            Ok(s) => s,
-            Err(e) => return ApiError::from(e).into_response(),
-        };
+    let session = match start_session(
+        state.db(),
+        state.config().session_lifetime,
+        &signed_in.user,
+        Some(&signed_in.provider),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     tracing::info!(user = %signed_in.user.id, provider = %signed_in.provider, "signed in");
     let cookie = cookies::session(state, &session);
     if signed_in.next.is_empty() {

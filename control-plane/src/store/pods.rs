@@ -82,6 +82,32 @@ impl Db {
         collect(rows)
     }
 
+    /// The pods `user_id` may reach some port of, with whether they are in the pod's team: the
+    /// ones they own, the ones of their teams, and the ones with a port shared with every
+    /// signed-in user or everyone. The caller decides port by port (`authz::may_reach`).
+    pub async fn pods_within_reach(&self, user_id: &str) -> Res<Vec<(Pod, bool)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {POD_COLS}, \
+                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = pods.team_id AND m.user_id = $1) AS members \
+             FROM pods \
+             WHERE owner_id = $1 \
+                OR EXISTS (SELECT 1 FROM team_members m WHERE m.team_id = pods.team_id AND m.user_id = $1) \
+                OR EXISTS (SELECT 1 FROM pod_ports pp WHERE pp.pod_slug = pods.slug AND pp.sharing IN ($2, $3)) \
+             ORDER BY slug"
+        ))
+        .bind(user_id)
+        .bind(Sharing::SignedIn.as_str())
+        .bind(Sharing::Public.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let members: i64 = row.try_get("members")?;
+                Ok((Pod::from_row(row)?, members > 0))
+            })
+            .collect()
+    }
+
     /// Replaces every mutable field of a pod.
     pub async fn update_pod(&self, p: &Pod) -> Res<bool> {
         let r = sqlx::query(

@@ -43,23 +43,43 @@ pub struct AuditEntry {
 }
 
 impl Db {
+    /// A session of `user_id`, signed in with the identity provider `provider` (`None`: the
+    /// dev login).
     pub async fn create_session(
         &self,
         id_hash: &str,
         user_id: &str,
+        provider: Option<&str>,
         now: i64,
         expires_at: i64,
     ) -> Res<()> {
         sqlx::query(
-            "INSERT INTO sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO sessions (id_hash, user_id, provider, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id_hash)
         .bind(user_id)
+        .bind(provider)
         .bind(now)
         .bind(expires_at)
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    /// Whether a session is live, and if so the identity provider it signed in with.
+    pub async fn live_session_provider(
+        &self,
+        id_hash: &str,
+        now: i64,
+    ) -> Res<Option<Option<String>>> {
+        sqlx::query("SELECT provider FROM sessions WHERE id_hash = $1 AND expires_at > $2")
+            .bind(id_hash)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| row.try_get::<Option<String>, _>("provider"))
+            .transpose()
     }
 
     /// The user of a live session, read fresh from `users`.

@@ -289,6 +289,70 @@ impl OidcProvider {
         panic!("the sign-in never reached {redirect_uri}; last at {next}");
     }
 
+    /// Follows a relying party's sign-out at the provider (`end_session_url`, its
+    /// `end_session_endpoint` with the RP's parameters) through the confirmation form ("Yes,
+    /// sign me out") until the provider redirects to a URL starting with
+    /// `post_logout_redirect_uri`; returns that URL. Panics on the provider's error page (an
+    /// unknown client or an unregistered redirect URI).
+    pub async fn end_session(
+        &self,
+        end_session_url: &str,
+        post_logout_redirect_uri: &str,
+    ) -> String {
+        let mut jar = Jar::default();
+        let mut next = end_session_url.to_owned();
+        for _ in 0..6 {
+            if next.starts_with(post_logout_redirect_uri) {
+                return next;
+            }
+            let resp = self
+                .http
+                .get(&next)
+                .header(reqwest::header::COOKIE, jar.header())
+                .send()
+                .await
+                .unwrap();
+            jar.take(&resp);
+            if resp.status().is_redirection() {
+                next = location(&resp);
+                continue;
+            }
+            let url = resp.url().clone();
+            let page = resp.text().await.unwrap();
+            let attr = |name: &str| -> Option<String> {
+                let start = page.find(&format!("{name}=\""))? + name.len() + 2;
+                let len = page[start..].find('"')?;
+                Some(page[start..start + len].to_owned())
+            };
+            // The confirmation form, or the form the provider submits by script when the
+            // browser holds no session of it: both post the xsrf and `logout=yes`.
+            let (Some(action), true) = (attr("action"), page.contains("session/end/confirm"))
+            else {
+                panic!(
+                    "unexpected page at {next}: {page}\nprovider stderr:\n{}",
+                    self.stderr_text()
+                );
+            };
+            let xsrf = page
+                .split("name=\"xsrf\" value=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .expect("the logout form's xsrf")
+                .to_owned();
+            let resp = self
+                .http
+                .post(url.join(&action).unwrap())
+                .header(reqwest::header::COOKIE, jar.header())
+                .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
+                .send()
+                .await
+                .unwrap();
+            jar.take(&resp);
+            next = location(&resp);
+        }
+        panic!("the sign-out never reached {post_logout_redirect_uri}; last at {next}");
+    }
+
     /// Follows an authorization request (`auth_url`) to the provider's login form and aborts
     /// there (the user cancels), until the provider redirects to a URL starting with
     /// `redirect_uri`; returns that URL (with `error=access_denied` and `state`).

@@ -81,6 +81,65 @@ pub fn podgate_binary() -> PathBuf {
     p
 }
 
+/// The `podgate-cli` binary: `$PODGATE_CLI`, else built once into this build's target dir.
+pub fn cli_binary() -> PathBuf {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PODGATE_CLI") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().unwrap();
+        let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace())
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["build", "-p", "podgate-cli"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building podgate-cli failed");
+        let p = target.join("debug/podgate-cli");
+        assert!(p.is_file(), "no {}", p.display());
+        p
+    })
+    .clone()
+}
+
+/// This machine as the installer names it: `linux-x86_64` and the like.
+pub fn platform() -> String {
+    let run = |arg: &str| {
+        let out = Command::new("uname").arg(arg).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let arch = match run("-m").as_str() {
+        "amd64" => "x86_64".to_owned(),
+        "arm64" => "aarch64".to_owned(),
+        other => other.to_owned(),
+    };
+    format!("{}-{arch}", run("-s").to_lowercase())
+}
+
+/// Runs `curl -fsSL URL | bash` in `project` with `home` as HOME and `path` as PATH.
+pub async fn install(url: &str, home: &Path, project: &Path, path: &str) -> (i32, String) {
+    let mut c = Command::new("bash");
+    c.env_clear()
+        .env("HOME", home)
+        .env("PATH", path)
+        .current_dir(project)
+        .args(["-c", "curl -fsSL \"$1\" | bash", "install", url]);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Writes a new key-encryption key to `path` with `podgate keys gen-kek`; returns its id.
 pub fn make_kek(path: &Path) -> String {
     podgate_testkit::podgate::gen_kek(&podgate_binary(), path).unwrap_or_else(|e| panic!("{e:#}"))

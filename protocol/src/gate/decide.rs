@@ -11,6 +11,7 @@ use crate::config::{
 };
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
 use crate::cors::origin_pod;
+use crate::exchange::{self, ExchangeNeeded, Lookup, Refusal};
 use crate::host::PodAddr;
 use crate::own_paths::{self, OwnPath};
 use crate::path;
@@ -45,6 +46,9 @@ pub enum Decision {
     /// A path the filter answers itself (`own_paths`: who am I, sign out); nothing is
     /// forwarded.
     Answer(Reply),
+    /// An API token not yet exchanged for this pod and port: the filter asks the control plane
+    /// (`exchange`), records the answer (`Gate::exchanged`) and decides again.
+    Exchange(Rc<ExchangeNeeded>),
 }
 
 /// What a forward does to the request.
@@ -75,6 +79,8 @@ enum Source {
     TokenHeader,
     Bearer,
     Cookie,
+    /// A capability the control plane gave for the request's API token.
+    ApiToken,
 }
 
 /// Where the capability may be, in the order they are tried: every `podgate-token`, our
@@ -88,8 +94,13 @@ fn candidates<'a>(
     bearers: &[&'a str],
 ) -> Vec<(Source, &'a str)> {
     let mut out = Vec::new();
+    // With exchanges on, API tokens are no candidates (`api_token`).
+    let exchanges = config.renewal.is_some();
     for t in &req.token_headers {
-        out.push((Source::TokenHeader, t.trim()));
+        let t = t.trim();
+        if !(exchanges && exchange::is_api_token(t)) {
+            out.push((Source::TokenHeader, t));
+        }
     }
     for bearer in bearers {
         if !bearer.starts_with(API_TOKEN_PREFIX) {
@@ -391,11 +402,22 @@ pub(super) fn decide_counting(
         return (Decision::Forward(Rc::new(forward)), 0);
     }
 
+    // An API token (exchanges on) decides when no capability grants the request: a capability
+    // sent with it keeps its meaning.
+    let api = config
+        .renewal
+        .is_some()
+        .then(|| api_token(req, &bearers))
+        .flatten();
     let page_load = req.is_page_load();
     let redirect = || page_load.then(|| auth_redirect(config, &pod, req.path));
     let found = candidates(config, req, &bearers);
     let looked_at = found.len();
     if found.is_empty() {
+        if let Some(token) = api {
+            let decision = api_token_decision(config, cache, req, &bearers, pod, token, now);
+            return (decision, 1);
+        }
         return (
             Decision::Deny(Denial::NoCapability {
                 redirect: redirect(),
@@ -404,10 +426,14 @@ pub(super) fn decide_counting(
         );
     }
 
-    let (source, verified) = match choose(config, cache, found, &pod, now) {
-        Choice::Granted(source, verified) => (source, verified),
-        Choice::ScopedElsewhere => return (Decision::Deny(Denial::WrongScope), looked_at),
-        Choice::Refused(reason) => {
+    let (source, verified) = match (choose(config, cache, found, &pod, now), api) {
+        (Choice::Granted(source, verified), _) => (source, verified),
+        (_, Some(token)) => {
+            let decision = api_token_decision(config, cache, req, &bearers, pod, token, now);
+            return (decision, looked_at + 1);
+        }
+        (Choice::ScopedElsewhere, None) => return (Decision::Deny(Denial::WrongScope), looked_at),
+        (Choice::Refused(reason), None) => {
             return (
                 Decision::Deny(Denial::InvalidCapability {
                     reason,
@@ -435,18 +461,93 @@ pub(super) fn decide_counting(
         }
     }
 
+    (
+        forward_to_pod(config, req, &bearers, &pod, &verified, source),
+        looked_at,
+    )
+}
+
+/// The first API token of the request: a `podgate-token` value, then a bearer.
+fn api_token<'a>(req: &Request<'a>, bearers: &[&'a str]) -> Option<&'a str> {
+    req.token_headers
+        .iter()
+        .map(|t| t.trim())
+        .chain(bearers.iter().copied())
+        .find(|t| exchange::is_api_token(t))
+}
+
+/// A request with an API token: the capability exchanged for it earlier (checked against the
+/// configuration in force), a refusal remembered, or an exchange to make. A token that is not
+/// of the API tokens' exact shape is refused without a call.
+fn api_token_decision(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    req: &Request<'_>,
+    bearers: &[&str],
+    pod: PodAddr,
+    token: &str,
+    now: i64,
+) -> Decision {
+    if !exchange::well_formed(token) {
+        return Decision::Deny(Denial::ApiTokenRefused);
+    }
+    let key = exchange::key(token, &pod);
+    let exchanges = cache.exchanges();
+    match exchanges.lookup(&key, now) {
+        Lookup::Granted(cap) => {
+            if config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap) {
+                // Revoked or cut off since: the control plane is asked again, and refuses a
+                // revoked token.
+                exchanges.forget(&key);
+            } else {
+                cache.count_hit();
+                return forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken);
+            }
+        }
+        Lookup::Unconfirmed(capability) => match config.verifier.verify(&capability, now) {
+            Ok(cap)
+                if !(config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap)) =>
+            {
+                let cap = Rc::new(cap);
+                exchanges.confirm(&key, Rc::clone(&cap));
+                return forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken);
+            }
+            // Its key is gone, or it is revoked or cut off: the control plane is asked again.
+            _ => exchanges.forget(&key),
+        },
+        Lookup::Refused(Refusal::BadToken) => return Decision::Deny(Denial::ApiTokenRefused),
+        Lookup::Refused(Refusal::NotAllowed) => return Decision::Deny(Denial::ApiTokenNotAllowed),
+        Lookup::Miss => {}
+    }
+    Decision::Exchange(Rc::new(ExchangeNeeded {
+        key,
+        token: token.to_owned(),
+        pod,
+    }))
+}
+
+/// The forward to the pod `verified` grants, or the pod's own refusal (not in the directory,
+/// not running).
+fn forward_to_pod(
+    config: &CompiledConfig,
+    req: &Request<'_>,
+    bearers: &[&str],
+    pod: &PodAddr,
+    verified: &Rc<Verified>,
+    source: Source,
+) -> Decision {
     let Some(entry) = config.pods.get(&pod.pod) else {
-        return (Decision::Deny(Denial::UnknownPod), looked_at);
+        return Decision::Deny(Denial::UnknownPod);
     };
     if entry.status != PodStatus::Running {
-        return (Decision::Deny(Denial::NotRunning(entry.status)), looked_at);
+        return Decision::Deny(Denial::NotRunning(entry.status));
     }
 
     let mut edits = strip_edits(config, req, !bearers.is_empty());
-    edits.push(forwarded_host(config, &pod, req.authority));
+    edits.push(forwarded_host(config, pod, req.authority));
     edits.push(HeaderEdit::Set(
         ":authority".to_owned(),
-        config.upstream_hosts.render(&pod),
+        config.upstream_hosts.render(pod),
     ));
     edits.push(HeaderEdit::Set(
         CLUSTER_HEADER.to_owned(),
@@ -473,10 +574,27 @@ pub(super) fn decide_counting(
         expires_at: Some(verified.expires_at),
         response: Some(PodResponse::new(req.authority, req.origin)),
         websocket: req.is_websocket(),
-        renew_at: renewal::renew_at(config.renewal.as_ref(), &verified, source == Source::Cookie),
-        capability: Some(Rc::clone(&verified)),
+        renew_at: renewal::renew_at(config.renewal.as_ref(), verified, source == Source::Cookie),
+        capability: Some(Rc::clone(verified)),
     };
-    (Decision::Forward(Rc::new(forward)), looked_at)
+    Decision::Forward(Rc::new(forward))
+}
+
+/// The capability `decide` granted `req` for its host, found again (from the verified-token
+/// cache `decide` just filled, so no signature is checked twice); `None` when none was. For a
+/// refusal that comes after the grant and needs the capability: waking a stopped pod.
+pub(super) fn granted(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    req: &Request<'_>,
+    now: i64,
+) -> Option<(PodAddr, Rc<Verified>)> {
+    let pod = config.public_hosts.parse(req.authority).ok()?;
+    let bearers = our_bearers(req).ok()?;
+    match choose(config, cache, candidates(config, req, &bearers), &pod, now) {
+        Choice::Granted(_, verified) => Some((pod, verified)),
+        Choice::ScopedElsewhere | Choice::Refused(_) => None,
+    }
 }
 
 /// `X-Forwarded-Host`: the public pod host the client asked for (Host is rewritten to the

@@ -49,7 +49,11 @@ fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)]) -> Decision {
         Outcome::Forward(forward) => Decision::Forward(forward),
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
+        Outcome::Exchange(need) => Decision::Exchange(need),
         Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
+        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => {
+            panic!("answered with a page: {reply:?}")
+        }
     }
 }
 

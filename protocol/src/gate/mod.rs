@@ -10,6 +10,9 @@
 //!    the decision reads.
 //! 3. `cors::preflight` answers a CORS preflight; it is never forwarded.
 //! 4. `decide` decides, checking tokens through `token_cache`; `memo` keeps a forward it may.
+//! 5. A forward (decided or a memo hit) takes its user's and its pod's tokens (`rate`); a
+//!    refusal of a browser page load becomes its page (`refusal`, `page`), or, for a pod that
+//!    is not running when the control plane can start pods, a wake call and its page (`wake`).
 //!
 //! A forwarded pod response goes through `response::sanitize`.
 
@@ -20,12 +23,16 @@ mod token_cache;
 
 use std::rc::Rc;
 
+use crate::assertion::AssertionCache;
 use crate::config::CompiledConfig;
 use crate::cors::{self, Preflight};
+use crate::exchange::{self, ExchangeNeeded, Exchanged, Refusal};
+use crate::rate::Limiter;
 use crate::renewal::{self, RenewalCall, Renewed};
 use crate::reply::{Denial, Reply};
 use crate::response::{self, PodResponse, Sanitized};
 use crate::token::Verified;
+use crate::wake::{self, WakeCall};
 use crate::wire::{self, WireError};
 
 pub use decide::{
@@ -43,11 +50,21 @@ pub enum Outcome {
     Forward(Rc<Forward>),
     /// Answer locally with `Denial::reply`; nothing is forwarded.
     Deny(Denial),
+    /// A refusal answered to a browser page load with an HTML page (`page::for_denial`) instead
+    /// of its JSON; counted as the refusal (`Reply::reason`). Nothing is forwarded.
+    Page(Reply),
+    /// A page load of a pod that is not running, by a user it was granted to, when the control
+    /// plane can start pods (`wake`): make the call (without waiting for its answer), then
+    /// answer with the page (`page::waking`), counted as the refusal. Nothing is forwarded.
+    Wake { call: WakeCall, page: Reply },
     /// A CORS preflight, answered locally with this reply; nothing is forwarded.
     Preflight(Reply),
     /// A path the filter answers itself (`/.podgate/userinfo`, `/.podgate/logout`), answered
     /// locally with this reply; nothing is forwarded.
     Answer(Reply),
+    /// An API token to exchange for a capability (`Gate::exchange_call`) before deciding
+    /// again; the request waits.
+    Exchange(Rc<ExchangeNeeded>),
 }
 
 impl From<Decision> for Outcome {
@@ -56,7 +73,44 @@ impl From<Decision> for Outcome {
             Decision::Forward(forward) => Outcome::Forward(forward),
             Decision::Deny(denial) => Outcome::Deny(denial),
             Decision::Answer(reply) => Outcome::Answer(reply),
+            Decision::Exchange(need) => Outcome::Exchange(need),
         }
+    }
+}
+
+/// The refusal of `forward` when its user's or its pod's request rate is spent (`rate`); a
+/// forward to the control plane (no user) is never limited. One `Option` test when no limit is
+/// configured.
+fn over_limit(
+    config: &CompiledConfig,
+    limiter: &mut Limiter,
+    forward: &Forward,
+    now: i64,
+) -> Option<Denial> {
+    let limits = config.rate_limits.as_ref()?;
+    let (user, capability) = (forward.user.as_deref()?, forward.capability.as_ref()?);
+    let scope = limiter
+        .take(limits, user, &capability.claims.pod, now)
+        .err()?;
+    Some(Denial::RateLimited {
+        scope,
+        retry_after: 1,
+    })
+}
+
+/// How `denial` is answered to `request`: for a browser page load (`Request::is_page_load`), its
+/// page when it has one (the sign-in link asks for this very page back); its JSON otherwise.
+pub fn refusal(config: &CompiledConfig, request: &Request<'_>, denial: Denial) -> Outcome {
+    if !request.is_page_load() {
+        return Outcome::Deny(denial);
+    }
+    let Ok(pod) = config.public_hosts.parse(request.authority) else {
+        return Outcome::Deny(denial);
+    };
+    let sign_in = auth_redirect(config, &pod, request.path);
+    match crate::page::for_denial(&denial, &pod, &sign_in) {
+        Some(reply) => Outcome::Page(reply),
+        None => Outcome::Deny(denial),
     }
 }
 
@@ -77,6 +131,9 @@ pub struct Gate {
     config: Option<Rc<CompiledConfig>>,
     cache: VerifiedCache,
     memo: DecisionMemo,
+    /// This worker's request-rate buckets (`rate`).
+    limiter: Limiter,
+    assertions: AssertionCache,
 }
 
 impl Gate {
@@ -93,6 +150,8 @@ impl Gate {
         self.config = Some(config);
         self.cache.clear();
         self.memo.clear();
+        self.limiter.clear();
+        self.assertions.clear();
     }
 
     /// The configuration in force, if any.
@@ -144,6 +203,74 @@ impl Gate {
         renewed
     }
 
+    /// The exchange call for `need` (`exchange::call_headers`) to the control plane's cluster,
+    /// with the client's address when known; `None` when exchanges are off (no renewal
+    /// section: it carries the URL's authority and the secret).
+    pub fn exchange_call(
+        &self,
+        need: &ExchangeNeeded,
+        client: Option<&str>,
+    ) -> Option<RenewalCall<'_>> {
+        let config = self.config()?;
+        let renewal = config.renewal.as_ref()?;
+        Some(RenewalCall {
+            cluster: config.control_plane_cluster.as_str(),
+            headers: exchange::call_headers(renewal, need, client),
+            timeout_ms: renewal.timeout_ms,
+        })
+    }
+
+    /// Judges the control plane's answer to the exchange for `need` (`exchange::judge`) and
+    /// remembers it, so deciding the waiting requests again finds it. `Ok` when they should be
+    /// decided again; otherwise the answer every one of them gets.
+    pub fn exchanged(
+        &mut self,
+        need: &ExchangeNeeded,
+        status: u32,
+        retry_after: Option<u32>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), Denial> {
+        let Some(config) = self.config.as_deref() else {
+            return Err(Denial::NotConfigured);
+        };
+        let host = config.public_hosts.render(&need.pod);
+        let exchanged = exchange::judge(
+            config.in_force(),
+            &host,
+            &need.pod,
+            status,
+            retry_after,
+            body,
+            now,
+        );
+        self.cache.exchanges().record(need.key, &exchanged, now);
+        match exchanged {
+            Exchanged::Granted(..) => Ok(()),
+            Exchanged::Refused(Refusal::BadToken) => Err(Denial::ApiTokenRefused),
+            Exchanged::Refused(Refusal::NotAllowed) => Err(Denial::ApiTokenNotAllowed),
+            Exchanged::Busy(secs) => Err(Denial::ExchangeBusy(secs)),
+            Exchanged::Failed => Err(Denial::ExchangeFailed),
+        }
+    }
+
+    /// The identity assertion for a forward to a pod at `now` (`assertion`): `None` on the
+    /// reserved path and when assertions are off. Signed once per capability and worker per
+    /// half assertion lifetime; every other call hands out the cached value.
+    pub fn assertion(&mut self, forward: &Forward, now: i64) -> Option<Rc<str>> {
+        let config = self.config.as_deref()?;
+        let signer = config.assertion.as_ref()?;
+        let capability = forward.capability.as_deref()?;
+        forward.response.as_ref()?;
+        self.assertions
+            .get(signer, capability, now, config.token_cache_entries)
+    }
+
+    /// How many identity assertions this gate signed.
+    pub fn assertions_signed(&self) -> u64 {
+        self.assertions.signed()
+    }
+
     /// The verified-token cache (for its counters).
     pub fn cache(&self) -> &VerifiedCache {
         &self.cache
@@ -172,6 +299,8 @@ impl Gate {
             config,
             cache,
             memo,
+            limiter,
+            ..
         } = self;
         let Some(config) = config.as_deref() else {
             return Outcome::Deny(Denial::NotConfigured);
@@ -179,7 +308,19 @@ impl Gate {
         // A request that repeats an earlier forward's inputs is answered from the serialized
         // map, without decoding it.
         let slot = match memo.probe(config, cache, wire, now) {
-            memo::Probe::Hit(forward) => return Outcome::Forward(forward),
+            memo::Probe::Hit(forward) => {
+                let Some(limited) = over_limit(config, limiter, &forward, now) else {
+                    return Outcome::Forward(forward);
+                };
+                // Rare: the request is decoded only to tell a page load from a script.
+                let Ok(headers) = wire::decode_header_map(wire) else {
+                    return Outcome::Deny(Denial::HostCallFailed);
+                };
+                return match Request::from_slices(&headers) {
+                    Ok(request) => refusal(config, &request, limited),
+                    Err(denial) => Outcome::Deny(denial),
+                };
+            }
             memo::Probe::Miss(slot) => slot,
         };
         // Borrowed: no header is copied; a non-UTF-8 name is refused by `from_slices`.
@@ -195,7 +336,26 @@ impl Gate {
             Some(Preflight::Refused(denial)) => return Outcome::Deny(denial),
             Some(Preflight::Allowed(reply)) => return Outcome::Preflight(reply),
         }
-        memo::decide_memoized(config, cache, memo, slot, &request, now).into()
+        match memo::decide_memoized(config, cache, memo, slot, &request, now) {
+            Decision::Deny(Denial::NotRunning(status)) if config.wake && request.is_page_load() => {
+                match decide::granted(config, cache, &request, now).and_then(|(pod, cap)| {
+                    let call = wake::call(config, &pod.pod, &cap)?;
+                    Some((pod, call))
+                }) {
+                    Some((pod, call)) => Outcome::Wake {
+                        call,
+                        page: crate::page::waking(&pod, status),
+                    },
+                    None => refusal(config, &request, Denial::NotRunning(status)),
+                }
+            }
+            Decision::Deny(denial) => refusal(config, &request, denial),
+            Decision::Forward(forward) => match over_limit(config, limiter, &forward, now) {
+                Some(limited) => refusal(config, &request, limited),
+                None => Outcome::Forward(forward),
+            },
+            decision => decision.into(),
+        }
     }
 
     /// The edits for a forwarded pod response whose header map is `wire`; `pod` is what the
@@ -226,3 +386,11 @@ mod session_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod renewal_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod exchange_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod page_tests;

@@ -34,11 +34,20 @@ fn cap(sub: &str, iat: i64, sid: Option<&str>) -> String {
 }
 
 fn request(path: &str, cookie: &str) -> Vec<u8> {
+    request_accepting(path, cookie, "text/html")
+}
+
+/// `request` as a script's `fetch` sends it (not a page load).
+fn script_request(path: &str, cookie: &str) -> Vec<u8> {
+    request_accepting(path, cookie, "application/json")
+}
+
+fn request_accepting(path: &str, cookie: &str, accept: &str) -> Vec<u8> {
     let mut h = vec![
         (":authority".to_owned(), HOST.as_bytes().to_vec()),
         (":path".to_owned(), path.as_bytes().to_vec()),
         (":method".to_owned(), b"GET".to_vec()),
-        ("accept".to_owned(), b"text/html".to_vec()),
+        ("accept".to_owned(), accept.as_bytes().to_vec()),
     ];
     if !cookie.is_empty() {
         h.push((
@@ -51,9 +60,12 @@ fn request(path: &str, cookie: &str) -> Vec<u8> {
 
 fn status(outcome: &Outcome) -> u32 {
     match outcome {
-        Outcome::Forward(_) => 0,
+        Outcome::Forward(_) | Outcome::Exchange(_) => 0,
         Outcome::Deny(denial) => denial.reply().status,
-        Outcome::Preflight(reply) | Outcome::Answer(reply) => reply.status,
+        Outcome::Preflight(reply)
+        | Outcome::Answer(reply)
+        | Outcome::Page(reply)
+        | Outcome::Wake { page: reply, .. } => reply.status,
     }
 }
 
@@ -151,16 +163,21 @@ fn userinfo_is_answered_from_the_capability_and_never_forwarded() {
         .any(|(n, v)| *n == "cache-control" && v == "no-store"));
 
     // Without a capability, or with a refused one: a 401 for scripts, no redirect.
-    let none = gate.on_request(&request("/.podgate/userinfo", ""), NOW + 1);
+    let none = gate.on_request(&script_request("/.podgate/userinfo", ""), NOW + 1);
     assert!(matches!(
         none,
         Outcome::Deny(Denial::NoCapability { redirect: None })
     ));
-    let expired = gate.on_request(&request("/.podgate/userinfo", &token), NOW + 2000);
+    let expired = gate.on_request(&script_request("/.podgate/userinfo", &token), NOW + 2000);
     assert!(matches!(
         expired,
         Outcome::Deny(Denial::InvalidCapability { redirect: None, .. })
     ));
+    // A browser navigating there gets the 401 as a page with a sign-in link.
+    let Outcome::Page(page) = gate.on_request(&request("/.podgate/userinfo", ""), NOW + 1) else {
+        panic!("a page load of userinfo without a capability got no page");
+    };
+    assert_eq!((page.status, page.reason), (401, "no_capability"));
     // A cut capability is refused there too.
     gate.configure(config_with(Cutoffs {
         sessions: vec![SessionCut {
@@ -170,9 +187,10 @@ fn userinfo_is_answered_from_the_capability_and_never_forwarded() {
         }],
         ..Cutoffs::default()
     }));
-    assert!(is_revoked(
-        &gate.on_request(&request("/.podgate/userinfo", &token), NOW + 1)
-    ));
+    assert!(is_revoked(&gate.on_request(
+        &script_request("/.podgate/userinfo", &token),
+        NOW + 1
+    )));
 }
 
 #[test]

@@ -61,6 +61,9 @@ pub(super) fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledCo
         cutoffs: Default::default(),
         logout_url: None,
         renewal: None,
+        wake: false,
+        rate_limits: None,
+        assertion: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
         token_cache_entries: 16,
@@ -132,7 +135,7 @@ fn removed(d: &Decision, name: &str) -> bool {
 fn status(d: &Decision) -> u32 {
     match d {
         Decision::Deny(denial) => denial.reply().status,
-        Decision::Forward(_) => 0,
+        Decision::Forward(_) | Decision::Exchange(_) => 0,
         Decision::Answer(reply) => reply.status,
     }
 }
@@ -740,7 +743,11 @@ fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)], now: i64) -> Decision 
         Outcome::Forward(forward) => Decision::Forward(forward),
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
+        Outcome::Exchange(need) => Decision::Exchange(need),
         Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
+        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => {
+            panic!("answered with a page: {reply:?}")
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use crate::config::CompiledConfig;
+use crate::exchange::ExchangeCache;
 use crate::token::{TokenError, Verified, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
 
 /// How many token values that failed verification one worker remembers, so that planted
@@ -29,6 +30,9 @@ pub struct VerifiedCache {
     hits: u64,
     misses: u64,
     verifications: u64,
+    /// What API-token exchanges came to (`exchange`): on whether or not the token cache is,
+    /// as each entry stands for a call to the control plane.
+    exchanges: ExchangeCache,
 }
 
 impl VerifiedCache {
@@ -44,9 +48,17 @@ impl VerifiedCache {
         self.entries.is_empty()
     }
 
+    /// Forgets every token, for a new configuration; the exchanges' grants stay, to be
+    /// confirmed under it (`ExchangeCache::new_configuration`).
     pub fn clear(&mut self) {
         self.entries.clear();
         self.rejected.clear();
+        self.exchanges.new_configuration();
+    }
+
+    /// What API-token exchanges came to.
+    pub fn exchanges(&mut self) -> &mut ExchangeCache {
+        &mut self.exchanges
     }
 
     /// `(hits, misses)`: answers from either cache, and signature checks with the cache on.

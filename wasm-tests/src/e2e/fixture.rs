@@ -38,6 +38,12 @@ pub fn capability_key() -> anyhow::Result<SigningKey> {
     SigningKey::ed25519_from_seed("cap-e2e-1", [0x5a; 32]).map_err(|e| anyhow!("test key: {e}"))
 }
 
+/// The suite's identity assertion key (Ed25519, fixed seed): the filter signs with it, the fake
+/// pods verify with its public half.
+pub fn assertion_key() -> anyhow::Result<SigningKey> {
+    SigningKey::ed25519_from_seed("ast-e2e-1", [0x3c; 32]).map_err(|e| anyhow!("test key: {e}"))
+}
+
 /// A key with the same `kid` as `capability_key` but other key material: its tokens carry a
 /// signature the filter must refuse.
 pub fn impostor_key() -> anyhow::Result<SigningKey> {

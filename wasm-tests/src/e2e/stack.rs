@@ -19,7 +19,10 @@ use super::bootstrap::{filter_wasm, Bootstrap};
 use super::client::EnvoyClient;
 use super::envoy::Envoy;
 use super::fake_pod::FakePod;
-use super::fixture::Minter;
+use super::fixture::{assertion_key, Minter};
+use podgate_protocol::assertion::{AssertionVerifier, Audience};
+use podgate_protocol::host::{HostTemplate, DEFAULT_PUBLIC_TEMPLATE};
+use podgate_protocol::token::KeySet;
 
 /// One runtime for the whole test binary, so a shared stack's servers outlive each test.
 pub fn runtime() -> &'static Runtime {
@@ -99,6 +102,8 @@ impl Stack {
                 .ok_or_else(|| anyhow!("the static filter config has no issuer"))?,
         )?;
         config["keys"] = json!({ "keys": [minter.key.verifying_jwk()] });
+        let assertion_key = assertion_key()?;
+        config["assertion"] = json!({ "key": assertion_key.to_private_jwk(), "lifetime_secs": 60 });
         let mut directory = serde_json::Map::new();
         let mut fake_pods = Vec::new();
         let mut down = Vec::new();
@@ -115,6 +120,29 @@ impl Stack {
         }
         config["pods"] = serde_json::Value::Object(directory);
         edit(&mut config);
+        // Every fake pod checks the assertion as a real pod would: the published key, the
+        // issuer, and an audience of its own pod (any port).
+        let issuer = config["issuer"].as_str().unwrap_or_default().to_owned();
+        let hosts = HostTemplate::new(
+            config["public_host_template"]
+                .as_str()
+                .unwrap_or(DEFAULT_PUBLIC_TEMPLATE),
+            config["domain"].as_str().unwrap_or_default(),
+        )
+        .map_err(|e| anyhow!("the filter config's host template: {e}"))?;
+        let published = KeySet {
+            keys: assertion_key.public_jwk().into_iter().collect(),
+        };
+        for (slug, pod) in &fake_pods {
+            let audience = Audience::Pod {
+                hosts: hosts.clone(),
+                pod: slug.clone(),
+            };
+            pod.verify_assertions(
+                AssertionVerifier::new(issuer.clone(), &published, audience, 5)
+                    .map_err(|e| anyhow!("assertion verifier: {e}"))?,
+            );
+        }
         let control_plane = FakePod::start("control-plane").await?;
         let cp_cluster = config["control_plane_cluster"]
             .as_str()

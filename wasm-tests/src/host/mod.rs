@@ -30,7 +30,8 @@
 //! - `tick()` runs `proxy_on_tick`; a stream the guest resets from there
 //!   (`proxy_set_effective_context` + `proxy_close_stream`) is destroyed right
 //!   after the tick (`on_log`, `on_done`, `on_delete`), as Envoy does once the
-//!   callback returns, and its id is returned.
+//!   callback returns, and its id is returned. `configure_closing()` does the
+//!   same for `proxy_on_configure` (`configure()` too, without the ids).
 //! - The clock (`proxy_get_current_time_nanoseconds` and the WASI wall clock)
 //!   follows the system until `set_time`/`set_time_secs` fixes it.
 //! - A trap kills the VM: that request reports `Outcome::Trapped` (with the

@@ -327,17 +327,32 @@ impl FilterVm {
 
     /// Deliver a plugin configuration (`proxy_on_configure` on the root
     /// context). `Ok(false)` means the filter rejected it, as Envoy would.
-    /// May be called again later, as an ECDS update does.
+    /// May be called again later, as an ECDS update does. Streams the guest resets from
+    /// there are destroyed as after a tick (see [`FilterVm::configure_closing`]).
     pub fn configure(&mut self, plugin_configuration: &[u8]) -> anyhow::Result<bool> {
+        self.configure_closing(plugin_configuration)
+            .map(|(accepted, _)| accepted)
+    }
+
+    /// [`FilterVm::configure`], and the context ids of the streams the guest reset during
+    /// the callback (`proxy_set_effective_context` to the stream, then `proxy_close_stream`),
+    /// in id order: destroyed the way Envoy does it after the callback returns, so no longer
+    /// open.
+    pub fn configure_closing(
+        &mut self,
+        plugin_configuration: &[u8],
+    ) -> anyhow::Result<(bool, Vec<u32>)> {
         self.store.data_mut().plugin_configuration = plugin_configuration.to_vec();
         let Some(configure) = self.exports.on_configure.clone() else {
-            return Ok(true);
+            return Ok((true, Vec::new()));
         };
         let size = abi::len_u32(plugin_configuration.len());
+        let already_reset: Vec<u32> = self.reset_stream_ids();
         let accepted = self
             .call(&configure, (ROOT_CONTEXT_ID, size), ROOT_CONTEXT_ID)?
             .map_err(|t| t.into_error("proxy_on_configure"))?;
-        Ok(accepted != 0)
+        let closed = self.close_reset_since(&already_reset)?;
+        Ok((accepted != 0, closed))
     }
 
     /// Fix the clock the guest sees (proxy time and WASI wall clock).
@@ -379,6 +394,11 @@ impl FilterVm {
         let already_reset: Vec<u32> = self.reset_stream_ids();
         self.call(&tick, ROOT_CONTEXT_ID, ROOT_CONTEXT_ID)?
             .map_err(|t| t.into_error("proxy_on_tick"))?;
+        self.close_reset_since(&already_reset)
+    }
+
+    /// Destroys the streams reset since `already_reset` was read; their ids, in order.
+    fn close_reset_since(&mut self, already_reset: &[u32]) -> anyhow::Result<Vec<u32>> {
         let mut closed: Vec<u32> = self
             .reset_stream_ids()
             .into_iter()

@@ -3,6 +3,7 @@
 //! it tampered to show it fails.
 use crate::support::*;
 use crate::{reasons, NO_CAPABILITY, WRONG_SCOPE};
+use podgate_wasm_tests::host::Outcome;
 
 #[test]
 fn a_valid_capability_is_forwarded_and_the_same_token_tampered_is_not() {
@@ -161,9 +162,18 @@ fn a_capability_for_another_pod_is_403() {
         .token(&tamper_signature(&beta))
         .send(&mut vm)
         .invalid(reasons::BAD_SIGNATURE);
-    // Even for a browser page load: a 403, not a redirect loop.
+    // Even for a browser page load: a 403 (as a page), not a redirect loop.
     let page = Req::alpha().navigate().cookie(&beta).send(&mut vm);
-    assert_eq!(page.error(403), WRONG_SCOPE);
+    let Outcome::LocalReply { status, body, .. } = &page.out else {
+        panic!("expected the 403 page, got {:?}", page.out);
+    };
+    assert_eq!(*status, 403);
+    assert_eq!(
+        page.out.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let body = String::from_utf8_lossy(body);
+    assert!(body.contains("<h1>Not for this pod</h1>"), "{body}");
 }
 
 #[test]

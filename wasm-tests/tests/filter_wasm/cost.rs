@@ -75,8 +75,9 @@ fn cost_per_request() {
             assert_eq!(sent.host_calls.get("proxy_get_header_map_pairs"), Some(&1));
             assert_eq!(sent.host_calls.get("proxy_get_header_map_value"), None);
         }
-        // A bounded number of host calls: a forward reads and edits a few headers, a denial fewer.
-        assert!(calls(&r.cached) <= 12, "{:?}", r.cached.host_calls);
+        // A bounded number of host calls: a forward reads and edits a few headers, a denial fewer;
+        // both set the access log's property once.
+        assert!(calls(&r.cached) <= 13, "{:?}", r.cached.host_calls);
         assert!(calls(&r.no_token) <= 5, "{:?}", r.no_token.host_calls);
         // A cached forward costs a small multiple of the cheapest denial.
         assert!(r.cached.fuel < 5 * r.no_token.fuel, "{}", r.alg);
@@ -165,4 +166,40 @@ fn response_cost_per_case() {
     // without a Domain need no host parsing.
     assert!(rows[0].0 < 5_000, "{}", rows[0].0);
     assert!(rows[1].0 < 15_000, "{}", rows[1].0);
+}
+
+/// Fuel of a cached forward (a memo hit) with rate limits that never refuse, against the same
+/// without limits: what the per-user and per-pod buckets cost on the cached path. Printed with
+/// `-- --nocapture`; the section on rate limits in `BENCHMARKS.md` quotes it.
+#[test]
+fn rate_limits_cost_on_the_cached_path() {
+    let key = ed_key(1);
+    let t = cap(&key, "alpha", PORT);
+    let cached = |config: &serde_json::Value| {
+        let mut vm = vm_with(config);
+        Req::alpha().cookie(&t).send(&mut vm).forwarded();
+        let hit = Req::alpha().cookie(&t).send(&mut vm);
+        hit.forwarded();
+        hit
+    };
+    let plain = cached(&config(&[&key]));
+    let mut limited_config = config(&[&key]);
+    let never = serde_json::json!({"per_second": u32::MAX, "burst": u32::MAX});
+    limited_config["rate_limits"] = serde_json::json!({"per_user": never, "per_pod": never});
+    let limited = cached(&limited_config);
+    println!(
+        "cached forward: {} without limits, {} with per-user and per-pod limits (+{})",
+        plain.fuel,
+        limited.fuel,
+        limited.fuel.saturating_sub(plain.fuel)
+    );
+    // No host call more: the buckets live in the VM.
+    assert_eq!(calls(&limited), calls(&plain));
+    // Two hash lookups and a refill: a small share of the cached request.
+    assert!(
+        limited.fuel < plain.fuel + plain.fuel / 3,
+        "{} against {}",
+        limited.fuel,
+        plain.fuel
+    );
 }

@@ -121,6 +121,8 @@ fn every_answer_counts_under_its_reason() {
         ("podgate.denied.bad_preflight", 1),
         ("podgate.denied.unknown_pod", 1),
         ("podgate.denied.pod_not_running", 1),
+        // Rate limits are off in this configuration (`e2e_pages.rs` counts them).
+        ("podgate.denied.rate_limited", 0),
         ("podgate.denied.not_configured", 0),
         ("podgate.denied.host_error", 0),
         ("podgate.preflight", 1),
@@ -135,6 +137,16 @@ fn every_answer_counts_under_its_reason() {
         ("podgate.renewal.renewed", 0),
         ("podgate.renewal.refused", 0),
         ("podgate.renewal.failed", 0),
+        // API tokens at the edge need the control plane
+        // (`control-plane/tests/xds_live_api_tokens.rs`).
+        ("podgate.exchange.calls", 0),
+        ("podgate.exchange.granted", 0),
+        ("podgate.denied.api_token_refused", 0),
+        ("podgate.denied.api_token_not_allowed", 0),
+        ("podgate.denied.exchange_busy", 0),
+        ("podgate.denied.exchange_failed", 0),
+        // No assertion key in this configuration (`assertion` tests them in a real Envoy).
+        ("podgate.assertion.signed", 0),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -143,9 +143,10 @@ fn several_websockets_close_each_at_its_own_expiry() {
 }
 
 #[test]
-fn the_tick_closes_a_websocket_once_a_push_cuts_its_capability_off() {
-    // Sign-out and loss of access end open WebSockets too: the push lists the cut, the next
-    // tick closes the WebSockets whose capability it refuses, and only those.
+fn a_push_that_cuts_a_websockets_capability_off_closes_it() {
+    // Sign-out and loss of access end open WebSockets too: the push lists the cut, and the
+    // configure callback closes the WebSockets whose capability it refuses, and only those,
+    // without waiting for a tick.
     let mut vm = vm();
     let signed_out = open_with(
         &mut vm,
@@ -166,22 +167,26 @@ fn the_tick_closes_a_websocket_once_a_push_cuts_its_capability_off() {
     cfg["cutoffs"] = serde_json::json!({
         "sessions": [{"sid": "sid-signed-out", "at": NOW + 10, "until": NOW + 10 + LIFETIME + LEEWAY}]
     });
-    assert!(push(&mut vm, &cfg));
+    let pushed = serde_json::to_vec(&cfg).unwrap();
+    assert_eq!(
+        vm.configure_closing(&pushed).unwrap(),
+        (true, vec![signed_out]),
+        "closed as the push arrives"
+    );
+    assert!(vm.is_open(other));
     at(&mut vm, NOW + 11);
     assert_eq!(
         vm.tick().unwrap(),
-        vec![signed_out],
-        "closed at the tick after the push"
+        Vec::<u32>::new(),
+        "nothing left for the tick"
     );
-    assert!(vm.is_open(other));
     assert_eq!(metric(&mut vm, "podgate.websocket.cut"), 1);
     assert_eq!(metric(&mut vm, "podgate.websocket.expired"), 0);
     // A user cut closes the other one.
     cfg["cutoffs"] = serde_json::json!({
         "users": [{"sub": "user-1", "pod": "alpha", "at": NOW + 12, "until": NOW + 12 + LIFETIME + LEEWAY}]
     });
-    assert!(push(&mut vm, &cfg));
-    at(&mut vm, NOW + 13);
-    assert_eq!(vm.tick().unwrap(), vec![other]);
+    let pushed = serde_json::to_vec(&cfg).unwrap();
+    assert_eq!(vm.configure_closing(&pushed).unwrap(), (true, vec![other]));
     assert_eq!(metric(&mut vm, "podgate.websocket.cut"), 2);
 }

@@ -39,6 +39,11 @@ pub struct SignInSettings {
     pub private_key_file: Option<PathBuf>,
     /// Scopes asked for; `openid` is required [default: openid, email, profile].
     pub scopes: Option<Vec<String>>,
+    /// Signing out here also signs out at the provider: the browser is sent on to the
+    /// provider's `end_session_endpoint` (OpenID Connect RP-Initiated Logout) with
+    /// `post_logout_redirect_uri` = `ISSUER/auth/logout`, which must be registered with the
+    /// provider [default: false].
+    pub sign_out_at_provider: Option<bool>,
 }
 
 /// A client secret; never printed.
@@ -101,6 +106,8 @@ pub struct SignInClient {
     pub client_id: String,
     pub auth: ClientAuth,
     pub scopes: Vec<String>,
+    /// Signing out sends the browser to the provider's end-session endpoint.
+    pub sign_out_at_provider: bool,
 }
 
 fn read_secret_file(path: &PathBuf, whose: &str) -> Result<String, ConfigError> {
@@ -292,5 +299,6 @@ pub(super) fn resolve_sign_in(
         client_id,
         auth,
         scopes,
+        sign_out_at_provider: s.sign_out_at_provider.unwrap_or(false),
     })
 }

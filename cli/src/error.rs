@@ -1,0 +1,48 @@
+//! The CLI's one error type: a message for people and the exit code scripts read.
+
+use std::fmt;
+
+/// Exit codes (`docs/cli.md` lists them).
+pub mod code {
+    /// Anything else: an unexpected answer, a config file that cannot be read or written.
+    pub const OTHER: u8 = 1;
+    /// Wrong usage: unknown command or flag, a malformed init URL or pod URL.
+    pub const USAGE: u8 = 2;
+    /// No saved session for this directory (or a parent): run `podgate-cli --init URL` first.
+    pub const NOT_INITIALISED: u8 = 3;
+    /// The control plane refused the saved API token: expired, revoked or unknown.
+    pub const TOKEN_REFUSED: u8 = 4;
+    /// The control plane (or the pod URL) could not be reached.
+    pub const UNREACHABLE: u8 = 5;
+    /// The control plane refused access to that pod or port.
+    pub const ACCESS_REFUSED: u8 = 6;
+}
+
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: u8, message: impl Into<String>) -> CliError {
+        CliError {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError::new(code::USAGE, message)
+    }
+    pub fn other(message: impl Into<String>) -> CliError {
+        CliError::new(code::OTHER, message)
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CliError>;

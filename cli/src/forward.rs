@@ -1,0 +1,436 @@
+//! `forward POD PORT`: a local HTTP listener that sends every request, WebSockets included, to
+//! the pod port's public URL through Envoy with a capability in `podgate-token`. The capability
+//! is renewed before it expires, by a background task and, should that fall behind, before a
+//! request. One upstream connection per request: simple, and a WebSocket owns its connection
+//! anyway.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, ORIGIN, UPGRADE};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+use crate::api::{is_localhost, now_unix, Backend, Capability};
+use crate::error::{code, CliError, Result};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Where the pod port is reached: its public URL's parts.
+struct Target {
+    https: bool,
+    host: String,
+    port: u16,
+    /// `host[:port]` as the `Host` header.
+    authority: String,
+    /// `scheme://authority`, for `Origin`.
+    origin: String,
+}
+
+impl Target {
+    fn from_url(url: &str) -> Result<Target> {
+        let bad = || CliError::other(format!("the control plane gave an odd pod URL: {url}"));
+        let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+        let https = match scheme {
+            "http" => false,
+            "https" => true,
+            _ => return Err(bad()),
+        };
+        let authority = rest.split('/').next().ok_or_else(bad)?.to_owned();
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h.to_owned(), p.parse().map_err(|_| bad())?)
+            }
+            _ => (authority.clone(), if https { 443 } else { 80 }),
+        };
+        Ok(Target {
+            https,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+            origin: format!("{scheme}://{authority}"),
+            authority,
+        })
+    }
+}
+
+struct Shared {
+    backend: Backend,
+    pod: String,
+    port: u16,
+    cap: Mutex<Capability>,
+    target: Target,
+    local: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Shared {
+    /// The capability to send now, renewed first when it is near its end.
+    async fn token(&self) -> Result<String> {
+        let mut cap = self.cap.lock().await;
+        if cap.needs_renewal(now_unix()) {
+            *cap = self.backend.capability(&self.pod, self.port).await?;
+            eprintln!(
+                "podgate-cli: capability renewed, expires {}",
+                cap.expires_at
+            );
+        }
+        Ok(cap.token.clone())
+    }
+
+    /// Seconds until the capability needs renewing.
+    async fn until_renewal(&self) -> u64 {
+        let renew_at = self.cap.lock().await.renew_at();
+        u64::try_from(renew_at + 1 - now_unix()).unwrap_or(0)
+    }
+
+    async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
+        let tcp = if is_localhost(&self.target.host) {
+            TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, self.target.port))).await?
+        } else {
+            TcpStream::connect((self.target.host.as_str(), self.target.port)).await?
+        };
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => Ok(Box::new(tcp)),
+            Some(tls) => {
+                let name =
+                    tokio_rustls::rustls::pki_types::ServerName::try_from(self.target.host.clone())
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                Ok(Box::new(tls.connect(name, tcp).await?))
+            }
+        }
+    }
+}
+
+fn tls_connector() -> Result<tokio_rustls::TlsConnector> {
+    use tokio_rustls::rustls;
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| CliError::other(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+pub async fn run(backend: Backend, pod: String, port: u16, local: SocketAddr) -> Result<u8> {
+    let cap = backend.capability(&pod, port).await?;
+    let target = Target::from_url(&cap.url)?;
+    let listener = TcpListener::bind(local).await.map_err(|e| {
+        CliError::other(format!(
+            "cannot listen on {local}: {e}; pick another with --local"
+        ))
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| CliError::other(format!("cannot listen on {local}: {e}")))?;
+    let tls = if target.https {
+        Some(tls_connector()?)
+    } else {
+        None
+    };
+    println!(
+        "podgate-cli: forwarding http://{local}/ to {} (pod {pod} port {port}); Ctrl-C stops",
+        cap.url
+    );
+    let shared = Arc::new(Shared {
+        backend,
+        pod,
+        port,
+        cap: Mutex::new(cap),
+        target,
+        local,
+        tls,
+    });
+    let renewer = Arc::clone(&shared);
+    tokio::spawn(async move {
+        loop {
+            let wait = renewer.until_renewal().await;
+            tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
+            if let Err(e) = renewer.token().await {
+                eprintln!("podgate-cli: cannot renew the capability: {e}");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    });
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(answer(&shared, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn full(status: StatusCode, msg: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": msg }).to_string();
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    match proxy(shared, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            eprintln!("podgate-cli: {e}");
+            let status = match e.code {
+                code::TOKEN_REFUSED => StatusCode::UNAUTHORIZED,
+                code::ACCESS_REFUSED => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            full(status, &format!("podgate-cli: {e}"))
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), not forwarded; `Upgrade` and `Connection: upgrade`
+/// are put back for an upgrade.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+}
+
+/// Whether `origin` is this listener's own (a browser page served through the forward).
+fn is_local_origin(origin: &str, local: SocketAddr) -> bool {
+    let Some(rest) = origin.strip_prefix("http://") else {
+        return false;
+    };
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return false;
+    };
+    port == local.port().to_string()
+        && (host == "127.0.0.1" || host == "[::1]" || is_localhost(host))
+}
+
+/// Why a request to the listener is not forwarded, if it is not: it must name the listener by
+/// an IP address or a `localhost` name with its port (another name is DNS rebinding: a web page
+/// of that name reading the pod as the user), and must not come from another site's page
+/// (`Origin` of another site, `Sec-Fetch-Site: cross-site`: a page making the user's browser
+/// send requests that would carry the capability).
+fn refusal<B>(req: &Request<B>, local: SocketAddr) -> Option<&'static str> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let host_ok = header(HOST.as_str()).is_some_and(|h| {
+        let (name, port) = match h.rsplit_once(':') {
+            Some((n, p)) if !n.is_empty() => (n, p),
+            _ => return false,
+        };
+        let ip = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+        port == local.port().to_string() && (ip || is_localhost(name))
+    });
+    if !host_ok {
+        return Some("podgate-cli forward answers only requests to its own address (an IP address or localhost with its port)");
+    }
+    // `null` included: a sandboxed frame of any page sends it.
+    if header(ORIGIN.as_str()).is_some_and(|o| !is_local_origin(o, local)) {
+        return Some("podgate-cli forward refuses requests from another site's page");
+    }
+    if header("sec-fetch-site") == Some("cross-site") {
+        return Some("podgate-cli forward refuses requests from another site's page");
+    }
+    None
+}
+
+async fn proxy(shared: &Shared, mut req: Request<Incoming>) -> Result<Response<Body>> {
+    if let Some(why) = refusal(&req, shared.local) {
+        return Ok(full(StatusCode::FORBIDDEN, why));
+    }
+    let token = shared.token().await?;
+    let upgrade = req.headers().get(UPGRADE).cloned();
+    let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = path
+        .parse()
+        .map_err(|_| CliError::other("the request target is not a path"))?;
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = upgrade {
+        parts.headers.insert(UPGRADE, u);
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let bad_header = |_| CliError::other("the pod URL is not a valid header value");
+    parts.headers.insert(
+        HOST,
+        HeaderValue::from_str(&shared.target.authority).map_err(bad_header)?,
+    );
+    let local_origin = parts
+        .headers
+        .get(ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .is_some_and(|o| is_local_origin(o, shared.local));
+    if local_origin {
+        parts.headers.insert(
+            ORIGIN,
+            HeaderValue::from_str(&shared.target.origin).map_err(bad_header)?,
+        );
+    }
+    parts.headers.remove("podgate-token");
+    parts.headers.insert(
+        HeaderName::from_static("podgate-token"),
+        HeaderValue::from_str(&token).map_err(|_| CliError::other("odd capability"))?,
+    );
+    let unreachable = |e: &dyn std::fmt::Display| {
+        CliError::new(
+            code::UNREACHABLE,
+            format!("cannot reach {}: {e}", shared.target.origin),
+        )
+    };
+    let io = shared.connect().await.map_err(|e| unreachable(&e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    tokio::spawn(conn.with_upgrades());
+    let mut resp = sender
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = client_side {
+            let pod_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(c), Ok(p)) = tokio::join!(client_side, pod_side) {
+                    let _ =
+                        tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(p))
+                            .await;
+                }
+            });
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+    Ok(resp.map(BodyExt::boxed))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_and_origins() {
+        let t = Target::from_url("http://localhost-3000-pod-a.localhost:10000/").unwrap();
+        assert_eq!(
+            (t.https, t.host.as_str(), t.port),
+            (false, "localhost-3000-pod-a.localhost", 10000)
+        );
+        assert_eq!(t.origin, "http://localhost-3000-pod-a.localhost:10000");
+        let t = Target::from_url("https://3000-pod-a.pods.example.dev/").unwrap();
+        assert_eq!((t.https, t.port), (true, 443));
+        assert_eq!(t.authority, "3000-pod-a.pods.example.dev");
+        let local: SocketAddr = "127.0.0.1:8700".parse().unwrap();
+        assert!(is_local_origin("http://127.0.0.1:8700", local));
+        assert!(is_local_origin("http://localhost:8700", local));
+        assert!(!is_local_origin("http://evil.example:8700", local));
+        assert!(!is_local_origin("http://127.0.0.1:8701", local));
+    }
+
+    #[test]
+    fn only_its_own_address_and_no_other_site() {
+        let local: SocketAddr = "127.0.0.1:8700".parse().unwrap();
+        let req = |headers: &[(&str, &str)]| {
+            let mut b = Request::builder().uri("/");
+            for (n, v) in headers {
+                b = b.header(*n, *v);
+            }
+            b.body(()).unwrap()
+        };
+        for ok in [
+            req(&[("host", "127.0.0.1:8700")]),
+            req(&[
+                ("host", "localhost:8700"),
+                ("origin", "http://localhost:8700"),
+            ]),
+            req(&[("host", "[::1]:8700"), ("sec-fetch-site", "same-origin")]),
+        ] {
+            assert_eq!(refusal(&ok, local), None, "{ok:?}");
+        }
+        for bad in [
+            req(&[]),
+            req(&[("host", "127.0.0.1")]),
+            req(&[("host", "127.0.0.1:9999")]),
+            req(&[("host", "rebound.evil.example:8700")]),
+            req(&[
+                ("host", "127.0.0.1:8700"),
+                ("origin", "https://evil.example"),
+            ]),
+            req(&[("host", "127.0.0.1:8700"), ("origin", "null")]),
+            req(&[("host", "127.0.0.1:8700"), ("sec-fetch-site", "cross-site")]),
+        ] {
+            assert!(refusal(&bad, local).is_some(), "{bad:?}");
+        }
+    }
+}

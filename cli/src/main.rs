@@ -1,0 +1,418 @@
+//! `podgate-cli`: reach podgate pods from a terminal with an API token.
+//!
+//! `--init <setup link>` saves the link's API token for the working directory; `status`,
+//! `logout`, `token POD PORT`, `curl URL …` and `forward POD PORT` use it. Each pod request
+//! carries a short-lived capability from `POST /v1/capabilities`, never the API token. Exit
+//! codes are in [`error::code`] and `docs/cli.md`.
+
+mod api;
+mod config;
+mod error;
+mod forward;
+mod init_url;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use api::Backend;
+use config::{now_rfc3339, ConfigFile, Session};
+use error::{code, CliError, Result};
+
+const USAGE: &str = "\
+usage:
+  podgate-cli --init <setup link>       save the link's API token for this directory
+  podgate-cli status                    who you are, which control plane, token expiry, your pods
+  podgate-cli logout                    revoke the saved API token and forget it
+  podgate-cli token POD PORT            print a fresh capability for one pod port
+  podgate-cli curl URL [-X METHOD] [-d DATA|@FILE] [-H 'Name: value']... [-i] [-f]
+                                        one request to a pod URL with a capability
+  podgate-cli forward POD PORT [--local ADDR]
+                                        serve the pod port on ADDR (default 127.0.0.1:PORT),
+                                        HTTP and WebSockets, renewing the capability itself
+
+exit codes: 0 ok, 1 other failure, 2 usage or malformed link/URL, 3 not initialised here,
+4 API token expired or revoked, 5 control plane or pod unreachable, 6 access to the pod refused,
+22 (curl -f) the pod answered 400 or above";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("podgate-cli: cannot start: {e}");
+            return ExitCode::from(code::OTHER);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("podgate-cli: {e}");
+            if e.code == code::USAGE && e.message.starts_with("usage") {
+                eprintln!("{USAGE}");
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+async fn run(args: Vec<String>) -> Result<u8> {
+    let Some(first) = args.first() else {
+        return Err(CliError::usage(format!("usage: no command\n{USAGE}")));
+    };
+    let rest = &args[1..];
+    match first.as_str() {
+        "--init" | "init" => {
+            let [url] = rest else {
+                return Err(CliError::usage("usage: podgate-cli --init <setup link>"));
+            };
+            init(url).await
+        }
+        "status" => no_args(rest, "status").and(status().await),
+        "logout" => no_args(rest, "logout").and(logout().await),
+        "token" => {
+            let (pod, port) = pod_port(rest, "token POD PORT")?;
+            token(&pod, port).await
+        }
+        "curl" => curl(rest).await,
+        "forward" => forward_cmd(rest).await,
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(0)
+        }
+        "-V" | "--version" => {
+            println!("podgate-cli {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        other => Err(CliError::usage(format!(
+            "usage: unknown command `{other}`\n{USAGE}"
+        ))),
+    }
+}
+
+fn no_args(rest: &[String], cmd: &str) -> Result<()> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::usage(format!(
+            "usage: `{cmd}` takes no arguments"
+        )))
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| CliError::usage(format!("`{s}` is not a port (1-65535)")))
+}
+
+fn pod_port(rest: &[String], usage: &str) -> Result<(String, u16)> {
+    match rest {
+        [pod, port] => Ok((pod.clone(), parse_port(port)?)),
+        _ => Err(CliError::usage(format!("usage: podgate-cli {usage}"))),
+    }
+}
+
+/// The saved session for this directory and a client for its control plane; marks it used.
+fn session() -> Result<(Session, Backend)> {
+    let mut file = ConfigFile::load()?;
+    let (key, session) = file.session_here()?;
+    if let Some(s) = file.sessions.get_mut(&key) {
+        s.last_used = now_rfc3339();
+    }
+    // A failure to record the use does not stop the command.
+    let _ = file.save();
+    let backend = Backend::new(&session.backend_url, &session.auth_token)?;
+    Ok((session, backend))
+}
+
+async fn init(raw: &str) -> Result<u8> {
+    let link = init_url::parse(raw)?;
+    let backend = Backend::new(&link.backend_url, &link.token)?;
+    let me = backend.me().await?;
+    let user = me["user"]
+        .as_str()
+        .ok_or_else(|| CliError::other("the control plane's /api/me names no user"))?
+        .to_owned();
+    let dir = config::current_dir()?;
+    let mut file = ConfigFile::load()?;
+    let session = Session {
+        backend_url: link.backend_url.clone(),
+        auth_token: link.token,
+        user_id: user.clone(),
+        user_email: me["email"].as_str().map(str::to_owned),
+        token_expires_at: me["api_token"]["expires_at"].as_str().map(str::to_owned),
+        prefix: link.prefix,
+        host_template: me["host_template"].as_str().map(str::to_owned),
+        last_used: now_rfc3339(),
+    };
+    file.sessions.insert(dir.clone(), session);
+    file.save()?;
+    println!(
+        "podgate-cli: signed in as {user} on {} for {dir} (saved in {})",
+        link.backend_url,
+        config::config_path()?.display()
+    );
+    Ok(0)
+}
+
+async fn status() -> Result<u8> {
+    let (session, backend) = session()?;
+    let me = backend.me().await?;
+    let mut out = String::new();
+    let user = me["user"].as_str().unwrap_or(&session.user_id);
+    out.push_str(&format!("user:     {user}"));
+    if let Some(email) = me["email"].as_str() {
+        out.push_str(&format!(" <{email}>"));
+    }
+    out.push_str(&format!("\nbackend:  {}\n", backend.base));
+    let token = &me["api_token"];
+    out.push_str(&format!(
+        "token:    {} (expires {}, in {})\n",
+        token["name"].as_str().unwrap_or("?"),
+        token["expires_at"].as_str().unwrap_or("?"),
+        human_secs(token["expires_in_secs"].as_i64().unwrap_or(0)),
+    ));
+    let pods = me["pods"].as_array().cloned().unwrap_or_default();
+    if pods.is_empty() {
+        out.push_str("pods:     none you may reach\n");
+    } else {
+        out.push_str("pods:\n");
+    }
+    for p in pods {
+        out.push_str(&format!(
+            "  {} ({}{})\n",
+            p["pod"].as_str().unwrap_or("?"),
+            p["status"].as_str().unwrap_or("?"),
+            if p["owner"].as_bool() == Some(true) {
+                ", yours"
+            } else {
+                ""
+            },
+        ));
+        for port in p["ports"].as_array().cloned().unwrap_or_default() {
+            out.push_str(&format!(
+                "    port {}: {}\n",
+                port["port"],
+                port["url"].as_str().unwrap_or("?")
+            ));
+        }
+        if p["other_ports"].as_bool() == Some(true) {
+            out.push_str("    every other port\n");
+        }
+    }
+    print!("{out}");
+    Ok(0)
+}
+
+fn human_secs(s: i64) -> String {
+    match s {
+        s if s >= 2 * 86_400 => format!("{} days", (s + 43_200) / 86_400),
+        s if s >= 7200 => format!("{} hours", (s + 1800) / 3600),
+        s => format!("{} minutes", (s + 30) / 60),
+    }
+}
+
+async fn logout() -> Result<u8> {
+    let mut file = ConfigFile::load()?;
+    let (key, session) = file.session_here()?;
+    let backend = Backend::new(&session.backend_url, &session.auth_token)?;
+    let id = init_url::token_id(&session.auth_token)
+        .ok_or_else(|| CliError::other("the saved API token is malformed"))?;
+    // Unreachable: keep the session so a later logout can still revoke it.
+    let revoked = backend.revoke(id).await?;
+    file.sessions.remove(&key);
+    file.save()?;
+    if revoked {
+        println!("podgate-cli: API token revoked and forgotten for {key}");
+    } else {
+        println!("podgate-cli: the API token was already expired or revoked; forgotten for {key}");
+    }
+    Ok(0)
+}
+
+async fn token(pod: &str, port: u16) -> Result<u8> {
+    let (_, backend) = session()?;
+    let cap = backend.capability(pod, port).await?;
+    println!("{}", cap.token);
+    eprintln!(
+        "podgate-cli: expires {}; send it to {} as `podgate-token: …` or `Authorization: Bearer …`",
+        cap.expires_at, cap.url
+    );
+    Ok(0)
+}
+
+struct CurlArgs {
+    url: String,
+    method: Option<String>,
+    data: Option<Vec<u8>>,
+    headers: Vec<(String, String)>,
+    include: bool,
+    fail: bool,
+}
+
+fn read_data(d: &str) -> Result<Vec<u8>> {
+    match d.strip_prefix('@') {
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map_err(|e| CliError::other(format!("cannot read stdin: {e}")))?;
+            Ok(buf)
+        }
+        Some(path) => {
+            std::fs::read(path).map_err(|e| CliError::usage(format!("cannot read {path}: {e}")))
+        }
+        None => Ok(d.as_bytes().to_vec()),
+    }
+}
+
+fn parse_curl(rest: &[String]) -> Result<CurlArgs> {
+    let usage = || {
+        CliError::usage(
+            "usage: podgate-cli curl URL [-X METHOD] [-d DATA|@FILE] [-H 'Name: value']... [-i] [-f]",
+        )
+    };
+    let mut a = CurlArgs {
+        url: String::new(),
+        method: None,
+        data: None,
+        headers: Vec::new(),
+        include: false,
+        fail: false,
+    };
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-X" | "--request" => a.method = Some(it.next().ok_or_else(usage)?.clone()),
+            "-d" | "--data" | "--data-binary" => {
+                a.data = Some(read_data(it.next().ok_or_else(usage)?)?)
+            }
+            "-H" | "--header" => {
+                let h = it.next().ok_or_else(usage)?;
+                let (n, v) = h
+                    .split_once(':')
+                    .ok_or_else(|| CliError::usage(format!("header `{h}` is not `Name: value`")))?;
+                a.headers.push((n.trim().to_owned(), v.trim().to_owned()));
+            }
+            "-i" | "--include" => a.include = true,
+            "-f" | "--fail" => a.fail = true,
+            s if s.starts_with('-') => {
+                return Err(CliError::usage(format!("usage: unknown curl flag `{s}`")))
+            }
+            s if a.url.is_empty() => a.url = s.to_owned(),
+            _ => return Err(usage()),
+        }
+    }
+    if a.url.is_empty() {
+        return Err(usage());
+    }
+    Ok(a)
+}
+
+/// Pod and port of a pod URL, read with the control plane's host template.
+fn pod_of_url(session: &Session, url: &str) -> Result<(String, u16)> {
+    let bad = |why: &str| {
+        CliError::usage(format!(
+            "{url} is not a pod URL of {} ({why}); `podgate-cli status` lists yours",
+            session.backend_url
+        ))
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(bad("it does not start with http:// or https://"));
+    }
+    let host = api::host_of(url).ok_or_else(|| bad("no host"))?;
+    let template = session
+        .host_template
+        .as_deref()
+        .ok_or_else(|| bad("the saved session has no host template; run --init again"))?;
+    api::parse_pod_host(template, &host).ok_or_else(|| bad("its host names no pod and port"))
+}
+
+async fn curl(rest: &[String]) -> Result<u8> {
+    let a = parse_curl(rest)?;
+    let (session, backend) = session()?;
+    let (pod, port) = pod_of_url(&session, &a.url)?;
+    let cap = backend.capability(&pod, port).await?;
+    // The capability goes only to the pod port's public origin, as the control plane names it.
+    let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
+    if origin(&a.url).is_none() || origin(&a.url) != origin(&cap.url) {
+        return Err(CliError::usage(format!(
+            "{} is not on the public URL of pod {pod} port {port}, {}; use that scheme, host and port",
+            a.url, cap.url
+        )));
+    }
+    let method = a
+        .method
+        .clone()
+        .unwrap_or_else(|| if a.data.is_some() { "POST" } else { "GET" }.into());
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .map_err(|_| CliError::usage(format!("`{method}` is not an HTTP method")))?;
+    let http = api::client_for(&a.url)?;
+    let mut req = http.request(method, &a.url);
+    for (n, v) in &a.headers {
+        if n.eq_ignore_ascii_case("podgate-token") {
+            return Err(CliError::usage(
+                "do not send podgate-token yourself; podgate-cli adds the capability",
+            ));
+        }
+        req = req.header(n, v);
+    }
+    req = req.header("podgate-token", &cap.token);
+    if let Some(d) = a.data {
+        req = req.body(d);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| CliError::new(code::UNREACHABLE, format!("cannot reach {}: {e}", a.url)))?;
+    let status = resp.status();
+    let mut stdout = std::io::stdout().lock();
+    if a.include {
+        let mut head = format!("{:?} {}\r\n", resp.version(), status);
+        for (n, v) in resp.headers() {
+            head.push_str(&format!(
+                "{n}: {}\r\n",
+                String::from_utf8_lossy(v.as_bytes())
+            ));
+        }
+        head.push_str("\r\n");
+        let _ = stdout.write_all(head.as_bytes());
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| CliError::new(code::UNREACHABLE, format!("the answer was cut short: {e}")))?;
+    let _ = stdout.write_all(&body);
+    let _ = stdout.flush();
+    if a.fail && status.as_u16() >= 400 {
+        eprintln!("podgate-cli: the pod answered {status}");
+        return Ok(22);
+    }
+    Ok(0)
+}
+
+async fn forward_cmd(rest: &[String]) -> Result<u8> {
+    let usage = || CliError::usage("usage: podgate-cli forward POD PORT [--local ADDR]");
+    let mut positional = Vec::new();
+    let mut local = None;
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--local" | "-l" => local = Some(it.next().ok_or_else(usage)?.clone()),
+            s if s.starts_with('-') => return Err(usage()),
+            s => positional.push(s.to_owned()),
+        }
+    }
+    let (pod, port) = pod_port(&positional, "forward POD PORT [--local ADDR]")?;
+    let local = local.unwrap_or_else(|| format!("127.0.0.1:{port}"));
+    let local: std::net::SocketAddr = local.parse().map_err(|_| {
+        CliError::usage(format!(
+            "--local `{local}` is not an address like 127.0.0.1:8080"
+        ))
+    })?;
+    let (_, backend) = session()?;
+    forward::run(backend, pod, port, local).await
+}

@@ -1,0 +1,459 @@
+//! `podgate-cli` through the real stack: the `podgate` binary, a real Envoy fed over ADS, a
+//! recording fake pod. A signed-in user creates an API token; the installer served by the
+//! control plane, run with its setup link in a temporary HOME, installs the CLI and its `--init`
+//! saves it (0600 file in a 0700 directory); `status` names the user and the pod;
+//! `curl` reaches the pod with the right method, path and body and no API token or capability
+//! in what the pod sees; `forward` carries an HTTP request and a WebSocket echo; `logout`
+//! revokes the token, after which the directory is not initialised (3) and the revoked token is
+//! refused (4). A malformed link (2), an unreachable control plane (5), and a pod the user may
+//! not reach (6) give their exit codes. `forward` refuses other host names and other sites'
+//! pages, and renews its capability by itself (30 s lifetime).
+//!
+//! The CLI comes from `$PODGATE_CLI`, else a `cargo build -p podgate-cli` run once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod xds_support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use reqwest::header::COOKIE;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use xds_support::*;
+
+const POD: &str = "clipod";
+
+/// A user's machine: a HOME and a project directory inside it.
+struct Machine {
+    home: tempfile::TempDir,
+    /// The CLI this machine runs: the build's, or the one the installer put in place.
+    bin: PathBuf,
+}
+
+impl Machine {
+    fn new() -> Machine {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("project")).unwrap();
+        Machine {
+            home,
+            bin: cli_binary(),
+        }
+    }
+
+    fn project(&self) -> PathBuf {
+        self.home.path().join("project")
+    }
+
+    fn config_file(&self) -> PathBuf {
+        self.home.path().join(".config/podgate/config.json")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env_clear()
+            .env("HOME", self.home.path())
+            .env("PATH", "/usr/bin:/bin")
+            .current_dir(self.project())
+            .args(args);
+        c
+    }
+
+    /// Runs the CLI to the end: exit code, stdout, stderr.
+    async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let mut c = self.command(args);
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// `POST /api/proxy-tokens` as the signed-in user: the answer.
+async fn create_token(stack: &Stack, name: &str) -> Value {
+    let resp = stack
+        .http
+        .post(format!("http://{}/api/proxy-tokens", stack.cp.http))
+        .header(COOKIE, &stack.session)
+        .json(&json!({"name": name, "expires_in_days": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    resp.json().await.unwrap()
+}
+
+async fn pod_running(stack: &Stack) -> FakePod {
+    let pod = FakePod::start_on(POD, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    stack
+        .cp
+        .create_pod(POD, USER, SERVER, pod.addr().port(), "running")
+        .await;
+    let token = stack.mint(POD).await;
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        POD,
+        &token,
+        Duration::from_secs(5),
+        |a| a.status == 200,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    pod.reset();
+    pod
+}
+
+/// A WebSocket handshake on `conn` with `host`/`origin`; panics unless it is accepted.
+async fn open_websocket(addr: SocketAddr, origin: &str) -> tokio::net::TcpStream {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Origin: {origin}\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            conn.read(&mut byte).await.unwrap(),
+            1,
+            "closed early: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    conn
+}
+
+/// One masked text frame out, its echo back.
+async fn echo(conn: &mut tokio::net::TcpStream, text: &str) -> String {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).unwrap()];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    conn.write_all(&frame).await.unwrap();
+    let mut head = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut head))
+        .await
+        .expect("no echo within 5 s")
+        .expect("the WebSocket was closed");
+    assert_eq!(head[0], 0x81, "{head:?}");
+    let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+    conn.read_exact(&mut payload).await.unwrap();
+    String::from_utf8(payload).unwrap()
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// No header the pod saw carries the API token, a capability, or podgate's own header.
+fn assert_no_credentials(req: &podgate_testkit::fake_pod::Recorded, api_token: &str) {
+    for (name, value) in &req.headers {
+        assert!(
+            !value.contains(api_token) && !value.contains("pg_") && !value.contains("eyJ"),
+            "the pod saw a credential in {name}: {value}"
+        );
+        assert_ne!(name, "podgate-token");
+        assert_ne!(name, "authorization");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_status_curl_forward_and_logout_through_the_real_stack() {
+    // The control plane serves this build's CLI to the installer.
+    let cli_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        cli_binary(),
+        cli_dir.path().join(format!("podgate-cli-{}", platform())),
+    )
+    .unwrap();
+    let stack = Stack::start(&["--cli-dir", cli_dir.path().to_str().unwrap()]).await;
+    let pod = pod_running(&stack).await;
+    let created = create_token(&stack, "CLI test").await;
+    let api_token = created["token"].as_str().unwrap().to_owned();
+    let init_url = created["init_url"].as_str().unwrap().to_owned();
+    let mut me = Machine::new();
+
+    // `curl -fsSL …/install.sh?init_url=… | bash` installs the CLI and runs its --init, which
+    // saves the session for the project directory, privately; every step below runs the
+    // installed binary.
+    let install_url = format!(
+        "http://{}/api/download/install.sh?init_url={}",
+        stack.cp.http,
+        url::form_urlencoded::byte_serialize(init_url.as_bytes()).collect::<String>()
+    );
+    let (code, out) = install(
+        &install_url,
+        me.home.path(),
+        &me.project(),
+        "/usr/local/bin:/usr/bin:/bin",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{}", stack.logs());
+    assert!(out.contains("signed in as alice"), "{out}");
+    me.bin = me.home.path().join(".config/podgate/bin/podgate-cli");
+    assert!(me.bin.is_file(), "{out}");
+    let config: Value = serde_json::from_slice(&std::fs::read(me.config_file()).unwrap()).unwrap();
+    let key = me.project().to_string_lossy().into_owned();
+    let session = &config["sessions"][&key];
+    assert_eq!(session["auth_token"], api_token.as_str());
+    assert_eq!(session["user_id"], "alice");
+    assert_eq!(session["user_email"], "alice@example.dev");
+    assert_eq!(session["backend_url"], format!("http://{}", stack.cp.http));
+    assert!(session["last_used"].is_string());
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&me.config_file()), 0o600);
+        assert_eq!(mode(me.config_file().parent().unwrap()), 0o700);
+    }
+
+    // status: who, where, until when, which pods.
+    let (code, out, err) = me.run(&["status"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("alice <alice@example.dev>"), "{out}");
+    assert!(out.contains(&stack.cp.http.to_string()), "{out}");
+    assert!(out.contains("CLI test") && out.contains("7 days"), "{out}");
+    assert!(
+        out.contains(POD) && out.contains("every other port"),
+        "{out}"
+    );
+
+    // curl: the request reaches the pod as sent, without any credential.
+    let url = format!(
+        "http://{}:{}/api/items?q=1",
+        pod_host(POD),
+        stack.envoy.listener.port()
+    );
+    let (code, out, err) = me
+        .run(&[
+            "curl",
+            &url,
+            "-X",
+            "PUT",
+            "-d",
+            "hello pod",
+            "-H",
+            "X-Trace: t1",
+            "-i",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}{err}\n{}", stack.logs());
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let reqs = pod.requests();
+    assert_eq!(reqs.len(), 1, "{}", pod.describe());
+    assert_eq!(reqs[0].method, "PUT");
+    assert_eq!(reqs[0].path, "/api/items?q=1");
+    assert_eq!(reqs[0].body_len, "hello pod".len());
+    assert_eq!(reqs[0].header("x-trace"), Some("t1"));
+    assert_no_credentials(&reqs[0], &api_token);
+    pod.reset();
+
+    // The right pod host on another port or scheme: the capability is not sent there.
+    for elsewhere in [
+        format!("http://{}:1/", pod_host(POD)),
+        format!("https://{}:{}/", pod_host(POD), stack.envoy.listener.port()),
+    ] {
+        let (code, _, err) = me.run(&["curl", &elsewhere]).await;
+        assert_eq!(code, 2, "{elsewhere}: {err}");
+        assert!(err.contains("public URL"), "{err}");
+    }
+
+    // token: a capability for one pod port.
+    let (code, out, err) = me.run(&["token", POD, "3000"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.trim().starts_with("eyJ"), "{out}");
+    // A pod the user may not reach: 6.
+    let (code, _, err) = me.run(&["token", "nosuchpod", "3000"]).await;
+    assert_eq!(code, 6, "{err}");
+
+    // forward: HTTP and a WebSocket through a local listener.
+    let (mut fwd, local, _stderr) = start_forward(&me).await;
+    // Another name for the listener (DNS rebinding) or another site's page: refused.
+    for (host, origin) in [
+        (format!("rebound.evil.example:{}", local.port()), None),
+        (local.to_string(), Some("https://evil.example")),
+    ] {
+        let mut req = client()
+            .get(format!("http://{local}/refused"))
+            .header(reqwest::header::HOST, host);
+        if let Some(o) = origin {
+            req = req.header(reqwest::header::ORIGIN, o);
+        }
+        assert_eq!(req.send().await.unwrap().status().as_u16(), 403);
+    }
+    let resp = client()
+        .post(format!("http://{local}/forwarded?x=2"))
+        .body("via forward")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut ws = open_websocket(local, &format!("http://{local}")).await;
+    assert_eq!(
+        echo(&mut ws, "ping through forward").await,
+        "ping through forward"
+    );
+    drop(ws);
+    let reqs = pod.requests();
+    assert_eq!(reqs.len(), 2, "{}", pod.describe());
+    let http_req = reqs.iter().find(|r| !r.websocket).unwrap();
+    assert_eq!(http_req.path, "/forwarded?x=2");
+    assert_eq!(http_req.body_len, "via forward".len());
+    let ws_req = reqs.iter().find(|r| r.websocket).unwrap();
+    assert_eq!(ws_req.path, "/ws");
+    for r in &reqs {
+        assert_no_credentials(r, &api_token);
+    }
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    pod.reset();
+
+    // logout revokes and forgets: the directory is no longer initialised (3), and the token
+    // itself, put back by hand, is refused (4).
+    let saved = std::fs::read(me.config_file()).unwrap();
+    let (code, out, err) = me.run(&["logout"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("revoked"), "{out}");
+    let (code, _, err) = me.run(&["curl", &url]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("--init"), "{err}");
+    std::fs::write(me.config_file(), saved).unwrap();
+    let (code, _, err) = me.run(&["curl", &url]).await;
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = me.run(&["status"]).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(pod.requests().is_empty(), "{}", pod.describe());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_links_and_unreachable_control_planes_have_their_exit_codes() {
+    let me = Machine::new();
+    for bad in [
+        "not a url",
+        "http://127.0.0.1:1/q/eyJ0IjoieCJ9",
+        "http://127.0.0.1:1/p/!!",
+        "ftp://127.0.0.1/p/eyJ0IjoieCJ9",
+    ] {
+        let (code, _, err) = me.run(&["--init", bad]).await;
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("setup link"), "{err}");
+    }
+    let (code, _, _) = me.run(&["frobnicate"]).await;
+    assert_eq!(code, 2);
+    let (code, _, err) = me.run(&["status"]).await;
+    assert_eq!(code, 3, "{err}");
+    // A well-formed link to a port where nothing listens.
+    let port = free_port();
+    let config = base64_url(&format!(
+        r#"{{"t":"pg_0123456789abcdef0123456789abcdef_{}"}}"#,
+        "A".repeat(52)
+    ));
+    let (code, _, err) = me
+        .run(&["--init", &format!("http://127.0.0.1:{port}/p/{config}")])
+        .await;
+    assert_eq!(code, 5, "{err}");
+    assert!(!me.config_file().exists());
+}
+
+fn base64_url(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+/// Starts `forward` for POD port 3000 on an ephemeral port: the process, its address, and its
+/// stderr lines as they come.
+async fn start_forward(
+    me: &Machine,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut fwd = me
+        .command(&["forward", POD, "3000", "--local", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = fwd.stdout.take().unwrap();
+    let stderr = fwd.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let local: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .parse()
+        .unwrap();
+    (fwd, local, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_renews_its_capability_before_it_expires() {
+    // The shortest lifetime the control plane accepts: renewed with a third (10 s) left.
+    let stack = Stack::start(&["--capability-lifetime-secs", "30"]).await;
+    let pod = pod_running(&stack).await;
+    let created = create_token(&stack, "forward renewal").await;
+    let me = Machine::new();
+    let (code, out, err) = me
+        .run(&["--init", created["init_url"].as_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (mut fwd, local, stderr) = start_forward(&me).await;
+    let get = |path: &'static str| {
+        let url = format!("http://{local}{path}");
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get("/before").await, 200);
+    let renewed = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(35);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match stderr.recv_timeout(left) {
+                Ok(line) if line.contains("capability renewed") => return Ok(line),
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        Err(seen)
+    })
+    .await
+    .unwrap();
+    let _ = renewed.unwrap_or_else(|seen| panic!("no renewal within 35 s: {seen:?}"));
+    assert_eq!(get("/after").await, 200);
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    let paths: Vec<String> = pod.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/before", "/after"]);
+}

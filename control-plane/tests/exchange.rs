@@ -1,0 +1,152 @@
+//! The exchange endpoint Envoy's filter calls for an API token sent to a pod host
+//! (`POST /api/proxy-exchange`), in-process, on SQLite and PostgreSQL: only with the renewal
+//! secret; the API token checked (unknown, revoked) and its owner authorized as for
+//! `/v1/capabilities`; the capability for exactly that pod and port, audited with the token, so
+//! revoking the token lists it for the filter; failed tokens counted per end client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{Harness, Resp, Which};
+use podgate::config::Settings;
+use podgate::store::now_unix;
+use podgate_protocol::config::FilterConfig;
+use serde_json::json;
+
+const SECRET: &str = "renew-secret-0123456789abcdef0123456789";
+
+async fn harness(which: Which) -> Option<Harness> {
+    Harness::seeded(which, |s| Settings {
+        renew_secret: Some(SECRET.into()),
+        ..s
+    })
+    .await
+}
+
+/// `POST /api/proxy-tokens` as `session`: `(id, token)`.
+async fn api_token(h: &Harness, session: &str) -> (String, String) {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/proxy-tokens")
+        .header(header::COOKIE, session)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({"name": "edge"}).to_string()))
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let v = r.json();
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn exchange(
+    h: &Harness,
+    secret: Option<&str>,
+    token: Option<&str>,
+    target: &str,
+    client: &str,
+) -> Resp {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/api/proxy-exchange?{target}"))
+        .header("podgate-client", client);
+    if let Some(s) = secret {
+        req = req.header("podgate-renew-secret", s);
+    }
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    h.send(req.body(Body::empty()).unwrap()).await
+}
+
+const HERE: &str = "pod=myslug&port=8726";
+
+async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
+    let Some(h) = harness(which).await else {
+        return;
+    };
+    let alice = h.login("alice").await;
+    let (id, token) = api_token(&h, &alice).await;
+    let (_, carols) = api_token(&h, &h.login("carol").await).await;
+
+    // Only Envoy: without the secret, or with another, nothing is read.
+    for secret in [None, Some("renew-secret-guessed-0123456789abcdef")] {
+        let r = exchange(&h, secret, Some(&token), HERE, "198.51.100.1").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    }
+    let r = exchange(&h, Some(SECRET), None, HERE, "198.51.100.1").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+
+    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "198.51.100.1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let cap = r.json()["token"].as_str().unwrap().to_owned();
+    let config = h.admin(Method::GET, "/v1/filter-config", None).await;
+    let compiled = FilterConfig::compile_json(config.body.as_bytes()).unwrap();
+    let v = compiled.verifier.verify(&cap, now_unix()).unwrap();
+    assert_eq!(
+        (v.claims.sub.as_str(), v.claims.pod.as_str(), v.claims.port),
+        ("alice", "myslug", 8726)
+    );
+    assert_eq!(v.sid, None, "never renewed: exchanged again");
+    let r = h.admin(Method::GET, "/v1/audit?user=alice", None).await;
+    assert!(r.body.contains("\"exchange\""), "{}", r.body);
+
+    // Another user's pod, or none: 404, as `/v1/capabilities` answers.
+    let r = exchange(&h, Some(SECRET), Some(&carols), HERE, "198.51.100.1").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = exchange(
+        &h,
+        Some(SECRET),
+        Some(&token),
+        "pod=nosuch&port=8726",
+        "198.51.100.1",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+
+    // Revoked: refused from the next exchange on, and its capability listed for the filter.
+    let req = Request::builder()
+        .method(Method::DELETE)
+        .uri(format!("/api/proxy-tokens/{id}"))
+        .header(header::COOKIE, &alice)
+        .body(Body::empty())
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "198.51.100.1").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert!(r.body.contains("revoked"), "{}", r.body);
+    let config = h.admin(Method::GET, "/v1/filter-config", None).await;
+    assert!(config.body.contains(&v.claims.jti), "{}", config.body);
+    h.finish().await;
+}
+on_both!(an_api_token_is_exchanged_for_exactly_its_pod_and_port);
+
+async fn failed_tokens_are_counted_per_end_client(which: Which) {
+    let Some(h) = harness(which).await else {
+        return;
+    };
+    let (_, token) = api_token(&h, &h.login("alice").await).await;
+    let wrong = format!("pg_{}_{}", "0".repeat(24), "a".repeat(52));
+    let mut limited = None;
+    for _ in 0..20 {
+        let r = exchange(&h, Some(SECRET), Some(&wrong), HERE, "203.0.113.7").await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    let limited = limited.expect("never limited");
+    assert!(limited.header("retry-after").is_some(), "{limited:?}");
+    // Another client through the same Envoy is not affected.
+    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "203.0.113.8").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    h.finish().await;
+}
+on_both!(failed_tokens_are_counted_per_end_client);

@@ -1,0 +1,270 @@
+//! The wake endpoint Envoy's filter calls (`POST /api/proxy-wake`) and the operator's start
+//! hook behind it, in-process on SQLite and PostgreSQL: only with the renewal secret and a live
+//! browser capability whose user may still reach the pod; the hook gets its secret; at most one
+//! hook call per pod per interval; the filter configuration says waking is on.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{Harness, Resp, Which};
+use podgate::config::Settings;
+
+const SECRET: &str = "renew-secret-0123456789abcdef0123456789";
+const HOOK_SECRET: &str = "start-hook-secret-0123456789abcdef0123";
+
+/// One start hook call: `METHOD path` and the secret header.
+type Call = (String, Option<String>);
+
+/// The platform's side: every start hook call.
+#[derive(Clone, Default)]
+struct Platform {
+    calls: Arc<Mutex<Vec<Call>>>,
+}
+
+impl Platform {
+    /// Serves the hook on a loopback port; its base URL.
+    async fn start(&self) -> String {
+        let calls = Arc::clone(&self.calls);
+        let app = axum::Router::new().fallback(move |req: Request<Body>| {
+            let calls = Arc::clone(&calls);
+            async move {
+                let secret = req
+                    .headers()
+                    .get("podgate-start-secret")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                calls
+                    .lock()
+                    .unwrap()
+                    .push((format!("{} {}", req.method(), req.uri().path()), secret));
+                StatusCode::ACCEPTED
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Waits (a few seconds at most) until the hook was called `n` times.
+    async fn called(&self, n: usize) -> Vec<Call> {
+        for _ in 0..100 {
+            if self.calls().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.calls()
+    }
+}
+
+async fn harness(which: Which, hook: Option<String>) -> Option<Harness> {
+    Harness::seeded(which, |s| Settings {
+        renew_secret: Some(SECRET.into()),
+        start_hook_url: hook.map(|base| format!("{base}/pods/{{pod}}/start")),
+        start_hook_secret: Some(HOOK_SECRET.into()),
+        start_hook_interval_secs: Some(3600),
+        ..s
+    })
+    .await
+}
+
+/// A capability for myslug:8726 through the browser flow, signed in with `session`.
+async fn capability(h: &Harness, session: &str) -> String {
+    let r = h
+        .get(
+            "/api/proxy-auth?pod=myslug&port=8726&next=%2F",
+            &[("cookie", session), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let loc = url::Url::parse(r.header("location").unwrap()).unwrap();
+    let ticket = loc
+        .query_pairs()
+        .find(|(k, _)| k == "ticket")
+        .unwrap()
+        .1
+        .into_owned();
+    let host = format!("{}:{}", loc.host_str().unwrap(), loc.port().unwrap());
+    let req = Request::builder()
+        .uri(format!(
+            "/.podgate/callback?ticket={}&next=%2F",
+            podgate_protocol::redirect::encode_query_value(&ticket)
+        ))
+        .header(header::HOST, host)
+        .body(Body::empty())
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    r.header("set-cookie")
+        .unwrap()
+        .strip_prefix("podgate_cap=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+async fn wake(h: &Harness, secret: Option<&str>, capability: Option<&str>) -> Resp {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/proxy-wake");
+    if let Some(s) = secret {
+        req = req.header("podgate-renew-secret", s);
+    }
+    if let Some(c) = capability {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
+    }
+    h.send(req.body(Body::empty()).unwrap()).await
+}
+
+async fn the_hook_is_called_with_its_secret_once_per_interval(which: Which) {
+    let platform = Platform::default();
+    let base = platform.start().await;
+    let Some(h) = harness(which, Some(base)).await else {
+        return;
+    };
+    let r = h.admin(Method::GET, "/v1/filter-config", None).await;
+    assert_eq!(r.json()["wake"], true, "{}", r.body);
+    let cap = capability(&h, &h.login("alice").await).await;
+
+    // Only Envoy: without the renewal secret nothing is read and nothing is called.
+    for secret in [None, Some("renew-secret-guessed-0123456789abcdef")] {
+        let r = wake(&h, secret, Some(&cap)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{secret:?}: {}", r.body);
+    }
+    for token in [None, Some(format!("{cap}x"))] {
+        let r = wake(&h, Some(SECRET), token.as_deref()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    assert!(platform.calls().is_empty());
+
+    let r = wake(&h, Some(SECRET), Some(&cap)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let calls = platform.called(1).await;
+    assert_eq!(
+        calls,
+        vec![(
+            "POST /pods/myslug/start".to_owned(),
+            Some(HOOK_SECRET.to_owned())
+        )]
+    );
+    // Within the interval: refused, and the hook is not called again.
+    for _ in 0..3 {
+        let r = wake(&h, Some(SECRET), Some(&cap)).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(platform.calls().len(), 1);
+    h.finish().await;
+}
+on_both!(the_hook_is_called_with_its_secret_once_per_interval);
+
+async fn a_user_who_may_not_reach_the_pod_starts_nothing(which: Which) {
+    let platform = Platform::default();
+    let base = platform.start().await;
+    let Some(h) = harness(which, Some(base)).await else {
+        return;
+    };
+    let bob = capability(&h, &h.login("bob").await).await;
+    // Bob leaves the team that gives him the pod.
+    let r = h
+        .admin(Method::DELETE, "/v1/teams/t1/members/bob", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = wake(&h, Some(SECRET), Some(&bob)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    // A signed-out session starts nothing either.
+    let alice_session = h.login("alice").await;
+    let alice = capability(&h, &alice_session).await;
+    let r = h.get("/auth/logout", &[("cookie", &alice_session)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = wake(&h, Some(SECRET), Some(&alice)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(platform.calls().is_empty(), "{:?}", platform.calls());
+    h.finish().await;
+}
+on_both!(a_user_who_may_not_reach_the_pod_starts_nothing);
+
+async fn without_a_hook_waking_is_off(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| Settings {
+        renew_secret: Some(SECRET.into()),
+        ..s
+    })
+    .await
+    else {
+        return;
+    };
+    let r = h.admin(Method::GET, "/v1/filter-config", None).await;
+    assert!(r.json().get("wake").is_none(), "{}", r.body);
+    let cap = capability(&h, &h.login("alice").await).await;
+    let r = wake(&h, Some(SECRET), Some(&cap)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    h.finish().await;
+}
+on_both!(without_a_hook_waking_is_off);
+
+#[test]
+fn a_hook_needs_a_secret_and_an_http_url() {
+    let resolve = |url: Option<&str>, secret: Option<&str>| {
+        Settings {
+            start_hook_url: url.map(str::to_owned),
+            start_hook_secret: secret.map(str::to_owned),
+            dev_mode: Some(true),
+            xds_listen: Some("off".into()),
+            admin_token: Some("test-admin-token-0123456789abcdef0123".into()),
+            ..podgate::config::Settings::default()
+        }
+        .resolve(podgate::config::Need::Server)
+    };
+    for (url, secret) in [
+        (Some("http://platform/pods/{pod}/start"), None),
+        (Some("http://platform/pods/{pod}/start"), Some("short")),
+        (Some("ftp://platform/{pod}"), Some(HOOK_SECRET)),
+        (Some("not a url {pod}"), Some(HOOK_SECRET)),
+        (None, Some(HOOK_SECRET)),
+    ] {
+        let err = resolve(url, secret).unwrap_err().to_string();
+        assert!(err.contains("start hook"), "{url:?} {secret:?}: {err}");
+    }
+}
+
+#[test]
+fn edge_rates_reach_the_filter_configuration_and_bad_ones_are_refused() {
+    let resolve = |user: Option<&str>, pod: Option<&str>| {
+        Settings {
+            edge_rate_per_user: user.map(str::to_owned),
+            edge_rate_per_pod: pod.map(str::to_owned),
+            dev_mode: Some(true),
+            xds_listen: Some("off".into()),
+            admin_token: Some("test-admin-token-0123456789abcdef0123".into()),
+            ..podgate::config::Settings::default()
+        }
+        .resolve(podgate::config::Need::Server)
+    };
+    let config = resolve(Some("50/100"), None).unwrap();
+    let rates = config.edge_rates.unwrap();
+    assert_eq!(
+        (
+            rates.per_user.map(|r| (r.per_second, r.burst)),
+            rates.per_pod
+        ),
+        (Some((50, 100)), None)
+    );
+    assert!(resolve(None, None).unwrap().edge_rates.is_none());
+    for bad in ["50", "0/10", "10/0", "x/y", "-1/5"] {
+        let err = resolve(None, Some(bad)).unwrap_err().to_string();
+        assert!(err.contains("edge-rate-per-pod"), "{bad}: {err}");
+    }
+}
