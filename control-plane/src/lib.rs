@@ -11,6 +11,7 @@ pub mod ids;
 pub mod key_encryption;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod mint;
 pub mod recorder;
 pub mod renew;
@@ -28,10 +29,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Router;
 use podgate_protocol::cookie::{cookie_name, DEFAULT_COOKIE_NAME};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
 use crate::http::error::error_response;
 use crate::keys::{KeyRing, KeyringError, LiveKeys, NoKeyRing};
+use crate::metrics::Metrics;
 use crate::mint::MintContext;
 use crate::recorder::Recorder;
 use crate::store::Db;
@@ -61,6 +64,8 @@ struct Inner {
     limits: limits::Limiters,
     /// Poked after every committed admin write that changes what Envoy gets.
     envoy_config_changes: Arc<tokio::sync::Notify>,
+    /// The Prometheus metrics (`GET /metrics`).
+    metrics: Metrics,
     /// The start hook of stopped pods and its per-pod limit.
     waker: wake::Waker,
 }
@@ -84,9 +89,10 @@ impl AppState {
         let capability_cookie = cookie_name(DEFAULT_COOKIE_NAME, config.public_scheme.is_https());
         let session_cookie = cookie_name(SESSION_COOKIE, config.issuer.starts_with("https://"));
         let sign_in_cookie = cookie_name(SIGN_IN_COOKIE, config.issuer.starts_with("https://"));
-        let sign_ins = auth::sign_in::SignIns::new()
+        let metrics = Metrics::new();
+        let sign_ins = auth::sign_in::SignIns::new(metrics.clone())
             .map_err(|e| KeyringError::Generate(format!("sign-in: {e}")))?;
-        let verifiers = verify::Verifiers::new(&config)
+        let verifiers = verify::Verifiers::new(&config, &metrics)
             .map_err(|e| KeyringError::Generate(format!("identity verifiers: {e}")))?;
         let signing_gate = xds_sync::signing_gate(&config);
         let limits = limits::Limiters::new(&config.limits);
@@ -97,7 +103,7 @@ impl AppState {
                 config: Arc::new(config),
                 db: db.clone(),
                 keys: Arc::new(LiveKeys::new(signing_gate)),
-                recorder: Recorder::start(db.clone()),
+                recorder: Recorder::start(db.clone(), metrics.clone()),
                 capability_cookie,
                 session_cookie,
                 sign_in_cookie,
@@ -105,6 +111,7 @@ impl AppState {
                 sign_ins,
                 limits,
                 envoy_config_changes: Arc::new(tokio::sync::Notify::new()),
+                metrics,
                 waker,
             }),
         };
@@ -160,6 +167,27 @@ impl AppState {
         &self.inner.verifiers
     }
 
+    /// The Prometheus metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Whether `user` (or anyone, for `None`) may reach `addr` now (`authz::authorize`), its
+    /// database time counted.
+    pub async fn authorize(
+        &self,
+        user: Option<&store::User>,
+        addr: &podgate_protocol::host::PodAddr,
+    ) -> Result<(), authz::AuthzError> {
+        self.inner
+            .metrics
+            .db_timed(
+                metrics::DbOp::Authorize,
+                authz::authorize(&self.inner.db, user, addr),
+            )
+            .await
+    }
+
     /// The per-client rate limits (`limits.rs`).
     pub fn limits(&self) -> &limits::Limiters {
         &self.inner.limits
@@ -191,6 +219,7 @@ impl AppState {
             keys: &self.inner.keys,
             db: &self.inner.db,
             recorder: &self.inner.recorder,
+            metrics: &self.inner.metrics,
         }
     }
 
@@ -201,6 +230,7 @@ impl AppState {
             config: Arc::clone(&self.inner.config),
             keys: Arc::clone(&self.inner.keys),
             changes: Arc::clone(&self.inner.envoy_config_changes),
+            metrics: self.inner.metrics.clone(),
         }
     }
 
@@ -260,27 +290,20 @@ async fn seal_stored_keys(db: &Db, config: &Config) -> Result<(), KeyringError> 
     Ok(())
 }
 
-/// The whole HTTP API. Layers on the whole router, so no route, fallback or error can miss them
-/// (outermost last): CORS, the body limit, request size checks, security headers.
+/// The whole HTTP API: the routes of [`api`], the OpenAPI document they describe (served at
+/// `GET /openapi.json`), and layers on the whole router, so no route, fallback or error can miss
+/// them (outermost last): CORS, the body limit, request size checks, counting refusals, security
+/// headers. `GET /metrics` is among the routes unless `--metrics-listen` serves it elsewhere
+/// ([`metrics_app`]).
 pub fn app(state: AppState) -> Router {
-    let mut router = Router::new()
-        .merge(health::router())
-        .merge(flow::router(&state))
-        .merge(http::sign_in::router(&state))
-        .merge(http::capabilities::router(&state))
-        .merge(http::renew::router(&state))
-        .merge(http::exchange::router(&state))
-        .merge(http::wake::router(&state))
-        .merge(api_tokens::router())
-        .merge(http::me::router())
-        .merge(http::setup::router())
-        .merge(http::session::router())
-        .merge(admin::router(state.clone()));
-    if state.config().dev_mode {
-        router = router.merge(http::dev_login::dev_router());
-    }
+    let (router, doc) = api(&state).split_for_parts();
+    let doc = http::openapi::Document(Arc::new(doc.to_pretty_json().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot encode the OpenAPI document");
+        String::from("{}")
+    })));
     let max_body = state.config().limits.max_body_bytes;
     router
+        .layer(axum::Extension(doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -292,6 +315,43 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             http::limits::bounded_request,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::metrics::count_refusals,
+        ))
+        .layer(axum::middleware::map_response(security_headers::secure))
+        .with_state(state)
+}
+
+/// Every route of the HTTP API with its OpenAPI description (`http/openapi.rs`): the routes this
+/// configuration serves, and nothing else.
+pub fn api(state: &AppState) -> OpenApiRouter<AppState> {
+    let mut router = http::openapi::router()
+        .merge(health::router())
+        .merge(flow::router(state))
+        .merge(http::sign_in::router(state))
+        .merge(http::capabilities::router(state))
+        .merge(http::renew::router(state))
+        .merge(http::exchange::router(state))
+        .merge(http::wake::router(state))
+        .merge(api_tokens::router())
+        .merge(http::me::router())
+        .merge(http::setup::router())
+        .merge(http::session::router())
+        .merge(admin::router(state.clone()));
+    if state.config().dev_mode {
+        router = router.merge(http::dev_login::dev_router());
+    }
+    if state.config().metrics_listen.is_none() {
+        router = router.merge(http::metrics::router());
+    }
+    router
+}
+
+/// `GET /metrics` alone, for `--metrics-listen`: every other path is a 404.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::from(http::metrics::router())
+        .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers::secure))
         .with_state(state)
 }

@@ -7,7 +7,7 @@ use clap::Parser;
 use podgate::config::{redact_url, Cli, Command, Config, KeysCommand, LogFormat, Need};
 use podgate::key_encryption::{self, KeyEncryptionKey};
 use podgate::store::{now_unix, Db};
-use podgate::{app, keys, xds_sync, AppState};
+use podgate::{app, keys, metrics_app, xds_sync, AppState};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -238,6 +238,24 @@ async fn serve(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         format!("cannot listen on {listen}: {e}; set PODGATE_LISTEN to a free address")
     })?;
+    let metrics = match state.config().metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                format!(
+                    "cannot listen for metrics on {addr}: {e}; set PODGATE_METRICS_LISTEN to a free address"
+                )
+            })?;
+            tracing::info!(listen = %addr, "metrics (GET /metrics) listening");
+            let served = axum::serve(listener, metrics_app(state.clone()))
+                .with_graceful_shutdown(xds_sync::stopped(stop_requested.clone()));
+            Some(tokio::spawn(async move {
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            }))
+        }
+        None => None,
+    };
     tracing::info!(%listen, issuer = %state.config().issuer, "podgate control plane listening");
     // The peer address is the client of every rate limit (unless --client-ip-header names one).
     axum::serve(
@@ -249,6 +267,9 @@ async fn serve(config: Config) -> Result<(), String> {
     .map_err(|e| format!("server error: {e}"))?;
     if let Some(xds) = xds {
         let _ = xds.await;
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
     }
     reloader.abort();
     db.close().await;

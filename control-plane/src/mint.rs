@@ -8,6 +8,7 @@ use crate::authz::may_reach;
 use crate::config::Config;
 use crate::ids::ANONYMOUS_SUB;
 use crate::keys::{random_id, KeyRing, KeyringError, LiveKeys, NoKeyRing};
+use crate::metrics::{Metrics, Outcome};
 use crate::recorder::{RecordError, Recorder};
 use crate::store::{now_unix, AuditEntry, Db, KeyKind, User};
 
@@ -19,6 +20,8 @@ pub struct MintContext<'a> {
     pub keys: &'a LiveKeys,
     pub db: &'a Db,
     pub recorder: &'a Recorder,
+    /// Every mint is counted, by kind, way and outcome.
+    pub metrics: &'a Metrics,
 }
 
 /// Why nothing was minted: always ours, never the client's.
@@ -68,10 +71,20 @@ pub async fn mint_in_session_for(
     api_token: Option<&str>,
     sid: Option<&str>,
 ) -> Result<Minted, MintError> {
-    let ring = ctx.keys.current()?;
-    let minted = sign_in_session(ctx.config, &ring, kind, user, addr, via, api_token, sid)?;
-    ctx.recorder.record(minted.audit.clone()).await?;
-    Ok(minted)
+    let minted = async {
+        let ring = ctx.keys.current()?;
+        let minted = sign_in_session(ctx.config, &ring, kind, user, addr, via, api_token, sid)?;
+        ctx.recorder.record(minted.audit.clone()).await?;
+        Ok(minted)
+    }
+    .await;
+    let outcome = if minted.is_ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Error
+    };
+    ctx.metrics.mint(kind, via, outcome);
+    minted
 }
 
 /// Signs a token; the caller records `audit` before handing the token out.
@@ -184,6 +197,21 @@ pub enum RedeemError {
 /// Redeems a login ticket presented on `addr`'s host: checks it, reads authorization again,
 /// consumes it (single use) and mints the capability, recorded before it is handed out.
 pub async fn redeem_ticket(
+    ctx: &MintContext<'_>,
+    addr: &PodAddr,
+    ticket: &str,
+) -> Result<Minted, RedeemError> {
+    let redeemed = redeem(ctx, addr, ticket).await;
+    let outcome = match &redeemed {
+        Ok(_) => Outcome::Ok,
+        Err(RedeemError::Refused(_)) => Outcome::Refused,
+        Err(_) => Outcome::Error,
+    };
+    ctx.metrics.mint(TokenKind::Capability, "callback", outcome);
+    redeemed
+}
+
+async fn redeem(
     ctx: &MintContext<'_>,
     addr: &PodAddr,
     ticket: &str,

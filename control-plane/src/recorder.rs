@@ -5,6 +5,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::{DbOp, Metrics};
 use crate::store::{AuditEntry, Db};
 
 /// Most writes carried by one batch (10 parameters each stays far below SQLite's limit).
@@ -37,9 +38,10 @@ pub struct RecordError(pub String);
 
 impl Recorder {
     /// Starts the recorder task on the current runtime.
-    pub fn start(db: Db) -> Recorder {
+    /// The time of each commit is recorded in `metrics`.
+    pub fn start(db: Db, metrics: Metrics) -> Recorder {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(db, rx));
+        tokio::spawn(run(db, metrics, rx));
         Recorder { tx }
     }
 
@@ -79,10 +81,12 @@ impl Recorder {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Op>) {
+async fn run(db: Db, metrics: Metrics, mut rx: mpsc::Receiver<Op>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write_batch(&db, std::mem::take(&mut batch)).await;
+        metrics
+            .db_timed(DbOp::Record, write_batch(&db, std::mem::take(&mut batch)))
+            .await;
         batch.reserve(MAX_BATCH);
     }
 }

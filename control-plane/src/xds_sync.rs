@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use crate::config::{Config, XdsConfig};
 use crate::filter_config::{self, PODS_CLUSTER};
 use crate::keys::{LiveKeys, SigningGate};
+use crate::metrics::{DbOp, Metrics};
 use crate::store::{now_unix, Db};
 
 /// The ECDS resource name (the listener's `config_discovery` filter name) and the plugin root id.
@@ -78,6 +79,8 @@ pub struct SyncSources {
     pub keys: Arc<LiveKeys>,
     /// Notified after every committed write that changes what Envoy gets.
     pub changes: Arc<tokio::sync::Notify>,
+    /// Streams, pushes, ACKs and the build's database time are counted here.
+    pub metrics: Metrics,
 }
 
 /// What a snapshot holds, for logs and for the publish-before-sign check.
@@ -95,7 +98,12 @@ pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result
         .keys
         .current()
         .map_err(|e| format!("building the filter configuration: {e}"))?;
-    let filter = filter_config::build(&sources.db, &sources.config, &ring)
+    let filter = sources
+        .metrics
+        .db_timed(
+            DbOp::Snapshot,
+            filter_config::build(&sources.db, &sources.config, &ring),
+        )
         .await
         .map_err(|e| format!("building the filter configuration: database: {e}"))?;
     let json = serde_json::to_string(&filter)
@@ -137,7 +145,7 @@ pub async fn start(
         )
     })?;
     let cache = SnapshotCache::new();
-    let server = AdsServer::new(cache.clone());
+    let server = AdsServer::new(cache.clone()).with_observer(sources.metrics.xds());
     tracing::info!(listen = %xds.listen, filter_wasm = %xds.filter_wasm.display(), "xDS (ADS) server listening");
     let sync = tokio::spawn(run(
         sources,
@@ -245,6 +253,10 @@ impl Sync {
             .version(ResourceType::ExtensionConfig)
             .to_owned();
         if self.cache.set(built.snapshot) {
+            self.sources.metrics.xds_published(&[
+                (ResourceType::Cluster, &cds),
+                (ResourceType::ExtensionConfig, &ecds),
+            ]);
             tracing::info!(cds_version = %cds, ecds_version = %ecds, pods = built.pods, "pushed Envoy configuration");
         } else {
             tracing::debug!(ecds_version = %ecds, "Envoy configuration unchanged");

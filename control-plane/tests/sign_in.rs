@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use common::oidc_provider::{OidcProvider, SignIn, OTHER, REDIRECT_URI, WEB};
-use common::{Harness, Resp, Which};
+use common::{metric, Harness, Resp, Which};
 use podgate::config::idp::{OidcSettings, SignInSettings};
 use podgate::config::Settings;
 use serde_json::{json, Value};
@@ -247,6 +247,35 @@ async fn happy_path(which: Which) {
         "{to_pod}"
     );
     assert_eq!(query(to_pod)["next"], "/docs?a=1", "{to_pod}");
+
+    // One sign-in, one discovery document, the provider's keys fetched for the ID token.
+    let s = h.metrics().await;
+    let login = |outcome| {
+        metric(
+            &s,
+            "podgate_logins_total",
+            &[("method", "sign_in"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(login("ok"), 1.0);
+    assert_eq!(login("refused") + login("error"), 0.0);
+    let fetched = |document, outcome| {
+        metric(
+            &s,
+            "podgate_idp_fetches_total",
+            &[
+                ("provider", "op"),
+                ("document", document),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(fetched("discovery", "ok"), 1.0);
+    assert!(fetched("jwks", "ok") >= 1.0);
+    assert_eq!(
+        fetched("discovery", "failed") + fetched("jwks", "failed"),
+        0.0
+    );
     h.finish().await;
 }
 on_both!(happy_path);
@@ -615,6 +644,34 @@ async fn access_denied_and_a_provider_that_is_down_are_clear_pages() {
         "could not be reached",
     )
     .await;
+
+    // The denied sign-in is the client's, the failed exchange ours; the unreachable provider's
+    // discovery is a failed fetch.
+    let s = h.metrics().await;
+    let login = |outcome| {
+        metric(
+            &s,
+            "podgate_logins_total",
+            &[("method", "sign_in"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(
+        (login("ok"), login("refused"), login("error")),
+        (0.0, 1.0, 1.0)
+    );
+    let s = h2.metrics().await;
+    assert_eq!(
+        metric(
+            &s,
+            "podgate_idp_fetches_total",
+            &[
+                ("provider", "down"),
+                ("document", "discovery"),
+                ("outcome", "failed")
+            ],
+        ),
+        1.0
+    );
     h.finish().await;
     h2.finish().await;
 }

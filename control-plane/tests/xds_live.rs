@@ -547,3 +547,87 @@ async fn a_wrong_key_encryption_key_stops_the_start_and_replaces_no_key() {
         "{seen:?}"
     );
 }
+
+/// The value of the sample `name` whose labels include `labels`, in a scrape of `/metrics`.
+fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            Value::Summary(_) => panic!("{name} is a summary"),
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_envoy_stream_its_pushes_and_acks() {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let stack = Stack::start(&["--metrics-listen", &metrics.to_string()]).await;
+    let pod = FakePod::start("web").await.unwrap();
+    stack
+        .cp
+        .create_pod("web", USER, SERVER, pod.addr().port(), "running")
+        .await;
+    let token = stack.mint("web").await;
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        "web",
+        &token,
+        LIVE,
+        |a| a.status == 200,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("routable: {e}\n{}", stack.logs()));
+
+    // Served on its own listener only.
+    let api = stack
+        .http
+        .get(format!("http://{}/metrics", stack.cp.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 404);
+    let body = stack
+        .http
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let s = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(sample(&s, "podgate_xds_streams", &[]), 1.0, "{body}");
+    for kind in ["cds", "ecds"] {
+        let pushes = sample(&s, "podgate_xds_pushes_total", &[("type", kind)]);
+        let acks = sample(&s, "podgate_xds_acks_total", &[("type", kind)]);
+        assert!(acks >= 1.0 && pushes >= acks, "{kind}: {body}");
+        assert_eq!(
+            sample(&s, "podgate_xds_nacks_total", &[("type", kind)]),
+            0.0
+        );
+        assert_eq!(
+            sample(&s, "podgate_xds_ack_seconds_count", &[("type", kind)]),
+            acks,
+            "{body}"
+        );
+        assert_eq!(sample(&s, "podgate_xds_version", &[("type", kind)]), 1.0);
+    }
+    // The pod's creation changed the filter's configuration: at least two ECDS versions.
+    assert!(sample(&s, "podgate_xds_acks_total", &[("type", "ecds")]) >= 2.0);
+    assert!(sample(&s, "podgate_xds_snapshots_total", &[]) >= 2.0);
+    assert!(sample(&s, "podgate_db_seconds_count", &[("op", "snapshot")]) >= 2.0);
+    assert_eq!(
+        sample(
+            &s,
+            "podgate_mints_total",
+            &[("kind", "capability"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+}

@@ -52,7 +52,7 @@ pub use builders::{
     DEFAULT_UPSTREAM_HEADER,
 };
 pub use protocol::{AdsStream, RequestEvent, RequestOutcome};
-pub use server::{serve, AdsServer, StreamStatus, XdsMetrics, XdsServeError};
+pub use server::{serve, AdsServer, StreamStatus, XdsMetrics, XdsObserver, XdsServeError};
 pub use snapshot::{
     ResourceSet, ResourceType, Snapshot, SnapshotCache, SnapshotError, CLUSTER_TYPE_URL,
     EXTENSION_CONFIG_TYPE_URL,

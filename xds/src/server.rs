@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -65,20 +65,64 @@ impl XdsMetrics {
     }
 }
 
+/// What the server reports as streams come and go and Envoy answers, for the caller's own
+/// metrics (the control plane's Prometheus counters). Called from the stream tasks: each call
+/// must be quick and must not block.
+pub trait XdsObserver: Send + Sync + std::fmt::Debug {
+    /// A stream opened.
+    fn stream_opened(&self);
+    /// A stream ended, however it ended.
+    fn stream_closed(&self);
+    /// A response of `kind` was handed to a stream.
+    fn pushed(&self, kind: ResourceType);
+    /// Envoy applied the latest response of `kind`, `after` it was sent (`None` when this
+    /// stream sent none since the previous answer).
+    fn acked(&self, kind: ResourceType, after: Option<Duration>);
+    /// Envoy rejected the latest response of `kind`, `after` it was sent.
+    fn nacked(&self, kind: ResourceType, after: Option<Duration>);
+}
+
 /// Decrements the connected-streams gauge however the stream task ends.
-struct ConnectedGuard(Arc<XdsMetrics>);
+struct ConnectedGuard(Arc<XdsMetrics>, Option<Arc<dyn XdsObserver>>);
 
 impl ConnectedGuard {
-    fn new(metrics: Arc<XdsMetrics>) -> ConnectedGuard {
+    fn new(metrics: Arc<XdsMetrics>, observer: Option<Arc<dyn XdsObserver>>) -> ConnectedGuard {
         metrics.streams_connected.fetch_add(1, Ordering::Relaxed);
         metrics.streams_total.fetch_add(1, Ordering::Relaxed);
-        ConnectedGuard(metrics)
+        if let Some(o) = &observer {
+            o.stream_opened();
+        }
+        ConnectedGuard(metrics, observer)
     }
 }
 
 impl Drop for ConnectedGuard {
     fn drop(&mut self) {
         self.0.streams_connected.fetch_sub(1, Ordering::Relaxed);
+        if let Some(o) = &self.1 {
+            o.stream_closed();
+        }
+    }
+}
+
+/// When this stream last sent a response of each type, until Envoy answers it.
+#[derive(Default)]
+struct SentAt([Option<Instant>; ResourceType::ALL.len()]);
+
+impl SentAt {
+    fn slot(&mut self, kind: ResourceType) -> Option<&mut Option<Instant>> {
+        let i = ResourceType::ALL.iter().position(|k| *k == kind)?;
+        self.0.get_mut(i)
+    }
+
+    fn sent(&mut self, kind: ResourceType) {
+        if let Some(slot) = self.slot(kind) {
+            *slot = Some(Instant::now());
+        }
+    }
+
+    fn answered(&mut self, kind: ResourceType) -> Option<Duration> {
+        self.slot(kind)?.take().map(|t| t.elapsed())
     }
 }
 
@@ -180,6 +224,7 @@ pub struct AdsServer {
     metrics: Arc<XdsMetrics>,
     registry: Arc<StreamRegistry>,
     closing: Arc<watch::Sender<bool>>,
+    observer: Option<Arc<dyn XdsObserver>>,
 }
 
 impl AdsServer {
@@ -191,7 +236,14 @@ impl AdsServer {
             metrics: Arc::new(XdsMetrics::default()),
             registry: Arc::new(StreamRegistry::new()),
             closing: Arc::new(closing),
+            observer: None,
         }
+    }
+
+    /// The same server, reporting to `observer` (set before serving).
+    pub fn with_observer(mut self, observer: Arc<dyn XdsObserver>) -> AdsServer {
+        self.observer = Some(observer);
+        self
     }
 
     /// The open streams and what each has acknowledged: a copy, no lock held afterwards.
@@ -314,6 +366,7 @@ impl AggregatedDiscoveryService for AdsServer {
             closing,
             metrics: Arc::clone(&self.metrics),
             registry: Arc::clone(&self.registry),
+            observer: self.observer.clone(),
         };
         tokio::spawn(async move {
             tracing::info!(?peer, "ADS stream opened");
@@ -346,13 +399,37 @@ struct StreamTask {
     closing: watch::Receiver<bool>,
     metrics: Arc<XdsMetrics>,
     registry: Arc<StreamRegistry>,
+    observer: Option<Arc<dyn XdsObserver>>,
+}
+
+/// Tells the observer what a request meant: an ACK or NACK, and how long after our response.
+fn observe(observer: Option<&Arc<dyn XdsObserver>>, event: &RequestEvent, sent_at: &mut SentAt) {
+    let Some(observer) = observer else {
+        return;
+    };
+    match event {
+        RequestEvent::Ack { type_url, .. } => {
+            if let Some(kind) = ResourceType::from_type_url(type_url) {
+                observer.acked(kind, sent_at.answered(kind));
+            }
+        }
+        RequestEvent::Nack { type_url, .. } => {
+            if let Some(kind) = ResourceType::from_type_url(type_url) {
+                observer.nacked(kind, sent_at.answered(kind));
+            }
+        }
+        RequestEvent::Subscribe { .. }
+        | RequestEvent::Stale { .. }
+        | RequestEvent::UnknownType { .. } => {}
+    }
 }
 
 impl StreamTask {
     /// Runs until Envoy hangs up, the client stops reading, or the server closes; returns the
     /// node id for the log line.
     async fn run(mut self) -> Option<String> {
-        let _connected = ConnectedGuard::new(Arc::clone(&self.metrics));
+        let _connected = ConnectedGuard::new(Arc::clone(&self.metrics), self.observer.clone());
+        let mut sent_at = SentAt::default();
         let registered = RegisteredStream::new(Arc::clone(&self.registry));
         let mut state = AdsStream::new();
         // The receiver starts with the current value marked seen: take it explicitly.
@@ -366,6 +443,7 @@ impl StreamTask {
                     Some(Ok(request)) => {
                         let outcome = state.on_request(request);
                         self.metrics.record(&outcome.event);
+                        observe(self.observer.as_ref(), &outcome.event, &mut sent_at);
                         registered.record(&state);
                         outcome.responses
                     }
@@ -391,6 +469,7 @@ impl StreamTask {
                 () = self.outbound.closed() => break,
             };
             for response in responses {
+                let kind = ResourceType::from_type_url(&response.type_url);
                 tracing::debug!(
                     node = state.node_id(),
                     type_url = %response.type_url,
@@ -407,6 +486,12 @@ impl StreamTask {
                     return state.node_id().map(str::to_owned);
                 }
                 self.metrics.responses_sent.fetch_add(1, Ordering::Relaxed);
+                if let Some(kind) = kind {
+                    sent_at.sent(kind);
+                    if let Some(o) = &self.observer {
+                        o.pushed(kind);
+                    }
+                }
             }
         }
         state.node_id().map(str::to_owned)

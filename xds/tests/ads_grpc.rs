@@ -1,5 +1,6 @@
 //! The gRPC service in-process, with tonic clients standing in for Envoys: a stalled client does
-//! not hold back a healthy one, counters follow, Delta ADS is refused, shutdown ends streams.
+//! not hold back a healthy one, counters follow and the observer hears streams, pushes and answers,
+//! Delta ADS is refused, shutdown ends streams.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -298,4 +299,72 @@ async fn each_streams_acknowledged_version_is_visible() {
         server.streams().is_empty()
     })
     .await;
+}
+
+/// An observer that records what the server reports, in order.
+#[derive(Debug, Default)]
+struct Recording(std::sync::Mutex<Vec<String>>);
+
+impl Recording {
+    fn push(&self, what: String) {
+        self.0.lock().unwrap().push(what);
+    }
+    fn events(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl podgate_xds::XdsObserver for Recording {
+    fn stream_opened(&self) {
+        self.push("opened".into());
+    }
+    fn stream_closed(&self) {
+        self.push("closed".into());
+    }
+    fn pushed(&self, kind: podgate_xds::ResourceType) {
+        self.push(format!("pushed {kind:?}"));
+    }
+    fn acked(&self, kind: podgate_xds::ResourceType, after: Option<Duration>) {
+        assert!(after.is_some_and(|a| a < STEP), "{after:?}");
+        self.push(format!("acked {kind:?}"));
+    }
+    fn nacked(&self, kind: podgate_xds::ResourceType, after: Option<Duration>) {
+        assert!(after.is_some_and(|a| a < STEP), "{after:?}");
+        self.push(format!("nacked {kind:?}"));
+    }
+}
+
+#[tokio::test]
+async fn the_observer_hears_streams_pushes_acks_and_nacks() {
+    let cache = SnapshotCache::new();
+    cache.set(snapshot(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let recording = std::sync::Arc::new(Recording::default());
+    let server = AdsServer::new(cache.clone()).with_observer(recording.clone());
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve_with_listener(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let mut envoy = FakeEnvoy::connect(addr, "observed").await;
+    let good = envoy.next().await;
+    envoy.ack(&good).await;
+    cache.set(snapshot(1));
+    let bad = envoy.next().await;
+    envoy.nack(&bad, &good.version_info).await;
+    wait_for("the NACK heard", || recording.events().len() == 5).await;
+    drop(envoy);
+    wait_for("the stream's end heard", || recording.events().len() == 6).await;
+    assert_eq!(
+        recording.events(),
+        [
+            "opened",
+            "pushed Cluster",
+            "acked Cluster",
+            "pushed Cluster",
+            "nacked Cluster",
+            "closed"
+        ]
+    );
 }

@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::config::idp::{fetch_url, IdTokenAlg, KeySource, OidcProvider};
+use crate::metrics::{IdpDocument, Metrics};
 
 /// Longest ID token looked at.
 pub const MAX_ID_TOKEN_LEN: usize = 16 * 1024;
@@ -149,6 +150,7 @@ fn keys_unavailable(cfg: &OidcProvider, kid: &str, why: &str) -> OidcError {
 pub struct OidcVerifier {
     issuers: Vec<Arc<Issuer>>,
     http: reqwest::Client,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for OidcVerifier {
@@ -311,7 +313,7 @@ fn compile_jwks(doc: &Value, cfg: &OidcProvider) -> Result<HashMap<String, Arc<I
 }
 
 impl OidcVerifier {
-    pub fn new(providers: &[OidcProvider]) -> Result<Self, String> {
+    pub fn new(providers: &[OidcProvider], metrics: Metrics) -> Result<Self, String> {
         Ok(OidcVerifier {
             issuers: providers
                 .iter()
@@ -325,6 +327,7 @@ impl OidcVerifier {
                 })
                 .collect(),
             http: key_client()?,
+            metrics,
         })
     }
 
@@ -614,7 +617,10 @@ impl OidcVerifier {
     async fn refresh(&self, issuer: &Issuer) {
         issuer.fetches.fetch_add(1, Ordering::SeqCst);
         issuer.write_cache().last_attempt = Some(Instant::now());
-        match self.fetch_keys(&issuer.cfg).await {
+        let fetched = self.fetch_keys(&issuer.cfg).await;
+        self.metrics
+            .idp_fetch(&issuer.cfg.name, IdpDocument::Jwks, fetched.is_ok());
+        match fetched {
             Ok((keys, ttl)) => {
                 tracing::info!(issuer = %issuer.cfg.issuer, keys = keys.len(), "fetched the identity provider's keys");
                 let mut cache = issuer.write_cache();

@@ -30,6 +30,7 @@ use crate::config::idp::{
     fetch_url, ClientAuth, ClientKeyMaterial, KeySource, OidcProvider, SignInClient,
 };
 use crate::keys::{random_bytes, KeyringError};
+use crate::metrics::{IdpDocument, Metrics};
 use crate::store::{now_unix, Db, SignInState, User};
 
 /// How long a sign-in may take, from `/auth/login` to `/auth/callback`.
@@ -114,6 +115,7 @@ struct Endpoints {
 pub struct SignIns {
     http: reqwest::Client,
     endpoints: RwLock<HashMap<String, (Endpoints, Instant)>>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for SignIns {
@@ -183,10 +185,11 @@ pub fn redirect_uri(issuer: &str) -> String {
 }
 
 impl SignIns {
-    pub fn new() -> Result<SignIns, String> {
+    pub fn new(metrics: Metrics) -> Result<SignIns, String> {
         Ok(SignIns {
             http: http_client(PROVIDER_TIMEOUT)?,
             endpoints: RwLock::new(HashMap::new()),
+            metrics,
         })
     }
 
@@ -202,6 +205,19 @@ impl SignIns {
                 return Ok(e.clone());
             }
         }
+        let fetched = self.fetch_endpoints(p).await;
+        self.metrics
+            .idp_fetch(&p.name, IdpDocument::Discovery, fetched.is_ok());
+        let e = fetched?;
+        self.endpoints
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(p.name.clone(), (e.clone(), Instant::now()));
+        Ok(e)
+    }
+
+    /// Fetches and reads the provider's discovery document.
+    async fn fetch_endpoints(&self, p: &OidcProvider) -> Result<Endpoints, SignInError> {
         let url = match &p.keys {
             KeySource::Discovery(u) => u.clone(),
             KeySource::Jwks(_) => {
@@ -252,19 +268,14 @@ impl SignIns {
             )
             .map_err(|e| SignInError::BadAnswer(e.to_string()))
         };
-        let e = Endpoints {
+        Ok(Endpoints {
             authorization: endpoint("authorization_endpoint")?,
             token: endpoint("token_endpoint")?,
             end_session: match doc.get("end_session_endpoint") {
                 Some(_) => Some(endpoint("end_session_endpoint")?),
                 None => None,
             },
-        };
-        self.endpoints
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(p.name.clone(), (e.clone(), Instant::now()));
-        Ok(e)
+        })
     }
 
     /// Where to send a browser that signed out here and had signed in with `p`, so that it

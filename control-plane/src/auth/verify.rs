@@ -24,6 +24,7 @@ use crate::auth::app_session::{AppSessionError, AppSessionVerifier};
 use crate::auth::oidc::{OidcError, OidcVerifier};
 use crate::config::Config;
 use crate::limits::{Limited, RateLimiter};
+use crate::metrics::Metrics;
 use crate::store::{now_unix, Db, User};
 
 /// Which credentials an endpoint takes.
@@ -114,10 +115,10 @@ pub struct Verifiers {
 }
 
 impl Verifiers {
-    pub fn new(config: &Config) -> Result<Verifiers, String> {
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Verifiers, String> {
         let id = &config.identity;
         Ok(Verifiers {
-            oidc: OidcVerifier::new(&id.oidc)?,
+            oidc: OidcVerifier::new(&id.oidc, metrics.clone())?,
             app_session: id
                 .app_session
                 .clone()

@@ -60,6 +60,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where `GET /metrics` is served alone; `None`: on `listen`, with the API.
+    pub metrics_listen: Option<SocketAddr>,
     pub database_url: String,
     pub database_max_connections: u32,
     pub admin_token: Option<String>,

@@ -29,6 +29,7 @@ impl Settings {
         Settings {
             config: self.config,
             listen: self.listen.or(o.listen),
+            metrics_listen: self.metrics_listen.or(o.metrics_listen),
             database_url: self.database_url.or(o.database_url),
             database_max_connections: self.database_max_connections.or(o.database_max_connections),
             admin_token: self.admin_token.or(o.admin_token),

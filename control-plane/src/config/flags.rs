@@ -63,6 +63,11 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_LISTEN", global = true)]
     pub listen: Option<String>,
 
+    /// Serve `GET /metrics` (Prometheus) on this address only, instead of on the HTTP API's
+    /// [default: on the HTTP API's address].
+    #[arg(long, env = "PODGATE_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<String>,
+
     /// sqlite://FILE (created if missing, WAL) or postgres://... [default: sqlite://podgate.db].
     #[arg(long, env = "PODGATE_DATABASE_URL", global = true)]
     pub database_url: Option<String>,

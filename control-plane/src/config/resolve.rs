@@ -64,6 +64,21 @@ impl Settings {
                 "listen address {listen_s:?} is not IP:PORT; set --listen / PODGATE_LISTEN, e.g. 127.0.0.1:8080"
             ))
         })?;
+        let metrics_listen = self
+            .metrics_listen
+            .map(|m| {
+                m.parse::<SocketAddr>().map_err(|_| {
+                    bad(format!(
+                        "metrics address {m:?} is not IP:PORT; set --metrics-listen / PODGATE_METRICS_LISTEN, e.g. 127.0.0.1:9090"
+                    ))
+                })
+            })
+            .transpose()?;
+        if metrics_listen == Some(listen) {
+            return Err(bad(format!(
+                "--metrics-listen {listen} is the HTTP API's own address; leave it unset to serve /metrics there, or pick another port"
+            )));
+        }
 
         let database_url = self
             .database_url
@@ -386,6 +401,7 @@ impl Settings {
 
         Ok(Config {
             listen,
+            metrics_listen,
             database_url,
             database_max_connections,
             admin_token,

@@ -8,18 +8,19 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::api_tokens::{
     generate, parse, token_hash, DEFAULT_EXPIRES_IN_DAYS, MAX_EXPIRES_IN_DAYS, MAX_TOKENS_PER_USER,
 };
 use crate::auth::verify::{identify, Accept, Identity, Via};
 use crate::config::cli_dir::CliBinary;
-use crate::http::error::{error_response, ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{error_response, ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, single_params};
 use crate::store::{now_unix, ApiTokenRow};
@@ -27,13 +28,13 @@ use crate::AppState;
 
 const MAX_INIT_CONFIG_LEN: usize = 2048;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/proxy-tokens", get(list_tokens).post(create_token))
-        .route("/api/proxy-tokens/{id}", delete(revoke_token))
-        .route("/p/{config}", get(init_page))
-        .route("/api/download/install.sh", get(install_script_handler))
-        .route("/api/download/{name}", get(download_cli))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(init_page))
+        .routes(routes!(install_script_handler))
+        .routes(routes!(download_cli))
 }
 
 fn rfc3339(t: i64) -> Option<String> {
@@ -171,6 +172,16 @@ pub fn decode_init_config(config: &str) -> Option<(String, Option<String>)> {
 }
 
 /// `POST /api/proxy-tokens {name, expires_in_days, prefix?}`.
+#[utoipa::path(
+    post,
+    path = "/api/proxy-tokens",
+    tag = "api-tokens",
+    responses(
+        (status = 201, description = "The new API token, shown once"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+    )
+)]
 async fn create_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -273,6 +284,15 @@ fn token_view(t: &ApiTokenRow, now: i64) -> Value {
 }
 
 /// `GET /api/proxy-tokens`: the user's tokens, newest first, never a secret.
+#[utoipa::path(
+    get,
+    path = "/api/proxy-tokens",
+    tag = "api-tokens",
+    responses(
+        (status = 200, description = "The caller's API tokens"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+    )
+)]
 async fn list_tokens(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -303,6 +323,19 @@ async fn list_tokens(
 /// `DELETE /api/proxy-tokens/{id}`: revokes; refused from the token's next use on, and the
 /// capabilities minted with it are pushed to Envoy as revoked. An API token may revoke itself (a
 /// CLI's logout), no other.
+#[utoipa::path(
+    delete,
+    path = "/api/proxy-tokens/{id}",
+    tag = "api-tokens",
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 200, description = "Revoked"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+    )
+)]
 async fn revoke_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -347,6 +380,18 @@ fn page(status: StatusCode, body: String) -> Response {
 
 /// `GET /p/{config}`: how to use a setup link. The token is not looked up (no validity
 /// oracle); the page only explains.
+#[utoipa::path(
+    get,
+    path = "/p/{config}",
+    tag = "api-tokens",
+    params(
+        ("config" = String, Path, description = "The init URL's configuration"),
+    ),
+    responses(
+        (status = 200, description = "The setup page of an init URL"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+    )
+)]
 async fn init_page(State(state): State<AppState>, PathArgs(config): PathArgs<String>) -> Response {
     let Some((token, prefix)) = decode_init_config(&config) else {
         return page(
@@ -523,6 +568,15 @@ fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) 
 /// `GET /api/download/install.sh?init_url=`: a bash script. `init_url` must be this control
 /// plane's setup link (anything else, shell metacharacters included, is a 400 and never reaches
 /// a script); it is single-quoted in the script and checked there again.
+#[utoipa::path(
+    get,
+    path = "/api/download/install.sh",
+    tag = "api-tokens",
+    responses(
+        (status = 200, description = "The installer script"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+    )
+)]
 async fn install_script_handler(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -545,6 +599,19 @@ async fn install_script_handler(
 
 /// `GET /api/download/podgate-cli-<os>-<arch>`: one of `--cli-dir`'s binaries, as it is on
 /// disk now (`install.sh` checks it against the hash taken at start).
+#[utoipa::path(
+    get,
+    path = "/api/download/{name}",
+    tag = "api-tokens",
+    params(
+        ("name" = String, Path, description = "The binary's file name, `podgate-cli-<os>-<arch>`"),
+    ),
+    responses(
+        (status = 200, description = "The CLI binary"),
+        (status = 404, description = "No such binary on this control plane", body = ErrorBody),
+        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+    )
+)]
 async fn download_cli(State(state): State<AppState>, PathArgs(name): PathArgs<String>) -> Response {
     let Some(binary) = state
         .config()

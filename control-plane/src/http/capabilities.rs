@@ -5,14 +5,15 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use podgate_protocol::token::TokenKind;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 use crate::auth::verify::{identify, Accept};
-use crate::authz::authorize;
-use crate::http::error::{ApiError, ApiResult, JsonBody};
+use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, parse_target};
@@ -20,25 +21,27 @@ use crate::mint::mint_in_session_for;
 use crate::AppState;
 
 /// The route, behind its per-client limit (`crate::http::limits` says what counts and why).
-pub fn router(state: &AppState) -> Router<AppState> {
-    Router::new().route(
-        "/v1/capabilities",
-        post(capabilities).route_layer(from_fn_with_state(
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(capabilities).map(|r| {
+        r.route_layer(from_fn_with_state(
             (state.clone(), Endpoint::Capabilities),
             limits::limit,
-        )),
-    )
+        ))
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapabilityRequest {
+    /// The pod's slug.
     pub pod: String,
+    /// The pod port.
     pub port: u16,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CapabilityResponse {
+    /// The capability, a JWT.
     pub token: String,
     /// RFC 3339, UTC.
     pub expires_at: String,
@@ -47,6 +50,19 @@ pub struct CapabilityResponse {
 }
 
 /// `POST /v1/capabilities {pod, port}` for scripts and SDKs.
+#[utoipa::path(
+    post,
+    path = "/v1/capabilities",
+    tag = "capabilities",
+    request_body = CapabilityRequest,
+    responses(
+        (status = 200, description = "A capability for the pod port", body = CapabilityResponse),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn capabilities(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -81,13 +97,13 @@ async fn capabilities(
             if let Some(reason) = outcome.rejection {
                 return Err(ApiError::Unauthorized(reason));
             }
-            if authorize(state.db(), None, &addr).await.is_err() {
+            if state.authorize(None, &addr).await.is_err() {
                 return Err(ApiError::Unauthorized(
                     "not signed in; send an API token (pg_...) or an ID token as `Authorization: Bearer`, or the session cookie".into(),
                 ));
             }
         }
-        Some(u) => authorize(state.db(), Some(u), &addr).await?,
+        Some(u) => state.authorize(Some(u), &addr).await?,
     }
     let cap = mint_in_session_for(
         &state.mint_context(),

@@ -2,35 +2,54 @@
 //! (which says so loudly at start).
 
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::identity::start_session;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::shared::{after_login, no_store, single_params};
 use crate::http::{cookies, session};
 use crate::ids::check_id;
+use crate::metrics::{LoginMethod, Outcome};
 use crate::store::{now_unix, User};
 use crate::AppState;
 
 /// The dev login's routes.
-pub fn dev_router() -> Router<AppState> {
-    Router::new()
-        .route("/dev/login", get(dev_login))
-        // Signing out is not special in dev mode: the sessions end and their capabilities are
-        // cut off, as at `/auth/logout`.
-        .route("/dev/logout", get(session::logout))
+pub fn dev_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(dev_login))
+        .routes(routes!(dev_logout))
 }
 
 /// `GET /dev/login?user=ID_OR_EMAIL&next=...`: signs in as that user (created if the id is
 /// new), then redirects to `next` when it is safe, or answers the user as JSON.
-async fn dev_login(
-    State(state): State<AppState>,
-    RawQuery(query): RawQuery,
-) -> ApiResult<Response> {
+/// Counted as a login by its answer's status.
+#[utoipa::path(
+    get,
+    path = "/dev/login",
+    tag = "dev",
+    responses(
+        (status = 200, description = "Signed in (dev mode only)"),
+        (status = 302, description = "A redirect"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+    )
+)]
+async fn dev_login(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let resp = dev_sign_in(&state, query)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    state
+        .metrics()
+        .login(LoginMethod::Dev, Outcome::of_status(resp.status().as_u16()));
+    resp
+}
+
+async fn dev_sign_in(state: &AppState, query: Option<String>) -> ApiResult<Response> {
     let params = single_params(query.as_deref(), &["user", "next"])?;
     let Some(who) = params.get("user").filter(|u| !u.is_empty()) else {
         return Err(ApiError::bad(
@@ -59,7 +78,7 @@ async fn dev_login(
         user
     };
     let session = start_session(state.db(), state.config().session_lifetime, &user, None).await?;
-    let cookie = cookies::session(&state, &session);
+    let cookie = cookies::session(state, &session);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
     let mut resp = match after_login(
         &state.config().issuer,
@@ -81,4 +100,19 @@ async fn dev_login(
     );
     no_store(&mut resp);
     Ok(resp)
+}
+
+/// `GET /dev/logout`: signing out is not special in dev mode: the sessions end and their
+/// capabilities are cut off, as at `/auth/logout` (the same implementation; its own operation).
+#[utoipa::path(
+    get,
+    path = "/dev/logout",
+    tag = "dev",
+    responses(
+        (status = 200, description = "Signed out (dev mode only), or the signed-out page for a page load"),
+        (status = 302, description = "Signed out here; sent on to sign out at the identity provider"),
+    )
+)]
+async fn dev_logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    session::end_and_answer(state, headers).await
 }

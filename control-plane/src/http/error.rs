@@ -88,6 +88,13 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer, as the OpenAPI document describes it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong and how to fix it (a generic message for an internal error).
+    pub error: String,
+}
+
 /// A JSON error body `{"error": "..."}` with `Cache-Control: no-store`.
 pub fn error_response(status: StatusCode, message: &str) -> Response {
     let mut resp = (status, Json(json!({ "error": message }))).into_response();

@@ -14,32 +14,33 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use podgate_protocol::exchange::{ExchangeAnswer, CLIENT_HEADER, EXCHANGE_PATH};
 use podgate_protocol::token::TokenKind;
 use serde::Deserialize;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::auth::api_tokens::{self, ApiTokenCheck, ApiTokenError};
 use crate::authz::authorize;
-use crate::http::error::{error_response, ApiError};
+use crate::http::error::{error_response, ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::renew::{bearer, has_secret};
 use crate::http::request::ClientIp;
 use crate::http::shared::{no_store, parse_target};
+use crate::metrics::Outcome;
 use crate::mint::mint_in_session_for;
 use crate::store::now_unix;
 use crate::AppState;
 
 /// The route, behind the per-client limit on wrong secrets.
-pub fn router(state: &AppState) -> Router<AppState> {
-    Router::new().route(
-        EXCHANGE_PATH,
-        post(exchange).route_layer(from_fn_with_state(
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(exchange).map(|r| {
+        r.route_layer(from_fn_with_state(
             (state.clone(), Endpoint::Renew),
             limits::limit,
-        )),
-    )
+        ))
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,13 +60,44 @@ fn end_client(headers: &HeaderMap, envoy: &str) -> String {
     format!("edge:{}", forwarded.unwrap_or(envoy))
 }
 
+/// Counted as an exchange by its answer's status.
+#[utoipa::path(
+    post,
+    path = EXCHANGE_PATH,
+    tag = "capabilities",
+    params(
+        ("pod" = String, Query, description = "The pod the API token was sent to"),
+        ("port" = u16, Query, description = "The port"),
+    ),
+    responses(
+        (status = 200, description = "`{token}`: a capability for that pod and port"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 403, description = "Refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn exchange(
     State(state): State<AppState>,
     Query(target): Query<Target>,
     headers: HeaderMap,
     ClientIp(envoy): ClientIp,
 ) -> Response {
-    if !has_secret(&state, &headers) {
+    let resp = answer_exchange(&state, target, &headers, &envoy).await;
+    state
+        .metrics()
+        .exchange(Outcome::of_status(resp.status().as_u16()));
+    resp
+}
+
+async fn answer_exchange(
+    state: &AppState,
+    target: Target,
+    headers: &HeaderMap,
+    envoy: &str,
+) -> Response {
+    if !has_secret(state, headers) {
         return error_response(
             StatusCode::FORBIDDEN,
             "only Envoy's podgate filter exchanges API tokens",
@@ -75,10 +107,10 @@ async fn exchange(
         Ok(addr) => addr,
         Err(e) => return e.into_response(),
     };
-    let Some(token) = bearer(&headers).filter(|t| api_tokens::looks_like_api_token(t)) else {
+    let Some(token) = bearer(headers).filter(|t| api_tokens::looks_like_api_token(t)) else {
         return ApiError::Unauthorized("no API token to exchange".into()).into_response();
     };
-    let client = end_client(&headers, &envoy);
+    let client = end_client(headers, envoy);
     let ctx = state.identify_context();
     let check = api_tokens::verify(
         ctx.db,

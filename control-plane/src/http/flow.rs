@@ -6,16 +6,16 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::from_fn_with_state;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use podgate_protocol::host::PodAddr;
 use podgate_protocol::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use podgate_protocol::token::TokenKind;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 use crate::auth::verify::browser_identity;
-use crate::authz::authorize;
 use crate::http::cookies;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::credentials;
 use crate::http::shared::{is_page_load, no_store, parse_target, single_params};
@@ -24,17 +24,11 @@ use crate::mint::{mint_in_session_for, redeem_ticket, RedeemError, TicketRefusal
 use crate::AppState;
 
 /// The flow's routes, each behind its per-client limit (`limits.rs` says what counts and why).
-pub fn router(state: &AppState) -> Router<AppState> {
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     let limit = |endpoint| from_fn_with_state((state.clone(), endpoint), limits::limit);
-    Router::new()
-        .route(
-            "/api/proxy-auth",
-            get(proxy_auth).route_layer(limit(Endpoint::ProxyAuth)),
-        )
-        .route(
-            "/.podgate/callback",
-            get(callback).route_layer(limit(Endpoint::Callback)),
-        )
+    OpenApiRouter::new()
+        .routes(routes!(proxy_auth).map(|r| r.route_layer(limit(Endpoint::ProxyAuth))))
+        .routes(routes!(callback).map(|r| r.route_layer(limit(Endpoint::Callback))))
 }
 
 fn redirect(location: &str) -> ApiResult<Response> {
@@ -60,6 +54,17 @@ fn proxy_auth_url(state: &AppState, addr: &PodAddr, next: &str) -> String {
 }
 
 /// `GET /api/proxy-auth?pod=&port=&next=`.
+#[utoipa::path(
+    get,
+    path = "/api/proxy-auth",
+    tag = "flow",
+    responses(
+        (status = 302, description = "To the pod host's callback with a login ticket, or to the login"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn proxy_auth(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -89,12 +94,12 @@ async fn proxy_auth(
 
     if user.is_none() {
         // Only a public port lets someone through without signing in.
-        let public = authorize(state.db(), None, &addr).await.is_ok();
+        let public = state.authorize(None, &addr).await.is_ok();
         if !public {
             return not_signed_in(&state, &headers, &addr, &next);
         }
     } else {
-        authorize(state.db(), user.as_ref(), &addr).await?;
+        state.authorize(user.as_ref(), &addr).await?;
     }
 
     let ticket = mint_in_session_for(
@@ -178,6 +183,17 @@ impl From<RedeemError> for CallbackFailure {
 }
 
 /// `GET /.podgate/callback?ticket=&next=` on a pod host.
+#[utoipa::path(
+    get,
+    path = "/.podgate/callback",
+    operation_id = "ticket_callback",
+    tag = "flow",
+    responses(
+        (status = 302, description = "The capability cookie, and to `next`"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -3,26 +3,45 @@
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::http::error::ErrorBody;
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/.well-known/jwks.json", get(jwks))
-        .route(ASSERTION_JWKS_PATH, get(assertion_jwks))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(jwks))
+        .routes(routes!(assertion_jwks))
 }
 
 /// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The process is up"),
+    )
+)]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// The database answers and signing keys are loaded.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The database answers and signing keys are loaded"),
+        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let database = match state.db().ping().await {
         Ok(()) => "ok".to_owned(),
@@ -53,6 +72,15 @@ pub const ASSERTION_JWKS_PATH: &str = "/.well-known/podgate-assertion-jwks.json"
 
 /// `GET /.well-known/podgate-assertion-jwks.json`: the public identity assertion keys (those of
 /// the current and overlapping capability keys), for pods to verify `x-podgate-assertion`.
+#[utoipa::path(
+    get,
+    path = ASSERTION_JWKS_PATH,
+    tag = "health",
+    responses(
+        (status = 200, description = "The public identity assertion keys"),
+        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+    )
+)]
 async fn assertion_jwks(
     State(state): State<AppState>,
 ) -> Result<Response, crate::http::error::ApiError> {
@@ -66,6 +94,15 @@ async fn assertion_jwks(
 }
 
 /// `GET /.well-known/jwks.json`: the public capability keys (current and overlapping).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "health",
+    responses(
+        (status = 200, description = "The public capability keys"),
+        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+    )
+)]
 async fn jwks(State(state): State<AppState>) -> Result<Response, crate::http::error::ApiError> {
     let ring = state.keys()?;
     let mut resp = Json(&ring.public_jwks).into_response();

@@ -25,6 +25,17 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint's label in the metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::ProxyAuth => "proxy_auth",
+            Endpoint::Callback => "callback",
+            Endpoint::Capabilities => "capabilities",
+            Endpoint::Admin => "admin",
+            Endpoint::Renew => "renew",
+        }
+    }
+
     fn limiter(self, l: &Limiters) -> &RateLimiter {
         match self {
             Endpoint::ProxyAuth => &l.proxy_auth,
@@ -99,6 +110,7 @@ pub async fn limit(
             retry_after = limited.retry_after_secs,
             "rate limited"
         );
+        state.metrics().rate_limited(endpoint.label());
         return endpoint.refusal(limited).into_response();
     }
     let resp = next.run(req).await;

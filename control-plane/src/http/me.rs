@@ -5,21 +5,22 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use podgate_protocol::host::PodAddr;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::verify::{identify, Accept, Via};
 use crate::authz::may_reach;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::no_store;
 use crate::store::{now_unix, AccessFacts, User, DEFAULT_SHARING};
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/me", get(me))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(me))
 }
 
 fn rfc3339(t: i64) -> Option<String> {
@@ -68,6 +69,15 @@ async fn reachable_pods(state: &AppState, user: &User) -> ApiResult<Vec<Value>> 
 }
 
 /// `GET /api/me`.
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "api-tokens",
+    responses(
+        (status = 200, description = "The caller, its API token if it used one, and the pods and ports it may reach"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+    )
+)]
 async fn me(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -14,6 +14,8 @@ pub mod flow;
 pub mod health;
 pub mod limits;
 pub mod me;
+pub mod metrics;
+pub mod openapi;
 pub mod renew;
 pub mod request;
 pub mod security_headers;

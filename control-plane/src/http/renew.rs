@@ -9,28 +9,30 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use podgate_protocol::renewal::{RenewAnswer, RENEW_PATH, RENEW_SECRET_HEADER};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 use crate::http::cookies;
-use crate::http::error::{error_response, ApiError};
+use crate::http::error::{error_response, ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::shared::no_store;
+use crate::metrics::Outcome;
 use crate::renew::{renew_capability, RenewError};
 use crate::AppState;
 
 /// The route, behind its per-client limit on wrong secrets.
-pub fn router(state: &AppState) -> Router<AppState> {
-    Router::new().route(
-        RENEW_PATH,
-        post(renew).route_layer(from_fn_with_state(
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(renew).map(|r| {
+        r.route_layer(from_fn_with_state(
             (state.clone(), Endpoint::Renew),
             limits::limit,
-        )),
-    )
+        ))
+    }))
 }
 
 /// Whether `headers` carry the renewal secret (compared in constant time, over digests so
@@ -58,20 +60,40 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// Counted as a renewal by its answer's status.
+#[utoipa::path(
+    post,
+    path = RENEW_PATH,
+    tag = "capabilities",
+    responses(
+        (status = 200, description = "`{token, set_cookie}`"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 403, description = "Refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn renew(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !has_secret(&state, &headers) {
+    let resp = answer_renewal(&state, &headers).await;
+    state
+        .metrics()
+        .renewal(Outcome::of_status(resp.status().as_u16()));
+    resp
+}
+
+async fn answer_renewal(state: &AppState, headers: &HeaderMap) -> Response {
+    if !has_secret(state, headers) {
         return error_response(
             StatusCode::FORBIDDEN,
             "only Envoy's podgate filter renews capabilities",
         );
     }
-    let Some(token) = bearer(&headers) else {
+    let Some(token) = bearer(headers) else {
         return ApiError::Unauthorized("no capability to renew".into()).into_response();
     };
     match renew_capability(&state.mint_context(), token).await {
         Ok(fresh) => {
             let answer = RenewAnswer {
-                set_cookie: cookies::capability(&state, &fresh.token),
+                set_cookie: cookies::capability(state, &fresh.token),
                 token: fresh.token,
             };
             let mut resp = Json(answer).into_response();

@@ -15,24 +15,25 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::identity::{ended_sessions, EndedSession};
 use crate::auth::verify::browser_identity;
 use crate::cuts::cut_session;
 use crate::http::cookies;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::request::{cookie_headers, credentials};
 use crate::http::shared::no_store;
 use crate::AppState;
 
 /// The session routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/logout", get(logout).post(logout))
-        .route("/auth/userinfo", get(userinfo))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(logout, logout_post))
+        .routes(routes!(userinfo))
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {
@@ -46,12 +47,40 @@ fn wants_html(headers: &HeaderMap) -> bool {
     navigate || html
 }
 
-/// `GET|POST /auth/logout`: ends this browser's sessions and cuts off their capabilities. The
-/// dev login's `GET /dev/logout` is this same handler.
-pub(crate) async fn logout(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
+/// `GET /auth/logout`: ends this browser's sessions and cuts off their capabilities
+/// ([`end_and_answer`]).
+#[utoipa::path(
+    get,
+    path = "/auth/logout",
+    tag = "session",
+    responses(
+        (status = 200, description = "Signed out, or the signed-out page for a page load"),
+        (status = 302, description = "Signed out here; sent on to sign out at the identity provider"),
+    ),
+)]
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    end_and_answer(state, headers).await
+}
+
+/// `POST /auth/logout`: the same as `GET`, for a form or a script.
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "session",
+    operation_id = "logout_post",
+    responses(
+        (status = 200, description = "Signed out, or the signed-out page for a page load"),
+        (status = 302, description = "Signed out here; sent on to sign out at the identity provider"),
+    ),
+)]
+async fn logout_post(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    end_and_answer(state, headers).await
+}
+
+/// Signing out, for `GET|POST /auth/logout` and the dev login's `GET /dev/logout`: ends this
+/// browser's sessions, cuts off their capabilities, and answers with JSON, the signed-out page,
+/// or a redirect to sign out at the identity provider too.
+pub(crate) async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiResult<Response> {
     let ended = ended_sessions(
         state.db(),
         state.session_cookie(),
@@ -119,6 +148,15 @@ async fn provider_sign_out(state: &AppState, ended: &[EndedSession]) -> Option<S
 }
 
 /// `GET /auth/userinfo`: the signed-in user of this browser, or a 401.
+#[utoipa::path(
+    get,
+    path = "/auth/userinfo",
+    tag = "session",
+    responses(
+        (status = 200, description = "The signed-in user"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+    )
+)]
 async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     let Some(identity) =
         browser_identity(&state.identify_context(), &credentials(&headers)).await?

@@ -14,35 +14,32 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use html_escape::{encode_quoted_attribute, encode_text};
 use podgate_protocol::redirect::{encode_query_value, MAX_NEXT_LEN};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 use crate::auth::identity::start_session;
 use crate::auth::sign_in::{self, CallbackParams, SignInError, SignInFailure};
 use crate::config::idp::OidcProvider;
 use crate::http::cookies;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::request::cookie_headers;
 use crate::http::shared::{after_login, is_page_load, no_store, single_params};
+use crate::metrics::{LoginMethod, Outcome};
 use crate::AppState;
 
 /// The sign-in's routes: starting one counts like `/api/proxy-auth` (each writes a row), a
 /// failed callback like a failed ticket.
-pub fn router(state: &AppState) -> Router<AppState> {
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     let limit = |endpoint| from_fn_with_state((state.clone(), endpoint), limits::limit);
-    Router::new()
-        .route(
-            "/auth/login",
-            get(login).route_layer(limit(Endpoint::ProxyAuth)),
-        )
-        .route(
-            "/auth/callback",
-            get(callback).route_layer(limit(Endpoint::Callback)),
-        )
+    OpenApiRouter::new()
+        .routes(routes!(login).map(|r| r.route_layer(limit(Endpoint::ProxyAuth))))
+        .routes(routes!(callback).map(|r| r.route_layer(limit(Endpoint::Callback))))
 }
 
 /// `/auth/login` for `provider` (or the chooser) going to `next`.
@@ -196,6 +193,20 @@ fn chooser(
 }
 
 /// `GET /auth/login?next=&provider=`.
+#[utoipa::path(
+    get,
+    path = "/auth/login",
+    operation_id = "sign_in_login",
+    tag = "sign-in",
+    responses(
+        (status = 200, description = "OK"),
+        (status = 302, description = "To the identity provider, or the chooser of providers"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        (status = 502, description = "A provider answered nonsense", body = ErrorBody),
+        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+    )
+)]
 async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -292,20 +303,46 @@ async fn login(
 }
 
 /// `GET /auth/callback?state=&code=` (or `error=`), where the provider sends the browser back.
+/// Counted as a login by its answer's status.
+#[utoipa::path(
+    get,
+    path = "/auth/callback",
+    operation_id = "sign_in_callback",
+    tag = "sign-in",
+    responses(
+        (status = 200, description = "OK"),
+        (status = 302, description = "Signed in: the session cookie, and to `next`"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 403, description = "Refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        (status = 502, description = "A provider answered nonsense", body = ErrorBody),
+        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+    )
+)]
 async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let resp = finish_sign_in(&state, &headers, query).await;
+    state.metrics().login(
+        LoginMethod::SignIn,
+        Outcome::of_status(resp.status().as_u16()),
+    );
+    resp
+}
+
+async fn finish_sign_in(state: &AppState, headers: &HeaderMap, query: Option<String>) -> Response {
     let names = ["state", "code", "error", "error_description", "iss"];
     let mut params = match single_params(query.as_deref(), &names) {
         Ok(p) => p,
         Err(e) => {
             return failure(
-                &headers,
+                headers,
                 StatusCode::BAD_REQUEST,
                 &e.to_string(),
-                &login_url(&state, None, None),
+                &login_url(state, None, None),
             )
         }
     };
@@ -316,14 +353,14 @@ async fn callback(
         error_description: params.remove("error_description"),
         iss: params.remove("iss"),
     };
-    let jar = cookie_headers(&headers);
+    let jar = cookie_headers(headers);
     let bindings: Vec<&str> = jar
         .iter()
         .flat_map(|h| podgate_protocol::cookie::find_all(h, state.sign_in_cookie()).take(4))
         .collect();
     let signed_in = match sign_in::finish(&state.sign_in_context(), &params, &bindings).await {
         Ok(s) => s,
-        Err(f) => return sign_in_failure(&state, &headers, f),
+        Err(f) => return sign_in_failure(state, headers, f),
     };
     let session = match start_session(
         state.db(),
@@ -337,7 +374,7 @@ async fn callback(
         Err(e) => return ApiError::from(e).into_response(),
     };
     tracing::info!(user = %signed_in.user.id, provider = %signed_in.provider, "signed in");
-    let cookie = cookies::session(&state, &session);
+    let cookie = cookies::session(state, &session);
     if signed_in.next.is_empty() {
         let mut resp = page(
             StatusCode::OK,

@@ -9,58 +9,103 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use podgate_protocol::wake::WAKE_PATH;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-use crate::http::error::{error_response, ApiError};
+use crate::http::error::{error_response, ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::renew::{bearer, has_secret};
+use crate::metrics::WakeOutcome;
 use crate::renew::{still_allowed, RenewError};
 use crate::wake::Woken;
 use crate::AppState;
 
 /// The route, behind the renew endpoint's per-client limit on wrong secrets.
-pub fn router(state: &AppState) -> Router<AppState> {
-    Router::new().route(
-        WAKE_PATH,
-        post(wake).route_layer(from_fn_with_state(
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(wake).map(|r| {
+        r.route_layer(from_fn_with_state(
             (state.clone(), Endpoint::Renew),
             limits::limit,
-        )),
-    )
+        ))
+    }))
 }
 
+/// Counted as a wake-up by its outcome.
+#[utoipa::path(
+    post,
+    path = WAKE_PATH,
+    tag = "capabilities",
+    responses(
+        (status = 202, description = "The start hook is being called"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 403, description = "Refused", body = ErrorBody),
+        (status = 404, description = "No start hook is configured", body = ErrorBody),
+        (status = 429, description = "The pod's start was asked for less than the interval ago, or too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn wake(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !has_secret(&state, &headers) {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "only Envoy's podgate filter wakes pods",
+    let (outcome, resp) = answer_wake(&state, &headers).await;
+    state.metrics().wake(outcome);
+    resp
+}
+
+async fn answer_wake(state: &AppState, headers: &HeaderMap) -> (WakeOutcome, Response) {
+    if !has_secret(state, headers) {
+        return (
+            WakeOutcome::Refused,
+            error_response(
+                StatusCode::FORBIDDEN,
+                "only Envoy's podgate filter wakes pods",
+            ),
         );
     }
-    let Some(token) = bearer(&headers) else {
-        return ApiError::Unauthorized("no capability".into()).into_response();
+    let Some(token) = bearer(headers) else {
+        return (
+            WakeOutcome::Refused,
+            ApiError::Unauthorized("no capability".into()).into_response(),
+        );
     };
     let allowed = match still_allowed(&state.mint_context(), token).await {
         Ok(allowed) => allowed,
         Err(RenewError::Refused(why)) => {
             tracing::info!(?why, "wake refused");
-            return ApiError::Unauthorized("this capability may not start the pod".into())
-                .into_response();
+            return (
+                WakeOutcome::Refused,
+                ApiError::Unauthorized("this capability may not start the pod".into())
+                    .into_response(),
+            );
         }
-        Err(RenewError::Mint(e)) => return ApiError::from(e).into_response(),
-        Err(RenewError::Store(e)) => return ApiError::from(e).into_response(),
-        Err(RenewError::Keys(e)) => return ApiError::internal(e).into_response(),
+        Err(RenewError::Mint(e)) => return failed(ApiError::from(e)),
+        Err(RenewError::Store(e)) => return failed(ApiError::from(e)),
+        Err(RenewError::Keys(e)) => return failed(ApiError::internal(e)),
     };
     match state.waker().wake(&allowed.addr.pod) {
         Woken::Called => {
             tracing::info!(user = %allowed.user.id, pod = %allowed.addr.pod, "pod start asked");
-            StatusCode::ACCEPTED.into_response()
+            (WakeOutcome::Called, StatusCode::ACCEPTED.into_response())
         }
-        Woken::Limited => error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "the pod's start was asked for moments ago",
+        Woken::Limited => (
+            WakeOutcome::Limited,
+            error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "the pod's start was asked for moments ago",
+            ),
         ),
-        Woken::Off => error_response(StatusCode::NOT_FOUND, "no start hook is configured"),
+        Woken::Off => (
+            WakeOutcome::Off,
+            error_response(StatusCode::NOT_FOUND, "no start hook is configured"),
+        ),
     }
+}
+
+/// An error's answer, counted by its status: 5xx is ours, the rest the caller's.
+fn failed(e: ApiError) -> (WakeOutcome, Response) {
+    let resp = e.into_response();
+    let outcome = if resp.status().is_server_error() {
+        WakeOutcome::Error
+    } else {
+        WakeOutcome::Refused
+    };
+    (outcome, resp)
 }

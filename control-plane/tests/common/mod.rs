@@ -187,6 +187,20 @@ impl Harness {
         self.send(b.body(Body::empty()).unwrap()).await
     }
 
+    /// `GET /metrics`, checked to be OpenMetrics text and read with a Prometheus text-format
+    /// parser.
+    pub async fn metrics(&self) -> prometheus_parse::Scrape {
+        let r = self.get("/metrics", &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(
+            r.header("content-type")
+                .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+            "{r:?}"
+        );
+        assert!(r.body.ends_with("# EOF\n"), "{}", r.body);
+        prometheus_parse::Scrape::parse(r.body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    }
+
     /// Signs in through the dev login; returns the `Cookie` header value for the session.
     pub async fn login(&self, user: &str) -> String {
         let r = self.get(&format!("/dev/login?user={user}"), &[]).await;
@@ -271,6 +285,25 @@ impl Resp {
     pub fn error(&self) -> String {
         self.json()["error"].as_str().unwrap_or_default().to_owned()
     }
+}
+
+/// The value of the one sample `name` whose labels include `labels` in a scrape (0 when there
+/// is none; a histogram gives its count).
+pub fn metric(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    let found: Vec<f64> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            Value::Summary(_) => panic!("{name} is a summary"),
+        })
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
+    found.first().copied().unwrap_or(0.0)
 }
 
 /// Defines `NAME::sqlite` and `NAME::postgres` tests that run the async fn `NAME(Which)` (which

@@ -1,16 +1,17 @@
 //! The mint audit trail: `GET /v1/audit`.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::http::error::{ApiError, ApiResult, QueryArgs};
+use crate::http::error::{ApiError, ApiResult, ErrorBody, QueryArgs};
 use crate::store::AuditEntry;
 use crate::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/v1/audit", get(list_audit))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_audit))
 }
 
 #[derive(Debug, Deserialize)]
@@ -20,6 +21,18 @@ struct AuditQuery {
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The mint audit trail"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn list_audit(
     State(s): State<AppState>,
     QueryArgs(q): QueryArgs<AuditQuery>,

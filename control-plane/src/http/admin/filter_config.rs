@@ -1,17 +1,30 @@
 //! `GET /v1/filter-config`: what Envoy's filter gets.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::http::error::ApiResult;
+use crate::http::error::{ApiResult, ErrorBody};
 use crate::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/v1/filter-config", get(filter_config))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(filter_config))
 }
 
 /// `GET /v1/filter-config`: what the xDS server pushes to Envoy's filter right now.
+#[utoipa::path(
+    get,
+    path = "/v1/filter-config",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The configuration Envoy's filter gets"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+    )
+)]
 async fn filter_config(
     State(s): State<AppState>,
 ) -> ApiResult<Json<podgate_protocol::config::FilterConfig>> {

@@ -3,18 +3,19 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::store::{now_unix, KeyKind};
 use crate::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/keys", get(list_keys))
-        .route("/v1/keys/rotate", post(rotate_keys))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_keys))
+        .routes(routes!(rotate_keys))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,6 +31,17 @@ pub struct KeyInfo {
     pub kek_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The signing keys' states"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn list_keys(State(s): State<AppState>) -> ApiResult<Json<Vec<KeyInfo>>> {
     let keys = s.db().live_keys(now_unix()).await?;
     Ok(Json(
@@ -51,6 +63,18 @@ async fn list_keys(State(s): State<AppState>) -> ApiResult<Json<Vec<KeyInfo>>> {
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/keys/rotate",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The new active keys"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
 async fn rotate_keys(State(s): State<AppState>) -> ApiResult<Response> {
     let config = s.config();
     let kids = crate::keys::rotate(

@@ -13,18 +13,19 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
 use crate::keys::random_id;
 use crate::AppState;
 
-pub fn router(state: AppState) -> Router<AppState> {
-    Router::new()
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(users::routes())
         .merge(teams::routes())
         .merge(servers::routes())

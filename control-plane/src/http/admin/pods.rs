@@ -3,32 +3,27 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{
     check_port, check_slug, check_text, created, deleted, nullable, parse_enum, require_user,
 };
 use crate::cuts::cut_lost_access;
-use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
 use crate::store::HolderScope;
 use crate::store::{now_unix, parse_pod_status, Pod, PodPort, PodStatus, Sharing};
 use crate::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/pods", get(list_pods).post(create_pod))
-        .route(
-            "/v1/pods/{slug}",
-            get(get_pod).patch(update_pod).delete(delete_pod),
-        )
-        .route("/v1/pods/{slug}/status", put(set_pod_status))
-        .route("/v1/pods/{slug}/ports", get(list_ports))
-        .route(
-            "/v1/pods/{slug}/ports/{port}",
-            get(get_port).put(put_port).delete(delete_port),
-        )
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_pods, create_pod))
+        .routes(routes!(get_pod, update_pod, delete_pod))
+        .routes(routes!(set_pod_status))
+        .routes(routes!(list_ports))
+        .routes(routes!(get_port, put_port, delete_port))
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,10 +98,35 @@ async fn require_pod(s: &AppState, slug: &str) -> ApiResult<Pod> {
         .ok_or_else(|| ApiError::not_found(format!("no pod {slug:?}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/pods",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every pod"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn list_pods(State(s): State<AppState>) -> ApiResult<Json<Vec<Pod>>> {
     Ok(Json(s.db().list_pods().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/pods",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn create_pod(
     State(s): State<AppState>,
     JsonBody(body): JsonBody<NewPod>,
@@ -142,6 +162,21 @@ async fn create_pod(
     Ok(created(pod))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/pods/{slug}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("slug" = String, Path, description = "The pod"),
+    ),
+    responses(
+        (status = 200, description = "The pod"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn get_pod(
     State(s): State<AppState>,
     PathArgs(slug): PathArgs<String>,
@@ -149,6 +184,22 @@ async fn get_pod(
     Ok(Json(require_pod(&s, &slug).await?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/pods/{slug}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("slug" = String, Path, description = "The pod"),
+    ),
+    responses(
+        (status = 200, description = "Updated"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn update_pod(
     State(s): State<AppState>,
     PathArgs(slug): PathArgs<String>,
@@ -186,6 +237,22 @@ async fn update_pod(
     Ok(Json(pod))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/pods/{slug}/status",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("slug" = String, Path, description = "The pod"),
+    ),
+    responses(
+        (status = 200, description = "Updated"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn set_pod_status(
     State(s): State<AppState>,
     PathArgs(slug): PathArgs<String>,
@@ -198,6 +265,21 @@ async fn set_pod_status(
     Ok(Json(require_pod(&s, &slug).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/pods/{slug}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("slug" = String, Path, description = "The pod"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn delete_pod(
     State(s): State<AppState>,
     PathArgs(slug): PathArgs<String>,
@@ -205,6 +287,21 @@ async fn delete_pod(
     deleted(s.db().delete_pod(&slug).await?, "pod")
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/pods/{slug}/ports",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("slug" = String, Path, description = "The pod"),
+    ),
+    responses(
+        (status = 200, description = "The pod's ports"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn list_ports(
     State(s): State<AppState>,
     PathArgs(slug): PathArgs<String>,
@@ -213,6 +310,22 @@ async fn list_ports(
     Ok(Json(s.db().list_pod_ports(&slug).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/pods/{slug}/ports/{port}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("slug" = String, Path, description = "The pod"),
+        ("port" = u16, Path, description = "The pod port"),
+    ),
+    responses(
+        (status = 200, description = "The port"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn get_port(
     State(s): State<AppState>,
     PathArgs((slug, port)): PathArgs<(String, u16)>,
@@ -228,6 +341,23 @@ async fn get_port(
         })
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/pods/{slug}/ports/{port}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("slug" = String, Path, description = "The pod"),
+        ("port" = u16, Path, description = "The pod port"),
+    ),
+    responses(
+        (status = 200, description = "Set"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn put_port(
     State(s): State<AppState>,
     PathArgs((slug, port)): PathArgs<(String, u16)>,
@@ -254,6 +384,22 @@ async fn put_port(
     Ok(Json(p))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/pods/{slug}/ports/{port}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("slug" = String, Path, description = "The pod"),
+        ("port" = u16, Path, description = "The pod port"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn delete_port(
     State(s): State<AppState>,
     PathArgs((slug, port)): PathArgs<(String, u16)>,

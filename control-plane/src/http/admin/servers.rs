@@ -2,23 +2,21 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{check_address, check_text, created, deleted, gen_id};
-use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::{now_unix, Server};
 use crate::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/servers", get(list_servers).post(create_server))
-        .route(
-            "/v1/servers/{id}",
-            get(get_server).patch(update_server).delete(delete_server),
-        )
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_servers, create_server))
+        .routes(routes!(get_server, update_server, delete_server))
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,10 +35,34 @@ struct ServerPatch {
     address: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/servers",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every server"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn list_servers(State(s): State<AppState>) -> ApiResult<Json<Vec<Server>>> {
     Ok(Json(s.db().list_servers().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/servers",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn create_server(
     State(s): State<AppState>,
     JsonBody(body): JsonBody<NewServer>,
@@ -62,6 +84,21 @@ async fn create_server(
     Ok(created(server))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/servers/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 200, description = "The server"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn get_server(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
@@ -73,6 +110,22 @@ async fn get_server(
         .ok_or_else(|| ApiError::not_found(format!("no server {id:?}")))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/servers/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 200, description = "Updated"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn update_server(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
@@ -97,6 +150,22 @@ async fn update_server(
     Ok(Json(server))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/servers/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn delete_server(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,

@@ -2,30 +2,25 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{check_text, created, deleted, gen_id, parse_enum, require_user};
 use crate::cuts::cut_lost_access;
-use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::HolderScope;
 use crate::store::{now_unix, Member, Role, Team};
 use crate::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/teams", get(list_teams).post(create_team))
-        .route(
-            "/v1/teams/{id}",
-            get(get_team).patch(update_team).delete(delete_team),
-        )
-        .route("/v1/teams/{id}/members", get(list_members).post(add_member))
-        .route(
-            "/v1/teams/{id}/members/{user_id}",
-            get(get_member).put(set_member_role).delete(delete_member),
-        )
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_teams, create_team))
+        .routes(routes!(get_team, update_team, delete_team))
+        .routes(routes!(list_members, add_member))
+        .routes(routes!(get_member, set_member_role, delete_member))
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,10 +36,34 @@ struct TeamPatch {
     name: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/teams",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every team"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn list_teams(State(s): State<AppState>) -> ApiResult<Json<Vec<Team>>> {
     Ok(Json(s.db().list_teams().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/teams",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn create_team(
     State(s): State<AppState>,
     JsonBody(body): JsonBody<NewTeam>,
@@ -64,6 +83,21 @@ async fn create_team(
     Ok(created(team))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 200, description = "The team"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn get_team(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
@@ -75,6 +109,22 @@ async fn get_team(
         .ok_or_else(|| ApiError::not_found(format!("no team {id:?}")))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/teams/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 200, description = "Updated"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn update_team(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
@@ -87,6 +137,22 @@ async fn update_team(
     get_team(State(s), PathArgs(id)).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/teams/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn delete_team(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
@@ -131,6 +197,21 @@ async fn require_team(s: &AppState, team_id: &str) -> ApiResult<()> {
         ))),
     }
 }
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{id}/members",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 200, description = "The team's members"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn list_members(
     State(s): State<AppState>,
     PathArgs(team_id): PathArgs<String>,
@@ -139,6 +220,23 @@ async fn list_members(
     Ok(Json(s.db().list_members(&team_id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{id}/members",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 201, description = "Added"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn add_member(
     State(s): State<AppState>,
     PathArgs(team_id): PathArgs<String>,
@@ -167,6 +265,22 @@ async fn add_member(
     Ok(created(member))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{id}/members/{user_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+        ("user_id" = String, Path, description = "The member's user id"),
+    ),
+    responses(
+        (status = 200, description = "The member"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn get_member(
     State(s): State<AppState>,
     PathArgs((team_id, user_id)): PathArgs<(String, String)>,
@@ -178,6 +292,23 @@ async fn get_member(
         .ok_or_else(|| ApiError::not_found(format!("{user_id:?} is not a member of {team_id:?}")))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/teams/{id}/members/{user_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+        ("user_id" = String, Path, description = "The member's user id"),
+    ),
+    responses(
+        (status = 200, description = "Updated"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn set_member_role(
     State(s): State<AppState>,
     PathArgs((team_id, user_id)): PathArgs<(String, String)>,
@@ -201,6 +332,22 @@ async fn set_member_role(
     Ok(Json(member))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/teams/{id}/members/{user_id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+        ("user_id" = String, Path, description = "The member's user id"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn delete_member(
     State(s): State<AppState>,
     PathArgs((team_id, user_id)): PathArgs<(String, String)>,

@@ -2,23 +2,21 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{check_email, check_text, created, deleted, gen_id, nullable};
-use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
 use crate::ids::check_id;
 use crate::store::{now_unix, User};
 use crate::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/users", get(list_users).post(create_user))
-        .route(
-            "/v1/users/{id}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user, delete_user))
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,10 +36,34 @@ struct UserPatch {
     name: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every user"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn list_users(State(s): State<AppState>) -> ApiResult<Json<Vec<User>>> {
     Ok(Json(s.db().list_users().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn create_user(
     State(s): State<AppState>,
     JsonBody(body): JsonBody<NewUser>,
@@ -65,6 +87,21 @@ async fn create_user(
     Ok(created(user))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 200, description = "The user"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn get_user(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
@@ -76,6 +113,23 @@ async fn get_user(
         .ok_or_else(|| ApiError::not_found(format!("no user {id:?}")))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/users/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 200, description = "Updated"),
+        (status = 400, description = "The request is malformed", body = ErrorBody),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn update_user(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
@@ -102,6 +156,22 @@ async fn update_user(
     Ok(Json(user))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("id" = String, Path, description = "The id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+    )
+)]
 async fn delete_user(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,

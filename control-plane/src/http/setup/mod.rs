@@ -9,10 +9,9 @@
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-
 use podgate_protocol::redirect::encode_query_value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::http::shared::no_store;
 use crate::AppState;
@@ -27,10 +26,10 @@ pub struct SetupPage;
 const PAGE: &str = include_str!("setup.html");
 const SCRIPT: &str = include_str!("setup.js");
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/setup", get(page))
-        .route("/setup.js", get(script))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(script))
 }
 
 /// The sign-in URL that comes back to this page: the configured login with `next`.
@@ -46,6 +45,13 @@ fn sign_in_url(state: &AppState) -> String {
     }
 }
 
+/// `GET /setup`: the page; its script fetches everything it shows.
+#[utoipa::path(
+    get,
+    path = "/setup",
+    tag = "api-tokens",
+    responses((status = 200, description = "The setup page (HTML)")),
+)]
 async fn page(State(state): State<AppState>) -> Response {
     let body = PAGE.replace(
         "{{SIGN_IN}}",
@@ -57,6 +63,13 @@ async fn page(State(state): State<AppState>) -> Response {
     resp
 }
 
+/// `GET /setup.js`: the setup page's script.
+#[utoipa::path(
+    get,
+    path = "/setup.js",
+    tag = "api-tokens",
+    responses((status = 200, description = "The setup page's script")),
+)]
 async fn script() -> Response {
     let mut resp = SCRIPT.into_response();
     resp.headers_mut().insert(
