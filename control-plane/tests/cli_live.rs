@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use podgate_protocol::assertion::{AssertionVerifier, Audience, ASSERTION_HEADER};
+use podgate_protocol::token::KeySet;
 use reqwest::header::COOKIE;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -162,9 +164,38 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-/// No header the pod saw carries the API token, a capability, or podgate's own header.
-fn assert_no_credentials(req: &podgate_testkit::fake_pod::Recorded, api_token: &str) {
+/// What the pod verifies `x-podgate-assertion` with: the control plane's published assertion
+/// keys, for this pod.
+async fn assertion_verifier(stack: &Stack) -> AssertionVerifier {
+    let jwks: KeySet = stack
+        .http
+        .get(format!(
+            "http://{}/.well-known/podgate-assertion-jwks.json",
+            stack.cp.http
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let issuer = format!("http://{}", stack.cp.http);
+    AssertionVerifier::new(issuer, &jwks, Audience::Host(pod_host(POD)), 5).unwrap()
+}
+
+/// No header the pod saw carries the API token, a capability, or podgate's own header; the
+/// identity assertion it gets is one that verifies for the user, and nothing else.
+fn assert_no_credentials(
+    req: &podgate_testkit::fake_pod::Recorded,
+    api_token: &str,
+    assertions: &AssertionVerifier,
+) {
     for (name, value) in &req.headers {
+        if name == ASSERTION_HEADER {
+            let asserted = assertions.verify(value, now_unix()).unwrap();
+            assert_eq!((asserted.sub.as_str(), asserted.pod.as_str()), (USER, POD));
+            continue;
+        }
         assert!(
             !value.contains(api_token) && !value.contains("pg_") && !value.contains("eyJ"),
             "the pod saw a credential in {name}: {value}"
@@ -185,6 +216,7 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     .unwrap();
     let stack = Stack::start(&["--cli-dir", cli_dir.path().to_str().unwrap()]).await;
     let pod = pod_running(&stack).await;
+    let assertions = assertion_verifier(&stack).await;
     let created = create_token(&stack, "CLI test").await;
     let api_token = created["token"].as_str().unwrap().to_owned();
     let init_url = created["init_url"].as_str().unwrap().to_owned();
@@ -261,7 +293,7 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     assert_eq!(reqs[0].path, "/api/items?q=1");
     assert_eq!(reqs[0].body_len, "hello pod".len());
     assert_eq!(reqs[0].header("x-trace"), Some("t1"));
-    assert_no_credentials(&reqs[0], &api_token);
+    assert_no_credentials(&reqs[0], &api_token, &assertions);
     pod.reset();
 
     // The right pod host on another port or scheme: the capability is not sent there.
@@ -318,7 +350,7 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     let ws_req = reqs.iter().find(|r| r.websocket).unwrap();
     assert_eq!(ws_req.path, "/ws");
     for r in &reqs {
-        assert_no_credentials(r, &api_token);
+        assert_no_credentials(r, &api_token, &assertions);
     }
     let _ = fwd.kill();
     let _ = fwd.wait();

@@ -20,13 +20,6 @@ use xds_support::*;
 
 const LIVE: Duration = Duration::from_secs(1);
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// Two fake pods on the same port of two loopback addresses (two "servers").
 async fn two_servers() -> (FakePod, FakePod) {
     for _ in 0..20 {

@@ -105,6 +105,14 @@ pub fn cli_binary() -> PathBuf {
     .clone()
 }
 
+/// Now, in unix seconds.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 /// This machine as the installer names it: `linux-x86_64` and the like.
 pub fn platform() -> String {
     let run = |arg: &str| {
