@@ -16,6 +16,9 @@ use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+/// How long the provider may take to print its `ready` line.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
 /// The provider's default clients (provider.mjs): a confidential web client (also allowed
 /// `client_credentials`), a public CLI client, and an application podgate does not trust.
 pub const WEB: (&str, &str) = ("podgate-web", "podgate-web-secret");
@@ -187,7 +190,9 @@ impl OidcProvider {
             // Keep draining so the provider never blocks on a full pipe.
             for _ in lines {}
         });
-        let ready = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        // Node loads oidc-provider's module graph at start: seconds on an idle machine, much
+        // more on a loaded one; this only bounds a provider that never comes up.
+        let ready = tokio::task::spawn_blocking(move || rx.recv_timeout(READY_WITHIN))
             .await
             .unwrap();
         let mut p = OidcProvider {
@@ -204,7 +209,8 @@ impl OidcProvider {
         let ready: Value = match ready {
             Ok(line) => serde_json::from_str(&line).unwrap(),
             Err(_) => panic!(
-                "provider.mjs did not start within 30 s; its stderr:\n{}",
+                "provider.mjs did not start within {} s; its stderr:\n{}",
+                READY_WITHIN.as_secs(),
                 p.stderr_text()
             ),
         };
