@@ -14,27 +14,35 @@
 //! no context-create, body, log or done callbacks. `proxy_on_http_call_response` is entered
 //! only for the answer to a capability renewal (`renewal`), once per capability and worker,
 //! or to an API-token exchange (`exchange`), once per token, pod, port and worker.
+//!
+//! Beside this file: `renewals` (the renew calls and where each capability's renewal stands),
+//! `api_tokens` (the exchange calls and the requests waiting for them) and `access` (the
+//! access log's filter state).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
-use podgate_protocol::access_log;
 use podgate_protocol::assertion::ASSERTION_HEADER;
 use podgate_protocol::config::FilterConfig;
-use podgate_protocol::config::{POD_HEADER, PORT_HEADER};
 use podgate_protocol::exchange::{self, ExchangeKey, ExchangeNeeded};
 use podgate_protocol::gate::{Forward, Gate, HeaderEdit, Outcome};
-use podgate_protocol::renewal::{self, Renewed};
+use podgate_protocol::renewal;
 use podgate_protocol::reply::{Denial, Reply};
 use podgate_protocol::response::ResponseEdit;
 use podgate_protocol::token::Verified;
 use podgate_protocol::wake::{self, WakeCall};
 
 mod abi;
+mod access;
+mod api_tokens;
 mod raw;
+mod renewals;
 
+use access::record;
+use api_tokens::PendingExchange;
 use raw::{LogLevel, MapType};
+use renewals::Renewal;
 
 /// How often the root context flushes the counters and looks for WebSockets whose capability
 /// expired.
@@ -185,16 +193,6 @@ struct Filter {
     root_context: Option<u32>,
 }
 
-/// An exchange in flight: the streams waiting for it, and when it started (unix seconds).
-struct PendingExchange {
-    waiting: Vec<u32>,
-    started: i64,
-}
-
-/// How long after its start an exchange call is taken as lost (its answer is due within
-/// the call's timeout, at most `renewal::MAX_TIMEOUT_MS`).
-const EXCHANGE_LOST_SECS: i64 = 15;
-
 /// What becomes of a stream that waited for an HTTP call, once the filter is released.
 pub(crate) enum Resume {
     /// Let it go on (its edits, if any, are applied).
@@ -210,48 +208,8 @@ struct OpenSocket {
     renew_at: Option<i64>,
 }
 
-/// Where the renewal of one capability stands, in one worker.
-enum Renewal {
-    /// The call is in flight; these streams wait for it (bounded by the call's timeout).
-    InFlight {
-        old: Rc<Verified>,
-        waiting: Vec<u32>,
-    },
-    /// Renewed: requests still carrying the old capability get this cookie too.
-    Fresh {
-        capability: Rc<Verified>,
-        set_cookie: Rc<str>,
-        until: i64,
-    },
-    /// The control plane refused: no more calls for it; the old one lives out its lifetime.
-    Refused { until: i64 },
-    /// No usable answer: tried again from `retry_at`.
-    Failed { retry_at: i64, until: i64 },
-}
-
-impl Renewal {
-    /// Whether the entry is still of use at `now`: an old capability past its `exp` and the
-    /// leeway is refused before renewal is considered.
-    fn live(&self, now: i64) -> bool {
-        match self {
-            Renewal::InFlight { .. } => true,
-            Renewal::Fresh { until, .. }
-            | Renewal::Refused { until }
-            | Renewal::Failed { until, .. } => now <= *until,
-        }
-    }
-}
-
-/// Most renewals one worker remembers; past it, capabilities are not renewed until old entries
-/// expire (they then go on until their own `exp`).
-const MAX_RENEWALS: usize = 4096;
-/// How long an entry outlives the old capability's `exp`: the verification leeway's maximum.
-const RENEWAL_KEPT_SECS: i64 = 300;
 /// Most pods one worker remembers asking to start; past it, older entries go first.
 const MAX_WAKES: usize = 4096;
-/// How long after a failed renewal the next request tries again.
-const RENEWAL_RETRY_SECS: i64 = 5;
-
 /// Per-stream state by Envoy's context id. Ids are Envoy's counter, not the client's, so they
 /// need no keyed hash, and a keyed one would be a visible share of a cached request.
 type ByContext<V> = HashMap<u32, V, BuildHasherDefault<ContextIdHasher>>;
@@ -308,78 +266,6 @@ fn answer(reply: &Reply) -> Action {
         );
     }
     Action::Pause
-}
-
-/// Tells the access log who the request is for, the pod, the port and the decision
-/// (`access_log`). A failure is logged, never a reason to refuse the request.
-fn record(outcome: &Outcome) {
-    let set = |name: &str, edits: &[HeaderEdit]| {
-        edits.iter().rev().find_map(|edit| match edit {
-            HeaderEdit::Set(n, v) if n == name => Some(v.clone()),
-            _ => None,
-        })
-    };
-    let value = match outcome {
-        Outcome::Forward(forward) => {
-            let decision = if forward.user.is_some() {
-                access_log::Decision::Allow
-            } else {
-                access_log::Decision::Callback
-            };
-            let pod = set(POD_HEADER, &forward.edits);
-            let port = set(PORT_HEADER, &forward.edits);
-            access_log::line(
-                forward.user.as_deref(),
-                pod.as_deref(),
-                port.as_deref(),
-                decision,
-                None,
-            )
-        }
-        Outcome::Deny(denial) => access_log::line(
-            None,
-            None,
-            None,
-            access_log::Decision::Deny,
-            Some(denial.reason()),
-        ),
-        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => access_log::line(
-            None,
-            None,
-            None,
-            access_log::Decision::Deny,
-            Some(reply.reason),
-        ),
-        // Recorded once the exchange decides it (`decide_again`, or the refusal).
-        Outcome::Exchange(_) => return,
-        Outcome::Preflight(_) => {
-            access_log::line(None, None, None, access_log::Decision::Preflight, None)
-        }
-        Outcome::Answer(_) => {
-            access_log::line(None, None, None, access_log::Decision::Answer, None)
-        }
-    };
-    set_access_line(&value);
-}
-
-/// The access log's line for a request refused for `reason` after it waited (an exchange).
-fn record_refusal(reason: &str) {
-    set_access_line(&access_log::line(
-        None,
-        None,
-        None,
-        access_log::Decision::Deny,
-        Some(reason),
-    ));
-}
-
-fn set_access_line(value: &str) {
-    if let Err(status) = raw::set_property(access_log::PROPERTY, value) {
-        log(
-            LogLevel::Error,
-            &format!("podgate: cannot set the access log's filter state: {status:?}"),
-        );
-    }
 }
 
 fn apply_request(edits: &[HeaderEdit]) -> Result<(), raw::HostStatus> {
@@ -482,117 +368,6 @@ impl Filter {
         self.metrics.flush();
     }
 
-    /// Renews the capabilities of open WebSockets that reached their renewal time: a fresh
-    /// one already there replaces it; otherwise one call per capability starts (owned by the
-    /// root context, as the tick runs there, so no stream waits on it).
-    fn renew_websockets(&mut self) {
-        if self.websockets.is_empty() {
-            return;
-        }
-        let Some(now) = now_unix() else { return };
-        let due: Vec<u32> = self
-            .websockets
-            .iter()
-            .filter(|(_, s)| renewal::due(s.renew_at, now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let Some(socket) = self.websockets.get(&id) else {
-                continue;
-            };
-            let old = Rc::clone(&socket.capability);
-            match self.renewals.get(&old.claims.jti) {
-                Some(Renewal::Fresh { capability, .. }) => {
-                    let capability = Rc::clone(capability);
-                    self.renew_socket(id, capability);
-                }
-                Some(Renewal::InFlight { .. } | Renewal::Refused { .. }) => {}
-                Some(Renewal::Failed { retry_at, .. }) if now < *retry_at => {}
-                _ => {
-                    self.start_renewal(&old, now);
-                }
-            }
-        }
-    }
-
-    /// The WebSocket `id` lives on `capability` from now on.
-    fn renew_socket(&mut self, id: u32, capability: Rc<Verified>) {
-        let renew_at = renewal::renew_at(
-            self.gate.config().and_then(|c| c.renewal.as_ref()),
-            &capability,
-            true,
-        );
-        if let Some(socket) = self.websockets.get_mut(&id) {
-            socket.capability = capability;
-            socket.renew_at = renew_at;
-        }
-    }
-
-    /// Starts the renew call for `old`; whether it is in flight.
-    fn start_renewal(&mut self, old: &Rc<Verified>, now: i64) -> bool {
-        let jti = &old.claims.jti;
-        if self.renewals.len() >= MAX_RENEWALS && !self.renewals.contains_key(jti) {
-            return false;
-        }
-        let Some(call) = self.gate.renewal_call(old) else {
-            return false;
-        };
-        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
-        match raw::http_call(call.cluster, &headers, b"", call.timeout_ms) {
-            Ok(token) => {
-                self.calls.insert(token, jti.clone());
-                self.renewals.insert(
-                    jti.clone(),
-                    Renewal::InFlight {
-                        old: Rc::clone(old),
-                        waiting: Vec::new(),
-                    },
-                );
-                true
-            }
-            Err(status) => {
-                log(
-                    LogLevel::Error,
-                    &format!("podgate: cannot call the control plane to renew: {status:?}"),
-                );
-                self.metrics.bump(Counter::RenewalFailed, 1);
-                self.renewals.insert(
-                    jti.clone(),
-                    Renewal::Failed {
-                        retry_at: now + RENEWAL_RETRY_SECS,
-                        until: old.expires_at + RENEWAL_KEPT_SECS,
-                    },
-                );
-                false
-            }
-        }
-    }
-
-    /// A request with a capability due for renewal: a fresh one already there goes on its
-    /// response; otherwise the first such request starts the call and waits for it (bounded
-    /// by the call's timeout), and the others go on with the old capability meanwhile.
-    fn renew_for_request(&mut self, context_id: u32, old: &Rc<Verified>, now: i64) -> Action {
-        match self.renewals.get_mut(&old.claims.jti) {
-            Some(Renewal::Fresh { set_cookie, .. }) => {
-                self.set_cookies.insert(context_id, Rc::clone(set_cookie));
-                Action::Continue
-            }
-            Some(Renewal::InFlight { .. } | Renewal::Refused { .. }) => Action::Continue,
-            Some(Renewal::Failed { retry_at, .. }) if now < *retry_at => Action::Continue,
-            _ => {
-                if !self.start_renewal(old, now) {
-                    return Action::Continue;
-                }
-                if let Some(Renewal::InFlight { waiting, .. }) =
-                    self.renewals.get_mut(&old.claims.jti)
-                {
-                    waiting.push(context_id);
-                }
-                Action::Pause
-            }
-        }
-    }
-
     /// The control plane answered a call (or the call failed: no headers). Returns the streams
     /// that waited for it and what becomes of each, for the caller once the filter is
     /// released.
@@ -609,82 +384,6 @@ impl Filter {
             .into_iter()
             .map(|id| (id, Resume::Continue))
             .collect()
-    }
-
-    /// The control plane answered a renew call (or the call failed); the streams that waited
-    /// for it.
-    fn on_renewal_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-    ) -> Vec<u32> {
-        let Some(jti) = self.calls.remove(&token) else {
-            return Vec::new();
-        };
-        let Some(Renewal::InFlight { old, waiting }) = self.renewals.remove(&jti) else {
-            return Vec::new();
-        };
-        let status = if num_headers == 0 {
-            0
-        } else {
-            raw::header_map_bytes(MapType::HttpCallResponseHeaders)
-                .map_or(0, |h| renewal::call_status(&h))
-        };
-        let body = if body_size == 0 {
-            Vec::new()
-        } else {
-            raw::http_call_body(body_size).unwrap_or_default()
-        };
-        let now = now_unix();
-        let renewed = match now {
-            Some(now) => self.gate.renewed(&old, status, &body, now),
-            None => Renewed::Failed,
-        };
-        let now = now.unwrap_or(0);
-        let until = old.expires_at + RENEWAL_KEPT_SECS;
-        let state = match renewed {
-            Renewed::Fresh {
-                capability,
-                set_cookie,
-            } => {
-                self.metrics.bump(Counter::Renewed, 1);
-                for id in &waiting {
-                    self.set_cookies.insert(*id, Rc::clone(&set_cookie));
-                }
-                let sockets: Vec<u32> = self
-                    .websockets
-                    .iter()
-                    .filter(|(_, s)| s.capability.claims.jti == jti)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in sockets {
-                    self.renew_socket(id, Rc::clone(&capability));
-                }
-                Renewal::Fresh {
-                    capability,
-                    set_cookie,
-                    until,
-                }
-            }
-            Renewed::Refused => {
-                self.metrics.bump(Counter::RenewalRefused, 1);
-                Renewal::Refused { until }
-            }
-            Renewed::Failed => {
-                log(
-                    LogLevel::Info,
-                    &format!("podgate: renewal failed (status {status}); the capability goes on"),
-                );
-                self.metrics.bump(Counter::RenewalFailed, 1);
-                Renewal::Failed {
-                    retry_at: now + RENEWAL_RETRY_SECS,
-                    until,
-                }
-            }
-        };
-        self.renewals.insert(jti, state);
-        waiting
     }
 
     /// Closes every WebSocket whose capability has expired (unrenewed), is refused by the
@@ -794,200 +493,6 @@ impl Filter {
             }
             Outcome::Exchange(need) => self.start_exchange(context_id, need),
         }
-    }
-
-    /// A request with an API token not yet exchanged for this pod and port waits for the
-    /// control plane: it joins the call in flight for the same key, or starts one if fewer
-    /// than `exchange::MAX_IN_FLIGHT` are; beyond that it is answered 429 at once.
-    fn start_exchange(&mut self, context_id: u32, need: Rc<ExchangeNeeded>) -> Action {
-        let Some(now) = now_unix() else {
-            return self.deny(&Denial::HostCallFailed);
-        };
-        // A call never answered (it cannot be, but a lost one must not hold its key and a
-        // slot for good) is forgotten.
-        if self
-            .exchanges
-            .values()
-            .any(|p| now.saturating_sub(p.started) > EXCHANGE_LOST_SECS)
-        {
-            self.exchanges
-                .retain(|_, p| now.saturating_sub(p.started) <= EXCHANGE_LOST_SECS);
-            let live = &self.exchanges;
-            self.exchange_calls
-                .retain(|_, (need, _)| live.contains_key(&need.key));
-        }
-        if let Some(pending) = self.exchanges.get_mut(&need.key) {
-            pending.waiting.push(context_id);
-            return Action::Pause;
-        }
-        // The client's address, so the control plane limits failed tokens per client.
-        let source = raw::property(&["source", "address"]).ok();
-        let client = source
-            .as_deref()
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .map(exchange::client_ip)
-            .unwrap_or_default()
-            .to_owned();
-        if let Some(wait) = self.backoff.waiting(&client, now) {
-            return self.deny(&Denial::ExchangeBusy(wait));
-        }
-        if self.exchanges.len() >= exchange::MAX_IN_FLIGHT {
-            return self.deny(&Denial::ExchangeBusy(exchange::RETRY_AFTER_SECS));
-        }
-        let given = Some(client.as_str()).filter(|c| !c.is_empty());
-        let Some(call) = self.gate.exchange_call(&need, given) else {
-            return self.deny(&Denial::ExchangeFailed);
-        };
-        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
-        // Made on behalf of the root context, so that it outlives this stream (the requests
-        // that join it are then still answered), and back to this stream for the rest.
-        let on_root = self
-            .root_context
-            .is_some_and(|root| raw::set_effective_context(root).is_ok());
-        let made = raw::http_call(call.cluster, &headers, b"", call.timeout_ms);
-        if on_root {
-            if let Err(status) = raw::set_effective_context(context_id) {
-                return self
-                    .host_failed("returning to the request after the exchange call", status);
-            }
-        }
-        match made {
-            Ok(token) => {
-                self.metrics.bump(Counter::ExchangeCalls, 1);
-                let pending = PendingExchange {
-                    waiting: vec![context_id],
-                    started: now,
-                };
-                self.exchanges.insert(need.key, pending);
-                self.exchange_calls.insert(token, (need, client));
-                Action::Pause
-            }
-            Err(status) => {
-                log(
-                    LogLevel::Error,
-                    &format!("podgate: cannot call the control plane to exchange: {status:?}"),
-                );
-                self.deny(&Denial::ExchangeFailed)
-            }
-        }
-    }
-
-    /// The control plane answered an exchange call (or the call failed: no headers): the
-    /// answer is judged and remembered, and every stream that waited is decided again (a
-    /// forward has its edits applied here) or gets the refusal. What to do with each, for the
-    /// caller once the filter is released.
-    fn on_exchange_response(
-        &mut self,
-        need: &ExchangeNeeded,
-        client: &str,
-        num_headers: usize,
-        body_size: usize,
-    ) -> Vec<(u32, Resume)> {
-        let waiting = self
-            .exchanges
-            .remove(&need.key)
-            .map(|p| p.waiting)
-            .unwrap_or_default();
-        let (status, retry_after) = if num_headers == 0 {
-            (0, None)
-        } else {
-            raw::header_map_bytes(MapType::HttpCallResponseHeaders).map_or((0, None), |h| {
-                (renewal::call_status(&h), exchange::call_retry_after(&h))
-            })
-        };
-        let body = if body_size == 0 {
-            Vec::new()
-        } else {
-            raw::http_call_body(body_size).unwrap_or_default()
-        };
-        let Some(now) = now_unix() else {
-            let reply = Denial::HostCallFailed.reply();
-            return waiting
-                .into_iter()
-                .map(|id| (id, Resume::Reply(reply.clone())))
-                .collect();
-        };
-        if let Err(denial) = self.gate.exchanged(need, status, retry_after, &body, now) {
-            if let Denial::ExchangeBusy(secs) = denial {
-                self.backoff.back_off(client, secs, now);
-            }
-            if status == 0 || denial == Denial::ExchangeFailed {
-                log(
-                    LogLevel::Error,
-                    &format!("podgate: API-token exchange failed (status {status})"),
-                );
-            }
-            let reply = denial.reply();
-            return waiting
-                .into_iter()
-                .map(|id| {
-                    self.metrics.denied(reply.reason);
-                    if raw::set_effective_context(id).is_ok() {
-                        record_refusal(reply.reason);
-                    }
-                    (id, Resume::Reply(reply.clone()))
-                })
-                .collect();
-        }
-        self.metrics.bump(Counter::ExchangeGranted, 1);
-        waiting
-            .into_iter()
-            .filter_map(|id| self.decide_again(id, now).map(|resume| (id, resume)))
-            .collect()
-    }
-
-    /// Decides the waiting stream `context_id` again, now that its exchange is known; `None`
-    /// when the stream is gone.
-    fn decide_again(&mut self, context_id: u32, now: i64) -> Option<Resume> {
-        raw::set_effective_context(context_id).ok()?;
-        let bytes = raw::header_map_bytes(MapType::HttpRequestHeaders).ok()?;
-        let refuse = |f: &mut Filter, denial: Denial| {
-            let reply = denial.reply();
-            f.metrics.denied(reply.reason);
-            Resume::Reply(reply)
-        };
-        let outcome = self.gate.on_request(&bytes, now);
-        record(&outcome);
-        let resume = match outcome {
-            Outcome::Forward(forward) => {
-                if let Err(status) = apply_request(&forward.edits)
-                    .and_then(|()| raw::call_foreign_function("clear_route_cache"))
-                    .and_then(|()| self.set_assertion(&forward, now))
-                {
-                    log(
-                        LogLevel::Error,
-                        &format!("podgate: editing an exchanged request failed: {status:?}"),
-                    );
-                    return Some(refuse(self, Denial::HostCallFailed));
-                }
-                if forward.response.is_some() {
-                    self.responses.insert(context_id, Rc::clone(&forward));
-                }
-                if let (true, Some(cap)) = (forward.websocket, forward.capability.as_ref()) {
-                    let socket = OpenSocket {
-                        capability: Rc::clone(cap),
-                        renew_at: forward.renew_at,
-                    };
-                    self.websockets.insert(context_id, socket);
-                }
-                self.metrics.bump(Counter::Allowed, 1);
-                Resume::Continue
-            }
-            Outcome::Deny(denial) => refuse(self, denial),
-            Outcome::Page(reply) => {
-                self.metrics.denied(reply.reason);
-                Resume::Reply(reply)
-            }
-            Outcome::Wake { call, page } => {
-                self.wake(context_id, &call, now);
-                self.metrics.denied(page.reason);
-                Resume::Reply(page)
-            }
-            Outcome::Preflight(reply) | Outcome::Answer(reply) => Resume::Reply(reply),
-            // Judged and recorded, yet not found: never forwarded on a guess.
-            Outcome::Exchange(_) => refuse(self, Denial::ExchangeFailed),
-        };
-        Some(resume)
     }
 
     /// Asks the control plane to start a pod (`wake::WakeCall`), at most once per pod every

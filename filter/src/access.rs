@@ -1,0 +1,81 @@
+//! What the access log says about each request: the filter state `wasm.podgate`
+//! (`podgate_protocol::access_log`).
+
+use podgate_protocol::access_log;
+use podgate_protocol::config::{POD_HEADER, PORT_HEADER};
+use podgate_protocol::gate::{HeaderEdit, Outcome};
+
+use crate::log;
+use crate::raw::{self, LogLevel};
+
+/// Tells the access log who the request is for, the pod, the port and the decision
+/// (`access_log`). A failure is logged, never a reason to refuse the request.
+pub(crate) fn record(outcome: &Outcome) {
+    let set = |name: &str, edits: &[HeaderEdit]| {
+        edits.iter().rev().find_map(|edit| match edit {
+            HeaderEdit::Set(n, v) if n == name => Some(v.clone()),
+            _ => None,
+        })
+    };
+    let value = match outcome {
+        Outcome::Forward(forward) => {
+            let decision = if forward.user.is_some() {
+                access_log::Decision::Allow
+            } else {
+                access_log::Decision::Callback
+            };
+            let pod = set(POD_HEADER, &forward.edits);
+            let port = set(PORT_HEADER, &forward.edits);
+            access_log::line(
+                forward.user.as_deref(),
+                pod.as_deref(),
+                port.as_deref(),
+                decision,
+                None,
+            )
+        }
+        Outcome::Deny(denial) => access_log::line(
+            None,
+            None,
+            None,
+            access_log::Decision::Deny,
+            Some(denial.reason()),
+        ),
+        Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => access_log::line(
+            None,
+            None,
+            None,
+            access_log::Decision::Deny,
+            Some(reply.reason),
+        ),
+        // Recorded once the exchange decides it (`decide_again`, or the refusal).
+        Outcome::Exchange(_) => return,
+        Outcome::Preflight(_) => {
+            access_log::line(None, None, None, access_log::Decision::Preflight, None)
+        }
+        Outcome::Answer(_) => {
+            access_log::line(None, None, None, access_log::Decision::Answer, None)
+        }
+    };
+    set_access_line(&value);
+}
+
+/// The access log's line for a request refused for `reason` after it waited (an exchange).
+pub(crate) fn record_refusal(reason: &str) {
+    set_access_line(&access_log::line(
+        None,
+        None,
+        None,
+        access_log::Decision::Deny,
+        Some(reason),
+    ));
+}
+
+fn set_access_line(value: &str) {
+    if let Err(status) = raw::set_property(access_log::PROPERTY, value) {
+        log(
+            LogLevel::Error,
+            &format!("podgate: cannot set the access log's filter state: {status:?}"),
+        );
+    }
+}

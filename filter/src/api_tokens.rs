@@ -1,0 +1,220 @@
+//! API tokens at the edge, the filter's side: a request with an API token not yet exchanged
+//! waits for one call to the control plane per token, pod and port (`podgate_protocol::exchange`),
+//! then is decided again.
+
+use std::rc::Rc;
+
+use podgate_protocol::exchange::{self, ExchangeNeeded};
+use podgate_protocol::gate::Outcome;
+use podgate_protocol::renewal;
+use podgate_protocol::reply::Denial;
+
+use crate::access::{record, record_refusal};
+use crate::raw::{self, LogLevel, MapType};
+use crate::{apply_request, log, now_unix, Action, Counter, Filter, OpenSocket, Resume};
+
+/// An exchange in flight: the streams waiting for it, and when it started (unix seconds).
+pub(crate) struct PendingExchange {
+    waiting: Vec<u32>,
+    started: i64,
+}
+
+/// How long after its start an exchange call is taken as lost (its answer is due within
+/// the call's timeout, at most `renewal::MAX_TIMEOUT_MS`).
+const EXCHANGE_LOST_SECS: i64 = 15;
+
+impl Filter {
+    /// A request with an API token not yet exchanged for this pod and port waits for the
+    /// control plane: it joins the call in flight for the same key, or starts one if fewer
+    /// than `exchange::MAX_IN_FLIGHT` are; beyond that it is answered 429 at once.
+    pub(crate) fn start_exchange(&mut self, context_id: u32, need: Rc<ExchangeNeeded>) -> Action {
+        let Some(now) = now_unix() else {
+            return self.deny(&Denial::HostCallFailed);
+        };
+        // A call never answered (it cannot be, but a lost one must not hold its key and a
+        // slot for good) is forgotten.
+        if self
+            .exchanges
+            .values()
+            .any(|p| now.saturating_sub(p.started) > EXCHANGE_LOST_SECS)
+        {
+            self.exchanges
+                .retain(|_, p| now.saturating_sub(p.started) <= EXCHANGE_LOST_SECS);
+            let live = &self.exchanges;
+            self.exchange_calls
+                .retain(|_, (need, _)| live.contains_key(&need.key));
+        }
+        if let Some(pending) = self.exchanges.get_mut(&need.key) {
+            pending.waiting.push(context_id);
+            return Action::Pause;
+        }
+        // The client's address, so the control plane limits failed tokens per client.
+        let source = raw::property(&["source", "address"]).ok();
+        let client = source
+            .as_deref()
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .map(exchange::client_ip)
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(wait) = self.backoff.waiting(&client, now) {
+            return self.deny(&Denial::ExchangeBusy(wait));
+        }
+        if self.exchanges.len() >= exchange::MAX_IN_FLIGHT {
+            return self.deny(&Denial::ExchangeBusy(exchange::RETRY_AFTER_SECS));
+        }
+        let given = Some(client.as_str()).filter(|c| !c.is_empty());
+        let Some(call) = self.gate.exchange_call(&need, given) else {
+            return self.deny(&Denial::ExchangeFailed);
+        };
+        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
+        // Made on behalf of the root context, so that it outlives this stream (the requests
+        // that join it are then still answered), and back to this stream for the rest.
+        let on_root = self
+            .root_context
+            .is_some_and(|root| raw::set_effective_context(root).is_ok());
+        let made = raw::http_call(call.cluster, &headers, b"", call.timeout_ms);
+        if on_root {
+            if let Err(status) = raw::set_effective_context(context_id) {
+                return self
+                    .host_failed("returning to the request after the exchange call", status);
+            }
+        }
+        match made {
+            Ok(token) => {
+                self.metrics.bump(Counter::ExchangeCalls, 1);
+                let pending = PendingExchange {
+                    waiting: vec![context_id],
+                    started: now,
+                };
+                self.exchanges.insert(need.key, pending);
+                self.exchange_calls.insert(token, (need, client));
+                Action::Pause
+            }
+            Err(status) => {
+                log(
+                    LogLevel::Error,
+                    &format!("podgate: cannot call the control plane to exchange: {status:?}"),
+                );
+                self.deny(&Denial::ExchangeFailed)
+            }
+        }
+    }
+
+    /// The control plane answered an exchange call (or the call failed: no headers): the
+    /// answer is judged and remembered, and every stream that waited is decided again (a
+    /// forward has its edits applied here) or gets the refusal. What to do with each, for the
+    /// caller once the filter is released.
+    pub(crate) fn on_exchange_response(
+        &mut self,
+        need: &ExchangeNeeded,
+        client: &str,
+        num_headers: usize,
+        body_size: usize,
+    ) -> Vec<(u32, Resume)> {
+        let waiting = self
+            .exchanges
+            .remove(&need.key)
+            .map(|p| p.waiting)
+            .unwrap_or_default();
+        let (status, retry_after) = if num_headers == 0 {
+            (0, None)
+        } else {
+            raw::header_map_bytes(MapType::HttpCallResponseHeaders).map_or((0, None), |h| {
+                (renewal::call_status(&h), exchange::call_retry_after(&h))
+            })
+        };
+        let body = if body_size == 0 {
+            Vec::new()
+        } else {
+            raw::http_call_body(body_size).unwrap_or_default()
+        };
+        let Some(now) = now_unix() else {
+            let reply = Denial::HostCallFailed.reply();
+            return waiting
+                .into_iter()
+                .map(|id| (id, Resume::Reply(reply.clone())))
+                .collect();
+        };
+        if let Err(denial) = self.gate.exchanged(need, status, retry_after, &body, now) {
+            if let Denial::ExchangeBusy(secs) = denial {
+                self.backoff.back_off(client, secs, now);
+            }
+            if status == 0 || denial == Denial::ExchangeFailed {
+                log(
+                    LogLevel::Error,
+                    &format!("podgate: API-token exchange failed (status {status})"),
+                );
+            }
+            let reply = denial.reply();
+            return waiting
+                .into_iter()
+                .map(|id| {
+                    self.metrics.denied(reply.reason);
+                    if raw::set_effective_context(id).is_ok() {
+                        record_refusal(reply.reason);
+                    }
+                    (id, Resume::Reply(reply.clone()))
+                })
+                .collect();
+        }
+        self.metrics.bump(Counter::ExchangeGranted, 1);
+        waiting
+            .into_iter()
+            .filter_map(|id| self.decide_again(id, now).map(|resume| (id, resume)))
+            .collect()
+    }
+
+    /// Decides the waiting stream `context_id` again, now that its exchange is known; `None`
+    /// when the stream is gone.
+    fn decide_again(&mut self, context_id: u32, now: i64) -> Option<Resume> {
+        raw::set_effective_context(context_id).ok()?;
+        let bytes = raw::header_map_bytes(MapType::HttpRequestHeaders).ok()?;
+        let refuse = |f: &mut Filter, denial: Denial| {
+            let reply = denial.reply();
+            f.metrics.denied(reply.reason);
+            Resume::Reply(reply)
+        };
+        let outcome = self.gate.on_request(&bytes, now);
+        record(&outcome);
+        let resume = match outcome {
+            Outcome::Forward(forward) => {
+                if let Err(status) = apply_request(&forward.edits)
+                    .and_then(|()| raw::call_foreign_function("clear_route_cache"))
+                    .and_then(|()| self.set_assertion(&forward, now))
+                {
+                    log(
+                        LogLevel::Error,
+                        &format!("podgate: editing an exchanged request failed: {status:?}"),
+                    );
+                    return Some(refuse(self, Denial::HostCallFailed));
+                }
+                if forward.response.is_some() {
+                    self.responses.insert(context_id, Rc::clone(&forward));
+                }
+                if let (true, Some(cap)) = (forward.websocket, forward.capability.as_ref()) {
+                    let socket = OpenSocket {
+                        capability: Rc::clone(cap),
+                        renew_at: forward.renew_at,
+                    };
+                    self.websockets.insert(context_id, socket);
+                }
+                self.metrics.bump(Counter::Allowed, 1);
+                Resume::Continue
+            }
+            Outcome::Deny(denial) => refuse(self, denial),
+            Outcome::Page(reply) => {
+                self.metrics.denied(reply.reason);
+                Resume::Reply(reply)
+            }
+            Outcome::Wake { call, page } => {
+                self.wake(context_id, &call, now);
+                self.metrics.denied(page.reason);
+                Resume::Reply(page)
+            }
+            Outcome::Preflight(reply) | Outcome::Answer(reply) => Resume::Reply(reply),
+            // Judged and recorded, yet not found: never forwarded on a guess.
+            Outcome::Exchange(_) => refuse(self, Denial::ExchangeFailed),
+        };
+        Some(resume)
+    }
+}

@@ -1,0 +1,245 @@
+//! Renewing capabilities at the edge, the filter's side: one call per capability and worker
+//! when it enters its renewal window (`podgate_protocol::renewal`), for a request that waits for
+//! it or for the open WebSockets living on it.
+
+use std::rc::Rc;
+
+use podgate_protocol::renewal::{self, Renewed};
+use podgate_protocol::token::Verified;
+
+use crate::raw::{self, LogLevel, MapType};
+use crate::{log, now_unix, Action, Counter, Filter};
+
+/// Where the renewal of one capability stands, in one worker.
+pub(crate) enum Renewal {
+    /// The call is in flight; these streams wait for it (bounded by the call's timeout).
+    InFlight {
+        old: Rc<Verified>,
+        waiting: Vec<u32>,
+    },
+    /// Renewed: requests still carrying the old capability get this cookie too.
+    Fresh {
+        capability: Rc<Verified>,
+        set_cookie: Rc<str>,
+        until: i64,
+    },
+    /// The control plane refused: no more calls for it; the old one lives out its lifetime.
+    Refused { until: i64 },
+    /// No usable answer: tried again from `retry_at`.
+    Failed { retry_at: i64, until: i64 },
+}
+
+impl Renewal {
+    /// Whether the entry is still of use at `now`: an old capability past its `exp` and the
+    /// leeway is refused before renewal is considered.
+    pub(crate) fn live(&self, now: i64) -> bool {
+        match self {
+            Renewal::InFlight { .. } => true,
+            Renewal::Fresh { until, .. }
+            | Renewal::Refused { until }
+            | Renewal::Failed { until, .. } => now <= *until,
+        }
+    }
+}
+
+/// Most renewals one worker remembers; past it, capabilities are not renewed until old entries
+/// expire (they then go on until their own `exp`).
+const MAX_RENEWALS: usize = 4096;
+/// How long an entry outlives the old capability's `exp`: the verification leeway's maximum.
+const RENEWAL_KEPT_SECS: i64 = 300;
+/// How long after a failed renewal the next request tries again.
+const RENEWAL_RETRY_SECS: i64 = 5;
+
+impl Filter {
+    /// Renews the capabilities of open WebSockets that reached their renewal time: a fresh
+    /// one already there replaces it; otherwise one call per capability starts (owned by the
+    /// root context, as the tick runs there, so no stream waits on it).
+    pub(crate) fn renew_websockets(&mut self) {
+        if self.websockets.is_empty() {
+            return;
+        }
+        let Some(now) = now_unix() else { return };
+        let due: Vec<u32> = self
+            .websockets
+            .iter()
+            .filter(|(_, s)| renewal::due(s.renew_at, now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(socket) = self.websockets.get(&id) else {
+                continue;
+            };
+            let old = Rc::clone(&socket.capability);
+            match self.renewals.get(&old.claims.jti) {
+                Some(Renewal::Fresh { capability, .. }) => {
+                    let capability = Rc::clone(capability);
+                    self.renew_socket(id, capability);
+                }
+                Some(Renewal::InFlight { .. } | Renewal::Refused { .. }) => {}
+                Some(Renewal::Failed { retry_at, .. }) if now < *retry_at => {}
+                _ => {
+                    self.start_renewal(&old, now);
+                }
+            }
+        }
+    }
+
+    /// The WebSocket `id` lives on `capability` from now on.
+    fn renew_socket(&mut self, id: u32, capability: Rc<Verified>) {
+        let renew_at = renewal::renew_at(
+            self.gate.config().and_then(|c| c.renewal.as_ref()),
+            &capability,
+            true,
+        );
+        if let Some(socket) = self.websockets.get_mut(&id) {
+            socket.capability = capability;
+            socket.renew_at = renew_at;
+        }
+    }
+
+    /// Starts the renew call for `old`; whether it is in flight.
+    fn start_renewal(&mut self, old: &Rc<Verified>, now: i64) -> bool {
+        let jti = &old.claims.jti;
+        if self.renewals.len() >= MAX_RENEWALS && !self.renewals.contains_key(jti) {
+            return false;
+        }
+        let Some(call) = self.gate.renewal_call(old) else {
+            return false;
+        };
+        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
+        match raw::http_call(call.cluster, &headers, b"", call.timeout_ms) {
+            Ok(token) => {
+                self.calls.insert(token, jti.clone());
+                self.renewals.insert(
+                    jti.clone(),
+                    Renewal::InFlight {
+                        old: Rc::clone(old),
+                        waiting: Vec::new(),
+                    },
+                );
+                true
+            }
+            Err(status) => {
+                log(
+                    LogLevel::Error,
+                    &format!("podgate: cannot call the control plane to renew: {status:?}"),
+                );
+                self.metrics.bump(Counter::RenewalFailed, 1);
+                self.renewals.insert(
+                    jti.clone(),
+                    Renewal::Failed {
+                        retry_at: now + RENEWAL_RETRY_SECS,
+                        until: old.expires_at + RENEWAL_KEPT_SECS,
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    /// A request with a capability due for renewal: a fresh one already there goes on its
+    /// response; otherwise the first such request starts the call and waits for it (bounded
+    /// by the call's timeout), and the others go on with the old capability meanwhile.
+    pub(crate) fn renew_for_request(
+        &mut self,
+        context_id: u32,
+        old: &Rc<Verified>,
+        now: i64,
+    ) -> Action {
+        match self.renewals.get_mut(&old.claims.jti) {
+            Some(Renewal::Fresh { set_cookie, .. }) => {
+                self.set_cookies.insert(context_id, Rc::clone(set_cookie));
+                Action::Continue
+            }
+            Some(Renewal::InFlight { .. } | Renewal::Refused { .. }) => Action::Continue,
+            Some(Renewal::Failed { retry_at, .. }) if now < *retry_at => Action::Continue,
+            _ => {
+                if !self.start_renewal(old, now) {
+                    return Action::Continue;
+                }
+                if let Some(Renewal::InFlight { waiting, .. }) =
+                    self.renewals.get_mut(&old.claims.jti)
+                {
+                    waiting.push(context_id);
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    /// The control plane answered a renew call (or the call failed); the streams that waited
+    /// for it.
+    pub(crate) fn on_renewal_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+    ) -> Vec<u32> {
+        let Some(jti) = self.calls.remove(&token) else {
+            return Vec::new();
+        };
+        let Some(Renewal::InFlight { old, waiting }) = self.renewals.remove(&jti) else {
+            return Vec::new();
+        };
+        let status = if num_headers == 0 {
+            0
+        } else {
+            raw::header_map_bytes(MapType::HttpCallResponseHeaders)
+                .map_or(0, |h| renewal::call_status(&h))
+        };
+        let body = if body_size == 0 {
+            Vec::new()
+        } else {
+            raw::http_call_body(body_size).unwrap_or_default()
+        };
+        let now = now_unix();
+        let renewed = match now {
+            Some(now) => self.gate.renewed(&old, status, &body, now),
+            None => Renewed::Failed,
+        };
+        let now = now.unwrap_or(0);
+        let until = old.expires_at + RENEWAL_KEPT_SECS;
+        let state = match renewed {
+            Renewed::Fresh {
+                capability,
+                set_cookie,
+            } => {
+                self.metrics.bump(Counter::Renewed, 1);
+                for id in &waiting {
+                    self.set_cookies.insert(*id, Rc::clone(&set_cookie));
+                }
+                let sockets: Vec<u32> = self
+                    .websockets
+                    .iter()
+                    .filter(|(_, s)| s.capability.claims.jti == jti)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in sockets {
+                    self.renew_socket(id, Rc::clone(&capability));
+                }
+                Renewal::Fresh {
+                    capability,
+                    set_cookie,
+                    until,
+                }
+            }
+            Renewed::Refused => {
+                self.metrics.bump(Counter::RenewalRefused, 1);
+                Renewal::Refused { until }
+            }
+            Renewed::Failed => {
+                log(
+                    LogLevel::Info,
+                    &format!("podgate: renewal failed (status {status}); the capability goes on"),
+                );
+                self.metrics.bump(Counter::RenewalFailed, 1);
+                Renewal::Failed {
+                    retry_at: now + RENEWAL_RETRY_SECS,
+                    until,
+                }
+            }
+        };
+        self.renewals.insert(jti, state);
+        waiting
+    }
+}
