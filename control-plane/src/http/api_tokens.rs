@@ -21,6 +21,7 @@ use crate::auth::api_tokens::{
 use crate::auth::verify::{identify, Accept, Identity, Via};
 use crate::config::cli_dir::CliBinary;
 use crate::http::error::{error_response, ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
+use crate::http::openapi::{Malformed, NotFound, Unauthorized};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, single_params};
 use crate::store::{now_unix, ApiTokenRow};
@@ -178,8 +179,8 @@ pub fn decode_init_config(config: &str) -> Option<(String, Option<String>)> {
     tag = "api-tokens",
     responses(
         (status = 201, description = "The new API token, shown once"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        Malformed,
+        Unauthorized,
     )
 )]
 async fn create_token(
@@ -290,7 +291,7 @@ fn token_view(t: &ApiTokenRow, now: i64) -> Value {
     tag = "api-tokens",
     responses(
         (status = 200, description = "The caller's API tokens"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        Unauthorized,
     )
 )]
 async fn list_tokens(
@@ -332,8 +333,8 @@ async fn list_tokens(
     ),
     responses(
         (status = 200, description = "Revoked"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        Unauthorized,
+        NotFound,
     )
 )]
 async fn revoke_token(
@@ -389,7 +390,7 @@ fn page(status: StatusCode, body: String) -> Response {
     ),
     responses(
         (status = 200, description = "The setup page of an init URL"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
+        Malformed,
     )
 )]
 async fn init_page(State(state): State<AppState>, PathArgs(config): PathArgs<String>) -> Response {
@@ -574,7 +575,7 @@ fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) 
     tag = "api-tokens",
     responses(
         (status = 200, description = "The installer script"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
+        Malformed,
     )
 )]
 async fn install_script_handler(

@@ -13,8 +13,9 @@ use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
 
 use crate::auth::verify::{identify, Accept};
-use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody};
+use crate::http::error::{ApiError, ApiResult, JsonBody};
 use crate::http::limits::{self, Endpoint};
+use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, parse_target};
 use crate::mint::mint_in_session_for;
@@ -57,10 +58,10 @@ pub struct CapabilityResponse {
     request_body = CapabilityRequest,
     responses(
         (status = 200, description = "A capability for the pod port", body = CapabilityResponse),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn capabilities(

@@ -10,7 +10,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::identity::start_session;
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::openapi::{Malformed, NotFound};
 use crate::http::shared::{after_login, no_store, single_params};
 use crate::http::{cookies, session};
 use crate::ids::check_id;
@@ -35,8 +36,8 @@ pub fn dev_router() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "Signed in (dev mode only)"),
         (status = 302, description = "A redirect"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
+        Malformed,
+        NotFound,
     )
 )]
 async fn dev_login(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {

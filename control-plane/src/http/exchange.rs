@@ -25,6 +25,7 @@ use crate::auth::api_tokens::{self, ApiTokenCheck, ApiTokenError};
 use crate::authz::authorize;
 use crate::http::error::{error_response, ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
+use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
 use crate::http::renew::{bearer, has_secret};
 use crate::http::request::ClientIp;
 use crate::http::shared::{no_store, parse_target};
@@ -71,11 +72,11 @@ fn end_client(headers: &HeaderMap, envoy: &str) -> String {
     ),
     responses(
         (status = 200, description = "`{token}`: a capability for that pod and port"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        Malformed,
+        Unauthorized,
         (status = 403, description = "Refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        NotFound,
+        TooMany,
     )
 )]
 async fn exchange(

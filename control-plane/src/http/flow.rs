@@ -15,8 +15,9 @@ use utoipa_axum::routes;
 
 use crate::auth::verify::browser_identity;
 use crate::http::cookies;
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
+use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
 use crate::http::request::credentials;
 use crate::http::shared::{is_page_load, no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
@@ -60,9 +61,9 @@ fn proxy_auth_url(state: &AppState, addr: &PodAddr, next: &str) -> String {
     tag = "flow",
     responses(
         (status = 302, description = "To the pod host's callback with a login ticket, or to the login"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn proxy_auth(
@@ -190,8 +191,8 @@ impl From<RedeemError> for CallbackFailure {
     tag = "flow",
     responses(
         (status = 302, description = "The capability cookie, and to `next`"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        TooMany,
     )
 )]
 async fn callback(

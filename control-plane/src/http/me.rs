@@ -13,7 +13,8 @@ use utoipa_axum::routes;
 
 use crate::auth::verify::{identify, Accept, Via};
 use crate::authz::may_reach;
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::openapi::Unauthorized;
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::no_store;
 use crate::store::{now_unix, AccessFacts, User, DEFAULT_SHARING};
@@ -75,7 +76,7 @@ async fn reachable_pods(state: &AppState, user: &User) -> ApiResult<Vec<Value>> 
     tag = "api-tokens",
     responses(
         (status = 200, description = "The caller, its API token if it used one, and the pods and ports it may reach"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        Unauthorized,
     )
 )]
 async fn me(

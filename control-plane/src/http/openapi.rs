@@ -18,6 +18,37 @@ use utoipa_axum::routes;
 use crate::http::error::ErrorBody;
 use crate::AppState;
 
+/// The error answers most operations share, named once so each `#[utoipa::path]` lists them
+/// by type: `responses((status = 200, ...), Malformed, Unauthorized, NotFound, TooMany)`. They
+/// only describe answers (`ApiError` builds them), so their field is never read.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+#[response(status = 400, description = "The request is malformed")]
+pub struct Malformed(ErrorBody);
+
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+#[response(status = 401, description = "Not signed in, or credentials refused")]
+pub struct Unauthorized(ErrorBody);
+
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+#[response(status = 404, description = "Not found, or not yours to see")]
+pub struct NotFound(ErrorBody);
+
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+#[response(
+    status = 409,
+    description = "Conflict: already exists, or still referenced"
+)]
+pub struct Conflict(ErrorBody);
+
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+#[response(status = 429, description = "Too many requests from this client")]
+pub struct TooMany(ErrorBody);
+
 /// The document's fixed part; the paths are added by the routers.
 #[derive(OpenApi)]
 #[openapi(

@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 use crate::http::cookies;
 use crate::http::error::{error_response, ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
+use crate::http::openapi::{TooMany, Unauthorized};
 use crate::http::shared::no_store;
 use crate::metrics::Outcome;
 use crate::renew::{renew_capability, RenewError};
@@ -67,9 +68,9 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     tag = "capabilities",
     responses(
         (status = 200, description = "`{token, set_cookie}`"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "Refused", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        TooMany,
     )
 )]
 async fn renew(State(state): State<AppState>, headers: HeaderMap) -> Response {

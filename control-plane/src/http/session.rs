@@ -24,7 +24,8 @@ use crate::auth::identity::{ended_sessions, EndedSession};
 use crate::auth::verify::browser_identity;
 use crate::cuts::cut_session;
 use crate::http::cookies;
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::openapi::Unauthorized;
 use crate::http::request::{cookie_headers, credentials};
 use crate::http::shared::no_store;
 use crate::AppState;
@@ -154,7 +155,7 @@ async fn provider_sign_out(state: &AppState, ended: &[EndedSession]) -> Option<S
     tag = "session",
     responses(
         (status = 200, description = "The signed-in user"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        Unauthorized,
     )
 )]
 async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {

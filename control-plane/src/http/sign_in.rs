@@ -28,6 +28,7 @@ use crate::config::idp::OidcProvider;
 use crate::http::cookies;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
+use crate::http::openapi::{Malformed, TooMany, Unauthorized};
 use crate::http::request::cookie_headers;
 use crate::http::shared::{after_login, is_page_load, no_store, single_params};
 use crate::metrics::{LoginMethod, Outcome};
@@ -201,8 +202,8 @@ fn chooser(
     responses(
         (status = 200, description = "OK"),
         (status = 302, description = "To the identity provider, or the chooser of providers"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        TooMany,
         (status = 502, description = "A provider answered nonsense", body = ErrorBody),
         (status = 503, description = "A dependency is unavailable", body = ErrorBody),
     )
@@ -312,10 +313,10 @@ async fn login(
     responses(
         (status = 200, description = "OK"),
         (status = 302, description = "Signed in: the session cookie, and to `next`"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        Malformed,
+        Unauthorized,
         (status = 403, description = "Refused", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        TooMany,
         (status = 502, description = "A provider answered nonsense", body = ErrorBody),
         (status = 503, description = "A dependency is unavailable", body = ErrorBody),
     )

@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 
 use crate::http::error::{error_response, ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
+use crate::http::openapi::Unauthorized;
 use crate::http::renew::{bearer, has_secret};
 use crate::metrics::WakeOutcome;
 use crate::renew::{still_allowed, RenewError};
@@ -38,7 +39,7 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     tag = "capabilities",
     responses(
         (status = 202, description = "The start hook is being called"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "Refused", body = ErrorBody),
         (status = 404, description = "No start hook is configured", body = ErrorBody),
         (status = 429, description = "The pod's start was asked for less than the interval ago, or too many requests from this client", body = ErrorBody),

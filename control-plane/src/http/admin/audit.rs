@@ -6,7 +6,8 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::http::error::{ApiError, ApiResult, ErrorBody, QueryArgs};
+use crate::http::error::{ApiError, ApiResult, QueryArgs};
+use crate::http::openapi::{Malformed, TooMany, Unauthorized};
 use crate::store::AuditEntry;
 use crate::AppState;
 
@@ -28,9 +29,9 @@ struct AuditQuery {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The mint audit trail"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        TooMany,
     )
 )]
 async fn list_audit(

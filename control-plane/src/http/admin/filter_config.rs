@@ -6,6 +6,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::error::{ApiResult, ErrorBody};
+use crate::http::openapi::{TooMany, Unauthorized};
 use crate::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -20,8 +21,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The configuration Envoy's filter gets"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        TooMany,
         (status = 503, description = "A dependency is unavailable", body = ErrorBody),
     )
 )]

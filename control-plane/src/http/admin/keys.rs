@@ -9,6 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::openapi::{TooMany, Unauthorized};
 use crate::store::{now_unix, KeyKind};
 use crate::AppState;
 
@@ -38,8 +39,8 @@ pub struct KeyInfo {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The signing keys' states"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        TooMany,
     )
 )]
 async fn list_keys(State(s): State<AppState>) -> ApiResult<Json<Vec<KeyInfo>>> {
@@ -70,8 +71,8 @@ async fn list_keys(State(s): State<AppState>) -> ApiResult<Json<Vec<KeyInfo>>> {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The new active keys"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        TooMany,
         (status = 500, description = "Internal error", body = ErrorBody),
     )
 )]

@@ -12,7 +12,8 @@ use super::{
     check_port, check_slug, check_text, created, deleted, nullable, parse_enum, require_user,
 };
 use crate::cuts::cut_lost_access;
-use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::store::HolderScope;
 use crate::store::{now_unix, parse_pod_status, Pod, PodPort, PodStatus, Sharing};
 use crate::AppState;
@@ -105,8 +106,8 @@ async fn require_pod(s: &AppState, slug: &str) -> ApiResult<Pod> {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every pod"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        TooMany,
     )
 )]
 async fn list_pods(State(s): State<AppState>) -> ApiResult<Json<Vec<Pod>>> {
@@ -120,11 +121,11 @@ async fn list_pods(State(s): State<AppState>) -> ApiResult<Json<Vec<Pod>>> {
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        Conflict,
+        TooMany,
     )
 )]
 async fn create_pod(
@@ -172,9 +173,9 @@ async fn create_pod(
     ),
     responses(
         (status = 200, description = "The pod"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn get_pod(
@@ -194,10 +195,10 @@ async fn get_pod(
     ),
     responses(
         (status = 200, description = "Updated"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn update_pod(
@@ -247,10 +248,10 @@ async fn update_pod(
     ),
     responses(
         (status = 200, description = "Updated"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn set_pod_status(
@@ -275,9 +276,9 @@ async fn set_pod_status(
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn delete_pod(
@@ -297,9 +298,9 @@ async fn delete_pod(
     ),
     responses(
         (status = 200, description = "The pod's ports"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn list_ports(
@@ -321,9 +322,9 @@ async fn list_ports(
     ),
     responses(
         (status = 200, description = "The port"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn get_port(
@@ -352,10 +353,10 @@ async fn get_port(
     ),
     responses(
         (status = 200, description = "Set"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn put_port(
@@ -395,9 +396,9 @@ async fn put_port(
     ),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn delete_port(

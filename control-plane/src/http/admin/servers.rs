@@ -8,7 +8,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{check_address, check_text, created, deleted, gen_id};
-use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::ids::check_id;
 use crate::store::{now_unix, Server};
 use crate::AppState;
@@ -42,8 +43,8 @@ struct ServerPatch {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every server"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        TooMany,
     )
 )]
 async fn list_servers(State(s): State<AppState>) -> ApiResult<Json<Vec<Server>>> {
@@ -57,10 +58,10 @@ async fn list_servers(State(s): State<AppState>) -> ApiResult<Json<Vec<Server>>>
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        Conflict,
+        TooMany,
     )
 )]
 async fn create_server(
@@ -94,9 +95,9 @@ async fn create_server(
     ),
     responses(
         (status = 200, description = "The server"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn get_server(
@@ -120,10 +121,10 @@ async fn get_server(
     ),
     responses(
         (status = 200, description = "Updated"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn update_server(
@@ -160,10 +161,10 @@ async fn update_server(
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        Conflict,
+        TooMany,
     )
 )]
 async fn delete_server(

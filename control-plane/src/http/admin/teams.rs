@@ -9,7 +9,8 @@ use utoipa_axum::routes;
 
 use super::{check_text, created, deleted, gen_id, parse_enum, require_user};
 use crate::cuts::cut_lost_access;
-use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::ids::check_id;
 use crate::store::HolderScope;
 use crate::store::{now_unix, Member, Role, Team};
@@ -43,8 +44,8 @@ struct TeamPatch {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every team"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        TooMany,
     )
 )]
 async fn list_teams(State(s): State<AppState>) -> ApiResult<Json<Vec<Team>>> {
@@ -58,10 +59,10 @@ async fn list_teams(State(s): State<AppState>) -> ApiResult<Json<Vec<Team>>> {
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        Conflict,
+        TooMany,
     )
 )]
 async fn create_team(
@@ -93,9 +94,9 @@ async fn create_team(
     ),
     responses(
         (status = 200, description = "The team"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn get_team(
@@ -119,10 +120,10 @@ async fn get_team(
     ),
     responses(
         (status = 200, description = "Updated"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn update_team(
@@ -147,10 +148,10 @@ async fn update_team(
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        Conflict,
+        TooMany,
     )
 )]
 async fn delete_team(
@@ -207,9 +208,9 @@ async fn require_team(s: &AppState, team_id: &str) -> ApiResult<()> {
     ),
     responses(
         (status = 200, description = "The team's members"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn list_members(
@@ -230,11 +231,11 @@ async fn list_members(
     ),
     responses(
         (status = 201, description = "Added"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        Conflict,
+        TooMany,
     )
 )]
 async fn add_member(
@@ -276,9 +277,9 @@ async fn add_member(
     ),
     responses(
         (status = 200, description = "The member"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn get_member(
@@ -303,10 +304,10 @@ async fn get_member(
     ),
     responses(
         (status = 200, description = "Updated"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn set_member_role(
@@ -343,9 +344,9 @@ async fn set_member_role(
     ),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn delete_member(

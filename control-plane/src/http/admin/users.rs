@@ -8,7 +8,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{check_email, check_text, created, deleted, gen_id, nullable};
-use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::ids::check_id;
 use crate::store::{now_unix, User};
 use crate::AppState;
@@ -43,8 +44,8 @@ struct UserPatch {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every user"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        TooMany,
     )
 )]
 async fn list_users(State(s): State<AppState>) -> ApiResult<Json<Vec<User>>> {
@@ -58,10 +59,10 @@ async fn list_users(State(s): State<AppState>) -> ApiResult<Json<Vec<User>>> {
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        Conflict,
+        TooMany,
     )
 )]
 async fn create_user(
@@ -97,9 +98,9 @@ async fn create_user(
     ),
     responses(
         (status = 200, description = "The user"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        TooMany,
     )
 )]
 async fn get_user(
@@ -123,11 +124,11 @@ async fn get_user(
     ),
     responses(
         (status = 200, description = "Updated"),
-        (status = 400, description = "The request is malformed", body = ErrorBody),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        Conflict,
+        TooMany,
     )
 )]
 async fn update_user(
@@ -166,10 +167,10 @@ async fn update_user(
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Not signed in, or credentials refused", body = ErrorBody),
-        (status = 404, description = "Not found, or not yours to see", body = ErrorBody),
-        (status = 409, description = "Conflict: already exists, or still referenced", body = ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        Unauthorized,
+        NotFound,
+        Conflict,
+        TooMany,
     )
 )]
 async fn delete_user(
