@@ -9,7 +9,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::{Harness, Resp, Which};
+use common::{Harness, Which};
 use podgate::config::Settings;
 use podgate::store::now_unix;
 use podgate_protocol::config::FilterConfig;
@@ -43,26 +43,6 @@ async fn api_token(h: &Harness, session: &str) -> (String, String) {
     )
 }
 
-async fn exchange(
-    h: &Harness,
-    secret: Option<&str>,
-    token: Option<&str>,
-    target: &str,
-    client: &str,
-) -> Resp {
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("/api/proxy-exchange?{target}"))
-        .header("podgate-client", client);
-    if let Some(s) = secret {
-        req = req.header("podgate-renew-secret", s);
-    }
-    if let Some(t) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    h.send(req.body(Body::empty()).unwrap()).await
-}
-
 const HERE: &str = "pod=myslug&port=8726";
 
 async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
@@ -75,13 +55,34 @@ async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
 
     // Only Envoy: without the secret, or with another, nothing is read.
     for secret in [None, Some("renew-secret-guessed-0123456789abcdef")] {
-        let r = exchange(&h, secret, Some(&token), HERE, "198.51.100.1").await;
+        let r = h
+            .as_envoy(
+                &format!("/api/proxy-exchange?{}", HERE),
+                secret,
+                Some(&token),
+                &[("podgate-client", "198.51.100.1")],
+            )
+            .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     }
-    let r = exchange(&h, Some(SECRET), None, HERE, "198.51.100.1").await;
+    let r = h
+        .as_envoy(
+            &format!("/api/proxy-exchange?{}", HERE),
+            Some(SECRET),
+            None,
+            &[("podgate-client", "198.51.100.1")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
 
-    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "198.51.100.1").await;
+    let r = h
+        .as_envoy(
+            &format!("/api/proxy-exchange?{}", HERE),
+            Some(SECRET),
+            Some(&token),
+            &[("podgate-client", "198.51.100.1")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let cap = r.json()["token"].as_str().unwrap().to_owned();
@@ -97,16 +98,23 @@ async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
     assert!(r.body.contains("\"exchange\""), "{}", r.body);
 
     // Another user's pod, or none: 404, as `/v1/capabilities` answers.
-    let r = exchange(&h, Some(SECRET), Some(&carols), HERE, "198.51.100.1").await;
+    let r = h
+        .as_envoy(
+            &format!("/api/proxy-exchange?{}", HERE),
+            Some(SECRET),
+            Some(&carols),
+            &[("podgate-client", "198.51.100.1")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
-    let r = exchange(
-        &h,
-        Some(SECRET),
-        Some(&token),
-        "pod=nosuch&port=8726",
-        "198.51.100.1",
-    )
-    .await;
+    let r = h
+        .as_envoy(
+            &format!("/api/proxy-exchange?{}", "pod=nosuch&port=8726"),
+            Some(SECRET),
+            Some(&token),
+            &[("podgate-client", "198.51.100.1")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
 
     // Revoked: refused from the next exchange on, and its capability listed for the filter.
@@ -118,7 +126,14 @@ async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
         .unwrap();
     let r = h.send(req).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "198.51.100.1").await;
+    let r = h
+        .as_envoy(
+            &format!("/api/proxy-exchange?{}", HERE),
+            Some(SECRET),
+            Some(&token),
+            &[("podgate-client", "198.51.100.1")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     assert!(r.body.contains("revoked"), "{}", r.body);
     let config = h.admin(Method::GET, "/v1/filter-config", None).await;
@@ -135,7 +150,14 @@ async fn failed_tokens_are_counted_per_end_client(which: Which) {
     let wrong = format!("pg_{}_{}", "0".repeat(24), "a".repeat(52));
     let mut limited = None;
     for _ in 0..20 {
-        let r = exchange(&h, Some(SECRET), Some(&wrong), HERE, "203.0.113.7").await;
+        let r = h
+            .as_envoy(
+                &format!("/api/proxy-exchange?{}", HERE),
+                Some(SECRET),
+                Some(&wrong),
+                &[("podgate-client", "203.0.113.7")],
+            )
+            .await;
         if r.status == StatusCode::TOO_MANY_REQUESTS {
             limited = Some(r);
             break;
@@ -145,7 +167,14 @@ async fn failed_tokens_are_counted_per_end_client(which: Which) {
     let limited = limited.expect("never limited");
     assert!(limited.header("retry-after").is_some(), "{limited:?}");
     // Another client through the same Envoy is not affected.
-    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "203.0.113.8").await;
+    let r = h
+        .as_envoy(
+            &format!("/api/proxy-exchange?{}", HERE),
+            Some(SECRET),
+            Some(&token),
+            &[("podgate-client", "203.0.113.8")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     h.finish().await;
 }

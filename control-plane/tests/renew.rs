@@ -7,9 +7,8 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
-use common::{Harness, Resp, Which};
+use axum::http::{Method, StatusCode};
+use common::{Harness, Which};
 use podgate::config::Settings;
 use podgate::store::now_unix;
 use podgate_protocol::config::{CompiledConfig, FilterConfig};
@@ -23,56 +22,6 @@ async fn harness(which: Which) -> Option<Harness> {
         ..s
     })
     .await
-}
-
-/// A capability for myslug:8726 through the browser flow, signed in with `session`.
-async fn capability(h: &Harness, session: &str) -> String {
-    let r = h
-        .get(
-            "/api/proxy-auth?pod=myslug&port=8726&next=%2F",
-            &[("cookie", session), ("accept", "text/html")],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-    let loc = url::Url::parse(r.header("location").unwrap()).unwrap();
-    let ticket = loc
-        .query_pairs()
-        .find(|(k, _)| k == "ticket")
-        .unwrap()
-        .1
-        .into_owned();
-    let host = format!("{}:{}", loc.host_str().unwrap(), loc.port().unwrap());
-    let req = Request::builder()
-        .uri(format!(
-            "/.podgate/callback?ticket={}&next=%2F",
-            podgate_protocol::redirect::encode_query_value(&ticket)
-        ))
-        .header(header::HOST, host)
-        .body(Body::empty())
-        .unwrap();
-    let r = h.send(req).await;
-    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-    r.header("set-cookie")
-        .unwrap()
-        .strip_prefix("podgate_cap=")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-async fn renew(h: &Harness, secret: Option<&str>, capability: Option<&str>) -> Resp {
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/proxy-renew");
-    if let Some(s) = secret {
-        req = req.header("podgate-renew-secret", s);
-    }
-    if let Some(c) = capability {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
-    }
-    h.send(req.body(Body::empty()).unwrap()).await
 }
 
 async fn filter(h: &Harness) -> (serde_json::Value, CompiledConfig) {
@@ -98,7 +47,7 @@ async fn renewal_keeps_the_session_and_needs_the_secret(which: Which) {
         .unwrap()
         .ends_with("/api/proxy-renew"));
     let session = h.login("alice").await;
-    let cap = capability(&h, &session).await;
+    let cap = h.browser_capability(&session).await;
     let old = verify(&c, &cap);
 
     // Only Envoy: without the secret, or with another, nothing is read.
@@ -107,16 +56,29 @@ async fn renewal_keeps_the_session_and_needs_the_secret(which: Which) {
         Some("renew-secret-guessed-0123456789abcdef"),
         Some(""),
     ] {
-        let r = renew(&h, secret, Some(&cap)).await;
+        let r = h
+            .as_envoy("/api/proxy-renew", secret, Some(&cap), &[])
+            .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{secret:?}: {}", r.body);
     }
     // With it: nothing to renew, a forgery, a ticket, a header token without a session.
-    let r = renew(&h, Some(SECRET), None).await;
+    let r = h
+        .as_envoy("/api/proxy-renew", Some(SECRET), None, &[])
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
-    let r = renew(&h, Some(SECRET), Some(&format!("{cap}x"))).await;
+    let r = h
+        .as_envoy(
+            "/api/proxy-renew",
+            Some(SECRET),
+            Some(&format!("{cap}x")),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
 
-    let r = renew(&h, Some(SECRET), Some(&cap)).await;
+    let r = h
+        .as_envoy("/api/proxy-renew", Some(SECRET), Some(&cap), &[])
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let body = r.json();
@@ -143,7 +105,9 @@ async fn renewal_keeps_the_session_and_needs_the_secret(which: Which) {
     let r = h.admin(Method::GET, "/v1/audit?user=alice", None).await;
     assert!(r.body.contains("\"renew\""), "{}", r.body);
     // A renewed capability renews again while the session lives.
-    let r = renew(&h, Some(SECRET), Some(&fresh)).await;
+    let r = h
+        .as_envoy("/api/proxy-renew", Some(SECRET), Some(&fresh), &[])
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
     // The session ends without a sign-out cut (gone from the store, as an expired one is):
@@ -158,7 +122,9 @@ async fn renewal_keeps_the_session_and_needs_the_secret(which: Which) {
         h.state.db().delete_session(&id_hash).await.unwrap();
     }
     for token in [&cap, &fresh] {
-        let r = renew(&h, Some(SECRET), Some(token)).await;
+        let r = h
+            .as_envoy("/api/proxy-renew", Some(SECRET), Some(token), &[])
+            .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     }
     h.finish().await;
@@ -170,10 +136,12 @@ async fn renewal_stops_at_sign_out_and_when_access_is_lost(which: Which) {
         return;
     };
     let alice_session = h.login("alice").await;
-    let alice = capability(&h, &alice_session).await;
-    let bob = capability(&h, &h.login("bob").await).await;
+    let alice = h.browser_capability(&alice_session).await;
+    let bob = h.browser_capability(&h.login("bob").await).await;
     for token in [&alice, &bob] {
-        let r = renew(&h, Some(SECRET), Some(token)).await;
+        let r = h
+            .as_envoy("/api/proxy-renew", Some(SECRET), Some(token), &[])
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
     // Bob leaves the team that gives him the pod.
@@ -181,12 +149,16 @@ async fn renewal_stops_at_sign_out_and_when_access_is_lost(which: Which) {
         .admin(Method::DELETE, "/v1/teams/t1/members/bob", None)
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
-    let r = renew(&h, Some(SECRET), Some(&bob)).await;
+    let r = h
+        .as_envoy("/api/proxy-renew", Some(SECRET), Some(&bob), &[])
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     // Alice signs out everywhere.
     let r = h.get("/auth/logout", &[("cookie", &alice_session)]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let r = renew(&h, Some(SECRET), Some(&alice)).await;
+    let r = h
+        .as_envoy("/api/proxy-renew", Some(SECRET), Some(&alice), &[])
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     h.finish().await;
 }

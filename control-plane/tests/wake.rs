@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
-use common::{Harness, Resp, Which};
+use axum::http::{Method, Request, StatusCode};
+use common::{Harness, Which};
 use podgate::config::Settings;
 
 const SECRET: &str = "renew-secret-0123456789abcdef0123456789";
@@ -78,56 +78,6 @@ async fn harness(which: Which, hook: Option<String>) -> Option<Harness> {
     .await
 }
 
-/// A capability for myslug:8726 through the browser flow, signed in with `session`.
-async fn capability(h: &Harness, session: &str) -> String {
-    let r = h
-        .get(
-            "/api/proxy-auth?pod=myslug&port=8726&next=%2F",
-            &[("cookie", session), ("accept", "text/html")],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-    let loc = url::Url::parse(r.header("location").unwrap()).unwrap();
-    let ticket = loc
-        .query_pairs()
-        .find(|(k, _)| k == "ticket")
-        .unwrap()
-        .1
-        .into_owned();
-    let host = format!("{}:{}", loc.host_str().unwrap(), loc.port().unwrap());
-    let req = Request::builder()
-        .uri(format!(
-            "/.podgate/callback?ticket={}&next=%2F",
-            podgate_protocol::redirect::encode_query_value(&ticket)
-        ))
-        .header(header::HOST, host)
-        .body(Body::empty())
-        .unwrap();
-    let r = h.send(req).await;
-    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-    r.header("set-cookie")
-        .unwrap()
-        .strip_prefix("podgate_cap=")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-async fn wake(h: &Harness, secret: Option<&str>, capability: Option<&str>) -> Resp {
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/proxy-wake");
-    if let Some(s) = secret {
-        req = req.header("podgate-renew-secret", s);
-    }
-    if let Some(c) = capability {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
-    }
-    h.send(req.body(Body::empty()).unwrap()).await
-}
-
 async fn the_hook_is_called_with_its_secret_once_per_interval(which: Which) {
     let platform = Platform::default();
     let base = platform.start().await;
@@ -136,20 +86,24 @@ async fn the_hook_is_called_with_its_secret_once_per_interval(which: Which) {
     };
     let r = h.admin(Method::GET, "/v1/filter-config", None).await;
     assert_eq!(r.json()["wake"], true, "{}", r.body);
-    let cap = capability(&h, &h.login("alice").await).await;
+    let cap = h.browser_capability(&h.login("alice").await).await;
 
     // Only Envoy: without the renewal secret nothing is read and nothing is called.
     for secret in [None, Some("renew-secret-guessed-0123456789abcdef")] {
-        let r = wake(&h, secret, Some(&cap)).await;
+        let r = h.as_envoy("/api/proxy-wake", secret, Some(&cap), &[]).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{secret:?}: {}", r.body);
     }
     for token in [None, Some(format!("{cap}x"))] {
-        let r = wake(&h, Some(SECRET), token.as_deref()).await;
+        let r = h
+            .as_envoy("/api/proxy-wake", Some(SECRET), token.as_deref(), &[])
+            .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     }
     assert!(platform.calls().is_empty());
 
-    let r = wake(&h, Some(SECRET), Some(&cap)).await;
+    let r = h
+        .as_envoy("/api/proxy-wake", Some(SECRET), Some(&cap), &[])
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let calls = platform.called(1).await;
     assert_eq!(
@@ -161,7 +115,9 @@ async fn the_hook_is_called_with_its_secret_once_per_interval(which: Which) {
     );
     // Within the interval: refused, and the hook is not called again.
     for _ in 0..3 {
-        let r = wake(&h, Some(SECRET), Some(&cap)).await;
+        let r = h
+            .as_envoy("/api/proxy-wake", Some(SECRET), Some(&cap), &[])
+            .await;
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -176,20 +132,24 @@ async fn a_user_who_may_not_reach_the_pod_starts_nothing(which: Which) {
     let Some(h) = harness(which, Some(base)).await else {
         return;
     };
-    let bob = capability(&h, &h.login("bob").await).await;
+    let bob = h.browser_capability(&h.login("bob").await).await;
     // Bob leaves the team that gives him the pod.
     let r = h
         .admin(Method::DELETE, "/v1/teams/t1/members/bob", None)
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
-    let r = wake(&h, Some(SECRET), Some(&bob)).await;
+    let r = h
+        .as_envoy("/api/proxy-wake", Some(SECRET), Some(&bob), &[])
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     // A signed-out session starts nothing either.
     let alice_session = h.login("alice").await;
-    let alice = capability(&h, &alice_session).await;
+    let alice = h.browser_capability(&alice_session).await;
     let r = h.get("/auth/logout", &[("cookie", &alice_session)]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let r = wake(&h, Some(SECRET), Some(&alice)).await;
+    let r = h
+        .as_envoy("/api/proxy-wake", Some(SECRET), Some(&alice), &[])
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(platform.calls().is_empty(), "{:?}", platform.calls());
@@ -208,8 +168,10 @@ async fn without_a_hook_waking_is_off(which: Which) {
     };
     let r = h.admin(Method::GET, "/v1/filter-config", None).await;
     assert!(r.json().get("wake").is_none(), "{}", r.body);
-    let cap = capability(&h, &h.login("alice").await).await;
-    let r = wake(&h, Some(SECRET), Some(&cap)).await;
+    let cap = h.browser_capability(&h.login("alice").await).await;
+    let r = h
+        .as_envoy("/api/proxy-wake", Some(SECRET), Some(&cap), &[])
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
     h.finish().await;
 }

@@ -187,6 +187,67 @@ impl Harness {
         self.send(b.body(Body::empty()).unwrap()).await
     }
 
+    /// A call only Envoy's filter makes (`/api/proxy-renew`, `/api/proxy-wake`,
+    /// `/api/proxy-exchange?...`): `POST path` with the renewal secret and the credential as a
+    /// bearer, each when given, and these extra headers.
+    pub async fn as_envoy(
+        &self,
+        path: &str,
+        secret: Option<&str>,
+        bearer: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = Request::builder().method(Method::POST).uri(path);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        if let Some(s) = secret {
+            req = req.header("podgate-renew-secret", s);
+        }
+        if let Some(c) = bearer {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {c}"));
+        }
+        self.send(req.body(Body::empty()).unwrap()).await
+    }
+
+    /// A browser capability for myslug:8726, as the flow gives one to the browser signed in
+    /// with `session`: the auth endpoint's ticket redeemed at the pod host's callback.
+    pub async fn browser_capability(&self, session: &str) -> String {
+        let r = self
+            .get(
+                "/api/proxy-auth?pod=myslug&port=8726&next=%2F",
+                &[("cookie", session), ("accept", "text/html")],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+        let loc = url::Url::parse(r.header("location").unwrap()).unwrap();
+        let ticket = loc
+            .query_pairs()
+            .find(|(k, _)| k == "ticket")
+            .unwrap()
+            .1
+            .into_owned();
+        let host = format!("{}:{}", loc.host_str().unwrap(), loc.port().unwrap());
+        let req = Request::builder()
+            .uri(format!(
+                "/.podgate/callback?ticket={}&next=%2F",
+                podgate_protocol::redirect::encode_query_value(&ticket)
+            ))
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap();
+        let r = self.send(req).await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+        r.header("set-cookie")
+            .unwrap()
+            .strip_prefix("podgate_cap=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
     /// `GET /metrics`, checked to be OpenMetrics text and read with a Prometheus text-format
     /// parser.
     pub async fn metrics(&self) -> prometheus_parse::Scrape {
