@@ -91,7 +91,10 @@ fn one_request(data: &[u8]) {
             vm.logs()
         );
         match (&expected, &outcome) {
-            (GateOutcome::Preflight(reply), _) | (GateOutcome::Answer(reply), _) => {
+            (GateOutcome::Preflight(reply), _)
+            | (GateOutcome::Answer(reply), _)
+            | (GateOutcome::Page(reply), _)
+            | (GateOutcome::Wake { page: reply, .. }, _) => {
                 assert_eq!(
                     outcome.status(),
                     Some(reply.status),
