@@ -43,6 +43,19 @@ async fn api_token(h: &Harness, session: &str) -> (String, String) {
     )
 }
 
+/// `POST /api/proxy-exchange?{target}` as Envoy's filter makes it, from end client `client`.
+async fn exchange(
+    h: &Harness,
+    secret: Option<&str>,
+    token: Option<&str>,
+    target: &str,
+    client: &str,
+) -> common::Resp {
+    let path = format!("/api/proxy-exchange?{target}");
+    h.as_envoy(&path, secret, token, &[("podgate-client", client)])
+        .await
+}
+
 const HERE: &str = "pod=myslug&port=8726";
 
 async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
@@ -55,34 +68,13 @@ async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
 
     // Only Envoy: without the secret, or with another, nothing is read.
     for secret in [None, Some("renew-secret-guessed-0123456789abcdef")] {
-        let r = h
-            .as_envoy(
-                &format!("/api/proxy-exchange?{}", HERE),
-                secret,
-                Some(&token),
-                &[("podgate-client", "198.51.100.1")],
-            )
-            .await;
+        let r = exchange(&h, secret, Some(&token), HERE, "198.51.100.1").await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     }
-    let r = h
-        .as_envoy(
-            &format!("/api/proxy-exchange?{}", HERE),
-            Some(SECRET),
-            None,
-            &[("podgate-client", "198.51.100.1")],
-        )
-        .await;
+    let r = exchange(&h, Some(SECRET), None, HERE, "198.51.100.1").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
 
-    let r = h
-        .as_envoy(
-            &format!("/api/proxy-exchange?{}", HERE),
-            Some(SECRET),
-            Some(&token),
-            &[("podgate-client", "198.51.100.1")],
-        )
-        .await;
+    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "198.51.100.1").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let cap = r.json()["token"].as_str().unwrap().to_owned();
@@ -98,23 +90,16 @@ async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
     assert!(r.body.contains("\"exchange\""), "{}", r.body);
 
     // Another user's pod, or none: 404, as `/v1/capabilities` answers.
-    let r = h
-        .as_envoy(
-            &format!("/api/proxy-exchange?{}", HERE),
-            Some(SECRET),
-            Some(&carols),
-            &[("podgate-client", "198.51.100.1")],
-        )
-        .await;
+    let r = exchange(&h, Some(SECRET), Some(&carols), HERE, "198.51.100.1").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
-    let r = h
-        .as_envoy(
-            &format!("/api/proxy-exchange?{}", "pod=nosuch&port=8726"),
-            Some(SECRET),
-            Some(&token),
-            &[("podgate-client", "198.51.100.1")],
-        )
-        .await;
+    let r = exchange(
+        &h,
+        Some(SECRET),
+        Some(&token),
+        "pod=nosuch&port=8726",
+        "198.51.100.1",
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
 
     // Revoked: refused from the next exchange on, and its capability listed for the filter.
@@ -126,14 +111,7 @@ async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
         .unwrap();
     let r = h.send(req).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let r = h
-        .as_envoy(
-            &format!("/api/proxy-exchange?{}", HERE),
-            Some(SECRET),
-            Some(&token),
-            &[("podgate-client", "198.51.100.1")],
-        )
-        .await;
+    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "198.51.100.1").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     assert!(r.body.contains("revoked"), "{}", r.body);
     let config = h.admin(Method::GET, "/v1/filter-config", None).await;
@@ -150,14 +128,7 @@ async fn failed_tokens_are_counted_per_end_client(which: Which) {
     let wrong = format!("pg_{}_{}", "0".repeat(24), "a".repeat(52));
     let mut limited = None;
     for _ in 0..20 {
-        let r = h
-            .as_envoy(
-                &format!("/api/proxy-exchange?{}", HERE),
-                Some(SECRET),
-                Some(&wrong),
-                &[("podgate-client", "203.0.113.7")],
-            )
-            .await;
+        let r = exchange(&h, Some(SECRET), Some(&wrong), HERE, "203.0.113.7").await;
         if r.status == StatusCode::TOO_MANY_REQUESTS {
             limited = Some(r);
             break;
@@ -167,14 +138,7 @@ async fn failed_tokens_are_counted_per_end_client(which: Which) {
     let limited = limited.expect("never limited");
     assert!(limited.header("retry-after").is_some(), "{limited:?}");
     // Another client through the same Envoy is not affected.
-    let r = h
-        .as_envoy(
-            &format!("/api/proxy-exchange?{}", HERE),
-            Some(SECRET),
-            Some(&token),
-            &[("podgate-client", "203.0.113.8")],
-        )
-        .await;
+    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "203.0.113.8").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     h.finish().await;
 }
