@@ -222,30 +222,9 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
     let pod = FakePod::start_on("pod-team", "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    stack.cp.create_user("bob").await;
     stack
         .cp
-        .admin(
-            Method::POST,
-            "/v1/teams",
-            Some(json!({"id": "t1", "name": "Team one"})),
-        )
-        .await;
-    stack
-        .cp
-        .admin(
-            Method::POST,
-            "/v1/teams/t1/members",
-            Some(json!({"user_id": "bob"})),
-        )
-        .await;
-    stack
-        .cp
-        .admin(
-            Method::POST,
-            "/v1/pods",
-            Some(json!({"slug": "shared", "owner_id": USER, "team_id": "t1", "server_id": SERVER, "nginx_port": pod.addr().port(), "status": "running"})),
-        )
+        .team_pod_with_member("bob", "shared", pod.addr().port())
         .await;
     let bob_session = stack.cp.session("bob").await;
     let bob = stack.cp.mint(&bob_session, "shared").await.unwrap();

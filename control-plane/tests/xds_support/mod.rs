@@ -288,6 +288,31 @@ impl ControlPlane {
         .await;
     }
 
+    /// Team `t1` with `member` (created here) in it, and the running pod `slug` of `USER` on
+    /// `SERVER` shared with that team, its app on `port`.
+    pub async fn team_pod_with_member(&self, member: &str, slug: &str, port: u16) {
+        self.create_user(member).await;
+        let post = reqwest::Method::POST;
+        self.admin(
+            post.clone(),
+            "/v1/teams",
+            Some(json!({"id": "t1", "name": "Team one"})),
+        )
+        .await;
+        self.admin(
+            post.clone(),
+            "/v1/teams/t1/members",
+            Some(json!({"user_id": member})),
+        )
+        .await;
+        self.admin(
+            post,
+            "/v1/pods",
+            Some(json!({"slug": slug, "owner_id": USER, "team_id": "t1", "server_id": SERVER, "nginx_port": port, "status": "running"})),
+        )
+        .await;
+    }
+
     pub async fn create_server(&self, id: &str, address: IpAddr) {
         self.admin(
             reqwest::Method::POST,
