@@ -571,10 +571,7 @@ fn nothing_listening_is_a_503_naming_the_pod_and_port() {
     block_on(async {
         let (stack, _turn) = turn().await;
         let says = "Nothing is listening";
-        let answer = get(stack, "omega", "/", false).await;
-        assert_json_failure(stack, &answer, 503, "omega", says);
-        let answer = get(stack, "omega", "/", true).await;
-        assert_html_failure(stack, &answer, 503, "omega", says);
+        assert_failure_both_ways(stack, "omega", "/", 503, says).await;
         assert!(stack.nothing_forwarded(), "{}", stack.describe());
     });
 }
@@ -606,15 +603,21 @@ fn a_failure_answer_names_the_pod_the_filter_parsed_never_the_clients() {
     });
 }
 
+/// `GET path` on `pod` as a script and as a browser: the JSON failure, then the page, both
+/// with `status` and saying `says`.
+async fn assert_failure_both_ways(stack: &Stack, pod: &str, path: &str, status: u16, says: &str) {
+    let answer = get(stack, pod, path, false).await;
+    assert_json_failure(stack, &answer, status, pod, says);
+    let answer = get(stack, pod, path, true).await;
+    assert_html_failure(stack, &answer, status, pod, says);
+}
+
 #[test]
 fn a_pod_that_closes_the_connection_before_answering_is_a_503() {
     block_on(async {
         let (stack, _turn) = turn().await;
         let says = "closed the connection";
-        let answer = get(stack, "alpha", "/_fake/close", false).await;
-        assert_json_failure(stack, &answer, 503, "alpha", says);
-        let answer = get(stack, "alpha", "/_fake/close", true).await;
-        assert_html_failure(stack, &answer, 503, "alpha", says);
+        assert_failure_both_ways(stack, "alpha", "/_fake/close", 503, says).await;
     });
 }
 
@@ -623,10 +626,7 @@ fn a_pod_that_resets_the_connection_before_answering_is_a_503() {
     block_on(async {
         let (stack, _turn) = turn().await;
         let says = "closed the connection";
-        let answer = get(stack, "alpha", "/_fake/reset", false).await;
-        assert_json_failure(stack, &answer, 503, "alpha", says);
-        let answer = get(stack, "alpha", "/_fake/reset", true).await;
-        assert_html_failure(stack, &answer, 503, "alpha", says);
+        assert_failure_both_ways(stack, "alpha", "/_fake/reset", 503, says).await;
     });
 }
 
@@ -634,10 +634,7 @@ fn a_pod_that_resets_the_connection_before_answering_is_a_503() {
 fn a_pod_that_answers_garbage_is_a_502() {
     block_on(async {
         let (stack, _turn) = turn().await;
-        let answer = get(stack, "alpha", "/_fake/garbage", false).await;
-        assert_json_failure(stack, &answer, 502, "alpha", "not HTTP");
-        let answer = get(stack, "alpha", "/_fake/garbage", true).await;
-        assert_html_failure(stack, &answer, 502, "alpha", "not HTTP");
+        assert_failure_both_ways(stack, "alpha", "/_fake/garbage", 502, "not HTTP").await;
     });
 }
 
@@ -646,10 +643,7 @@ fn a_pod_that_never_answers_is_a_504_after_the_idle_timeout() {
     block_on(async {
         let (stack, _turn) = turn().await;
         let says = "did not answer in time";
-        let answer = get(stack, "alpha", "/_fake/never", false).await;
-        assert_json_failure(stack, &answer, 504, "alpha", says);
-        let answer = get(stack, "alpha", "/_fake/never", true).await;
-        assert_html_failure(stack, &answer, 504, "alpha", says);
+        assert_failure_both_ways(stack, "alpha", "/_fake/never", 504, says).await;
     });
 }
 
