@@ -67,17 +67,12 @@ impl Filter {
             return self.deny(&Denial::ExchangeFailed);
         };
         let headers = podgate_protocol::wire::encode_header_map(&call.headers);
-        // Made on behalf of the root context, so that it outlives this stream (the requests
-        // that join it are then still answered), and back to this stream for the rest.
-        let on_root = self
-            .root_context
-            .is_some_and(|root| raw::set_effective_context(root).is_ok());
-        let made = raw::http_call(call.cluster, &headers, b"", call.timeout_ms);
-        if on_root {
-            if let Err(status) = raw::set_effective_context(context_id) {
-                return self
-                    .host_failed("returning to the request after the exchange call", status);
-            }
+        // On the root context, so that the requests that join the call are still answered
+        // when this one's client gives up.
+        let (made, back) =
+            self.http_call_on_root(context_id, call.cluster, &headers, call.timeout_ms);
+        if let Err(status) = back {
+            return self.host_failed("returning to the request after the exchange call", status);
         }
         match made {
             Ok(token) => {

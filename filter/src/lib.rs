@@ -495,6 +495,29 @@ impl Filter {
         }
     }
 
+    /// An HTTP call to the control plane made on behalf of the root context, so that it
+    /// outlives the stream `context_id` (a call owned by a stream is cancelled, unanswered, when
+    /// the stream ends), then back to that stream. The call's token, and whether the stream is
+    /// effective again.
+    fn http_call_on_root(
+        &self,
+        context_id: u32,
+        cluster: &str,
+        headers: &[u8],
+        timeout_ms: u32,
+    ) -> (Result<u32, raw::HostStatus>, Result<(), raw::HostStatus>) {
+        let on_root = self
+            .root_context
+            .is_some_and(|root| raw::set_effective_context(root).is_ok());
+        let made = raw::http_call(cluster, headers, b"", timeout_ms);
+        let back = if on_root {
+            raw::set_effective_context(context_id)
+        } else {
+            Ok(())
+        };
+        (made, back)
+    }
+
     /// Asks the control plane to start a pod (`wake::WakeCall`), at most once per pod every
     /// `wake::CALL_EVERY_SECS` in this worker. Nobody waits for the answer: its token is not
     /// one of `calls`, so `on_http_call_response` drops it.
@@ -514,19 +537,14 @@ impl Filter {
             }
         }
         let headers = podgate_protocol::wire::encode_header_map(&call.headers);
-        // Made on behalf of the root context: the page is answered at once, and a call owned
-        // by that stream would be cancelled when it ends.
-        let on_root = self
-            .root_context
-            .is_some_and(|root| raw::set_effective_context(root).is_ok());
-        let made = raw::http_call(&call.cluster, &headers, b"", call.timeout_ms);
-        if on_root {
-            if let Err(status) = raw::set_effective_context(context_id) {
-                log(
-                    LogLevel::Error,
-                    &format!("podgate: cannot return to the request after waking: {status:?}"),
-                );
-            }
+        // On the root context: the page is answered at once, which ends the stream.
+        let (made, back) =
+            self.http_call_on_root(context_id, &call.cluster, &headers, call.timeout_ms);
+        if let Err(status) = back {
+            log(
+                LogLevel::Error,
+                &format!("podgate: cannot return to the request after waking: {status:?}"),
+            );
         }
         match made {
             Ok(_) => {
