@@ -19,9 +19,10 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use podgate_demo_pod::{marker, DemoPod};
 use podgate_wasm_tests::e2e::client::Answer;
 use podgate_wasm_tests::e2e::stack_full::{
-    query_params, save_artifact, FullStack, Page, Seeded, Servers, StackOptions, StaticPage,
-    WebClient, CAP_COOKIE, CP_HOST, SESSION_COOKIE,
+    query_params, save_artifact, FullStack, Seeded, Servers, StackOptions, StaticPage, CAP_COOKIE,
+    CP_HOST, SESSION_COOKIE,
 };
+use podgate_wasm_tests::e2e::web_client::{Page, WebClient};
 use podgate_wasm_tests::e2e::webdriver::{browser_or_skip, Browser};
 use podgate_wasm_tests::e2e::{block_on, EnvoyClient, WsOutcome};
 use podgate_wasm_tests::host::workspace_root;
@@ -271,7 +272,7 @@ fn invalid_cookie_page_load_redirects_fetch_gets_401_and_nothing_reaches_the_pod
             .send(
                 reqwest::Method::GET,
                 &url,
-                podgate_wasm_tests::e2e::stack_full::Kind::Navigate,
+                podgate_wasm_tests::e2e::web_client::Kind::Navigate,
                 &[],
                 None,
             )
@@ -578,7 +579,7 @@ fn unknown_pod_answers_404_at_proxy_auth_and_at_the_filter() {
             .send(
                 reqwest::Method::GET,
                 &stack.cp_url("/api/proxy-auth?pod=no-such-pod&port=8726"),
-                podgate_wasm_tests::e2e::stack_full::Kind::Navigate,
+                podgate_wasm_tests::e2e::web_client::Kind::Navigate,
                 &[],
                 None,
             )
@@ -627,7 +628,7 @@ fn user_removed_from_the_team_is_refused_at_the_next_proxy_auth() {
             .send(
                 reqwest::Method::GET,
                 &stack.cp_url(&format!("/api/proxy-auth?pod={}&port={API}", seeded.slug)),
-                podgate_wasm_tests::e2e::stack_full::Kind::Navigate,
+                podgate_wasm_tests::e2e::web_client::Kind::Navigate,
                 &[],
                 None,
             )
@@ -652,7 +653,7 @@ fn user_removed_from_the_team_is_refused_at_the_next_proxy_auth() {
                 .send(
                     reqwest::Method::GET,
                     &stack.cp_url(&format!("/api/proxy-auth?pod={}&port={port}", seeded.slug)),
-                    podgate_wasm_tests::e2e::stack_full::Kind::Navigate,
+                    podgate_wasm_tests::e2e::web_client::Kind::Navigate,
                     &[],
                     None,
                 )
