@@ -7,7 +7,7 @@ use clap::Parser;
 use podgate::config::{redact_url, Cli, Command, Config, KeysCommand, LogFormat, Need};
 use podgate::key_encryption::{self, KeyEncryptionKey};
 use podgate::store::{now_unix, Db};
-use podgate::{app, keys, metrics_app, xds_sync, AppState};
+use podgate::{app, keys, metrics_app, replicas, xds_sync, AppState};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -234,6 +234,12 @@ async fn serve(config: Config) -> Result<(), String> {
         shutdown_signal().await;
         stop.send_replace(true);
     });
+    // On PostgreSQL: this control plane's share of the rate limits, from its first request on.
+    replicas::beat(&state).await;
+    let replicas = tokio::spawn(replicas::run(
+        state.clone(),
+        xds_sync::stopped(stop_requested.clone()),
+    ));
 
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         format!("cannot listen on {listen}: {e}; set PODGATE_LISTEN to a free address")
@@ -271,6 +277,7 @@ async fn serve(config: Config) -> Result<(), String> {
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
+    let _ = replicas.await;
     reloader.abort();
     db.close().await;
     tracing::info!("podgate stopped");

@@ -10,9 +10,11 @@
 //!   host templates, the pod directory with status, issuer, auth URL, cookie name.
 //!
 //! Rebuilt at start, right after admin writes (debounced, so a burst is one push), and every
-//! few seconds as a safety net for changes made by other processes (`podgate keys rotate`,
-//! another control plane on the same PostgreSQL). Identical content is not pushed: versions are
-//! content hashes.
+//! few seconds as a safety net. On PostgreSQL every write that changes what Envoy gets is also
+//! announced on the [`CONFIG_CHANNEL`] (`NOTIFY`), and this task listens there: a change made
+//! through another control plane (or `podgate keys rotate`) is reloaded and pushed at once. The
+//! listening connection is opened again whenever it is lost, followed by a rebuild (what was
+//! announced meanwhile is lost). Identical content is not pushed: versions are content hashes.
 //!
 //! Publish before sign: while a new capability key is pending (see [`crate::keys`]), the task
 //! watches what every connected Envoy has acknowledged and clears the key for signing once all
@@ -37,7 +39,7 @@ use crate::config::{Config, XdsConfig};
 use crate::filter_config::{self, PODS_CLUSTER};
 use crate::keys::{LiveKeys, SigningGate};
 use crate::metrics::{DbOp, Metrics};
-use crate::store::{now_unix, Db};
+use crate::store::{now_unix, Backend, Db, CONFIG_CHANNEL};
 
 /// The ECDS resource name (the listener's `config_discovery` filter name) and the plugin root id.
 pub const FILTER_EXTENSION: &str = "podgate";
@@ -49,6 +51,10 @@ const PENDING_CHECK: Duration = Duration::from_millis(200);
 /// Envoy ACKs an ECDS update from its main thread and then hands it to the workers: give them
 /// a moment before tokens signed with the new key exist.
 const WORKER_SETTLE: Duration = Duration::from_millis(50);
+/// First wait before opening the listening connection again after losing it (doubles up to
+/// [`LISTEN_RETRY_MAX`]).
+const LISTEN_RETRY: Duration = Duration::from_millis(100);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Connect timeout to a pod's nginx.
 const POD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -190,6 +196,15 @@ pub async fn run(
     resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending_tick = tokio::time::interval(PENDING_CHECK);
     pending_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Changes announced by other processes on the database (PostgreSQL only).
+    let remote = Arc::new(tokio::sync::Notify::new());
+    let listener = (sync.sources.db.backend() == Backend::Postgres).then(|| {
+        tokio::spawn(listen(
+            sync.sources.config.database_url.clone(),
+            sync.sources.db.instance().to_owned(),
+            Arc::clone(&remote),
+        ))
+    });
     tokio::pin!(shutdown);
     // The first resync tick fires at once: that is the build at start.
     loop {
@@ -197,6 +212,14 @@ pub async fn run(
             () = &mut shutdown => break,
             () = sync.sources.changes.notified() => {
                 tokio::time::sleep(DEBOUNCE).await;
+                sync.rebuild().await;
+            }
+            () = remote.notified() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                // The change may be a key rotation.
+                if let Err(e) = sync.reload_keys().await {
+                    tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
+                }
                 sync.rebuild().await;
             }
             _ = resync_tick.tick() => {
@@ -214,6 +237,50 @@ pub async fn run(
             _ = pending_tick.tick(), if sync.pending.is_some() => sync.check_pending().await,
         }
     }
+    if let Some(listener) = listener {
+        listener.abort();
+    }
+}
+
+/// Listens on [`CONFIG_CHANNEL`] and wakes `remote` for every announcement not sent by this
+/// process (`own`), and once after every (re)connection, since announcements made while not
+/// listening are lost. Runs until aborted.
+async fn listen(url: String, own: String, remote: Arc<tokio::sync::Notify>) {
+    let mut retry = LISTEN_RETRY;
+    loop {
+        let mut listener = match connect_listener(&url).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?retry, "cannot listen for changes made by other control planes; the periodic resync still picks them up");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(LISTEN_RETRY_MAX);
+                continue;
+            }
+        };
+        retry = LISTEN_RETRY;
+        tracing::debug!(channel = CONFIG_CHANNEL, "listening for changes made by other control planes");
+        remote.notify_one();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) if n.payload() == own => {}
+                Ok(Some(_)) => remote.notify_one(),
+                Ok(None) => {
+                    tracing::warn!("lost the connection listening for changes made by other control planes; opening it again");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening for changes made by other control planes failed; opening it again");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn connect_listener(url: &str) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(CONFIG_CHANNEL).await?;
+    Ok(listener)
 }
 
 /// A key being published: the ECDS versions known to hold it.

@@ -51,7 +51,7 @@ async fn push_after_write(State(state): State<AppState>, req: Request, next: Nex
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
     let response = next.run(req).await;
     if writes && response.status().is_success() {
-        state.envoy_config_changed();
+        state.envoy_config_changed().await;
     }
     response
 }
