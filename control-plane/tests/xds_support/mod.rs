@@ -175,6 +175,8 @@ pub struct ControlPlane {
     pub http: SocketAddr,
     pub xds: SocketAddr,
     pub envoy_port: u16,
+    /// The issuer it was started with (`http://<its HTTP address>` unless shared).
+    pub issuer: String,
     proc: Podgate,
     http_client: reqwest::Client,
 }
@@ -184,14 +186,45 @@ impl ControlPlane {
     /// stored encrypted, as in production; a restart reads them back), logging to `podgate.log`;
     /// waits for `/readyz`.
     pub async fn start(envoy_port: u16, extra_args: &[&str]) -> ControlPlane {
+        Self::launch(envoy_port, None, extra_args).await
+    }
+
+    /// One of several control planes on one database: `podgate serve` on `database_url` with
+    /// the key-encryption key file `kek` and the issuer they all share (`None`: this one's own
+    /// URL); waits for `/readyz`.
+    pub async fn start_replica(
+        envoy_port: u16,
+        database_url: &str,
+        kek: &Path,
+        issuer: Option<&str>,
+        extra_args: &[&str],
+    ) -> ControlPlane {
+        Self::launch(envoy_port, Some((database_url, kek, issuer)), extra_args).await
+    }
+
+    async fn launch(
+        envoy_port: u16,
+        shared: Option<(&str, &Path, Option<&str>)>,
+        extra_args: &[&str],
+    ) -> ControlPlane {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let proc = Podgate::builder("xds-live", podgate_binary())
-            .listen(http)
-            .generate_kek()
+        let issuer = match shared {
+            Some((_, _, Some(issuer))) => issuer.to_owned(),
+            _ => format!("http://{http}"),
+        };
+        let mut builder = Podgate::builder("xds-live", podgate_binary()).listen(http);
+        builder = match shared {
+            Some((url, kek, _)) => builder
+                .database_url(url)
+                .arg("--key-encryption-key-file")
+                .arg(kek),
+            None => builder.generate_kek(),
+        };
+        let proc = builder
             .args(["--xds-listen", &xds.to_string()])
             .args(["--admin-token", ADMIN_TOKEN, "--dev-mode"])
-            .args(["--issuer", &format!("http://{http}")])
+            .args(["--issuer", &issuer])
             .args(["--pod-public-port", &envoy_port.to_string()])
             .arg("--filter-wasm")
             .arg(filter_wasm())
@@ -206,6 +239,7 @@ impl ControlPlane {
             http,
             xds,
             envoy_port,
+            issuer,
             proc,
             http_client: client(),
         }
@@ -425,6 +459,11 @@ impl Envoy {
 
     pub fn log(&self) -> String {
         self.inner.log()
+    }
+
+    /// One GET on the admin API (`/config_dump`, ...), as text.
+    pub async fn admin_get(&self, path_and_query: &str) -> String {
+        self.inner.admin_get(path_and_query).await.unwrap()
     }
 
     /// A stat counter from the admin API (0 when absent).
