@@ -134,7 +134,7 @@ async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), Strin
                 .await
                 .map_err(|e| e.to_string())?;
             println!(
-                "new active keys: {}; the previous keys keep verifying for {} s (running servers publish the new capability key to Envoy within {} s and sign with it once every Envoy has it)",
+                "new active keys: {}; the previous keys keep verifying for {} s (running servers publish the new capability key to Envoy at once on PostgreSQL, within {} s on SQLite, and sign with it once every Envoy has it)",
                 kids.join(", "),
                 config.rotation_overlap(),
                 podgate::config::DEFAULT_XDS_RESYNC

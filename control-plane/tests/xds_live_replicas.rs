@@ -1,7 +1,7 @@
 //! Several control planes on one PostgreSQL database (`PODGATE_TEST_POSTGRES_URL`; each test
 //! on a database of its own): changes made through one reach the Envoy of another at once
 //! (`NOTIFY`, not the periodic resync, which these tests set to a minute), with the time each
-//! took printed as p50/p99; a login ticket redeemed at one is refused at another; a rate limit
+//! took printed as p50/p99, also after the listening connections are lost; a login ticket redeemed at one is refused at another; a rate limit
 //! holds over both; three control planes starting together on an empty database migrate it
 //! once and make one signing key per kind.
 
@@ -286,17 +286,26 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
         timings.add("signed out", took);
     }
 
-    // Keys rotated: the new capability key is in the other Envoy's filter configuration.
-    for _ in 0..3 {
-        let rotated = one.admin(Method::POST, "/v1/keys/rotate", None).await;
+    // Keys rotated through the first control plane, then by `podgate keys rotate`: the new
+    // capability key is in the other Envoy's filter configuration.
+    for i in 0..5 {
+        let (kind, kids) = if i < 3 {
+            let rotated = one.admin(Method::POST, "/v1/keys/rotate", None).await;
+            let kids: Vec<String> = rotated["active"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect();
+            ("key rotated (API)", kids)
+        } else {
+            ("key rotated (CLI)", rotate_by_cli(&tdb.url, &kek).await)
+        };
         let at = Instant::now();
-        let kid = rotated["active"]
-            .as_array()
-            .unwrap()
+        let kid = kids
             .iter()
-            .filter_map(Value::as_str)
             .find(|k| k.starts_with("cap-"))
-            .unwrap_or_else(|| panic!("no capability key in {rotated}"))
+            .unwrap_or_else(|| panic!("no capability key in {kids:?}"))
             .to_owned();
         loop {
             if envoy.admin_get("/config_dump").await.contains(&kid) {
@@ -309,7 +318,31 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        timings.add("key rotated", at.elapsed());
+        timings.add(kind, at.elapsed());
+    }
+
+    // Both listening connections lost (terminated by the server): each control plane opens its
+    // own again and rebuilds, and a change made meanwhile still arrives at once.
+    let terminated = sqlx::query(
+        "SELECT pg_terminate_backend(pid) AS gone FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(tdb.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(terminated.len(), 2, "one listening connection per control plane");
+    one.create_pod("after", USER, SERVER, port, "running").await;
+    let at = Instant::now();
+    let token = one.mint(&alice, "after").await.unwrap();
+    let took = seen(&http, &envoy, "after", &token, at, "after the connection was lost", |a| {
+        a.status == 200
+    })
+    .await;
+    eprintln!("pod created while the listening connections were lost: routable in {took:?}");
+    let start = Instant::now();
+    while !plain(&two.log()).contains("opening it again") {
+        assert!(start.elapsed() < WITHIN, "{}", two.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     let all = timings.all();
@@ -325,6 +358,29 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
     assert!(all.len() >= 30);
     assert!(p99 < WITHIN, "p99 {p99:?}\n{}", logs());
     tdb.finish().await;
+}
+
+/// `podgate keys rotate` on `database_url`: the new key ids.
+async fn rotate_by_cli(database_url: &str, kek: &std::path::Path) -> Vec<String> {
+    let mut cmd = std::process::Command::new(podgate_binary());
+    cmd.env_clear()
+        .args(["keys", "rotate", "--database-url", database_url])
+        .arg("--key-encryption-key-file")
+        .arg(kek);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kids = stdout
+        .strip_prefix("new active keys: ")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    kids.split(", ").map(str::to_owned).collect()
 }
 
 /// `GET /api/proxy-auth` on `cp` for `pod` with `session`: the callback's Host and query.
