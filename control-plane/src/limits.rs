@@ -96,10 +96,7 @@ impl RateLimiter {
     /// This control plane's share: its burst and its time to regain one token.
     fn share(&self) -> (f64, f64) {
         let n = f64::from(self.replicas.load(Ordering::Relaxed).max(1));
-        (
-            (self.burst / n).max(1.0),
-            self.refill.as_secs_f64() * n,
-        )
+        ((self.burst / n).max(1.0), self.refill.as_secs_f64() * n)
     }
 
     /// The map, even after a panic elsewhere poisoned the lock (buckets are plain numbers).

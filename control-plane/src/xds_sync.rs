@@ -258,7 +258,10 @@ async fn listen(url: String, own: String, remote: Arc<tokio::sync::Notify>) {
             }
         };
         retry = LISTEN_RETRY;
-        tracing::debug!(channel = CONFIG_CHANNEL, "listening for changes made by other control planes");
+        tracing::debug!(
+            channel = CONFIG_CHANNEL,
+            "listening for changes made by other control planes"
+        );
         remote.notify_one();
         loop {
             match listener.try_recv().await {

@@ -113,14 +113,9 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
     let kek = dir.path().join("kek");
     let envoy_port = free_port();
     let one = ControlPlane::start_replica(envoy_port, &tdb.url, &kek, None, &SLOW_RESYNC).await;
-    let two = ControlPlane::start_replica(
-        envoy_port,
-        &tdb.url,
-        &kek,
-        Some(&one.issuer),
-        &SLOW_RESYNC,
-    )
-    .await;
+    let two =
+        ControlPlane::start_replica(envoy_port, &tdb.url, &kek, Some(&one.issuer), &SLOW_RESYNC)
+            .await;
     // The only Envoy, fed by the second control plane; every change goes through the first.
     let envoy = Envoy::start(envoy_port, two.xds.port(), two.http.port()).await;
     let logs = || {
@@ -153,9 +148,15 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
     )
     .await;
     let owner = one.mint(&alice, "shared").await.unwrap();
-    seen(&http, &envoy, "shared", &owner, Instant::now(), "the first pod", |a| {
-        a.status == 200
-    })
+    seen(
+        &http,
+        &envoy,
+        "shared",
+        &owner,
+        Instant::now(),
+        "the first pod",
+        |a| a.status == 200,
+    )
     .await;
 
     let mut timings = Timings::default();
@@ -199,9 +200,15 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
         .await;
         let at = Instant::now();
         let bob_token = two.mint(&bob_session, "shared").await.unwrap();
-        let took = seen(&http, &envoy, "shared", &bob_token, at, "member granted", |a| {
-            a.status == 200
-        })
+        let took = seen(
+            &http,
+            &envoy,
+            "shared",
+            &bob_token,
+            at,
+            "member granted",
+            |a| a.status == 200,
+        )
         .await;
         timings.add("member granted", took);
         one.admin(
@@ -211,7 +218,16 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
         )
         .await;
         let at = Instant::now();
-        let took = seen(&http, &envoy, "shared", &bob_token, at, "port restricted", refused).await;
+        let took = seen(
+            &http,
+            &envoy,
+            "shared",
+            &bob_token,
+            at,
+            "port restricted",
+            refused,
+        )
+        .await;
         timings.add("port restricted", took);
         one.admin(
             Method::PUT,
@@ -231,9 +247,15 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
         )
         .await;
         let carol_token = one.mint(&carol_session, "shared").await.unwrap();
-        seen(&http, &envoy, "shared", &carol_token, Instant::now(), "carol", |a| {
-            a.status == 200
-        })
+        seen(
+            &http,
+            &envoy,
+            "shared",
+            &carol_token,
+            Instant::now(),
+            "carol",
+            |a| a.status == 200,
+        )
         .await;
         one.admin(
             Method::DELETE,
@@ -242,15 +264,30 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
         )
         .await;
         let at = Instant::now();
-        let took = seen(&http, &envoy, "shared", &carol_token, at, "member removed", refused).await;
+        let took = seen(
+            &http,
+            &envoy,
+            "shared",
+            &carol_token,
+            at,
+            "member removed",
+            refused,
+        )
+        .await;
         timings.add("member removed", took);
 
         // An API token revoked.
         let (id, api_token) = create_api_token(&one, &alice, &format!("T{i}")).await;
         let by_token = mint_with_api_token(&one, &api_token, "shared").await;
-        seen(&http, &envoy, "shared", &by_token, Instant::now(), "API token", |a| {
-            a.status == 200
-        })
+        seen(
+            &http,
+            &envoy,
+            "shared",
+            &by_token,
+            Instant::now(),
+            "API token",
+            |a| a.status == 200,
+        )
         .await;
         let resp = http
             .delete(format!("http://{}/api/proxy-tokens/{id}", one.http))
@@ -260,18 +297,30 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
             .unwrap();
         assert_eq!(resp.status(), 200);
         let at = Instant::now();
-        let took = seen(&http, &envoy, "shared", &by_token, at, "API token revoked", |a| {
-            a.status == 401 && a.body.contains("revoked")
-        })
+        let took = seen(
+            &http,
+            &envoy,
+            "shared",
+            &by_token,
+            at,
+            "API token revoked",
+            |a| a.status == 401 && a.body.contains("revoked"),
+        )
         .await;
         timings.add("API token revoked", took);
 
         // A session signed out.
         let session = one.session(USER).await;
         let by_session = one.mint(&session, "shared").await.unwrap();
-        seen(&http, &envoy, "shared", &by_session, Instant::now(), "session", |a| {
-            a.status == 200
-        })
+        seen(
+            &http,
+            &envoy,
+            "shared",
+            &by_session,
+            Instant::now(),
+            "session",
+            |a| a.status == 200,
+        )
         .await;
         let resp = http
             .post(format!("http://{}/auth/logout", one.http))
@@ -282,7 +331,16 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
             .unwrap();
         assert_eq!(resp.status(), 200);
         let at = Instant::now();
-        let took = seen(&http, &envoy, "shared", &by_session, at, "signed out", refused).await;
+        let took = seen(
+            &http,
+            &envoy,
+            "shared",
+            &by_session,
+            at,
+            "signed out",
+            refused,
+        )
+        .await;
         timings.add("signed out", took);
     }
 
@@ -330,13 +388,23 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
     .fetch_all(tdb.db.pool())
     .await
     .unwrap();
-    assert_eq!(terminated.len(), 2, "one listening connection per control plane");
+    assert_eq!(
+        terminated.len(),
+        2,
+        "one listening connection per control plane"
+    );
     one.create_pod("after", USER, SERVER, port, "running").await;
     let at = Instant::now();
     let token = one.mint(&alice, "after").await.unwrap();
-    let took = seen(&http, &envoy, "after", &token, at, "after the connection was lost", |a| {
-        a.status == 200
-    })
+    let took = seen(
+        &http,
+        &envoy,
+        "after",
+        &token,
+        at,
+        "after the connection was lost",
+        |a| a.status == 200,
+    )
     .await;
     eprintln!("pod created while the listening connections were lost: routable in {took:?}");
     let start = Instant::now();
@@ -427,8 +495,7 @@ async fn a_login_ticket_redeemed_at_one_control_plane_is_refused_at_another() {
     let kek = dir.path().join("kek");
     let envoy_port = free_port();
     let one = ControlPlane::start_replica(envoy_port, &tdb.url, &kek, None, &[]).await;
-    let two =
-        ControlPlane::start_replica(envoy_port, &tdb.url, &kek, Some(&one.issuer), &[]).await;
+    let two = ControlPlane::start_replica(envoy_port, &tdb.url, &kek, Some(&one.issuer), &[]).await;
     one.create_user(USER).await;
     one.create_server(SERVER, IpAddr::from([127, 0, 0, 1]))
         .await;
@@ -496,7 +563,12 @@ async fn a_rate_limit_holds_over_two_control_planes() {
     let kek = dir.path().join("kek");
     let envoy_port = free_port();
     // Ten wrong admin tokens per client, regaining one a minute.
-    let limit = ["--admin-failures-burst", "10", "--admin-failures-per-minute", "1"];
+    let limit = [
+        "--admin-failures-burst",
+        "10",
+        "--admin-failures-per-minute",
+        "1",
+    ];
     let one = ControlPlane::start_replica(envoy_port, &tdb.url, &kek, None, &limit).await;
     let two =
         ControlPlane::start_replica(envoy_port, &tdb.url, &kek, Some(&one.issuer), &limit).await;
@@ -558,10 +630,7 @@ async fn three_control_planes_starting_together_migrate_an_empty_database_once()
     .fetch_all(tdb.db.pool())
     .await
     .unwrap();
-    let active: Vec<(String, i64)> = active
-        .iter()
-        .map(|r| (r.get("kind"), r.get("n")))
-        .collect();
+    let active: Vec<(String, i64)> = active.iter().map(|r| (r.get("kind"), r.get("n"))).collect();
     assert_eq!(
         active,
         [("capability".to_owned(), 1), ("ticket".to_owned(), 1)],

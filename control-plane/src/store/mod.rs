@@ -125,7 +125,8 @@ impl Db {
             tokio::spawn(checkpointer(pool.clone(), writer.clone()));
         }
         let mut id = [0u8; 8];
-        getrandom::getrandom(&mut id).map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+        getrandom::getrandom(&mut id)
+            .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
         Ok(Db {
             pool,
             writer,
@@ -160,7 +161,9 @@ impl Db {
     /// where one process serves the database.
     pub async fn announce_config_change(&self) -> Res<()> {
         if self.backend == Backend::Postgres {
-            sqlx::query(&self.announcement()).execute(&self.writer).await?;
+            sqlx::query(&self.announcement())
+                .execute(&self.writer)
+                .await?;
         }
         Ok(())
     }

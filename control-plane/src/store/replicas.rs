@@ -17,10 +17,12 @@ impl Db {
         .bind(self.instance())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM replicas WHERE seen_at < CAST(EXTRACT(EPOCH FROM now()) AS BIGINT) - $1")
-            .bind(forget_after)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM replicas WHERE seen_at < CAST(EXTRACT(EPOCH FROM now()) AS BIGINT) - $1",
+        )
+        .bind(forget_after)
+        .execute(&mut *tx)
+        .await?;
         let row = sqlx::query(
             "SELECT COUNT(*) AS live FROM replicas WHERE seen_at >= CAST(EXTRACT(EPOCH FROM now()) AS BIGINT) - $1",
         )
