@@ -219,11 +219,6 @@ impl Limiters {
     pub fn set_replicas(&self, n: u32) -> u32 {
         self.replicas.swap(n.max(1), Ordering::Relaxed)
     }
-
-    /// How many control planes share the limits.
-    pub fn replicas(&self) -> u32 {
-        self.replicas.load(Ordering::Relaxed)
-    }
 }
 
 #[cfg(test)]
