@@ -249,8 +249,14 @@ impl AppState {
     /// An announcement that fails is logged: the others' periodic resync still picks the change up.
     pub async fn envoy_config_changed(&self) {
         self.inner.envoy_config_changes.notify_one();
-        if let Err(e) = self.inner.db.announce_config_change().await {
-            tracing::warn!(error = %e, "could not announce the change to the other control planes; they pick it up at their next resync");
+        if self.inner.db.backend() != store::Backend::Postgres {
+            return;
+        }
+        match self.inner.db.announce_config_change().await {
+            Ok(()) => self.inner.metrics.announcement(true),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not announce the change to the other control planes; they pick it up at their next resync")
+            }
         }
     }
 

@@ -46,6 +46,7 @@ pub async fn beat(state: &AppState) {
     {
         Ok(live) => {
             let before = state.limits().set_replicas(live);
+            state.metrics().set_replicas(live);
             if before != live {
                 tracing::info!(
                     replicas = live,

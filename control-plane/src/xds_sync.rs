@@ -203,6 +203,7 @@ pub async fn run(
             sync.sources.config.database_url.clone(),
             sync.sources.db.instance().to_owned(),
             Arc::clone(&remote),
+            sync.sources.metrics.clone(),
         ))
     });
     tokio::pin!(shutdown);
@@ -245,7 +246,7 @@ pub async fn run(
 /// Listens on [`CONFIG_CHANNEL`] and wakes `remote` for every announcement not sent by this
 /// process (`own`), and once after every (re)connection, since announcements made while not
 /// listening are lost. Runs until aborted.
-async fn listen(url: String, own: String, remote: Arc<tokio::sync::Notify>) {
+async fn listen(url: String, own: String, remote: Arc<tokio::sync::Notify>, metrics: Metrics) {
     let mut retry = LISTEN_RETRY;
     loop {
         let mut listener = match connect_listener(&url).await {
@@ -262,11 +263,15 @@ async fn listen(url: String, own: String, remote: Arc<tokio::sync::Notify>) {
             channel = CONFIG_CHANNEL,
             "listening for changes made by other control planes"
         );
+        metrics.set_listening(true);
         remote.notify_one();
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) if n.payload() == own => {}
-                Ok(Some(_)) => remote.notify_one(),
+                Ok(Some(_)) => {
+                    metrics.announcement(false);
+                    remote.notify_one();
+                }
                 Ok(None) => {
                     tracing::warn!("lost the connection listening for changes made by other control planes; opening it again");
                     break;
@@ -277,6 +282,7 @@ async fn listen(url: String, own: String, remote: Arc<tokio::sync::Notify>) {
                 }
             }
         }
+        metrics.set_listening(false);
     }
 }
 

@@ -413,6 +413,43 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // What the metrics say: both listening, announcements sent by one and received by the
+    // other, two control planes sharing the rate limits.
+    let metrics = |cp: &ControlPlane| {
+        let url = format!("http://{}/metrics", cp.http);
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let sample = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let start = Instant::now();
+    loop {
+        let (m1, m2) = (metrics(&one).await, metrics(&two).await);
+        let replicas = (
+            sample(&m1, "podgate_replicas "),
+            sample(&m2, "podgate_replicas "),
+        );
+        if replicas == (2.0, 2.0) {
+            assert_eq!(sample(&m1, "podgate_config_listening "), 1.0);
+            assert_eq!(sample(&m2, "podgate_config_listening "), 1.0);
+            let sent = sample(
+                &m1,
+                "podgate_config_announcements_total{direction=\"sent\"} ",
+            );
+            let received = sample(
+                &m2,
+                "podgate_config_announcements_total{direction=\"received\"} ",
+            );
+            assert!(sent >= 40.0 && received >= 40.0, "{sent} {received}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{replicas:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let all = timings.all();
     for (kind, took) in &timings.0 {
         eprintln!("{kind:>18}: {took:?}");
