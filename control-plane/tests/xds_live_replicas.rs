@@ -1,9 +1,9 @@
 //! Several control planes on one PostgreSQL database (`PODGATE_TEST_POSTGRES_URL`; each test
 //! on a database of its own): changes made through one reach the Envoy of another at once
-//! (`NOTIFY`, not the periodic resync, which these tests set to a minute), with the time each
-//! took printed as p50/p99, also after the listening connections are lost; a login ticket redeemed at one is refused at another; a rate limit
-//! holds over both; three control planes starting together on an empty database migrate it
-//! once and make one signing key per kind.
+//! (`NOTIFY`, not the periodic resync, which that test sets to a minute), also after the
+//! listening connections are lost, with the times printed as p50/p99; a login ticket redeemed at
+//! one is refused at another; a rate limit holds over both; three control planes starting
+//! together on an empty database migrate it once and make one signing key per kind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
