@@ -80,6 +80,8 @@ impl Settings {
             start_hook_interval_secs: self.start_hook_interval_secs.or(o.start_hook_interval_secs),
             edge_rate_per_user: self.edge_rate_per_user.or(o.edge_rate_per_user),
             edge_rate_per_pod: self.edge_rate_per_pod.or(o.edge_rate_per_pod),
+            edge_concurrent_per_user: self.edge_concurrent_per_user.or(o.edge_concurrent_per_user),
+            edge_concurrent_per_pod: self.edge_concurrent_per_pod.or(o.edge_concurrent_per_pod),
             xds_listen: self.xds_listen.or(o.xds_listen),
             filter_wasm: self.filter_wasm.or(o.filter_wasm),
             cli_dir: self.cli_dir.or(o.cli_dir),
