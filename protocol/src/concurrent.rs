@@ -13,9 +13,10 @@
 //! Never leaks: every count is the number of held streams (`Streams::held`) with that key.
 //! A stream is held by its id when forwarded and released when Envoy deletes it, whatever
 //! ended it; a new configuration changes the limits, never the counts, so a stream opened
-//! before it is still released. A key whose count reaches zero is forgotten, so the maps hold
-//! at most the open streams' keys.
+//! before it is still released. A key whose count is back to zero keeps its entry until the
+//! map reaches `MAX_KEYS`, so that a user's next stream costs one lookup and no allocation.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
@@ -64,15 +65,22 @@ impl ConcurrencyLimits {
 }
 
 /// Open streams by key (a verified capability's `sub` or `pod`, minted by the control plane:
-/// no keyed hash needed).
-type Counts = HashMap<String, u32, BuildHasherDefault<Fnv>>;
+/// no keyed hash needed). Each count is shared with the streams that hold it (`Held`), so that
+/// letting go of a stream hashes no key.
+type Counts = HashMap<String, Rc<Cell<u32>>, BuildHasherDefault<Fnv>>;
+
+/// What a held stream counts against: its user's and its pod's counts.
+#[derive(Debug)]
+struct Held {
+    user: Rc<Cell<u32>>,
+    pod: Rc<Cell<u32>>,
+}
 
 /// One worker's open streams to pods, by stream (Envoy's context id), and their counts by user
 /// and by pod.
 #[derive(Debug, Default)]
 pub struct Streams {
-    /// The forward each held stream was let through with: its user and its capability's pod.
-    held: HashMap<u32, Rc<Forward>, BuildHasherDefault<Fnv>>,
+    held: HashMap<u32, Held, BuildHasherDefault<Fnv>>,
     users: Counts,
     pods: Counts,
 }
@@ -84,26 +92,38 @@ fn keys(forward: &Forward) -> Option<(&str, &str)> {
     Some((user, pod))
 }
 
+/// Most keys a count map keeps; past it, keys holding nothing are forgotten first.
+pub const MAX_KEYS: usize = 65_536;
+
 fn count(counts: &Counts, key: &str) -> u32 {
-    counts.get(key).copied().unwrap_or(0)
+    counts.get(key).map_or(0, |n| n.get())
 }
 
-fn add(counts: &mut Counts, key: &str) {
-    match counts.get_mut(key) {
-        Some(n) => *n = n.saturating_add(1),
-        None => {
-            counts.insert(key.to_owned(), 1);
+/// One more stream for `key` unless it holds `max` already (`None`: no limit): its count, or
+/// `None`. One lookup for a key seen before: a key whose streams all ended keeps its entry (at
+/// 0), so a user's next stream allocates nothing.
+fn take(counts: &mut Counts, key: &str, max: Option<u32>) -> Option<Rc<Cell<u32>>> {
+    if let Some(n) = counts.get(key) {
+        if max.is_some_and(|max| n.get() >= max) {
+            return None;
         }
+        n.set(n.get().saturating_add(1));
+        return Some(Rc::clone(n));
     }
+    if max == Some(0) {
+        return None;
+    }
+    if counts.len() >= MAX_KEYS {
+        counts.retain(|_, n| n.get() > 0);
+    }
+    let n = Rc::new(Cell::new(1));
+    counts.insert(key.to_owned(), Rc::clone(&n));
+    Some(n)
 }
 
-fn remove(counts: &mut Counts, key: &str) {
-    if let Some(n) = counts.get_mut(key) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            counts.remove(key);
-        }
-    }
+/// One stream fewer.
+fn give_back(n: &Cell<u32>) {
+    n.set(n.get().saturating_sub(1));
 }
 
 impl Streams {
@@ -114,27 +134,20 @@ impl Streams {
         &mut self,
         limits: &ConcurrencyLimits,
         stream: u32,
-        forward: &Rc<Forward>,
+        forward: &Forward,
     ) -> Result<(), Limited> {
         self.release(stream);
         let Some((user, pod)) = keys(forward) else {
             return Ok(());
         };
-        if limits
-            .per_user
-            .is_some_and(|max| count(&self.users, user) >= max)
-        {
+        let Some(user) = take(&mut self.users, user, limits.per_user) else {
             return Err(Limited::User);
-        }
-        if limits
-            .pod_limit(pod)
-            .is_some_and(|max| count(&self.pods, pod) >= max)
-        {
+        };
+        let Some(pod) = take(&mut self.pods, pod, limits.pod_limit(pod)) else {
+            give_back(&user);
             return Err(Limited::Pod);
-        }
-        add(&mut self.users, user);
-        add(&mut self.pods, pod);
-        self.held.insert(stream, Rc::clone(forward));
+        };
+        self.held.insert(stream, Held { user, pod });
         Ok(())
     }
 
@@ -145,12 +158,9 @@ impl Streams {
             // The common case without limits: no hashing at all.
             return;
         }
-        let Some(forward) = self.held.remove(&stream) else {
-            return;
-        };
-        if let Some((user, pod)) = keys(&forward) {
-            remove(&mut self.users, user);
-            remove(&mut self.pods, pod);
+        if let Some(held) = self.held.remove(&stream) {
+            give_back(&held.user);
+            give_back(&held.pod);
         }
     }
 
@@ -302,12 +312,36 @@ mod tests {
             }
             assert_eq!((s.open(), s.of_user("alice"), s.of_pod("alpha")), (0, 0, 0));
         }
-        assert!(s.users.is_empty() && s.pods.is_empty());
+        assert!(s
+            .users
+            .values()
+            .chain(s.pods.values())
+            .all(|n| n.get() == 0));
         let l = limits(Some(4), None);
         for n in 0..4 {
             assert_eq!(s.hold(&l, 1000 + n, &alice), Ok(()));
         }
         assert_eq!(s.hold(&l, 2000, &alice), Err(Limited::User));
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten_past_the_cap_and_open_ones_kept() {
+        let l = limits(Some(1), None);
+        let mut s = Streams::default();
+        assert_eq!(s.hold(&l, 0, &forward("held", "p")), Ok(()));
+        for n in 1..MAX_KEYS as u32 {
+            let f = forward(&format!("u{n}"), "p");
+            assert_eq!(s.hold(&l, n, &f), Ok(()));
+            s.release(n);
+        }
+        assert_eq!(s.users.len(), MAX_KEYS);
+        // A new key: the idle ones go, the held one stays and still counts.
+        assert_eq!(s.hold(&l, 1 << 20, &forward("new", "p")), Ok(()));
+        assert_eq!(s.users.len(), 2);
+        assert_eq!(
+            s.hold(&l, 1 << 21, &forward("held", "p")),
+            Err(Limited::User)
+        );
     }
 
     #[test]
