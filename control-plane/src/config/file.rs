@@ -157,6 +157,28 @@ mod tests {
     }
 
     #[test]
+    fn edge_limits_come_from_the_file_under_a_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("podgate.toml");
+        std::fs::write(
+            &toml,
+            "admin_token = \"0123456789abcdef0123456789abcdef\"\ndev_mode = true\nxds_listen = \"off\"\nedge_concurrent_per_user = 7\nedge_concurrent_per_pod = 70\n",
+        )
+        .unwrap();
+        let config = Settings {
+            config: Some(toml),
+            edge_concurrent_per_pod: Some(9),
+            ..Default::default()
+        }
+        .with_file()
+        .unwrap()
+        .resolve(Need::Server)
+        .unwrap();
+        let limits = config.edge_concurrency.unwrap();
+        assert_eq!((limits.per_user, limits.per_pod), (Some(7), Some(9)));
+    }
+
+    #[test]
     fn file_fills_what_flags_and_env_left_unset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("podgate.toml");
