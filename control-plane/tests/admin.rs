@@ -698,5 +698,14 @@ async fn pod_limits(h: &Harness) {
         )
         .await;
     assert!(r.json().get("limits").is_none(), "{}", r.body);
+
+    // The OpenAPI document describes the field and its bounds.
+    let doc = h.get("/openapi.json", &[]).await.json();
+    let limits = &doc["components"]["schemas"]["PodLimits"];
+    assert_eq!(limits["properties"]["concurrent"]["minimum"], 1, "{limits}");
+    let body = &doc["paths"]["/v1/pods"]["post"]["requestBody"];
+    assert!(body.to_string().contains("NewPod"), "{body}");
+    let new_pod = &doc["components"]["schemas"]["NewPod"];
+    assert!(new_pod["properties"].get("limits").is_some(), "{new_pod}");
 }
 both!(pod_limits_set_shown_and_pushed, pod_limits);
