@@ -13,8 +13,10 @@
 use std::collections::HashMap;
 
 use podgate_protocol::assertion::Assertion;
+use podgate_protocol::concurrent::ConcurrencyLimits;
 use podgate_protocol::config::{FilterConfig, PodEntry};
 use podgate_protocol::cookie::DEFAULT_COOKIE_NAME;
+use podgate_protocol::rate::{Rate, RateLimits};
 use podgate_protocol::renewal::{Renewal, RENEW_PATH};
 use podgate_protocol::token::DEFAULT_LEEWAY_SECS;
 
@@ -78,6 +80,7 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
             },
         );
     }
+    let (rate_limits, concurrency_limits) = edge_limits(db, config).await?;
     let revoked_jti = revoked_capabilities(db).await?;
     let cutoffs = crate::cuts::cutoffs(db).await?;
     let auth_url = format!("{}/api/proxy-auth", config.issuer);
@@ -107,7 +110,8 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
             timeout_ms: RENEW_TIMEOUT_MS,
         }),
         wake: config.start_hook.is_some(),
-        rate_limits: config.edge_rates.clone(),
+        rate_limits,
+        concurrency_limits,
         assertion: (config.assertion_lifetime > 0).then(|| Assertion {
             key: ring.assertion_signer.to_private_jwk(),
             lifetime_secs: config.assertion_lifetime as i64,
@@ -116,6 +120,31 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
         max_capability_lifetime_secs: config.capability_lifetime as i64,
         token_cache_entries: 1024,
     })
+}
+
+/// The filter's limits: the global ones of the flags, with each pod's own (`pod_limits`, set
+/// through the admin API) in their `pods`. Each is left out when nothing is limited.
+async fn edge_limits(
+    db: &Db,
+    config: &Config,
+) -> Result<(Option<RateLimits>, Option<ConcurrencyLimits>), sqlx::Error> {
+    let mut rates = config.edge_rates.clone().unwrap_or_default();
+    let mut concurrency = config.edge_concurrency.clone().unwrap_or_default();
+    for (slug, limits) in db.all_pod_limits().await? {
+        if let Some(rate) = limits.rate {
+            let rate = Rate {
+                per_second: rate.per_second,
+                burst: rate.burst,
+            };
+            rates.pods.insert(slug.clone(), rate);
+        }
+        if let Some(concurrent) = limits.concurrent {
+            concurrency.pods.insert(slug, concurrent);
+        }
+    }
+    let rates = (rates != RateLimits::default()).then_some(rates);
+    let concurrency = (concurrency != ConcurrencyLimits::default()).then_some(concurrency);
+    Ok((rates, concurrency))
 }
 
 /// The unexpired capabilities minted with a revoked API token, at most

@@ -777,6 +777,7 @@ fn gate_filter_config(https: bool, keys: KeySet) -> FilterConfig {
         renewal: None,
         wake: false,
         rate_limits: None,
+        concurrency_limits: None,
         assertion: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,

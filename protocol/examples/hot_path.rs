@@ -59,6 +59,7 @@ fn main() {
         renewal: None,
         wake: false,
         rate_limits: None,
+        concurrency_limits: None,
         assertion: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,

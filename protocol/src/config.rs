@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::assertion::{Assertion, CompiledAssertion};
+use crate::concurrent::ConcurrencyLimits;
 use crate::cookie;
 use crate::cutoff::{CompiledCutoffs, Cutoffs};
 use crate::host::{
@@ -202,6 +203,10 @@ pub struct FilterConfig {
     /// Request-rate limits per user and per pod (`rate`); left out when there are none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimits>,
+    /// Limits on the streams open at once per user and per pod (`concurrent`); left out when
+    /// there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limits: Option<ConcurrencyLimits>,
     /// Signing the identity assertion forwarded requests carry to pods (`assertion`). Left
     /// out when off, so a configuration without it is one an older filter takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,6 +259,8 @@ pub struct CompiledConfig {
     pub wake: bool,
     /// Request-rate limits (`rate`); `None`: none.
     pub rate_limits: Option<RateLimits>,
+    /// Limits on open streams (`concurrent`); `None`: none.
+    pub concurrency_limits: Option<ConcurrencyLimits>,
     /// Signing identity assertions (`assertion`); `None`: off.
     pub assertion: Option<CompiledAssertion>,
     pub token_cache_entries: usize,
@@ -342,6 +349,9 @@ impl FilterConfig {
         if let Some(limits) = &self.rate_limits {
             limits.check().map_err(|e| field("rate_limits", e))?;
         }
+        if let Some(limits) = &self.concurrency_limits {
+            limits.check().map_err(|e| field("concurrency_limits", e))?;
+        }
         let assertion = self
             .assertion
             .map(Assertion::compile)
@@ -400,6 +410,7 @@ impl FilterConfig {
             logout_url,
             wake: self.wake && renewal.is_some(),
             rate_limits: self.rate_limits,
+            concurrency_limits: self.concurrency_limits,
             renewal,
             assertion,
             token_cache_entries: self.token_cache_entries,

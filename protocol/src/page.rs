@@ -102,6 +102,15 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
             link: Link::Retry,
             reload: None,
         },
+        Denial::TooManyStreams { retry_after, .. } => Text {
+            title: "Too many open connections".to_owned(),
+            lines: vec![
+                format!("Too many connections to port {port} of pod {name} are open at once."),
+                format!("Close a tab or wait {retry_after} s, then retry."),
+            ],
+            link: Link::Retry,
+            reload: None,
+        },
         _ => return None,
     };
     if json.status == 302 {

@@ -103,6 +103,8 @@ pub struct Config {
     pub start_hook: Option<StartHook>,
     /// Request-rate limits the filter applies (`podgate_protocol::rate`), `None`: none.
     pub edge_rates: Option<podgate_protocol::rate::RateLimits>,
+    /// Open-stream limits the filter applies (`podgate_protocol::concurrent`), `None`: none.
+    pub edge_concurrency: Option<podgate_protocol::concurrent::ConcurrencyLimits>,
 }
 
 /// The start hook: `POST url` (with `{pod}` replaced) carrying `secret` in

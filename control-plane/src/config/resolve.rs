@@ -393,6 +393,17 @@ impl Settings {
                 per_pod,
                 ..Default::default()
             });
+        let concurrent_user =
+            check_concurrent("edge-concurrent-per-user", self.edge_concurrent_per_user)?;
+        let concurrent_pod =
+            check_concurrent("edge-concurrent-per-pod", self.edge_concurrent_per_pod)?;
+        let edge_concurrency = (concurrent_user.is_some() || concurrent_pod.is_some()).then(|| {
+            podgate_protocol::concurrent::ConcurrencyLimits {
+                per_user: concurrent_user,
+                per_pod: concurrent_pod,
+                ..Default::default()
+            }
+        });
         let start_hook = resolve_start_hook(
             self.start_hook_url,
             self.start_hook_secret,
@@ -432,7 +443,18 @@ impl Settings {
             cli_binaries,
             start_hook,
             edge_rates,
+            edge_concurrency,
         })
+    }
+}
+
+/// The `--edge-concurrent-*` flag `name`: at least 1 when set.
+fn check_concurrent(name: &str, value: Option<u32>) -> Result<Option<u32>, ConfigError> {
+    match value {
+        Some(0) => Err(bad(format!(
+            "--{name} 0 would refuse every request; give at least 1, or leave it unset for no limit"
+        ))),
+        v => Ok(v),
     }
 }
 

@@ -25,7 +25,7 @@ mod users;
 pub use api_tokens::ApiTokenRow;
 pub use cuts::{CutRow, HolderScope};
 pub use keys::{KeyMaterial, StoredKey};
-pub use pods::{AccessFacts, Pod, PodPort};
+pub use pods::{AccessFacts, Pod, PodLimits, PodPort, PodRate};
 pub use sessions::AuditEntry;
 pub use sign_in::SignInState;
 pub use users::{Member, Server, Team, User};

@@ -63,6 +63,7 @@ pub(super) fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledCo
         renewal: None,
         wake: false,
         rate_limits: None,
+        concurrency_limits: None,
         assertion: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
