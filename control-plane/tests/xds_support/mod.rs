@@ -256,6 +256,11 @@ impl ControlPlane {
         self.proc.log()
     }
 
+    /// The running process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
     /// The work directory (database, key-encryption key, log).
     pub fn dir(&self) -> &Path {
         self.proc.dir()
