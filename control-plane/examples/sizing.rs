@@ -38,11 +38,19 @@ fn memory(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
-async fn routed(http: &reqwest::Client, envoy: SocketAddr, cp: &ControlPlane, session: &str, pod: &str) {
+async fn routed(
+    http: &reqwest::Client,
+    envoy: SocketAddr,
+    cp: &ControlPlane,
+    session: &str,
+    pod: &str,
+) {
     let token = cp.mint(session, pod).await.unwrap();
-    until(http, envoy, pod, &token, Duration::from_secs(120), |a| a.status == 200)
-        .await
-        .unwrap_or_else(|e| panic!("{pod} through {envoy}: {e}"));
+    until(http, envoy, pod, &token, Duration::from_secs(120), |a| {
+        a.status == 200
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{pod} through {envoy}: {e}"));
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -81,14 +89,23 @@ async fn main() {
             let calls = batch.iter().map(|i| {
                 let cp = cp.clone();
                 let slug = format!("p{i}");
-                tokio::spawn(async move { cp.create_pod(&slug, USER, SERVER, port, "running").await })
+                tokio::spawn(
+                    async move { cp.create_pod(&slug, USER, SERVER, port, "running").await },
+                )
             });
             for call in calls.collect::<Vec<_>>() {
                 call.await.unwrap();
             }
             created += batch.len();
         }
-        routed(&http, running[0].listener, &cp, &session, &format!("p{}", size - 1)).await;
+        routed(
+            &http,
+            running[0].listener,
+            &cp,
+            &session,
+            &format!("p{}", size - 1),
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (rss, hwm) = memory(cp_pid);
         let (envoy_rss, envoy_hwm) = memory(running[0].inner().pid());
@@ -101,13 +118,8 @@ async fn main() {
     let (base, _) = memory(cp_pid);
     for n in 2..=envoys {
         let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let envoy = Envoy::start_with(
-            &format!("sizing-{n}"),
-            listener,
-            &[cp.xds],
-            &[cp.http],
-        )
-        .await;
+        let envoy =
+            Envoy::start_with(&format!("sizing-{n}"), listener, &[cp.xds], &[cp.http]).await;
         routed(&http, listener, &cp, &session, &last).await;
         running.push(envoy);
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -400,7 +400,10 @@ mod tests {
         let json = filter_json(&a).unwrap();
         assert_eq!(json, filter_json(&b).unwrap());
         assert!(json.find("\"pod-00\"").unwrap() < json.find("\"pod-63\"").unwrap());
-        assert_eq!(serde_json::from_str::<FilterConfig>(&json).unwrap().pods, a.pods);
+        assert_eq!(
+            serde_json::from_str::<FilterConfig>(&json).unwrap().pods,
+            a.pods
+        );
     }
 
     #[test]

@@ -67,13 +67,16 @@ impl Load {
         let started = Instant::now();
         let mut tasks = Vec::new();
         for (e, envoy) in envoys.iter().copied().enumerate() {
-            for (pod, token) in users.iter().cloned() {
+            for (pod, token) in users {
+                let (pod, token) = (pod.clone(), token.clone());
                 let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
                 tasks.push(tokio::spawn(async move {
                     let http = client();
                     while !stop.load(Ordering::Relaxed) {
                         match through_envoy(&http, envoy, &pod, &token).await {
-                            Ok(a) if a.status == 200 && a.pod().as_deref() == Some(pod.as_str()) => {
+                            Ok(a)
+                                if a.status == 200 && a.pod().as_deref() == Some(pod.as_str()) =>
+                            {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
                             answer => failures.lock().unwrap().push(format!(
@@ -105,7 +108,11 @@ impl Load {
             task.await.unwrap();
         }
         let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures, self.started.elapsed())
+        (
+            self.ok.load(Ordering::Relaxed),
+            failures,
+            self.started.elapsed(),
+        )
     }
 }
 
@@ -118,7 +125,11 @@ impl Fleet {
     /// Which control plane `envoy`'s ADS stream is on: the `podgate_xds` host with an active
     /// request (the stream), read from the admin `/clusters`.
     async fn attached(&self, envoy: usize) -> Option<usize> {
-        if self.envoys[envoy].stat("control_plane.connected_state").await != 1 {
+        if self.envoys[envoy]
+            .stat("control_plane.connected_state")
+            .await
+            != 1
+        {
             return None;
         }
         let clusters = self.envoys[envoy]
@@ -145,23 +156,25 @@ impl Fleet {
         on
     }
 
-    /// The versions `envoy` runs and how many configuration answers it has taken: the admin
-    /// stats that hold `version_text` and `update_attempt` (CDS, and the filter's ECDS resource).
-    async fn versions(&self, envoy: usize) -> (BTreeMap<String, String>, u64) {
+    /// The versions `envoy` runs and how many configuration answers it has taken, per type:
+    /// the admin stats `*.version_text` and `*.update_attempt` of CDS and of the filter's ECDS
+    /// resource.
+    async fn versions(&self, envoy: usize) -> (BTreeMap<String, String>, BTreeMap<String, u64>) {
         let text = self.envoys[envoy]
             .inner()
             .admin_get("/stats?filter=(version_text|update_attempt)$")
             .await
             .unwrap();
         let mut versions = BTreeMap::new();
-        let mut attempts = 0;
+        let mut attempts = BTreeMap::new();
         for (name, value) in text.lines().filter_map(|l| l.split_once(": ")) {
-            if name.ends_with("version_text") {
-                versions.insert(name.to_owned(), value.trim().to_owned());
-            } else if name.ends_with("update_attempt") {
-                attempts += value.trim().parse::<u64>().unwrap_or(0);
+            if let Some(kind) = name.strip_suffix(".version_text") {
+                versions.insert(kind.to_owned(), value.trim().to_owned());
+            } else if let Some(kind) = name.strip_suffix(".update_attempt") {
+                attempts.insert(kind.to_owned(), value.trim().parse::<u64>().unwrap_or(0));
             }
         }
+        attempts.retain(|kind, _| versions.contains_key(kind));
         (versions, attempts)
     }
 
@@ -169,7 +182,10 @@ impl Fleet {
     /// of its clusters (`health_flags::healthy` in the admin `/clusters`).
     async fn until_healthy_everywhere(&self, replica: usize) {
         let wanted = [
-            format!("podgate_xds::{}::health_flags::healthy", self.replicas[replica].xds),
+            format!(
+                "podgate_xds::{}::health_flags::healthy",
+                self.replicas[replica].xds
+            ),
             format!(
                 "podgate_control_plane::{}::health_flags::healthy",
                 self.replicas[replica].http
@@ -207,7 +223,10 @@ impl Fleet {
             if now.iter().all(Option::is_some) {
                 return;
             }
-            assert!(Instant::now() < deadline, "not every Envoy attached: {now:?}");
+            assert!(
+                Instant::now() < deadline,
+                "not every Envoy attached: {now:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -216,10 +235,9 @@ impl Fleet {
     /// up on another one (the failover times), checks that it runs the same versions once the
     /// other control plane answered, and starts `victim` again.
     async fn kill_and_follow(&mut self, victim: usize, failovers: &mut Vec<Duration>) {
-        let on_victim: Vec<usize> = (0..self.envoys.len()).collect::<Vec<_>>();
         let mut before = Vec::new();
         let mut moving = Vec::new();
-        for e in on_victim {
+        for e in 0..self.envoys.len() {
             if self.attached(e).await == Some(victim) {
                 before.push(self.versions(e).await);
                 moving.push(e);
@@ -247,22 +265,29 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // The other control plane's first answer on the new stream is in: the same versions.
+        // The other control plane's first answers on the new stream (CDS and the filter's ECDS
+        // resource) are in: the same versions.
         for (e, (versions, attempts)) in moving.iter().zip(before) {
+            assert_eq!(
+                versions.keys().collect::<Vec<_>>(),
+                attempts.keys().collect::<Vec<_>>(),
+                "Envoy {e}: {versions:?} {attempts:?}"
+            );
+            assert_eq!(versions.len(), 2, "CDS and ECDS: {versions:?}");
             let deadline = Instant::now() + FAILOVER_BOUND;
             loop {
                 let (now, now_attempts) = self.versions(*e).await;
-                if now_attempts > attempts {
+                if attempts.iter().all(|(kind, n)| now_attempts[kind] > *n) {
                     assert_eq!(
                         now, versions,
                         "Envoy {e} runs other versions after moving off control plane {victim}"
                     );
-                    assert!(!now.is_empty() && now.values().all(|v| v.len() > 2), "{now:?}");
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "Envoy {e} got no answer from its new control plane"
+                    "Envoy {e} got no answer of each type from its new control plane: \
+                     {attempts:?} then {now_attempts:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -312,7 +337,8 @@ async fn envoys_survive_any_control_plane_with_no_failed_request() {
     let envoy_port = envoy_listeners[0].port();
     let mut replicas = Vec::new();
     for r in 0..2 {
-        replicas.push(ControlPlane::start_replica(&format!("fleet-{r}"), envoy_port, &shared).await);
+        replicas
+            .push(ControlPlane::start_replica(&format!("fleet-{r}"), envoy_port, &shared).await);
     }
     let xds: Vec<SocketAddr> = replicas.iter().map(|r| r.xds).collect();
     let http: Vec<SocketAddr> = replicas.iter().map(|r| r.http).collect();
@@ -389,9 +415,14 @@ async fn envoys_survive_any_control_plane_with_no_failed_request() {
         // One Envoy after the other: each wait ends at its first 200, so the last one ends
         // when the change has reached all three.
         for envoy in &envoy_listeners {
-            until(&http_client, *envoy, &slug, &token, PROPAGATION_BOUND, |a| {
-                a.status == 200
-            })
+            until(
+                &http_client,
+                *envoy,
+                &slug,
+                &token,
+                PROPAGATION_BOUND,
+                |a| a.status == 200,
+            )
             .await
             .unwrap_or_else(|e| panic!("{slug} through {envoy}: {e}"));
         }
@@ -420,10 +451,19 @@ async fn envoys_survive_any_control_plane_with_no_failed_request() {
     );
     assert!(ok > 1000, "only {ok} requests in {ran:?}");
     eprintln!("load: {ok} requests through {ENVOYS} Envoys in {ran:?}, 0 failed");
-    eprintln!("{}", summary("failover (kill -9 → ADS on the other control plane)", failovers));
     eprintln!(
         "{}",
-        summary("propagation (change on either control plane → all Envoys route it)", propagation)
+        summary(
+            "failover (kill -9 → ADS on the other control plane)",
+            failovers
+        )
+    );
+    eprintln!(
+        "{}",
+        summary(
+            "propagation (change on either control plane → all Envoys route it)",
+            propagation
+        )
     );
     eprintln!("graceful shutdowns of the rolling restart: {shutdowns:?}");
     drop(fleet);
