@@ -15,9 +15,11 @@
 //! No request of the load may fail. Every kill is followed through Envoy's admin API until the
 //! Envoys that were on the killed control plane have their ADS stream up on the other one
 //! (`control_plane.connected_state` back to 1 and the stream's request on the other host of
-//! `podgate_xds`): that is the failover time, printed. The versions an Envoy runs (CDS and the
-//! filter's ECDS resource) are the same before and after, once the other control plane's answer
-//! is in: versions are content hashes, so control planes on one database push the same ones.
+//! `podgate_xds`): that is the failover time, printed. Each kill waits until both control planes
+//! publish the same versions (the other one resynced the last change); the versions an Envoy runs
+//! (CDS and the filter's ECDS resource) are then the same before and after, once the other
+//! control plane's answers are in: versions are content hashes, so control planes on one
+//! database push the same ones.
 //! Propagation times (a pod created on either control plane until all three Envoys route it)
 //! are printed as p50/p99.
 //!
@@ -178,6 +180,42 @@ impl Fleet {
         (versions, attempts)
     }
 
+    /// The versions control plane `replica` publishes (its `/metrics`, `podgate_xds_version`).
+    async fn published(&self, replica: usize) -> Vec<String> {
+        let body = client()
+            .get(format!("http://{}/metrics", self.replicas[replica].http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut out: Vec<String> = body
+            .lines()
+            .filter(|l| l.starts_with("podgate_xds_version{") && l.ends_with(" 1"))
+            .map(str::to_owned)
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Waits until both control planes publish the same versions: the one a change was not
+    /// made on has resynced.
+    async fn until_converged(&self) {
+        let deadline = Instant::now() + PROPAGATION_BOUND;
+        loop {
+            let (a, b) = (self.published(0).await, self.published(1).await);
+            if !a.is_empty() && a == b {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control planes publish {a:?} and {b:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until every Envoy's health checks see control plane `replica` up again, on both
     /// of its clusters (`health_flags::healthy` in the admin `/clusters`).
     async fn until_healthy_everywhere(&self, replica: usize) {
@@ -231,10 +269,12 @@ impl Fleet {
         }
     }
 
-    /// SIGKILLs control plane `victim`; follows every Envoy that was on it until its stream is
-    /// up on another one (the failover times), checks that it runs the same versions once the
-    /// other control plane answered, and starts `victim` again.
+    /// Once both control planes publish the same versions, SIGKILLs control plane `victim`;
+    /// follows every Envoy that was on it until its stream is up on another one (the failover
+    /// times), checks that it runs the same versions once the other control plane answered, and
+    /// starts `victim` again.
     async fn kill_and_follow(&mut self, victim: usize, failovers: &mut Vec<Duration>) {
+        self.until_converged().await;
         let mut before = Vec::new();
         let mut moving = Vec::new();
         for e in 0..self.envoys.len() {

@@ -170,8 +170,14 @@ mod tests {
             .node_id("edge-2")
             .unwrap()
             .control_planes(
-                &["127.0.0.1:18000".parse().unwrap(), "127.0.0.3:18001".parse().unwrap()],
-                &["127.0.0.1:8080".parse().unwrap(), "127.0.0.3:8081".parse().unwrap()],
+                &[
+                    "127.0.0.1:18000".parse().unwrap(),
+                    "127.0.0.3:18001".parse().unwrap(),
+                ],
+                &[
+                    "127.0.0.1:8080".parse().unwrap(),
+                    "127.0.0.3:8081".parse().unwrap(),
+                ],
             )
             .unwrap();
         let doc: Value = serde_yaml::from_str(&b.to_yaml().unwrap()).unwrap();
@@ -187,7 +193,10 @@ mod tests {
         assert_eq!(doc["admin"]["address"]["socket_address"]["port_value"], 0);
         let listener = &doc["static_resources"]["listeners"][0];
         assert_eq!(listener["name"], "podgate_http");
-        assert_eq!(listener["address"]["socket_address"]["address"], "127.0.0.2");
+        assert_eq!(
+            listener["address"]["socket_address"]["address"],
+            "127.0.0.2"
+        );
         assert!(b.control_planes(&[], &[]).is_err());
     }
 }

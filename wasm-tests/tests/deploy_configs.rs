@@ -47,8 +47,7 @@ fn objects() -> BTreeMap<String, Value> {
     for path in manifest_files() {
         let text = std::fs::read_to_string(&path).unwrap();
         for doc in serde_yaml::Deserializer::from_str(&text) {
-            let doc = Value::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let doc = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let key = format!(
                 "{}/{}",
                 doc["kind"].as_str().unwrap(),
@@ -127,10 +126,16 @@ fn the_kubernetes_manifests_pass_the_kubernetes_schemas() {
     );
     assert!(out.status.success(), "kubernetes-validate: {said}");
     // Every object passed, and nothing else was said (no warning, no skipped resource).
-    let passed = said.lines().filter(|l| l.contains(" passed for resource ")).count();
+    let passed = said
+        .lines()
+        .filter(|l| l.contains(" passed for resource "))
+        .count();
     assert_eq!(passed, objects().len(), "{said}");
     for line in said.lines() {
-        assert!(line.starts_with("INFO ") && line.contains(" passed "), "{said}");
+        assert!(
+            line.starts_with("INFO ") && line.contains(" passed "),
+            "{said}"
+        );
     }
 }
 
@@ -138,8 +143,8 @@ fn the_kubernetes_manifests_pass_the_kubernetes_schemas() {
 fn the_envoy_configmap_is_the_production_bootstrap() {
     let objects = objects();
     let config = get(&objects, "ConfigMap/podgate-envoy");
-    let shipped = std::fs::read_to_string(workspace_root().join("envoy/podgate-production.yaml"))
-        .unwrap();
+    let shipped =
+        std::fs::read_to_string(workspace_root().join("envoy/podgate-production.yaml")).unwrap();
     assert!(
         config["data"]["envoy.yaml"].as_str() == Some(shipped.as_str()),
         "the ConfigMap podgate-envoy in deploy/kubernetes/envoy.yaml is not \
@@ -210,7 +215,10 @@ fn the_kubernetes_pieces_agree() {
     // The Service Envoy names for both clusters: headless, selecting the control planes, with
     // the ports they listen on.
     let clusters = &bootstrap["static_resources"]["clusters"];
-    for (cluster, port) in [("podgate_xds", xds_port), ("podgate_control_plane", http_port)] {
+    for (cluster, port) in [
+        ("podgate_xds", xds_port),
+        ("podgate_control_plane", http_port),
+    ] {
         let c = named(clusters, cluster);
         assert_eq!(c["type"], "STRICT_DNS", "{cluster}");
         let socket = &c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
@@ -219,9 +227,15 @@ fn the_kubernetes_pieces_agree() {
             &objects,
             &format!("Service/{}", socket["address"].as_str().unwrap()),
         );
-        assert_eq!(service["spec"]["clusterIP"], "None", "{cluster}: not headless");
+        assert_eq!(
+            service["spec"]["clusterIP"], "None",
+            "{cluster}: not headless"
+        );
         for (k, v) in service["spec"]["selector"].as_mapping().unwrap() {
-            assert_eq!(&labels[k], v, "the Service does not select the control planes");
+            assert_eq!(
+                &labels[k], v,
+                "the Service does not select the control planes"
+            );
         }
         assert!(
             seq(&service["spec"]["ports"])
@@ -260,7 +274,10 @@ fn the_kubernetes_pieces_agree() {
     };
     let volume = |name: &str| named(&spec["volumes"], name);
     let envoy_mounts = mounts(envoy);
-    let args: Vec<&str> = seq(&envoy["args"]).iter().filter_map(Value::as_str).collect();
+    let args: Vec<&str> = seq(&envoy["args"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     let config_path = Path::new(args[args.iter().position(|a| *a == "-c").unwrap() + 1]);
     let (config_volume, _) = envoy_mounts
         .iter()
@@ -276,8 +293,14 @@ fn the_kubernetes_pieces_agree() {
         .find(|(_, path)| Path::new(path) == wasm.parent().unwrap())
         .expect("Envoy does not mount the directory of PODGATE_FILTER_WASM");
     let init = named(&spec["initContainers"], "filter");
-    assert_eq!(init["image"], podgate["image"], "filter and control plane differ");
-    let copy: Vec<&str> = seq(&init["command"]).iter().filter_map(Value::as_str).collect();
+    assert_eq!(
+        init["image"], podgate["image"],
+        "filter and control plane differ"
+    );
+    let copy: Vec<&str> = seq(&init["command"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert_eq!(copy[0], "cp");
     assert_eq!(Path::new(copy[1]), wasm, "the image's filter");
     let into = mounts(init)[filter_volume.as_str()].clone();
@@ -351,7 +374,10 @@ fn the_compose_file_runs_several_control_planes_that_envoy_all_reaches() {
     // renew secret (it is part of what they push).
     let database = url_host(var("PODGATE_DATABASE_URL"));
     assert!(var("PODGATE_DATABASE_URL").starts_with("postgres://"));
-    assert!(services.get(database.as_str()).is_some(), "no {database} service");
+    assert!(
+        services.get(database.as_str()).is_some(),
+        "no {database} service"
+    );
     assert!(!var("PODGATE_RENEW_SECRET").is_empty());
 
     // Envoy reaches the service name (every replica, STRICT_DNS) on the ports they listen on.
@@ -379,7 +405,8 @@ fn the_compose_file_runs_several_control_planes_that_envoy_all_reaches() {
                 (at == wasm_dir).then(|| name.to_owned())
             })
     };
-    let shared = volume_at(podgate).expect("the control planes do not mount the filter's directory");
+    let shared =
+        volume_at(podgate).expect("the control planes do not mount the filter's directory");
     assert_eq!(volume_at(&services["envoy"]), Some(shared));
 
     // The Envoy image is the version the tests run.
