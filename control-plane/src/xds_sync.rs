@@ -14,7 +14,9 @@
 //! announced on the [`CONFIG_CHANNEL`] (`NOTIFY`), and this task listens there: a change made
 //! through another control plane (or `podgate keys rotate`) is reloaded and pushed at once. The
 //! listening connection is opened again whenever it is lost, followed by a rebuild (what was
-//! announced meanwhile is lost). Identical content is not pushed: versions are content hashes.
+//! announced meanwhile is lost). Identical content is not pushed: versions are content hashes,
+//! of JSON with sorted keys ([`filter_json`]), so control planes on one database push the same
+//! versions and an Envoy moving between them gets nothing new.
 //!
 //! Publish before sign: while a new capability key is pending (see [`crate::keys`]), the task
 //! watches what every connected Envoy has acknowledged and clears the key for signing once all
@@ -26,6 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use podgate_protocol::config::FilterConfig;
 use podgate_xds::{
     original_dst_cluster, wasm_filter_extension_config, AdsServer, CircuitBreakerLimits,
     OriginalDstClusterOptions, ResourceType, Snapshot, SnapshotCache, StreamStatus, WasmFilterSpec,
@@ -98,6 +101,14 @@ pub struct Built {
     pub kids: HashSet<String>,
 }
 
+/// The filter's configuration as JSON, the same text for the same content: its pods are a
+/// `HashMap`, whose order differs from one map to the next (and so between builds and between
+/// control planes); through `serde_json::Value` every object's keys come out sorted. The ECDS
+/// version is a hash of this text, so control planes on one database push the same versions.
+pub fn filter_json(filter: &FilterConfig) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&serde_json::to_value(filter)?)
+}
+
 /// Builds the snapshot in force now: the pods cluster and the filter's ECDS config.
 pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result<Built, String> {
     let ring = sources
@@ -112,8 +123,8 @@ pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result
         )
         .await
         .map_err(|e| format!("building the filter configuration: database: {e}"))?;
-    let json = serde_json::to_string(&filter)
-        .map_err(|e| format!("encoding the filter configuration: {e}"))?;
+    let json =
+        filter_json(&filter).map_err(|e| format!("encoding the filter configuration: {e}"))?;
     let wasm_path = filter_wasm.to_string_lossy();
     let pods_cluster = original_dst_cluster(&OriginalDstClusterOptions {
         name: PODS_CLUSTER.to_owned(),
@@ -443,6 +454,33 @@ mod tests {
             node_id: Some("n".into()),
             acked,
         }
+    }
+
+    #[test]
+    fn the_same_pods_give_the_same_json_whatever_the_map_order() {
+        let config = |pods: &[String]| {
+            let mut c: FilterConfig = serde_json::from_value(serde_json::json!({
+                "issuer": "http://cp", "domain": "localhost", "auth_url": "http://cp/api/proxy-auth",
+                "keys": {"keys": []}
+            }))
+            .unwrap();
+            for slug in pods {
+                let entry = serde_json::json!({"status": "running", "cluster": "podgate_pods"});
+                c.pods
+                    .insert(slug.clone(), serde_json::from_value(entry).unwrap());
+            }
+            c
+        };
+        let slugs: Vec<String> = (0..64).map(|i| format!("pod-{i:02}")).collect();
+        let reversed: Vec<String> = slugs.iter().rev().cloned().collect();
+        let (a, b) = (config(&slugs), config(&reversed));
+        let json = filter_json(&a).unwrap();
+        assert_eq!(json, filter_json(&b).unwrap());
+        assert!(json.find("\"pod-00\"").unwrap() < json.find("\"pod-63\"").unwrap());
+        assert_eq!(
+            serde_json::from_str::<FilterConfig>(&json).unwrap().pods,
+            a.pods
+        );
     }
 
     #[test]

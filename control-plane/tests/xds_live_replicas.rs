@@ -112,9 +112,9 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
     };
     let kek = dir.path().join("kek");
     let envoy_port = free_port();
-    let one = ControlPlane::start_replica(envoy_port, &tdb.url, &kek, None, &SLOW_RESYNC).await;
+    let one = ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, None, &SLOW_RESYNC).await;
     let two =
-        ControlPlane::start_replica(envoy_port, &tdb.url, &kek, Some(&one.issuer), &SLOW_RESYNC)
+        ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, Some(&one.issuer), &SLOW_RESYNC)
             .await;
     // The only Envoy, fed by the second control plane; every change goes through the first.
     let envoy = Envoy::start(envoy_port, two.xds.port(), two.http.port()).await;
@@ -531,8 +531,8 @@ async fn a_login_ticket_redeemed_at_one_control_plane_is_refused_at_another() {
     };
     let kek = dir.path().join("kek");
     let envoy_port = free_port();
-    let one = ControlPlane::start_replica(envoy_port, &tdb.url, &kek, None, &[]).await;
-    let two = ControlPlane::start_replica(envoy_port, &tdb.url, &kek, Some(&one.issuer), &[]).await;
+    let one = ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, None, &[]).await;
+    let two = ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, Some(&one.issuer), &[]).await;
     one.create_user(USER).await;
     one.create_server(SERVER, IpAddr::from([127, 0, 0, 1]))
         .await;
@@ -606,9 +606,9 @@ async fn a_rate_limit_holds_over_two_control_planes() {
         "--admin-failures-per-minute",
         "1",
     ];
-    let one = ControlPlane::start_replica(envoy_port, &tdb.url, &kek, None, &limit).await;
+    let one = ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, None, &limit).await;
     let two =
-        ControlPlane::start_replica(envoy_port, &tdb.url, &kek, Some(&one.issuer), &limit).await;
+        ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, Some(&one.issuer), &limit).await;
     // Both count two control planes (the first learns of the second at its next heartbeat).
     let counts_two = |cp: &ControlPlane| plain(&cp.log()).contains("replicas=2");
     let start = Instant::now();
@@ -637,9 +637,9 @@ async fn three_control_planes_starting_together_migrate_an_empty_database_once()
     let envoy_port = free_port();
     let issuer = "http://podgate.replicas.test";
     let (a, b, c) = tokio::join!(
-        ControlPlane::start_replica(envoy_port, &tdb.url, &kek, Some(issuer), &[]),
-        ControlPlane::start_replica(envoy_port, &tdb.url, &kek, Some(issuer), &[]),
-        ControlPlane::start_replica(envoy_port, &tdb.url, &kek, Some(issuer), &[]),
+        ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, Some(issuer), &[]),
+        ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, Some(issuer), &[]),
+        ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, Some(issuer), &[]),
     );
     // All three are ready (`start_replica` waited for `/readyz`) and every migration is applied
     // once.

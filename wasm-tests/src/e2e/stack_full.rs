@@ -17,7 +17,6 @@
 //! Chromium, curl and this module's resolver send every `*.localhost` to loopback.
 
 use std::collections::HashMap;
-use std::fs;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,7 +28,6 @@ use podgate_demo_pod::DemoPod;
 use podgate_testkit::podgate::Podgate;
 use reqwest::header::HeaderValue;
 use serde_json::{json, Value as Json};
-use serde_yaml::Value as Yaml;
 
 use super::client::{EnvoyClient, WsOutcome};
 use super::envoy::Envoy;
@@ -37,7 +35,7 @@ use super::web_client::WebClient;
 use crate::host::{cargo_build, ensure_built, target_dir, workspace_root};
 
 /// The ADS bootstrap users run, relative to the workspace root.
-pub const ADS_BOOTSTRAP: &str = "envoy/podgate.yaml";
+pub use podgate_testkit::ads_bootstrap::ADS_BOOTSTRAP;
 /// The suite's base domain (see the module docs).
 pub const DOMAIN: &str = "podgate.localhost";
 /// The control plane's public host name.
@@ -221,45 +219,6 @@ fn public_url(http: SocketAddr) -> String {
 // ---------------------------------------------------------------------------------------------
 // The ADS bootstrap
 
-fn yaml_key(k: &str) -> Yaml {
-    Yaml::String(k.to_owned())
-}
-
-fn yaml_at<'a>(mut v: &'a mut Yaml, path: &[&str]) -> anyhow::Result<&'a mut Yaml> {
-    for part in path {
-        v = v
-            .get_mut(*part)
-            .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: no `{part}` in {}", path.join(".")))?;
-    }
-    Ok(v)
-}
-
-fn yaml_named<'a>(seq: &'a mut Yaml, name: &str) -> anyhow::Result<&'a mut Yaml> {
-    seq.as_sequence_mut()
-        .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: expected a list holding `{name}`"))?
-        .iter_mut()
-        .find(|item| item.get("name").and_then(Yaml::as_str) == Some(name))
-        .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: nothing named `{name}`"))
-}
-
-fn set_socket(holder: &mut Yaml, port: u16) -> anyhow::Result<()> {
-    let socket = yaml_at(holder, &["address", "socket_address"])?;
-    socket["address"] = yaml_key("127.0.0.1");
-    socket["port_value"] = Yaml::from(port);
-    Ok(())
-}
-
-fn set_cluster_endpoint(clusters: &mut Yaml, name: &str, port: u16) -> anyhow::Result<()> {
-    let cluster = yaml_named(clusters, name)?;
-    let endpoint = yaml_at(cluster, &["load_assignment", "endpoints"])?
-        .get_mut(0)
-        .and_then(|e| e.get_mut("lb_endpoints"))
-        .and_then(|e| e.get_mut(0))
-        .and_then(|e| e.get_mut("endpoint"))
-        .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: cluster {name} has no endpoint"))?;
-    set_socket(endpoint, port)
-}
-
 /// `envoy/podgate.yaml` with only ports changed: admin on an ephemeral port, the listener on
 /// `listener_port`, the ADS cluster on `xds_port`, the control plane's HTTP on `cp_http_port`.
 pub fn render_ads_bootstrap(
@@ -267,16 +226,11 @@ pub fn render_ads_bootstrap(
     xds_port: u16,
     cp_http_port: u16,
 ) -> anyhow::Result<String> {
-    let path = workspace_root().join(ADS_BOOTSTRAP);
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut doc: Yaml = serde_yaml::from_str(&text).context("parsing the bootstrap YAML")?;
-    set_socket(yaml_at(&mut doc, &["admin"])?, 0)?;
-    let listeners = yaml_at(&mut doc, &["static_resources", "listeners"])?;
-    set_socket(yaml_named(listeners, "podgate_http")?, listener_port)?;
-    let clusters = yaml_at(&mut doc, &["static_resources", "clusters"])?;
-    set_cluster_endpoint(clusters, "podgate_xds", xds_port)?;
-    set_cluster_endpoint(clusters, "podgate_control_plane", cp_http_port)?;
-    serde_yaml::to_string(&doc).context("writing the bootstrap YAML")
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    podgate_testkit::AdsBootstrap::load()?
+        .listener(local(listener_port))?
+        .control_planes(&[local(xds_port)], &[local(cp_http_port)])?
+        .to_yaml()
 }
 
 // ---------------------------------------------------------------------------------------------
