@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mint;
 pub mod recorder;
 pub mod renew;
+pub mod services;
 pub mod store;
 pub mod wake;
 pub mod xds_sync;

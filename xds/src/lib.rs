@@ -47,7 +47,8 @@ pub mod server;
 pub mod snapshot;
 
 pub use builders::{
-    fixed_host_cluster, original_dst_cluster, wasm_filter_extension_config, CircuitBreakerLimits,
+    fixed_host_cluster, original_dst_cluster, wasm_filter_extension_config, with_upstream_tls,
+    CircuitBreakerLimits, TrustedCa, UpstreamTls,
     FixedHostClusterOptions, OriginalDstClusterOptions, UpstreamProtocol, WasmFilterSpec,
     DEFAULT_UPSTREAM_HEADER,
 };

@@ -116,7 +116,7 @@ async fn capabilities(
         sid.as_deref(),
     )
     .await?;
-    let host = state.config().host_template.render(&addr);
+    let host = state.config().public_hosts.render(&addr);
     let expires_at = chrono::DateTime::from_timestamp(cap.expires_at, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .ok_or_else(|| ApiError::internal("expiry out of range"))?;

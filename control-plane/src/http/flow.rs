@@ -113,7 +113,7 @@ async fn proxy_auth(
         sid.as_deref(),
     )
     .await?;
-    let host = state.config().host_template.render(&addr);
+    let host = state.config().public_hosts.render(&addr);
     let location = format!(
         "{}/.podgate/callback?ticket={}&next={}",
         state.config().pod_origin(&host),
@@ -202,7 +202,7 @@ async fn callback(
     RawQuery(query): RawQuery,
 ) -> Response {
     let host = request_host(&headers, &uri).unwrap_or("");
-    let addr = state.config().host_template.parse(host).ok();
+    let addr = state.config().public_hosts.parse(host).ok();
     let next = single_params(query.as_deref(), &["next"])
         .ok()
         .and_then(|p| p.get("next").map(|n| safe_next(n)))

@@ -7,7 +7,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 
 use podgate_protocol::gate::Request as GateRequest;
-use podgate_protocol::host::{parse_port, validate_slug, PodAddr};
+use podgate_protocol::host::{parse_port, validate_slug, PodAddr, SERVICE_PORT};
 use podgate_protocol::redirect::safe_next;
 
 use crate::config::limits::MAX_QUERY_LEN;
@@ -44,7 +44,7 @@ pub fn no_store(resp: &mut Response) {
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
 }
 
-/// Validates a pod and port given by a client.
+/// Validates a pod and port given by a client; port 0 with a service's name names the service.
 pub fn parse_target(pod: Option<&str>, port: Option<&str>) -> ApiResult<PodAddr> {
     let pod = pod.filter(|p| !p.is_empty()).ok_or_else(|| {
         ApiError::bad("missing `pod`: give the pod's slug, e.g. pod=myslug&port=8726")
@@ -53,7 +53,12 @@ pub fn parse_target(pod: Option<&str>, port: Option<&str>) -> ApiResult<PodAddr>
     let port = port.filter(|p| !p.is_empty()).ok_or_else(|| {
         ApiError::bad("missing `port`: give the port inside the pod, e.g. port=8726")
     })?;
-    let port = parse_port(port).map_err(|e| ApiError::bad(format!("`port` is not valid: {e}")))?;
+    // Port 0 names the service `pod` (`host::SERVICE_PORT`); no pod port is 0.
+    let port = if port == "0" {
+        SERVICE_PORT
+    } else {
+        parse_port(port).map_err(|e| ApiError::bad(format!("`port` is not valid: {e}")))?
+    };
     Ok(PodAddr {
         pod: pod.to_owned(),
         port,
