@@ -290,3 +290,147 @@ async fn an_upstream_certificate_the_services_ca_did_not_sign_gets_no_request() 
         vec![format!("Bearer {UPSTREAM_KEY}").as_str()]
     );
 }
+
+/// The Python that has the `openai` package: `$PODGATE_OPENAI_PYTHON`, else `.venv`'s. Without
+/// it the test is skipped, except under `CI=true`, where it fails.
+fn openai_python() -> Option<std::path::PathBuf> {
+    let python = std::env::var_os("PODGATE_OPENAI_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
+    let has = std::process::Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has {
+        return Some(python);
+    }
+    let why = format!(
+        "no openai package in {} (`./just setup` installs requirements-dev.txt into .venv)",
+        python.display()
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true: {why}");
+    }
+    eprintln!("SKIPPING the openai SDK test: {why}");
+    None
+}
+
+/// Streams a chat completion with the official `openai` package: `base_url` and `api_key` from
+/// the command line, `*.localhost` resolved to loopback as browsers do. Prints the text and
+/// when each piece of it arrived (seconds since the call), as JSON.
+const OPENAI_SCRIPT: &str = r#"
+import json, socket, sys, time
+
+_resolve = socket.getaddrinfo
+def _loopback(host, *args, **kwargs):
+    if isinstance(host, str) and (host == "localhost" or host.endswith(".localhost")):
+        host = "127.0.0.1"
+    return _resolve(host, *args, **kwargs)
+socket.getaddrinfo = _loopback
+
+from openai import OpenAI
+
+client = OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0, timeout=30)
+start = time.monotonic()
+stream = client.chat.completions.create(
+    model="fake-model",
+    messages=[{"role": "user", "content": "count to five"}],
+    stream=True,
+)
+text, arrivals = "", []
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+        arrivals.append(time.monotonic() - start)
+print(json.dumps({"text": text, "arrivals": arrivals}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_openai_sdk_streams_a_chat_completion_with_a_podgate_api_token() {
+    let Some(python) = openai_python() else {
+        return;
+    };
+    let stack = Stack::start(&["--renew-secret", SECRET]).await;
+    let pace = Duration::from_millis(400);
+    let upstream = podgate_testkit::FakeOpenAi::start(pace).await.unwrap();
+    let front = TlsFront::start(upstream.addr()).await.unwrap();
+    const OPENAI_KEY: &str = "sk-fake-openai-3c9e1f27b4d8";
+    let created = stack
+        .cp
+        .admin(
+            reqwest::Method::POST,
+            "/v1/services",
+            Some(json!({
+                "name": "openai",
+                "owner_id": USER,
+                "upstream_url": format!("https://localhost:{}", front.addr().port()),
+                "ca_pem": front.ca_pem(),
+                "credential": {"header": "authorization", "value": format!("Bearer {OPENAI_KEY}")},
+            })),
+        )
+        .await;
+    let base_url = format!("{}/v1", created["url"].as_str().unwrap());
+    let (_, token) = create_api_token(&stack, &stack.session, "sdk").await;
+    // In force once a request reaches the upstream (its 404 for `GET /`).
+    until_status(
+        &stack,
+        "openai",
+        &[("authorization", &format!("Bearer {token}"))],
+        404,
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("stream.py");
+    std::fs::write(&script, OPENAI_SCRIPT).unwrap();
+    let (script_arg, url_arg, token_arg) = (script.clone(), base_url.clone(), token.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg(&script_arg)
+            .arg(&url_arg)
+            .arg(&token_arg)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env("NO_PROXY", "*")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{stderr}\n{}",
+        stack.logs()
+    );
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["text"], "one two three four five", "{result}");
+    let arrivals: Vec<f64> = result["arrivals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_f64().unwrap())
+        .collect();
+    let (first, last) = (arrivals[0], *arrivals.last().unwrap());
+    println!("first piece after {first:.3}s, last after {last:.3}s");
+    // Streamed, not buffered: the last piece comes four paces after the first.
+    assert!(
+        last - first > 3.0 * pace.as_secs_f64(),
+        "first {first:.3}s, last {last:.3}s: the answer was buffered"
+    );
+
+    let call = upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v1/chat/completions")
+        .expect("the upstream saw no chat completion");
+    let headers = format!("{:?}", call.headers);
+    assert_eq!(
+        call.header_all("authorization"),
+        vec![format!("Bearer {OPENAI_KEY}").as_str()],
+        "{headers}"
+    );
+    assert!(!headers.contains(&token), "{headers}");
+    assert!(!headers.contains("pg_"), "{headers}");
+}

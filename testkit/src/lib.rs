@@ -18,6 +18,7 @@
 //!   skip-or-fail rule of the browser tests, and screenshots kept in `artifacts/`.
 
 pub mod envoy;
+pub mod fake_openai;
 pub mod fake_pod;
 pub mod http;
 pub mod podgate;
@@ -26,6 +27,7 @@ pub mod tls_front;
 pub mod webdriver;
 
 pub use envoy::{envoy_binary, Envoy, EnvoyBuilder, Readiness};
+pub use fake_openai::{FakeOpenAi, OpenAiRequest};
 pub use fake_pod::{FakePod, Recorded};
 pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
 pub use tls_front::TlsFront;
