@@ -7,7 +7,10 @@
 //! the header name are the associated data, so a sealed value copied onto another service, or
 //! under another header name, does not open. It is opened only to build the filter's
 //! configuration, which the xDS server pushes to Envoy over ECDS; `GET /v1/filter-config`
-//! shows it redacted ([`redact`]), and admins only ever see its fingerprint.
+//! shows it redacted ([`redact`]), and admins only ever see its fingerprint. After a rotation of
+//! the key-encryption key, credentials sealed under the previous key open while it stays
+//! configured; `podgate keys rewrap` moves them to the current one ([`rewrap`]), as it does
+//! the signing keys, and setting a credential again seals it under the current one.
 
 use podgate_protocol::config::{
     credential_header_allowed, credential_value_allowed, FilterConfig, InjectedHeader,
@@ -149,6 +152,46 @@ pub fn open(kek: &KeyEncryption, name: &str, stored: &StoredCredential) -> Resul
         .map_err(|_| KekError::Tampered {
             kek_id: kek_id.clone(),
         })
+}
+
+/// Moves every stored service credential under the current key-encryption key (`podgate keys
+/// rewrap`, after a rotation of that key): all are opened first, so one that does not open
+/// changes nothing; then each is sealed again. Returns how many were resealed and how many
+/// already were under the current key.
+pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize, usize), String> {
+    let Some(current) = kek.current() else {
+        return Err("no current key-encryption key to seal the service credentials with".into());
+    };
+    let rows = db
+        .list_services()
+        .await
+        .map_err(|e| format!("reading the services: {e}"))?;
+    let mut reseal = Vec::new();
+    let mut already = 0;
+    for row in rows {
+        let Some(stored) = &row.credential else {
+            continue;
+        };
+        if stored.kek_id.as_deref() == Some(current.id()) {
+            already += 1;
+            continue;
+        }
+        let value = open(kek, &row.name, stored)
+            .map_err(|e| format!("the credential of service {}: {e}", row.name))?;
+        let sealed = seal(kek, &row.name, &stored.header, &value)
+            .map_err(|e| format!("the credential of service {}: {e}", row.name))?;
+        reseal.push(ServiceRow {
+            credential: Some(sealed),
+            ..row
+        });
+    }
+    let resealed = reseal.len();
+    for row in reseal {
+        db.put_service(&row)
+            .await
+            .map_err(|e| format!("storing the credential of service {}: {e}", row.name))?;
+    }
+    Ok((resealed, already))
 }
 
 /// The Envoy cluster of service `name`.
