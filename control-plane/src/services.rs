@@ -13,8 +13,8 @@
 //! the signing keys, and setting a credential again seals it under the current one.
 
 use podgate_protocol::config::{
-    credential_header_allowed, credential_value_allowed, FilterConfig, InjectedHeader,
-    SecretValue, ServiceEntry,
+    credential_header_allowed, credential_value_allowed, FilterConfig, InjectedHeader, SecretValue,
+    ServiceEntry,
 };
 use podgate_xds::envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use podgate_xds::{
@@ -139,7 +139,11 @@ pub fn seal(
 }
 
 /// Opens a service's stored credential.
-pub fn open(kek: &KeyEncryption, name: &str, stored: &StoredCredential) -> Result<String, KekError> {
+pub fn open(
+    kek: &KeyEncryption,
+    name: &str,
+    stored: &StoredCredential,
+) -> Result<String, KekError> {
     let Some(kek_id) = &stored.kek_id else {
         return Ok(stored.value.clone());
     };
@@ -148,10 +152,9 @@ pub fn open(kek: &KeyEncryption, name: &str, stored: &StoredCredential) -> Resul
         ciphertext: stored.value.clone(),
     };
     let plain = kek.open(binding(name, &stored.header), &sealed)?;
-    String::from_utf8(plain.to_vec())
-        .map_err(|_| KekError::Tampered {
-            kek_id: kek_id.clone(),
-        })
+    String::from_utf8(plain.to_vec()).map_err(|_| KekError::Tampered {
+        kek_id: kek_id.clone(),
+    })
 }
 
 /// Moves every stored service credential under the current key-encryption key (`podgate keys
@@ -279,7 +282,10 @@ mod tests {
     #[test]
     fn upstream_urls_are_checked() {
         let u = parse_upstream("https://api.example.com").unwrap();
-        assert_eq!((u.https, u.host.as_str(), u.port), (true, "api.example.com", 443));
+        assert_eq!(
+            (u.https, u.host.as_str(), u.port),
+            (true, "api.example.com", 443)
+        );
         assert_eq!(u.authority, "api.example.com");
         let u = parse_upstream("http://127.0.0.1:8080/").unwrap();
         assert_eq!((u.port, u.authority.as_str()), (8080, "127.0.0.1:8080"));

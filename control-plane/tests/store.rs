@@ -526,15 +526,33 @@ async fn services(db: &Db) {
     assert!(back == row);
     let stored = back.credential.as_ref().unwrap();
     assert!(!stored.value.contains("sk-secret-value"));
-    assert_eq!(services::open(&old, "api", stored).unwrap(), "sk-secret-value");
+    assert_eq!(
+        services::open(&old, "api", stored).unwrap(),
+        "sk-secret-value"
+    );
     assert_eq!(db.list_services().await.unwrap().len(), 1);
     // A pod of the same name is another thing: port 0 reads the service.
     db.create_pod(&pod("api", "other", None)).await.unwrap();
-    let f = db.access_facts("api", 0, Some("mate")).await.unwrap().unwrap();
-    assert_eq!((f.owner_id.as_str(), f.sharing, f.is_team_member), ("owner", Sharing::Team, true));
-    let f = db.access_facts("api", 80, Some("mate")).await.unwrap().unwrap();
+    let f = db
+        .access_facts("api", 0, Some("mate"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (f.owner_id.as_str(), f.sharing, f.is_team_member),
+        ("owner", Sharing::Team, true)
+    );
+    let f = db
+        .access_facts("api", 80, Some("mate"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(f.owner_id, "other");
-    let (u, f) = db.user_access_facts("other", "api", 0).await.unwrap().unwrap();
+    let (u, f) = db
+        .user_access_facts("other", "api", 0)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(u.id, "other");
     assert!(!f.unwrap().is_team_member);
     assert!(db.access_facts("nothing", 0, None).await.unwrap().is_none());
@@ -548,10 +566,19 @@ async fn services(db: &Db) {
     );
     assert_eq!(services::rewrap(db, &rotating).await.unwrap(), (1, 0));
     assert_eq!(services::rewrap(db, &rotating).await.unwrap(), (0, 1));
-    let moved = db.get_service("api").await.unwrap().unwrap().credential.unwrap();
+    let moved = db
+        .get_service("api")
+        .await
+        .unwrap()
+        .unwrap()
+        .credential
+        .unwrap();
     assert_eq!(moved.kek_id.as_deref(), Some(new_key.id()));
     let new_only = KeyEncryption::new(Some(new_key), vec![]);
-    assert_eq!(services::open(&new_only, "api", &moved).unwrap(), "sk-secret-value");
+    assert_eq!(
+        services::open(&new_only, "api", &moved).unwrap(),
+        "sk-secret-value"
+    );
     assert!(services::open(&old, "api", &moved).is_err());
 
     assert!(db.delete_service("api").await.unwrap());

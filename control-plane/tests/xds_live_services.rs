@@ -128,7 +128,10 @@ async fn a_service_gets_its_credential_over_tls_and_never_the_callers() {
     );
     for path in ["/v1/services", "/v1/services/openai", "/v1/filter-config"] {
         let answer = stack.cp.admin(reqwest::Method::GET, path, None).await;
-        assert!(!answer.to_string().contains(UPSTREAM_KEY), "{path}: {answer}");
+        assert!(
+            !answer.to_string().contains(UPSTREAM_KEY),
+            "{path}: {answer}"
+        );
     }
     let filter = stack
         .cp
@@ -165,11 +168,20 @@ async fn a_service_gets_its_credential_over_tls_and_never_the_callers() {
         vec![format!("Bearer {UPSTREAM_KEY}").as_str()],
         "{headers}"
     );
-    assert_eq!(last.header("host"), Some(format!("localhost:{}", front.addr().port()).as_str()));
+    assert_eq!(
+        last.header("host"),
+        Some(format!("localhost:{}", front.addr().port()).as_str())
+    );
     assert_eq!(last.header("x-app"), Some("kept"));
     assert!(!headers.contains(&token), "{headers}");
     assert!(!headers.contains("pg_"), "{headers}");
-    for ours in ["podgate-token", "x-podgate-user", "x-podgate-email", "x-podgate-assertion", "cookie"] {
+    for ours in [
+        "podgate-token",
+        "x-podgate-user",
+        "x-podgate-email",
+        "x-podgate-assertion",
+        "cookie",
+    ] {
         assert!(!last.has_header(ours), "{ours}: {headers}");
     }
 
@@ -190,7 +202,10 @@ async fn a_service_gets_its_credential_over_tls_and_never_the_callers() {
         &stack,
         "openai",
         "/",
-        &[("podgate-token", &cap), ("authorization", "Basic Y2FsbGVyOm93bg==")],
+        &[
+            ("podgate-token", &cap),
+            ("authorization", "Basic Y2FsbGVyOm93bg=="),
+        ],
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -240,10 +255,17 @@ async fn a_service_gets_its_credential_over_tls_and_never_the_callers() {
     let (status, body) = get_service(&stack, "openai", "/", &[("authorization", &bearer)]).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("API token"), "{body}");
-    assert_eq!(upstream.requests().len(), before, "forwarded with a revoked token");
+    assert_eq!(
+        upstream.requests().len(),
+        before,
+        "forwarded with a revoked token"
+    );
 
     // The credential never reached a log.
-    assert!(!stack.cp.log().contains(UPSTREAM_KEY), "the control plane logged it");
+    assert!(
+        !stack.cp.log().contains(UPSTREAM_KEY),
+        "the control plane logged it"
+    );
     assert!(!stack.envoy.log().contains(UPSTREAM_KEY), "Envoy logged it");
 }
 
@@ -275,7 +297,10 @@ async fn an_upstream_certificate_the_services_ca_did_not_sign_gets_no_request() 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(upstream.requests().is_empty(), "the upstream was sent a request");
+    assert!(
+        upstream.requests().is_empty(),
+        "the upstream was sent a request"
+    );
 
     // The right CA: the same upstream answers.
     stack
@@ -399,11 +424,7 @@ async fn the_openai_sdk_streams_a_chat_completion_with_a_podgate_api_token() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{stderr}\n{}",
-        stack.logs()
-    );
+    assert!(out.status.success(), "{stdout}\n{stderr}\n{}", stack.logs());
     let result: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(result["text"], "one two three four five", "{result}");
     let arrivals: Vec<f64> = result["arrivals"]
@@ -433,4 +454,100 @@ async fn the_openai_sdk_streams_a_chat_completion_with_a_podgate_api_token() {
     );
     assert!(!headers.contains(&token), "{headers}");
     assert!(!headers.contains("pg_"), "{headers}");
+}
+
+/// A GET through Envoy on service `name`'s host as a browser page load: status, `Location`,
+/// `Set-Cookie`s and body.
+async fn page_on_service(
+    http: &reqwest::Client,
+    stack: &Stack,
+    name: &str,
+    path_and_query: &str,
+    cookie: Option<&str>,
+) -> (u16, Option<String>, Vec<String>, String) {
+    let mut req = http
+        .get(format!("http://{}{path_and_query}", stack.envoy.listener))
+        .header(HOST, service_host(name))
+        .header(reqwest::header::ACCEPT, "text/html");
+    if let Some(c) = cookie {
+        req = req.header(COOKIE, c);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let cookies = resp
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    (status, location, cookies, resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_browser_signs_in_to_a_service_and_its_cookie_never_reaches_the_upstream() {
+    let stack = Stack::start(&["--renew-secret", SECRET]).await;
+    let upstream = FakePod::start("upstream").await.unwrap();
+    let front = TlsFront::start(upstream.addr()).await.unwrap();
+    create_service(&stack, "openai", &front, front.ca_pem()).await;
+    let http = no_redirects();
+
+    // A page load without a capability goes to the control plane for this service (port 0).
+    let start = Instant::now();
+    let auth = loop {
+        let (status, location, _, body) =
+            page_on_service(&http, &stack, "openai", "/chat", None).await;
+        if status == 302 {
+            break location.unwrap();
+        }
+        assert!(start.elapsed() < ONE_PUSH, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(auth.contains("/api/proxy-auth?pod=openai&port=0"), "{auth}");
+    let resp = http
+        .get(&auth)
+        .header(COOKIE, &stack.session)
+        .header(reqwest::header::ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 302, "{:?}", resp.text().await);
+    let callback =
+        url::Url::parse(resp.headers()[reqwest::header::LOCATION].to_str().unwrap()).unwrap();
+    assert_eq!(callback.host_str(), Some("svc-openai.localhost"));
+    let path = format!("{}?{}", callback.path(), callback.query().unwrap());
+    let (status, _, cookies, body) = page_on_service(&http, &stack, "openai", &path, None).await;
+    assert_eq!(status, 302, "{body}");
+    let cap = cookies
+        .iter()
+        .find(|c| c.starts_with("podgate_cap="))
+        .unwrap_or_else(|| panic!("no capability cookie: {cookies:?}"));
+    let cap = cap.split(';').next().unwrap().to_owned();
+
+    // With the cookie: the upstream answers (once the service is in force at the edge), with
+    // the service's credential, no cookie of ours.
+    let with_cookie = format!("{cap}; app=1");
+    let start = Instant::now();
+    loop {
+        let (status, _, _, body) =
+            page_on_service(&http, &stack, "openai", "/chat", Some(&with_cookie)).await;
+        if status == 200 {
+            break;
+        }
+        assert!(start.elapsed() < ONE_PUSH, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let last = upstream.requests().pop().unwrap();
+    assert_eq!(last.path, "/chat");
+    assert_eq!(
+        last.header_all("authorization"),
+        vec![format!("Bearer {UPSTREAM_KEY}").as_str()]
+    );
+    assert_eq!(last.header("cookie"), Some("app=1"));
+    // The same cookie on a pod host is no capability there.
+    let (status, _, _, _) = get_on_pod(&http, stack.envoy.listener, "alpha", "/", Some(&cap)).await;
+    assert_ne!(status, 200);
 }

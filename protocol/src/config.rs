@@ -179,9 +179,9 @@ const FORBIDDEN_CREDENTIAL_HEADERS: [&str; 11] = [
 pub fn credential_header_allowed(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_!#$%&'*+.^`|~".contains(&b))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_!#$%&'*+.^`|~".contains(&b)
+        })
         && !name.starts_with(HEADER_PREFIX)
         && !FORBIDDEN_CREDENTIAL_HEADERS.contains(&name)
 }

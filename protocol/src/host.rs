@@ -367,7 +367,9 @@ impl ServiceTemplate {
         let Some(head) = host.strip_suffix(self.suffix.as_str()) else {
             return Err(HostError::WrongDomain);
         };
-        let name = head.strip_prefix(self.prefix.as_str()).ok_or(HostError::NoMatch)?;
+        let name = head
+            .strip_prefix(self.prefix.as_str())
+            .ok_or(HostError::NoMatch)?;
         validate_slug(name)?;
         let rendered = self.render(name);
         if rendered != host {
@@ -698,10 +700,16 @@ mod tests {
     #[test]
     fn services_parse_and_render_beside_pods() {
         let services = ServiceTemplate::new(DEFAULT_SERVICE_TEMPLATE, "example.dev").unwrap();
-        assert_eq!(services.parse("svc-openai.example.dev:443"), Ok("openai".into()));
+        assert_eq!(
+            services.parse("svc-openai.example.dev:443"),
+            Ok("openai".into())
+        );
         assert_eq!(services.render("openai"), "svc-openai.example.dev");
         assert_eq!(services.parse("svc-.example.dev"), Err(HostError::BadSlug));
-        assert_eq!(services.parse("svc-a.b.example.dev"), Err(HostError::BadSlug));
+        assert_eq!(
+            services.parse("svc-a.b.example.dev"),
+            Err(HostError::BadSlug)
+        );
         assert_eq!(services.parse("x.example.dev"), Err(HostError::NoMatch));
         assert!(ServiceTemplate::new("svc.{domain}", "d").is_err());
         assert!(ServiceTemplate::new("{name}-{port}.{domain}", "d").is_err());

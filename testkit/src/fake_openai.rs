@@ -103,7 +103,10 @@ fn full(status: StatusCode, content_type: &str, body: String) -> Response<Body> 
 /// One `chat.completion.chunk` event: word `i`, or the last one with `finish_reason`.
 fn chunk(i: usize) -> String {
     let (delta, finish) = match FAKE_OPENAI_WORDS.get(i) {
-        Some(word) => (serde_json::json!({"content": word}), serde_json::Value::Null),
+        Some(word) => (
+            serde_json::json!({"content": word}),
+            serde_json::Value::Null,
+        ),
         None => (serde_json::json!({}), serde_json::json!("stop")),
     };
     let event = serde_json::json!({
@@ -127,19 +130,34 @@ async fn answer(
         headers: req
             .headers()
             .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
     };
     if let Ok(mut seen) = record.lock() {
         seen.push(recorded.clone());
     }
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let streaming = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .is_some_and(|v| v["stream"] == true);
     if recorded.method != "POST" || recorded.path != "/v1/chat/completions" || !streaming {
-        let error = serde_json::json!({"error": {"message": "not found", "type": "invalid_request_error"}});
-        return Ok(full(StatusCode::NOT_FOUND, "application/json", error.to_string()));
+        let error =
+            serde_json::json!({"error": {"message": "not found", "type": "invalid_request_error"}});
+        return Ok(full(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            error.to_string(),
+        ));
     }
     let start = tokio::time::Instant::now();
     let pieces = futures_util::stream::unfold(0usize, move |i| async move {
@@ -153,10 +171,15 @@ async fn answer(
         } else {
             chunk(i)
         };
-        Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from(text))), i + 1))
+        Some((
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from(text))),
+            i + 1,
+        ))
     });
     let mut resp = Response::new(StreamBody::new(pieces).boxed_unsync());
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
     Ok(resp)
 }

@@ -353,9 +353,7 @@ pub fn with_upstream_tls(mut cluster: Cluster, tls: &UpstreamTls) -> Cluster {
         match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
             san_type: san_type as i32,
             matcher: Some(StringMatcher {
-                match_pattern: Some(string_matcher::MatchPattern::Exact(
-                    tls.server_name.clone(),
-                )),
+                match_pattern: Some(string_matcher::MatchPattern::Exact(tls.server_name.clone())),
                 ..Default::default()
             }),
             ..Default::default()

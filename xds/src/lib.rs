@@ -48,9 +48,8 @@ pub mod snapshot;
 
 pub use builders::{
     fixed_host_cluster, original_dst_cluster, wasm_filter_extension_config, with_upstream_tls,
-    CircuitBreakerLimits, TrustedCa, UpstreamTls,
-    FixedHostClusterOptions, OriginalDstClusterOptions, UpstreamProtocol, WasmFilterSpec,
-    DEFAULT_UPSTREAM_HEADER,
+    CircuitBreakerLimits, FixedHostClusterOptions, OriginalDstClusterOptions, TrustedCa,
+    UpstreamProtocol, UpstreamTls, WasmFilterSpec, DEFAULT_UPSTREAM_HEADER,
 };
 pub use protocol::{AdsStream, RequestEvent, RequestOutcome};
 pub use server::{serve, AdsServer, StreamStatus, XdsMetrics, XdsObserver, XdsServeError};

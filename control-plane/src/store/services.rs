@@ -106,20 +106,24 @@ impl Db {
     }
 
     pub async fn get_service(&self, name: &str) -> Res<Option<ServiceRow>> {
-        sqlx::query(&format!("SELECT {SERVICE_COLS} FROM services WHERE name = $1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(service_from_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {SERVICE_COLS} FROM services WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(service_from_row)
+        .transpose()
     }
 
     /// Every service, by name.
     pub async fn list_services(&self) -> Res<Vec<ServiceRow>> {
-        let rows = sqlx::query(&format!("SELECT {SERVICE_COLS} FROM services ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {SERVICE_COLS} FROM services ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(service_from_row).collect()
     }
 

@@ -215,9 +215,7 @@ async fn create_service(
             body.name, body.name
         )));
     }
-    let credential = credential
-        .map(|c| sealed(&s, &body.name, &c))
-        .transpose()?;
+    let credential = credential.map(|c| sealed(&s, &body.name, &c)).transpose()?;
     let now = now_unix();
     let row = ServiceRow {
         name: body.name,
