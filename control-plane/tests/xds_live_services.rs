@@ -185,13 +185,13 @@ async fn a_service_gets_its_credential_over_tls_and_never_the_callers() {
         assert!(!last.has_header(ours), "{ours}: {headers}");
     }
 
-    // A capability for the service (`port` 0) in `podgate-token`, with the caller's own
+    // A capability for the service (`{service}`) in `podgate-token`, with the caller's own
     // `Authorization`: the upstream gets the service's credential in its place.
     let resp = stack
         .http
         .post(format!("http://{}/v1/capabilities", stack.cp.http))
         .header(COOKIE, &stack.session)
-        .json(&json!({"pod": "openai", "port": 0}))
+        .json(&json!({"service": "openai"}))
         .send()
         .await
         .unwrap();
@@ -234,7 +234,7 @@ async fn a_service_gets_its_credential_over_tls_and_never_the_callers() {
         .http
         .post(format!("http://{}/v1/capabilities", stack.cp.http))
         .header(COOKIE, &bob_session)
-        .json(&json!({"pod": "openai", "port": 0}))
+        .json(&json!({"service": "openai"}))
         .send()
         .await
         .unwrap();
@@ -495,7 +495,7 @@ async fn a_browser_signs_in_to_a_service_and_its_cookie_never_reaches_the_upstre
     create_service(&stack, "openai", &front, front.ca_pem()).await;
     let http = no_redirects();
 
-    // A page load without a capability goes to the control plane for this service (port 0).
+    // A page load without a capability goes to the control plane for this service.
     let start = Instant::now();
     let auth = loop {
         let (status, location, _, body) =
@@ -506,7 +506,7 @@ async fn a_browser_signs_in_to_a_service_and_its_cookie_never_reaches_the_upstre
         assert!(start.elapsed() < ONE_PUSH, "{status} {body}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert!(auth.contains("/api/proxy-auth?pod=openai&port=0"), "{auth}");
+    assert!(auth.contains("/api/proxy-auth?service=openai"), "{auth}");
     let resp = http
         .get(&auth)
         .header(COOKIE, &stack.session)

@@ -312,6 +312,16 @@ pub const SERVICE_PORT: u16 = 0;
 /// The default public host of a service: one DNS label under the domain.
 pub const DEFAULT_SERVICE_TEMPLATE: &str = "svc-{name}.{domain}";
 
+/// The query that names `addr` to the control plane: `service=NAME` for a service
+/// ([`SERVICE_PORT`]), `pod=SLUG&port=PORT` for a pod port. Names are slugs, safe in a query.
+pub fn target_query(addr: &PodAddr) -> String {
+    if addr.port == SERVICE_PORT {
+        format!("service={}", addr.pod)
+    } else {
+        format!("pod={}&port={}", addr.pod, addr.port)
+    }
+}
+
 /// A compiled service host template: literal `prefix`, the service name, literal `suffix`
 /// (which ends with `.domain`). Parsing is strict and canonical, as for pod hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -727,6 +737,11 @@ mod tests {
             "svc-openai.example.dev"
         );
         assert_eq!(hosts.check_service_name("openai"), Ok(()));
+        assert_eq!(
+            target_query(&addr("openai", SERVICE_PORT)),
+            "service=openai"
+        );
+        assert_eq!(target_query(&addr("openai", 80)), "pod=openai&port=80");
         // A service template that reads like a pod host: those names are refused.
         let pod_like = ServiceTemplate::new("localhost-1-pod-{name}.{domain}", "example.dev");
         let hosts = PublicHosts::new(public(), pod_like.ok());

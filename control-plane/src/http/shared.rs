@@ -44,8 +44,26 @@ pub fn no_store(resp: &mut Response) {
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
 }
 
-/// Validates a pod and port given by a client; port 0 with a service's name names the service.
-pub fn parse_target(pod: Option<&str>, port: Option<&str>) -> ApiResult<PodAddr> {
+/// Validates a pod and port, or a service, given by a client: a service is the address
+/// (`name`, `host::SERVICE_PORT`), and is named alone.
+pub fn parse_target(
+    pod: Option<&str>,
+    port: Option<&str>,
+    service: Option<&str>,
+) -> ApiResult<PodAddr> {
+    if let Some(service) = service {
+        if pod.is_some() || port.is_some() {
+            return Err(ApiError::bad(
+                "give either `service`, or `pod` and `port`, not both",
+            ));
+        }
+        validate_slug(service)
+            .map_err(|e| ApiError::bad(format!("`service` is not a service name: {e}")))?;
+        return Ok(PodAddr {
+            pod: service.to_owned(),
+            port: SERVICE_PORT,
+        });
+    }
     let pod = pod.filter(|p| !p.is_empty()).ok_or_else(|| {
         ApiError::bad("missing `pod`: give the pod's slug, e.g. pod=myslug&port=8726")
     })?;
@@ -53,12 +71,7 @@ pub fn parse_target(pod: Option<&str>, port: Option<&str>) -> ApiResult<PodAddr>
     let port = port.filter(|p| !p.is_empty()).ok_or_else(|| {
         ApiError::bad("missing `port`: give the port inside the pod, e.g. port=8726")
     })?;
-    // Port 0 names the service `pod` (`host::SERVICE_PORT`); no pod port is 0.
-    let port = if port == "0" {
-        SERVICE_PORT
-    } else {
-        parse_port(port).map_err(|e| ApiError::bad(format!("`port` is not valid: {e}")))?
-    };
+    let port = parse_port(port).map_err(|e| ApiError::bad(format!("`port` is not valid: {e}")))?;
     Ok(PodAddr {
         pod: pod.to_owned(),
         port,

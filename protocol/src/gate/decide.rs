@@ -12,7 +12,7 @@ use crate::config::{
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
 use crate::cors::origin_pod;
 use crate::exchange::{self, ExchangeNeeded, Lookup, Refusal};
-use crate::host::{PodAddr, SERVICE_PORT};
+use crate::host::{target_query, PodAddr, SERVICE_PORT};
 use crate::own_paths::{self, OwnPath};
 use crate::path;
 use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
@@ -312,12 +312,8 @@ fn strip_edits(
 /// canonical form (`redirect::safe_next`): never a `ticket` parameter, never the reserved
 /// prefix.
 pub fn auth_redirect(config: &CompiledConfig, pod: &PodAddr, path: &str) -> String {
-    let mut url = format!(
-        "{}?pod={}&port={}",
-        config.auth_url,
-        encode_query_value(&pod.pod),
-        pod.port
-    );
+    // The pod slug or service name came from a parsed host: a slug, safe in a query.
+    let mut url = format!("{}?{}", config.auth_url, target_query(pod));
     if !path.is_empty() && path.len() <= MAX_NEXT_LEN {
         url.push_str("&next=");
         url.push_str(&encode_query_value(&safe_next(path)));

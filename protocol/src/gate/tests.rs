@@ -1832,3 +1832,26 @@ fn pod_and_service_capabilities_never_stand_in_for_each_other() {
     );
     assert_eq!(status(&d), 400);
 }
+
+#[test]
+fn a_page_load_of_a_service_without_a_capability_is_sent_to_sign_in_for_that_service() {
+    let c = config_with_service();
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/chat"),
+            (":method", "GET"),
+            ("sec-fetch-mode", "navigate"),
+        ]),
+    );
+    match d {
+        Decision::Deny(Denial::NoCapability {
+            redirect: Some(url),
+        }) => assert_eq!(
+            url,
+            "https://podgate.example.dev/api/proxy-auth?service=openai&next=/chat"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
