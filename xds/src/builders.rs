@@ -478,6 +478,75 @@ mod tests {
     }
 
     #[test]
+    fn upstream_tls_sends_sni_and_verifies_the_name_against_the_ca() {
+        use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+            common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
+            UpstreamTlsContext,
+        };
+        use prost::Message as _;
+
+        let decode = |cluster: &Cluster| {
+            let socket = cluster.transport_socket.as_ref().unwrap();
+            assert_eq!(socket.name, "envoy.transport_sockets.tls");
+            let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
+                panic!("no typed config");
+            };
+            UpstreamTlsContext::decode(any.value.as_slice()).unwrap()
+        };
+        let base = fixed_host_cluster(
+            "svc",
+            "api.example.com",
+            443,
+            &FixedHostClusterOptions::default(),
+        );
+        let tls = with_upstream_tls(
+            base.clone(),
+            &UpstreamTls {
+                server_name: "api.example.com".into(),
+                trusted_ca: TrustedCa::Pem("-----BEGIN CERTIFICATE-----".into()),
+            },
+        );
+        let context = decode(&tls);
+        assert_eq!(context.sni, "api.example.com");
+        let Some(ValidationContextType::ValidationContext(validation)) =
+            context.common_tls_context.unwrap().validation_context_type
+        else {
+            panic!("no validation context");
+        };
+        let ca = validation.trusted_ca.unwrap().specifier.unwrap();
+        assert_eq!(
+            ca,
+            data_source::Specifier::InlineString("-----BEGIN CERTIFICATE-----".into())
+        );
+        let san = &validation.match_typed_subject_alt_names[0];
+        assert_eq!(san.san_type, SanType::Dns as i32);
+        // An IP address: no SNI, an IP address SAN; the system's roots from a file.
+        let by_ip = with_upstream_tls(
+            base,
+            &UpstreamTls {
+                server_name: "10.0.0.9".into(),
+                trusted_ca: TrustedCa::File("/etc/ssl/certs/ca-certificates.crt".into()),
+            },
+        );
+        let context = decode(&by_ip);
+        assert_eq!(context.sni, "");
+        let Some(ValidationContextType::ValidationContext(validation)) =
+            context.common_tls_context.unwrap().validation_context_type
+        else {
+            panic!("no validation context");
+        };
+        assert_eq!(
+            validation.match_typed_subject_alt_names[0].san_type,
+            SanType::IpAddress as i32
+        );
+        assert_eq!(
+            validation.trusted_ca.unwrap().specifier.unwrap(),
+            data_source::Specifier::Filename("/etc/ssl/certs/ca-certificates.crt".into())
+        );
+    }
+
+    #[test]
     fn fixed_host_cluster_is_static_for_ips_and_dns_for_names() {
         let options = FixedHostClusterOptions::default();
         let by_ip = fixed_host_cluster("cp", "127.0.0.1", 8080, &options);
