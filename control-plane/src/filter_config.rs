@@ -99,7 +99,10 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
         domain: config.domain.clone(),
         public_host_template: config.host_template_source.clone(),
         upstream_host_template: config.upstream_host_template_source.clone(),
-        service_host_template: Some(config.service_host_template_source.clone()),
+        // Sent only with services, so that a configuration without any stays one an older
+        // filter takes.
+        service_host_template: (!services.is_empty())
+            .then(|| config.service_host_template_source.clone()),
         public_scheme: config.public_scheme.as_str().to_owned(),
         cookie_name: DEFAULT_COOKIE_NAME.to_owned(),
         auth_url,

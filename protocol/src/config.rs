@@ -125,9 +125,9 @@ pub struct PodEntry {
     pub address: Option<String>,
 }
 
-/// One published upstream API (a service) in the directory.
+/// One published upstream API (a service) in the directory. Like a pod entry, it ignores
+/// fields it does not know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceEntry {
     /// The Envoy cluster that reaches the upstream (with its TLS settings).
     pub cluster: String,
@@ -140,7 +140,6 @@ pub struct ServiceEntry {
 
 /// A header the filter sets on the upstream request: `name: value`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InjectedHeader {
     /// Lowercase header name, e.g. `authorization` or `x-api-key`.
     pub name: String,
