@@ -9,6 +9,8 @@
 //! `renewal` tells the filter where and when to renew browser capabilities (`renew.rs`), with
 //! the renewal secret, which admins see here too. `assertion` carries the private identity
 //! assertion key the filter signs with (`keys::assertion_key`), which admins see here too.
+//! `services` carries each service's credential, opened from its sealed form (`services.rs`):
+//! Envoy gets it over ECDS; `GET /v1/filter-config` shows it redacted.
 
 use std::collections::HashMap;
 
@@ -81,6 +83,12 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
         );
     }
     let (rate_limits, concurrency_limits) = edge_limits(db, config).await?;
+    let mut services = HashMap::new();
+    for row in db.list_services().await? {
+        if let Some(entry) = crate::services::directory_entry(&config.key_encryption, &row) {
+            services.insert(row.name.clone(), entry);
+        }
+    }
     let revoked_jti = revoked_capabilities(db).await?;
     let cutoffs = crate::cuts::cutoffs(db).await?;
     let auth_url = format!("{}/api/proxy-auth", config.issuer);
@@ -94,12 +102,17 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
         domain: config.domain.clone(),
         public_host_template: config.host_template_source.clone(),
         upstream_host_template: config.upstream_host_template_source.clone(),
+        // Sent only with services, so that a configuration without any stays one an older
+        // filter takes.
+        service_host_template: (!services.is_empty())
+            .then(|| config.service_host_template_source.clone()),
         public_scheme: config.public_scheme.as_str().to_owned(),
         cookie_name: DEFAULT_COOKIE_NAME.to_owned(),
         auth_url,
         control_plane_cluster: CONTROL_PLANE_CLUSTER.to_owned(),
         keys: ring.capability_keys.clone(),
         pods,
+        services,
         revoked_jti,
         cutoffs,
         logout_url,

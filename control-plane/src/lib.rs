@@ -16,6 +16,7 @@ pub mod mint;
 pub mod recorder;
 pub mod renew;
 pub mod replicas;
+pub mod services;
 pub mod store;
 pub mod wake;
 pub mod xds_sync;

@@ -163,8 +163,11 @@ async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), Strin
                 .await
                 .map_err(|e| format!("{e}; nothing was changed"))?;
             let current = kek.current().map(|k| k.id().to_owned()).unwrap_or_default();
+            let (services, services_current) = podgate::services::rewrap(&db, kek)
+                .await
+                .map_err(|e| format!("signing keys re-encrypted, service credentials not: {e}"))?;
             println!(
-                "re-encrypted {} signing keys with key-encryption key {current} ({} already were); every stored signing key is now encrypted with it, so previous key-encryption keys are no longer needed",
+                "re-encrypted {} signing keys with key-encryption key {current} ({} already were) and {services} service credentials ({services_current} already were); everything stored is now encrypted with it, so previous key-encryption keys are no longer needed",
                 report.resealed.len(),
                 report.already_current
             );

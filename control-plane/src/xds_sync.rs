@@ -6,6 +6,8 @@
 //!   stripping client copies, and Envoy connects there. Memory stays constant with the number
 //!   of pods (a cluster per pod grows Envoy's memory with every pod: `BENCHMARKS.md`, "Scale"),
 //!   at the price of circuit breakers and stats shared by all pods.
+//! - CDS: one cluster per service, to its upstream (TLS with SNI and certificate verification
+//!   for https; `services.rs`).
 //! - ECDS: the podgate Wasm filter (`podgate`) with the JSON of [`filter_config::build`]: keys,
 //!   host templates, the pod directory with status, issuer, auth URL, cookie name.
 //!
@@ -139,7 +141,19 @@ pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result
         root_id: FILTER_ROOT_ID,
         configuration_json: &json,
     });
-    let snapshot = Snapshot::new(vec![pods_cluster], vec![extension])
+    let mut clusters = vec![pods_cluster];
+    let services = sources
+        .db
+        .list_services()
+        .await
+        .map_err(|e| format!("reading the services: database: {e}"))?;
+    clusters.extend(
+        services
+            .iter()
+            .filter(|row| filter.services.contains_key(&row.name))
+            .filter_map(crate::services::cluster),
+    );
+    let snapshot = Snapshot::new(clusters, vec![extension])
         .map_err(|e| format!("inconsistent snapshot: {e}"))?;
     Ok(Built {
         snapshot,

@@ -21,16 +21,20 @@
 
 pub mod ads_bootstrap;
 pub mod envoy;
+pub mod fake_openai;
 pub mod fake_pod;
 pub mod http;
 pub mod podgate;
 pub mod process;
+pub mod tls_front;
 pub mod webdriver;
 
 pub use ads_bootstrap::AdsBootstrap;
 pub use envoy::{envoy_binary, Envoy, EnvoyBuilder, Readiness};
+pub use fake_openai::{FakeOpenAi, OpenAiRequest};
 pub use fake_pod::{FakePod, Recorded};
 pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
+pub use tls_front::TlsFront;
 
 use std::path::{Path, PathBuf};
 

@@ -40,6 +40,7 @@ impl Settings {
             domain: self.domain.or(o.domain),
             host_template: self.host_template.or(o.host_template),
             upstream_host_template: self.upstream_host_template.or(o.upstream_host_template),
+            service_host_template: self.service_host_template.or(o.service_host_template),
             pod_public_port: self.pod_public_port.or(o.pod_public_port),
             login_url: self.login_url.or(o.login_url),
             capability_lifetime_secs: self.capability_lifetime_secs.or(o.capability_lifetime_secs),

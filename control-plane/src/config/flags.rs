@@ -120,6 +120,10 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_UPSTREAM_HOST_TEMPLATE", global = true)]
     pub upstream_host_template: Option<String>,
 
+    /// Public host of a published upstream API (a service) [default: svc-{name}.{domain}].
+    #[arg(long, env = "PODGATE_SERVICE_HOST_TEMPLATE", global = true)]
+    pub service_host_template: Option<String>,
+
     /// Port of pod URLs as browsers see them (Envoy's public port); left out of URLs when it is
     /// the scheme's default (80/443) [default: 10000].
     #[arg(long, env = "PODGATE_POD_PUBLIC_PORT", global = true)]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use podgate_protocol::assertion::DEFAULT_ASSERTION_LIFETIME_SECS;
-use podgate_protocol::host::HostTemplate;
+use podgate_protocol::host::{HostTemplate, PublicHosts, ServiceTemplate};
 use podgate_protocol::token::MAX_ASSERTION_LIFETIME_SECS;
 
 use crate::config::{
@@ -176,6 +176,16 @@ impl Settings {
                 "upstream host template {upstream_s:?} cannot be used: {e}; set PODGATE_UPSTREAM_HOST_TEMPLATE, e.g. localhost-{{port}}.pod-{{pod}}.{{domain}}"
             ))
         })?;
+
+        let service_s = self
+            .service_host_template
+            .unwrap_or_else(|| podgate_protocol::host::DEFAULT_SERVICE_TEMPLATE.to_owned());
+        let service_host_template = ServiceTemplate::new(&service_s, &domain).map_err(|e| {
+            bad(format!(
+                "service host template {service_s:?} cannot be used: {e}; set PODGATE_SERVICE_HOST_TEMPLATE to one `{{name}}` and a trailing `.{{domain}}`, e.g. svc-{{name}}.{{domain}}"
+            ))
+        })?;
+        let public_hosts = PublicHosts::new(host_template.clone(), Some(service_host_template));
 
         let pod_public_port = match self.pod_public_port.unwrap_or(DEFAULT_POD_PUBLIC_PORT) {
             0 => {
@@ -425,6 +435,8 @@ impl Settings {
             upstream_host_template,
             host_template_source,
             upstream_host_template_source: upstream_s,
+            public_hosts,
+            service_host_template_source: service_s,
             pod_public_port,
             login_url,
             capability_lifetime,

@@ -1,5 +1,6 @@
 //! Pods, their ports, and the facts an authorization decision reads.
 
+use podgate_protocol::host::SERVICE_PORT;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
@@ -336,12 +337,16 @@ pub struct AccessFacts {
 
 impl Db {
     /// The facts for `user_id` (if signed in) reaching `port` of pod `slug`; `None` if no pod.
+    /// Port 0 ([`SERVICE_PORT`]) names the service `slug` instead.
     pub async fn access_facts(
         &self,
         slug: &str,
         port: u16,
         user_id: Option<&str>,
     ) -> Res<Option<AccessFacts>> {
+        if port == SERVICE_PORT {
+            return self.service_access_facts(slug, user_id).await;
+        }
         let row = sqlx::query(
             "SELECT p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
                     (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = $3) AS members \
@@ -366,13 +371,21 @@ impl Db {
 
 impl Db {
     /// A user (read fresh) and the facts for them reaching `port` of pod `slug`, in one query:
-    /// `None` when the user does not exist; facts `None` when the pod does not.
+    /// `None` when the user does not exist; facts `None` when the pod does not. Port 0
+    /// ([`SERVICE_PORT`]) names the service `slug` instead (two queries).
     pub async fn user_access_facts(
         &self,
         user_id: &str,
         slug: &str,
         port: u16,
     ) -> Res<Option<(User, Option<AccessFacts>)>> {
+        if port == SERVICE_PORT {
+            let Some(user) = self.get_user(user_id).await? else {
+                return Ok(None);
+            };
+            let facts = self.service_access_facts(slug, Some(user_id)).await?;
+            return Ok(Some((user, facts)));
+        }
         let row = sqlx::query(
             "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
                     p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \

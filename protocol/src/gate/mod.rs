@@ -291,13 +291,17 @@ impl Gate {
     }
 
     /// The identity assertion for a forward to a pod at `now` (`assertion`): `None` on the
-    /// reserved path and when assertions are off. Signed once per capability and worker per
+    /// reserved path, for a service, and when assertions are off. Signed once per capability and worker per
     /// half assertion lifetime; every other call hands out the cached value.
     pub fn assertion(&mut self, forward: &Forward, now: i64) -> Option<Rc<str>> {
         let config = self.config.as_deref()?;
         let signer = config.assertion.as_ref()?;
         let capability = forward.capability.as_deref()?;
         forward.response.as_ref()?;
+        if capability.claims.port == crate::host::SERVICE_PORT {
+            // A service is a third party: it learns nothing of our users.
+            return None;
+        }
         self.assertions
             .get(signer, capability, now, config.token_cache_entries)
     }
