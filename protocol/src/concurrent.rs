@@ -23,7 +23,6 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gate::Forward;
 use crate::rate::{Fnv, Limited};
 
 /// The limits in the filter's configuration: most streams open at once. Each is off when
@@ -85,13 +84,6 @@ pub struct Streams {
     pods: Counts,
 }
 
-/// The user and the pod a forward counts against; `None` for a forward to the control plane.
-fn keys(forward: &Forward) -> Option<(&str, &str)> {
-    let user = forward.user.as_deref()?;
-    let pod = forward.capability.as_deref()?.claims.pod.as_str();
-    Some((user, pod))
-}
-
 /// Most keys a count map keeps; past it, keys holding nothing are forgotten first.
 pub const MAX_KEYS: usize = 65_536;
 
@@ -127,17 +119,18 @@ fn give_back(n: &Cell<u32>) {
 }
 
 impl Streams {
-    /// Holds `stream` for `forward` when both of its limits allow one more; `Err` with the
-    /// limit that refused it (nothing is held then). A forward to the control plane is let
-    /// through uncounted. A stream held again lets go of what it held first.
+    /// Holds `stream` for the user and the pod of `keys` when both of their limits allow one
+    /// more; `Err` with the limit that refused it (nothing is held then). `None` (a forward to
+    /// the control plane, which has no user) is let through uncounted. A stream held again lets
+    /// go of what it held first.
     pub fn hold(
         &mut self,
         limits: &ConcurrencyLimits,
         stream: u32,
-        forward: &Forward,
+        keys: Option<(&str, &str)>,
     ) -> Result<(), Limited> {
         self.release(stream);
-        let Some((user, pod)) = keys(forward) else {
+        let Some((user, pod)) = keys else {
             return Ok(());
         };
         let Some(user) = take(&mut self.users, user, limits.per_user) else {
@@ -184,29 +177,9 @@ impl Streams {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::token::tests::claims;
-    use crate::token::Verified;
 
-    fn forward(user: &str, pod: &str) -> Rc<Forward> {
-        let mut claims = claims();
-        claims.sub = user.into();
-        claims.pod = pod.into();
-        Rc::new(Forward {
-            edits: Vec::new(),
-            user: Some(user.into()),
-            expires_at: None,
-            response: None,
-            websocket: true,
-            capability: Some(Rc::new(Verified {
-                claims,
-                sid: None,
-                issued_at: 0,
-                expires_at: i64::MAX,
-                kid: "k".into(),
-                token: None,
-            })),
-            renew_at: None,
-        })
+    fn forward<'a>(user: &'a str, pod: &'a str) -> Option<(&'a str, &'a str)> {
+        Some((user, pod))
     }
 
     fn limits(user: Option<u32>, pod: Option<u32>) -> ConcurrencyLimits {
@@ -222,21 +195,18 @@ mod tests {
         let l = limits(Some(2), None);
         let mut s = Streams::default();
         let alice = forward("alice", "alpha");
-        assert_eq!(s.hold(&l, 1, &alice), Ok(()));
-        assert_eq!(s.hold(&l, 2, &forward("alice", "beta")), Ok(()));
+        assert_eq!(s.hold(&l, 1, alice), Ok(()));
+        assert_eq!(s.hold(&l, 2, forward("alice", "beta")), Ok(()));
         // Over every pod.
-        assert_eq!(s.hold(&l, 3, &alice), Err(Limited::User));
-        assert_eq!(
-            s.hold(&l, 3, &forward("alice", "gamma")),
-            Err(Limited::User)
-        );
+        assert_eq!(s.hold(&l, 3, alice), Err(Limited::User));
+        assert_eq!(s.hold(&l, 3, forward("alice", "gamma")), Err(Limited::User));
         // Another user has a count of their own.
-        assert_eq!(s.hold(&l, 4, &forward("bob", "alpha")), Ok(()));
+        assert_eq!(s.hold(&l, 4, forward("bob", "alpha")), Ok(()));
         s.release(2);
-        assert_eq!(s.hold(&l, 5, &alice), Ok(()));
+        assert_eq!(s.hold(&l, 5, alice), Ok(()));
         assert_eq!(s.of_user("alice"), 2);
         // A stream held twice counts once; one released twice drops once.
-        assert_eq!(s.hold(&l, 5, &alice), Ok(()));
+        assert_eq!(s.hold(&l, 5, alice), Ok(()));
         s.release(5);
         s.release(5);
         assert_eq!(s.of_user("alice"), 1);
@@ -247,12 +217,12 @@ mod tests {
         let mut l = limits(None, Some(1));
         l.pods.insert("busy".into(), 3);
         let mut s = Streams::default();
-        assert_eq!(s.hold(&l, 1, &forward("alice", "alpha")), Ok(()));
-        assert_eq!(s.hold(&l, 2, &forward("bob", "alpha")), Err(Limited::Pod));
+        assert_eq!(s.hold(&l, 1, forward("alice", "alpha")), Ok(()));
+        assert_eq!(s.hold(&l, 2, forward("bob", "alpha")), Err(Limited::Pod));
         for (id, user) in [(3, "a"), (4, "b"), (5, "c")] {
-            assert_eq!(s.hold(&l, id, &forward(user, "busy")), Ok(()));
+            assert_eq!(s.hold(&l, id, forward(user, "busy")), Ok(()));
         }
-        assert_eq!(s.hold(&l, 6, &forward("d", "busy")), Err(Limited::Pod));
+        assert_eq!(s.hold(&l, 6, forward("d", "busy")), Err(Limited::Pod));
         assert_eq!(s.of_pod("busy"), 3);
     }
 
@@ -260,13 +230,13 @@ mod tests {
     fn a_refusal_holds_nothing() {
         let l = limits(Some(1), Some(1));
         let mut s = Streams::default();
-        assert_eq!(s.hold(&l, 1, &forward("alice", "alpha")), Ok(()));
+        assert_eq!(s.hold(&l, 1, forward("alice", "alpha")), Ok(()));
         // Alice is at her limit: beta stays free for bob.
-        assert_eq!(s.hold(&l, 2, &forward("alice", "beta")), Err(Limited::User));
-        assert_eq!(s.hold(&l, 3, &forward("bob", "beta")), Ok(()));
+        assert_eq!(s.hold(&l, 2, forward("alice", "beta")), Err(Limited::User));
+        assert_eq!(s.hold(&l, 3, forward("bob", "beta")), Ok(()));
         // Beta is at its limit: carol's refused stream leaves her free for gamma.
-        assert_eq!(s.hold(&l, 4, &forward("carol", "beta")), Err(Limited::Pod));
-        assert_eq!(s.hold(&l, 5, &forward("carol", "gamma")), Ok(()));
+        assert_eq!(s.hold(&l, 4, forward("carol", "beta")), Err(Limited::Pod));
+        assert_eq!(s.hold(&l, 5, forward("carol", "gamma")), Ok(()));
         assert_eq!(s.open(), 3);
     }
 
@@ -274,17 +244,9 @@ mod tests {
     fn a_forward_to_the_control_plane_is_not_counted() {
         let l = limits(Some(1), Some(1));
         let mut s = Streams::default();
-        let reserved = Rc::new(Forward {
-            edits: Vec::new(),
-            user: None,
-            expires_at: None,
-            response: None,
-            websocket: false,
-            capability: None,
-            renew_at: None,
-        });
+        let reserved = None;
         for id in 0..10 {
-            assert_eq!(s.hold(&l, id, &reserved), Ok(()));
+            assert_eq!(s.hold(&l, id, reserved), Ok(()));
         }
         assert_eq!(s.open(), 0);
     }
@@ -302,7 +264,7 @@ mod tests {
             let mut open = Vec::new();
             for _ in 0..8 {
                 id += 1;
-                if s.hold(&l, id, &alice).is_ok() {
+                if s.hold(&l, id, alice).is_ok() {
                     open.push(id);
                 }
             }
@@ -319,27 +281,27 @@ mod tests {
             .all(|n| n.get() == 0));
         let l = limits(Some(4), None);
         for n in 0..4 {
-            assert_eq!(s.hold(&l, 1000 + n, &alice), Ok(()));
+            assert_eq!(s.hold(&l, 1000 + n, alice), Ok(()));
         }
-        assert_eq!(s.hold(&l, 2000, &alice), Err(Limited::User));
+        assert_eq!(s.hold(&l, 2000, alice), Err(Limited::User));
     }
 
     #[test]
     fn idle_keys_are_forgotten_past_the_cap_and_open_ones_kept() {
         let l = limits(Some(1), None);
         let mut s = Streams::default();
-        assert_eq!(s.hold(&l, 0, &forward("held", "p")), Ok(()));
+        assert_eq!(s.hold(&l, 0, forward("held", "p")), Ok(()));
         for n in 1..MAX_KEYS as u32 {
-            let f = forward(&format!("u{n}"), "p");
-            assert_eq!(s.hold(&l, n, &f), Ok(()));
+            let user = format!("u{n}");
+            assert_eq!(s.hold(&l, n, forward(&user, "p")), Ok(()));
             s.release(n);
         }
         assert_eq!(s.users.len(), MAX_KEYS);
         // A new key: the idle ones go, the held one stays and still counts.
-        assert_eq!(s.hold(&l, 1 << 20, &forward("new", "p")), Ok(()));
+        assert_eq!(s.hold(&l, 1 << 20, forward("new", "p")), Ok(()));
         assert_eq!(s.users.len(), 2);
         assert_eq!(
-            s.hold(&l, 1 << 21, &forward("held", "p")),
+            s.hold(&l, 1 << 21, forward("held", "p")),
             Err(Limited::User)
         );
     }

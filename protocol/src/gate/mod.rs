@@ -80,6 +80,14 @@ impl From<Decision> for Outcome {
     }
 }
 
+/// The user and the pod a forward's stream counts against; `None` for a forward to the control
+/// plane.
+fn stream_keys(forward: &Forward) -> Option<(&str, &str)> {
+    let user = forward.user.as_deref()?;
+    let pod = forward.capability.as_deref()?.claims.pod.as_str();
+    Some((user, pod))
+}
+
 /// The refusal of `forward` when its user or its pod holds as many open streams as allowed
 /// (`concurrent`), or when its user's or its pod's request rate is spent (`rate`); a forward to
 /// the control plane (no user) is never limited. A forward let through on `stream` is held
@@ -95,7 +103,7 @@ fn over_limit(
 ) -> Option<Denial> {
     // Held first, and let go of if the rate refuses: a refused stream holds nothing.
     let held = match (config.concurrency_limits.as_ref(), stream) {
-        (Some(limits), Some(stream)) => match streams.hold(limits, stream, forward) {
+        (Some(limits), Some(stream)) => match streams.hold(limits, stream, stream_keys(forward)) {
             Ok(()) => Some(stream),
             Err(scope) => {
                 return Some(Denial::TooManyStreams {
