@@ -567,6 +567,18 @@ fn forward_to_pod(
     if let Some(email) = verified.claims.email.as_ref().filter(|e| is_header_safe(e)) {
         edits.push(HeaderEdit::Set(EMAIL_HEADER.to_owned(), email.clone()));
     }
+    granted_forward(config, req, edits, verified, source)
+}
+
+/// The forward `verified` grants with `edits`: for its user until it expires, renewed at the
+/// edge when it came in the cookie, its answer handled as a pod's.
+fn granted_forward(
+    config: &CompiledConfig,
+    req: &Request<'_>,
+    edits: Vec<HeaderEdit>,
+    verified: &Rc<Verified>,
+    source: Source,
+) -> Decision {
     let forward = Forward {
         edits,
         user: Some(verified.claims.sub.clone()),
@@ -618,16 +630,7 @@ fn forward_to_service(
             credential.value.0.clone(),
         ));
     }
-    let forward = Forward {
-        edits,
-        user: Some(verified.claims.sub.clone()),
-        expires_at: Some(verified.expires_at),
-        response: Some(PodResponse::new(req.authority, req.origin)),
-        websocket: req.is_websocket(),
-        renew_at: renewal::renew_at(config.renewal.as_ref(), verified, source == Source::Cookie),
-        capability: Some(Rc::clone(verified)),
-    };
-    Decision::Forward(Rc::new(forward))
+    granted_forward(config, req, edits, verified, source)
 }
 
 /// The capability `decide` granted `req` for its host, found again (from the verified-token
