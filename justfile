@@ -79,9 +79,11 @@ bench *ARGS: build-filter
 # The whole stack under steady load for MINUTES while keys rotate, pods stop and start, API
 # tokens are revoked and users sign out: two control planes on PostgreSQL when
 # PODGATE_TEST_POSTGRES_URL is set (else one on SQLite), two Envoys over ADS, fake pods; fails on
-# any answer the changes do not explain; writes bench/results/soak-*.{json,md} (`-- --help`).
+# any answer the changes do not explain; writes bench/results/soak-*.{json,md}
+# (`./just soak 10 --help` lists the flags).
 soak minutes="10" *ARGS: build-filter
-    cargo build --release -p podgate -p podgate-bench --bin podgate --bin podgate-soak
+    cargo build --release -p podgate
+    cargo build --release -p podgate-bench --bin podgate-soak
     PODGATE_BIN={{root}}/target/release/podgate {{root}}/target/release/podgate-soak {{minutes}} {{ARGS}}
 
 # Where Envoy's CPU goes per request, case by case: perf on Envoy's CPU during a bench run,

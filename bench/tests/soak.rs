@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::SystemTime;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -46,11 +47,41 @@ fn filter_wasm() -> PathBuf {
     target.join("wasm32-wasip1/wasm-release/podgate_filter.wasm")
 }
 
+/// The newest modification time of a file under `path`.
+fn newest(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| newest(&e.path()))
+        .max()
+}
+
+/// `$PODGATE_BIN`, else `target/debug/podgate`: used as is when newer than its sources (a
+/// workspace `cargo test` just built it), else built.
 fn podgate() -> PathBuf {
     if let Some(p) = std::env::var_os("PODGATE_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    cargo_build(&["-p", "podgate", "--bin", "podgate"]).join("debug/podgate")
+    let exe = std::env::current_exe().unwrap();
+    let built = exe.ancestors().nth(2).unwrap().join("podgate");
+    let sources = [
+        "Cargo.lock",
+        "control-plane",
+        "protocol/src",
+        "xds/src",
+        "migrations",
+    ]
+    .iter()
+    .filter_map(|p| newest(&workspace().join(p)))
+    .max();
+    match (newest(&built), sources) {
+        (Some(binary), Some(sources)) if binary >= sources => built,
+        _ => cargo_build(&["-p", "podgate", "--bin", "podgate"]).join("debug/podgate"),
+    }
 }
 
 #[test]
@@ -60,7 +91,14 @@ fn a_short_soak_on_sqlite_passes_and_sees_every_expected_refusal() {
     let out = Command::new(env!("CARGO_BIN_EXE_podgate-soak"))
         .args(["--seconds", "20", "--sqlite"])
         .args(["--saturation-secs", "2", "--load-fraction", "0.3"])
-        .args(["--change-secs", "4", "--grace-secs", "3", "--bucket-secs", "10"])
+        .args([
+            "--change-secs",
+            "4",
+            "--grace-secs",
+            "3",
+            "--bucket-secs",
+            "10",
+        ])
         .arg("--results-dir")
         .arg(&results)
         .arg("--podgate")
@@ -73,7 +111,11 @@ fn a_short_soak_on_sqlite_passes_and_sees_every_expected_refusal() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     assert!(out.status.success(), "the soak failed:\n{stdout}\n{stderr}");
-    for refusal in ["pod stopped → 503", "API token revoked → 401", "signed out → 401"] {
+    for refusal in [
+        "pod stopped → 503",
+        "API token revoked → 401",
+        "signed out → 401",
+    ] {
         assert!(stdout.contains(refusal), "no `{refusal}` in:\n{stdout}");
     }
     let json = std::fs::read_dir(&results)
@@ -86,6 +128,8 @@ fn a_short_soak_on_sqlite_passes_and_sees_every_expected_refusal() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["passed"], true, "{report}");
     assert_eq!(report["rss"].as_array().map(Vec::len), Some(2), "{report}");
-    assert!(report["totals"]["buckets"].as_array().is_some_and(|b| b.len() >= 2));
+    assert!(report["totals"]["buckets"]
+        .as_array()
+        .is_some_and(|b| b.len() >= 2));
     let _ = std::fs::remove_dir_all(&results);
 }

@@ -385,8 +385,13 @@ impl World {
                 (Verdict::Error(format!("{kind}: {cause}")), format!("{e:#}"))
             }
         };
-        self.stats
-            .record(kind, sent, verdict, || format!("via {envoy}: {detail}"), true);
+        self.stats.record(
+            kind,
+            sent,
+            verdict,
+            || format!("via {envoy}: {detail}"),
+            true,
+        );
     }
 
     /// An API token's revocation as the world knows it now.
@@ -436,9 +441,16 @@ impl World {
             ),
             Ws::Cut(why) => (Verdict::Error("websocket: cut while valid".to_owned()), why),
         };
-        self.changes.websocket_sessions.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .record("websocket", sent, verdict, || format!("via {envoy}: {detail}"), false);
+        self.changes
+            .websocket_sessions
+            .fetch_add(1, Ordering::Relaxed);
+        self.stats.record(
+            "websocket",
+            sent,
+            verdict,
+            || format!("via {envoy}: {detail}"),
+            false,
+        );
     }
 
     /// Stops a running pod, or starts the stopped one, at a random replica's admin API.
@@ -488,10 +500,14 @@ impl World {
         };
         match done {
             Ok(()) if cli => {
-                self.changes.key_rotations_cli.fetch_add(1, Ordering::Relaxed);
+                self.changes
+                    .key_rotations_cli
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Ok(()) => {
-                self.changes.key_rotations_api.fetch_add(1, Ordering::Relaxed);
+                self.changes
+                    .key_rotations_api
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => self.stats.error("change: key rotation", format!("{e:#}")),
         }
@@ -520,9 +536,13 @@ impl World {
                             revoked: None,
                         });
                     }
-                    self.changes.api_tokens_created.fetch_add(1, Ordering::Relaxed);
+                    self.changes
+                        .api_tokens_created
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => self.stats.error("change: create API token", format!("{e:#}")),
+                Err(e) => self
+                    .stats
+                    .error("change: create API token", format!("{e:#}")),
             }
         }
         let live: Vec<usize> = (0..self.clients.len())
@@ -552,9 +572,13 @@ impl World {
         let done = self.apis[replica].revoke_api_token(&cookie, &id).await;
         match done {
             Ok(()) => {
-                self.changes.api_tokens_revoked.fetch_add(1, Ordering::Relaxed);
+                self.changes
+                    .api_tokens_revoked
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => self.stats.error("change: revoke API token", format!("{e:#}")),
+            Err(e) => self
+                .stats
+                .error("change: revoke API token", format!("{e:#}")),
         }
     }
 
@@ -596,13 +620,17 @@ impl World {
             (client.replica, client.session.clone())
         };
         // Signed out from the moment it is asked for: a request racing the call may see either.
-        lock(&self.clients[c]).ended.insert(session.id, Instant::now());
+        lock(&self.clients[c])
+            .ended
+            .insert(session.id, Instant::now());
         let done = self.apis[replica].sign_out(&session.cookie).await;
         match done {
             Ok(200) => {
                 self.changes.sign_outs.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(status) => self.stats.error("change: sign out", format!("answered {status}")),
+            Ok(status) => self
+                .stats
+                .error("change: sign out", format!("answered {status}")),
             Err(e) => self.stats.error("change: sign out", format!("{e:#}")),
         }
     }
@@ -613,7 +641,9 @@ impl World {
             if self.stopped() {
                 return false;
             }
-            let nap = next.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+            let nap = next
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200));
             tokio::time::sleep(nap).await;
         }
         *next += period;

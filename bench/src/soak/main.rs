@@ -1,7 +1,7 @@
 //! `just soak [MINUTES]`: the whole stack under steady load while it changes.
 //!
-//! Starts two `podgate serve` replicas on one PostgreSQL database (`--postgres`, or
-//! `PODGATE_TEST_POSTGRES_URL`), else one on SQLite; one real Envoy per replica fed over ADS;
+//! Starts two `podgate serve` replicas on a database of its own on a PostgreSQL server
+//! (`--postgres`, or `PODGATE_TEST_POSTGRES_URL`; dropped at the end), else one on SQLite; one real Envoy per replica fed over ADS;
 //! fake pods. Finds the saturation rate briefly (or takes `--rate`), then for the run's length
 //! sends requests at a fraction of it through the Envoys (capabilities, API tokens, WebSockets)
 //! while keys rotate, pods stop and start, API tokens are revoked and users sign out and in
@@ -51,8 +51,9 @@ pub struct Settings {
     /// Most requests in flight at the steady rate (more are counted as `behind`, not sent).
     #[arg(long, default_value_t = 512)]
     pub max_in_flight: usize,
-    /// Two replicas on this PostgreSQL database (ids are unique per run, so a database used
-    /// before is fine). Without it and without `--sqlite`: `PODGATE_TEST_POSTGRES_URL`.
+    /// Two replicas on a database the soak makes on this PostgreSQL server (and drops at the
+    /// end; the URL's user must be allowed to create databases). Without it and without
+    /// `--sqlite`: `PODGATE_TEST_POSTGRES_URL`.
     #[arg(long)]
     pub postgres: Option<String>,
     /// One replica on SQLite even when `PODGATE_TEST_POSTGRES_URL` is set.
@@ -138,9 +139,10 @@ fn resolve_binaries(settings: &Settings) -> anyhow::Result<StackSettings> {
         Some(p) => p.clone(),
         None => podgate_testkit::envoy_binary()?,
     };
-    let filter_wasm = settings.filter_wasm.clone().unwrap_or_else(|| {
-        root.join("target/wasm32-wasip1/wasm-release/podgate_filter.wasm")
-    });
+    let filter_wasm = settings
+        .filter_wasm
+        .clone()
+        .unwrap_or_else(|| root.join("target/wasm32-wasip1/wasm-release/podgate_filter.wasm"));
     if !filter_wasm.is_file() {
         bail!(
             "filter not found at {} (`cargo build -p podgate-filter --target wasm32-wasip1 \
@@ -228,11 +230,21 @@ async fn soak(
         },
         None => {
             let probe = Arc::new(
-                World::new(&stack, &seed.users, &seed.slugs, grace, Stats::new(Duration::from_secs(3600))?, http.clone())
-                    .await?,
+                World::new(
+                    &stack,
+                    &seed.users,
+                    &seed.slugs,
+                    grace,
+                    Stats::new(Duration::from_secs(3600))?,
+                    http.clone(),
+                )
+                .await?,
             );
             let secs = settings.saturation_secs.max(1.0);
-            eprintln!("soak: finding saturation ({secs:.0} s, {} in flight)", settings.connections);
+            eprintln!(
+                "soak: finding saturation ({secs:.0} s, {} in flight)",
+                settings.connections
+            );
             let t = Instant::now();
             let answered = probe
                 .closed_loop(settings.connections.max(1), Duration::from_secs_f64(secs))
@@ -271,7 +283,10 @@ async fn soak(
         .await?,
     );
     let processes = stack.processes();
-    let rss_start: Vec<Option<u64>> = processes.iter().map(|(_, pid)| stack::rss_kib(*pid)).collect();
+    let rss_start: Vec<Option<u64>> = processes
+        .iter()
+        .map(|(_, pid)| stack::rss_kib(*pid))
+        .collect();
     let load_start = report::loadavg();
     let period = Duration::from_secs_f64(settings.change_secs.max(0.5));
     let stack = Arc::new(stack);
@@ -370,15 +385,21 @@ async fn soak(
         let _ = task.await;
     }
     let elapsed = t0.elapsed();
-    let rss_end: Vec<Option<u64>> = processes.iter().map(|(_, pid)| stack::rss_kib(*pid)).collect();
+    let rss_end: Vec<Option<u64>> = processes
+        .iter()
+        .map(|(_, pid)| stack::rss_kib(*pid))
+        .collect();
     for r in &stack.replicas {
         if !r.cp.is_running() {
-            world.stats.error("process: a control plane exited", r.cp.log_tail());
-        }
-        if let Some(code) = r.envoy.exit_status() {
             world
                 .stats
-                .error("process: an Envoy exited", format!("status {code}\n{}", r.envoy.log_tail()));
+                .error("process: a control plane exited", r.cp.log_tail());
+        }
+        if let Some(code) = r.envoy.exit_status() {
+            world.stats.error(
+                "process: an Envoy exited",
+                format!("status {code}\n{}", r.envoy.log_tail()),
+            );
         }
     }
     let report = report::Report::new(report::Inputs {

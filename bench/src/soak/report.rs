@@ -142,12 +142,7 @@ impl Report {
             })
             .collect();
         let secs = i.duration.as_secs_f64();
-        let http: u64 = i
-            .totals
-            .buckets
-            .iter()
-            .map(|b| b.requests)
-            .sum();
+        let http: u64 = i.totals.buckets.iter().map(|b| b.requests).sum();
         Report {
             started_at: i.started_at,
             command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -189,7 +184,8 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut m = String::new();
-        let mib = |k: Option<u64>| k.map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
+        let mib =
+            |k: Option<u64>| k.map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
         let _ = writeln!(
             m,
             "### Soak {} ({})\n\n`{}`\n\n{} replica(s) of `podgate serve` on {}, {} Envoy(s) fed over \
@@ -276,7 +272,15 @@ impl Report {
             let _ = writeln!(
                 m,
                 "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                b.from_s, b.requests, b.ok, b.refused, b.errors, b.p50_ms, b.p90_ms, b.p99_ms, b.max_ms
+                b.from_s,
+                b.requests,
+                b.ok,
+                b.refused,
+                b.errors,
+                b.p50_ms,
+                b.p90_ms,
+                b.p99_ms,
+                b.max_ms
             );
         }
         let _ = writeln!(
@@ -285,7 +289,13 @@ impl Report {
              WebSockets are counted, not timed).\n\n| process | RSS at start, MiB | RSS at end, MiB |\n|---|---:|---:|"
         );
         for r in &self.rss {
-            let _ = writeln!(m, "| {} | {} | {} |", r.process, mib(r.start_kib), mib(r.end_kib));
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} |",
+                r.process,
+                mib(r.start_kib),
+                mib(r.end_kib)
+            );
         }
         m
     }

@@ -158,7 +158,10 @@ impl Stack {
             .arg("--key-encryption-key-file")
             .arg(&self.kek)
             .env_remove("PODGATE_CONFIG");
-        let out = command.output().await.context("running podgate keys rotate")?;
+        let out = command
+            .output()
+            .await
+            .context("running podgate keys rotate")?;
         if !out.status.success() {
             bail!(
                 "podgate keys rotate failed: {}{}",
@@ -173,7 +176,11 @@ impl Stack {
 /// `envoy/podgate.yaml` with its ports changed: the admin on an ephemeral port, the listener on
 /// `listener_port`, ADS on `xds_port`, the control plane's HTTP on `cp_http_port`; and without
 /// its access log.
-fn render_bootstrap(listener_port: u16, xds_port: u16, cp_http_port: u16) -> anyhow::Result<String> {
+fn render_bootstrap(
+    listener_port: u16,
+    xds_port: u16,
+    cp_http_port: u16,
+) -> anyhow::Result<String> {
     let path = podgate_testkit::workspace_root().join("envoy/podgate.yaml");
     let mut text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -372,7 +379,7 @@ impl Api {
     }
 }
 
-/// The people and pods of one run (ids carry the run's tag, so a database used before is fine).
+/// The people and pods of one run (ids carry the run's tag).
 #[derive(Debug, Clone)]
 pub struct Seed {
     pub users: Vec<String>,
@@ -494,8 +501,8 @@ pub async fn wait_reachable(
 
 /// Resident memory of `pid` in KiB (`VmRSS`), if it is still there.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
-        .ok()?;
+    let status =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

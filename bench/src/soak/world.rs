@@ -35,7 +35,12 @@ pub struct Expect {
 }
 
 impl Expect {
-    pub fn new(pod: PodState, revoked_at: Option<Instant>, revoked_by: &'static str, grace: Duration) -> Expect {
+    pub fn new(
+        pod: PodState,
+        revoked_at: Option<Instant>,
+        revoked_by: &'static str,
+        grace: Duration,
+    ) -> Expect {
         let recent = |t: Option<Instant>| t.is_some_and(|t| t.elapsed() < grace);
         Expect {
             pod_running: pod.running,
@@ -115,7 +120,6 @@ pub struct Bucket {
     pub errors: u64,
 }
 
-
 /// One bucket's figures, for the report.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BucketFigures {
@@ -153,13 +157,23 @@ impl Stats {
 
     /// Records one request of `kind` sent at `sent` (latency to now, into the bucket of `sent`)
     /// and its verdict; `detail` is kept as an example of an error.
-    pub fn record(&self, kind: &str, sent: Instant, verdict: Verdict, detail: impl FnOnce() -> String, timed: bool) {
+    pub fn record(
+        &self,
+        kind: &str,
+        sent: Instant,
+        verdict: Verdict,
+        detail: impl FnOnce() -> String,
+        timed: bool,
+    ) {
         let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
         let index = usize::try_from(
             sent.saturating_duration_since(self.start).as_secs() / self.bucket.as_secs().max(1),
         )
         .unwrap_or(0);
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while inner.buckets.len() <= index {
             inner.buckets.push(Bucket {
                 latency: self.empty.clone(),
@@ -194,7 +208,10 @@ impl Stats {
 
     /// Counts an error that is no request's answer (a background change that failed).
     pub fn error(&self, cause: &str, detail: String) {
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let examples = inner.examples.entry(cause.to_owned()).or_default();
         if examples.len() < 3 {
             examples.push(detail);
@@ -203,12 +220,18 @@ impl Stats {
     }
 
     pub fn error_count(&self) -> u64 {
-        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.errors.values().sum()
     }
 
     pub fn totals(&self) -> Totals {
-        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         Totals {
             ok: inner.ok.clone(),
