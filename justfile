@@ -76,11 +76,10 @@ bench *ARGS: build-filter
     cargo build --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target
     PODGATE_NOOP_WASM={{root}}/target/wasm32-wasip1/release/podgate_noop_filter.wasm cargo run --release -p podgate-bench -- {{ARGS}}
 
-# The whole stack under steady load for MINUTES while keys rotate, pods stop and start, API
-# tokens are revoked and users sign out: two control planes on PostgreSQL when
-# PODGATE_TEST_POSTGRES_URL is set (else one on SQLite), two Envoys over ADS, fake pods; fails on
-# any answer the changes do not explain; writes bench/results/soak-*.{json,md}
-# (`./just soak 10 --help` lists the flags).
+# Two control planes on PostgreSQL when PODGATE_TEST_POSTGRES_URL is set (else one on SQLite),
+# two Envoys over ADS, fake pods; fails on any answer the changes do not explain; writes
+# bench/results/soak-*.{json,md} (`./just soak 10 --help` lists the flags).
+# Soak: the whole stack under steady load for MINUTES while keys, pods, tokens and sessions change.
 soak minutes="10" *ARGS: build-filter
     cargo build --release -p podgate
     cargo build --release -p podgate-bench --bin podgate-soak

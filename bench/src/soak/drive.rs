@@ -120,6 +120,9 @@ pub struct World {
     seq: AtomicU64,
     /// Requests sent again after a 429 with Retry-After.
     pub retried: AtomicU64,
+    /// Requests not sent: no capability (the user is signed out and a mint with that session
+    /// was refused within [`MINT_RETRY`]).
+    pub skipped: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -193,6 +196,7 @@ impl World {
             stop: AtomicBool::new(false),
             seq,
             retried: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
         })
     }
 
@@ -330,7 +334,10 @@ impl World {
                     token,
                     Credential::Capability(session),
                 ),
-                None => return,
+                None => {
+                    self.skipped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             },
         };
         let sent = Instant::now();

@@ -417,6 +417,7 @@ async fn soak(
         sent,
         behind,
         retried: world.retried.load(std::sync::atomic::Ordering::Relaxed),
+        skipped: world.skipped.load(std::sync::atomic::Ordering::Relaxed),
         processes: &processes,
         rss_start,
         rss_end,

@@ -86,6 +86,7 @@ pub struct Inputs<'a> {
     pub sent: u64,
     pub behind: u64,
     pub retried: u64,
+    pub skipped: u64,
     pub processes: &'a [(String, u32)],
     pub rss_start: Vec<Option<u64>>,
     pub rss_end: Vec<Option<u64>>,
@@ -116,6 +117,9 @@ pub struct Report {
     pub behind: u64,
     /// Requests sent again after a 429 with Retry-After (then judged by the last answer).
     pub retried_after_429: u64,
+    /// Requests the pacer started that were not sent: the user was signed out and had a mint
+    /// refused within the last second.
+    pub skipped_signed_out: u64,
     pub grace_secs: f64,
     pub change_secs: f64,
     pub changes: ChangeCounts,
@@ -161,6 +165,7 @@ impl Report {
             sent: i.sent,
             behind: i.behind,
             retried_after_429: i.retried,
+            skipped_signed_out: i.skipped,
             grace_secs: i.settings.grace_secs,
             change_secs: i.settings.change_secs,
             changes: ChangeCounts {
@@ -205,8 +210,9 @@ impl Report {
         let _ = writeln!(
             m,
             "Saturation {:.0} req/s{}; steady load {:.0} req/s asked, {:.0} req/s answered, for {:.0} s \
-             ({} requests not sent: too many in flight; {} sent again after a 429 with Retry-After, \
-             judged by the last answer). Changes every {:.0} s, judged with a \
+             ({} requests not sent: too many in flight; {} not sent: signed out, a mint refused \
+             within the last second; {} sent again after a 429 with Retry-After, judged by the \
+             last answer). Changes every {:.0} s, judged with a \
              {:.0} s grace.\n",
             self.saturation.rate,
             if self.saturation.measured {
@@ -221,6 +227,7 @@ impl Report {
             self.achieved_rate,
             self.duration_secs,
             self.behind,
+            self.skipped_signed_out,
             self.retried_after_429,
             self.change_secs,
             self.grace_secs,
@@ -265,7 +272,7 @@ impl Report {
         }
         let _ = writeln!(
             m,
-            "| from s | requests | ok | refused | errors | p50 ms | p90 ms | p99 ms | max ms |\n\
+            "| from s | answers | ok | refused | errors | p50 ms | p90 ms | p99 ms | max ms |\n\
              |---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for b in &self.totals.buckets {
@@ -285,8 +292,8 @@ impl Report {
         }
         let _ = writeln!(
             m,
-            "\nLatency: HTTP requests through Envoy, from send to the whole answer (mints and \
-             WebSockets are counted, not timed).\n\n| process | RSS at start, MiB | RSS at end, MiB |\n|---|---:|---:|"
+            "\nAnswers: HTTP requests through Envoy, mints and WebSocket sessions; latency: the HTTP \
+             requests through Envoy only, from send to the whole answer.\n\n| process | RSS at start, MiB | RSS at end, MiB |\n|---|---:|---:|"
         );
         for r in &self.rss {
             let _ = writeln!(
