@@ -76,6 +76,15 @@ bench *ARGS: build-filter
     cargo build --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target
     PODGATE_NOOP_WASM={{root}}/target/wasm32-wasip1/release/podgate_noop_filter.wasm cargo run --release -p podgate-bench -- {{ARGS}}
 
+# Two control planes on PostgreSQL when PODGATE_TEST_POSTGRES_URL is set (else one on SQLite),
+# two Envoys over ADS, fake pods; fails on any answer the changes do not explain; writes
+# bench/results/soak-*.{json,md} (`./just soak 10 --help` lists the flags).
+# Soak: the whole stack under steady load for MINUTES while keys, pods, tokens and sessions change.
+soak minutes="10" *ARGS: build-filter
+    cargo build --release -p podgate
+    cargo build --release -p podgate-bench --bin podgate-soak
+    PODGATE_BIN={{root}}/target/release/podgate {{root}}/target/release/podgate-soak {{minutes}} {{ARGS}}
+
 # Where Envoy's CPU goes per request, case by case: perf on Envoy's CPU during a bench run,
 # split by Envoy's binary, the kernel and V8's JIT code (needs perf).
 bench-perf case="D-cache-EdDSA": build-filter
