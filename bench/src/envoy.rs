@@ -85,6 +85,11 @@ impl Envoy {
         self.inner.pid()
     }
 
+    /// A counter from the admin `/stats` (0 when absent).
+    pub async fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        self.inner.counter(name).await
+    }
+
     pub fn log_tail(&self) -> String {
         self.inner.log_tail()
     }

@@ -118,6 +118,14 @@ pub struct Settings {
     /// the results directory; `BENCHMARKS.md` and `latest.json` are left alone.
     #[arg(long)]
     pub worker_memory: bool,
+    /// `--realistic`: the percentage of operations that are page loads with one-off
+    /// capabilities (taken from the page loads' share), at most 45.
+    #[arg(long, default_value_t = 10)]
+    pub cold_percent: u64,
+    /// `--realistic`: podgate's `token_cache_entries` (jwt_authn's cache follows it); the
+    /// filter's default unless set.
+    #[arg(long)]
+    pub token_cache_entries: Option<usize>,
     /// Directory size for `--worker-memory`.
     #[arg(long, default_value_t = 10_000)]
     pub memory_pods: usize,

@@ -3,10 +3,10 @@
 //! [`USERS`] users, each with their own capability (own `sub`, own `jti`) for one of [`PODS`]
 //! pods, send a mix of page loads (GET with a browser's headers), API calls (POST with a JSON
 //! body) and WebSocket sessions (an upgrade, then [`WS_MESSAGES`] messages echoed by the pod).
-//! A share of the requests ([`COLD_PERCENT`] of operations) are page loads carrying one-off
+//! A share of the page loads (`--cold-percent` of operations, 10 unless set) carry one-off
 //! capabilities from a pool of [`COLD_TOKENS`], far more distinct tokens than the filter's
-//! verified-token cache holds (1,024 per worker by default), so those miss the cache and
-//! evict the users' entries: the filter's memo and cache see a real key spread.
+//! verified-token cache holds per worker (its default size), so those miss the cache and evict
+//! the users' entries: the filter's memo and cache see a real key spread.
 //!
 //! Every Envoy runs [`WORKERS`] workers, unpinned. Cases, rounds interleaved:
 //!
@@ -45,10 +45,9 @@ pub const PODS: usize = 100;
 pub const WORKERS: u32 = 2;
 /// One-off capabilities, each a different user, cycled through by the cold share.
 pub const COLD_TOKENS: usize = 20_000;
-/// Of 100 operations picked: cold page loads, then page loads, API calls, WebSocket sessions
-/// of the users.
-pub const COLD_PERCENT: u64 = 10;
-pub const PAGE_PERCENT: u64 = 35;
+/// Of 100 operations picked: page loads (the one-off ones included), API calls; the rest are
+/// WebSocket sessions.
+pub const PAGE_PERCENT: u64 = 45;
 pub const API_PERCENT: u64 = 45;
 /// WebSocket messages per session (each a masked 64-byte text frame, echoed).
 pub const WS_MESSAGES: usize = 10;
@@ -79,8 +78,13 @@ pub struct RealisticReport {
     pub pods: usize,
     pub workers: u32,
     pub cold_tokens: usize,
+    /// podgate's verified-token cache size per worker (and jwt_authn's cache size).
+    pub token_cache_entries: usize,
     pub mix_percent: MixShares,
     pub ws_messages_per_session: usize,
+    /// The podgate filter's verified-token cache over the measured rounds (both workers).
+    pub podgate_cache_hits: u64,
+    pub podgate_cache_misses: u64,
     pub rounds: usize,
     pub saturation_secs: f64,
     pub connections: usize,
@@ -126,7 +130,8 @@ struct User {
     upgrade: Vec<u8>,
 }
 
-const BROWSER_HEADERS: &str = "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+const BROWSER_HEADERS: &str =
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
 Accept-Language: en-US,en;q=0.9\r\nAccept-Encoding: gzip, deflate, br\r\n";
 
 impl User {
@@ -423,6 +428,7 @@ async fn mix_closed_loop(
     duration: Duration,
     traffic: &Arc<Traffic>,
     seed: u64,
+    cold_percent: u64,
 ) -> anyhow::Result<(MixStats, Duration)> {
     let start = Instant::now();
     let deadline = start + duration;
@@ -439,12 +445,12 @@ async fn mix_closed_loop(
             while Instant::now() < deadline && consecutive < 50 {
                 let pick = rng.next() % 100;
                 let user = &traffic.users[(rng.next() % USERS as u64) as usize];
-                let request: &[u8] = if pick < COLD_PERCENT {
+                let request: &[u8] = if pick < cold_percent {
                     let n = traffic.next_cold.fetch_add(1, Ordering::Relaxed);
                     &traffic.cold[(n % traffic.cold.len() as u64) as usize]
-                } else if pick < COLD_PERCENT + PAGE_PERCENT {
+                } else if pick < PAGE_PERCENT {
                     &user.page
-                } else if pick < COLD_PERCENT + PAGE_PERCENT + API_PERCENT {
+                } else if pick < PAGE_PERCENT + API_PERCENT {
                     &user.api
                 } else {
                     let result =
@@ -542,6 +548,10 @@ pub async fn run(
     placement: &Placement,
     keys: &Keys,
 ) -> anyhow::Result<RealisticReport> {
+    let cold_percent = settings.cold_percent;
+    if cold_percent > PAGE_PERCENT {
+        bail!("--cold-percent must be at most {PAGE_PERCENT}");
+    }
     let upstream = start_upstream(placement.upstream_cpu)?;
     let traffic = Arc::new(traffic(keys)?);
     let cluster = "pod_bench";
@@ -552,13 +562,13 @@ pub async fn run(
             address: None,
         })
         .collect();
-    let filter_config = tokens::filter_config_json(&keys.jwks()?, &pods, None)?;
+    let filter_config =
+        tokens::filter_config_json(&keys.jwks()?, &pods, settings.token_cache_entries)?;
     tokens::check_filter_config(&filter_config)?;
-    let cache_entries = podgate_protocol::config::FilterConfig::compile_json(
-        filter_config.as_bytes(),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?
-    .token_cache_entries;
+    let cache_entries =
+        podgate_protocol::config::FilterConfig::compile_json(filter_config.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .token_cache_entries;
     let jwks = serde_json::to_string(&keys.jwks()?)?;
     let mut jwt = envoy::jwt_authn_filter(tokens::ISSUER, "", &jwks, true);
     let provider = &mut jwt["typed_config"]["providers"]["podgate"];
@@ -639,8 +649,7 @@ pub async fn run(
         if matches!(*id, "C" | "D") {
             let host = tokens::pod_host(&pod_slug(0));
             let status =
-                crate::load::probe(e.listener, &crate::load::Requests::fixed(&host, "bad"))
-                    .await?;
+                crate::load::probe(e.listener, &crate::load::Requests::fixed(&host, "bad")).await?;
             if status != 401 {
                 bail!("{id} let a request with a bad token through ({status})");
             }
@@ -650,8 +659,18 @@ pub async fn run(
     let conns = settings.connections;
     let warm = Duration::from_secs_f64(settings.warmup_secs);
     for e in &envoys {
-        mix_closed_loop(e.listener, conns, warm, &traffic, 0).await?;
+        mix_closed_loop(e.listener, conns, warm, &traffic, 0, cold_percent).await?;
     }
+    // The filter's verified-token cache over the measured rounds (its counters are flushed
+    // once a second).
+    let d = cases.len() - 1;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hits_before = envoys[d]
+        .counter("wasmcustom.podgate.token_cache.hits")
+        .await?;
+    let misses_before = envoys[d]
+        .counter("wasmcustom.podgate.token_cache.misses")
+        .await?;
     let sat = Duration::from_secs_f64(settings.saturation_secs);
     let n = cases.len();
     let mut ops: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -664,7 +683,7 @@ pub async fn run(
             let before = e.cpu_time();
             let seed = (round * n + i + 1) as u64;
             let (mut stats, elapsed) =
-                mix_closed_loop(e.listener, conns, sat, &traffic, seed).await?;
+                mix_closed_loop(e.listener, conns, sat, &traffic, seed, cold_percent).await?;
             let cpu_us = if stats.ops > 0 {
                 (e.cpu_time() - before).as_secs_f64() * 1e6 / stats.ops as f64
             } else {
@@ -690,6 +709,15 @@ pub async fn run(
             errors[i] += stats.errors;
         }
     }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hits = envoys[d]
+        .counter("wasmcustom.podgate.token_cache.hits")
+        .await?
+        - hits_before;
+    let misses = envoys[d]
+        .counter("wasmcustom.podgate.token_cache.misses")
+        .await?
+        - misses_before;
     let results = cases
         .iter()
         .enumerate()
@@ -711,12 +739,15 @@ pub async fn run(
         pods: PODS,
         workers: WORKERS,
         cold_tokens: COLD_TOKENS,
+        token_cache_entries: cache_entries,
         mix_percent: MixShares {
-            cold_page: COLD_PERCENT,
-            page: PAGE_PERCENT,
+            cold_page: cold_percent,
+            page: PAGE_PERCENT - cold_percent,
             api: API_PERCENT,
-            websocket_session: 100 - COLD_PERCENT - PAGE_PERCENT - API_PERCENT,
+            websocket_session: 100 - PAGE_PERCENT - API_PERCENT,
         },
+        podgate_cache_hits: hits,
+        podgate_cache_misses: misses,
         ws_messages_per_session: WS_MESSAGES,
         rounds: settings.rounds,
         saturation_secs: settings.saturation_secs,
@@ -773,6 +804,15 @@ impl RealisticReport {
                 case.errors
             ));
         }
+        let looked_up = (self.podgate_cache_hits + self.podgate_cache_misses).max(1);
+        out.push_str(&format!(
+            "\npodgate's verified-token cache ({} entries per worker) over the measured rounds: {} \
+             hits, {} misses ({:.1}% misses).\n",
+            self.token_cache_entries,
+            self.podgate_cache_hits,
+            self.podgate_cache_misses,
+            100.0 * self.podgate_cache_misses as f64 / looked_up as f64
+        ));
         out
     }
 }

@@ -368,9 +368,16 @@ pub async fn worker_memory(
         let label = format!("memory-{w}w");
         let bootstrap = envoy::ads_bootstrap(&label, ads.addr, port);
         let base = 40 + u32::try_from(i).unwrap_or(0);
-        let envoy =
-            Envoy::start_workers(&settings.envoy, placement, &label, &bootstrap, port, base, w)
-                .await?;
+        let envoy = Envoy::start_workers(
+            &settings.envoy,
+            placement,
+            &label,
+            &bootstrap,
+            port,
+            base,
+            w,
+        )
+        .await?;
         let first = directory(layout, 1, &["probe0".to_owned()], upstream);
         let (snap, _) = snapshot(layout, &first, keys, &wasm, upstream)?;
         push_and_wait(&ads, snap, &envoy, keys, "probe0")
