@@ -2,7 +2,8 @@
 //! every configuration side by side; then the pod directory at scale over xDS. Writes
 //! `bench/results/<time>.json`, `bench/results/latest.json` and the table in `BENCHMARKS.md`.
 //!
-//! Loopback only. Envoy runs with one worker pinned to CPU 0; this process (load generator,
+//! Loopback only. Envoy runs with one worker pinned to CPU 0 (except in `--realistic` and
+//! `--worker-memory`, which run several workers unpinned); this process (load generator,
 //! pacer, upstream, ADS server) runs on the other CPUs.
 
 mod compare;

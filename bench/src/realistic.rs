@@ -435,7 +435,7 @@ async fn mix_closed_loop(
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..connections {
         let traffic = Arc::clone(traffic);
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (c as u64 + 1) << 20 | 1);
+        let mut rng = Rng((seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((c as u64 + 1) << 20)) | 1);
         tasks.spawn(async move {
             let mut stats = MixStats::default();
             let mut stream: Option<TcpStream> = None;
