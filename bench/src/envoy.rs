@@ -44,16 +44,30 @@ impl Envoy {
         listener: u16,
         base_id: u32,
     ) -> anyhow::Result<Envoy> {
+        Envoy::start_workers(envoy, placement, label, bootstrap, listener, base_id, 1).await
+    }
+
+    /// [`Envoy::start`] with `workers` worker threads. With more than one, Envoy is not pinned
+    /// (its workers could not run in parallel on the one CPU it would get).
+    pub async fn start_workers(
+        envoy: &Path,
+        placement: &Placement,
+        label: &str,
+        bootstrap: &Value,
+        listener: u16,
+        base_id: u32,
+        workers: u32,
+    ) -> anyhow::Result<Envoy> {
         let mut builder =
             podgate_testkit::Envoy::builder(label, &serde_json::to_string_pretty(bootstrap)?)
                 .binary(envoy)
-                .concurrency(1)
+                .concurrency(workers)
                 .log_level("warn")
                 .args([
                     "--base-id".to_owned(),
                     (std::process::id() % 10_000 * 100 + base_id).to_string(),
                 ]);
-        if let (Some(taskset), Some(cpu)) = (&placement.taskset, placement.envoy_cpu) {
+        if let (Some(taskset), Some(cpu), 1) = (&placement.taskset, placement.envoy_cpu, workers) {
             let wrapper: [OsString; 3] = [taskset.into(), "-c".into(), cpu.to_string().into()];
             builder = builder.wrapper(wrapper);
         }
@@ -69,6 +83,11 @@ impl Envoy {
     /// Envoy's own pid (not a wrapper's): `taskset` execs Envoy.
     pub fn pid(&self) -> u32 {
         self.inner.pid()
+    }
+
+    /// A counter from the admin `/stats` (0 when absent).
+    pub async fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        self.inner.counter(name).await
     }
 
     pub fn log_tail(&self) -> String {

@@ -220,7 +220,7 @@ impl Conn {
 }
 
 /// `Some((status, bytes used, connection closing))` once a whole response is buffered.
-fn parse_response(bytes: &[u8]) -> anyhow::Result<Option<(u16, usize, bool)>> {
+pub(crate) fn parse_response(bytes: &[u8]) -> anyhow::Result<Option<(u16, usize, bool)>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(bytes)? {

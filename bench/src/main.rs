@@ -2,7 +2,8 @@
 //! every configuration side by side; then the pod directory at scale over xDS. Writes
 //! `bench/results/<time>.json`, `bench/results/latest.json` and the table in `BENCHMARKS.md`.
 //!
-//! Loopback only. Envoy runs with one worker pinned to CPU 0; this process (load generator,
+//! Loopback only. Envoy runs with one worker pinned to CPU 0 (except in `--realistic` and
+//! `--worker-memory`, which run several workers unpinned); this process (load generator,
 //! pacer, upstream, ADS server) runs on the other CPUs.
 
 mod compare;
@@ -11,6 +12,7 @@ mod exchange;
 mod limits;
 mod load;
 mod pin;
+mod realistic;
 mod renewal;
 mod report;
 mod scale;
@@ -105,6 +107,33 @@ pub struct Settings {
     /// `BENCHMARKS.md` and `latest.json` are left alone.
     #[arg(long)]
     pub limits: bool,
+    /// Only the realistic-traffic scenario (`realistic.rs`: 1,000 users over 100 pods, page
+    /// loads, API calls and WebSocket messages, Envoy with 2 workers; podgate against bare
+    /// Envoy, a do-nothing Wasm filter and jwt_authn): its table on stdout and
+    /// `realistic-<time>.json` in the results directory; `BENCHMARKS.md` and `latest.json` are
+    /// left alone.
+    #[arg(long)]
+    pub realistic: bool,
+    /// Only Envoy's memory per worker with the filter (`--memory-workers` workers, each run at
+    /// `--memory-pods` pods over ADS): its table on stdout and `worker-memory-<time>.json` in
+    /// the results directory; `BENCHMARKS.md` and `latest.json` are left alone.
+    #[arg(long)]
+    pub worker_memory: bool,
+    /// `--realistic`: the percentage of operations that are page loads with one-off
+    /// capabilities (taken from the page loads' share), at most 45.
+    #[arg(long, default_value_t = 10)]
+    pub cold_percent: u64,
+    /// `--realistic`: podgate's `token_cache_entries` (jwt_authn's cache follows it); the
+    /// filter's default unless set.
+    #[arg(long)]
+    pub token_cache_entries: Option<usize>,
+    /// Directory size for `--worker-memory`.
+    #[arg(long, default_value_t = 10_000)]
+    pub memory_pods: usize,
+    /// Worker counts for `--worker-memory` (the increment is taken between the first and the
+    /// last).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub memory_workers: Vec<u32>,
 }
 
 /// Unix time in seconds.
@@ -160,6 +189,29 @@ async fn run(settings: Settings, placement: pin::Placement) -> anyhow::Result<()
     }
     if settings.limits {
         return run_limits(&settings, &placement).await;
+    }
+    if settings.realistic {
+        let machine = report::Machine::detect(placement.online_cpus);
+        let keys = tokens::Keys::new()?;
+        let report = realistic::run(&settings, &placement, &keys).await?;
+        let json = serde_json::json!({"machine": machine, "realistic": report});
+        return finish(&settings, "realistic", &report.markdown(), &json);
+    }
+    if settings.worker_memory {
+        let machine = report::Machine::detect(placement.online_cpus);
+        let upstream = upstream::start(placement.upstream_cpu)?;
+        let keys = tokens::Keys::new()?;
+        let report = scale::worker_memory(
+            &settings,
+            &placement,
+            upstream,
+            &keys,
+            settings.memory_pods,
+            &settings.memory_workers,
+        )
+        .await?;
+        let json = serde_json::json!({"machine": machine, "worker_memory": report});
+        return finish(&settings, "worker-memory", &report.markdown(), &json);
     }
     let started = Instant::now();
     let machine_before = report::Machine::detect(placement.online_cpus);
@@ -237,6 +289,27 @@ async fn run_limits(settings: &Settings, placement: &pin::Placement) -> anyhow::
         let path = settings.results_dir.join(format!("limits-{time}.json"));
         let json = serde_json::json!({"machine": machine, "limits": report});
         std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Prints `markdown` and, unless `--dry-run`, writes `json` to `<name>-<time>.json` in the
+/// results directory.
+fn finish(
+    settings: &Settings,
+    name: &str,
+    markdown: &str,
+    json: &serde_json::Value,
+) -> anyhow::Result<()> {
+    println!("{markdown}");
+    if !settings.dry_run {
+        let time = chrono::DateTime::from_timestamp(unix_now(), 0)
+            .map(|t| t.format("%Y-%m-%dT%H%M%SZ").to_string())
+            .unwrap_or_default();
+        let path = settings.results_dir.join(format!("{name}-{time}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(json)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }

@@ -62,14 +62,14 @@ pub struct ScaleReport {
     pub baseline_rss_bytes: Vec<(Layout, u64)>,
 }
 
-struct Ads {
+pub(crate) struct Ads {
     cache: SnapshotCache,
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Ads {
-    async fn start() -> anyhow::Result<Ads> {
+    pub(crate) async fn start() -> anyhow::Result<Ads> {
         let cache = SnapshotCache::new();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -99,7 +99,7 @@ impl Drop for Ads {
 }
 
 /// The directory: the bench pod, `extra` probe pods, and fillers up to `pods` in total.
-fn directory(
+pub(crate) fn directory(
     layout: Layout,
     pods: usize,
     probes: &[String],
@@ -127,7 +127,7 @@ fn directory(
 }
 
 /// Builds the snapshot for `pods`; returns it with the filter JSON size.
-fn snapshot(
+pub(crate) fn snapshot(
     layout: Layout,
     pods: &[DirectoryPod],
     keys: &Keys,
@@ -159,7 +159,7 @@ fn snapshot(
 }
 
 /// Pushes and waits until `probe` is let through; returns the time from `set`, ms.
-async fn push_and_wait(
+pub(crate) async fn push_and_wait(
     ads: &Ads,
     snapshot: Snapshot,
     envoy: &Envoy,
@@ -319,4 +319,142 @@ pub async fn run(
     .await
     .context("scale, cluster-per-pod layout")?;
     Ok(report)
+}
+
+/// One worker count in the `--worker-memory` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerMemoryPoint {
+    pub workers: u32,
+    /// Envoy's resident memory with the bench pod and a probe pod pushed.
+    pub rss_small_bytes: u64,
+    /// The same after the push of `pods` pods has been applied and answered.
+    pub rss_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerMemoryReport {
+    pub pods: usize,
+    pub filter_config_bytes: usize,
+    pub points: Vec<WorkerMemoryPoint>,
+    /// (RSS at the most workers − RSS at the fewest) / (the difference in workers), with
+    /// `pods` pods.
+    pub per_worker_bytes: f64,
+    /// The same with the two-pod directory: what a worker costs before any directory.
+    pub per_worker_small_bytes: f64,
+}
+
+/// `--worker-memory`: Envoy's RSS with `workers` worker threads (each with its own Wasm VM and
+/// compiled filter configuration) at `pods` pods, pushed over ADS in the original-destination
+/// layout. Each worker serves requests before the reading, so every VM has run.
+pub async fn worker_memory(
+    settings: &Settings,
+    placement: &Placement,
+    upstream: SocketAddr,
+    keys: &Keys,
+    pods: usize,
+    workers: &[u32],
+) -> anyhow::Result<WorkerMemoryReport> {
+    let layout = Layout::OriginalDst;
+    let wasm = settings.filter_wasm.display().to_string();
+    let bench = Requests::fixed(
+        &tokens::pod_host(tokens::BENCH_POD),
+        &keys.capability(Alg::EdDSA, tokens::BENCH_POD, 1)?,
+    );
+    let mut points = Vec::new();
+    let mut filter_config_bytes = 0;
+    for (i, &w) in workers.iter().enumerate() {
+        let ads = Ads::start().await?;
+        let port = envoy::free_port()?;
+        let label = format!("memory-{w}w");
+        let bootstrap = envoy::ads_bootstrap(&label, ads.addr, port);
+        let base = 40 + u32::try_from(i).unwrap_or(0);
+        let envoy = Envoy::start_workers(
+            &settings.envoy,
+            placement,
+            &label,
+            &bootstrap,
+            port,
+            base,
+            w,
+        )
+        .await?;
+        let first = directory(layout, 1, &["probe0".to_owned()], upstream);
+        let (snap, _) = snapshot(layout, &first, keys, &wasm, upstream)?;
+        push_and_wait(&ads, snap, &envoy, keys, "probe0")
+            .await
+            .context("initial push")?;
+        // Connections spread over the workers; each answers.
+        load::closed_loop(envoy.listener, 16, Duration::from_millis(500), &bench).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_small_bytes = envoy.rss_bytes()?;
+        let probe = format!("probe{pods}a");
+        let (snap, json_bytes) = snapshot(
+            layout,
+            &directory(layout, pods, std::slice::from_ref(&probe), upstream),
+            keys,
+            &wasm,
+            upstream,
+        )?;
+        filter_config_bytes = json_bytes;
+        push_and_wait(&ads, snap, &envoy, keys, &probe).await?;
+        load::closed_loop(envoy.listener, 16, Duration::from_millis(500), &bench).await?;
+        // Let V8 and Envoy settle (the old configs freed) before reading memory.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let rss_bytes = envoy.rss_bytes()?;
+        eprintln!(
+            "memory {w} workers: {:.1} MiB with 2 pods, {:.1} MiB with {pods} pods",
+            rss_small_bytes as f64 / 1048576.0,
+            rss_bytes as f64 / 1048576.0
+        );
+        points.push(WorkerMemoryPoint {
+            workers: w,
+            rss_small_bytes,
+            rss_bytes,
+        });
+        drop(envoy);
+        drop(ads);
+    }
+    let slope = |f: fn(&WorkerMemoryPoint) -> u64| -> f64 {
+        match (points.first(), points.last()) {
+            (Some(a), Some(b)) if b.workers > a.workers => {
+                (f(b) as f64 - f(a) as f64) / f64::from(b.workers - a.workers)
+            }
+            _ => f64::NAN,
+        }
+    };
+    let per_worker_bytes = slope(|p| p.rss_bytes);
+    let per_worker_small_bytes = slope(|p| p.rss_small_bytes);
+    Ok(WorkerMemoryReport {
+        pods,
+        filter_config_bytes,
+        points,
+        per_worker_bytes,
+        per_worker_small_bytes,
+    })
+}
+
+impl WorkerMemoryReport {
+    pub fn markdown(&self) -> String {
+        let mib = |b: f64| b / 1048576.0;
+        let mut out = format!(
+            "Filter configuration: {} pods, {} bytes of JSON.\n\n\
+             | workers | RSS, 2 pods (MiB) | RSS, {} pods (MiB) |\n|---:|---:|---:|\n",
+            self.pods, self.filter_config_bytes, self.pods
+        );
+        for p in &self.points {
+            out.push_str(&format!(
+                "| {} | {:.1} | {:.1} |\n",
+                p.workers,
+                mib(p.rss_small_bytes as f64),
+                mib(p.rss_bytes as f64)
+            ));
+        }
+        out.push_str(&format!(
+            "\nPer extra worker: {:.1} MiB at {} pods, {:.1} MiB at 2 pods.\n",
+            mib(self.per_worker_bytes),
+            self.pods,
+            mib(self.per_worker_small_bytes)
+        ));
+        out
+    }
 }
