@@ -1,5 +1,6 @@
 //! The verified-token cache and the memory of refused token values, per worker.
 
+use std::cell::Cell;
 use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -13,6 +14,13 @@ use crate::token::{TokenError, Verified, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
 /// values cost a signature check once, not on every request.
 const REJECTED_MAX_ENTRIES: usize = 1024;
 
+/// A verified token in the cache, and whether it was found again since the cache was last full.
+#[derive(Debug)]
+struct Entry {
+    verified: Rc<Verified>,
+    used: Cell<bool>,
+}
+
 /// A per-worker cache of verified capabilities, keyed by the token itself (only tokens that
 /// verified and fit `MAX_TOKEN_LEN` are stored, so the key needs no cryptographic hash, which
 /// would cost a large share of a cached request). Expiry and revocation are re-checked on every hit, so the cache never
@@ -24,7 +32,7 @@ const REJECTED_MAX_ENTRIES: usize = 1024;
 /// check per worker, not one per request.
 #[derive(Debug, Default)]
 pub struct VerifiedCache {
-    entries: HashMap<Box<str>, Rc<Verified>, TailHash>,
+    entries: HashMap<Box<str>, Entry, TailHash>,
     rejected: HashMap<u64, TokenError, BuildHasherDefault<PremixedHasher>>,
     rejected_keys: RandomState,
     hits: u64,
@@ -97,11 +105,17 @@ impl VerifiedCache {
         }
         let hit = self.entries.get(token)?;
         self.hits += 1;
-        if now >= hit.expires_at.saturating_add(config.verifier.leeway()) {
+        if now
+            >= hit
+                .verified
+                .expires_at
+                .saturating_add(config.verifier.leeway())
+        {
             self.entries.remove(token);
             return Some(Err(TokenError::Expired));
         }
-        Some(Ok(Rc::clone(hit)))
+        hit.used.set(true);
+        Some(Ok(Rc::clone(&hit.verified)))
     }
 
     /// The key of `token` among the rejected values; `None` with the cache off.
@@ -138,13 +152,23 @@ impl VerifiedCache {
             return;
         }
         if self.entries.len() >= capacity {
-            self.entries.retain(|_, v| v.expires_at > now);
+            // Full: keep the live tokens found again since it was last full, and forget their
+            // marks (a second chance, one flag set per hit). The capabilities of users who keep
+            // coming back stay; tokens seen once, and expired ones, go.
+            self.entries
+                .retain(|_, e| e.verified.expires_at > now && e.used.replace(false));
             if self.entries.len() >= capacity {
-                // Still full of live tokens: start over rather than track recency per hit.
+                // Every entry was used again: more live users than entries; start over.
                 self.entries.clear();
             }
         }
-        self.entries.insert(token.into(), verified);
+        self.entries.insert(
+            token.into(),
+            Entry {
+                verified,
+                used: Cell::new(false),
+            },
+        );
     }
 }
 
@@ -245,5 +269,70 @@ impl Hasher for PremixedHasher {
     }
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::tests::claims;
+
+    fn verified(expires_at: i64) -> Rc<Verified> {
+        Rc::new(Verified {
+            claims: claims(),
+            sid: None,
+            issued_at: 0,
+            expires_at,
+            kid: "k".into(),
+            token: None,
+        })
+    }
+
+    /// What `verified` marks on a hit.
+    fn find_again(cache: &VerifiedCache, token: &str) -> bool {
+        cache.entries.get(token).map(|e| e.used.set(true)).is_some()
+    }
+
+    /// Users who keep coming back keep their entries while a stream of tokens seen once passes
+    /// through a full cache; expired entries go first.
+    #[test]
+    fn a_full_cache_keeps_the_tokens_found_again_and_drops_the_ones_seen_once() {
+        let mut cache = VerifiedCache::new();
+        let users: Vec<String> = (0..6).map(|i| format!("user-{i}")).collect();
+        for user in &users {
+            cache.insert(user, verified(1_000), 8, 0);
+        }
+        for round in 0..100 {
+            for user in &users {
+                assert!(find_again(&cache, user), "{user} evicted in round {round}");
+            }
+            cache.insert(&format!("once-{round}"), verified(1_000), 8, 0);
+        }
+        assert!(cache.len() <= 8);
+        // An expired entry goes even when it was found again.
+        let expired_user = "user-0";
+        let mut stale = VerifiedCache::new();
+        stale.insert(expired_user, verified(10), 2, 0);
+        stale.insert("fresh", verified(1_000), 2, 0);
+        find_again(&stale, expired_user);
+        find_again(&stale, "fresh");
+        stale.insert("third", verified(1_000), 2, 20);
+        assert!(!stale.entries.contains_key(expired_user));
+        assert!(stale.entries.contains_key("fresh"));
+        assert!(stale.entries.contains_key("third"));
+    }
+
+    /// More users coming back than the cache holds: it starts over rather than refuse to cache.
+    #[test]
+    fn a_cache_full_of_tokens_all_found_again_starts_over() {
+        let mut cache = VerifiedCache::new();
+        for i in 0..4 {
+            let token = format!("user-{i}");
+            cache.insert(&token, verified(1_000), 4, 0);
+            find_again(&cache, &token);
+        }
+        cache.insert("next", verified(1_000), 4, 0);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.entries.contains_key("next"));
     }
 }
