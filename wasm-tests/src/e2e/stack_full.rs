@@ -118,6 +118,52 @@ pub struct CpSettings {
     pub filter_wasm: PathBuf,
     /// Anything else (`--flag`, `value`, ...).
     pub extra_args: Vec<String>,
+    /// Mutual TLS with Envoy: the test certificates and the Envoy-facing listener.
+    pub mtls: Option<CpMtls>,
+}
+
+/// The control plane side of mutual TLS with Envoy in a test.
+#[derive(Debug, Clone)]
+pub struct CpMtls {
+    /// A directory of `podgate tls gen-test-certs`.
+    pub certs: PathBuf,
+    /// `--envoy-listen`.
+    pub envoy_listen: SocketAddr,
+}
+
+/// The files `podgate tls gen-test-certs` writes.
+pub const TEST_CA: &str = "ca.pem";
+pub const TEST_SERVER_CERT: &str = "server.pem";
+pub const TEST_SERVER_KEY: &str = "server-key.pem";
+pub const TEST_CLIENT_CERT: &str = "envoy.pem";
+pub const TEST_CLIENT_KEY: &str = "envoy-key.pem";
+
+/// Writes a fresh test CA with server and Envoy client certificates into a new directory
+/// (`podgate tls gen-test-certs`, as the demo does) and returns it.
+pub fn test_certs(label: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "podgate-e2e-tls-{label}-{}-{}",
+        std::process::id(),
+        unique("")
+    ));
+    let out = std::process::Command::new(podgate_binary()?)
+        .args(["tls", "gen-test-certs"])
+        .arg(&dir)
+        .output()
+        .context("running podgate tls gen-test-certs")?;
+    if !out.status.success() {
+        bail!(
+            "podgate tls gen-test-certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(dir)
+}
+
+/// Whether whole-stack suites run with mutual TLS between Envoy and the control plane by
+/// default: `PODGATE_E2E_MTLS=1` (the suites that test mutual TLS itself always do).
+pub fn mtls_by_default() -> bool {
+    std::env::var("PODGATE_E2E_MTLS").is_ok_and(|v| v == "1" || v == "true")
 }
 
 /// A `podgate serve` process with its own SQLite database (the test kit's launcher); can be
@@ -153,6 +199,16 @@ impl ControlPlane {
             .arg(&s.filter_wasm)
             .env("RUST_LOG", "info")
             .ready_timeout(CP_READY_TIMEOUT);
+        if let Some(mtls) = &s.mtls {
+            builder = builder
+                .arg("--envoy-tls-cert")
+                .arg(mtls.certs.join(TEST_SERVER_CERT))
+                .arg("--envoy-tls-key")
+                .arg(mtls.certs.join(TEST_SERVER_KEY))
+                .arg("--envoy-client-ca")
+                .arg(mtls.certs.join(TEST_CA))
+                .args(["--envoy-listen", &mtls.envoy_listen.to_string()]);
+        }
         if let Some(secs) = s.capability_lifetime_secs {
             builder = builder.args(["--capability-lifetime-secs", &secs.to_string()]);
         }
@@ -213,6 +269,22 @@ impl ControlPlane {
     }
 }
 
+impl CpSettings {
+    /// `envoy/podgate.yaml` for an Envoy on `listener_port` in front of this control plane:
+    /// with its test certificates when it runs mutual TLS.
+    pub fn envoy_bootstrap(&self, listener_port: u16) -> anyhow::Result<String> {
+        match &self.mtls {
+            Some(mtls) => render_ads_bootstrap(
+                listener_port,
+                self.xds.port(),
+                mtls.envoy_listen.port(),
+                Some(&EnvoyMtls::from_dir(&mtls.certs)),
+            ),
+            None => render_ads_bootstrap(listener_port, self.xds.port(), self.http.port(), None),
+        }
+    }
+}
+
 /// The control plane's public URL for its HTTP address.
 fn public_url(http: SocketAddr) -> String {
     format!("http://{CP_HOST}:{}", http.port())
@@ -260,12 +332,44 @@ fn set_cluster_endpoint(clusters: &mut Yaml, name: &str, port: u16) -> anyhow::R
     set_socket(endpoint, port)
 }
 
-/// `envoy/podgate.yaml` with only ports changed: admin on an ephemeral port, the listener on
-/// `listener_port`, the ADS cluster on `xds_port`, the control plane's HTTP on `cp_http_port`.
+/// What Envoy's two control-plane clusters use for mutual TLS in a rendered bootstrap.
+#[derive(Debug, Clone)]
+pub struct EnvoyMtls {
+    /// Envoy's client certificate and key; `None`: Envoy presents none.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The CA Envoy validates the control plane's certificate with.
+    pub ca: PathBuf,
+}
+
+impl EnvoyMtls {
+    /// The client certificate, key and CA of a `podgate tls gen-test-certs` directory.
+    pub fn from_dir(dir: &Path) -> EnvoyMtls {
+        EnvoyMtls {
+            client: Some((dir.join(TEST_CLIENT_CERT), dir.join(TEST_CLIENT_KEY))),
+            ca: dir.join(TEST_CA),
+        }
+    }
+}
+
+/// The clusters of `envoy/podgate.yaml` that reach the control plane (both mutual TLS).
+pub const CONTROL_PLANE_CLUSTERS: [&str; 2] = ["podgate_xds", "podgate_control_plane"];
+
+fn path_str(p: &Path) -> anyhow::Result<Yaml> {
+    p.to_str()
+        .map(yaml_key)
+        .ok_or_else(|| anyhow!("{} is not UTF-8", p.display()))
+}
+
+/// `envoy/podgate.yaml` with only ports and the TLS files changed: admin on an ephemeral port,
+/// the listener on `listener_port`, the ADS cluster on `xds_port`, the control plane's HTTP on
+/// `cp_http_port` (its Envoy-facing listener with mutual TLS, its API's without). With `mtls`
+/// the two clusters keep the file's TLS settings with these files; without, they are plaintext
+/// (the file's `transport_socket` removed).
 pub fn render_ads_bootstrap(
     listener_port: u16,
     xds_port: u16,
     cp_http_port: u16,
+    mtls: Option<&EnvoyMtls>,
 ) -> anyhow::Result<String> {
     let path = workspace_root().join(ADS_BOOTSTRAP);
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -276,6 +380,37 @@ pub fn render_ads_bootstrap(
     let clusters = yaml_at(&mut doc, &["static_resources", "clusters"])?;
     set_cluster_endpoint(clusters, "podgate_xds", xds_port)?;
     set_cluster_endpoint(clusters, "podgate_control_plane", cp_http_port)?;
+    for name in CONTROL_PLANE_CLUSTERS {
+        let cluster = yaml_named(clusters, name)?;
+        let Some(mtls) = mtls else {
+            cluster
+                .as_mapping_mut()
+                .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: cluster {name} is not a mapping"))?
+                .remove("transport_socket");
+            continue;
+        };
+        let common = yaml_at(
+            cluster,
+            &["transport_socket", "typed_config", "common_tls_context"],
+        )?;
+        yaml_at(common, &["validation_context", "trusted_ca"])?["filename"] =
+            path_str(&mtls.ca)?;
+        match &mtls.client {
+            Some((cert, key)) => {
+                let identity = yaml_at(common, &["tls_certificates"])?
+                    .get_mut(0)
+                    .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: {name} has no client certificate"))?;
+                yaml_at(identity, &["certificate_chain"])?["filename"] = path_str(cert)?;
+                yaml_at(identity, &["private_key"])?["filename"] = path_str(key)?;
+            }
+            None => {
+                common
+                    .as_mapping_mut()
+                    .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: {name}'s TLS is not a mapping"))?
+                    .remove("tls_certificates");
+            }
+        }
+    }
     serde_yaml::to_string(&doc).context("writing the bootstrap YAML")
 }
 
@@ -367,6 +502,8 @@ pub struct StackOptions {
     pub label: String,
     pub capability_lifetime_secs: Option<u32>,
     pub extra_args: Vec<String>,
+    /// Mutual TLS between Envoy and the control plane [default: [`mtls_by_default`]].
+    pub mtls: bool,
 }
 
 impl StackOptions {
@@ -375,6 +512,7 @@ impl StackOptions {
             label: label.to_owned(),
             capability_lifetime_secs: None,
             extra_args: Vec::new(),
+            mtls: mtls_by_default(),
         }
     }
 }
@@ -433,6 +571,13 @@ impl FullStack {
     pub async fn start(options: StackOptions) -> anyhow::Result<FullStack> {
         let filter_wasm = super::bootstrap::filter_wasm()?;
         let envoy_port = free_port()?;
+        let mtls = match options.mtls {
+            true => Some(CpMtls {
+                certs: test_certs(&options.label)?,
+                envoy_listen: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            }),
+            false => None,
+        };
         let settings = CpSettings {
             http: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             xds: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -441,11 +586,11 @@ impl FullStack {
             capability_lifetime_secs: options.capability_lifetime_secs,
             filter_wasm,
             extra_args: options.extra_args.clone(),
+            mtls: mtls.clone(),
         };
         let cp = ControlPlane::start(&options.label, settings.clone()).await?;
         let admin = Admin::new(settings.http)?;
-        let bootstrap =
-            render_ads_bootstrap(envoy_port, settings.xds.port(), settings.http.port())?;
+        let bootstrap = settings.envoy_bootstrap(envoy_port)?;
         let envoy = match Envoy::start(&options.label, &bootstrap, 1).await {
             Ok(envoy) => envoy,
             Err(e) => bail!("{e:#}\n{}", cp.log_tail()),
