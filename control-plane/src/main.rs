@@ -4,9 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use podgate::config::{
-    redact_url, Cli, Command, Config, KeysCommand, LogFormat, Need, TlsCommand,
-};
+use podgate::config::{redact_url, Cli, Command, Config, KeysCommand, LogFormat, Need, TlsCommand};
 use podgate::key_encryption::{self, KeyEncryptionKey};
 use podgate::store::{now_unix, Db};
 use podgate::{app, envoy_app, keys, metrics_app, tls, xds_sync, AppState};

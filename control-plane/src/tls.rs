@@ -207,11 +207,16 @@ impl axum::serve::Listener for HttpListener {
 #[derive(Debug)]
 pub struct GrpcConn(pub TlsStream<TcpStream>);
 
+/// The TCP addresses, where tonic looks for them (the ADS server logs the peer).
 impl tonic::transport::server::Connected for GrpcConn {
-    type ConnectInfo = Option<SocketAddr>;
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.peer_addr().ok()
+        let tcp = self.0.get_ref().0;
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: tcp.local_addr().ok(),
+            remote_addr: tcp.peer_addr().ok(),
+        }
     }
 }
 

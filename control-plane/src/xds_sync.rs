@@ -164,9 +164,15 @@ pub async fn start(
         match tls {
             Some(config) => {
                 let incoming = crate::tls::grpc_incoming(listener, config);
-                server.serve_with_incoming(incoming, stopped(shutdown)).await
+                server
+                    .serve_with_incoming(incoming, stopped(shutdown))
+                    .await
             }
-            None => server.serve_with_listener(listener, stopped(shutdown)).await,
+            None => {
+                server
+                    .serve_with_listener(listener, stopped(shutdown))
+                    .await
+            }
         }
     };
     Ok(tokio::spawn(async move {

@@ -9,8 +9,8 @@ use podgate_protocol::host::HostTemplate;
 use podgate_protocol::token::MAX_ASSERTION_LIFETIME_SECS;
 
 use crate::config::{
-    bad, idp, limits, Config, ConfigError, EnvoyTls, LogFormat, SameSite, Scheme, Settings, SigningAlg,
-    StartHook, XdsConfig,
+    bad, idp, limits, Config, ConfigError, EnvoyTls, LogFormat, SameSite, Scheme, Settings,
+    SigningAlg, StartHook, XdsConfig,
 };
 
 /// Fewest seconds between two start hook calls for one pod unless configured.

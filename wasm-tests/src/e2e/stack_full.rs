@@ -393,8 +393,7 @@ pub fn render_ads_bootstrap(
             cluster,
             &["transport_socket", "typed_config", "common_tls_context"],
         )?;
-        yaml_at(common, &["validation_context", "trusted_ca"])?["filename"] =
-            path_str(&mtls.ca)?;
+        yaml_at(common, &["validation_context", "trusted_ca"])?["filename"] = path_str(&mtls.ca)?;
         match &mtls.client {
             Some((cert, key)) => {
                 let identity = yaml_at(common, &["tls_certificates"])?
