@@ -290,6 +290,8 @@ async fn serve(config: Config) -> Result<(), String> {
             let listener = tls::HttpListener::new(listener, config)
                 .map_err(|e| format!("the Envoy-facing listener on {addr}: {e}"))?;
             tracing::info!(listen = %addr, "Envoy-facing HTTP listening (mutual TLS)");
+            // `tap_io` (doing nothing) is the wrapper axum gives the peer address for any
+            // listener, which the rate limits read as they do on the public listener.
             let served = axum::serve(
                 axum::serve::ListenerExt::tap_io(listener, |_| {}),
                 envoy_app(state.clone())
