@@ -386,6 +386,35 @@ impl Drop for ControlPlane {
     }
 }
 
+/// `envoy/podgate.yaml` with plaintext clusters to the control plane: the file's
+/// `transport_socket` blocks (mutual TLS, at cluster level) removed. These suites run the
+/// control plane without mutual TLS; `wasm-tests/tests/e2e_mtls.rs` runs it with.
+pub fn without_tls_to_the_control_plane(yaml: &str) -> String {
+    let mut out = String::new();
+    let mut removed = 0;
+    let mut skipping = false;
+    for line in yaml.lines() {
+        if line == "    transport_socket:" {
+            skipping = true;
+            removed += 1;
+            continue;
+        }
+        // The block ends at the next cluster-level key.
+        if skipping && line.starts_with("    ") && !line.starts_with("     ") {
+            skipping = false;
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert_eq!(
+        removed, 2,
+        "envoy/podgate.yaml: expected the TLS of podgate_xds and podgate_control_plane"
+    );
+    out
+}
+
 /// A running Envoy on `envoy/podgate.yaml` with ephemeral ports (the test kit's: killed on
 /// drop, its files kept when a test fails).
 pub struct Envoy {
@@ -399,12 +428,12 @@ impl Envoy {
     pub async fn start(listener_port: u16, xds_port: u16, cp_http_port: u16) -> Envoy {
         let admin_port = free_port();
         let yaml = std::fs::read_to_string(workspace().join("envoy/podgate.yaml")).unwrap();
-        let mut rendered = yaml.clone();
+        let mut rendered = without_tls_to_the_control_plane(&yaml);
         for (from, to) in [
             (10000, listener_port),
             (9901, admin_port),
             (18000, xds_port),
-            (8080, cp_http_port),
+            (8443, cp_http_port),
         ] {
             let needle = format!("port_value: {from} ");
             assert!(
