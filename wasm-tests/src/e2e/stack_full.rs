@@ -138,10 +138,10 @@ pub const TEST_SERVER_KEY: &str = "server-key.pem";
 pub const TEST_CLIENT_CERT: &str = "envoy.pem";
 pub const TEST_CLIENT_KEY: &str = "envoy-key.pem";
 
-/// Writes a fresh test CA with server and Envoy client certificates into a new directory
-/// (`podgate tls gen-test-certs`, as the demo does) and returns it.
+/// Writes a fresh test CA with server and Envoy client certificates into a new directory under
+/// the target directory's `tmp/` (`podgate tls gen-test-certs`, as the demo does) and returns it.
 pub fn test_certs(label: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
+    let dir = target_dir().join("tmp").join(format!(
         "podgate-e2e-tls-{label}-{}-{}",
         std::process::id(),
         unique("")
