@@ -225,6 +225,10 @@ minted=$(curl -sf -b "$jar" -X POST "$cp_url/v1/capabilities" -H 'content-type: 
 token=$(printf '%s' "$minted" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
 [ -n "$token" ] || die "no token in $minted"
 curl_line="curl -H \"podgate-token: $token\" $(pod_url 3000)/api/info"
+# The pod retries its first fetch of the assertion keys every second while the control plane
+# starts: wait until it has them, so the first request shows the verified user.
+wait_for "the demo pod's assertion keys" demo-pod.log bash -c \
+    "curl -s -H 'podgate-token: $token' $(pod_url 3000)/api/info | grep -q '\"verified\"'"
 
 if $check; then
     say "checking the printed curl line"

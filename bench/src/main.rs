@@ -8,6 +8,7 @@
 mod compare;
 mod envoy;
 mod exchange;
+mod limits;
 mod load;
 mod pin;
 mod renewal;
@@ -99,6 +100,11 @@ pub struct Settings {
     /// `latest.json` are left alone.
     #[arg(long)]
     pub renewal: bool,
+    /// Only the limits scenario (rate and open-stream limits at the edge against none, on the
+    /// cached path): its table on stdout and `limits-<time>.json` in the results directory;
+    /// `BENCHMARKS.md` and `latest.json` are left alone.
+    #[arg(long)]
+    pub limits: bool,
 }
 
 /// Unix time in seconds.
@@ -151,6 +157,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(settings: Settings, placement: pin::Placement) -> anyhow::Result<()> {
     if settings.renewal {
         return run_renewal(&settings, &placement).await;
+    }
+    if settings.limits {
+        return run_limits(&settings, &placement).await;
     }
     let started = Instant::now();
     let machine_before = report::Machine::detect(placement.online_cpus);
@@ -206,6 +215,27 @@ async fn run_renewal(settings: &Settings, placement: &pin::Placement) -> anyhow:
             .unwrap_or_default();
         let path = settings.results_dir.join(format!("renewal-{time}.json"));
         let json = serde_json::json!({"machine": machine, "renewal": report});
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run_limits(settings: &Settings, placement: &pin::Placement) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let machine = report::Machine::detect(placement.online_cpus);
+    let upstream = upstream::start(placement.upstream_cpu)?;
+    let keys = tokens::Keys::new()?;
+    let report = limits::run(settings, placement, upstream, &keys).await?;
+    println!("{}", report.markdown());
+    println!("Total run {:.0} s.", started.elapsed().as_secs_f64());
+    if !settings.dry_run {
+        let time = chrono::DateTime::from_timestamp(unix_now(), 0)
+            .map(|t| t.format("%Y-%m-%dT%H%M%SZ").to_string())
+            .unwrap_or_default();
+        let path = settings.results_dir.join(format!("limits-{time}.json"));
+        let json = serde_json::json!({"machine": machine, "limits": report});
         std::fs::write(&path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());

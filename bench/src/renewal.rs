@@ -104,7 +104,7 @@ fn serve_stub(mut stream: TcpStream, answer: &str, calls: &AtomicU64) {
 }
 
 /// The bench capability, minted for session `SID`, issued at `issued_at`.
-fn capability(keys: &Keys, issued_at: i64, jti: &str) -> anyhow::Result<String> {
+pub(crate) fn capability(keys: &Keys, issued_at: i64, jti: &str) -> anyhow::Result<String> {
     let pod = tokens::BENCH_POD;
     let claims = PodClaims {
         iss: tokens::ISSUER.to_owned(),

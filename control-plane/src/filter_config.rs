@@ -9,12 +9,16 @@
 //! `renewal` tells the filter where and when to renew browser capabilities (`renew.rs`), with
 //! the renewal secret, which admins see here too. `assertion` carries the private identity
 //! assertion key the filter signs with (`keys::assertion_key`), which admins see here too.
+//! `services` carries each service's credential, opened from its sealed form (`services.rs`):
+//! Envoy gets it over ECDS; `GET /v1/filter-config` shows it redacted.
 
 use std::collections::HashMap;
 
 use podgate_protocol::assertion::Assertion;
+use podgate_protocol::concurrent::ConcurrencyLimits;
 use podgate_protocol::config::{FilterConfig, PodEntry};
 use podgate_protocol::cookie::DEFAULT_COOKIE_NAME;
+use podgate_protocol::rate::{Rate, RateLimits};
 use podgate_protocol::renewal::{Renewal, RENEW_PATH};
 use podgate_protocol::token::DEFAULT_LEEWAY_SECS;
 
@@ -78,6 +82,13 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
             },
         );
     }
+    let (rate_limits, concurrency_limits) = edge_limits(db, config).await?;
+    let mut services = HashMap::new();
+    for row in db.list_services().await? {
+        if let Some(entry) = crate::services::directory_entry(&config.key_encryption, &row) {
+            services.insert(row.name.clone(), entry);
+        }
+    }
     let revoked_jti = revoked_capabilities(db).await?;
     let cutoffs = crate::cuts::cutoffs(db).await?;
     let auth_url = format!("{}/api/proxy-auth", config.issuer);
@@ -91,12 +102,17 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
         domain: config.domain.clone(),
         public_host_template: config.host_template_source.clone(),
         upstream_host_template: config.upstream_host_template_source.clone(),
+        // Sent only with services, so that a configuration without any stays one an older
+        // filter takes.
+        service_host_template: (!services.is_empty())
+            .then(|| config.service_host_template_source.clone()),
         public_scheme: config.public_scheme.as_str().to_owned(),
         cookie_name: DEFAULT_COOKIE_NAME.to_owned(),
         auth_url,
         control_plane_cluster: CONTROL_PLANE_CLUSTER.to_owned(),
         keys: ring.capability_keys.clone(),
         pods,
+        services,
         revoked_jti,
         cutoffs,
         logout_url,
@@ -107,7 +123,8 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
             timeout_ms: RENEW_TIMEOUT_MS,
         }),
         wake: config.start_hook.is_some(),
-        rate_limits: config.edge_rates.clone(),
+        rate_limits,
+        concurrency_limits,
         assertion: (config.assertion_lifetime > 0).then(|| Assertion {
             key: ring.assertion_signer.to_private_jwk(),
             lifetime_secs: config.assertion_lifetime as i64,
@@ -116,6 +133,31 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
         max_capability_lifetime_secs: config.capability_lifetime as i64,
         token_cache_entries: 1024,
     })
+}
+
+/// The filter's limits: the global ones of the flags, with each pod's own (`pod_limits`, set
+/// through the admin API) in their `pods`. Each is left out when nothing is limited.
+async fn edge_limits(
+    db: &Db,
+    config: &Config,
+) -> Result<(Option<RateLimits>, Option<ConcurrencyLimits>), sqlx::Error> {
+    let mut rates = config.edge_rates.clone().unwrap_or_default();
+    let mut concurrency = config.edge_concurrency.clone().unwrap_or_default();
+    for (slug, limits) in db.all_pod_limits().await? {
+        if let Some(rate) = limits.rate {
+            let rate = Rate {
+                per_second: rate.per_second,
+                burst: rate.burst,
+            };
+            rates.pods.insert(slug.clone(), rate);
+        }
+        if let Some(concurrent) = limits.concurrent {
+            concurrency.pods.insert(slug, concurrent);
+        }
+    }
+    let rates = (rates != RateLimits::default()).then_some(rates);
+    let concurrency = (concurrency != ConcurrencyLimits::default()).then_some(concurrency);
+    Ok((rates, concurrency))
 }
 
 /// The unexpired capabilities minted with a revoked API token, at most

@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod mint;
 pub mod recorder;
 pub mod renew;
+pub mod replicas;
+pub mod services;
 pub mod store;
 pub mod tls;
 pub mod wake;
@@ -83,7 +85,16 @@ impl AppState {
     pub async fn new(config: Config, db: Db) -> Result<AppState, KeyringError> {
         let now = store::now_unix();
         seal_stored_keys(&db, &config).await?;
-        let made = keys::ensure(&db, config.signing_alg, now, &config.key_encryption).await?;
+        // Control planes starting together on an empty database take turns, so one key per kind
+        // is made.
+        let made = db
+            .with_key_setup_lock(keys::ensure(
+                &db,
+                config.signing_alg,
+                now,
+                &config.key_encryption,
+            ))
+            .await?;
         for kid in &made {
             tracing::info!(%kid, alg = config.signing_alg.as_str(), "generated a signing key");
         }
@@ -235,9 +246,20 @@ impl AppState {
         }
     }
 
-    /// Tells the xDS sync task that what Envoy gets may have changed (call after the commit).
-    pub fn envoy_config_changed(&self) {
+    /// Tells the xDS sync task that what Envoy gets may have changed (call after the commit),
+    /// and, on PostgreSQL, every other control plane on the database, before the caller answers.
+    /// An announcement that fails is logged: the others' periodic resync still picks the change up.
+    pub async fn envoy_config_changed(&self) {
         self.inner.envoy_config_changes.notify_one();
+        if self.inner.db.backend() != store::Backend::Postgres {
+            return;
+        }
+        match self.inner.db.announce_config_change().await {
+            Ok(()) => self.inner.metrics.announcement(true),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not announce the change to the other control planes; they pick it up at their next resync")
+            }
+        }
     }
 
     /// Completes after [`AppState::envoy_config_changed`] (a call made while nobody waits is

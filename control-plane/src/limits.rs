@@ -16,6 +16,12 @@
 //! header named by `--client-ip-header` (behind Envoy, set it: otherwise every request through
 //! Envoy is one client); IPv6 addresses are grouped by /64, which one host commonly holds whole.
 //!
+//! Several control planes on one PostgreSQL database share every limit: each counts in its own
+//! memory but holds `1/n` of the burst and regains tokens `n` times slower, `n` being the
+//! control planes live on the database (`crate::replicas`), so a client spread over them gets at
+//! most the configured limit in all (a client held to one control plane gets its share only).
+//! A share is never below one token. Checking a request costs no database round trip.
+//!
 //! Memory is bounded: each limit tracks at most `--rate-limit-clients` clients (default 50 000,
 //! about 6 MiB per limit at worst). A full bucket is the same as none and is dropped first; when
 //! that is not enough, the least recently seen tenth goes.
@@ -28,7 +34,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::limits::{LimitsConfig, Rate};
@@ -53,6 +60,8 @@ pub struct RateLimiter {
     refill: Duration,
     max_clients: usize,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Control planes sharing the limit (at least 1): this one holds `1/replicas` of it.
+    replicas: Arc<AtomicU32>,
 }
 
 /// The key of a client: its address, IPv6 addresses cut to their /64.
@@ -70,12 +79,24 @@ pub fn client_key(client: &str) -> String {
 
 impl RateLimiter {
     pub fn new(rate: Rate, max_clients: usize) -> Self {
+        Self::shared(rate, max_clients, Arc::new(AtomicU32::new(1)))
+    }
+
+    /// A limit shared by `replicas` control planes (a count updated elsewhere).
+    pub fn shared(rate: Rate, max_clients: usize, replicas: Arc<AtomicU32>) -> Self {
         RateLimiter {
             burst: f64::from(rate.burst.max(1)),
             refill: rate.refill(),
             max_clients: max_clients.max(1),
             buckets: Mutex::new(HashMap::new()),
+            replicas,
         }
+    }
+
+    /// This control plane's share: its burst and its time to regain one token.
+    fn share(&self) -> (f64, f64) {
+        let n = f64::from(self.replicas.load(Ordering::Relaxed).max(1));
+        ((self.burst / n).max(1.0), self.refill.as_secs_f64() * n)
     }
 
     /// The map, even after a panic elsewhere poisoned the lock (buckets are plain numbers).
@@ -86,12 +107,13 @@ impl RateLimiter {
     }
 
     fn level(&self, b: Bucket, now: Instant) -> f64 {
-        let gained = now.duration_since(b.at).as_secs_f64() / self.refill.as_secs_f64();
-        (b.tokens + gained).min(self.burst)
+        let (burst, refill) = self.share();
+        let gained = now.duration_since(b.at).as_secs_f64() / refill;
+        (b.tokens + gained).min(burst)
     }
 
     fn limited(&self, level: f64) -> Limited {
-        let wait = (1.0 - level).max(0.0) * self.refill.as_secs_f64();
+        let wait = (1.0 - level).max(0.0) * self.share().1;
         // `as` saturates; a wait is at most one refill period.
         Limited {
             retry_after_secs: (wait.ceil() as u64).max(1),
@@ -132,7 +154,7 @@ impl RateLimiter {
                 if buckets.len() >= self.max_clients {
                     self.make_room(&mut buckets, now);
                 }
-                self.burst
+                self.share().0
             }
         };
         let (tokens, result) = if level >= 1.0 {
@@ -146,7 +168,8 @@ impl RateLimiter {
 
     /// Drops full buckets (the same as none), then the least recently seen down to 90 %.
     fn make_room(&self, buckets: &mut HashMap<String, Bucket>, now: Instant) {
-        buckets.retain(|_, b| self.level(*b, now) < self.burst);
+        let burst = self.share().0;
+        buckets.retain(|_, b| self.level(*b, now) < burst);
         if buckets.len() < self.max_clients {
             return;
         }
@@ -174,17 +197,27 @@ pub struct Limiters {
     pub capability_failures: RateLimiter,
     pub api_token_failures: RateLimiter,
     pub admin_failures: RateLimiter,
+    /// Control planes sharing the limits, read by every limit.
+    replicas: Arc<AtomicU32>,
 }
 
 impl Limiters {
     pub fn new(c: &LimitsConfig) -> Self {
+        let replicas = Arc::new(AtomicU32::new(1));
+        let limit = |rate| RateLimiter::shared(rate, c.clients, Arc::clone(&replicas));
         Limiters {
-            proxy_auth: RateLimiter::new(c.proxy_auth, c.clients),
-            callback_failures: RateLimiter::new(c.callback_failures, c.clients),
-            capability_failures: RateLimiter::new(c.capability_failures, c.clients),
-            api_token_failures: RateLimiter::new(c.api_token_failures, c.clients),
-            admin_failures: RateLimiter::new(c.admin_failures, c.clients),
+            proxy_auth: limit(c.proxy_auth),
+            callback_failures: limit(c.callback_failures),
+            capability_failures: limit(c.capability_failures),
+            api_token_failures: limit(c.api_token_failures),
+            admin_failures: limit(c.admin_failures),
+            replicas,
         }
+    }
+
+    /// Sets how many control planes share the limits (at least 1); returns the previous count.
+    pub fn set_replicas(&self, n: u32) -> u32 {
+        self.replicas.swap(n.max(1), Ordering::Relaxed)
     }
 }
 
@@ -225,6 +258,41 @@ mod tests {
         assert!(l.take("a").is_err());
         std::thread::sleep(Duration::from_millis(5));
         assert!(l.take("a").is_ok(), "one token per millisecond");
+    }
+
+    #[test]
+    fn replicas_each_hold_their_share_and_never_less_than_one() {
+        let replicas = Arc::new(AtomicU32::new(2));
+        let rate = Rate {
+            burst: 10,
+            per_minute: 1,
+        };
+        let a = RateLimiter::shared(rate, 100, Arc::clone(&replicas));
+        let b = RateLimiter::shared(rate, 100, Arc::clone(&replicas));
+        let allowed = (0..20)
+            .filter(|i| if i % 2 == 0 { &a } else { &b }.take("c").is_ok())
+            .count();
+        assert_eq!(allowed, 10, "two halves of 10");
+        // Ten control planes on a burst of 3: each still lets one through.
+        replicas.store(10, Ordering::Relaxed);
+        let c = RateLimiter::shared(rate, 100, Arc::clone(&replicas));
+        assert!(c.take("d").is_ok());
+        assert!(c.take("d").is_err());
+        // What the share costs per request, next to a limit of its own.
+        let own = RateLimiter::new(rate, 100_000);
+        let per_take = |l: &RateLimiter| {
+            let start = Instant::now();
+            for i in 0..20_000 {
+                let _ = l.take(&format!("10.1.{}.{}", i / 256, i % 256));
+            }
+            start.elapsed() / 20_000
+        };
+        let shared = RateLimiter::shared(rate, 100_000, replicas);
+        eprintln!(
+            "take(): {:?} alone, {:?} shared by 10",
+            per_take(&own),
+            per_take(&shared)
+        );
     }
 
     #[test]

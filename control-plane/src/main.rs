@@ -7,7 +7,7 @@ use clap::Parser;
 use podgate::config::{redact_url, Cli, Command, Config, KeysCommand, LogFormat, Need, TlsCommand};
 use podgate::key_encryption::{self, KeyEncryptionKey};
 use podgate::store::{now_unix, Db};
-use podgate::{app, envoy_app, keys, metrics_app, tls, xds_sync, AppState};
+use podgate::{app, envoy_app, keys, metrics_app, replicas, tls, xds_sync, AppState};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -154,7 +154,7 @@ async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), Strin
                 .await
                 .map_err(|e| e.to_string())?;
             println!(
-                "new active keys: {}; the previous keys keep verifying for {} s (running servers publish the new capability key to Envoy within {} s and sign with it once every Envoy has it)",
+                "new active keys: {}; the previous keys keep verifying for {} s (running servers publish the new capability key to Envoy at once on PostgreSQL, within {} s on SQLite, and sign with it once every Envoy has it)",
                 kids.join(", "),
                 config.rotation_overlap(),
                 podgate::config::DEFAULT_XDS_RESYNC
@@ -183,8 +183,11 @@ async fn keys_command(config: &Config, command: KeysCommand) -> Result<(), Strin
                 .await
                 .map_err(|e| format!("{e}; nothing was changed"))?;
             let current = kek.current().map(|k| k.id().to_owned()).unwrap_or_default();
+            let (services, services_current) = podgate::services::rewrap(&db, kek)
+                .await
+                .map_err(|e| format!("signing keys re-encrypted, service credentials not: {e}"))?;
             println!(
-                "re-encrypted {} signing keys with key-encryption key {current} ({} already were); every stored signing key is now encrypted with it, so previous key-encryption keys are no longer needed",
+                "re-encrypted {} signing keys with key-encryption key {current} ({} already were) and {services} service credentials ({services_current} already were); everything stored is now encrypted with it, so previous key-encryption keys are no longer needed",
                 report.resealed.len(),
                 report.already_current
             );
@@ -255,6 +258,12 @@ async fn serve(config: Config) -> Result<(), String> {
         shutdown_signal().await;
         stop.send_replace(true);
     });
+    // On PostgreSQL: this control plane's share of the rate limits, from its first request on.
+    replicas::beat(&state).await;
+    let replicas = tokio::spawn(replicas::run(
+        state.clone(),
+        xds_sync::stopped(stop_requested.clone()),
+    ));
 
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         format!("cannot listen on {listen}: {e}; set PODGATE_LISTEN to a free address")
@@ -324,6 +333,7 @@ async fn serve(config: Config) -> Result<(), String> {
     if let Some(envoy) = envoy {
         let _ = envoy.await;
     }
+    let _ = replicas.await;
     reloader.abort();
     db.close().await;
     tracing::info!("podgate stopped");

@@ -133,6 +133,9 @@ pub struct Metrics {
     idp_fetches: Family<LabelsOwned, Counter>,
     db_seconds: Family<Labels1, Histogram>,
     xds: Arc<AdsMetrics>,
+    replicas: Gauge,
+    announcements: Family<Labels1, Counter>,
+    listening: Gauge,
 }
 
 /// The xDS part, also handed to the ADS server as its observer.
@@ -267,6 +270,25 @@ impl Metrics {
             "Envoy configurations published with new content",
             xds.snapshots.clone(),
         );
+        let replicas = Gauge::default();
+        registry.register(
+            "replicas",
+            "Control planes seen on the PostgreSQL database, each enforcing its share of every rate limit (1 on SQLite)",
+            replicas.clone(),
+        );
+        replicas.set(1);
+        let announcements = Family::<Labels1, Counter>::default();
+        registry.register(
+            "config_announcements",
+            "Changes to Envoy's configuration announced to the other control planes on the PostgreSQL database, by direction (sent, received)",
+            announcements.clone(),
+        );
+        let listening = Gauge::default();
+        registry.register(
+            "config_listening",
+            "1 while listening for the changes other control planes on the PostgreSQL database announce",
+            listening.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             logins,
@@ -279,6 +301,9 @@ impl Metrics {
             idp_fetches,
             db_seconds,
             xds,
+            replicas,
+            announcements,
+            listening,
         }
     }
 
@@ -392,6 +417,24 @@ impl Metrics {
         let out = work.await;
         self.db_time(op, start.elapsed());
         out
+    }
+
+    /// The control planes sharing the rate limits now.
+    pub fn set_replicas(&self, n: u32) {
+        self.replicas.set(i64::from(n));
+    }
+
+    /// A change announcement was sent to, or received from, the other control planes.
+    pub fn announcement(&self, sent: bool) {
+        let direction = if sent { "sent" } else { "received" };
+        self.announcements
+            .get_or_create(&[("direction", direction)])
+            .inc();
+    }
+
+    /// Whether this control plane is listening for the others' announcements.
+    pub fn set_listening(&self, on: bool) {
+        self.listening.set(i64::from(on));
     }
 
     /// The ADS server's observer.

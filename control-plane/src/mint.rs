@@ -131,7 +131,7 @@ pub fn sign_in_session(
     let claims = PodClaims {
         iss: config.issuer.clone(),
         sub: user.map_or_else(|| ANONYMOUS_SUB.to_owned(), |u| u.id.clone()),
-        aud: config.host_template.render(addr),
+        aud: config.public_hosts.render(addr),
         pod: addr.pod.clone(),
         port: addr.port,
         jti: jti.clone(),
@@ -224,7 +224,7 @@ async fn redeem(
         .map_err(|e| RedeemError::Refused(TicketRefusal::BadTicket(e.to_string())))?;
     let claims = &verified.claims;
     // `aud` must be exactly this host; pod and port must be what this host names.
-    let this_host = ctx.config.host_template.render(addr);
+    let this_host = ctx.config.public_hosts.render(addr);
     if claims.aud != this_host || claims.pod != addr.pod || claims.port != addr.port {
         return Err(RedeemError::Refused(TicketRefusal::WrongHost));
     }

@@ -135,7 +135,7 @@ pub async fn still_allowed(ctx: &MintContext<'_>, token: &str) -> Result<StillAl
         pod: old.claims.pod.clone(),
         port: old.claims.port,
     };
-    if old.claims.aud != ctx.config.host_template.render(&addr) {
+    if old.claims.aud != ctx.config.public_hosts.render(&addr) {
         return Err(refused(RenewRefusal::BadCapability));
     }
     let (user, facts) = ctx

@@ -6,13 +6,19 @@
 //!   stripping client copies, and Envoy connects there. Memory stays constant with the number
 //!   of pods (a cluster per pod grows Envoy's memory with every pod: `BENCHMARKS.md`, "Scale"),
 //!   at the price of circuit breakers and stats shared by all pods.
+//! - CDS: one cluster per service, to its upstream (TLS with SNI and certificate verification
+//!   for https; `services.rs`).
 //! - ECDS: the podgate Wasm filter (`podgate`) with the JSON of [`filter_config::build`]: keys,
 //!   host templates, the pod directory with status, issuer, auth URL, cookie name.
 //!
 //! Rebuilt at start, right after admin writes (debounced, so a burst is one push), and every
-//! few seconds as a safety net for changes made by other processes (`podgate keys rotate`,
-//! another control plane on the same PostgreSQL). Identical content is not pushed: versions are
-//! content hashes.
+//! few seconds as a safety net. On PostgreSQL every write that changes what Envoy gets is also
+//! announced on the [`CONFIG_CHANNEL`] (`NOTIFY`), and this task listens there: a change made
+//! through another control plane (or `podgate keys rotate`) is reloaded and pushed at once. The
+//! listening connection is opened again whenever it is lost, followed by a rebuild (what was
+//! announced meanwhile is lost). Identical content is not pushed: versions are content hashes,
+//! of JSON with sorted keys ([`filter_json`]), so control planes on one database push the same
+//! versions and an Envoy moving between them gets nothing new.
 //!
 //! Publish before sign: while a new capability key is pending (see [`crate::keys`]), the task
 //! watches what every connected Envoy has acknowledged and clears the key for signing once all
@@ -24,6 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use podgate_protocol::config::FilterConfig;
 use podgate_xds::{
     original_dst_cluster, wasm_filter_extension_config, AdsServer, CircuitBreakerLimits,
     OriginalDstClusterOptions, ResourceType, Snapshot, SnapshotCache, StreamStatus, WasmFilterSpec,
@@ -37,7 +44,7 @@ use crate::config::{Config, XdsConfig};
 use crate::filter_config::{self, PODS_CLUSTER};
 use crate::keys::{LiveKeys, SigningGate};
 use crate::metrics::{DbOp, Metrics};
-use crate::store::{now_unix, Db};
+use crate::store::{now_unix, Backend, Db, CONFIG_CHANNEL};
 
 /// The ECDS resource name (the listener's `config_discovery` filter name) and the plugin root id.
 pub const FILTER_EXTENSION: &str = "podgate";
@@ -49,6 +56,10 @@ const PENDING_CHECK: Duration = Duration::from_millis(200);
 /// Envoy ACKs an ECDS update from its main thread and then hands it to the workers: give them
 /// a moment before tokens signed with the new key exist.
 const WORKER_SETTLE: Duration = Duration::from_millis(50);
+/// First wait before opening the listening connection again after losing it (doubles up to
+/// [`LISTEN_RETRY_MAX`]).
+const LISTEN_RETRY: Duration = Duration::from_millis(100);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Connect timeout to a pod's nginx.
 const POD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -92,6 +103,14 @@ pub struct Built {
     pub kids: HashSet<String>,
 }
 
+/// The filter's configuration as JSON, the same text for the same content: its pods are a
+/// `HashMap`, whose order differs from one map to the next (and so between builds and between
+/// control planes); through `serde_json::Value` every object's keys come out sorted. The ECDS
+/// version is a hash of this text, so control planes on one database push the same versions.
+pub fn filter_json(filter: &FilterConfig) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&serde_json::to_value(filter)?)
+}
+
 /// Builds the snapshot in force now: the pods cluster and the filter's ECDS config.
 pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result<Built, String> {
     let ring = sources
@@ -106,8 +125,8 @@ pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result
         )
         .await
         .map_err(|e| format!("building the filter configuration: database: {e}"))?;
-    let json = serde_json::to_string(&filter)
-        .map_err(|e| format!("encoding the filter configuration: {e}"))?;
+    let json =
+        filter_json(&filter).map_err(|e| format!("encoding the filter configuration: {e}"))?;
     let wasm_path = filter_wasm.to_string_lossy();
     let pods_cluster = original_dst_cluster(&OriginalDstClusterOptions {
         name: PODS_CLUSTER.to_owned(),
@@ -122,7 +141,19 @@ pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result
         root_id: FILTER_ROOT_ID,
         configuration_json: &json,
     });
-    let snapshot = Snapshot::new(vec![pods_cluster], vec![extension])
+    let mut clusters = vec![pods_cluster];
+    let services = sources
+        .db
+        .list_services()
+        .await
+        .map_err(|e| format!("reading the services: database: {e}"))?;
+    clusters.extend(
+        services
+            .iter()
+            .filter(|row| filter.services.contains_key(&row.name))
+            .filter_map(crate::services::cluster),
+    );
+    let snapshot = Snapshot::new(clusters, vec![extension])
         .map_err(|e| format!("inconsistent snapshot: {e}"))?;
     Ok(Built {
         snapshot,
@@ -209,6 +240,16 @@ pub async fn run(
     resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending_tick = tokio::time::interval(PENDING_CHECK);
     pending_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Changes announced by other processes on the database (PostgreSQL only).
+    let remote = Arc::new(tokio::sync::Notify::new());
+    let listener = (sync.sources.db.backend() == Backend::Postgres).then(|| {
+        tokio::spawn(listen(
+            sync.sources.config.database_url.clone(),
+            sync.sources.db.instance().to_owned(),
+            Arc::clone(&remote),
+            sync.sources.metrics.clone(),
+        ))
+    });
     tokio::pin!(shutdown);
     // The first resync tick fires at once: that is the build at start.
     loop {
@@ -216,6 +257,14 @@ pub async fn run(
             () = &mut shutdown => break,
             () = sync.sources.changes.notified() => {
                 tokio::time::sleep(DEBOUNCE).await;
+                sync.rebuild().await;
+            }
+            () = remote.notified() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                // The change may be a key rotation.
+                if let Err(e) = sync.reload_keys().await {
+                    tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
+                }
                 sync.rebuild().await;
             }
             _ = resync_tick.tick() => {
@@ -233,6 +282,58 @@ pub async fn run(
             _ = pending_tick.tick(), if sync.pending.is_some() => sync.check_pending().await,
         }
     }
+    if let Some(listener) = listener {
+        listener.abort();
+    }
+}
+
+/// Listens on [`CONFIG_CHANNEL`] and wakes `remote` for every announcement not sent by this
+/// process (`own`), and once after every (re)connection, since announcements made while not
+/// listening are lost. Runs until aborted.
+async fn listen(url: String, own: String, remote: Arc<tokio::sync::Notify>, metrics: Metrics) {
+    let mut retry = LISTEN_RETRY;
+    loop {
+        let mut listener = match connect_listener(&url).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?retry, "cannot listen for changes made by other control planes; the periodic resync still picks them up");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(LISTEN_RETRY_MAX);
+                continue;
+            }
+        };
+        retry = LISTEN_RETRY;
+        tracing::debug!(
+            channel = CONFIG_CHANNEL,
+            "listening for changes made by other control planes"
+        );
+        metrics.set_listening(true);
+        remote.notify_one();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) if n.payload() == own => {}
+                Ok(Some(_)) => {
+                    metrics.announcement(false);
+                    remote.notify_one();
+                }
+                Ok(None) => {
+                    tracing::warn!("lost the connection listening for changes made by other control planes; opening it again");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening for changes made by other control planes failed; opening it again");
+                    break;
+                }
+            }
+        }
+        metrics.set_listening(false);
+    }
+}
+
+async fn connect_listener(url: &str) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(CONFIG_CHANNEL).await?;
+    Ok(listener)
 }
 
 /// A key being published: the ECDS versions known to hold it.
@@ -386,6 +487,33 @@ mod tests {
             node_id: Some("n".into()),
             acked,
         }
+    }
+
+    #[test]
+    fn the_same_pods_give_the_same_json_whatever_the_map_order() {
+        let config = |pods: &[String]| {
+            let mut c: FilterConfig = serde_json::from_value(serde_json::json!({
+                "issuer": "http://cp", "domain": "localhost", "auth_url": "http://cp/api/proxy-auth",
+                "keys": {"keys": []}
+            }))
+            .unwrap();
+            for slug in pods {
+                let entry = serde_json::json!({"status": "running", "cluster": "podgate_pods"});
+                c.pods
+                    .insert(slug.clone(), serde_json::from_value(entry).unwrap());
+            }
+            c
+        };
+        let slugs: Vec<String> = (0..64).map(|i| format!("pod-{i:02}")).collect();
+        let reversed: Vec<String> = slugs.iter().rev().cloned().collect();
+        let (a, b) = (config(&slugs), config(&reversed));
+        let json = filter_json(&a).unwrap();
+        assert_eq!(json, filter_json(&b).unwrap());
+        assert!(json.find("\"pod-00\"").unwrap() < json.find("\"pod-63\"").unwrap());
+        assert_eq!(
+            serde_json::from_str::<FilterConfig>(&json).unwrap().pods,
+            a.pods
+        );
     }
 
     #[test]

@@ -588,3 +588,124 @@ async fn two_label_template_limits_slugs_by_its_own_label() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     h.finish().await;
 }
+
+/// A pod's own limits at the edge: set on create and update, checked with a 400 naming the
+/// field, shown in the pod's answers, removed with `null`, and in the filter configuration
+/// (`rate_limits.pods`, `concurrency_limits.pods`) beside the global ones of the flags.
+async fn pod_limits(h: &Harness) {
+    h.seed().await;
+    let r = h.admin(Method::GET, "/v1/pods/myslug", None).await;
+    assert!(r.json().get("limits").is_none(), "{}", r.body);
+    for (bad, needle) in [
+        (
+            json!({"concurrent": 0}),
+            "`limits.concurrent` must be at least 1",
+        ),
+        (
+            json!({"rate": {"per_second": 0, "burst": 5}}),
+            "`limits.rate`: per_second and burst must both be at least 1",
+        ),
+        (json!({"rate": {"per_second": 1}}), "JSON body"),
+        (json!({"concurrent": -1}), "JSON body"),
+        (json!({"burst": 1}), "JSON body"),
+    ] {
+        let body = json!({"slug": "lim", "owner_id": "alice", "nginx_port": 1, "limits": bad});
+        let r = h.admin(Method::POST, "/v1/pods", Some(body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+        assert!(r.error().contains(needle), "{bad}: {}", r.body);
+        let r = h
+            .admin(
+                Method::PATCH,
+                "/v1/pods/myslug",
+                Some(json!({ "limits": bad })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+        assert!(r.error().contains(needle), "{bad}: {}", r.body);
+    }
+    // A refused create made no pod.
+    let r = h.admin(Method::GET, "/v1/pods/lim", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    let limits = json!({"rate": {"per_second": 5, "burst": 10}, "concurrent": 3});
+    let body = json!({"slug": "lim", "owner_id": "alice", "nginx_port": 1, "limits": limits});
+    let r = h.admin(Method::POST, "/v1/pods", Some(body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.json()["limits"], limits);
+    let r = h.admin(Method::GET, "/v1/pods/lim", None).await;
+    assert_eq!(r.json()["limits"], limits);
+    assert_eq!(r.json()["nginx_port"], 1);
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/pods/myslug",
+            Some(json!({"limits": {"concurrent": 2}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["limits"], json!({"concurrent": 2}));
+    // Another field changed: the limits stay.
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/pods/myslug",
+            Some(json!({"nginx_port": 30009})),
+        )
+        .await;
+    assert_eq!(r.json()["limits"], json!({"concurrent": 2}));
+    let listed = h.admin(Method::GET, "/v1/pods", None).await.json();
+    let by_slug = |slug: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["slug"] == slug)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_slug("lim")["limits"], limits);
+    assert_eq!(by_slug("myslug")["limits"], json!({"concurrent": 2}));
+
+    let config = h.admin(Method::GET, "/v1/filter-config", None).await.json();
+    assert_eq!(
+        config["rate_limits"],
+        json!({"pods": {"lim": {"per_second": 5, "burst": 10}}})
+    );
+    assert_eq!(
+        config["concurrency_limits"],
+        json!({"pods": {"lim": 3, "myslug": 2}})
+    );
+
+    // `null` removes them; a pod deleted takes its limits along.
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/pods/myslug",
+            Some(json!({"limits": null})),
+        )
+        .await;
+    assert!(r.json().get("limits").is_none(), "{}", r.body);
+    let r = h.admin(Method::DELETE, "/v1/pods/lim", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let config = h.admin(Method::GET, "/v1/filter-config", None).await.json();
+    assert!(config.get("rate_limits").is_none(), "{config}");
+    assert!(config.get("concurrency_limits").is_none(), "{config}");
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/pods",
+            Some(json!({"slug": "lim", "owner_id": "alice", "nginx_port": 1})),
+        )
+        .await;
+    assert!(r.json().get("limits").is_none(), "{}", r.body);
+
+    // The OpenAPI document describes the field and its bounds.
+    let doc = h.get("/openapi.json", &[]).await.json();
+    let limits = &doc["components"]["schemas"]["PodLimits"];
+    assert_eq!(limits["properties"]["concurrent"]["minimum"], 1, "{limits}");
+    let body = &doc["paths"]["/v1/pods"]["post"]["requestBody"];
+    assert!(body.to_string().contains("NewPod"), "{body}");
+    let new_pod = &doc["components"]["schemas"]["NewPod"];
+    assert!(new_pod["properties"].get("limits").is_some(), "{new_pod}");
+}
+both!(pod_limits_set_shown_and_pushed, pod_limits);

@@ -483,6 +483,111 @@ async fn hs256_ring(db: &Db) {
 }
 on_both!(hs256_secrets_stay_private, hs256_ring);
 
+/// Services: stored with their credential sealed, read back, reached by the pod rules through
+/// the address (name, 0), their credentials moved to a new key-encryption key by the rewrap.
+async fn services(db: &Db) {
+    use podgate::key_encryption::KeyEncryptionKey;
+    use podgate::services;
+    use podgate::store::ServiceRow;
+
+    db.create_user(&user("owner", None)).await.unwrap();
+    db.create_user(&user("mate", None)).await.unwrap();
+    db.create_user(&user("other", None)).await.unwrap();
+    db.create_team(&Team {
+        id: "t".into(),
+        name: "T".into(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    db.put_member(&Member {
+        team_id: "t".into(),
+        user_id: "mate".into(),
+        role: Role::Member,
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    let old = KeyEncryption::new(Some(KeyEncryptionKey::from_bytes([1; 32], "old")), vec![]);
+    let credential = services::seal(&old, "api", "x-api-key", "sk-secret-value").unwrap();
+    let row = ServiceRow {
+        name: "api".into(),
+        owner_id: "owner".into(),
+        team_id: Some("t".into()),
+        sharing: Sharing::Team,
+        upstream_url: "https://api.example.com".into(),
+        ca_pem: None,
+        credential: Some(credential),
+        created_at: 1,
+        updated_at: 1,
+    };
+    db.put_service(&row).await.unwrap();
+    let back = db.get_service("api").await.unwrap().unwrap();
+    assert!(back == row);
+    let stored = back.credential.as_ref().unwrap();
+    assert!(!stored.value.contains("sk-secret-value"));
+    assert_eq!(
+        services::open(&old, "api", stored).unwrap(),
+        "sk-secret-value"
+    );
+    assert_eq!(db.list_services().await.unwrap().len(), 1);
+    // A pod of the same name is another thing: port 0 reads the service.
+    db.create_pod(&pod("api", "other", None)).await.unwrap();
+    let f = db
+        .access_facts("api", 0, Some("mate"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (f.owner_id.as_str(), f.sharing, f.is_team_member),
+        ("owner", Sharing::Team, true)
+    );
+    let f = db
+        .access_facts("api", 80, Some("mate"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.owner_id, "other");
+    let (u, f) = db
+        .user_access_facts("other", "api", 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.id, "other");
+    assert!(!f.unwrap().is_team_member);
+    assert!(db.access_facts("nothing", 0, None).await.unwrap().is_none());
+
+    // The operator's key rotates: the rewrap reseals under the new one; the old one no longer
+    // opens it.
+    let new_key = KeyEncryptionKey::from_bytes([2; 32], "new");
+    let rotating = KeyEncryption::new(
+        Some(new_key.clone()),
+        vec![KeyEncryptionKey::from_bytes([1; 32], "old")],
+    );
+    assert_eq!(services::rewrap(db, &rotating).await.unwrap(), (1, 0));
+    assert_eq!(services::rewrap(db, &rotating).await.unwrap(), (0, 1));
+    let moved = db
+        .get_service("api")
+        .await
+        .unwrap()
+        .unwrap()
+        .credential
+        .unwrap();
+    assert_eq!(moved.kek_id.as_deref(), Some(new_key.id()));
+    let new_only = KeyEncryption::new(Some(new_key), vec![]);
+    assert_eq!(
+        services::open(&new_only, "api", &moved).unwrap(),
+        "sk-secret-value"
+    );
+    assert!(services::open(&old, "api", &moved).is_err());
+
+    assert!(db.delete_service("api").await.unwrap());
+    assert!(!db.delete_service("api").await.unwrap());
+    assert!(db.access_facts("api", 0, None).await.unwrap().is_none());
+}
+
+on_both!(services_stored_sealed_and_reached, services);
+
 #[tokio::test]
 async fn sqlite_file_is_created_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();

@@ -230,3 +230,25 @@ fn edge_rates_reach_the_filter_configuration_and_bad_ones_are_refused() {
         assert!(err.contains("edge-rate-per-pod"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn edge_concurrency_reaches_the_filter_configuration_and_zero_is_refused() {
+    let resolve = |user: Option<u32>, pod: Option<u32>| {
+        Settings {
+            edge_concurrent_per_user: user,
+            edge_concurrent_per_pod: pod,
+            dev_mode: Some(true),
+            xds_listen: Some("off".into()),
+            admin_token: Some("test-admin-token-0123456789abcdef0123".into()),
+            ..podgate::config::Settings::default()
+        }
+        .resolve(podgate::config::Need::Server)
+    };
+    let limits = resolve(Some(4), None).unwrap().edge_concurrency.unwrap();
+    assert_eq!((limits.per_user, limits.per_pod), (Some(4), None));
+    assert!(resolve(None, None).unwrap().edge_concurrency.is_none());
+    let err = resolve(None, Some(0)).unwrap_err().to_string();
+    assert!(err.contains("--edge-concurrent-per-pod 0"), "{err}");
+    let err = resolve(Some(0), None).unwrap_err().to_string();
+    assert!(err.contains("--edge-concurrent-per-user 0"), "{err}");
+}

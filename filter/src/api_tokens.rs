@@ -169,7 +169,7 @@ impl Filter {
             f.metrics.denied(reply.reason);
             Resume::Reply(reply)
         };
-        let outcome = self.gate.on_request(&bytes, now);
+        let outcome = self.gate.on_stream_request(context_id, &bytes, now);
         record(&outcome);
         let resume = match outcome {
             Outcome::Forward(forward) => {

@@ -462,7 +462,9 @@ impl Filter {
             Err(status) => return self.host_failed("reading the clock", status),
         };
         let before = self.gate.stats();
-        let outcome = self.gate.on_request(&bytes, now);
+        // On this stream: a forward to a pod counts against the concurrency limits until
+        // `on_delete`.
+        let outcome = self.gate.on_stream_request(context_id, &bytes, now);
         let after = self.gate.stats();
         self.metrics.bump(Counter::CacheHits, after.0 - before.0);
         self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
@@ -655,8 +657,10 @@ impl Filter {
         Action::Continue
     }
 
-    /// The stream is gone: forget it.
+    /// The stream is gone, however it ended (completed, reset, closed by the tick, refused):
+    /// forget it, and let go of what it held against the concurrency limits.
     fn on_delete(&mut self, context_id: u32) {
+        self.gate.end_stream(context_id);
         self.responses.remove(&context_id);
         self.websockets.remove(&context_id);
         if !self.set_cookies.is_empty() {

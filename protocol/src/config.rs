@@ -6,10 +6,12 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::assertion::{Assertion, CompiledAssertion};
+use crate::concurrent::ConcurrencyLimits;
 use crate::cookie;
 use crate::cutoff::{CompiledCutoffs, Cutoffs};
 use crate::host::{
-    HostTemplate, TemplateError, DEFAULT_PUBLIC_TEMPLATE, DEFAULT_UPSTREAM_TEMPLATE,
+    HostTemplate, PublicHosts, ServiceTemplate, TemplateError, DEFAULT_PUBLIC_TEMPLATE,
+    DEFAULT_UPSTREAM_TEMPLATE,
 };
 use crate::rate::RateLimits;
 use crate::renewal::{CompiledRenewal, InForce, Renewal};
@@ -124,6 +126,75 @@ pub struct PodEntry {
     pub address: Option<String>,
 }
 
+/// One published upstream API (a service) in the directory. Like a pod entry, it ignores
+/// fields it does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    /// The Envoy cluster that reaches the upstream (with its TLS settings).
+    pub cluster: String,
+    /// The `Host` the upstream receives: its URL's authority.
+    pub host: String,
+    /// The credential the filter sets on every forwarded request, replacing the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<InjectedHeader>,
+}
+
+/// A header the filter sets on the upstream request: `name: value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectedHeader {
+    /// Lowercase header name, e.g. `authorization` or `x-api-key`.
+    pub name: String,
+    pub value: SecretValue,
+}
+
+/// A secret header value: `Debug` never prints it, so no log line carries it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValue(pub String);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(..)")
+    }
+}
+
+/// Header names a service credential may not use: pseudo-headers and routing (checked apart),
+/// hop-by-hop and framing headers, cookies, and ours.
+const FORBIDDEN_CREDENTIAL_HEADERS: [&str; 11] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "content-length",
+    "cookie",
+    "podgate-token",
+    "x-forwarded-host",
+];
+
+/// Whether `name` may carry a service's credential: a lowercase RFC 9110 token that is not a
+/// pseudo-header, a hop-by-hop or framing header, a cookie, or one of ours.
+pub fn credential_header_allowed(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_!#$%&'*+.^`|~".contains(&b)
+        })
+        && !name.starts_with(HEADER_PREFIX)
+        && !FORBIDDEN_CREDENTIAL_HEADERS.contains(&name)
+}
+
+/// Whether `value` may be a header value: visible ASCII and inner spaces, no line breaks.
+pub fn credential_value_allowed(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 8192
+        && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
+}
+
 fn default_public_template() -> String {
     DEFAULT_PUBLIC_TEMPLATE.to_owned()
 }
@@ -161,6 +232,10 @@ pub struct FilterConfig {
     pub public_host_template: String,
     #[serde(default = "default_upstream_template")]
     pub upstream_host_template: String,
+    /// The public host of a service (`{name}` and `.{domain}`); no services without it. Left
+    /// out when absent, so a configuration without services is one an older filter takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_host_template: Option<String>,
     /// `http` or `https`: decides the cookie prefix and the pod's own origin.
     #[serde(default = "default_scheme")]
     pub public_scheme: String,
@@ -178,6 +253,9 @@ pub struct FilterConfig {
     /// slug → pod.
     #[serde(default)]
     pub pods: HashMap<String, PodEntry>,
+    /// name → service (published upstream APIs); left out when empty.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub services: HashMap<String, ServiceEntry>,
     /// Capability ids revoked before their expiry.
     #[serde(default)]
     pub revoked_jti: Vec<String>,
@@ -202,6 +280,10 @@ pub struct FilterConfig {
     /// Request-rate limits per user and per pod (`rate`); left out when there are none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimits>,
+    /// Limits on the streams open at once per user and per pod (`concurrent`); left out when
+    /// there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limits: Option<ConcurrencyLimits>,
     /// Signing the identity assertion forwarded requests carry to pods (`assertion`). Left
     /// out when off, so a configuration without it is one an older filter takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +306,8 @@ pub enum ConfigError {
     PublicTemplate(TemplateError),
     #[error("upstream_host_template: {0}")]
     UpstreamTemplate(TemplateError),
+    #[error("service_host_template: {0}")]
+    ServiceTemplate(TemplateError),
     #[error("keys: {0}")]
     Keys(KeyError),
     #[error("{field}: {why}")]
@@ -233,7 +317,8 @@ pub enum ConfigError {
 /// The compiled configuration: templates parsed, keys decoded, lookups indexed.
 #[derive(Debug)]
 pub struct CompiledConfig {
-    pub public_hosts: HostTemplate,
+    /// Pod hosts and service hosts.
+    pub public_hosts: PublicHosts,
     pub upstream_hosts: HostTemplate,
     pub verifier: Verifier,
     pub cookie_name: String,
@@ -243,6 +328,8 @@ pub struct CompiledConfig {
     pub auth_url: String,
     pub control_plane_cluster: String,
     pub pods: HashMap<String, PodEntry>,
+    /// name → service.
+    pub services: HashMap<String, ServiceEntry>,
     pub revoked: HashSet<String>,
     /// Sessions ended and access lost (`cutoff`).
     pub cutoffs: CompiledCutoffs,
@@ -254,6 +341,8 @@ pub struct CompiledConfig {
     pub wake: bool,
     /// Request-rate limits (`rate`); `None`: none.
     pub rate_limits: Option<RateLimits>,
+    /// Limits on open streams (`concurrent`); `None`: none.
+    pub concurrency_limits: Option<ConcurrencyLimits>,
     /// Signing identity assertions (`assertion`); `None`: off.
     pub assertion: Option<CompiledAssertion>,
     pub token_cache_entries: usize,
@@ -297,8 +386,15 @@ impl FilterConfig {
 
     /// Validates every field and builds the indexed form.
     pub fn compile(self) -> Result<CompiledConfig, ConfigError> {
-        let public_hosts = HostTemplate::new(&self.public_host_template, &self.domain)
+        let pod_hosts = HostTemplate::new(&self.public_host_template, &self.domain)
             .map_err(ConfigError::PublicTemplate)?;
+        let service_hosts = self
+            .service_host_template
+            .as_deref()
+            .map(|t| ServiceTemplate::new(t, &self.domain))
+            .transpose()
+            .map_err(ConfigError::ServiceTemplate)?;
+        let public_hosts = PublicHosts::new(pod_hosts, service_hosts);
         let upstream_hosts = HostTemplate::new(&self.upstream_host_template, &self.domain)
             .map_err(ConfigError::UpstreamTemplate)?;
         let https = match self.public_scheme.as_str() {
@@ -342,6 +438,9 @@ impl FilterConfig {
         if let Some(limits) = &self.rate_limits {
             limits.check().map_err(|e| field("rate_limits", e))?;
         }
+        if let Some(limits) = &self.concurrency_limits {
+            limits.check().map_err(|e| field("concurrency_limits", e))?;
+        }
         let assertion = self
             .assertion
             .map(Assertion::compile)
@@ -361,8 +460,36 @@ impl FilterConfig {
         {
             return Err(field("control_plane_cluster", "must be a cluster name"));
         }
+        for (name, service) in &self.services {
+            if public_hosts.check_service_name(name).is_err() {
+                return Err(field(
+                    "services",
+                    format!("{name:?} is not a valid service name"),
+                ));
+            }
+            if service.cluster.is_empty() || !is_header_value_safe(&service.cluster) {
+                return Err(field(
+                    "services",
+                    format!("{name:?} has an invalid cluster name"),
+                ));
+            }
+            if service.host.is_empty() || !is_header_value_safe(&service.host) {
+                return Err(field("services", format!("{name:?} has an invalid host")));
+            }
+            if let Some(credential) = &service.credential {
+                // The value is never named in the message.
+                if !credential_header_allowed(&credential.name)
+                    || !credential_value_allowed(&credential.value.0)
+                {
+                    return Err(field(
+                        "services",
+                        format!("{name:?} has an invalid credential header"),
+                    ));
+                }
+            }
+        }
         for (slug, pod) in &self.pods {
-            if public_hosts.check_slug(slug).is_err() {
+            if public_hosts.pods().check_slug(slug).is_err() {
                 return Err(field("pods", format!("{slug:?} is not a valid pod slug")));
             }
             if pod.cluster.is_empty() || !is_header_value_safe(&pod.cluster) {
@@ -395,11 +522,13 @@ impl FilterConfig {
             auth_url: self.auth_url,
             control_plane_cluster: self.control_plane_cluster,
             pods: self.pods,
+            services: self.services,
             revoked: self.revoked_jti.into_iter().collect(),
             cutoffs,
             logout_url,
             wake: self.wake && renewal.is_some(),
             rate_limits: self.rate_limits,
+            concurrency_limits: self.concurrency_limits,
             renewal,
             assertion,
             token_cache_entries: self.token_cache_entries,

@@ -75,7 +75,7 @@ pub struct Cutoffs {
 pub enum CutoffError {
     #[error("a cut names an empty or over-long sid, sub or pod")]
     BadName,
-    #[error("a cut names port 0 or a port without a pod")]
+    #[error("a cut names a port without a pod")]
     BadPort,
     #[error("more than {MAX_CUTS} cuts")]
     TooMany,
@@ -132,7 +132,8 @@ impl Cutoffs {
             if bad(&cut.sub) || cut.pod.as_deref().is_some_and(bad) {
                 return Err(CutoffError::BadName);
             }
-            if cut.port == Some(0) || (cut.port.is_some() && cut.pod.is_none()) {
+            // Port 0 with a name is the service of that name (`host::SERVICE_PORT`).
+            if cut.port.is_some() && cut.pod.is_none() {
                 return Err(CutoffError::BadPort);
             }
             users.entry(cut.sub).or_default().push(Scope {
@@ -387,7 +388,7 @@ mod tests {
                 ..Cutoffs::default()
             },
             Cutoffs {
-                users: vec![user_cut("u", Some("p"), Some(0), 0)],
+                users: vec![user_cut("u", None, Some(0), 0)],
                 ..Cutoffs::default()
             },
             Cutoffs {
@@ -400,6 +401,12 @@ mod tests {
         for c in bad {
             assert!(c.compile().is_err());
         }
+        // Port 0 with a name cuts the service of that name.
+        let service = Cutoffs {
+            users: vec![user_cut("u", Some("openai"), Some(0), 0)],
+            ..Cutoffs::default()
+        };
+        assert!(service.compile().is_ok());
     }
 
     #[test]

@@ -108,10 +108,7 @@ pub fn call_headers(
         (":method".into(), "POST".into()),
         (
             ":path".into(),
-            format!(
-                "{EXCHANGE_PATH}?pod={}&port={}",
-                need.pod.pod, need.pod.port
-            ),
+            format!("{EXCHANGE_PATH}?{}", crate::host::target_query(&need.pod)),
         ),
         (":authority".into(), renewal.authority.clone()),
         (RENEW_SECRET_HEADER.into(), renewal.secret().to_owned()),

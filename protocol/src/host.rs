@@ -305,6 +305,185 @@ impl HostTemplate {
     }
 }
 
+/// The port a service is addressed with: a service `name` is the pair (`name`, 0). No pod host
+/// parses to port 0 (`parse_port`), so a capability for a service is never one for a pod port,
+/// and a pod and a service of the same name stay apart.
+pub const SERVICE_PORT: u16 = 0;
+/// The default public host of a service: one DNS label under the domain.
+pub const DEFAULT_SERVICE_TEMPLATE: &str = "svc-{name}.{domain}";
+
+/// The query that names `addr` to the control plane: `service=NAME` for a service
+/// ([`SERVICE_PORT`]), `pod=SLUG&port=PORT` for a pod port. Names are slugs, safe in a query.
+pub fn target_query(addr: &PodAddr) -> String {
+    if addr.port == SERVICE_PORT {
+        format!("service={}", addr.pod)
+    } else {
+        format!("pod={}&port={}", addr.pod, addr.port)
+    }
+}
+
+/// A compiled service host template: literal `prefix`, the service name, literal `suffix`
+/// (which ends with `.domain`). Parsing is strict and canonical, as for pod hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTemplate {
+    prefix: String,
+    suffix: String,
+    source: String,
+}
+
+impl fmt::Display for ServiceTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl ServiceTemplate {
+    /// Compiles `template` (with `{name}` once and a trailing `.{domain}`) against `domain`.
+    pub fn new(template: &str, domain: &str) -> Result<Self, TemplateError> {
+        validate_domain(domain)?;
+        let Some(body) = template.strip_suffix(".{domain}") else {
+            return Err(TemplateError::Placeholders);
+        };
+        if body.contains("{domain}")
+            || body.matches("{name}").count() != 1
+            || body.contains("{pod}")
+            || body.contains("{port}")
+        {
+            return Err(TemplateError::Placeholders);
+        }
+        let Some((prefix, rest)) = body.split_once("{name}") else {
+            return Err(TemplateError::Placeholders);
+        };
+        if !prefix.bytes().all(is_host_char) || !rest.bytes().all(is_host_char) {
+            return Err(TemplateError::InvalidCharacter);
+        }
+        let compiled = Self {
+            prefix: prefix.to_owned(),
+            suffix: format!("{rest}.{domain}"),
+            source: template.replace("{domain}", domain),
+        };
+        if compiled.render("a").split('.').any(str::is_empty) {
+            return Err(TemplateError::EmptyLabel);
+        }
+        Ok(compiled)
+    }
+
+    /// Parses an `:authority` (or `Host`) value into the service name it names.
+    pub fn parse(&self, authority: &str) -> Result<String, HostError> {
+        let host = normalize_authority(authority)?;
+        if !host.bytes().all(is_host_char) {
+            return Err(HostError::InvalidCharacter);
+        }
+        let Some(head) = host.strip_suffix(self.suffix.as_str()) else {
+            return Err(HostError::WrongDomain);
+        };
+        let name = head
+            .strip_prefix(self.prefix.as_str())
+            .ok_or(HostError::NoMatch)?;
+        validate_slug(name)?;
+        let rendered = self.render(name);
+        if rendered != host {
+            return Err(HostError::NoMatch);
+        }
+        if rendered.split('.').any(|label| label.len() > MAX_LABEL_LEN) {
+            return Err(HostError::LabelTooLong);
+        }
+        Ok(name.to_owned())
+    }
+
+    /// Renders the host of service `name`.
+    pub fn render(&self, name: &str) -> String {
+        format!("{}{name}{}", self.prefix, self.suffix)
+    }
+
+    /// Checks that a service name is a valid slug whose host fits DNS limits.
+    pub fn check_name(&self, name: &str) -> Result<(), HostError> {
+        validate_slug(name)?;
+        if self
+            .render(name)
+            .split('.')
+            .any(|label| label.len() > MAX_LABEL_LEN)
+        {
+            return Err(HostError::LabelTooLong);
+        }
+        Ok(())
+    }
+}
+
+/// Every public host: pod ports by the pod template and, when configured, services by the
+/// service template (a service is the address (`name`, [`SERVICE_PORT`])). A host that both
+/// templates accept is a pod host: `render` of a service whose host would be read as a pod's
+/// does not parse back to it, so such a name is refused where services are created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicHosts {
+    pods: HostTemplate,
+    services: Option<ServiceTemplate>,
+}
+
+impl fmt::Display for PublicHosts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.pods.fmt(f)
+    }
+}
+
+impl PublicHosts {
+    pub fn new(pods: HostTemplate, services: Option<ServiceTemplate>) -> Self {
+        Self { pods, services }
+    }
+
+    /// The pod host template.
+    pub fn pods(&self) -> &HostTemplate {
+        &self.pods
+    }
+
+    /// The service host template, when services are published.
+    pub fn services(&self) -> Option<&ServiceTemplate> {
+        self.services.as_ref()
+    }
+
+    /// Parses an authority into the pod port or the service it names; a host neither template
+    /// accepts gets the pod template's error.
+    pub fn parse(&self, authority: &str) -> Result<PodAddr, HostError> {
+        let pod_error = match self.pods.parse(authority) {
+            Ok(addr) => return Ok(addr),
+            Err(err) => err,
+        };
+        match self.services.as_ref().map(|s| s.parse(authority)) {
+            Some(Ok(name)) => Ok(PodAddr {
+                pod: name,
+                port: SERVICE_PORT,
+            }),
+            _ => Err(pod_error),
+        }
+    }
+
+    /// Renders the host of a pod port, or of a service for [`SERVICE_PORT`]. Without a service
+    /// template a service renders as port 0 of the pod template, a host that never parses.
+    pub fn render(&self, addr: &PodAddr) -> String {
+        match (&self.services, addr.port) {
+            (Some(services), SERVICE_PORT) => services.render(&addr.pod),
+            _ => self.pods.render(addr),
+        }
+    }
+
+    /// Whether `name` can be a service: the service template exists, the name fits it, and its
+    /// host parses back to the service (not to a pod port).
+    pub fn check_service_name(&self, name: &str) -> Result<(), HostError> {
+        let Some(services) = &self.services else {
+            return Err(HostError::NoMatch);
+        };
+        services.check_name(name)?;
+        let addr = PodAddr {
+            pod: name.to_owned(),
+            port: SERVICE_PORT,
+        };
+        match self.parse(&self.render(&addr)) {
+            Ok(parsed) if parsed == addr => Ok(()),
+            _ => Err(HostError::NoMatch),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -526,5 +705,49 @@ mod tests {
         assert_eq!(t.check_slug(&"a".repeat(44)), Err(HostError::LabelTooLong));
         let up = upstream();
         assert_eq!(up.max_slug_len(), 59);
+    }
+
+    #[test]
+    fn services_parse_and_render_beside_pods() {
+        let services = ServiceTemplate::new(DEFAULT_SERVICE_TEMPLATE, "example.dev").unwrap();
+        assert_eq!(
+            services.parse("svc-openai.example.dev:443"),
+            Ok("openai".into())
+        );
+        assert_eq!(services.render("openai"), "svc-openai.example.dev");
+        assert_eq!(services.parse("svc-.example.dev"), Err(HostError::BadSlug));
+        assert_eq!(
+            services.parse("svc-a.b.example.dev"),
+            Err(HostError::BadSlug)
+        );
+        assert_eq!(services.parse("x.example.dev"), Err(HostError::NoMatch));
+        assert!(ServiceTemplate::new("svc.{domain}", "d").is_err());
+        assert!(ServiceTemplate::new("{name}-{port}.{domain}", "d").is_err());
+        let hosts = PublicHosts::new(public(), Some(services));
+        assert_eq!(
+            hosts.parse("svc-openai.example.dev"),
+            Ok(addr("openai", SERVICE_PORT))
+        );
+        assert_eq!(
+            hosts.parse("localhost-1-pod-openai.example.dev"),
+            Ok(addr("openai", 1))
+        );
+        assert_eq!(
+            hosts.render(&addr("openai", SERVICE_PORT)),
+            "svc-openai.example.dev"
+        );
+        assert_eq!(hosts.check_service_name("openai"), Ok(()));
+        assert_eq!(
+            target_query(&addr("openai", SERVICE_PORT)),
+            "service=openai"
+        );
+        assert_eq!(target_query(&addr("openai", 80)), "pod=openai&port=80");
+        // A service template that reads like a pod host: those names are refused.
+        let pod_like = ServiceTemplate::new("localhost-1-pod-{name}.{domain}", "example.dev");
+        let hosts = PublicHosts::new(public(), pod_like.ok());
+        assert!(hosts.check_service_name("openai").is_err());
+        let without = PublicHosts::new(public(), None);
+        assert!(without.parse("svc-openai.example.dev").is_err());
+        assert!(without.check_service_name("openai").is_err());
     }
 }

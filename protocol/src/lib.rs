@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod assertion;
+pub mod concurrent;
 pub mod config;
 pub mod cookie;
 pub mod cors;

@@ -56,11 +56,23 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
     let json = denial.reply();
     let name = escape(&pod.pod);
     let port = pod.port;
+    // What the host names: a pod's port, or a service (`host::SERVICE_PORT`).
+    let service = port == crate::host::SERVICE_PORT;
+    let place = if service {
+        format!("service {name}")
+    } else {
+        format!("port {port} of pod {name}")
+    };
+    let (kind, kind_title) = if service {
+        ("service", "Service")
+    } else {
+        ("pod", "Pod")
+    };
     let text = match denial {
         Denial::NoCapability { redirect: None } | Denial::InvalidCapability { redirect: None, .. } => Text {
             title: "Sign-in needed".to_owned(),
             lines: vec![
-                format!("This address of port {port} of pod {name} needs a podgate sign-in, and the capability this browser holds for it is missing or no longer valid."),
+                format!("This address of {place} needs a podgate sign-in, and the capability this browser holds for it is missing or no longer valid."),
                 "Sign in again, then come back to this page.".to_owned(),
             ],
             link: Link::SignIn(sign_in.to_owned()),
@@ -69,17 +81,21 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
         Denial::WrongScope => Text {
             title: "Not for this pod".to_owned(),
             lines: vec![
-                format!("The capability sent with this request is for another pod or port, not for port {port} of pod {name}."),
-                "Sign in for this pod and port to get one that is.".to_owned(),
+                format!("The capability sent with this request is for another pod or port, not for {place}."),
+                if service {
+                    "Sign in for this service to get one that is.".to_owned()
+                } else {
+                    "Sign in for this pod and port to get one that is.".to_owned()
+                },
             ],
             link: Link::SignIn(sign_in.to_owned()),
             reload: None,
         },
         Denial::UnknownPod => Text {
-            title: "Pod not found".to_owned(),
+            title: format!("{kind_title} not found"),
             lines: vec![
-                format!("There is no pod named {name}."),
-                "Check the address; if the pod was just created, retry in a moment.".to_owned(),
+                format!("There is no {kind} named {name}."),
+                format!("Check the address; if the {kind} was just created, retry in a moment."),
             ],
             link: Link::Retry,
             reload: None,
@@ -96,8 +112,17 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
         Denial::RateLimited { retry_after, .. } => Text {
             title: "Too many requests".to_owned(),
             lines: vec![
-                format!("Too many requests reached port {port} of pod {name} in a short time."),
+                format!("Too many requests reached {place} in a short time."),
                 format!("Wait {retry_after} s, then retry."),
+            ],
+            link: Link::Retry,
+            reload: None,
+        },
+        Denial::TooManyStreams { retry_after, .. } => Text {
+            title: "Too many open connections".to_owned(),
+            lines: vec![
+                format!("Too many connections to port {port} of pod {name} are open at once."),
+                format!("Close a tab or wait {retry_after} s, then retry."),
             ],
             link: Link::Retry,
             reload: None,
@@ -288,6 +313,22 @@ mod tests {
             .body
             .contains("Pod a&lt;b&gt;&amp;&quot;c is not running (status: stopped)."));
         assert!(!page.body.contains("a<b>"));
+    }
+
+    #[test]
+    fn a_service_is_named_as_a_service() {
+        let service = PodAddr {
+            pod: "openai".into(),
+            port: crate::host::SERVICE_PORT,
+        };
+        let page = for_denial(&Denial::UnknownPod, &service, "x").unwrap();
+        assert!(page.body.contains("Service not found"), "{}", page.body);
+        assert!(page.body.contains("There is no service named openai."));
+        let page = for_denial(&Denial::WrongScope, &service, "x").unwrap();
+        assert!(page.body.contains("not for service openai."));
+        assert!(!page.body.contains("port 0"));
+        let page = for_denial(&Denial::UnknownPod, &pod("a"), "x").unwrap();
+        assert!(page.body.contains("There is no pod named a."));
     }
 
     #[test]

@@ -99,7 +99,7 @@ type Buckets = HashMap<String, Bucket, BuildHasherDefault<Fnv>>;
 
 /// FNV-1a over the key's bytes.
 #[derive(Debug)]
-struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Self {

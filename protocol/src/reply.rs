@@ -47,6 +47,9 @@ pub enum Denial {
     /// 429: the user's or the pod's request rate is spent (`rate`); retry after that many
     /// seconds.
     RateLimited { scope: Limited, retry_after: u32 },
+    /// 429: the user or the pod holds as many open streams as its limit allows (`concurrent`);
+    /// retry after that many seconds (or once one of them ends).
+    TooManyStreams { scope: Limited, retry_after: u32 },
     /// 500: the filter has no usable configuration; fail closed.
     NotConfigured,
     /// 500: a call to the proxy failed (reading the request, the clock, or applying the
@@ -96,6 +99,7 @@ impl Denial {
             Denial::UnknownPod => "unknown_pod",
             Denial::NotRunning(_) => "pod_not_running",
             Denial::RateLimited { .. } => "rate_limited",
+            Denial::TooManyStreams { .. } => "too_many_streams",
             Denial::NotConfigured => "not_configured",
             Denial::HostCallFailed => "host_error",
             Denial::ApiTokenRefused => "api_token_refused",
@@ -106,7 +110,7 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 19] = [
+    pub const ALL_REASONS: [&'static str; 20] = [
         "bad_host",
         "malformed_header",
         "malformed_authorization",
@@ -120,6 +124,7 @@ impl Denial {
         "unknown_pod",
         "pod_not_running",
         "rate_limited",
+        "too_many_streams",
         "not_configured",
         "host_error",
         "api_token_refused",
@@ -203,6 +208,17 @@ impl Denial {
                 ),
                 Some("slow down; wait for Retry-After seconds before the next request"),
             ),
+            Denial::TooManyStreams { scope, retry_after } => (
+                429,
+                format!(
+                    "Too many open connections: {} open requests and WebSockets are at the limit; retry in {retry_after} s",
+                    match scope {
+                        Limited::User => "your",
+                        Limited::Pod => "this pod's",
+                    }
+                ),
+                Some("close a WebSocket or wait for a request to finish, then retry"),
+            ),
             Denial::NotConfigured => (
                 500,
                 "podgate is not configured; nothing is forwarded".into(),
@@ -258,7 +274,8 @@ impl Denial {
         match self {
             Denial::ExchangeBusy(secs) => headers.push(("retry-after", secs.to_string())),
             Denial::ExchangeFailed => headers.push(("retry-after", "1".to_owned())),
-            Denial::RateLimited { retry_after, .. } => {
+            Denial::RateLimited { retry_after, .. }
+            | Denial::TooManyStreams { retry_after, .. } => {
                 headers.push(("retry-after", retry_after.to_string()))
             }
             _ => {}

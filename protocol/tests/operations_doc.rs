@@ -39,6 +39,10 @@ fn denials() -> Vec<Denial> {
             scope: podgate_protocol::rate::Limited::User,
             retry_after: 1,
         },
+        Denial::TooManyStreams {
+            scope: podgate_protocol::rate::Limited::User,
+            retry_after: 1,
+        },
         Denial::NotConfigured,
         Denial::HostCallFailed,
         Denial::ApiTokenRefused,
@@ -62,6 +66,7 @@ fn denials() -> Vec<Denial> {
             | Denial::UnknownPod
             | Denial::NotRunning(_)
             | Denial::RateLimited { .. }
+            | Denial::TooManyStreams { .. }
             | Denial::NotConfigured
             | Denial::HostCallFailed
             | Denial::ApiTokenRefused

@@ -1,6 +1,8 @@
 //! The test kit every podgate suite and the bench share, so that each piece of test machinery
 //! exists once:
 //!
+//! - [`ads_bootstrap`]: `envoy/podgate.yaml` rendered for a test (ports, node id, and every
+//!   control plane Envoy may take its configuration from; plaintext to them or mutual TLS);
 //! - [`envoy`]: a real Envoy (binary from `PODGATE_ENVOY` or `<workspace>/.venv/bin/envoy`),
 //!   started on a bootstrap given as text (optionally under a wrapper such as `taskset`), with
 //!   its admin port, its own pid, a wait until it is ready, its log kept when a test fails, and
@@ -17,16 +19,22 @@
 //! - [`webdriver`]: Debian's headless Chromium driven over W3C WebDriver by `chromedriver`, the
 //!   skip-or-fail rule of the browser tests, and screenshots kept in `artifacts/`.
 
+pub mod ads_bootstrap;
 pub mod envoy;
+pub mod fake_openai;
 pub mod fake_pod;
 pub mod http;
 pub mod podgate;
 pub mod process;
+pub mod tls_front;
 pub mod webdriver;
 
+pub use ads_bootstrap::{AdsBootstrap, EnvoyMtls};
 pub use envoy::{envoy_binary, Envoy, EnvoyBuilder, Readiness};
+pub use fake_openai::{FakeOpenAi, OpenAiRequest};
 pub use fake_pod::{FakePod, Recorded};
 pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
+pub use tls_front::TlsFront;
 
 use std::path::{Path, PathBuf};
 

@@ -1029,7 +1029,7 @@ fn websocket_without_token_is_401_and_never_connects() {
             )
             .await
             .unwrap();
-        let WsOutcome::Refused { status, body } = outcome else {
+        let WsOutcome::Refused { status, body, .. } = outcome else {
             panic!("WebSocket opened without a token");
         };
         assert_eq!(status, 401, "{body}");

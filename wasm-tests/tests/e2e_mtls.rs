@@ -5,7 +5,8 @@
 //!
 //! - Envoy with the right client certificate gets its configuration over ADS and routes a
 //!   browser (through `/.podgate/callback`, which Envoy forwards to the Envoy-facing listener)
-//!   and a script to the pod.
+//!   and a script to the pod; its health checks of both control-plane clusters pass over
+//!   mutual TLS.
 //! - An Envoy without a client certificate, and one with a certificate from another CA, get no
 //!   configuration (no pushed cluster or filter, no successful update) and route nothing.
 //! - A client without Envoy's certificate, plaintext or TLS, cannot read the filter
@@ -164,6 +165,28 @@ fn envoy_with_the_client_certificate_gets_config_and_routes_to_the_pod() {
             "{}",
             m.stack.cp.log_tail()
         );
+        // Envoy's health checks pass over mutual TLS: a handshake on ADS, `GET /readyz` on the
+        // Envoy-facing listener. A host marked down would still be used (Envoy's panic routing
+        // when every host is down), so the routing above alone does not show it.
+        let start = std::time::Instant::now();
+        loop {
+            let clusters = m.stack.envoy.admin_get("/clusters").await.unwrap();
+            let flags: Vec<&str> = clusters
+                .lines()
+                .filter(|l| {
+                    (l.starts_with("podgate_xds::") || l.starts_with("podgate_control_plane::"))
+                        && l.contains("::health_flags::")
+                })
+                .collect();
+            if flags.len() == 2 && flags.iter().all(|l| l.ends_with("::healthy")) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the control plane's hosts are not healthy to Envoy: {flags:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     });
 }
 

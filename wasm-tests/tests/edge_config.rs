@@ -1,10 +1,10 @@
 //! Envoy's edge best practices, checked in every Envoy configuration podgate ships.
 //!
 //! The files are found by listing `envoy/*.yaml`, so a new configuration is covered the day it
-//! lands; the bootstraps the end-to-end suites render from them, and the one docker compose
-//! derives from `envoy/podgate.yaml`, are checked the same way. Each must also pass
-//! `envoy --mode validate`. A failure names the file, the place (listener, cluster) and the
-//! setting. The checker itself is shown to catch every setting it knows, one tampering at a time.
+//! lands; the bootstraps the end-to-end suites render from them, the one docker compose derives
+//! from `envoy/podgate.yaml`, and those in ConfigMaps of `deploy/kubernetes/*.yaml` are checked
+//! the same way. Each must also pass `envoy --mode validate`. A failure names the file, the
+//! place (listener, cluster) and the setting. The checker itself is shown to catch every setting it knows, one tampering at a time.
 //!
 //! The limits are upper bounds ("no looser than"), taken from Envoy's edge best practices and
 //! podgate's own limits: a tighter value passes, a missing or looser one fails. The escaped-slash action
@@ -23,8 +23,9 @@ use std::process::Command;
 use podgate_protocol::config::{CLIENT_FORWARDING_HEADERS, ROUTE_HEADERS};
 use podgate_wasm_tests::e2e::bootstrap::{filter_wasm, Bootstrap};
 use podgate_wasm_tests::e2e::envoy_binary;
-use podgate_wasm_tests::e2e::stack_full::{render_ads_bootstrap, EnvoyMtls};
+use podgate_wasm_tests::e2e::stack_full::{envoy_mtls, render_ads_bootstrap};
 use podgate_wasm_tests::host::workspace_root;
+use serde::Deserialize as _;
 use serde_yaml::Value;
 
 const HCM_TYPE: &str =
@@ -556,6 +557,49 @@ fn shipped_bootstraps() -> Vec<(String, Value)> {
             );
         }
     }
+    out.extend(kubernetes_bootstraps());
+    out
+}
+
+/// The Envoy bootstraps held in ConfigMaps of `deploy/kubernetes/*.yaml`.
+fn kubernetes_bootstraps() -> Vec<(String, Value)> {
+    let dir = workspace_root().join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = format!(
+            "deploy/kubernetes/{}",
+            path.file_name().unwrap().to_string_lossy()
+        );
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let doc = Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if doc["kind"] != "ConfigMap" {
+                continue;
+            }
+            let Some(data) = doc["data"].as_mapping() else {
+                continue;
+            };
+            for (key, value) in data {
+                let parsed = value.as_str().and_then(|v| serde_yaml::from_str(v).ok());
+                if let Some(bootstrap) = parsed.filter(is_envoy_bootstrap) {
+                    out.push((
+                        format!(
+                            "{name} (ConfigMap {}, {})",
+                            doc["metadata"]["name"].as_str().unwrap_or_default(),
+                            key.as_str().unwrap_or_default()
+                        ),
+                        bootstrap,
+                    ));
+                }
+            }
+        }
+    }
     out
 }
 
@@ -620,7 +664,7 @@ fn rendered_bootstraps() -> Vec<(String, Value)> {
         .set_clusters(&[("podgate_control_plane", pod), ("pod_alpha", pod)])
         .unwrap();
     let ads = render_ads_bootstrap(10000, 18000, 8080, None).unwrap();
-    let tls = EnvoyMtls::from_dir(Path::new("/podgate/tls"));
+    let tls = envoy_mtls(Path::new("/podgate/tls"));
     let ads_mtls = render_ads_bootstrap(10000, 18000, 8443, Some(&tls)).unwrap();
     vec![
         (
@@ -670,6 +714,12 @@ fn every_envoy_config_follows_the_edge_best_practices() {
         names
             .iter()
             .any(|n| n.starts_with("envoy/docker-compose.yaml")),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("deploy/kubernetes/envoy.yaml (ConfigMap podgate-envoy")),
         "{names:?}"
     );
     assert_hardened(&bootstraps);

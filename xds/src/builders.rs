@@ -308,6 +308,80 @@ pub fn fixed_host_cluster(
     cluster
 }
 
+/// Where the CA certificates that verify an upstream's TLS certificate come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustedCa {
+    /// PEM text, inline in the cluster (a private CA).
+    Pem(String),
+    /// A PEM bundle file on the Envoy host (the system's roots).
+    File(String),
+}
+
+/// TLS to an upstream: the name sent as SNI and required in the certificate's subject
+/// alternative names, and the CA that must have signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub server_name: String,
+    pub trusted_ca: TrustedCa,
+}
+
+/// Makes `cluster` speak TLS to its upstream: SNI `server_name`, the certificate verified
+/// against `trusted_ca` and required to name `server_name` (a DNS name, or an IP address SAN
+/// when it is one).
+pub fn with_upstream_tls(mut cluster: Cluster, tls: &UpstreamTls) -> Cluster {
+    use envoy_types::pb::envoy::config::core::v3::{transport_socket, TransportSocket};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        common_tls_context, subject_alt_name_matcher::SanType, CertificateValidationContext,
+        CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher};
+
+    let trusted_ca = match &tls.trusted_ca {
+        TrustedCa::Pem(pem) => data_source::Specifier::InlineString(pem.clone()),
+        TrustedCa::File(path) => data_source::Specifier::Filename(path.clone()),
+    };
+    let san_type = if tls.server_name.parse::<IpAddr>().is_ok() {
+        SanType::IpAddress
+    } else {
+        SanType::Dns
+    };
+    let validation = CertificateValidationContext {
+        trusted_ca: Some(DataSource {
+            specifier: Some(trusted_ca),
+            ..Default::default()
+        }),
+        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+            san_type: san_type as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(tls.server_name.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContext(validation),
+            ),
+            ..Default::default()
+        }),
+        // SNI is a host name: none for an IP address (RFC 6066 section 3).
+        sni: if san_type == SanType::Dns {
+            tls.server_name.clone()
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    };
+    cluster.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    });
+    cluster
+}
+
 /// What the Wasm filter's ECDS resource is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WasmFilterSpec<'a> {
@@ -401,6 +475,75 @@ mod tests {
         let thresholds = &cluster.circuit_breakers.unwrap().thresholds[0];
         assert_eq!(thresholds.max_requests.unwrap().value, 100_000);
         assert_eq!(cluster.cleanup_interval.unwrap().seconds, 60);
+    }
+
+    #[test]
+    fn upstream_tls_sends_sni_and_verifies_the_name_against_the_ca() {
+        use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+            common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
+            UpstreamTlsContext,
+        };
+        use prost::Message as _;
+
+        let decode = |cluster: &Cluster| {
+            let socket = cluster.transport_socket.as_ref().unwrap();
+            assert_eq!(socket.name, "envoy.transport_sockets.tls");
+            let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
+                panic!("no typed config");
+            };
+            UpstreamTlsContext::decode(any.value.as_slice()).unwrap()
+        };
+        let base = fixed_host_cluster(
+            "svc",
+            "api.example.com",
+            443,
+            &FixedHostClusterOptions::default(),
+        );
+        let tls = with_upstream_tls(
+            base.clone(),
+            &UpstreamTls {
+                server_name: "api.example.com".into(),
+                trusted_ca: TrustedCa::Pem("-----BEGIN CERTIFICATE-----".into()),
+            },
+        );
+        let context = decode(&tls);
+        assert_eq!(context.sni, "api.example.com");
+        let Some(ValidationContextType::ValidationContext(validation)) =
+            context.common_tls_context.unwrap().validation_context_type
+        else {
+            panic!("no validation context");
+        };
+        let ca = validation.trusted_ca.unwrap().specifier.unwrap();
+        assert_eq!(
+            ca,
+            data_source::Specifier::InlineString("-----BEGIN CERTIFICATE-----".into())
+        );
+        let san = &validation.match_typed_subject_alt_names[0];
+        assert_eq!(san.san_type, SanType::Dns as i32);
+        // An IP address: no SNI, an IP address SAN; the system's roots from a file.
+        let by_ip = with_upstream_tls(
+            base,
+            &UpstreamTls {
+                server_name: "10.0.0.9".into(),
+                trusted_ca: TrustedCa::File("/etc/ssl/certs/ca-certificates.crt".into()),
+            },
+        );
+        let context = decode(&by_ip);
+        assert_eq!(context.sni, "");
+        let Some(ValidationContextType::ValidationContext(validation)) =
+            context.common_tls_context.unwrap().validation_context_type
+        else {
+            panic!("no validation context");
+        };
+        assert_eq!(
+            validation.match_typed_subject_alt_names[0].san_type,
+            SanType::IpAddress as i32
+        );
+        assert_eq!(
+            validation.trusted_ca.unwrap().specifier.unwrap(),
+            data_source::Specifier::Filename("/etc/ssl/certs/ca-certificates.crt".into())
+        );
     }
 
     #[test]

@@ -47,9 +47,9 @@ pub mod server;
 pub mod snapshot;
 
 pub use builders::{
-    fixed_host_cluster, original_dst_cluster, wasm_filter_extension_config, CircuitBreakerLimits,
-    FixedHostClusterOptions, OriginalDstClusterOptions, UpstreamProtocol, WasmFilterSpec,
-    DEFAULT_UPSTREAM_HEADER,
+    fixed_host_cluster, original_dst_cluster, wasm_filter_extension_config, with_upstream_tls,
+    CircuitBreakerLimits, FixedHostClusterOptions, OriginalDstClusterOptions, TrustedCa,
+    UpstreamProtocol, UpstreamTls, WasmFilterSpec, DEFAULT_UPSTREAM_HEADER,
 };
 pub use protocol::{AdsStream, RequestEvent, RequestOutcome};
 pub use server::{serve, AdsServer, StreamStatus, XdsMetrics, XdsObserver, XdsServeError};

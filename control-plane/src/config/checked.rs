@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use podgate_protocol::host::HostTemplate;
+use podgate_protocol::host::{HostTemplate, PublicHosts};
 use serde::Deserialize;
 
 use crate::config::{limits, ConfigError, Need, Settings};
@@ -76,6 +76,10 @@ pub struct Config {
     /// The templates as configured (with `{domain}`), for the filter's configuration.
     pub host_template_source: String,
     pub upstream_host_template_source: String,
+    /// Pod hosts and service hosts, as tokens name them (`aud`).
+    pub public_hosts: PublicHosts,
+    /// The service host template as configured (with `{domain}`).
+    pub service_host_template_source: String,
     pub pod_public_port: Option<u16>,
     pub login_url: Option<String>,
     pub capability_lifetime: u64,
@@ -106,6 +110,8 @@ pub struct Config {
     pub start_hook: Option<StartHook>,
     /// Request-rate limits the filter applies (`podgate_protocol::rate`), `None`: none.
     pub edge_rates: Option<podgate_protocol::rate::RateLimits>,
+    /// Open-stream limits the filter applies (`podgate_protocol::concurrent`), `None`: none.
+    pub edge_concurrency: Option<podgate_protocol::concurrent::ConcurrencyLimits>,
 }
 
 /// The start hook: `POST url` (with `{pod}` replaced) carrying `secret` in

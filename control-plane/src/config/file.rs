@@ -40,6 +40,7 @@ impl Settings {
             domain: self.domain.or(o.domain),
             host_template: self.host_template.or(o.host_template),
             upstream_host_template: self.upstream_host_template.or(o.upstream_host_template),
+            service_host_template: self.service_host_template.or(o.service_host_template),
             pod_public_port: self.pod_public_port.or(o.pod_public_port),
             login_url: self.login_url.or(o.login_url),
             capability_lifetime_secs: self.capability_lifetime_secs.or(o.capability_lifetime_secs),
@@ -80,6 +81,8 @@ impl Settings {
             start_hook_interval_secs: self.start_hook_interval_secs.or(o.start_hook_interval_secs),
             edge_rate_per_user: self.edge_rate_per_user.or(o.edge_rate_per_user),
             edge_rate_per_pod: self.edge_rate_per_pod.or(o.edge_rate_per_pod),
+            edge_concurrent_per_user: self.edge_concurrent_per_user.or(o.edge_concurrent_per_user),
+            edge_concurrent_per_pod: self.edge_concurrent_per_pod.or(o.edge_concurrent_per_pod),
             xds_listen: self.xds_listen.or(o.xds_listen),
             envoy_tls_cert: self.envoy_tls_cert.or(o.envoy_tls_cert),
             envoy_tls_key: self.envoy_tls_key.or(o.envoy_tls_key),
@@ -156,6 +159,28 @@ mod tests {
         assert_eq!(kek.previous().len(), 1);
         assert_eq!(kek.previous()[0].id(), old.id());
         assert!(!config.dev_mode);
+    }
+
+    #[test]
+    fn edge_limits_come_from_the_file_under_a_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("podgate.toml");
+        std::fs::write(
+            &toml,
+            "admin_token = \"0123456789abcdef0123456789abcdef\"\ndev_mode = true\nxds_listen = \"off\"\nedge_concurrent_per_user = 7\nedge_concurrent_per_pod = 70\n",
+        )
+        .unwrap();
+        let config = Settings {
+            config: Some(toml),
+            edge_concurrent_per_pod: Some(9),
+            ..Default::default()
+        }
+        .with_file()
+        .unwrap()
+        .resolve(Need::Server)
+        .unwrap();
+        let limits = config.edge_concurrency.unwrap();
+        assert_eq!((limits.per_user, limits.per_pod), (Some(7), Some(9)));
     }
 
     #[test]

@@ -141,6 +141,10 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_UPSTREAM_HOST_TEMPLATE", global = true)]
     pub upstream_host_template: Option<String>,
 
+    /// Public host of a published upstream API (a service) [default: svc-{name}.{domain}].
+    #[arg(long, env = "PODGATE_SERVICE_HOST_TEMPLATE", global = true)]
+    pub service_host_template: Option<String>,
+
     /// Port of pod URLs as browsers see them (Envoy's public port); left out of URLs when it is
     /// the scheme's default (80/443) [default: 10000].
     #[arg(long, env = "PODGATE_POD_PUBLIC_PORT", global = true)]
@@ -321,6 +325,17 @@ pub struct Settings {
     /// worker [default: no limit].
     #[arg(long, env = "PODGATE_EDGE_RATE_PER_POD", global = true)]
     pub edge_rate_per_pod: Option<String>,
+
+    /// Streams (requests in flight and open WebSockets) one user may hold open through Envoy
+    /// at once, over every pod, per Envoy worker; beyond it the filter answers 429
+    /// [default: no limit].
+    #[arg(long, env = "PODGATE_EDGE_CONCURRENT_PER_USER", global = true)]
+    pub edge_concurrent_per_user: Option<u32>,
+
+    /// Streams one pod may have open through Envoy at once, from all its users, per Envoy
+    /// worker; a pod's own `limits.concurrent` (admin API) wins [default: no limit].
+    #[arg(long, env = "PODGATE_EDGE_CONCURRENT_PER_POD", global = true)]
+    pub edge_concurrent_per_pod: Option<u32>,
 
     /// Address of the ADS (xDS gRPC) server Envoy connects to, or `off`
     /// [default: 127.0.0.1:18000].

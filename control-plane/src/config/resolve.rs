@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use podgate_protocol::assertion::DEFAULT_ASSERTION_LIFETIME_SECS;
-use podgate_protocol::host::HostTemplate;
+use podgate_protocol::host::{HostTemplate, PublicHosts, ServiceTemplate};
 use podgate_protocol::token::MAX_ASSERTION_LIFETIME_SECS;
 
 use crate::config::{
@@ -178,6 +178,16 @@ impl Settings {
                 "upstream host template {upstream_s:?} cannot be used: {e}; set PODGATE_UPSTREAM_HOST_TEMPLATE, e.g. localhost-{{port}}.pod-{{pod}}.{{domain}}"
             ))
         })?;
+
+        let service_s = self
+            .service_host_template
+            .unwrap_or_else(|| podgate_protocol::host::DEFAULT_SERVICE_TEMPLATE.to_owned());
+        let service_host_template = ServiceTemplate::new(&service_s, &domain).map_err(|e| {
+            bad(format!(
+                "service host template {service_s:?} cannot be used: {e}; set PODGATE_SERVICE_HOST_TEMPLATE to one `{{name}}` and a trailing `.{{domain}}`, e.g. svc-{{name}}.{{domain}}"
+            ))
+        })?;
+        let public_hosts = PublicHosts::new(host_template.clone(), Some(service_host_template));
 
         let pod_public_port = match self.pod_public_port.unwrap_or(DEFAULT_POD_PUBLIC_PORT) {
             0 => {
@@ -416,6 +426,17 @@ impl Settings {
                 per_pod,
                 ..Default::default()
             });
+        let concurrent_user =
+            check_concurrent("edge-concurrent-per-user", self.edge_concurrent_per_user)?;
+        let concurrent_pod =
+            check_concurrent("edge-concurrent-per-pod", self.edge_concurrent_per_pod)?;
+        let edge_concurrency = (concurrent_user.is_some() || concurrent_pod.is_some()).then(|| {
+            podgate_protocol::concurrent::ConcurrencyLimits {
+                per_user: concurrent_user,
+                per_pod: concurrent_pod,
+                ..Default::default()
+            }
+        });
         let start_hook = resolve_start_hook(
             self.start_hook_url,
             self.start_hook_secret,
@@ -437,6 +458,8 @@ impl Settings {
             upstream_host_template,
             host_template_source,
             upstream_host_template_source: upstream_s,
+            public_hosts,
+            service_host_template_source: service_s,
             pod_public_port,
             login_url,
             capability_lifetime,
@@ -456,7 +479,18 @@ impl Settings {
             cli_binaries,
             start_hook,
             edge_rates,
+            edge_concurrency,
         })
+    }
+}
+
+/// The `--edge-concurrent-*` flag `name`: at least 1 when set.
+fn check_concurrent(name: &str, value: Option<u32>) -> Result<Option<u32>, ConfigError> {
+    match value {
+        Some(0) => Err(bad(format!(
+            "--{name} 0 would refuse every request; give at least 1, or leave it unset for no limit"
+        ))),
+        v => Ok(v),
     }
 }
 

@@ -366,7 +366,7 @@ async fn revoke_token(
     };
     tracing::info!(user = %identity.user.id, token = %id, via = %identity.via.label(), "API token revoked");
     // Its unexpired capabilities join the filter's `revoked_jti`: push now, not at the resync.
-    state.envoy_config_changed();
+    state.envoy_config_changed().await;
     let mut resp = Json(json!({ "revoked": true, "token": token_view(&row, now) })).into_response();
     no_store(&mut resp);
     Ok(resp)

@@ -35,9 +35,11 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CapabilityRequest {
     /// The pod's slug.
-    pub pod: String,
+    pub pod: Option<String>,
     /// The pod port.
-    pub port: u16,
+    pub port: Option<u16>,
+    /// A service's name, instead of `pod` and `port`.
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -70,7 +72,8 @@ async fn capabilities(
     ClientIp(client): ClientIp,
     JsonBody(req): JsonBody<CapabilityRequest>,
 ) -> ApiResult<Response> {
-    let addr = parse_target(Some(&req.pod), Some(&req.port.to_string()))?;
+    let port = req.port.map(|p| p.to_string());
+    let addr = parse_target(req.pod.as_deref(), port.as_deref(), req.service.as_deref())?;
     // Every verifier: API tokens and ID tokens as bearer, then the browser's cookies.
     let outcome = identify(
         &state.identify_context(),
@@ -116,7 +119,7 @@ async fn capabilities(
         sid.as_deref(),
     )
     .await?;
-    let host = state.config().host_template.render(&addr);
+    let host = state.config().public_hosts.render(&addr);
     let expires_at = chrono::DateTime::from_timestamp(cap.expires_at, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .ok_or_else(|| ApiError::internal("expiry out of range"))?;

@@ -49,6 +49,7 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
 struct Target {
     pod: Option<String>,
     port: Option<String>,
+    service: Option<String>,
 }
 
 /// The end client's address the filter sent, or Envoy's own when there is none: what the
@@ -67,8 +68,9 @@ fn end_client(headers: &HeaderMap, envoy: &str) -> String {
     path = EXCHANGE_PATH,
     tag = "capabilities",
     params(
-        ("pod" = String, Query, description = "The pod the API token was sent to"),
-        ("port" = u16, Query, description = "The port"),
+        ("pod" = Option<String>, Query, description = "The pod the API token was sent to"),
+        ("port" = Option<u16>, Query, description = "The port"),
+        ("service" = Option<String>, Query, description = "The service the API token was sent to, instead of `pod` and `port`"),
     ),
     responses(
         (status = 200, description = "`{token}`: a capability for that pod and port"),
@@ -104,7 +106,11 @@ async fn answer_exchange(
             "only Envoy's podgate filter exchanges API tokens",
         );
     }
-    let addr = match parse_target(target.pod.as_deref(), target.port.as_deref()) {
+    let addr = match parse_target(
+        target.pod.as_deref(),
+        target.port.as_deref(),
+        target.service.as_deref(),
+    ) {
         Ok(addr) => addr,
         Err(e) => return e.into_response(),
     };

@@ -43,18 +43,18 @@ fn redirect(location: &str) -> ApiResult<Response> {
     Ok(resp)
 }
 
-/// `/api/proxy-auth` on the control plane for this pod, port and (already safe) `next`.
+/// `/api/proxy-auth` on the control plane for this pod port or service and (already safe)
+/// `next`.
 fn proxy_auth_url(state: &AppState, addr: &PodAddr, next: &str) -> String {
     format!(
-        "{}/api/proxy-auth?pod={}&port={}&next={}",
+        "{}/api/proxy-auth?{}&next={}",
         state.config().issuer,
-        addr.pod,
-        addr.port,
+        podgate_protocol::host::target_query(addr),
         encode_query_value(next)
     )
 }
 
-/// `GET /api/proxy-auth?pod=&port=&next=`.
+/// `GET /api/proxy-auth?pod=&port=&next=` (or `?service=&next=`).
 #[utoipa::path(
     get,
     path = "/api/proxy-auth",
@@ -71,10 +71,11 @@ async fn proxy_auth(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
-    let params = single_params(query.as_deref(), &["pod", "port", "next"])?;
+    let params = single_params(query.as_deref(), &["pod", "port", "service", "next"])?;
     let addr = parse_target(
         params.get("pod").map(String::as_str),
         params.get("port").map(String::as_str),
+        params.get("service").map(String::as_str),
     )?;
     let next = params.get("next").map_or("/", String::as_str);
     if next.len() > MAX_NEXT_LEN {
@@ -113,7 +114,7 @@ async fn proxy_auth(
         sid.as_deref(),
     )
     .await?;
-    let host = state.config().host_template.render(&addr);
+    let host = state.config().public_hosts.render(&addr);
     let location = format!(
         "{}/.podgate/callback?ticket={}&next={}",
         state.config().pod_origin(&host),
@@ -202,7 +203,7 @@ async fn callback(
     RawQuery(query): RawQuery,
 ) -> Response {
     let host = request_host(&headers, &uri).unwrap_or("");
-    let addr = state.config().host_template.parse(host).ok();
+    let addr = state.config().public_hosts.parse(host).ok();
     let next = single_params(query.as_deref(), &["next"])
         .ok()
         .and_then(|p| p.get("next").map(|n| safe_next(n)))

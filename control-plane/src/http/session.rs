@@ -93,7 +93,7 @@ pub(crate) async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiRe
     }
     if !ended.is_empty() {
         tracing::info!(sessions = ended.len(), "signed out: capabilities cut off");
-        state.envoy_config_changed();
+        state.envoy_config_changed().await;
     }
     // A browser that signed in with an identity provider signs out there too, once the cut is
     // recorded: sent to the provider's end-session endpoint, which sends it back here (nothing

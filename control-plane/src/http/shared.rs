@@ -7,7 +7,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 
 use podgate_protocol::gate::Request as GateRequest;
-use podgate_protocol::host::{parse_port, validate_slug, PodAddr};
+use podgate_protocol::host::{parse_port, validate_slug, PodAddr, SERVICE_PORT};
 use podgate_protocol::redirect::safe_next;
 
 use crate::config::limits::MAX_QUERY_LEN;
@@ -44,8 +44,26 @@ pub fn no_store(resp: &mut Response) {
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
 }
 
-/// Validates a pod and port given by a client.
-pub fn parse_target(pod: Option<&str>, port: Option<&str>) -> ApiResult<PodAddr> {
+/// Validates a pod and port, or a service, given by a client: a service is the address
+/// (`name`, `host::SERVICE_PORT`), and is named alone.
+pub fn parse_target(
+    pod: Option<&str>,
+    port: Option<&str>,
+    service: Option<&str>,
+) -> ApiResult<PodAddr> {
+    if let Some(service) = service {
+        if pod.is_some() || port.is_some() {
+            return Err(ApiError::bad(
+                "give either `service`, or `pod` and `port`, not both",
+            ));
+        }
+        validate_slug(service)
+            .map_err(|e| ApiError::bad(format!("`service` is not a service name: {e}")))?;
+        return Ok(PodAddr {
+            pod: service.to_owned(),
+            port: SERVICE_PORT,
+        });
+    }
     let pod = pod.filter(|p| !p.is_empty()).ok_or_else(|| {
         ApiError::bad("missing `pod`: give the pod's slug, e.g. pod=myslug&port=8726")
     })?;

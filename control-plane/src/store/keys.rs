@@ -186,6 +186,8 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
+        // Other control planes publish the new keys as soon as this commits.
+        self.announce_config_change_in(&mut tx).await?;
         tx.commit().await
     }
 }

@@ -17,6 +17,8 @@ mod cuts;
 mod idp;
 mod keys;
 mod pods;
+mod replicas;
+mod services;
 mod sessions;
 mod sign_in;
 mod users;
@@ -24,7 +26,8 @@ mod users;
 pub use api_tokens::ApiTokenRow;
 pub use cuts::{CutRow, HolderScope};
 pub use keys::{KeyMaterial, StoredKey};
-pub use pods::{AccessFacts, Pod, PodPort};
+pub use pods::{AccessFacts, Pod, PodLimits, PodPort, PodRate};
+pub use services::{ServiceRow, StoredCredential};
 pub use sessions::AuditEntry;
 pub use sign_in::SignInState;
 pub use users::{Member, Server, Team, User};
@@ -36,6 +39,16 @@ pub const POD_STATUSES: &[&str] = &["starting", "running", "stopping", "stopped"
 pub fn parse_pod_status(s: &str) -> Result<PodStatus, String> {
     PodStatus::parse(s).ok_or_else(|| format!("{s:?} is not one of {}", POD_STATUSES.join(", ")))
 }
+
+/// The PostgreSQL channel on which a control plane announces a committed change to what Envoy
+/// gets; every control plane on the database listens on it (`xds_sync`). The payload is the
+/// sender's [`Db::instance`], so a control plane skips its own announcements.
+pub const CONFIG_CHANNEL: &str = "podgate_config";
+
+/// The PostgreSQL advisory lock held while a control plane makes sure signing keys exist, so
+/// control planes starting together on an empty database generate one key per kind, not one
+/// each.
+const KEY_SETUP_LOCK: i64 = 0x706f_6467_6b65_7973;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -55,6 +68,9 @@ pub struct Db {
     /// SQLite's busy handler while another connection holds the write lock.
     writer: AnyPool,
     backend: Backend,
+    /// This process's random id: the payload of its change announcements and its row in
+    /// `replicas`.
+    instance: std::sync::Arc<str>,
 }
 
 /// Turns `sqlite://file.db` into a URL that creates the file if missing.
@@ -110,10 +126,14 @@ impl Db {
         if backend == Backend::Sqlite {
             tokio::spawn(checkpointer(pool.clone(), writer.clone()));
         }
+        let mut id = [0u8; 8];
+        getrandom::getrandom(&mut id)
+            .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
         Ok(Db {
             pool,
             writer,
             backend,
+            instance: hex::encode(id).into(),
         })
     }
 
@@ -131,6 +151,62 @@ impl Db {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// This process's random id among the control planes on the database.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Announces that what Envoy gets changed, to every control plane listening on this
+    /// database (PostgreSQL `NOTIFY`, delivered once the statement commits); nothing on SQLite,
+    /// where one process serves the database.
+    pub async fn announce_config_change(&self) -> Res<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query(&self.announcement())
+                .execute(&self.writer)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Db::announce_config_change`] inside a transaction: delivered only if it commits.
+    pub(crate) async fn announce_config_change_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Res<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query(&self.announcement()).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    fn announcement(&self) -> String {
+        // The payload is hex (see `connect`): nothing to quote.
+        format!("NOTIFY {CONFIG_CHANNEL}, '{}'", self.instance)
+    }
+
+    /// Runs `f` while holding the key-setup lock on PostgreSQL (control planes starting together
+    /// take turns); on SQLite runs it directly. The lock lives on a connection of its own that
+    /// is closed afterwards, which releases the lock even if `f` fails.
+    pub async fn with_key_setup_lock<T, E>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E>
+    where
+        E: From<sqlx::Error>,
+    {
+        if self.backend != Backend::Postgres {
+            return f.await;
+        }
+        let mut conn = self.writer.acquire().await?.detach();
+        sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_lock($1)) AS l")
+            .bind(KEY_SETUP_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        let out = f.await;
+        let _ = sqlx::Connection::close(conn).await;
+        out
     }
 
     /// A round trip to the database, for `/readyz`.

@@ -1,6 +1,8 @@
 //! Pods, their ports, and the facts an authorization decision reads.
 
+use podgate_protocol::host::SERVICE_PORT;
 use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
 use super::{
@@ -41,6 +43,75 @@ pub struct PodPort {
     #[sqlx(try_from = "String")]
     pub sharing: Sharing,
     pub label: String,
+}
+
+/// A pod's own limits at the edge (`pod_limits`), winning over the global ones in the filter
+/// (`podgate_protocol::rate`, `podgate_protocol::concurrent`). Each is off when absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PodLimits {
+    /// Requests to the pod, from every user: `per_second` on average, up to `burst` at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<PodRate>,
+    /// Most streams (requests in flight and open WebSockets) open to the pod at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub concurrent: Option<u32>,
+}
+
+/// A request rate: `per_second` requests a second on average, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PodRate {
+    #[schema(minimum = 1)]
+    pub per_second: u32,
+    #[schema(minimum = 1)]
+    pub burst: u32,
+}
+
+impl PodLimits {
+    /// `Err` with why, naming the field, when a limit is 0 (it would refuse everything).
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(rate) = &self.rate {
+            if rate.per_second == 0 || rate.burst == 0 {
+                return Err(
+                    "`limits.rate`: per_second and burst must both be at least 1".to_owned(),
+                );
+            }
+        }
+        if self.concurrent == Some(0) {
+            return Err(
+                "`limits.concurrent` must be at least 1 (leave it out for no limit)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.rate.is_none() && self.concurrent.is_none()
+    }
+}
+
+fn limits_of(row: &AnyRow) -> Res<PodLimits> {
+    let int = |name: &str| -> Res<Option<u32>> {
+        let v: Option<i64> = row.try_get(name)?;
+        v.map(|v| {
+            u32::try_from(v).map_err(|e| sqlx::Error::ColumnDecode {
+                index: name.to_owned(),
+                source: Box::new(e),
+            })
+        })
+        .transpose()
+    };
+    let rate = match (int("rate_per_second")?, int("rate_burst")?) {
+        (Some(per_second), Some(burst)) => Some(PodRate { per_second, burst }),
+        _ => None,
+    };
+    Ok(PodLimits {
+        rate,
+        concurrent: int("concurrent")?,
+    })
 }
 
 const POD_COLS: &str =
@@ -159,6 +230,54 @@ impl Db {
             .collect()
     }
 
+    /// The pod's own limits (`None`: only the global ones).
+    pub async fn pod_limits(&self, slug: &str) -> Res<Option<PodLimits>> {
+        sqlx::query(
+            "SELECT rate_per_second, rate_burst, concurrent FROM pod_limits WHERE pod_slug = $1",
+        )
+        .bind(slug)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(limits_of)
+        .transpose()
+    }
+
+    /// Every pod's own limits, by slug.
+    pub async fn all_pod_limits(&self) -> Res<Vec<(String, PodLimits)>> {
+        let rows = sqlx::query(
+            "SELECT pod_slug, rate_per_second, rate_burst, concurrent FROM pod_limits ORDER BY pod_slug",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("pod_slug")?, limits_of(row)?)))
+            .collect()
+    }
+
+    /// Sets the pod's own limits, or removes them (`None`, or no limit set).
+    pub async fn set_pod_limits(&self, slug: &str, limits: Option<&PodLimits>) -> Res<()> {
+        let Some(limits) = limits.filter(|l| !l.is_empty()) else {
+            sqlx::query("DELETE FROM pod_limits WHERE pod_slug = $1")
+                .bind(slug)
+                .execute(&self.writer)
+                .await?;
+            return Ok(());
+        };
+        sqlx::query(
+            "INSERT INTO pod_limits (pod_slug, rate_per_second, rate_burst, concurrent) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (pod_slug) DO UPDATE SET rate_per_second = excluded.rate_per_second, \
+             rate_burst = excluded.rate_burst, concurrent = excluded.concurrent",
+        )
+        .bind(slug)
+        .bind(limits.rate.map(|r| i64::from(r.per_second)))
+        .bind(limits.rate.map(|r| i64::from(r.burst)))
+        .bind(limits.concurrent.map(i64::from))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     /// Creates or replaces a port's sharing level.
     pub async fn put_pod_port(&self, p: &PodPort) -> Res<()> {
         sqlx::query(
@@ -218,12 +337,16 @@ pub struct AccessFacts {
 
 impl Db {
     /// The facts for `user_id` (if signed in) reaching `port` of pod `slug`; `None` if no pod.
+    /// Port 0 ([`SERVICE_PORT`]) names the service `slug` instead.
     pub async fn access_facts(
         &self,
         slug: &str,
         port: u16,
         user_id: Option<&str>,
     ) -> Res<Option<AccessFacts>> {
+        if port == SERVICE_PORT {
+            return self.service_access_facts(slug, user_id).await;
+        }
         let row = sqlx::query(
             "SELECT p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
                     (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = $3) AS members \
@@ -248,13 +371,21 @@ impl Db {
 
 impl Db {
     /// A user (read fresh) and the facts for them reaching `port` of pod `slug`, in one query:
-    /// `None` when the user does not exist; facts `None` when the pod does not.
+    /// `None` when the user does not exist; facts `None` when the pod does not. Port 0
+    /// ([`SERVICE_PORT`]) names the service `slug` instead (two queries).
     pub async fn user_access_facts(
         &self,
         user_id: &str,
         slug: &str,
         port: u16,
     ) -> Res<Option<(User, Option<AccessFacts>)>> {
+        if port == SERVICE_PORT {
+            let Some(user) = self.get_user(user_id).await? else {
+                return Ok(None);
+            };
+            let facts = self.service_access_facts(slug, Some(user_id)).await?;
+            return Ok(Some((user, facts)));
+        }
         let row = sqlx::query(
             "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
                     p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \

@@ -170,11 +170,23 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// What the control planes of one fleet share: one database, the key-encryption key its signing
+/// keys are stored under, and the settings that are part of what they push to Envoy (the issuer,
+/// the renew secret), so that they push the same configuration under the same versions.
+pub struct Shared {
+    pub database_url: String,
+    pub kek: PathBuf,
+    pub issuer: String,
+    pub renew_secret: String,
+}
+
 /// The control plane as a child process (the test kit's launcher); killed (SIGKILL) on drop.
 pub struct ControlPlane {
     pub http: SocketAddr,
     pub xds: SocketAddr,
     pub envoy_port: u16,
+    /// The issuer it was started with (`http://<its HTTP address>` unless shared).
+    pub issuer: String,
     proc: Podgate,
     http_client: reqwest::Client,
 }
@@ -186,26 +198,82 @@ impl ControlPlane {
     pub async fn start(envoy_port: u16, extra_args: &[&str]) -> ControlPlane {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let proc = Podgate::builder("xds-live", podgate_binary())
-            .listen(http)
+        let issuer = format!("http://{http}");
+        let builder = ControlPlane::builder("xds-live", http, xds, envoy_port)
             .generate_kek()
+            .args(["--issuer", &issuer])
+            .args(extra_args.iter().copied());
+        ControlPlane::launch(builder, http, xds, envoy_port, issuer).await
+    }
+
+    /// One of several control planes on one database: `podgate serve` on `database_url` with
+    /// the key-encryption key file `kek` and the issuer they all share (`None`: this one's own
+    /// URL); waits for `/readyz`.
+    pub async fn start_sharing(
+        envoy_port: u16,
+        database_url: &str,
+        kek: &Path,
+        issuer: Option<&str>,
+        extra_args: &[&str],
+    ) -> ControlPlane {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let issuer = issuer.map_or_else(|| format!("http://{http}"), str::to_owned);
+        let builder = ControlPlane::builder("xds-live", http, xds, envoy_port)
+            .database_url(database_url)
+            .arg("--key-encryption-key-file")
+            .arg(kek)
+            .args(["--issuer", &issuer])
+            .args(extra_args.iter().copied());
+        ControlPlane::launch(builder, http, xds, envoy_port, issuer).await
+    }
+
+    /// One of several control planes on `shared`'s database (`shared` also holds what they must
+    /// agree on), on its own ports; waits for `/readyz`.
+    pub async fn start_replica(label: &str, envoy_port: u16, shared: &Shared) -> ControlPlane {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let builder = ControlPlane::builder(label, http, xds, envoy_port)
+            .database_url(&shared.database_url)
+            .arg("--key-encryption-key-file")
+            .arg(&shared.kek)
+            .args(["--issuer", &shared.issuer])
+            .args(["--renew-secret", &shared.renew_secret]);
+        ControlPlane::launch(builder, http, xds, envoy_port, shared.issuer.clone()).await
+    }
+
+    /// `podgate serve` on `http` with ADS on `xds`, the admin token, dev login and the filter.
+    fn builder(
+        label: &str,
+        http: SocketAddr,
+        xds: SocketAddr,
+        envoy_port: u16,
+    ) -> podgate_testkit::PodgateBuilder {
+        Podgate::builder(label, podgate_binary())
+            .listen(http)
             .args(["--xds-listen", &xds.to_string()])
             .args(["--admin-token", ADMIN_TOKEN, "--dev-mode"])
-            .args(["--issuer", &format!("http://{http}")])
             .args(["--pod-public-port", &envoy_port.to_string()])
             .arg("--filter-wasm")
             .arg(filter_wasm())
-            .args(extra_args.iter().copied())
             .env("RUST_LOG", "info,podgate_xds=info")
             .env_remove("PODGATE_CONFIG")
             .ready_timeout(Duration::from_secs(20))
-            .start()
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    async fn launch(
+        builder: podgate_testkit::PodgateBuilder,
+        http: SocketAddr,
+        xds: SocketAddr,
+        envoy_port: u16,
+        issuer: String,
+    ) -> ControlPlane {
+        let proc = builder.start().await.unwrap_or_else(|e| panic!("{e:#}"));
         ControlPlane {
             http,
             xds,
             envoy_port,
+            issuer,
             proc,
             http_client: client(),
         }
@@ -213,6 +281,11 @@ impl ControlPlane {
 
     pub fn log(&self) -> String {
         self.proc.log()
+    }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
     }
 
     /// The work directory (database, key-encryption key, log).
@@ -386,35 +459,6 @@ impl Drop for ControlPlane {
     }
 }
 
-/// `envoy/podgate.yaml` with plaintext clusters to the control plane: the file's
-/// `transport_socket` blocks (mutual TLS, at cluster level) removed. These suites run the
-/// control plane without mutual TLS; `wasm-tests/tests/e2e_mtls.rs` runs it with.
-pub fn without_tls_to_the_control_plane(yaml: &str) -> String {
-    let mut out = String::new();
-    let mut removed = 0;
-    let mut skipping = false;
-    for line in yaml.lines() {
-        if line == "    transport_socket:" {
-            skipping = true;
-            removed += 1;
-            continue;
-        }
-        // The block ends at the next cluster-level key.
-        if skipping && line.starts_with("    ") && !line.starts_with("     ") {
-            skipping = false;
-        }
-        if !skipping {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    assert_eq!(
-        removed, 2,
-        "envoy/podgate.yaml: expected the TLS of podgate_xds and podgate_control_plane"
-    );
-    out
-}
-
 /// A running Envoy on `envoy/podgate.yaml` with ephemeral ports (the test kit's: killed on
 /// drop, its files kept when a test fails).
 pub struct Envoy {
@@ -426,34 +470,57 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy against the control plane's ADS and HTTP ports, and waits for `/ready`.
     pub async fn start(listener_port: u16, xds_port: u16, cp_http_port: u16) -> Envoy {
-        let admin_port = free_port();
-        let yaml = std::fs::read_to_string(workspace().join("envoy/podgate.yaml")).unwrap();
-        let mut rendered = without_tls_to_the_control_plane(&yaml);
-        for (from, to) in [
-            (10000, listener_port),
-            (9901, admin_port),
-            (18000, xds_port),
-            (8443, cp_http_port),
-        ] {
-            let needle = format!("port_value: {from} ");
-            assert!(
-                rendered.contains(&needle),
-                "envoy/podgate.yaml has no `{needle}`"
-            );
-            rendered = rendered.replace(&needle, &format!("port_value: {to} "));
-        }
-        let inner = podgate_testkit::Envoy::start("xds-live", &rendered, 1)
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Envoy::start_with(
+            "xds-live",
+            local(listener_port),
+            &[local(xds_port)],
+            &[local(cp_http_port)],
+        )
+        .await
+    }
+
+    /// Starts Envoy (node id `label`) with its listener on `listener`, taking its configuration
+    /// from any of the control planes whose ADS addresses are `xds` and whose HTTP addresses are
+    /// `http`, and waits for `/ready`.
+    pub async fn start_with(
+        label: &str,
+        listener: SocketAddr,
+        xds: &[SocketAddr],
+        http: &[SocketAddr],
+    ) -> Envoy {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let rendered = podgate_testkit::AdsBootstrap::load()
+            .and_then(|mut b| {
+                b.admin(admin)?
+                    .listener(listener)?
+                    .node_id(label)?
+                    .control_planes(xds, http)?;
+                b.to_yaml()
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let inner = podgate_testkit::Envoy::start(label, &rendered, 1)
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
         Envoy {
             inner,
-            listener: SocketAddr::from(([127, 0, 0, 1], listener_port)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            listener,
+            admin,
         }
+    }
+
+    /// The test kit's handle (admin API, log, pid).
+    pub fn inner(&self) -> &podgate_testkit::Envoy {
+        &self.inner
     }
 
     pub fn log(&self) -> String {
         self.inner.log()
+    }
+
+    /// One GET on the admin API (`/config_dump`, ...), as text.
+    pub async fn admin_get(&self, path_and_query: &str) -> String {
+        self.inner.admin_get(path_and_query).await.unwrap()
     }
 
     /// A stat counter from the admin API (0 when absent).

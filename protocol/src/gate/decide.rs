@@ -12,7 +12,7 @@ use crate::config::{
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
 use crate::cors::origin_pod;
 use crate::exchange::{self, ExchangeNeeded, Lookup, Refusal};
-use crate::host::PodAddr;
+use crate::host::{target_query, PodAddr, SERVICE_PORT};
 use crate::own_paths::{self, OwnPath};
 use crate::path;
 use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
@@ -312,12 +312,8 @@ fn strip_edits(
 /// canonical form (`redirect::safe_next`): never a `ticket` parameter, never the reserved
 /// prefix.
 pub fn auth_redirect(config: &CompiledConfig, pod: &PodAddr, path: &str) -> String {
-    let mut url = format!(
-        "{}?pod={}&port={}",
-        config.auth_url,
-        encode_query_value(&pod.pod),
-        pod.port
-    );
+    // The pod slug or service name came from a parsed host: a slug, safe in a query.
+    let mut url = format!("{}?{}", config.auth_url, target_query(pod));
     if !path.is_empty() && path.len() <= MAX_NEXT_LEN {
         url.push_str("&next=");
         url.push_str(&encode_query_value(&safe_next(path)));
@@ -536,6 +532,9 @@ fn forward_to_pod(
     verified: &Rc<Verified>,
     source: Source,
 ) -> Decision {
+    if pod.port == SERVICE_PORT {
+        return forward_to_service(config, req, bearers, pod, verified, source);
+    }
     let Some(entry) = config.pods.get(&pod.pod) else {
         return Decision::Deny(Denial::UnknownPod);
     };
@@ -567,6 +566,57 @@ fn forward_to_pod(
     ));
     if let Some(email) = verified.claims.email.as_ref().filter(|e| is_header_safe(e)) {
         edits.push(HeaderEdit::Set(EMAIL_HEADER.to_owned(), email.clone()));
+    }
+    let forward = Forward {
+        edits,
+        user: Some(verified.claims.sub.clone()),
+        expires_at: Some(verified.expires_at),
+        response: Some(PodResponse::new(req.authority, req.origin)),
+        websocket: req.is_websocket(),
+        renew_at: renewal::renew_at(config.renewal.as_ref(), verified, source == Source::Cookie),
+        capability: Some(Rc::clone(verified)),
+    };
+    Decision::Forward(Rc::new(forward))
+}
+
+/// The forward to the service `verified` grants, or `UnknownPod` when there is no such
+/// service. The upstream gets the service's credential and none of the caller's: every
+/// `Authorization` and every client copy of the credential's header are removed (besides our
+/// own credentials and headers, as for a pod), and neither the user's identity nor the
+/// identity assertion is sent to it.
+fn forward_to_service(
+    config: &CompiledConfig,
+    req: &Request<'_>,
+    bearers: &[&str],
+    pod: &PodAddr,
+    verified: &Rc<Verified>,
+    source: Source,
+) -> Decision {
+    let Some(entry) = config.services.get(&pod.pod) else {
+        return Decision::Deny(Denial::UnknownPod);
+    };
+    let mut edits = strip_edits(config, req, !bearers.is_empty());
+    if bearers.is_empty() && !req.authorizations.is_empty() {
+        edits.push(HeaderEdit::Remove("authorization".to_owned()));
+    }
+    edits.push(HeaderEdit::Set(":authority".to_owned(), entry.host.clone()));
+    edits.push(HeaderEdit::Set(
+        CLUSTER_HEADER.to_owned(),
+        entry.cluster.clone(),
+    ));
+    edits.push(HeaderEdit::Set(POD_HEADER.to_owned(), pod.pod.clone()));
+    edits.push(HeaderEdit::Set(
+        PORT_HEADER.to_owned(),
+        pod.port.to_string(),
+    ));
+    if let Some(credential) = &entry.credential {
+        if credential.name != "authorization" {
+            edits.push(HeaderEdit::Remove(credential.name.clone()));
+        }
+        edits.push(HeaderEdit::Set(
+            credential.name.clone(),
+            credential.value.0.clone(),
+        ));
     }
     let forward = Forward {
         edits,

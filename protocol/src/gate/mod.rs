@@ -10,7 +10,8 @@
 //!    the decision reads.
 //! 3. `cors::preflight` answers a CORS preflight; it is never forwarded.
 //! 4. `decide` decides, checking tokens through `token_cache`; `memo` keeps a forward it may.
-//! 5. A forward (decided or a memo hit) takes its user's and its pod's tokens (`rate`); a
+//! 5. A forward (decided or a memo hit) on a stream is held against its user's and its pod's
+//!    open-stream limits (`concurrent`) and takes their request-rate tokens (`rate`); a
 //!    refusal of a browser page load becomes its page (`refusal`, `page`), or, for a pod that
 //!    is not running when the control plane can start pods, a wake call and its page (`wake`).
 //!
@@ -24,6 +25,7 @@ mod token_cache;
 use std::rc::Rc;
 
 use crate::assertion::AssertionCache;
+use crate::concurrent::Streams;
 use crate::config::CompiledConfig;
 use crate::cors::{self, Preflight};
 use crate::exchange::{self, ExchangeNeeded, Exchanged, Refusal};
@@ -78,20 +80,40 @@ impl From<Decision> for Outcome {
     }
 }
 
-/// The refusal of `forward` when its user's or its pod's request rate is spent (`rate`); a
-/// forward to the control plane (no user) is never limited. One `Option` test when no limit is
-/// configured.
+/// The refusal of `forward` when its user or its pod holds as many open streams as allowed
+/// (`concurrent`), or when its user's or its pod's request rate is spent (`rate`); a forward to
+/// the control plane (no user) is never limited. A forward let through on `stream` is held
+/// until `Gate::end_stream`; without a stream (`Gate::on_request`) nothing is counted. One
+/// `Option` test per kind when no limit is configured.
 fn over_limit(
     config: &CompiledConfig,
     limiter: &mut Limiter,
-    forward: &Forward,
+    streams: &mut Streams,
+    stream: Option<u32>,
+    forward: &Rc<Forward>,
     now: i64,
 ) -> Option<Denial> {
+    // Held first, and let go of if the rate refuses: a refused stream holds nothing.
+    let held = match (config.concurrency_limits.as_ref(), stream) {
+        (Some(limits), Some(stream)) => match streams.hold(limits, stream, forward) {
+            Ok(()) => Some(stream),
+            Err(scope) => {
+                return Some(Denial::TooManyStreams {
+                    scope,
+                    retry_after: 1,
+                })
+            }
+        },
+        _ => None,
+    };
     let limits = config.rate_limits.as_ref()?;
     let (user, capability) = (forward.user.as_deref()?, forward.capability.as_ref()?);
     let scope = limiter
         .take(limits, user, &capability.claims.pod, now)
         .err()?;
+    if let Some(stream) = held {
+        streams.release(stream);
+    }
     Some(Denial::RateLimited {
         scope,
         retry_after: 1,
@@ -133,6 +155,9 @@ pub struct Gate {
     memo: DecisionMemo,
     /// This worker's request-rate buckets (`rate`).
     limiter: Limiter,
+    /// This worker's open streams to pods (`concurrent`): kept across configurations, which
+    /// change the limits, not what is open.
+    streams: Streams,
     assertions: AssertionCache,
 }
 
@@ -152,6 +177,17 @@ impl Gate {
         self.memo.clear();
         self.limiter.clear();
         self.assertions.clear();
+    }
+
+    /// Stream `stream` ended: what it held (`concurrent`) is let go. Nothing for a stream never
+    /// held.
+    pub fn end_stream(&mut self, stream: u32) {
+        self.streams.release(stream);
+    }
+
+    /// The open streams counted against the concurrency limits.
+    pub fn streams(&self) -> &Streams {
+        &self.streams
     }
 
     /// The configuration in force, if any.
@@ -255,13 +291,17 @@ impl Gate {
     }
 
     /// The identity assertion for a forward to a pod at `now` (`assertion`): `None` on the
-    /// reserved path and when assertions are off. Signed once per capability and worker per
+    /// reserved path, for a service, and when assertions are off. Signed once per capability and worker per
     /// half assertion lifetime; every other call hands out the cached value.
     pub fn assertion(&mut self, forward: &Forward, now: i64) -> Option<Rc<str>> {
         let config = self.config.as_deref()?;
         let signer = config.assertion.as_ref()?;
         let capability = forward.capability.as_deref()?;
         forward.response.as_ref()?;
+        if capability.claims.port == crate::host::SERVICE_PORT {
+            // A service is a third party: it learns nothing of our users.
+            return None;
+        }
         self.assertions
             .get(signer, capability, now, config.token_cache_entries)
     }
@@ -295,11 +335,23 @@ impl Gate {
     /// `wire::decode_header_map`) at `now` (unix seconds). Without a configuration every
     /// request is refused; a map that does not decode is the proxy's failure.
     pub fn on_request(&mut self, wire: &[u8], now: i64) -> Outcome {
+        self.decide_request(None, wire, now)
+    }
+
+    /// `on_request` for Envoy's stream `stream`: a forward to a pod is also counted against
+    /// the concurrency limits (`concurrent`) until `end_stream(stream)`, which the caller must
+    /// make when the stream ends, however it ends.
+    pub fn on_stream_request(&mut self, stream: u32, wire: &[u8], now: i64) -> Outcome {
+        self.decide_request(Some(stream), wire, now)
+    }
+
+    fn decide_request(&mut self, stream: Option<u32>, wire: &[u8], now: i64) -> Outcome {
         let Gate {
             config,
             cache,
             memo,
             limiter,
+            streams,
             ..
         } = self;
         let Some(config) = config.as_deref() else {
@@ -309,7 +361,8 @@ impl Gate {
         // map, without decoding it.
         let slot = match memo.probe(config, cache, wire, now) {
             memo::Probe::Hit(forward) => {
-                let Some(limited) = over_limit(config, limiter, &forward, now) else {
+                let Some(limited) = over_limit(config, limiter, streams, stream, &forward, now)
+                else {
                     return Outcome::Forward(forward);
                 };
                 // Rare: the request is decoded only to tell a page load from a script.
@@ -350,10 +403,12 @@ impl Gate {
                 }
             }
             Decision::Deny(denial) => refusal(config, &request, denial),
-            Decision::Forward(forward) => match over_limit(config, limiter, &forward, now) {
-                Some(limited) => refusal(config, &request, limited),
-                None => Outcome::Forward(forward),
-            },
+            Decision::Forward(forward) => {
+                match over_limit(config, limiter, streams, stream, &forward, now) {
+                    Some(limited) => refusal(config, &request, limited),
+                    None => Outcome::Forward(forward),
+                }
+            }
             decision => decision.into(),
         }
     }

@@ -378,3 +378,86 @@ fn spent_rates_are_429_for_memo_hits_too_page_for_browsers_json_for_scripts() {
     ));
     assert_eq!(gate.on_request(&script, NOW + 2), Outcome::Deny(limited));
 }
+
+#[test]
+fn open_streams_past_the_limit_are_429_until_one_ends_and_a_push_keeps_the_count() {
+    use crate::concurrent::ConcurrencyLimits;
+    use crate::rate::Limited;
+    let limited = |per_user| {
+        super::tests::config_with(|c| {
+            c.concurrency_limits = Some(ConcurrencyLimits {
+                per_user: Some(per_user),
+                ..ConcurrencyLimits::default()
+            });
+        })
+    };
+    let token = cap_for("alpha", 8726);
+    let request = |extra: &[(&str, &str)]| {
+        let mut h: Vec<(String, Vec<u8>)> = vec![
+            (
+                ":authority".into(),
+                b"localhost-8726-pod-alpha.example.dev".to_vec(),
+            ),
+            (":path".into(), b"/".to_vec()),
+            (":method".into(), b"GET".to_vec()),
+            ("podgate-token".into(), token.as_bytes().to_vec()),
+        ];
+        h.extend(
+            extra
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec())),
+        );
+        crate::wire::encode_header_map(&h)
+    };
+    let mut gate = Gate::new(limited(2));
+    let script = request(&[]);
+    // Decided, then a memo hit: both held.
+    for stream in [1, 2] {
+        assert!(matches!(
+            gate.on_stream_request(stream, &script, NOW + 1),
+            Outcome::Forward(_)
+        ));
+    }
+    let refused = Denial::TooManyStreams {
+        scope: Limited::User,
+        retry_after: 1,
+    };
+    assert_eq!(
+        gate.on_stream_request(3, &script, NOW + 1),
+        Outcome::Deny(refused.clone())
+    );
+    let json = refused.reply();
+    assert_eq!((json.status, json.reason), (429, "too_many_streams"));
+    assert!(json.headers.contains(&("retry-after", "1".to_owned())));
+    let mut nav = NAVIGATE.to_vec();
+    nav.push(("x", "1"));
+    let page = page(gate.on_stream_request(4, &request(&nav), NOW + 1));
+    assert_eq!((page.status, page.reason), (429, "too_many_streams"));
+    assert!(page.headers.contains(&("retry-after", "1".to_owned())));
+    // Without a stream nothing is counted.
+    assert!(matches!(
+        gate.on_request(&script, NOW + 1),
+        Outcome::Forward(_)
+    ));
+    // One ends: the next gets in.
+    gate.end_stream(1);
+    assert!(matches!(
+        gate.on_stream_request(5, &script, NOW + 1),
+        Outcome::Forward(_)
+    ));
+    // A push keeps what is open (2 and 5) and puts the new limit in force.
+    gate.configure(limited(3));
+    assert_eq!(gate.streams().of_user("user-1"), 2);
+    assert!(matches!(
+        gate.on_stream_request(6, &script, NOW + 1),
+        Outcome::Forward(_)
+    ));
+    assert_eq!(
+        gate.on_stream_request(7, &script, NOW + 1),
+        Outcome::Deny(refused)
+    );
+    for stream in [2, 5, 6, 7] {
+        gate.end_stream(stream);
+    }
+    assert_eq!(gate.streams().open(), 0);
+}

@@ -49,6 +49,7 @@ pub(super) fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledCo
         domain: "example.dev".into(),
         public_host_template: crate::host::DEFAULT_PUBLIC_TEMPLATE.into(),
         upstream_host_template: crate::host::DEFAULT_UPSTREAM_TEMPLATE.into(),
+        service_host_template: None,
         public_scheme: "https".into(),
         cookie_name: "podgate_cap".into(),
         auth_url: "https://podgate.example.dev/api/proxy-auth".into(),
@@ -57,12 +58,14 @@ pub(super) fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledCo
             keys: vec![key().verifying_jwk()],
         },
         pods,
+        services: Default::default(),
         revoked_jti: vec![],
         cutoffs: Default::default(),
         logout_url: None,
         renewal: None,
         wake: false,
         rate_limits: None,
+        concurrency_limits: None,
         assertion: None,
         leeway_secs: 30,
         max_capability_lifetime_secs: 3600,
@@ -1724,4 +1727,132 @@ fn the_gate_sanitizes_the_response_of_a_forward_it_made() {
         gate.on_response(pod, &response[..response.len() - 2]),
         Err(ResponseFailure::Wire(crate::wire::WireError::Truncated))
     );
+}
+
+/// The gate configuration with service `openai` (its credential an `x-api-key`) published under
+/// `svc-{name}.{domain}`.
+fn config_with_service() -> Rc<CompiledConfig> {
+    config_with(|c| {
+        c.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
+        c.services.insert(
+            "openai".into(),
+            crate::config::ServiceEntry {
+                cluster: "service_openai".into(),
+                host: "api.example.com".into(),
+                credential: Some(crate::config::InjectedHeader {
+                    name: "x-api-key".into(),
+                    value: crate::config::SecretValue("sk-upstream".into()),
+                }),
+            },
+        );
+    })
+}
+
+fn service_cap(name: &str) -> String {
+    let c = PodClaims {
+        aud: format!("svc-{name}.example.dev"),
+        pod: name.into(),
+        port: crate::host::SERVICE_PORT,
+        ..claims()
+    };
+    mint(TokenKind::Capability, &key(), &c, NOW, 900).unwrap()
+}
+
+#[test]
+fn a_service_gets_its_credential_and_none_of_the_callers() {
+    let c = config_with_service();
+    let bearer = format!("Bearer {}", service_cap("openai"));
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/v1/models"),
+            (":method", "GET"),
+            ("authorization", &bearer),
+            ("x-api-key", "the-callers-own"),
+        ]),
+    );
+    assert_eq!(set(&d, ":authority"), Some("api.example.com"));
+    assert_eq!(set(&d, CLUSTER_HEADER), Some("service_openai"));
+    assert_eq!(set(&d, "x-api-key"), Some("sk-upstream"));
+    assert!(removed(&d, "authorization"));
+    assert_eq!(set(&d, USER_HEADER), None);
+    assert_eq!(set(&d, EMAIL_HEADER), None);
+    // The caller's own Authorization, with nothing of ours in it, is removed too.
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/v1/models"),
+            (":method", "GET"),
+            ("podgate-token", &service_cap("openai")),
+            ("authorization", "Basic dXNlcjpwYXNz"),
+        ]),
+    );
+    assert!(removed(&d, "authorization"));
+    assert_eq!(set(&d, "x-api-key"), Some("sk-upstream"));
+}
+
+#[test]
+fn pod_and_service_capabilities_never_stand_in_for_each_other() {
+    let c = config_with_service();
+    // A capability for pod `openai` (a port of it) does not open service `openai`.
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/"),
+            (":method", "GET"),
+            ("podgate-token", &cap_for("openai", 8726)),
+        ]),
+    );
+    assert_eq!(status(&d), 403);
+    // A service capability does not open a pod.
+    let d = run(&c, &base(&[("podgate-token", &service_cap("alpha"))]));
+    assert_eq!(status(&d), 403);
+    // An unknown service is the unknown pod's answer.
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-other.example.dev"),
+            (":path", "/"),
+            (":method", "GET"),
+            ("podgate-token", &service_cap("other")),
+        ]),
+    );
+    assert_eq!(d, Decision::Deny(Denial::UnknownPod));
+    // Without a service template, a service host is no host of ours.
+    let d = run(
+        &config(),
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/"),
+            (":method", "GET"),
+            ("podgate-token", &service_cap("openai")),
+        ]),
+    );
+    assert_eq!(status(&d), 400);
+}
+
+#[test]
+fn a_page_load_of_a_service_without_a_capability_is_sent_to_sign_in_for_that_service() {
+    let c = config_with_service();
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/chat"),
+            (":method", "GET"),
+            ("sec-fetch-mode", "navigate"),
+        ]),
+    );
+    match d {
+        Decision::Deny(Denial::NoCapability {
+            redirect: Some(url),
+        }) => assert_eq!(
+            url,
+            "https://podgate.example.dev/api/proxy-auth?service=openai&next=/chat"
+        ),
+        other => panic!("{other:?}"),
+    }
 }

@@ -107,7 +107,16 @@ impl EnvoyClient {
                     .as_ref()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
-                Ok(WsOutcome::Refused { status, body })
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                Ok(WsOutcome::Refused {
+                    status,
+                    body,
+                    retry_after,
+                })
             }
             Ok(Err(other)) => Err(other).context("WebSocket handshake through Envoy"),
         }
@@ -122,5 +131,7 @@ pub enum WsOutcome {
     Refused {
         status: u16,
         body: String,
+        /// Its `Retry-After`, if any.
+        retry_after: Option<String>,
     },
 }

@@ -17,7 +17,6 @@
 //! Chromium, curl and this module's resolver send every `*.localhost` to loopback.
 
 use std::collections::HashMap;
-use std::fs;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,7 +28,6 @@ use podgate_demo_pod::DemoPod;
 use podgate_testkit::podgate::Podgate;
 use reqwest::header::HeaderValue;
 use serde_json::{json, Value as Json};
-use serde_yaml::Value as Yaml;
 
 use super::client::{EnvoyClient, WsOutcome};
 use super::envoy::Envoy;
@@ -37,7 +35,7 @@ use super::web_client::WebClient;
 use crate::host::{cargo_build, ensure_built, target_dir, workspace_root};
 
 /// The ADS bootstrap users run, relative to the workspace root.
-pub const ADS_BOOTSTRAP: &str = "envoy/podgate.yaml";
+pub use podgate_testkit::ads_bootstrap::ADS_BOOTSTRAP;
 /// The suite's base domain (see the module docs).
 pub const DOMAIN: &str = "podgate.localhost";
 /// The control plane's public host name.
@@ -278,7 +276,7 @@ impl CpSettings {
                 listener_port,
                 self.xds.port(),
                 mtls.envoy_listen.port(),
-                Some(&EnvoyMtls::from_dir(&mtls.certs)),
+                Some(&envoy_mtls(&mtls.certs)),
             ),
             None => render_ads_bootstrap(listener_port, self.xds.port(), self.http.port(), None),
         }
@@ -293,124 +291,35 @@ fn public_url(http: SocketAddr) -> String {
 // ---------------------------------------------------------------------------------------------
 // The ADS bootstrap
 
-fn yaml_key(k: &str) -> Yaml {
-    Yaml::String(k.to_owned())
-}
+pub use podgate_testkit::EnvoyMtls;
 
-fn yaml_at<'a>(mut v: &'a mut Yaml, path: &[&str]) -> anyhow::Result<&'a mut Yaml> {
-    for part in path {
-        v = v
-            .get_mut(*part)
-            .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: no `{part}` in {}", path.join(".")))?;
-    }
-    Ok(v)
-}
-
-fn yaml_named<'a>(seq: &'a mut Yaml, name: &str) -> anyhow::Result<&'a mut Yaml> {
-    seq.as_sequence_mut()
-        .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: expected a list holding `{name}`"))?
-        .iter_mut()
-        .find(|item| item.get("name").and_then(Yaml::as_str) == Some(name))
-        .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: nothing named `{name}`"))
-}
-
-fn set_socket(holder: &mut Yaml, port: u16) -> anyhow::Result<()> {
-    let socket = yaml_at(holder, &["address", "socket_address"])?;
-    socket["address"] = yaml_key("127.0.0.1");
-    socket["port_value"] = Yaml::from(port);
-    Ok(())
-}
-
-fn set_cluster_endpoint(clusters: &mut Yaml, name: &str, port: u16) -> anyhow::Result<()> {
-    let cluster = yaml_named(clusters, name)?;
-    let endpoint = yaml_at(cluster, &["load_assignment", "endpoints"])?
-        .get_mut(0)
-        .and_then(|e| e.get_mut("lb_endpoints"))
-        .and_then(|e| e.get_mut(0))
-        .and_then(|e| e.get_mut("endpoint"))
-        .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: cluster {name} has no endpoint"))?;
-    set_socket(endpoint, port)
-}
-
-/// What Envoy's two control-plane clusters use for mutual TLS in a rendered bootstrap.
-#[derive(Debug, Clone)]
-pub struct EnvoyMtls {
-    /// Envoy's client certificate and key; `None`: Envoy presents none.
-    pub client: Option<(PathBuf, PathBuf)>,
-    /// The CA Envoy validates the control plane's certificate with.
-    pub ca: PathBuf,
-}
-
-impl EnvoyMtls {
-    /// The client certificate, key and CA of a `podgate tls gen-test-certs` directory.
-    pub fn from_dir(dir: &Path) -> EnvoyMtls {
-        EnvoyMtls {
-            client: Some((dir.join(TEST_CLIENT_CERT), dir.join(TEST_CLIENT_KEY))),
-            ca: dir.join(TEST_CA),
-        }
+/// The client certificate, key and CA of a `podgate tls gen-test-certs` directory, for Envoy.
+pub fn envoy_mtls(dir: &Path) -> EnvoyMtls {
+    EnvoyMtls {
+        client: Some((dir.join(TEST_CLIENT_CERT), dir.join(TEST_CLIENT_KEY))),
+        ca: dir.join(TEST_CA),
     }
 }
 
-/// The clusters of `envoy/podgate.yaml` that reach the control plane (both mutual TLS).
-pub const CONTROL_PLANE_CLUSTERS: [&str; 2] = ["podgate_xds", "podgate_control_plane"];
-
-fn path_str(p: &Path) -> anyhow::Result<Yaml> {
-    p.to_str()
-        .map(yaml_key)
-        .ok_or_else(|| anyhow!("{} is not UTF-8", p.display()))
-}
-
-/// `envoy/podgate.yaml` with only ports and the TLS files changed: admin on an ephemeral port,
-/// the listener on `listener_port`, the ADS cluster on `xds_port`, the control plane's HTTP on
-/// `cp_http_port` (its Envoy-facing listener with mutual TLS, its API's without). With `mtls`
-/// the two clusters keep the file's TLS settings with these files; without, they are plaintext
-/// (the file's `transport_socket` removed).
+/// `envoy/podgate.yaml` for one control plane on loopback: the listener on `listener_port`, the
+/// ADS cluster on `xds_port`, the control plane's HTTP on `cp_http_port` (its Envoy-facing
+/// listener with mutual TLS, its API's without). With `mtls` the two clusters keep the file's
+/// TLS settings with these files; without, they are plaintext.
 pub fn render_ads_bootstrap(
     listener_port: u16,
     xds_port: u16,
     cp_http_port: u16,
     mtls: Option<&EnvoyMtls>,
 ) -> anyhow::Result<String> {
-    let path = workspace_root().join(ADS_BOOTSTRAP);
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut doc: Yaml = serde_yaml::from_str(&text).context("parsing the bootstrap YAML")?;
-    set_socket(yaml_at(&mut doc, &["admin"])?, 0)?;
-    let listeners = yaml_at(&mut doc, &["static_resources", "listeners"])?;
-    set_socket(yaml_named(listeners, "podgate_http")?, listener_port)?;
-    let clusters = yaml_at(&mut doc, &["static_resources", "clusters"])?;
-    set_cluster_endpoint(clusters, "podgate_xds", xds_port)?;
-    set_cluster_endpoint(clusters, "podgate_control_plane", cp_http_port)?;
-    for name in CONTROL_PLANE_CLUSTERS {
-        let cluster = yaml_named(clusters, name)?;
-        let Some(mtls) = mtls else {
-            cluster
-                .as_mapping_mut()
-                .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: cluster {name} is not a mapping"))?
-                .remove("transport_socket");
-            continue;
-        };
-        let common = yaml_at(
-            cluster,
-            &["transport_socket", "typed_config", "common_tls_context"],
-        )?;
-        yaml_at(common, &["validation_context", "trusted_ca"])?["filename"] = path_str(&mtls.ca)?;
-        match &mtls.client {
-            Some((cert, key)) => {
-                let identity = yaml_at(common, &["tls_certificates"])?
-                    .get_mut(0)
-                    .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: {name} has no client certificate"))?;
-                yaml_at(identity, &["certificate_chain"])?["filename"] = path_str(cert)?;
-                yaml_at(identity, &["private_key"])?["filename"] = path_str(key)?;
-            }
-            None => {
-                common
-                    .as_mapping_mut()
-                    .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: {name}'s TLS is not a mapping"))?
-                    .remove("tls_certificates");
-            }
-        }
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut bootstrap = podgate_testkit::AdsBootstrap::load()?;
+    bootstrap
+        .listener(local(listener_port))?
+        .control_planes(&[local(xds_port)], &[local(cp_http_port)])?;
+    if let Some(mtls) = mtls {
+        bootstrap.mtls(mtls)?;
     }
-    serde_yaml::to_string(&doc).context("writing the bootstrap YAML")
+    bootstrap.to_yaml()
 }
 
 // ---------------------------------------------------------------------------------------------

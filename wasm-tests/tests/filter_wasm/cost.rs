@@ -168,9 +168,10 @@ fn response_cost_per_case() {
     assert!(rows[1].0 < 15_000, "{}", rows[1].0);
 }
 
-/// Fuel of a cached forward (a memo hit) with rate limits that never refuse, against the same
-/// without limits: what the per-user and per-pod buckets cost on the cached path. Printed with
-/// `-- --nocapture`; the section on rate limits in `BENCHMARKS.md` quotes it.
+/// Fuel of a cached forward (a memo hit, the whole stream to its `proxy_on_delete`) with rate
+/// limits that never refuse, and with those plus open-stream limits that never refuse, against
+/// the same without limits: what the per-user and per-pod buckets and counts cost on the cached
+/// path. Printed with `-- --nocapture`; the section on limits in `BENCHMARKS.md` quotes it.
 #[test]
 fn rate_limits_cost_on_the_cached_path() {
     let key = ed_key(1);
@@ -187,19 +188,27 @@ fn rate_limits_cost_on_the_cached_path() {
     let never = serde_json::json!({"per_second": u32::MAX, "burst": u32::MAX});
     limited_config["rate_limits"] = serde_json::json!({"per_user": never, "per_pod": never});
     let limited = cached(&limited_config);
+    let mut both_config = limited_config.clone();
+    both_config["concurrency_limits"] =
+        serde_json::json!({"per_user": u32::MAX, "per_pod": u32::MAX});
+    let both = cached(&both_config);
     println!(
-        "cached forward: {} without limits, {} with per-user and per-pod limits (+{})",
+        "cached forward: {} without limits, {} with per-user and per-pod rate limits (+{}), {} with rate and open-stream limits (+{})",
         plain.fuel,
         limited.fuel,
-        limited.fuel.saturating_sub(plain.fuel)
+        limited.fuel.saturating_sub(plain.fuel),
+        both.fuel,
+        both.fuel.saturating_sub(plain.fuel)
     );
-    // No host call more: the buckets live in the VM.
+    // No host call more: the buckets and the counts live in the VM.
     assert_eq!(calls(&limited), calls(&plain));
-    // Two hash lookups and a refill: a small share of the cached request.
-    assert!(
-        limited.fuel < plain.fuel + plain.fuel / 3,
-        "{} against {}",
-        limited.fuel,
-        plain.fuel
-    );
+    assert_eq!(calls(&both), calls(&plain));
+    // Hash lookups and a refill: a small share of the cached request.
+    for (what, fuel) in [("rate", limited.fuel), ("rate and open streams", both.fuel)] {
+        assert!(
+            fuel < plain.fuel + plain.fuel / 3,
+            "{what}: {fuel} against {}",
+            plain.fuel
+        );
+    }
 }

@@ -121,8 +121,10 @@ fn every_answer_counts_under_its_reason() {
         ("podgate.denied.bad_preflight", 1),
         ("podgate.denied.unknown_pod", 1),
         ("podgate.denied.pod_not_running", 1),
-        // Rate limits are off in this configuration (`e2e_pages.rs` counts them).
+        // Rate and open-stream limits are off in this configuration (`e2e_pages.rs` and
+        // `e2e_limits.rs` count them).
         ("podgate.denied.rate_limited", 0),
+        ("podgate.denied.too_many_streams", 0),
         ("podgate.denied.not_configured", 0),
         ("podgate.denied.host_error", 0),
         ("podgate.preflight", 1),

@@ -13,14 +13,15 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(filter_config))
 }
 
-/// `GET /v1/filter-config`: what the xDS server pushes to Envoy's filter right now.
+/// `GET /v1/filter-config`: what the xDS server pushes to Envoy's filter right now, with each
+/// service credential's value redacted.
 #[utoipa::path(
     get,
     path = "/v1/filter-config",
     tag = "admin",
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The configuration Envoy's filter gets"),
+        (status = 200, description = "The configuration Envoy's filter gets; service credentials' values redacted"),
         Unauthorized,
         TooMany,
         (status = 503, description = "A dependency is unavailable", body = ErrorBody),
@@ -30,7 +31,6 @@ async fn filter_config(
     State(s): State<AppState>,
 ) -> ApiResult<Json<podgate_protocol::config::FilterConfig>> {
     let ring = s.keys()?;
-    Ok(Json(
-        crate::filter_config::build(s.db(), s.config(), &ring).await?,
-    ))
+    let config = crate::filter_config::build(s.db(), s.config(), &ring).await?;
+    Ok(Json(crate::services::redact(config)))
 }

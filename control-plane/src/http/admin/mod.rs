@@ -1,11 +1,13 @@
 //! The admin API under `/v1/`, behind the admin bearer token: users, teams and members,
-//! servers, pods, their ports and status, keys, and the mint audit trail.
+//! servers, pods, their ports and status, services and their credentials, keys, and the mint
+//! audit trail.
 
 mod audit;
 mod filter_config;
 mod keys;
 mod pods;
 mod servers;
+mod services;
 mod teams;
 mod users;
 
@@ -30,6 +32,7 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
         .merge(teams::routes())
         .merge(servers::routes())
         .merge(pods::routes())
+        .merge(services::routes())
         .merge(keys::routes())
         .merge(audit::routes())
         .merge(filter_config::routes())
@@ -51,7 +54,7 @@ async fn push_after_write(State(state): State<AppState>, req: Request, next: Nex
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
     let response = next.run(req).await;
     if writes && response.status().is_success() {
-        state.envoy_config_changed();
+        state.envoy_config_changed().await;
     }
     response
 }

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -15,7 +15,7 @@ use crate::cuts::cut_lost_access;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::store::HolderScope;
-use crate::store::{now_unix, parse_pod_status, Pod, PodPort, PodStatus, Sharing};
+use crate::store::{now_unix, parse_pod_status, Pod, PodLimits, PodPort, PodStatus, Sharing};
 use crate::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -27,7 +27,16 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_port, put_port, delete_port))
 }
 
-#[derive(Debug, Deserialize)]
+/// A pod as the admin API answers it: the pod, and its own limits at the edge when set.
+#[derive(Debug, Serialize)]
+struct PodView {
+    #[serde(flatten)]
+    pod: Pod,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<PodLimits>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewPod {
     slug: String,
@@ -35,15 +44,19 @@ struct NewPod {
     team_id: Option<String>,
     server_id: Option<String>,
     #[serde(default = "default_status")]
+    #[schema(default = "starting")]
     status: String,
     nginx_port: u16,
+    /// The pod's own limits at the edge, winning over the global ones
+    /// (`--edge-rate-per-pod`, `--edge-concurrent-per-pod`) in every Envoy from the next push.
+    limits: Option<PodLimits>,
 }
 
 fn default_status() -> String {
     PodStatus::Starting.as_str().to_owned()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PodPatch {
     owner_id: Option<String>,
@@ -53,6 +66,10 @@ struct PodPatch {
     server_id: Option<Option<String>>,
     status: Option<String>,
     nginx_port: Option<u16>,
+    /// The pod's own limits at the edge: replaced when given, removed with `null`, kept when
+    /// left out.
+    #[serde(default, deserialize_with = "nullable")]
+    limits: Option<Option<PodLimits>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +109,19 @@ async fn check_pod_refs(s: &AppState, pod: &Pod) -> ApiResult<()> {
     Ok(())
 }
 
+/// `limits` as given, checked; a 400 naming the field when a limit is 0.
+fn check_limits(limits: Option<PodLimits>) -> ApiResult<Option<PodLimits>> {
+    if let Some(limits) = &limits {
+        limits.check().map_err(ApiError::bad)?;
+    }
+    Ok(limits.filter(|l| !l.is_empty()))
+}
+
+async fn view(s: &AppState, pod: Pod) -> ApiResult<PodView> {
+    let limits = s.db().pod_limits(&pod.slug).await?;
+    Ok(PodView { pod, limits })
+}
+
 async fn require_pod(s: &AppState, slug: &str) -> ApiResult<Pod> {
     s.db()
         .get_pod(slug)
@@ -105,13 +135,23 @@ async fn require_pod(s: &AppState, slug: &str) -> ApiResult<Pod> {
     tag = "admin",
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "Every pod"),
+        (status = 200, description = "Every pod, each with its own `limits` when set"),
         Unauthorized,
         TooMany,
     )
 )]
-async fn list_pods(State(s): State<AppState>) -> ApiResult<Json<Vec<Pod>>> {
-    Ok(Json(s.db().list_pods().await?))
+async fn list_pods(State(s): State<AppState>) -> ApiResult<Json<Vec<PodView>>> {
+    let mut limits: std::collections::HashMap<String, PodLimits> =
+        s.db().all_pod_limits().await?.into_iter().collect();
+    let pods = s.db().list_pods().await?;
+    Ok(Json(
+        pods.into_iter()
+            .map(|pod| {
+                let limits = limits.remove(&pod.slug);
+                PodView { pod, limits }
+            })
+            .collect(),
+    ))
 }
 
 #[utoipa::path(
@@ -119,8 +159,9 @@ async fn list_pods(State(s): State<AppState>) -> ApiResult<Json<Vec<Pod>>> {
     path = "/v1/pods",
     tag = "admin",
     security(("admin_token" = [])),
+    request_body = NewPod,
     responses(
-        (status = 201, description = "Created"),
+        (status = 201, description = "Created: the pod, with its own `limits` when set"),
         Malformed,
         Unauthorized,
         NotFound,
@@ -133,6 +174,7 @@ async fn create_pod(
     JsonBody(body): JsonBody<NewPod>,
 ) -> ApiResult<Response> {
     check_slug(&s, &body.slug)?;
+    let limits = check_limits(body.limits)?;
     let now = now_unix();
     let pod = Pod {
         slug: body.slug,
@@ -152,6 +194,7 @@ async fn create_pod(
         )));
     }
     s.db().create_pod(&pod).await?;
+    s.db().set_pod_limits(&pod.slug, limits.as_ref()).await?;
     // Capabilities still valid for an earlier pod of this slug must not open the new one to
     // people who may not reach it.
     cut_lost_access(
@@ -160,7 +203,7 @@ async fn create_pod(
         HolderScope::Pod(&pod.slug),
     )
     .await?;
-    Ok(created(pod))
+    Ok(created(PodView { pod, limits }))
 }
 
 #[utoipa::path(
@@ -172,7 +215,7 @@ async fn create_pod(
         ("slug" = String, Path, description = "The pod"),
     ),
     responses(
-        (status = 200, description = "The pod"),
+        (status = 200, description = "The pod, with its own `limits` when set"),
         Unauthorized,
         NotFound,
         TooMany,
@@ -181,8 +224,9 @@ async fn create_pod(
 async fn get_pod(
     State(s): State<AppState>,
     PathArgs(slug): PathArgs<String>,
-) -> ApiResult<Json<Pod>> {
-    Ok(Json(require_pod(&s, &slug).await?))
+) -> ApiResult<Json<PodView>> {
+    let pod = require_pod(&s, &slug).await?;
+    Ok(Json(view(&s, pod).await?))
 }
 
 #[utoipa::path(
@@ -193,8 +237,9 @@ async fn get_pod(
     params(
         ("slug" = String, Path, description = "The pod"),
     ),
+    request_body = PodPatch,
     responses(
-        (status = 200, description = "Updated"),
+        (status = 200, description = "Updated: the pod, with its own `limits` when set"),
         Malformed,
         Unauthorized,
         NotFound,
@@ -205,8 +250,9 @@ async fn update_pod(
     State(s): State<AppState>,
     PathArgs(slug): PathArgs<String>,
     JsonBody(patch): JsonBody<PodPatch>,
-) -> ApiResult<Json<Pod>> {
+) -> ApiResult<Json<PodView>> {
     let mut pod = require_pod(&s, &slug).await?;
+    let limits = patch.limits.map(check_limits).transpose()?;
     let who_before = (pod.owner_id.clone(), pod.team_id.clone());
     if let Some(owner) = patch.owner_id {
         pod.owner_id = owner;
@@ -226,6 +272,9 @@ async fn update_pod(
     check_pod_refs(&s, &pod).await?;
     pod.updated_at = now_unix();
     s.db().update_pod(&pod).await?;
+    if let Some(limits) = limits {
+        s.db().set_pod_limits(&pod.slug, limits.as_ref()).await?;
+    }
     if who_before != (pod.owner_id.clone(), pod.team_id.clone()) {
         // Another owner or team: whoever lost the pod by it is cut off within one push.
         cut_lost_access(
@@ -235,7 +284,7 @@ async fn update_pod(
         )
         .await?;
     }
-    Ok(Json(pod))
+    Ok(Json(view(&s, pod).await?))
 }
 
 #[utoipa::path(
@@ -258,12 +307,13 @@ async fn set_pod_status(
     State(s): State<AppState>,
     PathArgs(slug): PathArgs<String>,
     JsonBody(body): JsonBody<StatusBody>,
-) -> ApiResult<Json<Pod>> {
+) -> ApiResult<Json<PodView>> {
     let status = status_of(&body.status)?;
     if !s.db().set_pod_status(&slug, status, now_unix()).await? {
         return Err(ApiError::not_found(format!("no pod {slug:?}")));
     }
-    Ok(Json(require_pod(&s, &slug).await?))
+    let pod = require_pod(&s, &slug).await?;
+    Ok(Json(view(&s, pod).await?))
 }
 
 #[utoipa::path(

@@ -1,0 +1,334 @@
+//! Services (published upstream APIs) and their credentials: `/v1/services`,
+//! `/v1/services/{name}` and `/v1/services/{name}/credential`. No answer carries a credential's
+//! value: a service shows its credential's header name and fingerprint only.
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::Json;
+use podgate_protocol::host::{PodAddr, SERVICE_PORT};
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{created, deleted, parse_enum, require_user};
+use crate::cuts::cut_lost_access;
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
+use crate::services::{check_credential, parse_upstream, seal};
+use crate::store::{now_unix, HolderScope, ServiceRow, Sharing, StoredCredential, DEFAULT_SHARING};
+use crate::AppState;
+
+/// The largest CA bundle a service may carry.
+const MAX_CA_PEM_LEN: usize = 64 * 1024;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_services, create_service))
+        .routes(routes!(get_service, delete_service))
+        .routes(routes!(put_credential, delete_credential))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewService {
+    name: String,
+    owner_id: String,
+    team_id: Option<String>,
+    sharing: Option<String>,
+    upstream_url: String,
+    ca_pem: Option<String>,
+    /// `{"header": ..., "value": ...}`, read by hand (`credential_of`) so that no message about
+    /// it can quote the value.
+    credential: Option<serde_json::Value>,
+}
+
+/// A credential as an admin sends it.
+struct CredentialBody {
+    header: String,
+    value: String,
+}
+
+/// Reads `{"header": "...", "value": "..."}` without ever quoting what was sent.
+fn credential_of(v: serde_json::Value) -> ApiResult<CredentialBody> {
+    const SHAPE: &str =
+        "`credential` must be {\"header\": \"authorization\", \"value\": \"Bearer ...\"} (two strings, nothing else)";
+    let serde_json::Value::Object(mut map) = v else {
+        return Err(ApiError::bad(SHAPE));
+    };
+    let mut take = |k: &str| match map.remove(k) {
+        Some(serde_json::Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let (Some(header), Some(value)) = (take("header"), take("value")) else {
+        return Err(ApiError::bad(SHAPE));
+    };
+    if !map.is_empty() {
+        return Err(ApiError::bad(SHAPE));
+    }
+    check_credential(&header, &value).map_err(ApiError::bad)?;
+    Ok(CredentialBody { header, value })
+}
+
+/// What admins see of a service's credential.
+#[derive(Debug, Serialize)]
+struct CredentialView {
+    header: String,
+    /// `sha256:` and 8 hex digits of the value's SHA-256.
+    fingerprint: String,
+    /// Whether it is stored sealed under a key-encryption key (always, outside dev mode).
+    sealed: bool,
+}
+
+/// What admins see of a service: never its credential's value.
+#[derive(Debug, Serialize)]
+struct ServiceView {
+    name: String,
+    owner_id: String,
+    team_id: Option<String>,
+    sharing: Sharing,
+    upstream_url: String,
+    /// The service's public URL: where callers reach it through Envoy.
+    url: String,
+    /// Whether the service has its own CA to verify the upstream's certificate.
+    ca_pem_set: bool,
+    credential: Option<CredentialView>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn view(s: &AppState, row: ServiceRow) -> ServiceView {
+    let config = s.config();
+    let host = config.public_hosts.render(&PodAddr {
+        pod: row.name.clone(),
+        port: SERVICE_PORT,
+    });
+    ServiceView {
+        url: config.pod_origin(&host),
+        credential: row.credential.map(|c| CredentialView {
+            sealed: c.kek_id.is_some(),
+            header: c.header,
+            fingerprint: c.fingerprint,
+        }),
+        ca_pem_set: row.ca_pem.is_some(),
+        name: row.name,
+        owner_id: row.owner_id,
+        team_id: row.team_id,
+        sharing: row.sharing,
+        upstream_url: row.upstream_url,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+fn sealed(s: &AppState, name: &str, c: &CredentialBody) -> ApiResult<StoredCredential> {
+    seal(&s.config().key_encryption, name, &c.header, &c.value)
+        .map_err(|e| ApiError::internal(format!("sealing the credential of service {name}: {e}")))
+}
+
+async fn require_service(s: &AppState, name: &str) -> ApiResult<ServiceRow> {
+    s.db()
+        .get_service(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no service {name:?}")))
+}
+
+/// Cuts off whoever holds a capability for service `name` and may no longer reach it.
+async fn cut(s: &AppState, name: &str) -> ApiResult<()> {
+    cut_lost_access(
+        s.db(),
+        s.config().capability_lifetime,
+        HolderScope::Port(name, SERVICE_PORT),
+    )
+    .await?;
+    Ok(())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every service, each with its credential's header name and fingerprint, never its value"),
+        Unauthorized,
+        TooMany,
+    )
+)]
+async fn list_services(State(s): State<AppState>) -> ApiResult<Json<Vec<ServiceView>>> {
+    let rows = s.db().list_services().await?;
+    Ok(Json(rows.into_iter().map(|r| view(&s, r)).collect()))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/services",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body(content = serde_json::Value, description = "`{name, owner_id, team_id?, sharing? (owner, team, signed_in, public; default team), upstream_url (http(s)://host[:port]), ca_pem?, credential? {header, value}}`"),
+    responses(
+        (status = 201, description = "Created; the answer shows the credential's fingerprint, never its value"),
+        Malformed,
+        Unauthorized,
+        Conflict,
+        TooMany,
+    )
+)]
+async fn create_service(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<NewService>,
+) -> ApiResult<Response> {
+    if let Err(e) = s.config().public_hosts.check_service_name(&body.name) {
+        return Err(ApiError::bad(format!(
+            "service name {:?} cannot be used: {e}; use lowercase letters, digits and inner '-' whose host ({}) fits one DNS label and is no pod host",
+            body.name,
+            s.config().service_host_template_source
+        )));
+    }
+    let upstream = parse_upstream(&body.upstream_url)
+        .map_err(|e| ApiError::bad(format!("`upstream_url`: {e}")))?;
+    if let Some(pem) = &body.ca_pem {
+        if !upstream.https {
+            return Err(ApiError::bad("`ca_pem` is only for an https upstream"));
+        }
+        if pem.len() > MAX_CA_PEM_LEN || !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ApiError::bad(format!(
+                "`ca_pem` must be PEM certificates (-----BEGIN CERTIFICATE-----), at most {MAX_CA_PEM_LEN} bytes"
+            )));
+        }
+    }
+    let sharing = match &body.sharing {
+        Some(v) => parse_enum::<Sharing>(v, "sharing")?,
+        None => DEFAULT_SHARING,
+    };
+    require_user(&s, &body.owner_id, "owner_id").await?;
+    if let Some(team) = &body.team_id {
+        if s.db().get_team(team).await?.is_none() {
+            return Err(ApiError::bad(format!(
+                "`team_id`: no team {team:?}; create it with POST /v1/teams first, or leave it out"
+            )));
+        }
+    }
+    let credential = body.credential.map(credential_of).transpose()?;
+    if s.db().get_service(&body.name).await?.is_some() {
+        return Err(ApiError::conflict(format!(
+            "a service {:?} already exists; delete it first, or set its credential with PUT /v1/services/{}/credential",
+            body.name, body.name
+        )));
+    }
+    let credential = credential.map(|c| sealed(&s, &body.name, &c)).transpose()?;
+    let now = now_unix();
+    let row = ServiceRow {
+        name: body.name,
+        owner_id: body.owner_id,
+        team_id: body.team_id,
+        sharing,
+        upstream_url: body.upstream_url,
+        ca_pem: body.ca_pem,
+        credential,
+        created_at: now,
+        updated_at: now,
+    };
+    s.db().put_service(&row).await?;
+    // Capabilities still valid for an earlier service of this name must not open the new one
+    // to people who may not reach it.
+    cut(&s, &row.name).await?;
+    Ok(created(view(&s, row)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 200, description = "The service, with its credential's header name and fingerprint, never its value"),
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn get_service(
+    State(s): State<AppState>,
+    PathArgs(name): PathArgs<String>,
+) -> ApiResult<Json<ServiceView>> {
+    let row = require_service(&s, &name).await?;
+    Ok(Json(view(&s, row)))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{name}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 204, description = "Deleted, with its credential"),
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn delete_service(
+    State(s): State<AppState>,
+    PathArgs(name): PathArgs<String>,
+) -> ApiResult<Response> {
+    let found = s.db().delete_service(&name).await?;
+    if found {
+        cut(&s, &name).await?;
+    }
+    deleted(found, "service")
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/services/{name}/credential",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The service")),
+    request_body(content = serde_json::Value, description = "`{header, value}`: the header Envoy sets on every request to the upstream, e.g. `authorization` and `Bearer sk-...`, or `x-api-key`"),
+    responses(
+        (status = 200, description = "Set (sealed under the key-encryption key); the answer shows its fingerprint, never its value"),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn put_credential(
+    State(s): State<AppState>,
+    PathArgs(name): PathArgs<String>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<Json<ServiceView>> {
+    let credential = credential_of(body)?;
+    let mut row = require_service(&s, &name).await?;
+    row.credential = Some(sealed(&s, &name, &credential)?);
+    row.updated_at = now_unix();
+    s.db().put_service(&row).await?;
+    tracing::info!(service = %name, header = %credential.header, "service credential set");
+    Ok(Json(view(&s, row)))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{name}/credential",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 200, description = "Removed: requests reach the upstream without a credential"),
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn delete_credential(
+    State(s): State<AppState>,
+    PathArgs(name): PathArgs<String>,
+) -> ApiResult<Json<ServiceView>> {
+    let mut row = require_service(&s, &name).await?;
+    row.credential = None;
+    row.updated_at = now_unix();
+    s.db().put_service(&row).await?;
+    Ok(Json(view(&s, row)))
+}

@@ -1,0 +1,321 @@
+//! Services: upstream APIs published on their own public host (the service host template),
+//! reached through the same filter and credentials as pods (a service is the address
+//! (`name`, `host::SERVICE_PORT`)), with a credential Envoy sets on every forwarded request.
+//!
+//! The credential's value is sealed under the operator's key-encryption key
+//! (`key_encryption`), bound to its row: the service's name, the kind `service-credential` and
+//! the header name are the associated data, so a sealed value copied onto another service, or
+//! under another header name, does not open. It is opened only to build the filter's
+//! configuration, which the xDS server pushes to Envoy over ECDS; `GET /v1/filter-config`
+//! shows it redacted ([`redact`]), and admins only ever see its fingerprint. After a rotation of
+//! the key-encryption key, credentials sealed under the previous key open while it stays
+//! configured; `podgate keys rewrap` moves them to the current one ([`rewrap`]), as it does
+//! the signing keys, and setting a credential again seals it under the current one.
+
+use podgate_protocol::config::{
+    credential_header_allowed, credential_value_allowed, FilterConfig, InjectedHeader, SecretValue,
+    ServiceEntry,
+};
+use podgate_xds::envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use podgate_xds::{
+    fixed_host_cluster, with_upstream_tls, CircuitBreakerLimits, FixedHostClusterOptions,
+    TrustedCa, UpstreamProtocol, UpstreamTls,
+};
+use sha2::{Digest, Sha256};
+
+use crate::key_encryption::{KekError, KeyEncryption, RowBinding, Sealed};
+use crate::store::{ServiceRow, StoredCredential};
+
+/// The CA bundle that verifies an https upstream without its own CA: the system's roots, as
+/// Debian, Ubuntu and Alpine install them (Envoy has no default trust store).
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// What `GET /v1/filter-config` shows in place of a credential's value.
+pub const REDACTED: &str = "(redacted)";
+/// The `kind` a sealed credential is bound to (signing keys are `ticket` or `capability`).
+const SEALED_KIND: &str = "service-credential";
+
+/// An upstream URL, checked: `http` or `https`, a host, an optional port, no path beyond `/`,
+/// no query, fragment or user information.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub https: bool,
+    /// The host name or IP address (without brackets).
+    pub host: String,
+    pub port: u16,
+    /// The `Host` the upstream receives: the URL's authority (its port only when not the
+    /// scheme's default).
+    pub authority: String,
+}
+
+/// Parses an upstream URL, saying what is wrong.
+pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let https = match parsed.scheme() {
+        "http" => false,
+        "https" => true,
+        other => return Err(format!("the scheme {other:?} is not http or https")),
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("user information is not allowed; set a credential instead".into());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("a query or fragment is not allowed".into());
+    }
+    if parsed.path() != "/" {
+        return Err(
+            "a path is not allowed: a service is published at its upstream's root, so give scheme://host[:port]"
+                .into(),
+        );
+    }
+    let host = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.to_owned(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err("the URL has no host".into()),
+    };
+    let port = parsed
+        .port_or_known_default()
+        .ok_or("the URL has no port")?;
+    let authority = match parsed.port() {
+        Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or(&host)),
+        None => parsed.host_str().unwrap_or(&host).to_owned(),
+    };
+    Ok(Upstream {
+        https,
+        host,
+        port,
+        authority,
+    })
+}
+
+/// Whether a credential may be set: the header name and the value (which no message names).
+pub fn check_credential(header: &str, value: &str) -> Result<(), String> {
+    if !credential_header_allowed(header) {
+        return Err(format!(
+            "the header name {header:?} cannot carry a credential: use a lowercase header name such as authorization or x-api-key, not a hop-by-hop, cookie, host or x-podgate-* header"
+        ));
+    }
+    if !credential_value_allowed(value) {
+        return Err("the credential's value must be 1-8192 visible ASCII characters or inner spaces, without line breaks".into());
+    }
+    Ok(())
+}
+
+/// What admins see of a credential: `sha256:` and the first 8 hex digits of the value's
+/// SHA-256, enough to tell two values apart, too little to check a guess with any confidence.
+pub fn fingerprint(value: &str) -> String {
+    let digest = Sha256::digest(value.as_bytes());
+    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn binding<'a>(name: &'a str, header: &'a str) -> RowBinding<'a> {
+    RowBinding {
+        kid: name,
+        kind: SEALED_KIND,
+        alg: header,
+    }
+}
+
+/// Seals a service's credential under the current key-encryption key (plaintext without one,
+/// which only dev mode allows).
+pub fn seal(
+    kek: &KeyEncryption,
+    name: &str,
+    header: &str,
+    value: &str,
+) -> Result<StoredCredential, KekError> {
+    let fingerprint = fingerprint(value);
+    let (kek_id, value) = match kek.seal(binding(name, header), value.as_bytes())? {
+        Some(sealed) => (Some(sealed.kek_id), sealed.ciphertext),
+        None => (None, value.to_owned()),
+    };
+    Ok(StoredCredential {
+        header: header.to_owned(),
+        kek_id,
+        value,
+        fingerprint,
+    })
+}
+
+/// Opens a service's stored credential.
+pub fn open(
+    kek: &KeyEncryption,
+    name: &str,
+    stored: &StoredCredential,
+) -> Result<String, KekError> {
+    let Some(kek_id) = &stored.kek_id else {
+        return Ok(stored.value.clone());
+    };
+    let sealed = Sealed {
+        kek_id: kek_id.clone(),
+        ciphertext: stored.value.clone(),
+    };
+    let plain = kek.open(binding(name, &stored.header), &sealed)?;
+    String::from_utf8(plain.to_vec()).map_err(|_| KekError::Tampered {
+        kek_id: kek_id.clone(),
+    })
+}
+
+/// Moves every stored service credential under the current key-encryption key (`podgate keys
+/// rewrap`, after a rotation of that key): all are opened first, so one that does not open
+/// changes nothing; then each is sealed again. Returns how many were resealed and how many
+/// already were under the current key.
+pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize, usize), String> {
+    let Some(current) = kek.current() else {
+        return Err("no current key-encryption key to seal the service credentials with".into());
+    };
+    let rows = db
+        .list_services()
+        .await
+        .map_err(|e| format!("reading the services: {e}"))?;
+    let mut reseal = Vec::new();
+    let mut already = 0;
+    for row in rows {
+        let Some(stored) = &row.credential else {
+            continue;
+        };
+        if stored.kek_id.as_deref() == Some(current.id()) {
+            already += 1;
+            continue;
+        }
+        let value = open(kek, &row.name, stored)
+            .map_err(|e| format!("the credential of service {}: {e}", row.name))?;
+        let sealed = seal(kek, &row.name, &stored.header, &value)
+            .map_err(|e| format!("the credential of service {}: {e}", row.name))?;
+        reseal.push(ServiceRow {
+            credential: Some(sealed),
+            ..row
+        });
+    }
+    let resealed = reseal.len();
+    for row in reseal {
+        db.put_service(&row)
+            .await
+            .map_err(|e| format!("storing the credential of service {}: {e}", row.name))?;
+    }
+    Ok((resealed, already))
+}
+
+/// The Envoy cluster of service `name`.
+pub fn cluster_name(name: &str) -> String {
+    format!("podgate_service_{name}")
+}
+
+/// The filter's directory entry of a service, with its credential opened; `None` (and a
+/// warning naming the service, never the value) when its URL or its credential cannot be
+/// used, so the service is not published rather than published without its credential.
+pub fn directory_entry(kek: &KeyEncryption, row: &ServiceRow) -> Option<ServiceEntry> {
+    let upstream = match parse_upstream(&row.upstream_url) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(service = %row.name, "service not published: its upstream URL: {e}");
+            return None;
+        }
+    };
+    let credential = match &row.credential {
+        None => None,
+        Some(stored) => match open(kek, &row.name, stored) {
+            Ok(value) => Some(InjectedHeader {
+                name: stored.header.clone(),
+                value: SecretValue(value),
+            }),
+            Err(e) => {
+                tracing::warn!(service = %row.name, "service not published: its credential cannot be opened: {e}");
+                return None;
+            }
+        },
+    };
+    Some(ServiceEntry {
+        cluster: cluster_name(&row.name),
+        host: upstream.authority,
+        credential,
+    })
+}
+
+/// The Envoy cluster of a service: its upstream's host and port (DNS when a name), TLS with
+/// SNI and certificate verification for https (its own CA, or the system's roots).
+pub fn cluster(row: &ServiceRow) -> Option<Cluster> {
+    let upstream = parse_upstream(&row.upstream_url).ok()?;
+    let cluster = fixed_host_cluster(
+        &cluster_name(&row.name),
+        &upstream.host,
+        upstream.port,
+        &FixedHostClusterOptions {
+            connect_timeout: std::time::Duration::from_secs(5),
+            circuit_breakers: CircuitBreakerLimits::PER_POD,
+            protocol: UpstreamProtocol::Http1,
+        },
+    );
+    if !upstream.https {
+        return Some(cluster);
+    }
+    let trusted_ca = match &row.ca_pem {
+        Some(pem) => TrustedCa::Pem(pem.clone()),
+        None => TrustedCa::File(SYSTEM_CA_FILE.to_owned()),
+    };
+    Some(with_upstream_tls(
+        cluster,
+        &UpstreamTls {
+            server_name: upstream.host,
+            trusted_ca,
+        },
+    ))
+}
+
+/// `config` with every service credential's value replaced by [`REDACTED`], for showing.
+pub fn redact(mut config: FilterConfig) -> FilterConfig {
+    for service in config.services.values_mut() {
+        if let Some(credential) = &mut service.credential {
+            credential.value = SecretValue(REDACTED.to_owned());
+        }
+    }
+    config
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::key_encryption::KeyEncryptionKey;
+
+    #[test]
+    fn upstream_urls_are_checked() {
+        let u = parse_upstream("https://api.example.com").unwrap();
+        assert_eq!(
+            (u.https, u.host.as_str(), u.port),
+            (true, "api.example.com", 443)
+        );
+        assert_eq!(u.authority, "api.example.com");
+        let u = parse_upstream("http://127.0.0.1:8080/").unwrap();
+        assert_eq!((u.port, u.authority.as_str()), (8080, "127.0.0.1:8080"));
+        for bad in [
+            "ftp://x",
+            "https://u:p@x",
+            "https://x/v1",
+            "https://x?a=b",
+            "x",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_sealed_credential_opens_only_on_its_row() {
+        let kek = KeyEncryption::new(Some(KeyEncryptionKey::from_bytes([7; 32], "test")), vec![]);
+        let stored = seal(&kek, "openai", "authorization", "Bearer sk-1").unwrap();
+        assert!(stored.kek_id.is_some());
+        assert!(!stored.value.contains("sk-1"));
+        assert_eq!(open(&kek, "openai", &stored).unwrap(), "Bearer sk-1");
+        assert!(open(&kek, "other", &stored).is_err());
+        let moved = StoredCredential {
+            header: "x-api-key".into(),
+            ..stored.clone()
+        };
+        assert!(open(&kek, "openai", &moved).is_err());
+        assert_eq!(stored.fingerprint, fingerprint("Bearer sk-1"));
+        assert!(check_credential("authorization", "Bearer sk-1").is_ok());
+        assert!(check_credential("x-podgate-user", "v").is_err());
+        assert!(check_credential("x-api-key", "a\r\nb").is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! Services (published upstream APIs) and the facts an authorization of one reads.
+
+use sqlx::{FromRow, Row};
+
+use super::{enum_col, AccessFacts, Db, Res, Sharing};
+
+/// A service as stored. Not `Serialize`, and its `Debug` leaves the credential out: the
+/// stored credential is shown only through what `http/admin/services.rs` builds from it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceRow {
+    pub name: String,
+    pub owner_id: String,
+    pub team_id: Option<String>,
+    pub sharing: Sharing,
+    pub upstream_url: String,
+    /// PEM of the CA bundle that verifies an https upstream; `None`: the system's roots.
+    pub ca_pem: Option<String>,
+    pub credential: Option<StoredCredential>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for ServiceRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceRow")
+            .field("name", &self.name)
+            .field("owner_id", &self.owner_id)
+            .field("upstream_url", &self.upstream_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A service's credential as stored: the header name, the value sealed under the key-encryption
+/// key `kek_id` names (plaintext when `kek_id` is `None`, dev mode only), and its fingerprint.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredCredential {
+    pub header: String,
+    pub kek_id: Option<String>,
+    pub value: String,
+    pub fingerprint: String,
+}
+
+impl<'r> FromRow<'r, sqlx::any::AnyRow> for StoredCredential {
+    fn from_row(row: &'r sqlx::any::AnyRow) -> Res<Self> {
+        Ok(StoredCredential {
+            header: row.try_get("credential_header")?,
+            kek_id: row.try_get("credential_kek_id")?,
+            value: row.try_get("credential_value")?,
+            fingerprint: row.try_get("credential_fingerprint")?,
+        })
+    }
+}
+
+const SERVICE_COLS: &str = "name, owner_id, team_id, sharing, upstream_url, ca_pem, \
+     credential_header, credential_kek_id, credential_value, credential_fingerprint, \
+     created_at, updated_at";
+
+fn service_from_row(row: &sqlx::any::AnyRow) -> Res<ServiceRow> {
+    let header: Option<String> = row.try_get("credential_header")?;
+    Ok(ServiceRow {
+        name: row.try_get("name")?,
+        owner_id: row.try_get("owner_id")?,
+        team_id: row.try_get("team_id")?,
+        sharing: enum_col(row, "sharing")?,
+        upstream_url: row.try_get("upstream_url")?,
+        ca_pem: row.try_get("ca_pem")?,
+        credential: match header {
+            Some(_) => Some(StoredCredential::from_row(row)?),
+            None => None,
+        },
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+impl Db {
+    /// Creates a service, or replaces every field of the one of that name.
+    pub async fn put_service(&self, s: &ServiceRow) -> Res<()> {
+        let c = s.credential.as_ref();
+        sqlx::query(
+            "INSERT INTO services (name, owner_id, team_id, sharing, upstream_url, ca_pem, \
+                credential_header, credential_kek_id, credential_value, credential_fingerprint, \
+                created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id, team_id = excluded.team_id, \
+                sharing = excluded.sharing, upstream_url = excluded.upstream_url, ca_pem = excluded.ca_pem, \
+                credential_header = excluded.credential_header, credential_kek_id = excluded.credential_kek_id, \
+                credential_value = excluded.credential_value, \
+                credential_fingerprint = excluded.credential_fingerprint, updated_at = excluded.updated_at",
+        )
+        .bind(&s.name)
+        .bind(&s.owner_id)
+        .bind(&s.team_id)
+        .bind(s.sharing.as_str())
+        .bind(&s.upstream_url)
+        .bind(&s.ca_pem)
+        .bind(c.map(|c| c.header.clone()))
+        .bind(c.and_then(|c| c.kek_id.clone()))
+        .bind(c.map(|c| c.value.clone()))
+        .bind(c.map(|c| c.fingerprint.clone()))
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_service(&self, name: &str) -> Res<Option<ServiceRow>> {
+        sqlx::query(&format!(
+            "SELECT {SERVICE_COLS} FROM services WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(service_from_row)
+        .transpose()
+    }
+
+    /// Every service, by name.
+    pub async fn list_services(&self) -> Res<Vec<ServiceRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SERVICE_COLS} FROM services ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(service_from_row).collect()
+    }
+
+    pub async fn delete_service(&self, name: &str) -> Res<bool> {
+        let r = sqlx::query("DELETE FROM services WHERE name = $1")
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// The facts for `user_id` (if signed in) reaching service `name`; `None` if no service.
+    pub(super) async fn service_access_facts(
+        &self,
+        name: &str,
+        user_id: Option<&str>,
+    ) -> Res<Option<AccessFacts>> {
+        let row = sqlx::query(
+            "SELECT s.owner_id AS owner_id, s.sharing AS sharing, \
+                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = s.team_id AND m.user_id = $2) AS members \
+             FROM services s WHERE s.name = $1",
+        )
+        .bind(name)
+        .bind(user_id.unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let members: i64 = row.try_get("members")?;
+        Ok(Some(AccessFacts {
+            owner_id: row.try_get("owner_id")?,
+            sharing: enum_col(&row, "sharing")?,
+            is_team_member: user_id.is_some() && members > 0,
+        }))
+    }
+}
