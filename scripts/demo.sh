@@ -11,7 +11,9 @@
 #     port 3000) on 127.0.0.1:30001, standing in for a pod's nginx;
 #   - the control plane (`podgate serve`: SQLite in target/demo/, dev login on, a fresh admin token
 #     and a fresh key-encryption key for the signing keys)
-#     on 127.0.0.1:8080, ADS on 127.0.0.1:18000;
+#     on 127.0.0.1:8080, ADS on 127.0.0.1:18000 and its Envoy-facing HTTP on 127.0.0.1:8443, both
+#     mutual TLS with certificates from a fresh test CA (`podgate tls gen-test-certs`, in
+#     target/demo/tls/);
 #   - Envoy 1.40 on envoy/podgate.yaml: 127.0.0.1:10000, admin 127.0.0.1:9901;
 # creates user demo@example.dev, team `demo`, server `local` and pod `demo`, prints the URLs and
 # a curl line, and stops everything on Ctrl-C.
@@ -26,7 +28,7 @@
 # plane is then http://podgate.localhost:8080 and pods *.podgate.localhost).
 #
 # Environment: PODGATE_DEMO_DIR (default target/demo), PODGATE_DEMO_DOMAIN (default localhost),
-# PODGATE_DEMO_CP_PORT / _XDS_PORT / _ENVOY_PORT / _ADMIN_PORT / _POD_PORT (defaults above;
+# PODGATE_DEMO_CP_PORT / _XDS_PORT / _CP_ENVOY_PORT / _ENVOY_PORT / _ADMIN_PORT / _POD_PORT (defaults above;
 # --check picks free ports unless they are set).
 set -euo pipefail
 
@@ -51,12 +53,14 @@ free_port() {
 if $check; then
     cp_port=${PODGATE_DEMO_CP_PORT:-$(free_port)}
     xds_port=${PODGATE_DEMO_XDS_PORT:-$(free_port)}
+    cp_envoy_port=${PODGATE_DEMO_CP_ENVOY_PORT:-$(free_port)}
     envoy_port=${PODGATE_DEMO_ENVOY_PORT:-$(free_port)}
     admin_port=${PODGATE_DEMO_ADMIN_PORT:-$(free_port)}
     pod_port=${PODGATE_DEMO_POD_PORT:-$(free_port)}
 else
     cp_port=${PODGATE_DEMO_CP_PORT:-8080}
     xds_port=${PODGATE_DEMO_XDS_PORT:-18000}
+    cp_envoy_port=${PODGATE_DEMO_CP_ENVOY_PORT:-8443}
     envoy_port=${PODGATE_DEMO_ENVOY_PORT:-10000}
     admin_port=${PODGATE_DEMO_ADMIN_PORT:-9901}
     pod_port=${PODGATE_DEMO_POD_PORT:-30001}
@@ -70,7 +74,7 @@ if $check && [ -z "${PODGATE_DEMO_DIR:-}" ]; then
     demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/podgate-demo-check.XXXXXX")
 fi
 
-for port in "$cp_port" "$xds_port" "$envoy_port" "$admin_port" "$pod_port"; do
+for port in "$cp_port" "$xds_port" "$cp_envoy_port" "$envoy_port" "$admin_port" "$pod_port"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port on 127.0.0.1 is in use (another demo?). Stop it, or set PODGATE_DEMO_*_PORT."
     fi
@@ -144,6 +148,12 @@ wait_for "the demo pod" demo-pod.log bash -c "exec 3<>/dev/tcp/127.0.0.1/$pod_po
 # like the database).
 "$podgate" keys gen-kek "$demo_dir/kek" >/dev/null || die "podgate keys gen-kek failed"
 
+# Envoy and the control plane talk mutual TLS: a fresh test CA, a server certificate for
+# localhost and Envoy's client certificate.
+tls=$demo_dir/tls
+rm -rf "$tls"
+"$podgate" tls gen-test-certs "$tls" >/dev/null || die "podgate tls gen-test-certs failed"
+
 # The CLI the setup page's install line installs, named for this machine as install.sh names it.
 cli_os=$(uname -s | tr '[:upper:]' '[:lower:]')
 cli_arch=$(uname -m)
@@ -152,7 +162,7 @@ rm -rf "$demo_dir/cli"
 mkdir -p "$demo_dir/cli"
 cp "$cli" "$demo_dir/cli/podgate-cli-$cli_os-$cli_arch"
 
-say "starting the control plane on $cp_url (ADS on 127.0.0.1:$xds_port)"
+say "starting the control plane on $cp_url (ADS on 127.0.0.1:$xds_port, for Envoy on 127.0.0.1:$cp_envoy_port; mutual TLS)"
 PODGATE_ADMIN_TOKEN=$admin_token PODGATE_KEY_ENCRYPTION_KEY_FILE=$demo_dir/kek \
     RUST_LOG=${RUST_LOG:-info} "$podgate" serve \
     --listen "127.0.0.1:$cp_port" \
@@ -164,6 +174,8 @@ PODGATE_ADMIN_TOKEN=$admin_token PODGATE_KEY_ENCRYPTION_KEY_FILE=$demo_dir/kek \
     --pod-public-port "$envoy_port" \
     --login-url "$cp_url/dev/login?user=demo@example.dev" \
     --filter-wasm "$wasm" \
+    --envoy-tls-cert "$tls/server.pem" --envoy-tls-key "$tls/server-key.pem" \
+    --envoy-client-ca "$tls/ca.pem" --envoy-listen "127.0.0.1:$cp_envoy_port" \
     --cli-dir "$demo_dir/cli" \
     >"$demo_dir/podgate.log" 2>&1 &
 pids+=($!)
@@ -190,9 +202,11 @@ envoy_config=$demo_dir/envoy.yaml
 sed -e "s/port_value: 10000\b/port_value: $envoy_port/" \
     -e "s/port_value: 9901\b/port_value: $admin_port/" \
     -e "s/port_value: 18000\b/port_value: $xds_port/" \
-    -e "s/port_value: 8080\b/port_value: $cp_port/" \
+    -e "s/port_value: 8443\b/port_value: $cp_envoy_port/" \
+    -e "s#/etc/podgate/tls/#$tls/#" \
     envoy/podgate.yaml >"$envoy_config"
-for port in "$envoy_port" "$admin_port" "$xds_port" "$cp_port"; do
+grep -q "$tls/envoy.pem" "$envoy_config" || die "envoy/podgate.yaml: could not set the certificate paths"
+for port in "$envoy_port" "$admin_port" "$xds_port" "$cp_envoy_port"; do
     grep -q "port_value: $port\b" "$envoy_config" || die "envoy/podgate.yaml: could not set port $port"
 done
 .venv/bin/envoy -c "$envoy_config" --concurrency 1 --use-dynamic-base-id --log-level warn \
@@ -211,6 +225,10 @@ minted=$(curl -sf -b "$jar" -X POST "$cp_url/v1/capabilities" -H 'content-type: 
 token=$(printf '%s' "$minted" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
 [ -n "$token" ] || die "no token in $minted"
 curl_line="curl -H \"podgate-token: $token\" $(pod_url 3000)/api/info"
+# The pod retries its first fetch of the assertion keys every second while the control plane
+# starts: wait until it has them, so the first request shows the verified user.
+wait_for "the demo pod's assertion keys" demo-pod.log bash -c \
+    "curl -s -H 'podgate-token: $token' $(pod_url 3000)/api/info | grep -q '\"verified\"'"
 
 if $check; then
     say "checking the printed curl line"
@@ -227,6 +245,21 @@ if $check; then
     say "checking that a request without a credential is refused and never reaches the pod"
     code=$(curl -s -o /dev/null -w '%{http_code}' "$(pod_url 3000)/api/info")
     [ "$code" = 401 ] || die "no credential: expected 401, got $code"
+    say "checking that only Envoy's certificate opens the control plane's Envoy-facing listener"
+    envoy_side=https://localhost:$cp_envoy_port
+    if curl -s -o /dev/null --cacert "$tls/ca.pem" -H "authorization: Bearer $admin_token" \
+        "$envoy_side/v1/filter-config"; then
+        die "a client without a certificate read $envoy_side/v1/filter-config"
+    fi
+    if curl -s -o /dev/null "http://127.0.0.1:$cp_envoy_port/v1/filter-config" \
+        -H "authorization: Bearer $admin_token"; then
+        die "a plaintext client read the Envoy-facing listener"
+    fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$tls/ca.pem" --cert "$tls/envoy.pem" \
+        --key "$tls/envoy-key.pem" "$envoy_side/readyz")
+    [ "$code" = 200 ] || die "with Envoy's certificate: expected 200 from /readyz, got $code"
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$cp_url/api/proxy-renew")
+    [ "$code" = 404 ] || die "the public listener answered /api/proxy-renew with $code, not 404"
     say "demo check passed"
     exit 0
 fi

@@ -18,6 +18,7 @@ pub mod renew;
 pub mod replicas;
 pub mod services;
 pub mod store;
+pub mod tls;
 pub mod wake;
 pub mod xds_sync;
 
@@ -317,8 +318,54 @@ async fn seal_stored_keys(db: &Db, config: &Config) -> Result<(), KeyringError> 
 /// them (outermost last): CORS, the body limit, request size checks, counting refusals, security
 /// headers. `GET /metrics` is among the routes unless `--metrics-listen` serves it elsewhere
 /// ([`metrics_app`]).
+///
+/// With mutual TLS with Envoy (`--envoy-tls-cert`), the paths only Envoy calls
+/// ([`ENVOY_ONLY_PATHS`], and `/.podgate/`) are answered 404 here: Envoy reaches them on the
+/// Envoy-facing listener ([`envoy_app`]), which requires its client certificate.
 pub fn app(state: AppState) -> Router {
+    let envoy_elsewhere = state.config().envoy_tls.is_some();
+    build_app(state, envoy_elsewhere)
+}
+
+/// The HTTP API as served on the Envoy-facing listener (`--envoy-listen`, mutual TLS): every
+/// route, the ones only Envoy calls included.
+pub fn envoy_app(state: AppState) -> Router {
+    build_app(state, false)
+}
+
+/// The endpoints only Envoy's filter calls (besides `/.podgate/` on pod hosts, which Envoy
+/// forwards).
+pub const ENVOY_ONLY_PATHS: [&str; 3] = [
+    podgate_protocol::renewal::RENEW_PATH,
+    podgate_protocol::exchange::EXCHANGE_PATH,
+    podgate_protocol::wake::WAKE_PATH,
+];
+
+/// Whether `path` is one that only Envoy calls.
+pub fn is_envoy_only(path: &str) -> bool {
+    ENVOY_ONLY_PATHS.contains(&path) || path.starts_with(podgate_protocol::config::RESERVED_PREFIX)
+}
+
+async fn refuse_envoy_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if is_envoy_only(request.uri().path()) {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "this endpoint is served to Envoy only, on the Envoy-facing listener (--envoy-listen, mutual TLS)",
+        );
+    }
+    next.run(request).await
+}
+
+fn build_app(state: AppState, refuse_envoy_paths: bool) -> Router {
     let (router, doc) = api(&state).split_for_parts();
+    let router = if refuse_envoy_paths {
+        router.layer(axum::middleware::from_fn(refuse_envoy_only))
+    } else {
+        router
+    };
     let doc = http::openapi::Document(Arc::new(doc.to_pretty_json().unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot encode the OpenAPI document");
         String::from("{}")

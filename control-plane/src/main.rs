@@ -4,10 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use podgate::config::{redact_url, Cli, Command, Config, KeysCommand, LogFormat, Need};
+use podgate::config::{redact_url, Cli, Command, Config, KeysCommand, LogFormat, Need, TlsCommand};
 use podgate::key_encryption::{self, KeyEncryptionKey};
 use podgate::store::{now_unix, Db};
-use podgate::{app, keys, metrics_app, replicas, xds_sync, AppState};
+use podgate::{app, envoy_app, keys, metrics_app, replicas, tls, xds_sync, AppState};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,6 +19,24 @@ async fn main() -> ExitCode {
     {
         return match gen_kek(file.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("podgate: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Test certificates need no configuration either.
+    if let Command::Tls {
+        command: TlsCommand::GenTestCerts { dir, server_names },
+    } = &cli.command
+    {
+        return match tls::generate_test_certs(dir, server_names) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("podgate: {e}");
                 ExitCode::FAILURE
@@ -41,6 +59,8 @@ async fn main() -> ExitCode {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(&config).await.map(|_| ()),
         Command::Keys { command } => keys_command(&config, command).await,
+        // Handled before the configuration is read.
+        Command::Tls { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,7 +244,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let (stop, stop_requested) = tokio::sync::watch::channel(false);
     let xds = match state.config().xds.clone() {
         Some(xds) => {
-            Some(xds_sync::start(state.xds_sources(), &xds, stop_requested.clone()).await?)
+            let tls = state.config().envoy_tls.as_ref().map(|t| &t.files);
+            Some(xds_sync::start(state.xds_sources(), &xds, tls, stop_requested.clone()).await?)
         }
         None => {
             tracing::info!(
@@ -265,6 +286,35 @@ async fn serve(config: Config) -> Result<(), String> {
         }
         None => None,
     };
+    // The Envoy-facing listener: every route, over TLS with Envoy's client certificate.
+    let envoy = match state.config().envoy_tls.clone() {
+        Some(envoy_tls) => {
+            let config = tls::server_config(&envoy_tls.files, tls::Alpn::Http)?;
+            let addr = envoy_tls.listen;
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                format!(
+                    "cannot listen for Envoy on {addr}: {e}; set PODGATE_ENVOY_LISTEN to a free address"
+                )
+            })?;
+            let listener = tls::HttpListener::new(listener, config)
+                .map_err(|e| format!("the Envoy-facing listener on {addr}: {e}"))?;
+            tracing::info!(listen = %addr, "Envoy-facing HTTP listening (mutual TLS)");
+            // `tap_io` (doing nothing) is the wrapper axum gives the peer address for any
+            // listener, which the rate limits read as they do on the public listener.
+            let served = axum::serve(
+                axum::serve::ListenerExt::tap_io(listener, |_| {}),
+                envoy_app(state.clone())
+                    .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(xds_sync::stopped(stop_requested.clone()));
+            Some(tokio::spawn(async move {
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "Envoy-facing server failed");
+                }
+            }))
+        }
+        None => None,
+    };
     tracing::info!(%listen, issuer = %state.config().issuer, "podgate control plane listening");
     // The peer address is the client of every rate limit (unless --client-ip-header names one).
     axum::serve(
@@ -279,6 +329,9 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     if let Some(metrics) = metrics {
         let _ = metrics.await;
+    }
+    if let Some(envoy) = envoy {
+        let _ = envoy.await;
     }
     let _ = replicas.await;
     reloader.abort();

@@ -164,11 +164,16 @@ pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result
 
 /// Binds the ADS address, then serves ADS and keeps it in step with the database until
 /// `shutdown` turns true. The returned task ends once both have stopped (streams closed).
+/// With `tls`, only clients presenting a certificate its client CA signed get a stream.
 pub async fn start(
     sources: SyncSources,
     xds: &XdsConfig,
+    tls: Option<&crate::tls::TlsFiles>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
+    let tls = tls
+        .map(|files| crate::tls::server_config(files, crate::tls::Alpn::Grpc))
+        .transpose()?;
     let listener = TcpListener::bind(xds.listen).await.map_err(|e| {
         format!(
             "cannot listen for xDS on {}: {e}; set PODGATE_XDS_LISTEN to a free address, or off",
@@ -177,7 +182,7 @@ pub async fn start(
     })?;
     let cache = SnapshotCache::new();
     let server = AdsServer::new(cache.clone()).with_observer(sources.metrics.xds());
-    tracing::info!(listen = %xds.listen, filter_wasm = %xds.filter_wasm.display(), "xDS (ADS) server listening");
+    tracing::info!(listen = %xds.listen, filter_wasm = %xds.filter_wasm.display(), mutual_tls = tls.is_some(), "xDS (ADS) server listening");
     let sync = tokio::spawn(run(
         sources,
         server.clone(),
@@ -186,7 +191,21 @@ pub async fn start(
         Duration::from_secs(xds.resync_secs),
         stopped(shutdown.clone()),
     ));
-    let ads = server.serve_with_listener(listener, stopped(shutdown));
+    let ads = async move {
+        match tls {
+            Some(config) => {
+                let incoming = crate::tls::grpc_incoming(listener, config);
+                server
+                    .serve_with_incoming(incoming, stopped(shutdown))
+                    .await
+            }
+            None => {
+                server
+                    .serve_with_listener(listener, stopped(shutdown))
+                    .await
+            }
+        }
+    };
     Ok(tokio::spawn(async move {
         if let Err(e) = ads.await {
             tracing::error!(error = %e, "xDS server failed");

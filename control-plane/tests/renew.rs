@@ -163,3 +163,47 @@ async fn renewal_stops_at_sign_out_and_when_access_is_lost(which: Which) {
     h.finish().await;
 }
 on_both!(renewal_stops_at_sign_out_and_when_access_is_lost);
+
+/// With mutual TLS with Envoy, the public listener answers the endpoints only Envoy calls 404
+/// (Envoy reaches them on the Envoy-facing listener, `podgate::envoy_app`, which needs its
+/// client certificate); everything else is served as before.
+#[tokio::test]
+async fn with_mutual_tls_the_public_listener_refuses_what_only_envoy_calls() {
+    let certs = tempfile::tempdir().unwrap();
+    podgate::tls::generate_test_certs(certs.path(), &[]).unwrap();
+    let file = |name: &str| Some(certs.path().join(name));
+    let h = Harness::seeded(Which::Sqlite, |s| Settings {
+        renew_secret: Some(SECRET.into()),
+        envoy_tls_cert: file(podgate::tls::TEST_SERVER_CERT),
+        envoy_tls_key: file(podgate::tls::TEST_SERVER_KEY),
+        envoy_client_ca: file(podgate::tls::TEST_CA),
+        ..s
+    })
+    .await
+    .unwrap();
+    for path in podgate::ENVOY_ONLY_PATHS {
+        let r = h.as_envoy(path, Some(SECRET), None, &[]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.body);
+        assert!(
+            r.body.contains("Envoy-facing listener"),
+            "{path}: {}",
+            r.body
+        );
+    }
+    let r = h.get("/.podgate/callback?ticket=x", &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert!(r.body.contains("Envoy-facing listener"), "{}", r.body);
+    // The same request on the Envoy-facing app reaches the endpoint (no capability: 401).
+    let envoy_side = podgate::envoy_app(h.state.clone());
+    let req = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/api/proxy-renew")
+        .header("podgate-renew-secret", SECRET)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(envoy_side, req).await.unwrap();
+    assert_ne!(resp.status(), StatusCode::NOT_FOUND);
+    let r = h.get("/readyz", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    h.finish().await;
+}

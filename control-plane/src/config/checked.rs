@@ -95,6 +95,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Identity verifiers (OIDC issuers, the main app's session), CORS origins, client address.
     pub identity: crate::config::idp::IdentityConfig,
+    /// Mutual TLS with Envoy: the ADS server and the Envoy-facing HTTP listener require a client
+    /// certificate; `None`: plaintext, and no Envoy-facing listener.
+    pub envoy_tls: Option<EnvoyTls>,
     /// The ADS server, `None` when `--xds-listen off`.
     pub xds: Option<XdsConfig>,
     /// Longest wait before a new capability key signs (publish before sign).
@@ -127,6 +130,14 @@ impl std::fmt::Debug for StartHook {
             .field("interval_secs", &self.interval_secs)
             .finish_non_exhaustive()
     }
+}
+
+/// Mutual TLS with Envoy (`tls.rs`).
+#[derive(Debug, Clone)]
+pub struct EnvoyTls {
+    /// The Envoy-facing HTTP listener (mutual TLS).
+    pub listen: SocketAddr,
+    pub files: crate::tls::TlsFiles,
 }
 
 /// The ADS server's settings.

@@ -28,6 +28,27 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Certificates for the mutual TLS between Envoy and the control plane.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Write a fresh test CA (ca.pem), a server certificate for localhost and 127.0.0.1
+    /// (server.pem, server-key.pem) and an Envoy client certificate (envoy.pem, envoy-key.pem)
+    /// into DIR, for the demo and tests; never overwrites. Production certificates come from
+    /// your own CA.
+    GenTestCerts {
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+        /// More names (DNS or IP) for the server certificate, e.g. the control plane's service
+        /// name; repeat or comma-separate.
+        #[arg(long = "server-name", value_delimiter = ',')]
+        server_names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,6 +341,27 @@ pub struct Settings {
     /// [default: 127.0.0.1:18000].
     #[arg(long, env = "PODGATE_XDS_LISTEN", global = true)]
     pub xds_listen: Option<String>,
+
+    /// PEM certificate (chain) the control plane presents to Envoy on the ADS server and the
+    /// Envoy-facing HTTP listener; with --envoy-tls-key and --envoy-client-ca it turns on mutual
+    /// TLS with Envoy [default: none, plaintext].
+    #[arg(long, env = "PODGATE_ENVOY_TLS_CERT", global = true)]
+    pub envoy_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --envoy-tls-cert.
+    #[arg(long, env = "PODGATE_ENVOY_TLS_KEY", global = true)]
+    pub envoy_tls_key: Option<PathBuf>,
+
+    /// PEM certificate of the CA that signs Envoy's client certificates: ADS and the
+    /// Envoy-facing listener accept only clients with a certificate it signed.
+    #[arg(long, env = "PODGATE_ENVOY_CLIENT_CA", global = true)]
+    pub envoy_client_ca: Option<PathBuf>,
+
+    /// Address of the Envoy-facing HTTP listener (mutual TLS; the calls of Envoy's filter and
+    /// the `/.podgate/` paths Envoy forwards), used with --envoy-tls-cert
+    /// [default with mutual TLS: 127.0.0.1:8443].
+    #[arg(long, env = "PODGATE_ENVOY_LISTEN", global = true)]
+    pub envoy_listen: Option<String>,
 
     /// The filter's .wasm file as Envoy's filesystem sees it (required when xDS is on).
     #[arg(long, env = "PODGATE_FILTER_WASM", global = true)]

@@ -18,13 +18,16 @@ pub mod idp;
 pub mod limits;
 mod resolve;
 
-pub use checked::{Config, LogFormat, SameSite, Scheme, SigningAlg, StartHook, XdsConfig};
-pub use flags::{Cli, Command, KeysCommand, Settings};
+pub use checked::{
+    Config, EnvoyTls, LogFormat, SameSite, Scheme, SigningAlg, StartHook, XdsConfig,
+};
+pub use flags::{Cli, Command, KeysCommand, Settings, TlsCommand};
 pub use resolve::{
-    redact_url, Need, DEFAULT_CAPABILITY_LIFETIME, DEFAULT_DATABASE_URL, DEFAULT_KEY_OVERLAP,
-    DEFAULT_KEY_PUBLISH_DELAY, DEFAULT_LISTEN, DEFAULT_POD_PUBLIC_PORT, DEFAULT_SESSION_LIFETIME,
-    DEFAULT_TICKET_LIFETIME, DEFAULT_XDS_LISTEN, DEFAULT_XDS_RESYNC, MAX_CAPABILITY_LIFETIME,
-    MAX_TICKET_LIFETIME, MIN_ADMIN_TOKEN_LEN, SESSION_COOKIE, SIGN_IN_COOKIE,
+    redact_url, Need, DEFAULT_CAPABILITY_LIFETIME, DEFAULT_DATABASE_URL, DEFAULT_ENVOY_LISTEN,
+    DEFAULT_KEY_OVERLAP, DEFAULT_KEY_PUBLISH_DELAY, DEFAULT_LISTEN, DEFAULT_POD_PUBLIC_PORT,
+    DEFAULT_SESSION_LIFETIME, DEFAULT_TICKET_LIFETIME, DEFAULT_XDS_LISTEN, DEFAULT_XDS_RESYNC,
+    MAX_CAPABILITY_LIFETIME, MAX_TICKET_LIFETIME, MIN_ADMIN_TOKEN_LEN, SESSION_COOKIE,
+    SIGN_IN_COOKIE,
 };
 
 /// A setting that cannot be used, with what to do about it.

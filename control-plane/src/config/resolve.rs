@@ -9,8 +9,8 @@ use podgate_protocol::host::{HostTemplate, PublicHosts, ServiceTemplate};
 use podgate_protocol::token::MAX_ASSERTION_LIFETIME_SECS;
 
 use crate::config::{
-    bad, idp, limits, Config, ConfigError, LogFormat, SameSite, Scheme, Settings, SigningAlg,
-    StartHook, XdsConfig,
+    bad, idp, limits, Config, ConfigError, EnvoyTls, LogFormat, SameSite, Scheme, Settings,
+    SigningAlg, StartHook, XdsConfig,
 };
 
 /// Fewest seconds between two start hook calls for one pod unless configured.
@@ -37,6 +37,8 @@ pub const SIGN_IN_COOKIE: &str = "podgate_signin";
 pub const DEFAULT_KEY_OVERLAP: u64 = 3600;
 /// Default address of the ADS (xDS gRPC) server.
 pub const DEFAULT_XDS_LISTEN: &str = "127.0.0.1:18000";
+/// Default address of the Envoy-facing HTTP listener, when mutual TLS with Envoy is on.
+pub const DEFAULT_ENVOY_LISTEN: &str = "127.0.0.1:8443";
 /// Longest wait (seconds) before a new capability key signs though not every Envoy has it.
 pub const DEFAULT_KEY_PUBLISH_DELAY: u64 = 5;
 /// Seconds between safety-net rebuilds of the xDS snapshot from the database.
@@ -329,6 +331,27 @@ impl Settings {
             need,
         )?;
 
+        let envoy_tls = resolve_envoy_tls(
+            self.envoy_tls_cert,
+            self.envoy_tls_key,
+            self.envoy_client_ca,
+            self.envoy_listen.as_deref(),
+            need,
+        )?;
+        if let Some(tls) = &envoy_tls {
+            let taken = [
+                Some(("--listen", listen)),
+                metrics_listen.map(|m| ("--metrics-listen", m)),
+                xds.as_ref().map(|x| ("--xds-listen", x.listen)),
+            ];
+            if let Some((flag, _)) = taken.into_iter().flatten().find(|(_, a)| *a == tls.listen) {
+                return Err(bad(format!(
+                    "--envoy-listen {} is also {flag}; the Envoy-facing listener needs an address of its own (set PODGATE_ENVOY_LISTEN, e.g. {DEFAULT_ENVOY_LISTEN})",
+                    tls.listen
+                )));
+            }
+        }
+
         let limits = limits::resolve(limits::LimitInputs {
             proxy_auth: (self.proxy_auth_burst, self.proxy_auth_per_minute),
             callback_failures: (
@@ -449,6 +472,7 @@ impl Settings {
             key_encryption,
             log_format,
             identity,
+            envoy_tls,
             xds,
             key_publish_delay,
             limits,
@@ -525,6 +549,60 @@ fn resolve_start_hook(
         secret,
         interval_secs,
     }))
+}
+
+/// Mutual TLS with Envoy: the three files together or none; the Envoy-facing listener only
+/// with them (a plaintext one would add nothing to the API's own listener).
+fn resolve_envoy_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    listen: Option<&str>,
+    need: Need,
+) -> Result<Option<EnvoyTls>, ConfigError> {
+    if need != Need::Server {
+        return Ok(None);
+    }
+    let (cert, key, client_ca) = match (cert, key, client_ca) {
+        (None, None, None) => {
+            if let Some(l) = listen {
+                return Err(bad(format!(
+                    "--envoy-listen {l:?} without mutual TLS; set PODGATE_ENVOY_TLS_CERT, PODGATE_ENVOY_TLS_KEY and PODGATE_ENVOY_CLIENT_CA too (`podgate tls gen-test-certs DIR` makes a test set), or leave PODGATE_ENVOY_LISTEN unset"
+                )));
+            }
+            return Ok(None);
+        }
+        (Some(cert), Some(key), Some(client_ca)) => (cert, key, client_ca),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                (cert.is_none(), "PODGATE_ENVOY_TLS_CERT (--envoy-tls-cert)"),
+                (key.is_none(), "PODGATE_ENVOY_TLS_KEY (--envoy-tls-key)"),
+                (ca.is_none(), "PODGATE_ENVOY_CLIENT_CA (--envoy-client-ca)"),
+            ]
+            .into_iter()
+            .filter_map(|(gone, name)| gone.then_some(name))
+            .collect();
+            return Err(bad(format!(
+                "mutual TLS with Envoy needs a server certificate, its key and the client CA together; missing {}",
+                missing.join(" and ")
+            )));
+        }
+    };
+    let listen_s = listen.unwrap_or(DEFAULT_ENVOY_LISTEN);
+    let listen: SocketAddr = listen_s.parse().map_err(|_| {
+        bad(format!(
+            "Envoy-facing address {listen_s:?} is not IP:PORT; set --envoy-listen / PODGATE_ENVOY_LISTEN, e.g. {DEFAULT_ENVOY_LISTEN}"
+        ))
+    })?;
+    let files = crate::tls::TlsFiles {
+        cert,
+        key,
+        client_ca,
+    };
+    // Read now, so a bad file is a configuration error at start rather than at the first
+    // connection.
+    crate::tls::server_config(&files, crate::tls::Alpn::Http).map_err(bad)?;
+    Ok(Some(EnvoyTls { listen, files }))
 }
 
 fn resolve_xds(

@@ -116,6 +116,52 @@ pub struct CpSettings {
     pub filter_wasm: PathBuf,
     /// Anything else (`--flag`, `value`, ...).
     pub extra_args: Vec<String>,
+    /// Mutual TLS with Envoy: the test certificates and the Envoy-facing listener.
+    pub mtls: Option<CpMtls>,
+}
+
+/// The control plane side of mutual TLS with Envoy in a test.
+#[derive(Debug, Clone)]
+pub struct CpMtls {
+    /// A directory of `podgate tls gen-test-certs`.
+    pub certs: PathBuf,
+    /// `--envoy-listen`.
+    pub envoy_listen: SocketAddr,
+}
+
+/// The files `podgate tls gen-test-certs` writes.
+pub const TEST_CA: &str = "ca.pem";
+pub const TEST_SERVER_CERT: &str = "server.pem";
+pub const TEST_SERVER_KEY: &str = "server-key.pem";
+pub const TEST_CLIENT_CERT: &str = "envoy.pem";
+pub const TEST_CLIENT_KEY: &str = "envoy-key.pem";
+
+/// Writes a fresh test CA with server and Envoy client certificates into a new directory under
+/// the target directory's `tmp/` (`podgate tls gen-test-certs`, as the demo does) and returns it.
+pub fn test_certs(label: &str) -> anyhow::Result<PathBuf> {
+    let dir = target_dir().join("tmp").join(format!(
+        "podgate-e2e-tls-{label}-{}-{}",
+        std::process::id(),
+        unique("")
+    ));
+    let out = std::process::Command::new(podgate_binary()?)
+        .args(["tls", "gen-test-certs"])
+        .arg(&dir)
+        .output()
+        .context("running podgate tls gen-test-certs")?;
+    if !out.status.success() {
+        bail!(
+            "podgate tls gen-test-certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(dir)
+}
+
+/// Whether whole-stack suites run with mutual TLS between Envoy and the control plane by
+/// default: `PODGATE_E2E_MTLS=1` (the suites that test mutual TLS itself always do).
+pub fn mtls_by_default() -> bool {
+    std::env::var("PODGATE_E2E_MTLS").is_ok_and(|v| v == "1" || v == "true")
 }
 
 /// A `podgate serve` process with its own SQLite database (the test kit's launcher); can be
@@ -151,6 +197,16 @@ impl ControlPlane {
             .arg(&s.filter_wasm)
             .env("RUST_LOG", "info")
             .ready_timeout(CP_READY_TIMEOUT);
+        if let Some(mtls) = &s.mtls {
+            builder = builder
+                .arg("--envoy-tls-cert")
+                .arg(mtls.certs.join(TEST_SERVER_CERT))
+                .arg("--envoy-tls-key")
+                .arg(mtls.certs.join(TEST_SERVER_KEY))
+                .arg("--envoy-client-ca")
+                .arg(mtls.certs.join(TEST_CA))
+                .args(["--envoy-listen", &mtls.envoy_listen.to_string()]);
+        }
         if let Some(secs) = s.capability_lifetime_secs {
             builder = builder.args(["--capability-lifetime-secs", &secs.to_string()]);
         }
@@ -211,6 +267,22 @@ impl ControlPlane {
     }
 }
 
+impl CpSettings {
+    /// `envoy/podgate.yaml` for an Envoy on `listener_port` in front of this control plane:
+    /// with its test certificates when it runs mutual TLS.
+    pub fn envoy_bootstrap(&self, listener_port: u16) -> anyhow::Result<String> {
+        match &self.mtls {
+            Some(mtls) => render_ads_bootstrap(
+                listener_port,
+                self.xds.port(),
+                mtls.envoy_listen.port(),
+                Some(&envoy_mtls(&mtls.certs)),
+            ),
+            None => render_ads_bootstrap(listener_port, self.xds.port(), self.http.port(), None),
+        }
+    }
+}
+
 /// The control plane's public URL for its HTTP address.
 fn public_url(http: SocketAddr) -> String {
     format!("http://{CP_HOST}:{}", http.port())
@@ -219,18 +291,35 @@ fn public_url(http: SocketAddr) -> String {
 // ---------------------------------------------------------------------------------------------
 // The ADS bootstrap
 
-/// `envoy/podgate.yaml` with only ports changed: admin on an ephemeral port, the listener on
-/// `listener_port`, the ADS cluster on `xds_port`, the control plane's HTTP on `cp_http_port`.
+pub use podgate_testkit::EnvoyMtls;
+
+/// The client certificate, key and CA of a `podgate tls gen-test-certs` directory, for Envoy.
+pub fn envoy_mtls(dir: &Path) -> EnvoyMtls {
+    EnvoyMtls {
+        client: Some((dir.join(TEST_CLIENT_CERT), dir.join(TEST_CLIENT_KEY))),
+        ca: dir.join(TEST_CA),
+    }
+}
+
+/// `envoy/podgate.yaml` for one control plane on loopback: the listener on `listener_port`, the
+/// ADS cluster on `xds_port`, the control plane's HTTP on `cp_http_port` (its Envoy-facing
+/// listener with mutual TLS, its API's without). With `mtls` the two clusters keep the file's
+/// TLS settings with these files; without, they are plaintext.
 pub fn render_ads_bootstrap(
     listener_port: u16,
     xds_port: u16,
     cp_http_port: u16,
+    mtls: Option<&EnvoyMtls>,
 ) -> anyhow::Result<String> {
     let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    podgate_testkit::AdsBootstrap::load()?
+    let mut bootstrap = podgate_testkit::AdsBootstrap::load()?;
+    bootstrap
         .listener(local(listener_port))?
-        .control_planes(&[local(xds_port)], &[local(cp_http_port)])?
-        .to_yaml()
+        .control_planes(&[local(xds_port)], &[local(cp_http_port)])?;
+    if let Some(mtls) = mtls {
+        bootstrap.mtls(mtls)?;
+    }
+    bootstrap.to_yaml()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -321,6 +410,8 @@ pub struct StackOptions {
     pub label: String,
     pub capability_lifetime_secs: Option<u32>,
     pub extra_args: Vec<String>,
+    /// Mutual TLS between Envoy and the control plane [default: [`mtls_by_default`]].
+    pub mtls: bool,
 }
 
 impl StackOptions {
@@ -329,6 +420,7 @@ impl StackOptions {
             label: label.to_owned(),
             capability_lifetime_secs: None,
             extra_args: Vec::new(),
+            mtls: mtls_by_default(),
         }
     }
 }
@@ -387,6 +479,13 @@ impl FullStack {
     pub async fn start(options: StackOptions) -> anyhow::Result<FullStack> {
         let filter_wasm = super::bootstrap::filter_wasm()?;
         let envoy_port = free_port()?;
+        let mtls = match options.mtls {
+            true => Some(CpMtls {
+                certs: test_certs(&options.label)?,
+                envoy_listen: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            }),
+            false => None,
+        };
         let settings = CpSettings {
             http: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             xds: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -395,11 +494,11 @@ impl FullStack {
             capability_lifetime_secs: options.capability_lifetime_secs,
             filter_wasm,
             extra_args: options.extra_args.clone(),
+            mtls: mtls.clone(),
         };
         let cp = ControlPlane::start(&options.label, settings.clone()).await?;
         let admin = Admin::new(settings.http)?;
-        let bootstrap =
-            render_ads_bootstrap(envoy_port, settings.xds.port(), settings.http.port())?;
+        let bootstrap = settings.envoy_bootstrap(envoy_port)?;
         let envoy = match Envoy::start(&options.label, &bootstrap, 1).await {
             Ok(envoy) => envoy,
             Err(e) => bail!("{e:#}\n{}", cp.log_tail()),

@@ -289,3 +289,57 @@ fn passwords_are_redacted() {
         "postgres://u:***@h/db"
     );
 }
+
+#[test]
+fn mutual_tls_with_envoy_needs_all_three_files_and_its_own_address() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::tls::generate_test_certs(dir.path(), &[]).unwrap();
+    let file = |name: &str| Some(dir.path().join(name));
+    let on = || Settings {
+        envoy_tls_cert: file(crate::tls::TEST_SERVER_CERT),
+        envoy_tls_key: file(crate::tls::TEST_SERVER_KEY),
+        envoy_client_ca: file(crate::tls::TEST_CA),
+        ..base()
+    };
+    assert!(base().resolve(Need::Server).unwrap().envoy_tls.is_none());
+    let c = on().resolve(Need::Server).unwrap();
+    let tls = c.envoy_tls.unwrap();
+    assert_eq!(tls.listen.to_string(), DEFAULT_ENVOY_LISTEN);
+    assert_eq!(tls.files.client_ca, dir.path().join(crate::tls::TEST_CA));
+
+    let e = err(Settings {
+        envoy_client_ca: None,
+        ..on()
+    });
+    assert!(
+        e.contains("PODGATE_ENVOY_CLIENT_CA") && !e.contains("PODGATE_ENVOY_TLS_KEY"),
+        "{e}"
+    );
+    let e = err(Settings {
+        envoy_listen: Some("127.0.0.1:8443".into()),
+        ..base()
+    });
+    assert!(e.contains("without mutual TLS"), "{e}");
+    let e = err(Settings {
+        envoy_listen: Some("8443".into()),
+        ..on()
+    });
+    assert!(e.contains("PODGATE_ENVOY_LISTEN"), "{e}");
+    let e = err(Settings {
+        envoy_listen: Some(DEFAULT_LISTEN.into()),
+        ..on()
+    });
+    assert!(e.contains("--listen"), "{e}");
+    let e = err(Settings {
+        envoy_tls_key: file(crate::tls::TEST_CLIENT_KEY),
+        ..on()
+    });
+    assert!(e.contains("do not make a TLS identity"), "{e}");
+    // Commands other than `serve` do not read the files.
+    assert!(Settings {
+        envoy_client_ca: None,
+        ..on()
+    }
+    .resolve(Need::DatabaseOnly)
+    .is_ok());
+}
