@@ -131,7 +131,7 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
         }),
         leeway_secs: DEFAULT_LEEWAY_SECS,
         max_capability_lifetime_secs: config.capability_lifetime as i64,
-        token_cache_entries: 1024,
+        token_cache_entries: 4096,
     })
 }
 

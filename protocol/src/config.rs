@@ -214,7 +214,7 @@ fn default_max_lifetime() -> i64 {
     DEFAULT_MAX_CAPABILITY_LIFETIME_SECS
 }
 fn default_cache_entries() -> usize {
-    1024
+    4096
 }
 fn default_control_plane_cluster() -> String {
     "podgate_control_plane".to_owned()
