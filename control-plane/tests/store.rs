@@ -518,6 +518,7 @@ async fn services(db: &Db) {
         upstream_url: "https://api.example.com".into(),
         ca_pem: None,
         credential: Some(credential),
+        oauth: None,
         created_at: 1,
         updated_at: 1,
     };
