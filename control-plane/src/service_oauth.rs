@@ -275,11 +275,16 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
-    /// When to renew it: `margin` before its expiry, and never later than half its life.
+    /// When to renew it: `margin` before its expiry, and never later than half its life; never
+    /// before a quarter of its life either, so that a margin close to the lifetime does not
+    /// renew it over and over.
     pub fn renew_at_ms(&self, margin_secs: u64) -> i64 {
         let margin = i64::try_from(margin_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let half = self.obtained_ms + (self.expires_ms - self.obtained_ms) / 2;
-        (self.expires_ms.saturating_sub(margin)).min(half)
+        let life = self.expires_ms - self.obtained_ms;
+        let by_margin = self.expires_ms.saturating_sub(margin);
+        by_margin
+            .min(self.obtained_ms + life / 2)
+            .max(self.obtained_ms + life / 4)
     }
 
     /// Whether it may be pushed for use at `now_ms`.
@@ -643,6 +648,71 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
         if changed {
             state.envoy_config_changed().await;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_by_the_margin_at_most_half_way_and_not_before_a_quarter() {
+        let t = |life_ms| Token {
+            value: String::new(),
+            obtained_ms: 0,
+            expires_ms: life_ms,
+        };
+        // An hour-long token with the default margin: half way.
+        assert_eq!(t(3_600_000).renew_at_ms(300), 1_800_000);
+        // A margin past half its life: by the margin.
+        assert_eq!(t(3_600_000).renew_at_ms(2_000), 1_600_000);
+        // A margin longer than its life: a quarter of the way in.
+        assert_eq!(t(3_000).renew_at_ms(300), 750);
+        assert!(t(3_000).usable(2_000));
+        assert!(!t(3_000).usable(2_600));
+    }
+
+    #[test]
+    fn configurations_are_checked_without_quoting_secrets() {
+        let base = json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c"});
+        let mut ok = base.clone();
+        ok["client_secret"] = json!("s3cret-value");
+        let c = parse(ok).unwrap();
+        assert_eq!((c.header.as_str(), c.renew_margin_secs), ("authorization", 300));
+        assert_eq!(c.client_auth(), "client_secret_basic");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // Neither or both of the secret and the key; a bad key; unknown fields; a bad header.
+        assert!(parse(base.clone()).is_err());
+        let mut both = base.clone();
+        both["client_secret"] = json!("s");
+        both["private_key_pem"] = json!("x");
+        assert!(parse(both).is_err());
+        let mut bad_key = base.clone();
+        bad_key["private_key_pem"] = json!("-----BEGIN PRIVATE KEY-----\ns3cret\n-----END PRIVATE KEY-----");
+        let e = parse(bad_key).unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+        let mut extra = base.clone();
+        extra["client_secret"] = json!("s3cret-value");
+        extra["nope"] = json!(1);
+        assert!(!parse(extra).unwrap_err().contains("s3cret"));
+        let mut header = base;
+        header["client_secret"] = json!("s");
+        header["header"] = json!("x-podgate-user");
+        assert!(parse(header).is_err());
+        assert!(parse(json!({"token_url": "https://idp.example/token", "grant": "jwt_bearer", "iss": "i"})).is_err());
+    }
+
+    #[test]
+    fn a_sealed_configuration_opens_only_for_its_service() {
+        use crate::key_encryption::KeyEncryptionKey;
+        let kek = KeyEncryption::new(Some(KeyEncryptionKey::from_bytes([9; 32], "t")), vec![]);
+        let c = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s3cret-value"})).unwrap();
+        let stored = seal(&kek, "api", &c).unwrap();
+        assert!(stored.kek_id.is_some());
+        assert!(!stored.config.contains("s3cret"));
+        assert_eq!(open(&kek, "api", &stored).unwrap(), c);
+        assert!(open(&kek, "other", &stored).is_err());
     }
 }
 
