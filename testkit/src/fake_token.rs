@@ -334,7 +334,6 @@ fn verify(inner: &Inner, client: &TokenClient, jwt: &str) -> Result<Map<String, 
                 .validate(&untrusted)
                 .map_err(|e| format!("bad RS256 signature: {e}"))?
                 .claims()
-                .custom
                 .clone()
         }
         "ES256" => {
@@ -345,19 +344,18 @@ fn verify(inner: &Inner, client: &TokenClient, jwt: &str) -> Result<Map<String, 
                 .validate(&untrusted)
                 .map_err(|e| format!("bad ES256 signature: {e}"))?
                 .claims()
-                .custom
                 .clone()
         }
         other => return Err(format!("algorithm {other} not accepted")),
     };
-    if claims.get("aud").and_then(Value::as_str) != Some(inner.url.as_str()) {
+    if claims.custom.get("aud").and_then(Value::as_str) != Some(inner.url.as_str()) {
         return Err("the assertion's aud is not this endpoint".into());
     }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    match claims.get("exp").and_then(Value::as_i64) {
-        Some(exp) if exp > now => Ok(claims),
+    match claims.expiration.map(|e| e.timestamp()) {
+        Some(exp) if exp > now => Ok(claims.custom),
         _ => Err("the assertion has expired or has no exp".into()),
     }
 }
