@@ -200,6 +200,15 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     assert!(status["expires_at"].is_null(), "{status}");
     assert!(status["last_error"].as_str().unwrap().contains("503"), "{status}");
     assert!(status["failures"].as_u64().unwrap() >= 1, "{status}");
+    let ready = stack
+        .http
+        .get(format!("http://{}/readyz", stack.cp.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["services_without_credential"], json!(["api"]), "{ready}");
 
     // A static fallback: used while the endpoint stays down.
     stack
