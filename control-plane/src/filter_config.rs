@@ -98,7 +98,8 @@ pub async fn build_with_tokens(
     let (rate_limits, concurrency_limits) = edge_limits(db, config).await?;
     let mut services = HashMap::new();
     for row in db.list_services().await? {
-        if let Some(entry) = crate::services::directory_entry(&config.key_encryption, tokens, &row) {
+        if let Some(entry) = crate::services::directory_entry(&config.key_encryption, tokens, &row)
+        {
             services.insert(row.name.clone(), entry);
         }
     }

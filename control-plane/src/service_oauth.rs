@@ -146,7 +146,10 @@ fn signing_key(pem: &str) -> Result<SigningKey, String> {
     if let Ok(key) = p256::SecretKey::from_sec1_pem(pem) {
         return Ok(SigningKey::Es256(Box::new(key.into())));
     }
-    Err("`private_key_pem` is not an RSA or EC P-256 private key in PEM (PKCS#8, PKCS#1 or SEC1)".into())
+    Err(
+        "`private_key_pem` is not an RSA or EC P-256 private key in PEM (PKCS#8, PKCS#1 or SEC1)"
+            .into(),
+    )
 }
 
 /// Reads and checks `credential.oauth` as an admin sends it, without ever quoting a value.
@@ -244,7 +247,9 @@ pub fn open(kek: &KeyEncryption, name: &str, stored: &StoredOAuth) -> Result<OAu
                 kek_id: kek_id.clone(),
                 ciphertext: stored.config.clone(),
             };
-            let plain = kek.open(binding(name), &sealed).map_err(|e| e.to_string())?;
+            let plain = kek
+                .open(binding(name), &sealed)
+                .map_err(|e| e.to_string())?;
             String::from_utf8(plain.to_vec()).map_err(|_| "not UTF-8".to_owned())?
         }
     };
@@ -347,7 +352,11 @@ pub async fn fetch(client: &reqwest::Client, c: &OAuthConfig) -> Result<Token, S
         Grant::JwtBearer => {
             let pem = c.private_key_pem.as_deref().unwrap_or_default();
             let key = signing_key(pem)?;
-            let iss = c.iss.clone().or_else(|| c.client_id.clone()).unwrap_or_default();
+            let iss = c
+                .iss
+                .clone()
+                .or_else(|| c.client_id.clone())
+                .unwrap_or_default();
             let sub = c.sub.clone().unwrap_or_else(|| iss.clone());
             let claims = assertion_claims(&iss, &sub, &aud)?;
             form.push(("grant_type", JWT_BEARER_GRANT.into()));
@@ -627,7 +636,11 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
             let config = match open(&state.config().key_encryption, &row.name, stored) {
                 Ok(c) => c,
                 Err(e) => {
-                    changed |= tokens.record(&row.name, &OAuthConfig::unusable(), Err(format!("the OAuth configuration cannot be opened: {e}")));
+                    changed |= tokens.record(
+                        &row.name,
+                        &OAuthConfig::unusable(),
+                        Err(format!("the OAuth configuration cannot be opened: {e}")),
+                    );
                     continue;
                 }
             };
@@ -679,7 +692,10 @@ mod tests {
         let mut ok = base.clone();
         ok["client_secret"] = json!("s3cret-value");
         let c = parse(ok).unwrap();
-        assert_eq!((c.header.as_str(), c.renew_margin_secs), ("authorization", 300));
+        assert_eq!(
+            (c.header.as_str(), c.renew_margin_secs),
+            ("authorization", 300)
+        );
         assert_eq!(c.client_auth(), "client_secret_basic");
         assert!(!format!("{c:?}").contains("s3cret"));
         // Neither or both of the secret and the key; a bad key; unknown fields; a bad header.
@@ -689,7 +705,8 @@ mod tests {
         both["private_key_pem"] = json!("x");
         assert!(parse(both).is_err());
         let mut bad_key = base.clone();
-        bad_key["private_key_pem"] = json!("-----BEGIN PRIVATE KEY-----\ns3cret\n-----END PRIVATE KEY-----");
+        bad_key["private_key_pem"] =
+            json!("-----BEGIN PRIVATE KEY-----\ns3cret\n-----END PRIVATE KEY-----");
         let e = parse(bad_key).unwrap_err();
         assert!(!e.contains("s3cret"), "{e}");
         let mut extra = base.clone();
@@ -700,7 +717,10 @@ mod tests {
         header["client_secret"] = json!("s");
         header["header"] = json!("x-podgate-user");
         assert!(parse(header).is_err());
-        assert!(parse(json!({"token_url": "https://idp.example/token", "grant": "jwt_bearer", "iss": "i"})).is_err());
+        assert!(parse(
+            json!({"token_url": "https://idp.example/token", "grant": "jwt_bearer", "iss": "i"})
+        )
+        .is_err());
     }
 
     #[test]

@@ -192,12 +192,13 @@ pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize
             if stored.kek_id.as_deref() == Some(current.id()) {
                 already += 1;
             } else {
-                let config = crate::service_oauth::open(kek, &row.name, stored).map_err(|e| {
-                    format!("the OAuth configuration of service {}: {e}", row.name)
-                })?;
-                oauth = Some(crate::service_oauth::seal(kek, &row.name, &config).map_err(|e| {
-                    format!("the OAuth configuration of service {}: {e}", row.name)
-                })?);
+                let config = crate::service_oauth::open(kek, &row.name, stored)
+                    .map_err(|e| format!("the OAuth configuration of service {}: {e}", row.name))?;
+                oauth = Some(
+                    crate::service_oauth::seal(kek, &row.name, &config).map_err(|e| {
+                        format!("the OAuth configuration of service {}: {e}", row.name)
+                    })?,
+                );
                 changed = true;
             }
         }

@@ -122,7 +122,10 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
         .await;
     let shown = created.to_string();
     assert!(!shown.contains(CLIENT_SECRET), "{shown}");
-    assert_eq!(created["oauth"]["client_auth"], "client_secret_basic", "{shown}");
+    assert_eq!(
+        created["oauth"]["client_auth"], "client_secret_basic",
+        "{shown}"
+    );
     assert_eq!(created["oauth"]["sealed"], true, "{shown}");
     assert!(created["credential"].is_null(), "{shown}");
 
@@ -160,7 +163,11 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
 
     let status = stack
         .cp
-        .admin(reqwest::Method::GET, "/v1/services/api/credential/status", None)
+        .admin(
+            reqwest::Method::GET,
+            "/v1/services/api/credential/status",
+            None,
+        )
         .await;
     assert_eq!(status["source"], "oauth", "{status}");
     assert!(status["expires_at"].as_i64().unwrap() > 0, "{status}");
@@ -170,7 +177,12 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     // The endpoint goes down: the token expires, and with no fallback the service is left
     // out, so nothing reaches the upstream without a credential.
     idp.set_up(false);
-    let (code, body) = admin_raw(&stack, reqwest::Method::POST, "/v1/services/api/credential/refresh").await;
+    let (code, body) = admin_raw(
+        &stack,
+        reqwest::Method::POST,
+        "/v1/services/api/credential/refresh",
+    )
+    .await;
     assert_eq!(code, 502, "{body}");
     assert!(body.contains("503"), "{body}");
     let start = Instant::now();
@@ -189,16 +201,29 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     }
     assert_eq!(upstream.requests().len(), before);
     for r in upstream.requests() {
-        let token = r.header_all("authorization")[0].strip_prefix("Bearer ").unwrap().to_owned();
-        assert!(issued.iter().chain(idp.issued().iter()).any(|t| t.token == token));
+        let token = r.header_all("authorization")[0]
+            .strip_prefix("Bearer ")
+            .unwrap()
+            .to_owned();
+        assert!(issued
+            .iter()
+            .chain(idp.issued().iter())
+            .any(|t| t.token == token));
     }
     let status = stack
         .cp
-        .admin(reqwest::Method::GET, "/v1/services/api/credential/status", None)
+        .admin(
+            reqwest::Method::GET,
+            "/v1/services/api/credential/status",
+            None,
+        )
         .await;
     assert_eq!(status["source"], "none", "{status}");
     assert!(status["expires_at"].is_null(), "{status}");
-    assert!(status["last_error"].as_str().unwrap().contains("503"), "{status}");
+    assert!(
+        status["last_error"].as_str().unwrap().contains("503"),
+        "{status}"
+    );
     assert!(status["failures"].as_u64().unwrap() >= 1, "{status}");
     let ready = stack
         .http
@@ -208,7 +233,11 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
         .unwrap();
     assert_eq!(ready.status().as_u16(), 200);
     let ready: Value = ready.json().await.unwrap();
-    assert_eq!(ready["services_without_credential"], json!(["api"]), "{ready}");
+    assert_eq!(
+        ready["services_without_credential"],
+        json!(["api"]),
+        "{ready}"
+    );
 
     // A static fallback: used while the endpoint stays down.
     stack
@@ -227,7 +256,11 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     );
     let status = stack
         .cp
-        .admin(reqwest::Method::GET, "/v1/services/api/credential/status", None)
+        .admin(
+            reqwest::Method::GET,
+            "/v1/services/api/credential/status",
+            None,
+        )
         .await;
     assert_eq!(status["source"], "fallback", "{status}");
 
@@ -235,7 +268,11 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     idp.set_up(true);
     let status = stack
         .cp
-        .admin(reqwest::Method::POST, "/v1/services/api/credential/refresh", None)
+        .admin(
+            reqwest::Method::POST,
+            "/v1/services/api/credential/refresh",
+            None,
+        )
         .await;
     assert_eq!(status["source"], "oauth", "{status}");
     let start = Instant::now();
@@ -252,7 +289,11 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     // Clear: the cached token is dropped and answered with the status.
     let status = stack
         .cp
-        .admin(reqwest::Method::POST, "/v1/services/api/credential/clear", None)
+        .admin(
+            reqwest::Method::POST,
+            "/v1/services/api/credential/clear",
+            None,
+        )
         .await;
     assert!(status["service"] == "api", "{status}");
 

@@ -180,11 +180,7 @@ async fn answer(
         ));
     }
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let field = |k: &str| {
-        form.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-    };
+    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     match grant(&inner, basic, &field) {
         Ok((client_id, how)) => {
             let n = inner.counter.fetch_add(1, Ordering::SeqCst);
@@ -273,7 +269,9 @@ fn grant(
             if claims.get("iss").and_then(Value::as_str) != Some(id.as_str())
                 || claims.get("sub").and_then(Value::as_str) != Some(id.as_str())
             {
-                return Err(invalid_client("the assertion's iss and sub are not the client"));
+                return Err(invalid_client(
+                    "the assertion's iss and sub are not the client",
+                ));
             }
             Ok((id, "private_key_jwt".into()))
         }
@@ -295,7 +293,12 @@ fn grant(
             let iss = untrusted
                 .deserialize_claims_unchecked::<Map<String, Value>>()
                 .ok()
-                .and_then(|c| c.custom.get("iss").and_then(Value::as_str).map(str::to_owned))
+                .and_then(|c| {
+                    c.custom
+                        .get("iss")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
                 .unwrap_or_default();
             let client = find(&iss).ok_or_else(|| {
                 (

@@ -14,9 +14,9 @@ use utoipa_axum::routes;
 
 use super::{created, deleted, parse_enum, require_user};
 use crate::cuts::cut_lost_access;
+use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
-use crate::http::error::ErrorBody;
 use crate::service_oauth::{self, CredentialStatus, Grant, OAuthConfig};
 use crate::services::{check_credential, parse_upstream, seal};
 use crate::store::{
@@ -203,14 +203,18 @@ fn sealed(s: &AppState, name: &str, c: &CredentialBody) -> ApiResult<SealedCrede
         .as_ref()
         .map(|c| seal(kek, name, &c.header, &c.value))
         .transpose()
-        .map_err(|e| ApiError::internal(format!("sealing the credential of service {name}: {e}")))?;
+        .map_err(|e| {
+            ApiError::internal(format!("sealing the credential of service {name}: {e}"))
+        })?;
     let oauth = c
         .oauth
         .as_ref()
         .map(|c| service_oauth::seal(kek, name, c))
         .transpose()
         .map_err(|e| {
-            ApiError::internal(format!("sealing the OAuth credential of service {name}: {e}"))
+            ApiError::internal(format!(
+                "sealing the OAuth credential of service {name}: {e}"
+            ))
         })?;
     Ok((fixed, oauth))
 }
@@ -479,9 +483,9 @@ async fn refresh_credential(
             "service {name:?} has no OAuth credential; set one with PUT /v1/services/{name}/credential"
         )));
     }
-    service_oauth::refresh(&s, &row).await.map_err(|e| {
-        ApiError::BadGateway(format!("service {name:?}: no new OAuth token: {e}"))
-    })?;
+    service_oauth::refresh(&s, &row)
+        .await
+        .map_err(|e| ApiError::BadGateway(format!("service {name:?}: no new OAuth token: {e}")))?;
     Ok(Json(s.service_tokens().status(&row)))
 }
 
