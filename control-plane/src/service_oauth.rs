@@ -664,6 +664,26 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
     }
 }
 
+impl OAuthConfig {
+    /// A placeholder recorded with an error when a stored configuration cannot be opened.
+    fn unusable() -> OAuthConfig {
+        OAuthConfig {
+            token_url: String::new(),
+            grant: Grant::ClientCredentials,
+            client_id: None,
+            client_secret: None,
+            private_key_pem: None,
+            key_id: None,
+            scope: None,
+            iss: None,
+            sub: None,
+            aud: None,
+            header: default_header(),
+            renew_margin_secs: default_margin(),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -733,25 +753,5 @@ mod tests {
         assert!(!stored.config.contains("s3cret"));
         assert_eq!(open(&kek, "api", &stored).unwrap(), c);
         assert!(open(&kek, "other", &stored).is_err());
-    }
-}
-
-impl OAuthConfig {
-    /// A placeholder recorded with an error when a stored configuration cannot be opened.
-    fn unusable() -> OAuthConfig {
-        OAuthConfig {
-            token_url: String::new(),
-            grant: Grant::ClientCredentials,
-            client_id: None,
-            client_secret: None,
-            private_key_pem: None,
-            key_id: None,
-            scope: None,
-            iss: None,
-            sub: None,
-            aud: None,
-            header: default_header(),
-            renew_margin_secs: default_margin(),
-        }
     }
 }
