@@ -24,6 +24,7 @@ use podgate_protocol::token::DEFAULT_LEEWAY_SECS;
 
 use crate::config::{Config, MAX_CAPABILITY_LIFETIME};
 use crate::keys::KeyRing;
+use crate::service_oauth::ServiceTokens;
 use crate::store::{now_unix, Db};
 
 /// The ORIGINAL_DST cluster shared by every pod (the filter sets the pod's `ip:port` header).
@@ -69,8 +70,20 @@ fn origin(url: &str) -> &str {
     }
 }
 
-/// Builds the filter configuration in force now, with the capability keys of `ring`.
+/// Builds the filter configuration in force now, with the capability keys of `ring`, and no
+/// service OAuth token (such services get their fallback credential, or are left out).
 pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterConfig, sqlx::Error> {
+    build_with_tokens(db, config, ring, &ServiceTokens::default()).await
+}
+
+/// Builds the filter configuration in force now, with the capability keys of `ring` and the
+/// services' OAuth tokens of `tokens`.
+pub async fn build_with_tokens(
+    db: &Db,
+    config: &Config,
+    ring: &KeyRing,
+    tokens: &ServiceTokens,
+) -> Result<FilterConfig, sqlx::Error> {
     let mut pods = HashMap::new();
     for (pod, server_address) in db.pod_directory().await? {
         pods.insert(
@@ -85,7 +98,8 @@ pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterCon
     let (rate_limits, concurrency_limits) = edge_limits(db, config).await?;
     let mut services = HashMap::new();
     for row in db.list_services().await? {
-        if let Some(entry) = crate::services::directory_entry(&config.key_encryption, &row) {
+        if let Some(entry) = crate::services::directory_entry(&config.key_encryption, tokens, &row)
+        {
             services.insert(row.name.clone(), entry);
         }
     }

@@ -16,6 +16,7 @@ pub mod mint;
 pub mod recorder;
 pub mod renew;
 pub mod replicas;
+pub mod service_oauth;
 pub mod services;
 pub mod store;
 pub mod tls;
@@ -71,6 +72,8 @@ struct Inner {
     metrics: Metrics,
     /// The start hook of stopped pods and its per-pod limit.
     waker: wake::Waker,
+    /// The services' OAuth tokens, in memory only (`service_oauth`).
+    service_tokens: Arc<service_oauth::ServiceTokens>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -125,6 +128,7 @@ impl AppState {
                 envoy_config_changes: Arc::new(tokio::sync::Notify::new()),
                 metrics,
                 waker,
+                service_tokens: Arc::default(),
             }),
         };
         state.reload_keys().await?;
@@ -243,7 +247,13 @@ impl AppState {
             keys: Arc::clone(&self.inner.keys),
             changes: Arc::clone(&self.inner.envoy_config_changes),
             metrics: self.inner.metrics.clone(),
+            service_tokens: Arc::clone(&self.inner.service_tokens),
         }
+    }
+
+    /// The services' OAuth tokens held by this control plane.
+    pub fn service_tokens(&self) -> &service_oauth::ServiceTokens {
+        &self.inner.service_tokens
     }
 
     /// Tells the xDS sync task that what Envoy gets may have changed (call after the commit),

@@ -258,6 +258,11 @@ async fn serve(config: Config) -> Result<(), String> {
         shutdown_signal().await;
         stop.send_replace(true);
     });
+    // The services' OAuth tokens: obtained at start, renewed before they expire.
+    tokio::spawn(podgate::service_oauth::run(
+        state.clone(),
+        xds_sync::stopped(stop_requested.clone()),
+    ));
     // On PostgreSQL: this control plane's share of the rate limits, from its first request on.
     replicas::beat(&state).await;
     let replicas = tokio::spawn(replicas::run(

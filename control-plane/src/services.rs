@@ -157,10 +157,10 @@ pub fn open(
     })
 }
 
-/// Moves every stored service credential under the current key-encryption key (`podgate keys
-/// rewrap`, after a rotation of that key): all are opened first, so one that does not open
-/// changes nothing; then each is sealed again. Returns how many were resealed and how many
-/// already were under the current key.
+/// Moves every stored service credential and OAuth configuration under the current
+/// key-encryption key (`podgate keys rewrap`, after a rotation of that key): all are opened
+/// first, so one that does not open changes nothing; then each is sealed again. Returns how many
+/// services were resealed and how many sealed values already were under the current key.
 pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize, usize), String> {
     let Some(current) = kek.current() else {
         return Err("no current key-encryption key to seal the service credentials with".into());
@@ -172,21 +172,43 @@ pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize
     let mut reseal = Vec::new();
     let mut already = 0;
     for row in rows {
-        let Some(stored) = &row.credential else {
-            continue;
-        };
-        if stored.kek_id.as_deref() == Some(current.id()) {
-            already += 1;
-            continue;
+        let mut changed = false;
+        let mut credential = row.credential.clone();
+        if let Some(stored) = &row.credential {
+            if stored.kek_id.as_deref() == Some(current.id()) {
+                already += 1;
+            } else {
+                let value = open(kek, &row.name, stored)
+                    .map_err(|e| format!("the credential of service {}: {e}", row.name))?;
+                credential = Some(
+                    seal(kek, &row.name, &stored.header, &value)
+                        .map_err(|e| format!("the credential of service {}: {e}", row.name))?,
+                );
+                changed = true;
+            }
         }
-        let value = open(kek, &row.name, stored)
-            .map_err(|e| format!("the credential of service {}: {e}", row.name))?;
-        let sealed = seal(kek, &row.name, &stored.header, &value)
-            .map_err(|e| format!("the credential of service {}: {e}", row.name))?;
-        reseal.push(ServiceRow {
-            credential: Some(sealed),
-            ..row
-        });
+        let mut oauth = row.oauth.clone();
+        if let Some(stored) = &row.oauth {
+            if stored.kek_id.as_deref() == Some(current.id()) {
+                already += 1;
+            } else {
+                let config = crate::service_oauth::open(kek, &row.name, stored)
+                    .map_err(|e| format!("the OAuth configuration of service {}: {e}", row.name))?;
+                oauth = Some(
+                    crate::service_oauth::seal(kek, &row.name, &config).map_err(|e| {
+                        format!("the OAuth configuration of service {}: {e}", row.name)
+                    })?,
+                );
+                changed = true;
+            }
+        }
+        if changed {
+            reseal.push(ServiceRow {
+                credential,
+                oauth,
+                ..row
+            });
+        }
     }
     let resealed = reseal.len();
     for row in reseal {
@@ -205,7 +227,15 @@ pub fn cluster_name(name: &str) -> String {
 /// The filter's directory entry of a service, with its credential opened; `None` (and a
 /// warning naming the service, never the value) when its URL or its credential cannot be
 /// used, so the service is not published rather than published without its credential.
-pub fn directory_entry(kek: &KeyEncryption, row: &ServiceRow) -> Option<ServiceEntry> {
+///
+/// A service with an OAuth credential carries its current token (`service_oauth`), or its
+/// static credential as the fallback while it has none; with neither it is not published, so
+/// that nothing reaches its upstream without a credential.
+pub fn directory_entry(
+    kek: &KeyEncryption,
+    tokens: &crate::service_oauth::ServiceTokens,
+    row: &ServiceRow,
+) -> Option<ServiceEntry> {
     let upstream = match parse_upstream(&row.upstream_url) {
         Ok(u) => u,
         Err(e) => {
@@ -213,6 +243,29 @@ pub fn directory_entry(kek: &KeyEncryption, row: &ServiceRow) -> Option<ServiceE
             return None;
         }
     };
+    if let Some(stored) = &row.oauth {
+        let header = match crate::service_oauth::open(kek, &row.name, stored) {
+            Ok(config) => config.header,
+            Err(e) => {
+                tracing::warn!(service = %row.name, "service not published: its OAuth configuration cannot be opened: {e}");
+                return None;
+            }
+        };
+        if let Some(value) = tokens.current(&row.name) {
+            return Some(ServiceEntry {
+                cluster: cluster_name(&row.name),
+                host: upstream.authority,
+                credential: Some(InjectedHeader {
+                    name: header,
+                    value: SecretValue(value),
+                }),
+            });
+        }
+        if row.credential.is_none() {
+            tracing::warn!(service = %row.name, "service not published: no valid OAuth token and no fallback credential");
+            return None;
+        }
+    }
     let credential = match &row.credential {
         None => None,
         Some(stored) => match open(kek, &row.name, stored) {

@@ -92,6 +92,8 @@ pub struct SyncSources {
     pub changes: Arc<tokio::sync::Notify>,
     /// Streams, pushes, ACKs and the build's database time are counted here.
     pub metrics: Metrics,
+    /// The services' OAuth tokens, in memory (`service_oauth`).
+    pub service_tokens: Arc<crate::service_oauth::ServiceTokens>,
 }
 
 /// What a snapshot holds, for logs and for the publish-before-sign check.
@@ -121,7 +123,12 @@ pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result
         .metrics
         .db_timed(
             DbOp::Snapshot,
-            filter_config::build(&sources.db, &sources.config, &ring),
+            filter_config::build_with_tokens(
+                &sources.db,
+                &sources.config,
+                &ring,
+                &sources.service_tokens,
+            ),
         )
         .await
         .map_err(|e| format!("building the filter configuration: database: {e}"))?;

@@ -518,6 +518,7 @@ async fn services(db: &Db) {
         upstream_url: "https://api.example.com".into(),
         ca_pem: None,
         credential: Some(credential),
+        oauth: None,
         created_at: 1,
         updated_at: 1,
     };
@@ -580,6 +581,34 @@ async fn services(db: &Db) {
         "sk-secret-value"
     );
     assert!(services::open(&old, "api", &moved).is_err());
+
+    // An OAuth configuration, secret included, is stored sealed, read back whole, and moved
+    // to the new key by the rewrap too.
+    let oauth = podgate::service_oauth::parse(serde_json::json!({
+        "token_url": "https://idp.example/token", "grant": "client_credentials",
+        "client_id": "c", "client_secret": "oauth-secret-value"
+    }))
+    .unwrap();
+    let sealed = podgate::service_oauth::seal(&old, "oa", &oauth).unwrap();
+    assert!(!sealed.config.contains("oauth-secret-value"));
+    let oa = ServiceRow {
+        name: "oa".into(),
+        credential: None,
+        oauth: Some(sealed),
+        ..row.clone()
+    };
+    db.put_service(&oa).await.unwrap();
+    assert!(db.get_service("oa").await.unwrap().unwrap() == oa);
+    assert_eq!(services::rewrap(db, &rotating).await.unwrap(), (1, 1));
+    assert_eq!(services::rewrap(db, &rotating).await.unwrap(), (0, 2));
+    let moved = db.get_service("oa").await.unwrap().unwrap().oauth.unwrap();
+    assert_eq!(
+        moved.kek_id.as_deref(),
+        Some(new_only.current().unwrap().id())
+    );
+    assert!(podgate::service_oauth::open(&new_only, "oa", &moved).unwrap() == oauth);
+    assert!(podgate::service_oauth::open(&old, "oa", &moved).is_err());
+    assert!(db.delete_service("oa").await.unwrap());
 
     assert!(db.delete_service("api").await.unwrap());
     assert!(!db.delete_service("api").await.unwrap());

@@ -23,6 +23,7 @@ pub mod ads_bootstrap;
 pub mod envoy;
 pub mod fake_openai;
 pub mod fake_pod;
+pub mod fake_token;
 pub mod http;
 pub mod podgate;
 pub mod process;
@@ -33,6 +34,7 @@ pub use ads_bootstrap::{AdsBootstrap, EnvoyMtls};
 pub use envoy::{envoy_binary, Envoy, EnvoyBuilder, Readiness};
 pub use fake_openai::{FakeOpenAi, OpenAiRequest};
 pub use fake_pod::{FakePod, Recorded};
+pub use fake_token::{FakeTokenEndpoint, IssuedToken, TokenClient};
 pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
 pub use tls_front::TlsFront;
 

@@ -32,13 +32,16 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The database answers and signing keys are loaded.
+/// The database answers and signing keys are loaded. Services with an OAuth credential for which
+/// this control plane holds no valid token and that have no fallback (so Envoy does not publish
+/// them) are listed under `services_without_credential`; they do not make it unready, since
+/// another control plane would not fare better with the same token endpoint.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
     responses(
-        (status = 200, description = "The database answers and signing keys are loaded"),
+        (status = 200, description = "The database answers and signing keys are loaded; `services_without_credential` lists the OAuth services Envoy cannot publish now"),
         (status = 503, description = "A dependency is unavailable", body = ErrorBody),
     )
 )]
@@ -51,6 +54,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
     };
     let keys = if state.keys_loaded() { "ok" } else { "missing" };
+    let without_credential: Vec<String> = match state.db().list_services().await {
+        Ok(rows) => rows
+            .iter()
+            .filter(|r| r.oauth.is_some())
+            .filter(|r| {
+                state.service_tokens().status(r).source == crate::service_oauth::Source::None
+            })
+            .map(|r| r.name.clone())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     let ready = database == "ok" && keys == "ok";
     let status = if ready {
         StatusCode::OK
@@ -59,7 +73,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     let mut resp = (
         status,
-        Json(json!({ "status": if ready { "ready" } else { "not ready" }, "database": database, "keys": keys })),
+        Json(json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "database": database,
+            "keys": keys,
+            "services_without_credential": without_credential,
+        })),
     )
         .into_response();
     resp.headers_mut()

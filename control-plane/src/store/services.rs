@@ -15,7 +15,10 @@ pub struct ServiceRow {
     pub upstream_url: String,
     /// PEM of the CA bundle that verifies an https upstream; `None`: the system's roots.
     pub ca_pem: Option<String>,
+    /// The static credential, or with `oauth` the fallback used while no token can be had.
     pub credential: Option<StoredCredential>,
+    /// The OAuth configuration (`service_oauth.rs`), sealed whole: its secrets are in it.
+    pub oauth: Option<StoredOAuth>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -40,6 +43,14 @@ pub struct StoredCredential {
     pub fingerprint: String,
 }
 
+/// A service's OAuth configuration as stored: its JSON sealed under the key-encryption key
+/// `kek_id` names (plaintext when `kek_id` is `None`, dev mode only).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredOAuth {
+    pub kek_id: Option<String>,
+    pub config: String,
+}
+
 impl<'r> FromRow<'r, sqlx::any::AnyRow> for StoredCredential {
     fn from_row(row: &'r sqlx::any::AnyRow) -> Res<Self> {
         Ok(StoredCredential {
@@ -53,10 +64,11 @@ impl<'r> FromRow<'r, sqlx::any::AnyRow> for StoredCredential {
 
 const SERVICE_COLS: &str = "name, owner_id, team_id, sharing, upstream_url, ca_pem, \
      credential_header, credential_kek_id, credential_value, credential_fingerprint, \
-     created_at, updated_at";
+     oauth_kek_id, oauth_config, created_at, updated_at";
 
 fn service_from_row(row: &sqlx::any::AnyRow) -> Res<ServiceRow> {
     let header: Option<String> = row.try_get("credential_header")?;
+    let oauth: Option<String> = row.try_get("oauth_config")?;
     Ok(ServiceRow {
         name: row.try_get("name")?,
         owner_id: row.try_get("owner_id")?,
@@ -66,6 +78,13 @@ fn service_from_row(row: &sqlx::any::AnyRow) -> Res<ServiceRow> {
         ca_pem: row.try_get("ca_pem")?,
         credential: match header {
             Some(_) => Some(StoredCredential::from_row(row)?),
+            None => None,
+        },
+        oauth: match oauth {
+            Some(config) => Some(StoredOAuth {
+                kek_id: row.try_get("oauth_kek_id")?,
+                config,
+            }),
             None => None,
         },
         created_at: row.try_get("created_at")?,
@@ -80,13 +99,14 @@ impl Db {
         sqlx::query(
             "INSERT INTO services (name, owner_id, team_id, sharing, upstream_url, ca_pem, \
                 credential_header, credential_kek_id, credential_value, credential_fingerprint, \
-                created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                oauth_kek_id, oauth_config, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id, team_id = excluded.team_id, \
                 sharing = excluded.sharing, upstream_url = excluded.upstream_url, ca_pem = excluded.ca_pem, \
                 credential_header = excluded.credential_header, credential_kek_id = excluded.credential_kek_id, \
                 credential_value = excluded.credential_value, \
-                credential_fingerprint = excluded.credential_fingerprint, updated_at = excluded.updated_at",
+                credential_fingerprint = excluded.credential_fingerprint, \
+                oauth_kek_id = excluded.oauth_kek_id, oauth_config = excluded.oauth_config, updated_at = excluded.updated_at",
         )
         .bind(&s.name)
         .bind(&s.owner_id)
@@ -98,6 +118,8 @@ impl Db {
         .bind(c.and_then(|c| c.kek_id.clone()))
         .bind(c.map(|c| c.value.clone()))
         .bind(c.map(|c| c.fingerprint.clone()))
+        .bind(s.oauth.as_ref().and_then(|o| o.kek_id.clone()))
+        .bind(s.oauth.as_ref().map(|o| o.config.clone()))
         .bind(s.created_at)
         .bind(s.updated_at)
         .execute(&self.writer)

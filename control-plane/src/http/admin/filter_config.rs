@@ -31,6 +31,8 @@ async fn filter_config(
     State(s): State<AppState>,
 ) -> ApiResult<Json<podgate_protocol::config::FilterConfig>> {
     let ring = s.keys()?;
-    let config = crate::filter_config::build(s.db(), s.config(), &ring).await?;
+    let config =
+        crate::filter_config::build_with_tokens(s.db(), s.config(), &ring, s.service_tokens())
+            .await?;
     Ok(Json(crate::services::redact(config)))
 }

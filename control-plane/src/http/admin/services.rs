@@ -1,6 +1,8 @@
 //! Services (published upstream APIs) and their credentials: `/v1/services`,
-//! `/v1/services/{name}` and `/v1/services/{name}/credential`. No answer carries a credential's
-//! value: a service shows its credential's header name and fingerprint only.
+//! `/v1/services/{name}`, `/v1/services/{name}/credential` and, for OAuth credentials,
+//! `/v1/services/{name}/credential/{status,refresh,clear}`. No answer carries a credential's
+//! value, an OAuth secret or token: a service shows its credential's header name and
+//! fingerprint, and its OAuth token endpoint, grant and client id.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -12,10 +14,14 @@ use utoipa_axum::routes;
 
 use super::{created, deleted, parse_enum, require_user};
 use crate::cuts::cut_lost_access;
+use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
+use crate::service_oauth::{self, CredentialStatus, Grant, OAuthConfig};
 use crate::services::{check_credential, parse_upstream, seal};
-use crate::store::{now_unix, HolderScope, ServiceRow, Sharing, StoredCredential, DEFAULT_SHARING};
+use crate::store::{
+    now_unix, HolderScope, ServiceRow, Sharing, StoredCredential, StoredOAuth, DEFAULT_SHARING,
+};
 use crate::AppState;
 
 /// The largest CA bundle a service may carry.
@@ -26,6 +32,9 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_services, create_service))
         .routes(routes!(get_service, delete_service))
         .routes(routes!(put_credential, delete_credential))
+        .routes(routes!(credential_status))
+        .routes(routes!(refresh_credential))
+        .routes(routes!(clear_credential))
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,19 +51,50 @@ struct NewService {
     credential: Option<serde_json::Value>,
 }
 
-/// A credential as an admin sends it.
+/// A credential as an admin sends it: a static one, an OAuth one, or an OAuth one with a
+/// static fallback (in the OAuth configuration's header unless `header` names another).
 struct CredentialBody {
+    fixed: Option<StaticCredential>,
+    oauth: Option<OAuthConfig>,
+}
+
+struct StaticCredential {
     header: String,
     value: String,
 }
 
-/// Reads `{"header": "...", "value": "..."}` without ever quoting what was sent.
+/// Reads `{"header": "...", "value": "..."}` or `{"oauth": {...}, "header"?, "value"?}`
+/// without ever quoting what was sent.
 fn credential_of(v: serde_json::Value) -> ApiResult<CredentialBody> {
     const SHAPE: &str =
-        "`credential` must be {\"header\": \"authorization\", \"value\": \"Bearer ...\"} (two strings, nothing else)";
+        "`credential` must be {\"header\": \"authorization\", \"value\": \"Bearer ...\"} (two strings, nothing else), or {\"oauth\": {...}, \"value\"?: fallback, \"header\"?}";
     let serde_json::Value::Object(mut map) = v else {
         return Err(ApiError::bad(SHAPE));
     };
+    if let Some(oauth) = map.remove("oauth") {
+        let oauth = service_oauth::parse(oauth).map_err(ApiError::bad)?;
+        let mut take = |k: &str| match map.remove(k) {
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            None => Ok(None),
+            Some(_) => Err(ApiError::bad(SHAPE)),
+        };
+        let header = take("header")?.unwrap_or_else(|| oauth.header.clone());
+        let value = take("value")?;
+        if !map.is_empty() {
+            return Err(ApiError::bad(SHAPE));
+        }
+        let fixed = match value {
+            Some(value) => {
+                check_credential(&header, &value).map_err(ApiError::bad)?;
+                Some(StaticCredential { header, value })
+            }
+            None => None,
+        };
+        return Ok(CredentialBody {
+            fixed,
+            oauth: Some(oauth),
+        });
+    }
     let mut take = |k: &str| match map.remove(k) {
         Some(serde_json::Value::String(s)) => Some(s),
         _ => None,
@@ -66,7 +106,25 @@ fn credential_of(v: serde_json::Value) -> ApiResult<CredentialBody> {
         return Err(ApiError::bad(SHAPE));
     }
     check_credential(&header, &value).map_err(ApiError::bad)?;
-    Ok(CredentialBody { header, value })
+    Ok(CredentialBody {
+        fixed: Some(StaticCredential { header, value }),
+        oauth: None,
+    })
+}
+
+/// What admins see of a service's OAuth credential: no secret.
+#[derive(Debug, Serialize)]
+struct OAuthView {
+    token_url: String,
+    grant: Grant,
+    client_id: Option<String>,
+    /// `client_secret_basic`, `private_key_jwt` or `jwt_assertion`.
+    client_auth: &'static str,
+    scope: Option<String>,
+    header: String,
+    renew_margin_secs: u64,
+    /// Whether it is stored sealed under a key-encryption key (always, outside dev mode).
+    sealed: bool,
 }
 
 /// What admins see of a service's credential.
@@ -91,7 +149,9 @@ struct ServiceView {
     url: String,
     /// Whether the service has its own CA to verify the upstream's certificate.
     ca_pem_set: bool,
+    /// The static credential, or with `oauth` the fallback.
     credential: Option<CredentialView>,
+    oauth: Option<OAuthView>,
     created_at: i64,
     updated_at: i64,
 }
@@ -102,7 +162,21 @@ fn view(s: &AppState, row: ServiceRow) -> ServiceView {
         pod: row.name.clone(),
         port: SERVICE_PORT,
     });
+    let oauth = row.oauth.as_ref().and_then(|stored| {
+        let c = service_oauth::open(&config.key_encryption, &row.name, stored).ok()?;
+        Some(OAuthView {
+            client_auth: c.client_auth(),
+            token_url: c.token_url,
+            grant: c.grant,
+            client_id: c.client_id,
+            scope: c.scope,
+            header: c.header,
+            renew_margin_secs: c.renew_margin_secs,
+            sealed: stored.kek_id.is_some(),
+        })
+    });
     ServiceView {
+        oauth,
         url: config.pod_origin(&host),
         credential: row.credential.map(|c| CredentialView {
             sealed: c.kek_id.is_some(),
@@ -120,9 +194,29 @@ fn view(s: &AppState, row: ServiceRow) -> ServiceView {
     }
 }
 
-fn sealed(s: &AppState, name: &str, c: &CredentialBody) -> ApiResult<StoredCredential> {
-    seal(&s.config().key_encryption, name, &c.header, &c.value)
-        .map_err(|e| ApiError::internal(format!("sealing the credential of service {name}: {e}")))
+type SealedCredential = (Option<StoredCredential>, Option<StoredOAuth>);
+
+fn sealed(s: &AppState, name: &str, c: &CredentialBody) -> ApiResult<SealedCredential> {
+    let kek = &s.config().key_encryption;
+    let fixed = c
+        .fixed
+        .as_ref()
+        .map(|c| seal(kek, name, &c.header, &c.value))
+        .transpose()
+        .map_err(|e| {
+            ApiError::internal(format!("sealing the credential of service {name}: {e}"))
+        })?;
+    let oauth = c
+        .oauth
+        .as_ref()
+        .map(|c| service_oauth::seal(kek, name, c))
+        .transpose()
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "sealing the OAuth credential of service {name}: {e}"
+            ))
+        })?;
+    Ok((fixed, oauth))
 }
 
 async fn require_service(s: &AppState, name: &str) -> ApiResult<ServiceRow> {
@@ -215,7 +309,12 @@ async fn create_service(
             body.name, body.name
         )));
     }
-    let credential = credential.map(|c| sealed(&s, &body.name, &c)).transpose()?;
+    let (credential, oauth) = match credential {
+        Some(c) => sealed(&s, &body.name, &c)?,
+        None => (None, None),
+    };
+    // A token of an earlier service of this name is not this one's.
+    s.service_tokens().clear(&body.name);
     let now = now_unix();
     let row = ServiceRow {
         name: body.name,
@@ -225,6 +324,7 @@ async fn create_service(
         upstream_url: body.upstream_url,
         ca_pem: body.ca_pem,
         credential,
+        oauth,
         created_at: now,
         updated_at: now,
     };
@@ -302,10 +402,12 @@ async fn put_credential(
 ) -> ApiResult<Json<ServiceView>> {
     let credential = credential_of(body)?;
     let mut row = require_service(&s, &name).await?;
-    row.credential = Some(sealed(&s, &name, &credential)?);
+    (row.credential, row.oauth) = sealed(&s, &name, &credential)?;
     row.updated_at = now_unix();
     s.db().put_service(&row).await?;
-    tracing::info!(service = %name, header = %credential.header, "service credential set");
+    // The next token is obtained with the new configuration.
+    s.service_tokens().clear(&name);
+    tracing::info!(service = %name, oauth = credential.oauth.is_some(), "service credential set");
     Ok(Json(view(&s, row)))
 }
 
@@ -328,7 +430,84 @@ async fn delete_credential(
 ) -> ApiResult<Json<ServiceView>> {
     let mut row = require_service(&s, &name).await?;
     row.credential = None;
+    row.oauth = None;
     row.updated_at = now_unix();
     s.db().put_service(&row).await?;
+    s.service_tokens().clear(&name);
     Ok(Json(view(&s, row)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/credential/status",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 200, description = "Where the credential Envoy sets comes from now (oauth, fallback or none), the current OAuth token's expiry, the last renewal and the last error, as this control plane holds them; never the token", body = CredentialStatus),
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn credential_status(
+    State(s): State<AppState>,
+    PathArgs(name): PathArgs<String>,
+) -> ApiResult<Json<CredentialStatus>> {
+    let row = require_service(&s, &name).await?;
+    Ok(Json(s.service_tokens().status(&row)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/credential/refresh",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 200, description = "A new OAuth token was obtained and is pushed to Envoy; the answer is the status, never the token", body = CredentialStatus),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+        (status = 502, description = "The token endpoint gave no token; the message says why", body = ErrorBody),
+    )
+)]
+async fn refresh_credential(
+    State(s): State<AppState>,
+    PathArgs(name): PathArgs<String>,
+) -> ApiResult<Json<CredentialStatus>> {
+    let row = require_service(&s, &name).await?;
+    if row.oauth.is_none() {
+        return Err(ApiError::bad(format!(
+            "service {name:?} has no OAuth credential; set one with PUT /v1/services/{name}/credential"
+        )));
+    }
+    service_oauth::refresh(&s, &row)
+        .await
+        .map_err(|e| ApiError::BadGateway(format!("service {name:?}: no new OAuth token: {e}")))?;
+    Ok(Json(s.service_tokens().status(&row)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/credential/clear",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 200, description = "This control plane's cached OAuth token is dropped (Envoy gets the fallback, or loses the service, until the renewal task obtains a new one); the answer is the status", body = CredentialStatus),
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn clear_credential(
+    State(s): State<AppState>,
+    PathArgs(name): PathArgs<String>,
+) -> ApiResult<Json<CredentialStatus>> {
+    let row = require_service(&s, &name).await?;
+    s.service_tokens().clear(&name);
+    tracing::info!(service = %name, "service OAuth token dropped");
+    Ok(Json(s.service_tokens().status(&row)))
 }

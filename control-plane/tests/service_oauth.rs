@@ -1,0 +1,101 @@
+//! Service OAuth credentials against the testkit's token endpoint: `client_credentials` with a
+//! client secret and with a `private_key_jwt` assertion (ES256 and RS256), and the `jwt-bearer`
+//! grant; the endpoint verifies every assertion's signature with the client's public key. A
+//! wrong secret, a key the endpoint does not know and an endpoint that is down give errors that
+//! quote no secret.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, SystemTime};
+
+use podgate::service_oauth::{fetch, http_client, parse};
+use podgate_testkit::{FakeTokenEndpoint, TokenClient};
+use serde_json::json;
+
+const ES256_PEM: &str = include_str!("fixtures/service_oauth_es256.pem");
+const ES256_PUB: &str = include_str!("fixtures/service_oauth_es256.pub.pem");
+const RS256_PEM: &str = include_str!("fixtures/service_oauth_rs256.pem");
+const RS256_PUB: &str = include_str!("fixtures/service_oauth_rs256.pub.pem");
+const SECRET: &str = "client-secret-7f3a9c1e";
+
+async fn endpoint() -> FakeTokenEndpoint {
+    FakeTokenEndpoint::start(
+        vec![
+            TokenClient {
+                client_id: "with-secret".into(),
+                secret: Some(SECRET.into()),
+                public_key_pem: None,
+            },
+            TokenClient {
+                client_id: "with-ec-key".into(),
+                secret: None,
+                public_key_pem: Some(ES256_PUB.into()),
+            },
+            TokenClient {
+                client_id: "with-rsa-key".into(),
+                secret: None,
+                public_key_pem: Some(RS256_PUB.into()),
+            },
+        ],
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_grant_gets_a_token_the_endpoint_issued() {
+    let idp = endpoint().await;
+    let client = http_client();
+    let cases = [
+        (
+            json!({"token_url": idp.url(), "grant": "client_credentials", "client_id": "with-secret", "client_secret": SECRET, "scope": "read write"}),
+            "client_secret",
+        ),
+        (
+            json!({"token_url": idp.url(), "grant": "client_credentials", "client_id": "with-ec-key", "private_key_pem": ES256_PEM, "key_id": "k1"}),
+            "private_key_jwt",
+        ),
+        (
+            json!({"token_url": idp.url(), "grant": "client_credentials", "client_id": "with-rsa-key", "private_key_pem": RS256_PEM}),
+            "private_key_jwt",
+        ),
+        (
+            json!({"token_url": idp.url(), "grant": "jwt_bearer", "iss": "with-rsa-key", "sub": "robot@example", "private_key_pem": RS256_PEM}),
+            "jwt_bearer",
+        ),
+    ];
+    for (config, how) in cases {
+        let config = parse(config).unwrap();
+        let token = fetch(&client, &config).await.unwrap();
+        assert!(idp.valid_at(&token.value, SystemTime::now()), "{how}");
+        let issued = idp.issued().pop().unwrap();
+        assert_eq!(issued.how, how);
+        // The control plane counts the life from before it asked: never past the real expiry.
+        let life = token.expires_ms - token.obtained_ms;
+        assert!((2_900..=3_000).contains(&life), "{life}");
+    }
+    assert_eq!(idp.issued()[0].scope.as_deref(), Some("read write"));
+    assert!(idp.refusals().is_empty(), "{:?}", idp.refusals());
+}
+
+#[tokio::test]
+async fn refusals_and_outages_are_errors_that_quote_no_secret() {
+    let idp = endpoint().await;
+    let client = http_client();
+    let wrong_secret = parse(json!({"token_url": idp.url(), "grant": "client_credentials", "client_id": "with-secret", "client_secret": "wrong-secret-value"})).unwrap();
+    let e = fetch(&client, &wrong_secret).await.unwrap_err();
+    assert!(e.contains("invalid_client"), "{e}");
+    assert!(!e.contains("wrong-secret-value"), "{e}");
+    // Signed with the RSA key, claimed as the client whose key is EC: the signature fails.
+    let wrong_key = parse(json!({"token_url": idp.url(), "grant": "client_credentials", "client_id": "with-ec-key", "private_key_pem": RS256_PEM})).unwrap();
+    let e = fetch(&client, &wrong_key).await.unwrap_err();
+    assert!(e.contains("invalid_client"), "{e}");
+    assert!(idp.issued().is_empty());
+    idp.set_up(false);
+    let good = parse(json!({"token_url": idp.url(), "grant": "client_credentials", "client_id": "with-secret", "client_secret": SECRET})).unwrap();
+    let e = fetch(&client, &good).await.unwrap_err();
+    assert!(e.contains("503") && !e.contains(SECRET), "{e}");
+    idp.set_up(true);
+    fetch(&client, &good).await.unwrap();
+}

@@ -1,0 +1,316 @@
+//! Services with an OAuth credential, live, through a real Envoy fed by the control plane's ADS
+//! server: the control plane obtains short-lived access tokens (3 s) from the testkit's token
+//! endpoint and renews them; the TLS upstream receives `Bearer <token>` and nothing of the
+//! caller's. Across several token lifetimes, every request (one every 50 ms) reaches the
+//! upstream with a token the endpoint issued and that had not expired; with the endpoint down,
+//! the service is left out (no request reaches the upstream without a credential) until a
+//! static fallback is configured, which is then used; the status endpoints show expiry and the
+//! last error, and no admin answer and no log line holds a token or a secret.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod xds_support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use podgate_testkit::{FakeTokenEndpoint, TlsFront, TokenClient};
+use reqwest::header::HOST;
+use serde_json::{json, Value};
+use xds_support::*;
+
+const CLIENT_SECRET: &str = "oauth-client-secret-2c7e91d4";
+const FALLBACK_KEY: &str = "sk-fallback-9a0b1c2d3e4f";
+/// Every token the fake endpoint issues starts with this.
+const TOKEN_PREFIX: &str = "fake-at-";
+
+fn service_host(name: &str) -> String {
+    format!("svc-{name}.localhost")
+}
+
+async fn get_service(stack: &Stack, name: &str, bearer: &str) -> (u16, String) {
+    let resp = stack
+        .http
+        .get(format!("http://{}/v1/models", stack.envoy.listener))
+        .header(HOST, service_host(name))
+        .header("authorization", bearer)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+async fn until_status(stack: &Stack, name: &str, bearer: &str, want: u16, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = get_service(stack, name, bearer).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "still {status} {body}\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn admin_raw(stack: &Stack, method: reqwest::Method, path: &str) -> (u16, String) {
+    let resp = stack
+        .http
+        .request(method, format!("http://{}{path}", stack.cp.http))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// `POST /api/proxy-tokens` with the stack's session: the token.
+async fn api_token(stack: &Stack) -> String {
+    let resp = stack
+        .http
+        .post(format!("http://{}/api/proxy-tokens", stack.cp.http))
+        .header(reqwest::header::COOKIE, &stack.session)
+        .json(&json!({ "name": "oauth" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let body: Value = resp.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
+    let idp = FakeTokenEndpoint::start(
+        vec![TokenClient {
+            client_id: "podgate".into(),
+            secret: Some(CLIENT_SECRET.into()),
+            public_key_pem: None,
+        }],
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    let stack = Stack::start(&[]).await;
+    let upstream = FakePod::start("upstream").await.unwrap();
+    let front = TlsFront::start(upstream.addr()).await.unwrap();
+    let oauth = json!({
+        "token_url": idp.url(),
+        "grant": "client_credentials",
+        "client_id": "podgate",
+        "client_secret": CLIENT_SECRET,
+        "scope": "models",
+    });
+    let created = stack
+        .cp
+        .admin(
+            reqwest::Method::POST,
+            "/v1/services",
+            Some(json!({
+                "name": "api",
+                "owner_id": USER,
+                "sharing": "owner",
+                "upstream_url": format!("https://localhost:{}", front.addr().port()),
+                "ca_pem": front.ca_pem(),
+                "credential": {"oauth": oauth},
+            })),
+        )
+        .await;
+    let shown = created.to_string();
+    assert!(!shown.contains(CLIENT_SECRET), "{shown}");
+    assert_eq!(
+        created["oauth"]["client_auth"], "client_secret_basic",
+        "{shown}"
+    );
+    assert_eq!(created["oauth"]["sealed"], true, "{shown}");
+    assert!(created["credential"].is_null(), "{shown}");
+
+    let bearer = format!("Bearer {}", api_token(&stack).await);
+    until_status(&stack, "api", &bearer, 200, Duration::from_secs(5)).await;
+
+    // Four token lifetimes, a request every 50 ms: each answered 200 by the upstream, with a
+    // token the endpoint issued that had not expired when the answer came back.
+    let start = Instant::now();
+    let mut sent = 0;
+    upstream.reset();
+    while start.elapsed() < Duration::from_secs(12) {
+        let (status, body) = get_service(&stack, "api", &bearer).await;
+        let answered = SystemTime::now();
+        assert_eq!(status, 200, "request {sent}: {body}\n{}", stack.logs());
+        sent += 1;
+        let last = upstream.requests().pop().unwrap();
+        let got = last.header_all("authorization");
+        assert_eq!(got.len(), 1, "{:?}", last.headers);
+        let token = got[0].strip_prefix("Bearer ").unwrap();
+        assert!(
+            idp.valid_at(token, answered),
+            "request {sent}: token {token} not valid at {answered:?}: {:?}",
+            idp.issued()
+        );
+        assert!(!format!("{:?}", last.headers).contains("pg_"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upstream.requests().len(), sent);
+    let issued = idp.issued();
+    assert!(sent > 100, "{sent}");
+    assert!(issued.len() >= 5, "{issued:?}");
+    assert!(issued.iter().all(|t| t.how == "client_secret"));
+    assert_eq!(issued[0].scope.as_deref(), Some("models"));
+
+    let status = stack
+        .cp
+        .admin(
+            reqwest::Method::GET,
+            "/v1/services/api/credential/status",
+            None,
+        )
+        .await;
+    assert_eq!(status["source"], "oauth", "{status}");
+    assert!(status["expires_at"].as_i64().unwrap() > 0, "{status}");
+    assert!(status["last_renewal"].as_i64().is_some(), "{status}");
+    assert!(status["last_error"].is_null(), "{status}");
+
+    // The endpoint goes down: the token expires, and with no fallback the service is left
+    // out, so nothing reaches the upstream without a credential.
+    idp.set_up(false);
+    let (code, body) = admin_raw(
+        &stack,
+        reqwest::Method::POST,
+        "/v1/services/api/credential/refresh",
+    )
+    .await;
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("503"), "{body}");
+    let start = Instant::now();
+    loop {
+        let (status, _) = get_service(&stack, "api", &bearer).await;
+        if status != 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(6), "{}", stack.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = upstream.requests().len();
+    for _ in 0..5 {
+        let (status, _) = get_service(&stack, "api", &bearer).await;
+        assert_ne!(status, 200);
+    }
+    assert_eq!(upstream.requests().len(), before);
+    for r in upstream.requests() {
+        let token = r.header_all("authorization")[0]
+            .strip_prefix("Bearer ")
+            .unwrap()
+            .to_owned();
+        assert!(issued
+            .iter()
+            .chain(idp.issued().iter())
+            .any(|t| t.token == token));
+    }
+    let status = stack
+        .cp
+        .admin(
+            reqwest::Method::GET,
+            "/v1/services/api/credential/status",
+            None,
+        )
+        .await;
+    assert_eq!(status["source"], "none", "{status}");
+    assert!(status["expires_at"].is_null(), "{status}");
+    assert!(
+        status["last_error"].as_str().unwrap().contains("503"),
+        "{status}"
+    );
+    assert!(status["failures"].as_u64().unwrap() >= 1, "{status}");
+    let ready = stack
+        .http
+        .get(format!("http://{}/readyz", stack.cp.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(
+        ready["services_without_credential"],
+        json!(["api"]),
+        "{ready}"
+    );
+
+    // A static fallback: used while the endpoint stays down.
+    stack
+        .cp
+        .admin(
+            reqwest::Method::PUT,
+            "/v1/services/api/credential",
+            Some(json!({"oauth": oauth, "value": format!("Bearer {FALLBACK_KEY}")})),
+        )
+        .await;
+    until_status(&stack, "api", &bearer, 200, Duration::from_secs(5)).await;
+    let last = upstream.requests().pop().unwrap();
+    assert_eq!(
+        last.header_all("authorization"),
+        vec![format!("Bearer {FALLBACK_KEY}").as_str()]
+    );
+    let status = stack
+        .cp
+        .admin(
+            reqwest::Method::GET,
+            "/v1/services/api/credential/status",
+            None,
+        )
+        .await;
+    assert_eq!(status["source"], "fallback", "{status}");
+
+    // Back up: a forced refresh brings an OAuth token at once.
+    idp.set_up(true);
+    let status = stack
+        .cp
+        .admin(
+            reqwest::Method::POST,
+            "/v1/services/api/credential/refresh",
+            None,
+        )
+        .await;
+    assert_eq!(status["source"], "oauth", "{status}");
+    let start = Instant::now();
+    loop {
+        let (code, body) = get_service(&stack, "api", &bearer).await;
+        assert_eq!(code, 200, "{body}");
+        let last = upstream.requests().pop().unwrap();
+        if last.header_all("authorization")[0].starts_with(&format!("Bearer {TOKEN_PREFIX}")) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", stack.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Clear: the cached token is dropped and answered with the status.
+    let status = stack
+        .cp
+        .admin(
+            reqwest::Method::POST,
+            "/v1/services/api/credential/clear",
+            None,
+        )
+        .await;
+    assert!(status["service"] == "api", "{status}");
+
+    // No admin answer and no log line holds a token or a secret.
+    for path in [
+        "/v1/services",
+        "/v1/services/api",
+        "/v1/services/api/credential/status",
+        "/v1/filter-config",
+    ] {
+        let (_, answer) = admin_raw(&stack, reqwest::Method::GET, path).await;
+        for secret in [TOKEN_PREFIX, CLIENT_SECRET, FALLBACK_KEY] {
+            assert!(!answer.contains(secret), "{path}: {answer}");
+        }
+    }
+    let logs = stack.cp.log();
+    for secret in [TOKEN_PREFIX, CLIENT_SECRET, FALLBACK_KEY] {
+        assert!(!logs.contains(secret), "{secret} in the logs");
+    }
+}
