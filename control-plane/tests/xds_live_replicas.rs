@@ -24,8 +24,9 @@ use xds_support::*;
 /// The periodic resync of these control planes: far longer than any change may take, so only
 /// the announcement can carry a change in time.
 const SLOW_RESYNC: [&str; 2] = ["--xds-resync-secs", "60"];
-/// The most one change may take to reach the other Envoy, with room for a loaded machine.
-const WITHIN: Duration = Duration::from_secs(1);
+/// The most one change may take to reach the other Envoy: far below the resync, with room for
+/// a loaded machine (the measured figures are printed, not asserted).
+const WITHIN: Duration = Duration::from_secs(5);
 
 /// A fresh, unmigrated PostgreSQL database and a key-encryption key file for the control planes
 /// on it; `None` to skip (no `PODGATE_TEST_POSTGRES_URL` outside CI).
@@ -432,9 +433,12 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
             sample(&m1, "podgate_replicas "),
             sample(&m2, "podgate_replicas "),
         );
-        if replicas == (2.0, 2.0) {
-            assert_eq!(sample(&m1, "podgate_config_listening "), 1.0);
-            assert_eq!(sample(&m2, "podgate_config_listening "), 1.0);
+        let listening = (
+            sample(&m1, "podgate_config_listening "),
+            sample(&m2, "podgate_config_listening "),
+        );
+        // Both listen again soon after the lost connections above were reopened.
+        if replicas == (2.0, 2.0) && listening == (1.0, 1.0) {
             let sent = sample(
                 &m1,
                 "podgate_config_announcements_total{direction=\"sent\"} ",
@@ -446,7 +450,10 @@ async fn changes_through_one_control_plane_reach_the_envoy_of_another_at_once() 
             assert!(sent >= 40.0 && received >= 40.0, "{sent} {received}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "{replicas:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "replicas {replicas:?}, listening {listening:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
