@@ -159,9 +159,10 @@ pub fn test_certs(label: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Whether whole-stack suites run with mutual TLS between Envoy and the control plane by
-/// default: `PODGATE_E2E_MTLS=1` (the suites that test mutual TLS itself always do).
+/// default: yes, as the demo and production do, unless `PODGATE_E2E_MTLS=0` (the suites that
+/// test mutual TLS itself always do).
 pub fn mtls_by_default() -> bool {
-    std::env::var("PODGATE_E2E_MTLS").is_ok_and(|v| v == "1" || v == "true")
+    !std::env::var("PODGATE_E2E_MTLS").is_ok_and(|v| v == "0" || v == "false")
 }
 
 /// A `podgate serve` process with its own SQLite database (the test kit's launcher); can be
