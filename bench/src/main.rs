@@ -9,6 +9,7 @@
 mod compare;
 mod envoy;
 mod exchange;
+mod interleaved;
 mod limits;
 mod load;
 mod pin;
