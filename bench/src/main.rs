@@ -260,19 +260,13 @@ async fn run_renewal(settings: &Settings, placement: &pin::Placement) -> anyhow:
     let upstream = upstream::start(placement.upstream_cpu)?;
     let keys = tokens::Keys::new()?;
     let report = renewal::run(settings, placement, upstream, &keys).await?;
-    println!("{}", report.markdown());
-    println!("Total run {:.0} s.", started.elapsed().as_secs_f64());
-    if !settings.dry_run {
-        let time = chrono::DateTime::from_timestamp(unix_now(), 0)
-            .map(|t| t.format("%Y-%m-%dT%H%M%SZ").to_string())
-            .unwrap_or_default();
-        let path = settings.results_dir.join(format!("renewal-{time}.json"));
-        let json = serde_json::json!({"machine": machine, "renewal": report});
-        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let markdown = format!(
+        "{}\nTotal run {:.0} s.",
+        report.markdown(),
+        started.elapsed().as_secs_f64()
+    );
+    let json = serde_json::json!({"machine": machine, "renewal": report});
+    finish(settings, "renewal", &markdown, &json)
 }
 
 async fn run_limits(settings: &Settings, placement: &pin::Placement) -> anyhow::Result<()> {
@@ -281,19 +275,13 @@ async fn run_limits(settings: &Settings, placement: &pin::Placement) -> anyhow::
     let upstream = upstream::start(placement.upstream_cpu)?;
     let keys = tokens::Keys::new()?;
     let report = limits::run(settings, placement, upstream, &keys).await?;
-    println!("{}", report.markdown());
-    println!("Total run {:.0} s.", started.elapsed().as_secs_f64());
-    if !settings.dry_run {
-        let time = chrono::DateTime::from_timestamp(unix_now(), 0)
-            .map(|t| t.format("%Y-%m-%dT%H%M%SZ").to_string())
-            .unwrap_or_default();
-        let path = settings.results_dir.join(format!("limits-{time}.json"));
-        let json = serde_json::json!({"machine": machine, "limits": report});
-        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let markdown = format!(
+        "{}\nTotal run {:.0} s.",
+        report.markdown(),
+        started.elapsed().as_secs_f64()
+    );
+    let json = serde_json::json!({"machine": machine, "limits": report});
+    finish(settings, "limits", &markdown, &json)
 }
 
 /// Prints `markdown` and, unless `--dry-run`, writes `json` to `<name>-<time>.json` in the
