@@ -146,6 +146,30 @@ impl AdsBootstrap {
         Ok(self)
     }
 
+    /// Without the `podgate_http` listener's access log (a line a request: long runs at high
+    /// rates would fill the disk).
+    pub fn without_access_log(&mut self) -> anyhow::Result<&mut Self> {
+        let listeners = at(&mut self.doc, &["static_resources", "listeners"])?;
+        let listener = named(listeners, "podgate_http")?;
+        let chains = at(listener, &["filter_chains"])?
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: filter_chains is not a list"))?;
+        for chain in chains {
+            let filters = at(chain, &["filters"])?
+                .as_sequence_mut()
+                .ok_or_else(|| anyhow!("{ADS_BOOTSTRAP}: filters is not a list"))?;
+            for filter in filters {
+                if let Some(config) = filter
+                    .get_mut("typed_config")
+                    .and_then(Value::as_mapping_mut)
+                {
+                    config.remove("access_log");
+                }
+            }
+        }
+        Ok(self)
+    }
+
     /// The rendered bootstrap.
     pub fn to_yaml(&self) -> anyhow::Result<String> {
         serde_yaml::to_string(&self.doc).context("writing the bootstrap YAML")
@@ -279,6 +303,16 @@ mod tests {
     fn cluster<'a>(doc: &'a Value, name: &str) -> &'a Value {
         let clusters = doc["static_resources"]["clusters"].as_sequence().unwrap();
         clusters.iter().find(|c| c["name"] == name).unwrap()
+    }
+
+    #[test]
+    fn without_access_log_drops_only_the_access_log() {
+        let mut b = AdsBootstrap::load().unwrap();
+        assert!(b.to_yaml().unwrap().contains("access_log"));
+        b.without_access_log().unwrap();
+        let yaml = b.to_yaml().unwrap();
+        assert!(!yaml.contains("access_log"), "{yaml}");
+        assert!(yaml.contains("route_config"), "{yaml}");
     }
 
     #[test]

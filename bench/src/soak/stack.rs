@@ -173,38 +173,20 @@ impl Stack {
     }
 }
 
-/// `envoy/podgate.yaml` with its ports changed: the admin on an ephemeral port, the listener on
-/// `listener_port`, ADS on `xds_port`, the control plane's HTTP on `cp_http_port`; and without
-/// its access log.
+/// `envoy/podgate.yaml` rendered for the soak: the admin on an ephemeral port, the listener on
+/// `listener_port`, ADS on `xds_port`, the control plane's HTTP on `cp_http_port`, plain TCP to
+/// the control plane, and no access log.
 fn render_bootstrap(
     listener_port: u16,
     xds_port: u16,
     cp_http_port: u16,
 ) -> anyhow::Result<String> {
-    let path = podgate_testkit::workspace_root().join("envoy/podgate.yaml");
-    let mut text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    for (from, to) in [
-        (9901, 0),
-        (10000, listener_port),
-        (18000, xds_port),
-        (8080, cp_http_port),
-    ] {
-        let needle = format!("port_value: {from} ");
-        if !text.contains(&needle) {
-            bail!("{} has no `{needle}`", path.display());
-        }
-        text = text.replace(&needle, &format!("port_value: {to} "));
-    }
-    // No access log: at the soak's rates it would fill the disk (a line a request).
-    let from = text
-        .find("          access_log:\n")
-        .ok_or_else(|| anyhow!("{} has no access_log", path.display()))?;
-    let to = text[from..]
-        .find("          route_config:\n")
-        .ok_or_else(|| anyhow!("{} has no route_config after access_log", path.display()))?;
-    text.replace_range(from..from + to, "");
-    Ok(text)
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    podgate_testkit::AdsBootstrap::load()?
+        .listener(loopback(listener_port))?
+        .control_planes(&[loopback(xds_port)], &[loopback(cp_http_port)])?
+        .without_access_log()?
+        .to_yaml()
 }
 
 /// A database of the soak's own on the PostgreSQL server of `url` (`CREATE DATABASE`), dropped
