@@ -7,6 +7,7 @@
 //! pacer, upstream, ADS server) runs on the other CPUs.
 
 mod compare;
+mod echo_upstream;
 mod envoy;
 mod exchange;
 mod interleaved;

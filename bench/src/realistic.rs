@@ -29,9 +29,10 @@ use podgate_protocol::token::{mint, PodClaims, TokenKind};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::compare::median;
+use crate::echo_upstream;
 use crate::envoy::{self, Envoy, Route};
 use crate::pin::Placement;
 use crate::tokens::{self, Alg, DirectoryPod, Keys};
@@ -224,110 +225,6 @@ fn traffic(keys: &Keys) -> anyhow::Result<Traffic> {
         next_cold: AtomicU64::new(0),
         frame,
     })
-}
-
-// ---- the upstream pod: HTTP/1.1 keep-alive with bodies, and WebSocket echo ----------------
-
-const OK_RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-
-/// Starts the realistic upstream on its own thread; returns its address.
-fn start_upstream(cpu: Option<usize>) -> anyhow::Result<SocketAddr> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("upstream-realistic".into())
-        .spawn(move || {
-            crate::pin::pin_current_thread(cpu);
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(anyhow::anyhow!("upstream runtime: {e}")));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let listener = match TcpListener::bind("127.0.0.1:0").await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = tx.send(Err(anyhow::anyhow!("upstream bind: {e}")));
-                        return;
-                    }
-                };
-                let _ = tx.send(listener.local_addr().map_err(Into::into));
-                while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve(stream));
-                }
-            });
-        })
-        .context("spawning the upstream thread")?;
-    rx.recv().context("upstream thread ended before binding")?
-}
-
-/// Answers each request (its body read by `Content-Length`) with a 200; an upgrade to
-/// WebSocket with a 101, then echoes every byte.
-async fn serve(mut stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut filled = 0;
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        let parsed = request.parse(&buf[..filled]);
-        let head = match parsed {
-            Ok(httparse::Status::Complete(n)) => Some(n),
-            Ok(httparse::Status::Partial) => None,
-            Err(_) => return,
-        };
-        if let Some(head) = head {
-            let mut length = 0usize;
-            let mut upgrade = false;
-            for h in request.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    length = std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                } else if h.name.eq_ignore_ascii_case("upgrade") {
-                    upgrade = h.value.eq_ignore_ascii_case(b"websocket");
-                }
-            }
-            if filled >= head + length {
-                if upgrade {
-                    if stream.write_all(SWITCHING).await.is_err() {
-                        return;
-                    }
-                    let rest = buf[head..filled].to_vec();
-                    if !rest.is_empty() && stream.write_all(&rest).await.is_err() {
-                        return;
-                    }
-                    let (mut r, mut w) = stream.into_split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                    return;
-                }
-                if stream.write_all(OK_RESPONSE).await.is_err() {
-                    return;
-                }
-                buf.copy_within(head + length..filled, 0);
-                filled -= head + length;
-                continue;
-            }
-        }
-        if filled == buf.len() {
-            if buf.len() >= 1 << 20 {
-                return;
-            }
-            buf.resize(buf.len() * 2, 0);
-        }
-        match stream.read(&mut buf[filled..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => filled += n,
-        }
-    }
 }
 
 // ---- the load -----------------------------------------------------------------------------
@@ -552,7 +449,7 @@ pub async fn run(
     if cold_percent > PAGE_PERCENT {
         bail!("--cold-percent must be at most {PAGE_PERCENT}");
     }
-    let upstream = start_upstream(placement.upstream_cpu)?;
+    let upstream = echo_upstream::start(placement.upstream_cpu)?;
     let traffic = Arc::new(traffic(keys)?);
     let cluster = "pod_bench";
     let pods: Vec<DirectoryPod> = (0..PODS)
