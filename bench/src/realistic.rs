@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use podgate_protocol::token::{mint, PodClaims, TokenKind};
+use podgate_testkit::XorShift;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -237,18 +238,6 @@ struct MixStats {
     http_latency_ns: Vec<u64>,
 }
 
-/// A small deterministic generator (xorshift), one per connection.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Reads one response head (and its `Content-Length` body) from `stream`; its status.
 async fn read_response(
     stream: &mut TcpStream,
@@ -332,7 +321,8 @@ async fn mix_closed_loop(
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..connections {
         let traffic = Arc::clone(traffic);
-        let mut rng = Rng((seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((c as u64 + 1) << 20)) | 1);
+        // One deterministic generator per connection.
+        let mut rng = XorShift::seeded(seed ^ ((c as u64 + 1) << 20));
         tasks.spawn(async move {
             let mut stats = MixStats::default();
             let mut stream: Option<TcpStream> = None;
@@ -340,8 +330,8 @@ async fn mix_closed_loop(
             let mut filled = 0usize;
             let mut consecutive = 0u32;
             while Instant::now() < deadline && consecutive < 50 {
-                let pick = rng.next() % 100;
-                let user = &traffic.users[(rng.next() % USERS as u64) as usize];
+                let pick = rng.next_u64() % 100;
+                let user = &traffic.users[rng.below(USERS)];
                 let request: &[u8] = if pick < cold_percent {
                     let n = traffic.next_cold.fetch_add(1, Ordering::Relaxed);
                     &traffic.cold[(n % traffic.cold.len() as u64) as usize]

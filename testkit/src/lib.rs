@@ -14,6 +14,7 @@
 //! - [`fake_pod`]: a pod stand-in that records every request and connection it accepts, echoes
 //!   WebSocket messages and answers with JSON describing what it received, or, for paths under
 //!   `/_fake/`, streams, counts an upload, answers late or not at all, or fails;
+//! - [`rng`]: a small seeded xorshift generator for the load and soak drivers;
 //! - [`http`]: one HTTP/1.1 exchange written by hand on a fresh connection (for requests a
 //!   client library would refuse or rewrite, and for Envoy's admin API);
 //! - [`webdriver`]: Debian's headless Chromium driven over W3C WebDriver by `chromedriver`, the
@@ -27,6 +28,7 @@ pub mod fake_token;
 pub mod http;
 pub mod podgate;
 pub mod process;
+pub mod rng;
 pub mod tls_front;
 pub mod webdriver;
 
@@ -36,6 +38,7 @@ pub use fake_openai::{FakeOpenAi, OpenAiRequest};
 pub use fake_pod::{FakePod, Recorded};
 pub use fake_token::{FakeTokenEndpoint, IssuedToken, TokenClient};
 pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
+pub use rng::XorShift;
 pub use tls_front::TlsFront;
 
 use std::path::{Path, PathBuf};

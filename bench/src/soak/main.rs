@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use podgate_testkit::XorShift;
 
 use drive::World;
 use stack::{Api, Stack, StackSettings};
@@ -296,7 +297,7 @@ async fn soak(
     {
         let w = Arc::clone(&world);
         background.push(tokio::spawn(async move {
-            let mut rng = drive::Rng::new(11);
+            let mut rng = XorShift::seeded(11);
             let mut next = Instant::now() + period;
             while w.tick(&mut next, period).await {
                 w.toggle_pod(&mut rng).await;
@@ -307,7 +308,7 @@ async fn soak(
         let w = Arc::clone(&world);
         let s = Arc::clone(&stack);
         background.push(tokio::spawn(async move {
-            let mut rng = drive::Rng::new(12);
+            let mut rng = XorShift::seeded(12);
             let mut cli = false;
             let mut next = Instant::now() + period * 2;
             while w.tick(&mut next, period * 4).await {
@@ -319,7 +320,7 @@ async fn soak(
     {
         let w = Arc::clone(&world);
         background.push(tokio::spawn(async move {
-            let mut rng = drive::Rng::new(13);
+            let mut rng = XorShift::seeded(13);
             let mut next = Instant::now() + period / 3;
             while w.tick(&mut next, period).await {
                 w.churn_api_tokens(&mut rng).await;
@@ -329,7 +330,7 @@ async fn soak(
     {
         let w = Arc::clone(&world);
         background.push(tokio::spawn(async move {
-            let mut rng = drive::Rng::new(14);
+            let mut rng = XorShift::seeded(14);
             let mut next = Instant::now() + period * 2 / 3;
             while w.tick(&mut next, period).await {
                 w.churn_sessions(&mut rng).await;

@@ -78,6 +78,12 @@ pub fn judge(kind: &str, expect: &Expect, status: u16, right_pod: bool) -> Verdi
             }
         }
         401 if may_be_refused => Verdict::Refused(format!("{} → 401", expect.revoked_by)),
+        // Every soak client has the same address, so revoked API tokens failing again and again
+        // trip the control plane's limit on failed API tokens per client: still a refusal.
+        429 if may_be_refused && kind == "API token" => Verdict::Refused(format!(
+            "{} → 429 (failed tokens per client)",
+            expect.revoked_by
+        )),
         503 if may_be_stopped => Verdict::Refused("pod stopped → 503".to_owned()),
         200 if !may_be_valid => Verdict::Error(format!("{kind}: 200 after {}", expect.revoked_by)),
         200 => Verdict::Error(format!("{kind}: 200 from a stopped pod")),
