@@ -3,7 +3,9 @@
 //! (`podgate_protocol::wake`). The capability is checked as for a renewal
 //! (`renew::still_allowed`: its session live, its user still allowed to reach the pod and
 //! port); then the operator's start hook (`--start-hook-url`) is called with its secret, at most
-//! once per pod every `--start-hook-interval-secs`. The platform starts the pod and reports
+//! once per pod every `--start-hook-interval-secs`, however many control planes share the
+//! database: each remembers its own recent calls (no database write for a repeat) and claims
+//! the call in `pod_wakes` before making it. The platform starts the pod and reports
 //! `running` through `PUT /v1/pods/{slug}/status` as usual; the browser's page reloads itself
 //! until it gets through.
 
@@ -12,6 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::StartHook;
+use crate::store::{now_unix, Db};
 
 /// Header carrying the start hook's secret.
 pub const START_SECRET_HEADER: &str = "podgate-start-secret";
@@ -56,31 +59,45 @@ impl Waker {
         })
     }
 
-    /// Calls the start hook for `pod` unless the limit holds it back; the call runs in the
-    /// background (its failure is logged), so the filter's call returns at once.
-    pub fn wake(&self, pod: &str) -> Woken {
+    /// Calls the start hook for `pod` unless the limit holds it back (here, or a claim in the
+    /// database by this or another control plane); the call runs in the background (its
+    /// failure is logged), so the filter's call returns at once.
+    pub async fn wake(&self, db: &Db, pod: &str) -> Result<Woken, sqlx::Error> {
         let Some(hook) = self.hook.as_ref() else {
-            return Woken::Off;
+            return Ok(Woken::Off);
         };
         let interval = Duration::from_secs(hook.interval_secs);
         let now = Instant::now();
         {
             let Ok(mut last) = self.last_call.lock() else {
-                return Woken::Limited;
+                return Ok(Woken::Limited);
             };
             if last
                 .get(pod)
                 .is_some_and(|at| now.duration_since(*at) < interval)
             {
-                return Woken::Limited;
+                return Ok(Woken::Limited);
             }
             if last.len() >= MAX_TRACKED {
                 last.retain(|_, at| now.duration_since(*at) < interval);
                 if last.len() >= MAX_TRACKED {
-                    return Woken::Limited;
+                    return Ok(Woken::Limited);
                 }
             }
             last.insert(pod.to_owned(), now);
+        }
+        let interval_secs = i64::try_from(hook.interval_secs).unwrap_or(i64::MAX);
+        match db.claim_wake(pod, now_unix(), interval_secs).await {
+            Ok(true) => {}
+            // Another control plane called it within the interval (remembered here as well).
+            Ok(false) => return Ok(Woken::Limited),
+            Err(e) => {
+                // Not called: the next wake may try again.
+                if let Ok(mut last) = self.last_call.lock() {
+                    last.remove(pod);
+                }
+                return Err(e);
+            }
         }
         let url = hook.url.replace("{pod}", pod);
         let request = self
@@ -100,6 +117,6 @@ impl Waker {
                 Err(e) => tracing::warn!(%pod, error = %e, "start hook failed"),
             }
         });
-        Woken::Called
+        Ok(Woken::Called)
     }
 }

@@ -1,7 +1,8 @@
 //! The wake endpoint Envoy's filter calls (`POST /api/proxy-wake`) and the operator's start
 //! hook behind it, in-process on SQLite and PostgreSQL: only with the renewal secret and a live
 //! browser capability whose user may still reach the pod; the hook gets its secret; at most one
-//! hook call per pod per interval; the filter configuration says waking is on.
+//! hook call per pod per interval, also with two control planes on the database; the filter
+//! configuration says waking is on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -10,9 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
 use common::{Harness, Which};
-use podgate::config::Settings;
+use podgate::config::{Need, Settings};
+use podgate::AppState;
+use tower::ServiceExt as _;
 
 const SECRET: &str = "renew-secret-0123456789abcdef0123456789";
 const HOOK_SECRET: &str = "start-hook-secret-0123456789abcdef0123";
@@ -67,16 +71,66 @@ impl Platform {
     }
 }
 
-async fn harness(which: Which, hook: Option<String>) -> Option<Harness> {
-    Harness::seeded(which, |s| Settings {
+/// `s` with the renewal secret and the start hook at `hook` (none: waking off).
+fn with_hook(s: Settings, hook: Option<String>) -> Settings {
+    Settings {
         renew_secret: Some(SECRET.into()),
         start_hook_url: hook.map(|base| format!("{base}/pods/{{pod}}/start")),
         start_hook_secret: Some(HOOK_SECRET.into()),
         start_hook_interval_secs: Some(3600),
         ..s
-    })
-    .await
+    }
 }
+
+async fn harness(which: Which, hook: Option<String>) -> Option<Harness> {
+    Harness::seeded(which, |s| with_hook(s, hook)).await
+}
+
+/// `POST /api/proxy-wake` as Envoy sends it (the renewal secret, the capability) to the
+/// control plane serving `app`; the answer's status.
+async fn wake_at(app: &Router, cap: &str) -> StatusCode {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/proxy-wake")
+        .header("podgate-renew-secret", SECRET)
+        .header(header::AUTHORIZATION, format!("Bearer {cap}"))
+        .body(Body::empty())
+        .unwrap();
+    app.clone().oneshot(req).await.unwrap().status()
+}
+
+async fn two_control_planes_on_one_database_call_the_hook_once_per_interval(which: Which) {
+    let platform = Platform::default();
+    let base = platform.start().await;
+    let Some(h) = harness(which, Some(base.clone())).await else {
+        return;
+    };
+    // A second control plane on the same database: its own state, so its own memory of the
+    // calls it made.
+    let config = with_hook(common::settings(&h.tdb.url), Some(base))
+        .resolve(Need::Server)
+        .unwrap();
+    let second = podgate::app(AppState::new(config, h.tdb.db.clone()).await.unwrap());
+    let cap = h.browser_capability(&h.login("alice").await).await;
+
+    // Both asked at once, then each again: one call.
+    let (a, b) = tokio::join!(wake_at(&h.app, &cap), wake_at(&second, &cap));
+    let mut statuses = [a, b];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::ACCEPTED, StatusCode::TOO_MANY_REQUESTS],
+        "one control plane calls the hook, the other is held back"
+    );
+    for app in [&h.app, &second] {
+        assert_eq!(wake_at(app, &cap).await, StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(platform.called(1).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(platform.calls().len(), 1, "{:?}", platform.calls());
+    h.finish().await;
+}
+on_both!(two_control_planes_on_one_database_call_the_hook_once_per_interval);
 
 async fn the_hook_is_called_with_its_secret_once_per_interval(which: Which) {
     let platform = Platform::default();

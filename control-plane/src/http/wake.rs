@@ -2,7 +2,8 @@
 //! of its users loads a page of it (`crate::wake`). Only Envoy calls it, as for renewal: the
 //! renewal secret (403 without it) and the user's capability as a bearer (401 when it is not a
 //! live browser capability whose user may still reach its pod and port). `202` when the start
-//! hook is being called, `429` when it was called for this pod less than the interval ago, `404`
+//! hook is being called, `429` when it was called for this pod less than the interval ago (by any control plane on the
+//! database), `404`
 //! when no start hook is configured.
 
 use axum::extract::State;
@@ -81,7 +82,11 @@ async fn answer_wake(state: &AppState, headers: &HeaderMap) -> (WakeOutcome, Res
         Err(RenewError::Store(e)) => return failed(ApiError::from(e)),
         Err(RenewError::Keys(e)) => return failed(ApiError::internal(e)),
     };
-    match state.waker().wake(&allowed.addr.pod) {
+    let woken = match state.waker().wake(state.db(), &allowed.addr.pod).await {
+        Ok(woken) => woken,
+        Err(e) => return failed(ApiError::from(e)),
+    };
+    match woken {
         Woken::Called => {
             tracing::info!(user = %allowed.user.id, pod = %allowed.addr.pod, "pod start asked");
             (WakeOutcome::Called, StatusCode::ACCEPTED.into_response())

@@ -418,3 +418,28 @@ impl Db {
         Ok(Some((user, facts)))
     }
 }
+
+impl Db {
+    /// Claims the start hook's call for pod `slug` at `now`: true unless a claim for it, by any
+    /// control plane on this database, is less than `interval_secs` old. Older claims are
+    /// deleted first, so the table holds only the pods woken within the interval. On
+    /// PostgreSQL a second claim racing the first waits on the key and then inserts nothing.
+    pub async fn claim_wake(&self, slug: &str, now: i64, interval_secs: i64) -> Res<bool> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM pod_wakes WHERE called_at <= $1")
+            .bind(now.saturating_sub(interval_secs))
+            .execute(&mut *tx)
+            .await?;
+        let claimed = sqlx::query(
+            "INSERT INTO pod_wakes (pod, called_at) VALUES ($1, $2) ON CONFLICT (pod) DO NOTHING",
+        )
+        .bind(slug)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+}
