@@ -1,7 +1,7 @@
 //! API tokens at the edge, live, through a real Envoy 1.40 fed by the control plane's ADS
 //! server, with recording fake pods: `Authorization: Bearer pg_…` and `podgate-token: pg_…`
-//! on a pod host reach the token owner's pod, and the token never reaches the pod; another
-//! user's pod is refused; a revoked token is refused within a second; the control plane away
+//! on a pod host reach the token owner's pod, and the token never reaches the pod;
+//! `/.podgate/userinfo` names the token's owner; another user's pod is refused; a revoked token is refused within a second; the control plane away
 //! is a 503, never a forward; and a burst of 10,000 wrong tokens leaves the control plane
 //! answering other users, with the figures printed.
 
@@ -111,7 +111,7 @@ async fn api_tokens_reach_their_owners_pods_at_the_edge_and_never_reach_the_pod(
     let bob_session = stack.cp.session(BOB).await;
     let session = stack.session.clone();
     let alpha = pod_running(&stack, "alpha", USER, &session).await;
-    let _bobs = pod_running(&stack, "bobs", BOB, &bob_session).await;
+    let bobs = pod_running(&stack, "bobs", BOB, &bob_session).await;
     let (id, token) = create_api_token(&stack, &session, "edge").await;
     let bearer = format!("Bearer {token}");
 
@@ -174,6 +174,43 @@ async fn api_tokens_reach_their_owners_pods_at_the_edge_and_never_reach_the_pod(
     let (status, body) = get_with(&stack, "bobs", "authorization", &bearer).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("may not reach"), "{body}");
+
+    // `/.podgate/userinfo` with an API token: the filter answers whom the token stands for,
+    // from the capability it is exchanged for (a token not exchanged yet is exchanged first);
+    // another user's pod is a 403; nothing reaches a pod.
+    let (_, fresh) = create_api_token(&stack, &session, "whoami").await;
+    let before = alpha.requests().len();
+    let bobs_before = bobs.requests().len();
+    for (pod, token) in [("alpha", &token), ("alpha", &fresh), ("bobs", &token)] {
+        let resp = stack
+            .http
+            .get(format!("http://{}/.podgate/userinfo", stack.envoy.listener))
+            .header(HOST, pod_host(pod))
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        assert!(!body.contains(token.as_str()), "the token echoed: {body}");
+        if pod == "bobs" {
+            assert_eq!(status, 403, "{body}");
+            continue;
+        }
+        assert_eq!(status, 200, "{body}\n{}", stack.logs());
+        let who: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (who["user"].as_str(), who["pod"].as_str()),
+            (Some(USER), Some("alpha")),
+            "{who}"
+        );
+    }
+    assert_eq!(alpha.requests().len(), before, "userinfo reached the pod");
+    assert_eq!(
+        bobs.requests().len(),
+        bobs_before,
+        "alice's token reached bob's pod"
+    );
 
     // A wrong token: refused.
     let wrong = format!("pg_{}_{}", "0".repeat(24), "a".repeat(52));

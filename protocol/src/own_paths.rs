@@ -2,7 +2,8 @@
 //! control plane:
 //!
 //! - `/.podgate/userinfo`: who the current capability is for (user, email, pod, port, expiry),
-//!   as JSON, from the capability the filter verified for this host; 401 without one.
+//!   as JSON, from the capability the filter verified for this host, or the one an API token
+//!   is exchanged for (`gate::decide`); 401 without either.
 //! - `/.podgate/logout`: removes the pod host's capability cookie and redirects to the control
 //!   plane's sign-out (`/auth/logout`), which ends the session and cuts off every capability
 //!   minted for it, on every pod host.

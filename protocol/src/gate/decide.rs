@@ -361,6 +361,15 @@ pub(super) fn decide_counting(
             let found = candidates(config, req, &bearers);
             let looked_at = found.len();
             if found.is_empty() {
+                // An API token (exchanges on): who the capability it is exchanged for names,
+                // once the control plane has granted it for this host.
+                if let Some(token) = api_token_of(config, req, &bearers) {
+                    let decision = match api_token_grant(config, cache, pod, token, now) {
+                        Ok(cap) => Decision::Answer(own_paths::userinfo(&cap)),
+                        Err(decision) => decision,
+                    };
+                    return (decision, 1);
+                }
                 let denial = Denial::NoCapability { redirect: None };
                 return (Decision::Deny(denial), 0);
             }
@@ -400,11 +409,7 @@ pub(super) fn decide_counting(
 
     // An API token (exchanges on) decides when no capability grants the request: a capability
     // sent with it keeps its meaning.
-    let api = config
-        .renewal
-        .is_some()
-        .then(|| api_token(req, &bearers))
-        .flatten();
+    let api = api_token_of(config, req, &bearers);
     let page_load = req.is_page_load();
     let redirect = || page_load.then(|| auth_redirect(config, &pod, req.path));
     let found = candidates(config, req, &bearers);
@@ -484,8 +489,38 @@ fn api_token_decision(
     token: &str,
     now: i64,
 ) -> Decision {
+    match api_token_grant(config, cache, pod.clone(), token, now) {
+        Ok(cap) => forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken),
+        Err(decision) => decision,
+    }
+}
+
+/// The API token the request carries, when API tokens are exchanged at the edge (the filter
+/// has the control plane's renewal settings).
+fn api_token_of<'r>(
+    config: &CompiledConfig,
+    req: &Request<'r>,
+    bearers: &[&'r str],
+) -> Option<&'r str> {
+    config
+        .renewal
+        .is_some()
+        .then(|| api_token(req, bearers))
+        .flatten()
+}
+
+/// The capability API token `token` was exchanged for, for `pod`, when the exchange cache has
+/// one still in force; else what to do: refuse (a malformed or refused token) or ask the
+/// control plane (`Decision::Exchange`).
+fn api_token_grant(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    pod: PodAddr,
+    token: &str,
+    now: i64,
+) -> Result<Rc<Verified>, Decision> {
     if !exchange::well_formed(token) {
-        return Decision::Deny(Denial::ApiTokenRefused);
+        return Err(Decision::Deny(Denial::ApiTokenRefused));
     }
     let key = exchange::key(token, &pod);
     let exchanges = cache.exchanges();
@@ -497,7 +532,7 @@ fn api_token_decision(
                 exchanges.forget(&key);
             } else {
                 cache.count_hit();
-                return forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken);
+                return Ok(cap);
             }
         }
         Lookup::Unconfirmed(capability) => match config.verifier.verify(&capability, now) {
@@ -506,20 +541,22 @@ fn api_token_decision(
             {
                 let cap = Rc::new(cap);
                 exchanges.confirm(&key, Rc::clone(&cap));
-                return forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken);
+                return Ok(cap);
             }
             // Its key is gone, or it is revoked or cut off: the control plane is asked again.
             _ => exchanges.forget(&key),
         },
-        Lookup::Refused(Refusal::BadToken) => return Decision::Deny(Denial::ApiTokenRefused),
-        Lookup::Refused(Refusal::NotAllowed) => return Decision::Deny(Denial::ApiTokenNotAllowed),
+        Lookup::Refused(Refusal::BadToken) => return Err(Decision::Deny(Denial::ApiTokenRefused)),
+        Lookup::Refused(Refusal::NotAllowed) => {
+            return Err(Decision::Deny(Denial::ApiTokenNotAllowed))
+        }
         Lookup::Miss => {}
     }
-    Decision::Exchange(Rc::new(ExchangeNeeded {
+    Err(Decision::Exchange(Rc::new(ExchangeNeeded {
         key,
         token: token.to_owned(),
         pod,
-    }))
+    })))
 }
 
 /// The forward to the pod `verified` grants, or the pod's own refusal (not in the directory,

@@ -355,3 +355,45 @@ fn a_push_keeps_exchanged_tokens_and_checks_them_under_the_new_keys() {
     }));
     needed(gate.on_request(&bearer(), NOW));
 }
+
+#[test]
+fn userinfo_with_an_api_token_names_the_user_once_exchanged() {
+    let mut gate = Gate::new(config_with(true, &[]));
+    let wire = |path: &str, token: &str| {
+        crate::wire::encode_header_map(&[
+            (":authority", HOST),
+            (":path", path),
+            (":method", "GET"),
+            ("authorization", &format!("Bearer {token}")),
+        ])
+    };
+    let userinfo = wire(crate::own_paths::USERINFO_PATH, TOKEN);
+    // Asked for the first time: the control plane is asked, as for a forward.
+    let need = needed(gate.on_request(&userinfo, NOW));
+    assert_eq!((need.pod.pod.as_str(), need.pod.port), ("alpha", 8726));
+    let body = answer(&cap("alpha", 8726, "u1"));
+    assert_eq!(gate.exchanged(&need, 200, None, &body, NOW), Ok(()));
+    let Outcome::Answer(reply) = gate.on_request(&userinfo, NOW) else {
+        panic!("not answered by the filter");
+    };
+    assert_eq!(reply.status, 200);
+    let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(json["user"], "alice");
+    assert_eq!(
+        (json["pod"].as_str(), json["port"].as_u64()),
+        (Some("alpha"), Some(8726))
+    );
+    assert!(!reply.body.contains(TOKEN));
+
+    // A refused token: 401, remembered, never a redirect.
+    let other = "pg_abcdef0123456789abcdef01_abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrst";
+    let need = needed(gate.on_request(&wire(crate::own_paths::USERINFO_PATH, other), NOW));
+    assert_eq!(
+        gate.exchanged(&need, 401, None, b"{}", NOW),
+        Err(Denial::ApiTokenRefused)
+    );
+    assert_eq!(
+        denied(gate.on_request(&wire(crate::own_paths::USERINFO_PATH, other), NOW)),
+        Denial::ApiTokenRefused
+    );
+}
