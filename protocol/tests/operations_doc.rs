@@ -34,6 +34,8 @@ fn denials() -> Vec<Denial> {
         Denial::CrossOriginPreflight,
         Denial::BadPreflight,
         Denial::UnknownPod,
+        Denial::AmbiguousPath,
+        Denial::OutsideResources,
         Denial::NotRunning(PodStatus::Stopped),
         Denial::RateLimited {
             scope: podgate_protocol::rate::Limited::User,
@@ -64,6 +66,8 @@ fn denials() -> Vec<Denial> {
             | Denial::CrossOriginPreflight
             | Denial::BadPreflight
             | Denial::UnknownPod
+            | Denial::AmbiguousPath
+            | Denial::OutsideResources
             | Denial::NotRunning(_)
             | Denial::RateLimited { .. }
             | Denial::TooManyStreams { .. }

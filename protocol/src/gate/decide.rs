@@ -18,6 +18,7 @@ use crate::path;
 use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use crate::renewal;
 use crate::reply::{Denial, Reply};
+use crate::resource::{self, PathMatch};
 use crate::response::PodResponse;
 use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX};
 
@@ -120,18 +121,49 @@ fn candidates<'a>(
     out
 }
 
+/// Which resource claim (`res`) a capability for this host needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want<'a> {
+    /// Exactly this one: `None` for a pod or a service not reached per resource, the resource
+    /// path the request is under for one that is (`resource::classify`).
+    Exactly(Option<&'a str>),
+    /// Any: who-am-I (`/.podgate/userinfo`) names no resource.
+    Any,
+}
+
+impl Want<'_> {
+    fn admits(self, res: Option<&str>) -> bool {
+        match self {
+            Want::Exactly(want) => want == res,
+            Want::Any => true,
+        }
+    }
+}
+
 /// What one verified capability means for this request.
 enum Verdict {
     Grant,
+    /// For this host, but another resource.
+    OtherResource,
     Elsewhere,
     Refused(TokenError),
 }
 
-fn judge(config: &CompiledConfig, v: &Verified, host: &str, pod: &PodAddr) -> Verdict {
+fn judge(
+    config: &CompiledConfig,
+    v: &Verified,
+    host: &str,
+    pod: &PodAddr,
+    want: Want<'_>,
+) -> Verdict {
     if config.revoked.contains(&v.claims.jti) || config.cutoffs.refuses(v) {
         Verdict::Refused(TokenError::Revoked)
     } else if v.claims.aud == host && v.claims.pod == pod.pod && v.claims.port == pod.port {
-        Verdict::Grant
+        if want.admits(v.res.as_deref()) {
+            Verdict::Grant
+        } else {
+            Verdict::OtherResource
+        }
     } else {
         Verdict::Elsewhere
     }
@@ -140,6 +172,8 @@ fn judge(config: &CompiledConfig, v: &Verified, host: &str, pod: &PodAddr) -> Ve
 /// What the candidates came to.
 enum Choice {
     Granted(Source, Rc<Verified>),
+    /// No grant, and at least one valid capability for this host but another resource.
+    OtherResource,
     /// No grant, and at least one valid capability for another pod or port.
     ScopedElsewhere,
     /// No grant; the first reason a candidate was refused.
@@ -156,6 +190,7 @@ fn choose(
     cache: &mut VerifiedCache,
     found: Vec<(Source, &str)>,
     pod: &PodAddr,
+    want: Want<'_>,
     now: i64,
 ) -> Choice {
     let host = config.public_hosts.render(pod);
@@ -168,6 +203,7 @@ fn choose(
         }
     };
     let mut elsewhere = false;
+    let mut other_resource = false;
     let mut here_first = Vec::new();
     let mut then_elsewhere = Vec::new();
     for (at, (source, token)) in found.into_iter().enumerate() {
@@ -192,8 +228,9 @@ fn choose(
                 }
             },
         };
-        match result.map(|v| (judge(config, &v, &host, pod), v)) {
+        match result.map(|v| (judge(config, &v, &host, pod, want), v)) {
             Ok((Verdict::Grant, v)) => return Choice::Granted(source, v),
+            Ok((Verdict::OtherResource, _)) => other_resource = true,
             Ok((Verdict::Elsewhere, _)) => elsewhere = true,
             Ok((Verdict::Refused(err), _)) | Err(err) => refuse(at, err),
         }
@@ -209,13 +246,16 @@ fn choose(
         }
         checked.push(token);
         let result = verify_now(config, cache, token, key, now);
-        match result.map(|v| (judge(config, &v, &host, pod), v)) {
+        match result.map(|v| (judge(config, &v, &host, pod, want), v)) {
             Ok((Verdict::Grant, v)) => return Choice::Granted(source, v),
+            Ok((Verdict::OtherResource, _)) => other_resource = true,
             Ok((Verdict::Elsewhere, _)) => elsewhere = true,
             Ok((Verdict::Refused(err), _)) | Err(err) => refuse(at, err),
         }
     }
-    if elsewhere {
+    if other_resource {
+        Choice::OtherResource
+    } else if elsewhere {
         Choice::ScopedElsewhere
     } else {
         Choice::Refused(first_error.map_or(TokenError::Malformed, |(_, err)| err))
@@ -364,9 +404,11 @@ pub(super) fn decide_counting(
                 let denial = Denial::NoCapability { redirect: None };
                 return (Decision::Deny(denial), 0);
             }
-            let decision = match choose(config, cache, found, &pod, now) {
+            let decision = match choose(config, cache, found, &pod, Want::Any, now) {
                 Choice::Granted(_, verified) => Decision::Answer(own_paths::userinfo(&verified)),
-                Choice::ScopedElsewhere => Decision::Deny(Denial::WrongScope),
+                Choice::OtherResource | Choice::ScopedElsewhere => {
+                    Decision::Deny(Denial::WrongScope)
+                }
                 Choice::Refused(reason) => Decision::Deny(Denial::InvalidCapability {
                     reason,
                     redirect: None,
@@ -398,6 +440,13 @@ pub(super) fn decide_counting(
         return (Decision::Forward(Rc::new(forward)), 0);
     }
 
+    // On a service reached per resource, the resource the path is under; other paths are
+    // refused here, whoever asks.
+    let resource = match resource_scope(config, &pod, req.path) {
+        Ok(resource) => resource,
+        Err(denial) => return (Decision::Deny(denial), 0),
+    };
+
     // An API token (exchanges on) decides when no capability grants the request: a capability
     // sent with it keeps its meaning.
     let api = config
@@ -411,7 +460,8 @@ pub(super) fn decide_counting(
     let looked_at = found.len();
     if found.is_empty() {
         if let Some(token) = api {
-            let decision = api_token_decision(config, cache, req, &bearers, pod, token, now);
+            let decision =
+                api_token_decision(config, cache, req, &bearers, pod, resource, token, now);
             return (decision, 1);
         }
         return (
@@ -422,13 +472,27 @@ pub(super) fn decide_counting(
         );
     }
 
-    let (source, verified) = match (choose(config, cache, found, &pod, now), api) {
+    let want = Want::Exactly(resource);
+    let (source, verified) = match (choose(config, cache, found, &pod, want, now), api) {
         (Choice::Granted(source, verified), _) => (source, verified),
         (_, Some(token)) => {
-            let decision = api_token_decision(config, cache, req, &bearers, pod, token, now);
+            let decision =
+                api_token_decision(config, cache, req, &bearers, pod, resource, token, now);
             return (decision, looked_at + 1);
         }
-        (Choice::ScopedElsewhere, None) => return (Decision::Deny(Denial::WrongScope), looked_at),
+        // A browser holding the capability for another resource of this service is sent to
+        // get one for this resource, as without one; the control plane mints it, or refuses.
+        (Choice::OtherResource, None) if page_load => {
+            return (
+                Decision::Deny(Denial::NoCapability {
+                    redirect: redirect(),
+                }),
+                looked_at,
+            )
+        }
+        (Choice::OtherResource | Choice::ScopedElsewhere, None) => {
+            return (Decision::Deny(Denial::WrongScope), looked_at)
+        }
         (Choice::Refused(reason), None) => {
             return (
                 Decision::Deny(Denial::InvalidCapability {
@@ -463,6 +527,31 @@ pub(super) fn decide_counting(
     )
 }
 
+/// The resource the request's path is under, on a service reached per resource (its entry has
+/// a `resource_path`); `None` for a pod or any other service. A path outside the pattern, or one
+/// servers could read two ways, is the refusal.
+fn resource_scope<'a>(
+    config: &CompiledConfig,
+    pod: &PodAddr,
+    path: &'a str,
+) -> Result<Option<&'a str>, Denial> {
+    if pod.port != SERVICE_PORT {
+        return Ok(None);
+    }
+    let Some(pattern) = config
+        .services
+        .get(&pod.pod)
+        .and_then(|s| s.resource_path.as_deref())
+    else {
+        return Ok(None);
+    };
+    match resource::classify(pattern, path) {
+        PathMatch::Resource(resource) => Ok(Some(resource)),
+        PathMatch::Outside => Err(Denial::OutsideResources),
+        PathMatch::Ambiguous => Err(Denial::AmbiguousPath),
+    }
+}
+
 /// The first API token of the request: a `podgate-token` value, then a bearer.
 fn api_token<'a>(req: &Request<'a>, bearers: &[&'a str]) -> Option<&'a str> {
     req.token_headers
@@ -475,21 +564,28 @@ fn api_token<'a>(req: &Request<'a>, bearers: &[&'a str]) -> Option<&'a str> {
 /// A request with an API token: the capability exchanged for it earlier (checked against the
 /// configuration in force), a refusal remembered, or an exchange to make. A token that is not
 /// of the API tokens' exact shape is refused without a call.
+#[allow(clippy::too_many_arguments)]
 fn api_token_decision(
     config: &CompiledConfig,
     cache: &mut VerifiedCache,
     req: &Request<'_>,
     bearers: &[&str],
     pod: PodAddr,
+    resource: Option<&str>,
     token: &str,
     now: i64,
 ) -> Decision {
     if !exchange::well_formed(token) {
         return Decision::Deny(Denial::ApiTokenRefused);
     }
-    let key = exchange::key(token, &pod);
+    let key = exchange::key(token, &pod, resource);
     let exchanges = cache.exchanges();
     match exchanges.lookup(&key, now) {
+        // The key binds the resource; a capability that names another is never used.
+        Lookup::Granted(cap) if cap.res.as_deref() != resource => {
+            exchanges.forget(&key);
+            return Decision::Deny(Denial::ApiTokenNotAllowed);
+        }
         Lookup::Granted(cap) => {
             if config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap) {
                 // Revoked or cut off since: the control plane is asked again, and refuses a
@@ -502,7 +598,8 @@ fn api_token_decision(
         }
         Lookup::Unconfirmed(capability) => match config.verifier.verify(&capability, now) {
             Ok(cap)
-                if !(config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap)) =>
+                if !(config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap))
+                    && cap.res.as_deref() == resource =>
             {
                 let cap = Rc::new(cap);
                 exchanges.confirm(&key, Rc::clone(&cap));
@@ -519,6 +616,7 @@ fn api_token_decision(
         key,
         token: token.to_owned(),
         pod,
+        resource: resource.map(str::to_owned),
     }))
 }
 
@@ -644,9 +742,17 @@ pub(super) fn granted(
 ) -> Option<(PodAddr, Rc<Verified>)> {
     let pod = config.public_hosts.parse(req.authority).ok()?;
     let bearers = our_bearers(req).ok()?;
-    match choose(config, cache, candidates(config, req, &bearers), &pod, now) {
+    let want = Want::Exactly(resource_scope(config, &pod, req.path).ok()?);
+    match choose(
+        config,
+        cache,
+        candidates(config, req, &bearers),
+        &pod,
+        want,
+        now,
+    ) {
         Choice::Granted(_, verified) => Some((pod, verified)),
-        Choice::ScopedElsewhere | Choice::Refused(_) => None,
+        Choice::OtherResource | Choice::ScopedElsewhere | Choice::Refused(_) => None,
     }
 }
 

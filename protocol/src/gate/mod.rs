@@ -283,6 +283,7 @@ impl Gate {
             config.in_force(),
             &host,
             &need.pod,
+            need.resource.as_deref(),
             status,
             retry_after,
             body,
@@ -457,3 +458,7 @@ mod exchange_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod page_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod resource_tests;
