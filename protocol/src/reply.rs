@@ -45,6 +45,8 @@ pub enum Denial {
     /// 400: a path a server could read two ways (`resource::classify`), on a service reached
     /// per resource; refused rather than guessed at.
     AmbiguousPath,
+    /// 403: a valid capability for this service, but for another of its resources.
+    WrongResource,
     /// 403: a path outside the resource pattern of a service reached per resource.
     OutsideResources,
     /// 503: the pod exists but is not running.
@@ -103,6 +105,7 @@ impl Denial {
             Denial::BadPreflight => "bad_preflight",
             Denial::UnknownPod => "unknown_pod",
             Denial::AmbiguousPath => "ambiguous_path",
+            Denial::WrongResource => "wrong_resource",
             Denial::OutsideResources => "outside_resources",
             Denial::NotRunning(_) => "pod_not_running",
             Denial::RateLimited { .. } => "rate_limited",
@@ -117,7 +120,7 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 22] = [
+    pub const ALL_REASONS: [&'static str; 23] = [
         "bad_host",
         "malformed_header",
         "malformed_authorization",
@@ -130,6 +133,7 @@ impl Denial {
         "bad_preflight",
         "unknown_pod",
         "ambiguous_path",
+        "wrong_resource",
         "outside_resources",
         "pod_not_running",
         "rate_limited",
@@ -205,6 +209,11 @@ impl Denial {
                 400,
                 "Refused: the path has a segment servers read differently (`.`, `..`, an empty segment, `;`, `\\`, or an encoded `/`, `\\`, `.`, `%`, `;`)".into(),
                 Some("send the path in its plain form, e.g. /sessions/abc/events"),
+            ),
+            Denial::WrongResource => (
+                403,
+                "This capability is for another resource of this service".into(),
+                Some("get a capability for this resource (POST /v1/capabilities with `resource`), or open it in the browser"),
             ),
             Denial::OutsideResources => (
                 403,

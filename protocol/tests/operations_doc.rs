@@ -35,6 +35,7 @@ fn denials() -> Vec<Denial> {
         Denial::BadPreflight,
         Denial::UnknownPod,
         Denial::AmbiguousPath,
+        Denial::WrongResource,
         Denial::OutsideResources,
         Denial::NotRunning(PodStatus::Stopped),
         Denial::RateLimited {
@@ -67,6 +68,7 @@ fn denials() -> Vec<Denial> {
             | Denial::BadPreflight
             | Denial::UnknownPod
             | Denial::AmbiguousPath
+            | Denial::WrongResource
             | Denial::OutsideResources
             | Denial::NotRunning(_)
             | Denial::RateLimited { .. }

@@ -490,9 +490,8 @@ pub(super) fn decide_counting(
                 looked_at,
             )
         }
-        (Choice::OtherResource | Choice::ScopedElsewhere, None) => {
-            return (Decision::Deny(Denial::WrongScope), looked_at)
-        }
+        (Choice::OtherResource, None) => return (Decision::Deny(Denial::WrongResource), looked_at),
+        (Choice::ScopedElsewhere, None) => return (Decision::Deny(Denial::WrongScope), looked_at),
         (Choice::Refused(reason), None) => {
             return (
                 Decision::Deny(Denial::InvalidCapability {

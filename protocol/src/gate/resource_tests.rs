@@ -99,19 +99,42 @@ fn a_capability_opens_its_resource_and_nothing_else() {
     // Another resource, a path outside the pattern, a capability for the whole service.
     assert_eq!(
         denied(gate.on_request(&with_cap("/sessions/b1", &a1), NOW)),
-        Denial::WrongScope
+        Denial::WrongResource
     );
     assert_eq!(
         denied(gate.on_request(&with_cap("/sessions/a10", &a1), NOW)),
-        Denial::WrongScope
+        Denial::WrongResource
     );
     assert_eq!(
         denied(gate.on_request(&with_cap("/admin", &a1), NOW)),
         Denial::OutsideResources
     );
+    // A capability for another host is, as ever, for another pod or port.
+    let pod_cap = {
+        let c = PodClaims {
+            aud: "localhost-8726-pod-alpha.example.dev".into(),
+            pod: "alpha".into(),
+            port: 8726,
+            ..claims()
+        };
+        mint_scoped(
+            TokenKind::Capability,
+            &ed_key(TokenKind::Capability, 1),
+            &c,
+            None,
+            Some("/sessions/a1"),
+            NOW,
+            900,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        denied(gate.on_request(&with_cap("/sessions/a1", &pod_cap), NOW)),
+        Denial::WrongScope
+    );
     assert_eq!(
         denied(gate.on_request(&with_cap("/sessions/a1", &cap(None)), NOW)),
-        Denial::WrongScope
+        Denial::WrongResource
     );
 }
 
@@ -153,7 +176,7 @@ fn a_browser_with_another_resources_cookie_is_sent_to_get_this_one() {
     }
     // A script is told, not redirected.
     let wire = request("/sessions/b1/x", &[("cookie", &cookie)]);
-    assert_eq!(denied(gate.on_request(&wire, NOW)), Denial::WrongScope);
+    assert_eq!(denied(gate.on_request(&wire, NOW)), Denial::WrongResource);
 }
 
 #[test]
@@ -166,7 +189,7 @@ fn a_forward_for_one_resource_is_not_memoized_for_another() {
     forwarded(gate.on_request(&a1, NOW));
     forwarded(gate.on_request(&a1, NOW));
     assert_eq!(gate.memo().len(), 0);
-    assert_eq!(denied(gate.on_request(&b1, NOW)), Denial::WrongScope);
+    assert_eq!(denied(gate.on_request(&b1, NOW)), Denial::WrongResource);
 }
 
 #[test]
