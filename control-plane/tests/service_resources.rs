@@ -130,8 +130,16 @@ async fn capabilities(h: &Harness, session: &str, body: serde_json::Value) -> Re
 fn refused(r: &Resp) {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     let v = r.json();
-    assert!(v["error"].as_str().unwrap().contains("resource"), "{}", r.body);
-    assert!(v["hint"].as_str().unwrap().contains("/resources/"), "{}", r.body);
+    assert!(
+        v["error"].as_str().unwrap().contains("resource"),
+        "{}",
+        r.body
+    );
+    assert!(
+        v["hint"].as_str().unwrap().contains("/resources/"),
+        "{}",
+        r.body
+    );
 }
 
 async fn the_admin_api_checks_what_it_is_sent(which: Which) {
@@ -169,7 +177,9 @@ async fn the_admin_api_checks_what_it_is_sent(which: Which) {
         .admin(
             Method::POST,
             "/v1/services",
-            Some(json!({"name": "plain", "owner_id": "alice", "upstream_url": "http://127.0.0.1:9"})),
+            Some(
+                json!({"name": "plain", "owner_id": "alice", "upstream_url": "http://127.0.0.1:9"}),
+            ),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -216,7 +226,9 @@ async fn the_admin_api_checks_what_it_is_sent(which: Which) {
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
 
     // Listed, read, forgotten once.
-    let r = h.admin(Method::GET, &format!("{CHAT}/resources"), None).await;
+    let r = h
+        .admin(Method::GET, &format!("{CHAT}/resources"), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let ids: Vec<(String, String)> = r
         .json()
@@ -255,7 +267,9 @@ async fn the_admin_api_checks_what_it_is_sent(which: Which) {
     let r = h.admin(Method::DELETE, CHAT, None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     chat(&h).await;
-    let r = h.admin(Method::GET, &format!("{CHAT}/resources"), None).await;
+    let r = h
+        .admin(Method::GET, &format!("{CHAT}/resources"), None)
+        .await;
     assert_eq!(r.json().as_array().unwrap().len(), 2, "{}", r.body);
     h.finish().await;
 }
@@ -340,7 +354,9 @@ async fn renewal_keeps_the_resource_until_it_is_lost(which: Which) {
     chat(&h).await;
     let (_, c) = filter(&h).await;
     let alice = h.login("alice").await;
-    let cap = browser_capability(&h, &alice, "/sessions/a1").await.unwrap();
+    let cap = browser_capability(&h, &alice, "/sessions/a1")
+        .await
+        .unwrap();
     let r = h
         .as_envoy("/api/proxy-renew", Some(SECRET), Some(&cap), &[])
         .await;
@@ -358,7 +374,10 @@ async fn renewal_keeps_the_resource_until_it_is_lost(which: Which) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let (_, c) = filter(&h).await;
-    assert!(c.cutoffs.refuses(&verify(&c, &cap)), "alice's capability is cut");
+    assert!(
+        c.cutoffs.refuses(&verify(&c, &cap)),
+        "alice's capability is cut"
+    );
     let r = h
         .as_envoy("/api/proxy-renew", Some(SECRET), Some(&cap), &[])
         .await;
