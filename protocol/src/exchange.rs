@@ -188,7 +188,7 @@ pub enum Exchanged {
     Failed,
 }
 
-/// Judges the control plane's answer to the exchange for `pod`, whose public host is `host`:
+/// Judges the control plane's answer to the exchange `need`, whose public host is `host`:
 /// HTTP `status` (0 when the call failed), its `Retry-After`, and `body`, at `now`. A
 /// capability is accepted only if it verifies under the configuration in force, is not
 /// refused by it, and is for exactly this host, pod and port (and resource, `None` but for a service reached per
@@ -196,8 +196,7 @@ pub enum Exchanged {
 pub fn judge(
     config: InForce<'_>,
     host: &str,
-    pod: &PodAddr,
-    resource: Option<&str>,
+    need: &ExchangeNeeded,
     status: u32,
     retry_after: Option<u32>,
     body: &[u8],
@@ -220,9 +219,9 @@ pub fn judge(
         return Exchanged::Failed;
     };
     let exact = cap.claims.aud == host
-        && cap.claims.pod == pod.pod
-        && cap.claims.port == pod.port
-        && cap.res.as_deref() == resource;
+        && cap.claims.pod == need.pod.pod
+        && cap.claims.port == need.pod.port
+        && cap.res == need.resource;
     let refused = config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap);
     if !exact || refused {
         return Exchanged::Failed;

@@ -148,15 +148,14 @@ fn ambiguous(path: &str) -> bool {
                     _ => return true,
                 };
                 if matches!(decoded, b'/' | b'\\' | b'.' | b'%' | b';')
-                    || decoded < 0x20
-                    || decoded >= 0x7f
+                    || !(0x20..0x7f).contains(&decoded)
                 {
                     return true;
                 }
                 i += 3;
                 continue;
             }
-            _ if b < 0x20 || b >= 0x7f => return true,
+            _ if !(0x20..0x7f).contains(&b) => return true,
             _ => {}
         }
         i += 1;

@@ -282,8 +282,7 @@ impl Gate {
         let exchanged = exchange::judge(
             config.in_force(),
             &host,
-            &need.pod,
-            need.resource.as_deref(),
+            need,
             status,
             retry_after,
             body,
