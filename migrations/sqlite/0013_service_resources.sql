@@ -1,4 +1,4 @@
--- Services reached per resource (PostgreSQL). Keep in step with ../sqlite/0012_service_resources.sql.
+-- Services reached per resource (SQLite). Keep in step with ../postgres/0013_service_resources.sql.
 
 -- A service with a `resource_path` (a pattern such as `/sessions/{id}`) is reached one
 -- resource at a time: a capability for it names one resource, minted only for a user the
