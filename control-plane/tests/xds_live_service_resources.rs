@@ -106,8 +106,14 @@ async fn start() -> (Stack, FakePod, String) {
             .await;
         assert_eq!(row["owner_id"], owner, "{row}");
     }
-    // In force at the edge once a path outside the pattern is refused.
-    until_status(&stack, "/admin", &[], 403).await;
+    // In force at the edge once a path outside the pattern is refused to alice, who reaches the
+    // service (to anyone else it is the answer of a service that does not exist).
+    let (status, cap) = capability(&stack, &stack.session, "a1").await;
+    assert_eq!(status, 200, "{cap}");
+    let cap = cap["token"].as_str().unwrap();
+    until_status(&stack, "/admin", &[("podgate-token", cap)], 403).await;
+    let (status, _) = get(&stack, "/admin", &[]).await;
+    assert_eq!(status, 401);
     (stack, upstream, bob)
 }
 

@@ -440,12 +440,12 @@ pub(super) fn decide_counting(
         return (Decision::Forward(Rc::new(forward)), 0);
     }
 
-    // On a service reached per resource, the resource the path is under; other paths are
-    // refused here, whoever asks.
-    let resource = match resource_scope(config, &pod, req.path) {
-        Ok(resource) => resource,
-        Err(denial) => return (Decision::Deny(denial), 0),
-    };
+    // On a service reached per resource, the resource the path is under. A path under none is
+    // refused only to a caller shown to reach this service (`confine`); anyone else gets the
+    // answer a request without a capability gets, so the refusal tells nobody else that the
+    // service exists or how it is reached.
+    let scope = resource_scope(config, &pod, req.path);
+    let resource = scope.as_ref().ok().copied().flatten();
 
     // An API token (exchanges on) decides when no capability grants the request: a capability
     // sent with it keeps its meaning.
@@ -462,7 +462,7 @@ pub(super) fn decide_counting(
         if let Some(token) = api {
             let decision =
                 api_token_decision(config, cache, req, &bearers, pod, resource, token, now);
-            return (decision, 1);
+            return (confine(&scope, decision), 1);
         }
         return (
             Decision::Deny(Denial::NoCapability {
@@ -472,13 +472,18 @@ pub(super) fn decide_counting(
         );
     }
 
-    let want = Want::Exactly(resource);
+    // A path under no resource is judged with any capability for this host, to tell a caller
+    // who reaches the service from one who does not.
+    let want = scope.as_ref().map_or(Want::Any, |r| Want::Exactly(*r));
     let (source, verified) = match (choose(config, cache, found, &pod, want, now), api) {
-        (Choice::Granted(source, verified), _) => (source, verified),
+        (Choice::Granted(source, verified), _) => match &scope {
+            Ok(_) => (source, verified),
+            Err(denial) => return (Decision::Deny(denial.clone()), looked_at),
+        },
         (_, Some(token)) => {
             let decision =
                 api_token_decision(config, cache, req, &bearers, pod, resource, token, now);
-            return (decision, looked_at + 1);
+            return (confine(&scope, decision), looked_at + 1);
         }
         // A browser holding the capability for another resource of this service is sent to
         // get one for this resource, as without one; the control plane mints it, or refuses.
@@ -548,6 +553,18 @@ fn resource_scope<'a>(
         PathMatch::Resource(resource) => Ok(Some(resource)),
         PathMatch::Outside => Err(Denial::OutsideResources),
         PathMatch::Ambiguous => Err(Denial::AmbiguousPath),
+    }
+}
+
+/// `decision`, unless the path is under no resource (`scope` is its refusal) and the decision
+/// would let the request through: then that refusal. An API token is exchanged for such a path
+/// as for any other (for no resource, which the control plane refuses on a service reached per
+/// resource), so its answer is the same whether the service exists or not; should the control
+/// plane grant it anyway, nothing is forwarded.
+fn confine(scope: &Result<Option<&str>, Denial>, decision: Decision) -> Decision {
+    match (scope, decision) {
+        (Err(denial), Decision::Forward(_)) => Decision::Deny(denial.clone()),
+        (_, decision) => decision,
     }
 }
 

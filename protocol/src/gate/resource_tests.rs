@@ -229,9 +229,74 @@ fn an_api_token_is_exchanged_per_resource() {
     };
     assert_eq!(need_b.resource.as_deref(), Some("/sessions/b1"));
     assert_ne!(need_b.key, need.key);
-    // A traversal never reaches the exchange.
+    // A path under no resource is exchanged for no resource (which the control plane refuses
+    // on such a service), so the answer is that of a service that does not exist; were it
+    // granted, the path is refused all the same.
     let bad = request("/sessions/a1/../b1", &[("authorization", &bearer)]);
+    let Outcome::Exchange(need_none) = gate.on_request(&bad, NOW) else {
+        panic!("not exchanged");
+    };
+    assert_eq!(need_none.resource, None);
+    let whole = serde_json::to_vec(&ExchangeAnswer { token: cap(None) }).unwrap();
+    assert_eq!(gate.exchanged(&need_none, 200, None, &whole, NOW), Ok(()));
     assert_eq!(denied(gate.on_request(&bad, NOW)), Denial::AmbiguousPath);
+    let outside = request("/admin", &[("authorization", &bearer)]);
+    assert_eq!(
+        denied(gate.on_request(&outside, NOW)),
+        Denial::OutsideResources
+    );
+}
+
+#[test]
+fn a_path_under_no_resource_is_refused_only_to_whoever_reaches_the_service() {
+    // Without a capability for this service, the answers of a service that does not exist:
+    // the refusal would tell that it exists and how it is reached.
+    let mut gate = Gate::new(config(false));
+    let other = {
+        let c = PodClaims {
+            aud: "svc-other.example.dev".into(),
+            pod: "other".into(),
+            port: crate::host::SERVICE_PORT,
+            ..claims()
+        };
+        mint_scoped(
+            TokenKind::Capability,
+            &ed_key(TokenKind::Capability, 1),
+            &c,
+            None,
+            None,
+            NOW,
+            900,
+        )
+        .unwrap()
+    };
+    for path in ["/admin", "/sessions/a1/../b1"] {
+        for host in [SVC, "svc-ghost.example.dev"] {
+            let bare = crate::wire::encode_header_map(&[
+                (":authority", host),
+                (":path", path),
+                (":method", "GET"),
+            ]);
+            assert!(
+                matches!(
+                    denied(gate.on_request(&bare, NOW)),
+                    Denial::NoCapability { redirect: None }
+                ),
+                "{host}{path}"
+            );
+            let elsewhere = crate::wire::encode_header_map(&[
+                (":authority", host),
+                (":path", path),
+                (":method", "GET"),
+                ("podgate-token", other.as_str()),
+            ]);
+            assert_eq!(
+                denied(gate.on_request(&elsewhere, NOW)),
+                Denial::WrongScope,
+                "{host}{path}"
+            );
+        }
+    }
 }
 
 #[test]
