@@ -82,17 +82,18 @@ pub async fn resource_for_path(
     }
 }
 
-/// The resource path of resource id `id` on `addr`, a service reached per resource;
-/// [`AuthzError::NotYourResource`] for an id that cannot be one or a service that is not reached
-/// per resource.
-pub async fn resource_of_id(db: &Db, addr: &PodAddr, id: &str) -> Result<String, AuthzError> {
-    if addr.port != SERVICE_PORT || !resource::valid_id(id) {
-        return Err(AuthzError::NotYourResource);
+/// The resource path of resource id `id` (a [`resource::valid_id`]) on `addr`; `None` when
+/// `addr` is not a service reached per resource.
+pub async fn resource_of_id(
+    db: &Db,
+    addr: &PodAddr,
+    id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    if addr.port != SERVICE_PORT {
+        return Ok(None);
     }
-    match db.service_resource_path(&addr.pod).await? {
-        Some(pattern) => Ok(resource::resource_of_id(&pattern, id)),
-        None => Err(AuthzError::NotYourResource),
-    }
+    let pattern = db.service_resource_path(&addr.pod).await?;
+    Ok(pattern.map(|p| resource::resource_of_id(&p, id)))
 }
 
 /// `Ok` when a capability for `addr` naming resource `res` (a resource path, or none) may be

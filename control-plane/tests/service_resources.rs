@@ -302,15 +302,57 @@ async fn capabilities_are_minted_for_the_owners_resource_only(which: Which) {
     assert_eq!(v.res.as_deref(), Some("/sessions/a1"));
     for body in [
         json!({"service": "chat", "resource": "b1"}),
+        json!({"service": "chat", "resource": "zz"}),
         json!({"service": "chat"}),
-        json!({"service": "chat", "resource": "../b1"}),
-        json!({"pod": "myslug", "port": 8726, "resource": "a1"}),
     ] {
         refused(&capabilities(&h, &alice, body).await);
+    }
+    // Not a resource id, or not a service reached per resource: the client's to fix.
+    for body in [
+        json!({"service": "chat", "resource": "../b1"}),
+        json!({"service": "chat", "resource": "/sessions/a1"}),
+        json!({"pod": "myslug", "port": 8726, "resource": "a1"}),
+    ] {
+        let r = capabilities(&h, &alice, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.error().contains("`resource`"), "{}", r.body);
     }
     let bob = h.login("bob").await;
     let r = capabilities(&h, &bob, json!({"service": "chat", "resource": "b1"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Someone who may not reach the service learns nothing of its resources: the answer of a
+    // service that does not exist, whatever the path.
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/services",
+            Some(
+                json!({"name": "priv", "owner_id": "alice", "sharing": "owner",
+                "upstream_url": "http://127.0.0.1:9", "resource_path": "/sessions/{id}"}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for next in ["/admin", "/sessions/b1"] {
+        for service in ["priv", "ghost"] {
+            let r = h
+                .get(
+                    &format!(
+                        "/api/proxy-auth?service={service}&next={}",
+                        encode_query_value(next)
+                    ),
+                    &[("cookie", &bob), ("accept", "text/html")],
+                )
+                .await;
+            assert_eq!(
+                r.status,
+                StatusCode::NOT_FOUND,
+                "{service}{next}: {}",
+                r.body
+            );
+        }
+    }
 
     // An API token at the edge: exchanged for its owner's resource only; a refusal is the
     // filter's "not allowed" (404), never a 403 (a wrong secret to it).

@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use podgate_protocol::resource;
 use podgate_protocol::token::TokenKind;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -115,8 +116,21 @@ async fn capabilities(
         Some(u) => state.authorize(Some(u), &addr).await?,
     }
     let res = match &req.resource {
-        Some(id) => Some(authz::resource_of_id(state.db(), &addr, id).await?),
         None => None,
+        Some(id) if !resource::valid_id(id) => {
+            return Err(ApiError::bad(format!(
+                "`resource` {id:?} is no resource id: send the id alone (`abc` for /sessions/abc), 1 to {} letters, digits, '-', '.', '_' or '~'",
+                resource::MAX_ID_LEN
+            )))
+        }
+        Some(id) => match authz::resource_of_id(state.db(), &addr, id).await? {
+            Some(res) => Some(res),
+            None => {
+                return Err(ApiError::bad(
+                    "`resource` is only for a service reached per resource (one with a `resource_path`); leave it out",
+                ))
+            }
+        },
     };
     authz::authorize_resource(state.db(), user.as_ref(), &addr, res.as_deref()).await?;
     let cap = mint_scoped_for(

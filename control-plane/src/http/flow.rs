@@ -14,7 +14,7 @@ use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
 
 use crate::auth::verify::browser_identity;
-use crate::authz;
+use crate::authz::{self, AuthzError};
 use crate::http::cookies;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
@@ -96,18 +96,23 @@ async fn proxy_auth(
     let user = identity.map(|i| i.user);
 
     // On a service reached per resource, the ticket (and its capability) names the resource
-    // `next` is under, and only one the user may use.
-    let res = authz::resource_for_path(state.db(), &addr, &next).await?;
+    // `next` is under (`Ok(None)`: not such a service), and only one the user may use; a path
+    // under none is refused once the user is known to reach the service.
+    let res = match authz::resource_for_path(state.db(), &addr, &next).await {
+        Err(AuthzError::Store(e)) => return Err(e.into()),
+        res => res,
+    };
     if user.is_none() {
         // Only a public port lets someone through without signing in; a resource is always
         // someone's.
         let public = state.authorize(None, &addr).await.is_ok();
-        if !public || res.is_some() {
+        if !public || !matches!(res, Ok(None)) {
             return not_signed_in(&state, &headers, &addr, &next);
         }
     } else {
         state.authorize(user.as_ref(), &addr).await?;
     }
+    let res = res?;
     authz::authorize_resource(state.db(), user.as_ref(), &addr, res.as_deref()).await?;
 
     let ticket = mint_scoped_for(
