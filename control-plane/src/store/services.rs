@@ -251,6 +251,22 @@ impl Db {
         .await
     }
 
+    /// Resource `resource_id` of service `service` with its owner, if recorded.
+    pub async fn get_service_resource(
+        &self,
+        service: &str,
+        resource_id: &str,
+    ) -> Res<Option<ServiceResourceRow>> {
+        sqlx::query_as(
+            "SELECT service, resource_id, owner_id, created_at, updated_at \
+             FROM service_resources WHERE service = $1 AND resource_id = $2",
+        )
+        .bind(service)
+        .bind(resource_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
     /// Every resource of service `service` with its owner, by id.
     pub async fn list_service_resources(&self, service: &str) -> Res<Vec<ServiceResourceRow>> {
         sqlx::query_as(

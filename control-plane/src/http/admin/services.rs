@@ -643,10 +643,8 @@ async fn put_resource(
     tracing::info!(service = %name, resource = %id, owner = %body.owner, "resource owner recorded");
     let row = s
         .db()
-        .list_service_resources(&name)
+        .get_service_resource(&name, &id)
         .await?
-        .into_iter()
-        .find(|r| r.resource_id == id)
         .ok_or_else(|| ApiError::internal("a resource just recorded is gone"))?;
     Ok(Json(row))
 }
@@ -675,10 +673,8 @@ async fn get_resource(
     require_resource_service(&s, &name).await?;
     check_resource_id(&id)?;
     s.db()
-        .list_service_resources(&name)
+        .get_service_resource(&name, &id)
         .await?
-        .into_iter()
-        .find(|r| r.resource_id == id)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("service {name:?} has no resource {id:?}")))
 }
