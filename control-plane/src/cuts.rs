@@ -62,6 +62,30 @@ pub async fn cut_user(db: &Db, capability_lifetime: u64, user_id: &str) -> Resul
     Ok(())
 }
 
+/// Cuts off every capability of `user_id` for `port` of `pod` (a service: port 0) issued until
+/// now, whatever it names: on a service reached per resource, after a resource of theirs changed
+/// owner or was forgotten (a capability does not say which resource in the mint audit, so all
+/// of theirs for the service go; a browser then gets a fresh one for a resource still theirs).
+pub async fn cut_user_on(
+    db: &Db,
+    capability_lifetime: u64,
+    user_id: &str,
+    pod: &str,
+    port: u16,
+) -> Result<(), sqlx::Error> {
+    let at = now_unix();
+    let cut = CutRow::User {
+        user_id: user_id.to_owned(),
+        pod: Some(pod.to_owned()),
+        port: Some(port),
+        at,
+        until: cut_until(capability_lifetime, at),
+    };
+    db.insert_cut(&cut, at).await?;
+    tracing::info!(user = %user_id, %pod, port, "resource lost: capabilities cut off");
+    Ok(())
+}
+
 /// Re-checks the access of everyone holding an unexpired capability in `scope` and cuts off,
 /// per port, those who may no longer reach it. Returns how many `(user, pod, port)` were cut.
 pub async fn cut_lost_access(

@@ -2,9 +2,9 @@
 //! with the key ring in force and recorded in the audit trail (never the token itself).
 
 use podgate_protocol::host::PodAddr;
-use podgate_protocol::token::{mint_in_session, PodClaims, TokenKind};
+use podgate_protocol::token::{mint_scoped, PodClaims, TokenKind};
 
-use crate::authz::may_reach;
+use crate::authz::{authorize_resource, may_reach, AuthzError};
 use crate::config::Config;
 use crate::ids::ANONYMOUS_SUB;
 use crate::keys::{random_id, KeyRing, KeyringError, LiveKeys, NoKeyRing};
@@ -71,9 +71,27 @@ pub async fn mint_in_session_for(
     api_token: Option<&str>,
     sid: Option<&str>,
 ) -> Result<Minted, MintError> {
+    mint_scoped_for(ctx, kind, user, addr, None, via, api_token, sid).await
+}
+
+/// [`mint_in_session_for`], with the resource claim `res` (a resource path, `/sessions/abc`) on
+/// a service reached per resource; the caller has checked `authz::authorize_resource`.
+#[allow(clippy::too_many_arguments)]
+pub async fn mint_scoped_for(
+    ctx: &MintContext<'_>,
+    kind: TokenKind,
+    user: Option<&User>,
+    addr: &PodAddr,
+    res: Option<&str>,
+    via: &str,
+    api_token: Option<&str>,
+    sid: Option<&str>,
+) -> Result<Minted, MintError> {
     let minted = async {
         let ring = ctx.keys.current()?;
-        let minted = sign_in_session(ctx.config, &ring, kind, user, addr, via, api_token, sid)?;
+        let minted = sign_in_session(
+            ctx.config, &ring, kind, user, addr, res, via, api_token, sid,
+        )?;
         ctx.recorder.record(minted.audit.clone()).await?;
         Ok(minted)
     }
@@ -97,10 +115,11 @@ pub fn sign_for(
     via: &str,
     api_token: Option<&str>,
 ) -> Result<Minted, MintError> {
-    sign_in_session(config, ring, kind, user, addr, via, api_token, None)
+    sign_in_session(config, ring, kind, user, addr, None, via, api_token, None)
 }
 
-/// [`sign_for`], with the session id claim `sid` when minted for a control-plane session.
+/// [`sign_for`], with the resource claim `res` on a service reached per resource, and the
+/// session id claim `sid` when minted for a control-plane session.
 #[allow(clippy::too_many_arguments)]
 pub fn sign_in_session(
     config: &Config,
@@ -108,6 +127,7 @@ pub fn sign_in_session(
     kind: TokenKind,
     user: Option<&User>,
     addr: &PodAddr,
+    res: Option<&str>,
     via: &str,
     api_token: Option<&str>,
     sid: Option<&str>,
@@ -140,7 +160,7 @@ pub fn sign_in_session(
     let now = now_unix();
     let lifetime = lifetime as i64;
     let token =
-        mint_in_session(kind, key, &claims, sid, now, lifetime).map_err(|e| MintError::Sign {
+        mint_scoped(kind, key, &claims, sid, res, now, lifetime).map_err(|e| MintError::Sign {
             kind,
             message: e.to_string(),
         })?;
@@ -243,6 +263,15 @@ async fn redeem(
     if !facts.is_some_and(|f| may_reach(&f, user.as_ref())) {
         return Err(RedeemError::Refused(TicketRefusal::NoLongerAllowed));
     }
+    // The resource the ticket names, if any, is checked again too.
+    let res = verified.res.as_deref();
+    match authorize_resource(ctx.db, user.as_ref(), addr, res).await {
+        Ok(()) => {}
+        Err(AuthzError::Store(e)) => return Err(RedeemError::Store(e)),
+        Err(AuthzError::NotFound | AuthzError::NotYourResource) => {
+            return Err(RedeemError::Refused(TicketRefusal::NoLongerAllowed))
+        }
+    }
     // A ticket of a session that signed out since is not redeemed (its capability would be
     // refused anyway: it carries the session's id).
     let sid = verified.sid.as_deref();
@@ -257,6 +286,7 @@ async fn redeem(
         TokenKind::Capability,
         user.as_ref(),
         addr,
+        res,
         "callback",
         None,
         sid,

@@ -15,9 +15,9 @@ use podgate_protocol::host::PodAddr;
 use podgate_protocol::token::{TokenKind, Verifier, DEFAULT_LEEWAY_SECS};
 
 use crate::auth::identity::session_id;
-use crate::authz::may_reach;
+use crate::authz::{authorize_resource, may_reach, AuthzError};
 use crate::ids::ANONYMOUS_SUB;
-use crate::mint::{mint_in_session_for, MintContext, MintError, Minted};
+use crate::mint::{mint_scoped_for, MintContext, MintError, Minted};
 use crate::store::now_unix;
 
 /// Why a capability was not renewed: the filter stops renewing it, and it lives out its
@@ -63,6 +63,8 @@ pub struct StillAllowed {
     pub user: crate::store::User,
     pub addr: PodAddr,
     pub sid: String,
+    /// The resource it names, on a service reached per resource (checked again).
+    pub res: Option<String>,
     /// The checked capability's `jti`.
     pub jti: String,
 }
@@ -74,13 +76,15 @@ pub async fn renew_capability(ctx: &MintContext<'_>, token: &str) -> Result<Mint
         user,
         addr,
         sid,
+        res,
         jti,
     } = still_allowed(ctx, token).await?;
-    let fresh = mint_in_session_for(
+    let fresh = mint_scoped_for(
         ctx,
         TokenKind::Capability,
         Some(&user),
         &addr,
+        res.as_deref(),
         "renew",
         None,
         Some(&sid),
@@ -146,10 +150,18 @@ pub async fn still_allowed(ctx: &MintContext<'_>, token: &str) -> Result<StillAl
     if !facts.is_some_and(|f| may_reach(&f, Some(&user))) {
         return Err(refused(RenewRefusal::NoLongerAllowed));
     }
+    match authorize_resource(ctx.db, Some(&user), &addr, old.res.as_deref()).await {
+        Ok(()) => {}
+        Err(AuthzError::Store(e)) => return Err(RenewError::Store(e)),
+        Err(AuthzError::NotFound | AuthzError::NotYourResource) => {
+            return Err(refused(RenewRefusal::NoLongerAllowed))
+        }
+    }
     Ok(StillAllowed {
         user,
         addr,
         sid,
+        res: old.res,
         jti: old.claims.jti,
     })
 }

@@ -259,6 +259,7 @@ pub fn directory_entry(
                     name: header,
                     value: SecretValue(value),
                 }),
+                resource_path: row.resource_path.clone(),
             });
         }
         if row.credential.is_none() {
@@ -283,6 +284,7 @@ pub fn directory_entry(
         cluster: cluster_name(&row.name),
         host: upstream.authority,
         credential,
+        resource_path: row.resource_path.clone(),
     })
 }
 

@@ -13,7 +13,6 @@ use common::{Harness, Which};
 use podgate::config::Settings;
 use podgate::store::now_unix;
 use podgate_protocol::config::FilterConfig;
-use serde_json::json;
 
 const SECRET: &str = "renew-secret-0123456789abcdef0123456789";
 
@@ -27,20 +26,7 @@ async fn harness(which: Which) -> Option<Harness> {
 
 /// `POST /api/proxy-tokens` as `session`: `(id, token)`.
 async fn api_token(h: &Harness, session: &str) -> (String, String) {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/proxy-tokens")
-        .header(header::COOKIE, session)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(json!({"name": "edge"}).to_string()))
-        .unwrap();
-    let r = h.send(req).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().to_owned(),
-        v["token"].as_str().unwrap().to_owned(),
-    )
+    h.api_token(session, "edge").await
 }
 
 /// `POST /api/proxy-exchange?{target}` as Envoy's filter makes it, from end client `client`.

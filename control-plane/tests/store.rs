@@ -519,6 +519,7 @@ async fn services(db: &Db) {
         ca_pem: None,
         credential: Some(credential),
         oauth: None,
+        resource_path: Some("/sessions/{id}".into()),
         created_at: 1,
         updated_at: 1,
     };

@@ -24,28 +24,6 @@ const BOB: &str = "bob";
 /// The upstream's credential: it must reach the upstream and nothing else.
 const UPSTREAM_KEY: &str = "sk-upstream-5b1d7e0c9a4f4e8d";
 
-fn service_host(name: &str) -> String {
-    format!("svc-{name}.localhost")
-}
-
-/// `POST /api/proxy-tokens` with `session`: `(id, token)`.
-async fn create_api_token(stack: &Stack, session: &str, name: &str) -> (String, String) {
-    let resp = stack
-        .http
-        .post(format!("http://{}/api/proxy-tokens", stack.cp.http))
-        .header(COOKIE, session)
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-    let body: Value = resp.json().await.unwrap();
-    (
-        body["id"].as_str().unwrap().to_owned(),
-        body["token"].as_str().unwrap().to_owned(),
-    )
-}
-
 /// `GET path` on service `name`'s host through Envoy with `headers`: status and body.
 async fn get_service(
     stack: &Stack,
@@ -465,26 +443,14 @@ async fn page_on_service(
     path_and_query: &str,
     cookie: Option<&str>,
 ) -> (u16, Option<String>, Vec<String>, String) {
-    let mut req = http
-        .get(format!("http://{}{path_and_query}", stack.envoy.listener))
-        .header(HOST, service_host(name))
-        .header(reqwest::header::ACCEPT, "text/html");
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let location = resp
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let cookies = resp
-        .headers()
-        .get_all(reqwest::header::SET_COOKIE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect();
-    (status, location, cookies, resp.text().await.unwrap())
+    get_on_host(
+        http,
+        stack.envoy.listener,
+        &service_host(name),
+        path_and_query,
+        cookie,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -137,6 +137,11 @@ pub struct ServiceEntry {
     /// The credential the filter sets on every forwarded request, replacing the client's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<InjectedHeader>,
+    /// The service is reached per resource (`resource`): the pattern of its resource paths,
+    /// e.g. `/sessions/{id}`. A capability for it then names one resource, and paths outside
+    /// the pattern are refused. Left out when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_path: Option<String>,
 }
 
 /// A header the filter sets on the upstream request: `name: value`.
@@ -475,6 +480,14 @@ impl FilterConfig {
             }
             if service.host.is_empty() || !is_header_value_safe(&service.host) {
                 return Err(field("services", format!("{name:?} has an invalid host")));
+            }
+            if let Some(pattern) = &service.resource_path {
+                if let Err(e) = crate::resource::check_pattern(pattern) {
+                    return Err(field(
+                        "services",
+                        format!("{name:?} has an invalid resource_path: {e}"),
+                    ));
+                }
             }
             if let Some(credential) = &service.credential {
                 // The value is never named in the message.

@@ -220,6 +220,7 @@ mod tests {
                 email: None,
             },
             sid: sid.map(str::to_owned),
+            res: None,
             issued_at: iat,
             expires_at: iat + 900,
             kid: "cap-1".into(),

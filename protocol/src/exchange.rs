@@ -66,17 +66,27 @@ pub fn well_formed(token: &str) -> bool {
         })
 }
 
-/// The cache key of `token` for `pod`: SHA-256 over the token, the pod and the port, each
-/// length-prefixed.
+/// The cache key of `token` for `pod` (and `resource`, on a service reached per resource):
+/// SHA-256 over the token, the pod, the port and the resource, each length-prefixed, the
+/// resource marked as present or absent, so a capability exchanged for one resource is never
+/// found for another.
 pub type ExchangeKey = [u8; 32];
 
-pub fn key(token: &str, pod: &PodAddr) -> ExchangeKey {
+pub fn key(token: &str, pod: &PodAddr, resource: Option<&str>) -> ExchangeKey {
     let mut h = Sha256::new();
     for part in [token.as_bytes(), pod.pod.as_bytes()] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
     h.update(pod.port.to_le_bytes());
+    match resource {
+        Some(resource) => {
+            h.update([1u8]);
+            h.update((resource.len() as u64).to_le_bytes());
+            h.update(resource.as_bytes());
+        }
+        None => h.update([0u8]),
+    }
     h.finalize().into()
 }
 
@@ -86,17 +96,22 @@ pub struct ExchangeNeeded {
     pub key: ExchangeKey,
     pub token: String,
     pub pod: PodAddr,
+    /// The resource path the capability is for (`resource`), on a service reached per
+    /// resource.
+    pub resource: Option<String>,
 }
 
 impl std::fmt::Debug for ExchangeNeeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExchangeNeeded")
             .field("pod", &self.pod)
+            .field("resource", &self.resource)
             .finish_non_exhaustive()
     }
 }
 
-/// The exchange call's headers (`:method`, `:path` with the pod and port, `:authority`, the
+/// The exchange call's headers (`:method`, `:path` with the pod and port or the service, and
+/// the resource (`res`) when there is one, `:authority`, the
 /// secret, the API token as a bearer, the client's address when known), for
 /// `proxy_http_call`. The body is empty.
 pub fn call_headers(
@@ -106,10 +121,7 @@ pub fn call_headers(
 ) -> Vec<(String, String)> {
     let mut headers = vec![
         (":method".into(), "POST".into()),
-        (
-            ":path".into(),
-            format!("{EXCHANGE_PATH}?{}", crate::host::target_query(&need.pod)),
-        ),
+        (":path".into(), call_path(need)),
         (":authority".into(), renewal.authority.clone()),
         (RENEW_SECRET_HEADER.into(), renewal.secret().to_owned()),
         ("authorization".into(), format!("Bearer {}", need.token)),
@@ -121,6 +133,17 @@ pub fn call_headers(
         headers.push((CLIENT_HEADER.into(), client.to_owned()));
     }
     headers
+}
+
+/// The exchange call's `:path`. A resource is a path of unreserved characters and `/`
+/// (`resource::classify`), encoded all the same.
+fn call_path(need: &ExchangeNeeded) -> String {
+    let mut path = format!("{EXCHANGE_PATH}?{}", crate::host::target_query(&need.pod));
+    if let Some(resource) = &need.resource {
+        path.push_str("&res=");
+        path.push_str(&crate::redirect::encode_query_value(resource));
+    }
+    path
 }
 
 /// The client's address from Envoy's `source.address` property (`ip:port` or `[ip]:port`),
@@ -165,14 +188,15 @@ pub enum Exchanged {
     Failed,
 }
 
-/// Judges the control plane's answer to the exchange for `pod`, whose public host is `host`:
+/// Judges the control plane's answer to the exchange `need`, whose public host is `host`:
 /// HTTP `status` (0 when the call failed), its `Retry-After`, and `body`, at `now`. A
 /// capability is accepted only if it verifies under the configuration in force, is not
-/// refused by it, and is for exactly this host, pod and port.
+/// refused by it, and is for exactly this host, pod and port (and resource, `None` but for a service reached per
+/// resource).
 pub fn judge(
     config: InForce<'_>,
     host: &str,
-    pod: &PodAddr,
+    need: &ExchangeNeeded,
     status: u32,
     retry_after: Option<u32>,
     body: &[u8],
@@ -194,7 +218,10 @@ pub fn judge(
     let Ok(cap) = config.verifier.verify(&answer.token, now) else {
         return Exchanged::Failed;
     };
-    let exact = cap.claims.aud == host && cap.claims.pod == pod.pod && cap.claims.port == pod.port;
+    let exact = cap.claims.aud == host
+        && cap.claims.pod == need.pod.pod
+        && cap.claims.port == need.pod.port
+        && cap.res == need.resource;
     let refused = config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap);
     if !exact || refused {
         return Exchanged::Failed;

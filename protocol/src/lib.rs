@@ -19,6 +19,7 @@ pub mod rate;
 pub mod redirect;
 pub mod renewal;
 pub mod reply;
+pub mod resource;
 pub mod response;
 pub mod set_cookie;
 pub mod token;

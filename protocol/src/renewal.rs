@@ -177,7 +177,7 @@ pub struct RenewAnswer {
 /// What a renewal came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Renewed {
-    /// A fresh capability for the same session, user, pod and port, and its cookie.
+    /// A fresh capability for the same session, user, pod, port and resource, and its cookie.
     Fresh {
         capability: Rc<Verified>,
         set_cookie: Rc<str>,
@@ -203,8 +203,8 @@ pub struct InForce<'a> {
 
 /// Judges the control plane's answer to the renewal of `old`: HTTP `status` (0 when the call
 /// failed) and `body`, at `now`. Only a 401 is a refusal. A fresh capability is accepted only if it verifies under the
-/// configuration in force, is not refused by it, names the same session, user, audience, pod
-/// and port, outlives the old one, and its `Set-Cookie` sets exactly it under our name,
+/// configuration in force, is not refused by it, names the same session, user, audience, pod,
+/// port and resource (`res`), outlives the old one, and its `Set-Cookie` sets exactly it under our name,
 /// host-only.
 pub fn judge(config: InForce<'_>, old: &Verified, status: u32, body: &[u8], now: i64) -> Renewed {
     match status {
@@ -225,6 +225,7 @@ pub fn judge(config: InForce<'_>, old: &Verified, status: u32, body: &[u8], now:
         && fresh.claims.aud == old.claims.aud
         && fresh.claims.pod == old.claims.pod
         && fresh.claims.port == old.claims.port
+        && fresh.res == old.res
         && fresh.expires_at > old.expires_at;
     let refused = config.revoked.contains(&fresh.claims.jti) || config.cutoffs.refuses(&fresh);
     if !same || refused || !cookie_sets(config, &answer.set_cookie, &answer.token) {

@@ -42,6 +42,13 @@ pub enum Denial {
     BadPreflight,
     /// 404: the pod is not in the directory.
     UnknownPod,
+    /// 400: a path a server could read two ways (`resource::classify`), on a service reached
+    /// per resource; refused rather than guessed at.
+    AmbiguousPath,
+    /// 403: a valid capability for this service, but for another of its resources.
+    WrongResource,
+    /// 403: a path outside the resource pattern of a service reached per resource.
+    OutsideResources,
     /// 503: the pod exists but is not running.
     NotRunning(PodStatus),
     /// 429: the user's or the pod's request rate is spent (`rate`); retry after that many
@@ -97,6 +104,9 @@ impl Denial {
             Denial::CrossOriginPreflight => "cross_origin_preflight",
             Denial::BadPreflight => "bad_preflight",
             Denial::UnknownPod => "unknown_pod",
+            Denial::AmbiguousPath => "ambiguous_path",
+            Denial::WrongResource => "wrong_resource",
+            Denial::OutsideResources => "outside_resources",
             Denial::NotRunning(_) => "pod_not_running",
             Denial::RateLimited { .. } => "rate_limited",
             Denial::TooManyStreams { .. } => "too_many_streams",
@@ -110,7 +120,7 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 20] = [
+    pub const ALL_REASONS: [&'static str; 23] = [
         "bad_host",
         "malformed_header",
         "malformed_authorization",
@@ -122,6 +132,9 @@ impl Denial {
         "cross_origin_preflight",
         "bad_preflight",
         "unknown_pod",
+        "ambiguous_path",
+        "wrong_resource",
+        "outside_resources",
         "pod_not_running",
         "rate_limited",
         "too_many_streams",
@@ -192,6 +205,21 @@ impl Denial {
                 None,
             ),
             Denial::UnknownPod => (404, "Pod not found".into(), None),
+            Denial::AmbiguousPath => (
+                400,
+                "Refused: the path has a segment servers read differently (`.`, `..`, an empty segment, `;`, `\\`, or an encoded `/`, `\\`, `.`, `%`, `;`)".into(),
+                Some("send the path in its plain form, e.g. /sessions/abc/events"),
+            ),
+            Denial::WrongResource => (
+                403,
+                "This capability is for another resource of this service".into(),
+                Some("get a capability for this resource (POST /v1/capabilities with `resource`), or open it in the browser"),
+            ),
+            Denial::OutsideResources => (
+                403,
+                "This service is reached per resource, and this path is under none".into(),
+                Some("use a path under the service's resource pattern, e.g. /sessions/{id}/..."),
+            ),
             Denial::NotRunning(status) => (
                 503,
                 format!("Pod is not running (status: {})", status.as_str()),

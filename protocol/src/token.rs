@@ -132,6 +132,9 @@ pub struct Verified {
     /// The session id claim (`sid`): the control-plane session the capability was minted for,
     /// when it was minted for a browser session. An opaque hash, never the session's secret.
     pub sid: Option<String>,
+    /// The resource claim (`res`): for a service reached per resource (`resource`), the
+    /// resource path the capability was minted for (`/sessions/abc`); `None` for any other.
+    pub res: Option<String>,
     pub issued_at: i64,
     pub expires_at: i64,
     pub kid: String,
@@ -267,6 +270,8 @@ struct WireClaims {
     pod: PodClaims,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    res: Option<String>,
 }
 
 enum SecretMaterial {
@@ -462,6 +467,20 @@ pub fn mint_in_session(
     issued_at: i64,
     lifetime_secs: i64,
 ) -> Result<String, MintError> {
+    mint_scoped(kind, key, claims, sid, None, issued_at, lifetime_secs)
+}
+
+/// [`mint_in_session`], with the resource claim `res` when the token is minted for one
+/// resource of a service reached per resource (`resource`).
+pub fn mint_scoped(
+    kind: TokenKind,
+    key: &SigningKey,
+    claims: &PodClaims,
+    sid: Option<&str>,
+    res: Option<&str>,
+    issued_at: i64,
+    lifetime_secs: i64,
+) -> Result<String, MintError> {
     let header = Header::empty()
         .with_key_id(key.kid.clone())
         .with_token_type(kind.typ());
@@ -472,6 +491,7 @@ pub fn mint_in_session(
     let mut wire = Claims::new(WireClaims {
         pod: claims.clone(),
         sid: sid.map(str::to_owned),
+        res: res.map(str::to_owned),
     });
     wire.issued_at = Some(at(issued_at)?);
     wire.expiration = Some(at(issued_at.saturating_add(lifetime_secs))?);
@@ -738,20 +758,22 @@ impl Verifier {
         if exp.saturating_sub(iat) > self.max_lifetime || exp < iat {
             return Err(TokenError::LifetimeTooLong);
         }
-        let WireClaims { pod, sid } = claims.custom;
+        let WireClaims { pod, sid, res } = claims.custom;
         if pod.iss != self.issuer {
             return Err(TokenError::WrongIssuer);
         }
         if pod.sub.is_empty() || pod.jti.is_empty() || pod.aud.is_empty() || pod.pod.is_empty() {
             return Err(TokenError::BadClaims);
         }
-        if sid.as_ref().is_some_and(|s| s.is_empty()) {
+        if sid.as_ref().is_some_and(|s| s.is_empty()) || res.as_ref().is_some_and(|r| r.is_empty())
+        {
             return Err(TokenError::BadClaims);
         }
         let kept = sid.is_some().then(|| RawToken::new(token));
         Ok(Verified {
             claims: pod,
             sid,
+            res,
             issued_at: iat,
             expires_at: exp,
             kid: kid.to_owned(),

@@ -34,6 +34,9 @@ fn denials() -> Vec<Denial> {
         Denial::CrossOriginPreflight,
         Denial::BadPreflight,
         Denial::UnknownPod,
+        Denial::AmbiguousPath,
+        Denial::WrongResource,
+        Denial::OutsideResources,
         Denial::NotRunning(PodStatus::Stopped),
         Denial::RateLimited {
             scope: podgate_protocol::rate::Limited::User,
@@ -64,6 +67,9 @@ fn denials() -> Vec<Denial> {
             | Denial::CrossOriginPreflight
             | Denial::BadPreflight
             | Denial::UnknownPod
+            | Denial::AmbiguousPath
+            | Denial::WrongResource
+            | Denial::OutsideResources
             | Denial::NotRunning(_)
             | Denial::RateLimited { .. }
             | Denial::TooManyStreams { .. }

@@ -19,8 +19,19 @@ pub async fn exchange(
     request_line_and_headers: &str,
     body: &[u8],
 ) -> anyhow::Result<(u16, String)> {
+    exchange_on(addr, "localhost", request_line_and_headers, body).await
+}
+
+/// [`exchange`] with `Host: host`: a request line with a path no URL parser would keep as is
+/// (`/a/../b`, `%2e%2e`) to a public host through Envoy.
+pub async fn exchange_on(
+    addr: SocketAddr,
+    host: &str,
+    request_line_and_headers: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
     let head = format!(
-        "{request_line_and_headers}Host: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{request_line_and_headers}Host: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let mut request = head.into_bytes();

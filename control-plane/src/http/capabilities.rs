@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use podgate_protocol::resource;
 use podgate_protocol::token::TokenKind;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -13,12 +14,13 @@ use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
 
 use crate::auth::verify::{identify, Accept};
+use crate::authz;
 use crate::http::error::{ApiError, ApiResult, JsonBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, parse_target};
-use crate::mint::mint_in_session_for;
+use crate::mint::mint_scoped_for;
 use crate::AppState;
 
 /// The route, behind its per-client limit (`crate::http::limits` says what counts and why).
@@ -40,6 +42,9 @@ pub struct CapabilityRequest {
     pub port: Option<u16>,
     /// A service's name, instead of `pod` and `port`.
     pub service: Option<String>,
+    /// On a service reached per resource: the id of the resource (`abc` for
+    /// `/sessions/abc`); the capability opens only paths under it.
+    pub resource: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -48,7 +53,8 @@ pub struct CapabilityResponse {
     pub token: String,
     /// RFC 3339, UTC.
     pub expires_at: String,
-    /// The pod port's public URL; send the token as `podgate-token` or `Authorization: Bearer`.
+    /// The pod port's public URL (the resource's, for one); send the token as `podgate-token`
+    /// or `Authorization: Bearer`.
     pub url: String,
 }
 
@@ -109,11 +115,30 @@ async fn capabilities(
         }
         Some(u) => state.authorize(Some(u), &addr).await?,
     }
-    let cap = mint_in_session_for(
+    let res = match &req.resource {
+        None => None,
+        Some(id) if !resource::valid_id(id) => {
+            return Err(ApiError::bad(format!(
+                "`resource` {id:?} is no resource id: send the id alone (`abc` for /sessions/abc), 1 to {} letters, digits, '-', '.', '_' or '~'",
+                resource::MAX_ID_LEN
+            )))
+        }
+        Some(id) => match authz::resource_of_id(state.db(), &addr, id).await? {
+            Some(res) => Some(res),
+            None => {
+                return Err(ApiError::bad(
+                    "`resource` is only for a service reached per resource (one with a `resource_path`); leave it out",
+                ))
+            }
+        },
+    };
+    authz::authorize_resource(state.db(), user.as_ref(), &addr, res.as_deref()).await?;
+    let cap = mint_scoped_for(
         &state.mint_context(),
         TokenKind::Capability,
         user.as_ref(),
         &addr,
+        res.as_deref(),
         &via,
         api_token.as_deref(),
         sid.as_deref(),
@@ -126,7 +151,10 @@ async fn capabilities(
     let mut resp = Json(CapabilityResponse {
         token: cap.token,
         expires_at,
-        url: format!("{}/", state.config().pod_origin(&host)),
+        url: match &res {
+            Some(res) => format!("{}{res}", state.config().pod_origin(&host)),
+            None => format!("{}/", state.config().pod_origin(&host)),
+        },
     })
     .into_response();
     no_store(&mut resp);

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// No or wrong credentials (401).
     #[error("{0}")]
     Unauthorized(String),
+    /// Refused, with what to do about it (403, `{error, hint}`).
+    #[error("{message}")]
+    Forbidden { message: String, hint: String },
     /// Not there, or not yours to see: the same answer for both (404).
     #[error("{0}")]
     NotFound(String),
@@ -77,6 +80,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -121,6 +125,13 @@ impl IntoResponse for ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"podgate\""),
                 );
+                resp
+            }
+            ApiError::Forbidden { message, hint } => {
+                let mut resp =
+                    (status, Json(json!({ "error": message, "hint": hint }))).into_response();
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 resp
             }
             ApiError::BadRequest(msg)
@@ -232,6 +243,10 @@ impl From<AuthzError> for ApiError {
     fn from(e: AuthzError) -> Self {
         match e {
             AuthzError::NotFound => ApiError::not_found(NOT_FOUND_MSG),
+            AuthzError::NotYourResource => ApiError::Forbidden {
+                message: crate::authz::RESOURCE_MSG.into(),
+                hint: crate::authz::RESOURCE_HINT.into(),
+            },
             AuthzError::Store(e) => e.into(),
         }
     }

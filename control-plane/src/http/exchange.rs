@@ -23,6 +23,7 @@ use utoipa_axum::routes;
 
 use crate::auth::api_tokens::{self, ApiTokenCheck, ApiTokenError};
 use crate::authz::authorize;
+use crate::authz::{authorize_resource, AuthzError, RESOURCE_MSG};
 use crate::http::error::{error_response, ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
@@ -30,7 +31,7 @@ use crate::http::renew::{bearer, has_secret};
 use crate::http::request::ClientIp;
 use crate::http::shared::{no_store, parse_target};
 use crate::metrics::Outcome;
-use crate::mint::mint_in_session_for;
+use crate::mint::mint_scoped_for;
 use crate::store::now_unix;
 use crate::AppState;
 
@@ -50,6 +51,8 @@ struct Target {
     pod: Option<String>,
     port: Option<String>,
     service: Option<String>,
+    /// The resource path the request is under, on a service reached per resource.
+    res: Option<String>,
 }
 
 /// The end client's address the filter sent, or Envoy's own when there is none: what the
@@ -71,6 +74,7 @@ fn end_client(headers: &HeaderMap, envoy: &str) -> String {
         ("pod" = Option<String>, Query, description = "The pod the API token was sent to"),
         ("port" = Option<u16>, Query, description = "The port"),
         ("service" = Option<String>, Query, description = "The service the API token was sent to, instead of `pod` and `port`"),
+        ("res" = Option<String>, Query, description = "On a service reached per resource: the resource path the request is under (`/sessions/abc`)"),
     ),
     responses(
         (status = 200, description = "`{token}`: a capability for that pod and port"),
@@ -150,11 +154,22 @@ async fn answer_exchange(
         tracing::info!(client, user = %user.id, pod = %addr.pod, port = addr.port, "API token's owner may not reach the pod");
         return ApiError::from(e).into_response();
     }
-    let minted = mint_in_session_for(
+    // A resource the owner may not use is the filter's "not allowed" (a 404, as above), never
+    // a 403, which it reads as a wrong secret.
+    match authorize_resource(state.db(), Some(&user), &addr, target.res.as_deref()).await {
+        Ok(()) => {}
+        Err(AuthzError::Store(e)) => return ApiError::from(e).into_response(),
+        Err(AuthzError::NotFound | AuthzError::NotYourResource) => {
+            tracing::info!(client, user = %user.id, service = %addr.pod, "API token's owner may not use the resource");
+            return ApiError::not_found(RESOURCE_MSG).into_response();
+        }
+    }
+    let minted = mint_scoped_for(
         &state.mint_context(),
         TokenKind::Capability,
         Some(&user),
         &addr,
+        target.res.as_deref(),
         "exchange",
         Some(&id),
         None,

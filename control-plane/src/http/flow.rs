@@ -14,6 +14,7 @@ use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
 
 use crate::auth::verify::browser_identity;
+use crate::authz::{self, AuthzError};
 use crate::http::cookies;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
@@ -21,7 +22,7 @@ use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
 use crate::http::request::credentials;
 use crate::http::shared::{is_page_load, no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
-use crate::mint::{mint_in_session_for, redeem_ticket, RedeemError, TicketRefusal};
+use crate::mint::{mint_scoped_for, redeem_ticket, RedeemError, TicketRefusal};
 use crate::AppState;
 
 /// The flow's routes, each behind its per-client limit (`limits.rs` says what counts and why).
@@ -94,21 +95,32 @@ async fn proxy_auth(
         .and_then(|i| i.via.session_id().map(str::to_owned));
     let user = identity.map(|i| i.user);
 
+    // On a service reached per resource, the ticket (and its capability) names the resource
+    // `next` is under (`Ok(None)`: not such a service), and only one the user may use; a path
+    // under none is refused once the user is known to reach the service.
+    let res = match authz::resource_for_path(state.db(), &addr, &next).await {
+        Err(AuthzError::Store(e)) => return Err(e.into()),
+        res => res,
+    };
     if user.is_none() {
-        // Only a public port lets someone through without signing in.
+        // Only a public port lets someone through without signing in; a resource is always
+        // someone's.
         let public = state.authorize(None, &addr).await.is_ok();
-        if !public {
+        if !public || !matches!(res, Ok(None)) {
             return not_signed_in(&state, &headers, &addr, &next);
         }
     } else {
         state.authorize(user.as_ref(), &addr).await?;
     }
+    let res = res?;
+    authz::authorize_resource(state.db(), user.as_ref(), &addr, res.as_deref()).await?;
 
-    let ticket = mint_in_session_for(
+    let ticket = mint_scoped_for(
         &state.mint_context(),
         TokenKind::LoginTicket,
         user.as_ref(),
         &addr,
+        res.as_deref(),
         "proxy-auth",
         None,
         sid.as_deref(),

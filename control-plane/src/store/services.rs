@@ -19,6 +19,9 @@ pub struct ServiceRow {
     pub credential: Option<StoredCredential>,
     /// The OAuth configuration (`service_oauth.rs`), sealed whole: its secrets are in it.
     pub oauth: Option<StoredOAuth>,
+    /// The pattern of its resource paths (`/sessions/{id}`) when it is reached per resource
+    /// (`podgate_protocol::resource`); `None`: one capability opens all of it.
+    pub resource_path: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -64,7 +67,7 @@ impl<'r> FromRow<'r, sqlx::any::AnyRow> for StoredCredential {
 
 const SERVICE_COLS: &str = "name, owner_id, team_id, sharing, upstream_url, ca_pem, \
      credential_header, credential_kek_id, credential_value, credential_fingerprint, \
-     oauth_kek_id, oauth_config, created_at, updated_at";
+     oauth_kek_id, oauth_config, resource_path, created_at, updated_at";
 
 fn service_from_row(row: &sqlx::any::AnyRow) -> Res<ServiceRow> {
     let header: Option<String> = row.try_get("credential_header")?;
@@ -87,6 +90,7 @@ fn service_from_row(row: &sqlx::any::AnyRow) -> Res<ServiceRow> {
             }),
             None => None,
         },
+        resource_path: row.try_get("resource_path")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -99,14 +103,15 @@ impl Db {
         sqlx::query(
             "INSERT INTO services (name, owner_id, team_id, sharing, upstream_url, ca_pem, \
                 credential_header, credential_kek_id, credential_value, credential_fingerprint, \
-                oauth_kek_id, oauth_config, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                oauth_kek_id, oauth_config, resource_path, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id, team_id = excluded.team_id, \
                 sharing = excluded.sharing, upstream_url = excluded.upstream_url, ca_pem = excluded.ca_pem, \
                 credential_header = excluded.credential_header, credential_kek_id = excluded.credential_kek_id, \
                 credential_value = excluded.credential_value, \
                 credential_fingerprint = excluded.credential_fingerprint, \
-                oauth_kek_id = excluded.oauth_kek_id, oauth_config = excluded.oauth_config, updated_at = excluded.updated_at",
+                oauth_kek_id = excluded.oauth_kek_id, oauth_config = excluded.oauth_config, \
+                resource_path = excluded.resource_path, updated_at = excluded.updated_at",
         )
         .bind(&s.name)
         .bind(&s.owner_id)
@@ -120,6 +125,7 @@ impl Db {
         .bind(c.map(|c| c.fingerprint.clone()))
         .bind(s.oauth.as_ref().and_then(|o| o.kek_id.clone()))
         .bind(s.oauth.as_ref().map(|o| o.config.clone()))
+        .bind(&s.resource_path)
         .bind(s.created_at)
         .bind(s.updated_at)
         .execute(&self.writer)
@@ -150,6 +156,11 @@ impl Db {
     }
 
     pub async fn delete_service(&self, name: &str) -> Res<bool> {
+        // Its resources go with it (also by the foreign key's cascade).
+        sqlx::query("DELETE FROM service_resources WHERE service = $1")
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
         let r = sqlx::query("DELETE FROM services WHERE name = $1")
             .bind(name)
             .execute(&self.writer)
@@ -180,4 +191,116 @@ impl Db {
             is_team_member: user_id.is_some() && members > 0,
         }))
     }
+
+    /// Records `owner_id` as the owner of resource `resource_id` of service `service`; the
+    /// earlier owner, if there was one.
+    pub async fn put_service_resource(
+        &self,
+        service: &str,
+        resource_id: &str,
+        owner_id: &str,
+        now: i64,
+    ) -> Res<Option<String>> {
+        let mut tx = self.writer.begin().await?;
+        let before: Option<String> = sqlx::query_scalar(
+            "SELECT owner_id FROM service_resources WHERE service = $1 AND resource_id = $2",
+        )
+        .bind(service)
+        .bind(resource_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO service_resources (service, resource_id, owner_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (service, resource_id) DO UPDATE SET owner_id = excluded.owner_id, \
+                updated_at = excluded.updated_at",
+        )
+        .bind(service)
+        .bind(resource_id)
+        .bind(owner_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(before)
+    }
+
+    /// The resource pattern of service `name`: `None` when there is no such service or it is
+    /// not reached per resource.
+    pub async fn service_resource_path(&self, name: &str) -> Res<Option<String>> {
+        let path: Option<Option<String>> =
+            sqlx::query_scalar("SELECT resource_path FROM services WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(path.flatten())
+    }
+
+    /// The owner of resource `resource_id` of service `service`, if it has one.
+    pub async fn service_resource_owner(
+        &self,
+        service: &str,
+        resource_id: &str,
+    ) -> Res<Option<String>> {
+        sqlx::query_scalar(
+            "SELECT owner_id FROM service_resources WHERE service = $1 AND resource_id = $2",
+        )
+        .bind(service)
+        .bind(resource_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Resource `resource_id` of service `service` with its owner, if recorded.
+    pub async fn get_service_resource(
+        &self,
+        service: &str,
+        resource_id: &str,
+    ) -> Res<Option<ServiceResourceRow>> {
+        sqlx::query_as(
+            "SELECT service, resource_id, owner_id, created_at, updated_at \
+             FROM service_resources WHERE service = $1 AND resource_id = $2",
+        )
+        .bind(service)
+        .bind(resource_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Every resource of service `service` with its owner, by id.
+    pub async fn list_service_resources(&self, service: &str) -> Res<Vec<ServiceResourceRow>> {
+        sqlx::query_as(
+            "SELECT service, resource_id, owner_id, created_at, updated_at \
+             FROM service_resources WHERE service = $1 ORDER BY resource_id",
+        )
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Forgets resource `resource_id` of service `service`; its owner, if it had one.
+    pub async fn delete_service_resource(
+        &self,
+        service: &str,
+        resource_id: &str,
+    ) -> Res<Option<String>> {
+        sqlx::query_scalar(
+            "DELETE FROM service_resources WHERE service = $1 AND resource_id = $2 \
+             RETURNING owner_id",
+        )
+        .bind(service)
+        .bind(resource_id)
+        .fetch_optional(&self.writer)
+        .await
+    }
+}
+
+/// One resource of a service reached per resource, and its owner.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct ServiceResourceRow {
+    pub service: String,
+    pub resource_id: String,
+    pub owner_id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
 }

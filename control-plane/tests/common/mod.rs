@@ -262,6 +262,24 @@ impl Harness {
         prometheus_parse::Scrape::parse(r.body.lines().map(|l| Ok(l.to_owned()))).unwrap()
     }
 
+    /// `POST /api/proxy-tokens {name}` as `session`: `(id, token)`.
+    pub async fn api_token(&self, session: &str, name: &str) -> (String, String) {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/api/proxy-tokens")
+            .header(header::COOKIE, session)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(serde_json::json!({ "name": name }).to_string()))
+            .unwrap();
+        let r = self.send(req).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let v = r.json();
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
     /// Signs in through the dev login; returns the `Cookie` header value for the session.
     pub async fn login(&self, user: &str) -> String {
         let r = self.get(&format!("/dev/login?user={user}"), &[]).await;

@@ -662,9 +662,44 @@ pub async fn get_on_pod(
     path_and_query: &str,
     cookie: Option<&str>,
 ) -> (u16, Option<String>, Vec<String>, String) {
+    get_on_host(http, envoy, &pod_host(pod), path_and_query, cookie).await
+}
+
+/// Service `name`'s public host.
+pub fn service_host(name: &str) -> String {
+    format!("svc-{name}.localhost")
+}
+
+/// `POST /api/proxy-tokens` with `session`: `(id, token)`.
+pub async fn create_api_token(stack: &Stack, session: &str, name: &str) -> (String, String) {
+    let resp = stack
+        .http
+        .post(format!("http://{}/api/proxy-tokens", stack.cp.http))
+        .header(COOKIE, session)
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let body: Value = resp.json().await.unwrap();
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A GET through Envoy on `host` as a browser page load (`Accept: text/html`): status,
+/// `Location`, `Set-Cookie`s and body.
+pub async fn get_on_host(
+    http: &reqwest::Client,
+    envoy: SocketAddr,
+    host: &str,
+    path_and_query: &str,
+    cookie: Option<&str>,
+) -> (u16, Option<String>, Vec<String>, String) {
     let mut req = http
         .get(format!("http://{envoy}{path_and_query}"))
-        .header(HOST, pod_host(pod))
+        .header(HOST, host)
         .header(ACCEPT, "text/html");
     if let Some(c) = cookie {
         req = req.header(COOKIE, c);
@@ -688,9 +723,24 @@ pub async fn get_on_pod(
 /// control plane with the session, the callback on the pod host. Returns the capability
 /// cookie (`podgate_cap=...`).
 pub async fn sign_in_through_envoy(stack: &Stack, pod: &str, session: &str) -> String {
+    sign_in_on_host(stack, &pod_host(pod), "/", session, None)
+        .await
+        .unwrap_or_else(|(status, body)| panic!("proxy-auth refused: {status} {body}"))
+}
+
+/// [`sign_in_through_envoy`] on any public `host`, for a page load of `path` with the cookie
+/// `cookie` already held: the capability cookie, or the control plane's refusal at
+/// `/api/proxy-auth` (status and body).
+pub async fn sign_in_on_host(
+    stack: &Stack,
+    host: &str,
+    path: &str,
+    session: &str,
+    cookie: Option<&str>,
+) -> Result<String, (u16, String)> {
     let http = no_redirects();
     let envoy = stack.envoy.listener;
-    let (status, location, _, body) = get_on_pod(&http, envoy, pod, "/", None).await;
+    let (status, location, _, body) = get_on_host(&http, envoy, host, path, cookie).await;
     assert_eq!(status, 302, "{body}");
     let auth = location.unwrap();
     assert!(auth.contains("/api/proxy-auth?"), "{auth}");
@@ -701,15 +751,18 @@ pub async fn sign_in_through_envoy(stack: &Stack, pod: &str, session: &str) -> S
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 302, "{:?}", resp.text().await);
+    let status = resp.status().as_u16();
+    if status != 302 {
+        return Err((status, resp.text().await.unwrap()));
+    }
     let callback = url::Url::parse(resp.headers()[LOCATION].to_str().unwrap()).unwrap();
     assert_eq!(callback.path(), "/.podgate/callback");
     let path = format!("{}?{}", callback.path(), callback.query().unwrap());
-    let (status, _, cookies, body) = get_on_pod(&http, envoy, pod, &path, None).await;
+    let (status, _, cookies, body) = get_on_host(&http, envoy, host, &path, None).await;
     assert_eq!(status, 302, "{body}");
     let cap = cookies
         .iter()
         .find(|c| c.starts_with("podgate_cap="))
         .unwrap_or_else(|| panic!("no capability cookie: {cookies:?}"));
-    cap.split(';').next().unwrap().to_owned()
+    Ok(cap.split(';').next().unwrap().to_owned())
 }

@@ -24,6 +24,7 @@ fn cap(exp: i64) -> Rc<Verified> {
             ..claims()
         },
         sid: None,
+        res: None,
         issued_at: NOW,
         expires_at: exp,
         kid: "k".into(),
@@ -54,14 +55,27 @@ fn only_the_exact_shape_of_an_api_token_is_well_formed() {
 
 #[test]
 fn the_key_binds_the_token_the_pod_and_the_port() {
-    let k = key(TOKEN, &pod("alpha", 8726));
-    assert_eq!(k, key(TOKEN, &pod("alpha", 8726)));
-    assert_ne!(k, key(TOKEN, &pod("alpha", 8727)));
-    assert_ne!(k, key(TOKEN, &pod("beta", 8726)));
+    let k = key(TOKEN, &pod("alpha", 8726), None);
+    assert_eq!(k, key(TOKEN, &pod("alpha", 8726), None));
+    assert_ne!(k, key(TOKEN, &pod("alpha", 8727), None));
+    assert_ne!(k, key(TOKEN, &pod("beta", 8726), None));
     let other = TOKEN.replace("abc", "abd");
-    assert_ne!(k, key(&other, &pod("alpha", 8726)));
+    assert_ne!(k, key(&other, &pod("alpha", 8726), None));
     // Length-prefixed: moving bytes between the token and the pod changes the key.
-    assert_ne!(key("pg_ab", &pod("c", 1)), key("pg_a", &pod("bc", 1)));
+    assert_ne!(
+        key("pg_ab", &pod("c", 1), None),
+        key("pg_a", &pod("bc", 1), None)
+    );
+}
+
+#[test]
+fn the_key_binds_the_resource() {
+    let svc = pod("chat", 0);
+    let a1 = key(TOKEN, &svc, Some("/sessions/a1"));
+    assert_eq!(a1, key(TOKEN, &svc, Some("/sessions/a1")));
+    assert_ne!(a1, key(TOKEN, &svc, Some("/sessions/b1")));
+    assert_ne!(a1, key(TOKEN, &svc, None));
+    assert_ne!(key(TOKEN, &svc, Some("")), key(TOKEN, &svc, None));
 }
 
 #[test]
@@ -75,7 +89,7 @@ fn the_client_address_drops_the_port() {
 #[test]
 fn a_grant_lasts_until_the_capability_expires() {
     let mut cache = ExchangeCache::default();
-    let k = key(TOKEN, &pod("alpha", 8726));
+    let k = key(TOKEN, &pod("alpha", 8726), None);
     assert_eq!(cache.lookup(&k, NOW), Lookup::Miss);
     let granted = Exchanged::Granted(cap(NOW + 60), "t".into());
     cache.record(k, &granted, NOW);
@@ -90,7 +104,7 @@ fn a_grant_lasts_until_the_capability_expires() {
 #[test]
 fn a_refusal_is_remembered_briefly_and_busy_or_failed_not_at_all() {
     let mut cache = ExchangeCache::default();
-    let k = key(TOKEN, &pod("alpha", 8726));
+    let k = key(TOKEN, &pod("alpha", 8726), None);
     for passing in [Exchanged::Busy(3), Exchanged::Failed] {
         cache.record(k, &passing, NOW);
         assert_eq!(cache.lookup(&k, NOW), Lookup::Miss);
@@ -112,11 +126,11 @@ fn a_refusal_is_remembered_briefly_and_busy_or_failed_not_at_all() {
 #[test]
 fn a_flood_of_refusals_stays_bounded_and_spares_the_grants() {
     let mut cache = ExchangeCache::default();
-    let good = key(TOKEN, &pod("alpha", 8726));
+    let good = key(TOKEN, &pod("alpha", 8726), None);
     cache.record(good, &Exchanged::Granted(cap(NOW + 600), "t".into()), NOW);
     for i in 0..(3 * MAX_REFUSED) {
         let wrong = format!("pg_{i:024x}_{}", "a".repeat(52));
-        let k = key(&wrong, &pod("alpha", 8726));
+        let k = key(&wrong, &pod("alpha", 8726), None);
         cache.record(k, &Exchanged::Refused(Refusal::BadToken), NOW);
         let (_, refused) = cache.len();
         assert!(refused <= MAX_REFUSED, "{refused} refusals held");
@@ -124,7 +138,7 @@ fn a_flood_of_refusals_stays_bounded_and_spares_the_grants() {
     assert!(matches!(cache.lookup(&good, NOW), Lookup::Granted(_)));
     // Expired refusals make room before anything is cleared.
     let later = NOW + REFUSED_TTL_SECS;
-    let last = key(TOKEN, &pod("beta", 1));
+    let last = key(TOKEN, &pod("beta", 1), None);
     cache.record(last, &Exchanged::Refused(Refusal::BadToken), later);
     assert_eq!(cache.len(), (1, 1));
 }
@@ -135,7 +149,7 @@ fn grants_stay_bounded() {
     for i in 0..(2 * MAX_GRANTED) {
         let t = format!("pg_{i:024x}_{}", "a".repeat(52));
         cache.record(
-            key(&t, &pod("alpha", 1)),
+            key(&t, &pod("alpha", 1), None),
             &Exchanged::Granted(cap(NOW + 60), "t".into()),
             NOW,
         );
@@ -169,8 +183,8 @@ fn a_client_the_control_plane_limits_waits_here() {
 #[test]
 fn a_new_configuration_keeps_grants_unconfirmed_and_drops_refusals() {
     let mut cache = ExchangeCache::default();
-    let good = key(TOKEN, &pod("alpha", 8726));
-    let bad = key(TOKEN, &pod("beta", 8726));
+    let good = key(TOKEN, &pod("alpha", 8726), None);
+    let bad = key(TOKEN, &pod("beta", 8726), None);
     cache.record(
         good,
         &Exchanged::Granted(cap(NOW + 60), "cap-token".into()),

@@ -18,6 +18,7 @@ use crate::path;
 use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use crate::renewal;
 use crate::reply::{Denial, Reply};
+use crate::resource::{self, PathMatch};
 use crate::response::PodResponse;
 use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX};
 
@@ -120,18 +121,49 @@ fn candidates<'a>(
     out
 }
 
+/// Which resource claim (`res`) a capability for this host needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want<'a> {
+    /// Exactly this one: `None` for a pod or a service not reached per resource, the resource
+    /// path the request is under for one that is (`resource::classify`).
+    Exactly(Option<&'a str>),
+    /// Any: who-am-I (`/.podgate/userinfo`) names no resource.
+    Any,
+}
+
+impl Want<'_> {
+    fn admits(self, res: Option<&str>) -> bool {
+        match self {
+            Want::Exactly(want) => want == res,
+            Want::Any => true,
+        }
+    }
+}
+
 /// What one verified capability means for this request.
 enum Verdict {
     Grant,
+    /// For this host, but another resource.
+    OtherResource,
     Elsewhere,
     Refused(TokenError),
 }
 
-fn judge(config: &CompiledConfig, v: &Verified, host: &str, pod: &PodAddr) -> Verdict {
+fn judge(
+    config: &CompiledConfig,
+    v: &Verified,
+    host: &str,
+    pod: &PodAddr,
+    want: Want<'_>,
+) -> Verdict {
     if config.revoked.contains(&v.claims.jti) || config.cutoffs.refuses(v) {
         Verdict::Refused(TokenError::Revoked)
     } else if v.claims.aud == host && v.claims.pod == pod.pod && v.claims.port == pod.port {
-        Verdict::Grant
+        if want.admits(v.res.as_deref()) {
+            Verdict::Grant
+        } else {
+            Verdict::OtherResource
+        }
     } else {
         Verdict::Elsewhere
     }
@@ -140,6 +172,8 @@ fn judge(config: &CompiledConfig, v: &Verified, host: &str, pod: &PodAddr) -> Ve
 /// What the candidates came to.
 enum Choice {
     Granted(Source, Rc<Verified>),
+    /// No grant, and at least one valid capability for this host but another resource.
+    OtherResource,
     /// No grant, and at least one valid capability for another pod or port.
     ScopedElsewhere,
     /// No grant; the first reason a candidate was refused.
@@ -156,6 +190,7 @@ fn choose(
     cache: &mut VerifiedCache,
     found: Vec<(Source, &str)>,
     pod: &PodAddr,
+    want: Want<'_>,
     now: i64,
 ) -> Choice {
     let host = config.public_hosts.render(pod);
@@ -168,6 +203,7 @@ fn choose(
         }
     };
     let mut elsewhere = false;
+    let mut other_resource = false;
     let mut here_first = Vec::new();
     let mut then_elsewhere = Vec::new();
     for (at, (source, token)) in found.into_iter().enumerate() {
@@ -192,8 +228,9 @@ fn choose(
                 }
             },
         };
-        match result.map(|v| (judge(config, &v, &host, pod), v)) {
+        match result.map(|v| (judge(config, &v, &host, pod, want), v)) {
             Ok((Verdict::Grant, v)) => return Choice::Granted(source, v),
+            Ok((Verdict::OtherResource, _)) => other_resource = true,
             Ok((Verdict::Elsewhere, _)) => elsewhere = true,
             Ok((Verdict::Refused(err), _)) | Err(err) => refuse(at, err),
         }
@@ -209,13 +246,16 @@ fn choose(
         }
         checked.push(token);
         let result = verify_now(config, cache, token, key, now);
-        match result.map(|v| (judge(config, &v, &host, pod), v)) {
+        match result.map(|v| (judge(config, &v, &host, pod, want), v)) {
             Ok((Verdict::Grant, v)) => return Choice::Granted(source, v),
+            Ok((Verdict::OtherResource, _)) => other_resource = true,
             Ok((Verdict::Elsewhere, _)) => elsewhere = true,
             Ok((Verdict::Refused(err), _)) | Err(err) => refuse(at, err),
         }
     }
-    if elsewhere {
+    if other_resource {
+        Choice::OtherResource
+    } else if elsewhere {
         Choice::ScopedElsewhere
     } else {
         Choice::Refused(first_error.map_or(TokenError::Malformed, |(_, err)| err))
@@ -364,7 +404,7 @@ pub(super) fn decide_counting(
                 // An API token (exchanges on): who the capability it is exchanged for names,
                 // once the control plane has granted it for this host.
                 if let Some(token) = api_token_of(config, req, &bearers) {
-                    let decision = match api_token_grant(config, cache, pod, token, now) {
+                    let decision = match api_token_grant(config, cache, pod, None, token, now) {
                         Ok(cap) => Decision::Answer(own_paths::userinfo(&cap)),
                         Err(decision) => decision,
                     };
@@ -373,9 +413,11 @@ pub(super) fn decide_counting(
                 let denial = Denial::NoCapability { redirect: None };
                 return (Decision::Deny(denial), 0);
             }
-            let decision = match choose(config, cache, found, &pod, now) {
+            let decision = match choose(config, cache, found, &pod, Want::Any, now) {
                 Choice::Granted(_, verified) => Decision::Answer(own_paths::userinfo(&verified)),
-                Choice::ScopedElsewhere => Decision::Deny(Denial::WrongScope),
+                Choice::OtherResource | Choice::ScopedElsewhere => {
+                    Decision::Deny(Denial::WrongScope)
+                }
                 Choice::Refused(reason) => Decision::Deny(Denial::InvalidCapability {
                     reason,
                     redirect: None,
@@ -407,6 +449,13 @@ pub(super) fn decide_counting(
         return (Decision::Forward(Rc::new(forward)), 0);
     }
 
+    // On a service reached per resource, the resource the path is under. A path under none is
+    // refused only to a caller shown to reach this service (`confine`); anyone else gets the
+    // answer a request without a capability gets, so the refusal tells nobody else that the
+    // service exists or how it is reached.
+    let scope = resource_scope(config, &pod, req.path);
+    let resource = scope.as_ref().ok().copied().flatten();
+
     // An API token (exchanges on) decides when no capability grants the request: a capability
     // sent with it keeps its meaning.
     let api = api_token_of(config, req, &bearers);
@@ -416,8 +465,9 @@ pub(super) fn decide_counting(
     let looked_at = found.len();
     if found.is_empty() {
         if let Some(token) = api {
-            let decision = api_token_decision(config, cache, req, &bearers, pod, token, now);
-            return (decision, 1);
+            let decision =
+                api_token_decision(config, cache, req, &bearers, pod, resource, token, now);
+            return (confine(&scope, decision), 1);
         }
         return (
             Decision::Deny(Denial::NoCapability {
@@ -427,12 +477,30 @@ pub(super) fn decide_counting(
         );
     }
 
-    let (source, verified) = match (choose(config, cache, found, &pod, now), api) {
-        (Choice::Granted(source, verified), _) => (source, verified),
+    // A path under no resource is judged with any capability for this host, to tell a caller
+    // who reaches the service from one who does not.
+    let want = scope.as_ref().map_or(Want::Any, |r| Want::Exactly(*r));
+    let (source, verified) = match (choose(config, cache, found, &pod, want, now), api) {
+        (Choice::Granted(source, verified), _) => match &scope {
+            Ok(_) => (source, verified),
+            Err(denial) => return (Decision::Deny(denial.clone()), looked_at),
+        },
         (_, Some(token)) => {
-            let decision = api_token_decision(config, cache, req, &bearers, pod, token, now);
-            return (decision, looked_at + 1);
+            let decision =
+                api_token_decision(config, cache, req, &bearers, pod, resource, token, now);
+            return (confine(&scope, decision), looked_at + 1);
         }
+        // A browser holding the capability for another resource of this service is sent to
+        // get one for this resource, as without one; the control plane mints it, or refuses.
+        (Choice::OtherResource, None) if page_load => {
+            return (
+                Decision::Deny(Denial::NoCapability {
+                    redirect: redirect(),
+                }),
+                looked_at,
+            )
+        }
+        (Choice::OtherResource, None) => return (Decision::Deny(Denial::WrongResource), looked_at),
         (Choice::ScopedElsewhere, None) => return (Decision::Deny(Denial::WrongScope), looked_at),
         (Choice::Refused(reason), None) => {
             return (
@@ -468,6 +536,43 @@ pub(super) fn decide_counting(
     )
 }
 
+/// The resource the request's path is under, on a service reached per resource (its entry has
+/// a `resource_path`); `None` for a pod or any other service. A path outside the pattern, or one
+/// servers could read two ways, is the refusal.
+fn resource_scope<'a>(
+    config: &CompiledConfig,
+    pod: &PodAddr,
+    path: &'a str,
+) -> Result<Option<&'a str>, Denial> {
+    if pod.port != SERVICE_PORT {
+        return Ok(None);
+    }
+    let Some(pattern) = config
+        .services
+        .get(&pod.pod)
+        .and_then(|s| s.resource_path.as_deref())
+    else {
+        return Ok(None);
+    };
+    match resource::classify(pattern, path) {
+        PathMatch::Resource(resource) => Ok(Some(resource)),
+        PathMatch::Outside => Err(Denial::OutsideResources),
+        PathMatch::Ambiguous => Err(Denial::AmbiguousPath),
+    }
+}
+
+/// `decision`, unless the path is under no resource (`scope` is its refusal) and the decision
+/// would let the request through: then that refusal. An API token is exchanged for such a path
+/// as for any other (for no resource, which the control plane refuses on a service reached per
+/// resource), so its answer is the same whether the service exists or not; should the control
+/// plane grant it anyway, nothing is forwarded.
+fn confine(scope: &Result<Option<&str>, Denial>, decision: Decision) -> Decision {
+    match (scope, decision) {
+        (Err(denial), Decision::Forward(_)) => Decision::Deny(denial.clone()),
+        (_, decision) => decision,
+    }
+}
+
 /// The first API token of the request: a `podgate-token` value, then a bearer.
 fn api_token<'a>(req: &Request<'a>, bearers: &[&'a str]) -> Option<&'a str> {
     req.token_headers
@@ -480,16 +585,18 @@ fn api_token<'a>(req: &Request<'a>, bearers: &[&'a str]) -> Option<&'a str> {
 /// A request with an API token: the capability exchanged for it earlier (checked against the
 /// configuration in force), a refusal remembered, or an exchange to make. A token that is not
 /// of the API tokens' exact shape is refused without a call.
+#[allow(clippy::too_many_arguments)]
 fn api_token_decision(
     config: &CompiledConfig,
     cache: &mut VerifiedCache,
     req: &Request<'_>,
     bearers: &[&str],
     pod: PodAddr,
+    resource: Option<&str>,
     token: &str,
     now: i64,
 ) -> Decision {
-    match api_token_grant(config, cache, pod.clone(), token, now) {
+    match api_token_grant(config, cache, pod.clone(), resource, token, now) {
         Ok(cap) => forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken),
         Err(decision) => decision,
     }
@@ -509,22 +616,28 @@ fn api_token_of<'r>(
         .flatten()
 }
 
-/// The capability API token `token` was exchanged for, for `pod`, when the exchange cache has
-/// one still in force; else what to do: refuse (a malformed or refused token) or ask the
-/// control plane (`Decision::Exchange`).
+/// The capability API token `token` was exchanged for, for `pod` (and `resource` of a
+/// service), when the exchange cache has one still in force; else what to do: refuse (a
+/// malformed or refused token) or ask the control plane (`Decision::Exchange`).
 fn api_token_grant(
     config: &CompiledConfig,
     cache: &mut VerifiedCache,
     pod: PodAddr,
+    resource: Option<&str>,
     token: &str,
     now: i64,
 ) -> Result<Rc<Verified>, Decision> {
     if !exchange::well_formed(token) {
         return Err(Decision::Deny(Denial::ApiTokenRefused));
     }
-    let key = exchange::key(token, &pod);
+    let key = exchange::key(token, &pod, resource);
     let exchanges = cache.exchanges();
     match exchanges.lookup(&key, now) {
+        // The key binds the resource; a capability that names another is never used.
+        Lookup::Granted(cap) if cap.res.as_deref() != resource => {
+            exchanges.forget(&key);
+            return Err(Decision::Deny(Denial::ApiTokenNotAllowed));
+        }
         Lookup::Granted(cap) => {
             if config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap) {
                 // Revoked or cut off since: the control plane is asked again, and refuses a
@@ -537,7 +650,8 @@ fn api_token_grant(
         }
         Lookup::Unconfirmed(capability) => match config.verifier.verify(&capability, now) {
             Ok(cap)
-                if !(config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap)) =>
+                if !(config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap))
+                    && cap.res.as_deref() == resource =>
             {
                 let cap = Rc::new(cap);
                 exchanges.confirm(&key, Rc::clone(&cap));
@@ -556,6 +670,7 @@ fn api_token_grant(
         key,
         token: token.to_owned(),
         pod,
+        resource: resource.map(str::to_owned),
     })))
 }
 
@@ -681,9 +796,17 @@ pub(super) fn granted(
 ) -> Option<(PodAddr, Rc<Verified>)> {
     let pod = config.public_hosts.parse(req.authority).ok()?;
     let bearers = our_bearers(req).ok()?;
-    match choose(config, cache, candidates(config, req, &bearers), &pod, now) {
+    let want = Want::Exactly(resource_scope(config, &pod, req.path).ok()?);
+    match choose(
+        config,
+        cache,
+        candidates(config, req, &bearers),
+        &pod,
+        want,
+        now,
+    ) {
         Choice::Granted(_, verified) => Some((pod, verified)),
-        Choice::ScopedElsewhere | Choice::Refused(_) => None,
+        Choice::OtherResource | Choice::ScopedElsewhere | Choice::Refused(_) => None,
     }
 }
 

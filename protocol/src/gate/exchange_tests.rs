@@ -278,6 +278,7 @@ fn without_exchanges_an_api_token_is_no_credential() {
                     pod: "alpha".into(),
                     port: 8726
                 },
+                resource: None,
             },
             None
         )

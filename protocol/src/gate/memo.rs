@@ -38,6 +38,9 @@ pub const MEMO_MAX_ENTRIES: usize = 4096;
 /// not ASCII (the view refuses what is not UTF-8), or a map that does not decode. Those go the
 /// long way every time.
 ///
+/// A forward on a service reached per resource (its capability names a resource) is never
+/// kept: it depends on `:path`.
+///
 /// Only a forward decided by exactly one token candidate is kept, until that token's expiry
 /// (with the verifier's leeway, the rule the token cache applies): with one candidate, the
 /// decision depends on time only through that expiry. Everything else it depends on comes from
@@ -309,7 +312,10 @@ pub fn decide_memoized(
     if let (Some(hash), true, 1, Decision::Forward(forward)) =
         (slot.hash, latest, looked_at, &decision)
     {
-        if let (Some(_), Some(exp)) = (&forward.user, forward.expires_at) {
+        // A forward on a service reached per resource depends on the path, which is not in
+        // the key: it is decided every time.
+        let per_resource = forward.capability.as_ref().is_some_and(|c| c.res.is_some());
+        if let (Some(_), Some(exp), false) = (&forward.user, forward.expires_at, per_resource) {
             let entry = Memoized {
                 key: memo.key.as_slice().into(),
                 forward: Rc::clone(forward),

@@ -282,7 +282,7 @@ impl Gate {
         let exchanged = exchange::judge(
             config.in_force(),
             &host,
-            &need.pod,
+            need,
             status,
             retry_after,
             body,
@@ -457,3 +457,7 @@ mod exchange_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod page_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod resource_tests;

@@ -8,7 +8,7 @@ use super::*;
 use crate::cutoff::{Cutoffs, SessionCut};
 use crate::renewal::{RenewAnswer, Renewal, RENEW_SECRET_HEADER};
 use crate::token::tests::{claims, ed_key, NOW};
-use crate::token::{mint_in_session, PodClaims, TokenKind};
+use crate::token::{mint_in_session, mint_scoped, PodClaims, TokenKind};
 
 const HOST: &str = "localhost-8726-pod-alpha.example.dev";
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -198,12 +198,29 @@ fn a_refusal_stops_renewal_and_a_failure_or_anything_doubtful_keeps_the_old_capa
     let another_user = cap_for("mallory", "alpha", NOW + 700, Some("sid-a"));
     let another_pod = cap_for("alice", "beta", NOW + 700, Some("sid-a"));
     let older = cap(NOW - 10, Some("sid-a"));
+    let a_resource = mint_scoped(
+        TokenKind::Capability,
+        &ed_key(TokenKind::Capability, 1),
+        &PodClaims {
+            sub: "alice".into(),
+            aud: HOST.into(),
+            pod: "alpha".into(),
+            jti: "with-a-resource".into(),
+            ..claims()
+        },
+        Some("sid-a"),
+        Some("/sessions/a1"),
+        NOW + 700,
+        900,
+    )
+    .unwrap();
     for token in [
         &another_session,
         &no_session,
         &another_user,
         &another_pod,
         &older,
+        &a_resource,
     ] {
         assert_eq!(
             judge(200, &answer(token, &cookie_of(token))),

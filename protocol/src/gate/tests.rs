@@ -558,6 +558,7 @@ fn cache_keys_sharing_a_tail_stay_apart() {
                 ..claims()
             },
             sid: None,
+            res: None,
             issued_at: NOW,
             expires_at: NOW + 900,
             kid: "cap-ed1".into(),
@@ -1731,7 +1732,7 @@ fn the_gate_sanitizes_the_response_of_a_forward_it_made() {
 
 /// The gate configuration with service `openai` (its credential an `x-api-key`) published under
 /// `svc-{name}.{domain}`.
-fn config_with_service() -> Rc<CompiledConfig> {
+pub(super) fn config_with_service() -> Rc<CompiledConfig> {
     config_with(|c| {
         c.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
         c.services.insert(
@@ -1743,6 +1744,7 @@ fn config_with_service() -> Rc<CompiledConfig> {
                     name: "x-api-key".into(),
                     value: crate::config::SecretValue("sk-upstream".into()),
                 }),
+                resource_path: None,
             },
         );
     })

@@ -281,6 +281,7 @@ mod tests {
         Rc::new(Verified {
             claims: claims(),
             sid: None,
+            res: None,
             issued_at: 0,
             expires_at,
             kid: "k".into(),

@@ -1,6 +1,7 @@
 //! Services (published upstream APIs) and their credentials: `/v1/services`,
 //! `/v1/services/{name}`, `/v1/services/{name}/credential` and, for OAuth credentials,
-//! `/v1/services/{name}/credential/{status,refresh,clear}`. No answer carries a credential's
+//! `/v1/services/{name}/credential/{status,refresh,clear}`, and for a service reached per
+//! resource the owners of its resources, `/v1/services/{name}/resources[/{id}]`. No answer carries a credential's
 //! value, an OAuth secret or token: a service shows its credential's header name and
 //! fingerprint, and its OAuth token endpoint, grant and client id.
 
@@ -8,19 +9,21 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 use podgate_protocol::host::{PodAddr, SERVICE_PORT};
+use podgate_protocol::resource;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{created, deleted, parse_enum, require_user};
-use crate::cuts::cut_lost_access;
+use crate::cuts::{cut_lost_access, cut_user_on};
 use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::service_oauth::{self, CredentialStatus, Grant, OAuthConfig};
 use crate::services::{check_credential, parse_upstream, seal};
 use crate::store::{
-    now_unix, HolderScope, ServiceRow, Sharing, StoredCredential, StoredOAuth, DEFAULT_SHARING,
+    now_unix, HolderScope, ServiceResourceRow, ServiceRow, Sharing, StoredCredential, StoredOAuth,
+    DEFAULT_SHARING,
 };
 use crate::AppState;
 
@@ -35,6 +38,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(credential_status))
         .routes(routes!(refresh_credential))
         .routes(routes!(clear_credential))
+        .routes(routes!(list_resources))
+        .routes(routes!(put_resource, get_resource, delete_resource))
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +54,9 @@ struct NewService {
     /// `{"header": ..., "value": ...}`, read by hand (`credential_of`) so that no message about
     /// it can quote the value.
     credential: Option<serde_json::Value>,
+    /// The pattern of its resource paths, e.g. `/sessions/{id}`: the service is then reached
+    /// one resource at a time (`podgate_protocol::resource`).
+    resource_path: Option<String>,
 }
 
 /// A credential as an admin sends it: a static one, an OAuth one, or an OAuth one with a
@@ -152,6 +160,8 @@ struct ServiceView {
     /// The static credential, or with `oauth` the fallback.
     credential: Option<CredentialView>,
     oauth: Option<OAuthView>,
+    /// The pattern of its resource paths when it is reached one resource at a time.
+    resource_path: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
@@ -189,6 +199,7 @@ fn view(s: &AppState, row: ServiceRow) -> ServiceView {
         team_id: row.team_id,
         sharing: row.sharing,
         upstream_url: row.upstream_url,
+        resource_path: row.resource_path,
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -258,7 +269,7 @@ async fn list_services(State(s): State<AppState>) -> ApiResult<Json<Vec<ServiceV
     path = "/v1/services",
     tag = "admin",
     security(("admin_token" = [])),
-    request_body(content = serde_json::Value, description = "`{name, owner_id, team_id?, sharing? (owner, team, signed_in, public; default team), upstream_url (http(s)://host[:port]), ca_pem?, credential? {header, value}}`"),
+    request_body(content = serde_json::Value, description = "`{name, owner_id, team_id?, sharing? (owner, team, signed_in, public; default team), upstream_url (http(s)://host[:port]), ca_pem?, credential? {header, value}, resource_path? (e.g. `/sessions/{id}`: reached one resource at a time, each resource's owner recorded with PUT /v1/services/{name}/resources/{id})}`"),
     responses(
         (status = 201, description = "Created; the answer shows the credential's fingerprint, never its value"),
         Malformed,
@@ -289,6 +300,10 @@ async fn create_service(
                 "`ca_pem` must be PEM certificates (-----BEGIN CERTIFICATE-----), at most {MAX_CA_PEM_LEN} bytes"
             )));
         }
+    }
+    if let Some(pattern) = &body.resource_path {
+        resource::check_pattern(pattern)
+            .map_err(|e| ApiError::bad(format!("`resource_path` {pattern:?}: {e}")))?;
     }
     let sharing = match &body.sharing {
         Some(v) => parse_enum::<Sharing>(v, "sharing")?,
@@ -325,6 +340,7 @@ async fn create_service(
         ca_pem: body.ca_pem,
         credential,
         oauth,
+        resource_path: body.resource_path,
         created_at: now,
         updated_at: now,
     };
@@ -510,4 +526,184 @@ async fn clear_credential(
     s.service_tokens().clear(&name);
     tracing::info!(service = %name, "service OAuth token dropped");
     Ok(Json(s.service_tokens().status(&row)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceOwner {
+    owner: String,
+}
+
+/// The service `name` if it is reached per resource; a 400 naming the field otherwise.
+async fn require_resource_service(s: &AppState, name: &str) -> ApiResult<ServiceRow> {
+    let row = require_service(s, name).await?;
+    if row.resource_path.is_none() {
+        return Err(ApiError::bad(format!(
+            "service {name:?} has no `resource_path`, so it has no resources; create it with one, e.g. \"resource_path\": \"/sessions/{{id}}\""
+        )));
+    }
+    Ok(row)
+}
+
+fn check_resource_id(id: &str) -> ApiResult<()> {
+    if resource::valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!(
+            "resource id {id:?} cannot be used: use 1 to {} letters, digits, '-', '.', '_' or '~' (not '.' or '..')",
+            resource::MAX_ID_LEN
+        )))
+    }
+}
+
+/// Cuts off the capabilities `former` holds for service `name`: one of its resources is no
+/// longer theirs. Only when the rule no longer lets them use it.
+async fn cut_former_owner(
+    s: &AppState,
+    name: &str,
+    id: &str,
+    former: Option<String>,
+    now_owner: Option<&str>,
+) -> ApiResult<()> {
+    let Some(former) = former else { return Ok(()) };
+    let user = s.db().get_user(&former).await?;
+    let facts = crate::authz::ResourceFacts {
+        service: name,
+        resource_id: id,
+        owner_id: now_owner,
+    };
+    if !crate::authz::may_use_resource(&facts, user.as_ref()) {
+        cut_user_on(
+            s.db(),
+            s.config().capability_lifetime,
+            &former,
+            name,
+            SERVICE_PORT,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/resources",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 200, description = "Every resource of the service with its owner, by id", body = Vec<ServiceResourceRow>),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn list_resources(
+    State(s): State<AppState>,
+    PathArgs(name): PathArgs<String>,
+) -> ApiResult<Json<Vec<ServiceResourceRow>>> {
+    require_resource_service(&s, &name).await?;
+    Ok(Json(s.db().list_service_resources(&name).await?))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/services/{name}/resources/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("id" = String, Path, description = "The resource id: `abc` for `/sessions/abc`"),
+    ),
+    request_body(content = serde_json::Value, description = "`{owner}`: the user id that owns the resource; only they get capabilities for it"),
+    responses(
+        (status = 200, description = "Recorded; a former owner's capabilities for the service are cut off at the next push", body = ServiceResourceRow),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn put_resource(
+    State(s): State<AppState>,
+    PathArgs((name, id)): PathArgs<(String, String)>,
+    JsonBody(body): JsonBody<ResourceOwner>,
+) -> ApiResult<Json<ServiceResourceRow>> {
+    require_resource_service(&s, &name).await?;
+    check_resource_id(&id)?;
+    require_user(&s, &body.owner, "owner").await?;
+    let now = now_unix();
+    let former = s
+        .db()
+        .put_service_resource(&name, &id, &body.owner, now)
+        .await?
+        .filter(|f| *f != body.owner);
+    cut_former_owner(&s, &name, &id, former, Some(&body.owner)).await?;
+    tracing::info!(service = %name, resource = %id, owner = %body.owner, "resource owner recorded");
+    let row = s
+        .db()
+        .get_service_resource(&name, &id)
+        .await?
+        .ok_or_else(|| ApiError::internal("a resource just recorded is gone"))?;
+    Ok(Json(row))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/resources/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("id" = String, Path, description = "The resource id"),
+    ),
+    responses(
+        (status = 200, description = "The resource and its owner", body = ServiceResourceRow),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn get_resource(
+    State(s): State<AppState>,
+    PathArgs((name, id)): PathArgs<(String, String)>,
+) -> ApiResult<Json<ServiceResourceRow>> {
+    require_resource_service(&s, &name).await?;
+    check_resource_id(&id)?;
+    s.db()
+        .get_service_resource(&name, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("service {name:?} has no resource {id:?}")))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{name}/resources/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("id" = String, Path, description = "The resource id"),
+    ),
+    responses(
+        (status = 204, description = "Forgotten: nobody may use it; its owner's capabilities for the service are cut off at the next push"),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn delete_resource(
+    State(s): State<AppState>,
+    PathArgs((name, id)): PathArgs<(String, String)>,
+) -> ApiResult<Response> {
+    require_resource_service(&s, &name).await?;
+    check_resource_id(&id)?;
+    let former = s.db().delete_service_resource(&name, &id).await?;
+    let found = former.is_some();
+    cut_former_owner(&s, &name, &id, former, None).await?;
+    deleted(found, "resource")
 }

@@ -1,0 +1,301 @@
+//! A service reached per resource, live, through a real Envoy 1.40 fed by the control plane's
+//! ADS server: service `chat` with `resource_path: "/sessions/{id}"`, shared with everyone signed
+//! in, resource `a1` owned by alice and `b1` by bob. Alice reaches `/sessions/a1` (the recording
+//! upstream gets the service's credential and nothing of hers) with the browser's cookie, an API
+//! token at the edge and a capability from `/v1/capabilities`; she is refused `/sessions/b1`
+//! every way, a traversal from her resource to bob's in any spelling, and a path outside the
+//! pattern, with nothing recorded upstream; bob reaches `/sessions/b1`; forgetting `a1` cuts her
+//! capabilities off at the next push.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod xds_support;
+
+use std::time::{Duration, Instant};
+
+use podgate_testkit::http::exchange_on;
+use reqwest::header::COOKIE;
+use serde_json::{json, Value};
+use xds_support::*;
+
+/// One config push, with room for a loaded machine.
+const ONE_PUSH: Duration = Duration::from_secs(3);
+const SECRET: &str = "renew-secret-0123456789abcdef0123456789";
+const BOB: &str = "bob";
+const SERVICE: &str = "chat";
+/// The upstream's credential: it must reach the upstream and nothing else.
+const UPSTREAM_KEY: &str = "sk-chat-3f9a1c0b7e2d4a6c";
+
+/// `GET path` on the service's host through Envoy, as a script, with `headers`.
+async fn get(stack: &Stack, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = stack
+        .http
+        .get(format!("http://{}{path}", stack.envoy.listener))
+        .header(reqwest::header::HOST, service_host(SERVICE));
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// Polls `GET path` with `headers` until it is answered `want` (the service or a cut reaching
+/// Envoy takes a push).
+async fn until_status(stack: &Stack, path: &str, headers: &[(&str, &str)], want: u16) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = get(stack, path, headers).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < ONE_PUSH,
+            "{path}: still {status} {body}\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `POST /v1/capabilities` for resource `id` of the service with `session`: status and body.
+async fn capability(stack: &Stack, session: &str, id: &str) -> (u16, Value) {
+    let resp = stack
+        .http
+        .post(format!("http://{}/v1/capabilities", stack.cp.http))
+        .header(COOKIE, session)
+        .json(&json!({"service": SERVICE, "resource": id}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// The stack with service `chat` on a recording upstream, `a1` alice's and `b1` bob's; bob's
+/// session.
+async fn start() -> (Stack, FakePod, String) {
+    let stack = Stack::start(&["--renew-secret", SECRET]).await;
+    stack.cp.create_user(BOB).await;
+    let bob = stack.cp.session(BOB).await;
+    let upstream = FakePod::start("upstream").await.unwrap();
+    let created = stack
+        .cp
+        .admin(
+            reqwest::Method::POST,
+            "/v1/services",
+            Some(json!({
+                "name": SERVICE,
+                "owner_id": USER,
+                "sharing": "signed_in",
+                "upstream_url": format!("http://127.0.0.1:{}", upstream.addr().port()),
+                "credential": {"header": "x-api-key", "value": UPSTREAM_KEY},
+                "resource_path": "/sessions/{id}",
+            })),
+        )
+        .await;
+    assert_eq!(created["resource_path"], "/sessions/{id}", "{created}");
+    for (id, owner) in [("a1", USER), ("b1", BOB)] {
+        let row = stack
+            .cp
+            .admin(
+                reqwest::Method::PUT,
+                &format!("/v1/services/{SERVICE}/resources/{id}"),
+                Some(json!({ "owner": owner })),
+            )
+            .await;
+        assert_eq!(row["owner_id"], owner, "{row}");
+    }
+    // In force at the edge once a path outside the pattern is refused to alice, who reaches the
+    // service (to anyone else it is the answer of a service that does not exist).
+    let (status, cap) = capability(&stack, &stack.session, "a1").await;
+    assert_eq!(status, 200, "{cap}");
+    let cap = cap["token"].as_str().unwrap();
+    until_status(&stack, "/admin", &[("podgate-token", cap)], 403).await;
+    let (status, _) = get(&stack, "/admin", &[]).await;
+    assert_eq!(status, 401);
+    (stack, upstream, bob)
+}
+
+/// The upstream got exactly one more request, for `path`, with the service's credential and
+/// none of the caller's.
+fn forwarded_once(upstream: &FakePod, before: usize, path: &str) {
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), before + 1, "{requests:?}");
+    let last = requests.last().unwrap();
+    let headers = format!("{:?}", last.headers);
+    assert_eq!(last.path, path);
+    assert_eq!(
+        last.header_all("x-api-key"),
+        vec![UPSTREAM_KEY],
+        "{headers}"
+    );
+    assert!(!headers.contains("pg_"), "{headers}");
+    assert!(!headers.contains("podgate_cap"), "{headers}");
+    for ours in [
+        "authorization",
+        "podgate-token",
+        "x-podgate-user",
+        "x-podgate-email",
+        "x-podgate-assertion",
+    ] {
+        assert!(!last.has_header(ours), "{ours}: {headers}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_browser_reaches_its_own_resource_and_is_refused_another_users() {
+    let (stack, upstream, _) = start().await;
+    let host = service_host(SERVICE);
+
+    // Signing in on /sessions/a1 gets alice a capability for that resource.
+    let cookie = sign_in_on_host(&stack, &host, "/sessions/a1", &stack.session, None)
+        .await
+        .unwrap();
+    let before = upstream.requests().len();
+    let (status, body) = get(
+        &stack,
+        "/sessions/a1/events?since=1",
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    forwarded_once(&upstream, before, "/sessions/a1/events?since=1");
+
+    // Bob's resource: the filter sends the page load to sign in for it, and the control plane
+    // refuses with a 403 that says why; nothing reaches the upstream.
+    let before = upstream.requests().len();
+    let (status, body) =
+        sign_in_on_host(&stack, &host, "/sessions/b1", &stack.session, Some(&cookie))
+            .await
+            .unwrap_err();
+    assert_eq!(status, 403, "{body}");
+    let refusal: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        refusal["error"].as_str().unwrap().contains("resource"),
+        "{body}"
+    );
+    assert!(refusal["hint"].is_string(), "{body}");
+    // A script with alice's cookie is refused at the edge.
+    let (status, _) = get(&stack, "/sessions/b1", &[("cookie", &cookie)]).await;
+    assert_eq!(status, 403);
+    // Outside the pattern: refused whoever asks.
+    let (status, _) = get(&stack, "/admin", &[("cookie", &cookie)]).await;
+    assert_eq!(status, 403);
+    assert_eq!(upstream.requests().len(), before, "nothing forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
+    let (stack, upstream, bob) = start().await;
+
+    // An API token at the edge: exchanged per resource.
+    let (_, token) = create_api_token(&stack, &stack.session, "chat").await;
+    let bearer = format!("Bearer {token}");
+    let before = upstream.requests().len();
+    let (status, body) = get(&stack, "/sessions/a1", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200, "{body}");
+    forwarded_once(&upstream, before, "/sessions/a1");
+    let before = upstream.requests().len();
+    for _ in 0..2 {
+        let (status, body) = get(&stack, "/sessions/b1", &[("authorization", &bearer)]).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    assert_eq!(upstream.requests().len(), before, "nothing forwarded");
+
+    // `/v1/capabilities` mints for her own resource only.
+    let (status, cap) = capability(&stack, &stack.session, "a1").await;
+    assert_eq!(status, 200, "{cap}");
+    assert!(
+        cap["url"].as_str().unwrap().ends_with("/sessions/a1"),
+        "{cap}"
+    );
+    let cap = cap["token"].as_str().unwrap().to_owned();
+    let (status, refusal) = capability(&stack, &stack.session, "b1").await;
+    assert_eq!(status, 403, "{refusal}");
+    assert!(refusal["hint"].is_string(), "{refusal}");
+    let (status, _) = capability(&stack, &stack.session, "nope").await;
+    assert_eq!(status, 403, "an unknown resource is answered as another's");
+    let before = upstream.requests().len();
+    let (status, _) = get(&stack, "/sessions/a1/x", &[("podgate-token", &cap)]).await;
+    assert_eq!(status, 200);
+    forwarded_once(&upstream, before, "/sessions/a1/x");
+    let before = upstream.requests().len();
+    let (status, _) = get(&stack, "/sessions/b1", &[("podgate-token", &cap)]).await;
+    assert_eq!(status, 403);
+    assert_eq!(upstream.requests().len(), before, "nothing forwarded");
+
+    // Bob reaches his.
+    let (status, bobs) = capability(&stack, &bob, "b1").await;
+    assert_eq!(status, 200, "{bobs}");
+    let bobs = bobs["token"].as_str().unwrap().to_owned();
+    let (status, _) = get(&stack, "/sessions/b1", &[("podgate-token", &bobs)]).await;
+    assert_eq!(status, 200);
+
+    // Forgetting a1 cuts alice's capabilities and exchanged token off at the next push.
+    stack
+        .cp
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/v1/services/{SERVICE}/resources/a1"),
+            None,
+        )
+        .await;
+    until_status(&stack, "/sessions/a1", &[("podgate-token", &cap)], 401).await;
+    until_status(&stack, "/sessions/a1", &[("authorization", &bearer)], 403).await;
+    let (status, _) = capability(&stack, &stack.session, "a1").await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_traversal_from_ones_own_resource_to_another_is_never_forwarded() {
+    let (stack, upstream, _) = start().await;
+    let (status, cap) = capability(&stack, &stack.session, "a1").await;
+    assert_eq!(status, 200, "{cap}");
+    let cap = cap["token"].as_str().unwrap().to_owned();
+    let (_, token) = create_api_token(&stack, &stack.session, "chat").await;
+    let host = service_host(SERVICE);
+    let before = upstream.requests().len();
+    for credential in [
+        format!("podgate-token: {cap}"),
+        format!("Authorization: Bearer {token}"),
+    ] {
+        for path in [
+            "/sessions/a1/../b1",
+            "/sessions/a1/%2e%2e/b1",
+            "/sessions/a1/%2E%2E/b1",
+            "/sessions/a1/.%2e/b1",
+            "/sessions/a1%2F..%2Fb1",
+            "/sessions/a1/..%2Fb1",
+            "/sessions/a1%5C..%5Cb1",
+            "/sessions/a1/..;/b1",
+            "/sessions/a1;/../../sessions/b1",
+            "/sessions/a1%252e%252e/b1",
+            "/sessions//b1",
+            "/sessions/a1/../../sessions/b1",
+        ] {
+            let (status, body) = exchange_on(
+                stack.envoy.listener,
+                &host,
+                &format!("GET {path} HTTP/1.1\r\n{credential}\r\n"),
+                b"",
+            )
+            .await
+            .unwrap();
+            assert!(
+                (300..500).contains(&status),
+                "{path} with {}: {status} {body}",
+                &credential[..14]
+            );
+        }
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        before,
+        "nothing forwarded: {:?}",
+        upstream.requests()
+    );
+    // The plain path still works with the same credentials.
+    let (status, _) = get(&stack, "/sessions/a1", &[("podgate-token", &cap)]).await;
+    assert_eq!(status, 200);
+}
