@@ -224,46 +224,89 @@ pub fn cluster_name(name: &str) -> String {
     format!("podgate_service_{name}")
 }
 
-/// The filter's directory entry of a service, with its credential opened; `None` (and a
-/// warning naming the service, never the value) when its URL or its credential cannot be
-/// used, so the service is not published rather than published without its credential.
+/// What the filter's directory holds of a service.
+#[derive(Debug)]
+pub enum Published {
+    /// Forwarded with this entry (its credential opened, if it has one).
+    Entry(ServiceEntry),
+    /// Listed in `services_without_credential`: it has a credential, but none can be used now
+    /// (no valid OAuth token and no fallback, or a sealed value that does not open), so the
+    /// filter answers `502` and forwards nothing.
+    WithoutCredential,
+    /// Left out (its upstream URL cannot be used): the filter answers as for no service.
+    Absent,
+}
+
+/// The filter's directory entry of a service, with its credential opened (a warning names the
+/// service, never the value, when it is not an entry). A service is never published without
+/// the credential it has.
 ///
 /// A service with an OAuth credential carries its current token (`service_oauth`), or its
-/// static credential as the fallback while it has none; with neither it is not published, so
-/// that nothing reaches its upstream without a credential.
+/// static credential as the fallback while it has none; with neither it is
+/// [`Published::WithoutCredential`], so that nothing reaches its upstream without a credential.
 pub fn directory_entry(
     kek: &KeyEncryption,
     tokens: &crate::service_oauth::ServiceTokens,
     row: &ServiceRow,
-) -> Option<ServiceEntry> {
+) -> Published {
+    let (published, why) = classify(kek, tokens, row);
+    if let Some(why) = why {
+        match published {
+            Published::Absent => {
+                tracing::warn!(service = %row.name, "service not published: {why}")
+            }
+            _ => tracing::warn!(service = %row.name, "service without a credential: {why}"),
+        }
+    }
+    published
+}
+
+/// Whether service `row` has a credential Envoy cannot use now ([`Published::WithoutCredential`]),
+/// as [`directory_entry`] decides it, without logging: for `/readyz`.
+pub fn without_credential(
+    kek: &KeyEncryption,
+    tokens: &crate::service_oauth::ServiceTokens,
+    row: &ServiceRow,
+) -> bool {
+    matches!(classify(kek, tokens, row).0, Published::WithoutCredential)
+}
+
+/// [`directory_entry`]'s decision, and why when it is not an entry.
+fn classify(
+    kek: &KeyEncryption,
+    tokens: &crate::service_oauth::ServiceTokens,
+    row: &ServiceRow,
+) -> (Published, Option<String>) {
     let upstream = match parse_upstream(&row.upstream_url) {
         Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(service = %row.name, "service not published: its upstream URL: {e}");
-            return None;
-        }
+        Err(e) => return (Published::Absent, Some(format!("its upstream URL: {e}"))),
     };
     if let Some(stored) = &row.oauth {
         let header = match crate::service_oauth::open(kek, &row.name, stored) {
             Ok(config) => config.header,
             Err(e) => {
-                tracing::warn!(service = %row.name, "service not published: its OAuth configuration cannot be opened: {e}");
-                return None;
+                return (
+                    Published::WithoutCredential,
+                    Some(format!("its OAuth configuration cannot be opened: {e}")),
+                )
             }
         };
         if let Some(value) = tokens.current(&row.name) {
-            return Some(ServiceEntry {
+            let entry = ServiceEntry {
                 cluster: cluster_name(&row.name),
                 host: upstream.authority,
                 credential: Some(InjectedHeader {
                     name: header,
                     value: SecretValue(value),
                 }),
-            });
+            };
+            return (Published::Entry(entry), None);
         }
         if row.credential.is_none() {
-            tracing::warn!(service = %row.name, "service not published: no valid OAuth token and no fallback credential");
-            return None;
+            return (
+                Published::WithoutCredential,
+                Some("no valid OAuth token and no fallback credential".into()),
+            );
         }
     }
     let credential = match &row.credential {
@@ -274,16 +317,19 @@ pub fn directory_entry(
                 value: SecretValue(value),
             }),
             Err(e) => {
-                tracing::warn!(service = %row.name, "service not published: its credential cannot be opened: {e}");
-                return None;
+                return (
+                    Published::WithoutCredential,
+                    Some(format!("its credential cannot be opened: {e}")),
+                )
             }
         },
     };
-    Some(ServiceEntry {
+    let entry = ServiceEntry {
         cluster: cluster_name(&row.name),
         host: upstream.authority,
         credential,
-    })
+    };
+    (Published::Entry(entry), None)
 }
 
 /// The Envoy cluster of a service: its upstream's host and port (DNS when a name), TLS with

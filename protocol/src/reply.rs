@@ -42,6 +42,10 @@ pub enum Denial {
     BadPreflight,
     /// 404: the pod is not in the directory.
     UnknownPod,
+    /// 502: the service is published but has no usable credential now (its OAuth token cannot
+    /// be had and it has no fallback); nothing is forwarded, so its upstream never gets a
+    /// request without its credential.
+    CredentialUnavailable,
     /// 503: the pod exists but is not running.
     NotRunning(PodStatus),
     /// 429: the user's or the pod's request rate is spent (`rate`); retry after that many
@@ -68,6 +72,9 @@ pub enum Denial {
 #[derive(Serialize)]
 struct Body<'a> {
     error: String,
+    /// A stable code for scripts, on the answers that carry one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hint: Option<&'a str>,
 }
@@ -97,6 +104,7 @@ impl Denial {
             Denial::CrossOriginPreflight => "cross_origin_preflight",
             Denial::BadPreflight => "bad_preflight",
             Denial::UnknownPod => "unknown_pod",
+            Denial::CredentialUnavailable => "upstream_credential_unavailable",
             Denial::NotRunning(_) => "pod_not_running",
             Denial::RateLimited { .. } => "rate_limited",
             Denial::TooManyStreams { .. } => "too_many_streams",
@@ -110,7 +118,7 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 20] = [
+    pub const ALL_REASONS: [&'static str; 21] = [
         "bad_host",
         "malformed_header",
         "malformed_authorization",
@@ -122,6 +130,7 @@ impl Denial {
         "cross_origin_preflight",
         "bad_preflight",
         "unknown_pod",
+        "upstream_credential_unavailable",
         "pod_not_running",
         "rate_limited",
         "too_many_streams",
@@ -192,6 +201,11 @@ impl Denial {
                 None,
             ),
             Denial::UnknownPod => (404, "Pod not found".into(), None),
+            Denial::CredentialUnavailable => (
+                502,
+                "The service's upstream credential is unavailable; nothing is forwarded".into(),
+                Some("retry later; if it lasts, ask an admin to check the service's credential (GET /v1/services/{name}/credential/status)"),
+            ),
             Denial::NotRunning(status) => (
                 503,
                 format!("Pod is not running (status: {})", status.as_str()),
@@ -289,7 +303,11 @@ impl Denial {
             };
             headers.push(("www-authenticate", format!("Bearer realm=\"{REALM}\"{err}")));
         }
-        let body = serde_json::to_string(&Body { error, hint })
+        let code = match self {
+            Denial::CredentialUnavailable => Some(self.reason()),
+            _ => None,
+        };
+        let body = serde_json::to_string(&Body { error, code, hint })
             .unwrap_or_else(|_| String::from("{\"error\":\"denied\"}"));
         Reply {
             status,
