@@ -267,6 +267,8 @@ pub async fn run(
                 sync.rebuild().await;
             }
             () = remote.notified() => {
+                // The change may be a service's: the OAuth renewal task reads them again.
+                sync.sources.service_tokens.services_changed();
                 tokio::time::sleep(DEBOUNCE).await;
                 // The change may be a key rotation.
                 if let Err(e) = sync.reload_keys().await {
