@@ -74,7 +74,8 @@ fn origin(url: &str) -> &str {
 }
 
 /// Builds the filter configuration in force now, with the capability keys of `ring`, and no
-/// service OAuth token (such services get their fallback credential, or are left out).
+/// service OAuth token (such services get their fallback credential, or are named in
+/// `services_without_credential`).
 pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterConfig, sqlx::Error> {
     build_with_tokens(db, config, ring, &ServiceTokens::default()).await
 }

@@ -14,8 +14,8 @@
 //! half its life, retries with exponential backoff, and asks for a configuration push after
 //! every change so that each Envoy has a new token well before the old one expires. While no
 //! valid token can be had, the service's static credential (if set) is used as a fallback;
-//! without one the service is not published, so no request reaches the upstream without a
-//! credential.
+//! without one the filter answers `502` for the service (`services::Published::WithoutCredential`),
+//! so no request reaches the upstream without a credential.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -592,7 +592,7 @@ async fn refresh_credential(
     security(("admin_token" = [])),
     params(("name" = String, Path, description = "The service")),
     responses(
-        (status = 200, description = "This control plane's cached OAuth token is dropped (Envoy gets the fallback, or loses the service, until the renewal task obtains a new one); the answer is the status", body = CredentialStatus),
+        (status = 200, description = "This control plane's cached OAuth token is dropped (Envoy gets the fallback, or answers 502 for the service, until the renewal task obtains a new one); the answer is the status", body = CredentialStatus),
         Unauthorized,
         NotFound,
         TooMany,
