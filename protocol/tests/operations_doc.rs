@@ -34,6 +34,7 @@ fn denials() -> Vec<Denial> {
         Denial::CrossOriginPreflight,
         Denial::BadPreflight,
         Denial::UnknownPod,
+        Denial::CredentialUnavailable,
         Denial::NotRunning(PodStatus::Stopped),
         Denial::RateLimited {
             scope: podgate_protocol::rate::Limited::User,
@@ -64,6 +65,7 @@ fn denials() -> Vec<Denial> {
             | Denial::CrossOriginPreflight
             | Denial::BadPreflight
             | Denial::UnknownPod
+            | Denial::CredentialUnavailable
             | Denial::NotRunning(_)
             | Denial::RateLimited { .. }
             | Denial::TooManyStreams { .. }
