@@ -189,10 +189,11 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     assert!(body.contains("503"), "{body}");
     let start = Instant::now();
     loop {
-        let (status, _) = get_service(&stack, "api", &bearer).await;
-        if status != 200 {
+        let (status, body) = get_service(&stack, "api", &bearer).await;
+        if status == 502 {
             break;
         }
+        assert_eq!(status, 200, "{body}\n{}", stack.logs());
         assert!(start.elapsed() < Duration::from_secs(6), "{}", stack.logs());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
