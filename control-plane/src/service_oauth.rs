@@ -728,13 +728,14 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
     }
 }
 
+/// A service's name and its OAuth configuration, opened.
+type Opened = (String, OAuthConfig);
+/// A service's name and why its OAuth configuration does not open.
+type Unusable = (String, String);
+
 /// The OAuth services of `rows` with their configurations opened, and those whose
 /// configuration does not open, with why.
-#[allow(clippy::type_complexity)]
-fn oauth_services(
-    state: &AppState,
-    rows: Vec<ServiceRow>,
-) -> (Vec<(String, OAuthConfig)>, Vec<(String, String)>) {
+fn oauth_services(state: &AppState, rows: Vec<ServiceRow>) -> (Vec<Opened>, Vec<Unusable>) {
     let mut opened = Vec::new();
     let mut unusable = Vec::new();
     for row in rows {
