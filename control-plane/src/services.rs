@@ -373,7 +373,7 @@ pub fn redact(mut config: FilterConfig) -> FilterConfig {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::key_encryption::KeyEncryptionKey;
@@ -397,6 +397,71 @@ mod tests {
         ] {
             assert!(parse_upstream(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_service_is_never_an_entry_without_the_credential_it_has() {
+        let kek = KeyEncryption::new(Some(KeyEncryptionKey::from_bytes([7; 32], "test")), vec![]);
+        let tokens = crate::service_oauth::ServiceTokens::default();
+        let oauth = crate::service_oauth::parse(serde_json::json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let row = ServiceRow {
+            name: "api".into(),
+            owner_id: "alice".into(),
+            team_id: None,
+            sharing: crate::store::Sharing::Owner,
+            upstream_url: "https://api.example.com".into(),
+            ca_pem: None,
+            credential: None,
+            oauth: Some(crate::service_oauth::seal(&kek, "api", &oauth).unwrap()),
+            created_at: 0,
+            updated_at: 0,
+        };
+        // OAuth without a token or a fallback: without a credential.
+        assert!(matches!(
+            directory_entry(&kek, &tokens, &row),
+            Published::WithoutCredential
+        ));
+        assert!(without_credential(&kek, &tokens, &row));
+        // With a fallback: an entry carrying it.
+        let fallback = ServiceRow {
+            credential: Some(seal(&kek, "api", "authorization", "Bearer sk-1").unwrap()),
+            ..row.clone()
+        };
+        match directory_entry(&kek, &tokens, &fallback) {
+            Published::Entry(e) => assert_eq!(e.credential.unwrap().value.0, "Bearer sk-1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!without_credential(&kek, &tokens, &fallback));
+        // A static credential that does not open (sealed for another service): without one.
+        let moved = ServiceRow {
+            oauth: None,
+            credential: Some(seal(&kek, "other", "authorization", "Bearer sk-1").unwrap()),
+            ..row.clone()
+        };
+        assert!(matches!(
+            directory_entry(&kek, &tokens, &moved),
+            Published::WithoutCredential
+        ));
+        // No credential at all: an entry without one; an unusable URL: absent.
+        let open_row = ServiceRow {
+            oauth: None,
+            ..row.clone()
+        };
+        assert!(matches!(
+            directory_entry(&kek, &tokens, &open_row),
+            Published::Entry(ServiceEntry {
+                credential: None,
+                ..
+            })
+        ));
+        let bad_url = ServiceRow {
+            upstream_url: "ftp://x".into(),
+            ..row
+        };
+        assert!(matches!(
+            directory_entry(&kek, &tokens, &bad_url),
+            Published::Absent
+        ));
     }
 
     #[test]
