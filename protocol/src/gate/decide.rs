@@ -592,10 +592,10 @@ fn granted_forward(
 }
 
 /// The forward to the service `verified` grants; `CredentialUnavailable` when the service has
-/// no usable credential now, `UnknownPod` when there is no such service. The upstream gets the service's credential and none of the caller's: every
-/// `Authorization` and every client copy of the credential's header are removed (besides our
-/// own credentials and headers, as for a pod), and neither the user's identity nor the
-/// identity assertion is sent to it.
+/// no usable credential now, `UnknownPod` when there is no such service. The upstream gets the
+/// service's credential and none of the caller's: every `Authorization` and every client copy
+/// of the credential's header are removed (besides our own credentials and headers, as for a
+/// pod), and neither the user's identity nor the identity assertion is sent to it.
 fn forward_to_service(
     config: &CompiledConfig,
     req: &Request<'_>,

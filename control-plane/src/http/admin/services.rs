@@ -1,8 +1,8 @@
 //! Services (published upstream APIs) and their credentials: `/v1/services`,
-//! `/v1/services/{name}` (`GET`, `PATCH`, `DELETE`), `/v1/services/{name}/credential` and, for OAuth credentials,
-//! `/v1/services/{name}/credential/{status,refresh,clear}`. No answer carries a credential's
-//! value, an OAuth secret or token: a service shows its credential's header name and
-//! fingerprint, and its OAuth token endpoint, grant and client id.
+//! `/v1/services/{name}` (`GET`, `PATCH`, `DELETE`), `/v1/services/{name}/credential` and, for
+//! OAuth credentials, `/v1/services/{name}/credential/{status,refresh,clear}`. No answer carries
+//! a credential's value, an OAuth secret or token: a service shows its credential's header name
+//! and fingerprint, and its OAuth token endpoint, grant and client id.
 
 use axum::extract::State;
 use axum::response::Response;
