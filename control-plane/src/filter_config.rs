@@ -10,7 +10,9 @@
 //! the renewal secret, which admins see here too. `assertion` carries the private identity
 //! assertion key the filter signs with (`keys::assertion_key`), which admins see here too.
 //! `services` carries each service's credential, opened from its sealed form (`services.rs`):
-//! Envoy gets it over ECDS; `GET /v1/filter-config` shows it redacted.
+//! Envoy gets it over ECDS; `GET /v1/filter-config` shows it redacted. A service that has a
+//! credential but none usable now is named in `services_without_credential` instead, which the
+//! filter answers `502` without forwarding.
 
 use std::collections::HashMap;
 
@@ -25,6 +27,7 @@ use podgate_protocol::token::DEFAULT_LEEWAY_SECS;
 use crate::config::{Config, MAX_CAPABILITY_LIFETIME};
 use crate::keys::KeyRing;
 use crate::service_oauth::ServiceTokens;
+use crate::services::Published;
 use crate::store::{now_unix, Db};
 
 /// The ORIGINAL_DST cluster shared by every pod (the filter sets the pod's `ip:port` header).
@@ -71,7 +74,8 @@ fn origin(url: &str) -> &str {
 }
 
 /// Builds the filter configuration in force now, with the capability keys of `ring`, and no
-/// service OAuth token (such services get their fallback credential, or are left out).
+/// service OAuth token (such services get their fallback credential, or are named in
+/// `services_without_credential`).
 pub async fn build(db: &Db, config: &Config, ring: &KeyRing) -> Result<FilterConfig, sqlx::Error> {
     build_with_tokens(db, config, ring, &ServiceTokens::default()).await
 }
@@ -97,10 +101,14 @@ pub async fn build_with_tokens(
     }
     let (rate_limits, concurrency_limits) = edge_limits(db, config).await?;
     let mut services = HashMap::new();
+    let mut services_without_credential = Vec::new();
     for row in db.list_services().await? {
-        if let Some(entry) = crate::services::directory_entry(&config.key_encryption, tokens, &row)
-        {
-            services.insert(row.name.clone(), entry);
+        match crate::services::directory_entry(&config.key_encryption, tokens, &row) {
+            Published::Entry(entry) => {
+                services.insert(row.name.clone(), entry);
+            }
+            Published::WithoutCredential => services_without_credential.push(row.name.clone()),
+            Published::Absent => {}
         }
     }
     let revoked_jti = revoked_capabilities(db).await?;
@@ -118,7 +126,7 @@ pub async fn build_with_tokens(
         upstream_host_template: config.upstream_host_template_source.clone(),
         // Sent only with services, so that a configuration without any stays one an older
         // filter takes.
-        service_host_template: (!services.is_empty())
+        service_host_template: (!services.is_empty() || !services_without_credential.is_empty())
             .then(|| config.service_host_template_source.clone()),
         public_scheme: config.public_scheme.as_str().to_owned(),
         cookie_name: DEFAULT_COOKIE_NAME.to_owned(),
@@ -127,6 +135,7 @@ pub async fn build_with_tokens(
         keys: ring.capability_keys.clone(),
         pods,
         services,
+        services_without_credential,
         revoked_jti,
         cutoffs,
         logout_url,

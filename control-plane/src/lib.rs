@@ -261,6 +261,8 @@ impl AppState {
     /// An announcement that fails is logged: the others' periodic resync still picks the change up.
     pub async fn envoy_config_changed(&self) {
         self.inner.envoy_config_changes.notify_one();
+        // The change may be a service's: the OAuth renewal task reads them again.
+        self.inner.service_tokens.services_changed();
         if self.inner.db.backend() != store::Backend::Postgres {
             return;
         }

@@ -14,8 +14,8 @@
 //! half its life, retries with exponential backoff, and asks for a configuration push after
 //! every change so that each Envoy has a new token well before the old one expires. While no
 //! valid token can be had, the service's static credential (if set) is used as a fallback;
-//! without one the service is not published, so no request reaches the upstream without a
-//! credential.
+//! without one the filter answers `502` for the service (`services::Published::WithoutCredential`),
+//! so no request reaches the upstream without a credential.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -49,8 +49,14 @@ const FIRST_BACKOFF_MS: i64 = 500;
 const EXPIRY_SAFETY_MS: i64 = 500;
 /// How long a token endpoint may take to answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often [`run`] looks at the services when nothing is due sooner.
-const TICK: Duration = Duration::from_millis(250);
+/// How often [`run`] reads the services again without being told of a change: a safety net,
+/// since every change is announced ([`ServiceTokens::services_changed`]).
+const RESYNC: Duration = Duration::from_secs(30);
+/// How soon [`run`] reads the services again after failing to.
+const RETRY_READ: Duration = Duration::from_secs(1);
+/// The shortest wait of [`run`] between two rounds, so that a token endpoint giving tokens of
+/// almost no life is not asked in a tight loop.
+const MIN_WAIT: Duration = Duration::from_millis(50);
 
 /// The grant a service's tokens are obtained with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -448,6 +454,10 @@ struct State {
 #[derive(Debug, Default)]
 pub struct ServiceTokens {
     states: Mutex<HashMap<String, State>>,
+    /// Wakes [`run`] to read the services again: notified after every write that may change
+    /// them (`AppState::envoy_config_changed`) and for every change another control plane
+    /// announces (`xds_sync`). A notification while [`run`] is busy is kept for its next wait.
+    changed: tokio::sync::Notify,
 }
 
 /// What admins see of a service's OAuth credential: never the token.
@@ -550,29 +560,63 @@ impl ServiceTokens {
         }
     }
 
-    /// Whether service `name` is due for an attempt at `now`, with `config`.
-    fn due(&self, name: &str, config: &OAuthConfig, now: i64) -> bool {
+    /// The services may have changed: [`run`] reads them again.
+    pub fn services_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// When service `name` is due for an attempt with `config` (Unix milliseconds; 0: now): its
+    /// token's renewal time, and never before the backoff after a failure allows. A token
+    /// obtained with another configuration is renewed at once.
+    fn due_at(&self, name: &str, config: &OAuthConfig) -> i64 {
         let states = self.lock();
         let Some(state) = states.get(name) else {
-            return true;
+            return 0;
         };
-        if now < state.next_attempt_ms {
-            return false;
-        }
-        match (&state.token, &state.config) {
-            (Some(t), Some(c)) if c == config => now >= t.renew_at_ms(config.renew_margin_secs),
-            _ => true,
-        }
+        let renew_at = match (&state.token, &state.config) {
+            (Some(t), Some(c)) if c == config => t.renew_at_ms(config.renew_margin_secs),
+            _ => 0,
+        };
+        renew_at.max(state.next_attempt_ms)
+    }
+
+    /// Whether service `name` is due for an attempt at `now`, with `config`.
+    fn due(&self, name: &str, config: &OAuthConfig, now: i64) -> bool {
+        now >= self.due_at(name, config)
+    }
+
+    /// When [`run`] has something to do next for `services`: the earliest attempt due, or the
+    /// earliest moment a held token stops being usable (when it is swept and Envoy loses it).
+    fn next_wake_ms(&self, services: &[(String, OAuthConfig)]) -> Option<i64> {
+        let due = services
+            .iter()
+            .map(|(name, config)| self.due_at(name, config))
+            .min();
+        let expiry = self
+            .lock()
+            .values()
+            .filter_map(|s| s.token.as_ref())
+            .map(|t| t.expires_ms - EXPIRY_SAFETY_MS)
+            .min();
+        due.into_iter().chain(expiry).min()
     }
 
     /// Drops the states of services that have no OAuth configuration any more, and tokens that
     /// are no longer usable; returns whether what Envoy gets changed.
     fn sweep(&self, oauth_services: &[String], now: i64) -> bool {
-        let mut states = self.lock();
-        let before = states.len();
-        states.retain(|name, _| oauth_services.contains(name));
-        let mut changed = states.len() != before;
-        for (name, state) in states.iter_mut() {
+        let dropped = {
+            let mut states = self.lock();
+            let before = states.len();
+            states.retain(|name, _| oauth_services.contains(name));
+            states.len() != before
+        };
+        self.sweep_expired(now) || dropped
+    }
+
+    /// Drops the tokens that are no longer usable; returns whether what Envoy gets changed.
+    fn sweep_expired(&self, now: i64) -> bool {
+        let mut changed = false;
+        for (name, state) in self.lock().iter_mut() {
             if state.token.as_ref().is_some_and(|t| !t.usable(now)) {
                 tracing::warn!(service = %name, "service OAuth token expired without a renewal");
                 state.token = None;
@@ -607,50 +651,57 @@ pub async fn refresh(state: &AppState, row: &ServiceRow) -> Result<(), String> {
 
 /// Keeps the OAuth tokens of every service fresh until `stop` completes: each due service gets
 /// an attempt (concurrently), and every change asks for a configuration push.
+///
+/// The services are read at start, when told of a change ([`ServiceTokens::services_changed`])
+/// and every [`RESYNC`] as a safety net; between reads the task sleeps until the next attempt
+/// is due or a token stops being usable, so the renewals keep to the tokens' expiry.
 pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
     let client = http_client();
+    let tokens = state.service_tokens();
     tokio::pin!(stop);
+    // The OAuth services and their configurations, as last read.
+    let mut services: Vec<(String, OAuthConfig)> = Vec::new();
+    let mut read = true;
+    let mut next_read = tokio::time::Instant::now();
     loop {
-        tokio::select! {
-            () = &mut stop => return,
-            () = tokio::time::sleep(TICK) => {}
-        }
-        let rows = match state.db().list_services().await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "service OAuth renewal: cannot read the services");
-                continue;
-            }
-        };
-        let tokens = state.service_tokens();
-        let now = now_ms();
-        let names: Vec<String> = rows
-            .iter()
-            .filter(|r| r.oauth.is_some())
-            .map(|r| r.name.clone())
-            .collect();
-        let mut changed = tokens.sweep(&names, now);
-        let mut attempts = tokio::task::JoinSet::new();
-        for row in rows {
-            let Some(stored) = &row.oauth else { continue };
-            let config = match open(&state.config().key_encryption, &row.name, stored) {
-                Ok(c) => c,
-                Err(e) => {
-                    changed |= tokens.record(
-                        &row.name,
-                        &OAuthConfig::unusable(),
-                        Err(format!("the OAuth configuration cannot be opened: {e}")),
-                    );
-                    continue;
+        let mut changed = false;
+        if read {
+            match state.db().list_services().await {
+                Ok(rows) => {
+                    let (opened, unusable) = oauth_services(&state, rows);
+                    services = opened;
+                    let names: Vec<String> = services
+                        .iter()
+                        .map(|(name, _)| name.clone())
+                        .chain(unusable.iter().map(|(name, _)| name.clone()))
+                        .collect();
+                    changed |= tokens.sweep(&names, now_ms());
+                    for (name, e) in unusable {
+                        changed |= tokens.record(
+                            &name,
+                            &OAuthConfig::unusable(),
+                            Err(format!("the OAuth configuration cannot be opened: {e}")),
+                        );
+                    }
+                    next_read = tokio::time::Instant::now() + RESYNC;
                 }
-            };
-            if !tokens.due(&row.name, &config, now) {
+                Err(e) => {
+                    tracing::warn!(error = %e, "service OAuth renewal: cannot read the services");
+                    next_read = tokio::time::Instant::now() + RETRY_READ;
+                }
+            }
+        }
+        let now = now_ms();
+        changed |= tokens.sweep_expired(now);
+        let mut attempts = tokio::task::JoinSet::new();
+        for (name, config) in &services {
+            if !tokens.due(name, config, now) {
                 continue;
             }
-            let client = client.clone();
+            let (client, name, config) = (client.clone(), name.clone(), config.clone());
             attempts.spawn(async move {
                 let outcome = fetch(&client, &config).await;
-                (row.name, config, outcome)
+                (name, config, outcome)
             });
         }
         while let Some(done) = attempts.join_next().await {
@@ -661,7 +712,40 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
         if changed {
             state.envoy_config_changed().await;
         }
+        let mut wake = next_read;
+        if let Some(at) = tokens.next_wake_ms(&services) {
+            let wait_ms = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+            wake = wake.min(tokio::time::Instant::now() + Duration::from_millis(wait_ms));
+        }
+        wake = wake.max(tokio::time::Instant::now() + MIN_WAIT);
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokens.changed.notified() => read = true,
+            () = tokio::time::sleep_until(wake) => {
+                read = tokio::time::Instant::now() >= next_read;
+            }
+        }
     }
+}
+
+/// A service's name and its OAuth configuration, opened.
+type Opened = (String, OAuthConfig);
+/// A service's name and why its OAuth configuration does not open.
+type Unusable = (String, String);
+
+/// The OAuth services of `rows` with their configurations opened, and those whose
+/// configuration does not open, with why.
+fn oauth_services(state: &AppState, rows: Vec<ServiceRow>) -> (Vec<Opened>, Vec<Unusable>) {
+    let mut opened = Vec::new();
+    let mut unusable = Vec::new();
+    for row in rows {
+        let Some(stored) = &row.oauth else { continue };
+        match open(&state.config().key_encryption, &row.name, stored) {
+            Ok(config) => opened.push((row.name, config)),
+            Err(e) => unusable.push((row.name, e)),
+        }
+    }
+    (opened, unusable)
 }
 
 impl OAuthConfig {
@@ -704,6 +788,45 @@ mod tests {
         assert_eq!(t(3_000).renew_at_ms(300), 750);
         assert!(t(3_000).usable(2_000));
         assert!(!t(3_000).usable(2_600));
+    }
+
+    #[test]
+    fn the_task_wakes_for_the_next_renewal_backoff_or_expiry() {
+        let c = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let tokens = ServiceTokens::default();
+        let services = vec![("api".to_owned(), c.clone())];
+        // Never tried: due now.
+        assert_eq!(tokens.next_wake_ms(&services), Some(0));
+        assert!(tokens.due("api", &c, 1));
+        // A token: due at its renewal time (a quarter of a short life), awake before expiry.
+        let now = now_ms();
+        let token = Token {
+            value: "t".into(),
+            obtained_ms: now,
+            expires_ms: now + 4_000,
+        };
+        assert!(tokens.record("api", &c, Ok(token.clone())));
+        assert_eq!(tokens.next_wake_ms(&services), Some(now + 1_000));
+        assert!(!tokens.due("api", &c, now + 999));
+        assert!(tokens.due("api", &c, now + 1_000));
+        // A failure: not before the backoff, and awake when the token stops being usable.
+        assert!(!tokens.record("api", &c, Err("down".into())));
+        let backoff_until = tokens.due_at("api", &c);
+        assert!(backoff_until >= now + 1_000, "{backoff_until}");
+        assert_eq!(
+            tokens.next_wake_ms(&[]),
+            Some(token.expires_ms - EXPIRY_SAFETY_MS)
+        );
+        // Another configuration: renewed at once.
+        let mut other = c.clone();
+        other.scope = Some("more".into());
+        assert_eq!(
+            tokens.due_at("api", &other),
+            tokens.lock()["api"].next_attempt_ms
+        );
+        // No longer an OAuth service: forgotten.
+        assert!(tokens.sweep(&[], now));
+        assert_eq!(tokens.next_wake_ms(&services), Some(0));
     }
 
     #[test]

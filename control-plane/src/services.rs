@@ -224,35 +224,75 @@ pub fn cluster_name(name: &str) -> String {
     format!("podgate_service_{name}")
 }
 
-/// The filter's directory entry of a service, with its credential opened; `None` (and a
-/// warning naming the service, never the value) when its URL or its credential cannot be
-/// used, so the service is not published rather than published without its credential.
+/// What the filter's directory holds of a service.
+#[derive(Debug)]
+pub enum Published {
+    /// Forwarded with this entry (its credential opened, if it has one).
+    Entry(ServiceEntry),
+    /// Listed in `services_without_credential`: it has a credential, but none can be used now
+    /// (no valid OAuth token and no fallback, or a sealed value that does not open), so the
+    /// filter answers `502` and forwards nothing.
+    WithoutCredential,
+    /// Left out (its upstream URL cannot be used): the filter answers as for no service.
+    Absent,
+}
+
+/// The filter's directory entry of a service, with its credential opened (a warning names the
+/// service, never the value, when it is not an entry). A service is never published without
+/// the credential it has.
 ///
 /// A service with an OAuth credential carries its current token (`service_oauth`), or its
-/// static credential as the fallback while it has none; with neither it is not published, so
-/// that nothing reaches its upstream without a credential.
+/// static credential as the fallback while it has none; with neither it is
+/// [`Published::WithoutCredential`], so that nothing reaches its upstream without a credential.
 pub fn directory_entry(
     kek: &KeyEncryption,
     tokens: &crate::service_oauth::ServiceTokens,
     row: &ServiceRow,
-) -> Option<ServiceEntry> {
+) -> Published {
+    let (published, why) = classify(kek, tokens, row);
+    if let Some(why) = why {
+        match published {
+            Published::Absent => {
+                tracing::warn!(service = %row.name, "service not published: {why}")
+            }
+            _ => tracing::warn!(service = %row.name, "service without a credential: {why}"),
+        }
+    }
+    published
+}
+
+/// Whether service `row` has a credential Envoy cannot use now ([`Published::WithoutCredential`]),
+/// as [`directory_entry`] decides it, without logging: for `/readyz`.
+pub fn without_credential(
+    kek: &KeyEncryption,
+    tokens: &crate::service_oauth::ServiceTokens,
+    row: &ServiceRow,
+) -> bool {
+    matches!(classify(kek, tokens, row).0, Published::WithoutCredential)
+}
+
+/// [`directory_entry`]'s decision, and why when it is not an entry.
+fn classify(
+    kek: &KeyEncryption,
+    tokens: &crate::service_oauth::ServiceTokens,
+    row: &ServiceRow,
+) -> (Published, Option<String>) {
     let upstream = match parse_upstream(&row.upstream_url) {
         Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(service = %row.name, "service not published: its upstream URL: {e}");
-            return None;
-        }
+        Err(e) => return (Published::Absent, Some(format!("its upstream URL: {e}"))),
     };
     if let Some(stored) = &row.oauth {
         let header = match crate::service_oauth::open(kek, &row.name, stored) {
             Ok(config) => config.header,
             Err(e) => {
-                tracing::warn!(service = %row.name, "service not published: its OAuth configuration cannot be opened: {e}");
-                return None;
+                return (
+                    Published::WithoutCredential,
+                    Some(format!("its OAuth configuration cannot be opened: {e}")),
+                )
             }
         };
         if let Some(value) = tokens.current(&row.name) {
-            return Some(ServiceEntry {
+            let entry = ServiceEntry {
                 cluster: cluster_name(&row.name),
                 host: upstream.authority,
                 credential: Some(InjectedHeader {
@@ -260,11 +300,14 @@ pub fn directory_entry(
                     value: SecretValue(value),
                 }),
                 resource_path: row.resource_path.clone(),
-            });
+            };
+            return (Published::Entry(entry), None);
         }
         if row.credential.is_none() {
-            tracing::warn!(service = %row.name, "service not published: no valid OAuth token and no fallback credential");
-            return None;
+            return (
+                Published::WithoutCredential,
+                Some("no valid OAuth token and no fallback credential".into()),
+            );
         }
     }
     let credential = match &row.credential {
@@ -275,17 +318,20 @@ pub fn directory_entry(
                 value: SecretValue(value),
             }),
             Err(e) => {
-                tracing::warn!(service = %row.name, "service not published: its credential cannot be opened: {e}");
-                return None;
+                return (
+                    Published::WithoutCredential,
+                    Some(format!("its credential cannot be opened: {e}")),
+                )
             }
         },
     };
-    Some(ServiceEntry {
+    let entry = ServiceEntry {
         cluster: cluster_name(&row.name),
         host: upstream.authority,
         credential,
         resource_path: row.resource_path.clone(),
-    })
+    };
+    (Published::Entry(entry), None)
 }
 
 /// The Envoy cluster of a service: its upstream's host and port (DNS when a name), TLS with
@@ -329,7 +375,7 @@ pub fn redact(mut config: FilterConfig) -> FilterConfig {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::key_encryption::KeyEncryptionKey;
@@ -353,6 +399,72 @@ mod tests {
         ] {
             assert!(parse_upstream(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_service_is_never_an_entry_without_the_credential_it_has() {
+        let kek = KeyEncryption::new(Some(KeyEncryptionKey::from_bytes([7; 32], "test")), vec![]);
+        let tokens = crate::service_oauth::ServiceTokens::default();
+        let oauth = crate::service_oauth::parse(serde_json::json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let row = ServiceRow {
+            name: "api".into(),
+            owner_id: "alice".into(),
+            team_id: None,
+            sharing: crate::store::Sharing::Owner,
+            upstream_url: "https://api.example.com".into(),
+            ca_pem: None,
+            credential: None,
+            oauth: Some(crate::service_oauth::seal(&kek, "api", &oauth).unwrap()),
+            resource_path: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        // OAuth without a token or a fallback: without a credential.
+        assert!(matches!(
+            directory_entry(&kek, &tokens, &row),
+            Published::WithoutCredential
+        ));
+        assert!(without_credential(&kek, &tokens, &row));
+        // With a fallback: an entry carrying it.
+        let fallback = ServiceRow {
+            credential: Some(seal(&kek, "api", "authorization", "Bearer sk-1").unwrap()),
+            ..row.clone()
+        };
+        match directory_entry(&kek, &tokens, &fallback) {
+            Published::Entry(e) => assert_eq!(e.credential.unwrap().value.0, "Bearer sk-1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!without_credential(&kek, &tokens, &fallback));
+        // A static credential that does not open (sealed for another service): without one.
+        let moved = ServiceRow {
+            oauth: None,
+            credential: Some(seal(&kek, "other", "authorization", "Bearer sk-1").unwrap()),
+            ..row.clone()
+        };
+        assert!(matches!(
+            directory_entry(&kek, &tokens, &moved),
+            Published::WithoutCredential
+        ));
+        // No credential at all: an entry without one; an unusable URL: absent.
+        let open_row = ServiceRow {
+            oauth: None,
+            ..row.clone()
+        };
+        assert!(matches!(
+            directory_entry(&kek, &tokens, &open_row),
+            Published::Entry(ServiceEntry {
+                credential: None,
+                ..
+            })
+        ));
+        let bad_url = ServiceRow {
+            upstream_url: "ftp://x".into(),
+            ..row
+        };
+        assert!(matches!(
+            directory_entry(&kek, &tokens, &bad_url),
+            Published::Absent
+        ));
     }
 
     #[test]

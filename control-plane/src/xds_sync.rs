@@ -154,10 +154,16 @@ pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result
         .list_services()
         .await
         .map_err(|e| format!("reading the services: database: {e}"))?;
+    // A service without a usable credential now keeps its cluster (the filter forwards nothing
+    // to it meanwhile): a token that lapses and comes back changes the filter's configuration
+    // only, so no request meets a cluster removed before the filter's new answer arrives.
     clusters.extend(
         services
             .iter()
-            .filter(|row| filter.services.contains_key(&row.name))
+            .filter(|row| {
+                filter.services.contains_key(&row.name)
+                    || filter.services_without_credential.contains(&row.name)
+            })
             .filter_map(crate::services::cluster),
     );
     let snapshot = Snapshot::new(clusters, vec![extension])
@@ -267,6 +273,8 @@ pub async fn run(
                 sync.rebuild().await;
             }
             () = remote.notified() => {
+                // The change may be a service's: the OAuth renewal task reads them again.
+                sync.sources.service_tokens.services_changed();
                 tokio::time::sleep(DEBOUNCE).await;
                 // The change may be a key rotation.
                 if let Err(e) = sync.reload_keys().await {

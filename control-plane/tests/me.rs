@@ -1,8 +1,9 @@
 //! `GET /api/me`: who the caller is and the pods and ports they may reach, on both databases:
 //! the owner and a team member see the team's pod (every port by the default rule), anyone
 //! signed in sees a port shared with every signed-in user and nothing else of that pod, an
-//! outsider sees none of the team's pod; an API token's own name and expiry; 401 without a
-//! credential.
+//! outsider sees none of the team's pod; services by the same rule (the team's to its members,
+//! one shared with every signed-in user to all); an API token's own name and expiry; 401
+//! without a credential.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -29,6 +30,21 @@ fn pods(me: &Value) -> Vec<(String, Vec<u64>, bool, bool)> {
                     .collect(),
                 p["other_ports"].as_bool().unwrap(),
                 p["owner"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The services of an `/api/me` answer: `(service, owner)`.
+fn services(me: &Value) -> Vec<(String, bool)> {
+    me["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["service"].as_str().unwrap().to_owned(),
+                s["owner"].as_bool().unwrap(),
             )
         })
         .collect()
@@ -71,8 +87,37 @@ async fn me_lists_what_each_may_reach(which: Which) {
         assert!(r.status.is_success(), "{}", r.body);
     }
 
+    // Services: the team's (alice's, shared with t1), carol's own, one for everyone signed in.
+    for (name, owner, team, sharing) in [
+        ("teamapi", "alice", Some("t1"), "team"),
+        ("carolapi", "carol", None, "owner"),
+        ("openapi", "carol", None, "signed_in"),
+    ] {
+        let r = h
+            .admin(
+                Method::POST,
+                "/v1/services",
+                Some(
+                    json!({"name": name, "owner_id": owner, "team_id": team, "sharing": sharing,
+                    "upstream_url": "https://api.example.com",
+                    "credential": {"header": "x-api-key", "value": "sk-not-shown"}}),
+                ),
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+    }
+
     let alice = h.login("alice").await;
     let (status, body) = me(&h, "cookie", &alice).await;
+    assert_eq!(
+        services(&body),
+        vec![("openapi".into(), false), ("teamapi".into(), true)]
+    );
+    let service = &body["services"][1];
+    assert_eq!(service["sharing"], "team");
+    let url = service["url"].as_str().unwrap();
+    assert!(url.contains("svc-teamapi"), "{url}");
+    assert!(!body.to_string().contains("sk-not-shown"), "{body}");
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"], "alice");
     assert_eq!(body["email"], "alice@example.dev");
@@ -95,6 +140,10 @@ async fn me_lists_what_each_may_reach(which: Which) {
     let bob = h.login("bob").await;
     let (_, body) = me(&h, "cookie", &bob).await;
     assert_eq!(
+        services(&body),
+        vec![("openapi".into(), false), ("teamapi".into(), false)]
+    );
+    assert_eq!(
         pods(&body),
         vec![
             ("myslug".into(), vec![], true, false),
@@ -104,6 +153,10 @@ async fn me_lists_what_each_may_reach(which: Which) {
 
     let carol = h.login("carol").await;
     let (_, body) = me(&h, "cookie", &carol).await;
+    assert_eq!(
+        services(&body),
+        vec![("carolapi".into(), true), ("openapi".into(), true)]
+    );
     assert_eq!(
         pods(&body),
         vec![
@@ -134,6 +187,7 @@ async fn me_lists_what_each_may_reach(which: Which) {
     let left = body["api_token"]["expires_in_secs"].as_i64().unwrap();
     assert!((3 * 86_400 - 60..=3 * 86_400).contains(&left), "{left}");
     assert_eq!(pods(&body).len(), 2);
+    assert_eq!(services(&body).len(), 2);
 
     let r = h.get("/api/me", &[]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);

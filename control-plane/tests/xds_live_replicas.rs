@@ -3,7 +3,8 @@
 //! (`NOTIFY`, not the periodic resync, which that test sets to a minute), also after the
 //! listening connections are lost, with the times printed as p50/p99; a login ticket redeemed at
 //! one is refused at another; a rate limit holds over both; three control planes starting
-//! together on an empty database migrate it once and make one signing key per kind.
+//! together on an empty database migrate it once and make one signing key per kind; an OAuth
+//! service made through one gets its token at another at once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -695,4 +696,62 @@ async fn three_control_planes_starting_together_migrate_an_empty_database_once()
     assert_eq!(me.status(), 200);
     drop((a, b, c));
     tdb.finish().await;
+}
+
+/// A service's OAuth credential set through one control plane: another on the database obtains
+/// its own token at once, woken by the announcement (its renewal task reads the services only
+/// every 30 s otherwise, and the resync is a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_service_made_through_one_control_plane_gets_a_token_at_another_at_once() {
+    let Some((tdb, dir)) = shared_database().await else {
+        return;
+    };
+    let idp = podgate_testkit::FakeTokenEndpoint::start(
+        vec![podgate_testkit::TokenClient {
+            client_id: "podgate".into(),
+            secret: Some("client-secret-7f3a".into()),
+            public_key_pem: None,
+        }],
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let kek = dir.path().join("kek");
+    let envoy_port = free_port();
+    let one = ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, None, &SLOW_RESYNC).await;
+    let two =
+        ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, Some(&one.issuer), &SLOW_RESYNC)
+            .await;
+    one.create_user(USER).await;
+    // Both renewal tasks have read the (empty) services at start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let made = Instant::now();
+    one.admin(
+        Method::POST,
+        "/v1/services",
+        Some(json!({
+            "name": "api",
+            "owner_id": USER,
+            "upstream_url": "https://api.example.com",
+            "credential": {"oauth": {"token_url": idp.url(), "grant": "client_credentials",
+                "client_id": "podgate", "client_secret": "client-secret-7f3a"}},
+        })),
+    )
+    .await;
+    loop {
+        let status = two
+            .admin(Method::GET, "/v1/services/api/credential/status", None)
+            .await;
+        if status["source"] == "oauth" {
+            break;
+        }
+        assert!(made.elapsed() < WITHIN, "{status}\n{}", two.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "token at the other control plane {} ms after the write",
+        made.elapsed().as_millis()
+    );
+    // Each control plane fetched its own.
+    assert!(idp.issued().len() >= 2, "{:?}", idp.issued());
 }

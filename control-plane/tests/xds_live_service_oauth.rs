@@ -3,8 +3,9 @@
 //! endpoint and renews them; the TLS upstream receives `Bearer <token>` and nothing of the
 //! caller's. Across several token lifetimes, every request (one every 50 ms) reaches the
 //! upstream with a token the endpoint issued and that had not expired; with the endpoint down,
-//! the service is left out (no request reaches the upstream without a credential) until a
-//! static fallback is configured, which is then used; the status endpoints show expiry and the
+//! the service is answered 502 `upstream_credential_unavailable` (no request reaches the
+//! upstream without a credential) until the endpoint is back, or a static fallback is
+//! configured, which is then used; the status endpoints show expiry and the
 //! last error, and no admin answer and no log line holds a token or a secret.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -174,8 +175,9 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     assert!(status["last_renewal"].as_i64().is_some(), "{status}");
     assert!(status["last_error"].is_null(), "{status}");
 
-    // The endpoint goes down: the token expires, and with no fallback the service is left
-    // out, so nothing reaches the upstream without a credential.
+    // The endpoint goes down: the token expires, and with no fallback the service is answered
+    // 502 `upstream_credential_unavailable`, so nothing reaches the upstream without a
+    // credential.
     idp.set_up(false);
     let (code, body) = admin_raw(
         &stack,
@@ -187,18 +189,35 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     assert!(body.contains("503"), "{body}");
     let start = Instant::now();
     loop {
-        let (status, _) = get_service(&stack, "api", &bearer).await;
-        if status != 200 {
+        let (status, body) = get_service(&stack, "api", &bearer).await;
+        if status == 502 {
             break;
         }
+        assert_eq!(status, 200, "{body}\n{}", stack.logs());
         assert!(start.elapsed() < Duration::from_secs(6), "{}", stack.logs());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = upstream.requests().len();
     for _ in 0..5 {
-        let (status, _) = get_service(&stack, "api", &bearer).await;
-        assert_ne!(status, 200);
+        let (status, body) = get_service(&stack, "api", &bearer).await;
+        assert_eq!(status, 502, "{body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], "upstream_credential_unavailable", "{body}");
+        assert!(body["hint"].is_string(), "{body}");
     }
+    // A browser page load gets the page of that answer.
+    let page = stack
+        .http
+        .get(format!("http://{}/", stack.envoy.listener))
+        .header(HOST, service_host("api"))
+        .header("authorization", &bearer)
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 502);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Service unavailable"), "{page}");
     assert_eq!(upstream.requests().len(), before);
     for r in upstream.requests() {
         let token = r.header_all("authorization")[0]
@@ -238,6 +257,27 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
         json!(["api"]),
         "{ready}"
     );
+
+    // Back up: the renewal task obtains a token again and requests flow with it.
+    idp.set_up(true);
+    until_status(&stack, "api", &bearer, 200, Duration::from_secs(70)).await;
+    let last = upstream.requests().pop().unwrap();
+    assert!(
+        last.header_all("authorization")[0].starts_with(&format!("Bearer {TOKEN_PREFIX}")),
+        "{:?}",
+        last.headers
+    );
+    // Down again, the token dropped: 502 again.
+    idp.set_up(false);
+    stack
+        .cp
+        .admin(
+            reqwest::Method::POST,
+            "/v1/services/api/credential/clear",
+            None,
+        )
+        .await;
+    until_status(&stack, "api", &bearer, 502, Duration::from_secs(5)).await;
 
     // A static fallback: used while the endpoint stays down.
     stack

@@ -4,7 +4,8 @@
 //! caller's (API token, capability, own `Authorization`, identity headers); a user the service
 //! is not shared with is refused, and so is a revoked API token, with nothing forwarded; an
 //! upstream whose certificate the service's CA did not sign is never sent a request; no admin
-//! answer, no `GET /v1/filter-config` and no log line holds the credential.
+//! answer, no `GET /v1/filter-config` and no log line holds the credential. `PATCH` changes the
+//! credential, the upstream and who may reach it, in force after one push.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -291,6 +292,206 @@ async fn an_upstream_certificate_the_services_ca_did_not_sign_gets_no_request() 
     assert_eq!(
         last.header_all("authorization"),
         vec![format!("Bearer {UPSTREAM_KEY}").as_str()]
+    );
+}
+
+/// `method path` on the admin API with `body`: status and answer.
+async fn admin_raw(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (u16, String) {
+    let resp = stack
+        .http
+        .request(method, format!("http://{}{path}", stack.cp.http))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// Polls until the upstream's last request carries `header: want` (one push at most).
+async fn until_upstream_header(
+    stack: &Stack,
+    upstream: &FakePod,
+    bearer: &str,
+    header: &str,
+    want: Option<&str>,
+) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = get_service(stack, "api", "/", &[("authorization", bearer)]).await;
+        assert_eq!(status, 200, "{body}");
+        let last = upstream.requests().pop().unwrap();
+        if last.header(header) == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < ONE_PUSH,
+            "{header} still {:?}\n{}",
+            last.header(header),
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn patching_a_service_reaches_envoy_and_cuts_off_who_lost_it() {
+    const NEW_KEY: &str = "sk-patched-3e9f0a1b2c4d";
+    let stack = Stack::start(&["--renew-secret", SECRET]).await;
+    stack.cp.create_user(BOB).await;
+    let upstream = FakePod::start("upstream").await.unwrap();
+    let front = TlsFront::start(upstream.addr()).await.unwrap();
+    create_service(&stack, "api", &front, front.ca_pem()).await;
+    let (_, token) = create_api_token(&stack, &stack.session, "svc").await;
+    let bearer = format!("Bearer {token}");
+    until_status(&stack, "api", &[("authorization", &bearer)], 200).await;
+
+    // Bad input: a 400 naming the field, nothing changed; an unknown service: 404.
+    for (body, says) in [
+        (json!({"upstream_url": "ftp://x"}), "upstream_url"),
+        (json!({"sharing": "everyone"}), "sharing"),
+        (json!({"owner_id": "nobody"}), "owner_id"),
+        (json!({"team_id": "no-team"}), "team_id"),
+        (json!({"ca_pem": "not a certificate"}), "ca_pem"),
+        (json!({"nope": 1}), "nope"),
+        (
+            json!({"credential": {"header": "x-podgate-user", "value": NEW_KEY}}),
+            "header",
+        ),
+    ] {
+        let (status, answer) = admin_raw(
+            &stack,
+            reqwest::Method::PATCH,
+            "/v1/services/api",
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer.contains(says), "{body}: {answer}");
+        assert!(!answer.contains(NEW_KEY), "{answer}");
+    }
+    let (status, _) = admin_raw(
+        &stack,
+        reqwest::Method::PATCH,
+        "/v1/services/missing",
+        json!({"sharing": "public"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // A new static credential in another header: the upstream gets it after the push, and
+    // the answer shows its fingerprint, never its value.
+    let patched = stack
+        .cp
+        .admin(
+            reqwest::Method::PATCH,
+            "/v1/services/api",
+            Some(json!({"credential": {"header": "x-api-key", "value": NEW_KEY}})),
+        )
+        .await;
+    assert!(!patched.to_string().contains(NEW_KEY), "{patched}");
+    assert_eq!(patched["credential"]["header"], "x-api-key", "{patched}");
+    assert_eq!(
+        patched["upstream_url"],
+        format!("https://localhost:{}", front.addr().port())
+    );
+    until_upstream_header(&stack, &upstream, &bearer, "x-api-key", Some(NEW_KEY)).await;
+    let last = upstream.requests().pop().unwrap();
+    assert!(!last.has_header("authorization"), "{:?}", last.headers);
+
+    // Another upstream, with its own CA: requests go there.
+    let upstream2 = FakePod::start("upstream2").await.unwrap();
+    let front2 = TlsFront::start(upstream2.addr()).await.unwrap();
+    stack
+        .cp
+        .admin(
+            reqwest::Method::PATCH,
+            "/v1/services/api",
+            Some(json!({
+                "upstream_url": format!("https://localhost:{}", front2.addr().port()),
+                "ca_pem": front2.ca_pem(),
+            })),
+        )
+        .await;
+    let start = Instant::now();
+    while upstream2.requests().is_empty() {
+        let _ = get_service(&stack, "api", "/", &[("authorization", &bearer)]).await;
+        assert!(start.elapsed() < ONE_PUSH, "{}", stack.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        upstream2.requests().pop().unwrap().header("x-api-key"),
+        Some(NEW_KEY)
+    );
+
+    // `null` removes the credential: requests reach the upstream without one.
+    let patched = stack
+        .cp
+        .admin(
+            reqwest::Method::PATCH,
+            "/v1/services/api",
+            Some(json!({"credential": null})),
+        )
+        .await;
+    assert!(patched["credential"].is_null(), "{patched}");
+    let start = Instant::now();
+    loop {
+        let (status, body) = get_service(&stack, "api", "/", &[("authorization", &bearer)]).await;
+        assert_eq!(status, 200, "{body}");
+        if !upstream2.requests().pop().unwrap().has_header("x-api-key") {
+            break;
+        }
+        assert!(start.elapsed() < ONE_PUSH, "{}", stack.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Given to bob: alice, who may no longer reach it, is cut off and refused at the edge.
+    let patched = stack
+        .cp
+        .admin(
+            reqwest::Method::PATCH,
+            "/v1/services/api",
+            Some(json!({"owner_id": BOB})),
+        )
+        .await;
+    assert_eq!(patched["owner_id"], BOB, "{patched}");
+    until_status(&stack, "api", &[("authorization", &bearer)], 403).await;
+    let before = upstream2.requests().len();
+    let (status, _) = get_service(&stack, "api", "/", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 403);
+    assert_eq!(upstream2.requests().len(), before);
+    // Shared with everyone signed in: alice reaches it again, once the edge's memory of the
+    // refusal lapses.
+    stack
+        .cp
+        .admin(
+            reqwest::Method::PATCH,
+            "/v1/services/api",
+            Some(json!({"sharing": "signed_in"})),
+        )
+        .await;
+    let start = Instant::now();
+    loop {
+        let (status, body) = get_service(&stack, "api", "/", &[("authorization", &bearer)]).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < ONE_PUSH + Duration::from_secs(6),
+            "still {status} {body}\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !stack.cp.log().contains(NEW_KEY),
+        "the control plane logged it"
     );
 }
 

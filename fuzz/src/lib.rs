@@ -773,6 +773,7 @@ fn gate_filter_config(https: bool, keys: KeySet) -> FilterConfig {
         keys,
         pods,
         services: Default::default(),
+        services_without_credential: Vec::new(),
         revoked_jti: vec!["jti-revoked".into()],
         cutoffs: Default::default(),
         logout_url: None,

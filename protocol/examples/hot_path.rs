@@ -55,6 +55,7 @@ fn main() {
         },
         pods,
         services: Default::default(),
+        services_without_credential: Vec::new(),
         revoked_jti: vec![],
         cutoffs: Default::default(),
         logout_url: None,

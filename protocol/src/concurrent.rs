@@ -23,7 +23,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rate::{Fnv, Limited};
+use crate::rate::{Fnv, Limited, Target};
 
 /// The limits in the filter's configuration: most streams open at once. Each is off when
 /// absent.
@@ -75,13 +75,15 @@ struct Held {
     pod: Rc<Cell<u32>>,
 }
 
-/// One worker's open streams to pods, by stream (Envoy's context id), and their counts by user
-/// and by pod.
+/// One worker's open streams to pods, by stream (Envoy's context id), and their counts by user,
+/// by pod and by service (apart, so that a service never shares a count with a pod of the same
+/// name; a service is limited by the global `per_pod`, never by a pod's own).
 #[derive(Debug, Default)]
 pub struct Streams {
     held: HashMap<u32, Held, BuildHasherDefault<Fnv>>,
     users: Counts,
     pods: Counts,
+    services: Counts,
 }
 
 /// Most keys a count map keeps; past it, keys holding nothing are forgotten first.
@@ -127,16 +129,20 @@ impl Streams {
         &mut self,
         limits: &ConcurrencyLimits,
         stream: u32,
-        keys: Option<(&str, &str)>,
+        keys: Option<(&str, Target<'_>)>,
     ) -> Result<(), Limited> {
         self.release(stream);
-        let Some((user, pod)) = keys else {
+        let Some((user, target)) = keys else {
             return Ok(());
         };
         let Some(user) = take(&mut self.users, user, limits.per_user) else {
             return Err(Limited::User);
         };
-        let Some(pod) = take(&mut self.pods, pod, limits.pod_limit(pod)) else {
+        let (counts, key, max) = match target {
+            Target::Pod(pod) => (&mut self.pods, pod, limits.pod_limit(pod)),
+            Target::Service(name) => (&mut self.services, name, limits.per_pod),
+        };
+        let Some(pod) = take(counts, key, max) else {
             give_back(&user);
             return Err(Limited::Pod);
         };
@@ -171,6 +177,11 @@ impl Streams {
     pub fn of_pod(&self, pod: &str) -> u32 {
         count(&self.pods, pod)
     }
+
+    /// How many streams service `name` holds.
+    pub fn of_service(&self, name: &str) -> u32 {
+        count(&self.services, name)
+    }
 }
 
 #[cfg(test)]
@@ -178,8 +189,8 @@ impl Streams {
 mod tests {
     use super::*;
 
-    fn forward<'a>(user: &'a str, pod: &'a str) -> Option<(&'a str, &'a str)> {
-        Some((user, pod))
+    fn forward<'a>(user: &'a str, pod: &'a str) -> Option<(&'a str, Target<'a>)> {
+        Some((user, Target::Pod(pod)))
     }
 
     fn limits(user: Option<u32>, pod: Option<u32>) -> ConcurrencyLimits {
@@ -224,6 +235,22 @@ mod tests {
         }
         assert_eq!(s.hold(&l, 6, forward("d", "busy")), Err(Limited::Pod));
         assert_eq!(s.of_pod("busy"), 3);
+    }
+
+    #[test]
+    fn a_service_counts_apart_from_a_pod_of_the_same_name() {
+        let mut l = limits(None, Some(1));
+        l.pods.insert("alpha".into(), 2);
+        let mut s = Streams::default();
+        assert_eq!(s.hold(&l, 1, forward("a", "alpha")), Ok(()));
+        assert_eq!(s.hold(&l, 2, forward("b", "alpha")), Ok(()));
+        // Service alpha: its own count, at the global limit (not pod alpha's own).
+        let service = |user| Some((user, Target::Service("alpha")));
+        assert_eq!(s.hold(&l, 3, service("c")), Ok(()));
+        assert_eq!(s.hold(&l, 4, service("d")), Err(Limited::Pod));
+        assert_eq!((s.of_pod("alpha"), s.of_service("alpha")), (2, 1));
+        s.release(3);
+        assert_eq!((s.of_pod("alpha"), s.of_service("alpha")), (2, 0));
     }
 
     #[test]

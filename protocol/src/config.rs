@@ -261,6 +261,12 @@ pub struct FilterConfig {
     /// name → service (published upstream APIs); left out when empty.
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub services: HashMap<String, ServiceEntry>,
+    /// Services published without a usable credential now (an OAuth token that cannot be had
+    /// and no fallback): a request for one is answered `502` and forwarded nowhere. Kept apart
+    /// from `services`, whose entries an older filter would forward, and left out when empty,
+    /// so a configuration without such services is one an older filter takes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services_without_credential: Vec<String>,
     /// Capability ids revoked before their expiry.
     #[serde(default)]
     pub revoked_jti: Vec<String>,
@@ -335,6 +341,8 @@ pub struct CompiledConfig {
     pub pods: HashMap<String, PodEntry>,
     /// name → service.
     pub services: HashMap<String, ServiceEntry>,
+    /// Services with no usable credential now: answered `502`, never forwarded.
+    pub services_without_credential: HashSet<String>,
     pub revoked: HashSet<String>,
     /// Sessions ended and access lost (`cutoff`).
     pub cutoffs: CompiledCutoffs,
@@ -501,6 +509,20 @@ impl FilterConfig {
                 }
             }
         }
+        for name in &self.services_without_credential {
+            if public_hosts.check_service_name(name).is_err() {
+                return Err(field(
+                    "services_without_credential",
+                    format!("{name:?} is not a valid service name"),
+                ));
+            }
+            if self.services.contains_key(name) {
+                return Err(field(
+                    "services_without_credential",
+                    format!("{name:?} is also in services"),
+                ));
+            }
+        }
         for (slug, pod) in &self.pods {
             if public_hosts.pods().check_slug(slug).is_err() {
                 return Err(field("pods", format!("{slug:?} is not a valid pod slug")));
@@ -536,6 +558,7 @@ impl FilterConfig {
             control_plane_cluster: self.control_plane_cluster,
             pods: self.pods,
             services: self.services,
+            services_without_credential: self.services_without_credential.into_iter().collect(),
             revoked: self.revoked_jti.into_iter().collect(),
             cutoffs,
             logout_url,
@@ -663,5 +686,27 @@ mod tests {
         }
         assert!(FilterConfig::compile_json(b"").is_err());
         assert!(FilterConfig::compile_json(b"[]").is_err());
+    }
+
+    #[test]
+    fn services_without_a_credential_are_names_apart_from_the_published_ones() {
+        let mut v = minimal();
+        v["service_host_template"] = crate::host::DEFAULT_SERVICE_TEMPLATE.into();
+        v["services_without_credential"] = serde_json::json!(["api"]);
+        let c = compile(&v).unwrap();
+        assert!(c.services_without_credential.contains("api"));
+        v["services_without_credential"] = serde_json::json!(["Bad_Name"]);
+        let err = compile(&v).unwrap_err().to_string();
+        assert!(err.starts_with("services_without_credential"), "{err}");
+        v["services_without_credential"] = serde_json::json!(["api"]);
+        v["services"] = serde_json::json!({"api": {"cluster": "c", "host": "h"}});
+        let err = compile(&v).unwrap_err().to_string();
+        assert!(err.contains("also in services"), "{err}");
+        // Left out of the JSON when empty.
+        let plain = FilterConfig::compile_json(minimal().to_string().as_bytes()).unwrap();
+        assert!(plain.services_without_credential.is_empty());
+        let config: FilterConfig = serde_json::from_value(minimal()).unwrap();
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(!json.contains("services_without_credential"), "{json}");
     }
 }

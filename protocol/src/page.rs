@@ -100,6 +100,15 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
             link: Link::Retry,
             reload: None,
         },
+        Denial::CredentialUnavailable => Text {
+            title: "Service unavailable".to_owned(),
+            lines: vec![
+                format!("Service {name} cannot be reached now: podgate has no valid credential for its upstream."),
+                "Retry in a while; if it lasts, tell an administrator.".to_owned(),
+            ],
+            link: Link::Retry,
+            reload: None,
+        },
         Denial::NotRunning(status) => Text {
             title: "Pod not running".to_owned(),
             lines: vec![
@@ -329,6 +338,12 @@ mod tests {
         assert!(!page.body.contains("port 0"));
         let page = for_denial(&Denial::UnknownPod, &pod("a"), "x").unwrap();
         assert!(page.body.contains("There is no pod named a."));
+        let page = for_denial(&Denial::CredentialUnavailable, &service, "x").unwrap();
+        assert_eq!(
+            (page.status, page.reason),
+            (502, "upstream_credential_unavailable")
+        );
+        assert!(page.body.contains("Service openai cannot be reached now"));
     }
 
     #[test]

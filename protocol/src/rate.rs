@@ -85,6 +85,27 @@ impl Bucket {
     }
 }
 
+/// What a forward reaches, for its per-pod limit: a pod (by slug) or a service (by name). Each
+/// kind has buckets of its own, so that a service never shares one with a pod of the same name;
+/// a service is limited by the global `per_pod` rate, never by a pod's own (`RateLimits::pods`
+/// is by pod slug).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    Pod(&'a str),
+    Service(&'a str),
+}
+
+impl<'a> Target<'a> {
+    /// What a capability for `pod` and `port` reaches (`host::SERVICE_PORT`: a service).
+    pub fn of(pod: &'a str, port: u16) -> Self {
+        if port == crate::host::SERVICE_PORT {
+            Target::Service(pod)
+        } else {
+            Target::Pod(pod)
+        }
+    }
+}
+
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limited {
@@ -92,7 +113,8 @@ pub enum Limited {
     Pod,
 }
 
-/// Buckets by key. Keys are a verified capability's `sub` and `pod`, which the control plane
+/// Buckets by key. Keys are a verified capability's `sub` and `pod` (a pod's slug or a service's
+/// name, in maps of their own), which the control plane
 /// mints, so they need no keyed hash; a keyed one (SipHash) made the buckets cost 2.5 times as
 /// much on a cached forward.
 type Buckets = HashMap<String, Bucket, BuildHasherDefault<Fnv>>;
@@ -118,11 +140,12 @@ impl Hasher for Fnv {
     }
 }
 
-/// One worker's buckets, by user and by pod.
+/// One worker's buckets, by user, by pod and by service.
 #[derive(Debug, Default)]
 pub struct Limiter {
     users: Buckets,
     pods: Buckets,
+    services: Buckets,
 }
 
 impl Limiter {
@@ -130,15 +153,16 @@ impl Limiter {
     pub fn clear(&mut self) {
         self.users.clear();
         self.pods.clear();
+        self.services.clear();
     }
 
-    /// Takes one request of `user` to `pod` at `now` out of its buckets; `Err` with the limit
-    /// that refused it. A request the pod's limit refuses gets its user's token back.
+    /// Takes one request of `user` to `target` at `now` out of its buckets; `Err` with the
+    /// limit that refused it. A request the target's limit refuses gets its user's token back.
     pub fn take(
         &mut self,
         limits: &RateLimits,
         user: &str,
-        pod: &str,
+        target: Target<'_>,
         now: i64,
     ) -> Result<(), Limited> {
         let user_rate = limits.per_user;
@@ -147,8 +171,12 @@ impl Limiter {
                 return Err(Limited::User);
             }
         }
-        if let Some(rate) = limits.pod_rate(pod) {
-            if !take_one(&mut self.pods, pod, rate, now) {
+        let (buckets, key, rate) = match target {
+            Target::Pod(pod) => (&mut self.pods, pod, limits.pod_rate(pod)),
+            Target::Service(name) => (&mut self.services, name, limits.per_pod),
+        };
+        if let Some(rate) = rate {
+            if !take_one(buckets, key, rate, now) {
                 if user_rate.is_some() {
                     if let Some(bucket) = self.users.get_mut(user) {
                         bucket.tokens = bucket.tokens.saturating_add(1);
@@ -211,20 +239,32 @@ mod tests {
         let l = limits(Some((2, 3)), None);
         let mut lim = Limiter::default();
         for _ in 0..3 {
-            assert_eq!(lim.take(&l, "alice", "alpha", 100), Ok(()));
+            assert_eq!(lim.take(&l, "alice", Target::Pod("alpha"), 100), Ok(()));
         }
-        assert_eq!(lim.take(&l, "alice", "alpha", 100), Err(Limited::User));
+        assert_eq!(
+            lim.take(&l, "alice", Target::Pod("alpha"), 100),
+            Err(Limited::User)
+        );
         // Another user has a bucket of their own, on any pod.
-        assert_eq!(lim.take(&l, "bob", "alpha", 100), Ok(()));
-        assert_eq!(lim.take(&l, "alice", "beta", 100), Err(Limited::User));
+        assert_eq!(lim.take(&l, "bob", Target::Pod("alpha"), 100), Ok(()));
+        assert_eq!(
+            lim.take(&l, "alice", Target::Pod("beta"), 100),
+            Err(Limited::User)
+        );
         // One second later: two more, never more than the burst.
-        assert_eq!(lim.take(&l, "alice", "alpha", 101), Ok(()));
-        assert_eq!(lim.take(&l, "alice", "alpha", 101), Ok(()));
-        assert_eq!(lim.take(&l, "alice", "alpha", 101), Err(Limited::User));
+        assert_eq!(lim.take(&l, "alice", Target::Pod("alpha"), 101), Ok(()));
+        assert_eq!(lim.take(&l, "alice", Target::Pod("alpha"), 101), Ok(()));
+        assert_eq!(
+            lim.take(&l, "alice", Target::Pod("alpha"), 101),
+            Err(Limited::User)
+        );
         for _ in 0..3 {
-            assert_eq!(lim.take(&l, "alice", "alpha", 200), Ok(()));
+            assert_eq!(lim.take(&l, "alice", Target::Pod("alpha"), 200), Ok(()));
         }
-        assert_eq!(lim.take(&l, "alice", "alpha", 200), Err(Limited::User));
+        assert_eq!(
+            lim.take(&l, "alice", Target::Pod("alpha"), 200),
+            Err(Limited::User)
+        );
     }
 
     #[test]
@@ -238,27 +278,70 @@ mod tests {
             },
         );
         let mut lim = Limiter::default();
-        assert_eq!(lim.take(&l, "alice", "alpha", 10), Ok(()));
-        assert_eq!(lim.take(&l, "bob", "alpha", 10), Ok(()));
-        assert_eq!(lim.take(&l, "carol", "alpha", 10), Err(Limited::Pod));
+        assert_eq!(lim.take(&l, "alice", Target::Pod("alpha"), 10), Ok(()));
+        assert_eq!(lim.take(&l, "bob", Target::Pod("alpha"), 10), Ok(()));
+        assert_eq!(
+            lim.take(&l, "carol", Target::Pod("alpha"), 10),
+            Err(Limited::Pod)
+        );
         for user in ["a", "b", "c", "d"] {
-            assert_eq!(lim.take(&l, user, "busy", 10), Ok(()));
+            assert_eq!(lim.take(&l, user, Target::Pod("busy"), 10), Ok(()));
         }
-        assert_eq!(lim.take(&l, "e", "busy", 10), Err(Limited::Pod));
+        assert_eq!(
+            lim.take(&l, "e", Target::Pod("busy"), 10),
+            Err(Limited::Pod)
+        );
     }
 
     #[test]
     fn a_refusal_takes_nothing_from_the_other_bucket() {
         let l = limits(Some((1, 1)), Some((1, 1)));
         let mut lim = Limiter::default();
-        assert_eq!(lim.take(&l, "alice", "alpha", 10), Ok(()));
+        assert_eq!(lim.take(&l, "alice", Target::Pod("alpha"), 10), Ok(()));
         // Alice is out: her refused request leaves beta's token for bob.
-        assert_eq!(lim.take(&l, "alice", "beta", 10), Err(Limited::User));
-        assert_eq!(lim.take(&l, "bob", "beta", 10), Ok(()));
+        assert_eq!(
+            lim.take(&l, "alice", Target::Pod("beta"), 10),
+            Err(Limited::User)
+        );
+        assert_eq!(lim.take(&l, "bob", Target::Pod("beta"), 10), Ok(()));
         // Beta is out: carol's refused request leaves her own token for alpha... whose token
         // alice took; on gamma it goes through.
-        assert_eq!(lim.take(&l, "carol", "beta", 10), Err(Limited::Pod));
-        assert_eq!(lim.take(&l, "carol", "gamma", 10), Ok(()));
+        assert_eq!(
+            lim.take(&l, "carol", Target::Pod("beta"), 10),
+            Err(Limited::Pod)
+        );
+        assert_eq!(lim.take(&l, "carol", Target::Pod("gamma"), 10), Ok(()));
+    }
+
+    #[test]
+    fn a_service_has_buckets_apart_from_a_pod_of_the_same_name() {
+        let mut l = limits(None, Some((1, 1)));
+        l.pods.insert(
+            "alpha".into(),
+            Rate {
+                per_second: 1,
+                burst: 3,
+            },
+        );
+        let mut lim = Limiter::default();
+        // Pod alpha's own burst of 3, spent.
+        for user in ["a", "b", "c"] {
+            assert_eq!(lim.take(&l, user, Target::Pod("alpha"), 10), Ok(()));
+        }
+        assert_eq!(
+            lim.take(&l, "d", Target::Pod("alpha"), 10),
+            Err(Limited::Pod)
+        );
+        // Service alpha has its own bucket, at the global rate (not pod alpha's own).
+        assert_eq!(lim.take(&l, "d", Target::Service("alpha"), 10), Ok(()));
+        assert_eq!(
+            lim.take(&l, "e", Target::Service("alpha"), 10),
+            Err(Limited::Pod)
+        );
+        // And spending it leaves the pod's refill alone.
+        assert_eq!(lim.take(&l, "f", Target::Pod("alpha"), 11), Ok(()));
+        assert_eq!(Target::of("alpha", 0), Target::Service("alpha"));
+        assert_eq!(Target::of("alpha", 8080), Target::Pod("alpha"));
     }
 
     #[test]

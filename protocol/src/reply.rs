@@ -49,6 +49,10 @@ pub enum Denial {
     WrongResource,
     /// 403: a path outside the resource pattern of a service reached per resource.
     OutsideResources,
+    /// 502: the service is published but has no usable credential now (its OAuth token cannot
+    /// be had and it has no fallback); nothing is forwarded, so its upstream never gets a
+    /// request without its credential.
+    CredentialUnavailable,
     /// 503: the pod exists but is not running.
     NotRunning(PodStatus),
     /// 429: the user's or the pod's request rate is spent (`rate`); retry after that many
@@ -75,6 +79,9 @@ pub enum Denial {
 #[derive(Serialize)]
 struct Body<'a> {
     error: String,
+    /// A stable code for scripts, on the answers that carry one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hint: Option<&'a str>,
 }
@@ -107,6 +114,7 @@ impl Denial {
             Denial::AmbiguousPath => "ambiguous_path",
             Denial::WrongResource => "wrong_resource",
             Denial::OutsideResources => "outside_resources",
+            Denial::CredentialUnavailable => "upstream_credential_unavailable",
             Denial::NotRunning(_) => "pod_not_running",
             Denial::RateLimited { .. } => "rate_limited",
             Denial::TooManyStreams { .. } => "too_many_streams",
@@ -120,7 +128,7 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 23] = [
+    pub const ALL_REASONS: [&'static str; 24] = [
         "bad_host",
         "malformed_header",
         "malformed_authorization",
@@ -135,6 +143,7 @@ impl Denial {
         "ambiguous_path",
         "wrong_resource",
         "outside_resources",
+        "upstream_credential_unavailable",
         "pod_not_running",
         "rate_limited",
         "too_many_streams",
@@ -219,6 +228,11 @@ impl Denial {
                 403,
                 "This service is reached per resource, and this path is under none".into(),
                 Some("use a path under the service's resource pattern, e.g. /sessions/{id}/..."),
+            ),
+            Denial::CredentialUnavailable => (
+                502,
+                "The service's upstream credential is unavailable; nothing is forwarded".into(),
+                Some("retry later; if it lasts, ask an admin to check the service's credential (GET /v1/services/{name}/credential/status)"),
             ),
             Denial::NotRunning(status) => (
                 503,
@@ -317,7 +331,11 @@ impl Denial {
             };
             headers.push(("www-authenticate", format!("Bearer realm=\"{REALM}\"{err}")));
         }
-        let body = serde_json::to_string(&Body { error, hint })
+        let code = match self {
+            Denial::CredentialUnavailable => Some(self.reason()),
+            _ => None,
+        };
+        let body = serde_json::to_string(&Body { error, code, hint })
             .unwrap_or_else(|_| String::from("{\"error\":\"denied\"}"));
         Reply {
             status,

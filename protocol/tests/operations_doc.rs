@@ -37,6 +37,7 @@ fn denials() -> Vec<Denial> {
         Denial::AmbiguousPath,
         Denial::WrongResource,
         Denial::OutsideResources,
+        Denial::CredentialUnavailable,
         Denial::NotRunning(PodStatus::Stopped),
         Denial::RateLimited {
             scope: podgate_protocol::rate::Limited::User,
@@ -70,6 +71,7 @@ fn denials() -> Vec<Denial> {
             | Denial::AmbiguousPath
             | Denial::WrongResource
             | Denial::OutsideResources
+            | Denial::CredentialUnavailable
             | Denial::NotRunning(_)
             | Denial::RateLimited { .. }
             | Denial::TooManyStreams { .. }

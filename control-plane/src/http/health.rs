@@ -32,16 +32,17 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The database answers and signing keys are loaded. Services with an OAuth credential for which
-/// this control plane holds no valid token and that have no fallback (so Envoy does not publish
-/// them) are listed under `services_without_credential`; they do not make it unready, since
+/// The database answers and signing keys are loaded. Services that have a credential but none
+/// usable now (an OAuth credential for which this control plane holds no valid token, without a
+/// fallback; a sealed value that does not open) are listed under `services_without_credential`,
+/// the same list the filter gets and answers `502` for; they do not make it unready, since
 /// another control plane would not fare better with the same token endpoint.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
     responses(
-        (status = 200, description = "The database answers and signing keys are loaded; `services_without_credential` lists the OAuth services Envoy cannot publish now"),
+        (status = 200, description = "The database answers and signing keys are loaded; `services_without_credential` lists the services that have no usable credential now (Envoy answers 502 for them)"),
         (status = 503, description = "A dependency is unavailable", body = ErrorBody),
     )
 )]
@@ -54,13 +55,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
     };
     let keys = if state.keys_loaded() { "ok" } else { "missing" };
+    let kek = &state.config().key_encryption;
     let without_credential: Vec<String> = match state.db().list_services().await {
         Ok(rows) => rows
             .iter()
-            .filter(|r| r.oauth.is_some())
-            .filter(|r| {
-                state.service_tokens().status(r).source == crate::service_oauth::Source::None
-            })
+            .filter(|r| crate::services::without_credential(kek, state.service_tokens(), r))
             .map(|r| r.name.clone())
             .collect(),
         Err(_) => Vec::new(),

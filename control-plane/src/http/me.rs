@@ -1,12 +1,12 @@
-//! `GET /api/me`: who the caller is and what they may reach, for the CLI's `status` and the
-//! setup page. Any credential `/v1/capabilities` takes (an API token, an ID token, the session
-//! cookie); 401 JSON without one.
+//! `GET /api/me`: who the caller is and what they may reach (pods and their ports, services),
+//! for the CLI's `status` and the setup page. Any credential `/v1/capabilities` takes (an API
+//! token, an ID token, the session cookie); 401 JSON without one.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use podgate_protocol::host::PodAddr;
+use podgate_protocol::host::{PodAddr, SERVICE_PORT};
 use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -69,13 +69,36 @@ async fn reachable_pods(state: &AppState, user: &User) -> ApiResult<Vec<Value>> 
     Ok(out)
 }
 
+/// The services `user` may reach (by the rule capabilities for them are minted with), each
+/// with its URL.
+async fn reachable_services(state: &AppState, user: &User) -> ApiResult<Vec<Value>> {
+    let config = state.config();
+    let mut out = Vec::new();
+    for (name, facts) in state.db().services_access_facts(&user.id).await? {
+        if !may_reach(&facts, Some(user)) {
+            continue;
+        }
+        let host = config.public_hosts.render(&PodAddr {
+            pod: name.clone(),
+            port: SERVICE_PORT,
+        });
+        out.push(json!({
+            "service": name,
+            "owner": facts.owner_id == user.id,
+            "sharing": facts.sharing.as_str(),
+            "url": format!("{}/", config.pod_origin(&host)),
+        }));
+    }
+    Ok(out)
+}
+
 /// `GET /api/me`.
 #[utoipa::path(
     get,
     path = "/api/me",
     tag = "api-tokens",
     responses(
-        (status = 200, description = "The caller, its API token if it used one, and the pods and ports it may reach"),
+        (status = 200, description = "The caller, its API token if it used one, the pods and ports and the services it may reach"),
         Unauthorized,
     )
 )]
@@ -111,6 +134,7 @@ async fn me(
         _ => None,
     };
     let pods = reachable_pods(&state, &identity.user).await?;
+    let services = reachable_services(&state, &identity.user).await?;
     let mut resp = Json(json!({
         "user": identity.user.id,
         "email": identity.user.email,
@@ -125,6 +149,7 @@ async fn me(
             state.config().pod_origin(&state.config().host_template.to_string())
         ),
         "pods": pods,
+        "services": services,
     }))
     .into_response();
     no_store(&mut resp);

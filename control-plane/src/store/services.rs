@@ -168,6 +168,32 @@ impl Db {
         Ok(r.rows_affected() > 0)
     }
 
+    /// Every service, by name, with the facts for `user_id` reaching it (no credential is
+    /// read), for `/api/me`.
+    pub async fn services_access_facts(&self, user_id: &str) -> Res<Vec<(String, AccessFacts)>> {
+        let rows = sqlx::query(
+            "SELECT s.name AS name, s.owner_id AS owner_id, s.sharing AS sharing, \
+                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = s.team_id AND m.user_id = $1) AS members \
+             FROM services s ORDER BY s.name",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let members: i64 = row.try_get("members")?;
+                Ok((
+                    row.try_get("name")?,
+                    AccessFacts {
+                        owner_id: row.try_get("owner_id")?,
+                        sharing: enum_col(row, "sharing")?,
+                        is_team_member: members > 0,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// The facts for `user_id` (if signed in) reaching service `name`; `None` if no service.
     pub(super) async fn service_access_facts(
         &self,

@@ -743,11 +743,11 @@ fn granted_forward(
     Decision::Forward(Rc::new(forward))
 }
 
-/// The forward to the service `verified` grants, or `UnknownPod` when there is no such
-/// service. The upstream gets the service's credential and none of the caller's: every
-/// `Authorization` and every client copy of the credential's header are removed (besides our
-/// own credentials and headers, as for a pod), and neither the user's identity nor the
-/// identity assertion is sent to it.
+/// The forward to the service `verified` grants; `CredentialUnavailable` when the service has
+/// no usable credential now, `UnknownPod` when there is no such service. The upstream gets the
+/// service's credential and none of the caller's: every `Authorization` and every client copy
+/// of the credential's header are removed (besides our own credentials and headers, as for a
+/// pod), and neither the user's identity nor the identity assertion is sent to it.
 fn forward_to_service(
     config: &CompiledConfig,
     req: &Request<'_>,
@@ -757,6 +757,9 @@ fn forward_to_service(
     source: Source,
 ) -> Decision {
     let Some(entry) = config.services.get(&pod.pod) else {
+        if config.services_without_credential.contains(&pod.pod) {
+            return Decision::Deny(Denial::CredentialUnavailable);
+        }
         return Decision::Deny(Denial::UnknownPod);
     };
     let mut edits = strip_edits(config, req, !bearers.is_empty());

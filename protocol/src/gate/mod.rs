@@ -29,7 +29,7 @@ use crate::concurrent::Streams;
 use crate::config::CompiledConfig;
 use crate::cors::{self, Preflight};
 use crate::exchange::{self, ExchangeNeeded, Exchanged, Refusal};
-use crate::rate::Limiter;
+use crate::rate::{Limiter, Target};
 use crate::renewal::{self, RenewalCall, Renewed};
 use crate::reply::{Denial, Reply};
 use crate::response::{self, PodResponse, Sanitized};
@@ -80,12 +80,12 @@ impl From<Decision> for Outcome {
     }
 }
 
-/// The user and the pod a forward's stream counts against; `None` for a forward to the control
-/// plane.
-fn stream_keys(forward: &Forward) -> Option<(&str, &str)> {
+/// The user and the pod or service a forward's stream counts against; `None` for a forward to
+/// the control plane.
+fn stream_keys(forward: &Forward) -> Option<(&str, Target<'_>)> {
     let user = forward.user.as_deref()?;
-    let pod = forward.capability.as_deref()?.claims.pod.as_str();
-    Some((user, pod))
+    let claims = &forward.capability.as_deref()?.claims;
+    Some((user, Target::of(&claims.pod, claims.port)))
 }
 
 /// The refusal of `forward` when its user or its pod holds as many open streams as allowed
@@ -116,9 +116,8 @@ fn over_limit(
     };
     let limits = config.rate_limits.as_ref()?;
     let (user, capability) = (forward.user.as_deref()?, forward.capability.as_ref()?);
-    let scope = limiter
-        .take(limits, user, &capability.claims.pod, now)
-        .err()?;
+    let target = Target::of(&capability.claims.pod, capability.claims.port);
+    let scope = limiter.take(limits, user, target, now).err()?;
     if let Some(stream) = held {
         streams.release(stream);
     }

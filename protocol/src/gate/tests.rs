@@ -59,6 +59,7 @@ pub(super) fn config_with(edit: impl FnOnce(&mut FilterConfig)) -> Rc<CompiledCo
         },
         pods,
         services: Default::default(),
+        services_without_credential: Vec::new(),
         revoked_jti: vec![],
         cutoffs: Default::default(),
         logout_url: None,
@@ -1857,4 +1858,40 @@ fn a_page_load_of_a_service_without_a_capability_is_sent_to_sign_in_for_that_ser
         ),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_service_without_a_usable_credential_is_a_502_and_forwards_nothing() {
+    let c = config_with(|c| {
+        c.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
+        c.services_without_credential = vec!["openai".into()];
+    });
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/v1/models"),
+            (":method", "GET"),
+            ("podgate-token", &service_cap("openai")),
+        ]),
+    );
+    assert_eq!(d, Decision::Deny(Denial::CredentialUnavailable));
+    let reply = Denial::CredentialUnavailable.reply();
+    assert_eq!(
+        (reply.status, reply.reason),
+        (502, "upstream_credential_unavailable")
+    );
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["code"], "upstream_credential_unavailable");
+    assert!(body["hint"].is_string());
+    // Without a capability for it, the service is refused as any other: its state is no oracle.
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/v1/models"),
+            (":method", "GET"),
+        ]),
+    );
+    assert_eq!(status(&d), 401);
 }

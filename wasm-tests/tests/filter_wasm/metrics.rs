@@ -121,6 +121,9 @@ fn every_answer_counts_under_its_reason() {
         ("podgate.denied.bad_preflight", 1),
         ("podgate.denied.unknown_pod", 1),
         ("podgate.denied.pod_not_running", 1),
+        // No service in this configuration (`control-plane/tests/xds_live_service_oauth.rs`
+        // gets it through a real Envoy).
+        ("podgate.denied.upstream_credential_unavailable", 0),
         // Rate and open-stream limits are off in this configuration (`e2e_pages.rs` and
         // `e2e_limits.rs` count them).
         ("podgate.denied.rate_limited", 0),

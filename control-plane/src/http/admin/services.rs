@@ -1,9 +1,9 @@
 //! Services (published upstream APIs) and their credentials: `/v1/services`,
-//! `/v1/services/{name}`, `/v1/services/{name}/credential` and, for OAuth credentials,
-//! `/v1/services/{name}/credential/{status,refresh,clear}`, and for a service reached per
-//! resource the owners of its resources, `/v1/services/{name}/resources[/{id}]`. No answer carries a credential's
-//! value, an OAuth secret or token: a service shows its credential's header name and
-//! fingerprint, and its OAuth token endpoint, grant and client id.
+//! `/v1/services/{name}` (`GET`, `PATCH`, `DELETE`), `/v1/services/{name}/credential` and, for
+//! OAuth credentials, `/v1/services/{name}/credential/{status,refresh,clear}`, and for a service
+//! reached per resource the owners of its resources, `/v1/services/{name}/resources[/{id}]`. No
+//! answer carries a credential's value, an OAuth secret or token: a service shows its
+//! credential's header name and fingerprint, and its OAuth token endpoint, grant and client id.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{created, deleted, parse_enum, require_user};
+use super::{created, deleted, nullable, parse_enum, require_user};
 use crate::cuts::{cut_lost_access, cut_user_on};
 use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
@@ -33,7 +33,7 @@ const MAX_CA_PEM_LEN: usize = 64 * 1024;
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_services, create_service))
-        .routes(routes!(get_service, delete_service))
+        .routes(routes!(get_service, update_service, delete_service))
         .routes(routes!(put_credential, delete_credential))
         .routes(routes!(credential_status))
         .routes(routes!(refresh_credential))
@@ -57,6 +57,23 @@ struct NewService {
     /// The pattern of its resource paths, e.g. `/sessions/{id}`: the service is then reached
     /// one resource at a time (`podgate_protocol::resource`).
     resource_path: Option<String>,
+}
+
+/// `PATCH /v1/services/{name}`: each field given replaces the stored one; `null` removes the
+/// optional ones; a field left out is kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServicePatch {
+    owner_id: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    team_id: Option<Option<String>>,
+    sharing: Option<String>,
+    upstream_url: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    ca_pem: Option<Option<String>>,
+    /// As in `POST`, read by hand (`credential_of`); `null` removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    credential: Option<Option<serde_json::Value>>,
 }
 
 /// A credential as an admin sends it: a static one, an OAuth one, or an OAuth one with a
@@ -230,6 +247,32 @@ fn sealed(s: &AppState, name: &str, c: &CredentialBody) -> ApiResult<SealedCrede
     Ok((fixed, oauth))
 }
 
+/// Whether `url` can be a service's upstream with `ca_pem`, the 400 naming the field if not.
+fn check_upstream(url: &str, ca_pem: Option<&str>) -> ApiResult<()> {
+    let upstream =
+        parse_upstream(url).map_err(|e| ApiError::bad(format!("`upstream_url`: {e}")))?;
+    if let Some(pem) = ca_pem {
+        if !upstream.https {
+            return Err(ApiError::bad("`ca_pem` is only for an https upstream"));
+        }
+        if pem.len() > MAX_CA_PEM_LEN || !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ApiError::bad(format!(
+                "`ca_pem` must be PEM certificates (-----BEGIN CERTIFICATE-----), at most {MAX_CA_PEM_LEN} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn require_team(s: &AppState, team: &str) -> ApiResult<()> {
+    if s.db().get_team(team).await?.is_none() {
+        return Err(ApiError::bad(format!(
+            "`team_id`: no team {team:?}; create it with POST /v1/teams first, or leave it out"
+        )));
+    }
+    Ok(())
+}
+
 async fn require_service(s: &AppState, name: &str) -> ApiResult<ServiceRow> {
     s.db()
         .get_service(name)
@@ -289,18 +332,7 @@ async fn create_service(
             s.config().service_host_template_source
         )));
     }
-    let upstream = parse_upstream(&body.upstream_url)
-        .map_err(|e| ApiError::bad(format!("`upstream_url`: {e}")))?;
-    if let Some(pem) = &body.ca_pem {
-        if !upstream.https {
-            return Err(ApiError::bad("`ca_pem` is only for an https upstream"));
-        }
-        if pem.len() > MAX_CA_PEM_LEN || !pem.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(ApiError::bad(format!(
-                "`ca_pem` must be PEM certificates (-----BEGIN CERTIFICATE-----), at most {MAX_CA_PEM_LEN} bytes"
-            )));
-        }
-    }
+    check_upstream(&body.upstream_url, body.ca_pem.as_deref())?;
     if let Some(pattern) = &body.resource_path {
         resource::check_pattern(pattern)
             .map_err(|e| ApiError::bad(format!("`resource_path` {pattern:?}: {e}")))?;
@@ -311,16 +343,12 @@ async fn create_service(
     };
     require_user(&s, &body.owner_id, "owner_id").await?;
     if let Some(team) = &body.team_id {
-        if s.db().get_team(team).await?.is_none() {
-            return Err(ApiError::bad(format!(
-                "`team_id`: no team {team:?}; create it with POST /v1/teams first, or leave it out"
-            )));
-        }
+        require_team(&s, team).await?;
     }
     let credential = body.credential.map(credential_of).transpose()?;
     if s.db().get_service(&body.name).await?.is_some() {
         return Err(ApiError::conflict(format!(
-            "a service {:?} already exists; delete it first, or set its credential with PUT /v1/services/{}/credential",
+            "a service {:?} already exists; change it with PATCH /v1/services/{}, or delete it first",
             body.name, body.name
         )));
     }
@@ -369,6 +397,74 @@ async fn get_service(
     PathArgs(name): PathArgs<String>,
 ) -> ApiResult<Json<ServiceView>> {
     let row = require_service(&s, &name).await?;
+    Ok(Json(view(&s, row)))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/services/{name}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The service")),
+    request_body(content = serde_json::Value, description = "Any of `{owner_id, team_id, sharing (owner, team, signed_in, public), upstream_url (http(s)://host[:port]), ca_pem, credential}`, as in `POST /v1/services`: each field given replaces the stored one, `null` removes `team_id`, `ca_pem` or `credential` (requests then reach the upstream without one), a field left out is kept. Whoever may no longer reach the service after the change is cut off."),
+    responses(
+        (status = 200, description = "Updated; the answer shows the credential's fingerprint, never its value"),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn update_service(
+    State(s): State<AppState>,
+    PathArgs(name): PathArgs<String>,
+    JsonBody(patch): JsonBody<ServicePatch>,
+) -> ApiResult<Json<ServiceView>> {
+    let mut row = require_service(&s, &name).await?;
+    let credential = match patch.credential {
+        Some(Some(v)) => Some(Some(credential_of(v)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let who_before = (row.owner_id.clone(), row.team_id.clone(), row.sharing);
+    if let Some(owner) = patch.owner_id {
+        require_user(&s, &owner, "owner_id").await?;
+        row.owner_id = owner;
+    }
+    if let Some(team) = patch.team_id {
+        if let Some(team) = &team {
+            require_team(&s, team).await?;
+        }
+        row.team_id = team;
+    }
+    if let Some(sharing) = &patch.sharing {
+        row.sharing = parse_enum::<Sharing>(sharing, "sharing")?;
+    }
+    if let Some(url) = patch.upstream_url {
+        row.upstream_url = url;
+    }
+    if let Some(pem) = patch.ca_pem {
+        row.ca_pem = pem;
+    }
+    check_upstream(&row.upstream_url, row.ca_pem.as_deref())?;
+    if let Some(credential) = &credential {
+        (row.credential, row.oauth) = match credential {
+            Some(c) => sealed(&s, &name, c)?,
+            None => (None, None),
+        };
+    }
+    row.updated_at = now_unix();
+    s.db().put_service(&row).await?;
+    if credential.is_some() {
+        // The next token is obtained with the new configuration.
+        s.service_tokens().clear(&name);
+    }
+    if who_before != (row.owner_id.clone(), row.team_id.clone(), row.sharing) {
+        // Another owner, team or sharing: whoever lost the service by it is cut off within one
+        // push.
+        cut(&s, &name).await?;
+    }
+    tracing::info!(service = %name, credential = credential.is_some(), "service updated");
     Ok(Json(view(&s, row)))
 }
 
@@ -512,7 +608,7 @@ async fn refresh_credential(
     security(("admin_token" = [])),
     params(("name" = String, Path, description = "The service")),
     responses(
-        (status = 200, description = "This control plane's cached OAuth token is dropped (Envoy gets the fallback, or loses the service, until the renewal task obtains a new one); the answer is the status", body = CredentialStatus),
+        (status = 200, description = "This control plane's cached OAuth token is dropped (Envoy gets the fallback, or answers 502 for the service, until the renewal task obtains a new one); the answer is the status", body = CredentialStatus),
         Unauthorized,
         NotFound,
         TooMany,
