@@ -175,7 +175,10 @@ async fn start_envoys(
                  route: Route<'static>,
                  base: u32| {
         let port = envoy::free_port();
-        let clusters = clusters();
+        let mut clusters = clusters();
+        if matches!(route, Route::Pods) {
+            clusters.push(envoy::original_dst_cluster());
+        }
         async move {
             let port = port?;
             let bootstrap =
@@ -187,10 +190,12 @@ async fn start_envoys(
     };
     let filter_config = tokens::filter_config_json(
         &keys.jwks()?,
+        // As the control plane writes a pod: the pods' original-destination cluster and the
+        // pod's address.
         &[DirectoryPod {
             slug: tokens::BENCH_POD.to_owned(),
-            cluster: cluster.to_owned(),
-            address: None,
+            cluster: envoy::PODS_CLUSTER.to_owned(),
+            address: Some(upstream),
         }],
         None,
     )?;
@@ -223,21 +228,21 @@ async fn start_envoys(
         podgate: start(
             "podgate",
             vec![envoy::podgate_filter(wasm, &filter_config)],
-            Route::ClusterHeader("x-podgate-cluster"),
+            Route::Pods,
             4,
         )
         .await?,
         podgate_limited: start(
             "podgate-limited",
             vec![envoy::podgate_filter(wasm, &limited_config)],
-            Route::ClusterHeader("x-podgate-cluster"),
+            Route::Pods,
             7,
         )
         .await?,
         podgate_assertion: start(
             "podgate-assertion",
             vec![envoy::podgate_filter(wasm, &assertion_config)],
-            Route::ClusterHeader("x-podgate-cluster"),
+            Route::Pods,
             8,
         )
         .await?,

@@ -173,13 +173,70 @@ pub fn binary_version(envoy: &Path) -> String {
 pub enum Route<'a> {
     Cluster(&'a str),
     ClusterHeader(&'a str),
+    /// podgate's routes (`envoy/podgate.yaml`): by the cluster header when the filter set
+    /// it, else the pods' original-destination cluster (`original_dst_cluster`).
+    Pods,
 }
 
-fn route_json(route: &Route<'_>) -> Value {
+/// The pods' original-destination cluster, as `podgate_xds::builders::original_dst_cluster`
+/// builds it: the host from `x-podgate-upstream`, which its upstream filter then removes.
+pub const PODS_CLUSTER: &str = "podgate_pods";
+
+fn routes_json(route: &Route<'_>) -> Value {
+    let all = json!({"prefix": "/"});
     match route {
-        Route::Cluster(name) => json!({"cluster": name, "timeout": "0s"}),
-        Route::ClusterHeader(header) => json!({"cluster_header": header, "timeout": "0s"}),
+        Route::Cluster(name) => {
+            json!([{"match": all, "route": {"cluster": name, "timeout": "0s"}}])
+        }
+        Route::ClusterHeader(header) => {
+            json!([{"match": all, "route": {"cluster_header": header, "timeout": "0s"}}])
+        }
+        Route::Pods => json!([
+            {
+                "match": {
+                    "prefix": "/",
+                    "headers": [{"name": "x-podgate-cluster", "present_match": true}]
+                },
+                "route": {"cluster_header": "x-podgate-cluster", "timeout": "0s"}
+            },
+            {"match": all, "route": {"cluster": PODS_CLUSTER, "timeout": "0s"}}
+        ]),
     }
+}
+
+pub fn original_dst_cluster() -> Value {
+    json!({
+        "name": PODS_CLUSTER,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "original_dst_lb_config": {
+            "use_http_header": true,
+            "http_header_name": "x-podgate-upstream"
+        },
+        "connect_timeout": "1s",
+        "cleanup_interval": "60s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [
+                    {
+                        "name": "envoy.filters.http.header_mutation",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                            "mutations": {"request_mutations": [{"remove": "x-podgate-upstream"}]}
+                        }
+                    },
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                        }
+                    }
+                ]
+            }
+        }
+    })
 }
 
 fn router() -> Value {
@@ -223,10 +280,12 @@ pub fn listener(port: u16, route: &Route<'_>, filters: Vec<Value>) -> Value {
                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
                     }],
                     "request_headers_to_remove": removed,
+                    // The pods' cluster may come over CDS after the routes load.
+                    "validate_clusters": false,
                     "virtual_hosts": [{
                         "name": "all",
                         "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": route_json(route)}]
+                        "routes": routes_json(route)
                     }]
                 },
                 "http_filters": http_filters
@@ -357,7 +416,7 @@ pub fn ads_bootstrap(label: &str, ads: SocketAddr, listener_port: u16) -> Value 
         "static_resources": {
             "listeners": [listener(
                 listener_port,
-                &Route::ClusterHeader("x-podgate-cluster"),
+                &Route::Pods,
                 vec![ecds_filter],
             )],
             "clusters": [{
