@@ -169,17 +169,18 @@ pub fn binary_version(envoy: &Path) -> String {
 
 // ---- bootstraps ---------------------------------------------------------------------------
 
-/// How the one route picks its cluster.
+/// How the routes pick their cluster.
 pub enum Route<'a> {
     Cluster(&'a str),
     ClusterHeader(&'a str),
     /// podgate's routes (`envoy/podgate.yaml`): by the cluster header when the filter set
-    /// it, else the pods' original-destination cluster (`original_dst_cluster`).
+    /// it, else the pods' cluster, `PODS_CLUSTER`.
     Pods,
 }
 
-/// The pods' original-destination cluster, as `podgate_xds::builders::original_dst_cluster`
-/// builds it: the host from `x-podgate-upstream`, which its upstream filter then removes.
+/// The cluster of the pods' route (`Route::Pods`): in production the original-destination
+/// cluster (`podgate_xds::builders::original_dst_cluster`), which connects to the address in
+/// `x-podgate-upstream`.
 pub const PODS_CLUSTER: &str = "podgate_pods";
 
 fn routes_json(route: &Route<'_>) -> Value {
@@ -202,41 +203,6 @@ fn routes_json(route: &Route<'_>) -> Value {
             {"match": all, "route": {"cluster": PODS_CLUSTER, "timeout": "0s"}}
         ]),
     }
-}
-
-pub fn original_dst_cluster() -> Value {
-    json!({
-        "name": PODS_CLUSTER,
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "original_dst_lb_config": {
-            "use_http_header": true,
-            "http_header_name": "x-podgate-upstream"
-        },
-        "connect_timeout": "1s",
-        "cleanup_interval": "60s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http_protocol_options": {}},
-                "http_filters": [
-                    {
-                        "name": "envoy.filters.http.header_mutation",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                            "mutations": {"request_mutations": [{"remove": "x-podgate-upstream"}]}
-                        }
-                    },
-                    {
-                        "name": "envoy.filters.http.upstream_codec",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
-                        }
-                    }
-                ]
-            }
-        }
-    })
 }
 
 fn router() -> Value {
