@@ -287,12 +287,7 @@ async fn start_envoys(
     })
 }
 
-fn build_cases(
-    keys: &Keys,
-    fresh: u64,
-    only: &[String],
-    prev: bool,
-) -> anyhow::Result<Vec<Case>> {
+fn build_cases(keys: &Keys, fresh: u64, only: &[String], prev: bool) -> anyhow::Result<Vec<Case>> {
     let host = tokens::pod_host(tokens::BENCH_POD);
     let mut cases = Vec::new();
     let same = |alg: Alg| -> anyhow::Result<Requests> {

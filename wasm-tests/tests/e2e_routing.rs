@@ -136,7 +136,7 @@ fn a_request_reaches_its_pod_by_address_and_no_routing_header_reaches_the_pod() 
         let s = ByAddress::start("routing-approved").await;
         let alpha = s.minter.valid("alpha", PORT).unwrap();
         let cookie = ("cookie", format!("podgate_cap={alpha}"));
-        let answer = get(&s.client, "alpha", &[cookie.clone()]).await;
+        let answer = get(&s.client, "alpha", std::slice::from_ref(&cookie)).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         s.only(&s.alpha, "approved");
         s.reset();
