@@ -37,6 +37,8 @@ pub enum Proxy {
     /// D-assert: the podgate filter signing the identity assertion (`x-podgate-assertion`),
     /// verified-token cache on: against D, what the assertion costs a cached request.
     PodgateAssertion,
+    /// D-prev: another build of the filter (`--prev-wasm`), configured as D.
+    PodgatePrev,
     /// W: Envoy with a Wasm filter that does nothing (`bench/noop-filter`) but exports the
     /// callbacks podgate's does: what entering the VM costs before any work.
     WasmNoop,
@@ -137,6 +139,7 @@ struct Envoys {
     podgate: Envoy,
     podgate_limited: Envoy,
     podgate_assertion: Envoy,
+    podgate_prev: Option<Envoy>,
     wasm_noop: Envoy,
     wasm_calls: Envoy,
 }
@@ -151,6 +154,7 @@ impl Envoys {
             Proxy::Podgate => Some(&self.podgate),
             Proxy::PodgateLimited => Some(&self.podgate_limited),
             Proxy::PodgateAssertion => Some(&self.podgate_assertion),
+            Proxy::PodgatePrev => self.podgate_prev.as_ref(),
             Proxy::WasmNoop => Some(&self.wasm_noop),
             Proxy::WasmCalls => Some(&self.wasm_calls),
         }
@@ -160,6 +164,7 @@ impl Envoys {
 async fn start_envoys(
     envoy_bin: &Path,
     wasm: &Path,
+    prev_wasm: Option<&Path>,
     noop_wasm: &Path,
     placement: &Placement,
     upstream: SocketAddr,
@@ -175,7 +180,13 @@ async fn start_envoys(
                  route: Route<'static>,
                  base: u32| {
         let port = envoy::free_port();
-        let clusters = clusters();
+        let mut clusters = clusters();
+        if matches!(route, Route::Pods) {
+            // The pods' route goes to a static cluster here, like B's, so that D − W is the
+            // filter's work alone: in production it is the original-destination cluster, which
+            // connects to the address the filter set.
+            clusters.push(envoy::static_cluster(envoy::PODS_CLUSTER, upstream));
+        }
         async move {
             let port = port?;
             let bootstrap =
@@ -187,10 +198,12 @@ async fn start_envoys(
     };
     let filter_config = tokens::filter_config_json(
         &keys.jwks()?,
+        // As the control plane writes a pod: the pods' original-destination cluster and the
+        // pod's address.
         &[DirectoryPod {
             slug: tokens::BENCH_POD.to_owned(),
-            cluster: cluster.to_owned(),
-            address: None,
+            cluster: envoy::PODS_CLUSTER.to_owned(),
+            address: Some(upstream),
         }],
         None,
     )?;
@@ -204,7 +217,20 @@ async fn start_envoys(
     tokens::check_filter_config(&limited_config)?;
     let assertion_config = tokens::with_assertion(&filter_config)?;
     tokens::check_filter_config(&assertion_config)?;
+    let podgate_prev = match prev_wasm {
+        Some(prev) => Some(
+            start(
+                "podgate-prev",
+                vec![envoy::podgate_filter(prev, &filter_config)],
+                Route::Pods,
+                9,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     Ok(Envoys {
+        podgate_prev,
         plain: start("plain", vec![], Route::Cluster(cluster), 1).await?,
         jwt_cache: start(
             "jwt-cache",
@@ -223,21 +249,21 @@ async fn start_envoys(
         podgate: start(
             "podgate",
             vec![envoy::podgate_filter(wasm, &filter_config)],
-            Route::ClusterHeader("x-podgate-cluster"),
+            Route::Pods,
             4,
         )
         .await?,
         podgate_limited: start(
             "podgate-limited",
             vec![envoy::podgate_filter(wasm, &limited_config)],
-            Route::ClusterHeader("x-podgate-cluster"),
+            Route::Pods,
             7,
         )
         .await?,
         podgate_assertion: start(
             "podgate-assertion",
             vec![envoy::podgate_filter(wasm, &assertion_config)],
-            Route::ClusterHeader("x-podgate-cluster"),
+            Route::Pods,
             8,
         )
         .await?,
@@ -261,7 +287,7 @@ async fn start_envoys(
     })
 }
 
-fn build_cases(keys: &Keys, fresh: u64, only: &[String]) -> anyhow::Result<Vec<Case>> {
+fn build_cases(keys: &Keys, fresh: u64, only: &[String], prev: bool) -> anyhow::Result<Vec<Case>> {
     let host = tokens::pod_host(tokens::BENCH_POD);
     let mut cases = Vec::new();
     let same = |alg: Alg| -> anyhow::Result<Requests> {
@@ -333,6 +359,15 @@ fn build_cases(keys: &Keys, fresh: u64, only: &[String]) -> anyhow::Result<Vec<C
             });
         }
     }
+    if prev {
+        cases.push(Case {
+            id: "D-prev-cache-EdDSA".into(),
+            proxy: Proxy::PodgatePrev,
+            alg: Alg::EdDSA,
+            tokens: TokenUse::Same,
+            requests: same(Alg::EdDSA)?,
+        });
+    }
     // The identity assertion on, cached requests (EdDSA capabilities): against D-cache-EdDSA.
     let id = "D-cache-assert-EdDSA";
     if wanted(id) {
@@ -374,6 +409,7 @@ async fn sanity(
         Proxy::JwtAuthnNoCache,
         Proxy::Podgate,
         Proxy::PodgateAssertion,
+        Proxy::PodgatePrev,
     ] {
         let Some(e) = envoys.get(proxy) else { continue };
         let status = load::probe(e.listener, &Requests::fixed(&host, "not-a-token")).await?;
@@ -393,6 +429,7 @@ pub async fn run(
     let envoys = start_envoys(
         &settings.envoy,
         &settings.filter_wasm,
+        settings.prev_wasm.as_deref(),
         &settings.noop_wasm,
         placement,
         upstream,
@@ -400,7 +437,12 @@ pub async fn run(
     )
     .await
     .context("starting the Envoys")?;
-    let cases = build_cases(keys, settings.fresh_tokens, &settings.only)?;
+    let cases = build_cases(
+        keys,
+        settings.fresh_tokens,
+        &settings.only,
+        settings.prev_wasm.is_some(),
+    )?;
     sanity(&cases, &envoys, upstream, !settings.skip_deny_check).await?;
 
     let conns = settings.connections;

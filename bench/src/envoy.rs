@@ -169,16 +169,39 @@ pub fn binary_version(envoy: &Path) -> String {
 
 // ---- bootstraps ---------------------------------------------------------------------------
 
-/// How the one route picks its cluster.
+/// How the routes pick their cluster.
 pub enum Route<'a> {
     Cluster(&'a str),
     ClusterHeader(&'a str),
+    /// podgate's routes (`envoy/podgate.yaml`): by the cluster header when the filter set
+    /// it, else the pods' cluster, `PODS_CLUSTER`.
+    Pods,
 }
 
-fn route_json(route: &Route<'_>) -> Value {
+/// The cluster of the pods' route (`Route::Pods`): in production the original-destination
+/// cluster (`podgate_xds::builders::original_dst_cluster`), which connects to the address in
+/// `x-podgate-upstream`.
+pub const PODS_CLUSTER: &str = "podgate_pods";
+
+fn routes_json(route: &Route<'_>) -> Value {
+    let all = json!({"prefix": "/"});
     match route {
-        Route::Cluster(name) => json!({"cluster": name, "timeout": "0s"}),
-        Route::ClusterHeader(header) => json!({"cluster_header": header, "timeout": "0s"}),
+        Route::Cluster(name) => {
+            json!([{"match": all, "route": {"cluster": name, "timeout": "0s"}}])
+        }
+        Route::ClusterHeader(header) => {
+            json!([{"match": all, "route": {"cluster_header": header, "timeout": "0s"}}])
+        }
+        Route::Pods => json!([
+            {
+                "match": {
+                    "prefix": "/",
+                    "headers": [{"name": "x-podgate-cluster", "present_match": true}]
+                },
+                "route": {"cluster_header": "x-podgate-cluster", "timeout": "0s"}
+            },
+            {"match": all, "route": {"cluster": PODS_CLUSTER, "timeout": "0s"}}
+        ]),
     }
 }
 
@@ -223,10 +246,12 @@ pub fn listener(port: u16, route: &Route<'_>, filters: Vec<Value>) -> Value {
                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
                     }],
                     "request_headers_to_remove": removed,
+                    // The pods' cluster may come over CDS after the routes load.
+                    "validate_clusters": false,
                     "virtual_hosts": [{
                         "name": "all",
                         "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": route_json(route)}]
+                        "routes": routes_json(route)
                     }]
                 },
                 "http_filters": http_filters
@@ -357,7 +382,7 @@ pub fn ads_bootstrap(label: &str, ads: SocketAddr, listener_port: u16) -> Value 
         "static_resources": {
             "listeners": [listener(
                 listener_port,
-                &Route::ClusterHeader("x-podgate-cluster"),
+                &Route::Pods,
                 vec![ecds_filter],
             )],
             "clusters": [{

@@ -581,6 +581,7 @@ fn describe(c: &CaseResult) -> String {
         (Proxy::PodgateAssertion, _) => {
             format!("podgate signing the identity assertion, cache on, {alg}")
         }
+        (Proxy::PodgatePrev, _) => format!("podgate, another build (`--prev-wasm`), {alg}"),
     }
 }
 

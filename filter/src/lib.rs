@@ -578,9 +578,13 @@ impl Filter {
         if let Err(status) = apply_request(&forward.edits) {
             return self.host_failed("editing the request headers", status);
         }
-        // Routing depends on headers we just set; Envoy must pick the route again.
-        if let Err(status) = raw::call_foreign_function("clear_route_cache") {
-            return self.host_failed("clear_route_cache", status);
+        // Envoy picked the route before the filter ran. When the forward names a cluster, or
+        // removed a client's copy of our headers that route may have matched, Envoy must pick
+        // it again; a pod with an address keeps that route, the pods' original-destination one.
+        if forward.reroute {
+            if let Err(status) = raw::call_foreign_function("clear_route_cache") {
+                return self.host_failed("clear_route_cache", status);
+            }
         }
         if forward.user.is_none() {
             self.metrics.bump(Counter::Callback, 1);

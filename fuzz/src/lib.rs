@@ -1035,6 +1035,7 @@ pub fn check_gate(case: &GateCase) -> Decision {
             case,
             &req,
             &f.edits,
+            f.reroute,
             f.user.as_deref(),
             f.expires_at,
         ),
@@ -1204,6 +1205,7 @@ fn check_forward(
     case: &GateCase,
     req: &Request<'_>,
     edits: &[HeaderEdit],
+    reroute: bool,
     user: Option<&str>,
     expires_at: Option<i64>,
 ) {
@@ -1297,6 +1299,10 @@ fn check_forward(
         for name in [":authority", USER_HEADER, EMAIL_HEADER, UPSTREAM_HEADER] {
             assert!(!set.contains_key(name), "callback forward sets {name}");
         }
+        assert!(
+            reroute,
+            "the callback names a cluster: Envoy must pick the route again"
+        );
         assert_eq!(expires_at, None);
         return;
     };
@@ -1309,11 +1315,25 @@ fn check_forward(
     assert_eq!(entry.status, PodStatus::Running, "{pod:?}");
     let upstream = config.upstream_hosts.render(&pod);
     assert_eq!(set.get(":authority").copied(), Some(upstream.as_str()));
-    assert_eq!(
-        set.get(CLUSTER_HEADER).copied(),
-        Some(entry.cluster.as_str())
-    );
+    // By address (the pods' route Envoy picked before the filter ran) or by the pod's cluster;
+    // Envoy picks the route again whenever the cluster header is set or a client copy of any
+    // header of ours was removed (the first pick may have matched it).
     assert_eq!(set.get(UPSTREAM_HEADER).copied(), entry.address.as_deref());
+    let cluster = set.get(CLUSTER_HEADER).copied();
+    match &entry.address {
+        Some(_) => assert_eq!(
+            cluster, None,
+            "a pod with an address goes by the pods' route"
+        ),
+        None => assert_eq!(cluster, Some(entry.cluster.as_str())),
+    }
+    let client_copy = case
+        .headers
+        .iter()
+        .any(|(n, _)| n.starts_with(HEADER_PREFIX));
+    if cluster.is_some() || client_copy {
+        assert!(reroute, "the route Envoy picked may be wrong, and is kept");
+    }
     assert_eq!(set.get(USER_HEADER).copied(), Some(user));
     if let Some(email) = set.get(EMAIL_HEADER) {
         assert!(email.bytes().all(|b| b.is_ascii_graphic() || b == b' '));

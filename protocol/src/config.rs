@@ -120,8 +120,10 @@ pub struct PodEntry {
     pub status: PodStatus,
     /// The Envoy cluster that reaches the pod's nginx.
     pub cluster: String,
-    /// `ip:port` of the pod's nginx, for an original-destination cluster. When absent, only the
-    /// cluster header is set.
+    /// `ip:port` of the pod's nginx, for an original-destination cluster. When present the
+    /// filter sets it in `UPSTREAM_HEADER` and no cluster header: the request goes by the pods'
+    /// route, to the original-destination cluster the Envoy configuration names (`cluster` is
+    /// then not used). When absent, the cluster header names `cluster`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
 }

@@ -41,8 +41,9 @@ pub enum HeaderEdit {
 pub enum Decision {
     /// Answer locally; nothing is forwarded.
     Deny(Denial),
-    /// Forward after applying the edits; always clear the route cache afterwards. Shared, so
-    /// the decision memo can hand the same one to every request that repeats its inputs.
+    /// Forward after applying the edits, then clear the route cache if `Forward::reroute`
+    /// says so. Shared, so the decision memo can hand the same one to every request that
+    /// repeats its inputs.
     Forward(Rc<Forward>),
     /// A path the filter answers itself (`own_paths`: who am I, sign out); nothing is
     /// forwarded.
@@ -56,6 +57,13 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
     pub edits: Vec<HeaderEdit>,
+    /// Whether Envoy must pick the route again after the edits: the forward sets the cluster
+    /// header (the control plane, a service, a pod with a cluster of its own), or it removes a
+    /// client's copy of one of our headers, which the route Envoy picked before the filter ran
+    /// may have matched. A pod with an address needs neither: the route Envoy picked without
+    /// the cluster header is the pods' original-destination route, whose host comes from the
+    /// upstream header only at connection time.
+    pub reroute: bool,
     /// Who, for logs and metrics (`None` on the reserved path).
     pub user: Option<String>,
     /// When the capability expires (unix seconds).
@@ -439,6 +447,7 @@ pub(super) fn decide_counting(
         ));
         let forward = Forward {
             edits,
+            reroute: true,
             user: None,
             expires_at: None,
             response: None,
@@ -700,13 +709,22 @@ fn forward_to_pod(
         ":authority".to_owned(),
         config.upstream_hosts.render(pod),
     ));
-    edits.push(HeaderEdit::Set(
-        CLUSTER_HEADER.to_owned(),
-        entry.cluster.clone(),
-    ));
-    if let Some(address) = &entry.address {
-        edits.push(HeaderEdit::Set(UPSTREAM_HEADER.to_owned(), address.clone()));
-    }
+    // A pod with an address goes by the route Envoy picked before the filter ran, the pods'
+    // original-destination one (no cluster header set), to the address set here; any other by
+    // its own cluster, named in the cluster header.
+    let reroute = match &entry.address {
+        Some(address) => {
+            edits.push(HeaderEdit::Set(UPSTREAM_HEADER.to_owned(), address.clone()));
+            !req.our_header_names.is_empty()
+        }
+        None => {
+            edits.push(HeaderEdit::Set(
+                CLUSTER_HEADER.to_owned(),
+                entry.cluster.clone(),
+            ));
+            true
+        }
+    };
     edits.push(HeaderEdit::Set(POD_HEADER.to_owned(), pod.pod.clone()));
     edits.push(HeaderEdit::Set(
         PORT_HEADER.to_owned(),
@@ -719,7 +737,7 @@ fn forward_to_pod(
     if let Some(email) = verified.claims.email.as_ref().filter(|e| is_header_safe(e)) {
         edits.push(HeaderEdit::Set(EMAIL_HEADER.to_owned(), email.clone()));
     }
-    granted_forward(config, req, edits, verified, source)
+    granted_forward(config, req, edits, reroute, verified, source)
 }
 
 /// The forward `verified` grants with `edits`: for its user until it expires, renewed at the
@@ -728,11 +746,13 @@ fn granted_forward(
     config: &CompiledConfig,
     req: &Request<'_>,
     edits: Vec<HeaderEdit>,
+    reroute: bool,
     verified: &Rc<Verified>,
     source: Source,
 ) -> Decision {
     let forward = Forward {
         edits,
+        reroute,
         user: Some(verified.claims.sub.clone()),
         expires_at: Some(verified.expires_at),
         response: Some(PodResponse::new(req.authority, req.origin)),
@@ -785,7 +805,7 @@ fn forward_to_service(
             credential.value.0.clone(),
         ));
     }
-    granted_forward(config, req, edits, verified, source)
+    granted_forward(config, req, edits, true, verified, source)
 }
 
 /// The capability `decide` granted `req` for its host, found again (from the verified-token

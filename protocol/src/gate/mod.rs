@@ -47,8 +47,8 @@ pub use token_cache::VerifiedCache;
 /// What the filter does with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Forward after applying the edits, then clear the route cache (routing depends on the
-    /// headers set).
+    /// Forward after applying the edits, then clear the route cache when the forward says so
+    /// (`Forward::reroute`).
     Forward(Rc<Forward>),
     /// Answer locally with `Denial::reply`; nothing is forwarded.
     Deny(Denial),

@@ -162,22 +162,55 @@ fn valid_cookie_forwards_with_host_rewritten_and_credentials_stripped() {
         Some("localhost-8726.pod-alpha.example.dev")
     );
     assert_eq!(set(&d, "cookie"), Some("a=1; b=2"));
-    assert_eq!(set(&d, CLUSTER_HEADER), Some("pod_alpha"));
+    // A pod with an address: routed by the address (the pods' original-destination route), no
+    // cluster header; the client's copy is removed, so Envoy picks the route again.
+    assert_eq!(set(&d, CLUSTER_HEADER), None);
+    assert!(removed(&d, "x-podgate-cluster"));
     assert_eq!(set(&d, UPSTREAM_HEADER), Some("10.0.0.5:30001"));
+    assert!(reroutes(&d));
     assert_eq!(set(&d, USER_HEADER), Some("user-1"));
     assert_eq!(set(&d, EMAIL_HEADER), Some("u@example.dev"));
     // Client copies are removed before ours are set.
     let e = edits(&d);
     let rm = e
         .iter()
-        .position(|x| *x == HeaderEdit::Remove("x-podgate-cluster".into()))
+        .position(|x| *x == HeaderEdit::Remove("x-podgate-user".into()))
         .unwrap();
     let st = e
         .iter()
-        .position(|x| matches!(x, HeaderEdit::Set(n, _) if n == CLUSTER_HEADER))
+        .position(|x| matches!(x, HeaderEdit::Set(n, _) if n == USER_HEADER))
         .unwrap();
     assert!(rm < st);
-    assert!(removed(&d, "x-podgate-user"));
+}
+
+fn reroutes(d: &Decision) -> bool {
+    match d {
+        Decision::Forward(f) => f.reroute,
+        other => panic!("expected a forward, got {other:?}"),
+    }
+}
+
+#[test]
+fn only_a_forward_that_names_a_cluster_or_drops_a_client_copy_picks_the_route_again() {
+    let c = config();
+    let cookie = format!("__Host-podgate_cap={}", cap());
+    // A pod with an address, nothing of ours sent: the route Envoy picked stays.
+    let d = run(&c, &base(&[("cookie", &cookie)]));
+    assert_eq!(set(&d, CLUSTER_HEADER), None);
+    assert_eq!(set(&d, UPSTREAM_HEADER), Some("10.0.0.5:30001"));
+    assert!(!reroutes(&d));
+    // Any client copy of a header of ours: picked again.
+    for name in ["x-podgate-cluster", "x-podgate-upstream", "x-podgate-pod"] {
+        let d = run(&c, &base(&[("cookie", &cookie), (name, "pod_beta")]));
+        assert!(removed(&d, name), "{name}");
+        assert!(reroutes(&d), "{name}");
+    }
+    // The callback goes to the control plane by its cluster: picked again.
+    let mut h = base(&[]);
+    h[1].1 = b"/.podgate/callback?ticket=abc&next=/".to_vec();
+    let d = run(&c, &h);
+    assert_eq!(set(&d, CLUSTER_HEADER), Some("podgate_control_plane"));
+    assert!(reroutes(&d));
 }
 
 #[test]

@@ -120,7 +120,8 @@ impl Bootstrap {
     }
 
     /// Sets the clusters to exactly these `(name, address)`: a cluster the file has keeps its
-    /// settings and gets the address; any other is a copy of `pod_demo`.
+    /// settings and gets the address; any other is a copy of `pod_demo`. The file's
+    /// original-destination cluster (`podgate_pods`, which has no address of its own) stays.
     pub fn set_clusters(&mut self, clusters: &[(&str, SocketAddr)]) -> anyhow::Result<&mut Self> {
         let existing = at(&mut self.doc, &["static_resources", "clusters"])?
             .as_sequence()
@@ -151,6 +152,12 @@ impl Bootstrap {
             set_port(endpoint, &addr.ip().to_string(), addr.port())?;
             out.push(cluster);
         }
+        out.extend(
+            existing
+                .iter()
+                .filter(|c| c.get("type").and_then(Value::as_str) == Some("ORIGINAL_DST"))
+                .cloned(),
+        );
         *at(&mut self.doc, &["static_resources", "clusters"])? = Value::Sequence(out);
         Ok(self)
     }
@@ -164,36 +171,50 @@ impl Bootstrap {
             .ok_or_else(|| anyhow!("http_filters is not a list"))?;
         filters.retain(|f| f.get("name").and_then(Value::as_str) != Some(WASM_FILTER));
         let hosts = at(hcm, &["route_config", "virtual_hosts"])?;
-        let route = hosts
+        let routes = hosts
             .get_mut(0)
             .and_then(|h| h.get_mut("routes"))
-            .and_then(|r| r.get_mut(0))
-            .and_then(|r| r.get_mut("route"))
+            .and_then(Value::as_sequence_mut)
+            .ok_or_else(|| anyhow!("no route to point at {cluster}"))?;
+        // The last route (no header to match), alone, to `cluster`.
+        let mut last = routes
+            .pop()
+            .ok_or_else(|| anyhow!("no route to point at {cluster}"))?;
+        let route = last
+            .get_mut("route")
             .and_then(Value::as_mapping_mut)
             .ok_or_else(|| anyhow!("no route to point at {cluster}"))?;
         route.remove("cluster_header");
         route.insert(key("cluster"), key(cluster));
+        *routes = vec![last];
         Ok(self)
     }
 
-    /// The pod route's `route` settings (the first route of the first virtual host).
-    fn pod_route(&mut self) -> anyhow::Result<&mut Mapping> {
+    /// The pod routes' `route` settings (every route of the first virtual host: by cluster
+    /// header and by address).
+    fn pod_routes(&mut self) -> anyhow::Result<Vec<&mut Mapping>> {
         let hosts = at(self.hcm()?, &["route_config", "virtual_hosts"])?;
-        hosts
+        let routes: Vec<&mut Mapping> = hosts
             .get_mut(0)
             .and_then(|h| h.get_mut("routes"))
-            .and_then(|r| r.get_mut(0))
-            .and_then(|r| r.get_mut("route"))
-            .and_then(Value::as_mapping_mut)
-            .ok_or_else(|| anyhow!("{STATIC_BOOTSTRAP}: no pod route"))
+            .and_then(Value::as_sequence_mut)
+            .ok_or_else(|| anyhow!("{STATIC_BOOTSTRAP}: no pod route"))?
+            .iter_mut()
+            .filter_map(|r| r.get_mut("route").and_then(Value::as_mapping_mut))
+            .collect();
+        if routes.is_empty() {
+            return Err(anyhow!("{STATIC_BOOTSTRAP}: no pod route"));
+        }
+        Ok(routes)
     }
 
     /// The pod route's `idle_timeout` as written in the file (`"3600s"`): how long a stream
     /// to a pod may pass no bytes either way (a long poll, an idle WebSocket, a pod that does
     /// not answer) before Envoy ends it.
     pub fn route_idle_timeout(&mut self) -> anyhow::Result<String> {
-        self.pod_route()?
-            .get("idle_timeout")
+        self.pod_routes()?
+            .first()
+            .and_then(|r| r.get("idle_timeout"))
             .and_then(Value::as_str)
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("{STATIC_BOOTSTRAP}: the pod route has no idle_timeout"))
@@ -203,10 +224,12 @@ impl Bootstrap {
     /// seconds rather than the file's hour.
     pub fn set_route_idle_timeout(&mut self, timeout: Duration) -> anyhow::Result<&mut Self> {
         let millis = timeout.as_millis();
-        self.pod_route()?.insert(
-            key("idle_timeout"),
-            key(&format!("{}.{:03}s", millis / 1000, millis % 1000)),
-        );
+        for route in self.pod_routes()? {
+            route.insert(
+                key("idle_timeout"),
+                key(&format!("{}.{:03}s", millis / 1000, millis % 1000)),
+            );
+        }
         Ok(self)
     }
 

@@ -10,7 +10,7 @@ fn a_valid_capability_is_forwarded_and_the_same_token_tampered_is_not() {
     let mut vm = vm();
     let token = alpha_cap();
     let ok = Req::alpha().token(&token).send(&mut vm);
-    assert_eq!(ok.fwd1("x-podgate-cluster"), Some("pod_alpha"));
+    assert_eq!(ok.fwd1("x-podgate-upstream"), Some("127.0.0.1:30001"));
     Req::alpha()
         .token(&tamper_signature(&token))
         .send(&mut vm)

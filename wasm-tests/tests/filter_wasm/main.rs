@@ -4,8 +4,9 @@
 //! Every request goes through the real filter binary with a fixed clock; tokens are minted with
 //! `podgate_protocol::token` or forged (HS256 over arbitrary JSON) by `support`. Each hostile
 //! input also asserts that the VM is still alive (`Req::send`). Denials assert that nothing was
-//! forwarded (a local reply, no `clear_route_cache`); forwards assert exactly one
-//! `clear_route_cache` and inspect the headers Envoy would send upstream.
+//! forwarded (a local reply, no `clear_route_cache`); forwards assert a route (a cluster header
+//! and one `clear_route_cache`, or a pod's address) and inspect the headers Envoy would send
+//! upstream.
 //!
 //! Modules: `answers` (one test per answer the filter gives), `tokens` (RFC 8725
 //! classes), `hosts`, `stripping`, `cache`, `metrics`, `websocket`, `pod_responses` (Set-Cookie

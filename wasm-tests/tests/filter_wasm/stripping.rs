@@ -210,7 +210,10 @@ fn client_copies_of_our_headers_are_replaced_by_ours() {
         .add("x-podgate-", "x")
         .add("x-podgatex", "kept: not our prefix")
         .send(&mut vm);
-    assert_eq!(sent.fwd("x-podgate-cluster"), vec!["pod_alpha"]);
+    // Alpha has an address: no cluster header, and the client's copies gone, Envoy picks the
+    // route again (the pods' route, to alpha's address).
+    assert!(sent.fwd("x-podgate-cluster").is_empty());
+    assert_eq!(sent.route_clears, 1);
     assert_eq!(sent.fwd("x-podgate-user"), vec!["user-1"]);
     assert_eq!(sent.fwd("x-podgate-email"), vec!["u1@example.dev"]);
     assert_eq!(sent.fwd("x-podgate-upstream"), vec!["127.0.0.1:30001"]);
@@ -249,7 +252,8 @@ fn client_copies_of_our_headers_are_replaced_by_ours() {
     let crlf = cap_with(&ed_key(1), &c, NOW, 600);
     let sent = Req::alpha().token(&crlf).send(&mut vm);
     assert!(sent.fwd("x-podgate-email").is_empty());
-    assert_eq!(sent.fwd("x-podgate-cluster"), vec!["pod_alpha"]);
+    assert!(sent.fwd("x-podgate-cluster").is_empty());
+    assert_eq!(sent.fwd("x-podgate-upstream"), vec!["127.0.0.1:30001"]);
 }
 
 #[test]
@@ -268,8 +272,15 @@ fn denied_requests_never_clear_the_route_cache() {
         .send(&mut vm)
         .denied(503);
     assert_eq!(vm.foreign_calls().len(), before);
+    // A pod with an address keeps the route Envoy picked before the filter ran.
     for _ in 0..3 {
         Req::alpha().token(&t).send(&mut vm).forwarded();
+    }
+    assert_eq!(vm.foreign_calls().len(), before);
+    // A pod with a cluster of its own is routed again, once per forward.
+    let b = cap(&ed_key(1), "beta", PORT);
+    for _ in 0..3 {
+        Req::to("beta", PORT).token(&b).send(&mut vm).forwarded();
     }
     assert_eq!(
         vm.foreign_calls()[before..],
@@ -279,6 +290,25 @@ fn denied_requests_never_clear_the_route_cache() {
             "clear_route_cache"
         ]
     );
+}
+
+#[test]
+fn a_client_copy_of_any_header_of_ours_makes_envoy_pick_the_route_again() {
+    // The route Envoy picked before the filter ran may have matched the client's copy (the
+    // cluster-header route): removing it must send the request through route selection again,
+    // even to a pod with an address.
+    let mut vm = vm();
+    let t = alpha_cap();
+    for name in ["x-podgate-cluster", "x-podgate-upstream", "x-podgate-user"] {
+        let sent = Req::alpha().token(&t).add(name, "pod_beta").send(&mut vm);
+        sent.forwarded();
+        assert_eq!(sent.route_clears, 1, "{name}");
+        assert_eq!(sent.fwd1("x-podgate-cluster"), None, "{name}");
+        assert_eq!(sent.fwd1("x-podgate-upstream"), Some("127.0.0.1:30001"));
+    }
+    let sent = Req::alpha().token(&t).send(&mut vm);
+    sent.forwarded();
+    assert_eq!(sent.route_clears, 0);
 }
 
 #[test]
@@ -372,7 +402,7 @@ fn every_spelling_of_the_reserved_prefix_goes_to_the_control_plane() {
                 "{path}"
             );
             let sent = Req::alpha().token(&t).send(&mut vm);
-            assert_eq!(sent.fwd("x-podgate-cluster"), vec!["pod_alpha"]);
+            assert_eq!(sent.fwd("x-podgate-upstream"), vec!["127.0.0.1:30001"]);
         }
     }
 }
