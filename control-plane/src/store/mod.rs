@@ -26,7 +26,7 @@ mod users;
 pub use api_tokens::ApiTokenRow;
 pub use cuts::{CutRow, HolderScope};
 pub use keys::{KeyMaterial, StoredKey};
-pub use pods::{AccessFacts, Pod, PodLimits, PodPort, PodRate};
+pub use pods::{AccessFacts, Pod, PodLimits, PodPort, PodRate, RedeemFacts};
 pub use services::{ServiceRow, StoredCredential, StoredOAuth};
 pub use sessions::AuditEntry;
 pub use sign_in::SignInState;
@@ -98,6 +98,18 @@ impl Db {
         let options = || {
             AnyPoolOptions::new()
                 .acquire_timeout(Duration::from_secs(5))
+                // A connection is checked with a round trip only when it sat idle for a while
+                // (the server may have dropped it meanwhile), not on every acquire: under load
+                // that check was a second round trip for every statement.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= RECHECK_IDLE_AFTER {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .after_connect(move |conn, _meta| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
@@ -222,6 +234,10 @@ impl Db {
         self.pool.close().await;
     }
 }
+
+/// How long a pooled connection may sit idle before it is checked with a round trip when it is
+/// next taken.
+const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// How often the SQLite WAL is checkpointed into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
