@@ -151,6 +151,17 @@ struct Backend {
     median: Round,
     /// Control-plane CPU time per flow (user + system, all threads), median over the rounds.
     cpu_ms_per_flow: f64,
+    /// The control plane's own database timings over the whole run (warm-up included), from
+    /// its `podgate_db_seconds` metric: mean milliseconds and count per operation
+    /// (`authorize`: the authorization read of each mint; `record`: each group commit).
+    db_ms: Vec<DbTiming>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct DbTiming {
+    op: String,
+    count: u64,
+    mean_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -341,12 +352,47 @@ async fn measure(
         max_ms: median_of(rounds.iter().map(|r| r.max_ms)),
         errors: rounds.iter().map(|r| r.errors).sum(),
     };
+    let db_ms = db_timings(addr).await.unwrap_or_else(|e| {
+        eprintln!("login: {database}: no database timings from /metrics: {e:#}");
+        Vec::new()
+    });
     Ok(Backend {
+        db_ms,
         database: database.to_owned(),
         rounds,
         median,
         cpu_ms_per_flow: median_of(cpu_per_flow.into_iter()),
     })
+}
+
+/// `podgate_db_seconds` per operation, from the control plane's `/metrics`.
+async fn db_timings(addr: SocketAddr) -> anyhow::Result<Vec<DbTiming>> {
+    let mut c = Conn::open(addr).await?;
+    let r = c
+        .request("GET", "/metrics", &addr.to_string(), &[], "")
+        .await?;
+    let text = String::from_utf8_lossy(&r.body);
+    let value = |name: &str, op: &str| -> Option<f64> {
+        let prefix = format!("{name}{{op=\"{op}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let mut out = Vec::new();
+    for op in ["authorize", "record"] {
+        let (Some(sum), Some(count)) = (
+            value("podgate_db_seconds_sum", op),
+            value("podgate_db_seconds_count", op),
+        ) else {
+            continue;
+        };
+        out.push(DbTiming {
+            op: op.to_owned(),
+            count: count as u64,
+            mean_ms: if count > 0.0 { sum * 1000.0 / count } else { 0.0 },
+        });
+    }
+    Ok(out)
 }
 
 /// A user who owns a pod, and a session of theirs: (the session cookie, the pod, its port).
@@ -462,6 +508,24 @@ impl Report {
                 m.p99_ms,
                 m.max_ms,
                 b.cpu_ms_per_flow
+            );
+        }
+        let timings: Vec<String> = self
+            .backends
+            .iter()
+            .flat_map(|b| {
+                b.db_ms.iter().map(move |t| {
+                    format!("{} {} {:.2} ms ({})", b.database, t.op, t.mean_ms, t.count)
+                })
+            })
+            .collect();
+        if !timings.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nThe control plane's own database time, mean per operation over the whole run \
+                 (`podgate_db_seconds`; `authorize`: the authorization read of each mint, \
+                 `record`: each group commit): {}.",
+                timings.join(", ")
             );
         }
         if let Some(note) = &self.postgres_note {
