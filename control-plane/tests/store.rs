@@ -417,6 +417,41 @@ async fn tickets_sessions_audit(db: &Db) {
     assert!(!has("bulk260") && !has("bulk263"), "replay recorded");
     let e = bulk.iter().find(|e| e.jti == "bulk262").unwrap();
     assert_eq!(e, &rows[262], "recorded as given");
+    // Login tickets' rows (on PostgreSQL a statement of their own, committed without waiting
+    // for the disk) beside a consumption, and alone.
+    let ticket_row = |jti: &str| AuditEntry {
+        jti: jti.into(),
+        kind: KeyKind::Ticket,
+        user_id: "tickets".into(),
+        ..rows[0].clone()
+    };
+    let (t1, t2, t3) = (ticket_row("t1"), ticket_row("t2"), ticket_row("t3"));
+    let consumed = db
+        .consume_then_record(
+            &[("e1".into(), 100)],
+            &[&t1, &rows[264], &t2],
+            &[&rows[265]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(consumed, vec![true]);
+    assert!(db
+        .consume_then_record(&[], &[&t3], &[])
+        .await
+        .unwrap()
+        .is_empty());
+    let mut tickets: Vec<String> = db
+        .list_audit(Some("tickets"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.jti)
+        .collect();
+    tickets.sort();
+    assert_eq!(tickets, ["t1", "t2", "t3"]);
+    let bulk: Vec<AuditEntry> = db.list_audit(Some("bulk"), 1000).await.unwrap();
+    assert!(bulk.iter().any(|e| e.jti == "bulk264") && bulk.iter().any(|e| e.jti == "bulk265"));
+
     // A full batch of fresh tickets, each with its entry.
     let t: Vec<(String, i64)> = (0..256).map(|i| (format!("full{i}"), 100)).collect();
     let full: Vec<AuditEntry> = (0..256)

@@ -91,14 +91,14 @@ fn placement(enabled: bool) -> Placement {
             note: if enabled {
                 format!("{cpus} CPU: nothing pinned")
             } else {
-                "pinning disabled by --no-pin".to_owned()
+                "Pinning disabled by --no-pin".to_owned()
             },
         };
     }
     Placement {
         control_plane_cpu: Some(0),
         load_generator_cpu: Some(1),
-        note: "control plane on CPU 0, load generator on CPU 1; other processes (and PostgreSQL) are not kept off either".to_owned(),
+        note: "Control plane on CPU 0, load generator on CPU 1; other processes (and PostgreSQL) are not kept off either".to_owned(),
     }
 }
 
@@ -389,7 +389,11 @@ async fn db_timings(addr: SocketAddr) -> anyhow::Result<Vec<DbTiming>> {
         out.push(DbTiming {
             op: op.to_owned(),
             count: count as u64,
-            mean_ms: if count > 0.0 { sum * 1000.0 / count } else { 0.0 },
+            mean_ms: if count > 0.0 {
+                sum * 1000.0 / count
+            } else {
+                0.0
+            },
         });
     }
     Ok(out)

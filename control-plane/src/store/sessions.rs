@@ -168,6 +168,13 @@ impl Db {
     /// commit, one fsync); on SQLite two autocommit statements (commits are cheap there, and it
     /// has no `INSERT` inside `WITH`). Either way nothing is handed out before this returns, and
     /// a failure between the two SQLite statements only burns tickets.
+    ///
+    /// On PostgreSQL the audit rows of login tickets in `always` go in a statement of their own,
+    /// at the same time, on a connection with `synchronous_commit = off`: committed (visible to
+    /// every reader) before this returns, but not waited for on disk. A crash of the PostgreSQL
+    /// server (not of the control plane) can lose the ticket rows of its last moments (at most
+    /// three times its `wal_writer_delay`, 0.6 s by default). A ticket is worth nothing without
+    /// its redemption, whose consumption and capability row are committed synchronously.
     pub async fn consume_then_record(
         &self,
         tickets: &[(String, i64)],
@@ -190,12 +197,20 @@ impl Db {
             out
         }
         match self.backend {
-            Backend::Postgres if tickets.is_empty() => {
-                record_mints_on(&self.writer, always).await?;
-                Ok(Vec::new())
-            }
             Backend::Postgres => {
-                consume_then_record_pg(&self.writer, tickets, always, if_consumed).await
+                let (ticket_rows, always): (Vec<&AuditEntry>, Vec<&AuditEntry>) =
+                    always.iter().partition(|e| e.kind == KeyKind::Ticket);
+                let relaxed = record_mints_on(&self.relaxed, &ticket_rows);
+                let synced = async {
+                    if tickets.is_empty() {
+                        record_mints_on(&self.writer, &always).await?;
+                        Ok(Vec::new())
+                    } else {
+                        consume_then_record_pg(&self.writer, tickets, &always, if_consumed).await
+                    }
+                };
+                let ((), consumed) = tokio::try_join!(relaxed, synced)?;
+                Ok(consumed)
             }
             Backend::Sqlite => {
                 let consumed = consume_tickets_on(&self.writer, tickets).await?;
