@@ -103,8 +103,8 @@ impl Db {
             AnyPoolOptions::new()
                 .acquire_timeout(Duration::from_secs(5))
                 // A connection is checked with a round trip only when it sat idle for a while
-                // (the server may have dropped it meanwhile), not on every acquire: under load
-                // that check was a second round trip for every statement.
+                // (the server may have dropped it meanwhile), not on every acquire, where the
+                // check would be a second round trip for every statement.
                 .test_before_acquire(false)
                 .before_acquire(|conn, meta| {
                     Box::pin(async move {
