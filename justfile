@@ -78,6 +78,15 @@ bench *ARGS: build-filter
     cargo build --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target
     PODGATE_NOOP_WASM={{root}}/target/wasm32-wasip1/release/podgate_noop_filter.wasm cargo run --release -p podgate-bench -- {{ARGS}}
 
+# Starts podgate serve on SQLite, and on PostgreSQL when PODGATE_TEST_POSTGRES_URL (or
+# `--postgres URL`) is set (else SQLite only); writes bench/results/login-<time>.json and its
+# section in BENCHMARKS.md (`./just bench-login --help` lists the flags).
+# The control plane under a login storm: proxy-auth + callback flows at 8 connections.
+bench-login *ARGS:
+    cargo build --release -p podgate
+    cargo build --release -p podgate-bench --bin podgate-login
+    PODGATE_BIN={{root}}/target/release/podgate {{root}}/target/release/podgate-login {{ARGS}}
+
 # Two control planes on PostgreSQL when PODGATE_TEST_POSTGRES_URL is set (else one on SQLite),
 # two Envoys over ADS, fake pods; fails on any answer the changes do not explain; writes
 # bench/results/soak-*.{json,md} (`./just soak 10 --help` lists the flags).

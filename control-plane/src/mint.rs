@@ -248,17 +248,23 @@ async fn redeem(
     if claims.aud != this_host || claims.pod != addr.pod || claims.port != addr.port {
         return Err(RedeemError::Refused(TicketRefusal::WrongHost));
     }
-    // Authorization is read again: the ticket proves who, not what they may reach now.
-    let (user, facts) = if claims.sub == ANONYMOUS_SUB {
+    // Authorization is read again: the ticket proves who, not what they may reach now; and
+    // whether the ticket's session has signed out since (one query for a user's ticket).
+    let sid = verified.sid.as_deref();
+    let (user, facts, session_cut) = if claims.sub == ANONYMOUS_SUB {
         let facts = ctx.db.access_facts(&addr.pod, addr.port, None).await?;
-        (None, facts)
+        let cut = match sid {
+            Some(sid) => ctx.db.session_was_cut(sid).await?,
+            None => false,
+        };
+        (None, facts, cut)
     } else {
-        let (user, facts) = ctx
+        let read = ctx
             .db
-            .user_access_facts(&claims.sub, &addr.pod, addr.port)
+            .redeem_facts(&claims.sub, &addr.pod, addr.port, sid)
             .await?
             .ok_or(RedeemError::Refused(TicketRefusal::NoLongerAllowed))?;
-        (Some(user), facts)
+        (Some(read.user), read.facts, read.session_cut)
     };
     if !facts.is_some_and(|f| may_reach(&f, user.as_ref())) {
         return Err(RedeemError::Refused(TicketRefusal::NoLongerAllowed));
@@ -274,11 +280,8 @@ async fn redeem(
     }
     // A ticket of a session that signed out since is not redeemed (its capability would be
     // refused anyway: it carries the session's id).
-    let sid = verified.sid.as_deref();
-    if let Some(sid) = sid {
-        if ctx.db.session_was_cut(sid).await? {
-            return Err(RedeemError::Refused(TicketRefusal::SignedOut));
-        }
+    if session_cut {
+        return Err(RedeemError::Refused(TicketRefusal::SignedOut));
     }
     let cap = sign_in_session(
         ctx.config,

@@ -2,14 +2,25 @@
 //! rows of every token minted. Requests queue their write and wait for it to be committed, so a
 //! token is never handed out before its audit row (and its ticket's consumption) is stored; under
 //! load one statement carries many requests' rows, instead of one commit each.
+//!
+//! On SQLite one batch is written at a time (there is one writer connection). On PostgreSQL up
+//! to [`POSTGRES_WRITERS`] batches are written at once, each its own statement on its own
+//! connection, so the next batch does not wait for the previous one's round trip and fsync; the
+//! unique key of `consumed_tickets` still lets only one of them consume a ticket (a concurrent
+//! insert of the same jti waits for the first to commit, then inserts nothing: a replay).
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::metrics::{DbOp, Metrics};
-use crate::store::{AuditEntry, Db};
+use crate::store::{AuditEntry, Backend, Db};
 
-/// Most writes carried by one batch (10 parameters each stays far below SQLite's limit).
+/// Most writes carried by one batch (11 parameters each stays far below both databases' limits).
 const MAX_BATCH: usize = 256;
+
+/// Batches written at once on PostgreSQL.
+const POSTGRES_WRITERS: usize = 4;
 
 enum Op {
     /// Record a mint.
@@ -82,12 +93,27 @@ impl Recorder {
 }
 
 async fn run(db: Db, metrics: Metrics, mut rx: mpsc::Receiver<Op>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        metrics
-            .db_timed(DbOp::Record, write_batch(&db, std::mem::take(&mut batch)))
-            .await;
-        batch.reserve(MAX_BATCH);
+    let writers = match db.backend() {
+        Backend::Sqlite => 1,
+        Backend::Postgres => POSTGRES_WRITERS,
+    };
+    let slots = Arc::new(Semaphore::new(writers));
+    loop {
+        // A free writer first: meanwhile the queue fills up into the next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let (db, metrics) = (db.clone(), metrics.clone());
+        tokio::spawn(async move {
+            metrics
+                .db_timed(DbOp::Record, write_batch(&db, batch))
+                .await;
+            drop(slot);
+        });
     }
 }
 

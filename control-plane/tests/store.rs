@@ -8,7 +8,8 @@ use podgate::config::SigningAlg;
 use podgate::key_encryption::KeyEncryption;
 use podgate::keys;
 use podgate::store::{
-    AuditEntry, Db, KeyKind, Member, Pod, PodPort, PodStatus, Role, Server, Sharing, Team, User,
+    now_unix, AuditEntry, CutRow, Db, KeyKind, Member, Pod, PodPort, PodStatus, Role, Server,
+    Sharing, Team, User,
 };
 
 macro_rules! on_both {
@@ -396,8 +397,125 @@ async fn tickets_sessions_audit(db: &Db) {
         .collect();
     assert!(bulk.contains(&"bulk256".to_owned()) && bulk.contains(&"bulk257".to_owned()));
     assert!(!bulk.contains(&"bulk258".to_owned()), "replay recorded");
+
+    // The same ticket twice in one batch: only the first claims it and has its entry recorded;
+    // a batch of replays only records what is recorded whatever happens.
+    let t: Vec<(String, i64)> = vec![("d1".into(), 100), ("d1".into(), 100), ("d2".into(), 100)];
+    let consumed = db
+        .consume_then_record(&t, &[], &[&rows[259], &rows[260], &rows[261]])
+        .await
+        .unwrap();
+    assert_eq!(consumed, vec![true, false, true]);
+    let consumed = db
+        .consume_then_record(&t[..1], &[&rows[262]], &[&rows[263]])
+        .await
+        .unwrap();
+    assert_eq!(consumed, vec![false]);
+    let bulk: Vec<AuditEntry> = db.list_audit(Some("bulk"), 1000).await.unwrap();
+    let has = |jti: &str| bulk.iter().any(|e| e.jti == jti);
+    assert!(has("bulk259") && has("bulk261") && has("bulk262"));
+    assert!(!has("bulk260") && !has("bulk263"), "replay recorded");
+    let e = bulk.iter().find(|e| e.jti == "bulk262").unwrap();
+    assert_eq!(e, &rows[262], "recorded as given");
+    // Login tickets' rows (on PostgreSQL a statement of their own, committed without waiting
+    // for the disk) beside a consumption, and alone.
+    let ticket_row = |jti: &str| AuditEntry {
+        jti: jti.into(),
+        kind: KeyKind::Ticket,
+        user_id: "tickets".into(),
+        ..rows[0].clone()
+    };
+    let (t1, t2, t3) = (ticket_row("t1"), ticket_row("t2"), ticket_row("t3"));
+    let consumed = db
+        .consume_then_record(
+            &[("e1".into(), 100)],
+            &[&t1, &rows[264], &t2],
+            &[&rows[265]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(consumed, vec![true]);
+    assert!(db
+        .consume_then_record(&[], &[&t3], &[])
+        .await
+        .unwrap()
+        .is_empty());
+    let mut tickets: Vec<String> = db
+        .list_audit(Some("tickets"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.jti)
+        .collect();
+    tickets.sort();
+    assert_eq!(tickets, ["t1", "t2", "t3"]);
+    let bulk: Vec<AuditEntry> = db.list_audit(Some("bulk"), 1000).await.unwrap();
+    assert!(bulk.iter().any(|e| e.jti == "bulk264") && bulk.iter().any(|e| e.jti == "bulk265"));
+
+    // A full batch of fresh tickets, each with its entry.
+    let t: Vec<(String, i64)> = (0..256).map(|i| (format!("full{i}"), 100)).collect();
+    let full: Vec<AuditEntry> = (0..256)
+        .map(|i| AuditEntry {
+            jti: format!("fullcap{i}"),
+            user_id: "full".into(),
+            ..rows[0].clone()
+        })
+        .collect();
+    let refs: Vec<&AuditEntry> = full.iter().collect();
+    let consumed = db.consume_then_record(&t, &[], &refs).await.unwrap();
+    assert!(consumed.iter().all(|c| *c));
+    assert_eq!(db.list_audit(Some("full"), 1000).await.unwrap().len(), 256);
 }
 on_both!(tickets_sessions_and_audit, tickets_sessions_audit);
+
+/// What a ticket's redemption reads, in one query: the user, the facts and the session's cut.
+async fn redeem_reads(db: &Db) {
+    db.create_user(&user("owner", None)).await.unwrap();
+    db.create_pod(&pod("p", "owner", None)).await.unwrap();
+    db.insert_cut(
+        &CutRow::Session {
+            sid: "gone".into(),
+            at: 10,
+            until: now_unix() + 600,
+        },
+        now_unix(),
+    )
+    .await
+    .unwrap();
+    let r = db
+        .redeem_facts("owner", "p", 80, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.user.id, "owner");
+    assert_eq!(r.facts.unwrap().owner_id, "owner");
+    assert!(!r.session_cut);
+    let r = db
+        .redeem_facts("owner", "p", 80, Some("live"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!r.session_cut);
+    let r = db
+        .redeem_facts("owner", "p", 80, Some("gone"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.session_cut);
+    assert!(db.session_was_cut("gone").await.unwrap());
+    let r = db
+        .redeem_facts("owner", "nope", 80, Some("gone"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.facts.is_none() && r.session_cut);
+    assert!(db
+        .redeem_facts("nobody", "p", 80, None)
+        .await
+        .unwrap()
+        .is_none());
+}
+on_both!(redeem_facts_in_one_query, redeem_reads);
 
 async fn key_storage(db: &Db) {
     // Dev mode without a key-encryption key (tests/keys_at_rest.rs covers encrypted storage).

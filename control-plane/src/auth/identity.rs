@@ -2,10 +2,11 @@
 //! session's hash is stored, never the cookie's value. `verify::identify` asks here in its turn.
 
 use podgate_protocol::cookie::find_all;
+use podgate_protocol::host::PodAddr;
 use sha2::{Digest, Sha256};
 
 use crate::keys::{random_bytes, KeyringError};
-use crate::store::{now_unix, Db, User};
+use crate::store::{now_unix, AccessFacts, Db, User};
 
 /// How many copies of our session cookie we look at (a browser may send several).
 const MAX_SESSION_CANDIDATES: usize = 4;
@@ -64,6 +65,34 @@ pub async fn current_session(
             let id_hash = session_hash(value);
             if let Some(user) = db.session_user(&id_hash, now).await? {
                 return Ok(Some((user, session_id(&id_hash))));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// [`current_session`], with the facts for its user reaching `addr`, read in the same query
+/// (the page flow asks both at once): `(user, sid, facts)`; facts `None` when the pod does not
+/// exist.
+pub async fn current_session_with_facts(
+    db: &Db,
+    session_cookie: &str,
+    cookie_headers: &[&str],
+    addr: &PodAddr,
+) -> Result<Option<(User, String, Option<AccessFacts>)>, sqlx::Error> {
+    let now = now_unix();
+    for cookie_header in cookie_headers {
+        for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
+            // Our values are 64 hex characters; anything else is not ours.
+            if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let id_hash = session_hash(value);
+            if let Some((user, facts)) = db
+                .session_access_facts(&id_hash, now, &addr.pod, addr.port)
+                .await?
+            {
+                return Ok(Some((user, session_id(&id_hash), facts)));
             }
         }
     }

@@ -13,8 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
 
-use crate::auth::verify::browser_identity;
-use crate::authz::{self, AuthzError};
+use crate::auth::identity::current_session_with_facts;
+use crate::auth::verify::{browser_identity, IdentifyError};
+use crate::authz::{self, may_reach, AuthzError};
 use crate::http::cookies;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
@@ -22,6 +23,7 @@ use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
 use crate::http::request::credentials;
 use crate::http::shared::{is_page_load, no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
+use crate::metrics::DbOp;
 use crate::mint::{mint_scoped_for, redeem_ticket, RedeemError, TicketRefusal};
 use crate::AppState;
 
@@ -87,13 +89,39 @@ async fn proxy_auth(
         )));
     }
     let next = safe_next(next);
-    let identity = browser_identity(&state.identify_context(), &credentials(&headers)).await?;
+    let credentials = credentials(&headers);
+    // The control-plane session comes first among the page flow's verifiers; its user and the
+    // facts for this port are read in one query. Without a live one, the other verifiers.
+    let session = state
+        .metrics()
+        .db_timed(
+            DbOp::Authorize,
+            current_session_with_facts(
+                state.db(),
+                state.session_cookie(),
+                &credentials.cookie_headers,
+                &addr,
+            ),
+        )
+        .await
+        .map_err(IdentifyError::Store)?;
     // The control-plane session, if that is how the user signed in: the ticket and its
     // capability carry its id, so signing out cuts them off.
-    let sid = identity
-        .as_ref()
-        .and_then(|i| i.via.session_id().map(str::to_owned));
-    let user = identity.map(|i| i.user);
+    let (user, sid, authorized) = match session {
+        Some((user, sid, facts)) => {
+            if !facts.is_some_and(|f| may_reach(&f, Some(&user))) {
+                return Err(AuthzError::NotFound.into());
+            }
+            (Some(user), Some(sid), true)
+        }
+        None => {
+            let identity = browser_identity(&state.identify_context(), &credentials).await?;
+            let sid = identity
+                .as_ref()
+                .and_then(|i| i.via.session_id().map(str::to_owned));
+            (identity.map(|i| i.user), sid, false)
+        }
+    };
 
     // On a service reached per resource, the ticket (and its capability) names the resource
     // `next` is under (`Ok(None)`: not such a service), and only one the user may use; a path
@@ -109,7 +137,7 @@ async fn proxy_auth(
         if !public || !matches!(res, Ok(None)) {
             return not_signed_in(&state, &headers, &addr, &next);
         }
-    } else {
+    } else if !authorized {
         state.authorize(user.as_ref(), &addr).await?;
     }
     let res = res?;

@@ -26,7 +26,7 @@ mod users;
 pub use api_tokens::ApiTokenRow;
 pub use cuts::{CutRow, HolderScope};
 pub use keys::{KeyMaterial, StoredKey};
-pub use pods::{AccessFacts, Pod, PodLimits, PodPort, PodRate};
+pub use pods::{AccessFacts, Pod, PodLimits, PodPort, PodRate, RedeemFacts};
 pub use services::{ServiceResourceRow, ServiceRow, StoredCredential, StoredOAuth};
 pub use sessions::AuditEntry;
 pub use sign_in::SignInState;
@@ -67,6 +67,10 @@ pub struct Db {
     /// Writes. On SQLite a single connection, so writers queue here instead of sleeping in
     /// SQLite's busy handler while another connection holds the write lock.
     writer: AnyPool,
+    /// Writes whose commit need not wait for the disk: on PostgreSQL a small pool whose sessions
+    /// run with `synchronous_commit = off` (see [`Db::consume_then_record`]); on SQLite the
+    /// writer.
+    relaxed: AnyPool,
     backend: Backend,
     /// This process's random id: the payload of its change announcements and its row in
     /// `replicas`.
@@ -98,6 +102,18 @@ impl Db {
         let options = || {
             AnyPoolOptions::new()
                 .acquire_timeout(Duration::from_secs(5))
+                // A connection is checked with a round trip only when it sat idle for a while
+                // (the server may have dropped it meanwhile), not on every acquire, where the
+                // check would be a second round trip for every statement.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= RECHECK_IDLE_AFTER {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .after_connect(move |conn, _meta| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
@@ -123,6 +139,21 @@ impl Db {
             Backend::Sqlite => options().max_connections(1).connect(&url).await?,
             Backend::Postgres => pool.clone(),
         };
+        let relaxed = match backend {
+            Backend::Sqlite => writer.clone(),
+            Backend::Postgres => {
+                options()
+                    .max_connections(RELAXED_CONNECTIONS)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute("SET synchronous_commit = off").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+        };
         if backend == Backend::Sqlite {
             tokio::spawn(checkpointer(pool.clone(), writer.clone()));
         }
@@ -132,6 +163,7 @@ impl Db {
         Ok(Db {
             pool,
             writer,
+            relaxed,
             backend,
             instance: hex::encode(id).into(),
         })
@@ -218,10 +250,18 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        self.relaxed.close().await;
         self.writer.close().await;
         self.pool.close().await;
     }
 }
+
+/// Connections of the PostgreSQL pool for writes that need not wait for the disk.
+const RELAXED_CONNECTIONS: u32 = 2;
+
+/// How long a pooled connection may sit idle before it is checked with a round trip when it is
+/// next taken.
+const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// How often the SQLite WAL is checkpointed into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);

@@ -443,3 +443,132 @@ impl Db {
         Ok(claimed)
     }
 }
+
+/// What redeeming a login ticket reads: the user, the facts for them reaching the port, and
+/// whether the ticket's session was ended since.
+#[derive(Debug, Clone)]
+pub struct RedeemFacts {
+    pub user: User,
+    /// `None` when the pod does not exist.
+    pub facts: Option<AccessFacts>,
+    /// The ticket's session (`sid`) was ended: never true without a `sid`.
+    pub session_cut: bool,
+}
+
+impl Db {
+    /// [`Db::user_access_facts`] and, for a ticket of session `sid`, [`Db::session_was_cut`],
+    /// in one query: `None` when the user does not exist. Port 0 ([`SERVICE_PORT`]) names the
+    /// service `slug` (separate queries).
+    pub async fn redeem_facts(
+        &self,
+        user_id: &str,
+        slug: &str,
+        port: u16,
+        sid: Option<&str>,
+    ) -> Res<Option<RedeemFacts>> {
+        if port == SERVICE_PORT {
+            let Some((user, facts)) = self.user_access_facts(user_id, slug, port).await? else {
+                return Ok(None);
+            };
+            let session_cut = match sid {
+                Some(sid) => self.session_was_cut(sid).await?,
+                None => false,
+            };
+            return Ok(Some(RedeemFacts {
+                user,
+                facts,
+                session_cut,
+            }));
+        }
+        // An empty `sid` matches no cut: the session cuts all name one (`access_cuts.sid`).
+        let row = sqlx::query(
+            "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
+                    p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
+                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members, \
+                    (SELECT COUNT(*) FROM access_cuts c WHERE c.sid = $5) AS cuts \
+             FROM users u \
+             LEFT JOIN pods p ON p.slug = $2 \
+             LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $3 \
+             WHERE u.id = $1",
+        )
+        .bind(user_id)
+        .bind(slug)
+        .bind(i64::from(port))
+        .bind(DEFAULT_SHARING.as_str())
+        .bind(sid.unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user = User::from_row(&row)?;
+        let owner_id: Option<String> = row.try_get("owner_id")?;
+        let facts = match owner_id {
+            None => None,
+            Some(owner_id) => {
+                let members: i64 = row.try_get("members")?;
+                Some(AccessFacts {
+                    owner_id,
+                    sharing: enum_col(&row, "sharing")?,
+                    is_team_member: members > 0,
+                })
+            }
+        };
+        let cuts: i64 = row.try_get("cuts")?;
+        Ok(Some(RedeemFacts {
+            user,
+            facts,
+            session_cut: sid.is_some() && cuts > 0,
+        }))
+    }
+}
+
+impl Db {
+    /// [`Db::session_user`] and the facts for that user reaching `port` of pod `slug`, in one
+    /// query: `None` when the session is not live; facts `None` when the pod does not exist.
+    /// Port 0 ([`SERVICE_PORT`]) names the service `slug` (two queries).
+    pub async fn session_access_facts(
+        &self,
+        id_hash: &str,
+        now: i64,
+        slug: &str,
+        port: u16,
+    ) -> Res<Option<(User, Option<AccessFacts>)>> {
+        if port == SERVICE_PORT {
+            let Some(user) = self.session_user(id_hash, now).await? else {
+                return Ok(None);
+            };
+            let facts = self.service_access_facts(slug, Some(&user.id)).await?;
+            return Ok(Some((user, facts)));
+        }
+        let row = sqlx::query(
+            "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
+                    p.owner_id AS owner_id, COALESCE(pp.sharing, $5) AS sharing, \
+                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members \
+             FROM sessions s JOIN users u ON u.id = s.user_id \
+             LEFT JOIN pods p ON p.slug = $3 \
+             LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $4 \
+             WHERE s.id_hash = $1 AND s.expires_at > $2",
+        )
+        .bind(id_hash)
+        .bind(now)
+        .bind(slug)
+        .bind(i64::from(port))
+        .bind(DEFAULT_SHARING.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user = User::from_row(&row)?;
+        let owner_id: Option<String> = row.try_get("owner_id")?;
+        let facts = match owner_id {
+            None => None,
+            Some(owner_id) => {
+                let members: i64 = row.try_get("members")?;
+                Some(AccessFacts {
+                    owner_id,
+                    sharing: enum_col(&row, "sharing")?,
+                    is_team_member: members > 0,
+                })
+            }
+        };
+        Ok(Some((user, facts)))
+    }
+}

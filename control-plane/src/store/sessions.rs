@@ -164,10 +164,17 @@ impl Db {
     }
 
     /// Consumes `tickets` and records `always` plus, for each ticket consumed now, its entry in
-    /// `if_consumed` (same order as `tickets`). On PostgreSQL one transaction (one commit, one
-    /// fsync); on SQLite two autocommit statements (commits are cheap there, round trips are
-    /// not). Either way nothing is handed out before this returns, and a failure between the two
-    /// statements only burns tickets.
+    /// `if_consumed` (same order as `tickets`). On PostgreSQL one statement (one round trip, one
+    /// commit, one fsync); on SQLite two autocommit statements (commits are cheap there, and it
+    /// has no `INSERT` inside `WITH`). Either way nothing is handed out before this returns, and
+    /// a failure between the two SQLite statements only burns tickets.
+    ///
+    /// On PostgreSQL the audit rows of login tickets in `always` go in a statement of their own,
+    /// at the same time, on a connection with `synchronous_commit = off`: committed (visible to
+    /// every reader) before this returns, but not waited for on disk. A crash of the PostgreSQL
+    /// server (not of the control plane) can lose the ticket rows of its last moments (at most
+    /// three times its `wal_writer_delay`, 0.6 s by default). A ticket is worth nothing without
+    /// its redemption, whose consumption and capability row are committed synchronously.
     pub async fn consume_then_record(
         &self,
         tickets: &[(String, i64)],
@@ -191,10 +198,18 @@ impl Db {
         }
         match self.backend {
             Backend::Postgres => {
-                let mut tx = self.writer.begin().await?;
-                let consumed = consume_tickets_on(&mut *tx, tickets).await?;
-                record_mints_on(&mut *tx, &pick(always, if_consumed, &consumed)).await?;
-                tx.commit().await?;
+                let (ticket_rows, always): (Vec<&AuditEntry>, Vec<&AuditEntry>) =
+                    always.iter().partition(|e| e.kind == KeyKind::Ticket);
+                let relaxed = record_mints_on(&self.relaxed, &ticket_rows);
+                let synced = async {
+                    if tickets.is_empty() {
+                        record_mints_on(&self.writer, &always).await?;
+                        Ok(Vec::new())
+                    } else {
+                        consume_then_record_pg(&self.writer, tickets, &always, if_consumed).await
+                    }
+                };
+                let ((), consumed) = tokio::try_join!(relaxed, synced)?;
                 Ok(consumed)
             }
             Backend::Sqlite => {
@@ -240,6 +255,104 @@ where
     Ok(tickets
         .iter()
         .map(|(jti, _)| inserted.contains(jti) && claimed.insert(jti.as_str()))
+        .collect())
+}
+
+/// [`Db::consume_then_record`] on PostgreSQL, in one statement: the tickets are inserted into
+/// `consumed_tickets` (a ticket already there is not: a replay), and the audit rows of `always`
+/// and of the entries whose ticket that insert claimed go into `token_audit`, all in one
+/// autocommit statement. Only the first occurrence of a jti in `tickets` may claim it.
+async fn consume_then_record_pg(
+    writer: &sqlx::AnyPool,
+    tickets: &[(String, i64)],
+    always: &[&AuditEntry],
+    if_consumed: &[&AuditEntry],
+) -> Res<Vec<bool>> {
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<bool> = tickets
+        .iter()
+        .map(|(jti, _)| seen.insert(jti.as_str()))
+        .collect();
+    // (entry, the ticket it waits for: `None` for one recorded whatever happens).
+    let mut rows: Vec<(&AuditEntry, Option<&str>)> = always.iter().map(|e| (*e, None)).collect();
+    rows.extend(
+        if_consumed
+            .iter()
+            .zip(tickets)
+            .zip(&first)
+            .filter(|(_, first)| **first)
+            .map(|((e, (jti, _)), _)| (*e, Some(jti.as_str()))),
+    );
+    // In jti order: batches written at once then take the tickets' unique-key locks in one
+    // order, so two of them replaying each other's tickets wait on each other, never deadlock.
+    let mut fresh: Vec<(&str, i64)> = tickets
+        .iter()
+        .zip(&first)
+        .filter(|(_, f)| **f)
+        .map(|((jti, exp), _)| (jti.as_str(), *exp))
+        .collect();
+    fresh.sort_unstable();
+    let mut sql =
+        String::from("WITH consumed AS (INSERT INTO consumed_tickets (jti, expires_at) VALUES ");
+    let mut n = 0;
+    let mut param = || {
+        n += 1;
+        n
+    };
+    for i in 0..fresh.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}::text, ${}::bigint)", param(), param()));
+    }
+    sql.push_str(
+        " ON CONFLICT (jti) DO NOTHING RETURNING jti), \
+         recorded AS (INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) \
+         SELECT e.jti, e.kind, e.user_id, e.pod_slug, e.port, e.audience, e.via, e.api_token_id, e.issued_at, e.expires_at \
+         FROM (VALUES ",
+    );
+    for i in 0..rows.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}::text, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::bigint, ${}::text)",
+            param(), param(), param(), param(), param(), param(), param(), param(), param(), param(), param()
+        ));
+    }
+    sql.push_str(
+        ") AS e(jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at, ticket) \
+         WHERE e.ticket IS NULL OR e.ticket IN (SELECT jti FROM consumed) RETURNING 1) \
+         SELECT jti FROM consumed",
+    );
+    let mut q = sqlx::query(&sql);
+    for (jti, exp) in &fresh {
+        q = q.bind(*jti).bind(*exp);
+    }
+    for (e, ticket) in &rows {
+        q = q
+            .bind(e.jti.as_str())
+            .bind(e.kind.as_str())
+            .bind(e.user_id.as_str())
+            .bind(e.pod_slug.as_str())
+            .bind(i64::from(e.port))
+            .bind(e.audience.as_str())
+            .bind(e.via.as_str())
+            .bind(e.api_token_id.as_deref())
+            .bind(e.issued_at)
+            .bind(e.expires_at)
+            .bind(*ticket);
+    }
+    let inserted: std::collections::HashSet<String> = q
+        .fetch_all(writer)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>("jti"))
+        .collect::<Res<_>>()?;
+    Ok(tickets
+        .iter()
+        .zip(&first)
+        .map(|((jti, _), first)| *first && inserted.contains(jti))
         .collect())
 }
 
