@@ -11,7 +11,7 @@ use crate::config::{
 };
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
 use crate::cors::origin_pod;
-use crate::exchange::{self, ExchangeNeeded, Lookup, Refusal};
+use crate::exchange::{self, ExchangeNeeded};
 use crate::host::{target_query, PodAddr, SERVICE_PORT};
 use crate::own_paths::{self, OwnPath};
 use crate::path;
@@ -21,6 +21,9 @@ use crate::reply::{Denial, Reply};
 use crate::resource::{self, PathMatch};
 use crate::response::PodResponse;
 use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX};
+
+mod api_tokens;
+use api_tokens::{api_token_decision, api_token_grant, api_token_of};
 
 /// How many signatures one request may make us check. Candidates are not limited (a browser
 /// sends every planted cookie of our name): each is first looked up in the verified-token cache
@@ -580,107 +583,6 @@ fn confine(scope: &Result<Option<&str>, Denial>, decision: Decision) -> Decision
         (Err(denial), Decision::Forward(_)) => Decision::Deny(denial.clone()),
         (_, decision) => decision,
     }
-}
-
-/// The first API token of the request: a `podgate-token` value, then a bearer.
-fn api_token<'a>(req: &Request<'a>, bearers: &[&'a str]) -> Option<&'a str> {
-    req.token_headers
-        .iter()
-        .map(|t| t.trim())
-        .chain(bearers.iter().copied())
-        .find(|t| exchange::is_api_token(t))
-}
-
-/// A request with an API token: the capability exchanged for it earlier (checked against the
-/// configuration in force), a refusal remembered, or an exchange to make. A token that is not
-/// of the API tokens' exact shape is refused without a call.
-#[allow(clippy::too_many_arguments)]
-fn api_token_decision(
-    config: &CompiledConfig,
-    cache: &mut VerifiedCache,
-    req: &Request<'_>,
-    bearers: &[&str],
-    pod: PodAddr,
-    resource: Option<&str>,
-    token: &str,
-    now: i64,
-) -> Decision {
-    match api_token_grant(config, cache, pod.clone(), resource, token, now) {
-        Ok(cap) => forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken),
-        Err(decision) => decision,
-    }
-}
-
-/// The API token the request carries, when API tokens are exchanged at the edge (the filter
-/// has the control plane's renewal settings).
-fn api_token_of<'r>(
-    config: &CompiledConfig,
-    req: &Request<'r>,
-    bearers: &[&'r str],
-) -> Option<&'r str> {
-    config
-        .renewal
-        .is_some()
-        .then(|| api_token(req, bearers))
-        .flatten()
-}
-
-/// The capability API token `token` was exchanged for, for `pod` (and `resource` of a
-/// service), when the exchange cache has one still in force; else what to do: refuse (a
-/// malformed or refused token) or ask the control plane (`Decision::Exchange`).
-fn api_token_grant(
-    config: &CompiledConfig,
-    cache: &mut VerifiedCache,
-    pod: PodAddr,
-    resource: Option<&str>,
-    token: &str,
-    now: i64,
-) -> Result<Rc<Verified>, Decision> {
-    if !exchange::well_formed(token) {
-        return Err(Decision::Deny(Denial::ApiTokenRefused));
-    }
-    let key = exchange::key(token, &pod, resource);
-    let exchanges = cache.exchanges();
-    match exchanges.lookup(&key, now) {
-        // The key binds the resource; a capability that names another is never used.
-        Lookup::Granted(cap) if cap.res.as_deref() != resource => {
-            exchanges.forget(&key);
-            return Err(Decision::Deny(Denial::ApiTokenNotAllowed));
-        }
-        Lookup::Granted(cap) => {
-            if config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap) {
-                // Revoked or cut off since: the control plane is asked again, and refuses a
-                // revoked token.
-                exchanges.forget(&key);
-            } else {
-                cache.count_hit();
-                return Ok(cap);
-            }
-        }
-        Lookup::Unconfirmed(capability) => match config.verifier.verify(&capability, now) {
-            Ok(cap)
-                if !(config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap))
-                    && cap.res.as_deref() == resource =>
-            {
-                let cap = Rc::new(cap);
-                exchanges.confirm(&key, Rc::clone(&cap));
-                return Ok(cap);
-            }
-            // Its key is gone, or it is revoked or cut off: the control plane is asked again.
-            _ => exchanges.forget(&key),
-        },
-        Lookup::Refused(Refusal::BadToken) => return Err(Decision::Deny(Denial::ApiTokenRefused)),
-        Lookup::Refused(Refusal::NotAllowed) => {
-            return Err(Decision::Deny(Denial::ApiTokenNotAllowed))
-        }
-        Lookup::Miss => {}
-    }
-    Err(Decision::Exchange(Rc::new(ExchangeNeeded {
-        key,
-        token: token.to_owned(),
-        pod,
-        resource: resource.map(str::to_owned),
-    })))
 }
 
 /// The forward to the pod `verified` grants, or the pod's own refusal (not in the directory,

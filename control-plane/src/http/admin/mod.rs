@@ -7,6 +7,7 @@ mod filter_config;
 mod keys;
 mod pods;
 mod servers;
+mod service_resources;
 mod services;
 mod teams;
 mod users;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
         .merge(servers::routes())
         .merge(pods::routes())
         .merge(services::routes())
+        .merge(service_resources::routes())
         .merge(keys::routes())
         .merge(audit::routes())
         .merge(filter_config::routes())

@@ -1,0 +1,206 @@
+//! The resources of a service reached per resource (`resource_path`, e.g. `/sessions/{id}`):
+//! `/v1/services/{name}/resources[/{id}]`, each resource's owner. Changing or forgetting an owner
+//! cuts the former owner's capabilities for the service when the rule no longer lets them use it.
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::Json;
+use podgate_protocol::host::SERVICE_PORT;
+use podgate_protocol::resource;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::services::require_service;
+use super::{deleted, require_user};
+use crate::cuts::cut_user_on;
+use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
+use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
+use crate::store::{now_unix, ServiceResourceRow, ServiceRow};
+use crate::AppState;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_resources))
+        .routes(routes!(put_resource, get_resource, delete_resource))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceOwner {
+    owner: String,
+}
+
+/// The service `name` if it is reached per resource; a 400 naming the field otherwise.
+async fn require_resource_service(s: &AppState, name: &str) -> ApiResult<ServiceRow> {
+    let row = require_service(s, name).await?;
+    if row.resource_path.is_none() {
+        return Err(ApiError::bad(format!(
+            "service {name:?} has no `resource_path`, so it has no resources; create it with one, e.g. \"resource_path\": \"/sessions/{{id}}\""
+        )));
+    }
+    Ok(row)
+}
+
+fn check_resource_id(id: &str) -> ApiResult<()> {
+    if resource::valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!(
+            "resource id {id:?} cannot be used: use 1 to {} letters, digits, '-', '.', '_' or '~' (not '.' or '..')",
+            resource::MAX_ID_LEN
+        )))
+    }
+}
+
+/// Cuts off the capabilities `former` holds for service `name`: one of its resources is no
+/// longer theirs. Only when the rule no longer lets them use it.
+async fn cut_former_owner(
+    s: &AppState,
+    name: &str,
+    id: &str,
+    former: Option<String>,
+    now_owner: Option<&str>,
+) -> ApiResult<()> {
+    let Some(former) = former else { return Ok(()) };
+    let user = s.db().get_user(&former).await?;
+    let facts = crate::authz::ResourceFacts {
+        service: name,
+        resource_id: id,
+        owner_id: now_owner,
+    };
+    if !crate::authz::may_use_resource(&facts, user.as_ref()) {
+        cut_user_on(
+            s.db(),
+            s.config().capability_lifetime,
+            &former,
+            name,
+            SERVICE_PORT,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/resources",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 200, description = "Every resource of the service with its owner, by id", body = Vec<ServiceResourceRow>),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn list_resources(
+    State(s): State<AppState>,
+    PathArgs(name): PathArgs<String>,
+) -> ApiResult<Json<Vec<ServiceResourceRow>>> {
+    require_resource_service(&s, &name).await?;
+    Ok(Json(s.db().list_service_resources(&name).await?))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/services/{name}/resources/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("id" = String, Path, description = "The resource id: `abc` for `/sessions/abc`"),
+    ),
+    request_body(content = serde_json::Value, description = "`{owner}`: the user id that owns the resource; only they get capabilities for it"),
+    responses(
+        (status = 200, description = "Recorded; a former owner's capabilities for the service are cut off at the next push", body = ServiceResourceRow),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn put_resource(
+    State(s): State<AppState>,
+    PathArgs((name, id)): PathArgs<(String, String)>,
+    JsonBody(body): JsonBody<ResourceOwner>,
+) -> ApiResult<Json<ServiceResourceRow>> {
+    require_resource_service(&s, &name).await?;
+    check_resource_id(&id)?;
+    require_user(&s, &body.owner, "owner").await?;
+    let now = now_unix();
+    let former = s
+        .db()
+        .put_service_resource(&name, &id, &body.owner, now)
+        .await?
+        .filter(|f| *f != body.owner);
+    cut_former_owner(&s, &name, &id, former, Some(&body.owner)).await?;
+    tracing::info!(service = %name, resource = %id, owner = %body.owner, "resource owner recorded");
+    let row = s
+        .db()
+        .get_service_resource(&name, &id)
+        .await?
+        .ok_or_else(|| ApiError::internal("a resource just recorded is gone"))?;
+    Ok(Json(row))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/resources/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("id" = String, Path, description = "The resource id"),
+    ),
+    responses(
+        (status = 200, description = "The resource and its owner", body = ServiceResourceRow),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn get_resource(
+    State(s): State<AppState>,
+    PathArgs((name, id)): PathArgs<(String, String)>,
+) -> ApiResult<Json<ServiceResourceRow>> {
+    require_resource_service(&s, &name).await?;
+    check_resource_id(&id)?;
+    s.db()
+        .get_service_resource(&name, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("service {name:?} has no resource {id:?}")))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{name}/resources/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("id" = String, Path, description = "The resource id"),
+    ),
+    responses(
+        (status = 204, description = "Forgotten: nobody may use it; its owner's capabilities for the service are cut off at the next push"),
+        Malformed,
+        Unauthorized,
+        NotFound,
+        TooMany,
+    )
+)]
+async fn delete_resource(
+    State(s): State<AppState>,
+    PathArgs((name, id)): PathArgs<(String, String)>,
+) -> ApiResult<Response> {
+    require_resource_service(&s, &name).await?;
+    check_resource_id(&id)?;
+    let former = s.db().delete_service_resource(&name, &id).await?;
+    let found = former.is_some();
+    cut_former_owner(&s, &name, &id, former, None).await?;
+    deleted(found, "resource")
+}
