@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, COOKIE, HOST};
-use serde_json::{json, Value};
+use serde_json::Value;
 use xds_support::*;
 
 /// One config push, with room for a loaded machine.
@@ -47,24 +47,6 @@ async fn pod_running(stack: &Stack, slug: &str, owner: &str, session: &str) -> F
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
     pod
-}
-
-/// `POST /api/proxy-tokens` with `session`: `(id, token)`.
-async fn create_api_token(stack: &Stack, session: &str, name: &str) -> (String, String) {
-    let resp = stack
-        .http
-        .post(format!("http://{}/api/proxy-tokens", stack.cp.http))
-        .header(COOKIE, session)
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-    let body: Value = resp.json().await.unwrap();
-    (
-        body["id"].as_str().unwrap().to_owned(),
-        body["token"].as_str().unwrap().to_owned(),
-    )
 }
 
 /// `GET /` on `pod`'s host through Envoy with `header: value`: status and body.

@@ -10,6 +10,8 @@
 //! process, the load generator, runs on CPU 1. A PostgreSQL server is not pinned.
 
 mod flows;
+#[path = "../pg_database.rs"]
+mod pg_database;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use podgate_testkit::Podgate;
 use serde::Serialize;
 
 use flows::{Conn, Load, Round};
+use pg_database::{create_database, drop_database};
 
 const ADMIN_TOKEN: &str = "login-admin-token-0123456789abcdef0123456789abcdef";
 /// The rate limits of the flow, raised out of the way: every flow comes from 127.0.0.1.
@@ -609,35 +612,4 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-/// A database of this run's own on the PostgreSQL server of `url` (`CREATE DATABASE`): signing
-/// keys are stored under the run's key-encryption key, so each run needs a fresh database.
-async fn create_database(url: &str, name: &str) -> anyhow::Result<String> {
-    use sqlx::Connection as _;
-    let mut admin = sqlx::PgConnection::connect(url)
-        .await
-        .context("connecting to the PostgreSQL server")?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("CREATE DATABASE {name}"))?;
-    let _ = admin.close().await;
-    let mut own = reqwest::Url::parse(url).context("the PostgreSQL URL")?;
-    own.set_path(&format!("/{name}"));
-    Ok(own.to_string())
-}
-
-/// `DROP DATABASE name` on the server of `url` (best effort).
-async fn drop_database(url: &str, name: &str) {
-    use sqlx::Connection as _;
-    if let Ok(mut admin) = sqlx::PgConnection::connect(url).await {
-        let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-        if let Err(e) = dropped {
-            eprintln!("login: could not drop database {name}: {e}");
-        }
-        let _ = admin.close().await;
-    }
 }

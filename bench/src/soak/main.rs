@@ -10,6 +10,8 @@
 //! `.md`.
 
 mod drive;
+#[path = "../pg_database.rs"]
+mod pg_database;
 mod report;
 mod stack;
 mod world;
@@ -194,11 +196,11 @@ async fn run(settings: Settings) -> anyhow::Result<bool> {
     let database = format!("podgate_soak_{tag}");
     let mut stack_settings = stack_settings;
     if let Some(url) = &server_url {
-        stack_settings.postgres = Some(stack::create_database(url, &database).await?);
+        stack_settings.postgres = Some(pg_database::create_database(url, &database).await?);
     }
     let outcome = soak(&settings, &stack_settings, &tag, started_at).await;
     if let Some(url) = &server_url {
-        stack::drop_database(url, &database).await;
+        pg_database::drop_database(url, &database).await;
     }
     outcome
 }

@@ -189,49 +189,6 @@ fn render_bootstrap(
         .to_yaml()
 }
 
-/// A database of the soak's own on the PostgreSQL server of `url` (`CREATE DATABASE`), dropped
-/// by [`drop_database`]: signing keys are stored under the run's key-encryption key, so each run
-/// needs a fresh database.
-pub async fn create_database(url: &str, name: &str) -> anyhow::Result<String> {
-    use sqlx::Connection as _;
-    let mut admin = sqlx::PgConnection::connect(url)
-        .await
-        .with_context(|| format!("connecting to {}", redact(url)))?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("CREATE DATABASE {name}"))?;
-    let _ = admin.close().await;
-    let mut own = reqwest::Url::parse(url).context("the PostgreSQL URL")?;
-    own.set_path(&format!("/{name}"));
-    Ok(own.to_string())
-}
-
-/// `DROP DATABASE name` on the server of `url` (best effort).
-pub async fn drop_database(url: &str, name: &str) {
-    use sqlx::Connection as _;
-    if let Ok(mut admin) = sqlx::PgConnection::connect(url).await {
-        let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-        if let Err(e) = dropped {
-            eprintln!("soak: could not drop database {name}: {e}");
-        }
-        let _ = admin.close().await;
-    }
-}
-
-/// A URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "the PostgreSQL URL".to_owned(),
-    }
-}
-
 /// The public host of `slug`'s app port (default domain and template).
 pub fn pod_host(slug: &str) -> String {
     format!("localhost-{APP_PORT}-pod-{slug}.localhost")

@@ -369,6 +369,21 @@ impl Db {
     }
 }
 
+/// The facts a query joining `pods` (left) read for a signed-in user: its `owner_id` (null when
+/// the pod does not exist), `sharing` and `members` columns.
+fn joined_facts(row: &AnyRow) -> Res<Option<AccessFacts>> {
+    let owner_id: Option<String> = row.try_get("owner_id")?;
+    let Some(owner_id) = owner_id else {
+        return Ok(None);
+    };
+    let members: i64 = row.try_get("members")?;
+    Ok(Some(AccessFacts {
+        owner_id,
+        sharing: enum_col(row, "sharing")?,
+        is_team_member: members > 0,
+    }))
+}
+
 impl Db {
     /// A user (read fresh) and the facts for them reaching `port` of pod `slug`, in one query:
     /// `None` when the user does not exist; facts `None` when the pod does not. Port 0
@@ -403,18 +418,7 @@ impl Db {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let user = User::from_row(&row)?;
-        let owner_id: Option<String> = row.try_get("owner_id")?;
-        let facts = match owner_id {
-            None => None,
-            Some(owner_id) => {
-                let members: i64 = row.try_get("members")?;
-                Some(AccessFacts {
-                    owner_id,
-                    sharing: enum_col(&row, "sharing")?,
-                    is_team_member: members > 0,
-                })
-            }
-        };
+        let facts = joined_facts(&row)?;
         Ok(Some((user, facts)))
     }
 }
@@ -500,18 +504,7 @@ impl Db {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let user = User::from_row(&row)?;
-        let owner_id: Option<String> = row.try_get("owner_id")?;
-        let facts = match owner_id {
-            None => None,
-            Some(owner_id) => {
-                let members: i64 = row.try_get("members")?;
-                Some(AccessFacts {
-                    owner_id,
-                    sharing: enum_col(&row, "sharing")?,
-                    is_team_member: members > 0,
-                })
-            }
-        };
+        let facts = joined_facts(&row)?;
         let cuts: i64 = row.try_get("cuts")?;
         Ok(Some(RedeemFacts {
             user,
@@ -557,18 +550,7 @@ impl Db {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let user = User::from_row(&row)?;
-        let owner_id: Option<String> = row.try_get("owner_id")?;
-        let facts = match owner_id {
-            None => None,
-            Some(owner_id) => {
-                let members: i64 = row.try_get("members")?;
-                Some(AccessFacts {
-                    owner_id,
-                    sharing: enum_col(&row, "sharing")?,
-                    is_team_member: members > 0,
-                })
-            }
-        };
+        let facts = joined_facts(&row)?;
         Ok(Some((user, facts)))
     }
 }
