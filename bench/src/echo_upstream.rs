@@ -5,9 +5,8 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const OK_RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
@@ -16,37 +15,7 @@ Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\
 
 /// Starts the realistic upstream on its own thread; returns its address.
 pub fn start(cpu: Option<usize>) -> anyhow::Result<SocketAddr> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("upstream-realistic".into())
-        .spawn(move || {
-            crate::pin::pin_current_thread(cpu);
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(anyhow::anyhow!("upstream runtime: {e}")));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let listener = match TcpListener::bind("127.0.0.1:0").await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = tx.send(Err(anyhow::anyhow!("upstream bind: {e}")));
-                        return;
-                    }
-                };
-                let _ = tx.send(listener.local_addr().map_err(Into::into));
-                while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve(stream));
-                }
-            });
-        })
-        .context("spawning the upstream thread")?;
-    rx.recv().context("upstream thread ended before binding")?
+    crate::upstream::start_serving("upstream-realistic", cpu, serve)
 }
 
 /// Answers each request (its body read by `Content-Length`) with a 200; an upgrade to

@@ -16,9 +16,23 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Starts the upstream on a new thread pinned to `cpu`; returns its address. It runs until the
 /// process exits.
 pub fn start(cpu: Option<usize>) -> anyhow::Result<SocketAddr> {
+    start_serving("upstream", cpu, serve)
+}
+
+/// Starts a loopback server on a new thread named `name`, pinned to `cpu`, with a runtime of
+/// its own, that hands each accepted connection to `serve`; returns its address. It runs until
+/// the process exits.
+pub fn start_serving<F>(
+    name: &str,
+    cpu: Option<usize>,
+    serve: fn(TcpStream) -> F,
+) -> anyhow::Result<SocketAddr>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
-        .name("upstream".into())
+        .name(name.into())
         .spawn(move || {
             crate::pin::pin_current_thread(cpu);
             let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -394,32 +394,8 @@ impl Db {
         slug: &str,
         port: u16,
     ) -> Res<Option<(User, Option<AccessFacts>)>> {
-        if port == SERVICE_PORT {
-            let Some(user) = self.get_user(user_id).await? else {
-                return Ok(None);
-            };
-            let facts = self.service_access_facts(slug, Some(user_id)).await?;
-            return Ok(Some((user, facts)));
-        }
-        let row = sqlx::query(
-            "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
-                    p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
-                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members \
-             FROM users u \
-             LEFT JOIN pods p ON p.slug = $2 \
-             LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $3 \
-             WHERE u.id = $1",
-        )
-        .bind(user_id)
-        .bind(slug)
-        .bind(i64::from(port))
-        .bind(DEFAULT_SHARING.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let user = User::from_row(&row)?;
-        let facts = joined_facts(&row)?;
-        Ok(Some((user, facts)))
+        let read = self.redeem_facts(user_id, slug, port, None).await?;
+        Ok(read.map(|r| (r.user, r.facts)))
     }
 }
 
@@ -460,8 +436,9 @@ pub struct RedeemFacts {
 }
 
 impl Db {
-    /// [`Db::user_access_facts`] and, for a ticket of session `sid`, [`Db::session_was_cut`],
-    /// in one query: `None` when the user does not exist. Port 0 ([`SERVICE_PORT`]) names the
+    /// A user (read fresh), the facts for them reaching `port` of pod `slug` and, for a ticket
+    /// of session `sid`, [`Db::session_was_cut`], in one query: `None` when the user does not
+    /// exist; facts `None` when the pod does not. Port 0 ([`SERVICE_PORT`]) names the
     /// service `slug` (separate queries).
     pub async fn redeem_facts(
         &self,
@@ -471,9 +448,10 @@ impl Db {
         sid: Option<&str>,
     ) -> Res<Option<RedeemFacts>> {
         if port == SERVICE_PORT {
-            let Some((user, facts)) = self.user_access_facts(user_id, slug, port).await? else {
+            let Some(user) = self.get_user(user_id).await? else {
                 return Ok(None);
             };
+            let facts = self.service_access_facts(slug, Some(user_id)).await?;
             let session_cut = match sid {
                 Some(sid) => self.session_was_cut(sid).await?,
                 None => false,

@@ -296,7 +296,7 @@ impl DecisionMemo {
 
 /// `decide`, for a request the memo missed (`DecisionMemo::probe`), storing a forward it may
 /// keep. Always the same answer as `decide` with the same cache: the `gate` fuzz target and
-/// the `memo_*` tests in `gate/tests.rs` check it. The memo is off when the token cache is
+/// the tests in `gate/memo_tests.rs` check it. The memo is off when the token cache is
 /// (`token_cache_entries` 0).
 pub fn decide_memoized(
     config: &CompiledConfig,

@@ -301,7 +301,7 @@ fn a_path_under_no_resource_is_refused_only_to_whoever_reaches_the_service() {
 
 #[test]
 fn a_service_without_a_pattern_is_unchanged() {
-    let c = super::tests::config_with_service();
+    let c = super::service_tests::config_with_service();
     let mut gate = Gate::new(c);
     let plain = {
         let c = PodClaims {

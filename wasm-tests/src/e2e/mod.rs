@@ -20,6 +20,7 @@ pub use envoy::{envoy_binary, Envoy, Readiness};
 pub use fake_pod::{FakePod, Recorded};
 pub use fixture::{public_host, upstream_host, Minter};
 pub use stack::{block_on, pod_cluster, runtime, PodSpec, SharedStack, Stack, Turn};
+mod control_plane;
 pub mod stack_full;
 pub mod web_client;
 /// Headless Chromium over WebDriver (the test kit's, shared with the control plane's tests).

@@ -1,0 +1,203 @@
+//! Native tests of the gate as the filter calls it: preflights, configuration, host failures,
+//! responses.
+
+use std::rc::Rc;
+
+use super::*;
+use crate::config::PodStatus;
+use crate::response::PodResponse;
+use crate::token::tests::{claims, NOW};
+use crate::token::TokenError;
+
+use super::tests::{base, cap, config, config_with, headers, Headers, HOST};
+
+// ---- the gate as the filter calls it: preflight, configuration, host failures, responses ----
+
+/// `h` serialized as Envoy hands it over, through `gate` at `NOW + 1`.
+fn outcome(gate: &mut Gate, h: &[(String, Vec<u8>)]) -> Outcome {
+    gate.on_request(&crate::wire::encode_header_map(h), NOW + 1)
+}
+
+#[test]
+fn the_gate_answers_a_preflight_before_deciding_and_never_forwards_it() {
+    let c = config();
+    let mut gate = Gate::new(Rc::clone(&c));
+    let own = "https://localhost-8727-pod-alpha.example.dev";
+    let preflight = |origin: &str, extra: &[(&str, &str)]| {
+        let mut h: Headers = base(extra)
+            .into_iter()
+            .filter(|(n, _)| n != ":method")
+            .collect();
+        h.extend(headers(&[
+            (":method", "OPTIONS"),
+            ("origin", origin),
+            ("access-control-request-method", "PUT"),
+        ]));
+        h
+    };
+    let cookie = format!("__Host-podgate_cap={}", cap());
+    // With and without a valid capability: a preflight is never a forward, even one whose
+    // other headers would be forwarded.
+    for extra in [vec![], vec![("cookie", cookie.as_str())]] {
+        for _ in 0..2 {
+            match outcome(&mut gate, &preflight(own, &extra)) {
+                Outcome::Preflight(reply) => {
+                    assert_eq!(reply.status, 204);
+                    assert!(reply
+                        .headers
+                        .iter()
+                        .any(|(n, v)| *n == "access-control-allow-origin" && v == own));
+                }
+                other => panic!("{extra:?}: {other:?}"),
+            }
+        }
+        let beta = "https://localhost-8726-pod-beta.example.dev";
+        assert_eq!(
+            outcome(&mut gate, &preflight(beta, &extra)),
+            Outcome::Deny(Denial::CrossOriginPreflight)
+        );
+        let mut bad = preflight(own, &extra);
+        bad.retain(|(n, _)| n != "access-control-request-method");
+        bad.push(("access-control-request-method".into(), b"P U T".to_vec()));
+        assert_eq!(
+            outcome(&mut gate, &bad),
+            Outcome::Deny(Denial::BadPreflight)
+        );
+    }
+    assert!(gate.memo().is_empty(), "a preflight was memoized");
+    // The same OPTIONS without `Access-Control-Request-Method` is an ordinary request.
+    let mut plain = preflight(own, &[("cookie", cookie.as_str())]);
+    plain.retain(|(n, _)| n != "access-control-request-method");
+    assert!(matches!(outcome(&mut gate, &plain), Outcome::Forward(_)));
+}
+
+#[test]
+fn an_unconfigured_gate_refuses_every_request_and_every_response() {
+    let mut gate = Gate::default();
+    assert!(gate.config().is_none());
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    assert_eq!(outcome(&mut gate, &h), Outcome::Deny(Denial::NotConfigured));
+    let reply = Denial::NotConfigured.reply();
+    assert_eq!((reply.status, reply.reason), (500, "not_configured"));
+    let pod = PodResponse::new(HOST, None);
+    assert_eq!(
+        gate.on_response(&pod, &crate::wire::encode_header_map(&[(":status", "200")])),
+        Err(ResponseFailure::NotConfigured)
+    );
+}
+
+#[test]
+fn a_header_map_that_does_not_decode_is_a_host_error_and_nothing_is_forwarded() {
+    let c = config();
+    let mut gate = Gate::new(Rc::clone(&c));
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    let wire = crate::wire::encode_header_map(&h);
+    // Memoized first: a broken copy of the same map must not be served its forward.
+    assert!(matches!(
+        gate.on_request(&wire, NOW + 1),
+        Outcome::Forward(_)
+    ));
+    assert_eq!(gate.memo().len(), 1);
+    // Cut inside the last value (the NUL after it is not needed to read it), cut after the
+    // count, a count with nothing behind it, not even a whole count.
+    let mut broken = vec![
+        wire[..wire.len() - 2].to_vec(),
+        wire[..4].to_vec(),
+        b"\x05\x00\x00\x00".to_vec(),
+        b"\x01".to_vec(),
+    ];
+    // A count that promises more headers than there are.
+    let mut more = wire.clone();
+    more[0] = more[0].wrapping_add(1);
+    broken.push(more);
+    for bytes in &broken {
+        assert_eq!(
+            gate.on_request(bytes, NOW + 1),
+            Outcome::Deny(Denial::HostCallFailed),
+            "{bytes:?}"
+        );
+    }
+    let reply = Denial::HostCallFailed.reply();
+    assert_eq!((reply.status, reply.reason), (500, "host_error"));
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("internal"),
+        "{body}"
+    );
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "content-type" && v == "application/json"));
+    assert!(!reply.headers.iter().any(|(n, _)| *n == "location"));
+    assert!(Denial::ALL_REASONS.contains(&"host_error"));
+    // The same map, whole, is still the memoized forward.
+    assert!(matches!(
+        gate.on_request(&wire, NOW + 1),
+        Outcome::Forward(_)
+    ));
+}
+
+#[test]
+fn configure_forgets_every_decision_made_under_the_old_configuration() {
+    let token = cap();
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={token}"))]);
+    let mut gate = Gate::new(config());
+    for _ in 0..2 {
+        assert!(matches!(outcome(&mut gate, &h), Outcome::Forward(_)));
+    }
+    assert_eq!(gate.memo().len(), 1);
+    assert_eq!(gate.cache().len(), 1);
+    // The capability revoked, then the pod stopped: neither the memo nor the token cache
+    // keeps the forward alive.
+    let jti = claims().jti;
+    gate.configure(config_with(|c| c.revoked_jti = vec![jti.clone()]));
+    assert!(gate.memo().is_empty() && gate.cache().is_empty());
+    assert!(matches!(
+        outcome(&mut gate, &h),
+        Outcome::Deny(Denial::InvalidCapability {
+            reason: TokenError::Revoked,
+            ..
+        })
+    ));
+    gate.configure(config_with(|c| {
+        c.pods.get_mut("alpha").unwrap().status = PodStatus::Stopped;
+    }));
+    assert_eq!(
+        outcome(&mut gate, &h),
+        Outcome::Deny(Denial::NotRunning(PodStatus::Stopped))
+    );
+}
+
+#[test]
+fn the_gate_sanitizes_the_response_of_a_forward_it_made() {
+    let c = config();
+    let mut gate = Gate::new(Rc::clone(&c));
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    let Outcome::Forward(forward) = outcome(&mut gate, &h) else {
+        panic!("not forwarded");
+    };
+    let pod = forward.response.as_ref().expect("a pod forward");
+    let response = crate::wire::encode_header_map(&[
+        (":status", "200"),
+        ("set-cookie", "__Host-podgate_cap=forged; Path=/"),
+        ("set-cookie", "theme=dark; Path=/"),
+        ("access-control-allow-origin", "*"),
+    ]);
+    let sanitized = gate.on_response(pod, &response).unwrap();
+    assert_eq!(
+        sanitized.dropped_cookies,
+        [crate::set_cookie::Refusal::OurName]
+    );
+    assert_eq!(sanitized.stripped_cors, 1);
+    assert!(!sanitized.edits.is_empty());
+    // What the filter would hand Envoy is exactly `response::sanitize` on the decoded map.
+    let decoded = crate::wire::decode_header_map(&response).unwrap();
+    assert_eq!(
+        sanitized,
+        crate::response::sanitize(&c, pod, decoded.iter().copied())
+    );
+    assert_eq!(
+        gate.on_response(pod, &response[..response.len() - 2]),
+        Err(ResponseFailure::Wire(crate::wire::WireError::Truncated))
+    );
+}

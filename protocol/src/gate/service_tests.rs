@@ -1,0 +1,176 @@
+//! Native tests of services through the gate: their credential in, the caller's out, and a
+//! service without a usable credential.
+
+use std::rc::Rc;
+
+use super::*;
+use crate::config::{CLUSTER_HEADER, EMAIL_HEADER, USER_HEADER};
+use crate::token::tests::{claims, NOW};
+use crate::token::{mint, PodClaims, TokenKind};
+
+use super::tests::{base, cap_for, config, config_with, headers, key, removed, run, set, status};
+
+/// The gate configuration with service `openai` (its credential an `x-api-key`) published under
+/// `svc-{name}.{domain}`.
+pub(super) fn config_with_service() -> Rc<CompiledConfig> {
+    config_with(|c| {
+        c.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
+        c.services.insert(
+            "openai".into(),
+            crate::config::ServiceEntry {
+                cluster: "service_openai".into(),
+                host: "api.example.com".into(),
+                credential: Some(crate::config::InjectedHeader {
+                    name: "x-api-key".into(),
+                    value: crate::config::SecretValue("sk-upstream".into()),
+                }),
+                resource_path: None,
+            },
+        );
+    })
+}
+
+fn service_cap(name: &str) -> String {
+    let c = PodClaims {
+        aud: format!("svc-{name}.example.dev"),
+        pod: name.into(),
+        port: crate::host::SERVICE_PORT,
+        ..claims()
+    };
+    mint(TokenKind::Capability, &key(), &c, NOW, 900).unwrap()
+}
+
+#[test]
+fn a_service_gets_its_credential_and_none_of_the_callers() {
+    let c = config_with_service();
+    let bearer = format!("Bearer {}", service_cap("openai"));
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/v1/models"),
+            (":method", "GET"),
+            ("authorization", &bearer),
+            ("x-api-key", "the-callers-own"),
+        ]),
+    );
+    assert_eq!(set(&d, ":authority"), Some("api.example.com"));
+    assert_eq!(set(&d, CLUSTER_HEADER), Some("service_openai"));
+    assert_eq!(set(&d, "x-api-key"), Some("sk-upstream"));
+    assert!(removed(&d, "authorization"));
+    assert_eq!(set(&d, USER_HEADER), None);
+    assert_eq!(set(&d, EMAIL_HEADER), None);
+    // The caller's own Authorization, with nothing of ours in it, is removed too.
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/v1/models"),
+            (":method", "GET"),
+            ("podgate-token", &service_cap("openai")),
+            ("authorization", "Basic dXNlcjpwYXNz"),
+        ]),
+    );
+    assert!(removed(&d, "authorization"));
+    assert_eq!(set(&d, "x-api-key"), Some("sk-upstream"));
+}
+
+#[test]
+fn pod_and_service_capabilities_never_stand_in_for_each_other() {
+    let c = config_with_service();
+    // A capability for pod `openai` (a port of it) does not open service `openai`.
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/"),
+            (":method", "GET"),
+            ("podgate-token", &cap_for("openai", 8726)),
+        ]),
+    );
+    assert_eq!(status(&d), 403);
+    // A service capability does not open a pod.
+    let d = run(&c, &base(&[("podgate-token", &service_cap("alpha"))]));
+    assert_eq!(status(&d), 403);
+    // An unknown service is the unknown pod's answer.
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-other.example.dev"),
+            (":path", "/"),
+            (":method", "GET"),
+            ("podgate-token", &service_cap("other")),
+        ]),
+    );
+    assert_eq!(d, Decision::Deny(Denial::UnknownPod));
+    // Without a service template, a service host is no host of ours.
+    let d = run(
+        &config(),
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/"),
+            (":method", "GET"),
+            ("podgate-token", &service_cap("openai")),
+        ]),
+    );
+    assert_eq!(status(&d), 400);
+}
+
+#[test]
+fn a_page_load_of_a_service_without_a_capability_is_sent_to_sign_in_for_that_service() {
+    let c = config_with_service();
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/chat"),
+            (":method", "GET"),
+            ("sec-fetch-mode", "navigate"),
+        ]),
+    );
+    match d {
+        Decision::Deny(Denial::NoCapability {
+            redirect: Some(url),
+        }) => assert_eq!(
+            url,
+            "https://podgate.example.dev/api/proxy-auth?service=openai&next=/chat"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_service_without_a_usable_credential_is_a_502_and_forwards_nothing() {
+    let c = config_with(|c| {
+        c.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
+        c.services_without_credential = vec!["openai".into()];
+    });
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/v1/models"),
+            (":method", "GET"),
+            ("podgate-token", &service_cap("openai")),
+        ]),
+    );
+    assert_eq!(d, Decision::Deny(Denial::CredentialUnavailable));
+    let reply = Denial::CredentialUnavailable.reply();
+    assert_eq!(
+        (reply.status, reply.reason),
+        (502, "upstream_credential_unavailable")
+    );
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["code"], "upstream_credential_unavailable");
+    assert!(body["hint"].is_string());
+    // Without a capability for it, the service is refused as any other: its state is no oracle.
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/v1/models"),
+            (":method", "GET"),
+        ]),
+    );
+    assert_eq!(status(&d), 401);
+}
