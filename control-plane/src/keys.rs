@@ -195,6 +195,22 @@ pub fn random_id() -> Result<String, KeyringError> {
     Ok(hex::encode(b))
 }
 
+/// A token id (`jti`): the minting time in milliseconds (48 bits) then 80 random bits, lowercase
+/// hex (32 characters, like [`random_id`]). Ids minted close together sort close together, so
+/// the indexes keyed by jti (audit rows, consumed tickets) take each batch of new rows on a few
+/// pages at their end instead of one random page per row: fewer pages written per commit and
+/// per checkpoint. The time adds nothing a token does not already say in `iat`.
+pub fn token_id() -> Result<String, KeyringError> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    b[6..].copy_from_slice(&random_bytes::<10>()?);
+    Ok(hex::encode(b))
+}
+
 /// What a stored key's ciphertext is bound to.
 fn binding(k: &StoredKey) -> RowBinding<'_> {
     RowBinding {
@@ -521,4 +537,37 @@ pub async fn load_gated(
         public_jwks,
         capability_pending,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn token_ids_are_unique_hex_and_sort_by_minting_time() {
+        let first = token_id().unwrap();
+        assert_eq!(first.len(), 32);
+        assert!(first
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        let same_moment: std::collections::HashSet<String> =
+            (0..1000).map(|_| token_id().unwrap()).collect();
+        assert_eq!(same_moment.len(), 1000);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = token_id().unwrap();
+        assert!(
+            later > first,
+            "{later} minted after {first} sorts before it"
+        );
+        assert!(same_moment.iter().all(|id| *id < later));
+        // The time is the first 48 bits, in milliseconds.
+        let millis = u64::from_str_radix(&later[..12], 16).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(now.abs_diff(millis) < 60_000);
+    }
 }

@@ -321,6 +321,7 @@ async fn serve(config: Config) -> Result<(), String> {
         None => None,
     };
     tracing::info!(%listen, issuer = %state.config().issuer, "podgate control plane listening");
+    let recorder = state.recorder().clone();
     // The peer address is the client of every rate limit (unless --client-ip-header names one).
     axum::serve(
         listener,
@@ -340,6 +341,8 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     let _ = replicas.await;
     reloader.abort();
+    // Audit rows queued without a waiter (login tickets) are written before the pool closes.
+    recorder.flush().await;
     db.close().await;
     tracing::info!("podgate stopped");
     Ok(())

@@ -7,7 +7,7 @@ use podgate_protocol::token::{mint_scoped, PodClaims, TokenKind};
 use crate::authz::{authorize_resource, may_reach, AuthzError};
 use crate::config::Config;
 use crate::ids::ANONYMOUS_SUB;
-use crate::keys::{random_id, KeyRing, KeyringError, LiveKeys, NoKeyRing};
+use crate::keys::{token_id, KeyRing, KeyringError, LiveKeys, NoKeyRing};
 use crate::metrics::{Metrics, Outcome};
 use crate::recorder::{RecordError, Recorder};
 use crate::store::{now_unix, AuditEntry, Db, KeyKind, User};
@@ -92,7 +92,12 @@ pub async fn mint_scoped_for(
         let minted = sign_in_session(
             ctx.config, &ring, kind, user, addr, res, via, api_token, sid,
         )?;
-        ctx.recorder.record(minted.audit.clone()).await?;
+        match kind {
+            // A ticket grants nothing until its redemption, which waits for its own row and,
+            // through the recorder's order, for this one.
+            TokenKind::LoginTicket => ctx.recorder.record_later(minted.audit.clone()).await?,
+            _ => ctx.recorder.record(minted.audit.clone()).await?,
+        }
         Ok(minted)
     }
     .await;
@@ -147,7 +152,7 @@ pub fn sign_in_session(
             })
         }
     };
-    let jti = random_id()?;
+    let jti = token_id()?;
     let claims = PodClaims {
         iss: config.issuer.clone(),
         sub: user.map_or_else(|| ANONYMOUS_SUB.to_owned(), |u| u.id.clone()),

@@ -417,8 +417,7 @@ async fn tickets_sessions_audit(db: &Db) {
     assert!(!has("bulk260") && !has("bulk263"), "replay recorded");
     let e = bulk.iter().find(|e| e.jti == "bulk262").unwrap();
     assert_eq!(e, &rows[262], "recorded as given");
-    // Login tickets' rows (on PostgreSQL a statement of their own, committed without waiting
-    // for the disk) beside a consumption, and alone.
+    // Login tickets' rows beside a consumption, and alone.
     let ticket_row = |jti: &str| AuditEntry {
         jti: jti.into(),
         kind: KeyKind::Ticket,

@@ -67,10 +67,6 @@ pub struct Db {
     /// Writes. On SQLite a single connection, so writers queue here instead of sleeping in
     /// SQLite's busy handler while another connection holds the write lock.
     writer: AnyPool,
-    /// Writes whose commit need not wait for the disk: on PostgreSQL a small pool whose sessions
-    /// run with `synchronous_commit = off` (see [`Db::consume_then_record`]); on SQLite the
-    /// writer.
-    relaxed: AnyPool,
     backend: Backend,
     /// This process's random id: the payload of its change announcements and its row in
     /// `replicas`.
@@ -139,21 +135,6 @@ impl Db {
             Backend::Sqlite => options().max_connections(1).connect(&url).await?,
             Backend::Postgres => pool.clone(),
         };
-        let relaxed = match backend {
-            Backend::Sqlite => writer.clone(),
-            Backend::Postgres => {
-                options()
-                    .max_connections(RELAXED_CONNECTIONS)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            conn.execute("SET synchronous_commit = off").await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&url)
-                    .await?
-            }
-        };
         if backend == Backend::Sqlite {
             tokio::spawn(checkpointer(pool.clone(), writer.clone()));
         }
@@ -163,7 +144,6 @@ impl Db {
         Ok(Db {
             pool,
             writer,
-            relaxed,
             backend,
             instance: hex::encode(id).into(),
         })
@@ -250,14 +230,10 @@ impl Db {
     }
 
     pub async fn close(&self) {
-        self.relaxed.close().await;
         self.writer.close().await;
         self.pool.close().await;
     }
 }
-
-/// Connections of the PostgreSQL pool for writes that need not wait for the disk.
-const RELAXED_CONNECTIONS: u32 = 2;
 
 /// How long a pooled connection may sit idle before it is checked with a round trip when it is
 /// next taken.
@@ -265,14 +241,20 @@ const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// How often the SQLite WAL is checkpointed into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-/// WAL size (frames of one page) above which the WAL is reset to empty: under constant load some
-/// reader always holds a snapshot, so a PASSIVE checkpoint alone never lets the WAL restart.
-const WAL_RESET_FRAMES: i64 = 4096;
+/// WAL size (frames of one page, 128 MiB at SQLite's 4 KiB pages) above which the WAL is
+/// restarted: under constant load some reader always holds a snapshot, so a PASSIVE checkpoint
+/// alone never lets the WAL restart. Each restart holds the writer for two fsyncs, so under a
+/// login storm the size sets how often writes wait for one; a smaller size showed in the flows'
+/// tail latency (BENCHMARKS.md, "Login storm").
+const WAL_RESET_FRAMES: i64 = 32_768;
 
 /// Copies the WAL into the database file in the background (PASSIVE: never blocks writers or
 /// readers), so requests never wait for a checkpoint's fsync; when the WAL has grown past
-/// [`WAL_RESET_FRAMES`], truncates it through the writer connection, so writes queue behind it
-/// briefly instead of sleeping in SQLite's busy handler. Ends when the pool closes.
+/// [`WAL_RESET_FRAMES`], restarts it through the writer connection, so writes queue behind it
+/// briefly instead of sleeping in SQLite's busy handler. RESTART, not TRUNCATE: the next writes
+/// reuse the file from its start instead of growing it again block by block (under a login storm
+/// the truncating reset showed in the flows' tail latency). The WAL file therefore keeps the
+/// largest size it reached (a little over 128 MiB after a storm). Ends when the pool closes.
 async fn checkpointer(pool: AnyPool, writer: AnyPool) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -295,7 +277,7 @@ async fn checkpointer(pool: AnyPool, writer: AnyPool) {
             }
         };
         if frames > WAL_RESET_FRAMES {
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
                 .fetch_one(&writer)
                 .await
             {

@@ -167,14 +167,8 @@ impl Db {
     /// `if_consumed` (same order as `tickets`). On PostgreSQL one statement (one round trip, one
     /// commit, one fsync); on SQLite two autocommit statements (commits are cheap there, and it
     /// has no `INSERT` inside `WITH`). Either way nothing is handed out before this returns, and
-    /// a failure between the two SQLite statements only burns tickets.
-    ///
-    /// On PostgreSQL the audit rows of login tickets in `always` go in a statement of their own,
-    /// at the same time, on a connection with `synchronous_commit = off`: committed (visible to
-    /// every reader) before this returns, but not waited for on disk. A crash of the PostgreSQL
-    /// server (not of the control plane) can lose the ticket rows of its last moments (at most
-    /// three times its `wal_writer_delay`, 0.6 s by default). A ticket is worth nothing without
-    /// its redemption, whose consumption and capability row are committed synchronously.
+    /// a failure between the two SQLite statements only burns tickets. The rows of `always` are
+    /// inserted first.
     pub async fn consume_then_record(
         &self,
         tickets: &[(String, i64)],
@@ -197,20 +191,12 @@ impl Db {
             out
         }
         match self.backend {
+            Backend::Postgres if tickets.is_empty() => {
+                record_mints_on(&self.writer, always).await?;
+                Ok(Vec::new())
+            }
             Backend::Postgres => {
-                let (ticket_rows, always): (Vec<&AuditEntry>, Vec<&AuditEntry>) =
-                    always.iter().partition(|e| e.kind == KeyKind::Ticket);
-                let relaxed = record_mints_on(&self.relaxed, &ticket_rows);
-                let synced = async {
-                    if tickets.is_empty() {
-                        record_mints_on(&self.writer, &always).await?;
-                        Ok(Vec::new())
-                    } else {
-                        consume_then_record_pg(&self.writer, tickets, &always, if_consumed).await
-                    }
-                };
-                let ((), consumed) = tokio::try_join!(relaxed, synced)?;
-                Ok(consumed)
+                consume_then_record_pg(&self.writer, tickets, always, if_consumed).await
             }
             Backend::Sqlite => {
                 let consumed = consume_tickets_on(&self.writer, tickets).await?;

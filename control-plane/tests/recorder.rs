@@ -1,0 +1,184 @@
+//! The group commit (`recorder.rs`) on real SQLite and real PostgreSQL: rows queued without a
+//! waiter (login tickets) are committed before any later answer and at a flush, and a batch is
+//! answered only after the batches before it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestDb, Which};
+use podgate::metrics::Metrics;
+use podgate::recorder::Recorder;
+use podgate::store::{now_unix, AuditEntry, Db, KeyKind};
+
+fn row(jti: &str, kind: KeyKind) -> AuditEntry {
+    let now = now_unix();
+    AuditEntry {
+        jti: jti.into(),
+        kind,
+        user_id: "alice".into(),
+        pod_slug: "web".into(),
+        port: 8080,
+        audience: "8080--web.pods.test".into(),
+        via: "proxy-auth".into(),
+        api_token_id: None,
+        issued_at: now,
+        expires_at: now + 60,
+    }
+}
+
+async fn jtis(db: &Db) -> Vec<String> {
+    let mut jtis: Vec<String> = db
+        .list_audit(Some("alice"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.jti)
+        .collect();
+    jtis.sort();
+    jtis
+}
+
+/// Long enough for a write that could go through to have gone through.
+const SETTLE: Duration = Duration::from_millis(300);
+/// Generous bound for what must happen promptly once nothing blocks it.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// While another connection holds SQLite's write lock, a ticket's row is queued without waiting,
+/// and neither a flush nor a capability's row (which waits) is answered; once the lock is
+/// released both are, with every row committed.
+#[tokio::test]
+async fn sqlite_queued_rows_are_committed_before_later_answers_and_at_flush() {
+    let t = TestDb::new(Which::Sqlite).await.unwrap();
+    let recorder = Recorder::start(t.db.clone(), Metrics::new());
+    let mut blocker = t.db.pool().acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    tokio::time::timeout(PATIENCE, recorder.record_later(row("t1", KeyKind::Ticket)))
+        .await
+        .expect("a queued row waited for its commit")
+        .unwrap();
+    let flushed = tokio::spawn({
+        let recorder = recorder.clone();
+        async move { recorder.flush().await }
+    });
+    let recorded = tokio::spawn({
+        let recorder = recorder.clone();
+        async move { recorder.record(row("c1", KeyKind::Capability)).await }
+    });
+    tokio::time::sleep(SETTLE).await;
+    assert!(
+        !flushed.is_finished(),
+        "flushed while the write was blocked"
+    );
+    assert!(
+        !recorded.is_finished(),
+        "answered before its row was committed"
+    );
+
+    sqlx::query("COMMIT").execute(&mut *blocker).await.unwrap();
+    drop(blocker);
+    tokio::time::timeout(PATIENCE, flushed)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(PATIENCE, recorded)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(jtis(&t.db).await, ["c1", "t1"]);
+    t.finish().await;
+}
+
+/// A row nobody waits for, with nothing else to ride with, is still written on its own.
+#[tokio::test]
+async fn sqlite_a_lone_queued_row_is_written() {
+    let t = TestDb::new(Which::Sqlite).await.unwrap();
+    let recorder = Recorder::start(t.db.clone(), Metrics::new());
+    recorder
+        .record_later(row("t1", KeyKind::Ticket))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while jtis(&t.db).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queued row was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(jtis(&t.db).await, ["t1"]);
+    t.finish().await;
+}
+
+/// On PostgreSQL batches are written at once: a later batch that commits first is still
+/// answered only after the earlier one, so an answer means everything queued before it is stored.
+#[tokio::test]
+async fn postgres_a_batch_is_answered_after_the_batches_before_it() {
+    let Some(t) = TestDb::new(Which::Postgres).await else {
+        return;
+    };
+    let recorder = Recorder::start(t.db.clone(), Metrics::new());
+    // Another transaction inserts ticket `x` and keeps it uncommitted: consuming `x` waits on
+    // the unique key until that transaction ends.
+    let mut blocker = t.db.pool().acquire().await.unwrap();
+    sqlx::query("BEGIN").execute(&mut *blocker).await.unwrap();
+    sqlx::query("INSERT INTO consumed_tickets (jti, expires_at) VALUES ('x', 0)")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    let first = tokio::spawn({
+        let recorder = recorder.clone();
+        async move {
+            recorder
+                .consume_then_record("x".into(), 0, row("cx", KeyKind::Capability))
+                .await
+        }
+    });
+    tokio::time::sleep(SETTLE).await;
+    let second = tokio::spawn({
+        let recorder = recorder.clone();
+        async move { recorder.record(row("c2", KeyKind::Capability)).await }
+    });
+    // The second batch commits on another connection...
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !jtis(&t.db).await.contains(&"c2".to_owned()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second batch was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...but is not answered while the first is still waiting.
+    tokio::time::sleep(SETTLE).await;
+    assert!(!first.is_finished());
+    assert!(!second.is_finished(), "answered before an earlier batch");
+
+    sqlx::query("ROLLBACK")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    drop(blocker);
+    let consumed = tokio::time::timeout(PATIENCE, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        consumed,
+        "the ticket was free once the other insert rolled back"
+    );
+    tokio::time::timeout(PATIENCE, second)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(jtis(&t.db).await, ["c2", "cx"]);
+    t.finish().await;
+}
