@@ -1,9 +1,11 @@
 //! The group commit (`recorder.rs`) on real SQLite and real PostgreSQL: rows queued without a
-//! waiter (login tickets) are committed before any later answer and at a flush, and a batch is
-//! answered only after the batches before it.
+//! waiter (login tickets) are committed before any later answer, at a flush and when
+//! `podgate serve` stops, and a batch is answered only after the batches before it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[allow(dead_code)]
+mod xds_support;
 
 use std::time::Duration;
 
@@ -181,4 +183,48 @@ async fn postgres_a_batch_is_answered_after_the_batches_before_it() {
         .unwrap();
     assert_eq!(jtis(&t.db).await, ["c2", "cx"]);
     t.finish().await;
+}
+
+/// A ticket minted by `/api/proxy-auth` right before a graceful stop (SIGTERM) is in the audit
+/// trail afterwards: the server writes what is still queued before it closes the database.
+#[tokio::test]
+async fn a_ticket_minted_right_before_a_stop_is_in_the_audit() {
+    use xds_support::{free_port, no_redirects, ControlPlane, SERVER, USER};
+
+    let mut cp = ControlPlane::start(free_port(), &[]).await;
+    cp.create_user(USER).await;
+    cp.create_server(SERVER, "127.0.0.1".parse().unwrap()).await;
+    cp.create_pod("web", USER, SERVER, 8080, "running").await;
+    let session = cp.session(USER).await;
+    let resp = no_redirects()
+        .get(format!(
+            "http://{}/api/proxy-auth?pod=web&port=8080&next=%2F",
+            cp.http
+        ))
+        .header(reqwest::header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302, "{}", cp.log());
+    let (status, _) = cp.terminate();
+    assert_eq!(status, 0, "{}", cp.log());
+
+    let db = Db::connect(
+        &format!("sqlite://{}", cp.dir().join("podgate.db").display()),
+        1,
+    )
+    .await
+    .unwrap();
+    let rows = db.list_audit(Some(USER), 10).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].kind, KeyKind::Ticket);
+    assert_eq!(rows[0].via, "proxy-auth");
+    assert!(
+        resp.headers()[reqwest::header::LOCATION]
+            .to_str()
+            .unwrap()
+            .contains("/.podgate/callback?ticket="),
+        "{resp:?}"
+    );
+    db.close().await;
 }
