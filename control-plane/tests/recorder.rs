@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-#[allow(dead_code)]
 mod xds_support;
 
 use std::time::Duration;
