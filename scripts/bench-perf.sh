@@ -25,16 +25,24 @@ cargo build --quiet --release -p podgate-bench
 "$bench" --no-scale --dry-run --rounds 1 --warmup-secs 1 --saturation-secs 8 --latency-secs 1 \
     --only "$case_name" >"$work/bench.log" 2>&1 &
 bench_pid=$!
-# Every Envoy is started before the first round; each names its case in its bootstrap path.
-for _ in $(seq 1 100); do
-    [ "$(pgrep -f 'podgate-bench-.*/bootstrap.json' | wc -l)" -ge 6 ] && break
+# Every Envoy is started before the first round; each names its case in its bootstrap path
+# (`<tmp>/podgate-e2e-<pid>-<n>-<label>/bootstrap.yaml`). Wait until all eight run a worker.
+envoys_with_a_worker() {
+    local n=0
+    for pid in $(pgrep -f 'podgate-e2e-.*/bootstrap.yaml'); do
+        grep -qx 'wrk:worker_0' /proc/"$pid"/task/*/comm 2>/dev/null && n=$((n + 1))
+    done
+    echo "$n"
+}
+for _ in $(seq 1 300); do
+    [ "$(envoys_with_a_worker)" -ge 8 ] && break
     sleep 0.1
 done
 perf record --quiet -o "$work/perf.data" -C 0 -- sleep 45 >/dev/null 2>&1 &
 perf_pid=$!
 declare -A label_of=()
-for pid in $(pgrep -f 'podgate-bench-.*/bootstrap.json'); do
-    label=$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed -E 's|.*podgate-bench-[0-9]+-([a-z-]+)-[0-9]+/bootstrap.json.*|\1|')
+for pid in $(pgrep -f 'podgate-e2e-.*/bootstrap.yaml'); do
+    label=$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed -E 's|.*podgate-e2e-[0-9]+-[0-9]+-([a-z-]+)/bootstrap.yaml.*|\1|')
     for task in /proc/"$pid"/task/*; do
         [ "$(cat "$task/comm")" = "wrk:worker_0" ] && label_of[$(basename "$task")]=$label
     done
