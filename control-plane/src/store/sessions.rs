@@ -5,21 +5,30 @@ use sqlx::{FromRow, Row};
 
 use super::{collect, Backend, Db, KeyKind, Res, User};
 
-fn insert_audit(e: &AuditEntry) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
-    sqlx::query(
-        "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds an audit row's ten columns, in `token_audit`'s insert order.
+fn bind_audit<'q>(q: AnyQuery<'q>, e: &'q AuditEntry) -> AnyQuery<'q> {
+    q.bind(e.jti.as_str())
+        .bind(e.kind.as_str())
+        .bind(e.user_id.as_str())
+        .bind(e.pod_slug.as_str())
+        .bind(i64::from(e.port))
+        .bind(e.audience.as_str())
+        .bind(e.via.as_str())
+        .bind(e.api_token_id.as_deref())
+        .bind(e.issued_at)
+        .bind(e.expires_at)
+}
+
+fn insert_audit(e: &AuditEntry) -> AnyQuery<'_> {
+    bind_audit(
+        sqlx::query(
+            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        ),
+        e,
     )
-    .bind(&e.jti)
-    .bind(e.kind.as_str())
-    .bind(&e.user_id)
-    .bind(&e.pod_slug)
-    .bind(i64::from(e.port))
-    .bind(&e.audience)
-    .bind(&e.via)
-    .bind(&e.api_token_id)
-    .bind(e.issued_at)
-    .bind(e.expires_at)
 }
 
 /// One row of the mint audit trail (never the token).
@@ -316,18 +325,7 @@ async fn consume_then_record_pg(
         q = q.bind(*jti).bind(*exp);
     }
     for (e, ticket) in &rows {
-        q = q
-            .bind(e.jti.as_str())
-            .bind(e.kind.as_str())
-            .bind(e.user_id.as_str())
-            .bind(e.pod_slug.as_str())
-            .bind(i64::from(e.port))
-            .bind(e.audience.as_str())
-            .bind(e.via.as_str())
-            .bind(e.api_token_id.as_deref())
-            .bind(e.issued_at)
-            .bind(e.expires_at)
-            .bind(*ticket);
+        q = bind_audit(q, e).bind(*ticket);
     }
     let inserted: std::collections::HashSet<String> = q
         .fetch_all(writer)
@@ -373,17 +371,7 @@ where
     }
     let mut q = sqlx::query(&sql);
     for e in entries {
-        q = q
-            .bind(e.jti.as_str())
-            .bind(e.kind.as_str())
-            .bind(e.user_id.as_str())
-            .bind(e.pod_slug.as_str())
-            .bind(i64::from(e.port))
-            .bind(e.audience.as_str())
-            .bind(e.via.as_str())
-            .bind(e.api_token_id.as_deref())
-            .bind(e.issued_at)
-            .bind(e.expires_at);
+        q = bind_audit(q, e);
     }
     q.execute(exec).await?;
     Ok(())

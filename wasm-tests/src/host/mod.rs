@@ -51,10 +51,12 @@ mod abi;
 mod artifact;
 mod engine;
 mod imports;
+mod outcome;
 mod state;
 mod vm;
 
 pub use abi::{Action, LogLevel};
 pub use artifact::{cargo_build, ensure_built, filter_wasm_path, target_dir, workspace_root};
+pub use outcome::{Outcome, StreamStats};
 pub use state::{ForeignCall, LocalReply};
-pub use vm::{FilterVm, Outcome, StreamStats, VmOptions};
+pub use vm::{FilterVm, VmOptions};

@@ -11,7 +11,10 @@ use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
 
 use super::abi::{self, Action, LogLevel, Pairs};
 use super::engine;
-use super::state::{headers, Clock, ForeignCall, HostState, LocalReply, MetricKind, StreamState};
+use super::outcome::{Outcome, StreamStats};
+use super::state::{headers, Clock, HostState, StreamState};
+
+mod recorded;
 
 /// Envoy numbers contexts from 1; the root context comes first.
 const ROOT_CONTEXT_ID: u32 = 1;
@@ -45,109 +48,6 @@ impl Default for VmOptions {
             inherit_stdio: false,
         }
     }
-}
-
-/// What a stream callback decided, as Envoy would act on it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The filter continued: `headers` are the headers Envoy would pass on
-    /// (request headers for the request phase, response headers for the
-    /// response phase), in order, after the filter's edits.
-    Continue { headers: Vec<(String, String)> },
-    /// The filter answered itself with `proxy_send_local_response`; nothing
-    /// is forwarded. `details` is empty unless the filter set it.
-    LocalReply {
-        status: u32,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-        details: String,
-    },
-    /// The filter returned Pause without a local reply: Envoy would hold the
-    /// stream (nothing forwarded yet).
-    Paused { headers: Vec<(String, String)> },
-    /// The filter reset the stream (`proxy_close_stream`).
-    Reset,
-    /// The guest trapped (a panic aborts to `unreachable`) during this
-    /// stream. The VM is dead from now on. `panic` is the last critical log
-    /// the guest wrote during the call (the SDK logs the panic message there).
-    Trapped {
-        message: String,
-        panic: Option<String>,
-    },
-    /// The VM died earlier. Envoy with `fail_open: false` answers these
-    /// requests itself (503); nothing reaches the upstream.
-    VmDead,
-}
-
-impl Outcome {
-    /// The headers Envoy would forward, if the filter continued.
-    pub fn forwarded(&self) -> Option<&[(String, String)]> {
-        match self {
-            Outcome::Continue { headers } => Some(headers),
-            _ => None,
-        }
-    }
-
-    /// Status of a local reply.
-    pub fn status(&self) -> Option<u32> {
-        match self {
-            Outcome::LocalReply { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// First value of a header (case-insensitive) among the forwarded,
-    /// paused or local-reply headers.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let list = match self {
-            Outcome::Continue { headers } | Outcome::Paused { headers } => headers,
-            Outcome::LocalReply { headers, .. } => headers,
-            _ => return None,
-        };
-        list.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every value of a header (case-insensitive), in order.
-    pub fn header_values(&self, name: &str) -> Vec<&str> {
-        let list = match self {
-            Outcome::Continue { headers } | Outcome::Paused { headers } => headers,
-            Outcome::LocalReply { headers, .. } => headers,
-            _ => return Vec::new(),
-        };
-        list.iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// Local reply body as text (lossy).
-    pub fn body_text(&self) -> Option<String> {
-        match self {
-            Outcome::LocalReply { body, .. } => Some(String::from_utf8_lossy(body).into_owned()),
-            _ => None,
-        }
-    }
-
-    /// True when nothing can reach the upstream because of this outcome.
-    pub fn is_blocked(&self) -> bool {
-        !matches!(self, Outcome::Continue { .. })
-    }
-}
-
-/// Cost and decisions of one stream, from context creation to deletion.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StreamStats {
-    pub context_id: u32,
-    /// What `proxy_on_request_headers` returned, if it returned.
-    pub request_headers_action: Option<Action>,
-    /// Wasm fuel (≈ instructions) spent in every callback of the stream.
-    pub fuel: u64,
-    /// Host calls made during the stream, by import name.
-    pub host_calls: BTreeMap<String, u64>,
-    /// How many times the filter called `proxy_send_local_response`.
-    pub local_replies: u32,
 }
 
 struct Exports {
@@ -606,122 +506,9 @@ impl FilterVm {
         }
     }
 
-    // ---- what the guest did ---------------------------------------------
-
-    /// Counters and gauges by name (negative gauges read as 0).
-    pub fn metrics(&self) -> BTreeMap<String, u64> {
-        self.store
-            .data()
-            .metrics
-            .iter()
-            .filter(|m| m.kind != MetricKind::Histogram)
-            .map(|m| (m.name.clone(), u64::try_from(m.value).unwrap_or(0)))
-            .collect()
-    }
-
-    /// One counter or gauge; `None` if the guest never defined it.
-    pub fn metric(&self, name: &str) -> Option<u64> {
-        self.metrics().get(name).copied()
-    }
-
-    /// Histogram samples by name.
-    pub fn histograms(&self) -> BTreeMap<String, Vec<u64>> {
-        self.store
-            .data()
-            .metrics
-            .iter()
-            .filter(|m| m.kind == MetricKind::Histogram)
-            .map(|m| (m.name.clone(), m.samples.clone()))
-            .collect()
-    }
-
-    /// Everything the guest logged, in order.
-    pub fn logs(&self) -> Vec<(LogLevel, String)> {
-        self.store.data().logs.clone()
-    }
-
-    pub fn clear_logs(&mut self) {
-        self.store.data_mut().logs.clear();
-    }
-
-    /// Host calls since the VM was created, by import name.
-    pub fn host_calls(&self) -> BTreeMap<String, u64> {
-        self.store.data().host_calls.clone()
-    }
-
-    /// Imports of the module this host does not implement: they exist only
-    /// so the module instantiates, and answer Unimplemented when called.
-    pub fn stubbed_imports(&self) -> &[String] {
-        &self.stubbed_imports
-    }
-
-    /// Calls to imports this host does not model (they answered an error).
-    pub fn unimplemented_calls(&self) -> BTreeMap<String, u64> {
-        self.store.data().unimplemented.clone()
-    }
-
-    /// Names of the foreign functions the guest called, in order.
-    pub fn foreign_calls(&self) -> Vec<String> {
-        self.store
-            .data()
-            .foreign_calls
-            .iter()
-            .map(|c| c.name.clone())
-            .collect()
-    }
-
-    /// Foreign calls with their context and arguments.
-    pub fn foreign_call_records(&self) -> Vec<ForeignCall> {
-        self.store.data().foreign_calls.clone()
-    }
-
-    /// Shared data the guest stored under `key`.
-    pub fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
-        self.store
-            .data()
-            .shared_data
-            .get(key.as_bytes())
-            .map(|(v, _)| v.clone())
-    }
-
-    /// How many times the guest called `proxy_done`.
-    pub fn done_calls(&self) -> u32 {
-        self.store.data().done_calls
-    }
-
-    /// Cost and decisions of the most recently closed stream.
-    pub fn last_stream(&self) -> Option<&StreamStats> {
-        self.last_stream.as_ref()
-    }
-
     /// Change the per-callback fuel budget (`None`: unlimited) from now on.
     pub fn set_fuel_per_call(&mut self, budget: Option<u64>) {
         self.fuel_per_call = budget.unwrap_or(UNLIMITED_FUEL);
-    }
-
-    /// Fuel spent by every call into the guest since the VM was created.
-    pub fn fuel_used(&self) -> u64 {
-        self.fuel_total
-    }
-
-    /// True once the guest trapped; every later request is `VmDead`.
-    pub fn is_dead(&self) -> bool {
-        self.failure.is_some()
-    }
-
-    /// Why the VM died.
-    pub fn failure(&self) -> Option<&str> {
-        self.failure.as_deref()
-    }
-
-    /// The local reply an open stream sent, if any.
-    pub fn local_reply_of(&self, context_id: u32) -> Option<LocalReply> {
-        self.store
-            .data()
-            .streams
-            .get(&context_id)?
-            .local_reply
-            .clone()
     }
 
     // ---- internals ------------------------------------------------------
