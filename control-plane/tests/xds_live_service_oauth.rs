@@ -24,39 +24,6 @@ const FALLBACK_KEY: &str = "sk-fallback-9a0b1c2d3e4f";
 /// Every token the fake endpoint issues starts with this.
 const TOKEN_PREFIX: &str = "fake-at-";
 
-fn service_host(name: &str) -> String {
-    format!("svc-{name}.localhost")
-}
-
-async fn get_service(stack: &Stack, name: &str, bearer: &str) -> (u16, String) {
-    let resp = stack
-        .http
-        .get(format!("http://{}/v1/models", stack.envoy.listener))
-        .header(HOST, service_host(name))
-        .header("authorization", bearer)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap())
-}
-
-async fn until_status(stack: &Stack, name: &str, bearer: &str, want: u16, within: Duration) {
-    let start = Instant::now();
-    loop {
-        let (status, body) = get_service(stack, name, bearer).await;
-        if status == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < within,
-            "still {status} {body}\n{}",
-            stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn admin_raw(stack: &Stack, method: reqwest::Method, path: &str) -> (u16, String) {
     let resp = stack
         .http
@@ -131,7 +98,15 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     assert!(created["credential"].is_null(), "{shown}");
 
     let bearer = format!("Bearer {}", api_token(&stack).await);
-    until_status(&stack, "api", &bearer, 200, Duration::from_secs(5)).await;
+    until_service_status(
+        &stack,
+        "api",
+        "/v1/models",
+        &[("authorization", &bearer)],
+        200,
+        Duration::from_secs(5),
+    )
+    .await;
 
     // Four token lifetimes, a request every 50 ms: each answered 200 by the upstream, with a
     // token the endpoint issued that had not expired when the answer came back.
@@ -139,7 +114,8 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     let mut sent = 0;
     upstream.reset();
     while start.elapsed() < Duration::from_secs(12) {
-        let (status, body) = get_service(&stack, "api", &bearer).await;
+        let (status, body) =
+            get_service(&stack, "api", "/v1/models", &[("authorization", &bearer)]).await;
         let answered = SystemTime::now();
         assert_eq!(status, 200, "request {sent}: {body}\n{}", stack.logs());
         sent += 1;
@@ -189,7 +165,8 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     assert!(body.contains("503"), "{body}");
     let start = Instant::now();
     loop {
-        let (status, body) = get_service(&stack, "api", &bearer).await;
+        let (status, body) =
+            get_service(&stack, "api", "/v1/models", &[("authorization", &bearer)]).await;
         if status == 502 {
             break;
         }
@@ -199,7 +176,8 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     }
     let before = upstream.requests().len();
     for _ in 0..5 {
-        let (status, body) = get_service(&stack, "api", &bearer).await;
+        let (status, body) =
+            get_service(&stack, "api", "/v1/models", &[("authorization", &bearer)]).await;
         assert_eq!(status, 502, "{body}");
         let body: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["code"], "upstream_credential_unavailable", "{body}");
@@ -260,7 +238,15 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
 
     // Back up: the renewal task obtains a token again and requests flow with it.
     idp.set_up(true);
-    until_status(&stack, "api", &bearer, 200, Duration::from_secs(70)).await;
+    until_service_status(
+        &stack,
+        "api",
+        "/v1/models",
+        &[("authorization", &bearer)],
+        200,
+        Duration::from_secs(70),
+    )
+    .await;
     let last = upstream.requests().pop().unwrap();
     assert!(
         last.header_all("authorization")[0].starts_with(&format!("Bearer {TOKEN_PREFIX}")),
@@ -277,7 +263,15 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
             None,
         )
         .await;
-    until_status(&stack, "api", &bearer, 502, Duration::from_secs(5)).await;
+    until_service_status(
+        &stack,
+        "api",
+        "/v1/models",
+        &[("authorization", &bearer)],
+        502,
+        Duration::from_secs(5),
+    )
+    .await;
 
     // A static fallback: used while the endpoint stays down.
     stack
@@ -288,7 +282,15 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
             Some(json!({"oauth": oauth, "value": format!("Bearer {FALLBACK_KEY}")})),
         )
         .await;
-    until_status(&stack, "api", &bearer, 200, Duration::from_secs(5)).await;
+    until_service_status(
+        &stack,
+        "api",
+        "/v1/models",
+        &[("authorization", &bearer)],
+        200,
+        Duration::from_secs(5),
+    )
+    .await;
     let last = upstream.requests().pop().unwrap();
     assert_eq!(
         last.header_all("authorization"),
@@ -317,7 +319,8 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     assert_eq!(status["source"], "oauth", "{status}");
     let start = Instant::now();
     loop {
-        let (code, body) = get_service(&stack, "api", &bearer).await;
+        let (code, body) =
+            get_service(&stack, "api", "/v1/models", &[("authorization", &bearer)]).await;
         assert_eq!(code, 200, "{body}");
         let last = upstream.requests().pop().unwrap();
         if last.header_all("authorization")[0].starts_with(&format!("Bearer {TOKEN_PREFIX}")) {

@@ -11,7 +11,7 @@
 
 mod xds_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use podgate_testkit::http::exchange_on;
 use reqwest::header::COOKIE;
@@ -25,38 +25,6 @@ const BOB: &str = "bob";
 const SERVICE: &str = "chat";
 /// The upstream's credential: it must reach the upstream and nothing else.
 const UPSTREAM_KEY: &str = "sk-chat-3f9a1c0b7e2d4a6c";
-
-/// `GET path` on the service's host through Envoy, as a script, with `headers`.
-async fn get(stack: &Stack, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut req = stack
-        .http
-        .get(format!("http://{}{path}", stack.envoy.listener))
-        .header(reqwest::header::HOST, service_host(SERVICE));
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap())
-}
-
-/// Polls `GET path` with `headers` until it is answered `want` (the service or a cut reaching
-/// Envoy takes a push).
-async fn until_status(stack: &Stack, path: &str, headers: &[(&str, &str)], want: u16) {
-    let start = Instant::now();
-    loop {
-        let (status, body) = get(stack, path, headers).await;
-        if status == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < ONE_PUSH,
-            "{path}: still {status} {body}\n{}",
-            stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// `POST /v1/capabilities` for resource `id` of the service with `session`: status and body.
 async fn capability(stack: &Stack, session: &str, id: &str) -> (u16, Value) {
@@ -111,8 +79,16 @@ async fn start() -> (Stack, FakePod, String) {
     let (status, cap) = capability(&stack, &stack.session, "a1").await;
     assert_eq!(status, 200, "{cap}");
     let cap = cap["token"].as_str().unwrap();
-    until_status(&stack, "/admin", &[("podgate-token", cap)], 403).await;
-    let (status, _) = get(&stack, "/admin", &[]).await;
+    until_service_status(
+        &stack,
+        SERVICE,
+        "/admin",
+        &[("podgate-token", cap)],
+        403,
+        ONE_PUSH,
+    )
+    .await;
+    let (status, _) = get_service(&stack, SERVICE, "/admin", &[]).await;
     assert_eq!(status, 401);
     (stack, upstream, bob)
 }
@@ -153,8 +129,9 @@ async fn a_browser_reaches_its_own_resource_and_is_refused_another_users() {
         .await
         .unwrap();
     let before = upstream.requests().len();
-    let (status, body) = get(
+    let (status, body) = get_service(
         &stack,
+        SERVICE,
         "/sessions/a1/events?since=1",
         &[("cookie", &cookie)],
     )
@@ -177,10 +154,10 @@ async fn a_browser_reaches_its_own_resource_and_is_refused_another_users() {
     );
     assert!(refusal["hint"].is_string(), "{body}");
     // A script with alice's cookie is refused at the edge.
-    let (status, _) = get(&stack, "/sessions/b1", &[("cookie", &cookie)]).await;
+    let (status, _) = get_service(&stack, SERVICE, "/sessions/b1", &[("cookie", &cookie)]).await;
     assert_eq!(status, 403);
     // Outside the pattern: refused whoever asks.
-    let (status, _) = get(&stack, "/admin", &[("cookie", &cookie)]).await;
+    let (status, _) = get_service(&stack, SERVICE, "/admin", &[("cookie", &cookie)]).await;
     assert_eq!(status, 403);
     assert_eq!(upstream.requests().len(), before, "nothing forwarded");
 }
@@ -193,12 +170,24 @@ async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
     let (_, token) = create_api_token(&stack, &stack.session, "chat").await;
     let bearer = format!("Bearer {token}");
     let before = upstream.requests().len();
-    let (status, body) = get(&stack, "/sessions/a1", &[("authorization", &bearer)]).await;
+    let (status, body) = get_service(
+        &stack,
+        SERVICE,
+        "/sessions/a1",
+        &[("authorization", &bearer)],
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     forwarded_once(&upstream, before, "/sessions/a1");
     let before = upstream.requests().len();
     for _ in 0..2 {
-        let (status, body) = get(&stack, "/sessions/b1", &[("authorization", &bearer)]).await;
+        let (status, body) = get_service(
+            &stack,
+            SERVICE,
+            "/sessions/b1",
+            &[("authorization", &bearer)],
+        )
+        .await;
         assert_eq!(status, 403, "{body}");
     }
     assert_eq!(upstream.requests().len(), before, "nothing forwarded");
@@ -217,11 +206,18 @@ async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
     let (status, _) = capability(&stack, &stack.session, "nope").await;
     assert_eq!(status, 403, "an unknown resource is answered as another's");
     let before = upstream.requests().len();
-    let (status, _) = get(&stack, "/sessions/a1/x", &[("podgate-token", &cap)]).await;
+    let (status, _) = get_service(
+        &stack,
+        SERVICE,
+        "/sessions/a1/x",
+        &[("podgate-token", &cap)],
+    )
+    .await;
     assert_eq!(status, 200);
     forwarded_once(&upstream, before, "/sessions/a1/x");
     let before = upstream.requests().len();
-    let (status, _) = get(&stack, "/sessions/b1", &[("podgate-token", &cap)]).await;
+    let (status, _) =
+        get_service(&stack, SERVICE, "/sessions/b1", &[("podgate-token", &cap)]).await;
     assert_eq!(status, 403);
     assert_eq!(upstream.requests().len(), before, "nothing forwarded");
 
@@ -229,7 +225,8 @@ async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
     let (status, bobs) = capability(&stack, &bob, "b1").await;
     assert_eq!(status, 200, "{bobs}");
     let bobs = bobs["token"].as_str().unwrap().to_owned();
-    let (status, _) = get(&stack, "/sessions/b1", &[("podgate-token", &bobs)]).await;
+    let (status, _) =
+        get_service(&stack, SERVICE, "/sessions/b1", &[("podgate-token", &bobs)]).await;
     assert_eq!(status, 200);
 
     // Forgetting a1 cuts alice's capabilities and exchanged token off at the next push.
@@ -241,8 +238,24 @@ async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
             None,
         )
         .await;
-    until_status(&stack, "/sessions/a1", &[("podgate-token", &cap)], 401).await;
-    until_status(&stack, "/sessions/a1", &[("authorization", &bearer)], 403).await;
+    until_service_status(
+        &stack,
+        SERVICE,
+        "/sessions/a1",
+        &[("podgate-token", &cap)],
+        401,
+        ONE_PUSH,
+    )
+    .await;
+    until_service_status(
+        &stack,
+        SERVICE,
+        "/sessions/a1",
+        &[("authorization", &bearer)],
+        403,
+        ONE_PUSH,
+    )
+    .await;
     let (status, _) = capability(&stack, &stack.session, "a1").await;
     assert_eq!(status, 403);
 }
@@ -296,6 +309,7 @@ async fn a_traversal_from_ones_own_resource_to_another_is_never_forwarded() {
         upstream.requests()
     );
     // The plain path still works with the same credentials.
-    let (status, _) = get(&stack, "/sessions/a1", &[("podgate-token", &cap)]).await;
+    let (status, _) =
+        get_service(&stack, SERVICE, "/sessions/a1", &[("podgate-token", &cap)]).await;
     assert_eq!(status, 200);
 }

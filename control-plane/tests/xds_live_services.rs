@@ -14,7 +14,7 @@ mod xds_support;
 use std::time::{Duration, Instant};
 
 use podgate_testkit::TlsFront;
-use reqwest::header::{COOKIE, HOST};
+use reqwest::header::COOKIE;
 use serde_json::{json, Value};
 use xds_support::*;
 
@@ -24,42 +24,6 @@ const SECRET: &str = "renew-secret-0123456789abcdef0123456789";
 const BOB: &str = "bob";
 /// The upstream's credential: it must reach the upstream and nothing else.
 const UPSTREAM_KEY: &str = "sk-upstream-5b1d7e0c9a4f4e8d";
-
-/// `GET path` on service `name`'s host through Envoy with `headers`: status and body.
-async fn get_service(
-    stack: &Stack,
-    name: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    let mut req = stack
-        .http
-        .get(format!("http://{}{path}", stack.envoy.listener))
-        .header(HOST, service_host(name));
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap())
-}
-
-/// Polls until a request with `headers` on service `name` is answered `want`.
-async fn until_status(stack: &Stack, name: &str, headers: &[(&str, &str)], want: u16) {
-    let start = Instant::now();
-    loop {
-        let (status, body) = get_service(stack, name, "/", headers).await;
-        if status == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < ONE_PUSH,
-            "still {status} {body}\n{}",
-            stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Creates service `name` on `upstream` (`https://localhost:port`) trusting `ca_pem`.
 async fn create_service(stack: &Stack, name: &str, upstream: &TlsFront, ca_pem: &str) -> Value {
@@ -125,7 +89,15 @@ async fn a_service_gets_its_credential_over_tls_and_never_the_callers() {
     // and sees the service's credential, and nothing of the caller's.
     let (id, token) = create_api_token(&stack, &stack.session, "svc").await;
     let bearer = format!("Bearer {token}");
-    until_status(&stack, "openai", &[("authorization", &bearer)], 200).await;
+    until_service_status(
+        &stack,
+        "openai",
+        "/",
+        &[("authorization", &bearer)],
+        200,
+        ONE_PUSH,
+    )
+    .await;
     assert!(front.handshakes() > 0);
     let (status, body) = get_service(
         &stack,
@@ -229,7 +201,15 @@ async fn a_service_gets_its_credential_over_tls_and_never_the_callers() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    until_status(&stack, "openai", &[("authorization", &bearer)], 401).await;
+    until_service_status(
+        &stack,
+        "openai",
+        "/",
+        &[("authorization", &bearer)],
+        401,
+        ONE_PUSH,
+    )
+    .await;
     let before = upstream.requests().len();
     let (status, body) = get_service(&stack, "openai", "/", &[("authorization", &bearer)]).await;
     assert_eq!(status, 401, "{body}");
@@ -287,7 +267,15 @@ async fn an_upstream_certificate_the_services_ca_did_not_sign_gets_no_request() 
         .admin(reqwest::Method::DELETE, "/v1/services/pinned", None)
         .await;
     create_service(&stack, "pinned", &front, front.ca_pem()).await;
-    until_status(&stack, "pinned", &[("authorization", &bearer)], 200).await;
+    until_service_status(
+        &stack,
+        "pinned",
+        "/",
+        &[("authorization", &bearer)],
+        200,
+        ONE_PUSH,
+    )
+    .await;
     let last = upstream.requests().pop().unwrap();
     assert_eq!(
         last.header_all("authorization"),
@@ -350,7 +338,15 @@ async fn patching_a_service_reaches_envoy_and_cuts_off_who_lost_it() {
     create_service(&stack, "api", &front, front.ca_pem()).await;
     let (_, token) = create_api_token(&stack, &stack.session, "svc").await;
     let bearer = format!("Bearer {token}");
-    until_status(&stack, "api", &[("authorization", &bearer)], 200).await;
+    until_service_status(
+        &stack,
+        "api",
+        "/",
+        &[("authorization", &bearer)],
+        200,
+        ONE_PUSH,
+    )
+    .await;
 
     // Bad input: a 400 naming the field, nothing changed; an unknown service: 404.
     for (body, says) in [
@@ -461,7 +457,15 @@ async fn patching_a_service_reaches_envoy_and_cuts_off_who_lost_it() {
         )
         .await;
     assert_eq!(patched["owner_id"], BOB, "{patched}");
-    until_status(&stack, "api", &[("authorization", &bearer)], 403).await;
+    until_service_status(
+        &stack,
+        "api",
+        "/",
+        &[("authorization", &bearer)],
+        403,
+        ONE_PUSH,
+    )
+    .await;
     let before = upstream2.requests().len();
     let (status, _) = get_service(&stack, "api", "/", &[("authorization", &bearer)]).await;
     assert_eq!(status, 403);
@@ -576,11 +580,13 @@ async fn the_openai_sdk_streams_a_chat_completion_with_a_podgate_api_token() {
     let base_url = format!("{}/v1", created["url"].as_str().unwrap());
     let (_, token) = create_api_token(&stack, &stack.session, "sdk").await;
     // In force once a request reaches the upstream (its 404 for `GET /`).
-    until_status(
+    until_service_status(
         &stack,
         "openai",
+        "/",
         &[("authorization", &format!("Bearer {token}"))],
         404,
+        ONE_PUSH,
     )
     .await;
 

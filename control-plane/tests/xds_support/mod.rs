@@ -670,6 +670,51 @@ pub fn service_host(name: &str) -> String {
     format!("svc-{name}.localhost")
 }
 
+/// `GET path` on service `name`'s host through Envoy, as a script, with `headers`: the status
+/// and the body.
+pub async fn get_service(
+    stack: &Stack,
+    name: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut req = stack
+        .http
+        .get(format!("http://{}{path}", stack.envoy.listener))
+        .header(HOST, service_host(name));
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// Polls [`get_service`] until it is answered `want` (a change reaching Envoy takes a push);
+/// fails with the stack's logs after `within`.
+pub async fn until_service_status(
+    stack: &Stack,
+    name: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    want: u16,
+    within: Duration,
+) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = get_service(stack, name, path, headers).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{name}{path}: still {status} {body}\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `POST /api/proxy-tokens` with `session`: `(id, token)`.
 pub async fn create_api_token(stack: &Stack, session: &str, name: &str) -> (String, String) {
     let resp = stack
