@@ -24,6 +24,12 @@ const FALLBACK_KEY: &str = "sk-fallback-9a0b1c2d3e4f";
 /// Every token the fake endpoint issues starts with this.
 const TOKEN_PREFIX: &str = "fake-at-";
 
+/// Polls `GET /v1/models` on service `api` with `bearer` until it is answered `want`.
+async fn until_models(stack: &Stack, bearer: &str, want: u16, within: Duration) {
+    let headers = [("authorization", bearer)];
+    until_service_status(stack, "api", "/v1/models", &headers, want, within).await;
+}
+
 async fn admin_raw(stack: &Stack, method: reqwest::Method, path: &str) -> (u16, String) {
     let resp = stack
         .http
@@ -98,15 +104,7 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     assert!(created["credential"].is_null(), "{shown}");
 
     let bearer = format!("Bearer {}", api_token(&stack).await);
-    until_service_status(
-        &stack,
-        "api",
-        "/v1/models",
-        &[("authorization", &bearer)],
-        200,
-        Duration::from_secs(5),
-    )
-    .await;
+    until_models(&stack, &bearer, 200, Duration::from_secs(5)).await;
 
     // Four token lifetimes, a request every 50 ms: each answered 200 by the upstream, with a
     // token the endpoint issued that had not expired when the answer came back.
@@ -238,15 +236,7 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
 
     // Back up: the renewal task obtains a token again and requests flow with it.
     idp.set_up(true);
-    until_service_status(
-        &stack,
-        "api",
-        "/v1/models",
-        &[("authorization", &bearer)],
-        200,
-        Duration::from_secs(70),
-    )
-    .await;
+    until_models(&stack, &bearer, 200, Duration::from_secs(70)).await;
     let last = upstream.requests().pop().unwrap();
     assert!(
         last.header_all("authorization")[0].starts_with(&format!("Bearer {TOKEN_PREFIX}")),
@@ -263,15 +253,7 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
             None,
         )
         .await;
-    until_service_status(
-        &stack,
-        "api",
-        "/v1/models",
-        &[("authorization", &bearer)],
-        502,
-        Duration::from_secs(5),
-    )
-    .await;
+    until_models(&stack, &bearer, 502, Duration::from_secs(5)).await;
 
     // A static fallback: used while the endpoint stays down.
     stack
@@ -282,15 +264,7 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
             Some(json!({"oauth": oauth, "value": format!("Bearer {FALLBACK_KEY}")})),
         )
         .await;
-    until_service_status(
-        &stack,
-        "api",
-        "/v1/models",
-        &[("authorization", &bearer)],
-        200,
-        Duration::from_secs(5),
-    )
-    .await;
+    until_models(&stack, &bearer, 200, Duration::from_secs(5)).await;
     let last = upstream.requests().pop().unwrap();
     assert_eq!(
         last.header_all("authorization"),
