@@ -117,6 +117,45 @@ async fn sqlite_a_lone_queued_row_is_written() {
     t.finish().await;
 }
 
+/// On SQLite a batch is one transaction: when its last statement fails (here a trigger refuses
+/// the ticket), none of its rows is stored, the ticket is not consumed, and the writer is not
+/// left inside the failed transaction for the next batch.
+#[tokio::test]
+async fn sqlite_a_failed_batch_stores_nothing() {
+    let t = TestDb::new(Which::Sqlite).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_boom BEFORE INSERT ON consumed_tickets WHEN NEW.jti = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+    let (ticket, capability) = (row("t1", KeyKind::Ticket), row("c1", KeyKind::Capability));
+    let exp = now_unix() + 60;
+    let err =
+        t.db.consume_then_record(&[("boom".into(), exp)], &[&ticket], &[&capability])
+            .await
+            .unwrap_err();
+    assert!(err.to_string().contains("refused by the test"), "{err}");
+    assert!(
+        jtis(&t.db).await.is_empty(),
+        "part of a failed batch was stored"
+    );
+    let consumed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumed_tickets")
+        .fetch_one(t.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(consumed, 0);
+
+    let consumed =
+        t.db.consume_then_record(&[("fine".into(), exp)], &[&ticket], &[&capability])
+            .await
+            .unwrap();
+    assert_eq!(consumed, [true]);
+    assert_eq!(jtis(&t.db).await, ["c1", "t1"]);
+    t.finish().await;
+}
+
 /// On PostgreSQL batches are written at once: a later batch that commits first is still
 /// answered only after the earlier one, so an answer means everything queued before it is stored.
 #[tokio::test]

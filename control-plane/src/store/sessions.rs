@@ -174,31 +174,14 @@ impl Db {
 
     /// Consumes `tickets` and records `always` plus, for each ticket consumed now, its entry in
     /// `if_consumed` (same order as `tickets`). On PostgreSQL one statement (one round trip, one
-    /// commit, one fsync); on SQLite two autocommit statements (commits are cheap there, and it
-    /// has no `INSERT` inside `WITH`). Either way nothing is handed out before this returns, and
-    /// a failure between the two SQLite statements only burns tickets. The rows of `always` are
-    /// inserted first.
+    /// commit, one fsync); on SQLite one transaction sent as one command. Either way it all
+    /// commits or nothing does, and nothing is handed out before this returns.
     pub async fn consume_then_record(
         &self,
         tickets: &[(String, i64)],
         always: &[&AuditEntry],
         if_consumed: &[&AuditEntry],
     ) -> Res<Vec<bool>> {
-        fn pick<'a>(
-            always: &[&'a AuditEntry],
-            if_consumed: &[&'a AuditEntry],
-            consumed: &[bool],
-        ) -> Vec<&'a AuditEntry> {
-            let mut out = always.to_vec();
-            out.extend(
-                if_consumed
-                    .iter()
-                    .zip(consumed)
-                    .filter(|(_, c)| **c)
-                    .map(|(e, _)| *e),
-            );
-            out
-        }
         match self.backend {
             Backend::Postgres if tickets.is_empty() => {
                 record_mints_on(&self.writer, always).await?;
@@ -208,12 +191,119 @@ impl Db {
                 consume_then_record_pg(&self.writer, tickets, always, if_consumed).await
             }
             Backend::Sqlite => {
-                let consumed = consume_tickets_on(&self.writer, tickets).await?;
-                record_mints_on(&self.writer, &pick(always, if_consumed, &consumed)).await?;
-                Ok(consumed)
+                consume_then_record_sqlite(&self.writer, tickets, always, if_consumed).await
             }
         }
     }
+}
+
+/// For each ticket, whether it is the first occurrence of its jti in `tickets` (only that one
+/// may claim it), and the rows to record: `always` (no ticket), then each first occurrence's
+/// entry of `if_consumed` with its ticket.
+fn claimable<'a>(
+    tickets: &'a [(String, i64)],
+    always: &[&'a AuditEntry],
+    if_consumed: &[&'a AuditEntry],
+) -> (Vec<bool>, Vec<(&'a AuditEntry, Option<&'a str>)>) {
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<bool> = tickets
+        .iter()
+        .map(|(jti, _)| seen.insert(jti.as_str()))
+        .collect();
+    let mut rows: Vec<(&AuditEntry, Option<&str>)> = always.iter().map(|e| (*e, None)).collect();
+    rows.extend(
+        if_consumed
+            .iter()
+            .zip(tickets)
+            .zip(&first)
+            .filter(|(_, first)| **first)
+            .map(|((e, (jti, _)), _)| (*e, Some(jti.as_str()))),
+    );
+    (first, rows)
+}
+
+/// [`Db::consume_then_record`] on SQLite, in one transaction sent as one command (one hand-off
+/// to sqlx's connection thread, one commit): the audit rows of `always` and of the entries
+/// whose ticket is not consumed yet go into `token_audit`, then the tickets into
+/// `consumed_tickets`, which returns the ones it took. SQLite has no `INSERT` inside `WITH`, so
+/// the audit insert looks at `consumed_tickets` before the tickets go in; the transaction holds
+/// the write lock, so nothing changes between the two.
+async fn consume_then_record_sqlite(
+    writer: &sqlx::AnyPool,
+    tickets: &[(String, i64)],
+    always: &[&AuditEntry],
+    if_consumed: &[&AuditEntry],
+) -> Res<Vec<bool>> {
+    let (first, rows) = claimable(tickets, always, if_consumed);
+    let fresh: Vec<(&str, i64)> = tickets
+        .iter()
+        .zip(&first)
+        .filter(|(_, f)| **f)
+        .map(|((jti, exp), _)| (jti.as_str(), *exp))
+        .collect();
+    if rows.is_empty() && fresh.is_empty() {
+        return Ok(vec![false; tickets.len()]);
+    }
+    let mut n = 0;
+    let mut param = || {
+        n += 1;
+        n
+    };
+    let mut sql = String::from("BEGIN IMMEDIATE; ");
+    if !rows.is_empty() {
+        sql.push_str(
+            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) \
+             SELECT e.column1, e.column2, e.column3, e.column4, e.column5, e.column6, e.column7, e.column8, e.column9, e.column10 \
+             FROM (VALUES ",
+        );
+        for i in 0..rows.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let params: Vec<String> = (0..11).map(|_| format!("${}", param())).collect();
+            sql.push_str(&format!("({})", params.join(", ")));
+        }
+        sql.push_str(
+            ") AS e WHERE e.column11 IS NULL \
+             OR NOT EXISTS (SELECT 1 FROM consumed_tickets c WHERE c.jti = e.column11); ",
+        );
+    }
+    if !fresh.is_empty() {
+        sql.push_str("INSERT INTO consumed_tickets (jti, expires_at) VALUES ");
+        for i in 0..fresh.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${})", param(), param()));
+        }
+        sql.push_str(" ON CONFLICT (jti) DO NOTHING RETURNING jti; ");
+    }
+    sql.push_str("COMMIT");
+    let mut q = sqlx::query(&sql);
+    for (e, ticket) in &rows {
+        q = bind_audit(q, e).bind(*ticket);
+    }
+    for (jti, exp) in &fresh {
+        q = q.bind(*jti).bind(*exp);
+    }
+    let mut conn = writer.acquire().await?;
+    let inserted: std::collections::HashSet<String> = match q.fetch_all(&mut *conn).await {
+        Ok(found) => found
+            .iter()
+            .map(|row| row.try_get::<String, _>("jti"))
+            .collect::<Res<_>>()?,
+        Err(e) => {
+            // The transaction may be open on this connection; end it before it goes back to
+            // the pool (nothing to roll back, and an error, when `BEGIN` itself failed).
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return Err(e);
+        }
+    };
+    Ok(tickets
+        .iter()
+        .zip(&first)
+        .map(|((jti, _), first)| *first && inserted.contains(jti))
+        .collect())
 }
 
 async fn consume_tickets_on<'c, E>(exec: E, tickets: &[(String, i64)]) -> Res<Vec<bool>>
@@ -263,21 +353,8 @@ async fn consume_then_record_pg(
     always: &[&AuditEntry],
     if_consumed: &[&AuditEntry],
 ) -> Res<Vec<bool>> {
-    let mut seen = std::collections::HashSet::new();
-    let first: Vec<bool> = tickets
-        .iter()
-        .map(|(jti, _)| seen.insert(jti.as_str()))
-        .collect();
-    // (entry, the ticket it waits for: `None` for one recorded whatever happens).
-    let mut rows: Vec<(&AuditEntry, Option<&str>)> = always.iter().map(|e| (*e, None)).collect();
-    rows.extend(
-        if_consumed
-            .iter()
-            .zip(tickets)
-            .zip(&first)
-            .filter(|(_, first)| **first)
-            .map(|((e, (jti, _)), _)| (*e, Some(jti.as_str()))),
-    );
+    // Rows are (entry, the ticket it waits for: `None` for one recorded whatever happens).
+    let (first, rows) = claimable(tickets, always, if_consumed);
     // In jti order: batches written at once then take the tickets' unique-key locks in one
     // order, so two of them replaying each other's tickets wait on each other, never deadlock.
     let mut fresh: Vec<(&str, i64)> = tickets
