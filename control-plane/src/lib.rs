@@ -19,6 +19,7 @@ pub mod replicas;
 pub mod service_oauth;
 pub mod services;
 pub mod store;
+pub mod tickets;
 pub mod tls;
 pub mod wake;
 pub mod xds_sync;
@@ -57,6 +58,8 @@ struct Inner {
     /// The key ring in force and the gate new capability keys pass (publish before sign).
     keys: Arc<LiveKeys>,
     recorder: Recorder,
+    /// Login tickets minted here and not redeemed yet: their signatures need no check.
+    tickets: tickets::MintedTickets,
     capability_cookie: String,
     session_cookie: String,
     /// Name of the cookie that binds a sign-in under way to its browser.
@@ -119,6 +122,7 @@ impl AppState {
                 db: db.clone(),
                 keys: Arc::new(LiveKeys::new(signing_gate)),
                 recorder: Recorder::start(db.clone(), metrics.clone()),
+                tickets: tickets::MintedTickets::default(),
                 capability_cookie,
                 session_cookie,
                 sign_in_cookie,
@@ -151,6 +155,11 @@ impl AppState {
     /// Group-committed writes of the hot path (ticket consumption, mint audit).
     pub fn recorder(&self) -> &Recorder {
         &self.inner.recorder
+    }
+
+    /// The login tickets minted here and not presented back yet.
+    pub fn tickets(&self) -> &tickets::MintedTickets {
+        &self.inner.tickets
     }
 
     /// Name of the capability cookie on pod hosts (`__Host-` prefixed over https).
@@ -235,6 +244,7 @@ impl AppState {
             keys: &self.inner.keys,
             db: &self.inner.db,
             recorder: &self.inner.recorder,
+            tickets: &self.inner.tickets,
             metrics: &self.inner.metrics,
         }
     }

@@ -181,6 +181,91 @@ async fn replay(h: &Harness) {
 }
 both!(replayed_ticket_is_refused, replay);
 
+/// A ticket this control plane minted is remembered, so its redemption skips the signature
+/// check; only its exact bytes are: the same ticket with another signature or other claims is
+/// refused, and the original still redeems once.
+async fn remembered_ticket(h: &Harness) {
+    h.seed().await;
+    let cookie = h.login("alice").await;
+    let r = proxy_auth(h, Some(&cookie), "pod=myslug&port=8726", true).await;
+    let (host, ticket, _) = callback_parts(&r);
+    assert_eq!(h.state.tickets().len(), 1, "the ticket is remembered");
+    let parts: Vec<&str> = ticket.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let other_signature = {
+        let mut sig = parts[2].as_bytes().to_vec();
+        sig[10] = if sig[10] == b'A' { b'B' } else { b'A' };
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            parts[1],
+            String::from_utf8(sig).unwrap()
+        )
+    };
+    let other_claims = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+        claims["sub"] = json!("bob");
+        let claims = b64.encode(claims.to_string());
+        format!("{}.{claims}.{}", parts[0], parts[2])
+    };
+    for forged in [&other_signature, &other_claims] {
+        let r = callback(h, &host, &format!("ticket={}&next=%2F", q(forged)), None).await;
+        assert_refused_page(&r);
+    }
+    assert_eq!(h.state.tickets().len(), 1, "a forgery took the original");
+    let r = callback(h, &host, &format!("ticket={}&next=%2F", q(&ticket)), None).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    assert!(
+        h.state.tickets().is_empty(),
+        "a redeemed ticket stays remembered"
+    );
+    let again = callback(h, &host, &format!("ticket={}&next=%2F", q(&ticket)), None).await;
+    assert_refused_page(&again);
+}
+both!(
+    a_remembered_ticket_skips_only_its_own_signature,
+    remembered_ticket
+);
+
+/// A ticket minted by another control plane on the same database is verified in full and
+/// redeems there; presented again where it was minted (where it is still remembered), it is a
+/// replay.
+async fn ticket_of_another_control_plane(h: &Harness) {
+    use tower::ServiceExt;
+    h.seed().await;
+    let config = common::settings(&h.tdb.url)
+        .resolve(podgate::config::Need::Server)
+        .unwrap();
+    let second = podgate::AppState::new(config, h.tdb.db.clone())
+        .await
+        .unwrap();
+    let second_app = podgate::app(second.clone());
+    let cookie = h.login("alice").await;
+    let r = proxy_auth(h, Some(&cookie), "pod=myslug&port=8726", true).await;
+    let (host, ticket, _) = callback_parts(&r);
+    let uri = format!("/.podgate/callback?ticket={}&next=%2F", q(&ticket));
+    let req = Request::builder()
+        .uri(&uri)
+        .header(header::HOST, &host)
+        .body(Body::empty())
+        .unwrap();
+    let resp = second_app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    let set = resp.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(set.starts_with("podgate_cap=ey"), "{set}");
+    assert!(second.tickets().is_empty());
+    assert_eq!(h.state.tickets().len(), 1);
+    let replay = callback(h, &host, &format!("ticket={}&next=%2F", q(&ticket)), None).await;
+    assert_refused_page(&replay);
+}
+both!(
+    a_ticket_redeems_at_another_control_plane,
+    ticket_of_another_control_plane
+);
+
 /// Many callbacks racing with one ticket: exactly one wins, one capability is recorded.
 async fn concurrent_replay(h: &Harness) {
     use tower::ServiceExt;

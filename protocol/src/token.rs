@@ -715,7 +715,6 @@ impl Verifier {
     /// caller's to check, because the answer for a wrong scope differs from a bad token.
     pub fn verify(&self, token: &str, now: i64) -> Result<Verified, TokenError> {
         let (untrusted, key) = self.parse(token)?;
-        let kid = untrusted.header().key_id.as_deref().unwrap_or_default();
         let claims = match &key.material {
             VerifyingMaterial::Ed25519(pk) => Ed25519
                 .validator::<WireClaims>(pk)
@@ -735,7 +734,34 @@ impl Verifier {
             | jwt_compact::ValidationError::NoClaim(_) => TokenError::BadClaims,
             _ => TokenError::BadSignature,
         })?;
+        self.check_claims(token, &untrusted, claims, now)
+    }
 
+    /// [`Verifier::verify`] for exactly the bytes of a token this process signed itself and
+    /// remembered (the control plane's login tickets between their minting and their
+    /// redemption): every check but the signature's, which those bytes passed when they were
+    /// made. Its key must still be one of this verifier's, as for `verify`. Never for a token
+    /// that came from anywhere else.
+    pub fn verify_signed_here(&self, token: &str, now: i64) -> Result<Verified, TokenError> {
+        let (untrusted, key) = self.parse(token)?;
+        if untrusted.signature_bytes().len() != key.alg.signature_len() {
+            return Err(TokenError::BadSignature);
+        }
+        let claims = untrusted
+            .deserialize_claims_unchecked::<WireClaims>()
+            .map_err(|_| TokenError::BadClaims)?;
+        self.check_claims(token, &untrusted, claims, now)
+    }
+
+    /// The claim checks of `verify`, once the signature is settled.
+    fn check_claims(
+        &self,
+        token: &str,
+        untrusted: &UntrustedToken<'_, ExtraHeader>,
+        claims: Claims<WireClaims>,
+        now: i64,
+    ) -> Result<Verified, TokenError> {
+        let kid = untrusted.header().key_id.as_deref().unwrap_or_default();
         let exp = claims
             .expiration
             .map(|t| t.timestamp())
@@ -856,6 +882,58 @@ pub(crate) mod tests {
             s[2].replace_range(mid..=mid, flipped);
             assert_eq!(v.verify(&s.join("."), NOW), Err(TokenError::BadSignature));
         }
+    }
+
+    /// `verify_signed_here` answers as `verify` for every token but one whose only fault is its
+    /// signature: each claim, header and key check is the same.
+    #[test]
+    fn verify_signed_here_makes_every_check_but_the_signature() {
+        let kind = TokenKind::LoginTicket;
+        let key = ed_key(kind, 3);
+        let v = verifier(kind, &[&key]);
+        let good = mint(kind, &key, &claims(), NOW, 60).unwrap();
+        let unknown = mint(kind, &ed_key(kind, 4), &claims(), NOW, 60).unwrap();
+        let capability = mint(TokenKind::Capability, &key, &claims(), NOW, 60).unwrap();
+        let wrong_issuer = mint(
+            kind,
+            &key,
+            &PodClaims {
+                iss: "https://elsewhere.example".into(),
+                ..claims()
+            },
+            NOW,
+            60,
+        )
+        .unwrap();
+        let long_lived = mint(kind, &key, &claims(), NOW, 7200).unwrap();
+        let no_sub = with_claims(
+            &good,
+            serde_json::json!({"iss": ISS, "aud": "a", "pod": "p", "port": 1, "jti": "j", "iat": NOW, "exp": NOW + 60}),
+        );
+        let short_signature = format!("{}.{}.AAAA", segments(&good)[0], segments(&good)[1]);
+        for (token, at) in [
+            (&good, NOW),
+            (&good, NOW + 100),
+            (&good, NOW - 100),
+            (&unknown, NOW),
+            (&capability, NOW),
+            (&wrong_issuer, NOW),
+            (&long_lived, NOW),
+            (&no_sub, NOW),
+            (&short_signature, NOW),
+        ] {
+            let full = v.verify(token, at);
+            let here = v.verify_signed_here(token, at);
+            match &full {
+                // `no_sub` has the good token's signature over other claims: a check only the
+                // signature makes, so it is the claims' fault here.
+                Err(TokenError::BadSignature) if token == &no_sub => {
+                    assert_eq!(here, Err(TokenError::BadClaims), "{token}");
+                }
+                _ => assert_eq!(here, full, "{token} at {at}"),
+            }
+        }
+        assert!(v.verify_signed_here(&good, NOW).is_ok());
     }
 
     #[test]
