@@ -189,6 +189,49 @@ async fn the_admin_api_checks_what_it_is_sent(which: Which) {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
     assert!(r.error().contains("`resource_path`"), "{}", r.body);
+    assert!(r.error().contains("PATCH /v1/services/plain"), "{}", r.body);
+
+    // A pattern is given, changed and taken away with PATCH, checked as on create.
+    const PLAIN: &str = "/v1/services/plain";
+    let patch =
+        |v: serde_json::Value| h.admin(Method::PATCH, PLAIN, Some(json!({ "resource_path": v })));
+    let r = patch(json!("/runs")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.error().contains("`resource_path`"), "{}", r.body);
+    let r = h.admin(Method::GET, PLAIN, None).await;
+    assert!(
+        r.json()["resource_path"].is_null(),
+        "a refused PATCH changed it: {}",
+        r.body
+    );
+    for pattern in ["/runs/{id}", "/v2/runs/{id}"] {
+        let r = patch(json!(pattern)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.json()["resource_path"], pattern, "{}", r.body);
+        let (json, _) = filter(&h).await;
+        assert_eq!(json["services"]["plain"]["resource_path"], pattern);
+    }
+    let r = h
+        .admin(
+            Method::PUT,
+            "/v1/services/plain/resources/r1",
+            Some(json!({"owner": "alice"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = patch(serde_json::Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.json()["resource_path"].is_null(), "{}", r.body);
+    let (json, _) = filter(&h).await;
+    assert!(
+        json["services"]["plain"]["resource_path"].is_null(),
+        "{json}"
+    );
+    assert!(json["services"]["plain"]["cluster"].is_string(), "{json}");
+    let r = h
+        .admin(Method::GET, "/v1/services/plain/resources", None)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
 
     chat(&h).await;
     let r = h.admin(Method::GET, CHAT, None).await;

@@ -313,3 +313,101 @@ async fn a_traversal_from_ones_own_resource_to_another_is_never_forwarded() {
         get_service(&stack, SERVICE, "/sessions/a1", &[("podgate-token", &cap)]).await;
     assert_eq!(status, 200);
 }
+
+/// `POST /v1/capabilities` for the whole service with `session`: status and body.
+async fn whole_service_capability(stack: &Stack, session: &str) -> (u16, Value) {
+    let resp = stack
+        .http
+        .post(format!("http://{}/v1/capabilities", stack.cp.http))
+        .header(COOKIE, session)
+        .json(&json!({ "service": SERVICE }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// `PATCH /v1/services/chat` with `resource_path`; the answer shows it.
+async fn patch_resource_path(stack: &Stack, pattern: Value) {
+    let patched = stack
+        .cp
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/v1/services/{SERVICE}"),
+            Some(json!({ "resource_path": pattern })),
+        )
+        .await;
+    assert_eq!(patched["resource_path"], pattern, "{patched}");
+}
+
+/// Taking the pattern away with `PATCH` makes `chat` a service reached as a whole at the next
+/// push: a capability for a resource stops matching and one for the whole service reaches any
+/// path; giving the pattern back turns that around. A refused request reaches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resource_path_changed_with_patch_changes_what_each_capability_reaches() {
+    let (stack, upstream, _) = start().await;
+    let (status, cap) = capability(&stack, &stack.session, "a1").await;
+    assert_eq!(status, 200, "{cap}");
+    let resource_cap = cap["token"].as_str().unwrap().to_owned();
+    let before = upstream.requests().len();
+    let (status, _) = get_service(
+        &stack,
+        SERVICE,
+        "/sessions/a1",
+        &[("podgate-token", &resource_cap)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    forwarded_once(&upstream, before, "/sessions/a1");
+    // A capability for the whole service cannot be had while it is reached per resource.
+    let (status, body) = whole_service_capability(&stack, &stack.session).await;
+    assert_eq!(status, 403, "{body}");
+
+    patch_resource_path(&stack, Value::Null).await;
+    until_service_status(
+        &stack,
+        SERVICE,
+        "/sessions/a1",
+        &[("podgate-token", &resource_cap)],
+        403,
+        ONE_PUSH,
+    )
+    .await;
+    let (status, cap) = whole_service_capability(&stack, &stack.session).await;
+    assert_eq!(status, 200, "{cap}");
+    let whole_cap = cap["token"].as_str().unwrap().to_owned();
+    for path in ["/admin", "/sessions/b1"] {
+        let before = upstream.requests().len();
+        let (status, _) =
+            get_service(&stack, SERVICE, path, &[("podgate-token", &whole_cap)]).await;
+        assert_eq!(status, 200, "{path}");
+        forwarded_once(&upstream, before, path);
+    }
+
+    patch_resource_path(&stack, json!("/sessions/{id}")).await;
+    until_service_status(
+        &stack,
+        SERVICE,
+        "/sessions/b1",
+        &[("podgate-token", &whole_cap)],
+        403,
+        ONE_PUSH,
+    )
+    .await;
+    let before = upstream.requests().len();
+    let (status, _) =
+        get_service(&stack, SERVICE, "/admin", &[("podgate-token", &whole_cap)]).await;
+    assert_eq!(status, 403);
+    assert_eq!(upstream.requests().len(), before, "nothing forwarded");
+    // The resources' owners were kept: alice's capability for `a1` reaches it again.
+    let (status, _) = get_service(
+        &stack,
+        SERVICE,
+        "/sessions/a1",
+        &[("podgate-token", &resource_cap)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    forwarded_once(&upstream, before, "/sessions/a1");
+}

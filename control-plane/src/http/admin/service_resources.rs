@@ -36,7 +36,7 @@ async fn require_resource_service(s: &AppState, name: &str) -> ApiResult<Service
     let row = require_service(s, name).await?;
     if row.resource_path.is_none() {
         return Err(ApiError::bad(format!(
-            "service {name:?} has no `resource_path`, so it has no resources; create it with one, e.g. \"resource_path\": \"/sessions/{{id}}\""
+            "service {name:?} has no `resource_path`, so it has no resources; give it one with PATCH /v1/services/{name}, e.g. {{\"resource_path\": \"/sessions/{{id}}\"}}"
         )));
     }
     Ok(row)

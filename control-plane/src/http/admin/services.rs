@@ -71,6 +71,9 @@ struct ServicePatch {
     /// As in `POST`, read by hand (`credential_of`); `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
     credential: Option<Option<serde_json::Value>>,
+    /// As in `POST`; `null` makes it a service reached as a whole.
+    #[serde(default, deserialize_with = "nullable")]
+    resource_path: Option<Option<String>>,
 }
 
 /// A credential as an admin sends it: a static one, an OAuth one, or an OAuth one with a
@@ -261,6 +264,12 @@ fn check_upstream(url: &str, ca_pem: Option<&str>) -> ApiResult<()> {
     Ok(())
 }
 
+/// Whether `pattern` can be a service's `resource_path`, the 400 naming the field if not.
+fn check_resource_path(pattern: &str) -> ApiResult<()> {
+    resource::check_pattern(pattern)
+        .map_err(|e| ApiError::bad(format!("`resource_path` {pattern:?}: {e}")))
+}
+
 async fn require_team(s: &AppState, team: &str) -> ApiResult<()> {
     if s.db().get_team(team).await?.is_none() {
         return Err(ApiError::bad(format!(
@@ -331,8 +340,7 @@ async fn create_service(
     }
     check_upstream(&body.upstream_url, body.ca_pem.as_deref())?;
     if let Some(pattern) = &body.resource_path {
-        resource::check_pattern(pattern)
-            .map_err(|e| ApiError::bad(format!("`resource_path` {pattern:?}: {e}")))?;
+        check_resource_path(pattern)?;
     }
     let sharing = match &body.sharing {
         Some(v) => parse_enum::<Sharing>(v, "sharing")?,
@@ -403,7 +411,7 @@ async fn get_service(
     tag = "admin",
     security(("admin_token" = [])),
     params(("name" = String, Path, description = "The service")),
-    request_body(content = serde_json::Value, description = "Any of `{owner_id, team_id, sharing (owner, team, signed_in, public), upstream_url (http(s)://host[:port]), ca_pem, credential}`, as in `POST /v1/services`: each field given replaces the stored one, `null` removes `team_id`, `ca_pem` or `credential` (requests then reach the upstream without one), a field left out is kept. Whoever may no longer reach the service after the change is cut off."),
+    request_body(content = serde_json::Value, description = "Any of `{owner_id, team_id, sharing (owner, team, signed_in, public), upstream_url (http(s)://host[:port]), ca_pem, credential, resource_path}`, as in `POST /v1/services`: each field given replaces the stored one, `null` removes `team_id`, `ca_pem`, `credential` (requests then reach the upstream without one) or `resource_path` (the service is then reached as a whole), a field left out is kept. Capabilities minted before a change of `resource_path` no longer match. Whoever may no longer reach the service after the change is cut off."),
     responses(
         (status = 200, description = "Updated; the answer shows the credential's fingerprint, never its value"),
         Malformed,
@@ -444,6 +452,15 @@ async fn update_service(
         row.ca_pem = pem;
     }
     check_upstream(&row.upstream_url, row.ca_pem.as_deref())?;
+    // A capability names its resource (or none) and must name exactly the one a request is
+    // under, so after a change the capabilities minted before it stop matching at the edge and
+    // at renewal; the resources' owners are kept, by id.
+    if let Some(path) = patch.resource_path {
+        if let Some(pattern) = &path {
+            check_resource_path(pattern)?;
+        }
+        row.resource_path = path;
+    }
     if let Some(credential) = &credential {
         (row.credential, row.oauth) = match credential {
             Some(c) => sealed(&s, &name, c)?,
