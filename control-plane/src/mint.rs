@@ -187,6 +187,7 @@ pub fn sign_in_session(
         api_token_id: api_token.map(str::to_owned),
         issued_at: now,
         expires_at: now + lifetime,
+        resource: res.map(str::to_owned),
     };
     Ok(Minted {
         token,

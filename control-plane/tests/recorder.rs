@@ -26,6 +26,7 @@ fn row(jti: &str, kind: KeyKind) -> AuditEntry {
         api_token_id: None,
         issued_at: now,
         expires_at: now + 60,
+        resource: None,
     }
 }
 

@@ -329,6 +329,7 @@ async fn tickets_sessions_audit(db: &Db) {
             api_token_id: (i == 1).then(|| "tok".into()),
             issued_at: 10,
             expires_at: 70,
+            resource: (i == 1).then(|| "/sessions/abc".into()),
         })
         .await
         .unwrap();
@@ -338,6 +339,8 @@ async fn tickets_sessions_audit(db: &Db) {
     assert_eq!(all[0].jti, "jti1", "newest first");
     assert_eq!(all[0].api_token_id.as_deref(), Some("tok"));
     assert_eq!(all[1].api_token_id, None);
+    assert_eq!(all[0].resource.as_deref(), Some("/sessions/abc"));
+    assert_eq!(all[1].resource, None);
     let u = db.list_audit(Some("u"), 10).await.unwrap();
     assert_eq!(u.len(), 1);
     assert_eq!(u[0].kind, KeyKind::Ticket);
@@ -370,6 +373,7 @@ async fn tickets_sessions_audit(db: &Db) {
             api_token_id: (i % 2 == 0).then(|| format!("tok{i}")),
             issued_at: 10,
             expires_at: 910,
+            resource: (i % 3 == 0).then(|| format!("/sessions/s{i}")),
         })
         .collect();
     let refs: Vec<&AuditEntry> = rows.iter().take(256).collect();
@@ -417,6 +421,14 @@ async fn tickets_sessions_audit(db: &Db) {
     assert!(!has("bulk260") && !has("bulk263"), "replay recorded");
     let e = bulk.iter().find(|e| e.jti == "bulk262").unwrap();
     assert_eq!(e, &rows[262], "recorded as given");
+    // Every row, by each way of writing it, comes back as given (resource included).
+    for e in &bulk {
+        let given = rows.iter().find(|r| r.jti == e.jti).unwrap();
+        assert_eq!(e, given, "recorded as given");
+    }
+    assert!(bulk
+        .iter()
+        .any(|e| e.jti == "bulk261" && e.resource.is_some()));
     // Login tickets' rows beside a consumption, and alone.
     let ticket_row = |jti: &str| AuditEntry {
         jti: jti.into(),

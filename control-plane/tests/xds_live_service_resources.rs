@@ -138,6 +138,24 @@ async fn a_browser_reaches_its_own_resource_and_is_refused_another_users() {
     .await;
     assert_eq!(status, 200, "{body}");
     forwarded_once(&upstream, before, "/sessions/a1/events?since=1");
+    // The audit says which resource the sign-in's ticket and capability were for.
+    let audit = stack
+        .cp
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v1/audit?user={USER}"),
+            None,
+        )
+        .await;
+    for (kind, via) in [("ticket", "proxy-auth"), ("capability", "callback")] {
+        let row = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == kind && r["via"] == via && r["pod_slug"] == SERVICE)
+            .unwrap_or_else(|| panic!("no {kind} row: {audit}"));
+        assert_eq!(row["resource"], "/sessions/a1", "{row}");
+    }
 
     // Bob's resource: the filter sends the page load to sign in for it, and the control plane
     // refuses with a 403 that says why; nothing reaches the upstream.

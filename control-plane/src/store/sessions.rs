@@ -7,7 +7,21 @@ use super::{collect, Backend, Db, KeyKind, Res, User};
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Binds an audit row's ten columns, in `token_audit`'s insert order.
+/// The columns of an audit row, in the order `bind_audit` binds them.
+const AUDIT_COLUMNS: &str =
+    "jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at, resource";
+/// How many there are.
+const AUDIT_WIDTH: usize = 11;
+
+/// `($first, $first+1, ...)`: the placeholders of one audit row from parameter `first` on.
+fn audit_placeholders(first: usize) -> String {
+    let params: Vec<String> = (first..first + AUDIT_WIDTH)
+        .map(|n| format!("${n}"))
+        .collect();
+    format!("({})", params.join(", "))
+}
+
+/// Binds an audit row's columns ([`AUDIT_COLUMNS`]).
 fn bind_audit<'q>(q: AnyQuery<'q>, e: &'q AuditEntry) -> AnyQuery<'q> {
     q.bind(e.jti.as_str())
         .bind(e.kind.as_str())
@@ -19,16 +33,17 @@ fn bind_audit<'q>(q: AnyQuery<'q>, e: &'q AuditEntry) -> AnyQuery<'q> {
         .bind(e.api_token_id.as_deref())
         .bind(e.issued_at)
         .bind(e.expires_at)
+        .bind(e.resource.as_deref())
 }
 
 fn insert_audit(e: &AuditEntry) -> AnyQuery<'_> {
-    bind_audit(
-        sqlx::query(
-            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        ),
-        e,
-    )
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO token_audit ({AUDIT_COLUMNS}) VALUES {}",
+            audit_placeholders(1)
+        )
+    });
+    bind_audit(sqlx::query(SQL.as_str()), e)
 }
 
 /// One row of the mint audit trail (never the token).
@@ -49,6 +64,9 @@ pub struct AuditEntry {
     pub api_token_id: Option<String>,
     pub issued_at: i64,
     pub expires_at: i64,
+    /// On a service reached per resource, the resource it was minted for (`/sessions/abc`).
+    #[serde(default)]
+    pub resource: Option<String>,
 }
 
 impl Db {
@@ -251,22 +269,24 @@ async fn consume_then_record_sqlite(
     };
     let mut sql = String::from("BEGIN IMMEDIATE; ");
     if !rows.is_empty() {
-        sql.push_str(
-            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) \
-             SELECT e.column1, e.column2, e.column3, e.column4, e.column5, e.column6, e.column7, e.column8, e.column9, e.column10 \
-             FROM (VALUES ",
-        );
+        // The `VALUES` rows are an audit row's columns and the ticket it waits for, last.
+        let values: Vec<String> = (1..=AUDIT_WIDTH).map(|i| format!("e.column{i}")).collect();
+        let ticket = format!("e.column{}", AUDIT_WIDTH + 1);
+        sql.push_str(&format!(
+            "INSERT INTO token_audit ({AUDIT_COLUMNS}) SELECT {} FROM (VALUES ",
+            values.join(", ")
+        ));
         for i in 0..rows.len() {
             if i > 0 {
                 sql.push_str(", ");
             }
-            let params: Vec<String> = (0..11).map(|_| format!("${}", param())).collect();
+            let params: Vec<String> = (0..=AUDIT_WIDTH).map(|_| format!("${}", param())).collect();
             sql.push_str(&format!("({})", params.join(", ")));
         }
-        sql.push_str(
-            ") AS e WHERE e.column11 IS NULL \
-             OR NOT EXISTS (SELECT 1 FROM consumed_tickets c WHERE c.jti = e.column11); ",
-        );
+        sql.push_str(&format!(
+            ") AS e WHERE {ticket} IS NULL \
+             OR NOT EXISTS (SELECT 1 FROM consumed_tickets c WHERE c.jti = {ticket}); "
+        ));
     }
     if !fresh.is_empty() {
         sql.push_str("INSERT INTO consumed_tickets (jti, expires_at) VALUES ");
@@ -379,8 +399,8 @@ async fn consume_then_record_pg(
     }
     sql.push_str(
         " ON CONFLICT (jti) DO NOTHING RETURNING jti), \
-         recorded AS (INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) \
-         SELECT e.jti, e.kind, e.user_id, e.pod_slug, e.port, e.audience, e.via, e.api_token_id, e.issued_at, e.expires_at \
+         recorded AS (INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at, resource) \
+         SELECT e.jti, e.kind, e.user_id, e.pod_slug, e.port, e.audience, e.via, e.api_token_id, e.issued_at, e.expires_at, e.resource \
          FROM (VALUES ",
     );
     for i in 0..rows.len() {
@@ -388,12 +408,12 @@ async fn consume_then_record_pg(
             sql.push_str(", ");
         }
         sql.push_str(&format!(
-            "(${}::text, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::bigint, ${}::text)",
-            param(), param(), param(), param(), param(), param(), param(), param(), param(), param(), param()
+            "(${}::text, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::bigint, ${}::text, ${}::text)",
+            param(), param(), param(), param(), param(), param(), param(), param(), param(), param(), param(), param()
         ));
     }
     sql.push_str(
-        ") AS e(jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at, ticket) \
+        ") AS e(jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at, resource, ticket) \
          WHERE e.ticket IS NULL OR e.ticket IN (SELECT jti FROM consumed) RETURNING 1) \
          SELECT jti FROM consumed",
     );
@@ -424,27 +444,12 @@ where
     if entries.is_empty() {
         return Ok(());
     }
-    let mut sql = String::from(
-            "INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at) VALUES ",
-        );
+    let mut sql = format!("INSERT INTO token_audit ({AUDIT_COLUMNS}) VALUES ");
     for i in 0..entries.len() {
         if i > 0 {
             sql.push_str(", ");
         }
-        let b = 10 * i;
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8,
-            b + 9,
-            b + 10
-        ));
+        sql.push_str(&audit_placeholders(AUDIT_WIDTH * i + 1));
     }
     let mut q = sqlx::query(&sql);
     for e in entries {
@@ -458,7 +463,7 @@ impl Db {
     /// The newest audit entries, optionally of one user, newest first.
     pub async fn list_audit(&self, user_id: Option<&str>, limit: i64) -> Res<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at FROM token_audit \
+            "SELECT jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at, resource FROM token_audit \
              WHERE ($1 = '' OR user_id = $1) ORDER BY id DESC LIMIT $2",
         )
         .bind(user_id.unwrap_or(""))

@@ -28,7 +28,7 @@ struct AuditQuery {
     tag = "admin",
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The mint audit trail"),
+        (status = 200, description = "The mint audit trail, newest first: who got which kind of token for which pod or service port (and resource), how and when; never a token"),
         Malformed,
         Unauthorized,
         TooMany,
