@@ -26,18 +26,35 @@ const SERVICE: &str = "chat";
 /// The upstream's credential: it must reach the upstream and nothing else.
 const UPSTREAM_KEY: &str = "sk-chat-3f9a1c0b7e2d4a6c";
 
-/// `POST /v1/capabilities` for resource `id` of the service with `session`: status and body.
-async fn capability(stack: &Stack, session: &str, id: &str) -> (u16, Value) {
+/// `POST /v1/capabilities` for resource `id` of the service (`None`: the whole service) with
+/// `session`: status and body.
+async fn capability_for(stack: &Stack, session: &str, id: Option<&str>) -> (u16, Value) {
+    let mut body = json!({ "service": SERVICE });
+    if let Some(id) = id {
+        body["resource"] = json!(id);
+    }
     let resp = stack
         .http
         .post(format!("http://{}/v1/capabilities", stack.cp.http))
         .header(COOKIE, session)
-        .json(&json!({"service": SERVICE, "resource": id}))
+        .json(&body)
         .send()
         .await
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap())
+}
+
+/// [`capability_for`] resource `id`.
+async fn capability(stack: &Stack, session: &str, id: &str) -> (u16, Value) {
+    capability_for(stack, session, Some(id)).await
+}
+
+/// The token of a capability [`capability_for`] must grant.
+async fn granted(stack: &Stack, session: &str, id: Option<&str>) -> String {
+    let (status, cap) = capability_for(stack, session, id).await;
+    assert_eq!(status, 200, "{cap}");
+    cap["token"].as_str().unwrap().to_owned()
 }
 
 /// The stack with service `chat` on a recording upstream, `a1` alice's and `b1` bob's; bob's
@@ -76,14 +93,12 @@ async fn start() -> (Stack, FakePod, String) {
     }
     // In force at the edge once a path outside the pattern is refused to alice, who reaches the
     // service (to anyone else it is the answer of a service that does not exist).
-    let (status, cap) = capability(&stack, &stack.session, "a1").await;
-    assert_eq!(status, 200, "{cap}");
-    let cap = cap["token"].as_str().unwrap();
+    let cap = granted(&stack, &stack.session, Some("a1")).await;
     until_service_status(
         &stack,
         SERVICE,
         "/admin",
-        &[("podgate-token", cap)],
+        &[("podgate-token", &cap)],
         403,
         ONE_PUSH,
     )
@@ -240,9 +255,7 @@ async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
     assert_eq!(upstream.requests().len(), before, "nothing forwarded");
 
     // Bob reaches his.
-    let (status, bobs) = capability(&stack, &bob, "b1").await;
-    assert_eq!(status, 200, "{bobs}");
-    let bobs = bobs["token"].as_str().unwrap().to_owned();
+    let bobs = granted(&stack, &bob, Some("b1")).await;
     let (status, _) =
         get_service(&stack, SERVICE, "/sessions/b1", &[("podgate-token", &bobs)]).await;
     assert_eq!(status, 200);
@@ -281,9 +294,7 @@ async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_traversal_from_ones_own_resource_to_another_is_never_forwarded() {
     let (stack, upstream, _) = start().await;
-    let (status, cap) = capability(&stack, &stack.session, "a1").await;
-    assert_eq!(status, 200, "{cap}");
-    let cap = cap["token"].as_str().unwrap().to_owned();
+    let cap = granted(&stack, &stack.session, Some("a1")).await;
     let (_, token) = create_api_token(&stack, &stack.session, "chat").await;
     let host = service_host(SERVICE);
     let before = upstream.requests().len();
@@ -332,20 +343,6 @@ async fn a_traversal_from_ones_own_resource_to_another_is_never_forwarded() {
     assert_eq!(status, 200);
 }
 
-/// `POST /v1/capabilities` for the whole service with `session`: status and body.
-async fn whole_service_capability(stack: &Stack, session: &str) -> (u16, Value) {
-    let resp = stack
-        .http
-        .post(format!("http://{}/v1/capabilities", stack.cp.http))
-        .header(COOKIE, session)
-        .json(&json!({ "service": SERVICE }))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
-}
-
 /// `PATCH /v1/services/chat` with `resource_path`; the answer shows it.
 async fn patch_resource_path(stack: &Stack, pattern: Value) {
     let patched = stack
@@ -365,9 +362,7 @@ async fn patch_resource_path(stack: &Stack, pattern: Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_resource_path_changed_with_patch_changes_what_each_capability_reaches() {
     let (stack, upstream, _) = start().await;
-    let (status, cap) = capability(&stack, &stack.session, "a1").await;
-    assert_eq!(status, 200, "{cap}");
-    let resource_cap = cap["token"].as_str().unwrap().to_owned();
+    let resource_cap = granted(&stack, &stack.session, Some("a1")).await;
     let before = upstream.requests().len();
     let (status, _) = get_service(
         &stack,
@@ -379,7 +374,7 @@ async fn a_resource_path_changed_with_patch_changes_what_each_capability_reaches
     assert_eq!(status, 200);
     forwarded_once(&upstream, before, "/sessions/a1");
     // A capability for the whole service cannot be had while it is reached per resource.
-    let (status, body) = whole_service_capability(&stack, &stack.session).await;
+    let (status, body) = capability_for(&stack, &stack.session, None).await;
     assert_eq!(status, 403, "{body}");
 
     patch_resource_path(&stack, Value::Null).await;
@@ -392,9 +387,7 @@ async fn a_resource_path_changed_with_patch_changes_what_each_capability_reaches
         ONE_PUSH,
     )
     .await;
-    let (status, cap) = whole_service_capability(&stack, &stack.session).await;
-    assert_eq!(status, 200, "{cap}");
-    let whole_cap = cap["token"].as_str().unwrap().to_owned();
+    let whole_cap = granted(&stack, &stack.session, None).await;
     for path in ["/admin", "/sessions/b1"] {
         let before = upstream.requests().len();
         let (status, _) =

@@ -215,14 +215,21 @@ impl Db {
     }
 }
 
-/// For each ticket, whether it is the first occurrence of its jti in `tickets` (only that one
-/// may claim it), and the rows to record: `always` (no ticket), then each first occurrence's
-/// entry of `if_consumed` with its ticket.
+/// What a batch claims: for each ticket, whether it is the first occurrence of its jti in
+/// `tickets` (only that one may claim it); the rows to record, `always` (no ticket) then each
+/// first occurrence's entry of `if_consumed` with its ticket; and the first occurrences'
+/// tickets, to insert.
+struct Claimed<'a> {
+    first: Vec<bool>,
+    rows: Vec<(&'a AuditEntry, Option<&'a str>)>,
+    fresh: Vec<(&'a str, i64)>,
+}
+
 fn claimable<'a>(
     tickets: &'a [(String, i64)],
     always: &[&'a AuditEntry],
     if_consumed: &[&'a AuditEntry],
-) -> (Vec<bool>, Vec<(&'a AuditEntry, Option<&'a str>)>) {
+) -> Claimed<'a> {
     let mut seen = std::collections::HashSet::new();
     let first: Vec<bool> = tickets
         .iter()
@@ -237,7 +244,13 @@ fn claimable<'a>(
             .filter(|(_, first)| **first)
             .map(|((e, (jti, _)), _)| (*e, Some(jti.as_str()))),
     );
-    (first, rows)
+    let fresh = tickets
+        .iter()
+        .zip(&first)
+        .filter(|(_, f)| **f)
+        .map(|((jti, exp), _)| (jti.as_str(), *exp))
+        .collect();
+    Claimed { first, rows, fresh }
 }
 
 /// [`Db::consume_then_record`] on SQLite, in one transaction sent as one command (one hand-off
@@ -252,13 +265,7 @@ async fn consume_then_record_sqlite(
     always: &[&AuditEntry],
     if_consumed: &[&AuditEntry],
 ) -> Res<Vec<bool>> {
-    let (first, rows) = claimable(tickets, always, if_consumed);
-    let fresh: Vec<(&str, i64)> = tickets
-        .iter()
-        .zip(&first)
-        .filter(|(_, f)| **f)
-        .map(|((jti, exp), _)| (jti.as_str(), *exp))
-        .collect();
+    let Claimed { first, rows, fresh } = claimable(tickets, always, if_consumed);
     if rows.is_empty() && fresh.is_empty() {
         return Ok(vec![false; tickets.len()]);
     }
@@ -374,15 +381,13 @@ async fn consume_then_record_pg(
     if_consumed: &[&AuditEntry],
 ) -> Res<Vec<bool>> {
     // Rows are (entry, the ticket it waits for: `None` for one recorded whatever happens).
-    let (first, rows) = claimable(tickets, always, if_consumed);
+    let Claimed {
+        first,
+        rows,
+        mut fresh,
+    } = claimable(tickets, always, if_consumed);
     // In jti order: batches written at once then take the tickets' unique-key locks in one
     // order, so two of them replaying each other's tickets wait on each other, never deadlock.
-    let mut fresh: Vec<(&str, i64)> = tickets
-        .iter()
-        .zip(&first)
-        .filter(|(_, f)| **f)
-        .map(|((jti, exp), _)| (jti.as_str(), *exp))
-        .collect();
     fresh.sort_unstable();
     let mut sql =
         String::from("WITH consumed AS (INSERT INTO consumed_tickets (jti, expires_at) VALUES ");
