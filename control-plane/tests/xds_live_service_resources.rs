@@ -134,6 +134,15 @@ fn forwarded_once(upstream: &FakePod, before: usize, path: &str) {
     }
 }
 
+/// `GET path` on the service through Envoy with `headers` answers 200, and the upstream got
+/// exactly that request ([`forwarded_once`]).
+async fn reaches(stack: &Stack, upstream: &FakePod, path: &str, headers: &[(&str, &str)]) {
+    let before = upstream.requests().len();
+    let (status, body) = get_service(stack, SERVICE, path, headers).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    forwarded_once(upstream, before, path);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_browser_reaches_its_own_resource_and_is_refused_another_users() {
     let (stack, upstream, _) = start().await;
@@ -143,16 +152,13 @@ async fn a_browser_reaches_its_own_resource_and_is_refused_another_users() {
     let cookie = sign_in_on_host(&stack, &host, "/sessions/a1", &stack.session, None)
         .await
         .unwrap();
-    let before = upstream.requests().len();
-    let (status, body) = get_service(
+    reaches(
         &stack,
-        SERVICE,
+        &upstream,
         "/sessions/a1/events?since=1",
         &[("cookie", &cookie)],
     )
     .await;
-    assert_eq!(status, 200, "{body}");
-    forwarded_once(&upstream, before, "/sessions/a1/events?since=1");
     // The audit says which resource the sign-in's ticket and capability were for.
     let audit = stack
         .cp
@@ -202,16 +208,13 @@ async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
     // An API token at the edge: exchanged per resource.
     let (_, token) = create_api_token(&stack, &stack.session, "chat").await;
     let bearer = format!("Bearer {token}");
-    let before = upstream.requests().len();
-    let (status, body) = get_service(
+    reaches(
         &stack,
-        SERVICE,
+        &upstream,
         "/sessions/a1",
         &[("authorization", &bearer)],
     )
     .await;
-    assert_eq!(status, 200, "{body}");
-    forwarded_once(&upstream, before, "/sessions/a1");
     let before = upstream.requests().len();
     for _ in 0..2 {
         let (status, body) = get_service(
@@ -238,16 +241,13 @@ async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
     assert!(refusal["hint"].is_string(), "{refusal}");
     let (status, _) = capability(&stack, &stack.session, "nope").await;
     assert_eq!(status, 403, "an unknown resource is answered as another's");
-    let before = upstream.requests().len();
-    let (status, _) = get_service(
+    reaches(
         &stack,
-        SERVICE,
+        &upstream,
         "/sessions/a1/x",
         &[("podgate-token", &cap)],
     )
     .await;
-    assert_eq!(status, 200);
-    forwarded_once(&upstream, before, "/sessions/a1/x");
     let before = upstream.requests().len();
     let (status, _) =
         get_service(&stack, SERVICE, "/sessions/b1", &[("podgate-token", &cap)]).await;
@@ -363,16 +363,13 @@ async fn patch_resource_path(stack: &Stack, pattern: Value) {
 async fn a_resource_path_changed_with_patch_changes_what_each_capability_reaches() {
     let (stack, upstream, _) = start().await;
     let resource_cap = granted(&stack, &stack.session, Some("a1")).await;
-    let before = upstream.requests().len();
-    let (status, _) = get_service(
+    reaches(
         &stack,
-        SERVICE,
+        &upstream,
         "/sessions/a1",
         &[("podgate-token", &resource_cap)],
     )
     .await;
-    assert_eq!(status, 200);
-    forwarded_once(&upstream, before, "/sessions/a1");
     // A capability for the whole service cannot be had while it is reached per resource.
     let (status, body) = capability_for(&stack, &stack.session, None).await;
     assert_eq!(status, 403, "{body}");
@@ -389,11 +386,7 @@ async fn a_resource_path_changed_with_patch_changes_what_each_capability_reaches
     .await;
     let whole_cap = granted(&stack, &stack.session, None).await;
     for path in ["/admin", "/sessions/b1"] {
-        let before = upstream.requests().len();
-        let (status, _) =
-            get_service(&stack, SERVICE, path, &[("podgate-token", &whole_cap)]).await;
-        assert_eq!(status, 200, "{path}");
-        forwarded_once(&upstream, before, path);
+        reaches(&stack, &upstream, path, &[("podgate-token", &whole_cap)]).await;
     }
 
     patch_resource_path(&stack, json!("/sessions/{id}")).await;
@@ -412,13 +405,11 @@ async fn a_resource_path_changed_with_patch_changes_what_each_capability_reaches
     assert_eq!(status, 403);
     assert_eq!(upstream.requests().len(), before, "nothing forwarded");
     // The resources' owners were kept: alice's capability for `a1` reaches it again.
-    let (status, _) = get_service(
+    reaches(
         &stack,
-        SERVICE,
+        &upstream,
         "/sessions/a1",
         &[("podgate-token", &resource_cap)],
     )
     .await;
-    assert_eq!(status, 200);
-    forwarded_once(&upstream, before, "/sessions/a1");
 }

@@ -696,13 +696,7 @@ impl Verifier {
             #[serde(default)]
             aud: Option<serde_json::Value>,
         }
-        let (untrusted, key) = self.parse(token)?;
-        if untrusted.signature_bytes().len() != key.alg.signature_len() {
-            return Err(TokenError::BadSignature);
-        }
-        let claims = untrusted
-            .deserialize_claims_unchecked::<Audience>()
-            .map_err(|_| TokenError::BadClaims)?;
+        let (_, claims) = self.unverified::<Audience>(token)?;
         if let Some(exp) = claims.expiration {
             if now >= exp.timestamp().saturating_add(self.leeway) {
                 return Err(TokenError::Expired);
@@ -743,14 +737,24 @@ impl Verifier {
     /// made. Its key must still be one of this verifier's, as for `verify`. Never for a token
     /// that came from anywhere else.
     pub fn verify_signed_here(&self, token: &str, now: i64) -> Result<Verified, TokenError> {
+        let (untrusted, claims) = self.unverified::<WireClaims>(token)?;
+        self.check_claims(token, &untrusted, claims, now)
+    }
+
+    /// [`Verifier::parse`], the signature's length for the key, and the claims decoded as `T`
+    /// without checking the signature.
+    fn unverified<'t, T: serde::de::DeserializeOwned>(
+        &self,
+        token: &'t str,
+    ) -> Result<(UntrustedToken<'t, ExtraHeader>, Claims<T>), TokenError> {
         let (untrusted, key) = self.parse(token)?;
         if untrusted.signature_bytes().len() != key.alg.signature_len() {
             return Err(TokenError::BadSignature);
         }
         let claims = untrusted
-            .deserialize_claims_unchecked::<WireClaims>()
+            .deserialize_claims_unchecked::<T>()
             .map_err(|_| TokenError::BadClaims)?;
-        self.check_claims(token, &untrusted, claims, now)
+        Ok((untrusted, claims))
     }
 
     /// The claim checks of `verify`, once the signature is settled.
