@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::metrics::{DbOp, Metrics};
 use crate::store::{AuditEntry, Backend, Db};
 
-/// Most writes carried by one batch (11 parameters each stays far below both databases' limits).
+/// Most writes carried by one batch (12 parameters each, an audit row and its ticket, stays far
+/// below both databases' limits).
 const MAX_BATCH: usize = 256;
 
 /// Longest a row nobody waits for is held for a batch somebody waits for.

@@ -284,13 +284,19 @@ async fn access(db: &Db) {
 }
 on_both!(access_facts, access);
 
+/// Consumes ticket `jti` with nothing to record: whether it was consumed now (else a replay).
+async fn consume(db: &Db, jti: &str, expires_at: i64) -> bool {
+    let consumed = db
+        .consume_then_record(&[(jti.to_owned(), expires_at)], &[], &[])
+        .await
+        .unwrap();
+    consumed[0]
+}
+
 async fn tickets_sessions_audit(db: &Db) {
-    assert!(db.consume_ticket("j1", 100).await.unwrap());
-    assert!(
-        !db.consume_ticket("j1", 100).await.unwrap(),
-        "replay must be detected"
-    );
-    assert!(db.consume_ticket("j2", 10_000).await.unwrap());
+    assert!(consume(db, "j1", 100).await);
+    assert!(!consume(db, "j1", 100).await, "replay must be detected");
+    assert!(consume(db, "j2", 10_000).await);
     db.create_user(&user("u", Some("u@x.dev"))).await.unwrap();
     db.create_session("h1", "u", None, 1, 50).await.unwrap();
     db.create_session("h2", "u", Some("corp"), 1, 10_000)
@@ -303,14 +309,8 @@ async fn tickets_sessions_audit(db: &Db) {
     );
     assert!(db.session_user("nope", 10).await.unwrap().is_none());
     assert_eq!(db.prune(1000).await.unwrap(), 2);
-    assert!(
-        db.consume_ticket("j1", 100).await.unwrap(),
-        "pruned after expiry"
-    );
-    assert!(
-        !db.consume_ticket("j2", 100).await.unwrap(),
-        "not pruned before expiry"
-    );
+    assert!(consume(db, "j1", 100).await, "pruned after expiry");
+    assert!(!consume(db, "j2", 100).await, "not pruned before expiry");
     db.delete_session("h2").await.unwrap();
     assert!(db.session_user("h2", 10).await.unwrap().is_none());
 
@@ -318,7 +318,7 @@ async fn tickets_sessions_audit(db: &Db) {
         .into_iter()
         .enumerate()
     {
-        db.record_mint(&AuditEntry {
+        let entry = AuditEntry {
             jti: format!("jti{i}"),
             kind,
             user_id: if i == 0 { "u".into() } else { "v".into() },
@@ -330,9 +330,8 @@ async fn tickets_sessions_audit(db: &Db) {
             issued_at: 10,
             expires_at: 70,
             resource: (i == 1).then(|| "/sessions/abc".into()),
-        })
-        .await
-        .unwrap();
+        };
+        db.consume_then_record(&[], &[&entry], &[]).await.unwrap();
     }
     let all = db.list_audit(None, 10).await.unwrap();
     assert_eq!(all.len(), 2);
@@ -353,14 +352,18 @@ async fn tickets_sessions_audit(db: &Db) {
         .map(|j| (j.to_string(), 100))
         .collect();
     assert_eq!(
-        db.consume_tickets(&batch).await.unwrap(),
+        db.consume_then_record(&batch, &[], &[]).await.unwrap(),
         vec![true, true, false, false, true]
     );
     assert_eq!(
-        db.consume_tickets(&batch[..2]).await.unwrap(),
+        db.consume_then_record(&batch[..2], &[], &[]).await.unwrap(),
         vec![false, false]
     );
-    assert!(db.consume_tickets(&[]).await.unwrap().is_empty());
+    assert!(db
+        .consume_then_record(&[], &[], &[])
+        .await
+        .unwrap()
+        .is_empty());
     let rows: Vec<AuditEntry> = (0..300)
         .map(|i| AuditEntry {
             jti: format!("bulk{i}"),
@@ -377,8 +380,8 @@ async fn tickets_sessions_audit(db: &Db) {
         })
         .collect();
     let refs: Vec<&AuditEntry> = rows.iter().take(256).collect();
-    db.record_mints(&refs).await.unwrap();
-    db.record_mints(&[]).await.unwrap();
+    db.consume_then_record(&[], &refs, &[]).await.unwrap();
+    db.consume_then_record(&[], &[], &[]).await.unwrap();
     let bulk = db.list_audit(Some("bulk"), 1000).await.unwrap();
     assert_eq!(bulk.len(), 256);
     assert!(bulk

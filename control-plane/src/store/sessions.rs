@@ -36,16 +36,6 @@ fn bind_audit<'q>(q: AnyQuery<'q>, e: &'q AuditEntry) -> AnyQuery<'q> {
         .bind(e.resource.as_deref())
 }
 
-fn insert_audit(e: &AuditEntry) -> AnyQuery<'_> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "INSERT INTO token_audit ({AUDIT_COLUMNS}) VALUES {}",
-            audit_placeholders(1)
-        )
-    });
-    bind_audit(sqlx::query(SQL.as_str()), e)
-}
-
 /// One row of the mint audit trail (never the token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct AuditEntry {
@@ -145,18 +135,6 @@ impl Db {
         Ok(())
     }
 
-    /// Marks a ticket used. `false` means it was used before: a replay.
-    pub async fn consume_ticket(&self, jti: &str, expires_at: i64) -> Res<bool> {
-        let r = sqlx::query(
-            "INSERT INTO consumed_tickets (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
-        )
-        .bind(jti)
-        .bind(expires_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
     /// Drops consumed tickets, sessions and sign-ins under way that expired before `before`.
     pub async fn prune(&self, before: i64) -> Res<u64> {
         let c = sqlx::query("DELETE FROM sign_in_states WHERE expires_at < $1")
@@ -172,22 +150,6 @@ impl Db {
             .execute(&self.writer)
             .await?;
         Ok(a.rows_affected() + b.rows_affected() + c.rows_affected())
-    }
-
-    pub async fn record_mint(&self, e: &AuditEntry) -> Res<()> {
-        insert_audit(e).execute(&self.writer).await?;
-        Ok(())
-    }
-
-    /// Consumes many tickets in one statement; `true` for each one consumed now, `false` for a
-    /// replay (used before, or earlier in the same batch).
-    pub async fn consume_tickets(&self, tickets: &[(String, i64)]) -> Res<Vec<bool>> {
-        consume_tickets_on(&self.writer, tickets).await
-    }
-
-    /// Records many mints in one statement.
-    pub async fn record_mints(&self, entries: &[&AuditEntry]) -> Res<()> {
-        record_mints_on(&self.writer, entries).await
     }
 
     /// Consumes `tickets` and records `always` plus, for each ticket consumed now, its entry in
@@ -333,43 +295,6 @@ async fn consume_then_record_sqlite(
         .collect())
 }
 
-async fn consume_tickets_on<'c, E>(exec: E, tickets: &[(String, i64)]) -> Res<Vec<bool>>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
-{
-    let mut seen = std::collections::HashSet::new();
-    let fresh: Vec<&(String, i64)> = tickets
-        .iter()
-        .filter(|(jti, _)| seen.insert(jti.as_str()))
-        .collect();
-    if fresh.is_empty() {
-        return Ok(vec![false; tickets.len()]);
-    }
-    let mut sql = String::from("INSERT INTO consumed_tickets (jti, expires_at) VALUES ");
-    for i in 0..fresh.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
-    }
-    sql.push_str(" ON CONFLICT (jti) DO NOTHING RETURNING jti");
-    let mut q = sqlx::query(&sql);
-    for (jti, exp) in &fresh {
-        q = q.bind(jti.as_str()).bind(*exp);
-    }
-    let rows = q.fetch_all(exec).await?;
-    let mut inserted = std::collections::HashSet::new();
-    for row in &rows {
-        inserted.insert(row.try_get::<String, _>("jti")?);
-    }
-    // Only the first occurrence of a jti in the batch may claim it.
-    let mut claimed = std::collections::HashSet::new();
-    Ok(tickets
-        .iter()
-        .map(|(jti, _)| inserted.contains(jti) && claimed.insert(jti.as_str()))
-        .collect())
-}
-
 /// [`Db::consume_then_record`] on PostgreSQL, in one statement: the tickets are inserted into
 /// `consumed_tickets` (a ticket already there is not: a replay), and the audit rows of `always`
 /// and of the entries whose ticket that insert claimed go into `token_audit`, all in one
@@ -402,26 +327,32 @@ async fn consume_then_record_pg(
         }
         sql.push_str(&format!("(${}::text, ${}::bigint)", param(), param()));
     }
-    sql.push_str(
-        " ON CONFLICT (jti) DO NOTHING RETURNING jti), \
-         recorded AS (INSERT INTO token_audit (jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at, resource) \
-         SELECT e.jti, e.kind, e.user_id, e.pod_slug, e.port, e.audience, e.via, e.api_token_id, e.issued_at, e.expires_at, e.resource \
-         FROM (VALUES ",
-    );
-    for i in 0..rows.len() {
-        if i > 0 {
-            sql.push_str(", ");
+    sql.push_str(" ON CONFLICT (jti) DO NOTHING RETURNING jti)");
+    if !rows.is_empty() {
+        let values: Vec<String> = AUDIT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect();
+        sql.push_str(&format!(
+            ", recorded AS (INSERT INTO token_audit ({AUDIT_COLUMNS}) SELECT {} FROM (VALUES ",
+            values.join(", ")
+        ));
+        for i in 0..rows.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            // The audit row's columns (a `VALUES` list needs their types here), then its ticket.
+            sql.push_str(&format!(
+                "(${}::text, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::bigint, ${}::text, ${}::text)",
+                param(), param(), param(), param(), param(), param(), param(), param(), param(), param(), param(), param()
+            ));
         }
         sql.push_str(&format!(
-            "(${}::text, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::bigint, ${}::text, ${}::text)",
-            param(), param(), param(), param(), param(), param(), param(), param(), param(), param(), param(), param()
+            ") AS e({AUDIT_COLUMNS}, ticket) \
+             WHERE e.ticket IS NULL OR e.ticket IN (SELECT jti FROM consumed) RETURNING 1)"
         ));
     }
-    sql.push_str(
-        ") AS e(jti, kind, user_id, pod_slug, port, audience, via, api_token_id, issued_at, expires_at, resource, ticket) \
-         WHERE e.ticket IS NULL OR e.ticket IN (SELECT jti FROM consumed) RETURNING 1) \
-         SELECT jti FROM consumed",
-    );
+    sql.push_str(" SELECT jti FROM consumed");
     let mut q = sqlx::query(&sql);
     for (jti, exp) in &fresh {
         q = q.bind(*jti).bind(*exp);
