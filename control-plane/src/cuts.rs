@@ -1,6 +1,7 @@
 //! Cutting capabilities off before their expiry, within one config push: a browser session
-//! that signed out (every capability minted for it, on every pod host), and users who lost
-//! access to a pod (their capabilities for it issued up to that moment).
+//! that signed out (every capability minted for it, on every pod host), users who lost access
+//! to a pod (their capabilities for it issued up to that moment), and the former owner of a
+//! resource of a service reached per resource (their capabilities for that resource).
 //!
 //! Cuts are rows of `access_cuts`, listed in the filter's `cutoffs` (`protocol::cutoff`) until
 //! no capability they can refuse is valid any more: the cut's time plus the capability lifetime,
@@ -16,6 +17,7 @@
 //! Callers commit their change first, cut next, and the admin layer then pushes.
 
 use podgate_protocol::cutoff::{Cutoffs, SessionCut, UserCut, MAX_CUTS};
+use podgate_protocol::host::SERVICE_PORT;
 use podgate_protocol::token::DEFAULT_LEEWAY_SECS;
 
 use crate::authz::may_reach;
@@ -55,6 +57,7 @@ pub async fn cut_user(db: &Db, capability_lifetime: u64, user_id: &str) -> Resul
         user_id: user_id.to_owned(),
         pod: None,
         port: None,
+        resource: None,
         at,
         until: cut_until(capability_lifetime, at),
     };
@@ -62,27 +65,27 @@ pub async fn cut_user(db: &Db, capability_lifetime: u64, user_id: &str) -> Resul
     Ok(())
 }
 
-/// Cuts off every capability of `user_id` for `port` of `pod` (a service: port 0) issued until
-/// now, whatever it names: on a service reached per resource, after a resource of theirs changed
-/// owner or was forgotten (a capability does not say which resource in the mint audit, so all
-/// of theirs for the service go; a browser then gets a fresh one for a resource still theirs).
-pub async fn cut_user_on(
+/// Cuts off every capability of `user_id` for `resource` (its path, e.g. `/sessions/abc`) of
+/// the service `service` issued until now: the resource changed owner or was forgotten. Their
+/// capabilities for the service's other resources are not touched.
+pub async fn cut_resource(
     db: &Db,
     capability_lifetime: u64,
     user_id: &str,
-    pod: &str,
-    port: u16,
+    service: &str,
+    resource: &str,
 ) -> Result<(), sqlx::Error> {
     let at = now_unix();
     let cut = CutRow::User {
         user_id: user_id.to_owned(),
-        pod: Some(pod.to_owned()),
-        port: Some(port),
+        pod: Some(service.to_owned()),
+        port: Some(SERVICE_PORT),
+        resource: Some(resource.to_owned()),
         at,
         until: cut_until(capability_lifetime, at),
     };
     db.insert_cut(&cut, at).await?;
-    tracing::info!(user = %user_id, %pod, port, "resource lost: capabilities cut off");
+    tracing::info!(user = %user_id, %service, %resource, "resource lost: capabilities cut off");
     Ok(())
 }
 
@@ -114,6 +117,7 @@ pub async fn cut_lost_access(
             user_id: user_id.clone(),
             pod: Some(pod.clone()),
             port: Some(port),
+            resource: None,
             at,
             until: cut_until(capability_lifetime, at),
         };
@@ -135,12 +139,14 @@ pub async fn cutoffs(db: &Db) -> Result<Cutoffs, sqlx::Error> {
                 user_id,
                 pod,
                 port,
+                resource,
                 at,
                 until,
             } => all.users.push(UserCut {
                 sub: user_id,
                 pod,
                 port,
+                resource,
                 at,
                 until,
             }),

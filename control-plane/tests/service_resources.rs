@@ -449,7 +449,21 @@ async fn renewal_keeps_the_resource_until_it_is_lost(which: Which) {
     let fresh = verify(&c, r.json()["token"].as_str().unwrap());
     assert_eq!(fresh.res.as_deref(), Some("/sessions/a1"));
 
-    // a1 changes hands: alice's capabilities for the service are cut, her renewal refused.
+    // a2 is alice's too.
+    let r = h
+        .admin(
+            Method::PUT,
+            &format!("{CHAT}/resources/a2"),
+            Some(json!({"owner": "alice"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let other = browser_capability(&h, &alice, "/sessions/a2")
+        .await
+        .unwrap();
+
+    // a1 changes hands: alice's capabilities for a1 are cut, her renewal refused; those for
+    // a2 stay, and renew.
     let r = h
         .admin(
             Method::PUT,
@@ -467,9 +481,20 @@ async fn renewal_keeps_the_resource_until_it_is_lost(which: Which) {
         .as_envoy("/api/proxy-renew", Some(SECRET), Some(&cap), &[])
         .await;
     assert_ne!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        !c.cutoffs.refuses(&verify(&c, &other)),
+        "her capability for a2 is not cut"
+    );
+    let r = h
+        .as_envoy("/api/proxy-renew", Some(SECRET), Some(&other), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let fresh = verify(&c, r.json()["token"].as_str().unwrap());
+    assert_eq!(fresh.res.as_deref(), Some("/sessions/a2"));
     // Recording the same owner again cuts nobody.
     let bob = h.login("bob").await;
     let bobs = browser_capability(&h, &bob, "/sessions/a1").await.unwrap();
+    let b1 = browser_capability(&h, &bob, "/sessions/b1").await.unwrap();
     let r = h
         .admin(
             Method::PUT,
@@ -487,6 +512,7 @@ async fn renewal_keeps_the_resource_until_it_is_lost(which: Which) {
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let (_, c) = filter(&h).await;
     assert!(c.cutoffs.refuses(&verify(&c, &bobs)));
+    assert!(!c.cutoffs.refuses(&verify(&c, &b1)), "bob's b1 is not cut");
     h.finish().await;
 }
 

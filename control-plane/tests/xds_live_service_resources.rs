@@ -1,11 +1,11 @@
 //! A service reached per resource, live, through a real Envoy 1.40 fed by the control plane's
 //! ADS server: service `chat` with `resource_path: "/sessions/{id}"`, shared with everyone signed
-//! in, resource `a1` owned by alice and `b1` by bob. Alice reaches `/sessions/a1` (the recording
+//! in, resources `a1` and `a2` owned by alice and `b1` by bob. Alice reaches `/sessions/a1` (the recording
 //! upstream gets the service's credential and nothing of hers) with the browser's cookie, an API
 //! token at the edge and a capability from `/v1/capabilities`; she is refused `/sessions/b1`
 //! every way, a traversal from her resource to bob's in any spelling, and a path outside the
 //! pattern, with nothing recorded upstream; bob reaches `/sessions/b1`; forgetting `a1` cuts her
-//! capabilities off at the next push.
+//! capabilities for it off at the next push, while she still reaches `a2`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -57,8 +57,8 @@ async fn granted(stack: &Stack, session: &str, id: Option<&str>) -> String {
     cap["token"].as_str().unwrap().to_owned()
 }
 
-/// The stack with service `chat` on a recording upstream, `a1` alice's and `b1` bob's; bob's
-/// session.
+/// The stack with service `chat` on a recording upstream, `a1` and `a2` alice's and `b1` bob's;
+/// bob's session.
 async fn start() -> (Stack, FakePod, String) {
     let stack = Stack::start(&["--renew-secret", SECRET]).await;
     stack.cp.create_user(BOB).await;
@@ -80,7 +80,7 @@ async fn start() -> (Stack, FakePod, String) {
         )
         .await;
     assert_eq!(created["resource_path"], "/sessions/{id}", "{created}");
-    for (id, owner) in [("a1", USER), ("b1", BOB)] {
+    for (id, owner) in [("a1", USER), ("a2", USER), ("b1", BOB)] {
         let row = stack
             .cp
             .admin(
@@ -260,7 +260,11 @@ async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
         get_service(&stack, SERVICE, "/sessions/b1", &[("podgate-token", &bobs)]).await;
     assert_eq!(status, 200);
 
-    // Forgetting a1 cuts alice's capabilities and exchanged token off at the next push.
+    // Her capability for a2, minted before a1 is forgotten.
+    let a2 = granted(&stack, &stack.session, Some("a2")).await;
+    reaches(&stack, &upstream, "/sessions/a2", &[("podgate-token", &a2)]).await;
+
+    // Forgetting a1 cuts alice's capabilities and exchanged token for it off at the next push.
     stack
         .cp
         .admin(
@@ -289,6 +293,15 @@ async fn api_tokens_and_capabilities_reach_only_their_owners_resources() {
     .await;
     let (status, _) = capability(&stack, &stack.session, "a1").await;
     assert_eq!(status, 403);
+    // Her other resource is not cut: the same capability and API token still reach it.
+    reaches(&stack, &upstream, "/sessions/a2", &[("podgate-token", &a2)]).await;
+    reaches(
+        &stack,
+        &upstream,
+        "/sessions/a2/y",
+        &[("authorization", &bearer)],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

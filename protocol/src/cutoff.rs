@@ -3,9 +3,9 @@
 //! configuration; one push makes every Envoy refuse them.
 //!
 //! - A session cut refuses every capability whose `sid` claim names the session (sign-out).
-//! - A user cut refuses the capabilities of one `sub` (on one pod, or one port of it, or
-//!   everywhere) issued at or before a time: the moment access was lost. Capabilities minted
-//!   later, once access is back, are not touched.
+//! - A user cut refuses the capabilities of one `sub` (on one pod, or one port of it, or one
+//!   resource of a service reached per resource, or everywhere) issued at or before a time: the
+//!   moment access was lost. Capabilities minted later, once access is back, are not touched.
 //! - `issued_before` refuses every capability issued at or before it: what [`Cutoffs::bounded`]
 //!   turns the oldest cuts into when there are too many, so that bounding the list never lets
 //!   a cut capability through (it signs everyone out of capabilities that old instead).
@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::SERVICE_PORT;
 use crate::token::Verified;
 
 /// Most cuts (sessions and users together) the control plane sends; about 100 bytes of JSON
@@ -25,6 +26,8 @@ use crate::token::Verified;
 pub const MAX_CUTS: usize = 10_000;
 /// Longest `sid`, `sub` or pod slug a cut may name.
 const MAX_NAME_LEN: usize = 256;
+/// Longest resource a cut may name: a pattern's prefix and an id (`crate::resource`).
+const MAX_RESOURCE_LEN: usize = crate::resource::MAX_PATTERN_LEN + crate::resource::MAX_ID_LEN;
 
 /// The capabilities of one session are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,8 +41,8 @@ pub struct SessionCut {
     pub until: i64,
 }
 
-/// The capabilities of one user (on one pod, or one port of it) issued at or before `at` are
-/// refused.
+/// The capabilities of one user (on one pod, or one port of it, or one resource of that port)
+/// issued at or before `at` are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserCut {
@@ -51,6 +54,10 @@ pub struct UserCut {
     /// Only capabilities for this port of `pod`; every port when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Only capabilities for this resource (their `res` claim, e.g. `/sessions/abc`) of the
+    /// service `pod` (port 0); every resource when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
     /// When access was lost (unix seconds): capabilities with `iat` at or before it are refused.
     pub at: i64,
     /// After this no capability the cut refuses is valid any more: the entry can go.
@@ -77,6 +84,8 @@ pub enum CutoffError {
     BadName,
     #[error("a cut names a port without a pod")]
     BadPort,
+    #[error("a cut names a resource without a service, or an empty or over-long one")]
+    BadResource,
     #[error("more than {MAX_CUTS} cuts")]
     TooMany,
 }
@@ -136,9 +145,18 @@ impl Cutoffs {
             if cut.port.is_some() && cut.pod.is_none() {
                 return Err(CutoffError::BadPort);
             }
+            if let Some(resource) = &cut.resource {
+                if cut.port != Some(SERVICE_PORT)
+                    || resource.is_empty()
+                    || resource.len() > MAX_RESOURCE_LEN
+                {
+                    return Err(CutoffError::BadResource);
+                }
+            }
             users.entry(cut.sub).or_default().push(Scope {
                 pod: cut.pod,
                 port: cut.port,
+                resource: cut.resource,
                 at: cut.at,
             });
         }
@@ -155,6 +173,7 @@ impl Cutoffs {
 struct Scope {
     pod: Option<String>,
     port: Option<u16>,
+    resource: Option<String>,
     at: i64,
 }
 
@@ -189,6 +208,9 @@ impl CompiledCutoffs {
             v.issued_at <= s.at
                 && s.pod.as_ref().is_none_or(|p| *p == v.claims.pod)
                 && s.port.is_none_or(|p| p == v.claims.port)
+                && s.resource
+                    .as_ref()
+                    .is_none_or(|r| v.res.as_ref() == Some(r))
         })
     }
 
@@ -233,8 +255,24 @@ mod tests {
             sub: sub.into(),
             pod: pod.map(str::to_owned),
             port,
+            resource: None,
             at,
             until: at + 930,
+        }
+    }
+
+    /// A capability for resource `res` of service `service`.
+    fn resource_cap(sub: &str, service: &str, res: &str, iat: i64) -> Verified {
+        let mut v = cap(sub, service, SERVICE_PORT, iat, None);
+        v.res = Some(res.to_owned());
+        v
+    }
+
+    /// A cut of `sub`'s capabilities for resource `res` of service `service`.
+    fn resource_cut(sub: &str, service: &str, res: &str, at: i64) -> UserCut {
+        UserCut {
+            resource: Some(res.to_owned()),
+            ..user_cut(sub, Some(service), Some(SERVICE_PORT), at)
         }
     }
 
@@ -293,6 +331,38 @@ mod tests {
         for (v, refused) in table {
             assert_eq!(c.refuses(&v), refused, "{:?}", v.claims);
         }
+    }
+
+    #[test]
+    fn a_resource_cut_refuses_that_resource_only() {
+        let c = Cutoffs {
+            users: vec![resource_cut("alice", "chat", "/sessions/a1", 1000)],
+            ..Cutoffs::default()
+        }
+        .compile()
+        .unwrap();
+        let table = [
+            (resource_cap("alice", "chat", "/sessions/a1", 1000), true),
+            (resource_cap("alice", "chat", "/sessions/a1", 1001), false),
+            // Her other resources of the service, and the same path elsewhere, stay.
+            (resource_cap("alice", "chat", "/sessions/a2", 999), false),
+            (resource_cap("alice", "chat", "/sessions/a10", 999), false),
+            (resource_cap("alice", "notes", "/sessions/a1", 999), false),
+            (resource_cap("bob", "chat", "/sessions/a1", 999), false),
+            // A capability for the whole service names no resource: not this cut's.
+            (cap("alice", "chat", SERVICE_PORT, 999, None), false),
+        ];
+        for (v, refused) in table {
+            assert_eq!(c.refuses(&v), refused, "{:?} {:?}", v.claims, v.res);
+        }
+        // A cut of the whole service still refuses every resource of it.
+        let whole = Cutoffs {
+            users: vec![user_cut("alice", Some("chat"), Some(SERVICE_PORT), 1000)],
+            ..Cutoffs::default()
+        }
+        .compile()
+        .unwrap();
+        assert!(whole.refuses(&resource_cap("alice", "chat", "/sessions/a2", 999)));
     }
 
     #[test]
@@ -392,6 +462,34 @@ mod tests {
                 users: vec![user_cut("u", None, Some(0), 0)],
                 ..Cutoffs::default()
             },
+            // A resource only on a service (port 0), never empty or over-long.
+            Cutoffs {
+                users: vec![UserCut {
+                    resource: Some("/sessions/a1".into()),
+                    ..user_cut("u", Some("p"), Some(80), 0)
+                }],
+                ..Cutoffs::default()
+            },
+            Cutoffs {
+                users: vec![UserCut {
+                    resource: Some("/sessions/a1".into()),
+                    ..user_cut("u", Some("chat"), None, 0)
+                }],
+                ..Cutoffs::default()
+            },
+            Cutoffs {
+                users: vec![resource_cut("u", "chat", "", 0)],
+                ..Cutoffs::default()
+            },
+            Cutoffs {
+                users: vec![resource_cut(
+                    "u",
+                    "chat",
+                    &"a".repeat(MAX_RESOURCE_LEN + 1),
+                    0,
+                )],
+                ..Cutoffs::default()
+            },
             Cutoffs {
                 sessions: (0..=MAX_CUTS as i64)
                     .map(|i| session_cut(&i.to_string(), i))
@@ -408,6 +506,11 @@ mod tests {
             ..Cutoffs::default()
         };
         assert!(service.compile().is_ok());
+        let resource = Cutoffs {
+            users: vec![resource_cut("u", "chat", "/sessions/a1", 0)],
+            ..Cutoffs::default()
+        };
+        assert!(resource.compile().is_ok());
     }
 
     #[test]

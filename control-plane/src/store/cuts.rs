@@ -10,11 +10,13 @@ use super::{Db, Res};
 pub enum CutRow {
     /// Every capability minted for the session `sid`.
     Session { sid: String, at: i64, until: i64 },
-    /// The capabilities of `user_id` (on `pod`, on `port` of it) issued at or before `at`.
+    /// The capabilities of `user_id` (on `pod`, on `port` of it, for `resource` of that
+    /// service) issued at or before `at`.
     User {
         user_id: String,
         pod: Option<String>,
         port: Option<u16>,
+        resource: Option<String>,
         at: i64,
         until: i64,
     },
@@ -40,25 +42,33 @@ impl Db {
             .execute(&self.writer)
             .await?;
         if let CutRow::User {
-            user_id, pod, port, ..
+            user_id,
+            pod,
+            port,
+            resource,
+            ..
         } = cut
         {
             sqlx::query(
-                "DELETE FROM access_cuts WHERE user_id = $1 \
-                 AND COALESCE(pod_slug, '') = $2 AND COALESCE(port, -1) = $3",
+                "DELETE FROM access_cuts WHERE user_id = $1 AND COALESCE(pod_slug, '') = $2 \
+                 AND COALESCE(port, -1) = $3 AND COALESCE(resource, '') = $4",
             )
             .bind(user_id.as_str())
             .bind(pod.as_deref().unwrap_or(""))
             .bind(port.map_or(-1, i64::from))
+            .bind(resource.as_deref().unwrap_or(""))
             .execute(&self.writer)
             .await?;
         }
-        let (sid, user, pod, port, at, until) = match cut {
-            CutRow::Session { sid, at, until } => (Some(sid.as_str()), None, None, None, at, until),
+        let (sid, user, pod, port, resource, at, until) = match cut {
+            CutRow::Session { sid, at, until } => {
+                (Some(sid.as_str()), None, None, None, None, at, until)
+            }
             CutRow::User {
                 user_id,
                 pod,
                 port,
+                resource,
                 at,
                 until,
             } => (
@@ -66,18 +76,20 @@ impl Db {
                 Some(user_id.as_str()),
                 pod.as_deref(),
                 port.map(i64::from),
+                resource.as_deref(),
                 at,
                 until,
             ),
         };
         sqlx::query(
-            "INSERT INTO access_cuts (sid, user_id, pod_slug, port, cut_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO access_cuts (sid, user_id, pod_slug, port, resource, cut_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(sid)
         .bind(user)
         .bind(pod)
         .bind(port)
+        .bind(resource)
         .bind(*at)
         .bind(*until)
         .execute(&self.writer)
@@ -88,7 +100,7 @@ impl Db {
     /// Every cut still in force at `now`, the newest first.
     pub async fn live_cuts(&self, now: i64) -> Res<Vec<CutRow>> {
         let rows = sqlx::query(
-            "SELECT sid, user_id, pod_slug, port, cut_at, expires_at FROM access_cuts \
+            "SELECT sid, user_id, pod_slug, port, resource, cut_at, expires_at FROM access_cuts \
              WHERE expires_at >= $1 ORDER BY cut_at DESC, id DESC",
         )
         .bind(now)
@@ -108,6 +120,7 @@ impl Db {
                         user_id,
                         pod: row.try_get("pod_slug")?,
                         port: port.and_then(|p| u16::try_from(p).ok()),
+                        resource: row.try_get("resource")?,
                         at,
                         until,
                     }

@@ -126,6 +126,7 @@ fn a_user_cut_refuses_older_capabilities_and_lets_newer_ones_through() {
             sub: "bob".into(),
             pod: Some("alpha".into()),
             port: None,
+            resource: None,
             at: NOW + 10,
             until: NOW + 940,
         }],

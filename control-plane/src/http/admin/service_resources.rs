@@ -1,11 +1,11 @@
 //! The resources of a service reached per resource (`resource_path`, e.g. `/sessions/{id}`):
 //! `/v1/services/{name}/resources[/{id}]`, each resource's owner. Changing or forgetting an owner
-//! cuts the former owner's capabilities for the service when the rule no longer lets them use it.
+//! cuts the former owner's capabilities for that resource when the rule no longer lets them use
+//! it; their other resources of the service stay reachable.
 
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use podgate_protocol::host::SERVICE_PORT;
 use podgate_protocol::resource;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -13,10 +13,10 @@ use utoipa_axum::routes;
 
 use super::services::require_service;
 use super::{deleted, require_user};
-use crate::cuts::cut_user_on;
+use crate::cuts::cut_resource;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
-use crate::store::{now_unix, ServiceResourceRow, ServiceRow};
+use crate::store::{now_unix, ServiceResourceRow};
 use crate::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -31,15 +31,15 @@ struct ResourceOwner {
     owner: String,
 }
 
-/// The service `name` if it is reached per resource; a 400 naming the field otherwise.
-async fn require_resource_service(s: &AppState, name: &str) -> ApiResult<ServiceRow> {
+/// The `resource_path` of service `name` if it is reached per resource; a 400 naming the field
+/// otherwise.
+async fn require_resource_service(s: &AppState, name: &str) -> ApiResult<String> {
     let row = require_service(s, name).await?;
-    if row.resource_path.is_none() {
-        return Err(ApiError::bad(format!(
+    row.resource_path.ok_or_else(|| {
+        ApiError::bad(format!(
             "service {name:?} has no `resource_path`, so it has no resources; give it one with PATCH /v1/services/{name}, e.g. {{\"resource_path\": \"/sessions/{{id}}\"}}"
-        )));
-    }
-    Ok(row)
+        ))
+    })
 }
 
 fn check_resource_id(id: &str) -> ApiResult<()> {
@@ -53,11 +53,11 @@ fn check_resource_id(id: &str) -> ApiResult<()> {
     }
 }
 
-/// Cuts off the capabilities `former` holds for service `name`: one of its resources is no
-/// longer theirs. Only when the rule no longer lets them use it.
+/// Cuts off the capabilities `former` holds for resource `id` of `service` (its `resource_path`
+/// is `pattern`): it is no longer theirs. Only when the rule no longer lets them use it.
 async fn cut_former_owner(
     s: &AppState,
-    name: &str,
+    (service, pattern): (&str, &str),
     id: &str,
     former: Option<String>,
     now_owner: Option<&str>,
@@ -65,17 +65,17 @@ async fn cut_former_owner(
     let Some(former) = former else { return Ok(()) };
     let user = s.db().get_user(&former).await?;
     let facts = crate::authz::ResourceFacts {
-        service: name,
+        service,
         resource_id: id,
         owner_id: now_owner,
     };
     if !crate::authz::may_use_resource(&facts, user.as_ref()) {
-        cut_user_on(
+        cut_resource(
             s.db(),
             s.config().capability_lifetime,
             &former,
-            name,
-            SERVICE_PORT,
+            service,
+            &resource::resource_of_id(pattern, id),
         )
         .await?;
     }
@@ -115,7 +115,7 @@ async fn list_resources(
     ),
     request_body(content = serde_json::Value, description = "`{owner}`: the user id that owns the resource; only they get capabilities for it"),
     responses(
-        (status = 200, description = "Recorded; a former owner's capabilities for the service are cut off at the next push", body = ServiceResourceRow),
+        (status = 200, description = "Recorded; a former owner's capabilities for this resource are cut off at the next push", body = ServiceResourceRow),
         Malformed,
         Unauthorized,
         NotFound,
@@ -127,7 +127,7 @@ async fn put_resource(
     PathArgs((name, id)): PathArgs<(String, String)>,
     JsonBody(body): JsonBody<ResourceOwner>,
 ) -> ApiResult<Json<ServiceResourceRow>> {
-    require_resource_service(&s, &name).await?;
+    let pattern = require_resource_service(&s, &name).await?;
     check_resource_id(&id)?;
     require_user(&s, &body.owner, "owner").await?;
     let now = now_unix();
@@ -136,7 +136,7 @@ async fn put_resource(
         .put_service_resource(&name, &id, &body.owner, now)
         .await?
         .filter(|f| *f != body.owner);
-    cut_former_owner(&s, &name, &id, former, Some(&body.owner)).await?;
+    cut_former_owner(&s, (&name, &pattern), &id, former, Some(&body.owner)).await?;
     tracing::info!(service = %name, resource = %id, owner = %body.owner, "resource owner recorded");
     let row = s
         .db()
@@ -186,7 +186,7 @@ async fn get_resource(
         ("id" = String, Path, description = "The resource id"),
     ),
     responses(
-        (status = 204, description = "Forgotten: nobody may use it; its owner's capabilities for the service are cut off at the next push"),
+        (status = 204, description = "Forgotten: nobody may use it; its owner's capabilities for it are cut off at the next push"),
         Malformed,
         Unauthorized,
         NotFound,
@@ -197,10 +197,10 @@ async fn delete_resource(
     State(s): State<AppState>,
     PathArgs((name, id)): PathArgs<(String, String)>,
 ) -> ApiResult<Response> {
-    require_resource_service(&s, &name).await?;
+    let pattern = require_resource_service(&s, &name).await?;
     check_resource_id(&id)?;
     let former = s.db().delete_service_resource(&name, &id).await?;
     let found = former.is_some();
-    cut_former_owner(&s, &name, &id, former, None).await?;
+    cut_former_owner(&s, (&name, &pattern), &id, former, None).await?;
     deleted(found, "resource")
 }
