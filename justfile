@@ -76,7 +76,8 @@ test-browser: build-filter
 # `./just bench --worker-memory`: Envoy's RSS with 1, 2 and 4 workers at 10,000 pods.
 bench *ARGS: build-filter
     cargo build --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target
-    PODGATE_NOOP_WASM={{root}}/target/wasm32-wasip1/release/podgate_noop_filter.wasm cargo run --release -p podgate-bench -- {{ARGS}}
+    cargo build --release -p podgate-native-bench
+    PODGATE_NOOP_WASM={{root}}/target/wasm32-wasip1/release/podgate_noop_filter.wasm PODGATE_NATIVE_MODULE={{root}}/target/release/libpodgate_native_bench.so cargo run --release -p podgate-bench -- {{ARGS}}
 
 # Starts podgate serve on SQLite, and on PostgreSQL when PODGATE_TEST_POSTGRES_URL (or
 # `--postgres URL`) is set (else SQLite only); writes bench/results/login-<time>.json and its

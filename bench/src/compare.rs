@@ -5,7 +5,6 @@
 //! hits all cases rather than one.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +44,12 @@ pub enum Proxy {
     /// W-calls: the same filter making `WASM_CALLS` host calls per request (header replaces):
     /// what a host call costs.
     WasmCalls,
+    /// N: Envoy with a dynamic module (a native `.so`, `bench/native-filter`) that does
+    /// nothing: what entering a native filter costs.
+    NativeNoop,
+    /// D-native: podgate's `Gate` in that module, configured as D: what podgate would cost
+    /// Envoy without a VM.
+    PodgateNative,
 }
 
 /// Host calls per request in case W-calls.
@@ -142,6 +147,8 @@ struct Envoys {
     podgate_prev: Option<Envoy>,
     wasm_noop: Envoy,
     wasm_calls: Envoy,
+    native_noop: Option<Envoy>,
+    podgate_native: Option<Envoy>,
 }
 
 impl Envoys {
@@ -157,19 +164,24 @@ impl Envoys {
             Proxy::PodgatePrev => self.podgate_prev.as_ref(),
             Proxy::WasmNoop => Some(&self.wasm_noop),
             Proxy::WasmCalls => Some(&self.wasm_calls),
+            Proxy::NativeNoop => self.native_noop.as_ref(),
+            Proxy::PodgateNative => self.podgate_native.as_ref(),
         }
     }
 }
 
+/// Every case's Envoy, with the binary and filters `settings` name.
 async fn start_envoys(
-    envoy_bin: &Path,
-    wasm: &Path,
-    prev_wasm: Option<&Path>,
-    noop_wasm: &Path,
+    settings: &Settings,
     placement: &Placement,
     upstream: SocketAddr,
     keys: &Keys,
 ) -> anyhow::Result<Envoys> {
+    let envoy_bin = settings.envoy.as_path();
+    let wasm = settings.filter_wasm.as_path();
+    let prev_wasm = settings.prev_wasm.as_deref();
+    let noop_wasm = settings.noop_wasm.as_path();
+    let native_module = settings.native_module.as_deref();
     let cluster = "pod_bench";
     let clusters = || vec![envoy::static_cluster(cluster, upstream)];
     let jwks = serde_json::to_string(&keys.jwks()?)?;
@@ -229,8 +241,33 @@ async fn start_envoys(
         ),
         None => None,
     };
+    let (native_noop, podgate_native) = match native_module {
+        Some(module) => (
+            Some(
+                start(
+                    "native-noop",
+                    vec![envoy::native_filter(module, "noop")],
+                    Route::Cluster(cluster),
+                    10,
+                )
+                .await?,
+            ),
+            Some(
+                start(
+                    "podgate-native",
+                    vec![envoy::native_filter(module, &filter_config)],
+                    Route::Pods,
+                    11,
+                )
+                .await?,
+            ),
+        ),
+        None => (None, None),
+    };
     Ok(Envoys {
         podgate_prev,
+        native_noop,
+        podgate_native,
         plain: start("plain", vec![], Route::Cluster(cluster), 1).await?,
         jwt_cache: start(
             "jwt-cache",
@@ -287,7 +324,13 @@ async fn start_envoys(
     })
 }
 
-fn build_cases(keys: &Keys, fresh: u64, only: &[String], prev: bool) -> anyhow::Result<Vec<Case>> {
+fn build_cases(
+    keys: &Keys,
+    fresh: u64,
+    only: &[String],
+    prev: bool,
+    native: bool,
+) -> anyhow::Result<Vec<Case>> {
     let host = tokens::pod_host(tokens::BENCH_POD);
     let mut cases = Vec::new();
     let same = |alg: Alg| -> anyhow::Result<Requests> {
@@ -323,8 +366,17 @@ fn build_cases(keys: &Keys, fresh: u64, only: &[String], prev: bool) -> anyhow::
         proxy: Proxy::WasmCalls,
         alg: Alg::EdDSA,
         tokens: TokenUse::Same,
-        requests: ed_same,
+        requests: ed_same.clone(),
     });
+    if native {
+        cases.push(Case {
+            id: "N".into(),
+            proxy: Proxy::NativeNoop,
+            alg: Alg::EdDSA,
+            tokens: TokenUse::Same,
+            requests: ed_same,
+        });
+    }
     let wanted = |id: &str| only.is_empty() || only.iter().any(|o| o == id);
     for alg in Alg::ALL {
         let same_req = same(alg)?;
@@ -363,6 +415,17 @@ fn build_cases(keys: &Keys, fresh: u64, only: &[String], prev: bool) -> anyhow::
         cases.push(Case {
             id: "D-prev-cache-EdDSA".into(),
             proxy: Proxy::PodgatePrev,
+            alg: Alg::EdDSA,
+            tokens: TokenUse::Same,
+            requests: same(Alg::EdDSA)?,
+        });
+    }
+    // podgate's decision code natively, cached requests (EdDSA): against D-cache-EdDSA and N.
+    let id = "D-native-cache-EdDSA";
+    if native && wanted(id) {
+        cases.push(Case {
+            id: id.into(),
+            proxy: Proxy::PodgateNative,
             alg: Alg::EdDSA,
             tokens: TokenUse::Same,
             requests: same(Alg::EdDSA)?,
@@ -410,6 +473,7 @@ async fn sanity(
         Proxy::Podgate,
         Proxy::PodgateAssertion,
         Proxy::PodgatePrev,
+        Proxy::PodgateNative,
     ] {
         let Some(e) = envoys.get(proxy) else { continue };
         let status = load::probe(e.listener, &Requests::fixed(&host, "not-a-token")).await?;
@@ -426,22 +490,15 @@ pub async fn run(
     upstream: SocketAddr,
     keys: &Keys,
 ) -> anyhow::Result<CompareReport> {
-    let envoys = start_envoys(
-        &settings.envoy,
-        &settings.filter_wasm,
-        settings.prev_wasm.as_deref(),
-        &settings.noop_wasm,
-        placement,
-        upstream,
-        keys,
-    )
-    .await
-    .context("starting the Envoys")?;
+    let envoys = start_envoys(settings, placement, upstream, keys)
+        .await
+        .context("starting the Envoys")?;
     let cases = build_cases(
         keys,
         settings.fresh_tokens,
         &settings.only,
         settings.prev_wasm.is_some(),
+        settings.native_module.is_some(),
     )?;
     sanity(&cases, &envoys, upstream, !settings.skip_deny_check).await?;
 

@@ -358,6 +358,26 @@ pub fn noop_wasm_filter(wasm: &Path, calls: Option<&str>) -> Value {
     filter
 }
 
+/// podgate's `Gate` as an Envoy dynamic module (`bench/native-filter`): `config` is the Wasm
+/// filter's JSON (case D-native), or `noop` (case N).
+pub fn native_filter(module: &Path, config: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {
+                "name": "podgate_native_bench",
+                "module": {"local": {"filename": module.display().to_string()}}
+            },
+            "filter_name": "podgate",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": config
+            }
+        }
+    })
+}
+
 /// A bootstrap whose clusters come from ADS (CDS) and whose podgate filter comes from ECDS.
 pub fn ads_bootstrap(label: &str, ads: SocketAddr, listener_port: u16) -> Value {
     let ecds_filter = json!({

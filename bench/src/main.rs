@@ -21,6 +21,9 @@ mod scale;
 mod tokens;
 mod upstream;
 
+#[cfg(test)]
+mod native_tests;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -40,6 +43,10 @@ pub struct Settings {
     /// The no-op Wasm filter (`bench/noop-filter`, case W).
     #[arg(long, env = "PODGATE_NOOP_WASM")]
     pub noop_wasm: PathBuf,
+    /// podgate as an Envoy dynamic module (`bench/native-filter`, a native `.so`): cases N
+    /// (the module doing nothing) and D-native-cache-EdDSA (podgate's `Gate` in it) when set.
+    #[arg(long, env = "PODGATE_NATIVE_MODULE")]
+    pub native_module: Option<PathBuf>,
     /// Rounds per case (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
@@ -171,6 +178,13 @@ fn main() -> anyhow::Result<()> {
              bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target`, \
              or set PODGATE_NOOP_WASM)",
             settings.noop_wasm.display()
+        );
+    }
+    if let Some(module) = settings.native_module.as_ref().filter(|m| !m.is_file()) {
+        bail!(
+            "native module not found at {} (build it with `cargo build --release -p \
+             podgate-native-bench`, or unset PODGATE_NATIVE_MODULE)",
+            module.display()
         );
     }
     if settings.rounds == 0 {

@@ -114,6 +114,13 @@ pub struct Ratios {
     pub cpu_d_minus_w_us: f64,
     /// Envoy CPU µs per host call: (W-calls − W) / `WASM_CALLS`.
     pub cpu_per_host_call_us: f64,
+    /// Envoy CPU µs per request of N (a native module doing nothing) minus B.
+    pub cpu_n_minus_b_us: f64,
+    /// Envoy CPU µs per request of D-native minus N: podgate's own work without a VM.
+    pub cpu_dn_minus_n_us: f64,
+    /// Throughput D-native / B and D-native / C (cache on).
+    pub dn_over_b: f64,
+    pub dn_over_c_cache: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -208,6 +215,8 @@ impl Report {
                 let c0 = find(cases, Proxy::JwtAuthnNoCache, Some(alg), TokenUse::Same);
                 let d = find(cases, Proxy::Podgate, Some(alg), TokenUse::Same);
                 let df = find(cases, Proxy::Podgate, Some(alg), TokenUse::Fresh);
+                let n = find(cases, Proxy::NativeNoop, None, TokenUse::Same);
+                let dn = find(cases, Proxy::PodgateNative, Some(alg), TokenUse::Same);
                 let ratio = |x: Option<&CaseResult>, y: Option<&CaseResult>| match (x, y) {
                     (Some(x), Some(y)) => x.saturation_rps / y.saturation_rps,
                     _ => f64::NAN,
@@ -246,6 +255,10 @@ impl Report {
                     cpu_w_minus_b_us: cpu_minus(w, b),
                     cpu_d_minus_w_us: cpu_minus(d, w),
                     cpu_per_host_call_us: cpu_minus(wc, w) / f64::from(crate::compare::WASM_CALLS),
+                    cpu_n_minus_b_us: cpu_minus(n, b),
+                    cpu_dn_minus_n_us: cpu_minus(dn, n),
+                    dn_over_b: ratio(dn, b),
+                    dn_over_c_cache: ratio(dn, c),
                 };
                 let n = alg.name();
                 targets.push(Target {
@@ -466,6 +479,30 @@ impl Report {
                     |r| r.cpu_per_host_call_us
                 )
             );
+            if self.ratios.iter().any(|r| r.dn_over_b.is_finite()) {
+                let _ = writeln!(
+                    md,
+                    "{}",
+                    row(
+                        "Envoy CPU µs per request, N − B (entering a native module, doing nothing)",
+                        |r| r.cpu_n_minus_b_us
+                    )
+                );
+                let _ = writeln!(
+                    md,
+                    "{}",
+                    row(
+                        "Envoy CPU µs per request, D-native − N (podgate's own work, no VM)",
+                        |r| r.cpu_dn_minus_n_us
+                    )
+                );
+                let _ = writeln!(md, "{}", row("throughput D-native / B", |r| r.dn_over_b));
+                let _ = writeln!(
+                    md,
+                    "{}",
+                    row("throughput D-native / C (cache on)", |r| r.dn_over_c_cache)
+                );
+            }
             let _ = writeln!(
                 md,
                 "{}",
@@ -582,6 +619,12 @@ fn describe(c: &CaseResult) -> String {
             format!("podgate signing the identity assertion, cache on, {alg}")
         }
         (Proxy::PodgatePrev, _) => format!("podgate, another build (`--prev-wasm`), {alg}"),
+        (Proxy::NativeNoop, _) => {
+            "Envoy + a dynamic module (native .so, no VM) that does nothing".into()
+        }
+        (Proxy::PodgateNative, _) => {
+            format!("podgate's decision code as a dynamic module (no VM), cache on, {alg}")
+        }
     }
 }
 
