@@ -261,20 +261,16 @@ impl Report {
                     dn_over_c_cache: ratio(dn, c),
                 };
                 let n = alg.name();
-                targets.push(Target {
-                    name: format!("throughput D/C (cache on), {n}"),
-                    value: r.d_over_c_cache,
-                    target: ">= 1.0".into(),
-                    met: r.d_over_c_cache >= 1.0,
-                    note: None,
-                });
-                targets.push(Target {
-                    name: format!("throughput D/C (cache on), {n}"),
-                    value: r.d_over_c_cache,
-                    target: ">= 0.92".into(),
-                    met: r.d_over_c_cache >= 0.92,
-                    note: None,
-                });
+                // The original target, and the one D − W ≤ 3 µs would meet.
+                for wanted in [1.0, 0.92] {
+                    targets.push(Target {
+                        name: format!("throughput D/C (cache on), {n}"),
+                        value: r.d_over_c_cache,
+                        target: format!(">= {wanted:?}"),
+                        met: r.d_over_c_cache >= wanted,
+                        note: None,
+                    });
+                }
                 targets.push(Target {
                     name: format!("throughput D/B, {n}"),
                     value: r.d_over_b,
