@@ -2,8 +2,7 @@
 //! (`podgate_protocol::access_log`).
 
 use podgate_protocol::access_log;
-use podgate_protocol::config::{POD_HEADER, PORT_HEADER};
-use podgate_protocol::gate::{HeaderEdit, Outcome};
+use podgate_protocol::gate::Outcome;
 
 use crate::log;
 use crate::raw::{self, LogLevel};
@@ -11,29 +10,8 @@ use crate::raw::{self, LogLevel};
 /// Tells the access log who the request is for, the pod, the port and the decision
 /// (`access_log`). A failure is logged, never a reason to refuse the request.
 pub(crate) fn record(outcome: &Outcome) {
-    let set = |name: &str, edits: &[HeaderEdit]| {
-        edits.iter().rev().find_map(|edit| match edit {
-            HeaderEdit::Set(n, v) if n == name => Some(v.clone()),
-            _ => None,
-        })
-    };
     let value = match outcome {
-        Outcome::Forward(forward) => {
-            let decision = if forward.user.is_some() {
-                access_log::Decision::Allow
-            } else {
-                access_log::Decision::Callback
-            };
-            let pod = set(POD_HEADER, &forward.edits);
-            let port = set(PORT_HEADER, &forward.edits);
-            access_log::line(
-                forward.user.as_deref(),
-                pod.as_deref(),
-                port.as_deref(),
-                decision,
-                None,
-            )
-        }
+        Outcome::Forward(forward) => forward.access_line(),
         Outcome::Deny(denial) => access_log::line(
             None,
             None,

@@ -25,7 +25,7 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use podgate_protocol::access_log;
-use podgate_protocol::config::{FilterConfig, POD_HEADER, PORT_HEADER};
+use podgate_protocol::config::FilterConfig;
 use podgate_protocol::gate::{Forward, Gate, HeaderEdit, Outcome};
 use podgate_protocol::reply::Reply;
 use podgate_protocol::response::ResponseEdit;
@@ -212,28 +212,6 @@ unsafe fn answer(filter: *mut c_void, reply: &Reply) -> u32 {
     STOP_ITERATION
 }
 
-/// The access log's line for a forward, as the Wasm filter writes it.
-fn access_line(forward: &Forward) -> String {
-    let set = |name: &str| {
-        forward.edits.iter().rev().find_map(|edit| match edit {
-            HeaderEdit::Set(n, v) if n == name => Some(v.as_str()),
-            _ => None,
-        })
-    };
-    let decision = if forward.user.is_some() {
-        access_log::Decision::Allow
-    } else {
-        access_log::Decision::Callback
-    };
-    access_log::line(
-        forward.user.as_deref(),
-        set(POD_HEADER),
-        set(PORT_HEADER),
-        decision,
-        None,
-    )
-}
-
 unsafe fn forward(filter: *mut c_void, stream: &mut Stream, forward: Rc<Forward>) -> u32 {
     for edit in &forward.edits {
         // SAFETY: as in `header_map`.
@@ -255,7 +233,7 @@ unsafe fn forward(filter: *mut c_void, stream: &mut Stream, forward: Rc<Forward>
             return unsafe { answer(filter, &failed()) };
         }
     }
-    let line = access_line(&forward);
+    let line = forward.access_line();
     // SAFETY: as in `header_map`.
     unsafe {
         envoy_dynamic_module_callback_http_set_filter_state_bytes(

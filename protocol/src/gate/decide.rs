@@ -84,6 +84,32 @@ pub struct Forward {
     pub renew_at: Option<i64>,
 }
 
+impl Forward {
+    /// The access log's value for this forward (`access_log::line`): its user, the pod and port
+    /// it set (the last `x-podgate-pod` and `x-podgate-port` edits), allowed, or a callback when
+    /// no user was proven (the reserved path).
+    pub fn access_line(&self) -> String {
+        let set = |name: &str| {
+            self.edits.iter().rev().find_map(|edit| match edit {
+                HeaderEdit::Set(n, v) if n == name => Some(v.as_str()),
+                _ => None,
+            })
+        };
+        let decision = if self.user.is_some() {
+            crate::access_log::Decision::Allow
+        } else {
+            crate::access_log::Decision::Callback
+        };
+        crate::access_log::line(
+            self.user.as_deref(),
+            set(crate::config::POD_HEADER),
+            set(crate::config::PORT_HEADER),
+            decision,
+            None,
+        )
+    }
+}
+
 /// Where the capability came from; cookie-authenticated WebSockets must come from the pod's own
 /// origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
