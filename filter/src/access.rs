@@ -1,5 +1,6 @@
 //! What the access log says about each request: the filter state `wasm.podgate`
-//! (`podgate_protocol::access_log`).
+//! (`podgate_protocol::access_log`), and, on a forward to a pod, its pod and port for Envoy's
+//! answer should the pod fail (`wasm.podgate_pod`, `wasm.podgate_port`).
 
 use podgate_protocol::access_log;
 use podgate_protocol::gate::Outcome;
@@ -8,10 +9,17 @@ use crate::log;
 use crate::raw::{self, LogLevel};
 
 /// Tells the access log who the request is for, the pod, the port and the decision
-/// (`access_log`). A failure is logged, never a reason to refuse the request.
+/// (`access_log`), and Envoy's local replies the pod and port of a forward. A failure is logged,
+/// never a reason to refuse the request.
 pub(crate) fn record(outcome: &Outcome) {
     let value = match outcome {
-        Outcome::Forward(forward) => forward.access_line(),
+        Outcome::Forward(forward) => {
+            if let Some(target) = &forward.target {
+                set(access_log::POD_PROPERTY, &target.pod);
+                set(access_log::PORT_PROPERTY, &target.port.to_string());
+            }
+            forward.access_line()
+        }
         Outcome::Deny(denial) => access_log::line(
             None,
             None,
@@ -50,10 +58,14 @@ pub(crate) fn record_refusal(reason: &str) {
 }
 
 fn set_access_line(value: &str) {
-    if let Err(status) = raw::set_property(access_log::PROPERTY, value) {
+    set(access_log::PROPERTY, value);
+}
+
+fn set(property: &str, value: &str) {
+    if let Err(status) = raw::set_property(property, value) {
         log(
             LogLevel::Error,
-            &format!("podgate: cannot set the access log's filter state: {status:?}"),
+            &format!("podgate: cannot set the filter state {property}: {status:?}"),
         );
     }
 }

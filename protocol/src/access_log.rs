@@ -9,6 +9,13 @@
 
 /// The property (filter state `wasm.podgate`) the filter sets.
 pub const PROPERTY: &str = "podgate";
+/// On a forward to a pod or a service, the pod and the port the filter parsed from the host
+/// (slug grammar and digits only), as the filter states `wasm.podgate_pod` and
+/// `wasm.podgate_port`: Envoy's local reply mapping reads them to name the pod in its answer when
+/// the pod fails (no connection, reset, timeout, not HTTP). Filter state, not headers, so that
+/// neither pods nor services receive them.
+pub const POD_PROPERTY: &str = "podgate_pod";
+pub const PORT_PROPERTY: &str = "podgate_port";
 /// The longest user id written; longer ones are cut.
 const MAX_FIELD_LEN: usize = 128;
 

@@ -35,11 +35,6 @@ pub const ROUTE_HEADERS: [&str; 1] = [CLUSTER_HEADER];
 /// Identity headers the pod receives.
 pub const USER_HEADER: &str = "x-podgate-user";
 pub const EMAIL_HEADER: &str = "x-podgate-email";
-/// The pod and port a forward is for, as the filter parsed them from the host (slug grammar and
-/// digits only). The pod receives them too; Envoy's local reply mapping reads them to name the
-/// pod in its answer when the pod fails (no connection, reset, timeout, not HTTP).
-pub const POD_HEADER: &str = "x-podgate-pod";
-pub const PORT_HEADER: &str = "x-podgate-port";
 /// Every header whose name starts with this is ours: client copies are removed.
 pub const HEADER_PREFIX: &str = "x-podgate-";
 /// The reserved path prefix on pod hosts, served by the control plane.

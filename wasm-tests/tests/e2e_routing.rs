@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use podgate_wasm_tests::e2e::client::Answer;
 use podgate_wasm_tests::e2e::{
-    block_on, public_host, Bootstrap, Envoy, EnvoyClient, FakePod, Minter, Readiness,
+    block_on, public_host, upstream_host, Bootstrap, Envoy, EnvoyClient, FakePod, Minter, Readiness,
 };
 use podgate_wasm_tests::e2e::{bootstrap::filter_wasm, pod_cluster};
 use serde_json::json;
@@ -95,7 +95,8 @@ impl ByAddress {
         }
     }
 
-    /// Asserts that only `pod` got anything: one request, without podgate's routing headers.
+    /// Asserts that only `pod` got anything: one request, for it (its host), without podgate's
+    /// routing headers.
     fn only(&self, pod: &FakePod, what: &str) {
         let requests = pod.requests();
         assert_eq!(requests.len(), 1, "{what}:\n{}", self.describe());
@@ -105,13 +106,22 @@ impl ByAddress {
             }
         }
         let seen = requests.into_iter().next().unwrap();
-        for internal in ["x-podgate-upstream", "x-podgate-cluster"] {
+        for internal in [
+            "x-podgate-upstream",
+            "x-podgate-cluster",
+            "x-podgate-pod",
+            "x-podgate-port",
+        ] {
             assert!(
                 !seen.has_header(internal),
                 "{what}: {internal} reached the pod"
             );
         }
-        assert_eq!(seen.header("x-podgate-pod"), Some(pod.name()), "{what}");
+        assert_eq!(
+            seen.header_all("host"),
+            vec![upstream_host(PORT, pod.name())],
+            "{what}"
+        );
     }
 
     fn nothing(&self, answer: &Answer, status: u16, what: &str) {

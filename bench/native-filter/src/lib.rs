@@ -233,14 +233,27 @@ unsafe fn forward(filter: *mut c_void, stream: &mut Stream, forward: Rc<Forward>
             return unsafe { answer(filter, &failed()) };
         }
     }
-    let line = forward.access_line();
-    // SAFETY: as in `header_map`.
-    unsafe {
-        envoy_dynamic_module_callback_http_set_filter_state_bytes(
-            filter,
-            Buffer::of(access_log::PROPERTY.as_bytes()),
-            Buffer::of(line.as_bytes()),
-        );
+    // The filter states the Wasm filter sets: the pod and port for Envoy's local replies, then
+    // the access log's line.
+    let port = forward.target.as_ref().map(|t| t.port.to_string());
+    let states = [
+        (
+            access_log::POD_PROPERTY,
+            forward.target.as_ref().map(|t| t.pod.clone()),
+        ),
+        (access_log::PORT_PROPERTY, port),
+        (access_log::PROPERTY, Some(forward.access_line())),
+    ];
+    for (key, value) in states {
+        let Some(value) = value else { continue };
+        // SAFETY: as in `header_map`.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                filter,
+                Buffer::of(key.as_bytes()),
+                Buffer::of(value.as_bytes()),
+            );
+        }
     }
     if forward.response.is_some() {
         stream.response = Some(forward);

@@ -6,8 +6,7 @@ use std::rc::Rc;
 use super::request::Request;
 use super::token_cache::{verify_now, VerifiedCache};
 use crate::config::{
-    CompiledConfig, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, POD_HEADER, PORT_HEADER,
-    UPSTREAM_HEADER, USER_HEADER,
+    CompiledConfig, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, UPSTREAM_HEADER, USER_HEADER,
 };
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
 use crate::cors::origin_pod;
@@ -82,19 +81,18 @@ pub struct Forward {
     /// From when (unix seconds) the filter renews that capability (`renewal::renew_at`):
     /// `None` for one it never renews.
     pub renew_at: Option<i64>,
+    /// The pod (or service) and port the host named (`None` on the reserved path): for the
+    /// access log, and for Envoy's answer when the pod fails, which reads them from the filter
+    /// state (`access_log::POD_PROPERTY`, `access_log::PORT_PROPERTY`), so that no header
+    /// carries them to the pod.
+    pub target: Option<PodAddr>,
 }
 
 impl Forward {
-    /// The access log's value for this forward (`access_log::line`): its user, the pod and port
-    /// it set (the last `x-podgate-pod` and `x-podgate-port` edits), allowed, or a callback when
-    /// no user was proven (the reserved path).
+    /// The access log's value for this forward (`access_log::line`): its user, its pod and port,
+    /// allowed, or a callback when no user was proven (the reserved path).
     pub fn access_line(&self) -> String {
-        let set = |name: &str| {
-            self.edits.iter().rev().find_map(|edit| match edit {
-                HeaderEdit::Set(n, v) if n == name => Some(v.as_str()),
-                _ => None,
-            })
-        };
+        let port = self.target.as_ref().map(|t| t.port.to_string());
         let decision = if self.user.is_some() {
             crate::access_log::Decision::Allow
         } else {
@@ -102,8 +100,8 @@ impl Forward {
         };
         crate::access_log::line(
             self.user.as_deref(),
-            set(crate::config::POD_HEADER),
-            set(crate::config::PORT_HEADER),
+            self.target.as_ref().map(|t| t.pod.as_str()),
+            port.as_deref(),
             decision,
             None,
         )
@@ -483,6 +481,7 @@ pub(super) fn decide_counting(
             websocket: false,
             capability: None,
             renew_at: None,
+            target: None,
         };
         return (Decision::Forward(Rc::new(forward)), 0);
     }
@@ -653,11 +652,6 @@ fn forward_to_pod(
             true
         }
     };
-    edits.push(HeaderEdit::Set(POD_HEADER.to_owned(), pod.pod.clone()));
-    edits.push(HeaderEdit::Set(
-        PORT_HEADER.to_owned(),
-        pod.port.to_string(),
-    ));
     edits.push(HeaderEdit::Set(
         USER_HEADER.to_owned(),
         verified.claims.sub.clone(),
@@ -665,7 +659,7 @@ fn forward_to_pod(
     if let Some(email) = verified.claims.email.as_ref().filter(|e| is_header_safe(e)) {
         edits.push(HeaderEdit::Set(EMAIL_HEADER.to_owned(), email.clone()));
     }
-    granted_forward(config, req, edits, reroute, verified, source)
+    granted_forward(config, req, pod, edits, reroute, verified, source)
 }
 
 /// The forward `verified` grants with `edits`: for its user until it expires, renewed at the
@@ -673,6 +667,7 @@ fn forward_to_pod(
 fn granted_forward(
     config: &CompiledConfig,
     req: &Request<'_>,
+    pod: &PodAddr,
     edits: Vec<HeaderEdit>,
     reroute: bool,
     verified: &Rc<Verified>,
@@ -687,6 +682,7 @@ fn granted_forward(
         websocket: req.is_websocket(),
         renew_at: renewal::renew_at(config.renewal.as_ref(), verified, source == Source::Cookie),
         capability: Some(Rc::clone(verified)),
+        target: Some(pod.clone()),
     };
     Decision::Forward(Rc::new(forward))
 }
@@ -719,11 +715,6 @@ fn forward_to_service(
         CLUSTER_HEADER.to_owned(),
         entry.cluster.clone(),
     ));
-    edits.push(HeaderEdit::Set(POD_HEADER.to_owned(), pod.pod.clone()));
-    edits.push(HeaderEdit::Set(
-        PORT_HEADER.to_owned(),
-        pod.port.to_string(),
-    ));
     if let Some(credential) = &entry.credential {
         if credential.name != "authorization" {
             edits.push(HeaderEdit::Remove(credential.name.clone()));
@@ -733,7 +724,7 @@ fn forward_to_service(
             credential.value.0.clone(),
         ));
     }
-    granted_forward(config, req, edits, true, verified, source)
+    granted_forward(config, req, pod, edits, true, verified, source)
 }
 
 /// The capability `decide` granted `req` for its host, found again (from the verified-token

@@ -6,8 +6,7 @@ use std::rc::Rc;
 use super::token_cache::check_token;
 use super::*;
 use crate::config::{
-    FilterConfig, PodEntry, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, POD_HEADER, PORT_HEADER,
-    UPSTREAM_HEADER, USER_HEADER,
+    FilterConfig, PodEntry, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, UPSTREAM_HEADER, USER_HEADER,
 };
 use crate::host::PodAddr;
 use crate::token::tests::{claims, ed_key, ISS, NOW};
@@ -220,26 +219,28 @@ fn a_forward_names_the_pod_and_port_it_parsed_never_the_clients() {
             ("x-podgate-port", "1"),
         ]),
     );
-    assert_eq!(set(&d, POD_HEADER), Some("alpha"));
-    assert_eq!(set(&d, PORT_HEADER), Some("8726"));
-    let e = edits(&d);
-    for name in [POD_HEADER, PORT_HEADER] {
-        let rm = e
-            .iter()
-            .position(|x| *x == HeaderEdit::Remove(name.into()))
-            .unwrap();
-        let st = e
-            .iter()
-            .position(|x| matches!(x, HeaderEdit::Set(n, _) if n == name))
-            .unwrap();
-        assert!(rm < st, "the client's {name} is removed before ours is set");
+    let Decision::Forward(forward) = &d else {
+        panic!("{d:?}")
+    };
+    let alpha = PodAddr {
+        pod: "alpha".into(),
+        port: 8726,
+    };
+    assert_eq!(forward.target, Some(alpha));
+    assert!(forward.access_line().contains(" pod=alpha port=8726 "));
+    // The client's copies are removed and none is set: the pod and port reach Envoy's local
+    // replies as filter state, never the pod as headers.
+    for name in ["x-podgate-pod", "x-podgate-port"] {
+        assert!(removed(&d, name), "{name}");
+        assert_eq!(set(&d, name), None, "{name}");
     }
-    // The control plane's callback is no pod's answer: neither header is set.
+    // The control plane's callback is no pod's answer: no target.
     let mut h = base(&[]);
     h[1].1 = b"/.podgate/callback?ticket=abc&next=/".to_vec();
-    let d = run(&c, &h);
-    assert_eq!(set(&d, POD_HEADER), None);
-    assert_eq!(set(&d, PORT_HEADER), None);
+    let Decision::Forward(callback) = run(&c, &h) else {
+        panic!("the callback is forwarded")
+    };
+    assert_eq!(callback.target, None);
 }
 
 #[test]
