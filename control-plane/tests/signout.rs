@@ -1,6 +1,8 @@
 //! Sign-out everywhere and cuts of lost access, in-process, on SQLite and PostgreSQL:
 //! `/auth/logout` (and the dev login's `/dev/logout`, which is the same), `/auth/userinfo`, the
-//! `sid` claim, and the filter configuration's `cutoffs` after a sign-out, a team removal, a lower sharing level, another owner and a deleted user.
+//! `sid` claim, and the filter configuration's `cutoffs` after a sign-out, a team removal, a lower sharing level, another owner and a deleted user;
+//! a sign-out or a user delete stopped by a database error before its cut is finished by doing
+//! it again, and a user who still owns a pod is not deleted (nor cut).
 //! Each capability is checked against the filter configuration the control plane would push,
 //! compiled as the filter compiles it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -404,6 +406,78 @@ async fn a_deleted_user_is_cut_everywhere(which: Which) {
     h.finish().await;
 }
 on_both!(a_deleted_user_is_cut_everywhere);
+
+/// Makes every cut fail (the table is renamed away), as a database error between a change and
+/// its cut would, or puts the table back.
+async fn cuts_fail(h: &Harness, fail: bool) {
+    let (from, to) = if fail {
+        ("access_cuts", "access_cuts_away")
+    } else {
+        ("access_cuts_away", "access_cuts")
+    };
+    sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}"))
+        .execute(h.tdb.db.pool())
+        .await
+        .unwrap();
+}
+
+async fn a_sign_out_stopped_half_way_is_finished_by_signing_out_again(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let session = h.login("alice").await;
+    let cap = capability(&h, Some(&session), 8726).await;
+    cuts_fail(&h, true).await;
+    let r = h.get("/auth/logout", &[("cookie", &session)]).await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+    cuts_fail(&h, false).await;
+    assert!(!cut_off(&h, &cap).await);
+    // The session is still there to end: signing out again ends it and cuts the capability.
+    let r = h.get("/auth/logout", &[("cookie", &session)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["sessions_ended"], 1, "{}", r.body);
+    assert!(cut_off(&h, &cap).await);
+    h.finish().await;
+}
+on_both!(a_sign_out_stopped_half_way_is_finished_by_signing_out_again);
+
+async fn a_user_delete_stopped_half_way_is_finished_by_deleting_again(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let bob = capability(&h, Some(&h.login("bob").await), 8726).await;
+    cuts_fail(&h, true).await;
+    let r = h.admin(Method::DELETE, "/v1/users/bob", None).await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+    cuts_fail(&h, false).await;
+    let r = h.admin(Method::GET, "/v1/users/bob", None).await;
+    assert_eq!(r.status, StatusCode::OK, "bob is still there: {}", r.body);
+    let r = h.admin(Method::DELETE, "/v1/users/bob", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(cut_off(&h, &bob).await);
+    h.finish().await;
+}
+on_both!(a_user_delete_stopped_half_way_is_finished_by_deleting_again);
+
+async fn a_user_who_still_owns_a_pod_is_not_deleted_and_keeps_access(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let alice = capability(&h, Some(&h.login("alice").await), 8726).await;
+    let r = h.admin(Method::DELETE, "/v1/users/alice", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let error = r.json()["error"].as_str().unwrap_or_default().to_owned();
+    for says in ["\"myslug\"", "PATCH /v1/pods/{slug}", "owner_id"] {
+        assert!(error.contains(says), "{says}: {error}");
+    }
+    // Nothing changed: alice and her access are as they were.
+    let r = h.admin(Method::GET, "/v1/users/alice", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(user_cuts(&h).await, vec![]);
+    assert!(!cut_off(&h, &alice).await);
+    h.finish().await;
+}
+on_both!(a_user_who_still_owns_a_pod_is_not_deleted_and_keeps_access);
 
 async fn a_pod_created_again_under_its_slug_cuts_the_old_holders(which: Which) {
     let Some(h) = Harness::seeded(which, |s| s).await else {

@@ -130,26 +130,29 @@ pub struct EndedSession {
     pub provider: Option<String>,
 }
 
-/// Ends every session named by a `session_cookie` pair in `cookie_headers`; returns those that
-/// were live.
-pub async fn ended_sessions(
+/// The sessions named by a `session_cookie` pair in `cookie_headers`, to end: each one's stored
+/// id hash (for [`Db::delete_session`]), and the session when it is live. Nothing is changed:
+/// a sign-out cuts the live ones' capabilities off first and deletes after, so that one
+/// interrupted half-way (a database error) is finished by the same request again.
+pub async fn sessions_to_end(
     db: &Db,
     session_cookie: &str,
     cookie_headers: &[&str],
-) -> Result<Vec<EndedSession>, sqlx::Error> {
+) -> Result<Vec<(String, Option<EndedSession>)>, sqlx::Error> {
     let now = now_unix();
-    let mut ended = Vec::new();
+    let mut named = Vec::new();
     for cookie_header in cookie_headers {
         for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
             let id_hash = session_hash(value);
-            if let Some(provider) = db.live_session_provider(&id_hash, now).await? {
-                ended.push(EndedSession {
+            let live = db
+                .live_session_provider(&id_hash, now)
+                .await?
+                .map(|provider| EndedSession {
                     sid: session_id(&id_hash),
                     provider,
                 });
-            }
-            db.delete_session(&id_hash).await?;
+            named.push((id_hash, live));
         }
     }
-    Ok(ended)
+    Ok(named)
 }

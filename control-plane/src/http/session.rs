@@ -20,7 +20,7 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::identity::{ended_sessions, EndedSession};
+use crate::auth::identity::{sessions_to_end, EndedSession};
 use crate::auth::verify::browser_identity;
 use crate::cuts::cut_session;
 use crate::http::cookies;
@@ -82,15 +82,24 @@ async fn logout_post(State(state): State<AppState>, headers: HeaderMap) -> ApiRe
 /// browser's sessions, cuts off their capabilities, and answers with JSON, the signed-out page,
 /// or a redirect to sign out at the identity provider too.
 pub(crate) async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiResult<Response> {
-    let ended = ended_sessions(
+    let named = sessions_to_end(
         state.db(),
         state.session_cookie(),
         &cookie_headers(&headers),
     )
     .await?;
-    for session in &ended {
-        cut_session(state.db(), state.config().capability_lifetime, &session.sid).await?;
+    // The cuts first, then the sessions: a sign-out that fails between the two leaves the
+    // session, so signing out again finishes it (the other way round it would find nothing
+    // left to cut).
+    for (_, session) in &named {
+        if let Some(session) = session {
+            cut_session(state.db(), state.config().capability_lifetime, &session.sid).await?;
+        }
     }
+    for (id_hash, _) in &named {
+        state.db().delete_session(id_hash).await?;
+    }
+    let ended: Vec<EndedSession> = named.into_iter().filter_map(|(_, s)| s).collect();
     if !ended.is_empty() {
         tracing::info!(sessions = ended.len(), "signed out: capabilities cut off");
         state.envoy_config_changed().await;

@@ -59,6 +59,30 @@ impl Db {
             .transpose()
     }
 
+    /// What `user_id` owns that keeps them from being deleted (`ON DELETE RESTRICT`): the slugs
+    /// of their pods and the names of their services, at most `limit` of each.
+    pub async fn owned_by(&self, user_id: &str, limit: i64) -> Res<(Vec<String>, Vec<String>)> {
+        let mut owned = Vec::with_capacity(2);
+        for sql in [
+            "SELECT slug FROM pods WHERE owner_id = $1 ORDER BY slug LIMIT $2",
+            "SELECT name FROM services WHERE owner_id = $1 ORDER BY name LIMIT $2",
+        ] {
+            let rows = sqlx::query(sql)
+                .bind(user_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+            owned.push(
+                rows.iter()
+                    .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+        let services = owned.pop().unwrap_or_default();
+        let pods = owned.pop().unwrap_or_default();
+        Ok((pods, services))
+    }
+
     pub async fn get_user_by_email(&self, email: &str) -> Res<Option<User>> {
         sqlx::query("SELECT id, email, name, created_at FROM users WHERE email = $1")
             .bind(email)

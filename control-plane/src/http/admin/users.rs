@@ -177,10 +177,21 @@ async fn delete_user(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
 ) -> ApiResult<Response> {
-    let gone = s.db().delete_user(&id).await?;
-    if gone {
-        // Their capabilities stop working within one push, wherever they are.
-        crate::cuts::cut_user(s.db(), s.config().capability_lifetime, &id).await?;
+    if s.db().get_user(&id).await?.is_none() {
+        return deleted(false, "user");
     }
+    let (pods, services) = s.db().owned_by(&id, 10).await?;
+    if !pods.is_empty() || !services.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "user {id:?} still owns pods {pods:?} and services {services:?} (at most 10 of each \
+             shown); delete or reassign each (PATCH /v1/pods/{{slug}} or \
+             PATCH /v1/services/{{name}} with {{\"owner_id\": \"...\"}}), then delete the user"
+        )));
+    }
+    // Their capabilities stop working within one push, wherever they are. Cut before the user
+    // goes, so that a delete that fails between the two leaves the user, and deleting again
+    // finishes it (the other way round the retry would find no user, and cut nothing).
+    crate::cuts::cut_user(s.db(), s.config().capability_lifetime, &id).await?;
+    let gone = s.db().delete_user(&id).await?;
     deleted(gone, "user")
 }
