@@ -346,7 +346,10 @@ async fn proxy(shared: &Shared, mut req: Request<Incoming>) -> Result<Response<B
     let unreachable = |e: &dyn std::fmt::Display| {
         CliError::new(
             code::UNREACHABLE,
-            format!("cannot reach {}: {e}", shared.target.origin),
+            format!(
+                "cannot reach {}: {e}; check the URL and your network",
+                shared.target.origin
+            ),
         )
     };
     let io = shared.connect().await.map_err(|e| unreachable(&e))?;

@@ -220,8 +220,16 @@ async fn logout() -> Result<u8> {
     let mut file = ConfigFile::load()?;
     let (key, session) = file.session_here()?;
     let backend = Backend::new(&session.backend_url, &session.auth_token)?;
-    let id = init_url::token_id(&session.auth_token)
-        .ok_or_else(|| CliError::other("the saved API token is malformed"))?;
+    let id = init_url::token_id(&session.auth_token).ok_or_else(|| {
+        CliError::other(format!(
+            "the API token saved for {key} is malformed; run `podgate-cli --init <setup \
+                 link>` here again, or remove the entry for {key} from {}",
+            config::config_path().map_or_else(
+                |_| "the config file".to_owned(),
+                |p| p.display().to_string()
+            )
+        ))
+    })?;
     // Unreachable: keep the session so a later logout can still revoke it.
     let revoked = backend.revoke(id).await?;
     file.sessions.remove(&key);
@@ -364,10 +372,15 @@ async fn curl(rest: &[String]) -> Result<u8> {
     if let Some(d) = a.data {
         req = req.body(d);
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| CliError::new(code::UNREACHABLE, format!("cannot reach {}: {e}", a.url)))?;
+    let resp = req.send().await.map_err(|e| {
+        CliError::new(
+            code::UNREACHABLE,
+            format!(
+                "cannot reach {}: {e}; check the URL and your network",
+                a.url
+            ),
+        )
+    })?;
     let status = resp.status();
     let mut stdout = std::io::stdout().lock();
     if a.include {
@@ -402,7 +415,11 @@ async fn forward_cmd(rest: &[String]) -> Result<u8> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--local" | "-l" => local = Some(it.next().ok_or_else(usage)?.clone()),
-            s if s.starts_with('-') => return Err(usage()),
+            s if s.starts_with('-') => {
+                return Err(CliError::usage(format!(
+                    "unknown forward flag `{s}`; usage: podgate-cli forward POD PORT [--local ADDR]"
+                )))
+            }
             s => positional.push(s.to_owned()),
         }
     }

@@ -388,6 +388,18 @@ async fn malformed_links_and_unreachable_control_planes_have_their_exit_codes() 
     }
     let (code, _, _) = me.run(&["frobnicate"]).await;
     assert_eq!(code, 2);
+    // An unknown flag is named, with the usage.
+    for (args, flag) in [
+        (
+            &["forward", "web", "3000", "--bogus"][..],
+            "forward flag `--bogus`",
+        ),
+        (&["curl", "--bogus", "http://x"][..], "curl flag `--bogus`"),
+    ] {
+        let (code, _, err) = me.run(args).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
     let (code, _, err) = me.run(&["status"]).await;
     assert_eq!(code, 3, "{err}");
     // A well-formed link to a port where nothing listens.
