@@ -286,6 +286,20 @@ async fn teams_and_members(h: &Harness) {
     let r = h
         .admin(
             Method::PUT,
+            "/v1/teams/t9/members/ghost",
+            Some(json!({"role": "member"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert!(
+        r.error()
+            .contains("no user \"ghost\"; create it with POST /v1/users"),
+        "{}",
+        r.body
+    );
+    let r = h
+        .admin(
+            Method::PUT,
             "/v1/teams/t9/members/m1",
             Some(json!({"role": "owner"})),
         )
@@ -528,6 +542,18 @@ async fn servers_pods_ports(h: &Harness) {
         .admin(Method::GET, "/v1/pods/myslug/ports/8726", None)
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.error().contains("default level"), "{}", r.body);
+    // No such pod, or no such port: said as such, for reading and for removing.
+    for method in [Method::GET, Method::DELETE] {
+        let r = h
+            .admin(method.clone(), "/v1/pods/nope/ports/8726", None)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+        assert_eq!(r.error(), "no pod \"nope\"");
+        let r = h.admin(method, "/v1/pods/myslug/ports/0", None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.error().contains("`port` must be 1-65535"), "{}", r.body);
+    }
 
     // Referential integrity answers 409 with a way out.
     let r = h.admin(Method::DELETE, "/v1/users/alice", None).await;

@@ -87,6 +87,15 @@ async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    // A query the filter never sends: a JSON 400 naming what is wrong, nothing exchanged.
+    for (target, says) in [
+        ("pod=myslug&port=8726&x=1", "unknown field `x`"),
+        ("pod=myslug&pod=other&port=8726", "duplicate field `pod`"),
+    ] {
+        let r = exchange(&h, Some(SECRET), Some(&token), target, "198.51.100.1").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{target}: {}", r.body);
+        assert!(r.error().contains(says), "{target}: {}", r.body);
+    }
 
     // Revoked: refused from the next exchange on, and its capability listed for the filter.
     let req = Request::builder()

@@ -458,7 +458,8 @@ pub fn check_init_url(issuer: &str, raw: &str) -> Result<String, String> {
     };
     if decode_init_config(config).is_none() {
         return Err(
-            "`init_url` does not carry a well-formed setup config (base64url of {\"t\": token, \"n\": prefix})"
+            "`init_url` does not carry a well-formed setup config (base64url of {\"t\": token, \"n\": \
+             prefix}); copy the whole setup link again, or create a new API token on /setup"
                 .into(),
         );
     }

@@ -284,13 +284,21 @@ impl From<JsonRejection> for ApiError {
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        ApiError::bad(format!("the query string is not valid: {}", r.body_text()))
+        ApiError::bad(format!(
+            "the query string is not valid: {}; check parameter names, each given once, and \
+             their types against the API reference (GET /openapi.json)",
+            r.body_text()
+        ))
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
-        ApiError::bad(format!("the path is not valid: {}", r.body_text()))
+        ApiError::bad(format!(
+            "the path is not valid: {}; check each part of it against the API reference (GET \
+             /openapi.json): ports are numbers from 1 to 65535",
+            r.body_text()
+        ))
     }
 }
 

@@ -10,7 +10,7 @@
 //! capability is audited with the API token's id (`via` = `exchange`), so revoking the token
 //! puts it on the filter's revocation list.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 use crate::auth::api_tokens::{self, ApiTokenCheck, ApiTokenError};
 use crate::authz::authorize;
 use crate::authz::{authorize_resource, AuthzError, RESOURCE_MSG};
-use crate::http::error::{error_response, ApiError, ErrorBody};
+use crate::http::error::{error_response, ApiError, ErrorBody, QueryArgs};
 use crate::http::limits::{self, Endpoint};
 use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
 use crate::http::renew::{bearer, has_secret};
@@ -87,7 +87,7 @@ fn end_client(headers: &HeaderMap, envoy: &str) -> String {
 )]
 async fn exchange(
     State(state): State<AppState>,
-    Query(target): Query<Target>,
+    QueryArgs(target): QueryArgs<Target>,
     headers: HeaderMap,
     ClientIp(envoy): ClientIp,
 ) -> Response {
@@ -107,7 +107,10 @@ async fn answer_exchange(
     if !has_secret(state, headers) {
         return error_response(
             StatusCode::FORBIDDEN,
-            "only Envoy's podgate filter exchanges API tokens",
+            concat!(
+                "only Envoy's podgate filter exchanges API tokens",
+                " (with the renewal secret: every control plane behind one Envoy needs the same --renew-secret, PODGATE_RENEW_SECRET)"
+            ),
         );
     }
     let addr = match parse_target(

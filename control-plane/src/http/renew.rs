@@ -85,7 +85,10 @@ async fn answer_renewal(state: &AppState, headers: &HeaderMap) -> Response {
     if !has_secret(state, headers) {
         return error_response(
             StatusCode::FORBIDDEN,
-            "only Envoy's podgate filter renews capabilities",
+            concat!(
+                "only Envoy's podgate filter renews capabilities",
+                " (with the renewal secret: every control plane behind one Envoy needs the same --renew-secret, PODGATE_RENEW_SECRET)"
+            ),
         );
     }
     let Some(token) = bearer(headers) else {

@@ -58,7 +58,10 @@ async fn answer_wake(state: &AppState, headers: &HeaderMap) -> (WakeOutcome, Res
             WakeOutcome::Refused,
             error_response(
                 StatusCode::FORBIDDEN,
+                concat!(
                 "only Envoy's podgate filter wakes pods",
+                " (with the renewal secret: every control plane behind one Envoy needs the same --renew-secret, PODGATE_RENEW_SECRET)"
+            ),
             ),
         );
     }

@@ -66,7 +66,9 @@ async fn push_after_write(State(state): State<AppState>, req: Request, next: Nex
 async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(expected) = state.config().admin_token.as_deref() else {
         return ApiError::Unauthorized(
-            "the admin API is disabled: no admin token is configured".into(),
+            "the admin API is disabled: no admin token is configured; start the control plane \
+             with --admin-token (PODGATE_ADMIN_TOKEN, at least 32 characters) to enable it"
+                .into(),
         )
         .into_response();
     };

@@ -381,6 +381,8 @@ async fn get_port(
     State(s): State<AppState>,
     PathArgs((slug, port)): PathArgs<(String, u16)>,
 ) -> ApiResult<Json<PodPort>> {
+    require_pod(&s, &slug).await?;
+    let port = check_port(port, "port")?;
     s.db()
         .get_pod_port(&slug, port)
         .await?
@@ -455,6 +457,8 @@ async fn delete_port(
     State(s): State<AppState>,
     PathArgs((slug, port)): PathArgs<(String, u16)>,
 ) -> ApiResult<Response> {
+    require_pod(&s, &slug).await?;
+    let port = check_port(port, "port")?;
     let gone = s.db().delete_pod_port(&slug, port).await?;
     // Back to the default level, which may be lower.
     cut_lost_access(

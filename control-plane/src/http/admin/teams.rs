@@ -316,7 +316,12 @@ async fn set_member_role(
     JsonBody(body): JsonBody<RoleBody>,
 ) -> ApiResult<Json<Member>> {
     require_team(&s, &team_id).await?;
-    require_user(&s, &user_id, "user").await?;
+    // The user is named by the path, not by a field: a missing one is not found.
+    if s.db().get_user(&user_id).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "no user {user_id:?}; create it with POST /v1/users first, then add it to the team"
+        )));
+    }
     let role: Role = parse_enum(&body.role, "role")?;
     let created_at = s
         .db()
