@@ -119,12 +119,20 @@ async fn users(h: &Harness) {
         .admin(Method::POST, "/v1/users", Some(json!({"name": "no id"})))
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    assert!(r.json()["id"].as_str().unwrap().starts_with("user-"));
-    // Duplicates.
+    let generated = r.json()["id"].as_str().unwrap().to_owned();
+    assert!(generated.starts_with("user-"));
+    // Duplicates, each named with the way out.
     let r = h
         .admin(Method::POST, "/v1/users", Some(json!({"id": "u1"})))
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        r.error().contains(
+            "a user \"u1\" already exists; pick another id, or update it with PATCH /v1/users/u1"
+        ),
+        "{}",
+        r.body
+    );
     let r = h
         .admin(
             Method::POST,
@@ -133,7 +141,33 @@ async fn users(h: &Harness) {
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
-    assert!(r.error().contains("already exists"));
+    assert!(
+        r.error().contains("belongs to user \"u1\" already"),
+        "{}",
+        r.body
+    );
+    let r = h
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{generated}"),
+            Some(json!({"email": "u1@example.dev"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        r.error().contains("belongs to user \"u1\" already"),
+        "{}",
+        r.body
+    );
+    // A user's own email is no clash.
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/users/u1",
+            Some(json!({"email": "u1@example.dev"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // Validation, each with a message.
     for bad in [
         json!({"id": ""}),
@@ -559,8 +593,16 @@ async fn servers_pods_ports(h: &Harness) {
     let r = h.admin(Method::DELETE, "/v1/users/alice", None).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     assert!(r.error().contains("delete or reassign"));
+    assert!(r.error().contains("still owns pods ["), "{}", r.body);
+    assert!(r.error().contains("\"myslug\""), "{}", r.body);
     let r = h.admin(Method::DELETE, "/v1/servers/s2", None).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(
+        r.error()
+            .contains("server \"s2\" still runs pods [\"myslug\"]"),
+        "{}",
+        r.body
+    );
     let r = h.admin(Method::DELETE, "/v1/pods/myslug", None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = h.admin(Method::DELETE, "/v1/servers/s2", None).await;

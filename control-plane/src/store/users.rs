@@ -83,6 +83,19 @@ impl Db {
         Ok((pods, services))
     }
 
+    /// The slugs of the pods on `server_id` (`ON DELETE RESTRICT`), at most `limit`.
+    pub async fn pods_on_server(&self, server_id: &str, limit: i64) -> Res<Vec<String>> {
+        let rows = sqlx::query("SELECT slug FROM pods WHERE server_id = $1 ORDER BY slug LIMIT $2")
+            .bind(server_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Into::into)
+    }
+
     pub async fn get_user_by_email(&self, email: &str) -> Res<Option<User>> {
         sqlx::query("SELECT id, email, name, created_at FROM users WHERE email = $1")
             .bind(email)

@@ -171,5 +171,12 @@ async fn delete_server(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
 ) -> ApiResult<Response> {
+    let pods = s.db().pods_on_server(&id, 10).await?;
+    if !pods.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "server {id:?} still runs pods {pods:?} (at most 10 shown); delete each, or move it \
+             with PATCH /v1/pods/{{slug}} {{\"server_id\": \"...\"}}, then delete the server"
+        )));
+    }
     deleted(s.db().delete_server(&id).await?, "server")
 }

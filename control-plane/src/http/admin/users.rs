@@ -76,8 +76,14 @@ async fn create_user(
     check_id(&id, "user")?;
     if let Some(e) = &body.email {
         check_email(e)?;
+        email_free(&s, e, None).await?;
     }
     check_text(&body.name, "name", 200)?;
+    if s.db().get_user(&id).await?.is_some() {
+        return Err(ApiError::conflict(format!(
+            "a user {id:?} already exists; pick another id, or update it with PATCH /v1/users/{id}"
+        )));
+    }
     let user = User {
         id,
         email: body.email,
@@ -86,6 +92,19 @@ async fn create_user(
     };
     s.db().create_user(&user).await?;
     Ok(created(user))
+}
+
+/// A 409 naming the user who has `email` already, unless it is `except` (the user being
+/// changed).
+async fn email_free(s: &AppState, email: &str, except: Option<&str>) -> ApiResult<()> {
+    match s.db().get_user_by_email(email).await? {
+        Some(other) if Some(other.id.as_str()) != except => Err(ApiError::conflict(format!(
+            "the email {email:?} belongs to user {:?} already; pick another, or change or delete \
+             that user first",
+            other.id
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[utoipa::path(
@@ -144,6 +163,7 @@ async fn update_user(
     if let Some(email) = patch.email {
         if let Some(e) = &email {
             check_email(e)?;
+            email_free(&s, e, Some(&id)).await?;
         }
         user.email = email;
     }
@@ -182,10 +202,16 @@ async fn delete_user(
     }
     let (pods, services) = s.db().owned_by(&id, 10).await?;
     if !pods.is_empty() || !services.is_empty() {
+        let owned: Vec<String> = [("pods", pods), ("services", services)]
+            .into_iter()
+            .filter(|(_, names)| !names.is_empty())
+            .map(|(what, names)| format!("{what} {names:?}"))
+            .collect();
         return Err(ApiError::conflict(format!(
-            "user {id:?} still owns pods {pods:?} and services {services:?} (at most 10 of each \
-             shown); delete or reassign each (PATCH /v1/pods/{{slug}} or \
-             PATCH /v1/services/{{name}} with {{\"owner_id\": \"...\"}}), then delete the user"
+            "user {id:?} still owns {} (at most 10 of each shown); delete or reassign each \
+             (PATCH /v1/pods/{{slug}} or PATCH /v1/services/{{name}} with \
+             {{\"owner_id\": \"...\"}}), then delete the user",
+            owned.join(" and ")
         )));
     }
     // Their capabilities stop working within one push, wherever they are. Cut before the user
