@@ -92,8 +92,7 @@ impl Db {
             .await?;
         rows.iter()
             .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Into::into)
+            .collect()
     }
 
     pub async fn get_user_by_email(&self, email: &str) -> Res<Option<User>> {
