@@ -516,6 +516,28 @@ async fn renewal_keeps_the_resource_until_it_is_lost(which: Which) {
     h.finish().await;
 }
 
+async fn a_service_delete_stopped_at_its_cut_is_finished_by_deleting_again(which: Which) {
+    let Some(h) = harness(which).await else {
+        return;
+    };
+    chat(&h).await;
+    let alice = h.login("alice").await;
+    let cap = browser_capability(&h, &alice, "/sessions/a1")
+        .await
+        .unwrap();
+    h.cuts_fail(true).await;
+    let r = h.admin(Method::DELETE, CHAT, None).await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+    h.cuts_fail(false).await;
+    // The service is gone, its capability not yet cut; deleting again cuts it.
+    let r = h.admin(Method::DELETE, CHAT, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let (_, c) = filter(&h).await;
+    assert!(c.cutoffs.refuses(&verify(&c, &cap)));
+    h.finish().await;
+}
+
 on_both!(the_admin_api_checks_what_it_is_sent);
+on_both!(a_service_delete_stopped_at_its_cut_is_finished_by_deleting_again);
 on_both!(capabilities_are_minted_for_the_owners_resource_only);
 on_both!(renewal_keeps_the_resource_until_it_is_lost);

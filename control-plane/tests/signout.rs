@@ -407,30 +407,16 @@ async fn a_deleted_user_is_cut_everywhere(which: Which) {
 }
 on_both!(a_deleted_user_is_cut_everywhere);
 
-/// Makes every cut fail (the table is renamed away), as a database error between a change and
-/// its cut would, or puts the table back.
-async fn cuts_fail(h: &Harness, fail: bool) {
-    let (from, to) = if fail {
-        ("access_cuts", "access_cuts_away")
-    } else {
-        ("access_cuts_away", "access_cuts")
-    };
-    sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}"))
-        .execute(h.tdb.db.pool())
-        .await
-        .unwrap();
-}
-
 async fn a_sign_out_stopped_half_way_is_finished_by_signing_out_again(which: Which) {
     let Some(h) = Harness::seeded(which, |s| s).await else {
         return;
     };
     let session = h.login("alice").await;
     let cap = capability(&h, Some(&session), 8726).await;
-    cuts_fail(&h, true).await;
+    h.cuts_fail(true).await;
     let r = h.get("/auth/logout", &[("cookie", &session)]).await;
     assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
-    cuts_fail(&h, false).await;
+    h.cuts_fail(false).await;
     assert!(!cut_off(&h, &cap).await);
     // The session is still there to end: signing out again ends it and cuts the capability.
     let r = h.get("/auth/logout", &[("cookie", &session)]).await;
@@ -446,10 +432,10 @@ async fn a_user_delete_stopped_half_way_is_finished_by_deleting_again(which: Whi
         return;
     };
     let bob = capability(&h, Some(&h.login("bob").await), 8726).await;
-    cuts_fail(&h, true).await;
+    h.cuts_fail(true).await;
     let r = h.admin(Method::DELETE, "/v1/users/bob", None).await;
     assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
-    cuts_fail(&h, false).await;
+    h.cuts_fail(false).await;
     let r = h.admin(Method::GET, "/v1/users/bob", None).await;
     assert_eq!(r.status, StatusCode::OK, "bob is still there: {}", r.body);
     let r = h.admin(Method::DELETE, "/v1/users/bob", None).await;

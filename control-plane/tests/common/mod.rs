@@ -147,6 +147,20 @@ impl Harness {
         Some(Harness { tdb, state, app })
     }
 
+    /// Makes every cut fail (the table is renamed away), as a database error between a change
+    /// and its cut would, or puts the table back.
+    pub async fn cuts_fail(&self, fail: bool) {
+        let (from, to) = if fail {
+            ("access_cuts", "access_cuts_away")
+        } else {
+            ("access_cuts_away", "access_cuts")
+        };
+        sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}"))
+            .execute(self.tdb.db.pool())
+            .await
+            .unwrap();
+    }
+
     pub async fn finish(self) {
         self.tdb.finish().await;
     }

@@ -500,9 +500,9 @@ async fn delete_service(
     PathArgs(name): PathArgs<String>,
 ) -> ApiResult<Response> {
     let found = s.db().delete_service(&name).await?;
-    if found {
-        cut(&s, &name).await?;
-    }
+    // Whether or not it was still there: a delete that failed at its cut is finished by deleting
+    // again (with no service, everyone who held a capability for it has lost it).
+    cut(&s, &name).await?;
     deleted(found, "service")
 }
 
