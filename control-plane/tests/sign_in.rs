@@ -677,6 +677,43 @@ async fn access_denied_and_a_provider_that_is_down_are_clear_pages() {
 }
 
 #[tokio::test]
+async fn a_session_that_cannot_be_stored_is_a_clear_page() {
+    let Some(op) = provider().await else {
+        return;
+    };
+    let h = podgate(vec![entry("op", &op.issuer)]).await;
+    let mut b = Browser::default();
+    let authorize = b.login(&h, "next=%2Fhealthz").await;
+    let back = op.authorize(&authorize, "alice", CALLBACK).await;
+    // The database fails just as the session is stored.
+    let rename = |from: &str, to: &str| format!("ALTER TABLE {from} RENAME TO {to}");
+    sqlx::query(&rename("sessions", "sessions_away"))
+        .execute(h.state.db().pool())
+        .await
+        .unwrap();
+    let r = b.get(&h, &back).await;
+    sqlx::query(&rename("sessions_away", "sessions"))
+        .execute(h.state.db().pool())
+        .await
+        .unwrap();
+    assert_refused(
+        &h,
+        &r,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "could not store your session",
+    )
+    .await;
+    // Starting again goes back to the same provider and the same place.
+    assert!(
+        r.body
+            .contains("/auth/login?provider=op&amp;next=/healthz\""),
+        "{}",
+        r.body
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
 async fn several_providers_get_a_chooser_and_provider_picks_one() {
     let Some(op) = provider().await else { return };
     let mut second = entry("corp", "http://127.0.0.1:9");

@@ -372,7 +372,19 @@ async fn finish_sign_in(state: &AppState, headers: &HeaderMap, query: Option<Str
     .await
     {
         Ok(s) => s,
-        Err(e) => return ApiError::from(e).into_response(),
+        // The provider's answer is used up: the browser gets the sign-in failure page, with a
+        // link that starts again for the same place.
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store a session after a sign-in");
+            let next = (!signed_in.next.is_empty()).then_some(signed_in.next.as_str());
+            return failure(
+                headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "podgate could not store your session (an error in its database); start \
+                 again in a moment",
+                &login_url(state, Some(&signed_in.provider), next),
+            );
+        }
     };
     tracing::info!(user = %signed_in.user.id, provider = %signed_in.provider, "signed in");
     let cookie = cookies::session(state, &session);
