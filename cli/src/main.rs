@@ -223,7 +223,7 @@ async fn logout() -> Result<u8> {
     let id = init_url::token_id(&session.auth_token).ok_or_else(|| {
         CliError::other(format!(
             "the API token saved for {key} is malformed; run `podgate-cli --init <setup \
-                 link>` here again, or remove the entry for {key} from {}",
+                 link>` in {key} again, or remove the entry for {key} from {}",
             config::config_path().map_or_else(
                 |_| "the config file".to_owned(),
                 |p| p.display().to_string()

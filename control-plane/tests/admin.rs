@@ -584,9 +584,18 @@ async fn servers_pods_ports(h: &Harness) {
             .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
         assert_eq!(r.error(), "no pod \"nope\"");
-        let r = h.admin(method, "/v1/pods/myslug/ports/0", None).await;
+        let r = h
+            .admin(method.clone(), "/v1/pods/myslug/ports/0", None)
+            .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
         assert!(r.error().contains("`port` must be 1-65535"), "{}", r.body);
+        let r = h.admin(method, "/v1/pods/myslug/ports/http", None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(
+            r.error().contains("a port is a number from 1 to 65535"),
+            "{}",
+            r.body
+        );
     }
 
     // Referential integrity answers 409 with a way out.

@@ -144,6 +144,9 @@ pub async fn sessions_to_end(
     for cookie_header in cookie_headers {
         for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
             let id_hash = session_hash(value);
+            if named.iter().any(|(seen, _)| *seen == id_hash) {
+                continue;
+            }
             let live = db
                 .live_session_provider(&id_hash, now)
                 .await?

@@ -294,11 +294,13 @@ impl From<QueryRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
-        ApiError::bad(format!(
-            "the path is not valid: {}; check each part of it against the API reference (GET \
-             /openapi.json): ports are numbers from 1 to 65535",
-            r.body_text()
-        ))
+        let text = r.body_text();
+        let hint = if text.contains("`u16`") {
+            "a port is a number from 1 to 65535"
+        } else {
+            "check each part of it against the API reference (GET /openapi.json)"
+        };
+        ApiError::bad(format!("the path is not valid: {text}; {hint}"))
     }
 }
 

@@ -11,7 +11,7 @@
 //! puts it on the filter's revocation list.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,10 +24,10 @@ use utoipa_axum::routes;
 use crate::auth::api_tokens::{self, ApiTokenCheck, ApiTokenError};
 use crate::authz::authorize;
 use crate::authz::{authorize_resource, AuthzError, RESOURCE_MSG};
-use crate::http::error::{error_response, ApiError, ErrorBody, QueryArgs};
+use crate::http::error::{ApiError, ErrorBody, QueryArgs};
 use crate::http::limits::{self, Endpoint};
 use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
-use crate::http::renew::{bearer, has_secret};
+use crate::http::renew::{bearer, has_secret, only_envoy};
 use crate::http::request::ClientIp;
 use crate::http::shared::{no_store, parse_target};
 use crate::metrics::Outcome;
@@ -105,13 +105,7 @@ async fn answer_exchange(
     envoy: &str,
 ) -> Response {
     if !has_secret(state, headers) {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            concat!(
-                "only Envoy's podgate filter exchanges API tokens",
-                " (with the renewal secret: every control plane behind one Envoy needs the same --renew-secret, PODGATE_RENEW_SECRET)"
-            ),
-        );
+        return only_envoy("exchanges API tokens");
     }
     let addr = match parse_target(
         target.pod.as_deref(),

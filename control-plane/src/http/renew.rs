@@ -36,6 +36,18 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     }))
 }
 
+/// The 403 for a call to an endpoint only Envoy's filter calls (it `does` what) without the
+/// renewal secret, saying what the filter needs.
+pub(crate) fn only_envoy(does: &str) -> Response {
+    error_response(
+        StatusCode::FORBIDDEN,
+        &format!(
+            "only Envoy's podgate filter {does} (with the renewal secret: every control plane \
+             behind one Envoy needs the same --renew-secret, PODGATE_RENEW_SECRET)"
+        ),
+    )
+}
+
 /// Whether `headers` carry the renewal secret (compared in constant time, over digests so
 /// the length leaks nothing either).
 pub(crate) fn has_secret(state: &AppState, headers: &HeaderMap) -> bool {
@@ -83,13 +95,7 @@ async fn renew(State(state): State<AppState>, headers: HeaderMap) -> Response {
 
 async fn answer_renewal(state: &AppState, headers: &HeaderMap) -> Response {
     if !has_secret(state, headers) {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            concat!(
-                "only Envoy's podgate filter renews capabilities",
-                " (with the renewal secret: every control plane behind one Envoy needs the same --renew-secret, PODGATE_RENEW_SECRET)"
-            ),
-        );
+        return only_envoy("renews capabilities");
     }
     let Some(token) = bearer(headers) else {
         return ApiError::Unauthorized("no capability to renew".into()).into_response();

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use crate::http::error::{error_response, ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::openapi::Unauthorized;
-use crate::http::renew::{bearer, has_secret};
+use crate::http::renew::{bearer, has_secret, only_envoy};
 use crate::metrics::WakeOutcome;
 use crate::renew::{still_allowed, RenewError};
 use crate::wake::Woken;
@@ -54,16 +54,7 @@ async fn wake(State(state): State<AppState>, headers: HeaderMap) -> Response {
 
 async fn answer_wake(state: &AppState, headers: &HeaderMap) -> (WakeOutcome, Response) {
     if !has_secret(state, headers) {
-        return (
-            WakeOutcome::Refused,
-            error_response(
-                StatusCode::FORBIDDEN,
-                concat!(
-                "only Envoy's podgate filter wakes pods",
-                " (with the renewal secret: every control plane behind one Envoy needs the same --renew-secret, PODGATE_RENEW_SECRET)"
-            ),
-            ),
-        );
+        return (WakeOutcome::Refused, only_envoy("wakes pods"));
     }
     let Some(token) = bearer(headers) else {
         return (

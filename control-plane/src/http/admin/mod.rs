@@ -50,12 +50,16 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
         ))
 }
 
-/// After a successful write (pods, status, servers, keys, or anything that cascades to them),
-/// tells the xDS sync task to rebuild; unchanged content is not pushed.
+/// After a write (pods, status, servers, keys, or anything that cascades to them), tells the
+/// xDS sync task to rebuild; unchanged content is not pushed. Not after a refusal of the
+/// request (a 4xx but 404), which changed nothing; after a 404 or a 5xx too, because a repeated
+/// delete still cuts (404) and a write may have committed before what failed after it (5xx).
 async fn push_after_write(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
     let response = next.run(req).await;
-    if writes && response.status().is_success() {
+    let status = response.status();
+    let refused = status.is_client_error() && status != StatusCode::NOT_FOUND;
+    if writes && !refused {
         state.envoy_config_changed().await;
     }
     response

@@ -372,6 +372,7 @@ async fn list_ports(
     ),
     responses(
         (status = 200, description = "The port"),
+        Malformed,
         Unauthorized,
         NotFound,
         TooMany,
@@ -448,6 +449,7 @@ async fn put_port(
     ),
     responses(
         (status = 204, description = "Removed"),
+        Malformed,
         Unauthorized,
         NotFound,
         TooMany,

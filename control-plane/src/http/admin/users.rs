@@ -219,5 +219,8 @@ async fn delete_user(
     // finishes it (the other way round the retry would find no user, and cut nothing).
     crate::cuts::cut_user(s.db(), s.config().capability_lifetime, &id).await?;
     let gone = s.db().delete_user(&id).await?;
+    // And again once they are gone (it replaces the first cut): a capability minted for them
+    // between the two is cut too.
+    crate::cuts::cut_user(s.db(), s.config().capability_lifetime, &id).await?;
     deleted(gone, "user")
 }
