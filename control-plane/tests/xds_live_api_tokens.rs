@@ -1,7 +1,8 @@
 //! API tokens at the edge, live, through a real Envoy 1.40 fed by the control plane's ADS
 //! server, with recording fake pods: `Authorization: Bearer pg_…` and `podgate-token: pg_…`
 //! on a pod host reach the token owner's pod, and the token never reaches the pod;
-//! `/.podgate/userinfo` names the token's owner; another user's pod is refused; a revoked token is refused within a second; the control plane away
+//! `/.podgate/userinfo` names the token's owner; a pod nothing listens on, reached by a token's
+//! first exchange, gets Envoy's answer naming the pod and port; another user's pod is refused; a revoked token is refused within a second; the control plane away
 //! is a 503, never a forward; and a burst of 10,000 wrong tokens leaves the control plane
 //! answering other users, with the figures printed.
 
@@ -151,6 +152,47 @@ async fn api_tokens_reach_their_owners_pods_at_the_edge_and_never_reach_the_pod(
     let (status, body) = get_with(&stack, "alpha", "podgate-token", &quitter).await;
     assert_eq!(status, 200, "{body}\n{}", stack.logs());
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // A pod of alice's that nothing listens on, reached with a token not yet exchanged: the
+    // request the exchange let through fails at the pod, and Envoy's answer names the pod and
+    // port the filter recorded for it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    stack
+        .cp
+        .create_pod("gone", USER, SERVER, closed, "running")
+        .await;
+    let cap = stack.cp.mint(&session, "gone").await.unwrap();
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        "gone",
+        &cap,
+        ONE_PUSH,
+        |a| a.status == 503,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    let (_, unexchanged) = create_api_token(&stack, &session, "gone").await;
+    let calls = exchange_calls(&stack);
+    let (status, body) = get_with(&stack, "gone", "podgate-token", &unexchanged).await;
+    assert_eq!(status, 503, "{body}\n{}", stack.logs());
+    let failure: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        failure["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Nothing is listening")),
+        "{body}"
+    );
+    assert_eq!(
+        (failure["pod"].as_str(), failure["port"].as_str()),
+        (Some("gone"), Some(APP_PORT.to_string().as_str())),
+        "{body}"
+    );
+    assert!(exchange_calls(&stack) > calls, "not exchanged");
 
     // Another user's pod: refused, and nothing reaches it.
     let (status, body) = get_with(&stack, "bobs", "authorization", &bearer).await;
