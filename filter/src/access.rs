@@ -13,13 +13,7 @@ use crate::raw::{self, LogLevel};
 /// never a reason to refuse the request.
 pub(crate) fn record(outcome: &Outcome) {
     let value = match outcome {
-        Outcome::Forward(forward) => {
-            if let Some(target) = &forward.target {
-                set(access_log::POD_PROPERTY, &target.pod);
-                set(access_log::PORT_PROPERTY, &target.port.to_string());
-            }
-            forward.access_line()
-        }
+        Outcome::Forward(forward) => return forward.each_filter_state(set),
         Outcome::Deny(denial) => access_log::line(
             None,
             None,
@@ -43,22 +37,15 @@ pub(crate) fn record(outcome: &Outcome) {
             access_log::line(None, None, None, access_log::Decision::Answer, None)
         }
     };
-    set_access_line(&value);
+    set(access_log::PROPERTY, &value);
 }
 
 /// The access log's line for a request refused for `reason` after it waited (an exchange).
 pub(crate) fn record_refusal(reason: &str) {
-    set_access_line(&access_log::line(
-        None,
-        None,
-        None,
-        access_log::Decision::Deny,
-        Some(reason),
-    ));
-}
-
-fn set_access_line(value: &str) {
-    set(access_log::PROPERTY, value);
+    set(
+        access_log::PROPERTY,
+        &access_log::line(None, None, None, access_log::Decision::Deny, Some(reason)),
+    );
 }
 
 fn set(property: &str, value: &str) {

@@ -24,7 +24,6 @@ use std::ffi::{c_char, c_void};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use podgate_protocol::access_log;
 use podgate_protocol::config::FilterConfig;
 use podgate_protocol::gate::{Forward, Gate, HeaderEdit, Outcome};
 use podgate_protocol::reply::Reply;
@@ -235,17 +234,7 @@ unsafe fn forward(filter: *mut c_void, stream: &mut Stream, forward: Rc<Forward>
     }
     // The filter states the Wasm filter sets: the pod and port for Envoy's local replies, then
     // the access log's line.
-    let port = forward.target.as_ref().map(|t| t.port.to_string());
-    let states = [
-        (
-            access_log::POD_PROPERTY,
-            forward.target.as_ref().map(|t| t.pod.clone()),
-        ),
-        (access_log::PORT_PROPERTY, port),
-        (access_log::PROPERTY, Some(forward.access_line())),
-    ];
-    for (key, value) in states {
-        let Some(value) = value else { continue };
+    forward.each_filter_state(|key, value| {
         // SAFETY: as in `header_map`.
         unsafe {
             envoy_dynamic_module_callback_http_set_filter_state_bytes(
@@ -254,7 +243,7 @@ unsafe fn forward(filter: *mut c_void, stream: &mut Stream, forward: Rc<Forward>
                 Buffer::of(value.as_bytes()),
             );
         }
-    }
+    });
     if forward.response.is_some() {
         stream.response = Some(forward);
     }

@@ -83,28 +83,30 @@ pub struct Forward {
     pub renew_at: Option<i64>,
     /// The pod (or service) and port the host named (`None` on the reserved path): for the
     /// access log, and for Envoy's answer when the pod fails, which reads them from the filter
-    /// state (`access_log::POD_PROPERTY`, `access_log::PORT_PROPERTY`), so that no header
-    /// carries them to the pod.
+    /// state ([`Forward::each_filter_state`]), so that no header carries them to the pod.
     pub target: Option<PodAddr>,
 }
 
 impl Forward {
-    /// The access log's value for this forward (`access_log::line`): its user, its pod and port,
-    /// allowed, or a callback when no user was proven (the reserved path).
-    pub fn access_line(&self) -> String {
+    /// Calls `set` with each filter state this forward sets, by property name: its pod and port
+    /// (`access_log::POD_PROPERTY`, `PORT_PROPERTY`) when it has a target, for Envoy's failure
+    /// answers, then the access log's line (`access_log::line`: its user, its pod and port,
+    /// allowed, or a callback when no user was proven, the reserved path).
+    pub fn each_filter_state(&self, mut set: impl FnMut(&'static str, &str)) {
+        use crate::access_log::{self, Decision};
         let port = self.target.as_ref().map(|t| t.port.to_string());
+        let pod = self.target.as_ref().map(|t| t.pod.as_str());
+        if let (Some(pod), Some(port)) = (pod, port.as_deref()) {
+            set(access_log::POD_PROPERTY, pod);
+            set(access_log::PORT_PROPERTY, port);
+        }
         let decision = if self.user.is_some() {
-            crate::access_log::Decision::Allow
+            Decision::Allow
         } else {
-            crate::access_log::Decision::Callback
+            Decision::Callback
         };
-        crate::access_log::line(
-            self.user.as_deref(),
-            self.target.as_ref().map(|t| t.pod.as_str()),
-            port.as_deref(),
-            decision,
-            None,
-        )
+        let line = access_log::line(self.user.as_deref(), pod, port.as_deref(), decision, None);
+        set(access_log::PROPERTY, &line);
     }
 }
 

@@ -227,7 +227,20 @@ fn a_forward_names_the_pod_and_port_it_parsed_never_the_clients() {
         port: 8726,
     };
     assert_eq!(forward.target, Some(alpha));
-    assert!(forward.access_line().contains(" pod=alpha port=8726 "));
+    let mut states = Vec::new();
+    forward.each_filter_state(|name, value| states.push((name, value.to_owned())));
+    let line = format!(
+        "user={} pod=alpha port=8726 decision=allow reason=-",
+        claims().sub
+    );
+    assert_eq!(
+        states,
+        [
+            ("podgate_pod", "alpha".to_owned()),
+            ("podgate_port", "8726".to_owned()),
+            ("podgate", line),
+        ]
+    );
     // The client's copies are removed and none is set: the pod and port reach Envoy's local
     // replies as filter state, never the pod as headers.
     for name in ["x-podgate-pod", "x-podgate-port"] {
@@ -241,6 +254,15 @@ fn a_forward_names_the_pod_and_port_it_parsed_never_the_clients() {
         panic!("the callback is forwarded")
     };
     assert_eq!(callback.target, None);
+    let mut states = Vec::new();
+    callback.each_filter_state(|name, value| states.push((name, value.to_owned())));
+    assert_eq!(
+        states,
+        [(
+            "podgate",
+            "user=- pod=- port=- decision=callback reason=-".to_owned()
+        )]
+    );
 }
 
 #[test]
