@@ -156,11 +156,7 @@ async fn api_tokens_reach_their_owners_pods_at_the_edge_and_never_reach_the_pod(
     // A pod of alice's that nothing listens on, reached with a token not yet exchanged: the
     // request the exchange let through fails at the pod, and Envoy's answer names the pod and
     // port the filter recorded for it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = free_port();
     stack
         .cp
         .create_pod("gone", USER, SERVER, closed, "running")

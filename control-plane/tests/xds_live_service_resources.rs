@@ -126,14 +126,7 @@ fn forwarded_once(upstream: &FakePod, before: usize, path: &str) {
     for ours in ["authorization", "podgate-token"] {
         assert!(!last.has_header(ours), "{ours}: {headers}");
     }
-    // Nothing of podgate's: no identity, no assertion, not even the pod and port it parsed.
-    assert!(
-        !last
-            .headers
-            .iter()
-            .any(|(n, _)| n.starts_with("x-podgate-")),
-        "{headers}"
-    );
+    assert_no_podgate_header(last);
 }
 
 /// `GET path` on the service through Envoy with `headers` answers 200, and the upstream got

@@ -62,37 +62,27 @@ impl Db {
     /// What `user_id` owns that keeps them from being deleted (`ON DELETE RESTRICT`): the slugs
     /// of their pods and the names of their services, at most `limit` of each.
     pub async fn owned_by(&self, user_id: &str, limit: i64) -> Res<(Vec<String>, Vec<String>)> {
-        let mut owned = Vec::with_capacity(2);
-        for sql in [
-            "SELECT slug FROM pods WHERE owner_id = $1 ORDER BY slug LIMIT $2",
-            "SELECT name FROM services WHERE owner_id = $1 ORDER BY name LIMIT $2",
-        ] {
-            let rows = sqlx::query(sql)
-                .bind(user_id)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-            owned.push(
-                rows.iter()
-                    .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
-                    .collect::<Result<Vec<_>, _>>()?,
-            );
-        }
-        let services = owned.pop().unwrap_or_default();
-        let pods = owned.pop().unwrap_or_default();
-        Ok((pods, services))
+        let pods = "SELECT slug FROM pods WHERE owner_id = $1 ORDER BY slug LIMIT $2";
+        let services = "SELECT name FROM services WHERE owner_id = $1 ORDER BY name LIMIT $2";
+        Ok((
+            self.names(pods, user_id, limit).await?,
+            self.names(services, user_id, limit).await?,
+        ))
     }
 
     /// The slugs of the pods on `server_id` (`ON DELETE RESTRICT`), at most `limit`.
     pub async fn pods_on_server(&self, server_id: &str, limit: i64) -> Res<Vec<String>> {
-        let rows = sqlx::query("SELECT slug FROM pods WHERE server_id = $1 ORDER BY slug LIMIT $2")
-            .bind(server_id)
+        let sql = "SELECT slug FROM pods WHERE server_id = $1 ORDER BY slug LIMIT $2";
+        self.names(sql, server_id, limit).await
+    }
+
+    /// The one text column `sql` selects for `id` (`$1`), at most `limit` (`$2`) rows.
+    async fn names(&self, sql: &str, id: &str, limit: i64) -> Res<Vec<String>> {
+        sqlx::query_scalar(sql)
+            .bind(id)
             .bind(limit)
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
-            .collect()
+            .await
     }
 
     pub async fn get_user_by_email(&self, email: &str) -> Res<Option<User>> {

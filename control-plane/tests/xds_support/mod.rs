@@ -153,6 +153,20 @@ pub fn make_kek(path: &Path) -> String {
     podgate_testkit::podgate::gen_kek(&podgate_binary(), path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Asserts that `request`, as an upstream got it, carries no `x-podgate-*` header: no identity,
+/// no assertion, not even the pod and port the filter parsed (a service's upstream is a third
+/// party).
+pub fn assert_no_podgate_header(request: &podgate_testkit::Recorded) {
+    assert!(
+        !request
+            .headers
+            .iter()
+            .any(|(n, _)| n.starts_with("x-podgate-")),
+        "{:?}",
+        request.headers
+    );
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
