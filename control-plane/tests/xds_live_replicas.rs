@@ -752,6 +752,10 @@ async fn an_oauth_service_made_through_one_control_plane_gets_a_token_at_another
         "token at the other control plane {} ms after the write",
         made.elapsed().as_millis()
     );
-    // Each control plane fetched its own.
-    assert!(idp.issued().len() >= 2, "{:?}", idp.issued());
+    // Each control plane fetched its own: the one that took the write may finish its fetch
+    // after the other (on a loaded machine it has been seen to).
+    while idp.issued().len() < 2 {
+        assert!(made.elapsed() < WITHIN, "{:?}", idp.issued());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
