@@ -14,7 +14,8 @@
 //! authorization rules of `authz`, and only those who may no longer reach a port are cut.
 //! A re-check at the same scope replaces the user's earlier cut there (it refuses all that one
 //! did, for longer), so repeated changes do not grow the list.
-//! Callers commit their change first, cut next, and the admin layer then pushes.
+//! A change that may take access away commits together with its cuts
+//! ([`commit_cutting_lost_access`]), and the admin layer then pushes.
 
 use podgate_protocol::cutoff::{Cutoffs, SessionCut, UserCut, MAX_CUTS};
 use podgate_protocol::host::SERVICE_PORT;
@@ -22,7 +23,7 @@ use podgate_protocol::token::DEFAULT_LEEWAY_SECS;
 
 use crate::authz::may_reach;
 use crate::ids::ANONYMOUS_SUB;
-use crate::store::{now_unix, CutRow, Db, HolderScope};
+use crate::store::{now_unix, Change, CutRow, Db, HolderScope};
 
 /// Room for a capability minted while the cut was being made (a session cut refuses it by its
 /// `sid` whenever it was issued).
@@ -65,46 +66,110 @@ pub async fn cut_user(db: &Db, capability_lifetime: u64, user_id: &str) -> Resul
     Ok(())
 }
 
-/// Cuts off every capability of `user_id` for `resource` (its path, e.g. `/sessions/abc`) of
-/// the service `service` issued until now: the resource changed owner or was forgotten. Their
-/// capabilities for the service's other resources are not touched.
-pub async fn cut_resource(
+/// A resource of a service reached per resource that one user may no longer use (it changed
+/// owner or was forgotten).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceLoss {
+    pub user_id: String,
+    pub service: String,
+    /// Its path, e.g. `/sessions/abc`.
+    pub resource: String,
+}
+
+/// Commits `change` together with the cut of every capability `lost.user_id` holds for the
+/// resource, issued until now; their capabilities for the service's other resources are not
+/// touched. The cut is made again after the commit, as in [`commit_cutting_lost_access`].
+pub async fn commit_cutting_resource(
     db: &Db,
+    mut change: Change,
     capability_lifetime: u64,
-    user_id: &str,
-    service: &str,
-    resource: &str,
+    lost: Option<&ResourceLoss>,
 ) -> Result<(), sqlx::Error> {
-    let at = now_unix();
-    let cut = CutRow::User {
-        user_id: user_id.to_owned(),
-        pod: Some(service.to_owned()),
-        port: Some(SERVICE_PORT),
-        resource: Some(resource.to_owned()),
-        at,
-        until: cut_until(capability_lifetime, at),
+    if let Some(lost) = lost {
+        cut_resource(&mut change, capability_lifetime, lost).await?;
+    }
+    change.commit().await?;
+    let Some(lost) = lost else { return Ok(()) };
+    tracing::info!(user = %lost.user_id, service = %lost.service, resource = %lost.resource, "resource lost: capabilities cut off");
+    let again = async {
+        let mut again = db.change().await?;
+        cut_resource(&mut again, capability_lifetime, lost).await?;
+        again.commit().await
     };
-    db.insert_cut(&cut, at).await?;
-    tracing::info!(user = %user_id, %service, %resource, "resource lost: capabilities cut off");
+    if let Err(e) = again.await {
+        tracing::warn!(error = %e, "cutting again after a committed change failed; the cut made with the change stands");
+    }
     Ok(())
 }
 
-/// Re-checks the access of everyone holding an unexpired capability in `scope` and cuts off,
-/// per port, those who may no longer reach it. Returns how many `(user, pod, port)` were cut.
-pub async fn cut_lost_access(
-    db: &Db,
+async fn cut_resource(
+    change: &mut Change,
     capability_lifetime: u64,
-    scope: HolderScope<'_>,
-) -> Result<usize, sqlx::Error> {
+    lost: &ResourceLoss,
+) -> Result<(), sqlx::Error> {
     let at = now_unix();
-    let mut cut = 0;
-    for (user_id, pod, port) in db.capability_holders(&scope, at).await? {
+    let cut = CutRow::User {
+        user_id: lost.user_id.clone(),
+        pod: Some(lost.service.clone()),
+        port: Some(SERVICE_PORT),
+        resource: Some(lost.resource.clone()),
+        at,
+        until: cut_until(capability_lifetime, at),
+    };
+    change.insert_cut(&cut, at).await
+}
+
+/// Commits `change`, a write that may take access away in `scopes`, together with the cuts of
+/// whoever lost access by it (one transaction: a failure anywhere changes nothing, and the
+/// request can be repeated). Once committed, the same scopes are re-checked again, with the
+/// cut's time after the commit: a capability minted while the change was being made, from the
+/// access it had not yet taken away, is refused too. A failure of that second pass is logged,
+/// not answered: the change and its cuts stand. Returns how many `(user, pod, port)` were cut.
+pub async fn commit_cutting_lost_access(
+    db: &Db,
+    mut change: Change,
+    capability_lifetime: u64,
+    scopes: &[HolderScope<'_>],
+) -> Result<usize, sqlx::Error> {
+    let mut cut = Vec::new();
+    for scope in scopes {
+        cut.extend(cut_lost_access(&mut change, capability_lifetime, scope).await?);
+    }
+    change.commit().await?;
+    for (user, pod, port) in &cut {
+        tracing::info!(%user, %pod, port, "access lost: capabilities cut off");
+    }
+    let again = async {
+        let mut again = db.change().await?;
+        for scope in scopes {
+            cut_lost_access(&mut again, capability_lifetime, scope).await?;
+        }
+        again.commit().await
+    };
+    if let Err(e) = again.await {
+        tracing::warn!(error = %e, "re-checking access after a committed change failed; the cuts made with the change stand");
+    }
+    Ok(cut.len())
+}
+
+/// Re-checks, inside `change`, the access of everyone holding an unexpired capability in
+/// `scope` and cuts off, per port, those who may no longer reach it: the `(user, pod, port)`
+/// cut.
+async fn cut_lost_access(
+    change: &mut Change,
+    capability_lifetime: u64,
+    scope: &HolderScope<'_>,
+) -> Result<Vec<(String, String, u16)>, sqlx::Error> {
+    let at = now_unix();
+    let mut cut = Vec::new();
+    for (user_id, pod, port) in change.capability_holders(scope, at).await? {
         let still = if user_id == ANONYMOUS_SUB {
-            db.access_facts(&pod, port, None)
+            change
+                .access_facts(&pod, port, None)
                 .await?
                 .is_some_and(|f| may_reach(&f, None))
         } else {
-            match db.user_access_facts(&user_id, &pod, port).await? {
+            match change.user_access_facts(&user_id, &pod, port).await? {
                 Some((user, Some(facts))) => may_reach(&facts, Some(&user)),
                 // The user or the pod is gone.
                 _ => false,
@@ -121,9 +186,8 @@ pub async fn cut_lost_access(
             at,
             until: cut_until(capability_lifetime, at),
         };
-        db.insert_cut(&row, at).await?;
-        tracing::info!(user = %user_id, %pod, port, "access lost: capabilities cut off");
-        cut += 1;
+        change.insert_cut(&row, at).await?;
+        cut.push((user_id, pod, port));
     }
     Ok(cut)
 }

@@ -2,7 +2,8 @@
 //! (`resource_path` on create, resource owners under `/v1/services/{name}/resources`) with its
 //! 400s and 404s; the rule (`authz::may_use_resource`: the owner only) applied by every mint of a
 //! capability for a resource: the browser flow (`/api/proxy-auth`, the callback), its renewal,
-//! `/v1/capabilities` and the exchange of API tokens at the edge; a lost resource cut off.
+//! `/v1/capabilities` and the exchange of API tokens at the edge; a lost resource cut off, and a
+//! change stopped at its cut changing nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -516,7 +517,7 @@ async fn renewal_keeps_the_resource_until_it_is_lost(which: Which) {
     h.finish().await;
 }
 
-async fn a_service_delete_stopped_at_its_cut_is_finished_by_deleting_again(which: Which) {
+async fn a_service_delete_stopped_at_its_cut_changes_nothing_and_can_be_repeated(which: Which) {
     let Some(h) = harness(which).await else {
         return;
     };
@@ -529,15 +530,55 @@ async fn a_service_delete_stopped_at_its_cut_is_finished_by_deleting_again(which
     let r = h.admin(Method::DELETE, CHAT, None).await;
     assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
     h.cuts_fail(false).await;
-    // The service is gone, its capability not yet cut; deleting again cuts it.
+    // The service is still there, with its resource, and the capability is not cut.
+    let r = h
+        .admin(Method::GET, &format!("{CHAT}/resources/a1"), None)
+        .await;
+    assert_eq!(r.json()["owner_id"], "alice", "{}", r.body);
+    let (_, c) = filter(&h).await;
+    assert!(!c.cutoffs.refuses(&verify(&c, &cap)));
+    // Deleting again deletes it and cuts the capability.
     let r = h.admin(Method::DELETE, CHAT, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = h.admin(Method::GET, CHAT, None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
     let (_, c) = filter(&h).await;
     assert!(c.cutoffs.refuses(&verify(&c, &cap)));
     h.finish().await;
 }
 
+async fn a_resource_given_away_stopped_at_its_cut_changes_nothing_and_can_be_repeated(
+    which: Which,
+) {
+    let Some(h) = harness(which).await else {
+        return;
+    };
+    chat(&h).await;
+    let alice = h.login("alice").await;
+    let cap = browser_capability(&h, &alice, "/sessions/a1")
+        .await
+        .unwrap();
+    let to_bob = json!({"owner": "bob"});
+    let path = format!("{CHAT}/resources/a1");
+    h.cuts_fail(true).await;
+    let r = h.admin(Method::PUT, &path, Some(to_bob.clone())).await;
+    h.cuts_fail(false).await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+    let r = h.admin(Method::GET, &path, None).await;
+    assert_eq!(r.json()["owner_id"], "alice", "{}", r.body);
+    let (_, c) = filter(&h).await;
+    assert!(!c.cutoffs.refuses(&verify(&c, &cap)));
+    // The same request again still finds alice to cut.
+    let r = h.admin(Method::PUT, &path, Some(to_bob)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["owner_id"], "bob", "{}", r.body);
+    let (_, c) = filter(&h).await;
+    assert!(c.cutoffs.refuses(&verify(&c, &cap)));
+    h.finish().await;
+}
+
 on_both!(the_admin_api_checks_what_it_is_sent);
-on_both!(a_service_delete_stopped_at_its_cut_is_finished_by_deleting_again);
+on_both!(a_resource_given_away_stopped_at_its_cut_changes_nothing_and_can_be_repeated);
+on_both!(a_service_delete_stopped_at_its_cut_changes_nothing_and_can_be_repeated);
 on_both!(capabilities_are_minted_for_the_owners_resource_only);
 on_both!(renewal_keeps_the_resource_until_it_is_lost);

@@ -2,7 +2,8 @@
 //! `/auth/logout` (and the dev login's `/dev/logout`, which is the same), `/auth/userinfo`, the
 //! `sid` claim, and the filter configuration's `cutoffs` after a sign-out, a team removal, a lower sharing level, another owner and a deleted user;
 //! a sign-out or a user delete stopped by a database error before its cut is finished by doing
-//! it again, and a user who still owns a pod is not deleted (nor cut).
+//! it again; a team delete, an owner change or a pod create stopped at its cut changes nothing
+//! and is repeated; and a user who still owns a pod is not deleted (nor cut).
 //! Each capability is checked against the filter configuration the control plane would push,
 //! compiled as the filter compiles it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -495,3 +496,89 @@ async fn a_pod_created_again_under_its_slug_cuts_the_old_holders(which: Which) {
     h.finish().await;
 }
 on_both!(a_pod_created_again_under_its_slug_cuts_the_old_holders);
+
+/// Sends an admin request while every cut fails (as a database error part way through would):
+/// it must fail as a whole.
+async fn admin_while_cuts_fail(
+    h: &Harness,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) {
+    h.cuts_fail(true).await;
+    let r = h.admin(method, path, body).await;
+    h.cuts_fail(false).await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+}
+
+async fn a_team_delete_stopped_at_its_cut_changes_nothing_and_can_be_repeated(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let bob = capability(&h, Some(&h.login("bob").await), 8726).await;
+    admin_while_cuts_fail(&h, Method::DELETE, "/v1/teams/t1", None).await;
+    // The team and its member are still there, and bob's access with them.
+    let r = h.admin(Method::GET, "/v1/teams/t1/members", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()[0]["user_id"], "bob", "{}", r.body);
+    assert!(!cut_off(&h, &bob).await);
+    let r = h.admin(Method::DELETE, "/v1/teams/t1", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(
+        user_cuts(&h).await,
+        vec![cut("bob", Some("myslug"), Some(8726))]
+    );
+    assert!(cut_off(&h, &bob).await);
+    h.finish().await;
+}
+on_both!(a_team_delete_stopped_at_its_cut_changes_nothing_and_can_be_repeated);
+
+async fn an_owner_change_stopped_at_its_cut_changes_nothing_and_can_be_repeated(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let alice = capability(&h, Some(&h.login("alice").await), 8726).await;
+    let to_carol = json!({"owner_id": "carol"});
+    admin_while_cuts_fail(&h, Method::PATCH, "/v1/pods/myslug", Some(to_carol.clone())).await;
+    let r = h.admin(Method::GET, "/v1/pods/myslug", None).await;
+    assert_eq!(r.json()["owner_id"], "alice", "{}", r.body);
+    assert!(!cut_off(&h, &alice).await);
+    // The same patch again finds the owner still to change, and cuts.
+    let r = h
+        .admin(Method::PATCH, "/v1/pods/myslug", Some(to_carol))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["owner_id"], "carol", "{}", r.body);
+    assert_eq!(
+        user_cuts(&h).await,
+        vec![cut("alice", Some("myslug"), Some(8726))]
+    );
+    assert!(cut_off(&h, &alice).await);
+    h.finish().await;
+}
+on_both!(an_owner_change_stopped_at_its_cut_changes_nothing_and_can_be_repeated);
+
+async fn a_pod_create_stopped_at_its_cut_changes_nothing_and_can_be_repeated(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let bob = capability(&h, Some(&h.login("bob").await), 8726).await;
+    let r = h.admin(Method::DELETE, "/v1/pods/myslug", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // A new pod under the slug, without bob's team: its create fails at bob's cut...
+    let pod = json!({"slug": "myslug", "owner_id": "alice", "server_id": "s1", "status": "running", "nginx_port": 30001});
+    admin_while_cuts_fail(&h, Method::POST, "/v1/pods", Some(pod.clone())).await;
+    // ...and leaves no pod that bob's capability could open.
+    let r = h.admin(Method::GET, "/v1/pods/myslug", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let (json, _) = filter(&h).await;
+    assert!(
+        !json.to_string().contains("\"myslug\""),
+        "no pod in the pushed configuration: {json}"
+    );
+    let r = h.admin(Method::POST, "/v1/pods", Some(pod)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(cut_off(&h, &bob).await);
+    h.finish().await;
+}
+on_both!(a_pod_create_stopped_at_its_cut_changes_nothing_and_can_be_repeated);

@@ -1,9 +1,9 @@
 //! Access cuts: capabilities refused before their expiry (a sign-out, or a loss of access), and
 //! who holds unexpired capabilities where (read from the mint audit to re-check their access).
 
-use sqlx::Row;
+use sqlx::{Any, Executor, Row};
 
-use super::{Db, Res};
+use super::{Change, Db, Res};
 
 /// One cut as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,67 +34,11 @@ pub enum HolderScope<'a> {
 }
 
 impl Db {
-    /// Records a cut; expired cuts, and earlier cuts of the same user and scope (the new one
-    /// refuses all they did, for longer), are dropped on the way.
+    /// [`Change::insert_cut`] in a transaction of its own.
     pub async fn insert_cut(&self, cut: &CutRow, now: i64) -> Res<()> {
-        sqlx::query("DELETE FROM access_cuts WHERE expires_at < $1")
-            .bind(now)
-            .execute(&self.writer)
-            .await?;
-        if let CutRow::User {
-            user_id,
-            pod,
-            port,
-            resource,
-            ..
-        } = cut
-        {
-            sqlx::query(
-                "DELETE FROM access_cuts WHERE user_id = $1 AND COALESCE(pod_slug, '') = $2 \
-                 AND COALESCE(port, -1) = $3 AND COALESCE(resource, '') = $4",
-            )
-            .bind(user_id.as_str())
-            .bind(pod.as_deref().unwrap_or(""))
-            .bind(port.map_or(-1, i64::from))
-            .bind(resource.as_deref().unwrap_or(""))
-            .execute(&self.writer)
-            .await?;
-        }
-        let (sid, user, pod, port, resource, at, until) = match cut {
-            CutRow::Session { sid, at, until } => {
-                (Some(sid.as_str()), None, None, None, None, at, until)
-            }
-            CutRow::User {
-                user_id,
-                pod,
-                port,
-                resource,
-                at,
-                until,
-            } => (
-                None,
-                Some(user_id.as_str()),
-                pod.as_deref(),
-                port.map(i64::from),
-                resource.as_deref(),
-                at,
-                until,
-            ),
-        };
-        sqlx::query(
-            "INSERT INTO access_cuts (sid, user_id, pod_slug, port, resource, cut_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(sid)
-        .bind(user)
-        .bind(pod)
-        .bind(port)
-        .bind(resource)
-        .bind(*at)
-        .bind(*until)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let mut change = self.change().await?;
+        change.insert_cut(cut, now).await?;
+        change.commit().await
     }
 
     /// Every cut still in force at `now`, the newest first.
@@ -134,17 +78,78 @@ impl Db {
 
     /// Whether the session `sid` was ended (a ticket minted for it before is not redeemed).
     pub async fn session_was_cut(&self, sid: &str) -> Res<bool> {
-        let row = sqlx::query("SELECT 1 AS one FROM access_cuts WHERE sid = $1 LIMIT 1")
-            .bind(sid)
-            .fetch_optional(&self.pool)
+        session_was_cut(&self.pool, sid).await
+    }
+}
+
+impl Change {
+    /// Records a cut; expired cuts, and earlier cuts of the same user and scope (the new one
+    /// refuses all they did, for longer), are dropped on the way.
+    pub async fn insert_cut(&mut self, cut: &CutRow, now: i64) -> Res<()> {
+        sqlx::query("DELETE FROM access_cuts WHERE expires_at < $1")
+            .bind(now)
+            .execute(self.conn())
             .await?;
-        Ok(row.is_some())
+        if let CutRow::User {
+            user_id,
+            pod,
+            port,
+            resource,
+            ..
+        } = cut
+        {
+            sqlx::query(
+                "DELETE FROM access_cuts WHERE user_id = $1 AND COALESCE(pod_slug, '') = $2 \
+                 AND COALESCE(port, -1) = $3 AND COALESCE(resource, '') = $4",
+            )
+            .bind(user_id.as_str())
+            .bind(pod.as_deref().unwrap_or(""))
+            .bind(port.map_or(-1, i64::from))
+            .bind(resource.as_deref().unwrap_or(""))
+            .execute(self.conn())
+            .await?;
+        }
+        let (sid, user, pod, port, resource, at, until) = match cut {
+            CutRow::Session { sid, at, until } => {
+                (Some(sid.as_str()), None, None, None, None, at, until)
+            }
+            CutRow::User {
+                user_id,
+                pod,
+                port,
+                resource,
+                at,
+                until,
+            } => (
+                None,
+                Some(user_id.as_str()),
+                pod.as_deref(),
+                port.map(i64::from),
+                resource.as_deref(),
+                at,
+                until,
+            ),
+        };
+        sqlx::query(
+            "INSERT INTO access_cuts (sid, user_id, pod_slug, port, resource, cut_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(sid)
+        .bind(user)
+        .bind(pod)
+        .bind(port)
+        .bind(resource)
+        .bind(*at)
+        .bind(*until)
+        .execute(self.conn())
+        .await?;
+        Ok(())
     }
 
     /// The distinct `(user, pod, port)` holding a capability in `scope` that expires after
     /// `now`, from the mint audit.
     pub async fn capability_holders(
-        &self,
+        &mut self,
         scope: &HolderScope<'_>,
         now: i64,
     ) -> Res<Vec<(String, String, u16)>> {
@@ -162,7 +167,7 @@ impl Db {
         .bind(user)
         .bind(pod)
         .bind(port);
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(self.conn()).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let port: i64 = row.try_get("port")?;
@@ -172,4 +177,15 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+pub(super) async fn session_was_cut<'e>(
+    e: impl Executor<'e, Database = Any>,
+    sid: &str,
+) -> Res<bool> {
+    let row = sqlx::query("SELECT 1 AS one FROM access_cuts WHERE sid = $1 LIMIT 1")
+        .bind(sid)
+        .fetch_optional(e)
+        .await?;
+    Ok(row.is_some())
 }

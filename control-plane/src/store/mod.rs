@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
+use sqlx::AnyConnection;
 use sqlx::{AnyPool, Executor, Row};
 
 pub use podgate_protocol::config::PodStatus;
@@ -71,6 +72,24 @@ pub struct Db {
     /// This process's random id: the payload of its change announcements and its row in
     /// `replicas`.
     instance: std::sync::Arc<str>,
+}
+
+/// A write transaction: a change and what it entails (the cuts of whoever lost access by it)
+/// are committed together or not at all, so a request that fails part way changes nothing and
+/// can simply be repeated. Its reads see its own writes. On SQLite it holds the one writer
+/// connection until it commits or is dropped (dropped, it rolls back).
+pub struct Change {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl Change {
+    fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    pub async fn commit(self) -> Res<()> {
+        self.tx.commit().await
+    }
 }
 
 /// Turns `sqlite://file.db` into a URL that creates the file if missing.
@@ -146,6 +165,13 @@ impl Db {
             writer,
             backend,
             instance: hex::encode(id).into(),
+        })
+    }
+
+    /// Begins a [`Change`].
+    pub async fn change(&self) -> Res<Change> {
+        Ok(Change {
+            tx: self.writer.begin().await?,
         })
     }
 

@@ -3,10 +3,13 @@
 use podgate_protocol::host::SERVICE_PORT;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
-use sqlx::{FromRow, Row};
+use sqlx::{Any, AnyConnection, Executor, FromRow, Row};
 
+use super::cuts::session_was_cut;
+use super::services::service_access_facts;
+use super::users::get_user;
 use super::{
-    collect, enum_col, parse_pod_status, Db, PodStatus, Res, Sharing, User, DEFAULT_SHARING,
+    collect, enum_col, parse_pod_status, Change, Db, PodStatus, Res, Sharing, User, DEFAULT_SHARING,
 };
 
 /// A pod status as stored (`TEXT`); decoding it checks it is one of [`super::POD_STATUSES`].
@@ -118,24 +121,6 @@ const POD_COLS: &str =
     "slug, owner_id, team_id, server_id, status, nginx_port, created_at, updated_at";
 
 impl Db {
-    pub async fn create_pod(&self, p: &Pod) -> Res<()> {
-        sqlx::query(
-            "INSERT INTO pods (slug, owner_id, team_id, server_id, status, nginx_port, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&p.slug)
-        .bind(&p.owner_id)
-        .bind(&p.team_id)
-        .bind(&p.server_id)
-        .bind(p.status.as_str())
-        .bind(i64::from(p.nginx_port))
-        .bind(p.created_at)
-        .bind(p.updated_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
     pub async fn get_pod(&self, slug: &str) -> Res<Option<Pod>> {
         sqlx::query(&format!("SELECT {POD_COLS} FROM pods WHERE slug = $1"))
             .bind(slug)
@@ -177,24 +162,6 @@ impl Db {
                 Ok((Pod::from_row(row)?, members > 0))
             })
             .collect()
-    }
-
-    /// Replaces every mutable field of a pod.
-    pub async fn update_pod(&self, p: &Pod) -> Res<bool> {
-        let r = sqlx::query(
-            "UPDATE pods SET owner_id = $2, team_id = $3, server_id = $4, status = $5, nginx_port = $6, updated_at = $7 \
-             WHERE slug = $1",
-        )
-        .bind(&p.slug)
-        .bind(&p.owner_id)
-        .bind(&p.team_id)
-        .bind(&p.server_id)
-        .bind(p.status.as_str())
-        .bind(i64::from(p.nginx_port))
-        .bind(p.updated_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() > 0)
     }
 
     pub async fn set_pod_status(&self, slug: &str, status: PodStatus, now: i64) -> Res<bool> {
@@ -255,44 +222,6 @@ impl Db {
             .collect()
     }
 
-    /// Sets the pod's own limits, or removes them (`None`, or no limit set).
-    pub async fn set_pod_limits(&self, slug: &str, limits: Option<&PodLimits>) -> Res<()> {
-        let Some(limits) = limits.filter(|l| !l.is_empty()) else {
-            sqlx::query("DELETE FROM pod_limits WHERE pod_slug = $1")
-                .bind(slug)
-                .execute(&self.writer)
-                .await?;
-            return Ok(());
-        };
-        sqlx::query(
-            "INSERT INTO pod_limits (pod_slug, rate_per_second, rate_burst, concurrent) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (pod_slug) DO UPDATE SET rate_per_second = excluded.rate_per_second, \
-             rate_burst = excluded.rate_burst, concurrent = excluded.concurrent",
-        )
-        .bind(slug)
-        .bind(limits.rate.map(|r| i64::from(r.per_second)))
-        .bind(limits.rate.map(|r| i64::from(r.burst)))
-        .bind(limits.concurrent.map(i64::from))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    /// Creates or replaces a port's sharing level.
-    pub async fn put_pod_port(&self, p: &PodPort) -> Res<()> {
-        sqlx::query(
-            "INSERT INTO pod_ports (pod_slug, port, sharing, label) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (pod_slug, port) DO UPDATE SET sharing = excluded.sharing, label = excluded.label",
-        )
-        .bind(&p.pod_slug)
-        .bind(i64::from(p.port))
-        .bind(p.sharing.as_str())
-        .bind(&p.label)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
     pub async fn get_pod_port(&self, slug: &str, port: u16) -> Res<Option<PodPort>> {
         sqlx::query(
             "SELECT pod_slug, port, sharing, label FROM pod_ports WHERE pod_slug = $1 AND port = $2",
@@ -315,15 +244,143 @@ impl Db {
         .await?;
         collect(rows)
     }
+}
+
+/// The writes to pods that may take access away, on the pool (`Db`) or inside a [`Change`]
+/// that also cuts whoever lost access by them.
+impl Db {
+    pub async fn create_pod(&self, p: &Pod) -> Res<()> {
+        create_pod(&self.writer, p).await
+    }
+
+    /// Replaces every mutable field of a pod.
+    pub async fn update_pod(&self, p: &Pod) -> Res<bool> {
+        update_pod(&self.writer, p).await
+    }
+
+    /// Sets the pod's own limits, or removes them (`None`, or no limit set).
+    pub async fn set_pod_limits(&self, slug: &str, limits: Option<&PodLimits>) -> Res<()> {
+        set_pod_limits(&self.writer, slug, limits).await
+    }
+
+    /// Creates or replaces a port's sharing level.
+    pub async fn put_pod_port(&self, p: &PodPort) -> Res<()> {
+        put_pod_port(&self.writer, p).await
+    }
 
     pub async fn delete_pod_port(&self, slug: &str, port: u16) -> Res<bool> {
-        let r = sqlx::query("DELETE FROM pod_ports WHERE pod_slug = $1 AND port = $2")
-            .bind(slug)
-            .bind(i64::from(port))
-            .execute(&self.writer)
-            .await?;
-        Ok(r.rows_affected() > 0)
+        delete_pod_port(&self.writer, slug, port).await
     }
+}
+
+impl Change {
+    pub async fn create_pod(&mut self, p: &Pod) -> Res<()> {
+        create_pod(self.conn(), p).await
+    }
+
+    pub async fn update_pod(&mut self, p: &Pod) -> Res<bool> {
+        update_pod(self.conn(), p).await
+    }
+
+    pub async fn set_pod_limits(&mut self, slug: &str, limits: Option<&PodLimits>) -> Res<()> {
+        set_pod_limits(self.conn(), slug, limits).await
+    }
+
+    pub async fn put_pod_port(&mut self, p: &PodPort) -> Res<()> {
+        put_pod_port(self.conn(), p).await
+    }
+
+    pub async fn delete_pod_port(&mut self, slug: &str, port: u16) -> Res<bool> {
+        delete_pod_port(self.conn(), slug, port).await
+    }
+}
+
+async fn create_pod<'e>(e: impl Executor<'e, Database = Any>, p: &Pod) -> Res<()> {
+    sqlx::query(
+        "INSERT INTO pods (slug, owner_id, team_id, server_id, status, nginx_port, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&p.slug)
+    .bind(&p.owner_id)
+    .bind(&p.team_id)
+    .bind(&p.server_id)
+    .bind(p.status.as_str())
+    .bind(i64::from(p.nginx_port))
+    .bind(p.created_at)
+    .bind(p.updated_at)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+async fn update_pod<'e>(e: impl Executor<'e, Database = Any>, p: &Pod) -> Res<bool> {
+    let r = sqlx::query(
+        "UPDATE pods SET owner_id = $2, team_id = $3, server_id = $4, status = $5, nginx_port = $6, updated_at = $7 \
+         WHERE slug = $1",
+    )
+    .bind(&p.slug)
+    .bind(&p.owner_id)
+    .bind(&p.team_id)
+    .bind(&p.server_id)
+    .bind(p.status.as_str())
+    .bind(i64::from(p.nginx_port))
+    .bind(p.updated_at)
+    .execute(e)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+async fn set_pod_limits<'e>(
+    e: impl Executor<'e, Database = Any>,
+    slug: &str,
+    limits: Option<&PodLimits>,
+) -> Res<()> {
+    let Some(limits) = limits.filter(|l| !l.is_empty()) else {
+        sqlx::query("DELETE FROM pod_limits WHERE pod_slug = $1")
+            .bind(slug)
+            .execute(e)
+            .await?;
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO pod_limits (pod_slug, rate_per_second, rate_burst, concurrent) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (pod_slug) DO UPDATE SET rate_per_second = excluded.rate_per_second, \
+         rate_burst = excluded.rate_burst, concurrent = excluded.concurrent",
+    )
+    .bind(slug)
+    .bind(limits.rate.map(|r| i64::from(r.per_second)))
+    .bind(limits.rate.map(|r| i64::from(r.burst)))
+    .bind(limits.concurrent.map(i64::from))
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+async fn put_pod_port<'e>(e: impl Executor<'e, Database = Any>, p: &PodPort) -> Res<()> {
+    sqlx::query(
+        "INSERT INTO pod_ports (pod_slug, port, sharing, label) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (pod_slug, port) DO UPDATE SET sharing = excluded.sharing, label = excluded.label",
+    )
+    .bind(&p.pod_slug)
+    .bind(i64::from(p.port))
+    .bind(p.sharing.as_str())
+    .bind(&p.label)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+async fn delete_pod_port<'e>(
+    e: impl Executor<'e, Database = Any>,
+    slug: &str,
+    port: u16,
+) -> Res<bool> {
+    let r = sqlx::query("DELETE FROM pod_ports WHERE pod_slug = $1 AND port = $2")
+        .bind(slug)
+        .bind(i64::from(port))
+        .execute(e)
+        .await?;
+    Ok(r.rows_affected() > 0)
 }
 
 /// What decides whether someone may reach one port of one pod, read in one query.
@@ -344,29 +401,50 @@ impl Db {
         port: u16,
         user_id: Option<&str>,
     ) -> Res<Option<AccessFacts>> {
-        if port == SERVICE_PORT {
-            return self.service_access_facts(slug, user_id).await;
-        }
-        let row = sqlx::query(
-            "SELECT p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
-                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = $3) AS members \
-             FROM pods p LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $2 \
-             WHERE p.slug = $1",
-        )
-        .bind(slug)
-        .bind(i64::from(port))
-        .bind(user_id.unwrap_or(""))
-        .bind(DEFAULT_SHARING.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let members: i64 = row.try_get("members")?;
-        Ok(Some(AccessFacts {
-            owner_id: row.try_get("owner_id")?,
-            sharing: enum_col(&row, "sharing")?,
-            is_team_member: user_id.is_some() && members > 0,
-        }))
+        access_facts(&self.pool, slug, port, user_id).await
     }
+}
+
+impl Change {
+    /// [`Db::access_facts`], as the change leaves them.
+    pub async fn access_facts(
+        &mut self,
+        slug: &str,
+        port: u16,
+        user_id: Option<&str>,
+    ) -> Res<Option<AccessFacts>> {
+        access_facts(self.conn(), slug, port, user_id).await
+    }
+}
+
+async fn access_facts<'e>(
+    e: impl Executor<'e, Database = Any>,
+    slug: &str,
+    port: u16,
+    user_id: Option<&str>,
+) -> Res<Option<AccessFacts>> {
+    if port == SERVICE_PORT {
+        return service_access_facts(e, slug, user_id).await;
+    }
+    let row = sqlx::query(
+        "SELECT p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
+                (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = $3) AS members \
+         FROM pods p LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $2 \
+         WHERE p.slug = $1",
+    )
+    .bind(slug)
+    .bind(i64::from(port))
+    .bind(user_id.unwrap_or(""))
+    .bind(DEFAULT_SHARING.as_str())
+    .fetch_optional(e)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let members: i64 = row.try_get("members")?;
+    Ok(Some(AccessFacts {
+        owner_id: row.try_get("owner_id")?,
+        sharing: enum_col(&row, "sharing")?,
+        is_team_member: user_id.is_some() && members > 0,
+    }))
 }
 
 /// The facts a query joining `pods` (left) read for a signed-in user: its `owner_id` (null when
@@ -395,6 +473,19 @@ impl Db {
         port: u16,
     ) -> Res<Option<(User, Option<AccessFacts>)>> {
         let read = self.redeem_facts(user_id, slug, port, None).await?;
+        Ok(read.map(|r| (r.user, r.facts)))
+    }
+}
+
+impl Change {
+    /// [`Db::user_access_facts`], as the change leaves them.
+    pub async fn user_access_facts(
+        &mut self,
+        user_id: &str,
+        slug: &str,
+        port: u16,
+    ) -> Res<Option<(User, Option<AccessFacts>)>> {
+        let read = redeem_facts(self.conn(), user_id, slug, port, None).await?;
         Ok(read.map(|r| (r.user, r.facts)))
     }
 }
@@ -447,49 +538,59 @@ impl Db {
         port: u16,
         sid: Option<&str>,
     ) -> Res<Option<RedeemFacts>> {
-        if port == SERVICE_PORT {
-            let Some(user) = self.get_user(user_id).await? else {
-                return Ok(None);
-            };
-            let facts = self.service_access_facts(slug, Some(user_id)).await?;
-            let session_cut = match sid {
-                Some(sid) => self.session_was_cut(sid).await?,
-                None => false,
-            };
-            return Ok(Some(RedeemFacts {
-                user,
-                facts,
-                session_cut,
-            }));
-        }
-        // An empty `sid` matches no cut: the session cuts all name one (`access_cuts.sid`).
-        let row = sqlx::query(
-            "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
-                    p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
-                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members, \
-                    (SELECT COUNT(*) FROM access_cuts c WHERE c.sid = $5) AS cuts \
-             FROM users u \
-             LEFT JOIN pods p ON p.slug = $2 \
-             LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $3 \
-             WHERE u.id = $1",
-        )
-        .bind(user_id)
-        .bind(slug)
-        .bind(i64::from(port))
-        .bind(DEFAULT_SHARING.as_str())
-        .bind(sid.unwrap_or(""))
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let user = User::from_row(&row)?;
-        let facts = joined_facts(&row)?;
-        let cuts: i64 = row.try_get("cuts")?;
-        Ok(Some(RedeemFacts {
+        redeem_facts(&mut *self.pool.acquire().await?, user_id, slug, port, sid).await
+    }
+}
+
+async fn redeem_facts(
+    c: &mut AnyConnection,
+    user_id: &str,
+    slug: &str,
+    port: u16,
+    sid: Option<&str>,
+) -> Res<Option<RedeemFacts>> {
+    if port == SERVICE_PORT {
+        let Some(user) = get_user(&mut *c, user_id).await? else {
+            return Ok(None);
+        };
+        let facts = service_access_facts(&mut *c, slug, Some(user_id)).await?;
+        let session_cut = match sid {
+            Some(sid) => session_was_cut(&mut *c, sid).await?,
+            None => false,
+        };
+        return Ok(Some(RedeemFacts {
             user,
             facts,
-            session_cut: sid.is_some() && cuts > 0,
-        }))
+            session_cut,
+        }));
     }
+    // An empty `sid` matches no cut: the session cuts all name one (`access_cuts.sid`).
+    let row = sqlx::query(
+        "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
+                p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
+                (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members, \
+                (SELECT COUNT(*) FROM access_cuts c WHERE c.sid = $5) AS cuts \
+         FROM users u \
+         LEFT JOIN pods p ON p.slug = $2 \
+         LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $3 \
+         WHERE u.id = $1",
+    )
+    .bind(user_id)
+    .bind(slug)
+    .bind(i64::from(port))
+    .bind(DEFAULT_SHARING.as_str())
+    .bind(sid.unwrap_or(""))
+    .fetch_optional(c)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let user = User::from_row(&row)?;
+    let facts = joined_facts(&row)?;
+    let cuts: i64 = row.try_get("cuts")?;
+    Ok(Some(RedeemFacts {
+        user,
+        facts,
+        session_cut: sid.is_some() && cuts > 0,
+    }))
 }
 
 impl Db {
@@ -507,7 +608,7 @@ impl Db {
             let Some(user) = self.session_user(id_hash, now).await? else {
                 return Ok(None);
             };
-            let facts = self.service_access_facts(slug, Some(&user.id)).await?;
+            let facts = service_access_facts(&self.pool, slug, Some(&user.id)).await?;
             return Ok(Some((user, facts)));
         }
         let row = sqlx::query(

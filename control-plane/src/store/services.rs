@@ -1,8 +1,8 @@
 //! Services (published upstream APIs) and the facts an authorization of one reads.
 
-use sqlx::{FromRow, Row};
+use sqlx::{Any, Executor, FromRow, Row};
 
-use super::{enum_col, AccessFacts, Db, Res, Sharing};
+use super::{enum_col, AccessFacts, Change, Db, Res, Sharing};
 
 /// A service as stored. Not `Serialize`, and its `Debug` leaves the credential out: the
 /// stored credential is shown only through what `http/admin/services.rs` builds from it.
@@ -99,38 +99,7 @@ fn service_from_row(row: &sqlx::any::AnyRow) -> Res<ServiceRow> {
 impl Db {
     /// Creates a service, or replaces every field of the one of that name.
     pub async fn put_service(&self, s: &ServiceRow) -> Res<()> {
-        let c = s.credential.as_ref();
-        sqlx::query(
-            "INSERT INTO services (name, owner_id, team_id, sharing, upstream_url, ca_pem, \
-                credential_header, credential_kek_id, credential_value, credential_fingerprint, \
-                oauth_kek_id, oauth_config, resource_path, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-             ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id, team_id = excluded.team_id, \
-                sharing = excluded.sharing, upstream_url = excluded.upstream_url, ca_pem = excluded.ca_pem, \
-                credential_header = excluded.credential_header, credential_kek_id = excluded.credential_kek_id, \
-                credential_value = excluded.credential_value, \
-                credential_fingerprint = excluded.credential_fingerprint, \
-                oauth_kek_id = excluded.oauth_kek_id, oauth_config = excluded.oauth_config, \
-                resource_path = excluded.resource_path, updated_at = excluded.updated_at",
-        )
-        .bind(&s.name)
-        .bind(&s.owner_id)
-        .bind(&s.team_id)
-        .bind(s.sharing.as_str())
-        .bind(&s.upstream_url)
-        .bind(&s.ca_pem)
-        .bind(c.map(|c| c.header.clone()))
-        .bind(c.and_then(|c| c.kek_id.clone()))
-        .bind(c.map(|c| c.value.clone()))
-        .bind(c.map(|c| c.fingerprint.clone()))
-        .bind(s.oauth.as_ref().and_then(|o| o.kek_id.clone()))
-        .bind(s.oauth.as_ref().map(|o| o.config.clone()))
-        .bind(&s.resource_path)
-        .bind(s.created_at)
-        .bind(s.updated_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        put_service(&self.writer, s).await
     }
 
     pub async fn get_service(&self, name: &str) -> Res<Option<ServiceRow>> {
@@ -156,16 +125,10 @@ impl Db {
     }
 
     pub async fn delete_service(&self, name: &str) -> Res<bool> {
-        // Its resources go with it (also by the foreign key's cascade).
-        sqlx::query("DELETE FROM service_resources WHERE service = $1")
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        let r = sqlx::query("DELETE FROM services WHERE name = $1")
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        Ok(r.rows_affected() > 0)
+        let mut change = self.change().await?;
+        let found = change.delete_service(name).await?;
+        change.commit().await?;
+        Ok(found)
     }
 
     /// Every service, by name, with the facts for `user_id` reaching it (no credential is
@@ -192,63 +155,6 @@ impl Db {
                 ))
             })
             .collect()
-    }
-
-    /// The facts for `user_id` (if signed in) reaching service `name`; `None` if no service.
-    pub(super) async fn service_access_facts(
-        &self,
-        name: &str,
-        user_id: Option<&str>,
-    ) -> Res<Option<AccessFacts>> {
-        let row = sqlx::query(
-            "SELECT s.owner_id AS owner_id, s.sharing AS sharing, \
-                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = s.team_id AND m.user_id = $2) AS members \
-             FROM services s WHERE s.name = $1",
-        )
-        .bind(name)
-        .bind(user_id.unwrap_or(""))
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let members: i64 = row.try_get("members")?;
-        Ok(Some(AccessFacts {
-            owner_id: row.try_get("owner_id")?,
-            sharing: enum_col(&row, "sharing")?,
-            is_team_member: user_id.is_some() && members > 0,
-        }))
-    }
-
-    /// Records `owner_id` as the owner of resource `resource_id` of service `service`; the
-    /// earlier owner, if there was one.
-    pub async fn put_service_resource(
-        &self,
-        service: &str,
-        resource_id: &str,
-        owner_id: &str,
-        now: i64,
-    ) -> Res<Option<String>> {
-        let mut tx = self.writer.begin().await?;
-        let before: Option<String> = sqlx::query_scalar(
-            "SELECT owner_id FROM service_resources WHERE service = $1 AND resource_id = $2",
-        )
-        .bind(service)
-        .bind(resource_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO service_resources (service, resource_id, owner_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $4) \
-             ON CONFLICT (service, resource_id) DO UPDATE SET owner_id = excluded.owner_id, \
-                updated_at = excluded.updated_at",
-        )
-        .bind(service)
-        .bind(resource_id)
-        .bind(owner_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(before)
     }
 
     /// The resource pattern of service `name`: `None` when there is no such service or it is
@@ -303,22 +209,6 @@ impl Db {
         .fetch_all(&self.pool)
         .await
     }
-
-    /// Forgets resource `resource_id` of service `service`; its owner, if it had one.
-    pub async fn delete_service_resource(
-        &self,
-        service: &str,
-        resource_id: &str,
-    ) -> Res<Option<String>> {
-        sqlx::query_scalar(
-            "DELETE FROM service_resources WHERE service = $1 AND resource_id = $2 \
-             RETURNING owner_id",
-        )
-        .bind(service)
-        .bind(resource_id)
-        .fetch_optional(&self.writer)
-        .await
-    }
 }
 
 /// One resource of a service reached per resource, and its owner.
@@ -329,4 +219,131 @@ pub struct ServiceResourceRow {
     pub owner_id: String,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// The writes to services that may take access away, inside a [`Change`] that also cuts
+/// whoever lost access by them.
+impl Change {
+    /// Records `owner_id` as the owner of resource `resource_id` of service `service`; the
+    /// earlier owner, if there was one.
+    pub async fn put_service_resource(
+        &mut self,
+        service: &str,
+        resource_id: &str,
+        owner_id: &str,
+        now: i64,
+    ) -> Res<Option<String>> {
+        let before: Option<String> = sqlx::query_scalar(
+            "SELECT owner_id FROM service_resources WHERE service = $1 AND resource_id = $2",
+        )
+        .bind(service)
+        .bind(resource_id)
+        .fetch_optional(self.conn())
+        .await?;
+        sqlx::query(
+            "INSERT INTO service_resources (service, resource_id, owner_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (service, resource_id) DO UPDATE SET owner_id = excluded.owner_id, \
+                updated_at = excluded.updated_at",
+        )
+        .bind(service)
+        .bind(resource_id)
+        .bind(owner_id)
+        .bind(now)
+        .execute(self.conn())
+        .await?;
+        Ok(before)
+    }
+
+    /// Forgets resource `resource_id` of service `service`; its owner, if it had one.
+    pub async fn delete_service_resource(
+        &mut self,
+        service: &str,
+        resource_id: &str,
+    ) -> Res<Option<String>> {
+        sqlx::query_scalar(
+            "DELETE FROM service_resources WHERE service = $1 AND resource_id = $2 \
+             RETURNING owner_id",
+        )
+        .bind(service)
+        .bind(resource_id)
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    pub async fn put_service(&mut self, s: &ServiceRow) -> Res<()> {
+        put_service(self.conn(), s).await
+    }
+
+    pub async fn delete_service(&mut self, name: &str) -> Res<bool> {
+        // Its resources go with it (also by the foreign key's cascade).
+        sqlx::query("DELETE FROM service_resources WHERE service = $1")
+            .bind(name)
+            .execute(self.conn())
+            .await?;
+        let r = sqlx::query("DELETE FROM services WHERE name = $1")
+            .bind(name)
+            .execute(self.conn())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+}
+
+async fn put_service<'e>(e: impl Executor<'e, Database = Any>, s: &ServiceRow) -> Res<()> {
+    let c = s.credential.as_ref();
+    sqlx::query(
+        "INSERT INTO services (name, owner_id, team_id, sharing, upstream_url, ca_pem, \
+            credential_header, credential_kek_id, credential_value, credential_fingerprint, \
+            oauth_kek_id, oauth_config, resource_path, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id, team_id = excluded.team_id, \
+            sharing = excluded.sharing, upstream_url = excluded.upstream_url, ca_pem = excluded.ca_pem, \
+            credential_header = excluded.credential_header, credential_kek_id = excluded.credential_kek_id, \
+            credential_value = excluded.credential_value, \
+            credential_fingerprint = excluded.credential_fingerprint, \
+            oauth_kek_id = excluded.oauth_kek_id, oauth_config = excluded.oauth_config, \
+            resource_path = excluded.resource_path, updated_at = excluded.updated_at",
+    )
+    .bind(&s.name)
+    .bind(&s.owner_id)
+    .bind(&s.team_id)
+    .bind(s.sharing.as_str())
+    .bind(&s.upstream_url)
+    .bind(&s.ca_pem)
+    .bind(c.map(|c| c.header.clone()))
+    .bind(c.and_then(|c| c.kek_id.clone()))
+    .bind(c.map(|c| c.value.clone()))
+    .bind(c.map(|c| c.fingerprint.clone()))
+    .bind(s.oauth.as_ref().and_then(|o| o.kek_id.clone()))
+    .bind(s.oauth.as_ref().map(|o| o.config.clone()))
+    .bind(&s.resource_path)
+    .bind(s.created_at)
+    .bind(s.updated_at)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// The facts for `user_id` (if signed in) reaching service `name`; `None` if no service.
+pub(super) async fn service_access_facts<'e>(
+    e: impl Executor<'e, Database = Any>,
+    name: &str,
+    user_id: Option<&str>,
+) -> Res<Option<AccessFacts>> {
+    let row = sqlx::query(
+        "SELECT s.owner_id AS owner_id, s.sharing AS sharing, \
+                (SELECT COUNT(*) FROM team_members m WHERE m.team_id = s.team_id AND m.user_id = $2) AS members \
+         FROM services s WHERE s.name = $1",
+    )
+    .bind(name)
+    .bind(user_id.unwrap_or(""))
+    .fetch_optional(e)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let members: i64 = row.try_get("members")?;
+    Ok(Some(AccessFacts {
+        owner_id: row.try_get("owner_id")?,
+        sharing: enum_col(&row, "sharing")?,
+        is_team_member: user_id.is_some() && members > 0,
+    }))
 }

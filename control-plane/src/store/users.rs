@@ -1,9 +1,9 @@
 //! Users, teams and their members, and servers.
 
 use serde::{Deserialize, Serialize};
-use sqlx::FromRow;
+use sqlx::{Any, Executor, FromRow};
 
-use super::{collect, Db, Res, Role};
+use super::{collect, Change, Db, Res, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct User {
@@ -50,13 +50,7 @@ impl Db {
     }
 
     pub async fn get_user(&self, id: &str) -> Res<Option<User>> {
-        sqlx::query("SELECT id, email, name, created_at FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(User::from_row)
-            .transpose()
+        get_user(&self.pool, id).await
     }
 
     /// What `user_id` owns that keeps them from being deleted (`ON DELETE RESTRICT`): the slugs
@@ -158,11 +152,7 @@ impl Db {
     }
 
     pub async fn delete_team(&self, id: &str) -> Res<bool> {
-        let r = sqlx::query("DELETE FROM teams WHERE id = $1")
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(r.rows_affected() > 0)
+        delete_team(&self.writer, id).await
     }
 
     /// Adds a member or changes an existing member's role.
@@ -194,22 +184,11 @@ impl Db {
     }
 
     pub async fn list_members(&self, team_id: &str) -> Res<Vec<Member>> {
-        let rows = sqlx::query(
-            "SELECT team_id, user_id, role, created_at FROM team_members WHERE team_id = $1 ORDER BY user_id",
-        )
-        .bind(team_id)
-        .fetch_all(&self.pool)
-        .await?;
-        collect(rows)
+        list_members(&self.pool, team_id).await
     }
 
     pub async fn delete_member(&self, team_id: &str, user_id: &str) -> Res<bool> {
-        let r = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
-            .bind(team_id)
-            .bind(user_id)
-            .execute(&self.writer)
-            .await?;
-        Ok(r.rows_affected() > 0)
+        delete_member(&self.writer, team_id, user_id).await
     }
 
     pub async fn create_server(&self, s: &Server) -> Res<()> {
@@ -257,4 +236,64 @@ impl Db {
             .await?;
         Ok(r.rows_affected() > 0)
     }
+}
+
+/// The writes to teams that may take access away, inside a [`Change`] that also cuts whoever
+/// lost access by them.
+impl Change {
+    pub async fn list_members(&mut self, team_id: &str) -> Res<Vec<Member>> {
+        list_members(self.conn(), team_id).await
+    }
+
+    pub async fn delete_team(&mut self, id: &str) -> Res<bool> {
+        delete_team(self.conn(), id).await
+    }
+
+    pub async fn delete_member(&mut self, team_id: &str, user_id: &str) -> Res<bool> {
+        delete_member(self.conn(), team_id, user_id).await
+    }
+}
+
+pub(super) async fn get_user<'e>(
+    e: impl Executor<'e, Database = Any>,
+    id: &str,
+) -> Res<Option<User>> {
+    sqlx::query("SELECT id, email, name, created_at FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(e)
+        .await?
+        .as_ref()
+        .map(User::from_row)
+        .transpose()
+}
+
+async fn delete_team<'e>(e: impl Executor<'e, Database = Any>, id: &str) -> Res<bool> {
+    let r = sqlx::query("DELETE FROM teams WHERE id = $1")
+        .bind(id)
+        .execute(e)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+async fn list_members<'e>(e: impl Executor<'e, Database = Any>, team_id: &str) -> Res<Vec<Member>> {
+    let rows = sqlx::query(
+        "SELECT team_id, user_id, role, created_at FROM team_members WHERE team_id = $1 ORDER BY user_id",
+    )
+    .bind(team_id)
+    .fetch_all(e)
+    .await?;
+    collect(rows)
+}
+
+async fn delete_member<'e>(
+    e: impl Executor<'e, Database = Any>,
+    team_id: &str,
+    user_id: &str,
+) -> Res<bool> {
+    let r = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
+        .bind(team_id)
+        .bind(user_id)
+        .execute(e)
+        .await?;
+    Ok(r.rows_affected() > 0)
 }

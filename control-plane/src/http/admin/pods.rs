@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::{
     check_port, check_slug, check_text, created, deleted, nullable, parse_enum, require_user,
 };
-use crate::cuts::cut_lost_access;
+use crate::cuts::commit_cutting_lost_access;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::store::HolderScope;
@@ -193,14 +193,16 @@ async fn create_pod(
             pod.slug, pod.slug
         )));
     }
-    s.db().create_pod(&pod).await?;
-    s.db().set_pod_limits(&pod.slug, limits.as_ref()).await?;
+    let mut change = s.db().change().await?;
+    change.create_pod(&pod).await?;
+    change.set_pod_limits(&pod.slug, limits.as_ref()).await?;
     // Capabilities still valid for an earlier pod of this slug must not open the new one to
     // people who may not reach it.
-    cut_lost_access(
+    commit_cutting_lost_access(
         s.db(),
+        change,
         s.config().capability_lifetime,
-        HolderScope::Pod(&pod.slug),
+        &[HolderScope::Pod(&pod.slug)],
     )
     .await?;
     Ok(created(PodView { pod, limits }))
@@ -271,19 +273,18 @@ async fn update_pod(
     }
     check_pod_refs(&s, &pod).await?;
     pod.updated_at = now_unix();
-    s.db().update_pod(&pod).await?;
+    let mut change = s.db().change().await?;
+    change.update_pod(&pod).await?;
     if let Some(limits) = limits {
-        s.db().set_pod_limits(&pod.slug, limits.as_ref()).await?;
+        change.set_pod_limits(&pod.slug, limits.as_ref()).await?;
     }
-    if who_before != (pod.owner_id.clone(), pod.team_id.clone()) {
-        // Another owner or team: whoever lost the pod by it is cut off within one push.
-        cut_lost_access(
-            s.db(),
-            s.config().capability_lifetime,
-            HolderScope::Pod(&pod.slug),
-        )
-        .await?;
-    }
+    // Another owner or team: whoever lost the pod by it is cut off within one push.
+    let scopes: &[HolderScope] = if who_before != (pod.owner_id.clone(), pod.team_id.clone()) {
+        &[HolderScope::Pod(&pod.slug)]
+    } else {
+        &[]
+    };
+    commit_cutting_lost_access(s.db(), change, s.config().capability_lifetime, scopes).await?;
     Ok(Json(view(&s, pod).await?))
 }
 
@@ -427,12 +428,14 @@ async fn put_port(
         sharing,
         label: body.label,
     };
-    s.db().put_pod_port(&p).await?;
+    let mut change = s.db().change().await?;
+    change.put_pod_port(&p).await?;
     // A lower sharing level cuts off, within one push, those it no longer lets in.
-    cut_lost_access(
+    commit_cutting_lost_access(
         s.db(),
+        change,
         s.config().capability_lifetime,
-        HolderScope::Port(&p.pod_slug, p.port),
+        &[HolderScope::Port(&p.pod_slug, p.port)],
     )
     .await?;
     Ok(Json(p))
@@ -461,12 +464,14 @@ async fn delete_port(
 ) -> ApiResult<Response> {
     require_pod(&s, &slug).await?;
     let port = check_port(port, "port")?;
-    let gone = s.db().delete_pod_port(&slug, port).await?;
+    let mut change = s.db().change().await?;
+    let gone = change.delete_pod_port(&slug, port).await?;
     // Back to the default level, which may be lower.
-    cut_lost_access(
+    commit_cutting_lost_access(
         s.db(),
+        change,
         s.config().capability_lifetime,
-        HolderScope::Port(&slug, port),
+        &[HolderScope::Port(&slug, port)],
     )
     .await?;
     deleted(gone, "port setting")

@@ -13,10 +13,10 @@ use utoipa_axum::routes;
 
 use super::services::require_service;
 use super::{deleted, require_user};
-use crate::cuts::cut_resource;
+use crate::cuts::{commit_cutting_resource, ResourceLoss};
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
-use crate::store::{now_unix, ServiceResourceRow};
+use crate::store::{now_unix, Change, ServiceResourceRow};
 use crate::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -53,32 +53,40 @@ fn check_resource_id(id: &str) -> ApiResult<()> {
     }
 }
 
-/// Cuts off the capabilities `former` holds for resource `id` of `service` (its `resource_path`
-/// is `pattern`): it is no longer theirs. Only when the rule no longer lets them use it.
-async fn cut_former_owner(
+/// Commits `change`, which gave resource `id` of `service` (its `resource_path` is `pattern`)
+/// to `now_owner` or forgot it, with the cut of the capabilities `former` holds for it when
+/// the rule no longer lets them use it.
+async fn commit_cutting_former_owner(
     s: &AppState,
+    change: Change,
     (service, pattern): (&str, &str),
     id: &str,
     former: Option<String>,
     now_owner: Option<&str>,
 ) -> ApiResult<()> {
-    let Some(former) = former else { return Ok(()) };
-    let user = s.db().get_user(&former).await?;
-    let facts = crate::authz::ResourceFacts {
-        service,
-        resource_id: id,
-        owner_id: now_owner,
-    };
-    if !crate::authz::may_use_resource(&facts, user.as_ref()) {
-        cut_resource(
-            s.db(),
-            s.config().capability_lifetime,
-            &former,
+    let mut lost = None;
+    if let Some(former) = former {
+        let user = s.db().get_user(&former).await?;
+        let facts = crate::authz::ResourceFacts {
             service,
-            &resource::resource_of_id(pattern, id),
-        )
-        .await?;
+            resource_id: id,
+            owner_id: now_owner,
+        };
+        if !crate::authz::may_use_resource(&facts, user.as_ref()) {
+            lost = Some(ResourceLoss {
+                user_id: former,
+                service: service.to_owned(),
+                resource: resource::resource_of_id(pattern, id),
+            });
+        }
     }
+    commit_cutting_resource(
+        s.db(),
+        change,
+        s.config().capability_lifetime,
+        lost.as_ref(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -131,12 +139,13 @@ async fn put_resource(
     check_resource_id(&id)?;
     require_user(&s, &body.owner, "owner").await?;
     let now = now_unix();
-    let former = s
-        .db()
+    let mut change = s.db().change().await?;
+    let former = change
         .put_service_resource(&name, &id, &body.owner, now)
         .await?
         .filter(|f| *f != body.owner);
-    cut_former_owner(&s, (&name, &pattern), &id, former, Some(&body.owner)).await?;
+    let scope = (name.as_str(), pattern.as_str());
+    commit_cutting_former_owner(&s, change, scope, &id, former, Some(&body.owner)).await?;
     tracing::info!(service = %name, resource = %id, owner = %body.owner, "resource owner recorded");
     let row = s
         .db()
@@ -199,8 +208,9 @@ async fn delete_resource(
 ) -> ApiResult<Response> {
     let pattern = require_resource_service(&s, &name).await?;
     check_resource_id(&id)?;
-    let former = s.db().delete_service_resource(&name, &id).await?;
+    let mut change = s.db().change().await?;
+    let former = change.delete_service_resource(&name, &id).await?;
     let found = former.is_some();
-    cut_former_owner(&s, (&name, &pattern), &id, former, None).await?;
+    commit_cutting_former_owner(&s, change, (&name, &pattern), &id, former, None).await?;
     deleted(found, "resource")
 }

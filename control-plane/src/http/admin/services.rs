@@ -15,14 +15,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{created, deleted, nullable, parse_enum, require_user};
-use crate::cuts::cut_lost_access;
+use crate::cuts::commit_cutting_lost_access;
 use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::service_oauth::{self, CredentialStatus, Grant, OAuthConfig};
 use crate::services::{check_credential, parse_upstream, seal};
 use crate::store::{
-    now_unix, HolderScope, ServiceRow, Sharing, StoredCredential, StoredOAuth, DEFAULT_SHARING,
+    now_unix, Change, HolderScope, ServiceRow, Sharing, StoredCredential, StoredOAuth,
+    DEFAULT_SHARING,
 };
 use crate::AppState;
 
@@ -286,14 +287,15 @@ pub(super) async fn require_service(s: &AppState, name: &str) -> ApiResult<Servi
         .ok_or_else(|| ApiError::not_found(format!("no service {name:?}")))
 }
 
-/// Cuts off whoever holds a capability for service `name` and may no longer reach it.
-async fn cut(s: &AppState, name: &str) -> ApiResult<()> {
-    cut_lost_access(
-        s.db(),
-        s.config().capability_lifetime,
-        HolderScope::Port(name, SERVICE_PORT),
-    )
-    .await?;
+/// Commits `change` to service `name` with the cuts of whoever held a capability for it and
+/// may no longer reach it, or (`recheck` false) alone.
+async fn commit_cutting(s: &AppState, change: Change, name: &str, recheck: bool) -> ApiResult<()> {
+    let scopes: &[HolderScope] = if recheck {
+        &[HolderScope::Port(name, SERVICE_PORT)]
+    } else {
+        &[]
+    };
+    commit_cutting_lost_access(s.db(), change, s.config().capability_lifetime, scopes).await?;
     Ok(())
 }
 
@@ -377,10 +379,11 @@ async fn create_service(
         created_at: now,
         updated_at: now,
     };
-    s.db().put_service(&row).await?;
+    let mut change = s.db().change().await?;
+    change.put_service(&row).await?;
     // Capabilities still valid for an earlier service of this name must not open the new one
     // to people who may not reach it.
-    cut(&s, &row.name).await?;
+    commit_cutting(&s, change, &row.name, true).await?;
     Ok(created(view(&s, row)))
 }
 
@@ -468,15 +471,14 @@ async fn update_service(
         };
     }
     row.updated_at = now_unix();
-    s.db().put_service(&row).await?;
+    let mut change = s.db().change().await?;
+    change.put_service(&row).await?;
+    // Another owner, team or sharing: whoever lost the service by it is cut off within one push.
+    let lost = who_before != (row.owner_id.clone(), row.team_id.clone(), row.sharing);
+    commit_cutting(&s, change, &name, lost).await?;
     if credential.is_some() {
         // The next token is obtained with the new configuration.
         s.service_tokens().clear(&name);
-    }
-    if who_before != (row.owner_id.clone(), row.team_id.clone(), row.sharing) {
-        // Another owner, team or sharing: whoever lost the service by it is cut off within one
-        // push.
-        cut(&s, &name).await?;
     }
     tracing::info!(service = %name, credential = credential.is_some(), "service updated");
     Ok(Json(view(&s, row)))
@@ -499,10 +501,11 @@ async fn delete_service(
     State(s): State<AppState>,
     PathArgs(name): PathArgs<String>,
 ) -> ApiResult<Response> {
-    let found = s.db().delete_service(&name).await?;
-    // Whether or not it was still there: a delete that failed at its cut is finished by deleting
-    // again (with no service, everyone who held a capability for it has lost it).
-    cut(&s, &name).await?;
+    let mut change = s.db().change().await?;
+    let found = change.delete_service(&name).await?;
+    // With no service, everyone who held a capability for it has lost it; re-checked whether or
+    // not it was still there.
+    commit_cutting(&s, change, &name, true).await?;
     deleted(found, "service")
 }
 

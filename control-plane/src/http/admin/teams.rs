@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{check_text, created, deleted, gen_id, parse_enum, require_user};
-use crate::cuts::cut_lost_access;
+use crate::cuts::commit_cutting_lost_access;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::ids::check_id;
@@ -158,17 +158,15 @@ async fn delete_team(
     State(s): State<AppState>,
     PathArgs(id): PathArgs<String>,
 ) -> ApiResult<Response> {
-    let members = s.db().list_members(&id).await?;
-    let gone = s.db().delete_team(&id).await?;
+    let mut change = s.db().change().await?;
+    let members = change.list_members(&id).await?;
+    let gone = change.delete_team(&id).await?;
     // Its members lose the team's pods (unless another rule still lets them in).
-    for m in &members {
-        cut_lost_access(
-            s.db(),
-            s.config().capability_lifetime,
-            HolderScope::User(&m.user_id),
-        )
-        .await?;
-    }
+    let scopes: Vec<HolderScope> = members
+        .iter()
+        .map(|m| HolderScope::User(&m.user_id))
+        .collect();
+    commit_cutting_lost_access(s.db(), change, s.config().capability_lifetime, &scopes).await?;
     deleted(gone, "team")
 }
 
@@ -358,12 +356,14 @@ async fn delete_member(
     State(s): State<AppState>,
     PathArgs((team_id, user_id)): PathArgs<(String, String)>,
 ) -> ApiResult<Response> {
-    let gone = s.db().delete_member(&team_id, &user_id).await?;
+    let mut change = s.db().change().await?;
+    let gone = change.delete_member(&team_id, &user_id).await?;
     // The team's pods are cut off for them within one push, where no other rule lets them in.
-    cut_lost_access(
+    commit_cutting_lost_access(
         s.db(),
+        change,
         s.config().capability_lifetime,
-        HolderScope::User(&user_id),
+        &[HolderScope::User(&user_id)],
     )
     .await?;
     deleted(gone, "member")
