@@ -39,8 +39,9 @@ pub struct Waker {
 pub enum Woken {
     /// The hook is being called.
     Called,
-    /// The hook was called for this pod less than the interval ago: not again.
-    Limited,
+    /// The hook was called for this pod less than the interval ago: not again for about
+    /// `retry_after_secs` (the whole interval when another control plane called it).
+    Limited { retry_after_secs: u64 },
     /// No start hook is configured.
     Off,
 }
@@ -67,21 +68,27 @@ impl Waker {
             return Ok(Woken::Off);
         };
         let interval = Duration::from_secs(hook.interval_secs);
+        let limited = Woken::Limited {
+            retry_after_secs: hook.interval_secs,
+        };
         let now = Instant::now();
         {
             let Ok(mut last) = self.last_call.lock() else {
-                return Ok(Woken::Limited);
+                return Ok(limited);
             };
-            if last
+            if let Some(left) = last
                 .get(pod)
-                .is_some_and(|at| now.duration_since(*at) < interval)
+                .and_then(|at| interval.checked_sub(now.duration_since(*at)))
+                .filter(|left| !left.is_zero())
             {
-                return Ok(Woken::Limited);
+                return Ok(Woken::Limited {
+                    retry_after_secs: left.as_secs_f64().ceil() as u64,
+                });
             }
             if last.len() >= MAX_TRACKED {
                 last.retain(|_, at| now.duration_since(*at) < interval);
                 if last.len() >= MAX_TRACKED {
-                    return Ok(Woken::Limited);
+                    return Ok(limited);
                 }
             }
             last.insert(pod.to_owned(), now);
@@ -90,7 +97,7 @@ impl Waker {
         match db.claim_wake(pod, now_unix(), interval_secs).await {
             Ok(true) => {}
             // Another control plane called it within the interval (remembered here as well).
-            Ok(false) => return Ok(Woken::Limited),
+            Ok(false) => return Ok(limited),
             Err(e) => {
                 // Not called: the next wake may try again.
                 if let Ok(mut last) = self.last_call.lock() {

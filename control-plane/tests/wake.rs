@@ -20,6 +20,8 @@ use tower::ServiceExt as _;
 
 const SECRET: &str = "renew-secret-0123456789abcdef0123456789";
 const HOOK_SECRET: &str = "start-hook-secret-0123456789abcdef0123";
+/// How often the start hook may be called per pod.
+const INTERVAL_SECS: u64 = 3600;
 
 /// One start hook call: `METHOD path` and the secret header.
 type Call = (String, Option<String>);
@@ -77,7 +79,7 @@ fn with_hook(s: Settings, hook: Option<String>) -> Settings {
         renew_secret: Some(SECRET.into()),
         start_hook_url: hook.map(|base| format!("{base}/pods/{{pod}}/start")),
         start_hook_secret: Some(HOOK_SECRET.into()),
-        start_hook_interval_secs: Some(3600),
+        start_hook_interval_secs: Some(INTERVAL_SECS),
         ..s
     }
 }
@@ -173,6 +175,17 @@ async fn the_hook_is_called_with_its_secret_once_per_interval(which: Which) {
             .as_envoy("/api/proxy-wake", Some(SECRET), Some(&cap), &[])
             .await;
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+        // Told when to ask again: what is left of the interval, in whole seconds.
+        let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=INTERVAL_SECS).contains(&wait), "Retry-After {wait}");
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("in {wait} s")),
+            "{}",
+            r.body
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(platform.calls().len(), 1);

@@ -7,7 +7,7 @@
 //! when no start hook is configured.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use podgate_protocol::wake::WAKE_PATH;
@@ -43,7 +43,7 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
         Unauthorized,
         (status = 403, description = "Refused", body = ErrorBody),
         (status = 404, description = "No start hook is configured", body = ErrorBody),
-        (status = 429, description = "The pod's start was asked for less than the interval ago, or too many requests from this client", body = ErrorBody),
+        (status = 429, description = "The pod's start was asked for less than the interval ago (`Retry-After`: the seconds left of it), or too many requests from this client", body = ErrorBody),
     )
 )]
 async fn wake(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -85,13 +85,18 @@ async fn answer_wake(state: &AppState, headers: &HeaderMap) -> (WakeOutcome, Res
             tracing::info!(user = %allowed.user.id, pod = %allowed.addr.pod, "pod start asked");
             (WakeOutcome::Called, StatusCode::ACCEPTED.into_response())
         }
-        Woken::Limited => (
-            WakeOutcome::Limited,
-            error_response(
+        Woken::Limited { retry_after_secs } => {
+            let wait = retry_after_secs.max(1);
+            let mut resp = error_response(
                 StatusCode::TOO_MANY_REQUESTS,
-                "the pod's start was asked for moments ago",
-            ),
-        ),
+                &format!(
+                    "the pod's start was asked for moments ago; it may be asked again in {wait} s"
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            (WakeOutcome::Limited, resp)
+        }
         Woken::Off => (
             WakeOutcome::Off,
             error_response(StatusCode::NOT_FOUND, "no start hook is configured"),
