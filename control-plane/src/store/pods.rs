@@ -438,28 +438,30 @@ async fn access_facts<'e>(
     .bind(DEFAULT_SHARING.as_str())
     .fetch_optional(e)
     .await?;
-    let Some(row) = row else { return Ok(None) };
+    row.map(|row| row_facts(&row, user_id.is_some()))
+        .transpose()
+}
+
+/// The facts a query read from a row of `pods` or `services`: its `owner_id`, `sharing` and
+/// `members` (the asking user's memberships of its team, which count only when they are
+/// `signed_in`) columns.
+pub(super) fn row_facts(row: &AnyRow, signed_in: bool) -> Res<AccessFacts> {
     let members: i64 = row.try_get("members")?;
-    Ok(Some(AccessFacts {
+    Ok(AccessFacts {
         owner_id: row.try_get("owner_id")?,
-        sharing: enum_col(&row, "sharing")?,
-        is_team_member: user_id.is_some() && members > 0,
-    }))
+        sharing: enum_col(row, "sharing")?,
+        is_team_member: signed_in && members > 0,
+    })
 }
 
 /// The facts a query joining `pods` (left) read for a signed-in user: its `owner_id` (null when
 /// the pod does not exist), `sharing` and `members` columns.
 fn joined_facts(row: &AnyRow) -> Res<Option<AccessFacts>> {
     let owner_id: Option<String> = row.try_get("owner_id")?;
-    let Some(owner_id) = owner_id else {
+    if owner_id.is_none() {
         return Ok(None);
-    };
-    let members: i64 = row.try_get("members")?;
-    Ok(Some(AccessFacts {
-        owner_id,
-        sharing: enum_col(row, "sharing")?,
-        is_team_member: members > 0,
-    }))
+    }
+    row_facts(row, true).map(Some)
 }
 
 impl Db {

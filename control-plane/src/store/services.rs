@@ -2,6 +2,7 @@
 
 use sqlx::{Any, Executor, FromRow, Row};
 
+use super::pods::row_facts;
 use super::{enum_col, AccessFacts, Change, Db, Res, Sharing};
 
 /// A service as stored. Not `Serialize`, and its `Debug` leaves the credential out: the
@@ -339,11 +340,6 @@ pub(super) async fn service_access_facts<'e>(
     .bind(user_id.unwrap_or(""))
     .fetch_optional(e)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let members: i64 = row.try_get("members")?;
-    Ok(Some(AccessFacts {
-        owner_id: row.try_get("owner_id")?,
-        sharing: enum_col(&row, "sharing")?,
-        is_team_member: user_id.is_some() && members > 0,
-    }))
+    row.map(|row| row_facts(&row, user_id.is_some()))
+        .transpose()
 }
