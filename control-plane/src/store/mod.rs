@@ -400,6 +400,18 @@ pub(super) fn enum_col<T: FromStr<Err = String>>(
     })
 }
 
+/// The facts a query read from a row of `pods` or `services`: its `owner_id`, `sharing` and
+/// `members` (the asking user's memberships of its team, which count only when they are
+/// `signed_in`) columns.
+pub(super) fn row_facts(row: &AnyRow, signed_in: bool) -> Res<AccessFacts> {
+    let members: i64 = row.try_get("members")?;
+    Ok(AccessFacts {
+        owner_id: row.try_get("owner_id")?,
+        sharing: enum_col(row, "sharing")?,
+        is_team_member: signed_in && members > 0,
+    })
+}
+
 pub(super) fn collect<T>(rows: Vec<AnyRow>) -> Result<Vec<T>, sqlx::Error>
 where
     T: for<'r> sqlx::FromRow<'r, AnyRow>,

@@ -9,7 +9,8 @@ use super::cuts::session_was_cut;
 use super::services::service_access_facts;
 use super::users::get_user;
 use super::{
-    collect, enum_col, parse_pod_status, Change, Db, PodStatus, Res, Sharing, User, DEFAULT_SHARING,
+    collect, parse_pod_status, row_facts, Change, Db, PodStatus, Res, Sharing, User,
+    DEFAULT_SHARING,
 };
 
 /// A pod status as stored (`TEXT`); decoding it checks it is one of [`super::POD_STATUSES`].
@@ -440,18 +441,6 @@ async fn access_facts<'e>(
     .await?;
     row.map(|row| row_facts(&row, user_id.is_some()))
         .transpose()
-}
-
-/// The facts a query read from a row of `pods` or `services`: its `owner_id`, `sharing` and
-/// `members` (the asking user's memberships of its team, which count only when they are
-/// `signed_in`) columns.
-pub(super) fn row_facts(row: &AnyRow, signed_in: bool) -> Res<AccessFacts> {
-    let members: i64 = row.try_get("members")?;
-    Ok(AccessFacts {
-        owner_id: row.try_get("owner_id")?,
-        sharing: enum_col(row, "sharing")?,
-        is_team_member: signed_in && members > 0,
-    })
 }
 
 /// The facts a query joining `pods` (left) read for a signed-in user: its `owner_id` (null when

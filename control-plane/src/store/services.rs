@@ -2,8 +2,7 @@
 
 use sqlx::{Any, Executor, FromRow, Row};
 
-use super::pods::row_facts;
-use super::{enum_col, AccessFacts, Change, Db, Res, Sharing};
+use super::{enum_col, row_facts, AccessFacts, Change, Db, Res, Sharing};
 
 /// A service as stored. Not `Serialize`, and its `Debug` leaves the credential out: the
 /// stored credential is shown only through what `http/admin/services.rs` builds from it.
