@@ -38,21 +38,50 @@ fn cut_until(capability_lifetime: u64, at: i64) -> i64 {
         .saturating_add(RACE_MARGIN_SECS)
 }
 
-/// Cuts off every capability minted for the session `sid` (a sign-out); capabilities live at
-/// most `capability_lifetime` seconds. The caller pushes.
-pub async fn cut_session(db: &Db, capability_lifetime: u64, sid: &str) -> Result<(), sqlx::Error> {
+/// Cuts off, inside `change` (a sign-out ending the session), every capability minted for the
+/// session `sid`, whenever it was issued; capabilities live at most `capability_lifetime`
+/// seconds. The caller commits and pushes.
+pub async fn cut_session(
+    change: &mut Change,
+    capability_lifetime: u64,
+    sid: &str,
+) -> Result<(), sqlx::Error> {
     let at = now_unix();
     let cut = CutRow::Session {
         sid: sid.to_owned(),
         at,
         until: cut_until(capability_lifetime, at),
     };
-    db.insert_cut(&cut, at).await?;
+    change.insert_cut(&cut, at).await
+}
+
+/// Commits `change`, which deletes user `user_id`, together with the cut of every capability
+/// of theirs issued until now, on every pod. The cut is made again after the commit, as in
+/// [`commit_cutting_lost_access`].
+pub async fn commit_cutting_user(
+    db: &Db,
+    mut change: Change,
+    capability_lifetime: u64,
+    user_id: &str,
+) -> Result<(), sqlx::Error> {
+    cut_user(&mut change, capability_lifetime, user_id).await?;
+    change.commit().await?;
+    let again = async {
+        let mut again = db.change().await?;
+        cut_user(&mut again, capability_lifetime, user_id).await?;
+        again.commit().await
+    };
+    if let Err(e) = again.await {
+        tracing::warn!(error = %e, "cutting again after a committed change failed; the cut made with the change stands");
+    }
     Ok(())
 }
 
-/// Cuts off every capability of `user_id` issued until now, on every pod (a deleted user).
-pub async fn cut_user(db: &Db, capability_lifetime: u64, user_id: &str) -> Result<(), sqlx::Error> {
+async fn cut_user(
+    change: &mut Change,
+    capability_lifetime: u64,
+    user_id: &str,
+) -> Result<(), sqlx::Error> {
     let at = now_unix();
     let cut = CutRow::User {
         user_id: user_id.to_owned(),
@@ -62,8 +91,7 @@ pub async fn cut_user(db: &Db, capability_lifetime: u64, user_id: &str) -> Resul
         at,
         until: cut_until(capability_lifetime, at),
     };
-    db.insert_cut(&cut, at).await?;
-    Ok(())
+    change.insert_cut(&cut, at).await
 }
 
 /// A resource of a service reached per resource that one user may no longer use (it changed

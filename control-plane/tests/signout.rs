@@ -1,7 +1,7 @@
 //! Sign-out everywhere and cuts of lost access, in-process, on SQLite and PostgreSQL:
 //! `/auth/logout` (and the dev login's `/dev/logout`, which is the same), `/auth/userinfo`, the
 //! `sid` claim, and the filter configuration's `cutoffs` after a sign-out, a team removal, a lower sharing level, another owner and a deleted user;
-//! a sign-out or a user delete stopped by a database error before its cut is finished by doing
+//! a sign-out or a user delete stopped by a database error at its cut is finished by doing
 //! it again; a team delete, an owner change or a pod create stopped at its cut changes nothing
 //! and is repeated; and a user who still owns a pod is not deleted (nor cut).
 //! Each capability is checked against the filter configuration the control plane would push,

@@ -132,8 +132,8 @@ pub struct EndedSession {
 
 /// The sessions named by a `session_cookie` pair in `cookie_headers`, to end: each one's stored
 /// id hash (for [`Db::delete_session`]), and the session when it is live. Nothing is changed:
-/// a sign-out cuts the live ones' capabilities off first and deletes after, so that one
-/// interrupted half-way (a database error) is finished by the same request again.
+/// a sign-out then cuts the live ones' capabilities off and ends them all in one transaction,
+/// so that one stopped by a database error is finished by the same request again.
 pub async fn sessions_to_end(
     db: &Db,
     session_cookie: &str,

@@ -88,16 +88,18 @@ pub(crate) async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiRe
         &cookie_headers(&headers),
     )
     .await?;
-    // The cuts first, then the sessions: a sign-out that fails between the two leaves the
-    // session, so signing out again finishes it (the other way round it would find nothing
-    // left to cut).
-    for (_, session) in &named {
-        if let Some(session) = session {
-            cut_session(state.db(), state.config().capability_lifetime, &session.sid).await?;
+    // The cuts and the end of the sessions together, or neither: a sign-out that fails leaves
+    // the sessions, and signing out again ends them.
+    if !named.is_empty() {
+        let mut change = state.db().change().await?;
+        for (id_hash, session) in &named {
+            if let Some(session) = session {
+                let lifetime = state.config().capability_lifetime;
+                cut_session(&mut change, lifetime, &session.sid).await?;
+            }
+            change.delete_session(id_hash).await?;
         }
-    }
-    for (id_hash, _) in &named {
-        state.db().delete_session(id_hash).await?;
+        change.commit().await?;
     }
     let ended: Vec<EndedSession> = named.into_iter().filter_map(|(_, s)| s).collect();
     if !ended.is_empty() {

@@ -1,9 +1,9 @@
 //! Sessions of the control plane, single-use login tickets, and the mint audit trail.
 
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, Row};
+use sqlx::{Any, Executor, FromRow, Row};
 
-use super::{collect, Backend, Db, KeyKind, Res, User};
+use super::{collect, Backend, Change, Db, KeyKind, Res, User};
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
@@ -128,11 +128,7 @@ impl Db {
     }
 
     pub async fn delete_session(&self, id_hash: &str) -> Res<()> {
-        sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
-            .bind(id_hash)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        delete_session(&self.writer, id_hash).await
     }
 
     /// Drops consumed tickets, sessions and sign-ins under way that expired before `before`.
@@ -431,4 +427,19 @@ impl Db {
         .await?;
         rows.iter().map(|row| row.try_get("jti")).collect()
     }
+}
+
+impl Change {
+    /// Ends a session, inside a sign-out that also cuts its capabilities.
+    pub async fn delete_session(&mut self, id_hash: &str) -> Res<()> {
+        delete_session(self.conn(), id_hash).await
+    }
+}
+
+async fn delete_session<'e>(e: impl Executor<'e, Database = Any>, id_hash: &str) -> Res<()> {
+    sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+        .bind(id_hash)
+        .execute(e)
+        .await?;
+    Ok(())
 }

@@ -108,11 +108,7 @@ impl Db {
     }
 
     pub async fn delete_user(&self, id: &str) -> Res<bool> {
-        let r = sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(r.rows_affected() > 0)
+        delete_user(&self.writer, id).await
     }
 
     pub async fn create_team(&self, t: &Team) -> Res<()> {
@@ -238,9 +234,13 @@ impl Db {
     }
 }
 
-/// The writes to teams that may take access away, inside a [`Change`] that also cuts whoever
+/// The writes to users and teams that may take access away, inside a [`Change`] that also cuts whoever
 /// lost access by them.
 impl Change {
+    pub async fn delete_user(&mut self, id: &str) -> Res<bool> {
+        delete_user(self.conn(), id).await
+    }
+
     pub async fn list_members(&mut self, team_id: &str) -> Res<Vec<Member>> {
         list_members(self.conn(), team_id).await
     }
@@ -265,6 +265,14 @@ pub(super) async fn get_user<'e>(
         .as_ref()
         .map(User::from_row)
         .transpose()
+}
+
+async fn delete_user<'e>(e: impl Executor<'e, Database = Any>, id: &str) -> Res<bool> {
+    let r = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(e)
+        .await?;
+    Ok(r.rows_affected() > 0)
 }
 
 async fn delete_team<'e>(e: impl Executor<'e, Database = Any>, id: &str) -> Res<bool> {

@@ -214,13 +214,10 @@ async fn delete_user(
             owned.join(" and ")
         )));
     }
-    // Their capabilities stop working within one push, wherever they are. Cut before the user
-    // goes, so that a delete that fails between the two leaves the user, and deleting again
-    // finishes it (the other way round the retry would find no user, and cut nothing).
-    crate::cuts::cut_user(s.db(), s.config().capability_lifetime, &id).await?;
-    let gone = s.db().delete_user(&id).await?;
-    // And again once they are gone (it replaces the first cut): a capability minted for them
-    // between the two is cut too.
-    crate::cuts::cut_user(s.db(), s.config().capability_lifetime, &id).await?;
+    // Their capabilities stop working within one push, wherever they are: the user goes with
+    // the cut, or neither does.
+    let mut change = s.db().change().await?;
+    let gone = change.delete_user(&id).await?;
+    crate::cuts::commit_cutting_user(s.db(), change, s.config().capability_lifetime, &id).await?;
     deleted(gone, "user")
 }
