@@ -66,15 +66,25 @@ pub async fn commit_cutting_user(
 ) -> Result<(), sqlx::Error> {
     cut_user(&mut change, capability_lifetime, user_id).await?;
     change.commit().await?;
+    cut_again(db, async |again: &mut Change| {
+        cut_user(again, capability_lifetime, user_id).await
+    })
+    .await;
+    Ok(())
+}
+
+/// The second pass after a committed change: `cut` again in a transaction of its own, with the
+/// time after the commit, for a capability minted from the old access while the change was
+/// being made. A failure is logged, not answered: the change and the cuts made with it stand.
+async fn cut_again(db: &Db, cut: impl AsyncFnOnce(&mut Change) -> Result<(), sqlx::Error>) {
     let again = async {
         let mut again = db.change().await?;
-        cut_user(&mut again, capability_lifetime, user_id).await?;
+        cut(&mut again).await?;
         again.commit().await
     };
     if let Err(e) = again.await {
-        tracing::warn!(error = %e, "cutting again after a committed change failed; the cut made with the change stands");
+        tracing::warn!(error = %e, "cutting again after a committed change failed; the cuts made with the change stand");
     }
-    Ok(())
 }
 
 async fn cut_user(
@@ -119,14 +129,10 @@ pub async fn commit_cutting_resource(
     change.commit().await?;
     let Some(lost) = lost else { return Ok(()) };
     tracing::info!(user = %lost.user_id, service = %lost.service, resource = %lost.resource, "resource lost: capabilities cut off");
-    let again = async {
-        let mut again = db.change().await?;
-        cut_resource(&mut again, capability_lifetime, lost).await?;
-        again.commit().await
-    };
-    if let Err(e) = again.await {
-        tracing::warn!(error = %e, "cutting again after a committed change failed; the cut made with the change stands");
-    }
+    cut_again(db, async |again: &mut Change| {
+        cut_resource(again, capability_lifetime, lost).await
+    })
+    .await;
     Ok(())
 }
 
@@ -167,16 +173,13 @@ pub async fn commit_cutting_lost_access(
     for (user, pod, port) in &cut {
         tracing::info!(%user, %pod, port, "access lost: capabilities cut off");
     }
-    let again = async {
-        let mut again = db.change().await?;
+    cut_again(db, async |again: &mut Change| {
         for scope in scopes {
-            cut_lost_access(&mut again, capability_lifetime, scope).await?;
+            cut_lost_access(again, capability_lifetime, scope).await?;
         }
-        again.commit().await
-    };
-    if let Err(e) = again.await {
-        tracing::warn!(error = %e, "re-checking access after a committed change failed; the cuts made with the change stand");
-    }
+        Ok(())
+    })
+    .await;
     Ok(cut.len())
 }
 
