@@ -526,10 +526,7 @@ async fn a_service_delete_stopped_at_its_cut_changes_nothing_and_can_be_repeated
     let cap = browser_capability(&h, &alice, "/sessions/a1")
         .await
         .unwrap();
-    h.cuts_fail(true).await;
-    let r = h.admin(Method::DELETE, CHAT, None).await;
-    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
-    h.cuts_fail(false).await;
+    h.admin_while_cuts_fail(Method::DELETE, CHAT, None).await;
     // The service is still there, with its resource, and the capability is not cut.
     let r = h
         .admin(Method::GET, &format!("{CHAT}/resources/a1"), None)
@@ -560,10 +557,8 @@ async fn a_resource_given_away_stopped_at_its_cut_changes_nothing_and_can_be_rep
         .unwrap();
     let to_bob = json!({"owner": "bob"});
     let path = format!("{CHAT}/resources/a1");
-    h.cuts_fail(true).await;
-    let r = h.admin(Method::PUT, &path, Some(to_bob.clone())).await;
-    h.cuts_fail(false).await;
-    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+    h.admin_while_cuts_fail(Method::PUT, &path, Some(to_bob.clone()))
+        .await;
     let r = h.admin(Method::GET, &path, None).await;
     assert_eq!(r.json()["owner_id"], "alice", "{}", r.body);
     let (_, c) = filter(&h).await;

@@ -435,10 +435,8 @@ async fn a_user_delete_stopped_half_way_is_finished_by_deleting_again(which: Whi
         return;
     };
     let bob = capability(&h, Some(&h.login("bob").await), 8726).await;
-    h.cuts_fail(true).await;
-    let r = h.admin(Method::DELETE, "/v1/users/bob", None).await;
-    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
-    h.cuts_fail(false).await;
+    h.admin_while_cuts_fail(Method::DELETE, "/v1/users/bob", None)
+        .await;
     let r = h.admin(Method::GET, "/v1/users/bob", None).await;
     assert_eq!(r.status, StatusCode::OK, "bob is still there: {}", r.body);
     let r = h.admin(Method::DELETE, "/v1/users/bob", None).await;
@@ -497,26 +495,13 @@ async fn a_pod_created_again_under_its_slug_cuts_the_old_holders(which: Which) {
 }
 on_both!(a_pod_created_again_under_its_slug_cuts_the_old_holders);
 
-/// Sends an admin request while every cut fails (as a database error part way through would):
-/// it must fail as a whole.
-async fn admin_while_cuts_fail(
-    h: &Harness,
-    method: Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) {
-    h.cuts_fail(true).await;
-    let r = h.admin(method, path, body).await;
-    h.cuts_fail(false).await;
-    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
-}
-
 async fn a_team_delete_stopped_at_its_cut_changes_nothing_and_can_be_repeated(which: Which) {
     let Some(h) = Harness::seeded(which, |s| s).await else {
         return;
     };
     let bob = capability(&h, Some(&h.login("bob").await), 8726).await;
-    admin_while_cuts_fail(&h, Method::DELETE, "/v1/teams/t1", None).await;
+    h.admin_while_cuts_fail(Method::DELETE, "/v1/teams/t1", None)
+        .await;
     // The team and its member are still there, and bob's access with them.
     let r = h.admin(Method::GET, "/v1/teams/t1/members", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -539,7 +524,8 @@ async fn an_owner_change_stopped_at_its_cut_changes_nothing_and_can_be_repeated(
     };
     let alice = capability(&h, Some(&h.login("alice").await), 8726).await;
     let to_carol = json!({"owner_id": "carol"});
-    admin_while_cuts_fail(&h, Method::PATCH, "/v1/pods/myslug", Some(to_carol.clone())).await;
+    h.admin_while_cuts_fail(Method::PATCH, "/v1/pods/myslug", Some(to_carol.clone()))
+        .await;
     let r = h.admin(Method::GET, "/v1/pods/myslug", None).await;
     assert_eq!(r.json()["owner_id"], "alice", "{}", r.body);
     assert!(!cut_off(&h, &alice).await);
@@ -567,7 +553,8 @@ async fn a_pod_create_stopped_at_its_cut_changes_nothing_and_can_be_repeated(whi
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     // A new pod under the slug, without bob's team: its create fails at bob's cut...
     let pod = json!({"slug": "myslug", "owner_id": "alice", "server_id": "s1", "status": "running", "nginx_port": 30001});
-    admin_while_cuts_fail(&h, Method::POST, "/v1/pods", Some(pod.clone())).await;
+    h.admin_while_cuts_fail(Method::POST, "/v1/pods", Some(pod.clone()))
+        .await;
     // ...and leaves no pod that bob's capability could open.
     let r = h.admin(Method::GET, "/v1/pods/myslug", None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);

@@ -161,6 +161,20 @@ impl Harness {
             .unwrap();
     }
 
+    /// Sends an admin request while every cut fails (as a database error part way through
+    /// would), and checks it fails as a whole (a 5xx); the cuts work again afterwards.
+    pub async fn admin_while_cuts_fail(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) {
+        self.cuts_fail(true).await;
+        let r = self.admin(method, path, body).await;
+        self.cuts_fail(false).await;
+        assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+    }
+
     pub async fn finish(self) {
         self.tdb.finish().await;
     }
