@@ -7,7 +7,7 @@
 //! when no start hook is configured.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use podgate_protocol::wake::WAKE_PATH;
@@ -87,15 +87,13 @@ async fn answer_wake(state: &AppState, headers: &HeaderMap) -> (WakeOutcome, Res
         }
         Woken::Limited { retry_after_secs } => {
             let wait = retry_after_secs.max(1);
-            let mut resp = error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!(
+            let refused = ApiError::TooManyRequests {
+                message: format!(
                     "the pod's start was asked for moments ago; it may be asked again in {wait} s"
                 ),
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            (WakeOutcome::Limited, resp)
+                retry_after_secs: wait,
+            };
+            (WakeOutcome::Limited, refused.into_response())
         }
         Woken::Off => (
             WakeOutcome::Off,
