@@ -2,7 +2,8 @@
 //! ADS server, with a recording fake pod: a browser signs in and reaches the pod, signs out on
 //! the pod host, and the same capability is refused on the pod host within one push (the time
 //! is printed) and its open WebSocket closed within a second, as the configuration with the cut
-//! arrives; a team removal cuts a member off the same way, WebSocket included;
+//! arrives; a team removal cuts a member off the same way, WebSocket included, and one stopped
+//! at its cut changes nothing until it is repeated;
 //! `/.podgate/userinfo` is answered by the filter and never reaches the pod.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -310,4 +311,83 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
         let read = tokio::time::timeout(Duration::from_millis(1500), alice_ws.read(&mut buf)).await;
         assert!(read.is_err(), "the owner's WebSocket ended: {read:?}");
     }
+}
+
+/// A member removal whose cut fails (a database error part way through) changes nothing: the
+/// member is still in the team and still reaches the pod through Envoy. The same removal again
+/// removes them and cuts them off within one push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_removal_stopped_at_its_cut_changes_nothing_and_a_retry_cuts_within_one_push() {
+    let stack = Stack::start(&[]).await;
+    let pod = FakePod::start_on("pod-team", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    stack
+        .cp
+        .team_pod_with_member("bob", "shared", pod.addr().port())
+        .await;
+    let bob_session = stack.cp.session("bob").await;
+    let bob = stack.cp.mint(&bob_session, "shared").await.unwrap();
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        "shared",
+        &bob,
+        ONE_PUSH,
+        |a| a.status == 200,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+
+    let removal = "/v1/teams/t1/members/bob";
+    stack.cp.cuts_fail(true).await;
+    let (status, body) = stack.cp.admin_answer(Method::DELETE, removal, None).await;
+    stack.cp.cuts_fail(false).await;
+    assert!(status.is_server_error(), "{status} {body}");
+
+    // Nothing changed: bob is still a member and, a push's time later, still reaches the pod.
+    let members = stack
+        .cp
+        .admin(Method::GET, "/v1/teams/t1/members", None)
+        .await;
+    assert_eq!(members[0]["user_id"], "bob", "{members}");
+    tokio::time::sleep(ONE_PUSH).await;
+    let a = through_envoy(&stack.http, stack.envoy.listener, "shared", &bob)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}\n{}", a.body, stack.logs());
+    assert_eq!(
+        pod.requests().last().unwrap().header("x-podgate-user"),
+        Some("bob")
+    );
+
+    // The same removal again: it is done, and bob's capability is refused within one push.
+    stack.cp.admin(Method::DELETE, removal, None).await;
+    let took = until(
+        &stack.http,
+        stack.envoy.listener,
+        "shared",
+        &bob,
+        ONE_PUSH,
+        |a| a.status == 401,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    eprintln!("repeated team removal → bob's capability refused in {took:?}");
+    let members = stack
+        .cp
+        .admin(Method::GET, "/v1/teams/t1/members", None)
+        .await;
+    assert_eq!(members, json!([]), "{members}");
+    let after = pod.requests().len();
+    let a = through_envoy(&stack.http, stack.envoy.listener, "shared", &bob)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(a.body.contains("revoked"), "{}", a.body);
+    assert_eq!(
+        pod.requests().len(),
+        after,
+        "bob's capability reached the pod"
+    );
 }

@@ -352,18 +352,51 @@ impl ControlPlane {
     }
 
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, text) = self.admin_answer(method.clone(), path, body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// An admin API call's status and body, whatever the status.
+    pub async fn admin_answer(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, String) {
         let mut req = self
             .http_client
-            .request(method.clone(), format!("http://{}{path}", self.http))
+            .request(method, format!("http://{}{path}", self.http))
             .bearer_auth(ADMIN_TOKEN);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(status.is_success(), "{method} {path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or(Value::Null)
+        (status, resp.text().await.unwrap())
+    }
+
+    /// Makes every cut this control plane writes fail (`true`), as a database error part way
+    /// through an admin change would, by renaming the cuts table of its SQLite database away
+    /// from a connection of the test's own; `false` puts it back.
+    pub async fn cuts_fail(&self, fail: bool) {
+        use sqlx::Connection;
+        let (from, to) = if fail {
+            ("access_cuts", "access_cuts_away")
+        } else {
+            ("access_cuts_away", "access_cuts")
+        };
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.dir().join("podgate.db"))
+            .busy_timeout(Duration::from_secs(10));
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
     }
 
     pub async fn create_user(&self, id: &str) {
