@@ -217,9 +217,9 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
     .unwrap_or_else(|e| panic!("another session's capability: {e}"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_team_removal_cuts_the_member_off_within_one_push() {
-    let stack = Stack::start(&[]).await;
+/// A pod `shared` of the stack's user in team `t1`, with bob as a member; the pod, and bob's
+/// capability for it once it reaches the pod through Envoy.
+async fn bob_on_a_team_pod(stack: &Stack) -> (FakePod, String) {
     let pod = FakePod::start_on("pod-team", "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -229,7 +229,6 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
         .await;
     let bob_session = stack.cp.session("bob").await;
     let bob = stack.cp.mint(&bob_session, "shared").await.unwrap();
-    let alice = stack.mint("shared").await;
     until(
         &stack.http,
         stack.envoy.listener,
@@ -240,6 +239,14 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    (pod, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_removal_cuts_the_member_off_within_one_push() {
+    let stack = Stack::start(&[]).await;
+    let (pod, bob) = bob_on_a_team_pod(&stack).await;
+    let alice = stack.mint("shared").await;
     assert_eq!(
         pod.requests().last().unwrap().header("x-podgate-user"),
         Some("bob")
@@ -319,25 +326,7 @@ async fn a_team_removal_cuts_the_member_off_within_one_push() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_team_removal_stopped_at_its_cut_changes_nothing_and_a_retry_cuts_within_one_push() {
     let stack = Stack::start(&[]).await;
-    let pod = FakePod::start_on("pod-team", "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    stack
-        .cp
-        .team_pod_with_member("bob", "shared", pod.addr().port())
-        .await;
-    let bob_session = stack.cp.session("bob").await;
-    let bob = stack.cp.mint(&bob_session, "shared").await.unwrap();
-    until(
-        &stack.http,
-        stack.envoy.listener,
-        "shared",
-        &bob,
-        ONE_PUSH,
-        |a| a.status == 200,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    let (pod, bob) = bob_on_a_team_pod(&stack).await;
 
     let removal = "/v1/teams/t1/members/bob";
     stack.cp.cuts_fail(true).await;
