@@ -255,7 +255,7 @@ fn a_spent_rate_is_a_429_with_retry_after_as_json_or_a_page() {
             );
             // The next pair starts in a later second, with beta's bucket full again.
             while now() <= after {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         };
         assert_eq!(second.header("retry-after"), Some("1"));
