@@ -249,10 +249,11 @@ fn a_spent_rate_is_a_429_with_retry_after_as_json_or_a_page() {
             assert_eq!(second.status, 200, "{}", second.body);
             beta_ok += 1;
             let after = now();
-            assert!(
-                after != before && beta_ok < 8,
+            assert_ne!(
+                after, before,
                 "beta's second request within one second was not refused"
             );
+            assert!(beta_ok < 8, "no pair of requests fell within one second");
             // The next pair starts in a later second, with beta's bucket full again.
             while now() <= after {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -91,10 +91,10 @@ pub(crate) async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiRe
     // The cuts and the end of the sessions together, or neither: a sign-out that fails leaves
     // the sessions, and signing out again ends them.
     if !named.is_empty() {
+        let lifetime = state.config().capability_lifetime;
         let mut change = state.db().change().await?;
         for (id_hash, session) in &named {
             if let Some(session) = session {
-                let lifetime = state.config().capability_lifetime;
                 cut_session(&mut change, lifetime, &session.sid).await?;
             }
             change.delete_session(id_hash).await?;

@@ -358,7 +358,7 @@ impl ControlPlane {
     }
 
     /// An admin API call's status and body, whatever the status.
-    pub async fn admin_answer(
+    async fn admin_answer(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -376,10 +376,23 @@ impl ControlPlane {
         (status, resp.text().await.unwrap())
     }
 
-    /// Makes every cut this control plane writes fail (`true`), as a database error part way
-    /// through an admin change would, by renaming the cuts table of its SQLite database away
-    /// from a connection of the test's own; `false` puts it back.
-    pub async fn cuts_fail(&self, fail: bool) {
+    /// Sends an admin request while every cut fails (as a database error part way through
+    /// would), and checks it fails as a whole (a 5xx); the cuts work again afterwards.
+    pub async fn admin_while_cuts_fail(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) {
+        self.cuts_fail(true).await;
+        let (status, text) = self.admin_answer(method, path, body).await;
+        self.cuts_fail(false).await;
+        assert!(status.is_server_error(), "{status} {text}");
+    }
+
+    /// Makes every cut this control plane writes fail (`true`) by renaming the cuts table of
+    /// its SQLite database away, from a connection of the test's own; `false` puts it back.
+    async fn cuts_fail(&self, fail: bool) {
         use sqlx::Connection;
         let (from, to) = if fail {
             ("access_cuts", "access_cuts_away")
