@@ -531,6 +531,126 @@ async fn redeem_reads(db: &Db) {
 }
 on_both!(redeem_facts_in_one_query, redeem_reads);
 
+/// The reads of the sign-in flow and renewals (on SQLite run on the calling thread, on
+/// PostgreSQL through the pool): who is asking, whether they may, and each write is seen by
+/// the very next read.
+async fn flow_reads(db: &Db) {
+    for id in ["owner", "mate", "other"] {
+        db.create_user(&user(id, Some(&format!("{id}@x.dev"))))
+            .await
+            .unwrap();
+    }
+    db.create_team(&Team {
+        id: "t".into(),
+        name: "T".into(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    db.put_member(&Member {
+        team_id: "t".into(),
+        user_id: "mate".into(),
+        role: Role::Member,
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    db.create_pod(&pod("p", "owner", Some("t"))).await.unwrap();
+    db.put_pod_port(&PodPort {
+        pod_slug: "p".into(),
+        port: 81,
+        sharing: Sharing::Owner,
+        label: String::new(),
+    })
+    .await
+    .unwrap();
+    db.create_session("live", "mate", None, 1, 1_000)
+        .await
+        .unwrap();
+    db.create_session("old", "mate", None, 1, 50).await.unwrap();
+
+    let (who, facts) = db
+        .session_access_facts("live", 100, "p", 80)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(who, user("mate", Some("mate@x.dev")));
+    let facts = facts.unwrap();
+    assert_eq!(facts.owner_id, "owner");
+    assert_eq!(facts.sharing, Sharing::Team);
+    assert!(facts.is_team_member);
+    let (_, facts) = db
+        .session_access_facts("live", 100, "p", 81)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(facts.unwrap().sharing, Sharing::Owner);
+    let (who, facts) = db
+        .session_access_facts("live", 100, "nope", 80)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(who.id, "mate");
+    assert!(facts.is_none());
+    // An expired session and an unknown one are nobody.
+    assert!(db
+        .session_access_facts("old", 100, "p", 80)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(db
+        .session_access_facts("never", 100, "p", 80)
+        .await
+        .unwrap()
+        .is_none());
+
+    let r = db
+        .redeem_facts("mate", "p", 81, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.user, user("mate", Some("mate@x.dev")));
+    let facts = r.facts.unwrap();
+    assert_eq!(
+        (facts.sharing, facts.is_team_member),
+        (Sharing::Owner, true)
+    );
+    let r = db
+        .redeem_facts("other", "p", 80, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!r.facts.unwrap().is_team_member);
+
+    // Each change is read back at once, by both reads.
+    assert!(db.delete_member("t", "mate").await.unwrap());
+    let (_, facts) = db
+        .session_access_facts("live", 100, "p", 80)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!facts.unwrap().is_team_member);
+    let r = db
+        .redeem_facts("mate", "p", 80, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!r.facts.unwrap().is_team_member);
+    db.delete_session("live").await.unwrap();
+    assert!(db
+        .session_access_facts("live", 100, "p", 80)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(db.delete_user("other").await.unwrap());
+    assert!(db
+        .redeem_facts("other", "p", 80, None)
+        .await
+        .unwrap()
+        .is_none());
+}
+on_both!(flow_reads_see_every_change_at_once, flow_reads);
+
 async fn key_storage(db: &Db) {
     // Dev mode without a key-encryption key (tests/keys_at_rest.rs covers encrypted storage).
     let kek = &KeyEncryption::plaintext();

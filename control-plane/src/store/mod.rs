@@ -16,6 +16,7 @@ pub use podgate_protocol::config::PodStatus;
 mod api_tokens;
 mod cuts;
 mod idp;
+mod inline;
 mod keys;
 mod pods;
 mod replicas;
@@ -69,6 +70,9 @@ pub struct Db {
     /// SQLite's busy handler while another connection holds the write lock.
     writer: AnyPool,
     backend: Backend,
+    /// On an SQLite file, connections for the reads of the sign-in flow and renewals, which run
+    /// on the calling thread (`inline.rs`).
+    inline: Option<std::sync::Arc<inline::InlineReads>>,
     /// This process's random id: the payload of its change announcements and its row in
     /// `replicas`.
     instance: std::sync::Arc<str>,
@@ -154,8 +158,15 @@ impl Db {
             Backend::Sqlite => options().max_connections(1).connect(&url).await?,
             Backend::Postgres => pool.clone(),
         };
+        let mut inline = None;
         if backend == Backend::Sqlite {
             tokio::spawn(checkpointer(pool.clone(), writer.clone()));
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
+            let path = options.get_filename();
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            if !in_memory && !path.as_os_str().is_empty() {
+                inline = Some(std::sync::Arc::new(inline::InlineReads::new(path)));
+            }
         }
         let mut id = [0u8; 8];
         getrandom::getrandom(&mut id)
@@ -164,6 +175,7 @@ impl Db {
             pool,
             writer,
             backend,
+            inline,
             instance: hex::encode(id).into(),
         })
     }
@@ -173,6 +185,16 @@ impl Db {
         Ok(Change {
             tx: self.writer.begin().await?,
         })
+    }
+
+    /// Runs `read` on the calling thread when the database is an SQLite file
+    /// ([`inline::InlineReads::read`]): `None` when it is not, or SQLite was busy, and the
+    /// caller reads through the pool.
+    fn read_inline<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Option<Res<T>> {
+        self.inline.as_ref()?.read(read)
     }
 
     /// Applies the migrations of this backend.

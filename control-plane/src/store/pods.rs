@@ -1,11 +1,13 @@
 //! Pods, their ports, and the facts an authorization decision reads.
 
 use podgate_protocol::host::SERVICE_PORT;
+use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Executor, FromRow, Row};
 
 use super::cuts::session_was_cut;
+use super::inline;
 use super::services::service_access_facts;
 use super::users::get_user;
 use super::{
@@ -529,8 +531,83 @@ impl Db {
         port: u16,
         sid: Option<&str>,
     ) -> Res<Option<RedeemFacts>> {
+        if port != SERVICE_PORT {
+            let read = self.read_inline(|c| redeem_facts_inline(c, user_id, slug, port, sid));
+            if let Some(read) = read {
+                return read;
+            }
+        }
         redeem_facts(&mut *self.pool.acquire().await?, user_id, slug, port, sid).await
     }
+}
+
+/// The user, the facts for them reaching a pod's port and the ticket's session's cuts
+/// ([`Db::redeem_facts`]): `$1` the user, `$2` the pod, `$3` the port, `$4` the default
+/// sharing, `$5` the session (an empty one matches no cut: the session cuts all name one,
+/// `access_cuts.sid`).
+const REDEEM_FACTS: &str =
+    "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
+            p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
+            (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members, \
+            (SELECT COUNT(*) FROM access_cuts c WHERE c.sid = $5) AS cuts \
+     FROM users u \
+     LEFT JOIN pods p ON p.slug = $2 \
+     LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $3 \
+     WHERE u.id = $1";
+
+/// The live session's user and the facts for them reaching a pod's port
+/// ([`Db::session_access_facts`]): `$1` the session's hash, `$2` now, `$3` the pod, `$4` the
+/// port, `$5` the default sharing.
+const SESSION_FACTS: &str =
+    "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
+            p.owner_id AS owner_id, COALESCE(pp.sharing, $5) AS sharing, \
+            (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members \
+     FROM sessions s JOIN users u ON u.id = s.user_id \
+     LEFT JOIN pods p ON p.slug = $3 \
+     LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $4 \
+     WHERE s.id_hash = $1 AND s.expires_at > $2";
+
+/// [`REDEEM_FACTS`] on SQLite, on the calling thread ([`Db::redeem_facts`]).
+fn redeem_facts_inline(
+    c: &rusqlite::Connection,
+    user_id: &str,
+    slug: &str,
+    port: u16,
+    sid: Option<&str>,
+) -> rusqlite::Result<Option<RedeemFacts>> {
+    let params = rusqlite::named_params! {
+        "$1": user_id, "$2": slug, "$3": i64::from(port),
+        "$4": DEFAULT_SHARING.as_str(), "$5": sid.unwrap_or(""),
+    };
+    c.prepare_cached(REDEEM_FACTS)?
+        .query_row(params, |row| {
+            let cuts: i64 = row.get("cuts")?;
+            Ok(RedeemFacts {
+                user: inline::user(row)?,
+                facts: inline::joined_facts(row)?,
+                session_cut: sid.is_some() && cuts > 0,
+            })
+        })
+        .optional()
+}
+
+/// [`SESSION_FACTS`] on SQLite, on the calling thread ([`Db::session_access_facts`]).
+fn session_facts_inline(
+    c: &rusqlite::Connection,
+    id_hash: &str,
+    now: i64,
+    slug: &str,
+    port: u16,
+) -> rusqlite::Result<Option<(User, Option<AccessFacts>)>> {
+    let params = rusqlite::named_params! {
+        "$1": id_hash, "$2": now, "$3": slug, "$4": i64::from(port),
+        "$5": DEFAULT_SHARING.as_str(),
+    };
+    c.prepare_cached(SESSION_FACTS)?
+        .query_row(params, |row| {
+            Ok((inline::user(row)?, inline::joined_facts(row)?))
+        })
+        .optional()
 }
 
 async fn redeem_facts(
@@ -555,24 +632,14 @@ async fn redeem_facts(
             session_cut,
         }));
     }
-    // An empty `sid` matches no cut: the session cuts all name one (`access_cuts.sid`).
-    let row = sqlx::query(
-        "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
-                p.owner_id AS owner_id, COALESCE(pp.sharing, $4) AS sharing, \
-                (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members, \
-                (SELECT COUNT(*) FROM access_cuts c WHERE c.sid = $5) AS cuts \
-         FROM users u \
-         LEFT JOIN pods p ON p.slug = $2 \
-         LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $3 \
-         WHERE u.id = $1",
-    )
-    .bind(user_id)
-    .bind(slug)
-    .bind(i64::from(port))
-    .bind(DEFAULT_SHARING.as_str())
-    .bind(sid.unwrap_or(""))
-    .fetch_optional(c)
-    .await?;
+    let row = sqlx::query(REDEEM_FACTS)
+        .bind(user_id)
+        .bind(slug)
+        .bind(i64::from(port))
+        .bind(DEFAULT_SHARING.as_str())
+        .bind(sid.unwrap_or(""))
+        .fetch_optional(c)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let user = User::from_row(&row)?;
     let facts = joined_facts(&row)?;
@@ -602,22 +669,18 @@ impl Db {
             let facts = service_access_facts(&self.pool, slug, Some(&user.id)).await?;
             return Ok(Some((user, facts)));
         }
-        let row = sqlx::query(
-            "SELECT u.id AS id, u.email AS email, u.name AS name, u.created_at AS created_at, \
-                    p.owner_id AS owner_id, COALESCE(pp.sharing, $5) AS sharing, \
-                    (SELECT COUNT(*) FROM team_members m WHERE m.team_id = p.team_id AND m.user_id = u.id) AS members \
-             FROM sessions s JOIN users u ON u.id = s.user_id \
-             LEFT JOIN pods p ON p.slug = $3 \
-             LEFT JOIN pod_ports pp ON pp.pod_slug = p.slug AND pp.port = $4 \
-             WHERE s.id_hash = $1 AND s.expires_at > $2",
-        )
-        .bind(id_hash)
-        .bind(now)
-        .bind(slug)
-        .bind(i64::from(port))
-        .bind(DEFAULT_SHARING.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        let read = self.read_inline(|c| session_facts_inline(c, id_hash, now, slug, port));
+        if let Some(read) = read {
+            return read;
+        }
+        let row = sqlx::query(SESSION_FACTS)
+            .bind(id_hash)
+            .bind(now)
+            .bind(slug)
+            .bind(i64::from(port))
+            .bind(DEFAULT_SHARING.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let user = User::from_row(&row)?;
         let facts = joined_facts(&row)?;
