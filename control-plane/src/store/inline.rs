@@ -18,8 +18,10 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Row};
 
 use super::{AccessFacts, Res, Sharing, User};
 
-/// Idle connections kept: more than the runtime's threads ever read at once.
-const MAX_IDLE: usize = 8;
+/// Idle connections kept. A read never awaits, so no more connections are in use at once than
+/// the runtime has threads (one per CPU); the cap only bounds what a larger pool of threads
+/// would keep open.
+const MAX_IDLE: usize = 64;
 
 /// Read-only connections to one SQLite file, taken by the thread that reads.
 #[derive(Debug)]
