@@ -201,10 +201,14 @@ async fn crud(db: &Db) {
 }
 on_both!(crud_and_constraints, crud);
 
-async fn access(db: &Db) {
-    db.create_user(&user("owner", None)).await.unwrap();
-    db.create_user(&user("mate", None)).await.unwrap();
-    db.create_user(&user("other", None)).await.unwrap();
+/// Users `owner`, `mate` and `other` (each with an email `ID@x.dev`), team `t` with `mate` as
+/// a member, and pod `p` of `owner` on team `t`.
+async fn team_pod(db: &Db) {
+    for id in ["owner", "mate", "other"] {
+        db.create_user(&user(id, Some(&format!("{id}@x.dev"))))
+            .await
+            .unwrap();
+    }
     db.create_team(&Team {
         id: "t".into(),
         name: "T".into(),
@@ -221,6 +225,10 @@ async fn access(db: &Db) {
     .await
     .unwrap();
     db.create_pod(&pod("p", "owner", Some("t"))).await.unwrap();
+}
+
+async fn access(db: &Db) {
+    team_pod(db).await;
     db.create_pod(&pod("solo", "owner", None)).await.unwrap();
 
     let f = db
@@ -535,27 +543,7 @@ on_both!(redeem_facts_in_one_query, redeem_reads);
 /// PostgreSQL through the pool): who is asking, whether they may, and each write is seen by
 /// the very next read.
 async fn flow_reads(db: &Db) {
-    for id in ["owner", "mate", "other"] {
-        db.create_user(&user(id, Some(&format!("{id}@x.dev"))))
-            .await
-            .unwrap();
-    }
-    db.create_team(&Team {
-        id: "t".into(),
-        name: "T".into(),
-        created_at: 1,
-    })
-    .await
-    .unwrap();
-    db.put_member(&Member {
-        team_id: "t".into(),
-        user_id: "mate".into(),
-        role: Role::Member,
-        created_at: 1,
-    })
-    .await
-    .unwrap();
-    db.create_pod(&pod("p", "owner", Some("t"))).await.unwrap();
+    team_pod(db).await;
     db.put_pod_port(&PodPort {
         pod_slug: "p".into(),
         port: 81,
