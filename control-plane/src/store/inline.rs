@@ -11,12 +11,11 @@
 //! the pool, which waits.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Row};
 
-use super::{AccessFacts, Res, Sharing, User};
+use super::{AccessFacts, Res, User};
 
 /// Idle connections kept. A read never awaits, so no more connections are in use at once than
 /// the runtime has threads (one per CPU); the cap only bounds what a larger pool of threads
@@ -102,15 +101,12 @@ pub(super) fn joined_facts(row: &Row<'_>) -> rusqlite::Result<Option<AccessFacts
         return Ok(None);
     };
     let sharing: String = row.get("sharing")?;
-    let sharing = Sharing::from_str(&sharing).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    })?;
-    let members: i64 = row.get("members")?;
-    Ok(Some(AccessFacts {
-        owner_id,
-        sharing,
-        is_team_member: members > 0,
-    }))
+    AccessFacts::from_columns(owner_id, &sharing, row.get("members")?, true)
+        .map(Some)
+        .map_err(|e| {
+            let column = row.as_ref().column_index("sharing").unwrap_or_default();
+            rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
+        })
 }
 
 #[cfg(test)]

@@ -426,11 +426,16 @@ pub(super) fn enum_col<T: FromStr<Err = String>>(
 /// `members` (the asking user's memberships of its team, which count only when they are
 /// `signed_in`) columns.
 pub(super) fn row_facts(row: &AnyRow, signed_in: bool) -> Res<AccessFacts> {
-    let members: i64 = row.try_get("members")?;
-    Ok(AccessFacts {
-        owner_id: row.try_get("owner_id")?,
-        sharing: enum_col(row, "sharing")?,
-        is_team_member: signed_in && members > 0,
+    let sharing: String = row.try_get("sharing")?;
+    AccessFacts::from_columns(
+        row.try_get("owner_id")?,
+        &sharing,
+        row.try_get("members")?,
+        signed_in,
+    )
+    .map_err(|e| sqlx::Error::ColumnDecode {
+        index: "sharing".to_owned(),
+        source: e.into(),
     })
 }
 

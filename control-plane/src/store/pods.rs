@@ -395,6 +395,25 @@ pub struct AccessFacts {
     pub is_team_member: bool,
 }
 
+impl AccessFacts {
+    /// The facts a query read as the columns `owner_id`, `sharing` and `members` (the asking
+    /// user's memberships of the pod's team, which count only when they are `signed_in`), on
+    /// either path a read takes (the pool's rows and `inline.rs`'s); an unknown sharing level is
+    /// the error.
+    pub(super) fn from_columns(
+        owner_id: String,
+        sharing: &str,
+        members: i64,
+        signed_in: bool,
+    ) -> Result<AccessFacts, String> {
+        Ok(AccessFacts {
+            owner_id,
+            sharing: sharing.parse()?,
+            is_team_member: signed_in && members > 0,
+        })
+    }
+}
+
 impl Db {
     /// The facts for `user_id` (if signed in) reaching `port` of pod `slug`; `None` if no pod.
     /// Port 0 ([`SERVICE_PORT`]) names the service `slug` instead.
