@@ -419,6 +419,21 @@ fn build_cases(
             tokens: TokenUse::Same,
             requests: same(Alg::EdDSA)?,
         });
+        // The other build with a new token on every request, beside each D-fresh case measured:
+        // a before/after of the signature check.
+        for alg in Alg::ALL {
+            let fresh_id = format!("D-fresh-{}", alg.name());
+            if let Some(measured) = cases.iter().find(|c| c.id == fresh_id) {
+                let requests = measured.requests.clone();
+                cases.push(Case {
+                    id: format!("D-prev-fresh-{}", alg.name()),
+                    proxy: Proxy::PodgatePrev,
+                    alg,
+                    tokens: TokenUse::Fresh,
+                    requests,
+                });
+            }
+        }
     }
     // podgate's decision code natively, cached requests (EdDSA): against D-cache-EdDSA and N.
     let id = "D-native-cache-EdDSA";

@@ -628,7 +628,12 @@ fn describe(c: &CaseResult) -> String {
         (Proxy::PodgateAssertion, _) => {
             format!("podgate signing the identity assertion, cache on, {alg}")
         }
-        (Proxy::PodgatePrev, _) => format!("podgate, another build (`--prev-wasm`), {alg}"),
+        (Proxy::PodgatePrev, TokenUse::Same) => {
+            format!("podgate, another build (`--prev-wasm`), {alg}")
+        }
+        (Proxy::PodgatePrev, TokenUse::Fresh) => {
+            format!("podgate, another build (`--prev-wasm`), new token every request, {alg}")
+        }
         (Proxy::NativeNoop, _) => {
             "Envoy + a dynamic module (native .so, no VM) that does nothing".into()
         }

@@ -580,6 +580,56 @@ pub(crate) mod tests {
         }
     }
 
+    /// Ed25519 signatures that hold for a lax verifier are refused: `S` plus the group order
+    /// (the same signature, written non-canonically), and the "signature" (identity point, 0)
+    /// that every message has under the identity point as a key. A key with an `x` that is no
+    /// point on the curve is refused when the key set is read.
+    #[test]
+    fn malleable_and_weak_key_ed25519_signatures_are_refused() {
+        const ORDER: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let kind = TokenKind::Capability;
+        let key = ed_key(kind, 1);
+        let v = verifier(kind, &[&key]);
+        let good = mint(kind, &key, &claims(), NOW, 900).unwrap();
+        assert!(v.verify(&good, NOW).is_ok());
+        let s = segments(&good);
+        let mut signature = B64.decode(&s[2]).unwrap();
+        let mut carry = 0u16;
+        for (byte, add) in signature[32..].iter_mut().zip(ORDER) {
+            let sum = u16::from(*byte) + u16::from(add) + carry;
+            *byte = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0);
+        let malleated = format!("{}.{}.{}", s[0], s[1], b64(&signature));
+        assert_ne!(malleated, good);
+        assert_eq!(v.verify(&malleated, NOW), Err(TokenError::BadSignature));
+
+        // The identity point (y = 1) as the key, and as `R` with `S` = 0.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut weak = key.verifying_jwk();
+        weak.x = Some(b64(&identity));
+        let v = Verifier::new(kind, ISS, &KeySet { keys: vec![weak] }, 30, 3600).unwrap();
+        let mut forged = [0u8; 64];
+        forged[0] = 1;
+        let forged = format!("{}.{}.{}", s[0], s[1], b64(&forged));
+        assert_eq!(v.verify(&forged, NOW), Err(TokenError::BadSignature));
+
+        // y = 2 is on no curve point: the key set is refused.
+        let mut off_curve = key.verifying_jwk();
+        let mut x = [0u8; 32];
+        x[0] = 2;
+        off_curve.x = Some(b64(&x));
+        assert!(matches!(
+            Verifier::new(kind, ISS, &KeySet { keys: vec![off_curve] }, 30, 3600),
+            Err(KeyError::BadMaterial { .. })
+        ));
+    }
+
     /// `verify_signed_here` answers as `verify` for every token but one whose only fault is its
     /// signature: each claim, header and key check is the same.
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key};
+use jwt_compact::alg::{Es256, Hs256, Hs256Key};
 use jwt_compact::{AlgorithmExt, Claims, UntrustedToken};
 use serde::Deserialize;
 
@@ -16,7 +16,11 @@ use super::{
 };
 
 enum VerifyingMaterial {
-    Ed25519(ed25519_compact::PublicKey),
+    /// Checked with `ed25519-dalek` (`verify_strict`), not through `jwt-compact`'s
+    /// `ed25519-compact` backend that signs: on wasm32 `ed25519-dalek` does field arithmetic in
+    /// 32-bit limbs, which the VM multiplies natively, where `ed25519-compact`'s 64-bit limbs
+    /// need 128-bit products the VM builds from four.
+    Ed25519(ed25519_dalek::VerifyingKey),
     Es256(Box<p256::ecdsa::VerifyingKey>),
     Hs256(Hs256Key),
 }
@@ -32,12 +36,13 @@ impl VerifyingKey {
         let (alg, material) = match (jwk.kty.as_str(), jwk.alg.as_str(), jwk.crv.as_deref()) {
             ("OKP", "EdDSA", Some("Ed25519")) => {
                 let x = unb64(kid, "x (the Ed25519 public key)", jwk.x.as_deref())?;
-                let pk = ed25519_compact::PublicKey::from_slice(&x).map_err(|_| {
-                    KeyError::BadMaterial {
+                let pk = <[u8; 32]>::try_from(x.as_slice())
+                    .ok()
+                    .and_then(|x| ed25519_dalek::VerifyingKey::from_bytes(&x).ok())
+                    .ok_or_else(|| KeyError::BadMaterial {
                         kid: kid.into(),
                         what: "x (the Ed25519 public key)",
-                    }
-                })?;
+                    })?;
                 (Alg::EdDSA, VerifyingMaterial::Ed25519(pk))
             }
             ("EC", "ES256", Some("P-256")) => {
@@ -222,24 +227,25 @@ impl Verifier {
     pub fn verify(&self, token: &str, now: i64) -> Result<Verified, TokenError> {
         let (untrusted, key) = self.parse(token)?;
         let claims = match &key.material {
-            VerifyingMaterial::Ed25519(pk) => Ed25519
-                .validator::<WireClaims>(pk)
-                .validate(&untrusted)
-                .map(|t| t.into_parts().1),
+            VerifyingMaterial::Ed25519(pk) => {
+                verify_ed25519(pk, token, &untrusted)?;
+                untrusted
+                    .deserialize_claims_unchecked::<WireClaims>()
+                    .map_err(|_| TokenError::BadClaims)?
+            }
             VerifyingMaterial::Es256(pk) => Es256
                 .validator::<WireClaims>(pk.as_ref())
                 .validate(&untrusted)
-                .map(|t| t.into_parts().1),
+                .map_err(validation_error)?
+                .into_parts()
+                .1,
             VerifyingMaterial::Hs256(k) => Hs256
                 .validator::<WireClaims>(k)
                 .validate(&untrusted)
-                .map(|t| t.into_parts().1),
-        }
-        .map_err(|e| match e {
-            jwt_compact::ValidationError::MalformedClaims(_)
-            | jwt_compact::ValidationError::NoClaim(_) => TokenError::BadClaims,
-            _ => TokenError::BadSignature,
-        })?;
+                .map_err(validation_error)?
+                .into_parts()
+                .1,
+        };
         self.check_claims(token, &untrusted, claims, now)
     }
 
@@ -322,4 +328,32 @@ impl Verifier {
             token: kept,
         })
     }
+}
+
+/// `jwt-compact`'s refusal as ours: claims that do not decode are the claims' fault, anything
+/// else the signature's.
+fn validation_error(e: jwt_compact::ValidationError) -> TokenError {
+    match e {
+        jwt_compact::ValidationError::MalformedClaims(_)
+        | jwt_compact::ValidationError::NoClaim(_) => TokenError::BadClaims,
+        _ => TokenError::BadSignature,
+    }
+}
+
+/// The Ed25519 signature of `token` (parsed as `untrusted`) under `pk`, over the JWS signing
+/// input (everything before the last `.`), as RFC 8037 defines it. `verify_strict` refuses a
+/// non-canonical `S`, and a small-order `R` or key, besides a wrong signature.
+fn verify_ed25519(
+    pk: &ed25519_dalek::VerifyingKey,
+    token: &str,
+    untrusted: &UntrustedToken<'_, ExtraHeader>,
+) -> Result<(), TokenError> {
+    let signed = token
+        .rsplit_once('.')
+        .map(|(signed, _)| signed)
+        .ok_or(TokenError::Malformed)?;
+    let signature = ed25519_dalek::Signature::from_slice(untrusted.signature_bytes())
+        .map_err(|_| TokenError::BadSignature)?;
+    pk.verify_strict(signed.as_bytes(), &signature)
+        .map_err(|_| TokenError::BadSignature)
 }
