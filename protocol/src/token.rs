@@ -625,7 +625,15 @@ pub(crate) mod tests {
         x[0] = 2;
         off_curve.x = Some(b64(&x));
         assert!(matches!(
-            Verifier::new(kind, ISS, &KeySet { keys: vec![off_curve] }, 30, 3600),
+            Verifier::new(
+                kind,
+                ISS,
+                &KeySet {
+                    keys: vec![off_curve]
+                },
+                30,
+                3600
+            ),
             Err(KeyError::BadMaterial { .. })
         ));
     }
