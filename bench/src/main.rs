@@ -85,8 +85,8 @@ pub struct Settings {
     pub no_compare: bool,
     /// Another build of the filter (e.g. the previous commit's `.wasm`), measured as case
     /// `D-prev-cache-EdDSA` in the same interleaved rounds as `D-cache-EdDSA` (and
-    /// `D-prev-fresh-{alg}` beside each `D-fresh-{alg}` measured): a before/after comparison
-    /// that outside load moves equally.
+    /// `D-prev-fresh-{alg}` beside each `D-fresh-{alg}` measured; with `--realistic`, case
+    /// `D-prev` beside `D`): a before/after comparison that outside load moves equally.
     #[arg(long)]
     pub prev_wasm: Option<PathBuf>,
     /// Only these C/D cases (e.g. `D-cache-EdDSA`); A and B always run.

@@ -14,7 +14,8 @@
 //! - `W`: a Wasm filter that does nothing (`bench/noop-filter`);
 //! - `C`: Envoy's jwt_authn (EdDSA, the same keys, every pod's audience, a token cache as large
 //!   as podgate's);
-//! - `D`: the podgate filter (EdDSA capabilities, default cache size).
+//! - `D`: the podgate filter (EdDSA capabilities, default cache size);
+//! - `D-prev`, with `--prev-wasm`: another build of the filter, configured as `D`.
 //!
 //! An operation is one HTTP answer or one WebSocket message echoed. Reported per case:
 //! operations per second at saturation and Envoy CPU per operation, as ratios to B, W and C.
@@ -464,7 +465,7 @@ pub async fn run(
         .collect::<Vec<_>>());
     provider["jwt_cache_config"] = json!({"jwt_cache_size": cache_entries});
 
-    let cases: Vec<(&'static str, &'static str, Vec<Value>, Route<'static>)> = vec![
+    let mut cases: Vec<(&'static str, &'static str, Vec<Value>, Route<'static>)> = vec![
         (
             "B",
             "Envoy routing, no auth",
@@ -490,6 +491,15 @@ pub async fn run(
             Route::ClusterHeader("x-podgate-cluster"),
         ),
     ];
+    // Another build of the filter in the same interleaved rounds: a before/after of a change.
+    if let Some(prev) = &settings.prev_wasm {
+        cases.push((
+            "D-prev",
+            "podgate, another build (`--prev-wasm`)",
+            vec![envoy::podgate_filter(prev, &filter_config)],
+            Route::ClusterHeader("x-podgate-cluster"),
+        ));
+    }
     let mut envoys = Vec::new();
     for (i, (id, _, filters, route)) in cases.iter().enumerate() {
         let port = envoy::free_port()?;
@@ -533,7 +543,7 @@ pub async fn run(
         websocket(e.listener, &traffic, user)
             .await
             .with_context(|| format!("{id}: WebSocket session"))?;
-        if matches!(*id, "C" | "D") {
+        if matches!(*id, "C" | "D" | "D-prev") {
             let host = tokens::pod_host(&pod_slug(0));
             let status =
                 crate::load::probe(e.listener, &crate::load::Requests::fixed(&host, "bad")).await?;
@@ -550,7 +560,10 @@ pub async fn run(
     }
     // The filter's verified-token cache over the measured rounds (its counters are flushed
     // once a second).
-    let d = cases.len() - 1;
+    let d = cases
+        .iter()
+        .position(|(id, ..)| *id == "D")
+        .context("no case D")?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let hits_before = envoys[d]
         .counter("wasmcustom.podgate.token_cache.hits")
