@@ -4,10 +4,11 @@
 use std::rc::Rc;
 
 use super::*;
+use crate::config::FilterConfig;
 use crate::config::PodStatus;
 use crate::response::PodResponse;
 use crate::token::tests::{claims, NOW};
-use crate::token::TokenError;
+use crate::token::{mint, SigningKey, TokenError, TokenKind};
 
 use super::tests::{base, cap, config, config_with, headers, Headers, HOST};
 
@@ -148,10 +149,12 @@ fn configure_forgets_every_decision_made_under_the_old_configuration() {
     assert_eq!(gate.memo().len(), 1);
     assert_eq!(gate.cache().len(), 1);
     // The capability revoked, then the pod stopped: neither the memo nor the token cache
-    // keeps the forward alive.
+    // keeps the forward alive. The memo starts over; the verified token stays (the keys did
+    // not change) and is found revoked.
     let jti = claims().jti;
     gate.configure(config_with(|c| c.revoked_jti = vec![jti.clone()]));
-    assert!(gate.memo().is_empty() && gate.cache().is_empty());
+    assert!(gate.memo().is_empty());
+    assert_eq!(gate.cache().len(), 1);
     assert!(matches!(
         outcome(&mut gate, &h),
         Outcome::Deny(Denial::InvalidCapability {
@@ -166,6 +169,103 @@ fn configure_forgets_every_decision_made_under_the_old_configuration() {
         outcome(&mut gate, &h),
         Outcome::Deny(Denial::NotRunning(PodStatus::Stopped))
     );
+    assert_eq!(gate.cache().verifications(), 1);
+}
+
+/// A push that leaves the capability keys and checks as they were (pods, revocations, cuts
+/// changed) keeps the verified tokens: the next request makes no signature check. A push that
+/// changes any of them starts the cache over, and what it says then is the new verifier's.
+#[test]
+fn a_push_keeps_the_verified_tokens_only_while_they_verify_the_same() {
+    let token = cap();
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={token}"))]);
+    // Our `kid`, another key: refused by its signature, and remembered as refused.
+    let impostor = SigningKey::ed25519_from_seed(super::tests::key().kid(), [0x77; 32]).unwrap();
+    let alpha = crate::token::PodClaims {
+        aud: HOST.into(),
+        pod: "alpha".into(),
+        port: 8726,
+        ..claims()
+    };
+    let forged = mint(TokenKind::Capability, &impostor, &alpha, NOW, 900).unwrap();
+    let forged_h = base(&[("cookie", &format!("__Host-podgate_cap={forged}"))]);
+    let mut gate = Gate::new(config());
+    assert!(matches!(outcome(&mut gate, &h), Outcome::Forward(_)));
+    assert!(matches!(outcome(&mut gate, &forged_h), Outcome::Deny(_)));
+    assert_eq!(gate.cache().verifications(), 2);
+
+    // Another pod: nothing is checked again.
+    gate.configure(config_with(|c| {
+        let beta = c.pods["beta"].clone();
+        c.pods.insert("beta2".into(), beta);
+    }));
+    assert!(gate.memo().is_empty());
+    assert!(matches!(outcome(&mut gate, &h), Outcome::Forward(_)));
+    assert!(matches!(outcome(&mut gate, &forged_h), Outcome::Deny(_)));
+    assert_eq!(gate.cache().verifications(), 2);
+
+    // A cut (every capability issued until now) reaches the cached token without a signature
+    // check.
+    gate.configure(config_with(|c| c.cutoffs.issued_before = Some(NOW + 1)));
+    assert!(matches!(
+        outcome(&mut gate, &h),
+        Outcome::Deny(Denial::InvalidCapability {
+            reason: TokenError::Revoked,
+            ..
+        })
+    ));
+    assert_eq!(gate.cache().verifications(), 2);
+
+    // The impostor's key in place of ours: the refusal remembered no longer holds, nor the
+    // token verified.
+    gate.configure(config_with(|c| {
+        c.keys.keys = vec![impostor.verifying_jwk()]
+    }));
+    assert!(gate.cache().is_empty());
+    assert!(matches!(outcome(&mut gate, &forged_h), Outcome::Forward(_)));
+    assert!(matches!(outcome(&mut gate, &h), Outcome::Deny(_)));
+    assert_eq!(gate.cache().verifications(), 4);
+
+    // Each of these starts the cache over: the token is checked again, under the new rules.
+    type Change = Box<dyn Fn(&mut FilterConfig)>;
+    let changes: [(&str, bool, Change); 5] = [
+        ("the key removed", false, Box::new(|c| c.keys.keys.clear())),
+        (
+            "another issuer",
+            false,
+            Box::new(|c| c.issuer = "https://other.example.dev".into()),
+        ),
+        ("another leeway", true, Box::new(|c| c.leeway_secs = 5)),
+        (
+            "a lifetime cap below the token's",
+            false,
+            Box::new(|c| c.max_capability_lifetime_secs = 60),
+        ),
+        (
+            "another cache size",
+            true,
+            Box::new(|c| c.token_cache_entries = 8),
+        ),
+    ];
+    for (what, still_valid, change) in changes {
+        gate.configure(config());
+        assert!(
+            matches!(outcome(&mut gate, &h), Outcome::Forward(_)),
+            "{what}"
+        );
+        let before = gate.cache().verifications();
+        gate.configure(config_with(|c| change(c)));
+        assert!(gate.cache().is_empty(), "{what}");
+        let again = outcome(&mut gate, &h);
+        assert_eq!(
+            matches!(again, Outcome::Forward(_)),
+            still_valid,
+            "{what}: {again:?}"
+        );
+        // Removing the key leaves nothing to check the token with.
+        let checked = u64::from(what != "the key removed");
+        assert_eq!(gate.cache().verifications(), before + checked, "{what}");
+    }
 }
 
 #[test]

@@ -176,11 +176,23 @@ impl Gate {
         gate
     }
 
-    /// Puts `config` in force. Keys, pods or revocations may have changed: nothing decided
-    /// before is trusted, so both caches start empty.
+    /// Puts `config` in force. Pods, revocations or cuts may have changed: no decision made
+    /// before is trusted, so the memo starts empty. The verified tokens are kept when the
+    /// capability verifier checks as the one before (same keys, issuer, leeway and lifetime cap)
+    /// and the cache keeps its size: a signature and the claims checked then are checked the
+    /// same now, and what can change (expiry, revocation, cuts, scope) is checked on every
+    /// hit. Any other configuration starts the cache over too.
     pub fn configure(&mut self, config: Rc<CompiledConfig>) {
+        let same_checks = self.config.as_deref().is_some_and(|old| {
+            old.verifier.checks_as(&config.verifier)
+                && old.token_cache_entries == config.token_cache_entries
+        });
         self.config = Some(config);
-        self.cache.clear();
+        if same_checks {
+            self.cache.new_configuration();
+        } else {
+            self.cache.clear();
+        }
         self.memo.clear();
         self.limiter.clear();
         self.assertions.clear();

@@ -28,8 +28,8 @@ struct Entry {
 ///
 /// Beside it, the values that failed verification, by a keyed hash of the whole value, with
 /// why (never `NotYetValid`, which time can change; every other failure is final for a given
-/// configuration, and a new configuration clears both): a planted value costs one signature
-/// check per worker, not one per request.
+/// verifier, and a configuration that verifies differently clears both): a planted value costs
+/// one signature check per worker, not one per request.
 #[derive(Debug, Default)]
 pub struct VerifiedCache {
     entries: HashMap<Box<str>, Entry, TailHash>,
@@ -56,11 +56,18 @@ impl VerifiedCache {
         self.entries.is_empty()
     }
 
-    /// Forgets every token, for a new configuration; the exchanges' grants stay, to be
-    /// confirmed under it (`ExchangeCache::new_configuration`).
+    /// Forgets every token, for a configuration that verifies differently; the exchanges'
+    /// grants stay, to be confirmed under it (`ExchangeCache::new_configuration`).
     pub fn clear(&mut self) {
         self.entries.clear();
         self.rejected.clear();
+        self.exchanges.new_configuration();
+    }
+
+    /// Keeps every token, verified or refused, for a configuration that verifies as the one
+    /// before (`Verifier::checks_as`); the exchanges' grants are to be confirmed under it, as
+    /// in [`VerifiedCache::clear`].
+    pub fn new_configuration(&mut self) {
         self.exchanges.new_configuration();
     }
 

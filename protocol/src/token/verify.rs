@@ -84,6 +84,9 @@ pub struct Verifier {
     kind: TokenKind,
     issuer: String,
     keys: HashMap<String, VerifyingKey>,
+    /// The keys of this kind as they were given, sorted by `kid`: what [`Verifier::checks_as`]
+    /// compares.
+    jwks: Vec<Jwk>,
     leeway: i64,
     max_lifetime: i64,
 }
@@ -109,6 +112,7 @@ impl Verifier {
         max_lifetime_secs: i64,
     ) -> Result<Self, KeyError> {
         let mut compiled = HashMap::new();
+        let mut jwks = Vec::new();
         for jwk in &keys.keys {
             check_kid(&jwk.kid)?;
             if !jwk.kid.starts_with(kind.kid_prefix()) {
@@ -120,7 +124,9 @@ impl Verifier {
                     kid: jwk.kid.clone(),
                 });
             }
+            jwks.push(jwk.clone());
         }
+        jwks.sort_by(|a, b| a.kid.cmp(&b.kid));
         let max_lifetime = match kind {
             TokenKind::LoginTicket => max_lifetime_secs.min(MAX_TICKET_LIFETIME_SECS),
             TokenKind::Capability => max_lifetime_secs,
@@ -130,6 +136,7 @@ impl Verifier {
             kind,
             issuer: issuer.into(),
             keys: compiled,
+            jwks,
             leeway: leeway_secs.max(0),
             max_lifetime,
         })
@@ -145,6 +152,17 @@ impl Verifier {
 
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Whether `other` gives every token the answer this verifier gives, at any time: the same
+    /// kind, issuer, keys (every field of each, in any order), leeway and longest lifetime.
+    /// Then what one verified or refused, the other would have too.
+    pub fn checks_as(&self, other: &Verifier) -> bool {
+        self.kind == other.kind
+            && self.issuer == other.issuer
+            && self.jwks == other.jwks
+            && self.leeway == other.leeway
+            && self.max_lifetime == other.max_lifetime
     }
 
     /// Cheap syntactic check: does this look like a token of our kind signed by one of our keys?
@@ -233,18 +251,22 @@ impl Verifier {
                     .deserialize_claims_unchecked::<WireClaims>()
                     .map_err(|_| TokenError::BadClaims)?
             }
-            VerifyingMaterial::Es256(pk) => Es256
-                .validator::<WireClaims>(pk.as_ref())
-                .validate(&untrusted)
-                .map_err(validation_error)?
-                .into_parts()
-                .1,
-            VerifyingMaterial::Hs256(k) => Hs256
-                .validator::<WireClaims>(k)
-                .validate(&untrusted)
-                .map_err(validation_error)?
-                .into_parts()
-                .1,
+            VerifyingMaterial::Es256(pk) => {
+                Es256
+                    .validator::<WireClaims>(pk.as_ref())
+                    .validate(&untrusted)
+                    .map_err(validation_error)?
+                    .into_parts()
+                    .1
+            }
+            VerifyingMaterial::Hs256(k) => {
+                Hs256
+                    .validator::<WireClaims>(k)
+                    .validate(&untrusted)
+                    .map_err(validation_error)?
+                    .into_parts()
+                    .1
+            }
         };
         self.check_claims(token, &untrusted, claims, now)
     }
