@@ -1,5 +1,6 @@
 //! Changes take effect live, through a real Envoy 1.40 fed by the control plane's ADS server:
-//! pod lifecycle within a second, key rotation without a failed request, Envoy serving on
+//! pod lifecycle within a second, key rotation without a failed request, capabilities that stay
+//! verified across pushes that leave the keys alone, Envoy serving on
 //! while the control plane is down, then catching up when it returns, and a restart with the
 //! wrong key-encryption key refused without touching the keys Envoy verifies with.
 
@@ -321,6 +322,119 @@ async fn key_rotation_under_load_fails_no_request() {
     assert_ne!(kid_of(&new_token), old_kid);
 }
 
+/// Envoy's counts of the filter's signature checks and of the requests it let through.
+async fn filter_counts(stack: &Stack) -> (u64, u64) {
+    (
+        stack
+            .envoy
+            .stat("wasmcustom.podgate.token_cache.misses")
+            .await,
+        stack.envoy.stat("wasmcustom.podgate.allowed").await,
+    )
+}
+
+/// [`filter_counts`] once they reach `want` (the filter hands its counts over once a second,
+/// a push restarts that second), or as they are after 5 s.
+async fn filter_counts_reaching(stack: &Stack, want: (u64, u64)) -> (u64, u64) {
+    let start = std::time::Instant::now();
+    loop {
+        let counts = filter_counts(stack).await;
+        if counts.0 >= want.0 && counts.1 >= want.1 || start.elapsed() > Duration::from_secs(5) {
+            // Anything still on its way would show now.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            return filter_counts(stack).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_created_elsewhere_keeps_capabilities_verified_and_a_key_rotation_checks_them_again()
+{
+    let stack = Stack::start(&[]).await;
+    let pod = FakePod::start_on("pod", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = pod.addr().port();
+    stack
+        .cp
+        .create_pod("web", USER, SERVER, port, "running")
+        .await;
+    let token = stack.mint("web").await;
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        "web",
+        &token,
+        LIVE,
+        |a| a.status == 200,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    let (checked, allowed) = filter_counts_reaching(&stack, (1, 1)).await;
+    assert!(
+        checked >= 1 && allowed >= 1,
+        "{checked} checks, {allowed} allowed"
+    );
+
+    // Another pod: a push of the filter's configuration. Once the filter knows the pod (the
+    // capability is for another pod: 403, not 404), the capability still reaches "web" and
+    // costs no signature check. Envoy's counters go on counting across the push.
+    stack
+        .cp
+        .create_pod("other", USER, SERVER, port, "running")
+        .await;
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        "other",
+        &token,
+        LIVE,
+        |a| a.status == 403,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("pushed: {e}\n{}", stack.logs()));
+    let before = pod.requests().len();
+    let a = through_envoy(&stack.http, stack.envoy.listener, "web", &token)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    let seen = pod.requests();
+    assert_eq!(seen.len(), before + 1);
+    assert!(!seen[before].has_header("podgate-token"));
+    assert_eq!(
+        filter_counts_reaching(&stack, (checked, allowed + 1)).await,
+        (checked, allowed + 1),
+        "(checks, allowed) after a pod push"
+    );
+
+    // A rotation changes the keys Envoy verifies with: the capability (signed by the old key,
+    // still in the set) is checked once more, then found in the cache again.
+    let old_kid = kid_of(&token);
+    stack.cp.admin(Method::POST, "/v1/keys/rotate", None).await;
+    let rotated_at = std::time::Instant::now();
+    while kid_of(&stack.mint("web").await) == old_kid {
+        assert!(
+            rotated_at.elapsed() < Duration::from_secs(8),
+            "the new key never signed:\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        let a = through_envoy(&stack.http, stack.envoy.listener, "web", &token)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    assert_eq!(pod.requests().len(), before + 4);
+    assert_eq!(
+        filter_counts_reaching(&stack, (checked + 1, allowed + 4)).await,
+        (checked + 1, allowed + 4),
+        "(checks, allowed) after a key rotation"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_serves_while_the_control_plane_is_down_and_catches_up() {
     let mut stack = Stack::start(&[]).await;
@@ -566,6 +680,16 @@ async fn metrics_count_the_envoy_stream_its_pushes_and_acks() {
         .create_pod("web", USER, SERVER, pod.addr().port(), "running")
         .await;
     let token = stack.mint("web").await;
+    for i in 0..5 {
+        let a = through_envoy(&stack.http, stack.envoy.listener, "web", &token)
+            .await
+            .unwrap();
+        eprintln!("DEBUGA {i} {} {}", a.status, a.body);
+        if a.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     until(
         &stack.http,
         stack.envoy.listener,

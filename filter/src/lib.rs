@@ -297,7 +297,12 @@ fn apply_response(edits: &[ResponseEdit]) -> Result<(), raw::HostStatus> {
 
 impl Filter {
     fn on_vm_start(&mut self) -> bool {
-        self.metrics = Metrics::define();
+        // Envoy starts every root context it creates this way, one per configuration it pushes,
+        // in the same VM. The counters are defined by the first: defined again, the counts
+        // Envoy shows stalled after a push, and those not yet handed over were lost.
+        if self.metrics.ids.is_empty() {
+            self.metrics = Metrics::define();
+        }
         // The tick flushes the counters, configured or not.
         start_ticking();
         true
@@ -333,8 +338,9 @@ impl Filter {
                         compiled.verifier.key_count()
                     ),
                 );
-                // Keys, pods or revocations may have changed: the gate starts its caches over,
-                // and so do the renewals' outcomes (calls in flight are judged by the new one).
+                // Keys, pods or revocations may have changed: the gate starts its memo over
+                // (and its token cache, unless the keys and checks are the same), and so do the
+                // renewals' outcomes (calls in flight are judged by the new one).
                 self.gate.configure(Rc::new(compiled));
                 self.renewals
                     .retain(|_, r| matches!(r, Renewal::InFlight { .. }));
