@@ -156,7 +156,17 @@ fn main() {
             ("ES256 cookie, cached", headers(Some(&cookie(&es_token)))),
             ("no token (401)", headers(None)),
         ];
-        for (label, h) in cases {
+        // Last, the first request after a push that adds a pod and leaves the keys alone.
+        let pushed = config(&keys, pods + 1);
+        let cases = cases.into_iter().map(Some).chain([None]);
+        for case in cases {
+            let (label, h) = case.unwrap_or_else(|| {
+                assert!(vm.configure(pushed.as_bytes()).unwrap());
+                (
+                    "EdDSA cookie, after a push adding a pod",
+                    headers(Some(&cookie(&ed_token))),
+                )
+            });
             let outcome = vm.request(&h).unwrap();
             let stats = vm.last_stream().unwrap().clone();
             let calls: BTreeMap<_, _> = stats.host_calls.iter().collect();
