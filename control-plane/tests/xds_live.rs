@@ -322,6 +322,25 @@ async fn key_rotation_under_load_fails_no_request() {
     assert_ne!(kid_of(&new_token), old_kid);
 }
 
+/// A running pod `slug` of the stack's user on a fake pod of its own, and a capability for it
+/// that Envoy already lets through.
+async fn running_pod(stack: &Stack, slug: &str) -> (FakePod, String) {
+    let pod = FakePod::start_on("pod", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    stack
+        .cp
+        .create_pod(slug, USER, SERVER, pod.addr().port(), "running")
+        .await;
+    let token = stack.mint(slug).await;
+    until(&stack.http, stack.envoy.listener, slug, &token, LIVE, |a| {
+        a.status == 200
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    (pod, token)
+}
+
 /// Envoy's counts of the filter's signature checks and of the requests it let through.
 async fn filter_counts(stack: &Stack) -> (u64, u64) {
     (
@@ -352,25 +371,8 @@ async fn filter_counts_reaching(stack: &Stack, want: (u64, u64)) -> (u64, u64) {
 async fn a_pod_created_elsewhere_keeps_capabilities_verified_and_a_key_rotation_checks_them_again()
 {
     let stack = Stack::start(&[]).await;
-    let pod = FakePod::start_on("pod", "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (pod, token) = running_pod(&stack, "web").await;
     let port = pod.addr().port();
-    stack
-        .cp
-        .create_pod("web", USER, SERVER, port, "running")
-        .await;
-    let token = stack.mint("web").await;
-    until(
-        &stack.http,
-        stack.envoy.listener,
-        "web",
-        &token,
-        LIVE,
-        |a| a.status == 200,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
     let (checked, allowed) = filter_counts_reaching(&stack, (1, 1)).await;
     assert!(
         checked >= 1 && allowed >= 1,
@@ -438,25 +440,8 @@ async fn a_pod_created_elsewhere_keeps_capabilities_verified_and_a_key_rotation_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_serves_while_the_control_plane_is_down_and_catches_up() {
     let mut stack = Stack::start(&[]).await;
-    let pod = FakePod::start_on("pod", "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (pod, token) = running_pod(&stack, "steady").await;
     let port = pod.addr().port();
-    stack
-        .cp
-        .create_pod("steady", USER, SERVER, port, "running")
-        .await;
-    let token = stack.mint("steady").await;
-    until(
-        &stack.http,
-        stack.envoy.listener,
-        "steady",
-        &token,
-        LIVE,
-        |a| a.status == 200,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
 
     stack.cp.kill();
     // Envoy keeps its last config: existing capabilities keep working.
