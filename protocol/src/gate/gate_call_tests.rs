@@ -216,6 +216,32 @@ fn a_push_keeps_the_verified_tokens_only_while_they_verify_the_same() {
     ));
     assert_eq!(gate.cache().verifications(), 2);
 
+    // Another kind's key beside ours changes nothing; a second key of ours does; the same two
+    // keys listed the other way round do not.
+    let ticket_key = crate::token::tests::ed_key(TokenKind::LoginTicket, 5);
+    let second = crate::token::tests::ed_key(TokenKind::Capability, 6);
+    for (keys, checked) in [
+        (
+            vec![
+                ticket_key.verifying_jwk(),
+                super::tests::key().verifying_jwk(),
+            ],
+            2,
+        ),
+        (
+            vec![super::tests::key().verifying_jwk(), second.verifying_jwk()],
+            3,
+        ),
+        (
+            vec![second.verifying_jwk(), super::tests::key().verifying_jwk()],
+            3,
+        ),
+    ] {
+        gate.configure(config_with(|c| c.keys.keys = keys));
+        assert!(matches!(outcome(&mut gate, &h), Outcome::Forward(_)));
+        assert_eq!(gate.cache().verifications(), checked);
+    }
+
     // The impostor's key in place of ours: the refusal remembered no longer holds, nor the
     // token verified.
     gate.configure(config_with(|c| {
@@ -224,7 +250,7 @@ fn a_push_keeps_the_verified_tokens_only_while_they_verify_the_same() {
     assert!(gate.cache().is_empty());
     assert!(matches!(outcome(&mut gate, &forged_h), Outcome::Forward(_)));
     assert!(matches!(outcome(&mut gate, &h), Outcome::Deny(_)));
-    assert_eq!(gate.cache().verifications(), 4);
+    assert_eq!(gate.cache().verifications(), 5);
 
     // Each of these starts the cache over: the token is checked again, under the new rules.
     type Change = Box<dyn Fn(&mut FilterConfig)>;
