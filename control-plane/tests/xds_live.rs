@@ -1,6 +1,6 @@
 //! Changes take effect live, through a real Envoy 1.40 fed by the control plane's ADS server:
 //! pod lifecycle within a second, key rotation without a failed request, capabilities that stay
-//! verified across pushes that leave the keys alone, Envoy serving on
+//! verified across pushes that leave the keys alone and rate buckets spent, Envoy serving on
 //! while the control plane is down, then catching up when it returns, and a restart with the
 //! wrong key-encryption key refused without touching the keys Envoy verifies with.
 
@@ -341,6 +341,26 @@ async fn running_pod(stack: &Stack, slug: &str) -> (FakePod, String) {
     (pod, token)
 }
 
+/// Creates the running pod "other" on `port` (a push) and waits until the filter knows it:
+/// `pushed` accepts the answer to a capability for it, which is 404 before.
+async fn pod_other(stack: &Stack, port: u16, pushed: impl Fn(&Answer) -> bool) {
+    stack
+        .cp
+        .create_pod("other", USER, SERVER, port, "running")
+        .await;
+    let other = stack.mint("other").await;
+    until(
+        &stack.http,
+        stack.envoy.listener,
+        "other",
+        &other,
+        LIVE,
+        pushed,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("pushed: {e}\n{}", stack.logs()));
+}
+
 /// Envoy's counts of the filter's signature checks and of the requests it let through.
 async fn filter_counts(stack: &Stack) -> (u64, u64) {
     (
@@ -379,23 +399,11 @@ async fn a_pod_created_elsewhere_keeps_capabilities_verified_and_a_key_rotation_
         "{checked} checks, {allowed} allowed"
     );
 
-    // Another pod: a push of the filter's configuration. Once the filter knows the pod (the
-    // capability is for another pod: 403, not 404), the capability still reaches "web" and
-    // costs no signature check. Envoy's counters go on counting across the push.
-    stack
-        .cp
-        .create_pod("other", USER, SERVER, port, "running")
-        .await;
-    until(
-        &stack.http,
-        stack.envoy.listener,
-        "other",
-        &token,
-        LIVE,
-        |a| a.status == 403,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("pushed: {e}\n{}", stack.logs()));
+    // Another pod: a push of the filter's configuration. Once the filter knows the pod (its own
+    // capability reaches it: 200, no longer 404), the capability for "web" still reaches "web"
+    // and costs no signature check; the one new check is the other pod's capability. Envoy's
+    // counters go on counting across the push.
+    pod_other(&stack, port, |a| a.status == 200).await;
     let before = pod.requests().len();
     let a = through_envoy(&stack.http, stack.envoy.listener, "web", &token)
         .await
@@ -405,8 +413,8 @@ async fn a_pod_created_elsewhere_keeps_capabilities_verified_and_a_key_rotation_
     assert_eq!(seen.len(), before + 1);
     assert!(!seen[before].has_header("podgate-token"));
     assert_eq!(
-        filter_counts_reaching(&stack, (checked, allowed + 1)).await,
-        (checked, allowed + 1),
+        filter_counts_reaching(&stack, (checked + 1, allowed + 2)).await,
+        (checked + 1, allowed + 2),
         "(checks, allowed) after a pod push"
     );
 
@@ -431,10 +439,53 @@ async fn a_pod_created_elsewhere_keeps_capabilities_verified_and_a_key_rotation_
     }
     assert_eq!(pod.requests().len(), before + 4);
     assert_eq!(
-        filter_counts_reaching(&stack, (checked + 1, allowed + 4)).await,
-        (checked + 1, allowed + 4),
+        filter_counts_reaching(&stack, (checked + 2, allowed + 5)).await,
+        (checked + 2, allowed + 5),
         "(checks, allowed) after a key rotation"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_created_elsewhere_gives_no_one_a_new_burst() {
+    // One request a second, four at once.
+    let stack = Stack::start(&["--edge-rate-per-user", "1/4"]).await;
+    let (pod, token) = running_pod(&stack, "web").await;
+    let mut spent_at = None;
+    for _ in 0..8 {
+        let a = through_envoy(&stack.http, stack.envoy.listener, "web", &token)
+            .await
+            .unwrap();
+        if a.status == 429 {
+            spent_at = Some(std::time::Instant::now());
+            break;
+        }
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let spent_at = spent_at.expect("the burst was never spent");
+
+    // Another pod: a push. Once the filter knows it (its capability is no longer answered 404:
+    // the spent bucket answers 429), the user's bucket is as it was: only what refilled since
+    // (one a second) gets through to "web", not a new burst of four.
+    pod_other(&stack, pod.addr().port(), |a| a.status != 404).await;
+    let before = pod.requests().len();
+    let mut through = 0;
+    for _ in 0..4 {
+        let a = through_envoy(&stack.http, stack.envoy.listener, "web", &token)
+            .await
+            .unwrap();
+        match a.status {
+            200 => through += 1,
+            429 => {}
+            other => panic!("{other}: {}", a.body),
+        }
+    }
+    let refilled = spent_at.elapsed().as_secs() + 1;
+    assert!(
+        through <= refilled.min(3),
+        "{through} of 4 through {:?} after the bucket was spent",
+        spent_at.elapsed()
+    );
+    assert_eq!(pod.requests().len(), before + through as usize);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,16 +716,6 @@ async fn metrics_count_the_envoy_stream_its_pushes_and_acks() {
         .create_pod("web", USER, SERVER, pod.addr().port(), "running")
         .await;
     let token = stack.mint("web").await;
-    for i in 0..5 {
-        let a = through_envoy(&stack.http, stack.envoy.listener, "web", &token)
-            .await
-            .unwrap();
-        eprintln!("DEBUGA {i} {} {}", a.status, a.body);
-        if a.status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     until(
         &stack.http,
         stack.envoy.listener,

@@ -181,11 +181,16 @@ impl Gate {
     /// capability verifier checks as the one before (same keys, issuer, leeway and lifetime cap)
     /// and the cache keeps its size: a signature and the claims checked then are checked the
     /// same now, and what can change (expiry, revocation, cuts, scope) is checked on every
-    /// hit. Any other configuration starts the cache over too.
+    /// hit. Any other configuration starts the cache over too. The rate buckets are kept while
+    /// the rates are the same: a push for some pod must not give every client a full burst
+    /// again.
     pub fn configure(&mut self, config: Rc<CompiledConfig>) {
-        let same_checks = self.config.as_deref().is_some_and(|old| {
-            old.verifier.checks_as(&config.verifier)
-                && old.token_cache_entries == config.token_cache_entries
+        let (same_checks, same_rates) = self.config.as_deref().map_or((false, false), |old| {
+            (
+                old.verifier.checks_as(&config.verifier)
+                    && old.token_cache_entries == config.token_cache_entries,
+                old.rate_limits == config.rate_limits,
+            )
         });
         self.config = Some(config);
         if same_checks {
@@ -194,7 +199,9 @@ impl Gate {
             self.cache.clear();
         }
         self.memo.clear();
-        self.limiter.clear();
+        if !same_rates {
+            self.limiter.clear();
+        }
         self.assertions.clear();
     }
 

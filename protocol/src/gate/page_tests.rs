@@ -307,6 +307,49 @@ fn scripts_posts_and_configs_without_waking_start_nothing() {
     );
 }
 
+/// A push that leaves the rates as they were (another pod) keeps the spent buckets: the
+/// client gets no new burst. Other rates start the buckets over.
+#[test]
+fn a_push_keeps_spent_rates_unless_the_rates_change() {
+    use crate::rate::{Rate, RateLimits};
+    let rates = |burst| {
+        move |c: &mut crate::config::FilterConfig| {
+            c.rate_limits = Some(RateLimits {
+                per_user: Some(Rate {
+                    per_second: 1,
+                    burst,
+                }),
+                ..RateLimits::default()
+            });
+        }
+    };
+    let token = cap_for("alpha", 8726);
+    let script = crate::wire::encode_header_map(&[
+        (
+            ":authority".to_owned(),
+            b"localhost-8726-pod-alpha.example.dev".to_vec(),
+        ),
+        (":path".to_owned(), b"/".to_vec()),
+        (":method".to_owned(), b"GET".to_vec()),
+        ("podgate-token".to_owned(), token.as_bytes().to_vec()),
+    ]);
+    let forwards = |gate: &mut Gate| {
+        (0..5)
+            .take_while(|_| matches!(gate.on_request(&script, NOW + 1), Outcome::Forward(_)))
+            .count()
+    };
+    let mut gate = Gate::new(super::tests::config_with(rates(2)));
+    assert_eq!(forwards(&mut gate), 2);
+    gate.configure(super::tests::config_with(|c| {
+        rates(2)(c);
+        let beta = c.pods["beta"].clone();
+        c.pods.insert("beta2".into(), beta);
+    }));
+    assert_eq!(forwards(&mut gate), 0, "a pod push refilled the bucket");
+    gate.configure(super::tests::config_with(rates(3)));
+    assert_eq!(forwards(&mut gate), 3);
+}
+
 #[test]
 fn spent_rates_are_429_for_memo_hits_too_page_for_browsers_json_for_scripts() {
     use crate::rate::{Limited, Rate, RateLimits};
