@@ -62,6 +62,12 @@ fn token(key: &SigningKey, pod: &str, n: u64) -> String {
 }
 
 fn config(keys: &KeySet, pods: usize) -> String {
+    config_signing(keys, pods, None)
+}
+
+/// [`config`], with `assertion` signing identity assertions (as the control plane configures
+/// every filter by default).
+fn config_signing(keys: &KeySet, pods: usize, assertion: Option<&SigningKey>) -> String {
     let mut directory = serde_json::Map::new();
     directory.insert(
         "bench".into(),
@@ -73,12 +79,35 @@ fn config(keys: &KeySet, pods: usize) -> String {
             serde_json::json!({"status": "running", "cluster": "podgate_pods", "address": "10.0.0.1:80"}),
         );
     }
-    serde_json::json!({
+    let mut config = serde_json::json!({
         "issuer": ISSUER, "domain": "localhost",
         "auth_url": format!("{ISSUER}/api/proxy-auth"),
         "keys": keys, "pods": directory,
-    })
-    .to_string()
+    });
+    if let Some(key) = assertion {
+        config["assertion"] = serde_json::json!({"key": key.to_private_jwk()});
+    }
+    config.to_string()
+}
+
+/// Runs `h` through `vm` and prints its row: instructions and host calls.
+fn row(vm: &mut FilterVm, pods: usize, label: &str, h: &[(String, String)]) {
+    let outcome = vm.request(h).unwrap();
+    let stats = vm.last_stream().unwrap().clone();
+    let calls: BTreeMap<_, _> = stats.host_calls.iter().collect();
+    let total: u64 = stats.host_calls.values().sum();
+    println!(
+        "| {pods} | {label} → {} | {} | {total}: {} |",
+        outcome
+            .status()
+            .map_or("forward".to_owned(), |s| s.to_string()),
+        stats.fuel,
+        calls
+            .iter()
+            .map(|(k, v)| format!("{}×{v}", k.trim_start_matches("proxy_")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 /// The headers Envoy hands the filter for a plain browser-ish GET with our cookie.
@@ -167,24 +196,35 @@ fn main() {
                     headers(Some(&cookie(&ed_token))),
                 )
             });
-            let outcome = vm.request(&h).unwrap();
-            let stats = vm.last_stream().unwrap().clone();
-            let calls: BTreeMap<_, _> = stats.host_calls.iter().collect();
-            let total: u64 = stats.host_calls.values().sum();
-            println!(
-                "| {pods} | {label} → {} | {} | {total}: {} |",
-                outcome
-                    .status()
-                    .map_or("forward".to_owned(), |s| s.to_string()),
-                stats.fuel,
-                calls
-                    .iter()
-                    .map(|(k, v)| format!("{}×{v}", k.trim_start_matches("proxy_")))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            row(&mut vm, pods, label, &h);
         }
     }
+
+    // Signing identity assertions: the first forward of a capability signs one, later ones
+    // reuse it, and so does the first after a push adding a pod.
+    let ast = SigningKey::ed25519_from_seed("ast-bench", [43; 32]).unwrap();
+    let mut vm = FilterVm::new(&wasm).unwrap();
+    vm.set_time_secs(NOW as u64 + 10);
+    assert!(vm
+        .configure(config_signing(&keys, 1, Some(&ast)).as_bytes())
+        .unwrap());
+    let h = headers(Some(&cookie(&ed_token)));
+    row(
+        &mut vm,
+        1,
+        "EdDSA cookie + assertion, first (verify + sign)",
+        &h,
+    );
+    row(&mut vm, 1, "EdDSA cookie + assertion, cached", &h);
+    assert!(vm
+        .configure(config_signing(&keys, 2, Some(&ast)).as_bytes())
+        .unwrap());
+    row(
+        &mut vm,
+        1,
+        "EdDSA cookie + assertion, after a push adding a pod",
+        &h,
+    );
 
     println!("\n## native gate::decide (the same logic, x86-64)\n");
     let compiled = FilterConfig::compile_json(config(&keys, 1).as_bytes()).unwrap();

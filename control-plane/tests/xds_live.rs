@@ -35,6 +35,32 @@ async fn two_servers() -> (FakePod, FakePod) {
     panic!("no port free on both 127.0.0.1 and 127.0.0.2");
 }
 
+/// What pod `slug` verifies identity assertions with: the assertion keys the control plane
+/// publishes now (public halves of `ast-` keys only) and its own public host.
+async fn assertion_verifier(stack: &Stack, slug: &str) -> AssertionVerifier {
+    let jwks: KeySet = stack
+        .http
+        .get(format!(
+            "http://{}/.well-known/podgate-assertion-jwks.json",
+            stack.cp.http
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        jwks.keys
+            .iter()
+            .all(|k| k.kid.starts_with("ast-") && k.d.is_none()),
+        "{jwks:?}"
+    );
+    let audience = Audience::Host(pod_host(slug));
+    let issuer = format!("http://{}", stack.cp.http);
+    AssertionVerifier::new(issuer, &jwks, audience, 5).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_lifecycle_changes_routing_within_a_second() {
     let stack = Stack::start(&[]).await;
@@ -78,31 +104,13 @@ async fn pod_lifecycle_changes_routing_within_a_second() {
         assert!(!last.has_header("x-podgate-upstream"), "{last:?}");
         assert!(!last.has_header("x-podgate-cluster"), "{last:?}");
         // The pod verifies the identity assertion with the keys the control plane publishes.
-        let jwks: KeySet = stack
-            .http
-            .get(format!(
-                "http://{}/.well-known/podgate-assertion-jwks.json",
-                stack.cp.http
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(
-            jwks.keys
-                .iter()
-                .all(|k| k.kid.starts_with("ast-") && k.d.is_none()),
-            "{jwks:?}"
-        );
-        let audience = Audience::Host(pod_host("web"));
-        let issuer = format!("http://{}", stack.cp.http);
-        let verifier = AssertionVerifier::new(issuer, &jwks, audience, 5).unwrap();
         let assertion = last
             .header(ASSERTION_HEADER)
             .expect("an identity assertion");
-        let asserted = verifier.verify(assertion, now_unix()).unwrap();
+        let asserted = assertion_verifier(&stack, "web")
+            .await
+            .verify(assertion, now_unix())
+            .unwrap();
         assert_eq!(
             (asserted.sub.as_str(), asserted.pod.as_str()),
             (USER, "web")
@@ -361,24 +369,30 @@ async fn pod_other(stack: &Stack, port: u16, pushed: impl Fn(&Answer) -> bool) {
     .unwrap_or_else(|e| panic!("pushed: {e}\n{}", stack.logs()));
 }
 
-/// Envoy's counts of the filter's signature checks and of the requests it let through.
-async fn filter_counts(stack: &Stack) -> (u64, u64) {
+/// The filter's counts in Envoy: signature checks (token cache misses), forwards allowed and
+/// identity assertions signed.
+async fn filter_counts(stack: &Stack) -> (u64, u64, u64) {
     (
         stack
             .envoy
             .stat("wasmcustom.podgate.token_cache.misses")
             .await,
         stack.envoy.stat("wasmcustom.podgate.allowed").await,
+        stack
+            .envoy
+            .stat("wasmcustom.podgate.assertion.signed")
+            .await,
     )
 }
 
 /// [`filter_counts`] once they reach `want` (the filter hands its counts over once a second,
 /// a push restarts that second), or as they are after 5 s.
-async fn filter_counts_reaching(stack: &Stack, want: (u64, u64)) -> (u64, u64) {
+async fn filter_counts_reaching(stack: &Stack, want: (u64, u64, u64)) -> (u64, u64, u64) {
     let start = std::time::Instant::now();
     loop {
         let counts = filter_counts(stack).await;
-        if counts.0 >= want.0 && counts.1 >= want.1 || start.elapsed() > Duration::from_secs(5) {
+        let reached = counts.0 >= want.0 && counts.1 >= want.1 && counts.2 >= want.2;
+        if reached || start.elapsed() > Duration::from_secs(5) {
             // Anything still on its way would show now.
             tokio::time::sleep(Duration::from_millis(1200)).await;
             return filter_counts(stack).await;
@@ -388,21 +402,29 @@ async fn filter_counts_reaching(stack: &Stack, want: (u64, u64)) -> (u64, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_created_elsewhere_keeps_capabilities_verified_and_a_key_rotation_checks_them_again()
-{
-    let stack = Stack::start(&[]).await;
+async fn a_pod_created_elsewhere_keeps_what_was_verified_and_signed_and_a_key_rotation_does_not() {
+    // Assertions live 300 s: the filter reuses one for 150 s, longer than this test takes.
+    let stack = Stack::start(&["--assertion-lifetime-secs", "300"]).await;
     let (pod, token) = running_pod(&stack, "web").await;
     let port = pod.addr().port();
-    let (checked, allowed) = filter_counts_reaching(&stack, (1, 1)).await;
+    let assertion_of = |request: &podgate_testkit::Recorded| {
+        request
+            .header(ASSERTION_HEADER)
+            .expect("an identity assertion")
+            .to_owned()
+    };
+    let first = assertion_of(pod.requests().last().unwrap());
+    let (checked, allowed, signed) = filter_counts_reaching(&stack, (1, 1, 1)).await;
     assert!(
-        checked >= 1 && allowed >= 1,
-        "{checked} checks, {allowed} allowed"
+        checked >= 1 && allowed >= 1 && signed >= 1,
+        "{checked} checks, {allowed} allowed, {signed} signed"
     );
 
     // Another pod: a push of the filter's configuration. Once the filter knows the pod (its own
-    // capability reaches it: 200, no longer 404), the capability for "web" still reaches "web"
-    // and costs no signature check; the one new check is the other pod's capability. Envoy's
-    // counters go on counting across the push.
+    // capability reaches it: 200, no longer 404), the capability for "web" still reaches "web",
+    // costs no signature check and hands the pod the identity assertion signed before the push;
+    // the one new check and the one new assertion are the other pod's. Envoy's counters go on
+    // counting across the push.
     pod_other(&stack, port, |a| a.status == 200).await;
     let before = pod.requests().len();
     let a = through_envoy(&stack.http, stack.envoy.listener, "web", &token)
@@ -412,36 +434,55 @@ async fn a_pod_created_elsewhere_keeps_capabilities_verified_and_a_key_rotation_
     let seen = pod.requests();
     assert_eq!(seen.len(), before + 1);
     assert!(!seen[before].has_header("podgate-token"));
+    assert_eq!(assertion_of(&seen[before]), first);
+    let want = (checked + 1, allowed + 2, signed + 1);
     assert_eq!(
-        filter_counts_reaching(&stack, (checked + 1, allowed + 2)).await,
-        (checked + 1, allowed + 2),
-        "(checks, allowed) after a pod push"
+        filter_counts_reaching(&stack, want).await,
+        want,
+        "(checks, allowed, signed) after a pod push"
     );
 
-    // A rotation changes the keys Envoy verifies with: the capability (signed by the old key,
-    // still in the set) is checked once more, then found in the cache again.
+    // A rotation changes the keys Envoy verifies with, and the assertion key (it goes with the
+    // newest capability key). Once the filter has it, the capability (signed by the old key,
+    // still in the set) is checked once more and the pod gets an assertion signed by the new
+    // assertion key, which the keys published now verify.
     let old_kid = kid_of(&token);
     stack.cp.admin(Method::POST, "/v1/keys/rotate", None).await;
     let rotated_at = std::time::Instant::now();
-    while kid_of(&stack.mint("web").await) == old_kid {
+    let mut forwarded = 0;
+    let renewed = loop {
         assert!(
             rotated_at.elapsed() < Duration::from_secs(8),
-            "the new key never signed:\n{}",
+            "the new assertion key never signed:\n{}",
             stack.logs()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for _ in 0..3 {
         let a = through_envoy(&stack.http, stack.envoy.listener, "web", &token)
             .await
             .unwrap();
         assert_eq!(a.status, 200, "{}", a.body);
-    }
-    assert_eq!(pod.requests().len(), before + 4);
+        forwarded += 1;
+        let got = assertion_of(pod.requests().last().unwrap());
+        if got != first {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(kid_of(&renewed), kid_of(&first));
+    assert_ne!(kid_of(&stack.mint("web").await), old_kid);
+    let asserted = assertion_verifier(&stack, "web")
+        .await
+        .verify(&renewed, now_unix())
+        .unwrap();
     assert_eq!(
-        filter_counts_reaching(&stack, (checked + 2, allowed + 5)).await,
-        (checked + 2, allowed + 5),
-        "(checks, allowed) after a key rotation"
+        (asserted.sub.as_str(), asserted.pod.as_str()),
+        (USER, "web")
+    );
+    assert_eq!(pod.requests().len(), before + 1 + forwarded);
+    let want = (checked + 2, allowed + 2 + forwarded as u64, signed + 2);
+    assert_eq!(
+        filter_counts_reaching(&stack, want).await,
+        want,
+        "(checks, allowed, signed) after a key rotation"
     );
 }
 

@@ -42,10 +42,12 @@ pub struct Assertion {
     pub lifetime_secs: i64,
 }
 
-/// The compiled form: the signing key and lifetime.
+/// The compiled form: the signing key and lifetime, and the JWK it was compiled from (what a
+/// new configuration is compared with: [`CompiledAssertion::signs_as`]).
 #[derive(Debug)]
 pub struct CompiledAssertion {
     key: token::SigningKey,
+    jwk: Jwk,
     lifetime: i64,
 }
 
@@ -69,6 +71,7 @@ impl Assertion {
         }
         Ok(CompiledAssertion {
             key,
+            jwk: self.key,
             lifetime: self.lifetime_secs,
         })
     }
@@ -83,6 +86,12 @@ impl CompiledAssertion {
     /// Seconds an assertion is valid.
     pub fn lifetime(&self) -> i64 {
         self.lifetime
+    }
+
+    /// Whether `other` signs every assertion as this one does: the same key (every JWK field)
+    /// and the same lifetime. An assertion signed under one is then as good under the other.
+    pub fn signs_as(&self, other: &CompiledAssertion) -> bool {
+        self.jwk == other.jwk && self.lifetime == other.lifetime
     }
 
     /// Signs the assertion for `capability` at `now`: its issuer, user, e-mail, audience (the
@@ -116,7 +125,7 @@ struct Signed {
 }
 
 impl AssertionCache {
-    /// Forgets every value (a new configuration may carry a new key).
+    /// Forgets every value (a new configuration carries another key or lifetime).
     pub fn clear(&mut self) {
         self.entries.clear();
     }

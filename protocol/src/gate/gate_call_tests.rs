@@ -294,6 +294,76 @@ fn a_push_keeps_the_verified_tokens_only_while_they_verify_the_same() {
     }
 }
 
+/// The identity assertion `gate` hands the pod with `h` at `NOW + 1`.
+fn assertion_for(gate: &mut Gate, h: &[(String, Vec<u8>)]) -> Rc<str> {
+    match outcome(gate, h) {
+        Outcome::Forward(forward) => gate.assertion(&forward, NOW + 1).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_push_keeps_the_identity_assertions_only_while_the_same_key_signs_them() {
+    let h = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    let ast = |seed: u8| SigningKey::ed25519_from_seed(format!("ast-{seed}"), [seed; 32]).unwrap();
+    let signing = |key: &SigningKey, lifetime_secs: i64| {
+        let key = key.to_private_jwk();
+        move |c: &mut FilterConfig| {
+            c.assertion = Some(crate::assertion::Assertion {
+                key: key.clone(),
+                lifetime_secs,
+            })
+        }
+    };
+    let mut gate = Gate::new(config_with(signing(&ast(1), 60)));
+    let first = assertion_for(&mut gate, &h);
+    assert_eq!(gate.assertions_signed(), 1);
+
+    // Another pod, a revocation of some other capability: the pod gets the very value signed
+    // before; nothing is signed again.
+    gate.configure(config_with(|c| {
+        signing(&ast(1), 60)(c);
+        let beta = c.pods["beta"].clone();
+        c.pods.insert("beta2".into(), beta);
+        c.revoked_jti.push("someone-else".into());
+    }));
+    assert!(Rc::ptr_eq(&assertion_for(&mut gate, &h), &first));
+    assert_eq!(gate.assertions_signed(), 1);
+
+    // Each of these signs again: another key (a rotation), another lifetime, another cache
+    // size, assertions turned off and on again.
+    type Change<'a> = Box<dyn Fn(&mut FilterConfig) + 'a>;
+    let changes: [(&str, Vec<Change>); 4] = [
+        ("another key", vec![Box::new(signing(&ast(2), 60))]),
+        ("another lifetime", vec![Box::new(signing(&ast(1), 120))]),
+        (
+            "another cache size",
+            vec![Box::new(|c| {
+                signing(&ast(1), 60)(c);
+                c.token_cache_entries = 8;
+            })],
+        ),
+        (
+            "off and on",
+            vec![
+                Box::new(|c| c.assertion = None),
+                Box::new(signing(&ast(1), 60)),
+            ],
+        ),
+    ];
+    for (what, steps) in changes {
+        gate.configure(config_with(signing(&ast(1), 60)));
+        let before = assertion_for(&mut gate, &h);
+        let signed = gate.assertions_signed();
+        for step in steps {
+            gate.configure(config_with(|c| step(c)));
+        }
+        let again = assertion_for(&mut gate, &h);
+        assert!(!Rc::ptr_eq(&again, &before), "{what}");
+        assert_eq!(gate.assertions_signed(), signed + 1, "{what}");
+    }
+}
+
 #[test]
 fn the_gate_sanitizes_the_response_of_a_forward_it_made() {
     let c = config();

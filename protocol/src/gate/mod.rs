@@ -183,15 +183,21 @@ impl Gate {
     /// same now, and what can change (expiry, revocation, cuts, scope) is checked on every
     /// hit. Any other configuration starts the cache over too. The rate buckets are kept while
     /// the rates are the same: a push for some pod must not give every client a full burst
-    /// again.
+    /// again. The identity assertions signed are kept while the same key signs them for the
+    /// same lifetime: each is bound to its capability, which every request checks first.
     pub fn configure(&mut self, config: Rc<CompiledConfig>) {
-        let (same_checks, same_rates) = self.config.as_deref().map_or((false, false), |old| {
-            (
-                old.verifier.checks_as(&config.verifier)
-                    && old.token_cache_entries == config.token_cache_entries,
-                old.rate_limits == config.rate_limits,
-            )
-        });
+        let (same_checks, same_rates, same_assertions) =
+            self.config.as_deref().map_or((false, false, false), |old| {
+                let same_size = old.token_cache_entries == config.token_cache_entries;
+                (
+                    old.verifier.checks_as(&config.verifier) && same_size,
+                    old.rate_limits == config.rate_limits,
+                    match (&old.assertion, &config.assertion) {
+                        (Some(old), Some(new)) => old.signs_as(new) && same_size,
+                        _ => false,
+                    },
+                )
+            });
         self.config = Some(config);
         if same_checks {
             self.cache.new_configuration();
@@ -202,7 +208,9 @@ impl Gate {
         if !same_rates {
             self.limiter.clear();
         }
-        self.assertions.clear();
+        if !same_assertions {
+            self.assertions.clear();
+        }
     }
 
     /// Stream `stream` ended: what it held (`concurrent`) is let go. Nothing for a stream never
