@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context as _};
 use podgate_testkit::Readiness;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -329,6 +329,52 @@ pub fn podgate_filter(wasm: &Path, configuration_json: &str) -> Value {
             }
         }
     })
+}
+
+/// The podgate filter as the control plane delivers it, over ECDS (name `podgate`), here read
+/// from the file `path`, which Envoy watches: a bench pushes a configuration by writing it
+/// with [`write_podgate_filter`].
+pub fn podgate_filter_discovered(path: &Path) -> Value {
+    json!({
+        "name": "podgate",
+        "config_discovery": {
+            "config_source": {
+                "path_config_source": {
+                    "path": path.display().to_string(),
+                    "watched_directory": {
+                        "path": path.parent().unwrap_or(Path::new(".")).display().to_string()
+                    }
+                },
+                "resource_api_version": "V3"
+            },
+            "type_urls": [WASM_TYPE_URL]
+        }
+    })
+}
+
+/// Writes the discovery response [`podgate_filter_discovered`] reads at `path`: the podgate
+/// filter ([`podgate_filter`]) with `configuration_json`, as version `version`. Written beside
+/// and moved into place, the change Envoy's watch on the directory sees.
+pub fn write_podgate_filter(
+    path: &Path,
+    wasm: &Path,
+    configuration_json: &str,
+    version: u64,
+) -> anyhow::Result<()> {
+    let filter = podgate_filter(wasm, configuration_json);
+    let response = json!({
+        "version_info": version.to_string(),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": "podgate",
+            "typed_config": filter["typed_config"],
+        }]
+    });
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, serde_json::to_vec(&response)?)
+        .with_context(|| format!("writing {}", staged.display()))?;
+    std::fs::rename(&staged, path).with_context(|| format!("moving to {}", path.display()))?;
+    Ok(())
 }
 
 /// The no-op Wasm filter (case W; with `calls`, case W-calls): the same runtime and failure

@@ -14,6 +14,7 @@ mod interleaved;
 mod limits;
 mod load;
 mod pin;
+mod pushes;
 mod realistic;
 mod renewal;
 mod report;
@@ -23,6 +24,8 @@ mod upstream;
 
 #[cfg(test)]
 mod native_tests;
+#[cfg(test)]
+mod pushes_tests;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -138,6 +141,13 @@ pub struct Settings {
     /// capabilities (taken from the page loads' share), at most 45.
     #[arg(long, default_value_t = 10)]
     pub cold_percent: u64,
+    /// `--realistic`: pushes of the filter's configuration per second while the rounds run
+    /// (0: none). Above 0 the podgate cases (`D`, `D-prev`) get their configuration as the
+    /// control plane delivers it, over ECDS (here from a file Envoy watches), with an identity
+    /// assertion key; each push adds or removes a pod, as a pod started or stopped does. Case
+    /// `D-still` is `D` the same way, never pushed.
+    #[arg(long, default_value_t = 0.0)]
+    pub pushes_per_sec: f64,
     /// `--realistic`: podgate's `token_cache_entries` (jwt_authn's cache follows it); the
     /// filter's default unless set.
     #[arg(long)]

@@ -15,12 +15,16 @@
 //! - `C`: Envoy's jwt_authn (EdDSA, the same keys, every pod's audience, a token cache as large
 //!   as podgate's);
 //! - `D`: the podgate filter (EdDSA capabilities, default cache size);
-//! - `D-prev`, with `--prev-wasm`: another build of the filter, configured as `D`.
+//! - `D-prev`, with `--prev-wasm`: another build of the filter, configured as `D`;
+//! - with `--pushes-per-sec` (`pushes.rs`): `D` and `D-prev` configured over ECDS with an
+//!   identity assertion key and pushed that often while the rounds run, and `D-still`,
+//!   configured as `D` and never pushed.
 //!
 //! An operation is one HTTP answer or one WebSocket message echoed. Reported per case:
 //! operations per second at saturation and Envoy CPU per operation, as ratios to B, W and C.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +41,7 @@ use crate::compare::median;
 use crate::echo_upstream;
 use crate::envoy::{self, Envoy, Route};
 use crate::pin::Placement;
+use crate::pushes::{Pusher, Pushes};
 use crate::tokens::{self, Alg, DirectoryPod, Keys};
 use crate::Settings;
 
@@ -73,6 +78,9 @@ pub struct RealisticCase {
     pub http_p99_us: f64,
     pub errors: u64,
     pub envoy_rss_bytes: Option<u64>,
+    /// Configurations Envoy applied to the podgate filter over ECDS during the measured rounds
+    /// (`--pushes-per-sec`); `None` for a filter configured inline.
+    pub pushes_applied: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +93,10 @@ pub struct RealisticReport {
     pub token_cache_entries: usize,
     pub mix_percent: MixShares,
     pub ws_messages_per_session: usize,
+    /// `--pushes-per-sec`, and the pushes written to each pushed Envoy from the warm-up to the
+    /// end of the rounds.
+    pub pushes_per_sec: f64,
+    pub pushes_written: u64,
     /// The podgate filter's verified-token cache over the measured rounds (both workers).
     pub podgate_cache_hits: u64,
     pub podgate_cache_misses: u64,
@@ -431,6 +443,18 @@ fn listener(port: u16, route: &Route<'_>, filters: Vec<Value>) -> Value {
     l
 }
 
+/// Envoy's count of the configurations its ECDS subscription for the podgate filter applied
+/// (`discovered`); `None` for an Envoy without one.
+async fn config_reloads(e: &Envoy, discovered: bool) -> anyhow::Result<Option<u64>> {
+    if !discovered {
+        return Ok(None);
+    }
+    let reloads = e
+        .counter("extension_config_discovery.http_filter.podgate.config_reload")
+        .await?;
+    Ok(Some(reloads))
+}
+
 pub async fn run(
     settings: &Settings,
     placement: &Placement,
@@ -465,6 +489,21 @@ pub async fn run(
         .collect::<Vec<_>>());
     provider["jwt_cache_config"] = json!({"jwt_cache_size": cache_entries});
 
+    // With pushes, the podgate cases get their configuration over ECDS, from a file each.
+    let pushing = settings.pushes_per_sec > 0.0;
+    let mut pushes = if pushing {
+        Some(Pushes::new(
+            &keys.jwks()?,
+            &pods,
+            settings.token_cache_entries,
+        )?)
+    } else {
+        None
+    };
+    let mut podgate = |id: &str, wasm: &Path, pushed: bool| match pushes.as_mut() {
+        Some(pushes) => pushes.filter(id, wasm, pushed),
+        None => Ok(envoy::podgate_filter(wasm, &filter_config)),
+    };
     let mut cases: Vec<(&'static str, &'static str, Vec<Value>, Route<'static>)> = vec![
         (
             "B",
@@ -486,8 +525,12 @@ pub async fn run(
         ),
         (
             "D",
-            "podgate",
-            vec![envoy::podgate_filter(&settings.filter_wasm, &filter_config)],
+            if pushing {
+                "podgate, pushed"
+            } else {
+                "podgate"
+            },
+            vec![podgate("D", &settings.filter_wasm, true)?],
             Route::ClusterHeader("x-podgate-cluster"),
         ),
     ];
@@ -495,8 +538,21 @@ pub async fn run(
     if let Some(prev) = &settings.prev_wasm {
         cases.push((
             "D-prev",
-            "podgate, another build (`--prev-wasm`)",
-            vec![envoy::podgate_filter(prev, &filter_config)],
+            if pushing {
+                "podgate, another build (`--prev-wasm`), pushed"
+            } else {
+                "podgate, another build (`--prev-wasm`)"
+            },
+            vec![podgate("D-prev", prev, true)?],
+            Route::ClusterHeader("x-podgate-cluster"),
+        ));
+    }
+    // What the pushes cost: D as configured with pushes, never pushed.
+    if pushing {
+        cases.push((
+            "D-still",
+            "podgate, configured as D, not pushed",
+            vec![podgate("D-still", &settings.filter_wasm, false)?],
             Route::ClusterHeader("x-podgate-cluster"),
         ));
     }
@@ -555,6 +611,7 @@ pub async fn run(
 
     let conns = settings.connections;
     let warm = Duration::from_secs_f64(settings.warmup_secs);
+    let pusher = pushes.as_ref().map(|p| p.start(settings.pushes_per_sec));
     for e in &envoys {
         mix_closed_loop(e.listener, conns, warm, &traffic, 0, cold_percent).await?;
     }
@@ -571,6 +628,15 @@ pub async fn run(
     let misses_before = envoys[d]
         .counter("wasmcustom.podgate.token_cache.misses")
         .await?;
+    // Only the podgate cases get their filter over ECDS, and only with pushes.
+    let discovered: Vec<bool> = cases
+        .iter()
+        .map(|(id, ..)| pushing && id.starts_with('D'))
+        .collect();
+    let mut reloads_before = Vec::new();
+    for (e, discovered) in envoys.iter().zip(&discovered) {
+        reloads_before.push(config_reloads(e, *discovered).await?);
+    }
     let sat = Duration::from_secs_f64(settings.saturation_secs);
     let n = cases.len();
     let mut ops: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -609,6 +675,17 @@ pub async fn run(
             errors[i] += stats.errors;
         }
     }
+    let mut reloads = Vec::new();
+    for ((e, before), discovered) in envoys.iter().zip(&reloads_before).zip(&discovered) {
+        let after = config_reloads(e, *discovered).await?;
+        reloads.push(after.zip(*before).map(|(n, b)| n - b));
+    }
+    let pushes_written = pusher.map(Pusher::finish).transpose()?.unwrap_or(0);
+    for ((id, ..), applied) in cases.iter().zip(&reloads) {
+        if *id != "D-still" && applied == &Some(0) {
+            bail!("{id}: Envoy applied none of the {pushes_written} pushes");
+        }
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let hits = envoys[d]
         .counter("wasmcustom.podgate.token_cache.hits")
@@ -632,6 +709,7 @@ pub async fn run(
             http_p99_us: median(&p99[i]),
             errors: errors[i],
             envoy_rss_bytes: envoys[i].rss_bytes().ok(),
+            pushes_applied: reloads[i],
         })
         .collect();
     Ok(RealisticReport {
@@ -646,6 +724,8 @@ pub async fn run(
             api: API_PERCENT,
             websocket_session: 100 - PAGE_PERCENT - API_PERCENT,
         },
+        pushes_per_sec: settings.pushes_per_sec,
+        pushes_written,
         podgate_cache_hits: hits,
         podgate_cache_misses: misses,
         ws_messages_per_session: WS_MESSAGES,
@@ -713,6 +793,21 @@ impl RealisticReport {
             self.podgate_cache_misses,
             100.0 * self.podgate_cache_misses as f64 / looked_up as f64
         ));
+        if self.pushes_per_sec > 0.0 {
+            let applied: Vec<String> = self
+                .cases
+                .iter()
+                .filter_map(|c| c.pushes_applied.map(|n| format!("{} {n}", c.id)))
+                .collect();
+            out.push_str(&format!(
+                "\nPushes: {} a second, each adding or removing a pod; {} written to each pushed \
+                 Envoy from the warm-up on. Configurations applied over ECDS during the measured \
+                 rounds: {}.\n",
+                self.pushes_per_sec,
+                self.pushes_written,
+                applied.join(", ")
+            ));
+        }
         out
     }
 }

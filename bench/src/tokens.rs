@@ -125,6 +125,7 @@ impl Keys {
 }
 
 /// One pod in the filter's directory.
+#[derive(Debug, Clone)]
 pub struct DirectoryPod {
     pub slug: String,
     pub cluster: String,

@@ -1,0 +1,155 @@
+//! `--pushes-per-sec`: the filter's configuration pushed while the realistic rounds run, as the
+//! control plane pushes it to every Envoy whenever a pod is created, started, stopped or
+//! deleted, a token revoked or a session ended.
+//!
+//! The podgate cases get their filter over ECDS, as from the control plane, but from a file
+//! Envoy watches ([`envoy::podgate_filter_discovered`]): a push is a new file moved into place.
+//! Every configuration carries an identity assertion key (the control plane's default). A push
+//! alternately adds and removes one pod no traffic goes to, leaving keys, rates and assertion
+//! key as they were: what most pushes are.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use podgate_protocol::token::KeySet;
+use serde_json::Value;
+
+use crate::envoy;
+use crate::tokens::{self, DirectoryPod};
+
+/// The pod a push adds, and the next one removes.
+pub const PUSHED_POD: &str = "pushed-pod";
+
+/// The two configurations pushed in turn, and the files of the Envoys that get them.
+pub struct Pushes {
+    dir: PathBuf,
+    /// Without and with [`PUSHED_POD`].
+    configs: Arc<[String; 2]>,
+    /// The file of each pushed Envoy, and the `.wasm` it names.
+    pushed: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Pushes {
+    /// The configurations for `pods`, with `keys` and `token_cache_entries` as the unpushed
+    /// cases have them, plus an assertion key; their files under a directory of their own.
+    pub fn new(
+        keys: &KeySet,
+        pods: &[DirectoryPod],
+        token_cache_entries: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        // The pushed pod runs where the first one does.
+        let first = pods.first().context("no pods to push beside")?;
+        let mut more = pods.to_vec();
+        more.push(DirectoryPod {
+            slug: PUSHED_POD.to_owned(),
+            ..first.clone()
+        });
+        let mut configs = Vec::new();
+        for directory in [pods, &more] {
+            let json = tokens::with_assertion(&tokens::filter_config_json(
+                keys,
+                directory,
+                token_cache_entries,
+            )?)?;
+            tokens::check_filter_config(&json)?;
+            configs.push(json);
+        }
+        let [without, with] = <[String; 2]>::try_from(configs)
+            .map_err(|_| anyhow::anyhow!("two configurations expected"))?;
+        let dir = std::env::temp_dir().join(format!("podgate-bench-pushes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Pushes {
+            dir,
+            configs: Arc::new([without, with]),
+            pushed: Vec::new(),
+        })
+    }
+
+    /// The podgate filter for case `id` running `wasm`, its file written with the first
+    /// configuration; the pusher rewrites it when `pushed`.
+    pub fn filter(&mut self, id: &str, wasm: &Path, pushed: bool) -> anyhow::Result<Value> {
+        let dir = self.dir.join(id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = dir.join("podgate.json");
+        envoy::write_podgate_filter(&file, wasm, &self.configs[0], 0)?;
+        if pushed {
+            self.pushed.push((file.clone(), wasm.to_owned()));
+        }
+        Ok(envoy::podgate_filter_discovered(&file))
+    }
+
+    /// Pushes to every pushed Envoy `per_sec` times a second until the pusher is dropped.
+    pub fn start(&self, per_sec: f64) -> Pusher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let period = Duration::from_secs_f64(1.0 / per_sec);
+        let (configs, pushed) = (Arc::clone(&self.configs), self.pushed.clone());
+        let thread = {
+            let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let start = Instant::now();
+                let mut version = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    version += 1;
+                    // On schedule, not after each write: the rate holds however long writes take.
+                    let due = start + period.mul_f64(version as f64);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    for (file, wasm) in &pushed {
+                        let config = &configs[(version % 2) as usize];
+                        envoy::write_podgate_filter(file, wasm, config, version)?;
+                    }
+                    count.store(version, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        };
+        Pusher {
+            stop,
+            count,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Pushes {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Pushing, until dropped or [`Pusher::finish`]ed.
+pub struct Pusher {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Pusher {
+    /// Pushes written to every pushed Envoy so far.
+    pub fn pushes(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Stops pushing; an error if a push could not be written.
+    pub fn finish(mut self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(written)) => written.map(|()| self.pushes()),
+            Some(Err(_)) => anyhow::bail!("the pusher panicked"),
+            None => Ok(self.pushes()),
+        }
+    }
+}
+
+impl Drop for Pusher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
