@@ -44,11 +44,20 @@ pub struct Assertion {
 
 /// The compiled form: the signing key and lifetime, and the JWK it was compiled from (what a
 /// new configuration is compared with: [`CompiledAssertion::signs_as`]).
-#[derive(Debug)]
 pub struct CompiledAssertion {
     key: token::SigningKey,
     jwk: Jwk,
     lifetime: i64,
+}
+
+/// The kid and lifetime only: the JWK holds the private key.
+impl std::fmt::Debug for CompiledAssertion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledAssertion")
+            .field("kid", &self.key.kid())
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Assertion {

@@ -356,6 +356,21 @@ pub struct CompiledConfig {
     /// Signing identity assertions (`assertion`); `None`: off.
     pub assertion: Option<CompiledAssertion>,
     pub token_cache_entries: usize,
+    /// This configuration as written, but for its pods: two configurations with the same
+    /// `others` decide alike for every request but those to a pod whose entry differs
+    /// (`Gate::configure` keeps the other decisions).
+    others: BesidesPods,
+}
+
+/// A configuration without its pods, compared whole. Its `Debug` shows nothing of it: it holds
+/// the renewal secret, the assertion key and the services' credentials.
+#[derive(PartialEq, Eq)]
+struct BesidesPods(FilterConfig);
+
+impl std::fmt::Debug for BesidesPods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BesidesPods(..)")
+    }
 }
 
 fn field(field: &'static str, why: impl Into<String>) -> ConfigError {
@@ -395,7 +410,9 @@ impl FilterConfig {
     }
 
     /// Validates every field and builds the indexed form.
-    pub fn compile(self) -> Result<CompiledConfig, ConfigError> {
+    pub fn compile(mut self) -> Result<CompiledConfig, ConfigError> {
+        let pods = std::mem::take(&mut self.pods);
+        let others = BesidesPods(self.clone());
         let pod_hosts = HostTemplate::new(&self.public_host_template, &self.domain)
             .map_err(ConfigError::PublicTemplate)?;
         let service_hosts = self
@@ -520,7 +537,7 @@ impl FilterConfig {
                 ));
             }
         }
-        for (slug, pod) in &self.pods {
+        for (slug, pod) in &pods {
             if public_hosts.pods().check_slug(slug).is_err() {
                 return Err(field("pods", format!("{slug:?} is not a valid pod slug")));
             }
@@ -553,7 +570,7 @@ impl FilterConfig {
             https,
             auth_url: self.auth_url,
             control_plane_cluster: self.control_plane_cluster,
-            pods: self.pods,
+            pods,
             services: self.services,
             services_without_credential: self.services_without_credential.into_iter().collect(),
             revoked: self.revoked_jti.into_iter().collect(),
@@ -565,11 +582,17 @@ impl FilterConfig {
             renewal,
             assertion,
             token_cache_entries: self.token_cache_entries,
+            others,
         })
     }
 }
 
 impl CompiledConfig {
+    /// Whether `other` differs from this configuration at most in its pods.
+    pub fn same_but_pods(&self, other: &CompiledConfig) -> bool {
+        self.others == other.others
+    }
+
     /// What judging a renewal's answer reads from this configuration (`renewal::judge`).
     pub fn in_force(&self) -> InForce<'_> {
         InForce {

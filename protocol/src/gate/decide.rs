@@ -85,6 +85,9 @@ pub struct Forward {
     /// access log, and for Envoy's answer when the pod fails, which reads them from the filter
     /// state ([`Forward::each_filter_state`]), so that no header carries them to the pod.
     pub target: Option<PodAddr>,
+    /// Let through on the capability an API token was exchanged for: a new configuration
+    /// confirms that grant again before its next use, so no memo keeps this forward across one.
+    pub exchanged: bool,
 }
 
 impl Forward {
@@ -484,6 +487,7 @@ pub(super) fn decide_counting(
             capability: None,
             renew_at: None,
             target: None,
+            exchanged: false,
         };
         return (Decision::Forward(Rc::new(forward)), 0);
     }
@@ -685,6 +689,7 @@ fn granted_forward(
         renew_at: renewal::renew_at(config.renewal.as_ref(), verified, source == Source::Cookie),
         capability: Some(Rc::clone(verified)),
         target: Some(pod.clone()),
+        exchanged: source == Source::ApiToken,
     };
     Decision::Forward(Rc::new(forward))
 }

@@ -336,7 +336,28 @@ fn a_push_keeps_exchanged_tokens_and_checks_them_under_the_new_keys() {
     let need = needed(gate.on_request(&bearer(), NOW));
     let body = answer(&cap("alpha", 8726, "x1"));
     gate.exchanged(&need, 200, None, &body, NOW).unwrap();
-    // The same keys: no call after the push.
+    // The same keys: no call after the push. A push that only adds a pod keeps no forward
+    // of an API token in the memo: the grant is confirmed under the new configuration.
+    assert!(matches!(
+        gate.on_request(&bearer(), NOW),
+        Outcome::Forward(_)
+    ));
+    assert_eq!(gate.memo().len(), 1);
+    gate.configure(super::tests::config_with(|c| {
+        c.renewal = Some(Renewal {
+            url: "https://podgate.example.dev/api/proxy-renew".into(),
+            secret: SECRET.into(),
+            before_secs: 300,
+            timeout_ms: 1000,
+        });
+        let beta = c.pods["beta"].clone();
+        c.pods.insert("beta2".into(), beta);
+    }));
+    assert!(gate.memo().is_empty());
+    assert!(matches!(
+        gate.on_request(&bearer(), NOW),
+        Outcome::Forward(_)
+    ));
     gate.configure(config_with(true, &[]));
     assert!(matches!(
         gate.on_request(&bearer(), NOW),

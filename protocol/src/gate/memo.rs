@@ -11,6 +11,7 @@ use super::request::Request;
 use super::token_cache::{PremixedHasher, VerifiedCache};
 use crate::config::{CompiledConfig, HEADER_PREFIX};
 use crate::cookie::TOKEN_HEADER;
+use crate::host::SERVICE_PORT;
 use crate::path;
 use crate::wire::HeaderPairs;
 
@@ -44,8 +45,9 @@ pub const MEMO_MAX_ENTRIES: usize = 4096;
 /// Only a forward decided by exactly one token candidate is kept, until that token's expiry
 /// (with the verifier's leeway, the rule the token cache applies): with one candidate, the
 /// decision depends on time only through that expiry. Everything else it depends on comes from
-/// the configuration, and a new configuration clears the memo (`clear`). Full, it starts over,
-/// like the token cache.
+/// the configuration. A new configuration clears the memo (`clear`), unless it differs only in
+/// its pods: then the forwards to the pods whose entries changed go (`keep_under`). Full, it
+/// starts over, like the token cache.
 ///
 /// Keys are hashed word by word with a per-worker random seed (`memo_hash`) and compared word by
 /// word: SipHash and wasi-libc's byte-wise `memcmp` over a key the size of a Cookie header
@@ -200,6 +202,24 @@ impl DecisionMemo {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.len = 0;
+    }
+
+    /// For configuration `new`, which differs from `old` at most in its pods
+    /// (`CompiledConfig::same_but_pods`): keeps the forwards `new` decides alike, those to a
+    /// service and those to a pod whose entry is the same in both, and drops the rest. A
+    /// forward let through on an exchanged API token goes too: `new` confirms its grant again.
+    pub fn keep_under(&mut self, old: &CompiledConfig, new: &CompiledConfig) {
+        let holds = |forward: &Forward| {
+            !forward.exchanged
+                && forward.target.as_ref().is_some_and(|to| {
+                    to.port == SERVICE_PORT || old.pods.get(&to.pod) == new.pods.get(&to.pod)
+                })
+        };
+        self.entries.retain(|_, bucket| {
+            bucket.retain(|m| holds(&m.forward));
+            !bucket.is_empty()
+        });
+        self.len = self.entries.values().map(Vec::len).sum();
     }
 
     /// Looks the request up by its serialized header map (`wire`). A hit counts as a

@@ -10,7 +10,7 @@ use crate::response::PodResponse;
 use crate::token::tests::NOW;
 
 use super::tests::{
-    base, cap, cap_for, config, config_with, headers, status, through_gate, Headers, HOST,
+    base, cap, cap_for, config, config_with, headers, set, status, through_gate, Headers, HOST,
 };
 
 // ---- the decision memo ---------------------------------------------------------------------
@@ -127,6 +127,139 @@ fn a_memo_hit_is_a_cache_hit_and_skips_verification() {
     match (first, second) {
         (Decision::Forward(a), Decision::Forward(b)) => assert!(Rc::ptr_eq(&a, &b)),
         other => panic!("{other:?}"),
+    }
+}
+
+/// The forward `d` is, else a panic.
+fn forward_of(d: Decision) -> Rc<Forward> {
+    match d {
+        Decision::Forward(forward) => forward,
+        other => panic!("not forwarded: {other:?}"),
+    }
+}
+
+#[test]
+fn a_push_that_changes_only_pods_keeps_the_forwards_to_the_pods_it_leaves_alone() {
+    use crate::config::{PodStatus, UPSTREAM_HEADER};
+    use crate::token::TokenError;
+    let alpha = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
+    let beta = headers(&[
+        (":authority", "localhost-8726-pod-beta.example.dev"),
+        (":path", "/"),
+        (":method", "GET"),
+        (
+            "cookie",
+            &format!("__Host-podgate_cap={}", cap_for("beta", 8726)),
+        ),
+    ]);
+    let with_beta2 = |c: &mut crate::config::FilterConfig| {
+        let beta = c.pods["beta"].clone();
+        c.pods.insert("beta2".into(), beta);
+    };
+    let mut gate = Gate::new(config());
+    let alpha_before = forward_of(memo_agrees(&mut gate, &alpha, NOW + 1));
+    let beta_before = forward_of(memo_agrees(&mut gate, &beta, NOW + 1));
+    assert_eq!(gate.memo().len(), 2);
+
+    // Another pod: both forwards are kept, and served from the memo.
+    gate.configure(config_with(with_beta2));
+    assert_eq!(gate.memo().len(), 2);
+    let hits = gate.stats().0;
+    assert!(Rc::ptr_eq(
+        &forward_of(memo_agrees(&mut gate, &alpha, NOW + 2)),
+        &alpha_before
+    ));
+    assert!(Rc::ptr_eq(
+        &forward_of(memo_agrees(&mut gate, &beta, NOW + 2)),
+        &beta_before
+    ));
+    assert_eq!(gate.stats().0, hits + 2);
+
+    // Alpha stopped, moved, deleted: its forward goes at once, beta's stays.
+    type Change = Box<dyn Fn(&mut crate::config::FilterConfig)>;
+    let alpha_changes: [(&str, Change, u32); 3] = [
+        (
+            "stopped",
+            Box::new(|c| c.pods.get_mut("alpha").unwrap().status = PodStatus::Stopped),
+            503,
+        ),
+        (
+            "moved",
+            Box::new(|c| c.pods.get_mut("alpha").unwrap().address = Some("10.0.0.9:30001".into())),
+            0,
+        ),
+        (
+            "deleted",
+            Box::new(|c| {
+                c.pods.remove("alpha");
+            }),
+            404,
+        ),
+    ];
+    for (what, change, answer) in alpha_changes {
+        gate.configure(config_with(with_beta2));
+        memo_agrees(&mut gate, &alpha, NOW + 3);
+        assert_eq!(gate.memo().len(), 2, "{what}");
+        gate.configure(config_with(|c| {
+            with_beta2(c);
+            change(c);
+        }));
+        assert_eq!(gate.memo().len(), 1, "{what}");
+        let d = memo_agrees(&mut gate, &alpha, NOW + 3);
+        assert_eq!(status(&d), answer, "{what}: {d:?}");
+        if what == "moved" {
+            assert_eq!(set(&d, UPSTREAM_HEADER), Some("10.0.0.9:30001"));
+        }
+        assert!(Rc::ptr_eq(
+            &forward_of(memo_agrees(&mut gate, &beta, NOW + 3)),
+            &beta_before
+        ));
+    }
+
+    // Anything else changed: nothing is kept, and the new rules answer.
+    let others: [(&str, Change, bool); 4] = [
+        (
+            "alpha's capability revoked",
+            Box::new(|c| c.revoked_jti.push(crate::token::tests::claims().jti)),
+            false,
+        ),
+        (
+            "every capability issued until now cut",
+            Box::new(|c| c.cutoffs.issued_before = Some(NOW + 1)),
+            false,
+        ),
+        (
+            "another upstream host template",
+            Box::new(|c| c.upstream_host_template = "port-{port}.pod-{pod}.{domain}".into()),
+            true,
+        ),
+        ("another leeway", Box::new(|c| c.leeway_secs = 5), true),
+    ];
+    for (what, change, forwarded) in others {
+        gate.configure(config());
+        memo_agrees(&mut gate, &alpha, NOW + 4);
+        memo_agrees(&mut gate, &beta, NOW + 4);
+        assert_eq!(gate.memo().len(), 2, "{what}");
+        gate.configure(config_with(|c| change(c)));
+        assert!(gate.memo().is_empty(), "{what}");
+        let d = memo_agrees(&mut gate, &alpha, NOW + 4);
+        assert_eq!(
+            matches!(d, Decision::Forward(_)),
+            forwarded,
+            "{what}: {d:?}"
+        );
+        if !forwarded {
+            assert!(
+                matches!(
+                    d,
+                    Decision::Deny(Denial::InvalidCapability {
+                        reason: TokenError::Revoked,
+                        ..
+                    })
+                ),
+                "{what}: {d:?}"
+            );
+        }
     }
 }
 

@@ -176,38 +176,40 @@ impl Gate {
         gate
     }
 
-    /// Puts `config` in force. Pods, revocations or cuts may have changed: no decision made
-    /// before is trusted, so the memo starts empty. The verified tokens are kept when the
-    /// capability verifier checks as the one before (same keys, issuer, leeway and lifetime cap)
-    /// and the cache keeps its size: a signature and the claims checked then are checked the
-    /// same now, and what can change (expiry, revocation, cuts, scope) is checked on every
-    /// hit. Any other configuration starts the cache over too. The rate buckets are kept while
-    /// the rates are the same: a push for some pod must not give every client a full burst
-    /// again. The identity assertions signed are kept while the same key signs them for the
-    /// same lifetime: each is bound to its capability, which every request checks first.
+    /// Puts `config` in force. What was decided, verified and signed under the configuration
+    /// before is kept only where `config` would decide, verify and sign it alike:
+    /// - the decision memo, when `config` differs only in its pods (a pod created, started,
+    ///   stopped, moved or deleted), but for the forwards to the pods whose entries changed and
+    ///   those let through on an exchanged API token; any other change starts it over, as
+    ///   pods, revocations or cuts may have changed;
+    /// - the verified tokens, when the capability verifier checks as the one before (same
+    ///   keys, issuer, leeway and lifetime cap) and the cache keeps its size: a signature and
+    ///   the claims checked then are checked the same now, and what can change (expiry,
+    ///   revocation, cuts, scope) is checked on every hit;
+    /// - the rate buckets, while the rates are the same: a push for some pod must not give every
+    ///   client a full burst again;
+    /// - the identity assertions signed, while the same key signs them for the same lifetime:
+    ///   each is bound to its capability, which every request checks first.
     pub fn configure(&mut self, config: Rc<CompiledConfig>) {
-        let (same_checks, same_rates, same_assertions) =
-            self.config.as_deref().map_or((false, false, false), |old| {
-                let same_size = old.token_cache_entries == config.token_cache_entries;
-                (
-                    old.verifier.checks_as(&config.verifier) && same_size,
-                    old.rate_limits == config.rate_limits,
-                    match (&old.assertion, &config.assertion) {
-                        (Some(old), Some(new)) => old.signs_as(new) && same_size,
-                        _ => false,
-                    },
-                )
-            });
-        self.config = Some(config);
-        if same_checks {
+        let old = self.config.replace(Rc::clone(&config));
+        let old = old.as_deref();
+        let same_size = old.is_some_and(|o| o.token_cache_entries == config.token_cache_entries);
+        if same_size && old.is_some_and(|o| o.verifier.checks_as(&config.verifier)) {
             self.cache.new_configuration();
         } else {
             self.cache.clear();
         }
-        self.memo.clear();
-        if !same_rates {
+        match old.filter(|o| o.same_but_pods(&config)) {
+            Some(old) => self.memo.keep_under(old, &config),
+            None => self.memo.clear(),
+        }
+        if !old.is_some_and(|o| o.rate_limits == config.rate_limits) {
             self.limiter.clear();
         }
+        let same_assertions = match (old.and_then(|o| o.assertion.as_ref()), &config.assertion) {
+            (Some(old), Some(new)) => old.signs_as(new) && same_size,
+            _ => false,
+        };
         if !same_assertions {
             self.assertions.clear();
         }

@@ -150,8 +150,9 @@ fn the_renew_call_carries_the_secret_and_the_old_capability_to_the_control_plane
         get("authorization"),
         Some(format!("Bearer {token}").as_str())
     );
-    // Neither the secret nor a token is ever in a debug line.
-    let printed = format!("{:?} {:?}", gate.config().unwrap().renewal, f);
+    // Neither the secret nor a token is ever in a debug line, the whole configuration's
+    // included.
+    let printed = format!("{:?} {:?}", gate.config().unwrap(), f);
     assert!(!printed.contains(SECRET), "{printed}");
     assert!(!printed.contains(&token), "{printed}");
 }
