@@ -786,3 +786,62 @@ async fn pod_limits(h: &Harness) {
     assert!(new_pod["properties"].get("limits").is_some(), "{new_pod}");
 }
 both!(pod_limits_set_shown_and_pushed, pod_limits);
+
+/// The filter configuration the xDS push would send now, compiled as the filter compiles it.
+async fn pushed(h: &Harness) -> podgate_protocol::config::CompiledConfig {
+    let ring = h.state.keys().unwrap();
+    podgate::filter_config::build(h.state.db(), h.state.config(), &ring)
+        .await
+        .unwrap()
+        .compile()
+        .unwrap()
+}
+
+/// A pod's lifecycle changes the pods of the filter's configuration and nothing else, so the
+/// filter keeps what it decided for every other pod across the push (`same_but_pods`).
+async fn pod_lifecycle_pushes(h: &Harness) {
+    h.seed().await;
+    let mut before = pushed(h).await;
+    let status = |status: &'static str| Some(json!({ "status": status }));
+    let steps = [
+        (
+            "created",
+            Method::POST,
+            "/v1/pods",
+            Some(
+                json!({"slug": "life", "owner_id": "alice", "server_id": "s1", "nginx_port": 30005, "status": "starting"}),
+            ),
+        ),
+        (
+            "running",
+            Method::PUT,
+            "/v1/pods/life/status",
+            status("running"),
+        ),
+        (
+            "stopped",
+            Method::PUT,
+            "/v1/pods/life/status",
+            status("stopped"),
+        ),
+        (
+            "moved",
+            Method::PATCH,
+            "/v1/pods/life",
+            Some(json!({"nginx_port": 31005})),
+        ),
+        ("deleted", Method::DELETE, "/v1/pods/life", None),
+    ];
+    for (what, method, path, body) in steps {
+        let r = h.admin(method, path, body).await;
+        assert!(r.status.is_success(), "{what}: {}", r.body);
+        let after = pushed(h).await;
+        assert_ne!(before.pods.get("life"), after.pods.get("life"), "{what}");
+        assert!(before.same_but_pods(&after), "{what}");
+        before = after;
+    }
+}
+both!(
+    a_pods_lifecycle_changes_only_the_pods_filter_config,
+    pod_lifecycle_pushes
+);
