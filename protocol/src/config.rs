@@ -537,8 +537,9 @@ impl FilterConfig {
                 ));
             }
         }
+        let check_slug = public_hosts.pods().slug_checker();
         for (slug, pod) in &pods {
-            if public_hosts.pods().check_slug(slug).is_err() {
+            if check_slug(slug).is_err() {
                 return Err(field("pods", format!("{slug:?} is not a valid pod slug")));
             }
             if pod.cluster.is_empty() || !is_header_value_safe(&pod.cluster) {

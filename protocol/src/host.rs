@@ -297,11 +297,20 @@ impl HostTemplate {
 
     /// Checks that a slug is valid and that its hosts fit DNS limits for every port.
     pub fn check_slug(&self, slug: &str) -> Result<(), HostError> {
-        validate_slug(slug)?;
-        if slug.len() > self.max_slug_len() {
-            return Err(HostError::LabelTooLong);
+        self.slug_checker()(slug)
+    }
+
+    /// [`HostTemplate::check_slug`] for many slugs: the longest slug allowed is measured once
+    /// (a configuration checks every pod's).
+    pub fn slug_checker(&self) -> impl Fn(&str) -> Result<(), HostError> {
+        let max = self.max_slug_len();
+        move |slug| {
+            validate_slug(slug)?;
+            if slug.len() > max {
+                return Err(HostError::LabelTooLong);
+            }
+            Ok(())
         }
-        Ok(())
     }
 }
 
