@@ -21,8 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use podgate_protocol::assertion::{AssertionVerifier, Audience, ASSERTION_HEADER};
-use podgate_protocol::token::KeySet;
+use podgate_protocol::assertion::{AssertionVerifier, ASSERTION_HEADER};
 use reqwest::header::COOKIE;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -164,25 +163,6 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-/// What the pod verifies `x-podgate-assertion` with: the control plane's published assertion
-/// keys, for this pod.
-async fn assertion_verifier(stack: &Stack) -> AssertionVerifier {
-    let jwks: KeySet = stack
-        .http
-        .get(format!(
-            "http://{}/.well-known/podgate-assertion-jwks.json",
-            stack.cp.http
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let issuer = format!("http://{}", stack.cp.http);
-    AssertionVerifier::new(issuer, &jwks, Audience::Host(pod_host(POD)), 5).unwrap()
-}
-
 /// No header the pod saw carries the API token, a capability, or podgate's own header; the
 /// identity assertion it gets is one that verifies for the user, and nothing else.
 fn assert_no_credentials(
@@ -216,7 +196,7 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     .unwrap();
     let stack = Stack::start(&["--cli-dir", cli_dir.path().to_str().unwrap()]).await;
     let pod = pod_running(&stack).await;
-    let assertions = assertion_verifier(&stack).await;
+    let assertions = assertion_verifier(&stack, POD).await;
     let created = create_token(&stack, "CLI test").await;
     let api_token = created["token"].as_str().unwrap().to_owned();
     let init_url = created["init_url"].as_str().unwrap().to_owned();

@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use podgate_protocol::assertion::{AssertionVerifier, Audience, ASSERTION_HEADER};
-use podgate_protocol::token::KeySet;
+use podgate_protocol::assertion::ASSERTION_HEADER;
 use reqwest::Method;
 use serde_json::json;
 use xds_support::*;
@@ -33,32 +32,6 @@ async fn two_servers() -> (FakePod, FakePod) {
         }
     }
     panic!("no port free on both 127.0.0.1 and 127.0.0.2");
-}
-
-/// What pod `slug` verifies identity assertions with: the assertion keys the control plane
-/// publishes now (public halves of `ast-` keys only) and its own public host.
-async fn assertion_verifier(stack: &Stack, slug: &str) -> AssertionVerifier {
-    let jwks: KeySet = stack
-        .http
-        .get(format!(
-            "http://{}/.well-known/podgate-assertion-jwks.json",
-            stack.cp.http
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        jwks.keys
-            .iter()
-            .all(|k| k.kid.starts_with("ast-") && k.d.is_none()),
-        "{jwks:?}"
-    );
-    let audience = Audience::Host(pod_host(slug));
-    let issuer = format!("http://{}", stack.cp.http);
-    AssertionVerifier::new(issuer, &jwks, audience, 5).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,15 +89,7 @@ async fn pod_lifecycle_changes_routing_within_a_second() {
             (USER, "web")
         );
         // The capability keys of `/.well-known/jwks.json` do not verify it.
-        let capability_jwks: KeySet = stack
-            .http
-            .get(format!("http://{}/.well-known/jwks.json", stack.cp.http))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let capability_jwks = published_keys(&stack, "/.well-known/jwks.json").await;
         assert!(capability_jwks
             .keys
             .iter()

@@ -654,6 +654,38 @@ pub async fn until(
 pub use podgate_testkit::FakePod;
 
 /// The `kid` in a compact JWS header.
+/// The keys the control plane publishes at `path` (a JWKS).
+pub async fn published_keys(stack: &Stack, path: &str) -> podgate_protocol::token::KeySet {
+    stack
+        .http
+        .get(format!("http://{}{path}", stack.cp.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// What pod `slug` verifies identity assertions (`x-podgate-assertion`) with: the assertion
+/// keys the control plane publishes now, which are public halves of `ast-` keys only, and its
+/// own public host.
+pub async fn assertion_verifier(
+    stack: &Stack,
+    slug: &str,
+) -> podgate_protocol::assertion::AssertionVerifier {
+    use podgate_protocol::assertion::{AssertionVerifier, Audience};
+    let jwks = published_keys(stack, "/.well-known/podgate-assertion-jwks.json").await;
+    assert!(
+        jwks.keys
+            .iter()
+            .all(|k| k.kid.starts_with("ast-") && k.d.is_none()),
+        "{jwks:?}"
+    );
+    let issuer = format!("http://{}", stack.cp.http);
+    AssertionVerifier::new(issuer, &jwks, Audience::Host(pod_host(slug)), 5).unwrap()
+}
+
 pub fn kid_of(token: &str) -> String {
     use base64::Engine;
     let header = token.split('.').next().unwrap();

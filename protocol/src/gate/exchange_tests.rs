@@ -17,14 +17,21 @@ const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const TOKEN: &str =
     "pg_0123456789abcdef01234567_abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrst";
 
+/// Renewal on in `c`, which API tokens at the edge need (the exchange URL and secret).
+fn renewing(c: &mut crate::config::FilterConfig) {
+    c.renewal = Some(Renewal {
+        url: "https://podgate.example.dev/api/proxy-renew".into(),
+        secret: SECRET.into(),
+        before_secs: 300,
+        timeout_ms: 1000,
+    });
+}
+
 fn config_with(renewal: bool, revoked: &[&str]) -> Rc<CompiledConfig> {
     super::tests::config_with(|c| {
-        c.renewal = renewal.then(|| Renewal {
-            url: "https://podgate.example.dev/api/proxy-renew".into(),
-            secret: SECRET.into(),
-            before_secs: 300,
-            timeout_ms: 1000,
-        });
+        if renewal {
+            renewing(c);
+        }
         c.cutoffs = Cutoffs::default();
         c.revoked_jti = revoked.iter().map(|s| (*s).to_owned()).collect();
     })
@@ -344,12 +351,7 @@ fn a_push_keeps_exchanged_tokens_and_checks_them_under_the_new_keys() {
     ));
     assert_eq!(gate.memo().len(), 1);
     gate.configure(super::tests::config_with(|c| {
-        c.renewal = Some(Renewal {
-            url: "https://podgate.example.dev/api/proxy-renew".into(),
-            secret: SECRET.into(),
-            before_secs: 300,
-            timeout_ms: 1000,
-        });
+        renewing(c);
         let beta = c.pods["beta"].clone();
         c.pods.insert("beta2".into(), beta);
     }));
@@ -365,12 +367,7 @@ fn a_push_keeps_exchanged_tokens_and_checks_them_under_the_new_keys() {
     ));
     // The key that signed it is gone: exchanged again.
     gate.configure(super::tests::config_with(|c| {
-        c.renewal = Some(Renewal {
-            url: "https://podgate.example.dev/api/proxy-renew".into(),
-            secret: SECRET.into(),
-            before_secs: 300,
-            timeout_ms: 1000,
-        });
+        renewing(c);
         c.keys = crate::token::KeySet {
             keys: vec![ed_key(TokenKind::Capability, 2).verifying_jwk()],
         };
