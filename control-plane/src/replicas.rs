@@ -37,8 +37,12 @@ pub async fn run(state: AppState, shutdown: impl Future<Output = ()>) {
     }
 }
 
-/// Writes this control plane's row and applies the count of live control planes.
+/// Writes this control plane's row and applies the count of live control planes; nothing on
+/// SQLite (its queries are PostgreSQL's).
 pub async fn beat(state: &AppState) {
+    if state.db().backend() != Backend::Postgres {
+        return;
+    }
     match state
         .db()
         .replica_heartbeat(LIVE_WITHIN, FORGET_AFTER)
