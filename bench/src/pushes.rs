@@ -21,6 +21,30 @@ use serde_json::Value;
 use crate::envoy;
 use crate::tokens::{self, DirectoryPod};
 
+/// Envoy's count of the configurations its ECDS subscription for the podgate filter applied.
+pub const RELOADS: &str = "extension_config_discovery.http_filter.podgate.config_reload";
+
+/// [`RELOADS`] in `envoy` when its podgate filter is `discovered` over ECDS; `None` for one
+/// configured inline.
+pub async fn applied(envoy: &envoy::Envoy, discovered: bool) -> anyhow::Result<Option<u64>> {
+    if !discovered {
+        return Ok(None);
+    }
+    Ok(Some(envoy.counter(RELOADS).await?))
+}
+
+/// The report's paragraph on pushes: the rate, the pushes written to each pushed Envoy, and the
+/// configurations each case's Envoy `applied` during the measured rounds.
+pub fn summary(per_sec: f64, written: u64, applied: &[(&str, u64)]) -> String {
+    let applied: Vec<String> = applied.iter().map(|(id, n)| format!("{id} {n}")).collect();
+    format!(
+        "\nPushes: {per_sec} a second, each adding or removing a pod; {written} written to each \
+         pushed Envoy from the warm-up on. Configurations applied over ECDS during the measured \
+         rounds: {}.\n",
+        applied.join(", ")
+    )
+}
+
 /// The pod a push adds, and the next one removes.
 pub const PUSHED_POD: &str = "pushed-pod";
 

@@ -10,10 +10,8 @@ use podgate_testkit::FakePod;
 
 use crate::envoy::{self, Envoy, Route};
 use crate::pin::Placement;
-use crate::pushes::{Pushes, PUSHED_POD};
+use crate::pushes::{Pushes, PUSHED_POD, RELOADS};
 use crate::tokens::{self, Alg, DirectoryPod, Keys};
-
-const RELOADS: &str = "extension_config_discovery.http_filter.podgate.config_reload";
 
 /// The status of a request through `proxy` to `pod` with a capability for it.
 async fn status_for(proxy: &Envoy, keys: &Keys, pod: &str) -> u16 {

@@ -41,7 +41,7 @@ use crate::compare::median;
 use crate::echo_upstream;
 use crate::envoy::{self, Envoy, Route};
 use crate::pin::Placement;
-use crate::pushes::{Pusher, Pushes};
+use crate::pushes::{self, Pusher, Pushes};
 use crate::tokens::{self, Alg, DirectoryPod, Keys};
 use crate::Settings;
 
@@ -443,18 +443,6 @@ fn listener(port: u16, route: &Route<'_>, filters: Vec<Value>) -> Value {
     l
 }
 
-/// Envoy's count of the configurations its ECDS subscription for the podgate filter applied
-/// (`discovered`); `None` for an Envoy without one.
-async fn config_reloads(e: &Envoy, discovered: bool) -> anyhow::Result<Option<u64>> {
-    if !discovered {
-        return Ok(None);
-    }
-    let reloads = e
-        .counter("extension_config_discovery.http_filter.podgate.config_reload")
-        .await?;
-    Ok(Some(reloads))
-}
-
 pub async fn run(
     settings: &Settings,
     placement: &Placement,
@@ -635,7 +623,7 @@ pub async fn run(
         .collect();
     let mut reloads_before = Vec::new();
     for (e, discovered) in envoys.iter().zip(&discovered) {
-        reloads_before.push(config_reloads(e, *discovered).await?);
+        reloads_before.push(pushes::applied(e, *discovered).await?);
     }
     let sat = Duration::from_secs_f64(settings.saturation_secs);
     let n = cases.len();
@@ -677,7 +665,7 @@ pub async fn run(
     }
     let mut reloads = Vec::new();
     for ((e, before), discovered) in envoys.iter().zip(&reloads_before).zip(&discovered) {
-        let after = config_reloads(e, *discovered).await?;
+        let after = pushes::applied(e, *discovered).await?;
         reloads.push(after.zip(*before).map(|(n, b)| n - b));
     }
     let pushes_written = pusher.map(Pusher::finish).transpose()?.unwrap_or(0);
@@ -794,18 +782,15 @@ impl RealisticReport {
             100.0 * self.podgate_cache_misses as f64 / looked_up as f64
         ));
         if self.pushes_per_sec > 0.0 {
-            let applied: Vec<String> = self
+            let applied: Vec<(&str, u64)> = self
                 .cases
                 .iter()
-                .filter_map(|c| c.pushes_applied.map(|n| format!("{} {n}", c.id)))
+                .filter_map(|c| c.pushes_applied.map(|n| (c.id, n)))
                 .collect();
-            out.push_str(&format!(
-                "\nPushes: {} a second, each adding or removing a pod; {} written to each pushed \
-                 Envoy from the warm-up on. Configurations applied over ECDS during the measured \
-                 rounds: {}.\n",
+            out.push_str(&pushes::summary(
                 self.pushes_per_sec,
                 self.pushes_written,
-                applied.join(", ")
+                &applied,
             ));
         }
         out
