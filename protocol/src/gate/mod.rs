@@ -180,8 +180,8 @@ impl Gate {
     /// before is kept only where `config` would decide, verify and sign it alike:
     /// - the decision memo, when `config` differs only in its pods (a pod created, started,
     ///   stopped, moved or deleted), but for the forwards to the pods whose entries changed and
-    ///   those let through on an exchanged API token; any other change starts it over, as
-    ///   pods, revocations or cuts may have changed;
+    ///   those let through on an exchanged API token; any other change (a revocation, a cut,
+    ///   keys, services, templates) starts it over;
     /// - the verified tokens, when the capability verifier checks as the one before (same
     ///   keys, issuer, leeway and lifetime cap) and the cache keeps its size: a signature and
     ///   the claims checked then are checked the same now, and what can change (expiry,
