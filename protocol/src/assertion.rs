@@ -42,22 +42,11 @@ pub struct Assertion {
     pub lifetime_secs: i64,
 }
 
-/// The compiled form: the signing key and lifetime, and the JWK it was compiled from (what a
-/// new configuration is compared with: [`CompiledAssertion::signs_as`]).
+/// The compiled form: the signing key and lifetime.
+#[derive(Debug)]
 pub struct CompiledAssertion {
     key: token::SigningKey,
-    jwk: Jwk,
     lifetime: i64,
-}
-
-/// The kid and lifetime only: the JWK holds the private key.
-impl std::fmt::Debug for CompiledAssertion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledAssertion")
-            .field("kid", &self.key.kid())
-            .field("lifetime", &self.lifetime)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Assertion {
@@ -80,7 +69,6 @@ impl Assertion {
         }
         Ok(CompiledAssertion {
             key,
-            jwk: self.key,
             lifetime: self.lifetime_secs,
         })
     }
@@ -95,12 +83,6 @@ impl CompiledAssertion {
     /// Seconds an assertion is valid.
     pub fn lifetime(&self) -> i64 {
         self.lifetime
-    }
-
-    /// Whether `other` signs every assertion as this one does: the same key (every JWK field)
-    /// and the same lifetime. An assertion signed under one is then as good under the other.
-    pub fn signs_as(&self, other: &CompiledAssertion) -> bool {
-        self.jwk == other.jwk && self.lifetime == other.lifetime
     }
 
     /// Signs the assertion for `capability` at `now`: its issuer, user, e-mail, audience (the

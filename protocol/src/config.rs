@@ -594,6 +594,12 @@ impl CompiledConfig {
         self.others == other.others
     }
 
+    /// Whether both sign identity assertions, and alike: the same key (every JWK field, as
+    /// written) and the same lifetime. An assertion signed under one is as good under the other.
+    pub fn signs_assertions_as(&self, other: &CompiledConfig) -> bool {
+        self.others.0.assertion.is_some() && self.others.0.assertion == other.others.0.assertion
+    }
+
     /// What judging a renewal's answer reads from this configuration (`renewal::judge`).
     pub fn in_force(&self) -> InForce<'_> {
         InForce {

@@ -206,11 +206,7 @@ impl Gate {
         if !old.is_some_and(|o| o.rate_limits == config.rate_limits) {
             self.limiter.clear();
         }
-        let same_assertions = match (old.and_then(|o| o.assertion.as_ref()), &config.assertion) {
-            (Some(old), Some(new)) => old.signs_as(new) && same_size,
-            _ => false,
-        };
-        if !same_assertions {
+        if !(same_size && old.is_some_and(|o| o.signs_assertions_as(&config))) {
             self.assertions.clear();
         }
     }
