@@ -253,7 +253,7 @@ pub struct FilterConfig {
     /// Capability verifying keys (JWKS shape).
     pub keys: KeySet,
     /// slug → pod.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "pods_in_one_table")]
     pub pods: HashMap<String, PodEntry>,
     /// name → service (published upstream APIs); left out when empty.
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
@@ -404,8 +404,12 @@ fn origin_of(url: &str) -> &str {
 impl FilterConfig {
     /// Parses and compiles a configuration from its JSON bytes.
     pub fn compile_json(bytes: &[u8]) -> Result<CompiledConfig, ConfigError> {
+        // UTF-8 checked once here, not string by string as `from_slice` does: every push makes
+        // every worker read the whole directory (`BENCHMARKS.md`, "Scale").
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| ConfigError::Json(format!("not UTF-8: {e}")))?;
         let config: FilterConfig =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
         config.compile()
     }
 
@@ -611,6 +615,37 @@ impl CompiledConfig {
     }
 }
 
+/// Reads `pods` into a table sized once: serde's own map reading grows the table as it goes
+/// (JSON does not say how many entries come), hashing every slug again at each growth. As
+/// there, a slug given twice keeps its last entry.
+fn pods_in_one_table<'de, D>(deserializer: D) -> Result<HashMap<String, PodEntry>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Pods;
+    impl<'de> serde::de::Visitor<'de> for Pods {
+        type Value = HashMap<String, PodEntry>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of pod slugs to pod entries")
+        }
+
+        fn visit_map<A>(self, mut map: A) -> Result<Self::Value, A::Error>
+        where
+            A: serde::de::MapAccess<'de>,
+        {
+            let mut entries = Vec::new();
+            while let Some(entry) = map.next_entry::<String, PodEntry>()? {
+                entries.push(entry);
+            }
+            let mut pods = HashMap::with_capacity(entries.len());
+            pods.extend(entries);
+            Ok(pods)
+        }
+    }
+    deserializer.deserialize_map(Pods)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -735,5 +770,48 @@ mod tests {
         let config: FilterConfig = serde_json::from_value(minimal()).unwrap();
         let json = serde_json::to_string(&config).unwrap();
         assert!(!json.contains("services_without_credential"), "{json}");
+    }
+
+    #[test]
+    fn the_pod_directory_reads_as_serde_reads_a_map_and_refuses_what_is_not_utf8() {
+        let mut v = minimal();
+        let mut pods = serde_json::Map::new();
+        for i in 0..300 {
+            pods.insert(
+                format!("p{i}"),
+                serde_json::json!({"status": "stopped", "cluster": "podgate_pods",
+                    "address": format!("10.0.{}.{}:80", i / 250, i % 250)}),
+            );
+        }
+        v["pods"] = pods.clone().into();
+        let expected: HashMap<String, PodEntry> = serde_json::from_value(pods.into()).unwrap();
+        assert_eq!(compile(&v).unwrap().pods, expected);
+        // A slug given twice keeps its last entry, as serde's own map reading does; an entry
+        // that is not a pod is refused with where it is.
+        let twice = minimal().to_string().replace(
+            r#""pods":{"#,
+            r#""pods":{"myslug":{"status":"stopped","cluster":"first"},"#,
+        );
+        let c = FilterConfig::compile_json(twice.as_bytes()).unwrap();
+        assert_eq!(
+            (c.pods.len(), c.pods["myslug"].cluster.as_str()),
+            (1, "pod_myslug")
+        );
+        let mut bad = minimal();
+        bad["pods"]["other"] = serde_json::json!(["running"]);
+        let err = compile(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("not valid JSON") && err.contains("column"),
+            "{err}"
+        );
+        // One byte that is not UTF-8 inside a slug: refused, and the message says so.
+        let mut bytes = minimal().to_string().into_bytes();
+        let at = bytes.windows(6).position(|w| w == b"myslug").unwrap();
+        bytes[at] = 0xff;
+        let err = FilterConfig::compile_json(&bytes).unwrap_err().to_string();
+        assert!(
+            err.contains("not UTF-8") && err.contains(&format!("index {at}")),
+            "{err}"
+        );
     }
 }
