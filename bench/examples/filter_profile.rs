@@ -201,7 +201,8 @@ fn main() {
     }
 
     // Signing identity assertions: the first forward of a capability signs one, later ones
-    // reuse it, and so does the first after a push adding a pod.
+    // reuse it, and so do the first after a push adding a pod and the first after a push
+    // revoking someone else's capability.
     let ast = SigningKey::ed25519_from_seed("ast-bench", [43; 32]).unwrap();
     let mut vm = FilterVm::new(&wasm).unwrap();
     vm.set_time_secs(NOW as u64 + 10);
@@ -223,6 +224,17 @@ fn main() {
         &mut vm,
         1,
         "EdDSA cookie + assertion, after a push adding a pod",
+        &h,
+    );
+    // A sign-out elsewhere: a push that revokes a capability this user does not hold.
+    let mut revoking: serde_json::Value =
+        serde_json::from_str(&config_signing(&keys, 2, Some(&ast))).unwrap();
+    revoking["revoked_jti"] = serde_json::json!(["someone-elses-capability"]);
+    assert!(vm.configure(revoking.to_string().as_bytes()).unwrap());
+    row(
+        &mut vm,
+        1,
+        "EdDSA cookie + assertion, after a push revoking another capability",
         &h,
     );
 

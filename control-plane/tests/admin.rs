@@ -797,8 +797,8 @@ async fn pushed(h: &Harness) -> podgate_protocol::config::CompiledConfig {
         .unwrap()
 }
 
-/// A pod's lifecycle changes the pods of the filter's configuration and nothing else, so the
-/// filter keeps what it decided for every other pod across the push (`same_but_pods`).
+/// A pod's lifecycle changes the pods of the filter's configuration and nothing else
+/// (`same_but_pods`), so the filter keeps what it decided for every other pod across the push.
 async fn pod_lifecycle_pushes(h: &Harness) {
     h.seed().await;
     let mut before = pushed(h).await;

@@ -138,6 +138,7 @@ async fn signout_ends_every_capability_of_the_session(which: Which) {
     assert_eq!(verify(&c, &scripted).sid.as_deref(), Some(sid.as_str()));
     assert_ne!(verify(&c, &other_cap).sid.as_deref(), Some(sid.as_str()));
     assert!(!c.cutoffs.refuses(&v));
+    let before_sign_out = c;
 
     let r = h.get("/auth/logout", &[("cookie", &session)]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -163,6 +164,11 @@ async fn signout_ends_every_capability_of_the_session(which: Which) {
     }
     // The same user's other session is not signed out.
     assert!(!c.cutoffs.refuses(&verify(&c, &other_cap)));
+    // The cuts are all the sign-out changed in what Envoy gets, so the filter keeps the
+    // decisions it memoized for every capability but the session's.
+    assert!(!before_sign_out.same_but_pods(&c));
+    assert!(before_sign_out.same_settings(&c));
+    assert!(c.withdraws(&verify(&c, &cap)) && !c.withdraws(&verify(&c, &other_cap)));
     // The ticket minted before the sign-out is not redeemed any more.
     let r = redeem(&h, &host, &in_flight).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);

@@ -144,6 +144,12 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
         until_closed(&mut ws, Duration::from_secs(5)).await;
         Instant::now()
     });
+    // The user's other browser, signed in too and already let through (the filter remembers
+    // that decision).
+    let other_session = stack.cp.session(USER).await;
+    let other_cap = sign_in_through_envoy(&stack, "web", &other_session).await;
+    let (status, _, _, body) = get_on_pod(&http, envoy, "web", "/page", Some(&other_cap)).await;
+    assert_eq!(status, 200, "{body}");
     let seen = pod.requests().len();
 
     // Sign out on the pod host: the filter clears the cookie and sends the browser on.
@@ -207,7 +213,21 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
-    // The user's other sessions are not signed out: a capability of another one goes through.
+    // The user's other sessions are not signed out: the other browser's capability still goes
+    // through with the configuration that cut the first one, and the pod gets the user without
+    // the capability.
+    for path in ["/page", "/after-sign-out"] {
+        let (status, _, _, body) = get_on_pod(&http, envoy, "web", path, Some(&other_cap)).await;
+        assert_eq!(status, 200, "{path}: {body}\n{}", stack.logs());
+        let got = pod.requests().last().unwrap().clone();
+        assert_eq!(got.path, path);
+        assert_eq!(got.header("x-podgate-user"), Some(USER));
+        assert!(
+            got.header("cookie")
+                .is_none_or(|c| !c.contains("podgate_cap")),
+            "{got:?}"
+        );
+    }
     let other = stack.cp.session(USER).await;
     let token = stack.cp.mint(&other, "web").await.unwrap();
     until(&stack.http, envoy, "web", &token, ONE_PUSH, |a| {

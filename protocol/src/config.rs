@@ -17,7 +17,7 @@ use crate::rate::RateLimits;
 use crate::renewal::{CompiledRenewal, InForce, Renewal};
 use crate::set_cookie::ReservedNames;
 use crate::token::{
-    KeyError, KeySet, TokenKind, Verifier, DEFAULT_LEEWAY_SECS,
+    KeyError, KeySet, TokenKind, Verified, Verifier, DEFAULT_LEEWAY_SECS,
     DEFAULT_MAX_CAPABILITY_LIFETIME_SECS,
 };
 
@@ -356,20 +356,22 @@ pub struct CompiledConfig {
     /// Signing identity assertions (`assertion`); `None`: off.
     pub assertion: Option<CompiledAssertion>,
     pub token_cache_entries: usize,
-    /// This configuration as written, but for its pods: two configurations with the same
-    /// `others` decide alike for every request but those to a pod whose entry differs
-    /// (`Gate::configure` keeps the other decisions).
-    others: BesidesPods,
+    /// This configuration as written, but for the lists that change as pods and sessions come
+    /// and go (pods, revocations, cuts; compared in their compiled form): two configurations
+    /// with the same `others` decide alike for every request but those to a pod whose entry
+    /// differs and those on a capability one of them withdraws (`Gate::configure` keeps the
+    /// other decisions).
+    others: Settings,
 }
 
-/// A configuration without its pods, compared whole. Its `Debug` shows nothing of it: it holds
-/// the renewal secret, the assertion key and the services' credentials.
+/// A configuration without its pods, revocations and cuts, compared whole. Its `Debug` shows
+/// nothing of it: it holds the renewal secret, the assertion key and the services' credentials.
 #[derive(PartialEq, Eq)]
-struct BesidesPods(FilterConfig);
+struct Settings(FilterConfig);
 
-impl std::fmt::Debug for BesidesPods {
+impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BesidesPods(..)")
+        f.write_str("Settings(..)")
     }
 }
 
@@ -416,7 +418,9 @@ impl FilterConfig {
     /// Validates every field and builds the indexed form.
     pub fn compile(mut self) -> Result<CompiledConfig, ConfigError> {
         let pods = std::mem::take(&mut self.pods);
-        let others = BesidesPods(self.clone());
+        let revoked_jti = std::mem::take(&mut self.revoked_jti);
+        let cutoffs = std::mem::take(&mut self.cutoffs);
+        let others = Settings(self.clone());
         let pod_hosts = HostTemplate::new(&self.public_host_template, &self.domain)
             .map_err(ConfigError::PublicTemplate)?;
         let service_hosts = self
@@ -457,8 +461,7 @@ impl FilterConfig {
             }
             None => format!("{}/auth/logout", origin_of(&self.auth_url)),
         };
-        let cutoffs = self
-            .cutoffs
+        let cutoffs = cutoffs
             .compile()
             .map_err(|e| field("cutoffs", e.to_string()))?;
         let renewal = self
@@ -578,7 +581,7 @@ impl FilterConfig {
             pods,
             services: self.services,
             services_without_credential: self.services_without_credential.into_iter().collect(),
-            revoked: self.revoked_jti.into_iter().collect(),
+            revoked: revoked_jti.into_iter().collect(),
             cutoffs,
             logout_url,
             wake: self.wake && renewal.is_some(),
@@ -596,6 +599,21 @@ impl CompiledConfig {
     /// Whether `other` differs from this configuration at most in its pods.
     pub fn same_but_pods(&self, other: &CompiledConfig) -> bool {
         self.others == other.others
+            && self.revoked == other.revoked
+            && self.cutoffs == other.cutoffs
+    }
+
+    /// Whether `other` differs from this configuration at most in its pods and in the
+    /// capabilities it [`withdraws`](Self::withdraws) (revocations and cuts): a pod's lifecycle,
+    /// a sign-out, a revoked token, lost access.
+    pub fn same_settings(&self, other: &CompiledConfig) -> bool {
+        self.others == other.others
+    }
+
+    /// Whether this configuration refuses `capability` before its expiry: revoked, or cut off
+    /// (a signed-out session, access lost).
+    pub fn withdraws(&self, capability: &Verified) -> bool {
+        self.in_force().withdraws(capability)
     }
 
     /// Whether both sign identity assertions, and alike: the same key (every JWK field, as

@@ -222,7 +222,7 @@ pub fn judge(
         && cap.claims.pod == need.pod.pod
         && cap.claims.port == need.pod.port
         && cap.res == need.resource;
-    let refused = config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap);
+    let refused = config.withdraws(&cap);
     if !exact || refused {
         return Exchanged::Failed;
     }

@@ -201,6 +201,14 @@ pub struct InForce<'a> {
     pub cookie_name: &'a str,
 }
 
+impl InForce<'_> {
+    /// Whether `capability` is refused before its expiry: revoked, or cut off (a signed-out
+    /// session, access lost).
+    pub fn withdraws(&self, capability: &Verified) -> bool {
+        self.revoked.contains(&capability.claims.jti) || self.cutoffs.refuses(capability)
+    }
+}
+
 /// Judges the control plane's answer to the renewal of `old`: HTTP `status` (0 when the call
 /// failed) and `body`, at `now`. Only a 401 is a refusal. A fresh capability is accepted only if it verifies under the
 /// configuration in force, is not refused by it, names the same session, user, audience, pod,
@@ -227,7 +235,7 @@ pub fn judge(config: InForce<'_>, old: &Verified, status: u32, body: &[u8], now:
         && fresh.claims.port == old.claims.port
         && fresh.res == old.res
         && fresh.expires_at > old.expires_at;
-    let refused = config.revoked.contains(&fresh.claims.jti) || config.cutoffs.refuses(&fresh);
+    let refused = config.withdraws(&fresh);
     if !same || refused || !cookie_sets(config, &answer.set_cookie, &answer.token) {
         return Renewed::Failed;
     }

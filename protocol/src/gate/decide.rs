@@ -196,7 +196,7 @@ fn judge(
     pod: &PodAddr,
     want: Want<'_>,
 ) -> Verdict {
-    if config.revoked.contains(&v.claims.jti) || config.cutoffs.refuses(v) {
+    if config.withdraws(v) {
         Verdict::Refused(TokenError::Revoked)
     } else if v.claims.aud == host && v.claims.pod == pod.pod && v.claims.port == pod.port {
         if want.admits(v.res.as_deref()) {

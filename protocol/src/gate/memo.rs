@@ -46,8 +46,9 @@ pub const MEMO_MAX_ENTRIES: usize = 4096;
 /// (with the verifier's leeway, the rule the token cache applies): with one candidate, the
 /// decision depends on time only through that expiry. Everything else it depends on comes from
 /// the configuration. A new configuration clears the memo (`clear`), unless it differs only in
-/// its pods: then the forwards to the pods whose entries changed go (`keep_under`). Full, it
-/// starts over, like the token cache.
+/// its pods, revocations and cuts: then the forwards to the pods whose entries changed and those
+/// on the capabilities it withdraws go (`keep_under`). Full, it starts over, like the token
+/// cache.
 ///
 /// Keys are hashed word by word with a per-worker random seed (`memo_hash`) and compared word by
 /// word: SipHash and wasi-libc's byte-wise `memcmp` over a key the size of a Cookie header
@@ -204,13 +205,19 @@ impl DecisionMemo {
         self.len = 0;
     }
 
-    /// For configuration `new`, which differs from `old` at most in its pods
-    /// (`CompiledConfig::same_but_pods`): keeps the forwards `new` decides alike, those to a
-    /// service and those to a pod whose entry is the same in both, and drops the rest. A
-    /// forward let through on an exchanged API token goes too: `new` confirms its grant again.
+    /// For configuration `new`, which differs from `old` at most in its pods, revocations and
+    /// cuts (`CompiledConfig::same_settings`): keeps the forwards `new` decides alike, those to
+    /// a service or to a pod whose entry is the same in both, on a capability `new` does not
+    /// withdraw, and drops the rest. A stored forward was decided by its one capability alone,
+    /// so nothing else it was judged on can have changed. A forward let through on an exchanged
+    /// API token goes too: `new` confirms its grant again.
     pub fn keep_under(&mut self, old: &CompiledConfig, new: &CompiledConfig) {
         let holds = |forward: &Forward| {
             !forward.exchanged
+                && forward
+                    .capability
+                    .as_deref()
+                    .is_some_and(|capability| !new.withdraws(capability))
                 && forward.target.as_ref().is_some_and(|to| {
                     to.port == SERVICE_PORT || old.pods.get(&to.pod) == new.pods.get(&to.pod)
                 })

@@ -141,7 +141,6 @@ fn forward_of(d: Decision) -> Rc<Forward> {
 #[test]
 fn a_push_that_changes_only_pods_keeps_the_forwards_to_the_pods_it_leaves_alone() {
     use crate::config::{PodStatus, UPSTREAM_HEADER};
-    use crate::token::TokenError;
     let alpha = base(&[("cookie", &format!("__Host-podgate_cap={}", cap()))]);
     let beta = headers(&[
         (":authority", "localhost-8726-pod-beta.example.dev"),
@@ -216,26 +215,15 @@ fn a_push_that_changes_only_pods_keeps_the_forwards_to_the_pods_it_leaves_alone(
         ));
     }
 
-    // Anything else changed: nothing is kept, and the new rules answer.
-    let others: [(&str, Change, bool); 4] = [
-        (
-            "alpha's capability revoked",
-            Box::new(|c| c.revoked_jti.push(crate::token::tests::claims().jti)),
-            false,
-        ),
-        (
-            "every capability issued until now cut",
-            Box::new(|c| c.cutoffs.issued_before = Some(NOW + 1)),
-            false,
-        ),
+    // A setting changed: nothing is kept, and the new rules answer.
+    let others: [(&str, Change); 2] = [
         (
             "another upstream host template",
             Box::new(|c| c.upstream_host_template = "port-{port}.pod-{pod}.{domain}".into()),
-            true,
         ),
-        ("another leeway", Box::new(|c| c.leeway_secs = 5), true),
+        ("another leeway", Box::new(|c| c.leeway_secs = 5)),
     ];
-    for (what, change, forwarded) in others {
+    for (what, change) in others {
         gate.configure(config());
         memo_agrees(&mut gate, &alpha, NOW + 4);
         memo_agrees(&mut gate, &beta, NOW + 4);
@@ -243,22 +231,145 @@ fn a_push_that_changes_only_pods_keeps_the_forwards_to_the_pods_it_leaves_alone(
         gate.configure(config_with(|c| change(c)));
         assert!(gate.memo().is_empty(), "{what}");
         let d = memo_agrees(&mut gate, &alpha, NOW + 4);
-        assert_eq!(
-            matches!(d, Decision::Forward(_)),
-            forwarded,
-            "{what}: {d:?}"
-        );
-        if !forwarded {
-            assert!(
-                matches!(
-                    d,
-                    Decision::Deny(Denial::InvalidCapability {
-                        reason: TokenError::Revoked,
-                        ..
-                    })
-                ),
-                "{what}: {d:?}"
-            );
+        assert!(matches!(d, Decision::Forward(_)), "{what}: {d:?}");
+    }
+}
+
+#[test]
+fn a_revocation_or_a_cut_drops_only_the_forwards_on_the_capabilities_it_withdraws() {
+    use super::tests::key;
+    use crate::cutoff::{SessionCut, UserCut};
+    use crate::token::{mint_in_session, tests::claims, PodClaims, TokenError, TokenKind};
+    // Alpha's visitor (user-1, session s-1) and beta's (user-2, session s-2): different
+    // users, sessions and capability ids.
+    let capability = |pod: &str, sub: &str, jti: &str, sid: &str| {
+        let c = PodClaims {
+            aud: format!("localhost-8726-pod-{pod}.example.dev"),
+            pod: pod.into(),
+            sub: sub.into(),
+            jti: jti.into(),
+            ..claims()
+        };
+        mint_in_session(TokenKind::Capability, &key(), &c, Some(sid), NOW, 900).unwrap()
+    };
+    let request = |pod: &str, token: &str| {
+        headers(&[
+            (
+                ":authority",
+                &format!("localhost-8726-pod-{pod}.example.dev"),
+            ),
+            (":path", "/"),
+            (":method", "GET"),
+            ("cookie", &format!("__Host-podgate_cap={token}")),
+        ])
+    };
+    let alpha = request("alpha", &capability("alpha", "user-1", "jti-a", "s-1"));
+    let beta = request("beta", &capability("beta", "user-2", "jti-b", "s-2"));
+    let user_cut = |sub: &str, pod: Option<&str>| UserCut {
+        sub: sub.into(),
+        pod: pod.map(Into::into),
+        port: None,
+        resource: None,
+        at: NOW,
+        until: NOW + 1000,
+    };
+
+    type Change = Box<dyn Fn(&mut crate::config::FilterConfig)>;
+    let session_cut = |sid: &str| SessionCut {
+        sid: sid.into(),
+        at: NOW,
+        until: NOW + 1000,
+    };
+    // What each push withdraws: (alpha's capability, beta's).
+    let pushes: [(&str, Change, (bool, bool)); 9] = [
+        (
+            "alpha's capability revoked",
+            Box::new(|c| c.revoked_jti.push("jti-a".into())),
+            (true, false),
+        ),
+        (
+            "another capability revoked",
+            Box::new(|c| c.revoked_jti.push("jti-z".into())),
+            (false, false),
+        ),
+        (
+            "alpha's session signed out",
+            Box::new(move |c| c.cutoffs.sessions.push(session_cut("s-1"))),
+            (true, false),
+        ),
+        (
+            "another session signed out",
+            Box::new(move |c| c.cutoffs.sessions.push(session_cut("s-9"))),
+            (false, false),
+        ),
+        (
+            "alpha's user lost access to alpha",
+            Box::new(move |c| c.cutoffs.users.push(user_cut("user-1", Some("alpha")))),
+            (true, false),
+        ),
+        (
+            "alpha's user lost access to beta",
+            Box::new(move |c| c.cutoffs.users.push(user_cut("user-1", Some("beta")))),
+            (false, false),
+        ),
+        (
+            "every capability issued until now cut",
+            Box::new(|c| c.cutoffs.issued_before = Some(NOW)),
+            (true, true),
+        ),
+        (
+            "every capability issued before them cut",
+            Box::new(|c| c.cutoffs.issued_before = Some(NOW - 1)),
+            (false, false),
+        ),
+        (
+            "a revocation taken off",
+            Box::new(|c| c.revoked_jti.clear()),
+            (false, false),
+        ),
+    ];
+    for (what, change, (alpha_withdrawn, beta_withdrawn)) in pushes {
+        // The configuration before: one unrelated revocation in force.
+        let before = |c: &mut crate::config::FilterConfig| c.revoked_jti = vec!["jti-old".into()];
+        let mut gate = Gate::new(config_with(before));
+        let stored = [
+            (
+                &alpha,
+                forward_of(memo_agrees(&mut gate, &alpha, NOW + 1)),
+                alpha_withdrawn,
+            ),
+            (
+                &beta,
+                forward_of(memo_agrees(&mut gate, &beta, NOW + 1)),
+                beta_withdrawn,
+            ),
+        ];
+        assert_eq!(gate.memo().len(), 2, "{what}");
+        gate.configure(config_with(|c| {
+            before(c);
+            change(c);
+        }));
+        let kept = 2 - usize::from(alpha_withdrawn) - usize::from(beta_withdrawn);
+        assert_eq!(gate.memo().len(), kept, "{what}");
+        for (request, before, withdrawn) in stored {
+            let hits = gate.stats().0;
+            let d = memo_agrees(&mut gate, request, NOW + 2);
+            if withdrawn {
+                assert!(
+                    matches!(
+                        d,
+                        Decision::Deny(Denial::InvalidCapability {
+                            reason: TokenError::Revoked,
+                            ..
+                        })
+                    ),
+                    "{what}: {d:?}"
+                );
+            } else {
+                // The very forward stored before, served from the memo.
+                assert!(Rc::ptr_eq(&forward_of(d), &before), "{what}");
+                assert_eq!(gate.stats().0, hits + 1, "{what}");
+            }
         }
     }
 }

@@ -179,9 +179,10 @@ impl Gate {
     /// Puts `config` in force. What was decided, verified and signed under the configuration
     /// before is kept only where `config` would decide, verify and sign it alike:
     /// - the decision memo, when `config` differs only in its pods (a pod created, started,
-    ///   stopped, moved or deleted), but for the forwards to the pods whose entries changed and
-    ///   those let through on an exchanged API token; any other change (a revocation, a cut,
-    ///   keys, services, templates) starts it over;
+    ///   stopped, moved or deleted), revocations and cuts (a revoked token, a sign-out, lost
+    ///   access), but for the forwards to the pods whose entries changed, those on the
+    ///   capabilities it withdraws and those let through on an exchanged API token; any other
+    ///   change (keys, services, templates) starts it over;
     /// - the verified tokens, when the capability verifier checks as the one before (same
     ///   keys, issuer, leeway and lifetime cap) and the cache keeps its size: a signature and
     ///   the claims checked then are checked the same now, and what can change (expiry,
@@ -199,7 +200,7 @@ impl Gate {
         } else {
             self.cache.clear();
         }
-        match old.filter(|o| o.same_but_pods(&config)) {
+        match old.filter(|o| o.same_settings(&config)) {
             Some(old) => self.memo.keep_under(old, &config),
             None => self.memo.clear(),
         }
@@ -231,9 +232,7 @@ impl Gate {
     /// signed-out session, access lost), or no configuration at all. The filter asks it for
     /// the capabilities of open WebSockets, so that a push closes them too.
     pub fn refuses(&self, capability: &Verified) -> bool {
-        self.config().is_none_or(|c| {
-            c.revoked.contains(&capability.claims.jti) || c.cutoffs.refuses(capability)
-        })
+        self.config().is_none_or(|c| c.withdraws(capability))
     }
 
     /// The renew call for `capability` (`renewal::call_headers`) to the control plane's

@@ -79,7 +79,7 @@ pub(super) fn api_token_grant(
             return Err(Decision::Deny(Denial::ApiTokenNotAllowed));
         }
         Lookup::Granted(cap) => {
-            if config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap) {
+            if config.withdraws(&cap) {
                 // Revoked or cut off since: the control plane is asked again, and refuses a
                 // revoked token.
                 exchanges.forget(&key);
@@ -89,10 +89,7 @@ pub(super) fn api_token_grant(
             }
         }
         Lookup::Unconfirmed(capability) => match config.verifier.verify(&capability, now) {
-            Ok(cap)
-                if !(config.revoked.contains(&cap.claims.jti) || config.cutoffs.refuses(&cap))
-                    && cap.res.as_deref() == resource =>
-            {
+            Ok(cap) if !config.withdraws(&cap) && cap.res.as_deref() == resource => {
                 let cap = Rc::new(cap);
                 exchanges.confirm(&key, Rc::clone(&cap));
                 return Ok(cap);
