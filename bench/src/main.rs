@@ -144,10 +144,15 @@ pub struct Settings {
     /// `--realistic`: pushes of the filter's configuration per second while the rounds run
     /// (0: none). Above 0 the podgate cases (`D`, `D-prev`) get their configuration as the
     /// control plane delivers it, over ECDS (here from a file Envoy watches), with an identity
-    /// assertion key; each push adds or removes a pod, as a pod started or stopped does. Case
-    /// `D-still` is `D` the same way, never pushed.
+    /// assertion key; each push changes what `--push-kind` says. Case `D-still` is `D` the same
+    /// way, never pushed.
     #[arg(long, default_value_t = 0.0)]
     pub pushes_per_sec: f64,
+    /// `--pushes-per-sec`: what each push changes: `pods` adds or removes a pod no traffic goes
+    /// to, as a pod started or stopped does; `revocations` revokes one more capability no
+    /// traffic uses, as a sign-out or a revoked token elsewhere does.
+    #[arg(long, value_enum, default_value = "pods")]
+    pub push_kind: pushes::PushKind,
     /// `--realistic`: podgate's `token_cache_entries` (jwt_authn's cache follows it); the
     /// filter's default unless set.
     #[arg(long)]

@@ -93,10 +93,9 @@ pub struct RealisticReport {
     pub token_cache_entries: usize,
     pub mix_percent: MixShares,
     pub ws_messages_per_session: usize,
-    /// `--pushes-per-sec`, and the pushes written to each pushed Envoy from the warm-up to the
-    /// end of the rounds.
-    pub pushes_per_sec: f64,
-    pub pushes_written: u64,
+    /// The pushes made meanwhile (`--pushes-per-sec`, `--push-kind`).
+    #[serde(flatten)]
+    pub pushes: pushes::Made,
     /// The podgate filter's verified-token cache over the measured rounds (both workers).
     pub podgate_cache_hits: u64,
     pub podgate_cache_misses: u64,
@@ -481,9 +480,10 @@ pub async fn run(
     let pushing = settings.pushes_per_sec > 0.0;
     let mut pushes = if pushing {
         Some(Pushes::new(
-            &keys.jwks()?,
+            &keys,
             &pods,
             settings.token_cache_entries,
+            settings.push_kind,
         )?)
     } else {
         None
@@ -712,8 +712,7 @@ pub async fn run(
             api: API_PERCENT,
             websocket_session: 100 - PAGE_PERCENT - API_PERCENT,
         },
-        pushes_per_sec: settings.pushes_per_sec,
-        pushes_written,
+        pushes: pushes::Made::new(settings, pushes_written),
         podgate_cache_hits: hits,
         podgate_cache_misses: misses,
         ws_messages_per_session: WS_MESSAGES,
@@ -781,18 +780,10 @@ impl RealisticReport {
             self.podgate_cache_misses,
             100.0 * self.podgate_cache_misses as f64 / looked_up as f64
         ));
-        if self.pushes_per_sec > 0.0 {
-            let applied: Vec<(&str, u64)> = self
-                .cases
-                .iter()
-                .filter_map(|c| c.pushes_applied.map(|n| (c.id, n)))
-                .collect();
-            out.push_str(&pushes::summary(
-                self.pushes_per_sec,
-                self.pushes_written,
-                &applied,
-            ));
-        }
+        let applied: Vec<(&str, u64)> = (self.cases.iter())
+            .filter_map(|c| c.pushes_applied.map(|n| (c.id, n)))
+            .collect();
+        out.push_str(&self.pushes.summary(&applied));
         out
     }
 }

@@ -83,7 +83,7 @@ impl Keys {
             aud: pod_host(pod),
             pod: pod.to_owned(),
             port: BENCH_PORT,
-            jti: format!("bench-{}-{n}", alg.name()),
+            jti: jti(alg, n),
             email: Some("bench@example.dev".to_owned()),
         };
         Ok(mint(
@@ -130,6 +130,11 @@ pub struct DirectoryPod {
     pub slug: String,
     pub cluster: String,
     pub address: Option<SocketAddr>,
+}
+
+/// The id of [`Keys::capability`]`(alg, _, n)`.
+pub fn jti(alg: Alg, n: u64) -> String {
+    format!("bench-{}-{n}", alg.name())
 }
 
 /// The podgate filter configuration (protocol `FilterConfig` as JSON).
