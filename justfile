@@ -73,7 +73,8 @@ test-browser: build-filter
 # writes bench/results/*.json and the table in BENCHMARKS.md (about 3 minutes; `-- --help`).
 # `./just bench --exchange-only`: only what an API token at the edge costs (under a minute).
 # `./just bench --realistic`: 1,000 users over 100 pods, pages, API calls and WebSockets, 2 workers
-# (`--pushes-per-sec N`: the filter's configuration pushed N times a second meanwhile).
+# (`--pushes-per-sec N`: the filter's configuration pushed N times a second meanwhile, each push
+# adding or removing a pod, or with `--push-kind revocations` revoking one more capability).
 # `./just bench --worker-memory`: Envoy's RSS with 1, 2 and 4 workers at 10,000 pods.
 bench *ARGS: build-filter
     cargo build --manifest-path bench/noop-filter/Cargo.toml --target wasm32-wasip1 --release --target-dir target

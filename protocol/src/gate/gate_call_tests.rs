@@ -149,8 +149,8 @@ fn configure_forgets_every_decision_made_under_the_old_configuration() {
     assert_eq!(gate.memo().len(), 1);
     assert_eq!(gate.cache().len(), 1);
     // The capability revoked, then the pod stopped: neither the memo nor the token cache
-    // keeps the forward alive. The memo starts over; the verified token stays (the keys did
-    // not change) and is found revoked.
+    // keeps the forward alive. The memo drops the revoked capability's forward; the verified
+    // token stays (the keys did not change) and is found revoked.
     let jti = claims().jti;
     gate.configure(config_with(|c| c.revoked_jti = vec![jti.clone()]));
     assert!(gate.memo().is_empty());
