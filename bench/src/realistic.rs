@@ -480,7 +480,7 @@ pub async fn run(
     let pushing = settings.pushes_per_sec > 0.0;
     let mut pushes = if pushing {
         Some(Pushes::new(
-            &keys,
+            keys,
             &pods,
             settings.token_cache_entries,
             settings.push_kind,
