@@ -797,8 +797,9 @@ async fn pushed(h: &Harness) -> podgate_protocol::config::CompiledConfig {
         .unwrap()
 }
 
-/// A pod's lifecycle changes the pods of the filter's configuration and nothing else
-/// (`same_but_pods`), so the filter keeps what it decided for every other pod across the push.
+/// A pod's lifecycle changes the pods of the filter's configuration and nothing else (the same
+/// settings, revocations and cuts), so the filter keeps what it decided for every other pod
+/// across the push.
 async fn pod_lifecycle_pushes(h: &Harness) {
     h.seed().await;
     let mut before = pushed(h).await;
@@ -837,7 +838,9 @@ async fn pod_lifecycle_pushes(h: &Harness) {
         assert!(r.status.is_success(), "{what}: {}", r.body);
         let after = pushed(h).await;
         assert_ne!(before.pods.get("life"), after.pods.get("life"), "{what}");
-        assert!(before.same_but_pods(&after), "{what}");
+        assert!(before.same_settings(&after), "{what}");
+        assert_eq!(before.revoked, after.revoked, "{what}");
+        assert_eq!(before.cutoffs, after.cutoffs, "{what}");
         before = after;
     }
 }

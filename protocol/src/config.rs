@@ -596,13 +596,6 @@ impl FilterConfig {
 }
 
 impl CompiledConfig {
-    /// Whether `other` differs from this configuration at most in its pods.
-    pub fn same_but_pods(&self, other: &CompiledConfig) -> bool {
-        self.others == other.others
-            && self.revoked == other.revoked
-            && self.cutoffs == other.cutoffs
-    }
-
     /// Whether `other` differs from this configuration at most in its pods and in the
     /// capabilities it [`withdraws`](Self::withdraws) (revocations and cuts): a pod's lifecycle,
     /// a sign-out, a revoked token, lost access.
