@@ -718,4 +718,51 @@ async fn a_browser_signs_in_to_a_service_and_its_cookie_never_reaches_the_upstre
     // The same cookie on a pod host is no capability there.
     let (status, _, _, _) = get_on_pod(&http, stack.envoy.listener, "alpha", "/", Some(&cap)).await;
     assert_ne!(status, 200);
+
+    // A page of a pod that has the service's name is a stranger to the service: its script's
+    // POST, which the browser sends with the service's cookie (sibling hosts are same-site), is
+    // refused and reaches nothing; the service's own page is let through.
+    let port = stack.envoy.listener.port();
+    let post_from = |origin: String| {
+        http.post(format!(
+            "http://{}/v1/chat/completions",
+            stack.envoy.listener
+        ))
+        .header(reqwest::header::HOST, service_host("openai"))
+        .header(COOKIE, &with_cookie)
+        .header(reqwest::header::ORIGIN, origin)
+        .body(r#"{"model":"m"}"#)
+        .send()
+    };
+    let seen = upstream.requests().len();
+    let resp = post_from(format!("http://{}:{port}", pod_host("openai")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("another origin"),
+        "{body}"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        seen,
+        "nothing reached the upstream"
+    );
+    let own = format!("http://{}:{port}", service_host("openai"));
+    let resp = post_from(own.clone()).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"]
+            .to_str()
+            .unwrap(),
+        own
+    );
+    let last = upstream.requests().pop().unwrap();
+    assert_eq!(
+        (last.method.as_str(), last.path.as_str()),
+        ("POST", "/v1/chat/completions")
+    );
+    assert_eq!(last.header("cookie"), Some("app=1"));
 }

@@ -22,7 +22,7 @@
 //!   access to another pod's origin, to `*` with credentials, or to any other site.
 
 use crate::config::CompiledConfig;
-use crate::host::PodAddr;
+use crate::host::{PodAddr, SERVICE_PORT};
 use crate::reply::{Denial, Reply};
 
 /// How long a browser may cache a preflight answer (Chrome caps at 7200 s).
@@ -47,9 +47,12 @@ pub fn origin_pod(config: &CompiledConfig, origin: &str) -> Option<PodAddr> {
     config.public_hosts.parse(authority).ok()
 }
 
-/// Whether `origin` is an origin of the pod `pod` (same pod, any of its ports).
+/// Whether `origin` is an origin of the pod `pod` (same pod, any of its ports), or, for a
+/// service, the service's own. A pod and a service of the same name are strangers: the pod's
+/// pages must not use the service's credential, nor the service's answers reach them.
 pub fn is_same_pod_origin(config: &CompiledConfig, pod: &PodAddr, origin: &str) -> bool {
-    origin_pod(config, origin).is_some_and(|o| o.pod == pod.pod)
+    origin_pod(config, origin)
+        .is_some_and(|o| o.pod == pod.pod && (o.port == SERVICE_PORT) == (pod.port == SERVICE_PORT))
 }
 
 /// RFC 9110 `tchar`.

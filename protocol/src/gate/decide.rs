@@ -9,7 +9,7 @@ use crate::config::{
     CompiledConfig, PodStatus, CLUSTER_HEADER, EMAIL_HEADER, UPSTREAM_HEADER, USER_HEADER,
 };
 use crate::cookie::{self, MAX_COOKIE_HEADER_LEN, TOKEN_HEADER};
-use crate::cors::origin_pod;
+use crate::cors::{is_same_pod_origin, origin_pod};
 use crate::exchange::{self, ExchangeNeeded};
 use crate::host::{target_query, PodAddr, SERVICE_PORT};
 use crate::own_paths::{self, OwnPath};
@@ -565,8 +565,7 @@ pub(super) fn decide_counting(
             }
         } else if !is_safe_method(req.method) {
             if let Some(origin) = req.origin {
-                let same_pod = origin_pod(config, origin).is_some_and(|o| o.pod == pod.pod);
-                if !same_pod {
+                if !is_same_pod_origin(config, &pod, origin) {
                     return (Decision::Deny(Denial::CrossPodRequest), looked_at);
                 }
             }

@@ -174,3 +174,102 @@ fn a_service_without_a_usable_credential_is_a_502_and_forwards_nothing() {
     );
     assert_eq!(status(&d), 401);
 }
+
+/// A pod and a service may share a name (`openai`); each is a stranger to the other's pages.
+/// The pod's page must not drive the service with the browser's service capability (and its
+/// credential), nor read its answers, and the service's pages have no hold on the pod.
+#[test]
+fn a_pod_and_a_service_of_the_same_name_are_strangers_to_each_others_pages() {
+    let c = config_with_service();
+    let c = config_with(|f| {
+        f.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
+        f.services = c.services.clone();
+        let alpha = f.pods["alpha"].clone();
+        f.pods.insert("openai".into(), alpha);
+    });
+    let pod_page = "https://localhost-8726-pod-openai.example.dev";
+    let service_page = "https://svc-openai.example.dev";
+    let post = |authority: &str, cap: &str, origin: &str| {
+        let cookie = format!("__Host-podgate_cap={cap}");
+        run(
+            &c,
+            &headers(&[
+                (":authority", authority),
+                (":path", "/v1/chat/completions"),
+                (":method", "POST"),
+                ("cookie", &cookie),
+                ("origin", origin),
+            ]),
+        )
+    };
+    let service = ("svc-openai.example.dev", service_cap("openai"));
+    let pod = (
+        "localhost-8726-pod-openai.example.dev",
+        cap_for("openai", 8726),
+    );
+    for (to, from) in [(&service, pod_page), (&pod, service_page)] {
+        assert_eq!(
+            post(to.0, &to.1, from),
+            Decision::Deny(Denial::CrossPodRequest),
+            "{from} → {}",
+            to.0
+        );
+    }
+    // Each one's own pages still drive it.
+    let d = post(service.0, &service.1, service_page);
+    assert_eq!(set(&d, "x-api-key"), Some("sk-upstream"));
+    assert!(matches!(
+        post(pod.0, &pod.1, pod_page),
+        Decision::Forward(_)
+    ));
+
+    // Preflights: refused across, allowed from the service's own origin.
+    let preflight = |authority: &str, origin: &str| {
+        crate::cors::preflight(
+            &c,
+            &crate::cors::PreflightRequest {
+                authority,
+                method: "OPTIONS",
+                origin: Some(origin),
+                request_method: Some("POST"),
+                request_headers: Some("content-type"),
+            },
+        )
+    };
+    assert_eq!(
+        preflight(service.0, pod_page),
+        Some(crate::cors::Preflight::Refused(
+            Denial::CrossOriginPreflight
+        ))
+    );
+    assert_eq!(
+        preflight(pod.0, service_page),
+        Some(crate::cors::Preflight::Refused(
+            Denial::CrossOriginPreflight
+        ))
+    );
+    assert!(matches!(
+        preflight(service.0, service_page),
+        Some(crate::cors::Preflight::Allowed(_))
+    ));
+
+    // The service's answer to the pod's page is not made readable to it.
+    let answer: [(&[u8], &[u8]); 2] =
+        [(b":status", b"200"), (b"content-type", b"application/json")];
+    let allowed_origin = |authority: &str, origin: &str| {
+        let ctx = crate::response::PodResponse::new(authority, Some(origin));
+        crate::response::sanitize(&c, &ctx, answer)
+            .edits
+            .into_iter()
+            .find_map(|e| match e {
+                crate::response::ResponseEdit::Set("access-control-allow-origin", v) => Some(v),
+                _ => None,
+            })
+    };
+    assert_eq!(allowed_origin(service.0, pod_page), None);
+    assert_eq!(allowed_origin(pod.0, service_page), None);
+    assert_eq!(
+        allowed_origin(service.0, service_page).as_deref(),
+        Some(service_page)
+    );
+}
