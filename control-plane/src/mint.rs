@@ -50,35 +50,21 @@ pub struct Minted {
     pub audit: AuditEntry,
 }
 
+/// The API token a capability is minted with: recorded with it, so that revoking the token
+/// revokes the capability too, and its expiry is the capability's latest.
+#[derive(Debug, Clone)]
+pub struct ByApiToken {
+    pub id: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
 /// Mints a token of `kind` for `user` (or anonymous) on `addr`'s public host, and records it in
-/// the audit trail (never the token itself), with the API token it was minted with, if any.
-pub async fn mint_for(
-    ctx: &MintContext<'_>,
-    kind: TokenKind,
-    user: Option<&User>,
-    addr: &PodAddr,
-    via: &str,
-    api_token: Option<&str>,
-) -> Result<Minted, MintError> {
-    mint_in_session_for(ctx, kind, user, addr, via, api_token, None).await
-}
-
-/// [`mint_for`], for the control-plane session `sid` when there is one: the token carries it
-/// (a ticket passes it on to its capability), so signing out cuts the capability off.
-pub async fn mint_in_session_for(
-    ctx: &MintContext<'_>,
-    kind: TokenKind,
-    user: Option<&User>,
-    addr: &PodAddr,
-    via: &str,
-    api_token: Option<&str>,
-    sid: Option<&str>,
-) -> Result<Minted, MintError> {
-    mint_scoped_for(ctx, kind, user, addr, None, via, api_token, sid).await
-}
-
-/// [`mint_in_session_for`], with the resource claim `res` (a resource path, `/sessions/abc`) on
-/// a service reached per resource; the caller has checked `authz::authorize_resource`.
+/// the audit trail (never the token itself), with the API token it was minted with, if any. It
+/// carries the resource claim `res` (a resource path, `/sessions/abc`) on a service reached per
+/// resource (the caller has checked `authz::authorize_resource`), and the control-plane session
+/// `sid` when there is one (a ticket passes it on to its capability), so that signing out cuts
+/// it off.
 #[allow(clippy::too_many_arguments)]
 pub async fn mint_scoped_for(
     ctx: &MintContext<'_>,
@@ -87,7 +73,7 @@ pub async fn mint_scoped_for(
     addr: &PodAddr,
     res: Option<&str>,
     via: &str,
-    api_token: Option<&str>,
+    api_token: Option<&ByApiToken>,
     sid: Option<&str>,
 ) -> Result<Minted, MintError> {
     let minted = async {
@@ -117,21 +103,8 @@ pub async fn mint_scoped_for(
     minted
 }
 
-/// Signs a token; the caller records `audit` before handing the token out.
-pub fn sign_for(
-    config: &Config,
-    ring: &KeyRing,
-    kind: TokenKind,
-    user: Option<&User>,
-    addr: &PodAddr,
-    via: &str,
-    api_token: Option<&str>,
-) -> Result<Minted, MintError> {
-    sign_in_session(config, ring, kind, user, addr, None, via, api_token, None)
-}
-
-/// [`sign_for`], with the resource claim `res` on a service reached per resource, and the
-/// session id claim `sid` when minted for a control-plane session.
+/// Signs a token as [`mint_scoped_for`] says; the caller records `audit` before handing the
+/// token out.
 #[allow(clippy::too_many_arguments)]
 pub fn sign_in_session(
     config: &Config,
@@ -141,7 +114,7 @@ pub fn sign_in_session(
     addr: &PodAddr,
     res: Option<&str>,
     via: &str,
-    api_token: Option<&str>,
+    api_token: Option<&ByApiToken>,
     sid: Option<&str>,
 ) -> Result<Minted, MintError> {
     let (key, lifetime, key_kind) = match kind {
@@ -170,7 +143,13 @@ pub fn sign_in_session(
         email: user.and_then(|u| u.email.clone()),
     };
     let now = now_unix();
-    let lifetime = lifetime as i64;
+    // A capability minted with an API token ends when the token does, or sooner: the filter
+    // keeps what it exchanged until the capability's expiry, and nothing is pushed when a token
+    // expires (it was checked unexpired a moment ago; a second at least, on a clock tick).
+    let lifetime = match api_token {
+        Some(t) => (lifetime as i64).min(t.expires_at - now).max(1),
+        None => lifetime as i64,
+    };
     let token =
         mint_scoped(kind, key, &claims, sid, res, now, lifetime).map_err(|e| MintError::Sign {
             kind,
@@ -184,7 +163,7 @@ pub fn sign_in_session(
         port: claims.port,
         audience: claims.aud,
         via: via.to_owned(),
-        api_token_id: api_token.map(str::to_owned),
+        api_token_id: api_token.map(|t| t.id.clone()),
         issued_at: now,
         expires_at: now + lifetime,
         resource: res.map(str::to_owned),

@@ -138,3 +138,65 @@ async fn failed_tokens_are_counted_per_end_client(which: Which) {
     h.finish().await;
 }
 on_both!(failed_tokens_are_counted_per_end_client);
+
+/// What an API token mints ends when the token does: the filter keeps an exchanged capability
+/// until the capability's own expiry, and no push follows a token's expiry.
+async fn an_api_token_mints_nothing_that_outlives_it(which: Which) {
+    let Some(h) = harness(which).await else {
+        return;
+    };
+    let alice = h.login("alice").await;
+    let (id, token) = api_token(&h, &alice).await;
+    let config = h.admin(Method::GET, "/v1/filter-config", None).await;
+    let compiled = FilterConfig::compile_json(config.body.as_bytes()).unwrap();
+    let expiry = |cap: &str| {
+        compiled
+            .verifier
+            .verify(cap, now_unix())
+            .unwrap()
+            .expires_at
+    };
+
+    // Far from its expiry: the capability lives its full lifetime.
+    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "198.51.100.1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let lifetime = i64::try_from(h.state.config().capability_lifetime).unwrap();
+    let full = expiry(r.json()["token"].as_str().unwrap()) - now_unix();
+    assert!((lifetime - 2..=lifetime).contains(&full), "{full} s");
+
+    // A minute from its expiry: at the edge and from `/v1/capabilities`, a minute at most.
+    let ends = now_unix() + 60;
+    sqlx::query("UPDATE api_tokens SET expires_at = $1 WHERE id = $2")
+        .bind(ends)
+        .bind(&id)
+        .execute(h.tdb.db.pool())
+        .await
+        .unwrap();
+    let r = exchange(&h, Some(SECRET), Some(&token), HERE, "198.51.100.1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let exchanged = expiry(r.json()["token"].as_str().unwrap());
+    assert!(
+        (ends - 2..=ends).contains(&exchanged),
+        "{exchanged} against {ends}"
+    );
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/capabilities")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"pod":"myslug","port":8726}"#))
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let minted = expiry(r.json()["token"].as_str().unwrap());
+    assert!(
+        (ends - 2..=ends).contains(&minted),
+        "{minted} against {ends}"
+    );
+    let said = chrono::DateTime::parse_from_rfc3339(r.json()["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    assert_eq!(said, minted, "the answer's expires_at is the token's exp");
+    h.finish().await;
+}
+on_both!(an_api_token_mints_nothing_that_outlives_it);

@@ -87,7 +87,12 @@ pub fn generate() -> Result<(String, String), KeyringError> {
 #[derive(Debug)]
 pub enum ApiTokenCheck {
     /// Valid: the token's owner and the token's id.
-    Accepted { user: User, id: String },
+    /// `expires_at`: the token's expiry (unix seconds), which bounds what it mints.
+    Accepted {
+        user: User,
+        id: String,
+        expires_at: i64,
+    },
     /// Malformed, unknown, revoked or expired: the reason, for the client.
     Refused(String),
 }
@@ -176,7 +181,11 @@ pub async fn verify(
             tracing::warn!(error = %e, token = id, "recording the API token's last use failed");
         }
     }
-    Ok(ApiTokenCheck::Accepted { user, id: row.id })
+    Ok(ApiTokenCheck::Accepted {
+        user,
+        id: row.id,
+        expires_at: row.expires_at,
+    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use crate::auth::oidc::{OidcError, OidcVerifier};
 use crate::config::Config;
 use crate::limits::{Limited, RateLimiter};
 use crate::metrics::Metrics;
+use crate::mint::ByApiToken;
 use crate::store::{now_unix, Db, User};
 
 /// Which credentials an endpoint takes.
@@ -53,6 +54,8 @@ pub enum Via {
     AppSession,
     ApiToken {
         id: String,
+        /// Unix seconds.
+        expires_at: i64,
     },
 }
 
@@ -63,14 +66,17 @@ impl Via {
             Via::Session { .. } => "session".into(),
             Via::Oidc { provider, .. } => format!("oidc:{provider}"),
             Via::AppSession => crate::auth::app_session::VERIFIER.into(),
-            Via::ApiToken { id } => format!("api-token:{id}"),
+            Via::ApiToken { id, .. } => format!("api-token:{id}"),
         }
     }
-    /// The API token's id when the credential is one (recorded with what it mints, so revoking
-    /// the token revokes those capabilities too).
-    pub fn api_token_id(&self) -> Option<&str> {
+    /// The API token when the credential is one: recorded with what it mints, so revoking the
+    /// token revokes those capabilities too, and what it mints ends when it does.
+    pub fn api_token(&self) -> Option<ByApiToken> {
         match self {
-            Via::ApiToken { id } => Some(id),
+            Via::ApiToken { id, expires_at } => Some(ByApiToken {
+                id: id.clone(),
+                expires_at: *expires_at,
+            }),
             _ => None,
         }
     }
@@ -223,10 +229,14 @@ pub async fn identify(
                 )
                 .await?;
                 match check {
-                    ApiTokenCheck::Accepted { user, id } => {
+                    ApiTokenCheck::Accepted {
+                        user,
+                        id,
+                        expires_at,
+                    } => {
                         outcome.identity = Some(Identity {
                             user,
-                            via: Via::ApiToken { id },
+                            via: Via::ApiToken { id, expires_at },
                         });
                         return Ok(outcome);
                     }

@@ -347,7 +347,7 @@ async fn revoke_token(
         Ok(i) => i,
         Err(resp) => return Ok(resp),
     };
-    if let Via::ApiToken { id: own } = &identity.via {
+    if let Via::ApiToken { id: own, .. } = &identity.via {
         if *own != id {
             return Ok(forbidden(
                 "an API token can revoke only itself; sign in to revoke other tokens",

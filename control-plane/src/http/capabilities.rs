@@ -92,10 +92,7 @@ async fn capabilities(
         || "capabilities".to_owned(),
         |i| format!("capabilities/{}", i.via.label()),
     );
-    let api_token = outcome
-        .identity
-        .as_ref()
-        .and_then(|i| i.via.api_token_id().map(str::to_owned));
+    let api_token = outcome.identity.as_ref().and_then(|i| i.via.api_token());
     let sid = outcome
         .identity
         .as_ref()
@@ -140,7 +137,7 @@ async fn capabilities(
         &addr,
         res.as_deref(),
         &via,
-        api_token.as_deref(),
+        api_token.as_ref(),
         sid.as_deref(),
     )
     .await?;

@@ -31,7 +31,7 @@ use crate::http::renew::{bearer, has_secret, only_envoy};
 use crate::http::request::ClientIp;
 use crate::http::shared::{no_store, parse_target};
 use crate::metrics::Outcome;
-use crate::mint::mint_scoped_for;
+use crate::mint::{mint_scoped_for, ByApiToken};
 use crate::store::now_unix;
 use crate::AppState;
 
@@ -129,8 +129,12 @@ async fn answer_exchange(
         now_unix(),
     )
     .await;
-    let (user, id) = match check {
-        Ok(ApiTokenCheck::Accepted { user, id }) => (user, id),
+    let (user, token) = match check {
+        Ok(ApiTokenCheck::Accepted {
+            user,
+            id,
+            expires_at,
+        }) => (user, ByApiToken { id, expires_at }),
         Ok(ApiTokenCheck::Refused(reason)) => {
             tracing::info!(client, "API token refused at the edge");
             return ApiError::Unauthorized(reason).into_response();
@@ -168,13 +172,13 @@ async fn answer_exchange(
         &addr,
         target.res.as_deref(),
         "exchange",
-        Some(&id),
+        Some(&token),
         None,
     )
     .await;
     match minted {
         Ok(cap) => {
-            tracing::info!(client, user = %user.id, token = %id, pod = %addr.pod, port = addr.port, jti = %cap.jti, "API token exchanged at the edge");
+            tracing::info!(client, user = %user.id, token = %token.id, pod = %addr.pod, port = addr.port, jti = %cap.jti, "API token exchanged at the edge");
             let mut resp = Json(ExchangeAnswer { token: cap.token }).into_response();
             no_store(&mut resp);
             resp

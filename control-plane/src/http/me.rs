@@ -123,7 +123,7 @@ async fn me(
         )));
     };
     let token = match &identity.via {
-        Via::ApiToken { id } => state.db().api_token_with_user(id).await?.map(|(t, _)| {
+        Via::ApiToken { id, .. } => state.db().api_token_with_user(id).await?.map(|(t, _)| {
             json!({
                 "id": t.id,
                 "name": t.name,
