@@ -90,8 +90,8 @@ bench-login *ARGS:
     cargo build --release -p podgate-bench --bin podgate-login
     PODGATE_BIN={{root}}/target/release/podgate {{root}}/target/release/podgate-login {{ARGS}}
 
-# Two control planes on PostgreSQL when PODGATE_TEST_POSTGRES_URL is set (else one on SQLite),
-# two Envoys over ADS, fake pods; fails on any answer the changes do not explain; writes
+# Two control planes on PostgreSQL when PODGATE_TEST_POSTGRES_URL is set, each with its Envoy over
+# ADS (else one on SQLite with one Envoy), fake pods; fails on any answer the changes do not explain; writes
 # bench/results/soak-*.{json,md} (`./just soak 10 --help` lists the flags).
 # Soak: the whole stack under steady load for MINUTES while keys, pods, tokens and sessions change.
 soak minutes="10" *ARGS: build-filter

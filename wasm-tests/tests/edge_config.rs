@@ -691,7 +691,7 @@ fn assert_hardened(bootstraps: &[(String, Value)]) {
     }
     assert!(
         report.is_empty(),
-        "edge hardening (Envoy's edge best practices, SECURITY.md) is missing or loosened:\n  {}",
+        "edge hardening (Envoy's edge best practices, the threat catalog) is missing or loosened:\n  {}",
         report.join("\n  ")
     );
 }

@@ -54,7 +54,7 @@ fn every_test_the_security_doc_names_exists() {
     let classes = catalog();
     assert!(
         classes.len() >= 6,
-        "docs/security.md has {} classes; SECURITY.md has six",
+        "docs/security.md has {} classes; the threat catalog has six",
         classes.len()
     );
     let mut sources: BTreeMap<String, String> = BTreeMap::new();
