@@ -229,10 +229,12 @@ impl Gate {
     }
 
     /// Whether the configuration in force refuses `capability` now: revoked, cut off (a
-    /// signed-out session, access lost), or no configuration at all. The filter asks it for
-    /// the capabilities of open WebSockets, so that a push closes them too.
+    /// signed-out session, access lost), signed with a key no longer listed (or for another
+    /// issuer), or no configuration at all. The filter asks it for the capabilities of open
+    /// WebSockets, so that a push closes them too.
     pub fn refuses(&self, capability: &Verified) -> bool {
-        self.config().is_none_or(|c| c.withdraws(capability))
+        self.config()
+            .is_none_or(|c| c.withdraws(capability) || !c.verifier.still_vouches_for(capability))
     }
 
     /// The renew call for `capability` (`renewal::call_headers`) to the control plane's

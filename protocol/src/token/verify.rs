@@ -154,6 +154,13 @@ impl Verifier {
         self.keys.len()
     }
 
+    /// Whether a token this verifier's configuration verified before, as `verified`, is still
+    /// one it would take: its key is still listed and its issuer is still ours. A key removed
+    /// (a compromised one, say) takes every capability it signed with it.
+    pub fn still_vouches_for(&self, verified: &Verified) -> bool {
+        self.keys.contains_key(&verified.kid) && verified.claims.iss == self.issuer
+    }
+
     /// Whether `other` gives every token the answer this verifier gives, at any time: the same
     /// kind, issuer, keys (every field of each, in any order), leeway and longest lifetime.
     /// Then what one verified or refused, the other would have too.

@@ -190,3 +190,29 @@ fn a_push_that_cuts_a_websockets_capability_off_closes_it() {
     assert_eq!(vm.configure_closing(&pushed).unwrap(), (true, vec![other]));
     assert_eq!(metric(&mut vm, "podgate.websocket.cut"), 2);
 }
+
+#[test]
+fn a_push_that_drops_a_signing_key_closes_the_websockets_it_signed() {
+    // An operator who removes a key (a compromised one) ends what it signed: open WebSockets
+    // too, as the push arrives, not at their capabilities' expiry. Those on a key still
+    // listed stay open.
+    let mut vm = vm_with(&config(&[&ed_key(1), &ed_key(2)]));
+    let dropped = open(&mut vm);
+    let kept = open_with(&mut vm, &cap(&ed_key(2), "alpha", PORT));
+    at(&mut vm, NOW + 10);
+    let pushed = serde_json::to_vec(&config(&[&ed_key(2)])).unwrap();
+    assert_eq!(
+        vm.configure_closing(&pushed).unwrap(),
+        (true, vec![dropped])
+    );
+    assert!(vm.is_open(kept));
+    at(&mut vm, NOW + 11);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    assert_eq!(metric(&mut vm, "podgate.websocket.cut"), 1);
+    // A new request on the dropped key is refused too.
+    let ctx = vm.open_stream().unwrap();
+    let out = vm
+        .request_headers(ctx, &Req::alpha().token(&alpha_cap()).headers, true)
+        .unwrap();
+    assert_eq!(out.status(), Some(401), "{out:?}");
+}
