@@ -387,9 +387,6 @@ impl Filter {
             return self.on_exchange_response(&need, &client, num_headers, body_size);
         }
         self.on_renewal_response(token, num_headers, body_size)
-            .into_iter()
-            .map(|id| (id, Resume::Continue))
-            .collect()
     }
 
     /// Closes every WebSocket whose capability has expired (unrenewed), is refused by the

@@ -5,10 +5,12 @@
 use std::rc::Rc;
 
 use podgate_protocol::renewal::{self, Renewed};
-use podgate_protocol::token::Verified;
+use podgate_protocol::reply::Denial;
+use podgate_protocol::token::{TokenError, Verified};
 
+use crate::access::record_refusal;
 use crate::raw::{self, LogLevel, MapType};
-use crate::{log, now_unix, Action, Counter, Filter};
+use crate::{log, now_unix, Action, Counter, Filter, Resume};
 
 /// Where the renewal of one capability stands, in one worker.
 pub(crate) enum Renewal {
@@ -168,13 +170,14 @@ impl Filter {
     }
 
     /// The control plane answered a renew call (or the call failed); the streams that waited
-    /// for it.
+    /// for it, and what becomes of each: they go on, unless a push cut their capability off
+    /// while they waited (a sign-out, lost access).
     pub(crate) fn on_renewal_response(
         &mut self,
         token: u32,
         num_headers: usize,
         body_size: usize,
-    ) -> Vec<u32> {
+    ) -> Vec<(u32, Resume)> {
         let Some(jti) = self.calls.remove(&token) else {
             return Vec::new();
         };
@@ -240,6 +243,29 @@ impl Filter {
             }
         };
         self.renewals.insert(jti, state);
+        if !self.gate.refuses(&old) {
+            return waiting
+                .into_iter()
+                .map(|id| (id, Resume::Continue))
+                .collect();
+        }
+        // Edited for the pod already but not yet forwarded: answered as any request on a
+        // withdrawn capability, without the sign-in redirect (the request's own host and path
+        // are gone from its headers).
+        let reply = Denial::InvalidCapability {
+            reason: TokenError::Revoked,
+            redirect: None,
+        }
+        .reply();
         waiting
+            .into_iter()
+            .map(|id| {
+                self.metrics.denied(reply.reason);
+                if raw::set_effective_context(id).is_ok() {
+                    record_refusal(reply.reason);
+                }
+                (id, Resume::Reply(reply.clone()))
+            })
+            .collect()
     }
 }

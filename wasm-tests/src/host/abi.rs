@@ -20,12 +20,14 @@ pub mod map_type {
     pub const HTTP_REQUEST_TRAILERS: u32 = 1;
     pub const HTTP_RESPONSE_HEADERS: u32 = 2;
     pub const HTTP_RESPONSE_TRAILERS: u32 = 3;
+    pub const HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
 }
 
 /// `BufferType` values.
 pub mod buffer_type {
     pub const HTTP_REQUEST_BODY: u32 = 0;
     pub const HTTP_RESPONSE_BODY: u32 = 1;
+    pub const HTTP_CALL_RESPONSE_BODY: u32 = 4;
     pub const VM_CONFIGURATION: u32 = 6;
     pub const PLUGIN_CONFIGURATION: u32 = 7;
 }

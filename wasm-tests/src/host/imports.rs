@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use wasmtime::{Caller, ExternType, Linker, Module, Val, ValType};
 
 use super::abi::{self, status, LogLevel};
-use super::state::{headers, ForeignCall, HostState, LocalReply, Metric, MetricKind};
+use super::state::{headers, ForeignCall, HostState, HttpCall, LocalReply, Metric, MetricKind};
 
 type Ctx<'a> = Caller<'a, HostState>;
 
@@ -641,13 +641,46 @@ fn link_proxy_wasm(
         }
     );
 
-    // Callouts: not modelled. Statuses the SDK turns into `Err` rather than a panic.
-    define_unimplemented!(
+    // HTTP callouts: recorded for the test to answer once it accepts them; refused otherwise
+    // (BadArgument, as Envoy answers for an unknown cluster). gRPC: not modelled; statuses the
+    // SDK turns into `Err` rather than a panic.
+    define!(
         linker,
         defined,
         "proxy_http_call",
-        status::BAD_ARGUMENT,
-        (u32, u32, u32, u32, u32, u32, u32, u32, u32, u32)
+        |c,
+         upstream_ptr: u32,
+         upstream_len: u32,
+         headers_ptr: u32,
+         headers_len: u32,
+         body_ptr: u32,
+         body_len: u32,
+         _trailers_ptr: u32,
+         _trailers_len: u32,
+         timeout_ms: u32,
+         token_ptr: u32| {
+            if !c.data().http_calls_accepted {
+                return Err(Stop::Status(status::BAD_ARGUMENT));
+            }
+            let upstream =
+                String::from_utf8_lossy(&read(c, upstream_ptr, upstream_len)?).into_owned();
+            let raw_headers = read(c, headers_ptr, headers_len)?;
+            let pairs = abi::deserialize_pairs(&raw_headers)
+                .ok_or(Stop::Status(status::SERIALIZATION_FAILURE))?;
+            let body = read(c, body_ptr, body_len)?;
+            let token = c.data().next_http_call;
+            write_u32(c, token_ptr, token)?;
+            let state = c.data_mut();
+            state.next_http_call += 1;
+            state.http_calls.push(HttpCall {
+                token,
+                upstream,
+                headers: headers::to_strings(&pairs),
+                body,
+                timeout_ms,
+            });
+            Ok(status::OK)
+        }
     );
     define_unimplemented!(
         linker,
@@ -721,6 +754,7 @@ fn get_buffer_bytes(
         abi::buffer_type::HTTP_RESPONSE_BODY => {
             state.stream().and_then(|s| s.response_body.clone())
         }
+        abi::buffer_type::HTTP_CALL_RESPONSE_BODY => state.http_call_response_body.clone(),
         _ => None,
     };
     let buffer = buffer.ok_or(Stop::Status(status::NOT_FOUND))?;

@@ -39,7 +39,11 @@
 //!   `Outcome::VmDead`; `configure`/`tick`/`open_stream` answer `Err`.
 //! - Fuel (about one unit per wasm instruction) is counted for every call;
 //!   `last_stream().fuel` is a deterministic per-request cost.
-//! - Imports the host does not model (HTTP/gRPC callouts) answer an error
+//! - HTTP callouts fail (as a call to a cluster Envoy lacks) unless the test
+//!   calls `accept_http_calls()`: then each is recorded
+//!   (`pending_http_calls()`) until the test answers it
+//!   (`answer_http_call()`, which runs `proxy_on_http_call_response`).
+//! - Imports the host does not model (gRPC callouts) answer an error
 //!   status the SDK turns into `Err`, and are listed by
 //!   `unimplemented_calls()`; unknown imports are stubbed
 //!   (`stubbed_imports()`) so the module still instantiates.
@@ -58,5 +62,5 @@ mod vm;
 pub use abi::{Action, LogLevel};
 pub use artifact::{cargo_build, ensure_built, filter_wasm_path, target_dir, workspace_root};
 pub use outcome::{Outcome, StreamStats};
-pub use state::{ForeignCall, LocalReply};
+pub use state::{ForeignCall, HttpCall, LocalReply};
 pub use vm::{FilterVm, VmOptions};

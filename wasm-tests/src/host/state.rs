@@ -65,6 +65,18 @@ pub struct LocalReply {
     pub grpc_status: i32,
 }
 
+/// A call the guest made through `proxy_http_call`, waiting for the test to answer it
+/// (`FilterVm::answer_http_call`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCall {
+    pub token: u32,
+    /// The cluster called.
+    pub upstream: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u32,
+}
+
 /// A call the guest made through `proxy_call_foreign_function`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForeignCall {
@@ -130,6 +142,14 @@ pub(crate) struct HostState {
     pub(crate) tick_period_ms: u32,
     pub(crate) foreign_calls: Vec<ForeignCall>,
     pub(crate) done_calls: u32,
+    /// `proxy_http_call` is taken (`FilterVm::accept_http_calls`); otherwise it fails, as a
+    /// host without the cluster would answer.
+    pub(crate) http_calls_accepted: bool,
+    pub(crate) http_calls: Vec<HttpCall>,
+    pub(crate) next_http_call: u32,
+    /// The answer `proxy_on_http_call_response` reads, while it runs.
+    pub(crate) http_call_response_headers: Option<Pairs>,
+    pub(crate) http_call_response_body: Option<Vec<u8>>,
 }
 
 impl HostState {
@@ -158,6 +178,11 @@ impl HostState {
             tick_period_ms: 0,
             foreign_calls: Vec::new(),
             done_calls: 0,
+            http_calls_accepted: false,
+            http_calls: Vec::new(),
+            next_http_call: 1,
+            http_call_response_headers: None,
+            http_call_response_body: None,
         }
     }
 
@@ -179,6 +204,9 @@ impl HostState {
     /// `None` means the map type or context is wrong (BadArgument), the inner
     /// one that the map does not exist yet in this phase.
     pub(crate) fn map_slot(&mut self, map_type: u32) -> Option<&mut Option<Pairs>> {
+        if map_type == abi::map_type::HTTP_CALL_RESPONSE_HEADERS {
+            return Some(&mut self.http_call_response_headers);
+        }
         let stream = self.stream()?;
         Some(match map_type {
             abi::map_type::HTTP_REQUEST_HEADERS => &mut stream.request_headers,

@@ -63,7 +63,11 @@ struct Exports {
     on_done: Option<TypedFunc<u32, u32>>,
     on_delete: Option<TypedFunc<u32, ()>>,
     on_tick: Option<TypedFunc<u32, ()>>,
+    on_http_call_response: Option<TypedFunc<HttpCallResponseParams, ()>>,
 }
+
+/// `proxy_on_http_call_response(root_context_id, token, headers, body_size, trailers)`.
+type HttpCallResponseParams = (u32, u32, u32, u32, u32);
 
 impl Exports {
     fn find(store: &mut Store<HostState>, instance: &Instance) -> anyhow::Result<Self> {
@@ -90,6 +94,7 @@ impl Exports {
             on_done: optional!("proxy_on_done"),
             on_delete: optional!("proxy_on_delete"),
             on_tick: optional!("proxy_on_tick"),
+            on_http_call_response: optional!("proxy_on_http_call_response"),
         })
     }
 }
@@ -295,6 +300,50 @@ impl FilterVm {
         self.call(&tick, ROOT_CONTEXT_ID, ROOT_CONTEXT_ID)?
             .map_err(|t| t.into_error("proxy_on_tick"))?;
         self.close_reset_since(&already_reset)
+    }
+
+    /// Lets `proxy_http_call` through from now on: each call is recorded
+    /// ([`FilterVm::pending_http_calls`]) until the test answers it. Without this the call
+    /// fails, as Envoy answers a call to a cluster it does not have.
+    pub fn accept_http_calls(&mut self) {
+        self.store.data_mut().http_calls_accepted = true;
+    }
+
+    /// Answers the pending call `token` as Envoy does when the response is in:
+    /// `proxy_on_http_call_response` on the root context, the response's headers (`:status`
+    /// among them) and body readable during it. What the guest does to the streams that waited
+    /// shows on them ([`FilterVm::continued`], [`FilterVm::local_reply_of`]).
+    pub fn answer_http_call(
+        &mut self,
+        token: u32,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        let state = self.store.data_mut();
+        let Some(at) = state.http_calls.iter().position(|c| c.token == token) else {
+            bail!("no pending HTTP call {token}");
+        };
+        state.http_calls.remove(at);
+        let pairs: Pairs = headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        let num_headers = u32::try_from(pairs.len())?;
+        let body_size = u32::try_from(body.len())?;
+        state.http_call_response_headers = Some(pairs);
+        state.http_call_response_body = Some(body.to_vec());
+        let result = match self.exports.on_http_call_response.clone() {
+            Some(func) => self.call(
+                &func,
+                (ROOT_CONTEXT_ID, token, num_headers, body_size, 0),
+                ROOT_CONTEXT_ID,
+            ),
+            None => Ok(Ok(())),
+        };
+        let state = self.store.data_mut();
+        state.http_call_response_headers = None;
+        state.http_call_response_body = None;
+        result?.map_err(|t| t.into_error("proxy_on_http_call_response"))
     }
 
     /// Destroys the streams reset since `already_reset` was read; their ids, in order.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::super::abi::LogLevel;
 use super::super::outcome::StreamStats;
-use super::super::state::{ForeignCall, LocalReply, MetricKind};
+use super::super::state::{ForeignCall, HttpCall, LocalReply, MetricKind};
 use super::FilterVm;
 
 impl FilterVm {
@@ -118,5 +118,17 @@ impl FilterVm {
             .get(&context_id)?
             .local_reply
             .clone()
+    }
+
+    /// How many times the guest let an open stream go on (`proxy_continue_stream`), as it does
+    /// for one it paused.
+    pub fn continued(&self, context_id: u32) -> Option<u32> {
+        Some(self.store.data().streams.get(&context_id)?.continued)
+    }
+
+    /// The `proxy_http_call`s made and not answered yet, oldest first
+    /// ([`FilterVm::accept_http_calls`]).
+    pub fn pending_http_calls(&self) -> Vec<HttpCall> {
+        self.store.data().http_calls.clone()
     }
 }
