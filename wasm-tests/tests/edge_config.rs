@@ -789,9 +789,10 @@ fn the_checker_catches_each_missing_or_loosened_setting() {
             "`path_with_escaped_slashes_action` is KEEP_UNCHANGED",
             |d| static_hcm(d)["path_with_escaped_slashes_action"] = "KEEP_UNCHANGED".into(),
         ),
-        ("`strip_trailing_host_dot` before the filter", |d| {
-            static_hcm(d)["strip_trailing_host_dot"] = true.into()
-        }),
+        (
+            "`strip_trailing_host_dot` is true before the podgate filter",
+            |d| static_hcm(d)["strip_trailing_host_dot"] = true.into(),
+        ),
         ("`max_request_headers_kb` is 96", |d| {
             static_hcm(d)["max_request_headers_kb"] = 96.into()
         }),
