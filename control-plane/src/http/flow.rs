@@ -180,7 +180,15 @@ fn not_signed_in(
             "not signed in, and no login URL is configured".into(),
         ));
     };
-    let back = proxy_auth_url(state, addr, next);
+    // The way back fits what the sign-in page takes (`/auth/login` refuses a `next` over
+    // MAX_NEXT_LEN): a long `next` loses its query, then its path, so that signing in still
+    // lands on the pod instead of failing on a link the user cannot shorten.
+    let path_only = next.split(['?', '#']).next().unwrap_or("/");
+    let back = [next, path_only]
+        .into_iter()
+        .map(|n| proxy_auth_url(state, addr, n))
+        .find(|url| url.len() <= MAX_NEXT_LEN)
+        .unwrap_or_else(|| proxy_auth_url(state, addr, "/"));
     let sep = if login.contains('?') { '&' } else { '?' };
     let location = format!("{login}{sep}next={}", encode_query_value(&back));
     if is_page_load(headers, "GET") {
