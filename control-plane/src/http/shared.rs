@@ -83,9 +83,17 @@ pub fn parse_target(
 /// `None` when `next` is absent or neither.
 pub fn after_login(issuer: &str, next: Option<&str>) -> Option<String> {
     let next = next?;
+    // An issuer with a path (the control plane under a prefix of the app's host): the browser
+    // goes back under that prefix, not to the host's root.
+    let after_scheme = issuer.find("://").map_or(0, |i| i + 3);
+    let issuer_path = issuer
+        .get(after_scheme..)
+        .and_then(|rest| rest.find('/'))
+        .and_then(|slash| issuer.get(after_scheme + slash..))
+        .unwrap_or("");
     let issuer_prefix = format!("{issuer}/");
     let path = match next.strip_prefix(&issuer_prefix) {
-        Some(rest) => format!("/{rest}"),
+        Some(rest) => format!("{issuer_path}/{rest}"),
         None => next.to_owned(),
     };
     let safe = safe_next(&path);
@@ -105,4 +113,46 @@ pub fn is_page_load(headers: &HeaderMap, method: &str) -> bool {
         ..GateRequest::default()
     }
     .is_page_load()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after_login;
+
+    #[test]
+    fn sign_in_returns_under_the_issuers_own_path() {
+        let back = "api/proxy-auth?pod=demo&port=8726&next=/x";
+        for (issuer, lands) in [
+            (
+                "https://podgate.example.dev",
+                "/api/proxy-auth?pod=demo&port=8726&next=/x",
+            ),
+            (
+                "https://app.example.dev/podgate",
+                "/podgate/api/proxy-auth?pod=demo&port=8726&next=/x",
+            ),
+            (
+                "http://127.0.0.1:8080/a/b",
+                "/a/b/api/proxy-auth?pod=demo&port=8726&next=/x",
+            ),
+        ] {
+            assert_eq!(
+                after_login(issuer, Some(&format!("{issuer}/{back}"))).as_deref(),
+                Some(lands),
+                "{issuer}"
+            );
+        }
+        // A path of its own stays as it is; another origin is refused.
+        let issuer = "https://app.example.dev/podgate";
+        assert_eq!(after_login(issuer, Some("/me")).as_deref(), Some("/me"));
+        assert_eq!(
+            after_login(issuer, Some("https://evil.example/podgate/x")),
+            None
+        );
+        assert_eq!(
+            after_login(issuer, Some("https://app.example.dev/other")),
+            None
+        );
+        assert_eq!(after_login(issuer, None), None);
+    }
 }
