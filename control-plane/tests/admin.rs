@@ -53,6 +53,11 @@ async fn health(h: &Harness) {
     let r = h.get("/readyz", &[]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.json()["database"], "unreachable");
+    assert!(
+        r.error().contains("the database does not answer"),
+        "{}",
+        r.body
+    );
 }
 both!(health_ready_and_jwks, health);
 

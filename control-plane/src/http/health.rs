@@ -43,7 +43,7 @@ async fn healthz() -> Json<serde_json::Value> {
     tag = "health",
     responses(
         (status = 200, description = "The database answers and signing keys are loaded; `services_without_credential` lists the services that have no usable credential now (Envoy answers 502 for them)"),
-        (status = 503, description = "A dependency is unavailable", body = ErrorBody),
+        (status = 503, description = "A dependency is unavailable: `error` says which, beside `status`, `database`, `keys` and `services_without_credential`", body = ErrorBody),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -70,16 +70,24 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut resp = (
-        status,
-        Json(json!({
-            "status": if ready { "ready" } else { "not ready" },
-            "database": database,
-            "keys": keys,
-            "services_without_credential": without_credential,
-        })),
-    )
-        .into_response();
+    let mut body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "database": database,
+        "keys": keys,
+        "services_without_credential": without_credential,
+    });
+    if !ready {
+        // What every error answer has: what is wrong and what to do about it.
+        let why = match (database == "ok", keys == "ok") {
+            (false, false) => "the database does not answer and no signing keys are loaded",
+            (false, true) => "the database does not answer",
+            _ => "no signing keys are loaded",
+        };
+        body["error"] = json!(format!(
+            "not ready: {why}; check the database (PODGATE_DATABASE_URL) and this control plane's log"
+        ));
+    }
+    let mut resp = (status, Json(body)).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
