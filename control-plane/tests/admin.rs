@@ -853,3 +853,42 @@ both!(
     a_pods_lifecycle_changes_only_the_pods_filter_config,
     pod_lifecycle_pushes
 );
+
+/// A PATCH that races the platform's status report does not undo it: the pod is read within
+/// the change that writes it back. The report here is a change the test holds open while the
+/// PATCH starts; on the code that read the pod before its change, the PATCH wrote the old
+/// status back once the report committed.
+async fn a_patch_does_not_undo_a_status_report_that_raced_it(h: &Harness) {
+    use podgate_protocol::config::PodStatus;
+    h.seed().await;
+    let before = h.tdb.db.get_pod("myslug").await.unwrap().unwrap();
+    let mut reported = before.clone();
+    reported.status = if before.status == PodStatus::Running {
+        PodStatus::Stopped
+    } else {
+        PodStatus::Running
+    };
+    let mut report = h.tdb.db.change().await.unwrap();
+    assert!(report.update_pod(&reported).await.unwrap());
+    let patch = h.admin(
+        Method::PATCH,
+        "/v1/pods/myslug",
+        Some(json!({"limits": {"concurrent": 7}})),
+    );
+    let commit = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        report.commit().await.unwrap();
+    };
+    let (r, ()) = tokio::join!(patch, commit);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["limits"]["concurrent"], 7, "{}", r.body);
+    let after = h.tdb.db.get_pod("myslug").await.unwrap().unwrap();
+    assert_eq!(
+        after.status, reported.status,
+        "the status report was undone"
+    );
+}
+both!(
+    a_patch_races_a_status_report,
+    a_patch_does_not_undo_a_status_report_that_raced_it
+);

@@ -84,11 +84,22 @@ pub struct Db {
 /// connection until it commits or is dropped (dropped, it rolls back).
 pub struct Change {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
 }
 
 impl Change {
     fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx
+    }
+
+    /// What ends a read that the change writes back from: on PostgreSQL it locks the rows
+    /// read until the change commits, so a write that raced it waits instead of being
+    /// overwritten; on SQLite the change already holds the one writer connection.
+    fn for_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
     }
 
     pub async fn commit(self) -> Res<()> {
@@ -184,6 +195,7 @@ impl Db {
     pub async fn change(&self) -> Res<Change> {
         Ok(Change {
             tx: self.writer.begin().await?,
+            backend: self.backend,
         })
     }
 

@@ -277,6 +277,21 @@ impl Db {
 }
 
 impl Change {
+    /// The pod, read in this change to be written back by it (`Change::for_update`): a PATCH
+    /// does not undo a status report that raced it.
+    pub async fn pod_for_update(&mut self, slug: &str) -> Res<Option<Pod>> {
+        let lock = self.for_update();
+        sqlx::query(&format!(
+            "SELECT {POD_COLS} FROM pods WHERE slug = $1{lock}"
+        ))
+        .bind(slug)
+        .fetch_optional(self.conn())
+        .await?
+        .as_ref()
+        .map(Pod::from_row)
+        .transpose()
+    }
+
     pub async fn create_pod(&mut self, p: &Pod) -> Res<()> {
         create_pod(self.conn(), p).await
     }

@@ -253,8 +253,14 @@ async fn update_pod(
     PathArgs(slug): PathArgs<String>,
     JsonBody(patch): JsonBody<PodPatch>,
 ) -> ApiResult<Json<PodView>> {
-    let mut pod = require_pod(&s, &slug).await?;
     let limits = patch.limits.map(check_limits).transpose()?;
+    // Read within the change that writes it back, so that a write racing this one (the
+    // platform's status report) is not undone by it.
+    let mut change = s.db().change().await?;
+    let mut pod = change
+        .pod_for_update(&slug)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no pod {slug:?}")))?;
     let who_before = (pod.owner_id.clone(), pod.team_id.clone());
     if let Some(owner) = patch.owner_id {
         pod.owner_id = owner;
@@ -273,7 +279,6 @@ async fn update_pod(
     }
     check_pod_refs(&s, &pod).await?;
     pod.updated_at = now_unix();
-    let mut change = s.db().change().await?;
     change.update_pod(&pod).await?;
     if let Some(limits) = limits {
         change.set_pod_limits(&pod.slug, limits.as_ref()).await?;
