@@ -892,3 +892,41 @@ both!(
     a_patch_races_a_status_report,
     a_patch_does_not_undo_a_status_report_that_raced_it
 );
+
+/// Setting a service's credential while the service is being deleted does not bring it back:
+/// the credential's write reads the service within its own change. The deletion here is a
+/// change the test holds open while the `PUT` starts; on the code that read the service
+/// before its change, the `PUT` wrote the whole service back once the deletion committed.
+async fn a_credential_set_while_its_service_is_deleted_does_not_bring_it_back(h: &Harness) {
+    h.seed().await;
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/services",
+            Some(json!({"name": "gone", "owner_id": "alice",
+                "upstream_url": "https://api.example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let mut deletion = h.tdb.db.change().await.unwrap();
+    assert!(deletion.delete_service("gone").await.unwrap());
+    let put = h.admin(
+        Method::PUT,
+        "/v1/services/gone/credential",
+        Some(json!({"header": "x-api-key", "value": "sk-late"})),
+    );
+    let commit = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        deletion.commit().await.unwrap();
+    };
+    let (r, ()) = tokio::join!(put, commit);
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert!(r.error().contains("no service"), "{}", r.body);
+    assert!(h.tdb.db.get_service("gone").await.unwrap().is_none());
+    let r = h.admin(Method::GET, "/v1/services/gone", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+}
+both!(
+    a_credential_races_a_deletion,
+    a_credential_set_while_its_service_is_deleted_does_not_bring_it_back
+);

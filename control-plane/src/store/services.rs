@@ -275,6 +275,21 @@ impl Change {
         put_service(self.conn(), s).await
     }
 
+    /// The service, read in this change to be written back by it (`Change::for_update`): the
+    /// write neither undoes one that raced it nor brings back a service deleted meanwhile.
+    pub async fn service_for_update(&mut self, name: &str) -> Res<Option<ServiceRow>> {
+        let lock = self.for_update();
+        sqlx::query(&format!(
+            "SELECT {SERVICE_COLS} FROM services WHERE name = $1{lock}"
+        ))
+        .bind(name)
+        .fetch_optional(self.conn())
+        .await?
+        .as_ref()
+        .map(service_from_row)
+        .transpose()
+    }
+
     pub async fn delete_service(&mut self, name: &str) -> Res<bool> {
         // Its resources go with it (also by the foreign key's cascade).
         sqlx::query("DELETE FROM service_resources WHERE service = $1")

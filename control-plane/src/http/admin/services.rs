@@ -280,6 +280,16 @@ async fn require_team(s: &AppState, team: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// A change with service `name` read in it, to write back (`404` when there is none).
+async fn change_service(s: &AppState, name: &str) -> ApiResult<(Change, ServiceRow)> {
+    let mut change = s.db().change().await?;
+    let row = change
+        .service_for_update(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no service {name:?}")))?;
+    Ok((change, row))
+}
+
 pub(super) async fn require_service(s: &AppState, name: &str) -> ApiResult<ServiceRow> {
     s.db()
         .get_service(name)
@@ -428,12 +438,12 @@ async fn update_service(
     PathArgs(name): PathArgs<String>,
     JsonBody(patch): JsonBody<ServicePatch>,
 ) -> ApiResult<Json<ServiceView>> {
-    let mut row = require_service(&s, &name).await?;
     let credential = match patch.credential {
         Some(Some(v)) => Some(Some(credential_of(v)?)),
         Some(None) => Some(None),
         None => None,
     };
+    let (mut change, mut row) = change_service(&s, &name).await?;
     let who_before = (row.owner_id.clone(), row.team_id.clone(), row.sharing);
     if let Some(owner) = patch.owner_id {
         require_user(&s, &owner, "owner_id").await?;
@@ -471,7 +481,6 @@ async fn update_service(
         };
     }
     row.updated_at = now_unix();
-    let mut change = s.db().change().await?;
     change.put_service(&row).await?;
     // Another owner, team or sharing: whoever lost the service by it is cut off within one push.
     let lost = who_before != (row.owner_id.clone(), row.team_id.clone(), row.sharing);
@@ -530,10 +539,11 @@ async fn put_credential(
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> ApiResult<Json<ServiceView>> {
     let credential = credential_of(body)?;
-    let mut row = require_service(&s, &name).await?;
+    let (mut change, mut row) = change_service(&s, &name).await?;
     (row.credential, row.oauth) = sealed(&s, &name, &credential)?;
     row.updated_at = now_unix();
-    s.db().put_service(&row).await?;
+    change.put_service(&row).await?;
+    change.commit().await?;
     // The next token is obtained with the new configuration.
     s.service_tokens().clear(&name);
     tracing::info!(service = %name, oauth = credential.oauth.is_some(), "service credential set");
@@ -557,11 +567,12 @@ async fn delete_credential(
     State(s): State<AppState>,
     PathArgs(name): PathArgs<String>,
 ) -> ApiResult<Json<ServiceView>> {
-    let mut row = require_service(&s, &name).await?;
+    let (mut change, mut row) = change_service(&s, &name).await?;
     row.credential = None;
     row.oauth = None;
     row.updated_at = now_unix();
-    s.db().put_service(&row).await?;
+    change.put_service(&row).await?;
+    change.commit().await?;
     s.service_tokens().clear(&name);
     Ok(Json(view(&s, row)))
 }
