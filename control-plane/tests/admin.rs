@@ -930,3 +930,38 @@ both!(
     a_credential_races_a_deletion,
     a_credential_set_while_its_service_is_deleted_does_not_bring_it_back
 );
+
+/// Under a template that starts a label with the slug, a pod slug that would make it an
+/// internationalized (`xn--`) label, which browsers show in other scripts, is refused with a
+/// 400 saying how to pick another; the same slug is fine inside a label.
+#[tokio::test]
+async fn a_slug_that_would_start_an_internationalized_label_is_refused() {
+    for (template, refused) in [
+        ("{pod}.p{port}.{domain}", true),
+        ("localhost-{port}-pod-{pod}.{domain}", false),
+    ] {
+        let h = Harness::with(common::Which::Sqlite, |mut s| {
+            s.host_template = Some(template.into());
+            s
+        })
+        .await
+        .unwrap();
+        h.admin(Method::POST, "/v1/users", Some(json!({"id": "o"})))
+            .await;
+        let r = h
+            .admin(
+                Method::POST,
+                "/v1/pods",
+                Some(json!({"slug": "xn--lice-43d", "owner_id": "o", "nginx_port": 1})),
+            )
+            .await;
+        if refused {
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{template}: {}", r.body);
+            assert!(r.error().contains("third and fourth"), "{}", r.body);
+            assert!(h.tdb.db.get_pod("xn--lice-43d").await.unwrap().is_none());
+        } else {
+            assert_eq!(r.status, StatusCode::CREATED, "{template}: {}", r.body);
+        }
+        h.finish().await;
+    }
+}

@@ -39,6 +39,8 @@ pub enum HostError {
     BadSlug,
     #[error("a pod host label is longer than {MAX_LABEL_LEN} characters")]
     LabelTooLong,
+    #[error("the pod slug would start a host label with two characters and '--', a form DNS reserves ('xn--' is an internationalized name)")]
+    ReservedLabel,
 }
 
 /// Why a template string cannot be used.
@@ -74,6 +76,9 @@ pub struct HostTemplate {
     middle: String,
     suffix: String,
     source: String,
+    /// The slug starts a DNS label (`{pod}.p{port}.{domain}`): it may not start it the way
+    /// internationalized names do ([`starts_label_reserved`]).
+    pod_starts_label: bool,
 }
 
 impl fmt::Display for HostTemplate {
@@ -107,6 +112,13 @@ pub fn validate_domain(domain: &str) -> Result<(), TemplateError> {
         }
     }
     Ok(())
+}
+
+/// Whether a label starting with `slug` would have `--` as its third and fourth characters, the
+/// form RFC 5891 reserves: `xn--` labels are internationalized names, which browsers show in
+/// other scripts (a pod named `xn--lice-43d` would read as a look-alike of `alice`).
+fn starts_label_reserved(slug: &str) -> bool {
+    slug.as_bytes().get(2..4) == Some(b"--")
 }
 
 /// Checks a pod slug: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63 characters.
@@ -198,12 +210,17 @@ impl HostTemplate {
         if middle.is_empty() || middle.bytes().all(|b| b == b'-') {
             return Err(TemplateError::AmbiguousSeparator);
         }
+        let before_pod = match first {
+            Var::Pod => prefix,
+            Var::Port => middle,
+        };
         let compiled = Self {
             prefix: prefix.to_owned(),
             first,
             middle: middle.to_owned(),
             suffix: format!("{rest}.{domain}"),
             source: template.replace("{domain}", domain),
+            pod_starts_label: before_pod.is_empty() || before_pod.ends_with('.'),
         };
         let sample = compiled.render(&PodAddr {
             pod: "a".to_owned(),
@@ -242,6 +259,9 @@ impl HostTemplate {
         };
         let port = parse_port(port)?;
         validate_slug(pod)?;
+        if self.pod_starts_label && starts_label_reserved(pod) {
+            return Err(HostError::ReservedLabel);
+        }
         let addr = PodAddr {
             pod: pod.to_owned(),
             port,
@@ -304,8 +324,12 @@ impl HostTemplate {
     /// (a configuration checks every pod's).
     pub fn slug_checker(&self) -> impl Fn(&str) -> Result<(), HostError> {
         let max = self.max_slug_len();
+        let starts_label = self.pod_starts_label;
         move |slug| {
             validate_slug(slug)?;
+            if starts_label && starts_label_reserved(slug) {
+                return Err(HostError::ReservedLabel);
+            }
             if slug.len() > max {
                 return Err(HostError::LabelTooLong);
             }
@@ -338,6 +362,14 @@ pub struct ServiceTemplate {
     prefix: String,
     suffix: String,
     source: String,
+}
+
+impl ServiceTemplate {
+    /// The name starts a DNS label (`{name}.{domain}`): it may not start it the way
+    /// internationalized names do ([`starts_label_reserved`]).
+    fn reserved(&self, name: &str) -> bool {
+        (self.prefix.is_empty() || self.prefix.ends_with('.')) && starts_label_reserved(name)
+    }
 }
 
 impl fmt::Display for ServiceTemplate {
@@ -390,6 +422,9 @@ impl ServiceTemplate {
             .strip_prefix(self.prefix.as_str())
             .ok_or(HostError::NoMatch)?;
         validate_slug(name)?;
+        if self.reserved(name) {
+            return Err(HostError::ReservedLabel);
+        }
         let rendered = self.render(name);
         if rendered != host {
             return Err(HostError::NoMatch);
@@ -408,6 +443,9 @@ impl ServiceTemplate {
     /// Checks that a service name is a valid slug whose host fits DNS limits.
     pub fn check_name(&self, name: &str) -> Result<(), HostError> {
         validate_slug(name)?;
+        if self.reserved(name) {
+            return Err(HostError::ReservedLabel);
+        }
         if self
             .render(name)
             .split('.')
@@ -671,6 +709,54 @@ mod tests {
         for (host, err) in cases {
             assert_eq!(t.parse(&host), Err(err.clone()), "{host:?}");
         }
+    }
+
+    #[test]
+    fn a_slug_that_starts_a_label_never_starts_it_as_an_internationalized_name() {
+        // `xn--lice-43d` is how a browser is sent `аlice` (a Cyrillic `а`), and shows it.
+        let pod_first = HostTemplate::new("{pod}.p{port}.{domain}", "example.dev").unwrap();
+        let port_first = HostTemplate::new("p{port}.{pod}.{domain}", "example.dev").unwrap();
+        for t in [&pod_first, &port_first] {
+            for slug in ["xn--lice-43d", "ab--c", "12--3"] {
+                let host = t.render(&addr(slug, 80));
+                assert_eq!(t.parse(&host), Err(HostError::ReservedLabel), "{host}");
+                assert_eq!(t.check_slug(slug), Err(HostError::ReservedLabel), "{slug}");
+            }
+            for slug in ["alice", "a--b", "abc--d", "x-n--a"] {
+                let host = t.render(&addr(slug, 80));
+                assert_eq!(t.parse(&host), Ok(addr(slug, 80)), "{host}");
+                assert_eq!(t.check_slug(slug), Ok(()), "{slug}");
+            }
+        }
+        // Inside a label (the default template), the label starts with the template's literal.
+        let t = public();
+        assert_eq!(
+            t.parse("localhost-80-pod-xn--lice-43d.example.dev"),
+            Ok(addr("xn--lice-43d", 80))
+        );
+        assert_eq!(t.check_slug("xn--lice-43d"), Ok(()));
+        // The same for service names.
+        let bare = ServiceTemplate::new("{name}.{domain}", "example.dev").unwrap();
+        assert_eq!(
+            bare.parse("xn--lice-43d.example.dev"),
+            Err(HostError::ReservedLabel)
+        );
+        assert_eq!(
+            bare.check_name("xn--lice-43d"),
+            Err(HostError::ReservedLabel)
+        );
+        assert_eq!(bare.parse("alice.example.dev"), Ok("alice".to_owned()));
+        let prefixed = ServiceTemplate::new(DEFAULT_SERVICE_TEMPLATE, "example.dev").unwrap();
+        assert_eq!(
+            prefixed.parse("svc-xn--lice-43d.example.dev"),
+            Ok("xn--lice-43d".to_owned())
+        );
+        // A domain of internationalized labels is the operator's choice, and stays possible.
+        let idn_domain = HostTemplate::new("{pod}.p{port}.{domain}", "xn--exmple-cua.dev").unwrap();
+        assert_eq!(
+            idn_domain.parse("alice.p80.xn--exmple-cua.dev"),
+            Ok(addr("alice", 80))
+        );
     }
 
     #[test]

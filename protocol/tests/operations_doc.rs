@@ -97,6 +97,7 @@ fn host_errors() -> Vec<HostError> {
         HostError::BadPort,
         HostError::BadSlug,
         HostError::LabelTooLong,
+        HostError::ReservedLabel,
     ];
     for e in &all {
         match e {
@@ -108,7 +109,8 @@ fn host_errors() -> Vec<HostError> {
             | HostError::NoMatch
             | HostError::BadPort
             | HostError::BadSlug
-            | HostError::LabelTooLong => {}
+            | HostError::LabelTooLong
+            | HostError::ReservedLabel => {}
         }
     }
     all

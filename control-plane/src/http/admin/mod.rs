@@ -164,6 +164,10 @@ fn check_slug(state: &AppState, slug: &str) -> ApiResult<()> {
                     slug.len(),
                     template.max_slug_len()
                 )),
+                podgate_protocol::host::HostError::ReservedLabel => ApiError::bad(format!(
+                    "pod slug {slug:?} would start a DNS label of the {which} host template {template} with '{}', the form of internationalized names; pick a slug without '--' as its third and fourth characters",
+                    slug.get(..4).unwrap_or(slug)
+                )),
                 other => ApiError::bad(format!(
                     "pod slug {slug:?} is not valid: {other}; use lowercase letters, digits and inner '-', e.g. my-pod-1"
                 )),
