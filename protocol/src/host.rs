@@ -52,7 +52,7 @@ pub enum TemplateError {
         "the template has characters other than lowercase a-z, 0-9, '-', '.' and placeholders"
     )]
     InvalidCharacter,
-    #[error("{{port}} and {{pod}} must be separated by a literal that is not only '-' characters")]
+    #[error("{{port}} and {{pod}} must be separated by a literal with a letter or a '.' in it (not only digits and '-')")]
     AmbiguousSeparator,
     #[error("the domain must be non-empty lowercase DNS labels")]
     BadDomain,
@@ -205,9 +205,11 @@ impl HostTemplate {
                 return Err(TemplateError::InvalidCharacter);
             }
         }
-        // A slug may contain '-', so the separator must contain something a slug cannot end in
-        // or start with; otherwise `a-1-2` would parse two ways.
-        if middle.is_empty() || middle.bytes().all(|b| b == b'-') {
+        // A slug may contain '-' and digits, and a port is digits: a separator of only those
+        // would let one host parse two ways (`a-1-2`; `800a` under `{port}0{pod}` is both
+        // pod `a` on port 80 and pod `0a` on port 8). A letter or a dot, which no port holds,
+        // marks where the port ends.
+        if !middle.bytes().any(|b| b.is_ascii_lowercase() || b == b'.') {
             return Err(TemplateError::AmbiguousSeparator);
         }
         let before_pod = match first {
@@ -772,6 +774,18 @@ mod tests {
 
     #[test]
     fn templates_are_validated() {
+        for ambiguous in [
+            "{port}0{pod}.{domain}",
+            "{pod}-1-{port}.{domain}",
+            "x{pod}--{port}.{domain}",
+        ] {
+            assert_eq!(
+                HostTemplate::new(ambiguous, "d"),
+                Err(TemplateError::AmbiguousSeparator),
+                "{ambiguous}"
+            );
+        }
+        assert!(HostTemplate::new("{port}0x{pod}.{domain}", "d").is_ok());
         assert!(HostTemplate::new("{port}-{pod}.{domain}", "d").is_err());
         assert!(HostTemplate::new("p{port}{pod}.{domain}", "d").is_err());
         assert!(HostTemplate::new("localhost-{port}-pod-{pod}", "d").is_err());
