@@ -9,7 +9,7 @@ use podgate_protocol::gate::Outcome;
 use podgate_protocol::renewal;
 use podgate_protocol::reply::Denial;
 
-use crate::access::{record, record_refusal};
+use crate::access::record;
 use crate::raw::{self, LogLevel, MapType};
 use crate::{apply_request, log, now_unix, Action, Counter, Filter, OpenSocket, Resume};
 
@@ -140,17 +140,7 @@ impl Filter {
                     &format!("podgate: API-token exchange failed (status {status})"),
                 );
             }
-            let reply = denial.reply();
-            return waiting
-                .into_iter()
-                .map(|id| {
-                    self.metrics.denied(reply.reason);
-                    if raw::set_effective_context(id).is_ok() {
-                        record_refusal(reply.reason);
-                    }
-                    (id, Resume::Reply(reply.clone()))
-                })
-                .collect();
+            return self.refuse_waiting(waiting, &denial.reply());
         }
         self.metrics.bump(Counter::ExchangeGranted, 1);
         waiting

@@ -439,6 +439,21 @@ impl Filter {
         closed
     }
 
+    /// Answers each stream of `waiting` (paused on a call) with `reply`: counted, and in the
+    /// access log's line of each, as a refusal.
+    fn refuse_waiting(&mut self, waiting: Vec<u32>, reply: &Reply) -> Vec<(u32, Resume)> {
+        waiting
+            .into_iter()
+            .map(|id| {
+                self.metrics.denied(reply.reason);
+                if raw::set_effective_context(id).is_ok() {
+                    access::record_refusal(reply.reason);
+                }
+                (id, Resume::Reply(reply.clone()))
+            })
+            .collect()
+    }
+
     fn deny(&mut self, denial: &Denial) -> Action {
         let reply = denial.reply();
         self.metrics.denied(reply.reason);

@@ -8,7 +8,6 @@ use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::Denial;
 use podgate_protocol::token::{TokenError, Verified};
 
-use crate::access::record_refusal;
 use crate::raw::{self, LogLevel, MapType};
 use crate::{log, now_unix, Action, Counter, Filter, Resume};
 
@@ -257,15 +256,6 @@ impl Filter {
             redirect: None,
         }
         .reply();
-        waiting
-            .into_iter()
-            .map(|id| {
-                self.metrics.denied(reply.reason);
-                if raw::set_effective_context(id).is_ok() {
-                    record_refusal(reply.reason);
-                }
-                (id, Resume::Reply(reply.clone()))
-            })
-            .collect()
+        self.refuse_waiting(waiting, &reply)
     }
 }
