@@ -207,6 +207,10 @@ impl AdsStream {
                     None => {
                         tracing::debug!(node = %node_label, %type_url, version = %request.version_info, "ACK");
                         state.acked_version = Some(request.version_info.clone());
+                        // A later version went in: the content rejected before differs from
+                        // what Envoy runs now, and is sent again if it comes back (a pod
+                        // stopped, started, stopped again), once more at most.
+                        state.rejected_version = None;
                         RequestEvent::Ack {
                             type_url,
                             version: request.version_info,

@@ -263,6 +263,24 @@ fn reverting_to_the_last_good_content_after_a_nack_is_sent() {
 }
 
 #[test]
+fn content_rejected_once_is_sent_again_after_a_later_version_went_in() {
+    // A pod stopped (B, rejected: say the VM could not start), started again (A, accepted),
+    // stopped again (B once more): Envoy runs A, so B goes out again.
+    let a = snapshot(&[("a", 1)], &[]);
+    let (mut stream, a_response) = acked_cds(&a);
+    let b_response = only(stream.on_snapshot(snapshot(&[("a", 2)], &[])));
+    stream.on_request(nack(&b_response, &a_response.version_info, &[]));
+    let c_response = only(stream.on_snapshot(snapshot(&[("a", 3)], &[])));
+    let outcome = stream.on_request(ack(&c_response, &[]));
+    assert!(matches!(outcome.event, RequestEvent::Ack { .. }));
+    let again = only(stream.on_snapshot(snapshot(&[("a", 2)], &[])));
+    assert_eq!(again.version_info, b_response.version_info);
+    // Rejected a second time, it is not resent while nothing else went in.
+    stream.on_request(nack(&again, &c_response.version_info, &[]));
+    assert!(stream.on_snapshot(snapshot(&[("a", 2)], &[])).is_empty());
+}
+
+#[test]
 fn stale_nonces_are_ignored() {
     let (mut stream, first) = acked_cds(&snapshot(&[("a", 1)], &[]));
     let second = only(stream.on_snapshot(snapshot(&[("a", 1), ("b", 1)], &[])));
