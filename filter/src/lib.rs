@@ -369,6 +369,10 @@ impl Filter {
         if !self.renewals.is_empty() {
             if let Some(now) = now_unix() {
                 self.renewals.retain(|_, r| r.live(now));
+                // A call taken as lost goes with its entry; a capability can be renewed again.
+                let renewals = &self.renewals;
+                self.calls
+                    .retain(|_, jti| matches!(renewals.get(jti), Some(Renewal::InFlight { .. })));
             }
         }
         self.metrics.flush();

@@ -14,9 +14,12 @@ use crate::{log, now_unix, Action, Counter, Filter, Resume};
 /// Where the renewal of one capability stands, in one worker.
 pub(crate) enum Renewal {
     /// The call is in flight; these streams wait for it (bounded by the call's timeout).
+    /// Past `lost_at` it is taken as lost: Envoy cancels a call, unanswered, when the stream
+    /// or root context that made it goes (a client that hung up while its request waited).
     InFlight {
         old: Rc<Verified>,
         waiting: Vec<u32>,
+        lost_at: i64,
     },
     /// Renewed: requests still carrying the old capability get this cookie too.
     Fresh {
@@ -35,7 +38,7 @@ impl Renewal {
     /// leeway is refused before renewal is considered.
     pub(crate) fn live(&self, now: i64) -> bool {
         match self {
-            Renewal::InFlight { .. } => true,
+            Renewal::InFlight { lost_at, .. } => now <= *lost_at,
             Renewal::Fresh { until, .. }
             | Renewal::Refused { until }
             | Renewal::Failed { until, .. } => now <= *until,
@@ -50,6 +53,8 @@ const MAX_RENEWALS: usize = 4096;
 const RENEWAL_KEPT_SECS: i64 = 300;
 /// How long after a failed renewal the next request tries again.
 const RENEWAL_RETRY_SECS: i64 = 5;
+/// How long past its timeout a call still counts as in flight, before it is taken as lost.
+const RENEWAL_LOST_AFTER_SECS: i64 = 2;
 
 impl Filter {
     /// Renews the capabilities of open WebSockets that reached their renewal time: a fresh
@@ -108,6 +113,7 @@ impl Filter {
             return false;
         };
         let headers = podgate_protocol::wire::encode_header_map(&call.headers);
+        let lost_at = now + i64::from(call.timeout_ms.div_ceil(1000)) + RENEWAL_LOST_AFTER_SECS;
         match raw::http_call(call.cluster, &headers, b"", call.timeout_ms) {
             Ok(token) => {
                 self.calls.insert(token, jti.clone());
@@ -116,6 +122,7 @@ impl Filter {
                     Renewal::InFlight {
                         old: Rc::clone(old),
                         waiting: Vec::new(),
+                        lost_at,
                     },
                 );
                 true
@@ -180,7 +187,7 @@ impl Filter {
         let Some(jti) = self.calls.remove(&token) else {
             return Vec::new();
         };
-        let Some(Renewal::InFlight { old, waiting }) = self.renewals.remove(&jti) else {
+        let Some(Renewal::InFlight { old, waiting, .. }) = self.renewals.remove(&jti) else {
             return Vec::new();
         };
         let status = if num_headers == 0 {

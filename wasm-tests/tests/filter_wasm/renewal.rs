@@ -130,3 +130,29 @@ fn a_request_waiting_on_its_renewal_is_refused_when_a_push_cuts_its_capability_m
         assert_eq!(metric(&mut vm, "podgate.denied.invalid_capability"), 1);
     }
 }
+
+#[test]
+fn a_renew_call_whose_request_hung_up_is_taken_as_lost_and_the_capability_renewed_again() {
+    // The client hangs up while its request waits: Envoy cancels the call, unanswered. The
+    // capability must not stay "being renewed" for good in this worker.
+    let (mut vm, ctx, _call) = paused_on_renewal();
+    vm.close_stream(ctx).unwrap();
+    let cookie = session_cap(NOW - LIFETIME + 100);
+    // Within the call's timeout (1 s) and margin, requests go on with the old capability
+    // and start no second call.
+    let sent = Req::alpha().cookie(&cookie).send(&mut vm);
+    assert_eq!(sent.fwd1("x-podgate-user"), Some("user-1"));
+    assert_eq!(vm.pending_http_calls().len(), 1);
+    // Past them, the tick lets the lost call go and the next request renews again.
+    vm.set_time_secs(u64::try_from(NOW + 5).unwrap());
+    vm.tick().unwrap();
+    let ctx = vm.open_stream().unwrap();
+    let out = vm
+        .request_headers(ctx, &Req::alpha().cookie(&cookie).headers, true)
+        .unwrap();
+    assert!(
+        matches!(out, podgate_wasm_tests::host::Outcome::Paused { .. }),
+        "{out:?}"
+    );
+    assert_eq!(vm.pending_http_calls().len(), 2);
+}
