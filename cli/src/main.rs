@@ -70,8 +70,15 @@ async fn run(args: Vec<String>) -> Result<u8> {
             };
             init(url).await
         }
-        "status" => no_args(rest, "status").and(status().await),
-        "logout" => no_args(rest, "logout").and(logout().await),
+        // The arguments are checked before anything runs: `logout --help` must not log out.
+        "status" => {
+            no_args(rest, "status")?;
+            status().await
+        }
+        "logout" => {
+            no_args(rest, "logout")?;
+            logout().await
+        }
         "token" => {
             let (pod, port) = pod_port(rest, "token POD PORT")?;
             token(&pod, port).await
@@ -303,7 +310,20 @@ fn parse_curl(rest: &[String]) -> Result<CurlArgs> {
                 let (n, v) = h
                     .split_once(':')
                     .ok_or_else(|| CliError::usage(format!("header `{h}` is not `Name: value`")))?;
-                a.headers.push((n.trim().to_owned(), v.trim().to_owned()));
+                let (n, v) = (n.trim(), v.trim());
+                // Checked here, as a usage mistake: the HTTP client would only fail at sending,
+                // as if the pod could not be reached.
+                if reqwest::header::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                    return Err(CliError::usage(format!(
+                        "header `{h}`: `{n}` is not a header name (letters, digits and `-`, no spaces)"
+                    )));
+                }
+                if reqwest::header::HeaderValue::from_str(v).is_err() {
+                    return Err(CliError::usage(format!(
+                        "header `{n}`: its value has a control character; send printable text"
+                    )));
+                }
+                a.headers.push((n.to_owned(), v.to_owned()));
             }
             "-i" | "--include" => a.include = true,
             "-f" | "--fail" => a.fail = true,
@@ -432,4 +452,30 @@ async fn forward_cmd(rest: &[String]) -> Result<u8> {
     })?;
     let (_, backend) = session()?;
     forward::run(backend, pod, port, local).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_curl_header_is_a_usage_mistake_found_before_anything_is_sent() {
+        let args = |h: &str| {
+            ["http://localhost-3000-pod-demo.localhost:10000/", "-H", h]
+                .map(str::to_owned)
+                .to_vec()
+        };
+        for (bad, says) in [
+            ("Bad Name: x", "is not a header name"),
+            ("x-ok: a\u{7}b", "control character"),
+            ("no-colon", "is not `Name: value`"),
+        ] {
+            let err = parse_curl(&args(bad)).err().expect(bad);
+            assert_eq!(err.code, 2, "{bad}");
+            assert!(err.message.contains(says), "{bad}: {}", err.message);
+        }
+        let ok = parse_curl(&args("X-Trace:  abc ")).unwrap();
+        assert_eq!(ok.headers, [("X-Trace".to_owned(), "abc".to_owned())]);
+    }
 }

@@ -336,6 +336,19 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     let _ = fwd.wait();
     pod.reset();
 
+    // A usage mistake does nothing but say so (2): `logout --help` neither revokes the token
+    // nor forgets it, and `status -v` reaches nothing.
+    let saved = std::fs::read(me.config_file()).unwrap();
+    for args in [&["logout", "--help"][..], &["status", "-v"][..]] {
+        let (code, out, err) = me.run(args).await;
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains("takes no arguments"), "{err}");
+        assert!(!out.contains("revoked"), "{out}");
+    }
+    assert_eq!(std::fs::read(me.config_file()).unwrap(), saved);
+    let (code, out, err) = me.run(&["status"]).await;
+    assert_eq!(code, 0, "still signed in: {out}{err}");
+
     // logout revokes and forgets: the directory is no longer initialised (3), and the token
     // itself, put back by hand, is refused (4).
     let saved = std::fs::read(me.config_file()).unwrap();
