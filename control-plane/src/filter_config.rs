@@ -65,7 +65,7 @@ pub fn upstream_address(host: &str, port: u16) -> String {
 }
 
 /// `scheme://authority` of an absolute URL.
-fn origin(url: &str) -> &str {
+pub(crate) fn origin(url: &str) -> &str {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
     match url.get(after_scheme..).and_then(|rest| rest.find('/')) {
         Some(slash) => url.get(..after_scheme + slash).unwrap_or(url),

@@ -85,11 +85,8 @@ pub fn after_login(issuer: &str, next: Option<&str>) -> Option<String> {
     let next = next?;
     // An issuer with a path (the control plane under a prefix of the app's host): the browser
     // goes back under that prefix, not to the host's root.
-    let after_scheme = issuer.find("://").map_or(0, |i| i + 3);
     let issuer_path = issuer
-        .get(after_scheme..)
-        .and_then(|rest| rest.find('/'))
-        .and_then(|slash| issuer.get(after_scheme + slash..))
+        .get(crate::filter_config::origin(issuer).len()..)
         .unwrap_or("");
     let issuer_prefix = format!("{issuer}/");
     let path = match next.strip_prefix(&issuer_prefix) {
