@@ -2,7 +2,7 @@
 //! reading its memory, and the bootstraps of every benchmarked configuration.
 
 use std::ffi::OsString;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,9 +28,9 @@ pub struct Envoy {
     pub listener: SocketAddr,
 }
 
-/// A free loopback port (bound and released; the race is harmless on a quiet loopback).
+/// A free loopback port (the test kit's: below the ephemeral range).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(podgate_testkit::free_port()?)
 }
 
 impl Envoy {

@@ -79,10 +79,7 @@ fn migrate_and_rotate_keys() {
 fn serve_answers_and_stops_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("p.db").display());
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = podgate_testkit::free_port().unwrap();
     let mut child = podgate(&db)
         .args([
             "serve",
@@ -315,10 +312,7 @@ fn operator_key_procedure_through_the_binary() {
     );
 
     // The old key is no longer needed: serve with the new one alone.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = podgate_testkit::free_port().unwrap();
     let mut child = podgate(&db)
         .args(["serve", "--xds-listen", "off"])
         .args(["--login-url", "https://app.example.dev/login"])

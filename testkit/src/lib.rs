@@ -14,6 +14,8 @@
 //! - [`fake_pod`]: a pod stand-in that records every request and connection it accepts, echoes
 //!   WebSocket messages and answers with JSON describing what it received, or, for paths under
 //!   `/_fake/`, streams, counts an upload, answers late or not at all, or fails;
+//! - [`ports`]: loopback ports for programs told each other's ports before they start, taken
+//!   below the kernel's ephemeral range so no outgoing connection can take one meanwhile;
 //! - [`rng`]: a small seeded xorshift generator for the load and soak drivers;
 //! - [`http`]: one HTTP/1.1 exchange written by hand on a fresh connection (for requests a
 //!   client library would refuse or rewrite, and for Envoy's admin API);
@@ -27,6 +29,7 @@ pub mod fake_pod;
 pub mod fake_token;
 pub mod http;
 pub mod podgate;
+pub mod ports;
 pub mod process;
 pub mod rng;
 pub mod tls_front;
@@ -38,6 +41,7 @@ pub use fake_openai::{FakeOpenAi, OpenAiRequest};
 pub use fake_pod::{FakePod, Recorded};
 pub use fake_token::{FakeTokenEndpoint, IssuedToken, TokenClient};
 pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
+pub use ports::free_port;
 pub use rng::XorShift;
 pub use tls_front::TlsFront;
 

@@ -18,9 +18,7 @@ use serde_json::{json, Value as Json};
 
 /// A free loopback port for chromedriver.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(crate::ports::free_port()?)
 }
 
 /// The W3C key of an element reference.

@@ -589,9 +589,7 @@ fn clock_ticks() -> f64 {
 
 /// A loopback port nobody listens on right now (bound, then released).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(podgate_testkit::free_port()?)
 }
 
 fn unix_now() -> i64 {

@@ -21,9 +21,7 @@ const FAILURE_BURST: &str = "1000000";
 
 /// A loopback port nobody listens on right now (bound, then released).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(podgate_testkit::free_port()?)
 }
 
 /// What the stack is started with.

@@ -167,12 +167,9 @@ pub fn assert_no_podgate_header(request: &podgate_testkit::Recorded) {
     );
 }
 
+/// A loopback port nobody listens on, for a program started next (the test kit's ports).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    podgate_testkit::free_port().unwrap()
 }
 
 pub fn client() -> reqwest::Client {

@@ -3,7 +3,7 @@
 //! towards Envoy (test certificates from `podgate tls gen-test-certs`); the Envoy bootstrap
 //! rendered for it; and a client of its admin API.
 
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -68,7 +68,7 @@ pub fn podgate_binary() -> anyhow::Result<PathBuf> {
 /// A loopback port nobody listens on right now (bound, then released). The stack needs its
 /// ports before anything starts, because each program is told the others' ports.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(podgate_testkit::free_port()?)
 }
 
 // ---------------------------------------------------------------------------------------------
