@@ -68,14 +68,24 @@ fn reason(body: &str) -> String {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Capability {
     pub token: String,
+    /// The control plane's expiry, as it says it (RFC 3339), for messages.
     pub expires_at: String,
     pub url: String,
-    /// When it was obtained (unix seconds), to renew it with a third of its life left.
+    /// Seconds it lives from the answer (a control plane before `expires_in`: absent).
+    #[serde(default)]
+    expires_in: Option<i64>,
+    /// When it was obtained (unix seconds, this machine's clock), to renew it with a third of
+    /// its life left.
     #[serde(skip)]
     pub obtained_at: i64,
+    /// When it expires on this machine's clock: `obtained_at + expires_in`, so that a clock
+    /// minutes off the control plane's neither sends an expired capability nor renews early.
     #[serde(skip)]
     pub expires_unix: i64,
 }
+
+/// Seconds before its expiry a capability is no longer sent: the request's way to the edge.
+const SEND_MARGIN_SECS: i64 = 2;
 
 pub fn now_unix() -> i64 {
     SystemTime::now()
@@ -84,13 +94,32 @@ pub fn now_unix() -> i64 {
 }
 
 impl Capability {
-    /// Whether it should be replaced before use: less than a third of its life left, counted
-    /// as at least 5 s and at most a minute.
-    pub fn needs_renewal(&self, now: i64) -> bool {
-        now > self.renew_at()
+    /// The capability in a `/v1/capabilities` answer, obtained at `now` (this machine's clock).
+    pub fn from_answer(body: &str, now: i64) -> Result<Capability> {
+        let mut cap: Capability = serde_json::from_str(body)
+            .map_err(|e| CliError::other(format!("unexpected capability answer: {e}")))?;
+        cap.obtained_at = now;
+        cap.expires_unix = match cap.expires_in {
+            Some(secs) => now.saturating_add(secs),
+            None => chrono::DateTime::parse_from_rfc3339(&cap.expires_at)
+                .map(|t| t.timestamp())
+                .map_err(|e| CliError::other(format!("unexpected capability expiry: {e}")))?,
+        };
+        Ok(cap)
     }
 
-    /// The last second it is used without renewal.
+    /// Whether it may still be sent at `now`: the edge will not find it expired on arrival.
+    pub fn usable(&self, now: i64) -> bool {
+        self.usable_for(now) > 0
+    }
+
+    /// Seconds from `now` it may still be sent.
+    pub fn usable_for(&self, now: i64) -> i64 {
+        (self.expires_unix - SEND_MARGIN_SECS - now).max(0)
+    }
+
+    /// The last second it is used without renewal: less than a third of its life left after it,
+    /// counted as at least 5 s and at most a minute.
     pub fn renew_at(&self) -> i64 {
         let life = (self.expires_unix - self.obtained_at).max(0);
         self.expires_unix - (life / 3).clamp(5, 60)
@@ -186,13 +215,7 @@ impl Backend {
             }
             _ => return Err(self.refused(status, &body)),
         }
-        let mut cap: Capability = serde_json::from_str(&body)
-            .map_err(|e| CliError::other(format!("unexpected capability answer: {e}")))?;
-        cap.obtained_at = now_unix();
-        cap.expires_unix = chrono::DateTime::parse_from_rfc3339(&cap.expires_at)
-            .map(|t| t.timestamp())
-            .map_err(|e| CliError::other(format!("unexpected capability expiry: {e}")))?;
-        Ok(cap)
+        Capability::from_answer(&body, now_unix())
     }
 
     /// `DELETE /api/proxy-tokens/{id}`; `Ok(false)` when the token was already refused.
@@ -272,15 +295,44 @@ mod tests {
             token: String::new(),
             expires_at: String::new(),
             url: String::new(),
+            expires_in: None,
             obtained_at: obtained,
             expires_unix: expires,
         };
         // 15 min: renewed with a minute left.
-        assert!(!cap(0, 900).needs_renewal(830));
-        assert!(cap(0, 900).needs_renewal(850));
         // 30 s: renewed with 10 s left.
-        assert!(!cap(0, 30).needs_renewal(19));
-        assert!(cap(0, 30).needs_renewal(21));
         assert_eq!((cap(0, 900).renew_at(), cap(0, 30).renew_at()), (840, 20));
+        // Sent until two seconds before it expires.
+        assert!(cap(0, 30).usable(27) && !cap(0, 30).usable(28));
+    }
+
+    #[test]
+    fn expiry_is_counted_on_this_machines_clock() {
+        // The control plane says 15 minutes from now; this machine's clock is an hour ahead of
+        // its, so `expires_at` is already past here.
+        let now = 1_800_000_000;
+        let answer = json!({
+            "token": "t", "url": "http://p/",
+            "expires_at": "2027-01-15T07:00:00Z", "expires_in": 900,
+        })
+        .to_string();
+        assert_eq!(
+            chrono::DateTime::parse_from_rfc3339("2027-01-15T07:00:00Z")
+                .unwrap()
+                .timestamp(),
+            now - 3_600
+        );
+        let cap = Capability::from_answer(&answer, now).unwrap();
+        assert_eq!(cap.expires_unix, now + 900);
+        assert!(cap.usable(now));
+        assert_eq!(cap.renew_at(), now + 840);
+        // Behind by an hour: not renewed every request either.
+        let cap = Capability::from_answer(&answer, now - 7_200).unwrap();
+        assert_eq!(cap.renew_at(), now - 7_200 + 840);
+        // A control plane that does not say `expires_in`: its `expires_at` is what there is.
+        let old = json!({"token": "t", "url": "http://p/", "expires_at": "2027-01-15T07:00:00Z"});
+        let cap = Capability::from_answer(&old.to_string(), now).unwrap();
+        assert_eq!(cap.expires_unix, 1_799_996_400);
+        assert!(Capability::from_answer(r#"{"token":"t"}"#, now).is_err());
     }
 }

@@ -80,10 +80,12 @@ struct Shared {
 }
 
 impl Shared {
-    /// The capability to send now, renewed first when it is near its end.
+    /// The capability to send now: the one held while it is valid (the background task renews
+    /// it ahead of its end), else a new one, which the request waits for (after the machine
+    /// slept, or when the control plane could not be reached until its end).
     async fn token(&self) -> Result<String> {
         let mut cap = self.cap.lock().await;
-        if cap.needs_renewal(now_unix()) {
+        if !cap.usable(now_unix()) {
             *cap = self.backend.capability(&self.pod, self.port).await?;
             eprintln!(
                 "podgate-cli: capability renewed, expires {}",
@@ -93,10 +95,28 @@ impl Shared {
         Ok(cap.token.clone())
     }
 
+    /// Replaces the capability with a new one. On failure the held one stays in use until its
+    /// end: a control plane away for a moment does not fail requests the capability still
+    /// covers.
+    async fn renew(&self) -> Result<()> {
+        let fresh = self.backend.capability(&self.pod, self.port).await?;
+        eprintln!(
+            "podgate-cli: capability renewed, expires {}",
+            fresh.expires_at
+        );
+        *self.cap.lock().await = fresh;
+        Ok(())
+    }
+
     /// Seconds until the capability needs renewing.
     async fn until_renewal(&self) -> u64 {
         let renew_at = self.cap.lock().await.renew_at();
         u64::try_from(renew_at + 1 - now_unix()).unwrap_or(0)
+    }
+
+    /// Seconds the held capability may still be sent.
+    async fn usable_for(&self) -> i64 {
+        self.cap.lock().await.usable_for(now_unix())
     }
 
     async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
@@ -168,9 +188,16 @@ pub async fn run(backend: Backend, pod: String, port: u16, local: SocketAddr) ->
         loop {
             let wait = renewer.until_renewal().await;
             tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
-            if let Err(e) = renewer.token().await {
-                eprintln!("podgate-cli: cannot renew the capability: {e}");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Err(e) = renewer.renew().await {
+                match renewer.usable_for().await {
+                    0 => eprintln!(
+                        "podgate-cli: cannot renew the capability: {e}; retrying in {RENEW_RETRY_SECS} s"
+                    ),
+                    left => eprintln!(
+                        "podgate-cli: cannot renew the capability: {e}; the current one is sent for {left} s more, retrying in {RENEW_RETRY_SECS} s"
+                    ),
+                }
+                tokio::time::sleep(Duration::from_secs(RENEW_RETRY_SECS)).await;
             }
         }
     });
@@ -226,6 +253,9 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         }
     }
 }
+
+/// Seconds between attempts to renew the capability when the control plane cannot be reached.
+const RENEW_RETRY_SECS: u64 = 5;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), not forwarded; `Upgrade` and `Connection: upgrade`
 /// are put back for an upgrade.

@@ -7,7 +7,9 @@
 //! revokes the token, after which the directory is not initialised (3) and the revoked token is
 //! refused (4). A malformed link (2), an unreachable control plane (5), and a pod the user may
 //! not reach (6) give their exit codes. `forward` refuses other host names and other sites'
-//! pages, and renews its capability by itself (30 s lifetime).
+//! pages, and renews its capability by itself (30 s lifetime); while the control plane is away it
+//! sends the capability it holds to its end, then fails requests saying why, and recovers when
+//! the control plane is back.
 //!
 //! The CLI comes from `$PODGATE_CLI`, else a `cargo build -p podgate-cli` run once.
 
@@ -456,6 +458,27 @@ async fn start_forward(
     (fwd, local, rx)
 }
 
+/// The first line of `stderr` holding `needle` within `within`; panics with the lines seen
+/// otherwise. Blocks the calling worker thread (multi-threaded runtime).
+fn stderr_line(
+    stderr: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    within: Duration,
+) -> String {
+    tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("no {needle:?} within {within:?}: {seen:?}")
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_renews_its_capability_before_it_expires() {
     // The shortest lifetime the control plane accepts: renewed with a third (10 s) left.
@@ -473,24 +496,61 @@ async fn forward_renews_its_capability_before_it_expires() {
         async move { client().get(url).send().await.unwrap().status().as_u16() }
     };
     assert_eq!(get("/before").await, 200);
-    let renewed = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(35);
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match stderr.recv_timeout(left) {
-                Ok(line) if line.contains("capability renewed") => return Ok(line),
-                Ok(line) => seen.push(line),
-                Err(_) => break,
-            }
-        }
-        Err(seen)
-    })
-    .await
-    .unwrap();
-    let _ = renewed.unwrap_or_else(|seen| panic!("no renewal within 35 s: {seen:?}"));
+    stderr_line(&stderr, "capability renewed", Duration::from_secs(35));
     assert_eq!(get("/after").await, 200);
     let _ = fwd.kill();
     let _ = fwd.wait();
     let paths: Vec<String> = pod.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, ["/before", "/after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_sends_its_capability_to_its_end_while_the_control_plane_is_away() {
+    let mut stack = Stack::start(&["--capability-lifetime-secs", "30"]).await;
+    let pod = pod_running(&stack).await;
+    let created = create_token(&stack, "forward outage").await;
+    let me = Machine::new();
+    let (code, out, err) = me
+        .run(&["--init", created["init_url"].as_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (mut fwd, local, stderr) = start_forward(&me).await;
+    // The capability was obtained before `forward` printed its address: it ends by then + 30 s.
+    let ends_by = std::time::Instant::now() + Duration::from_secs(30);
+    let get = |path: &'static str| {
+        let url = format!("http://{local}{path}");
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/before").await.0, 200);
+    // The control plane goes away; Envoy keeps the configuration it has.
+    stack.cp.kill();
+    // Renewal (with a third of the 30 s left) fails; the capability still covers requests.
+    let failed = stderr_line(
+        &stderr,
+        "cannot renew the capability",
+        Duration::from_secs(30),
+    );
+    assert!(
+        failed.contains("cannot reach the control plane"),
+        "{failed}"
+    );
+    assert!(failed.contains("s more"), "{failed}");
+    let (status, body) = get("/during").await;
+    assert_eq!(status, 200, "{body}");
+    // Past its end it is not sent: the request fails here, saying why, and reaches nobody.
+    tokio::time::sleep_until(ends_by.into()).await;
+    let (status, body) = get("/after").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("cannot reach the control plane"), "{body}");
+    // The control plane is back: the next request waits for a new capability and goes through.
+    stack.cp.spawn().await;
+    let (status, body) = get("/back").await;
+    assert_eq!(status, 200, "{body}");
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    let paths: Vec<String> = pod.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/before", "/during", "/back"]);
 }

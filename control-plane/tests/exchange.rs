@@ -197,6 +197,11 @@ async fn an_api_token_mints_nothing_that_outlives_it(which: Which) {
         .unwrap()
         .timestamp();
     assert_eq!(said, minted, "the answer's expires_at is the token's exp");
+    let left = r.json()["expires_in"].as_i64().unwrap();
+    assert!(
+        (minted - now_unix() - 2..=minted - now_unix()).contains(&left),
+        "expires_in {left} against exp {minted}"
+    );
     h.finish().await;
 }
 on_both!(an_api_token_mints_nothing_that_outlives_it);

@@ -770,6 +770,9 @@ async fn capabilities_endpoint(h: &Harness) {
     let v = r.json();
     assert_eq!(v["url"], format!("{ORIGIN}/"));
     assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
+    // The lifetime as seconds from the answer, for clients whose clock is off.
+    let expires_in = v["expires_in"].as_i64().unwrap();
+    assert!((898..=900).contains(&expires_in), "{v}");
     let keys: podgate_protocol::token::KeySet =
         serde_json::from_value(h.get("/.well-known/jwks.json", &[]).await.json()).unwrap();
     let cap = Verifier::new(

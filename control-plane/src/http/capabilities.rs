@@ -53,6 +53,9 @@ pub struct CapabilityResponse {
     pub token: String,
     /// RFC 3339, UTC.
     pub expires_at: String,
+    /// Seconds from this answer until it expires: what a client schedules its renewal by, since
+    /// its clock need not agree with the control plane's.
+    pub expires_in: i64,
     /// The pod port's public URL (the resource's, for one); send the token as `podgate-token`
     /// or `Authorization: Bearer`.
     pub url: String,
@@ -145,9 +148,11 @@ async fn capabilities(
     let expires_at = chrono::DateTime::from_timestamp(cap.expires_at, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .ok_or_else(|| ApiError::internal("expiry out of range"))?;
+    let expires_in = (cap.expires_at - crate::store::now_unix()).max(0);
     let mut resp = Json(CapabilityResponse {
         token: cap.token,
         expires_at,
+        expires_in,
         url: match &res {
             Some(res) => format!("{}{res}", state.config().pod_origin(&host)),
             None => format!("{}/", state.config().pod_origin(&host)),
