@@ -219,8 +219,33 @@ pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize
     Ok((resealed, already))
 }
 
-/// The Envoy cluster of service `name`.
-pub fn cluster_name(name: &str) -> String {
+/// The Envoy cluster of service `row`: its name and a digest of its upstream (URL and CA).
+///
+/// Envoy applies a push's clusters and its filter configuration one after the other, and a
+/// cluster whose host changed keeps serving with the old host while the new one warms (DNS). Had
+/// the cluster kept its name when a service's upstream and credential change together, the new
+/// credential could go to the old upstream meanwhile. With the upstream in the name, a filter
+/// entry only ever names a cluster with the upstream its credential was set for; until that
+/// cluster is in force Envoy answers `503` for it.
+pub fn cluster_name(row: &ServiceRow) -> String {
+    let mut digest = Sha256::new();
+    digest.update(row.upstream_url.as_bytes());
+    digest.update([0]);
+    if let Some(pem) = &row.ca_pem {
+        digest.update(pem.as_bytes());
+    }
+    let hex: String = digest
+        .finalize()
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}_{hex}", stat_name(&row.name))
+}
+
+/// The name service `name`'s cluster has in Envoy's statistics, whatever its upstream
+/// (`cluster.podgate_service_{name}.…`).
+pub fn stat_name(name: &str) -> String {
     format!("podgate_service_{name}")
 }
 
@@ -293,7 +318,7 @@ fn classify(
         };
         if let Some(value) = tokens.current(&row.name) {
             let entry = ServiceEntry {
-                cluster: cluster_name(&row.name),
+                cluster: cluster_name(row),
                 host: upstream.authority,
                 credential: Some(InjectedHeader {
                     name: header,
@@ -326,7 +351,7 @@ fn classify(
         },
     };
     let entry = ServiceEntry {
-        cluster: cluster_name(&row.name),
+        cluster: cluster_name(row),
         host: upstream.authority,
         credential,
         resource_path: row.resource_path.clone(),
@@ -338,8 +363,8 @@ fn classify(
 /// SNI and certificate verification for https (its own CA, or the system's roots).
 pub fn cluster(row: &ServiceRow) -> Option<Cluster> {
     let upstream = parse_upstream(&row.upstream_url).ok()?;
-    let cluster = fixed_host_cluster(
-        &cluster_name(&row.name),
+    let mut cluster = fixed_host_cluster(
+        &cluster_name(row),
         &upstream.host,
         upstream.port,
         &FixedHostClusterOptions {
@@ -348,6 +373,7 @@ pub fn cluster(row: &ServiceRow) -> Option<Cluster> {
             protocol: UpstreamProtocol::Http1,
         },
     );
+    cluster.alt_stat_name = stat_name(&row.name);
     if !upstream.https {
         return Some(cluster);
     }
@@ -398,6 +424,56 @@ mod tests {
             "x",
         ] {
             assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_services_cluster_is_named_after_its_upstream_and_counted_under_its_own_name() {
+        let kek = KeyEncryption::new(None, vec![]);
+        let tokens = crate::service_oauth::ServiceTokens::default();
+        let row = ServiceRow {
+            name: "api".into(),
+            owner_id: "alice".into(),
+            team_id: None,
+            sharing: crate::store::Sharing::Owner,
+            upstream_url: "https://api.example.com".into(),
+            ca_pem: None,
+            credential: Some(seal(&kek, "api", "authorization", "Bearer sk-1").unwrap()),
+            oauth: None,
+            resource_path: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let entry_cluster = |row: &ServiceRow| match directory_entry(&kek, &tokens, row) {
+            Published::Entry(e) => e.cluster,
+            other => panic!("{other:?}"),
+        };
+        let cluster_of = |row: &ServiceRow| cluster(row).unwrap();
+        // The filter's entry names the cluster built for the same upstream.
+        assert_eq!(entry_cluster(&row), cluster_of(&row).name);
+        assert!(cluster_of(&row).name.starts_with("podgate_service_api_"));
+        // Another credential for the same upstream: the same cluster.
+        let rekeyed = ServiceRow {
+            credential: Some(seal(&kek, "api", "authorization", "Bearer sk-2").unwrap()),
+            ..row.clone()
+        };
+        assert_eq!(entry_cluster(&rekeyed), entry_cluster(&row));
+        // Another URL, or another CA: another cluster, so a credential set with it never names
+        // the cluster of the upstream before.
+        let moved = ServiceRow {
+            upstream_url: "https://api2.example.com".into(),
+            ..rekeyed.clone()
+        };
+        let pinned = ServiceRow {
+            ca_pem: Some("-----BEGIN CERTIFICATE-----".into()),
+            ..rekeyed.clone()
+        };
+        let names = [&row, &moved, &pinned].map(|r| cluster_of(r).name);
+        assert!(names[0] != names[1] && names[0] != names[2] && names[1] != names[2]);
+        assert_eq!(entry_cluster(&moved), names[1]);
+        // Envoy's statistics keep the service's name.
+        for r in [&row, &moved, &pinned] {
+            assert_eq!(cluster_of(r).alt_stat_name, "podgate_service_api");
         }
     }
 

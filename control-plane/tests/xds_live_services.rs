@@ -326,6 +326,7 @@ async fn until_upstream_header(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn patching_a_service_reaches_envoy_and_cuts_off_who_lost_it() {
     const NEW_KEY: &str = "sk-patched-3e9f0a1b2c4d";
+    const MOVED_KEY: &str = "sk-moved-77c1d0e5f2a9";
     let stack = Stack::start(&["--renew-secret", SECRET]).await;
     stack.cp.create_user(BOB).await;
     let upstream = FakePod::start("upstream").await.unwrap();
@@ -396,9 +397,12 @@ async fn patching_a_service_reaches_envoy_and_cuts_off_who_lost_it() {
     let last = upstream.requests().pop().unwrap();
     assert!(!last.has_header("authorization"), "{:?}", last.headers);
 
-    // Another upstream, with its own CA: requests go there.
+    // Another upstream, with its own CA, and the key for it, in one change: requests go there
+    // with the new key. Neither key ever reaches the other's upstream, not even while Envoy
+    // switches (requests keep coming meanwhile).
     let upstream2 = FakePod::start("upstream2").await.unwrap();
     let front2 = TlsFront::start(upstream2.addr()).await.unwrap();
+    let sent_before = upstream.requests().len();
     stack
         .cp
         .admin(
@@ -407,18 +411,49 @@ async fn patching_a_service_reaches_envoy_and_cuts_off_who_lost_it() {
             Some(json!({
                 "upstream_url": format!("https://localhost:{}", front2.addr().port()),
                 "ca_pem": front2.ca_pem(),
+                "credential": {"header": "x-api-key", "value": MOVED_KEY},
             })),
         )
         .await;
     let start = Instant::now();
     while upstream2.requests().is_empty() {
-        let _ = get_service(&stack, "api", "/", &[("authorization", &bearer)]).await;
+        let auth = [("authorization", bearer.as_str())];
+        let ask = || get_service(&stack, "api", "/", &auth);
+        let (a, b, c) = tokio::join!(ask(), ask(), ask());
+        for (status, body) in [a, b, c] {
+            // Until the new cluster is in force Envoy may answer 503; nothing else.
+            assert!(status == 200 || status == 503, "{status} {body}");
+        }
         assert!(start.elapsed() < ONE_PUSH, "{}", stack.logs());
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(
-        upstream2.requests().pop().unwrap().header("x-api-key"),
-        Some(NEW_KEY)
+    let new_upstream_got: Vec<Option<String>> = upstream2
+        .requests()
+        .iter()
+        .map(|r| r.header("x-api-key").map(str::to_owned))
+        .collect();
+    assert!(
+        new_upstream_got
+            .iter()
+            .all(|key| key.as_deref() == Some(MOVED_KEY)),
+        "{new_upstream_got:?}"
+    );
+    let old_upstream_got: Vec<Option<String>> = upstream.requests()[sent_before..]
+        .iter()
+        .map(|r| r.header("x-api-key").map(str::to_owned))
+        .collect();
+    assert!(
+        old_upstream_got
+            .iter()
+            .all(|key| key.as_deref() == Some(NEW_KEY)),
+        "{old_upstream_got:?}"
+    );
+    // Envoy counts the service's requests under its own name, whatever its upstream.
+    assert!(
+        stack
+            .envoy
+            .stat("cluster.podgate_service_api.upstream_rq_total")
+            .await
+            > 0
     );
 
     // `null` removes the credential: requests reach the upstream without one.
