@@ -416,7 +416,7 @@ pub async fn fetch(client: &reqwest::Client, c: &OAuthConfig) -> Result<Token, S
     if !credential_value_allowed(&format!("Bearer {value}")) {
         return Err("the access token is not visible ASCII of at most 8185 characters".into());
     }
-    let lifetime_ms = match body.get("expires_in").and_then(Value::as_f64) {
+    let lifetime_ms = match expires_in(body.get("expires_in"))? {
         Some(s) if s > 0.0 => (s * 1000.0) as i64,
         Some(_) => return Err("the token endpoint gave a token that has expired".into()),
         None => DEFAULT_TOKEN_LIFETIME_MS,
@@ -424,8 +424,32 @@ pub async fn fetch(client: &reqwest::Client, c: &OAuthConfig) -> Result<Token, S
     Ok(Token {
         value: value.to_owned(),
         obtained_ms,
-        expires_ms: obtained_ms + lifetime_ms,
+        expires_ms: obtained_ms.saturating_add(lifetime_ms),
     })
+}
+
+/// The seconds of a token answer's `expires_in`: a number, or a string holding one (as some
+/// providers send it); `None` when absent. Anything else is an error rather than a guess, so
+/// that a token is never held past its real expiry.
+fn expires_in(value: Option<&Value>) -> Result<Option<f64>, String> {
+    let secs = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    match secs {
+        Some(s) if s.is_finite() => Ok(Some(s)),
+        _ => Err(format!(
+            "the token endpoint's expires_in {} is not a number of seconds",
+            value
+                .map(Value::to_string)
+                .unwrap_or_default()
+                .chars()
+                .take(40)
+                .collect::<String>()
+        )),
+    }
 }
 
 /// Where a service's credential comes from now.
@@ -483,11 +507,16 @@ impl ServiceTokens {
         self.states.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The token of service `name` usable now (its header, `Bearer <token>`).
-    pub fn current(&self, name: &str) -> Option<String> {
+    /// The token of service `name` usable now (its header, `Bearer <token>`), if it was
+    /// obtained with `config`, the service's configuration now. A token obtained with another
+    /// one (a fetch that was under way when the configuration changed, or one this control plane
+    /// held before another changed the service) is not the new configuration's: it is never
+    /// used for it.
+    pub fn current(&self, name: &str, config: &OAuthConfig) -> Option<String> {
         let now = now_ms();
         self.lock()
             .get(name)
+            .filter(|s| s.config.as_ref() == Some(config))
             .and_then(|s| s.token.as_ref())
             .filter(|t| t.usable(now))
             .map(|t| format!("Bearer {}", t.value))
@@ -532,15 +561,26 @@ impl ServiceTokens {
         state.token.take().is_some()
     }
 
-    /// The status of service `row`'s credential (never the token).
-    pub fn status(&self, row: &ServiceRow) -> CredentialStatus {
+    /// The status of service `row`'s credential (never the token): where the credential
+    /// Envoy gets comes from, as the filter's directory has it (`services::directory_entry`).
+    pub fn status(&self, kek: &KeyEncryption, row: &ServiceRow) -> CredentialStatus {
+        let opened = row
+            .oauth
+            .as_ref()
+            .and_then(|stored| open(kek, &row.name, stored).ok());
+        let token_in_force = opened
+            .as_ref()
+            .is_some_and(|config| self.current(&row.name, config).is_some());
+        let unusable = crate::services::without_credential(kek, self, row);
         let now = now_ms();
         let states = self.lock();
         let state = states.get(&row.name);
         let token = state
             .and_then(|s| s.token.as_ref())
-            .filter(|t| row.oauth.is_some() && t.usable(now));
-        let source = if token.is_some() {
+            .filter(|t| token_in_force && t.usable(now));
+        let source = if unusable {
+            Source::None
+        } else if token.is_some() {
             Source::Oauth
         } else if row.credential.is_some() {
             Source::Fallback
@@ -769,7 +809,7 @@ impl OAuthConfig {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -827,6 +867,89 @@ mod tests {
         // No longer an OAuth service: forgotten.
         assert!(tokens.sweep(&[], now));
         assert_eq!(tokens.next_wake_ms(&services), Some(0));
+    }
+
+    #[test]
+    fn a_token_serves_only_the_configuration_it_was_obtained_with() {
+        use crate::key_encryption::KeyEncryptionKey;
+        use crate::services::{directory_entry, Published};
+        let kek = KeyEncryption::new(Some(KeyEncryptionKey::from_bytes([7; 32], "test")), vec![]);
+        let a = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let mut b = a.clone();
+        b.scope = Some("other".into());
+        let row = |config: &OAuthConfig| ServiceRow {
+            name: "api".into(),
+            owner_id: "alice".into(),
+            team_id: None,
+            sharing: crate::store::Sharing::Owner,
+            upstream_url: "https://api.example.com".into(),
+            ca_pem: None,
+            credential: Some(
+                crate::services::seal(&kek, "api", "authorization", "Bearer fallback").unwrap(),
+            ),
+            oauth: Some(seal(&kek, "api", config).unwrap()),
+            resource_path: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let injected =
+            |tokens: &ServiceTokens, row: &ServiceRow| match directory_entry(&kek, tokens, row) {
+                Published::Entry(e) => e.credential.unwrap().value.0,
+                other => panic!("{other:?}"),
+            };
+        let tokens = ServiceTokens::default();
+        let now = now_ms();
+        let token = Token {
+            value: "from-a".into(),
+            obtained_ms: now,
+            expires_ms: now + 3_600_000,
+        };
+        // A fetch with configuration A answered after the service moved to B (or another
+        // control plane changed it): B's requests get the fallback, never A's token.
+        tokens.record("api", &a, Ok(token));
+        assert_eq!(injected(&tokens, &row(&a)), "Bearer from-a");
+        assert_eq!(injected(&tokens, &row(&b)), "Bearer fallback");
+        let status = tokens.status(&kek, &row(&b));
+        assert!(matches!(status.source, Source::Fallback), "{status:?}");
+        assert_eq!(status.expires_at, None);
+        assert!(matches!(
+            tokens.status(&kek, &row(&a)).source,
+            Source::Oauth
+        ));
+        // A configuration that does not open (sealed for another service): no credential, as
+        // the filter's directory has it, whatever token is held.
+        let sealed_elsewhere = ServiceRow {
+            oauth: Some(seal(&kek, "other", &a).unwrap()),
+            ..row(&a)
+        };
+        assert!(matches!(
+            directory_entry(&kek, &tokens, &sealed_elsewhere),
+            Published::WithoutCredential
+        ));
+        let status = tokens.status(&kek, &sealed_elsewhere);
+        assert!(matches!(status.source, Source::None), "{status:?}");
+    }
+
+    #[test]
+    fn expires_in_is_a_number_of_seconds_or_an_error() {
+        let of = |v: Value| expires_in(Some(&v));
+        assert_eq!(of(json!(600)).unwrap(), Some(600.0));
+        assert_eq!(of(json!(1.5)).unwrap(), Some(1.5));
+        // Sent as a string by some providers: still its seconds, not the default hour.
+        assert_eq!(of(json!("600")).unwrap(), Some(600.0));
+        assert_eq!(of(json!(" 2 ")).unwrap(), Some(2.0));
+        assert_eq!(expires_in(None).unwrap(), None);
+        assert_eq!(of(Value::Null).unwrap(), None);
+        for bad in [
+            json!("soon"),
+            json!("inf"),
+            json!("NaN"),
+            json!(true),
+            json!([600]),
+        ] {
+            let e = of(bad.clone()).unwrap_err();
+            assert!(e.contains("expires_in"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -307,8 +307,8 @@ fn classify(
         Err(e) => return (Published::Absent, Some(format!("its upstream URL: {e}"))),
     };
     if let Some(stored) = &row.oauth {
-        let header = match crate::service_oauth::open(kek, &row.name, stored) {
-            Ok(config) => config.header,
+        let config = match crate::service_oauth::open(kek, &row.name, stored) {
+            Ok(config) => config,
             Err(e) => {
                 return (
                     Published::WithoutCredential,
@@ -316,12 +316,12 @@ fn classify(
                 )
             }
         };
-        if let Some(value) = tokens.current(&row.name) {
+        if let Some(value) = tokens.current(&row.name, &config) {
             let entry = ServiceEntry {
                 cluster: cluster_name(row),
                 host: upstream.authority,
                 credential: Some(InjectedHeader {
-                    name: header,
+                    name: config.header,
                     value: SecretValue(value),
                 }),
                 resource_path: row.resource_path.clone(),

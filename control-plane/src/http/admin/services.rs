@@ -595,7 +595,9 @@ async fn credential_status(
     PathArgs(name): PathArgs<String>,
 ) -> ApiResult<Json<CredentialStatus>> {
     let row = require_service(&s, &name).await?;
-    Ok(Json(s.service_tokens().status(&row)))
+    Ok(Json(
+        s.service_tokens().status(&s.config().key_encryption, &row),
+    ))
 }
 
 #[utoipa::path(
@@ -626,7 +628,9 @@ async fn refresh_credential(
     service_oauth::refresh(&s, &row)
         .await
         .map_err(|e| ApiError::BadGateway(format!("service {name:?}: no new OAuth token: {e}")))?;
-    Ok(Json(s.service_tokens().status(&row)))
+    Ok(Json(
+        s.service_tokens().status(&s.config().key_encryption, &row),
+    ))
 }
 
 #[utoipa::path(
@@ -649,5 +653,7 @@ async fn clear_credential(
     let row = require_service(&s, &name).await?;
     s.service_tokens().clear(&name);
     tracing::info!(service = %name, "service OAuth token dropped");
-    Ok(Json(s.service_tokens().status(&row)))
+    Ok(Json(
+        s.service_tokens().status(&s.config().key_encryption, &row),
+    ))
 }
