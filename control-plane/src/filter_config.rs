@@ -88,8 +88,17 @@ pub async fn build_with_tokens(
     ring: &KeyRing,
     tokens: &ServiceTokens,
 ) -> Result<FilterConfig, sqlx::Error> {
+    // A slug or service name stored before a rule that refuses it now, or under other host
+    // templates, is left out (its host answers as unknown, with a warning here): the filter
+    // refuses a configuration holding one, so every Envoy would keep its last configuration and
+    // miss every revocation, cut and new pod until it is gone.
+    let check_slug = config.public_hosts.pods().slug_checker();
     let mut pods = HashMap::new();
     for (pod, server_address) in db.pod_directory().await? {
+        if let Err(e) = check_slug(&pod.slug) {
+            tracing::warn!(pod = %pod.slug, "pod left out of Envoy's configuration: its slug is not valid under the host template ({e}); rename the pod (delete and create it) or change the template");
+            continue;
+        }
         pods.insert(
             pod.slug.clone(),
             PodEntry {
@@ -103,6 +112,10 @@ pub async fn build_with_tokens(
     let mut services = HashMap::new();
     let mut services_without_credential = Vec::new();
     for row in db.list_services().await? {
+        if let Err(e) = config.public_hosts.check_service_name(&row.name) {
+            tracing::warn!(service = %row.name, "service left out of Envoy's configuration: its name is not valid under the service host template ({e}); rename the service (delete and create it) or change the template");
+            continue;
+        }
         match crate::services::directory_entry(&config.key_encryption, tokens, &row) {
             Published::Entry(entry) => {
                 services.insert(row.name.clone(), entry);

@@ -965,3 +965,66 @@ async fn a_slug_that_would_start_an_internationalized_label_is_refused() {
         h.finish().await;
     }
 }
+
+/// A pod or service stored before a rule that refuses its name now (an older version, or
+/// other host templates) is left out of the filter's configuration, so every other pod and
+/// service, and every revocation, still reaches Envoy: the filter refuses a whole configuration
+/// holding a name it cannot serve, and Envoy would keep its last one.
+#[tokio::test]
+async fn a_name_the_filter_would_refuse_is_left_out_and_the_rest_is_pushed() {
+    let h = Harness::with(common::Which::Sqlite, |mut s| {
+        s.host_template = Some("{pod}.p{port}.{domain}".into());
+        s.service_host_template = Some("{name}.{domain}".into());
+        s
+    })
+    .await
+    .unwrap();
+    h.admin(Method::POST, "/v1/users", Some(json!({"id": "o"})))
+        .await;
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/pods",
+            Some(json!({"slug": "alice", "owner_id": "o", "nginx_port": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/services",
+            Some(json!({"name": "api", "owner_id": "o", "upstream_url": "http://127.0.0.1:9"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // As an older version stored them, before internationalized labels were refused.
+    h.tdb
+        .db
+        .create_pod(&podgate::store::Pod {
+            slug: "xn--lice-43d".into(),
+            owner_id: "o".into(),
+            team_id: None,
+            server_id: None,
+            status: podgate::store::PodStatus::Running,
+            nginx_port: 1,
+            created_at: 0,
+            updated_at: 0,
+        })
+        .await
+        .unwrap();
+    let mut service = h.tdb.db.get_service("api").await.unwrap().unwrap();
+    service.name = "xn--api-4ua".into();
+    h.tdb.db.put_service(&service).await.unwrap();
+
+    let ring = h.state.keys().unwrap();
+    let built = podgate::filter_config::build(h.state.db(), h.state.config(), &ring)
+        .await
+        .unwrap();
+    let compiled = built.compile().expect("the filter takes the configuration");
+    assert!(compiled.pods.contains_key("alice"));
+    assert!(!compiled.pods.contains_key("xn--lice-43d"));
+    assert!(compiled.services.contains_key("api"));
+    assert!(!compiled.services.contains_key("xn--api-4ua"));
+    assert!(!compiled.services_without_credential.contains("xn--api-4ua"));
+    h.finish().await;
+}
