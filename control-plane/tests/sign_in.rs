@@ -276,6 +276,23 @@ async fn happy_path(which: Which) {
         fetched("discovery", "failed") + fetched("jwks", "failed"),
         0.0
     );
+
+    // Signing in again in the same browser replaces its session: the one before ends as a
+    // sign-out would end it, so that signing out of the new one leaves nothing of the old.
+    let first = format!("podgate_session={}", b.0["podgate_session"]);
+    let r = b.get(&h, &format!("{PODGATE}/auth/login?next=%2F")).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let authorize = r.header("location").unwrap().to_owned();
+    let back = op.authorize(&authorize, "alice", CALLBACK).await;
+    let r = b.get(&h, &back).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let second = format!("podgate_session={}", b.0["podgate_session"]);
+    assert_ne!(first, second);
+    assert_eq!(sessions(&h).await, 1);
+    let r = h.get("/auth/userinfo", &[("cookie", &first)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let r = h.get("/auth/userinfo", &[("cookie", &second)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     h.finish().await;
 }
 on_both!(happy_path);

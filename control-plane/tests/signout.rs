@@ -185,6 +185,56 @@ async fn signout_ends_every_capability_of_the_session(which: Which) {
 }
 on_both!(signout_ends_every_capability_of_the_session);
 
+/// A sign-in in a browser that still holds a session ends that session as a sign-out would
+/// (its capabilities cut at once), so that signing out of the new session leaves nothing of the
+/// old one working or renewable. Another browser's session of the same user is left alone.
+async fn a_new_sign_in_ends_the_session_it_replaces(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let first = h.login("alice").await;
+    let elsewhere = h.login("alice").await;
+    let first_cap = capability(&h, Some(&first), 8726).await;
+    let elsewhere_cap = capability(&h, Some(&elsewhere), 8726).await;
+    assert!(!cut_off(&h, &first_cap).await);
+
+    // The same browser signs in again (its cookie goes along).
+    let r = h
+        .get("/dev/login?user=alice", &[("cookie", first.as_str())])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let second = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(second, first);
+    assert!(
+        cut_off(&h, &first_cap).await,
+        "the replaced session's capability"
+    );
+    let r = h.get("/auth/userinfo", &[("cookie", &first)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        !cut_off(&h, &elsewhere_cap).await,
+        "another browser's session"
+    );
+
+    // Signing out of the new session: its capabilities are cut too; the other browser stays.
+    let second_cap = capability(&h, Some(&second), 8726).await;
+    let r = h.get("/auth/logout", &[("cookie", &second)]).await;
+    assert_eq!(r.json(), json!({"signed_out": true, "sessions_ended": 1}));
+    assert!(cut_off(&h, &second_cap).await);
+    assert!(cut_off(&h, &first_cap).await);
+    assert!(!cut_off(&h, &elsewhere_cap).await);
+    let r = h.get("/auth/userinfo", &[("cookie", &elsewhere)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    h.finish().await;
+}
+on_both!(a_new_sign_in_ends_the_session_it_replaces);
+
 async fn dev_logout_signs_out_like_auth_logout(which: Which) {
     let Some(h) = Harness::seeded(which, |s| s).await else {
         return;

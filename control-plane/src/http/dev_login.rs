@@ -40,8 +40,12 @@ pub fn dev_router() -> OpenApiRouter<AppState> {
         NotFound,
     )
 )]
-async fn dev_login(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    let resp = dev_sign_in(&state, query)
+async fn dev_login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let resp = dev_sign_in(&state, &headers, query)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     state
@@ -50,7 +54,11 @@ async fn dev_login(State(state): State<AppState>, RawQuery(query): RawQuery) -> 
     resp
 }
 
-async fn dev_sign_in(state: &AppState, query: Option<String>) -> ApiResult<Response> {
+async fn dev_sign_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<String>,
+) -> ApiResult<Response> {
     let params = single_params(query.as_deref(), &["user", "next"])?;
     let Some(who) = params.get("user").filter(|u| !u.is_empty()) else {
         return Err(ApiError::bad(
@@ -78,6 +86,8 @@ async fn dev_sign_in(state: &AppState, query: Option<String>) -> ApiResult<Respo
         tracing::warn!(user = %user.id, "dev login created a user");
         user
     };
+    // The session this browser held until now ends, as a sign-out would end it.
+    crate::http::session::end_sessions(state, headers).await?;
     let session = start_session(state.db(), state.config().session_lifetime, &user, None).await?;
     let cookie = cookies::session(state, &session);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");

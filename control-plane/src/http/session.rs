@@ -78,16 +78,16 @@ async fn logout_post(State(state): State<AppState>, headers: HeaderMap) -> ApiRe
     end_and_answer(state, headers).await
 }
 
-/// Signing out, for `GET|POST /auth/logout` and the dev login's `GET /dev/logout`: ends this
-/// browser's sessions, cuts off their capabilities, and answers with JSON, the signed-out page,
-/// or a redirect to sign out at the identity provider too.
-pub(crate) async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiResult<Response> {
-    let named = sessions_to_end(
-        state.db(),
-        state.session_cookie(),
-        &cookie_headers(&headers),
-    )
-    .await?;
+/// Ends every session the request's cookies name and cuts off the capabilities of the live
+/// ones (pushed at once); returns the live ones. For a sign-out, and for a new sign-in in a
+/// browser that still holds a session: the session it replaces ends as a sign-out would end it,
+/// so that signing out of the new one leaves nothing of the old one working.
+pub(crate) async fn end_sessions(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> ApiResult<Vec<EndedSession>> {
+    let named =
+        sessions_to_end(state.db(), state.session_cookie(), &cookie_headers(headers)).await?;
     // The cuts and the end of the sessions together, or neither: a sign-out that fails leaves
     // the sessions, and signing out again ends them.
     if !named.is_empty() {
@@ -103,8 +103,18 @@ pub(crate) async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiRe
     }
     let ended: Vec<EndedSession> = named.into_iter().filter_map(|(_, s)| s).collect();
     if !ended.is_empty() {
-        tracing::info!(sessions = ended.len(), "signed out: capabilities cut off");
         state.envoy_config_changed().await;
+    }
+    Ok(ended)
+}
+
+/// Signing out, for `GET|POST /auth/logout` and the dev login's `GET /dev/logout`: ends this
+/// browser's sessions, cuts off their capabilities, and answers with JSON, the signed-out page,
+/// or a redirect to sign out at the identity provider too.
+pub(crate) async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiResult<Response> {
+    let ended = end_sessions(&state, &headers).await?;
+    if !ended.is_empty() {
+        tracing::info!(sessions = ended.len(), "signed out: capabilities cut off");
     }
     // A browser that signed in with an identity provider signs out there too, once the cut is
     // recorded: sent to the provider's end-session endpoint, which sends it back here (nothing

@@ -363,14 +363,19 @@ async fn finish_sign_in(state: &AppState, headers: &HeaderMap, query: Option<Str
         Ok(s) => s,
         Err(f) => return sign_in_failure(state, headers, f),
     };
-    let session = match start_session(
-        state.db(),
-        state.config().session_lifetime,
-        &signed_in.user,
-        Some(&signed_in.provider),
-    )
-    .await
-    {
+    // The session this browser held until now ends, as a sign-out would end it.
+    let session = match crate::http::session::end_sessions(state, headers).await {
+        Ok(_) => start_session(
+            state.db(),
+            state.config().session_lifetime,
+            &signed_in.user,
+            Some(&signed_in.provider),
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let session = match session {
         Ok(s) => s,
         // The provider's answer is used up: the browser gets the sign-in failure page, with a
         // link that starts again for the same place.
