@@ -110,6 +110,44 @@ async fn the_installer_installs_checks_and_initialises_once() {
     assert_eq!(marks(&home.path().join(".bashrc")), 1);
     assert_eq!(marks(&home.path().join(".profile")), 1);
 
+    // A relative XDG_CONFIG_HOME is not one (as podgate-cli reads it): the binary goes under
+    // ~/.config, never under the working directory, and PATH gets only an absolute directory.
+    let home2 = tempfile::tempdir().unwrap();
+    let project2 = home2.path().join("project");
+    std::fs::create_dir(&project2).unwrap();
+    let (code, out) = install_with(
+        &url,
+        home2.path(),
+        &project2,
+        path,
+        &[("XDG_CONFIG_HOME", "cfg")],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(home2
+        .path()
+        .join(".config/podgate/bin/podgate-cli")
+        .exists());
+    assert!(!project2.join("cfg").exists());
+    let profile = std::fs::read_to_string(home2.path().join(".profile")).unwrap();
+    let exported: Vec<&str> = profile
+        .lines()
+        .filter_map(|l| l.strip_prefix("export PATH=\""))
+        .collect();
+    assert_eq!(exported.len(), 1, "{profile}");
+    assert!(exported.iter().all(|p| p.starts_with('/')), "{profile}");
+    // A start-up file that cannot be written (here a directory; the tests may run as root, for
+    // whom a read-only file is writable) is reported, and the sign-in still happens.
+    let home3 = tempfile::tempdir().unwrap();
+    let project3 = home3.path().join("project");
+    std::fs::create_dir(&project3).unwrap();
+    std::fs::create_dir(home3.path().join(".bashrc")).unwrap();
+    let (code, out) = install(&url, home3.path(), &project3, path).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(".bashrc: add"), "{out}");
+    assert!(out.contains("signed in as alice"), "{out}");
+    assert_eq!(marks(&home3.path().join(".profile")), 1);
+
     // A binary changed after the control plane hashed it: refused, nothing replaced or run.
     let good = std::fs::read(&served).unwrap();
     std::fs::write(&served, b"#!/bin/sh\ntouch \"$HOME/pwned\"\n").unwrap();

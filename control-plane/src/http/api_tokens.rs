@@ -530,7 +530,12 @@ fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) 
         available.join(", ")
     ));
     s.push_str(
-        "CONFIG_DIR=\"${XDG_CONFIG_HOME:-$HOME/.config}/podgate\"\n\
+        "# XDG_CONFIG_HOME counts only as an absolute path (as podgate-cli reads it): a relative\n\
+         # one would put the binary, and a PATH entry, relative to wherever a shell starts.\n\
+         case \"${XDG_CONFIG_HOME:-}\" in\n\
+         \x20 /*) CONFIG_DIR=\"$XDG_CONFIG_HOME/podgate\" ;;\n\
+         \x20 *) CONFIG_DIR=\"$HOME/.config/podgate\" ;;\n\
+         esac\n\
          BIN_DIR=\"$CONFIG_DIR/bin\"\n\
          mkdir -p \"$BIN_DIR\"\n\
          chmod 700 \"$CONFIG_DIR\"\n\
@@ -553,9 +558,12 @@ fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) 
          \x20 *)\n\
          \x20   for RC in \"$HOME/.bashrc\" \"$HOME/.zshrc\" \"$HOME/.profile\"; do\n\
          \x20     if [ \"$RC\" != \"$HOME/.profile\" ] && [ ! -e \"$RC\" ]; then continue; fi\n\
-         \x20     if [ -e \"$RC\" ] && grep -qF \"$MARK\" \"$RC\"; then continue; fi\n\
-         \x20     printf '\\n%s\\nexport PATH=\"%s:$PATH\"\\n' \"$MARK\" \"$BIN_DIR\" >> \"$RC\"\n\
-         \x20     echo \"podgate: added $BIN_DIR to PATH in $RC\" >&2\n\
+         \x20     if [ -e \"$RC\" ] && grep -qF \"$MARK\" \"$RC\" 2>/dev/null; then continue; fi\n\
+         \x20     if printf '\\n%s\\nexport PATH=\"%s:$PATH\"\\n' \"$MARK\" \"$BIN_DIR\" 2>/dev/null >> \"$RC\"; then\n\
+         \x20       echo \"podgate: added $BIN_DIR to PATH in $RC\" >&2\n\
+         \x20     else\n\
+         \x20       echo \"podgate: cannot write $RC: add $BIN_DIR to your PATH yourself\" >&2\n\
+         \x20     fi\n\
          \x20   done ;;\n\
          esac\n\n\
          if [ -n \"$INIT_URL\" ]; then\n\

@@ -129,10 +129,22 @@ pub fn platform() -> String {
 
 /// Runs `curl -fsSL URL | bash` in `project` with `home` as HOME and `path` as PATH.
 pub async fn install(url: &str, home: &Path, project: &Path, path: &str) -> (i32, String) {
+    install_with(url, home, project, path, &[]).await
+}
+
+/// [`install`] with more environment variables.
+pub async fn install_with(
+    url: &str,
+    home: &Path,
+    project: &Path,
+    path: &str,
+    env: &[(&str, &str)],
+) -> (i32, String) {
     let mut c = Command::new("bash");
     c.env_clear()
         .env("HOME", home)
         .env("PATH", path)
+        .envs(env.iter().copied())
         .current_dir(project)
         .args(["-c", "curl -fsSL \"$1\" | bash", "install", url]);
     let out = tokio::task::spawn_blocking(move || c.output().unwrap())
