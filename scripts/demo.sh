@@ -243,8 +243,15 @@ if $check; then
         "$(pod_url 8726)/") || die "the page flow failed"
     printf '%s' "$page" | grep -q 'podgate demo pod — port 8726' || die "the page is not the demo page: $page"
     say "checking that a request without a credential is refused and never reaches the pod"
-    code=$(curl -s -o /dev/null -w '%{http_code}' "$(pod_url 3000)/api/info")
+    reached_before=$(grep -c -- ' -> port ' "$demo_dir/demo-pod.log" || true)
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$(pod_url 3000)/api/info?no-credential")
     [ "$code" = 401 ] || die "no credential: expected 401, got $code"
+    reached_after=$(grep -c -- ' -> port ' "$demo_dir/demo-pod.log" || true)
+    [ "$reached_after" = "$reached_before" ] \
+        || die "a request without a credential reached the pod (demo-pod.log)"
+    if grep -q -- 'no-credential' "$demo_dir/demo-pod.log"; then
+        die "a request without a credential reached the pod (demo-pod.log)"
+    fi
     say "checking that only Envoy's certificate opens the control plane's Envoy-facing listener"
     envoy_side=https://localhost:$cp_envoy_port
     if curl -s -o /dev/null --cacert "$tls/ca.pem" -H "authorization: Bearer $admin_token" \

@@ -491,12 +491,16 @@ async fn forward_renews_its_capability_before_it_expires() {
         .await;
     assert_eq!(code, 0, "{out}{err}");
     let (mut fwd, local, stderr) = start_forward(&me).await;
+    // The first capability was obtained before `forward` printed its address.
+    let first_ends_by = std::time::Instant::now() + Duration::from_secs(30);
     let get = |path: &'static str| {
         let url = format!("http://{local}{path}");
         async move { client().get(url).send().await.unwrap().status().as_u16() }
     };
     assert_eq!(get("/before").await, 200);
     stderr_line(&stderr, "capability renewed", Duration::from_secs(35));
+    // Past the first capability's end: only the renewed one can carry this request.
+    tokio::time::sleep_until((first_ends_by + Duration::from_secs(1)).into()).await;
     assert_eq!(get("/after").await, 200);
     let _ = fwd.kill();
     let _ = fwd.wait();

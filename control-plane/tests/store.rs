@@ -911,4 +911,14 @@ fn ci_without_postgres_url_fails() {
         !out.status.success(),
         "the PostgreSQL variant must fail in CI without a URL"
     );
+    // Failed for that reason, not another.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("CI=true but PODGATE_TEST_POSTGRES_URL is not set"),
+        "{said}"
+    );
 }

@@ -621,11 +621,27 @@ async fn revoking_an_api_token_cuts_off_its_capabilities_within_a_second() {
     .await
     .unwrap_or_else(|e| panic!("revoked: {e}\n{}", stack.logs()));
     eprintln!("API token revoked → its capability refused in {took:?}");
+    // Refused from then on: nothing reaches the pod with it.
+    let before = pod.requests().len();
+    let a = through_envoy(&stack.http, stack.envoy.listener, "cli", &by_t1)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(
+        pod.requests().len(),
+        before,
+        "the revoked capability reached the pod"
+    );
+    // The other token's capability and the session's still reach it, as alice.
     for token in [&by_t2, &by_session] {
+        pod.reset();
         let a = through_envoy(&stack.http, stack.envoy.listener, "cli", token)
             .await
             .unwrap();
         assert_eq!(a.status, 200, "{}", a.body);
+        let reached = pod.requests();
+        assert_eq!(reached.len(), 1, "{}", a.body);
+        assert_eq!(reached[0].header("x-podgate-user"), Some(USER));
     }
 }
 
