@@ -331,12 +331,29 @@ impl Report {
         }
     }
 
+    /// Writes the run's JSON. A whole run also becomes `latest.json` and the generated table of
+    /// `BENCHMARKS.md`; a partial one (`--only`, `--no-scale`, `--no-compare`) is written as
+    /// `partial-<time>.json` alone, so that it never replaces the whole run's table.
     pub fn write(&self, settings: &Settings) -> anyhow::Result<()> {
         std::fs::create_dir_all(&settings.results_dir)?;
         let json = serde_json::to_string_pretty(self)?;
         let stamp = self.generated_at.replace(':', "");
-        let file = settings.results_dir.join(format!("{stamp}.json"));
+        let partial = !settings.only.is_empty() || settings.no_scale || settings.no_compare;
+        let name = if partial {
+            format!("partial-{stamp}.json")
+        } else {
+            format!("{stamp}.json")
+        };
+        let file = settings.results_dir.join(name);
         std::fs::write(&file, &json).with_context(|| format!("writing {}", file.display()))?;
+        if partial {
+            eprintln!(
+                "wrote {} (a partial run: latest.json and {} left as they were)",
+                file.display(),
+                settings.markdown.display()
+            );
+            return Ok(());
+        }
         std::fs::write(settings.results_dir.join("latest.json"), &json)?;
         write_markdown(&settings.markdown, &self.markdown())?;
         eprintln!(
@@ -353,21 +370,28 @@ impl Report {
         let v = &self.versions;
         let s = &self.settings;
         let _ = writeln!(md, "### Last run: {}\n", self.generated_at);
+        // Other work on the machine shows as a load average above what the run itself adds
+        // (about one busy core) when it starts.
+        let busy = m
+            .load_average_at_start
+            .split_whitespace()
+            .next()
+            .and_then(|l| l.parse::<f64>().ok())
+            .is_some_and(|l| l > 1.5);
         let _ = writeln!(
             md,
-            "- Machine: {} × {} ({}), {} MiB, Linux {}; load average {} at start, {} at end \
-             (a shared machine: other work ran at the same time)",
+            "- Machine: {} × {}, {} MiB, Linux {}; load average {} at start, {} at end{}",
             m.cpus,
             m.cpu_model,
-            if m.cpus <= 2 {
-                "2 shared cores"
-            } else {
-                "cores"
-            },
             m.memory_total_kb / 1024,
             m.kernel,
             m.load_average_at_start,
-            m.load_average_at_end
+            m.load_average_at_end,
+            if busy {
+                " (other work ran on the machine at the same time)"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             md,
