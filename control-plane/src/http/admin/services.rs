@@ -104,11 +104,17 @@ fn credential_of(v: serde_json::Value) -> ApiResult<CredentialBody> {
             None => Ok(None),
             Some(_) => Err(ApiError::bad(SHAPE)),
         };
-        let header = take("header")?.unwrap_or_else(|| oauth.header.clone());
+        let header = take("header")?;
         let value = take("value")?;
         if !map.is_empty() {
             return Err(ApiError::bad(SHAPE));
         }
+        if header.is_some() && value.is_none() {
+            return Err(ApiError::bad(
+                "`header` beside `oauth` names the header of the fallback `value`: send `value` with it, or name the token's header as `oauth.header`",
+            ));
+        }
+        let header = header.unwrap_or_else(|| oauth.header.clone());
         let fixed = match value {
             Some(value) => {
                 check_credential(&header, &value).map_err(ApiError::bad)?;
@@ -656,4 +662,33 @@ async fn clear_credential(
     Ok(Json(
         s.service_tokens().status(&s.config().key_encryption, &row),
     ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_beside_oauth_without_a_fallback_value_is_refused_not_dropped() {
+        let oauth = serde_json::json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"});
+        let refused =
+            credential_of(serde_json::json!({"oauth": oauth.clone(), "header": "x-api-key"}));
+        let Err(ApiError::BadRequest(why)) = refused else {
+            panic!("accepted");
+        };
+        assert!(
+            why.contains("`value`") && why.contains("oauth.header"),
+            "{why}"
+        );
+        // With its value: the fallback goes in that header; without either: the token's.
+        let both = credential_of(
+            serde_json::json!({"oauth": oauth.clone(), "header": "x-api-key", "value": "k"}),
+        )
+        .unwrap();
+        assert_eq!(both.fixed.unwrap().header, "x-api-key");
+        let alone = credential_of(serde_json::json!({"oauth": oauth})).unwrap();
+        assert!(alone.fixed.is_none());
+        assert_eq!(alone.oauth.unwrap().header, "authorization");
+    }
 }
