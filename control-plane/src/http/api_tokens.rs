@@ -634,13 +634,22 @@ async fn download_cli(State(state): State<AppState>, PathArgs(name): PathArgs<St
             "no such download; install.sh picks the binary for your platform",
         );
     };
-    match tokio::fs::read(&binary.path).await {
-        Ok(bytes) => {
-            let mut resp = bytes.into_response();
+    // Streamed from the file (a few kilobytes held per download, whatever the binary's size
+    // and however slowly the client reads), with its length.
+    let opened = match tokio::fs::File::open(&binary.path).await {
+        Ok(file) => file.metadata().await.map(|m| (file, m.len())),
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok((file, len)) => {
+            let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+            let mut resp = body.into_response();
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             no_store(&mut resp);
             resp
         }
