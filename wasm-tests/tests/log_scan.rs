@@ -7,7 +7,7 @@
 //! (`token::mentions_ours`: a JWS naming a podgate `typ` or key-kind `kid`, a `pg_` API token),
 //! any compact JWS (`eyJ…` `.` `eyJ…` `.` a signature: an identity provider's ID token too),
 //! and a value after one of our cookie names (`podgate_cap`, `podgate_session`,
-//! `podgate_signin`, with or without `__Host-`).
+//! `podgate_signin` and each sign-in's `podgate_signin-<tag>`, with or without `__Host-`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use podgate_protocol::token;
 
-const COOKIE_NAMES: [&str; 3] = ["podgate_cap=", "podgate_session=", "podgate_signin="];
+const COOKIE_NAMES: [&str; 3] = ["podgate_cap", "podgate_session", "podgate_signin"];
 
 fn segment_len(bytes: &[u8]) -> usize {
     bytes
@@ -48,11 +48,18 @@ fn holds_jws(line: &str) -> bool {
     })
 }
 
-/// A cookie of ours with a value of at least 16 characters.
+/// A cookie of ours (a sign-in's own, `podgate_signin-<tag>`, too) with a value of at least 16
+/// characters.
 fn holds_cookie_value(line: &str) -> bool {
     COOKIE_NAMES.iter().any(|name| {
-        line.match_indices(name)
-            .any(|(at, _)| segment_len(&line.as_bytes()[at + name.len()..]) >= 16)
+        line.match_indices(name).any(|(at, _)| {
+            let mut rest = &line.as_bytes()[at + name.len()..];
+            if let Some(tagged) = rest.strip_prefix(b"-") {
+                rest = &tagged[tagged.iter().take_while(|b| b.is_ascii_hexdigit()).count()..];
+            }
+            rest.strip_prefix(b"=")
+                .is_some_and(|value| segment_len(value) >= 16)
+        })
     })
 }
 
@@ -84,6 +91,11 @@ fn the_scan_finds_every_credential_shape() {
         ),
         (
             "set-cookie: __Host-podgate_cap=abcdefghijklmnop1234".into(),
+            "a cookie value",
+        ),
+        (
+            "set-cookie: podgate_signin-0123456789ab=abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+                .into(),
             "a cookie value",
         ),
     ] {

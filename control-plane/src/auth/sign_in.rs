@@ -134,11 +134,20 @@ pub struct SignInContext<'a> {
     pub issuer: &'a str,
 }
 
-/// A sign-in under way: where to send the browser, and the browser-binding cookie's value.
+/// A sign-in under way: where to send the browser, and the browser-binding cookie's value and
+/// name tag ([`binding_tag`]).
 #[derive(Debug)]
 pub struct SignInStarted {
     pub location: String,
     pub browser: String,
+    pub tag: String,
+}
+
+/// The tag of the binding cookie of the sign-in whose `state` this is: each sign-in binds the
+/// browser with a cookie of its own (`podgate_signin-<tag>`), so that sign-ins started at the
+/// same moment in two tabs do not overwrite each other's. Public: it only names the cookie.
+pub fn binding_tag(state: &str) -> String {
+    sha256_hex(state)[..12].to_owned()
 }
 
 /// A finished sign-in: who, where to go, through which provider.
@@ -305,24 +314,19 @@ impl SignIns {
     }
 }
 
-/// Starts a sign-in with provider `p` that goes to `next` (a safe path) once done. `browser` is
-/// the binding cookie the browser already has (kept, so sign-ins in two tabs both finish), if
-/// any.
+/// Starts a sign-in with provider `p` that goes to `next` (a safe path) once done, bound to the
+/// browser by a fresh value in a cookie of its own ([`binding_tag`]).
 pub async fn start(
     ctx: &SignInContext<'_>,
     p: &OidcProvider,
     next: &str,
-    browser: Option<&str>,
 ) -> Result<SignInStarted, SignInError> {
     let client = p
         .sign_in
         .as_ref()
         .ok_or_else(|| SignInError::UnknownProvider(format!("{} does not sign in", p.name)))?;
     let endpoints = ctx.sign_ins.endpoints(p).await?;
-    let browser = match browser.filter(|b| is_binding(b)) {
-        Some(b) => b.to_owned(),
-        None => random_token()?,
-    };
+    let browser = random_token()?;
     let state = random_token()?;
     let nonce = random_token()?;
     let verifier = random_token()?;
@@ -353,6 +357,7 @@ pub async fn start(
     Ok(SignInStarted {
         location: location.to_string(),
         browser,
+        tag: binding_tag(&state),
     })
 }
 
@@ -387,7 +392,7 @@ pub async fn finish(
             SIGN_IN_LIFETIME_SECS / 60
         ))));
     }
-    let this_browser = browser_cookies.iter().any(|c| {
+    let this_browser = browser_cookies.iter().filter(|c| is_binding(c)).any(|c| {
         sha256_hex(c)
             .as_bytes()
             .ct_eq(row.browser_hash.as_bytes())

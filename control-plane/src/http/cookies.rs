@@ -82,14 +82,30 @@ pub fn clear_session(state: &AppState) -> String {
     )
 }
 
-/// The cookie that binds sign-ins under way to this browser, for a sign-in's lifetime.
+/// The name of the binding cookie of the sign-in tagged `tag` (`auth::sign_in::binding_tag`).
+pub fn sign_in_binding_name(state: &AppState, tag: &str) -> String {
+    format!("{}-{tag}", state.sign_in_cookie())
+}
+
+/// The cookie that binds the sign-in tagged `tag` to this browser, for a sign-in's lifetime.
 /// `SameSite=Lax`: the provider sends the browser back with a top-level GET from its own site.
-pub fn sign_in_binding(state: &AppState, value: &str) -> String {
+pub fn sign_in_binding(state: &AppState, tag: &str, value: &str) -> String {
     build(
-        state.sign_in_cookie(),
+        &sign_in_binding_name(state, tag),
         value,
         control_plane_is_https(state),
         SameSite::Lax,
         crate::auth::sign_in::SIGN_IN_LIFETIME_SECS.unsigned_abs(),
+    )
+}
+
+/// Removes the binding cookie of the sign-in tagged `tag` once its callback came.
+pub fn clear_sign_in_binding(state: &AppState, tag: &str) -> String {
+    build(
+        &sign_in_binding_name(state, tag),
+        "",
+        control_plane_is_https(state),
+        SameSite::Lax,
+        0,
     )
 }

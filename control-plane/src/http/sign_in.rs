@@ -273,16 +273,10 @@ async fn login(
         (None, [only]) => *only,
         (None, several) => return chooser(&state, &headers, several, next.as_deref()),
     };
-    let jar = cookie_headers(&headers);
-    let existing = jar
-        .iter()
-        .flat_map(|h| podgate_protocol::cookie::find_all(h, state.sign_in_cookie()).take(4))
-        .next();
     let started = match sign_in::start(
         &state.sign_in_context(),
         provider,
         next.as_deref().unwrap_or(""),
-        existing,
     )
     .await
     {
@@ -299,7 +293,7 @@ async fn login(
             )
         }
     };
-    let cookie = cookies::sign_in_binding(&state, &started.browser);
+    let cookie = cookies::sign_in_binding(&state, &started.tag, &started.browser);
     redirect_with_cookie(&started.location, &cookie).unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -354,12 +348,40 @@ async fn finish_sign_in(state: &AppState, headers: &HeaderMap, query: Option<Str
         error_description: params.remove("error_description"),
         iss: params.remove("iss"),
     };
+    // The sign-in's own binding cookie (and the one shared name, for a sign-in started before
+    // each got its own), removed whatever the outcome.
+    let tag = params.state.as_deref().map(sign_in::binding_tag);
+    let own = tag
+        .as_deref()
+        .map(|t| cookies::sign_in_binding_name(state, t));
     let jar = cookie_headers(headers);
     let bindings: Vec<&str> = jar
         .iter()
-        .flat_map(|h| podgate_protocol::cookie::find_all(h, state.sign_in_cookie()).take(4))
+        .flat_map(|h| {
+            let own = own
+                .as_deref()
+                .into_iter()
+                .flat_map(move |name| podgate_protocol::cookie::find_all(h, name).take(4));
+            own.chain(podgate_protocol::cookie::find_all(h, state.sign_in_cookie()).take(4))
+        })
         .collect();
-    let signed_in = match sign_in::finish(&state.sign_in_context(), &params, &bindings).await {
+    let mut resp = finish_with(state, headers, &params, &bindings).await;
+    if let Some(tag) = &tag {
+        if let Ok(v) = HeaderValue::from_str(&cookies::clear_sign_in_binding(state, tag)) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+/// [`finish_sign_in`] once the parameters and the binding cookies are read.
+async fn finish_with(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &CallbackParams,
+    bindings: &[&str],
+) -> Response {
+    let signed_in = match sign_in::finish(&state.sign_in_context(), params, bindings).await {
         Ok(s) => s,
         Err(f) => return sign_in_failure(state, headers, f),
     };
