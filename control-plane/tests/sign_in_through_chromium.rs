@@ -68,50 +68,19 @@ async fn chromium_signs_in_at_the_provider_sees_the_pod_and_signs_out() {
         return;
     }
     let started = Instant::now();
-    // The provider's port is chosen first: the control plane names its issuer, and the
-    // provider registers the control plane's callback.
-    let op_port = free_port();
-    let issuer = format!("http://127.0.0.1:{op_port}");
-    let dir = tempfile::tempdir().unwrap();
-    let secret_file = dir.path().join("client-secret");
-    std::fs::write(&secret_file, format!("{}\n", WEB.1)).unwrap();
-    let secret_path = secret_file.display().to_string();
-    let stack = Stack::start(&[
-        "--oidc-issuer",
-        &issuer,
-        "--oidc-audience",
-        WEB.0,
-        "--oidc-client-secret-file",
-        &secret_path,
-        "--oidc-display-name",
-        "Test provider",
-    ])
-    .await;
-    let cp = format!("http://{}", stack.cp.http);
-    let callback = format!("{cp}/auth/callback");
-    let Some(op) = OidcProvider::start(json!({
-        "port": op_port,
-        "clients": [{
-            "client_id": WEB.0, "client_secret": WEB.1, "redirect_uris": [callback],
-            "grant_types": ["authorization_code"], "response_types": ["code"],
-            "token_endpoint_auth_method": "client_secret_basic",
-        }],
-    }))
-    .await
+    let Some(Setup {
+        stack,
+        op,
+        pod,
+        issuer,
+        cp,
+        origin,
+        page,
+        _dir,
+    }) = setup(&[]).await
     else {
         return;
     };
-    assert_eq!(op.issuer, issuer);
-    stack.cp.create_user(LOGIN).await;
-    let pod = FakePod::start("chromium-pod").await.unwrap();
-    stack
-        .cp
-        .create_pod(POD, LOGIN, SERVER, pod.addr().port(), "running")
-        .await;
-    // Chromium resolves every `*.localhost` name to loopback itself.
-    let origin = format!("http://{}:{}", pod_host(POD), stack.envoy.listener.port());
-    let page = format!("{origin}/notes?x=1");
-    wait_for_the_pod_route(&stack, &page).await;
 
     let browser = Browser::start((1000, 720)).await.unwrap();
     let setup = started.elapsed();
@@ -285,6 +254,123 @@ async fn chromium_signs_in_at_the_provider_sees_the_pod_and_signs_out() {
         started.elapsed(),
         setup
     );
+}
+
+/// What a browser test signs in through: the stack (with `extra` settings) and the OpenID
+/// provider it signs in with, erin's recording pod on it, and a page of the pod Envoy routes.
+struct Setup {
+    stack: Stack,
+    op: OidcProvider,
+    pod: FakePod,
+    issuer: String,
+    /// The control plane's URL.
+    cp: String,
+    /// The pod port's origin.
+    origin: String,
+    page: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a [`Setup`]; `None` when the provider cannot run here (outside CI).
+async fn setup(extra: &[&str]) -> Option<Setup> {
+    // The provider's port is chosen first: the control plane names its issuer, and the
+    // provider registers the control plane's callback.
+    let op_port = free_port();
+    let issuer = format!("http://127.0.0.1:{op_port}");
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("client-secret");
+    std::fs::write(&secret_file, format!("{}\n", WEB.1)).unwrap();
+    let secret_path = secret_file.display().to_string();
+    let mut args = vec![
+        "--oidc-issuer",
+        &issuer,
+        "--oidc-audience",
+        WEB.0,
+        "--oidc-client-secret-file",
+        &secret_path,
+        "--oidc-display-name",
+        "Test provider",
+    ];
+    args.extend_from_slice(extra);
+    let stack = Stack::start(&args).await;
+    let cp = format!("http://{}", stack.cp.http);
+    let callback = format!("{cp}/auth/callback");
+    let op = OidcProvider::start(json!({
+        "port": op_port,
+        "clients": [{
+            "client_id": WEB.0, "client_secret": WEB.1, "redirect_uris": [callback],
+            "grant_types": ["authorization_code"], "response_types": ["code"],
+            "token_endpoint_auth_method": "client_secret_basic",
+        }],
+    }))
+    .await?;
+    assert_eq!(op.issuer, issuer);
+    stack.cp.create_user(LOGIN).await;
+    let pod = FakePod::start("chromium-pod").await.unwrap();
+    stack
+        .cp
+        .create_pod(POD, LOGIN, SERVER, pod.addr().port(), "running")
+        .await;
+    // Chromium resolves every `*.localhost` name to loopback itself.
+    let origin = format!("http://{}:{}", pod_host(POD), stack.envoy.listener.port());
+    let page = format!("{origin}/notes?x=1");
+    wait_for_the_pod_route(&stack, &page).await;
+    Some(Setup {
+        stack,
+        op,
+        pod,
+        issuer,
+        cp,
+        origin,
+        page,
+        _dir: dir,
+    })
+}
+
+/// With `--cookie-samesite strict`, the capability cookie is not sent on the navigation that
+/// comes back from the provider (a chain that started on another site); the callback's page
+/// navigates to the pod's page itself, from the pod's own origin, which sends it: the sign-in
+/// lands on the pod's page rather than going round through sign-in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_signs_in_with_strict_cookies_and_lands_on_the_pod() {
+    if browser_or_skip().is_none() {
+        return;
+    }
+    let Some(s) = setup(&["--cookie-samesite", "strict"]).await else {
+        return;
+    };
+    let browser = Browser::start((1000, 720)).await.unwrap();
+    browser.goto(&s.page).await.unwrap();
+    let steps = sign_in(&browser, &s.origin, &s.stack, &s.op).await;
+    assert!(steps.iter().any(|(step, _)| step == "login"), "{steps:?}");
+    let text = browser
+        .wait_for(PAGE_TEXT, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let shown: Value = serde_json::from_str(text.as_str().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: not the pod's page: {text}\n{}", s.stack.logs()));
+    assert_eq!(shown["path"], "/notes?x=1", "{shown}");
+    assert_eq!(browser.current_url().await.unwrap(), s.page);
+    let cap = browser
+        .cookies()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c["name"] == "podgate_cap")
+        .expect("a capability cookie");
+    assert_eq!(cap["sameSite"], "Strict", "{cap}");
+    // One page load reached the pod (and whatever Chromium asked for on its own), as erin.
+    let seen = s.pod.requests();
+    assert_eq!(
+        seen.iter().filter(|r| r.path == "/notes?x=1").count(),
+        1,
+        "{}",
+        s.pod.describe()
+    );
+    assert!(seen
+        .iter()
+        .all(|r| r.header("x-podgate-user") == Some(LOGIN)));
+    browser.quit().await;
 }
 
 /// Clicks a sign-out link on the pod's page (the fake pod answers JSON, so the test puts the

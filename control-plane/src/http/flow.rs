@@ -258,7 +258,12 @@ async fn callback(
         .unwrap_or_else(|| "/".to_owned());
     match accept_ticket(&state, addr.as_ref(), query.as_deref()).await {
         Ok(cookie) => {
-            let Ok(mut resp) = redirect(&next) else {
+            let landed = if state.config().cookie_samesite == crate::config::SameSite::Strict {
+                Ok(continue_page(&next))
+            } else {
+                redirect(&next)
+            };
+            let Ok(mut resp) = landed else {
                 return failure_page(&state, addr.as_ref(), &next);
             };
             match HeaderValue::from_str(&cookie) {
@@ -301,6 +306,25 @@ async fn accept_ticket(
 }
 
 /// 400 page that clears our cookie and links to a fresh attempt.
+/// The callback's answer under `SameSite=Strict` capability cookies: a page that goes on to
+/// `next` by itself. A browser sends a Strict cookie on no request of a navigation that began on
+/// another site (the identity provider, the control plane, a link in a chat), redirects
+/// included, so a `302` to `next` would arrive without the cookie just set and be sent to sign in
+/// again, round and round. The page's own refresh is a navigation the pod's origin starts, which
+/// carries it. (`Referrer-Policy: no-referrer`, on every answer, keeps the ticket in this page's
+/// URL out of that request.)
+fn continue_page(next: &str) -> Response {
+    let to = html_escape::encode_quoted_attribute(next);
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={to}\"><title>Signed in</title></head>\
+         <body><p>Signed in. <a href=\"{to}\">Continue</a></p></body></html>"
+    );
+    let mut resp = (StatusCode::OK, Html(body)).into_response();
+    no_store(&mut resp);
+    resp
+}
+
 fn failure_page(state: &AppState, addr: Option<&PodAddr>, next: &str) -> Response {
     let retry = match addr {
         Some(addr) => proxy_auth_url(state, addr, next),
