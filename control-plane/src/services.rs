@@ -159,8 +159,10 @@ pub fn open(
 
 /// Moves every stored service credential and OAuth configuration under the current
 /// key-encryption key (`podgate keys rewrap`, after a rotation of that key): all are opened
-/// first, so one that does not open changes nothing; then each is sealed again. Returns how many
-/// services were resealed and how many sealed values already were under the current key.
+/// first, so one that does not open changes nothing; then each service is sealed again in a
+/// change of its own that reads it afresh, so that a credential changed or a service deleted
+/// meanwhile (the control planes keep serving) is neither undone nor brought back. Returns how
+/// many services were resealed and how many sealed values already were under the current key.
 pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize, usize), String> {
     let Some(current) = kek.current() else {
         return Err("no current key-encryption key to seal the service credentials with".into());
@@ -169,54 +171,77 @@ pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize
         .list_services()
         .await
         .map_err(|e| format!("reading the services: {e}"))?;
-    let mut reseal = Vec::new();
+    let mut to_reseal = Vec::new();
     let mut already = 0;
-    for row in rows {
-        let mut changed = false;
-        let mut credential = row.credential.clone();
-        if let Some(stored) = &row.credential {
-            if stored.kek_id.as_deref() == Some(current.id()) {
-                already += 1;
-            } else {
-                let value = open(kek, &row.name, stored)
-                    .map_err(|e| format!("the credential of service {}: {e}", row.name))?;
-                credential = Some(
-                    seal(kek, &row.name, &stored.header, &value)
-                        .map_err(|e| format!("the credential of service {}: {e}", row.name))?,
-                );
-                changed = true;
-            }
-        }
-        let mut oauth = row.oauth.clone();
-        if let Some(stored) = &row.oauth {
-            if stored.kek_id.as_deref() == Some(current.id()) {
-                already += 1;
-            } else {
-                let config = crate::service_oauth::open(kek, &row.name, stored)
-                    .map_err(|e| format!("the OAuth configuration of service {}: {e}", row.name))?;
-                oauth = Some(
-                    crate::service_oauth::seal(kek, &row.name, &config).map_err(|e| {
-                        format!("the OAuth configuration of service {}: {e}", row.name)
-                    })?,
-                );
-                changed = true;
-            }
-        }
-        if changed {
-            reseal.push(ServiceRow {
-                credential,
-                oauth,
-                ..row
-            });
+    for row in &rows {
+        let (resealed, under_current) = resealed(kek, current.id(), row)?;
+        already += under_current;
+        if resealed.is_some() {
+            to_reseal.push(row.name.clone());
         }
     }
-    let resealed = reseal.len();
-    for row in reseal {
-        db.put_service(&row)
-            .await
-            .map_err(|e| format!("storing the credential of service {}: {e}", row.name))?;
+    let mut written = 0;
+    for name in to_reseal {
+        let failed = |e: sqlx::Error| format!("storing the credential of service {name}: {e}");
+        let mut change = db.change().await.map_err(failed)?;
+        let fresh = change.service_for_update(&name).await.map_err(failed)?;
+        // Deleted meanwhile: nothing to reseal. Changed meanwhile: what is stored now is sealed.
+        let row = match fresh {
+            Some(row) => resealed(kek, current.id(), &row)?.0,
+            None => None,
+        };
+        if let Some(row) = row {
+            change.put_service(&row).await.map_err(failed)?;
+            written += 1;
+        }
+        change.commit().await.map_err(failed)?;
     }
-    Ok((resealed, already))
+    Ok((written, already))
+}
+
+/// Service `row` with its credential and OAuth configuration sealed under the key-encryption key
+/// `current_id` (`None` when both already are), and how many of its sealed values already were.
+fn resealed(
+    kek: &KeyEncryption,
+    current_id: &str,
+    row: &ServiceRow,
+) -> Result<(Option<ServiceRow>, usize), String> {
+    let mut changed = false;
+    let mut already = 0;
+    let mut credential = row.credential.clone();
+    if let Some(stored) = &row.credential {
+        if stored.kek_id.as_deref() == Some(current_id) {
+            already += 1;
+        } else {
+            let value = open(kek, &row.name, stored)
+                .map_err(|e| format!("the credential of service {}: {e}", row.name))?;
+            credential = Some(
+                seal(kek, &row.name, &stored.header, &value)
+                    .map_err(|e| format!("the credential of service {}: {e}", row.name))?,
+            );
+            changed = true;
+        }
+    }
+    let mut oauth = row.oauth.clone();
+    if let Some(stored) = &row.oauth {
+        if stored.kek_id.as_deref() == Some(current_id) {
+            already += 1;
+        } else {
+            let config = crate::service_oauth::open(kek, &row.name, stored)
+                .map_err(|e| format!("the OAuth configuration of service {}: {e}", row.name))?;
+            oauth = Some(
+                crate::service_oauth::seal(kek, &row.name, &config)
+                    .map_err(|e| format!("the OAuth configuration of service {}: {e}", row.name))?,
+            );
+            changed = true;
+        }
+    }
+    let row = changed.then(|| ServiceRow {
+        credential,
+        oauth,
+        ..row.clone()
+    });
+    Ok((row, already))
 }
 
 /// The Envoy cluster of service `row`: its name and a digest of its upstream (URL and CA).

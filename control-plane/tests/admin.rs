@@ -931,6 +931,58 @@ both!(
     a_credential_set_while_its_service_is_deleted_does_not_bring_it_back
 );
 
+/// `podgate keys rewrap` runs while the control planes serve: a service deleted while it runs
+/// stays deleted, and a credential set meanwhile is kept (each service is resealed in a change
+/// that reads it afresh). The deletion here is a change the test holds open while the rewrap
+/// starts; on the code that wrote back the rows it read first, the rewrap brought the service
+/// back once the deletion committed.
+async fn a_rewrap_does_not_bring_back_a_service_deleted_meanwhile(h: &Harness) {
+    use podgate::key_encryption::{KeyEncryption, KeyEncryptionKey};
+    h.seed().await;
+    for name in ["gone", "kept"] {
+        let r = h
+            .admin(
+                Method::POST,
+                "/v1/services",
+                Some(json!({"name": name, "owner_id": "alice",
+                    "upstream_url": "https://api.example.com",
+                    "credential": {"header": "x-api-key", "value": format!("sk-{name}")}})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    // The operator's key rotates: a new current key, the test's one as the previous.
+    let previous = KeyEncryptionKey::parse(common::TEST_KEK, "test").unwrap();
+    let rotated = KeyEncryption::new(
+        Some(KeyEncryptionKey::from_bytes([9; 32], "new")),
+        vec![previous],
+    );
+    let mut deletion = h.tdb.db.change().await.unwrap();
+    assert!(deletion.delete_service("gone").await.unwrap());
+    let rewrap = podgate::services::rewrap(&h.tdb.db, &rotated);
+    let commit = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        deletion.commit().await.unwrap();
+    };
+    let (rewrapped, ()) = tokio::join!(rewrap, commit);
+    assert_eq!(rewrapped.unwrap(), (1, 0));
+    assert!(h.tdb.db.get_service("gone").await.unwrap().is_none());
+    let kept = h.tdb.db.get_service("kept").await.unwrap().unwrap();
+    let stored = kept.credential.unwrap();
+    assert_eq!(
+        stored.kek_id.as_deref(),
+        Some(rotated.current().unwrap().id())
+    );
+    assert_eq!(
+        podgate::services::open(&rotated, "kept", &stored).unwrap(),
+        "sk-kept"
+    );
+}
+both!(
+    a_rewrap_races_a_deletion,
+    a_rewrap_does_not_bring_back_a_service_deleted_meanwhile
+);
+
 /// Under a template that starts a label with the slug, a pod slug that would make it an
 /// internationalized (`xn--`) label, which browsers show in other scripts, is refused with a
 /// 400 saying how to pick another; the same slug is fine inside a label.
