@@ -523,7 +523,12 @@ impl ServiceTokens {
     }
 
     /// Records the outcome of an attempt; returns whether what Envoy gets changed.
-    fn record(&self, name: &str, config: &OAuthConfig, outcome: Result<Token, String>) -> bool {
+    pub(crate) fn record(
+        &self,
+        name: &str,
+        config: &OAuthConfig,
+        outcome: Result<Token, String>,
+    ) -> bool {
         let now = now_ms();
         let mut states = self.lock();
         let state = states.entry(name.to_owned()).or_default();
@@ -562,8 +567,14 @@ impl ServiceTokens {
     }
 
     /// The status of service `row`'s credential (never the token): where the credential
-    /// Envoy gets comes from, as the filter's directory has it (`services::directory_entry`).
-    pub fn status(&self, kek: &KeyEncryption, row: &ServiceRow) -> CredentialStatus {
+    /// Envoy gets comes from, as the filter's directory has it. `unusable`: the directory lists
+    /// the service without a credential (`services::without_credential`).
+    pub fn status(
+        &self,
+        kek: &KeyEncryption,
+        row: &ServiceRow,
+        unusable: bool,
+    ) -> CredentialStatus {
         let opened = row
             .oauth
             .as_ref()
@@ -571,7 +582,6 @@ impl ServiceTokens {
         let token_in_force = opened
             .as_ref()
             .is_some_and(|config| self.current(&row.name, config).is_some());
-        let unusable = crate::services::without_credential(kek, self, row);
         let now = now_ms();
         let states = self.lock();
         let state = states.get(&row.name);
@@ -809,7 +819,7 @@ impl OAuthConfig {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::panic)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -867,67 +877,6 @@ mod tests {
         // No longer an OAuth service: forgotten.
         assert!(tokens.sweep(&[], now));
         assert_eq!(tokens.next_wake_ms(&services), Some(0));
-    }
-
-    #[test]
-    fn a_token_serves_only_the_configuration_it_was_obtained_with() {
-        use crate::key_encryption::KeyEncryptionKey;
-        use crate::services::{directory_entry, Published};
-        let kek = KeyEncryption::new(Some(KeyEncryptionKey::from_bytes([7; 32], "test")), vec![]);
-        let a = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
-        let mut b = a.clone();
-        b.scope = Some("other".into());
-        let row = |config: &OAuthConfig| ServiceRow {
-            name: "api".into(),
-            owner_id: "alice".into(),
-            team_id: None,
-            sharing: crate::store::Sharing::Owner,
-            upstream_url: "https://api.example.com".into(),
-            ca_pem: None,
-            credential: Some(
-                crate::services::seal(&kek, "api", "authorization", "Bearer fallback").unwrap(),
-            ),
-            oauth: Some(seal(&kek, "api", config).unwrap()),
-            resource_path: None,
-            created_at: 0,
-            updated_at: 0,
-        };
-        let injected =
-            |tokens: &ServiceTokens, row: &ServiceRow| match directory_entry(&kek, tokens, row) {
-                Published::Entry(e) => e.credential.unwrap().value.0,
-                other => panic!("{other:?}"),
-            };
-        let tokens = ServiceTokens::default();
-        let now = now_ms();
-        let token = Token {
-            value: "from-a".into(),
-            obtained_ms: now,
-            expires_ms: now + 3_600_000,
-        };
-        // A fetch with configuration A answered after the service moved to B (or another
-        // control plane changed it): B's requests get the fallback, never A's token.
-        tokens.record("api", &a, Ok(token));
-        assert_eq!(injected(&tokens, &row(&a)), "Bearer from-a");
-        assert_eq!(injected(&tokens, &row(&b)), "Bearer fallback");
-        let status = tokens.status(&kek, &row(&b));
-        assert!(matches!(status.source, Source::Fallback), "{status:?}");
-        assert_eq!(status.expires_at, None);
-        assert!(matches!(
-            tokens.status(&kek, &row(&a)).source,
-            Source::Oauth
-        ));
-        // A configuration that does not open (sealed for another service): no credential, as
-        // the filter's directory has it, whatever token is held.
-        let sealed_elsewhere = ServiceRow {
-            oauth: Some(seal(&kek, "other", &a).unwrap()),
-            ..row(&a)
-        };
-        assert!(matches!(
-            directory_entry(&kek, &tokens, &sealed_elsewhere),
-            Published::WithoutCredential
-        ));
-        let status = tokens.status(&kek, &sealed_elsewhere);
-        assert!(matches!(status.source, Source::None), "{status:?}");
     }
 
     #[test]

@@ -453,6 +453,67 @@ mod tests {
     }
 
     #[test]
+    fn a_token_serves_only_the_configuration_it_was_obtained_with() {
+        use crate::key_encryption::KeyEncryptionKey;
+        use crate::service_oauth::{parse, seal, OAuthConfig, ServiceTokens, Source, Token};
+        let kek = KeyEncryption::new(Some(KeyEncryptionKey::from_bytes([7; 32], "test")), vec![]);
+        let a = parse(serde_json::json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let mut b = a.clone();
+        b.scope = Some("other".into());
+        let row = |config: &OAuthConfig| ServiceRow {
+            name: "api".into(),
+            owner_id: "alice".into(),
+            team_id: None,
+            sharing: crate::store::Sharing::Owner,
+            upstream_url: "https://api.example.com".into(),
+            ca_pem: None,
+            credential: Some(super::seal(&kek, "api", "authorization", "Bearer fallback").unwrap()),
+            oauth: Some(seal(&kek, "api", config).unwrap()),
+            resource_path: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let injected =
+            |tokens: &ServiceTokens, row: &ServiceRow| match directory_entry(&kek, tokens, row) {
+                Published::Entry(e) => e.credential.unwrap().value.0,
+                other => panic!("{other:?}"),
+            };
+        let tokens = ServiceTokens::default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let token = Token {
+            value: "from-a".into(),
+            obtained_ms: now,
+            expires_ms: now + 3_600_000,
+        };
+        // A fetch with configuration A answered after the service moved to B (or another
+        // control plane changed it): B's requests get the fallback, never A's token.
+        tokens.record("api", &a, Ok(token));
+        assert_eq!(injected(&tokens, &row(&a)), "Bearer from-a");
+        assert_eq!(injected(&tokens, &row(&b)), "Bearer fallback");
+        let status_of =
+            |row: &ServiceRow| tokens.status(&kek, row, without_credential(&kek, &tokens, row));
+        let status = status_of(&row(&b));
+        assert!(matches!(status.source, Source::Fallback), "{status:?}");
+        assert_eq!(status.expires_at, None);
+        assert!(matches!(status_of(&row(&a)).source, Source::Oauth));
+        // A configuration that does not open (sealed for another service): no credential, as
+        // the filter's directory has it, whatever token is held.
+        let sealed_elsewhere = ServiceRow {
+            oauth: Some(seal(&kek, "other", &a).unwrap()),
+            ..row(&a)
+        };
+        assert!(matches!(
+            directory_entry(&kek, &tokens, &sealed_elsewhere),
+            Published::WithoutCredential
+        ));
+        let status = status_of(&sealed_elsewhere);
+        assert!(matches!(status.source, Source::None), "{status:?}");
+    }
+
+    #[test]
     fn a_services_cluster_is_named_after_its_upstream_and_counted_under_its_own_name() {
         let kek = KeyEncryption::new(None, vec![]);
         let tokens = crate::service_oauth::ServiceTokens::default();

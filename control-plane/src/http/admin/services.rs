@@ -254,6 +254,14 @@ fn sealed(s: &AppState, name: &str, c: &CredentialBody) -> ApiResult<SealedCrede
     Ok((fixed, oauth))
 }
 
+/// Where service `row`'s credential comes from now, as the filter's directory has it.
+fn status_of(s: &AppState, row: &ServiceRow) -> CredentialStatus {
+    let kek = &s.config().key_encryption;
+    let tokens = s.service_tokens();
+    let unusable = crate::services::without_credential(kek, tokens, row);
+    tokens.status(kek, row, unusable)
+}
+
 /// Whether `url` can be a service's upstream with `ca_pem`, the 400 naming the field if not.
 fn check_upstream(url: &str, ca_pem: Option<&str>) -> ApiResult<()> {
     let upstream =
@@ -601,9 +609,7 @@ async fn credential_status(
     PathArgs(name): PathArgs<String>,
 ) -> ApiResult<Json<CredentialStatus>> {
     let row = require_service(&s, &name).await?;
-    Ok(Json(
-        s.service_tokens().status(&s.config().key_encryption, &row),
-    ))
+    Ok(Json(status_of(&s, &row)))
 }
 
 #[utoipa::path(
@@ -634,9 +640,7 @@ async fn refresh_credential(
     service_oauth::refresh(&s, &row)
         .await
         .map_err(|e| ApiError::BadGateway(format!("service {name:?}: no new OAuth token: {e}")))?;
-    Ok(Json(
-        s.service_tokens().status(&s.config().key_encryption, &row),
-    ))
+    Ok(Json(status_of(&s, &row)))
 }
 
 #[utoipa::path(
@@ -659,9 +663,7 @@ async fn clear_credential(
     let row = require_service(&s, &name).await?;
     s.service_tokens().clear(&name);
     tracing::info!(service = %name, "service OAuth token dropped");
-    Ok(Json(
-        s.service_tokens().status(&s.config().key_encryption, &row),
-    ))
+    Ok(Json(status_of(&s, &row)))
 }
 
 #[cfg(test)]
