@@ -431,6 +431,23 @@ mod tests {
     use super::*;
     use crate::key_encryption::KeyEncryptionKey;
 
+    /// Service `api` of alice's at `https://api.example.com`, with neither credential.
+    fn api() -> ServiceRow {
+        ServiceRow {
+            name: "api".into(),
+            owner_id: "alice".into(),
+            team_id: None,
+            sharing: crate::store::Sharing::Owner,
+            upstream_url: "https://api.example.com".into(),
+            ca_pem: None,
+            credential: None,
+            oauth: None,
+            resource_path: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
     #[test]
     fn upstream_urls_are_checked() {
         let u = parse_upstream("https://api.example.com").unwrap();
@@ -461,17 +478,9 @@ mod tests {
         let mut b = a.clone();
         b.scope = Some("other".into());
         let row = |config: &OAuthConfig| ServiceRow {
-            name: "api".into(),
-            owner_id: "alice".into(),
-            team_id: None,
-            sharing: crate::store::Sharing::Owner,
-            upstream_url: "https://api.example.com".into(),
-            ca_pem: None,
             credential: Some(super::seal(&kek, "api", "authorization", "Bearer fallback").unwrap()),
             oauth: Some(seal(&kek, "api", config).unwrap()),
-            resource_path: None,
-            created_at: 0,
-            updated_at: 0,
+            ..api()
         };
         let injected =
             |tokens: &ServiceTokens, row: &ServiceRow| match directory_entry(&kek, tokens, row) {
@@ -518,17 +527,8 @@ mod tests {
         let kek = KeyEncryption::new(None, vec![]);
         let tokens = crate::service_oauth::ServiceTokens::default();
         let row = ServiceRow {
-            name: "api".into(),
-            owner_id: "alice".into(),
-            team_id: None,
-            sharing: crate::store::Sharing::Owner,
-            upstream_url: "https://api.example.com".into(),
-            ca_pem: None,
             credential: Some(seal(&kek, "api", "authorization", "Bearer sk-1").unwrap()),
-            oauth: None,
-            resource_path: None,
-            created_at: 0,
-            updated_at: 0,
+            ..api()
         };
         let entry_cluster = |row: &ServiceRow| match directory_entry(&kek, &tokens, row) {
             Published::Entry(e) => e.cluster,
@@ -569,17 +569,8 @@ mod tests {
         let tokens = crate::service_oauth::ServiceTokens::default();
         let oauth = crate::service_oauth::parse(serde_json::json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
         let row = ServiceRow {
-            name: "api".into(),
-            owner_id: "alice".into(),
-            team_id: None,
-            sharing: crate::store::Sharing::Owner,
-            upstream_url: "https://api.example.com".into(),
-            ca_pem: None,
-            credential: None,
             oauth: Some(crate::service_oauth::seal(&kek, "api", &oauth).unwrap()),
-            resource_path: None,
-            created_at: 0,
-            updated_at: 0,
+            ..api()
         };
         // OAuth without a token or a fallback: without a credential.
         assert!(matches!(

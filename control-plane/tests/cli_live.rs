@@ -479,20 +479,52 @@ fn stderr_line(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forward_renews_its_capability_before_it_expires() {
-    // The shortest lifetime the control plane accepts: renewed with a third (10 s) left.
+/// `forward` on a stack whose capabilities live 30 s, the shortest the control plane accepts
+/// (renewed with a third, 10 s, left): the stack, the pod, the process, its address, its stderr
+/// lines, and the moment by which its first capability ends (it was obtained before `forward`
+/// printed its address).
+struct Forwarding {
+    stack: Stack,
+    pod: FakePod,
+    fwd: std::process::Child,
+    local: SocketAddr,
+    stderr: std::sync::mpsc::Receiver<String>,
+    first_ends_by: std::time::Instant,
+    _me: Machine,
+}
+
+async fn forward_with_short_capabilities() -> Forwarding {
     let stack = Stack::start(&["--capability-lifetime-secs", "30"]).await;
     let pod = pod_running(&stack).await;
-    let created = create_token(&stack, "forward renewal").await;
+    let created = create_token(&stack, "forward").await;
     let me = Machine::new();
     let (code, out, err) = me
         .run(&["--init", created["init_url"].as_str().unwrap()])
         .await;
     assert_eq!(code, 0, "{out}{err}");
-    let (mut fwd, local, stderr) = start_forward(&me).await;
-    // The first capability was obtained before `forward` printed its address.
-    let first_ends_by = std::time::Instant::now() + Duration::from_secs(30);
+    let (fwd, local, stderr) = start_forward(&me).await;
+    Forwarding {
+        stack,
+        pod,
+        fwd,
+        local,
+        stderr,
+        first_ends_by: std::time::Instant::now() + Duration::from_secs(30),
+        _me: me,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_renews_its_capability_before_it_expires() {
+    let Forwarding {
+        stack: _stack,
+        pod,
+        mut fwd,
+        local,
+        stderr,
+        first_ends_by,
+        _me,
+    } = forward_with_short_capabilities().await;
     let get = |path: &'static str| {
         let url = format!("http://{local}{path}");
         async move { client().get(url).send().await.unwrap().status().as_u16() }
@@ -510,17 +542,15 @@ async fn forward_renews_its_capability_before_it_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_sends_its_capability_to_its_end_while_the_control_plane_is_away() {
-    let mut stack = Stack::start(&["--capability-lifetime-secs", "30"]).await;
-    let pod = pod_running(&stack).await;
-    let created = create_token(&stack, "forward outage").await;
-    let me = Machine::new();
-    let (code, out, err) = me
-        .run(&["--init", created["init_url"].as_str().unwrap()])
-        .await;
-    assert_eq!(code, 0, "{out}{err}");
-    let (mut fwd, local, stderr) = start_forward(&me).await;
-    // The capability was obtained before `forward` printed its address: it ends by then + 30 s.
-    let ends_by = std::time::Instant::now() + Duration::from_secs(30);
+    let Forwarding {
+        mut stack,
+        pod,
+        mut fwd,
+        local,
+        stderr,
+        first_ends_by: ends_by,
+        _me,
+    } = forward_with_short_capabilities().await;
     let get = |path: &'static str| {
         let url = format!("http://{local}{path}");
         async move {
