@@ -3,7 +3,9 @@
 //! its SHA-256, installs it under `~/.config/podgate/bin`, adds it to PATH once (a second run
 //! adds nothing) and runs `--init` in the working directory. A tampered binary (5), no binary
 //! for the platform (3), and a failed download (4) are refused before anything is installed
-//! or run; see `docs/cli.md` for the installer's exit codes.
+//! or run; a revoked link installs the binary and fails `--init` (6). A relative
+//! `XDG_CONFIG_HOME` is ignored, and a start-up file it cannot write is named. See
+//! `docs/cli.md` for the installer's exit codes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -191,6 +193,30 @@ async fn the_installer_installs_checks_and_initialises_once() {
     .await;
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("no podgate-cli for plan9-mips"), "{out}");
+
+    // The link's token revoked: the binary is installed, `--init` is refused, and the installer
+    // says so with its own code (the CLI's 4 would read as "the download failed").
+    let revoked = client()
+        .delete(format!(
+            "http://{}/api/proxy-tokens/{}",
+            cp.http,
+            created["id"].as_str().unwrap()
+        ))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status().as_u16(), 200);
+    let home4 = tempfile::tempdir().unwrap();
+    let project4 = home4.path().join("project");
+    std::fs::create_dir(&project4).unwrap();
+    let (code, out) = install(&url, home4.path(), &project4, path).await;
+    assert_eq!(code, 6, "{out}");
+    assert!(out.contains("podgate-cli --init failed (exit 4"), "{out}");
+    assert!(home4
+        .path()
+        .join(".config/podgate/bin/podgate-cli")
+        .exists());
 
     // Anything but this control plane's setup link in the query never becomes a script.
     for evil in [
