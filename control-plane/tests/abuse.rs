@@ -1061,3 +1061,73 @@ async fn credential_answers_are_no_store(which: Which) {
     h.finish().await;
 }
 on_both!(credential_answers_are_no_store);
+
+/// At most 100 live API tokens per user, also when creations race: with 99 live, eight at once
+/// give exactly one 201 and seven 409s naming the limit, and 100 tokens are live.
+async fn the_token_limit_holds_when_creations_race(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| s).await else {
+        return;
+    };
+    let alice = h.login("alice").await;
+    let now = podgate::store::now_unix();
+    for i in 0..99 {
+        h.tdb
+            .db
+            .create_api_token(&podgate::store::ApiTokenRow {
+                id: format!("{i:024x}"),
+                user_id: "alice".into(),
+                name: format!("t{i}"),
+                token_hash: format!("{i:064x}"),
+                prefix: None,
+                created_via: "test".into(),
+                created_at: now,
+                expires_at: now + 86_400,
+                last_used_at: None,
+                revoked_at: None,
+            })
+            .await
+            .unwrap();
+    }
+    let create = |n: usize| {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/api/proxy-tokens")
+            .header(header::COOKIE, &alice)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({ "name": format!("race {n}") }).to_string(),
+            ))
+            .unwrap();
+        h.send(req)
+    };
+    let (a, b, c, d) = tokio::join!(create(0), create(1), create(2), create(3));
+    let (e, f, g, i) = tokio::join!(create(4), create(5), create(6), create(7));
+    let answers = [a, b, c, d, e, f, g, i];
+    let created = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    assert_eq!(
+        created,
+        1,
+        "{:?}",
+        answers.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for r in answers.iter().filter(|r| r.status != StatusCode::CREATED) {
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+        assert!(r.error().contains("the most allowed"), "{}", r.body);
+    }
+    let listed = h
+        .get("/api/proxy-tokens", &[("cookie", &alice)])
+        .await
+        .json();
+    let live = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["revoked_at"].is_null())
+        .count();
+    assert_eq!(live, 100, "{listed}");
+    h.finish().await;
+}
+on_both!(the_token_limit_holds_when_creations_race);

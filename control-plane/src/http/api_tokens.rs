@@ -214,14 +214,11 @@ async fn create_token(
     }
     let user = &identity.user;
     let now = now_unix();
-    let live = state
-        .db()
-        .list_api_tokens(&user.id)
-        .await?
-        .iter()
-        .filter(|t| t.revoked_at.is_none() && t.expires_at > now)
-        .count();
-    if live >= MAX_TOKENS_PER_USER {
+    // Counted and stored in one change, the user's row locked: concurrent creations cannot
+    // both count below the limit.
+    let mut change = state.db().change().await?;
+    let live = change.live_api_tokens_for_update(&user.id, now).await?;
+    if usize::try_from(live).unwrap_or(usize::MAX) >= MAX_TOKENS_PER_USER {
         return Err(ApiError::conflict(format!(
             "you have {live} live API tokens, the most allowed; revoke some with DELETE /api/proxy-tokens/ID"
         )));
@@ -239,7 +236,8 @@ async fn create_token(
         last_used_at: None,
         revoked_at: None,
     };
-    state.db().create_api_token(&row).await?;
+    change.create_api_token(&row).await?;
+    change.commit().await?;
     tracing::info!(user = %user.id, token = %id, via = %row.created_via, days, "API token created");
     let init_url = format!(
         "{}/p/{}",

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::FromRow;
 
-use super::{Db, Res, User};
+use super::{Change, Db, Res, User};
 
 /// One API token as stored: never the token, only its SHA-256.
 /// Read from rows whose token columns carry a `t_` prefix ([`TOKEN_COLUMNS`]), so a join with
@@ -38,23 +38,53 @@ const TOKEN_COLUMNS: &str = "t.id AS t_id, t.user_id AS t_user_id, t.name AS t_n
      t.created_at AS t_created_at, t.expires_at AS t_expires_at, \
      t.last_used_at AS t_last_used_at, t.revoked_at AS t_revoked_at";
 
+/// Stores `t` on `conn`.
+async fn insert_api_token(conn: &mut sqlx::AnyConnection, t: &ApiTokenRow) -> Res<()> {
+    sqlx::query(
+        "INSERT INTO api_tokens (id, user_id, name, token_hash, prefix, created_via, created_at, expires_at, last_used_at, revoked_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)",
+    )
+    .bind(&t.id)
+    .bind(&t.user_id)
+    .bind(&t.name)
+    .bind(&t.token_hash)
+    .bind(&t.prefix)
+    .bind(&t.created_via)
+    .bind(t.created_at)
+    .bind(t.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Change {
+    /// How many of `user_id`'s tokens are live at `now`, counted in this change with the user's
+    /// row locked (`Change::for_update`), so that two creations cannot both count below a limit
+    /// and both store a token.
+    pub async fn live_api_tokens_for_update(&mut self, user_id: &str, now: i64) -> Res<i64> {
+        let lock = self.for_update();
+        sqlx::query(&format!("SELECT id FROM users WHERE id = $1{lock}"))
+            .bind(user_id)
+            .fetch_optional(self.conn())
+            .await?;
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_tokens WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_one(self.conn())
+        .await
+    }
+
+    pub async fn create_api_token(&mut self, t: &ApiTokenRow) -> Res<()> {
+        insert_api_token(self.conn(), t).await
+    }
+}
+
 impl Db {
     pub async fn create_api_token(&self, t: &ApiTokenRow) -> Res<()> {
-        sqlx::query(
-            "INSERT INTO api_tokens (id, user_id, name, token_hash, prefix, created_via, created_at, expires_at, last_used_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)",
-        )
-        .bind(&t.id)
-        .bind(&t.user_id)
-        .bind(&t.name)
-        .bind(&t.token_hash)
-        .bind(&t.prefix)
-        .bind(&t.created_via)
-        .bind(t.created_at)
-        .bind(t.expires_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let mut conn = self.writer.acquire().await?;
+        insert_api_token(&mut conn, t).await
     }
 
     /// A token and its user, read fresh (no cache: a revocation counts from the next use).
