@@ -1,0 +1,295 @@
+//! A service's OAuth configuration: what admins send, checked, and how it is stored (sealed
+//! under the key-encryption key, bound to the service's name and the kind `service-oauth`).
+
+use jwt_compact::alg::{RsaPrivateKey, RsaPublicKey, StrongKey};
+use podgate_protocol::config::credential_header_allowed;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::key_encryption::{KekError, KeyEncryption, RowBinding, Sealed};
+use crate::store::StoredOAuth;
+
+/// The `kind` a sealed OAuth configuration is bound to.
+const SEALED_KIND: &str = "service-oauth";
+/// The `alg` of its binding (the whole configuration is one sealed value).
+const SEALED_ALG: &str = "json";
+
+/// The grant a service's tokens are obtained with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    ClientCredentials,
+    JwtBearer,
+}
+
+fn default_header() -> String {
+    "authorization".to_owned()
+}
+
+fn default_margin() -> u64 {
+    300
+}
+
+/// A service's OAuth configuration, secrets included; its `Debug` names no secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    pub token_url: String,
+    pub grant: Grant,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_pem: Option<String>,
+    /// The `kid` the assertions name, if the provider wants one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// `jwt_bearer`: the assertion's `iss` (default: `client_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// `jwt_bearer`: the assertion's `sub` (default: `iss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The assertions' `aud` (default: `token_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(default = "default_header")]
+    pub header: String,
+    #[serde(default = "default_margin")]
+    pub renew_margin_secs: u64,
+}
+
+impl std::fmt::Debug for OAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthConfig")
+            .field("token_url", &self.token_url)
+            .field("grant", &self.grant)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the client proves itself: what admins see (never the secret).
+impl OAuthConfig {
+    pub fn client_auth(&self) -> &'static str {
+        match (self.grant, &self.client_secret) {
+            (Grant::JwtBearer, _) => "jwt_assertion",
+            (Grant::ClientCredentials, Some(_)) => "client_secret_basic",
+            (Grant::ClientCredentials, None) => "private_key_jwt",
+        }
+    }
+}
+
+/// The private key of the assertions; never printed.
+pub(super) enum SigningKey {
+    Rs256(Box<RsaPrivateKey>),
+    Es256(Box<p256::ecdsa::SigningKey>),
+}
+
+/// Reads an RSA (at least 2048 bits) or P-256 private key in PEM.
+pub(super) fn signing_key(pem: &str) -> Result<SigningKey, String> {
+    use p256::pkcs8::DecodePrivateKey as _;
+    use rsa::pkcs1::DecodeRsaPrivateKey as _;
+    let rsa = rsa::RsaPrivateKey::from_pkcs8_pem(pem)
+        .ok()
+        .or_else(|| rsa::RsaPrivateKey::from_pkcs1_pem(pem).ok());
+    if let Some(key) = rsa {
+        if StrongKey::try_from(RsaPublicKey::from(&key)).is_err() {
+            return Err("`private_key_pem` holds an RSA key shorter than 2048 bits".into());
+        }
+        return Ok(SigningKey::Rs256(Box::new(key)));
+    }
+    if let Ok(key) = p256::ecdsa::SigningKey::from_pkcs8_pem(pem) {
+        return Ok(SigningKey::Es256(Box::new(key)));
+    }
+    if let Ok(key) = p256::SecretKey::from_sec1_pem(pem) {
+        return Ok(SigningKey::Es256(Box::new(key.into())));
+    }
+    Err(
+        "`private_key_pem` is not an RSA or EC P-256 private key in PEM (PKCS#8, PKCS#1 or SEC1)"
+            .into(),
+    )
+}
+
+/// Reads and checks `credential.oauth` as an admin sends it, without ever quoting a value.
+pub fn parse(v: Value) -> Result<OAuthConfig, String> {
+    const SHAPE: &str = "`credential.oauth` must be {\"token_url\", \"grant\": \"client_credentials\" | \"jwt_bearer\", \"client_id\"?, \"client_secret\"? | \"private_key_pem\"?, \"key_id\"?, \"scope\"?, \"iss\"?, \"sub\"?, \"aud\"?, \"header\"?, \"renew_margin_secs\"?} (strings, renew_margin_secs a number)";
+    let config: OAuthConfig = serde_json::from_value(v).map_err(|_| SHAPE.to_owned())?;
+    check(&config)?;
+    Ok(config)
+}
+
+/// Whether a configuration can be used.
+pub fn check(c: &OAuthConfig) -> Result<(), String> {
+    let url = url::Url::parse(&c.token_url).map_err(|e| format!("`token_url`: not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("`token_url` must be an http(s) URL with a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("`token_url` must not carry user information".into());
+    }
+    if !credential_header_allowed(&c.header) {
+        return Err(format!(
+            "the header name {:?} cannot carry a credential: use a lowercase header name such as authorization",
+            c.header
+        ));
+    }
+    if c.renew_margin_secs > 86_400 {
+        return Err("`renew_margin_secs` must be at most 86400".into());
+    }
+    match c.grant {
+        Grant::ClientCredentials => {
+            if c.client_id.as_deref().is_none_or(str::is_empty) {
+                return Err("`client_credentials` needs `client_id`".into());
+            }
+            match (&c.client_secret, &c.private_key_pem) {
+                (Some(s), None) if !s.is_empty() => {}
+                (None, Some(pem)) => {
+                    signing_key(pem)?;
+                }
+                _ => {
+                    return Err(
+                        "`client_credentials` needs exactly one of `client_secret` and `private_key_pem`"
+                            .into(),
+                    )
+                }
+            }
+        }
+        Grant::JwtBearer => {
+            if c.client_secret.is_some() {
+                return Err("`jwt_bearer` takes `private_key_pem`, not `client_secret`".into());
+            }
+            let Some(pem) = &c.private_key_pem else {
+                return Err("`jwt_bearer` needs `private_key_pem`".into());
+            };
+            signing_key(pem)?;
+            if c.client_id.is_none() && c.iss.is_none() {
+                return Err("`jwt_bearer` needs `iss` (or `client_id`)".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn binding(name: &str) -> RowBinding<'_> {
+    RowBinding {
+        kid: name,
+        kind: SEALED_KIND,
+        alg: SEALED_ALG,
+    }
+}
+
+/// Seals a service's OAuth configuration under the current key-encryption key (plaintext
+/// without one, which only dev mode allows).
+pub fn seal(kek: &KeyEncryption, name: &str, c: &OAuthConfig) -> Result<StoredOAuth, KekError> {
+    let json = serde_json::to_string(c).map_err(|_| KekError::Tampered {
+        kek_id: String::new(),
+    })?;
+    Ok(match kek.seal(binding(name), json.as_bytes())? {
+        Some(sealed) => StoredOAuth {
+            kek_id: Some(sealed.kek_id),
+            config: sealed.ciphertext,
+        },
+        None => StoredOAuth {
+            kek_id: None,
+            config: json,
+        },
+    })
+}
+
+/// Opens a service's stored OAuth configuration.
+pub fn open(kek: &KeyEncryption, name: &str, stored: &StoredOAuth) -> Result<OAuthConfig, String> {
+    let json = match &stored.kek_id {
+        None => stored.config.clone(),
+        Some(kek_id) => {
+            let sealed = Sealed {
+                kek_id: kek_id.clone(),
+                ciphertext: stored.config.clone(),
+            };
+            let plain = kek
+                .open(binding(name), &sealed)
+                .map_err(|e| e.to_string())?;
+            String::from_utf8(plain.to_vec()).map_err(|_| "not UTF-8".to_owned())?
+        }
+    };
+    serde_json::from_str(&json).map_err(|_| "the stored configuration is not readable".to_owned())
+}
+
+impl OAuthConfig {
+    /// A placeholder recorded with an error when a stored configuration cannot be opened.
+    pub(super) fn unusable() -> OAuthConfig {
+        OAuthConfig {
+            token_url: String::new(),
+            grant: Grant::ClientCredentials,
+            client_id: None,
+            client_secret: None,
+            private_key_pem: None,
+            key_id: None,
+            scope: None,
+            iss: None,
+            sub: None,
+            aud: None,
+            header: default_header(),
+            renew_margin_secs: default_margin(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn configurations_are_checked_without_quoting_secrets() {
+        let base = json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c"});
+        let mut ok = base.clone();
+        ok["client_secret"] = json!("s3cret-value");
+        let c = parse(ok).unwrap();
+        assert_eq!(
+            (c.header.as_str(), c.renew_margin_secs),
+            ("authorization", 300)
+        );
+        assert_eq!(c.client_auth(), "client_secret_basic");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // Neither or both of the secret and the key; a bad key; unknown fields; a bad header.
+        assert!(parse(base.clone()).is_err());
+        let mut both = base.clone();
+        both["client_secret"] = json!("s");
+        both["private_key_pem"] = json!("x");
+        assert!(parse(both).is_err());
+        let mut bad_key = base.clone();
+        bad_key["private_key_pem"] =
+            json!("-----BEGIN PRIVATE KEY-----\ns3cret\n-----END PRIVATE KEY-----");
+        let e = parse(bad_key).unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+        let mut extra = base.clone();
+        extra["client_secret"] = json!("s3cret-value");
+        extra["nope"] = json!(1);
+        assert!(!parse(extra).unwrap_err().contains("s3cret"));
+        let mut header = base;
+        header["client_secret"] = json!("s");
+        header["header"] = json!("x-podgate-user");
+        assert!(parse(header).is_err());
+        assert!(parse(
+            json!({"token_url": "https://idp.example/token", "grant": "jwt_bearer", "iss": "i"})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_sealed_configuration_opens_only_for_its_service() {
+        use crate::key_encryption::KeyEncryptionKey;
+        let kek = KeyEncryption::new(Some(KeyEncryptionKey::from_bytes([9; 32], "t")), vec![]);
+        let c = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s3cret-value"})).unwrap();
+        let stored = seal(&kek, "api", &c).unwrap();
+        assert!(stored.kek_id.is_some());
+        assert!(!stored.config.contains("s3cret"));
+        assert_eq!(open(&kek, "api", &stored).unwrap(), c);
+        assert!(open(&kek, "other", &stored).is_err());
+    }
+}

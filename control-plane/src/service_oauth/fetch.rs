@@ -1,0 +1,268 @@
+//! Obtaining a token from a service's token endpoint: the client assertion or assertion grant,
+//! the token request, and the answer read into a [`Token`].
+
+use std::time::Duration;
+
+use jwt_compact::alg::{Es256, Rsa};
+use jwt_compact::{AlgorithmExt, Claims, Header};
+use podgate_protocol::config::credential_value_allowed;
+use serde_json::{json, Map, Value};
+
+use super::config::{signing_key, Grant, OAuthConfig, SigningKey};
+use crate::store::now_unix;
+
+/// The RFC 7523 client assertion type.
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The RFC 7523 assertion grant type.
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// A token endpoint's answer without `expires_in` is taken to last this long.
+const DEFAULT_TOKEN_LIFETIME_MS: i64 = 3_600_000;
+/// A token is not pushed for use in its last this many milliseconds (transit and clock skew).
+pub(super) const EXPIRY_SAFETY_MS: i64 = 500;
+/// How long a token endpoint may take to answer.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Now, in Unix milliseconds.
+pub(super) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A token obtained from a service's token endpoint; its `Debug` leaves the value out.
+#[derive(Clone)]
+pub struct Token {
+    pub value: String,
+    /// When it was asked for (Unix milliseconds): its life is counted from there.
+    pub obtained_ms: i64,
+    pub expires_ms: i64,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("expires_ms", &self.expires_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// When to renew it: `margin` before its expiry, and never later than half its life; never
+    /// before a quarter of its life either, so that a margin close to the lifetime does not
+    /// renew it over and over.
+    pub fn renew_at_ms(&self, margin_secs: u64) -> i64 {
+        let margin = i64::try_from(margin_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let life = self.expires_ms - self.obtained_ms;
+        let by_margin = self.expires_ms.saturating_sub(margin);
+        by_margin
+            .min(self.obtained_ms + life / 2)
+            .max(self.obtained_ms + life / 4)
+    }
+
+    /// Whether it may be pushed for use at `now_ms`.
+    pub fn usable(&self, now_ms: i64) -> bool {
+        now_ms + EXPIRY_SAFETY_MS < self.expires_ms
+    }
+}
+
+fn sign(key: &SigningKey, kid: Option<&str>, claims: Map<String, Value>) -> Result<String, String> {
+    let claims = Claims::new(claims);
+    let mut header = Header::empty().with_token_type("JWT");
+    if let Some(kid) = kid {
+        header = header.with_key_id(kid.to_owned());
+    }
+    match key {
+        SigningKey::Rs256(k) => Rsa::rs256().token(&header, &claims, k.as_ref()),
+        SigningKey::Es256(k) => Es256.token(&header, &claims, k.as_ref()),
+    }
+    .map_err(|e| format!("cannot sign the assertion: {e}"))
+}
+
+fn assertion_claims(iss: &str, sub: &str, aud: &str) -> Result<Map<String, Value>, String> {
+    let now = now_unix();
+    let jti = crate::keys::random_bytes::<16>().map_err(|e| e.to_string())?;
+    let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+    let mut claims = Map::new();
+    for (k, v) in [
+        ("iss", json!(iss)),
+        ("sub", json!(sub)),
+        ("aud", json!(aud)),
+        ("jti", json!(jti)),
+        ("iat", json!(now)),
+        ("exp", json!(now + 60)),
+    ] {
+        claims.insert(k.into(), v);
+    }
+    Ok(claims)
+}
+
+/// Asks the token endpoint for a new access token. Errors never quote a secret or a token.
+pub async fn fetch(client: &reqwest::Client, c: &OAuthConfig) -> Result<Token, String> {
+    let aud = c.aud.clone().unwrap_or_else(|| c.token_url.clone());
+    let mut form: Vec<(&str, String)> = Vec::new();
+    let mut basic = None;
+    match c.grant {
+        Grant::ClientCredentials => {
+            let client_id = c.client_id.clone().unwrap_or_default();
+            form.push(("grant_type", "client_credentials".into()));
+            if let Some(secret) = &c.client_secret {
+                basic = Some((client_id, secret.clone()));
+            } else {
+                let pem = c.private_key_pem.as_deref().unwrap_or_default();
+                let key = signing_key(pem)?;
+                let claims = assertion_claims(&client_id, &client_id, &aud)?;
+                form.push(("client_id", client_id));
+                form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.into()));
+                form.push(("client_assertion", sign(&key, c.key_id.as_deref(), claims)?));
+            }
+        }
+        Grant::JwtBearer => {
+            let pem = c.private_key_pem.as_deref().unwrap_or_default();
+            let key = signing_key(pem)?;
+            let iss = c
+                .iss
+                .clone()
+                .or_else(|| c.client_id.clone())
+                .unwrap_or_default();
+            let sub = c.sub.clone().unwrap_or_else(|| iss.clone());
+            let claims = assertion_claims(&iss, &sub, &aud)?;
+            form.push(("grant_type", JWT_BEARER_GRANT.into()));
+            form.push(("assertion", sign(&key, c.key_id.as_deref(), claims)?));
+            if let Some(id) = &c.client_id {
+                form.push(("client_id", id.clone()));
+            }
+        }
+    }
+    if let Some(scope) = &c.scope {
+        form.push(("scope", scope.clone()));
+    }
+    let obtained_ms = now_ms();
+    let mut req = client.post(&c.token_url).form(&form).timeout(FETCH_TIMEOUT);
+    if let Some((id, secret)) = basic {
+        // RFC 6749 2.3.1: both form-urlencoded before Basic.
+        let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+        req = req.basic_auth(enc(&id), Some(enc(&secret)));
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("the token endpoint cannot be reached: {}", e.without_url()))?;
+    let status = resp.status();
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|_| format!("the token endpoint answered {status} without JSON"))?;
+    if !status.is_success() {
+        // The OAuth error code and description name no secret of ours.
+        let code = body.get("error").and_then(Value::as_str).unwrap_or("?");
+        let description = body
+            .get("error_description")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let description: String = description.chars().take(200).collect();
+        return Err(format!(
+            "the token endpoint refused ({status}): {code} {description}"
+        ));
+    }
+    let Some(value) = body.get("access_token").and_then(Value::as_str) else {
+        return Err("the token endpoint's answer has no access_token".into());
+    };
+    if let Some(kind) = body.get("token_type").and_then(Value::as_str) {
+        if !kind.eq_ignore_ascii_case("bearer") {
+            return Err(format!(
+                "the token endpoint gave a token of type {kind:?}, not Bearer"
+            ));
+        }
+    }
+    if !credential_value_allowed(&format!("Bearer {value}")) {
+        return Err("the access token is not visible ASCII of at most 8185 characters".into());
+    }
+    let lifetime_ms = match expires_in(body.get("expires_in"))? {
+        Some(s) if s > 0.0 => (s * 1000.0) as i64,
+        Some(_) => return Err("the token endpoint gave a token that has expired".into()),
+        None => DEFAULT_TOKEN_LIFETIME_MS,
+    };
+    Ok(Token {
+        value: value.to_owned(),
+        obtained_ms,
+        expires_ms: obtained_ms.saturating_add(lifetime_ms),
+    })
+}
+
+/// The seconds of a token answer's `expires_in`: a number, or a string holding one (as some
+/// providers send it); `None` when absent. Anything else is an error rather than a guess, so
+/// that a token is never held past its real expiry.
+fn expires_in(value: Option<&Value>) -> Result<Option<f64>, String> {
+    let secs = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    match secs {
+        Some(s) if s.is_finite() => Ok(Some(s)),
+        _ => Err(format!(
+            "the token endpoint's expires_in {} is not a number of seconds",
+            value
+                .map(Value::to_string)
+                .unwrap_or_default()
+                .chars()
+                .take(40)
+                .collect::<String>()
+        )),
+    }
+}
+
+/// The HTTP client of the token endpoints.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_by_the_margin_at_most_half_way_and_not_before_a_quarter() {
+        let t = |life_ms| Token {
+            value: String::new(),
+            obtained_ms: 0,
+            expires_ms: life_ms,
+        };
+        // An hour-long token with the default margin: half way.
+        assert_eq!(t(3_600_000).renew_at_ms(300), 1_800_000);
+        // A margin past half its life: by the margin.
+        assert_eq!(t(3_600_000).renew_at_ms(2_000), 1_600_000);
+        // A margin longer than its life: a quarter of the way in.
+        assert_eq!(t(3_000).renew_at_ms(300), 750);
+        assert!(t(3_000).usable(2_000));
+        assert!(!t(3_000).usable(2_600));
+    }
+
+    #[test]
+    fn expires_in_is_a_number_of_seconds_or_an_error() {
+        let of = |v: Value| expires_in(Some(&v));
+        assert_eq!(of(json!(600)).unwrap(), Some(600.0));
+        assert_eq!(of(json!(1.5)).unwrap(), Some(1.5));
+        // Sent as a string by some providers: still its seconds, not the default hour.
+        assert_eq!(of(json!("600")).unwrap(), Some(600.0));
+        assert_eq!(of(json!(" 2 ")).unwrap(), Some(2.0));
+        assert_eq!(expires_in(None).unwrap(), None);
+        assert_eq!(of(Value::Null).unwrap(), None);
+        for bad in [
+            json!("soon"),
+            json!("inf"),
+            json!("NaN"),
+            json!(true),
+            json!([600]),
+        ] {
+            let e = of(bad.clone()).unwrap_err();
+            assert!(e.contains("expires_in"), "{bad}: {e}");
+        }
+    }
+}

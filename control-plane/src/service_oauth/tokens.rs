@@ -1,0 +1,410 @@
+//! The tokens this control plane holds, in memory only, and the task that keeps them fresh.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::config::{open, OAuthConfig};
+use super::fetch::{fetch, http_client, now_ms, Token, EXPIRY_SAFETY_MS};
+use crate::key_encryption::KeyEncryption;
+use crate::store::ServiceRow;
+use crate::AppState;
+
+/// The longest wait between two failed attempts.
+const MAX_BACKOFF_MS: i64 = 60_000;
+/// The first wait after a failed attempt (doubled after each further one).
+const FIRST_BACKOFF_MS: i64 = 500;
+/// How often [`run`] reads the services again without being told of a change: a safety net,
+/// since every change is announced ([`ServiceTokens::services_changed`]).
+const RESYNC: Duration = Duration::from_secs(30);
+/// How soon [`run`] reads the services again after failing to.
+const RETRY_READ: Duration = Duration::from_secs(1);
+/// The shortest wait of [`run`] between two rounds, so that a token endpoint giving tokens of
+/// almost no life is not asked in a tight loop.
+const MIN_WAIT: Duration = Duration::from_millis(50);
+
+/// Where a service's credential comes from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Oauth,
+    Fallback,
+    None,
+}
+
+/// What this control plane holds for one OAuth service.
+#[derive(Debug, Default)]
+struct State {
+    token: Option<Token>,
+    /// The configuration the token was obtained with: a changed one is renewed at once.
+    config: Option<OAuthConfig>,
+    last_renewal_ms: Option<i64>,
+    last_error: Option<String>,
+    last_error_ms: Option<i64>,
+    failures: u32,
+    next_attempt_ms: i64,
+}
+
+/// The OAuth tokens of the services, in memory only.
+#[derive(Debug, Default)]
+pub struct ServiceTokens {
+    states: Mutex<HashMap<String, State>>,
+    /// Wakes [`run`] to read the services again: notified after every write that may change
+    /// them (`AppState::envoy_config_changed`) and for every change another control plane
+    /// announces (`xds_sync`). A notification while [`run`] is busy is kept for its next wait.
+    changed: tokio::sync::Notify,
+}
+
+/// What admins see of a service's OAuth credential: never the token.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CredentialStatus {
+    pub service: String,
+    pub source: Source,
+    pub oauth: bool,
+    /// When the current token expires (Unix seconds), if there is one.
+    pub expires_at: Option<i64>,
+    /// When a token was last obtained (Unix seconds).
+    pub last_renewal: Option<i64>,
+    pub last_error: Option<String>,
+    /// When the last error happened (Unix seconds).
+    pub last_error_at: Option<i64>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    pub fallback: bool,
+}
+
+impl ServiceTokens {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The token of service `name` usable now (its header, `Bearer <token>`), if it was
+    /// obtained with `config`, the service's configuration now. A token obtained with another
+    /// one (a fetch that was under way when the configuration changed, or one this control plane
+    /// held before another changed the service) is not the new configuration's: it is never
+    /// used for it.
+    pub fn current(&self, name: &str, config: &OAuthConfig) -> Option<String> {
+        let now = now_ms();
+        self.lock()
+            .get(name)
+            .filter(|s| s.config.as_ref() == Some(config))
+            .and_then(|s| s.token.as_ref())
+            .filter(|t| t.usable(now))
+            .map(|t| format!("Bearer {}", t.value))
+    }
+
+    /// Records the outcome of an attempt; returns whether what Envoy gets changed.
+    pub(crate) fn record(
+        &self,
+        name: &str,
+        config: &OAuthConfig,
+        outcome: Result<Token, String>,
+    ) -> bool {
+        let now = now_ms();
+        let mut states = self.lock();
+        let state = states.entry(name.to_owned()).or_default();
+        match outcome {
+            Ok(token) => {
+                tracing::info!(service = %name, expires_in_ms = token.expires_ms - now, "service OAuth token obtained");
+                state.token = Some(token);
+                state.config = Some(config.clone());
+                state.last_renewal_ms = Some(now);
+                state.failures = 0;
+                state.next_attempt_ms = 0;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(service = %name, failures = state.failures + 1, "service OAuth token not obtained: {e}");
+                state.failures = state.failures.saturating_add(1);
+                let backoff = FIRST_BACKOFF_MS
+                    .saturating_mul(1i64 << state.failures.saturating_sub(1).min(20))
+                    .min(MAX_BACKOFF_MS);
+                state.next_attempt_ms = now + backoff;
+                state.last_error = Some(e);
+                state.last_error_ms = Some(now);
+                false
+            }
+        }
+    }
+
+    /// Drops the cached token of `name`; returns whether there was one.
+    pub fn clear(&self, name: &str) -> bool {
+        let mut states = self.lock();
+        let Some(state) = states.get_mut(name) else {
+            return false;
+        };
+        state.next_attempt_ms = 0;
+        state.token.take().is_some()
+    }
+
+    /// The status of service `row`'s credential (never the token): where the credential
+    /// Envoy gets comes from, as the filter's directory has it. `unusable`: the directory lists
+    /// the service without a credential (`services::without_credential`).
+    pub fn status(
+        &self,
+        kek: &KeyEncryption,
+        row: &ServiceRow,
+        unusable: bool,
+    ) -> CredentialStatus {
+        let opened = row
+            .oauth
+            .as_ref()
+            .and_then(|stored| open(kek, &row.name, stored).ok());
+        let token_in_force = opened
+            .as_ref()
+            .is_some_and(|config| self.current(&row.name, config).is_some());
+        let now = now_ms();
+        let states = self.lock();
+        let state = states.get(&row.name);
+        let token = state
+            .and_then(|s| s.token.as_ref())
+            .filter(|t| token_in_force && t.usable(now));
+        let source = if unusable {
+            Source::None
+        } else if token.is_some() {
+            Source::Oauth
+        } else if row.credential.is_some() {
+            Source::Fallback
+        } else {
+            Source::None
+        };
+        CredentialStatus {
+            service: row.name.clone(),
+            source,
+            oauth: row.oauth.is_some(),
+            expires_at: token.map(|t| t.expires_ms / 1000),
+            last_renewal: state.and_then(|s| s.last_renewal_ms).map(|t| t / 1000),
+            last_error: state.and_then(|s| s.last_error.clone()),
+            last_error_at: state.and_then(|s| s.last_error_ms).map(|t| t / 1000),
+            failures: state.map_or(0, |s| s.failures),
+            fallback: row.credential.is_some(),
+        }
+    }
+
+    /// The services may have changed: [`run`] reads them again.
+    pub fn services_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// When service `name` is due for an attempt with `config` (Unix milliseconds; 0: now): its
+    /// token's renewal time, and never before the backoff after a failure allows. A token
+    /// obtained with another configuration is renewed at once.
+    fn due_at(&self, name: &str, config: &OAuthConfig) -> i64 {
+        let states = self.lock();
+        let Some(state) = states.get(name) else {
+            return 0;
+        };
+        let renew_at = match (&state.token, &state.config) {
+            (Some(t), Some(c)) if c == config => t.renew_at_ms(config.renew_margin_secs),
+            _ => 0,
+        };
+        renew_at.max(state.next_attempt_ms)
+    }
+
+    /// Whether service `name` is due for an attempt at `now`, with `config`.
+    fn due(&self, name: &str, config: &OAuthConfig, now: i64) -> bool {
+        now >= self.due_at(name, config)
+    }
+
+    /// When [`run`] has something to do next for `services`: the earliest attempt due, or the
+    /// earliest moment a held token stops being usable (when it is swept and Envoy loses it).
+    fn next_wake_ms(&self, services: &[(String, OAuthConfig)]) -> Option<i64> {
+        let due = services
+            .iter()
+            .map(|(name, config)| self.due_at(name, config))
+            .min();
+        let expiry = self
+            .lock()
+            .values()
+            .filter_map(|s| s.token.as_ref())
+            .map(|t| t.expires_ms - EXPIRY_SAFETY_MS)
+            .min();
+        due.into_iter().chain(expiry).min()
+    }
+
+    /// Drops the states of services that have no OAuth configuration any more, and tokens that
+    /// are no longer usable; returns whether what Envoy gets changed.
+    fn sweep(&self, oauth_services: &[String], now: i64) -> bool {
+        let dropped = {
+            let mut states = self.lock();
+            let before = states.len();
+            states.retain(|name, _| oauth_services.contains(name));
+            states.len() != before
+        };
+        self.sweep_expired(now) || dropped
+    }
+
+    /// Drops the tokens that are no longer usable; returns whether what Envoy gets changed.
+    fn sweep_expired(&self, now: i64) -> bool {
+        let mut changed = false;
+        for (name, state) in self.lock().iter_mut() {
+            if state.token.as_ref().is_some_and(|t| !t.usable(now)) {
+                tracing::warn!(service = %name, "service OAuth token expired without a renewal");
+                state.token = None;
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// Obtains a token for `row` now and records it (`POST …/credential/refresh`); returns the
+/// error when none could be had.
+pub async fn refresh(state: &AppState, row: &ServiceRow) -> Result<(), String> {
+    let Some(stored) = &row.oauth else {
+        return Err("the service has no OAuth credential".into());
+    };
+    let config = open(&state.config().key_encryption, &row.name, stored)?;
+    let outcome = fetch(&http_client(), &config).await;
+    let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
+    state.service_tokens().record(&row.name, &config, outcome);
+    result
+}
+
+/// Keeps the OAuth tokens of every service fresh until `stop` completes: each due service gets
+/// an attempt (concurrently), and every change asks for a configuration push.
+///
+/// The services are read at start, when told of a change ([`ServiceTokens::services_changed`])
+/// and every [`RESYNC`] as a safety net; between reads the task sleeps until the next attempt
+/// is due or a token stops being usable, so the renewals keep to the tokens' expiry.
+pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
+    let client = http_client();
+    let tokens = state.service_tokens();
+    tokio::pin!(stop);
+    // The OAuth services and their configurations, as last read.
+    let mut services: Vec<(String, OAuthConfig)> = Vec::new();
+    let mut read = true;
+    let mut next_read = tokio::time::Instant::now();
+    loop {
+        let mut changed = false;
+        if read {
+            match state.db().list_services().await {
+                Ok(rows) => {
+                    let (opened, unusable) = oauth_services(&state, rows);
+                    services = opened;
+                    let names: Vec<String> = services
+                        .iter()
+                        .map(|(name, _)| name.clone())
+                        .chain(unusable.iter().map(|(name, _)| name.clone()))
+                        .collect();
+                    changed |= tokens.sweep(&names, now_ms());
+                    for (name, e) in unusable {
+                        changed |= tokens.record(
+                            &name,
+                            &OAuthConfig::unusable(),
+                            Err(format!("the OAuth configuration cannot be opened: {e}")),
+                        );
+                    }
+                    next_read = tokio::time::Instant::now() + RESYNC;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "service OAuth renewal: cannot read the services");
+                    next_read = tokio::time::Instant::now() + RETRY_READ;
+                }
+            }
+        }
+        let now = now_ms();
+        changed |= tokens.sweep_expired(now);
+        let mut attempts = tokio::task::JoinSet::new();
+        for (name, config) in &services {
+            if !tokens.due(name, config, now) {
+                continue;
+            }
+            let (client, name, config) = (client.clone(), name.clone(), config.clone());
+            attempts.spawn(async move {
+                let outcome = fetch(&client, &config).await;
+                (name, config, outcome)
+            });
+        }
+        while let Some(done) = attempts.join_next().await {
+            if let Ok((name, config, outcome)) = done {
+                changed |= tokens.record(&name, &config, outcome);
+            }
+        }
+        if changed {
+            state.envoy_config_changed().await;
+        }
+        let mut wake = next_read;
+        if let Some(at) = tokens.next_wake_ms(&services) {
+            let wait_ms = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+            wake = wake.min(tokio::time::Instant::now() + Duration::from_millis(wait_ms));
+        }
+        wake = wake.max(tokio::time::Instant::now() + MIN_WAIT);
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokens.changed.notified() => read = true,
+            () = tokio::time::sleep_until(wake) => {
+                read = tokio::time::Instant::now() >= next_read;
+            }
+        }
+    }
+}
+
+/// A service's name and its OAuth configuration, opened.
+type Opened = (String, OAuthConfig);
+/// A service's name and why its OAuth configuration does not open.
+type Unusable = (String, String);
+
+/// The OAuth services of `rows` with their configurations opened, and those whose
+/// configuration does not open, with why.
+fn oauth_services(state: &AppState, rows: Vec<ServiceRow>) -> (Vec<Opened>, Vec<Unusable>) {
+    let mut opened = Vec::new();
+    let mut unusable = Vec::new();
+    for row in rows {
+        let Some(stored) = &row.oauth else { continue };
+        match open(&state.config().key_encryption, &row.name, stored) {
+            Ok(config) => opened.push((row.name, config)),
+            Err(e) => unusable.push((row.name, e)),
+        }
+    }
+    (opened, unusable)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::config::parse;
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_task_wakes_for_the_next_renewal_backoff_or_expiry() {
+        let c = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let tokens = ServiceTokens::default();
+        let services = vec![("api".to_owned(), c.clone())];
+        // Never tried: due now.
+        assert_eq!(tokens.next_wake_ms(&services), Some(0));
+        assert!(tokens.due("api", &c, 1));
+        // A token: due at its renewal time (a quarter of a short life), awake before expiry.
+        let now = now_ms();
+        let token = Token {
+            value: "t".into(),
+            obtained_ms: now,
+            expires_ms: now + 4_000,
+        };
+        assert!(tokens.record("api", &c, Ok(token.clone())));
+        assert_eq!(tokens.next_wake_ms(&services), Some(now + 1_000));
+        assert!(!tokens.due("api", &c, now + 999));
+        assert!(tokens.due("api", &c, now + 1_000));
+        // A failure: not before the backoff, and awake when the token stops being usable.
+        assert!(!tokens.record("api", &c, Err("down".into())));
+        let backoff_until = tokens.due_at("api", &c);
+        assert!(backoff_until >= now + 1_000, "{backoff_until}");
+        assert_eq!(
+            tokens.next_wake_ms(&[]),
+            Some(token.expires_ms - EXPIRY_SAFETY_MS)
+        );
+        // Another configuration: renewed at once.
+        let mut other = c.clone();
+        other.scope = Some("more".into());
+        assert_eq!(
+            tokens.due_at("api", &other),
+            tokens.lock()["api"].next_attempt_ms
+        );
+        // No longer an OAuth service: forgotten.
+        assert!(tokens.sweep(&[], now));
+        assert_eq!(tokens.next_wake_ms(&services), Some(0));
+    }
+}
