@@ -1070,9 +1070,9 @@ async fn the_token_limit_holds_when_creations_race(which: Which) {
     };
     let alice = h.login("alice").await;
     let now = podgate::store::now_unix();
+    let mut change = h.tdb.db.change().await.unwrap();
     for i in 0..99 {
-        h.tdb
-            .db
+        change
             .create_api_token(&podgate::store::ApiTokenRow {
                 id: format!("{i:024x}"),
                 user_id: "alice".into(),
@@ -1088,6 +1088,7 @@ async fn the_token_limit_holds_when_creations_race(which: Which) {
             .await
             .unwrap();
     }
+    change.commit().await.unwrap();
     let create = |n: usize| {
         let req = Request::builder()
             .method(Method::POST)

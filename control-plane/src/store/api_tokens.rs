@@ -38,25 +38,6 @@ const TOKEN_COLUMNS: &str = "t.id AS t_id, t.user_id AS t_user_id, t.name AS t_n
      t.created_at AS t_created_at, t.expires_at AS t_expires_at, \
      t.last_used_at AS t_last_used_at, t.revoked_at AS t_revoked_at";
 
-/// Stores `t` on `conn`.
-async fn insert_api_token(conn: &mut sqlx::AnyConnection, t: &ApiTokenRow) -> Res<()> {
-    sqlx::query(
-        "INSERT INTO api_tokens (id, user_id, name, token_hash, prefix, created_via, created_at, expires_at, last_used_at, revoked_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)",
-    )
-    .bind(&t.id)
-    .bind(&t.user_id)
-    .bind(&t.name)
-    .bind(&t.token_hash)
-    .bind(&t.prefix)
-    .bind(&t.created_via)
-    .bind(t.created_at)
-    .bind(t.expires_at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 impl Change {
     /// How many of `user_id`'s tokens are live at `now`, counted in this change with the user's
     /// row locked (`Change::for_update`), so that two creations cannot both count below a limit
@@ -76,17 +57,27 @@ impl Change {
         .await
     }
 
+    /// Stores `t` (the handler first counts the user's live tokens in the same change).
     pub async fn create_api_token(&mut self, t: &ApiTokenRow) -> Res<()> {
-        insert_api_token(self.conn(), t).await
+        sqlx::query(
+            "INSERT INTO api_tokens (id, user_id, name, token_hash, prefix, created_via, created_at, expires_at, last_used_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)",
+        )
+        .bind(&t.id)
+        .bind(&t.user_id)
+        .bind(&t.name)
+        .bind(&t.token_hash)
+        .bind(&t.prefix)
+        .bind(&t.created_via)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(self.conn())
+        .await?;
+        Ok(())
     }
 }
 
 impl Db {
-    pub async fn create_api_token(&self, t: &ApiTokenRow) -> Res<()> {
-        let mut conn = self.writer.acquire().await?;
-        insert_api_token(&mut conn, t).await
-    }
-
     /// A token and its user, read fresh (no cache: a revocation counts from the next use).
     pub async fn api_token_with_user(&self, id: &str) -> Res<Option<(ApiTokenRow, User)>> {
         let row = sqlx::query(&format!(
