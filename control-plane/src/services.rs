@@ -331,6 +331,8 @@ fn classify(
         Ok(u) => u,
         Err(e) => return (Published::Absent, Some(format!("its upstream URL: {e}"))),
     };
+    // The header of the OAuth token, while the fallback is in force.
+    let mut oauth_header = None;
     if let Some(stored) = &row.oauth {
         let config = match crate::service_oauth::open(kek, &row.name, stored) {
             Ok(config) => config,
@@ -342,6 +344,14 @@ fn classify(
             }
         };
         if let Some(value) = tokens.current(&row.name, &config) {
+            // A caller's copy of the fallback's header is removed too, as it would be were the
+            // fallback in force.
+            let strip_headers = row
+                .credential
+                .iter()
+                .map(|c| c.header.clone())
+                .filter(|h| *h != config.header)
+                .collect();
             let entry = ServiceEntry {
                 cluster: cluster_name(row),
                 host: upstream.authority,
@@ -349,6 +359,7 @@ fn classify(
                     name: config.header,
                     value: SecretValue(value),
                 }),
+                strip_headers,
                 resource_path: row.resource_path.clone(),
             };
             return (Published::Entry(entry), None);
@@ -359,6 +370,7 @@ fn classify(
                 Some("no valid OAuth token and no fallback credential".into()),
             );
         }
+        oauth_header = Some(config.header);
     }
     let credential = match &row.credential {
         None => None,
@@ -375,10 +387,15 @@ fn classify(
             }
         },
     };
+    let strip_headers = oauth_header
+        .into_iter()
+        .filter(|h| credential.as_ref().is_none_or(|c| c.name != *h))
+        .collect();
     let entry = ServiceEntry {
         cluster: cluster_name(row),
         host: upstream.authority,
         credential,
+        strip_headers,
         resource_path: row.resource_path.clone(),
     };
     (Published::Entry(entry), None)
@@ -584,10 +601,40 @@ mod tests {
             ..row.clone()
         };
         match directory_entry(&kek, &tokens, &fallback) {
-            Published::Entry(e) => assert_eq!(e.credential.unwrap().value.0, "Bearer sk-1"),
+            Published::Entry(e) => {
+                assert_eq!(e.credential.unwrap().value.0, "Bearer sk-1");
+                // Both in `authorization`: nothing else to remove.
+                assert!(e.strip_headers.is_empty(), "{:?}", e.strip_headers);
+            }
             other => panic!("{other:?}"),
         }
         assert!(!without_credential(&kek, &tokens, &fallback));
+        // The fallback in another header: while it is in force the caller's copy of the token's
+        // header is removed, and while the token is, the caller's copy of the fallback's.
+        let elsewhere = ServiceRow {
+            credential: Some(seal(&kek, "api", "x-api-key", "sk-1").unwrap()),
+            ..row.clone()
+        };
+        let entry = |tokens: &crate::service_oauth::ServiceTokens| match directory_entry(
+            &kek, tokens, &elsewhere,
+        ) {
+            Published::Entry(e) => e,
+            other => panic!("{other:?}"),
+        };
+        let e = entry(&tokens);
+        assert_eq!(e.credential.unwrap().name, "x-api-key");
+        assert_eq!(e.strip_headers, vec!["authorization".to_owned()]);
+        let now = crate::store::now_unix() * 1000;
+        let token = crate::service_oauth::Token {
+            value: "at-1".into(),
+            obtained_ms: now,
+            expires_ms: now + 600_000,
+        };
+        assert!(tokens.record("api", &oauth, Ok(token)));
+        let e = entry(&tokens);
+        assert_eq!(e.credential.unwrap().value.0, "Bearer at-1");
+        assert_eq!(e.strip_headers, vec!["x-api-key".to_owned()]);
+        tokens.clear("api");
         // A static credential that does not open (sealed for another service): without one.
         let moved = ServiceRow {
             oauth: None,

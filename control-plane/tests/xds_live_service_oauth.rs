@@ -303,6 +303,53 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
         assert!(start.elapsed() < Duration::from_secs(5), "{}", stack.logs());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // The fallback in another header: while the OAuth token is in force, a caller's own copy of
+    // that header does not reach the upstream either, as it would not with the fallback in force.
+    stack
+        .cp
+        .admin(
+            reqwest::Method::PUT,
+            "/v1/services/api/credential",
+            Some(json!({"oauth": oauth, "header": "x-api-key", "value": FALLBACK_KEY})),
+        )
+        .await;
+    let caller = [
+        ("authorization", bearer.as_str()),
+        ("x-api-key", "the-callers-own"),
+    ];
+    let with_token = |r: &podgate_testkit::Recorded| {
+        r.header_all("authorization")
+            .first()
+            .is_some_and(|v| v.starts_with(&format!("Bearer {TOKEN_PREFIX}")))
+    };
+    let start = Instant::now();
+    loop {
+        let (code, body) = get_service(&stack, "api", "/v1/models", &caller).await;
+        assert_eq!(code, 200, "{body}");
+        let last = upstream.requests().pop().unwrap();
+        if with_token(&last) && last.header_all("x-api-key").is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the upstream still gets {:?}\n{}",
+            last.headers,
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        let (code, body) = get_service(&stack, "api", "/v1/models", &caller).await;
+        assert_eq!(code, 200, "{body}");
+        let last = upstream.requests().pop().unwrap();
+        assert!(with_token(&last), "{:?}", last.headers);
+        assert!(
+            last.header_all("x-api-key").is_empty(),
+            "{:?}",
+            last.headers
+        );
+    }
     // Clear: the cached token is dropped and answered with the status.
     let status = stack
         .cp

@@ -134,6 +134,11 @@ pub struct ServiceEntry {
     /// The credential the filter sets on every forwarded request, replacing the client's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<InjectedHeader>,
+    /// Other headers that carry one of the service's credentials (the fallback's while an
+    /// OAuth token is in force, or the token's while the fallback is): the filter removes the
+    /// caller's copies, as it replaces the caller's copy of `credential`. Left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub strip_headers: Vec<String>,
     /// The service is reached per resource (`resource`): the pattern of its resource paths,
     /// e.g. `/sessions/{id}`. A capability for it then names one resource, and paths outside
     /// the pattern are refused. Left out when absent.
@@ -529,6 +534,16 @@ impl FilterConfig {
                     ));
                 }
             }
+            if let Some(bad) = service
+                .strip_headers
+                .iter()
+                .find(|h| !credential_header_allowed(h))
+            {
+                return Err(field(
+                    "services",
+                    format!("{name:?} names {bad:?} in strip_headers, not a credential header"),
+                ));
+            }
         }
         for name in &self.services_without_credential {
             if public_hosts.check_service_name(name).is_err() {
@@ -771,6 +786,18 @@ mod tests {
         v["services_without_credential"] = serde_json::json!(["Bad_Name"]);
         let err = compile(&v).unwrap_err().to_string();
         assert!(err.starts_with("services_without_credential"), "{err}");
+        // The headers a service's caller copies are removed from: credential headers only.
+        let mut with_strip = minimal();
+        with_strip["service_host_template"] = crate::host::DEFAULT_SERVICE_TEMPLATE.into();
+        with_strip["services"] = serde_json::json!({"api": {"cluster": "c", "host": "h", "strip_headers": ["x-api-key"]}});
+        let c = compile(&with_strip).unwrap();
+        assert_eq!(
+            c.services["api"].strip_headers,
+            vec!["x-api-key".to_owned()]
+        );
+        with_strip["services"]["api"]["strip_headers"] = serde_json::json!(["host"]);
+        let err = compile(&with_strip).unwrap_err().to_string();
+        assert!(err.contains("strip_headers"), "{err}");
         v["services_without_credential"] = serde_json::json!(["api"]);
         v["services"] = serde_json::json!({"api": {"cluster": "c", "host": "h"}});
         let err = compile(&v).unwrap_err().to_string();

@@ -730,6 +730,12 @@ fn forward_to_service(
             credential.value.0.clone(),
         ));
     }
+    for name in &entry.strip_headers {
+        let injected = entry.credential.as_ref().is_some_and(|c| &c.name == name);
+        if !injected && name != "authorization" {
+            edits.push(HeaderEdit::Remove(name.clone()));
+        }
+    }
     granted_forward(config, req, pod, edits, true, verified, source)
 }
 

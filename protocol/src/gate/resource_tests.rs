@@ -28,6 +28,7 @@ fn config(exchanges: bool) -> Rc<CompiledConfig> {
                     name: "x-api-key".into(),
                     value: crate::config::SecretValue("sk-chat".into()),
                 }),
+                strip_headers: Vec::new(),
                 resource_path: Some("/sessions/{id}".into()),
             },
         );

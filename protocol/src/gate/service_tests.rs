@@ -8,7 +8,9 @@ use crate::config::{CLUSTER_HEADER, EMAIL_HEADER, USER_HEADER};
 use crate::token::tests::{claims, NOW};
 use crate::token::{mint, PodClaims, TokenKind};
 
-use super::tests::{base, cap_for, config, config_with, headers, key, removed, run, set, status};
+use super::tests::{
+    base, cap_for, config, config_with, edits, headers, key, removed, run, set, status,
+};
 
 /// The gate configuration with service `openai` (its credential an `x-api-key`) published under
 /// `svc-{name}.{domain}`.
@@ -24,6 +26,7 @@ pub(super) fn config_with_service() -> Rc<CompiledConfig> {
                     name: "x-api-key".into(),
                     value: crate::config::SecretValue("sk-upstream".into()),
                 }),
+                strip_headers: Vec::new(),
                 resource_path: None,
             },
         );
@@ -73,6 +76,50 @@ fn a_service_gets_its_credential_and_none_of_the_callers() {
     );
     assert!(removed(&d, "authorization"));
     assert_eq!(set(&d, "x-api-key"), Some("sk-upstream"));
+}
+
+#[test]
+fn the_callers_copy_of_the_services_other_credential_header_is_removed() {
+    // An OAuth token in force in `authorization`, the fallback configured in `x-api-key`.
+    let c = config_with(|c| {
+        c.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
+        c.services.insert(
+            "openai".into(),
+            crate::config::ServiceEntry {
+                cluster: "service_openai".into(),
+                host: "api.example.com".into(),
+                credential: Some(crate::config::InjectedHeader {
+                    name: "authorization".into(),
+                    value: crate::config::SecretValue("Bearer at-1".into()),
+                }),
+                strip_headers: vec!["x-api-key".into(), "authorization".into()],
+                resource_path: None,
+            },
+        );
+    });
+    let d = run(
+        &c,
+        &headers(&[
+            (":authority", "svc-openai.example.dev"),
+            (":path", "/v1/models"),
+            (":method", "GET"),
+            ("podgate-token", &service_cap("openai")),
+            ("x-api-key", "the-callers-own"),
+            ("x-other", "kept"),
+        ]),
+    );
+    assert!(removed(&d, "x-api-key"));
+    assert_eq!(set(&d, "authorization"), Some("Bearer at-1"));
+    assert!(!removed(&d, "x-other"));
+    // The injected header is set once, never removed after being set.
+    let last_authorization = edits(&d).iter().rev().find(|e| match e {
+        HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) => n == "authorization",
+    });
+    assert!(
+        matches!(last_authorization, Some(HeaderEdit::Set(_, v)) if v == "Bearer at-1"),
+        "{:?}",
+        edits(&d)
+    );
 }
 
 #[test]
