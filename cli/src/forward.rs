@@ -77,6 +77,10 @@ struct Shared {
     target: Target,
     local: SocketAddr,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// Told when the control plane refuses the API token or access to the pod port: `forward`
+    /// then stops with that error, rather than asking again with a token that cannot succeed
+    /// (each refused attempt also counts against the failed-token limit of this address).
+    refused: tokio::sync::mpsc::UnboundedSender<CliError>,
 }
 
 impl Shared {
@@ -86,7 +90,7 @@ impl Shared {
     async fn token(&self) -> Result<String> {
         let mut cap = self.cap.lock().await;
         if !cap.usable(now_unix()) {
-            *cap = self.backend.capability(&self.pod, self.port).await?;
+            *cap = self.stop_if_refused(self.backend.capability(&self.pod, self.port).await)?;
             eprintln!(
                 "podgate-cli: capability renewed, expires {}",
                 cap.expires_at
@@ -99,13 +103,24 @@ impl Shared {
     /// end: a control plane away for a moment does not fail requests the capability still
     /// covers.
     async fn renew(&self) -> Result<()> {
-        let fresh = self.backend.capability(&self.pod, self.port).await?;
+        let fresh = self.stop_if_refused(self.backend.capability(&self.pod, self.port).await)?;
         eprintln!(
             "podgate-cli: capability renewed, expires {}",
             fresh.expires_at
         );
         *self.cap.lock().await = fresh;
         Ok(())
+    }
+
+    /// `asked`, after telling `forward` to stop when it is a refusal no retry can change: the
+    /// API token (expired, revoked) or access to the pod port (unshared, deleted).
+    fn stop_if_refused<T>(&self, asked: Result<T>) -> Result<T> {
+        if let Err(e) = &asked {
+            if matches!(e.code, code::TOKEN_REFUSED | code::ACCESS_REFUSED) {
+                let _ = self.refused.send(CliError::new(e.code, e.message.clone()));
+            }
+        }
+        asked
     }
 
     /// Seconds until the capability needs renewing.
@@ -174,6 +189,7 @@ pub async fn run(backend: Backend, pod: String, port: u16, local: SocketAddr) ->
         "podgate-cli: forwarding http://{local}/ to {} (pod {pod} port {port}); Ctrl-C stops",
         cap.url
     );
+    let (refused, mut refusal) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         backend,
         pod,
@@ -182,6 +198,7 @@ pub async fn run(backend: Backend, pod: String, port: u16, local: SocketAddr) ->
         target,
         local,
         tls,
+        refused,
     });
     let renewer = Arc::clone(&shared);
     tokio::spawn(async move {
@@ -189,6 +206,10 @@ pub async fn run(backend: Backend, pod: String, port: u16, local: SocketAddr) ->
             let wait = renewer.until_renewal().await;
             tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
             if let Err(e) = renewer.renew().await {
+                if matches!(e.code, code::TOKEN_REFUSED | code::ACCESS_REFUSED) {
+                    // `forward` stops and says why.
+                    return;
+                }
                 match renewer.usable_for().await {
                     0 => eprintln!(
                         "podgate-cli: cannot renew the capability: {e}; retrying in {RENEW_RETRY_SECS} s"
@@ -205,6 +226,7 @@ pub async fn run(backend: Backend, pod: String, port: u16, local: SocketAddr) ->
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = tokio::signal::ctrl_c() => return Ok(0),
+            Some(e) = refusal.recv() => return Err(e),
         };
         let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;

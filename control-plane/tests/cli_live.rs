@@ -490,6 +490,8 @@ struct Forwarding {
     local: SocketAddr,
     stderr: std::sync::mpsc::Receiver<String>,
     first_ends_by: std::time::Instant,
+    /// The id of the API token `forward` uses.
+    token_id: String,
     _me: Machine,
 }
 
@@ -510,8 +512,65 @@ async fn forward_with_short_capabilities() -> Forwarding {
         local,
         stderr,
         first_ends_by: std::time::Instant::now() + Duration::from_secs(30),
+        token_id: created["id"].as_str().unwrap().to_owned(),
         _me: me,
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_stops_when_its_api_token_is_revoked() {
+    let Forwarding {
+        stack,
+        pod,
+        mut fwd,
+        local,
+        stderr,
+        token_id,
+        ..
+    } = forward_with_short_capabilities().await;
+    let get = |path: &'static str| {
+        let url = format!("http://{local}{path}");
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get("/before").await, 200);
+    let resp = stack
+        .http
+        .delete(format!(
+            "http://{}/api/proxy-tokens/{token_id}",
+            stack.cp.http
+        ))
+        .header(COOKIE, &stack.session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // At its next renewal the control plane refuses the token: `forward` says so and stops
+    // with the token's exit code, rather than asking again with it every few seconds.
+    let line = stderr_line(
+        &stderr,
+        "refused the saved API token",
+        Duration::from_secs(40),
+    );
+    assert!(line.contains("--init again"), "{line}");
+    let exited = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = fwd.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let Some(status) = exited else {
+        let _ = fwd.kill();
+        panic!("forward still runs after the token was refused");
+    };
+    assert_eq!(status.code(), Some(4));
+    let paths: Vec<String> = pod.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/before"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,6 +583,7 @@ async fn forward_renews_its_capability_before_it_expires() {
         stderr,
         first_ends_by,
         _me,
+        ..
     } = forward_with_short_capabilities().await;
     let get = |path: &'static str| {
         let url = format!("http://{local}{path}");
@@ -550,6 +610,7 @@ async fn forward_sends_its_capability_to_its_end_while_the_control_plane_is_away
         stderr,
         first_ends_by: ends_by,
         _me,
+        ..
     } = forward_with_short_capabilities().await;
     let get = |path: &'static str| {
         let url = format!("http://{local}{path}");
