@@ -664,14 +664,37 @@ fn check_http_url(u: &str, what: &str, env: &str, example: &str) -> Result<(), C
     Ok(())
 }
 
-/// A database URL with any password replaced, for messages and logs.
+/// A database URL with any password replaced, for messages and logs: the one of its user part
+/// and any query parameter naming one (`?password=`, `sslpassword=`, as PostgreSQL takes them).
 pub fn redact_url(u: &str) -> String {
-    match url::Url::parse(u) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => u.to_owned(),
+    let Ok(mut parsed) = url::Url::parse(u) else {
+        return u.to_owned();
+    };
+    let secret = |name: &str| name.to_ascii_lowercase().contains("password");
+    let mut changed = false;
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+        changed = true;
+    }
+    if parsed.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+        changed = true;
+    }
+    if changed {
+        parsed.to_string()
+    } else {
+        u.to_owned()
     }
 }
 

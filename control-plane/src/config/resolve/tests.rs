@@ -288,6 +288,15 @@ fn passwords_are_redacted() {
         redact_url("postgres://u:secret@h/db"),
         "postgres://u:***@h/db"
     );
+    // PostgreSQL also takes it as a query parameter.
+    assert_eq!(
+        redact_url("postgres://u@h/db?sslmode=require&password=s3cret&PGSSLPASSWORD=k"),
+        "postgres://u@h/db?sslmode=require&password=***&PGSSLPASSWORD=***"
+    );
+    assert_eq!(
+        redact_url("sqlite://podgate.db?mode=rwc"),
+        "sqlite://podgate.db?mode=rwc"
+    );
 }
 
 #[test]
