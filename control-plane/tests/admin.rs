@@ -1080,3 +1080,101 @@ async fn a_name_the_filter_would_refuse_is_left_out_and_the_rest_is_pushed() {
     assert!(!compiled.services_without_credential.contains("xn--api-4ua"));
     h.finish().await;
 }
+
+/// Two creations of one service name that race: the later is a 409 and the service stays as
+/// the first made it (the creation once replaced it whole, owner, upstream and credential). The
+/// first here is a change the test holds open while the `POST` starts.
+async fn a_service_created_meanwhile_is_not_replaced(h: &Harness) {
+    h.seed().await;
+    let first = podgate::store::ServiceRow {
+        name: "dup".into(),
+        owner_id: "alice".into(),
+        team_id: None,
+        sharing: podgate::store::Sharing::Owner,
+        upstream_url: "https://first.example.com".into(),
+        ca_pem: None,
+        credential: None,
+        oauth: None,
+        resource_path: None,
+        created_at: 1,
+        updated_at: 1,
+    };
+    let mut creation = h.tdb.db.change().await.unwrap();
+    creation.create_service(&first).await.unwrap();
+    let post = h.admin(
+        Method::POST,
+        "/v1/services",
+        Some(json!({"name": "dup", "owner_id": "bob",
+            "upstream_url": "https://second.example.com"})),
+    );
+    let commit = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        creation.commit().await.unwrap();
+    };
+    let (r, ()) = tokio::join!(post, commit);
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(r.error().contains("already exists"), "{}", r.body);
+    let kept = h.tdb.db.get_service("dup").await.unwrap().unwrap();
+    assert_eq!(
+        (kept.owner_id.as_str(), kept.upstream_url.as_str()),
+        ("alice", "https://first.example.com")
+    );
+}
+both!(
+    a_service_creation_races_another,
+    a_service_created_meanwhile_is_not_replaced
+);
+
+/// A CA bundle Envoy could not load (cut short, not a certificate) is a 400 naming `ca_pem`,
+/// and the service keeps the CA it had: Envoy would refuse the service's new cluster and leave
+/// the service without an upstream.
+async fn a_ca_envoy_could_not_load_is_refused(h: &Harness) {
+    h.seed().await;
+    let ca = rcgen::generate_simple_self_signed(vec!["upstream.example".to_owned()])
+        .unwrap()
+        .cert
+        .pem();
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/services",
+            Some(json!({"name": "api", "owner_id": "alice",
+                "upstream_url": "https://upstream.example", "ca_pem": ca})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let not_a_certificate =
+        "-----BEGIN CERTIFICATE-----\nTUlJQm9uZSB0d28=\n-----END CERTIFICATE-----\n".to_owned();
+    for (bad, says) in [
+        (ca[..ca.len() / 2].to_owned(), "certificate 1 is cut short"),
+        (not_a_certificate.clone(), "certificate 1 is not an X.509"),
+        (format!("{ca}{not_a_certificate}"), "certificate 2"),
+    ] {
+        let r = h
+            .admin(
+                Method::PATCH,
+                "/v1/services/api",
+                Some(json!({"ca_pem": bad})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.error().contains("`ca_pem`"), "{}", r.body);
+        assert!(r.error().contains(says), "{says}: {}", r.body);
+    }
+    let kept = h.tdb.db.get_service("api").await.unwrap().unwrap();
+    assert_eq!(kept.ca_pem.as_deref(), Some(ca.as_str()));
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/services",
+            Some(json!({"name": "other", "owner_id": "alice",
+                "upstream_url": "https://upstream.example", "ca_pem": not_a_certificate})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(h.tdb.db.get_service("other").await.unwrap().is_none());
+}
+both!(
+    a_ca_that_cannot_be_loaded,
+    a_ca_envoy_could_not_load_is_refused
+);

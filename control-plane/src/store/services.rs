@@ -17,7 +17,7 @@ pub struct ServiceRow {
     pub ca_pem: Option<String>,
     /// The static credential, or with `oauth` the fallback used while no token can be had.
     pub credential: Option<StoredCredential>,
-    /// The OAuth configuration (`service_oauth.rs`), sealed whole: its secrets are in it.
+    /// The OAuth configuration (`service_oauth`), sealed whole: its secrets are in it.
     pub oauth: Option<StoredOAuth>,
     /// The pattern of its resource paths (`/sessions/{id}`) when it is reached per resource
     /// (`podgate_protocol::resource`); `None`: one capability opens all of it.
@@ -275,6 +275,12 @@ impl Change {
         put_service(self.conn(), s).await
     }
 
+    /// Creates service `s`; a service of that name already there (one created meanwhile
+    /// included) is a unique violation, never replaced.
+    pub async fn create_service(&mut self, s: &ServiceRow) -> Res<()> {
+        write_service(self.conn(), s, false).await
+    }
+
     /// The service, read in this change to be written back by it (`Change::for_update`): the
     /// write neither undoes one that raced it nor brings back a service deleted meanwhile.
     pub async fn service_for_update(&mut self, name: &str) -> Res<Option<ServiceRow>> {
@@ -304,21 +310,33 @@ impl Change {
     }
 }
 
+/// What [`write_service`] appends to replace every field of a service of the same name.
+const REPLACE_SERVICE: &str = " ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id, \
+    team_id = excluded.team_id, sharing = excluded.sharing, upstream_url = excluded.upstream_url, \
+    ca_pem = excluded.ca_pem, credential_header = excluded.credential_header, \
+    credential_kek_id = excluded.credential_kek_id, credential_value = excluded.credential_value, \
+    credential_fingerprint = excluded.credential_fingerprint, \
+    oauth_kek_id = excluded.oauth_kek_id, oauth_config = excluded.oauth_config, \
+    resource_path = excluded.resource_path, updated_at = excluded.updated_at";
+
 async fn put_service<'e>(e: impl Executor<'e, Database = Any>, s: &ServiceRow) -> Res<()> {
+    write_service(e, s, true).await
+}
+
+/// Inserts service `s`; with `replace`, a service of that name has every field replaced.
+async fn write_service<'e>(
+    e: impl Executor<'e, Database = Any>,
+    s: &ServiceRow,
+    replace: bool,
+) -> Res<()> {
     let c = s.credential.as_ref();
-    sqlx::query(
+    let on_conflict = if replace { REPLACE_SERVICE } else { "" };
+    sqlx::query(&format!(
         "INSERT INTO services (name, owner_id, team_id, sharing, upstream_url, ca_pem, \
             credential_header, credential_kek_id, credential_value, credential_fingerprint, \
             oauth_kek_id, oauth_config, resource_path, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-         ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id, team_id = excluded.team_id, \
-            sharing = excluded.sharing, upstream_url = excluded.upstream_url, ca_pem = excluded.ca_pem, \
-            credential_header = excluded.credential_header, credential_kek_id = excluded.credential_kek_id, \
-            credential_value = excluded.credential_value, \
-            credential_fingerprint = excluded.credential_fingerprint, \
-            oauth_kek_id = excluded.oauth_kek_id, oauth_config = excluded.oauth_config, \
-            resource_path = excluded.resource_path, updated_at = excluded.updated_at",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15){on_conflict}"
+    ))
     .bind(&s.name)
     .bind(&s.owner_id)
     .bind(&s.team_id)

@@ -262,6 +262,13 @@ fn status_of(s: &AppState, row: &ServiceRow) -> CredentialStatus {
     tokens.status(kek, row, unusable)
 }
 
+/// The 409 of a service name taken.
+fn already_exists(name: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "a service {name:?} already exists; change it with PATCH /v1/services/{name}, or delete it first"
+    ))
+}
+
 /// Whether `url` can be a service's upstream with `ca_pem`, the 400 naming the field if not.
 fn check_upstream(url: &str, ca_pem: Option<&str>) -> ApiResult<()> {
     let upstream =
@@ -275,6 +282,38 @@ fn check_upstream(url: &str, ca_pem: Option<&str>) -> ApiResult<()> {
                 "`ca_pem` must be PEM certificates (-----BEGIN CERTIFICATE-----), at most {MAX_CA_PEM_LEN} bytes"
             )));
         }
+        check_ca_certificates(pem).map_err(|e| ApiError::bad(format!("`ca_pem`: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Whether every block of `pem` is an X.509 certificate that can be a trust anchor, as Envoy
+/// will read it: a truncated or mistyped one would make Envoy refuse the service's cluster
+/// (and leave the service without an upstream), so it is refused here with the reason.
+fn check_ca_certificates(pem: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::{self, PemObject as _};
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
+        let cert = cert.map_err(|e| {
+            let why = match e {
+                pem::Error::MissingSectionEnd { .. } => {
+                    "is cut short (no -----END CERTIFICATE----- after its -----BEGIN line)"
+                }
+                pem::Error::Base64Decode(_) => "is not base64 between its BEGIN and END lines",
+                _ => "is not readable PEM",
+            };
+            format!("certificate {} {why}", i + 1)
+        })?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("certificate {} is not an X.509 certificate: {e}", i + 1))?;
+    }
+    if roots.is_empty() {
+        return Err(
+            "no complete certificate (-----BEGIN CERTIFICATE----- … -----END CERTIFICATE-----)"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -378,10 +417,7 @@ async fn create_service(
     }
     let credential = body.credential.map(credential_of).transpose()?;
     if s.db().get_service(&body.name).await?.is_some() {
-        return Err(ApiError::conflict(format!(
-            "a service {:?} already exists; change it with PATCH /v1/services/{}, or delete it first",
-            body.name, body.name
-        )));
+        return Err(already_exists(&body.name));
     }
     let (credential, oauth) = match credential {
         Some(c) => sealed(&s, &body.name, &c)?,
@@ -404,7 +440,15 @@ async fn create_service(
         updated_at: now,
     };
     let mut change = s.db().change().await?;
-    change.put_service(&row).await?;
+    if let Err(e) = change.create_service(&row).await {
+        // Created meanwhile by another request: theirs stays.
+        if let sqlx::Error::Database(db) = &e {
+            if db.kind() == sqlx::error::ErrorKind::UniqueViolation {
+                return Err(already_exists(&row.name));
+            }
+        }
+        return Err(e.into());
+    }
     // Capabilities still valid for an earlier service of this name must not open the new one
     // to people who may not reach it.
     commit_cutting(&s, change, &row.name, true).await?;
