@@ -197,6 +197,10 @@ pub struct Limiters {
     pub capability_failures: RateLimiter,
     pub api_token_failures: RateLimiter,
     pub admin_failures: RateLimiter,
+    /// Wrong secrets on the calls only Envoy makes (renew, exchange, wake): limited as wrong
+    /// admin tokens are, in a bucket of their own, so that an admin script with a stale token
+    /// never locks out the Envoy on its address, nor the reverse.
+    pub envoy_secret_failures: RateLimiter,
     /// Control planes sharing the limits, read by every limit.
     replicas: Arc<AtomicU32>,
 }
@@ -211,6 +215,7 @@ impl Limiters {
             capability_failures: limit(c.capability_failures),
             api_token_failures: limit(c.api_token_failures),
             admin_failures: limit(c.admin_failures),
+            envoy_secret_failures: limit(c.admin_failures),
             replicas,
         }
     }

@@ -41,7 +41,8 @@ impl Endpoint {
             Endpoint::ProxyAuth => &l.proxy_auth,
             Endpoint::Callback => &l.callback_failures,
             Endpoint::Capabilities => &l.capability_failures,
-            Endpoint::Admin | Endpoint::Renew => &l.admin_failures,
+            Endpoint::Admin => &l.admin_failures,
+            Endpoint::Renew => &l.envoy_secret_failures,
         }
     }
 
