@@ -55,7 +55,14 @@ pub enum NoKeyRing {
 pub struct LiveKeys {
     ring: RwLock<Option<Arc<KeyRing>>>,
     gate: SigningGate,
+    /// When [`LiveKeys::reload_for_unknown_key`] last read the keys (Unix milliseconds).
+    unknown_key_reload_ms: std::sync::atomic::AtomicI64,
 }
+
+/// How often a token naming a key this ring does not have may make the keys be read again:
+/// often enough for a ticket another control plane signed with a key it just rotated in, rarely
+/// enough that tokens with made-up key ids cannot keep the database busy.
+const UNKNOWN_KEY_RELOAD_MS: i64 = 1_000;
 
 impl LiveKeys {
     /// No ring yet; [`LiveKeys::reload`] loads one.
@@ -63,6 +70,7 @@ impl LiveKeys {
         LiveKeys {
             ring: RwLock::new(None),
             gate,
+            unknown_key_reload_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -79,6 +87,30 @@ impl LiveKeys {
     /// Publish before sign: the xDS sync task clears new capability keys here.
     pub fn signing_gate(&self) -> &SigningGate {
         &self.gate
+    }
+
+    /// A token names a key this ring does not have: the keys are read again, at most once per
+    /// [`UNKNOWN_KEY_RELOAD_MS`], in case another control plane rotated one in since this one
+    /// last read them (a ticket key signs at once). The ring to try again with, if one was read.
+    pub async fn reload_for_unknown_key(&self, db: &Db, config: &Config) -> Option<Arc<KeyRing>> {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let last = self.unknown_key_reload_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < UNKNOWN_KEY_RELOAD_MS
+            || self
+                .unknown_key_reload_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        if let Err(e) = self.reload(db, config).await {
+            tracing::warn!(error = %e, "reading the keys again for an unknown key id failed");
+            return None;
+        }
+        self.current().ok()
     }
 
     /// Re-reads the keys from the database (after a rotation, or periodically so a rotation by

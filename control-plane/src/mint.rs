@@ -2,7 +2,7 @@
 //! with the key ring in force and recorded in the audit trail (never the token itself).
 
 use podgate_protocol::host::PodAddr;
-use podgate_protocol::token::{mint_scoped, PodClaims, TokenKind};
+use podgate_protocol::token::{mint_scoped, PodClaims, TokenError, TokenKind};
 
 use crate::authz::{authorize_resource, may_reach, AuthzError};
 use crate::config::Config;
@@ -235,7 +235,17 @@ async fn redeem(
     let verified = if ctx.tickets.take(ticket) {
         ring.ticket_verifier.verify_signed_here(ticket, now)
     } else {
-        ring.ticket_verifier.verify(ticket, now)
+        match ring.ticket_verifier.verify(ticket, now) {
+            // Signed by another control plane with a ticket key it rotated in since this one
+            // read the keys: read again (rate-limited) and check with what is there now.
+            Err(TokenError::UnknownKey) => {
+                match ctx.keys.reload_for_unknown_key(ctx.db, ctx.config).await {
+                    Some(fresh) => fresh.ticket_verifier.verify(ticket, now),
+                    None => Err(TokenError::UnknownKey),
+                }
+            }
+            other => other,
+        }
     }
     .map_err(|e| RedeemError::Refused(TicketRefusal::BadTicket(e.to_string())))?;
     let claims = &verified.claims;

@@ -180,15 +180,7 @@ impl Harness {
     }
 
     pub async fn send(&self, req: Request<Body>) -> Resp {
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Resp {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        send_to(&self.app, req).await
     }
 
     /// An admin API call with a JSON body (or none).
@@ -241,6 +233,22 @@ impl Harness {
     /// A browser capability for myslug:8726, as the flow gives one to the browser signed in
     /// with `session`: the auth endpoint's ticket redeemed at the pod host's callback.
     pub async fn browser_capability(&self, session: &str) -> String {
+        let (host, ticket) = self.login_ticket(session).await;
+        let r = self.send(callback(&host, &ticket)).await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+        r.header("set-cookie")
+            .unwrap()
+            .strip_prefix("podgate_cap=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The pod host and the login ticket the auth endpoint gives the browser signed in with
+    /// `session` for myslug:8726.
+    pub async fn login_ticket(&self, session: &str) -> (String, String) {
         let r = self
             .get(
                 "/api/proxy-auth?pod=myslug&port=8726&next=%2F",
@@ -256,24 +264,16 @@ impl Harness {
             .1
             .into_owned();
         let host = format!("{}:{}", loc.host_str().unwrap(), loc.port().unwrap());
-        let req = Request::builder()
-            .uri(format!(
-                "/.podgate/callback?ticket={}&next=%2F",
-                podgate_protocol::redirect::encode_query_value(&ticket)
-            ))
-            .header(header::HOST, host)
-            .body(Body::empty())
+        (host, ticket)
+    }
+
+    /// Another control plane on this harness's database, with its configuration: the app it
+    /// serves.
+    pub async fn replica(&self) -> Router {
+        let state = AppState::new(self.state.config().clone(), self.tdb.db.clone())
+            .await
             .unwrap();
-        let r = self.send(req).await;
-        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-        r.header("set-cookie")
-            .unwrap()
-            .strip_prefix("podgate_cap=")
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned()
+        app(state)
     }
 
     /// `GET /metrics`, checked to be OpenMetrics text and read with a Prometheus text-format
@@ -411,6 +411,31 @@ pub fn metric(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
         .collect();
     assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
     found.first().copied().unwrap_or(0.0)
+}
+
+/// The pod host's callback request that redeems `ticket`, as the browser sends it.
+pub fn callback(host: &str, ticket: &str) -> Request<Body> {
+    Request::builder()
+        .uri(format!(
+            "/.podgate/callback?ticket={}&next=%2F",
+            podgate_protocol::redirect::encode_query_value(ticket)
+        ))
+        .header(header::HOST, host)
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// Sends `req` to `app` (a [`Harness::replica`]).
+pub async fn send_to(app: &Router, req: Request<Body>) -> Resp {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 /// Defines `NAME::sqlite` and `NAME::postgres` tests that run the async fn `NAME(Which)` (which
