@@ -312,11 +312,33 @@ fn is_local_origin(origin: &str, local: SocketAddr) -> bool {
     let Some(rest) = origin.strip_prefix("http://") else {
         return false;
     };
-    let Some((host, port)) = rest.rsplit_once(':') else {
-        return false;
+    names_listener(rest, local, |host| {
+        host == "127.0.0.1" || host == "::1" || is_localhost(host)
+    })
+}
+
+/// Whether `authority` (`host[:port]`, an IPv6 address in brackets) has this listener's port,
+/// 80 when it names none (as browsers and curl leave it out), and a host `host_ok` accepts.
+fn names_listener(authority: &str, local: SocketAddr, host_ok: impl Fn(&str) -> bool) -> bool {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, rest)) => match rest.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
     };
-    port == local.port().to_string()
-        && (host == "127.0.0.1" || host == "[::1]" || is_localhost(host))
+    let port_ok = match port {
+        Some(port) => port == local.port().to_string(),
+        None => local.port() == 80,
+    };
+    port_ok && !host.is_empty() && host_ok(host)
 }
 
 /// Why a request to the listener is not forwarded, if it is not: it must name the listener by
@@ -327,16 +349,9 @@ fn is_local_origin(origin: &str, local: SocketAddr) -> bool {
 fn refusal<B>(req: &Request<B>, local: SocketAddr) -> Option<&'static str> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let host_ok = header(HOST.as_str()).is_some_and(|h| {
-        let (name, port) = match h.rsplit_once(':') {
-            Some((n, p)) if !n.is_empty() => (n, p),
-            _ => return false,
-        };
-        let ip = name
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok();
-        port == local.port().to_string() && (ip || is_localhost(name))
+        names_listener(h, local, |name| {
+            name.parse::<std::net::IpAddr>().is_ok() || is_localhost(name)
+        })
     });
     if !host_ok {
         return Some("podgate-cli forward answers only requests to its own address (an IP address or localhost with its port)");
@@ -486,6 +501,24 @@ mod tests {
             req(&[("host", "127.0.0.1:8700"), ("sec-fetch-site", "cross-site")]),
         ] {
             assert!(refusal(&bad, local).is_some(), "{bad:?}");
+        }
+        // On port 80 browsers and curl leave the port out of `Host` and `Origin`.
+        let on_80: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        for ok in [
+            req(&[("host", "127.0.0.1")]),
+            req(&[("host", "localhost"), ("origin", "http://localhost")]),
+            req(&[("host", "[::1]"), ("origin", "http://[::1]")]),
+            req(&[("host", "127.0.0.1:80")]),
+        ] {
+            assert_eq!(refusal(&ok, on_80), None, "{ok:?}");
+        }
+        for bad in [
+            req(&[("host", "rebound.evil.example")]),
+            req(&[("host", "127.0.0.1:8700")]),
+            req(&[("host", "[::1]x")]),
+            req(&[("host", "127.0.0.1"), ("origin", "http://evil.example")]),
+        ] {
+            assert!(refusal(&bad, on_80).is_some(), "{bad:?}");
         }
     }
 }

@@ -60,15 +60,21 @@ fn main() -> ExitCode {
 
 async fn run(args: Vec<String>) -> Result<u8> {
     let Some(first) = args.first() else {
-        return Err(CliError::usage(format!("usage: no command\n{USAGE}")));
+        return Err(CliError::usage("usage: no command"));
     };
     let rest = &args[1..];
     match first.as_str() {
         "--init" | "init" => {
             let [url] = rest else {
-                return Err(CliError::usage("usage: podgate-cli --init <setup link>"));
+                return Err(CliError::usage(
+                    "usage: podgate-cli --init <setup link>, or --init - to read it from stdin",
+                ));
             };
-            init(url).await
+            if url == "-" {
+                init(&setup_link_from_stdin()?).await
+            } else {
+                init(url).await
+            }
         }
         // The arguments are checked before anything runs: `logout --help` must not log out.
         "status" => {
@@ -93,9 +99,7 @@ async fn run(args: Vec<String>) -> Result<u8> {
             println!("podgate-cli {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
-        other => Err(CliError::usage(format!(
-            "usage: unknown command `{other}`\n{USAGE}"
-        ))),
+        other => Err(CliError::usage(format!("usage: unknown command `{other}`"))),
     }
 }
 
@@ -136,6 +140,22 @@ fn session() -> Result<(Session, Backend)> {
     Ok((session, backend))
 }
 
+/// The setup link on the first line of stdin (`--init -`): a link there is not in the process's
+/// arguments, where anyone on the machine can read it while `--init` runs.
+fn setup_link_from_stdin() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::other(format!("cannot read the setup link from stdin: {e}")))?;
+    let link = line.trim();
+    if link.is_empty() {
+        return Err(CliError::usage(
+            "--init - reads the setup link from stdin, and stdin had none; e.g. printf '%s\\n' \"$LINK\" | podgate-cli --init -",
+        ));
+    }
+    Ok(link.to_owned())
+}
+
 async fn init(raw: &str) -> Result<u8> {
     let link = init_url::parse(raw)?;
     let backend = Backend::new(&link.backend_url, &link.token)?;
@@ -148,7 +168,7 @@ async fn init(raw: &str) -> Result<u8> {
     let mut file = ConfigFile::load()?;
     let session = Session {
         backend_url: link.backend_url.clone(),
-        auth_token: link.token,
+        auth_token: link.token.clone(),
         user_id: user.clone(),
         user_email: me["email"].as_str().map(str::to_owned),
         token_expires_at: me["api_token"]["expires_at"].as_str().map(str::to_owned),
@@ -156,14 +176,39 @@ async fn init(raw: &str) -> Result<u8> {
         host_template: me["host_template"].as_str().map(str::to_owned),
         last_used: now_rfc3339(),
     };
-    file.sessions.insert(dir.clone(), session);
+    let replaced = file.sessions.insert(dir.clone(), session);
     file.save()?;
     println!(
         "podgate-cli: signed in as {user} on {} for {dir} (saved in {})",
         link.backend_url,
         config::config_path()?.display()
     );
+    if let Some(old) = replaced.filter(|old| old.auth_token != link.token) {
+        revoke_replaced(&old, &dir).await;
+    }
     Ok(0)
+}
+
+/// The API token an `--init` replaced for `dir` is revoked, as `logout` would: nothing on this
+/// machine holds it any more, so it would otherwise stay live, unseen, until it expires. A
+/// failure is reported, never fatal: the new session is saved.
+async fn revoke_replaced(old: &Session, dir: &str) {
+    let revoked = match (
+        init_url::token_id(&old.auth_token),
+        Backend::new(&old.backend_url, &old.auth_token),
+    ) {
+        (Some(id), Ok(backend)) => backend.revoke(id).await,
+        (None, _) => Err(CliError::other("it is malformed")),
+        (_, Err(e)) => Err(e),
+    };
+    match revoked {
+        Ok(true) => println!("podgate-cli: the API token {dir} had before was revoked"),
+        Ok(false) => {}
+        Err(e) => eprintln!(
+            "podgate-cli: the API token {dir} had before could not be revoked ({e}); revoke it on {}/setup",
+            old.backend_url
+        ),
+    }
 }
 
 async fn status() -> Result<u8> {
@@ -402,7 +447,7 @@ async fn curl(rest: &[String]) -> Result<u8> {
         )
     })?;
     let status = resp.status();
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = std::io::stdout();
     if a.include {
         let mut head = format!("{:?} {}\r\n", resp.version(), status);
         for (n, v) in resp.headers() {
@@ -414,11 +459,22 @@ async fn curl(rest: &[String]) -> Result<u8> {
         head.push_str("\r\n");
         let _ = stdout.write_all(head.as_bytes());
     }
-    let body = resp
-        .bytes()
+    // Written as it comes, as curl does: a stream or a long download is not held in memory.
+    let mut resp = resp;
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| CliError::new(code::UNREACHABLE, format!("the answer was cut short: {e}")))?;
-    let _ = stdout.write_all(&body);
+        .map_err(|e| CliError::new(code::UNREACHABLE, format!("the answer was cut short: {e}")))?
+    {
+        if stdout
+            .write_all(&chunk)
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // The reader went away (`| head`): nothing more to write.
+            break;
+        }
+    }
     let _ = stdout.flush();
     if a.fail && status.as_u16() >= 400 {
         eprintln!("podgate-cli: the pod answered {status}");

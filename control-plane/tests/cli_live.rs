@@ -68,10 +68,26 @@ impl Machine {
 
     /// Runs the CLI to the end: exit code, stdout, stderr.
     async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_with_stdin(args, "").await
+    }
+
+    /// Runs the CLI to the end with `stdin` as its standard input.
+    async fn run_with_stdin(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        use std::io::Write as _;
         let mut c = self.command(args);
-        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap();
+        let stdin = stdin.to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut child = c
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -408,6 +424,46 @@ async fn malformed_links_and_unreachable_control_planes_have_their_exit_codes() 
         .await;
     assert_eq!(code, 5, "{err}");
     assert!(!me.config_file().exists());
+}
+
+/// `--init` again in the same directory with another setup link revokes the token it replaces,
+/// which nothing on the machine holds any more; the link can come on stdin (`--init -`), out of
+/// the process's arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_again_revokes_the_token_it_replaces() {
+    let stack = Stack::start(&[]).await;
+    let first = create_token(&stack, "first").await;
+    let second = create_token(&stack, "second").await;
+    let me = Machine::new();
+    let (code, out, err) = me
+        .run(&["--init", first["init_url"].as_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = me
+        .run_with_stdin(
+            &["--init", "-"],
+            &format!("{}\n", second["init_url"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("had before was revoked"), "{out}{err}");
+    let me_with = |token: &str| {
+        stack
+            .http
+            .get(format!("http://{}/api/me", stack.cp.http))
+            .bearer_auth(token)
+            .send()
+    };
+    let refused = me_with(first["token"].as_str().unwrap()).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let kept = me_with(second["token"].as_str().unwrap()).await.unwrap();
+    assert_eq!(kept.status().as_u16(), 200);
+    let (code, out, err) = me.run(&["status"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    // Nothing on stdin: a usage error saying how to give it.
+    let (code, _, err) = me.run_with_stdin(&["--init", "-"], "").await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("stdin"), "{err}");
 }
 
 fn base64_url(s: &str) -> String {

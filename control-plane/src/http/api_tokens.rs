@@ -566,7 +566,9 @@ fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) 
          esac\n\n\
          if [ -n \"$INIT_URL\" ]; then\n\
          \x20 # Its own exit codes would read as the installer's (4, 5): one code of its own.\n\
-         \x20 \"$BIN_DIR/podgate-cli\" --init \"$INIT_URL\" \\\n\
+         \x20 # The link goes in on stdin (printf is the shell's own): not in any process's\n\
+         \x20 # arguments, which anyone on the machine can read.\n\
+         \x20 printf '%s\\n' \"$INIT_URL\" | \"$BIN_DIR/podgate-cli\" --init - \\\n\
          \x20   || die 6 \"installed $BIN_DIR/podgate-cli, but podgate-cli --init failed (exit $?, said above); run it again once fixed: podgate-cli --init <setup link>\"\n\
          else\n\
          \x20 echo \"podgate: run podgate-cli --init <setup link> in your project directory\" >&2\n\
