@@ -96,7 +96,9 @@ pub async fn build_with_tokens(
     let mut pods = HashMap::new();
     for (pod, server_address) in db.pod_directory().await? {
         if let Err(e) = check_slug(&pod.slug) {
-            tracing::warn!(pod = %pod.slug, "pod left out of Envoy's configuration: its slug is not valid under the host template ({e}); rename the pod (delete and create it) or change the template");
+            if crate::repeats::due(&format!("pod {} left out: {e}", pod.slug)) {
+                tracing::warn!(pod = %pod.slug, "pod left out of Envoy's configuration: its slug is not valid under the host template ({e}); rename the pod (delete and create it) or change the template");
+            }
             continue;
         }
         pods.insert(
@@ -113,7 +115,9 @@ pub async fn build_with_tokens(
     let mut services_without_credential = Vec::new();
     for row in db.list_services().await? {
         if let Err(e) = config.public_hosts.check_service_name(&row.name) {
-            tracing::warn!(service = %row.name, "service left out of Envoy's configuration: its name is not valid under the service host template ({e}); rename the service (delete and create it) or change the template");
+            if crate::repeats::due(&format!("service {} left out: {e}", row.name)) {
+                tracing::warn!(service = %row.name, "service left out of Envoy's configuration: its name is not valid under the service host template ({e}); rename the service (delete and create it) or change the template");
+            }
             continue;
         }
         match crate::services::directory_entry(&config.key_encryption, tokens, &row) {
@@ -204,8 +208,9 @@ async fn revoked_capabilities(db: &Db) -> Result<Vec<String>, sqlx::Error> {
     let mut revoked = db
         .revoked_capabilities(now, now - REVOCATION_WINDOW_SECS, limit)
         .await?;
-    if revoked.len() > MAX_REVOKED_CAPABILITIES {
-        revoked.truncate(MAX_REVOKED_CAPABILITIES);
+    let cut_short = revoked.len() > MAX_REVOKED_CAPABILITIES;
+    revoked.truncate(MAX_REVOKED_CAPABILITIES);
+    if cut_short && crate::repeats::due("revocations cut short") {
         tracing::warn!(
             listed = MAX_REVOKED_CAPABILITIES,
             "more unexpired capabilities of revoked API tokens than Envoy is sent; the shortest-lived stay valid until they expire (lower --capability-lifetime-secs to shorten that)"

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mint;
 pub mod recorder;
 pub mod renew;
+pub mod repeats;
 pub mod replicas;
 pub mod service_oauth;
 pub mod services;

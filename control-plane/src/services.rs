@@ -300,7 +300,10 @@ pub fn directory_entry(
     row: &ServiceRow,
 ) -> Published {
     let (published, why) = classify(kek, tokens, row);
-    if let Some(why) = why {
+    // Found again at every rebuild: logged when first seen, then now and then while it lasts.
+    if let Some(why) =
+        why.filter(|why| crate::repeats::due(&format!("service {}: {why}", row.name)))
+    {
         match published {
             Published::Absent => {
                 tracing::warn!(service = %row.name, "service not published: {why}")
