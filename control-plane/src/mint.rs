@@ -8,7 +8,7 @@ use crate::authz::{authorize_resource, may_reach, AuthzError};
 use crate::config::Config;
 use crate::ids::ANONYMOUS_SUB;
 use crate::keys::{token_id, KeyRing, KeyringError, LiveKeys, NoKeyRing};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{DbOp, Metrics, Outcome};
 use crate::recorder::{RecordError, Recorder};
 use crate::store::{now_unix, AuditEntry, Db, KeyKind, User};
 use crate::tickets::MintedTickets;
@@ -257,21 +257,24 @@ async fn redeem(
     // Authorization is read again: the ticket proves who, not what they may reach now; and
     // whether the ticket's session has signed out since (one query for a user's ticket).
     let sid = verified.sid.as_deref();
-    let (user, facts, session_cut) = if claims.sub == ANONYMOUS_SUB {
-        let facts = ctx.db.access_facts(&addr.pod, addr.port, None).await?;
-        let cut = match sid {
-            Some(sid) => ctx.db.session_was_cut(sid).await?,
-            None => false,
-        };
-        (None, facts, cut)
-    } else {
-        let read = ctx
-            .db
-            .redeem_facts(&claims.sub, &addr.pod, addr.port, sid)
-            .await?
-            .ok_or(RedeemError::Refused(TicketRefusal::NoLongerAllowed))?;
-        (Some(read.user), read.facts, read.session_cut)
+    let read_access = async {
+        if claims.sub == ANONYMOUS_SUB {
+            let facts = ctx.db.access_facts(&addr.pod, addr.port, None).await?;
+            let cut = match sid {
+                Some(sid) => ctx.db.session_was_cut(sid).await?,
+                None => false,
+            };
+            Ok::<_, RedeemError>((None, facts, cut))
+        } else {
+            let read = ctx
+                .db
+                .redeem_facts(&claims.sub, &addr.pod, addr.port, sid)
+                .await?
+                .ok_or(RedeemError::Refused(TicketRefusal::NoLongerAllowed))?;
+            Ok((Some(read.user), read.facts, read.session_cut))
+        }
     };
+    let (user, facts, session_cut) = ctx.metrics.db_timed(DbOp::Authorize, read_access).await?;
     if !facts.is_some_and(|f| may_reach(&f, user.as_ref())) {
         return Err(RedeemError::Refused(TicketRefusal::NoLongerAllowed));
     }

@@ -17,6 +17,7 @@ use podgate_protocol::token::{TokenKind, Verifier, DEFAULT_LEEWAY_SECS};
 use crate::auth::identity::session_id;
 use crate::authz::{authorize_resource, may_reach, AuthzError};
 use crate::ids::ANONYMOUS_SUB;
+use crate::metrics::DbOp;
 use crate::mint::{mint_scoped_for, MintContext, MintError, Minted};
 use crate::store::now_unix;
 
@@ -143,8 +144,12 @@ pub async fn still_allowed(ctx: &MintContext<'_>, token: &str) -> Result<StillAl
         return Err(refused(RenewRefusal::BadCapability));
     }
     let (user, facts) = ctx
-        .db
-        .user_access_facts(&old.claims.sub, &addr.pod, addr.port)
+        .metrics
+        .db_timed(
+            DbOp::Authorize,
+            ctx.db
+                .user_access_facts(&old.claims.sub, &addr.pod, addr.port),
+        )
         .await?
         .ok_or(refused(RenewRefusal::NoLongerAllowed))?;
     if !facts.is_some_and(|f| may_reach(&f, Some(&user))) {

@@ -30,7 +30,7 @@ use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
 use crate::http::renew::{bearer, has_secret, only_envoy};
 use crate::http::request::ClientIp;
 use crate::http::shared::{no_store, parse_target};
-use crate::metrics::Outcome;
+use crate::metrics::{DbOp, Outcome};
 use crate::mint::{mint_scoped_for, ByApiToken};
 use crate::store::now_unix;
 use crate::AppState;
@@ -151,7 +151,11 @@ async fn answer_exchange(
         }
         Err(ApiTokenError::Store(e)) => return ApiError::from(e).into_response(),
     };
-    if let Err(e) = authorize(state.db(), Some(&user), &addr).await {
+    let authorized = state
+        .metrics()
+        .db_timed(DbOp::Authorize, authorize(state.db(), Some(&user), &addr))
+        .await;
+    if let Err(e) = authorized {
         tracing::info!(client, user = %user.id, pod = %addr.pod, port = addr.port, "API token's owner may not reach the pod");
         return ApiError::from(e).into_response();
     }
