@@ -1178,3 +1178,51 @@ both!(
     a_ca_that_cannot_be_loaded,
     a_ca_envoy_could_not_load_is_refused
 );
+
+/// A service whose OAuth configuration cannot be opened (sealed under a key-encryption key this
+/// control plane does not have) is shown with why and what to do, never as a service without
+/// OAuth.
+async fn an_oauth_credential_that_cannot_be_opened_is_shown_with_why(h: &Harness) {
+    use podgate::key_encryption::{KeyEncryption, KeyEncryptionKey};
+    h.seed().await;
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/services",
+            Some(json!({"name": "api", "owner_id": "alice",
+                "upstream_url": "https://api.example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let oauth = podgate::service_oauth::parse(json!({"token_url": "https://idp.example/token",
+        "grant": "client_credentials", "client_id": "c", "client_secret": "s3cret-value"}))
+    .unwrap();
+    let elsewhere = KeyEncryption::new(
+        Some(KeyEncryptionKey::from_bytes([3; 32], "dropped")),
+        vec![],
+    );
+    let mut row = h.tdb.db.get_service("api").await.unwrap().unwrap();
+    row.oauth = Some(podgate::service_oauth::seal(&elsewhere, "api", &oauth).unwrap());
+    h.tdb.db.put_service(&row).await.unwrap();
+    for path in ["/v1/services/api", "/v1/services"] {
+        let r = h.admin(Method::GET, path, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let body = r.json();
+        let shown = if path.ends_with("api") {
+            &body["oauth"]
+        } else {
+            &body[0]["oauth"]
+        };
+        assert_eq!(shown["sealed"], true, "{}", r.body);
+        let error = shown["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}", r.body));
+        assert!(error.contains("cannot be opened"), "{error}");
+        assert!(error.contains("keys rewrap"), "{error}");
+        assert!(!r.body.contains("s3cret"), "{}", r.body);
+    }
+}
+both!(
+    an_unreadable_oauth_credential,
+    an_oauth_credential_that_cannot_be_opened_is_shown_with_why
+);

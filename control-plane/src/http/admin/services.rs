@@ -159,6 +159,15 @@ struct OAuthView {
     sealed: bool,
 }
 
+/// A service's OAuth credential as admins see it: its settings, or why it cannot be read (a
+/// key-encryption key dropped before `podgate keys rewrap`, say), never as if it had none.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum OAuthShown {
+    Readable(OAuthView),
+    Unreadable { sealed: bool, error: String },
+}
+
 /// What admins see of a service's credential.
 #[derive(Debug, Serialize)]
 struct CredentialView {
@@ -183,7 +192,7 @@ struct ServiceView {
     ca_pem_set: bool,
     /// The static credential, or with `oauth` the fallback.
     credential: Option<CredentialView>,
-    oauth: Option<OAuthView>,
+    oauth: Option<OAuthShown>,
     /// The pattern of its resource paths when it is reached one resource at a time.
     resource_path: Option<String>,
     created_at: i64,
@@ -196,18 +205,26 @@ fn view(s: &AppState, row: ServiceRow) -> ServiceView {
         pod: row.name.clone(),
         port: SERVICE_PORT,
     });
-    let oauth = row.oauth.as_ref().and_then(|stored| {
-        let c = service_oauth::open(&config.key_encryption, &row.name, stored).ok()?;
-        Some(OAuthView {
-            client_auth: c.client_auth(),
-            token_url: c.token_url,
-            grant: c.grant,
-            client_id: c.client_id,
-            scope: c.scope,
-            header: c.header,
-            renew_margin_secs: c.renew_margin_secs,
-            sealed: stored.kek_id.is_some(),
-        })
+    let oauth = row.oauth.as_ref().map(|stored| {
+        let sealed = stored.kek_id.is_some();
+        match service_oauth::open(&config.key_encryption, &row.name, stored) {
+            Ok(c) => OAuthShown::Readable(OAuthView {
+                client_auth: c.client_auth(),
+                token_url: c.token_url,
+                grant: c.grant,
+                client_id: c.client_id,
+                scope: c.scope,
+                header: c.header,
+                renew_margin_secs: c.renew_margin_secs,
+                sealed,
+            }),
+            Err(e) => OAuthShown::Unreadable {
+                sealed,
+                error: format!(
+                    "the stored OAuth configuration cannot be opened ({e}); give the key-encryption key it was sealed under as a previous one (--previous-key-encryption-key) and run `podgate keys rewrap`, or set the credential again"
+                ),
+            },
+        }
     });
     ServiceView {
         oauth,
