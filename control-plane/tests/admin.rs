@@ -1226,3 +1226,55 @@ both!(
     an_unreadable_oauth_credential,
     an_oauth_credential_that_cannot_be_opened_is_shown_with_why
 );
+
+/// Two PATCHes of one user or server that race keep both changes: each reads the row in the
+/// change that writes it back. The first here is a change the test holds open while the PATCH
+/// of another field starts; on the code that read the row before its change, the PATCH wrote
+/// the old email (the old address) back once the first committed.
+async fn patches_that_race_keep_both_fields(h: &Harness) {
+    h.seed().await;
+    let mut first = h.tdb.db.change().await.unwrap();
+    let mut alice = first.user_for_update("alice").await.unwrap().unwrap();
+    alice.email = Some("alice@new.example".into());
+    assert!(first.update_user(&alice).await.unwrap());
+    let patch = h.admin(
+        Method::PATCH,
+        "/v1/users/alice",
+        Some(json!({"name": "Alice Liddell"})),
+    );
+    let commit = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        first.commit().await.unwrap();
+    };
+    let (r, ()) = tokio::join!(patch, commit);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["email"], "alice@new.example", "{}", r.body);
+    let kept = h.tdb.db.get_user("alice").await.unwrap().unwrap();
+    assert_eq!(
+        (kept.email.as_deref(), kept.name.as_str()),
+        (Some("alice@new.example"), "Alice Liddell")
+    );
+
+    let server = h.tdb.db.list_servers().await.unwrap().remove(0);
+    let mut first = h.tdb.db.change().await.unwrap();
+    let mut moved = first.server_for_update(&server.id).await.unwrap().unwrap();
+    moved.address = "10.9.9.9".into();
+    assert!(first.update_server(&moved).await.unwrap());
+    let path = format!("/v1/servers/{}", server.id);
+    let patch = h.admin(Method::PATCH, &path, Some(json!({"name": "renamed"})));
+    let commit = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        first.commit().await.unwrap();
+    };
+    let (r, ()) = tokio::join!(patch, commit);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let kept = h.tdb.db.get_server(&server.id).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.address.as_str(), kept.name.as_str()),
+        ("10.9.9.9", "renamed")
+    );
+}
+both!(
+    user_and_server_patches_race,
+    patches_that_race_keep_both_fields
+);

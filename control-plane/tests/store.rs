@@ -82,8 +82,14 @@ async fn crud(db: &Db) {
         matches!(e, sqlx::Error::Database(ref d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation),
         "{e:?}"
     );
-    assert!(db.update_user("b", Some("b@x.dev"), "Bee").await.unwrap());
-    assert!(!db.update_user("zz", None, "").await.unwrap());
+    let mut change = db.change().await.unwrap();
+    let mut b = change.user_for_update("b").await.unwrap().unwrap();
+    (b.email, b.name) = (Some("b@x.dev".into()), "Bee".into());
+    assert!(change.update_user(&b).await.unwrap());
+    assert!(change.user_for_update("zz").await.unwrap().is_none());
+    assert!(!change.update_user(&user("zz", None)).await.unwrap());
+    change.commit().await.unwrap();
+    assert_eq!(db.get_user("b").await.unwrap().unwrap().name, "Bee");
     assert_eq!(db.list_users().await.unwrap().len(), 2);
 
     db.create_team(&Team {
@@ -131,7 +137,11 @@ async fn crud(db: &Db) {
     })
     .await
     .unwrap();
-    assert!(db.update_server("s", "S", "10.0.0.2").await.unwrap());
+    let mut change = db.change().await.unwrap();
+    let mut server = change.server_for_update("s").await.unwrap().unwrap();
+    server.address = "10.0.0.2".into();
+    assert!(change.update_server(&server).await.unwrap());
+    change.commit().await.unwrap();
     assert_eq!(
         db.get_server("s").await.unwrap().unwrap().address,
         "10.0.0.2"

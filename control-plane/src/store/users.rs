@@ -96,17 +96,6 @@ impl Db {
         collect(rows)
     }
 
-    /// Returns whether the user existed.
-    pub async fn update_user(&self, id: &str, email: Option<&str>, name: &str) -> Res<bool> {
-        let r = sqlx::query("UPDATE users SET email = $2, name = $3 WHERE id = $1")
-            .bind(id)
-            .bind(email)
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
     pub async fn delete_user(&self, id: &str) -> Res<bool> {
         delete_user(&self.writer, id).await
     }
@@ -215,16 +204,6 @@ impl Db {
         collect(rows)
     }
 
-    pub async fn update_server(&self, id: &str, name: &str, address: &str) -> Res<bool> {
-        let r = sqlx::query("UPDATE servers SET name = $2, address = $3 WHERE id = $1")
-            .bind(id)
-            .bind(name)
-            .bind(address)
-            .execute(&self.writer)
-            .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
     pub async fn delete_server(&self, id: &str) -> Res<bool> {
         let r = sqlx::query("DELETE FROM servers WHERE id = $1")
             .bind(id)
@@ -234,9 +213,61 @@ impl Db {
     }
 }
 
-/// The writes to users and teams that may take access away, inside a [`Change`] that also cuts whoever
-/// lost access by them.
+/// The writes to users, servers and teams that read what they write back in the same change,
+/// and those that may take access away, inside a [`Change`] that also cuts whoever lost access by
+/// them.
 impl Change {
+    /// The user, read in this change to be written back by it (`Change::for_update`): the
+    /// write neither undoes one that raced it nor brings back a user deleted meanwhile.
+    pub async fn user_for_update(&mut self, id: &str) -> Res<Option<User>> {
+        let lock = self.for_update();
+        sqlx::query(&format!(
+            "SELECT id, email, name, created_at FROM users WHERE id = $1{lock}"
+        ))
+        .bind(id)
+        .fetch_optional(self.conn())
+        .await?
+        .as_ref()
+        .map(User::from_row)
+        .transpose()
+    }
+
+    /// Writes `u`'s email and name; returns whether the user existed.
+    pub async fn update_user(&mut self, u: &User) -> Res<bool> {
+        let r = sqlx::query("UPDATE users SET email = $2, name = $3 WHERE id = $1")
+            .bind(&u.id)
+            .bind(&u.email)
+            .bind(&u.name)
+            .execute(self.conn())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// The server, read in this change to be written back by it (as [`Change::user_for_update`]).
+    pub async fn server_for_update(&mut self, id: &str) -> Res<Option<Server>> {
+        let lock = self.for_update();
+        sqlx::query(&format!(
+            "SELECT id, name, address, created_at FROM servers WHERE id = $1{lock}"
+        ))
+        .bind(id)
+        .fetch_optional(self.conn())
+        .await?
+        .as_ref()
+        .map(Server::from_row)
+        .transpose()
+    }
+
+    /// Writes `s`'s name and address; returns whether the server existed.
+    pub async fn update_server(&mut self, s: &Server) -> Res<bool> {
+        let r = sqlx::query("UPDATE servers SET name = $2, address = $3 WHERE id = $1")
+            .bind(&s.id)
+            .bind(&s.name)
+            .bind(&s.address)
+            .execute(self.conn())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     pub async fn delete_user(&mut self, id: &str) -> Res<bool> {
         delete_user(self.conn(), id).await
     }

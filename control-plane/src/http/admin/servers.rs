@@ -132,22 +132,26 @@ async fn update_server(
     PathArgs(id): PathArgs<String>,
     JsonBody(patch): JsonBody<ServerPatch>,
 ) -> ApiResult<Json<Server>> {
-    let mut server = s
-        .db()
-        .get_server(&id)
+    if let Some(name) = &patch.name {
+        check_text(name, "name", 200)?;
+    }
+    if let Some(address) = &patch.address {
+        check_address(address)?;
+    }
+    // Read and written back in one change, as a user's PATCH is.
+    let mut change = s.db().change().await?;
+    let mut server = change
+        .server_for_update(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no server {id:?}")))?;
     if let Some(name) = patch.name {
-        check_text(&name, "name", 200)?;
         server.name = name;
     }
     if let Some(address) = patch.address {
-        check_address(&address)?;
         server.address = address;
     }
-    s.db()
-        .update_server(&id, &server.name, &server.address)
-        .await?;
+    change.update_server(&server).await?;
+    change.commit().await?;
     Ok(Json(server))
 }
 

@@ -155,25 +155,28 @@ async fn update_user(
     PathArgs(id): PathArgs<String>,
     JsonBody(patch): JsonBody<UserPatch>,
 ) -> ApiResult<Json<User>> {
-    let mut user = s
-        .db()
-        .get_user(&id)
+    if let Some(Some(e)) = &patch.email {
+        check_email(e)?;
+        email_free(&s, e, Some(&id)).await?;
+    }
+    if let Some(name) = &patch.name {
+        check_text(name, "name", 200)?;
+    }
+    // Read and written back in one change: a PATCH racing another (or a deletion) neither
+    // undoes its fields nor brings the user back.
+    let mut change = s.db().change().await?;
+    let mut user = change
+        .user_for_update(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no user {id:?}")))?;
     if let Some(email) = patch.email {
-        if let Some(e) = &email {
-            check_email(e)?;
-            email_free(&s, e, Some(&id)).await?;
-        }
         user.email = email;
     }
     if let Some(name) = patch.name {
-        check_text(&name, "name", 200)?;
         user.name = name;
     }
-    s.db()
-        .update_user(&id, user.email.as_deref(), &user.name)
-        .await?;
+    change.update_user(&user).await?;
+    change.commit().await?;
     Ok(Json(user))
 }
 
