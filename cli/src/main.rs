@@ -184,14 +184,28 @@ async fn init(raw: &str) -> Result<u8> {
         config::config_path()?.display()
     );
     if let Some(old) = replaced.filter(|old| old.auth_token != link.token) {
-        revoke_replaced(&old, &dir).await;
+        // A link may be used in several directories: the token stays while another holds it.
+        let elsewhere: Vec<&str> = file
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.auth_token == old.auth_token)
+            .map(|(d, _)| d.as_str())
+            .collect();
+        if elsewhere.is_empty() {
+            revoke_replaced(&old, &dir).await;
+        } else {
+            println!(
+                "podgate-cli: the API token {dir} had before is kept: {} still use it",
+                elsewhere.join(", ")
+            );
+        }
     }
     Ok(0)
 }
 
-/// The API token an `--init` replaced for `dir` is revoked, as `logout` would: nothing on this
-/// machine holds it any more, so it would otherwise stay live, unseen, until it expires. A
-/// failure is reported, never fatal: the new session is saved.
+/// The API token an `--init` replaced for `dir`, which no other directory uses, is revoked, as
+/// `logout` would: nothing on this machine holds it any more, so it would otherwise stay live,
+/// unseen, until it expires. A failure is reported, never fatal: the new session is saved.
 async fn revoke_replaced(old: &Session, dir: &str) {
     let revoked = match (
         init_url::token_id(&old.auth_token),

@@ -439,6 +439,29 @@ async fn init_again_revokes_the_token_it_replaces() {
         .run(&["--init", first["init_url"].as_str().unwrap()])
         .await;
     assert_eq!(code, 0, "{out}{err}");
+    // The same link in another directory: replacing it there keeps it for the project.
+    let other = me.home.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let in_other = |args: &[&str]| {
+        let mut c = me.command(args);
+        c.current_dir(&other);
+        c
+    };
+    let out = in_other(&["--init", first["init_url"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = in_other(&["--init", second["init_url"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("is kept") && said.contains("project"),
+        "{said}"
+    );
+    let (code, out, err) = me.run(&["status"]).await;
+    assert_eq!(code, 0, "the project's token was revoked: {out}{err}");
     let (code, out, err) = me
         .run_with_stdin(
             &["--init", "-"],
