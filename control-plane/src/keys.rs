@@ -55,14 +55,15 @@ pub enum NoKeyRing {
 pub struct LiveKeys {
     ring: RwLock<Option<Arc<KeyRing>>>,
     gate: SigningGate,
-    /// When [`LiveKeys::reload_for_unknown_key`] last read the keys (Unix milliseconds).
-    unknown_key_reload_ms: std::sync::atomic::AtomicI64,
+    /// When [`LiveKeys::reload_for_unknown_key`] last read the keys; held while it reads them,
+    /// so that callers meanwhile wait for that reading rather than being turned away.
+    unknown_key_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// How often a token naming a key this ring does not have may make the keys be read again:
 /// often enough for a ticket another control plane signed with a key it just rotated in, rarely
 /// enough that tokens with made-up key ids cannot keep the database busy.
-const UNKNOWN_KEY_RELOAD_MS: i64 = 1_000;
+const UNKNOWN_KEY_RELOAD: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl LiveKeys {
     /// No ring yet; [`LiveKeys::reload`] loads one.
@@ -70,7 +71,7 @@ impl LiveKeys {
         LiveKeys {
             ring: RwLock::new(None),
             gate,
-            unknown_key_reload_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            unknown_key_reload: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -89,28 +90,31 @@ impl LiveKeys {
         &self.gate
     }
 
-    /// A token names a key this ring does not have: the keys are read again, at most once per
-    /// [`UNKNOWN_KEY_RELOAD_MS`], in case another control plane rotated one in since this one
-    /// last read them (a ticket key signs at once). The ring to try again with, if one was read.
-    pub async fn reload_for_unknown_key(&self, db: &Db, config: &Config) -> Option<Arc<KeyRing>> {
-        use std::sync::atomic::Ordering;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let last = self.unknown_key_reload_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < UNKNOWN_KEY_RELOAD_MS
-            || self
-                .unknown_key_reload_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
+    /// A token names a key `seen` (the ring it was checked with) does not have: the ring to
+    /// check it with again, if there is a newer one. That is the ring in force when another
+    /// caller read the keys since `seen` was taken (a caller meanwhile waits for that reading),
+    /// else the keys are read again, at most once per [`UNKNOWN_KEY_RELOAD`], in case another
+    /// control plane rotated a key in since this one last read them (a ticket key signs at once).
+    pub async fn reload_for_unknown_key(
+        &self,
+        db: &Db,
+        config: &Config,
+        seen: &Arc<KeyRing>,
+    ) -> Option<Arc<KeyRing>> {
+        let mut last = self.unknown_key_reload.lock().await;
+        let newer = |keys: &LiveKeys| keys.current().ok().filter(|r| !Arc::ptr_eq(r, seen));
+        if let Some(ring) = newer(self) {
+            return Some(ring);
+        }
+        if last.is_some_and(|at| at.elapsed() < UNKNOWN_KEY_RELOAD) {
             return None;
         }
+        *last = Some(std::time::Instant::now());
         if let Err(e) = self.reload(db, config).await {
             tracing::warn!(error = %e, "reading the keys again for an unknown key id failed");
             return None;
         }
-        self.current().ok()
+        newer(self)
     }
 
     /// Re-reads the keys from the database (after a rotation, or periodically so a rotation by

@@ -239,7 +239,11 @@ async fn redeem(
             // Signed by another control plane with a ticket key it rotated in since this one
             // read the keys: read again (rate-limited) and check with what is there now.
             Err(TokenError::UnknownKey) => {
-                match ctx.keys.reload_for_unknown_key(ctx.db, ctx.config).await {
+                match ctx
+                    .keys
+                    .reload_for_unknown_key(ctx.db, ctx.config, &ring)
+                    .await
+                {
                     Some(fresh) => fresh.ticket_verifier.verify(ticket, now),
                     None => Err(TokenError::UnknownKey),
                 }

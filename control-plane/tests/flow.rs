@@ -935,13 +935,25 @@ async fn a_ticket_signed_with_a_key_rotated_in_elsewhere(h: &Harness) {
     let alice = h.login("alice").await;
     let r = h.admin(Method::POST, "/v1/keys/rotate", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let (host, ticket) = h.login_ticket(&alice).await;
-    let r = common::send_to(&other, common::callback(&host, &ticket)).await;
-    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-    let cookie = r.header("set-cookie").unwrap();
-    assert!(cookie.starts_with("podgate_cap=ey"), "{cookie}");
+    // Three sign-ins reach the other at once: one reads the keys, the others wait for that
+    // reading and check their tickets with it.
+    let mut tickets = Vec::new();
+    for _ in 0..3 {
+        tickets.push(h.login_ticket(&alice).await);
+    }
+    let redeem = |i: usize| {
+        let (host, ticket) = &tickets[i];
+        common::send_to(&other, common::callback(host, ticket))
+    };
+    let (a, b, c) = tokio::join!(redeem(0), redeem(1), redeem(2));
+    for r in [&a, &b, &c] {
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+        let cookie = r.header("set-cookie").unwrap();
+        assert!(cookie.starts_with("podgate_cap=ey"), "{cookie}");
+    }
     // Redeemed once: the first control plane refuses it now.
-    let r = h.send(common::callback(&host, &ticket)).await;
+    let (host, ticket) = &tickets[0];
+    let r = h.send(common::callback(host, ticket)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
 }
 both!(
