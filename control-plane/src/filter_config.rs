@@ -92,6 +92,7 @@ pub async fn build_with_tokens(
     // templates, is left out (its host answers as unknown, with a warning here): the filter
     // refuses a configuration holding one, so every Envoy would keep its last configuration and
     // miss every revocation, cut and new pod until it is gone.
+    crate::repeats::round();
     let check_slug = config.public_hosts.pods().slug_checker();
     let mut pods = HashMap::new();
     for (pod, server_address) in db.pod_directory().await? {
