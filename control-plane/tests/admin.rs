@@ -1221,6 +1221,18 @@ async fn an_oauth_credential_that_cannot_be_opened_is_shown_with_why(h: &Harness
         assert!(error.contains("keys rewrap"), "{error}");
         assert!(!r.body.contains("s3cret"), "{}", r.body);
     }
+    // Stored unsealed and unreadable: no key would help, only setting it again.
+    row.oauth = Some(podgate::store::StoredOAuth {
+        kek_id: None,
+        config: "{not json".into(),
+    });
+    h.tdb.db.put_service(&row).await.unwrap();
+    let r = h.admin(Method::GET, "/v1/services/api", None).await;
+    let body = r.json();
+    assert_eq!(body["oauth"]["sealed"], false, "{}", r.body);
+    let error = body["oauth"]["error"].as_str().unwrap();
+    assert!(error.contains("set the credential again"), "{error}");
+    assert!(!error.contains("rewrap"), "{error}");
 }
 both!(
     an_unreadable_oauth_credential,

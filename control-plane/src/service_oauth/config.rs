@@ -200,8 +200,37 @@ pub fn seal(kek: &KeyEncryption, name: &str, c: &OAuthConfig) -> Result<StoredOA
     })
 }
 
+/// Why a stored OAuth configuration does not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// Its seal does not open here: a key-encryption key this control plane does not have, or
+    /// a value sealed for another service.
+    Seal(String),
+    /// It opens, but what is inside is not a configuration.
+    Content(&'static str),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Seal(e) => f.write_str(e),
+            OpenError::Content(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<OpenError> for String {
+    fn from(e: OpenError) -> String {
+        e.to_string()
+    }
+}
+
 /// Opens a service's stored OAuth configuration.
-pub fn open(kek: &KeyEncryption, name: &str, stored: &StoredOAuth) -> Result<OAuthConfig, String> {
+pub fn open(
+    kek: &KeyEncryption,
+    name: &str,
+    stored: &StoredOAuth,
+) -> Result<OAuthConfig, OpenError> {
     let json = match &stored.kek_id {
         None => stored.config.clone(),
         Some(kek_id) => {
@@ -211,11 +240,12 @@ pub fn open(kek: &KeyEncryption, name: &str, stored: &StoredOAuth) -> Result<OAu
             };
             let plain = kek
                 .open(binding(name), &sealed)
-                .map_err(|e| e.to_string())?;
-            String::from_utf8(plain.to_vec()).map_err(|_| "not UTF-8".to_owned())?
+                .map_err(|e| OpenError::Seal(e.to_string()))?;
+            String::from_utf8(plain.to_vec()).map_err(|_| OpenError::Content("not UTF-8"))?
         }
     };
-    serde_json::from_str(&json).map_err(|_| "the stored configuration is not readable".to_owned())
+    serde_json::from_str(&json)
+        .map_err(|_| OpenError::Content("the stored configuration is not readable"))
 }
 
 impl OAuthConfig {

@@ -21,6 +21,6 @@ mod config;
 mod fetch;
 mod tokens;
 
-pub use config::{check, open, parse, seal, Grant, OAuthConfig};
+pub use config::{check, open, parse, seal, Grant, OAuthConfig, OpenError};
 pub use fetch::{fetch, http_client, Token};
 pub use tokens::{refresh, run, CredentialStatus, ServiceTokens, Source};

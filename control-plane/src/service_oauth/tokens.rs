@@ -356,7 +356,7 @@ fn oauth_services(state: &AppState, rows: Vec<ServiceRow>) -> (Vec<Opened>, Vec<
         let Some(stored) = &row.oauth else { continue };
         match open(&state.config().key_encryption, &row.name, stored) {
             Ok(config) => opened.push((row.name, config)),
-            Err(e) => unusable.push((row.name, e)),
+            Err(e) => unusable.push((row.name, e.to_string())),
         }
     }
     (opened, unusable)

@@ -218,12 +218,18 @@ fn view(s: &AppState, row: ServiceRow) -> ServiceView {
                 renew_margin_secs: c.renew_margin_secs,
                 sealed,
             }),
-            Err(e) => OAuthShown::Unreadable {
-                sealed,
-                error: format!(
-                    "the stored OAuth configuration cannot be opened ({e}); give the key-encryption key it was sealed under as a previous one (--previous-key-encryption-key) and run `podgate keys rewrap`, or set the credential again"
-                ),
-            },
+            Err(e) => {
+                let fix = match e {
+                    service_oauth::OpenError::Seal(_) => "give the key-encryption key it was sealed under as a previous one (--previous-key-encryption-key) and run `podgate keys rewrap`, or set the credential again",
+                    service_oauth::OpenError::Content(_) => "set the credential again",
+                };
+                OAuthShown::Unreadable {
+                    sealed,
+                    error: format!(
+                        "the stored OAuth configuration cannot be opened ({e}); {fix}"
+                    ),
+                }
+            }
         }
     });
     ServiceView {
