@@ -84,35 +84,10 @@ async fn browser_capability(h: &Harness, session: &str, next: &str) -> Result<St
     if r.status != StatusCode::FOUND {
         return Err(r);
     }
-    let loc = url::Url::parse(r.header("location").unwrap()).unwrap();
-    let ticket = loc
-        .query_pairs()
-        .find(|(k, _)| k == "ticket")
-        .unwrap()
-        .1
-        .into_owned();
-    let host = match loc.port() {
-        Some(port) => format!("{}:{port}", loc.host_str().unwrap()),
-        None => loc.host_str().unwrap().to_owned(),
-    };
-    let req = Request::builder()
-        .uri(format!(
-            "/.podgate/callback?ticket={}&next=%2F",
-            encode_query_value(&ticket)
-        ))
-        .header(header::HOST, host)
-        .body(Body::empty())
-        .unwrap();
-    let r = h.send(req).await;
+    let (host, ticket) = common::ticket_of(&r);
+    let r = h.send(common::callback(&host, &ticket)).await;
     assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-    Ok(r.header("set-cookie")
-        .unwrap()
-        .strip_prefix("podgate_cap=")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned())
+    Ok(common::capability_cookie(&r))
 }
 
 /// `POST /v1/capabilities` with `body` as `session`.

@@ -236,14 +236,7 @@ impl Harness {
         let (host, ticket) = self.login_ticket(session).await;
         let r = self.send(callback(&host, &ticket)).await;
         assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-        r.header("set-cookie")
-            .unwrap()
-            .strip_prefix("podgate_cap=")
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned()
+        capability_cookie(&r)
     }
 
     /// The pod host and the login ticket the auth endpoint gives the browser signed in with
@@ -256,15 +249,7 @@ impl Harness {
             )
             .await;
         assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-        let loc = url::Url::parse(r.header("location").unwrap()).unwrap();
-        let ticket = loc
-            .query_pairs()
-            .find(|(k, _)| k == "ticket")
-            .unwrap()
-            .1
-            .into_owned();
-        let host = format!("{}:{}", loc.host_str().unwrap(), loc.port().unwrap());
-        (host, ticket)
+        ticket_of(&r)
     }
 
     /// Another control plane on this harness's database, with its configuration: the app it
@@ -411,6 +396,34 @@ pub fn metric(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
         .collect();
     assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
     found.first().copied().unwrap_or(0.0)
+}
+
+/// The pod host (with its port, if any) and the login ticket of the auth endpoint's redirect.
+pub fn ticket_of(r: &Resp) -> (String, String) {
+    let loc = url::Url::parse(r.header("location").unwrap()).unwrap();
+    let ticket = loc
+        .query_pairs()
+        .find(|(k, _)| k == "ticket")
+        .unwrap()
+        .1
+        .into_owned();
+    let host = match loc.port() {
+        Some(port) => format!("{}:{port}", loc.host_str().unwrap()),
+        None => loc.host_str().unwrap().to_owned(),
+    };
+    (host, ticket)
+}
+
+/// The capability the callback's answer sets in its cookie.
+pub fn capability_cookie(r: &Resp) -> String {
+    r.header("set-cookie")
+        .unwrap()
+        .strip_prefix("podgate_cap=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 /// The pod host's callback request that redeems `ticket`, as the browser sends it.

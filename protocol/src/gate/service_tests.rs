@@ -15,6 +15,12 @@ use super::tests::{
 /// The gate configuration with service `openai` (its credential an `x-api-key`) published under
 /// `svc-{name}.{domain}`.
 pub(super) fn config_with_service() -> Rc<CompiledConfig> {
+    openai(("x-api-key", "sk-upstream"), &[])
+}
+
+/// The gate configuration with service `openai` published under `svc-{name}.{domain}`, its
+/// credential `(header, value)` and the other credential headers `strip_headers`.
+fn openai(credential: (&str, &str), strip_headers: &[&str]) -> Rc<CompiledConfig> {
     config_with(|c| {
         c.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
         c.services.insert(
@@ -23,10 +29,10 @@ pub(super) fn config_with_service() -> Rc<CompiledConfig> {
                 cluster: "service_openai".into(),
                 host: "api.example.com".into(),
                 credential: Some(crate::config::InjectedHeader {
-                    name: "x-api-key".into(),
-                    value: crate::config::SecretValue("sk-upstream".into()),
+                    name: credential.0.into(),
+                    value: crate::config::SecretValue(credential.1.into()),
                 }),
-                strip_headers: Vec::new(),
+                strip_headers: strip_headers.iter().map(|h| (*h).to_owned()).collect(),
                 resource_path: None,
             },
         );
@@ -81,22 +87,10 @@ fn a_service_gets_its_credential_and_none_of_the_callers() {
 #[test]
 fn the_callers_copy_of_the_services_other_credential_header_is_removed() {
     // An OAuth token in force in `authorization`, the fallback configured in `x-api-key`.
-    let c = config_with(|c| {
-        c.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
-        c.services.insert(
-            "openai".into(),
-            crate::config::ServiceEntry {
-                cluster: "service_openai".into(),
-                host: "api.example.com".into(),
-                credential: Some(crate::config::InjectedHeader {
-                    name: "authorization".into(),
-                    value: crate::config::SecretValue("Bearer at-1".into()),
-                }),
-                strip_headers: vec!["x-api-key".into(), "authorization".into()],
-                resource_path: None,
-            },
-        );
-    });
+    let c = openai(
+        ("authorization", "Bearer at-1"),
+        &["x-api-key", "authorization"],
+    );
     let d = run(
         &c,
         &headers(&[
