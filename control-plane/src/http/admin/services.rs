@@ -524,20 +524,29 @@ async fn update_service(
         Some(None) => Some(None),
         None => None,
     };
+    // Checked before the change is opened: the reads use other connections, and a change holds
+    // one (on PostgreSQL) until it commits.
+    if let Some(owner) = &patch.owner_id {
+        require_user(&s, owner, "owner_id").await?;
+    }
+    if let Some(Some(team)) = &patch.team_id {
+        require_team(&s, team).await?;
+    }
+    let sharing = patch
+        .sharing
+        .as_deref()
+        .map(|v| parse_enum::<Sharing>(v, "sharing"))
+        .transpose()?;
     let (mut change, mut row) = change_service(&s, &name).await?;
     let who_before = (row.owner_id.clone(), row.team_id.clone(), row.sharing);
     if let Some(owner) = patch.owner_id {
-        require_user(&s, &owner, "owner_id").await?;
         row.owner_id = owner;
     }
     if let Some(team) = patch.team_id {
-        if let Some(team) = &team {
-            require_team(&s, team).await?;
-        }
         row.team_id = team;
     }
-    if let Some(sharing) = &patch.sharing {
-        row.sharing = parse_enum::<Sharing>(sharing, "sharing")?;
+    if let Some(sharing) = sharing {
+        row.sharing = sharing;
     }
     if let Some(url) = patch.upstream_url {
         row.upstream_url = url;
