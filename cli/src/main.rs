@@ -21,14 +21,16 @@ use error::{code, CliError, Result};
 const USAGE: &str = "\
 usage:
   podgate-cli --init <setup link>       save the link's API token for this directory
+  podgate-cli --init -                  the same, the link read from stdin
   podgate-cli status                    who you are, which control plane, token expiry, your pods
   podgate-cli logout                    revoke the saved API token and forget it
   podgate-cli token POD PORT            print a fresh capability for one pod port
-  podgate-cli curl URL [-X METHOD] [-d DATA|@FILE] [-H 'Name: value']... [-i] [-f]
+  podgate-cli curl URL [-X METHOD] [-d DATA|@FILE|@-] [-H 'Name: value']... [-i] [-f]
                                         one request to a pod URL with a capability
   podgate-cli forward POD PORT [--local ADDR]
                                         serve the pod port on ADDR (default 127.0.0.1:PORT),
                                         HTTP and WebSockets, renewing the capability itself
+  podgate-cli --help | --version
 
 exit codes: 0 ok, 1 other failure, 2 usage or malformed link/URL, 3 not initialised here,
 4 API token expired or revoked, 5 control plane or pod unreachable, 6 access to the pod refused,

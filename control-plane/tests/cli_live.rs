@@ -397,8 +397,12 @@ async fn malformed_links_and_unreachable_control_planes_have_their_exit_codes() 
         assert_eq!(code, 2, "{bad}: {err}");
         assert!(err.contains("setup link"), "{err}");
     }
-    let (code, _, _) = me.run(&["frobnicate"]).await;
-    assert_eq!(code, 2);
+    // An unknown command, or none: named, with the usage once.
+    for args in [&["frobnicate"][..], &[][..]] {
+        let (code, _, err) = me.run(args).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.matches("exit codes:").count(), 1, "{args:?}: {err}");
+    }
     // An unknown flag is named, with the usage.
     for (args, flag) in [
         (
