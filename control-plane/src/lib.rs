@@ -383,8 +383,10 @@ async fn refuse_envoy_only(
 }
 
 fn build_app(state: AppState, refuse_envoy_paths: bool) -> Router {
-    let (router, doc) = api(&state).split_for_parts();
+    let (router, mut doc) = api(&state).split_for_parts();
     let router = if refuse_envoy_paths {
+        // The document describes what this listener answers: not the paths it refuses.
+        doc.paths.paths.retain(|path, _| !is_envoy_only(path));
         router.layer(axum::middleware::from_fn(refuse_envoy_only))
     } else {
         router

@@ -205,5 +205,31 @@ async fn with_mutual_tls_the_public_listener_refuses_what_only_envoy_calls() {
     assert_ne!(resp.status(), StatusCode::NOT_FOUND);
     let r = h.get("/readyz", &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // The API reference of each listener lists what that listener answers.
+    let public = h.get("/openapi.json", &[]).await.json();
+    let public = public["paths"].as_object().unwrap();
+    assert!(public.contains_key("/readyz"));
+    for path in podgate::ENVOY_ONLY_PATHS
+        .into_iter()
+        .chain(["/.podgate/callback"])
+    {
+        assert!(!public.contains_key(path), "{path} listed");
+    }
+    let req = axum::http::Request::builder()
+        .uri("/openapi.json")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(podgate::envoy_app(h.state.clone()), req)
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let envoy_side: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(envoy_side["paths"]
+        .as_object()
+        .unwrap()
+        .contains_key("/api/proxy-renew"));
     h.finish().await;
 }
