@@ -39,6 +39,17 @@ fn openai(credential: (&str, &str), strip_headers: &[&str]) -> Rc<CompiledConfig
     })
 }
 
+/// `GET /v1/models` on service `openai` with the headers `extra`, decided by `c`.
+fn get_models(c: &Rc<CompiledConfig>, extra: &[(&str, &str)]) -> Decision {
+    let mut all = vec![
+        (":authority", "svc-openai.example.dev"),
+        (":path", "/v1/models"),
+        (":method", "GET"),
+    ];
+    all.extend_from_slice(extra);
+    run(c, &headers(&all))
+}
+
 fn service_cap(name: &str) -> String {
     let c = PodClaims {
         aud: format!("svc-{name}.example.dev"),
@@ -53,15 +64,9 @@ fn service_cap(name: &str) -> String {
 fn a_service_gets_its_credential_and_none_of_the_callers() {
     let c = config_with_service();
     let bearer = format!("Bearer {}", service_cap("openai"));
-    let d = run(
+    let d = get_models(
         &c,
-        &headers(&[
-            (":authority", "svc-openai.example.dev"),
-            (":path", "/v1/models"),
-            (":method", "GET"),
-            ("authorization", &bearer),
-            ("x-api-key", "the-callers-own"),
-        ]),
+        &[("authorization", &bearer), ("x-api-key", "the-callers-own")],
     );
     assert_eq!(set(&d, ":authority"), Some("api.example.com"));
     assert_eq!(set(&d, CLUSTER_HEADER), Some("service_openai"));
@@ -70,15 +75,12 @@ fn a_service_gets_its_credential_and_none_of_the_callers() {
     assert_eq!(set(&d, USER_HEADER), None);
     assert_eq!(set(&d, EMAIL_HEADER), None);
     // The caller's own Authorization, with nothing of ours in it, is removed too.
-    let d = run(
+    let d = get_models(
         &c,
-        &headers(&[
-            (":authority", "svc-openai.example.dev"),
-            (":path", "/v1/models"),
-            (":method", "GET"),
+        &[
             ("podgate-token", &service_cap("openai")),
             ("authorization", "Basic dXNlcjpwYXNz"),
-        ]),
+        ],
     );
     assert!(removed(&d, "authorization"));
     assert_eq!(set(&d, "x-api-key"), Some("sk-upstream"));
@@ -91,16 +93,13 @@ fn the_callers_copy_of_the_services_other_credential_header_is_removed() {
         ("authorization", "Bearer at-1"),
         &["x-api-key", "authorization"],
     );
-    let d = run(
+    let d = get_models(
         &c,
-        &headers(&[
-            (":authority", "svc-openai.example.dev"),
-            (":path", "/v1/models"),
-            (":method", "GET"),
+        &[
             ("podgate-token", &service_cap("openai")),
             ("x-api-key", "the-callers-own"),
             ("x-other", "kept"),
-        ]),
+        ],
     );
     assert!(removed(&d, "x-api-key"));
     assert_eq!(set(&d, "authorization"), Some("Bearer at-1"));
@@ -186,15 +185,7 @@ fn a_service_without_a_usable_credential_is_a_502_and_forwards_nothing() {
         c.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
         c.services_without_credential = vec!["openai".into()];
     });
-    let d = run(
-        &c,
-        &headers(&[
-            (":authority", "svc-openai.example.dev"),
-            (":path", "/v1/models"),
-            (":method", "GET"),
-            ("podgate-token", &service_cap("openai")),
-        ]),
-    );
+    let d = get_models(&c, &[("podgate-token", &service_cap("openai"))]);
     assert_eq!(d, Decision::Deny(Denial::CredentialUnavailable));
     let reply = Denial::CredentialUnavailable.reply();
     assert_eq!(
