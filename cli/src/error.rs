@@ -37,6 +37,11 @@ impl CliError {
     pub fn other(message: impl Into<String>) -> CliError {
         CliError::new(code::OTHER, message)
     }
+    /// A refusal no retry can change: the API token (expired, revoked) or access to the pod
+    /// port (unshared, deleted).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self.code, code::TOKEN_REFUSED | code::ACCESS_REFUSED)
+    }
 }
 
 impl fmt::Display for CliError {

@@ -112,13 +112,11 @@ impl Shared {
         Ok(())
     }
 
-    /// `asked`, after telling `forward` to stop when it is a refusal no retry can change: the
-    /// API token (expired, revoked) or access to the pod port (unshared, deleted).
+    /// `asked`, after telling `forward` to stop when it is a refusal no retry can change
+    /// ([`CliError::is_refusal`]).
     fn stop_if_refused<T>(&self, asked: Result<T>) -> Result<T> {
-        if let Err(e) = &asked {
-            if matches!(e.code, code::TOKEN_REFUSED | code::ACCESS_REFUSED) {
-                let _ = self.refused.send(CliError::new(e.code, e.message.clone()));
-            }
+        if let Some(e) = asked.as_ref().err().filter(|e| e.is_refusal()) {
+            let _ = self.refused.send(CliError::new(e.code, e.message.clone()));
         }
         asked
     }
@@ -206,7 +204,7 @@ pub async fn run(backend: Backend, pod: String, port: u16, local: SocketAddr) ->
             let wait = renewer.until_renewal().await;
             tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
             if let Err(e) = renewer.renew().await {
-                if matches!(e.code, code::TOKEN_REFUSED | code::ACCESS_REFUSED) {
+                if e.is_refusal() {
                     // `forward` stops and says why.
                     return;
                 }

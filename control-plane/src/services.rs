@@ -347,14 +347,7 @@ fn classify(
             }
         };
         if let Some(value) = tokens.current(&row.name, &config) {
-            // A caller's copy of the fallback's header is removed too, as it would be were the
-            // fallback in force.
-            let strip_headers = row
-                .credential
-                .iter()
-                .map(|c| c.header.clone())
-                .filter(|h| *h != config.header)
-                .collect();
+            let strip_headers = other_credential_headers(row, Some(&config.header), &config.header);
             let entry = ServiceEntry {
                 cluster: cluster_name(row),
                 host: upstream.authority,
@@ -390,10 +383,10 @@ fn classify(
             }
         },
     };
-    let strip_headers = oauth_header
-        .into_iter()
-        .filter(|h| credential.as_ref().is_none_or(|c| c.name != *h))
-        .collect();
+    let strip_headers = match &credential {
+        Some(c) => other_credential_headers(row, oauth_header.as_deref(), &c.name),
+        None => Vec::new(),
+    };
     let entry = ServiceEntry {
         cluster: cluster_name(row),
         host: upstream.authority,
@@ -402,6 +395,23 @@ fn classify(
         resource_path: row.resource_path.clone(),
     };
     (Published::Entry(entry), None)
+}
+
+/// The headers of service `row`'s credentials (its fallback's, and `oauth_header` when its OAuth
+/// configuration opened) other than `injected`, the one in force: a caller's copies of them are
+/// removed, as the caller's copy of the one in force is replaced.
+fn other_credential_headers(
+    row: &ServiceRow,
+    oauth_header: Option<&str>,
+    injected: &str,
+) -> Vec<String> {
+    row.credential
+        .iter()
+        .map(|c| c.header.as_str())
+        .chain(oauth_header)
+        .filter(|h| *h != injected)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The Envoy cluster of a service: its upstream's host and port (DNS when a name), TLS with
