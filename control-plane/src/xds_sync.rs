@@ -60,6 +60,13 @@ const WORKER_SETTLE: Duration = Duration::from_millis(50);
 /// [`LISTEN_RETRY_MAX`]).
 const LISTEN_RETRY: Duration = Duration::from_millis(100);
 const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often the ADS port's gRPC health is brought in line with the database.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// A database round trip that takes longer than this counts as no answer.
+const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the ADS port says `NOT_SERVING` before its streams are ended: Envoys' health
+/// checks of `podgate_xds` (every second, 1 s timeout) have seen it by then.
+const STREAMS_END_AFTER: Duration = Duration::from_secs(3);
 /// Connect timeout to a pod's nginx.
 const POD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -196,6 +203,11 @@ pub async fn start(
     let cache = SnapshotCache::new();
     let server = AdsServer::new(cache.clone()).with_observer(sources.metrics.xds());
     tracing::info!(listen = %xds.listen, filter_wasm = %xds.filter_wasm.display(), mutual_tls = tls.is_some(), "xDS (ADS) server listening");
+    let health = tokio::spawn(follow_database(
+        sources.db.clone(),
+        server.clone(),
+        stopped(shutdown.clone()),
+    ));
     let sync = tokio::spawn(run(
         sources,
         server.clone(),
@@ -224,7 +236,67 @@ pub async fn start(
             tracing::error!(error = %e, "xDS server failed");
         }
         let _ = sync.await;
+        let _ = health.await;
     }))
+}
+
+/// Keeps the ADS port's `grpc.health.v1` answer in line with the database until `shutdown`
+/// completes: `NOT_SERVING` while a round trip fails or takes over [`HEALTH_PING_TIMEOUT`],
+/// `SERVING` again once one succeeds. A control plane that cannot read the database no longer
+/// sees changes made through the others (revocations, sign-outs, pods stopped): once it has said
+/// `NOT_SERVING` for [`STREAMS_END_AFTER`] (long enough for Envoys' health checks of
+/// `podgate_xds` to set it aside), it ends the ADS streams it has, once per outage, and each
+/// Envoy reconnects to a control plane its health checks still see serving. An Envoy with no
+/// other control plane comes back to this one and keeps getting what it has.
+async fn follow_database(db: Db, server: AdsServer, shutdown: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when the database has not answered, and whether the streams were ended since.
+    let mut outage: Option<(std::time::Instant, bool)> = None;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        let answer = match tokio::time::timeout(HEALTH_PING_TIMEOUT, db.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {HEALTH_PING_TIMEOUT:?}")),
+        };
+        match (answer, &mut outage) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(_)) => {
+                outage = None;
+                server.set_serving(true);
+                tracing::info!(
+                    "the database answers again: the ADS port's gRPC health says SERVING"
+                );
+            }
+            (Err(e), None) => {
+                outage = Some((std::time::Instant::now(), false));
+                server.set_serving(false);
+                tracing::warn!(
+                    error = %e,
+                    "the database does not answer: the ADS port's gRPC health says NOT_SERVING"
+                );
+            }
+            (Err(_), Some((since, ended))) => {
+                if !*ended && since.elapsed() >= STREAMS_END_AFTER {
+                    *ended = true;
+                    let streams = server.streams().len();
+                    server.end_streams(
+                        "this control plane cannot read its database; reconnect to another",
+                    );
+                    tracing::warn!(
+                        streams,
+                        "the database still does not answer: ended the ADS streams, so Envoys \
+                         reconnect to a control plane that can read it"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Completes when `flag` turns true (or its sender is gone).

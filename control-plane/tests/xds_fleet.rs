@@ -23,6 +23,9 @@
 //! Propagation times (a pod created on either control plane until all three Envoys route it)
 //! are printed as p50/p99.
 //!
+//! A second test cuts one control plane off the database (a TCP relay between them, closed):
+//! the Envoy on it moves to the other one, and the changes made there reach it.
+//!
 //! Needs `PODGATE_TEST_POSTGRES_URL` (skipped without it, failed without it under `CI=true`),
 //! Envoy and the filter as the other live suites do (`xds_support`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -506,6 +509,195 @@ async fn envoys_survive_any_control_plane_with_no_failed_request() {
         )
     );
     eprintln!("graceful shutdowns of the rolling restart: {shutdowns:?}");
+    drop(fleet);
+    db.finish().await;
+}
+
+/// `url` (a PostgreSQL URL) with its host and port replaced by `relay`'s.
+fn through(url: &str, relay: &podgate_testkit::TcpCut) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.set_host(Some(&relay.addr().ip().to_string())).unwrap();
+    url.set_port(Some(relay.addr().port())).unwrap();
+    url.to_string()
+}
+
+/// An Envoy leaves a control plane that lost its database: two control planes on one
+/// PostgreSQL, each reaching it through a relay the test can cut (a network partition between
+/// one control plane and the database), and an Envoy listing both. The relay of the control
+/// plane the Envoy's ADS stream is on is cut: that control plane answers NOT_SERVING to the gRPC
+/// health check of `podgate_xds`, which sets it aside, and a few seconds later ends its ADS
+/// streams: the Envoy reconnects to the other one. A pod made there and another one stopped
+/// there are then routed and refused through the Envoy, which could not happen while the Envoy
+/// stayed on the cut control plane (it can no longer read either change). Mended, the cut
+/// control plane is healthy again in the Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_leaves_a_control_plane_that_lost_its_database() {
+    /// From the cut to the Envoy on the other control plane: a failed round trip (at most the
+    /// control plane's 2 s timeout, within its 1 s health round), then 3 s of NOT_SERVING
+    /// before the streams end, then Envoy's reconnect back-off; the rest is margin for a loaded
+    /// machine.
+    const LEAVE_BOUND: Duration = Duration::from_secs(20);
+    let Some(db) = TestDb::new(Which::Postgres).await else {
+        return;
+    };
+    let target = {
+        let url = url::Url::parse(&db.url).unwrap();
+        let host = url.host_str().unwrap().to_owned();
+        let port = url.port().unwrap_or(5432);
+        let mut addrs = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .unwrap();
+        addrs.next().unwrap()
+    };
+    let relays = [
+        podgate_testkit::TcpCut::start(target).await.unwrap(),
+        podgate_testkit::TcpCut::start(target).await.unwrap(),
+    ];
+    let kek_dir = tempfile::tempdir().unwrap();
+    let kek = kek_dir.path().join("kek");
+    make_kek(&kek);
+    let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let first_http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut replicas = Vec::new();
+    for (r, relay) in relays.iter().enumerate() {
+        let shared = Shared {
+            database_url: through(&db.url, relay),
+            kek: kek.clone(),
+            issuer: format!("http://{first_http}"),
+            renew_secret: "fleet-renew-secret-0123456789abcdef0123".to_owned(),
+        };
+        replicas
+            .push(ControlPlane::start_replica(&format!("cut-{r}"), listener.port(), &shared).await);
+    }
+    let xds: Vec<SocketAddr> = replicas.iter().map(|r| r.xds).collect();
+    let http: Vec<SocketAddr> = replicas.iter().map(|r| r.http).collect();
+    let envoy = Envoy::start_with("cut-envoy", listener, &xds, &http).await;
+    let fleet = Fleet {
+        replicas,
+        envoys: vec![envoy],
+    };
+    let logs = || {
+        format!(
+            "--- podgate 0 ---\n{}\n--- podgate 1 ---\n{}\n--- envoy ---\n{}",
+            fleet.replicas[0].log(),
+            fleet.replicas[1].log(),
+            fleet.envoys[0].log()
+        )
+    };
+
+    let cp = &fleet.replicas[0];
+    cp.create_server(SERVER, IpAddr::from([127, 0, 0, 1])).await;
+    cp.create_user(USER).await;
+    let pod = FakePod::start("kept-pod").await.unwrap();
+    cp.create_pod("kept", USER, SERVER, pod.addr().port(), "running")
+        .await;
+    let session = cp.session(USER).await;
+    let kept = cp.mint(&session, "kept").await.unwrap();
+    let http_client = client();
+    until(
+        &http_client,
+        listener,
+        "kept",
+        &kept,
+        PROPAGATION_BOUND,
+        |a| a.status == 200 && a.pod().as_deref() == Some("kept-pod"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("kept: {e}\n{}", logs()));
+    fleet.until_all_attached().await;
+    let on = fleet.attached(0).await.unwrap();
+    let other = 1 - on;
+    for r in 0..2 {
+        fleet.until_healthy_everywhere(r).await;
+    }
+
+    relays[on].cut();
+    let cut = Instant::now();
+    loop {
+        if fleet.attached(0).await == Some(other) {
+            break;
+        }
+        assert!(
+            cut.elapsed() < LEAVE_BOUND,
+            "the Envoy is still on control plane {on} {LEAVE_BOUND:?} after its database was \
+             cut\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "database of control plane {on} cut: the Envoy on control plane {other} after {:?}",
+        cut.elapsed()
+    );
+    // Envoy's gRPC health check of `podgate_xds` sets the cut one aside, so a reconnect (this
+    // Envoy's next, or a new Envoy's first) does not pick it.
+    let set_aside = format!(
+        "podgate_xds::{}::health_flags::/failed_active_hc",
+        fleet.replicas[on].xds
+    );
+    let clusters = fleet.envoys[0].admin_get("/clusters").await;
+    assert!(
+        clusters.lines().any(|l| l == set_aside),
+        "{set_aside} not in {clusters}"
+    );
+    // The cut one says why, and is not ready.
+    let readyz = client()
+        .get(format!("http://{}/readyz", fleet.replicas[on].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert!(
+        fleet.replicas[on]
+            .log()
+            .contains("gRPC health says NOT_SERVING"),
+        "{}",
+        logs()
+    );
+
+    // Changes made through the other one reach the Envoy: a new pod is routed, and the pod
+    // stopped no longer gets requests.
+    let cp = &fleet.replicas[other];
+    let made = Instant::now();
+    cp.create_pod("made", USER, SERVER, pod.addr().port(), "running")
+        .await;
+    let token = cp.mint(&session, "made").await.unwrap();
+    let before = pod.requests().len();
+    until(
+        &http_client,
+        listener,
+        "made",
+        &token,
+        PROPAGATION_BOUND,
+        |a| a.status == 200,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("made through control plane {other}: {e}\n{}", logs()));
+    assert!(pod.requests().len() > before, "the new pod got nothing");
+    cp.set_status("kept", "stopped").await;
+    until(
+        &http_client,
+        listener,
+        "kept",
+        &kept,
+        PROPAGATION_BOUND,
+        |a| a.status != 200,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "kept stopped through control plane {other}: {e}\n{}",
+            logs()
+        )
+    });
+    eprintln!(
+        "changes through control plane {other} in the Envoy after {:?}",
+        made.elapsed()
+    );
+
+    // Mended, the cut one is ready and healthy in the Envoy again.
+    relays[on].mend();
+    fleet.until_healthy_everywhere(on).await;
     drop(fleet);
     db.finish().await;
 }

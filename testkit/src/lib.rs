@@ -19,6 +19,8 @@
 //! - [`rng`]: a small seeded xorshift generator for the load and soak drivers;
 //! - [`http`]: one HTTP/1.1 exchange written by hand on a fresh connection (for requests a
 //!   client library would refuse or rewrite, and for Envoy's admin API);
+//! - [`tcp_cut`]: a TCP relay a test can cut and mend, for a network partition between two
+//!   programs (a control plane and its database);
 //! - [`webdriver`]: Debian's headless Chromium driven over W3C WebDriver by `chromedriver`, the
 //!   skip-or-fail rule of the browser tests, and screenshots kept in `artifacts/`.
 
@@ -32,6 +34,7 @@ pub mod podgate;
 pub mod ports;
 pub mod process;
 pub mod rng;
+pub mod tcp_cut;
 pub mod tls_front;
 pub mod webdriver;
 
@@ -43,6 +46,7 @@ pub use fake_token::{FakeTokenEndpoint, IssuedToken, TokenClient};
 pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
 pub use ports::free_port;
 pub use rng::XorShift;
+pub use tcp_cut::TcpCut;
 pub use tls_front::TlsFront;
 
 use std::path::{Path, PathBuf};

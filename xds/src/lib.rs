@@ -5,6 +5,8 @@
 //! - [`protocol`]: the per-stream protocol as a pure state machine ([`AdsStream`]).
 //! - [`server`]: the `AggregatedDiscoveryService` ([`AdsServer`], [`serve`]) and its counters.
 //! - [`builders`]: clusters (original destination, fixed host) and the Wasm filter's ECDS config.
+//! - [`health`]: `grpc.health.v1.Health` beside ADS, serving or not as the caller says
+//!   ([`AdsServer::set_serving`]).
 //!
 //! The crate knows nothing about the database: the control plane builds resources with
 //! [`builders`], wraps them in a [`Snapshot`] and calls [`SnapshotCache::set`].
@@ -32,7 +34,9 @@
 //! )?;
 //! let pushed = cache.set(snapshot); // false when nothing changed: no push
 //!
-//! // Serve until shutdown (or mount `server.service()` on your own tonic server).
+//! // Serve until shutdown (or mount `server.service()` and `server.health_service()` on your
+//! // own tonic server). Say NOT_SERVING while the configuration source is unreachable:
+//! // server.set_serving(false);
 //! server
 //!     .serve("127.0.0.1:18000".parse()?, async { let _ = tokio::signal::ctrl_c().await; })
 //!     .await?;
@@ -42,6 +46,7 @@
 //! ```
 
 pub mod builders;
+pub mod health;
 pub mod protocol;
 pub mod server;
 pub mod snapshot;
@@ -52,7 +57,9 @@ pub use builders::{
     UpstreamProtocol, UpstreamTls, WasmFilterSpec, DEFAULT_UPSTREAM_HEADER,
 };
 pub use protocol::{AdsStream, RequestEvent, RequestOutcome};
-pub use server::{serve, AdsServer, StreamStatus, XdsMetrics, XdsObserver, XdsServeError};
+pub use server::{
+    serve, AdsServer, StreamStatus, XdsMetrics, XdsObserver, XdsServeError, ADS_SERVICE,
+};
 pub use snapshot::{
     ResourceSet, ResourceType, Snapshot, SnapshotCache, SnapshotError, CLUSTER_TYPE_URL,
     EXTENSION_CONFIG_TYPE_URL,

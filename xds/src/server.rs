@@ -22,14 +22,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
+use tonic_health::pb::health_server::HealthServer;
 
+use crate::health::AdsHealth;
 use crate::protocol::{AdsStream, RequestEvent};
 use crate::snapshot::{ResourceType, SnapshotCache};
 
 /// Responses buffered per stream. With at most one response in flight per type, a stream never
 /// needs more than a few; the bound only matters if Envoy stops reading.
 const OUTBOUND_CAPACITY: usize = 8;
+/// The ADS service's gRPC name, under which `grpc.health.v1.Health` also reports.
+pub const ADS_SERVICE: &str = <AggregatedDiscoveryServiceServer<AdsServer> as NamedService>::NAME;
 /// Largest request accepted from Envoy (NACK messages can be long).
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
@@ -225,6 +230,9 @@ pub struct AdsServer {
     registry: Arc<StreamRegistry>,
     closing: Arc<watch::Sender<bool>>,
     observer: Option<Arc<dyn XdsObserver>>,
+    health: AdsHealth,
+    /// Changed by [`AdsServer::end_streams`], with the reason the ended streams get.
+    ending: Arc<watch::Sender<Arc<str>>>,
 }
 
 impl AdsServer {
@@ -237,6 +245,8 @@ impl AdsServer {
             registry: Arc::new(StreamRegistry::new()),
             closing: Arc::new(closing),
             observer: None,
+            health: AdsHealth::new(ADS_SERVICE),
+            ending: Arc::new(watch::channel(Arc::from("")).0),
         }
     }
 
@@ -272,6 +282,26 @@ impl AdsServer {
     /// Call it when shutting down a server that mounts [`AdsServer::service`] itself.
     pub fn close_streams(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// What `grpc.health.v1.Health` answers from now on, for the whole server (`""`) and for
+    /// the ADS service by name: `SERVING` (from the start) or `NOT_SERVING`. ADS itself keeps
+    /// answering either way: a client with nowhere else to go keeps getting its configuration.
+    pub fn set_serving(&self, serving: bool) {
+        self.health.set(serving);
+    }
+
+    /// Ends every stream open now with `UNAVAILABLE` and `why`, and goes on accepting new ones:
+    /// each Envoy reconnects after its back-off, to the control plane its load balancer picks
+    /// then (one its health checks have not set aside, if there is one).
+    pub fn end_streams(&self, why: &str) {
+        self.ending.send_replace(Arc::from(why));
+    }
+
+    /// The `grpc.health.v1.Health` service reporting what [`AdsServer::set_serving`] set, to
+    /// mount beside [`AdsServer::service`] on a server the caller builds.
+    pub fn health_service(&self) -> HealthServer<AdsHealth> {
+        HealthServer::new(self.health.clone())
     }
 
     /// The tonic service, to mount on a `tonic::transport::Server` next to other services.
@@ -325,6 +355,7 @@ impl AdsServer {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(self.service())
+            .add_service(self.health_service())
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 closer.close_streams();
@@ -384,6 +415,7 @@ impl AggregatedDiscoveryService for AdsServer {
             outbound,
             snapshots: self.cache.subscribe(),
             closing,
+            ending: self.ending.subscribe(),
             metrics: Arc::clone(&self.metrics),
             registry: Arc::clone(&self.registry),
             observer: self.observer.clone(),
@@ -417,6 +449,8 @@ struct StreamTask {
     outbound: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     snapshots: watch::Receiver<Option<Arc<crate::snapshot::Snapshot>>>,
     closing: watch::Receiver<bool>,
+    /// Changes when [`AdsServer::end_streams`] ends the streams open at that moment.
+    ending: watch::Receiver<Arc<str>>,
     metrics: Arc<XdsMetrics>,
     registry: Arc<StreamRegistry>,
     observer: Option<Arc<dyn XdsObserver>>,
@@ -486,6 +520,15 @@ impl StreamTask {
                     }
                 },
                 _ = self.closing.wait_for(|closing| *closing) => break,
+                ended = self.ending.changed() => {
+                    if ended.is_ok() {
+                        let why = Arc::clone(&self.ending.borrow_and_update());
+                        tracing::info!(node = state.node_id(), why = %why, "ending ADS stream");
+                        // Best effort: a client that stopped reading just sees the stream end.
+                        let _ = self.outbound.try_send(Err(Status::unavailable(why.to_string())));
+                    }
+                    break;
+                },
                 () = self.outbound.closed() => break,
             };
             for response in responses {

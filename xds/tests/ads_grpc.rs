@@ -1,6 +1,7 @@
 //! The gRPC service in-process, with tonic clients standing in for Envoys: a stalled client does
 //! not hold back a healthy one, counters follow and the observer hears streams, pushes and answers,
-//! Delta ADS is refused, shutdown ends streams.
+//! Delta ADS is refused, shutdown ends streams, ending the streams ends only those open then,
+//! gRPC health reports what the server was told.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -366,4 +367,117 @@ async fn the_observer_hears_streams_pushes_acks_and_nacks() {
             "closed"
         ]
     );
+}
+
+#[tokio::test]
+async fn grpc_health_reports_what_the_server_was_told() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let cache = SnapshotCache::new();
+    cache.set(snapshot(0));
+    let (addr, server, _stop) = start(&cache).await;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let status = |name: &str| {
+        let mut health = health.clone();
+        let service = name.to_owned();
+        async move {
+            health
+                .check(HealthCheckRequest { service })
+                .await
+                .map(|r| r.into_inner().status())
+        }
+    };
+    // The whole server and the ADS service by name, as Envoy's grpc_health_check asks.
+    for name in ["", podgate_xds::ADS_SERVICE] {
+        assert_eq!(
+            status(name).await.unwrap(),
+            ServingStatus::Serving,
+            "{name:?}"
+        );
+    }
+    assert_eq!(
+        podgate_xds::ADS_SERVICE,
+        "envoy.service.discovery.v3.AggregatedDiscoveryService"
+    );
+
+    let mut watch = health
+        .clone()
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    server.set_serving(false);
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::NotServing
+    );
+    for name in ["", podgate_xds::ADS_SERVICE] {
+        assert_eq!(
+            status(name).await.unwrap(),
+            ServingStatus::NotServing,
+            "{name:?}"
+        );
+    }
+    // ADS itself still answers: a client with nowhere else to go keeps its configuration.
+    let mut envoy = FakeEnvoy::connect(addr, "still-served").await;
+    assert_eq!(envoy.next().await.type_url, CLUSTER_TYPE_URL);
+
+    server.set_serving(true);
+    assert_eq!(status("").await.unwrap(), ServingStatus::Serving);
+    // A name the server does not serve is not found, not healthy.
+    let unknown = health
+        .clone()
+        .check(HealthCheckRequest {
+            service: "some.other.Service".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn ending_the_streams_ends_the_open_ones_and_accepts_new_ones() {
+    let cache = SnapshotCache::new();
+    cache.set(snapshot(0));
+    let (addr, server, _stop) = start(&cache).await;
+    let mut open = FakeEnvoy::connect(addr, "open").await;
+    let first = open.next().await;
+    open.ack(&first).await;
+
+    server.end_streams("this control plane cannot read its configuration");
+    let ended = tokio::time::timeout(STEP, open.responses.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        ended.message(),
+        "this control plane cannot read its configuration"
+    );
+
+    // A stream opened afterwards is served as usual, and stays open.
+    let mut next = FakeEnvoy::connect(addr, "next").await;
+    let response = next.next().await;
+    assert_eq!(response.version_info, first.version_info);
+    next.ack(&response).await;
+    let metrics = server.metrics();
+    wait_for("one stream left", || {
+        metrics.streams_connected.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    cache.set(snapshot(1));
+    assert_ne!(next.next().await.version_info, first.version_info);
 }
