@@ -49,6 +49,9 @@ pub enum Denial {
     WrongResource,
     /// 403: a path outside the resource pattern of a service reached per resource.
     OutsideResources,
+    /// 405: `TRACE` or `TRACK` to a service: the upstream could echo the request, and with it
+    /// the credential podgate injects, back to the caller.
+    TraceRefused,
     /// 502: the service is published but has no usable credential now (its OAuth token cannot
     /// be had and it has no fallback); nothing is forwarded, so its upstream never gets a
     /// request without its credential.
@@ -114,6 +117,7 @@ impl Denial {
             Denial::AmbiguousPath => "ambiguous_path",
             Denial::WrongResource => "wrong_resource",
             Denial::OutsideResources => "outside_resources",
+            Denial::TraceRefused => "trace_refused",
             Denial::CredentialUnavailable => "upstream_credential_unavailable",
             Denial::NotRunning(_) => "pod_not_running",
             Denial::RateLimited { .. } => "rate_limited",
@@ -128,7 +132,7 @@ impl Denial {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL_REASONS: [&'static str; 24] = [
+    pub const ALL_REASONS: [&'static str; 25] = [
         "bad_host",
         "malformed_header",
         "malformed_authorization",
@@ -143,6 +147,7 @@ impl Denial {
         "ambiguous_path",
         "wrong_resource",
         "outside_resources",
+        "trace_refused",
         "upstream_credential_unavailable",
         "pod_not_running",
         "rate_limited",
@@ -228,6 +233,11 @@ impl Denial {
                 403,
                 "This service is reached per resource, and this path is under none".into(),
                 Some("use a path under the service's resource pattern, e.g. /sessions/{id}/..."),
+            ),
+            Denial::TraceRefused => (
+                405,
+                "TRACE is not forwarded to services: the upstream could echo back the credential podgate adds".into(),
+                Some("use another method; TRACE and TRACK are refused on service hosts"),
             ),
             Denial::CredentialUnavailable => (
                 502,
@@ -316,6 +326,10 @@ impl Denial {
         match self {
             Denial::ExchangeBusy(secs) => headers.push(("retry-after", secs.to_string())),
             Denial::ExchangeFailed => headers.push(("retry-after", "1".to_owned())),
+            Denial::TraceRefused => headers.push((
+                "allow",
+                "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".to_owned(),
+            )),
             Denial::RateLimited { retry_after, .. }
             | Denial::TooManyStreams { retry_after, .. } => {
                 headers.push(("retry-after", retry_after.to_string()))
@@ -332,7 +346,7 @@ impl Denial {
             headers.push(("www-authenticate", format!("Bearer realm=\"{REALM}\"{err}")));
         }
         let code = match self {
-            Denial::CredentialUnavailable => Some(self.reason()),
+            Denial::CredentialUnavailable | Denial::TraceRefused => Some(self.reason()),
             _ => None,
         };
         let body = serde_json::to_string(&Body { error, code, hint })

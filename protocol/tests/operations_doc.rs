@@ -37,6 +37,7 @@ fn denials() -> Vec<Denial> {
         Denial::AmbiguousPath,
         Denial::WrongResource,
         Denial::OutsideResources,
+        Denial::TraceRefused,
         Denial::CredentialUnavailable,
         Denial::NotRunning(PodStatus::Stopped),
         Denial::RateLimited {
@@ -71,6 +72,7 @@ fn denials() -> Vec<Denial> {
             | Denial::AmbiguousPath
             | Denial::WrongResource
             | Denial::OutsideResources
+            | Denial::TraceRefused
             | Denial::CredentialUnavailable
             | Denial::NotRunning(_)
             | Denial::RateLimited { .. }

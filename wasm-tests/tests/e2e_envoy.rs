@@ -439,6 +439,41 @@ fn expired_token_is_401() {
 }
 
 #[test]
+fn a_refusal_is_readable_by_a_script_on_another_port_of_the_pod_only() {
+    block_on(async {
+        let stack = turn().await;
+        let cap = stack
+            .minter
+            .capability("alpha", PORT)
+            .issued_at(now() - 3600)
+            .lifetime(900);
+        let expired = stack.minter.mint(&cap).unwrap();
+        let fetch = |origin: &str| {
+            stack
+                .client
+                .get(&alpha_host(), "/api/items")
+                .header("cookie", format!("podgate_cap={expired}"))
+                .header("origin", origin.to_owned())
+        };
+        // The pod's page on port 8727 fetches its API on PORT with an expired cookie: the 401
+        // carries our CORS headers, so the page can tell "sign in again" from a network error.
+        let own = format!("http://{}", public_host(8727, "alpha"));
+        let answer = send(fetch(&own)).await;
+        assert_denied(&stack, &answer, 401, "same pod");
+        assert_eq!(all_values(&answer, "access-control-allow-origin"), [own]);
+        assert_eq!(
+            all_values(&answer, "access-control-allow-credentials"),
+            ["true"]
+        );
+        // Another pod's page: the same 401, unreadable by it.
+        let beta = format!("http://{}", public_host(PORT, "beta"));
+        let answer = send(fetch(&beta)).await;
+        assert_denied(&stack, &answer, 401, "another pod");
+        assert_eq!(cors_headers(&answer), Vec::<String>::new());
+    });
+}
+
+#[test]
 fn token_for_another_pod_is_403() {
     block_on(async {
         let stack = turn().await;

@@ -390,13 +390,21 @@ fn strip_edits(
 
 /// The URL a browser is sent to for a fresh capability. `next` is the request path in its
 /// canonical form (`redirect::safe_next`): never a `ticket` parameter, never the reserved
-/// prefix.
+/// prefix. A path over [`MAX_NEXT_LEN`] loses its query first (the page, if not its view), and
+/// only then the whole `next`.
 pub fn auth_redirect(config: &CompiledConfig, pod: &PodAddr, path: &str) -> String {
     // The pod slug or service name came from a parsed host: a slug, safe in a query.
     let mut url = format!("{}?{}", config.auth_url, target_query(pod));
-    if !path.is_empty() && path.len() <= MAX_NEXT_LEN {
+    let next = if path.len() <= MAX_NEXT_LEN {
+        Some(path)
+    } else {
+        path.split_once('?')
+            .map(|(page, _)| page)
+            .filter(|page| page.len() <= MAX_NEXT_LEN)
+    };
+    if let Some(next) = next.filter(|n| !n.is_empty()) {
         url.push_str("&next=");
-        url.push_str(&encode_query_value(&safe_next(path)));
+        url.push_str(&encode_query_value(&safe_next(next)));
     }
     url
 }
@@ -693,8 +701,9 @@ fn granted_forward(
     Decision::Forward(Rc::new(forward))
 }
 
-/// The forward to the service `verified` grants; `CredentialUnavailable` when the service has
-/// no usable credential now, `UnknownPod` when there is no such service. The upstream gets the
+/// The forward to the service `verified` grants; `TraceRefused` for `TRACE` and `TRACK` (an
+/// upstream that echoes them would hand the caller the credential), `CredentialUnavailable` when
+/// the service has no usable credential now, `UnknownPod` when there is no such service. The upstream gets the
 /// service's credential and none of the caller's: every `Authorization` and every client copy
 /// of the credential's header are removed (besides our own credentials and headers, as for a
 /// pod), and neither the user's identity nor the identity assertion is sent to it.
@@ -706,6 +715,12 @@ fn forward_to_service(
     verified: &Rc<Verified>,
     source: Source,
 ) -> Decision {
+    if ["TRACE", "TRACK"]
+        .iter()
+        .any(|m| req.method.eq_ignore_ascii_case(m))
+    {
+        return Decision::Deny(Denial::TraceRefused);
+    }
     let Some(entry) = config.services.get(&pod.pod) else {
         if config.services_without_credential.contains(&pod.pod) {
             return Decision::Deny(Denial::CredentialUnavailable);

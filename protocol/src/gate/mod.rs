@@ -52,8 +52,9 @@ pub enum Outcome {
     Forward(Rc<Forward>),
     /// Answer locally with `Denial::reply`; nothing is forwarded.
     Deny(Denial),
-    /// A refusal answered to a browser page load with an HTML page (`page::for_denial`) instead
-    /// of its JSON; counted as the refusal (`Reply::reason`). Nothing is forwarded.
+    /// A refusal answered with a reply of its own, counted as the refusal (`Reply::reason`): to
+    /// a browser page load, an HTML page (`page::for_denial`) instead of its JSON; to a script
+    /// of another port of the pod, its JSON with CORS headers (`refusal`). Nothing is forwarded.
     Page(Reply),
     /// A page load of a pod that is not running, by a user it was granted to, when the control
     /// plane can start pods (`wake`): make the call (without waiting for its answer), then
@@ -128,14 +129,36 @@ fn over_limit(
 }
 
 /// How `denial` is answered to `request`: for a browser page load (`Request::is_page_load`), its
-/// page when it has one (the sign-in link asks for this very page back); its JSON otherwise.
+/// page when it has one (the sign-in link asks for this very page back); its JSON otherwise,
+/// with the CORS headers a forwarded answer would get when the `Origin` is one of the pod's own
+/// (`cors::is_same_pod_origin`), so that a script on another port of the pod can read why (a
+/// `401` to sign in again, a `503` pod stopped, a `429`) instead of a network error.
 pub fn refusal(config: &CompiledConfig, request: &Request<'_>, denial: Denial) -> Outcome {
-    if !request.is_page_load() {
-        return Outcome::Deny(denial);
-    }
     let Ok(pod) = config.public_hosts.parse(request.authority) else {
         return Outcome::Deny(denial);
     };
+    if !request.is_page_load() {
+        return match request.origin {
+            // CORS does not apply to WebSockets: their refusals stay as they are.
+            Some(origin)
+                if !request.is_websocket()
+                    && crate::cors::is_same_pod_origin(config, &pod, origin) =>
+            {
+                let mut reply = denial.reply();
+                reply.headers.extend([
+                    ("access-control-allow-origin", origin.to_owned()),
+                    ("access-control-allow-credentials", "true".to_owned()),
+                    (
+                        "access-control-expose-headers",
+                        "www-authenticate, retry-after".to_owned(),
+                    ),
+                    ("vary", "Origin".to_owned()),
+                ]);
+                Outcome::Page(reply)
+            }
+            _ => Outcome::Deny(denial),
+        };
+    }
     let sign_in = auth_redirect(config, &pod, request.path);
     match crate::page::for_denial(&denial, &pod, &sign_in) {
         Some(reply) => Outcome::Page(reply),

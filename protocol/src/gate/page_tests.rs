@@ -1,5 +1,6 @@
 //! Native tests of how a refusal is answered: a browser page load gets the page of
-//! `page::for_denial`, a script the exact JSON of `Denial::reply`.
+//! `page::for_denial`, a script the exact JSON of `Denial::reply` (with CORS headers when it runs
+//! on another port of the pod).
 
 use std::rc::Rc;
 
@@ -503,4 +504,62 @@ fn open_streams_past_the_limit_are_429_until_one_ends_and_a_push_keeps_the_count
         gate.end_stream(stream);
     }
     assert_eq!(gate.streams().open(), 0);
+}
+
+#[test]
+fn a_refusal_to_a_script_of_another_port_of_the_pod_carries_cors_headers() {
+    let host = "localhost-8726-pod-alpha.example.dev";
+    let expired = {
+        let c = PodClaims {
+            aud: host.into(),
+            pod: "alpha".into(),
+            port: 8726,
+            ..claims()
+        };
+        mint(
+            TokenKind::Capability,
+            &ed_key(TokenKind::Capability, 1),
+            &c,
+            NOW - 3600,
+            900,
+        )
+        .unwrap()
+    };
+    let bearer = format!("Bearer {expired}");
+    // A fetch from the pod's page on port 3000: the 401 says why, readable by that script.
+    let own = "https://localhost-3000-pod-alpha.example.dev";
+    let reply = page(on(
+        host,
+        "/api",
+        &[("authorization", &bearer), ("origin", own)],
+    ));
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.reason, "invalid_capability");
+    let header = |name: &str| {
+        reply
+            .headers
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(header("access-control-allow-origin"), [own]);
+    assert_eq!(header("access-control-allow-credentials"), ["true"]);
+    assert!(header("access-control-expose-headers")[0].contains("www-authenticate"));
+    assert_eq!(header("vary"), ["Origin"]);
+    assert!(!header("www-authenticate").is_empty());
+    // Another pod's page, a foreign site or no Origin: the plain refusal, no CORS.
+    for origin in [
+        Some("https://localhost-3000-pod-beta.example.dev"),
+        Some("https://evil.example"),
+        Some("null"),
+        None,
+    ] {
+        let mut extra = vec![("authorization", bearer.as_str())];
+        extra.extend(origin.map(|o| ("origin", o)));
+        match on(host, "/api", &extra) {
+            Outcome::Deny(denial) => assert_eq!(denial.reply().status, 401, "{origin:?}"),
+            other => panic!("{origin:?}: {other:?}"),
+        }
+    }
 }

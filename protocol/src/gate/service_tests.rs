@@ -305,3 +305,41 @@ fn a_pod_and_a_service_of_the_same_name_are_strangers_to_each_others_pages() {
         Some(service_page)
     );
 }
+
+#[test]
+fn trace_to_a_service_is_refused_so_no_upstream_can_echo_its_credential() {
+    let c = config_with_service();
+    for method in ["TRACE", "TRACK", "trace"] {
+        let d = run(
+            &c,
+            &headers(&[
+                (":authority", "svc-openai.example.dev"),
+                (":path", "/"),
+                (":method", method),
+                ("podgate-token", &service_cap("openai")),
+            ]),
+        );
+        assert_eq!(d, Decision::Deny(Denial::TraceRefused), "{method}");
+    }
+    let reply = Denial::TraceRefused.reply();
+    assert_eq!((reply.status, reply.reason), (405, "trace_refused"));
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "allow" && v.contains("GET")));
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["code"], "trace_refused");
+    // Other methods still go through with the credential; pods are not concerned.
+    let d = get_models(&c, &[("podgate-token", &service_cap("openai"))]);
+    assert_eq!(status(&d), 0, "{d:?}");
+    let pod = run(
+        &c,
+        &headers(&[
+            (":authority", "localhost-8726-pod-alpha.example.dev"),
+            (":path", "/"),
+            (":method", "TRACE"),
+            ("podgate-token", &cap_for("alpha", 8726)),
+        ]),
+    );
+    assert!(matches!(pod, Decision::Forward(_)), "{pod:?}");
+}

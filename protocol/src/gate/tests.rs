@@ -436,6 +436,29 @@ fn redirect_next_is_encoded_so_it_cannot_inject_parameters() {
 }
 
 #[test]
+fn a_long_next_loses_its_query_before_the_page() {
+    let c = config();
+    let pod = PodAddr {
+        pod: "alpha".into(),
+        port: 1,
+    };
+    let base = "https://podgate.example.dev/api/proxy-auth?pod=alpha&port=1";
+    // A long shared dashboard link: back to the dashboard, without its query.
+    let long_query = format!("/d/abc?{}", "var=x&".repeat(500));
+    assert_eq!(
+        auth_redirect(&c, &pod, &long_query),
+        format!("{base}&next=/d/abc")
+    );
+    // A page that is itself too long: no `next`, the pod's root.
+    let long_page = format!("/{}?a=1", "p".repeat(crate::redirect::MAX_NEXT_LEN));
+    assert_eq!(auth_redirect(&c, &pod, &long_page), base);
+    assert_eq!(
+        auth_redirect(&c, &pod, &long_page[..long_page.len() - 4]),
+        base
+    );
+}
+
+#[test]
 fn reserved_path_goes_to_the_control_plane_without_a_token() {
     let c = config();
     let mut h = base(&[("x-podgate-cluster", "pod_alpha"), ("cookie", "a=1")]);

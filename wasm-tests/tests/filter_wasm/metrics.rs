@@ -124,6 +124,7 @@ fn every_answer_counts_under_its_reason() {
         // No service in this configuration (`control-plane/tests/xds_live_service_oauth.rs`
         // gets it through a real Envoy).
         ("podgate.denied.upstream_credential_unavailable", 0),
+        ("podgate.denied.trace_refused", 0),
         // Rate and open-stream limits are off in this configuration (`e2e_pages.rs` and
         // `e2e_limits.rs` count them).
         ("podgate.denied.rate_limited", 0),
