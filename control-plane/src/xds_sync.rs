@@ -60,6 +60,9 @@ const WORKER_SETTLE: Duration = Duration::from_millis(50);
 /// [`LISTEN_RETRY_MAX`]).
 const LISTEN_RETRY: Duration = Duration::from_millis(100);
 const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long the first configuration waits for the services' first OAuth tokens: a token
+/// endpoint's timeout, and a little more.
+const FIRST_TOKENS_WAIT: Duration = Duration::from_secs(12);
 /// How often the ADS port's gRPC health is brought in line with the database.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// A database round trip that takes longer than this counts as no answer.
@@ -336,6 +339,21 @@ pub async fn run(
         ))
     });
     tokio::pin!(shutdown);
+    // The services' OAuth tokens first (one round of the token task, bounded by a token
+    // endpoint's timeout): Envoys keep what they have meanwhile, tokens included.
+    tokio::select! {
+        () = &mut shutdown => {
+            if let Some(listener) = listener {
+                listener.abort();
+            }
+            return;
+        }
+        done = sync.sources.service_tokens.first_round(FIRST_TOKENS_WAIT) => {
+            if !done {
+                tracing::warn!(waited = ?FIRST_TOKENS_WAIT, "the services' first OAuth tokens are not all in; publishing without them");
+            }
+        }
+    }
     // The first resync tick fires at once: that is the build at start.
     loop {
         tokio::select! {

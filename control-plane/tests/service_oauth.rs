@@ -1,8 +1,9 @@
 //! Service OAuth credentials against the testkit's token endpoint: `client_credentials` with a
-//! client secret and with a `private_key_jwt` assertion (ES256 and RS256), and the `jwt-bearer`
-//! grant; the endpoint verifies every assertion's signature with the client's public key. A
-//! wrong secret, a key the endpoint does not know and an endpoint that is down give errors that
-//! quote no secret.
+//! client secret and with a `private_key_jwt` assertion (ES256 and RS256), the `jwt-bearer`
+//! grant, and a Coze JWT app (its own request shape and Unix-time `expires_in`); the endpoint
+//! verifies every assertion's signature with the client's public key. A wrong secret, a key the
+//! endpoint does not know, an endpoint that is down and one that cannot be reached give errors
+//! that say why and quote no secret.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -98,4 +99,53 @@ async fn refusals_and_outages_are_errors_that_quote_no_secret() {
     assert!(e.contains("503") && !e.contains(SECRET), "{e}");
     idp.set_up(true);
     fetch(&client, &good).await.unwrap();
+}
+
+/// Coze's JWT OAuth apps (a product document's setup): the assertion signed with the app's
+/// RSA key (`kid` its key id, `iss` the app id, `aud` `api.coze.com`, plus `session_name`) goes
+/// in `Authorization: Bearer`, the body is JSON with `duration_seconds`, and the answer's
+/// `expires_in` is a Unix time, read as such: the token lives what is left until then.
+#[tokio::test]
+async fn a_coze_jwt_app_gets_a_token_with_its_expiry_read_as_a_unix_time() {
+    let idp = endpoint().await;
+    let client = http_client();
+    let coze = json!({
+        "token_url": idp.coze_url(),
+        "grant": "jwt_bearer",
+        "iss": "with-rsa-key",
+        "aud": podgate_testkit::COZE_AUDIENCE,
+        "key_id": "coze-key-1",
+        "private_key_pem": RS256_PEM,
+        "request_body": "json",
+        "assertion_in": "authorization_header",
+        "token_params": {"duration_seconds": 600},
+        "assertion_claims": {"session_name": "my-app-session"},
+    });
+    let token = fetch(&client, &parse(coze.clone()).unwrap()).await.unwrap();
+    assert!(idp.valid_at(&token.value, SystemTime::now()));
+    let issued = idp.issued().pop().unwrap();
+    assert_eq!(issued.how, "coze_jwt");
+    assert_eq!(issued.requested_seconds, Some(600));
+    assert_eq!(issued.claims["session_name"], "my-app-session");
+    assert_eq!(issued.claims["aud"], podgate_testkit::COZE_AUDIENCE);
+    // The endpoint's tokens live 3 s here (less than the 600 asked for), and its expires_in is
+    // whole Unix seconds: the life held is at most that, never 56 years.
+    let life = token.expires_ms - token.obtained_ms;
+    assert!((1_000..=3_000).contains(&life), "{life}");
+    // The same app with RFC 7523's form body is refused by such an endpoint, with its reason.
+    let mut form = coze;
+    form["request_body"] = json!("form");
+    let e = fetch(&client, &parse(form).unwrap()).await.unwrap_err();
+    assert!(e.contains("not a JSON object"), "{e}");
+}
+
+#[tokio::test]
+async fn an_endpoint_that_cannot_be_reached_says_why() {
+    // A port nothing listens on: the cause (the refused connection) is in the error.
+    let port = podgate_testkit::free_port().unwrap();
+    let config = parse(json!({"token_url": format!("http://127.0.0.1:{port}/token"), "grant": "client_credentials", "client_id": "c", "client_secret": SECRET})).unwrap();
+    let e = fetch(&http_client(), &config).await.unwrap_err();
+    assert!(e.contains("cannot be reached"), "{e}");
+    assert!(e.to_lowercase().contains("refused"), "{e}");
+    assert!(!e.contains(SECRET), "{e}");
 }

@@ -6,7 +6,8 @@
 //! the service is answered 502 `upstream_credential_unavailable` (no request reaches the
 //! upstream without a credential) until the endpoint is back, or a static fallback is
 //! configured, which is then used; the status endpoints show expiry and the
-//! last error, and no admin answer and no log line holds a token or a secret.
+//! last error, and no admin answer and no log line holds a token or a secret. A Coze JWT app
+//! works as the credential the same way, and `TRACE` to a service is refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -377,4 +378,164 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     for secret in [TOKEN_PREFIX, CLIENT_SECRET, FALLBACK_KEY] {
         assert!(!logs.contains(secret), "{secret} in the logs");
     }
+}
+
+/// A Coze JWT app as the credential, as a product document sets it up (app id, key id, RSA key,
+/// `api.coze.com` audience, a session name): the control plane gets its token in Coze's request
+/// shape, the upstream receives `Bearer <that token>` through Envoy and the caller's API token
+/// never; a `TRACE`, which an upstream could echo with the credential in it, is refused by the
+/// filter and reaches nothing. Setting the same app again with a fallback beside it keeps the
+/// token in force, and so does a restart of the control plane while the endpoint is slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coze_jwt_app_is_the_credential_and_trace_is_refused() {
+    let idp = FakeTokenEndpoint::start(
+        vec![TokenClient {
+            client_id: "1150123456".into(),
+            secret: None,
+            public_key_pem: Some(include_str!("fixtures/service_oauth_rs256.pub.pem").into()),
+        }],
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let mut stack = Stack::start(&[]).await;
+    let upstream = FakePod::start("coze").await.unwrap();
+    let front = TlsFront::start(upstream.addr()).await.unwrap();
+    let created = stack
+        .cp
+        .admin(
+            reqwest::Method::POST,
+            "/v1/services",
+            Some(json!({
+                "name": "api",
+                "owner_id": USER,
+                "sharing": "owner",
+                "upstream_url": format!("https://localhost:{}", front.addr().port()),
+                "ca_pem": front.ca_pem(),
+                "credential": {"oauth": created_oauth(&idp)},
+            })),
+        )
+        .await;
+    assert!(!created.to_string().contains("PRIVATE KEY"), "{created}");
+    let api_token = api_token(&stack).await;
+    let bearer = format!("Bearer {api_token}");
+    until_models(&stack, &bearer, 200, Duration::from_secs(10)).await;
+    let issued = idp.issued();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0].how, "coze_jwt");
+    assert_eq!(issued[0].requested_seconds, Some(86399));
+    assert_eq!(issued[0].claims["session_name"], "my-app-session");
+    let last = upstream.requests().pop().unwrap();
+    assert_eq!(
+        last.header_all("authorization"),
+        vec![format!("Bearer {}", issued[0].token).as_str()]
+    );
+    assert!(!format!("{:?}", last.headers).contains(&api_token));
+
+    let before = upstream.requests().len();
+    let trace = stack
+        .http
+        .request(
+            reqwest::Method::from_bytes(b"TRACE").unwrap(),
+            format!("http://{}/", stack.envoy.listener),
+        )
+        .header(HOST, service_host("api"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(trace.status().as_u16(), 405);
+    assert!(trace.headers().contains_key("allow"));
+    let body: Value = trace.json().await.unwrap();
+    assert_eq!(body["code"], "trace_refused", "{body}");
+    assert_eq!(
+        upstream.requests().len(),
+        before,
+        "TRACE reached the upstream"
+    );
+
+    // The same app set again with a static fallback beside it (a migration step: keep the API
+    // key until the JWT app works): the token in force stays, nothing is fetched again.
+    let (code, body) = admin_json(
+        &stack,
+        reqwest::Method::PUT,
+        "/v1/services/api/credential",
+        json!({"oauth": created_oauth(&idp), "value": format!("Bearer {FALLBACK_KEY}")}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    for _ in 0..20 {
+        let (status, body) =
+            get_service(&stack, "api", "/v1/models", &[("authorization", &bearer)]).await;
+        assert_eq!(status, 200, "{body}");
+        let last = upstream.requests().pop().unwrap();
+        assert_eq!(
+            last.header_all("authorization"),
+            vec![format!("Bearer {}", issued[0].token).as_str()],
+            "the token in force was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(idp.issued().len(), 1, "{:?}", idp.issued());
+
+    // The control plane restarts while the token endpoint is slow (2 s an answer): Envoy keeps
+    // the token it has until the restarted control plane has its own, and is never pushed the
+    // fallback (or nothing) meanwhile.
+    idp.set_delay(Duration::from_secs(2));
+    let (code, _) = stack.cp.terminate();
+    assert_eq!(code, 0, "{}", stack.cp.log());
+    stack.cp.spawn().await;
+    let restarted = Instant::now();
+    while restarted.elapsed() < Duration::from_secs(4) || idp.issued().len() < 2 {
+        let (status, body) =
+            get_service(&stack, "api", "/v1/models", &[("authorization", &bearer)]).await;
+        assert_eq!(status, 200, "{body}");
+        let last = upstream.requests().pop().unwrap();
+        let got = last.header_all("authorization");
+        assert!(
+            got.len() == 1 && got[0].starts_with(&format!("Bearer {TOKEN_PREFIX}")),
+            "after the restart the upstream got {got:?}\n{}",
+            stack.logs()
+        );
+        assert!(
+            restarted.elapsed() < Duration::from_secs(20),
+            "{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The Coze app's OAuth configuration of [`a_coze_jwt_app_is_the_credential_and_trace_is_refused`].
+fn created_oauth(idp: &FakeTokenEndpoint) -> Value {
+    json!({
+        "token_url": idp.coze_url(),
+        "grant": "jwt_bearer",
+        "iss": "1150123456",
+        "aud": podgate_testkit::COZE_AUDIENCE,
+        "key_id": "coze-public-key-id",
+        "private_key_pem": include_str!("fixtures/service_oauth_rs256.pem"),
+        "request_body": "json",
+        "assertion_in": "authorization_header",
+        "token_params": {"duration_seconds": 86399},
+        "assertion_claims": {"session_name": "my-app-session"},
+    })
+}
+
+async fn admin_json(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (u16, String) {
+    let resp = stack
+        .http
+        .request(method, format!("http://{}{path}", stack.cp.http))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
 }

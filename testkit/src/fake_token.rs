@@ -4,7 +4,13 @@
 //! RFC 7523 `jwt-bearer` grant; each assertion's RS256 or ES256 signature is verified with the
 //! client's public key, its `aud` must be the endpoint's URL and it must not have expired.
 //! Every token issued is recorded with its expiry, so a test can tell whether a token was valid
-//! when an upstream received it. It can be switched down (every request then gets a 503).
+//! when an upstream received it. It can be switched down (every request then gets a 503) or
+//! slowed down.
+//!
+//! It also answers `POST /api/permission/oauth2/token` as Coze's token endpoint does for its JWT
+//! OAuth apps: the assertion (`iss` the app id, `aud` [`COZE_AUDIENCE`]) in `Authorization:
+//! Bearer`, a JSON body `{"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+//! "duration_seconds": n}`, and `expires_in` in the answer a Unix time.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +32,11 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// The path of the Coze-style token endpoint.
+pub const COZE_TOKEN_PATH: &str = "/api/permission/oauth2/token";
+/// The `aud` its assertions must have, as Coze's `api.coze.com`.
+pub const COZE_AUDIENCE: &str = "api.coze.com";
+
 /// A client the endpoint knows: its secret, or the public key (PEM, SPKI) of its assertions.
 #[derive(Debug, Clone)]
 pub struct TokenClient {
@@ -39,9 +50,13 @@ pub struct TokenClient {
 pub struct IssuedToken {
     pub token: String,
     pub client_id: String,
-    /// `client_secret`, `private_key_jwt` or `jwt_bearer`.
+    /// `client_secret`, `private_key_jwt`, `jwt_bearer` or `coze_jwt`.
     pub how: String,
     pub scope: Option<String>,
+    /// The verified claims of the assertion it was issued for (empty without one).
+    pub claims: Map<String, Value>,
+    /// The `duration_seconds` a Coze-style request asked for.
+    pub requested_seconds: Option<u64>,
     pub issued_at: SystemTime,
     pub expires_at: SystemTime,
 }
@@ -51,6 +66,8 @@ struct Inner {
     clients: Vec<TokenClient>,
     lifetime_ms: AtomicU64,
     up: AtomicBool,
+    /// How long every answer waits (milliseconds).
+    delay_ms: AtomicU64,
     issued: Mutex<Vec<IssuedToken>>,
     refusals: Mutex<Vec<String>>,
     counter: AtomicU64,
@@ -76,6 +93,7 @@ impl FakeTokenEndpoint {
             clients,
             lifetime_ms: AtomicU64::new(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX)),
             up: AtomicBool::new(true),
+            delay_ms: AtomicU64::new(0),
             issued: Mutex::new(Vec::new()),
             refusals: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
@@ -104,9 +122,20 @@ impl FakeTokenEndpoint {
         self.inner.url.clone()
     }
 
+    /// The Coze-style endpoint: `http://127.0.0.1:<port>/api/permission/oauth2/token`.
+    pub fn coze_url(&self) -> String {
+        format!("http://{}{COZE_TOKEN_PATH}", self.addr)
+    }
+
     /// Switches the endpoint up or down (down: every request gets a 503).
     pub fn set_up(&self, up: bool) {
         self.inner.up.store(up, Ordering::SeqCst);
+    }
+
+    /// Makes every answer wait `delay` (a slow endpoint).
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.inner.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Every token issued so far.
@@ -155,6 +184,10 @@ async fn answer(
     req: Request<Incoming>,
     inner: Arc<Inner>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let delay = inner.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     if !inner.up.load(Ordering::SeqCst) {
         return Ok(json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -168,12 +201,22 @@ async fn answer(
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
         .and_then(|v| String::from_utf8(v).ok());
-    let path_ok = req.method() == hyper::Method::POST && req.uri().path() == "/token";
+    let bearer = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let post = req.method() == hyper::Method::POST;
+    let path = req.uri().path().to_owned();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    if !path_ok {
+    if post && path == COZE_TOKEN_PATH {
+        return Ok(coze(&inner, bearer, &body));
+    }
+    if !(post && path == "/token") {
         return Ok(json_response(
             StatusCode::NOT_FOUND,
             &json!({"error": "not_found"}),
@@ -182,22 +225,17 @@ async fn answer(
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     match grant(&inner, basic, &field) {
-        Ok((client_id, how)) => {
-            let n = inner.counter.fetch_add(1, Ordering::SeqCst);
-            let token = format!("fake-at-{n}-{}", std::process::id());
+        Ok((client_id, how, claims)) => {
             let lifetime = Duration::from_millis(inner.lifetime_ms.load(Ordering::SeqCst));
-            let issued_at = SystemTime::now();
-            let issued = IssuedToken {
-                token: token.clone(),
+            let token = issue(
+                &inner,
                 client_id,
                 how,
-                scope: field("scope"),
-                issued_at,
-                expires_at: issued_at + lifetime,
-            };
-            if let Ok(mut all) = inner.issued.lock() {
-                all.push(issued);
-            }
+                field("scope"),
+                claims,
+                None,
+                lifetime,
+            );
             Ok(json_response(
                 StatusCode::OK,
                 &json!({
@@ -207,16 +245,113 @@ async fn answer(
                 }),
             ))
         }
-        Err((status, code, why)) => {
-            if let Ok(mut all) = inner.refusals.lock() {
-                all.push(why.clone());
-            }
-            Ok(json_response(
-                status,
-                &json!({"error": code, "error_description": why}),
-            ))
-        }
+        Err(refusal) => Ok(refuse(&inner, refusal)),
     }
+}
+
+/// Records a token issued now that lives `lifetime`; returns it.
+fn issue(
+    inner: &Inner,
+    client_id: String,
+    how: String,
+    scope: Option<String>,
+    claims: Map<String, Value>,
+    requested_seconds: Option<u64>,
+    lifetime: Duration,
+) -> String {
+    let n = inner.counter.fetch_add(1, Ordering::SeqCst);
+    let token = format!("fake-at-{n}-{}", std::process::id());
+    let issued_at = SystemTime::now();
+    let issued = IssuedToken {
+        token: token.clone(),
+        client_id,
+        how,
+        scope,
+        claims,
+        requested_seconds,
+        issued_at,
+        expires_at: issued_at + lifetime,
+    };
+    if let Ok(mut all) = inner.issued.lock() {
+        all.push(issued);
+    }
+    token
+}
+
+fn refuse(inner: &Inner, (status, code, why): Refusal) -> Response<Full<Bytes>> {
+    if let Ok(mut all) = inner.refusals.lock() {
+        all.push(why.clone());
+    }
+    json_response(status, &json!({"error": code, "error_description": why}))
+}
+
+/// The Coze-style endpoint: the assertion in `Authorization: Bearer`, a JSON body, and an
+/// `expires_in` that is a Unix time (whole seconds, rounded down, as Coze sends it).
+fn coze(inner: &Inner, bearer: Option<String>, body: &[u8]) -> Response<Full<Bytes>> {
+    let bad = |why: &str| (StatusCode::BAD_REQUEST, "invalid_request", why.to_owned());
+    let answer = (|| -> Result<Response<Full<Bytes>>, Refusal> {
+        let request: Map<String, Value> =
+            serde_json::from_slice(body).map_err(|_| bad("the body is not a JSON object"))?;
+        if request.get("grant_type").and_then(Value::as_str)
+            != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+        {
+            return Err(bad(
+                "grant_type is not urn:ietf:params:oauth:grant-type:jwt-bearer",
+            ));
+        }
+        if request.contains_key("assertion") {
+            return Err(bad(
+                "the assertion goes in Authorization: Bearer, not the body",
+            ));
+        }
+        let requested = match request.get("duration_seconds") {
+            None => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .filter(|d| (1..=86_399).contains(d))
+                    .ok_or_else(|| bad("duration_seconds must be 1 to 86399"))?,
+            ),
+        };
+        let jwt = bearer.ok_or_else(|| invalid_client("no Authorization: Bearer assertion"))?;
+        let iss = UntrustedToken::new(&jwt)
+            .ok()
+            .and_then(|t| t.deserialize_claims_unchecked::<Map<String, Value>>().ok())
+            .and_then(|c| {
+                c.custom
+                    .get("iss")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let client = inner
+            .clients
+            .iter()
+            .find(|c| c.client_id == iss)
+            .ok_or_else(|| invalid_client("unknown app id (iss)"))?;
+        let claims = verify(client, &jwt, COZE_AUDIENCE).map_err(invalid_client)?;
+        let mut lifetime = Duration::from_millis(inner.lifetime_ms.load(Ordering::SeqCst));
+        if let Some(d) = requested {
+            lifetime = lifetime.min(Duration::from_secs(d));
+        }
+        let token = issue(
+            inner,
+            iss,
+            "coze_jwt".into(),
+            None,
+            claims,
+            requested,
+            lifetime,
+        );
+        let expires_at = SystemTime::now() + lifetime;
+        let unix = expires_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"access_token": token, "expires_in": unix, "token_type": "Bearer"}),
+        ))
+    })();
+    answer.unwrap_or_else(|refusal| refuse(inner, refusal))
 }
 
 type Refusal = (StatusCode, &'static str, String);
@@ -230,7 +365,7 @@ fn grant(
     inner: &Inner,
     basic: Option<String>,
     field: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, String), Refusal> {
+) -> Result<(String, String, Map<String, Value>), Refusal> {
     let grant_type = field("grant_type").unwrap_or_default();
     let find = |id: &str| inner.clients.iter().find(|c| c.client_id == id);
     match grant_type.as_str() {
@@ -256,7 +391,7 @@ fn grant(
                 if client.secret.as_deref() != Some(secret.as_str()) {
                     return Err(invalid_client("wrong client secret"));
                 }
-                return Ok((id, "client_secret".into()));
+                return Ok((id, "client_secret".into(), Map::new()));
             }
             if field("client_assertion_type").as_deref()
                 != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
@@ -265,7 +400,7 @@ fn grant(
             }
             let assertion =
                 field("client_assertion").ok_or_else(|| invalid_client("no client_assertion"))?;
-            let claims = verify(inner, client, &assertion).map_err(invalid_client)?;
+            let claims = verify(client, &assertion, &inner.url).map_err(invalid_client)?;
             if claims.get("iss").and_then(Value::as_str) != Some(id.as_str())
                 || claims.get("sub").and_then(Value::as_str) != Some(id.as_str())
             {
@@ -273,7 +408,7 @@ fn grant(
                     "the assertion's iss and sub are not the client",
                 ));
             }
-            Ok((id, "private_key_jwt".into()))
+            Ok((id, "private_key_jwt".into(), claims))
         }
         "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
             let assertion = field("assertion").ok_or_else(|| {
@@ -307,9 +442,9 @@ fn grant(
                     "unknown issuer".to_owned(),
                 )
             })?;
-            verify(inner, client, &assertion)
+            let claims = verify(client, &assertion, &inner.url)
                 .map_err(|why| (StatusCode::BAD_REQUEST, "invalid_grant", why))?;
-            Ok((iss, "jwt_bearer".into()))
+            Ok((iss, "jwt_bearer".into(), claims))
         }
         _ => Err((
             StatusCode::BAD_REQUEST,
@@ -319,9 +454,9 @@ fn grant(
     }
 }
 
-/// Verifies an assertion's signature with the client's public key, its `aud` (this endpoint)
-/// and its expiry; returns its claims.
-fn verify(inner: &Inner, client: &TokenClient, jwt: &str) -> Result<Map<String, Value>, String> {
+/// Verifies an assertion's signature with the client's public key, its `aud` (`audience`) and
+/// its expiry; returns its claims.
+fn verify(client: &TokenClient, jwt: &str, audience: &str) -> Result<Map<String, Value>, String> {
     use p256::pkcs8::DecodePublicKey as _;
     let pem = client
         .public_key_pem
@@ -351,8 +486,8 @@ fn verify(inner: &Inner, client: &TokenClient, jwt: &str) -> Result<Map<String, 
         }
         other => return Err(format!("algorithm {other} not accepted")),
     };
-    if claims.custom.get("aud").and_then(Value::as_str) != Some(inner.url.as_str()) {
-        return Err("the assertion's aud is not this endpoint".into());
+    if claims.custom.get("aud").and_then(Value::as_str) != Some(audience) {
+        return Err(format!("the assertion's aud is not {audience}"));
     }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

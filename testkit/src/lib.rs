@@ -42,7 +42,7 @@ pub use ads_bootstrap::{AdsBootstrap, EnvoyMtls};
 pub use envoy::{envoy_binary, Envoy, EnvoyBuilder, Readiness};
 pub use fake_openai::{FakeOpenAi, OpenAiRequest};
 pub use fake_pod::{FakePod, Recorded};
-pub use fake_token::{FakeTokenEndpoint, IssuedToken, TokenClient};
+pub use fake_token::{FakeTokenEndpoint, IssuedToken, TokenClient, COZE_AUDIENCE};
 pub use podgate::{Podgate, PodgateBuilder, ReadyWhen};
 pub use ports::free_port;
 pub use rng::XorShift;

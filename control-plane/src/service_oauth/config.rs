@@ -1,6 +1,8 @@
 //! A service's OAuth configuration: what admins send, checked, and how it is stored (sealed
 //! under the key-encryption key, bound to the service's name and the kind `service-oauth`).
 
+use std::collections::BTreeMap;
+
 use jwt_compact::alg::{RsaPrivateKey, RsaPublicKey, StrongKey};
 use podgate_protocol::config::credential_header_allowed;
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,49 @@ const SEALED_ALG: &str = "json";
 pub enum Grant {
     ClientCredentials,
     JwtBearer,
+}
+
+/// How the token request's parameters are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestBody {
+    /// `application/x-www-form-urlencoded` (RFC 6749).
+    #[default]
+    Form,
+    /// A JSON object (Coze's token endpoint).
+    Json,
+}
+
+/// Where a `jwt_bearer` assertion goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssertionIn {
+    /// The `assertion` parameter (RFC 7523).
+    #[default]
+    Body,
+    /// `Authorization: Bearer <assertion>` (Coze's JWT OAuth apps).
+    AuthorizationHeader,
+}
+
+/// Parameters the token request always has: `token_params` may not set them.
+const RESERVED_PARAMS: [&str; 7] = [
+    "grant_type",
+    "assertion",
+    "scope",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+];
+/// Claims every assertion has: `assertion_claims` may not set them.
+const RESERVED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "iat", "exp", "nbf", "jti"];
+/// At most this many `token_params` and `assertion_claims` each.
+const MAX_EXTRAS: usize = 16;
+/// The JSON of `assertion_claims` is at most this long.
+const MAX_CLAIMS_JSON: usize = 4096;
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn default_header() -> String {
@@ -60,6 +105,19 @@ pub struct OAuthConfig {
     pub header: String,
     #[serde(default = "default_margin")]
     pub renew_margin_secs: u64,
+    /// How the token request is written: `form` (default) or `json`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub request_body: RequestBody,
+    /// `jwt_bearer`: where the assertion goes: `body` (default) or `authorization_header`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub assertion_in: AssertionIn,
+    /// More parameters of the token request (strings, numbers or booleans), such as Coze's
+    /// `duration_seconds`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub token_params: BTreeMap<String, Value>,
+    /// More claims of the assertions, such as Coze's `session_name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub assertion_claims: BTreeMap<String, Value>,
 }
 
 impl std::fmt::Debug for OAuthConfig {
@@ -116,7 +174,7 @@ pub(super) fn signing_key(pem: &str) -> Result<SigningKey, String> {
 
 /// Reads and checks `credential.oauth` as an admin sends it, without ever quoting a value.
 pub fn parse(v: Value) -> Result<OAuthConfig, String> {
-    const SHAPE: &str = "`credential.oauth` must be {\"token_url\", \"grant\": \"client_credentials\" | \"jwt_bearer\", \"client_id\"?, \"client_secret\"? | \"private_key_pem\"?, \"key_id\"?, \"scope\"?, \"iss\"?, \"sub\"?, \"aud\"?, \"header\"?, \"renew_margin_secs\"?} (strings, renew_margin_secs a number)";
+    const SHAPE: &str = "`credential.oauth` must be {\"token_url\", \"grant\": \"client_credentials\" | \"jwt_bearer\", \"client_id\"?, \"client_secret\"? | \"private_key_pem\"?, \"key_id\"?, \"scope\"?, \"iss\"?, \"sub\"?, \"aud\"?, \"header\"?, \"renew_margin_secs\"?, \"request_body\"?: \"form\" | \"json\", \"assertion_in\"?: \"body\" | \"authorization_header\", \"token_params\"?: {...}, \"assertion_claims\"?: {...}} (strings, renew_margin_secs a number)";
     let config: OAuthConfig = serde_json::from_value(v).map_err(|_| SHAPE.to_owned())?;
     check(&config)?;
     Ok(config)
@@ -170,6 +228,54 @@ pub fn check(c: &OAuthConfig) -> Result<(), String> {
                 return Err("`jwt_bearer` needs `iss` (or `client_id`)".into());
             }
         }
+    }
+    check_extras(c)
+}
+
+/// `token_params`, `assertion_claims` and `assertion_in` against the grant.
+fn check_extras(c: &OAuthConfig) -> Result<(), String> {
+    let signs = c.grant == Grant::JwtBearer || c.private_key_pem.is_some();
+    if c.assertion_in == AssertionIn::AuthorizationHeader && c.grant != Grant::JwtBearer {
+        return Err("`assertion_in: authorization_header` is for the `jwt_bearer` grant".into());
+    }
+    if c.token_params.len() > MAX_EXTRAS || c.assertion_claims.len() > MAX_EXTRAS {
+        return Err(format!(
+            "`token_params` and `assertion_claims` take at most {MAX_EXTRAS} entries each"
+        ));
+    }
+    for (name, value) in &c.token_params {
+        if name.is_empty() || name.len() > 64 {
+            return Err("a `token_params` name must be 1 to 64 characters".into());
+        }
+        if RESERVED_PARAMS.contains(&name.as_str()) {
+            return Err(format!(
+                "`token_params` may not set {name:?}: podgate writes it from the grant and the other fields"
+            ));
+        }
+        if !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
+            return Err(format!(
+                "`token_params.{name}` must be a string, a number or a boolean"
+            ));
+        }
+    }
+    if !c.assertion_claims.is_empty() && !signs {
+        return Err(
+            "`assertion_claims` needs an assertion: the `jwt_bearer` grant, or `private_key_pem`"
+                .into(),
+        );
+    }
+    for name in c.assertion_claims.keys() {
+        if name.is_empty() || RESERVED_CLAIMS.contains(&name.as_str()) {
+            return Err(format!(
+                "`assertion_claims` may not set {name:?}: set `iss`, `sub` or `aud` instead, podgate writes the rest"
+            ));
+        }
+    }
+    let claims_len = serde_json::to_string(&c.assertion_claims).map_or(usize::MAX, |s| s.len());
+    if claims_len > MAX_CLAIMS_JSON {
+        return Err(format!(
+            "`assertion_claims` must be at most {MAX_CLAIMS_JSON} bytes of JSON"
+        ));
     }
     Ok(())
 }
@@ -264,6 +370,10 @@ impl OAuthConfig {
             aud: None,
             header: default_header(),
             renew_margin_secs: default_margin(),
+            request_body: RequestBody::Form,
+            assertion_in: AssertionIn::Body,
+            token_params: BTreeMap::new(),
+            assertion_claims: BTreeMap::new(),
         }
     }
 }
@@ -309,6 +419,65 @@ mod tests {
             json!({"token_url": "https://idp.example/token", "grant": "jwt_bearer", "iss": "i"})
         )
         .is_err());
+    }
+
+    /// A P-256 key made for these tests only.
+    const TEST_P256_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg60ZIdjCYPnfKTabQ
+RVxDfYPLgPj3jqamYallgC8X4CuhRANCAASit8rBAVfC3CEC2ZI5XwJeVLz1kX9r
+EjOjyC4vqDpuLWqardtuuclj2gz9Zw3ou1u88qFlp3ipPLXToU5sHHcL
+-----END PRIVATE KEY-----";
+
+    #[test]
+    fn request_body_assertion_place_params_and_claims_are_checked() {
+        let coze = json!({
+            "token_url": "https://api.coze.com/api/permission/oauth2/token",
+            "grant": "jwt_bearer",
+            "iss": "1234567890",
+            "aud": "api.coze.com",
+            "key_id": "kid-1",
+            "private_key_pem": TEST_P256_PEM,
+            "request_body": "json",
+            "assertion_in": "authorization_header",
+            "token_params": {"duration_seconds": 86399},
+            "assertion_claims": {"session_name": "my-app-session"},
+        });
+        let c = parse(coze.clone()).unwrap();
+        assert_eq!(
+            (c.request_body, c.assertion_in),
+            (RequestBody::Json, AssertionIn::AuthorizationHeader)
+        );
+        // Stored and opened again as it was; an older configuration reads as the defaults.
+        let back: OAuthConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let plain = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !json.contains("request_body") && !json.contains("token_params"),
+            "{json}"
+        );
+        for (field, value, says) in [
+            ("token_params", json!({"grant_type": "x"}), "grant_type"),
+            ("token_params", json!({"assertion": "x"}), "assertion"),
+            (
+                "token_params",
+                json!({"nested": {"a": 1}}),
+                "string, a number or a boolean",
+            ),
+            ("assertion_claims", json!({"exp": 1}), "\"exp\""),
+            ("assertion_claims", json!({"aud": "x"}), "\"aud\""),
+            ("request_body", json!("xml"), "request_body"),
+        ] {
+            let mut bad = coze.clone();
+            bad[field] = value;
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(says), "{field}: {e}");
+        }
+        // The header place and claims need an assertion.
+        let secret = json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s", "assertion_in": "authorization_header"});
+        assert!(parse(secret).unwrap_err().contains("jwt_bearer"));
+        let secret = json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s", "assertion_claims": {"a": 1}});
+        assert!(parse(secret).unwrap_err().contains("needs an assertion"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Obtaining a token from a service's token endpoint: the client assertion or assertion grant,
 //! the token request, and the answer read into a [`Token`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jwt_compact::alg::{Es256, Rsa};
@@ -8,7 +9,7 @@ use jwt_compact::{AlgorithmExt, Claims, Header};
 use podgate_protocol::config::credential_value_allowed;
 use serde_json::{json, Map, Value};
 
-use super::config::{signing_key, Grant, OAuthConfig, SigningKey};
+use super::config::{signing_key, AssertionIn, Grant, OAuthConfig, RequestBody, SigningKey};
 use crate::store::now_unix;
 
 /// The RFC 7523 client assertion type.
@@ -19,6 +20,9 @@ const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const DEFAULT_TOKEN_LIFETIME_MS: i64 = 3_600_000;
 /// A token is not pushed for use in its last this many milliseconds (transit and clock skew).
 pub(super) const EXPIRY_SAFETY_MS: i64 = 500;
+/// An `expires_in` of at least this many seconds is a Unix time, not a lifetime: it is
+/// 2001-09-09 as a date and 31 years as a lifetime. Coze's token endpoint answers that way.
+const ABSOLUTE_EXPIRES_IN: f64 = 1_000_000_000.0;
 /// How long a token endpoint may take to answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,11 +82,18 @@ fn sign(key: &SigningKey, kid: Option<&str>, claims: Map<String, Value>) -> Resu
     .map_err(|e| format!("cannot sign the assertion: {e}"))
 }
 
-fn assertion_claims(iss: &str, sub: &str, aud: &str) -> Result<Map<String, Value>, String> {
+/// The claims of an assertion: `iss`, `sub`, `aud`, a fresh `jti`, `iat`, `exp` a minute on,
+/// and `extra` (the configuration's `assertion_claims`, which cannot name any of those).
+fn assertion_claims(
+    iss: &str,
+    sub: &str,
+    aud: &str,
+    extra: &BTreeMap<String, Value>,
+) -> Result<Map<String, Value>, String> {
     let now = now_unix();
     let jti = crate::keys::random_bytes::<16>().map_err(|e| e.to_string())?;
     let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
-    let mut claims = Map::new();
+    let mut claims: Map<String, Value> = extra.clone().into_iter().collect();
     for (k, v) in [
         ("iss", json!(iss)),
         ("sub", json!(sub)),
@@ -96,24 +107,34 @@ fn assertion_claims(iss: &str, sub: &str, aud: &str) -> Result<Map<String, Value
     Ok(claims)
 }
 
+/// A request parameter as form text.
+fn form_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Asks the token endpoint for a new access token. Errors never quote a secret or a token.
 pub async fn fetch(client: &reqwest::Client, c: &OAuthConfig) -> Result<Token, String> {
     let aud = c.aud.clone().unwrap_or_else(|| c.token_url.clone());
-    let mut form: Vec<(&str, String)> = Vec::new();
+    let mut params: Vec<(&str, Value)> = Vec::new();
     let mut basic = None;
+    let mut bearer_assertion = None;
     match c.grant {
         Grant::ClientCredentials => {
             let client_id = c.client_id.clone().unwrap_or_default();
-            form.push(("grant_type", "client_credentials".into()));
+            params.push(("grant_type", json!("client_credentials")));
             if let Some(secret) = &c.client_secret {
                 basic = Some((client_id, secret.clone()));
             } else {
                 let pem = c.private_key_pem.as_deref().unwrap_or_default();
                 let key = signing_key(pem)?;
-                let claims = assertion_claims(&client_id, &client_id, &aud)?;
-                form.push(("client_id", client_id));
-                form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.into()));
-                form.push(("client_assertion", sign(&key, c.key_id.as_deref(), claims)?));
+                let claims = assertion_claims(&client_id, &client_id, &aud, &c.assertion_claims)?;
+                params.push(("client_id", json!(client_id)));
+                params.push(("client_assertion_type", json!(CLIENT_ASSERTION_TYPE)));
+                let assertion = sign(&key, c.key_id.as_deref(), claims)?;
+                params.push(("client_assertion", json!(assertion)));
             }
         }
         Grant::JwtBearer => {
@@ -125,28 +146,50 @@ pub async fn fetch(client: &reqwest::Client, c: &OAuthConfig) -> Result<Token, S
                 .or_else(|| c.client_id.clone())
                 .unwrap_or_default();
             let sub = c.sub.clone().unwrap_or_else(|| iss.clone());
-            let claims = assertion_claims(&iss, &sub, &aud)?;
-            form.push(("grant_type", JWT_BEARER_GRANT.into()));
-            form.push(("assertion", sign(&key, c.key_id.as_deref(), claims)?));
+            let claims = assertion_claims(&iss, &sub, &aud, &c.assertion_claims)?;
+            let assertion = sign(&key, c.key_id.as_deref(), claims)?;
+            params.push(("grant_type", json!(JWT_BEARER_GRANT)));
+            match c.assertion_in {
+                AssertionIn::Body => params.push(("assertion", json!(assertion))),
+                AssertionIn::AuthorizationHeader => bearer_assertion = Some(assertion),
+            }
             if let Some(id) = &c.client_id {
-                form.push(("client_id", id.clone()));
+                params.push(("client_id", json!(id)));
             }
         }
     }
     if let Some(scope) = &c.scope {
-        form.push(("scope", scope.clone()));
+        params.push(("scope", json!(scope)));
     }
+    params.extend(c.token_params.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let obtained_ms = now_ms();
-    let mut req = client.post(&c.token_url).form(&form).timeout(FETCH_TIMEOUT);
+    let mut req = client.post(&c.token_url).timeout(FETCH_TIMEOUT);
+    req = match c.request_body {
+        RequestBody::Form => {
+            let form: Vec<(&str, String)> =
+                params.iter().map(|(k, v)| (*k, form_text(v))).collect();
+            req.form(&form)
+        }
+        RequestBody::Json => {
+            let body: Map<String, Value> =
+                params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            req.json(&body)
+        }
+    };
     if let Some((id, secret)) = basic {
         // RFC 6749 2.3.1: both form-urlencoded before Basic.
         let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
         req = req.basic_auth(enc(&id), Some(enc(&secret)));
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| format!("the token endpoint cannot be reached: {}", e.without_url()))?;
+    if let Some(assertion) = bearer_assertion {
+        req = req.bearer_auth(assertion);
+    }
+    let resp = req.send().await.map_err(|e| {
+        format!(
+            "the token endpoint cannot be reached: {}",
+            with_causes(&e.without_url())
+        )
+    })?;
     let status = resp.status();
     let body: Value = resp
         .json()
@@ -178,10 +221,14 @@ pub async fn fetch(client: &reqwest::Client, c: &OAuthConfig) -> Result<Token, S
         return Err("the access token is not visible ASCII of at most 8185 characters".into());
     }
     let lifetime_ms = match expires_in(body.get("expires_in"))? {
-        Some(s) if s > 0.0 => (s * 1000.0) as i64,
-        Some(_) => return Err("the token endpoint gave a token that has expired".into()),
+        // A Unix time: what is left of it from when the token was asked for.
+        Some(s) if s >= ABSOLUTE_EXPIRES_IN => ((s * 1000.0) as i64).saturating_sub(obtained_ms),
+        Some(s) => (s * 1000.0) as i64,
         None => DEFAULT_TOKEN_LIFETIME_MS,
     };
+    if lifetime_ms <= 0 {
+        return Err("the token endpoint gave a token that has expired".into());
+    }
     Ok(Token {
         value: value.to_owned(),
         obtained_ms,
@@ -190,7 +237,8 @@ pub async fn fetch(client: &reqwest::Client, c: &OAuthConfig) -> Result<Token, S
 }
 
 /// The seconds of a token answer's `expires_in`: a number, or a string holding one (as some
-/// providers send it); `None` when absent. Anything else is an error rather than a guess, so
+/// providers send it); `None` when absent. From [`ABSOLUTE_EXPIRES_IN`] on, the caller reads
+/// it as a Unix time. Anything else is an error rather than a guess, so
 /// that a token is never held past its real expiry.
 fn expires_in(value: Option<&Value>) -> Result<Option<f64>, String> {
     let secs = match value {
@@ -211,6 +259,23 @@ fn expires_in(value: Option<&Value>) -> Result<Option<f64>, String> {
                 .collect::<String>()
         )),
     }
+}
+
+/// An error and its causes, `a: b: c`: reqwest's own text alone says "error sending request"
+/// whether the name did not resolve, the connection was refused or the certificate was not
+/// trusted.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The HTTP client of the token endpoints.

@@ -1,6 +1,7 @@
 //! The tokens this control plane holds, in memory only, and the task that keeps them fresh.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -43,8 +44,13 @@ struct State {
     last_renewal_ms: Option<i64>,
     last_error: Option<String>,
     last_error_ms: Option<i64>,
+    /// Failed attempts in a row with `failed_config`.
     failures: u32,
+    /// No attempt with `failed_config` before this (the backoff after its failures).
     next_attempt_ms: i64,
+    /// The configuration the failures and the backoff are about: a changed one (an admin's fix)
+    /// starts afresh, tried at once and with the first backoff after a failure.
+    failed_config: Option<OAuthConfig>,
 }
 
 /// The OAuth tokens of the services, in memory only.
@@ -55,6 +61,10 @@ pub struct ServiceTokens {
     /// them (`AppState::envoy_config_changed`) and for every change another control plane
     /// announces (`xds_sync`). A notification while [`run`] is busy is kept for its next wait.
     changed: tokio::sync::Notify,
+    /// Whether [`run`] has finished a round (its first attempts answered or given up), and the
+    /// wake-up of those waiting for it ([`ServiceTokens::first_round`]).
+    round_done: AtomicBool,
+    round_finished: tokio::sync::Notify,
 }
 
 /// What admins see of a service's OAuth credential: never the token.
@@ -113,9 +123,14 @@ impl ServiceTokens {
                 state.last_renewal_ms = Some(now);
                 state.failures = 0;
                 state.next_attempt_ms = 0;
+                state.failed_config = None;
                 true
             }
             Err(e) => {
+                if state.failed_config.as_ref() != Some(config) {
+                    state.failures = 0;
+                    state.failed_config = Some(config.clone());
+                }
                 tracing::warn!(service = %name, failures = state.failures + 1, "service OAuth token not obtained: {e}");
                 state.failures = state.failures.saturating_add(1);
                 let backoff = FIRST_BACKOFF_MS
@@ -129,6 +144,19 @@ impl ServiceTokens {
         }
     }
 
+    /// The credential of `name` was set again, its OAuth configuration the same or not: the
+    /// failures and the backoff start over. A token obtained with the same configuration is
+    /// kept (an admin changing only the fallback does not drop a good token); one obtained with
+    /// another is never used for the new configuration anyway ([`ServiceTokens::current`]),
+    /// and the new one is fetched at once ([`ServiceTokens::due_at`]).
+    pub fn credential_set(&self, name: &str) {
+        if let Some(state) = self.lock().get_mut(name) {
+            state.failures = 0;
+            state.next_attempt_ms = 0;
+            state.failed_config = None;
+        }
+    }
+
     /// Drops the cached token of `name`; returns whether there was one.
     pub fn clear(&self, name: &str) -> bool {
         let mut states = self.lock();
@@ -136,6 +164,7 @@ impl ServiceTokens {
             return false;
         };
         state.next_attempt_ms = 0;
+        state.failures = 0;
         state.token.take().is_some()
     }
 
@@ -183,14 +212,35 @@ impl ServiceTokens {
         }
     }
 
+    /// Waits until [`run`] has finished its first round, at most `within`; whether it has. The
+    /// first configuration published after a start waits for it, so that an Envoy that kept
+    /// the previous process's tokens is not pushed a configuration without them (a `502` for
+    /// each OAuth service until its token comes) while the new tokens are being fetched.
+    pub async fn first_round(&self, within: Duration) -> bool {
+        let finished = self.round_finished.notified();
+        tokio::pin!(finished);
+        finished.as_mut().enable();
+        if self.round_done.load(Ordering::Acquire) {
+            return true;
+        }
+        tokio::time::timeout(within, finished).await.is_ok()
+    }
+
+    fn finished_round(&self) {
+        if !self.round_done.swap(true, Ordering::AcqRel) {
+            self.round_finished.notify_waiters();
+        }
+    }
+
     /// The services may have changed: [`run`] reads them again.
     pub fn services_changed(&self) {
         self.changed.notify_one();
     }
 
     /// When service `name` is due for an attempt with `config` (Unix milliseconds; 0: now): its
-    /// token's renewal time, and never before the backoff after a failure allows. A token
-    /// obtained with another configuration is renewed at once.
+    /// token's renewal time, and never before the backoff after a failure with `config` allows.
+    /// A token obtained with another configuration is renewed at once, and failures with
+    /// another configuration hold nothing back.
     fn due_at(&self, name: &str, config: &OAuthConfig) -> i64 {
         let states = self.lock();
         let Some(state) = states.get(name) else {
@@ -200,7 +250,12 @@ impl ServiceTokens {
             (Some(t), Some(c)) if c == config => t.renew_at_ms(config.renew_margin_secs),
             _ => 0,
         };
-        renew_at.max(state.next_attempt_ms)
+        let backoff_until = if state.failed_config.as_ref() == Some(config) {
+            state.next_attempt_ms
+        } else {
+            0
+        };
+        renew_at.max(backoff_until)
     }
 
     /// Whether service `name` is due for an attempt at `now`, with `config`.
@@ -323,6 +378,7 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
                 changed |= tokens.record(&name, &config, outcome);
             }
         }
+        tokens.finished_round();
         if changed {
             state.envoy_config_changed().await;
         }
@@ -396,13 +452,24 @@ mod tests {
             tokens.next_wake_ms(&[]),
             Some(token.expires_ms - EXPIRY_SAFETY_MS)
         );
-        // Another configuration: renewed at once.
+        // Another configuration (an admin's fix): tried at once, whatever the backoff of the
+        // old one, and its own first failure waits the first backoff only.
         let mut other = c.clone();
         other.scope = Some("more".into());
-        assert_eq!(
-            tokens.due_at("api", &other),
-            tokens.lock()["api"].next_attempt_ms
-        );
+        for _ in 0..5 {
+            tokens.record("api", &c, Err("down".into()));
+        }
+        assert!(tokens.due_at("api", &c) >= now_ms() + 8_000);
+        assert_eq!(tokens.due_at("api", &other), 0);
+        assert!(tokens.due("api", &other, now_ms()));
+        tokens.record("api", &other, Err("still propagating".into()));
+        assert_eq!(tokens.lock()["api"].failures, 1);
+        assert!(tokens.due_at("api", &other) <= now_ms() + FIRST_BACKOFF_MS);
+        // Cleared by an admin: the count starts over too.
+        tokens.record("api", &other, Err("again".into()));
+        tokens.clear("api");
+        assert_eq!(tokens.lock()["api"].failures, 0);
+        assert!(tokens.due("api", &other, now_ms()));
         // No longer an OAuth service: forgotten.
         assert!(tokens.sweep(&[], now));
         assert_eq!(tokens.next_wake_ms(&services), Some(0));

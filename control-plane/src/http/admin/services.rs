@@ -576,8 +576,8 @@ async fn update_service(
     let lost = who_before != (row.owner_id.clone(), row.team_id.clone(), row.sharing);
     commit_cutting(&s, change, &name, lost).await?;
     if credential.is_some() {
-        // The next token is obtained with the new configuration.
-        s.service_tokens().clear(&name);
+        // A new configuration gets its token at once; the same one keeps its token.
+        s.service_tokens().credential_set(&name);
     }
     tracing::info!(service = %name, credential = credential.is_some(), "service updated");
     Ok(Json(view(&s, row)))
@@ -634,8 +634,8 @@ async fn put_credential(
     row.updated_at = now_unix();
     change.put_service(&row).await?;
     change.commit().await?;
-    // The next token is obtained with the new configuration.
-    s.service_tokens().clear(&name);
+    // A new configuration gets its token at once; the same one keeps its token.
+    s.service_tokens().credential_set(&name);
     tracing::info!(service = %name, oauth = credential.oauth.is_some(), "service credential set");
     Ok(Json(view(&s, row)))
 }
