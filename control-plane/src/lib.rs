@@ -302,7 +302,8 @@ impl AppState {
 }
 
 /// At start: with a key-encryption key, every signing key stored in plaintext (an upgrade, or a
-/// database used in dev mode) is sealed under it, after checking that every stored key opens;
+/// database used in dev mode) is sealed under it, after checking that every stored key opens,
+/// and so is every service credential and OAuth configuration stored in plaintext;
 /// without one (dev mode only), keys stay plaintext. Keys under a previous key-encryption key
 /// are left for `podgate keys rewrap`, so that control planes restarted one by one during a
 /// rotation all keep reading them.
@@ -332,6 +333,18 @@ async fn seal_stored_keys(db: &Db, config: &Config) -> Result<(), KeyringError> 
             keys = report.left,
             "signing keys are still encrypted with a previous key-encryption key; run `podgate keys rewrap` with the same key settings, then drop the previous key"
         );
+    }
+    // The services' credentials and OAuth configurations written in dev mode without a key.
+    match services::seal_plaintext(db, kek).await {
+        Ok(0) => {}
+        Ok(sealed) => tracing::warn!(
+            services = sealed,
+            "encrypted service credentials that were stored in plaintext; copies of the plaintext may remain in database backups and free pages: replace those credentials at their issuers"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "service credentials stored in plaintext could not be encrypted; they stay in plaintext until the next start"
+        ),
     }
     Ok(())
 }

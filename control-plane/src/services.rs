@@ -164,6 +164,24 @@ pub fn open(
 /// meanwhile (the control planes keep serving) is neither undone nor brought back. Returns how
 /// many services were resealed and how many sealed values already were under the current key.
 pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize, usize), String> {
+    reseal(db, kek, crate::keys::Reseal::All).await
+}
+
+/// At every start with a key-encryption key: the service credentials and OAuth configurations
+/// stored in plaintext (written in dev mode without one) are sealed under it, as the signing
+/// keys are; those under a previous key-encryption key are left for `podgate keys rewrap`.
+/// Returns how many services were sealed.
+pub async fn seal_plaintext(db: &crate::store::Db, kek: &KeyEncryption) -> Result<usize, String> {
+    reseal(db, kek, crate::keys::Reseal::Plaintext)
+        .await
+        .map(|(written, _)| written)
+}
+
+async fn reseal(
+    db: &crate::store::Db,
+    kek: &KeyEncryption,
+    which: crate::keys::Reseal,
+) -> Result<(usize, usize), String> {
     let Some(current) = kek.current() else {
         return Err("no current key-encryption key to seal the service credentials with".into());
     };
@@ -174,7 +192,7 @@ pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize
     let mut to_reseal = Vec::new();
     let mut already = 0;
     for row in &rows {
-        let (resealed, under_current) = resealed(kek, current.id(), row)?;
+        let (resealed, under_current) = resealed(kek, current.id(), row, which)?;
         already += under_current;
         if resealed.is_some() {
             to_reseal.push(row.name.clone());
@@ -187,7 +205,7 @@ pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize
         let fresh = change.service_for_update(&name).await.map_err(failed)?;
         // Deleted meanwhile: nothing to reseal. Changed meanwhile: what is stored now is sealed.
         let row = match fresh {
-            Some(row) => resealed(kek, current.id(), &row)?.0,
+            Some(row) => resealed(kek, current.id(), &row, which)?.0,
             None => None,
         };
         if let Some(row) = row {
@@ -200,18 +218,27 @@ pub async fn rewrap(db: &crate::store::Db, kek: &KeyEncryption) -> Result<(usize
 }
 
 /// Service `row` with its credential and OAuth configuration sealed under the key-encryption key
-/// `current_id` (`None` when both already are), and how many of its sealed values already were.
+/// `current_id` (`None` when nothing of it is to be sealed: `which` says whether a value under a
+/// previous key is), and how many of its sealed values already were under `current_id`.
 fn resealed(
     kek: &KeyEncryption,
     current_id: &str,
     row: &ServiceRow,
+    which: crate::keys::Reseal,
 ) -> Result<(Option<ServiceRow>, usize), String> {
+    // Whether a value stored under `kek_id` stays as it is.
+    let stays = |kek_id: Option<&str>| match (kek_id, which) {
+        (None, _) => false,
+        (Some(id), _) if id == current_id => true,
+        (Some(_), crate::keys::Reseal::Plaintext) => true,
+        (Some(_), crate::keys::Reseal::All) => false,
+    };
     let mut changed = false;
     let mut already = 0;
     let mut credential = row.credential.clone();
     if let Some(stored) = &row.credential {
-        if stored.kek_id.as_deref() == Some(current_id) {
-            already += 1;
+        if stays(stored.kek_id.as_deref()) {
+            already += usize::from(stored.kek_id.as_deref() == Some(current_id));
         } else {
             let value = open(kek, &row.name, stored)
                 .map_err(|e| format!("the credential of service {}: {e}", row.name))?;
@@ -224,8 +251,8 @@ fn resealed(
     }
     let mut oauth = row.oauth.clone();
     if let Some(stored) = &row.oauth {
-        if stored.kek_id.as_deref() == Some(current_id) {
-            already += 1;
+        if stays(stored.kek_id.as_deref()) {
+            already += usize::from(stored.kek_id.as_deref() == Some(current_id));
         } else {
             let config = crate::service_oauth::open(kek, &row.name, stored)
                 .map_err(|e| format!("the OAuth configuration of service {}: {e}", row.name))?;

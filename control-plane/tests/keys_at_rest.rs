@@ -2,7 +2,7 @@
 //! material, keys come back after a restart, a wrong or missing key-encryption key is a clear
 //! error that changes nothing, the operator's key rotates (previous key, then rewrap), a
 //! ciphertext moved to another row is refused, and plaintext rows from before encryption are
-//! sealed at start.
+//! sealed at start, service credentials written in dev mode too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -533,3 +533,77 @@ async fn plaintext_rows_from_before_encryption_are_sealed_at_start(which: Which)
     t.finish().await;
 }
 on_both!(plaintext_rows_from_before_encryption_are_sealed_at_start);
+
+/// Service credentials written in dev mode without a key-encryption key (a static key and an
+/// OAuth configuration with its client secret) are sealed at the first start with one, as the
+/// signing keys are, and open to the same values.
+async fn plaintext_service_credentials_are_sealed_at_start(which: Which) {
+    use podgate::store::{ServiceRow, User};
+    let Some(t) = TestDb::new(which).await else {
+        return;
+    };
+    const KEY: &str = "sk-dev-mode-plaintext-1234";
+    const CLIENT_SECRET: &str = "oauth-dev-mode-secret-5678";
+    let plaintext = KeyEncryption::plaintext();
+    let oauth = podgate::service_oauth::parse(serde_json::json!({
+        "token_url": "https://idp.example/token", "grant": "client_credentials",
+        "client_id": "c", "client_secret": CLIENT_SECRET,
+    }))
+    .unwrap();
+    let dev = start(&t, dev_without_kek(&t.url)).await.unwrap();
+    dev.db()
+        .create_user(&User {
+            id: "alice".into(),
+            email: None,
+            name: "Alice".into(),
+            created_at: now_unix(),
+        })
+        .await
+        .unwrap();
+    let row = ServiceRow {
+        name: "api".into(),
+        owner_id: "alice".into(),
+        team_id: None,
+        sharing: podgate::store::Sharing::Owner,
+        upstream_url: "https://api.example.com".into(),
+        ca_pem: None,
+        credential: Some(podgate::services::seal(&plaintext, "api", "x-api-key", KEY).unwrap()),
+        oauth: Some(podgate::service_oauth::seal(&plaintext, "api", &oauth).unwrap()),
+        resource_path: None,
+        created_at: now_unix(),
+        updated_at: now_unix(),
+    };
+    let mut change = t.db.change().await.unwrap();
+    change.create_service(&row).await.unwrap();
+    change.commit().await.unwrap();
+    drop(dev);
+    let stored = t.db.get_service("api").await.unwrap().unwrap();
+    assert!(stored.credential.as_ref().unwrap().value.contains(KEY));
+    assert!(stored
+        .oauth
+        .as_ref()
+        .unwrap()
+        .config
+        .contains(CLIENT_SECRET));
+
+    let a = KeyEncryptionKey::generate().unwrap();
+    start_with(&t, Some(&a), &[]).await.unwrap();
+    let sealed = t.db.get_service("api").await.unwrap().unwrap();
+    let credential = sealed.credential.as_ref().unwrap();
+    let stored_oauth = sealed.oauth.as_ref().unwrap();
+    assert_eq!(credential.kek_id.as_deref(), Some(a.id()));
+    assert_eq!(stored_oauth.kek_id.as_deref(), Some(a.id()));
+    assert!(!credential.value.contains(KEY));
+    assert!(!stored_oauth.config.contains(CLIENT_SECRET));
+    let kek = enc(&a, &[]);
+    assert_eq!(
+        podgate::services::open(&kek, "api", credential).unwrap(),
+        KEY
+    );
+    assert_eq!(
+        podgate::service_oauth::open(&kek, "api", stored_oauth).unwrap(),
+        oauth
+    );
+    t.finish().await;
+}
+on_both!(plaintext_service_credentials_are_sealed_at_start);
