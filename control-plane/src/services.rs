@@ -138,6 +138,47 @@ pub fn seal(
     })
 }
 
+/// The largest CA bundle a service or its token endpoint may have.
+pub const MAX_CA_PEM_LEN: usize = 64 * 1024;
+
+/// Whether `pem` (a service's `ca_pem`, or its OAuth token endpoint's) is at most
+/// [`MAX_CA_PEM_LEN`] bytes and every block of it an X.509 certificate that can be a trust
+/// anchor, as Envoy and rustls will read it: a truncated or mistyped one would make Envoy
+/// refuse the service's cluster (and leave the service without an upstream), so it is refused
+/// here with the reason.
+pub fn check_ca_pem(pem: &str) -> Result<(), String> {
+    if pem.len() > MAX_CA_PEM_LEN || !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "must be PEM certificates (-----BEGIN CERTIFICATE-----), at most {MAX_CA_PEM_LEN} bytes"
+        ));
+    }
+    use rustls::pki_types::pem::{self, PemObject as _};
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
+        let cert = cert.map_err(|e| {
+            let why = match e {
+                pem::Error::MissingSectionEnd { .. } => {
+                    "is cut short (no -----END CERTIFICATE----- after its -----BEGIN line)"
+                }
+                pem::Error::Base64Decode(_) => "is not base64 between its BEGIN and END lines",
+                _ => "is not readable PEM",
+            };
+            format!("certificate {} {why}", i + 1)
+        })?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("certificate {} is not an X.509 certificate: {e}", i + 1))?;
+    }
+    if roots.is_empty() {
+        return Err(
+            "no complete certificate (-----BEGIN CERTIFICATE----- … -----END CERTIFICATE-----)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// Opens a service's stored credential.
 pub fn open(
     kek: &KeyEncryption,
@@ -192,7 +233,15 @@ async fn reseal(
     let mut to_reseal = Vec::new();
     let mut already = 0;
     for row in &rows {
-        let (resealed, under_current) = resealed(kek, current.id(), row, which)?;
+        let (resealed, under_current) = match resealed(kek, current.id(), row, which) {
+            Ok(done) => done,
+            // At start, one row that does not read must not keep the others in plaintext.
+            Err(e) if which == crate::keys::Reseal::Plaintext => {
+                tracing::error!(service = %row.name, error = %e, "a service credential stored in plaintext cannot be read; left as it is");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         already += under_current;
         if resealed.is_some() {
             to_reseal.push(row.name.clone());
@@ -205,7 +254,14 @@ async fn reseal(
         let fresh = change.service_for_update(&name).await.map_err(failed)?;
         // Deleted meanwhile: nothing to reseal. Changed meanwhile: what is stored now is sealed.
         let row = match fresh {
-            Some(row) => resealed(kek, current.id(), &row, which)?.0,
+            Some(row) => match resealed(kek, current.id(), &row, which) {
+                Ok((row, _)) => row,
+                Err(e) if which == crate::keys::Reseal::Plaintext => {
+                    tracing::error!(service = %name, error = %e, "a service credential stored in plaintext cannot be read; left as it is");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         if let Some(row) = row {

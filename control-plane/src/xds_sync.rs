@@ -67,9 +67,11 @@ const FIRST_TOKENS_WAIT: Duration = Duration::from_secs(12);
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// A database round trip that takes longer than this counts as no answer.
 const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long the ADS port says `NOT_SERVING` before its streams are ended: Envoys' health
-/// checks of `podgate_xds` (every second, 1 s timeout) have seen it by then.
+/// How long the ADS port says `NOT_SERVING` for a lost database before its streams are ended:
+/// Envoys' health checks of `podgate_xds` (every second, 1 s timeout) have seen it by then.
 const STREAMS_END_AFTER: Duration = Duration::from_secs(3);
+/// How often, while the database stays unreachable, the streams are ended again.
+const STREAMS_END_AGAIN: Duration = Duration::from_secs(30);
 /// Connect timeout to a pod's nginx.
 const POD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -206,9 +208,12 @@ pub async fn start(
     let cache = SnapshotCache::new();
     let server = AdsServer::new(cache.clone()).with_observer(sources.metrics.xds());
     tracing::info!(listen = %xds.listen, filter_wasm = %xds.filter_wasm.display(), mutual_tls = tls.is_some(), "xDS (ADS) server listening");
+    // Not serving until the first configuration is published (`follow_database`).
+    server.set_serving(false);
     let health = tokio::spawn(follow_database(
         sources.db.clone(),
         server.clone(),
+        cache.clone(),
         stopped(shutdown.clone()),
     ));
     let sync = tokio::spawn(run(
@@ -244,19 +249,37 @@ pub async fn start(
 }
 
 /// Keeps the ADS port's `grpc.health.v1` answer in line with the database until `shutdown`
-/// completes: `NOT_SERVING` while a round trip fails or takes over [`HEALTH_PING_TIMEOUT`],
-/// `SERVING` again once one succeeds. A control plane that cannot read the database no longer
-/// sees changes made through the others (revocations, sign-outs, pods stopped): once it has said
-/// `NOT_SERVING` for [`STREAMS_END_AFTER`] (long enough for Envoys' health checks of
-/// `podgate_xds` to set it aside), it ends the ADS streams it has, once per outage, and each
-/// Envoy reconnects to a control plane its health checks still see serving. An Envoy with no
-/// other control plane comes back to this one and keeps getting what it has.
-async fn follow_database(db: Db, server: AdsServer, shutdown: impl Future<Output = ()>) {
+/// completes. `NOT_SERVING` until the first configuration is published (a control plane that
+/// has published nothing has nothing to give an Envoy), then while the database fails two round
+/// trips in a row (each failing or taking over [`HEALTH_PING_TIMEOUT`]; one slow round trip is
+/// not an outage), `SERVING` again once one succeeds. A control plane that cannot read the
+/// database no longer sees changes made through the others (revocations, sign-outs, pods
+/// stopped): on PostgreSQL, once it has said `NOT_SERVING` for [`STREAMS_END_AFTER`] (long
+/// enough for Envoys' health checks of `podgate_xds` to set it aside), it ends its ADS streams,
+/// and again every [`STREAMS_END_AGAIN`] while the outage lasts (a stream that came back to it
+/// while Envoy's load balancer ignored health, with too few control planes healthy, moves on at
+/// the next round). An Envoy with no other control plane comes back and keeps what it has. On
+/// SQLite there is no other control plane to move to, so streams are left alone.
+async fn follow_database(
+    db: Db,
+    server: AdsServer,
+    cache: SnapshotCache,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut published = cache.subscribe();
+    tokio::select! {
+        () = &mut shutdown => return,
+        _ = published.wait_for(Option::is_some) => {}
+    }
+    server.set_serving(true);
+    let shared = db.backend() == Backend::Postgres;
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Since when the database has not answered, and whether the streams were ended since.
-    let mut outage: Option<(std::time::Instant, bool)> = None;
-    tokio::pin!(shutdown);
+    // Failed round trips in a row; since when the database has been taken as gone, and when the
+    // streams were last ended since.
+    let mut failures = 0u32;
+    let mut outage: Option<(std::time::Instant, Option<std::time::Instant>)> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => return,
@@ -267,36 +290,47 @@ async fn follow_database(db: Db, server: AdsServer, shutdown: impl Future<Output
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {HEALTH_PING_TIMEOUT:?}")),
         };
-        match (answer, &mut outage) {
-            (Ok(()), None) => {}
-            (Ok(()), Some(_)) => {
-                outage = None;
-                server.set_serving(true);
-                tracing::info!(
-                    "the database answers again: the ADS port's gRPC health says SERVING"
-                );
-            }
-            (Err(e), None) => {
-                outage = Some((std::time::Instant::now(), false));
-                server.set_serving(false);
-                tracing::warn!(
-                    error = %e,
-                    "the database does not answer: the ADS port's gRPC health says NOT_SERVING"
-                );
-            }
-            (Err(_), Some((since, ended))) => {
-                if !*ended && since.elapsed() >= STREAMS_END_AFTER {
-                    *ended = true;
-                    let streams = server.streams().len();
-                    server.end_streams(
-                        "this control plane cannot read its database; reconnect to another",
-                    );
-                    tracing::warn!(
-                        streams,
-                        "the database still does not answer: ended the ADS streams, so Envoys \
-                         reconnect to a control plane that can read it"
+        let error = match answer {
+            Ok(()) => {
+                failures = 0;
+                if outage.take().is_some() {
+                    server.set_serving(true);
+                    tracing::info!(
+                        "the database answers again: the ADS port's gRPC health says SERVING"
                     );
                 }
+                continue;
+            }
+            Err(e) => e,
+        };
+        failures = failures.saturating_add(1);
+        if failures < 2 {
+            continue;
+        }
+        let Some((since, ended)) = &mut outage else {
+            outage = Some((std::time::Instant::now(), None));
+            server.set_serving(false);
+            tracing::warn!(
+                error = %error,
+                "the database does not answer: the ADS port's gRPC health says NOT_SERVING"
+            );
+            continue;
+        };
+        let due = since.elapsed() >= STREAMS_END_AFTER
+            && ended.is_none_or(|at| at.elapsed() >= STREAMS_END_AGAIN);
+        if shared && due {
+            *ended = Some(std::time::Instant::now());
+            let streams = server.streams().len();
+            if streams > 0 {
+                server.end_streams(
+                    "this control plane cannot read its database; reconnect to another",
+                );
+                tracing::warn!(
+                    streams,
+                    error = %error,
+                    "the database still does not answer: ended the ADS streams, so Envoys \
+                     reconnect to a control plane that can read it"
+                );
             }
         }
     }

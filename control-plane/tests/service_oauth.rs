@@ -1,9 +1,9 @@
 //! Service OAuth credentials against the testkit's token endpoint: `client_credentials` with a
 //! client secret and with a `private_key_jwt` assertion (ES256 and RS256), the `jwt-bearer`
-//! grant, and a Coze JWT app (its own request shape and Unix-time `expires_in`); the endpoint
-//! verifies every assertion's signature with the client's public key. A wrong secret, a key the
-//! endpoint does not know, an endpoint that is down and one that cannot be reached give errors
-//! that say why and quote no secret.
+//! grant, and a Coze JWT app (its own request shape and Unix-time `expires_in`), also behind
+//! TLS with a private CA (`ca_pem`); the endpoint verifies every assertion's signature with the
+//! client's public key. A wrong secret, a key the endpoint does not know, an endpoint that is
+//! down and one that cannot be reached give errors that say why and quote no secret.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -148,4 +148,32 @@ async fn an_endpoint_that_cannot_be_reached_says_why() {
     assert!(e.contains("cannot be reached"), "{e}");
     assert!(e.to_lowercase().contains("refused"), "{e}");
     assert!(!e.contains(SECRET), "{e}");
+}
+
+/// A token endpoint behind TLS with a private CA: refused with the reason while only the public
+/// roots are trusted, served once `ca_pem` names that CA.
+#[tokio::test]
+async fn a_token_endpoint_on_a_private_ca_is_reached_with_its_ca_pem() {
+    let idp = endpoint().await;
+    let front = podgate_testkit::TlsFront::start(idp.addr()).await.unwrap();
+    let https = format!("https://localhost:{}/token", front.addr().port());
+    let mut config = json!({"token_url": https, "grant": "client_credentials", "client_id": "with-secret", "client_secret": SECRET});
+    let e = fetch(&http_client(), &parse(config.clone()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("cannot be reached") && e.contains("certificate"),
+        "{e}"
+    );
+    config["ca_pem"] = json!(front.ca_pem());
+    let token = fetch(&http_client(), &parse(config.clone()).unwrap())
+        .await
+        .unwrap();
+    assert!(idp.valid_at(&token.value, SystemTime::now()));
+    // Only for https, and only certificates.
+    let mut plain = config.clone();
+    plain["token_url"] = json!(idp.url());
+    assert!(parse(plain).unwrap_err().contains("only for an https"));
+    config["ca_pem"] = json!("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----");
+    assert!(parse(config).unwrap_err().contains("`ca_pem`"));
 }

@@ -532,9 +532,9 @@ fn through(url: &str, relay: &podgate_testkit::TcpCut) -> String {
 /// control plane is healthy again in the Envoy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envoy_leaves_a_control_plane_that_lost_its_database() {
-    /// From the cut to the Envoy on the other control plane: a failed round trip (at most the
-    /// control plane's 2 s timeout, within its 1 s health round), then 3 s of NOT_SERVING
-    /// before the streams end, then Envoy's reconnect back-off; the rest is margin for a loaded
+    /// From the cut to the Envoy on the other control plane: two failed round trips a second
+    /// apart (each at most the control plane's 2 s timeout), then 3 s of NOT_SERVING before
+    /// the streams end, then Envoy's reconnect back-off; the rest is margin for a loaded
     /// machine.
     const LEAVE_BOUND: Duration = Duration::from_secs(20);
     let Some(db) = TestDb::new(Which::Postgres).await else {

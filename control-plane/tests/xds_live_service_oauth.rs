@@ -417,6 +417,21 @@ async fn a_coze_jwt_app_is_the_credential_and_trace_is_refused() {
         )
         .await;
     assert!(!created.to_string().contains("PRIVATE KEY"), "{created}");
+    // What admins see of its shape: names, never values.
+    let shown = &created["oauth"];
+    assert_eq!(shown["request_body"], "json", "{created}");
+    assert_eq!(shown["assertion_in"], "authorization_header", "{created}");
+    assert_eq!(
+        shown["token_params"],
+        json!(["duration_seconds"]),
+        "{created}"
+    );
+    assert_eq!(
+        shown["assertion_claims"],
+        json!(["session_name"]),
+        "{created}"
+    );
+    assert!(!created.to_string().contains("my-app-session"), "{created}");
     let api_token = api_token(&stack).await;
     let bearer = format!("Bearer {api_token}");
     until_models(&stack, &bearer, 200, Duration::from_secs(10)).await;

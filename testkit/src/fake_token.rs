@@ -313,8 +313,20 @@ fn coze(inner: &Inner, bearer: Option<String>, body: &[u8]) -> Response<Full<Byt
             ),
         };
         let jwt = bearer.ok_or_else(|| invalid_client("no Authorization: Bearer assertion"))?;
-        let iss = UntrustedToken::new(&jwt)
-            .ok()
+        let untrusted =
+            UntrustedToken::new(&jwt).map_err(|e| invalid_client(format!("not a JWT: {e}")))?;
+        // Coze finds the app's public key by the key id.
+        if untrusted
+            .header()
+            .key_id
+            .as_deref()
+            .is_none_or(str::is_empty)
+        {
+            return Err(invalid_client(
+                "the assertion names no kid (the app's key id)",
+            ));
+        }
+        let iss = Some(untrusted)
             .and_then(|t| t.deserialize_claims_unchecked::<Map<String, Value>>().ok())
             .and_then(|c| {
                 c.custom

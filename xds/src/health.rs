@@ -1,7 +1,8 @@
 //! `grpc.health.v1.Health` for the ADS server: one switch, serving or not, reported for the
 //! whole server (`""`) and for the ADS service by name. A client that health-checks its xDS
 //! cluster with gRPC (Envoy's `grpc_health_check`) sets aside a server that says `NOT_SERVING`
-//! and, with `close_connections_on_host_health_failure`, moves its stream to another one.
+//! for its next connection; the stream it holds moves once the server ends it
+//! ([`crate::AdsServer::end_streams`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,14 +21,18 @@ pub struct AdsHealth {
     serving: Arc<watch::Sender<bool>>,
     /// The ADS service's gRPC name, also answered.
     service: &'static str,
+    /// Turns true when the server shuts down: `Watch` streams end then, or a graceful shutdown
+    /// would wait on them for ever.
+    closing: watch::Receiver<bool>,
 }
 
 impl AdsHealth {
-    /// Serving from the start, reporting for `""` and `service`.
-    pub fn new(service: &'static str) -> AdsHealth {
+    /// Serving from the start, reporting for `""` and `service`, until `closing` turns true.
+    pub fn new(service: &'static str, closing: watch::Receiver<bool>) -> AdsHealth {
         AdsHealth {
             serving: Arc::new(watch::channel(true).0),
             service,
+            closing,
         }
     }
 
@@ -83,7 +88,15 @@ impl Health for AdsHealth {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = &request.get_ref().service;
         let status = self.status_of(service).ok_or_else(|| not_found(service))?;
-        let stream = WatchStream::new(status).map(|serving| Ok(answer(serving)));
+        // Each status while it changes, until the server closes.
+        let statuses = WatchStream::new(status).map(|serving| Some(answer(serving)));
+        let closed = WatchStream::new(self.closing.clone())
+            .filter(|closing| *closing)
+            .map(|_| None);
+        let stream = statuses
+            .merge(closed)
+            .take_while(Option::is_some)
+            .filter_map(|answer| answer.map(Ok));
         Ok(Response::new(Box::pin(stream)))
     }
 }

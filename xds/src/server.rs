@@ -238,14 +238,14 @@ pub struct AdsServer {
 impl AdsServer {
     /// A server publishing what `cache` holds.
     pub fn new(cache: SnapshotCache) -> AdsServer {
-        let (closing, _) = watch::channel(false);
+        let (closing, closed) = watch::channel(false);
         AdsServer {
             cache,
             metrics: Arc::new(XdsMetrics::default()),
             registry: Arc::new(StreamRegistry::new()),
             closing: Arc::new(closing),
             observer: None,
-            health: AdsHealth::new(ADS_SERVICE),
+            health: AdsHealth::new(ADS_SERVICE, closed),
             ending: Arc::new(watch::channel(Arc::from("")).0),
         }
     }

@@ -377,7 +377,7 @@ async fn grpc_health_reports_what_the_server_was_told() {
 
     let cache = SnapshotCache::new();
     cache.set(snapshot(0));
-    let (addr, server, _stop) = start(&cache).await;
+    let (addr, server, stop) = start(&cache).await;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -446,6 +446,15 @@ async fn grpc_health_reports_what_the_server_was_told() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    // A Watch still open when the server shuts down ends, so the shutdown does not wait on it.
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    stop.send(()).unwrap();
+    let ended = tokio::time::timeout(STEP, watch.message()).await;
+    assert!(matches!(ended, Ok(Ok(None)) | Ok(Err(_))), "{ended:?}");
 }
 
 #[tokio::test]

@@ -118,6 +118,10 @@ pub struct OAuthConfig {
     /// More claims of the assertions, such as Coze's `session_name`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub assertion_claims: BTreeMap<String, Value>,
+    /// PEM of the CA bundle that verifies an https `token_url`, in place of the public roots
+    /// (an identity provider on a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for OAuthConfig {
@@ -174,7 +178,7 @@ pub(super) fn signing_key(pem: &str) -> Result<SigningKey, String> {
 
 /// Reads and checks `credential.oauth` as an admin sends it, without ever quoting a value.
 pub fn parse(v: Value) -> Result<OAuthConfig, String> {
-    const SHAPE: &str = "`credential.oauth` must be {\"token_url\", \"grant\": \"client_credentials\" | \"jwt_bearer\", \"client_id\"?, \"client_secret\"? | \"private_key_pem\"?, \"key_id\"?, \"scope\"?, \"iss\"?, \"sub\"?, \"aud\"?, \"header\"?, \"renew_margin_secs\"?, \"request_body\"?: \"form\" | \"json\", \"assertion_in\"?: \"body\" | \"authorization_header\", \"token_params\"?: {...}, \"assertion_claims\"?: {...}} (strings, renew_margin_secs a number)";
+    const SHAPE: &str = "`credential.oauth` must be {\"token_url\", \"grant\": \"client_credentials\" | \"jwt_bearer\", \"client_id\"?, \"client_secret\"? | \"private_key_pem\"?, \"key_id\"?, \"scope\"?, \"iss\"?, \"sub\"?, \"aud\"?, \"header\"?, \"renew_margin_secs\"?, \"request_body\"?: \"form\" | \"json\", \"assertion_in\"?: \"body\" | \"authorization_header\", \"token_params\"?: {...}, \"assertion_claims\"?: {...}, \"ca_pem\"?} (strings, renew_margin_secs a number)";
     let config: OAuthConfig = serde_json::from_value(v).map_err(|_| SHAPE.to_owned())?;
     check(&config)?;
     Ok(config)
@@ -188,6 +192,12 @@ pub fn check(c: &OAuthConfig) -> Result<(), String> {
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err("`token_url` must not carry user information".into());
+    }
+    if let Some(pem) = &c.ca_pem {
+        if url.scheme() != "https" {
+            return Err("`ca_pem` is only for an https `token_url`".into());
+        }
+        crate::services::check_ca_pem(pem).map_err(|e| format!("`ca_pem`: {e}"))?;
     }
     if !credential_header_allowed(&c.header) {
         return Err(format!(
@@ -374,6 +384,7 @@ impl OAuthConfig {
             assertion_in: AssertionIn::Body,
             token_params: BTreeMap::new(),
             assertion_claims: BTreeMap::new(),
+            ca_pem: None,
         }
     }
 }

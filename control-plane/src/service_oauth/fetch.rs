@@ -23,6 +23,12 @@ pub(super) const EXPIRY_SAFETY_MS: i64 = 500;
 /// An `expires_in` of at least this many seconds is a Unix time, not a lifetime: it is
 /// 2001-09-09 as a date and 31 years as a lifetime. Coze's token endpoint answers that way.
 const ABSOLUTE_EXPIRES_IN: f64 = 1_000_000_000.0;
+/// From this on, an absolute `expires_in` is in milliseconds (as seconds it would be the year
+/// 5138; as milliseconds it is 1973).
+const ABSOLUTE_EXPIRES_IN_MS: f64 = 100_000_000_000.0;
+/// A token is held at most this long, whatever its endpoint says (it is then renewed at half
+/// of that): an answer that is read wrong can never keep a token for years.
+const MAX_TOKEN_LIFETIME_MS: i64 = 400 * 86_400_000;
 /// How long a token endpoint may take to answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -162,6 +168,15 @@ pub async fn fetch(client: &reqwest::Client, c: &OAuthConfig) -> Result<Token, S
         params.push(("scope", json!(scope)));
     }
     params.extend(c.token_params.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    // A private CA: a client of its own that trusts that CA only.
+    let own_client;
+    let client = match &c.ca_pem {
+        None => client,
+        Some(pem) => {
+            own_client = client_trusting(pem)?;
+            &own_client
+        }
+    };
     let obtained_ms = now_ms();
     let mut req = client.post(&c.token_url).timeout(FETCH_TIMEOUT);
     req = match c.request_body {
@@ -220,20 +235,30 @@ pub async fn fetch(client: &reqwest::Client, c: &OAuthConfig) -> Result<Token, S
     if !credential_value_allowed(&format!("Bearer {value}")) {
         return Err("the access token is not visible ASCII of at most 8185 characters".into());
     }
-    let lifetime_ms = match expires_in(body.get("expires_in"))? {
-        // A Unix time: what is left of it from when the token was asked for.
-        Some(s) if s >= ABSOLUTE_EXPIRES_IN => ((s * 1000.0) as i64).saturating_sub(obtained_ms),
-        Some(s) => (s * 1000.0) as i64,
-        None => DEFAULT_TOKEN_LIFETIME_MS,
-    };
-    if lifetime_ms <= 0 {
-        return Err("the token endpoint gave a token that has expired".into());
-    }
+    let lifetime_ms = lifetime_ms(expires_in(body.get("expires_in"))?, obtained_ms)?;
     Ok(Token {
         value: value.to_owned(),
         obtained_ms,
         expires_ms: obtained_ms.saturating_add(lifetime_ms),
     })
+}
+
+/// How long a token asked for at `obtained_ms` lives, from its answer's `expires_in`: seconds
+/// of life, or from [`ABSOLUTE_EXPIRES_IN`] on a Unix time in seconds (from
+/// [`ABSOLUTE_EXPIRES_IN_MS`] on, in milliseconds); an hour without one; never more than
+/// [`MAX_TOKEN_LIFETIME_MS`]. A token already expired is an error.
+fn lifetime_ms(expires_in: Option<f64>, obtained_ms: i64) -> Result<i64, String> {
+    let lifetime = match expires_in {
+        // A Unix time: what is left of it from when the token was asked for.
+        Some(ms) if ms >= ABSOLUTE_EXPIRES_IN_MS => (ms as i64).saturating_sub(obtained_ms),
+        Some(s) if s >= ABSOLUTE_EXPIRES_IN => ((s * 1000.0) as i64).saturating_sub(obtained_ms),
+        Some(s) => (s * 1000.0) as i64,
+        None => DEFAULT_TOKEN_LIFETIME_MS,
+    };
+    if lifetime <= 0 {
+        return Err("the token endpoint gave a token that has expired".into());
+    }
+    Ok(lifetime.min(MAX_TOKEN_LIFETIME_MS))
 }
 
 /// The seconds of a token answer's `expires_in`: a number, or a string holding one (as some
@@ -280,11 +305,26 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 
 /// The HTTP client of the token endpoints.
 pub fn http_client() -> reqwest::Client {
+    client_builder().build().unwrap_or_default()
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
+}
+
+/// A client like [`http_client`] that trusts the certificates of `pem` and nothing else.
+fn client_trusting(pem: &str) -> Result<reqwest::Client, String> {
+    let roots = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+        .map_err(|e| format!("`ca_pem` cannot be read: {e}"))?;
+    let mut builder = client_builder().tls_built_in_root_certs(false);
+    for root in roots {
+        builder = builder.add_root_certificate(root);
+    }
+    builder
         .build()
-        .unwrap_or_default()
+        .map_err(|e| format!("cannot make a client trusting `ca_pem`: {e}"))
 }
 
 #[cfg(test)]
@@ -307,6 +347,32 @@ mod tests {
         assert_eq!(t(3_000).renew_at_ms(300), 750);
         assert!(t(3_000).usable(2_000));
         assert!(!t(3_000).usable(2_600));
+    }
+
+    #[test]
+    fn expires_in_is_a_lifetime_or_a_unix_time_and_never_years() {
+        let now = 1_765_000_000_000; // Unix milliseconds, December 2025.
+        assert_eq!(lifetime_ms(Some(600.0), now).unwrap(), 600_000);
+        assert_eq!(lifetime_ms(None, now).unwrap(), DEFAULT_TOKEN_LIFETIME_MS);
+        // Coze: a Unix time in seconds, an hour on.
+        assert_eq!(lifetime_ms(Some(1_765_003_600.0), now).unwrap(), 3_600_000);
+        // The same in milliseconds.
+        assert_eq!(
+            lifetime_ms(Some(1_765_003_600_000.0), now).unwrap(),
+            3_600_000
+        );
+        // In the past, or no life at all: an error, never a token.
+        for gone in [1_764_999_000.0, 1_764_999_000_000.0, 0.0, -5.0] {
+            assert!(lifetime_ms(Some(gone), now).is_err(), "{gone}");
+        }
+        // Years, however it is written: held 400 days at most.
+        for far in [1e9 - 1.0, 4_000_000_000.0, 9e15] {
+            assert_eq!(
+                lifetime_ms(Some(far), now).unwrap(),
+                MAX_TOKEN_LIFETIME_MS,
+                "{far}"
+            );
+        }
     }
 
     #[test]

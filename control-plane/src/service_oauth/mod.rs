@@ -21,6 +21,8 @@ mod config;
 mod fetch;
 mod tokens;
 
-pub use config::{check, open, parse, seal, Grant, OAuthConfig, OpenError};
+pub use config::{
+    check, open, parse, seal, AssertionIn, Grant, OAuthConfig, OpenError, RequestBody,
+};
 pub use fetch::{fetch, http_client, Token};
 pub use tokens::{refresh, run, CredentialStatus, ServiceTokens, Source};

@@ -19,16 +19,13 @@ use crate::cuts::commit_cutting_lost_access;
 use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
-use crate::service_oauth::{self, CredentialStatus, Grant, OAuthConfig};
-use crate::services::{check_credential, parse_upstream, seal};
+use crate::service_oauth::{self, AssertionIn, CredentialStatus, Grant, OAuthConfig, RequestBody};
+use crate::services::{check_ca_pem, check_credential, parse_upstream, seal};
 use crate::store::{
     now_unix, Change, HolderScope, ServiceRow, Sharing, StoredCredential, StoredOAuth,
     DEFAULT_SHARING,
 };
 use crate::AppState;
-
-/// The largest CA bundle a service may carry.
-const MAX_CA_PEM_LEN: usize = 64 * 1024;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -155,6 +152,16 @@ struct OAuthView {
     scope: Option<String>,
     header: String,
     renew_margin_secs: u64,
+    /// Whether the token endpoint is verified with a CA of its own (`ca_pem`).
+    ca_pem_set: bool,
+    /// `form` or `json`.
+    request_body: RequestBody,
+    /// `body` or `authorization_header`.
+    assertion_in: AssertionIn,
+    /// The names of the extra token request parameters (not their values).
+    token_params: Vec<String>,
+    /// The names of the extra assertion claims (not their values).
+    assertion_claims: Vec<String>,
     /// Whether it is stored sealed under a key-encryption key (always, outside dev mode).
     sealed: bool,
 }
@@ -216,6 +223,11 @@ fn view(s: &AppState, row: ServiceRow) -> ServiceView {
                 scope: c.scope,
                 header: c.header,
                 renew_margin_secs: c.renew_margin_secs,
+                ca_pem_set: c.ca_pem.is_some(),
+                request_body: c.request_body,
+                assertion_in: c.assertion_in,
+                token_params: c.token_params.into_keys().collect(),
+                assertion_claims: c.assertion_claims.into_keys().collect(),
                 sealed,
             }),
             Err(e) => {
@@ -300,43 +312,7 @@ fn check_upstream(url: &str, ca_pem: Option<&str>) -> ApiResult<()> {
         if !upstream.https {
             return Err(ApiError::bad("`ca_pem` is only for an https upstream"));
         }
-        if pem.len() > MAX_CA_PEM_LEN || !pem.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(ApiError::bad(format!(
-                "`ca_pem` must be PEM certificates (-----BEGIN CERTIFICATE-----), at most {MAX_CA_PEM_LEN} bytes"
-            )));
-        }
-        check_ca_certificates(pem).map_err(|e| ApiError::bad(format!("`ca_pem`: {e}")))?;
-    }
-    Ok(())
-}
-
-/// Whether every block of `pem` is an X.509 certificate that can be a trust anchor, as Envoy
-/// will read it: a truncated or mistyped one would make Envoy refuse the service's cluster
-/// (and leave the service without an upstream), so it is refused here with the reason.
-fn check_ca_certificates(pem: &str) -> Result<(), String> {
-    use rustls::pki_types::pem::{self, PemObject as _};
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    for (i, cert) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
-        let cert = cert.map_err(|e| {
-            let why = match e {
-                pem::Error::MissingSectionEnd { .. } => {
-                    "is cut short (no -----END CERTIFICATE----- after its -----BEGIN line)"
-                }
-                pem::Error::Base64Decode(_) => "is not base64 between its BEGIN and END lines",
-                _ => "is not readable PEM",
-            };
-            format!("certificate {} {why}", i + 1)
-        })?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("certificate {} is not an X.509 certificate: {e}", i + 1))?;
-    }
-    if roots.is_empty() {
-        return Err(
-            "no complete certificate (-----BEGIN CERTIFICATE----- … -----END CERTIFICATE-----)"
-                .into(),
-        );
+        check_ca_pem(pem).map_err(|e| ApiError::bad(format!("`ca_pem`: {e}")))?;
     }
     Ok(())
 }
