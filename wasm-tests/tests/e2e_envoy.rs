@@ -474,6 +474,36 @@ fn a_refusal_is_readable_by_a_script_on_another_port_of_the_pod_only() {
 }
 
 #[test]
+fn a_form_post_from_the_pods_own_no_referrer_page_reaches_the_pod() {
+    block_on(async {
+        let stack = turn().await;
+        let token = stack.minter.valid("alpha", PORT).unwrap();
+        // What a browser sends for a form on a page served with `Referrer-Policy: no-referrer`.
+        let post = |site: &str| {
+            stack
+                .client
+                .request(reqwest::Method::POST, &alpha_host(), "/items")
+                .header("cookie", format!("podgate_cap={token}"))
+                .header("origin", "null")
+                .header("sec-fetch-site", site.to_owned())
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("name=first")
+        };
+        let answer = send(post("same-origin")).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = only_request(&stack, stack.alpha);
+        assert_eq!(
+            (seen.method.as_str(), seen.path.as_str()),
+            ("POST", "/items")
+        );
+        // The same `null` from a sandboxed frame or another site: refused, nothing forwarded.
+        stack.alpha.reset();
+        let answer = send(post("cross-site")).await;
+        assert_denied(&stack, &answer, 403, "Origin: null from another site");
+    });
+}
+
+#[test]
 fn token_for_another_pod_is_403() {
     block_on(async {
         let stack = turn().await;

@@ -573,7 +573,11 @@ pub(super) fn decide_counting(
             }
         } else if !is_safe_method(req.method) {
             if let Some(origin) = req.origin {
-                if !is_same_pod_origin(config, &pod, origin) {
+                // A page served with `Referrer-Policy: no-referrer` (helmet's default) sends
+                // `Origin: null` on its own form posts and fetches; `Sec-Fetch-Site:
+                // same-origin`, which browsers set and no page can, says it came from this host.
+                let own_page = origin == "null" && req.sec_fetch_site == Some("same-origin");
+                if !own_page && !is_same_pod_origin(config, &pod, origin) {
                     return (Decision::Deny(Denial::CrossPodRequest), looked_at);
                 }
             }

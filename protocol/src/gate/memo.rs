@@ -173,6 +173,7 @@ pub(super) fn keyed(name: &[u8], value: &[u8]) -> Keyed {
         b":authority" => Keyed::Value(b'a'),
         b":method" => Keyed::Value(b'm'),
         b"origin" => Keyed::Value(b'o'),
+        b"sec-fetch-site" => Keyed::Value(b's'),
         b"upgrade" => Keyed::Value(b'u'),
         b"cookie" => Keyed::Value(b'c'),
         b"authorization" => Keyed::Value(b'b'),

@@ -7,7 +7,7 @@ use crate::cors::PreflightRequest;
 use crate::reply::Denial;
 
 /// The request headers the decision reads (besides our own `x-podgate-*`).
-pub(super) const HEADER_NAMES_READ: [&str; 12] = [
+pub(super) const HEADER_NAMES_READ: [&str; 13] = [
     ":authority",
     ":path",
     ":method",
@@ -15,6 +15,7 @@ pub(super) const HEADER_NAMES_READ: [&str; 12] = [
     "authorization",
     "accept",
     "sec-fetch-mode",
+    "sec-fetch-site",
     "upgrade",
     "origin",
     "access-control-request-method",
@@ -37,6 +38,8 @@ pub struct Request<'a> {
     pub authorizations: Vec<&'a str>,
     pub accept: Option<&'a str>,
     pub sec_fetch_mode: Option<&'a str>,
+    /// Set by the browser, never by a page: `same-origin` for a request from this very host.
+    pub sec_fetch_site: Option<&'a str>,
     pub upgrade: Option<&'a str>,
     pub origin: Option<&'a str>,
     /// CORS preflight fields (`cors::preflight`).
@@ -89,6 +92,7 @@ impl<'a> Request<'a> {
                 "authorization" => req.authorizations.push(value),
                 "accept" => req.accept = Some(value),
                 "sec-fetch-mode" => req.sec_fetch_mode = Some(value),
+                "sec-fetch-site" => req.sec_fetch_site = Some(value),
                 "upgrade" => req.upgrade = Some(value),
                 "origin" => req.origin = Some(value),
                 "access-control-request-method" => req.access_control_request_method = Some(value),

@@ -680,6 +680,25 @@ fn cookie_authority_does_not_extend_to_other_pods_pages() {
         }
         // No Origin (not a browser): allowed.
         assert!(matches!(req(method, None), Decision::Forward(_)));
+        // `Origin: null` from this very host (a page with `Referrer-Policy: no-referrer`), as
+        // the browser's `Sec-Fetch-Site` says: allowed; from anywhere else: refused.
+        let null_from = |site: &str| {
+            let mut h = base(&[
+                ("cookie", &cookie),
+                ("origin", "null"),
+                ("sec-fetch-site", site),
+            ]);
+            h[2].1 = method.as_bytes().to_vec();
+            run(&c, &h)
+        };
+        assert!(matches!(null_from("same-origin"), Decision::Forward(_)));
+        for site in ["same-site", "cross-site", "none", "Same-Origin"] {
+            assert_eq!(
+                null_from(site),
+                Decision::Deny(Denial::CrossPodRequest),
+                "{site}"
+            );
+        }
     }
     // Safe methods are not state-changing: allowed from anywhere.
     assert!(matches!(req("GET", Some(beta)), Decision::Forward(_)));

@@ -15,6 +15,26 @@ fn a_same_origin_cookie_post_is_forwarded() {
     sent.forwarded();
 }
 
+/// A page served with `Referrer-Policy: no-referrer` (helmet's default) posts to its own host
+/// with `Origin: null`; the browser's `Sec-Fetch-Site: same-origin` vouches for it. The same
+/// `null` from anywhere else is refused.
+#[test]
+fn a_post_from_the_pods_own_no_referrer_page_is_forwarded() {
+    let mut vm = vm();
+    let sent = post_from(Some("null"), "POST")
+        .set("sec-fetch-site", "same-origin")
+        .send(&mut vm);
+    sent.forwarded();
+    for site in ["same-site", "cross-site", "none"] {
+        let sent = post_from(Some("null"), "POST")
+            .set("sec-fetch-site", site)
+            .send(&mut vm);
+        assert_eq!(sent.error(403), REFUSED, "{site}");
+    }
+    let sent = post_from(Some("null"), "POST").send(&mut vm);
+    assert_eq!(sent.error(403), REFUSED, "no Sec-Fetch-Site");
+}
+
 const REFUSED: &str =
     "Refused: a state-changing request from another origin with this pod's cookie";
 
