@@ -136,6 +136,7 @@ pub struct Metrics {
     replicas: Gauge,
     announcements: Family<Labels1, Counter>,
     listening: Gauge,
+    xds_serving: Gauge,
 }
 
 /// The xDS part, also handed to the ADS server as its observer.
@@ -289,6 +290,12 @@ impl Metrics {
             "1 while listening for the changes other control planes on the PostgreSQL database announce",
             listening.clone(),
         );
+        let xds_serving = Gauge::default();
+        registry.register(
+            "xds_serving",
+            "1 while the ADS port's gRPC health says SERVING (a configuration published, the database answering); Envoys leave a control plane at 0",
+            xds_serving.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             logins,
@@ -304,6 +311,7 @@ impl Metrics {
             replicas,
             announcements,
             listening,
+            xds_serving,
         }
     }
 
@@ -430,6 +438,11 @@ impl Metrics {
         self.announcements
             .get_or_create(&[("direction", direction)])
             .inc();
+    }
+
+    /// Whether the ADS port's gRPC health says SERVING.
+    pub fn set_xds_serving(&self, serving: bool) {
+        self.xds_serving.set(i64::from(serving));
     }
 
     /// Whether this control plane is listening for the others' announcements.

@@ -212,7 +212,10 @@ pub async fn start(
     server.set_serving(false);
     let health = tokio::spawn(follow_database(
         sources.db.clone(),
-        server.clone(),
+        Serving {
+            server: server.clone(),
+            metrics: sources.metrics.clone(),
+        },
         cache.clone(),
         stopped(shutdown.clone()),
     ));
@@ -262,17 +265,18 @@ pub async fn start(
 /// SQLite there is no other control plane to move to, so streams are left alone.
 async fn follow_database(
     db: Db,
-    server: AdsServer,
+    serving: Serving,
     cache: SnapshotCache,
     shutdown: impl Future<Output = ()>,
 ) {
+    let server = &serving.server;
     tokio::pin!(shutdown);
     let mut published = cache.subscribe();
     tokio::select! {
         () = &mut shutdown => return,
         _ = published.wait_for(Option::is_some) => {}
     }
-    server.set_serving(true);
+    serving.set(true);
     let shared = db.backend() == Backend::Postgres;
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -294,7 +298,7 @@ async fn follow_database(
             Ok(()) => {
                 failures = 0;
                 if outage.take().is_some() {
-                    server.set_serving(true);
+                    serving.set(true);
                     tracing::info!(
                         "the database answers again: the ADS port's gRPC health says SERVING"
                     );
@@ -309,7 +313,7 @@ async fn follow_database(
         }
         let Some((since, ended)) = &mut outage else {
             outage = Some((std::time::Instant::now(), None));
-            server.set_serving(false);
+            serving.set(false);
             tracing::warn!(
                 error = %error,
                 "the database does not answer: the ADS port's gRPC health says NOT_SERVING"
@@ -333,6 +337,19 @@ async fn follow_database(
                 );
             }
         }
+    }
+}
+
+/// Where the ADS port's health is said: its gRPC health and the `podgate_xds_serving` gauge.
+struct Serving {
+    server: AdsServer,
+    metrics: Metrics,
+}
+
+impl Serving {
+    fn set(&self, serving: bool) {
+        self.server.set_serving(serving);
+        self.metrics.set_xds_serving(serving);
     }
 }
 

@@ -202,6 +202,23 @@ impl Fleet {
         out
     }
 
+    /// Control plane `replica`'s `podgate_xds_serving` gauge.
+    async fn xds_serving(&self, replica: usize) -> u64 {
+        let body = client()
+            .get(format!("http://{}/metrics", self.replicas[replica].http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("podgate_xds_serving "))
+            .unwrap_or_else(|| panic!("no podgate_xds_serving in {body}"));
+        line["podgate_xds_serving ".len()..].trim().parse().unwrap()
+    }
+
     /// Waits until both control planes publish the same versions: the one a change was not
     /// made on has resynced.
     async fn until_converged(&self) {
@@ -640,6 +657,9 @@ async fn an_envoy_leaves_a_control_plane_that_lost_its_database() {
         clusters.lines().any(|l| l == set_aside),
         "{set_aside} not in {clusters}"
     );
+    // Its operators see it: the gauge, and /readyz.
+    assert_eq!(fleet.xds_serving(on).await, 0);
+    assert_eq!(fleet.xds_serving(other).await, 1);
     // The cut one says why, and is not ready.
     let readyz = client()
         .get(format!("http://{}/readyz", fleet.replicas[on].http))
@@ -698,6 +718,7 @@ async fn an_envoy_leaves_a_control_plane_that_lost_its_database() {
     // Mended, the cut one is ready and healthy in the Envoy again.
     relays[on].mend();
     fleet.until_healthy_everywhere(on).await;
+    assert_eq!(fleet.xds_serving(on).await, 1);
     drop(fleet);
     db.finish().await;
 }
