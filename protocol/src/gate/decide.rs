@@ -17,12 +17,13 @@ use crate::path;
 use crate::redirect::{encode_query_value, safe_next, MAX_NEXT_LEN};
 use crate::renewal;
 use crate::reply::{Denial, Reply};
-use crate::resource::{self, PathMatch};
 use crate::response::PodResponse;
 use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX};
 
 mod api_tokens;
+mod services;
 use api_tokens::{api_token_decision, api_token_grant, api_token_of};
+use services::{confine, forward_to_service, resource_scope};
 
 /// How many signatures one request may make us check. Candidates are not limited (a browser
 /// sends every planted cookie of our name): each is first looked up in the verified-token cache
@@ -590,43 +591,6 @@ pub(super) fn decide_counting(
     )
 }
 
-/// The resource the request's path is under, on a service reached per resource (its entry has
-/// a `resource_path`); `None` for a pod or any other service. A path outside the pattern, or one
-/// servers could read two ways, is the refusal.
-fn resource_scope<'a>(
-    config: &CompiledConfig,
-    pod: &PodAddr,
-    path: &'a str,
-) -> Result<Option<&'a str>, Denial> {
-    if pod.port != SERVICE_PORT {
-        return Ok(None);
-    }
-    let Some(pattern) = config
-        .services
-        .get(&pod.pod)
-        .and_then(|s| s.resource_path.as_deref())
-    else {
-        return Ok(None);
-    };
-    match resource::classify(pattern, path) {
-        PathMatch::Resource(resource) => Ok(Some(resource)),
-        PathMatch::Outside => Err(Denial::OutsideResources),
-        PathMatch::Ambiguous => Err(Denial::AmbiguousPath),
-    }
-}
-
-/// `decision`, unless the path is under no resource (`scope` is its refusal) and the decision
-/// would let the request through: then that refusal. An API token is exchanged for such a path
-/// as for any other (for no resource, which the control plane refuses on a service reached per
-/// resource), so its answer is the same whether the service exists or not; should the control
-/// plane grant it anyway, nothing is forwarded.
-fn confine(scope: &Result<Option<&str>, Denial>, decision: Decision) -> Decision {
-    match (scope, decision) {
-        (Err(denial), Decision::Forward(_)) => Decision::Deny(denial.clone()),
-        (_, decision) => decision,
-    }
-}
-
 /// The forward to the pod `verified` grants, or the pod's own refusal (not in the directory,
 /// not running).
 fn forward_to_pod(
@@ -703,59 +667,6 @@ fn granted_forward(
         exchanged: source == Source::ApiToken,
     };
     Decision::Forward(Rc::new(forward))
-}
-
-/// The forward to the service `verified` grants; `TraceRefused` for `TRACE` and `TRACK` (an
-/// upstream that echoes them would hand the caller the credential), `CredentialUnavailable` when
-/// the service has no usable credential now, `UnknownPod` when there is no such service. The upstream gets the
-/// service's credential and none of the caller's: every `Authorization` and every client copy
-/// of the credential's header are removed (besides our own credentials and headers, as for a
-/// pod), and neither the user's identity nor the identity assertion is sent to it.
-fn forward_to_service(
-    config: &CompiledConfig,
-    req: &Request<'_>,
-    bearers: &[&str],
-    pod: &PodAddr,
-    verified: &Rc<Verified>,
-    source: Source,
-) -> Decision {
-    if ["TRACE", "TRACK"]
-        .iter()
-        .any(|m| req.method.eq_ignore_ascii_case(m))
-    {
-        return Decision::Deny(Denial::TraceRefused);
-    }
-    let Some(entry) = config.services.get(&pod.pod) else {
-        if config.services_without_credential.contains(&pod.pod) {
-            return Decision::Deny(Denial::CredentialUnavailable);
-        }
-        return Decision::Deny(Denial::UnknownPod);
-    };
-    let mut edits = strip_edits(config, req, !bearers.is_empty());
-    if bearers.is_empty() && !req.authorizations.is_empty() {
-        edits.push(HeaderEdit::Remove("authorization".to_owned()));
-    }
-    edits.push(HeaderEdit::Set(":authority".to_owned(), entry.host.clone()));
-    edits.push(HeaderEdit::Set(
-        CLUSTER_HEADER.to_owned(),
-        entry.cluster.clone(),
-    ));
-    if let Some(credential) = &entry.credential {
-        if credential.name != "authorization" {
-            edits.push(HeaderEdit::Remove(credential.name.clone()));
-        }
-        edits.push(HeaderEdit::Set(
-            credential.name.clone(),
-            credential.value.0.clone(),
-        ));
-    }
-    for name in &entry.strip_headers {
-        let injected = entry.credential.as_ref().is_some_and(|c| &c.name == name);
-        if !injected && name != "authorization" {
-            edits.push(HeaderEdit::Remove(name.clone()));
-        }
-    }
-    granted_forward(config, req, pod, edits, true, verified, source)
 }
 
 /// The capability `decide` granted `req` for its host, found again (from the verified-token
