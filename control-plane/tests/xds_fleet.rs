@@ -185,14 +185,7 @@ impl Fleet {
 
     /// The versions control plane `replica` publishes (its `/metrics`, `podgate_xds_version`).
     async fn published(&self, replica: usize) -> Vec<String> {
-        let body = client()
-            .get(format!("http://{}/metrics", self.replicas[replica].http))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = self.metrics(replica).await;
         let mut out: Vec<String> = body
             .lines()
             .filter(|l| l.starts_with("podgate_xds_version{") && l.ends_with(" 1"))
@@ -202,16 +195,21 @@ impl Fleet {
         out
     }
 
-    /// Control plane `replica`'s `podgate_xds_serving` gauge.
-    async fn xds_serving(&self, replica: usize) -> u64 {
-        let body = client()
+    /// Control plane `replica`'s `/metrics`.
+    async fn metrics(&self, replica: usize) -> String {
+        client()
             .get(format!("http://{}/metrics", self.replicas[replica].http))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Control plane `replica`'s `podgate_xds_serving` gauge.
+    async fn xds_serving(&self, replica: usize) -> u64 {
+        let body = self.metrics(replica).await;
         let line = body
             .lines()
             .find(|l| l.starts_with("podgate_xds_serving "))

@@ -471,13 +471,14 @@ async fn a_coze_jwt_app_is_the_credential_and_trace_is_refused() {
 
     // The same app set again with a static fallback beside it (a migration step: keep the API
     // key until the JWT app works): the token in force stays, nothing is fetched again.
-    let (code, body) = admin_json(
-        &stack,
-        reqwest::Method::PUT,
-        "/v1/services/api/credential",
-        json!({"oauth": created_oauth(&idp), "value": format!("Bearer {FALLBACK_KEY}")}),
-    )
-    .await;
+    let (code, body) = stack
+        .cp
+        .admin_answer(
+            reqwest::Method::PUT,
+            "/v1/services/api/credential",
+            Some(json!({"oauth": created_oauth(&idp), "value": format!("Bearer {FALLBACK_KEY}")})),
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
     for _ in 0..20 {
         let (status, body) =
@@ -535,22 +536,4 @@ fn created_oauth(idp: &FakeTokenEndpoint) -> Value {
         "token_params": {"duration_seconds": 86399},
         "assertion_claims": {"session_name": "my-app-session"},
     })
-}
-
-async fn admin_json(
-    stack: &Stack,
-    method: reqwest::Method,
-    path: &str,
-    body: Value,
-) -> (u16, String) {
-    let resp = stack
-        .http
-        .request(method, format!("http://{}{path}", stack.cp.http))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap())
 }

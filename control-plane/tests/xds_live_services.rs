@@ -278,25 +278,6 @@ async fn an_upstream_certificate_the_services_ca_did_not_sign_gets_no_request() 
     );
 }
 
-/// `method path` on the admin API with `body`: status and answer.
-async fn admin_raw(
-    stack: &Stack,
-    method: reqwest::Method,
-    path: &str,
-    body: Value,
-) -> (u16, String) {
-    let resp = stack
-        .http
-        .request(method, format!("http://{}{path}", stack.cp.http))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap())
-}
-
 /// Polls until the upstream's last request carries `header: want` (one push at most).
 async fn until_upstream_header(
     stack: &Stack,
@@ -357,24 +338,26 @@ async fn patching_a_service_reaches_envoy_and_cuts_off_who_lost_it() {
             "header",
         ),
     ] {
-        let (status, answer) = admin_raw(
-            &stack,
-            reqwest::Method::PATCH,
-            "/v1/services/api",
-            body.clone(),
-        )
-        .await;
+        let (status, answer) = stack
+            .cp
+            .admin_answer(
+                reqwest::Method::PATCH,
+                "/v1/services/api",
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(status, 400, "{body}: {answer}");
         assert!(answer.contains(says), "{body}: {answer}");
         assert!(!answer.contains(NEW_KEY), "{answer}");
     }
-    let (status, _) = admin_raw(
-        &stack,
-        reqwest::Method::PATCH,
-        "/v1/services/missing",
-        json!({"sharing": "public"}),
-    )
-    .await;
+    let (status, _) = stack
+        .cp
+        .admin_answer(
+            reqwest::Method::PATCH,
+            "/v1/services/missing",
+            Some(json!({"sharing": "public"})),
+        )
+        .await;
     assert_eq!(status, 404);
 
     // A new static credential in another header: the upstream gets it after the push, and

@@ -58,6 +58,15 @@ async fn start(cache: &SnapshotCache) -> (SocketAddr, AdsServer, oneshot::Sender
     (addr, server, stop)
 }
 
+/// A plaintext gRPC channel to the server at `addr`.
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// A fake Envoy: requests go in through `requests`, responses come out of `responses`.
 struct FakeEnvoy {
     requests: mpsc::Sender<DiscoveryRequest>,
@@ -66,12 +75,7 @@ struct FakeEnvoy {
 
 impl FakeEnvoy {
     async fn connect(addr: SocketAddr, node_id: &str) -> FakeEnvoy {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let mut client = AggregatedDiscoveryServiceClient::new(channel(addr).await);
         let (requests, outbound) = mpsc::channel(16);
         requests
             .send(DiscoveryRequest {
@@ -226,11 +230,7 @@ async fn delta_ads_is_refused_and_shutdown_ends_open_streams() {
     let cache = SnapshotCache::new();
     cache.set(snapshot(0));
     let (addr, server, stop) = start(&cache).await;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel(addr).await;
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let status = client
         .delta_aggregated_resources(tokio_stream::iter(Vec::<DeltaDiscoveryRequest>::new()))
@@ -378,11 +378,7 @@ async fn grpc_health_reports_what_the_server_was_told() {
     let cache = SnapshotCache::new();
     cache.set(snapshot(0));
     let (addr, server, stop) = start(&cache).await;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel(addr).await;
     let health = HealthClient::new(channel);
     let status = |name: &str| {
         let mut health = health.clone();

@@ -367,7 +367,8 @@ impl ControlPlane {
     }
 
     /// An admin API call's status and body, whatever the status.
-    async fn admin_answer(
+    /// `method path` on the admin API with `body`: the status and the answer, whatever they are.
+    pub async fn admin_answer(
         &self,
         method: reqwest::Method,
         path: &str,
