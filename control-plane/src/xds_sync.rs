@@ -348,8 +348,8 @@ struct Serving {
 
 impl Serving {
     fn set(&self, serving: bool) {
-        self.server.set_serving(serving);
         self.metrics.set_xds_serving(serving);
+        self.server.set_serving(serving);
     }
 }
 

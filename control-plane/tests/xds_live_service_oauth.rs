@@ -31,18 +31,6 @@ async fn until_models(stack: &Stack, bearer: &str, want: u16, within: Duration) 
     until_service_status(stack, "api", "/v1/models", &headers, want, within).await;
 }
 
-async fn admin_raw(stack: &Stack, method: reqwest::Method, path: &str) -> (u16, String) {
-    let resp = stack
-        .http
-        .request(method, format!("http://{}{path}", stack.cp.http))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap())
-}
-
 /// `POST /api/proxy-tokens` with the stack's session: the token.
 async fn api_token(stack: &Stack) -> String {
     let resp = stack
@@ -154,12 +142,14 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     // 502 `upstream_credential_unavailable`, so nothing reaches the upstream without a
     // credential.
     idp.set_up(false);
-    let (code, body) = admin_raw(
-        &stack,
-        reqwest::Method::POST,
-        "/v1/services/api/credential/refresh",
-    )
-    .await;
+    let (code, body) = stack
+        .cp
+        .admin_answer(
+            reqwest::Method::POST,
+            "/v1/services/api/credential/refresh",
+            None,
+        )
+        .await;
     assert_eq!(code, 502, "{body}");
     assert!(body.contains("503"), "{body}");
     let start = Instant::now();
@@ -369,7 +359,10 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
         "/v1/services/api/credential/status",
         "/v1/filter-config",
     ] {
-        let (_, answer) = admin_raw(&stack, reqwest::Method::GET, path).await;
+        let (_, answer) = stack
+            .cp
+            .admin_answer(reqwest::Method::GET, path, None)
+            .await;
         for secret in [TOKEN_PREFIX, CLIENT_SECRET, FALLBACK_KEY] {
             assert!(!answer.contains(secret), "{path}: {answer}");
         }

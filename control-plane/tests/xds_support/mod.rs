@@ -366,7 +366,6 @@ impl ControlPlane {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
-    /// An admin API call's status and body, whatever the status.
     /// `method path` on the admin API with `body`: the status and the answer, whatever they are.
     pub async fn admin_answer(
         &self,

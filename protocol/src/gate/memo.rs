@@ -24,7 +24,7 @@ pub const MEMO_MAX_ENTRIES: usize = 4096;
 /// is never built and nothing is allocated.
 ///
 /// The key is every header a forward depends on, in the order they came, each tagged and
-/// length-prefixed: `:authority`, `:method`, `Origin`, `Upgrade`, every `Cookie`,
+/// length-prefixed: `:authority`, `:method`, `Origin`, `Sec-Fetch-Site`, `Upgrade`, every `Cookie`,
 /// `Authorization` and `podgate-token` value, and the names of client-sent `x-podgate-*`
 /// headers. Two requests with one key have one request view in every field a forward reads.
 /// The other headers `decide` reads are not in the key:
