@@ -354,8 +354,12 @@ fn refusal<B>(req: &Request<B>, local: SocketAddr) -> Option<&'static str> {
     if !host_ok {
         return Some("podgate-cli forward answers only requests to its own address (an IP address or localhost with its port)");
     }
-    // `null` included: a sandboxed frame of any page sends it.
-    if header(ORIGIN.as_str()).is_some_and(|o| !is_local_origin(o, local)) {
+    // `null` included: a sandboxed frame of any page sends it. With `Sec-Fetch-Site:
+    // same-origin`, which browsers set and no page can, it is a page served through this
+    // forward under `Referrer-Policy: no-referrer`, as the filter reads it too.
+    let own_null =
+        header(ORIGIN.as_str()) == Some("null") && header("sec-fetch-site") == Some("same-origin");
+    if !own_null && header(ORIGIN.as_str()).is_some_and(|o| !is_local_origin(o, local)) {
         return Some("podgate-cli forward refuses requests from another site's page");
     }
     if header("sec-fetch-site") == Some("cross-site") {
@@ -483,6 +487,11 @@ mod tests {
                 ("origin", "http://localhost:8700"),
             ]),
             req(&[("host", "[::1]:8700"), ("sec-fetch-site", "same-origin")]),
+            req(&[
+                ("host", "127.0.0.1:8700"),
+                ("origin", "null"),
+                ("sec-fetch-site", "same-origin"),
+            ]),
         ] {
             assert_eq!(refusal(&ok, local), None, "{ok:?}");
         }
@@ -496,6 +505,11 @@ mod tests {
                 ("origin", "https://evil.example"),
             ]),
             req(&[("host", "127.0.0.1:8700"), ("origin", "null")]),
+            req(&[
+                ("host", "127.0.0.1:8700"),
+                ("origin", "null"),
+                ("sec-fetch-site", "cross-site"),
+            ]),
             req(&[("host", "127.0.0.1:8700"), ("sec-fetch-site", "cross-site")]),
         ] {
             assert!(refusal(&bad, local).is_some(), "{bad:?}");
