@@ -708,6 +708,25 @@ async fn an_envoy_leaves_a_control_plane_that_lost_its_database() {
             logs()
         )
     });
+    // Refused by the gate, not by the pod: the Envoy's answer is podgate's 503 and nothing more
+    // reaches the pod.
+    let reached = pod.requests().len();
+    let refused = through_envoy(&http_client, listener, "kept", &kept)
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("Pod is not running (status: stopped)"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        pod.requests().len(),
+        reached,
+        "a request for the stopped pod reached it"
+    );
     eprintln!(
         "changes through control plane {other} in the Envoy after {:?}",
         made.elapsed()
