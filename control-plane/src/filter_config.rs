@@ -162,6 +162,10 @@ pub async fn build_with_tokens(
             secret: config.renew_secret.clone(),
             before_secs: renew_before_secs(config.capability_lifetime),
             timeout_ms: RENEW_TIMEOUT_MS,
+            // A browser's cookie lives as long as its session (`http/cookies.rs`).
+            lapsed_secs: i64::try_from(config.session_lifetime)
+                .unwrap_or(i64::MAX)
+                .min(podgate_protocol::renewal::MAX_LAPSED_SECS),
         }),
         wake: config.start_hook.is_some(),
         rate_limits,

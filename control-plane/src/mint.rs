@@ -48,6 +48,8 @@ pub struct Minted {
     pub jti: String,
     pub expires_at: i64,
     pub audit: AuditEntry,
+    /// Minted for a user's session (a `sid`): renewed at the edge while the session lives.
+    pub in_session: bool,
 }
 
 /// The API token a capability is minted with: recorded with it, so that revoking the token
@@ -173,6 +175,7 @@ pub fn sign_in_session(
         jti,
         expires_at: now + lifetime,
         audit,
+        in_session: sid.is_some() && user.is_some(),
     })
 }
 

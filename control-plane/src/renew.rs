@@ -4,7 +4,9 @@
 //! access.
 //!
 //! Checked, in order: the capability verifies under the capability keys in force (signature,
-//! kind, issuer, lifetime, not expired beyond the leeway); it names a session (`sid`; a
+//! kind, issuer, lifetime), expired at most a session lifetime ago (a browser tab left idle
+//! holds its cookie that long, and the filter renews it before deciding its request); it names
+//! a session (`sid`; a
 //! capability minted with an API token has none, so a revoked API token's capabilities are
 //! never renewed); no cut refuses it (`cuts::cutoffs`: the session signed out, the user lost
 //! access at or after its `iat`); the session is live (not expired, not signed out); the user
@@ -113,8 +115,9 @@ pub async fn still_allowed(ctx: &MintContext<'_>, token: &str) -> Result<StillAl
     )
     .map_err(|e| RenewError::Keys(e.to_string()))?;
     let now = now_unix();
+    let session_lifetime = i64::try_from(ctx.config.session_lifetime).unwrap_or(i64::MAX);
     let old = verifier
-        .verify(token, now)
+        .verify_lapsed(token, now, session_lifetime)
         .map_err(|_| refused(RenewRefusal::BadCapability))?;
     let sid = old.sid.clone().ok_or(refused(RenewRefusal::NoSession))?;
     if old.claims.sub == ANONYMOUS_SUB {

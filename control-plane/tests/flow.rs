@@ -123,7 +123,9 @@ async fn owner_flow(h: &Harness) {
     assert_eq!(r.header("location"), Some("/app"));
     let set = r.header("set-cookie").unwrap();
     assert!(set.starts_with("podgate_cap="), "{set}");
-    for attr in ["Path=/", "Max-Age=900", "HttpOnly", "SameSite=Lax"] {
+    // Kept for the session's lifetime (12 h by default), not the capability's: the filter
+    // renews the capability in it, even once it lapsed in a tab left idle.
+    for attr in ["Path=/", "Max-Age=43200", "HttpOnly", "SameSite=Lax"] {
         assert!(set.contains(attr), "{attr} missing in {set}");
     }
     assert!(!set.contains("Domain"), "{set}");

@@ -98,8 +98,8 @@ async fn renewal_keeps_the_session_and_needs_the_secret(which: Which) {
     let set_cookie = body["set_cookie"].as_str().unwrap();
     assert_eq!(
         set_cookie,
-        format!("podgate_cap={fresh}; HttpOnly; SameSite=Lax; Path=/; Max-Age=900"),
-        "the callback's cookie"
+        format!("podgate_cap={fresh}; HttpOnly; SameSite=Lax; Path=/; Max-Age=43200"),
+        "the callback's cookie: for the session's lifetime"
     );
     // Audited as a renewal.
     let r = h.admin(Method::GET, "/v1/audit?user=alice", None).await;
@@ -163,6 +163,61 @@ async fn renewal_stops_at_sign_out_and_when_access_is_lost(which: Which) {
     h.finish().await;
 }
 on_both!(renewal_stops_at_sign_out_and_when_access_is_lost);
+
+/// A browser tab left idle holds its cookie (kept for the session's lifetime) with a capability
+/// past its `exp`: renewed while the session lives, as the filter's configuration says
+/// (`lapsed_secs`), and never once it lapsed longer ago than a session lives, or after sign-out.
+async fn a_lapsed_capability_is_renewed_while_its_session_lives(which: Which) {
+    let Some(h) = harness(which).await else {
+        return;
+    };
+    let (json, c) = filter(&h).await;
+    let session_lifetime = 43_200;
+    assert_eq!(json["renewal"]["lapsed_secs"], session_lifetime);
+    let session = h.login("alice").await;
+    let live = verify(&c, &h.browser_capability(&session).await);
+    let ring = h.state.keys().unwrap();
+    // The same capability, as if minted long ago: it expired `ago` seconds before now.
+    let lapsed = |ago: i64| {
+        podgate_protocol::token::mint_in_session(
+            podgate_protocol::token::TokenKind::Capability,
+            &ring.capability_signer,
+            &live.claims,
+            live.sid.as_deref(),
+            now_unix() - ago - 900,
+            900,
+        )
+        .unwrap()
+    };
+    let leeway = json["leeway_secs"].as_i64().unwrap();
+
+    let idle = lapsed(3600);
+    let r = h
+        .as_envoy("/api/proxy-renew", Some(SECRET), Some(&idle), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let fresh = verify(&c, r.json()["token"].as_str().unwrap());
+    assert_eq!(fresh.sid, live.sid);
+    assert_eq!(fresh.claims.sub, live.claims.sub);
+    assert!(fresh.expires_at > now_unix() + 800);
+
+    // Lapsed longer ago than any session lives (past the leeway too): refused.
+    let too_old = lapsed(session_lifetime + leeway + 5);
+    let r = h
+        .as_envoy("/api/proxy-renew", Some(SECRET), Some(&too_old), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+
+    // Signed out: the lapsed one is refused too.
+    let r = h.get("/auth/logout", &[("cookie", &session)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = h
+        .as_envoy("/api/proxy-renew", Some(SECRET), Some(&idle), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    h.finish().await;
+}
+on_both!(a_lapsed_capability_is_renewed_while_its_session_lives);
 
 /// With mutual TLS with Envoy, the public listener answers the endpoints only Envoy calls 404
 /// (Envoy reaches them on the Envoy-facing listener, `podgate::envoy_app`, which needs its

@@ -28,8 +28,9 @@ pub(crate) fn record(outcome: &Outcome) {
             access_log::Decision::Deny,
             Some(reply.reason),
         ),
-        // Recorded once the exchange decides it (`decide_again`, or the refusal).
-        Outcome::Exchange(_) => return,
+        // Recorded once the exchange or the renewal decides it (`decide_again`, or the
+        // refusal).
+        Outcome::Exchange(_) | Outcome::Renew(_) => return,
         Outcome::Preflight(_) => {
             access_log::line(None, None, None, access_log::Decision::Preflight, None)
         }

@@ -149,19 +149,24 @@ impl Filter {
             .collect()
     }
 
-    /// Decides the waiting stream `context_id` again, now that its exchange is known; `None`
-    /// when the stream is gone.
-    fn decide_again(&mut self, context_id: u32, now: i64) -> Option<Resume> {
+    /// Decides the waiting stream `context_id` again, now that its exchange or its lapsed
+    /// capability's renewal is known; `None` when the stream is gone.
+    pub(crate) fn decide_again(&mut self, context_id: u32, now: i64) -> Option<Resume> {
         raw::set_effective_context(context_id).ok()?;
         let bytes = raw::header_map_bytes(MapType::HttpRequestHeaders).ok()?;
+        let outcome = self.gate.on_stream_request(context_id, &bytes, now);
+        Some(self.resume_with(context_id, outcome, now))
+    }
+
+    /// What becomes of the waiting stream `context_id` (effective now) decided `outcome`.
+    fn resume_with(&mut self, context_id: u32, outcome: Outcome, now: i64) -> Resume {
         let refuse = |f: &mut Filter, denial: Denial| {
             let reply = denial.reply();
             f.metrics.denied(reply.reason);
             Resume::Reply(reply)
         };
-        let outcome = self.gate.on_stream_request(context_id, &bytes, now);
         record(&outcome);
-        let resume = match outcome {
+        match outcome {
             Outcome::Forward(forward) => {
                 if let Err(status) = apply_request(&forward.edits)
                     .and_then(|()| raw::call_foreign_function("clear_route_cache"))
@@ -171,7 +176,10 @@ impl Filter {
                         LogLevel::Error,
                         &format!("podgate: editing an exchanged request failed: {status:?}"),
                     );
-                    return Some(refuse(self, Denial::HostCallFailed));
+                    return refuse(self, Denial::HostCallFailed);
+                }
+                if let Some(cookie) = forward.set_cookie.as_ref() {
+                    self.set_cookies.insert(context_id, Rc::clone(cookie));
                 }
                 if forward.response.is_some() {
                     self.responses.insert(context_id, Rc::clone(&forward));
@@ -199,7 +207,9 @@ impl Filter {
             Outcome::Preflight(reply) | Outcome::Answer(reply) => Resume::Reply(reply),
             // Judged and recorded, yet not found: never forwarded on a guess.
             Outcome::Exchange(_) => refuse(self, Denial::ExchangeFailed),
-        };
-        Some(resume)
+            // The renewal was refused or failed (a fresh capability would have decided it):
+            // the refusal it would have had without one.
+            Outcome::Renew(lapsed) => self.resume_with(context_id, lapsed.otherwise.clone(), now),
+        }
     }
 }

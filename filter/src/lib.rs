@@ -491,6 +491,11 @@ impl Filter {
         self.metrics.bump(Counter::CacheHits, after.0 - before.0);
         self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
         record(&outcome);
+        self.act(context_id, outcome, now)
+    }
+
+    /// Carries out what the gate decided for the request on stream `context_id`.
+    fn act(&mut self, context_id: u32, outcome: Outcome, now: i64) -> Action {
         match outcome {
             Outcome::Forward(forward) => self.forward(context_id, forward, now),
             Outcome::Deny(denial) => self.deny(&denial),
@@ -516,6 +521,7 @@ impl Filter {
                 answer(&reply)
             }
             Outcome::Exchange(need) => self.start_exchange(context_id, need),
+            Outcome::Renew(lapsed) => self.renew_lapsed(context_id, &lapsed, now),
         }
     }
 
@@ -633,6 +639,10 @@ impl Filter {
             }
             _ => Action::Continue,
         };
+        // The fresh capability that renewed a lapsed cookie: its cookie goes on the response.
+        if let Some(cookie) = forward.set_cookie.as_ref() {
+            self.set_cookies.insert(context_id, Rc::clone(cookie));
+        }
         if forward.response.is_some() {
             self.responses.insert(context_id, forward);
         }

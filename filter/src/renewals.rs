@@ -1,9 +1,11 @@
 //! Renewing capabilities at the edge, the filter's side: one call per capability and worker
 //! when it enters its renewal window (`podgate_protocol::renewal`), for a request that waits for
-//! it or for the open WebSockets living on it.
+//! it or for the open WebSockets living on it, or once it lapsed, for the requests that wait
+//! for it to be decided again (`Outcome::Renew`).
 
 use std::rc::Rc;
 
+use podgate_protocol::gate::LapsedRenewal;
 use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::Denial;
 use podgate_protocol::token::{TokenError, Verified};
@@ -13,12 +15,15 @@ use crate::{log, now_unix, Action, Counter, Filter, Resume};
 
 /// Where the renewal of one capability stands, in one worker.
 pub(crate) enum Renewal {
-    /// The call is in flight; these streams wait for it (bounded by the call's timeout).
-    /// Past `lost_at` it is taken as lost: Envoy cancels a call, unanswered, when the stream
-    /// or root context that made it goes (a client that hung up while its request waited).
+    /// The call is in flight; these streams wait for it (bounded by the call's timeout):
+    /// `waiting`, forwarded already on the old capability, and `undecided`, whose capability
+    /// lapsed, to be decided again. Past `lost_at` it is taken as lost: Envoy cancels a call,
+    /// unanswered, when the stream or root context that made it goes (a client that hung up
+    /// while its request waited).
     InFlight {
         old: Rc<Verified>,
         waiting: Vec<u32>,
+        undecided: Vec<u32>,
         lost_at: i64,
     },
     /// Renewed: requests still carrying the old capability get this cookie too.
@@ -84,7 +89,7 @@ impl Filter {
                 Some(Renewal::InFlight { .. } | Renewal::Refused { .. }) => {}
                 Some(Renewal::Failed { retry_at, .. }) if now < *retry_at => {}
                 _ => {
-                    self.start_renewal(&old, now);
+                    self.start_renewal(&old, now, None);
                 }
             }
         }
@@ -103,8 +108,10 @@ impl Filter {
         }
     }
 
-    /// Starts the renew call for `old`; whether it is in flight.
-    fn start_renewal(&mut self, old: &Rc<Verified>, now: i64) -> bool {
+    /// Starts the renew call for `old`, on the root context for stream `on_behalf` (then back
+    /// to it) when one is given, so that the streams joining it are answered even when that
+    /// one's client hangs up; whether it is in flight.
+    fn start_renewal(&mut self, old: &Rc<Verified>, now: i64, on_behalf: Option<u32>) -> bool {
         let jti = &old.claims.jti;
         if self.renewals.len() >= MAX_RENEWALS && !self.renewals.contains_key(jti) {
             return false;
@@ -114,7 +121,18 @@ impl Filter {
         };
         let headers = podgate_protocol::wire::encode_header_map(&call.headers);
         let lost_at = now + i64::from(call.timeout_ms.div_ceil(1000)) + RENEWAL_LOST_AFTER_SECS;
-        match raw::http_call(call.cluster, &headers, b"", call.timeout_ms) {
+        let made = match on_behalf {
+            Some(id) => {
+                let (made, back) =
+                    self.http_call_on_root(id, call.cluster, &headers, call.timeout_ms);
+                match (made, back) {
+                    (Ok(_), Err(status)) | (Err(status), _) => Err(status),
+                    (Ok(token), Ok(())) => Ok(token),
+                }
+            }
+            None => raw::http_call(call.cluster, &headers, b"", call.timeout_ms),
+        };
+        match made {
             Ok(token) => {
                 self.calls.insert(token, jti.clone());
                 self.renewals.insert(
@@ -122,6 +140,7 @@ impl Filter {
                     Renewal::InFlight {
                         old: Rc::clone(old),
                         waiting: Vec::new(),
+                        undecided: Vec::new(),
                         lost_at,
                     },
                 );
@@ -137,7 +156,7 @@ impl Filter {
                     jti.clone(),
                     Renewal::Failed {
                         retry_at: now + RENEWAL_RETRY_SECS,
-                        until: old.expires_at + RENEWAL_KEPT_SECS,
+                        until: kept_until(old, now),
                     },
                 );
                 false
@@ -162,7 +181,7 @@ impl Filter {
             Some(Renewal::InFlight { .. } | Renewal::Refused { .. }) => Action::Continue,
             Some(Renewal::Failed { retry_at, .. }) if now < *retry_at => Action::Continue,
             _ => {
-                if !self.start_renewal(old, now) {
+                if !self.start_renewal(old, now, None) {
                     return Action::Continue;
                 }
                 if let Some(Renewal::InFlight { waiting, .. }) =
@@ -175,9 +194,40 @@ impl Filter {
         }
     }
 
+    /// A request whose cookie capability lapsed (`Outcome::Renew`): it joins the renewal in
+    /// flight, or starts it, and waits to be decided again; a capability whose renewal was
+    /// refused, failed a moment ago or cannot be made gets `otherwise` at once.
+    pub(crate) fn renew_lapsed(
+        &mut self,
+        context_id: u32,
+        lapsed: &LapsedRenewal,
+        now: i64,
+    ) -> Action {
+        let old = &lapsed.old;
+        match self.renewals.get_mut(&old.claims.jti) {
+            Some(Renewal::InFlight { undecided, .. }) => {
+                undecided.push(context_id);
+                return Action::Pause;
+            }
+            None => {}
+            Some(Renewal::Failed { retry_at, .. }) if now >= *retry_at => {}
+            // Refused, failed a moment ago, or renewed with a fresh capability the gate no
+            // longer holds (withdrawn since): what an expired capability gets.
+            Some(_) => return self.act(context_id, lapsed.otherwise.clone(), now),
+        }
+        if !self.start_renewal(old, now, Some(context_id)) {
+            return self.act(context_id, lapsed.otherwise.clone(), now);
+        }
+        if let Some(Renewal::InFlight { undecided, .. }) = self.renewals.get_mut(&old.claims.jti) {
+            undecided.push(context_id);
+        }
+        Action::Pause
+    }
+
     /// The control plane answered a renew call (or the call failed); the streams that waited
-    /// for it, and what becomes of each: they go on, unless a push cut their capability off
-    /// while they waited (a sign-out, lost access).
+    /// for it, and what becomes of each: those forwarded already go on, unless a push cut their
+    /// capability off while they waited (a sign-out, lost access); those whose capability
+    /// lapsed are decided again, on the fresh capability if there is one.
     pub(crate) fn on_renewal_response(
         &mut self,
         token: u32,
@@ -187,7 +237,13 @@ impl Filter {
         let Some(jti) = self.calls.remove(&token) else {
             return Vec::new();
         };
-        let Some(Renewal::InFlight { old, waiting, .. }) = self.renewals.remove(&jti) else {
+        let Some(Renewal::InFlight {
+            old,
+            waiting,
+            undecided,
+            ..
+        }) = self.renewals.remove(&jti)
+        else {
             return Vec::new();
         };
         let status = if num_headers == 0 {
@@ -207,7 +263,7 @@ impl Filter {
             None => Renewed::Failed,
         };
         let now = now.unwrap_or(0);
-        let until = old.expires_at + RENEWAL_KEPT_SECS;
+        let until = kept_until(&old, now);
         let state = match renewed {
             Renewed::Fresh {
                 capability,
@@ -249,11 +305,13 @@ impl Filter {
             }
         };
         self.renewals.insert(jti, state);
+        let mut resumed: Vec<(u32, Resume)> = undecided
+            .into_iter()
+            .filter_map(|id| self.decide_again(id, now).map(|resume| (id, resume)))
+            .collect();
         if !self.gate.refuses(&old) {
-            return waiting
-                .into_iter()
-                .map(|id| (id, Resume::Continue))
-                .collect();
+            resumed.extend(waiting.into_iter().map(|id| (id, Resume::Continue)));
+            return resumed;
         }
         // Edited for the pod already but not yet forwarded: answered as any request on a
         // withdrawn capability, without the sign-in redirect (the request's own host and path
@@ -263,6 +321,13 @@ impl Filter {
             redirect: None,
         }
         .reply();
-        self.refuse_waiting(waiting, &reply)
+        resumed.extend(self.refuse_waiting(waiting, &reply));
+        resumed
     }
+}
+
+/// Until when the outcome of `old`'s renewal is kept: five minutes past its `exp`, or past
+/// `now` for one that lapsed, so that a refused renewal is not asked again on every request.
+fn kept_until(old: &Verified, now: i64) -> i64 {
+    old.expires_at.max(now).saturating_add(RENEWAL_KEPT_SECS)
 }

@@ -1039,8 +1039,9 @@ pub fn check_gate(case: &GateCase) -> Decision {
             f.user.as_deref(),
             f.expires_at,
         ),
-        // An API token to exchange: nothing is forwarded before the control plane answers.
-        Decision::Exchange(_) => {}
+        // An API token to exchange, a lapsed capability to renew: nothing is forwarded before
+        // the control plane answers.
+        Decision::Exchange(_) | Decision::Renew { .. } => {}
     }
     first
 }
@@ -1516,6 +1517,13 @@ fn through_fresh_gate(headers: &[(String, Vec<u8>)]) -> (Decision, VerifiedCache
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
         Outcome::Exchange(need) => Decision::Exchange(need),
+        Outcome::Renew(renew) => match &renew.otherwise {
+            Outcome::Deny(refusal) => Decision::Renew {
+                old: std::rc::Rc::clone(&renew.old),
+                refusal: refusal.clone(),
+            },
+            otherwise => panic!("a lapsed capability answered with {otherwise:?}"),
+        },
         Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => {
             panic!("a page for a request without Accept: {reply:?}")
         }

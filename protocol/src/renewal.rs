@@ -1,8 +1,10 @@
 //! Renewal at the edge: a browser's capability (a cookie carrying a session id, `sid`) that is
 //! in the last part of its life is exchanged by the filter for a fresh one, for the same
 //! session, pod and port, with a call to the control plane's renew endpoint; the fresh cookie
-//! goes back on the response. Pure: when to renew, what the call carries, and whether the
-//! control plane's answer is a capability the filter may hand out. The adapter makes the call.
+//! goes back on the response. A cookie capability past its `exp` but within `lapsed_secs` of it
+//! (a tab left idle longer than a capability lives) is renewed the same way before its request
+//! is decided. Pure: when to renew, what the call carries, and whether the control plane's
+//! answer is a capability the filter may hand out. The adapter makes the call.
 
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -21,6 +23,8 @@ pub const RENEW_SECRET_HEADER: &str = "podgate-renew-secret";
 pub const MIN_SECRET_LEN: usize = 22;
 /// Longest time the filter waits for the control plane's answer (milliseconds).
 pub const MAX_TIMEOUT_MS: u32 = 10_000;
+/// Longest `lapsed_secs`: the control plane's longest session (30 days).
+pub const MAX_LAPSED_SECS: i64 = 30 * 86_400;
 
 fn default_timeout_ms() -> u32 {
     1_000
@@ -40,6 +44,11 @@ pub struct Renewal {
     /// How long a request waits for the renewal before it goes on with the old capability.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u32,
+    /// How long past its `exp` (and the verification leeway) a cookie capability with a session
+    /// id is still renewed, its request waiting for the answer; 0: never (the browser signs in
+    /// again). The control plane sends its session lifetime, which also bounds the cookie's.
+    #[serde(default)]
+    pub lapsed_secs: i64,
 }
 
 /// The compiled `renewal` section.
@@ -50,6 +59,7 @@ pub struct CompiledRenewal {
     secret: String,
     pub before_secs: i64,
     pub timeout_ms: u32,
+    pub lapsed_secs: i64,
 }
 
 impl CompiledRenewal {
@@ -67,6 +77,7 @@ impl std::fmt::Debug for CompiledRenewal {
             .field("path", &self.path)
             .field("before_secs", &self.before_secs)
             .field("timeout_ms", &self.timeout_ms)
+            .field("lapsed_secs", &self.lapsed_secs)
             .finish_non_exhaustive()
     }
 }
@@ -98,12 +109,18 @@ impl Renewal {
         if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
             return Err(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"));
         }
+        if !(0..=MAX_LAPSED_SECS).contains(&self.lapsed_secs) {
+            return Err(format!(
+                "lapsed_secs must be between 0 and {MAX_LAPSED_SECS}"
+            ));
+        }
         Ok(CompiledRenewal {
             authority: authority.to_owned(),
             path: path.to_owned(),
             secret: self.secret,
             before_secs: self.before_secs,
             timeout_ms: self.timeout_ms,
+            lapsed_secs: self.lapsed_secs,
         })
     }
 }

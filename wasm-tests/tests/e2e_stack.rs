@@ -878,12 +878,14 @@ fn control_plane_killed_cookies_keep_working_and_back_envoy_reconnects() {
 }
 
 #[test]
-fn capability_expiry_page_load_redirects_and_script_gets_401() {
+fn an_idle_tab_keeps_working_past_its_capability_until_its_session_ends() {
     block_on(async {
         // The shortest lifetime the control plane takes is 30 s; the filter adds its leeway
-        // (30 s by default), so a capability is refused about 60 s after it was minted.
+        // (30 s by default), so a capability is refused about 60 s after it was minted. The
+        // session (and so the cookie) lives 10 minutes.
         let mut options = StackOptions::new("expiry");
         options.capability_lifetime_secs = Some(30);
+        options.extra_args = vec!["--session-lifetime-secs".into(), "600".into()];
         let stack = FullStack::start(options).await.unwrap();
         let (servers, seeded) = seed_pod(&stack, "exp").await;
         let (web, page) = browser_flow(&stack, &seeded, &seeded.member, PAGE, "/").await;
@@ -891,16 +893,18 @@ fn capability_expiry_page_load_redirects_and_script_gets_401() {
         let token = stack.capability(&web, &seeded.slug, API).await.unwrap();
         let host = stack.pod_host(&seeded.slug, PAGE);
         let old_cookie = web.jar.get(&host, CAP_COOKIE).unwrap().value;
+        // The cookie lives as long as the session, not the capability in it.
         assert!(web
             .jar
             .get(&host, CAP_COOKIE)
             .unwrap()
             .attribute("max-age")
-            .is_some_and(|a| a == "30"));
+            .is_some_and(|a| a == "600"));
 
-        // Wait out the later `exp` of the two tokens plus the filter's leeway (+ a little).
+        // The tab sits idle past the later `exp` of the two tokens plus the filter's leeway.
         let config = stack.admin.get("/v1/filter-config").await.unwrap();
         let leeway = config["leeway_secs"].as_u64().unwrap();
+        assert_eq!(config["renewal"]["lapsed_secs"], 600);
         let exp = jwt_exp(&token).max(jwt_exp(&old_cookie));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -913,24 +917,32 @@ fn capability_expiry_page_load_redirects_and_script_gets_401() {
         );
         tokio::time::sleep(Duration::from_secs(wait)).await;
         servers.a.reset();
-        // The browser dropped the cookie at Max-Age; a stale copy is what a tab that kept it
-        // would still send. Put it back to test the filter, not the jar.
-        web.jar.set_raw(&host, CAP_COOKIE, &old_cookie);
 
+        // The page's script calls its pod with the lapsed cookie: the filter renews it before
+        // deciding, the pod gets the call without any credential of ours, and the browser gets
+        // the fresh cookie with the answer.
         let fetch = web
             .fetch(&stack.pod_url(&seeded.slug, PAGE, "/api/info"), &[])
             .await
             .unwrap();
-        assert_eq!(fetch.status, 401, "{}", fetch.body);
-        assert!(fetch.header("www-authenticate").is_some());
-        let script = web
-            .fetch(
-                &stack.pod_url(&seeded.slug, API, "/api/info"),
-                &[("podgate-token", &token)],
-            )
-            .await
-            .unwrap();
-        assert_eq!(script.status, 401, "{}", script.body);
+        assert_eq!(fetch.status, 200, "{}", fetch.body);
+        let fresh = web.jar.get(&host, CAP_COOKIE).unwrap();
+        assert_ne!(
+            fresh.value, old_cookie,
+            "no fresh cookie: {:?}",
+            fetch.headers
+        );
+        assert!(jwt_exp(&fresh.value) > exp + leeway);
+        assert!(fresh.attribute("max-age").is_some_and(|a| a == "600"));
+        let seen = servers.a.requests();
+        assert_eq!(seen.len(), 1, "{}", servers.a.describe());
+        assert_eq!(seen[0].path, "/api/info");
+        let sent: String = format!("{:?}", seen[0].headers);
+        assert!(!sent.contains(CAP_COOKIE), "{sent}");
+        assert!(!sent.contains(&old_cookie) && !sent.contains(&fresh.value));
+
+        // A WebSocket the page reopens with the old cookie (sent before the fresh one
+        // arrived): renewed the same way, open and echoing.
         let origin = stack.pod_origin(&seeded.slug, PAGE);
         let cookie = format!("{CAP_COOKIE}={old_cookie}");
         match stack
@@ -942,28 +954,74 @@ fn capability_expiry_page_load_redirects_and_script_gets_401() {
             .await
             .unwrap()
         {
-            WsOutcome::Refused { status, .. } => assert_eq!(status, 401),
-            WsOutcome::Open(_) => panic!("a WebSocket opened with an expired capability"),
+            WsOutcome::Open(mut ws) => {
+                ws.send(tokio_tungstenite::tungstenite::Message::Text(
+                    "after idle".into(),
+                ))
+                .await
+                .unwrap();
+                let echoed = ws.next().await.unwrap().unwrap();
+                assert!(
+                    echoed.to_text().unwrap().contains("after idle"),
+                    "{echoed:?}"
+                );
+            }
+            WsOutcome::Refused { status, body, .. } => {
+                panic!("the lapsed cookie's WebSocket was refused: {status} {body}")
+            }
         }
-        assert_untouched(&servers.a, "expired capability");
 
-        // A page load is redirected through /api/proxy-auth and, with the session still
-        // valid, lands back on the page with a fresh cookie: no manual step.
+        // A script's own token is never renewed: scripts mint their own.
+        servers.a.reset();
+        let script = web
+            .fetch(
+                &stack.pod_url(&seeded.slug, API, "/api/info"),
+                &[("podgate-token", &token)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(script.status, 401, "{}", script.body);
+        assert!(script.header("www-authenticate").is_some());
+        assert_untouched(&servers.a, "expired header token");
+
+        // Signed out, the lapsed cookie is renewed no more once the push arrives (until then
+        // the fresh capability lives, as any capability does): a script gets the 401, a page
+        // load goes to sign in, and the pod sees nothing.
+        let out = web.navigate(&stack.cp_url("/auth/logout")).await.unwrap();
+        assert!(out.status < 400, "{}", out.trail());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            web.jar.set_raw(&host, CAP_COOKIE, &old_cookie);
+            let answer = web
+                .fetch(&stack.pod_url(&seeded.slug, PAGE, "/api/info"), &[])
+                .await
+                .unwrap();
+            if answer.status != 200 || Instant::now() > deadline {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(refused.status, 401, "{}", refused.body);
+        servers.a.reset();
+        let again = web
+            .fetch(&stack.pod_url(&seeded.slug, PAGE, "/api/info"), &[])
+            .await
+            .unwrap();
+        assert_eq!(again.status, 401, "{}", again.body);
+        web.jar.set_raw(&host, CAP_COOKIE, &old_cookie);
         let page = web
             .navigate(&stack.pod_url(&seeded.slug, PAGE, "/index.html"))
             .await
             .unwrap();
-        assert_eq!(page.status, 200, "{}\n{}", page.trail(), page.body);
-        assert_eq!(page.hops.len(), 4, "{}", page.trail());
-        assert!(page.hops[0]
-            .location
-            .as_deref()
-            .is_some_and(|l| l.starts_with(&stack.cp_url("/api/proxy-auth?"))));
-        let fresh = web.jar.get(&host, CAP_COOKIE).unwrap().value;
-        assert_ne!(fresh, old_cookie);
-        let seen = servers.a.requests();
-        assert_eq!(seen.len(), 1, "{}", servers.a.describe());
-        assert_eq!(seen[0].path, "/index.html");
+        assert!(
+            page.hops[0]
+                .location
+                .as_deref()
+                .is_some_and(|l| l.starts_with(&stack.cp_url("/api/proxy-auth?"))),
+            "{}",
+            page.trail()
+        );
+        assert_untouched(&servers.a, "lapsed cookie after sign-out");
     });
 }
 

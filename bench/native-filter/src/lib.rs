@@ -355,7 +355,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             | Outcome::Wake { page: reply, .. }
             | Outcome::Preflight(reply)
             | Outcome::Answer(reply) => answer(filter, &reply),
-            Outcome::Exchange(_) => answer(filter, &failed()),
+            // Only the cached path: no exchanges, no renewals.
+            Outcome::Exchange(_) | Outcome::Renew(_) => answer(filter, &failed()),
         }
     }
 }

@@ -10,6 +10,7 @@ use cookie::time::Duration;
 use cookie::{Cookie, SameSite};
 
 use crate::config::SameSite as ConfiguredSameSite;
+use crate::mint::Minted;
 use crate::AppState;
 
 /// The `Set-Cookie` value of `name=value`, kept `max_age_secs` seconds (0 removes it).
@@ -38,14 +39,21 @@ fn control_plane_is_https(state: &AppState) -> bool {
     state.config().issuer.starts_with("https://")
 }
 
-/// The capability cookie on a pod host, for the capability's lifetime.
-pub fn capability(state: &AppState, token: &str) -> String {
+/// The capability cookie on a pod host: for the session's lifetime when the capability was
+/// minted for a session (Envoy's filter renews it while the session lives, even once it
+/// lapsed in a tab left idle), for the capability's own otherwise.
+pub fn capability(state: &AppState, minted: &Minted) -> String {
+    let config = state.config();
     build(
         state.capability_cookie(),
-        token,
-        state.config().public_scheme.is_https(),
+        &minted.token,
+        config.public_scheme.is_https(),
         capability_same_site(state),
-        state.config().capability_lifetime,
+        if minted.in_session {
+            config.session_lifetime.max(config.capability_lifetime)
+        } else {
+            config.capability_lifetime
+        },
     )
 }
 

@@ -302,7 +302,7 @@ async fn accept_ticket(
         .get("ticket")
         .ok_or(CallbackFailure::BadQuery("no ticket".into()))?;
     let cap = redeem_ticket(&state.mint_context(), addr, ticket).await?;
-    Ok(cookies::capability(state, &cap.token))
+    Ok(cookies::capability(state, &cap))
 }
 
 /// 400 page that clears our cookie and links to a fresh attempt.

@@ -103,7 +103,7 @@ async fn answer_renewal(state: &AppState, headers: &HeaderMap) -> Response {
     match renew_capability(&state.mint_context(), token).await {
         Ok(fresh) => {
             let answer = RenewAnswer {
-                set_cookie: cookies::capability(state, &fresh.token),
+                set_cookie: cookies::capability(state, &fresh),
                 token: fresh.token,
             };
             let mut resp = Json(answer).into_response();

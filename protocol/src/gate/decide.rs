@@ -21,8 +21,10 @@ use crate::response::PodResponse;
 use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX};
 
 mod api_tokens;
+mod lapsed;
 mod services;
 use api_tokens::{api_token_decision, api_token_grant, api_token_of};
+use lapsed::{lapsed, Lapsed};
 use services::{confine, forward_to_service, resource_scope};
 
 /// How many signatures one request may make us check. Candidates are not limited (a browser
@@ -54,6 +56,11 @@ pub enum Decision {
     /// An API token not yet exchanged for this pod and port: the filter asks the control plane
     /// (`exchange`), records the answer (`Gate::exchanged`) and decides again.
     Exchange(Rc<ExchangeNeeded>),
+    /// Our cookie holds a capability for this request that lapsed less than
+    /// `renewal.lapsed_secs` ago (`lapsed`): the filter renews it (`Gate::renewal_call`),
+    /// records the answer (`Gate::renewed`) and decides again; without a renewal the request
+    /// gets `refusal`, the refusal of an expired capability.
+    Renew { old: Rc<Verified>, refusal: Denial },
 }
 
 /// What a forward does to the request.
@@ -89,6 +96,10 @@ pub struct Forward {
     /// Let through on the capability an API token was exchanged for: a new configuration
     /// confirms that grant again before its next use, so no memo keeps this forward across one.
     pub exchanged: bool,
+    /// Let through on the fresh capability that renewed the request's lapsed cookie one
+    /// (`lapsed`): the `Set-Cookie` that hands it to the browser, added to the response. Never
+    /// memoized.
+    pub set_cookie: Option<Rc<str>>,
 }
 
 impl Forward {
@@ -229,7 +240,7 @@ enum Choice {
 fn choose(
     config: &CompiledConfig,
     cache: &mut VerifiedCache,
-    found: Vec<(Source, &str)>,
+    found: &[(Source, &str)],
     pod: &PodAddr,
     want: Want<'_>,
     now: i64,
@@ -247,7 +258,7 @@ fn choose(
     let mut other_resource = false;
     let mut here_first = Vec::new();
     let mut then_elsewhere = Vec::new();
-    for (at, (source, token)) in found.into_iter().enumerate() {
+    for (at, &(source, token)) in found.iter().enumerate() {
         let result = match cache.verified(config, token, now) {
             Some(known) => known,
             None => match config.verifier.precheck(token, &host, now) {
@@ -462,7 +473,7 @@ pub(super) fn decide_counting(
                 let denial = Denial::NoCapability { redirect: None };
                 return (Decision::Deny(denial), 0);
             }
-            let decision = match choose(config, cache, found, &pod, Want::Any, now) {
+            let decision = match choose(config, cache, &found, &pod, Want::Any, now) {
                 Choice::Granted(_, verified) => Decision::Answer(own_paths::userinfo(&verified)),
                 Choice::OtherResource | Choice::ScopedElsewhere => {
                     Decision::Deny(Denial::WrongScope)
@@ -497,6 +508,7 @@ pub(super) fn decide_counting(
             renew_at: None,
             target: None,
             exchanged: false,
+            set_cookie: None,
         };
         return (Decision::Forward(Rc::new(forward)), 0);
     }
@@ -532,7 +544,9 @@ pub(super) fn decide_counting(
     // A path under no resource is judged with any capability for this host, to tell a caller
     // who reaches the service from one who does not.
     let want = scope.as_ref().map_or(Want::Any, |r| Want::Exactly(*r));
-    let (source, verified) = match (choose(config, cache, found, &pod, want, now), api) {
+    // The cookie a lapsed capability's renewal set, to hand on with the fresh one.
+    let mut set_cookie = None;
+    let (source, verified) = match (choose(config, cache, &found, &pod, want, now), api) {
         (Choice::Granted(source, verified), _) => match &scope {
             Ok(_) => (source, verified),
             Err(denial) => return (Decision::Deny(denial.clone()), looked_at),
@@ -555,13 +569,23 @@ pub(super) fn decide_counting(
         (Choice::OtherResource, None) => return (Decision::Deny(Denial::WrongResource), looked_at),
         (Choice::ScopedElsewhere, None) => return (Decision::Deny(Denial::WrongScope), looked_at),
         (Choice::Refused(reason), None) => {
-            return (
-                Decision::Deny(Denial::InvalidCapability {
-                    reason,
-                    redirect: redirect(),
-                }),
-                looked_at,
-            )
+            let refusal = Denial::InvalidCapability {
+                reason,
+                redirect: redirect(),
+            };
+            match lapsed(config, cache, &found, &pod, want, now) {
+                Some(Lapsed::Renewed(fresh, cookie)) => match &scope {
+                    Ok(_) => {
+                        set_cookie = Some(cookie);
+                        (Source::Cookie, fresh)
+                    }
+                    Err(denial) => return (Decision::Deny(denial.clone()), looked_at),
+                },
+                Some(Lapsed::Renew(old)) => {
+                    return (Decision::Renew { old, refusal }, looked_at);
+                }
+                None => return (Decision::Deny(refusal), looked_at),
+            }
         }
     };
 
@@ -585,10 +609,17 @@ pub(super) fn decide_counting(
         }
     }
 
-    (
-        forward_to_pod(config, req, &bearers, &pod, &verified, source),
-        looked_at,
-    )
+    let decision = forward_to_pod(config, req, &bearers, &pod, &verified, source);
+    match (decision, set_cookie) {
+        (Decision::Forward(forward), Some(cookie)) => {
+            let forward = Forward {
+                set_cookie: Some(cookie),
+                ..Forward::clone(&forward)
+            };
+            (Decision::Forward(Rc::new(forward)), looked_at)
+        }
+        (decision, _) => (decision, looked_at),
+    }
 }
 
 /// The forward to the pod `verified` grants, or the pod's own refusal (not in the directory,
@@ -665,6 +696,7 @@ fn granted_forward(
         capability: Some(Rc::clone(verified)),
         target: Some(pod.clone()),
         exchanged: source == Source::ApiToken,
+        set_cookie: None,
     };
     Decision::Forward(Rc::new(forward))
 }
@@ -684,7 +716,7 @@ pub(super) fn granted(
     match choose(
         config,
         cache,
-        candidates(config, req, &bearers),
+        &candidates(config, req, &bearers),
         &pod,
         want,
         now,

@@ -50,6 +50,13 @@ fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)]) -> Decision {
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
         Outcome::Exchange(need) => Decision::Exchange(need),
+        Outcome::Renew(renew) => match &renew.otherwise {
+            Outcome::Deny(refusal) => Decision::Renew {
+                old: std::rc::Rc::clone(&renew.old),
+                refusal: refusal.clone(),
+            },
+            otherwise => panic!("a lapsed capability answered with {otherwise:?}"),
+        },
         Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
         Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => {
             panic!("answered with a page: {reply:?}")

@@ -24,6 +24,7 @@ fn renewing(c: &mut crate::config::FilterConfig) {
         secret: SECRET.into(),
         before_secs: 300,
         timeout_ms: 1000,
+        lapsed_secs: 0,
     });
 }
 

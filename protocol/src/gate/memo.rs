@@ -343,7 +343,10 @@ pub fn decide_memoized(
         // A forward on a service reached per resource depends on the path, which is not in
         // the key: it is decided every time.
         let per_resource = forward.capability.as_ref().is_some_and(|c| c.res.is_some());
-        if let (Some(_), Some(exp), false) = (&forward.user, forward.expires_at, per_resource) {
+        // A forward on a lapsed cookie's renewal is the request's own: its key holds the old
+        // cookie, and the browser gets the new one with this very response.
+        let keep = !per_resource && forward.set_cookie.is_none();
+        if let (Some(_), Some(exp), true) = (&forward.user, forward.expires_at, keep) {
             let entry = Memoized {
                 key: memo.key.as_slice().into(),
                 forward: Rc::clone(forward),

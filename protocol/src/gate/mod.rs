@@ -20,6 +20,7 @@
 mod decide;
 mod memo;
 mod request;
+mod revived;
 mod token_cache;
 
 use std::rc::Rc;
@@ -68,6 +69,19 @@ pub enum Outcome {
     /// An API token to exchange for a capability (`Gate::exchange_call`) before deciding
     /// again; the request waits.
     Exchange(Rc<ExchangeNeeded>),
+    /// A browser's cookie capability that lapsed while its tab was idle, to renew
+    /// (`Gate::renewal_call`, `Gate::renewed`) before deciding again; the request waits. When
+    /// it cannot be renewed (refused, failed, no call possible), the request gets `otherwise`.
+    Renew(Rc<LapsedRenewal>),
+}
+
+/// A lapsed capability to renew before its request is decided again, and the answer the
+/// request gets without a renewal (the refusal of an expired capability: a sign-in redirect
+/// for a page load, a `401` for a script).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LapsedRenewal {
+    pub old: Rc<Verified>,
+    pub otherwise: Outcome,
 }
 
 impl From<Decision> for Outcome {
@@ -77,6 +91,10 @@ impl From<Decision> for Outcome {
             Decision::Deny(denial) => Outcome::Deny(denial),
             Decision::Answer(reply) => Outcome::Answer(reply),
             Decision::Exchange(need) => Outcome::Exchange(need),
+            Decision::Renew { old, refusal } => Outcome::Renew(Rc::new(LapsedRenewal {
+                old,
+                otherwise: Outcome::Deny(refusal),
+            })),
         }
     }
 }
@@ -274,13 +292,25 @@ impl Gate {
 
     /// Judges the control plane's answer to the renewal of `old` (`renewal::judge`); a fresh
     /// capability goes into the verified-token cache, so the browser's next request with it
-    /// costs no signature check.
+    /// costs no signature check, and is remembered for the old one (`revived`), so a request
+    /// with the old one once it lapsed is decided on it.
     pub fn renewed(&mut self, old: &Verified, status: u32, body: &[u8], now: i64) -> Renewed {
         let Some(config) = self.config.as_deref() else {
             return Renewed::Failed;
         };
         let renewed = renewal::judge(config.in_force(), old, status, body, now);
-        if let Renewed::Fresh { capability, .. } = &renewed {
+        if let Renewed::Fresh {
+            capability,
+            set_cookie,
+        } = &renewed
+        {
+            // For the requests still carrying the old capability once it lapsed.
+            self.cache.revived().record(
+                &old.claims.jti,
+                Rc::clone(capability),
+                Rc::clone(set_cookie),
+                now,
+            );
             if let Some(token) = capability.token.as_ref() {
                 if config.token_cache_entries > 0 {
                     self.cache.insert(
@@ -459,6 +489,13 @@ impl Gate {
                 }
             }
             Decision::Deny(denial) => refusal(config, &request, denial),
+            Decision::Renew {
+                old,
+                refusal: denial,
+            } => Outcome::Renew(Rc::new(LapsedRenewal {
+                old,
+                otherwise: refusal(config, &request, denial),
+            })),
             Decision::Forward(forward) => {
                 match over_limit(config, limiter, streams, stream, &forward, now) {
                     Some(limited) => refusal(config, &request, limited),
@@ -497,6 +534,10 @@ mod session_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod renewal_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod lapsed_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

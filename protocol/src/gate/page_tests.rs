@@ -214,6 +214,7 @@ fn waking_config(wake: bool, renewal: bool) -> Rc<CompiledConfig> {
             secret: "renew-secret-0123456789abcdef".into(),
             before_secs: 300,
             timeout_ms: 1000,
+            lapsed_secs: 0,
         });
     })
 }

@@ -20,6 +20,7 @@ fn renewal() -> Renewal {
         secret: SECRET.into(),
         before_secs: 300,
         timeout_ms: 1000,
+        lapsed_secs: 0,
     }
 }
 
@@ -307,6 +308,14 @@ fn a_renewal_section_that_is_unsafe_or_malformed_is_refused() {
         },
         Renewal {
             timeout_ms: 0,
+            ..renewal()
+        },
+        Renewal {
+            lapsed_secs: -1,
+            ..renewal()
+        },
+        Renewal {
+            lapsed_secs: crate::renewal::MAX_LAPSED_SECS + 1,
             ..renewal()
         },
     ];

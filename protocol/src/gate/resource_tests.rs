@@ -37,6 +37,7 @@ fn config(exchanges: bool) -> Rc<CompiledConfig> {
             secret: "0123456789abcdef0123456789abcdef".into(),
             before_secs: 300,
             timeout_ms: 1000,
+            lapsed_secs: 0,
         });
     })
 }

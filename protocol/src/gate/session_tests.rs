@@ -60,7 +60,7 @@ fn request_accepting(path: &str, cookie: &str, accept: &str) -> Vec<u8> {
 
 fn status(outcome: &Outcome) -> u32 {
     match outcome {
-        Outcome::Forward(_) | Outcome::Exchange(_) => 0,
+        Outcome::Forward(_) | Outcome::Exchange(_) | Outcome::Renew(_) => 0,
         Outcome::Deny(denial) => denial.reply().status,
         Outcome::Preflight(reply)
         | Outcome::Answer(reply)

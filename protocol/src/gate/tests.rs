@@ -133,7 +133,7 @@ pub(super) fn removed(d: &Decision, name: &str) -> bool {
 pub(super) fn status(d: &Decision) -> u32 {
     match d {
         Decision::Deny(denial) => denial.reply().status,
-        Decision::Forward(_) | Decision::Exchange(_) => 0,
+        Decision::Forward(_) | Decision::Exchange(_) | Decision::Renew { .. } => 0,
         Decision::Answer(reply) => reply.status,
     }
 }
@@ -748,6 +748,13 @@ pub(super) fn through_gate(gate: &mut Gate, h: &[(String, Vec<u8>)], now: i64) -
         Outcome::Deny(denial) => Decision::Deny(denial),
         Outcome::Answer(reply) => Decision::Answer(reply),
         Outcome::Exchange(need) => Decision::Exchange(need),
+        Outcome::Renew(renew) => match &renew.otherwise {
+            Outcome::Deny(refusal) => Decision::Renew {
+                old: std::rc::Rc::clone(&renew.old),
+                refusal: refusal.clone(),
+            },
+            otherwise => panic!("a lapsed capability answered with {otherwise:?}"),
+        },
         Outcome::Preflight(reply) => panic!("answered as a preflight: {reply:?}"),
         Outcome::Page(reply) | Outcome::Wake { page: reply, .. } => {
             panic!("answered with a page: {reply:?}")

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
+use super::revived::Revived;
 use crate::config::CompiledConfig;
 use crate::exchange::ExchangeCache;
 use crate::token::{TokenError, Verified, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
@@ -41,6 +42,8 @@ pub struct VerifiedCache {
     /// What API-token exchanges came to (`exchange`): on whether or not the token cache is,
     /// as each entry stands for a call to the control plane.
     exchanges: ExchangeCache,
+    /// What renewals of lapsed cookie capabilities gave (`revived`).
+    revived: Revived,
 }
 
 impl VerifiedCache {
@@ -74,6 +77,12 @@ impl VerifiedCache {
     /// What API-token exchanges came to.
     pub fn exchanges(&mut self) -> &mut ExchangeCache {
         &mut self.exchanges
+    }
+
+    /// What renewals of lapsed cookie capabilities gave. Each entry is checked against the
+    /// configuration in force when it is used, so it outlives configurations as exchanges do.
+    pub fn revived(&mut self) -> &mut Revived {
+        &mut self.revived
     }
 
     /// `(hits, misses)`: answers from either cache, and signature checks with the cache on.

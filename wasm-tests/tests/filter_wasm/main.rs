@@ -73,6 +73,7 @@ mod cache;
 mod cost;
 mod cross_pod;
 mod hosts;
+mod lapsed;
 mod metrics;
 mod pod_responses;
 mod preflight;

@@ -120,6 +120,16 @@ impl FilterVm {
             .clone()
     }
 
+    /// An open stream's request headers as they stand now (after the guest's edits): for a
+    /// stream it paused and let go on later, what Envoy would forward.
+    pub fn request_headers_of(&self, context_id: u32) -> Option<Vec<(String, String)>> {
+        let stream = self.store.data().streams.get(&context_id)?;
+        stream
+            .request_headers
+            .as_ref()
+            .map(super::super::state::headers::to_strings)
+    }
+
     /// How many times the guest let an open stream go on (`proxy_continue_stream`), as it does
     /// for one it paused.
     pub fn continued(&self, context_id: u32) -> Option<u32> {

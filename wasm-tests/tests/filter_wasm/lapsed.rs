@@ -1,0 +1,174 @@
+//! Lapsed browser capabilities in the compiled filter: a request whose cookie holds a
+//! capability past its `exp` (a tab left idle) waits for one renew call per capability and
+//! worker, with every other request on it; the control plane's fresh capability decides them
+//! all again, our cookie stripped, the fresh cookie on each response. A refused or failed
+//! renewal answers them as an expired capability, and is not asked again at once.
+
+use podgate_protocol::renewal::RenewAnswer;
+use podgate_protocol::token::{mint_in_session, TokenKind};
+use podgate_wasm_tests::host::{FilterVm, Outcome};
+use serde_json::json;
+
+use crate::support::*;
+
+/// A renewing VM that takes the calls, with lapsed capabilities renewed for an hour.
+fn lapsed_vm() -> FilterVm {
+    let mut cfg = config(&[&ed_key(1)]);
+    cfg["renewal"] = json!({
+        "url": "http://127.0.0.1:8080/api/proxy-renew",
+        "secret": "renew-secret-0123456789abcdef0123456789",
+        "before_secs": 300,
+        "lapsed_secs": 3600
+    });
+    let mut vm = vm_with(&cfg);
+    vm.accept_http_calls();
+    vm
+}
+
+/// A browser's capability for alpha, in session `sid-a`, issued at `iat`.
+fn session_cap(iat: i64) -> String {
+    mint_in_session(
+        TokenKind::Capability,
+        &ed_key(1),
+        &claims("alpha", PORT),
+        Some("sid-a"),
+        iat,
+        LIFETIME,
+    )
+    .unwrap()
+}
+
+/// Lapsed ten minutes ago at `NOW`.
+fn lapsed_cap() -> String {
+    session_cap(NOW - LIFETIME - LEEWAY - 600)
+}
+
+/// A stream sending a script's call with our cookie `token` beside the app's own cookie.
+fn send(vm: &mut FilterVm, token: &str) -> (u32, Outcome) {
+    let ctx = vm.open_stream().unwrap();
+    let req = Req::alpha()
+        .add("accept", "application/json")
+        .add("cookie", &format!("theme=dark; {COOKIE}={token}"));
+    let out = vm.request_headers(ctx, &req.headers, true).unwrap();
+    (ctx, out)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn requests_on_a_lapsed_cookie_wait_for_one_renewal_then_go_on_the_fresh_one() {
+    let mut vm = lapsed_vm();
+    let old = lapsed_cap();
+    let (first, out) = send(&mut vm, &old);
+    assert!(matches!(out, Outcome::Paused { .. }), "{out:?}");
+    let (second, out) = send(&mut vm, &old);
+    assert!(matches!(out, Outcome::Paused { .. }), "{out:?}");
+    let calls = vm.pending_http_calls();
+    assert_eq!(calls.len(), 1, "one call for both: {calls:?}");
+    assert_eq!(calls[0].upstream, "podgate_control_plane");
+    assert_eq!(header(&calls[0].headers, ":path"), Some("/api/proxy-renew"));
+    let bearer = format!("Bearer {old}");
+    assert_eq!(
+        header(&calls[0].headers, "authorization"),
+        Some(bearer.as_str())
+    );
+
+    let fresh = session_cap(NOW);
+    let set_cookie = format!("{COOKIE}={fresh}; HttpOnly; SameSite=Lax; Path=/; Max-Age=43200");
+    let body = serde_json::to_vec(&RenewAnswer {
+        token: fresh.clone(),
+        set_cookie: set_cookie.clone(),
+    })
+    .unwrap();
+    vm.answer_http_call(calls[0].token, &[(":status", "200")], &body)
+        .unwrap();
+    for ctx in [first, second] {
+        assert_eq!(vm.continued(ctx), Some(1), "stream {ctx}");
+        assert_eq!(vm.local_reply_of(ctx), None);
+        // What Envoy forwards: the user, the app's cookie, none of ours.
+        let sent = vm.request_headers_of(ctx).unwrap();
+        assert_eq!(header(&sent, "x-podgate-user"), Some("user-1"), "{sent:?}");
+        assert_eq!(header(&sent, "cookie"), Some("theme=dark"), "{sent:?}");
+        assert!(!format!("{sent:?}").contains(&old));
+        assert!(!format!("{sent:?}").contains(&fresh));
+        // The pod's answer carries the fresh cookie to the browser.
+        let answered = vm
+            .response_headers(ctx, &[(":status", "200")], true)
+            .unwrap();
+        let Outcome::Continue { headers } = answered else {
+            panic!("{answered:?}");
+        };
+        assert_eq!(header(&headers, "set-cookie"), Some(set_cookie.as_str()));
+    }
+    // A request sent with the old cookie before the browser stored the fresh one: decided on
+    // the fresh capability at once, and told the fresh cookie too.
+    let (late, out) = send(&mut vm, &old);
+    let Outcome::Continue { headers } = out else {
+        panic!("{out:?}");
+    };
+    assert_eq!(header(&headers, "x-podgate-user"), Some("user-1"));
+    let answered = vm
+        .response_headers(late, &[(":status", "200")], true)
+        .unwrap();
+    assert!(format!("{answered:?}").contains(&set_cookie));
+    assert!(vm.pending_http_calls().is_empty());
+    vm.tick().unwrap();
+    assert_eq!(metric(&mut vm, "podgate.renewal.renewed"), 1);
+}
+
+#[test]
+fn a_refused_or_failed_renewal_answers_as_an_expired_capability_and_is_not_asked_again_at_once() {
+    for status in ["401", "503"] {
+        let mut vm = lapsed_vm();
+        let old = lapsed_cap();
+        let (ctx, _) = send(&mut vm, &old);
+        let calls = vm.pending_http_calls();
+        assert_eq!(calls.len(), 1);
+        vm.answer_http_call(calls[0].token, &[(":status", status)], b"")
+            .unwrap();
+        assert_eq!(vm.continued(ctx), Some(0), "answer {status}");
+        let reply = vm.local_reply_of(ctx).expect("answered locally");
+        assert_eq!(reply.status, 401, "answer {status}");
+        assert!(
+            String::from_utf8_lossy(&reply.body).contains("expired"),
+            "{reply:?}"
+        );
+        // The next request is answered at once, with no second call.
+        let (_, out) = send(&mut vm, &old);
+        assert!(
+            matches!(out, Outcome::LocalReply { status: 401, .. }),
+            "answer {status}: {out:?}"
+        );
+        assert!(vm.pending_http_calls().is_empty(), "answer {status}");
+    }
+}
+
+#[test]
+fn a_page_load_on_a_lapsed_cookie_whose_renewal_is_refused_is_sent_to_sign_in() {
+    let mut vm = lapsed_vm();
+    let old = lapsed_cap();
+    let ctx = vm.open_stream().unwrap();
+    let req = Req::alpha()
+        .add("accept", "text/html")
+        .add("sec-fetch-mode", "navigate")
+        .add("cookie", &format!("{COOKIE}={old}"));
+    let out = vm.request_headers(ctx, &req.headers, true).unwrap();
+    assert!(matches!(out, Outcome::Paused { .. }), "{out:?}");
+    let calls = vm.pending_http_calls();
+    vm.answer_http_call(calls[0].token, &[(":status", "401")], b"")
+        .unwrap();
+    let reply = vm.local_reply_of(ctx).expect("answered locally");
+    assert_eq!(reply.status, 302, "{reply:?}");
+    let location = reply
+        .headers
+        .iter()
+        .find(|(n, _)| n == "location")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(location.starts_with(AUTH_URL), "{location}");
+}
