@@ -18,7 +18,9 @@ use reqwest::Method;
 use serde_json::json;
 use xds_support::*;
 
-const LIVE: Duration = Duration::from_secs(1);
+/// How soon a change is in the Envoy: one push, with room for a loaded machine (each step
+/// prints what it took).
+const LIVE: Duration = Duration::from_secs(5);
 
 /// Two fake pods on the same port of two loopback addresses (two "servers").
 async fn two_servers() -> (FakePod, FakePod) {

@@ -151,7 +151,8 @@ async fn api_tokens_reach_their_owners_pods_at_the_edge_and_never_reach_the_pod(
     let t = Instant::now();
     let (status, body) = get_with(&stack, "alpha", "podgate-token", &quitter).await;
     assert_eq!(status, 200, "{body}\n{}", stack.logs());
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // Not held for the lost call's 15 s: answered by the call in flight or a new one.
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
 
     // A pod of alice's that nothing listens on, reached with a token not yet exchanged: the
     // request the exchange let through fails at the pod, and Envoy's answer names the pod and

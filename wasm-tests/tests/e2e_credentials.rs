@@ -49,10 +49,19 @@ fn assert_no_trace(seen: &podgate_wasm_tests::e2e::Recorded, tokens: &[&str], wh
     assert!(!seen.has_header("podgate-token"), "{what}");
 }
 
-/// Signature checks so far (the filter hands its counts to Envoy once a second).
+/// Signature checks so far, settled: the filter hands its counts to Envoy on its 1 s tick,
+/// which a loaded machine may run late, so the counter is read until two reads 1.2 s apart
+/// agree (a tick ran between them and had nothing more to hand over).
 async fn signatures(stack: &Turn<'_>) -> u64 {
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    stack.envoy.counter(MISSES).await.unwrap()
+    let mut last = stack.envoy.counter(MISSES).await.unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let now = stack.envoy.counter(MISSES).await.unwrap();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
 }
 
 /// A forgery for alpha: our `kid`, alpha's `aud`, another key's signature.
