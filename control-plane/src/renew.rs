@@ -81,7 +81,7 @@ pub async fn renew_capability(ctx: &MintContext<'_>, token: &str) -> Result<Mint
         sid,
         res,
         jti,
-    } = still_allowed(ctx, token).await?;
+    } = still_allowed(ctx, token, session_lifetime(ctx)).await?;
     let fresh = mint_scoped_for(
         ctx,
         TokenKind::Capability,
@@ -100,10 +100,21 @@ pub async fn renew_capability(ctx: &MintContext<'_>, token: &str) -> Result<Mint
     Ok(fresh)
 }
 
-/// Checks `token` as the module says, minting nothing: a browser's capability whose session is
-/// live and whose user may still reach its pod and port. Renewal and waking a pod
-/// (`crate::wake`) both stand on it.
-pub async fn still_allowed(ctx: &MintContext<'_>, token: &str) -> Result<StillAllowed, RenewError> {
+/// How long after its `exp` a browser's capability is still renewed: the session lifetime,
+/// for which its cookie is kept.
+fn session_lifetime(ctx: &MintContext<'_>) -> i64 {
+    i64::try_from(ctx.config.session_lifetime).unwrap_or(i64::MAX)
+}
+
+/// Checks `token` as the module says, minting nothing: a browser's capability, expired at most
+/// `lapsed_secs` ago (and the leeway), whose session is live and whose user may still reach
+/// its pod and port. Renewal (a session lifetime) and waking a pod (`crate::wake`, 0: a live
+/// capability only) both stand on it.
+pub async fn still_allowed(
+    ctx: &MintContext<'_>,
+    token: &str,
+    lapsed_secs: i64,
+) -> Result<StillAllowed, RenewError> {
     let ring = ctx.keys.current().map_err(MintError::from)?;
     let lifetime = i64::try_from(ctx.config.capability_lifetime).unwrap_or(i64::MAX);
     let verifier = Verifier::new(
@@ -115,9 +126,8 @@ pub async fn still_allowed(ctx: &MintContext<'_>, token: &str) -> Result<StillAl
     )
     .map_err(|e| RenewError::Keys(e.to_string()))?;
     let now = now_unix();
-    let session_lifetime = i64::try_from(ctx.config.session_lifetime).unwrap_or(i64::MAX);
     let old = verifier
-        .verify_lapsed(token, now, session_lifetime)
+        .verify_lapsed(token, now, lapsed_secs)
         .map_err(|_| refused(RenewRefusal::BadCapability))?;
     let sid = old.sid.clone().ok_or(refused(RenewRefusal::NoSession))?;
     if old.claims.sub == ANONYMOUS_SUB {

@@ -76,7 +76,7 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
 
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(_root_context_id: u32) {
-    with_filter(|| (), Filter::on_tick);
+    resume(with_filter(Vec::new, Filter::on_tick));
 }
 
 #[no_mangle]
@@ -114,9 +114,14 @@ pub extern "C" fn proxy_on_http_call_response(
     body_size: usize,
     _num_trailers: usize,
 ) {
-    let waiting = with_filter(Vec::new, |f| {
+    resume(with_filter(Vec::new, |f| {
         f.on_http_call_response(token, num_headers, body_size)
-    });
+    }));
+}
+
+/// Resumes streams that waited on a call, once the filter is released: resuming may run
+/// Envoy's later filters and enter the VM again.
+fn resume(waiting: Vec<(u32, Resume)>) {
     for (context_id, resume) in waiting {
         let resumed = raw::set_effective_context(context_id).and_then(|()| match resume {
             Resume::Continue => raw::continue_request(),

@@ -339,11 +339,12 @@ impl Filter {
                     ),
                 );
                 // Keys, pods or revocations may have changed: the gate starts its memo over
-                // (and its token cache, unless the keys and checks are the same), and so do the
-                // renewals' outcomes (calls in flight are judged by the new one).
+                // (and its token cache, unless the keys and checks are the same), and the fresh
+                // capabilities renewals gave are let go (calls in flight are judged by the new
+                // configuration); a refusal or a failure is the control plane's and stands.
                 self.gate.configure(Rc::new(compiled));
                 self.renewals
-                    .retain(|_, r| matches!(r, Renewal::InFlight { .. }));
+                    .retain(|_, r| !matches!(r, Renewal::Fresh { .. }));
                 // A cut (sign-out, lost access, revocation) ends the WebSockets it covers as
                 // this configuration arrives, not a tick later.
                 self.close_expired_websockets();
@@ -363,19 +364,21 @@ impl Filter {
         }
     }
 
-    fn on_tick(&mut self) {
+    /// The tick: renews and closes WebSockets, forgets renewals past their use (a call taken
+    /// as lost goes with its entry, and a capability can be renewed again), and hands the
+    /// counts over. The streams a lost call left waiting, and what becomes of each, for the
+    /// caller once the filter is released.
+    fn on_tick(&mut self) -> Vec<(u32, Resume)> {
         self.renew_websockets();
         self.close_expired_websockets();
+        let mut resumed = Vec::new();
         if !self.renewals.is_empty() {
             if let Some(now) = now_unix() {
-                self.renewals.retain(|_, r| r.live(now));
-                // A call taken as lost goes with its entry; a capability can be renewed again.
-                let renewals = &self.renewals;
-                self.calls
-                    .retain(|_, jti| matches!(renewals.get(jti), Some(Renewal::InFlight { .. })));
+                resumed = self.forget_renewals(now);
             }
         }
         self.metrics.flush();
+        resumed
     }
 
     /// The control plane answered a call (or the call failed: no headers). Returns the streams

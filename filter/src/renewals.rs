@@ -10,6 +10,7 @@ use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::Denial;
 use podgate_protocol::token::{TokenError, Verified};
 
+use crate::access::record;
 use crate::raw::{self, LogLevel, MapType};
 use crate::{log, now_unix, Action, Counter, Filter, Resume};
 
@@ -39,8 +40,8 @@ pub(crate) enum Renewal {
 }
 
 impl Renewal {
-    /// Whether the entry is still of use at `now`: an old capability past its `exp` and the
-    /// leeway is refused before renewal is considered.
+    /// Whether the entry is still of use at `now` (`kept_until`: five minutes past the old
+    /// capability's `exp`, or past the renewal of a lapsed one).
     pub(crate) fn live(&self, now: i64) -> bool {
         match self {
             Renewal::InFlight { lost_at, .. } => now <= *lost_at,
@@ -213,15 +214,48 @@ impl Filter {
             Some(Renewal::Failed { retry_at, .. }) if now >= *retry_at => {}
             // Refused, failed a moment ago, or renewed with a fresh capability the gate no
             // longer holds (withdrawn since): what an expired capability gets.
-            Some(_) => return self.act(context_id, lapsed.otherwise.clone(), now),
+            Some(_) => return self.act_otherwise(context_id, lapsed, now),
         }
         if !self.start_renewal(old, now, Some(context_id)) {
-            return self.act(context_id, lapsed.otherwise.clone(), now);
+            return self.act_otherwise(context_id, lapsed, now);
         }
         if let Some(Renewal::InFlight { undecided, .. }) = self.renewals.get_mut(&old.claims.jti) {
             undecided.push(context_id);
         }
         Action::Pause
+    }
+
+    /// A lapsed capability that is not renewed now: its request gets `otherwise`, in the access
+    /// log too.
+    fn act_otherwise(&mut self, context_id: u32, lapsed: &LapsedRenewal, now: i64) -> Action {
+        record(&lapsed.otherwise);
+        self.act(context_id, lapsed.otherwise.clone(), now)
+    }
+
+    /// Forgets the renewals past their use at `now` (`Renewal::live`); a call taken as lost goes
+    /// with its entry, and the requests still waiting on it to be decided again are decided
+    /// now (a lapsed capability's refusal, as the renewal is not to be had): what becomes of
+    /// each, for the caller once the filter is released.
+    pub(crate) fn forget_renewals(&mut self, now: i64) -> Vec<(u32, Resume)> {
+        let mut stranded = Vec::new();
+        for renewal in self.renewals.values_mut() {
+            if let Renewal::InFlight {
+                undecided, lost_at, ..
+            } = renewal
+            {
+                if now > *lost_at {
+                    stranded.append(undecided);
+                }
+            }
+        }
+        self.renewals.retain(|_, r| r.live(now));
+        let renewals = &self.renewals;
+        self.calls
+            .retain(|_, jti| matches!(renewals.get(jti), Some(Renewal::InFlight { .. })));
+        stranded
+            .into_iter()
+            .filter_map(|id| self.decide_again(id, now).map(|resume| (id, resume)))
+            .collect()
     }
 
     /// The control plane answered a renew call (or the call failed); the streams that waited

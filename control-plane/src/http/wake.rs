@@ -62,7 +62,8 @@ async fn answer_wake(state: &AppState, headers: &HeaderMap) -> (WakeOutcome, Res
             ApiError::Unauthorized("no capability".into()).into_response(),
         );
     };
-    let allowed = match still_allowed(&state.mint_context(), token).await {
+    // A live capability only: the filter asks with the one it granted the page load.
+    let allowed = match still_allowed(&state.mint_context(), token, 0).await {
         Ok(allowed) => allowed,
         Err(RenewError::Refused(why)) => {
             tracing::info!(?why, "wake refused");

@@ -235,14 +235,15 @@ enum Choice {
 /// Finds the candidate that grants this request, at a bounded cost: first every candidate is
 /// looked up in the cache (a capability verified before grants at no cost) and, if not there,
 /// prechecked without its signature (garbage, another kind, an unknown key, an expired `exp`
-/// or a value that failed before are refused there); then at most `MAX_VERIFICATIONS`
-/// signatures are checked, the candidates whose unverified `aud` is this host first.
+/// or a value that failed before are refused there); then at most `budget` signatures are
+/// checked (each taken from it), the candidates whose unverified `aud` is this host first.
 fn choose(
     config: &CompiledConfig,
     cache: &mut VerifiedCache,
     found: &[(Source, &str)],
     pod: &PodAddr,
     want: Want<'_>,
+    budget: &mut usize,
     now: i64,
 ) -> Choice {
     let host = config.public_hosts.render(pod);
@@ -287,15 +288,16 @@ fn choose(
             Ok((Verdict::Refused(err), _)) | Err(err) => refuse(at, err),
         }
     }
-    let mut checked: Vec<&str> = Vec::with_capacity(MAX_VERIFICATIONS);
+    let mut checked: Vec<&str> = Vec::with_capacity(*budget);
     for (at, source, token, key) in here_first.into_iter().chain(then_elsewhere) {
         if checked.contains(&token) {
             // The same value twice (planted duplicates): its outcome is known.
             continue;
         }
-        if checked.len() >= MAX_VERIFICATIONS {
+        if *budget == 0 {
             break;
         }
+        *budget -= 1;
         checked.push(token);
         let result = verify_now(config, cache, token, key, now);
         match result.map(|v| (judge(config, &v, &host, pod, want), v)) {
@@ -473,7 +475,8 @@ pub(super) fn decide_counting(
                 let denial = Denial::NoCapability { redirect: None };
                 return (Decision::Deny(denial), 0);
             }
-            let decision = match choose(config, cache, &found, &pod, Want::Any, now) {
+            let mut budget = MAX_VERIFICATIONS;
+            let decision = match choose(config, cache, &found, &pod, Want::Any, &mut budget, now) {
                 Choice::Granted(_, verified) => Decision::Answer(own_paths::userinfo(&verified)),
                 Choice::OtherResource | Choice::ScopedElsewhere => {
                     Decision::Deny(Denial::WrongScope)
@@ -546,7 +549,10 @@ pub(super) fn decide_counting(
     let want = scope.as_ref().map_or(Want::Any, |r| Want::Exactly(*r));
     // The cookie a lapsed capability's renewal set, to hand on with the fresh one.
     let mut set_cookie = None;
-    let (source, verified) = match (choose(config, cache, &found, &pod, want, now), api) {
+    // The signatures this request may cost, shared by the live and the lapsed candidates.
+    let mut budget = MAX_VERIFICATIONS;
+    let choice = choose(config, cache, &found, &pod, want, &mut budget, now);
+    let (source, verified) = match (choice, api) {
         (Choice::Granted(source, verified), _) => match &scope {
             Ok(_) => (source, verified),
             Err(denial) => return (Decision::Deny(denial.clone()), looked_at),
@@ -573,7 +579,7 @@ pub(super) fn decide_counting(
                 reason,
                 redirect: redirect(),
             };
-            match lapsed(config, cache, &found, &pod, want, now) {
+            match lapsed(config, cache, &found, &pod, want, budget, now) {
                 Some(Lapsed::Renewed(fresh, cookie)) => match &scope {
                     Ok(_) => {
                         set_cookie = Some(cookie);
@@ -702,8 +708,9 @@ fn granted_forward(
 }
 
 /// The capability `decide` granted `req` for its host, found again (from the verified-token
-/// cache `decide` just filled, so no signature is checked twice); `None` when none was. For a
-/// refusal that comes after the grant and needs the capability: waking a stopped pod.
+/// cache `decide` just filled, so no signature is checked twice), or the fresh one that
+/// renewed its lapsed cookie; `None` when none was. For a refusal that comes after the grant
+/// and needs the capability: waking a stopped pod.
 pub(super) fn granted(
     config: &CompiledConfig,
     cache: &mut VerifiedCache,
@@ -713,16 +720,15 @@ pub(super) fn granted(
     let pod = config.public_hosts.parse(req.authority).ok()?;
     let bearers = our_bearers(req).ok()?;
     let want = Want::Exactly(resource_scope(config, &pod, req.path).ok()?);
-    match choose(
-        config,
-        cache,
-        &candidates(config, req, &bearers),
-        &pod,
-        want,
-        now,
-    ) {
+    let found = candidates(config, req, &bearers);
+    let mut budget = MAX_VERIFICATIONS;
+    match choose(config, cache, &found, &pod, want, &mut budget, now) {
         Choice::Granted(_, verified) => Some((pod, verified)),
-        Choice::OtherResource | Choice::ScopedElsewhere | Choice::Refused(_) => None,
+        Choice::Refused(_) => match lapsed(config, cache, &found, &pod, want, budget, now) {
+            Some(Lapsed::Renewed(fresh, _)) => Some((pod, fresh)),
+            Some(Lapsed::Renew(_)) | None => None,
+        },
+        Choice::OtherResource | Choice::ScopedElsewhere => None,
     }
 }
 

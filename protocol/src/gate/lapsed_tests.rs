@@ -188,14 +188,21 @@ fn a_lapsed_cookie_without_a_session_in_a_header_past_the_window_forged_or_elsew
         gate.on_request(&request(Some(&in_session), None), LAPSES + LAPSED),
         expired()
     );
-    // A forged signature: refused after its one signature check, no call.
+    // A forged signature (a character in the middle of it changed): refused after its one
+    // signature check, no call; the same value again costs none.
+    let dot = in_session.rfind('.').unwrap();
+    let middle = dot + (in_session.len() - dot) / 2;
     let mut forged = in_session.clone();
-    let last = forged.pop().unwrap();
-    forged.push(if last == 'A' { 'B' } else { 'A' });
-    assert!(matches!(
-        gate.on_request(&request(Some(&forged), None), at),
-        Outcome::Deny(Denial::InvalidCapability { .. })
-    ));
+    let was = forged.as_bytes()[middle];
+    forged.replace_range(middle..=middle, if was == b'A' { "B" } else { "A" });
+    let checks = gate.cache().verifications();
+    for _ in 0..2 {
+        assert!(matches!(
+            gate.on_request(&request(Some(&forged), None), at),
+            Outcome::Deny(Denial::InvalidCapability { .. })
+        ));
+    }
+    assert_eq!(gate.cache().verifications(), checks + 1);
     // Another pod's capability on this host.
     let beta = cap_for("beta", NOW, Some("sid-a"));
     assert!(matches!(
@@ -229,4 +236,54 @@ fn a_withdrawn_lapsed_capability_and_a_configuration_without_the_window_renew_no
     // The same lapsed cookie under the first configuration: renewed.
     let mut on = Gate::new(config());
     renew(on.on_request(&request(Some(&token), None), at));
+}
+
+#[test]
+fn a_stopped_pod_loaded_from_a_tab_left_idle_is_woken_on_the_fresh_capability() {
+    let config = super::tests::config_with(|c| {
+        c.wake = true;
+        c.renewal = Some(Renewal {
+            url: "https://podgate.example.dev/api/proxy-renew".into(),
+            secret: "0123456789abcdef0123456789abcdef".into(),
+            before_secs: 300,
+            timeout_ms: 1000,
+            lapsed_secs: LAPSED,
+        });
+    });
+    let page_load = |cookie: &str| {
+        crate::wire::encode_header_map(&[
+            (
+                ":authority".to_owned(),
+                b"localhost-8726-pod-sleepy.example.dev".to_vec(),
+            ),
+            (":path".to_owned(), b"/".to_vec()),
+            (":method".to_owned(), b"GET".to_vec()),
+            ("sec-fetch-mode".to_owned(), b"navigate".to_vec()),
+            ("accept".to_owned(), b"text/html".to_vec()),
+            (
+                "cookie".to_owned(),
+                format!("{COOKIE}={cookie}").into_bytes(),
+            ),
+        ])
+    };
+    let mut gate = Gate::new(config);
+    let old = cap_for("sleepy", NOW, Some("sid-a"));
+    let at = LAPSES + 60;
+    let wait = renew(gate.on_request(&page_load(&old), at));
+    let fresh = cap_for("sleepy", at, Some("sid-a"));
+    let (body, _) = answer(&fresh);
+    assert!(matches!(
+        gate.renewed(&wait.old, 200, &body, at),
+        renewal::Renewed::Fresh { .. }
+    ));
+    // Decided again: the pod is stopped, so it is woken, with the fresh capability.
+    let Outcome::Wake { call, .. } = gate.on_request(&page_load(&old), at + 1) else {
+        panic!("not woken");
+    };
+    assert_eq!(call.pod, "sleepy");
+    let bearer = format!("Bearer {fresh}");
+    assert!(call
+        .headers
+        .iter()
+        .any(|(n, v)| n == "authorization" && *v == bearer));
 }

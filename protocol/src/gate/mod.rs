@@ -305,12 +305,14 @@ impl Gate {
         } = &renewed
         {
             // For the requests still carrying the old capability once it lapsed.
-            self.cache.revived().record(
-                &old.claims.jti,
-                Rc::clone(capability),
-                Rc::clone(set_cookie),
-                now,
-            );
+            if config.renewal.as_ref().is_some_and(|r| r.lapsed_secs > 0) {
+                self.cache.revived().record(
+                    &old.claims.jti,
+                    Rc::clone(capability),
+                    Rc::clone(set_cookie),
+                    now,
+                );
+            }
             if let Some(token) = capability.token.as_ref() {
                 if config.token_cache_entries > 0 {
                     self.cache.insert(

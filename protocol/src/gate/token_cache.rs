@@ -146,7 +146,7 @@ impl VerifiedCache {
         Some(err)
     }
 
-    fn reject(&mut self, key: Option<u64>, err: &TokenError) {
+    pub(super) fn reject(&mut self, key: Option<u64>, err: &TokenError) {
         let Some(key) = key else { return };
         if *err == TokenError::NotYetValid {
             return;
@@ -268,6 +268,27 @@ pub(super) fn verify_now(
             Err(err)
         }
     }
+}
+
+/// `Verifier::verify_lapsed` for a candidate the cache does not hold, counted as a signature
+/// check; a failure is remembered under `key` (`reject`), as `verify_now` does. A lapsed
+/// capability is never put in the verified cache: nothing is let through on it.
+pub(super) fn verify_lapsed_now(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    token: &str,
+    key: Option<u64>,
+    lapsed_secs: i64,
+    now: i64,
+) -> Result<Verified, TokenError> {
+    if config.token_cache_entries > 0 {
+        cache.misses += 1;
+    }
+    cache.verifications += 1;
+    config
+        .verifier
+        .verify_lapsed(token, now, lapsed_secs)
+        .inspect_err(|err| cache.reject(key, err))
 }
 
 /// A `u64` key that is already a good hash (`memo_hash`) is used as is.

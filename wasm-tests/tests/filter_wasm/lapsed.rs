@@ -172,3 +172,53 @@ fn a_page_load_on_a_lapsed_cookie_whose_renewal_is_refused_is_sent_to_sign_in() 
         .unwrap_or_default();
     assert!(location.starts_with(AUTH_URL), "{location}");
 }
+
+#[test]
+fn requests_waiting_on_a_lost_renew_call_are_answered_at_the_tick() {
+    // The call never answered (Envoy cancelled it, or the root context that made it went):
+    // once it is taken as lost, the requests that waited are answered as an expired capability,
+    // not left hanging.
+    let mut vm = lapsed_vm();
+    let old = lapsed_cap();
+    let (ctx, out) = send(&mut vm, &old);
+    assert!(matches!(out, Outcome::Paused { .. }), "{out:?}");
+    vm.tick().unwrap();
+    assert_eq!(
+        vm.local_reply_of(ctx),
+        None,
+        "still within the call's timeout"
+    );
+    vm.set_time_secs(u64::try_from(NOW + 5).unwrap());
+    vm.tick().unwrap();
+    let reply = vm.local_reply_of(ctx).expect("answered at the tick");
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(vm.continued(ctx), Some(0));
+}
+
+#[test]
+fn a_refused_renewal_stands_across_a_configuration_push() {
+    let mut vm = lapsed_vm();
+    let old = lapsed_cap();
+    let (_, _) = send(&mut vm, &old);
+    let calls = vm.pending_http_calls();
+    vm.answer_http_call(calls[0].token, &[(":status", "401")], b"")
+        .unwrap();
+    let mut cfg = config(&[&ed_key(1)]);
+    cfg["renewal"] = json!({
+        "url": "http://127.0.0.1:8080/api/proxy-renew",
+        "secret": "renew-secret-0123456789abcdef0123456789",
+        "before_secs": 300,
+        "lapsed_secs": 3600,
+        "timeout_ms": 2000
+    });
+    assert!(push(&mut vm, &cfg));
+    let (_, out) = send(&mut vm, &old);
+    assert!(
+        matches!(out, Outcome::LocalReply { status: 401, .. }),
+        "{out:?}"
+    );
+    assert!(
+        vm.pending_http_calls().is_empty(),
+        "asked again after a push"
+    );
+}

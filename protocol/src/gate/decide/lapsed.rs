@@ -9,8 +9,8 @@
 
 use std::rc::Rc;
 
-use super::super::token_cache::VerifiedCache;
-use super::{judge, Source, Verdict, Want, MAX_VERIFICATIONS};
+use super::super::token_cache::{verify_lapsed_now, VerifiedCache};
+use super::{judge, Source, Verdict, Want};
 use crate::config::CompiledConfig;
 use crate::host::PodAddr;
 use crate::token::{TokenError, Verified};
@@ -25,14 +25,16 @@ pub(super) enum Lapsed {
 
 /// The first of our cookies (in candidate order) that holds a lapsed capability this request
 /// could be renewed on, and what it comes to; `None` when renewal of lapsed capabilities is
-/// off or no cookie holds one. At most [`MAX_VERIFICATIONS`] signatures are checked: only
-/// cookies whose unverified `exp` says they lapsed get one.
+/// off or no cookie holds one. At most `budget` signatures are checked (what the request's
+/// live candidates left of `MAX_VERIFICATIONS`): only cookies whose unverified `exp` says they
+/// lapsed and that did not fail before get one.
 pub(super) fn lapsed(
     config: &CompiledConfig,
     cache: &mut VerifiedCache,
     found: &[(Source, &str)],
     pod: &PodAddr,
     want: Want<'_>,
+    mut budget: usize,
     now: i64,
 ) -> Option<Lapsed> {
     let lapsed_secs = config
@@ -42,18 +44,21 @@ pub(super) fn lapsed(
         .filter(|secs| *secs > 0)?;
     let host = config.public_hosts.render(pod);
     let grants = |v: &Verified| matches!(judge(config, v, &host, pod, want), Verdict::Grant);
-    let mut checked = 0;
     for &(source, token) in found {
         if source != Source::Cookie
             || config.verifier.precheck(token, &host, now) != Err(TokenError::Expired)
         {
             continue;
         }
-        if checked == MAX_VERIFICATIONS {
+        let key = cache.rejected_key(config, token);
+        if cache.known_bad(key).is_some() {
+            continue;
+        }
+        if budget == 0 {
             break;
         }
-        checked += 1;
-        let Ok(old) = config.verifier.verify_lapsed(token, now, lapsed_secs) else {
+        budget -= 1;
+        let Ok(old) = verify_lapsed_now(config, cache, token, key, lapsed_secs, now) else {
             continue;
         };
         if old.sid.is_none() || old.token.is_none() || !grants(&old) {
