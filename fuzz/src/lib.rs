@@ -1023,6 +1023,10 @@ pub fn check_gate(case: &GateCase) -> Decision {
         Some(Preflight::Refused(denial)) => Outcome::Deny(denial),
         None => match first.clone() {
             Decision::Deny(denial) => gate::refusal(config, &req, denial),
+            Decision::Renew { old, refusal } => Outcome::Renew(Rc::new(gate::LapsedRenewal {
+                old,
+                otherwise: gate::refusal(config, &req, refusal),
+            })),
             decision => decision.into(),
         },
     };
