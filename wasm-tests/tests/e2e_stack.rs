@@ -1339,6 +1339,81 @@ const PAGE_LOOP: &str = "window.__pg = {ok: 0, failed: [], ws: 'opening', echoes
      };\
      window.__pgTimer = setInterval(window.__pgTick, 1000);";
 
+/// A real browser: a pod's page left idle past its capability's expiry (30 s, and the filter's
+/// 30 s leeway) fetches again and opens a new WebSocket, both answered with no failure and no
+/// redirect: the capability in its cookie was renewed at the edge, and nothing of ours reached
+/// the pod.
+#[test]
+fn browser_tab_left_idle_past_its_capability_fetches_and_reconnects() {
+    if browser_or_skip().is_none() {
+        return;
+    }
+    block_on(async {
+        let mut options = StackOptions::new("idle-browser");
+        options.capability_lifetime_secs = Some(30);
+        let stack = FullStack::start(options).await.unwrap();
+        let (servers, seeded) = seed_pod(&stack, "idle").await;
+        let browser = Browser::start((800, 600)).await.unwrap();
+        browser
+            .goto(&stack.cp_url(&format!("/dev/login?user={}", seeded.member)))
+            .await
+            .unwrap();
+        let page_url = stack.pod_url(&seeded.slug, PAGE, "/");
+        browser.goto(&page_url).await.unwrap();
+        browser
+            .wait_for(
+                "var m = document.getElementById('marker'); return m ? m.textContent : '';",
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+        // Idle: the capability minted for this page load lapses (its lifetime and the leeway).
+        tokio::time::sleep(Duration::from_secs(65)).await;
+        servers.a.reset();
+        browser.execute(IDLE_RETURN).await.unwrap();
+        browser
+            .wait_for(
+                "return window.__idle.fetch !== 'pending' \
+                 && (window.__idle.echo !== '' || window.__idle.ws.indexOf('closed') === 0);",
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+        let idle = browser
+            .execute("return JSON.stringify(window.__idle);")
+            .await
+            .unwrap();
+        let idle: serde_json::Value = serde_json::from_str(idle.as_str().unwrap()).unwrap();
+        assert_eq!(idle["fetch"], "200", "{idle}\n{}", stack.logs());
+        assert_eq!(idle["ws"], "open", "{idle}\n{}", stack.logs());
+        assert_eq!(idle["echo"], "after idle", "{idle}");
+        // The browser holds the fresh cookie: a reload lands on the page, no redirect.
+        browser.goto(&page_url).await.unwrap();
+        assert_eq!(browser.current_url().await.unwrap(), page_url);
+        browser.quit().await;
+        let seen = servers.a.requests();
+        assert!(seen.len() >= 3, "{}", servers.a.describe());
+        for r in &seen {
+            assert_eq!(r.header("x-podgate-user"), Some(seeded.member.as_str()));
+            assert!(
+                !r.cookie_names().iter().any(|c| c.starts_with("podgate")),
+                "{r:?}"
+            );
+        }
+    });
+}
+
+/// What the page's script does when its user comes back: a fetch and a new WebSocket, at once.
+const IDLE_RETURN: &str = "window.__idle = {fetch: 'pending', ws: 'opening', echo: ''};\
+     fetch('/index.html', {cache: 'no-store', redirect: 'manual'}).then(\
+       function (r) { window.__idle.fetch = String(r.status); },\
+       function (e) { window.__idle.fetch = String(e); });\
+     var ws = new WebSocket(location.origin.replace('http', 'ws') + '/ws');\
+     ws.onopen = function () { window.__idle.ws = 'open'; ws.send('after idle'); };\
+     ws.onmessage = function (m) { window.__idle.echo = String(m.data); };\
+     ws.onclose = function (e) { if (window.__idle.ws !== 'open') { window.__idle.ws = 'closed ' + e.code; } };\
+     return true;";
+
 /// The page loop fetches every 100 ms from now on, so a cut is timed to a tenth of a second.
 const FAST_LOOP: &str = "clearInterval(window.__pgTimer);\
      window.__pgTimer = setInterval(window.__pgTick, 100); return true;";
