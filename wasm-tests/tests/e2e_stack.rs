@@ -1153,24 +1153,8 @@ fn browser_page_keeps_fetching_and_its_websocket_stays_open_across_capability_li
         return;
     }
     block_on(async {
-        let mut options = StackOptions::new("renewal-browser");
-        options.capability_lifetime_secs = Some(30);
-        let stack = FullStack::start(options).await.unwrap();
-        let (servers, seeded) = seed_pod(&stack, "renew").await;
-        let browser = Browser::start((800, 600)).await.unwrap();
-        browser
-            .goto(&stack.cp_url(&format!("/dev/login?user={}", seeded.member)))
-            .await
-            .unwrap();
-        let page_url = stack.pod_url(&seeded.slug, PAGE, "/");
-        browser.goto(&page_url).await.unwrap();
-        browser
-            .wait_for(
-                "var m = document.getElementById('marker'); return m ? m.textContent : '';",
-                Duration::from_secs(20),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+        let (stack, servers, seeded, browser, page_url) =
+            browser_on_the_pods_page("renewal-browser", "renew").await;
         browser
             .execute(&format!("{PAGE_LOOP} return true;"))
             .await
@@ -1349,24 +1333,8 @@ fn browser_tab_left_idle_past_its_capability_fetches_and_reconnects() {
         return;
     }
     block_on(async {
-        let mut options = StackOptions::new("idle-browser");
-        options.capability_lifetime_secs = Some(30);
-        let stack = FullStack::start(options).await.unwrap();
-        let (servers, seeded) = seed_pod(&stack, "idle").await;
-        let browser = Browser::start((800, 600)).await.unwrap();
-        browser
-            .goto(&stack.cp_url(&format!("/dev/login?user={}", seeded.member)))
-            .await
-            .unwrap();
-        let page_url = stack.pod_url(&seeded.slug, PAGE, "/");
-        browser.goto(&page_url).await.unwrap();
-        browser
-            .wait_for(
-                "var m = document.getElementById('marker'); return m ? m.textContent : '';",
-                Duration::from_secs(20),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+        let (stack, servers, seeded, browser, page_url) =
+            browser_on_the_pods_page("idle-browser", "idle").await;
         // Idle: the capability minted for this page load lapses (its lifetime and the leeway).
         tokio::time::sleep(Duration::from_secs(65)).await;
         servers.a.reset();
@@ -1401,6 +1369,34 @@ fn browser_tab_left_idle_past_its_capability_fetches_and_reconnects() {
             );
         }
     });
+}
+
+/// A stack of its own with the shortest capability lifetime (30 s), a pod, and a real browser
+/// signed in as its member, showing the pod's page (loaded): the stack, the pod's servers, the
+/// seeded pod, the browser and the page's URL.
+async fn browser_on_the_pods_page(
+    label: &str,
+    pod: &str,
+) -> (FullStack, Servers, Seeded, Browser, String) {
+    let mut options = StackOptions::new(label);
+    options.capability_lifetime_secs = Some(30);
+    let stack = FullStack::start(options).await.unwrap();
+    let (servers, seeded) = seed_pod(&stack, pod).await;
+    let browser = Browser::start((800, 600)).await.unwrap();
+    browser
+        .goto(&stack.cp_url(&format!("/dev/login?user={}", seeded.member)))
+        .await
+        .unwrap();
+    let page_url = stack.pod_url(&seeded.slug, PAGE, "/");
+    browser.goto(&page_url).await.unwrap();
+    browser
+        .wait_for(
+            "var m = document.getElementById('marker'); return m ? m.textContent : '';",
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+    (stack, servers, seeded, browser, page_url)
 }
 
 /// What the page's script does when its user comes back: a fetch and a new WebSocket, at once.

@@ -9,8 +9,8 @@ use super::*;
 use crate::cutoff::{Cutoffs, SessionCut};
 use crate::renewal::{RenewAnswer, Renewal};
 use crate::reply::Denial;
-use crate::token::tests::{claims, ed_key, NOW};
-use crate::token::{mint_in_session, PodClaims, TokenError, TokenKind};
+use crate::token::tests::NOW;
+use crate::token::TokenError;
 
 const HOST: &str = "localhost-8726-pod-alpha.example.dev";
 const COOKIE: &str = "__Host-podgate_cap";
@@ -20,15 +20,19 @@ const LAPSED: i64 = 3600;
 /// A capability issued at `NOW` for 900 s has lapsed from `LAPSES`.
 const LAPSES: i64 = NOW + 900 + LEEWAY;
 
+fn renewal_with(lapsed_secs: i64) -> Renewal {
+    Renewal {
+        url: "https://podgate.example.dev/api/proxy-renew".into(),
+        secret: "0123456789abcdef0123456789abcdef".into(),
+        before_secs: 300,
+        timeout_ms: 1000,
+        lapsed_secs,
+    }
+}
+
 fn config_with(lapsed_secs: i64, cutoffs: Cutoffs) -> Rc<CompiledConfig> {
     super::tests::config_with(|c| {
-        c.renewal = Some(Renewal {
-            url: "https://podgate.example.dev/api/proxy-renew".into(),
-            secret: "0123456789abcdef0123456789abcdef".into(),
-            before_secs: 300,
-            timeout_ms: 1000,
-            lapsed_secs,
-        });
+        c.renewal = Some(renewal_with(lapsed_secs));
         c.cutoffs = cutoffs;
     })
 }
@@ -39,22 +43,7 @@ fn config() -> Rc<CompiledConfig> {
 
 /// A capability for `pod`:8726 for alice, issued at `iat` for 900 s, in session `sid`.
 fn cap_for(pod: &str, iat: i64, sid: Option<&str>) -> String {
-    let c = PodClaims {
-        sub: "alice".into(),
-        aud: format!("localhost-8726-pod-{pod}.example.dev"),
-        pod: pod.into(),
-        jti: format!("alice-{pod}-{iat}"),
-        ..claims()
-    };
-    mint_in_session(
-        TokenKind::Capability,
-        &ed_key(TokenKind::Capability, 1),
-        &c,
-        sid,
-        iat,
-        900,
-    )
-    .unwrap()
+    super::renewal_tests::cap_for("alice", pod, iat, sid)
 }
 
 fn request(cookie: Option<&str>, token_header: Option<&str>) -> Vec<u8> {
@@ -242,13 +231,7 @@ fn a_withdrawn_lapsed_capability_and_a_configuration_without_the_window_renew_no
 fn a_stopped_pod_loaded_from_a_tab_left_idle_is_woken_on_the_fresh_capability() {
     let config = super::tests::config_with(|c| {
         c.wake = true;
-        c.renewal = Some(Renewal {
-            url: "https://podgate.example.dev/api/proxy-renew".into(),
-            secret: "0123456789abcdef0123456789abcdef".into(),
-            before_secs: 300,
-            timeout_ms: 1000,
-            lapsed_secs: LAPSED,
-        });
+        c.renewal = Some(renewal_with(LAPSED));
     });
     let page_load = |cookie: &str| {
         crate::wire::encode_header_map(&[

@@ -36,7 +36,7 @@ fn config() -> Rc<CompiledConfig> {
 }
 
 /// A capability for `pod`:8726 for `sub`, issued at `iat` for 900 s, in session `sid`.
-fn cap_for(sub: &str, pod: &str, iat: i64, sid: Option<&str>) -> String {
+pub(super) fn cap_for(sub: &str, pod: &str, iat: i64, sid: Option<&str>) -> String {
     let c = PodClaims {
         sub: sub.into(),
         aud: format!("localhost-8726-pod-{pod}.example.dev"),

@@ -5,10 +5,10 @@
 //! renewal answers them as an expired capability, and is not asked again at once.
 
 use podgate_protocol::renewal::RenewAnswer;
-use podgate_protocol::token::{mint_in_session, TokenKind};
 use podgate_wasm_tests::host::{FilterVm, Outcome};
 use serde_json::json;
 
+use crate::renewal::session_cap;
 use crate::support::*;
 
 /// A renewing VM that takes the calls, with lapsed capabilities renewed for an hour.
@@ -23,19 +23,6 @@ fn lapsed_vm() -> FilterVm {
     let mut vm = vm_with(&cfg);
     vm.accept_http_calls();
     vm
-}
-
-/// A browser's capability for alpha, in session `sid-a`, issued at `iat`.
-fn session_cap(iat: i64) -> String {
-    mint_in_session(
-        TokenKind::Capability,
-        &ed_key(1),
-        &claims("alpha", PORT),
-        Some("sid-a"),
-        iat,
-        LIFETIME,
-    )
-    .unwrap()
 }
 
 /// Lapsed ten minutes ago at `NOW`.

@@ -20,7 +20,7 @@ fn renewing_vm() -> podgate_wasm_tests::host::FilterVm {
 }
 
 /// A browser's capability for alpha, in session `sid-a`, issued at `iat`.
-fn session_cap(iat: i64) -> String {
+pub(crate) fn session_cap(iat: i64) -> String {
     mint_in_session(
         TokenKind::Capability,
         &ed_key(1),
