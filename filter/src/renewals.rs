@@ -196,7 +196,7 @@ impl Filter {
     }
 
     /// A request whose cookie capability lapsed (`Outcome::Renew`): it joins the renewal in
-    /// flight, or starts it, and waits to be decided again; a capability whose renewal was
+    /// flight, or starts one, and waits to be decided again; a capability whose renewal was
     /// refused, failed a moment ago or cannot be made gets `otherwise` at once.
     pub(crate) fn renew_lapsed(
         &mut self,
@@ -210,10 +210,12 @@ impl Filter {
                 undecided.push(context_id);
                 return Action::Pause;
             }
-            None => {}
+            // Never renewed, or renewed with a fresh capability the gate no longer holds (its
+            // entry aged out or made room, or it was withdrawn: the control plane checks
+            // again), or failed a while ago: renewed now.
+            None | Some(Renewal::Fresh { .. }) => {}
             Some(Renewal::Failed { retry_at, .. }) if now >= *retry_at => {}
-            // Refused, failed a moment ago, or renewed with a fresh capability the gate no
-            // longer holds (withdrawn since): what an expired capability gets.
+            // Refused, or failed a moment ago: what an expired capability gets.
             Some(_) => return self.act_otherwise(context_id, lapsed, now),
         }
         if !self.start_renewal(old, now, Some(context_id)) {

@@ -270,3 +270,33 @@ fn a_stopped_pod_loaded_from_a_tab_left_idle_is_woken_on_the_fresh_capability() 
         .iter()
         .any(|(n, v)| n == "authorization" && *v == bearer));
 }
+
+#[test]
+fn lapsed_cookies_a_sibling_planted_for_its_own_host_cost_no_signature() {
+    // A sibling pod's page plants two genuine lapsed capabilities of its own host under our
+    // cookie name, after the real one (so they are tried first): they are passed over without
+    // a signature, and the real one is renewed.
+    let mut gate = Gate::new(config());
+    let real = cap_for("alpha", NOW, Some("sid-a"));
+    let planted = [
+        cap_for("beta", NOW, Some("sid-b")),
+        cap_for("beta", NOW + 1, Some("sid-b")),
+    ];
+    let wire = crate::wire::encode_header_map(&[
+        (":authority".to_owned(), HOST.as_bytes().to_vec()),
+        (":path".to_owned(), b"/api/data".to_vec()),
+        (":method".to_owned(), b"GET".to_vec()),
+        (
+            "cookie".to_owned(),
+            format!(
+                "{COOKIE}={real}; {COOKIE}={}; {COOKIE}={}",
+                planted[0], planted[1]
+            )
+            .into_bytes(),
+        ),
+    ]);
+    let checks = gate.cache().verifications();
+    let wait = renew(gate.on_request(&wire, LAPSES + 60));
+    assert_eq!(wait.old.token.as_ref().unwrap().as_str(), real);
+    assert_eq!(gate.cache().verifications(), checks + 1);
+}

@@ -306,12 +306,9 @@ impl Gate {
         {
             // For the requests still carrying the old capability once it lapsed.
             if config.renewal.as_ref().is_some_and(|r| r.lapsed_secs > 0) {
-                self.cache.revived().record(
-                    &old.claims.jti,
-                    Rc::clone(capability),
-                    Rc::clone(set_cookie),
-                    now,
-                );
+                self.cache
+                    .revived()
+                    .record(old, Rc::clone(capability), Rc::clone(set_cookie), now);
             }
             if let Some(token) = capability.token.as_ref() {
                 if config.token_cache_entries > 0 {

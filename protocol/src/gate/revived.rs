@@ -2,7 +2,8 @@
 //! the fresh capability and the cookie that sets it, so that the requests that waited for the
 //! renewal, and those still carrying the old cookie, are decided on the fresh one and hand its
 //! cookie on (`decide::lapsed`). An entry is needed only until the browser stores the fresh
-//! cookie, so it is kept five minutes.
+//! cookie, so it is kept five minutes past the old capability's `exp`, or past the renewal of
+//! one that had lapsed (as the filter keeps its outcome).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -13,7 +14,7 @@ use crate::token::Verified;
 /// Most renewals one worker remembers; past it, the entry kept the shortest makes room (a
 /// browser still sending the old cookie then waits for another renewal).
 pub const MAX_REVIVED: usize = 1024;
-/// How long an entry is kept after the renewal (seconds).
+/// How long an entry is kept past the old capability's `exp` or the renewal (seconds).
 pub const REVIVED_KEPT_SECS: i64 = 300;
 
 /// One renewal: the fresh capability, its cookie, and until when it is kept.
@@ -31,9 +32,10 @@ pub struct Revived {
 }
 
 impl Revived {
-    /// Remembers that the capability `old_jti` was renewed at `now` as `fresh`, set by
+    /// Remembers that the capability `old` was renewed at `now` as `fresh`, set by
     /// `set_cookie`.
-    pub fn record(&mut self, old_jti: &str, fresh: Rc<Verified>, set_cookie: Rc<str>, now: i64) {
+    pub fn record(&mut self, old: &Verified, fresh: Rc<Verified>, set_cookie: Rc<str>, now: i64) {
+        let old_jti = old.claims.jti.as_str();
         if self.entries.len() >= MAX_REVIVED && !self.entries.contains_key(old_jti) {
             self.entries.retain(|_, e| now <= e.until);
             if self.entries.len() >= MAX_REVIVED {
@@ -47,7 +49,7 @@ impl Revived {
                 }
             }
         }
-        let until = now.saturating_add(REVIVED_KEPT_SECS);
+        let until = old.expires_at.max(now).saturating_add(REVIVED_KEPT_SECS);
         let entry = Entry {
             fresh,
             set_cookie,

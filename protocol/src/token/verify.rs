@@ -233,11 +233,6 @@ impl Verifier {
     /// leeway. `Ok(true)` when the unverified `aud` is `audience`, `Ok(false)` otherwise (the
     /// token may still be a valid one for another host, which `verify` would tell).
     pub fn precheck(&self, token: &str, audience: &str, now: i64) -> Result<bool, TokenError> {
-        #[derive(Deserialize)]
-        struct Audience {
-            #[serde(default)]
-            aud: Option<serde_json::Value>,
-        }
         let (_, claims) = self.unverified::<Audience>(token)?;
         if let Some(exp) = claims.expiration {
             if now >= exp.timestamp().saturating_add(self.leeway) {
@@ -245,6 +240,23 @@ impl Verifier {
             }
         }
         Ok(claims.custom.aud.as_ref().and_then(|a| a.as_str()) == Some(audience))
+    }
+
+    /// [`Verifier::precheck`] for [`Verifier::verify_lapsed`]: whether `token` passes every
+    /// check that needs no signature, its unverified `exp` says it lapsed (past the leeway) at
+    /// most `lapsed_secs` ago, and its unverified `aud` is `audience`. Only such a token is
+    /// worth a signature for a renewal on this host.
+    pub fn lapsed_for(&self, token: &str, audience: &str, now: i64, lapsed_secs: i64) -> bool {
+        let Ok((_, claims)) = self.unverified::<Audience>(token) else {
+            return false;
+        };
+        let Some(exp) = claims.expiration.map(|t| t.timestamp()) else {
+            return false;
+        };
+        let lapsed_at = exp.saturating_add(self.leeway);
+        now >= lapsed_at
+            && now < lapsed_at.saturating_add(lapsed_secs)
+            && claims.custom.aud.as_ref().and_then(|a| a.as_str()) == Some(audience)
     }
 
     /// Verifies signature and claims at `now` (unix seconds). Scope (pod, port, aud) is the
@@ -383,6 +395,13 @@ impl Verifier {
             token: kept,
         })
     }
+}
+
+/// The audience claim alone, as the checks before the signature read it.
+#[derive(Deserialize)]
+struct Audience {
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
 }
 
 /// `jwt-compact`'s refusal as ours: claims that do not decode are the claims' fault, anything

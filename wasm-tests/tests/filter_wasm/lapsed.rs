@@ -209,3 +209,45 @@ fn a_refused_renewal_stands_across_a_configuration_push() {
         "asked again after a push"
     );
 }
+
+#[test]
+fn a_lapsed_cookie_whose_fresh_capability_a_push_withdrew_goes_to_the_control_plane_again() {
+    // Renewed once; then a push revokes the fresh capability (the gate no longer hands it
+    // out, and the worker lets go of the renewal): a request still carrying the lapsed cookie
+    // asks the control plane again, which decides.
+    let mut vm = lapsed_vm();
+    let old = lapsed_cap();
+    let (_, _) = send(&mut vm, &old);
+    let calls = vm.pending_http_calls();
+    let fresh = podgate_protocol::token::mint_in_session(
+        podgate_protocol::token::TokenKind::Capability,
+        &ed_key(1),
+        &podgate_protocol::token::PodClaims {
+            jti: "jti-fresh".into(),
+            ..claims("alpha", PORT)
+        },
+        Some("sid-a"),
+        NOW,
+        LIFETIME,
+    )
+    .unwrap();
+    let body = serde_json::to_vec(&RenewAnswer {
+        token: fresh.clone(),
+        set_cookie: format!("{COOKIE}={fresh}; HttpOnly; Path=/"),
+    })
+    .unwrap();
+    vm.answer_http_call(calls[0].token, &[(":status", "200")], &body)
+        .unwrap();
+    let mut cfg = config(&[&ed_key(1)]);
+    cfg["renewal"] = json!({
+        "url": "http://127.0.0.1:8080/api/proxy-renew",
+        "secret": "renew-secret-0123456789abcdef0123456789",
+        "before_secs": 300,
+        "lapsed_secs": 3600
+    });
+    cfg["revoked_jti"] = json!(["jti-fresh"]);
+    assert!(push(&mut vm, &cfg));
+    let (_, out) = send(&mut vm, &old);
+    assert!(matches!(out, Outcome::Paused { .. }), "{out:?}");
+    assert_eq!(vm.pending_http_calls().len(), 1, "a second renew call");
+}

@@ -13,7 +13,7 @@ use super::super::token_cache::{verify_lapsed_now, VerifiedCache};
 use super::{judge, Source, Verdict, Want};
 use crate::config::CompiledConfig;
 use crate::host::PodAddr;
-use crate::token::{TokenError, Verified};
+use crate::token::Verified;
 
 /// What a lapsed cookie capability comes to.
 pub(super) enum Lapsed {
@@ -26,8 +26,9 @@ pub(super) enum Lapsed {
 /// The first of our cookies (in candidate order) that holds a lapsed capability this request
 /// could be renewed on, and what it comes to; `None` when renewal of lapsed capabilities is
 /// off or no cookie holds one. At most `budget` signatures are checked (what the request's
-/// live candidates left of `MAX_VERIFICATIONS`): only cookies whose unverified `exp` says they
-/// lapsed and that did not fail before get one.
+/// live candidates left of `MAX_VERIFICATIONS`): only cookies whose unverified claims say they
+/// lapsed within the window for this very host (`Verifier::lapsed_for`: planted ones for
+/// another host cost none) and that did not fail before get one.
 pub(super) fn lapsed(
     config: &CompiledConfig,
     cache: &mut VerifiedCache,
@@ -45,9 +46,7 @@ pub(super) fn lapsed(
     let host = config.public_hosts.render(pod);
     let grants = |v: &Verified| matches!(judge(config, v, &host, pod, want), Verdict::Grant);
     for &(source, token) in found {
-        if source != Source::Cookie
-            || config.verifier.precheck(token, &host, now) != Err(TokenError::Expired)
-        {
+        if source != Source::Cookie || !config.verifier.lapsed_for(token, &host, now, lapsed_secs) {
             continue;
         }
         let key = cache.rejected_key(config, token);
