@@ -1,5 +1,6 @@
 //! `POST /api/proxy-renew`: Envoy's podgate filter renews a browser's capability in the last
-//! part of its life (`podgate_protocol::renewal`). Only Envoy calls it: the request carries the
+//! part of its life, or once it lapsed in a tab left idle (`podgate_protocol::renewal`, at most
+//! a session lifetime after its `exp`: `renew.rs`). Only Envoy calls it: the request carries the
 //! renewal secret (`podgate-renew-secret`, pushed to the filter with its configuration) and the
 //! capability as a bearer. Without the secret nothing is read (403); a capability that cannot
 //! be renewed is a 401 (the filter stops renewing it); success is
