@@ -79,12 +79,4 @@ impl Revived {
         }
         Some((Rc::clone(fresh), Rc::clone(&entry.set_cookie)))
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }

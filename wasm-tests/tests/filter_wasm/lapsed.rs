@@ -11,8 +11,8 @@ use serde_json::json;
 use crate::renewal::session_cap;
 use crate::support::*;
 
-/// A renewing VM that takes the calls, with lapsed capabilities renewed for an hour.
-fn lapsed_vm() -> FilterVm {
+/// The configuration of a renewing filter that renews lapsed capabilities for an hour.
+fn lapsed_config() -> serde_json::Value {
     let mut cfg = config(&[&ed_key(1)]);
     cfg["renewal"] = json!({
         "url": "http://127.0.0.1:8080/api/proxy-renew",
@@ -20,7 +20,12 @@ fn lapsed_vm() -> FilterVm {
         "before_secs": 300,
         "lapsed_secs": 3600
     });
-    let mut vm = vm_with(&cfg);
+    cfg
+}
+
+/// A VM with [`lapsed_config`] that takes the calls.
+fn lapsed_vm() -> FilterVm {
+    let mut vm = vm_with(&lapsed_config());
     vm.accept_http_calls();
     vm
 }
@@ -190,14 +195,8 @@ fn a_refused_renewal_stands_across_a_configuration_push() {
     let calls = vm.pending_http_calls();
     vm.answer_http_call(calls[0].token, &[(":status", "401")], b"")
         .unwrap();
-    let mut cfg = config(&[&ed_key(1)]);
-    cfg["renewal"] = json!({
-        "url": "http://127.0.0.1:8080/api/proxy-renew",
-        "secret": "renew-secret-0123456789abcdef0123456789",
-        "before_secs": 300,
-        "lapsed_secs": 3600,
-        "timeout_ms": 2000
-    });
+    let mut cfg = lapsed_config();
+    cfg["renewal"]["timeout_ms"] = 2000.into();
     assert!(push(&mut vm, &cfg));
     let (_, out) = send(&mut vm, &old);
     assert!(
@@ -238,13 +237,7 @@ fn a_lapsed_cookie_whose_fresh_capability_a_push_withdrew_goes_to_the_control_pl
     .unwrap();
     vm.answer_http_call(calls[0].token, &[(":status", "200")], &body)
         .unwrap();
-    let mut cfg = config(&[&ed_key(1)]);
-    cfg["renewal"] = json!({
-        "url": "http://127.0.0.1:8080/api/proxy-renew",
-        "secret": "renew-secret-0123456789abcdef0123456789",
-        "before_secs": 300,
-        "lapsed_secs": 3600
-    });
+    let mut cfg = lapsed_config();
     cfg["revoked_jti"] = json!(["jti-fresh"]);
     assert!(push(&mut vm, &cfg));
     let (_, out) = send(&mut vm, &old);
