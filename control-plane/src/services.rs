@@ -429,7 +429,7 @@ fn classify(
                 )
             }
         };
-        if let Some(value) = tokens.current(&row.name, &config) {
+        if let Some(value) = tokens.current(&row.name, &config, row.oauth_epoch) {
             let strip_headers = other_credential_headers(row, Some(&config.header), &config.header);
             let entry = ServiceEntry {
                 cluster: cluster_name(row),
@@ -556,6 +556,7 @@ mod tests {
             credential: None,
             oauth: None,
             resource_path: None,
+            oauth_epoch: crate::store::OAuthEpoch::default(),
             created_at: 0,
             updated_at: 0,
         }
@@ -612,7 +613,7 @@ mod tests {
         };
         // A fetch with configuration A answered after the service moved to B (or another
         // control plane changed it): B's requests get the fallback, never A's token.
-        tokens.record("api", &a, Ok(token));
+        tokens.record("api", &a, 0, Ok(token));
         assert_eq!(injected(&tokens, &row(&a)), "Bearer from-a");
         assert_eq!(injected(&tokens, &row(&b)), "Bearer fallback");
         let status_of =
@@ -726,7 +727,7 @@ mod tests {
             obtained_ms: now,
             expires_ms: now + 600_000,
         };
-        assert!(tokens.record("api", &oauth, Ok(token)));
+        assert!(tokens.record("api", &oauth, 0, Ok(token)));
         let e = entry(&tokens);
         assert_eq!(e.credential.unwrap().value.0, "Bearer at-1");
         assert_eq!(e.strip_headers, vec!["x-api-key".to_owned()]);

@@ -1096,6 +1096,7 @@ async fn a_service_created_meanwhile_is_not_replaced(h: &Harness) {
         credential: None,
         oauth: None,
         resource_path: None,
+        oauth_epoch: podgate::store::OAuthEpoch::default(),
         created_at: 1,
         updated_at: 1,
     };

@@ -570,6 +570,7 @@ async fn plaintext_service_credentials_are_sealed_at_start(which: Which) {
         credential: Some(podgate::services::seal(&plaintext, "api", "x-api-key", KEY).unwrap()),
         oauth: Some(podgate::service_oauth::seal(&plaintext, "api", &oauth).unwrap()),
         resource_path: None,
+        oauth_epoch: podgate::store::OAuthEpoch::default(),
         created_at: now_unix(),
         updated_at: now_unix(),
     };

@@ -770,6 +770,7 @@ async fn services(db: &Db) {
         credential: Some(credential),
         oauth: None,
         resource_path: Some("/sessions/{id}".into()),
+        oauth_epoch: podgate::store::OAuthEpoch::default(),
         created_at: 1,
         updated_at: 1,
     };
@@ -859,6 +860,34 @@ async fn services(db: &Db) {
     );
     assert!(podgate::service_oauth::open(&new_only, "oa", &moved).unwrap() == oauth);
     assert!(podgate::service_oauth::open(&old, "oa", &moved).is_err());
+
+    // Refreshes and clears move its OAuth epoch, and only they: a write of the row (the
+    // rewrap above, an admin's PUT) never takes it back.
+    use podgate::store::OAuthEpoch;
+    let epoch = |generation, cleared| OAuthEpoch {
+        generation,
+        cleared,
+    };
+    assert_eq!(
+        db.advance_oauth("oa", false).await.unwrap(),
+        Some(epoch(1, 0))
+    );
+    assert_eq!(
+        db.advance_oauth("oa", true).await.unwrap(),
+        Some(epoch(2, 2))
+    );
+    assert_eq!(
+        db.advance_oauth("oa", false).await.unwrap(),
+        Some(epoch(3, 2))
+    );
+    let read = db.get_service("oa").await.unwrap().unwrap();
+    assert_eq!(read.oauth_epoch, epoch(3, 2));
+    db.put_service(&oa).await.unwrap();
+    assert_eq!(
+        db.get_service("oa").await.unwrap().unwrap().oauth_epoch,
+        epoch(3, 2)
+    );
+    assert_eq!(db.advance_oauth("none", true).await.unwrap(), None);
     assert!(db.delete_service("oa").await.unwrap());
 
     assert!(db.delete_service("api").await.unwrap());

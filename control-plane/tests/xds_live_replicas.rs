@@ -4,7 +4,8 @@
 //! listening connections are lost, with the times printed as p50/p99; a login ticket redeemed at
 //! one is refused at another; a rate limit holds over both; three control planes starting
 //! together on an empty database migrate it once and make one signing key per kind; an OAuth
-//! service made through one gets its token at another at once.
+//! service made through one gets its token at another at once, and its token cleared or
+//! refreshed through one is replaced at the Envoy of another.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -758,4 +759,171 @@ async fn an_oauth_service_made_through_one_control_plane_gets_a_token_at_another
         assert!(made.elapsed() < WITHIN, "{:?}", idp.issued());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `GET /v1/models` on service `api` through `envoy` with capability `token`: the status, and the
+/// OAuth token the upstream received with it (`None` when nothing reached it).
+async fn through_to_api(envoy: &Envoy, upstream: &FakePod, token: &str) -> (u16, Option<String>) {
+    upstream.reset();
+    let resp = client()
+        .get(format!("http://{}/v1/models", envoy.listener))
+        .header(HOST, service_host("api"))
+        .header("podgate-token", token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let received = upstream.requests().pop().map(|r| {
+        let got = r.header_all("authorization");
+        assert_eq!(got.len(), 1, "{:?}", r.headers);
+        got[0].strip_prefix("Bearer ").unwrap().to_owned()
+    });
+    (status, received)
+}
+
+/// A service's OAuth token cleared, then refreshed, through one control plane (an admin who
+/// learnt the token leaked, or that the provider revoked it): the Envoy fed by another control
+/// plane stops sending the cleared token at once and sends a new one its control plane obtained;
+/// after the refresh it sends yet another, and no request is answered without the token
+/// meanwhile (the token in use stays until its successor comes). The tokens live an hour, so
+/// only the admin's request can have replaced them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_token_cleared_or_refreshed_at_one_control_plane_is_replaced_at_another() {
+    let Some((tdb, dir)) = shared_database().await else {
+        return;
+    };
+    let idp = podgate_testkit::FakeTokenEndpoint::start(
+        vec![podgate_testkit::TokenClient {
+            client_id: "podgate".into(),
+            secret: Some("client-secret-7f3a".into()),
+            public_key_pem: None,
+        }],
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let kek = dir.path().join("kek");
+    let envoy_port = free_port();
+    let one = ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, None, &SLOW_RESYNC).await;
+    let two =
+        ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, Some(&one.issuer), &SLOW_RESYNC)
+            .await;
+    // The only Envoy, fed by the second control plane; the admin speaks to the first.
+    let envoy = Envoy::start(envoy_port, two.xds.port(), two.http.port()).await;
+    let logs = || {
+        format!(
+            "--- podgate 1 ---\n{}\n--- podgate 2 ---\n{}\n--- envoy ---\n{}",
+            one.log(),
+            two.log(),
+            envoy.log()
+        )
+    };
+    let upstream = FakePod::start("upstream").await.unwrap();
+    let front = podgate_testkit::TlsFront::start(upstream.addr())
+        .await
+        .unwrap();
+    one.create_user(USER).await;
+    let alice = one.session(USER).await;
+    one.admin(
+        Method::POST,
+        "/v1/services",
+        Some(json!({
+            "name": "api",
+            "owner_id": USER,
+            "sharing": "owner",
+            "upstream_url": format!("https://localhost:{}", front.addr().port()),
+            "ca_pem": front.ca_pem(),
+            "credential": {"oauth": {"token_url": idp.url(), "grant": "client_credentials",
+                "client_id": "podgate", "client_secret": "client-secret-7f3a"}},
+        })),
+    )
+    .await;
+    let resp = client()
+        .post(format!("http://{}/v1/capabilities", one.http))
+        .header(COOKIE, &alice)
+        .json(&json!({"service": "api"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let capability = resp.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The first token, the second control plane's.
+    let start = Instant::now();
+    let first = loop {
+        if let (200, Some(token)) = through_to_api(&envoy, &upstream, &capability).await {
+            break token;
+        }
+        assert!(start.elapsed() < WITHIN, "{}", logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        idp.issued().iter().any(|t| t.token == first),
+        "{first} {:?}",
+        idp.issued()
+    );
+
+    // Cleared at the first control plane: the second's Envoy gets a new one.
+    let cleared = Instant::now();
+    one.admin(Method::POST, "/v1/services/api/credential/clear", None)
+        .await;
+    let second = loop {
+        match through_to_api(&envoy, &upstream, &capability).await {
+            (200, Some(token)) if token != first => break token,
+            // The cleared token until the push, then 502 until the new one comes.
+            (200 | 502, _) => {}
+            other => panic!("{other:?}\n{}", logs()),
+        }
+        assert!(
+            cleared.elapsed() < WITHIN,
+            "the cleared token is still sent: {:?}\n{}",
+            idp.issued(),
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "a new token at the other control plane's Envoy {} ms after the clear",
+        cleared.elapsed().as_millis()
+    );
+    for _ in 0..20 {
+        let (status, token) = through_to_api(&envoy, &upstream, &capability).await;
+        assert_eq!(
+            (status, token.as_deref()),
+            (200, Some(second.as_str())),
+            "{}",
+            logs()
+        );
+    }
+
+    // Refreshed at the first control plane: every request keeps its token until the next.
+    let refreshed = Instant::now();
+    let status = one
+        .admin(Method::POST, "/v1/services/api/credential/refresh", None)
+        .await;
+    assert_eq!(status["source"], "oauth", "{status}");
+    let third = loop {
+        let (status, token) = through_to_api(&envoy, &upstream, &capability).await;
+        assert_eq!(status, 200, "a request without the token: {}", logs());
+        let token = token.unwrap();
+        assert_ne!(token, first);
+        if token != second {
+            break token;
+        }
+        assert!(
+            refreshed.elapsed() < WITHIN,
+            "not renewed: {:?}\n{}",
+            idp.issued(),
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "a new token at the other control plane's Envoy {} ms after the refresh",
+        refreshed.elapsed().as_millis()
+    );
+    assert!(idp.issued().iter().any(|t| t.token == third));
 }

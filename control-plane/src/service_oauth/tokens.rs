@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::config::{open, OAuthConfig};
 use super::fetch::{fetch, http_client, now_ms, Token, EXPIRY_SAFETY_MS};
 use crate::key_encryption::KeyEncryption;
-use crate::store::ServiceRow;
+use crate::store::{OAuthEpoch, ServiceRow};
 use crate::AppState;
 
 /// The longest wait between two failed attempts.
@@ -41,16 +41,21 @@ struct State {
     token: Option<Token>,
     /// The configuration the token was obtained with: a changed one is renewed at once.
     config: Option<OAuthConfig>,
+    /// The generation of the service's [`OAuthEpoch`] the token was obtained in: an earlier one
+    /// is renewed at once, and not used at all once a clear came after it.
+    generation: i64,
     last_renewal_ms: Option<i64>,
     last_error: Option<String>,
     last_error_ms: Option<i64>,
-    /// Failed attempts in a row with `failed_config`.
+    /// Failed attempts in a row with `failed_for`.
     failures: u32,
-    /// No attempt with `failed_config` before this (the backoff after its failures).
+    /// No attempt with `failed_for` before this (the backoff after its failures).
     next_attempt_ms: i64,
-    /// The configuration the failures and the backoff are about: a changed one (an admin's fix)
-    /// starts afresh, tried at once and with the first backoff after a failure.
-    failed_config: Option<OAuthConfig>,
+    /// The configuration and generation the failures and the backoff are about: a changed
+    /// configuration (an admin's fix) or a later generation (an admin's refresh or clear, here or
+    /// at another control plane) starts afresh, tried at once and with the first backoff after a
+    /// failure.
+    failed_for: Option<(OAuthConfig, i64)>,
 }
 
 /// The OAuth tokens of the services, in memory only.
@@ -91,25 +96,28 @@ impl ServiceTokens {
     }
 
     /// The token of service `name` usable now (its header, `Bearer <token>`), if it was
-    /// obtained with `config`, the service's configuration now. A token obtained with another
-    /// one (a fetch that was under way when the configuration changed, or one this control plane
+    /// obtained with `config`, the service's configuration now, and not before the last clear of
+    /// `epoch`, where the service's row stands now. A token obtained with another configuration
+    /// (a fetch that was under way when the configuration changed, or one this control plane
     /// held before another changed the service) is not the new configuration's: it is never
-    /// used for it.
-    pub fn current(&self, name: &str, config: &OAuthConfig) -> Option<String> {
+    /// used for it; nor is one an admin cleared, here or at another control plane.
+    pub fn current(&self, name: &str, config: &OAuthConfig, epoch: OAuthEpoch) -> Option<String> {
         let now = now_ms();
         self.lock()
             .get(name)
-            .filter(|s| s.config.as_ref() == Some(config))
+            .filter(|s| s.config.as_ref() == Some(config) && s.generation >= epoch.cleared)
             .and_then(|s| s.token.as_ref())
             .filter(|t| t.usable(now))
             .map(|t| format!("Bearer {}", t.value))
     }
 
-    /// Records the outcome of an attempt; returns whether what Envoy gets changed.
+    /// Records the outcome of an attempt with `config` in `generation` (of the service's
+    /// [`OAuthEpoch`] when it was read); returns whether what Envoy gets changed.
     pub(crate) fn record(
         &self,
         name: &str,
         config: &OAuthConfig,
+        generation: i64,
         outcome: Result<Token, String>,
     ) -> bool {
         let now = now_ms();
@@ -120,16 +128,18 @@ impl ServiceTokens {
                 tracing::info!(service = %name, expires_in_ms = token.expires_ms - now, "service OAuth token obtained");
                 state.token = Some(token);
                 state.config = Some(config.clone());
+                state.generation = generation;
                 state.last_renewal_ms = Some(now);
                 state.failures = 0;
                 state.next_attempt_ms = 0;
-                state.failed_config = None;
+                state.failed_for = None;
                 true
             }
             Err(e) => {
-                if state.failed_config.as_ref() != Some(config) {
+                let failed_for = (config.clone(), generation);
+                if state.failed_for.as_ref() != Some(&failed_for) {
                     state.failures = 0;
-                    state.failed_config = Some(config.clone());
+                    state.failed_for = Some(failed_for);
                 }
                 tracing::warn!(service = %name, failures = state.failures + 1, "service OAuth token not obtained: {e}");
                 state.failures = state.failures.saturating_add(1);
@@ -153,7 +163,7 @@ impl ServiceTokens {
         if let Some(state) = self.lock().get_mut(name) {
             state.failures = 0;
             state.next_attempt_ms = 0;
-            state.failed_config = None;
+            state.failed_for = None;
         }
     }
 
@@ -183,7 +193,7 @@ impl ServiceTokens {
             .and_then(|stored| open(kek, &row.name, stored).ok());
         let token_in_force = opened
             .as_ref()
-            .is_some_and(|config| self.current(&row.name, config).is_some());
+            .is_some_and(|config| self.current(&row.name, config, row.oauth_epoch).is_some());
         let now = now_ms();
         let states = self.lock();
         let state = states.get(&row.name);
@@ -237,38 +247,40 @@ impl ServiceTokens {
         self.changed.notify_one();
     }
 
-    /// When service `name` is due for an attempt with `config` (Unix milliseconds; 0: now): its
-    /// token's renewal time, and never before the backoff after a failure with `config` allows.
-    /// A token obtained with another configuration is renewed at once, and failures with
-    /// another configuration hold nothing back.
-    fn due_at(&self, name: &str, config: &OAuthConfig) -> i64 {
+    /// When service `name` is due for an attempt with `config` in `generation` (Unix
+    /// milliseconds; 0: now): its token's renewal time, and never before the backoff after a
+    /// failure with both allows. A token obtained with another configuration or in an earlier
+    /// generation (an admin's refresh or clear since) is renewed at once, and failures with
+    /// another configuration or in an earlier generation hold nothing back.
+    fn due_at(&self, name: &str, config: &OAuthConfig, generation: i64) -> i64 {
         let states = self.lock();
         let Some(state) = states.get(name) else {
             return 0;
         };
         let renew_at = match (&state.token, &state.config) {
-            (Some(t), Some(c)) if c == config => t.renew_at_ms(config.renew_margin_secs),
+            (Some(t), Some(c)) if c == config && state.generation >= generation => {
+                t.renew_at_ms(config.renew_margin_secs)
+            }
             _ => 0,
         };
-        let backoff_until = if state.failed_config.as_ref() == Some(config) {
-            state.next_attempt_ms
-        } else {
-            0
+        let backoff_until = match &state.failed_for {
+            Some((c, g)) if c == config && *g >= generation => state.next_attempt_ms,
+            _ => 0,
         };
         renew_at.max(backoff_until)
     }
 
-    /// Whether service `name` is due for an attempt at `now`, with `config`.
-    fn due(&self, name: &str, config: &OAuthConfig, now: i64) -> bool {
-        now >= self.due_at(name, config)
+    /// Whether service `name` is due for an attempt at `now`, with `config` in `generation`.
+    fn due(&self, name: &str, config: &OAuthConfig, generation: i64, now: i64) -> bool {
+        now >= self.due_at(name, config, generation)
     }
 
     /// When [`run`] has something to do next for `services`: the earliest attempt due, or the
     /// earliest moment a held token stops being usable (when it is swept and Envoy loses it).
-    fn next_wake_ms(&self, services: &[(String, OAuthConfig)]) -> Option<i64> {
+    fn next_wake_ms(&self, services: &[Opened]) -> Option<i64> {
         let due = services
             .iter()
-            .map(|(name, config)| self.due_at(name, config))
+            .map(|(name, config, epoch)| self.due_at(name, config, epoch.generation))
             .min();
         let expiry = self
             .lock()
@@ -314,7 +326,9 @@ pub async fn refresh(state: &AppState, row: &ServiceRow) -> Result<(), String> {
     let config = open(&state.config().key_encryption, &row.name, stored)?;
     let outcome = fetch(&http_client(), &config).await;
     let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
-    state.service_tokens().record(&row.name, &config, outcome);
+    state
+        .service_tokens()
+        .record(&row.name, &config, row.oauth_epoch.generation, outcome);
     result
 }
 
@@ -328,8 +342,8 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
     let client = http_client();
     let tokens = state.service_tokens();
     tokio::pin!(stop);
-    // The OAuth services and their configurations, as last read.
-    let mut services: Vec<(String, OAuthConfig)> = Vec::new();
+    // The OAuth services, their configurations and epochs, as last read.
+    let mut services: Vec<Opened> = Vec::new();
     let mut read = true;
     let mut next_read = tokio::time::Instant::now();
     loop {
@@ -341,7 +355,7 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
                     services = opened;
                     let names: Vec<String> = services
                         .iter()
-                        .map(|(name, _)| name.clone())
+                        .map(|(name, _, _)| name.clone())
                         .chain(unusable.iter().map(|(name, _)| name.clone()))
                         .collect();
                     changed |= tokens.sweep(&names, now_ms());
@@ -349,6 +363,7 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
                         changed |= tokens.record(
                             &name,
                             &OAuthConfig::unusable(),
+                            0,
                             Err(format!("the OAuth configuration cannot be opened: {e}")),
                         );
                     }
@@ -363,19 +378,20 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
         let now = now_ms();
         changed |= tokens.sweep_expired(now);
         let mut attempts = tokio::task::JoinSet::new();
-        for (name, config) in &services {
-            if !tokens.due(name, config, now) {
+        for (name, config, epoch) in &services {
+            if !tokens.due(name, config, epoch.generation, now) {
                 continue;
             }
             let (client, name, config) = (client.clone(), name.clone(), config.clone());
+            let generation = epoch.generation;
             attempts.spawn(async move {
                 let outcome = fetch(&client, &config).await;
-                (name, config, outcome)
+                (name, config, generation, outcome)
             });
         }
         while let Some(done) = attempts.join_next().await {
-            if let Ok((name, config, outcome)) = done {
-                changed |= tokens.record(&name, &config, outcome);
+            if let Ok((name, config, generation, outcome)) = done {
+                changed |= tokens.record(&name, &config, generation, outcome);
             }
         }
         tokens.finished_round();
@@ -398,8 +414,8 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
     }
 }
 
-/// A service's name and its OAuth configuration, opened.
-type Opened = (String, OAuthConfig);
+/// A service's name, its OAuth configuration, opened, and its epoch.
+type Opened = (String, OAuthConfig, OAuthEpoch);
 /// A service's name and why its OAuth configuration does not open.
 type Unusable = (String, String);
 
@@ -411,7 +427,7 @@ fn oauth_services(state: &AppState, rows: Vec<ServiceRow>) -> (Vec<Opened>, Vec<
     for row in rows {
         let Some(stored) = &row.oauth else { continue };
         match open(&state.config().key_encryption, &row.name, stored) {
-            Ok(config) => opened.push((row.name, config)),
+            Ok(config) => opened.push((row.name, config, row.oauth_epoch)),
             Err(e) => unusable.push((row.name, e.to_string())),
         }
     }
@@ -429,10 +445,10 @@ mod tests {
     fn the_task_wakes_for_the_next_renewal_backoff_or_expiry() {
         let c = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
         let tokens = ServiceTokens::default();
-        let services = vec![("api".to_owned(), c.clone())];
+        let services = vec![("api".to_owned(), c.clone(), OAuthEpoch::default())];
         // Never tried: due now.
         assert_eq!(tokens.next_wake_ms(&services), Some(0));
-        assert!(tokens.due("api", &c, 1));
+        assert!(tokens.due("api", &c, 0, 1));
         // A token: due at its renewal time (a quarter of a short life), awake before expiry.
         let now = now_ms();
         let token = Token {
@@ -440,13 +456,13 @@ mod tests {
             obtained_ms: now,
             expires_ms: now + 4_000,
         };
-        assert!(tokens.record("api", &c, Ok(token.clone())));
+        assert!(tokens.record("api", &c, 0, Ok(token.clone())));
         assert_eq!(tokens.next_wake_ms(&services), Some(now + 1_000));
-        assert!(!tokens.due("api", &c, now + 999));
-        assert!(tokens.due("api", &c, now + 1_000));
+        assert!(!tokens.due("api", &c, 0, now + 999));
+        assert!(tokens.due("api", &c, 0, now + 1_000));
         // A failure: not before the backoff, and awake when the token stops being usable.
-        assert!(!tokens.record("api", &c, Err("down".into())));
-        let backoff_until = tokens.due_at("api", &c);
+        assert!(!tokens.record("api", &c, 0, Err("down".into())));
+        let backoff_until = tokens.due_at("api", &c, 0);
         assert!(backoff_until >= now + 1_000, "{backoff_until}");
         assert_eq!(
             tokens.next_wake_ms(&[]),
@@ -457,21 +473,64 @@ mod tests {
         let mut other = c.clone();
         other.scope = Some("more".into());
         for _ in 0..5 {
-            tokens.record("api", &c, Err("down".into()));
+            tokens.record("api", &c, 0, Err("down".into()));
         }
-        assert!(tokens.due_at("api", &c) >= now_ms() + 8_000);
-        assert_eq!(tokens.due_at("api", &other), 0);
-        assert!(tokens.due("api", &other, now_ms()));
-        tokens.record("api", &other, Err("still propagating".into()));
+        assert!(tokens.due_at("api", &c, 0) >= now_ms() + 8_000);
+        assert_eq!(tokens.due_at("api", &other, 0), 0);
+        assert!(tokens.due("api", &other, 0, now_ms()));
+        tokens.record("api", &other, 0, Err("still propagating".into()));
         assert_eq!(tokens.lock()["api"].failures, 1);
-        assert!(tokens.due_at("api", &other) <= now_ms() + FIRST_BACKOFF_MS);
+        assert!(tokens.due_at("api", &other, 0) <= now_ms() + FIRST_BACKOFF_MS);
         // Cleared by an admin: the count starts over too.
-        tokens.record("api", &other, Err("again".into()));
+        tokens.record("api", &other, 0, Err("again".into()));
         tokens.clear("api");
         assert_eq!(tokens.lock()["api"].failures, 0);
-        assert!(tokens.due("api", &other, now_ms()));
+        assert!(tokens.due("api", &other, 0, now_ms()));
         // No longer an OAuth service: forgotten.
         assert!(tokens.sweep(&[], now));
         assert_eq!(tokens.next_wake_ms(&services), Some(0));
+    }
+
+    /// A refresh or a clear made at any control plane reaches this one as the service's epoch:
+    /// after a refresh the token held is renewed at once and used until its successor comes;
+    /// after a clear it is not used at all. Failures in an earlier generation hold nothing back.
+    #[test]
+    fn a_refresh_renews_the_token_at_once_and_a_clear_stops_its_use() {
+        let c = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let tokens = ServiceTokens::default();
+        let now = now_ms();
+        let token = |value: &str| Token {
+            value: value.into(),
+            obtained_ms: now,
+            expires_ms: now + 3_600_000,
+        };
+        let at = |generation, cleared| OAuthEpoch {
+            generation,
+            cleared,
+        };
+        assert!(tokens.record("api", &c, 0, Ok(token("first"))));
+        assert_eq!(
+            tokens.current("api", &c, at(0, 0)).as_deref(),
+            Some("Bearer first")
+        );
+        assert!(!tokens.due("api", &c, 0, now));
+        // Refreshed (generation 1): still used, and due now.
+        assert_eq!(
+            tokens.current("api", &c, at(1, 0)).as_deref(),
+            Some("Bearer first")
+        );
+        assert!(tokens.due("api", &c, 1, now));
+        // The renewal in generation 1 fails: backoff in generation 1, none in generation 2.
+        tokens.record("api", &c, 1, Err("down".into()));
+        assert!(!tokens.due("api", &c, 1, now_ms()));
+        assert!(tokens.due("api", &c, 2, now_ms()));
+        // Cleared (generation 2): never used again, whatever its expiry.
+        assert_eq!(tokens.current("api", &c, at(2, 2)), None);
+        assert!(tokens.record("api", &c, 2, Ok(token("second"))));
+        assert_eq!(
+            tokens.current("api", &c, at(2, 2)).as_deref(),
+            Some("Bearer second")
+        );
+        assert!(!tokens.due("api", &c, 2, now_ms()));
     }
 }

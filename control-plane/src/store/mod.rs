@@ -29,7 +29,7 @@ pub use api_tokens::ApiTokenRow;
 pub use cuts::{CutRow, HolderScope};
 pub use keys::{KeyMaterial, StoredKey};
 pub use pods::{AccessFacts, Pod, PodLimits, PodPort, PodRate, RedeemFacts};
-pub use services::{ServiceResourceRow, ServiceRow, StoredCredential, StoredOAuth};
+pub use services::{OAuthEpoch, ServiceResourceRow, ServiceRow, StoredCredential, StoredOAuth};
 pub use sessions::AuditEntry;
 pub use sign_in::SignInState;
 pub use users::{Member, Server, Team, User};

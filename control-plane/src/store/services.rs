@@ -22,8 +22,23 @@ pub struct ServiceRow {
     /// The pattern of its resource paths (`/sessions/{id}`) when it is reached per resource
     /// (`podgate_protocol::resource`); `None`: one capability opens all of it.
     pub resource_path: Option<String>,
+    /// Where its OAuth tokens stand in admins' refreshes and clears: written at creation only,
+    /// then moved by [`Db::advance_oauth`] alone.
+    pub oauth_epoch: OAuthEpoch,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// Where a service's OAuth tokens stand in its admins' refreshes and clears, the same for every
+/// control plane on the database (each holds its own tokens, in memory): a token obtained in a
+/// generation before `generation` is renewed at once, one obtained before `cleared` is never
+/// used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OAuthEpoch {
+    /// Goes up by one at each refresh or clear.
+    pub generation: i64,
+    /// The generation of the last clear.
+    pub cleared: i64,
 }
 
 impl std::fmt::Debug for ServiceRow {
@@ -67,7 +82,8 @@ impl<'r> FromRow<'r, sqlx::any::AnyRow> for StoredCredential {
 
 const SERVICE_COLS: &str = "name, owner_id, team_id, sharing, upstream_url, ca_pem, \
      credential_header, credential_kek_id, credential_value, credential_fingerprint, \
-     oauth_kek_id, oauth_config, resource_path, created_at, updated_at";
+     oauth_kek_id, oauth_config, resource_path, oauth_generation, oauth_cleared, created_at, \
+     updated_at";
 
 fn service_from_row(row: &sqlx::any::AnyRow) -> Res<ServiceRow> {
     let header: Option<String> = row.try_get("credential_header")?;
@@ -91,6 +107,10 @@ fn service_from_row(row: &sqlx::any::AnyRow) -> Res<ServiceRow> {
             None => None,
         },
         resource_path: row.try_get("resource_path")?,
+        oauth_epoch: OAuthEpoch {
+            generation: row.try_get("oauth_generation")?,
+            cleared: row.try_get("oauth_cleared")?,
+        },
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -111,6 +131,27 @@ impl Db {
         .await?
         .as_ref()
         .map(service_from_row)
+        .transpose()
+    }
+
+    /// A refresh (`clear` false) or a clear of service `name`'s OAuth tokens: its generation up
+    /// by one, and with `clear` its `cleared` too. `None`: no such service.
+    pub async fn advance_oauth(&self, name: &str, clear: bool) -> Res<Option<OAuthEpoch>> {
+        let row = sqlx::query(
+            "UPDATE services SET oauth_generation = oauth_generation + 1, \
+                oauth_cleared = CASE WHEN $2 = 1 THEN oauth_generation + 1 ELSE oauth_cleared END \
+             WHERE name = $1 RETURNING oauth_generation, oauth_cleared",
+        )
+        .bind(name)
+        .bind(i64::from(clear))
+        .fetch_optional(&self.writer)
+        .await?;
+        row.map(|row| {
+            Ok(OAuthEpoch {
+                generation: row.try_get("oauth_generation")?,
+                cleared: row.try_get("oauth_cleared")?,
+            })
+        })
         .transpose()
     }
 
@@ -310,7 +351,8 @@ impl Change {
     }
 }
 
-/// What [`write_service`] appends to replace every field of a service of the same name.
+/// What [`write_service`] appends to replace every field of a service of the same name but its
+/// OAuth epoch, which only [`Db::advance_oauth`] moves (a write must never take it back).
 const REPLACE_SERVICE: &str = " ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id, \
     team_id = excluded.team_id, sharing = excluded.sharing, upstream_url = excluded.upstream_url, \
     ca_pem = excluded.ca_pem, credential_header = excluded.credential_header, \
@@ -334,8 +376,10 @@ async fn write_service<'e>(
     sqlx::query(&format!(
         "INSERT INTO services (name, owner_id, team_id, sharing, upstream_url, ca_pem, \
             credential_header, credential_kek_id, credential_value, credential_fingerprint, \
-            oauth_kek_id, oauth_config, resource_path, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15){on_conflict}"
+            oauth_kek_id, oauth_config, resource_path, oauth_generation, oauth_cleared, \
+            created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+            $17){on_conflict}"
     ))
     .bind(&s.name)
     .bind(&s.owner_id)
@@ -350,6 +394,8 @@ async fn write_service<'e>(
     .bind(s.oauth.as_ref().and_then(|o| o.kek_id.clone()))
     .bind(s.oauth.as_ref().map(|o| o.config.clone()))
     .bind(&s.resource_path)
+    .bind(s.oauth_epoch.generation)
+    .bind(s.oauth_epoch.cleared)
     .bind(s.created_at)
     .bind(s.updated_at)
     .execute(e)

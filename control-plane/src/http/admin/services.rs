@@ -342,6 +342,17 @@ async fn change_service(s: &AppState, name: &str) -> ApiResult<(Change, ServiceR
     Ok((change, row))
 }
 
+/// Moves service `name`'s OAuth epoch (a refresh, or with `clear` a clear) for every control
+/// plane on the database: `row` as it stands after.
+async fn advance_oauth(s: &AppState, row: ServiceRow, clear: bool) -> ApiResult<ServiceRow> {
+    let oauth_epoch = s
+        .db()
+        .advance_oauth(&row.name, clear)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no service {:?}", row.name)))?;
+    Ok(ServiceRow { oauth_epoch, ..row })
+}
+
 pub(super) async fn require_service(s: &AppState, name: &str) -> ApiResult<ServiceRow> {
     s.db()
         .get_service(name)
@@ -435,6 +446,7 @@ async fn create_service(
         credential,
         oauth,
         resource_path: body.resource_path,
+        oauth_epoch: crate::store::OAuthEpoch::default(),
         created_at: now,
         updated_at: now,
     };
@@ -671,7 +683,7 @@ async fn credential_status(
     security(("admin_token" = [])),
     params(("name" = String, Path, description = "The service")),
     responses(
-        (status = 200, description = "A new OAuth token was obtained and is pushed to Envoy; the answer is the status, never the token", body = CredentialStatus),
+        (status = 200, description = "A new OAuth token was obtained and is pushed to Envoy; every other control plane on the database renews its own at once, using its current one until then; the answer is the status, never the token", body = CredentialStatus),
         Malformed,
         Unauthorized,
         NotFound,
@@ -689,6 +701,9 @@ async fn refresh_credential(
             "service {name:?} has no OAuth credential; set one with PUT /v1/services/{name}/credential"
         )));
     }
+    let row = advance_oauth(&s, row, false).await?;
+    // The other control planes start their renewals now, not after this one's fetch.
+    s.envoy_config_changed().await;
     service_oauth::refresh(&s, &row)
         .await
         .map_err(|e| ApiError::BadGateway(format!("service {name:?}: no new OAuth token: {e}")))?;
@@ -702,7 +717,7 @@ async fn refresh_credential(
     security(("admin_token" = [])),
     params(("name" = String, Path, description = "The service")),
     responses(
-        (status = 200, description = "This control plane's cached OAuth token is dropped (Envoy gets the fallback, or answers 502 for the service, until the renewal task obtains a new one); the answer is the status", body = CredentialStatus),
+        (status = 200, description = "The cached OAuth token is dropped, by this control plane and by every other on the database (Envoy gets the fallback, or answers 502 for the service, until each one's renewal task obtains a new one); the answer is the status", body = CredentialStatus),
         Unauthorized,
         NotFound,
         TooMany,
@@ -713,6 +728,7 @@ async fn clear_credential(
     PathArgs(name): PathArgs<String>,
 ) -> ApiResult<Json<CredentialStatus>> {
     let row = require_service(&s, &name).await?;
+    let row = advance_oauth(&s, row, true).await?;
     s.service_tokens().clear(&name);
     tracing::info!(service = %name, "service OAuth token dropped");
     Ok(Json(status_of(&s, &row)))
