@@ -25,6 +25,9 @@ const RETRY_READ: Duration = Duration::from_secs(1);
 /// The shortest wait of [`run`] between two rounds, so that a token endpoint giving tokens of
 /// almost no life is not asked in a tight loop.
 const MIN_WAIT: Duration = Duration::from_millis(50);
+/// How long an admin's refresh waits for the renewal task's attempt: a round's fetches (each at
+/// most `FETCH_TIMEOUT`) and the attempt itself.
+const REFRESH_WAIT: Duration = Duration::from_secs(25);
 
 /// Where a service's credential comes from now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -70,6 +73,8 @@ pub struct ServiceTokens {
     /// wake-up of those waiting for it ([`ServiceTokens::first_round`]).
     round_done: AtomicBool,
     round_finished: tokio::sync::Notify,
+    /// Wakes those waiting for an attempt's outcome ([`ServiceTokens::attempt_in`]).
+    recorded: tokio::sync::Notify,
 }
 
 /// What admins see of a service's OAuth credential: never the token.
@@ -123,6 +128,12 @@ impl ServiceTokens {
         let now = now_ms();
         let mut states = self.lock();
         let state = states.entry(name.to_owned()).or_default();
+        // An attempt started before a later one was recorded (a refresh or a clear came
+        // between): the later one stands.
+        if generation < state.generation {
+            return false;
+        }
+        self.recorded.notify_waiters();
         match outcome {
             Ok(token) => {
                 tracing::info!(service = %name, expires_in_ms = token.expires_ms - now, "service OAuth token obtained");
@@ -242,6 +253,56 @@ impl ServiceTokens {
         }
     }
 
+    /// Waits until an attempt for service `name` in `generation` or a later one is recorded, at
+    /// most `within`: `Ok` when it brought a token, the token endpoint's error otherwise.
+    async fn attempt_in(
+        &self,
+        name: &str,
+        generation: i64,
+        within: Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let recorded = self.recorded.notified();
+            tokio::pin!(recorded);
+            recorded.as_mut().enable();
+            if let Some(state) = self.lock().get(name) {
+                if state.token.is_some() && state.generation >= generation {
+                    return Ok(());
+                }
+                if state
+                    .failed_for
+                    .as_ref()
+                    .is_some_and(|(_, g)| *g >= generation)
+                {
+                    return Err(state.last_error.clone().unwrap_or_default());
+                }
+            }
+            if tokio::time::timeout_at(deadline, recorded).await.is_err() {
+                return Err(format!(
+                    "no answer from the token endpoint within {} s",
+                    within.as_secs()
+                ));
+            }
+        }
+    }
+
+    /// Drops the tokens obtained before the last clear of their service's epoch (here or at
+    /// another control plane); returns whether what Envoy gets changed.
+    fn forget_cleared(&self, services: &[Opened]) -> bool {
+        let mut changed = false;
+        let mut states = self.lock();
+        for (name, _, epoch) in services {
+            if let Some(state) = states.get_mut(name) {
+                if state.generation < epoch.cleared && state.token.take().is_some() {
+                    tracing::info!(service = %name, "service OAuth token cleared by an admin");
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
     /// The services may have changed: [`run`] reads them again.
     pub fn services_changed(&self) {
         self.changed.notify_one();
@@ -317,19 +378,20 @@ impl ServiceTokens {
     }
 }
 
-/// Obtains a token for `row` now and records it (`POST …/credential/refresh`); returns the
-/// error when none could be had.
+/// For `POST …/credential/refresh`, once service `row`'s epoch moved to a new generation:
+/// wakes this control plane's renewal task (and announces the change to the others, whose
+/// tasks renew their own) and waits for its attempt in that generation; returns the token
+/// endpoint's error when no token came. The renewal task makes the attempt, so that one
+/// control plane never asks for two tokens at once.
 pub async fn refresh(state: &AppState, row: &ServiceRow) -> Result<(), String> {
-    let Some(stored) = &row.oauth else {
+    if row.oauth.is_none() {
         return Err("the service has no OAuth credential".into());
-    };
-    let config = open(&state.config().key_encryption, &row.name, stored)?;
-    let outcome = fetch(&http_client(), &config).await;
-    let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
+    }
+    state.envoy_config_changed().await;
     state
         .service_tokens()
-        .record(&row.name, &config, row.oauth_epoch.generation, outcome);
-    result
+        .attempt_in(&row.name, row.oauth_epoch.generation, REFRESH_WAIT)
+        .await
 }
 
 /// Keeps the OAuth tokens of every service fresh until `stop` completes: each due service gets
@@ -356,14 +418,15 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
                     let names: Vec<String> = services
                         .iter()
                         .map(|(name, _, _)| name.clone())
-                        .chain(unusable.iter().map(|(name, _)| name.clone()))
+                        .chain(unusable.iter().map(|(name, _, _)| name.clone()))
                         .collect();
                     changed |= tokens.sweep(&names, now_ms());
-                    for (name, e) in unusable {
+                    changed |= tokens.forget_cleared(&services);
+                    for (name, epoch, e) in unusable {
                         changed |= tokens.record(
                             &name,
                             &OAuthConfig::unusable(),
-                            0,
+                            epoch.generation,
                             Err(format!("the OAuth configuration cannot be opened: {e}")),
                         );
                     }
@@ -416,8 +479,8 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
 
 /// A service's name, its OAuth configuration, opened, and its epoch.
 type Opened = (String, OAuthConfig, OAuthEpoch);
-/// A service's name and why its OAuth configuration does not open.
-type Unusable = (String, String);
+/// A service's name, its epoch, and why its OAuth configuration does not open.
+type Unusable = (String, OAuthEpoch, String);
 
 /// The OAuth services of `rows` with their configurations opened, and those whose
 /// configuration does not open, with why.
@@ -428,7 +491,7 @@ fn oauth_services(state: &AppState, rows: Vec<ServiceRow>) -> (Vec<Opened>, Vec<
         let Some(stored) = &row.oauth else { continue };
         match open(&state.config().key_encryption, &row.name, stored) {
             Ok(config) => opened.push((row.name, config, row.oauth_epoch)),
-            Err(e) => unusable.push((row.name, e.to_string())),
+            Err(e) => unusable.push((row.name, row.oauth_epoch, e.to_string())),
         }
     }
     (opened, unusable)
@@ -532,5 +595,16 @@ mod tests {
             Some("Bearer second")
         );
         assert!(!tokens.due("api", &c, 2, now_ms()));
+        // An attempt of generation 1 answered late changes nothing.
+        assert!(!tokens.record("api", &c, 1, Ok(token("late"))));
+        assert_eq!(
+            tokens.current("api", &c, at(2, 2)).as_deref(),
+            Some("Bearer second")
+        );
+        // Cleared again at another control plane: the renewal task's read drops the token.
+        let services = vec![("api".to_owned(), c.clone(), at(3, 3))];
+        assert!(tokens.forget_cleared(&services));
+        assert!(tokens.lock()["api"].token.is_none());
+        assert!(!tokens.forget_cleared(&services));
     }
 }

@@ -41,6 +41,21 @@ pub struct OAuthEpoch {
     pub cleared: i64,
 }
 
+impl OAuthEpoch {
+    /// The epoch of a service created now: both at the time in milliseconds, above any
+    /// generation an earlier service of the same name reached (one step per admin request), so
+    /// that no token a control plane still holds for that one counts as this one's.
+    pub fn at_creation() -> OAuthEpoch {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
+        OAuthEpoch {
+            generation: now_ms,
+            cleared: now_ms,
+        }
+    }
+}
+
 impl std::fmt::Debug for ServiceRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceRow")

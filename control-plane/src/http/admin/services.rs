@@ -446,7 +446,7 @@ async fn create_service(
         credential,
         oauth,
         resource_path: body.resource_path,
-        oauth_epoch: crate::store::OAuthEpoch::default(),
+        oauth_epoch: crate::store::OAuthEpoch::at_creation(),
         created_at: now,
         updated_at: now,
     };
@@ -702,8 +702,6 @@ async fn refresh_credential(
         )));
     }
     let row = advance_oauth(&s, row, false).await?;
-    // The other control planes start their renewals now, not after this one's fetch.
-    s.envoy_config_changed().await;
     service_oauth::refresh(&s, &row)
         .await
         .map_err(|e| ApiError::BadGateway(format!("service {name:?}: no new OAuth token: {e}")))?;
