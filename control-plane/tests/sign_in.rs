@@ -277,8 +277,9 @@ async fn happy_path(which: Which) {
         0.0
     );
 
-    // Signing in again in the same browser replaces its session: the one before ends as a
-    // sign-out would end it, so that signing out of the new one leaves nothing of the old.
+    // Signing in again in the same browser, as the same user with the same provider (another
+    // tab's sign-in finishing after this one's), keeps its session: the capabilities minted for
+    // it stay, and signing out ends them all.
     let first = format!("podgate_session={}", b.0["podgate_session"]);
     let r = b.get(&h, &format!("{PODGATE}/auth/login?next=%2F")).await;
     assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
@@ -287,11 +288,9 @@ async fn happy_path(which: Which) {
     let r = b.get(&h, &back).await;
     assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
     let second = format!("podgate_session={}", b.0["podgate_session"]);
-    assert_ne!(first, second);
+    assert_eq!(first, second);
     assert_eq!(sessions(&h).await, 1);
     let r = h.get("/auth/userinfo", &[("cookie", &first)]).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
-    let r = h.get("/auth/userinfo", &[("cookie", &second)]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     h.finish().await;
 }

@@ -185,9 +185,12 @@ async fn signout_ends_every_capability_of_the_session(which: Which) {
 }
 on_both!(signout_ends_every_capability_of_the_session);
 
-/// A sign-in in a browser that still holds a session ends that session as a sign-out would
-/// (its capabilities cut at once), so that signing out of the new session leaves nothing of the
-/// old one working or renewable. Another browser's session of the same user is left alone.
+/// A sign-in in a browser that still holds a session of another user ends that session as a
+/// sign-out would (its capabilities cut at once), so that signing out of the new session leaves
+/// nothing of the old one working or renewable. A sign-in as the same user, the same way (two
+/// tabs sent through the sign-in at once, the second finishing with the first one's cookie),
+/// keeps the session and everything minted for it. Another browser's session of the same user
+/// is left alone.
 async fn a_new_sign_in_ends_the_session_it_replaces(which: Which) {
     let Some(h) = Harness::seeded(which, |s| s).await else {
         return;
@@ -197,19 +200,34 @@ async fn a_new_sign_in_ends_the_session_it_replaces(which: Which) {
     let first_cap = capability(&h, Some(&first), 8726).await;
     let elsewhere_cap = capability(&h, Some(&elsewhere), 8726).await;
     assert!(!cut_off(&h, &first_cap).await);
+    let set_cookie = |r: &common::Resp| {
+        r.header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
 
-    // The same browser signs in again (its cookie goes along).
+    // The same browser signs in as alice again (its cookie goes along): the same session.
     let r = h
         .get("/dev/login?user=alice", &[("cookie", first.as_str())])
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let second = r
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    assert_eq!(set_cookie(&r), first);
+    assert!(
+        !cut_off(&h, &first_cap).await,
+        "the kept session's capability"
+    );
+    let r = h.get("/auth/userinfo", &[("cookie", &first)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // The same browser signs in as bob: alice's session there ends.
+    let r = h
+        .get("/dev/login?user=bob", &[("cookie", first.as_str())])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let second = set_cookie(&r);
     assert_ne!(second, first);
     assert!(
         cut_off(&h, &first_cap).await,
@@ -221,12 +239,12 @@ async fn a_new_sign_in_ends_the_session_it_replaces(which: Which) {
         !cut_off(&h, &elsewhere_cap).await,
         "another browser's session"
     );
+    let r = h.get("/auth/userinfo", &[("cookie", &second)]).await;
+    assert_eq!(r.json()["user"], "bob", "{}", r.body);
 
-    // Signing out of the new session: its capabilities are cut too; the other browser stays.
-    let second_cap = capability(&h, Some(&second), 8726).await;
+    // Signing out of the new session: the other browser stays.
     let r = h.get("/auth/logout", &[("cookie", &second)]).await;
     assert_eq!(r.json(), json!({"signed_out": true, "sessions_ended": 1}));
-    assert!(cut_off(&h, &second_cap).await);
     assert!(cut_off(&h, &first_cap).await);
     assert!(!cut_off(&h, &elsewhere_cap).await);
     let r = h.get("/auth/userinfo", &[("cookie", &elsewhere)]).await;

@@ -121,6 +121,33 @@ pub async fn start_session(
     Ok(value)
 }
 
+/// The first live session of `user_id` signed in with `provider` (`None`: the dev login) that a
+/// `session_cookie` pair in `cookie_headers` names: its stored id hash and the cookie's value.
+pub async fn live_session_of(
+    db: &Db,
+    session_cookie: &str,
+    cookie_headers: &[&str],
+    user_id: &str,
+    provider: Option<&str>,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    let now = now_unix();
+    for cookie_header in cookie_headers {
+        for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
+            // Our values are 64 hex characters; anything else is not ours.
+            if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let id_hash = session_hash(value);
+            if let Some((owner, signed_in_with)) = db.live_session_owner(&id_hash, now).await? {
+                if owner == user_id && signed_in_with.as_deref() == provider {
+                    return Ok(Some((id_hash, value.to_owned())));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// A session a sign-out ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedSession {

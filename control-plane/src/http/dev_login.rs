@@ -9,7 +9,6 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::identity::start_session;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::openapi::{Malformed, NotFound};
 use crate::http::shared::{after_login, no_store, single_params};
@@ -86,9 +85,7 @@ async fn dev_sign_in(
         tracing::warn!(user = %user.id, "dev login created a user");
         user
     };
-    // The session this browser held until now ends, as a sign-out would end it.
-    crate::http::session::end_sessions(state, headers).await?;
-    let session = start_session(state.db(), state.config().session_lifetime, &user, None).await?;
+    let session = crate::http::session::session_for_sign_in(state, headers, &user, None).await?;
     let cookie = cookies::session(state, &session);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
     let mut resp = match after_login(

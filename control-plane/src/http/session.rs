@@ -20,7 +20,7 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::identity::{sessions_to_end, EndedSession};
+use crate::auth::identity::{live_session_of, sessions_to_end, start_session, EndedSession};
 use crate::auth::verify::browser_identity;
 use crate::cuts::cut_session;
 use crate::http::cookies;
@@ -28,6 +28,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::openapi::Unauthorized;
 use crate::http::request::{cookie_headers, credentials};
 use crate::http::shared::no_store;
+use crate::store::User;
 use crate::AppState;
 
 /// The session routes.
@@ -78,16 +79,18 @@ async fn logout_post(State(state): State<AppState>, headers: HeaderMap) -> ApiRe
     end_and_answer(state, headers).await
 }
 
-/// Ends every session the request's cookies name and cuts off the capabilities of the live
-/// ones (pushed at once); returns the live ones. For a sign-out, and for a new sign-in in a
-/// browser that still holds a session: the session it replaces ends as a sign-out would end it,
-/// so that signing out of the new one leaves nothing of the old one working.
+/// Ends every session the request's cookies name but the one whose stored id hash is `kept`,
+/// and cuts off the capabilities of the live ones (pushed at once); returns the live ones. For
+/// a sign-out, and for a new sign-in in a browser that still holds a session
+/// ([`session_for_sign_in`]).
 pub(crate) async fn end_sessions(
     state: &AppState,
     headers: &HeaderMap,
+    kept: Option<&str>,
 ) -> ApiResult<Vec<EndedSession>> {
-    let named =
+    let mut named =
         sessions_to_end(state.db(), state.session_cookie(), &cookie_headers(headers)).await?;
+    named.retain(|(id_hash, _)| Some(id_hash.as_str()) != kept);
     // The cuts and the end of the sessions together, or neither: a sign-out that fails leaves
     // the sessions, and signing out again ends them.
     if !named.is_empty() {
@@ -108,11 +111,50 @@ pub(crate) async fn end_sessions(
     Ok(ended)
 }
 
+/// The session a sign-in of `user` with the identity provider `provider` (`None`: the dev
+/// login) leaves this browser with: its cookie's value.
+///
+/// A live session of the same user, signed in the same way, that the browser already holds is
+/// kept. That is another tab's sign-in that finished a moment before this one (a browser
+/// restoring several pod tabs sends each through the provider at once): ending it would cut off
+/// the capabilities that tab was just given, and the browser's cookie names it, so signing out
+/// still ends it with everything minted for it. Any other session the browser holds (another
+/// user's, or one from another provider) ends as a sign-out would end it, and a new one starts,
+/// so that signing out of the new one leaves nothing of the old one working.
+pub(crate) async fn session_for_sign_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: &User,
+    provider: Option<&str>,
+) -> ApiResult<String> {
+    let cookies = cookie_headers(headers);
+    let kept = live_session_of(
+        state.db(),
+        state.session_cookie(),
+        &cookies,
+        &user.id,
+        provider,
+    )
+    .await?;
+    end_sessions(
+        state,
+        headers,
+        kept.as_ref().map(|(id_hash, _)| id_hash.as_str()),
+    )
+    .await?;
+    match kept {
+        Some((_, value)) => Ok(value),
+        None => {
+            Ok(start_session(state.db(), state.config().session_lifetime, user, provider).await?)
+        }
+    }
+}
+
 /// Signing out, for `GET|POST /auth/logout` and the dev login's `GET /dev/logout`: ends this
 /// browser's sessions, cuts off their capabilities, and answers with JSON, the signed-out page,
 /// or a redirect to sign out at the identity provider too.
 pub(crate) async fn end_and_answer(state: AppState, headers: HeaderMap) -> ApiResult<Response> {
-    let ended = end_sessions(&state, &headers).await?;
+    let ended = end_sessions(&state, &headers, None).await?;
     if !ended.is_empty() {
         tracing::info!(sessions = ended.len(), "signed out: capabilities cut off");
     }

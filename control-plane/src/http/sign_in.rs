@@ -22,7 +22,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
 
-use crate::auth::identity::start_session;
 use crate::auth::sign_in::{self, CallbackParams, SignInError, SignInFailure};
 use crate::config::idp::OidcProvider;
 use crate::http::cookies;
@@ -385,18 +384,13 @@ async fn finish_with(
         Ok(s) => s,
         Err(f) => return sign_in_failure(state, headers, f),
     };
-    // The session this browser held until now ends, as a sign-out would end it.
-    let session = match crate::http::session::end_sessions(state, headers).await {
-        Ok(_) => start_session(
-            state.db(),
-            state.config().session_lifetime,
-            &signed_in.user,
-            Some(&signed_in.provider),
-        )
-        .await
-        .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let session = crate::http::session::session_for_sign_in(
+        state,
+        headers,
+        &signed_in.user,
+        Some(&signed_in.provider),
+    )
+    .await;
     let session = match session {
         Ok(s) => s,
         // The provider's answer is used up: the browser gets the sign-in failure page, with a
