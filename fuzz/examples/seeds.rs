@@ -149,6 +149,22 @@ fn main() {
         ("other-port", gate(3 | 3 << 3, 0, &page)),
         ("revoked", gate(4, 0, &page)),
         ("expired", gate(5 | 2 << 3, 0, &page)),
+        // Expired, with a session id, in a cookie, https (which renews lapsed capabilities):
+        // a fetch and a page load, each held on a renew call.
+        (
+            "lapsed-session-cookie",
+            gate(
+                5 | 2 << 3 | 0x20,
+                1,
+                &[
+                    AUTHORITY,
+                    ":path:/api/data",
+                    ":method:GET",
+                    "cookie:theme=dark",
+                ],
+            ),
+        ),
+        ("lapsed-session-cookie-page-load", gate(5 | 2 << 3 | 0x20, 1, &page)),
         ("mismatched-pod-claim", gate(1, 0x80, &page)),
         (
             "websocket-cookie-cross-origin",

@@ -118,6 +118,18 @@ fn one_request(data: &[u8]) {
             // An API token to exchange: the filter calls the control plane, which this host
             // does not answer.
             (GateOutcome::Exchange(_), _) => {}
+            // A lapsed browser capability: the filter holds the request on a renew call (this
+            // host does not answer it) and forwards nothing, or, when it cannot make the call,
+            // answers what the request would have had without it.
+            (GateOutcome::Renew(_), Outcome::Paused { .. }) => {}
+            (GateOutcome::Renew(renew), Outcome::LocalReply { status, .. }) => {
+                let otherwise = match &renew.otherwise {
+                    GateOutcome::Deny(denial) => denial.reply().status,
+                    GateOutcome::Page(reply) => reply.status,
+                    other => panic!("a lapsed capability answered with {other:?}"),
+                };
+                assert_eq!(*status, otherwise, "native {renew:?}, filter {outcome:?}");
+            }
             _ => panic!("native decision {expected:?}, filter {outcome:?}"),
         }
         vm.clear_logs();

@@ -36,6 +36,7 @@ use podgate_protocol::cors::{self, Preflight};
 use podgate_protocol::gate::{self, Decision, Gate, HeaderEdit, Outcome, Request, VerifiedCache};
 use podgate_protocol::host::{self, HostTemplate, PodAddr};
 use podgate_protocol::redirect;
+use podgate_protocol::renewal::Renewal;
 use podgate_protocol::reply::Denial;
 use podgate_protocol::token::{self, KeySet, PodClaims, SigningKey, TokenKind, Verifier};
 
@@ -777,7 +778,15 @@ fn gate_filter_config(https: bool, keys: KeySet) -> FilterConfig {
         revoked_jti: vec!["jti-revoked".into()],
         cutoffs: Default::default(),
         logout_url: None,
-        renewal: None,
+        // The https configuration renews lapsed browser capabilities (a decision that waits for
+        // the control plane); the http one has no renewal.
+        renewal: https.then(|| Renewal {
+            url: "https://podgate.example.dev/api/proxy-renew".into(),
+            secret: "fuzz-renew-secret-0123456789".into(),
+            before_secs: 300,
+            timeout_ms: 2000,
+            lapsed_secs: 43_200,
+        }),
         wake: false,
         rate_limits: None,
         concurrency_limits: None,
@@ -843,7 +852,8 @@ const EMAILS: [Option<&str>; 5] = [
 ];
 
 /// Mints the capability the flags ask for. Variants: 1 valid for the authority's pod and port,
-/// 2 another pod, 3 another port, 4 revoked, 5 expired, 6 not yet valid, 7 valid (ES256 key).
+/// 2 another pod, 3 another port, 4 revoked, 5 expired (with a session id when `select` is
+/// odd), 6 not yet valid, 7 valid (ES256 key).
 /// With `select & 0x80` the `aud` names the authority but the `pod` claim another pod.
 fn gate_token(variant: u8, select: u8, pod: &PodAddr, config: &CompiledConfig) -> String {
     type Key = (u8, u8, String, u16);
@@ -887,7 +897,11 @@ fn gate_token(variant: u8, select: u8, pod: &PodAddr, config: &CompiledConfig) -
         _ => (NOW, 900),
     };
     let signer = if variant == 7 { &f.es } else { &f.ed };
-    let t = token::mint(TokenKind::Capability, signer, &claims, iat, life).unwrap();
+    // An expired capability minted for a browser session with an odd `select`: in a cookie,
+    // the https configuration renews it.
+    let sid = (variant == 5 && select & 1 == 1).then_some("sid-1");
+    let t =
+        token::mint_in_session(TokenKind::Capability, signer, &claims, sid, iat, life).unwrap();
     MINTED.with(|m| {
         let mut m = m.borrow_mut();
         if m.len() >= 4096 {
