@@ -277,10 +277,15 @@ async fn happy_path(which: Which) {
         0.0
     );
 
-    // Signing in again in the same browser, as the same user with the same provider (another
-    // tab's sign-in finishing after this one's), keeps its session: the capabilities minted for
-    // it stay, and signing out ends them all.
+    // Signing in again in the same browser, a sign-in started once this session was there,
+    // replaces its session: the one before ends as a sign-out would end it, so that signing
+    // out of the new one leaves nothing of the old. (Times are in seconds: the session is
+    // dated a second back, as one there before the sign-in started would be.)
     let first = format!("podgate_session={}", b.0["podgate_session"]);
+    sqlx::query("UPDATE sessions SET created_at = created_at - 1")
+        .execute(h.state.db().pool())
+        .await
+        .unwrap();
     let r = b.get(&h, &format!("{PODGATE}/auth/login?next=%2F")).await;
     assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
     let authorize = r.header("location").unwrap().to_owned();
@@ -288,9 +293,11 @@ async fn happy_path(which: Which) {
     let r = b.get(&h, &back).await;
     assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
     let second = format!("podgate_session={}", b.0["podgate_session"]);
-    assert_eq!(first, second);
+    assert_ne!(first, second);
     assert_eq!(sessions(&h).await, 1);
     let r = h.get("/auth/userinfo", &[("cookie", &first)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let r = h.get("/auth/userinfo", &[("cookie", &second)]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     h.finish().await;
 }

@@ -185,11 +185,12 @@ async fn signout_ends_every_capability_of_the_session(which: Which) {
 }
 on_both!(signout_ends_every_capability_of_the_session);
 
-/// A sign-in in a browser that still holds a session of another user ends that session as a
-/// sign-out would (its capabilities cut at once), so that signing out of the new session leaves
-/// nothing of the old one working or renewable. A sign-in as the same user, the same way (two
-/// tabs sent through the sign-in at once, the second finishing with the first one's cookie),
-/// keeps the session and everything minted for it. Another browser's session of the same user
+/// A sign-in in a browser that still holds a session ends that session as a sign-out would
+/// (its capabilities cut at once), so that signing out of the new session leaves nothing of the
+/// old one working or renewable, and a copy of the old cookie stops working. The exception: a
+/// session of the same user, signed in the same way, started while this sign-in was under way
+/// (two tabs sent through the sign-in at once, the second finishing with the first one's
+/// cookie) is kept with everything minted for it. Another browser's session of the same user
 /// is left alone.
 async fn a_new_sign_in_ends_the_session_it_replaces(which: Which) {
     let Some(h) = Harness::seeded(which, |s| s).await else {
@@ -208,13 +209,20 @@ async fn a_new_sign_in_ends_the_session_it_replaces(which: Which) {
             .unwrap()
             .to_owned()
     };
+    let sign_in = |who: &'static str, cookie: String| {
+        let h = &h;
+        async move {
+            let r = h
+                .get(&format!("/dev/login?user={who}"), &[("cookie", &cookie)])
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            set_cookie(&r)
+        }
+    };
 
-    // The same browser signs in as alice again (its cookie goes along): the same session.
-    let r = h
-        .get("/dev/login?user=alice", &[("cookie", first.as_str())])
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(set_cookie(&r), first);
+    // The same browser signs in as alice again a moment later (its cookie goes along): the
+    // same session, nothing cut.
+    assert_eq!(sign_in("alice", first.clone()).await, first);
     assert!(
         !cut_off(&h, &first_cap).await,
         "the kept session's capability"
@@ -222,16 +230,25 @@ async fn a_new_sign_in_ends_the_session_it_replaces(which: Which) {
     let r = h.get("/auth/userinfo", &[("cookie", &first)]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
-    // The same browser signs in as bob: alice's session there ends.
-    let r = h
-        .get("/dev/login?user=bob", &[("cookie", first.as_str())])
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let second = set_cookie(&r);
-    assert_ne!(second, first);
+    // The browser holds two session cookies, bob's first: signing in as alice keeps hers and
+    // ends bob's.
+    let bobs = h.login("bob").await;
+    let both = format!("{bobs}; {first}");
+    assert_eq!(sign_in("alice", both).await, first);
+    let r = h.get("/auth/userinfo", &[("cookie", &bobs)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert!(!cut_off(&h, &first_cap).await);
+
+    // A session older than a sign-in's lifetime is not another tab's: replaced.
+    sqlx::query("UPDATE sessions SET created_at = created_at - 700")
+        .execute(h.state.db().pool())
+        .await
+        .unwrap();
+    let renewed = sign_in("alice", first.clone()).await;
+    assert_ne!(renewed, first);
     assert!(
         cut_off(&h, &first_cap).await,
-        "the replaced session's capability"
+        "the old session's capability"
     );
     let r = h.get("/auth/userinfo", &[("cookie", &first)]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -239,13 +256,23 @@ async fn a_new_sign_in_ends_the_session_it_replaces(which: Which) {
         !cut_off(&h, &elsewhere_cap).await,
         "another browser's session"
     );
+
+    // The same browser signs in as bob: alice's session there ends.
+    let renewed_cap = capability(&h, Some(&renewed), 8726).await;
+    let second = sign_in("bob", renewed.clone()).await;
+    assert_ne!(second, renewed);
+    assert!(
+        cut_off(&h, &renewed_cap).await,
+        "the replaced session's capability"
+    );
     let r = h.get("/auth/userinfo", &[("cookie", &second)]).await;
     assert_eq!(r.json()["user"], "bob", "{}", r.body);
 
-    // Signing out of the new session: the other browser stays.
+    // Signing out of the new session: its capabilities are cut too; the other browser stays.
+    let second_cap = capability(&h, Some(&second), 8726).await;
     let r = h.get("/auth/logout", &[("cookie", &second)]).await;
     assert_eq!(r.json(), json!({"signed_out": true, "sessions_ended": 1}));
-    assert!(cut_off(&h, &first_cap).await);
+    assert!(cut_off(&h, &second_cap).await);
     assert!(!cut_off(&h, &elsewhere_cap).await);
     let r = h.get("/auth/userinfo", &[("cookie", &elsewhere)]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

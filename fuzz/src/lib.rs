@@ -900,8 +900,7 @@ fn gate_token(variant: u8, select: u8, pod: &PodAddr, config: &CompiledConfig) -
     // An expired capability minted for a browser session with an odd `select`: in a cookie,
     // the https configuration renews it.
     let sid = (variant == 5 && select & 1 == 1).then_some("sid-1");
-    let t =
-        token::mint_in_session(TokenKind::Capability, signer, &claims, sid, iat, life).unwrap();
+    let t = token::mint_in_session(TokenKind::Capability, signer, &claims, sid, iat, life).unwrap();
     MINTED.with(|m| {
         let mut m = m.borrow_mut();
         if m.len() >= 4096 {

@@ -121,14 +121,16 @@ pub async fn start_session(
     Ok(value)
 }
 
-/// The first live session of `user_id` signed in with `provider` (`None`: the dev login) that a
-/// `session_cookie` pair in `cookie_headers` names: its stored id hash and the cookie's value.
-pub async fn live_session_of(
+/// The first live session of `user_id` signed in with `provider` (`None`: the dev login) and
+/// started at `since` or later that a `session_cookie` pair in `cookie_headers` names: its
+/// stored id hash and the cookie's value.
+pub async fn recent_session_of(
     db: &Db,
     session_cookie: &str,
     cookie_headers: &[&str],
     user_id: &str,
     provider: Option<&str>,
+    since: i64,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
     let now = now_unix();
     for cookie_header in cookie_headers {
@@ -138,7 +140,9 @@ pub async fn live_session_of(
                 continue;
             }
             let id_hash = session_hash(value);
-            if let Some((owner, signed_in_with)) = db.live_session_owner(&id_hash, now).await? {
+            if let Some((owner, signed_in_with)) =
+                db.recent_session_owner(&id_hash, since, now).await?
+            {
                 if owner == user_id && signed_in_with.as_deref() == provider {
                     return Ok(Some((id_hash, value.to_owned())));
                 }

@@ -156,6 +156,8 @@ pub struct SignedIn {
     pub user: User,
     pub next: String,
     pub provider: String,
+    /// When the sign-in started (Unix seconds).
+    pub started_at: i64,
 }
 
 /// What the provider sent back to `/auth/callback`.
@@ -466,6 +468,7 @@ pub async fn finish(
         user,
         next: row.next,
         provider: row.provider,
+        started_at: row.created_at,
     })
 }
 

@@ -20,7 +20,7 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::identity::{live_session_of, sessions_to_end, start_session, EndedSession};
+use crate::auth::identity::{recent_session_of, sessions_to_end, start_session, EndedSession};
 use crate::auth::verify::browser_identity;
 use crate::cuts::cut_session;
 use crate::http::cookies;
@@ -112,28 +112,31 @@ pub(crate) async fn end_sessions(
 }
 
 /// The session a sign-in of `user` with the identity provider `provider` (`None`: the dev
-/// login) leaves this browser with: its cookie's value.
+/// login), started at `started_at`, leaves this browser with: its cookie's value.
 ///
-/// A live session of the same user, signed in the same way, that the browser already holds is
-/// kept. That is another tab's sign-in that finished a moment before this one (a browser
-/// restoring several pod tabs sends each through the provider at once): ending it would cut off
-/// the capabilities that tab was just given, and the browser's cookie names it, so signing out
-/// still ends it with everything minted for it. Any other session the browser holds (another
-/// user's, or one from another provider) ends as a sign-out would end it, and a new one starts,
-/// so that signing out of the new one leaves nothing of the old one working.
+/// A live session of the same user, signed in the same way since this sign-in started, that
+/// the browser already holds is kept. That is another tab's sign-in that finished while this
+/// one was under way (a browser restoring several pod tabs sends each through the provider at
+/// once): ending it would cut off the capabilities that tab was just given, and the browser's
+/// cookie names it, so signing out still ends it with everything minted for it. Any other
+/// session the browser holds (older than this sign-in, another user's, or one from another
+/// provider) ends as a sign-out would end it, and a new one starts, so that signing out of the
+/// new one leaves nothing of the old one working and a copy of an old cookie stops working.
 pub(crate) async fn session_for_sign_in(
     state: &AppState,
     headers: &HeaderMap,
     user: &User,
     provider: Option<&str>,
+    started_at: i64,
 ) -> ApiResult<String> {
     let cookies = cookie_headers(headers);
-    let kept = live_session_of(
+    let kept = recent_session_of(
         state.db(),
         state.session_cookie(),
         &cookies,
         &user.id,
         provider,
+        started_at,
     )
     .await?;
     end_sessions(

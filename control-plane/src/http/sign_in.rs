@@ -389,6 +389,7 @@ async fn finish_with(
         headers,
         &signed_in.user,
         Some(&signed_in.provider),
+        signed_in.started_at,
     )
     .await;
     let session = match session {

@@ -99,20 +99,25 @@ impl Db {
             .transpose()
     }
 
-    /// Whose a live session is and the identity provider it signed in with (`None`: the dev
-    /// login).
-    pub async fn live_session_owner(
+    /// Whose a live session started at `since` or later is and the identity provider it signed
+    /// in with (`None`: the dev login).
+    pub async fn recent_session_owner(
         &self,
         id_hash: &str,
+        since: i64,
         now: i64,
     ) -> Res<Option<(String, Option<String>)>> {
-        sqlx::query("SELECT user_id, provider FROM sessions WHERE id_hash = $1 AND expires_at > $2")
-            .bind(id_hash)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| Ok((row.try_get("user_id")?, row.try_get("provider")?)))
-            .transpose()
+        sqlx::query(
+            "SELECT user_id, provider FROM sessions \
+             WHERE id_hash = $1 AND created_at >= $2 AND expires_at > $3",
+        )
+        .bind(id_hash)
+        .bind(since)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| Ok((row.try_get("user_id")?, row.try_get("provider")?)))
+        .transpose()
     }
 
     /// The user of a live session, read fresh from `users`.
