@@ -154,7 +154,7 @@ impl Filter {
     pub(crate) fn decide_again(&mut self, context_id: u32, now: i64) -> Option<Resume> {
         raw::set_effective_context(context_id).ok()?;
         let bytes = raw::header_map_bytes(MapType::HttpRequestHeaders).ok()?;
-        let outcome = self.gate.on_stream_request(context_id, &bytes, now);
+        let outcome = self.decide_counted(context_id, &bytes, now);
         Some(self.resume_with(context_id, outcome, now))
     }
 

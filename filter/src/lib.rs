@@ -474,7 +474,22 @@ impl Filter {
             LogLevel::Error,
             &format!("podgate: {what} failed: {status:?}"),
         );
+        // The access log says so too, whatever it said of the request before.
+        access::record_refusal(Denial::HostCallFailed.reason());
         self.deny(&Denial::HostCallFailed)
+    }
+
+    /// The gate's decision for the request on stream `context_id` (its serialized headers
+    /// `bytes`), with the token cache's hits and misses it made counted.
+    fn decide_counted(&mut self, context_id: u32, bytes: &[u8], now: i64) -> Outcome {
+        let before = self.gate.stats();
+        // On this stream: a forward to a pod counts against the concurrency limits until
+        // `on_delete`.
+        let outcome = self.gate.on_stream_request(context_id, bytes, now);
+        let after = self.gate.stats();
+        self.metrics.bump(Counter::CacheHits, after.0 - before.0);
+        self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
+        outcome
     }
 
     fn on_request_headers(&mut self, context_id: u32) -> Action {
@@ -486,13 +501,7 @@ impl Filter {
             Ok(nanos) => i64::try_from(nanos / 1_000_000_000).unwrap_or(i64::MAX),
             Err(status) => return self.host_failed("reading the clock", status),
         };
-        let before = self.gate.stats();
-        // On this stream: a forward to a pod counts against the concurrency limits until
-        // `on_delete`.
-        let outcome = self.gate.on_stream_request(context_id, &bytes, now);
-        let after = self.gate.stats();
-        self.metrics.bump(Counter::CacheHits, after.0 - before.0);
-        self.metrics.bump(Counter::CacheMisses, after.1 - before.1);
+        let outcome = self.decide_counted(context_id, &bytes, now);
         record(&outcome);
         self.act(context_id, outcome, now)
     }

@@ -216,6 +216,9 @@ fn link_proxy_wasm(
         defined,
         "proxy_get_current_time_nanoseconds",
         |c, ret: u32| {
+            if c.data().clock_fails {
+                return Ok(status::INTERNAL_FAILURE);
+            }
             let now = c.data().clock.now_nanos();
             write_u64(c, ret, now)?;
             Ok(status::OK)

@@ -145,6 +145,8 @@ pub(crate) struct HostState {
     /// `proxy_http_call` is taken (`FilterVm::accept_http_calls`); otherwise it fails, as a
     /// host without the cluster would answer.
     pub(crate) http_calls_accepted: bool,
+    /// `proxy_get_current_time_nanoseconds` fails (`FilterVm::fail_the_clock`).
+    pub(crate) clock_fails: bool,
     pub(crate) http_calls: Vec<HttpCall>,
     pub(crate) next_http_call: u32,
     /// The answer `proxy_on_http_call_response` reads, while it runs.
@@ -179,6 +181,7 @@ impl HostState {
             foreign_calls: Vec::new(),
             done_calls: 0,
             http_calls_accepted: false,
+            clock_fails: false,
             http_calls: Vec::new(),
             next_http_call: 1,
             http_call_response_headers: None,

@@ -302,6 +302,12 @@ impl FilterVm {
         self.close_reset_since(&already_reset)
     }
 
+    /// Makes `proxy_get_current_time_nanoseconds` fail (`true`) or work again, as a broken
+    /// host would: what the filter does when a host call it needs fails.
+    pub fn fail_the_clock(&mut self, fails: bool) {
+        self.store.data_mut().clock_fails = fails;
+    }
+
     /// Lets `proxy_http_call` through from now on: each call is recorded
     /// ([`FilterVm::pending_http_calls`]) until the test answers it. Without this the call
     /// fails, as Envoy answers a call to a cluster it does not have.

@@ -77,8 +77,14 @@ fn requests_on_a_lapsed_cookie_wait_for_one_renewal_then_go_on_the_fresh_one() {
         set_cookie: set_cookie.clone(),
     })
     .unwrap();
+    let looked_up = |vm: &mut FilterVm| {
+        metric(vm, "podgate.token_cache.hits") + metric(vm, "podgate.token_cache.misses")
+    };
+    let before = looked_up(&mut vm);
     vm.answer_http_call(calls[0].token, &[(":status", "200")], &body)
         .unwrap();
+    // Each stream decided again looked its capability up, and the counters say so.
+    assert_eq!(looked_up(&mut vm), before + 2);
     for ctx in [first, second] {
         assert_eq!(vm.continued(ctx), Some(1), "stream {ctx}");
         assert_eq!(vm.local_reply_of(ctx), None);

@@ -174,3 +174,26 @@ fn every_answer_counts_under_its_reason() {
     assert_eq!(metric(&mut bare, "podgate.denied.not_configured"), 1);
     assert_eq!(metric(&mut bare, "podgate.allowed"), 0);
 }
+
+/// A host call the filter needs fails (here the clock): the request is answered `500`
+/// `host_error` and nothing is forwarded; the counter and the access log (`wasm.podgate`, the
+/// filter state Envoy's access log prints) both say why; the next request, the host working
+/// again, goes on.
+#[test]
+fn a_failing_host_call_is_a_500_counted_and_in_the_access_log() {
+    let mut vm = vm();
+    vm.fail_the_clock(true);
+    Req::alpha().token(&alpha_cap()).send(&mut vm).denied(500);
+    let logged = vm
+        .property(&[podgate_protocol::access_log::PROPERTY])
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    assert!(
+        logged.as_deref().is_some_and(|l| l.contains("host_error")),
+        "{logged:?}"
+    );
+    vm.fail_the_clock(false);
+    Req::alpha().token(&alpha_cap()).send(&mut vm).forwarded();
+    vm.tick().unwrap();
+    assert_eq!(vm.metric("podgate.denied.host_error"), Some(1));
+    assert_eq!(vm.metric("podgate.allowed"), Some(1));
+}
