@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{code, CliError, Result};
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ConfigFile {
     /// Keyed by the absolute directory `--init` ran in.
     #[serde(default)]
@@ -90,12 +90,37 @@ impl ConfigFile {
         }
     }
 
-    /// Writes the file 0600 in a 0700 directory.
-    pub fn save(&self) -> Result<()> {
+    /// Reads the file, applies `change` and writes it back, holding the config directory's
+    /// lock throughout, so that two commands at once (an `--init` in another directory while a
+    /// `logout` waits on the network) never write over each other's changes. Returns what
+    /// `change` returns.
+    pub fn update<T>(change: impl FnOnce(&mut ConfigFile) -> T) -> Result<T> {
+        let dir = config_dir()?;
+        create_private_dir(&dir)?;
+        let lock_path = dir.join(".config.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|e| CliError::other(format!("cannot lock {}: {e}", lock_path.display())))?;
+        let mut file = ConfigFile::load()?;
+        let out = change(&mut file);
+        file.save()?;
+        drop(lock);
+        Ok(out)
+    }
+
+    /// Writes the file 0600 in a 0700 directory (callers hold the lock: [`ConfigFile::update`]).
+    fn save(&self) -> Result<()> {
         let dir = config_dir()?;
         create_private_dir(&dir)?;
         let path = dir.join("config.json");
         let tmp = dir.join(format!(".config.json.{}", std::process::id()));
+        // A leftover of a process that died with this one's id (the lock is held, so no live
+        // command writes it).
+        let _ = std::fs::remove_file(&tmp);
         let body = serde_json::to_vec_pretty(self)
             .map_err(|e| CliError::other(format!("cannot encode the config: {e}")))?;
         let write = || -> std::io::Result<()> {

@@ -37,7 +37,21 @@ exit codes: 0 ok, 1 other failure, 2 usage or malformed link/URL, 3 not initiali
 22 (curl -f) the pod answered 400 or above";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = match std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect()
+    {
+        Ok(args) => args,
+        Err(bad) => {
+            eprintln!(
+                "podgate-cli: the argument {} is not valid UTF-8; pods, ports, paths and links \
+                 are text",
+                bad.to_string_lossy()
+            );
+            return ExitCode::from(code::USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -131,13 +145,15 @@ fn pod_port(rest: &[String], usage: &str) -> Result<(String, u16)> {
 
 /// The saved session for this directory and a client for its control plane; marks it used.
 fn session() -> Result<(Session, Backend)> {
-    let mut file = ConfigFile::load()?;
-    let (key, session) = file.session_here()?;
-    if let Some(s) = file.sessions.get_mut(&key) {
-        s.last_used = now_rfc3339();
-    }
+    let (_, session) = ConfigFile::load()?.session_here()?;
     // A failure to record the use does not stop the command.
-    let _ = file.save();
+    let _ = ConfigFile::update(|file| {
+        if let Ok((key, _)) = file.session_here() {
+            if let Some(s) = file.sessions.get_mut(&key) {
+                s.last_used = now_rfc3339();
+            }
+        }
+    });
     let backend = Backend::new(&session.backend_url, &session.auth_token)?;
     Ok((session, backend))
 }
@@ -167,7 +183,6 @@ async fn init(raw: &str) -> Result<u8> {
         .ok_or_else(|| CliError::other("the control plane's /api/me names no user"))?
         .to_owned();
     let dir = config::current_dir()?;
-    let mut file = ConfigFile::load()?;
     let session = Session {
         backend_url: link.backend_url.clone(),
         auth_token: link.token.clone(),
@@ -178,8 +193,8 @@ async fn init(raw: &str) -> Result<u8> {
         host_template: me["host_template"].as_str().map(str::to_owned),
         last_used: now_rfc3339(),
     };
-    let replaced = file.sessions.insert(dir.clone(), session);
-    file.save()?;
+    let (replaced, file) =
+        ConfigFile::update(|file| (file.sessions.insert(dir.clone(), session), file.clone()))?;
     println!(
         "podgate-cli: signed in as {user} on {} for {dir} (saved in {})",
         link.backend_url,
@@ -285,8 +300,7 @@ fn human_secs(s: i64) -> String {
 }
 
 async fn logout() -> Result<u8> {
-    let mut file = ConfigFile::load()?;
-    let (key, session) = file.session_here()?;
+    let (key, session) = ConfigFile::load()?.session_here()?;
     let backend = Backend::new(&session.backend_url, &session.auth_token)?;
     let id = init_url::token_id(&session.auth_token).ok_or_else(|| {
         CliError::other(format!(
@@ -300,12 +314,30 @@ async fn logout() -> Result<u8> {
     })?;
     // Unreachable: keep the session so a later logout can still revoke it.
     let revoked = backend.revoke(id).await?;
-    file.sessions.remove(&key);
-    file.save()?;
-    if revoked {
-        println!("podgate-cli: API token revoked and forgotten for {key}");
+    // Every directory that held the token (one setup link used in several) is forgotten: its
+    // session could only fail from now on.
+    let forgotten = ConfigFile::update(|file| {
+        let mut dirs: Vec<String> = file
+            .sessions
+            .iter()
+            .filter(|(dir, s)| **dir == key || s.auth_token == session.auth_token)
+            .map(|(dir, _)| dir.clone())
+            .collect();
+        dirs.sort();
+        for dir in &dirs {
+            file.sessions.remove(dir);
+        }
+        dirs
+    })?;
+    let dirs = if forgotten.is_empty() {
+        key
     } else {
-        println!("podgate-cli: the API token was already expired or revoked; forgotten for {key}");
+        forgotten.join(", ")
+    };
+    if revoked {
+        println!("podgate-cli: API token revoked and forgotten for {dirs}");
+    } else {
+        println!("podgate-cli: the API token was already expired or revoked; forgotten for {dirs}");
     }
     Ok(0)
 }

@@ -97,6 +97,10 @@ async fn the_installer_installs_checks_and_initialises_once() {
     assert_eq!(marks(&home.path().join(".bashrc")), 1);
     assert_eq!(marks(&home.path().join(".profile")), 1);
     assert!(!home.path().join(".zshrc").exists());
+    assert!(
+        out.contains("open a new shell for PATH, or run: export PATH="),
+        "{out}"
+    );
     let profile = std::fs::read_to_string(home.path().join(".profile")).unwrap();
     assert!(
         profile.contains(&format!(
@@ -114,6 +118,7 @@ async fn the_installer_installs_checks_and_initialises_once() {
 
     // A relative XDG_CONFIG_HOME is not one (as podgate-cli reads it): the binary goes under
     // ~/.config, never under the working directory, and PATH gets only an absolute directory.
+    // A zsh user without a ~/.zshrc gets one (zsh never reads ~/.profile).
     let home2 = tempfile::tempdir().unwrap();
     let project2 = home2.path().join("project");
     std::fs::create_dir(&project2).unwrap();
@@ -122,10 +127,11 @@ async fn the_installer_installs_checks_and_initialises_once() {
         home2.path(),
         &project2,
         path,
-        &[("XDG_CONFIG_HOME", "cfg")],
+        &[("XDG_CONFIG_HOME", "cfg"), ("SHELL", "/usr/bin/zsh")],
     )
     .await;
     assert_eq!(code, 0, "{out}");
+    assert_eq!(marks(&home2.path().join(".zshrc")), 1, "{out}");
     assert!(home2
         .path()
         .join(".config/podgate/bin/podgate-cli")

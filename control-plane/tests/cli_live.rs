@@ -432,7 +432,7 @@ async fn malformed_links_and_unreachable_control_planes_have_their_exit_codes() 
 
 /// `--init` again in the same directory with another setup link revokes the token it replaces,
 /// which nothing on the machine holds any more; the link can come on stdin (`--init -`), out of
-/// the process's arguments.
+/// the process's arguments. `logout` forgets every directory that held the token it revokes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_again_revokes_the_token_it_replaces() {
     let stack = Stack::start(&[]).await;
@@ -491,6 +491,18 @@ async fn init_again_revokes_the_token_it_replaces() {
     let (code, _, err) = me.run_with_stdin(&["--init", "-"], "").await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("stdin"), "{err}");
+
+    // logout revokes the token both directories hold, and forgets both, naming them.
+    let (code, out, err) = me.run(&["logout"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("revoked") && out.contains("project") && out.contains("other"),
+        "{out}"
+    );
+    let out = in_other(&["status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let refused = me_with(second["token"].as_str().unwrap()).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
 }
 
 fn base64_url(s: &str) -> String {

@@ -555,21 +555,28 @@ fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) 
          \x20 *[!A-Za-z0-9/._-]*) echo \"podgate: add $BIN_DIR to your PATH yourself (its name has characters this script does not quote)\" >&2 ;;\n\
          \x20 *)\n\
          \x20   for RC in \"$HOME/.bashrc\" \"$HOME/.zshrc\" \"$HOME/.profile\"; do\n\
-         \x20     if [ \"$RC\" != \"$HOME/.profile\" ] && [ ! -e \"$RC\" ]; then continue; fi\n\
+         \x20     if [ \"$RC\" != \"$HOME/.profile\" ] && [ ! -e \"$RC\" ]; then\n\
+         \x20       # zsh reads .zshrc, never .profile: made for a zsh user who has none.\n\
+         \x20       case \"$RC:${SHELL##*/}\" in *.zshrc:zsh) ;; *) continue ;; esac\n\
+         \x20     fi\n\
          \x20     if [ -e \"$RC\" ] && grep -qF \"$MARK\" \"$RC\" 2>/dev/null; then continue; fi\n\
          \x20     if printf '\\n%s\\nexport PATH=\"%s:$PATH\"\\n' \"$MARK\" \"$BIN_DIR\" 2>/dev/null >> \"$RC\"; then\n\
          \x20       echo \"podgate: added $BIN_DIR to PATH in $RC\" >&2\n\
          \x20     else\n\
          \x20       echo \"podgate: cannot write $RC: add $BIN_DIR to your PATH yourself\" >&2\n\
          \x20     fi\n\
-         \x20   done ;;\n\
+         \x20   done\n\
+         \x20   case \":$PATH:\" in\n\
+         \x20     *\":$BIN_DIR:\"*) ;;\n\
+         \x20     *) echo \"podgate: open a new shell for PATH, or run: export PATH=\\\"$BIN_DIR:\\$PATH\\\"\" >&2 ;;\n\
+         \x20   esac ;;\n\
          esac\n\n\
          if [ -n \"$INIT_URL\" ]; then\n\
          \x20 # Its own exit codes would read as the installer's (4, 5): one code of its own.\n\
          \x20 # The link goes in on stdin (printf is the shell's own): not in any process's\n\
          \x20 # arguments, which anyone on the machine can read.\n\
          \x20 printf '%s\\n' \"$INIT_URL\" | \"$BIN_DIR/podgate-cli\" --init - \\\n\
-         \x20   || die 6 \"installed $BIN_DIR/podgate-cli, but podgate-cli --init failed (exit $?, said above); run it again once fixed: podgate-cli --init <setup link>\"\n\
+         \x20   || die 6 \"installed $BIN_DIR/podgate-cli, but podgate-cli --init failed (exit $?, said above); run it again once fixed: $BIN_DIR/podgate-cli --init <setup link>, or this install command again\"\n\
          else\n\
          \x20 echo \"podgate: run podgate-cli --init <setup link> in your project directory\" >&2\n\
          fi\n",
