@@ -98,11 +98,7 @@ impl ConfigFile {
         let dir = config_dir()?;
         create_private_dir(&dir)?;
         let lock_path = dir.join(".config.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let lock = lock_file(&lock_path)
             .and_then(|f| f.lock().map(|()| f))
             .map_err(|e| CliError::other(format!("cannot lock {}: {e}", lock_path.display())))?;
         let mut file = ConfigFile::load()?;
@@ -188,6 +184,27 @@ fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .open(path)
+}
+
+/// The config directory's lock file (empty; only locked), 0600 like the config.
+#[cfg(unix)]
+fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
         .open(path)
 }
 

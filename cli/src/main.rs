@@ -320,7 +320,7 @@ async fn logout() -> Result<u8> {
         let mut dirs: Vec<String> = file
             .sessions
             .iter()
-            .filter(|(dir, s)| **dir == key || s.auth_token == session.auth_token)
+            .filter(|(_, s)| s.auth_token == session.auth_token)
             .map(|(dir, _)| dir.clone())
             .collect();
         dirs.sort();
@@ -329,8 +329,9 @@ async fn logout() -> Result<u8> {
         }
         dirs
     })?;
+    // Empty: `--init` replaced the session meanwhile; that one stays.
     let dirs = if forgotten.is_empty() {
-        key
+        format!("nothing ({key} was signed in again meanwhile)")
     } else {
         forgotten.join(", ")
     };

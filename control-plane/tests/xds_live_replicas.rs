@@ -699,30 +699,69 @@ async fn three_control_planes_starting_together_migrate_an_empty_database_once()
     tdb.finish().await;
 }
 
+/// Two control planes on one fresh database and a token endpoint (`podgate` / the secret
+/// `client-secret-7f3a`) whose tokens live an hour, so only a change can replace one.
+struct OAuthPair {
+    one: ControlPlane,
+    two: ControlPlane,
+    idp: podgate_testkit::FakeTokenEndpoint,
+    envoy_port: u16,
+    _tdb: TestDb,
+    _dir: tempfile::TempDir,
+}
+
+impl OAuthPair {
+    /// `None` to skip (no `PODGATE_TEST_POSTGRES_URL` outside CI).
+    async fn start() -> Option<OAuthPair> {
+        let (tdb, dir) = shared_database().await?;
+        let idp = podgate_testkit::FakeTokenEndpoint::start(
+            vec![podgate_testkit::TokenClient {
+                client_id: "podgate".into(),
+                secret: Some("client-secret-7f3a".into()),
+                public_key_pem: None,
+            }],
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        let kek = dir.path().join("kek");
+        let envoy_port = free_port();
+        let one = ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, None, &SLOW_RESYNC).await;
+        let two = ControlPlane::start_sharing(
+            envoy_port,
+            &tdb.url,
+            &kek,
+            Some(&one.issuer),
+            &SLOW_RESYNC,
+        )
+        .await;
+        Some(OAuthPair {
+            one,
+            two,
+            idp,
+            envoy_port,
+            _tdb: tdb,
+            _dir: dir,
+        })
+    }
+}
+
 /// A service's OAuth credential set through one control plane: another on the database obtains
 /// its own token at once, woken by the announcement (its renewal task reads the services only
 /// every 30 s otherwise, and the resync is a minute).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oauth_service_made_through_one_control_plane_gets_a_token_at_another_at_once() {
-    let Some((tdb, dir)) = shared_database().await else {
+    let Some(OAuthPair {
+        one,
+        two,
+        idp,
+        envoy_port: _,
+        _tdb,
+        _dir,
+    }) = OAuthPair::start().await
+    else {
         return;
     };
-    let idp = podgate_testkit::FakeTokenEndpoint::start(
-        vec![podgate_testkit::TokenClient {
-            client_id: "podgate".into(),
-            secret: Some("client-secret-7f3a".into()),
-            public_key_pem: None,
-        }],
-        Duration::from_secs(3600),
-    )
-    .await
-    .unwrap();
-    let kek = dir.path().join("kek");
-    let envoy_port = free_port();
-    let one = ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, None, &SLOW_RESYNC).await;
-    let two =
-        ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, Some(&one.issuer), &SLOW_RESYNC)
-            .await;
     one.create_user(USER).await;
     // Both renewal tasks have read the (empty) services at start.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -789,25 +828,17 @@ async fn through_to_api(envoy: &Envoy, upstream: &FakePod, token: &str) -> (u16,
 /// only the admin's request can have replaced them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oauth_token_cleared_or_refreshed_at_one_control_plane_is_replaced_at_another() {
-    let Some((tdb, dir)) = shared_database().await else {
+    let Some(OAuthPair {
+        one,
+        two,
+        idp,
+        envoy_port,
+        _tdb,
+        _dir,
+    }) = OAuthPair::start().await
+    else {
         return;
     };
-    let idp = podgate_testkit::FakeTokenEndpoint::start(
-        vec![podgate_testkit::TokenClient {
-            client_id: "podgate".into(),
-            secret: Some("client-secret-7f3a".into()),
-            public_key_pem: None,
-        }],
-        Duration::from_secs(3600),
-    )
-    .await
-    .unwrap();
-    let kek = dir.path().join("kek");
-    let envoy_port = free_port();
-    let one = ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, None, &SLOW_RESYNC).await;
-    let two =
-        ControlPlane::start_sharing(envoy_port, &tdb.url, &kek, Some(&one.issuer), &SLOW_RESYNC)
-            .await;
     // The only Envoy, fed by the second control plane; the admin speaks to the first.
     let envoy = Envoy::start(envoy_port, two.xds.port(), two.http.port()).await;
     let logs = || {

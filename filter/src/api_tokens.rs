@@ -176,6 +176,7 @@ impl Filter {
                         LogLevel::Error,
                         &format!("podgate: editing an exchanged request failed: {status:?}"),
                     );
+                    crate::access::record_refusal(Denial::HostCallFailed.reason());
                     return refuse(self, Denial::HostCallFailed);
                 }
                 if let Some(cookie) = forward.set_cookie.as_ref() {

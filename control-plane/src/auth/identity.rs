@@ -37,6 +37,19 @@ pub fn session_id_of_cookie(value: &str) -> String {
     session_id(&session_hash(value))
 }
 
+/// The values of the `session_cookie` pairs in `cookie_headers` that can be ours (64 hex
+/// characters; anything else is not), at most [`MAX_SESSION_CANDIDATES`] per header.
+fn session_values<'a>(
+    session_cookie: &'a str,
+    cookie_headers: &'a [&'a str],
+) -> impl Iterator<Item = &'a str> + 'a {
+    cookie_headers.iter().flat_map(move |cookie_header| {
+        find_all(cookie_header, session_cookie)
+            .take(MAX_SESSION_CANDIDATES)
+            .filter(|value| value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
 /// The user of the first live session named by a `session_cookie` pair in `cookie_headers`
 /// (the request's `Cookie` headers), read fresh from the database, or `None`.
 pub async fn current_user(
@@ -56,16 +69,10 @@ pub async fn current_session(
     cookie_headers: &[&str],
 ) -> Result<Option<(User, String)>, sqlx::Error> {
     let now = now_unix();
-    for cookie_header in cookie_headers {
-        for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
-            // Our values are 64 hex characters; anything else is not ours.
-            if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
-            }
-            let id_hash = session_hash(value);
-            if let Some(user) = db.session_user(&id_hash, now).await? {
-                return Ok(Some((user, session_id(&id_hash))));
-            }
+    for value in session_values(session_cookie, cookie_headers) {
+        let id_hash = session_hash(value);
+        if let Some(user) = db.session_user(&id_hash, now).await? {
+            return Ok(Some((user, session_id(&id_hash))));
         }
     }
     Ok(None)
@@ -81,19 +88,13 @@ pub async fn current_session_with_facts(
     addr: &PodAddr,
 ) -> Result<Option<(User, String, Option<AccessFacts>)>, sqlx::Error> {
     let now = now_unix();
-    for cookie_header in cookie_headers {
-        for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
-            // Our values are 64 hex characters; anything else is not ours.
-            if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
-            }
-            let id_hash = session_hash(value);
-            if let Some((user, facts)) = db
-                .session_access_facts(&id_hash, now, &addr.pod, addr.port)
-                .await?
-            {
-                return Ok(Some((user, session_id(&id_hash), facts)));
-            }
+    for value in session_values(session_cookie, cookie_headers) {
+        let id_hash = session_hash(value);
+        if let Some((user, facts)) = db
+            .session_access_facts(&id_hash, now, &addr.pod, addr.port)
+            .await?
+        {
+            return Ok(Some((user, session_id(&id_hash), facts)));
         }
     }
     Ok(None)
@@ -133,19 +134,12 @@ pub async fn recent_session_of(
     since: i64,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
     let now = now_unix();
-    for cookie_header in cookie_headers {
-        for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
-            // Our values are 64 hex characters; anything else is not ours.
-            if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
-            }
-            let id_hash = session_hash(value);
-            if let Some((owner, signed_in_with)) =
-                db.recent_session_owner(&id_hash, since, now).await?
-            {
-                if owner == user_id && signed_in_with.as_deref() == provider {
-                    return Ok(Some((id_hash, value.to_owned())));
-                }
+    for value in session_values(session_cookie, cookie_headers) {
+        let id_hash = session_hash(value);
+        if let Some((owner, signed_in_with)) = db.recent_session_owner(&id_hash, since, now).await?
+        {
+            if owner == user_id && signed_in_with.as_deref() == provider {
+                return Ok(Some((id_hash, value.to_owned())));
             }
         }
     }

@@ -557,7 +557,7 @@ fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) 
          \x20   for RC in \"$HOME/.bashrc\" \"$HOME/.zshrc\" \"$HOME/.profile\"; do\n\
          \x20     if [ \"$RC\" != \"$HOME/.profile\" ] && [ ! -e \"$RC\" ]; then\n\
          \x20       # zsh reads .zshrc, never .profile: made for a zsh user who has none.\n\
-         \x20       case \"$RC:${SHELL##*/}\" in *.zshrc:zsh) ;; *) continue ;; esac\n\
+         \x20       case \"$RC:${SHELL:-}\" in *.zshrc:*/zsh) ;; *) continue ;; esac\n\
          \x20     fi\n\
          \x20     if [ -e \"$RC\" ] && grep -qF \"$MARK\" \"$RC\" 2>/dev/null; then continue; fi\n\
          \x20     if printf '\\n%s\\nexport PATH=\"%s:$PATH\"\\n' \"$MARK\" \"$BIN_DIR\" 2>/dev/null >> \"$RC\"; then\n\
@@ -576,7 +576,7 @@ fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) 
          \x20 # The link goes in on stdin (printf is the shell's own): not in any process's\n\
          \x20 # arguments, which anyone on the machine can read.\n\
          \x20 printf '%s\\n' \"$INIT_URL\" | \"$BIN_DIR/podgate-cli\" --init - \\\n\
-         \x20   || die 6 \"installed $BIN_DIR/podgate-cli, but podgate-cli --init failed (exit $?, said above); run it again once fixed: $BIN_DIR/podgate-cli --init <setup link>, or this install command again\"\n\
+         \x20   || die 6 \"installed $BIN_DIR/podgate-cli, but podgate-cli --init failed (exit $?, said above); once fixed, run the install command again (a new setup link's, if this one was revoked or expired)\"\n\
          else\n\
          \x20 echo \"podgate: run podgate-cli --init <setup link> in your project directory\" >&2\n\
          fi\n",

@@ -129,7 +129,9 @@ pub fn platform() -> String {
 
 /// Runs `curl -fsSL URL | bash` in `project` with `home` as HOME and `path` as PATH.
 pub async fn install(url: &str, home: &Path, project: &Path, path: &str) -> (i32, String) {
-    install_with(url, home, project, path, &[]).await
+    // bash fills an unset SHELL from the password database: a login shell of zsh would change
+    // what the installer writes.
+    install_with(url, home, project, path, &[("SHELL", "/bin/bash")]).await
 }
 
 /// [`install`] with more environment variables.
