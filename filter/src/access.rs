@@ -41,7 +41,8 @@ pub(crate) fn record(outcome: &Outcome) {
     set(access_log::PROPERTY, &value);
 }
 
-/// The access log's line for a request refused for `reason` after it waited (an exchange).
+/// The access log's line for a request refused for `reason` (after a wait for the control
+/// plane, or when a host call failed), in place of any line set for it before.
 pub(crate) fn record_refusal(reason: &str) {
     set(
         access_log::PROPERTY,

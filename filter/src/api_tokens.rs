@@ -9,7 +9,7 @@ use podgate_protocol::gate::Outcome;
 use podgate_protocol::renewal;
 use podgate_protocol::reply::Denial;
 
-use crate::access::record;
+use crate::access::{self, record};
 use crate::raw::{self, LogLevel, MapType};
 use crate::{apply_request, log, now_unix, Action, Counter, Filter, OpenSocket, Resume};
 
@@ -29,6 +29,7 @@ impl Filter {
     /// than `exchange::MAX_IN_FLIGHT` are; beyond that it is answered 429 at once.
     pub(crate) fn start_exchange(&mut self, context_id: u32, need: Rc<ExchangeNeeded>) -> Action {
         let Some(now) = now_unix() else {
+            access::record_refusal(Denial::HostCallFailed.reason());
             return self.deny(&Denial::HostCallFailed);
         };
         // A call never answered (it cannot be, but a lost one must not hold its key and a
@@ -124,11 +125,7 @@ impl Filter {
             raw::http_call_body(body_size).unwrap_or_default()
         };
         let Some(now) = now_unix() else {
-            let reply = Denial::HostCallFailed.reply();
-            return waiting
-                .into_iter()
-                .map(|id| (id, Resume::Reply(reply.clone())))
-                .collect();
+            return self.refuse_waiting(waiting, &Denial::HostCallFailed.reply());
         };
         if let Err(denial) = self.gate.exchanged(need, status, retry_after, &body, now) {
             if let Denial::ExchangeBusy(secs) = denial {
@@ -176,7 +173,7 @@ impl Filter {
                         LogLevel::Error,
                         &format!("podgate: editing an exchanged request failed: {status:?}"),
                     );
-                    crate::access::record_refusal(Denial::HostCallFailed.reason());
+                    access::record_refusal(Denial::HostCallFailed.reason());
                     return refuse(self, Denial::HostCallFailed);
                 }
                 if let Some(cookie) = forward.set_cookie.as_ref() {

@@ -916,7 +916,8 @@ fn gate_token(variant: u8, select: u8, pod: &PodAddr, config: &CompiledConfig) -
 /// - byte 0, flags: bits 0-2 which capability to add (0 none; see [`gate_token`]), bits 3-4
 ///   where (0 `podgate-token`, 1 `authorization: Bearer`, 2 appended to the cookie, 3
 ///   prepended; to the last or first `cookie` header), bit 5 the https configuration;
-/// - byte 1 picks the token's `sub` and `email` (and bit 7 a mismatched `pod` claim);
+/// - byte 1 picks the token's `sub` and `email` (and bit 7 a mismatched `pod` claim; bit 0, with
+///   variant 5, a session id);
 /// - then header lines `name:value` split at `\n`; the name ends at the first `:` after its
 ///   first byte (so `:authority:x` works) and is lowercased; the value is raw bytes. Repeated
 ///   headers stay separate (an HTTP/1 client may send several `Cookie` headers).
