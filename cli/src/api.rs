@@ -129,6 +129,11 @@ impl Capability {
 pub struct Backend {
     pub base: String,
     token: String,
+    /// The token came from `PODGATE_TOKEN`, not from a saved session: what to do when it is
+    /// refused differs.
+    from_env: bool,
+    /// How long a call may take, connecting included.
+    pub timeout: Duration,
     http: reqwest::Client,
 }
 
@@ -137,14 +142,24 @@ impl Backend {
         Ok(Backend {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
+            from_env: false,
+            timeout: Duration::from_secs(30),
             http: client_for(base)?,
+        })
+    }
+
+    /// A client for the API token in `PODGATE_TOKEN`.
+    pub fn from_env(base: &str, token: &str) -> Result<Backend> {
+        Ok(Backend {
+            from_env: true,
+            ..Backend::new(base, token)?
         })
     }
 
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<(u16, String)> {
         let resp = req
             .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(30))
+            .timeout(self.timeout)
             .send()
             .await
             .map_err(|e| unreachable("the control plane", &self.base, &e))?;
@@ -159,6 +174,14 @@ impl Backend {
     fn refused(&self, status: u16, body: &str) -> CliError {
         let why = reason(body);
         match status {
+            401 if self.from_env => CliError::new(
+                code::TOKEN_REFUSED,
+                format!(
+                    "the control plane refused the API token in PODGATE_TOKEN ({why}); it has \
+                     expired or was revoked: create a new one on {}/setup",
+                    self.base
+                ),
+            ),
             401 => CliError::new(
                 code::TOKEN_REFUSED,
                 format!(

@@ -152,7 +152,8 @@ impl ConfigFile {
                 code::NOT_INITIALISED,
                 format!(
                     "no podgate session for {dir}; run `podgate-cli --init <setup link>` here \
-                         (create a setup link on the control plane's /setup page)"
+                         (create a setup link on the control plane's /setup page), or set \
+                         PODGATE_URL and PODGATE_TOKEN"
                 ),
             )
         })

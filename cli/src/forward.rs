@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,7 +74,10 @@ struct Shared {
     backend: Backend,
     pod: String,
     port: u16,
-    cap: Mutex<Capability>,
+    cap: Mutex<Held>,
+    /// Failed attempts to get a capability for a request, counted to tell a request whether
+    /// one failed while it waited for [`Shared::cap`].
+    failures: AtomicU64,
     target: Target,
     local: SocketAddr,
     tls: Option<tokio_rustls::TlsConnector>,
@@ -83,20 +87,43 @@ struct Shared {
     refused: tokio::sync::mpsc::UnboundedSender<CliError>,
 }
 
+/// The capability held, and the last failure to get one for a request that needed it.
+struct Held {
+    cap: Capability,
+    failed: Option<CliError>,
+}
+
 impl Shared {
     /// The capability to send now: the one held while it is valid (the background task renews
     /// it ahead of its end), else a new one, which the request waits for (after the machine
-    /// slept, or when the control plane could not be reached until its end).
+    /// slept, or when the control plane could not be reached until its end). One request asks
+    /// at a time; the requests that waited meanwhile get its failure rather than each waiting
+    /// for the control plane in turn (up to its 30 s timeout apiece).
     async fn token(&self) -> Result<String> {
-        let mut cap = self.cap.lock().await;
-        if !cap.usable(now_unix()) {
-            *cap = self.stop_if_refused(self.backend.capability(&self.pod, self.port).await)?;
-            eprintln!(
-                "podgate-cli: capability renewed, expires {}",
-                cap.expires_at
-            );
+        let failures_before = self.failures.load(Ordering::SeqCst);
+        let mut held = self.cap.lock().await;
+        if !held.cap.usable(now_unix()) {
+            if self.failures.load(Ordering::SeqCst) != failures_before {
+                if let Some(e) = &held.failed {
+                    return Err(CliError::new(e.code, e.message.clone()));
+                }
+            }
+            match self.stop_if_refused(self.backend.capability(&self.pod, self.port).await) {
+                Ok(cap) => {
+                    eprintln!(
+                        "podgate-cli: capability renewed, expires {}",
+                        cap.expires_at
+                    );
+                    *held = Held { cap, failed: None };
+                }
+                Err(e) => {
+                    held.failed = Some(CliError::new(e.code, e.message.clone()));
+                    self.failures.fetch_add(1, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
         }
-        Ok(cap.token.clone())
+        Ok(held.cap.token.clone())
     }
 
     /// Replaces the capability with a new one. On failure the held one stays in use until its
@@ -108,7 +135,10 @@ impl Shared {
             "podgate-cli: capability renewed, expires {}",
             fresh.expires_at
         );
-        *self.cap.lock().await = fresh;
+        *self.cap.lock().await = Held {
+            cap: fresh,
+            failed: None,
+        };
         Ok(())
     }
 
@@ -123,13 +153,13 @@ impl Shared {
 
     /// Seconds until the capability needs renewing.
     async fn until_renewal(&self) -> u64 {
-        let renew_at = self.cap.lock().await.renew_at();
+        let renew_at = self.cap.lock().await.cap.renew_at();
         u64::try_from(renew_at + 1 - now_unix()).unwrap_or(0)
     }
 
     /// Seconds the held capability may still be sent.
     async fn usable_for(&self) -> i64 {
-        self.cap.lock().await.usable_for(now_unix())
+        self.cap.lock().await.cap.usable_for(now_unix())
     }
 
     async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
@@ -192,7 +222,8 @@ pub async fn run(backend: Backend, pod: String, port: u16, local: SocketAddr) ->
         backend,
         pod,
         port,
-        cap: Mutex::new(cap),
+        cap: Mutex::new(Held { cap, failed: None }),
+        failures: AtomicU64::new(0),
         target,
         local,
         tls,
@@ -448,7 +479,7 @@ async fn proxy(shared: &Shared, mut req: Request<Incoming>) -> Result<Response<B
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -532,5 +563,49 @@ mod tests {
         ] {
             assert!(refusal(&bad, on_80).is_some(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_a_capability_share_the_failure_of_the_one_that_asked() {
+        // A control plane that accepts connections and never answers.
+        let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = hole.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = hole.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                open.push(conn);
+            }
+        });
+        let mut backend = Backend::new(&format!("http://{addr}"), "pg_id_secret").unwrap();
+        backend.timeout = Duration::from_millis(300);
+        let expired = r#"{"token":"t","url":"http://localhost-1-pod-p.localhost:1/","expires_at":"2027-01-01T00:00:00Z","expires_in":30}"#;
+        let (refused, _refusal) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            backend,
+            pod: "p".into(),
+            port: 1,
+            cap: Mutex::new(Held {
+                cap: Capability::from_answer(expired, now_unix() - 60).unwrap(),
+                failed: None,
+            }),
+            failures: AtomicU64::new(0),
+            target: Target::from_url("http://localhost-1-pod-p.localhost:1/").unwrap(),
+            local: addr,
+            tls: None,
+            refused,
+        });
+        let (a, b, c) = tokio::join!(shared.token(), shared.token(), shared.token());
+        for r in [a, b, c] {
+            let e = r.expect_err("no capability can be had");
+            assert_eq!(e.code, code::UNREACHABLE, "{}", e.message);
+        }
+        // One asked; the two waiting behind it took its answer.
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // A request after that asks again.
+        assert!(shared.token().await.is_err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }

@@ -7,11 +7,11 @@
 
 mod api;
 mod config;
+mod curl;
 mod error;
 mod forward;
 mod init_url;
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use api::Backend;
@@ -22,15 +22,18 @@ const USAGE: &str = "\
 usage:
   podgate-cli --init <setup link>       save the link's API token for this directory
   podgate-cli --init -                  the same, the link read from stdin
-  podgate-cli status                    who you are, which control plane, token expiry, your pods
+  podgate-cli status [--json]           who you are, which control plane, token expiry, your pods
   podgate-cli logout                    revoke the saved API token and forget it
   podgate-cli token POD PORT            print a fresh capability for one pod port
-  podgate-cli curl URL [-X METHOD] [-d DATA|@FILE|@-] [-H 'Name: value']... [-i] [-f]
-                                        one request to a pod URL with a capability
+  podgate-cli curl URL [-X METHOD] [-d DATA|@FILE|@-] [-H 'Name: value']... [-i] [-f] [-L]
+                   [-o FILE] [-s] [-S]  one request to a pod URL with a capability
   podgate-cli forward POD PORT [--local ADDR]
                                         serve the pod port on ADDR (default 127.0.0.1:PORT),
                                         HTTP and WebSockets, renewing the capability itself
   podgate-cli --help | --version
+
+PODGATE_URL and PODGATE_TOKEN (both) take the place of the saved session: a control plane's
+URL and an API token (pg_…), for scripts and jobs that cannot run --init.
 
 exit codes: 0 ok, 1 other failure, 2 usage or malformed link/URL, 3 not initialised here,
 4 API token expired or revoked, 5 control plane or pod unreachable, 6 access to the pod refused,
@@ -93,10 +96,13 @@ async fn run(args: Vec<String>) -> Result<u8> {
             }
         }
         // The arguments are checked before anything runs: `logout --help` must not log out.
-        "status" => {
-            no_args(rest, "status")?;
-            status().await
-        }
+        "status" => match rest {
+            [] => status(false).await,
+            [json] if json == "--json" => status(true).await,
+            _ => Err(CliError::usage(
+                "usage: `status` takes no arguments other than --json",
+            )),
+        },
         "logout" => {
             no_args(rest, "logout")?;
             logout().await
@@ -143,9 +149,68 @@ fn pod_port(rest: &[String], usage: &str) -> Result<(String, u16)> {
     }
 }
 
-/// The saved session for this directory and a client for its control plane; marks it used.
-fn session() -> Result<(Session, Backend)> {
-    let (_, session) = ConfigFile::load()?.session_here()?;
+/// Where the API token of a command comes from.
+pub enum Source {
+    /// `PODGATE_TOKEN` (with `PODGATE_URL`): scripts, CI jobs, containers; no config file.
+    Env,
+    /// The session saved by `--init` for this directory (the key), or its nearest parent.
+    Saved(String),
+}
+
+/// The API token and control plane in `PODGATE_TOKEN` and `PODGATE_URL`, if set: they take
+/// the place of the saved session, so a job needs no `--init` and writes no file. One without
+/// the other is a usage error: a token is only ever sent to the control plane named with it.
+fn env_session() -> Result<Option<Session>> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (url, token) =
+        match (var("PODGATE_URL"), var("PODGATE_TOKEN")) {
+            (None, None) => return Ok(None),
+            (Some(url), Some(token)) => (url.trim().to_owned(), token.trim().to_owned()),
+            (None, Some(_)) => {
+                return Err(CliError::usage(
+                    "PODGATE_TOKEN is set but PODGATE_URL is not: set PODGATE_URL to the control \
+                 plane's URL (e.g. https://podgate.example.dev), or unset PODGATE_TOKEN to use \
+                 the saved session",
+                ))
+            }
+            (Some(_), None) => return Err(CliError::usage(
+                "PODGATE_URL is set but PODGATE_TOKEN is not: set PODGATE_TOKEN to an API token \
+                 (pg_…, from the control plane's /setup page), or unset PODGATE_URL to use the \
+                 saved session",
+            )),
+        };
+    if !(url.starts_with("http://") || url.starts_with("https://")) || api::host_of(&url).is_none()
+    {
+        return Err(CliError::usage(format!(
+            "PODGATE_URL `{url}` is not an http:// or https:// URL of a control plane"
+        )));
+    }
+    if init_url::token_id(&token).is_none() {
+        return Err(CliError::usage(
+            "PODGATE_TOKEN is not an API token (pg_…); create one on the control plane's /setup \
+             page",
+        ));
+    }
+    Ok(Some(Session {
+        backend_url: url.trim_end_matches('/').to_owned(),
+        auth_token: token,
+        user_id: String::new(),
+        user_email: None,
+        token_expires_at: None,
+        prefix: None,
+        host_template: None,
+        last_used: now_rfc3339(),
+    }))
+}
+
+/// The session of this command (the environment's, else the one saved for this directory,
+/// which is marked used) and a client for its control plane.
+fn session() -> Result<(Source, Session, Backend)> {
+    if let Some(session) = env_session()? {
+        let backend = Backend::from_env(&session.backend_url, &session.auth_token)?;
+        return Ok((Source::Env, session, backend));
+    }
+    let (key, session) = ConfigFile::load()?.session_here()?;
     // A failure to record the use does not stop the command.
     let _ = ConfigFile::update(|file| {
         if let Ok((key, _)) = file.session_here() {
@@ -155,7 +220,7 @@ fn session() -> Result<(Session, Backend)> {
         }
     });
     let backend = Backend::new(&session.backend_url, &session.auth_token)?;
-    Ok((session, backend))
+    Ok((Source::Saved(key), session, backend))
 }
 
 /// The setup link on the first line of stdin (`--init -`): a link there is not in the process's
@@ -242,9 +307,26 @@ async fn revoke_replaced(old: &Session, dir: &str) {
     }
 }
 
-async fn status() -> Result<u8> {
-    let (session, backend) = session()?;
+async fn status(json: bool) -> Result<u8> {
+    let (source, session, backend) = session()?;
     let me = backend.me().await?;
+    if json {
+        // For scripts: the same facts, as `GET /api/me` names them.
+        let answer = serde_json::json!({
+            "user": me["user"],
+            "email": me["email"],
+            "backend": backend.base,
+            "session": match &source {
+                Source::Env => "PODGATE_TOKEN".to_owned(),
+                Source::Saved(dir) => dir.clone(),
+            },
+            "api_token": me["api_token"],
+            "host_template": me["host_template"],
+            "pods": me["pods"],
+        });
+        println!("{answer:#}");
+        return Ok(0);
+    }
     let mut out = String::new();
     let user = me["user"].as_str().unwrap_or(&session.user_id);
     out.push_str(&format!("user:     {user}"));
@@ -252,6 +334,10 @@ async fn status() -> Result<u8> {
         out.push_str(&format!(" <{email}>"));
     }
     out.push_str(&format!("\nbackend:  {}\n", backend.base));
+    match &source {
+        Source::Env => out.push_str("session:  PODGATE_URL and PODGATE_TOKEN\n"),
+        Source::Saved(dir) => out.push_str(&format!("session:  saved for {dir}\n")),
+    }
     let token = &me["api_token"];
     out.push_str(&format!(
         "token:    {} (expires {}, in {})\n",
@@ -300,6 +386,20 @@ fn human_secs(s: i64) -> String {
 }
 
 async fn logout() -> Result<u8> {
+    if let Some(session) = env_session()? {
+        // Nothing is saved for it: revoking it is all there is to do.
+        let backend = Backend::from_env(&session.backend_url, &session.auth_token)?;
+        let id = init_url::token_id(&session.auth_token).unwrap_or_default();
+        if backend.revoke(id).await? {
+            println!("podgate-cli: the API token in PODGATE_TOKEN is revoked; unset PODGATE_TOKEN");
+        } else {
+            println!(
+                "podgate-cli: the API token in PODGATE_TOKEN was already expired or revoked; unset \
+                 PODGATE_TOKEN"
+            );
+        }
+        return Ok(0);
+    }
     let (key, session) = ConfigFile::load()?.session_here()?;
     let backend = Backend::new(&session.backend_url, &session.auth_token)?;
     let id = init_url::token_id(&session.auth_token).ok_or_else(|| {
@@ -344,7 +444,7 @@ async fn logout() -> Result<u8> {
 }
 
 async fn token(pod: &str, port: u16) -> Result<u8> {
-    let (_, backend) = session()?;
+    let (_, _, backend) = session()?;
     let cap = backend.capability(pod, port).await?;
     println!("{}", cap.token);
     eprintln!(
@@ -354,182 +454,10 @@ async fn token(pod: &str, port: u16) -> Result<u8> {
     Ok(0)
 }
 
-struct CurlArgs {
-    url: String,
-    method: Option<String>,
-    data: Option<Vec<u8>>,
-    headers: Vec<(String, String)>,
-    include: bool,
-    fail: bool,
-}
-
-fn read_data(d: &str) -> Result<Vec<u8>> {
-    match d.strip_prefix('@') {
-        Some("-") => {
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                .map_err(|e| CliError::other(format!("cannot read stdin: {e}")))?;
-            Ok(buf)
-        }
-        Some(path) => {
-            std::fs::read(path).map_err(|e| CliError::usage(format!("cannot read {path}: {e}")))
-        }
-        None => Ok(d.as_bytes().to_vec()),
-    }
-}
-
-fn parse_curl(rest: &[String]) -> Result<CurlArgs> {
-    let usage = || {
-        CliError::usage(
-            "usage: podgate-cli curl URL [-X METHOD] [-d DATA|@FILE] [-H 'Name: value']... [-i] [-f]",
-        )
-    };
-    let mut a = CurlArgs {
-        url: String::new(),
-        method: None,
-        data: None,
-        headers: Vec::new(),
-        include: false,
-        fail: false,
-    };
-    let mut it = rest.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "-X" | "--request" => a.method = Some(it.next().ok_or_else(usage)?.clone()),
-            "-d" | "--data" | "--data-binary" => {
-                a.data = Some(read_data(it.next().ok_or_else(usage)?)?)
-            }
-            "-H" | "--header" => {
-                let h = it.next().ok_or_else(usage)?;
-                let (n, v) = h
-                    .split_once(':')
-                    .ok_or_else(|| CliError::usage(format!("header `{h}` is not `Name: value`")))?;
-                let (n, v) = (n.trim(), v.trim());
-                // Checked here, as a usage mistake: the HTTP client would only fail at sending,
-                // as if the pod could not be reached.
-                if reqwest::header::HeaderName::from_bytes(n.as_bytes()).is_err() {
-                    return Err(CliError::usage(format!(
-                        "header `{h}`: `{n}` is not a header name (letters, digits and `-`, no spaces)"
-                    )));
-                }
-                if reqwest::header::HeaderValue::from_str(v).is_err() {
-                    return Err(CliError::usage(format!(
-                        "header `{n}`: its value has a control character; send printable text"
-                    )));
-                }
-                a.headers.push((n.to_owned(), v.to_owned()));
-            }
-            "-i" | "--include" => a.include = true,
-            "-f" | "--fail" => a.fail = true,
-            s if s.starts_with('-') => {
-                return Err(CliError::usage(format!("usage: unknown curl flag `{s}`")))
-            }
-            s if a.url.is_empty() => a.url = s.to_owned(),
-            _ => return Err(usage()),
-        }
-    }
-    if a.url.is_empty() {
-        return Err(usage());
-    }
-    Ok(a)
-}
-
-/// Pod and port of a pod URL, read with the control plane's host template.
-fn pod_of_url(session: &Session, url: &str) -> Result<(String, u16)> {
-    let bad = |why: &str| {
-        CliError::usage(format!(
-            "{url} is not a pod URL of {} ({why}); `podgate-cli status` lists yours",
-            session.backend_url
-        ))
-    };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(bad("it does not start with http:// or https://"));
-    }
-    let host = api::host_of(url).ok_or_else(|| bad("no host"))?;
-    let template = session
-        .host_template
-        .as_deref()
-        .ok_or_else(|| bad("the saved session has no host template; run --init again"))?;
-    api::parse_pod_host(template, &host).ok_or_else(|| bad("its host names no pod and port"))
-}
-
 async fn curl(rest: &[String]) -> Result<u8> {
-    let a = parse_curl(rest)?;
-    let (session, backend) = session()?;
-    let (pod, port) = pod_of_url(&session, &a.url)?;
-    let cap = backend.capability(&pod, port).await?;
-    // The capability goes only to the pod port's public origin, as the control plane names it.
-    let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
-    if origin(&a.url).is_none() || origin(&a.url) != origin(&cap.url) {
-        return Err(CliError::usage(format!(
-            "{} is not on the public URL of pod {pod} port {port}, {}; use that scheme, host and port",
-            a.url, cap.url
-        )));
-    }
-    let method = a
-        .method
-        .clone()
-        .unwrap_or_else(|| if a.data.is_some() { "POST" } else { "GET" }.into());
-    let method = reqwest::Method::from_bytes(method.as_bytes())
-        .map_err(|_| CliError::usage(format!("`{method}` is not an HTTP method")))?;
-    let http = api::client_for(&a.url)?;
-    let mut req = http.request(method, &a.url);
-    for (n, v) in &a.headers {
-        if n.eq_ignore_ascii_case("podgate-token") {
-            return Err(CliError::usage(
-                "do not send podgate-token yourself; podgate-cli adds the capability",
-            ));
-        }
-        req = req.header(n, v);
-    }
-    req = req.header("podgate-token", &cap.token);
-    if let Some(d) = a.data {
-        req = req.body(d);
-    }
-    let resp = req.send().await.map_err(|e| {
-        CliError::new(
-            code::UNREACHABLE,
-            format!(
-                "cannot reach {}: {e}; check the URL and your network",
-                a.url
-            ),
-        )
-    })?;
-    let status = resp.status();
-    let mut stdout = std::io::stdout();
-    if a.include {
-        let mut head = format!("{:?} {}\r\n", resp.version(), status);
-        for (n, v) in resp.headers() {
-            head.push_str(&format!(
-                "{n}: {}\r\n",
-                String::from_utf8_lossy(v.as_bytes())
-            ));
-        }
-        head.push_str("\r\n");
-        let _ = stdout.write_all(head.as_bytes());
-    }
-    // Written as it comes, as curl does: a stream or a long download is not held in memory.
-    let mut resp = resp;
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| CliError::new(code::UNREACHABLE, format!("the answer was cut short: {e}")))?
-    {
-        if stdout
-            .write_all(&chunk)
-            .and_then(|()| stdout.flush())
-            .is_err()
-        {
-            // The reader went away (`| head`): nothing more to write.
-            break;
-        }
-    }
-    let _ = stdout.flush();
-    if a.fail && status.as_u16() >= 400 {
-        eprintln!("podgate-cli: the pod answered {status}");
-        return Ok(22);
-    }
-    Ok(0)
+    let args = curl::parse(rest)?;
+    let (_, session, backend) = session()?;
+    curl::run(&session, &backend, args).await
 }
 
 async fn forward_cmd(rest: &[String]) -> Result<u8> {
@@ -555,32 +483,6 @@ async fn forward_cmd(rest: &[String]) -> Result<u8> {
             "--local `{local}` is not an address like 127.0.0.1:8080"
         ))
     })?;
-    let (_, backend) = session()?;
+    let (_, _, backend) = session()?;
     forward::run(backend, pod, port, local).await
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_malformed_curl_header_is_a_usage_mistake_found_before_anything_is_sent() {
-        let args = |h: &str| {
-            ["http://localhost-3000-pod-demo.localhost:10000/", "-H", h]
-                .map(str::to_owned)
-                .to_vec()
-        };
-        for (bad, says) in [
-            ("Bad Name: x", "is not a header name"),
-            ("x-ok: a\u{7}b", "control character"),
-            ("no-colon", "is not `Name: value`"),
-        ] {
-            let err = parse_curl(&args(bad)).err().expect(bad);
-            assert_eq!(err.code, 2, "{bad}");
-            assert!(err.message.contains(says), "{bad}: {}", err.message);
-        }
-        let ok = parse_curl(&args("X-Trace:  abc ")).unwrap();
-        assert_eq!(ok.headers, [("X-Trace".to_owned(), "abc".to_owned())]);
-    }
 }

@@ -36,6 +36,8 @@ struct Machine {
     home: tempfile::TempDir,
     /// The CLI this machine runs: the build's, or the one the installer put in place.
     bin: PathBuf,
+    /// Environment variables every command gets, beside `HOME` and `PATH`.
+    env: Vec<(String, String)>,
 }
 
 impl Machine {
@@ -45,6 +47,7 @@ impl Machine {
         Machine {
             home,
             bin: cli_binary(),
+            env: Vec::new(),
         }
     }
 
@@ -61,6 +64,7 @@ impl Machine {
         c.env_clear()
             .env("HOME", self.home.path())
             .env("PATH", "/usr/bin:/bin")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.project())
             .args(args);
         c
@@ -503,6 +507,140 @@ async fn init_again_revokes_the_token_it_replaces() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let refused = me_with(second["token"].as_str().unwrap()).await.unwrap();
     assert_eq!(refused.status().as_u16(), 401);
+}
+
+/// A listener on another origin that records the one request it gets and answers `elsewhere`.
+async fn elsewhere() -> (u16, tokio::task::JoinHandle<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            head.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nelsewhere",
+        )
+        .await
+        .unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    (port, got)
+}
+
+/// A script or CI job with `PODGATE_URL` and `PODGATE_TOKEN` and no config file: `status --json`
+/// says who it is and which pods it may reach, `curl -fsSL -o FILE` follows the pod's redirect
+/// on its own origin with a capability and writes the answer to the file, a redirect to another
+/// origin is followed without one, and `logout` revokes the token. One variable without the
+/// other, and a revoked token, are refused saying so; nothing is ever written to the config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_reaches_a_pod_with_podgate_url_and_podgate_token_and_no_init() {
+    let stack = Stack::start(&[]).await;
+    let pod = pod_running(&stack).await;
+    let assertions = assertion_verifier(&stack, POD).await;
+    let created = create_token(&stack, "CI job").await;
+    let api_token = created["token"].as_str().unwrap().to_owned();
+    let backend = format!("http://{}", stack.cp.http);
+    let mut job = Machine::new();
+    job.env = vec![
+        ("PODGATE_URL".into(), backend.clone()),
+        ("PODGATE_TOKEN".into(), api_token.clone()),
+    ];
+
+    let (code, out, err) = job.run(&["status", "--json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["user"], USER);
+    assert_eq!(status["backend"], backend);
+    assert_eq!(status["session"], "PODGATE_TOKEN");
+    assert_eq!(status["api_token"]["name"], "CI job");
+    let pods: Vec<&str> = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["pod"].as_str())
+        .collect();
+    assert_eq!(pods, [POD], "{out}");
+
+    // The pod redirects on its own origin; -L follows with a capability, -o writes the answer.
+    let base = format!("http://{}:{}", pod_host(POD), stack.envoy.listener.port());
+    let file = job.project().join("answer.json");
+    let (code, out, err) = job
+        .run(&[
+            "curl",
+            "-fsSL",
+            &format!("{base}/_fake/redirect"),
+            "-o",
+            file.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}{err}\n{}", stack.logs());
+    assert_eq!(out, "", "the answer goes to the file");
+    let answer: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(answer["pod"], POD);
+    assert_eq!(answer["path"], "/_fake/redirected");
+    let reqs = pod.requests();
+    let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/_fake/redirect", "/_fake/redirected"]);
+    for req in &reqs {
+        assert_no_credentials(req, &api_token, &assertions);
+        assert!(req.has_header(ASSERTION_HEADER), "{}", pod.describe());
+    }
+    pod.reset();
+
+    // A redirect to another origin is followed without the capability.
+    let (port, got) = elsewhere().await;
+    let (code, out, err) = job
+        .run(&["curl", "-L", &format!("{base}/_fake/redirect?port={port}")])
+        .await;
+    assert_eq!((code, out.as_str()), (0, "elsewhere"), "{err}");
+    let head = got.await.unwrap();
+    assert!(head.starts_with("GET /elsewhere "), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("podgate-token")
+            && !head.contains("eyJ")
+            && !head.contains(&api_token),
+        "a credential went to another origin: {head}"
+    );
+    assert_eq!(pod.requests().len(), 1);
+
+    // Nothing was saved on this machine.
+    assert!(!job.config_file().exists());
+    assert!(!job.config_file().parent().unwrap().exists());
+
+    // One variable without the other: a usage error naming the missing one.
+    for (set, missing) in [
+        ("PODGATE_URL", "PODGATE_TOKEN"),
+        ("PODGATE_TOKEN", "PODGATE_URL"),
+    ] {
+        let mut half = Machine::new();
+        half.env = job.env.iter().filter(|(k, _)| k == set).cloned().collect();
+        let (code, _, err) = half.run(&["status"]).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&format!("{missing} is not")), "{err}");
+    }
+
+    // logout revokes it; after that the token is refused, saying where it came from.
+    let (code, out, err) = job.run(&["logout"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("revoked") && out.contains("unset PODGATE_TOKEN"),
+        "{out}"
+    );
+    let (code, _, err) = job.run(&["curl", &format!("{base}/")]).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("PODGATE_TOKEN"), "{err}");
+    assert_eq!(
+        pod.requests().len(),
+        1,
+        "nothing more reached the pod: {}",
+        pod.describe()
+    );
+    assert!(!job.config_file().exists());
 }
 
 fn base64_url(s: &str) -> String {

@@ -431,6 +431,9 @@ pub enum Behaviour {
     Cut { after: u64 },
     /// `/_fake/garbage`: writes bytes that are not HTTP (an SSH banner and binary) and closes.
     Garbage,
+    /// `/_fake/redirect?port=`: `302 Found` to `/_fake/redirected` on the same origin, or with
+    /// `port`, to `http://127.0.0.1:{port}/elsewhere` (another origin).
+    Redirect { port: Option<u16> },
 }
 
 impl Behaviour {
@@ -470,6 +473,9 @@ impl Behaviour {
                 after: param("after", 65536),
             },
             "garbage" => Behaviour::Garbage,
+            "redirect" => Behaviour::Redirect {
+                port: u16::try_from(param("port", 0)).ok().filter(|p| *p > 0),
+            },
             _ => return None,
         })
     }
@@ -692,6 +698,17 @@ async fn behave(
             })
             .unwrap_or_default();
             response(StatusCode::OK, "application/json", echo)
+        }
+        Behaviour::Redirect { port } => {
+            let to = match port {
+                Some(port) => format!("http://127.0.0.1:{port}/elsewhere"),
+                None => format!("{BEHAVIOUR_PREFIX}redirected"),
+            };
+            let mut resp = response(StatusCode::FOUND, "text/plain", "moved");
+            if let Ok(to) = HeaderValue::from_str(&to) {
+                resp.headers_mut().insert(hyper::header::LOCATION, to);
+            }
+            resp
         }
         Behaviour::Never => {
             // Longer than any test; the connection goes when the peer or the runtime does.
