@@ -731,7 +731,6 @@ mod tests {
         let e = entry(&tokens);
         assert_eq!(e.credential.unwrap().value.0, "Bearer at-1");
         assert_eq!(e.strip_headers, vec!["x-api-key".to_owned()]);
-        tokens.clear("api");
         // A static credential that does not open (sealed for another service): without one.
         let moved = ServiceRow {
             oauth: None,

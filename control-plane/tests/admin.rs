@@ -931,6 +931,45 @@ both!(
     a_credential_set_while_its_service_is_deleted_does_not_bring_it_back
 );
 
+/// Removing a service's credential clears its OAuth token on every control plane, as
+/// `credential/clear` does: the service's OAuth epoch moves with the removal, in its change, so
+/// that a control plane still holding the token never uses it for the same configuration set
+/// again. A refused removal (no such service) moves nothing.
+async fn removing_a_credential_clears_its_oauth_tokens(h: &Harness) {
+    h.seed().await;
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/services",
+            Some(json!({"name": "api", "owner_id": "alice",
+                "upstream_url": "https://api.example.com",
+                "credential": {"header": "x-api-key", "value": "sk-1"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let before = h.tdb.db.get_service("api").await.unwrap().unwrap();
+    let r = h
+        .admin(Method::DELETE, "/v1/services/api/credential", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.json()["credential"].is_null(), "{}", r.body);
+    let after = h.tdb.db.get_service("api").await.unwrap().unwrap();
+    assert!(after.credential.is_none() && after.oauth.is_none());
+    assert_eq!(
+        after.oauth_epoch.generation,
+        before.oauth_epoch.generation + 1
+    );
+    assert_eq!(after.oauth_epoch.cleared, after.oauth_epoch.generation);
+    let r = h
+        .admin(Method::DELETE, "/v1/services/nope/credential", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+}
+both!(
+    removing_a_credential_clears_oauth_tokens,
+    removing_a_credential_clears_its_oauth_tokens
+);
+
 /// `podgate keys rewrap` runs while the control planes serve: a service deleted while it runs
 /// stays deleted, and a credential set meanwhile is kept (each service is resealed in a change
 /// that reads it afresh). The deletion here is a change the test holds open while the rewrap

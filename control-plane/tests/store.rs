@@ -888,6 +888,19 @@ async fn services(db: &Db) {
         epoch(3, 2)
     );
     assert_eq!(db.advance_oauth("none", true).await.unwrap(), None);
+    // In a change (a credential's removal), only if the change commits.
+    let mut change = db.change().await.unwrap();
+    assert_eq!(
+        change.advance_oauth("oa", true).await.unwrap(),
+        Some(epoch(4, 4))
+    );
+    drop(change);
+    let epoch_now = || async { db.get_service("oa").await.unwrap().unwrap().oauth_epoch };
+    assert_eq!(epoch_now().await, epoch(3, 2));
+    let mut change = db.change().await.unwrap();
+    change.advance_oauth("oa", true).await.unwrap();
+    change.commit().await.unwrap();
+    assert_eq!(epoch_now().await, epoch(4, 4));
     assert!(db.delete_service("oa").await.unwrap());
 
     assert!(db.delete_service("api").await.unwrap());

@@ -90,7 +90,7 @@ pub struct CredentialStatus {
     pub last_error: Option<String>,
     /// When the last error happened (Unix seconds).
     pub last_error_at: Option<i64>,
-    /// Failed attempts since the last success.
+    /// Failed attempts since the last success, the last refresh or the last clear.
     pub failures: u32,
     pub fallback: bool,
 }
@@ -178,17 +178,6 @@ impl ServiceTokens {
         }
     }
 
-    /// Drops the cached token of `name`; returns whether there was one.
-    pub fn clear(&self, name: &str) -> bool {
-        let mut states = self.lock();
-        let Some(state) = states.get_mut(name) else {
-            return false;
-        };
-        state.next_attempt_ms = 0;
-        state.failures = 0;
-        state.token.take().is_some()
-    }
-
     /// The status of service `row`'s credential (never the token): where the credential
     /// Envoy gets comes from, as the filter's directory has it. `unusable`: the directory lists
     /// the service without a credential (`services::without_credential`).
@@ -228,7 +217,14 @@ impl ServiceTokens {
             last_renewal: state.and_then(|s| s.last_renewal_ms).map(|t| t / 1000),
             last_error: state.and_then(|s| s.last_error.clone()),
             last_error_at: state.and_then(|s| s.last_error_ms).map(|t| t / 1000),
-            failures: state.map_or(0, |s| s.failures),
+            // Those of this generation: a refresh or a clear starts the count over.
+            failures: state
+                .filter(|s| {
+                    s.failed_for
+                        .as_ref()
+                        .is_some_and(|(_, generation)| *generation >= row.oauth_epoch.generation)
+                })
+                .map_or(0, |s| s.failures),
             fallback: row.credential.is_some(),
         }
     }
@@ -544,11 +540,11 @@ mod tests {
         tokens.record("api", &other, 0, Err("still propagating".into()));
         assert_eq!(tokens.lock()["api"].failures, 1);
         assert!(tokens.due_at("api", &other, 0) <= now_ms() + FIRST_BACKOFF_MS);
-        // Cleared by an admin: the count starts over too.
+        // Cleared by an admin (generation 1): tried at once, and the count starts over too.
         tokens.record("api", &other, 0, Err("again".into()));
-        tokens.clear("api");
-        assert_eq!(tokens.lock()["api"].failures, 0);
-        assert!(tokens.due("api", &other, 0, now_ms()));
+        assert!(tokens.due("api", &other, 1, now_ms()));
+        tokens.record("api", &other, 1, Err("after the clear".into()));
+        assert_eq!(tokens.lock()["api"].failures, 1);
         // No longer an OAuth service: forgotten.
         assert!(tokens.sweep(&[], now));
         assert_eq!(tokens.next_wake_ms(&services), Some(0));

@@ -152,22 +152,7 @@ impl Db {
     /// A refresh (`clear` false) or a clear of service `name`'s OAuth tokens: its generation up
     /// by one, and with `clear` its `cleared` too. `None`: no such service.
     pub async fn advance_oauth(&self, name: &str, clear: bool) -> Res<Option<OAuthEpoch>> {
-        let row = sqlx::query(
-            "UPDATE services SET oauth_generation = oauth_generation + 1, \
-                oauth_cleared = CASE WHEN $2 = 1 THEN oauth_generation + 1 ELSE oauth_cleared END \
-             WHERE name = $1 RETURNING oauth_generation, oauth_cleared",
-        )
-        .bind(name)
-        .bind(i64::from(clear))
-        .fetch_optional(&self.writer)
-        .await?;
-        row.map(|row| {
-            Ok(OAuthEpoch {
-                generation: row.try_get("oauth_generation")?,
-                cleared: row.try_get("oauth_cleared")?,
-            })
-        })
-        .transpose()
+        advance_oauth(&self.writer, name, clear).await
     }
 
     /// Every service, by name.
@@ -280,6 +265,11 @@ pub struct ServiceResourceRow {
 /// The writes to services that may take access away, inside a [`Change`] that also cuts
 /// whoever lost access by them.
 impl Change {
+    /// [`Db::advance_oauth`] in this change: it happens only if the change commits.
+    pub async fn advance_oauth(&mut self, name: &str, clear: bool) -> Res<Option<OAuthEpoch>> {
+        advance_oauth(self.conn(), name, clear).await
+    }
+
     /// Records `owner_id` as the owner of resource `resource_id` of service `service`; the
     /// earlier owner, if there was one.
     pub async fn put_service_resource(
@@ -435,4 +425,28 @@ pub(super) async fn service_access_facts<'e>(
     .await?;
     row.map(|row| row_facts(&row, user_id.is_some()))
         .transpose()
+}
+
+/// [`Db::advance_oauth`] on `conn`: the pool, or a change's transaction.
+async fn advance_oauth<'e>(
+    conn: impl Executor<'e, Database = Any>,
+    name: &str,
+    clear: bool,
+) -> Res<Option<OAuthEpoch>> {
+    let row = sqlx::query(
+        "UPDATE services SET oauth_generation = oauth_generation + 1, \
+            oauth_cleared = CASE WHEN $2 = 1 THEN oauth_generation + 1 ELSE oauth_cleared END \
+         WHERE name = $1 RETURNING oauth_generation, oauth_cleared",
+    )
+    .bind(name)
+    .bind(i64::from(clear))
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        Ok(OAuthEpoch {
+            generation: row.try_get("oauth_generation")?,
+            cleared: row.try_get("oauth_cleared")?,
+        })
+    })
+    .transpose()
 }

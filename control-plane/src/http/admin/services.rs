@@ -433,8 +433,6 @@ async fn create_service(
         Some(c) => sealed(&s, &body.name, &c)?,
         None => (None, None),
     };
-    // A token of an earlier service of this name is not this one's.
-    s.service_tokens().clear(&body.name);
     let now = now_unix();
     let row = ServiceRow {
         name: body.name,
@@ -650,8 +648,12 @@ async fn delete_credential(
     row.oauth = None;
     row.updated_at = now_unix();
     change.put_service(&row).await?;
+    // Its OAuth token is cleared everywhere, as by `credential/clear`: were the same OAuth
+    // configuration set again, a control plane that still held the token would use it.
+    if let Some(epoch) = change.advance_oauth(&name, true).await? {
+        row.oauth_epoch = epoch;
+    }
     change.commit().await?;
-    s.service_tokens().clear(&name);
     Ok(Json(view(&s, row)))
 }
 
@@ -726,8 +728,9 @@ async fn clear_credential(
     PathArgs(name): PathArgs<String>,
 ) -> ApiResult<Json<CredentialStatus>> {
     let row = require_service(&s, &name).await?;
+    // Every control plane, this one included, stops using its token at the push that follows
+    // (`ServiceTokens::current`) and renews it.
     let row = advance_oauth(&s, row, true).await?;
-    s.service_tokens().clear(&name);
     tracing::info!(service = %name, "service OAuth token dropped");
     Ok(Json(status_of(&s, &row)))
 }
