@@ -1,8 +1,9 @@
 //! `podgate-cli curl URL …`: one request to a pod URL with a capability, the answer streamed to
 //! stdout or a file. The capability goes only to the public origin the control plane names for
 //! the pod port: with `-L` a redirect elsewhere, another pod port included, is followed without
-//! it, as curl drops credentials on a redirect to another host (a pod must not be able to send
-//! your request, as you, to another of your pods).
+//! it and without the caller's `Authorization`, `Proxy-Authorization` and `Cookie` headers, as
+//! curl drops credentials on a redirect to another origin (a pod must not be able to send your
+//! request, as you, to another of your pods).
 
 use std::io::Write;
 
@@ -43,33 +44,44 @@ fn read_data(d: &str) -> Result<Vec<u8>> {
     }
 }
 
-/// `-fsSL` is `-f -s -S -L`, as curl reads it: short flags that take no value, together.
+/// Flags that take the next argument as their value.
+fn takes_value(flag: &str) -> bool {
+    matches!(
+        flag,
+        "-X" | "--request"
+            | "-d"
+            | "--data"
+            | "--data-binary"
+            | "-H"
+            | "--header"
+            | "-o"
+            | "--output"
+    )
+}
+
+/// `-fsSL` is `-f -s -S -L`, as curl reads it: short flags together, the last of which may take
+/// the next argument as its value (`-fsSLo FILE`). A value is never split.
 fn split_short_flags(rest: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(rest.len());
     let mut value_next = false;
     for arg in rest {
-        let together = !value_next
-            && arg.len() > 2
-            && arg.starts_with('-')
-            && !arg.starts_with("--")
-            && arg[1..].chars().all(|c| "fisSL".contains(c));
-        if together {
-            out.extend(arg[1..].chars().map(|c| format!("-{c}")));
-        } else {
+        if value_next {
             out.push(arg.clone());
+            value_next = false;
+            continue;
         }
-        value_next = !value_next
-            && matches!(
-                arg.as_str(),
-                "-X" | "--request"
-                    | "-d"
-                    | "--data"
-                    | "--data-binary"
-                    | "-H"
-                    | "--header"
-                    | "-o"
-                    | "--output"
-            );
+        let letters = arg.strip_prefix('-').filter(|l| !l.starts_with('-'));
+        let together = letters.is_some_and(|l| {
+            let (before, last) = l.split_at(l.len().saturating_sub(1));
+            l.len() > 1
+                && before.chars().all(|c| "fisSL".contains(c))
+                && last.chars().all(|c| "fisSLoHXd".contains(c))
+        });
+        match letters {
+            Some(l) if together => out.extend(l.chars().map(|c| format!("-{c}"))),
+            _ => out.push(arg.clone()),
+        }
+        value_next = out.last().is_some_and(|f| takes_value(f));
     }
     out
 }
@@ -122,7 +134,11 @@ pub fn parse(rest: &[String]) -> Result<CurlArgs> {
             "-i" | "--include" => a.include = true,
             "-f" | "--fail" => a.fail = true,
             "-L" | "--location" => a.location = true,
-            "-o" | "--output" => a.output = Some(it.next().ok_or_else(usage)?.clone()),
+            "-o" | "--output" => {
+                let to = it.next().ok_or_else(usage)?;
+                // `-o -` is stdout, as in curl.
+                a.output = (to != "-").then(|| to.clone());
+            }
             // There is no progress meter to silence, and errors always go to stderr: accepted
             // so that curl habits (`-fsS`) work.
             "-s" | "--silent" | "-S" | "--show-error" => {}
@@ -154,12 +170,23 @@ fn pod_of_url(session: &Session, template: &str, url: &str) -> Result<(String, u
     api::parse_pod_host(template, &host).ok_or_else(|| bad("its host names no pod and port"))
 }
 
-fn origin(url: &str) -> Option<reqwest::Url> {
-    let mut u = reqwest::Url::parse(url).ok()?;
-    u.set_path("/");
-    u.set_query(None);
-    u.set_fragment(None);
-    Some(u)
+/// The origin of `url`: scheme, host and port (the default one when none is written); no user
+/// name, no path.
+fn origin(url: &str) -> Option<(String, String, u16)> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some((
+        u.scheme().to_owned(),
+        u.host_str()?.to_ascii_lowercase(),
+        u.port_or_known_default()?,
+    ))
+}
+
+/// Headers of the caller's that carry credentials: sent only to the origin first named, as curl
+/// does, and as the capability is.
+fn is_credential_header(name: &str) -> bool {
+    ["authorization", "proxy-authorization", "cookie"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 pub async fn run(session: &Session, backend: &Backend, a: CurlArgs) -> Result<u8> {
@@ -191,23 +218,22 @@ pub async fn run(session: &Session, backend: &Backend, a: CurlArgs) -> Result<u8
         .unwrap_or_else(|| if a.data.is_some() { "POST" } else { "GET" }.into());
     let mut method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| CliError::usage(format!("`{method}` is not an HTTP method")))?;
-    let mut out: Box<dyn Write> = match &a.output {
-        None => Box::new(std::io::stdout()),
-        Some(path) => Box::new(std::fs::File::create(path).map_err(|e| {
-            CliError::other(format!("cannot write {path}: {e}; pick another -o FILE"))
-        })?),
-    };
     let mut url = a.url.clone();
     let first_origin = origin(&a.url);
     let mut body = a.data;
     let mut hops = 0;
+    // The status lines and headers of the redirects, with `-i`: written only if the answer is.
+    let mut heads = Vec::new();
     let resp = loop {
         let http = api::client_for(&url)?;
         let mut req = http.request(method.clone(), &url);
+        let at_first_origin = origin(&url) == first_origin;
         for (n, v) in &a.headers {
-            req = req.header(n, v);
+            if at_first_origin || !is_credential_header(n) {
+                req = req.header(n, v);
+            }
         }
-        if origin(&url) == first_origin {
+        if at_first_origin {
             req = req.header("podgate-token", &cap.token);
         }
         if let Some(d) = &body {
@@ -235,13 +261,16 @@ pub async fn run(session: &Session, backend: &Backend, a: CurlArgs) -> Result<u8
             )));
         }
         if a.include {
-            write_head(&mut out, &resp)?;
+            heads.extend_from_slice(&head_of(&resp));
         }
-        // As curl and browsers do: a 303, or a 301/302 after a POST, is followed with a GET
-        // without the body; 307 and 308 repeat the request as it was.
-        if status == reqwest::StatusCode::SEE_OTHER
-            || (method == reqwest::Method::POST && status.as_u16() <= 302)
-        {
+        // As curl does: a 303 is followed with a GET (a HEAD stays a HEAD), and a 301 or 302
+        // after a POST too; both without the body. 307 and 308 repeat the request as it was.
+        let to_get = match status.as_u16() {
+            303 => method != reqwest::Method::HEAD,
+            301 | 302 => method == reqwest::Method::POST,
+            _ => false,
+        };
+        if to_get {
             method = reqwest::Method::GET;
             body = None;
         }
@@ -249,12 +278,21 @@ pub async fn run(session: &Session, backend: &Backend, a: CurlArgs) -> Result<u8
     };
     let status = resp.status();
     if a.fail && status.as_u16() >= 400 {
-        // As curl -f: nothing of the error page is written.
-        eprintln!("podgate-cli: the pod answered {status}");
+        // As curl -f: nothing of the answer is written, and no file is made or changed.
+        eprintln!("podgate-cli: {url} answered {status}");
         return Ok(22);
     }
+    // The file is made only now: a failure before leaves an earlier one as it was.
+    let mut out: Box<dyn Write> = match &a.output {
+        None => Box::new(std::io::stdout()),
+        Some(path) => Box::new(std::fs::File::create(path).map_err(|e| {
+            CliError::other(format!("cannot write {path}: {e}; pick another -o FILE"))
+        })?),
+    };
     if a.include {
-        write_head(&mut out, &resp)?;
+        heads.extend_from_slice(&head_of(&resp));
+        // A reader gone away is found when the body is written.
+        let _ = out.write_all(&heads);
     }
     // Written as it comes, as curl does: a stream or a long download is not held in memory.
     let mut resp = resp;
@@ -276,7 +314,7 @@ pub async fn run(session: &Session, backend: &Backend, a: CurlArgs) -> Result<u8
 }
 
 /// The status line and headers, as `-i` shows them.
-fn write_head(out: &mut Box<dyn Write>, resp: &reqwest::Response) -> Result<()> {
+fn head_of(resp: &reqwest::Response) -> Vec<u8> {
     let mut head = format!("{:?} {}\r\n", resp.version(), resp.status());
     for (n, v) in resp.headers() {
         head.push_str(&format!(
@@ -285,9 +323,7 @@ fn write_head(out: &mut Box<dyn Write>, resp: &reqwest::Response) -> Result<()> 
         ));
     }
     head.push_str("\r\n");
-    // A reader gone away is found when the body is written.
-    let _ = out.write_all(head.as_bytes());
-    Ok(())
+    head.into_bytes()
 }
 
 #[cfg(test)]
@@ -334,12 +370,34 @@ mod tests {
         assert_eq!(a.output.as_deref(), Some("-fsS"));
         assert_eq!(a.headers, [("-si".to_owned(), "v".to_owned())]);
         assert_eq!(a.url, "http://x/");
+        // The last of the letters may take a value; `-o -` is stdout.
+        let a = parse(&args(&["-fsSLo", "out.json", "http://x/"])).unwrap();
+        assert!(a.fail && a.location && !a.include);
+        assert_eq!(a.output.as_deref(), Some("out.json"));
+        let a = parse(&args(&["http://x/", "-o", "-", "-sSH", "X-A: b"])).unwrap();
+        assert_eq!(a.output, None);
+        assert_eq!(a.headers, [("X-A".to_owned(), "b".to_owned())]);
         let a = parse(&args(&["http://x/", "-sS"])).unwrap();
         assert!(!a.fail && !a.location && !a.include && a.output.is_none());
-        for unknown in ["-k", "-fk", "--insecure"] {
+        for unknown in ["-k", "-fk", "-of", "--insecure"] {
             let err = parse(&args(&["http://x/", unknown])).expect_err(unknown);
             assert_eq!(err.code, 2);
             assert!(err.message.contains("unknown curl flag"), "{}", err.message);
         }
+    }
+
+    #[test]
+    fn an_origin_is_scheme_host_and_port() {
+        let same = |a: &str, b: &str| origin(a).is_some() && origin(a) == origin(b);
+        assert!(same("http://Pod.localhost/x?q", "http://pod.localhost:80/"));
+        assert!(same(
+            "https://u:p@pod.example.dev/",
+            "https://pod.example.dev:443/y"
+        ));
+        assert!(!same("https://pod.example.dev/", "http://pod.example.dev/"));
+        assert!(!same("http://pod.localhost:8080/", "http://pod.localhost/"));
+        assert!(!same("http://pod.localhost/", "http://other.localhost/"));
+        assert!(is_credential_header("Cookie") && is_credential_header("AUTHORIZATION"));
+        assert!(!is_credential_header("x-trace"));
     }
 }

@@ -23,7 +23,7 @@ usage:
   podgate-cli --init <setup link>       save the link's API token for this directory
   podgate-cli --init -                  the same, the link read from stdin
   podgate-cli status [--json]           who you are, which control plane, token expiry, your pods
-  podgate-cli logout                    revoke the saved API token and forget it
+  podgate-cli logout                    revoke the API token and forget it
   podgate-cli token POD PORT            print a fresh capability for one pod port
   podgate-cli curl URL [-X METHOD] [-d DATA|@FILE|@-] [-H 'Name: value']... [-i] [-f] [-L]
                    [-o FILE] [-s] [-S]  one request to a pod URL with a capability
@@ -179,10 +179,10 @@ fn env_session() -> Result<Option<Session>> {
                  saved session",
             )),
         };
-    if !(url.starts_with("http://") || url.starts_with("https://")) || api::host_of(&url).is_none()
-    {
+    if !is_control_plane_url(&url) {
         return Err(CliError::usage(format!(
-            "PODGATE_URL `{url}` is not an http:// or https:// URL of a control plane"
+            "PODGATE_URL `{url}` is not the URL of a control plane: http:// or https://, a host, \
+             no user name, query or fragment (e.g. https://podgate.example.dev)"
         )));
     }
     if init_url::token_id(&token).is_none() {
@@ -201,6 +201,21 @@ fn env_session() -> Result<Option<Session>> {
         host_template: None,
         last_used: now_rfc3339(),
     }))
+}
+
+/// Whether `url` names a control plane as plainly as a setup link does: http or https, a host,
+/// no user name, query or fragment. The API token goes nowhere else.
+fn is_control_plane_url(url: &str) -> bool {
+    reqwest::Url::parse(url).ok().is_some_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host_str().is_some_and(|h| !h.is_empty())
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.query().is_none()
+            && u.fragment().is_none()
+    }) && url
+        .split_once("://")
+        .is_some_and(|(_, rest)| !rest.starts_with('/') && !rest.contains(['\\', '@']))
 }
 
 /// The session of this command (the environment's, else the one saved for this directory,
@@ -485,4 +500,33 @@ async fn forward_cmd(rest: &[String]) -> Result<u8> {
     })?;
     let (_, _, backend) = session()?;
     forward::run(backend, pod, port, local).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podgate_url_must_name_a_control_plane_plainly() {
+        for ok in [
+            "https://podgate.example.dev",
+            "http://127.0.0.1:8080/",
+            "https://example.dev/podgate",
+        ] {
+            assert!(is_control_plane_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://",
+            "http:///api/me",
+            "ftp://podgate.example.dev",
+            "https://user:pw@podgate.example.dev",
+            "https://evil.example@podgate.example.dev",
+            "https://podgate.example.dev/?x=1",
+            "https://podgate.example.dev/#x",
+            "https:\\\\podgate.example.dev",
+            "podgate.example.dev",
+        ] {
+            assert!(!is_control_plane_url(bad), "{bad}");
+        }
+    }
 }
