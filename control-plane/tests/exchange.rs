@@ -52,11 +52,24 @@ async fn an_api_token_is_exchanged_for_exactly_its_pod_and_port(which: Which) {
     let (id, token) = api_token(&h, &alice).await;
     let (_, carols) = api_token(&h, &h.login("carol").await).await;
 
-    // Only Envoy: without the secret, or with another, nothing is read.
+    // Only Envoy: without the secret, or with another, nothing is read, the query included
+    // (a malformed one is refused as the missing secret, not as a bad query).
     for secret in [None, Some("renew-secret-guessed-0123456789abcdef")] {
-        let r = exchange(&h, secret, Some(&token), HERE, "198.51.100.1").await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        for target in [HERE, "pod=myslug&port=8726&x=1", "pod=a&pod=b"] {
+            let r = exchange(&h, secret, Some(&token), target, "198.51.100.1").await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{target}: {}", r.body);
+        }
     }
+    let r = exchange(
+        &h,
+        Some(SECRET),
+        Some(&token),
+        "pod=a&pod=b",
+        "198.51.100.1",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.error().contains("query string"), "{}", r.body);
     let r = exchange(&h, Some(SECRET), None, HERE, "198.51.100.1").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
 

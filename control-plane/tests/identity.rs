@@ -952,16 +952,28 @@ async fn api_token_lifecycle(which: Which) {
     let alice = h.login("alice").await;
     let carol = h.login("carol").await;
 
-    // Not signed in.
+    // Not signed in: 401, whatever the body (a malformed one or none is not read first).
+    for body in [
+        Some(json!({"name": "x", "expires_in_days": 30})),
+        Some(json!({"name": 7})),
+        None,
+    ] {
+        let r = h
+            .send(request(Method::POST, "/api/proxy-tokens", &[], body))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    // Signed in, a malformed body: a 400 that says what is wrong.
     let r = h
         .send(request(
             Method::POST,
             "/api/proxy-tokens",
-            &[],
-            Some(json!({"name": "x", "expires_in_days": 30})),
+            &[("cookie", &alice)],
+            Some(json!({"name": 7})),
         ))
         .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.json()["error"].as_str().is_some(), "{}", r.body);
 
     let r = h
         .send(request(

@@ -21,7 +21,7 @@ use crate::auth::api_tokens::{
 use crate::auth::verify::{identify, Accept, Identity, Via};
 use crate::config::cli_dir::CliBinary;
 use crate::http::error::{error_response, ApiError, ApiResult, ErrorBody, JsonBody, PathArgs};
-use crate::http::openapi::{Malformed, NotFound, Unauthorized};
+use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
 use crate::http::request::{credentials, ClientIp};
 use crate::http::shared::{no_store, single_params};
 use crate::store::{now_unix, ApiTokenRow};
@@ -181,13 +181,17 @@ pub fn decode_init_config(config: &str) -> Option<(String, Option<String>)> {
         (status = 201, description = "The new API token, shown once"),
         Malformed,
         Unauthorized,
+        (status = 403, description = "An API token cannot create API tokens: sign in", body = ErrorBody),
+        (status = 409, description = "The caller already has the most live API tokens allowed: revoke one", body = ErrorBody),
+        TooMany,
     )
 )]
 async fn create_token(
     State(state): State<AppState>,
     headers: HeaderMap,
     ClientIp(client): ClientIp,
-    JsonBody(req): JsonBody<CreateToken>,
+    // Read once the caller may create a token: a caller who may not learns that first.
+    body: Result<JsonBody<CreateToken>, ApiError>,
 ) -> ApiResult<Response> {
     let identity = match manager(&state, &headers, &client).await {
         Ok(i) => i,
@@ -198,6 +202,7 @@ async fn create_token(
             "an API token cannot create API tokens; sign in (session, ID token or the main app's session) to create one",
         ));
     }
+    let JsonBody(req) = body?;
     check_name(&req.name)?;
     let days = req.expires_in_days.unwrap_or(DEFAULT_EXPIRES_IN_DAYS);
     if !(1..=MAX_EXPIRES_IN_DAYS).contains(&days) {
@@ -290,6 +295,8 @@ fn token_view(t: &ApiTokenRow, now: i64) -> Value {
     responses(
         (status = 200, description = "The caller's API tokens"),
         Unauthorized,
+        (status = 403, description = "An API token cannot list API tokens: sign in", body = ErrorBody),
+        TooMany,
     )
 )]
 async fn list_tokens(
@@ -332,7 +339,9 @@ async fn list_tokens(
     responses(
         (status = 200, description = "Revoked"),
         Unauthorized,
+        (status = 403, description = "An API token may revoke only itself", body = ErrorBody),
         NotFound,
+        TooMany,
     )
 )]
 async fn revoke_token(
@@ -387,8 +396,8 @@ fn page(status: StatusCode, body: String) -> Response {
         ("config" = String, Path, description = "The init URL's configuration"),
     ),
     responses(
-        (status = 200, description = "The setup page of an init URL"),
-        Malformed,
+        (status = 200, description = "The setup page of an init URL", content_type = "text/html"),
+        (status = 400, description = "A page saying the link is malformed and how to get a new one", content_type = "text/html"),
     )
 )]
 async fn init_page(State(state): State<AppState>, PathArgs(config): PathArgs<String>) -> Response {

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use crate::auth::verify::{identify, Accept};
 use crate::authz;
-use crate::http::error::{ApiError, ApiResult, JsonBody};
+use crate::http::error::{ApiError, ApiResult, ErrorBody, JsonBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
 use crate::http::request::{credentials, ClientIp};
@@ -71,6 +71,7 @@ pub struct CapabilityResponse {
         (status = 200, description = "A capability for the pod port", body = CapabilityResponse),
         Malformed,
         Unauthorized,
+        (status = 403, description = "Not allowed to reach that pod port: `{error, hint}`, the hint saying whom to ask", body = ErrorBody),
         NotFound,
         TooMany,
     )

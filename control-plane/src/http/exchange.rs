@@ -87,7 +87,8 @@ fn end_client(headers: &HeaderMap, envoy: &str) -> String {
 )]
 async fn exchange(
     State(state): State<AppState>,
-    QueryArgs(target): QueryArgs<Target>,
+    // Read only after the secret is checked: without it nothing is read, the query included.
+    target: Result<QueryArgs<Target>, ApiError>,
     headers: HeaderMap,
     ClientIp(envoy): ClientIp,
 ) -> Response {
@@ -100,13 +101,17 @@ async fn exchange(
 
 async fn answer_exchange(
     state: &AppState,
-    target: Target,
+    target: Result<QueryArgs<Target>, ApiError>,
     headers: &HeaderMap,
     envoy: &str,
 ) -> Response {
     if !has_secret(state, headers) {
         return only_envoy("exchanges API tokens");
     }
+    let target = match target {
+        Ok(QueryArgs(target)) => target,
+        Err(e) => return e.into_response(),
+    };
     let addr = match parse_target(
         target.pod.as_deref(),
         target.port.as_deref(),

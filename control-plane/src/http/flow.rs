@@ -19,7 +19,7 @@ use crate::authz::{self, may_reach, AuthzError};
 use crate::http::cookies;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::limits::{self, Endpoint};
-use crate::http::openapi::{Malformed, NotFound, TooMany, Unauthorized};
+use crate::http::openapi::{NotFound, TooMany, Unauthorized};
 use crate::http::request::credentials;
 use crate::http::shared::{is_page_load, no_store, parse_target, single_params};
 use crate::ids::ANONYMOUS_SUB;
@@ -239,8 +239,9 @@ impl From<RedeemError> for CallbackFailure {
     operation_id = "ticket_callback",
     tag = "flow",
     responses(
+        (status = 200, description = "With `SameSite=Strict` capability cookies: the cookie, and a page that goes on to `next` by itself", content_type = "text/html"),
         (status = 302, description = "The capability cookie, and to `next`"),
-        Malformed,
+        (status = 400, description = "A page saying the sign-in link expired, was used or was meant for another address, with a link to try again", content_type = "text/html"),
         TooMany,
     )
 )]

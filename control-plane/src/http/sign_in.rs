@@ -202,6 +202,7 @@ fn chooser(
         (status = 200, description = "OK"),
         (status = 302, description = "To the identity provider, or the chooser of providers"),
         Malformed,
+        (status = 404, description = "No identity provider is configured for signing in", body = ErrorBody),
         TooMany,
         (status = 502, description = "A provider answered nonsense", body = ErrorBody),
         (status = 503, description = "A dependency is unavailable", body = ErrorBody),
