@@ -931,6 +931,64 @@ both!(
     a_credential_set_while_its_service_is_deleted_does_not_bring_it_back
 );
 
+/// A `PATCH` that sets a field to `null` which cannot be removed (an owner, a status, a name)
+/// is a 400 naming the field, and changes nothing; before, `null` was read as "left out" and the
+/// answer was a 200 with nothing changed.
+async fn a_patch_cannot_null_a_field_that_cannot_be_removed(h: &Harness) {
+    h.seed().await;
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/services",
+            Some(json!({"name": "api", "owner_id": "alice",
+                "upstream_url": "https://api.example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for (path, field) in [
+        ("/v1/pods/myslug", "owner_id"),
+        ("/v1/pods/myslug", "status"),
+        ("/v1/pods/myslug", "nginx_port"),
+        ("/v1/services/api", "owner_id"),
+        ("/v1/services/api", "sharing"),
+        ("/v1/services/api", "upstream_url"),
+        ("/v1/users/alice", "name"),
+        ("/v1/servers/s1", "name"),
+        ("/v1/servers/s1", "address"),
+    ] {
+        let before = h.admin(Method::GET, path, None).await.json();
+        let r = h
+            .admin(Method::PATCH, path, Some(json!({ field: null })))
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{path} {field}: {}",
+            r.body
+        );
+        assert!(
+            r.error().contains(field) && r.error().contains("null"),
+            "{path} {field}: {}",
+            r.body
+        );
+        assert_eq!(h.admin(Method::GET, path, None).await.json(), before);
+    }
+    // A field that can be removed still is.
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/pods/myslug",
+            Some(json!({"team_id": null})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.json()["team_id"].is_null(), "{}", r.body);
+}
+both!(
+    a_patch_with_null_for_a_field_that_cannot_be_removed,
+    a_patch_cannot_null_a_field_that_cannot_be_removed
+);
+
 /// Removing a service's credential clears its OAuth token on every control plane, as
 /// `credential/clear` does: the service's OAuth epoch moves with the removal, in its change, so
 /// that a control plane still holding the token never uses it for the same configuration set

@@ -770,6 +770,61 @@ async fn a_session_that_cannot_be_stored_is_a_clear_page() {
     h.finish().await;
 }
 
+/// A sign-in whose new session cannot be stored changes nothing: the session the browser held
+/// stays, with every capability minted for it. Nothing is ended before the new session is
+/// stored (before, the old one was ended first, and a failure left the browser signed out).
+#[tokio::test]
+async fn a_sign_in_that_cannot_store_its_session_leaves_the_one_before() {
+    let Some(op) = provider().await else {
+        return;
+    };
+    let h = podgate(vec![entry("op", &op.issuer)]).await;
+    let pool = h.state.db().pool();
+    let mut b = Browser::default();
+    let authorize = b.login(&h, "next=%2Fhealthz").await;
+    let back = op.authorize(&authorize, "alice", CALLBACK).await;
+    let r = b.get(&h, &back).await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    let first = format!("podgate_session={}", b.0["podgate_session"]);
+    // Dated a second back, as a session there before the next sign-in started would be.
+    sqlx::query("UPDATE sessions SET created_at = created_at - 1")
+        .execute(pool)
+        .await
+        .unwrap();
+    // The next session cannot be stored; everything else the database does still works.
+    sqlx::query(
+        "CREATE TRIGGER no_new_sessions BEFORE INSERT ON sessions \
+         BEGIN SELECT RAISE(FAIL, 'disk full'); END",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let authorize = b.login(&h, "next=%2Fhealthz").await;
+    let back = op.authorize(&authorize, "alice", CALLBACK).await;
+    let r = b.get(&h, &back).await;
+    sqlx::query("DROP TRIGGER no_new_sessions")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(
+        r.body.contains("could not store your session"),
+        "{}",
+        r.body
+    );
+    // The session before is still live, and nothing minted for it was cut.
+    let r = h.get("/auth/userinfo", &[("cookie", &first)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["user"], "alice", "{}", r.body);
+    assert_eq!(sessions(&h).await, 1);
+    let cuts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM access_cuts")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(cuts, 0, "the session before was cut");
+    h.finish().await;
+}
+
 #[tokio::test]
 async fn several_providers_get_a_chooser_and_provider_picks_one() {
     let Some(op) = provider().await else { return };

@@ -140,7 +140,18 @@ async fn signout_ends_every_capability_of_the_session(which: Which) {
     assert!(!c.cutoffs.refuses(&v));
     let before_sign_out = c;
 
-    let r = h.get("/auth/logout", &[("cookie", &session)]).await;
+    // A page's script signs out with `fetch`, which may accept HTML too: not a page load (its
+    // `Sec-Fetch-Mode` says so), so the answer is JSON, not the page or a redirect.
+    let r = h
+        .get(
+            "/auth/logout",
+            &[
+                ("cookie", &session),
+                ("accept", "text/html,*/*"),
+                ("sec-fetch-mode", "cors"),
+            ],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.json(), json!({"signed_out": true, "sessions_ended": 1}));
     assert_eq!(r.header("cache-control"), Some("no-store"));

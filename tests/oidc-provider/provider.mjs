@@ -22,7 +22,7 @@
 //                        public keys stay published but are no longer used to sign
 //   GET  /__test/keys    the kids published and the kid that signs
 import { createServer } from 'node:http';
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const DEFAULT_CLIENTS = [
@@ -70,9 +70,18 @@ const accounts = options.accounts ?? {};
 const claims = options.claims ?? { openid: ['sub'], email: ['email', 'email_verified'] };
 const idTokenTtl = options.id_token_ttl ?? 3600;
 
+// The key comes out of the generation as PEM and is exported as a JWK from a key object of its
+// own. Exporting the generated key object itself can deadlock Node 20 at start: a garbage
+// collection during the export destroys the generation job, which waits for the lock the export
+// holds on the key they share.
 function newSigningKey() {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  return { ...privateKey.export({ format: 'jwk' }), kid: `rsa-${randomUUID()}`, use: 'sig', alg: 'RS256' };
+  const { privateKey } = generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  const jwk = createPrivateKey(privateKey).export({ format: 'jwk' });
+  return { ...jwk, kid: `rsa-${randomUUID()}`, use: 'sig', alg: 'RS256' };
 }
 
 // The first key signs; the others are published only.

@@ -38,15 +38,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(userinfo))
 }
 
+/// Whether the browser is loading a page (a link, a redirect from a pod host, a form's `POST`)
+/// rather than a script fetching: `Sec-Fetch-Mode` when the browser sends it, else an `Accept`
+/// that names HTML. A script's `fetch` gets JSON even when it accepts HTML too.
 fn wants_html(headers: &HeaderMap) -> bool {
-    let navigate = headers
-        .get("sec-fetch-mode")
-        .is_some_and(|v| v.as_bytes() == b"navigate");
-    let html = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/html"));
-    navigate || html
+    match headers.get("sec-fetch-mode") {
+        Some(mode) => mode.as_bytes() == b"navigate",
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html")),
+    }
 }
 
 /// `GET /auth/logout`: ends this browser's sessions and cuts off their capabilities
@@ -139,18 +141,17 @@ pub(crate) async fn session_for_sign_in(
         started_at,
     )
     .await?;
-    end_sessions(
-        state,
-        headers,
-        kept.as_ref().map(|(id_hash, _)| id_hash.as_str()),
-    )
-    .await?;
-    match kept {
-        Some((_, value)) => Ok(value),
-        None => {
-            Ok(start_session(state.db(), state.config().session_lifetime, user, provider).await?)
-        }
-    }
+    // The new session is stored before any other ends: a failure on the way leaves the browser
+    // with the session it had (a new one it never got the cookie of expires unused).
+    let (kept_id, value) = match kept {
+        Some((id_hash, value)) => (Some(id_hash), value),
+        None => (
+            None,
+            start_session(state.db(), state.config().session_lifetime, user, provider).await?,
+        ),
+    };
+    end_sessions(state, headers, kept_id.as_deref()).await?;
+    Ok(value)
 }
 
 /// Signing out, for `GET|POST /auth/logout` and the dev login's `GET /dev/logout`: ends this

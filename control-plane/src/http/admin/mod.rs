@@ -182,6 +182,16 @@ fn gen_id(prefix: &str) -> ApiResult<String> {
     Ok(format!("{prefix}-{}", &r[..16]))
 }
 
+/// For a `PATCH` field that may be left out (kept) but not removed: `null` is refused as the wrong
+/// type (the answer names the field), rather than read as "left out" and silently ignored.
+fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// `Some(None)` for an explicit JSON `null`, `None` when the field is absent.
 fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where

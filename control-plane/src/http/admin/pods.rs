@@ -9,7 +9,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{
-    check_port, check_slug, check_text, created, deleted, nullable, parse_enum, require_user,
+    check_port, check_slug, check_text, created, deleted, not_null, nullable, parse_enum,
+    require_user,
 };
 use crate::cuts::commit_cutting_lost_access;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
@@ -59,12 +60,15 @@ fn default_status() -> String {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PodPatch {
+    #[serde(default, deserialize_with = "not_null")]
     owner_id: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     team_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     server_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     status: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     nginx_port: Option<u16>,
     /// The pod's own limits at the edge: replaced when given, removed with `null`, kept when
     /// left out.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{check_address, check_text, created, deleted, gen_id};
+use super::{check_address, check_text, created, deleted, gen_id, not_null};
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::ids::check_id;
@@ -32,7 +32,9 @@ struct NewServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerPatch {
+    #[serde(default, deserialize_with = "not_null")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     address: Option<String>,
 }
 

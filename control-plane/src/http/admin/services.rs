@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{created, deleted, nullable, parse_enum, require_user};
+use super::{created, deleted, not_null, nullable, parse_enum, require_user};
 use crate::cuts::commit_cutting_lost_access;
 use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
@@ -59,10 +59,13 @@ struct NewService {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServicePatch {
+    #[serde(default, deserialize_with = "not_null")]
     owner_id: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     team_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     sharing: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     upstream_url: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     ca_pem: Option<Option<String>>,

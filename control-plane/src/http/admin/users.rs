@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{check_email, check_text, created, deleted, gen_id, nullable};
+use super::{check_email, check_text, created, deleted, gen_id, not_null, nullable};
 use crate::http::error::{ApiError, ApiResult, JsonBody, PathArgs};
 use crate::http::openapi::{Conflict, Malformed, NotFound, TooMany, Unauthorized};
 use crate::ids::check_id;
@@ -34,6 +34,7 @@ struct NewUser {
 struct UserPatch {
     #[serde(default, deserialize_with = "nullable")]
     email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     name: Option<String>,
 }
 
