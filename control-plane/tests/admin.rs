@@ -989,6 +989,50 @@ both!(
     a_patch_cannot_null_a_field_that_cannot_be_removed
 );
 
+/// On PostgreSQL a change holds one of the pool's connections until it ends: an admin write that
+/// read what it names (a pod's new team and server, a resource's former owner) through the pool
+/// while its change was open waited on itself with a one-connection pool, and answered 503 after
+/// the pool's 5 s. Now those reads are made before the change opens, or on its connection.
+#[tokio::test]
+async fn admin_writes_do_not_wait_on_their_own_change_for_a_connection() {
+    let Some(h) = Harness::with_connections(common::Which::Postgres, 1).await else {
+        return;
+    };
+    h.seed().await;
+    let r = h
+        .admin(
+            Method::PATCH,
+            "/v1/pods/myslug",
+            Some(json!({"owner_id": "bob", "team_id": "t1", "server_id": "s1"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["owner_id"], "bob");
+    let r = h
+        .admin(
+            Method::POST,
+            "/v1/services",
+            Some(json!({"name": "chat", "owner_id": "alice",
+                "upstream_url": "http://127.0.0.1:9", "resource_path": "/sessions/{id}"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for owner in ["alice", "bob"] {
+        let r = h
+            .admin(
+                Method::PUT,
+                "/v1/services/chat/resources/s1",
+                Some(json!({ "owner": owner })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{owner}: {}", r.body);
+    }
+    let r = h
+        .admin(Method::GET, "/v1/services/chat/resources/s1", None)
+        .await;
+    assert_eq!(r.json()["owner_id"], "bob", "{}", r.body);
+}
+
 /// Removing a service's credential clears its OAuth token on every control plane, as
 /// `credential/clear` does: the service's OAuth epoch moves with the removal, in its change, so
 /// that a control plane still holding the token never uses it for the same configuration set

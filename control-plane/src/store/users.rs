@@ -217,6 +217,12 @@ impl Db {
 /// and those that may take access away, inside a [`Change`] that also cuts whoever lost access by
 /// them.
 impl Change {
+    /// The user, read in this change (on its connection: a read through the pool while a change
+    /// holds a connection could wait for one that only the change's end frees).
+    pub async fn get_user(&mut self, id: &str) -> Res<Option<User>> {
+        get_user(self.conn(), id).await
+    }
+
     /// The user, read in this change to be written back by it (`Change::for_update`): the
     /// write neither undoes one that raced it nor brings back a user deleted meanwhile.
     pub async fn user_for_update(&mut self, id: &str) -> Res<Option<User>> {

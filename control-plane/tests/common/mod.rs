@@ -147,6 +147,16 @@ impl Harness {
         Some(Harness { tdb, state, app })
     }
 
+    /// The default harness on a database pool of `connections` connections (4 otherwise).
+    pub async fn with_connections(which: Which, connections: u32) -> Option<Harness> {
+        let mut tdb = TestDb::new(which).await?;
+        tdb.db = Db::connect(&tdb.url, connections).await.unwrap();
+        let config: Config = settings(&tdb.url).resolve(Need::Server).unwrap();
+        let state = AppState::new(config, tdb.db.clone()).await.unwrap();
+        let app = app(state.clone());
+        Some(Harness { tdb, state, app })
+    }
+
     /// Makes every cut fail (the table is renamed away), as a database error between a change
     /// and its cut would, or puts the table back.
     pub async fn cuts_fail(&self, fail: bool) {

@@ -95,15 +95,33 @@ fn status_of(s: &str) -> ApiResult<PodStatus> {
 }
 
 async fn check_pod_refs(s: &AppState, pod: &Pod) -> ApiResult<()> {
-    require_user(s, &pod.owner_id, "owner_id").await?;
-    if let Some(team) = &pod.team_id {
+    check_refs(
+        s,
+        Some(&pod.owner_id),
+        pod.team_id.as_ref(),
+        pod.server_id.as_ref(),
+    )
+    .await
+}
+
+/// The owner, team and server named exist (those given).
+async fn check_refs(
+    s: &AppState,
+    owner: Option<&String>,
+    team: Option<&String>,
+    server: Option<&String>,
+) -> ApiResult<()> {
+    if let Some(owner) = owner {
+        require_user(s, owner, "owner_id").await?;
+    }
+    if let Some(team) = team {
         if s.db().get_team(team).await?.is_none() {
             return Err(ApiError::bad(format!(
                 "`team_id`: no team {team:?}; create it with POST /v1/teams first, or leave it out"
             )));
         }
     }
-    if let Some(server) = &pod.server_id {
+    if let Some(server) = server {
         if s.db().get_server(server).await?.is_none() {
             return Err(ApiError::bad(format!(
                 "`server_id`: no server {server:?}; create it with POST /v1/servers first, or leave it out"
@@ -258,6 +276,16 @@ async fn update_pod(
     JsonBody(patch): JsonBody<PodPatch>,
 ) -> ApiResult<Json<PodView>> {
     let limits = patch.limits.map(check_limits).transpose()?;
+    // The owner, team and server the patch names exist; checked before the change opens, since
+    // these reads take connections of their own (the others the pod names were checked when
+    // they were set).
+    check_refs(
+        &s,
+        patch.owner_id.as_ref(),
+        patch.team_id.as_ref().and_then(Option::as_ref),
+        patch.server_id.as_ref().and_then(Option::as_ref),
+    )
+    .await?;
     // Read within the change that writes it back, so that a write racing this one (the
     // platform's status report) is not undone by it.
     let mut change = s.db().change().await?;
@@ -281,7 +309,6 @@ async fn update_pod(
     if let Some(port) = patch.nginx_port {
         pod.nginx_port = check_port(port, "nginx_port")?;
     }
-    check_pod_refs(&s, &pod).await?;
     pod.updated_at = now_unix();
     change.update_pod(&pod).await?;
     if let Some(limits) = limits {

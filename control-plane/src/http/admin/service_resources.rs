@@ -58,7 +58,7 @@ fn check_resource_id(id: &str) -> ApiResult<()> {
 /// the rule no longer lets them use it.
 async fn commit_cutting_former_owner(
     s: &AppState,
-    change: Change,
+    mut change: Change,
     (service, pattern): (&str, &str),
     id: &str,
     former: Option<String>,
@@ -66,7 +66,7 @@ async fn commit_cutting_former_owner(
 ) -> ApiResult<()> {
     let mut lost = None;
     if let Some(former) = former {
-        let user = s.db().get_user(&former).await?;
+        let user = change.get_user(&former).await?;
         let facts = crate::authz::ResourceFacts {
             service,
             resource_id: id,
