@@ -58,6 +58,10 @@ async fn health(h: &Harness) {
         "{}",
         r.body
     );
+    // A key rotation then is a 503 saying so, not an internal error.
+    let r = h.admin(Method::POST, "/v1/keys/rotate", None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.error().contains("database"), "{}", r.body);
 }
 both!(health_ready_and_jwks, health);
 

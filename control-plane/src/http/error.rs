@@ -191,10 +191,14 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// Randomness or key material failed: ours, logged, never echoed (500).
+/// The database as any other database error (503 when it cannot be reached); randomness or key
+/// material failed: ours, logged, never echoed (500).
 impl From<KeyringError> for ApiError {
     fn from(e: KeyringError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            KeyringError::Db(e) => e.into(),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -179,7 +179,23 @@ pub(super) fn signing_key(pem: &str) -> Result<SigningKey, String> {
 /// Reads and checks `credential.oauth` as an admin sends it, without ever quoting a value.
 pub fn parse(v: Value) -> Result<OAuthConfig, String> {
     const SHAPE: &str = "`credential.oauth` must be {\"token_url\", \"grant\": \"client_credentials\" | \"jwt_bearer\", \"client_id\"?, \"client_secret\"? | \"private_key_pem\"?, \"key_id\"?, \"scope\"?, \"iss\"?, \"sub\"?, \"aud\"?, \"header\"?, \"renew_margin_secs\"?, \"request_body\"?: \"form\" | \"json\", \"assertion_in\"?: \"body\" | \"authorization_header\", \"token_params\"?: {...}, \"assertion_claims\"?: {...}, \"ca_pem\"?} (strings, renew_margin_secs a number)";
-    let config: OAuthConfig = serde_json::from_value(v).map_err(|_| SHAPE.to_owned())?;
+    let config: OAuthConfig = serde_json::from_value(v).map_err(|e| {
+        // serde names a field or a variant in these, and quotes no value: said first. Its other
+        // messages (a wrong type) may quote the value sent, a secret perhaps: only the shape.
+        let said = e.to_string();
+        let names_only = [
+            "unknown field",
+            "missing field",
+            "unknown variant",
+            "duplicate field",
+        ]
+        .iter()
+        .any(|start| said.starts_with(start));
+        match said.split(" at line ").next().filter(|_| names_only) {
+            Some(what) => format!("`credential.oauth`: {what}; {SHAPE}"),
+            None => SHAPE.to_owned(),
+        }
+    })?;
     check(&config)?;
     Ok(config)
 }
@@ -421,7 +437,27 @@ mod tests {
         let mut extra = base.clone();
         extra["client_secret"] = json!("s3cret-value");
         extra["nope"] = json!(1);
-        assert!(!parse(extra).unwrap_err().contains("s3cret"));
+        let e = parse(extra).unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+        // What serde says names the field or the variant, never a value: said first.
+        assert!(
+            e.starts_with("`credential.oauth`: unknown field `nope`"),
+            "{e}"
+        );
+        let mut grant = base.clone();
+        grant["grant"] = json!("password");
+        let e = parse(grant).unwrap_err();
+        assert!(e.contains("unknown variant `password`"), "{e}");
+        let e = parse(json!({"grant": "client_credentials"})).unwrap_err();
+        assert!(e.contains("missing field `token_url`"), "{e}");
+        // A value of the wrong type may be a secret: only the shape is said.
+        let mut typed = base.clone();
+        typed["client_secret"] = json!(["s3cret-value"]);
+        let e = parse(typed).unwrap_err();
+        assert!(
+            !e.contains("s3cret") && e.starts_with("`credential.oauth` must be"),
+            "{e}"
+        );
         let mut header = base;
         header["client_secret"] = json!("s");
         header["header"] = json!("x-podgate-user");

@@ -73,7 +73,8 @@ async fn list_keys(State(s): State<AppState>) -> ApiResult<Json<Vec<KeyInfo>>> {
         (status = 200, description = "The new active keys"),
         Unauthorized,
         TooMany,
-        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 500, description = "Generating the keys failed; nothing was stored", body = ErrorBody),
+        (status = 503, description = "The database did not answer (nothing was stored), or the keys are stored but not read back yet (the message says which)", body = ErrorBody),
     )
 )]
 async fn rotate_keys(State(s): State<AppState>) -> ApiResult<Response> {
@@ -85,11 +86,20 @@ async fn rotate_keys(State(s): State<AppState>) -> ApiResult<Response> {
         config.rotation_overlap(),
         &config.key_encryption,
     )
-    .await
-    .map_err(|e| ApiError::internal(format!("rotating keys: {e}")))?;
-    s.reload_keys()
-        .await
-        .map_err(|e| ApiError::internal(format!("reloading keys: {e}")))?;
+    .await?;
+    // Stored, whatever happens next: this control plane reads them now, or at its next resync
+    // (within 30 s) if that fails, and the answer says so rather than a bare error.
+    if let Err(e) = s.reload_keys().await {
+        let why = match e {
+            crate::keys::KeyringError::Db(_) => "the database did not answer",
+            _ => "their key material did not load",
+        };
+        return Err(ApiError::Unavailable(format!(
+            "the new keys {kids:?} are stored, but this control plane could not read them back \
+             yet ({why}); it reads them at its next resync, within 30 s: do not rotate again, \
+             GET /v1/keys shows them"
+        )));
+    }
     tracing::info!(?kids, "signing keys rotated");
     Ok((
         StatusCode::OK,
