@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::{code, CliError, Result};
+use crate::error::{code, with_causes, CliError, Result};
 
 /// A reqwest client for `url`: names under `localhost` resolve to the loopback address
-/// (RFC 6761), as browsers do, so pod hosts like `…-pod-x.localhost` work without DNS.
+/// (RFC 6761), as browsers do, so pod hosts like `…-pod-x.localhost` work without DNS. TLS
+/// trusts the public roots and the system's (`SSL_CERT_FILE`, `SSL_CERT_DIR` included).
 pub fn client_for(url: &str) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .no_proxy()
@@ -52,7 +53,10 @@ pub fn host_of(url: &str) -> Option<String> {
 fn unreachable(what: &str, url: &str, e: &reqwest::Error) -> CliError {
     CliError::new(
         code::UNREACHABLE,
-        format!("cannot reach {what} at {url}: {e}; check the URL and your network"),
+        format!(
+            "cannot reach {what} at {url}: {}; check the URL and your network",
+            with_causes(e)
+        ),
     )
 }
 

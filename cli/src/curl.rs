@@ -9,7 +9,7 @@ use std::io::Write;
 
 use crate::api::{self, Backend};
 use crate::config::Session;
-use crate::error::{code, CliError, Result};
+use crate::error::{code, with_causes, CliError, Result};
 
 const USAGE: &str = "usage: podgate-cli curl URL [-X METHOD] [-d DATA|@FILE|@-] \
                      [-H 'Name: value']... [-i] [-f] [-L] [-o FILE] [-s] [-S]";
@@ -242,7 +242,10 @@ pub async fn run(session: &Session, backend: &Backend, a: CurlArgs) -> Result<u8
         let resp = req.send().await.map_err(|e| {
             CliError::new(
                 code::UNREACHABLE,
-                format!("cannot reach {url}: {e}; check the URL and your network"),
+                format!(
+                    "cannot reach {url}: {}; check the URL and your network",
+                    with_causes(&e)
+                ),
             )
         })?;
         let status = resp.status();

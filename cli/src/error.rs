@@ -51,3 +51,20 @@ impl fmt::Display for CliError {
 }
 
 pub type Result<T> = std::result::Result<T, CliError>;
+
+/// `e` with the errors under it (`a: b: c`), each said once: an HTTP client's error alone says
+/// only "error sending request", its causes say why (a certificate not trusted, a refused
+/// connection).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut said = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !said.contains(&text) {
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+        cause = c.source();
+    }
+    said
+}

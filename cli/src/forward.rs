@@ -181,11 +181,17 @@ impl Shared {
     }
 }
 
+/// TLS to the edge: the public roots, and the system's (`SSL_CERT_FILE` and `SSL_CERT_DIR`
+/// included), as `curl` and the control plane calls have them, so that a platform on a private
+/// CA the machine trusts is reached too.
 fn tls_connector() -> Result<tokio_rustls::TlsConnector> {
     use tokio_rustls::rustls;
-    let roots = rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    // A certificate of the system's that cannot be read is skipped, as reqwest skips it.
+    let (_added, _skipped) =
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

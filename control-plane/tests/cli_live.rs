@@ -666,6 +666,41 @@ async fn a_script_reaches_a_pod_with_podgate_url_and_podgate_token_and_no_init()
     assert!(!job.config_file().exists());
 }
 
+/// A control plane behind TLS on a private CA (here the testkit's TLS front): the CLI trusts it
+/// once the machine does, as curl would (`SSL_CERT_FILE`, or the system's store), and refuses it
+/// before, saying why and sending nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_on_a_private_ca_is_reached_once_the_machine_trusts_it() {
+    let stack = Stack::start(&[]).await;
+    let created = create_token(&stack, "private CA").await;
+    let front = podgate_testkit::TlsFront::start(stack.cp.http).await.unwrap();
+    let mut me = Machine::new();
+    me.env = vec![
+        (
+            "PODGATE_URL".into(),
+            format!("https://localhost:{}", front.addr().port()),
+        ),
+        (
+            "PODGATE_TOKEN".into(),
+            created["token"].as_str().unwrap().to_owned(),
+        ),
+    ];
+    let (code, out, err) = me.run(&["status"]).await;
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(err.contains("certificate"), "{err}");
+    assert_eq!(front.handshakes(), 0);
+    let ca = me.home.path().join("private-ca.pem");
+    std::fs::write(&ca, front.ca_pem()).unwrap();
+    me.env
+        .push(("SSL_CERT_FILE".into(), ca.to_string_lossy().into_owned()));
+    let (code, out, err) = me.run(&["status", "--json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["user"], USER);
+    assert_eq!(status["api_token"]["name"], "private CA");
+    assert!(front.handshakes() >= 1);
+}
+
 fn base64_url(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
