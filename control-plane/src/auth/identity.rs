@@ -166,21 +166,19 @@ pub async fn sessions_to_end(
 ) -> Result<Vec<(String, Option<EndedSession>)>, sqlx::Error> {
     let now = now_unix();
     let mut named = Vec::new();
-    for cookie_header in cookie_headers {
-        for value in find_all(cookie_header, session_cookie).take(MAX_SESSION_CANDIDATES) {
-            let id_hash = session_hash(value);
-            if named.iter().any(|(seen, _)| *seen == id_hash) {
-                continue;
-            }
-            let live = db
-                .live_session_provider(&id_hash, now)
-                .await?
-                .map(|provider| EndedSession {
-                    sid: session_id(&id_hash),
-                    provider,
-                });
-            named.push((id_hash, live));
+    for value in session_values(session_cookie, cookie_headers) {
+        let id_hash = session_hash(value);
+        if named.iter().any(|(seen, _)| *seen == id_hash) {
+            continue;
         }
+        let live = db
+            .live_session_provider(&id_hash, now)
+            .await?
+            .map(|provider| EndedSession {
+                sid: session_id(&id_hash),
+                provider,
+            });
+        named.push((id_hash, live));
     }
     Ok(named)
 }
