@@ -673,7 +673,9 @@ async fn a_script_reaches_a_pod_with_podgate_url_and_podgate_token_and_no_init()
 async fn a_control_plane_on_a_private_ca_is_reached_once_the_machine_trusts_it() {
     let stack = Stack::start(&[]).await;
     let created = create_token(&stack, "private CA").await;
-    let front = podgate_testkit::TlsFront::start(stack.cp.http).await.unwrap();
+    let front = podgate_testkit::TlsFront::start(stack.cp.http)
+        .await
+        .unwrap();
     let mut me = Machine::new();
     me.env = vec![
         (
