@@ -5,6 +5,7 @@ pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod cuts;
+pub mod error_text;
 pub mod filter_config;
 pub mod http;
 pub mod ids;

@@ -10,6 +10,7 @@ use podgate_protocol::config::credential_value_allowed;
 use serde_json::{json, Map, Value};
 
 use super::config::{signing_key, AssertionIn, Grant, OAuthConfig, RequestBody, SigningKey};
+use crate::error_text::with_causes;
 use crate::store::now_unix;
 
 /// The RFC 7523 client assertion type.
@@ -284,23 +285,6 @@ fn expires_in(value: Option<&Value>) -> Result<Option<f64>, String> {
                 .collect::<String>()
         )),
     }
-}
-
-/// An error and its causes, `a: b: c`: reqwest's own text alone says "error sending request"
-/// whether the name did not resolve, the connection was refused or the certificate was not
-/// trusted.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let next = c.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// The HTTP client of the token endpoints.

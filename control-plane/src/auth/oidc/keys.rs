@@ -17,6 +17,7 @@ use url::Url;
 
 use super::{rejected, OidcError, OidcVerifier};
 use crate::config::idp::{fetch_url, IdTokenAlg, KeySource, OidcProvider};
+use crate::error_text::with_causes;
 use crate::metrics::IdpDocument;
 
 /// Most keys kept per issuer.
@@ -238,21 +239,6 @@ fn compile_jwks(doc: &Value, cfg: &OidcProvider) -> Result<HashMap<String, Arc<I
         keys.remove(&kid);
     }
     Ok(keys)
-}
-
-/// An error with its causes ("error sending request: connection refused"), for logs and answers.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 impl OidcVerifier {
