@@ -23,7 +23,7 @@ pub fn client_for(url: &str) -> Result<reqwest::Client> {
         }
     }
     b.build()
-        .map_err(|e| CliError::other(format!("cannot set up HTTP: {e}")))
+        .map_err(|e| CliError::other(format!("cannot set up HTTP: {}", with_causes(&e))))
 }
 
 /// `localhost` or a name under it.

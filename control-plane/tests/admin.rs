@@ -1037,39 +1037,76 @@ async fn admin_writes_do_not_wait_on_their_own_change_for_a_connection() {
     assert_eq!(r.json()["owner_id"], "bob", "{}", r.body);
 }
 
-/// Removing a service's credential clears its OAuth token on every control plane, as
-/// `credential/clear` does: the service's OAuth epoch moves with the removal, in its change, so
-/// that a control plane still holding the token never uses it for the same configuration set
-/// again. A refused removal (no such service) moves nothing.
+/// Removing a service's OAuth credential clears its OAuth tokens on every control plane, as
+/// `credential/clear` does, however it is removed (`DELETE …/credential`, a `PUT` of a static
+/// one, a `PATCH` with `credential: null`): the service's OAuth epoch moves with the removal, in
+/// its change, so that a control plane still holding a token never uses it for the same
+/// configuration set again. Setting an OAuth credential, or removing a static one, moves nothing.
 async fn removing_a_credential_clears_its_oauth_tokens(h: &Harness) {
     h.seed().await;
+    let oauth = json!({"oauth": {"token_url": "https://idp.example/token",
+        "grant": "client_credentials", "client_id": "c", "client_secret": "s"}});
     let r = h
         .admin(
             Method::POST,
             "/v1/services",
             Some(json!({"name": "api", "owner_id": "alice",
-                "upstream_url": "https://api.example.com",
-                "credential": {"header": "x-api-key", "value": "sk-1"}})),
+                "upstream_url": "https://api.example.com", "credential": oauth})),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let before = h.tdb.db.get_service("api").await.unwrap().unwrap();
+    let epoch = || async {
+        let row = h.tdb.db.get_service("api").await.unwrap().unwrap();
+        (row.oauth_epoch.generation, row.oauth_epoch.cleared)
+    };
+    let static_key = json!({"header": "x-api-key", "value": "sk-1"});
+    let set_oauth = || {
+        h.admin(
+            Method::PUT,
+            "/v1/services/api/credential",
+            Some(oauth.clone()),
+        )
+    };
+    for (method, path, body) in [
+        (Method::DELETE, "/v1/services/api/credential", None),
+        (
+            Method::PUT,
+            "/v1/services/api/credential",
+            Some(static_key.clone()),
+        ),
+        (
+            Method::PATCH,
+            "/v1/services/api",
+            Some(json!({"credential": null})),
+        ),
+    ] {
+        let r = set_oauth().await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let (generation, _) = epoch().await;
+        let r = h.admin(method.clone(), path, body).await;
+        assert_eq!(r.status, StatusCode::OK, "{method} {path}: {}", r.body);
+        assert_eq!(
+            epoch().await,
+            (generation + 1, generation + 1),
+            "{method} {path} did not clear the tokens"
+        );
+    }
+    // Setting one, or removing a static one: nothing to clear.
+    let before = epoch().await;
+    let r = set_oauth().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = h
+        .admin(Method::PUT, "/v1/services/api/credential", Some(static_key))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let cleared = epoch().await;
+    assert_eq!(cleared, (before.0 + 1, before.0 + 1));
     let r = h
         .admin(Method::DELETE, "/v1/services/api/credential", None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.json()["credential"].is_null(), "{}", r.body);
-    let after = h.tdb.db.get_service("api").await.unwrap().unwrap();
-    assert!(after.credential.is_none() && after.oauth.is_none());
-    assert_eq!(
-        after.oauth_epoch.generation,
-        before.oauth_epoch.generation + 1
-    );
-    assert_eq!(after.oauth_epoch.cleared, after.oauth_epoch.generation);
-    let r = h
-        .admin(Method::DELETE, "/v1/services/nope/credential", None)
-        .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert_eq!(epoch().await, cleared);
 }
 both!(
     removing_a_credential_clears_oauth_tokens,

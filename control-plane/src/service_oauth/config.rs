@@ -180,20 +180,25 @@ pub(super) fn signing_key(pem: &str) -> Result<SigningKey, String> {
 pub fn parse(v: Value) -> Result<OAuthConfig, String> {
     const SHAPE: &str = "`credential.oauth` must be {\"token_url\", \"grant\": \"client_credentials\" | \"jwt_bearer\", \"client_id\"?, \"client_secret\"? | \"private_key_pem\"?, \"key_id\"?, \"scope\"?, \"iss\"?, \"sub\"?, \"aud\"?, \"header\"?, \"renew_margin_secs\"?, \"request_body\"?: \"form\" | \"json\", \"assertion_in\"?: \"body\" | \"authorization_header\", \"token_params\"?: {...}, \"assertion_claims\"?: {...}, \"ca_pem\"?} (strings, renew_margin_secs a number)";
     let config: OAuthConfig = serde_json::from_value(v).map_err(|e| {
-        // serde names a field or a variant in these, and quotes no value: said first. Its other
+        // serde names a field in these and quotes no value: said first. An unknown variant is
+        // a value (what was sent for `grant`, say), so only the choices are said; its other
         // messages (a wrong type) may quote the value sent, a secret perhaps: only the shape.
         let said = e.to_string();
-        let names_only = [
-            "unknown field",
-            "missing field",
-            "unknown variant",
-            "duplicate field",
-        ]
-        .iter()
-        .any(|start| said.starts_with(start));
-        match said.split(" at line ").next().filter(|_| names_only) {
-            Some(what) => format!("`credential.oauth`: {what}; {SHAPE}"),
-            None => SHAPE.to_owned(),
+        let said = said.split(" at line ").next().unwrap_or_default();
+        let names_only = ["unknown field", "missing field", "duplicate field"]
+            .iter()
+            .any(|start| said.starts_with(start));
+        if names_only {
+            format!("`credential.oauth`: {said}; {SHAPE}")
+        } else if let Some((_, choices)) = said
+            .strip_prefix("unknown variant ")
+            .and_then(|rest| rest.split_once(", expected "))
+        {
+            format!(
+                "`credential.oauth`: a value is not one of its choices (expected {choices}); {SHAPE}"
+            )
+        } else {
+            SHAPE.to_owned()
         }
     })?;
     check(&config)?;
@@ -445,9 +450,10 @@ mod tests {
             "{e}"
         );
         let mut grant = base.clone();
-        grant["grant"] = json!("password");
+        grant["grant"] = json!("s3cret-value");
         let e = parse(grant).unwrap_err();
-        assert!(e.contains("unknown variant `password`"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        assert!(e.contains("expected `client_credentials`"), "{e}");
         let e = parse(json!({"grant": "client_credentials"})).unwrap_err();
         assert!(e.contains("missing field `token_url`"), "{e}");
         // A value of the wrong type may be a secret: only the shape is said.

@@ -23,7 +23,7 @@ pub struct ServiceRow {
     /// (`podgate_protocol::resource`); `None`: one capability opens all of it.
     pub resource_path: Option<String>,
     /// Where its OAuth tokens stand in admins' refreshes and clears: written at creation only,
-    /// then moved by [`Db::advance_oauth`] alone.
+    /// then moved by [`Db::advance_oauth`] or [`Change::advance_oauth`] alone.
     pub oauth_epoch: OAuthEpoch,
     pub created_at: i64,
     pub updated_at: i64,

@@ -90,6 +90,7 @@ async fn rotate_keys(State(s): State<AppState>) -> ApiResult<Response> {
     // Stored, whatever happens next: this control plane reads them now, or at its next resync
     // (within 30 s) if that fails, and the answer says so rather than a bare error.
     if let Err(e) = s.reload_keys().await {
+        tracing::error!(error = %e, ?kids, "keys rotated and stored, but not read back");
         let why = match e {
             crate::keys::KeyringError::Db(_) => "the database did not answer",
             _ => "their key material did not load",

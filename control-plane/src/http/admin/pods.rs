@@ -61,14 +61,17 @@ fn default_status() -> String {
 #[serde(deny_unknown_fields)]
 struct PodPatch {
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     owner_id: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     team_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     server_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     status: Option<String>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     nginx_port: Option<u16>,
     /// The pod's own limits at the edge: replaced when given, removed with `null`, kept when
     /// left out.

@@ -345,6 +345,23 @@ async fn change_service(s: &AppState, name: &str) -> ApiResult<(Change, ServiceR
     Ok((change, row))
 }
 
+/// Writes `row` in `change`; when it no longer has the OAuth configuration it had (`had_oauth`),
+/// its OAuth tokens are cleared everywhere in the same change, as by `credential/clear`: were the
+/// same configuration set again, a control plane that still held a token would use it.
+async fn put_service_row(
+    change: &mut Change,
+    row: &mut ServiceRow,
+    had_oauth: bool,
+) -> ApiResult<()> {
+    change.put_service(row).await?;
+    if had_oauth && row.oauth.is_none() {
+        if let Some(epoch) = change.advance_oauth(&row.name, true).await? {
+            row.oauth_epoch = epoch;
+        }
+    }
+    Ok(())
+}
+
 /// Moves service `name`'s OAuth epoch (a refresh, or with `clear` a clear) for every control
 /// plane on the database: `row` as it stands after.
 async fn advance_oauth(s: &AppState, row: ServiceRow, clear: bool) -> ApiResult<ServiceRow> {
@@ -553,6 +570,7 @@ async fn update_service(
         }
         row.resource_path = path;
     }
+    let had_oauth = row.oauth.is_some();
     if let Some(credential) = &credential {
         (row.credential, row.oauth) = match credential {
             Some(c) => sealed(&s, &name, c)?,
@@ -560,7 +578,7 @@ async fn update_service(
         };
     }
     row.updated_at = now_unix();
-    change.put_service(&row).await?;
+    put_service_row(&mut change, &mut row, had_oauth).await?;
     // Another owner, team or sharing: whoever lost the service by it is cut off within one push.
     let lost = who_before != (row.owner_id.clone(), row.team_id.clone(), row.sharing);
     commit_cutting(&s, change, &name, lost).await?;
@@ -619,9 +637,10 @@ async fn put_credential(
 ) -> ApiResult<Json<ServiceView>> {
     let credential = credential_of(body)?;
     let (mut change, mut row) = change_service(&s, &name).await?;
+    let had_oauth = row.oauth.is_some();
     (row.credential, row.oauth) = sealed(&s, &name, &credential)?;
     row.updated_at = now_unix();
-    change.put_service(&row).await?;
+    put_service_row(&mut change, &mut row, had_oauth).await?;
     change.commit().await?;
     // A new configuration gets its token at once; the same one keeps its token.
     s.service_tokens().credential_set(&name);
@@ -647,15 +666,11 @@ async fn delete_credential(
     PathArgs(name): PathArgs<String>,
 ) -> ApiResult<Json<ServiceView>> {
     let (mut change, mut row) = change_service(&s, &name).await?;
+    let had_oauth = row.oauth.is_some();
     row.credential = None;
     row.oauth = None;
     row.updated_at = now_unix();
-    change.put_service(&row).await?;
-    // Its OAuth token is cleared everywhere, as by `credential/clear`: were the same OAuth
-    // configuration set again, a control plane that still held the token would use it.
-    if let Some(epoch) = change.advance_oauth(&name, true).await? {
-        row.oauth_epoch = epoch;
-    }
+    put_service_row(&mut change, &mut row, had_oauth).await?;
     change.commit().await?;
     Ok(Json(view(&s, row)))
 }
