@@ -110,7 +110,13 @@ impl ServiceTokens {
         let now = now_ms();
         self.lock()
             .get(name)
-            .filter(|s| s.config.as_ref() == Some(config) && s.generation >= epoch.cleared)
+            // Obtained since the last clear, and not in a generation the service has not reached
+            // (an earlier service of that name, created on a control plane whose clock was ahead).
+            .filter(|s| {
+                s.config.as_ref() == Some(config)
+                    && s.generation >= epoch.cleared
+                    && s.generation <= epoch.generation
+            })
             .and_then(|s| s.token.as_ref())
             .filter(|t| t.usable(now))
             .map(|t| format!("Bearer {}", t.value))
@@ -284,12 +290,21 @@ impl ServiceTokens {
     }
 
     /// Drops the tokens obtained before the last clear of their service's epoch (here or at
-    /// another control plane); returns whether what Envoy gets changed.
+    /// another control plane), and whatever is held from an earlier service of the same name;
+    /// returns whether what Envoy gets changed.
     fn forget_cleared(&self, services: &[Opened]) -> bool {
         let mut changed = false;
         let mut states = self.lock();
         for (name, _, epoch) in services {
             if let Some(state) = states.get_mut(name) {
+                // A generation above the service's own is an earlier service's of that name
+                // (created where the clock was ahead): nothing of it is this one's.
+                if state.generation > epoch.generation {
+                    tracing::info!(service = %name, "service OAuth state of an earlier service of this name dropped");
+                    changed |= state.token.is_some();
+                    *state = State::default();
+                    continue;
+                }
                 if state.generation < epoch.cleared && state.token.take().is_some() {
                     tracing::info!(service = %name, "service OAuth token cleared by an admin");
                     changed = true;
@@ -602,5 +617,44 @@ mod tests {
         assert!(tokens.forget_cleared(&services));
         assert!(tokens.lock()["api"].token.is_none());
         assert!(!tokens.forget_cleared(&services));
+    }
+
+    /// A service deleted and made again at a control plane whose clock is behind the one that
+    /// made the first: the new service's generations are below the old one's. Nothing held for
+    /// the old one is used for the new one, and the new one's attempts are recorded once the
+    /// services are read.
+    #[test]
+    fn nothing_of_an_earlier_service_of_the_same_name_is_used_for_a_new_one() {
+        let c = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let tokens = ServiceTokens::default();
+        let now = now_ms();
+        let token = |value: &str| Token {
+            value: value.into(),
+            obtained_ms: now,
+            expires_ms: now + 3_600_000,
+        };
+        let old = OAuthEpoch {
+            generation: 2_000,
+            cleared: 2_000,
+        };
+        let new = OAuthEpoch {
+            generation: 1_000,
+            cleared: 1_000,
+        };
+        assert!(tokens.record("api", &c, old.generation, Ok(token("old"))));
+        assert_eq!(
+            tokens.current("api", &c, old).as_deref(),
+            Some("Bearer old")
+        );
+        // The same configuration, the new service: not the old one's token.
+        assert_eq!(tokens.current("api", &c, new), None);
+        // Read with the services, the old state goes, and the new service's attempts count.
+        assert!(tokens.forget_cleared(&[("api".into(), c.clone(), new)]));
+        assert!(tokens.due("api", &c, new.generation, now_ms()));
+        assert!(tokens.record("api", &c, new.generation, Ok(token("new"))));
+        assert_eq!(
+            tokens.current("api", &c, new).as_deref(),
+            Some("Bearer new")
+        );
     }
 }
