@@ -1,5 +1,6 @@
 //! The control plane's API as the CLI uses it: `GET /api/me`, `POST /v1/capabilities`,
-//! `DELETE /api/proxy-tokens/{id}`, each with the saved API token as `Authorization: Bearer`.
+//! `DELETE /api/proxy-tokens/{id}`, each with the API token (saved, or `PODGATE_TOKEN`) as
+//! `Authorization: Bearer`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -8,9 +8,11 @@ pub mod code {
     pub const OTHER: u8 = 1;
     /// Wrong usage: unknown command or flag, a malformed init URL or pod URL.
     pub const USAGE: u8 = 2;
-    /// No saved session for this directory (or a parent): run `podgate-cli --init URL` first.
+    /// No saved session for this directory (or a parent), and no `PODGATE_TOKEN`: run
+    /// `podgate-cli --init URL` first, or set `PODGATE_URL` and `PODGATE_TOKEN`.
     pub const NOT_INITIALISED: u8 = 3;
-    /// The control plane refused the saved API token: expired, revoked or unknown.
+    /// The control plane refused the API token (saved, or `PODGATE_TOKEN`): expired, revoked or
+    /// unknown.
     pub const TOKEN_REFUSED: u8 = 4;
     /// The control plane (or the pod URL) could not be reached.
     pub const UNREACHABLE: u8 = 5;

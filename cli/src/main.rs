@@ -1,7 +1,8 @@
 //! `podgate-cli`: reach podgate pods from a terminal with an API token.
 //!
 //! `--init <setup link>` saves the link's API token for the working directory; `status`,
-//! `logout`, `token POD PORT`, `curl URL …` and `forward POD PORT` use it. Each pod request
+//! `logout`, `token POD PORT`, `curl URL …` and `forward POD PORT` use it, or the token in
+//! `PODGATE_TOKEN` (with `PODGATE_URL`) when it is set. Each pod request
 //! carries a short-lived capability from `POST /v1/capabilities`, never the API token. Exit
 //! codes are in [`error::code`] and `docs/cli.md`.
 

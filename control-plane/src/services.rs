@@ -634,6 +634,17 @@ mod tests {
         ));
         let status = status_of(&sealed_elsewhere);
         assert!(matches!(status.source, Source::None), "{status:?}");
+        // Failures count in the generation they happened in: a refresh or a clear starts over.
+        tokens.record("api", &a, 0, Err("down".into()));
+        assert_eq!(status_of(&row(&a)).failures, 1);
+        let refreshed = ServiceRow {
+            oauth_epoch: crate::store::OAuthEpoch {
+                generation: 1,
+                cleared: 0,
+            },
+            ..row(&a)
+        };
+        assert_eq!(status_of(&refreshed).failures, 0);
     }
 
     #[test]

@@ -61,6 +61,25 @@ struct State {
     failed_for: Option<(OAuthConfig, i64)>,
 }
 
+impl State {
+    /// Forgets everything held when it belongs to an earlier service of the same name: a token
+    /// or failures in a generation above the service's own, which only a service created where
+    /// the clock was ahead can have reached. Returns whether a token was dropped.
+    fn forget_if_earlier_service(&mut self, name: &str, epoch: OAuthEpoch) -> bool {
+        let failed_above = self
+            .failed_for
+            .as_ref()
+            .is_some_and(|(_, generation)| *generation > epoch.generation);
+        if self.generation <= epoch.generation && !failed_above {
+            return false;
+        }
+        tracing::info!(service = %name, "service OAuth state of an earlier service of this name dropped");
+        let had_token = self.token.is_some();
+        *self = State::default();
+        had_token
+    }
+}
+
 /// The OAuth tokens of the services, in memory only.
 #[derive(Debug, Default)]
 pub struct ServiceTokens {
@@ -297,12 +316,8 @@ impl ServiceTokens {
         let mut states = self.lock();
         for (name, _, epoch) in services {
             if let Some(state) = states.get_mut(name) {
-                // A generation above the service's own is an earlier service's of that name
-                // (created where the clock was ahead): nothing of it is this one's.
-                if state.generation > epoch.generation {
-                    tracing::info!(service = %name, "service OAuth state of an earlier service of this name dropped");
-                    changed |= state.token.is_some();
-                    *state = State::default();
+                if state.forget_if_earlier_service(name, *epoch) {
+                    changed = true;
                     continue;
                 }
                 if state.generation < epoch.cleared && state.token.take().is_some() {
@@ -312,6 +327,15 @@ impl ServiceTokens {
             }
         }
         changed
+    }
+
+    /// [`State::forget_if_earlier_service`] for service `name` at `epoch`, before an admin's
+    /// refresh waits for its attempt: what an earlier service of the name held must not answer
+    /// it.
+    fn forget_earlier_service(&self, name: &str, epoch: OAuthEpoch) {
+        if let Some(state) = self.lock().get_mut(name) {
+            state.forget_if_earlier_service(name, epoch);
+        }
     }
 
     /// The services may have changed: [`run`] reads them again.
@@ -398,9 +422,10 @@ pub async fn refresh(state: &AppState, row: &ServiceRow) -> Result<(), String> {
     if row.oauth.is_none() {
         return Err("the service has no OAuth credential".into());
     }
+    let tokens = state.service_tokens();
+    tokens.forget_earlier_service(&row.name, row.oauth_epoch);
     state.envoy_config_changed().await;
-    state
-        .service_tokens()
+    tokens
         .attempt_in(&row.name, row.oauth_epoch.generation, REFRESH_WAIT)
         .await
 }
@@ -656,5 +681,14 @@ mod tests {
             tokens.current("api", &c, new).as_deref(),
             Some("Bearer new")
         );
+        // An earlier service whose attempts only failed: its backoff and failures go too.
+        let tokens = ServiceTokens::default();
+        for _ in 0..4 {
+            tokens.record("other", &c, old.generation, Err("down".into()));
+        }
+        assert!(!tokens.due("other", &c, old.generation, now_ms()));
+        tokens.forget_earlier_service("other", new);
+        assert!(tokens.due("other", &c, new.generation, now_ms()));
+        assert_eq!(tokens.lock()["other"].failures, 0);
     }
 }

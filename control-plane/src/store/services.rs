@@ -42,9 +42,11 @@ pub struct OAuthEpoch {
 }
 
 impl OAuthEpoch {
-    /// The epoch of a service created now: both at the time in milliseconds, above any
+    /// The epoch of a service created now: both at the time in milliseconds, normally above any
     /// generation an earlier service of the same name reached (one step per admin request), so
-    /// that no token a control plane still holds for that one counts as this one's.
+    /// that no token a control plane still holds for that one counts as this one's. Where the
+    /// clock is behind the one that made the earlier service, `ServiceTokens` recognises what it
+    /// holds from that one by its generation above this one's, and forgets it.
     pub fn at_creation() -> OAuthEpoch {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

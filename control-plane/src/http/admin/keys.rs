@@ -73,7 +73,7 @@ async fn list_keys(State(s): State<AppState>) -> ApiResult<Json<Vec<KeyInfo>>> {
         (status = 200, description = "The new active keys"),
         Unauthorized,
         TooMany,
-        (status = 500, description = "Generating the keys failed; nothing was stored", body = ErrorBody),
+        (status = 500, description = "Generating the keys failed (nothing was stored), or they were stored but do not load (the server log says which)", body = ErrorBody),
         (status = 503, description = "The database did not answer (nothing was stored), or the keys are stored but not read back yet (the message says which)", body = ErrorBody),
     )
 )]
@@ -90,16 +90,18 @@ async fn rotate_keys(State(s): State<AppState>) -> ApiResult<Response> {
     // Stored, whatever happens next: this control plane reads them now, or at its next resync
     // (within 30 s) if that fails, and the answer says so rather than a bare error.
     if let Err(e) = s.reload_keys().await {
-        tracing::error!(error = %e, ?kids, "keys rotated and stored, but not read back");
-        let why = match e {
-            crate::keys::KeyringError::Db(_) => "the database did not answer",
-            _ => "their key material did not load",
-        };
-        return Err(ApiError::Unavailable(format!(
-            "the new keys {kids:?} are stored, but this control plane could not read them back \
-             yet ({why}); it reads them at its next resync, within 30 s: do not rotate again, \
-             GET /v1/keys shows them"
-        )));
+        // Either answer is logged with its cause (`ApiError`).
+        return Err(match e {
+            crate::keys::KeyringError::Db(_) => ApiError::Unavailable(format!(
+                "the new keys {kids:?} are stored, but this control plane could not read them \
+                 back yet (the database did not answer); it reads them at its next resync, \
+                 within 30 s: do not rotate again, GET /v1/keys shows them"
+            )),
+            _ => ApiError::internal(format!(
+                "the new keys {kids:?} are stored but do not load: {e}; check the \
+                 key-encryption key this control plane runs with"
+            )),
+        });
     }
     tracing::info!(?kids, "signing keys rotated");
     Ok((
