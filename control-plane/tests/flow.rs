@@ -508,6 +508,21 @@ async fn open_redirect(h: &Harness) {
             Some("/"),
             "callback kept next {next:?}"
         );
+        // The dev login refuses it, as `/auth/login` does, before signing anyone in: no
+        // session, and the new user it would have made is not made.
+        let r = h
+            .get(&format!("/dev/login?user=mallory&next={}", q(next)), &[])
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "next {next:?}: {}",
+            r.body
+        );
+        assert!(r.error().contains("`next`"), "{}", r.body);
+        assert!(r.header("set-cookie").is_none(), "next {next:?}");
+        let r = h.admin(Method::GET, "/v1/users/mallory", None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "next {next:?}: {}", r.body);
     }
     for good in ["/", "/a/b?c=d&e=f#frag", "/x%20y"] {
         let r = proxy_auth(

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::openapi::{Malformed, NotFound};
-use crate::http::shared::{after_login, no_store, single_params};
+use crate::http::shared::{checked_next, no_store, single_params};
 use crate::http::{cookies, session};
 use crate::ids::check_id;
 use crate::metrics::{LoginMethod, Outcome};
@@ -26,7 +26,8 @@ pub fn dev_router() -> OpenApiRouter<AppState> {
 }
 
 /// `GET /dev/login?user=ID_OR_EMAIL&next=...`: signs in as that user (created if the id is
-/// new), then redirects to `next` when it is safe, or answers the user as JSON.
+/// new), then redirects to `next` (a 400 before signing in when it is not a path on this
+/// control plane, as at `/auth/login`), or answers the user as JSON.
 /// Counted as a login by its answer's status.
 #[utoipa::path(
     get,
@@ -64,6 +65,11 @@ async fn dev_sign_in(
             "missing `user`; call /dev/login?user=USER_ID (or an email of an existing user)",
         ));
     };
+    let next = checked_next(
+        &state.config().issuer,
+        params.get("next").map(String::as_str),
+    )
+    .map_err(ApiError::bad)?;
     let db = state.db();
     let user = if who.contains('@') {
         db.get_user_by_email(who).await?.ok_or_else(|| {
@@ -92,10 +98,7 @@ async fn dev_sign_in(
         crate::http::session::session_for_sign_in(state, headers, &user, None, started_at).await?;
     let cookie = cookies::session(state, &session);
     tracing::warn!(user = %user.id, "DEV LOGIN: signed in without any identity check");
-    let mut resp = match after_login(
-        &state.config().issuer,
-        params.get("next").map(String::as_str),
-    ) {
+    let mut resp = match next {
         Some(next) => {
             let mut r = StatusCode::FOUND.into_response();
             r.headers_mut().insert(

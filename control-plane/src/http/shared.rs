@@ -8,7 +8,7 @@ use axum::response::Response;
 
 use podgate_protocol::gate::Request as GateRequest;
 use podgate_protocol::host::{parse_port, validate_slug, PodAddr, SERVICE_PORT};
-use podgate_protocol::redirect::safe_next;
+use podgate_protocol::redirect::{safe_next, MAX_NEXT_LEN};
 
 use crate::config::limits::MAX_QUERY_LEN;
 use crate::http::error::{ApiError, ApiResult};
@@ -95,6 +95,21 @@ pub fn after_login(issuer: &str, next: Option<&str>) -> Option<String> {
     };
     let safe = safe_next(&path);
     (safe == path).then_some(safe)
+}
+
+/// `next` as sign-in pages take it: absent, or a path `after_login` keeps; anything else is
+/// a message for a 400 (said before anything is done, so nothing is lost).
+pub fn checked_next(issuer: &str, next: Option<&str>) -> Result<Option<String>, String> {
+    let Some(next) = next else { return Ok(None) };
+    if next.len() > MAX_NEXT_LEN {
+        return Err(format!(
+            "`next` is longer than {MAX_NEXT_LEN} bytes; link to a shorter path"
+        ));
+    }
+    match after_login(issuer, Some(next)) {
+        Some(safe) => Ok(Some(safe)),
+        None => Err("`next` is not a path on this control plane; sign-in only returns to podgate's own pages".into()),
+    }
 }
 
 /// Whether a request is a browser's page load (the filter's rule: `Sec-Fetch-Mode: navigate`, or

@@ -16,7 +16,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use html_escape::{encode_quoted_attribute, encode_text};
-use podgate_protocol::redirect::{encode_query_value, MAX_NEXT_LEN};
+use podgate_protocol::redirect::encode_query_value;
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::router::UtoipaMethodRouterExt;
@@ -29,7 +29,7 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::limits::{self, Endpoint};
 use crate::http::openapi::{Malformed, TooMany, Unauthorized};
 use crate::http::request::cookie_headers;
-use crate::http::shared::{after_login, is_page_load, no_store, single_params};
+use crate::http::shared::{checked_next, is_page_load, no_store, single_params};
 use crate::metrics::{LoginMethod, Outcome};
 use crate::AppState;
 
@@ -226,27 +226,9 @@ async fn login(
         }
     };
     let issuer = &state.config().issuer;
-    let next = match params.get("next") {
-        Some(n) if n.len() > MAX_NEXT_LEN => {
-            return failure(
-                &headers,
-                StatusCode::BAD_REQUEST,
-                &format!("`next` is longer than {MAX_NEXT_LEN} bytes; link to a shorter path"),
-                &start_over,
-            )
-        }
-        Some(n) => match after_login(issuer, Some(n)) {
-            Some(safe) => Some(safe),
-            None => {
-                return failure(
-                    &headers,
-                    StatusCode::BAD_REQUEST,
-                    "`next` is not a path on this control plane; sign-in only returns to podgate's own pages",
-                    &start_over,
-                )
-            }
-        },
-        None => None,
+    let next = match checked_next(issuer, params.get("next").map(String::as_str)) {
+        Ok(next) => next,
+        Err(e) => return failure(&headers, StatusCode::BAD_REQUEST, &e, &start_over),
     };
     let verifier = &state.verifiers().oidc;
     let providers: Vec<&OidcProvider> = verifier.sign_in_providers().collect();
