@@ -540,9 +540,24 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A client-credentials configuration, as the tests' services have.
+    fn client_credentials() -> OAuthConfig {
+        parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap()
+    }
+
+    /// A token obtained now that lives an hour.
+    fn token(value: &str) -> Token {
+        let now = now_ms();
+        Token {
+            value: value.into(),
+            obtained_ms: now,
+            expires_ms: now + 3_600_000,
+        }
+    }
+
     #[test]
     fn the_task_wakes_for_the_next_renewal_backoff_or_expiry() {
-        let c = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let c = client_credentials();
         let tokens = ServiceTokens::default();
         let services = vec![("api".to_owned(), c.clone(), OAuthEpoch::default())];
         // Never tried: due now.
@@ -595,18 +610,13 @@ mod tests {
     /// after a clear it is not used at all. Failures in an earlier generation hold nothing back.
     #[test]
     fn a_refresh_renews_the_token_at_once_and_a_clear_stops_its_use() {
-        let c = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let c = client_credentials();
         let tokens = ServiceTokens::default();
-        let now = now_ms();
-        let token = |value: &str| Token {
-            value: value.into(),
-            obtained_ms: now,
-            expires_ms: now + 3_600_000,
-        };
         let at = |generation, cleared| OAuthEpoch {
             generation,
             cleared,
         };
+        let now = now_ms();
         assert!(tokens.record("api", &c, 0, Ok(token("first"))));
         assert_eq!(
             tokens.current("api", &c, at(0, 0)).as_deref(),
@@ -650,14 +660,8 @@ mod tests {
     /// services are read.
     #[test]
     fn nothing_of_an_earlier_service_of_the_same_name_is_used_for_a_new_one() {
-        let c = parse(json!({"token_url": "https://idp.example/token", "grant": "client_credentials", "client_id": "c", "client_secret": "s"})).unwrap();
+        let c = client_credentials();
         let tokens = ServiceTokens::default();
-        let now = now_ms();
-        let token = |value: &str| Token {
-            value: value.into(),
-            obtained_ms: now,
-            expires_ms: now + 3_600_000,
-        };
         let old = OAuthEpoch {
             generation: 2_000,
             cleared: 2_000,
