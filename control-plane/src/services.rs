@@ -13,8 +13,8 @@
 //! the signing keys, and setting a credential again seals it under the current one.
 
 use podgate_protocol::config::{
-    credential_header_allowed, credential_value_allowed, FilterConfig, InjectedHeader, SecretValue,
-    ServiceEntry,
+    credential_header_allowed, credential_value_allowed, header_reaches_upstream, FilterConfig,
+    InjectedHeader, SecretValue, ServiceEntry,
 };
 use podgate_xds::envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use podgate_xds::{
@@ -93,6 +93,11 @@ pub fn check_credential(header: &str, value: &str) -> Result<(), String> {
     if !credential_header_allowed(header) {
         return Err(format!(
             "the header name {header:?} cannot carry a credential: use a lowercase header name such as authorization or x-api-key, not a hop-by-hop, cookie, host or x-podgate-* header"
+        ));
+    }
+    if !header_reaches_upstream(header) {
+        return Err(format!(
+            "Envoy overwrites or removes {header:?} before a request reaches the upstream, so a credential there would never arrive; use the header the upstream reads its key from, such as authorization or x-api-key"
         ));
     }
     if !credential_value_allowed(value) {
@@ -791,5 +796,14 @@ mod tests {
         assert!(check_credential("authorization", "Bearer sk-1").is_ok());
         assert!(check_credential("x-podgate-user", "v").is_err());
         assert!(check_credential("x-api-key", "a\r\nb").is_err());
+        for gone in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-real-ip",
+            "forwarded",
+        ] {
+            let e = check_credential(gone, "v").unwrap_err();
+            assert!(e.contains("never arrive"), "{gone}: {e}");
+        }
     }
 }

@@ -193,6 +193,15 @@ pub fn credential_header_allowed(name: &str) -> bool {
         && !FORBIDDEN_CREDENTIAL_HEADERS.contains(&name)
 }
 
+/// Whether a header the filter sets on a request reaches the upstream: Envoy overwrites
+/// `X-Forwarded-For` and `X-Forwarded-Proto` and removes `CLIENT_FORWARDING_HEADERS` after the
+/// filter runs, so a credential there would never arrive. Checked where admins set one (a
+/// service stored before keeps working as it did).
+pub fn header_reaches_upstream(name: &str) -> bool {
+    !matches!(name, "x-forwarded-for" | "x-forwarded-proto")
+        && !CLIENT_FORWARDING_HEADERS.contains(&name)
+}
+
 /// Whether `value` may be a header value: visible ASCII and inner spaces, no line breaks.
 pub fn credential_value_allowed(value: &str) -> bool {
     !value.is_empty()

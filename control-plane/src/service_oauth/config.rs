@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use jwt_compact::alg::{RsaPrivateKey, RsaPublicKey, StrongKey};
-use podgate_protocol::config::credential_header_allowed;
+use podgate_protocol::config::{credential_header_allowed, header_reaches_upstream};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -122,6 +122,10 @@ pub struct OAuthConfig {
     /// (an identity provider on a private CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
+    /// Whether a plain-http `token_url` that is not a loopback address is accepted (the
+    /// secret or the assertion crosses the network in the clear: a test stack's choice).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub allow_insecure_http: bool,
 }
 
 impl std::fmt::Debug for OAuthConfig {
@@ -178,7 +182,7 @@ pub(super) fn signing_key(pem: &str) -> Result<SigningKey, String> {
 
 /// Reads and checks `credential.oauth` as an admin sends it, without ever quoting a value.
 pub fn parse(v: Value) -> Result<OAuthConfig, String> {
-    const SHAPE: &str = "`credential.oauth` must be {\"token_url\", \"grant\": \"client_credentials\" | \"jwt_bearer\", \"client_id\"?, \"client_secret\"? | \"private_key_pem\"?, \"key_id\"?, \"scope\"?, \"iss\"?, \"sub\"?, \"aud\"?, \"header\"?, \"renew_margin_secs\"?, \"request_body\"?: \"form\" | \"json\", \"assertion_in\"?: \"body\" | \"authorization_header\", \"token_params\"?: {...}, \"assertion_claims\"?: {...}, \"ca_pem\"?} (strings, renew_margin_secs a number)";
+    const SHAPE: &str = "`credential.oauth` must be {\"token_url\", \"grant\": \"client_credentials\" | \"jwt_bearer\", \"client_id\"?, \"client_secret\"? | \"private_key_pem\"?, \"key_id\"?, \"scope\"?, \"iss\"?, \"sub\"?, \"aud\"?, \"header\"?, \"renew_margin_secs\"?, \"request_body\"?: \"form\" | \"json\", \"assertion_in\"?: \"body\" | \"authorization_header\", \"token_params\"?: {...}, \"assertion_claims\"?: {...}, \"ca_pem\"?, \"allow_insecure_http\"?} (strings, renew_margin_secs a number)";
     let config: OAuthConfig = serde_json::from_value(v).map_err(|e| {
         // serde names a field in these and quotes no value: said first. An unknown variant is
         // a value (what was sent for `grant`, say), so only the choices are said; its other
@@ -211,6 +215,9 @@ pub fn check(c: &OAuthConfig) -> Result<(), String> {
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err("`token_url` must be an http(s) URL with a host".into());
     }
+    if url.scheme() == "http" && !c.allow_insecure_http && !crate::config::idp::is_loopback(&url) {
+        return Err("`token_url` is plain http: the client's secret or assertion would cross the network in the clear; use https (http is accepted for a loopback address, or with \"allow_insecure_http\": true)".into());
+    }
     if !url.username().is_empty() || url.password().is_some() {
         return Err("`token_url` must not carry user information".into());
     }
@@ -223,6 +230,12 @@ pub fn check(c: &OAuthConfig) -> Result<(), String> {
     if !credential_header_allowed(&c.header) {
         return Err(format!(
             "the header name {:?} cannot carry a credential: use a lowercase header name such as authorization",
+            c.header
+        ));
+    }
+    if !header_reaches_upstream(&c.header) {
+        return Err(format!(
+            "Envoy overwrites or removes {:?} before a request reaches the upstream, so the token would never arrive; use the header the upstream reads it from, such as authorization",
             c.header
         ));
     }
@@ -406,6 +419,7 @@ impl OAuthConfig {
             token_params: BTreeMap::new(),
             assertion_claims: BTreeMap::new(),
             ca_pem: None,
+            allow_insecure_http: false,
         }
     }
 }
@@ -464,10 +478,38 @@ mod tests {
             !e.contains("s3cret") && e.starts_with("`credential.oauth` must be"),
             "{e}"
         );
-        let mut header = base;
+        let mut header = base.clone();
         header["client_secret"] = json!("s");
         header["header"] = json!("x-podgate-user");
-        assert!(parse(header).is_err());
+        assert!(parse(header.clone()).is_err());
+        // A header Envoy overwrites or removes on the way to the upstream.
+        for gone in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-real-ip",
+            "forwarded",
+        ] {
+            header["header"] = json!(gone);
+            let e = parse(header.clone()).unwrap_err();
+            assert!(e.contains("never arrive"), "{gone}: {e}");
+        }
+        // Plain http: only for a loopback address, or when asked for.
+        let mut plain = base;
+        plain["client_secret"] = json!("s3cret-value");
+        plain["token_url"] = json!("http://idp.example/token");
+        let e = parse(plain.clone()).unwrap_err();
+        assert!(e.contains("plain http") && !e.contains("s3cret"), "{e}");
+        plain["allow_insecure_http"] = json!(true);
+        assert!(parse(plain.clone()).unwrap().allow_insecure_http);
+        plain["allow_insecure_http"] = json!(false);
+        for local in [
+            "http://127.0.0.1:9/token",
+            "http://[::1]:9/token",
+            "http://localhost/t",
+        ] {
+            plain["token_url"] = json!(local);
+            assert!(parse(plain.clone()).is_ok(), "{local}");
+        }
         assert!(parse(
             json!({"token_url": "https://idp.example/token", "grant": "jwt_bearer", "iss": "i"})
         )

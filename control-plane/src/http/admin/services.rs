@@ -165,6 +165,8 @@ struct OAuthView {
     token_params: Vec<String>,
     /// The names of the extra assertion claims (not their values).
     assertion_claims: Vec<String>,
+    /// Whether a plain-http `token_url` off loopback was accepted on purpose.
+    allow_insecure_http: bool,
     /// Whether it is stored sealed under a key-encryption key (always, outside dev mode).
     sealed: bool,
 }
@@ -231,6 +233,7 @@ fn view(s: &AppState, row: ServiceRow) -> ServiceView {
                 assertion_in: c.assertion_in,
                 token_params: c.token_params.into_keys().collect(),
                 assertion_claims: c.assertion_claims.into_keys().collect(),
+                allow_insecure_http: c.allow_insecure_http,
                 sealed,
             }),
             Err(e) => {
@@ -413,7 +416,7 @@ async fn list_services(State(s): State<AppState>) -> ApiResult<Json<Vec<ServiceV
     path = "/v1/services",
     tag = "admin",
     security(("admin_token" = [])),
-    request_body(content = serde_json::Value, description = "`{name, owner_id, team_id?, sharing? (owner, team, signed_in, public; default team), upstream_url (http(s)://host[:port]), ca_pem?, credential? {header, value}, resource_path? (e.g. `/sessions/{id}`: reached one resource at a time, each resource's owner recorded with PUT /v1/services/{name}/resources/{id})}`"),
+    request_body(content = serde_json::Value, description = "`{name, owner_id, team_id?, sharing? (owner, team, signed_in, public; default team), upstream_url (http(s)://host[:port]), ca_pem?, credential? ({header, value}, or {oauth: {...}, value?, header?} as in PUT /v1/services/{name}/credential), resource_path? (e.g. `/sessions/{id}`: reached one resource at a time, each resource's owner recorded with PUT /v1/services/{name}/resources/{id})}`"),
     responses(
         (status = 201, description = "Created; the answer shows the credential's fingerprint, never its value"),
         Malformed,
@@ -621,7 +624,7 @@ async fn delete_service(
     tag = "admin",
     security(("admin_token" = [])),
     params(("name" = String, Path, description = "The service")),
-    request_body(content = serde_json::Value, description = "`{header, value}`: the header Envoy sets on every request to the upstream, e.g. `authorization` and `Bearer sk-...`, or `x-api-key`"),
+    request_body(content = serde_json::Value, description = "`{header, value}`: the header Envoy sets on every request to the upstream, e.g. `authorization` and `Bearer sk-...`, or `x-api-key`; or `{oauth: {token_url, grant (client_credentials, jwt_bearer), client_id?, client_secret? or private_key_pem?, key_id?, scope?, iss?, sub?, aud?, header? (authorization), renew_margin_secs? (300), request_body? (form, json), assertion_in? (body, authorization_header), token_params?, assertion_claims?, ca_pem?, allow_insecure_http?}, value? (a static fallback), header?}`: a token the control plane obtains and renews. `token_url` is https (http only for a loopback address or with allow_insecure_http); the header is not one Envoy overwrites or removes (x-forwarded-for, x-forwarded-proto, client forwarding headers)"),
     responses(
         (status = 200, description = "Set (sealed under the key-encryption key); the answer shows its fingerprint, never its value"),
         Malformed,
