@@ -158,7 +158,10 @@ pub async fn build_with_tokens(
         cutoffs,
         logout_url,
         renewal: Some(Renewal {
-            url: format!("{}{RENEW_PATH}", config.issuer),
+            // Envoy calls the control plane through its cluster, where every route is at the
+            // root (as the exchange's and the reserved paths' are), even when browsers reach
+            // it under the issuer's path through the app's proxy.
+            url: format!("{}{RENEW_PATH}", origin(&config.issuer)),
             secret: config.renew_secret.clone(),
             before_secs: renew_before_secs(config.capability_lifetime),
             timeout_ms: RENEW_TIMEOUT_MS,

@@ -219,6 +219,39 @@ async fn a_lapsed_capability_is_renewed_while_its_session_lives(which: Which) {
 }
 on_both!(a_lapsed_capability_is_renewed_while_its_session_lives);
 
+/// An issuer under a path (browsers reach the control plane under a prefix of the app's host,
+/// through the app's proxy): Envoy still calls it through its cluster at the root, so the
+/// renew and wake calls the filter makes name the root paths, and the control plane answers them.
+async fn an_issuer_under_a_path_is_renewed_at_the_root(which: Which) {
+    let Some(h) = Harness::seeded(which, |s| Settings {
+        renew_secret: Some(SECRET.into()),
+        issuer: Some("http://127.0.0.1:8080/podgate".into()),
+        start_hook_url: Some("http://127.0.0.1:9/pods/{pod}/start".into()),
+        start_hook_secret: Some("start-hook-secret-0123456789abcdef0123".into()),
+        ..s
+    })
+    .await
+    else {
+        return;
+    };
+    let (_, c) = filter(&h).await;
+    let renewal = c.renewal.as_ref().unwrap();
+    assert_eq!(renewal.path, "/api/proxy-renew");
+    assert_eq!(renewal.authority, "127.0.0.1:8080");
+    let session = h.login("alice").await;
+    let cap = h.browser_capability(&session).await;
+    let r = h
+        .as_envoy(&renewal.path, Some(SECRET), Some(&cap), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.json()["token"].as_str().is_some(), "{}", r.body);
+    let wake = podgate_protocol::wake::call(&c, "myslug", &verify(&c, &cap)).unwrap();
+    let path = wake.headers.iter().find(|(k, _)| k == ":path").unwrap();
+    assert_eq!(path.1, "/api/proxy-wake");
+    h.finish().await;
+}
+on_both!(an_issuer_under_a_path_is_renewed_at_the_root);
+
 /// With mutual TLS with Envoy, the public listener answers the endpoints only Envoy calls 404
 /// (Envoy reaches them on the Envoy-facing listener, `podgate::envoy_app`, which needs its
 /// client certificate); everything else is served as before.

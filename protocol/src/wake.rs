@@ -9,7 +9,7 @@
 //! per pod, and calls the operator's start hook. The filter does not wait for the answer.
 
 use crate::config::CompiledConfig;
-use crate::renewal::{RENEW_PATH, RENEW_SECRET_HEADER};
+use crate::renewal::RENEW_SECRET_HEADER;
 use crate::token::Verified;
 
 /// The control plane's wake endpoint, beside the renew endpoint.
@@ -40,17 +40,13 @@ pub fn call(config: &CompiledConfig, pod: &str, capability: &Verified) -> Option
     }
     let renewal = config.renewal.as_ref()?;
     let token = capability.token.as_ref()?;
-    // Beside the renew endpoint, under whatever prefix the control plane is served.
-    let path = match renewal.path.strip_suffix(RENEW_PATH) {
-        Some(base) => format!("{base}{WAKE_PATH}"),
-        None => WAKE_PATH.to_owned(),
-    };
     Some(WakeCall {
         pod: pod.to_owned(),
         cluster: config.control_plane_cluster.clone(),
         headers: vec![
             (":method".into(), "POST".into()),
-            (":path".into(), path),
+            // Envoy reaches the control plane through its cluster: the route is at the root.
+            (":path".into(), WAKE_PATH.into()),
             (":authority".into(), renewal.authority.clone()),
             (RENEW_SECRET_HEADER.into(), renewal.secret().to_owned()),
             ("authorization".into(), format!("Bearer {}", token.as_str())),
