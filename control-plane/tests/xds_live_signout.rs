@@ -1,8 +1,8 @@
 //! Sign-out and cuts of lost access, live, through a real Envoy 1.40 fed by the control plane's
 //! ADS server, with a recording fake pod: a browser signs in and reaches the pod, signs out on
 //! the pod host, and the same capability is refused on the pod host within one push (the time
-//! is printed) and its open WebSocket closed within a second, as the configuration with the cut
-//! arrives; a team removal cuts a member off the same way, WebSocket included, and one stopped
+//! is printed) and its open WebSocket closed and its event stream reset within a second, as the
+//! configuration with the cut arrives; a team removal cuts a member off the same way, WebSocket included, and one stopped
 //! at its cut changes nothing until it is repeated;
 //! `/.podgate/userinfo` is answered by the filter and never reaches the pod.
 
@@ -28,14 +28,31 @@ const WEBSOCKET_CUT: Duration = Duration::from_secs(3);
 /// A WebSocket upgrade to `pod` through Envoy with `token` as `podgate-token`, over a raw
 /// connection; the connection once the pod answered `101`.
 async fn open_websocket(envoy: SocketAddr, pod: &str, token: &str) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(envoy).await.unwrap();
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
          podgate-token: {token}\r\n\r\n",
         pod_host(pod)
     );
+    open_raw(envoy, &request, "HTTP/1.1 101").await
+}
+
+/// The pod's server-sent events (one every 200 ms, for minutes) through Envoy with `token` as
+/// `podgate-token`, over a raw connection; the connection once the pod answered `200`.
+async fn open_event_stream(envoy: SocketAddr, pod: &str, token: &str) -> tokio::net::TcpStream {
+    let request = format!(
+        "GET /_fake/events?every_ms=200&count=1000 HTTP/1.1\r\nHost: {}\r\n\
+         Accept: text/event-stream\r\npodgate-token: {token}\r\n\r\n",
+        pod_host(pod)
+    );
+    open_raw(envoy, &request, "HTTP/1.1 200").await
+}
+
+/// Sends `request` on a new connection to Envoy; the connection once the answer's head, which
+/// starts with `status_line`, was read.
+async fn open_raw(envoy: SocketAddr, request: &str, status_line: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(envoy).await.unwrap();
     conn.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -48,7 +65,7 @@ async fn open_websocket(envoy: SocketAddr, pod: &str, token: &str) -> tokio::net
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.starts_with(status_line), "{head}");
     conn
 }
 
@@ -61,7 +78,7 @@ async fn until_closed(conn: &mut tokio::net::TcpStream, within: Duration) -> Dur
         match tokio::time::timeout(within.saturating_sub(start.elapsed()), conn.read(&mut buf))
             .await
         {
-            Err(_) => panic!("the WebSocket is still open {within:?} later"),
+            Err(_) => panic!("the stream is still open {within:?} later"),
             Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
             Ok(Ok(_)) => {}
         }
@@ -145,9 +162,18 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
         until_closed(&mut ws, Duration::from_secs(5)).await;
         Instant::now()
     });
+    // And an event stream of it, which the pod would keep sending for minutes.
+    let mut events = open_event_stream(envoy, "web", cap_value).await;
+    let events_closed = tokio::spawn(async move {
+        until_closed(&mut events, Duration::from_secs(5)).await;
+        Instant::now()
+    });
     // The user's other browser, signed in too and already let through (the filter remembers
     // that decision).
     let other_session = stack.cp.session(USER).await;
+    // The event stream has flowed for over a second (a request in flight as a cut lands is
+    // let finish, and reset a second later if still open).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let other_cap = sign_in_through_envoy(&stack, "web", &other_session).await;
     let (status, _, _, body) = get_on_pod(&http, envoy, "web", "/page", Some(&other_cap)).await;
     assert_eq!(status, 200, "{body}");
@@ -194,6 +220,17 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
     assert!(
         closed <= WEBSOCKET_CUT,
         "the WebSocket closed {closed:?} after the logout answer\n{}",
+        stack.logs()
+    );
+    // So is the event stream, although its request was judged long before.
+    let closed = events_closed
+        .await
+        .unwrap()
+        .saturating_duration_since(signed_out);
+    eprintln!("sign-out → event stream reset {closed:?} after the logout answer");
+    assert!(
+        closed <= WEBSOCKET_CUT,
+        "the event stream ended {closed:?} after the logout answer\n{}",
         stack.logs()
     );
     let after = pod.requests().len();

@@ -11,7 +11,7 @@ use podgate_protocol::reply::Denial;
 
 use crate::access::{self, record};
 use crate::raw::{self, LogLevel, MapType};
-use crate::{apply_request, log, now_unix, Action, Counter, Filter, OpenSocket, Resume};
+use crate::{apply_request, log, now_unix, Action, Counter, Filter, Resume};
 
 /// An exchange in flight: the streams waiting for it, and when it started (unix seconds).
 pub(crate) struct PendingExchange {
@@ -182,13 +182,9 @@ impl Filter {
                 if forward.response.is_some() {
                     self.responses.insert(context_id, Rc::clone(&forward));
                 }
-                if let (true, Some(cap)) = (forward.websocket, forward.capability.as_ref()) {
-                    let socket = OpenSocket {
-                        capability: Rc::clone(cap),
-                        renew_at: forward.renew_at,
-                    };
-                    self.websockets.insert(context_id, socket);
-                }
+                // Forwarded now, after its call: its age counts from here.
+                let started_ms = crate::now_ms().unwrap_or(0);
+                self.track(context_id, &forward, started_ms);
                 self.metrics.bump(Counter::Allowed, 1);
                 Resume::Continue
             }

@@ -79,10 +79,11 @@ enum Counter {
     ExchangeCalls,
     ExchangeGranted,
     AssertionSigned,
+    StreamCut,
 }
 
 impl Counter {
-    const ALL: [(Counter, &'static str); 17] = [
+    const ALL: [(Counter, &'static str); 18] = [
         (Counter::Allowed, "podgate.allowed"),
         (Counter::Callback, "podgate.callback"),
         (Counter::CacheHits, "podgate.token_cache.hits"),
@@ -103,6 +104,7 @@ impl Counter {
         (Counter::ExchangeCalls, "podgate.exchange.calls"),
         (Counter::ExchangeGranted, "podgate.exchange.granted"),
         (Counter::AssertionSigned, "podgate.assertion.signed"),
+        (Counter::StreamCut, "podgate.stream.cut"),
     ];
 }
 
@@ -169,6 +171,13 @@ struct Filter {
     /// renewal is refused, and as soon as a configuration that cuts it off arrives (the tick
     /// looks again).
     websockets: ByContext<OpenSocket>,
+    /// Every other open stream forwarded on a capability (a long poll, server-sent events, a
+    /// download or upload), reset once a configuration that cuts its capability off arrives.
+    /// Not at `exp`: a request is judged when it starts, as `jwt_authn` judges it.
+    streams: ByContext<OpenStream>,
+    /// When the request being decided arrived (Unix milliseconds): the clock read it costs
+    /// anyway, kept for the stream it may open.
+    request_ms: i64,
     /// Renewals by the renewed capability's `jti`: at most one call in flight per capability,
     /// and its outcome for the requests that still carry the old one.
     renewals: HashMap<String, Renewal>,
@@ -206,6 +215,39 @@ pub(crate) enum Resume {
 struct OpenSocket {
     capability: Rc<Verified>,
     renew_at: Option<i64>,
+}
+
+/// An open stream that is not a WebSocket: the capability it was let through on, and when.
+struct OpenStream {
+    capability: Rc<Verified>,
+    started_ms: i64,
+}
+
+/// How old a stream must be before a cut resets it: one in flight as the push lands (a request
+/// answered in milliseconds) is let finish, and the tick, a second later, resets it if it is
+/// still open. A client polling through a sign-out gets its answers, then the refusals.
+const STREAM_CUT_GRACE_MS: i64 = 1000;
+
+/// The clock in Unix milliseconds.
+fn now_ms() -> Option<i64> {
+    i64::try_from(raw::now_nanos().ok()? / 1_000_000).ok()
+}
+
+/// Resets these streams (Envoy resets each right after the callback, then deletes it); how
+/// many were still open.
+fn reset_streams(ids: &[u32]) -> u64 {
+    let mut reset = 0;
+    for &context_id in ids {
+        match raw::set_effective_context(context_id).and_then(|()| raw::reset_stream()) {
+            Ok(()) => reset += 1,
+            // Already gone: nothing left to close.
+            Err(status) => log(
+                LogLevel::Debug,
+                &format!("podgate: cannot reset stream {context_id}: {status:?}"),
+            ),
+        }
+    }
+    reset
 }
 
 /// Most pods one worker remembers asking to start; past it, older entries go first.
@@ -345,8 +387,8 @@ impl Filter {
                 self.gate.configure(Rc::new(compiled));
                 self.renewals
                     .retain(|_, r| !matches!(r, Renewal::Fresh { .. }));
-                // A cut (sign-out, lost access, revocation) ends the WebSockets it covers as
-                // this configuration arrives, not a tick later.
+                // A cut (sign-out, lost access, revocation) ends the WebSockets and the other
+                // open streams it covers as this configuration arrives, not a tick later.
                 self.close_expired_websockets();
                 // Again for this configuration's root context: Envoy may give an update its
                 // own, and a tick belongs to the root context that asked for it.
@@ -396,13 +438,37 @@ impl Filter {
         self.on_renewal_response(token, num_headers, body_size)
     }
 
+    /// Keeps the stream `context_id`, forwarded on a capability at `started_ms`, until it ends:
+    /// a WebSocket to be renewed and closed at `exp`, any stream to be reset once its
+    /// capability is cut off.
+    fn track(&mut self, context_id: u32, forward: &Forward, started_ms: i64) {
+        let Some(cap) = forward.capability.as_ref() else {
+            return;
+        };
+        if forward.websocket {
+            let socket = OpenSocket {
+                capability: Rc::clone(cap),
+                renew_at: forward.renew_at,
+            };
+            self.websockets.insert(context_id, socket);
+        } else {
+            let stream = OpenStream {
+                capability: Rc::clone(cap),
+                started_ms,
+            };
+            self.streams.insert(context_id, stream);
+        }
+    }
+
     /// Closes every WebSocket whose capability has expired (unrenewed), is refused by the
     /// configuration in force (a signed-out session, access lost, revoked), or whose renewal
-    /// the control plane refused. Run by the tick and by the configure callback. Envoy resets
+    /// the control plane refused, and resets every other open stream whose capability that
+    /// configuration refuses. Run by the tick and by the configure callback. Envoy resets
     /// the stream right after the callback (`proxy_close_stream` on the stream made effective),
     /// then deletes it; the client sees the connection end once the listener's
     /// `delayed_close_timeout` has passed.
     fn close_expired_websockets(&mut self) {
+        self.reset_cut_streams();
         if self.websockets.is_empty() {
             // The common case: no host call at all.
             return;
@@ -428,22 +494,43 @@ impl Filter {
         self.metrics.bump(Counter::WebsocketCut, closed);
     }
 
+    /// Resets every other open stream whose capability the configuration in force refuses
+    /// (a signed-out session, access lost, revoked, its signing key dropped), once it is older
+    /// than [`STREAM_CUT_GRACE_MS`]. One still waiting for its capability's renewal is left to
+    /// it: it is answered `401` when the call ends.
+    fn reset_cut_streams(&mut self) {
+        if self.streams.is_empty() {
+            return;
+        }
+        let Some(now_ms) = now_ms() else { return };
+        let waits_on_renewal = |id: u32| {
+            self.renewals
+                .values()
+                .any(|r| matches!(r, Renewal::InFlight { waiting, .. } if waiting.contains(&id)))
+        };
+        let cut: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(id, s)| {
+                now_ms.saturating_sub(s.started_ms) >= STREAM_CUT_GRACE_MS
+                    && self.gate.refuses(&s.capability)
+                    && !waits_on_renewal(**id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &cut {
+            self.streams.remove(id);
+        }
+        let reset = reset_streams(&cut);
+        self.metrics.bump(Counter::StreamCut, reset);
+    }
+
     /// Closes these WebSockets; how many were still open.
     fn close_websockets(&mut self, ids: &[u32]) -> u64 {
-        let mut closed = 0;
-        for &context_id in ids {
-            self.websockets.remove(&context_id);
-            let result = raw::set_effective_context(context_id).and_then(|()| raw::reset_stream());
-            match result {
-                Ok(()) => closed += 1,
-                // Already gone: nothing left to close.
-                Err(status) => log(
-                    LogLevel::Debug,
-                    &format!("podgate: cannot close WebSocket {context_id}: {status:?}"),
-                ),
-            }
+        for context_id in ids {
+            self.websockets.remove(context_id);
         }
-        closed
+        reset_streams(ids)
     }
 
     /// Answers each stream of `waiting` (paused on a call) with `reply`: counted, and in the
@@ -498,7 +585,10 @@ impl Filter {
             Err(status) => return self.host_failed("reading the request headers", status),
         };
         let now = match raw::now_nanos() {
-            Ok(nanos) => i64::try_from(nanos / 1_000_000_000).unwrap_or(i64::MAX),
+            Ok(nanos) => {
+                self.request_ms = i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX);
+                i64::try_from(nanos / 1_000_000_000).unwrap_or(i64::MAX)
+            }
             Err(status) => return self.host_failed("reading the clock", status),
         };
         let outcome = self.decide_counted(context_id, &bytes, now);
@@ -633,15 +723,10 @@ impl Filter {
         if let Err(status) = self.set_assertion(&forward, now) {
             return self.host_failed("setting the identity assertion", status);
         }
-        // To a pod (not the control plane, which sets our cookie): a WebSocket is closed when
-        // the capability expires unrenewed, and the response is sanitized.
-        if let (true, Some(cap)) = (forward.websocket, forward.capability.as_ref()) {
-            let socket = OpenSocket {
-                capability: Rc::clone(cap),
-                renew_at: forward.renew_at,
-            };
-            self.websockets.insert(context_id, socket);
-        }
+        // To a pod or a service (not the control plane, which sets our cookie): the stream is
+        // kept until it ends (a WebSocket closed when its capability expires unrenewed, any
+        // stream reset when it is cut off), and the response is sanitized.
+        self.track(context_id, &forward, self.request_ms);
         // One comparison on the cached path; a capability due for renewal is rare (once per
         // capability and worker, and the requests that follow carry the fresh one).
         let action = match (renewal::due(forward.renew_at, now), &forward.capability) {
@@ -711,6 +796,7 @@ impl Filter {
         self.gate.end_stream(context_id);
         self.responses.remove(&context_id);
         self.websockets.remove(&context_id);
+        self.streams.remove(&context_id);
         if !self.set_cookies.is_empty() {
             self.set_cookies.remove(&context_id);
         }

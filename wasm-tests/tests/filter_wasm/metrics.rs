@@ -139,6 +139,7 @@ fn every_answer_counts_under_its_reason() {
         ("podgate.websocket.expired", 0),
         ("podgate.answered", 0),
         ("podgate.websocket.cut", 0),
+        ("podgate.stream.cut", 0),
         // Renewals need the control plane (`control-plane/tests/xds_live_renewal.rs`).
         ("podgate.renewal.renewed", 0),
         ("podgate.renewal.refused", 0),

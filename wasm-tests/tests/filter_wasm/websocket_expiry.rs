@@ -1,5 +1,6 @@
 //! An open WebSocket is closed when its capability expires, by the root context's tick
-//! (1 s); frames are not inspected.
+//! (1 s); frames are not inspected. A push that cuts a capability off closes its WebSockets
+//! and resets its other open streams (server-sent events, a long download).
 use std::time::Duration;
 
 use podgate_wasm_tests::host::{FilterVm, Outcome};
@@ -43,7 +44,7 @@ fn the_tick_closes_a_websocket_when_its_capability_expires() {
     let mut vm = vm();
     assert_eq!(vm.tick_period(), Some(Duration::from_secs(1)));
     let ws = open(&mut vm);
-    // A plain request with the same token stays open (only WebSockets are tracked).
+    // A plain request with the same token stays open (only WebSockets close at `exp`).
     let plain = vm.open_stream().unwrap();
     let req = Req::alpha().token(&alpha_cap());
     vm.request_headers(plain, &req.headers, true).unwrap();
@@ -215,4 +216,74 @@ fn a_push_that_drops_a_signing_key_closes_the_websockets_it_signed() {
         .request_headers(ctx, &Req::alpha().token(&alpha_cap()).headers, true)
         .unwrap();
     assert_eq!(out.status(), Some(401), "{out:?}");
+}
+
+/// A plain request on `token` whose response is still streaming (server-sent events).
+fn streaming(vm: &mut FilterVm, token: &str) -> u32 {
+    let ctx = vm.open_stream().unwrap();
+    let out = vm
+        .request_headers(ctx, &Req::alpha().token(token).headers, true)
+        .unwrap();
+    assert!(matches!(out, Outcome::Continue { .. }), "{out:?}");
+    let out = vm
+        .response_headers(
+            ctx,
+            &[(":status", "200"), ("content-type", "text/event-stream")],
+            false,
+        )
+        .unwrap();
+    assert!(matches!(out, Outcome::Continue { .. }), "{out:?}");
+    ctx
+}
+
+#[test]
+fn a_push_that_cuts_a_capability_off_resets_its_open_streams() {
+    // Sign-out and loss of access end every open stream of the capability, not only its
+    // WebSockets: an event stream would otherwise flow on for as long as the pod sends. The
+    // others stay, and none is reset at `exp` (a request is judged when it starts).
+    let mut vm = vm();
+    let in_session = |sid: &str| {
+        podgate_protocol::token::mint_in_session(
+            podgate_protocol::token::TokenKind::Capability,
+            &ed_key(1),
+            &claims("alpha", PORT),
+            Some(sid),
+            NOW,
+            LIFETIME,
+        )
+        .unwrap()
+    };
+    let signed_out = streaming(&mut vm, &in_session("sid-signed-out"));
+    let kept = streaming(&mut vm, &in_session("sid-kept"));
+    let ended = streaming(&mut vm, &in_session("sid-signed-out"));
+    vm.close_stream(ended).unwrap();
+    at(&mut vm, NOW + 10);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    // A request of that session in flight as the push lands.
+    let young = streaming(&mut vm, &in_session("sid-signed-out"));
+    let mut cfg = config(&[&ed_key(1)]);
+    cfg["cutoffs"] = serde_json::json!({
+        "sessions": [{"sid": "sid-signed-out", "at": NOW + 10, "until": NOW + 10 + LIFETIME + LEEWAY}]
+    });
+    let pushed = serde_json::to_vec(&cfg).unwrap();
+    assert_eq!(
+        vm.configure_closing(&pushed).unwrap(),
+        (true, vec![signed_out]),
+        "reset as the push arrives, and only the cut one that was not just let through"
+    );
+    assert!(!vm.is_open(signed_out));
+    assert!(vm.is_open(kept));
+    assert!(vm.is_open(young));
+    assert_eq!(metric(&mut vm, "podgate.stream.cut"), 1);
+    // The one in flight is let finish; still open a second later, the tick resets it.
+    at(&mut vm, NOW + 11);
+    assert_eq!(vm.tick().unwrap(), vec![young]);
+    assert_eq!(metric(&mut vm, "podgate.stream.cut"), 2);
+    assert_eq!(metric(&mut vm, "podgate.websocket.cut"), 0);
+    // Past `exp`, the kept one is still open: streams are not timed out by the filter.
+    at(&mut vm, EXP + 5);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    assert!(vm.is_open(kept));
+    vm.close_stream(kept).unwrap();
+    assert!(!vm.is_dead());
 }
