@@ -1688,7 +1688,10 @@ pub fn response(data: &[u8]) {
     let lower = |n: &[u8]| n.to_ascii_lowercase();
     let is_set_cookie = |n: &[u8]| n.eq_ignore_ascii_case(b"set-cookie");
     let is_cors = |n: &[u8]| n.len() >= 15 && n[..15].eq_ignore_ascii_case(b"access-control-");
-    let touched = headers.iter().any(|(n, _)| is_set_cookie(n) || is_cors(n));
+    let is_clear_site_data = |n: &[u8]| n.eq_ignore_ascii_case(b"clear-site-data");
+    let touched = headers
+        .iter()
+        .any(|(n, _)| is_set_cookie(n) || is_cors(n) || is_clear_site_data(n));
     if !touched && origin.is_none() {
         assert!(
             out.edits.is_empty(),
@@ -1707,6 +1710,21 @@ pub fn response(data: &[u8]) {
                 after.retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
                 after.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
             }
+        }
+    }
+
+    // No `Clear-Site-Data` directive that reaches past the pod's origin survives.
+    for (_, value) in after.iter().filter(|(n, _)| is_clear_site_data(n)) {
+        for directive in value
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|d| !d.is_empty())
+        {
+            assert!(
+                directive == b"\"storage\"" || directive == b"\"executionContexts\"",
+                "Clear-Site-Data {:?} survived",
+                String::from_utf8_lossy(value)
+            );
         }
     }
 

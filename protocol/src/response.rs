@@ -1,10 +1,11 @@
 //! What the filter changes in a pod's response before the browser sees it: `Set-Cookie` headers
-//! a pod may not send (`set_cookie`) and `Access-Control-*` headers (`cors`). Responses from
+//! a pod may not send (`set_cookie`), `Access-Control-*` headers (`cors`), and the directives of
+//! a `Clear-Site-Data` that would clear more than the pod's own origin. Responses from
 //! the control plane (the reserved path) are not touched: it sets our cookie.
 //!
 //! The response path must stay cheap: the filter reads the response header map once and, for a
-//! response without `Set-Cookie` or `Access-Control-*` headers and a request without a same-pod
-//! `Origin`, makes no other host call.
+//! response without `Set-Cookie`, `Access-Control-*` or `Clear-Site-Data` headers and a request
+//! without a same-pod `Origin`, makes no other host call.
 
 use crate::config::CompiledConfig;
 use crate::cors::{is_same_pod_origin, KEPT_FOR_SAME_POD};
@@ -103,6 +104,36 @@ pub struct Sanitized {
 
 const SET_COOKIE: &[u8] = b"set-cookie";
 const ACCESS_CONTROL: &[u8] = b"access-control-";
+const CLEAR_SITE_DATA: &[u8] = b"clear-site-data";
+/// The `Clear-Site-Data` directives a pod keeps: they clear what belongs to its own origin.
+/// `"cookies"` (and `"*"`, which includes it) clears every cookie of the registrable domain,
+/// other pods' and the control plane's among them, and `"cache"` may reach past the origin
+/// too; those are dropped.
+const ORIGIN_SCOPED_DIRECTIVES: [&str; 2] = ["\"storage\"", "\"executionContexts\""];
+
+/// `Clear-Site-Data` values narrowed to the origin-scoped directives; `None` when nothing
+/// needs to change.
+fn narrowed_clear_site_data(values: &[&[u8]]) -> Option<Vec<Vec<u8>>> {
+    let mut kept = Vec::new();
+    let mut changed = false;
+    for value in values {
+        let directives: Vec<&[u8]> = value
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|d| !d.is_empty())
+            .collect();
+        let scoped: Vec<&[u8]> = directives
+            .iter()
+            .copied()
+            .filter(|d| ORIGIN_SCOPED_DIRECTIVES.iter().any(|o| o.as_bytes() == *d))
+            .collect();
+        changed |= scoped.len() != directives.len();
+        if !scoped.is_empty() {
+            kept.push(scoped.join(&b", "[..]));
+        }
+    }
+    changed.then_some(kept)
+}
 
 fn is_name(name: &[u8], want: &[u8]) -> bool {
     name.eq_ignore_ascii_case(want)
@@ -121,9 +152,12 @@ pub fn sanitize<'a>(
 ) -> Sanitized {
     let mut set_cookies: Vec<&[u8]> = Vec::new();
     let mut cors_names: Vec<&[u8]> = Vec::new();
+    let mut clear_site_data: Vec<&[u8]> = Vec::new();
     for (name, value) in headers {
         if is_name(name, SET_COOKIE) {
             set_cookies.push(value);
+        } else if is_name(name, CLEAR_SITE_DATA) {
+            clear_site_data.push(value);
         } else if starts_with_ignore_case(name, ACCESS_CONTROL)
             && !cors_names.iter().any(|n| n.eq_ignore_ascii_case(name))
         {
@@ -131,6 +165,14 @@ pub fn sanitize<'a>(
         }
     }
     let mut out = Sanitized::default();
+    if let Some(kept) = narrowed_clear_site_data(&clear_site_data) {
+        out.edits
+            .push(ResponseEdit::Remove(CLEAR_SITE_DATA.to_vec()));
+        for value in kept {
+            out.edits
+                .push(ResponseEdit::Add(CLEAR_SITE_DATA.to_vec(), value));
+        }
+    }
     if set_cookies.is_empty() && cors_names.is_empty() && ctx.origin.is_none() {
         return out;
     }
@@ -223,6 +265,46 @@ mod tests {
             let ctx = ctx(Some(origin));
             let mut lazy = Lazy::new(&c, &ctx);
             assert_eq!(lazy.cors_origin(), same.then_some(origin), "{origin}");
+        }
+    }
+
+    /// `Clear-Site-Data: "cookies"` clears every cookie of the registrable domain: other pods'
+    /// capabilities and apps' sessions, and the control plane's when it shares the domain. A pod
+    /// keeps only the directives that stay within its own origin.
+    #[test]
+    fn clear_site_data_keeps_only_what_stays_in_the_pods_origin() {
+        let c = config();
+        let csd = |values: &[&[u8]]| {
+            let headers: Vec<(&str, &[u8])> =
+                values.iter().map(|v| ("Clear-Site-Data", *v)).collect();
+            run(&c, &ctx(None), &headers)
+        };
+        // Origin-scoped only: untouched.
+        let out = csd(&[b"\"storage\", \"executionContexts\""]);
+        assert_eq!(out, Sanitized::default());
+        // Cookies, cache and the wildcard go; what is left stays, in order.
+        let out = csd(&[b"\"cookies\", \"storage\"", b"\"cache\""]);
+        assert_eq!(
+            out.edits,
+            [
+                ResponseEdit::Remove(b"clear-site-data".to_vec()),
+                ResponseEdit::Add(b"clear-site-data".to_vec(), b"\"storage\"".to_vec()),
+            ]
+        );
+        for value in [
+            &b"\"*\""[..],
+            b"\"cookies\"",
+            b"\"COOKIES\"",
+            b"cookies",
+            b"\"cache\"",
+        ] {
+            let out = csd(&[value]);
+            assert_eq!(
+                out.edits,
+                [ResponseEdit::Remove(b"clear-site-data".to_vec())],
+                "{}",
+                String::from_utf8_lossy(value)
+            );
         }
     }
 
