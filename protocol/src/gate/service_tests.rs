@@ -66,9 +66,15 @@ fn a_service_gets_its_credential_and_none_of_the_callers() {
     let bearer = format!("Bearer {}", service_cap("openai"));
     let d = get_models(
         &c,
-        &[("authorization", &bearer), ("x-api-key", "the-callers-own")],
+        &[
+            ("authorization", &bearer),
+            ("x-api-key", "the-callers-own"),
+            ("x-forwarded-host", "evil.example"),
+        ],
     );
     assert_eq!(set(&d, ":authority"), Some("api.example.com"));
+    // The service's public host, never the client's copy.
+    assert_eq!(set(&d, "x-forwarded-host"), Some("svc-openai.example.dev"));
     assert_eq!(set(&d, CLUSTER_HEADER), Some("service_openai"));
     assert_eq!(set(&d, "x-api-key"), Some("sk-upstream"));
     assert!(removed(&d, "authorization"));
