@@ -9,6 +9,7 @@
 use crate::config::PodStatus;
 use crate::host::PodAddr;
 use crate::reply::{Denial, Reply};
+use crate::token::TokenError;
 use crate::wake::RELOAD_SECS;
 
 /// `Content-Security-Policy` of every page: no script, no subresource, no framing; inline
@@ -69,6 +70,18 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
         ("pod", "Pod")
     };
     let text = match denial {
+        Denial::InvalidCapability {
+            reason: TokenError::NotYetValid,
+            redirect: None,
+        } => Text {
+            title: "Clocks out of step".to_owned(),
+            lines: vec![
+                format!("The capability this browser holds for {place} is not valid yet: the control plane that issued it keeps a clock ahead of this proxy's."),
+                "Signing in again would give one just as early. An operator should make both keep time (NTP); then reload this page.".to_owned(),
+            ],
+            link: Link::Retry,
+            reload: None,
+        },
         Denial::NoCapability { redirect: None } | Denial::InvalidCapability { redirect: None, .. } => Text {
             title: "Sign-in needed".to_owned(),
             lines: vec![

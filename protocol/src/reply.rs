@@ -191,7 +191,11 @@ impl Denial {
             Denial::InvalidCapability { reason, .. } => (
                 401,
                 format!("Invalid capability: {reason}"),
-                Some("get a fresh token from POST /v1/capabilities or reload the page"),
+                Some(if *reason == TokenError::NotYetValid {
+                    "the control plane's clock is ahead of this proxy's by more than the leeway: make both keep time (NTP), then reload"
+                } else {
+                    "get a fresh token from POST /v1/capabilities or reload the page"
+                }),
             ),
             Denial::WrongScope => (
                 403,

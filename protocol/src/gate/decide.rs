@@ -459,7 +459,9 @@ pub(super) fn decide_counting(
         Some(OwnPath::Logout) => return (Decision::Answer(own_paths::logout(config)), 0),
         Some(OwnPath::Userinfo) => {
             // From the capability for this very host, as for a forward, but a missing or
-            // refused one is a 401, never a redirect: this is for scripts.
+            // refused one is a 401, never a redirect: this is for scripts. A lapsed cookie
+            // (a tab left idle) waits for its renewal as a forward would, and the answer
+            // hands on the fresh cookie.
             let found = candidates(config, req, &bearers);
             let looked_at = found.len();
             if found.is_empty() {
@@ -481,10 +483,21 @@ pub(super) fn decide_counting(
                 Choice::OtherResource | Choice::ScopedElsewhere => {
                     Decision::Deny(Denial::WrongScope)
                 }
-                Choice::Refused(reason) => Decision::Deny(Denial::InvalidCapability {
-                    reason,
-                    redirect: None,
-                }),
+                Choice::Refused(reason) => {
+                    let refusal = Denial::InvalidCapability {
+                        reason,
+                        redirect: None,
+                    };
+                    match lapsed(config, cache, &found, &pod, Want::Any, budget, now) {
+                        Some(Lapsed::Renewed(fresh, cookie)) => {
+                            let mut reply = own_paths::userinfo(&fresh);
+                            reply.headers.push(("set-cookie", cookie.to_string()));
+                            Decision::Answer(reply)
+                        }
+                        Some(Lapsed::Renew(old)) => Decision::Renew { old, refusal },
+                        None => Decision::Deny(refusal),
+                    }
+                }
             };
             return (decision, looked_at);
         }
@@ -575,10 +588,15 @@ pub(super) fn decide_counting(
         (Choice::OtherResource, None) => return (Decision::Deny(Denial::WrongResource), looked_at),
         (Choice::ScopedElsewhere, None) => return (Decision::Deny(Denial::WrongScope), looked_at),
         (Choice::Refused(reason), None) => {
-            let refusal = Denial::InvalidCapability {
-                reason,
-                redirect: redirect(),
+            // A capability from the future (the control plane's clock ahead of this proxy's by
+            // more than the leeway) is not sent to sign in: the fresh one would be refused the
+            // same way and the browser would go round until it gives up. The 401 says why.
+            let redirect = if reason == TokenError::NotYetValid {
+                None
+            } else {
+                redirect()
             };
+            let refusal = Denial::InvalidCapability { reason, redirect };
             match lapsed(config, cache, &found, &pod, want, budget, now) {
                 Some(Lapsed::Renewed(fresh, cookie)) => match &scope {
                     Ok(_) => {

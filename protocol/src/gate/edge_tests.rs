@@ -226,3 +226,55 @@ fn a_page_load_redirect_never_carries_a_ticket_or_a_walk_out_of_the_path() {
         assert!(!location.to_ascii_lowercase().contains("ticket"), "{path}");
     }
 }
+
+#[test]
+fn a_capability_from_the_future_is_a_401_saying_so_never_a_sign_in_loop() {
+    // The control plane's clock ahead of this proxy's by more than the leeway: every capability
+    // it mints is refused as not valid yet, and so would the one a sign-in gives. A page load
+    // is answered, not sent round.
+    let c = config();
+    let c_claims = PodClaims {
+        aud: HOST.into(),
+        pod: "alpha".into(),
+        port: 8726,
+        ..claims()
+    };
+    let key = ed_key(TokenKind::Capability, 1);
+    let ahead = mint(TokenKind::Capability, &key, &c_claims, NOW + 120, 900).unwrap();
+    let cookie = format!("__Host-podgate_cap={ahead}");
+    let page = [("sec-fetch-mode", "navigate"), ("cookie", cookie.as_str())];
+    let h = crate::wire::encode_header_map(&request(HOST, "/app", &page));
+    let Outcome::Page(reply) = Gate::new(Rc::clone(&c)).on_request(&h, NOW + 1) else {
+        panic!("not a page")
+    };
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert!(reply.body.contains("not valid yet"), "{}", reply.body);
+    assert!(reply.body.contains("clock"), "{}", reply.body);
+    assert!(!reply.headers.iter().any(|(n, _)| *n == "location"));
+    assert!(!reply.body.contains("proxy-auth"), "{}", reply.body);
+    // A script gets the JSON saying the same.
+    let h = request(HOST, "/api", &[("cookie", cookie.as_str())]);
+    let d = once(&c, &h);
+    let Decision::Deny(denial) = &d else {
+        panic!("{d:?}")
+    };
+    let reply = denial.reply();
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert!(reply.body.contains("clock"), "{}", reply.body);
+    // Within the leeway it is taken; an expired one still goes to sign in.
+    let close = mint(TokenKind::Capability, &key, &c_claims, NOW + 20, 900).unwrap();
+    let cookie = format!("__Host-podgate_cap={close}");
+    let page = [("sec-fetch-mode", "navigate"), ("cookie", cookie.as_str())];
+    assert!(matches!(
+        once(&c, &request(HOST, "/app", &page)),
+        Decision::Forward(_)
+    ));
+    let old = mint(TokenKind::Capability, &key, &c_claims, NOW - 2000, 900).unwrap();
+    let cookie = format!("__Host-podgate_cap={old}");
+    let page = [("sec-fetch-mode", "navigate"), ("cookie", cookie.as_str())];
+    let d = once(&c, &request(HOST, "/app", &page));
+    let Decision::Deny(denial) = &d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(denial.reply().status, 302);
+}

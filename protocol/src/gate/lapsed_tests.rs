@@ -300,3 +300,46 @@ fn lapsed_cookies_a_sibling_planted_for_its_own_host_cost_no_signature() {
     assert_eq!(wait.old.token.as_ref().unwrap().as_str(), real);
     assert_eq!(gate.cache().verifications(), checks + 1);
 }
+
+#[test]
+fn userinfo_on_a_lapsed_cookie_waits_for_its_renewal_and_hands_on_the_fresh_cookie() {
+    // A tab left idle asks "who am I" first: it waits for the renewal as any other request of
+    // it would, instead of a 401 that would show a live session as signed out.
+    let old = cap_for("alpha", NOW, Some("sid-a"));
+    let userinfo = |cookie: &str| {
+        crate::wire::encode_header_map(&[
+            (":authority".to_owned(), HOST.as_bytes().to_vec()),
+            (":path".to_owned(), b"/.podgate/userinfo".to_vec()),
+            (":method".to_owned(), b"GET".to_vec()),
+            (
+                "cookie".to_owned(),
+                format!("{COOKIE}={cookie}").into_bytes(),
+            ),
+        ])
+    };
+    let mut gate = Gate::new(config());
+    let at = LAPSES + 600;
+    let wait = renew(gate.on_request(&userinfo(&old), at));
+    assert_eq!(wait.old.sid.as_deref(), Some("sid-a"));
+    assert_eq!(wait.otherwise, expired(), "without a renewal: the 401");
+    let fresh = cap_for("alpha", at, Some("sid-a"));
+    let (body, set_cookie) = answer(&fresh);
+    assert!(matches!(
+        gate.renewed(&wait.old, 200, &body, at),
+        renewal::Renewed::Fresh { .. }
+    ));
+    let Outcome::Answer(reply) = gate.on_request(&userinfo(&old), at + 1) else {
+        panic!("not answered");
+    };
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let info: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(info["user"], "alice");
+    assert_eq!(info["expires_at"], at + 900);
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "set-cookie" && *v == set_cookie));
+    // Without a session id, nothing to renew: the 401.
+    let no_sid = cap_for("alpha", NOW, None);
+    assert_eq!(gate.on_request(&userinfo(&no_sid), at), expired());
+}

@@ -250,3 +250,38 @@ fn a_lapsed_cookie_whose_fresh_capability_a_push_withdrew_goes_to_the_control_pl
     assert!(matches!(out, Outcome::Paused { .. }), "{out:?}");
     assert_eq!(vm.pending_http_calls().len(), 1, "a second renew call");
 }
+
+#[test]
+fn userinfo_on_a_lapsed_cookie_is_answered_on_the_fresh_one_with_its_cookie() {
+    // A tab left idle whose first call is "who am I": it waits for the renewal, then the filter
+    // answers from the fresh capability and hands on its cookie; nothing reaches the pod.
+    let mut vm = lapsed_vm();
+    let old = lapsed_cap();
+    let ctx = vm.open_stream().unwrap();
+    let req = Req::alpha()
+        .set(":path", "/.podgate/userinfo")
+        .add("accept", "application/json")
+        .add("cookie", &format!("{COOKIE}={old}"));
+    let out = vm.request_headers(ctx, &req.headers, true).unwrap();
+    assert!(matches!(out, Outcome::Paused { .. }), "{out:?}");
+    let calls = vm.pending_http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let fresh = session_cap(NOW);
+    let set_cookie = format!("{COOKIE}={fresh}; HttpOnly; SameSite=Lax; Path=/; Max-Age=43200");
+    let body = serde_json::to_vec(&RenewAnswer {
+        token: fresh.clone(),
+        set_cookie: set_cookie.clone(),
+    })
+    .unwrap();
+    vm.answer_http_call(calls[0].token, &[(":status", "200")], &body)
+        .unwrap();
+    let reply = vm.local_reply_of(ctx).expect("answered by the filter");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let info: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(info["user"], "user-1");
+    assert_eq!(
+        header(&reply.headers, "set-cookie"),
+        Some(set_cookie.as_str())
+    );
+    assert_eq!(vm.continued(ctx), Some(0), "reached the pod");
+}
