@@ -152,6 +152,18 @@ impl KeyEncryptionKey {
         &self.source
     }
 
+    /// A secret for `purpose` derived from this key (64 hex digits): the same on every control
+    /// plane that holds the key, and across restarts, and telling nothing of the key.
+    pub fn derived_secret(&self, purpose: &str) -> String {
+        let digest = Sha256::new()
+            .chain_update(b"podgate derived secret\0")
+            .chain_update(purpose.as_bytes())
+            .chain_update(b"\0")
+            .chain_update(*self.key)
+            .finalize();
+        hex::encode(digest)
+    }
+
     /// The key as standard base64, for `podgate keys gen-kek`.
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(*self.key))

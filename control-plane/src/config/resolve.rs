@@ -112,15 +112,7 @@ impl Settings {
                     "the renew secret must be at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters; set PODGATE_RENEW_SECRET to e.g. `openssl rand -hex 32`"
                 )))
             }
-            Some(s) => s,
-            // One control plane: a secret of its own, pushed to Envoy with the filter's
-            // configuration. Several behind one Envoy must share one.
-            None => {
-                let mut bytes = [0u8; 32];
-                getrandom::getrandom(&mut bytes)
-                    .map_err(|e| bad(format!("no randomness for the renew secret: {e}")))?;
-                hex::encode(bytes)
-            }
+            given => given,
         };
 
         let admin_token = match self.admin_token {
@@ -305,6 +297,19 @@ impl Settings {
             need == Need::Server && !dev_mode,
         )
         .map_err(|e| bad(e.to_string()))?;
+        // Unless given: derived from the key-encryption key, so that every control plane
+        // sharing it (replicas on one database must) sends Envoy the same secret, before and
+        // after a restart; without one (dev mode), a secret of this process's own.
+        let renew_secret = match (renew_secret, key_encryption.current()) {
+            (Some(given), _) => given,
+            (None, Some(kek)) => kek.derived_secret("renew secret"),
+            (None, None) => {
+                let mut bytes = [0u8; 32];
+                getrandom::getrandom(&mut bytes)
+                    .map_err(|e| bad(format!("no randomness for the renew secret: {e}")))?;
+                hex::encode(bytes)
+            }
+        };
 
         let log_format = match self.log_format.as_deref() {
             None | Some("text") => LogFormat::Text,

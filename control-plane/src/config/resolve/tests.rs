@@ -352,3 +352,30 @@ fn mutual_tls_with_envoy_needs_all_three_files_and_its_own_address() {
     .resolve(Need::DatabaseOnly)
     .is_ok());
 }
+
+#[test]
+fn the_renew_secret_is_the_given_one_or_derived_from_the_key_encryption_key() {
+    let kek = |hex: &str| Settings {
+        key_encryption_key: Some(hex.into()),
+        ..base()
+    };
+    let secret = |s: Settings| s.resolve(Need::Server).unwrap().renew_secret;
+    let a = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let b = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    // Replicas sharing a key, and a restart, send Envoy the same secret; another key another.
+    assert_eq!(secret(kek(a)), secret(kek(a)));
+    assert_ne!(secret(kek(a)), secret(kek(b)));
+    assert_eq!(secret(kek(a)).len(), 64);
+    assert!(!secret(kek(a)).contains(&a[..16]), "the key shows through");
+    // Given: that one, whatever the key.
+    let given = "renew-secret-0123456789abcdef0123456789";
+    assert_eq!(
+        secret(Settings {
+            renew_secret: Some(given.into()),
+            ..kek(a)
+        }),
+        given
+    );
+    // No key (dev mode): a secret of the process's own.
+    assert_ne!(secret(base()), secret(base()));
+}
