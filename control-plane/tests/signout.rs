@@ -349,6 +349,12 @@ async fn userinfo_answers_the_signed_in_user(which: Which) {
         json!({"user": "bob", "email": "bob@example.dev", "name": "bob", "via": "session"})
     );
     assert_eq!(r.header("cache-control"), Some("no-store"));
+    // Cookies of the same name a sibling host planted with a longer path come first; those
+    // that cannot be a session do not hide the real one, however many.
+    let planted = format!("{}; {session}", ["podgate_session=planted"; 6].join("; "));
+    let r = h.get("/auth/userinfo", &[("cookie", &planted)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["user"], "bob");
     // POST signs out too (a form); GET userinfo then says so.
     let r = h
         .send(

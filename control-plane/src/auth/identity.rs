@@ -38,15 +38,17 @@ pub fn session_id_of_cookie(value: &str) -> String {
 }
 
 /// The values of the `session_cookie` pairs in `cookie_headers` that can be ours (64 hex
-/// characters; anything else is not), at most [`MAX_SESSION_CANDIDATES`] per header.
+/// characters; anything else is not), at most [`MAX_SESSION_CANDIDATES`] per header. Values
+/// that cannot be ours are passed over before the cap, so cookies a sibling planted with a
+/// longer path (sent first) hide the real one only if they look like ours too.
 fn session_values<'a>(
     session_cookie: &'a str,
     cookie_headers: &'a [&'a str],
 ) -> impl Iterator<Item = &'a str> + 'a {
     cookie_headers.iter().flat_map(move |cookie_header| {
         find_all(cookie_header, session_cookie)
-            .take(MAX_SESSION_CANDIDATES)
             .filter(|value| value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+            .take(MAX_SESSION_CANDIDATES)
     })
 }
 
