@@ -131,6 +131,8 @@ pub struct Metrics {
     refusals: Family<[(&'static str, String); 2], Counter>,
     rate_limited: Family<Labels1, Counter>,
     idp_fetches: Family<LabelsOwned, Counter>,
+    oauth_fetches: Family<[(&'static str, String); 2], Counter>,
+    oauth_expiry: Family<[(&'static str, String); 1], Gauge>,
     db_seconds: Family<Labels1, Histogram>,
     xds: Arc<AdsMetrics>,
     replicas: Gauge,
@@ -220,6 +222,18 @@ impl Metrics {
             "Documents fetched from identity providers, by provider, document (jwks, discovery) and outcome (ok, failed)",
             idp_fetches.clone(),
         );
+        let oauth_fetches = Family::<[(&'static str, String); 2], Counter>::default();
+        registry.register(
+            "service_oauth_fetches",
+            "Tokens asked of services' OAuth token endpoints, by service and outcome (ok, failed)",
+            oauth_fetches.clone(),
+        );
+        let oauth_expiry = Family::<[(&'static str, String); 1], Gauge>::default();
+        registry.register(
+            "service_oauth_token_expires_at_seconds",
+            "When the OAuth token this control plane pushes for a service expires (Unix seconds; 0 while it has none, and Envoy gets the fallback or answers 502)",
+            oauth_expiry.clone(),
+        );
         let db_seconds =
             Family::<Labels1, Histogram>::new_with_constructor(seconds_histogram as fn() -> _);
         registry.register(
@@ -306,6 +320,8 @@ impl Metrics {
             refusals,
             rate_limited,
             idp_fetches,
+            oauth_fetches,
+            oauth_expiry,
             db_seconds,
             xds,
             replicas,
@@ -410,6 +426,28 @@ impl Metrics {
                 ("outcome", outcome.to_owned()),
             ])
             .inc();
+    }
+
+    /// Counts one attempt to get service `service`'s OAuth token.
+    pub fn service_oauth_fetch(&self, service: &str, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.oauth_fetches
+            .get_or_create(&[
+                ("service", service.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Sets when the OAuth token pushed for each of `services` expires (0: none), and forgets
+    /// the services no longer listed.
+    pub fn service_oauth_expiries(&self, services: &[(String, Option<i64>)]) {
+        self.oauth_expiry.clear();
+        for (service, expires_at) in services {
+            self.oauth_expiry
+                .get_or_create(&[("service", service.clone())])
+                .set(expires_at.unwrap_or(0));
+        }
     }
 
     /// Records how long database work of class `op` took.

@@ -126,6 +126,27 @@ impl ServiceTokens {
     /// held before another changed the service) is not the new configuration's: it is never
     /// used for it; nor is one an admin cleared, here or at another control plane.
     pub fn current(&self, name: &str, config: &OAuthConfig, epoch: OAuthEpoch) -> Option<String> {
+        self.in_force(name, config, epoch, |t| format!("Bearer {}", t.value))
+    }
+
+    /// When the token [`ServiceTokens::current`] gives expires (Unix seconds), if there is one.
+    pub fn current_expiry(
+        &self,
+        name: &str,
+        config: &OAuthConfig,
+        epoch: OAuthEpoch,
+    ) -> Option<i64> {
+        self.in_force(name, config, epoch, |t| t.expires_ms / 1000)
+    }
+
+    /// `what` of the token of service `name` in force now (see [`ServiceTokens::current`]).
+    fn in_force<T>(
+        &self,
+        name: &str,
+        config: &OAuthConfig,
+        epoch: OAuthEpoch,
+        what: impl FnOnce(&Token) -> T,
+    ) -> Option<T> {
         let now = now_ms();
         self.lock()
             .get(name)
@@ -138,7 +159,7 @@ impl ServiceTokens {
             })
             .and_then(|s| s.token.as_ref())
             .filter(|t| t.usable(now))
-            .map(|t| format!("Bearer {}", t.value))
+            .map(what)
     }
 
     /// Records the outcome of an attempt with `config` in `generation` (of the service's
@@ -490,10 +511,18 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
         }
         while let Some(done) = attempts.join_next().await {
             if let Ok((name, config, generation, outcome)) = done {
+                state.metrics().service_oauth_fetch(&name, outcome.is_ok());
                 changed |= tokens.record(&name, &config, generation, outcome);
             }
         }
         tokens.finished_round();
+        let expiries: Vec<(String, Option<i64>)> = services
+            .iter()
+            .map(|(name, config, epoch)| {
+                (name.clone(), tokens.current_expiry(name, config, *epoch))
+            })
+            .collect();
+        state.metrics().service_oauth_expiries(&expiries);
         if changed {
             state.envoy_config_changed().await;
         }
