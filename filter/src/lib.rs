@@ -178,6 +178,9 @@ struct Filter {
     /// When the request being decided arrived (Unix milliseconds): the clock read it costs
     /// anyway, kept for the stream it may open.
     request_ms: i64,
+    /// Whether the last look at `streams` left some that are cut off (in flight, or waiting on
+    /// a renewal) for the tick.
+    recheck_streams: bool,
     /// Renewals by the renewed capability's `jti`: at most one call in flight per capability,
     /// and its outcome for the requests that still carry the old one.
     renewals: HashMap<String, Renewal>,
@@ -387,12 +390,14 @@ impl Filter {
                 self.gate.configure(Rc::new(compiled));
                 self.renewals
                     .retain(|_, r| !matches!(r, Renewal::Fresh { .. }));
+                // Again for this configuration's root context: Envoy may give an update its
+                // own, and a tick belongs to the root context that asked for it. Before the
+                // closes below, which make each stream they close the effective context.
+                start_ticking();
                 // A cut (sign-out, lost access, revocation) ends the WebSockets and the other
                 // open streams it covers as this configuration arrives, not a tick later.
+                self.reset_cut_streams();
                 self.close_expired_websockets();
-                // Again for this configuration's root context: Envoy may give an update its
-                // own, and a tick belongs to the root context that asked for it.
-                start_ticking();
                 true
             }
             Err(err) => {
@@ -412,6 +417,11 @@ impl Filter {
     /// caller once the filter is released.
     fn on_tick(&mut self) -> Vec<(u32, Resume)> {
         self.renew_websockets();
+        // Only what the configure callback left (cut, but in flight or waiting on a renewal):
+        // the configuration is what refuses, and it has not changed since.
+        if self.recheck_streams {
+            self.reset_cut_streams();
+        }
         self.close_expired_websockets();
         let mut resumed = Vec::new();
         if !self.renewals.is_empty() {
@@ -462,13 +472,11 @@ impl Filter {
 
     /// Closes every WebSocket whose capability has expired (unrenewed), is refused by the
     /// configuration in force (a signed-out session, access lost, revoked), or whose renewal
-    /// the control plane refused, and resets every other open stream whose capability that
-    /// configuration refuses. Run by the tick and by the configure callback. Envoy resets
+    /// the control plane refused. Run by the tick and by the configure callback. Envoy resets
     /// the stream right after the callback (`proxy_close_stream` on the stream made effective),
     /// then deletes it; the client sees the connection end once the listener's
     /// `delayed_close_timeout` has passed.
     fn close_expired_websockets(&mut self) {
-        self.reset_cut_streams();
         if self.websockets.is_empty() {
             // The common case: no host call at all.
             return;
@@ -497,27 +505,36 @@ impl Filter {
     /// Resets every other open stream whose capability the configuration in force refuses
     /// (a signed-out session, access lost, revoked, its signing key dropped), once it is older
     /// than [`STREAM_CUT_GRACE_MS`]. One still waiting for its capability's renewal is left to
-    /// it: it is answered `401` when the call ends.
+    /// it: it is answered `401` when the call ends. Those left are looked at again by the tick
+    /// (`recheck_streams`). Run by the configure callback, and by the tick while some are left.
     fn reset_cut_streams(&mut self) {
+        self.recheck_streams = false;
         if self.streams.is_empty() {
             return;
         }
-        let Some(now_ms) = now_ms() else { return };
+        let Some(now_ms) = now_ms() else {
+            self.recheck_streams = true;
+            return;
+        };
         let waits_on_renewal = |id: u32| {
             self.renewals
                 .values()
                 .any(|r| matches!(r, Renewal::InFlight { waiting, .. } if waiting.contains(&id)))
         };
-        let cut: Vec<u32> = self
-            .streams
-            .iter()
-            .filter(|(id, s)| {
-                now_ms.saturating_sub(s.started_ms) >= STREAM_CUT_GRACE_MS
-                    && self.gate.refuses(&s.capability)
-                    && !waits_on_renewal(**id)
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let mut cut = Vec::new();
+        let mut left = false;
+        for (id, s) in self.streams.iter() {
+            if !self.gate.refuses(&s.capability) {
+                continue;
+            }
+            if now_ms.saturating_sub(s.started_ms) >= STREAM_CUT_GRACE_MS && !waits_on_renewal(*id)
+            {
+                cut.push(*id);
+            } else {
+                left = true;
+            }
+        }
+        self.recheck_streams = left;
         for id in &cut {
             self.streams.remove(id);
         }

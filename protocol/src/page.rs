@@ -77,9 +77,11 @@ pub fn for_denial(denial: &Denial, pod: &PodAddr, sign_in: &str) -> Option<Reply
             title: "Clocks out of step".to_owned(),
             lines: vec![
                 format!("The capability this browser holds for {place} is not valid yet: the control plane that issued it keeps a clock ahead of this proxy's."),
-                "Signing in again would give one just as early. An operator should make both keep time (NTP); then reload this page.".to_owned(),
+                "An operator should make both keep time (NTP). Once they agree, sign in again; until then a new sign-in gives a capability just as early.".to_owned(),
             ],
-            link: Link::Retry,
+            // Not sent there on its own (that would loop while the clocks disagree), but the
+            // way back once they agree: the cookie lives as long as the session.
+            link: Link::SignIn(sign_in.to_owned()),
             reload: None,
         },
         Denial::NoCapability { redirect: None } | Denial::InvalidCapability { redirect: None, .. } => Text {

@@ -192,7 +192,7 @@ impl Denial {
                 401,
                 format!("Invalid capability: {reason}"),
                 Some(if *reason == TokenError::NotYetValid {
-                    "the control plane's clock is ahead of this proxy's by more than the leeway: make both keep time (NTP), then reload"
+                    "the control plane's clock is ahead of this proxy's by more than the leeway: make both keep time (NTP), then sign in again"
                 } else {
                     "get a fresh token from POST /v1/capabilities or reload the page"
                 }),

@@ -73,8 +73,9 @@ fn a_service_gets_its_credential_and_none_of_the_callers() {
         ],
     );
     assert_eq!(set(&d, ":authority"), Some("api.example.com"));
-    // The service's public host, never the client's copy.
-    assert_eq!(set(&d, "x-forwarded-host"), Some("svc-openai.example.dev"));
+    // Neither the client's copy nor our public host.
+    assert!(removed(&d, "x-forwarded-host"));
+    assert_eq!(set(&d, "x-forwarded-host"), None);
     assert_eq!(set(&d, CLUSTER_HEADER), Some("service_openai"));
     assert_eq!(set(&d, "x-api-key"), Some("sk-upstream"));
     assert!(removed(&d, "authorization"));

@@ -53,7 +53,7 @@ pub(super) fn confine(scope: &Result<Option<&str>, Denial>, decision: Decision) 
 /// the service has no usable credential now, `UnknownPod` when there is no such service. The upstream gets the
 /// service's credential and none of the caller's: every `Authorization` and every client copy
 /// of the credential's header are removed (besides our own credentials and headers, as for a
-/// pod), `X-Forwarded-Host` is the service's public host, and neither the user's identity nor the identity assertion is sent to it.
+/// pod), as is any `X-Forwarded-Host`, and neither the user's identity nor the identity assertion is sent to it.
 pub(super) fn forward_to_service(
     config: &CompiledConfig,
     req: &Request<'_>,
@@ -79,9 +79,9 @@ pub(super) fn forward_to_service(
         edits.push(HeaderEdit::Remove("authorization".to_owned()));
     }
     edits.push(HeaderEdit::Set(":authority".to_owned(), entry.host.clone()));
-    // The service's public host, as a pod gets its own: never a client's copy, which an
-    // upstream building links or redirects from it would trust.
-    edits.push(super::forwarded_host(config, pod, req.authority));
+    // No client's copy, which an upstream building links or redirects from it would trust; and
+    // not ours either: the upstream is a third party, told nothing of our hosts.
+    edits.push(HeaderEdit::Remove(super::FORWARDED_HOST_HEADER.to_owned()));
     edits.push(HeaderEdit::Set(
         CLUSTER_HEADER.to_owned(),
         entry.cluster.clone(),
