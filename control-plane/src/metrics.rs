@@ -133,6 +133,8 @@ pub struct Metrics {
     idp_fetches: Family<LabelsOwned, Counter>,
     oauth_fetches: Family<[(&'static str, String); 2], Counter>,
     oauth_expiry: Family<[(&'static str, String); 1], Gauge>,
+    /// The services `oauth_expiry` has a sample for.
+    oauth_expiry_services: Arc<std::sync::Mutex<Vec<String>>>,
     db_seconds: Family<Labels1, Histogram>,
     xds: Arc<AdsMetrics>,
     replicas: Gauge,
@@ -322,6 +324,7 @@ impl Metrics {
             idp_fetches,
             oauth_fetches,
             oauth_expiry,
+            oauth_expiry_services: Arc::default(),
             db_seconds,
             xds,
             replicas,
@@ -440,14 +443,25 @@ impl Metrics {
     }
 
     /// Sets when the OAuth token pushed for each of `services` expires (0: none), and forgets
-    /// the services no longer listed.
+    /// the services no longer listed (each sample is set or removed in place, so a scrape
+    /// never finds the family empty meanwhile).
     pub fn service_oauth_expiries(&self, services: &[(String, Option<i64>)]) {
-        self.oauth_expiry.clear();
+        let mut listed = self
+            .oauth_expiry_services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for (service, expires_at) in services {
             self.oauth_expiry
                 .get_or_create(&[("service", service.clone())])
                 .set(expires_at.unwrap_or(0));
         }
+        for gone in listed
+            .iter()
+            .filter(|name| !services.iter().any(|(s, _)| s == *name))
+        {
+            self.oauth_expiry.remove(&[("service", gone.clone())]);
+        }
+        *listed = services.iter().map(|(s, _)| s.clone()).collect();
     }
 
     /// Records how long database work of class `op` took.

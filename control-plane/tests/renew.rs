@@ -252,6 +252,45 @@ async fn an_issuer_under_a_path_is_renewed_at_the_root(which: Which) {
 }
 on_both!(an_issuer_under_a_path_is_renewed_at_the_root);
 
+/// Without `--renew-secret`, the secret is derived from the key-encryption key (what every
+/// replica sharing it pushes, before and after a restart); while a key rotation rolls through
+/// the control planes, the one derived from a previous key is still taken, anything else not.
+async fn a_derived_renew_secret_is_taken_from_the_current_and_previous_keys(which: Which) {
+    use podgate::key_encryption::KeyEncryptionKey;
+    const OLD_KEK: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    let Some(h) = Harness::seeded(which, |s| Settings {
+        renew_secret: None,
+        previous_key_encryption_key: Some(vec![OLD_KEK.into()]),
+        ..s
+    })
+    .await
+    else {
+        return;
+    };
+    let derived = |kek: &str| {
+        KeyEncryptionKey::parse(kek, "test")
+            .unwrap()
+            .derived_secret("renew secret")
+    };
+    let (json, _) = filter(&h).await;
+    assert_eq!(json["renewal"]["secret"], derived(common::TEST_KEK));
+    let session = h.login("alice").await;
+    let cap = h.browser_capability(&session).await;
+    for secret in [derived(common::TEST_KEK), derived(OLD_KEK)] {
+        let r = h
+            .as_envoy("/api/proxy-renew", Some(&secret), Some(&cap), &[])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let r = h
+        .as_envoy("/api/proxy-renew", Some(SECRET), Some(&cap), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(r.error().contains("key-encryption key"), "{}", r.body);
+    h.finish().await;
+}
+on_both!(a_derived_renew_secret_is_taken_from_the_current_and_previous_keys);
+
 /// With mutual TLS with Envoy, the public listener answers the endpoints only Envoy calls 404
 /// (Envoy reaches them on the Envoy-facing listener, `podgate::envoy_app`, which needs its
 /// client certificate); everything else is served as before.

@@ -159,13 +159,13 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
     let mut ws = open_websocket(envoy, "web", cap_value).await;
     // When Envoy closes it, watched from now on so the polls below do not delay the reading.
     let ws_closed = tokio::spawn(async move {
-        until_closed(&mut ws, Duration::from_secs(5)).await;
+        until_closed(&mut ws, Duration::from_secs(10)).await;
         Instant::now()
     });
     // And an event stream of it, which the pod would keep sending for minutes.
     let mut events = open_event_stream(envoy, "web", cap_value).await;
     let events_closed = tokio::spawn(async move {
-        until_closed(&mut events, Duration::from_secs(5)).await;
+        until_closed(&mut events, Duration::from_secs(10)).await;
         Instant::now()
     });
     // The user's other browser, signed in too and already let through (the filter remembers
@@ -192,6 +192,7 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
     let logout = location.unwrap();
     assert_eq!(logout, format!("http://{}/auth/logout", stack.cp.http));
     assert_eq!(pod.requests().len(), seen, "logout reached the pod");
+    let logout_sent = Instant::now();
     let resp = http
         .get(&logout)
         .header(COOKIE, &stack.session)
@@ -212,10 +213,12 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
         signed_out.elapsed()
     );
     // The WebSocket it opened is closed as the configuration with the cut arrives.
-    let closed = ws_closed
-        .await
-        .unwrap()
-        .saturating_duration_since(signed_out);
+    let closed_at = ws_closed.await.unwrap();
+    assert!(
+        closed_at >= logout_sent,
+        "the WebSocket ended before the sign-out"
+    );
+    let closed = closed_at.saturating_duration_since(signed_out);
     eprintln!("sign-out → WebSocket closed {closed:?} after the logout answer");
     assert!(
         closed <= WEBSOCKET_CUT,
@@ -223,10 +226,12 @@ async fn signing_out_on_the_pod_host_refuses_the_capability_within_one_push() {
         stack.logs()
     );
     // So is the event stream, although its request was judged long before.
-    let closed = events_closed
-        .await
-        .unwrap()
-        .saturating_duration_since(signed_out);
+    let closed_at = events_closed.await.unwrap();
+    assert!(
+        closed_at >= logout_sent,
+        "the event stream ended before the sign-out"
+    );
+    let closed = closed_at.saturating_duration_since(signed_out);
     eprintln!("sign-out → event stream reset {closed:?} after the logout answer");
     assert!(
         closed <= WEBSOCKET_CUT,

@@ -67,6 +67,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// What the filter sends to renew browser capabilities (`http/renew.rs`).
     pub renew_secret: String,
+    /// Also accepted from the filter: the secrets derived from the previous key-encryption
+    /// keys, while a rotation rolls through the control planes (empty when one is given).
+    pub previous_renew_secrets: Vec<String>,
     pub dev_mode: bool,
     pub issuer: String,
     pub public_scheme: Scheme,

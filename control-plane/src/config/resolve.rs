@@ -299,15 +299,25 @@ impl Settings {
         .map_err(|e| bad(e.to_string()))?;
         // Unless given: derived from the key-encryption key, so that every control plane
         // sharing it (replicas on one database must) sends Envoy the same secret, before and
-        // after a restart; without one (dev mode), a secret of this process's own.
-        let renew_secret = match (renew_secret, key_encryption.current()) {
-            (Some(given), _) => given,
-            (None, Some(kek)) => kek.derived_secret("renew secret"),
+        // after a restart, and those of the previous keys are still taken while a rotation
+        // rolls through; without one (dev mode), a secret of this process's own.
+        const PURPOSE: &str = "renew secret";
+        let (renew_secret, previous_renew_secrets) = match (renew_secret, key_encryption.current())
+        {
+            (Some(given), _) => (given, Vec::new()),
+            (None, Some(kek)) => (
+                kek.derived_secret(PURPOSE),
+                key_encryption
+                    .previous()
+                    .iter()
+                    .map(|k| k.derived_secret(PURPOSE))
+                    .collect(),
+            ),
             (None, None) => {
                 let mut bytes = [0u8; 32];
                 getrandom::getrandom(&mut bytes)
                     .map_err(|e| bad(format!("no randomness for the renew secret: {e}")))?;
-                hex::encode(bytes)
+                (hex::encode(bytes), Vec::new())
             }
         };
 
@@ -455,6 +465,7 @@ impl Settings {
             database_max_connections,
             admin_token,
             renew_secret,
+            previous_renew_secrets,
             dev_mode,
             issuer,
             public_scheme,

@@ -80,7 +80,7 @@ impl Endpoint {
                 "too many requests with a wrong admin token from this address; wait {wait} s and retry with PODGATE_ADMIN_TOKEN"
             ),
             Endpoint::Renew => format!(
-                "too many renewals with a wrong secret from this address; wait {wait} s (only Envoy's podgate filter renews, with PODGATE_RENEW_SECRET)"
+                "too many renewals with a wrong secret from this address; wait {wait} s (only Envoy's podgate filter renews, with the secret derived from the key-encryption key or PODGATE_RENEW_SECRET)"
             ),
         };
         ApiError::TooManyRequests {

@@ -44,21 +44,26 @@ pub(crate) fn only_envoy(does: &str) -> Response {
         StatusCode::FORBIDDEN,
         &format!(
             "only Envoy's podgate filter {does} (with the renewal secret: every control plane \
-             behind one Envoy needs the same --renew-secret, PODGATE_RENEW_SECRET)"
+             behind one Envoy must share the key-encryption key it is derived from, or the same \
+             --renew-secret, PODGATE_RENEW_SECRET)"
         ),
     )
 }
 
-/// Whether `headers` carry the renewal secret (compared in constant time, over digests so
-/// the length leaks nothing either).
+/// Whether `headers` carry the renewal secret, or one derived from a previous key-encryption
+/// key (compared in constant time, over digests so the length leaks nothing either).
 pub(crate) fn has_secret(state: &AppState, headers: &HeaderMap) -> bool {
-    let presented = headers
-        .get(RENEW_SECRET_HEADER)
-        .map_or(&b""[..], |v| v.as_bytes());
-    let expected = state.config().renew_secret.as_bytes();
-    Sha256::digest(presented)
-        .ct_eq(&Sha256::digest(expected))
-        .into()
+    let presented = Sha256::digest(
+        headers
+            .get(RENEW_SECRET_HEADER)
+            .map_or(&b""[..], |v| v.as_bytes()),
+    );
+    let config = state.config();
+    std::iter::once(&config.renew_secret)
+        .chain(&config.previous_renew_secrets)
+        .fold(false, |found, expected| {
+            found | bool::from(presented.ct_eq(&Sha256::digest(expected.as_bytes())))
+        })
 }
 
 /// The bearer token of the one `Authorization` header.

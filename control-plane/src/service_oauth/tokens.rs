@@ -463,6 +463,8 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
     // The OAuth services, their configurations and epochs, as last read.
     let mut services: Vec<Opened> = Vec::new();
+    // The OAuth services whose configuration does not open, as last read: no token for them.
+    let mut unusable_names: Vec<String> = Vec::new();
     let mut read = true;
     let mut next_read = tokio::time::Instant::now();
     loop {
@@ -472,10 +474,11 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
                 Ok(rows) => {
                     let (opened, unusable) = oauth_services(&state, rows);
                     services = opened;
+                    unusable_names = unusable.iter().map(|(name, _, _)| name.clone()).collect();
                     let names: Vec<String> = services
                         .iter()
                         .map(|(name, _, _)| name.clone())
-                        .chain(unusable.iter().map(|(name, _, _)| name.clone()))
+                        .chain(unusable_names.iter().cloned())
                         .collect();
                     changed |= tokens.sweep(&names, now_ms());
                     changed |= tokens.forget_cleared(&services);
@@ -521,6 +524,7 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
             .map(|(name, config, epoch)| {
                 (name.clone(), tokens.current_expiry(name, config, *epoch))
             })
+            .chain(unusable_names.iter().map(|name| (name.clone(), None)))
             .collect();
         state.metrics().service_oauth_expiries(&expiries);
         if changed {

@@ -376,6 +376,15 @@ fn the_renew_secret_is_the_given_one_or_derived_from_the_key_encryption_key() {
         }),
         given
     );
+    // A rotation rolling through: the previous key's secret is still taken, not pushed.
+    let c = Settings {
+        previous_key_encryption_key: Some(vec![b.into()]),
+        ..kek(a)
+    }
+    .resolve(Need::Server)
+    .unwrap();
+    assert_eq!(c.renew_secret, secret(kek(a)));
+    assert_eq!(c.previous_renew_secrets, vec![secret(kek(b))]);
     // No key (dev mode): a secret of the process's own.
     assert_ne!(secret(base()), secret(base()));
 }
