@@ -183,7 +183,7 @@ impl Filter {
                     self.responses.insert(context_id, Rc::clone(&forward));
                 }
                 // Forwarded now, after its call: its age counts from here.
-                let started_ms = crate::now_ms().unwrap_or(0);
+                let started_ms = crate::streams::now_ms().unwrap_or(0);
                 self.track(context_id, &forward, started_ms);
                 self.metrics.bump(Counter::Allowed, 1);
                 Resume::Continue
