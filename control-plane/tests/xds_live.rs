@@ -715,21 +715,6 @@ async fn a_wrong_key_encryption_key_stops_the_start_and_replaces_no_key() {
     );
 }
 
-/// The value of the sample `name` whose labels include `labels`, in a scrape of `/metrics`.
-fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    use prometheus_parse::Value;
-    s.samples
-        .iter()
-        .filter(|x| x.metric == name)
-        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(v)))
-        .map(|x| match &x.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
-            Value::Summary(_) => panic!("{name} is a summary"),
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_envoy_stream_its_pushes_and_acks() {
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));

@@ -25,25 +25,6 @@ const FALLBACK_KEY: &str = "sk-fallback-9a0b1c2d3e4f";
 /// Every token the fake endpoint issues starts with this.
 const TOKEN_PREFIX: &str = "fake-at-";
 
-/// The value of the sample of `name` for service `api` (and `outcome`, when given) in the
-/// control plane's `/metrics`; 0 when there is none.
-async fn api_metric(stack: &Stack, name: &str, outcome: Option<&str>) -> f64 {
-    let text = stack
-        .http
-        .get(format!("http://{}/metrics", stack.cp.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains("service=\"api\""))
-        .filter(|l| outcome.is_none_or(|o| l.contains(&format!("outcome=\"{o}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Polls `GET /v1/models` on service `api` with `bearer` until it is answered `want`.
 async fn until_models(stack: &Stack, bearer: &str, want: u16, within: Duration) {
     let headers = [("authorization", bearer)];
@@ -158,16 +139,21 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     assert!(status["last_error"].is_null(), "{status}");
     // Operators see the same in `/metrics`: every token asked for, and the expiry of the one
     // pushed.
-    let fetched = api_metric(&stack, "podgate_service_oauth_fetches_total", Some("ok")).await;
+    let fetched = cp_metric(
+        &stack,
+        "podgate_service_oauth_fetches_total",
+        &[("service", "api"), ("outcome", "ok")],
+    )
+    .await;
     assert!(
         fetched >= issued.len() as f64,
         "{fetched} < {}",
         issued.len()
     );
-    let expires = api_metric(
+    let expires = cp_metric(
         &stack,
         "podgate_service_oauth_token_expires_at_seconds",
-        None,
+        &[("service", "api")],
     )
     .await;
     assert!(
@@ -248,17 +234,17 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
         "{status}"
     );
     assert!(status["failures"].as_u64().unwrap() >= 1, "{status}");
-    let failed = api_metric(
+    let failed = cp_metric(
         &stack,
         "podgate_service_oauth_fetches_total",
-        Some("failed"),
+        &[("service", "api"), ("outcome", "failed")],
     )
     .await;
     assert!(failed >= 1.0, "{failed}");
-    let expires = api_metric(
+    let expires = cp_metric(
         &stack,
         "podgate_service_oauth_token_expires_at_seconds",
-        None,
+        &[("service", "api")],
     )
     .await;
     assert_eq!(expires, 0.0, "no token pushed");

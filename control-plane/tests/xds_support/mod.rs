@@ -914,3 +914,33 @@ pub async fn sign_in_on_host(
         .unwrap_or_else(|| panic!("no capability cookie: {cookies:?}"));
     Ok(cap.split(';').next().unwrap().to_owned())
 }
+
+/// The value of the sample `name` whose labels include `labels`, in a scrape of `/metrics`.
+pub fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            Value::Summary(_) => panic!("{name} is a summary"),
+        })
+        .sum()
+}
+
+/// [`sample`] of `name` with `labels` in the control plane's `/metrics` now.
+pub async fn cp_metric(stack: &Stack, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = stack
+        .http
+        .get(format!("http://{}/metrics", stack.cp.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    sample(&scrape, name, labels)
+}

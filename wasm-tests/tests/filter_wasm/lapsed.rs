@@ -45,6 +45,17 @@ fn send(vm: &mut FilterVm, token: &str) -> (u32, Outcome) {
     (ctx, out)
 }
 
+/// The control plane's answer renewing to `fresh`: its cookie, and the body of the answer.
+fn renew_answer(fresh: &str) -> (String, Vec<u8>) {
+    let set_cookie = format!("{COOKIE}={fresh}; HttpOnly; SameSite=Lax; Path=/; Max-Age=43200");
+    let body = serde_json::to_vec(&RenewAnswer {
+        token: fresh.to_owned(),
+        set_cookie: set_cookie.clone(),
+    })
+    .unwrap();
+    (set_cookie, body)
+}
+
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -71,12 +82,7 @@ fn requests_on_a_lapsed_cookie_wait_for_one_renewal_then_go_on_the_fresh_one() {
     );
 
     let fresh = session_cap(NOW);
-    let set_cookie = format!("{COOKIE}={fresh}; HttpOnly; SameSite=Lax; Path=/; Max-Age=43200");
-    let body = serde_json::to_vec(&RenewAnswer {
-        token: fresh.clone(),
-        set_cookie: set_cookie.clone(),
-    })
-    .unwrap();
+    let (set_cookie, body) = renew_answer(&fresh);
     let looked_up = |vm: &mut FilterVm| {
         metric(vm, "podgate.token_cache.hits") + metric(vm, "podgate.token_cache.misses")
     };
@@ -267,12 +273,7 @@ fn userinfo_on_a_lapsed_cookie_is_answered_on_the_fresh_one_with_its_cookie() {
     let calls = vm.pending_http_calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
     let fresh = session_cap(NOW);
-    let set_cookie = format!("{COOKIE}={fresh}; HttpOnly; SameSite=Lax; Path=/; Max-Age=43200");
-    let body = serde_json::to_vec(&RenewAnswer {
-        token: fresh.clone(),
-        set_cookie: set_cookie.clone(),
-    })
-    .unwrap();
+    let (set_cookie, body) = renew_answer(&fresh);
     vm.answer_http_call(calls[0].token, &[(":status", "200")], &body)
         .unwrap();
     let reply = vm.local_reply_of(ctx).expect("answered by the filter");
