@@ -123,7 +123,7 @@ pub async fn build_with_tokens(
         }
         match crate::services::directory_entry(&config.key_encryption, tokens, &row) {
             Published::Entry(entry) => {
-                services.insert(row.name.clone(), entry);
+                services.insert(row.name.clone(), *entry);
             }
             Published::WithoutCredential => services_without_credential.push(row.name.clone()),
             Published::Absent => {}

@@ -366,7 +366,7 @@ pub fn stat_name(name: &str) -> String {
 #[derive(Debug)]
 pub enum Published {
     /// Forwarded with this entry (its credential opened, if it has one).
-    Entry(ServiceEntry),
+    Entry(Box<ServiceEntry>),
     /// Listed in `services_without_credential`: it has a credential, but none can be used now
     /// (no valid OAuth token and no fallback, or a sealed value that does not open), so the
     /// filter answers `502` and forwards nothing.
@@ -434,8 +434,20 @@ fn classify(
                 )
             }
         };
-        if let Some(value) = tokens.current(&row.name, &config, row.oauth_epoch) {
+        if let Some((value, expires_ms)) = tokens.current_until(&row.name, &config, row.oauth_epoch)
+        {
             let strip_headers = other_credential_headers(row, Some(&config.header), &config.header);
+            // The filter stops sending the token at its expiry (to the second before it) and
+            // sets the fallback from then on, should no control plane push the next token in
+            // time; one that does not open is left out (the filter answers 502 then), as it
+            // would be once the token is gone.
+            let fallback_credential = row.credential.as_ref().and_then(|stored| {
+                let value = open(kek, &row.name, stored).ok()?;
+                Some(InjectedHeader {
+                    name: stored.header.clone(),
+                    value: SecretValue(value),
+                })
+            });
             let entry = ServiceEntry {
                 cluster: cluster_name(row),
                 host: upstream.authority,
@@ -445,8 +457,10 @@ fn classify(
                 }),
                 strip_headers,
                 resource_path: row.resource_path.clone(),
+                credential_expires_at: Some(expires_ms.div_euclid(1000)),
+                fallback_credential,
             };
-            return (Published::Entry(entry), None);
+            return (Published::Entry(Box::new(entry)), None);
         }
         if row.credential.is_none() {
             return (
@@ -481,8 +495,10 @@ fn classify(
         credential,
         strip_headers,
         resource_path: row.resource_path.clone(),
+        credential_expires_at: None,
+        fallback_credential: None,
     };
-    (Published::Entry(entry), None)
+    (Published::Entry(Box::new(entry)), None)
 }
 
 /// The headers of service `row`'s credentials (its fallback's, and `oauth_header` when its OAuth
@@ -536,7 +552,11 @@ pub fn cluster(row: &ServiceRow) -> Option<Cluster> {
 /// `config` with every service credential's value replaced by [`REDACTED`], for showing.
 pub fn redact(mut config: FilterConfig) -> FilterConfig {
     for service in config.services.values_mut() {
-        if let Some(credential) = &mut service.credential {
+        let credentials = service
+            .credential
+            .iter_mut()
+            .chain(service.fallback_credential.iter_mut());
+        for credential in credentials {
             credential.value = SecretValue(REDACTED.to_owned());
         }
     }
@@ -731,7 +751,7 @@ mod tests {
         let entry = |tokens: &crate::service_oauth::ServiceTokens| match directory_entry(
             &kek, tokens, &elsewhere,
         ) {
-            Published::Entry(e) => e,
+            Published::Entry(e) => *e,
             other => panic!("{other:?}"),
         };
         let e = entry(&tokens);
@@ -747,6 +767,17 @@ mod tests {
         let e = entry(&tokens);
         assert_eq!(e.credential.unwrap().value.0, "Bearer at-1");
         assert_eq!(e.strip_headers, vec!["x-api-key".to_owned()]);
+        // The filter is told when the token expires and what to set from then on.
+        assert_eq!(e.credential_expires_at, Some(now / 1000 + 600));
+        let fallback = e.fallback_credential.unwrap();
+        assert_eq!(
+            (fallback.name.as_str(), fallback.value.0.as_str()),
+            ("x-api-key", "sk-1")
+        );
+        // The fallback alone never expires.
+        let without_token = entry(&crate::service_oauth::ServiceTokens::default());
+        assert_eq!(without_token.credential_expires_at, None);
+        assert_eq!(without_token.fallback_credential, None);
         // A static credential that does not open (sealed for another service): without one.
         let moved = ServiceRow {
             oauth: None,
@@ -764,10 +795,7 @@ mod tests {
         };
         assert!(matches!(
             directory_entry(&kek, &tokens, &open_row),
-            Published::Entry(ServiceEntry {
-                credential: None,
-                ..
-            })
+            Published::Entry(e) if e.credential.is_none()
         ));
         let bad_url = ServiceRow {
             upstream_url: "ftp://x".into(),

@@ -1,12 +1,13 @@
 //! Services with an OAuth credential, live, through a real Envoy fed by the control plane's ADS
-//! server: the control plane obtains short-lived access tokens (3 s) from the testkit's token
+//! server: the control plane obtains short-lived access tokens (4 s) from the testkit's token
 //! endpoint and renews them; the TLS upstream receives `Bearer <token>` and nothing of the
 //! caller's. Across several token lifetimes, every request (one every 50 ms) reaches the
 //! upstream with a token the endpoint issued and that had not expired; with the endpoint down,
 //! the service is answered 502 `upstream_credential_unavailable` (no request reaches the
 //! upstream without a credential) until the endpoint is back, or a static fallback is
 //! configured, which is then used; the status endpoints show expiry and the
-//! last error, and no admin answer and no log line holds a token or a secret. A Coze JWT app
+//! last error, and no admin answer and no log line holds a token or a secret. With the control
+//! plane gone, Envoy stops sending a token when it expires. A Coze JWT app
 //! works as the credential the same way, and `TRACE` to a service is refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -54,7 +55,7 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
             secret: Some(CLIENT_SECRET.into()),
             public_key_pem: None,
         }],
-        Duration::from_secs(3),
+        Duration::from_secs(4),
     )
     .await
     .unwrap();
@@ -95,7 +96,7 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     let bearer = format!("Bearer {}", api_token(&stack).await);
     until_models(&stack, &bearer, 200, Duration::from_secs(5)).await;
 
-    // Four token lifetimes, a request every 50 ms: each answered 200 by the upstream, with a
+    // Three token lifetimes, a request every 50 ms: each answered 200 by the upstream, with a
     // token the endpoint issued that had not expired when the answer came back.
     let start = Instant::now();
     let mut sent = 0;
@@ -219,14 +220,23 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
             .chain(idp.issued().iter())
             .any(|t| t.token == token));
     }
-    let status = stack
-        .cp
-        .admin(
-            reqwest::Method::GET,
-            "/v1/services/api/credential/status",
-            None,
-        )
-        .await;
+    // Envoy stops at the token's expiry, the control plane a moment before it pushes the next:
+    // its status may still show the token for that moment.
+    let start = Instant::now();
+    let status = loop {
+        let status = stack
+            .cp
+            .admin(
+                reqwest::Method::GET,
+                "/v1/services/api/credential/status",
+                None,
+            )
+            .await;
+        if status["source"] == "none" || start.elapsed() > Duration::from_secs(3) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(status["source"], "none", "{status}");
     assert!(status["expires_at"].is_null(), "{status}");
     assert!(
@@ -408,6 +418,123 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     for secret in [TOKEN_PREFIX, CLIENT_SECRET, FALLBACK_KEY] {
         assert!(!logs.contains(secret), "{secret} in the logs");
     }
+}
+
+/// Envoy holds the last token it was pushed, and its expiry: with every control plane gone (no
+/// one to push the next token), it sends the token until it expires and never after, then the
+/// static fallback where there is one, and otherwise answers 502 without forwarding anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_control_plane_gone_envoy_never_sends_an_expired_token() {
+    let idp = FakeTokenEndpoint::start(
+        vec![TokenClient {
+            client_id: "podgate".into(),
+            secret: Some(CLIENT_SECRET.into()),
+            public_key_pem: None,
+        }],
+        Duration::from_secs(4),
+    )
+    .await
+    .unwrap();
+    let mut stack = Stack::start(&[]).await;
+    let upstream = FakePod::start("upstream").await.unwrap();
+    let front = TlsFront::start(upstream.addr()).await.unwrap();
+    let oauth = json!({
+        "token_url": idp.url(),
+        "grant": "client_credentials",
+        "client_id": "podgate",
+        "client_secret": CLIENT_SECRET,
+    });
+    // `api` has the token alone; `keyed` has a static key in `x-api-key` beside it.
+    for (name, credential) in [
+        ("api", json!({"oauth": oauth})),
+        (
+            "keyed",
+            json!({"oauth": oauth, "header": "x-api-key", "value": FALLBACK_KEY}),
+        ),
+    ] {
+        stack
+            .cp
+            .admin(
+                reqwest::Method::POST,
+                "/v1/services",
+                Some(json!({
+                    "name": name,
+                    "owner_id": USER,
+                    "sharing": "owner",
+                    "upstream_url": format!("https://localhost:{}", front.addr().port()),
+                    "ca_pem": front.ca_pem(),
+                    "credential": credential,
+                })),
+            )
+            .await;
+    }
+    let bearer = format!("Bearer {}", api_token(&stack).await);
+    let caller = [
+        ("authorization", bearer.as_str()),
+        ("x-api-key", "the-callers-own"),
+    ];
+    // Both exchanged and forwarded with a token before the control plane goes.
+    until_models(&stack, &bearer, 200, Duration::from_secs(10)).await;
+    let start = Instant::now();
+    loop {
+        let (status, body) = get_service(&stack, "keyed", "/v1/models", &caller).await;
+        assert_eq!(status, 200, "{body}\n{}", stack.logs());
+        let last = upstream.requests().pop().unwrap();
+        if last.header_all("x-api-key").is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.cp.kill();
+    let killed = Instant::now();
+    let (mut refused, mut fallback) = (0, 0);
+    // Past the last token's expiry (4 s at most), a request to each service every 50 ms.
+    while killed.elapsed() < Duration::from_secs(6) {
+        let (status, body) = get_service(&stack, "api", "/v1/models", &caller).await;
+        let answered = SystemTime::now();
+        if status == 200 {
+            let last = upstream.requests().pop().unwrap();
+            let got = last.header_all("authorization");
+            let token = got[0].strip_prefix("Bearer ").unwrap();
+            assert!(
+                got.len() == 1 && idp.valid_at(token, answered),
+                "api: {got:?} sent at {answered:?} {:?}",
+                idp.issued()
+            );
+            assert_eq!(refused, 0, "a token sent after the 502s began");
+        } else {
+            assert_eq!(status, 502, "{body}");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["code"], "upstream_credential_unavailable", "{body}");
+            refused += 1;
+        }
+        let (status, body) = get_service(&stack, "keyed", "/v1/models", &caller).await;
+        let answered = SystemTime::now();
+        assert_eq!(status, 200, "{body}");
+        let last = upstream.requests().pop().unwrap();
+        match last.header_all("authorization").first() {
+            Some(got) => {
+                let token = got.strip_prefix("Bearer ").unwrap();
+                assert!(
+                    idp.valid_at(token, answered),
+                    "keyed: {got} at {answered:?}"
+                );
+                assert!(last.header_all("x-api-key").is_empty());
+                assert_eq!(fallback, 0, "the token sent after the fallback");
+            }
+            None => {
+                assert_eq!(last.header_all("x-api-key"), vec![FALLBACK_KEY]);
+                fallback += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused > 0 && fallback > 0, "{refused} {fallback}");
 }
 
 /// A Coze JWT app as the credential, as a product document sets it up (app id, key id, RSA key,

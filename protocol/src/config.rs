@@ -144,6 +144,42 @@ pub struct ServiceEntry {
     /// the pattern are refused. Left out when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_path: Option<String>,
+    /// When `credential` stops being usable (unix seconds): an OAuth access token's expiry.
+    /// From then on the filter sets `fallback_credential` instead, or answers `502` without
+    /// one, so that Envoy never sends an expired token, even while no control plane is there
+    /// to push the next one. Left out for a credential that does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_expires_at: Option<i64>,
+    /// The credential set once `credential` has expired (the service's static fallback beside
+    /// its OAuth token). Left out when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_credential: Option<InjectedHeader>,
+}
+
+/// The credential a service's forward sets at some moment ([`ServiceEntry::credential_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialAt<'a> {
+    /// This header, until that time (unix seconds) when it expires.
+    Set(&'a InjectedHeader, Option<i64>),
+    /// The service takes no credential.
+    NotNeeded,
+    /// Its credential has expired and it has no fallback: nothing may be forwarded.
+    Expired,
+}
+
+impl ServiceEntry {
+    /// The credential the filter sets at `now` (unix seconds): `credential` until
+    /// `credential_expires_at`, then `fallback_credential`.
+    pub fn credential_at(&self, now: i64) -> CredentialAt<'_> {
+        match (&self.credential, self.credential_expires_at) {
+            (None, _) => CredentialAt::NotNeeded,
+            (Some(_), Some(exp)) if now >= exp => match &self.fallback_credential {
+                Some(fallback) => CredentialAt::Set(fallback, None),
+                None => CredentialAt::Expired,
+            },
+            (Some(c), exp) => CredentialAt::Set(c, exp),
+        }
+    }
 }
 
 /// A header the filter sets on the upstream request: `name: value`.
@@ -532,7 +568,11 @@ impl FilterConfig {
                     ));
                 }
             }
-            if let Some(credential) = &service.credential {
+            for credential in service
+                .credential
+                .iter()
+                .chain(&service.fallback_credential)
+            {
                 // The value is never named in the message.
                 if !credential_header_allowed(&credential.name)
                     || !credential_value_allowed(&credential.value.0)

@@ -129,6 +129,18 @@ impl ServiceTokens {
         self.in_force(name, config, epoch, |t| format!("Bearer {}", t.value))
     }
 
+    /// The token [`ServiceTokens::current`] gives, and when it expires (Unix milliseconds).
+    pub fn current_until(
+        &self,
+        name: &str,
+        config: &OAuthConfig,
+        epoch: OAuthEpoch,
+    ) -> Option<(String, i64)> {
+        self.in_force(name, config, epoch, |t| {
+            (format!("Bearer {}", t.value), t.expires_ms)
+        })
+    }
+
     /// When the token [`ServiceTokens::current`] gives expires (Unix seconds), if there is one.
     pub fn current_expiry(
         &self,

@@ -633,7 +633,7 @@ pub(super) fn decide_counting(
         }
     }
 
-    let decision = forward_to_pod(config, req, &bearers, &pod, &verified, source);
+    let decision = forward_to_pod(config, req, &bearers, &pod, &verified, source, now);
     match (decision, set_cookie) {
         (Decision::Forward(forward), Some(cookie)) => {
             let forward = Forward {
@@ -655,9 +655,10 @@ fn forward_to_pod(
     pod: &PodAddr,
     verified: &Rc<Verified>,
     source: Source,
+    now: i64,
 ) -> Decision {
     if pod.port == SERVICE_PORT {
-        return forward_to_service(config, req, bearers, pod, verified, source);
+        return forward_to_service(config, req, bearers, pod, verified, source, now);
     }
     let Some(entry) = config.pods.get(&pod.pod) else {
         return Decision::Deny(Denial::UnknownPod);

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use super::decide::{decide_counting, Decision, Forward};
 use super::request::Request;
 use super::token_cache::{PremixedHasher, VerifiedCache};
-use crate::config::{CompiledConfig, HEADER_PREFIX};
+use crate::config::{CompiledConfig, CredentialAt, HEADER_PREFIX};
 use crate::cookie::TOKEN_HEADER;
 use crate::host::SERVICE_PORT;
 use crate::path;
@@ -347,10 +347,22 @@ pub fn decide_memoized(
         // cookie, and the browser gets the new one with this very response.
         let keep = !per_resource && forward.set_cookie.is_none();
         if let (Some(_), Some(exp), true) = (&forward.user, forward.expires_at, keep) {
+            // Not past the expiry of the service credential it sets either: from then on the
+            // forward sets the fallback, or is refused.
+            let credential_until = forward
+                .target
+                .as_ref()
+                .filter(|t| t.port == SERVICE_PORT)
+                .and_then(|t| config.services.get(&t.pod))
+                .and_then(|entry| match entry.credential_at(now) {
+                    CredentialAt::Set(_, until) => until,
+                    CredentialAt::NotNeeded | CredentialAt::Expired => None,
+                });
+            let valid_until = exp.saturating_add(config.verifier.leeway());
             let entry = Memoized {
                 key: memo.key.as_slice().into(),
                 forward: Rc::clone(forward),
-                valid_until: exp.saturating_add(config.verifier.leeway()),
+                valid_until: credential_until.map_or(valid_until, |c| c.min(valid_until)),
             };
             memo.insert(hash, entry, capacity);
         }

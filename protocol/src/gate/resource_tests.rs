@@ -30,6 +30,8 @@ fn config(exchanges: bool) -> Rc<CompiledConfig> {
                 }),
                 strip_headers: Vec::new(),
                 resource_path: Some("/sessions/{id}".into()),
+                credential_expires_at: None,
+                fallback_credential: None,
             },
         );
         c.renewal = exchanges.then(|| Renewal {

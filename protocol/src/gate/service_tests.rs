@@ -34,6 +34,8 @@ fn openai(credential: (&str, &str), strip_headers: &[&str]) -> Rc<CompiledConfig
                 }),
                 strip_headers: strip_headers.iter().map(|h| (*h).to_owned()).collect(),
                 resource_path: None,
+                credential_expires_at: None,
+                fallback_credential: None,
             },
         );
     })
@@ -183,6 +185,66 @@ fn a_page_load_of_a_service_without_a_capability_is_sent_to_sign_in_for_that_ser
             "https://podgate.example.dev/api/proxy-auth?service=openai&next=/chat"
         ),
         other => panic!("{other:?}"),
+    }
+}
+
+/// Service `openai` with an OAuth token in `authorization` that expires at `NOW + 60`, and
+/// `fallback` (in `x-api-key`) beside it.
+fn expiring_token(fallback: Option<&str>) -> Rc<CompiledConfig> {
+    config_with(|c| {
+        c.service_host_template = Some(crate::host::DEFAULT_SERVICE_TEMPLATE.into());
+        let header = |name: &str, value: &str| crate::config::InjectedHeader {
+            name: name.into(),
+            value: crate::config::SecretValue(value.into()),
+        };
+        c.services.insert(
+            "openai".into(),
+            crate::config::ServiceEntry {
+                cluster: "service_openai".into(),
+                host: "api.example.com".into(),
+                credential: Some(header("authorization", "Bearer at-1")),
+                strip_headers: fallback.iter().map(|_| "x-api-key".to_owned()).collect(),
+                resource_path: None,
+                credential_expires_at: Some(NOW + 60),
+                fallback_credential: fallback.map(|f| header("x-api-key", f)),
+            },
+        );
+    })
+}
+
+#[test]
+fn an_expired_token_is_never_sent_the_fallback_or_a_502_takes_over() {
+    let h = headers(&[
+        (":authority", "svc-openai.example.dev"),
+        (":path", "/v1/models"),
+        (":method", "GET"),
+        ("podgate-token", &service_cap("openai")),
+        ("x-api-key", "the-callers-own"),
+        ("authorization", "Basic dXNlcjpwYXNz"),
+    ]);
+    // With a fallback: the token until it expires, then the fallback, and the caller's copy of
+    // neither. The memo keeps the token's forward no longer than the token.
+    let mut gate = Gate::new(expiring_token(Some("sk-fallback")));
+    for now in [NOW + 1, NOW + 59] {
+        let d = super::memo_tests::memo_agrees(&mut gate, &h, now);
+        assert_eq!(set(&d, "authorization"), Some("Bearer at-1"), "{d:?}");
+        assert!(removed(&d, "x-api-key"), "{d:?}");
+        assert_eq!(set(&d, "x-api-key"), None, "{d:?}");
+    }
+    assert_eq!(gate.stats().0, 1, "the second was the memo's");
+    for now in [NOW + 60, NOW + 61, NOW + 800] {
+        let d = super::memo_tests::memo_agrees(&mut gate, &h, now);
+        assert_eq!(set(&d, "x-api-key"), Some("sk-fallback"), "{d:?}");
+        assert_eq!(set(&d, "authorization"), None, "{d:?}");
+        assert!(removed(&d, "authorization"), "{d:?}");
+    }
+    // Without one: a 502 from the expiry on, and nothing forwarded.
+    let mut gate = Gate::new(expiring_token(None));
+    let d = super::memo_tests::memo_agrees(&mut gate, &h, NOW + 59);
+    assert_eq!(set(&d, "authorization"), Some("Bearer at-1"), "{d:?}");
+    for now in [NOW + 60, NOW + 800] {
+        let d = super::memo_tests::memo_agrees(&mut gate, &h, now);
+        assert_eq!(d, Decision::Deny(Denial::CredentialUnavailable));
     }
 }
 

@@ -37,7 +37,7 @@ pub(super) fn api_token_decision(
     now: i64,
 ) -> Decision {
     match api_token_grant(config, cache, pod.clone(), resource, token, now) {
-        Ok(cap) => forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken),
+        Ok(cap) => forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken, now),
         Err(decision) => decision,
     }
 }

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use super::super::request::Request;
 use super::{granted_forward, strip_edits, Decision, HeaderEdit, Source};
-use crate::config::{CompiledConfig, CLUSTER_HEADER};
+use crate::config::{CompiledConfig, CredentialAt, CLUSTER_HEADER};
 use crate::host::{PodAddr, SERVICE_PORT};
 use crate::reply::Denial;
 use crate::resource::{self, PathMatch};
@@ -50,7 +50,8 @@ pub(super) fn confine(scope: &Result<Option<&str>, Denial>, decision: Decision) 
 
 /// The forward to the service `verified` grants; `TraceRefused` for `TRACE` and `TRACK` (an
 /// upstream that echoes them would hand the caller the credential), `CredentialUnavailable` when
-/// the service has no usable credential now, `UnknownPod` when there is no such service. The upstream gets the
+/// the service has no usable credential at `now` (none pushed, or an expired one without a
+/// fallback), `UnknownPod` when there is no such service. The upstream gets the
 /// service's credential and none of the caller's: every `Authorization` and every client copy
 /// of the credential's header are removed (besides our own credentials and headers, as for a
 /// pod), as is any `X-Forwarded-Host`, and neither the user's identity nor the identity assertion is sent to it.
@@ -61,6 +62,7 @@ pub(super) fn forward_to_service(
     pod: &PodAddr,
     verified: &Rc<Verified>,
     source: Source,
+    now: i64,
 ) -> Decision {
     if ["TRACE", "TRACK"]
         .iter()
@@ -86,7 +88,12 @@ pub(super) fn forward_to_service(
         CLUSTER_HEADER.to_owned(),
         entry.cluster.clone(),
     ));
-    if let Some(credential) = &entry.credential {
+    let credential = match entry.credential_at(now) {
+        CredentialAt::Set(credential, _) => Some(credential),
+        CredentialAt::NotNeeded => None,
+        CredentialAt::Expired => return Decision::Deny(Denial::CredentialUnavailable),
+    };
+    if let Some(credential) = credential {
         if credential.name != "authorization" {
             edits.push(HeaderEdit::Remove(credential.name.clone()));
         }
@@ -95,8 +102,15 @@ pub(super) fn forward_to_service(
             credential.value.0.clone(),
         ));
     }
-    for name in &entry.strip_headers {
-        let injected = entry.credential.as_ref().is_some_and(|c| &c.name == name);
+    // The caller's copies of the service's other credential headers, and of the expired one's
+    // when the fallback is in force.
+    let expired = entry
+        .credential
+        .as_ref()
+        .filter(|c| credential.is_some_and(|set| set.name != c.name))
+        .map(|c| &c.name);
+    for name in entry.strip_headers.iter().chain(expired) {
+        let injected = credential.is_some_and(|c| &c.name == name);
         if !injected && name != "authorization" {
             edits.push(HeaderEdit::Remove(name.clone()));
         }
