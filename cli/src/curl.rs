@@ -29,6 +29,9 @@ pub struct CurlArgs {
     pub output: Option<String>,
 }
 
+/// The `Content-Type` curl gives a body from `-d`, unless `-H` names another.
+const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
+
 fn read_data(d: &str) -> Result<Vec<u8>> {
     match d.strip_prefix('@') {
         Some("-") => {
@@ -104,7 +107,21 @@ pub fn parse(rest: &[String]) -> Result<CurlArgs> {
         match arg.as_str() {
             "-X" | "--request" => a.method = Some(it.next().ok_or_else(usage)?.clone()),
             "-d" | "--data" | "--data-binary" => {
-                a.data = Some(read_data(it.next().ok_or_else(usage)?)?)
+                let value = it.next().ok_or_else(usage)?;
+                let mut data = read_data(value)?;
+                // As curl: `-d @FILE` drops the file's carriage returns and newlines,
+                // `--data-binary` keeps them; several are joined with `&`.
+                if arg != "--data-binary" && value.starts_with('@') {
+                    data.retain(|b| *b != b'\r' && *b != b'\n');
+                }
+                a.data = Some(match a.data.take() {
+                    Some(mut before) => {
+                        before.push(b'&');
+                        before.extend(data);
+                        before
+                    }
+                    None => data,
+                });
             }
             "-H" | "--header" => {
                 let h = it.next().ok_or_else(usage)?;
@@ -237,6 +254,14 @@ pub async fn run(session: &Session, backend: &Backend, a: CurlArgs) -> Result<u8
             req = req.header("podgate-token", &cap.token);
         }
         if let Some(d) = &body {
+            // As curl: a body is a form unless a header says what it is.
+            if !a
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            {
+                req = req.header("content-type", FORM_CONTENT_TYPE);
+            }
             req = req.body(d.clone());
         }
         let resp = req.send().await.map_err(|e| {
@@ -387,6 +412,20 @@ mod tests {
             assert_eq!(err.code, 2);
             assert!(err.message.contains("unknown curl flag"), "{}", err.message);
         }
+    }
+
+    #[test]
+    fn data_is_read_as_curl_reads_it() {
+        let file = std::env::temp_dir().join(format!("podgate-cli-form-{}", std::process::id()));
+        std::fs::write(&file, "a=1\r\n&b=2\n").unwrap();
+        let at = format!("@{}", file.display());
+        let a = parse(&args(&["http://x/", "-d", &at])).unwrap();
+        assert_eq!(a.data.as_deref(), Some(&b"a=1&b=2"[..]));
+        let a = parse(&args(&["http://x/", "--data-binary", &at])).unwrap();
+        assert_eq!(a.data.as_deref(), Some(&b"a=1\r\n&b=2\n"[..]));
+        let a = parse(&args(&["http://x/", "-d", "a=1", "--data", "b=2"])).unwrap();
+        assert_eq!(a.data.as_deref(), Some(&b"a=1&b=2"[..]));
+        let _ = std::fs::remove_file(&file);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, ORIGIN, UPGRADE};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, ORIGIN, UPGRADE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -149,6 +149,20 @@ impl Shared {
             let _ = self.refused.send(CliError::new(e.code, e.message.clone()));
         }
         asked
+    }
+
+    /// The edge refused the capability `sent` as invalid (revoked, cut off, its signing key
+    /// withdrawn): if it is still the one held, it is not sent again, and the next request
+    /// waits for a new one, or stops `forward` when the control plane refuses the API token.
+    /// Not within five seconds of obtaining it, so that a pod answering such a `401` itself
+    /// costs a new capability now and then, not one per request.
+    async fn refused_by_edge(&self, sent: &str) {
+        let mut held = self.cap.lock().await;
+        let now = now_unix();
+        if held.cap.token == sent && now.saturating_sub(held.cap.obtained_at) >= 5 {
+            eprintln!("podgate-cli: the edge refused the capability; asking for a new one");
+            held.cap.expires_unix = held.cap.expires_unix.min(now);
+        }
     }
 
     /// Seconds until the capability needs renewing.
@@ -342,6 +356,58 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
 }
 
+/// Whether the edge answered that the capability is not valid (any more): `401` with
+/// `WWW-Authenticate: Bearer realm="podgate", error="invalid_token"`.
+fn refused_as_invalid<B>(resp: &Response<B>) -> bool {
+    resp.status() == StatusCode::UNAUTHORIZED
+        && resp
+            .headers()
+            .get_all(hyper::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("realm=\"podgate\"") && v.contains("error=\"invalid_token\""))
+}
+
+/// Whether a cookie named `name` is one of podgate's: the capability cookie, the control
+/// plane's session and its sign-in cookie (with or without the `__Host-` prefix).
+fn is_podgate_cookie(name: &[u8]) -> bool {
+    let name = name.strip_prefix(b"__Host-").unwrap_or(name);
+    name == b"podgate_cap" || name == b"podgate_session" || name.starts_with(b"podgate_signin")
+}
+
+/// Removes podgate's cookies from the request's `Cookie` headers, the others kept in order
+/// (a header left empty goes). Cookies ignore ports: a browser sends this listener every
+/// cookie of its host, the control plane's session included when the control plane is on
+/// `localhost` too, and the pod must never get it.
+fn strip_podgate_cookies(headers: &mut hyper::HeaderMap) {
+    let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+    let is_ours = |pair: &[u8]| {
+        let pair = pair.trim_ascii_start();
+        let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
+        is_podgate_cookie(name.trim_ascii_end())
+    };
+    if !values
+        .iter()
+        .any(|v| v.as_bytes().split(|b| *b == b';').any(is_ours))
+    {
+        return;
+    }
+    headers.remove(COOKIE);
+    for value in values {
+        let kept: Vec<&[u8]> = value
+            .as_bytes()
+            .split(|b| *b == b';')
+            .filter(|pair| !is_ours(pair) && !pair.trim_ascii().is_empty())
+            .map(<[u8]>::trim_ascii)
+            .collect();
+        if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
+            if !v.is_empty() {
+                headers.append(COOKIE, v);
+            }
+        }
+    }
+}
+
 /// Whether `origin` is this listener's own (a browser page served through the forward).
 fn is_local_origin(origin: &str, local: SocketAddr) -> bool {
     let Some(rest) = origin.strip_prefix("http://") else {
@@ -444,6 +510,7 @@ async fn proxy(shared: &Shared, mut req: Request<Incoming>) -> Result<Response<B
             HeaderValue::from_str(&shared.target.origin).map_err(bad_header)?,
         );
     }
+    strip_podgate_cookies(&mut parts.headers);
     parts.headers.remove("podgate-token");
     parts.headers.insert(
         HeaderName::from_static("podgate-token"),
@@ -467,6 +534,9 @@ async fn proxy(shared: &Shared, mut req: Request<Incoming>) -> Result<Response<B
         .send_request(Request::from_parts(parts, body))
         .await
         .map_err(|e| unreachable(&e))?;
+    if refused_as_invalid(&resp) {
+        shared.refused_by_edge(&token).await;
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = client_side {
             let pod_side = hyper::upgrade::on(&mut resp);
@@ -488,6 +558,35 @@ async fn proxy(shared: &Shared, mut req: Request<Incoming>) -> Result<Response<B
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn podgates_cookies_never_reach_the_pod_and_the_others_do() {
+        let mut h = hyper::HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("podgate_session=s1; app=1;__Host-podgate_session=s2"),
+        );
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("podgate_signin=t; podgate_cap=c; __Host-podgate_cap=d"),
+        );
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("theme=dark; podgate_sessionx=kept"),
+        );
+        strip_podgate_cookies(&mut h);
+        let left: Vec<_> = h
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["app=1", "theme=dark; podgate_sessionx=kept"]);
+        // Nothing of ours: the headers are left exactly as sent.
+        let mut h = hyper::HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1;b=2 ;  c"));
+        strip_podgate_cookies(&mut h);
+        assert_eq!(h.get(COOKIE).unwrap(), "a=1;b=2 ;  c");
+    }
 
     #[test]
     fn targets_and_origins() {

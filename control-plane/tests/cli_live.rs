@@ -295,6 +295,11 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     assert_eq!(reqs[0].path, "/api/items?q=1");
     assert_eq!(reqs[0].body_len, "hello pod".len());
     assert_eq!(reqs[0].header("x-trace"), Some("t1"));
+    // A body from `-d` is a form, as curl sends it.
+    assert_eq!(
+        reqs[0].header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
     assert_no_credentials(&reqs[0], &api_token, &assertions);
     pod.reset();
 
@@ -331,8 +336,14 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
         }
         assert_eq!(req.send().await.unwrap().status().as_u16(), 403);
     }
+    // A browser sends the forward every cookie of its host, the control plane's session
+    // among them when it is on the same host: the pod gets the others only.
     let resp = client()
         .post(format!("http://{local}/forwarded?x=2"))
+        .header(
+            COOKIE,
+            format!("app=1; {}; podgate_signin=x", stack.session),
+        )
         .body("via forward")
         .send()
         .await
@@ -349,6 +360,12 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     let http_req = reqs.iter().find(|r| !r.websocket).unwrap();
     assert_eq!(http_req.path, "/forwarded?x=2");
     assert_eq!(http_req.body_len, "via forward".len());
+    assert_eq!(
+        http_req.header_all("cookie"),
+        vec!["app=1"],
+        "{:?}",
+        http_req.headers
+    );
     let ws_req = reqs.iter().find(|r| r.websocket).unwrap();
     assert_eq!(ws_req.path, "/ws");
     for r in &reqs {
@@ -819,6 +836,7 @@ async fn forward_stops_when_its_api_token_is_revoked() {
         local,
         stderr,
         token_id,
+        first_ends_by,
         ..
     } = forward_with_short_capabilities().await;
     let get = |path: &'static str| {
@@ -837,33 +855,45 @@ async fn forward_stops_when_its_api_token_is_revoked() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    // At its next renewal the control plane refuses the token: `forward` says so and stops
-    // with the token's exit code, rather than asking again with it every few seconds.
-    let line = stderr_line(
-        &stderr,
-        "refused the saved API token",
-        Duration::from_secs(40),
-    );
-    assert!(line.contains("--init again"), "{line}");
-    let exited = tokio::task::block_in_place(|| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = fwd.try_wait().unwrap() {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    // The edge refuses the capability within a push (`forward` passes that 401 on); the next
+    // request then asks the control plane for a new one, which refuses the token: `forward`
+    // says so and stops with the token's exit code, well before its capability's renewal (at
+    // 20 s) was due, rather than serving refusals until then.
+    let deadline = first_ends_by - Duration::from_secs(15);
+    // Forwarded until the push lands, refused from then on.
+    let (mut forwarded, mut refused) = (0, 0);
+    let exited = loop {
+        if let Some(status) = fwd.try_wait().unwrap() {
+            break Some(status);
         }
-    });
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        let url = format!("http://{local}/after");
+        match client().get(url).send().await.map(|r| r.status().as_u16()) {
+            Ok(200) => {
+                assert_eq!(refused, 0, "forwarded after a refusal");
+                forwarded += 1;
+            }
+            Ok(_) => refused += 1,
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let Some(status) = exited else {
         let _ = fwd.kill();
         panic!("forward still runs after the token was refused");
     };
     assert_eq!(status.code(), Some(4));
+    let line = stderr_line(
+        &stderr,
+        "refused the saved API token",
+        Duration::from_secs(5),
+    );
+    assert!(line.contains("--init again"), "{line}");
+    assert!(refused > 0, "the edge never refused the capability");
     let paths: Vec<String> = pod.requests().into_iter().map(|r| r.path).collect();
-    assert_eq!(paths, ["/before"]);
+    assert_eq!(paths.len(), 1 + forwarded, "{paths:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
