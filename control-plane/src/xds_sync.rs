@@ -18,7 +18,8 @@
 //! listening connection is opened again whenever it is lost, followed by a rebuild (what was
 //! announced meanwhile is lost). Identical content is not pushed: versions are content hashes,
 //! of JSON with sorted keys ([`filter_json`]), so control planes on one database push the same
-//! versions and an Envoy moving between them gets nothing new.
+//! versions and an Envoy moving between them gets nothing new, unless a service has an OAuth
+//! credential: each control plane pushes the token it obtained itself.
 //!
 //! Publish before sign: while a new capability key is pending (see [`crate::keys`]), the task
 //! watches what every connected Envoy has acknowledged and clears the key for signing once all
@@ -120,7 +121,8 @@ pub struct Built {
 /// The filter's configuration as JSON, the same text for the same content: its pods are a
 /// `HashMap`, whose order differs from one map to the next (and so between builds and between
 /// control planes); through `serde_json::Value` every object's keys come out sorted. The ECDS
-/// version is a hash of this text, so control planes on one database push the same versions.
+/// version is a hash of this text, so control planes on one database push the same versions
+/// (but for the services' OAuth tokens, each control plane's own).
 pub fn filter_json(filter: &FilterConfig) -> Result<String, serde_json::Error> {
     serde_json::to_string(&serde_json::to_value(filter)?)
 }

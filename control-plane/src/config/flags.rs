@@ -107,8 +107,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
 
     /// Secret Envoy's filter sends to renew browser capabilities at /api/proxy-renew (at least
-    /// 32 characters; the same on every control plane behind one Envoy) [default: random at
-    /// start].
+    /// 32 characters; the same on every control plane behind one Envoy) [default: derived from
+    /// the key-encryption key; random at start without one].
     #[arg(
         long,
         env = "PODGATE_RENEW_SECRET",
