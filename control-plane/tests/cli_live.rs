@@ -161,24 +161,6 @@ async fn open_websocket(addr: SocketAddr, origin: &str) -> tokio::net::TcpStream
     conn
 }
 
-/// One masked text frame out, its echo back.
-async fn echo(conn: &mut tokio::net::TcpStream, text: &str) -> String {
-    let mask = [0x11u8, 0x22, 0x33, 0x44];
-    let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).unwrap()];
-    frame.extend_from_slice(&mask);
-    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    conn.write_all(&frame).await.unwrap();
-    let mut head = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut head))
-        .await
-        .expect("no echo within 5 s")
-        .expect("the WebSocket was closed");
-    assert_eq!(head[0], 0x81, "{head:?}");
-    let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
-    conn.read_exact(&mut payload).await.unwrap();
-    String::from_utf8(payload).unwrap()
-}
-
 #[cfg(unix)]
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
@@ -351,7 +333,7 @@ async fn init_status_curl_forward_and_logout_through_the_real_stack() {
     assert_eq!(resp.status().as_u16(), 200);
     let mut ws = open_websocket(local, &format!("http://{local}")).await;
     assert_eq!(
-        echo(&mut ws, "ping through forward").await,
+        ws_echo(&mut ws, "ping through forward").await,
         "ping through forward"
     );
     drop(ws);

@@ -299,6 +299,41 @@ async fn api_tokens_reach_their_owners_pods_at_the_edge_and_never_reach_the_pod(
 }
 
 /// A random well-formed API token that the control plane does not know.
+/// A WebSocket opened with an API token lives as long as the token does: its capability
+/// (30 s here) is renewed by exchanging the token again before it ends, as a browser's is
+/// through its cookie; once the token is revoked, the WebSocket is closed within a push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_websocket_on_an_api_token_outlives_its_capability_and_ends_with_the_token() {
+    let stack = Stack::start(&["--renew-secret", SECRET, "--capability-lifetime-secs", "30"]).await;
+    let session = stack.session.clone();
+    let _alpha = pod_running(&stack, "alpha", USER, &session).await;
+    let (id, token) = create_api_token(&stack, &session, "terminal").await;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n",
+        pod_host("alpha")
+    );
+    let opened = Instant::now();
+    let mut ws = open_raw(stack.envoy.listener, &request, "HTTP/1.1 101").await;
+    // Past the first capability's end (30 s) and into the second's renewal, a message every 5 s.
+    while opened.elapsed() < Duration::from_secs(42) {
+        let said = format!("at {} s", opened.elapsed().as_secs());
+        assert_eq!(ws_echo(&mut ws, &said).await, said, "{}", stack.logs());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let resp = stack
+        .http
+        .delete(format!("http://{}/api/proxy-tokens/{id}", stack.cp.http))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let took = until_closed(&mut ws, Duration::from_secs(5)).await;
+    println!("the revoked token's WebSocket closed {took:?} after the revocation");
+}
+
 fn wrong_token(i: u64) -> String {
     format!("pg_{:024x}_{}", i ^ 0x5eed_0000_0000, "b".repeat(52))
 }

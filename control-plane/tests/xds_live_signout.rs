@@ -48,43 +48,6 @@ async fn open_event_stream(envoy: SocketAddr, pod: &str, token: &str) -> tokio::
     open_raw(envoy, &request, "HTTP/1.1 200").await
 }
 
-/// Sends `request` on a new connection to Envoy; the connection once the answer's head, which
-/// starts with `status_line`, was read.
-async fn open_raw(envoy: SocketAddr, request: &str, status_line: &str) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(envoy).await.unwrap();
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            conn.read(&mut byte).await.unwrap(),
-            1,
-            "closed before the answer"
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with(status_line), "{head}");
-    conn
-}
-
-/// Waits until Envoy closes `conn` (a reset or an end of stream); how long it took.
-async fn until_closed(conn: &mut tokio::net::TcpStream, within: Duration) -> Duration {
-    use tokio::io::AsyncReadExt;
-    let start = Instant::now();
-    let mut buf = [0u8; 256];
-    loop {
-        match tokio::time::timeout(within.saturating_sub(start.elapsed()), conn.read(&mut buf))
-            .await
-        {
-            Err(_) => panic!("the stream is still open {within:?} later"),
-            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 /// Polls `GET /` on the pod host with `cookie` until it is refused; the time it took.
 async fn until_refused(stack: &Stack, pod: &str, cookie: &str) -> Duration {
     let http = no_redirects();

@@ -32,19 +32,7 @@ impl Filter {
             access::record_refusal(Denial::HostCallFailed.reason());
             return self.deny(&Denial::HostCallFailed);
         };
-        // A call never answered (it cannot be, but a lost one must not hold its key and a
-        // slot for good) is forgotten.
-        if self
-            .exchanges
-            .values()
-            .any(|p| now.saturating_sub(p.started) > EXCHANGE_LOST_SECS)
-        {
-            self.exchanges
-                .retain(|_, p| now.saturating_sub(p.started) <= EXCHANGE_LOST_SECS);
-            let live = &self.exchanges;
-            self.exchange_calls
-                .retain(|_, (need, _)| live.contains_key(&need.key));
-        }
+        self.forget_lost_exchanges(now);
         if let Some(pending) = self.exchanges.get_mut(&need.key) {
             pending.waiting.push(context_id);
             return Action::Pause;
@@ -96,6 +84,53 @@ impl Filter {
         }
     }
 
+    /// Forgets the exchange calls never answered (they cannot be, but a lost one must not hold
+    /// its key and a slot for good).
+    fn forget_lost_exchanges(&mut self, now: i64) {
+        if self
+            .exchanges
+            .values()
+            .any(|p| now.saturating_sub(p.started) > EXCHANGE_LOST_SECS)
+        {
+            self.exchanges
+                .retain(|_, p| now.saturating_sub(p.started) <= EXCHANGE_LOST_SECS);
+            let live = &self.exchanges;
+            self.exchange_calls
+                .retain(|_, (need, _)| live.contains_key(&need.key));
+        }
+    }
+
+    /// Exchanges API token `need` again with nobody waiting (an open WebSocket's renewal, from
+    /// the tick, on the root context): the answer goes to the exchange cache, where the next
+    /// tick finds it. Nothing when an exchange for the same key is in flight or too many are.
+    pub(crate) fn exchange_in_background(&mut self, need: &Rc<ExchangeNeeded>, now: i64) {
+        self.forget_lost_exchanges(now);
+        if self.exchanges.contains_key(&need.key) || self.exchanges.len() >= exchange::MAX_IN_FLIGHT
+        {
+            return;
+        }
+        let Some(call) = self.gate.exchange_call(need, None) else {
+            return;
+        };
+        let headers = podgate_protocol::wire::encode_header_map(&call.headers);
+        match raw::http_call(call.cluster, &headers, b"", call.timeout_ms) {
+            Ok(token) => {
+                self.metrics.bump(Counter::ExchangeCalls, 1);
+                let pending = PendingExchange {
+                    waiting: Vec::new(),
+                    started: now,
+                };
+                self.exchanges.insert(need.key, pending);
+                self.exchange_calls
+                    .insert(token, (Rc::clone(need), String::new()));
+            }
+            Err(status) => log(
+                LogLevel::Error,
+                &format!("podgate: cannot call the control plane to exchange: {status:?}"),
+            ),
+        }
+    }
+
     /// The control plane answered an exchange call (or the call failed: no headers): the
     /// answer is judged and remembered, and every stream that waited is decided again (a
     /// forward has its edits applied here) or gets the refusal. What to do with each, for the
@@ -128,8 +163,9 @@ impl Filter {
             return self.refuse_waiting(waiting, &Denial::HostCallFailed.reply());
         };
         if let Err(denial) = self.gate.exchanged(need, status, retry_after, &body, now) {
-            if let Denial::ExchangeBusy(secs) = denial {
-                self.backoff.back_off(client, secs, now);
+            // A WebSocket's renewal has no client to hold back.
+            if let (Denial::ExchangeBusy(secs), false) = (&denial, client.is_empty()) {
+                self.backoff.back_off(client, *secs, now);
             }
             if status == 0 || denial == Denial::ExchangeFailed {
                 log(

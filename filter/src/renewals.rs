@@ -5,6 +5,7 @@
 
 use std::rc::Rc;
 
+use podgate_protocol::exchange::ExchangeNeeded;
 use podgate_protocol::gate::LapsedRenewal;
 use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::Denial;
@@ -82,6 +83,10 @@ impl Filter {
                 continue;
             };
             let old = Rc::clone(&socket.capability);
+            if let Some((need, next_try)) = socket.exchange.clone() {
+                self.renew_exchanged_socket(id, &old, &need, next_try, now);
+                continue;
+            }
             match self.renewals.get(&old.claims.jti) {
                 Some(Renewal::Fresh { capability, .. }) => {
                     let capability = Rc::clone(capability);
@@ -93,6 +98,48 @@ impl Filter {
                     self.start_renewal(&old, now, None);
                 }
             }
+        }
+    }
+
+    /// Renews the capability `old` of WebSocket `id`, opened on an API token (`need`): a
+    /// capability exchanged for the token since (by this tick's call, or a request's) replaces
+    /// it; otherwise the token is exchanged again, at most every `RENEWAL_RETRY_SECS`. A
+    /// refused token (revoked, access lost) gets no new capability: the socket closes at
+    /// `old`'s `exp`, if a push has not cut it off before.
+    fn renew_exchanged_socket(
+        &mut self,
+        id: u32,
+        old: &Rc<Verified>,
+        need: &Rc<ExchangeNeeded>,
+        next_try: i64,
+        now: i64,
+    ) {
+        let fresh = self
+            .gate
+            .exchanged_capability(need, now)
+            .filter(|c| c.claims.jti != old.claims.jti);
+        if let Some(capability) = fresh {
+            // Renewed again from its own renewal time, unless the token ends with it (its
+            // capabilities end no later than the token): then it closes at its `exp`.
+            let renew_at = (capability.expires_at > old.expires_at)
+                .then(|| {
+                    let before = self.gate.config()?.renewal.as_ref()?.before_secs;
+                    Some(capability.expires_at.saturating_sub(before))
+                })
+                .flatten();
+            if let Some(socket) = self.websockets.get_mut(&id) {
+                socket.capability = capability;
+                socket.renew_at = renew_at;
+                socket.exchange = Some((Rc::clone(need), 0));
+            }
+            return;
+        }
+        if now < next_try {
+            return;
+        }
+        self.exchange_in_background(need, now);
+        if let Some(socket) = self.websockets.get_mut(&id) {
+            socket.exchange = Some((Rc::clone(need), now + RENEWAL_RETRY_SECS));
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use podgate_protocol::exchange::ExchangeNeeded;
 use podgate_protocol::gate::Forward;
 use podgate_protocol::token::Verified;
 
@@ -16,6 +17,9 @@ use crate::{log, now_unix, Counter, Filter};
 pub(crate) struct OpenSocket {
     pub(crate) capability: Rc<Verified>,
     pub(crate) renew_at: Option<i64>,
+    /// Opened on an API token: the exchange that renews its capability (`Forward::exchange`),
+    /// and when the tick may ask the control plane for it again (unix seconds).
+    pub(crate) exchange: Option<(Rc<ExchangeNeeded>, i64)>,
 }
 
 /// An open stream that is not a WebSocket: the capability it was let through on, and when.
@@ -63,6 +67,7 @@ impl Filter {
             let socket = OpenSocket {
                 capability: Rc::clone(cap),
                 renew_at: forward.renew_at,
+                exchange: forward.exchange.as_ref().map(|need| (Rc::clone(need), 0)),
             };
             self.websockets.insert(context_id, socket);
         } else {

@@ -915,6 +915,66 @@ pub async fn sign_in_on_host(
     Ok(cap.split(';').next().unwrap().to_owned())
 }
 
+/// Sends `request` on a new connection to Envoy; the connection once the answer's head, which
+/// starts with `status_line`, was read.
+pub async fn open_raw(
+    envoy: SocketAddr,
+    request: &str,
+    status_line: &str,
+) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(envoy).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            conn.read(&mut byte).await.unwrap(),
+            1,
+            "closed before the answer"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with(status_line), "{head}");
+    conn
+}
+
+/// Waits until Envoy closes `conn` (a reset or an end of stream); how long it took.
+pub async fn until_closed(conn: &mut tokio::net::TcpStream, within: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(within.saturating_sub(start.elapsed()), conn.read(&mut buf))
+            .await
+        {
+            Err(_) => panic!("the stream is still open {within:?} later"),
+            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// One masked text frame out on the open WebSocket `conn` (the fake pod echoes), its echo back.
+pub async fn ws_echo(conn: &mut tokio::net::TcpStream, text: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).unwrap()];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    conn.write_all(&frame).await.unwrap();
+    let mut head = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut head))
+        .await
+        .expect("no echo within 5 s")
+        .expect("the WebSocket was closed");
+    assert_eq!(head[0], 0x81, "{head:?}");
+    let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+    conn.read_exact(&mut payload).await.unwrap();
+    String::from_utf8(payload).unwrap()
+}
+
 /// The value of the sample `name` whose labels include `labels`, in a scrape of `/metrics`.
 pub fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     use prometheus_parse::Value;

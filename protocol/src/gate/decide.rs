@@ -23,6 +23,7 @@ use crate::token::{self, TokenError, Verified, API_TOKEN_PREFIX};
 mod api_tokens;
 mod lapsed;
 mod services;
+pub(super) use api_tokens::exchanged_capability;
 use api_tokens::{api_token_decision, api_token_grant, api_token_of};
 use lapsed::{lapsed, Lapsed};
 use services::{confine, forward_to_service, resource_scope};
@@ -100,6 +101,10 @@ pub struct Forward {
     /// (`lapsed`): the `Set-Cookie` that hands it to the browser, added to the response. Never
     /// memoized.
     pub set_cookie: Option<Rc<str>>,
+    /// A WebSocket let through on an API token: the exchange that renews its capability from
+    /// `renew_at` on, as a cookie's renewal renews a browser's, so that it lives as long as the
+    /// token (and access) does rather than ending at the capability's `exp`.
+    pub exchange: Option<Rc<ExchangeNeeded>>,
 }
 
 impl Forward {
@@ -525,6 +530,7 @@ pub(super) fn decide_counting(
             target: None,
             exchanged: false,
             set_cookie: None,
+            exchange: None,
         };
         return (Decision::Forward(Rc::new(forward)), 0);
     }
@@ -722,6 +728,7 @@ fn granted_forward(
         target: Some(pod.clone()),
         exchanged: source == Source::ApiToken,
         set_cookie: None,
+        exchange: None,
     };
     Decision::Forward(Rc::new(forward))
 }

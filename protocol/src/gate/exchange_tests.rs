@@ -96,6 +96,52 @@ fn denied(outcome: Outcome) -> Denial {
 }
 
 #[test]
+fn a_websocket_on_an_api_token_carries_the_exchange_that_renews_it() {
+    let mut gate = Gate::new(config_with(true, &[]));
+    let ws = request(&[
+        ("authorization", &format!("Bearer {TOKEN}")),
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+    ]);
+    let need = needed(gate.on_request(&ws, NOW));
+    let first = cap("alpha", 8726, "x1");
+    assert_eq!(
+        gate.exchanged(&need, 200, None, &answer(&first), NOW),
+        Ok(())
+    );
+    let Outcome::Forward(forward) = gate.on_request(&ws, NOW) else {
+        panic!("not forwarded");
+    };
+    assert!(forward.websocket);
+    let exchange = forward
+        .exchange
+        .as_ref()
+        .expect("the exchange that renews it");
+    assert_eq!(exchange.key, need.key);
+    let expires = forward.expires_at.unwrap();
+    assert_eq!(forward.renew_at, Some(expires - 300));
+    // The exchange cache names the capability it lives on until the token is exchanged again,
+    // then the fresh one.
+    let held = gate.exchanged_capability(exchange, NOW).unwrap();
+    assert_eq!(held.claims.jti, "x1");
+    let fresh = cap("alpha", 8726, "x2");
+    assert_eq!(
+        gate.exchanged(exchange, 200, None, &answer(&fresh), NOW + 700),
+        Ok(())
+    );
+    let renewed = gate.exchanged_capability(exchange, NOW + 700).unwrap();
+    assert_eq!(renewed.claims.jti, "x2");
+    // A plain request on the token carries none: it is exchanged again when it comes.
+    let Outcome::Forward(plain) = gate.on_request(&bearer(), NOW + 700) else {
+        panic!("not forwarded");
+    };
+    assert_eq!((plain.exchange.is_none(), plain.renew_at), (true, None));
+    // Refused from then on (revoked): none.
+    assert!(gate.exchanged(exchange, 401, None, b"", NOW + 701).is_err());
+    assert_eq!(gate.exchanged_capability(exchange, NOW + 701), None);
+}
+
+#[test]
 fn an_api_token_is_exchanged_then_forwarded_without_it_and_memoized() {
     for (name, wire) in [
         ("bearer", bearer()),

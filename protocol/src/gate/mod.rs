@@ -324,6 +324,19 @@ impl Gate {
         renewed
     }
 
+    /// The capability API token exchange `need` stands for now: the one the exchange cache
+    /// holds, in force under this configuration (`None`: none, refused, or withdrawn). For an
+    /// open WebSocket's renewal, which asks the control plane again when this is still the
+    /// capability it lives on.
+    pub fn exchanged_capability(
+        &mut self,
+        need: &ExchangeNeeded,
+        now: i64,
+    ) -> Option<Rc<Verified>> {
+        let config = Rc::clone(self.config.as_ref()?);
+        decide::exchanged_capability(&config, &mut self.cache, need, now)
+    }
+
     /// The exchange call for `need` (`exchange::call_headers`) to the control plane's cluster,
     /// with the client's address when known; `None` when exchanges are off (no renewal
     /// section: it carries the URL's authority and the secret).

@@ -287,3 +287,94 @@ fn a_push_that_cuts_a_capability_off_resets_its_open_streams() {
     vm.close_stream(kept).unwrap();
     assert!(!vm.is_dead());
 }
+
+/// An API token of the exact shape (the control plane's answers are what the filter trusts).
+const API_TOKEN: &str =
+    "pg_0123456789abcdef01234567_abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrst";
+
+/// A gate with API tokens exchanged at the edge (renewal on: the exchange URL and secret),
+/// renewing in the last 300 s, whose host takes the filter's calls.
+fn exchanging_vm() -> FilterVm {
+    let mut cfg = config(&[&ed_key(1)]);
+    cfg["renewal"] = serde_json::json!({
+        "url": "http://127.0.0.1:8080/api/proxy-renew",
+        "secret": "renew-secret-0123456789abcdef0123456789",
+        "before_secs": 300
+    });
+    let mut vm = vm_with(&cfg);
+    vm.accept_http_calls();
+    vm
+}
+
+/// Answers the one pending exchange call with `capability`.
+fn answer_exchange(vm: &mut FilterVm, capability: &str) {
+    let calls = vm.pending_http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let path = calls[0].headers.iter().find(|(n, _)| n == ":path");
+    assert!(
+        path.is_some_and(|(_, p)| p.starts_with("/api/proxy-exchange?")),
+        "{calls:?}"
+    );
+    let body = serde_json::json!({ "token": capability }).to_string();
+    vm.answer_http_call(calls[0].token, &[(":status", "200")], body.as_bytes())
+        .unwrap();
+}
+
+/// A capability for alpha as an exchange mints it, issued at `iat`.
+fn exchanged_cap(iat: i64) -> String {
+    let claims = podgate_protocol::token::PodClaims {
+        jti: format!("exchanged-{iat}"),
+        ..claims("alpha", PORT)
+    };
+    cap_with(&ed_key(1), &claims, iat, LIFETIME)
+}
+
+#[test]
+fn a_websocket_on_an_api_token_is_renewed_by_exchanging_the_token_again() {
+    let mut vm = exchanging_vm();
+    let ctx = vm.open_stream().unwrap();
+    let req = Req::alpha().bearer(API_TOKEN).websocket();
+    let out = vm.request_headers(ctx, &req.headers, false).unwrap();
+    assert!(matches!(out, Outcome::Paused { .. }), "{out:?}");
+    answer_exchange(&mut vm, &exchanged_cap(NOW));
+    assert_eq!(vm.continued(ctx), Some(1));
+    let out = vm
+        .response_headers(ctx, &[(":status", "101"), ("upgrade", "websocket")], false)
+        .unwrap();
+    assert!(matches!(out, Outcome::Continue { .. }), "{out:?}");
+    // Not due yet: no call.
+    at(&mut vm, EXP - 301);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    assert!(vm.pending_http_calls().is_empty());
+    // Due: the token is exchanged again, once, with nobody waiting on it.
+    at(&mut vm, EXP - 300);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    at(&mut vm, EXP - 299);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    answer_exchange(&mut vm, &exchanged_cap(EXP - 300));
+    // The next tick moves the socket to the fresh capability: open past the first one's
+    // `exp`, closed at the fresh one's when the token is refused from then on.
+    at(&mut vm, EXP - 298);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    at(&mut vm, EXP + 10);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new(), "still open");
+    assert!(vm.is_open(ctx));
+    let second_exp = EXP - 300 + LIFETIME;
+    at(&mut vm, second_exp - 300);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    let calls = vm.pending_http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    vm.answer_http_call(calls[0].token, &[(":status", "401")], b"")
+        .unwrap();
+    // Refused: asked again no sooner than 5 s later, then closed at the capability's `exp`.
+    at(&mut vm, second_exp - 298);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    assert!(vm.pending_http_calls().is_empty());
+    at(&mut vm, second_exp);
+    assert_eq!(
+        vm.tick().unwrap(),
+        vec![ctx],
+        "closed at the last capability's exp"
+    );
+    assert!(!vm.is_dead());
+}

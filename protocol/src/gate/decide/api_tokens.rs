@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use super::super::request::Request;
 use super::super::token_cache::VerifiedCache;
-use super::{forward_to_pod, Decision, Source};
+use super::{forward_to_pod, Decision, Forward, Source};
 use crate::config::CompiledConfig;
 use crate::exchange::{self, ExchangeNeeded, Lookup, Refusal};
 use crate::host::PodAddr;
@@ -37,9 +37,40 @@ pub(super) fn api_token_decision(
     now: i64,
 ) -> Decision {
     match api_token_grant(config, cache, pod.clone(), resource, token, now) {
-        Ok(cap) => forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken, now),
+        Ok(cap) => {
+            let decision = forward_to_pod(config, req, bearers, &pod, &cap, Source::ApiToken, now);
+            match (decision, config.renewal.as_ref()) {
+                // A WebSocket is renewed by exchanging the token again (`Forward::exchange`).
+                (Decision::Forward(forward), Some(renewal)) if forward.websocket => {
+                    let renewed = Forward {
+                        renew_at: Some(cap.expires_at.saturating_sub(renewal.before_secs)),
+                        exchange: Some(Rc::new(ExchangeNeeded {
+                            key: exchange::key(token, &pod, resource),
+                            token: token.to_owned(),
+                            pod,
+                            resource: resource.map(str::to_owned),
+                        })),
+                        ..Forward::clone(&forward)
+                    };
+                    Decision::Forward(Rc::new(renewed))
+                }
+                (decision, _) => decision,
+            }
+        }
         Err(decision) => decision,
     }
+}
+
+/// The capability API token `need.token` was exchanged for, for `need.pod` (and resource),
+/// when the exchange cache has one in force now; `None` otherwise (nothing is asked).
+pub(in crate::gate) fn exchanged_capability(
+    config: &CompiledConfig,
+    cache: &mut VerifiedCache,
+    need: &ExchangeNeeded,
+    now: i64,
+) -> Option<Rc<Verified>> {
+    let resource = need.resource.as_deref();
+    api_token_grant(config, cache, need.pod.clone(), resource, &need.token, now).ok()
 }
 
 /// The API token the request carries, when API tokens are exchanged at the edge (the filter
