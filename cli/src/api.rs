@@ -143,6 +143,12 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The API token itself: `forward` sends it, not a capability, on a WebSocket upgrade, so
+    /// that the edge renews the socket's capability for as long as the token lives.
+    pub fn api_token(&self) -> &str {
+        &self.token
+    }
+
     pub fn new(base: &str, token: &str) -> Result<Backend> {
         Ok(Backend {
             base: base.trim_end_matches('/').to_owned(),

@@ -475,8 +475,14 @@ async fn proxy(shared: &Shared, mut req: Request<Incoming>) -> Result<Response<B
     if let Some(why) = refusal(&req, shared.local) {
         return Ok(full(StatusCode::FORBIDDEN, why));
     }
-    let token = shared.token().await?;
     let upgrade = req.headers().get(UPGRADE).cloned();
+    // A WebSocket goes with the API token: the edge exchanges it and renews the capability the
+    // socket lives on until the token ends, where a capability of ours would end it at its
+    // `exp`. Every other request goes with the capability held.
+    let token = match upgrade {
+        Some(_) => shared.backend.api_token().to_owned(),
+        None => shared.token().await?,
+    };
     let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let path = parts

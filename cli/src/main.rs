@@ -3,7 +3,8 @@
 //! `--init <setup link>` saves the link's API token for the working directory; `status`,
 //! `logout`, `token POD PORT`, `curl URL …` and `forward POD PORT` use it, or the token in
 //! `PODGATE_TOKEN` (with `PODGATE_URL`) when it is set. Each pod request
-//! carries a short-lived capability from `POST /v1/capabilities`, never the API token. Exit
+//! carries a short-lived capability from `POST /v1/capabilities` (a WebSocket through `forward`
+//! the API token, which the edge exchanges and renews). Exit
 //! codes are in [`error::code`] and `docs/cli.md`.
 
 mod api;

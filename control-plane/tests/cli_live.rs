@@ -895,14 +895,18 @@ async fn forward_renews_its_capability_before_it_expires() {
         async move { client().get(url).send().await.unwrap().status().as_u16() }
     };
     assert_eq!(get("/before").await, 200);
+    // A WebSocket opened now lives on past the capability's end too (the edge renews it).
+    let mut ws = open_websocket(local, &format!("http://{local}")).await;
+    assert_eq!(ws_echo(&mut ws, "opened").await, "opened");
     stderr_line(&stderr, "capability renewed", Duration::from_secs(35));
     // Past the first capability's end: only the renewed one can carry this request.
     tokio::time::sleep_until((first_ends_by + Duration::from_secs(1)).into()).await;
     assert_eq!(get("/after").await, 200);
+    assert_eq!(ws_echo(&mut ws, "still open").await, "still open");
     let _ = fwd.kill();
     let _ = fwd.wait();
     let paths: Vec<String> = pod.requests().into_iter().map(|r| r.path).collect();
-    assert_eq!(paths, ["/before", "/after"]);
+    assert_eq!(paths, ["/before", "/ws", "/after"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
