@@ -479,6 +479,33 @@ pub fn assertion_key(capability: &SigningKey) -> Result<SigningKey, KeyringError
     SigningKey::ed25519_from_seed(kid, seed).map_err(|e| stored(e.to_string()))
 }
 
+/// The assertion key that signs at `now`: the signing capability key's once it has been
+/// published for `config.assertion_key_delay` (pods cache the assertion keys for up to a
+/// minute, and would refuse assertions signed with a key they have not fetched yet), else that
+/// of the newest live capability key published that long, else (a first start, or every older
+/// key gone) the signing one's.
+fn assertion_signer(
+    live: &[StoredKey],
+    capability_signer: &SigningKey,
+    config: &Config,
+    now: i64,
+) -> Result<SigningKey, KeyringError> {
+    let delay = i64::try_from(config.assertion_key_delay).unwrap_or(i64::MAX);
+    let published = |k: &&StoredKey| now.saturating_sub(k.created_at) >= delay;
+    let capability = |k: &&StoredKey| k.kind == KeyKind::Capability;
+    if live
+        .iter()
+        .filter(capability)
+        .any(|k| k.kid == capability_signer.kid() && published(&k))
+    {
+        return assertion_key(capability_signer);
+    }
+    match live.iter().rev().filter(capability).find(published) {
+        Some(stored) => assertion_key(&decode(stored, &config.key_encryption)?),
+        None => assertion_key(capability_signer),
+    }
+}
+
 /// Loads the key ring in force at `now`; the newest capability key signs at once.
 pub async fn load(db: &Db, config: &Config, now: i64) -> Result<KeyRing, KeyringError> {
     load_gated(db, config, now, &SigningGate::open()).await
@@ -562,7 +589,7 @@ pub async fn load_gated(
         kid: String::new(),
         msg: e.to_string(),
     })?;
-    let assertion_signer = assertion_key(&capability_signer)?;
+    let assertion_signer = assertion_signer(&live, &capability_signer, config, now)?;
     Ok(KeyRing {
         assertion_signer,
         assertion_jwks,

@@ -696,18 +696,33 @@ async fn key_storage(db: &Db) {
     assert!(ring.capability_signer.kid().starts_with("cap-"));
     assert!(ring.ticket_signer.kid().starts_with("tkt-"));
     assert_eq!(ring.ticket_verifier.key_count(), 2);
-    // Each capability key has its assertion key: published for both during the overlap, the
-    // filter signing with the one of the capability key that signs; public halves only, and
-    // none of them a capability key.
+    // Each capability key has its assertion key: published for both during the overlap;
+    // public halves only, and none of them a capability key. The filter signs with the one of
+    // the capability key that signs once it has been published for the assertion key delay
+    // (120 s): until then with the previous one, which pods have.
     assert_eq!(ring.assertion_jwks.keys.len(), 2);
     assert!(ring
         .assertion_jwks
         .keys
         .iter()
         .all(|k| k.kid.starts_with("ast-") && k.d.is_none() && k.k.is_none()));
+    let old_capability = live
+        .iter()
+        .find(|k| k.kind == KeyKind::Capability && k.retired_at.is_some())
+        .unwrap();
     assert_eq!(
         ring.assertion_signer.kid(),
-        ring.capability_signer.kid().replacen("cap-", "ast-", 1)
+        old_capability.kid.replacen("cap-", "ast-", 1),
+        "100 s after the rotation"
+    );
+    let published = keys::load(db, &config, 320).await.unwrap();
+    assert_eq!(
+        published.assertion_signer.kid(),
+        published
+            .capability_signer
+            .kid()
+            .replacen("cap-", "ast-", 1),
+        "120 s after the rotation"
     );
     for capability in &ring.public_jwks.keys {
         assert!(!ring.assertion_jwks.keys.iter().any(|a| a.x == capability.x));

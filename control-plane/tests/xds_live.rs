@@ -370,8 +370,15 @@ async fn filter_counts_reaching(stack: &Stack, want: (u64, u64, u64)) -> (u64, u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_created_elsewhere_keeps_what_was_verified_and_signed_and_a_key_rotation_does_not() {
-    // Assertions live 300 s: the filter reuses one for 150 s, longer than this test takes.
-    let stack = Stack::start(&["--assertion-lifetime-secs", "300"]).await;
+    // Assertions live 300 s: the filter reuses one for 150 s, longer than this test takes. A
+    // new assertion key signs once published for 2 s (120 by default).
+    let stack = Stack::start(&[
+        "--assertion-lifetime-secs",
+        "300",
+        "--assertion-key-delay-secs",
+        "2",
+    ])
+    .await;
     let (pod, token) = running_pod(&stack, "web").await;
     let port = pod.addr().port();
     let assertion_of = |request: &podgate_testkit::Recorded| {
@@ -419,7 +426,7 @@ async fn a_pod_created_elsewhere_keeps_what_was_verified_and_signed_and_a_key_ro
     let mut forwarded = 0;
     let renewed = loop {
         assert!(
-            rotated_at.elapsed() < Duration::from_secs(8),
+            rotated_at.elapsed() < Duration::from_secs(12),
             "the new assertion key never signed:\n{}",
             stack.logs()
         );
@@ -435,6 +442,13 @@ async fn a_pod_created_elsewhere_keeps_what_was_verified_and_signed_and_a_key_ro
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_ne!(kid_of(&renewed), kid_of(&first));
+    // Not before its key had been published for the delay: pods caching the assertion keys
+    // have it by then.
+    assert!(
+        rotated_at.elapsed() >= Duration::from_secs(2),
+        "the new assertion key signed {:?} after the rotation",
+        rotated_at.elapsed()
+    );
     assert_ne!(kid_of(&stack.mint("web").await), old_kid);
     let asserted = assertion_verifier(&stack, "web")
         .await

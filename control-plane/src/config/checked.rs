@@ -105,6 +105,8 @@ pub struct Config {
     pub xds: Option<XdsConfig>,
     /// Longest wait before a new capability key signs (publish before sign).
     pub key_publish_delay: u64,
+    /// How long a new capability key's assertion key is published before it signs.
+    pub assertion_key_delay: u64,
     /// Per-client rate limits and request size bounds.
     pub limits: limits::LimitsConfig,
     /// The `podgate-cli` binaries of `--cli-dir`, hashed at start (none without it).

@@ -91,6 +91,7 @@ impl Settings {
             filter_wasm: self.filter_wasm.or(o.filter_wasm),
             cli_dir: self.cli_dir.or(o.cli_dir),
             key_publish_delay_secs: self.key_publish_delay_secs.or(o.key_publish_delay_secs),
+            assertion_key_delay_secs: self.assertion_key_delay_secs.or(o.assertion_key_delay_secs),
             xds_resync_secs: self.xds_resync_secs.or(o.xds_resync_secs),
             proxy_auth_burst: self.proxy_auth_burst.or(o.proxy_auth_burst),
             proxy_auth_per_minute: self.proxy_auth_per_minute.or(o.proxy_auth_per_minute),

@@ -378,6 +378,12 @@ pub struct Settings {
     #[arg(long, env = "PODGATE_KEY_PUBLISH_DELAY_SECS", global = true)]
     pub key_publish_delay_secs: Option<u64>,
 
+    /// Seconds a new capability key's identity assertion key is published before the filter
+    /// signs with it, so that pods caching the assertion keys (`max-age=60`) have it first
+    /// [default: 120].
+    #[arg(long, env = "PODGATE_ASSERTION_KEY_DELAY_SECS", global = true)]
+    pub assertion_key_delay_secs: Option<u64>,
+
     /// Seconds between rebuilds of Envoy's config from the database, a safety net for changes
     /// made by other processes [default: 2].
     #[arg(long, env = "PODGATE_XDS_RESYNC_SECS", global = true)]

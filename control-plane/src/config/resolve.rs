@@ -41,6 +41,10 @@ pub const DEFAULT_XDS_LISTEN: &str = "127.0.0.1:18000";
 pub const DEFAULT_ENVOY_LISTEN: &str = "127.0.0.1:8443";
 /// Longest wait (seconds) before a new capability key signs though not every Envoy has it.
 pub const DEFAULT_KEY_PUBLISH_DELAY: u64 = 5;
+/// How long a new assertion key is published before it signs, unless configured: the assertion
+/// keys' `max-age` (60 s) twice over, so a pod that fetched them just before a rotation has
+/// fetched them again, with the new key, before the first assertion it signs arrives.
+pub const DEFAULT_ASSERTION_KEY_DELAY: u64 = 120;
 /// Seconds between safety-net rebuilds of the xDS snapshot from the database.
 pub const DEFAULT_XDS_RESYNC: u64 = 2;
 /// Shortest admin token accepted.
@@ -339,6 +343,14 @@ impl Settings {
                 "key publish delay {key_publish_delay} s is over 300; set PODGATE_KEY_PUBLISH_DELAY_SECS, e.g. 5"
             )));
         }
+        let assertion_key_delay = self
+            .assertion_key_delay_secs
+            .unwrap_or(DEFAULT_ASSERTION_KEY_DELAY);
+        if assertion_key_delay > 3600 {
+            return Err(bad(format!(
+                "assertion key delay {assertion_key_delay} s is over 3600; set PODGATE_ASSERTION_KEY_DELAY_SECS, e.g. 120"
+            )));
+        }
         let xds = resolve_xds(
             self.xds_listen.as_deref(),
             self.filter_wasm,
@@ -491,6 +503,7 @@ impl Settings {
             envoy_tls,
             xds,
             key_publish_delay,
+            assertion_key_delay,
             limits,
             cli_binaries,
             start_hook,
