@@ -469,26 +469,28 @@ pub(super) fn decide_counting(
             // hands on the fresh cookie.
             let found = candidates(config, req, &bearers);
             let looked_at = found.len();
-            if found.is_empty() {
-                // An API token (exchanges on): who the capability it is exchanged for names,
-                // once the control plane has granted it for this host.
-                if let Some(token) = api_token_of(config, req, &bearers) {
+            let mut budget = MAX_VERIFICATIONS;
+            let choice = (!found.is_empty())
+                .then(|| choose(config, cache, &found, &pod, Want::Any, &mut budget, now));
+            let decision = match (choice, api_token_of(config, req, &bearers)) {
+                (Some(Choice::Granted(_, verified)), _) => {
+                    Decision::Answer(own_paths::userinfo(&verified))
+                }
+                // An API token (exchanges on), with no capability that grants this host, as
+                // for a forward: who the capability it is exchanged for names, once the control
+                // plane has granted it for this host.
+                (_, Some(token)) => {
                     let decision = match api_token_grant(config, cache, pod, None, token, now) {
                         Ok(cap) => Decision::Answer(own_paths::userinfo(&cap)),
                         Err(decision) => decision,
                     };
-                    return (decision, 1);
+                    return (decision, looked_at + 1);
                 }
-                let denial = Denial::NoCapability { redirect: None };
-                return (Decision::Deny(denial), 0);
-            }
-            let mut budget = MAX_VERIFICATIONS;
-            let decision = match choose(config, cache, &found, &pod, Want::Any, &mut budget, now) {
-                Choice::Granted(_, verified) => Decision::Answer(own_paths::userinfo(&verified)),
-                Choice::OtherResource | Choice::ScopedElsewhere => {
+                (None, None) => Decision::Deny(Denial::NoCapability { redirect: None }),
+                (Some(Choice::OtherResource | Choice::ScopedElsewhere), None) => {
                     Decision::Deny(Denial::WrongScope)
                 }
-                Choice::Refused(reason) => {
+                (Some(Choice::Refused(reason)), None) => {
                     let refusal = Denial::InvalidCapability {
                         reason,
                         redirect: None,

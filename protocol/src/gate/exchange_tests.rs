@@ -450,6 +450,26 @@ fn userinfo_with_an_api_token_names_the_user_once_exchanged() {
         (Some("alpha"), Some(8726))
     );
     assert!(!reply.body.contains(TOKEN));
+    // Beside a capability that no longer grants (signed out: revoked), the token answers, as
+    // it would let a forward through.
+    let mut gate = Gate::new(config_with(true, &["gone"]));
+    let need = needed(gate.on_request(&userinfo, NOW));
+    assert_eq!(gate.exchanged(&need, 200, None, &body, NOW), Ok(()));
+    let with_cookie = crate::wire::encode_header_map(&[
+        (":authority", HOST),
+        (":path", crate::own_paths::USERINFO_PATH),
+        (":method", "GET"),
+        ("podgate-token", TOKEN),
+        (
+            "authorization",
+            &format!("Bearer {}", cap("alpha", 8726, "gone")),
+        ),
+    ]);
+    let Outcome::Answer(reply) = gate.on_request(&with_cookie, NOW) else {
+        panic!("not answered by the filter");
+    };
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("alice"), "{}", reply.body);
 
     // A refused token: 401, remembered, never a redirect.
     let other = "pg_abcdef0123456789abcdef01_abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrst";
