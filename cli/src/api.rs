@@ -201,6 +201,13 @@ impl Backend {
                     self.base
                 ),
             ),
+            429 => CliError::new(
+                code::RATE_LIMITED,
+                format!(
+                    "the control plane is limiting requests from this address ({why}); wait \
+                     a minute and try again"
+                ),
+            ),
             _ => CliError::other(format!("the control plane answered {status}: {why}")),
         }
     }
@@ -301,6 +308,21 @@ pub fn parse_pod_host(template: &str, host: &str) -> Option<(String, u16)> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_have_their_exit_codes() {
+        let backend = Backend::new("http://127.0.0.1:1", "pg_x").unwrap();
+        let limited = backend.refused(429, r#"{"error":"too many failed API tokens"}"#);
+        assert_eq!(limited.code, code::RATE_LIMITED);
+        assert!(
+            limited.message.contains("too many failed API tokens"),
+            "{}",
+            limited.message
+        );
+        assert!(!limited.is_refusal(), "forward waits, it does not stop");
+        assert_eq!(backend.refused(401, "{}").code, code::TOKEN_REFUSED);
+        assert_eq!(backend.refused(500, "{}").code, code::OTHER);
+    }
 
     #[test]
     fn pod_hosts() {

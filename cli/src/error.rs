@@ -18,6 +18,9 @@ pub mod code {
     pub const UNREACHABLE: u8 = 5;
     /// The control plane refused access to that pod or port.
     pub const ACCESS_REFUSED: u8 = 6;
+    /// The control plane is limiting this address (`429`): too many refused tokens, or too
+    /// many requests, from it. Waiting is the fix, not a new token.
+    pub const RATE_LIMITED: u8 = 7;
 }
 
 #[derive(Debug)]
