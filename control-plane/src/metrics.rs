@@ -141,6 +141,8 @@ pub struct Metrics {
     announcements: Family<Labels1, Counter>,
     listening: Gauge,
     xds_serving: Gauge,
+    xds_build_failures: Counter,
+    xds_last_round: Gauge,
 }
 
 /// The xDS part, also handed to the ADS server as its observer.
@@ -312,6 +314,18 @@ impl Metrics {
             "1 while the ADS port's gRPC health says SERVING (a configuration published, the database answering); Envoys leave a control plane at 0",
             xds_serving.clone(),
         );
+        let xds_build_failures = Counter::default();
+        registry.register(
+            "xds_build_failures",
+            "Signing-key reloads and builds of Envoy's configuration that failed (Envoys keep the last configuration)",
+            xds_build_failures.clone(),
+        );
+        let xds_last_round = Gauge::default();
+        registry.register(
+            "xds_last_round_timestamp_seconds",
+            "When (Unix seconds) the last round that reloaded the signing keys and built Envoy's configuration from the database without error started",
+            xds_last_round.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             logins,
@@ -331,6 +345,8 @@ impl Metrics {
             announcements,
             listening,
             xds_serving,
+            xds_build_failures,
+            xds_last_round,
         }
     }
 
@@ -495,6 +511,16 @@ impl Metrics {
     /// Whether the ADS port's gRPC health says SERVING.
     pub fn set_xds_serving(&self, serving: bool) {
         self.xds_serving.set(i64::from(serving));
+    }
+
+    /// A signing-key reload or a build of Envoy's configuration failed.
+    pub fn xds_build_failed(&self) {
+        self.xds_build_failures.inc();
+    }
+
+    /// A round that reloaded the keys and built the configuration started at `unix_secs`.
+    pub fn set_xds_last_round(&self, unix_secs: i64) {
+        self.xds_last_round.set(unix_secs);
     }
 
     /// Whether this control plane is listening for the others' announcements.

@@ -73,6 +73,10 @@ const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(2);
 const STREAMS_END_AFTER: Duration = Duration::from_secs(3);
 /// How often, while the database stays unreachable, the streams are ended again.
 const STREAMS_END_AGAIN: Duration = Duration::from_secs(30);
+/// How long rebuilds (or key reloads) may keep failing while the database answers before the
+/// ADS port says `NOT_SERVING`, as for a lost database: this control plane's Envoys would
+/// otherwise keep a configuration that misses every change made since, with nothing to show it.
+const BUILDS_FAILING_LIMIT_MS: i64 = 10_000;
 /// Connect timeout to a pod's nginx.
 const POD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -189,6 +193,54 @@ pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result
     })
 }
 
+/// How the rounds of the sync task fare (each a key reload and a rebuild from the database),
+/// for the health task: since when they fail, when the last one that worked started, and a
+/// way to ask for a round now.
+#[derive(Debug, Default)]
+struct Rounds {
+    /// Unix ms since which rounds have failed; 0 while the last one worked.
+    failing_since_ms: std::sync::atomic::AtomicI64,
+    /// Unix ms at which the last round that worked started.
+    last_ok_ms: std::sync::atomic::AtomicI64,
+    /// Asks the sync task for a round (keys and configuration) now.
+    wanted: tokio::sync::Notify,
+}
+
+impl Rounds {
+    fn worked(&self, started_ms: i64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.last_ok_ms.store(started_ms, SeqCst);
+        self.failing_since_ms.store(0, SeqCst);
+    }
+
+    fn failed(&self, started_ms: i64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _ = self
+            .failing_since_ms
+            .compare_exchange(0, started_ms, SeqCst, SeqCst);
+    }
+
+    /// How long (ms) rounds have failed at `now_ms`, if they have for longer than `limit_ms`.
+    fn failing_longer_than(&self, limit_ms: i64, now_ms: i64) -> Option<i64> {
+        let since = self
+            .failing_since_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let failing = now_ms.saturating_sub(since);
+        (since != 0 && failing > limit_ms).then_some(failing)
+    }
+
+    /// Whether a round that started at or after `at_ms` has worked.
+    fn worked_since(&self, at_ms: i64) -> bool {
+        self.last_ok_ms.load(std::sync::atomic::Ordering::SeqCst) >= at_ms
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Binds the ADS address, then serves ADS and keeps it in step with the database until
 /// `shutdown` turns true. The returned task ends once both have stopped (streams closed).
 /// With `tls`, only clients presenting a certificate its client CA signed get a stream.
@@ -212,6 +264,7 @@ pub async fn start(
     tracing::info!(listen = %xds.listen, filter_wasm = %xds.filter_wasm.display(), mutual_tls = tls.is_some(), "xDS (ADS) server listening");
     // Not serving until the first configuration is published (`follow_database`).
     server.set_serving(false);
+    let rounds = Arc::new(Rounds::default());
     let health = tokio::spawn(follow_database(
         sources.db.clone(),
         Serving {
@@ -219,6 +272,7 @@ pub async fn start(
             metrics: sources.metrics.clone(),
         },
         cache.clone(),
+        Arc::clone(&rounds),
         stopped(shutdown.clone()),
     ));
     let sync = tokio::spawn(run(
@@ -227,6 +281,7 @@ pub async fn start(
         cache,
         xds.filter_wasm.clone(),
         Duration::from_secs(xds.resync_secs),
+        rounds,
         stopped(shutdown.clone()),
     ));
     let ads = async move {
@@ -269,6 +324,7 @@ async fn follow_database(
     db: Db,
     serving: Serving,
     cache: SnapshotCache,
+    rounds: Arc<Rounds>,
     shutdown: impl Future<Output = ()>,
 ) {
     let server = &serving.server;
@@ -286,6 +342,8 @@ async fn follow_database(
     // streams were last ended since.
     let mut failures = 0u32;
     let mut outage: Option<(std::time::Instant, Option<std::time::Instant>)> = None;
+    // After an outage: from when (unix ms) a round must have worked before `SERVING` again.
+    let mut recovering: Option<i64> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => return,
@@ -296,19 +354,40 @@ async fn follow_database(
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {HEALTH_PING_TIMEOUT:?}")),
         };
+        // A database that answers while this control plane cannot build from it (a query that
+        // fails, a signing key it cannot open) is as good as lost to its Envoys.
+        let answer = answer.and_then(|()| {
+            match rounds.failing_longer_than(BUILDS_FAILING_LIMIT_MS, now_ms()) {
+                Some(ms) => Err(format!(
+                    "Envoy's configuration cannot be built from it (signing keys or configuration, for {} s; see the warnings above)",
+                    ms / 1000
+                )),
+                None => Ok(()),
+            }
+        });
         let error = match answer {
             Ok(()) => {
                 failures = 0;
                 if outage.take().is_some() {
+                    // Not `SERVING` on the configuration from before the outage, which misses
+                    // what changed meanwhile: once a round that started now has worked.
+                    let now = now_ms();
+                    recovering = Some(now);
+                    rounds.wanted.notify_one();
+                    tracing::info!("the database answers again: rebuilding Envoy's configuration before saying SERVING");
+                }
+                if recovering.is_some_and(|since| rounds.worked_since(since)) {
+                    recovering = None;
                     serving.set(true);
                     tracing::info!(
-                        "the database answers again: the ADS port's gRPC health says SERVING"
+                        "Envoy's configuration is rebuilt: the ADS port's gRPC health says SERVING"
                     );
                 }
                 continue;
             }
             Err(e) => e,
         };
+        recovering = None;
         failures = failures.saturating_add(1);
         if failures < 2 {
             continue;
@@ -361,12 +440,13 @@ pub async fn stopped(mut flag: watch::Receiver<bool>) {
 }
 
 /// Keeps `cache` in step with the database until `shutdown` completes.
-pub async fn run(
+async fn run(
     sources: SyncSources,
     server: AdsServer,
     cache: SnapshotCache,
     filter_wasm: std::path::PathBuf,
     resync: Duration,
+    rounds: Arc<Rounds>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut sync = Sync {
@@ -413,25 +493,20 @@ pub async fn run(
             () = &mut shutdown => break,
             () = sync.sources.changes.notified() => {
                 tokio::time::sleep(DEBOUNCE).await;
-                sync.rebuild().await;
+                if !sync.rebuild().await {
+                    rounds.failed(now_ms());
+                }
             }
             () = remote.notified() => {
                 // The change may be a service's: the OAuth renewal task reads them again.
                 sync.sources.service_tokens.services_changed();
                 tokio::time::sleep(DEBOUNCE).await;
                 // The change may be a key rotation.
-                if let Err(e) = sync.reload_keys().await {
-                    tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
-                }
-                sync.rebuild().await;
+                sync.round(&rounds).await;
             }
-            _ = resync_tick.tick() => {
-                // Keys rotated elsewhere appear, expired ones drop out.
-                if let Err(e) = sync.reload_keys().await {
-                    tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
-                }
-                sync.rebuild().await;
-            }
+            // Keys rotated elsewhere appear, expired ones drop out.
+            _ = resync_tick.tick() => sync.round(&rounds).await,
+            () = rounds.wanted.notified() => sync.round(&rounds).await,
             changed = stream_changes.changed(), if sync.pending.is_some() => {
                 if changed.is_ok() {
                     sync.check_pending().await;
@@ -517,12 +592,31 @@ impl Sync {
             .await
     }
 
-    async fn rebuild(&mut self) {
+    /// Reloads the signing keys and rebuilds Envoy's configuration, and says how it went in
+    /// `rounds`.
+    async fn round(&mut self, rounds: &Rounds) {
+        let started = now_ms();
+        let keys = self.reload_keys().await;
+        if let Err(e) = &keys {
+            self.sources.metrics.xds_build_failed();
+            tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
+        }
+        if self.rebuild().await && keys.is_ok() {
+            rounds.worked(started);
+            self.sources.metrics.set_xds_last_round(started / 1000);
+        } else {
+            rounds.failed(started);
+        }
+    }
+
+    /// Builds Envoy's configuration and publishes it if it changed; whether it could be built.
+    async fn rebuild(&mut self) -> bool {
         let built = match build_snapshot(&self.sources, &self.filter_wasm).await {
             Ok(built) => built,
             Err(e) => {
+                self.sources.metrics.xds_build_failed();
                 tracing::warn!(error = %e, "cannot build Envoy's configuration; Envoys keep the last one");
-                return;
+                return false;
             }
         };
         let cds = built.snapshot.version(ResourceType::Cluster).to_owned();
@@ -541,6 +635,7 @@ impl Sync {
         }
         self.note_pending(&ecds, &built.kids);
         self.check_pending().await;
+        true
     }
 
     /// Remembers which published versions hold the pending key.
@@ -634,6 +729,22 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn rounds_say_how_long_they_have_failed_and_whether_one_worked_since() {
+        let rounds = Rounds::default();
+        assert_eq!(rounds.failing_longer_than(10_000, 50_000), None);
+        rounds.worked(1_000);
+        rounds.failed(2_000);
+        // The first failure counts: those after it do not move it.
+        rounds.failed(5_000);
+        assert_eq!(rounds.failing_longer_than(10_000, 12_000), None);
+        assert_eq!(rounds.failing_longer_than(10_000, 12_001), Some(10_001));
+        assert!(rounds.worked_since(1_000) && !rounds.worked_since(1_001));
+        rounds.worked(13_000);
+        assert_eq!(rounds.failing_longer_than(10_000, 60_000), None);
+        assert!(rounds.worked_since(13_000));
+    }
 
     fn stream(ecds: Option<Option<&str>>) -> StreamStatus {
         let mut acked = BTreeMap::new();

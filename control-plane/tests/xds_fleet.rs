@@ -732,10 +732,17 @@ async fn an_envoy_leaves_a_control_plane_that_lost_its_database() {
         made.elapsed()
     );
 
-    // Mended, the cut one is ready and healthy in the Envoy again.
+    // Mended, the cut one is ready and healthy in the Envoy again, once it has rebuilt its
+    // configuration from the database (with the changes made through the other meanwhile), not
+    // on the configuration it had before the cut.
     relays[on].mend();
     fleet.until_healthy_everywhere(on).await;
     assert_eq!(fleet.xds_serving(on).await, 1);
+    let log = fleet.replicas[on].log();
+    let rebuilding = log.find("rebuilding Envoy's configuration before saying SERVING");
+    let serving =
+        log.find("Envoy's configuration is rebuilt: the ADS port's gRPC health says SERVING");
+    assert!(rebuilding.is_some() && serving > rebuilding, "{}", logs());
     drop(fleet);
     db.finish().await;
 }

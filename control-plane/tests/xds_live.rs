@@ -664,9 +664,12 @@ async fn revoking_an_api_token_cuts_off_its_capabilities_within_a_second() {
 /// Signing keys at rest, through Envoy: a restart with another key-encryption key stops with an
 /// error naming a stored key and the key-encryption key it needs, and replaces nothing, so
 /// Envoy keeps serving the capabilities it has; with the right key the very same signing keys
-/// come back and a new capability is signed with the same key as before.
+/// come back and a new capability is signed with the same key as before. A key rotated in
+/// under a key-encryption key the running control plane lacks makes its ADS port say
+/// `NOT_SERVING` once its rounds have failed for 10 s, which `/metrics` shows, while Envoy
+/// keeps serving what it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_key_encryption_key_stops_the_start_and_replaces_no_key() {
+async fn a_key_encryption_key_it_lacks_stops_the_start_or_takes_the_control_plane_out_of_service() {
     let mut stack = Stack::start(&[]).await;
     let pod = FakePod::start_on("pod", "127.0.0.1:0".parse().unwrap())
         .await
@@ -727,6 +730,48 @@ async fn a_wrong_key_encryption_key_stops_the_start_and_replaces_no_key() {
         seen.len() >= 3 && seen.iter().all(|s| !s.has_header("podgate-token")),
         "{seen:?}"
     );
+
+    // Another process rotates the keys under a new key-encryption key (a replica restarted
+    // with it too early): this control plane cannot open the new keys, so its Envoys would
+    // never get them. Its rounds fail, and 10 s on it says NOT_SERVING.
+    assert_eq!(cp_metric(&stack, "podgate_xds_serving", &[]).await, 1.0);
+    assert!(cp_metric(&stack, "podgate_xds_last_round_timestamp_seconds", &[]).await > 0.0);
+    let newer = stack.cp.dir().join("kek-newer");
+    make_kek(&newer);
+    let database_url = format!("sqlite://{}", stack.cp.dir().join("podgate.db").display());
+    let mut rotate = std::process::Command::new(podgate_binary());
+    rotate
+        .env_clear()
+        .args(["keys", "rotate", "--database-url", &database_url])
+        .arg("--key-encryption-key-file")
+        .arg(&newer)
+        .arg("--previous-key-encryption-key-file")
+        .arg(&right);
+    let out = tokio::task::spawn_blocking(move || rotate.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let rotated = std::time::Instant::now();
+    while cp_metric(&stack, "podgate_xds_serving", &[]).await != 0.0 {
+        assert!(
+            rotated.elapsed() < Duration::from_secs(30),
+            "still SERVING:\n{}",
+            stack.cp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        rotated.elapsed() >= Duration::from_secs(9),
+        "NOT_SERVING after {:?} only",
+        rotated.elapsed()
+    );
+    assert!(cp_metric(&stack, "podgate_xds_build_failures_total", &[]).await >= 1.0);
+    assert!(stack.cp.log().contains("reloading signing keys failed"));
+    // Envoy keeps the configuration it has: the capability still reaches the pod.
+    let a = through_envoy(&stack.http, stack.envoy.listener, "sealed", &token)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -787,6 +832,10 @@ async fn metrics_count_the_envoy_stream_its_pushes_and_acks() {
     // The pod's creation changed the filter's configuration: at least two ECDS versions.
     assert!(sample(&s, "podgate_xds_acks_total", &[("type", "ecds")]) >= 2.0);
     assert!(sample(&s, "podgate_xds_snapshots_total", &[]) >= 2.0);
+    // Every round worked, the last one within a resync interval or so.
+    assert_eq!(sample(&s, "podgate_xds_build_failures_total", &[]), 0.0);
+    let last_round = sample(&s, "podgate_xds_last_round_timestamp_seconds", &[]);
+    assert!((now_unix() as f64) - last_round < 10.0, "{last_round}");
     assert!(sample(&s, "podgate_db_seconds_count", &[("op", "snapshot")]) >= 2.0);
     assert_eq!(
         sample(
