@@ -655,11 +655,13 @@ impl Filter {
             return Action::Continue;
         }
         if let Some(cookie) = self.set_cookies.remove(&context_id) {
-            if let Err(status) = raw::add_header(
-                MapType::HttpResponseHeaders,
-                b"set-cookie",
-                cookie.as_bytes(),
-            ) {
+            // A response that carries a capability is for this browser alone and for now: no
+            // cache keeps it (a pod's `public` or `s-maxage` would let a shared cache hand the
+            // cookie to others).
+            let map = MapType::HttpResponseHeaders;
+            if let Err(status) = raw::add_header(map, b"set-cookie", cookie.as_bytes())
+                .and_then(|()| raw::replace_header(map, b"cache-control", b"no-store"))
+            {
                 return self.fail_response(&format!("adding the renewed cookie: {status:?}"));
             }
         }

@@ -100,14 +100,25 @@ fn requests_on_a_lapsed_cookie_wait_for_one_renewal_then_go_on_the_fresh_one() {
         assert_eq!(header(&sent, "cookie"), Some("theme=dark"), "{sent:?}");
         assert!(!format!("{sent:?}").contains(&old));
         assert!(!format!("{sent:?}").contains(&fresh));
-        // The pod's answer carries the fresh cookie to the browser.
+        // The pod's answer carries the fresh cookie to the browser, and no cache may keep it,
+        // whatever the pod said.
         let answered = vm
-            .response_headers(ctx, &[(":status", "200")], true)
+            .response_headers(
+                ctx,
+                &[(":status", "200"), ("cache-control", "public, max-age=600")],
+                true,
+            )
             .unwrap();
         let Outcome::Continue { headers } = answered else {
             panic!("{answered:?}");
         };
         assert_eq!(header(&headers, "set-cookie"), Some(set_cookie.as_str()));
+        let cache_control: Vec<_> = headers
+            .iter()
+            .filter(|(n, _)| n == "cache-control")
+            .collect();
+        assert_eq!(cache_control.len(), 1, "{headers:?}");
+        assert_eq!(cache_control[0].1, "no-store");
     }
     // A request sent with the old cookie before the browser stored the fresh one: decided on
     // the fresh capability at once, and told the fresh cookie too.
