@@ -224,21 +224,37 @@ async fn the_installer_installs_checks_and_initialises_once() {
         .join(".config/podgate/bin/podgate-cli")
         .exists());
 
-    // Anything but this control plane's setup link in the query never becomes a script.
+    // Anything but this control plane's setup link in the query never becomes a script: the
+    // installer says why and exits 2, nothing installed, nothing of the input run.
     for evil in [
         format!("{init_url}';touch $HOME/pwned;'"),
         "http://evil.example/p/x".to_owned(),
     ] {
-        let resp = client()
-            .get(format!(
-                "http://{}/api/download/install.sh?init_url={}",
-                cp.http,
-                url::form_urlencoded::byte_serialize(evil.as_bytes()).collect::<String>()
-            ))
+        let evil_url = format!(
+            "http://{}/api/download/install.sh?init_url={}",
+            cp.http,
+            url::form_urlencoded::byte_serialize(evil.as_bytes()).collect::<String>()
+        );
+        let script = client()
+            .get(&evil_url)
             .send()
             .await
+            .unwrap()
+            .text()
+            .await
             .unwrap();
-        assert_eq!(resp.status().as_u16(), 400);
+        assert!(
+            !script.contains("pwned") && !script.contains("evil"),
+            "{script}"
+        );
+        let home5 = tempfile::tempdir().unwrap();
+        let project5 = home5.path().join("project");
+        std::fs::create_dir_all(&project5).unwrap();
+        let (code, out) = install(&evil_url, home5.path(), &project5, path).await;
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains("nothing installed"), "{out}");
+        assert!(!home5.path().join("pwned").exists());
+        assert!(!home5.path().join(".config/podgate").exists());
     }
     // Only the binaries' names are downloads.
     for name in [

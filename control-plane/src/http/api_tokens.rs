@@ -481,6 +481,19 @@ pub fn check_init_url(issuer: &str, raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
 
+/// The installer for a setup link that was refused: it says `why` and exits 2.
+fn refusal_script(why: &str) -> String {
+    format!(
+        "#!/usr/bin/env bash\n\
+         # podgate CLI installer: the setup link in this URL was refused.\n\
+         echo {} >&2\n\
+         exit 2\n",
+        shell_quote(&format!(
+            "podgate: nothing installed: {why}; copy the install command from /setup again"
+        ))
+    )
+}
+
 fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) -> String {
     let quoted_issuer = shell_quote(&format!("{issuer}/p/"));
     let mut s = String::from(
@@ -594,14 +607,16 @@ fn install_script(issuer: &str, init_url: Option<&str>, binaries: &[CliBinary]) 
 }
 
 /// `GET /api/download/install.sh?init_url=`: a bash script. `init_url` must be this control
-/// plane's setup link (anything else, shell metacharacters included, is a 400 and never reaches
-/// a script); it is single-quoted in the script and checked there again.
+/// plane's setup link; it is single-quoted in the script and checked there again. Anything
+/// else (shell metacharacters included) never reaches a script: the answer is a fixed script
+/// that says why and exits 2, since `curl -fsSL … | bash` would show nothing of a 400 but
+/// curl's own error, and exit 0 with nothing installed.
 #[utoipa::path(
     get,
     path = "/api/download/install.sh",
     tag = "api-tokens",
     responses(
-        (status = 200, description = "The installer script"),
+        (status = 200, description = "The installer script; for an `init_url` that is not this control plane's setup link, a script that says so and exits 2"),
         Malformed,
     )
 )]
@@ -611,12 +626,15 @@ async fn install_script_handler(
 ) -> ApiResult<Response> {
     let params = single_params(query.as_deref(), &["init_url"])?;
     let issuer = &state.config().issuer;
-    let init_url = match params.get("init_url").filter(|u| !u.is_empty()) {
-        Some(raw) => Some(check_init_url(issuer, raw).map_err(ApiError::BadRequest)?),
-        None => None,
+    let script = match params.get("init_url").filter(|u| !u.is_empty()) {
+        Some(raw) => match check_init_url(issuer, raw) {
+            Ok(init_url) => install_script(issuer, Some(&init_url), &state.config().cli_binaries),
+            // The reasons name this control plane's prefix, never the input.
+            Err(why) => refusal_script(&why),
+        },
+        None => install_script(issuer, None, &state.config().cli_binaries),
     };
-    let mut resp =
-        install_script(issuer, init_url.as_deref(), &state.config().cli_binaries).into_response();
+    let mut resp = script.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/x-shellscript; charset=utf-8"),
