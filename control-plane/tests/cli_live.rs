@@ -137,28 +137,14 @@ async fn pod_running(stack: &Stack) -> FakePod {
     pod
 }
 
-/// A WebSocket handshake on `conn` with `host`/`origin`; panics unless it is accepted.
+/// A WebSocket to `addr` (the forward's listener) from `origin`; panics unless it is accepted.
 async fn open_websocket(addr: SocketAddr, origin: &str) -> tokio::net::TcpStream {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
          Origin: {origin}\r\n\r\n"
     );
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            conn.read(&mut byte).await.unwrap(),
-            1,
-            "closed early: {head:?}"
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    conn
+    open_raw(addr, &request, "HTTP/1.1 101").await
 }
 
 #[cfg(unix)]

@@ -64,6 +64,18 @@ async fn get_with(stack: &Stack, pod: &str, header: &str, value: &str) -> (u16, 
     (status, resp.text().await.unwrap())
 }
 
+/// Revokes API token `id` with `session`, as its owner does on `/setup`.
+async fn revoke(stack: &Stack, session: &str, id: &str) {
+    let resp = stack
+        .http
+        .delete(format!("http://{}/api/proxy-tokens/{id}", stack.cp.http))
+        .header(COOKIE, session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
 /// The exchange calls that reached the control plane so far: each is logged there with the
 /// client it came from (`edge:<address>`), whatever its answer. Counted at the control plane
 /// rather than from the filter's counters, which reach Envoy only with its next tick.
@@ -255,14 +267,7 @@ async fn api_tokens_reach_their_owners_pods_at_the_edge_and_never_reach_the_pod(
     // Revoked: refused on the next exchange, which the push forces.
     let (_, other) = create_api_token(&stack, &session, "kept").await;
     let revoked_at = Instant::now();
-    let resp = stack
-        .http
-        .delete(format!("http://{}/api/proxy-tokens/{id}", stack.cp.http))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    revoke(&stack, &session, &id).await;
     let mut last;
     let refused_after = loop {
         last = get_with(&stack, "alpha", "authorization", &bearer).await;
@@ -322,14 +327,7 @@ async fn a_websocket_on_an_api_token_outlives_its_capability_and_ends_with_the_t
         assert_eq!(ws_echo(&mut ws, &said).await, said, "{}", stack.logs());
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    let resp = stack
-        .http
-        .delete(format!("http://{}/api/proxy-tokens/{id}", stack.cp.http))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    revoke(&stack, &session, &id).await;
     let took = until_closed(&mut ws, Duration::from_secs(5)).await;
     println!("the revoked token's WebSocket closed {took:?} after the revocation");
 }

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use reqwest::header::{AUTHORIZATION, COOKIE};
 use reqwest::Method;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xds_support::*;
 
 /// The shortest capability lifetime the control plane accepts.
@@ -38,7 +37,6 @@ async fn start() -> Stack {
 
 /// A browser's WebSocket to `pod` through Envoy: the cookie, from the pod's own origin.
 async fn open_websocket(envoy: SocketAddr, pod: &str, cookie: &str) -> tokio::net::TcpStream {
-    let mut conn = tokio::net::TcpStream::connect(envoy).await.unwrap();
     let host = pod_host(pod);
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -46,49 +44,7 @@ async fn open_websocket(envoy: SocketAddr, pod: &str, cookie: &str) -> tokio::ne
          Origin: http://{host}:{}\r\nCookie: {cookie}\r\n\r\n",
         envoy.port()
     );
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(conn.read(&mut byte).await.unwrap(), 1, "closed early");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    conn
-}
-
-/// Sends `text` as one masked text frame and reads the pod's echo (an unmasked text frame).
-async fn echo(conn: &mut tokio::net::TcpStream, text: &str) -> String {
-    let mask = [0x11u8, 0x22, 0x33, 0x44];
-    let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).unwrap()];
-    frame.extend_from_slice(&mask);
-    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    conn.write_all(&frame).await.unwrap();
-    let mut head = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut head))
-        .await
-        .expect("no echo within 5 s")
-        .expect("the WebSocket was closed");
-    assert_eq!(head[0], 0x81, "{head:?}");
-    let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
-    conn.read_exact(&mut payload).await.unwrap();
-    String::from_utf8(payload).unwrap()
-}
-
-/// Waits until Envoy closes `conn`; how long it took.
-async fn until_closed(conn: &mut tokio::net::TcpStream, within: Duration) -> Duration {
-    let start = Instant::now();
-    let mut buf = [0u8; 256];
-    loop {
-        match tokio::time::timeout(within.saturating_sub(start.elapsed()), conn.read(&mut buf))
-            .await
-        {
-            Err(_) => panic!("the WebSocket is still open {within:?} later"),
-            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
-            Ok(Ok(_)) => {}
-        }
-    }
+    open_raw(envoy, &request, "HTTP/1.1 101").await
 }
 
 /// `POST /api/proxy-renew` on the control plane, as only Envoy should call it.
@@ -140,7 +96,7 @@ async fn a_browser_in_use_keeps_working_for_several_lifetimes_and_its_websocket_
     let mut jar = sign_in_through_envoy(&stack, "web", &stack.session).await;
     let first = jar.clone();
     let mut ws = open_websocket(envoy, "web", &jar).await;
-    assert_eq!(echo(&mut ws, "hello").await, "hello");
+    assert_eq!(ws_echo(&mut ws, "hello").await, "hello");
 
     // Three lifetimes and the leeway: without renewal the first capability is refused after
     // one lifetime and the leeway, and the WebSocket is closed at its `exp`.
@@ -180,7 +136,7 @@ async fn a_browser_in_use_keeps_working_for_several_lifetimes_and_its_websocket_
         }
         if last_echo.elapsed() > Duration::from_secs(5) {
             let text = format!("still here at {:?}", start.elapsed());
-            assert_eq!(echo(&mut ws, &text).await, text);
+            assert_eq!(ws_echo(&mut ws, &text).await, text);
             last_echo = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -189,7 +145,7 @@ async fn a_browser_in_use_keeps_working_for_several_lifetimes_and_its_websocket_
     assert!(renewed.len() >= 3, "renewed only at {renewed:?}");
     assert_ne!(jar, first);
     // The WebSocket opened with the first capability outlived it, and still echoes.
-    assert_eq!(echo(&mut ws, "the end").await, "the end");
+    assert_eq!(ws_echo(&mut ws, "the end").await, "the end");
     assert!(stack.envoy.stat("wasmcustom.podgate.renewal.renewed").await >= 3);
     assert_eq!(
         stack

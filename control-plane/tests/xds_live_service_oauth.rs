@@ -32,6 +32,37 @@ async fn until_models(stack: &Stack, bearer: &str, want: u16, within: Duration) 
     until_service_status(stack, "api", "/v1/models", &headers, want, within).await;
 }
 
+/// The token endpoint (4 s tokens for client `podgate` with [`CLIENT_SECRET`]), the stack, and
+/// the upstream behind its TLS front.
+async fn client_secret_setup() -> (FakeTokenEndpoint, Stack, FakePod, TlsFront) {
+    let idp = FakeTokenEndpoint::start(
+        vec![TokenClient {
+            client_id: "podgate".into(),
+            secret: Some(CLIENT_SECRET.into()),
+            public_key_pem: None,
+        }],
+        Duration::from_secs(4),
+    )
+    .await
+    .unwrap();
+    let stack = Stack::start(&[]).await;
+    let upstream = FakePod::start("upstream").await.unwrap();
+    let front = TlsFront::start(upstream.addr()).await.unwrap();
+    (idp, stack, upstream, front)
+}
+
+/// `GET /v1/services/api/credential/status`.
+async fn credential_status(stack: &Stack) -> Value {
+    stack
+        .cp
+        .admin(
+            reqwest::Method::GET,
+            "/v1/services/api/credential/status",
+            None,
+        )
+        .await
+}
+
 /// `POST /api/proxy-tokens` with the stack's session: the token.
 async fn api_token(stack: &Stack) -> String {
     let resp = stack
@@ -49,19 +80,7 @@ async fn api_token(stack: &Stack) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
-    let idp = FakeTokenEndpoint::start(
-        vec![TokenClient {
-            client_id: "podgate".into(),
-            secret: Some(CLIENT_SECRET.into()),
-            public_key_pem: None,
-        }],
-        Duration::from_secs(4),
-    )
-    .await
-    .unwrap();
-    let stack = Stack::start(&[]).await;
-    let upstream = FakePod::start("upstream").await.unwrap();
-    let front = TlsFront::start(upstream.addr()).await.unwrap();
+    let (idp, stack, upstream, front) = client_secret_setup().await;
     let oauth = json!({
         "token_url": idp.url(),
         "grant": "client_credentials",
@@ -126,14 +145,7 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     assert!(issued.iter().all(|t| t.how == "client_secret"));
     assert_eq!(issued[0].scope.as_deref(), Some("models"));
 
-    let status = stack
-        .cp
-        .admin(
-            reqwest::Method::GET,
-            "/v1/services/api/credential/status",
-            None,
-        )
-        .await;
+    let status = credential_status(&stack).await;
     assert_eq!(status["source"], "oauth", "{status}");
     assert!(status["expires_at"].as_i64().unwrap() > 0, "{status}");
     assert!(status["last_renewal"].as_i64().is_some(), "{status}");
@@ -224,14 +236,7 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
     // its status may still show the token for that moment.
     let start = Instant::now();
     let status = loop {
-        let status = stack
-            .cp
-            .admin(
-                reqwest::Method::GET,
-                "/v1/services/api/credential/status",
-                None,
-            )
-            .await;
+        let status = credential_status(&stack).await;
         if status["source"] == "none" || start.elapsed() > Duration::from_secs(3) {
             break status;
         }
@@ -308,14 +313,7 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
         last.header_all("authorization"),
         vec![format!("Bearer {FALLBACK_KEY}").as_str()]
     );
-    let status = stack
-        .cp
-        .admin(
-            reqwest::Method::GET,
-            "/v1/services/api/credential/status",
-            None,
-        )
-        .await;
+    let status = credential_status(&stack).await;
     assert_eq!(status["source"], "fallback", "{status}");
 
     // Back up: a forced refresh brings an OAuth token at once.
@@ -425,19 +423,7 @@ async fn oauth_tokens_are_renewed_before_they_expire_and_never_shown() {
 /// static fallback where there is one, and otherwise answers 502 without forwarding anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_control_plane_gone_envoy_never_sends_an_expired_token() {
-    let idp = FakeTokenEndpoint::start(
-        vec![TokenClient {
-            client_id: "podgate".into(),
-            secret: Some(CLIENT_SECRET.into()),
-            public_key_pem: None,
-        }],
-        Duration::from_secs(4),
-    )
-    .await
-    .unwrap();
-    let mut stack = Stack::start(&[]).await;
-    let upstream = FakePod::start("upstream").await.unwrap();
-    let front = TlsFront::start(upstream.addr()).await.unwrap();
+    let (idp, mut stack, upstream, front) = client_secret_setup().await;
     let oauth = json!({
         "token_url": idp.url(),
         "grant": "client_credentials",
