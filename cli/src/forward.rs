@@ -42,6 +42,17 @@ struct Target {
 }
 
 impl Target {
+    /// Whether what is sent to it stays between this machine and the edge: `https`, or a
+    /// loopback host.
+    fn keeps_secrets(&self) -> bool {
+        self.https
+            || is_localhost(&self.host)
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     fn from_url(url: &str) -> Result<Target> {
         let bad = || CliError::other(format!("the control plane gave an odd pod URL: {url}"));
         let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
@@ -478,10 +489,12 @@ async fn proxy(shared: &Shared, mut req: Request<Incoming>) -> Result<Response<B
     let upgrade = req.headers().get(UPGRADE).cloned();
     // A WebSocket goes with the API token: the edge exchanges it and renews the capability the
     // socket lives on until the token ends, where a capability of ours would end it at its
-    // `exp`. Every other request goes with the capability held.
+    // `exp`. Never in the clear off this machine (an `http://` pod URL elsewhere): the token
+    // reaches every pod of its owner, a capability one pod port for minutes. Every other
+    // request goes with the capability held.
     let token = match upgrade {
-        Some(_) => shared.backend.api_token().to_owned(),
-        None => shared.token().await?,
+        Some(_) if shared.target.keeps_secrets() => shared.backend.api_token().to_owned(),
+        _ => shared.token().await?,
     };
     let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -564,6 +577,24 @@ async fn proxy(shared: &Shared, mut req: Request<Incoming>) -> Result<Response<B
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_token_travels_only_over_tls_or_loopback() {
+        for (url, keeps) in [
+            ("https://pod.example.dev/", true),
+            ("http://localhost-3000-pod-demo.localhost:10000/", true),
+            ("http://127.0.0.1:10000/", true),
+            ("http://[::1]:10000/", true),
+            ("http://pod.example.dev/", false),
+            ("http://10.0.0.5:10000/", false),
+        ] {
+            assert_eq!(
+                Target::from_url(url).unwrap().keeps_secrets(),
+                keeps,
+                "{url}"
+            );
+        }
+    }
 
     #[test]
     fn podgates_cookies_never_reach_the_pod_and_the_others_do() {

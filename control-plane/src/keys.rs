@@ -483,14 +483,17 @@ pub fn assertion_key(capability: &SigningKey) -> Result<SigningKey, KeyringError
 /// published for `config.assertion_key_delay` (pods cache the assertion keys for up to a
 /// minute, and would refuse assertions signed with a key they have not fetched yet), else that
 /// of the newest live capability key published that long, else (a first start, or every older
-/// key gone) the signing one's.
+/// key gone) the signing one's. The delay is at most the key overlap.
 fn assertion_signer(
     live: &[StoredKey],
     capability_signer: &SigningKey,
     config: &Config,
     now: i64,
 ) -> Result<SigningKey, KeyringError> {
-    let delay = i64::try_from(config.assertion_key_delay).unwrap_or(i64::MAX);
+    // No longer than the previous key stays published (the key overlap): past it, the new
+    // one is the only one pods can verify.
+    let delay = config.assertion_key_delay.min(config.key_overlap);
+    let delay = i64::try_from(delay).unwrap_or(i64::MAX);
     let published = |k: &&StoredKey| now.saturating_sub(k.created_at) >= delay;
     let capability = |k: &&StoredKey| k.kind == KeyKind::Capability;
     if live

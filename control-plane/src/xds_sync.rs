@@ -77,6 +77,8 @@ const STREAMS_END_AGAIN: Duration = Duration::from_secs(30);
 /// ADS port says `NOT_SERVING`, as for a lost database: this control plane's Envoys would
 /// otherwise keep a configuration that misses every change made since, with nothing to show it.
 const BUILDS_FAILING_LIMIT_MS: i64 = 10_000;
+/// How often failing rounds are tried again, whatever the resync interval.
+const ROUND_RETRY: Duration = Duration::from_secs(2);
 /// Connect timeout to a pod's nginx.
 const POD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -229,6 +231,13 @@ impl Rounds {
         (since != 0 && failing > limit_ms).then_some(failing)
     }
 
+    /// Whether the last round failed.
+    fn failing(&self) -> bool {
+        self.failing_since_ms
+            .load(std::sync::atomic::Ordering::SeqCst)
+            != 0
+    }
+
     /// Whether a round that started at or after `at_ms` has worked.
     fn worked_since(&self, at_ms: i64) -> bool {
         self.last_ok_ms.load(std::sync::atomic::Ordering::SeqCst) >= at_ms
@@ -342,12 +351,23 @@ async fn follow_database(
     // streams were last ended since.
     let mut failures = 0u32;
     let mut outage: Option<(std::time::Instant, Option<std::time::Instant>)> = None;
-    // After an outage: from when (unix ms) a round must have worked before `SERVING` again.
+    // Whether the ADS port says `SERVING`; while it does not and the database answers, from
+    // when (unix ms) a round must have worked before it does again.
+    let mut serving_now = true;
     let mut recovering: Option<i64> = None;
+    // When a round was last asked for because rounds fail.
+    let mut retried: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             _ = tick.tick() => {}
+        }
+        // Failing rounds are tried again every `ROUND_RETRY` whatever the resync interval, so
+        // that one failure (a rebuild after a change, rounds during an outage) is not taken
+        // for a lasting one.
+        if rounds.failing() && retried.is_none_or(|at| at.elapsed() >= ROUND_RETRY) {
+            retried = Some(std::time::Instant::now());
+            rounds.wanted.notify_one();
         }
         let answer = match tokio::time::timeout(HEALTH_PING_TIMEOUT, db.ping()).await {
             Ok(Ok(())) => Ok(()),
@@ -368,32 +388,36 @@ async fn follow_database(
         let error = match answer {
             Ok(()) => {
                 failures = 0;
-                if outage.take().is_some() {
+                outage = None;
+                if !serving_now {
                     // Not `SERVING` on the configuration from before the outage, which misses
                     // what changed meanwhile: once a round that started now has worked.
-                    let now = now_ms();
-                    recovering = Some(now);
-                    rounds.wanted.notify_one();
-                    tracing::info!("the database answers again: rebuilding Envoy's configuration before saying SERVING");
-                }
-                if recovering.is_some_and(|since| rounds.worked_since(since)) {
-                    recovering = None;
-                    serving.set(true);
-                    tracing::info!(
-                        "Envoy's configuration is rebuilt: the ADS port's gRPC health says SERVING"
-                    );
+                    let since = *recovering.get_or_insert_with(|| {
+                        rounds.wanted.notify_one();
+                        tracing::info!("the database answers again: rebuilding Envoy's configuration before saying SERVING");
+                        now_ms()
+                    });
+                    if rounds.worked_since(since) {
+                        recovering = None;
+                        serving_now = true;
+                        serving.set(true);
+                        tracing::info!(
+                            "Envoy's configuration is rebuilt: the ADS port's gRPC health says SERVING"
+                        );
+                    }
                 }
                 continue;
             }
             Err(e) => e,
         };
-        recovering = None;
         failures = failures.saturating_add(1);
         if failures < 2 {
             continue;
         }
         let Some((since, ended)) = &mut outage else {
             outage = Some((std::time::Instant::now(), None));
+            serving_now = false;
+            recovering = None;
             serving.set(false);
             tracing::warn!(
                 error = %error,

@@ -23,6 +23,18 @@ pub(crate) struct PendingExchange {
 /// the call's timeout, at most `renewal::MAX_TIMEOUT_MS`).
 const EXCHANGE_LOST_SECS: i64 = 15;
 
+/// The address of the current stream's client (empty when unknown), so that the control plane
+/// limits failed tokens per client.
+pub(crate) fn client_address() -> String {
+    let source = raw::property(&["source", "address"]).ok();
+    source
+        .as_deref()
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .map(exchange::client_ip)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 impl Filter {
     /// A request with an API token not yet exchanged for this pod and port waits for the
     /// control plane: it joins the call in flight for the same key, or starts one if fewer
@@ -37,14 +49,7 @@ impl Filter {
             pending.waiting.push(context_id);
             return Action::Pause;
         }
-        // The client's address, so the control plane limits failed tokens per client.
-        let source = raw::property(&["source", "address"]).ok();
-        let client = source
-            .as_deref()
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .map(exchange::client_ip)
-            .unwrap_or_default()
-            .to_owned();
+        let client = client_address();
         if let Some(wait) = self.backoff.waiting(&client, now) {
             return self.deny(&Denial::ExchangeBusy(wait));
         }
@@ -103,13 +108,19 @@ impl Filter {
     /// Exchanges API token `need` again with nobody waiting (an open WebSocket's renewal, from
     /// the tick, on the root context): the answer goes to the exchange cache, where the next
     /// tick finds it. Nothing when an exchange for the same key is in flight or too many are.
-    pub(crate) fn exchange_in_background(&mut self, need: &Rc<ExchangeNeeded>, now: i64) {
+    pub(crate) fn exchange_in_background(
+        &mut self,
+        need: &Rc<ExchangeNeeded>,
+        client: &str,
+        now: i64,
+    ) {
         self.forget_lost_exchanges(now);
         if self.exchanges.contains_key(&need.key) || self.exchanges.len() >= exchange::MAX_IN_FLIGHT
         {
             return;
         }
-        let Some(call) = self.gate.exchange_call(need, None) else {
+        let given = Some(client).filter(|c| !c.is_empty());
+        let Some(call) = self.gate.exchange_call(need, given) else {
             return;
         };
         let headers = podgate_protocol::wire::encode_header_map(&call.headers);
@@ -122,7 +133,7 @@ impl Filter {
                 };
                 self.exchanges.insert(need.key, pending);
                 self.exchange_calls
-                    .insert(token, (Rc::clone(need), String::new()));
+                    .insert(token, (Rc::clone(need), client.to_owned()));
             }
             Err(status) => log(
                 LogLevel::Error,
@@ -163,9 +174,13 @@ impl Filter {
             return self.refuse_waiting(waiting, &Denial::HostCallFailed.reply());
         };
         if let Err(denial) = self.gate.exchanged(need, status, retry_after, &body, now) {
-            // A WebSocket's renewal has no client to hold back.
             if let (Denial::ExchangeBusy(secs), false) = (&denial, client.is_empty()) {
                 self.backoff.back_off(client, *secs, now);
+            }
+            // The token is refused (revoked, expired, access lost): the WebSockets it opened
+            // end now, as a browser's do when its renewal is refused.
+            if matches!(denial, Denial::ApiTokenRefused | Denial::ApiTokenNotAllowed) {
+                self.close_exchanged_websockets(&need.key);
             }
             if status == 0 || denial == Denial::ExchangeFailed {
                 log(

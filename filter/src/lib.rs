@@ -657,10 +657,12 @@ impl Filter {
         if let Some(cookie) = self.set_cookies.remove(&context_id) {
             // A response that carries a capability is for this browser alone and for now: no
             // cache keeps it (a pod's `public` or `s-maxage` would let a shared cache hand the
-            // cookie to others).
+            // cookie to others; CDNs read their own headers before `Cache-Control`).
             let map = MapType::HttpResponseHeaders;
             if let Err(status) = raw::add_header(map, b"set-cookie", cookie.as_bytes())
                 .and_then(|()| raw::replace_header(map, b"cache-control", b"no-store"))
+                .and_then(|()| raw::remove_header(map, b"cdn-cache-control"))
+                .and_then(|()| raw::remove_header(map, b"surrogate-control"))
             {
                 return self.fail_response(&format!("adding the renewed cookie: {status:?}"));
             }

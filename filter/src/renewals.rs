@@ -5,7 +5,6 @@
 
 use std::rc::Rc;
 
-use podgate_protocol::exchange::ExchangeNeeded;
 use podgate_protocol::gate::LapsedRenewal;
 use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::Denial;
@@ -13,6 +12,7 @@ use podgate_protocol::token::{TokenError, Verified};
 
 use crate::access::record;
 use crate::raw::{self, LogLevel, MapType};
+use crate::streams::SocketExchange;
 use crate::{log, now_unix, Action, Counter, Filter, Resume};
 
 /// Where the renewal of one capability stands, in one worker.
@@ -83,8 +83,8 @@ impl Filter {
                 continue;
             };
             let old = Rc::clone(&socket.capability);
-            if let Some((need, next_try)) = socket.exchange.clone() {
-                self.renew_exchanged_socket(id, &old, &need, next_try, now);
+            if let Some(exchange) = socket.exchange.clone() {
+                self.renew_exchanged_socket(id, &old, exchange, now);
                 continue;
             }
             match self.renewals.get(&old.claims.jti) {
@@ -104,20 +104,21 @@ impl Filter {
     /// Renews the capability `old` of WebSocket `id`, opened on an API token (`need`): a
     /// capability exchanged for the token since (by this tick's call, or a request's) replaces
     /// it; otherwise the token is exchanged again, at most every `RENEWAL_RETRY_SECS`. A
-    /// refused token (revoked, access lost) gets no new capability: the socket closes at
-    /// `old`'s `exp`, if a push has not cut it off before.
+    /// refused token (revoked, access lost) closes the socket when the answer comes
+    /// (`close_exchanged_websockets`); a call that fails leaves it until `old`'s `exp`.
     fn renew_exchanged_socket(
         &mut self,
         id: u32,
         old: &Rc<Verified>,
-        need: &Rc<ExchangeNeeded>,
-        next_try: i64,
+        mut exchange: SocketExchange,
         now: i64,
     ) {
+        // Another capability, lasting at least as long (one that ends sooner, under a lifetime
+        // lowered since, would cut the socket short): the token is exchanged again instead.
         let fresh = self
             .gate
-            .exchanged_capability(need, now)
-            .filter(|c| c.claims.jti != old.claims.jti);
+            .exchanged_capability(&exchange.need, now)
+            .filter(|c| c.claims.jti != old.claims.jti && c.expires_at >= old.expires_at);
         if let Some(capability) = fresh {
             // Renewed again from its own renewal time, unless the token ends with it (its
             // capabilities end no later than the token): then it closes at its `exp`.
@@ -127,19 +128,21 @@ impl Filter {
                     Some(capability.expires_at.saturating_sub(before))
                 })
                 .flatten();
+            exchange.next_try = 0;
             if let Some(socket) = self.websockets.get_mut(&id) {
                 socket.capability = capability;
                 socket.renew_at = renew_at;
-                socket.exchange = Some((Rc::clone(need), 0));
+                socket.exchange = Some(exchange);
             }
             return;
         }
-        if now < next_try {
+        if now < exchange.next_try {
             return;
         }
-        self.exchange_in_background(need, now);
+        self.exchange_in_background(&exchange.need, &exchange.client, now);
+        exchange.next_try = now + RENEWAL_RETRY_SECS;
         if let Some(socket) = self.websockets.get_mut(&id) {
-            socket.exchange = Some((Rc::clone(need), now + RENEWAL_RETRY_SECS));
+            socket.exchange = Some(exchange);
         }
     }
 

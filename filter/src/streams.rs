@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use podgate_protocol::exchange::ExchangeNeeded;
+use podgate_protocol::exchange::{ExchangeKey, ExchangeNeeded};
 use podgate_protocol::gate::Forward;
 use podgate_protocol::token::Verified;
 
@@ -17,9 +17,18 @@ use crate::{log, now_unix, Counter, Filter};
 pub(crate) struct OpenSocket {
     pub(crate) capability: Rc<Verified>,
     pub(crate) renew_at: Option<i64>,
-    /// Opened on an API token: the exchange that renews its capability (`Forward::exchange`),
-    /// and when the tick may ask the control plane for it again (unix seconds).
-    pub(crate) exchange: Option<(Rc<ExchangeNeeded>, i64)>,
+    /// Opened on an API token: the exchange that renews its capability.
+    pub(crate) exchange: Option<SocketExchange>,
+}
+
+/// How a WebSocket opened on an API token is renewed: the exchange (`Forward::exchange`), the
+/// address of the client that opened it (the control plane limits failed tokens per client),
+/// and when the tick may ask the control plane again (unix seconds).
+#[derive(Clone)]
+pub(crate) struct SocketExchange {
+    pub(crate) need: Rc<ExchangeNeeded>,
+    pub(crate) client: String,
+    pub(crate) next_try: i64,
 }
 
 /// An open stream that is not a WebSocket: the capability it was let through on, and when.
@@ -67,7 +76,11 @@ impl Filter {
             let socket = OpenSocket {
                 capability: Rc::clone(cap),
                 renew_at: forward.renew_at,
-                exchange: forward.exchange.as_ref().map(|need| (Rc::clone(need), 0)),
+                exchange: forward.exchange.as_ref().map(|need| SocketExchange {
+                    need: Rc::clone(need),
+                    client: crate::api_tokens::client_address(),
+                    next_try: 0,
+                }),
             };
             self.websockets.insert(context_id, socket);
         } else {
@@ -149,6 +162,21 @@ impl Filter {
         }
         let reset = reset_streams(&cut);
         self.metrics.bump(Counter::StreamCut, reset);
+    }
+
+    /// Closes the WebSockets opened on the API token exchange `key` stands for.
+    pub(crate) fn close_exchanged_websockets(&mut self, key: &ExchangeKey) {
+        let ids: Vec<u32> = self
+            .websockets
+            .iter()
+            .filter(|(_, s)| s.exchange.as_ref().is_some_and(|e| e.need.key == *key))
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let closed = self.close_websockets(&ids);
+        self.metrics.bump(Counter::WebsocketCut, closed);
     }
 
     /// Closes these WebSockets; how many were still open.

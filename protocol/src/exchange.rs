@@ -7,8 +7,10 @@
 //! Pure: the cache key, the call's headers, judging the answer, and the per-worker caches of
 //! what exchanges came to (`ExchangeCache`). The adapter makes the call.
 //!
-//! The API token itself is never kept: both caches are keyed by SHA-256 of the token, the pod
-//! and the port. A granted capability is kept for its life (expiry, revocation and cut-offs are
+//! The caches never keep the API token itself: both are keyed by SHA-256 of the token, the pod
+//! and the port. A WebSocket opened with one holds it while it is open, to exchange it again
+//! (`Forward::exchange`), as the decision memo holds the request's headers; neither is ever
+//! logged or forwarded. A granted capability is kept for its life (expiry, revocation and cut-offs are
 //! checked again on every hit, and its signature once under each new configuration, whose keys
 //! may differ); a refusal is kept `REFUSED_TTL_SECS`, so a wrong token repeated costs one
 //! lookup, not a call.

@@ -379,8 +379,8 @@ pub struct Settings {
     pub key_publish_delay_secs: Option<u64>,
 
     /// Seconds a new capability key's identity assertion key is published before the filter
-    /// signs with it, so that pods caching the assertion keys (`max-age=60`) have it first
-    /// [default: 120].
+    /// signs with it, so that pods caching the assertion keys (`max-age=60`) have it first (at
+    /// most the key overlap) [default: 120].
     #[arg(long, env = "PODGATE_ASSERTION_KEY_DELAY_SECS", global = true)]
     pub assertion_key_delay_secs: Option<u64>,
 

@@ -352,8 +352,7 @@ fn a_websocket_on_an_api_token_is_renewed_by_exchanging_the_token_again() {
     at(&mut vm, EXP - 299);
     assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
     answer_exchange(&mut vm, &exchanged_cap(EXP - 300));
-    // The next tick moves the socket to the fresh capability: open past the first one's
-    // `exp`, closed at the fresh one's when the token is refused from then on.
+    // The next tick moves the socket to the fresh capability: open past the first one's `exp`.
     at(&mut vm, EXP - 298);
     assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
     at(&mut vm, EXP + 10);
@@ -364,17 +363,58 @@ fn a_websocket_on_an_api_token_is_renewed_by_exchanging_the_token_again() {
     assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
     let calls = vm.pending_http_calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
-    vm.answer_http_call(calls[0].token, &[(":status", "401")], b"")
+    // The control plane down: the call fails, the socket stays on its capability and the
+    // token is asked for again no sooner than 5 s later.
+    vm.answer_http_call(calls[0].token, &[(":status", "503")], b"")
         .unwrap();
-    // Refused: asked again no sooner than 5 s later, then closed at the capability's `exp`.
     at(&mut vm, second_exp - 298);
     assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
     assert!(vm.pending_http_calls().is_empty());
-    at(&mut vm, second_exp);
+    at(&mut vm, second_exp - 295);
+    assert_eq!(vm.tick().unwrap(), Vec::<u32>::new());
+    let calls = vm.pending_http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    // The token refused (revoked): the socket is closed with the answer.
+    vm.answer_http_call(calls[0].token, &[(":status", "401")], b"")
+        .unwrap();
+    assert!(vm.was_reset(ctx), "closed when the token is refused");
+    assert_eq!(metric(&mut vm, "podgate.websocket.cut"), 1);
+    assert!(!vm.is_dead());
+}
+
+#[test]
+fn a_socket_is_never_moved_to_a_capability_that_ends_sooner() {
+    let mut vm = exchanging_vm();
+    let ctx = vm.open_stream().unwrap();
+    let req = Req::alpha().bearer(API_TOKEN).websocket();
+    vm.request_headers(ctx, &req.headers, false).unwrap();
+    answer_exchange(&mut vm, &exchanged_cap(NOW));
+    vm.response_headers(ctx, &[(":status", "101"), ("upgrade", "websocket")], false)
+        .unwrap();
+    at(&mut vm, EXP - 300);
+    vm.tick().unwrap();
+    // A capability that ends before the one the socket has (a lifetime lowered since).
+    let shorter = cap_with(
+        &ed_key(1),
+        &podgate_protocol::token::PodClaims {
+            jti: "shorter".into(),
+            ..claims("alpha", PORT)
+        },
+        EXP - 400,
+        300,
+    );
+    answer_exchange(&mut vm, &shorter);
+    // Not taken: asked again 5 s later, and the socket lives on its own capability.
+    at(&mut vm, EXP - 295);
+    vm.tick().unwrap();
+    answer_exchange(&mut vm, &exchanged_cap(EXP - 295));
+    at(&mut vm, EXP - 294);
+    vm.tick().unwrap();
+    at(&mut vm, EXP + 1);
     assert_eq!(
         vm.tick().unwrap(),
-        vec![ctx],
-        "closed at the last capability's exp"
+        Vec::<u32>::new(),
+        "moved to the later one"
     );
-    assert!(!vm.is_dead());
+    assert!(vm.is_open(ctx));
 }
