@@ -196,22 +196,37 @@ pub async fn build_snapshot(sources: &SyncSources, filter_wasm: &Path) -> Result
 }
 
 /// How the rounds of the sync task fare (each a key reload and a rebuild from the database),
-/// for the health task: since when they fail, when the last one that worked started, and a
-/// way to ask for a round now.
+/// for the health task: since when they fail, which was the last one that worked, and a way to
+/// ask for a round now. Rounds are numbered as they start, so "a round that started after
+/// this moment worked" does not depend on the clock.
 #[derive(Debug, Default)]
 struct Rounds {
     /// Unix ms since which rounds have failed; 0 while the last one worked.
     failing_since_ms: std::sync::atomic::AtomicI64,
-    /// Unix ms at which the last round that worked started.
-    last_ok_ms: std::sync::atomic::AtomicI64,
+    /// How many rounds have started.
+    started: std::sync::atomic::AtomicU64,
+    /// The number of the last round that worked.
+    last_ok: std::sync::atomic::AtomicU64,
     /// Asks the sync task for a round (keys and configuration) now.
     wanted: tokio::sync::Notify,
 }
 
 impl Rounds {
-    fn worked(&self, started_ms: i64) {
+    /// A round starts: its number.
+    fn begin(&self) -> u64 {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .saturating_add(1)
+    }
+
+    /// How many rounds have started so far.
+    fn begun(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn worked(&self, round: u64) {
         use std::sync::atomic::Ordering::SeqCst;
-        self.last_ok_ms.store(started_ms, SeqCst);
+        self.last_ok.fetch_max(round, SeqCst);
         self.failing_since_ms.store(0, SeqCst);
     }
 
@@ -238,9 +253,9 @@ impl Rounds {
             != 0
     }
 
-    /// Whether a round that started at or after `at_ms` has worked.
-    fn worked_since(&self, at_ms: i64) -> bool {
-        self.last_ok_ms.load(std::sync::atomic::Ordering::SeqCst) >= at_ms
+    /// Whether a round that started after the first `begun` ones has worked.
+    fn worked_since(&self, begun: u64) -> bool {
+        self.last_ok.load(std::sync::atomic::Ordering::SeqCst) > begun
     }
 }
 
@@ -351,10 +366,10 @@ async fn follow_database(
     // streams were last ended since.
     let mut failures = 0u32;
     let mut outage: Option<(std::time::Instant, Option<std::time::Instant>)> = None;
-    // Whether the ADS port says `SERVING`; while it does not and the database answers, from
-    // when (unix ms) a round must have worked before it does again.
+    // Whether the ADS port says `SERVING`; while it does not and the database answers, how
+    // many rounds had begun when it answered again (a later one must work before `SERVING`).
     let mut serving_now = true;
-    let mut recovering: Option<i64> = None;
+    let mut recovering: Option<u64> = None;
     // When a round was last asked for because rounds fail.
     let mut retried: Option<std::time::Instant> = None;
     loop {
@@ -364,8 +379,9 @@ async fn follow_database(
         }
         // Failing rounds are tried again every `ROUND_RETRY` whatever the resync interval, so
         // that one failure (a rebuild after a change, rounds during an outage) is not taken
-        // for a lasting one.
-        if rounds.failing() && retried.is_none_or(|at| at.elapsed() >= ROUND_RETRY) {
+        // for a lasting one; so is the round a recovery waits for.
+        let waiting = recovering.is_some_and(|begun| !rounds.worked_since(begun));
+        if (rounds.failing() || waiting) && retried.is_none_or(|at| at.elapsed() >= ROUND_RETRY) {
             retried = Some(std::time::Instant::now());
             rounds.wanted.notify_one();
         }
@@ -392,12 +408,18 @@ async fn follow_database(
                 if !serving_now {
                     // Not `SERVING` on the configuration from before the outage, which misses
                     // what changed meanwhile: once a round that started now has worked.
-                    let since = *recovering.get_or_insert_with(|| {
-                        rounds.wanted.notify_one();
-                        tracing::info!("the database answers again: rebuilding Envoy's configuration before saying SERVING");
-                        now_ms()
-                    });
-                    if rounds.worked_since(since) {
+                    let begun = match recovering {
+                        Some(begun) => begun,
+                        None => {
+                            // Counted before asking, so the round asked for is a later one.
+                            let begun = rounds.begun();
+                            recovering = Some(begun);
+                            rounds.wanted.notify_one();
+                            tracing::info!("the database answers again: rebuilding Envoy's configuration before saying SERVING");
+                            begun
+                        }
+                    };
+                    if rounds.worked_since(begun) {
                         recovering = None;
                         serving_now = true;
                         serving.set(true);
@@ -619,6 +641,7 @@ impl Sync {
     /// Reloads the signing keys and rebuilds Envoy's configuration, and says how it went in
     /// `rounds`.
     async fn round(&mut self, rounds: &Rounds) {
+        let round = rounds.begin();
         let started = now_ms();
         let keys = self.reload_keys().await;
         if let Err(e) = &keys {
@@ -626,7 +649,7 @@ impl Sync {
             tracing::warn!(error = %e, "reloading signing keys failed; keeping the previous ones");
         }
         if self.rebuild().await && keys.is_ok() {
-            rounds.worked(started);
+            rounds.worked(round);
             self.sources.metrics.set_xds_last_round(started / 1000);
         } else {
             rounds.failed(started);
@@ -758,16 +781,25 @@ mod tests {
     fn rounds_say_how_long_they_have_failed_and_whether_one_worked_since() {
         let rounds = Rounds::default();
         assert_eq!(rounds.failing_longer_than(10_000, 50_000), None);
-        rounds.worked(1_000);
+        let first = rounds.begin();
+        rounds.worked(first);
+        // Recovering from here: only a round begun later counts.
+        let begun = rounds.begun();
+        assert!(!rounds.worked_since(begun));
+        rounds.begin();
         rounds.failed(2_000);
         // The first failure counts: those after it do not move it.
+        rounds.begin();
         rounds.failed(5_000);
+        assert!(rounds.failing());
         assert_eq!(rounds.failing_longer_than(10_000, 12_000), None);
         assert_eq!(rounds.failing_longer_than(10_000, 12_001), Some(10_001));
-        assert!(rounds.worked_since(1_000) && !rounds.worked_since(1_001));
-        rounds.worked(13_000);
+        assert!(!rounds.worked_since(begun));
+        let fourth = rounds.begin();
+        rounds.worked(fourth);
+        assert!(!rounds.failing());
         assert_eq!(rounds.failing_longer_than(10_000, 60_000), None);
-        assert!(rounds.worked_since(13_000));
+        assert!(rounds.worked_since(begun));
     }
 
     fn stream(ecds: Option<Option<&str>>) -> StreamStatus {

@@ -1537,7 +1537,8 @@ async fn setup_page_and_install_script() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 
-    // Shell metacharacters, other hosts, other paths: 400, and nothing of it in the answer.
+    // Shell metacharacters, other hosts, other paths: a script that only says why and exits 2,
+    // nothing of the input in it.
     for bad in [
         format!("{init_url}';touch /tmp/pwned;'"),
         format!("{init_url}$(touch /tmp/pwned)"),
@@ -1559,9 +1560,14 @@ async fn setup_page_and_install_script() {
                 &[],
             )
             .await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+        assert_eq!(r.status, StatusCode::OK, "{bad}: {}", r.body);
+        assert!(r.body.starts_with("#!/usr/bin/env bash\n"), "{}", r.body);
+        assert!(r.body.trim_end().ends_with("exit 2"), "{}", r.body);
+        for part in ["pwned", "id;", "`id`", "evil", "/x/", "file:", "eyJ", "a=b"] {
+            assert!(!r.body.contains(part), "{part} in {}", r.body);
+        }
         assert!(
-            !r.body.contains("pwned") && !r.body.contains("#!"),
+            !r.body.contains("curl") && !r.body.contains("podgate-cli"),
             "{}",
             r.body
         );

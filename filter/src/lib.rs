@@ -659,11 +659,15 @@ impl Filter {
             // cache keeps it (a pod's `public` or `s-maxage` would let a shared cache hand the
             // cookie to others; CDNs read their own headers before `Cache-Control`).
             let map = MapType::HttpResponseHeaders;
-            if let Err(status) = raw::add_header(map, b"set-cookie", cookie.as_bytes())
-                .and_then(|()| raw::replace_header(map, b"cache-control", b"no-store"))
-                .and_then(|()| raw::remove_header(map, b"cdn-cache-control"))
-                .and_then(|()| raw::remove_header(map, b"surrogate-control"))
-            {
+            let Ok(headers) = podgate_protocol::wire::decode_header_map(&bytes) else {
+                return self.fail_response("cannot read its headers");
+            };
+            let mut edited = raw::add_header(map, b"set-cookie", cookie.as_bytes())
+                .and_then(|()| raw::replace_header(map, b"cache-control", b"no-store"));
+            for name in podgate_protocol::response::shared_cache_directives(&headers) {
+                edited = edited.and_then(|()| raw::remove_header(map, name));
+            }
+            if let Err(status) = edited {
                 return self.fail_response(&format!("adding the renewed cookie: {status:?}"));
             }
         }

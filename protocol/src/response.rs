@@ -144,6 +144,27 @@ fn starts_with_ignore_case(name: &[u8], prefix: &[u8]) -> bool {
         .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
+/// The names among `headers` that tell a shared cache (a CDN's, nginx's) to keep a response
+/// whatever its `Cache-Control` says: `CDN-Cache-Control` and the vendors' own
+/// `*-CDN-Cache-Control` (RFC 9213), `Surrogate-Control`, `Edge-Control` and `X-Accel-Expires`.
+/// A response that carries a renewed capability cookie goes without them (and with
+/// `Cache-Control: no-store`), so that no cache hands the cookie to others.
+pub fn shared_cache_directives<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Vec<&'a [u8]> {
+    const OTHERS: [&[u8]; 3] = [b"surrogate-control", b"edge-control", b"x-accel-expires"];
+    let mut names: Vec<&[u8]> = Vec::new();
+    for (name, _) in headers {
+        let cdn = name.len() >= 17
+            && name
+                .get(name.len() - 17..)
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(b"cdn-cache-control"));
+        let other = OTHERS.iter().any(|o| name.eq_ignore_ascii_case(o));
+        if (cdn || other) && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// Decides the edits for the response headers `headers` (name and value bytes, in order).
 pub fn sanitize<'a>(
     config: &CompiledConfig,
@@ -224,6 +245,34 @@ mod tests {
     use crate::config::FilterConfig;
 
     const ALPHA: &str = "localhost-8726-pod-alpha.example.dev";
+
+    #[test]
+    fn every_shared_cache_directive_is_found_once() {
+        let headers: Vec<(&[u8], &[u8])> = vec![
+            (b"cache-control", b"public"),
+            (b"cdn-cache-control", b"max-age=600"),
+            (b"Cloudflare-CDN-Cache-Control", b"max-age=600"),
+            (b"vercel-cdn-cache-control", b"max-age=600"),
+            (b"surrogate-control", b"max-age=600"),
+            (b"edge-control", b"cache-maxage=600s"),
+            (b"x-accel-expires", b"600"),
+            (b"CDN-Cache-Control", b"again"),
+            (b"x-cdn-cache-controlled", b"no"),
+            (b"content-type", b"text/html"),
+        ];
+        let found = shared_cache_directives(&headers);
+        assert_eq!(
+            found,
+            [
+                &b"cdn-cache-control"[..],
+                b"Cloudflare-CDN-Cache-Control",
+                b"vercel-cdn-cache-control",
+                b"surrogate-control",
+                b"edge-control",
+                b"x-accel-expires",
+            ]
+        );
+    }
 
     fn config() -> CompiledConfig {
         let json = serde_json::json!({

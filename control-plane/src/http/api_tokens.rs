@@ -489,7 +489,7 @@ fn refusal_script(why: &str) -> String {
          echo {} >&2\n\
          exit 2\n",
         shell_quote(&format!(
-            "podgate: nothing installed: {why}; copy the install command from /setup again"
+            "podgate: nothing installed: {why} (copy the install command from /setup again)"
         ))
     )
 }
