@@ -101,7 +101,7 @@ impl Filter {
         }
     }
 
-    /// Renews the capability `old` of WebSocket `id`, opened on an API token (`need`): a
+    /// Renews the capability `old` of WebSocket `id`, opened on an API token (`exchange`): a
     /// capability exchanged for the token since (by this tick's call, or a request's) replaces
     /// it; otherwise the token is exchanged again, at most every `RENEWAL_RETRY_SECS`. A
     /// refused token (revoked, access lost) closes the socket when the answer comes
