@@ -58,3 +58,15 @@ fn set(property: &str, value: &str) {
         );
     }
 }
+
+/// The address of the current stream's client (empty when unknown), so that the control plane
+/// limits failed tokens per client.
+pub(crate) fn client_address() -> String {
+    let source = raw::property(&["source", "address"]).ok();
+    source
+        .as_deref()
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .map(podgate_protocol::exchange::client_ip)
+        .unwrap_or_default()
+        .to_owned()
+}

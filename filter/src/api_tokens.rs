@@ -23,18 +23,6 @@ pub(crate) struct PendingExchange {
 /// the call's timeout, at most `renewal::MAX_TIMEOUT_MS`).
 const EXCHANGE_LOST_SECS: i64 = 15;
 
-/// The address of the current stream's client (empty when unknown), so that the control plane
-/// limits failed tokens per client.
-pub(crate) fn client_address() -> String {
-    let source = raw::property(&["source", "address"]).ok();
-    source
-        .as_deref()
-        .and_then(|s| std::str::from_utf8(s).ok())
-        .map(exchange::client_ip)
-        .unwrap_or_default()
-        .to_owned()
-}
-
 impl Filter {
     /// A request with an API token not yet exchanged for this pod and port waits for the
     /// control plane: it joins the call in flight for the same key, or starts one if fewer
@@ -49,7 +37,7 @@ impl Filter {
             pending.waiting.push(context_id);
             return Action::Pause;
         }
-        let client = client_address();
+        let client = access::client_address();
         if let Some(wait) = self.backoff.waiting(&client, now) {
             return self.deny(&Denial::ExchangeBusy(wait));
         }

@@ -5,6 +5,7 @@
 
 use std::rc::Rc;
 
+use podgate_protocol::exchange::ExchangeNeeded;
 use podgate_protocol::gate::LapsedRenewal;
 use podgate_protocol::renewal::{self, Renewed};
 use podgate_protocol::reply::Denial;
@@ -12,7 +13,6 @@ use podgate_protocol::token::{TokenError, Verified};
 
 use crate::access::record;
 use crate::raw::{self, LogLevel, MapType};
-use crate::streams::SocketExchange;
 use crate::{log, now_unix, Action, Counter, Filter, Resume};
 
 /// Where the renewal of one capability stands, in one worker.
@@ -60,6 +60,16 @@ const MAX_RENEWALS: usize = 4096;
 const RENEWAL_KEPT_SECS: i64 = 300;
 /// How long after a failed renewal the next request tries again.
 const RENEWAL_RETRY_SECS: i64 = 5;
+/// How a WebSocket opened on an API token is renewed: the exchange (`Forward::exchange`), the
+/// address of the client that opened it (the control plane limits failed tokens per client),
+/// and when the tick may ask the control plane again (unix seconds).
+#[derive(Clone)]
+pub(crate) struct SocketExchange {
+    pub(crate) need: Rc<ExchangeNeeded>,
+    pub(crate) client: String,
+    pub(crate) next_try: i64,
+}
+
 /// How long past its timeout a call still counts as in flight, before it is taken as lost.
 const RENEWAL_LOST_AFTER_SECS: i64 = 2;
 

@@ -4,12 +4,12 @@
 
 use std::rc::Rc;
 
-use podgate_protocol::exchange::{ExchangeKey, ExchangeNeeded};
+use podgate_protocol::exchange::ExchangeKey;
 use podgate_protocol::gate::Forward;
 use podgate_protocol::token::Verified;
 
 use crate::raw::{self, LogLevel};
-use crate::renewals::Renewal;
+use crate::renewals::{Renewal, SocketExchange};
 use crate::{log, now_unix, Counter, Filter};
 
 /// An open WebSocket: the capability it lives on (the one that opened it, or its renewal)
@@ -19,16 +19,6 @@ pub(crate) struct OpenSocket {
     pub(crate) renew_at: Option<i64>,
     /// Opened on an API token: the exchange that renews its capability.
     pub(crate) exchange: Option<SocketExchange>,
-}
-
-/// How a WebSocket opened on an API token is renewed: the exchange (`Forward::exchange`), the
-/// address of the client that opened it (the control plane limits failed tokens per client),
-/// and when the tick may ask the control plane again (unix seconds).
-#[derive(Clone)]
-pub(crate) struct SocketExchange {
-    pub(crate) need: Rc<ExchangeNeeded>,
-    pub(crate) client: String,
-    pub(crate) next_try: i64,
 }
 
 /// An open stream that is not a WebSocket: the capability it was let through on, and when.
@@ -78,7 +68,7 @@ impl Filter {
                 renew_at: forward.renew_at,
                 exchange: forward.exchange.as_ref().map(|need| SocketExchange {
                     need: Rc::clone(need),
-                    client: crate::api_tokens::client_address(),
+                    client: crate::access::client_address(),
                     next_try: 0,
                 }),
             };
